@@ -1,0 +1,198 @@
+"""conv2d kernels: dense (im2col + BLAS), masked (skips masked output elements), direct (small filters).
+
+Every kernel takes arrays and ints only and returns the MACs it executed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the direct
+# loop: an im2col copy per tap would cost more than the MACs it feeds.
+DIRECT_MAX_TAPS = 16
+# Positions per tile of the masked kernel: 64 rows of im2col (at most 64 x 4608 floats) and the
+# filter bank stay in L2 while every channel visits the tile.
+TILE_P = 64
+
+
+@njit(cache=True)
+def im2col_t(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, col):
+    """Layout: x (C, H, W) one image; col (OH*OW, cg*kh*kw), row p = (oy, ox), column (c, fy, fx).
+
+    Rows whose `need[p]` is False are left untouched (every channel masked there); padding is 0.
+    """
+    h, w = x.shape[1], x.shape[2]
+    for oy in range(oh):
+        for ox in range(ow):
+            p = oy * ow + ox
+            if not need[p]:
+                continue
+            j = 0
+            for c in range(cg):
+                for fy in range(kh):
+                    iy = oy * sh - pt + fy * dh
+                    for fx in range(kw):
+                        ix = ox * sw - pl + fx * dw
+                        if 0 <= iy < h and 0 <= ix < w:
+                            col[p, j] = x[c0 + c, iy, ix]
+                        else:
+                            col[p, j] = 0.0
+                        j += 1
+
+
+@njit(cache=True)
+def gemm_masked(w, col, bias, skip, rows, out):
+    """Layout: w (K, J) filters, col (P, J) im2col rows, skip and out (K, P); only channels `rows`.
+
+    Loop order: position tiles, channels, then four unmasked positions of that channel at a time
+    sharing each filter load, eight partial sums per dot product so the loop vectorises without
+    reassociating (no fastmath). A masked (k, p) is never visited: no MAC, out left as is.
+    """
+    j_n = w.shape[1]
+    p_n = col.shape[0]
+    j8 = j_n - j_n % 8
+    n_macs = 0
+    idx = np.empty(TILE_P, np.int64)
+    for p0 in range(0, p_n, TILE_P):
+        p1 = min(p0 + TILE_P, p_n)
+        for k in rows:
+            m = 0
+            for p in range(p0, p1):
+                if not skip[k, p]:
+                    idx[m] = p
+                    m += 1
+            n_macs += m * j_n
+            i = 0
+            while i + 4 <= m:
+                out[k, idx[i]], out[k, idx[i + 1]], out[k, idx[i + 2]], out[k, idx[i + 3]] = _dot4(
+                    w, k, col, idx[i], idx[i + 1], idx[i + 2], idx[i + 3], j8, j_n
+                )
+                for q in range(4):
+                    out[k, idx[i + q]] += bias[k]
+                i += 4
+            while i < m:
+                p = idx[i]
+                s = _dot1(w, k, col, p, j8, j_n)
+                out[k, p] = s + bias[k]
+                i += 1
+    return n_macs
+
+
+@njit(cache=True, inline="always")
+def _dot1(w, k, col, p, j8, j_n):
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
+    for j in range(0, j8, 8):
+        a0 += w[k, j] * col[p, j]
+        a1 += w[k, j + 1] * col[p, j + 1]
+        a2 += w[k, j + 2] * col[p, j + 2]
+        a3 += w[k, j + 3] * col[p, j + 3]
+        a4 += w[k, j + 4] * col[p, j + 4]
+        a5 += w[k, j + 5] * col[p, j + 5]
+        a6 += w[k, j + 6] * col[p, j + 6]
+        a7 += w[k, j + 7] * col[p, j + 7]
+    s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+    for j in range(j8, j_n):
+        s += w[k, j] * col[p, j]
+    return s
+
+
+@njit(cache=True, inline="always")
+def _dot4(w, k, col, p0, p1, p2, p3, j8, j_n):
+    s0 = _dot1(w, k, col, p0, j8, j_n)
+    s1 = _dot1(w, k, col, p1, j8, j_n)
+    s2 = _dot1(w, k, col, p2, j8, j_n)
+    s3 = _dot1(w, k, col, p3, j8, j_n)
+    return s0, s1, s2, s3
+
+
+@njit(cache=True)
+def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
+    """Layout: x (N, C, H, W), w (K, C/groups, KH, KW), skip (K, OH, OW), out (N, K, OH, OW).
+
+    Loop order n, k, oy, ox, then the filter taps. A masked (k, oy, ox) skips its taps entirely.
+    """
+    n_n, _, h, wd = x.shape
+    k_n, cg, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    kg = k_n // groups
+    n_macs = 0
+    for n in range(n_n):
+        for k in range(k_n):
+            c0 = (k // kg) * cg
+            for oy in range(oh):
+                for ox in range(ow):
+                    if skip[k, oy, ox]:
+                        continue
+                    acc = b[k]
+                    for c in range(cg):
+                        for fy in range(kh):
+                            iy = oy * sh - pt + fy * dh
+                            if iy < 0 or iy >= h:
+                                continue
+                            for fx in range(kw):
+                                ix = ox * sw - pl + fx * dw
+                                if 0 <= ix < wd:
+                                    acc += w[k, c, fy, fx] * x[n, c0 + c, iy, ix]
+                    out[n, k, oy, ox] = acc
+                    # padding taps count: the dense cost per element is (C/groups) * KH * KW
+                    n_macs += cg * kh * kw
+    return n_macs
+
+
+def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None):
+    """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW); returns executed MACs.
+
+    `skip` is None (dense: im2col + BLAS GEMM) or a bool (K, OH, OW) array: masked output
+    elements are not computed and keep whatever `out` held. `col` is an optional float32
+    scratch buffer of at least OH*OW*(C/groups)*KH*KW elements. pb, pr are implied by out's shape.
+    """
+    n_n = x.shape[0]
+    k_n, cg, kh, kw = w.shape
+    oh, ow = out.shape[2], out.shape[3]
+    taps = cg * kh * kw
+    if taps < DIRECT_MAX_TAPS:
+        if skip is None:
+            skip = np.zeros((k_n, oh, ow), np.bool_)
+        return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out)
+    p_n = oh * ow
+    kg = k_n // groups
+    if col is None or col.size < p_n * taps:
+        col = np.empty(p_n * taps, np.float32)
+    colv = col[: p_n * taps].reshape(p_n, taps)
+    w2 = w.reshape(k_n, taps)
+    n_macs = 0
+    for n in range(n_n):
+        for g in range(groups):
+            wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
+            og = out[n, g * kg : (g + 1) * kg].reshape(kg, p_n)
+            if skip is None:
+                need = np.ones(p_n, np.bool_)
+            else:
+                sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
+                need = ~sg.all(axis=0)
+            im2col_t(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, colv)
+            if skip is None:
+                n_macs += gemm_rows(wg, colv, bg, og)
+                continue
+            # Channels with no masked element go to BLAS together; channels with some masked
+            # elements go to the element-wise kernel; fully masked channels cost nothing.
+            n_masked = sg.sum(axis=1)
+            full = np.flatnonzero(n_masked == 0)
+            part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
+            if full.size == kg:
+                n_macs += gemm_rows(wg, colv, bg, og)
+            elif full.size:
+                sub = np.empty((full.size, p_n), np.float32)
+                n_macs += gemm_rows(wg[full], colv, bg[full], sub)
+                og[full] = sub
+            if part.size:
+                n_macs += gemm_masked(wg, colv, bg, sg, part, og)
+    return n_macs
+
+
+def gemm_rows(w, col, bias, out):
+    """out (K, P) = w (K, J) @ col (P, J).T + bias, by BLAS; returns its MACs."""
+    np.matmul(w, col.T, out=out)
+    out += bias[:, None]
+    return w.shape[0] * col.shape[0] * w.shape[1]

@@ -1,0 +1,1 @@
+"""Plain-NumPy twins of the kernels, same arguments, used as test oracles."""
