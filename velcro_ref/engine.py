@@ -58,7 +58,13 @@ def _linear_step(graph, n, in_shape, out_shape):
     return (w, np.ascontiguousarray(b))
 
 
-PREPARE = {"conv2d": _conv_step, "max_pool": _pool_step, "avg_pool": _pool_step, "batch_norm": _bn_step, "linear": _linear_step}
+PREPARE = {
+    "conv2d": _conv_step,
+    "max_pool": _pool_step,
+    "avg_pool": _pool_step,
+    "batch_norm": _bn_step,
+    "linear": _linear_step,
+}
 
 
 def _run_conv(xs, args, skip, out, col):

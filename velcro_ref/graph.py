@@ -281,9 +281,7 @@ def _infer_node(graph, n, ins):
             raise ModelError(f"node '{n.name}': weight expects {w_shape[1]} input features, input has {ins[0][0]}")
         _expect_param(graph, n, "bias", (w_shape[0],))
         return (w_shape[0],)
-    raise UnsupportedOpError(
-        f"unsupported op '{op}' (node '{n.name}'); supported: {', '.join(SUPPORTED_OPS)}"
-    )
+    raise UnsupportedOpError(f"unsupported op '{op}' (node '{n.name}'); supported: {', '.join(SUPPORTED_OPS)}")
 
 
 def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = True) -> dict[str, tuple[int, ...]]:

@@ -62,7 +62,11 @@ def graph_from_json(doc, meta=None, params=None) -> Graph:
         inputs, attrs, prm = d.get("inputs", []), d.get("attrs", {}), d.get("params", {})
         if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
             raise ModelError(f"node '{d['name']}': 'inputs' must be a list of tensor names")
-        if not isinstance(attrs, dict) or not isinstance(prm, dict) or not all(isinstance(v, str) for v in prm.values()):
+        if (
+            not isinstance(attrs, dict)
+            or not isinstance(prm, dict)
+            or not all(isinstance(v, str) for v in prm.values())
+        ):
             raise ModelError(f"node '{d['name']}': 'attrs' must be an object and 'params' map roles to names")
         nodes.append(Node(d["name"], d["op"], tuple(inputs), attrs, prm))
     shape = doc.get("input_shape")

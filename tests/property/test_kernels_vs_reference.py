@@ -1,0 +1,113 @@
+"""Every Numba kernel equals its NumPy twin over shapes, strides, padding, dilation and groups."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from velcro_ref.graph import pool_out_size
+from velcro_ref.kernels import conv2d as kconv
+from velcro_ref.kernels import linear as klin
+from velcro_ref.kernels import pool as kpool
+from velcro_ref.reference import conv2d as rconv
+from velcro_ref.reference import linear as rlin
+from velcro_ref.reference import pool as rpool
+
+
+@st.composite
+def conv_cases(draw):
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.integers(1, 6))
+    kg = draw(st.integers(1, 5))
+    depthwise = draw(st.booleans())
+    if depthwise:
+        cg, kg, groups = 1, draw(st.integers(1, 2)), draw(st.integers(1, 6))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = [draw(st.integers(0, 2)) for _ in range(4)]
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 12))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 12))
+    n = draw(st.integers(1, 3))
+    seed = draw(st.integers(0, 2**31))
+    masked = draw(st.sampled_from([None, 0.0, 0.3, 0.8, 1.0]))
+    return n, groups, cg, kg, kh, kw, sh, sw, dh, dw, pads, h, w, seed, masked
+
+
+@given(conv_cases())
+def test_conv2d_kernel_equals_numpy_twin(case):
+    n, groups, cg, kg, kh, kw, sh, sw, dh, dw, (pt, pl, pb, pr), h, w, seed, masked = case
+    rng = np.random.default_rng(seed)
+    c, k = cg * groups, kg * groups
+    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
+    wt = rng.standard_normal((k, cg, kh, kw), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    oh = pool_out_size(h, kh, sh, pt, pb, False, dh)
+    ow = pool_out_size(w, kw, sw, pl, pr, False, dw)
+    skip = None if masked is None else rng.random((k, oh, ow)) < masked
+    got = np.full((n, k, oh, ow), 7.0, np.float32)
+    want = np.full((n, k, oh, ow), 7.0, np.float32)
+    m_got = kconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, got)
+    m_want = rconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, want)
+    assert m_got == m_want
+    scale = max(1.0, float(np.abs(want).max()))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale * max(1, cg * kh * kw) ** 0.5)
+    if skip is not None:
+        assert np.all(got[:, skip] == 7.0)  # masked elements are never written
+
+
+def test_conv2d_direct_path_equals_im2col_path():
+    # a 3x3 depthwise conv (9 taps) takes the direct loop; give it a grouped twin that takes im2col
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 9, 9), dtype=np.float32)
+    wt = rng.standard_normal((4, 1, 3, 3), dtype=np.float32)
+    b = np.zeros(4, np.float32)
+    direct = np.empty((2, 4, 9, 9), np.float32)
+    kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 4, None, direct)
+    # the same conv as a dense conv with block-diagonal weights (36 taps -> im2col path)
+    full = np.zeros((4, 4, 3, 3), np.float32)
+    for i in range(4):
+        full[i, i] = wt[i, 0]
+    via_gemm = np.empty_like(direct)
+    kconv.conv2d(x, full, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, None, via_gemm)
+    np.testing.assert_allclose(direct, via_gemm, atol=1e-5)
+
+
+@st.composite
+def pool_cases(draw):
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    pads = [draw(st.integers(0, k // 2)) for k in (kh, kw, kh, kw)]
+    h = draw(st.integers(max(1, kh - pads[0] - pads[2]), 11))
+    w = draw(st.integers(max(1, kw - pads[1] - pads[3]), 11))
+    return kh, kw, sh, sw, pads, h, w, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31))
+
+
+@given(pool_cases())
+def test_pool_kernels_equal_numpy_twins(case):
+    kh, kw, sh, sw, (pt, pl, pb, pr), h, w, ceil_mode, include_pad, seed = case
+    x = np.random.default_rng(seed).standard_normal((2, 3, h, w), dtype=np.float32)
+    oh = pool_out_size(h, kh, sh, pt, pb, ceil_mode)
+    ow = pool_out_size(w, kw, sw, pl, pr, ceil_mode)
+    got, want = np.empty((2, 3, oh, ow), np.float32), np.empty((2, 3, oh, ow), np.float32)
+    kpool.max_pool(x, kh, kw, sh, sw, pt, pl, got)
+    rpool.max_pool(x, kh, kw, sh, sw, pt, pl, want)
+    np.testing.assert_array_equal(got, want)
+    kpool.avg_pool(x, kh, kw, sh, sw, pt, pl, pb, pr, include_pad, got)
+    rpool.avg_pool(x, kh, kw, sh, sw, pt, pl, pb, pr, include_pad, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    g1, g2 = np.empty((2, 3, 1, 1), np.float32), np.empty((2, 3, 1, 1), np.float32)
+    kpool.global_avg_pool(x, g1)
+    rpool.global_avg_pool(x, g2)
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 30), st.sampled_from([None, 0.0, 0.5, 1.0]), st.integers(0, 2**31))
+def test_linear_kernel_equals_numpy_twin(n, f, o, masked, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, f), dtype=np.float32)
+    w = rng.standard_normal((o, f), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    skip = None if masked is None else rng.random(o) < masked
+    got, want = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
+    assert klin.linear(x, w, b, skip, got) == rlin.linear(x, w, b, skip, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(f))

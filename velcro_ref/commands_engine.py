@@ -1,0 +1,162 @@
+"""CLI: zoo, info, infer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fileio import atomic_path
+
+
+def load_array(path, what="input") -> np.ndarray:
+    """np.load a .npy file; InputError naming the file if it is missing or not an array."""
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
+    if not isinstance(a, np.ndarray):
+        raise InputError(f"{path}: expects a .npy array, found {type(a).__name__}")
+    return a
+
+
+def save_array(path, a) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, a)
+
+
+def print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def cmd_zoo(args):
+    from .model_io import save_model
+    from .zoo import build_zoo
+
+    g = build_zoo(args.name, args.input_size, args.in_channels, args.num_classes, args.width, args.seed)
+    fp = save_model(g, args.output)
+    print(f"wrote {args.output} ({args.name}, input {g.input_shape}, fingerprint {fp[:16]})")
+    return 0
+
+
+def model_info(model) -> dict:
+    """Per-layer shapes, parameter counts and MACs of the stored graph, plus totals."""
+    from .graph import node_macs
+
+    g, shapes = model.graph, model.shapes
+    layers = []
+    for n in g.nodes:
+        n_params = sum(int(np.prod(g.params[k].shape)) for k in n.params.values())
+        layers.append(
+            {
+                "name": n.name,
+                "op": n.op,
+                "inputs": list(n.inputs),
+                "input_shapes": [list(shapes[t]) for t in n.inputs],
+                "output_shape": list(shapes[n.name]),
+                "params": n_params,
+                "macs": node_macs(n, shapes[n.inputs[0]], shapes[n.name]),
+            }
+        )
+    return {
+        "model": model.path,
+        "fingerprint": model.fingerprint,
+        "input_shape": list(model.input_shape),
+        "meta": model.meta,
+        "layers": layers,
+        "activation_sites": list(model.sites),
+        "total_params": sum(layer["params"] for layer in layers),
+        "total_macs": sum(layer["macs"] for layer in layers),
+    }
+
+
+def cmd_info(args):
+    from .engine import load_model
+
+    info = model_info(load_model(args.model, allow_nonfinite=args.allow_nonfinite))
+    if args.json:
+        print_json(info)
+        return 0
+    print(f"{info['model']}  fingerprint {info['fingerprint'][:16]}  input {tuple(info['input_shape'])}")
+    print(f"{'layer':<34} {'op':<16} {'output':<18} {'params':>10} {'MACs':>14}")
+    for layer in info["layers"]:
+        shape = "x".join(map(str, layer["output_shape"]))
+        print(f"{layer['name']:<34} {layer['op']:<16} {shape:<18} {layer['params']:>10,} {layer['macs']:>14,}")
+    print(
+        f"total: {info['total_params']:,} parameters, {info['total_macs']:,} MACs per image, {len(info['activation_sites'])} activation sites"
+    )
+    return 0
+
+
+def cmd_infer(args):
+    from .engine import load_model
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    x = load_array(args.input)
+    masks = None
+    if args.masks:
+        from .masks import load_masks
+
+        masks = load_masks(args.masks)
+    y = model.run(x, masks=masks)
+    if args.output:
+        save_array(args.output, y)
+    doc = {
+        "model": args.model,
+        "masks": args.masks,
+        "batch": int(x.shape[0]),
+        "output_shape": list(y.shape),
+        "macs": model.last_macs,
+        "total_macs": sum(model.last_macs.values()),
+    }
+    if args.json:
+        print_json(doc)
+    else:
+        print(f"output {tuple(y.shape)}; executed {doc['total_macs']:,} MACs for {doc['batch']} image(s)")
+        if args.output:
+            print(f"wrote {args.output}")
+    return 0
+
+
+def add_model_arg(p):
+    p.add_argument("model", help="model file (HDF5, velcro-model format)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
+
+
+def register(sub):
+    from .zoo import ZOO
+
+    p = sub.add_parser(
+        "zoo",
+        help="write a randomly initialised zoo model",
+        description="Write a randomly initialised model with torchvision's topology.",
+    )
+    p.add_argument("name", choices=ZOO)
+    p.add_argument("-o", "--output", required=True, type=Path, help="output model file (.h5)")
+    p.add_argument("--input-size", type=int, default=224, help="input height and width (default 224)")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--num-classes", type=int, default=1000, help="output classes (default 1000)")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=cmd_zoo)
+
+    p = sub.add_parser(
+        "info", help="layer shapes, parameters and MACs", description="Print every layer's shapes, parameters and MACs."
+    )
+    add_model_arg(p)
+    p.add_argument("--json", action="store_true", help="print JSON (top-level total_macs)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "infer", help="run a model on a .npy batch", description="Run a model on an NCHW float32 .npy batch."
+    )
+    add_model_arg(p)
+    p.add_argument("--input", required=True, help="input .npy, NCHW float32")
+    p.add_argument("-o", "--output", help="write the output array here (.npy)")
+    p.add_argument("--masks", help="VELCRO mask file (HDF5) for masked inference")
+    p.add_argument("--json", action="store_true", help="print executed MACs per layer and in total as JSON")
+    p.set_defaults(func=cmd_infer)
