@@ -13,6 +13,7 @@ from .errors import VelcroError
 # Modules that add subcommands: each has register(subparsers) setting func=handler(args) -> int.
 COMMAND_MODULES = [
     "velcro_ref.commands_engine",
+    "velcro_ref.commands_velcro",
 ]
 
 

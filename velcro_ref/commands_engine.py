@@ -87,7 +87,8 @@ def cmd_info(args):
         shape = "x".join(map(str, layer["output_shape"]))
         print(f"{layer['name']:<34} {layer['op']:<16} {shape:<18} {layer['params']:>10,} {layer['macs']:>14,}")
     print(
-        f"total: {info['total_params']:,} parameters, {info['total_macs']:,} MACs per image, {len(info['activation_sites'])} activation sites"
+        f"total: {info['total_params']:,} parameters, {info['total_macs']:,} MACs per image, "
+        f"{len(info['activation_sites'])} activation sites"
     )
     return 0
 

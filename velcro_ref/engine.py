@@ -263,6 +263,7 @@ class Model:
         masks: a MaskSet of this model (velcro_ref.load_masks) or None for dense inference.
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
+        An observer may also define on_node(step, inputs, output, skip) to see every node.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
@@ -286,8 +287,11 @@ class Model:
             if st.name in consts:
                 mask, const = consts[st.name]
                 out[:, mask] = const[mask]
-            if observer is not None and st.op in G.ACTIVATIONS:
-                observer.on_site(st.name, out)
+            if observer is not None:
+                if st.op in G.ACTIVATIONS:
+                    observer.on_site(st.name, out)
+                if hasattr(observer, "on_node"):
+                    observer.on_node(st, [env[t] for t in st.inputs], out, skip)
             env[st.name] = out
         self.last_macs = macs
         return env[self.output].copy()
@@ -299,6 +303,9 @@ class Model:
                 f"{masks.source}: masks were made for model {masks.fingerprint}, "
                 f"this model ({self.path}) is {self.fingerprint}"
             )
+        missing = sorted(set(self.sites) - set(masks.sites))
+        if masks.complete and missing:
+            raise MaskError(f"{masks.source}: no masks for site(s) {', '.join(missing)}")
         for site, (mask, const) in masks.sites.items():
             if site not in self.sites:
                 raise MaskError(f"{masks.source}: site '{site}' is not an activation site of this model")

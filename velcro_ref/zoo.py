@@ -208,5 +208,7 @@ def build_zoo(name, input_size=224, in_channels=3, num_classes=1000, width=1.0, 
         raise UsageError(f"width must be positive, got {width!r}")
     b = _Builder(in_channels, np.random.default_rng(seed))
     out = _BUILDERS[name](b, width, num_classes)
-    meta = {"name": name, "source": "zoo", "seed": seed, "width": width}
+    # Random models have no training statistics; they take images scaled to [-1, 1].
+    pre = {"scale": 1.0 / 255.0, "mean": [0.5] * in_channels, "std": [0.5] * in_channels}
+    meta = {"name": name, "source": "zoo", "seed": seed, "width": width, "preprocessing": pre}
     return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params, meta)

@@ -101,7 +101,13 @@ def test_pool_kernels_equal_numpy_twins(case):
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
-@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 30), st.sampled_from([None, 0.0, 0.5, 1.0]), st.integers(0, 2**31))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 40),
+    st.integers(1, 30),
+    st.sampled_from([None, 0.0, 0.5, 1.0]),
+    st.integers(0, 2**31),
+)
 def test_linear_kernel_equals_numpy_twin(n, f, o, masked, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, f), dtype=np.float32)

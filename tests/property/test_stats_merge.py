@@ -1,0 +1,40 @@
+"""Stats of shards merged in any order equal the stats of the whole set and numpy's float64 mean/var."""
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+from velcro_ref.stats import SiteStats
+
+
+@given(
+    st.integers(0, 2**31),
+    st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    st.sampled_from([0.0, 1.0, 1e6]),
+    st.sampled_from([1e-3, 1.0, 100.0]),
+    st.randoms(use_true_random=False),
+)
+def test_merge_in_any_order_equals_whole_set_and_numpy(seed, sizes, offset, noise, rnd):
+    rng = np.random.default_rng(seed)
+    data = offset + noise * rng.standard_normal((sum(sizes), 3, 2))
+    shards = np.split(data, np.cumsum(sizes)[:-1])
+    parts = [SiteStats.of_batch(s) for s in shards]
+    rnd.shuffle(parts)
+    merged = SiteStats.empty((3, 2))
+    for p in parts:
+        merged = merged.merge(p)
+    whole = SiteStats.of_batch(data)
+    np.testing.assert_array_equal(merged.count, len(data))
+    np.testing.assert_allclose(merged.mean, data.mean(axis=0), rtol=1e-9, atol=0)
+    np.testing.assert_allclose(merged.variance, data.var(axis=0), rtol=1e-9, atol=1e-12 * noise**2)
+    np.testing.assert_allclose(merged.mean, whole.mean, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(merged.m2, whole.m2, rtol=1e-9, atol=1e-12 * noise**2)
+    np.testing.assert_array_equal(merged.min, data.min(axis=0))
+    np.testing.assert_array_equal(merged.max, data.max(axis=0))
+
+
+def test_hand_worked_merge():
+    # {1, 2} and {4}: mean 7/3, M2 = (16 + 1 + 25) / 9 = 42/9
+    m = SiteStats.of_batch(np.array([[1.0], [2.0]])).merge(SiteStats.of_batch(np.array([[4.0]])))
+    assert m.count[0] == 3 and np.isclose(m.mean[0], 7 / 3) and np.isclose(m.m2[0], 42 / 9)
+    assert m.min[0] == 1 and m.max[0] == 4

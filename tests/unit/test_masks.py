@@ -1,0 +1,67 @@
+"""The paper's uniform policy, mask files and their refusal for another model."""
+
+import numpy as np
+import pytest
+
+from velcro_ref.engine import Model
+from velcro_ref.errors import MaskError, StatsError, UsageError
+from velcro_ref.masks import build_masks, load_masks, lowest_variance, save_masks, uniform_ratios
+from velcro_ref.stats import SiteStats, Stats, collect_stats, load_stats, save_stats
+from velcro_ref.zoo import build_zoo
+
+
+def test_lowest_variance_breaks_ties_by_flat_index():
+    var = np.array([[0.5, 0.1, 0.1], [0.1, 0.9, 0.0]])
+    # sorted: 0.0 (idx 5), then the 0.1 ties in flat order 1, 2, 3
+    assert np.flatnonzero(lowest_variance(var, 3)).tolist() == [1, 2, 5]
+    assert np.flatnonzero(lowest_variance(var, 4)).tolist() == [1, 2, 3, 5]
+
+
+def _stats(shape=(2, 3, 3)):
+    rng = np.random.default_rng(0)
+    s = SiteStats.of_batch(rng.standard_normal((10, *shape)))
+    return Stats("fp", {"a": s, "b": s}, (1, 2), 10, "test")
+
+
+def test_uniform_policy_masks_floor_r_elements_with_means_as_constants():
+    stats = _stats()
+    masks = build_masks(stats, uniform_ratios(stats, 0.5), {"name": "uniform"})
+    for name, (mask, const) in masks.sites.items():
+        assert mask.sum() == 9  # floor(0.5 * 18)
+        var = stats.sites[name].variance
+        assert var[mask].max() <= var[~mask].min()
+        np.testing.assert_array_equal(const, stats.sites[name].mean.astype(np.float32))
+    ex = build_masks(stats, uniform_ratios(stats, 0.5, exclude=["b"]), {})
+    assert ex.sites["b"][0].sum() == 0
+
+
+def test_ratio_outside_unit_interval_is_refused():
+    with pytest.raises(UsageError):
+        uniform_ratios(_stats(), 1.5)
+    with pytest.raises(UsageError):
+        uniform_ratios(_stats(), 0.5, exclude=["nope"])
+
+
+def test_stats_and_mask_files_round_trip_and_refuse_another_model(tmp_path):
+    model = Model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=1))
+    other = Model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=2))
+    x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
+    stats = collect_stats(model, x, batch=7, classes=(0, 1))
+    save_stats(stats, tmp_path / "s.h5")
+    back = load_stats(tmp_path / "s.h5", model)
+    assert back.n_images == 20 and back.classes == (0, 1)
+    for s in model.sites:
+        np.testing.assert_array_equal(back.sites[s].m2, stats.sites[s].m2)
+    with pytest.raises(StatsError) as e:
+        load_stats(tmp_path / "s.h5", other)
+    assert model.fingerprint in str(e.value) and other.fingerprint in str(e.value)
+    masks = build_masks(back, uniform_ratios(back, 0.3), {"name": "uniform", "ratio": 0.3})
+    save_masks(masks, tmp_path / "m.h5")
+    loaded = load_masks(tmp_path / "m.h5")
+    assert loaded.policy["ratio"] == 0.3
+    y1 = model.run(x, masks=masks)
+    y2 = model.run(x, masks=loaded)
+    assert np.array_equal(y1, y2)
+    with pytest.raises(MaskError) as e:
+        other.run(x, masks=loaded)
+    assert model.fingerprint in str(e.value) and other.fingerprint in str(e.value)

@@ -1,0 +1,263 @@
+"""CLI: profile, stats merge, compress, eval, golden (the VELCRO core)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from .commands_engine import add_model_arg, load_array, print_json
+from .errors import DataError, InputError, UsageError
+
+
+def add_image_args(p, split):
+    p.add_argument("--data", choices=["fashion-mnist"], help="image set (Fashion-MNIST from the Debian package)")
+    p.add_argument(
+        "--data-dir", help="directory of the Fashion-MNIST IDX .gz files (default: $VELCRO_DATA or the Debian path)"
+    )
+    p.add_argument("--classes", help="task classes, numbers or names, e.g. 5,7,9 or sandal,sneaker")
+    p.add_argument("--split", choices=["train", "test"], default=split, help=f"data split (default {split})")
+    p.add_argument("--samples", type=int, help="use at most this many images (the first ones of the split)")
+    p.add_argument("--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
+    p.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
+
+
+def load_image_set(args, model):
+    """(x float32 NCHW, labels int64, classes tuple, source) from --data or --images."""
+    if args.batch < 1:
+        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"--samples must be a positive integer, got {args.samples}")
+    from . import data
+
+    if args.images:
+        try:
+            with np.load(args.images, allow_pickle=False) as z:
+                x, y = z["x"], z["y"].astype(np.int64)
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise InputError(f"{args.images}: expects an .npz with arrays 'x' and 'y' ({e})") from None
+        classes = data.parse_classes(args.classes) if args.classes else tuple(int(c) for c in np.unique(y))
+        if len(y) != len(x):
+            raise InputError(f"{args.images}: {len(x)} images but {len(y)} labels")
+        keep = np.isin(y, classes)
+        x, y = x[keep][: args.samples], y[keep][: args.samples]
+        source = f"{args.images} classes {list(classes)}"
+    elif args.data == "fashion-mnist":
+        if not args.classes:
+            raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
+        classes = data.parse_classes(args.classes)
+        images, labels = data.load_fashion_mnist(args.split, args.data_dir)
+        images, y = data.select_classes(images, labels, classes, args.samples)
+        pre = model.meta.get("preprocessing")
+        if pre is None:
+            raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
+        x = data.preprocess(images, pre)
+        source = f"fashion-mnist {args.split} classes {list(classes)}"
+    else:
+        raise UsageError("give --data fashion-mnist or --images FILE.npz")
+    if len(x) == 0:
+        raise DataError(f"the image set is empty ({source})")
+    model.check_input(x[:1])
+    return np.ascontiguousarray(x, dtype=np.float32), y, tuple(classes), source
+
+
+def progress_bar(total, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False, disable=None)
+
+
+def cmd_profile(args):
+    from .engine import load_model
+    from .stats import StatsCollector, load_stats, save_stats
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    x, _, classes, source = load_image_set(args, model)
+    out = Path(args.output)
+    partial = out.with_name(out.name + ".partial")
+    col = StatsCollector(model, classes, source)
+    start = 0
+    if args.resume and partial.exists():
+        col.stats = load_stats(partial, model)
+        start = col.stats.n_images
+        print(f"resuming from {partial}: {start} of {len(x)} images done")
+    with progress_bar(len(x), "profile") as bar:
+        bar.update(start)
+        for i, j in enumerate(range(start, len(x), args.batch)):
+            col.add_batch(x[j : j + args.batch])
+            bar.update(min(args.batch, len(x) - j))
+            if args.checkpoint_every and (i + 1) % args.checkpoint_every == 0:
+                save_stats(col.stats, partial)
+    col.stats.source = source
+    save_stats(col.stats, out)
+    if partial.exists():
+        partial.unlink()
+    print(f"wrote {out}: {len(model.sites)} sites, {col.stats.n_images} images of classes {list(classes)}")
+    return 0
+
+
+def cmd_stats_merge(args):
+    from .stats import load_stats, save_stats
+
+    parts = [load_stats(p) for p in args.inputs]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    save_stats(total, args.output)
+    print(f"wrote {args.output}: {total.n_images} images from {len(parts)} shards")
+    return 0
+
+
+def read_ratios_toml(path, sites) -> dict:
+    """Per-site ratios from TOML: `[ratios]` table (or top-level) of site = ratio; `default` applies to the rest."""
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{path}: cannot read ratios TOML ({e})") from None
+    table = doc.get("ratios", doc)
+    default = table.get("default", 0.0)
+    unknown = sorted(k for k in table if k != "default" and k not in sites)
+    if unknown:
+        raise UsageError(f"{path}: unknown site(s) {', '.join(unknown)}")
+    return {s: table.get(s, default) for s in sites}
+
+
+def cmd_compress(args):
+    from .masks import build_masks, check_ratio, save_masks, uniform_ratios
+    from .stats import load_stats
+
+    stats = load_stats(args.stats)
+    if args.ratios:
+        ratios = read_ratios_toml(args.ratios, stats.sites)
+        for s in args.exclude or ():
+            ratios[s] = 0.0
+        policy = {"name": "per_site", "ratios_file": str(args.ratios), "exclude": args.exclude or []}
+    else:
+        if args.ratio is None:
+            raise UsageError("give --ratio R (uniform policy) or --ratios FILE.toml")
+        check_ratio(args.ratio, "--ratio")
+        if args.policy != "uniform":
+            from .policies import policy_ratios
+
+            ratios = policy_ratios(args.policy, stats, args)
+        else:
+            ratios = uniform_ratios(stats, args.ratio, args.exclude or ())
+        policy = {"name": args.policy, "ratio": args.ratio, "exclude": args.exclude or []}
+    policy["stats_file"] = str(args.stats)
+    masks = build_masks(stats, ratios, policy)
+    save_masks(masks, args.output)
+    n = sum(m.size for m, _ in masks.sites.values())
+    k = sum(masks.n_masked().values())
+    print(f"wrote {args.output}: {k:,} of {n:,} activation elements masked ({k / n:.1%}), policy {args.policy}")
+    return 0
+
+
+def cmd_eval(args):
+    from .engine import load_model
+    from .evaluate import csr, evaluate
+    from .masks import load_masks
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    x, y, classes, source = load_image_set(args, model)
+    with progress_bar(len(x), "dense") as bar:
+        dense = evaluate(model, x, y, classes, batch=args.batch, progress=bar)
+    doc = {"model": args.model, "data": source, "n_images": len(x), "classes": list(classes)}
+    doc["dense"] = {k: dense[k] for k in ("accuracy", "accuracy_task", "macs")}
+    if args.masks:
+        masks = load_masks(args.masks)
+        with progress_bar(len(x), "masked") as bar:
+            masked = evaluate(model, x, y, classes, masks=masks, batch=args.batch, progress=bar)
+        doc["masked"] = {k: masked[k] for k in ("accuracy", "accuracy_task", "macs")}
+        doc["csr"] = csr(dense["macs"], masked["macs"])
+    if args.json:
+        print_json(doc)
+        return 0
+    print(f"{source}: {len(x)} images")
+    for mode in ("dense", "masked"):
+        if mode in doc:
+            d = doc[mode]
+            print(
+                f"  {mode:<7} accuracy {d['accuracy']:.4f}  task-restricted {d['accuracy_task']:.4f}  "
+                f"MACs/image {d['macs']:,.0f}"
+            )
+    if "csr" in doc:
+        print(f"  CSR {doc['csr']:.4f}")
+    return 0
+
+
+def cmd_golden(args):
+    from .engine import load_model
+    from .golden import write_golden
+    from .masks import load_masks
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    x = load_array(args.input)
+    masks = load_masks(args.masks) if args.masks else None
+    macs = write_golden(model, model.check_input(x), args.output, masks)
+    print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser(
+        "profile",
+        help="preprocessing stage: per-element activation statistics",
+        description="Stream per-element activation statistics (count, mean, M2, min, max) of every site.",
+    )
+    add_model_arg(p)
+    add_image_args(p, "train")
+    p.add_argument("-o", "--output", required=True, help="stats file to write (HDF5)")
+    p.add_argument(
+        "--checkpoint-every", type=int, default=20, help="write partial stats every N batches (default 20, 0 = never)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("stats", help="statistics files", description="Operations on statistics files.")
+    ssub = p.add_subparsers(dest="stats_command", metavar="ACTION")
+    ssub.required = True
+    m = ssub.add_parser(
+        "merge", help="merge shards (Chan's formula)", description="Merge statistics shards of one model into one file."
+    )
+    m.add_argument("inputs", nargs="+", help="stats files of the same model")
+    m.add_argument("-o", "--output", required=True, help="merged stats file")
+    m.set_defaults(func=cmd_stats_merge)
+
+    p = sub.add_parser(
+        "compress",
+        help="compression stage: masks from statistics",
+        description="Choose masked elements per site from statistics; constants are the means.",
+    )
+    p.add_argument("stats", help="stats file (from velcro profile)")
+    p.add_argument("--ratio", type=float, help="compression ratio R in [0, 1]")
+    p.add_argument(
+        "--policy", default="uniform", help="uniform (the paper's) or another policy (see velcro compress --help)"
+    )
+    p.add_argument("--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
+    p.add_argument("--exclude", nargs="*", metavar="SITE", help="sites never masked")
+    p.add_argument("-o", "--output", required=True, help="mask file to write (HDF5)")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser(
+        "eval",
+        help="specialized-task accuracy, executed MACs and CSR",
+        description="Evaluate a model dense and (with --masks) masked on a task's images.",
+    )
+    add_model_arg(p)
+    add_image_args(p, "test")
+    p.add_argument("--masks", help="mask file")
+    p.add_argument("--json", action="store_true", help="print JSON {dense, masked, csr}")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "golden",
+        help="golden vectors for hardware verification",
+        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; "
+        "docs/formats.md gives the layout.",
+    )
+    add_model_arg(p)
+    p.add_argument("--input", required=True, help="input .npy (NCHW float32)")
+    p.add_argument("--masks", help="mask file")
+    p.add_argument("-o", "--output", required=True, help="vectors file to write (HDF5)")
+    p.set_defaults(func=cmd_golden)
