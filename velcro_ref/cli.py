@@ -14,6 +14,7 @@ from .errors import VelcroError
 COMMAND_MODULES = [
     "velcro_ref.commands_engine",
     "velcro_ref.commands_velcro",
+    "velcro_ref.commands_experiments",
 ]
 
 

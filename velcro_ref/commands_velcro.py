@@ -124,32 +124,35 @@ def read_ratios_toml(path, sites) -> dict:
 
 
 def cmd_compress(args):
-    from .masks import build_masks, check_ratio, save_masks, uniform_ratios
+    from .masks import build_masks, save_masks
+    from .policies import make_masks
     from .stats import load_stats
 
     stats = load_stats(args.stats)
+    site_costs = None
+    if args.model:
+        from .engine import load_model
+        from .stats import check_stats
+
+        model = load_model(args.model)
+        check_stats(stats, model, args.stats)
+        site_costs = model.site_costs()
     if args.ratios:
         ratios = read_ratios_toml(args.ratios, stats.sites)
         for s in args.exclude or ():
             ratios[s] = 0.0
-        policy = {"name": "per_site", "ratios_file": str(args.ratios), "exclude": args.exclude or []}
+        masks = build_masks(stats, ratios, {"name": "per_site", "ratios_file": str(args.ratios)})
+    elif args.ratio is None:
+        raise UsageError("give --ratio R (with --policy) or --ratios FILE.toml")
     else:
-        if args.ratio is None:
-            raise UsageError("give --ratio R (uniform policy) or --ratios FILE.toml")
-        check_ratio(args.ratio, "--ratio")
-        if args.policy != "uniform":
-            from .policies import policy_ratios
-
-            ratios = policy_ratios(args.policy, stats, args)
-        else:
-            ratios = uniform_ratios(stats, args.ratio, args.exclude or ())
-        policy = {"name": args.policy, "ratio": args.ratio, "exclude": args.exclude or []}
-    policy["stats_file"] = str(args.stats)
-    masks = build_masks(stats, ratios, policy)
+        masks = make_masks(args.policy, stats, args.ratio, site_costs, args.exclude or ())
+    masks.policy["stats_file"] = str(args.stats)
     save_masks(masks, args.output)
     n = sum(m.size for m, _ in masks.sites.values())
     k = sum(masks.n_masked().values())
-    print(f"wrote {args.output}: {k:,} of {n:,} activation elements masked ({k / n:.1%}), policy {args.policy}")
+    print(
+        f"wrote {args.output}: {k:,} of {n:,} activation elements masked ({k / n:.1%}), policy {masks.policy['name']}"
+    )
     return 0
 
 
@@ -232,8 +235,13 @@ def register(sub):
     p.add_argument("stats", help="stats file (from velcro profile)")
     p.add_argument("--ratio", type=float, help="compression ratio R in [0, 1]")
     p.add_argument(
-        "--policy", default="uniform", help="uniform (the paper's) or another policy (see velcro compress --help)"
+        "--policy",
+        default="uniform",
+        choices=["uniform", "budget", "channel"],
+        help="uniform: the paper's, R of every site; budget: one global MAC budget (needs --model); "
+        "channel: whole channels (S-VELCRO style)",
     )
+    p.add_argument("--model", help="the model the stats belong to (needed by --policy budget)")
     p.add_argument("--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
     p.add_argument("--exclude", nargs="*", metavar="SITE", help="sites never masked")
     p.add_argument("-o", "--output", required=True, help="mask file to write (HDF5)")

@@ -225,6 +225,17 @@ class Model:
             if n.op in CHAIN_OPS
         }
 
+    def site_costs(self) -> dict[str, int]:
+        """Site -> MACs per image that masking one of its elements skips (its whole chain)."""
+        g, shapes = self.exec_graph, self.exec_shapes
+        per_element = {}
+        for n in g.nodes:
+            if n.op in CHAIN_OPS:
+                per_element[n.name] = G.node_macs(n, shapes[n.inputs[0]], shapes[n.name]) // int(
+                    np.prod(shapes[n.name])
+                )
+        return {site: sum(per_element[c] for c in chain) for site, chain in self.chains.items()}
+
     def check_input(self, x) -> np.ndarray:
         """Raise InputError unless x is a finite float32 (N, *input_shape) array."""
         if not isinstance(x, np.ndarray):

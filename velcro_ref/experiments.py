@@ -1,0 +1,129 @@
+"""The paper's experiments on real data: value locality of a task, and ratio sweeps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import data
+from .errors import UsageError
+from .evaluate import csr, evaluate
+from .policies import make_masks
+from .stats import collect_stats
+
+
+def parse_ratios(text) -> list[float]:
+    """'0:0.9:0.05' (start:stop:step, stop included) or '0.1,0.3,0.5' -> sorted ratios in [0, 1]."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(t) for t in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            n = int(np.floor((stop - start) / step + 1e-9)) + 1
+            ratios = [round(start + i * step, 10) for i in range(n)]
+        else:
+            ratios = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"--ratios expects start:stop:step or a comma list, got {text!r}") from None
+    if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
+        raise UsageError(f"--ratios must lie in [0, 1], got {text!r}")
+    return sorted(set(ratios))
+
+
+def task_images(model, classes, split, n=None, data_dir=None):
+    """Preprocessed images (float32 NCHW) and labels of the task's classes from a split."""
+    images, labels = data.load_fashion_mnist(split, data_dir)
+    images, labels = data.select_classes(images, labels, classes, n)
+    pre = model.meta.get("preprocessing")
+    if pre is None:
+        raise UsageError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
+    return np.ascontiguousarray(data.preprocess(images, pre)), labels
+
+
+def profile_task(model, classes, n, data_dir=None, batch=256, progress=None):
+    """Stats over the first n train images of `classes` (the paper's preprocessing set)."""
+    x, _ = task_images(model, classes, "train", n, data_dir)
+    src = f"fashion-mnist train classes {list(classes)}"
+    return collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
+
+
+def locality(task_stats, general_stats, threshold=0.01) -> dict:
+    """Compare per-element variances of a task with the general-purpose case.
+
+    An element is near-constant when its variance is below `threshold` x the mean general
+    variance of its site. Returns summary numbers and the pooled normalised variances.
+    """
+    task_v, gen_v = [], []
+    for s in task_stats.sites:
+        gv = general_stats.sites[s].variance.ravel()
+        scale = gv.mean() if gv.mean() > 0 else 1.0
+        task_v.append(task_stats.sites[s].variance.ravel() / scale)
+        gen_v.append(gv / scale)
+    tv, gv = np.concatenate(task_v), np.concatenate(gen_v)
+    live = gv > 0
+    ratio = tv[live] / gv[live]
+    return {
+        "n_elements": int(tv.size),
+        "n_images": int(task_stats.n_images),
+        "threshold": threshold,
+        "median_variance_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
+        "share_under_threshold_task": float(np.mean(tv < threshold)),
+        "share_under_threshold_general": float(np.mean(gv < threshold)),
+        "share_zero_variance_task": float(np.mean(tv == 0)),
+        "share_zero_variance_general": float(np.mean(gv == 0)),
+        "task_variances": tv,
+        "general_variances": gv,
+    }
+
+
+def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=0.005, batch=500, progress=None):
+    """Accuracy and CSR at every ratio; picks the best points as the sweep's JSON contract names them.
+
+    stats: task statistics (train split); x, labels: evaluation images (test split).
+    """
+    dense = evaluate(model, x, labels, classes, batch=batch)
+    base = dense["accuracy"]
+    costs = model.site_costs()
+    points = []
+    for r in ratios:
+        if r == 0:
+            res = dense
+        else:
+            res = evaluate(model, x, labels, classes, masks=make_masks(policy, stats, r, costs), batch=batch)
+        points.append(
+            {
+                "ratio": r,
+                "csr": csr(dense["macs"], res["macs"]),
+                "accuracy": res["accuracy"],
+                "accuracy_task": res["accuracy_task"],
+                "macs": res["macs"],
+            }
+        )
+        if progress is not None:
+            progress.update(1)
+    n = len(x)
+
+    def best(ok):
+        cands = [p for p in points if ok(p)]
+        return max(cands, key=lambda p: (p["csr"], p["accuracy"])) if cands else None
+
+    gain = max(points, key=lambda p: (p["accuracy"] - base, -p["ratio"]))
+    return {
+        "policy": policy,
+        "classes": list(classes),
+        "baseline_accuracy": base,
+        "baseline_accuracy_task": dense["accuracy_task"],
+        "dense_macs": dense["macs"],
+        "points": points,
+        "best_csr_no_loss": best(lambda p: p["accuracy"] >= base),
+        "best_csr_tolerance": best(lambda p: p["accuracy"] >= base - tolerance - 1e-12),
+        "tolerance": tolerance,
+        "best_accuracy_gain": {
+            "ratio": gain["ratio"],
+            "csr": gain["csr"],
+            "gain": gain["accuracy"] - base,
+            "gain_images": int(round((gain["accuracy"] - base) * n)),
+            "accuracy": gain["accuracy"],
+        },
+        "n_eval_images": n,
+        "n_profile_images": int(stats.n_images),
+    }

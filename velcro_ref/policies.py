@@ -1,0 +1,80 @@
+"""Mask-allocation policies beyond the paper's uniform ratio.
+
+`budget`: one global budget instead of one ratio per site. Every element gets a damage score,
+its standard deviation relative to the RMS of its site (replacing it by its mean costs that much
+relative signal), and a benefit, the MACs its producer chain skips. Elements are masked in
+increasing damage per benefit until the skipped MACs reach R x the MACs of all masked-able
+chains, the same saving the uniform policy at ratio R would give if every site were equal.
+`channel`: the S-VELCRO-style channel mode. Whole channels of a site (all their H x W elements)
+become constants, lowest mean variance first, R of the channels of every site, so whole filters
+are skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UsageError
+from .masks import build_masks, check_ratio, uniform_ratios
+
+POLICIES = ("uniform", "budget", "channel")
+
+
+def make_masks(policy, stats, ratio, site_costs=None, exclude=()):
+    """A MaskSet of `policy` at ratio R. `budget` needs site_costs (Model.site_costs())."""
+    ratio = check_ratio(ratio)
+    params = {"name": policy, "ratio": ratio, "exclude": list(exclude)}
+    if policy == "uniform":
+        return build_masks(stats, uniform_ratios(stats, ratio, exclude), params)
+    if policy == "channel":
+        return _channel_masks(stats, ratio, exclude, params)
+    if policy == "budget":
+        if site_costs is None:
+            raise UsageError("the budget policy needs the model (velcro compress --model MODEL)")
+        return _budget_masks(stats, ratio, site_costs, exclude, params)
+    raise UsageError(f"unknown policy '{policy}'; choose from {', '.join(POLICIES)}")
+
+
+def _budget_masks(stats, ratio, site_costs, exclude, params):
+    names = [s for s in stats.sites if s not in exclude and site_costs.get(s, 0) > 0]
+    scores, benefit, owner = [], [], []
+    for i, s in enumerate(names):
+        st = stats.sites[s]
+        rms = np.sqrt(np.mean(st.mean**2 + st.variance)) or 1.0
+        scores.append((np.sqrt(st.variance) / rms).ravel())
+        benefit.append(np.full(st.mean.size, float(site_costs[s])))
+        owner.append(np.full(st.mean.size, i))
+    if not names:
+        return build_masks(stats, {}, params)
+    score, gain, site_of = np.concatenate(scores), np.concatenate(benefit), np.concatenate(owner)
+    budget = ratio * gain.sum()
+    # stable order: equal scores keep site order and flat index, as the uniform policy does
+    order = np.argsort(score / gain, kind="stable")
+    n_take = int(np.searchsorted(np.cumsum(gain[order]), budget, side="right"))
+    chosen = np.zeros(score.size, bool)
+    chosen[order[:n_take]] = True
+    sites, start = {}, 0
+    for i, s in enumerate(names):
+        size = stats.sites[s].mean.size
+        sites[s] = chosen[start : start + size].reshape(stats.sites[s].mean.shape)
+        start += size
+    masks = build_masks(stats, {}, params)
+    for s, m in sites.items():
+        masks.sites[s] = (m, masks.sites[s][1])
+    masks.policy["site_ratios"] = {s: float(m.mean()) for s, m in sites.items()}
+    return masks
+
+
+def _channel_masks(stats, ratio, exclude, params):
+    masks = build_masks(stats, {}, params)
+    for s, st in stats.sites.items():
+        if s in exclude or st.mean.ndim != 3:
+            continue
+        c = st.mean.shape[0]
+        per_channel = st.variance.reshape(c, -1).mean(axis=1)
+        k = int(np.floor(ratio * c))
+        chosen = np.argsort(per_channel, kind="stable")[:k]
+        mask = np.zeros(st.mean.shape, bool)
+        mask[chosen] = True
+        masks.sites[s] = (mask, masks.sites[s][1])
+    return masks
