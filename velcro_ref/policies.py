@@ -37,16 +37,15 @@ def make_masks(policy, stats, ratio, site_costs=None, exclude=()):
 
 def _budget_masks(stats, ratio, site_costs, exclude, params):
     names = [s for s in stats.sites if s not in exclude and site_costs.get(s, 0) > 0]
-    scores, benefit, owner = [], [], []
-    for i, s in enumerate(names):
+    scores, benefit = [], []
+    for s in names:
         st = stats.sites[s]
         rms = np.sqrt(np.mean(st.mean**2 + st.variance)) or 1.0
         scores.append((np.sqrt(st.variance) / rms).ravel())
         benefit.append(np.full(st.mean.size, float(site_costs[s])))
-        owner.append(np.full(st.mean.size, i))
     if not names:
         return build_masks(stats, {}, params)
-    score, gain, site_of = np.concatenate(scores), np.concatenate(benefit), np.concatenate(owner)
+    score, gain = np.concatenate(scores), np.concatenate(benefit)
     budget = ratio * gain.sum()
     # stable order: equal scores keep site order and flat index, as the uniform policy does
     order = np.argsort(score / gain, kind="stable")
@@ -54,7 +53,7 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
     chosen = np.zeros(score.size, bool)
     chosen[order[:n_take]] = True
     sites, start = {}, 0
-    for i, s in enumerate(names):
+    for s in names:
         size = stats.sites[s].mean.size
         sites[s] = chosen[start : start + size].reshape(stats.sites[s].mean.shape)
         start += size
