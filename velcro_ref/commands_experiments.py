@@ -138,7 +138,8 @@ def register(sub):
     p = sub.add_parser(
         "locality",
         help="value locality of a task vs the general case",
-        description="Compare per-element activation variances of a specialized task with all ten classes (same number of images).",
+        description="Compare per-element activation variances of a specialized task with all ten classes "
+        "(same number of images).",
     )
     add_model_arg(p)
     p.add_argument("--task", help="task name from tasks.toml")
@@ -181,7 +182,8 @@ def register(sub):
     p = sub.add_parser(
         "demo",
         help="the main job: locality and sweeps for every shipped model and task",
-        description="Run the value-locality analysis and the sweeps for every model in weights/ and every task, into a report folder.",
+        description="Run the value-locality analysis and the sweeps for every model in weights/ and every task, "
+        "into a report folder.",
     )
     p.add_argument("-o", "--output", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 3 ratios, fewer images")
