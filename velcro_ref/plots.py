@@ -31,7 +31,7 @@ def plot_locality(result, path, title):
         ax.plot(v, np.arange(1, v.size + 1) / v.size, label=label)
     ax.axvline(result["threshold"], color="grey", ls=":", label=f"threshold {result['threshold']:g}")
     ax.set_xscale("log")
-    ax.set_xlabel("element variance / mean general variance of its site")
+    ax.set_xlabel("element variance / mean general variance of its site (below 1e-8 drawn at 1e-8)")
     ax.set_ylabel("share of activation elements")
     ax.set_title(title)
     ax.legend(loc="lower right")

@@ -42,6 +42,38 @@ def im2col_t(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, col):
 
 
 @njit(cache=True)
+def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
+    """Layout: x (C, H, W) one image; col (cg*kh*kw, OH*OW), row j = (c, fy, fx), column p = (oy, ox).
+
+    Loop order c, fy, fx, oy, then a run of ox that stays inside the input (a strided copy);
+    padding is written as 0.
+    """
+    h, w = x.shape[1], x.shape[2]
+    j = 0
+    for c in range(cg):
+        for fy in range(kh):
+            for fx in range(kw):
+                off = fx * dw - pl
+                # ox range whose ix = ox*sw + off lies in [0, w)
+                lo = 0 if off >= 0 else min(ow, (-off + sw - 1) // sw)
+                hi = max(lo, min(ow, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
+                for oy in range(oh):
+                    iy = oy * sh - pt + fy * dh
+                    base = oy * ow
+                    if iy < 0 or iy >= h:
+                        for ox in range(ow):
+                            col[j, base + ox] = 0.0
+                        continue
+                    for ox in range(lo):
+                        col[j, base + ox] = 0.0
+                    for ox in range(lo, hi):
+                        col[j, base + ox] = x[c0 + c, iy, ox * sw + off]
+                    for ox in range(hi, ow):
+                        col[j, base + ox] = 0.0
+                j += 1
+
+
+@njit(cache=True)
 def gemm_masked(w, col, bias, skip, rows, out):
     """Layout: w (K, J) filters, col (P, J) im2col rows, skip and out (K, P); only channels `rows`.
 
@@ -159,22 +191,26 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
     kg = k_n // groups
     if col is None or col.size < p_n * taps:
         col = np.empty(p_n * taps, np.float32)
-    colv = col[: p_n * taps].reshape(p_n, taps)
     w2 = w.reshape(k_n, taps)
+    pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
     n_macs = 0
     for n in range(n_n):
         for g in range(groups):
             wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
             og = out[n, g * kg : (g + 1) * kg].reshape(kg, p_n)
             if skip is None:
-                need = np.ones(p_n, np.bool_)
-            else:
-                sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
-                need = ~sg.all(axis=0)
-            im2col_t(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, colv)
-            if skip is None:
-                n_macs += gemm_rows(wg, colv, bg, og)
+                if pointwise:  # a 1x1 stride-1 conv is a GEMM on the input as it lies
+                    cols = x[n, g * cg : (g + 1) * cg].reshape(cg, p_n)
+                else:
+                    cols = col[: p_n * taps].reshape(taps, p_n)
+                    im2col(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols)
+                np.matmul(wg, cols, out=og)
+                og += bg[:, None]
+                n_macs += kg * p_n * taps
                 continue
+            sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
+            colv = col[: p_n * taps].reshape(p_n, taps)
+            im2col_t(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, ~sg.all(axis=0), colv)
             # Channels with no masked element go to BLAS together; channels with some masked
             # elements go to the element-wise kernel; fully masked channels cost nothing.
             n_masked = sg.sum(axis=1)

@@ -1,0 +1,51 @@
+"""Sweeps, ratio grids and the locality summary on real Fashion-MNIST images."""
+
+import numpy as np
+import pytest
+
+from velcro_ref.engine import Model
+from velcro_ref.errors import UsageError
+from velcro_ref.experiments import locality, parse_ratios, profile_task, sweep, task_images
+from velcro_ref.zoo import build_zoo
+
+
+def test_parse_ratios():
+    assert parse_ratios("0:0.2:0.05") == [0.0, 0.05, 0.1, 0.15, 0.2]
+    assert parse_ratios("0.5,0.1") == [0.1, 0.5]
+    for bad in ("0:1.5:0.5", "a,b", "0.5:0.1:0.1", "0:1:0"):
+        with pytest.raises(UsageError):
+            parse_ratios(bad)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return Model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
+
+
+def test_sweep_csr_is_zero_at_ratio_zero_and_rises_with_ratio(small_model):
+    classes = (5, 7, 9)
+    stats = profile_task(small_model, classes, 300)
+    x, y = task_images(small_model, classes, "test", 300)
+    res = sweep(small_model, stats, x, y, classes, [0.0, 0.2, 0.4, 0.6])
+    csrs = [p["csr"] for p in res["points"]]
+    assert csrs[0] == 0.0
+    assert all(b > a for a, b in zip(csrs, csrs[1:], strict=False))
+    assert res["n_eval_images"] == 300
+    assert res["points"][0]["accuracy"] == res["baseline_accuracy"]
+    assert res["best_csr_no_loss"]["accuracy"] >= res["baseline_accuracy"]
+    # accuracies are fractions counted in whole images
+    for p in res["points"]:
+        assert abs(p["accuracy"] * 300 - round(p["accuracy"] * 300)) < 1e-9
+
+
+def test_locality_of_a_set_with_itself_has_ratio_one(small_model):
+    stats = profile_task(small_model, (1, 3), 200)
+    res = locality(stats, stats)
+    assert res["median_variance_ratio"] == pytest.approx(1.0)
+    assert res["share_under_threshold_task"] == res["share_under_threshold_general"]
+
+
+def test_task_images_are_of_the_task_classes(small_model):
+    x, y = task_images(small_model, (0, 8), "test")
+    assert x.shape == (2000, 1, 28, 28) and x.dtype == np.float32
+    assert set(np.unique(y)) == {0, 8}
