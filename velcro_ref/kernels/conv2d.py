@@ -11,9 +11,11 @@ from numba import njit
 # Filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the direct
 # loop: an im2col copy per tap would cost more than the MACs it feeds.
 DIRECT_MAX_TAPS = 16
-# Positions per tile of the masked kernel: 64 rows of im2col (at most 64 x 4608 floats) and the
-# filter bank stay in L2 while every channel visits the tile.
-TILE_P = 64
+# Positions per tile of the masked kernel: 128 rows of im2col stay in L2 (at most 128 x 4608
+# floats) while every channel visits the tile.
+TILE_P = 128
+# Runs of unmasked positions at least this long go to one matrix-vector product.
+RUN_MIN = 4
 
 
 @njit(cache=True)
@@ -77,65 +79,33 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
 def gemm_masked(w, col, bias, skip, rows, out):
     """Layout: w (K, J) filters, col (P, J) im2col rows, skip and out (K, P); only channels `rows`.
 
-    Loop order: position tiles, channels, then four unmasked positions of that channel at a time
-    sharing each filter load, eight partial sums per dot product so the loop vectorises without
-    reassociating (no fastmath). A masked (k, p) is never visited: no MAC, out left as is.
+    Loop order: position tiles, channels, runs of unmasked positions. A run of at least RUN_MIN
+    positions is one BLAS matrix-vector product (col[run] @ w[k]), a shorter one a BLAS dot per
+    element: BLAS vectorises the reduction, which a loop here may not without fastmath.
+    A masked (k, p) is never visited: no MAC, out left as is.
     """
     j_n = w.shape[1]
     p_n = col.shape[0]
-    j8 = j_n - j_n % 8
     n_macs = 0
-    idx = np.empty(TILE_P, np.int64)
     for p0 in range(0, p_n, TILE_P):
         p1 = min(p0 + TILE_P, p_n)
         for k in rows:
-            m = 0
-            for p in range(p0, p1):
-                if not skip[k, p]:
-                    idx[m] = p
-                    m += 1
-            n_macs += m * j_n
-            i = 0
-            while i + 4 <= m:
-                out[k, idx[i]], out[k, idx[i + 1]], out[k, idx[i + 2]], out[k, idx[i + 3]] = _dot4(
-                    w, k, col, idx[i], idx[i + 1], idx[i + 2], idx[i + 3], j8, j_n
-                )
-                for q in range(4):
-                    out[k, idx[i + q]] += bias[k]
-                i += 4
-            while i < m:
-                p = idx[i]
-                s = _dot1(w, k, col, p, j8, j_n)
-                out[k, p] = s + bias[k]
-                i += 1
+            wk = w[k]
+            p = p0
+            while p < p1:
+                if skip[k, p]:
+                    p += 1
+                    continue
+                start = p
+                while p < p1 and not skip[k, p]:
+                    p += 1
+                if p - start >= RUN_MIN:
+                    out[k, start:p] = np.dot(col[start:p], wk) + bias[k]
+                else:
+                    for q in range(start, p):
+                        out[k, q] = np.dot(col[q], wk) + bias[k]
+                n_macs += (p - start) * j_n
     return n_macs
-
-
-@njit(cache=True, inline="always")
-def _dot1(w, k, col, p, j8, j_n):
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = np.float32(0.0)
-    for j in range(0, j8, 8):
-        a0 += w[k, j] * col[p, j]
-        a1 += w[k, j + 1] * col[p, j + 1]
-        a2 += w[k, j + 2] * col[p, j + 2]
-        a3 += w[k, j + 3] * col[p, j + 3]
-        a4 += w[k, j + 4] * col[p, j + 4]
-        a5 += w[k, j + 5] * col[p, j + 5]
-        a6 += w[k, j + 6] * col[p, j + 6]
-        a7 += w[k, j + 7] * col[p, j + 7]
-    s = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-    for j in range(j8, j_n):
-        s += w[k, j] * col[p, j]
-    return s
-
-
-@njit(cache=True, inline="always")
-def _dot4(w, k, col, p0, p1, p2, p3, j8, j_n):
-    s0 = _dot1(w, k, col, p0, j8, j_n)
-    s1 = _dot1(w, k, col, p1, j8, j_n)
-    s2 = _dot1(w, k, col, p2, j8, j_n)
-    s3 = _dot1(w, k, col, p3, j8, j_n)
-    return s0, s1, s2, s3
 
 
 @njit(cache=True)
