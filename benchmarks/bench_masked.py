@@ -1,0 +1,98 @@
+"""Masked vs dense ResNet-18 (224x224) in the same run, and profiling overhead.
+
+For R = 0.3, 0.5, 0.7 (uniform masks from statistics over random inputs, which is fine for
+timing), batch 1 and 8: end-to-end and per-layer masked time next to dense time, the achieved
+speedup (dense / masked) and the ideal one (dense MACs / executed MACs, both counted by the
+kernels). Then images/s of dense inference vs profiling (inference + statistics).
+
+    python benchmarks/bench_masked.py [--repeat 7] [--batches 1,8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, median_ms  # noqa: E402
+
+from velcro_ref.engine import Model  # noqa: E402
+from velcro_ref.masks import build_masks, uniform_ratios  # noqa: E402
+from velcro_ref.stats import StatsCollector, collect_stats  # noqa: E402
+from velcro_ref.zoo import build_zoo  # noqa: E402
+
+
+class StepTimer:
+    """Engine observer: the time between consecutive on_node calls is the op of the later node."""
+
+    def __init__(self):
+        self.times, self.last = {}, 0.0
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.times.setdefault(step.name, []).append(time.perf_counter() - self.last)
+        self.last = time.perf_counter()
+
+
+def layer_times(model, x, masks, repeat):
+    timer = StepTimer()
+    for _ in range(repeat):
+        timer.last = time.perf_counter()
+        model.run(x, masks=masks, observer=timer)
+    return {k: float(np.median(v)) for k, v in timer.times.items()}, dict(model.last_macs)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--ratios", default="0.3,0.5,0.7")
+    ap.add_argument("--per-layer", action="store_true", help="print the per-layer table for every ratio")
+    args = ap.parse_args()
+    print(f"machine: {machine()}")
+    rng = np.random.default_rng(0)
+    model = Model(build_zoo("resnet18", seed=0))
+    stats = collect_stats(model, rng.standard_normal((16, 3, 224, 224), dtype=np.float32), batch=8)
+    for b in map(int, args.batches.split(",")):
+        x = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
+        dense_ms = median_ms(lambda x=x: model.run(x), repeat=args.repeat)
+        dense_layers, dense_macs = layer_times(model, x, None, args.repeat)
+        print(f"\nbatch {b}: dense {dense_ms:.1f} ms")
+        print(f"{'R':>5} {'masked ms':>10} {'achieved':>9} {'ideal':>7} {'achieved/ideal':>15}")
+        for r in map(float, args.ratios.split(",")):
+            masks = build_masks(stats, uniform_ratios(stats, r), {"name": "uniform", "ratio": r})
+            masked_ms = median_ms(lambda x=x, m=masks: model.run(x, masks=m), repeat=args.repeat)
+            layers, macs = layer_times(model, x, masks, args.repeat)
+            ideal = sum(dense_macs.values()) / sum(macs.values())
+            achieved = dense_ms / masked_ms
+            print(f"{r:>5.1f} {masked_ms:>10.1f} {achieved:>8.2f}x {ideal:>6.2f}x {achieved / ideal:>15.2f}")
+            if args.per_layer or r == 0.5:
+                print(
+                    f"   per layer at R={r}: {'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>7}"
+                )
+                for name, m in macs.items():
+                    if dense_macs[name] == 0 or m == 0:
+                        continue
+                    d, k = dense_layers[name], layers[name]
+                    print(
+                        f"   {'':<15} {name:<24} {d * 1e3:>9.2f} {k * 1e3:>10.2f} {d / k:>8.2f}x {dense_macs[name] / m:>6.2f}x"
+                    )
+    # profiling throughput: inference plus per-element statistics, vs inference alone
+    x = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
+    dense_ms = median_ms(lambda: model.run(x), repeat=args.repeat)
+    col = StatsCollector(model)
+    prof_ms = median_ms(lambda: col.add_batch(x), repeat=args.repeat)
+    print(
+        f"\nprofiling, batch 8: dense {8e3 / dense_ms:.1f} images/s, profiling {8e3 / prof_ms:.1f} images/s, "
+        f"overhead {prof_ms / dense_ms - 1:+.1%} (target <= 25%)"
+    )
+
+
+if __name__ == "__main__":
+    main()
