@@ -73,16 +73,14 @@ def main():
             achieved = dense_ms / masked_ms
             print(f"{r:>5.1f} {masked_ms:>10.1f} {achieved:>8.2f}x {ideal:>6.2f}x {achieved / ideal:>15.2f}")
             if args.per_layer or r == 0.5:
-                print(
-                    f"   per layer at R={r}: {'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>7}"
-                )
+                head = f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>7}"
+                print(f"   per layer at R={r}: {head}")
                 for name, m in macs.items():
                     if dense_macs[name] == 0 or m == 0:
                         continue
                     d, k = dense_layers[name], layers[name]
-                    print(
-                        f"   {'':<15} {name:<24} {d * 1e3:>9.2f} {k * 1e3:>10.2f} {d / k:>8.2f}x {dense_macs[name] / m:>6.2f}x"
-                    )
+                    row = f"{name:<24} {d * 1e3:>9.2f} {k * 1e3:>10.2f} {d / k:>8.2f}x {dense_macs[name] / m:>6.2f}x"
+                    print(f"   {'':<15} {row}")
     # profiling throughput: inference plus per-element statistics, vs inference alone
     x = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
     dense_ms = median_ms(lambda: model.run(x), repeat=args.repeat)
