@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
 
 from .errors import VelcroError
@@ -15,6 +17,7 @@ COMMAND_MODULES = [
     "velcro_ref.commands_engine",
     "velcro_ref.commands_velcro",
     "velcro_ref.commands_experiments",
+    "velcro_ref.commands_onnx",
 ]
 
 
@@ -35,23 +38,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, so cleanup (`finally`, context managers) runs on the way out
+    and `except Exception` blocks cannot swallow it; atomic writes then delete their temporary file."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
+    """Run one subcommand. Exit codes: 0 success, 1 bad data (VelcroError, an unreadable or unwritable
+    file, out of memory), 2 usage (argparse or UsageError), 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM). User errors print one line `error: ...` and no traceback; --debug or VELCRO_DEBUG=1
+    adds the traceback. Anything else is a bug and keeps its traceback.
+    """
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("VELCRO_DEBUG") == "1"
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+
+    def fail(message, code):
+        if debug:
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
+        return code
+
     try:
         return int(args.func(args) or 0)
     except VelcroError as e:
-        if debug:
-            traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+        return fail(e, e.exit_code)
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", 130)
+    except Terminated:
+        return fail("terminated", 143)
     except BrokenPipeError:
+        # the reader went away (e.g. `velcro info ... | head`): silence the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except MemoryError:
+        return fail("out of memory (try a smaller --batch)", 1)
+    except OSError as e:
+        # a file the user named cannot be read or written: permissions, a full disk, a directory
+        return fail(e, 1)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

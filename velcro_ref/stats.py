@@ -4,6 +4,11 @@ Per element of every activation site: float64 count, mean, M2, min and max. Each
 reduced exactly (two passes in float64 over the batch, which is Welford's update applied to the
 batch as one block) and joined to the running totals by Chan's formula, so memory does not grow
 with the number of images and shards merge in any order.
+
+Means are kept relative to a per-element shift (the first value seen). Chan's formula takes the
+difference of two means; for data far from zero (1e6 plus noise of 1e-3) that difference of
+two large numbers would lose digits, while the difference of two shifts close to each other is
+exact (Sterbenz) and the shifted means are small.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ from .fileio import atomic_path
 
 FORMAT = "velcro-stats"
 FORMAT_VERSION = 1
-FIELDS = ("count", "mean", "m2", "min", "max")
+FIELDS = ("count", "shift", "shifted_mean", "m2", "min", "max")
 
 
 @dataclass
 class SiteStats:
-    """float64 arrays of one site's element shape."""
+    """float64 arrays of one site's element shape; mean = shift + shifted_mean."""
 
     count: np.ndarray
-    mean: np.ndarray
+    shift: np.ndarray
+    shifted_mean: np.ndarray
     m2: np.ndarray
     min: np.ndarray
     max: np.ndarray
@@ -36,25 +42,35 @@ class SiteStats:
     @classmethod
     def empty(cls, shape):
         z = np.zeros(shape, np.float64)
-        return cls(z.copy(), z.copy(), z.copy(), np.full(shape, np.inf), np.full(shape, -np.inf))
+        return cls(z.copy(), z.copy(), z.copy(), z.copy(), np.full(shape, np.inf), np.full(shape, -np.inf))
 
     @classmethod
     def of_batch(cls, y):
-        """Exact stats of a batch y (N, *shape)."""
+        """Exact stats of a batch y (N, *shape), shifted by its first sample."""
         y = np.asarray(y, dtype=np.float64)
-        mean = y.mean(axis=0)
-        m2 = np.square(y - mean).sum(axis=0)
+        shift = y[0].copy()
+        d = y - shift
+        mean = d.mean(axis=0)
+        m2 = np.square(d - mean).sum(axis=0)
         count = np.full(mean.shape, float(y.shape[0]))
-        return cls(count, mean, m2, y.min(axis=0), y.max(axis=0))
+        return cls(count, shift, mean, m2, y.min(axis=0), y.max(axis=0))
 
     def merge(self, other: SiteStats) -> SiteStats:
-        """Chan et al.'s parallel combination of two partial results."""
+        """Chan et al.'s parallel combination of two partial results (in this one's shift)."""
+        if not self.count.any():
+            return other
+        if not other.count.any():
+            return self
         n = self.count + other.count
-        safe = np.where(n > 0, n, 1.0)
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / safe)
-        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / safe)
-        return SiteStats(n, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+        other_mean = other.shifted_mean + (other.shift - self.shift)
+        delta = other_mean - self.shifted_mean
+        mean = self.shifted_mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / n)
+        return SiteStats(n, self.shift, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.shift + self.shifted_mean
 
     @property
     def variance(self) -> np.ndarray:
@@ -136,51 +152,87 @@ def save_stats(stats: Stats, path) -> None:
             sg.attrs["name"] = name
             for fld in FIELDS:
                 sg.create_dataset(fld, data=getattr(s, fld))
+            sg.create_dataset("mean", data=s.mean)  # for readers; the shifted form is exact
 
 
 def load_stats(path, model=None) -> Stats:
-    """Read a stats file; with a model, check fingerprint, sites and shapes. Raises StatsError."""
+    """Read a stats file; with a model, check fingerprint, sites and shapes.
+
+    Every field is checked before it is read (float64, at most MAX_ELEMENTS elements, one shape
+    per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max).
+    Raises StatsError naming the file and the site or attribute at fault.
+    """
+    from .model_io import H5_ERRORS, open_h5
+
+    f = open_h5(path, StatsError, FORMAT)
     try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise StatsError(f"{path}: cannot be read as HDF5 ({e})") from None
-    with f:
-        try:
-            if f.attrs.get("format") != FORMAT:
-                raise StatsError(f"format attribute expects '{FORMAT}', found {f.attrs.get('format')!r}")
-            if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
-                raise StatsError(f"format_version {f.attrs['format_version']} is newer than supported")
-            sites = {}
-            for key, sg in f["sites"].items():
-                name = str(sg.attrs.get("name", key))
-                arrays = [np.asarray(sg[fld][()], dtype=np.float64) for fld in FIELDS]
-                if any(a.shape != arrays[0].shape for a in arrays):
-                    raise StatsError(f"site '{name}': count/mean/m2/min/max shapes differ")
-                sites[name] = SiteStats(*arrays)
-            stats = Stats(
-                str(f.attrs["fingerprint"]),
-                sites,
-                tuple(json.loads(f.attrs.get("classes", "[]"))),
-                int(f.attrs.get("n_images", 0)),
-                str(f.attrs.get("source", "")),
-                json.loads(f.attrs.get("provenance", "{}")),
-            )
-        except StatsError as e:
-            raise StatsError(f"{path}: {e}") from None
-        except (KeyError, OSError, ValueError, TypeError) as e:
-            raise StatsError(f"{path}: malformed stats file ({e})") from None
+        with f:
+            stats = _read_stats(f)
+    except StatsError as e:
+        raise StatsError(f"{path}: {e}") from e
+    except H5_ERRORS as e:
+        raise StatsError(f"{path}: corrupt or unreadable stats file ({type(e).__name__}: {e})") from e
     if model is not None:
         check_stats(stats, model, path)
     return stats
 
 
+def _read_stats(f) -> Stats:
+    import h5py
+
+    from .model_io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset
+
+    check_format(f, FORMAT, FORMAT_VERSION, StatsError)
+    fingerprint = attr_str(f, "fingerprint", StatsError)
+    n_images = attr_int(f, "n_images", StatsError)
+    if n_images < 1:
+        raise StatsError(f"n_images expects a positive integer, found {n_images}")
+    classes = attr_json(f, "classes", StatsError, list, default=[])
+    if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        raise StatsError(f"attribute 'classes' expects a list of class numbers, found {classes!r}")
+    source = attr_str(f, "source", StatsError, default="")
+    provenance = attr_json(f, "provenance", StatsError, dict, default={})
+    sites = {}
+    for key in member(f, "sites", h5py.Group, StatsError, "group "):
+        sg = member(f["sites"], key, h5py.Group, StatsError, "site ")
+        name = attr_str(sg, "name", StatsError, f"site group '{key}': ", default=key)
+        if name in sites:
+            raise StatsError(f"site '{name}' is stored twice")
+        where = f"site '{name}': "
+        fields = [member(sg, fld, h5py.Dataset, StatsError, where) for fld in FIELDS]
+        for fld, ds in zip(FIELDS, fields, strict=True):
+            check_dataset(ds, StatsError, f"{where}{fld} ", dtype=np.float64)
+        if any(ds.shape != fields[0].shape for ds in fields):
+            found = ", ".join(f"{fld} {ds.shape}" for fld, ds in zip(FIELDS, fields, strict=True))
+            raise StatsError(f"{where}count/mean/m2/min/max expect one shape, found {found}")
+        s = SiteStats(*(read_dataset(ds, StatsError, f"{where}{fld} ") for fld, ds in zip(FIELDS, fields, strict=True)))
+        for fld in FIELDS:
+            bad = int(np.count_nonzero(~np.isfinite(getattr(s, fld))))
+            if bad:
+                raise StatsError(f"{where}{fld} holds {bad} NaN/Inf value(s)")
+        if not np.all(s.count == n_images):
+            found = np.unique(s.count)[:5].tolist()
+            raise StatsError(f"{where}count expects {n_images} (n_images) for every element, found {found}")
+        if np.any(s.m2 < 0):
+            raise StatsError(f"{where}m2 expects values >= 0, found {s.m2.min():g}")
+        if np.any(s.min > s.max):
+            raise StatsError(f"{where}min exceeds max at {int(np.count_nonzero(s.min > s.max))} element(s)")
+        sites[name] = s
+    return Stats(fingerprint, sites, tuple(classes), n_images, source, provenance)
+
+
 def check_stats(stats: Stats, model, path="stats") -> None:
+    """Raise StatsError unless `stats` was made for `model`: same fingerprint, sites and shapes."""
     if stats.fingerprint != model.fingerprint:
-        raise StatsError(f"{path}: stats were made for model {stats.fingerprint}, this model is {model.fingerprint}")
+        raise StatsError(
+            f"{path}: stats were made for model {stats.fingerprint}, this model ({model.path}) is {model.fingerprint}"
+        )
     missing = sorted(set(model.sites) - set(stats.sites))
     extra = sorted(set(stats.sites) - set(model.sites))
-    if missing or extra:
-        raise StatsError(f"{path}: sites missing {missing} / not in the model {extra}")
+    if missing:
+        raise StatsError(f"{path}: no statistics for site(s) {', '.join(missing)} of the model")
+    if extra:
+        raise StatsError(f"{path}: site(s) {', '.join(extra)} are not activation sites of the model")
     for s, shape in model.sites.items():
         if stats.sites[s].mean.shape != tuple(shape):
             raise StatsError(f"{path}: site '{s}' expects shape {tuple(shape)}, found {stats.sites[s].mean.shape}")
