@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_ms, sgemm_peak_gflops  # noqa: E402
-
 from velcro_ref.engine import Model  # noqa: E402
 from velcro_ref.onnx_export import export_onnx  # noqa: E402
 from velcro_ref.zoo import build_zoo  # noqa: E402
+
+from common import machine, median_ms, sgemm_peak_gflops  # noqa: E402
 
 
 def ort_session(graph, tmp):

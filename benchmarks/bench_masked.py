@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median_ms  # noqa: E402
-
 from velcro_ref.engine import Model  # noqa: E402
 from velcro_ref.masks import build_masks, uniform_ratios  # noqa: E402
 from velcro_ref.stats import StatsCollector, collect_stats  # noqa: E402
 from velcro_ref.zoo import build_zoo  # noqa: E402
+
+from common import machine, median_ms  # noqa: E402
 
 
 class StepTimer:

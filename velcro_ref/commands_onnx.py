@@ -1,0 +1,68 @@
+"""CLI: import-onnx, export-onnx (needs the `onnx` extra; imported only when a command runs)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+
+def cmd_import_onnx(args):
+    from .model_io import save_model
+    from .onnx_import import import_onnx
+
+    graph = import_onnx(args.model)
+    if args.name:
+        graph = replace(graph, meta={**graph.meta, "name": args.name})
+    fp = save_model(graph, args.output)
+    n_sites = len(graph.activation_sites())
+    print(
+        f"wrote {args.output} ({len(graph.nodes)} nodes, {n_sites} activation sites, "
+        f"input {graph.input_shape}, output '{graph.output}', fingerprint {fp[:16]})"
+    )
+    return 0
+
+
+def cmd_export_onnx(args):
+    from .model_io import load_graph
+    from .onnx_export import OPSET, export_onnx
+
+    graph = load_graph(args.model, allow_nonfinite=args.allow_nonfinite)
+    export_onnx(graph, args.output)
+    print(
+        f"wrote {args.output} (ONNX opset {OPSET}, input 'input' (N, {', '.join(map(str, graph.input_shape))}), "
+        f"output '{graph.output}')"
+    )
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser(
+        "import-onnx",
+        help="convert an ONNX CNN to a velcro model",
+        description=(
+            "Convert an ONNX CNN (float32 NCHW, one input, one output) to a velcro model file. "
+            "Supported ONNX ops: Conv, BatchNormalization, Relu, Clip(0, 6), MaxPool, AveragePool, "
+            "GlobalAveragePool, ReduceMean over H and W, Add, Concat (axis 1), Gemm, MatMul (+ Add bias), "
+            "Flatten and Reshape to (N, -1), Softmax, Dropout and Identity (bypassed); shape arithmetic on "
+            "constants is folded. Every unsupported node is listed in one error. Metadata property "
+            "'velcro.meta' or 'velcro.preprocessing' (JSON) becomes the model's meta."
+        ),
+    )
+    p.add_argument("model", type=Path, help="ONNX file to read")
+    p.add_argument("-o", "--output", required=True, type=Path, help="velcro model file to write (.h5)")
+    p.add_argument("--name", help="store this name in the model's meta")
+    p.set_defaults(func=cmd_import_onnx)
+
+    p = sub.add_parser(
+        "export-onnx",
+        help="convert a velcro model to ONNX",
+        description=(
+            "Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after "
+            "the graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; the model's "
+            "meta is stored as metadata property 'velcro.meta'."
+        ),
+    )
+    p.add_argument("model", type=Path, help="velcro model file to read (.h5)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write")
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
+    p.set_defaults(func=cmd_export_onnx)
