@@ -1,0 +1,167 @@
+"""Fashion-MNIST loader tests on the installed Debian files (velcro_ref.data)."""
+
+import gzip
+import pathlib
+
+import numpy as np
+import pytest
+
+from velcro_ref import data
+from velcro_ref.errors import DataError
+
+SRC = pathlib.Path(data.DEBIAN_DIR)
+ALL_FILES = [name for pair in data.SPLIT_FILES.values() for name in pair]
+
+
+def _linked_copy(tmp_path, skip=()):
+    """A directory with symlinks to the real files, except those in `skip`."""
+    for name in ALL_FILES:
+        if name not in skip:
+            (tmp_path / name).symlink_to(SRC / name)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch):
+    monkeypatch.delenv(data.ENV_VAR, raising=False)
+
+
+@pytest.mark.parametrize("split, n", [("train", 60000), ("test", 10000)])
+def test_split_shapes_dtypes_and_class_balance(split, n):
+    images, labels = data.load_fashion_mnist(split)
+    assert images.shape == (n, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    # Fashion-MNIST is balanced: 6000 train and 1000 test images per class.
+    assert np.bincount(labels, minlength=10).tolist() == [n // 10] * 10
+
+
+def test_first_train_image_is_an_ankle_boot():
+    # Checked by hand from the raw label file: byte 8 (after the 8-byte header) is 9.
+    images, labels = data.load_fashion_mnist("train")
+    assert labels[0] == 9 and data.CLASS_NAMES[9] == "Ankle boot"
+    assert images[0].max() > 0
+
+
+def test_repeated_load_is_cached_and_read_only():
+    first = data.load_fashion_mnist("test")
+    second = data.load_fashion_mnist("test")
+    assert first[0] is second[0] and first[1] is second[1]
+    with pytest.raises(ValueError):
+        first[0][0, 0, 0] = 1
+
+
+def test_env_var_and_argument_override_default(tmp_path, monkeypatch):
+    assert data.resolve_data_dir() == pathlib.Path(data.DEBIAN_DIR)
+    (tmp_path / "env").mkdir()
+    env_dir = _linked_copy(tmp_path / "env")
+    monkeypatch.setenv(data.ENV_VAR, str(env_dir))
+    assert data.resolve_data_dir() == env_dir
+    _, labels = data.load_fashion_mnist("test")
+    assert labels.shape == (10000,)
+    (tmp_path / "arg").mkdir()
+    arg_dir = _linked_copy(tmp_path / "arg")
+    assert data.resolve_data_dir(arg_dir) == arg_dir
+    assert data.load_fashion_mnist("test", data_dir=arg_dir)[1][0] == 9
+
+
+def test_missing_dir_names_dir_file_and_setup_command(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DataError) as err:
+        data.load_fashion_mnist("train", data_dir=missing)
+    message = str(err.value)
+    assert str(missing) in message and "train-images-idx3-ubyte.gz" in message
+    assert data.SETUP_COMMAND in message and "\n" not in message
+
+
+def test_missing_single_file_is_named(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_truncated_payload_reports_expected_and_found(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    raw = gzip.decompress((SRC / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz.*expected 10000 .*found 9900"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_cut_gzip_stream_is_a_data_error(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    packed = (SRC / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_wrong_magic_is_a_data_error(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    # An image file under the label file's name: magic 0x803 where 0x801 is expected.
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").symlink_to(SRC / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DataError, match="expected IDX magic 0x00000801, found 0x00000803"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_unknown_split_lists_choices():
+    with pytest.raises(DataError, match="train, test"):
+        data.load_fashion_mnist("validation")
+
+
+def test_parse_classes_by_number_and_name():
+    assert data.parse_classes("5,7,9") == (5, 7, 9)
+    assert data.parse_classes("sandal, SNEAKER, Ankle boot") == (5, 7, 9)
+    assert data.parse_classes("t-shirt/top,ankle_boot, 1") == (0, 9, 1)
+
+
+@pytest.mark.parametrize("text", ["", "5,5", "sandal,5", "10", "-1", "sock", "5,,x"])
+def test_parse_classes_rejects_bad_lists_with_choices(text):
+    with pytest.raises(DataError) as err:
+        data.parse_classes(text)
+    message = str(err.value)
+    assert "duplicate" in message or "Ankle boot" in message or "valid" in message
+
+
+def test_select_classes_keeps_order_and_first_n():
+    images, labels = data.load_fashion_mnist("test")
+    sub_images, sub_labels = data.select_classes(images, labels, (5, 7, 9), n=50)
+    expected = [i for i, label in enumerate(labels) if label in (5, 7, 9)][:50]
+    assert sub_labels.tolist() == labels[expected].tolist()
+    assert np.array_equal(sub_images, images[expected])
+    assert len(data.select_classes(images, labels, (1, 8))[1]) == 2000
+
+
+def test_preprocess_scales_and_adds_channel_axis():
+    images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
+    out = data.preprocess(images, {"scale": 1 / 255, "mean": [0.5], "std": [0.25]})
+    assert out.shape == (1, 1, 2, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], [[-2.0, 2.0], [-1.2, -0.4]], rtol=1e-6)
+
+
+def test_preprocess_rejects_bad_dict():
+    images = np.zeros((1, 28, 28), np.uint8)
+    with pytest.raises(DataError, match="keys"):
+        data.preprocess(images, {"scale": 1.0, "mean": [0.0]})
+    with pytest.raises(DataError, match="std"):
+        data.preprocess(images, {"scale": 1.0, "mean": [0.0], "std": [0.0]})
+
+
+def test_shipped_tasks_have_two_to_four_distinct_valid_classes():
+    tasks = data.load_tasks()
+    assert len(tasks) >= 5
+    assert tasks["footwear"]["classes"] == (5, 7, 9)
+    for name, task in tasks.items():
+        classes = task["classes"]
+        assert 2 <= len(classes) <= 4 and len(set(classes)) == len(classes), name
+        assert all(0 <= c < 10 for c in classes), name
+        assert task["description"], name
+
+
+def test_bad_task_names_file_and_task(tmp_path):
+    path = tmp_path / "tasks.toml"
+    path.write_text('format = "velcro-tasks/1"\n[tasks.solo]\nclasses = ["Bag"]\ndescription = "x"\n')
+    with pytest.raises(DataError, match=r"tasks.toml: task 'solo': needs 2-4 classes"):
+        data.load_tasks(path)
+    path.write_text('format = "velcro-tasks/1"\n[tasks.odd]\nclasses = ["Bag", "Sock"]\ndescription = "x"\n')
+    with pytest.raises(DataError, match=r"task 'odd': unknown class 'Sock'"):
+        data.load_tasks(path)

@@ -1,0 +1,238 @@
+"""Fashion-MNIST loading (IDX .gz files), class selection, preprocessing and the specialized tasks."""
+
+import gzip
+import os
+import pathlib
+import tomllib
+import zlib
+
+import numpy as np
+
+from velcro_ref.errors import DataError
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+SETUP_COMMAND = "apt-get install -y dataset-fashion-mnist"
+ENV_VAR = "VELCRO_DATA"
+TASKS_PATH = pathlib.Path(__file__).with_name("tasks.toml")
+
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+SPLIT_SIZES = {"train": 60000, "test": 10000}
+IMAGE_SHAPE = (28, 28)
+# IDX magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
+IMAGES_MAGIC = 0x00000803
+LABELS_MAGIC = 0x00000801
+
+_CACHE = {}
+
+
+def resolve_data_dir(data_dir=None, split=None):
+    """Return the Fashion-MNIST directory: `data_dir`, else $VELCRO_DATA, else DEBIAN_DIR.
+
+    The files of `split` ("train" or "test"; both when None) must exist there.
+    Raises DataError naming the directory searched, the missing file and the set-up command.
+    """
+    if data_dir is not None:
+        source = "data_dir argument"
+    elif os.environ.get(ENV_VAR):
+        data_dir, source = os.environ[ENV_VAR], f"${ENV_VAR}"
+    else:
+        data_dir, source = DEBIAN_DIR, "default"
+    directory = pathlib.Path(data_dir).expanduser()
+    splits = SPLIT_FILES if split is None else (_check_split(split),)
+    for name in (f for s in splits for f in SPLIT_FILES[s]):
+        if not (directory / name).is_file():
+            raise DataError(
+                f"Fashion-MNIST file {name} not found in {directory} ({source}); "
+                f"install it with '{SETUP_COMMAND}' or set ${ENV_VAR} to a directory holding it"
+            )
+    return directory
+
+
+def load_fashion_mnist(split="train", data_dir=None):
+    """Load one split of Fashion-MNIST.
+
+    Returns (images, labels): images uint8 (N, 28, 28), labels int64 (N,), N = 60000 (train) or
+    10000 (test, the t10k files). Parsed arrays are cached per (directory, split) and returned
+    read-only, so repeated calls are cheap and cannot corrupt the cache; copy before writing.
+    Raises DataError for a missing directory or file, a bad split, or a malformed/truncated file.
+    """
+    split = _check_split(split)
+    directory = resolve_data_dir(data_dir, split).resolve()
+    key = (str(directory), split)
+    if key not in _CACHE:
+        image_file, label_file = (directory / name for name in SPLIT_FILES[split])
+        images = _read_idx(image_file, IMAGES_MAGIC, (SPLIT_SIZES[split], *IMAGE_SHAPE))
+        labels = _read_idx(label_file, LABELS_MAGIC, (SPLIT_SIZES[split],)).astype(np.int64)
+        if labels.max() >= len(CLASS_NAMES):
+            raise DataError(f"{label_file}: labels must be 0-{len(CLASS_NAMES) - 1}, found {labels.max()}")
+        images.setflags(write=False)
+        labels.setflags(write=False)
+        _CACHE[key] = (images, labels)
+    return _CACHE[key]
+
+
+def _check_split(split):
+    if split not in SPLIT_FILES:
+        raise DataError(f"unknown split {split!r}; valid: {', '.join(SPLIT_FILES)}")
+    return split
+
+
+def _read_idx(path, magic, shape):
+    """Parse a gzip IDX file of unsigned bytes whose magic and dims must equal `magic` and `shape`."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: cannot decompress ({exc}); reinstall with '{SETUP_COMMAND}'") from exc
+    n_dims = len(shape)
+    header_bytes = 4 * (1 + n_dims)
+    if len(raw) < header_bytes:
+        raise DataError(f"{path}: truncated header, expected {header_bytes} bytes, found {len(raw)}")
+    header = np.frombuffer(raw, dtype=">u4", count=1 + n_dims)
+    if header[0] != magic:
+        raise DataError(f"{path}: expected IDX magic 0x{magic:08x}, found 0x{int(header[0]):08x}")
+    dims = tuple(int(d) for d in header[1:])
+    if dims != shape:
+        raise DataError(f"{path}: expected dims {shape}, found {dims}")
+    n_bytes = int(np.prod(shape))
+    found = len(raw) - header_bytes
+    if found != n_bytes:
+        raise DataError(f"{path}: expected {n_bytes} data bytes, found {found} (truncated or corrupt file)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_bytes).reshape(shape).copy()
+
+
+def _class_index(token):
+    """Map one class given as an int, a digit string or a name (any case, '_' for ' ') to its index."""
+    valid = ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
+    if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
+        index = int(token)
+    elif isinstance(token, str) and token.strip().lstrip("-").isdigit():
+        index = int(token.strip())
+    elif isinstance(token, str):
+        wanted = token.strip().replace("_", " ").lower()
+        lowered = [name.lower() for name in CLASS_NAMES]
+        if wanted not in lowered:
+            raise DataError(f"unknown class {token!r}; valid: {valid}")
+        index = lowered.index(wanted)
+    else:
+        raise DataError(f"class must be a number or a name, got {token!r}; valid: {valid}")
+    if not 0 <= index < len(CLASS_NAMES):
+        raise DataError(f"class {index} out of range; valid: {valid}")
+    return index
+
+
+def _class_tuple(tokens, where):
+    """Indices of `tokens`; DataError (prefixed by `where`) for none, unknown or duplicates."""
+    try:
+        indices = tuple(_class_index(t) for t in tokens)
+    except DataError as exc:
+        raise DataError(f"{where}{exc}") from None
+    if not indices:
+        raise DataError(f"{where}no classes given; valid: 0-{len(CLASS_NAMES) - 1} or class names")
+    duplicates = sorted({CLASS_NAMES[i] for i in indices if indices.count(i) > 1})
+    if duplicates:
+        raise DataError(f"{where}duplicate classes: {', '.join(duplicates)}")
+    return indices
+
+
+def parse_classes(text):
+    """Parse a comma-separated class list: "5,7,9" or "sandal, Sneaker, ankle boot" -> (5, 7, 9).
+
+    Raises DataError for an empty list, an unknown, out-of-range or duplicate class, listing the choices.
+    """
+    if not isinstance(text, str):
+        raise DataError(f"classes must be a comma-separated string, got {type(text).__name__}")
+    tokens = [t for t in text.split(",") if t.strip()]
+    return _class_tuple(tokens, "")
+
+
+def select_classes(images, labels, classes, n=None):
+    """Return (images, labels) of the samples whose label is in `classes`, dataset order kept.
+
+    `n` keeps at most the first n of them (all when None). Shapes follow the inputs, N first.
+    Raises DataError for bad classes, n or mismatched lengths.
+    """
+    classes = _class_tuple(classes, "")
+    if len(images) != len(labels):
+        raise DataError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise DataError(f"n must be a positive integer or None, got {n!r}")
+    indices = np.flatnonzero(np.isin(labels, classes))[:n]
+    return images[indices], labels[indices]
+
+
+def preprocess(images_uint8, preprocessing):
+    """Turn uint8 images (N, H, W) into float32 NCHW (N, 1, H, W): (x * scale - mean) / std.
+
+    `preprocessing` is {"scale": float, "mean": [per channel], "std": [per channel]} (one channel here).
+    Raises DataError for a bad dict or image array.
+    """
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise DataError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
+    if not isinstance(preprocessing, dict) or set(preprocessing) != {"scale", "mean", "std"}:
+        found = sorted(preprocessing) if isinstance(preprocessing, dict) else type(preprocessing).__name__
+        raise DataError(f"preprocessing must have exactly the keys mean, scale, std; found {found}")
+    scale = np.float32(preprocessing["scale"])
+    mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(-1)
+    std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(-1)
+    if mean.shape != (1,) or std.shape != (1,):
+        raise DataError(f"preprocessing mean and std need 1 value (1 channel), got {mean.size} and {std.size}")
+    if not np.all(std > 0) or not np.isfinite(scale):
+        raise DataError(f"preprocessing std must be > 0 and scale finite, got std {std.tolist()}, scale {scale}")
+    x = images[:, None, :, :].astype(np.float32)
+    return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
+
+
+def load_tasks(path=None):
+    """Read the specialized tasks from a TOML file (default: velcro_ref/tasks.toml).
+
+    Returns {name: {"classes": tuple[int, ...], "description": str}}, each task with 2-4 distinct classes.
+    Raises DataError naming the file and the task for any problem.
+    """
+    path = pathlib.Path(path) if path is not None else TASKS_PATH
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read tasks file ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{path}: invalid TOML ({exc})") from None
+    if doc.get("format") != "velcro-tasks/1":
+        raise DataError(f"{path}: format must be 'velcro-tasks/1', found {doc.get('format')!r}")
+    unknown = sorted(set(doc) - {"format", "tasks"})
+    if unknown:
+        raise DataError(f"{path}: unknown top-level keys {unknown}; valid: format, tasks")
+    raw_tasks = doc.get("tasks")
+    if not isinstance(raw_tasks, dict) or not raw_tasks:
+        raise DataError(f"{path}: needs at least one [tasks.<name>] table")
+    tasks = {}
+    for name, task in raw_tasks.items():
+        where = f"{path}: task '{name}': "
+        if not isinstance(task, dict) or set(task) != {"classes", "description"}:
+            found = sorted(task) if isinstance(task, dict) else type(task).__name__
+            raise DataError(f"{where}needs exactly the keys classes, description; found {found}")
+        if not isinstance(task["description"], str) or not task["description"].strip():
+            raise DataError(f"{where}description must be a non-empty string")
+        if not isinstance(task["classes"], list):
+            raise DataError(f"{where}classes must be a list of class names or numbers")
+        classes = _class_tuple(task["classes"], where)
+        if not 2 <= len(classes) <= 4:
+            raise DataError(f"{where}needs 2-4 classes, found {len(classes)}")
+        tasks[name] = {"classes": classes, "description": task["description"].strip()}
+    return tasks
