@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from velcro_ref.engine import Model  # noqa: E402
 from velcro_ref.onnx_export import export_onnx  # noqa: E402
 from velcro_ref.zoo import build_zoo  # noqa: E402
 
-from common import machine, median_ms, sgemm_peak_gflops  # noqa: E402
+from common import StepTimer, machine, median_ms, sgemm_peak_gflops  # noqa: E402
 
 
 def ort_session(graph, tmp):
@@ -38,30 +37,11 @@ def ort_session(graph, tmp):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-class StepTimer:
-    """Engine observer: the time between consecutive on_node calls is the op of the later node."""
-
-    def __init__(self):
-        self.times = {}
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        now = time.perf_counter()
-        self.times.setdefault(step.name, []).append(now - self.last)
-        self.last = time.perf_counter()
-
-
 def per_layer_table(model, x, peak, repeat=7):
-    timer = StepTimer()
-    for _ in range(repeat):
-        timer.last = time.perf_counter()
-        model.run(x, observer=timer)
+    med = StepTimer().run(model, x, repeat=repeat)
     macs = model.layer_macs()
     print(f"\nResNet-18 per layer, batch {x.shape[0]} (sgemm peak {peak:.0f} GFLOPS):")
     print(f"{'layer':<26} {'MMACs':>8} {'ms':>8} {'GFLOPS':>8} {'% peak':>7}")
-    med = {k: float(np.median(v)) for k, v in timer.times.items()}
     for st in model.steps:
         if st.name in macs:
             gflops = 2 * macs[st.name] * x.shape[0] / med[st.name] / 1e9

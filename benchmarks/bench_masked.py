@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,29 +22,12 @@ from velcro_ref.masks import build_masks, uniform_ratios  # noqa: E402
 from velcro_ref.stats import StatsCollector, collect_stats  # noqa: E402
 from velcro_ref.zoo import build_zoo  # noqa: E402
 
-from common import machine, median_ms  # noqa: E402
-
-
-class StepTimer:
-    """Engine observer: the time between consecutive on_node calls is the op of the later node."""
-
-    def __init__(self):
-        self.times, self.last = {}, 0.0
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        self.times.setdefault(step.name, []).append(time.perf_counter() - self.last)
-        self.last = time.perf_counter()
+from common import StepTimer, machine, median_ms  # noqa: E402
 
 
 def layer_times(model, x, masks, repeat):
-    timer = StepTimer()
-    for _ in range(repeat):
-        timer.last = time.perf_counter()
-        model.run(x, masks=masks, observer=timer)
-    return {k: float(np.median(v)) for k, v in timer.times.items()}, dict(model.last_macs)
+    times = StepTimer().run(model, x, masks, repeat)
+    return times, dict(model.last_macs)
 
 
 def main():

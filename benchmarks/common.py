@@ -31,3 +31,25 @@ def sgemm_peak_gflops(n=2048, repeat=5) -> float:
     b = rng.standard_normal((n, n), dtype=np.float32)
     ms = median_ms(lambda: a @ b, repeat=repeat, warmup=1)
     return 2 * n**3 / (ms * 1e-3) / 1e9
+
+
+class StepTimer:
+    """Engine observer: the time between consecutive on_node calls is the op of the later node."""
+
+    def __init__(self):
+        self.times, self.last = {}, 0.0
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.times.setdefault(step.name, []).append(time.perf_counter() - self.last)
+        self.last = time.perf_counter()
+
+    def run(self, model, x, masks=None, repeat=7) -> dict:
+        """Median seconds per node over `repeat` runs."""
+        self.times = {}
+        for _ in range(repeat):
+            self.last = time.perf_counter()
+            model.run(x, masks=masks, observer=self)
+        return {k: float(np.median(v)) for k, v in self.times.items()}
