@@ -1,0 +1,233 @@
+"""Accelerator descriptions: TOML (format velcro-arch/1) -> a validated frozen Arch.
+
+Every problem in a file is collected and raised as one ArchError, so a user fixes them in one pass.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from velcro_ref.errors import ArchError
+
+FORMAT = "velcro-arch/1"
+ARCH_DIR = Path(__file__).parent / "archs"
+DATAFLOWS = ("output_stationary", "weight_stationary")
+# Energy actions; units are fixed here and documented in docs/simulator.md.
+ENERGY_KEYS = {
+    "mac": "one multiply-accumulate",
+    "rf": "one PE register-file access",
+    "ifmap_sram": "one byte read or written in the ifmap buffer",
+    "filter_sram": "one byte read or written in the filter buffer",
+    "ofmap_sram": "one byte read or written in the ofmap buffer",
+    "dram": "one byte read or written in DRAM",
+    "mask_table": "one byte written or read in the mask/constant table",
+    "vector_op": "one vector-unit operation",
+    "leakage": "one clock cycle of the whole accelerator",
+}
+
+
+def _positive_int(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _bits(v):
+    return _positive_int(v) and v % 8 == 0
+
+
+# section -> key -> (field name, check, expectation text)
+SCHEMA = {
+    "array": {
+        "rows": ("rows", _positive_int, "a positive integer"),
+        "cols": ("cols", _positive_int, "a positive integer"),
+        "dataflow": ("dataflow", lambda v: v in DATAFLOWS, f"one of {', '.join(DATAFLOWS)}"),
+        "clock_mhz": ("clock_mhz", _positive_number, "a positive number"),
+    },
+    "precision": {
+        "operand_bits": ("operand_bits", _bits, "a positive multiple of 8"),
+        "accumulator_bits": ("accumulator_bits", _bits, "a positive multiple of 8"),
+    },
+    "buffers": {
+        "ifmap_kib": ("ifmap_kib", _positive_number, "a positive number"),
+        "filter_kib": ("filter_kib", _positive_number, "a positive number"),
+        "ofmap_kib": ("ofmap_kib", _positive_number, "a positive number"),
+    },
+    "dram": {"bytes_per_cycle": ("dram_bytes_per_cycle", _positive_number, "a positive number")},
+    "vector": {"lanes": ("vector_lanes", _positive_int, "a positive integer")},
+}
+TOP_KEYS = ("format", "name", "description", *SCHEMA, "energy")
+
+
+@dataclass(frozen=True)
+class Arch:
+    """One accelerator. Buffers are double-buffered SRAMs; energy_pj maps ENERGY_KEYS to pJ."""
+
+    name: str
+    rows: int
+    cols: int
+    dataflow: str
+    clock_mhz: float
+    operand_bits: int
+    accumulator_bits: int
+    ifmap_kib: float
+    filter_kib: float
+    ofmap_kib: float
+    dram_bytes_per_cycle: float
+    vector_lanes: int
+    energy_pj: dict
+    energy_source: dict
+    description: str = ""
+    source: str = "<memory>"
+
+    @property
+    def operand_bytes(self) -> int:
+        return self.operand_bits // 8
+
+    @property
+    def accumulator_bytes(self) -> int:
+        return self.accumulator_bits // 8
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("energy_pj", "energy_source")}
+        out["energy"] = {k: {"pj": self.energy_pj[k], "source": self.energy_source[k]} for k in ENERGY_KEYS}
+        return out
+
+
+def _qualify(section, key):
+    return f"[{section}].{key}" if section else key
+
+
+def _check_table(doc, section, problems):
+    """Problems of one [section]: missing, unknown and invalid keys; returns the valid values."""
+    schema = SCHEMA[section]
+    table = doc.get(section)
+    if not isinstance(table, dict):
+        problems.append(f"[{section}] is missing" if table is None else f"[{section}] must be a table")
+        return {}
+    values = {}
+    for key in sorted(set(table) - set(schema)):
+        problems.append(f"unknown key {_qualify(section, key)}; valid keys: {', '.join(schema)}")
+    for key, (field, check, expect) in schema.items():
+        if key not in table:
+            problems.append(f"{_qualify(section, key)} is missing ({expect})")
+        elif not check(table[key]):
+            problems.append(f"{_qualify(section, key)} must be {expect}, got {table[key]!r}")
+        else:
+            values[field] = table[key]
+    return values
+
+
+def _check_energy(doc, problems):
+    table = doc.get("energy")
+    if not isinstance(table, dict):
+        problems.append("[energy] is missing" if table is None else "[energy] must be a table")
+        return {}, {}
+    pj, source = {}, {}
+    for key in sorted(set(table) - set(ENERGY_KEYS)):
+        problems.append(f"unknown key [energy].{key}; valid keys: {', '.join(ENERGY_KEYS)}")
+    for key in ENERGY_KEYS:
+        entry = table.get(key)
+        where = f"[energy].{key}"
+        if entry is None:
+            problems.append(f'{where} is missing ({{ pj = <number>, source = "<publication>" }})')
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f'{where} must be {{ pj = <number>, source = "<publication>" }}, got {entry!r}')
+            continue
+        for extra in sorted(set(entry) - {"pj", "source"}):
+            problems.append(f"unknown key {where}.{extra}; valid keys: pj, source")
+        v, s = entry.get("pj"), entry.get("source")
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+            problems.append(f"{where}.pj must be a non-negative number, got {v!r}")
+        else:
+            pj[key] = float(v)
+        if not (isinstance(s, str) and s.strip()):
+            problems.append(f"{where}.source must name the publication of the figure, got {s!r}")
+        else:
+            source[key] = s
+    return pj, source
+
+
+def parse_arch(text: str, source: str = "<string>") -> Arch:
+    """Parse and validate a velcro-arch/1 TOML document. Raises one ArchError listing every problem."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ArchError(f"{source}: not valid TOML ({e})") from None
+    problems = []
+    for key in sorted(set(doc) - set(TOP_KEYS)):
+        problems.append(f"unknown key {key}; valid keys: {', '.join(TOP_KEYS)}")
+    if doc.get("format") != FORMAT:
+        problems.append(f"format must be {FORMAT!r}, got {doc.get('format')!r}")
+    for key in ("name", "description"):
+        if key in doc and not isinstance(doc[key], str):
+            problems.append(f"{key} must be a string, got {doc[key]!r}")
+    values = {}
+    for section in SCHEMA:
+        values.update(_check_table(doc, section, problems))
+    pj, src = _check_energy(doc, problems)
+    if not problems and values["accumulator_bits"] < values["operand_bits"]:
+        problems.append(
+            f"[precision].accumulator_bits ({values['accumulator_bits']}) must be at least "
+            f"operand_bits ({values['operand_bits']})"
+        )
+    if problems:
+        raise ArchError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems))
+    name = doc.get("name") or Path(source).stem
+    return Arch(
+        name=name, energy_pj=pj, energy_source=src, description=doc.get("description", ""), source=source, **values
+    )
+
+
+def presets() -> list[str]:
+    """Names of the accelerator descriptions shipped in simulator/archs/."""
+    return sorted(p.stem for p in ARCH_DIR.glob("*.toml"))
+
+
+def load_arch(spec) -> Arch:
+    """A preset name (see presets()) or a path to a .toml file. Raises ArchError."""
+    path = Path(spec)
+    if path.suffix != ".toml":
+        if str(spec) not in presets():
+            raise ArchError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
+        path = ARCH_DIR / f"{spec}.toml"
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ArchError(f"{spec}: cannot be read ({e.strerror})") from None
+    return parse_arch(text, str(spec))
+
+
+SWEEP_KEYS = {
+    "rows": int,
+    "cols": int,
+    "dataflow": str,
+    "clock_mhz": float,
+    "ifmap_kib": float,
+    "filter_kib": float,
+    "ofmap_kib": float,
+    "dram_bytes_per_cycle": float,
+    "vector_lanes": int,
+}
+_SECTION_OF = {field: (section, key) for section, keys in SCHEMA.items() for key, (field, _, _) in keys.items()}
+
+
+def with_changes(arch: Arch, **changes) -> Arch:
+    """A copy of `arch` with some array/buffer/DRAM fields changed, validated like a file."""
+    problems = []
+    for field, value in changes.items():
+        if field not in SWEEP_KEYS:
+            problems.append(f"cannot change '{field}'; choose from {', '.join(SWEEP_KEYS)}")
+            continue
+        section, key = _SECTION_OF[field]
+        _, check, expect = SCHEMA[section][key]
+        if not check(value):
+            problems.append(f"{field} must be {expect}, got {value!r}")
+    if problems:
+        raise ArchError(f"{arch.source}: " + "; ".join(problems))
+    return replace(arch, **changes)

@@ -1,0 +1,111 @@
+"""Compute: cycles and buffer reads of one layer on the PE array or the vector unit.
+
+Array layers are GEMMs per group: Sr = oy*ox output pixels, T = c*fy*fx window, Sc = k/groups
+filters. Fold and fill/drain arithmetic follows SCALE-Sim (Samajdar et al., ISPASS 2020);
+docs/simulator.md derives every formula. With masks, the compiler packs each column chunk's
+needed pixels densely into its folds (a pixel is needed if any filter of the chunk keeps it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Per image: cycles of the unit, executed MACs/ops, bytes the unit moves to/from buffers.
+
+    `live` (per group) counts filters with at least one unmasked element, for DRAM filter traffic;
+    `psum_bytes` is weight-stationary partial-sum traffic between row folds and `psum_tile_bytes`
+    the largest per-chunk partial-sum tile, which decides whether it stays in the ofmap buffer.
+    """
+
+    compute_cycles: int
+    macs: int
+    ops: int
+    ifmap_reads: int
+    filter_reads: int
+    ofmap_writes: int
+    live: tuple = ()
+    psum_bytes: int = 0
+    psum_tile_bytes: int = 0
+
+
+def column_chunks(layer, cols):
+    """(needed, live, used) per column chunk, each shaped (groups, chunks).
+
+    A chunk is `cols` consecutive filters of one group. needed: output pixels with at least one
+    unmasked element in the chunk; live: filters with at least one unmasked element; used:
+    unmasked output elements.
+    """
+    g, p = layer.groups, layer.oy * layer.ox
+    kg = layer.k // g
+    n_chunks = _ceil_div(kg, cols)
+    if layer.skip is None:
+        width = np.minimum(cols, kg - cols * np.arange(n_chunks))
+        live = np.broadcast_to(width, (g, n_chunks)).astype(np.int64)
+        return np.full((g, n_chunks), p, np.int64), live, live * p
+    keep = np.zeros((g, n_chunks * cols, p), bool)
+    keep[:, :kg] = ~layer.skip.reshape(g, kg, p)
+    keep = keep.reshape(g, n_chunks, cols, p)
+    needed = keep.any(axis=2).sum(axis=-1)
+    live = keep.any(axis=3).sum(axis=-1)
+    used = keep.sum(axis=(2, 3))
+    return needed.astype(np.int64), live.astype(np.int64), used.astype(np.int64)
+
+
+def array_compute(layer, arch) -> Compute:
+    """Cycles and buffer reads of a conv2d/linear layer on a rows x cols systolic array."""
+    r, c = arch.rows, arch.cols
+    t = layer.c * layer.fy * layer.fx
+    ob, ab = arch.operand_bytes, arch.accumulator_bytes
+    needed, live, used = column_chunks(layer, c)
+    psum = psum_tile = 0
+    if arch.dataflow == "output_stationary":
+        # Pixels on rows, filters on columns, the window streams through in T cycles.
+        folds = _ceil_div(needed, r)
+        cycles = folds * (r + c + t - 2)
+        filter_reads = folds * t * live
+    else:
+        # Window on rows (row folds of r), filters on columns, pixels stream through.
+        row_folds = _ceil_div(t, r)
+        cycles = np.where(needed > 0, row_folds * (2 * r + c + needed - 2), 0)
+        filter_reads = t * live
+        psum = int(2 * (row_folds - 1) * used.sum()) * ab
+        psum_tile = int((needed * live).max()) * ab if row_folds > 1 else 0
+    return Compute(
+        compute_cycles=int(cycles.sum()),
+        macs=layer.active_macs,
+        ops=0,
+        ifmap_reads=int((needed * t).sum()) * ob,
+        filter_reads=int(filter_reads.sum()) * ob,
+        ofmap_writes=int(used.sum()) * ob,
+        live=tuple(int(x) for x in live.sum(axis=1)),
+        psum_bytes=psum,
+        psum_tile_bytes=psum_tile,
+    )
+
+
+def vector_compute(layer, arch) -> Compute:
+    """A pooling/element-wise layer on `vector_lanes` lanes, reading inputs from the ifmap buffer
+    and writing outputs to the ofmap buffer. A fused activation runs on its producer's output
+    path: no cycles and no buffer traffic of its own.
+    """
+    ops = layer.ops
+    if layer.fused:
+        return Compute(compute_cycles=0, macs=0, ops=ops, ifmap_reads=0, filter_reads=0, ofmap_writes=0)
+    ob, active = arch.operand_bytes, layer.active_elems
+    return Compute(
+        compute_cycles=_ceil_div(ops, arch.vector_lanes),
+        macs=0,
+        ops=ops,
+        ifmap_reads=layer.in_elems * active // layer.out_elems * ob,
+        filter_reads=0,
+        ofmap_writes=active * ob,
+    )

@@ -1,0 +1,24 @@
+"""Energy: action counts x the accelerator's energy table, by component."""
+
+from __future__ import annotations
+
+# Register-file accesses per MAC: the two operand registers are read and the accumulator is
+# updated (a dataflow count, not a hardware figure; the figure per access is [energy].rf).
+RF_ACCESSES_PER_MAC = 3
+COMPONENTS = ("mac", "rf", "ifmap_sram", "filter_sram", "ofmap_sram", "dram", "mask", "vector", "leakage")
+
+
+def layer_energy(arch, comp, traffic, cycles) -> dict[str, float]:
+    """pJ per component for one layer (per image); the mask bitmap's DRAM and table bytes count under mask."""
+    e = arch.energy_pj
+    return {
+        "mac": comp.macs * e["mac"],
+        "rf": RF_ACCESSES_PER_MAC * comp.macs * e["rf"],
+        "ifmap_sram": traffic.ifmap_sram_bytes * e["ifmap_sram"],
+        "filter_sram": traffic.filter_sram_bytes * e["filter_sram"],
+        "ofmap_sram": traffic.ofmap_sram_bytes * e["ofmap_sram"],
+        "dram": (traffic.dram_bytes - traffic.mask_dram_bytes) * e["dram"],
+        "mask": traffic.mask_dram_bytes * e["dram"] + traffic.mask_table_bytes * e["mask_table"],
+        "vector": comp.ops * e["vector_op"],
+        "leakage": cycles * e["leakage"],
+    }

@@ -1,0 +1,92 @@
+"""Memory: buffer and DRAM traffic of one layer with tiling for the buffer sizes, and stall cycles.
+
+Each layer reads its inputs and filters from DRAM and writes its outputs back (layer by layer).
+Buffers are double-buffered: half of each holds the tile in use, half the one being fetched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Bytes per image. SRAM counts every byte written into or read out of each buffer."""
+
+    ifmap_sram_bytes: int = 0
+    filter_sram_bytes: int = 0
+    ofmap_sram_bytes: int = 0
+    ifmap_dram_bytes: int = 0
+    filter_dram_bytes: int = 0
+    ofmap_dram_bytes: int = 0
+    mask_dram_bytes: int = 0
+    mask_table_bytes: int = 0
+
+    @property
+    def dram_bytes(self) -> int:
+        return self.ifmap_dram_bytes + self.filter_dram_bytes + self.ofmap_dram_bytes + self.mask_dram_bytes
+
+
+def operand_dram(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap):
+    """(ifmap, filter) DRAM bytes of one GEMM with the cheaper of two tilings.
+
+    Filters outer: a buffer-half of filters stays while the whole ifmap streams past it, so the
+    ifmap is fetched once per filter tile. Ifmap outer: the mirror image. A dead GEMM (no filter
+    needed) fetches nothing.
+    """
+    if filter_bytes == 0:
+        return 0, 0
+    a = (ifmap_bytes * _ceil_div(filter_bytes, filter_cap), filter_bytes)
+    b = (ifmap_bytes, filter_bytes * _ceil_div(ifmap_bytes, ifmap_cap))
+    return a if sum(a) <= sum(b) else b
+
+
+def layer_traffic(layer, arch, comp) -> Traffic:
+    """Traffic of `layer` given its Compute `comp` on `arch`."""
+    ob = arch.operand_bytes
+    half = 1024 // 2
+    mask = {}
+    if layer.skip is not None:
+        # The bitmap comes from DRAM once per site into the mask table; each user reads it.
+        table_read = _ceil_div(layer.out_elems, 8)
+        mask = {"mask_dram_bytes": layer.bitmap_bytes, "mask_table_bytes": layer.bitmap_bytes + table_read}
+    if layer.unit == "vector":
+        return Traffic(
+            ifmap_sram_bytes=2 * comp.ifmap_reads,
+            ofmap_sram_bytes=2 * comp.ofmap_writes,
+            ifmap_dram_bytes=comp.ifmap_reads,
+            ofmap_dram_bytes=comp.ofmap_writes,
+            **mask,
+        )
+    t = layer.c * layer.fy * layer.fx
+    ifmap_g = layer.in_elems // layer.groups * ob
+    icap, fcap = max(1, int(arch.ifmap_kib * half)), max(1, int(arch.filter_kib * half))
+    ifmap_dram = filter_dram = 0
+    for live in comp.live:
+        i, f = operand_dram(ifmap_g, live * t * ob, icap, fcap)
+        ifmap_dram += i
+        filter_dram += f
+    # Masked outputs are never written: their constants already sit in the activation's DRAM buffer.
+    ofmap_dram = layer.active_elems * ob
+    psum_dram = comp.psum_bytes if comp.psum_tile_bytes > arch.ofmap_kib * half else 0
+    return Traffic(
+        ifmap_sram_bytes=comp.ifmap_reads + ifmap_dram,
+        filter_sram_bytes=comp.filter_reads + filter_dram,
+        ofmap_sram_bytes=comp.ofmap_writes + comp.psum_bytes + ofmap_dram,
+        ifmap_dram_bytes=ifmap_dram,
+        filter_dram_bytes=filter_dram,
+        ofmap_dram_bytes=ofmap_dram + psum_dram,
+        **mask,
+    )
+
+
+def stall_cycles(dram_bytes, compute_cycles, arch) -> int:
+    """Cycles the layer waits for DRAM: transfers overlap compute (double buffering), so the
+    layer takes max(compute, transfer) cycles and the excess over compute is stall."""
+    transfer = math.ceil(dram_bytes / arch.dram_bytes_per_cycle)
+    return max(0, transfer - compute_cycles)

@@ -1,0 +1,154 @@
+"""Simulator against layers worked out by hand, for each dataflow, dense and VELCRO-compressed.
+
+The model: input (2, 4, 4) -> conv "c" (3 filters 3x3, pad 1) -> relu "r". So k=3, c=2,
+oy=ox=4, fy=fx=3: Sr = 16 output pixels, T = 2*3*3 = 18, Sc = 3 filters, 48 outputs x 18 = 864
+MACs. The array is 4 rows x 2 cols, so filters form two column chunks: {0, 1} and {2}.
+Operands are 1 byte, accumulators 4; buffers 1 KiB (512-byte halves); DRAM 4 bytes per cycle.
+Energy table (pJ): mac 1, rf 0.5 (3 accesses per MAC), ifmap_sram 2, filter_sram 3,
+ofmap_sram 4, dram 100, mask_table 10, vector_op 0.25, leakage 0.125 per cycle.
+"""
+
+import numpy as np
+import pytest
+
+from simulator import parse_arch, simulate
+from velcro_ref.engine import Model
+from velcro_ref.graph import INPUT, Graph, Node
+from velcro_ref.masks import MaskSet
+
+ARCH = """
+format = "velcro-arch/1"
+name = "tiny"
+[array]
+rows = 4
+cols = 2
+dataflow = "{dataflow}"
+clock_mhz = 100
+[precision]
+operand_bits = 8
+accumulator_bits = 32
+[buffers]
+ifmap_kib = 1
+filter_kib = 1
+ofmap_kib = 1
+[dram]
+bytes_per_cycle = {bw}
+[vector]
+lanes = 4
+[energy]
+mac = {{ pj = 1, source = "test" }}
+rf = {{ pj = 0.5, source = "test" }}
+ifmap_sram = {{ pj = 2, source = "test" }}
+filter_sram = {{ pj = 3, source = "test" }}
+ofmap_sram = {{ pj = 4, source = "test" }}
+dram = {{ pj = 100, source = "test" }}
+mask_table = {{ pj = 10, source = "test" }}
+vector_op = {{ pj = 0.25, source = "test" }}
+leakage = {{ pj = 0.125, source = "test" }}
+"""
+
+
+def tiny_arch(dataflow, bw=4):
+    return parse_arch(ARCH.format(dataflow=dataflow, bw=bw), "tiny.toml")
+
+
+@pytest.fixture(scope="module")
+def model():
+    rng = np.random.default_rng(0)
+    conv = Node("c", "conv2d", (INPUT,), {"out_channels": 3, "kernel": 3, "pads": 1}, {"weight": "c.w"})
+    relu = Node("r", "relu", ("c",))
+    params = {"c.w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32)}
+    return Model(Graph((conv, relu), (2, 4, 4), "r", params))
+
+
+def masks_of(model):
+    """Filter 1 masked everywhere, filter 0 masked on its first row (oy=0): 16 + 4 = 20 elements."""
+    mask = np.zeros((3, 4, 4), bool)
+    mask[1] = True
+    mask[0, 0, :] = True
+    return MaskSet(model.fingerprint, {"r": (mask, np.zeros((3, 4, 4), np.float32))})
+
+
+def by_name(result, side="dense"):
+    return {layer.name: s for layer, s in zip(result.layers, getattr(result, side), strict=True)}
+
+
+def test_output_stationary_dense(model):
+    s = by_name(simulate(model, tiny_arch("output_stationary")))
+    c, r = s["c"], s["r"]
+    # Each chunk: ceil(16 / 4) = 4 row folds of (R + C + T - 2) = 4 + 2 + 18 - 2 = 22 cycles.
+    assert c.compute_cycles == 2 * 4 * 22 == 176
+    assert c.macs == 864
+    # ifmap reads: 16 pixels x T per chunk = 2 x 288 = 576; DRAM fill 32 (the 2x4x4 input once).
+    assert c.ifmap_sram_bytes == 576 + 32
+    # filter reads: folds x T x filters = 4*18*2 + 4*18*1 = 216; DRAM fill 3*18 = 54.
+    assert c.filter_sram_bytes == 216 + 54
+    # ofmap: 48 outputs written by the array, 48 drained to DRAM.
+    assert c.ofmap_sram_bytes == 48 + 48
+    # DRAM 32 + 54 + 48 = 134 bytes = 34 cycles at 4 B/cycle, hidden under 176 compute cycles.
+    assert c.dram_bytes == 134 and c.stall_cycles == 0 and c.cycles == 176
+    assert c.energy == {
+        "mac": 864.0,
+        "rf": 0.5 * 3 * 864,  # 1296
+        "ifmap_sram": 2 * 608,
+        "filter_sram": 3 * 270,
+        "ofmap_sram": 4 * 96,
+        "dram": 100 * 134,
+        "mask": 0.0,
+        "vector": 0.0,
+        "leakage": 0.125 * 176,
+    }
+    assert c.energy_pj == pytest.approx(17992.0)
+    # The relu runs on the conv's output path: 48 vector ops, no cycles, no traffic.
+    assert (r.cycles, r.dram_bytes, r.energy_pj) == (0, 0, pytest.approx(48 * 0.25))
+
+
+def test_output_stationary_stalls_when_dram_bound(model):
+    c = by_name(simulate(model, tiny_arch("output_stationary", bw=0.5)))["c"]
+    # 134 bytes at 0.5 B/cycle = 268 cycles of transfer against 176 of compute.
+    assert (c.compute_cycles, c.stall_cycles, c.cycles) == (176, 92, 268)
+
+
+def test_weight_stationary_dense(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary")))["c"]
+    # T = 18 on 4 rows: 5 row folds per chunk, each 2R + C + Sr - 2 = 8 + 2 + 16 - 2 = 24 cycles.
+    assert c.compute_cycles == 2 * 5 * 24 == 240
+    # Each weight is read once: 18 x 3 = 54, plus its DRAM fill 54.
+    assert c.filter_sram_bytes == 54 + 54
+    assert c.ifmap_sram_bytes == 576 + 32
+    # Partial sums of 48 outputs go out and back between the 5 row folds: 2 x 4 x 48 x 4 bytes.
+    # The largest chunk's tile (16 pixels x 2 filters x 4 B = 128) fits the 512-byte ofmap half.
+    assert c.ofmap_sram_bytes == 48 + 2 * 4 * 48 * 4 + 48 == 1632
+    assert c.dram_bytes == 134 and c.cycles == 240
+    assert c.energy_pj == pytest.approx(864 + 1296 + 2 * 608 + 3 * 108 + 4 * 1632 + 100 * 134 + 0.125 * 240)
+
+
+def test_output_stationary_compressed(model):
+    masks = masks_of(model)
+    result = simulate(model, tiny_arch("output_stationary"), masks)
+    c, r = by_name(result, "compressed")["c"], by_name(result, "compressed")["r"]
+    # Chunk {0, 1}: filter 1 dead, filter 0 keeps 12 pixels -> needed 12, 3 folds.
+    # Chunk {2}: nothing masked -> needed 16, 4 folds. 7 folds x 22 cycles.
+    assert c.compute_cycles == 7 * 22 == 154
+    assert c.macs == 28 * 18 == 504
+    assert c.ifmap_sram_bytes == (12 + 16) * 18 + 32
+    assert c.filter_sram_bytes == (3 * 18 * 1 + 4 * 18 * 1) + 2 * 18  # filter 1 never loaded
+    assert c.ofmap_sram_bytes == 28 + 28  # masked outputs are neither computed nor written
+    # DRAM: input 32 + live filters 36 + 28 outputs + the 6-byte bitmap of 48 elements.
+    assert c.dram_bytes == 32 + 36 + 28 + 6 and c.mask_bytes == 6
+    # Mask table: the bitmap written once and read by the conv (6 + 6), read again by the relu (6).
+    assert c.energy["mask"] == pytest.approx(100 * 6 + 10 * 12)
+    assert c.energy_pj == pytest.approx(504 + 756 + 2 * 536 + 3 * 162 + 4 * 56 + 100 * 96 + 720 + 0.125 * 154)
+    assert r.energy_pj == pytest.approx(28 * 0.25 + 10 * 6)
+    assert result.mask_storage_bytes == 6 + 20  # bitmap + one int8 constant per masked element
+    # One source of truth: the engine executes the same MACs.
+    model.run(np.zeros((1, 2, 4, 4), np.float32), masks)
+    assert model.last_macs["c"] == 504
+
+
+def test_weight_stationary_compressed(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary"), masks_of(model)), "compressed")["c"]
+    # Chunk {0, 1}: 5 x (8 + 2 + 12 - 2) = 100; chunk {2}: 5 x 24 = 120.
+    assert c.compute_cycles == 220
+    assert c.filter_sram_bytes == 18 * 2 + 36
+    assert c.ofmap_sram_bytes == 28 + 2 * 4 * 28 * 4 + 28

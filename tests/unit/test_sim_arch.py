@@ -1,0 +1,94 @@
+"""Accelerator TOML: presets load, every problem is reported at once, sweeps validate."""
+
+import pytest
+
+from simulator.arch import ENERGY_KEYS, load_arch, parse_arch, presets, with_changes
+from velcro_ref.errors import ArchError
+
+GOOD = """
+format = "velcro-arch/1"
+[array]
+rows = 2
+cols = 3
+dataflow = "weight_stationary"
+clock_mhz = 100
+[precision]
+operand_bits = 8
+accumulator_bits = 32
+[buffers]
+ifmap_kib = 1
+filter_kib = 1
+ofmap_kib = 1
+[dram]
+bytes_per_cycle = 4
+[vector]
+lanes = 2
+[energy]
+""" + "".join(f'{k} = {{ pj = 1.0, source = "test" }}\n' for k in ENERGY_KEYS)
+
+
+def test_presets_cover_the_three_required_arrays():
+    archs = {p: load_arch(p) for p in presets()}
+    shapes = {(a.rows, a.cols, a.dataflow, a.operand_bits) for a in archs.values()}
+    assert (16, 16, "output_stationary", 8) in shapes
+    assert any(a.rows == 32 and a.cols == 32 and a.dataflow == "weight_stationary" for a in archs.values())
+    assert any((a.rows, a.cols) == (12, 14) for a in archs.values())
+    for a in archs.values():
+        assert set(a.energy_pj) == set(ENERGY_KEYS)
+        assert all(len(s) > 10 for s in a.energy_source.values())
+
+
+def test_good_document_parses():
+    a = parse_arch(GOOD, "good.toml")
+    assert (a.name, a.rows, a.cols, a.operand_bytes, a.accumulator_bytes) == ("good", 2, 3, 1, 4)
+
+
+def test_every_problem_is_listed_in_one_error():
+    bad = (
+        GOOD.replace("rows = 2", "rows = 0\ncolour = 1")
+        .replace('dataflow = "weight_stationary"', 'dataflow = "row_stationary"')
+        .replace('mac = { pj = 1.0, source = "test" }', 'mac = { pj = -1, source = "" }')
+        .replace("[vector]\nlanes = 2", "[vectors]\nlanes = 2")
+        .replace('format = "velcro-arch/1"', 'format = "velcro-arch/9"\nspeed = 3')
+    )
+    with pytest.raises(ArchError) as e:
+        parse_arch(bad, "bad.toml")
+    msg = str(e.value)
+    assert msg.startswith("bad.toml: ")
+    for part in (
+        "[array].rows must be a positive integer, got 0",
+        "unknown key [array].colour",
+        "[array].dataflow must be one of output_stationary, weight_stationary, got 'row_stationary'",
+        "[energy].mac.pj must be a non-negative number, got -1",
+        "[energy].mac.source must name the publication",
+        "unknown key vectors",
+        "[vector] is missing",
+        "format must be 'velcro-arch/1'",
+        "unknown key speed",
+    ):
+        assert part in msg, part
+    assert "\n" not in msg
+
+
+def test_missing_energy_entry_and_bad_toml():
+    with pytest.raises(ArchError, match=r"\[energy\].leakage is missing"):
+        parse_arch(GOOD.replace('leakage = { pj = 1.0, source = "test" }', ""))
+    with pytest.raises(ArchError, match="not valid TOML"):
+        parse_arch("rows = = 1", "x.toml")
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(ArchError, match="unknown accelerator 'nope'; presets: "):
+        load_arch("nope")
+    with pytest.raises(ArchError, match="cannot be read"):
+        load_arch(tmp_path / "missing.toml")
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD)
+    assert load_arch(path).name == "mine"
+
+
+def test_with_changes_validates_like_a_file():
+    a = parse_arch(GOOD)
+    assert with_changes(a, rows=8, dataflow="output_stationary").rows == 8
+    with pytest.raises(ArchError, match="rows must be a positive integer, got 0; cannot change 'energy'"):
+        with_changes(a, rows=0, energy=1)

@@ -1,0 +1,132 @@
+"""`velcro simulate`: table, JSON, CSV, plot, sweep and one-line errors."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import velcro_ref.cli as vcli
+from velcro_ref.engine import Model
+from velcro_ref.masks import MaskSet, save_masks
+from velcro_ref.model_io import save_model
+from velcro_ref.zoo import build_zoo
+
+LAYER_FIELDS = {"name", "op", "macs", "compute_cycles", "stall_cycles", "cycles", "energy_pj"}
+
+
+@pytest.fixture(autouse=True)
+def with_simulate(monkeypatch):
+    if "simulator.cli" not in vcli.COMMAND_MODULES:
+        monkeypatch.setattr(vcli, "COMMAND_MODULES", [*vcli.COMMAND_MODULES, "simulator.cli"])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sim")
+    graph = build_zoo("resnet18", input_size=32, width=0.25, num_classes=10)
+    save_model(graph, d / "m.h5")
+    model = Model(graph)
+    rng = np.random.default_rng(0)
+    sites = {s: (rng.random(sh) < 0.5, np.zeros(sh, np.float32)) for s, sh in model.sites.items()}
+    save_masks(MaskSet(model.fingerprint, sites), d / "masks.h5")
+    return d
+
+
+def run(capsys, *argv):
+    code = vcli.main(list(map(str, argv)))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_without_masks_has_flat_layer_entries(files, capsys):
+    code, out, _ = run(capsys, "simulate", files / "m.h5", "--accel", "edge16", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) >= {"layers", "total"}
+    assert all(LAYER_FIELDS <= set(entry) for entry in doc["layers"])
+    assert doc["total"]["macs"] == sum(e["macs"] for e in doc["layers"])
+
+
+def test_json_with_masks_has_dense_and_compressed(files, capsys):
+    code, out, _ = run(capsys, "simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", "ws32", "--json")
+    assert code == 0
+    doc = json.loads(out)
+    for entry in doc["layers"]:
+        assert LAYER_FIELDS - {"name", "op"} <= set(entry["dense"]) and {"name", "op"} <= set(entry)
+        assert LAYER_FIELDS - {"name", "op"} <= set(entry["compressed"])
+    total = doc["total"]
+    assert total["macs_saved"] == total["dense"]["macs"] - total["compressed"]["macs"] > 0
+    assert total["speedup"] >= 1.0 and 0 < total["energy_saving"] < 1
+
+
+def test_table_csv_and_plot(files, capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "simulate",
+        files / "m.h5",
+        "--masks",
+        files / "masks.h5",
+        "--accel",
+        "eyeriss",
+        "--csv",
+        tmp_path / "r.csv",
+        "--plot",
+        tmp_path / "r.png",
+    )
+    assert code == 0
+    assert "speedup" in out and "macs_saved" in out and out.count("\n") > 20
+    rows = list(csv.DictReader(open(tmp_path / "r.csv")))
+    assert rows[-1]["name"] == "total" and "compressed_cycles" in rows[0]
+    assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_prints_every_point(files, capsys, tmp_path):
+    code, out, _ = run(
+        capsys,
+        "simulate",
+        files / "m.h5",
+        "--accel",
+        "edge16",
+        "--sweep",
+        "rows=8,16",
+        "cols=4,8",
+        "dataflow=weight_stationary",
+        "--csv",
+        tmp_path / "s.csv",
+        "--plot",
+        tmp_path / "s.png",
+    )
+    assert code == 0
+    assert len(out.strip().splitlines()) == 2 + 4
+    assert len(list(csv.DictReader(open(tmp_path / "s.csv")))) == 4
+    assert (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--accel", "nope"], "error: unknown accelerator 'nope'; presets: "),
+        (["--accel", "edge16", "--sweep", "depth=3"], "error: --sweep: unknown key 'depth'"),
+        (["--accel", "edge16", "--sweep", "rows=a"], "error: --sweep: rows expects int values"),
+        (["--accel", "edge16", "--sweep", "rows=0"], "rows must be a positive integer, got 0"),
+    ],
+)
+def test_errors_are_one_line(files, capsys, argv, message):
+    code, out, err = run(capsys, "simulate", files / "m.h5", *argv)
+    assert code != 0 and out == ""
+    assert message in err and err.count("\n") == 1
+
+
+def test_masks_of_another_model_are_refused(files, capsys, tmp_path):
+    other = build_zoo("resnet18", input_size=32, width=0.25, num_classes=10, seed=9)
+    save_model(other, tmp_path / "other.h5")
+    code, _, err = run(capsys, "simulate", tmp_path / "other.h5", "--masks", files / "masks.h5", "--accel", "edge16")
+    assert code == 1 and "masks were made for model" in err
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        vcli.main(["simulate", "--help"])
+    assert e.value.code == 0
+    assert "--sweep" in capsys.readouterr().out
