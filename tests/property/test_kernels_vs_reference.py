@@ -1,6 +1,7 @@
 """Every Numba kernel equals its NumPy twin over shapes, strides, padding, dilation and groups."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,14 +28,14 @@ def conv_cases(draw):
     pads = [draw(st.integers(0, 2)) for _ in range(4)]
     h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 12))
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 12))
-    n = draw(st.integers(1, 3))
+    n = draw(st.sampled_from([1, 2, 4, 6]))  # 4 and more take the batched masked path
     seed = draw(st.integers(0, 2**31))
     masked = draw(st.sampled_from([None, 0.0, 0.3, 0.8, 1.0]))
     return n, groups, cg, kg, kh, kw, sh, sw, dh, dw, pads, h, w, seed, masked
 
 
-@given(conv_cases())
-def test_conv2d_kernel_equals_numpy_twin(case):
+@given(conv_cases(), st.sampled_from([None, 64]))
+def test_conv2d_kernel_equals_numpy_twin(case, chunk_floats):
     n, groups, cg, kg, kh, kw, sh, sw, dh, dw, (pt, pl, pb, pr), h, w, seed, masked = case
     rng = np.random.default_rng(seed)
     c, k = cg * groups, kg * groups
@@ -46,7 +47,13 @@ def test_conv2d_kernel_equals_numpy_twin(case):
     skip = None if masked is None else rng.random((k, oh, ow)) < masked
     got = np.full((n, k, oh, ow), 7.0, np.float32)
     want = np.full((n, k, oh, ow), 7.0, np.float32)
-    m_got = kconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, got)
+    saved = kconv.CHUNK_FLOATS
+    try:
+        if chunk_floats:  # tiny scratch: one image per chunk
+            kconv.CHUNK_FLOATS = chunk_floats
+        m_got = kconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, got)
+    finally:
+        kconv.CHUNK_FLOATS = saved
     m_want = rconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, want)
     assert m_got == m_want
     scale = max(1.0, float(np.abs(want).max()))
@@ -117,3 +124,21 @@ def test_linear_kernel_equals_numpy_twin(n, f, o, masked, seed):
     got, want = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
     assert klin.linear(x, w, b, skip, got) == rlin.linear(x, w, b, skip, want)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(f))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_masked_conv_paths_equal_numpy_twin(n, groups):
+    # taps = 4 * 9 = 36 take the im2col paths: one image (runs) and a batch (one GEMM per position)
+    rng = np.random.default_rng(n + groups)
+    x = rng.standard_normal((n, 4 * groups, 7, 6), dtype=np.float32)
+    wt = rng.standard_normal((3 * groups, 4, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(3 * groups, dtype=np.float32)
+    skip = rng.random((3 * groups, 7, 6)) < 0.4
+    skip[0] = True  # a fully masked channel
+    skip[1] = False  # a channel with nothing masked
+    got, want = np.full((n, 3 * groups, 7, 6), 7.0, np.float32), np.full((n, 3 * groups, 7, 6), 7.0, np.float32)
+    assert kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, groups, skip, got) == rconv.conv2d(
+        x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, groups, skip, want
+    )
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

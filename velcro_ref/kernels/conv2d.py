@@ -16,6 +16,10 @@ DIRECT_MAX_TAPS = 16
 TILE_P = 128
 # Runs of unmasked positions at least this long go to one matrix-vector product.
 RUN_MIN = 4
+# Images per im2col chunk: at most this many floats of scratch (32 MiB).
+CHUNK_FLOATS = 1 << 23
+# From this many images on, a masked conv runs one GEMM per position over the batch.
+BATCH_MIN = 4
 
 
 @njit(cache=True)
@@ -44,8 +48,9 @@ def im2col_t(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, col):
 
 
 @njit(cache=True)
-def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
-    """Layout: x (C, H, W) one image; col (cg*kh*kw, OH*OW), row j = (c, fy, fx), column p = (oy, ox).
+def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col, p0):
+    """Layout: x (C, H, W) one image; col (cg*kh*kw, >= p0 + OH*OW), row j = (c, fy, fx), column
+    p0 + p with p = (oy, ox), so the images of a batch sit side by side.
 
     Loop order c, fy, fx, oy, then a run of ox that stays inside the input (a strided copy);
     padding is written as 0.
@@ -61,7 +66,7 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col):
                 hi = max(lo, min(ow, (w - 1 - off) // sw + 1)) if w - 1 - off >= 0 else lo
                 for oy in range(oh):
                     iy = oy * sh - pt + fy * dh
-                    base = oy * ow
+                    base = p0 + oy * ow
                     if iy < 0 or iy >= h:
                         for ox in range(ow):
                             col[j, base + ox] = 0.0
@@ -109,6 +114,37 @@ def gemm_masked(w, col, bias, skip, rows, out):
 
 
 @njit(cache=True)
+def gemm_positions(w, colp, bias, skip, out):
+    """Layout: w (K, J) filters, colp (P, N, J) im2col of N images, skip (K, P), out (N, K, P).
+
+    Loop order: positions, then one BLAS GEMM per position over the batch and the channels not
+    masked there (N x J times J x m). Masks are shared by the images of a batch, so a position's
+    unmasked channels form a dense product and a masked (k, p) is never computed for any image.
+    """
+    k_n, j_n = w.shape
+    p_n, n_n = colp.shape[0], colp.shape[1]
+    idx = np.empty(k_n, np.int64)
+    wp = np.empty((k_n, j_n), np.float32)
+    n_macs = 0
+    for p in range(p_n):
+        m = 0
+        for k in range(k_n):
+            if not skip[k, p]:
+                idx[m] = k
+                m += 1
+        if m == 0:
+            continue
+        for i in range(m):
+            wp[i, :] = w[idx[i], :]
+        r = np.dot(colp[p], wp[:m].T)
+        for n in range(n_n):
+            for i in range(m):
+                out[n, idx[i], p] = r[n, i] + bias[idx[i]]
+        n_macs += n_n * m * j_n
+    return n_macs
+
+
+@njit(cache=True)
 def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
     """Layout: x (N, C, H, W), w (K, C/groups, KH, KW), skip (K, OH, OW), out (N, K, OH, OW).
 
@@ -147,7 +183,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
 
     `skip` is None (dense: im2col + BLAS GEMM) or a bool (K, OH, OW) array: masked output
     elements are not computed and keep whatever `out` held. `col` is an optional float32
-    scratch buffer of at least OH*OW*(C/groups)*KH*KW elements. pb, pr are implied by out's shape.
+    scratch buffer; pb, pr are implied by out's shape.
     """
     n_n = x.shape[0]
     k_n, cg, kh, kw = w.shape
@@ -159,41 +195,71 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
         return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out)
     p_n = oh * ow
     kg = k_n // groups
-    if col is None or col.size < p_n * taps:
-        col = np.empty(p_n * taps, np.float32)
+    chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * taps)))
+    if col is None or col.size < chunk * p_n * taps:
+        col = np.empty(chunk * p_n * taps, np.float32)
     w2 = w.reshape(k_n, taps)
+    conv = (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
     pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
     n_macs = 0
-    for n in range(n_n):
-        for g in range(groups):
-            wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
-            og = out[n, g * kg : (g + 1) * kg].reshape(kg, p_n)
-            if skip is None:
-                if pointwise:  # a 1x1 stride-1 conv is a GEMM on the input as it lies
-                    cols = x[n, g * cg : (g + 1) * cg].reshape(cg, p_n)
-                else:
-                    cols = col[: p_n * taps].reshape(taps, p_n)
-                    im2col(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols)
-                np.matmul(wg, cols, out=og)
-                og += bg[:, None]
-                n_macs += kg * p_n * taps
-                continue
-            sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
-            colv = col[: p_n * taps].reshape(p_n, taps)
-            im2col_t(x[n], g * cg, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, ~sg.all(axis=0), colv)
-            # Channels with no masked element go to BLAS together; channels with some masked
-            # elements go to the element-wise kernel; fully masked channels cost nothing.
-            n_masked = sg.sum(axis=1)
-            full = np.flatnonzero(n_masked == 0)
-            part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
-            if full.size == kg:
-                n_macs += gemm_rows(wg, colv, bg, og)
-            elif full.size:
-                sub = np.empty((full.size, p_n), np.float32)
-                n_macs += gemm_rows(wg[full], colv, bg[full], sub)
-                og[full] = sub
-            if part.size:
-                n_macs += gemm_masked(wg, colv, bg, sg, part, og)
+    for g in range(groups):
+        wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
+        sg = None if skip is None else skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
+        for n0 in range(0, n_n, chunk):
+            xs = x[n0 : n0 + chunk]
+            og = out[n0 : n0 + chunk, g * kg : (g + 1) * kg].reshape(len(xs), kg, p_n)
+            if sg is None:
+                n_macs += _dense(xs, g * cg, conv, wg, bg, og, col, pointwise)
+            elif len(xs) >= BATCH_MIN:
+                colp = col[: p_n * len(xs) * taps].reshape(p_n, len(xs), taps)
+                need = ~sg.all(axis=0)
+                for i in range(len(xs)):
+                    im2col_t(xs[i], g * cg, *conv, need, colp[:, i, :])
+                n_macs += gemm_positions(wg, colp, bg, sg, og)
+            else:
+                for i in range(len(xs)):
+                    n_macs += _masked_image(xs[i], g * cg, conv, wg, bg, sg, og[i], col)
+    return n_macs
+
+
+def _dense(xs, c0, conv, wg, bg, og, col, pointwise):
+    """og (N, K, P) = wg @ im2col(xs) + bias, one GEMM for the whole chunk of images."""
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
+    n_n, kg, p_n = og.shape
+    taps = wg.shape[1]
+    if pointwise:  # a 1x1 stride-1 conv is a GEMM on the input as it lies
+        np.matmul(wg, xs[:, c0 : c0 + cg].reshape(n_n, cg, p_n), out=og)
+    else:
+        cols = col[: taps * n_n * p_n].reshape(taps, n_n * p_n)
+        for i in range(n_n):
+            im2col(xs[i], c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, cols, i * p_n)
+        if n_n == 1:
+            np.matmul(wg, cols, out=og[0])
+        else:
+            og[...] = (wg @ cols).reshape(kg, n_n, p_n).transpose(1, 0, 2)
+    og += bg[:, None]
+    return n_n * kg * p_n * taps
+
+
+def _masked_image(x1, c0, conv, wg, bg, sg, og, col):
+    """One image: channels with no masked element go to BLAS together, channels with some go to
+    the run kernel, fully masked channels cost nothing."""
+    kg, p_n = sg.shape
+    taps = wg.shape[1]
+    colv = col[: p_n * taps].reshape(p_n, taps)
+    im2col_t(x1, c0, *conv, ~sg.all(axis=0), colv)
+    n_masked = sg.sum(axis=1)
+    full = np.flatnonzero(n_masked == 0)
+    part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
+    n_macs = 0
+    if full.size == kg:
+        return gemm_rows(wg, colv, bg, og)
+    if full.size:
+        sub = np.empty((full.size, p_n), np.float32)
+        n_macs += gemm_rows(wg[full], colv, bg[full], sub)
+        og[full] = sub
+    if part.size:
+        n_macs += gemm_masked(wg, colv, bg, sg, part, og)
     return n_macs
 
 
