@@ -114,8 +114,9 @@ def gemm_masked(w, col, bias, skip, rows, out):
 
 
 @njit(cache=True)
-def gemm_positions(w, colp, bias, skip, out):
-    """Layout: w (K, J) filters, colp (P, N, J) im2col of N images, skip (K, P), out (N, K, P).
+def gemm_positions(w, colp, bias, skip, rows, out):
+    """Layout: w (K, J) filters, colp (P, N, J) im2col of N images, skip (K, P), out (N, K, P);
+    only channels `rows`.
 
     Loop order: positions, then one BLAS GEMM per position over the batch and the channels not
     masked there (N x J times J x m). Masks are shared by the images of a batch, so a position's
@@ -128,7 +129,7 @@ def gemm_positions(w, colp, bias, skip, out):
     n_macs = 0
     for p in range(p_n):
         m = 0
-        for k in range(k_n):
+        for k in rows:
             if not skip[k, p]:
                 idx[m] = k
                 m += 1
@@ -211,11 +212,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
             if sg is None:
                 n_macs += _dense(xs, g * cg, conv, wg, bg, og, col, pointwise)
             elif len(xs) >= BATCH_MIN:
-                colp = col[: p_n * len(xs) * taps].reshape(p_n, len(xs), taps)
-                need = ~sg.all(axis=0)
-                for i in range(len(xs)):
-                    im2col_t(xs[i], g * cg, *conv, need, colp[:, i, :])
-                n_macs += gemm_positions(wg, colp, bg, sg, og)
+                n_macs += _masked_batch(xs, g * cg, conv, wg, bg, sg, og, col)
             else:
                 for i in range(len(xs)):
                     n_macs += _masked_image(xs[i], g * cg, conv, wg, bg, sg, og[i], col)
@@ -239,6 +236,28 @@ def _dense(xs, c0, conv, wg, bg, og, col, pointwise):
             og[...] = (wg @ cols).reshape(kg, n_n, p_n).transpose(1, 0, 2)
     og += bg[:, None]
     return n_n * kg * p_n * taps
+
+
+def _masked_batch(xs, c0, conv, wg, bg, sg, og, col):
+    """A batch: channels with no masked element in one GEMM over all positions and images,
+    channels with some in one GEMM per position, fully masked channels not at all."""
+    n_n, kg, p_n = og.shape
+    taps = wg.shape[1]
+    colp = col[: p_n * n_n * taps].reshape(p_n, n_n, taps)
+    need = ~sg.all(axis=0)
+    for i in range(n_n):
+        im2col_t(xs[i], c0, *conv, need, colp[:, i, :])
+    n_masked = sg.sum(axis=1)
+    full = np.flatnonzero(n_masked == 0)
+    part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
+    n_macs = 0
+    if full.size:
+        r = colp.reshape(p_n * n_n, taps) @ wg[full].T  # (P*N, F): every element of these channels
+        og[:, full, :] = r.reshape(p_n, n_n, full.size).transpose(1, 2, 0) + bg[full][None, :, None]
+        n_macs += p_n * n_n * full.size * taps
+    if part.size:
+        n_macs += gemm_positions(wg, colp, bg, sg, part, og)
+    return n_macs
 
 
 def _masked_image(x1, c0, conv, wg, bg, sg, og, col):
