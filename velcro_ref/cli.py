@@ -18,13 +18,15 @@ COMMAND_MODULES = [
     "velcro_ref.commands_velcro",
     "velcro_ref.commands_experiments",
     "velcro_ref.commands_onnx",
+    "simulator.cli",
 ]
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in str(message).splitlines())
+        print(f"error: {one_line}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
     def fail(message, code):
         if debug:
             traceback.print_exc()
-        print(f"error: {message}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in str(message).splitlines())
+        print(f"error: {one_line}", file=sys.stderr)
         return code
 
     try:
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
         # a file the user named cannot be read or written: permissions, a full disk, a directory
         return fail(e, 1)
     finally:
-        if in_main_thread:
+        if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 

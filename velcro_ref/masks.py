@@ -99,45 +99,63 @@ def save_masks(masks: MaskSet, path) -> None:
             sg.create_dataset("constants", data=np.asarray(const, dtype=np.float32))
 
 
-def load_masks(path) -> MaskSet:
-    """Read a mask file. Raises MaskError naming the file and site for anything malformed."""
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, ValueError) as e:
-        raise MaskError(f"{path}: cannot be read as HDF5 ({e})") from None
-    with f:
+def load_masks(path, model=None) -> MaskSet:
+    """Read a mask file; with a model, also check that it was made for that model (engine.check_masks).
+
+    Every dataset is checked before it is read (mask bool, constants float32, one shape, at
+    most MAX_ELEMENTS elements); constants at masked elements must be finite and a policy ratio
+    must lie in [0, 1]. Raises MaskError naming the file and the site or attribute at fault.
+    """
+    from .model_io import H5_ERRORS, open_h5, read_isolated
+
+    def read():
+        f = open_h5(path, MaskError, FORMAT)
         try:
-            return _read_masks(f, path)
+            with f:
+                return _read_masks(f, path)
         except MaskError as e:
-            raise MaskError(f"{path}: {e}") from None
-        except (KeyError, OSError, ValueError, TypeError) as e:
-            raise MaskError(f"{path}: malformed mask file ({e})") from None
+            raise MaskError(f"{path}: {e}") from e
+        except H5_ERRORS as e:
+            raise MaskError(f"{path}: corrupt or unreadable mask file ({type(e).__name__}: {e})") from e
+
+    masks = read_isolated(read, path, MaskError)
+    if model is not None:
+        model.check_masks(masks)
+    return masks
 
 
 def _read_masks(f, path):
-    if f.attrs.get("format") != FORMAT:
-        raise MaskError(f"format attribute expects '{FORMAT}', found {f.attrs.get('format')!r}")
-    if int(f.attrs.get("format_version", 0)) > FORMAT_VERSION:
-        raise MaskError(f"format_version {f.attrs['format_version']} is newer than supported")
+    from .model_io import attr_json, attr_str, check_dataset, check_format, member, read_dataset
+
+    check_format(f, FORMAT, FORMAT_VERSION, MaskError)
+    fingerprint = attr_str(f, "fingerprint", MaskError)
+    policy = attr_json(f, "policy", MaskError, dict, default={})
+    ratio = policy.get("ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+        raise MaskError(f"policy ratio expects a number in [0, 1], found {ratio!r}")
+    provenance = attr_json(f, "provenance", MaskError, dict, default={})
     sites = {}
-    for key, sg in f["sites"].items():
-        name = str(sg.attrs.get("name", key))
-        mask, const = sg["mask"], sg["constants"]
+    for key in member(f, "sites", h5py.Group, MaskError, "group "):
+        sg = member(f["sites"], key, h5py.Group, MaskError, "site ")
+        name = attr_str(sg, "name", MaskError, f"site group '{key}': ", default=key)
+        if name in sites:
+            raise MaskError(f"site '{name}' is stored twice")
+        where = f"site '{name}': "
+        mask = check_dataset(member(sg, "mask", h5py.Dataset, MaskError, where), MaskError, f"{where}mask ")
+        const = check_dataset(member(sg, "constants", h5py.Dataset, MaskError, where), MaskError, f"{where}constants ")
         if mask.dtype != np.bool_:
-            raise MaskError(f"site '{name}': mask expects dtype bool, found {mask.dtype}")
+            raise MaskError(f"{where}mask expects dtype bool, found {mask.dtype}")
         if const.dtype != np.float32:
-            raise MaskError(f"site '{name}': constants expect float32, found {const.dtype}")
+            raise MaskError(f"{where}constants expect float32, found {const.dtype}")
         if mask.shape != const.shape:
-            raise MaskError(f"site '{name}': mask {mask.shape} and constants {const.shape} differ in shape")
-        m, c = mask[()], const[()]
-        if not np.all(np.isfinite(c[m])):
-            raise MaskError(f"site '{name}': NaN/Inf constants at masked elements")
-        sites[name] = (m, c)
-    return MaskSet(
-        str(f.attrs["fingerprint"]),
-        sites,
-        json.loads(f.attrs.get("policy", "{}")),
-        str(path),
-        json.loads(f.attrs.get("provenance", "{}")),
-        complete=True,
-    )
+            raise MaskError(f"{where}mask {mask.shape} and constants {const.shape} differ in shape")
+        m = np.asarray(read_dataset(mask, MaskError, f"{where}mask "))
+        c = read_dataset(const, MaskError, f"{where}constants ")
+        not_bool = int(np.count_nonzero(m.view(np.uint8) > 1))
+        if not_bool:
+            raise MaskError(f"{where}mask holds {not_bool} byte(s) that are neither 0 nor 1 (corrupt file)")
+        bad = int(np.count_nonzero(~np.isfinite(c[m])))
+        if bad:
+            raise MaskError(f"{where}{bad} NaN/Inf constant(s) at masked elements")
+        sites[name] = (np.asarray(m, dtype=bool), np.asarray(c, dtype=np.float32))
+    return MaskSet(fingerprint, sites, policy, str(path), provenance, complete=True)

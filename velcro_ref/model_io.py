@@ -1,8 +1,17 @@
-"""HDF5 <-> Graph. Format `velcro-model` version 1 (documented in docs/formats.md)."""
+"""HDF5 <-> Graph (format `velcro-model` version 1, docs/formats.md), and the checked, isolated HDF5 reading
+that the stats and mask loaders share."""
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
+import re
+import select
+import signal
+import time
+import traceback
+import warnings
 from pathlib import Path
 
 import h5py
@@ -24,44 +33,288 @@ def _key(h5_name: str) -> str:
     return h5_name.replace("%2F", "/").replace("%25", "%")
 
 
+# Files are written in the HDF5 1.8 format, whose metadata (superblock, object headers, attribute heaps)
+# carries checksums, and text attributes are fixed-length strings stored in those checksummed headers.
+# The older default stores variable-length strings in a global heap without checksums, where a flipped
+# bit can make the HDF5 library loop forever.
+LIBVER = ("v108", "v108")
+
+
+def write_text_attr(obj, name: str, text: str) -> None:
+    """Store `text` as a fixed-length UTF-8 string attribute (see LIBVER)."""
+    data = text.encode()
+    obj.attrs.create(name, data=np.bytes_(data), dtype=h5py.string_dtype("utf-8", max(1, len(data))))
+
+
 def save_model(graph: Graph, path) -> str:
     """Write `graph` to `path` (atomically); return its fingerprint."""
     validate(graph, allow_nonfinite=True)
     fp = graph.fingerprint()
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
+        write_text_attr(f, "format", FORMAT)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["fingerprint"] = fp
-        f.attrs["graph"] = json.dumps(graph.structure_json())
-        f.attrs["meta"] = json.dumps(graph.meta)
+        write_text_attr(f, "fingerprint", fp)
+        write_text_attr(f, "graph", json.dumps(graph.structure_json()))
+        write_text_attr(f, "meta", json.dumps(graph.meta))
         g = f.create_group("params")
         for key in sorted(graph.params):
             g.create_dataset(_h5_name(key), data=np.asarray(graph.params[key], dtype=np.float32))
     return fp
 
 
-def _open(path: Path):
+# What h5py raises for a corrupt or unexpected file; the loaders turn these into their own error type.
+H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError, OverflowError)
+_MISSING = object()
+
+
+def _timeout_from_env(default=300.0) -> float:
+    try:
+        value = float(os.environ.get("VELCRO_LOAD_TIMEOUT_S", default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+# A read that takes longer than this is taken to be the HDF5 library stuck on a corrupt file.
+LOAD_TIMEOUT_S = _timeout_from_env()
+# Loaders read files in a forked child process (see read_isolated); tests that measure the loader's own
+# allocations turn this off.
+ISOLATE = hasattr(os, "fork")
+
+
+def read_isolated(read, path, error):
+    """Return read(), run in a forked child process that hands its result (or exception) back by pickle.
+
+    The HDF5 library can loop forever or crash on a corrupt file, in C code that no Python signal
+    handler interrupts. In a child, a read that does not finish within LOAD_TIMEOUT_S or that kills
+    the child becomes `error` naming `path`, and the parent goes on. Without fork (or if fork fails)
+    read() runs here.
+    """
+    if not ISOLATE:
+        return read()
+    rfd, wfd = os.pipe()
+    try:
+        with warnings.catch_warnings():
+            # Python 3.12 warns about fork in a process with threads (BLAS, numba); the child only runs
+            # h5py and NumPy on this thread and leaves by os._exit.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        return read()
+    if pid == 0:  # the child: never returns, never runs the parent's cleanup or atexit handlers
+        status = 0
+        try:
+            os.close(rfd)
+            try:
+                payload = (True, read())
+            except BaseException as e:
+                e.add_note("raised in the loader process:\n" + traceback.format_exc())
+                payload = (False, e)
+            try:
+                data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as e:
+                data = pickle.dumps((False, RuntimeError(f"loader result cannot be pickled: {e!r}")))
+            with os.fdopen(wfd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(wfd)
+    chunks = []
+    deadline = time.monotonic() + LOAD_TIMEOUT_S
+    try:
+        with os.fdopen(rfd, "rb") as src:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([src], [], [], left)[0]:
+                    raise error(
+                        f"{path}: reading did not finish within {LOAD_TIMEOUT_S:g} s (a corrupt file can make "
+                        "the HDF5 library loop forever; VELCRO_LOAD_TIMEOUT_S sets this limit)"
+                    )
+                chunk = os.read(src.fileno(), 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) or not chunks:
+        how = f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else _signal_name(os.WTERMSIG(status))
+        raise error(f"{path}: the HDF5 library crashed reading it ({how}); the file is corrupt")
+    ok, value = pickle.loads(b"".join(chunks))
+    if ok:
+        return value
+    raise value
+
+
+def _signal_name(number) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _describe(v) -> str:
+    """A short description of an unexpected attribute value for an error message."""
+    text = " ".join(repr(v).split())
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(v).__name__} {text}"
+
+
+def open_h5(path, error, what):
+    """Open an HDF5 file read-only; raise `error` naming the file if it is missing or not HDF5."""
+    path = Path(path)
     if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if not h5py.is_hdf5(path):
-        raise ModelError(f"{path}: not an HDF5 file")
+        raise error(f"{path}: no such file")
+    if path.is_dir():
+        raise error(f"{path}: is a directory, expects a {what} file")
+    if not path.is_file():
+        raise error(f"{path}: not a regular file, expects a {what} file")
+    try:
+        ok = h5py.is_hdf5(path)
+    except H5_ERRORS as e:
+        raise error(f"{path}: cannot be read ({e})") from e
+    if not ok:
+        raise error(f"{path}: not an HDF5 file (expects a {what} file)")
     try:
         return h5py.File(path, "r")
-    except OSError as e:
-        raise ModelError(f"{path}: cannot be read as HDF5 (truncated or corrupt?): {e}") from None
+    except H5_ERRORS as e:
+        cut = re.search(r"truncated file: eof = (\d+), .*stored_eof = (\d+)", str(e))
+        if cut:
+            raise error(f"{path}: truncated: {cut[1]} bytes of the {cut[2]} its header expects") from e
+        raise error(f"{path}: cannot be read as HDF5 (truncated or corrupt?): {e}") from e
+
+
+def read_attr(obj, name, error, where=""):
+    """Value of attribute `name` of a file, group or dataset, or _MISSING; `error` if it cannot be read."""
+    try:
+        if name not in obj.attrs:
+            return _MISSING
+        return obj.attrs[name]
+    except H5_ERRORS as e:
+        raise error(f"{where}attribute '{name}' cannot be read ({e})") from e
+
+
+def attr_str(obj, name, error, where="", default=None) -> str:
+    """A string attribute (UTF-8 bytes accepted); `default` if absent, else `error` when absent."""
+    v = read_attr(obj, name, error, where)
+    if v is _MISSING:
+        if default is None:
+            raise error(f"{where}attribute '{name}' is missing")
+        return default
+    if isinstance(v, bytes):
+        try:
+            v = v.decode()
+        except UnicodeDecodeError:
+            raise error(f"{where}attribute '{name}' expects UTF-8 text, found undecodable bytes") from None
+    if not isinstance(v, str):
+        raise error(f"{where}attribute '{name}' expects a string, found {_describe(v)}")
+    return v
+
+
+def attr_int(obj, name, error, where="", default=None) -> int:
+    """An integer attribute; `default` if absent, else `error` when absent."""
+    v = read_attr(obj, name, error, where)
+    if v is _MISSING:
+        if default is None:
+            raise error(f"{where}attribute '{name}' is missing")
+        return default
+    if isinstance(v, np.ndarray) and v.shape == ():
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise error(f"{where}attribute '{name}' expects an integer, found {_describe(v)}")
+    return int(v)
+
+
+def attr_json(obj, name, error, kind, where="", default=None):
+    """A JSON attribute decoded to `kind` (dict or list); `default` if absent, else `error`."""
+    if default is not None and read_attr(obj, name, error, where) is _MISSING:
+        return default
+    text = attr_str(obj, name, error, where)
+    try:
+        v = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise error(f"{where}attribute '{name}' is not valid JSON ({e})") from None
+    if not isinstance(v, kind):
+        raise error(f"{where}attribute '{name}' expects a JSON {kind.__name__}, found {type(v).__name__}")
+    return v
+
+
+def check_format(f, fmt, version, error) -> int:
+    """Check the file's `format` and `format_version` attributes; return the version."""
+    found = attr_str(f, "format", error, default="")
+    if found != fmt:
+        raise error(f"format attribute expects '{fmt}', found {found or 'none'!r} (not a {fmt} file)")
+    v = attr_int(f, "format_version", error)
+    if v > version:
+        raise error(f"format_version {v} is newer than supported (this build reads {fmt} versions 1..{version})")
+    if v < 1:
+        raise error(f"format_version expects 1..{version}, found {v}")
+    return v
+
+
+def member(group, name, kind, error, where=""):
+    """group[name] if it is a `kind` (h5py.Group or h5py.Dataset), else `error` naming what was found."""
+    try:
+        obj = group.get(name)
+    except H5_ERRORS as e:
+        raise error(f"{where}'{name}' cannot be read ({e})") from e
+    if obj is None:
+        raise error(f"{where}'{name}' is missing")
+    if not isinstance(obj, kind):
+        expect = "group" if kind is h5py.Group else "dataset"
+        raise error(f"{where}'{name}' expects an HDF5 {expect}, found {type(obj).__name__}")
+    return obj
+
+
+def check_dataset(ds, error, where, dtype=None, max_elements=MAX_ELEMENTS):
+    """Check a dataset's shape (size within max_elements) and dtype before anything is read."""
+    shape = ds.shape
+    if shape is None:
+        raise error(f"{where}expects an array, found an empty dataspace")
+    if float(np.prod([float(d) for d in shape])) > max_elements:
+        raise error(f"{where}shape {shape} exceeds {max_elements} elements")
+    if dtype is not None and ds.dtype != dtype:
+        raise error(f"{where}expects dtype {np.dtype(dtype)}, found {ds.dtype}")
+    return ds
+
+
+def read_dataset(ds, error, where):
+    """Read a whole (checked) dataset into memory."""
+    try:
+        return ds[()]
+    except H5_ERRORS as e:
+        raise error(f"{where}cannot be read (truncated or corrupt?): {e}") from e
+
+
+GRAPH_KEYS = ("input_shape", "output", "nodes")
+NODE_KEYS = ("name", "op", "inputs", "attrs", "params")
 
 
 def graph_from_json(doc, meta=None, params=None) -> Graph:
     """Build a Graph from its JSON structure; raises ModelError on malformed structure."""
     if not isinstance(doc, dict) or not isinstance(doc.get("nodes"), list):
         raise ModelError("graph JSON: expects an object with a 'nodes' list")
+    unknown = sorted(set(doc) - set(GRAPH_KEYS))
+    if unknown:
+        raise ModelError(f"graph JSON: unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(GRAPH_KEYS)}")
     nodes = []
     for i, d in enumerate(doc["nodes"]):
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not isinstance(d.get("op"), str):
             raise ModelError(f"graph JSON: node #{i} needs string 'name' and 'op'")
+        unknown = sorted(set(d) - set(NODE_KEYS))
+        if unknown:
+            raise ModelError(
+                f"node '{d['name']}': unknown key(s) {', '.join(map(repr, unknown))}; valid: {', '.join(NODE_KEYS)}"
+            )
         inputs, attrs, prm = d.get("inputs", []), d.get("attrs", {}), d.get("params", {})
         if not isinstance(inputs, list) or not all(isinstance(t, str) for t in inputs):
-            raise ModelError(f"node '{d['name']}': 'inputs' must be a list of tensor names")
+            raise ModelError(f"node '{d['name']}': 'inputs' must be a list of tensor names, found {inputs!r}")
         if (
             not isinstance(attrs, dict)
             or not isinstance(prm, dict)
@@ -70,64 +323,64 @@ def graph_from_json(doc, meta=None, params=None) -> Graph:
             raise ModelError(f"node '{d['name']}': 'attrs' must be an object and 'params' map roles to names")
         nodes.append(Node(d["name"], d["op"], tuple(inputs), attrs, prm))
     shape = doc.get("input_shape")
-    if not isinstance(shape, list) or not shape or not all(isinstance(s, int) for s in shape):
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+    ):
         raise ModelError(f"graph JSON: 'input_shape' must be a list of ints, found {shape!r}")
     out = doc.get("output", nodes[-1].name if nodes else None)
     if not isinstance(out, str):
-        raise ModelError("graph JSON: 'output' must name a tensor")
+        raise ModelError(f"graph JSON: 'output' must name a tensor, found {out!r}")
     return Graph(tuple(nodes), tuple(shape), out, params or {}, meta or {})
 
 
 def load_graph(path, allow_nonfinite: bool = False) -> Graph:
-    """Read and validate a model file. Shapes are checked before any parameter is read.
+    """Read and validate a model file. Shapes and sizes are checked before any parameter is read.
 
-    Raises ModelError naming the file and the node or parameter at fault.
+    Raises ModelError naming the file and the node, parameter or attribute at fault, for
+    anything from a missing file to a corrupt HDF5 structure.
     """
     path = Path(path)
+    return read_isolated(lambda: _load_graph(path, allow_nonfinite), path, ModelError)
+
+
+def _load_graph(path, allow_nonfinite):
+    f = open_h5(path, ModelError, FORMAT)
     try:
-        with _open(path) as f:
-            return _read(f, path, allow_nonfinite)
+        with f:
+            return _read(f, allow_nonfinite)
     except ModelError as e:
         msg = str(e)
-        raise ModelError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+        raise ModelError(msg if msg.startswith(f"{path}: ") else f"{path}: {msg}") from e
+    except H5_ERRORS as e:
+        raise ModelError(f"{path}: corrupt or unreadable model file ({type(e).__name__}: {e})") from e
 
 
-def _read(f, path, allow_nonfinite):
-    if f.attrs.get("format") != FORMAT:
-        raise ModelError(f"format attribute expects '{FORMAT}', found {f.attrs.get('format')!r}")
-    version = f.attrs.get("format_version")
-    if not isinstance(version, (int, np.integer)) or version > FORMAT_VERSION or version < 1:
-        raise ModelError(f"format_version {version!r} is not supported (this build reads 1..{FORMAT_VERSION})")
-    try:
-        doc = json.loads(f.attrs["graph"])
-        meta = json.loads(f.attrs.get("meta", "{}"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ModelError(f"graph attribute missing or not valid JSON ({e})") from None
-    if "params" not in f:
-        raise ModelError("group 'params' is missing")
-    datasets = {}
-    for name, ds in f["params"].items():
-        if not isinstance(ds, h5py.Dataset):
-            raise ModelError(f"parameter '{_key(name)}': expects a dataset")
-        if ds.size > MAX_ELEMENTS:
-            raise ModelError(f"parameter '{_key(name)}': {ds.shape} is too large")
-        datasets[_key(name)] = ds
-    graph = graph_from_json(doc, meta, datasets)
-    needed = {k for n in graph.nodes for k in n.params.values()}
-    missing = sorted(k for k in needed if k not in datasets)
+def _read(f, allow_nonfinite):
+    check_format(f, FORMAT, FORMAT_VERSION, ModelError)
+    doc = attr_json(f, "graph", ModelError, dict)
+    meta = attr_json(f, "meta", ModelError, dict, default={})
+    stored = attr_str(f, "fingerprint", ModelError)
+    params_group = member(f, "params", h5py.Group, ModelError, "group ")
+    graph = graph_from_json(doc, meta)
+    needed = sorted({k for n in graph.nodes for k in n.params.values()})
+    names = {_key(name): name for name in params_group}
+    missing = [k for k in needed if k not in names]
     if missing:
-        raise ModelError(f"missing parameter(s): {', '.join(missing)}")
-    structural = Graph(graph.nodes, graph.input_shape, graph.output, {k: datasets[k] for k in needed}, meta)
+        raise ModelError(f"missing parameter(s): {', '.join(missing)} (expected as datasets under params/)")
+    datasets = {}
+    for k in needed:
+        ds = member(params_group, names[k], h5py.Dataset, ModelError, "parameter ")
+        datasets[k] = check_dataset(ds, ModelError, f"parameter '{k}': ")
+    structural = Graph(graph.nodes, graph.input_shape, graph.output, datasets, meta)
     validate(structural, check_values=False)
-    params = {}
-    for k in sorted(needed):
-        try:
-            params[k] = datasets[k][()]
-        except (OSError, RuntimeError, ValueError) as e:
-            raise ModelError(f"parameter '{k}': cannot be read (truncated or corrupt?): {e}") from None
+    params = {k: read_dataset(ds, ModelError, f"parameter '{k}': ") for k, ds in datasets.items()}
     graph = Graph(graph.nodes, graph.input_shape, graph.output, params, meta)
     validate(graph, allow_nonfinite=allow_nonfinite)
-    stored = f.attrs.get("fingerprint")
-    if stored is not None and stored != graph.fingerprint():
-        raise ModelError(f"fingerprint mismatch: file says {stored}, contents hash to {graph.fingerprint()}")
+    if stored != graph.fingerprint():
+        raise ModelError(
+            f"fingerprint mismatch: the file says {stored}, its contents hash to {graph.fingerprint()} "
+            "(the file was modified or corrupted after it was written)"
+        )
     return graph

@@ -1,0 +1,53 @@
+"""Helpers of the robustness tests: CLI runners, the one-line error check, edited copies of HDF5 files."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+
+ROOT = Path(__file__).resolve().parents[2]
+N_CLASSES = 4
+
+
+@dataclass
+class Result:
+    """Exit code and output of one `velcro` run."""
+
+    code: int
+    out: str
+    err: str
+
+    def error_line(self, *needles, code=1) -> str:
+        """Assert a user error: exit `code`, exactly one `error: ` line holding every needle, no traceback."""
+        assert self.code == code, f"exit {self.code}, expected {code}\n{self.err}"
+        assert "Traceback" not in self.err, self.err
+        lines = [ln for ln in self.err.splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1, self.err
+        for needle in needles:
+            assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+        return lines[0]
+
+
+def velcro_process(*args, env=None, timeout=120) -> Result:
+    """Run `python -m velcro_ref.cli ARGS` as a real process."""
+    res = subprocess.run(
+        [sys.executable, "-m", "velcro_ref.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
+    return Result(res.returncode, res.stdout, res.stderr)
+
+
+def edited_copy(src, dst, edit):
+    """Copy an HDF5 file and apply edit(h5py.File) to the copy."""
+    dst = Path(dst)
+    dst.write_bytes(Path(src).read_bytes())
+    with h5py.File(dst, "a") as f:
+        edit(f)
+    return dst

@@ -1,0 +1,157 @@
+"""Accelerator TOML through `velcro simulate` and ONNX through `velcro import-onnx`: one line, all problems at once.
+
+tests/unit/test_sim_arch.py checks simulator.arch's messages; tests/golden/test_onnx_roundtrip.py checks the
+importer's; here they go through the CLI (exit code, one line, no traceback, no output file)."""
+
+import numpy as np
+import pytest
+
+from simulator.arch import ARCH_DIR
+
+GOOD = (ARCH_DIR / "edge16.toml").read_text()
+
+
+def arch_file(tmp_path, text, name="accel.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_every_arch_problem_is_listed_in_one_line(velcro, tmp_path, model_file):
+    bad = (
+        GOOD.replace("rows = 16", "rows = 0\ncolour = 3")
+        .replace("cols = 16", "cols = -4")
+        .replace("ifmap_kib = 32", "ifmap_kib = 0")
+        .replace("bytes_per_cycle = 16", "bytes_per_cycle = -1.5")
+    )
+    bad = "\n".join(ln for ln in bad.splitlines() if not ln.startswith(("clock_mhz", "lanes")))
+    path = arch_file(tmp_path, "speed = 3\n" + bad)
+    line = velcro("simulate", model_file, "--accel", path, "--csv", tmp_path / "out.csv").error_line(str(path))
+    for needle in (
+        "unknown key [array].colour",
+        "unknown key speed",
+        "[array].rows must be a positive integer, got 0",
+        "[array].cols must be a positive integer, got -4",
+        "[buffers].ifmap_kib must be a positive number, got 0",
+        "[dram].bytes_per_cycle must be a positive number, got -1.5",
+        "[array].clock_mhz is missing",
+        "[vector].lanes is missing",
+    ):
+        assert needle in line, line
+    assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "text, needles",
+    [
+        ("format = [", ["not valid TOML"]),
+        ("", ["problem(s)", "[array] is missing", "[energy] is missing"]),
+        (GOOD.replace("[energy]", "[energy]\nflux = { pj = 1.0, source = 'x' }"), ["unknown key [energy].flux"]),
+        (GOOD.replace('dataflow = "output_stationary"', 'dataflow = "row_stationary"'), ["one of output_stationary"]),
+    ],
+    ids=["not-toml", "empty", "unknown-energy-action", "unknown-dataflow"],
+)
+def test_bad_arch_file(velcro, tmp_path, model_file, text, needles):
+    path = arch_file(tmp_path, text)
+    velcro("simulate", model_file, "--accel", path).error_line(str(path), *needles)
+
+
+def test_unknown_preset_and_missing_file(velcro, tmp_path, model_file):
+    velcro("simulate", model_file, "--accel", "tpu9000").error_line("unknown accelerator 'tpu9000'", "presets: ")
+    missing = tmp_path / "missing.toml"
+    velcro("simulate", model_file, "--accel", missing).error_line(str(missing))
+
+
+@pytest.mark.xfail(strict=True, reason="simulator.arch.load_arch lets UnicodeDecodeError through (catches OSError)")
+def test_arch_file_that_is_not_text(velcro, tmp_path, model_file):
+    path = tmp_path / "binary.toml"
+    path.write_bytes(b"\xff\xfe\x00rows = 3\x9c")
+    velcro("simulate", model_file, "--accel", path).error_line(str(path))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="simulator.arch accepts inf (TOML `inf`) for positive numbers and energies; latency then prints as 0",
+)
+def test_infinite_arch_figures_are_refused(velcro, tmp_path, model_file):
+    path = arch_file(tmp_path, GOOD.replace("clock_mhz = 200", "clock_mhz = inf"))
+    velcro("simulate", model_file, "--accel", path).error_line(str(path), "clock_mhz")
+
+
+def test_simulate_refuses_masks_of_another_model(velcro, tmp_path, model_file, mask_file):
+    from velcro_ref.model_io import save_model
+    from velcro_ref.zoo import build_zoo
+
+    other = tmp_path / "other.h5"
+    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=3), other)
+    velcro("simulate", other, "--masks", mask_file, "--accel", "edge16").error_line(
+        str(mask_file), "masks were made for model"
+    )
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+@pytest.fixture(scope="module")
+def onnx_lib():
+    return pytest.importorskip("onnx")
+
+
+def onnx_file(onnx_lib, tmp_path, nodes, in_shape, out_shape, weight_shape=(4, 3, 1, 1)):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones(weight_shape, np.float32), "w")
+    graph = helper.make_graph(
+        nodes,
+        "robustness",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
+        initializer=[w],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path = tmp_path / "model.onnx"
+    onnx_lib.save(model, path)
+    return path
+
+
+def node(op, inputs, output, name, **attrs):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, [output], name=name, **attrs)
+
+
+def test_unsupported_onnx_ops_are_listed_with_node_names(velcro, tmp_path, onnx_lib):
+    nodes = [
+        node("Conv", ["x", "w"], "c", "stem_conv"),
+        node("Sigmoid", ["c"], "s", "gate"),
+        node("HardSwish", ["s"], "h", "act/hswish"),
+        node("Relu", ["h"], "y", "out_relu"),
+    ]
+    path = onnx_file(onnx_lib, tmp_path, nodes, ["N", 3, 8, 8], ["N", 4, 8, 8])
+    out = tmp_path / "model.h5"
+    res = velcro("import-onnx", path, "-o", out)
+    res.error_line(str(path), "'Sigmoid' (node 'gate')", "'HardSwish' (node 'act/hswish')", "Supported ops: Add")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "in_shape, out_shape, needles",
+    [
+        (["N", 3, "H", "W"], ["N", 4, "H", "W"], ["input 'x'", "fixed C, H, W"]),
+        (["N", 3, 8], ["N", 4, 8], ["node 'conv'", "rank-3 input"]),
+        (["N", 3, 10**9, 8], ["N", 4, 10**9, 8], ["exceeds", "elements per image"]),
+    ],
+    ids=["symbolic-height-width", "no-width", "absurd-height"],
+)
+def test_onnx_shapes_that_cannot_be_inferred(velcro, tmp_path, onnx_lib, in_shape, out_shape, needles):
+    nodes = [node("Conv", ["x", "w"], "c", "conv"), node("Relu", ["c"], "y", "relu")]
+    path = onnx_file(onnx_lib, tmp_path, nodes, in_shape, out_shape)
+    out = tmp_path / "model.h5"
+    velcro("import-onnx", path, "-o", out).error_line(str(path), *needles)
+    assert not out.exists()
+
+
+def test_onnx_weight_that_does_not_fit_is_named(velcro, tmp_path, onnx_lib):
+    nodes = [node("Conv", ["x", "w"], "c", "conv"), node("Relu", ["c"], "y", "relu")]
+    path = onnx_file(onnx_lib, tmp_path, nodes, ["N", 3, 8, 8], ["N", 4, 8, 8], weight_shape=(4, 5, 1, 1))
+    velcro("import-onnx", path, "-o", tmp_path / "m.h5").error_line(str(path), "node 'conv'", "5 input channels")

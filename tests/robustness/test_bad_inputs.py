@@ -1,0 +1,100 @@
+"""Bad inputs (arrays and image sets): one line saying what was expected and found, and no output file."""
+
+import numpy as np
+import pytest
+
+
+def npy(tmp_path, array, name="x.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+@pytest.mark.parametrize(
+    "array, needles",
+    [
+        (np.zeros((3, 16, 16), np.float32), ["expects shape (N, 3, 16, 16), found (3, 16, 16)"]),
+        (np.zeros((1, 1, 3, 16, 16), np.float32), ["expects shape (N, 3, 16, 16), found (1, 1, 3, 16, 16)"]),
+        (np.zeros((2, 1, 16, 16), np.float32), ["expects shape (N, 3, 16, 16), found (2, 1, 16, 16)"]),
+        (np.zeros((2, 3, 16, 16), np.float64), ["expects dtype float32, found float64"]),
+        (np.zeros((2, 3, 16, 16), np.uint8), ["expects dtype float32, found uint8"]),
+        (np.zeros((0, 3, 16, 16), np.float32), ["the batch is empty"]),
+    ],
+    ids=["rank-3", "rank-5", "channels", "float64", "uint8", "empty"],
+)
+def test_bad_input_array(velcro, tmp_path, model_file, array, needles):
+    res = velcro("infer", model_file, "--input", npy(tmp_path, array), "-o", tmp_path / "y.npy")
+    res.error_line("input", *needles)
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_nan_inputs_are_counted(velcro, tmp_path, model_file):
+    x = np.zeros((2, 3, 16, 16), np.float32)
+    x[1, 2, 3, 4] = np.nan
+    x[0, 0, 0, 0] = -np.inf
+    velcro("infer", model_file, "--input", npy(tmp_path, x)).error_line("input: 2 NaN/Inf value(s) of 1536")
+
+
+@pytest.mark.parametrize(
+    "content, needles",
+    [
+        (b"not an array", ["cannot read input as .npy"]),
+        (None, ["cannot read input as .npy"]),  # a pickled object array
+    ],
+    ids=["garbage", "pickle"],
+)
+def test_unreadable_input_file(velcro, tmp_path, model_file, content, needles):
+    path = tmp_path / "x.npy"
+    if content is None:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(content)
+    velcro("infer", model_file, "--input", path).error_line(str(path), *needles)
+
+
+def test_missing_input_file(velcro, tmp_path, model_file):
+    velcro("infer", model_file, "--input", tmp_path / "nope.npy").error_line(str(tmp_path / "nope.npy"))
+
+
+@pytest.mark.parametrize(
+    "arrays, needles",
+    [
+        ({"x": np.zeros((0, 3, 16, 16), np.float32), "y": np.zeros(0, np.int64)}, ["empty"]),
+        ({"x": np.zeros((4, 3, 16, 16), np.float32)}, ["expects an .npz with arrays 'x' and 'y'"]),
+        ({"x": np.zeros((4, 3, 16, 16), np.float32), "y": np.zeros(3, np.int64)}, ["4 images but 3 labels"]),
+        ({"x": np.zeros((4, 3, 8, 8), np.float32), "y": np.zeros(4, np.int64)}, ["expects shape (N, 3, 16, 16)"]),
+        ({"x": np.zeros((4, 3, 16, 16), np.float64), "y": np.zeros(4, np.int64)}, ["expects dtype float32"]),
+    ],
+    ids=["empty-image-set", "no-labels", "label-count", "image-shape", "image-dtype"],
+)
+def test_bad_image_set(velcro, tmp_path, model_file, arrays, needles):
+    path = tmp_path / "set.npz"
+    np.savez(path, **arrays)
+    out = tmp_path / "s.h5"
+    velcro("profile", model_file, "--images", path, "-o", out).error_line(*needles)
+    assert not out.exists()
+
+
+def test_nan_image_late_in_the_set_stops_profile_without_output(velcro, tmp_path, model_file):
+    x = np.random.default_rng(1).standard_normal((24, 3, 16, 16)).astype(np.float32)
+    x[21, 1, 2, 3] = np.nan
+    path = tmp_path / "set.npz"
+    np.savez(path, x=x, y=np.zeros(24, np.int64))
+    out = tmp_path / "s.h5"
+    res = velcro("profile", model_file, "--images", path, "-o", out, "--batch", "4", "--checkpoint-every", "0")
+    res.error_line("NaN")
+    assert not out.exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="commands_velcro.load_image_set checks only the first image (check_input(x[:1])); a NaN later "
+    "is found mid-run, after the batches before it were computed, by a message that names neither the "
+    "file nor the image",
+)
+def test_nan_image_is_reported_with_file_and_image_index(velcro, tmp_path, model_file):
+    x = np.zeros((24, 3, 16, 16), np.float32)
+    x[21, 1, 2, 3] = np.nan
+    path = tmp_path / "set.npz"
+    np.savez(path, x=x, y=np.zeros(24, np.int64))
+    velcro("profile", model_file, "--images", path, "-o", tmp_path / "s.h5").error_line(str(path), "21")

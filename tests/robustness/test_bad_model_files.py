@@ -1,0 +1,318 @@
+"""Every bad model file gives one line `error: FILE: ...` naming the node, parameter or attribute (exit 1).
+
+tests/unit/test_cli_errors.py covers not-HDF5, one truncation, a missing parameter, a wrong parameter
+shape and a NaN weight; these are the other cases of the robustness issue.
+"""
+
+import json
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+from robust_util import edited_copy
+
+from velcro_ref import model_io
+from velcro_ref.errors import ModelError
+from velcro_ref.graph import MAX_ELEMENTS, Graph, Node
+from velcro_ref.model_io import load_graph, save_model
+
+
+def edit_graph(fn):
+    """An edit of the stored graph JSON (the stored fingerprint goes stale; validation fails first)."""
+
+    def edit(f):
+        doc = json.loads(f.attrs["graph"])
+        fn(doc)
+        f.attrs["graph"] = json.dumps(doc)
+
+    return edit
+
+
+def node(doc, name):
+    return next(n for n in doc["nodes"] if n["name"] == name)
+
+
+def write_raw_model(path, doc, declared, fingerprint="0" * 64, version=1):
+    """A model file written by hand: `declared` maps parameter -> array, or (shape, dtype) for a dataset
+    that is declared but never written (HDF5 allocates no storage for it)."""
+    with h5py.File(path, "w") as f:
+        f.attrs["format"] = "velcro-model"
+        f.attrs["format_version"] = version
+        f.attrs["fingerprint"] = fingerprint
+        f.attrs["graph"] = json.dumps(doc)
+        f.attrs["meta"] = "{}"
+        g = f.create_group("params")
+        for key, value in declared.items():
+            if isinstance(value, tuple):
+                g.create_dataset(key, shape=value[0], dtype=value[1])
+            else:
+                g.create_dataset(key, data=value)
+    return path
+
+
+def conv_node(name, src, out_channels, kernel=1, **attrs):
+    a = {"out_channels": out_channels, "kernel": [kernel, kernel], **attrs}
+    return {"name": name, "op": "conv2d", "inputs": [src], "attrs": a, "params": {"weight": f"{name}.weight"}}
+
+
+def linear_node(name, src):
+    return {"name": name, "op": "linear", "inputs": [src], "attrs": {}, "params": {"weight": f"{name}.weight"}}
+
+
+def flatten_node(name, src):
+    return {"name": name, "op": "flatten", "inputs": [src], "attrs": {}, "params": {}}
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (lambda f: f.attrs.__setitem__("format_version", 2), ["format_version 2 is newer than supported"]),
+        (lambda f: f.attrs.__setitem__("format", "velcro-stats"), ["format attribute expects 'velcro-model'"]),
+        (lambda f: f.attrs.__delitem__("format"), ["format attribute expects 'velcro-model'", "none"]),
+        (lambda f: f.attrs.__setitem__("format_version", "1"), ["'format_version' expects an integer", "str"]),
+        (lambda f: f.attrs.__delitem__("graph"), ["attribute 'graph' is missing"]),
+        (lambda f: f.attrs.__setitem__("graph", '{"nodes": ['), ["attribute 'graph' is not valid JSON"]),
+        (lambda f: f.attrs.__setitem__("graph", "[" * 100000), ["attribute 'graph' is not valid JSON"]),
+        (lambda f: f.attrs.__setitem__("meta", "[1, 2]"), ["attribute 'meta' expects a JSON dict, found list"]),
+        (lambda f: f.attrs.__delitem__("fingerprint"), ["attribute 'fingerprint' is missing"]),
+        (lambda f: f.__delitem__("params"), ["group 'params' is missing"]),
+        (
+            lambda f: (f.__delitem__("params"), f.create_dataset("params", data=[1.0])),
+            ["'params' expects an HDF5 group, found Dataset"],
+        ),
+        (
+            lambda f: (f["params"].__delitem__("fc.bias"), f["params"].create_group("fc.bias")),
+            ["parameter 'fc.bias' expects an HDF5 dataset, found Group"],
+        ),
+        (
+            lambda f: (
+                f["params"].__delitem__("fc.bias"),
+                f["params"].create_dataset("fc.bias", data=h5py.Empty("f4")),
+            ),
+            ["parameter 'fc.bias'", "empty dataspace"],
+        ),
+        (
+            lambda f: f["params"]["fc.weight"].__setitem__((0, 0), 0.5),
+            ["fingerprint mismatch", "modified or corrupted"],
+        ),
+    ],
+    ids=[
+        "newer-version",
+        "other-format",
+        "no-format",
+        "version-not-int",
+        "no-graph",
+        "graph-not-json",
+        "graph-nested-too-deep",
+        "meta-not-object",
+        "no-fingerprint",
+        "no-params-group",
+        "params-is-dataset",
+        "parameter-is-group",
+        "parameter-empty-dataspace",
+        "weight-changed-after-writing",
+    ],
+)
+def test_bad_file_structure_is_one_line_naming_the_file(velcro, tmp_path, model_file, edit, needles):
+    bad = edited_copy(model_file, tmp_path / "bad.h5", edit)
+    velcro("info", bad).error_line(f"error: {bad}: ", *needles)
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (
+            edit_graph(lambda d: node(d, "bn1").__setitem__("inputs", ["layer1.0.relu1"])),
+            ["graph is cyclic: relu -> maxpool -> layer1.0.conv1 -> layer1.0.bn1 -> layer1.0.relu1 -> bn1 -> relu"],
+        ),
+        (edit_graph(lambda d: node(d, "bn1").__setitem__("inputs", ["bn1"])), ["graph is cyclic: bn1 -> bn1"]),
+        (
+            edit_graph(lambda d: d["nodes"].insert(0, d["nodes"].pop(2))),
+            ["node 'relu': reads tensor 'bn1' before it is produced", "topological order"],
+        ),
+        (
+            edit_graph(lambda d: node(d, "relu").__setitem__("inputs", ["bn_1"])),
+            ["node 'relu': reads tensor 'bn_1', which no node produces"],
+        ),
+        (
+            edit_graph(lambda d: (node(d, "relu").__setitem__("op", "gelu"), node(d, "fc").__setitem__("op", "gemm"))),
+            ["unsupported op 'gelu' (node 'relu'), 'gemm' (node 'fc')", "supported: add,"],
+        ),
+        (
+            edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("strides", [2, 2])),
+            ["node 'conv1': unknown attribute(s) strides for conv2d", "valid: out_channels, kernel, stride"],
+        ),
+        (edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("stride", 0)), ["node 'conv1': stride", "got 0"]),
+        (
+            edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("kernel", True)),
+            ["node 'conv1': kernel expects an int or two ints, got True"],
+        ),
+        (edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("pads", -1)), ["node 'conv1': pads", "got -1"]),
+        (
+            edit_graph(lambda d: node(d, "maxpool")["attrs"].__setitem__("ceil_mode", "yes")),
+            ["node 'maxpool': ceil_mode expects true or false, got 'yes'"],
+        ),
+        (
+            edit_graph(lambda d: node(d, "bn1")["attrs"].__setitem__("eps", -1e-5)),
+            ["node 'bn1': eps expects a number"],
+        ),
+        (
+            edit_graph(lambda d: node(d, "layer1.0.conv1").__setitem__("name", "conv1")),
+            ["node 'conv1': name used by two nodes"],
+        ),
+        (edit_graph(lambda d: node(d, "conv1").__setitem__("name", "input")), ["'input' is reserved"]),
+        (edit_graph(lambda d: node(d, "fc").__setitem__("atrs", {})), ["node 'fc': unknown key(s) 'atrs'"]),
+        (edit_graph(lambda d: d.__setitem__("input_shape", [3, 16])), ["conv2d expects a rank-3 input", "(3, 16)"]),
+        (edit_graph(lambda d: d.__setitem__("output", "logits")), ["graph output 'logits' is not produced"]),
+    ],
+    ids=[
+        "cycle",
+        "self-loop",
+        "read-before-produced",
+        "unknown-tensor",
+        "unknown-ops-all-listed",
+        "unknown-attribute",
+        "zero-stride",
+        "bool-kernel",
+        "negative-pads",
+        "non-bool-ceil-mode",
+        "negative-eps",
+        "duplicate-name",
+        "reserved-name",
+        "unknown-node-key",
+        "wrong-input-rank",
+        "unknown-output",
+    ],
+)
+def test_malformed_graph_is_one_line_naming_the_node(velcro, tmp_path, model_file, edit, needles):
+    bad = edited_copy(model_file, tmp_path / "bad.h5", edit)
+    velcro("info", bad).error_line(f"error: {bad}: ", *needles)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int32])
+def test_parameter_of_wrong_dtype_is_named(velcro, tmp_path, model_file, dtype):
+    def edit(f):
+        a = f["params/layer3.0.conv1.weight"][()]
+        del f["params/layer3.0.conv1.weight"]
+        f["params"].create_dataset("layer3.0.conv1.weight", data=a.astype(dtype))
+
+    bad = edited_copy(model_file, tmp_path / "dtype.h5", edit)
+    velcro("info", bad).error_line(
+        str(bad), "parameter 'layer3.0.conv1.weight'", "expects float32", f"found {np.dtype(dtype)}"
+    )
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.7, 0.999])
+def test_truncated_file_at_any_length_is_a_model_error(velcro, tmp_path, model_file, fraction):
+    data = model_file.read_bytes()
+    bad = tmp_path / "trunc.h5"
+    bad.write_bytes(data[: int(len(data) * fraction)])
+    velcro("info", bad).error_line(f"error: {bad}: ")
+
+
+def test_directory_instead_of_model(velcro, tmp_path):
+    velcro("info", tmp_path).error_line(f"error: {tmp_path}: is a directory")
+
+
+def test_nonfinite_parameters_are_refused_unless_allowed(velcro, tmp_path, small_graph):
+    params = dict(small_graph.params)
+    params["layer4.1.conv2.weight"] = params["layer4.1.conv2.weight"].copy()
+    params["layer4.1.conv2.weight"].flat[[3, 7]] = [np.inf, -np.inf]
+    params["fc.bias"] = np.array([np.nan, 0, 0, 0], np.float32)
+    path = tmp_path / "nonfinite.h5"
+    save_model(Graph(small_graph.nodes, small_graph.input_shape, small_graph.output, params, small_graph.meta), path)
+    line = velcro("info", path).error_line(str(path), "NaN or Inf", "--allow-nonfinite")
+    assert "fc.bias" in line or "layer4.1.conv2.weight" in line
+    ok = velcro("info", path, "--allow-nonfinite", "--json")
+    assert ok.code == 0, ok.err
+    assert json.loads(ok.out)["total_params"] > 0
+
+
+def test_negative_batch_norm_variance_is_refused_unless_allowed(tmp_path, small_graph):
+    params = dict(small_graph.params)
+    params["bn1.var"] = -np.abs(params["bn1.var"])
+    path = tmp_path / "negvar.h5"
+    save_model(Graph(small_graph.nodes, small_graph.input_shape, small_graph.output, params, small_graph.meta), path)
+    with pytest.raises(ModelError, match=r"node 'bn1': batch_norm needs var \+ eps > 0"):
+        load_graph(path)
+    load_graph(path, allow_nonfinite=True)
+
+
+def _absurd_models():
+    """(name, graph JSON, declared parameters, expected words); nothing here may be allocated."""
+    big = 10**9
+    yield (
+        "1e9-input-channels",
+        {"input_shape": [big, 16, 16], "output": "fc", "nodes": [flatten_node("f", "input"), linear_node("fc", "f")]},
+        {"fc.weight": ((4, 1), np.float32)},
+        ["node 'input'", "(1000000000, 16, 16)", f"exceeds {MAX_ELEMENTS} elements"],
+    )
+    yield (
+        "1e9-output-channels",
+        {"input_shape": [3, 8, 8], "output": "c", "nodes": [conv_node("c", "input", big)]},
+        {"c.weight": ((big, 3, 1, 1), np.float32)},
+        ["parameter 'c.weight'", "(1000000000, 3, 1, 1)", "exceeds"],
+    )
+    yield (
+        "2e8-channels-with-fitting-weight",
+        {"input_shape": [1, 64, 64], "output": "c", "nodes": [conv_node("c", "input", 1 << 27)]},
+        {"c.weight": ((1 << 27, 1, 1, 1), np.float32)},
+        ["node 'c'", "output shape (134217728, 64, 64) exceeds"],
+    )
+    yield (
+        "huge-padding",
+        {"input_shape": [1, 4, 4], "output": "c", "nodes": [conv_node("c", "input", 1, pads=100000)]},
+        {"c.weight": np.ones((1, 1, 1, 1), np.float32)},
+        ["node 'c'", "exceeds"],
+    )
+    yield (
+        "huge-kernel-work-buffer",
+        {"input_shape": [1, 8200, 8200], "output": "c", "nodes": [conv_node("c", "input", 1, kernel=8192)]},
+        {"c.weight": ((1, 1, 8192, 8192), np.float32)},
+        ["node 'c'", "work buffer", "exceeds"],
+    )
+    layers = [flatten_node("f", "input")] + [linear_node(f"l{i}", "f" if i == 0 else f"l{i - 1}") for i in range(5)]
+    yield (
+        "parameters-beyond-total",
+        {"input_shape": [1 << 14, 1, 1], "output": "l4", "nodes": layers},
+        {f"l{i}.weight": ((1 << 14, 1 << 14), np.float32) for i in range(5)},
+        ["the parameters hold", "more than"],
+    )
+
+
+@pytest.mark.parametrize("name, doc, declared, needles", list(_absurd_models()), ids=[m[0] for m in _absurd_models()])
+def test_absurd_dimensions_are_refused_before_any_allocation(tmp_path, monkeypatch, name, doc, declared, needles):
+    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+    path = write_raw_model(tmp_path / f"{name}.h5", doc, declared)
+    assert path.stat().st_size < 1 << 20  # declared datasets take no room
+    tracemalloc.start()
+    try:
+        with pytest.raises(ModelError) as e:
+            load_graph(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: ")
+    for needle in needles:
+        assert needle in msg, msg
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB allocated while refusing {name}"
+
+
+def test_in_memory_graph_with_bad_fields_is_a_model_error():
+    from velcro_ref.engine import Model
+
+    w = np.ones((2, 1, 1, 1), np.float32)
+    bad_graphs = [
+        Graph((Node("c", "conv2d", ("input",), {"out_channels": 2, "kernel": 1}, {"weight": "w"}),), (1, 2, 2), "c"),
+        Graph((Node("c", "conv2d", ("input",), [], {"weight": "w"}),), (1, 2, 2), "c", {"w": w}),
+        Graph((Node("c", "conv2d", "input", {}, {"weight": "w"}),), (1, 2, 2), "c", {"w": w}),
+        Graph((Node(3, "relu", ("input",)),), (1, 2, 2), "c"),
+        Graph((Node("c", "conv2d", ("input",), {"out_channels": 2, "kernel": 1}, {"weight": "w"}),), (1, 2, 2), "c",
+              {"w": [[1.0]]}),
+        Graph((Node("r", "relu", ("input",)),), (1.5, 2, 2), "r"),
+    ]  # fmt: skip
+    for g in bad_graphs:
+        with pytest.raises(ModelError):
+            Model(g)

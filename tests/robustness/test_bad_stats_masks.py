@@ -1,0 +1,308 @@
+"""Bad stats and mask files, ratios and classes: one line naming the file, the site and what was found."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+from robust_util import edited_copy
+
+from velcro_ref import model_io
+from velcro_ref.engine import load_model
+from velcro_ref.errors import MaskError, StatsError
+from velcro_ref.masks import load_masks
+from velcro_ref.model_io import save_model
+from velcro_ref.stats import load_stats
+from velcro_ref.zoo import build_zoo
+
+SITE = "layer2.0.relu1"
+
+
+@pytest.fixture(scope="module")
+def other_model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("other") / "other.h5"
+    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=1), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def x_file(tmp_path_factory, images):
+    path = tmp_path_factory.mktemp("x") / "x.npy"
+    np.save(path, images[0][:3])
+    return path
+
+
+def replace_dataset(path_in_file, make):
+    def edit(f):
+        old = f[path_in_file][()]
+        del f[path_in_file]
+        group, name = path_in_file.rsplit("/", 1)
+        f[group].create_dataset(name, data=make(old))
+
+    return edit
+
+
+def copy_site(new_name):
+    def edit(f):
+        f["sites"].copy(SITE, new_name)
+        f[f"sites/{new_name}"].attrs["name"] = new_name
+
+    return edit
+
+
+def set_element(path_in_file, value):
+    def edit(f):
+        a = f[path_in_file][()]
+        a.flat[5] = value
+        f[path_in_file][...] = a
+
+    return edit
+
+
+# ---------------------------------------------------------------- stats files
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (set_element(f"sites/{SITE}/shifted_mean", np.nan), [f"site '{SITE}': shifted_mean holds 1 NaN/Inf value(s)"]),
+        (set_element(f"sites/{SITE}/mean", np.nan), [f"site '{SITE}': mean differs from shift + shifted_mean"]),
+        (set_element(f"sites/{SITE}/m2", np.inf), [f"site '{SITE}': m2 holds 1 NaN/Inf"]),
+        (set_element(f"sites/{SITE}/m2", -1.0), [f"site '{SITE}': m2 expects values >= 0"]),
+        (set_element(f"sites/{SITE}/count", 3.0), [f"site '{SITE}': count expects 40 (n_images)", "3.0"]),
+        (set_element(f"sites/{SITE}/min", 1e30), [f"site '{SITE}': min exceeds max at 1 element(s)"]),
+        (
+            replace_dataset(f"sites/{SITE}/shift", lambda a: a.astype(np.float32)),
+            [f"site '{SITE}': shift expects dtype float64, found float32"],
+        ),
+        (
+            replace_dataset(f"sites/{SITE}/m2", lambda a: a[:, :1]),
+            [f"site '{SITE}': count/shift/shifted_mean/m2/min/max expect one shape", "m2 (16, 1, 2)"],
+        ),
+        (lambda f: f[f"sites/{SITE}"].__delitem__("max"), [f"site '{SITE}': 'max' is missing"]),
+        (lambda f: f.__delitem__("sites"), ["group 'sites' is missing"]),
+        (lambda f: f.attrs.__setitem__("format_version", 7), ["format_version 7 is newer than supported"]),
+        (lambda f: f.attrs.__setitem__("format", "velcro-masks"), ["format attribute expects 'velcro-stats'"]),
+        (lambda f: f.attrs.__setitem__("n_images", 0), ["n_images expects a positive integer, found 0"]),
+        (lambda f: f.attrs.__setitem__("classes", '["sandal"]'), ["'classes' expects a list of class numbers"]),
+        (lambda f: f.attrs.__setitem__("provenance", "not json"), ["attribute 'provenance' is not valid JSON"]),
+    ],
+    ids=[
+        "nan-shifted-mean",
+        "mean-disagrees",
+        "inf-m2",
+        "negative-m2",
+        "count-not-n-images",
+        "min-above-max",
+        "float32-field",
+        "fields-of-different-shapes",
+        "missing-field",
+        "no-sites",
+        "newer-version",
+        "other-format",
+        "no-images",
+        "class-names-not-numbers",
+        "provenance-not-json",
+    ],
+)
+def test_bad_stats_file_is_one_line_naming_the_site(velcro, tmp_path, stats_file, edit, needles):
+    bad = edited_copy(stats_file, tmp_path / "bad_stats.h5", edit)
+    velcro("compress", bad, "--ratio", "0.3", "-o", tmp_path / "m.h5").error_line(f"error: {bad}: ", *needles)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_stats_of_another_model_are_refused_naming_both_fingerprints(model, other_model_file, stats_file):
+    other = load_model(other_model_file)
+    with pytest.raises(StatsError) as e:
+        load_stats(stats_file, other)
+    msg = str(e.value)
+    assert msg.startswith(f"{stats_file}: stats were made for model {model.fingerprint}")
+    assert other.fingerprint in msg and str(other_model_file) in msg
+
+
+def test_resume_from_partial_stats_of_another_model_is_refused(velcro, tmp_path, other_model_file, stats_file):
+    out = tmp_path / "s.h5"
+    (tmp_path / "s.h5.partial").write_bytes(stats_file.read_bytes())
+    x = tmp_path / "x.npz"
+    np.savez(x, x=np.zeros((4, 3, 16, 16), np.float32), y=np.zeros(4, np.int64))
+    res = velcro("profile", other_model_file, "--images", x, "-o", out, "--resume")
+    res.error_line(f"{out}.partial: stats were made for model", str(other_model_file))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (lambda f: f["sites"].__delitem__(SITE), [f"no statistics for site(s) {SITE} of the model"]),
+        (copy_site("zz"), ["site(s) zz are not activation sites of the model"]),
+        (
+            lambda f: [replace_dataset(f"sites/{SITE}/{k}", lambda a: a[:8])(f) for k in f[f"sites/{SITE}"]],
+            [f"site '{SITE}' expects shape (16, 2, 2), found (8, 2, 2)"],
+        ),
+    ],
+    ids=["missing-site", "extra-site", "wrong-shape"],
+)  # fmt: skip
+def test_stats_that_do_not_fit_the_model_are_refused(tmp_path, model, stats_file, edit, needles):
+    bad = edited_copy(stats_file, tmp_path / "bad_stats.h5", edit)
+    with pytest.raises(StatsError) as e:
+        load_stats(bad, model)
+    for needle in [str(bad), *needles]:
+        assert needle in str(e.value)
+
+
+def test_huge_declared_stats_field_is_refused_before_allocation(tmp_path, monkeypatch, stats_file):
+    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+
+    def edit(f):
+        for k in ("count", "mean", "m2", "min", "max"):
+            del f[f"sites/{SITE}/{k}"]
+            f[f"sites/{SITE}"].create_dataset(k, shape=(10**5, 10**5), dtype=np.float64)
+
+    bad = edited_copy(stats_file, tmp_path / "huge.h5", edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(StatsError, match=r"count shape \(100000, 100000\) exceeds"):
+            load_stats(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+# ---------------------------------------------------------------- mask files
+
+
+@pytest.mark.parametrize(
+    "edit, needles",
+    [
+        (
+            replace_dataset(f"sites/{SITE}/mask", lambda a: a.astype(np.uint8)),
+            [f"site '{SITE}': mask expects dtype bool, found uint8"],
+        ),
+        (
+            replace_dataset(f"sites/{SITE}/constants", lambda a: a.astype(np.float64)),
+            [f"site '{SITE}': constants expect float32, found float64"],
+        ),
+        (
+            replace_dataset(f"sites/{SITE}/mask", lambda a: a[:, :1]),
+            [f"site '{SITE}': mask (16, 1, 2) and constants (16, 2, 2) differ in shape"],
+        ),
+        (
+            lambda f: f[f"sites/{SITE}/constants"].__setitem__(Ellipsis, np.float32(np.nan)),
+            [f"site '{SITE}': ", "NaN/Inf constant(s) at masked elements"],
+        ),
+        (lambda f: f["sites"].__delitem__(SITE), [f"no masks for site(s) {SITE}"]),
+        (copy_site("zz"), ["site 'zz' is not an activation site of this model"]),
+        (
+            lambda f: [replace_dataset(f"sites/{SITE}/{k}", lambda a: a[:8]) (f) for k in ("mask", "constants")],
+            [f"site '{SITE}' expects shape (16, 2, 2), found mask (8, 2, 2)"],
+        ),
+        (lambda f: f.attrs.__setitem__("policy", '{"name": "uniform", "ratio": 1.5}'), ["policy ratio", "1.5"]),
+        (lambda f: f.attrs.__setitem__("format_version", 2), ["format_version 2 is newer than supported"]),
+        (lambda f: f.attrs.__setitem__("fingerprint", "0" * 64), ["masks were made for model 0000"]),
+        (lambda f: f[f"sites/{SITE}"].attrs.__setitem__("name", "relu"), ["site 'relu' is stored twice"]),
+    ],
+    ids=[
+        "non-boolean-mask",
+        "float64-constants",
+        "mask-and-constants-differ",
+        "nan-constants",
+        "missing-site",
+        "extra-site",
+        "wrong-shape",
+        "ratio-outside-unit-interval",
+        "newer-version",
+        "another-model",
+        "site-stored-twice",
+    ],
+)  # fmt: skip
+def test_bad_mask_file_is_one_line_naming_the_site(velcro, tmp_path, model_file, mask_file, x_file, edit, needles):
+    bad = edited_copy(mask_file, tmp_path / "bad_masks.h5", edit)
+    velcro("infer", model_file, "--input", x_file, "--masks", bad).error_line(f"error: {bad}: ", *needles)
+
+
+def test_nan_constants_at_unmasked_elements_are_harmless(velcro, tmp_path, model_file, mask_file, x_file):
+    def edit(f):
+        m = f[f"sites/{SITE}/mask"][()]
+        c = f[f"sites/{SITE}/constants"][()]
+        c[~m] = np.nan
+        f[f"sites/{SITE}/constants"][...] = c
+
+    ok = edited_copy(mask_file, tmp_path / "ok.h5", edit)
+    res = velcro("infer", model_file, "--input", x_file, "--masks", ok, "-o", tmp_path / "y.npy")
+    assert res.code == 0, res.err
+    assert np.all(np.isfinite(np.load(tmp_path / "y.npy")))
+
+
+def test_load_masks_with_a_model_checks_fit(tmp_path, model, other_model_file, mask_file):
+    assert load_masks(mask_file, model).fingerprint == model.fingerprint
+    with pytest.raises(MaskError, match="masks were made for model"):
+        load_masks(mask_file, load_model(other_model_file))
+
+
+def test_huge_declared_mask_is_refused_before_allocation(tmp_path, monkeypatch, mask_file):
+    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+
+    def edit(f):
+        for k, dtype in (("mask", bool), ("constants", np.float32)):
+            del f[f"sites/{SITE}/{k}"]
+            f[f"sites/{SITE}"].create_dataset(k, shape=(10**6, 10**6), dtype=dtype)
+
+    bad = edited_copy(mask_file, tmp_path / "huge.h5", edit)
+    tracemalloc.start()
+    try:
+        with pytest.raises(MaskError, match=r"mask shape \(1000000, 1000000\) exceeds"):
+            load_masks(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20
+
+
+# ---------------------------------------------------------------- ratios and classes
+
+
+@pytest.mark.parametrize("ratio", ["1.5", "-0.1", "nan", "inf"])
+def test_ratio_outside_unit_interval_is_a_usage_error(velcro, tmp_path, stats_file, ratio):
+    res = velcro("compress", stats_file, "--ratio", ratio, "-o", tmp_path / "m.h5")
+    res.error_line(f"ratio must be in [0, 1], got {float(ratio)}", code=2)
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_ratio_outside_unit_interval_in_ratios_file_names_the_site(velcro, tmp_path, stats_file):
+    toml = tmp_path / "r.toml"
+    toml.write_text(f'[ratios]\ndefault = 0.2\n"{SITE}" = 1.25\n')
+    res = velcro("compress", stats_file, "--ratios", toml, "-o", tmp_path / "m.h5")
+    res.error_line(f"ratio of site '{SITE}' must be in [0, 1], got 1.25", code=2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="masks.check_ratio accepts booleans (True counts as ratio 1.0); it should refuse non-numbers",
+)
+def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
+    toml = tmp_path / "r.toml"
+    toml.write_text(f'[ratios]\n"{SITE}" = true\n')
+    velcro("compress", stats_file, "--ratios", toml, "-o", tmp_path / "m.h5").error_line(SITE, code=2)
+
+
+def test_classes_absent_from_the_image_set_are_an_error(velcro, tmp_path, model_file, images_file):
+    res = velcro("profile", model_file, "--images", images_file, "--classes", "7,9", "-o", tmp_path / "s.h5")
+    res.error_line("empty", str(images_file), "[7, 9]")
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="commands_velcro.load_image_set keeps going when some --classes have no images in --images; "
+    "it should name the missing classes and the labels found",
+)
+def test_some_classes_absent_from_the_image_set_are_named(velcro, tmp_path, model_file, images_file):
+    res = velcro("profile", model_file, "--images", images_file, "--classes", "1,7", "-o", tmp_path / "s.h5")
+    res.error_line("7", str(images_file))
+
+
+@pytest.mark.parametrize("classes", ["12", "sandal,shoe", "5,5", "-1"])
+def test_classes_not_in_fashion_mnist_are_an_error_listing_the_valid_ones(velcro, tmp_path, model_file, classes):
+    res = velcro("profile", model_file, "--data", "fashion-mnist", "--classes", classes, "-o", tmp_path / "s.h5")
+    line = res.error_line()
+    assert "valid" in line or "duplicate" in line, line

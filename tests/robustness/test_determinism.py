@@ -1,0 +1,69 @@
+"""Determinism: the same model, input and masks give bit-identical outputs across runs and processes, and
+per-sample outputs do not depend on the batch size (within 1e-6 relative)."""
+
+import numpy as np
+import pytest
+from robust_util import velcro_process
+
+from velcro_ref.engine import load_model
+from velcro_ref.masks import load_masks
+from velcro_ref.stats import FIELDS, load_stats
+
+
+@pytest.fixture(scope="module")
+def x_file(tmp_path_factory, images):
+    path = tmp_path_factory.mktemp("det") / "x.npy"
+    np.save(path, images[0][:12])
+    return path
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+def test_outputs_are_bit_identical_across_processes_and_thread_counts(tmp_path, model_file, mask_file, x_file, masked):
+    extra = ["--masks", mask_file] if masked else []
+    outs = []
+    for i, threads in enumerate(("1", "2")):
+        y = tmp_path / f"y{i}.npy"
+        env = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "NUMBA_NUM_THREADS": threads}
+        res = velcro_process("infer", model_file, "--input", x_file, "-o", y, *extra, env=env)
+        assert res.code == 0, res.err
+        outs.append(np.load(y))
+    in_process = load_model(model_file).run(np.load(x_file), masks=load_masks(mask_file) if masked else None)
+    assert outs[0].tobytes() == outs[1].tobytes() == in_process.tobytes()
+
+
+def test_repeated_runs_in_one_process_are_bit_identical(model_file, mask_file, images):
+    model = load_model(model_file)
+    masks = load_masks(mask_file, model)
+    x = images[0]
+    first_dense, first_masked, first_small = model.run(x), model.run(x, masks=masks), model.run(x[:5])
+    for _ in range(2):
+        assert model.run(x, masks=masks).tobytes() == first_masked.tobytes()
+        assert model.run(x[:5]).tobytes() == first_small.tobytes()  # other buffer shapes in between
+        assert model.run(x).tobytes() == first_dense.tobytes()
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
+def test_per_sample_outputs_do_not_depend_on_batch_size(model_file, mask_file, images, masked):
+    model = load_model(model_file)
+    masks = load_masks(mask_file, model) if masked else None
+    x = images[0]
+    whole = model.run(x, masks=masks)
+    for batch in (1, 3, 16):
+        parts = np.concatenate([model.run(x[i : i + batch], masks=masks) for i in range(0, len(x), batch)])
+        scale = np.max(np.abs(whole), axis=1, keepdims=True)
+        assert np.all(np.abs(parts - whole) <= 1e-6 * scale), f"batch {batch}: {np.max(np.abs(parts - whole)):.3g}"
+
+
+def test_profile_and_compress_are_reproducible(velcro, tmp_path, model_file, images_file):
+    for run in ("a", "b"):
+        res = velcro("profile", model_file, "--images", images_file, "-o", tmp_path / f"s_{run}.h5", "--batch", "7")
+        assert res.code == 0, res.err
+        res = velcro("compress", tmp_path / f"s_{run}.h5", "--ratio", "0.4", "-o", tmp_path / f"m_{run}.h5")
+        assert res.code == 0, res.err
+    sa, sb = load_stats(tmp_path / "s_a.h5"), load_stats(tmp_path / "s_b.h5")
+    for site in sa.sites:
+        for fld in FIELDS:
+            assert getattr(sa.sites[site], fld).tobytes() == getattr(sb.sites[site], fld).tobytes()
+    ma, mb = load_masks(tmp_path / "m_a.h5"), load_masks(tmp_path / "m_b.h5")
+    for site, (mask, const) in ma.sites.items():
+        assert mask.tobytes() == mb.sites[site][0].tobytes() and const.tobytes() == mb.sites[site][1].tobytes()

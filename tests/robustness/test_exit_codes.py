@@ -1,0 +1,83 @@
+"""Exit codes (cli.main's docstring): 0 ok, 1 bad data, 2 usage, 130/143 interrupted; no traceback unless --debug."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from robust_util import ROOT, velcro_process
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["frobnicate"],
+        [],
+        ["info"],
+        ["zoo", "vgg", "-o", "x.h5"],
+        ["profile", "{model}", "--images", "{images}", "-o", "s.h5", "--batch", "abc"],
+        ["compress", "s.h5"],  # -o missing
+        ["stats"],
+    ],
+    ids=["unknown-command", "no-command", "missing-argument", "bad-choice", "bad-int", "missing-option", "no-action"],
+)
+def test_argparse_usage_errors_exit_2(velcro, model_file, images_file, args):
+    args = [a.format(model=model_file, images=images_file) for a in args]
+    res = velcro(*args)
+    res.error_line(code=2)
+    assert "usage: velcro" in res.err
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["profile", "{model}", "--images", "{images}", "-o", "{tmp}/s.h5", "--batch", "0"], ["--batch"]),
+        (["profile", "{model}", "--images", "{images}", "-o", "{tmp}/s.h5", "--samples", "-3"], ["--samples"]),
+        (["profile", "{model}", "-o", "{tmp}/s.h5"], ["--data", "--images"]),
+        (["compress", "{stats}", "-o", "{tmp}/m.h5"], ["--ratio"]),
+    ],
+    ids=["zero-batch", "negative-samples", "no-image-set", "no-ratio"],
+)
+def test_usage_errors_found_after_parsing_exit_2(velcro, tmp_path, model_file, images_file, stats_file, args, needles):
+    fmt = {"model": model_file, "images": images_file, "stats": stats_file, "tmp": tmp_path}
+    velcro(*[a.format(**fmt) for a in args]).error_line(*needles, code=2)
+
+
+def test_unwritable_output_is_one_line_exit_1(velcro, tmp_path, model_file, images_file):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    res = velcro("profile", model_file, "--images", images_file, "-o", blocker / "s.h5")
+    res.error_line(str(blocker))
+
+
+def test_user_error_in_a_real_process_has_no_traceback_and_debug_adds_it(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    plain = velcro_process("info", bad)
+    plain.error_line(str(bad))
+    assert plain.out == ""
+    for res in (velcro_process("--debug", "info", bad), velcro_process("info", bad, env={"VELCRO_DEBUG": "1"})):
+        assert res.code == 1
+        assert "Traceback" in res.err and "ModelError" in res.err
+        assert res.err.rstrip().splitlines()[-1].startswith(f"error: {bad}")
+
+
+def test_closed_stdout_is_not_a_traceback(model_file):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velcro_ref.cli", "info", str(model_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    proc.stdout.close()  # the reader goes away before the first line is printed
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err, err
+    assert proc.returncode in (0, 1)
+
+
+def test_success_exits_0(velcro, tmp_path, model_file):
+    x = tmp_path / "x.npy"
+    np.save(x, np.zeros((1, 3, 16, 16), np.float32))
+    res = velcro("infer", model_file, "--input", x)
+    assert res.code == 0 and res.err == ""
