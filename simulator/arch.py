@@ -5,6 +5,7 @@ Every problem in a file is collected and raised as one ArchError, so a user fixe
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -32,8 +33,13 @@ def _positive_int(v):
     return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
+def _number(v):
+    """An int or a finite float (TOML also has inf and nan); not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _positive_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return _number(v) and v > 0
 
 
 def _bits(v):
@@ -142,7 +148,7 @@ def _check_energy(doc, problems):
         for extra in sorted(set(entry) - {"pj", "source"}):
             problems.append(f"unknown key {where}.{extra}; valid keys: pj, source")
         v, s = entry.get("pj"), entry.get("source")
-        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+        if not (_number(v) and v >= 0):
             problems.append(f"{where}.pj must be a non-negative number, got {v!r}")
         else:
             pj[key] = float(v)
@@ -197,9 +203,11 @@ def load_arch(spec) -> Arch:
             raise ArchError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
         path = ARCH_DIR / f"{spec}.toml"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ArchError(f"{spec}: cannot be read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ArchError(f"{spec}: not UTF-8 text (undecodable byte at offset {e.start}); expects a TOML file") from None
     return parse_arch(text, str(spec))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .commands_engine import add_model_arg, load_array, print_json
-from .errors import DataError, InputError, UsageError
+from .errors import DataError, InputError, StatsError, UsageError
 
 
 def add_image_args(p, split):
@@ -24,25 +24,39 @@ def add_image_args(p, split):
 
 
 def load_image_set(args, model):
-    """(x float32 NCHW, labels int64, classes tuple, source) from --data or --images."""
+    """(x float32 NCHW, labels int64, classes tuple, source) from --data or --images.
+
+    Every image is checked against the model (shape, dtype, finite values) before any is run; a
+    failure names the file and the first bad image. Requested classes without images are an error.
+    """
     if args.batch < 1:
         raise UsageError(f"--batch must be a positive integer, got {args.batch}")
     if args.samples is not None and args.samples < 1:
         raise UsageError(f"--samples must be a positive integer, got {args.samples}")
     from . import data
 
+    index = None  # position in the file of each kept image, for messages
+    missing = ""
     if args.images:
         try:
             with np.load(args.images, allow_pickle=False) as z:
-                x, y = z["x"], z["y"].astype(np.int64)
+                x, y = z["x"], z["y"]
         except (OSError, ValueError, KeyError, EOFError) as e:
             raise InputError(f"{args.images}: expects an .npz with arrays 'x' and 'y' ({e})") from None
-        classes = data.parse_classes(args.classes) if args.classes else tuple(int(c) for c in np.unique(y))
-        if len(y) != len(x):
-            raise InputError(f"{args.images}: {len(x)} images but {len(y)} labels")
-        keep = np.isin(y, classes)
-        x, y = x[keep][: args.samples], y[keep][: args.samples]
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise InputError(f"{args.images}: 'y' expects a 1-D array of integer labels, found {y.dtype} {y.shape}")
+        n_x = len(x) if x.ndim else 0
+        if n_x != len(y):
+            raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")
+        found = tuple(int(c) for c in np.unique(y))
+        classes = data.parse_classes(args.classes) if args.classes else found
+        absent = ", ".join(str(c) for c in classes if c not in found)
+        if absent:
+            missing = f"no images of class(es) {absent}; labels found: {', '.join(map(str, found))}"
+        index = np.flatnonzero(np.isin(y, classes))[: args.samples]
+        x, y = x[index], y[index].astype(np.int64)
         source = f"{args.images} classes {list(classes)}"
+        where = args.images
     elif args.data == "fashion-mnist":
         if not args.classes:
             raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
@@ -54,12 +68,30 @@ def load_image_set(args, model):
             raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
         x = data.preprocess(images, pre)
         source = f"fashion-mnist {args.split} classes {list(classes)}"
+        where = source
     else:
         raise UsageError("give --data fashion-mnist or --images FILE.npz")
     if len(x) == 0:
         raise DataError(f"the image set is empty ({source})")
-    model.check_input(x[:1])
-    return np.ascontiguousarray(x, dtype=np.float32), y, tuple(classes), source
+    if missing:
+        raise DataError(f"{where}: {missing}")
+    try:
+        model.check_input(x)
+    except InputError as e:
+        raise InputError(f"{where}: {e}{_first_nonfinite(x, model, index)}") from None
+    return np.ascontiguousarray(x), y, tuple(classes), source
+
+
+def _first_nonfinite(x, model, index):
+    """'; first NaN/Inf in image i' (i = position in the file, or in x without `index`) when that is
+    what check_input refused, else ''."""
+    if x.dtype != np.float32 or tuple(x.shape[1:]) != model.input_shape:
+        return ""
+    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+    if not bad.size:
+        return ""
+    first = bad[0] if index is None else index[bad[0]]
+    return f"; first NaN/Inf in image {first} ({bad.size} image(s) affected)"
 
 
 def progress_bar(total, desc):
@@ -80,7 +112,18 @@ def cmd_profile(args):
     start = 0
     if args.resume and partial.exists():
         col.stats = load_stats(partial, model)
-        start = col.stats.n_images
+        done = col.stats
+        if (done.source, tuple(done.classes)) != (source, tuple(classes)):
+            raise StatsError(
+                f"{partial}: checkpoint of another image set ({done.source!r}, classes {list(done.classes)}), "
+                f"this run uses {source!r}, classes {list(classes)}; delete it or run without --resume"
+            )
+        if done.n_images > len(x):
+            raise StatsError(
+                f"{partial}: checkpoint holds {done.n_images} images, the image set has only {len(x)}; "
+                "delete it or run without --resume"
+            )
+        start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
     with progress_bar(len(x), "profile") as bar:
         bar.update(start)
@@ -111,20 +154,24 @@ def cmd_stats_merge(args):
 
 def read_ratios_toml(path, sites) -> dict:
     """Per-site ratios from TOML: `[ratios]` table (or top-level) of site = ratio; `default` applies to the rest."""
+    from .masks import check_ratio
+
     try:
-        doc = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: cannot read ratios TOML ({e})") from None
     table = doc.get("ratios", doc)
-    default = table.get("default", 0.0)
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
+    default = check_ratio(table.get("default", 0.0), f"{path}: default ratio")
     unknown = sorted(k for k in table if k != "default" and k not in sites)
     if unknown:
         raise UsageError(f"{path}: unknown site(s) {', '.join(unknown)}")
-    return {s: table.get(s, default) for s in sites}
+    return {s: check_ratio(table.get(s, default), f"{path}: ratio of site '{s}'") for s in sites}
 
 
 def cmd_compress(args):
-    from .masks import build_masks, save_masks
+    from .masks import build_masks, check_ratio, save_masks
     from .policies import make_masks
     from .stats import load_stats
 
@@ -145,7 +192,8 @@ def cmd_compress(args):
     elif args.ratio is None:
         raise UsageError("give --ratio R (with --policy) or --ratios FILE.toml")
     else:
-        masks = make_masks(args.policy, stats, args.ratio, site_costs, args.exclude or ())
+        ratio = check_ratio(args.ratio, "--ratio")
+        masks = make_masks(args.policy, stats, ratio, site_costs, args.exclude or ())
     masks.policy["stats_file"] = str(args.stats)
     save_masks(masks, args.output)
     n = sum(m.size for m, _ in masks.sites.values())
@@ -162,13 +210,13 @@ def cmd_eval(args):
     from .masks import load_masks
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    masks = load_masks(args.masks, model) if args.masks else None  # a bad mask file fails before the dense pass
     x, y, classes, source = load_image_set(args, model)
     with progress_bar(len(x), "dense") as bar:
         dense = evaluate(model, x, y, classes, batch=args.batch, progress=bar)
     doc = {"model": args.model, "data": source, "n_images": len(x), "classes": list(classes)}
     doc["dense"] = {k: dense[k] for k in ("accuracy", "accuracy_task", "macs")}
-    if args.masks:
-        masks = load_masks(args.masks)
+    if masks is not None:
         with progress_bar(len(x), "masked") as bar:
             masked = evaluate(model, x, y, classes, masks=masks, batch=args.batch, progress=bar)
         doc["masked"] = {k: masked[k] for k in ("accuracy", "accuracy_task", "macs")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
@@ -12,18 +12,53 @@ from pathlib import Path
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
 
-    An interrupted run therefore leaves the old file or the new one, never half of one.
+    An interrupted run therefore leaves the old file or the new one, never half of one; the file is
+    synced before the rename and the directory after, so a power cut cannot leave an empty or
+    partial file under the final name either. The file gets the permissions open() would give it
+    (0o666 less the umask). Raises OSError naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _create_temp(path)
+    except OSError as e:
+        raise _naming(path, e) from e
+    try:
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as e:
+        raise _naming(path, e) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _create_temp(path: Path) -> Path:
+    # not tempfile.mkstemp: its mode 0o600 would reach the final file; os.open applies the umask itself
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _naming(path: Path, e: OSError) -> OSError:
+    """The same kind of OSError, its message naming the final path rather than the temporary one."""
+    err = type(e)(f"{path}: cannot write ({e.strerror or e})")
+    err.errno = e.errno
+    return err
 
 
 def write_text(path, text: str) -> None:

@@ -7,6 +7,7 @@ lowest-variance elements, equal variances broken by flat index, constants = mean
 from __future__ import annotations
 
 import json
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -45,9 +46,13 @@ def empty_masks(model) -> MaskSet:
 
 
 def check_ratio(r, what="ratio") -> float:
-    if not isinstance(r, (int, float)) or not 0.0 <= float(r) <= 1.0:
-        raise UsageError(f"{what} must be in [0, 1], got {r!r}")
-    return float(r)
+    """`r` as a float if it is a number in [0, 1] (not a bool); else UsageError naming `what` (e.g. "--ratio")."""
+    if isinstance(r, (bool, np.bool_)) or not isinstance(r, numbers.Real):
+        raise UsageError(f"{what} must be a number in [0, 1], got {r!r}")
+    r = float(r)
+    if not 0.0 <= r <= 1.0:
+        raise UsageError(f"{what} must be in [0, 1], got {r}")
+    return r
 
 
 def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
@@ -84,19 +89,26 @@ def _key(name):
 
 
 def save_masks(masks: MaskSet, path) -> None:
-    """Write a mask file atomically: attrs fingerprint/policy/provenance, `sites/<site>/{mask,constants}`."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
+    """Write a mask file atomically: attrs fingerprint/policy/provenance, `sites/<site>/{mask,constants}`.
+
+    Written like a model file (model_io.LIBVER, fixed-length text attributes), with a Fletcher-32
+    checksum on every dataset so that a flipped bit in a mask or constant is found when the file is read.
+    """
+    from .model_io import LIBVER, write_text_attr
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
+        write_text_attr(f, "format", FORMAT)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["fingerprint"] = masks.fingerprint
-        f.attrs["policy"] = json.dumps(masks.policy)
-        f.attrs["provenance"] = json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **masks.provenance})
+        write_text_attr(f, "fingerprint", masks.fingerprint)
+        write_text_attr(f, "policy", json.dumps(masks.policy))
+        provenance = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **masks.provenance}
+        write_text_attr(f, "provenance", json.dumps(provenance))
         g = f.create_group("sites")
         for name, (mask, const) in masks.sites.items():
             sg = g.create_group(_key(name))
-            sg.attrs["name"] = name
-            sg.create_dataset("mask", data=np.asarray(mask, dtype=bool))
-            sg.create_dataset("constants", data=np.asarray(const, dtype=np.float32))
+            write_text_attr(sg, "name", name)
+            sg.create_dataset("mask", data=np.asarray(mask, dtype=bool), fletcher32=True)
+            sg.create_dataset("constants", data=np.asarray(const, dtype=np.float32), fletcher32=True)
 
 
 def load_masks(path, model=None) -> MaskSet:

@@ -24,8 +24,11 @@ from .fileio import atomic_path
 from .kernels.moments import welford
 
 FORMAT = "velcro-stats"
-FORMAT_VERSION = 1
+# Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
+# version 1 stored only `mean`, read as shift = 0.
+FORMAT_VERSION = 2
 FIELDS = ("count", "shift", "shifted_mean", "m2", "min", "max")
+FIELDS_V1 = ("count", "mean", "m2", "min", "max")
 
 
 @dataclass
@@ -143,22 +146,29 @@ def _site_key(name):
 
 
 def save_stats(stats: Stats, path) -> None:
-    """Write a stats file atomically (HDF5, one group per site under `sites/`)."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT
+    """Write a stats file atomically (HDF5, one group per site under `sites/`).
+
+    Written like a model file (model_io.LIBVER, fixed-length text attributes), with a Fletcher-32
+    checksum on every dataset so that a flipped bit in the numbers is found when the file is read.
+    """
+    from .model_io import LIBVER, write_text_attr
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
+        write_text_attr(f, "format", FORMAT)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["fingerprint"] = stats.fingerprint
-        f.attrs["classes"] = json.dumps(list(stats.classes))
+        write_text_attr(f, "fingerprint", stats.fingerprint)
+        write_text_attr(f, "classes", json.dumps(list(stats.classes)))
         f.attrs["n_images"] = int(stats.n_images)
-        f.attrs["source"] = stats.source
-        f.attrs["provenance"] = json.dumps({"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stats.provenance})
+        write_text_attr(f, "source", stats.source)
+        provenance = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stats.provenance}
+        write_text_attr(f, "provenance", json.dumps(provenance))
         g = f.create_group("sites")
         for name, s in stats.sites.items():
             sg = g.create_group(_site_key(name))
-            sg.attrs["name"] = name
+            write_text_attr(sg, "name", name)
             for fld in FIELDS:
-                sg.create_dataset(fld, data=getattr(s, fld))
-            sg.create_dataset("mean", data=s.mean)  # for readers; the shifted form is exact
+                sg.create_dataset(fld, data=getattr(s, fld), fletcher32=True)
+            sg.create_dataset("mean", data=s.mean, fletcher32=True)  # for readers; the shifted form is exact
 
 
 def load_stats(path, model=None) -> Stats:
@@ -166,6 +176,7 @@ def load_stats(path, model=None) -> Stats:
 
     Every field is checked before it is read (float64, at most MAX_ELEMENTS elements, one shape
     per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max).
+    Reads format versions 1 (`mean` only, taken as shift 0) and 2; refuses newer ones.
     Raises StatsError naming the file and the site or attribute at fault.
     """
     from .model_io import H5_ERRORS, open_h5, read_isolated
@@ -189,7 +200,8 @@ def load_stats(path, model=None) -> Stats:
 def _read_stats(f) -> Stats:
     from .model_io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset
 
-    check_format(f, FORMAT, FORMAT_VERSION, StatsError)
+    version = check_format(f, FORMAT, FORMAT_VERSION, StatsError)
+    names = FIELDS if version >= 2 else FIELDS_V1
     fingerprint = attr_str(f, "fingerprint", StatsError)
     n_images = attr_int(f, "n_images", StatsError)
     if n_images < 1:
@@ -206,17 +218,21 @@ def _read_stats(f) -> Stats:
         if name in sites:
             raise StatsError(f"site '{name}' is stored twice")
         where = f"site '{name}': "
-        fields = [member(sg, fld, h5py.Dataset, StatsError, where) for fld in FIELDS]
-        for fld, ds in zip(FIELDS, fields, strict=True):
+        fields = {fld: member(sg, fld, h5py.Dataset, StatsError, where) for fld in names}
+        for fld, ds in fields.items():
             check_dataset(ds, StatsError, f"{where}{fld} ", dtype=np.float64)
-        if any(ds.shape != fields[0].shape for ds in fields):
-            found = ", ".join(f"{fld} {ds.shape}" for fld, ds in zip(FIELDS, fields, strict=True))
-            raise StatsError(f"{where}{'/'.join(FIELDS)} expect one shape, found {found}")
-        s = SiteStats(*(read_dataset(ds, StatsError, f"{where}{fld} ") for fld, ds in zip(FIELDS, fields, strict=True)))
-        for fld in FIELDS:
-            bad = int(np.count_nonzero(~np.isfinite(getattr(s, fld))))
+        first = fields[names[0]].shape
+        if any(ds.shape != first for ds in fields.values()):
+            found = ", ".join(f"{fld} {ds.shape}" for fld, ds in fields.items())
+            raise StatsError(f"{where}{'/'.join(names)} expect one shape, found {found}")
+        values = {fld: read_dataset(ds, StatsError, f"{where}{fld} ") for fld, ds in fields.items()}
+        for fld, a in values.items():
+            bad = int(np.count_nonzero(~np.isfinite(a)))
             if bad:
                 raise StatsError(f"{where}{fld} holds {bad} NaN/Inf value(s)")
+        if version == 1:
+            values["shift"], values["shifted_mean"] = np.zeros_like(values["mean"]), values.pop("mean")
+        s = SiteStats(**values)
         if not np.all(s.count == n_images):
             found = np.unique(s.count)[:5].tolist()
             raise StatsError(f"{where}count expects {n_images} (n_images) for every element, found {found}")
@@ -224,7 +240,7 @@ def _read_stats(f) -> Stats:
             raise StatsError(f"{where}m2 expects values >= 0, found {s.m2.min():g}")
         if np.any(s.min > s.max):
             raise StatsError(f"{where}min exceeds max at {int(np.count_nonzero(s.min > s.max))} element(s)")
-        if "mean" in sg:  # written for other readers: it must agree with the exact shifted form
+        if version >= 2 and "mean" in sg:  # written for other readers: it must agree with the exact shifted form
             ds = check_dataset(member(sg, "mean", h5py.Dataset, StatsError, where), StatsError, f"{where}mean ")
             if ds.dtype != np.float64 or ds.shape != s.shift.shape:
                 raise StatsError(f"{where}mean expects float64 {s.shift.shape}, found {ds.dtype} {ds.shape}")

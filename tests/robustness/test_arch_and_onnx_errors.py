@@ -62,20 +62,32 @@ def test_unknown_preset_and_missing_file(velcro, tmp_path, model_file):
     velcro("simulate", model_file, "--accel", missing).error_line(str(missing))
 
 
-@pytest.mark.xfail(strict=True, reason="simulator.arch.load_arch lets UnicodeDecodeError through (catches OSError)")
 def test_arch_file_that_is_not_text(velcro, tmp_path, model_file):
     path = tmp_path / "binary.toml"
     path.write_bytes(b"\xff\xfe\x00rows = 3\x9c")
     velcro("simulate", model_file, "--accel", path).error_line(str(path))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="simulator.arch accepts inf (TOML `inf`) for positive numbers and energies; latency then prints as 0",
-)
 def test_infinite_arch_figures_are_refused(velcro, tmp_path, model_file):
     path = arch_file(tmp_path, GOOD.replace("clock_mhz = 200", "clock_mhz = inf"))
     velcro("simulate", model_file, "--accel", path).error_line(str(path), "clock_mhz")
+
+
+def test_nan_and_inf_arch_figures_are_all_listed(velcro, tmp_path, model_file):
+    text = (
+        GOOD.replace("clock_mhz = 200", "clock_mhz = nan")
+        .replace("ifmap_kib = 32", "ifmap_kib = inf")
+        .replace("mac = { pj = 0.3,", "mac = { pj = inf,")
+        .replace("leakage = { pj = 20.0,", "leakage = { pj = nan,")
+    )
+    line = velcro("simulate", model_file, "--accel", arch_file(tmp_path, text)).error_line("4 problem(s)")
+    for needle in (
+        "[array].clock_mhz must be a positive number, got nan",
+        "[buffers].ifmap_kib must be a positive number, got inf",
+        "[energy].mac.pj must be a non-negative number, got inf",
+        "[energy].leakage.pj must be a non-negative number, got nan",
+    ):
+        assert needle in line, line
 
 
 def test_simulate_refuses_masks_of_another_model(velcro, tmp_path, model_file, mask_file):

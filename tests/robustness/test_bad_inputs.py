@@ -64,8 +64,26 @@ def test_missing_input_file(velcro, tmp_path, model_file):
         ({"x": np.zeros((4, 3, 16, 16), np.float32), "y": np.zeros(3, np.int64)}, ["4 images but 3 labels"]),
         ({"x": np.zeros((4, 3, 8, 8), np.float32), "y": np.zeros(4, np.int64)}, ["expects shape (N, 3, 16, 16)"]),
         ({"x": np.zeros((4, 3, 16, 16), np.float64), "y": np.zeros(4, np.int64)}, ["expects dtype float32"]),
+        (
+            {"x": np.zeros((4, 3, 16, 16), np.float32), "y": np.full(4, 1.7)},
+            ["'y' expects a 1-D array of integer labels, found float64 (4,)"],
+        ),
+        (
+            {"x": np.zeros((4, 3, 16, 16), np.float32), "y": np.zeros((4, 1), np.int64)},
+            ["'y' expects a 1-D array of integer labels, found int64 (4, 1)"],
+        ),
+        ({"x": np.float32(1.0), "y": np.zeros(4, np.int64)}, ["0 images but 4 labels"]),
     ],
-    ids=["empty-image-set", "no-labels", "label-count", "image-shape", "image-dtype"],
+    ids=[
+        "empty-image-set",
+        "no-labels",
+        "label-count",
+        "image-shape",
+        "image-dtype",
+        "float-labels",
+        "2-d-labels",
+        "scalar-images",
+    ],
 )
 def test_bad_image_set(velcro, tmp_path, model_file, arrays, needles):
     path = tmp_path / "set.npz"
@@ -86,15 +104,18 @@ def test_nan_image_late_in_the_set_stops_profile_without_output(velcro, tmp_path
     assert not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands_velcro.load_image_set checks only the first image (check_input(x[:1])); a NaN later "
-    "is found mid-run, after the batches before it were computed, by a message that names neither the "
-    "file nor the image",
-)
 def test_nan_image_is_reported_with_file_and_image_index(velcro, tmp_path, model_file):
     x = np.zeros((24, 3, 16, 16), np.float32)
     x[21, 1, 2, 3] = np.nan
     path = tmp_path / "set.npz"
     np.savez(path, x=x, y=np.zeros(24, np.int64))
     velcro("profile", model_file, "--images", path, "-o", tmp_path / "s.h5").error_line(str(path), "21")
+
+
+def test_nan_image_index_is_its_position_in_the_file_when_classes_are_selected(velcro, tmp_path, model_file):
+    x = np.zeros((24, 3, 16, 16), np.float32)
+    x[21, 0, 0, 0] = np.inf
+    path = tmp_path / "set.npz"
+    np.savez(path, x=x, y=np.arange(24) % 2)  # image 21 is the 11th of class 1
+    res = velcro("profile", model_file, "--images", path, "--classes", "1", "-o", tmp_path / "s.h5")
+    res.error_line(str(path), "first NaN/Inf in image 21 ")

@@ -2,14 +2,15 @@
 
 import tracemalloc
 
+import h5py
 import numpy as np
 import pytest
 from robust_util import edited_copy
 
 from velcro_ref import model_io
 from velcro_ref.engine import load_model
-from velcro_ref.errors import MaskError, StatsError
-from velcro_ref.masks import load_masks
+from velcro_ref.errors import MaskError, StatsError, UsageError
+from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
 from velcro_ref.stats import load_stats
 from velcro_ref.zoo import build_zoo
@@ -47,6 +48,22 @@ def copy_site(new_name):
         f[f"sites/{new_name}"].attrs["name"] = new_name
 
     return edit
+
+
+def flip_stored_bit(src, dst, path_in_file, bit):
+    """Copy `src` to `dst` with one bit flipped in the middle of the stored data of a dataset (its first
+    chunk), as a bad disk or transfer would, leaving the HDF5 structure intact."""
+    with h5py.File(src, "r") as f:
+        ds = f[path_in_file]
+        if ds.chunks:
+            chunk = ds.id.get_chunk_info(0)
+            start, size = chunk.byte_offset, chunk.size
+        else:
+            start, size = ds.id.get_offset(), ds.id.get_storage_size()
+    data = bytearray(src.read_bytes())
+    data[start + size // 2] ^= 1 << bit
+    dst.write_bytes(data)
+    return dst
 
 
 def set_element(path_in_file, value):
@@ -108,6 +125,48 @@ def test_bad_stats_file_is_one_line_naming_the_site(velcro, tmp_path, stats_file
     bad = edited_copy(stats_file, tmp_path / "bad_stats.h5", edit)
     velcro("compress", bad, "--ratio", "0.3", "-o", tmp_path / "m.h5").error_line(f"error: {bad}: ", *needles)
     assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("field", ["shifted_mean", "m2", "max"])
+def test_flipped_bit_in_stats_data_is_found_by_the_checksum(velcro, tmp_path, stats_file, field):
+    # the lowest mantissa bit: a value that every other check of the loader would accept
+    bad = flip_stored_bit(stats_file, tmp_path / "flipped.h5", f"sites/{SITE}/{field}", bit=0)
+    res = velcro("compress", bad, "--ratio", "0.3", "-o", tmp_path / "m.h5")
+    res.error_line(f"error: {bad}: site '{SITE}': {field} cannot be read")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_stats_files_are_version_2(stats_file):
+    with h5py.File(stats_file, "r") as f:
+        assert f.attrs["format_version"] == 2
+        assert {"shift", "shifted_mean", "mean"} <= set(f[f"sites/{SITE}"])
+
+
+def test_version_1_stats_are_read_as_mean_with_shift_0(tmp_path, model, stats_file):
+    def to_version_1(f):
+        f.attrs["format_version"] = 1
+        for site in f["sites"].values():
+            del site["shift"], site["shifted_mean"]
+
+    old = edited_copy(stats_file, tmp_path / "v1.h5", to_version_1)
+    back, now = load_stats(old, model), load_stats(stats_file, model)
+    with h5py.File(old, "r") as f:
+        for name, s in back.sites.items():
+            stored = f[f"sites/{name}"]
+            np.testing.assert_array_equal(s.shift, 0.0)
+            np.testing.assert_array_equal(s.shifted_mean, stored["mean"][()])
+            np.testing.assert_array_equal(s.m2, stored["m2"][()])
+            np.testing.assert_array_equal(s.variance, now.sites[name].variance)
+    assert (back.n_images, back.classes) == (now.n_images, now.classes)
+
+
+def test_version_1_stats_without_mean_are_refused(velcro, tmp_path, stats_file):
+    def edit(f):
+        f.attrs["format_version"] = 1
+        del f[f"sites/{SITE}/mean"]
+
+    bad = edited_copy(stats_file, tmp_path / "v1.h5", edit)
+    velcro("compress", bad, "--ratio", "0.3", "-o", tmp_path / "m.h5").error_line(f"site '{SITE}': 'mean' is missing")
 
 
 def test_stats_of_another_model_are_refused_naming_both_fingerprints(model, other_model_file, stats_file):
@@ -239,6 +298,28 @@ def test_load_masks_with_a_model_checks_fit(tmp_path, model, other_model_file, m
         load_masks(mask_file, load_model(other_model_file))
 
 
+@pytest.mark.parametrize("dataset", ["mask", "constants"])
+def test_flipped_bit_in_mask_data_is_found_by_the_checksum(velcro, tmp_path, model_file, mask_file, x_file, dataset):
+    # bit 0 of a mask byte turns a kept element into a masked one (or back): a valid mask, but not this one
+    bad = flip_stored_bit(mask_file, tmp_path / "flipped.h5", f"sites/{SITE}/{dataset}", bit=0)
+    res = velcro("infer", model_file, "--input", x_file, "--masks", bad)
+    res.error_line(f"error: {bad}: site '{SITE}': {dataset} cannot be read")
+
+
+def test_eval_refuses_a_bad_mask_file_before_the_dense_pass(
+    velcro, tmp_path, monkeypatch, model_file, images_file, mask_file
+):
+    from velcro_ref import evaluate
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("an image was evaluated before the mask file was checked")
+
+    monkeypatch.setattr(evaluate, "evaluate", no_pass)
+    bad = edited_copy(mask_file, tmp_path / "bad_masks.h5", lambda f: f.attrs.__setitem__("fingerprint", "0" * 64))
+    res = velcro("eval", model_file, "--images", images_file, "--masks", bad)
+    res.error_line(f"error: {bad}: masks were made for model 0000")
+
+
 def test_huge_declared_mask_is_refused_before_allocation(tmp_path, monkeypatch, mask_file):
     monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
 
@@ -275,14 +356,38 @@ def test_ratio_outside_unit_interval_in_ratios_file_names_the_site(velcro, tmp_p
     res.error_line(f"ratio of site '{SITE}' must be in [0, 1], got 1.25", code=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="masks.check_ratio accepts booleans (True counts as ratio 1.0); it should refuse non-numbers",
-)
 def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
     toml = tmp_path / "r.toml"
     toml.write_text(f'[ratios]\n"{SITE}" = true\n')
     velcro("compress", stats_file, "--ratios", toml, "-o", tmp_path / "m.h5").error_line(SITE, code=2)
+
+
+@pytest.mark.parametrize(
+    "toml, needles",
+    [
+        ('default = "0.5"', ["default ratio must be a number in [0, 1], got '0.5'"]),
+        ('default = 0.2\n"{site}" = [0.5]', ["ratio of site '{site}' must be a number in [0, 1], got [0.5]"]),
+        ('default = 0.2\n"{site}" = nan', ["ratio of site '{site}' must be in [0, 1], got nan"]),
+        ("ratios = 0.5", ["[ratios] must be a table"]),
+    ],
+    ids=["string-default", "list-for-a-site", "nan-for-a-site", "ratios-not-a-table"],
+)
+def test_ratios_file_that_is_not_numbers_in_the_unit_interval(velcro, tmp_path, stats_file, toml, needles):
+    path = tmp_path / "r.toml"
+    path.write_text(toml.format(site=SITE) + "\n")
+    res = velcro("compress", stats_file, "--ratios", path, "-o", tmp_path / "m.h5")
+    res.error_line(f"error: {path}: ", *(n.format(site=SITE) for n in needles), code=2)
+    assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.parametrize("ratio", [True, np.bool_(False), "0.5", None, 1 + 0j])
+def test_check_ratio_refuses_what_is_not_a_real_number(ratio):
+    with pytest.raises(UsageError, match=r"--ratio must be a number in \[0, 1\], got "):
+        check_ratio(ratio, "--ratio")
+
+
+def test_check_ratio_accepts_numpy_and_integer_ratios():
+    assert check_ratio(np.float32(0.5)) == 0.5 and check_ratio(1) == 1.0 and check_ratio(np.int64(0)) == 0.0
 
 
 def test_classes_absent_from_the_image_set_are_an_error(velcro, tmp_path, model_file, images_file):
@@ -291,14 +396,15 @@ def test_classes_absent_from_the_image_set_are_an_error(velcro, tmp_path, model_
     assert not (tmp_path / "s.h5").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands_velcro.load_image_set keeps going when some --classes have no images in --images; "
-    "it should name the missing classes and the labels found",
-)
 def test_some_classes_absent_from_the_image_set_are_named(velcro, tmp_path, model_file, images_file):
     res = velcro("profile", model_file, "--images", images_file, "--classes", "1,7", "-o", tmp_path / "s.h5")
     res.error_line("7", str(images_file))
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_missing_classes_and_the_labels_found_are_named(velcro, tmp_path, model_file, images_file):
+    res = velcro("eval", model_file, "--images", images_file, "--classes", "8,1,6")
+    res.error_line(f"error: {images_file}: no images of class(es) 8, 6; labels found: 0, 1, 2, 3")
 
 
 @pytest.mark.parametrize("classes", ["12", "sandal,shoe", "5,5", "-1"])

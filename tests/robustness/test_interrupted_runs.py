@@ -148,17 +148,22 @@ def test_resume_with_another_batch_size_equals_uninterrupted_run(
     assert_same_stats(load_stats(out), uninterrupted, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cmd_profile --resume does not compare the checkpoint's source, classes and n_images with the "
-    "current image set; a checkpoint of another image set is silently continued",
-)
 def test_resume_refuses_a_checkpoint_of_another_image_set(velcro, tmp_path, model_file, images_file, stats_file):
     out = tmp_path / "s.h5"
     (tmp_path / "s.h5.partial").write_bytes(stats_file.read_bytes())  # 40 images of images_file
     other = tmp_path / "other.npz"
     np.savez(other, x=np.ones((80, 3, 16, 16), np.float32), y=np.zeros(80, np.int64))
     velcro("profile", model_file, "--images", other, "-o", out, "--resume").error_line("s.h5.partial")
+
+
+def test_resume_refuses_a_checkpoint_of_more_images_than_the_set(velcro, tmp_path, model_file, images_file):
+    out = tmp_path / "s.h5"
+    assert velcro("profile", model_file, "--images", images_file, "-o", out).code == 0
+    partial = tmp_path / "s.h5.partial"
+    partial.write_bytes(out.read_bytes())  # same image set and classes, all 40 images done
+    res = velcro("profile", model_file, "--images", images_file, "--samples", "20", "-o", out, "--resume")
+    res.error_line(f"error: {partial}: checkpoint holds 40 images, the image set has only 20")
+    assert partial.exists()
 
 
 def test_kill_during_an_atomic_write_never_leaves_part_of_a_file(tmp_path):

@@ -1,0 +1,79 @@
+"""Files written through fileio.atomic_path: usual permissions, synced before and after the rename, errors that
+name the file the user asked for (not its temporary name)."""
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+from velcro_ref import fileio
+from velcro_ref.fileio import write_text
+from velcro_ref.masks import MaskSet, save_masks
+from velcro_ref.stats import SiteStats, Stats, save_stats
+
+
+def write_stats(path):
+    save_stats(Stats("fp", {"a": SiteStats.of_batch(np.ones((2, 3, 4), np.float32))}, (1,), 2, "x"), path)
+
+
+def write_masks(path):
+    save_masks(MaskSet("fp", {"a": (np.zeros((3, 4), bool), np.zeros((3, 4), np.float32))}), path)
+
+
+WRITERS = {"text": lambda path: write_text(path, "hello\n"), "stats": write_stats, "masks": write_masks}
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test and restore it afterwards."""
+    previous = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("writer", WRITERS, ids=list(WRITERS))
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_file_has_the_permissions_open_would_give(tmp_path, umask, writer, mask, mode):
+    umask(mask)
+    out = tmp_path / "out"
+    WRITERS[writer](out)
+    assert out.stat().st_mode & 0o777 == mode
+
+
+def test_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "fsync", fsync)
+    monkeypatch.setattr(fileio.os, "replace", replace)
+    out = tmp_path / "out.txt"
+    write_text(out, "hello\n")
+    file_ino, dir_ino = out.stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("fsync", file_ino), ("replace", file_ino), ("fsync", dir_ino)]
+
+
+def test_failed_rename_names_the_final_path_and_leaves_no_temporary_file(velcro, tmp_path, stats_file):
+    out = tmp_path / "m.h5"
+    out.mkdir()  # a directory where the file should go: the rename fails
+    line = velcro("compress", stats_file, "--ratio", "0.3", "-o", out).error_line(f"error: {out}: cannot write")
+    assert ".part" not in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
+
+
+def test_failed_write_names_the_final_path_and_leaves_no_temporary_file(tmp_path):
+    out = tmp_path / "out.txt"
+    with pytest.raises(OSError) as e, fileio.atomic_path(out) as tmp:
+        tmp.write_text("half of it")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))  # as a full disk would
+    assert str(e.value) == f"{out}: cannot write ({os.strerror(errno.ENOSPC)})"
+    assert e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []
