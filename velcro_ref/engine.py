@@ -103,7 +103,8 @@ def _run_relu(xs, args, skip, out, col):
 
 
 def _run_relu6(xs, args, skip, out, col):
-    np.clip(xs[0], 0, 6, out=out)
+    np.maximum(xs[0], 0, out=out)  # two ufuncs: much faster than np.clip
+    np.minimum(out, 6, out=out)
     return 0
 
 
@@ -291,13 +292,13 @@ class Model:
             out = self._buffer(st.name, (n_n, *st.out_shape))
             skip = skips.get(st.name)
             if skip is not None:
-                out[:, skip] = 0  # skipped elements read as 0 until the site writes its constants
+                np.copyto(out, 0, where=skip)  # skipped elements read 0 until the site writes its constants
             n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
             if st.op in CHAIN_OPS:
                 macs[st.name] = int(n_macs)
             if st.name in consts:
                 mask, const = consts[st.name]
-                out[:, mask] = const[mask]
+                np.copyto(out, const, where=mask)
             if observer is not None:
                 if st.op in G.ACTIVATIONS:
                     observer.on_site(st.name, out)

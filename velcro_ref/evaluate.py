@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def evaluate(model, x, labels, classes, masks=None, batch=500, progress=None) -> dict:
+def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None) -> dict:
     """Accuracy of `model` on images x (N, C, H, W) float32 with integer labels (N,).
 
     accuracy: top-1 over the full output (all classes of the general model).

@@ -75,7 +75,7 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     }
 
 
-def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=0.005, batch=500, progress=None):
+def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=0.005, batch=128, progress=None):
     """Accuracy and CSR at every ratio; picks the best points as the sweep's JSON contract names them.
 
     stats: task statistics (train split); x, labels: evaluation images (test split).

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-# Filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the direct
-# loop: an im2col copy per tap would cost more than the MACs it feeds.
+# Spatial filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the
+# direct loop: an im2col copy per tap would cost more than the MACs it feeds.
 DIRECT_MAX_TAPS = 16
 # Positions per tile of the masked kernel: 128 rows of im2col stay in L2 (at most 128 x 4608
 # floats) while every channel visits the tile.
@@ -149,33 +149,54 @@ def gemm_positions(w, colp, bias, skip, rows, out):
 def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
     """Layout: x (N, C, H, W), w (K, C/groups, KH, KW), skip (K, OH, OW), out (N, K, OH, OW).
 
-    Loop order n, k, oy, ox, then the filter taps. A masked (k, oy, ox) skips its taps entirely.
+    Loop order n, k, oy, runs of unmasked ox, then the taps over a zero-padded copy of the
+    filter's input channels, accumulating the run's ox together (vectorised). A masked element
+    is never visited; every element sums its taps in the same order, masked run or not.
     """
     n_n, _, h, wd = x.shape
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_n // groups
+    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(wd + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    xp = np.zeros((cg, hp, wp), np.float32)
+    acc = np.empty(ow, np.float32)
     n_macs = 0
     for n in range(n_n):
         for k in range(k_n):
-            c0 = (k // kg) * cg
+            if k % kg == 0:  # a new group: copy its input channels (the zero border stays zero)
+                c0 = (k // kg) * cg
+                for c in range(cg):
+                    for iy in range(h):
+                        for ix in range(wd):
+                            xp[c, iy + pt, ix + pl] = x[n, c0 + c, iy, ix]
             for oy in range(oh):
-                for ox in range(ow):
+                ox = 0
+                while ox < ow:  # one run of unmasked outputs at a time, its ox accumulated together
                     if skip[k, oy, ox]:
+                        ox += 1
                         continue
-                    acc = b[k]
+                    start = ox
+                    while ox < ow and not skip[k, oy, ox]:
+                        ox += 1
+                    for q in range(start, ox):
+                        acc[q] = b[k]
                     for c in range(cg):
                         for fy in range(kh):
-                            iy = oy * sh - pt + fy * dh
-                            if iy < 0 or iy >= h:
-                                continue
+                            iy = oy * sh + fy * dh
                             for fx in range(kw):
-                                ix = ox * sw - pl + fx * dw
-                                if 0 <= ix < wd:
-                                    acc += w[k, c, fy, fx] * x[n, c0 + c, iy, ix]
-                    out[n, k, oy, ox] = acc
+                                wv = w[k, c, fy, fx]
+                                off = fx * dw
+                                if sw == 1:  # unit stride: the loop vectorises
+                                    for q in range(start, ox):
+                                        acc[q] += wv * xp[c, iy, q + off]
+                                else:
+                                    for q in range(start, ox):
+                                        acc[q] += wv * xp[c, iy, q * sw + off]
+                    for q in range(start, ox):
+                        out[n, k, oy, q] = acc[q]
                     # padding taps count: the dense cost per element is (C/groups) * KH * KW
-                    n_macs += cg * kh * kw
+                    n_macs += (ox - start) * cg * kh * kw
     return n_macs
 
 
@@ -190,7 +211,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     taps = cg * kh * kw
-    if taps < DIRECT_MAX_TAPS:
+    if taps < DIRECT_MAX_TAPS and kh * kw > 1:
         if skip is None:
             skip = np.zeros((k_n, oh, ow), np.bool_)
         return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out)
