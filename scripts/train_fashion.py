@@ -23,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from velcro_ref.data import load_fashion_mnist, preprocess  # noqa: E402
+from velcro_ref.zoo import INCEPTION  # noqa: E402
 
 # Fashion-MNIST training-set pixel mean and std (of x/255), measured on the 60000 train images.
 PREPROCESSING = {"scale": 1 / 255, "mean": [0.2860], "std": [0.3530]}
@@ -179,18 +180,8 @@ class GoogLeNet(nn.Module):
     Then 3a-3b at 14x14, max pool to 7x7, 4a-4e, max pool 2/2 to 4x4, 5a-5b, global pool, dropout, fc.
     """
 
-    # ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj of torchvision's modules 3a .. 5b.
-    MODULES = {
-        "3a": (64, 96, 128, 16, 32, 32),
-        "3b": (128, 128, 192, 32, 96, 64),
-        "4a": (192, 96, 208, 16, 48, 64),
-        "4b": (160, 112, 224, 24, 64, 64),
-        "4c": (128, 128, 256, 24, 64, 64),
-        "4d": (112, 144, 288, 32, 64, 64),
-        "4e": (256, 160, 320, 32, 128, 128),
-        "5a": (256, 160, 320, 32, 128, 128),
-        "5b": (384, 192, 384, 48, 128, 128),
-    }
+    # ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj of torchvision's modules 3a .. 5b
+    MODULES = INCEPTION
 
     def __init__(self, width=1.0, n_classes=N_CLASSES, dropout=0.2):
         super().__init__()

@@ -147,7 +147,7 @@ def _mobilenet_v2(b, width, num_classes):
 
 
 # (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj) of torchvision's nine Inception modules
-_INCEPTION = {
+INCEPTION = {
     "3a": (64, 96, 128, 16, 32, 32),
     "3b": (128, 128, 192, 32, 96, 64),
     "4a": (192, 96, 208, 16, 48, 64),
@@ -180,14 +180,14 @@ def _googlenet(b, width, num_classes):
     x = basic(x, "conv3", 192, 3, pad=1)
     x = b.pool(x, "maxpool2", "max_pool", 3, 2, ceil_mode=True)
     for key, pool in (("3a", None), ("3b", ("maxpool3", 3)), ("4a", None), ("4b", None), ("4c", None)):
-        x = inception(x, f"inception{key}", *_INCEPTION[key])
+        x = inception(x, f"inception{key}", *INCEPTION[key])
         if pool:
             x = b.pool(x, pool[0], "max_pool", pool[1], 2, ceil_mode=True)
-    x = inception(x, "inception4d", *_INCEPTION["4d"])
-    x = inception(x, "inception4e", *_INCEPTION["4e"])
+    x = inception(x, "inception4d", *INCEPTION["4d"])
+    x = inception(x, "inception4e", *INCEPTION["4e"])
     x = b.pool(x, "maxpool4", "max_pool", 2, 2, ceil_mode=True)
-    x = inception(x, "inception5a", *_INCEPTION["5a"])
-    x = inception(x, "inception5b", *_INCEPTION["5b"])
+    x = inception(x, "inception5a", *INCEPTION["5a"])
+    x = inception(x, "inception5b", *INCEPTION["5b"])
     return b.head(x, num_classes, dropout=0.2)
 
 
