@@ -23,7 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from velcro_ref.data import load_fashion_mnist, preprocess  # noqa: E402
-from velcro_ref.zoo import INCEPTION  # noqa: E402
+from velcro_ref.zoo import INCEPTION, MOBILENET_V2_SETTINGS, make_divisible  # noqa: E402
 
 # Fashion-MNIST training-set pixel mean and std (of x/255), measured on the 60000 train images.
 PREPROCESSING = {"scale": 1 / 255, "mean": [0.2860], "std": [0.3530]}
@@ -89,12 +89,6 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(self.pool(self.layers(self.stem(x))), 1))
 
 
-def make_divisible(value, divisor=8):
-    """Round a channel count to the nearest multiple of `divisor`, never dropping more than 10%."""
-    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    return rounded + divisor if rounded < 0.9 * value else rounded
-
-
 class InvertedResidual(nn.Module):
     """MobileNet-V2 block: 1x1 expand (ReLU6), 3x3 depthwise (ReLU6), linear 1x1 project, skip if same shape."""
 
@@ -116,16 +110,7 @@ class MobileNetV2(nn.Module):
     The remaining three stride-2 stages take 28x28 to 4x4 before the global pool.
     """
 
-    # (expansion t, output channels c, repeats n, first stride s), the paper's table.
-    SETTINGS = (
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    )
+    SETTINGS = MOBILENET_V2_SETTINGS  # (t, c, n, s), the paper's table
 
     def __init__(self, width=1.0, n_classes=N_CLASSES, dropout=0.2):
         super().__init__()

@@ -89,7 +89,8 @@ def _scaled(c, width):
     return max(1, int(round(c * width)))
 
 
-def _make_divisible(v, divisor=8):
+def make_divisible(v, divisor=8):
+    """Round a channel count to the nearest multiple of `divisor`, never dropping more than 10%."""
     new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
     return new_v + divisor if new_v < 0.9 * v else new_v
 
@@ -113,24 +114,28 @@ def _resnet18(b, width, num_classes):
     return b.head(x, num_classes)
 
 
+# (expansion t, output channels c, repeats n, first stride s) of MobileNet-V2's inverted residuals
+MOBILENET_V2_SETTINGS = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
 def _mobilenet_v2(b, width, num_classes):
     def conv_bn(x, name, cout, k, stride, groups=1, act=True):
         x = b.bn(b.conv(x, f"{name}.0", cout, k, stride, (k - 1) // 2, groups), f"{name}.1")
         return b.act(x, f"{name}.2", "relu6") if act else x
 
-    cin = _make_divisible(32 * width)
+    cin = make_divisible(32 * width)
     x = conv_bn(INPUT, "features.0", cin, 3, 2)
     i = 1
-    for t, c, n, s in (
-        (1, 16, 1, 1),
-        (6, 24, 2, 2),
-        (6, 32, 3, 2),
-        (6, 64, 4, 2),
-        (6, 96, 3, 1),
-        (6, 160, 3, 2),
-        (6, 320, 1, 1),
-    ):
-        cout = _make_divisible(c * width)
+    for t, c, n, s in MOBILENET_V2_SETTINGS:
+        cout = make_divisible(c * width)
         for j in range(n):
             stride = s if j == 0 else 1
             hidden = int(round(cin * t))
@@ -142,7 +147,7 @@ def _mobilenet_v2(b, width, num_classes):
             y = b.bn(b.conv(y, f"{p}.{li + 1}", cout, 1), f"{p}.{li + 2}")
             x = b.add(x, y, f"features.{i}.add") if stride == 1 and cin == cout else y
             cin, i = cout, i + 1
-    x = conv_bn(x, f"features.{i}", _make_divisible(1280 * max(1.0, width)), 1, 1)
+    x = conv_bn(x, f"features.{i}", make_divisible(1280 * max(1.0, width)), 1, 1)
     return b.head(x, num_classes, dropout=0.2)
 
 
