@@ -12,7 +12,7 @@ import numpy as np
 
 from . import graph as G
 from .errors import InputError, MaskError
-from .kernels.conv2d import conv2d
+from .kernels.conv2d import aligned_floats, conv2d, taps_last
 from .kernels.linear import linear
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
@@ -36,7 +36,7 @@ def _conv_step(graph, n, in_shape, out_shape):
     w = np.ascontiguousarray(graph.params[n.params["weight"]])
     b = graph.params[n.params["bias"]] if "bias" in n.params else np.zeros(w.shape[0], np.float32)
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], a["pads"], a["dilation"]
-    return (w, np.ascontiguousarray(b), sh, sw, pt, pl, pb, pr, dh, dw, a["groups"])
+    return (w, np.ascontiguousarray(b), sh, sw, pt, pl, pb, pr, dh, dw, a["groups"], taps_last(w))
 
 
 def _pool_step(graph, n, in_shape, out_shape):
@@ -68,7 +68,7 @@ PREPARE = {
 
 
 def _run_conv(xs, args, skip, out, col):
-    return conv2d(xs[0], *args[:11], skip, out, col)
+    return conv2d(xs[0], *args[:11], skip, out, col, args[11])
 
 
 def _run_linear(xs, args, skip, out, col):
@@ -207,7 +207,7 @@ class Model:
                 a = G.conv_attrs(n)
                 cg = shapes[n.inputs[0]][0] // a["groups"]
                 col_size = max(col_size, cg * a["kernel"][0] * a["kernel"][1] * shapes[n.name][1] * shapes[n.name][2])
-        self._col = np.empty(col_size, np.float32)
+        self._col = aligned_floats(col_size)
 
     @property
     def input_shape(self) -> tuple:

@@ -6,45 +6,49 @@ Every kernel takes arrays and ints only and returns the MACs it executed.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from .simd import dot_rows
 
 # Spatial filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the
 # direct loop: an im2col copy per tap would cost more than the MACs it feeds.
 DIRECT_MAX_TAPS = 16
-# Positions per tile of the masked kernel: 128 rows of im2col stay in L2 (at most 128 x 4608
-# floats) while every channel visits the tile.
-TILE_P = 128
-# Runs of unmasked positions at least this long go to one matrix-vector product.
-RUN_MIN = 4
+# Floats of im2col rows per tile of the masked kernel: a tile stays in L2 (1 MiB) while every
+# channel of a block visits it.
+TILE_FLOATS = 1 << 18
+# Channels per work item of the masked kernel, so that small layers still split over threads.
+K_BLOCK = 16
 # Images per im2col chunk: at most this many floats of scratch (32 MiB).
 CHUNK_FLOATS = 1 << 23
-# From this many images on, a masked conv runs one GEMM per position over the batch.
-BATCH_MIN = 4
 
 
 @njit(cache=True)
-def im2col_t(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, need, col):
-    """Layout: x (C, H, W) one image; col (OH*OW, cg*kh*kw), row p = (oy, ox), column (c, fy, fx).
+def im2col_t(xh, c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, col, q0):
+    """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
+    [iy, ix*C + c]); col (>= q0 + OH*OW, J) with row q0 + p for p = (oy, ox) and column
+    (fy, fx, c), the order of `taps_last` filters.
 
-    Rows whose `need[p]` is False are left untouched (every channel masked there); padding is 0.
+    Rows whose `need[p]` is False are left untouched (every channel masked there). Each tap copies
+    cg contiguous channels; with cg = C and dw = 1 a whole filter row is one contiguous copy.
     """
-    h, w = x.shape[1], x.shape[2]
+    whole_row = cg == c_n and dw == 1
     for oy in range(oh):
         for ox in range(ow):
             p = oy * ow + ox
             if not need[p]:
                 continue
             j = 0
-            for c in range(cg):
-                for fy in range(kh):
-                    iy = oy * sh - pt + fy * dh
-                    for fx in range(kw):
-                        ix = ox * sw - pl + fx * dw
-                        if 0 <= iy < h and 0 <= ix < w:
-                            col[p, j] = x[c0 + c, iy, ix]
-                        else:
-                            col[p, j] = 0.0
-                        j += 1
+            for fy in range(kh):
+                src = xh[oy * sh + fy * dh]
+                if whole_row:
+                    a = ox * sw * c_n
+                    col[q0 + p, j : j + kw * c_n] = src[a : a + kw * c_n]
+                    j += kw * c_n
+                    continue
+                for fx in range(kw):
+                    a = (ox * sw + fx * dw) * c_n + c0
+                    col[q0 + p, j : j + cg] = src[a : a + cg]
+                    j += cg
 
 
 @njit(cache=True)
@@ -81,67 +85,90 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col, p0):
 
 
 @njit(cache=True)
-def gemm_masked(w, col, bias, skip, rows, out):
-    """Layout: w (K, J) filters, col (P, J) im2col rows, skip and out (K, P); only channels `rows`.
+def _rows8(w, k, col, q, g, m, bias, out, n):
+    """Channel k at the m positions g[:m] of image n, in groups of 8, then 4, then 1."""
+    i = 0
+    while m - i >= 8:
+        s = dot_rows(
+            w,
+            (k,),
+            col,
+            (
+                q + g[i],
+                q + g[i + 1],
+                q + g[i + 2],
+                q + g[i + 3],
+                q + g[i + 4],
+                q + g[i + 5],
+                q + g[i + 6],
+                q + g[i + 7],
+            ),
+        )
+        for t in range(8):
+            out[n, k, g[i + t]] = s[t] + bias[k]
+        i += 8
+    if m - i >= 4:
+        s4 = dot_rows(w, (k,), col, (q + g[i], q + g[i + 1], q + g[i + 2], q + g[i + 3]))
+        for t in range(4):
+            out[n, k, g[i + t]] = s4[t] + bias[k]
+        i += 4
+    for t in range(i, m):
+        s1 = dot_rows(w, (k,), col, (q + g[t],))
+        out[n, k, g[t]] = s1[0] + bias[k]
 
-    Loop order: position tiles, channels, runs of unmasked positions. A run of at least RUN_MIN
-    positions is one BLAS matrix-vector product (col[run] @ w[k]), a shorter one a BLAS dot per
-    element: BLAS vectorises the reduction, which a loop here may not without fastmath.
-    A masked (k, p) is never visited: no MAC, out left as is.
+
+@njit(cache=True, parallel=True)
+def gemm_sampled(w, col, bias, skip, rows, tile_p, out):
+    """Layout: w (K, J) filters, col (N*P, J) im2col rows of N images (row n*P + p), skip
+    (K, P), out (N, K, P); only channels `rows`.
+
+    Loop order: (image, tile of tile_p positions, block of channels) items in parallel, pairs of
+    channels, positions. Positions unmasked in both channels of a pair go in blocks of 2 x 4
+    (`dot_rows` loads each filter and input vector once for 8 outputs), the others in groups of
+    8 positions of one channel. A masked (k, p) is never visited: no MAC, out left as is. Every
+    element is one dot_rows sum plus its bias, whatever its block, item or thread.
     """
     j_n = w.shape[1]
-    p_n = col.shape[0]
+    n_n, p_n = out.shape[0], skip.shape[1]
+    n_tiles = (p_n + tile_p - 1) // tile_p
+    n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
     n_macs = 0
-    for p0 in range(0, p_n, TILE_P):
-        p1 = min(p0 + TILE_P, p_n)
-        for k in rows:
-            wk = w[k]
-            p = p0
-            while p < p1:
-                if skip[k, p]:
-                    p += 1
-                    continue
-                start = p
-                while p < p1 and not skip[k, p]:
-                    p += 1
-                if p - start >= RUN_MIN:
-                    out[k, start:p] = np.dot(col[start:p], wk) + bias[k]
-                else:
-                    for q in range(start, p):
-                        out[k, q] = np.dot(col[q], wk) + bias[k]
-                n_macs += (p - start) * j_n
-    return n_macs
-
-
-@njit(cache=True)
-def gemm_positions(w, colp, bias, skip, rows, out):
-    """Layout: w (K, J) filters, colp (P, N, J) im2col of N images, skip (K, P), out (N, K, P);
-    only channels `rows`.
-
-    Loop order: positions, then one BLAS GEMM per position over the batch and the channels not
-    masked there (N x J times J x m). Masks are shared by the images of a batch, so a position's
-    unmasked channels form a dense product and a masked (k, p) is never computed for any image.
-    """
-    k_n, j_n = w.shape
-    p_n, n_n = colp.shape[0], colp.shape[1]
-    idx = np.empty(k_n, np.int64)
-    wp = np.empty((k_n, j_n), np.float32)
-    n_macs = 0
-    for p in range(p_n):
-        m = 0
-        for k in rows:
-            if not skip[k, p]:
-                idx[m] = k
-                m += 1
-        if m == 0:
-            continue
-        for i in range(m):
-            wp[i, :] = w[idx[i], :]
-        r = np.dot(colp[p], wp[:m].T)
-        for n in range(n_n):
-            for i in range(m):
-                out[n, idx[i], p] = r[n, i] + bias[idx[i]]
-        n_macs += n_n * m * j_n
+    for item in prange(n_n * n_tiles * n_blocks):
+        n = item // (n_tiles * n_blocks)
+        p0 = (item // n_blocks) % n_tiles * tile_p
+        p1 = min(p0 + tile_p, p_n)
+        k0 = item % n_blocks * K_BLOCK
+        q = n * p_n  # row of position 0 of image n
+        g1, g2, gb = np.empty(tile_p, np.int64), np.empty(tile_p, np.int64), np.empty(tile_p, np.int64)
+        done = 0
+        for r in range(k0, min(k0 + K_BLOCK, rows.size), 2):
+            k1 = rows[r]
+            k2 = rows[r + 1] if r + 1 < rows.size else k1  # k2 == k1: a lone channel
+            m1 = m2 = mb = 0
+            for p in range(p0, p1):  # branch-free split: random masks would defeat prediction
+                on1 = not skip[k1, p]
+                on2 = k2 != k1 and not skip[k2, p]
+                gb[mb] = p
+                g1[m1] = p
+                g2[m2] = p
+                mb += on1 and on2
+                m1 += on1 and not on2
+                m2 += on2 and not on1
+            done += 2 * mb + m1 + m2
+            t = 0
+            while mb - t >= 4:
+                s = dot_rows(w, (k1, k2), col, (q + gb[t], q + gb[t + 1], q + gb[t + 2], q + gb[t + 3]))
+                for i in range(4):
+                    out[n, k1, gb[t + i]] = s[i] + bias[k1]
+                    out[n, k2, gb[t + i]] = s[4 + i] + bias[k2]
+                t += 4
+            for i in range(t, mb):
+                s2 = dot_rows(w, (k1, k2), col, (q + gb[i],))
+                out[n, k1, gb[i]] = s2[0] + bias[k1]
+                out[n, k2, gb[i]] = s2[1] + bias[k2]
+            _rows8(w, k1, col, q, g1, m1, bias, out, n)
+            _rows8(w, k2, col, q, g2, m2, bias, out, n)
+        n_macs += done * j_n
     return n_macs
 
 
@@ -200,12 +227,28 @@ def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
     return n_macs
 
 
-def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None):
+def taps_last(w):
+    """Filters (K, C/groups, KH, KW) as (K, KH*KW*C/groups) rows in (fy, fx, c) order, the
+    column order of `im2col_t`; the masked path multiplies by these."""
+    out = aligned_floats(w.size).reshape(w.shape[0], w.shape[2], w.shape[3], w.shape[1])
+    out[...] = w.transpose(0, 2, 3, 1)
+    return out.reshape(w.shape[0], -1)
+
+
+def aligned_floats(n):
+    """An empty float32 array of n elements that starts on a 64-byte boundary, so that rows of
+    a multiple of 16 floats start on a cache line and no vector load straddles two lines."""
+    buf = np.empty(n + 16, np.float32)
+    start = (-buf.ctypes.data % 64) // 4
+    return buf[start : start + n]
+
+
+def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None, w_taps=None):
     """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW); returns executed MACs.
 
     `skip` is None (dense: im2col + BLAS GEMM) or a bool (K, OH, OW) array: masked output
     elements are not computed and keep whatever `out` held. `col` is an optional float32
-    scratch buffer; pb, pr are implied by out's shape.
+    scratch buffer, `w_taps` the optional `taps_last(w)`; pb, pr are implied by out's shape.
     """
     n_n = x.shape[0]
     k_n, cg, kh, kw = w.shape
@@ -219,24 +262,24 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None)
     kg = k_n // groups
     chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * taps)))
     if col is None or col.size < chunk * p_n * taps:
-        col = np.empty(chunk * p_n * taps, np.float32)
-    w2 = w.reshape(k_n, taps)
+        col = aligned_floats(chunk * p_n * taps)
     conv = (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
-    pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
+    if skip is None:
+        w2 = w.reshape(k_n, taps)
+        pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
+    else:
+        w2 = taps_last(w) if w_taps is None else w_taps
+        xh = _pad_channels_last(x, conv)
     n_macs = 0
     for g in range(groups):
         wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
-        sg = None if skip is None else skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
         for n0 in range(0, n_n, chunk):
-            xs = x[n0 : n0 + chunk]
-            og = out[n0 : n0 + chunk, g * kg : (g + 1) * kg].reshape(len(xs), kg, p_n)
-            if sg is None:
-                n_macs += _dense(xs, g * cg, conv, wg, bg, og, col, pointwise)
-            elif len(xs) >= BATCH_MIN:
-                n_macs += _masked_batch(xs, g * cg, conv, wg, bg, sg, og, col)
+            og = out[n0 : n0 + chunk, g * kg : (g + 1) * kg].reshape(-1, kg, p_n)
+            if skip is None:
+                n_macs += _dense(x[n0 : n0 + chunk], g * cg, conv, wg, bg, og, col, pointwise)
             else:
-                for i in range(len(xs)):
-                    n_macs += _masked_image(xs[i], g * cg, conv, wg, bg, sg, og[i], col)
+                sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
+                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, sg, og, col)
     return n_macs
 
 
@@ -259,52 +302,38 @@ def _dense(xs, c0, conv, wg, bg, og, col, pointwise):
     return n_n * kg * p_n * taps
 
 
-def _masked_batch(xs, c0, conv, wg, bg, sg, og, col):
-    """A batch: channels with no masked element in one GEMM over all positions and images,
-    channels with some in one GEMM per position, fully masked channels not at all."""
+def _pad_channels_last(x, conv):
+    """x (N, C, H, W) as (N, HP, WP*C): zero-padded, channels last, every tap of every output
+    inside, so that im2col_t copies without bounds checks."""
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
+    n_n, c_n, h, w = x.shape
+    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    xh = np.zeros((n_n, hp, wp, c_n), np.float32)
+    xh[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
+    return xh.reshape(n_n, hp, wp * c_n)
+
+
+def _masked(xh, c_n, c0, conv, wg, bg, sg, og, col):
+    """Channels with no masked element in one BLAS GEMM over all rows of the chunk, channels with
+    some in `gemm_sampled`, fully masked channels not at all; positions masked in every channel
+    are not even copied into im2col."""
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, kg, p_n = og.shape
     taps = wg.shape[1]
-    colp = col[: p_n * n_n * taps].reshape(p_n, n_n, taps)
+    rows = col[: n_n * p_n * taps].reshape(n_n * p_n, taps)
     need = ~sg.all(axis=0)
     for i in range(n_n):
-        im2col_t(xs[i], c0, *conv, need, colp[:, i, :])
+        im2col_t(xh[i], c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, rows, i * p_n)
     n_masked = sg.sum(axis=1)
     full = np.flatnonzero(n_masked == 0)
     part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
     n_macs = 0
     if full.size:
-        r = colp.reshape(p_n * n_n, taps) @ wg[full].T  # (P*N, F): every element of these channels
-        og[:, full, :] = r.reshape(p_n, n_n, full.size).transpose(1, 2, 0) + bg[full][None, :, None]
-        n_macs += p_n * n_n * full.size * taps
+        r = rows @ wg[full].T  # (N*P, F): every element of these channels
+        og[:, full, :] = r.reshape(n_n, p_n, full.size).transpose(0, 2, 1) + bg[full][None, :, None]
+        n_macs += n_n * p_n * full.size * taps
     if part.size:
-        n_macs += gemm_positions(wg, colp, bg, sg, part, og)
+        tile_p = max(8, min(512, TILE_FLOATS // taps))
+        n_macs += gemm_sampled(wg, rows, bg, sg, part, tile_p, og)
     return n_macs
-
-
-def _masked_image(x1, c0, conv, wg, bg, sg, og, col):
-    """One image: channels with no masked element go to BLAS together, channels with some go to
-    the run kernel, fully masked channels cost nothing."""
-    kg, p_n = sg.shape
-    taps = wg.shape[1]
-    colv = col[: p_n * taps].reshape(p_n, taps)
-    im2col_t(x1, c0, *conv, ~sg.all(axis=0), colv)
-    n_masked = sg.sum(axis=1)
-    full = np.flatnonzero(n_masked == 0)
-    part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
-    n_macs = 0
-    if full.size == kg:
-        return gemm_rows(wg, colv, bg, og)
-    if full.size:
-        sub = np.empty((full.size, p_n), np.float32)
-        n_macs += gemm_rows(wg[full], colv, bg[full], sub)
-        og[full] = sub
-    if part.size:
-        n_macs += gemm_masked(wg, colv, bg, sg, part, og)
-    return n_macs
-
-
-def gemm_rows(w, col, bias, out):
-    """out (K, P) = w (K, J) @ col (P, J).T + bias, by BLAS; returns its MACs."""
-    np.matmul(w, col.T, out=out)
-    out += bias[:, None]
-    return w.shape[0] * col.shape[0] * w.shape[1]

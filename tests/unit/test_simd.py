@@ -1,0 +1,69 @@
+"""dot_rows: the SIMD dot-product block behind the masked conv kernel."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from velcro_ref.kernels.simd import LANES, dot_rows
+
+
+@njit
+def _one_by_four(a, i, b, r):
+    return dot_rows(a, (i,), b, (r[0], r[1], r[2], r[3]))
+
+
+@njit
+def _two_by_two(a, i, b, r):
+    return dot_rows(a, (i, i + 1), b, (r[0], r[1]))
+
+
+@njit
+def _single(a, i, b, q):
+    return dot_rows(a, (i,), b, (q,))[0]
+
+
+@pytest.mark.parametrize("j_n", [1, 3, LANES - 1, LANES, LANES + 5, 576, 147])
+def test_dot_rows_equals_float64_dot(j_n):
+    rng = np.random.default_rng(j_n)
+    a = rng.standard_normal((3, j_n), dtype=np.float32)
+    b = rng.standard_normal((9, j_n), dtype=np.float32)
+    rows = np.array([7, 0, 3, 3])
+    got = np.array(_one_by_four(a, 1, b, rows))
+    want = b[rows].astype(np.float64) @ a[1].astype(np.float64)
+    bound = 1e-6 * j_n * np.abs(b[rows]).max() * np.abs(a[1]).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=bound)
+    got2 = np.array(_two_by_two(a, 1, b, rows)).reshape(2, 2)
+    want2 = a[1:3].astype(np.float64) @ b[rows[:2]].astype(np.float64).T
+    np.testing.assert_allclose(got2, want2, rtol=0, atol=2 * bound)
+
+
+def test_dot_rows_sum_does_not_depend_on_the_block():
+    """An element's value is the same whichever block computes it: the kernels rely on this for
+    results that do not depend on masks of other elements, batch size or threads."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((4, 577), dtype=np.float32)
+    b = rng.standard_normal((6, 577), dtype=np.float32)
+    rows = np.array([5, 2, 0, 4])
+    block = _one_by_four(a, 2, b, rows)
+    pair = _two_by_two(a, 2, b, rows)
+    for t, q in enumerate(rows):
+        assert block[t] == _single(a, 2, b, q)
+    assert pair[0] == _single(a, 2, b, rows[0]) and pair[3] == _single(a, 3, b, rows[1])
+
+
+def test_dot_rows_order_is_lanes_then_halves_then_tail():
+    """The documented order, replayed in float32 NumPy: lane partial sums, tree of halves, tail."""
+    rng = np.random.default_rng(2)
+    j_n = 3 * LANES + 5
+    a = rng.standard_normal((1, j_n), dtype=np.float32)
+    b = rng.standard_normal((1, j_n), dtype=np.float32)
+    n_vec = j_n // LANES * LANES
+    lanes = np.zeros(LANES, np.float32)
+    for j in range(0, n_vec, LANES):
+        lanes = lanes + a[0, j : j + LANES] * b[0, j : j + LANES]
+    while lanes.size > 1:
+        lanes = lanes[: lanes.size // 2] + lanes[lanes.size // 2 :]
+    s = lanes[0]
+    for j in range(n_vec, j_n):
+        s = np.float32(s + a[0, j] * b[0, j])
+    assert _single(a, 0, b, 0) == s

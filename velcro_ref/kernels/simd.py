@@ -1,0 +1,80 @@
+"""dot_rows: a few rows of one matrix against a few rows of another, in SIMD registers.
+
+Numba vectorises a dot product only when fastmath lets LLVM reorder the sum, which STYLE rules
+out. This intrinsic writes the order down instead: LANES partial sums (lane l adds the elements
+j = l mod LANES of the vector part in increasing j), summed as a tree of halves (lane l plus
+lane l + LANES/2, and so on), then the tail in increasing j, all with plain IEEE multiply and
+add. The sum is the same for every call, thread and batch size. Each loaded vector feeds every
+row of the other side, the register blocking that makes a GEMM fast.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+# 16 float32 lanes: one AVX-512 register, two AVX2 registers; LLVM splits it on narrower targets.
+LANES = 16
+
+
+def _lanes(indices):
+    """A constant lane-index vector for shufflevector."""
+    i32 = ir.IntType(32)
+    return ir.Constant(ir.VectorType(i32, len(indices)), [i32(i) for i in indices])
+
+
+def _int_tuple(t):
+    return isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer)
+
+
+@intrinsic
+def dot_rows(typingctx, a, rows_a, b, rows_b):
+    """(a[i] . b[r] for i in rows_a for r in rows_b): a (M, J), b (Q, J) C-contiguous float32,
+    rows_a and rows_b tuples of ints.
+
+    Returns a tuple of float32, row-major over (rows_a, rows_b). Every loaded vector of a row
+    feeds all rows of the other side. Kernels trust the indices (no checks).
+    """
+    if not (_int_tuple(rows_a) and _int_tuple(rows_b)):
+        return None
+    sig = types.UniTuple(types.float32, rows_a.count * rows_b.count)(a, rows_a, b, rows_b)
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
+        arr_b = context.make_array(sig.args[2])(context, builder, args[2])
+        n = builder.extract_value(arr_a.shape, 1)
+        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
+        bases_b = [builder.gep(arr_b.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[3])]
+        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(bases_b))]
+
+        def load_vec(base, j):
+            return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
+
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in pairs]
+        n_vec = builder.mul(builder.sdiv(n, n.type(LANES)), n.type(LANES))
+        with cgutils.for_range_slice(builder, n.type(0), n_vec, n.type(LANES)) as (j, _):
+            va = [load_vec(base, j) for base in bases_a]
+            vb = [load_vec(base, j) for base in bases_b]
+            for acc, (ia, ib) in zip(accs, pairs, strict=True):
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
+        sums = []
+        for acc in accs:
+            v = builder.load(acc)
+            width = LANES
+            while width > 1:  # halves: lane l adds lane l + width/2
+                width //= 2
+                lo = builder.shuffle_vector(v, v, _lanes(range(width)))
+                v = builder.fadd(lo, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
+            sums.append(cgutils.alloca_once_value(builder, builder.extract_element(v, ir.IntType(32)(0))))
+        with cgutils.for_range_slice(builder, n_vec, n, n.type(1)) as (j, _):
+            for s, (ia, ib) in zip(sums, pairs, strict=True):
+                prod = builder.fmul(
+                    builder.load(builder.gep(bases_a[ia], [j])), builder.load(builder.gep(bases_b[ib], [j]))
+                )
+                builder.store(builder.fadd(builder.load(s), prod), s)
+        return context.make_tuple(builder, sig.return_type, [builder.load(s) for s in sums])
+
+    return sig, codegen
