@@ -53,6 +53,7 @@ SCHEMA = {
         "cols": ("cols", _positive_int, "a positive integer"),
         "dataflow": ("dataflow", lambda v: v in DATAFLOWS, f"one of {', '.join(DATAFLOWS)}"),
         "clock_mhz": ("clock_mhz", _positive_number, "a positive number"),
+        "pe_weights": ("pe_weights", _positive_int, "a positive integer"),
     },
     "precision": {
         "operand_bits": ("operand_bits", _bits, "a positive multiple of 8"),
@@ -71,13 +72,18 @@ TOP_KEYS = ("format", "name", "description", *SCHEMA, "energy")
 
 @dataclass(frozen=True)
 class Arch:
-    """One accelerator. Buffers are double-buffered SRAMs; energy_pj maps ENERGY_KEYS to pJ."""
+    """One accelerator. Buffers are double-buffered SRAMs; energy_pj maps ENERGY_KEYS to pJ.
+
+    pe_weights: weights one PE holds at once (its weight register file, in operands); the
+    weight-stationary schedule runs that many row folds back to back (docs/simulator.md).
+    """
 
     name: str
     rows: int
     cols: int
     dataflow: str
     clock_mhz: float
+    pe_weights: int
     operand_bits: int
     accumulator_bits: int
     ifmap_kib: float
@@ -216,6 +222,7 @@ SWEEP_KEYS = {
     "cols": int,
     "dataflow": str,
     "clock_mhz": float,
+    "pe_weights": int,
     "ifmap_kib": float,
     "filter_kib": float,
     "ofmap_kib": float,

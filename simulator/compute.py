@@ -22,8 +22,10 @@ class Compute:
     """Per image: cycles of the unit, executed MACs/ops, bytes the unit moves to/from buffers.
 
     `live` (per group) counts filters with at least one unmasked element, for DRAM filter traffic;
-    `psum_bytes` is weight-stationary partial-sum traffic between row folds and `psum_tile_bytes`
-    the largest per-chunk partial-sum tile, which decides whether it stays in the ofmap buffer.
+    `psum_bytes` is weight-stationary partial-sum traffic between fold groups and `psum_tile_bytes`
+    the largest per-chunk partial-sum tile, which decides whether it stays in the ofmap buffer;
+    `acc_accesses` counts reads and writes of the column-foot output registers that accumulate
+    partial sums across the row folds of one group (register accesses beyond those per MAC).
     """
 
     compute_cycles: int
@@ -35,6 +37,7 @@ class Compute:
     live: tuple = ()
     psum_bytes: int = 0
     psum_tile_bytes: int = 0
+    acc_accesses: int = 0
 
 
 def column_chunks(layer, cols):
@@ -66,19 +69,26 @@ def array_compute(layer, arch) -> Compute:
     t = layer.c * layer.fy * layer.fx
     ob, ab = arch.operand_bytes, arch.accumulator_bytes
     needed, live, used = column_chunks(layer, c)
-    psum = psum_tile = 0
+    psum = psum_tile = acc = 0
     if arch.dataflow == "output_stationary":
         # Pixels on rows, filters on columns, the window streams through in T cycles.
         folds = _ceil_div(needed, r)
         cycles = folds * (r + c + t - 2)
         filter_reads = folds * t * live
     else:
-        # Window on rows (row folds of r), filters on columns, pixels stream through.
+        # Window on rows (row folds of r), filters on columns, pixels stream through. A PE holds
+        # pe_weights weights, so that many row folds form a group: their weights load together,
+        # each pixel passes through the group's folds on consecutive cycles and its partial sum
+        # accumulates in the output register at the foot of its column (read and written once
+        # per fold after the first). Only between groups do partial sums leave the array for the
+        # ofmap buffer and come back. With one weight per PE every fold is a group (SCALE-Sim).
         row_folds = _ceil_div(t, r)
-        cycles = np.where(needed > 0, row_folds * (2 * r + c + needed - 2), 0)
+        fold_groups = _ceil_div(row_folds, arch.pe_weights)
+        cycles = np.where(needed > 0, row_folds * (r + needed) + fold_groups * (r + c - 2), 0)
         filter_reads = t * live
-        psum = int(2 * (row_folds - 1) * used.sum()) * ab
-        psum_tile = int((needed * live).max()) * ab if row_folds > 1 else 0
+        psum = int(2 * (fold_groups - 1) * used.sum()) * ab
+        psum_tile = int((needed * live).max()) * ab if fold_groups > 1 else 0
+        acc = int(2 * (row_folds - fold_groups) * used.sum())
     return Compute(
         compute_cycles=int(cycles.sum()),
         macs=layer.active_macs,
@@ -89,6 +99,7 @@ def array_compute(layer, arch) -> Compute:
         live=tuple(int(x) for x in live.sum(axis=1)),
         psum_bytes=psum,
         psum_tile_bytes=psum_tile,
+        acc_accesses=acc,
     )
 
 

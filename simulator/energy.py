@@ -13,7 +13,7 @@ def layer_energy(arch, comp, traffic, cycles) -> dict[str, float]:
     e = arch.energy_pj
     return {
         "mac": comp.macs * e["mac"],
-        "rf": RF_ACCESSES_PER_MAC * comp.macs * e["rf"],
+        "rf": (RF_ACCESSES_PER_MAC * comp.macs + comp.acc_accesses) * e["rf"],
         "ifmap_sram": traffic.ifmap_sram_bytes * e["ifmap_sram"],
         "filter_sram": traffic.filter_sram_bytes * e["filter_sram"],
         "ofmap_sram": traffic.ofmap_sram_bytes * e["ofmap_sram"],

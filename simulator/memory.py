@@ -32,18 +32,28 @@ class Traffic:
         return self.ifmap_dram_bytes + self.filter_dram_bytes + self.ofmap_dram_bytes + self.mask_dram_bytes
 
 
-def operand_dram(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap):
-    """(ifmap, filter) DRAM bytes of one GEMM with the cheaper of two tilings.
+def _tilings(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap):
+    """(filters outer, ifmap outer), each (ifmap, filter) DRAM bytes."""
+    a = (ifmap_bytes * _ceil_div(filter_bytes, filter_cap), filter_bytes)
+    b = (ifmap_bytes, filter_bytes * _ceil_div(ifmap_bytes, ifmap_cap))
+    return a, b
+
+
+def operand_dram(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap, dense_filter_bytes):
+    """(ifmap, filter) DRAM bytes of one GEMM that needs `filter_bytes` of its
+    `dense_filter_bytes` of filters.
 
     Filters outer: a buffer-half of filters stays while the whole ifmap streams past it, so the
-    ifmap is fetched once per filter tile. Ifmap outer: the mirror image. A dead GEMM (no filter
-    needed) fetches nothing.
+    ifmap is fetched once per filter tile. Ifmap outer: the mirror image. The compiler picks the
+    loop order with fewer DRAM bytes for the dense layer; a mask only drops filters from its
+    tiles, so it never changes the order and never adds bytes to either operand. A dead GEMM (no
+    filter needed) fetches nothing.
     """
     if filter_bytes == 0:
         return 0, 0
-    a = (ifmap_bytes * _ceil_div(filter_bytes, filter_cap), filter_bytes)
-    b = (ifmap_bytes, filter_bytes * _ceil_div(ifmap_bytes, ifmap_cap))
-    return a if sum(a) <= sum(b) else b
+    dense_a, dense_b = _tilings(ifmap_bytes, dense_filter_bytes, ifmap_cap, filter_cap)
+    a, b = _tilings(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap)
+    return a if sum(dense_a) <= sum(dense_b) else b
 
 
 def layer_traffic(layer, arch, comp) -> Traffic:
@@ -68,7 +78,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
     icap, fcap = max(1, int(arch.ifmap_kib * half)), max(1, int(arch.filter_kib * half))
     ifmap_dram = filter_dram = 0
     for live in comp.live:
-        i, f = operand_dram(ifmap_g, live * t * ob, icap, fcap)
+        i, f = operand_dram(ifmap_g, live * t * ob, icap, fcap, layer.k // layer.groups * t * ob)
         ifmap_dram += i
         filter_dram += f
     # Masked outputs are never written: their constants already sit in the activation's DRAM buffer.

@@ -4,6 +4,7 @@ The model: input (2, 4, 4) -> conv "c" (3 filters 3x3, pad 1) -> relu "r". So k=
 oy=ox=4, fy=fx=3: Sr = 16 output pixels, T = 2*3*3 = 18, Sc = 3 filters, 48 outputs x 18 = 864
 MACs. The array is 4 rows x 2 cols, so filters form two column chunks: {0, 1} and {2}.
 Operands are 1 byte, accumulators 4; buffers 1 KiB (512-byte halves); DRAM 4 bytes per cycle.
+Each PE holds one weight unless a test says otherwise (pe_weights).
 Energy table (pJ): mac 1, rf 0.5 (3 accesses per MAC), ifmap_sram 2, filter_sram 3,
 ofmap_sram 4, dram 100, mask_table 10, vector_op 0.25, leakage 0.125 per cycle.
 """
@@ -24,6 +25,7 @@ rows = 4
 cols = 2
 dataflow = "{dataflow}"
 clock_mhz = 100
+pe_weights = {pe}
 [precision]
 operand_bits = 8
 accumulator_bits = 32
@@ -48,8 +50,8 @@ leakage = {{ pj = 0.125, source = "test" }}
 """
 
 
-def tiny_arch(dataflow, bw=4):
-    return parse_arch(ARCH.format(dataflow=dataflow, bw=bw), "tiny.toml")
+def tiny_arch(dataflow, bw=4, pe=1):
+    return parse_arch(ARCH.format(dataflow=dataflow, bw=bw, pe=pe), "tiny.toml")
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +154,55 @@ def test_weight_stationary_compressed(model):
     assert c.compute_cycles == 220
     assert c.filter_sram_bytes == 18 * 2 + 36
     assert c.ofmap_sram_bytes == 28 + 2 * 4 * 28 * 4 + 28
+
+
+def test_output_stationary_ignores_weight_registers(model):
+    # Output stationary never holds a weight in a PE across cycles: pe_weights changes nothing.
+    one = by_name(simulate(model, tiny_arch("output_stationary")))["c"]
+    assert by_name(simulate(model, tiny_arch("output_stationary", pe=8)))["c"] == one
+
+
+def test_weight_stationary_two_weights_per_pe(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary", pe=2)))["c"]
+    # The 5 row folds run in groups of 2 weights per PE: {1, 2}, {3, 4}, {5}. A group loads its
+    # weights (2 x 4 rows = 8 cycles), streams each pixel through both folds (2 x 16 = 32), then
+    # pays skew R - 1 = 3 and drain C - 1 = 1 once: 44 + 44 + (4 + 16 + 4 = 24) = 112 per chunk.
+    assert c.compute_cycles == 2 * 112 == 224
+    assert c.ifmap_sram_bytes == 576 + 32 and c.filter_sram_bytes == 54 + 54
+    # Partial sums leave the array only between groups: 2 boundaries, out and back, 48 outputs of
+    # 4 bytes = 2 x 2 x 48 x 4 = 768 bytes; plus 48 outputs written and 48 drained.
+    assert c.ofmap_sram_bytes == 48 + 768 + 48 == 864
+    assert c.dram_bytes == 134 and c.stall_cycles == 0
+    # Inside a group the column-foot output register is read and written once per fold after
+    # the first: (1 + 1 + 0) boundaries x 2 accesses x 48 outputs = 192, beside 3 x 864 per MAC.
+    assert c.energy["rf"] == pytest.approx(0.5 * (2592 + 192))  # 1392
+    assert c.energy["ofmap_sram"] == pytest.approx(4 * 864)
+    # 864 + 1392 + 1216 + 324 + 3456 + 13400 + 0.125 x 224 = 20680.
+    assert c.energy_pj == pytest.approx(20680.0)
+
+
+def test_weight_stationary_all_folds_in_the_pe_registers(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary", pe=8)))["c"]
+    # 8 weights per PE hold all 5 folds: one group per chunk, 5 x 4 + 5 x 16 + 3 + 1 = 104 cycles.
+    assert c.compute_cycles == 2 * 104 == 208
+    # No partial sum reaches the ofmap buffer: 48 outputs written, 48 drained.
+    assert c.ofmap_sram_bytes == 96
+    # Column-foot register: 4 boundaries x 2 accesses x 48 outputs = 384.
+    assert c.energy["rf"] == pytest.approx(0.5 * (2592 + 384))  # 1488
+    # 864 + 1488 + 1216 + 324 + 384 + 13400 + 0.125 x 208 = 17702.
+    assert c.energy_pj == pytest.approx(17702.0)
+
+
+def test_weight_stationary_all_folds_in_the_pe_registers_compressed(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary", pe=8), masks_of(model)), "compressed")["c"]
+    # Chunk {0, 1}: filter 0 keeps 12 pixels: 5 x 4 + 5 x 12 + 4 = 84; chunk {2}: 104.
+    assert c.compute_cycles == 84 + 104 == 188
+    assert c.macs == 504
+    assert c.ifmap_sram_bytes == (12 + 16) * 18 + 32 == 536
+    assert c.filter_sram_bytes == 18 * 2 + 36
+    assert c.ofmap_sram_bytes == 28 + 28
+    assert c.dram_bytes == 32 + 36 + 28 + 6 and c.stall_cycles == 0
+    # rf: 0.5 x (3 x 504 + 4 x 2 x 28 = 1736) = 868; mask: 100 x 6 + 10 x 12 = 720.
+    assert c.energy["rf"] == pytest.approx(868.0)
+    # 504 + 868 + 2 x 536 + 3 x 72 + 4 x 56 + 100 x 96 + 720 + 0.125 x 188 = 13227.5.
+    assert c.energy_pj == pytest.approx(13227.5)

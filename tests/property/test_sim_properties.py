@@ -21,7 +21,7 @@ from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, empty_masks
 
 
-def arch_toml(rows=4, cols=4, dataflow="output_stationary", ifmap_kib=1, filter_kib=1, ofmap_kib=1, bw=4):
+def arch_toml(rows=4, cols=4, dataflow="output_stationary", ifmap_kib=1, filter_kib=1, ofmap_kib=1, bw=4, pe=1):
     energy = "".join(f'{k} = {{ pj = {0.5 + i}, source = "test" }}\n' for i, k in enumerate(ENERGY_KEYS))
     return f"""
 format = "velcro-arch/1"
@@ -30,6 +30,7 @@ rows = {rows}
 cols = {cols}
 dataflow = "{dataflow}"
 clock_mhz = 100
+pe_weights = {pe}
 [precision]
 operand_bits = 8
 accumulator_bits = 32
@@ -54,6 +55,7 @@ archs = st.builds(
     st.sampled_from([0.0625, 0.25, 1, 4]),
     st.sampled_from([0.0625, 0.25, 1, 4]),
     st.sampled_from([0.5, 2, 16]),
+    st.sampled_from([1, 2, 3, 64]),
 )
 
 
@@ -168,6 +170,7 @@ MUTATIONS = {
     "bits": (lambda t: t.replace("operand_bits = 8", "operand_bits = 12"), "[precision].operand_bits must be"),
     "buffer": (lambda t: t.replace("ifmap_kib = 1", 'ifmap_kib = "big"'), "[buffers].ifmap_kib must be"),
     "bw": (lambda t: t.replace("bytes_per_cycle = 4", "bytes_per_cycle = 0"), "[dram].bytes_per_cycle must be"),
+    "pe_weights": (lambda t: t.replace("pe_weights = 1", "pe_weights = 0"), "[array].pe_weights must be"),
     "energy_key": (lambda t: t.replace("[energy]\n", "[energy]\nsram = 1\n"), "unknown key [energy].sram"),
     "energy_pj": (lambda t: t.replace("mac = { pj = 0.5", "mac = { pj = true"), "[energy].mac.pj must be"),
     "energy_extra": (

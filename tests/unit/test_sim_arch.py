@@ -12,6 +12,7 @@ rows = 2
 cols = 3
 dataflow = "weight_stationary"
 clock_mhz = 100
+pe_weights = 4
 [precision]
 operand_bits = 8
 accumulator_bits = 32
@@ -41,6 +42,7 @@ def test_presets_cover_the_three_required_arrays():
 def test_good_document_parses():
     a = parse_arch(GOOD, "good.toml")
     assert (a.name, a.rows, a.cols, a.operand_bytes, a.accumulator_bytes) == ("good", 2, 3, 1, 4)
+    assert a.pe_weights == 4
 
 
 def test_every_problem_is_listed_in_one_error():
@@ -73,6 +75,8 @@ def test_every_problem_is_listed_in_one_error():
 def test_missing_energy_entry_and_bad_toml():
     with pytest.raises(ArchError, match=r"\[energy\].leakage is missing"):
         parse_arch(GOOD.replace('leakage = { pj = 1.0, source = "test" }', ""))
+    with pytest.raises(ArchError, match=r"\[array\].pe_weights is missing \(a positive integer\)"):
+        parse_arch(GOOD.replace("pe_weights = 4\n", ""))
     with pytest.raises(ArchError, match="not valid TOML"):
         parse_arch("rows = = 1", "x.toml")
 
@@ -90,5 +94,6 @@ def test_unknown_preset_and_missing_file(tmp_path):
 def test_with_changes_validates_like_a_file():
     a = parse_arch(GOOD)
     assert with_changes(a, rows=8, dataflow="output_stationary").rows == 8
+    assert with_changes(a, pe_weights=16).pe_weights == 16
     with pytest.raises(ArchError, match="rows must be a positive integer, got 0; cannot change 'energy'"):
         with_changes(a, rows=0, energy=1)
