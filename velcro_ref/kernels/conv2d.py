@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .simd import dot_rows
+from .simd import BATCH_LANES, dot_rows, lanes_conv
 
 # Spatial filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the
 # direct loop: an im2col copy per tap would cost more than the MACs it feeds.
@@ -18,6 +18,8 @@ DIRECT_MAX_TAPS = 16
 TILE_FLOATS = 1 << 18
 # Channels per work item of the masked kernel, so that small layers still split over threads.
 K_BLOCK = 16
+# From this many images on, masked convs (and direct ones) put the images in SIMD lanes.
+LANES_MIN = 48
 # Images per im2col chunk: at most this many floats of scratch (32 MiB).
 CHUNK_FLOATS = 1 << 23
 
@@ -172,6 +174,41 @@ def gemm_sampled(w, col, bias, skip, rows, tile_p, out):
     return n_macs
 
 
+@njit(cache=True, parallel=True)
+def conv_lanes(w, xb, bias, skip, kg, geom, c_n, sh, sw, wp, ow, outb):
+    """Layout: w (K, J) filters in (fy, fx, c) order, xb (HP*WP*C, BATCH_LANES) padded images
+    side by side (row (iy*WP + ix)*C + c), skip (K, P), outb (K, P, BATCH_LANES); geom = (kh,
+    kw, rows per fy step, rows per fx step, C/groups).
+
+    Loop order: positions in parallel, then the channels unmasked there, four of one group at a
+    time in one `lanes_conv` call (each input vector feeds four filters), the rest one by one.
+    A masked (k, p) is never visited. Returns the MACs per image.
+    """
+    k_n, p_n = skip.shape
+    cg = geom[4]
+    n_done = 0
+    for p in prange(p_n):
+        oy = p // ow
+        base = (oy * sh * wp + (p - oy * ow) * sw) * c_n
+        ks = np.empty(k_n, np.int64)
+        m = 0
+        for k in range(k_n):  # branch-free list of the channels unmasked at p
+            ks[m] = k
+            m += not skip[k, p]
+        i = 0
+        while i < m:
+            k = ks[i]
+            r0 = base + (k // kg) * cg
+            if i + 4 <= m and ks[i + 3] // kg == k // kg:
+                lanes_conv(w, (k, ks[i + 1], ks[i + 2], ks[i + 3]), xb, r0, geom, bias, outb, p)
+                i += 4
+            else:
+                lanes_conv(w, (k,), xb, r0, geom, bias, outb, p)
+                i += 1
+        n_done += m
+    return n_done * cg * geom[0] * geom[1]
+
+
 @njit(cache=True)
 def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
     """Layout: x (N, C, H, W), w (K, C/groups, KH, KW), skip (K, OH, OW), out (N, K, OH, OW).
@@ -254,7 +291,11 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     taps = cg * kh * kw
-    if taps < DIRECT_MAX_TAPS and kh * kw > 1:
+    direct = taps < DIRECT_MAX_TAPS and kh * kw > 1
+    if n_n >= LANES_MIN and (skip is not None or direct):
+        w2 = taps_last(w) if w_taps is None else w_taps
+        return _lanes(x, w2, b, (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow), k_n // groups, skip, out)
+    if direct:
         if skip is None:
             skip = np.zeros((k_n, oh, ow), np.bool_)
         return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out)
@@ -337,3 +378,51 @@ def _masked(xh, c_n, c0, conv, wg, bg, sg, og, col):
         tile_p = max(8, min(512, TILE_FLOATS // taps))
         n_macs += gemm_sampled(wg, rows, bg, sg, part, tile_p, og)
     return n_macs
+
+
+def _lanes(x, w2, b, conv, kg, skip, out):
+    """Batches of BATCH_LANES images through `conv_lanes`: masks are shared by the images, so
+    every unmasked element is computed for all of them at once, one image per SIMD lane."""
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
+    n_n, c_n, h, w = x.shape
+    k_n, p_n = w2.shape[0], oh * ow
+    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
+    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    xb = aligned_floats(hp * wp * c_n * BATCH_LANES).reshape(hp, wp, c_n, BATCH_LANES)
+    xb[...] = 0.0  # the border stays zero; the interior is rewritten for every batch
+    outb = aligned_floats(k_n * p_n * BATCH_LANES).reshape(k_n, p_n, BATCH_LANES)
+    sk = np.zeros((k_n, p_n), np.bool_) if skip is None else skip.reshape(k_n, p_n)
+    geom = (kh, kw, dh * wp * c_n, dw * c_n, cg)
+    n_macs = 0
+    for n0 in range(0, n_n, BATCH_LANES):
+        nb = min(BATCH_LANES, n_n - n0)
+        to_lanes(x, n0, nb, pt, pl, xb)
+        per_image = conv_lanes(w2, xb.reshape(-1, BATCH_LANES), b, sk, kg, geom, c_n, sh, sw, wp, ow, outb)
+        n_macs += nb * per_image
+        from_lanes(outb, sk, n0, nb, out.reshape(n_n, k_n, p_n))
+    return n_macs
+
+
+@njit(cache=True, parallel=True)
+def to_lanes(x, n0, nb, pt, pl, xb):
+    """x[n0 : n0 + nb] (N, C, H, W) into the interior of xb (HP, WP, C, BATCH_LANES), image n in
+    lane n - n0; lanes from nb on keep what they held (their results are never read). Loop
+    order iy, ix, c, n: contiguous writes."""
+    _, c_n, h, w = x.shape
+    for iy in prange(h):
+        for ix in range(w):
+            for c in range(c_n):
+                for n in range(nb):
+                    xb[iy + pt, ix + pl, c, n] = x[n0 + n, c, iy, ix]
+
+
+@njit(cache=True, parallel=True)
+def from_lanes(outb, skip, n0, nb, out):
+    """The unmasked elements of outb (K, P, BATCH_LANES) into out[n0 : n0 + nb] (N, K, P);
+    masked elements of out keep what they held. Loop order k, n, p: contiguous writes."""
+    k_n, p_n = skip.shape
+    for k in prange(k_n):
+        for n in range(nb):
+            for p in range(p_n):
+                if not skip[k, p]:
+                    out[n0 + n, k, p] = outb[k, p, n]

@@ -78,3 +78,75 @@ def dot_rows(typingctx, a, rows_a, b, rows_b):
         return context.make_tuple(builder, sig.return_type, [builder.load(s) for s in sums])
 
     return sig, codegen
+
+
+# Images per lane block of `lanes_conv`: four AVX-512 registers per output element.
+BATCH_LANES = 64
+
+
+@intrinsic
+def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
+    """One output position p of the channels ks for BATCH_LANES images at once.
+
+    w (K, J) filters in (fy, fx, c) order; xb (rows, BATCH_LANES) the padded input with row
+    (iy*WP + ix)*C + c and the images side by side; r0 the row of tap (0, 0) and the first
+    input channel of p; geom = (kh, kw, rows per fy step, rows per fx step, cg); outb (K, P,
+    BATCH_LANES). Writes outb[k, p] = sum over (fy, fx, c) in that order of w[k, j] * x, plus
+    bias[k]: every image in its own lane, so the sum of an image is the same in any batch.
+    """
+    if not (_int_tuple(ks) and _int_tuple(geom) and geom.count == 5):
+        return None
+    sig = types.none(w, ks, xb, r0, geom, bias, outb, p)
+
+    def codegen(context, builder, sig, args):
+        n_vec = BATCH_LANES // LANES
+        f32 = ir.FloatType()
+        vec = ir.VectorType(f32, LANES)
+        i64 = ir.IntType(64)
+        arr_w = context.make_array(sig.args[0])(context, builder, args[0])
+        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
+        arr_b = context.make_array(sig.args[5])(context, builder, args[5])
+        arr_o = context.make_array(sig.args[6])(context, builder, args[6])
+        j_n = builder.extract_value(arr_w.shape, 1)
+        p_n = builder.extract_value(arr_o.shape, 1)
+        kh, kw, dy, dx, cg = cgutils.unpack_tuple(builder, args[4])
+        k_list = cgutils.unpack_tuple(builder, args[1])
+        w_rows = [builder.gep(arr_w.data, [builder.mul(k, j_n)]) for k in k_list]
+        accs = [
+            [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in range(n_vec)] for _ in k_list
+        ]
+
+        def splat(value):
+            return builder.shuffle_vector(
+                builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.IntType(32)(0)),
+                ir.Constant(vec, ir.Undefined),
+                ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES),
+            )
+
+        def vec_at(base, index):
+            return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
+
+        with cgutils.for_range(builder, kh) as fy:
+            with cgutils.for_range(builder, kw) as fx:
+                row = builder.add(args[3], builder.add(builder.mul(fy.index, dy), builder.mul(fx.index, dx)))
+                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), cg)
+                with cgutils.for_range(builder, cg) as c:
+                    x_row = builder.mul(builder.add(row, c.index), i64(BATCH_LANES))
+                    xs = [
+                        builder.load(vec_at(arr_x.data, builder.add(x_row, i64(v * LANES))), align=4)
+                        for v in range(n_vec)
+                    ]
+                    j = builder.add(j0, c.index)
+                    for acc_k, w_row in zip(accs, w_rows, strict=True):
+                        wv = splat(builder.load(builder.gep(w_row, [j])))
+                        for acc, xv in zip(acc_k, xs, strict=True):
+                            builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, xv)), acc)
+        for acc_k, k in zip(accs, k_list, strict=True):
+            bv = splat(builder.load(builder.gep(arr_b.data, [k])))
+            out_row = builder.mul(builder.add(builder.mul(k, p_n), args[7]), i64(BATCH_LANES))
+            for v, acc in enumerate(acc_k):
+                dest = vec_at(arr_o.data, builder.add(out_row, i64(v * LANES)))
+                builder.store(builder.fadd(builder.load(acc), bv), dest, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
