@@ -14,6 +14,7 @@ from . import graph as G
 from .errors import InputError, MaskError
 from .kernels.conv2d import aligned_floats, conv2d, taps_last
 from .kernels.linear import linear
+from .kernels.overwrite import overwrite
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
 
@@ -280,25 +281,29 @@ class Model:
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
-        skips, consts = {}, {}
+        skips, consts, zeros = {}, {}, {}
         if masks is not None:
             self.check_masks(masks)
             skips = self.site_skips(masks)
-            consts = {s: (m, c) for s, (m, c) in masks.sites.items() if m.any()}
+            for s, (m, c) in masks.sites.items():
+                idx = np.flatnonzero(m)
+                if idx.size:
+                    consts[s] = (idx, np.ascontiguousarray(c.ravel()[idx], dtype=np.float32))
+                    zeros[s] = (idx, np.zeros(idx.size, np.float32))
+            zeros = {node: zeros[s] for s in zeros for node in self.chains[s]}
         n_n = x.shape[0]
         env = {G.INPUT: x}
         macs = {}
         for st in self.steps:
             out = self._buffer(st.name, (n_n, *st.out_shape))
             skip = skips.get(st.name)
-            if skip is not None:
-                np.copyto(out, 0, where=skip)  # skipped elements read 0 until the site writes its constants
+            if skip is not None:  # skipped elements read 0 until the site writes its constants
+                overwrite(out.reshape(n_n, -1), *zeros[st.name])
             n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
             if st.op in CHAIN_OPS:
                 macs[st.name] = int(n_macs)
             if st.name in consts:
-                mask, const = consts[st.name]
-                np.copyto(out, const, where=mask)
+                overwrite(out.reshape(n_n, -1), *consts[st.name])
             if observer is not None:
                 if st.op in G.ACTIVATIONS:
                     observer.on_site(st.name, out)
