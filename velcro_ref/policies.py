@@ -1,10 +1,12 @@
 """Mask-allocation policies beyond the paper's uniform ratio.
 
 `budget`: one global budget instead of one ratio per site. Every element gets a damage score,
-its standard deviation relative to the RMS of its site (replacing it by its mean costs that much
-relative signal), and a benefit, the MACs its producer chain skips. Elements are masked in
-increasing damage per benefit until the skipped MACs reach R x the MACs of all masked-able
-chains, the same saving the uniform policy at ratio R would give if every site were equal.
+its variance over the mean variance of its site (the share of the site's variation that replacing
+it by its mean removes, so sites of any scale compare), and a benefit, the MACs its producer chain
+skips. Elements are masked in increasing damage per benefit until the skipped MACs reach R x the
+MACs of all masked-able chains, the same saving the uniform policy at ratio R would give if every
+site were equal. Damage is in variance units: scored as standard deviation per MAC, the costly
+deep sites were masked almost completely and the network's output went constant.
 `channel`: the S-VELCRO-style channel mode. Whole channels of a site (all their H x W elements)
 become constants, lowest mean variance first, R of the channels of every site, so whole filters
 are skipped.
@@ -40,8 +42,8 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
     scores, benefit = [], []
     for s in names:
         st = stats.sites[s]
-        rms = np.sqrt(np.mean(st.mean**2 + st.variance)) or 1.0
-        scores.append((np.sqrt(st.variance) / rms).ravel())
+        scale = float(st.variance.mean()) or 1.0
+        scores.append((st.variance / scale).ravel())
         benefit.append(np.full(st.mean.size, float(site_costs[s])))
     if not names:
         return build_masks(stats, {}, params)

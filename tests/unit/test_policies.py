@@ -1,0 +1,75 @@
+"""The budget policy: variance-per-MAC order, the global MAC budget, exclusions, determinism."""
+
+import numpy as np
+import pytest
+
+from velcro_ref.engine import Model
+from velcro_ref.evaluate import evaluate
+from velcro_ref.experiments import profile_task, sweep, task_images
+from velcro_ref.policies import make_masks
+from velcro_ref.stats import SiteStats, Stats
+from velcro_ref.zoo import build_zoo
+
+
+def _site(variance):
+    """One-image-count stats whose variance is `variance` exactly (m2 / count with count 1), means 0."""
+    v = np.asarray(variance, np.float64)
+    z = np.zeros_like(v)
+    return SiteStats(np.ones_like(v), z.copy(), z.copy(), v, z.copy(), z.copy())
+
+
+def test_budget_masks_lowest_variance_share_per_mac_first():
+    # deep: normalised variances [0, 0, 0, 4] (mean variance 4) at 4 MACs an element -> [0, 0, 0, 1] per MAC;
+    # cheap: [0.5, 0.5, 1.5, 1.5] (mean 1) at 1 MAC -> the same per MAC. Budget 0.7 x 20 MACs = 14:
+    # the three free deep elements (12), then the two 0.5 cheap ones (14); the last deep element
+    # (1.0 per MAC, 4 MACs) no longer fits. Scored by standard deviation per MAC instead, that deep
+    # element (2 / 4 = 0.5) would come before the cheap ones (0.71).
+    stats = Stats("fp", {"deep": _site([0, 0, 0, 16]), "cheap": _site([0.5, 0.5, 1.5, 1.5])})
+    masks = make_masks("budget", stats, 0.7, {"deep": 4, "cheap": 1})
+    assert masks.sites["deep"][0].tolist() == [True, True, True, False]
+    assert masks.sites["cheap"][0].tolist() == [True, True, False, False]
+    assert masks.policy["site_ratios"] == {"deep": 0.75, "cheap": 0.5}
+
+
+@pytest.fixture(scope="module")
+def small():
+    model = Model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
+    return model, profile_task(model, (5, 7, 9), 200)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.35, 0.6, 0.9])
+def test_budget_masks_skip_at_most_r_of_the_maskable_macs_as_the_kernels_count(small, ratio):
+    model, stats = small
+    costs = model.site_costs()
+    masks = make_masks("budget", stats, ratio, costs)
+    total = sum(costs[s] * st.mean.size for s, st in stats.sites.items())
+    skipped = sum(costs[s] * int(m.sum()) for s, (m, _) in masks.sites.items())
+    assert ratio * total - max(costs.values()) < skipped <= ratio * total
+    x, y = task_images(model, (5, 7, 9), "test", 8)
+    dense = evaluate(model, x, y, (5, 7, 9))
+    masked = evaluate(model, x, y, (5, 7, 9), masks=masks)
+    assert dense["macs"] - masked["macs"] == pytest.approx(skipped)
+
+
+def test_budget_masks_leave_excluded_sites_alone(small):
+    model, stats = small
+    keep = list(stats.sites)[:3]
+    masks = make_masks("budget", stats, 0.5, model.site_costs(), exclude=keep)
+    assert all(not masks.sites[s][0].any() for s in keep)
+    assert sum(int(m.sum()) for m, _ in masks.sites.values()) > 0
+
+
+def test_budget_masks_come_from_the_statistics_alone(small):
+    # the same stats give the same masks, and sweeps on two disjoint evaluation sets execute the
+    # same MACs at every ratio: the evaluation images take no part in the choice
+    model, stats = small
+    a = make_masks("budget", stats, 0.4, model.site_costs())
+    b = make_masks("budget", stats, 0.4, model.site_costs())
+    for s in a.sites:
+        np.testing.assert_array_equal(a.sites[s][0], b.sites[s][0])
+        np.testing.assert_array_equal(a.sites[s][1], b.sites[s][1])
+    x, y = task_images(model, (5, 7, 9), "test", 40)
+    ratios = [0.0, 0.3, 0.6]
+    first = sweep(model, stats, x[:20], y[:20], (5, 7, 9), ratios, "budget")
+    second = sweep(model, stats, x[20:], y[20:], (5, 7, 9), ratios, "budget")
+    assert [p["macs"] for p in first["points"]] == [p["macs"] for p in second["points"]]
