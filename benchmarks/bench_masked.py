@@ -14,6 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
+# isort: off
+import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.py)
+
+# isort: on
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
