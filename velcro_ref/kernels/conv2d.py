@@ -26,17 +26,18 @@ LANES_MIN = 48
 CHUNK_FLOATS = 1 << 23
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def im2col_t(xh, c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, col, q0):
     """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
     [iy, ix*C + c]); col (>= q0 + OH*OW, J) with row q0 + p for p = (oy, ox) and column
     (fy, fx, c), the order of `taps_last` filters.
 
-    Rows whose `need[p]` is False are left untouched (every channel masked there). Each tap copies
-    cg contiguous channels; with cg = C and dw = 1 a whole filter row is one contiguous copy.
+    Loop order: oy (in parallel), ox, fy, fx. Rows whose `need[p]` is False are left untouched
+    (every channel masked there). Each tap copies cg contiguous channels; with cg = C and dw = 1
+    a whole filter row is one contiguous copy.
     """
     whole_row = cg == c_n and dw == 1
-    for oy in range(oh):
+    for oy in prange(oh):
         for ox in range(ow):
             p = oy * ow + ox
             if not need[p]:
@@ -174,6 +175,51 @@ def gemm_sampled(w, col, bias, skip, rows, tile_p, out):
             _rows8(w, k2, col, q, g2, m2, bias, out, n)
         n_macs += done * j_n
     return n_macs
+
+
+@njit(cache=True, parallel=True)
+def gemm_images8(w, col, bias, skip, rows, tile_p, n0, out):
+    """Layout as `gemm_sampled`; only the 8 images n0 .. n0 + 7.
+
+    Loop order: (tile of positions, block of channels) items in parallel, pairs of channels,
+    positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
+    rows, the 8 images at p, whatever the mask; a position both channels of a pair need is one
+    2 x 8 block. A masked (k, p) is never visited. Each element is the same dot_rows sum as in
+    `gemm_sampled`.
+    """
+    j_n = w.shape[1]
+    p_n = skip.shape[1]
+    n_tiles = (p_n + tile_p - 1) // tile_p
+    n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
+    done_per_item = np.zeros(n_tiles * n_blocks, np.int64)
+    for item in prange(n_tiles * n_blocks):
+        p0 = item // n_blocks * tile_p
+        k0 = item % n_blocks * K_BLOCK
+        done = 0
+        for r in range(k0, min(k0 + K_BLOCK, rows.size), 2):
+            k1 = rows[r]
+            k2 = rows[r + 1] if r + 1 < rows.size else k1  # k2 == k1: a lone channel
+            for p in range(p0, min(p0 + tile_p, p_n)):
+                on1 = not skip[k1, p]
+                on2 = k2 != k1 and not skip[k2, p]
+                if not (on1 or on2):
+                    continue
+                q = n0 * p_n + p
+                g = (q, q + p_n, q + 2 * p_n, q + 3 * p_n, q + 4 * p_n, q + 5 * p_n, q + 6 * p_n, q + 7 * p_n)
+                if on1 and on2:
+                    s = dot_rows(w, (k1, k2), col, g)
+                    for i in range(8):
+                        out[n0 + i, k1, p] = s[i] + bias[k1]
+                        out[n0 + i, k2, p] = s[8 + i] + bias[k2]
+                    done += 2
+                else:
+                    k = k1 if on1 else k2
+                    s1 = dot_rows(w, (k,), col, g)
+                    for i in range(8):
+                        out[n0 + i, k, p] = s1[i] + bias[k]
+                    done += 1
+        done_per_item[item] = done
+    return done_per_item.sum() * 8 * j_n
 
 
 @njit(cache=True, parallel=True)
@@ -383,7 +429,11 @@ def _masked(xh, c_n, c0, conv, wg, bg, sg, og, col):
         n_macs += n_n * p_n * full.size * taps
     if part.size:
         tile_p = max(8, min(512, TILE_FLOATS // taps))
-        n_macs += gemm_sampled(wg, rows, bg, sg, part, tile_p, og)
+        n8 = n_n - n_n % 8
+        for n0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
+            n_macs += gemm_images8(wg, rows, bg, sg, part, max(1, tile_p // 8), n0, og)
+        if n8 < n_n:
+            n_macs += gemm_sampled(wg, rows[n8 * p_n :], bg, sg, part, tile_p, og[n8:])
     return n_macs
 
 
