@@ -5,8 +5,10 @@ OpenMP thread pool). By default an OpenBLAS thread busy-waits for 2^28 cycles af
 and an OpenMP thread for a while after each parallel region, so with one thread per core the
 other pool's threads wait for the scheduler to preempt a spinning one. Measured on 2 cores:
 masked ResNet-18 (224x224, batch 1, R = 0.5) took 236 ms with the defaults and 58 ms with
-both pools sleeping at once. Only unset variables are set, and only a process that imports
-velcro_ref before NumPy gets them (the `velcro` command and the benchmarks do).
+both pools sleeping at once. OMP_WAIT_POLICY matters under Numba's OpenMP threading layer (the
+one pip's Numba picks on Linux); its TBB layer does not read it. Only unset variables are set,
+and only a process that imports velcro_ref before NumPy gets them (the `velcro` command and the
+benchmarks do).
 """
 
 from __future__ import annotations

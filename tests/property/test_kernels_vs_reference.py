@@ -8,9 +8,11 @@ from hypothesis import strategies as st
 from velcro_ref.graph import pool_out_size
 from velcro_ref.kernels import conv2d as kconv
 from velcro_ref.kernels import linear as klin
+from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
+from velcro_ref.reference import overwrite as rover
 from velcro_ref.reference import pool as rpool
 
 
@@ -142,3 +144,15 @@ def test_masked_conv_paths_equal_numpy_twin(n, groups):
         x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, groups, skip, want
     )
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@given(st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**31))
+def test_overwrite_kernel_equals_numpy_twin(n, size, fraction, seed):
+    rng = np.random.default_rng(seed)
+    out = rng.standard_normal((n, size), dtype=np.float32)
+    idx = np.flatnonzero(rng.random(size) < fraction)
+    values = rng.standard_normal(idx.size, dtype=np.float32)
+    got, want = out.copy(), out.copy()
+    kover.overwrite(got, idx, values)
+    rover.overwrite(want, idx, values)
+    np.testing.assert_array_equal(got, want)

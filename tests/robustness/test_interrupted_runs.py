@@ -78,10 +78,11 @@ def leftovers(directory):
 
 @pytest.fixture(scope="module")
 def long_images(tmp_path_factory):
-    """1600 images: at 8 per batch, long enough to interrupt and quick to finish."""
+    """6400 images: at 8 per batch, long enough to interrupt on a loaded machine (an uninterrupted run
+    took about 2 s of CPU after start-up) and quick to finish."""
     rng = np.random.default_rng(5)
     path = tmp_path_factory.mktemp("long") / "long.npz"
-    np.savez(path, x=rng.standard_normal((1600, 3, 16, 16)).astype(np.float32), y=np.arange(1600) % 4)
+    np.savez(path, x=rng.standard_normal((6400, 3, 16, 16)).astype(np.float32), y=np.arange(6400) % 4)
     return path
 
 
@@ -124,11 +125,11 @@ def test_killed_profile_keeps_previous_file_and_resume_equals_uninterrupted_run(
         assert leftovers(tmp_path) == []  # cleanup ran: no temporary file left behind
     model = load_model(model_file)
     done = load_stats(partial, model)  # the checkpoint is a whole file
-    assert 0 < done.n_images < 1600 and done.n_images % 40 == 0
+    assert 0 < done.n_images < 6400 and done.n_images % 40 == 0
 
     res = velcro("profile", model_file, "--images", long_images, "-o", out, "--batch", "8", "--resume")
     assert res.code == 0, res.err
-    assert f"resuming from {partial}: {done.n_images} of 1600 images done" in res.out
+    assert f"resuming from {partial}: {done.n_images} of 6400 images done" in res.out
     assert not partial.exists()
     # same batches as the uninterrupted run: equal up to float64 rounding
     assert_same_stats(load_stats(out, model), uninterrupted, rtol=1e-12)

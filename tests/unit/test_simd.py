@@ -67,3 +67,28 @@ def test_dot_rows_order_is_lanes_then_halves_then_tail():
     for j in range(n_vec, j_n):
         s = np.float32(s + a[0, j] * b[0, j])
     assert _single(a, 0, b, 0) == s
+
+
+def test_lanes_conv_order_is_taps_then_bias_per_image():
+    """A dense 3x3 conv on a full block of lanes, replayed in float32 NumPy in the documented
+    order (taps in (fy, fx, c) order from 0, then the bias), one image per array element."""
+    from velcro_ref.kernels import conv2d as kconv
+    from velcro_ref.kernels.simd import BATCH_LANES
+
+    rng = np.random.default_rng(3)
+    n, c, h, k = BATCH_LANES, 3, 5, 2
+    x = rng.standard_normal((n, c, h, h), dtype=np.float32)
+    w = rng.standard_normal((k, c, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    got = np.empty((n, k, h, h), np.float32)
+    kconv.conv2d(x, w, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, None, got)
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    for kk in range(k):
+        for oy in range(h):
+            for ox in range(h):
+                acc = np.zeros(n, np.float32)
+                for fy in range(3):
+                    for fx in range(3):
+                        for cc in range(c):
+                            acc = acc + w[kk, cc, fy, fx] * xp[:, cc, oy + fy, ox + fx]
+                np.testing.assert_array_equal(got[:, kk, oy, ox], acc + b[kk])

@@ -19,8 +19,9 @@ TILE_FLOATS = 1 << 18
 # Channels per work item of the masked kernel, so that small layers still split over threads.
 K_BLOCK = 16
 # From this many images on, masked convs and dense ones with spatial filters put the images in
-# SIMD lanes (measured faster than im2col + BLAS for every 3x3 layer of the zoo at batch 128;
-# a dense 1x1 conv stays one BLAS GEMM on the input as it lies).
+# SIMD lanes (measured 1.1-2.9x faster than im2col + BLAS on every 3x3 layer of the zoo at batch
+# 128 and 1.7x on ResNet-18's 7x7 stem at batch 64; a dense 1x1 conv stays one BLAS GEMM on the
+# input as it lies).
 LANES_MIN = 48
 # Images per im2col chunk: at most this many floats of scratch (32 MiB).
 CHUNK_FLOATS = 1 << 23
@@ -337,16 +338,19 @@ def aligned_floats(n):
 def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None, w_taps=None):
     """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW); returns executed MACs.
 
-    `skip` is None (dense: im2col + BLAS GEMM) or a bool (K, OH, OW) array: masked output
-    elements are not computed and keep whatever `out` held. `col` is an optional float32
-    scratch buffer, `w_taps` the optional `taps_last(w)`; pb, pr are implied by out's shape.
+    `skip` is None (dense) or a bool (K, OH, OW) array: masked output elements are not computed
+    and keep whatever `out` held. `col` is an optional float32 scratch buffer, `w_taps` the
+    optional `taps_last(w)`; pb, pr are implied by out's shape. The path (SIMD lanes of images,
+    direct, im2col + BLAS, sampled GEMM) depends on the batch, the filter and the mask, as
+    docs/kernels.md lists; an image's result differs between paths only by float32 rounding.
     """
     n_n = x.shape[0]
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     taps = cg * kh * kw
+    b = np.ascontiguousarray(b, np.float32)  # the SIMD intrinsics read raw contiguous data
     if n_n >= LANES_MIN and (skip is not None or kh * kw > 1):
-        w2 = taps_last(w) if w_taps is None else w_taps
+        w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
         return _lanes(x, w2, b, (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow), k_n // groups, skip, out)
     if taps < DIRECT_MAX_TAPS and kh * kw > 1:
         if skip is None:
@@ -362,7 +366,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
         w2 = w.reshape(k_n, taps)
         pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
     else:
-        w2 = taps_last(w) if w_taps is None else w_taps
+        w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
         xh = _pad_channels_last(x, conv)
     n_macs = 0
     for g in range(groups):
@@ -439,7 +443,9 @@ def _masked(xh, c_n, c0, conv, wg, bg, sg, og, col):
 
 def _lanes(x, w2, b, conv, kg, skip, out):
     """Batches of BATCH_LANES images through `conv_lanes`: masks are shared by the images, so
-    every unmasked element is computed for all of them at once, one image per SIMD lane."""
+    every unmasked element is computed for all of them at once, one image per SIMD lane. The
+    lanes past the last image of a partial batch are computed and dropped; the MACs returned
+    are those of the batch's images, the count DESIGN.md defines."""
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, c_n, h, w = x.shape
     k_n, p_n = w2.shape[0], oh * ow

@@ -1,11 +1,17 @@
-"""dot_rows: a few rows of one matrix against a few rows of another, in SIMD registers.
+"""SIMD building blocks of the masked conv kernels, as Numba intrinsics written in LLVM IR.
 
 Numba vectorises a dot product only when fastmath lets LLVM reorder the sum, which STYLE rules
-out. This intrinsic writes the order down instead: LANES partial sums (lane l adds the elements
-j = l mod LANES of the vector part in increasing j), summed as a tree of halves (lane l plus
-lane l + LANES/2, and so on), then the tail in increasing j, all with plain IEEE multiply and
-add. The sum is the same for every call, thread and batch size. Each loaded vector feeds every
-row of the other side, the register blocking that makes a GEMM fast.
+out. These intrinsics write the order down instead, with plain IEEE multiply and add:
+
+- `dot_rows`: a few rows of one matrix against a few rows of another. LANES partial sums per
+  pair (lane l adds the elements j = l mod LANES of the vector part in increasing j), summed as
+  a tree of halves (lane l plus lane l + LANES/2, and so on), then the tail in increasing j.
+  Each loaded vector feeds every row of the other side, the register blocking that makes a GEMM
+  fast; a pair's sum does not depend on the block, call or thread that computes it.
+- `lanes_conv`: one output position of a few filters for BATCH_LANES images at once, one image
+  per lane, the taps summed in (fy, fx, c) order and the bias added last.
+
+Both read raw data: their typing accepts only C-contiguous float32 arrays and intp indices.
 """
 
 from __future__ import annotations
@@ -19,14 +25,19 @@ from numba.extending import intrinsic
 LANES = 16
 
 
-def _lanes(indices):
+def _lane_indices(indices):
     """A constant lane-index vector for shufflevector."""
     i32 = ir.IntType(32)
     return ir.Constant(ir.VectorType(i32, len(indices)), [i32(i) for i in indices])
 
 
 def _int_tuple(t):
-    return isinstance(t, types.UniTuple) and isinstance(t.dtype, types.Integer)
+    return isinstance(t, types.UniTuple) and t.dtype == types.intp
+
+
+def _f32_c(t, ndim):
+    """A C-contiguous float32 array type of ndim dimensions: the IR below indexes raw data."""
+    return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C" and t.ndim == ndim
 
 
 @intrinsic
@@ -37,7 +48,7 @@ def dot_rows(typingctx, a, rows_a, b, rows_b):
     Returns a tuple of float32, row-major over (rows_a, rows_b). Every loaded vector of a row
     feeds all rows of the other side. Kernels trust the indices (no checks).
     """
-    if not (_int_tuple(rows_a) and _int_tuple(rows_b)):
+    if not (_f32_c(a, 2) and _f32_c(b, 2) and _int_tuple(rows_a) and _int_tuple(rows_b)):
         return None
     sig = types.UniTuple(types.float32, rows_a.count * rows_b.count)(a, rows_a, b, rows_b)
 
@@ -66,8 +77,8 @@ def dot_rows(typingctx, a, rows_a, b, rows_b):
             width = LANES
             while width > 1:  # halves: lane l adds lane l + width/2
                 width //= 2
-                lo = builder.shuffle_vector(v, v, _lanes(range(width)))
-                v = builder.fadd(lo, builder.shuffle_vector(v, v, _lanes(range(width, 2 * width))))
+                lo = builder.shuffle_vector(v, v, _lane_indices(range(width)))
+                v = builder.fadd(lo, builder.shuffle_vector(v, v, _lane_indices(range(width, 2 * width))))
             sums.append(cgutils.alloca_once_value(builder, builder.extract_element(v, ir.IntType(32)(0))))
         with cgutils.for_range_slice(builder, n_vec, n, n.type(1)) as (j, _):
             for s, (ia, ib) in zip(sums, pairs, strict=True):
@@ -94,7 +105,10 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
     BATCH_LANES). Writes outb[k, p] = sum over (fy, fx, c) in that order of w[k, j] * x, plus
     bias[k]: every image in its own lane, so the sum of an image is the same in any batch.
     """
-    if not (_int_tuple(ks) and _int_tuple(geom) and geom.count == 5):
+    arrays_ok = _f32_c(w, 2) and _f32_c(xb, 2) and _f32_c(bias, 1) and _f32_c(outb, 3)
+    if not (arrays_ok and _int_tuple(ks) and _int_tuple(geom) and geom.count == 5):
+        return None
+    if not (isinstance(r0, types.Integer) and isinstance(p, types.Integer)):
         return None
     sig = types.none(w, ks, xb, r0, geom, bias, outb, p)
 
@@ -110,6 +124,8 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
         j_n = builder.extract_value(arr_w.shape, 1)
         p_n = builder.extract_value(arr_o.shape, 1)
         kh, kw, dy, dx, cg = cgutils.unpack_tuple(builder, args[4])
+        r0 = context.cast(builder, args[3], sig.args[3], types.intp)
+        p_out = context.cast(builder, args[7], sig.args[7], types.intp)
         k_list = cgutils.unpack_tuple(builder, args[1])
         w_rows = [builder.gep(arr_w.data, [builder.mul(k, j_n)]) for k in k_list]
         accs = [
@@ -128,7 +144,7 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
 
         with cgutils.for_range(builder, kh) as fy:
             with cgutils.for_range(builder, kw) as fx:
-                row = builder.add(args[3], builder.add(builder.mul(fy.index, dy), builder.mul(fx.index, dx)))
+                row = builder.add(r0, builder.add(builder.mul(fy.index, dy), builder.mul(fx.index, dx)))
                 j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), cg)
                 with cgutils.for_range(builder, cg) as c:
                     x_row = builder.mul(builder.add(row, c.index), i64(BATCH_LANES))
@@ -143,7 +159,7 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
                             builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, xv)), acc)
         for acc_k, k in zip(accs, k_list, strict=True):
             bv = splat(builder.load(builder.gep(arr_b.data, [k])))
-            out_row = builder.mul(builder.add(builder.mul(k, p_n), args[7]), i64(BATCH_LANES))
+            out_row = builder.mul(builder.add(builder.mul(k, p_n), p_out), i64(BATCH_LANES))
             for v, acc in enumerate(acc_k):
                 dest = vec_at(arr_o.data, builder.add(out_row, i64(v * LANES)))
                 builder.store(builder.fadd(builder.load(acc), bv), dest, align=4)
