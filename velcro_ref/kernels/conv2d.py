@@ -27,6 +27,13 @@ LANES_MIN = 48
 CHUNK_FLOATS = 1 << 23
 
 
+@njit(cache=True)
+def padded_size(n, pad, out_n, stride, taps, dil):
+    """Length of one zero-padded input axis that holds the input after `pad` zeros and every tap
+    of every one of out_n outputs (the far side gets what the output size implies)."""
+    return max(n + pad, (out_n - 1) * stride + (taps - 1) * dil + 1)
+
+
 @njit(cache=True, parallel=True)
 def im2col_t(xh, c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, col, q0):
     """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
@@ -276,8 +283,8 @@ def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     kg = k_n // groups
-    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(wd + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp = padded_size(h, pt, oh, sh, kh, dh)
+    wp = padded_size(wd, pl, ow, sw, kw, dw)
     xp = np.zeros((cg, hp, wp), np.float32)
     acc = np.empty(ow, np.float32)
     n_macs = 0
@@ -405,8 +412,8 @@ def _pad_channels_last(x, conv):
     inside, so that im2col_t copies without bounds checks."""
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, c_n, h, w = x.shape
-    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp = padded_size(h, pt, oh, sh, kh, dh)
+    wp = padded_size(w, pl, ow, sw, kw, dw)
     xh = np.zeros((n_n, hp, wp, c_n), np.float32)
     xh[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
     return xh.reshape(n_n, hp, wp * c_n)
@@ -449,8 +456,8 @@ def _lanes(x, w2, b, conv, kg, skip, out):
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, c_n, h, w = x.shape
     k_n, p_n = w2.shape[0], oh * ow
-    hp = max(h + pt, (oh - 1) * sh + (kh - 1) * dh + 1)
-    wp = max(w + pl, (ow - 1) * sw + (kw - 1) * dw + 1)
+    hp = padded_size(h, pt, oh, sh, kh, dh)
+    wp = padded_size(w, pl, ow, sw, kw, dw)
     xb = aligned_floats(hp * wp * c_n * BATCH_LANES).reshape(hp, wp, c_n, BATCH_LANES)
     xb[...] = 0.0  # the border stays zero; the interior is rewritten for every batch
     outb = aligned_floats(k_n * p_n * BATCH_LANES).reshape(k_n, p_n, BATCH_LANES)

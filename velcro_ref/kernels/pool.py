@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .conv2d import padded_size
+
 
 def max_pool(x, kh, kw, sh, sw, pt, pl, out):
     """Layout: x (N, C, H, W), out (N, C, OH, OW); a max over window columns, then over window
@@ -17,8 +19,8 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, out):
     """
     n_n, c_n, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
-    hp = max(h + pt, (oh - 1) * sh + kh)
-    wp = max(w + pl, (ow - 1) * sw + kw)
+    hp = padded_size(h, pt, oh, sh, kh, 1)
+    wp = padded_size(w, pl, ow, sw, kw, 1)
     xp = np.full((n_n, c_n, hp, wp), -np.inf, np.float32)
     xp[:, :, pt : pt + h, pl : pl + w] = x
     cols = xp[:, :, :, 0 : (ow - 1) * sw + 1 : sw].copy()
