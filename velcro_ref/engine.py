@@ -6,19 +6,33 @@ found in `OPS`; kernels never see a node.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import graph as G
 from .errors import InputError, MaskError
-from .kernels.conv2d import aligned_floats, conv2d, taps_last
+from .kernels.conv2d import aligned_floats, conv2d, padded_taps, plan_skip, taps_last
 from .kernels.linear import linear
 from .kernels.overwrite import overwrite
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
 
 CHAIN_OPS = ("conv2d", "linear")  # ops whose masked output elements are skipped
+
+
+@dataclass(frozen=True)
+class _MaskPlan:
+    """A MaskSet as a run uses it: the set and its arrays (to know it again), node -> skip
+    (a conv's SkipPlan, a linear's bool mask), site -> (flat indices, constants), chain node ->
+    (flat indices, zeros)."""
+
+    masks: object
+    arrays: list
+    skips: dict
+    consts: dict
+    zeros: dict
 
 
 @dataclass(frozen=True)
@@ -202,12 +216,15 @@ class Model:
         self.output = self.exec_graph.output
         self.last_macs: dict[str, int] = {}
         self._buffers: dict = {}
+        self._plan: _MaskPlan | None = None
+        self._zeroed: dict = {}  # chain node -> the plan whose skipped outputs its buffer holds as 0
         col_size = 0
         for n in self.exec_graph.nodes:
             if n.op == "conv2d":
                 a = G.conv_attrs(n)
                 cg = shapes[n.inputs[0]][0] // a["groups"]
-                col_size = max(col_size, cg * a["kernel"][0] * a["kernel"][1] * shapes[n.name][1] * shapes[n.name][2])
+                taps = padded_taps(cg * a["kernel"][0] * a["kernel"][1])
+                col_size = max(col_size, taps * shapes[n.name][1] * shapes[n.name][2])
         self._col = aligned_floats(col_size)
 
     @property
@@ -259,6 +276,7 @@ class Model:
         if buf is None or buf.shape != shape:
             buf = np.empty(shape, np.float32)
             self._buffers[name] = buf
+            self._zeroed.pop(name, None)
         return buf
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:
@@ -270,10 +288,36 @@ class Model:
                     skips[node] = mask
         return skips
 
+    def _mask_plan(self, masks) -> _MaskPlan:
+        """What a run needs from `masks`, worked out at the first run with them and kept while the
+        same MaskSet holding the same arrays comes back. The arrays are made read-only then, so
+        a change in place raises instead of leaving a stale plan."""
+        self.check_masks(masks)
+        arrays = [a for pair in masks.sites.values() for a in pair]
+        plan = self._plan
+        if plan is not None and plan.masks is masks and all(map(operator.is_, plan.arrays, arrays)):
+            return plan
+        for a in arrays:
+            a.flags.writeable = False
+        groups = {st.name: st.args[10] for st in self.steps if st.op == "conv2d"}
+        skips = {}
+        for node, mask in self.site_skips(masks).items():
+            skips[node] = plan_skip(mask, groups[node]) if node in groups else mask
+        consts, zeros = {}, {}
+        for s, (m, c) in masks.sites.items():
+            idx = np.flatnonzero(m)
+            if idx.size:
+                consts[s] = (idx, np.ascontiguousarray(c.ravel()[idx], dtype=np.float32))
+                for node in self.chains[s]:
+                    zeros[node] = (idx, np.zeros(idx.size, np.float32))
+        self._plan = _MaskPlan(masks, arrays, skips, consts, zeros)
+        return self._plan
+
     def run(self, x, masks=None, observer=None) -> np.ndarray:
         """Run a batch x (N, C, H, W) float32; return the output (N, ...) float32 (a new array).
 
-        masks: a MaskSet of this model (velcro_ref.load_masks) or None for dense inference.
+        masks: a MaskSet of this model (velcro_ref.load_masks) or None for dense inference. Its
+        mask and constant arrays become read-only at the first run (see `_mask_plan`).
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
         An observer may also define on_node(step, inputs, output, skip) to see every node.
@@ -281,34 +325,30 @@ class Model:
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
-        skips, consts, zeros = {}, {}, {}
-        if masks is not None:
-            self.check_masks(masks)
-            skips = self.site_skips(masks)
-            for s, (m, c) in masks.sites.items():
-                idx = np.flatnonzero(m)
-                if idx.size:
-                    consts[s] = (idx, np.ascontiguousarray(c.ravel()[idx], dtype=np.float32))
-                    zeros[s] = (idx, np.zeros(idx.size, np.float32))
-            zeros = {node: zeros[s] for s in zeros for node in self.chains[s]}
+        plan = None if masks is None else self._mask_plan(masks)
         n_n = x.shape[0]
         env = {G.INPUT: x}
         macs = {}
         for st in self.steps:
             out = self._buffer(st.name, (n_n, *st.out_shape))
-            skip = skips.get(st.name)
-            if skip is not None:  # skipped elements read 0 until the site writes its constants
-                overwrite(out.reshape(n_n, -1), *zeros[st.name])
+            skip = None if plan is None else plan.skips.get(st.name)
+            if skip is None:
+                self._zeroed.pop(st.name, None)
+            elif self._zeroed.get(st.name) is not plan:
+                # skipped elements read 0 until the site writes its constants; kernels never write
+                # them, so they stay 0 for later runs with the same plan
+                overwrite(out.reshape(n_n, -1), *plan.zeros[st.name])
+                self._zeroed[st.name] = plan
             n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
             if st.op in CHAIN_OPS:
                 macs[st.name] = int(n_macs)
-            if st.name in consts:
-                overwrite(out.reshape(n_n, -1), *consts[st.name])
+            if plan is not None and st.name in plan.consts:
+                overwrite(out.reshape(n_n, -1), *plan.consts[st.name])
             if observer is not None:
                 if st.op in G.ACTIVATIONS:
                     observer.on_site(st.name, out)
                 if hasattr(observer, "on_node"):
-                    observer.on_node(st, [env[t] for t in st.inputs], out, skip)
+                    observer.on_node(st, [env[t] for t in st.inputs], out, getattr(skip, "skip", skip))
             env[st.name] = out
         self.last_macs = macs
         return env[self.output].copy()

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from robust_util import velcro_process
 
-from velcro_ref.engine import load_model
-from velcro_ref.masks import load_masks
-from velcro_ref.stats import FIELDS, load_stats
+from velcro_ref.engine import Model, load_model
+from velcro_ref.masks import build_masks, load_masks, uniform_ratios
+from velcro_ref.stats import FIELDS, collect_stats, load_stats
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +67,45 @@ def test_profile_and_compress_are_reproducible(velcro, tmp_path, model_file, ima
     ma, mb = load_masks(tmp_path / "m_a.h5"), load_masks(tmp_path / "m_b.h5")
     for site, (mask, const) in ma.sites.items():
         assert mask.tobytes() == mb.sites[site][0].tobytes() and const.tobytes() == mb.sites[site][1].tobytes()
+
+
+class _Nodes:
+    """Observer keeping a copy of every node's output."""
+
+    def __init__(self):
+        self.outs = {}
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.outs[step.name] = out.tobytes()
+
+
+def test_alternating_mask_sets_match_a_fresh_model(small_graph, images):
+    """A model keeps what it derived from the last MaskSet, and which skipped conv outputs its
+    buffers hold as 0; after switching masks, batch sizes or to dense, every node's output
+    (skipped elements included, as golden vectors show them) must be what a fresh model gives."""
+    model = Model(small_graph)
+    x = images[0][:9]
+    stats = collect_stats(model, images[0], batch=16)
+    sets = [build_masks(stats, uniform_ratios(stats, r), {"name": "uniform", "ratio": r}) for r in (0.3, 0.6)]
+    order = [sets[0], sets[1], None, sets[1], sets[0], sets[0], None, sets[0]]
+    for i, masks in enumerate(order):
+        xb = x[:4] if i == 5 else x
+        got, want = _Nodes(), _Nodes()
+        model.run(xb, masks=masks, observer=got)
+        Model(small_graph).run(xb, masks=masks, observer=want)
+        assert got.outs == want.outs, f"run {i}"
+
+
+def test_mask_arrays_are_read_only_once_run(small_graph, images):
+    model = Model(small_graph)
+    stats = collect_stats(model, images[0], batch=16)
+    masks = build_masks(stats, uniform_ratios(stats, 0.5), {"name": "uniform", "ratio": 0.5})
+    model.run(images[0][:2], masks=masks)
+    mask, const = next(iter(masks.sites.values()))
+    with pytest.raises(ValueError, match="read-only"):
+        mask[...] = False
+    with pytest.raises(ValueError, match="read-only"):
+        const[...] = 0.0

@@ -1,10 +1,10 @@
-"""dot_rows: the SIMD dot-product block behind the masked conv kernel."""
+"""dot_rows, dot_taps and lanes_conv: the SIMD blocks behind the masked conv kernels."""
 
 import numpy as np
 import pytest
 from numba import njit
 
-from velcro_ref.kernels.simd import LANES, dot_rows
+from velcro_ref.kernels.simd import LANES, dot_rows, dot_taps
 
 
 @njit
@@ -20,6 +20,38 @@ def _two_by_two(a, i, b, r):
 @njit
 def _single(a, i, b, q):
     return dot_rows(a, (i,), b, (q,))[0]
+
+
+@njit
+def _taps_two_by_three(a, x, o, geom):
+    return dot_taps(a, (0, 1), x, (o[0], o[1], o[2]), geom)
+
+
+@pytest.mark.parametrize("c_n, dil", [(16, 1), (32, 1), (16, 2)])
+def test_dot_taps_on_the_input_equals_dot_rows_on_im2col_rows(c_n, dil):
+    """Taps read from a padded channels-last image, a filter row at a time or a tap at a time,
+    sum to the same bits as the same taps copied into rows: what lets the masked kernels skip
+    the im2col copy."""
+    rng = np.random.default_rng(c_n + dil)
+    h, w, k = 9, 8, 3
+    x = rng.standard_normal((h, w, c_n), dtype=np.float32)
+    a = rng.standard_normal((2, k * k * c_n), dtype=np.float32)
+    ps = [(0, 0), (2, 3), (4, 1)]
+    col = np.stack([x[oy : oy + dil * k : dil, ox : ox + dil * k : dil].reshape(-1) for oy, ox in ps])
+    offs = np.array([(oy * w + ox) * c_n for oy, ox in ps])
+    want = _two_by_three_rows(a, col)
+    per_tap = _taps_two_by_three(a, x.reshape(-1), offs, (k, dil * w * c_n, k, dil * c_n, c_n))
+    assert per_tap == want
+    if dil == 1:  # a filter row's taps are one contiguous run
+        assert _taps_two_by_three(a, x.reshape(-1), offs, (k, w * c_n, 1, 0, k * c_n)) == want
+    exact = (a.astype(np.float64) @ col.astype(np.float64).T).ravel()
+    bound = 1e-6 * (np.abs(a).astype(np.float64) @ np.abs(col).astype(np.float64).T).ravel()
+    assert np.all(np.abs(np.array(want) - exact) <= bound)
+
+
+@njit
+def _two_by_three_rows(a, col):
+    return dot_rows(a, (0, 1), col, (0, 1, 2))
 
 
 @pytest.mark.parametrize("j_n", [1, 3, LANES - 1, LANES, LANES + 5, 576, 147])

@@ -5,10 +5,12 @@ Every kernel takes arrays and ints only and returns the MACs it executed.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
-from .simd import BATCH_LANES, dot_rows, lanes_conv
+from .simd import BATCH_LANES, LANES, dot_taps, lanes_conv
 
 # Spatial filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the
 # direct loop: an im2col copy per tap would cost more than the MACs it feeds.
@@ -38,7 +40,7 @@ def padded_size(n, pad, out_n, stride, taps, dil):
 def im2col_t(xh, c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, col, q0):
     """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
     [iy, ix*C + c]); col (>= q0 + OH*OW, J) with row q0 + p for p = (oy, ox) and column
-    (fy, fx, c), the order of `taps_last` filters.
+    (fy, fx, c), the order of `taps_last` filters, then zeros up to J.
 
     Loop order: oy (in parallel), ox, fy, fx. Rows whose `need[p]` is False are left untouched
     (every channel masked there). Each tap copies cg contiguous channels; with cg = C and dw = 1
@@ -62,6 +64,7 @@ def im2col_t(xh, c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, col, q0):
                     a = (ox * sw + fx * dw) * c_n + c0
                     col[q0 + p, j : j + cg] = src[a : a + cg]
                     j += cg
+            col[q0 + p, j:] = 0.0  # the zero columns that pad a row to a multiple of LANES
 
 
 @njit(cache=True)
@@ -98,60 +101,58 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col, p0):
 
 
 @njit(cache=True)
-def _rows8(w, k, col, q, g, m, bias, out, n):
-    """Channel k at the m positions g[:m] of image n, in groups of 8, then 4, then 1."""
+def _rows8(w, k, x, g, m, bias, pos, img, geom, out, n):
+    """Channel k at the m positions g[:m] of image n (taps from `img` + pos[p]), in groups of 8,
+    then 4, then 1."""
     i = 0
     while m - i >= 8:
-        s = dot_rows(
-            w,
-            (k,),
-            col,
-            (
-                q + g[i],
-                q + g[i + 1],
-                q + g[i + 2],
-                q + g[i + 3],
-                q + g[i + 4],
-                q + g[i + 5],
-                q + g[i + 6],
-                q + g[i + 7],
-            ),
+        o = (
+            img + pos[g[i]],
+            img + pos[g[i + 1]],
+            img + pos[g[i + 2]],
+            img + pos[g[i + 3]],
+            img + pos[g[i + 4]],
+            img + pos[g[i + 5]],
+            img + pos[g[i + 6]],
+            img + pos[g[i + 7]],
         )
+        s = dot_taps(w, (k,), x, o, geom)
         for t in range(8):
             out[n, k, g[i + t]] = s[t] + bias[k]
         i += 8
     if m - i >= 4:
-        s4 = dot_rows(w, (k,), col, (q + g[i], q + g[i + 1], q + g[i + 2], q + g[i + 3]))
+        o4 = (img + pos[g[i]], img + pos[g[i + 1]], img + pos[g[i + 2]], img + pos[g[i + 3]])
+        s4 = dot_taps(w, (k,), x, o4, geom)
         for t in range(4):
             out[n, k, g[i + t]] = s4[t] + bias[k]
         i += 4
     for t in range(i, m):
-        s1 = dot_rows(w, (k,), col, (q + g[t],))
+        s1 = dot_taps(w, (k,), x, (img + pos[g[t]],), geom)
         out[n, k, g[t]] = s1[0] + bias[k]
 
 
 @njit(cache=True, parallel=True)
-def gemm_sampled(w, col, bias, skip, rows, tile_p, out):
-    """Layout: w (K, J) filters, col (N*P, J) im2col rows of N images (row n*P + p), skip
-    (K, P), out (N, K, P); only channels `rows`.
+def gemm_sampled(w, x, bias, skip, rows, tile_p, pos, stride, geom, out):
+    """Layout: w (K, J) filters in (fy, fx, c) order, x the flat input of N images (the taps of
+    position p of image n start at n * stride + pos[p], laid out as `geom` says, see
+    `dot_taps`), skip (K, P), out (N, K, P); only channels `rows`. Returns the outputs computed.
 
     Loop order: (image, tile of tile_p positions, block of channels) items in parallel, pairs of
     channels, positions. Positions unmasked in both channels of a pair go in blocks of 2 x 4
-    (`dot_rows` loads each filter and input vector once for 8 outputs), the others in groups of
+    (`dot_taps` loads each filter and input vector once for 8 outputs), the others in groups of
     8 positions of one channel. A masked (k, p) is never visited: no MAC, out left as is. Every
-    element is one dot_rows sum plus its bias, whatever its block, item or thread.
+    element is one dot_taps sum plus its bias, whatever its block, item or thread.
     """
-    j_n = w.shape[1]
     n_n, p_n = out.shape[0], skip.shape[1]
     n_tiles = (p_n + tile_p - 1) // tile_p
     n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
-    n_macs = 0
+    n_done = 0
     for item in prange(n_n * n_tiles * n_blocks):
         n = item // (n_tiles * n_blocks)
         p0 = (item // n_blocks) % n_tiles * tile_p
         p1 = min(p0 + tile_p, p_n)
         k0 = item % n_blocks * K_BLOCK
-        q = n * p_n  # row of position 0 of image n
+        img = n * stride
         g1, g2, gb = np.empty(tile_p, np.int64), np.empty(tile_p, np.int64), np.empty(tile_p, np.int64)
         done = 0
         for r in range(k0, min(k0 + K_BLOCK, rows.size), 2):
@@ -170,32 +171,32 @@ def gemm_sampled(w, col, bias, skip, rows, tile_p, out):
             done += 2 * mb + m1 + m2
             t = 0
             while mb - t >= 4:
-                s = dot_rows(w, (k1, k2), col, (q + gb[t], q + gb[t + 1], q + gb[t + 2], q + gb[t + 3]))
+                o = (img + pos[gb[t]], img + pos[gb[t + 1]], img + pos[gb[t + 2]], img + pos[gb[t + 3]])
+                s = dot_taps(w, (k1, k2), x, o, geom)
                 for i in range(4):
                     out[n, k1, gb[t + i]] = s[i] + bias[k1]
                     out[n, k2, gb[t + i]] = s[4 + i] + bias[k2]
                 t += 4
             for i in range(t, mb):
-                s2 = dot_rows(w, (k1, k2), col, (q + gb[i],))
+                s2 = dot_taps(w, (k1, k2), x, (img + pos[gb[i]],), geom)
                 out[n, k1, gb[i]] = s2[0] + bias[k1]
                 out[n, k2, gb[i]] = s2[1] + bias[k2]
-            _rows8(w, k1, col, q, g1, m1, bias, out, n)
-            _rows8(w, k2, col, q, g2, m2, bias, out, n)
-        n_macs += done * j_n
-    return n_macs
+            _rows8(w, k1, x, g1, m1, bias, pos, img, geom, out, n)
+            _rows8(w, k2, x, g2, m2, bias, pos, img, geom, out, n)
+        n_done += done
+    return n_done
 
 
 @njit(cache=True, parallel=True)
-def gemm_images8(w, col, bias, skip, rows, tile_p, n0, out):
-    """Layout as `gemm_sampled`; only the 8 images n0 .. n0 + 7.
+def gemm_images8(w, x, bias, skip, rows, tile_p, pos, stride, geom, n0, out):
+    """Layout as `gemm_sampled`; only the 8 images n0 .. n0 + 7. Returns the outputs computed.
 
     Loop order: (tile of positions, block of channels) items in parallel, pairs of channels,
     positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
-    rows, the 8 images at p, whatever the mask; a position both channels of a pair need is one
-    2 x 8 block. A masked (k, p) is never visited. Each element is the same dot_rows sum as in
+    images at p, whatever the mask; a position both channels of a pair need is one 2 x 8 block.
+    A masked (k, p) is never visited. Each element is the same dot_taps sum as in
     `gemm_sampled`.
     """
-    j_n = w.shape[1]
     p_n = skip.shape[1]
     n_tiles = (p_n + tile_p - 1) // tile_p
     n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
@@ -212,22 +213,23 @@ def gemm_images8(w, col, bias, skip, rows, tile_p, n0, out):
                 on2 = k2 != k1 and not skip[k2, p]
                 if not (on1 or on2):
                     continue
-                q = n0 * p_n + p
-                g = (q, q + p_n, q + 2 * p_n, q + 3 * p_n, q + 4 * p_n, q + 5 * p_n, q + 6 * p_n, q + 7 * p_n)
+                q = n0 * stride + pos[p]
+                d = stride
+                g = (q, q + d, q + 2 * d, q + 3 * d, q + 4 * d, q + 5 * d, q + 6 * d, q + 7 * d)
                 if on1 and on2:
-                    s = dot_rows(w, (k1, k2), col, g)
+                    s = dot_taps(w, (k1, k2), x, g, geom)
                     for i in range(8):
                         out[n0 + i, k1, p] = s[i] + bias[k1]
                         out[n0 + i, k2, p] = s[8 + i] + bias[k2]
                     done += 2
                 else:
                     k = k1 if on1 else k2
-                    s1 = dot_rows(w, (k,), col, g)
+                    s1 = dot_taps(w, (k,), x, g, geom)
                     for i in range(8):
                         out[n0 + i, k, p] = s1[i] + bias[k]
                     done += 1
         done_per_item[item] = done
-    return done_per_item.sum() * 8 * j_n
+    return done_per_item.sum() * 8
 
 
 @njit(cache=True, parallel=True)
@@ -327,11 +329,44 @@ def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
 
 
 def taps_last(w):
-    """Filters (K, C/groups, KH, KW) as (K, KH*KW*C/groups) rows in (fy, fx, c) order, the
-    column order of `im2col_t`; the masked path multiplies by these."""
-    out = aligned_floats(w.size).reshape(w.shape[0], w.shape[2], w.shape[3], w.shape[1])
-    out[...] = w.transpose(0, 2, 3, 1)
-    return out.reshape(w.shape[0], -1)
+    """Filters (K, C/groups, KH, KW) as (K, J) rows in (fy, fx, c) order, the column order of
+    `im2col_t`, with zero columns up to J = the taps rounded up to a multiple of LANES, so that
+    the SIMD sums need no scalar tail; the masked paths multiply by these."""
+    k_n, cg, kh, kw = w.shape
+    taps = cg * kh * kw
+    out = aligned_floats(k_n * padded_taps(taps)).reshape(k_n, -1)
+    out[:, taps:] = 0.0
+    out[:, :taps] = w.transpose(0, 2, 3, 1).reshape(k_n, taps)
+    return out
+
+
+def padded_taps(taps):
+    """Row length of `taps_last` filters and im2col_t rows: taps rounded up to a multiple of LANES."""
+    return -(-taps // LANES) * LANES
+
+
+class SkipPlan(NamedTuple):
+    """A conv's mask with what the masked path derives from it, worked out once per mask (the
+    engine keeps one per MaskSet): skip (K, OH, OW) bool, and per group of channels
+    (skip (K/groups, P), positions some channel needs, channels with no masked element, channels
+    with some but not all masked)."""
+
+    skip: np.ndarray
+    groups: tuple
+
+
+def plan_skip(skip, groups) -> SkipPlan:
+    """The SkipPlan of a bool (K, OH, OW) mask of a conv with `groups` groups."""
+    k_n = skip.shape[0]
+    kg, p_n = k_n // groups, skip.shape[1] * skip.shape[2]
+    per_group = []
+    for g in range(groups):
+        sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
+        n_masked = sg.sum(axis=1)
+        full = np.flatnonzero(n_masked == 0)
+        part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
+        per_group.append((sg, ~sg.all(axis=0), full, part))
+    return SkipPlan(skip, tuple(per_group))
 
 
 def aligned_floats(n):
@@ -345,29 +380,33 @@ def aligned_floats(n):
 def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None, w_taps=None):
     """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW); returns executed MACs.
 
-    `skip` is None (dense) or a bool (K, OH, OW) array: masked output elements are not computed
-    and keep whatever `out` held. `col` is an optional float32 scratch buffer, `w_taps` the
-    optional `taps_last(w)`; pb, pr are implied by out's shape. The path (SIMD lanes of images,
-    direct, im2col + BLAS, sampled GEMM) depends on the batch, the filter and the mask, as
-    docs/kernels.md lists; an image's result differs between paths only by float32 rounding.
+    `skip` is None (dense), a bool (K, OH, OW) array or its `plan_skip`: masked output elements
+    are not computed and keep whatever `out` held. `col` is an optional float32 scratch buffer,
+    `w_taps` the optional `taps_last(w)`; pb, pr are implied by out's shape. The path (SIMD
+    lanes of images, direct, im2col + BLAS, sampled GEMM) depends on the batch, the filter and
+    the mask, as docs/kernels.md lists; an image's result differs between paths only by float32
+    rounding.
     """
     n_n = x.shape[0]
     k_n, cg, kh, kw = w.shape
     oh, ow = out.shape[2], out.shape[3]
     taps = cg * kh * kw
     b = np.ascontiguousarray(b, np.float32)  # the SIMD intrinsics read raw contiguous data
+    if skip is not None and not isinstance(skip, SkipPlan):
+        skip = plan_skip(skip, groups)
     if n_n >= LANES_MIN and (skip is not None or kh * kw > 1):
         w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
-        return _lanes(x, w2, b, (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow), k_n // groups, skip, out)
+        sk = None if skip is None else skip.skip
+        return _lanes(x, w2, b, (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow), k_n // groups, sk, out)
     if taps < DIRECT_MAX_TAPS and kh * kw > 1:
-        if skip is None:
-            skip = np.zeros((k_n, oh, ow), np.bool_)
-        return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out)
+        sk = np.zeros((k_n, oh, ow), np.bool_) if skip is None else skip.skip
+        return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, sk, out)
     p_n = oh * ow
     kg = k_n // groups
-    chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * taps)))
-    if col is None or col.size < chunk * p_n * taps:
-        col = aligned_floats(chunk * p_n * taps)
+    row = taps if skip is None else padded_taps(taps)
+    chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * row)))
+    if col is None or col.size < chunk * p_n * row:
+        col = aligned_floats(chunk * p_n * row)
     conv = (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
     if skip is None:
         w2 = w.reshape(k_n, taps)
@@ -383,8 +422,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             if skip is None:
                 n_macs += _dense(x[n0 : n0 + chunk], g * cg, conv, wg, bg, og, col, pointwise)
             else:
-                sg = skip[g * kg : (g + 1) * kg].reshape(kg, p_n)
-                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, sg, og, col)
+                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, skip.groups[g], og, col)
     return n_macs
 
 
@@ -419,33 +457,51 @@ def _pad_channels_last(x, conv):
     return xh.reshape(n_n, hp, wp * c_n)
 
 
-def _masked(xh, c_n, c0, conv, wg, bg, sg, og, col):
-    """Channels with no masked element in one BLAS GEMM over all rows of the chunk, channels with
-    some in `gemm_sampled`, fully masked channels not at all; positions masked in every channel
-    are not even copied into im2col."""
+def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
+    """Channels with no masked element in one BLAS GEMM over im2col rows of the chunk, channels
+    with some in `gemm_images8` / `gemm_sampled`, fully masked channels not at all. With a
+    multiple of LANES channels per group the sampled kernels read the taps from the padded
+    channels-last input itself; otherwise from im2col rows, where positions masked in every
+    channel are not even copied."""
+    sg, need, full, part = plan
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, kg, p_n = og.shape
-    taps = wg.shape[1]
-    rows = col[: n_n * p_n * taps].reshape(n_n * p_n, taps)
-    need = ~sg.all(axis=0)
-    for i in range(n_n):
-        im2col_t(xh[i], c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, rows, i * p_n)
-    n_masked = sg.sum(axis=1)
-    full = np.flatnonzero(n_masked == 0)
-    part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
-    n_macs = 0
+    taps, row = cg * kh * kw, wg.shape[1]
+    in_place = cg % LANES == 0
+    if full.size or not in_place:
+        rows = col[: n_n * p_n * row].reshape(n_n * p_n, row)
+        for i in range(n_n):
+            im2col_t(xh[i], c_n, c0, cg, kh, kw, sh, sw, dh, dw, oh, ow, need, rows, i * p_n)
+    n_done = 0
     if full.size:
         r = rows @ wg[full].T  # (N*P, F): every element of these channels
         og[:, full, :] = r.reshape(n_n, p_n, full.size).transpose(0, 2, 1) + bg[full][None, :, None]
-        n_macs += n_n * p_n * full.size * taps
+        n_done += n_n * p_n * full.size
     if part.size:
+        if in_place:
+            src, stride = xh.reshape(-1), xh[0].size
+            pos = _tap_offsets(xh.shape[2], c_n, c0, sh, sw, oh, ow)
+            whole = cg == c_n and dw == 1  # a filter row's taps are one contiguous run
+            geom = (kh, dh * xh.shape[2], 1, 0, kw * cg) if whole else (kh, dh * xh.shape[2], kw, dw * c_n, cg)
+        else:
+            src, stride = rows.reshape(-1), p_n * row
+            pos = np.arange(p_n, dtype=np.int64) * row
+            geom = (1, 0, 1, 0, row)
         tile_p = max(8, min(512, TILE_FLOATS // taps))
         n8 = n_n - n_n % 8
         for n0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
-            n_macs += gemm_images8(wg, rows, bg, sg, part, max(1, tile_p // 8), n0, og)
+            n_done += gemm_images8(wg, src, bg, sg, part, max(1, tile_p // 8), pos, stride, geom, n0, og)
         if n8 < n_n:
-            n_macs += gemm_sampled(wg, rows[n8 * p_n :], bg, sg, part, tile_p, og[n8:])
-    return n_macs
+            src8 = src[n8 * stride :]
+            n_done += gemm_sampled(wg, src8, bg, sg, part, tile_p, pos, stride, geom, og[n8:])
+    return n_done * taps
+
+
+def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
+    """Offset of tap (0, 0), channel c0, of every output position in one padded channels-last
+    image (HP, WP*C), position p = (oy, ox)."""
+    oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
+    return oy * (sh * wpc) + ox * (sw * c_n) + c0
 
 
 def _lanes(x, w2, b, conv, kg, skip, out):

@@ -40,6 +40,34 @@ def _f32_c(t, ndim):
     return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C" and t.ndim == ndim
 
 
+def _zero_accs(builder, vec, n):
+    return [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in range(n)]
+
+
+def _load_vec(builder, vec, base, j):
+    return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
+
+
+def _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j_a, j_b):
+    """One vector step: every acc of pair (ia, ib) += a[ia][j_a:] * b[ib][j_b:], each loaded
+    vector feeding every pair it belongs to."""
+    va = [_load_vec(builder, vec, base, j_a) for base in bases_a]
+    vb = [_load_vec(builder, vec, base, j_b) for base in bases_b]
+    for acc, (ia, ib) in zip(accs, pairs, strict=True):
+        builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
+
+
+def _halves(builder, acc):
+    """The lanes of a vector accumulator summed as a tree of halves: lane l adds lane l + w/2."""
+    v = builder.load(acc)
+    width = LANES
+    while width > 1:
+        width //= 2
+        lo = builder.shuffle_vector(v, v, _lane_indices(range(width)))
+        v = builder.fadd(lo, builder.shuffle_vector(v, v, _lane_indices(range(width, 2 * width))))
+    return builder.extract_element(v, ir.IntType(32)(0))
+
+
 @intrinsic
 def dot_rows(typingctx, a, rows_a, b, rows_b):
     """(a[i] . b[r] for i in rows_a for r in rows_b): a (M, J), b (Q, J) C-contiguous float32,
@@ -60,26 +88,11 @@ def dot_rows(typingctx, a, rows_a, b, rows_b):
         bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
         bases_b = [builder.gep(arr_b.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[3])]
         pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(bases_b))]
-
-        def load_vec(base, j):
-            return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
-
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in pairs]
+        accs = _zero_accs(builder, vec, len(pairs))
         n_vec = builder.mul(builder.sdiv(n, n.type(LANES)), n.type(LANES))
         with cgutils.for_range_slice(builder, n.type(0), n_vec, n.type(LANES)) as (j, _):
-            va = [load_vec(base, j) for base in bases_a]
-            vb = [load_vec(base, j) for base in bases_b]
-            for acc, (ia, ib) in zip(accs, pairs, strict=True):
-                builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
-        sums = []
-        for acc in accs:
-            v = builder.load(acc)
-            width = LANES
-            while width > 1:  # halves: lane l adds lane l + width/2
-                width //= 2
-                lo = builder.shuffle_vector(v, v, _lane_indices(range(width)))
-                v = builder.fadd(lo, builder.shuffle_vector(v, v, _lane_indices(range(width, 2 * width))))
-            sums.append(cgutils.alloca_once_value(builder, builder.extract_element(v, ir.IntType(32)(0))))
+            _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j, j)
+        sums = [cgutils.alloca_once_value(builder, _halves(builder, acc)) for acc in accs]
         with cgutils.for_range_slice(builder, n_vec, n, n.type(1)) as (j, _):
             for s, (ia, ib) in zip(sums, pairs, strict=True):
                 prod = builder.fmul(
@@ -87,6 +100,46 @@ def dot_rows(typingctx, a, rows_a, b, rows_b):
                 )
                 builder.store(builder.fadd(builder.load(s), prod), s)
         return context.make_tuple(builder, sig.return_type, [builder.load(s) for s in sums])
+
+    return sig, codegen
+
+
+@intrinsic
+def dot_taps(typingctx, a, rows_a, x, offs, geom):
+    """(a[i] . taps of x at o for i in rows_a for o in offs), read from the input as it lies.
+
+    a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
+    of ints; geom = (kh, step_y, kw, step_x, seg) with J = kh * kw * seg and seg a multiple of
+    LANES. Element j = (fy * kw + fx) * seg + t of the taps at o is x[o + fy * step_y + fx *
+    step_x + t]: a padded channels-last image, so no im2col copy. With J a multiple of LANES
+    this is the sum `dot_rows` forms against the same taps copied into a row, bit for bit.
+    Kernels trust the indices and geom (no checks).
+    """
+    if not (_f32_c(a, 2) and _f32_c(x, 1) and _int_tuple(rows_a) and _int_tuple(offs)):
+        return None
+    if not (_int_tuple(geom) and geom.count == 5):
+        return None
+    sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, geom)
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
+        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
+        n = builder.extract_value(arr_a.shape, 1)
+        kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
+        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
+        offs_x = cgutils.unpack_tuple(builder, args[3])
+        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
+        accs = _zero_accs(builder, vec, len(pairs))
+        with cgutils.for_range(builder, kh) as fy:
+            with cgutils.for_range(builder, kw) as fx:
+                tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
+                bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
+                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
+                bases_j = [builder.gep(base, [j0]) for base in bases_a]
+                with cgutils.for_range_slice(builder, n.type(0), seg, n.type(LANES)) as (t, _):
+                    _accumulate(builder, vec, accs, pairs, bases_j, bases_x, t, t)
+        return context.make_tuple(builder, sig.return_type, [_halves(builder, acc) for acc in accs])
 
     return sig, codegen
 
