@@ -15,18 +15,20 @@ from . import graph as G
 from .errors import InputError, MaskError
 from .kernels.conv2d import aligned_floats, conv2d, padded_taps, plan_skip, taps_last
 from .kernels.linear import linear
-from .kernels.overwrite import overwrite
+from .kernels.overwrite import clamp_or_const, overwrite
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
 
 CHAIN_OPS = ("conv2d", "linear")  # ops whose masked output elements are skipped
+# Upper clamp of each activation op (G.ACTIVATIONS), for a masked site computed in one pass
+ACT_MAX = {"relu": np.float32(np.inf), "relu6": np.float32(6.0)}
 
 
 @dataclass(frozen=True)
 class _MaskPlan:
     """A MaskSet as a run uses it: the set and its arrays (to know it again), node -> skip
-    (a conv's SkipPlan, a linear's bool mask), site -> (flat indices, constants), chain node ->
-    (flat indices, zeros)."""
+    (a conv's SkipPlan, a linear's bool mask), masked site -> (flat mask, flat constants), chain
+    node -> (flat indices of its skipped outputs, zeros)."""
 
     masks: object
     arrays: list
@@ -307,7 +309,7 @@ class Model:
         for s, (m, c) in masks.sites.items():
             idx = np.flatnonzero(m)
             if idx.size:
-                consts[s] = (idx, np.ascontiguousarray(c.ravel()[idx], dtype=np.float32))
+                consts[s] = (np.ascontiguousarray(m).reshape(-1), np.ascontiguousarray(c, np.float32).reshape(-1))
                 for node in self.chains[s]:
                     zeros[node] = (idx, np.zeros(idx.size, np.float32))
         self._plan = _MaskPlan(masks, arrays, skips, consts, zeros)
@@ -339,11 +341,13 @@ class Model:
                 # them, so they stay 0 for later runs with the same plan
                 overwrite(out.reshape(n_n, -1), *plan.zeros[st.name])
                 self._zeroed[st.name] = plan
-            n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
-            if st.op in CHAIN_OPS:
-                macs[st.name] = int(n_macs)
-            if plan is not None and st.name in plan.consts:
-                overwrite(out.reshape(n_n, -1), *plan.consts[st.name])
+            fill = None if plan is None else plan.consts.get(st.name)
+            if fill is not None:  # a masked site: its activation and constants in one pass
+                clamp_or_const(env[st.inputs[0]].reshape(n_n, -1), ACT_MAX[st.op], *fill, out.reshape(n_n, -1))
+            else:
+                n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
+                if st.op in CHAIN_OPS:
+                    macs[st.name] = int(n_macs)
             if observer is not None:
                 if st.op in G.ACTIVATIONS:
                     observer.on_site(st.name, out)

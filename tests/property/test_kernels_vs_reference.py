@@ -19,7 +19,7 @@ from velcro_ref.reference import pool as rpool
 @st.composite
 def conv_cases(draw):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cg = draw(st.integers(1, 6))
+    cg = draw(st.one_of(st.integers(1, 6), st.sampled_from([16, 32])))  # 16, 32: in-place masked paths
     kg = draw(st.integers(1, 5))
     depthwise = draw(st.booleans())
     if depthwise:
@@ -156,3 +156,44 @@ def test_overwrite_kernel_equals_numpy_twin(n, size, fraction, seed):
     kover.overwrite(got, idx, values)
     rover.overwrite(want, idx, values)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("n", [1, 9])
+@pytest.mark.parametrize(
+    "groups, cg, kh, stride, pad, dil",
+    [(1, 16, 3, 1, 1, 1), (2, 16, 3, 1, 1, 1), (1, 32, 3, 2, 1, 2), (1, 16, 1, 2, 0, 1), (1, 16, 5, 1, 2, 1)],
+    ids=["row-runs", "grouped", "strided-dilated", "1x1-stride2", "5x5"],
+)
+def test_masked_in_place_paths_equal_numpy_twin(n, groups, cg, kh, stride, pad, dil):
+    """A multiple of 16 channels per group: the sampled kernels read taps from the padded
+    channels-last input, a filter row (one channel group, unit dilation) or a tap at a time."""
+    rng = np.random.default_rng(n + groups + cg + kh)
+    k = 5 * groups
+    x = rng.standard_normal((n, cg * groups, 9, 8), dtype=np.float32)
+    wt = rng.standard_normal((k, cg, kh, kh), dtype=np.float32)
+    b = rng.standard_normal(k, dtype=np.float32)
+    oh = pool_out_size(9, kh, stride, pad, pad, False, dil)
+    ow = pool_out_size(8, kh, stride, pad, pad, False, dil)
+    skip = rng.random((k, oh, ow)) < 0.5
+    skip[0] = True  # a fully masked channel
+    skip[1] = False  # a channel with nothing masked
+    got, want = np.full((n, k, oh, ow), 7.0, np.float32), np.full((n, k, oh, ow), 7.0, np.float32)
+    args = (stride, stride, pad, pad, pad, pad, dil, dil, groups, skip)
+    assert kconv.conv2d(x, wt, b, *args, got) == rconv.conv2d(x, wt, b, *args, want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cg * kh * kh))
+    assert np.all(got[:, skip] == 7.0)
+
+
+@given(
+    st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.sampled_from([np.inf, 6.0]), st.integers(0, 2**31)
+)
+def test_clamp_or_const_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
+    rng = np.random.default_rng(seed)
+    x = (8 * rng.standard_normal((n, size))).astype(np.float32)
+    x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
+    mask = rng.random(size) < fraction
+    consts = rng.standard_normal(size, dtype=np.float32)
+    got, want = np.empty_like(x), np.empty_like(x)
+    kover.clamp_or_const(x, np.float32(hi), mask, consts, got)
+    rover.clamp_or_const(x, np.float32(hi), mask, consts, want)
+    assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included

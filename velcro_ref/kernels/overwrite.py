@@ -1,19 +1,50 @@
-"""overwrite: write fixed values at fixed flat positions of every image of a batch.
+"""Writing a mask's values into a batch.
 
-The engine uses it to put a site's constants (and 0 at skipped conv outputs) in place; a loop
-over the masked positions costs a fraction of a masked copy over every element.
+- overwrite: fixed values at fixed flat positions of every image. The engine puts 0 at skipped
+  conv outputs with it; a loop over the masked positions costs a fraction of a masked copy over
+  every element.
+- clamp_or_const: a masked site in one pass, its activation where unmasked and its constants
+  where masked. Against np.maximum followed by `overwrite`, 70% masked at batch 1: 5.5x faster
+  on 800K elements (ResNet-18's stem), 1.5x on 50K, the same on 25K.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
+
+# Positions per work item: small batches still split over threads.
+PART = 1 << 15
 
 
 @njit(cache=True, parallel=True)
 def overwrite(out, idx, values):
     """Layout: out (N, E) a batch of flattened tensors, idx (M,) flat positions, values (M,);
-    loop n (in parallel), then positions: out[n, idx[i]] = values[i]."""
-    for n in prange(out.shape[0]):
-        row = out[n]
-        for i in range(idx.size):
+    loop (image, run of PART positions) items in parallel, then positions:
+    out[n, idx[i]] = values[i]."""
+    n_parts = (idx.size + PART - 1) // PART
+    for item in prange(out.shape[0] * n_parts):
+        row = out[item // n_parts]
+        i0 = item % n_parts * PART
+        for i in range(i0, min(i0 + PART, idx.size)):
             row[idx[i]] = values[i]
+
+
+@njit(cache=True, parallel=True)
+def clamp_or_const(x, hi, mask, consts, out):
+    """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool, consts (E,); loop
+    (image, run of PART elements) items in parallel, then elements: out[n, e] = consts[e] where
+    mask[e], else x[n, e] clamped to [0, hi] (relu: hi = inf, relu6: hi = 6). As np.maximum
+    and np.minimum: NaN stays NaN and -0.0 becomes 0.0."""
+    n_parts = (mask.size + PART - 1) // PART
+    zero = np.float32(0.0)
+    for item in prange(out.shape[0] * n_parts):
+        e0 = item % n_parts * PART
+        e1 = min(e0 + PART, mask.size)
+        xs, os = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1]
+        ms, cs = mask[e0:e1], consts[e0:e1]
+        for e in range(ms.size):  # from 0, on slices: selects, not branches, and the loop vectorises
+            v = xs[e]
+            v = zero if v <= zero else v
+            v = hi if v > hi else v
+            os[e] = cs[e] if ms[e] else v
