@@ -301,10 +301,11 @@ class Model:
             return plan
         for a in arrays:
             a.flags.writeable = False
-        groups = {st.name: st.args[10] for st in self.steps if st.op == "conv2d"}
+        convs = {st.name: st.args for st in self.steps if st.op == "conv2d"}  # (w, b, ..., groups, ...)
         skips = {}
         for node, mask in self.site_skips(masks).items():
-            skips[node] = plan_skip(mask, groups[node]) if node in groups else mask
+            a = convs.get(node)
+            skips[node] = mask if a is None else plan_skip(mask, a[10], int(np.prod(a[0].shape[1:])))
         consts, zeros = {}, {}
         for s, (m, c) in masks.sites.items():
             idx = np.flatnonzero(m)

@@ -18,8 +18,8 @@ DIRECT_MAX_TAPS = 16
 # Floats of im2col rows per tile of the masked kernel: a tile stays in L2 (1 MiB) while every
 # channel of a block visits it.
 TILE_FLOATS = 1 << 18
-# Channels per work item of the masked kernel, so that small layers still split over threads.
-K_BLOCK = 16
+# Channel pairs per work item of the masked kernels, so that small layers still split over threads.
+PAIR_BLOCK = 8
 # From this many images on, masked convs and dense ones with spatial filters put the images in
 # SIMD lanes (measured 1.1-2.9x faster than im2col + BLAS on every 3x3 layer of the zoo at batch
 # 128 and 1.7x on ResNet-18's 7x7 stem at batch 64; a dense 1x1 conv stays one BLAS GEMM on the
@@ -101,10 +101,45 @@ def im2col(x, c0, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, col, p0):
 
 
 @njit(cache=True)
-def _rows8(w, k, x, g, m, bias, pos, img, geom, out, n):
-    """Channel k at the m positions g[:m] of image n (taps from `img` + pos[p]), in groups of 8,
-    then 4, then 1."""
-    i = 0
+def pair_schedule(sg, part, tile_p):
+    """The unmasked positions of the channels `part` of sg (K, P), two channels at a time.
+
+    Returns pairs (R, 2) (a lone last channel pairs with itself), bounds and plist: for pair r,
+    tile t of tile_p positions and kind c (0: both channels need the position, 1: only the
+    first, 2: only the second), the positions are plist[bounds[i] : bounds[i + 1]] with
+    i = (r * n_tiles + t) * 3 + c, in increasing order. Worked out once per mask, so that the
+    kernels neither scan masked positions nor branch on them.
+    """
+    p_n = sg.shape[1]
+    n_pairs = (part.size + 1) // 2
+    n_tiles = (p_n + tile_p - 1) // tile_p
+    pairs = np.empty((n_pairs, 2), np.int64)
+    bounds = np.empty(n_pairs * n_tiles * 3 + 1, np.int64)
+    plist = np.empty(n_pairs * p_n, np.int32)
+    i = b = 0
+    for r in range(n_pairs):
+        k1 = part[2 * r]
+        k2 = part[2 * r + 1] if 2 * r + 1 < part.size else k1
+        pairs[r, 0], pairs[r, 1] = k1, k2
+        for t in range(n_tiles):
+            for c in range(3):
+                bounds[b] = i
+                b += 1
+                for p in range(t * tile_p, min((t + 1) * tile_p, p_n)):
+                    on1 = not sg[k1, p]
+                    on2 = k2 != k1 and not sg[k2, p]
+                    if (c == 0 and on1 and on2) or (c == 1 and on1 and not on2) or (c == 2 and on2 and not on1):
+                        plist[i] = p
+                        i += 1
+    bounds[b] = i
+    return pairs, bounds, plist[:i].copy()
+
+
+@njit(cache=True)
+def _rows8(w, k, x, g, bias, pos, img, geom, out, n):
+    """Channel k at the positions g of image n (taps from `img` + pos[p]), in groups of 8, then
+    4, then 1."""
+    i, m = 0, g.size
     while m - i >= 8:
         o = (
             img + pos[g[i]],
@@ -132,102 +167,90 @@ def _rows8(w, k, x, g, m, bias, pos, img, geom, out, n):
 
 
 @njit(cache=True, parallel=True)
-def gemm_sampled(w, x, bias, skip, rows, tile_p, pos, stride, geom, out):
+def gemm_sampled(w, x, bias, sched, pos, stride, geom, out):
     """Layout: w (K, J) filters in (fy, fx, c) order, x the flat input of N images (the taps of
     position p of image n start at n * stride + pos[p], laid out as `geom` says, see
-    `dot_taps`), skip (K, P), out (N, K, P); only channels `rows`. Returns the outputs computed.
+    `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule`, out (N, K, P).
+    Returns the outputs computed.
 
-    Loop order: (image, tile of tile_p positions, block of channels) items in parallel, pairs of
-    channels, positions. Positions unmasked in both channels of a pair go in blocks of 2 x 4
-    (`dot_taps` loads each filter and input vector once for 8 outputs), the others in groups of
-    8 positions of one channel. A masked (k, p) is never visited: no MAC, out left as is. Every
-    element is one dot_taps sum plus its bias, whatever its block, item or thread.
+    Loop order: (image, tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
+    positions. Positions both channels of a pair need go in blocks of 2 x 4 (`dot_taps` loads
+    each filter and input vector once for 8 outputs), the others in groups of 8 positions of
+    one channel. A masked (k, p) is never visited: no MAC, out left as is. Every element is one
+    dot_taps sum plus its bias, whatever its block, item or thread.
     """
-    n_n, p_n = out.shape[0], skip.shape[1]
-    n_tiles = (p_n + tile_p - 1) // tile_p
-    n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
+    pairs, bounds, plist, n_tiles = sched
+    n_n, n_pairs = out.shape[0], pairs.shape[0]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     n_done = 0
     for item in prange(n_n * n_tiles * n_blocks):
         n = item // (n_tiles * n_blocks)
-        p0 = (item // n_blocks) % n_tiles * tile_p
-        p1 = min(p0 + tile_p, p_n)
-        k0 = item % n_blocks * K_BLOCK
+        t = (item // n_blocks) % n_tiles
         img = n * stride
-        g1, g2, gb = np.empty(tile_p, np.int64), np.empty(tile_p, np.int64), np.empty(tile_p, np.int64)
         done = 0
-        for r in range(k0, min(k0 + K_BLOCK, rows.size), 2):
-            k1 = rows[r]
-            k2 = rows[r + 1] if r + 1 < rows.size else k1  # k2 == k1: a lone channel
-            m1 = m2 = mb = 0
-            for p in range(p0, p1):  # branch-free split: random masks would defeat prediction
-                on1 = not skip[k1, p]
-                on2 = k2 != k1 and not skip[k2, p]
-                gb[mb] = p
-                g1[m1] = p
-                g2[m2] = p
-                mb += on1 and on2
-                m1 += on1 and not on2
-                m2 += on2 and not on1
-            done += 2 * mb + m1 + m2
-            t = 0
-            while mb - t >= 4:
-                o = (img + pos[gb[t]], img + pos[gb[t + 1]], img + pos[gb[t + 2]], img + pos[gb[t + 3]])
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = pairs[r, 0], pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            gb, g1, g2 = (
+                plist[bounds[i] : bounds[i + 1]],
+                plist[bounds[i + 1] : bounds[i + 2]],
+                plist[bounds[i + 2] : bounds[i + 3]],
+            )
+            done += 2 * gb.size + g1.size + g2.size
+            j = 0
+            while gb.size - j >= 4:
+                o = (img + pos[gb[j]], img + pos[gb[j + 1]], img + pos[gb[j + 2]], img + pos[gb[j + 3]])
                 s = dot_taps(w, (k1, k2), x, o, geom)
-                for i in range(4):
-                    out[n, k1, gb[t + i]] = s[i] + bias[k1]
-                    out[n, k2, gb[t + i]] = s[4 + i] + bias[k2]
-                t += 4
-            for i in range(t, mb):
-                s2 = dot_taps(w, (k1, k2), x, (img + pos[gb[i]],), geom)
-                out[n, k1, gb[i]] = s2[0] + bias[k1]
-                out[n, k2, gb[i]] = s2[1] + bias[k2]
-            _rows8(w, k1, x, g1, m1, bias, pos, img, geom, out, n)
-            _rows8(w, k2, x, g2, m2, bias, pos, img, geom, out, n)
+                for u in range(4):
+                    out[n, k1, gb[j + u]] = s[u] + bias[k1]
+                    out[n, k2, gb[j + u]] = s[4 + u] + bias[k2]
+                j += 4
+            for u in range(j, gb.size):
+                s2 = dot_taps(w, (k1, k2), x, (img + pos[gb[u]],), geom)
+                out[n, k1, gb[u]] = s2[0] + bias[k1]
+                out[n, k2, gb[u]] = s2[1] + bias[k2]
+            _rows8(w, k1, x, g1, bias, pos, img, geom, out, n)
+            _rows8(w, k2, x, g2, bias, pos, img, geom, out, n)
         n_done += done
     return n_done
 
 
 @njit(cache=True, parallel=True)
-def gemm_images8(w, x, bias, skip, rows, tile_p, pos, stride, geom, n0, out):
+def gemm_images8(w, x, bias, sched, pos, stride, geom, n0, out):
     """Layout as `gemm_sampled`; only the 8 images n0 .. n0 + 7. Returns the outputs computed.
 
-    Loop order: (tile of positions, block of channels) items in parallel, pairs of channels,
+    Loop order: (tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
     positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
     images at p, whatever the mask; a position both channels of a pair need is one 2 x 8 block.
     A masked (k, p) is never visited. Each element is the same dot_taps sum as in
     `gemm_sampled`.
     """
-    p_n = skip.shape[1]
-    n_tiles = (p_n + tile_p - 1) // tile_p
-    n_blocks = (rows.size + K_BLOCK - 1) // K_BLOCK
+    pairs, bounds, plist, n_tiles = sched
+    n_pairs = pairs.shape[0]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
+    d = stride
     done_per_item = np.zeros(n_tiles * n_blocks, np.int64)
     for item in prange(n_tiles * n_blocks):
-        p0 = item // n_blocks * tile_p
-        k0 = item % n_blocks * K_BLOCK
+        t = item // n_blocks
         done = 0
-        for r in range(k0, min(k0 + K_BLOCK, rows.size), 2):
-            k1 = rows[r]
-            k2 = rows[r + 1] if r + 1 < rows.size else k1  # k2 == k1: a lone channel
-            for p in range(p0, min(p0 + tile_p, p_n)):
-                on1 = not skip[k1, p]
-                on2 = k2 != k1 and not skip[k2, p]
-                if not (on1 or on2):
-                    continue
-                q = n0 * stride + pos[p]
-                d = stride
-                g = (q, q + d, q + 2 * d, q + 3 * d, q + 4 * d, q + 5 * d, q + 6 * d, q + 7 * d)
-                if on1 and on2:
-                    s = dot_taps(w, (k1, k2), x, g, geom)
-                    for i in range(8):
-                        out[n0 + i, k1, p] = s[i] + bias[k1]
-                        out[n0 + i, k2, p] = s[8 + i] + bias[k2]
-                    done += 2
-                else:
-                    k = k1 if on1 else k2
-                    s1 = dot_taps(w, (k,), x, g, geom)
-                    for i in range(8):
-                        out[n0 + i, k, p] = s1[i] + bias[k]
-                    done += 1
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = pairs[r, 0], pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            for c in range(3):
+                for p in plist[bounds[i + c] : bounds[i + c + 1]]:
+                    q = n0 * d + pos[p]
+                    g = (q, q + d, q + 2 * d, q + 3 * d, q + 4 * d, q + 5 * d, q + 6 * d, q + 7 * d)
+                    if c == 0:
+                        s = dot_taps(w, (k1, k2), x, g, geom)
+                        for u in range(8):
+                            out[n0 + u, k1, p] = s[u] + bias[k1]
+                            out[n0 + u, k2, p] = s[8 + u] + bias[k2]
+                    else:
+                        k = k1 if c == 1 else k2
+                        s1 = dot_taps(w, (k,), x, g, geom)
+                        for u in range(8):
+                            out[n0 + u, k, p] = s1[u] + bias[k]
+            done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
         done_per_item[item] = done
     return done_per_item.sum() * 8
 
@@ -347,25 +370,28 @@ def padded_taps(taps):
 
 class SkipPlan(NamedTuple):
     """A conv's mask with what the masked path derives from it, worked out once per mask (the
-    engine keeps one per MaskSet): skip (K, OH, OW) bool, and per group of channels
-    (skip (K/groups, P), positions some channel needs, channels with no masked element, channels
-    with some but not all masked)."""
+    engine keeps one per MaskSet): skip (K, OH, OW) bool, and per group of channels (skip
+    (K/groups, P), positions some channel needs, channels with no masked element, channels with
+    some but not all masked, their `pair_schedule` with its number of tiles)."""
 
     skip: np.ndarray
     groups: tuple
 
 
-def plan_skip(skip, groups) -> SkipPlan:
-    """The SkipPlan of a bool (K, OH, OW) mask of a conv with `groups` groups."""
+def plan_skip(skip, groups, taps) -> SkipPlan:
+    """The SkipPlan of a bool (K, OH, OW) mask of a conv with `groups` groups and `taps` taps
+    (C/groups * KH * KW) per output."""
     k_n = skip.shape[0]
     kg, p_n = k_n // groups, skip.shape[1] * skip.shape[2]
+    tile_p = max(8, min(512, TILE_FLOATS // taps))
     per_group = []
     for g in range(groups):
         sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
         n_masked = sg.sum(axis=1)
         full = np.flatnonzero(n_masked == 0)
         part = np.flatnonzero((n_masked > 0) & (n_masked < p_n))
-        per_group.append((sg, ~sg.all(axis=0), full, part))
+        sched = (*pair_schedule(sg, part, tile_p), (p_n + tile_p - 1) // tile_p)
+        per_group.append((sg, ~sg.all(axis=0), full, part, sched))
     return SkipPlan(skip, tuple(per_group))
 
 
@@ -393,7 +419,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
     taps = cg * kh * kw
     b = np.ascontiguousarray(b, np.float32)  # the SIMD intrinsics read raw contiguous data
     if skip is not None and not isinstance(skip, SkipPlan):
-        skip = plan_skip(skip, groups)
+        skip = plan_skip(skip, groups, taps)
     if n_n >= LANES_MIN and (skip is not None or kh * kw > 1):
         w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
         sk = None if skip is None else skip.skip
@@ -463,7 +489,7 @@ def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
     multiple of LANES channels per group the sampled kernels read the taps from the padded
     channels-last input itself; otherwise from im2col rows, where positions masked in every
     channel are not even copied."""
-    sg, need, full, part = plan
+    sg, need, full, part, sched = plan
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, kg, p_n = og.shape
     taps, row = cg * kh * kw, wg.shape[1]
@@ -487,13 +513,11 @@ def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
             src, stride = rows.reshape(-1), p_n * row
             pos = np.arange(p_n, dtype=np.int64) * row
             geom = (1, 0, 1, 0, row)
-        tile_p = max(8, min(512, TILE_FLOATS // taps))
         n8 = n_n - n_n % 8
         for n0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
-            n_done += gemm_images8(wg, src, bg, sg, part, max(1, tile_p // 8), pos, stride, geom, n0, og)
+            n_done += gemm_images8(wg, src, bg, sched, pos, stride, geom, n0, og)
         if n8 < n_n:
-            src8 = src[n8 * stride :]
-            n_done += gemm_sampled(wg, src8, bg, sg, part, tile_p, pos, stride, geom, og[n8:])
+            n_done += gemm_sampled(wg, src[n8 * stride :], bg, sched, pos, stride, geom, og[n8:])
     return n_done * taps
 
 
