@@ -20,6 +20,21 @@ def median_ms(fn, repeat=15, warmup=3) -> float:
     return float(np.median(times) * 1e3)
 
 
+def interleaved_medians(fns, repeat=15) -> list[float]:
+    """Median ms of each of `fns`, timed in turns (fn 0, fn 1, ..., fn 0, ...) so that the drift
+    of a shared machine falls on all of them alike. Each timed call follows an untimed call of
+    the same fn: every one is timed in its steady state (warm caches, and the engine's state for
+    the masks it was last given)."""
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times, strict=True):
+            fn()
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [float(np.median(t) * 1e3) for t in times]
+
+
 def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}"
 

@@ -437,6 +437,8 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
         pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
     else:
         w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
+        if kh == kw == 1 and pt == pl == 0:  # a strided 1x1 conv reads only every sh-th row, sw-th column
+            x, conv = x[:, :, : oh * sh : sh, : ow * sw : sw], (cg, 1, 1, 1, 1, 0, 0, dh, dw, oh, ow)
         xh = _pad_channels_last(x, conv)
     n_macs = 0
     for g in range(groups):
