@@ -26,11 +26,12 @@ ACT_MAX = {"relu": np.float32(np.inf), "relu6": np.float32(6.0)}
 
 @dataclass(frozen=True)
 class _MaskPlan:
-    """A MaskSet as a run uses it: the set and its arrays (to know it again), node -> skip
-    (a conv's SkipPlan, a linear's bool mask), masked site -> (flat mask, flat constants), chain
-    node -> (flat indices of its skipped outputs, zeros)."""
+    """A MaskSet as a run uses it: the set, its site names and arrays (to know it again), node
+    -> skip (a conv's SkipPlan, a linear's bool mask), masked site -> (flat mask, flat
+    constants), chain node -> (flat indices of its skipped outputs, zeros)."""
 
     masks: object
+    names: tuple
     arrays: list
     skips: dict
     consts: dict
@@ -292,12 +293,18 @@ class Model:
 
     def _mask_plan(self, masks) -> _MaskPlan:
         """What a run needs from `masks`, worked out at the first run with them and kept while the
-        same MaskSet holding the same arrays comes back. The arrays are made read-only then, so
-        a change in place raises instead of leaving a stale plan."""
+        same MaskSet comes back with the same sites holding the same array objects. The arrays
+        are made read-only then, so writing into them raises instead of leaving a stale plan;
+        a write through another view of their memory is not seen (replace the arrays instead)."""
         self.check_masks(masks)
-        arrays = [a for pair in masks.sites.values() for a in pair]
+        names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._plan
-        if plan is not None and plan.masks is masks and all(map(operator.is_, plan.arrays, arrays)):
+        if (
+            plan is not None
+            and plan.masks is masks
+            and plan.names == names
+            and all(map(operator.is_, plan.arrays, arrays))
+        ):
             return plan
         for a in arrays:
             a.flags.writeable = False
@@ -313,7 +320,7 @@ class Model:
                 consts[s] = (np.ascontiguousarray(m).reshape(-1), np.ascontiguousarray(c, np.float32).reshape(-1))
                 for node in self.chains[s]:
                     zeros[node] = (idx, np.zeros(idx.size, np.float32))
-        self._plan = _MaskPlan(masks, arrays, skips, consts, zeros)
+        self._plan = _MaskPlan(masks, names, arrays, skips, consts, zeros)
         return self._plan
 
     def run(self, x, masks=None, observer=None) -> np.ndarray:

@@ -197,3 +197,16 @@ def test_clamp_or_const_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
     kover.clamp_or_const(x, np.float32(hi), mask, consts, got)
     rover.clamp_or_const(x, np.float32(hi), mask, consts, want)
     assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
+
+
+def test_filter_rows_of_the_wrong_width_are_refused():
+    """The SIMD kernels step through `w_taps` rows by its width: rows that are not
+    `taps_last(w)`'s (padded to a multiple of 16) would read past the array."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 6), dtype=np.float32)
+    wt = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    b = np.zeros(4, np.float32)
+    skip = rng.random((4, 6, 6)) < 0.5
+    unpadded = np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(4, 27))
+    with pytest.raises(ValueError, match="taps_last"):
+        kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, skip, np.empty((2, 4, 6, 6), np.float32), None, unpadded)

@@ -6,7 +6,7 @@ import pytest
 from robust_util import velcro_process
 
 from velcro_ref.engine import Model, load_model
-from velcro_ref.masks import build_masks, load_masks, uniform_ratios
+from velcro_ref.masks import MaskSet, build_masks, load_masks, uniform_ratios
 from velcro_ref.stats import FIELDS, collect_stats, load_stats
 
 
@@ -109,3 +109,19 @@ def test_mask_arrays_are_read_only_once_run(small_graph, images):
         mask[...] = False
     with pytest.raises(ValueError, match="read-only"):
         const[...] = 0.0
+
+
+def test_a_site_added_or_removed_after_a_run_is_seen(small_graph, images):
+    """The same MaskSet object with a site more or a site less must not reuse the plan of its
+    earlier run."""
+    model = Model(small_graph)
+    x = images[0][:2]
+    names = list(model.sites)
+    first, last = names[0], names[-1]
+    shapes = model.sites
+    masks = MaskSet(model.fingerprint, {first: (np.zeros(shapes[first], bool), np.zeros(shapes[first], np.float32))})
+    model.run(x, masks=masks)
+    masks.sites[last] = (np.ones(shapes[last], bool), np.full(shapes[last], 3.0, np.float32))
+    assert model.run(x, masks=masks).tobytes() == Model(small_graph).run(x, masks=masks).tobytes()
+    del masks.sites[last]
+    assert model.run(x, masks=masks).tobytes() == Model(small_graph).run(x, masks=masks).tobytes()

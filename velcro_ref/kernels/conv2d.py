@@ -416,27 +416,31 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
     oh, ow = out.shape[2], out.shape[3]
     taps = cg * kh * kw
     b = np.ascontiguousarray(b, np.float32)  # the SIMD intrinsics read raw contiguous data
-    if skip is not None and not isinstance(skip, SkipPlan):
-        skip = plan_skip(skip, groups, taps)
+    sk = skip.skip if isinstance(skip, SkipPlan) else skip
     if n_n >= LANES_MIN and (skip is not None or kh * kw > 1):
-        w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
-        sk = None if skip is None else skip.skip
-        return _lanes(x, w2, b, (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow), k_n // groups, sk, out)
+        conv = (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
+        return _lanes(x, _filter_rows(w, w_taps), b, conv, k_n // groups, sk, out)
     if taps < DIRECT_MAX_TAPS and kh * kw > 1:
-        sk = np.zeros((k_n, oh, ow), np.bool_) if skip is None else skip.skip
+        sk = np.zeros((k_n, oh, ow), np.bool_) if skip is None else sk
         return conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, sk, out)
     p_n = oh * ow
     kg = k_n // groups
-    row = taps if skip is None else padded_taps(taps)
-    chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * row)))
-    if col is None or col.size < chunk * p_n * row:
-        col = aligned_floats(chunk * p_n * row)
     conv = (cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow)
     if skip is None:
         w2 = w.reshape(k_n, taps)
         pointwise = kh == kw == 1 and sh == sw == 1 and pt == pl == pb == pr == 0
+        chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * taps)))
+        if col is None or col.size < chunk * p_n * taps:
+            col = aligned_floats(chunk * p_n * taps)
     else:
-        w2 = taps_last(w) if w_taps is None else np.ascontiguousarray(w_taps, np.float32)
+        plan = skip if isinstance(skip, SkipPlan) else plan_skip(skip, groups, taps)
+        w2 = _filter_rows(w, w_taps)
+        if cg % LANES == 0:  # taps read in place: no im2col scratch, all images in one chunk
+            chunk = n_n
+        else:
+            chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * w2.shape[1])))
+            if col is None or col.size < chunk * p_n * w2.shape[1]:
+                col = aligned_floats(chunk * p_n * w2.shape[1])
         if kh == kw == 1 and pt == pl == 0:  # a strided 1x1 conv reads only every sh-th row, sw-th column
             x, conv = x[:, :, : oh * sh : sh, : ow * sw : sw], (cg, 1, 1, 1, 1, 0, 0, dh, dw, oh, ow)
         xh = _pad_channels_last(x, conv)
@@ -448,8 +452,19 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             if skip is None:
                 n_macs += _dense(x[n0 : n0 + chunk], g * cg, conv, wg, bg, og, col, pointwise)
             else:
-                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, skip.groups[g], og, col)
+                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, plan.groups[g], og, col)
     return n_macs
+
+
+def _filter_rows(w, w_taps):
+    """`w_taps` checked to be `taps_last(w)`'s shape (the SIMD kernels step through its rows by
+    its width), or `taps_last(w)` when it is None."""
+    if w_taps is None:
+        return taps_last(w)
+    want = (w.shape[0], padded_taps(w.shape[1] * w.shape[2] * w.shape[3]))
+    if w_taps.shape != want:
+        raise ValueError(f"w_taps must be taps_last(w), shape {want}; found {w_taps.shape}")
+    return np.ascontiguousarray(w_taps, np.float32)
 
 
 def _dense(xs, c0, conv, wg, bg, og, col, pointwise):
