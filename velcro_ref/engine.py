@@ -15,7 +15,7 @@ from . import graph as G
 from .errors import InputError, MaskError
 from .kernels.conv2d import aligned_floats, conv2d, padded_taps, plan_skip, taps_last
 from .kernels.linear import linear
-from .kernels.overwrite import clamp_or_const, overwrite
+from .kernels.overwrite import clamp_or_const, zero_at
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
 
@@ -28,7 +28,7 @@ ACT_MAX = {"relu": np.float32(np.inf), "relu6": np.float32(6.0)}
 class _MaskPlan:
     """A MaskSet as a run uses it: the set, its site names and arrays (to know it again), node
     -> skip (a conv's SkipPlan, a linear's bool mask), masked site -> (flat mask, flat
-    constants), chain node -> (flat indices of its skipped outputs, zeros)."""
+    constants), chain node -> flat indices of its skipped outputs."""
 
     masks: object
     names: tuple
@@ -318,8 +318,7 @@ class Model:
             idx = np.flatnonzero(m)
             if idx.size:
                 consts[s] = (np.ascontiguousarray(m).reshape(-1), np.ascontiguousarray(c, np.float32).reshape(-1))
-                for node in self.chains[s]:
-                    zeros[node] = (idx, np.zeros(idx.size, np.float32))
+                zeros.update(dict.fromkeys(self.chains[s], idx))
         self._plan = _MaskPlan(masks, names, arrays, skips, consts, zeros)
         return self._plan
 
@@ -347,7 +346,7 @@ class Model:
             elif self._zeroed.get(st.name) is not plan:
                 # skipped elements read 0 until the site writes its constants; kernels never write
                 # them, so they stay 0 for later runs with the same plan
-                overwrite(out.reshape(n_n, -1), *plan.zeros[st.name])
+                zero_at(out.reshape(n_n, -1), plan.zeros[st.name])
                 self._zeroed[st.name] = plan
             fill = None if plan is None else plan.consts.get(st.name)
             if fill is not None:  # a masked site: its activation and constants in one pass

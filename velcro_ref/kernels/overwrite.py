@@ -1,10 +1,9 @@
 """Writing a mask's values into a batch.
 
-- overwrite: fixed values at fixed flat positions of every image. The engine puts 0 at skipped
-  conv outputs with it; a loop over the masked positions costs a fraction of a masked copy over
-  every element.
+- zero_at: 0 at fixed flat positions of every image, the engine's skipped conv outputs; a loop
+  over the masked positions costs a fraction of a masked copy over every element.
 - clamp_or_const: a masked site in one pass, its activation where unmasked and its constants
-  where masked. Against np.maximum followed by `overwrite`, 70% masked at batch 1: 5.5x faster
+  where masked. Against np.maximum followed by an index scatter, 70% masked at batch 1: 5.5x faster
   on 800K elements (ResNet-18's stem), 1.5x on 50K, the same on 25K.
 """
 
@@ -18,16 +17,15 @@ PART = 1 << 15
 
 
 @njit(cache=True, parallel=True)
-def overwrite(out, idx, values):
-    """Layout: out (N, E) a batch of flattened tensors, idx (M,) flat positions, values (M,);
-    loop (image, run of PART positions) items in parallel, then positions:
-    out[n, idx[i]] = values[i]."""
+def zero_at(out, idx):
+    """Layout: out (N, E) a batch of flattened tensors, idx (M,) flat positions; loop (image, run
+    of PART positions) items in parallel, then positions: out[n, idx[i]] = 0."""
     n_parts = (idx.size + PART - 1) // PART
     for item in prange(out.shape[0] * n_parts):
         row = out[item // n_parts]
         i0 = item % n_parts * PART
         for i in range(i0, min(i0 + PART, idx.size)):
-            row[idx[i]] = values[i]
+            row[idx[i]] = 0.0
 
 
 @njit(cache=True, parallel=True)

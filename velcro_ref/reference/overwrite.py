@@ -1,12 +1,12 @@
-"""NumPy twins of kernels.overwrite: fancy-index assignment, and activation then masked copy."""
+"""NumPy twins of kernels.overwrite: zeros by fancy index, and activation then masked copy."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def overwrite(out, idx, values):
-    out[:, idx] = values
+def zero_at(out, idx):
+    out[:, idx] = 0.0
 
 
 def clamp_or_const(x, hi, mask, consts, out):
