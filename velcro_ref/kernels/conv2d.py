@@ -354,7 +354,7 @@ def conv2d_direct(x, w, b, sh, sw, pt, pl, dh, dw, groups, skip, out):
 def taps_last(w):
     """Filters (K, C/groups, KH, KW) as (K, J) rows in (fy, fx, c) order, the column order of
     `im2col_t`, with zero columns up to J = the taps rounded up to a multiple of LANES, so that
-    the SIMD sums need no scalar tail; the masked paths multiply by these."""
+    every `dot_taps` run is whole vectors; the masked paths multiply by these."""
     k_n, cg, kh, kw = w.shape
     taps = cg * kh * kw
     out = aligned_floats(k_n * padded_taps(taps)).reshape(k_n, -1)

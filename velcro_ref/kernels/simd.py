@@ -3,11 +3,12 @@
 Numba vectorises a dot product only when fastmath lets LLVM reorder the sum, which STYLE rules
 out. These intrinsics write the order down instead, with plain IEEE multiply and add:
 
-- `dot_rows`: a few rows of one matrix against a few rows of another. LANES partial sums per
-  pair (lane l adds the elements j = l mod LANES of the vector part in increasing j), summed as
-  a tree of halves (lane l plus lane l + LANES/2, and so on), then the tail in increasing j.
-  Each loaded vector feeds every row of the other side, the register blocking that makes a GEMM
-  fast; a pair's sum does not depend on the block, call or thread that computes it.
+- `dot_taps`: a few filter rows against the taps of a few output positions, read where they lie
+  (a padded channels-last input, or im2col rows). LANES partial sums per pair (lane l adds the
+  elements j = l mod LANES in increasing j), summed as a tree of halves (lane l plus lane
+  l + LANES/2, and so on). Each loaded vector feeds every row of the other side, the register
+  blocking that makes a GEMM fast; a pair's sum does not depend on the block, call or thread
+  that computes it.
 - `lanes_conv`: one output position of a few filters for BATCH_LANES images at once, one image
   per lane, the taps summed in (fy, fx, c) order and the bias added last.
 
@@ -48,11 +49,11 @@ def _load_vec(builder, vec, base, j):
     return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
 
 
-def _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j_a, j_b):
-    """One vector step: every acc of pair (ia, ib) += a[ia][j_a:] * b[ib][j_b:], each loaded
-    vector feeding every pair it belongs to."""
-    va = [_load_vec(builder, vec, base, j_a) for base in bases_a]
-    vb = [_load_vec(builder, vec, base, j_b) for base in bases_b]
+def _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j):
+    """One vector step: every acc of pair (ia, ib) += a[ia][j:] * b[ib][j:], each loaded vector
+    feeding every pair it belongs to."""
+    va = [_load_vec(builder, vec, base, j) for base in bases_a]
+    vb = [_load_vec(builder, vec, base, j) for base in bases_b]
     for acc, (ia, ib) in zip(accs, pairs, strict=True):
         builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
 
@@ -69,51 +70,16 @@ def _halves(builder, acc):
 
 
 @intrinsic
-def dot_rows(typingctx, a, rows_a, b, rows_b):
-    """(a[i] . b[r] for i in rows_a for r in rows_b): a (M, J), b (Q, J) C-contiguous float32,
-    rows_a and rows_b tuples of ints.
-
-    Returns a tuple of float32, row-major over (rows_a, rows_b). Every loaded vector of a row
-    feeds all rows of the other side. Kernels trust the indices (no checks).
-    """
-    if not (_f32_c(a, 2) and _f32_c(b, 2) and _int_tuple(rows_a) and _int_tuple(rows_b)):
-        return None
-    sig = types.UniTuple(types.float32, rows_a.count * rows_b.count)(a, rows_a, b, rows_b)
-
-    def codegen(context, builder, sig, args):
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
-        arr_b = context.make_array(sig.args[2])(context, builder, args[2])
-        n = builder.extract_value(arr_a.shape, 1)
-        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
-        bases_b = [builder.gep(arr_b.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[3])]
-        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(bases_b))]
-        accs = _zero_accs(builder, vec, len(pairs))
-        n_vec = builder.mul(builder.sdiv(n, n.type(LANES)), n.type(LANES))
-        with cgutils.for_range_slice(builder, n.type(0), n_vec, n.type(LANES)) as (j, _):
-            _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j, j)
-        sums = [cgutils.alloca_once_value(builder, _halves(builder, acc)) for acc in accs]
-        with cgutils.for_range_slice(builder, n_vec, n, n.type(1)) as (j, _):
-            for s, (ia, ib) in zip(sums, pairs, strict=True):
-                prod = builder.fmul(
-                    builder.load(builder.gep(bases_a[ia], [j])), builder.load(builder.gep(bases_b[ib], [j]))
-                )
-                builder.store(builder.fadd(builder.load(s), prod), s)
-        return context.make_tuple(builder, sig.return_type, [builder.load(s) for s in sums])
-
-    return sig, codegen
-
-
-@intrinsic
 def dot_taps(typingctx, a, rows_a, x, offs, geom):
     """(a[i] . taps of x at o for i in rows_a for o in offs), read from the input as it lies.
 
     a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
     of ints; geom = (kh, step_y, kw, step_x, seg) with J = kh * kw * seg and seg a multiple of
     LANES. Element j = (fy * kw + fx) * seg + t of the taps at o is x[o + fy * step_y + fx *
-    step_x + t]: a padded channels-last image, so no im2col copy. With J a multiple of LANES
-    this is the sum `dot_rows` forms against the same taps copied into a row, bit for bit.
-    Kernels trust the indices and geom (no checks).
+    step_x + t]: a padded channels-last image, so no im2col copy; with geom = (1, 0, 1, 0, J),
+    rows of a matrix (im2col rows) at offsets o. LANES partial sums per pair (lane l adds the
+    elements j = l mod LANES in increasing j), summed as a tree of halves: the same bits for the
+    same taps wherever they lie. Kernels trust the indices and geom (no checks).
     """
     if not (_f32_c(a, 2) and _f32_c(x, 1) and _int_tuple(rows_a) and _int_tuple(offs)):
         return None
@@ -138,7 +104,7 @@ def dot_taps(typingctx, a, rows_a, x, offs, geom):
                 j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
                 bases_j = [builder.gep(base, [j0]) for base in bases_a]
                 with cgutils.for_range_slice(builder, n.type(0), seg, n.type(LANES)) as (t, _):
-                    _accumulate(builder, vec, accs, pairs, bases_j, bases_x, t, t)
+                    _accumulate(builder, vec, accs, pairs, bases_j, bases_x, t)
         return context.make_tuple(builder, sig.return_type, [_halves(builder, acc) for acc in accs])
 
     return sig, codegen
