@@ -128,7 +128,8 @@ def pair_schedule(sg, part, tile_p):
                 for p in range(t * tile_p, min((t + 1) * tile_p, p_n)):
                     on1 = not sg[k1, p]
                     on2 = k2 != k1 and not sg[k2, p]
-                    if (c == 0 and on1 and on2) or (c == 1 and on1 and not on2) or (c == 2 and on2 and not on1):
+                    kind = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
+                    if kind == c:
                         plist[i] = p
                         i += 1
     bounds[b] = i
