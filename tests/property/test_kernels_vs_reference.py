@@ -160,12 +160,21 @@ def test_zero_at_kernel_equals_numpy_twin(n, size, fraction, seed):
 @pytest.mark.parametrize("n", [1, 9])
 @pytest.mark.parametrize(
     "groups, cg, kh, stride, pad, dil",
-    [(1, 16, 3, 1, 1, 1), (2, 16, 3, 1, 1, 1), (1, 32, 3, 2, 1, 2), (1, 16, 1, 2, 0, 1), (1, 16, 5, 1, 2, 1)],
-    ids=["row-runs", "grouped", "strided-dilated", "1x1-stride2", "5x5"],
+    [
+        (1, 16, 3, 1, 1, 1),
+        (2, 16, 3, 1, 1, 1),
+        (1, 32, 3, 2, 1, 2),
+        (1, 16, 1, 2, 0, 1),
+        (1, 16, 5, 1, 2, 1),
+        (1, 3, 7, 2, 3, 1),
+        (1, 4, 3, 2, 1, 1),
+    ],
+    ids=["row-runs", "grouped", "strided-dilated", "1x1-stride2", "5x5", "stem-7x7-stride2", "3x3-stride2-4ch"],
 )
 def test_masked_in_place_paths_equal_numpy_twin(n, groups, cg, kh, stride, pad, dil):
-    """A multiple of 16 channels per group: the sampled kernels read taps from the padded
-    channels-last input, a filter row (one channel group, unit dilation) or a tap at a time."""
+    """The sampled kernels read taps from the padded channels-last input, a filter row (one
+    channel group, unit dilation) or a tap at a time, with a multiple of 16 channels per group;
+    a strided conv with few channels does so after `_space_to_depth` (the last two cases)."""
     rng = np.random.default_rng(n + groups + cg + kh)
     k = 5 * groups
     x = rng.standard_normal((n, cg * groups, 9, 8), dtype=np.float32)
@@ -178,9 +187,29 @@ def test_masked_in_place_paths_equal_numpy_twin(n, groups, cg, kh, stride, pad, 
     skip[1] = False  # a channel with nothing masked
     got, want = np.full((n, k, oh, ow), 7.0, np.float32), np.full((n, k, oh, ow), 7.0, np.float32)
     args = (stride, stride, pad, pad, pad, pad, dil, dil, groups, skip)
+    if cg % 16:  # the case must reach the space-to-depth path, not im2col rows
+        assert kconv._space_to_depth(x, wt, (cg, kh, kh, stride, stride, pad, pad, dil, dil, oh, ow)) is not None
     assert kconv.conv2d(x, wt, b, *args, got) == rconv.conv2d(x, wt, b, *args, want)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cg * kh * kh))
     assert np.all(got[:, skip] == 7.0)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_space_to_depth_meets_nan_and_inf_as_the_twin_does(bad):
+    """The stem's 7x7 filter padded to 8x8 blocks multiplies zero weights by pixels no output
+    of the conv reads; with a NaN/Inf in the input the kernel must not turn 0 * Inf into NaN
+    where the twin has a finite output."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 12, 12), dtype=np.float32)
+    x[0, 1, 8, 8] = bad  # padded (11, 11): under the zero taps of output (2, 2) and real taps of others
+    wt = rng.standard_normal((5, 3, 7, 7), dtype=np.float32)
+    b = rng.standard_normal(5, dtype=np.float32)
+    skip = rng.random((5, 6, 6)) < 0.3
+    got, want = np.full((2, 5, 6, 6), 7.0, np.float32), np.full((2, 5, 6, 6), 7.0, np.float32)
+    args = (2, 2, 3, 3, 3, 3, 1, 1, 1, skip)
+    assert kconv.conv2d(x, wt, b, *args, got) == rconv.conv2d(x, wt, b, *args, want)
+    assert np.array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
 
 
 @given(

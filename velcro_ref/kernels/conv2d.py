@@ -435,16 +435,21 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             col = aligned_floats(chunk * p_n * taps)
     else:
         plan = skip if isinstance(skip, SkipPlan) else plan_skip(skip, groups, taps)
-        w2 = _filter_rows(w, w_taps)
-        if cg % LANES == 0:  # taps read in place: no im2col scratch, all images in one chunk
+        w2, c_n = _filter_rows(w, w_taps), x.shape[1]
+        if kh == kw == 1 and pt == pl == 0:  # a strided 1x1 conv reads only every sh-th row, sw-th column
+            x, conv = x[:, :, : oh * sh : sh, : ow * sw : sw], (cg, 1, 1, 1, 1, 0, 0, dh, dw, oh, ow)
+        s2d = None if groups > 1 or _in_place(conv, c_n) else _space_to_depth(x, w, conv)
+        if s2d is None:
+            xh = _pad_channels_last(x, conv)
+        else:
+            xh, w2, conv = s2d
+            c_n = conv[0]
+        if _in_place(conv, c_n):  # taps read in place: no im2col scratch, all images in one chunk
             chunk = n_n
         else:
             chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * w2.shape[1])))
             if col is None or col.size < chunk * p_n * w2.shape[1]:
                 col = aligned_floats(chunk * p_n * w2.shape[1])
-        if kh == kw == 1 and pt == pl == 0:  # a strided 1x1 conv reads only every sh-th row, sw-th column
-            x, conv = x[:, :, : oh * sh : sh, : ow * sw : sw], (cg, 1, 1, 1, 1, 0, 0, dh, dw, oh, ow)
-        xh = _pad_channels_last(x, conv)
     n_macs = 0
     for g in range(groups):
         wg, bg = w2[g * kg : (g + 1) * kg], b[g * kg : (g + 1) * kg]
@@ -453,7 +458,7 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             if skip is None:
                 n_macs += _dense(x[n0 : n0 + chunk], g * cg, conv, wg, bg, og, col, pointwise)
             else:
-                n_macs += _masked(xh[n0 : n0 + chunk], x.shape[1], g * cg, conv, wg, bg, plan.groups[g], og, col)
+                n_macs += taps * _masked(xh[n0 : n0 + chunk], c_n, g * cg, conv, wg, bg, plan.groups[g], og, col)
     return n_macs
 
 
@@ -499,10 +504,70 @@ def _pad_channels_last(x, conv):
     return xh.reshape(n_n, hp, wp * c_n)
 
 
+def _in_place(conv, c_n):
+    """Whether the sampled kernels can read a conv's taps from the padded channels-last input:
+    every tap's C/groups channels, or every whole filter row (KW adjacent pixels, all C
+    channels), must be a whole number of LANES-float vectors."""
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
+    return cg % LANES == 0 or (cg == c_n and dw == 1 and kw * cg % LANES == 0)
+
+
+def _space_to_depth(x, w, conv):
+    """A strided conv with one group and unit dilation as the equivalent stride-1 conv over the
+    input's sh x sw blocks of pixels, the sh * sw * C values of a block stacked as channels,
+    when that makes its filter rows whole vectors (`_in_place`). ResNet-18's 7x7 stride-2 stem:
+    3 channels become 12 and a filter 4 x 4, so each output reads 4 runs of 48 floats where
+    they lie instead of 147 taps copied into an im2col row.
+
+    Returns (xh, w2, conv) of that conv: xh (N, HP', WP' * C') zero-padded channels last, w2
+    (K, J') its filter rows (the filter zero-padded to whole blocks), conv its geometry. None
+    when it does not apply, or when the zero-padded filter taps would meet a NaN/Inf of x
+    (0 * Inf is NaN).
+    """
+    cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
+    kh2, kw2, c2 = -(-kh // sh), -(-kw // sw), sh * sw * cg
+    if sh == sw == 1 or dh != 1 or dw != 1 or kw2 * c2 % LANES:
+        return None
+    if (kh % sh or kw % sw) and not np.isfinite(x).all():
+        return None
+    xh = np.empty((x.shape[0], oh - 1 + kh2, (ow - 1 + kw2) * c2), np.float32)  # every tap of every output
+    blocks_as_channels(x, sh, sw, pt, pl, xh)
+    wz = np.zeros((w.shape[0], cg, kh2 * sh, kw2 * sw), np.float32)
+    wz[:, :, :kh, :kw] = w
+    w2 = aligned_floats(w.shape[0] * kh2 * kw2 * c2).reshape(w.shape[0], -1)
+    w2[...] = wz.reshape(-1, cg, kh2, sh, kw2, sw).transpose(0, 2, 4, 3, 5, 1).reshape(w.shape[0], -1)
+    return xh, w2, (c2, kh2, kw2, 1, 1, 0, 0, 1, 1, oh, ow)
+
+
+@njit(cache=True, parallel=True)
+def blocks_as_channels(x, sh, sw, pt, pl, xh):
+    """Layout: x (N, C, H, W); xh (N, HB, WB * sh * sw * C) with element (n, by, bx, (u, v, c))
+    = x[n, c, by * sh + u - pt, bx * sw + v - pl], 0 outside x. Loop order (n, by) in
+    parallel, u, v, c, then the blocks bx whose pixel lies inside x."""
+    n_n, c_n, h, w = x.shape
+    hb, wb = xh.shape[1], xh.shape[2] // (sh * sw * c_n)
+    for item in prange(n_n * hb):
+        n, by = item // hb, item % hb
+        row = xh[n, by]
+        row[:] = 0.0
+        for u in range(sh):
+            iy = by * sh + u - pt
+            if iy < 0 or iy >= h:
+                continue
+            for v in range(sw):
+                bx0 = max(0, (pl - v + sw - 1) // sw)  # the blocks whose column bx * sw + v - pl is in x
+                bx1 = min(wb, (w - 1 + pl - v) // sw + 1)
+                for c in range(c_n):
+                    src, at = x[n, c, iy], (u * sw + v) * c_n + c
+                    for bx in range(bx0, bx1):
+                        row[bx * sh * sw * c_n + at] = src[bx * sw + v - pl]
+
+
 def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
-    """The channels not fully masked in `gemm_images8` / `gemm_sampled`. With a multiple of
-    LANES channels per group they read the taps from the padded channels-last input itself;
-    otherwise from im2col rows, where positions masked in every channel are not even copied.
+    """The channels not fully masked in `gemm_images8` / `gemm_sampled`; returns the outputs
+    computed. Where `_in_place` allows they read the taps from the padded channels-last input
+    itself; otherwise from im2col rows, where positions masked in every channel are not even
+    copied.
 
     Channels with nothing masked go the same way: measured on ResNet-18 at batch 1 and R = 0.3,
     sending them to one BLAS GEMM instead (with the im2col copy that needs) made the masked run
@@ -511,8 +576,8 @@ def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
     sg, need, sched = plan
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, kg, p_n = og.shape
-    taps, row = cg * kh * kw, wg.shape[1]
-    if cg % LANES == 0:
+    row = wg.shape[1]
+    if _in_place(conv, c_n):
         src, stride = xh.reshape(-1), xh[0].size
         pos = _tap_offsets(xh.shape[2], c_n, c0, sh, sw, oh, ow)
         whole = cg == c_n and dw == 1  # a filter row's taps are one contiguous run
@@ -530,7 +595,7 @@ def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
         n_done += gemm_images8(wg, src, bg, sched, pos, stride, geom, n0, og)
     if n8 < n_n:
         n_done += gemm_sampled(wg, src[n8 * stride :], bg, sched, pos, stride, geom, og[n8:])
-    return n_done * taps
+    return n_done
 
 
 def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
