@@ -388,10 +388,23 @@ def plan_skip(skip, groups, taps) -> SkipPlan:
     per_group = []
     for g in range(groups):
         sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
-        some = np.flatnonzero(sg.sum(axis=1) < p_n)
+        masked = sg.sum(axis=1)
+        some = np.flatnonzero(masked < p_n)
+        some = _pair_order(some[np.argsort(masked[some], kind="stable")])
         sched = (*pair_schedule(sg, some, tile_p), (p_n + tile_p - 1) // tile_p)
         per_group.append((sg, ~sg.all(axis=0), sched))
     return SkipPlan(skip, tuple(per_group))
+
+
+def _pair_order(ks):
+    """Channels ks sorted by density, reordered so that `pair_schedule` pairs neighbours in that
+    order (channels that need about as many positions mostly need the same ones, so more
+    positions go in blocks of both channels) and the pairs alternate sparse, dense, sparse, ...
+    (the kernels' work items take consecutive pairs, and threads consecutive work items)."""
+    m = ks.size // 2
+    zigzag = np.empty(m, np.int64)
+    zigzag[0::2], zigzag[1::2] = np.arange((m + 1) // 2), np.arange(m - 1, (m - 1) // 2, -1)
+    return np.concatenate([ks[: 2 * m].reshape(m, 2)[zigzag].reshape(-1), ks[2 * m :]])
 
 
 def aligned_floats(n):
