@@ -221,10 +221,12 @@ def test_clamp_or_const_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
     x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
     mask = rng.random(size) < fraction
     consts = rng.standard_normal(size, dtype=np.float32)
-    got, want = np.empty_like(x), np.empty_like(x)
-    kover.clamp_or_const(x, np.float32(hi), mask, consts, got)
+    want = np.empty_like(x)
     rover.clamp_or_const(x, np.float32(hi), mask, consts, want)
-    assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
+    for kernel in (kover.clamp_or_const, kover._clamp_or_const_threads, kover._clamp_or_const_serial):
+        got = np.empty_like(x)
+        kernel(x, np.float32(hi), mask, consts, got)
+        assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
 
 
 def test_filter_rows_of_the_wrong_width_are_refused():
@@ -238,3 +240,17 @@ def test_filter_rows_of_the_wrong_width_are_refused():
     unpadded = np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(4, 27))
     with pytest.raises(ValueError, match="taps_last"):
         kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, skip, np.empty((2, 4, 6, 6), np.float32), None, unpadded)
+
+
+def test_clamp_or_const_over_several_work_items_equals_numpy_twin():
+    """Sites longer than one work item (PART elements), in one thread and in both."""
+    rng = np.random.default_rng(5)
+    size = 2 * kover.PART + 7
+    x = (8 * rng.standard_normal((3, size))).astype(np.float32)
+    mask, consts = rng.random(size) < 0.6, rng.standard_normal(size, dtype=np.float32)
+    want = np.empty_like(x)
+    rover.clamp_or_const(x, np.float32(6.0), mask, consts, want)
+    for kernel in (kover._clamp_or_const_threads, kover._clamp_or_const_serial):
+        got = np.empty_like(x)
+        kernel(x, np.float32(6.0), mask, consts, got)
+        assert got.tobytes() == want.tobytes()

@@ -14,6 +14,10 @@ from numba import njit, prange
 
 # Positions per work item: small batches still split over threads.
 PART = 1 << 15
+# Elements from which clamp_or_const uses both threads. Measured at batch 1 (70% masked): one
+# thread took 4-31 us on ResNet-18's 25K-200K element sites where two took 52-67 us, and the
+# same 0.15 ms on the 800K-element stem.
+PARALLEL_MIN = 1 << 20
 
 
 @njit(cache=True, parallel=True)
@@ -28,21 +32,41 @@ def zero_at(out, idx):
             row[idx[i]] = 0.0
 
 
-@njit(cache=True, parallel=True)
 def clamp_or_const(x, hi, mask, consts, out):
-    """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool, consts (E,); loop
-    (image, run of PART elements) items in parallel, then elements: out[n, e] = consts[e] where
-    mask[e], else x[n, e] clamped to [0, hi] (relu: hi = inf, relu6: hi = 6). As np.maximum
-    and np.minimum: NaN stays NaN and -0.0 becomes 0.0."""
+    """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool, consts (E,):
+    out[n, e] = consts[e] where mask[e], else x[n, e] clamped to [0, hi] (relu: hi = inf, relu6:
+    hi = 6). As np.maximum and np.minimum: NaN stays NaN and -0.0 becomes 0.0. Below
+    PARALLEL_MIN elements in one thread: the pass is memory-bound, and waking the other thread
+    costs more than it saves."""
+    (_clamp_or_const_threads if x.size >= PARALLEL_MIN else _clamp_or_const_serial)(x, hi, mask, consts, out)
+
+
+@njit(cache=True, parallel=True)
+def _clamp_or_const_threads(x, hi, mask, consts, out):
+    """`clamp_or_const` with (image, run of PART elements) items in parallel."""
     n_parts = (mask.size + PART - 1) // PART
-    zero = np.float32(0.0)
     for item in prange(out.shape[0] * n_parts):
-        e0 = item % n_parts * PART
-        e1 = min(e0 + PART, mask.size)
-        xs, os = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1]
-        ms, cs = mask[e0:e1], consts[e0:e1]
-        for e in range(ms.size):  # from 0, on slices: selects, not branches, and the loop vectorises
-            v = xs[e]
-            v = zero if v <= zero else v
-            v = hi if v > hi else v
-            os[e] = cs[e] if ms[e] else v
+        _clamp_or_const_part(x, hi, mask, consts, out, item, n_parts)
+
+
+@njit(cache=True)
+def _clamp_or_const_serial(x, hi, mask, consts, out):
+    """`clamp_or_const` in the calling thread, the same items in order."""
+    n_parts = (mask.size + PART - 1) // PART
+    for item in range(out.shape[0] * n_parts):
+        _clamp_or_const_part(x, hi, mask, consts, out, item, n_parts)
+
+
+@njit(cache=True)
+def _clamp_or_const_part(x, hi, mask, consts, out, item, n_parts):
+    """Item `item` of `clamp_or_const`: image item // n_parts, elements of run item % n_parts."""
+    zero = np.float32(0.0)
+    e0 = item % n_parts * PART
+    e1 = min(e0 + PART, mask.size)
+    xs, os = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1]
+    ms, cs = mask[e0:e1], consts[e0:e1]
+    for e in range(ms.size):  # from 0, on slices: selects, not branches, and the loop vectorises
+        v = xs[e]
+        v = zero if v <= zero else v
+        v = hi if v > hi else v
+        os[e] = cs[e] if ms[e] else v
