@@ -11,47 +11,30 @@ ofmap_sram 4, dram 100, mask_table 10, vector_op 0.25, leakage 0.125 per cycle.
 
 import numpy as np
 import pytest
+from sim_util import arch_toml
 
 from simulator import parse_arch, simulate
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet
 
-ARCH = """
-format = "velcro-arch/1"
-name = "tiny"
-[array]
-rows = 4
-cols = 2
-dataflow = "{dataflow}"
-clock_mhz = 100
-pe_weights = {pe}
-[precision]
-operand_bits = 8
-accumulator_bits = 32
-[buffers]
-ifmap_kib = 1
-filter_kib = 1
-ofmap_kib = 1
-[dram]
-bytes_per_cycle = {bw}
-[vector]
-lanes = 4
-[energy]
-mac = {{ pj = 1, source = "test" }}
-rf = {{ pj = 0.5, source = "test" }}
-ifmap_sram = {{ pj = 2, source = "test" }}
-filter_sram = {{ pj = 3, source = "test" }}
-ofmap_sram = {{ pj = 4, source = "test" }}
-dram = {{ pj = 100, source = "test" }}
-mask_table = {{ pj = 10, source = "test" }}
-vector_op = {{ pj = 0.25, source = "test" }}
-leakage = {{ pj = 0.125, source = "test" }}
-"""
+# the energies the hand-worked figures below use
+ENERGY = {
+    "mac": 1,
+    "rf": 0.5,
+    "ifmap_sram": 2,
+    "filter_sram": 3,
+    "ofmap_sram": 4,
+    "dram": 100,
+    "mask_table": 10,
+    "vector_op": 0.25,
+    "leakage": 0.125,
+}
 
 
 def tiny_arch(dataflow, bw=4, pe=1):
-    return parse_arch(ARCH.format(dataflow=dataflow, bw=bw, pe=pe), "tiny.toml")
+    text = arch_toml(4, 2, dataflow, bw=bw, pe=pe, lanes=4, energy=ENERGY, name="tiny")
+    return parse_arch(text, "tiny.toml")
 
 
 @pytest.fixture(scope="module")

@@ -12,39 +12,14 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sim_util import arch_toml
 
-from simulator.arch import ENERGY_KEYS, parse_arch, with_changes
+from simulator.arch import parse_arch, with_changes
 from simulator.simulate import simulate
 from velcro_ref.engine import Model
 from velcro_ref.errors import ArchError
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, empty_masks
-
-
-def arch_toml(rows=4, cols=4, dataflow="output_stationary", ifmap_kib=1, filter_kib=1, ofmap_kib=1, bw=4, pe=1):
-    energy = "".join(f'{k} = {{ pj = {0.5 + i}, source = "test" }}\n' for i, k in enumerate(ENERGY_KEYS))
-    return f"""
-format = "velcro-arch/1"
-[array]
-rows = {rows}
-cols = {cols}
-dataflow = "{dataflow}"
-clock_mhz = 100
-pe_weights = {pe}
-[precision]
-operand_bits = 8
-accumulator_bits = 32
-[buffers]
-ifmap_kib = {ifmap_kib}
-filter_kib = {filter_kib}
-ofmap_kib = {ofmap_kib}
-[dram]
-bytes_per_cycle = {bw}
-[vector]
-lanes = 3
-[energy]
-{energy}"""
-
 
 archs = st.builds(
     lambda *a: parse_arch(arch_toml(*a)),

@@ -1,31 +1,12 @@
 """Accelerator TOML: presets load, every problem is reported at once, sweeps validate."""
 
 import pytest
+from sim_util import arch_toml
 
 from simulator.arch import ENERGY_KEYS, load_arch, parse_arch, presets, with_changes
 from velcro_ref.errors import ArchError
 
-GOOD = """
-format = "velcro-arch/1"
-[array]
-rows = 2
-cols = 3
-dataflow = "weight_stationary"
-clock_mhz = 100
-pe_weights = 4
-[precision]
-operand_bits = 8
-accumulator_bits = 32
-[buffers]
-ifmap_kib = 1
-filter_kib = 1
-ofmap_kib = 1
-[dram]
-bytes_per_cycle = 4
-[vector]
-lanes = 2
-[energy]
-""" + "".join(f'{k} = {{ pj = 1.0, source = "test" }}\n' for k in ENERGY_KEYS)
+GOOD = arch_toml(2, 3, "weight_stationary", pe=4, lanes=2, energy=dict.fromkeys(ENERGY_KEYS, 1.0))
 
 
 def test_presets_cover_the_three_required_arrays():
