@@ -137,7 +137,7 @@ def load_masks(path, model=None) -> MaskSet:
 
 
 def _read_masks(f, path):
-    from .model_io import attr_json, attr_str, check_dataset, check_format, member, read_dataset
+    from .model_io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 
     check_format(f, FORMAT, FORMAT_VERSION, MaskError)
     fingerprint = attr_str(f, "fingerprint", MaskError)
@@ -147,12 +147,7 @@ def _read_masks(f, path):
         raise MaskError(f"policy ratio expects a number in [0, 1], found {ratio!r}")
     provenance = attr_json(f, "provenance", MaskError, dict, default={})
     sites = {}
-    for key in member(f, "sites", h5py.Group, MaskError, "group "):
-        sg = member(f["sites"], key, h5py.Group, MaskError, "site ")
-        name = attr_str(sg, "name", MaskError, f"site group '{key}': ", default=key)
-        if name in sites:
-            raise MaskError(f"site '{name}' is stored twice")
-        where = f"site '{name}': "
+    for name, sg, where in site_groups(f, MaskError):
         mask = check_dataset(member(sg, "mask", h5py.Dataset, MaskError, where), MaskError, f"{where}mask ")
         const = check_dataset(member(sg, "constants", h5py.Dataset, MaskError, where), MaskError, f"{where}constants ")
         if mask.dtype != np.bool_:

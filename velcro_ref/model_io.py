@@ -272,6 +272,20 @@ def member(group, name, kind, error, where=""):
     return obj
 
 
+def site_groups(f, error):
+    """(name, group, "site 'name': ") for every group under /sites of a stats or mask file, the
+    name from the group's `name` attribute (default its key); `error` for a bad member or a name
+    stored twice."""
+    seen = set()
+    for key in member(f, "sites", h5py.Group, error, "group "):
+        sg = member(f["sites"], key, h5py.Group, error, "site ")
+        name = attr_str(sg, "name", error, f"site group '{key}': ", default=key)
+        if name in seen:
+            raise error(f"site '{name}' is stored twice")
+        seen.add(name)
+        yield name, sg, f"site '{name}': "
+
+
 def check_dataset(ds, error, where, dtype=None, max_elements=MAX_ELEMENTS):
     """Check a dataset's shape (size within max_elements) and dtype before anything is read."""
     shape = ds.shape

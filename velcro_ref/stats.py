@@ -198,7 +198,7 @@ def load_stats(path, model=None) -> Stats:
 
 
 def _read_stats(f) -> Stats:
-    from .model_io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset
+    from .model_io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 
     version = check_format(f, FORMAT, FORMAT_VERSION, StatsError)
     names = FIELDS if version >= 2 else FIELDS_V1
@@ -212,12 +212,7 @@ def _read_stats(f) -> Stats:
     source = attr_str(f, "source", StatsError, default="")
     provenance = attr_json(f, "provenance", StatsError, dict, default={})
     sites = {}
-    for key in member(f, "sites", h5py.Group, StatsError, "group "):
-        sg = member(f["sites"], key, h5py.Group, StatsError, "site ")
-        name = attr_str(sg, "name", StatsError, f"site group '{key}': ", default=key)
-        if name in sites:
-            raise StatsError(f"site '{name}' is stored twice")
-        where = f"site '{name}': "
+    for name, sg, where in site_groups(f, StatsError):
         fields = {fld: member(sg, fld, h5py.Dataset, StatsError, where) for fld in names}
         for fld, ds in fields.items():
             check_dataset(ds, StatsError, f"{where}{fld} ", dtype=np.float64)
