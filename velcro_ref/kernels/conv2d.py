@@ -15,8 +15,8 @@ from .simd import BATCH_LANES, LANES, dot_taps, lanes_conv
 # Spatial filters with fewer taps than this per output element (depthwise 3x3 has 9) run in the
 # direct loop: an im2col copy per tap would cost more than the MACs it feeds.
 DIRECT_MAX_TAPS = 16
-# Floats of im2col rows per tile of the masked kernel: a tile stays in L2 (1 MiB) while every
-# channel of a block visits it.
+# Floats of taps (im2col rows, or the input windows read in place) per tile of positions of the
+# masked kernels: a tile stays in L2 (1 MiB) while every channel of a block visits it.
 TILE_FLOATS = 1 << 18
 # Channel pairs per work item of the masked kernels, so that small layers still split over threads.
 PAIR_BLOCK = 8
@@ -116,20 +116,23 @@ def pair_schedule(sg, part, tile_p):
     pairs = np.empty((n_pairs, 2), np.int64)
     bounds = np.empty(n_pairs * n_tiles * 3 + 1, np.int64)
     plist = np.empty(n_pairs * p_n, np.int32)
+    kinds = np.empty(tile_p, np.int8)  # of the positions of one tile, 3: neither channel
     i = b = 0
     for r in range(n_pairs):
         k1 = part[2 * r]
         k2 = part[2 * r + 1] if 2 * r + 1 < part.size else k1
         pairs[r, 0], pairs[r, 1] = k1, k2
         for t in range(n_tiles):
+            p0, p1 = t * tile_p, min((t + 1) * tile_p, p_n)
+            for p in range(p0, p1):
+                on1 = not sg[k1, p]
+                on2 = k2 != k1 and not sg[k2, p]
+                kinds[p - p0] = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
             for c in range(3):
                 bounds[b] = i
                 b += 1
-                for p in range(t * tile_p, min((t + 1) * tile_p, p_n)):
-                    on1 = not sg[k1, p]
-                    on2 = k2 != k1 and not sg[k2, p]
-                    kind = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
-                    if kind == c:
+                for p in range(p0, p1):
+                    if kinds[p - p0] == c:
                         plist[i] = p
                         i += 1
     bounds[b] = i
@@ -230,7 +233,7 @@ def gemm_images8(w, x, bias, sched, pos, stride, geom, n0, out):
     n_pairs = pairs.shape[0]
     n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     d = stride
-    done_per_item = np.zeros(n_tiles * n_blocks, np.int64)
+    n_done = 0
     for item in prange(n_tiles * n_blocks):
         t = item // n_blocks
         done = 0
@@ -252,8 +255,8 @@ def gemm_images8(w, x, bias, sched, pos, stride, geom, n0, out):
                         for u in range(8):
                             out[n0 + u, k, p] = s1[u] + bias[k]
             done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
-        done_per_item[item] = done
-    return done_per_item.sum() * 8
+        n_done += done
+    return n_done * 8
 
 
 @njit(cache=True, parallel=True)
@@ -448,16 +451,17 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             col = aligned_floats(chunk * p_n * taps)
     else:
         plan = skip if isinstance(skip, SkipPlan) else plan_skip(skip, groups, taps)
-        w2, c_n = _filter_rows(w, w_taps), x.shape[1]
+        c_n = x.shape[1]
         if kh == kw == 1 and pt == pl == 0:  # a strided 1x1 conv reads only every sh-th row, sw-th column
             x, conv = x[:, :, : oh * sh : sh, : ow * sw : sw], (cg, 1, 1, 1, 1, 0, 0, dh, dw, oh, ow)
-        s2d = None if groups > 1 or _in_place(conv, c_n) else _space_to_depth(x, w, conv)
+        in_place = _in_place(conv, c_n)
+        s2d = None if groups > 1 or in_place else _space_to_depth(x, w, conv)
         if s2d is None:
-            xh = _pad_channels_last(x, conv)
-        else:
+            xh, w2 = _pad_channels_last(x, conv), _filter_rows(w, w_taps)
+        else:  # its rows are whole vectors: read in place
             xh, w2, conv = s2d
-            c_n = conv[0]
-        if _in_place(conv, c_n):  # taps read in place: no im2col scratch, all images in one chunk
+            c_n, in_place = conv[0], True
+        if in_place:  # no im2col scratch, all images in one chunk
             chunk = n_n
         else:
             chunk = max(1, min(n_n, CHUNK_FLOATS // (p_n * w2.shape[1])))
@@ -471,7 +475,9 @@ def conv2d(x, w, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, out, col=None,
             if skip is None:
                 n_macs += _dense(x[n0 : n0 + chunk], g * cg, conv, wg, bg, og, col, pointwise)
             else:
-                n_macs += taps * _masked(xh[n0 : n0 + chunk], c_n, g * cg, conv, wg, bg, plan.groups[g], og, col)
+                n_macs += taps * _masked(
+                    xh[n0 : n0 + chunk], c_n, g * cg, conv, in_place, wg, bg, plan.groups[g], og, col
+                )
     return n_macs
 
 
@@ -576,11 +582,11 @@ def blocks_as_channels(x, sh, sw, pt, pl, xh):
                         row[bx * sh * sw * c_n + at] = src[bx * sw + v - pl]
 
 
-def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
+def _masked(xh, c_n, c0, conv, in_place, wg, bg, plan, og, col):
     """The channels not fully masked in `gemm_images8` / `gemm_sampled`; returns the outputs
-    computed. Where `_in_place` allows they read the taps from the padded channels-last input
-    itself; otherwise from im2col rows, where positions masked in every channel are not even
-    copied.
+    computed. `in_place` (see `_in_place`): they read the taps from the padded channels-last
+    input itself; otherwise from im2col rows, where positions masked in every channel are not
+    even copied.
 
     Channels with nothing masked go the same way: measured on ResNet-18 at batch 1 and R = 0.3,
     sending them to one BLAS GEMM instead (with the im2col copy that needs) made the masked run
@@ -590,7 +596,7 @@ def _masked(xh, c_n, c0, conv, wg, bg, plan, og, col):
     cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow = conv
     n_n, kg, p_n = og.shape
     row = wg.shape[1]
-    if _in_place(conv, c_n):
+    if in_place:
         src, stride = xh.reshape(-1), xh[0].size
         pos = _tap_offsets(xh.shape[2], c_n, c0, sh, sw, oh, ow)
         whole = cg == c_n and dw == 1  # a filter row's taps are one contiguous run
