@@ -147,9 +147,7 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
         p_out = context.cast(builder, args[7], sig.args[7], types.intp)
         k_list = cgutils.unpack_tuple(builder, args[1])
         w_rows = [builder.gep(arr_w.data, [builder.mul(k, j_n)]) for k in k_list]
-        accs = [
-            [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in range(n_vec)] for _ in k_list
-        ]
+        accs = [_zero_accs(builder, vec, n_vec) for _ in k_list]
 
         def splat(value):
             return builder.shuffle_vector(
@@ -167,10 +165,7 @@ def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
                 j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), cg)
                 with cgutils.for_range(builder, cg) as c:
                     x_row = builder.mul(builder.add(row, c.index), i64(BATCH_LANES))
-                    xs = [
-                        builder.load(vec_at(arr_x.data, builder.add(x_row, i64(v * LANES))), align=4)
-                        for v in range(n_vec)
-                    ]
+                    xs = [_load_vec(builder, vec, arr_x.data, builder.add(x_row, i64(v * LANES))) for v in range(n_vec)]
                     j = builder.add(j0, c.index)
                     for acc_k, w_row in zip(accs, w_rows, strict=True):
                         wv = splat(builder.load(builder.gep(w_row, [j])))
