@@ -329,7 +329,9 @@ class Model:
         mask and constant arrays become read-only at the first run (see `_mask_plan`).
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
-        An observer may also define on_node(step, inputs, output, skip) to see every node.
+        An observer may also define on_node(step, inputs, output, skip) to see every node. It
+        must not write into the arrays it is given: skipped conv outputs are zeroed once per
+        MaskSet and trusted to stay 0.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
