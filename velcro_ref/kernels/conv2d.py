@@ -5,6 +5,7 @@ Every kernel takes arrays and ints only and returns the MACs it executed.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -617,9 +618,11 @@ def _masked(xh, c_n, c0, conv, in_place, wg, bg, plan, og, col):
     return n_done
 
 
+@functools.lru_cache(maxsize=256)
 def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
     """Offset of tap (0, 0), channel c0, of every output position in one padded channels-last
-    image (HP, WP*C), position p = (oy, ox)."""
+    image (HP, WP*C), position p = (oy, ox). Kept per geometry (4-14 us a call, 0.15 ms of a
+    masked ResNet-18 run at batch 1); callers must not write into it."""
     oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
     return oy * (sh * wpc) + ox * (sw * c_n) + c0
 
