@@ -15,27 +15,28 @@ from . import graph as G
 from .errors import InputError, MaskError
 from .kernels.conv2d import aligned_floats, conv2d, padded_taps, plan_skip, taps_last
 from .kernels.linear import linear
-from .kernels.overwrite import clamp_or_const, zero_at
+from .kernels.overwrite import clamp_unmasked, put_at
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
 
 CHAIN_OPS = ("conv2d", "linear")  # ops whose masked output elements are skipped
-# Upper clamp of each activation op (G.ACTIVATIONS), for a masked site computed in one pass
+# Upper clamp of each activation op (G.ACTIVATIONS), for a masked site's unmasked elements
 ACT_MAX = {"relu": np.float32(np.inf), "relu6": np.float32(6.0)}
 
 
 @dataclass(frozen=True)
 class _MaskPlan:
     """A MaskSet as a run uses it: the set, its site names and arrays (to know it again), node
-    -> skip (a conv's SkipPlan, a linear's bool mask), masked site -> (flat mask, flat
-    constants), chain node -> flat indices of its skipped outputs."""
+    -> skip (a conv's SkipPlan, a linear's bool mask), masked site -> flat mask, and node ->
+    (flat indices, values) its buffer holds for the whole plan: 0 at a chain node's skipped
+    outputs, the constants at a site's masked elements."""
 
     masks: object
     names: tuple
     arrays: list
     skips: dict
-    consts: dict
-    zeros: dict
+    site_masks: dict
+    fixed: dict
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Model:
         self.last_macs: dict[str, int] = {}
         self._buffers: dict = {}
         self._plan: _MaskPlan | None = None
-        self._zeroed: dict = {}  # chain node -> the plan whose skipped outputs its buffer holds as 0
+        self._fixed: dict = {}  # node -> the plan whose `fixed` values its buffer holds
         col_size = 0
         for n in self.exec_graph.nodes:
             if n.op == "conv2d":
@@ -279,7 +280,7 @@ class Model:
         if buf is None or buf.shape != shape:
             buf = np.empty(shape, np.float32)
             self._buffers[name] = buf
-            self._zeroed.pop(name, None)
+            self._fixed.pop(name, None)
         return buf
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:
@@ -313,13 +314,14 @@ class Model:
         for node, mask in self.site_skips(masks).items():
             a = convs.get(node)
             skips[node] = mask if a is None else plan_skip(mask, a[10], int(np.prod(a[0].shape[1:])))
-        consts, zeros = {}, {}
+        site_masks, fixed = {}, {}
         for s, (m, c) in masks.sites.items():
             idx = np.flatnonzero(m)
             if idx.size:
-                consts[s] = (np.ascontiguousarray(m).reshape(-1), np.ascontiguousarray(c, np.float32).reshape(-1))
-                zeros.update(dict.fromkeys(self.chains[s], idx))
-        self._plan = _MaskPlan(masks, names, arrays, skips, consts, zeros)
+                site_masks[s] = np.ascontiguousarray(m).reshape(-1)
+                fixed[s] = (idx, np.ascontiguousarray(c, np.float32).reshape(-1)[idx])
+                fixed.update(dict.fromkeys(self.chains[s], (idx, np.zeros(idx.size, np.float32))))
+        self._plan = _MaskPlan(masks, names, arrays, skips, site_masks, fixed)
         return self._plan
 
     def run(self, x, masks=None, observer=None) -> np.ndarray:
@@ -330,8 +332,8 @@ class Model:
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
         An observer may also define on_node(step, inputs, output, skip) to see every node. It
-        must not write into the arrays it is given: skipped conv outputs are zeroed once per
-        MaskSet and trusted to stay 0.
+        must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
+        site elements set to their constants, once per MaskSet and trusted to stay so.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
@@ -343,16 +345,17 @@ class Model:
         for st in self.steps:
             out = self._buffer(st.name, (n_n, *st.out_shape))
             skip = None if plan is None else plan.skips.get(st.name)
-            if skip is None:
-                self._zeroed.pop(st.name, None)
-            elif self._zeroed.get(st.name) is not plan:
-                # skipped elements read 0 until the site writes its constants; kernels never write
-                # them, so they stay 0 for later runs with the same plan
-                zero_at(out.reshape(n_n, -1), plan.zeros[st.name])
-                self._zeroed[st.name] = plan
-            fill = None if plan is None else plan.consts.get(st.name)
-            if fill is not None:  # a masked site: its activation and constants in one pass
-                clamp_or_const(env[st.inputs[0]].reshape(n_n, -1), ACT_MAX[st.op], *fill, out.reshape(n_n, -1))
+            fixed = None if plan is None else plan.fixed.get(st.name)
+            if fixed is None:
+                self._fixed.pop(st.name, None)
+            elif self._fixed.get(st.name) is not plan:
+                # skipped conv outputs read 0, masked site elements their constants; no kernel
+                # writes them, so they stay for later runs with the same plan
+                put_at(out.reshape(n_n, -1), *fixed)
+                self._fixed[st.name] = plan
+            mask = None if plan is None else plan.site_masks.get(st.name)
+            if mask is not None:  # a masked site: its activation at the unmasked elements only
+                clamp_unmasked(env[st.inputs[0]].reshape(n_n, -1), ACT_MAX[st.op], mask, out.reshape(n_n, -1))
             else:
                 n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
                 if st.op in CHAIN_OPS:

@@ -147,13 +147,14 @@ def test_masked_conv_paths_equal_numpy_twin(n, groups):
 
 
 @given(st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**31))
-def test_zero_at_kernel_equals_numpy_twin(n, size, fraction, seed):
+def test_put_at_kernel_equals_numpy_twin(n, size, fraction, seed):
     rng = np.random.default_rng(seed)
     out = rng.standard_normal((n, size), dtype=np.float32)
     idx = np.flatnonzero(rng.random(size) < fraction)
+    values = rng.standard_normal(idx.size, dtype=np.float32)
     got, want = out.copy(), out.copy()
-    kover.zero_at(got, idx)
-    rover.zero_at(want, idx)
+    kover.put_at(got, idx, values)
+    rover.put_at(want, idx, values)
     np.testing.assert_array_equal(got, want)
 
 
@@ -215,17 +216,18 @@ def test_space_to_depth_meets_nan_and_inf_as_the_twin_does(bad):
 @given(
     st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.sampled_from([np.inf, 6.0]), st.integers(0, 2**31)
 )
-def test_clamp_or_const_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
+def test_clamp_unmasked_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
+    """Unmasked elements get the clamped input, masked ones keep what the output held."""
     rng = np.random.default_rng(seed)
     x = (8 * rng.standard_normal((n, size))).astype(np.float32)
     x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
     mask = rng.random(size) < fraction
-    consts = rng.standard_normal(size, dtype=np.float32)
-    want = np.empty_like(x)
-    rover.clamp_or_const(x, np.float32(hi), mask, consts, want)
-    for kernel in (kover.clamp_or_const, kover._clamp_or_const_threads, kover._clamp_or_const_serial):
-        got = np.empty_like(x)
-        kernel(x, np.float32(hi), mask, consts, got)
+    before = rng.standard_normal((n, size), dtype=np.float32)
+    want = before.copy()
+    rover.clamp_unmasked(x, np.float32(hi), mask, want)
+    for kernel in (kover.clamp_unmasked, kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
+        got = before.copy()
+        kernel(x, np.float32(hi), mask, got)
         assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
 
 
@@ -242,15 +244,15 @@ def test_filter_rows_of_the_wrong_width_are_refused():
         kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, skip, np.empty((2, 4, 6, 6), np.float32), None, unpadded)
 
 
-def test_clamp_or_const_over_several_work_items_equals_numpy_twin():
+def test_clamp_unmasked_over_several_work_items_equals_numpy_twin():
     """Sites longer than one work item (PART elements), in one thread and in both."""
     rng = np.random.default_rng(5)
     size = 2 * kover.PART + 7
     x = (8 * rng.standard_normal((3, size))).astype(np.float32)
-    mask, consts = rng.random(size) < 0.6, rng.standard_normal(size, dtype=np.float32)
-    want = np.empty_like(x)
-    rover.clamp_or_const(x, np.float32(6.0), mask, consts, want)
-    for kernel in (kover._clamp_or_const_threads, kover._clamp_or_const_serial):
-        got = np.empty_like(x)
-        kernel(x, np.float32(6.0), mask, consts, got)
+    mask, before = rng.random(size) < 0.6, rng.standard_normal((3, size), dtype=np.float32)
+    want = before.copy()
+    rover.clamp_unmasked(x, np.float32(6.0), mask, want)
+    for kernel in (kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
+        got = before.copy()
+        kernel(x, np.float32(6.0), mask, got)
         assert got.tobytes() == want.tobytes()

@@ -1,14 +1,13 @@
-"""NumPy twins of kernels.overwrite: zeros by fancy index, and activation then masked copy."""
+"""NumPy twins of kernels.overwrite: values by fancy index, and the activation copied where unmasked."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-def zero_at(out, idx):
-    out[:, idx] = 0.0
+def put_at(out, idx, values):
+    out[:, idx] = values
 
 
-def clamp_or_const(x, hi, mask, consts, out):
-    np.minimum(np.maximum(x, 0), hi, out=out)
-    np.copyto(out, consts[None, :], where=mask[None, :])
+def clamp_unmasked(x, hi, mask, out):
+    np.copyto(out, np.minimum(np.maximum(x, 0), hi), where=~mask[None, :])
