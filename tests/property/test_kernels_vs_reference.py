@@ -195,6 +195,33 @@ def test_masked_in_place_paths_equal_numpy_twin(n, groups, cg, kh, stride, pad, 
     assert np.all(got[:, skip] == 7.0)
 
 
+@given(
+    st.integers(1, 3),
+    st.integers(1, 20),
+    st.integers(1, 9),
+    st.integers(1, 9),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, extra_w, strided, seed):
+    """The padded channels-last input of the masked kernels: the interior transposed, every
+    other element 0 (the buffer starts as garbage), also from a strided view (a strided 1x1
+    conv reads every other row and column)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, 2 * h, 2 * w), dtype=np.float32)
+    x = x[:, :, ::2, ::2] if strided else x[:, :, :h, :w]
+    hp, wp = pt + h + extra_h, pl + w + extra_w
+    want = np.zeros((n, hp, wp, c), np.float32)
+    want[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
+    got = np.full((n, hp, wp * c), np.nan, np.float32)
+    kconv.channels_last(x, pt, pl, got)
+    assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
+
+
 @pytest.mark.parametrize("bad", [np.inf, np.nan])
 def test_space_to_depth_meets_nan_and_inf_as_the_twin_does(bad):
     """The stem's 7x7 filter padded to 8x8 blocks multiplies zero weights by pixels no output

@@ -519,9 +519,33 @@ def _pad_channels_last(x, conv):
     n_n, c_n, h, w = x.shape
     hp = padded_size(h, pt, oh, sh, kh, dh)
     wp = padded_size(w, pl, ow, sw, kw, dw)
-    xh = np.zeros((n_n, hp, wp, c_n), np.float32)
-    xh[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
-    return xh.reshape(n_n, hp, wp * c_n)
+    xh = np.empty((n_n, hp, wp * c_n), np.float32)
+    channels_last(x, pt, pl, xh)
+    return xh
+
+
+@njit(cache=True, parallel=True)
+def channels_last(x, pt, pl, xh):
+    """Layout: x (N, C, H, W); xh (N, HP, WP*C) with element (n, iy, ix*C + c) = x[n, c, iy -
+    pt, ix - pl], 0 outside x. Loop order (n, iy) in parallel, ix, c: a row's C x W source
+    floats stay in L1 while its destination row is written in order. Against NumPy's
+    transposed copy into np.zeros, 1.15-1.5x faster on ResNet-18's conv inputs at batch 1
+    and 8 each on its own, and 1.6 against 1.8 ms for the 19 copies of a masked run at batch 1."""
+    n_n, c_n, h, w = x.shape
+    hp = xh.shape[1]
+    for item in prange(n_n * hp):
+        n, iy = item // hp, item % hp
+        row = xh[n, iy]
+        if iy < pt or iy >= pt + h:
+            row[:] = 0.0
+            continue
+        row[: pl * c_n] = 0.0
+        row[(pl + w) * c_n :] = 0.0
+        src = x[n, :, iy - pt]
+        for ix in range(w):
+            d = (ix + pl) * c_n
+            for c in range(c_n):
+                row[d + c] = src[c, ix]
 
 
 def _in_place(conv, c_n):
