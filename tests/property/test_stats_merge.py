@@ -38,3 +38,23 @@ def test_hand_worked_merge():
     m = SiteStats.of_batch(np.array([[1.0], [2.0]])).merge(SiteStats.of_batch(np.array([[4.0]])))
     assert m.count[0] == 3 and np.isclose(m.mean[0], 7 / 3) and np.isclose(m.m2[0], 42 / 9)
     assert m.min[0] == 1 and m.max[0] == 4
+
+
+@given(
+    st.integers(0, 2**31),
+    st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    st.integers(1, 1300),
+    st.sampled_from([0.0, 1e6]),
+    st.sampled_from([np.float32, np.float64]),
+)
+def test_add_batch_in_place_equals_merging_batch_stats(seed, sizes, elements, offset, dtype):
+    """The profiling path's fused update (blocks of elements, more than one block from 513 on)
+    gives the same numbers as merging each batch's stats, bit for bit."""
+    rng = np.random.default_rng(seed)
+    batches = [(offset + rng.standard_normal((n, elements))).astype(dtype) for n in sizes]
+    fused, merged = SiteStats.empty((elements,)), SiteStats.empty((elements,))
+    for y in batches:
+        fused.add_batch(y)
+        merged = merged.merge(SiteStats.of_batch(y))
+    for name in ("count", "shift", "shifted_mean", "m2", "min", "max"):
+        np.testing.assert_array_equal(getattr(fused, name), getattr(merged, name), err_msg=name)
