@@ -10,6 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
+from velcro_ref import graph as G
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, ModelError
 from velcro_ref.graph import INPUT
@@ -18,6 +19,8 @@ from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
 from velcro_ref.reference import pool as rpool
 from velcro_ref.zoo import _Builder
+
+ORACLE_ACTIVATIONS = {"relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
 
 
 @st.composite
@@ -41,7 +44,7 @@ def graphs(draw):
         i += 1
         kind = draw(st.sampled_from(["conv", "res", "concat", "pool"]))
         cin = b.channels[x]
-        act = draw(st.sampled_from(["relu", "relu6"]))
+        act = draw(st.sampled_from(G.ACTIVATIONS))  # every activation the engine knows
         if kind == "conv":
             groups = draw(st.sampled_from([g for g in (1, 2, 3, cin) if cin % g == 0]))
             cout = groups * draw(st.sampled_from([1, 2, 3] if groups > 3 else [1, 2, 3, 16]))
@@ -122,8 +125,8 @@ def reference_walk(g, x, masks):
             out = ((ins[0] - p["mean"][:, None, None]) * scale[:, None, None] + p["beta"][:, None, None]).astype(
                 np.float32
             )
-        elif n.op in ("relu", "relu6"):
-            out = np.maximum(ins[0], 0) if n.op == "relu" else np.clip(ins[0], 0, 6)
+        elif n.op in G.ACTIVATIONS:
+            out = ORACLE_ACTIVATIONS[n.op](ins[0])  # a new activation needs an entry here too
             if n.name in masks.sites:
                 mask, const = masks.sites[n.name]
                 out = np.where(mask[None], const[None], out).astype(np.float32)
