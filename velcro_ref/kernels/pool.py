@@ -5,25 +5,51 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+# Input elements from which max_pool uses both threads, and planes per parallel work item. Below
+# it (every pool of the zoo at batch 1) a dense run opens no parallel region: after one, the
+# OpenMP threads spin (threads.py) and slowed the BLAS calls that followed, GoogLeNet at batch 1
+# from 32-35 to 40-43 ms dense.
+PARALLEL_MIN = 1 << 20
+PLANES = 8
 
-@njit(cache=True, parallel=True)
+
 def max_pool(x, kh, kw, sh, sw, pt, pl, out):
-    """Layout: x (N, C, H, W), out (N, C, OH, OW). Loop order: planes (n, c) in parallel, oy,
-    the max over the window's input rows into a row buffer (ix inner), then the max over each
-    output's columns of that buffer (fx, then ox inner): both inner loops are selects over
-    contiguous or strided floats, so they vectorise.
+    """Layout: x (N, C, H, W), out (N, C, OH, OW). Loop order: planes (n, c), in parallel from
+    PARALLEL_MIN input elements on, then oy, the max over the window's input rows into a row
+    buffer (ix inner), then the max over each output's columns of that buffer (fx, then ox
+    inner): both inner loops are selects, so they vectorise.
 
     Taps outside the input (padding, ceil_mode overhang) are -inf in the row buffer, so ignored,
-    and a NaN wins as in np.maximum and PyTorch. Against a NumPy version (whole-batch
-    np.maximum on strided views of a -inf padded copy), 1.3-6.5x faster on ResNet-18's and
-    GoogLeNet's pool shapes at batch 1, 8 and 128: 0.34 against 1.07 ms for ResNet-18's at batch 1.
+    and a NaN wins as in np.maximum and PyTorch. Against a NumPy version (whole-batch np.maximum
+    on strided views of a -inf padded copy), on ResNet-18's and GoogLeNet's pool shapes: 1.6x
+    faster on planes of 28x28 and more at batch 1 (0.49 against 0.77 ms for ResNet-18's), 1.6-5.9x
+    at batch 8 and 128, and 0.71-0.98x on batch-1 planes of 14x14, where a row is less than a
+    vector.
     """
-    n_n, c_n, h, w = x.shape
+    n_items = (x.shape[0] * x.shape[1] + PLANES - 1) // PLANES
+    if x.size >= PARALLEL_MIN:
+        _max_pool_threads(x, kh, kw, sh, sw, pt, pl, out, n_items)
+    else:
+        _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, 0, x.shape[0] * x.shape[1])
+
+
+@njit(cache=True, parallel=True)
+def _max_pool_threads(x, kh, kw, sh, sw, pt, pl, out, n_items):
+    """`max_pool` with items of PLANES planes in parallel."""
+    n_planes = x.shape[0] * x.shape[1]
+    for item in prange(n_items):
+        _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, item * PLANES, min((item + 1) * PLANES, n_planes))
+
+
+@njit(cache=True)
+def _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, q0, q1):
+    """`max_pool` of the planes q0 .. q1 - 1 (plane q = (q // C, q % C)), one row buffer for all."""
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = out.shape[2], out.shape[3]
-    for item in prange(n_n * c_n):
-        plane, o = x[item // c_n, item % c_n], out[item // c_n, item % c_n]
-        rows = np.full(max(pl + w, (ow - 1) * sw + kw), -np.inf, np.float32)  # padded columns stay -inf
-        r = rows[pl : pl + w]
+    rows = np.full(max(pl + w, (ow - 1) * sw + kw), -np.inf, np.float32)  # padded columns stay -inf
+    r = rows[pl : pl + w]
+    for q in range(q0, q1):
+        plane, o = x[q // c_n, q % c_n], out[q // c_n, q % c_n]
         for oy in range(oh):
             y0, y1 = max(oy * sh - pt, 0), min(oy * sh - pt + kh, h)
             if y0 >= y1:
@@ -36,6 +62,14 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, out):
                     v, m = src[ix], r[ix]
                     r[ix] = v if (v > m) | (v != v) else m
             orow = o[oy]
+            if sw == 1:  # contiguous columns: the loops vectorise
+                orow[:] = rows[:ow]
+                for fx in range(1, kw):
+                    cols = rows[fx : fx + ow]
+                    for ox in range(ow):
+                        v, m = cols[ox], orow[ox]
+                        orow[ox] = v if (v > m) | (v != v) else m
+                continue
             for ox in range(ow):
                 orow[ox] = rows[ox * sw]
             for fx in range(1, kw):
