@@ -31,6 +31,12 @@ FIELDS = ("count", "shift", "shifted_mean", "m2", "min", "max")
 FIELDS_V1 = ("count", "mean", "m2", "min", "max")
 
 
+def _image_rows(y) -> np.ndarray:
+    """A batch y (N, *shape) as C-contiguous (N, E) rows, float32 or float64 for the kernels."""
+    y2 = np.ascontiguousarray(np.asarray(y).reshape(len(y), -1))
+    return y2 if y2.dtype in (np.float32, np.float64) else y2.astype(np.float64)
+
+
 @dataclass
 class SiteStats:
     """float64 arrays of one site's element shape; mean = shift + shifted_mean."""
@@ -50,44 +56,48 @@ class SiteStats:
     @classmethod
     def of_batch(cls, y):
         """Stats of a batch y (N, *shape) by Welford's update, shifted by its first sample."""
-        y = np.asarray(y)
-        shape = y.shape[1:]
-        y2 = np.ascontiguousarray(y.reshape(y.shape[0], -1))
+        y2 = _image_rows(y)
+        shape = np.shape(y)[1:]
         shift = y2[0].astype(np.float64)
         mean, m2 = np.empty_like(shift), np.empty_like(shift)
         lo, hi = np.full_like(shift, np.inf), np.full_like(shift, -np.inf)
-        if y2.dtype != np.float32 and y2.dtype != np.float64:
-            y2 = y2.astype(np.float64)
         welford(y2, shift, mean, m2, lo, hi)
-        count = np.full(shape, float(y.shape[0]))
+        count = np.full(shape, float(y2.shape[0]))
         return cls(
             count, shift.reshape(shape), mean.reshape(shape), m2.reshape(shape), lo.reshape(shape), hi.reshape(shape)
         )
 
     def merge(self, other: SiteStats) -> SiteStats:
-        """Chan et al.'s parallel combination of two partial results (in this one's shift)."""
+        """Chan et al.'s parallel combination of two partial results (in this one's shift), in new
+        arrays. Raises StatsError for stats of another element shape."""
+        if other.count.shape != self.count.shape:
+            raise StatsError(f"cannot merge stats of element shape {self.count.shape} with {other.count.shape}")
         if not self.count.any():
-            return other
+            return other.copy()
         if not other.count.any():
-            return self
+            return self.copy()
         n, mean, m2 = (np.empty(self.count.shape) for _ in range(3))
         parts = (self.count, self.shift, self.shifted_mean, self.m2, other.count, other.shift, other.shifted_mean)
         flat = [np.ascontiguousarray(a, np.float64).reshape(-1) for a in (*parts, other.m2)]
         chan_arrays(*flat, n.reshape(-1), mean.reshape(-1), m2.reshape(-1))
-        return SiteStats(n, self.shift, mean, m2, np.minimum(self.min, other.min), np.maximum(self.max, other.max))
+        lo, hi = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
+        return SiteStats(n, self.shift.copy(), mean, m2, lo, hi)
+
+    def copy(self) -> SiteStats:
+        return SiteStats(*(getattr(self, f).copy() for f in FIELDS))
 
     def add_batch(self, y) -> None:
         """Merge a batch y (N, *shape) into these stats in place: the same numbers as
         `self.merge(SiteStats.of_batch(y))`, in one pass (`welford_add`) instead of a dozen over
-        whole-site temporaries: 25 against 41 ms for ResNet-18's 17 sites at batch 8. The arrays
-        must be this object's own (as `empty` makes them)."""
+        whole-site temporaries: 25 against 41 ms for ResNet-18's 17 sites at batch 8. Raises
+        ValueError unless the arrays are writeable and C-contiguous (as `empty`, `of_batch` and
+        `merge` make them; an update of a copy would be lost)."""
+        arrays = [getattr(self, f) for f in FIELDS]
+        if not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
+            raise ValueError("SiteStats.add_batch needs writeable C-contiguous arrays")
         if len(y) == 0:
             return
-        y2 = np.ascontiguousarray(np.asarray(y).reshape(len(y), -1))
-        if y2.dtype != np.float32 and y2.dtype != np.float64:
-            y2 = y2.astype(np.float64)
-        flat = [a.reshape(-1) for a in (self.count, self.shift, self.shifted_mean, self.m2, self.min, self.max)]
-        welford_add(y2, *flat)
+        welford_add(_image_rows(y), *(a.reshape(-1) for a in arrays))
 
     @property
     def mean(self) -> np.ndarray:
@@ -115,6 +125,10 @@ class Stats:
         if set(other.sites) != set(self.sites):
             diff = sorted(set(other.sites) ^ set(self.sites))
             raise StatsError(f"cannot merge stats with different sites: {', '.join(diff)}")
+        for s, st in self.sites.items():
+            a, b = st.count.shape, other.sites[s].count.shape
+            if a != b:
+                raise StatsError(f"cannot merge stats of site '{s}': element shape {a} against {b}")
         sites = {s: self.sites[s].merge(other.sites[s]) for s in self.sites}
         classes = tuple(sorted(set(self.classes) | set(other.classes)))
         source = " + ".join(s for s in (self.source, other.source) if s)

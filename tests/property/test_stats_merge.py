@@ -1,10 +1,12 @@
 """Stats of shards merged in any order equal the stats of the whole set and numpy's float64 mean/var."""
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from velcro_ref.stats import SiteStats
+from velcro_ref.errors import StatsError
+from velcro_ref.stats import SiteStats, Stats
 
 
 @given(
@@ -58,3 +60,29 @@ def test_add_batch_in_place_equals_merging_batch_stats(seed, sizes, elements, of
         merged = merged.merge(SiteStats.of_batch(y))
     for name in ("count", "shift", "shifted_mean", "m2", "min", "max"):
         np.testing.assert_array_equal(getattr(fused, name), getattr(merged, name), err_msg=name)
+
+
+def test_stats_of_another_element_shape_are_refused_naming_the_site():
+    """The merge kernel trusts its arrays' sizes: a shape mismatch must stop before it."""
+    a = Stats("fp", {"relu": SiteStats.of_batch(np.ones((2, 4, 5)))}, (1,), 2, "a")
+    b = Stats("fp", {"relu": SiteStats.of_batch(np.ones((2, 1, 5)))}, (1,), 2, "b")
+    with pytest.raises(StatsError, match="site 'relu'.*\\(4, 5\\).*\\(1, 5\\)"):
+        a.merge(b)
+    with pytest.raises(StatsError, match="element shape"):
+        a.sites["relu"].merge(b.sites["relu"])
+
+
+def test_add_batch_changes_only_its_own_arrays():
+    """Merged stats own their arrays (an in-place update of one leaves its inputs as they were),
+    and arrays the update could not write in place are refused rather than silently copied."""
+    rng = np.random.default_rng(2)
+    first, second = SiteStats.of_batch(rng.standard_normal((3, 6))), SiteStats.of_batch(rng.standard_normal((2, 6)))
+    kept = [first.copy(), second.copy()]
+    for merged in (SiteStats.empty((6,)).merge(first), first.merge(second)):
+        merged.add_batch(rng.standard_normal((4, 6)))
+    for orig, now in zip(kept, (first, second), strict=True):
+        for name in ("count", "shift", "shifted_mean", "m2", "min", "max"):
+            np.testing.assert_array_equal(getattr(now, name), getattr(orig, name))
+    fortran = SiteStats(*(np.asfortranarray(np.zeros((3, 4))) for _ in range(6)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fortran.add_batch(np.ones((1, 3, 4)))
