@@ -13,17 +13,26 @@ benchmarks do).
 A sleeping OpenMP thread, though, takes 45-55 us to wake (an empty 2-thread `prange` region),
 and a masked run at batch 1 opens a region per conv, 0.5-1 ms apart. GOMP_SPINCOUNT (which
 overrides the passive policy's 0) keeps the threads spinning for 30000 turns, about 0.6 ms on
-the 2-core machine of docs/kernels.md, before they sleep: an empty region then takes 2 us. A
-dense run opens no region, so no spinning thread meets its BLAS calls. Measured on ResNet-18
-(224x224, batch 1, R = 0.7), six alternating pairs of processes: achieved/ideal 0.707-0.808
-without it and 0.726-0.815 with it, higher in all six pairs.
+the 2-core machine of docs/kernels.md, before they sleep: an empty region then takes 2 us.
+Measured on ResNet-18 (224x224, batch 1, R = 0.7), six alternating pairs of processes:
+achieved/ideal 0.707-0.808 without it and 0.726-0.815 with it, higher in all six pairs.
+
+The spin is paid where a BLAS call follows a region within 0.6 ms. A dense run below 48 images
+opens no region unless a max pool reaches 1M input elements (kernels/pool.py): a parallel max
+pool at batch 1 had made GoogLeNet's dense run 40-43 ms instead of 32-35. With it serial there,
+alternating processes with and without the spin gave the same dense times within the noise for
+ResNet-18 at batch 1, 8 and 64 and GoogLeNet at batch 1 and 64. The spin count is set only
+with the passive policy set here: a user's own OMP_WAIT_POLICY keeps its libgomp default.
 """
 
 from __future__ import annotations
 
 import os
 
-SPIN_DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
+SPIN_DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+PASSIVE_SPINCOUNT = "30000"
 
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", PASSIVE_SPINCOUNT)
 for _name, _value in SPIN_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
