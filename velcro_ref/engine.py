@@ -350,7 +350,8 @@ class Model:
                 self._fixed.pop(st.name, None)
             elif self._fixed.get(st.name) is not plan:
                 # skipped conv outputs read 0, masked site elements their constants; no kernel
-                # writes them, so they stay for later runs with the same plan
+                # changes them (clamp_unmasked stores them back as they are), so they stay for
+                # later runs with the same plan
                 put_at(out.reshape(n_n, -1), *fixed)
                 self._fixed[st.name] = plan
             mask = None if plan is None else plan.site_masks.get(st.name)

@@ -4,9 +4,10 @@
   outputs (0) and a masked site's constants, written once per MaskSet and kept while it runs;
   a loop over the masked positions costs a fraction of a masked copy over every element.
 - clamp_unmasked: a masked site's activation at its unmasked elements only, the constants
-  already in place. On ResNet-18's 17 sites at batch 1 (70% masked, the constants and masks
-  evicted between runs as in a network) 0.90-0.99 ms against 1.33-1.44 ms for writing the
-  activation and the constants in one pass: the constants are no longer read on every run.
+  already in place in the output (a select that stores masked elements back as they are, so
+  the loop vectorises). On ResNet-18's 17 sites at batch 1 (70% masked, the arrays evicted
+  between runs as in a network) 0.90-0.99 ms against 1.33-1.44 ms for writing the activation
+  and the constants in one pass: a separate constants array is no longer read on every run.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from numba import njit, prange
 
 # Positions per work item: small batches still split over threads.
 PART = 1 << 15
-# Elements from which clamp_unmasked uses both threads. Measured at batch 1 (70% masked): one
-# thread took 4-31 us on ResNet-18's 25K-200K element sites where two took 52-67 us, and the
-# same 0.15 ms on the 800K-element stem.
-PARALLEL_MIN = 1 << 20
+# Elements from which clamp_unmasked uses both threads. Measured at batch 1 (70% masked, arrays
+# evicted, the threads still spinning after the conv before, see threads.py): one thread against
+# two took 21/24 us on 25K elements, 25/24 on 50K, 35/28 on 100K, 68/54 on 200K and 229/163 us on
+# ResNet-18's 800K-element stem site. (With the threads asleep, waking them cost 45-55 us more.)
+PARALLEL_MIN = 1 << 16
 
 
 @njit(cache=True, parallel=True)
@@ -39,8 +41,8 @@ def clamp_unmasked(x, hi, mask, out):
     """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool: out[n, e] = x[n, e]
     clamped to [0, hi] where not mask[e] (relu: hi = inf, relu6: hi = 6); masked elements keep
     what out holds. As np.maximum and np.minimum: NaN stays NaN and -0.0 becomes 0.0. Below
-    PARALLEL_MIN elements in one thread: the pass is memory-bound, and waking the other thread
-    costs more than it saves."""
+    PARALLEL_MIN elements in one thread: the pass is memory-bound, and a second thread saves
+    less than it costs to start."""
     (_clamp_unmasked_threads if x.size >= PARALLEL_MIN else _clamp_unmasked_serial)(x, hi, mask, out)
 
 
