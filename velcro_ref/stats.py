@@ -77,8 +77,8 @@ class SiteStats:
         if not other.count.any():
             return self.copy()
         n, mean, m2 = (np.empty(self.count.shape) for _ in range(3))
-        parts = (self.count, self.shift, self.shifted_mean, self.m2, other.count, other.shift, other.shifted_mean)
-        flat = [np.ascontiguousarray(a, np.float64).reshape(-1) for a in (*parts, other.m2)]
+        moments = ("count", "shift", "shifted_mean", "m2")
+        flat = [np.ascontiguousarray(getattr(st, f), np.float64).reshape(-1) for st in (self, other) for f in moments]
         chan_arrays(*flat, n.reshape(-1), mean.reshape(-1), m2.reshape(-1))
         lo, hi = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
         return SiteStats(n, self.shift.copy(), mean, m2, lo, hi)
