@@ -23,7 +23,6 @@ from simulator.arch import load_arch, with_changes
 from simulator.compute import array_compute
 from simulator.workload import build_workload
 from velcro_ref.engine import Model
-from velcro_ref.graph import conv_attrs
 from velcro_ref.zoo import build_zoo
 
 DRIVER = r"""
@@ -70,7 +69,7 @@ def main():
     layers = [x for x in build_workload(model) if x.op == "conv2d"]
     job_layers = []
     for x in layers:
-        sh = conv_attrs(model.exec_graph.node(x.name))["stride"][0]
+        sh = model.plan.node(x.name).attrs["stride"][0]
         job_layers.append(
             {"name": x.name, "topology": [(x.oy - 1) * sh + x.fy, (x.ox - 1) * sh + x.fx, x.fy, x.fx, x.c, x.k, sh]}
         )

@@ -96,7 +96,7 @@ def main():
     args = p.parse_args()
     model = Model(build_zoo("resnet18"))
     layer = next(x for x in build_workload(model) if x.name == args.layer)
-    stride = model.exec_graph.node(layer.name).attrs["stride"][0]
+    stride = model.plan.node(layer.name).attrs["stride"][0]
     job = {"loops": [layer.k, layer.c, layer.oy, layer.ox, layer.fy, layer.fx, stride]}
     run = subprocess.run(
         [args.zigzag_python, "-c", DRIVER], input=json.dumps(job), capture_output=True, text=True, check=False

@@ -1,7 +1,8 @@
 """Workload: a velcro_ref Model (and optional MaskSet) -> one loop-nest record per layer.
 
-conv2d and linear run on the PE array; pooling and element-wise ops run on the vector unit.
-flatten, dropout and concat cost nothing: their readers address the producers' buffers.
+Each op's definition (velcro_ref/ops) says where it runs: the PE array (conv2d, linear), the
+vector unit (pooling, element-wise ops, with their operations per element) or nowhere (flatten,
+dropout, concat: their readers address the producers' buffers).
 """
 
 from __future__ import annotations
@@ -10,21 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from velcro_ref import graph as G
-
-ARRAY_OPS = ("conv2d", "linear")
-FREE_OPS = ("flatten", "dropout", "concat")
-# Vector-unit operations per output element (a pooling window adds fy*fx of them).
-OPS_PER_ELEMENT = {
-    "add": 1,
-    "relu": 1,
-    "relu6": 1,
-    "batch_norm": 2,
-    "softmax": 3,
-    "max_pool": 1,
-    "avg_pool": 1,
-    "global_avg_pool": 1,
-}
+from velcro_ref.graph import INPUT
 
 
 @dataclass(frozen=True, eq=False)
@@ -88,38 +75,16 @@ class Layer:
         return Layer(**{**self.__dict__, "skip": None, "site": None, "bitmap_bytes": 0, "n_consts": 0})
 
 
-def _layer(model, n, shapes, consumers):
-    ins = [shapes[t] for t in n.inputs]
-    out = shapes[n.name]
-    in_elems = sum(int(np.prod(s)) for s in ins)
-    if n.op == "conv2d":
-        a = G.conv_attrs(n)
-        (fy, fx), g = a["kernel"], a["groups"]
-        return Layer(n.name, n.op, "array", out[0], ins[0][0] // g, out[1], out[2], fy, fx, groups=g, in_elems=in_elems)
-    if n.op == "linear":
-        return Layer(n.name, n.op, "array", out[0], ins[0][0], 1, 1, 1, 1, in_elems=in_elems)
-    k, oy, ox = (*out, 1, 1)[:3] if len(out) == 1 else out
-    fy = fx = 1
-    if n.op in ("max_pool", "avg_pool"):
-        fy, fx = G.pool_attrs(n)["kernel"]
-    elif n.op == "global_avg_pool":
-        fy, fx = ins[0][1], ins[0][2]
+def _layer(st, readers):
+    """The record of one plan node (velcro_ref.plan.PlanNode)."""
+    op = st.opdef
+    nest = op.loop_nest(st.attrs, st.in_shapes, st.out_shape)
+    in_elems = sum(int(np.prod(s)) for s in st.in_shapes)
+    if op.unit == "array":
+        return Layer(st.name, st.op, "array", **nest, in_elems=in_elems)
     # An activation right after its only producer runs on that producer's output path.
-    fused = n.op in G.ACTIVATIONS and n.inputs[0] != G.INPUT and len(consumers[n.inputs[0]]) == 1
-    return Layer(
-        n.name,
-        n.op,
-        "vector",
-        k,
-        1,
-        oy,
-        ox,
-        fy,
-        fx,
-        in_elems=in_elems,
-        ops_per_element=OPS_PER_ELEMENT[n.op],
-        fused=fused,
-    )
+    fused = op.site and st.inputs[0] != INPUT and len(readers[st.inputs[0]]) == 1
+    return Layer(st.name, st.op, "vector", **nest, in_elems=in_elems, ops_per_element=op.ops_per_element, fused=fused)
 
 
 def _site_records(model, masks):
@@ -129,15 +94,15 @@ def _site_records(model, masks):
     an add feeding only it skip the same elements on the vector unit.
     """
     skips = model.site_skips(masks)
-    consumers = model.exec_graph.consumers()
-    by_name = {n.name: n for n in model.exec_graph.nodes}
+    plan = model.plan
+    steps = {st.name: st for st in plan.nodes}
     out = {}
     for site, (mask, _) in masks.sites.items():
         if not mask.any():
             continue
         nodes = [*model.chains[site], site]
-        src = by_name.get(by_name[site].inputs[0])
-        if src is not None and src.op == "add" and len(consumers[src.name]) == 1:
+        src = steps.get(steps[site].inputs[0])
+        if src is not None and src.op == "add" and len(plan.readers[src.name]) == 1:
             nodes.append(src.name)
         for node in nodes:
             out[node] = (site, skips.get(node, mask))
@@ -150,20 +115,18 @@ def build_workload(model, masks=None) -> list[Layer]:
     Dense MACs are Model.layer_macs(); with `masks` (a MaskSet of this model) array layers on a
     masked site's chain carry the engine's skip arrays. Raises MaskError for masks of another model.
     """
-    shapes = model.exec_shapes
-    consumers = model.exec_graph.consumers()
     dense_macs = model.layer_macs()
     masked = {}
     if masks is not None:
         model.check_masks(masks)
         masked = _site_records(model, masks)
     layers, seen_sites = [], set()
-    for n in model.exec_graph.nodes:
-        if n.op in FREE_OPS:
+    for n in model.plan.nodes:
+        if n.opdef.unit == "free":
             continue
-        layer = _layer(model, n, shapes, consumers)
+        layer = _layer(n, model.plan.readers)
         fields = {}
-        if n.op in ARRAY_OPS:
+        if n.opdef.unit == "array":
             fields["macs"] = dense_macs[n.name]
             assert fields["macs"] == layer.out_elems * layer.c * layer.fy * layer.fx, n.name
         if n.name in masked:

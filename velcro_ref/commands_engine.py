@@ -44,7 +44,8 @@ def cmd_zoo(args):
 
 
 def model_info(model) -> dict:
-    """Per-layer shapes, parameter counts and MACs of the stored graph, plus totals."""
+    """Per-layer shapes, parameter counts and MACs of the stored graph, plus totals; `dead` lists
+    the nodes not on the path to the output (stored, never run)."""
     from .graph import node_macs
 
     g, shapes = model.graph, model.shapes
@@ -59,7 +60,7 @@ def model_info(model) -> dict:
                 "input_shapes": [list(shapes[t]) for t in n.inputs],
                 "output_shape": list(shapes[n.name]),
                 "params": n_params,
-                "macs": node_macs(n, shapes[n.inputs[0]], shapes[n.name]),
+                "macs": node_macs(n, [shapes[t] for t in n.inputs], shapes[n.name]),
             }
         )
     return {
@@ -70,7 +71,8 @@ def model_info(model) -> dict:
         "layers": layers,
         "activation_sites": list(model.sites),
         "total_params": sum(layer["params"] for layer in layers),
-        "total_macs": sum(layer["macs"] for layer in layers),
+        "total_macs": sum(layer["macs"] for layer in layers if layer["name"] not in model.plan.dead),
+        "dead": list(model.plan.dead),
     }
 
 
@@ -90,6 +92,8 @@ def cmd_info(args):
         f"total: {info['total_params']:,} parameters, {info['total_macs']:,} MACs per image, "
         f"{len(info['activation_sites'])} activation sites"
     )
+    if info["dead"]:
+        print(f"note: {len(info['dead'])} node(s) not on the path to the output, never run: {', '.join(info['dead'])}")
     return 0
 
 

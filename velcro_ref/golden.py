@@ -36,16 +36,15 @@ class _Recorder:
         g = self.f.create_group(f"nodes/{self.k:03d}_{step.name.replace('/', '%2F')}")
         self.k += 1
         self.order.append(step.name)
-        node = self.model.exec_graph.node(step.name)
         g.attrs["name"] = step.name
         g.attrs["op"] = step.op
         g.attrs["inputs"] = json.dumps(list(step.inputs))
-        g.attrs["attrs"] = json.dumps(node.attrs)
+        g.attrs["attrs"] = json.dumps(step.source.attrs)
         for i, x in enumerate(inputs):
             g.create_dataset(f"input_{i}", data=x)
         g.create_dataset("output", data=out)
-        for role, key in node.params.items():
-            g.create_dataset(role, data=self.model.exec_graph.params[key])
+        for role, array in step.arrays.items():
+            g.create_dataset(role, data=array)
         if skip is not None:
             g.create_dataset("skipped", data=np.asarray(skip, bool))
 

@@ -10,13 +10,15 @@ import json
 import numpy as np
 
 from . import graph as G
+from . import ops
 from .errors import ModelError
 from .fileio import atomic_path
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12
 BATCH_DIM = "N"
-_RELU6_MIN, _RELU6_MAX = "velcro.relu6_min", "velcro.relu6_max"
+# Names of the shared scalar initializers ops may add (relu6's Clip bounds)
+_CONSTANTS = ("velcro.relu6_min", "velcro.relu6_max")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # one ONNX file without external data cannot exceed 2 GiB
 
 
@@ -52,25 +54,18 @@ def build_onnx(graph: G.Graph):
     if n_bytes > _PROTOBUF_LIMIT:
         raise ModelError(f"parameters take {n_bytes} bytes; a single ONNX file holds at most 2 GiB")
     tensor_names = {G.INPUT} | {n.name for n in graph.nodes}
-    clash = sorted(tensor_names & ({k for n in graph.nodes for k in n.params.values()} | {_RELU6_MIN, _RELU6_MAX}))
+    clash = sorted(tensor_names & ({k for n in graph.nodes for k in n.params.values()} | set(_CONSTANTS)))
     if clash:
         raise ModelError(f"names used both as a node and a parameter: {', '.join(clash)}")
-
-    initializers: dict[str, object] = {}
-
-    def param(node, role):
-        key = node.params[role]
-        if key not in initializers:
-            initializers[key] = numpy_helper.from_array(np.asarray(graph.params[key], dtype=np.float32), key)
-        return key
-
+    ctx = _Context(graph, tensor_names, helper, numpy_helper)
     nodes = []
     for n in graph.nodes:
-        nodes.append(_node(n, param, initializers, helper, numpy_helper))
+        op = ops.get(n.op, n.name)
+        nodes.extend(op.to_onnx(n, op.check(n), ctx))
     batch = [BATCH_DIM]
     inp = helper.make_tensor_value_info(G.INPUT, TensorProto.FLOAT, batch + list(graph.input_shape))
     out = helper.make_tensor_value_info(graph.output, TensorProto.FLOAT, batch + list(shapes[graph.output]))
-    g = helper.make_graph(nodes, "velcro", [inp], [out], initializer=list(initializers.values()))
+    g = helper.make_graph(nodes, "velcro", [inp], [out], initializer=list(ctx.initializers.values()))
     from . import __version__
 
     model = helper.make_model(
@@ -84,50 +79,32 @@ def build_onnx(graph: G.Graph):
     return model
 
 
-def _node(n: G.Node, param, initializers, helper, numpy_helper):
-    x = list(n.inputs)
-    out = [n.name]
-    op = n.op
-    if op == "conv2d":
-        a = G.conv_attrs(n)
-        ins = x + [param(n, "weight")] + ([param(n, "bias")] if "bias" in n.params else [])
-        return helper.make_node(
-            "Conv",
-            ins,
-            out,
-            name=n.name,
-            kernel_shape=list(a["kernel"]),
-            strides=list(a["stride"]),
-            dilations=list(a["dilation"]),
-            pads=list(a["pads"]),
-            group=a["groups"],
-        )
-    if op == "batch_norm":
-        ins = x + [param(n, r) for r in ("gamma", "beta", "mean", "var")]
-        return helper.make_node("BatchNormalization", ins, out, name=n.name, epsilon=float(n.attrs.get("eps", 1e-5)))
-    if op in ("max_pool", "avg_pool"):
-        a = G.pool_attrs(n)
-        kw = {
-            "kernel_shape": list(a["kernel"]),
-            "strides": list(a["stride"]),
-            "pads": list(a["pads"]),
-            "ceil_mode": int(a["ceil_mode"]),
-        }
-        if op == "avg_pool":
-            return helper.make_node(
-                "AveragePool", x, out, name=n.name, count_include_pad=int(a["count_include_pad"]), **kw
-            )
-        return helper.make_node("MaxPool", x, out, name=n.name, **kw)
-    if op == "relu6":
-        for key, v in ((_RELU6_MIN, 0.0), (_RELU6_MAX, 6.0)):
-            if key not in initializers:
-                initializers[key] = numpy_helper.from_array(np.array(v, dtype=np.float32), key)
-        return helper.make_node("Clip", x + [_RELU6_MIN, _RELU6_MAX], out, name=n.name)
-    if op == "linear":
-        ins = x + [param(n, "weight")] + ([param(n, "bias")] if "bias" in n.params else [])
-        return helper.make_node("Gemm", ins, out, name=n.name, transB=1)
-    if op in ("concat", "flatten", "softmax"):
-        onnx_op = {"concat": "Concat", "flatten": "Flatten", "softmax": "Softmax"}[op]
-        return helper.make_node(onnx_op, x, out, name=n.name, axis=1)
-    simple = {"relu": "Relu", "add": "Add", "global_avg_pool": "GlobalAveragePool", "dropout": "Identity"}
-    return helper.make_node(simple[op], x, out, name=n.name)
+class _Context:
+    """What an op's `to_onnx` uses: initializers by parameter key or constant name, unique names for
+    extra tensors, and onnx.helper."""
+
+    def __init__(self, graph, taken, helper, numpy_helper):
+        self.graph, self.helper, self.numpy_helper = graph, helper, numpy_helper
+        self.initializers: dict[str, object] = {}
+        self.taken = set(taken) | set(_CONSTANTS) | {k for n in graph.nodes for k in n.params.values()}
+
+    def param(self, node, role) -> str:
+        key = node.params[role]
+        if key not in self.initializers:
+            a = np.asarray(self.graph.params[key], dtype=np.float32)
+            self.initializers[key] = self.numpy_helper.from_array(a, key)
+        return key
+
+    def const(self, name, value) -> str:
+        """A float32 scalar initializer (one of _CONSTANTS), shared by every node that uses it."""
+        if name not in self.initializers:
+            self.initializers[name] = self.numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+        return name
+
+    def fresh(self, base) -> str:
+        """A tensor name no node, parameter or earlier extra tensor uses."""
+        name, k = base, 2
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name

@@ -8,35 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from . import graph as G
+from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
+from .ops.base import OnnxUnsupported
 
-# ONNX op types the importer converts; Identity and Dropout are bypassed, shape arithmetic is folded.
-SUPPORTED_ONNX_OPS = (
-    "Add",
-    "AveragePool",
-    "BatchNormalization",
-    "Clip",
-    "Concat",
-    "Constant",
-    "Conv",
-    "Dropout",
-    "Flatten",
-    "Gemm",
-    "GlobalAveragePool",
-    "Identity",
-    "MatMul",
-    "MaxPool",
-    "ReduceMean",
-    "Relu",
-    "Reshape",
-    "Softmax",
-)
+# ONNX op types the importer converts: those of the op registry, and Identity and Dropout, which it
+# bypasses; Constant and shape arithmetic are folded.
+SUPPORTED_ONNX_OPS = tuple(sorted({*ops.ONNX_IMPORTS, "Constant", "Dropout", "Identity"}))
 # Ops evaluated at import time when every input is known (constants and the symbolic batch size).
 _FOLD_OPS = (
     "Cast",
@@ -51,25 +34,6 @@ _FOLD_OPS = (
     "Transpose",
     "Unsqueeze",
 )
-# Inputs of an op that carry activations; the others must be constants (weights, shapes, limits).
-_DATA_INPUTS = {
-    "AveragePool": (0,),
-    "BatchNormalization": (0,),
-    "Clip": (0,),
-    "Conv": (0,),
-    "Dropout": (0,),
-    "Flatten": (0,),
-    "Gemm": (0,),
-    "GlobalAveragePool": (0,),
-    "Identity": (0,),
-    "MatMul": (0,),
-    "MaxPool": (0,),
-    "ReduceMean": (0,),
-    "Relu": (0,),
-    "Reshape": (0,),
-    "Softmax": (0,),
-}
-_FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 class _Batch:
@@ -80,10 +44,6 @@ class _Batch:
 
 
 BATCH = _Batch()
-
-
-class _Unsupported(Exception):
-    """This node cannot be converted; the message says why (empty: the op itself is unknown)."""
 
 
 class _Skip(Exception):
@@ -171,7 +131,9 @@ class _Importer:
         self.unsupported: list[str] = []
         self.skipped = False
         self.bias_free: dict[str, str] = {}  # ONNX output read once -> its linear node without bias
+        self.pending: dict[str, str] = {}  # ONNX output of a node fused into its reader -> its input
         self._shape_cache: dict[str, tuple | None] = {}
+        self.BATCH = BATCH
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> G.Graph:
@@ -185,16 +147,16 @@ class _Importer:
             raise ModelError(f"expects exactly one graph output, found {len(self.g.output)}")
         self.input_shape = self._input_shape(inputs[0])
         self.alias[inputs[0].name] = G.INPUT
-        out_name = self.g.output[0].name
-        live, readers = self._live(out_name)
+        out_name = self.output_name = self.g.output[0].name
+        live, self.readers, self._reader_nodes = self._live(out_name)
         for i, node in enumerate(self.g.node):
             if self._fold(node):
                 continue
             if i not in live:
                 continue
             try:
-                self._convert(node, i, readers)
-            except _Unsupported as e:
+                self._convert(node, i)
+            except OnnxUnsupported as e:
                 why = f": {e}" if str(e) else ""
                 self.unsupported.append(_node_label(node, i) + why)
                 self._placeholder(node, i)
@@ -255,7 +217,7 @@ class _Importer:
         return meta
 
     def _live(self, out_name):
-        """Nodes on the data path to the output, and how many live nodes read each tensor."""
+        """Nodes on the data path to the output, how many live nodes read each tensor, and which."""
         producer = {t: i for i, n in enumerate(self.g.node) for t in n.output if t}
         live, readers = set(), {out_name: 1}
         todo = [out_name]
@@ -265,14 +227,21 @@ class _Importer:
                 continue
             live.add(i)
             node = self.g.node[i]
-            data = _DATA_INPUTS.get(node.op_type, range(len(node.input)))
-            for k in data:
+            op = ops.ONNX_IMPORTS.get(node.op_type)
+            data = (0,) if op is None else op.onnx_data_inputs
+            for k in range(len(node.input)) if data is None else data:
                 if k < len(node.input) and node.input[k]:
                     todo.append(node.input[k])
-        for i in live:
+        reader_nodes: dict[str, list] = {}
+        for i in sorted(live):
             for t in self.g.node[i].input:
                 readers[t] = readers.get(t, 0) + 1
-        return live, readers
+                reader_nodes.setdefault(t, []).append(self.g.node[i])
+        return live, readers, reader_nodes
+
+    def reader_nodes(self, tensor) -> list:
+        """The live ONNX nodes that read `tensor`."""
+        return self._reader_nodes.get(tensor, [])
 
     # -- helpers -------------------------------------------------------------------------------
     def _array(self, tensor, what):
@@ -289,7 +258,7 @@ class _Importer:
         self.used_names.add(name)
         return name
 
-    def _add(self, node, index, op, inputs, attrs=None, params=None, output=None, suffix=""):
+    def add(self, node, index, op, inputs, attrs=None, params=None, output=None, suffix=""):
         name = self._new_name(node, index, suffix)
         prm = {}
         for role, array in (params or {}).items():
@@ -306,34 +275,34 @@ class _Importer:
             if t:
                 self.alias[t] = f"<{node.op_type} #{index}>"
 
-    def _data(self, node, k=0):
+    def data(self, node, k=0):
         t = node.input[k] if k < len(node.input) else ""
         if t in self.values:
-            raise _Unsupported(f"input {k} is a constant; expects activations")
+            raise OnnxUnsupported(f"input {k} is a constant; expects activations")
         if t not in self.alias:
             raise ModelError(f"node '{node.name}': reads tensor '{t}' before it is produced")
         return self.alias[t]
 
-    def _const(self, node, k, what, required=True):
+    def const(self, node, k, what, required=True):
         t = node.input[k] if k < len(node.input) else ""
         if not t:
             if required:
-                raise _Unsupported(f"{what} is missing")
+                raise OnnxUnsupported(f"{what} is missing")
             return None
         v = self.values.get(t)
         if v is None:
-            raise _Unsupported(f"{what} ('{t}') is computed at run time; expects an initializer or constant")
+            raise OnnxUnsupported(f"{what} ('{t}') is computed at run time; expects an initializer or constant")
         if v.dtype == object:
-            raise _Unsupported(f"{what} ('{t}') depends on the batch size")
+            raise OnnxUnsupported(f"{what} ('{t}') depends on the batch size")
         return v
 
-    def _weight(self, node, k, what, required=True):
-        v = self._const(node, k, what, required)
+    def weight(self, node, k, what, required=True):
+        v = self.const(node, k, what, required)
         if v is not None and not np.issubdtype(v.dtype, np.floating):
             raise ModelError(f"node '{node.name}': {what} expects a float tensor, found {v.dtype}")
         return v
 
-    def _shape(self, tensor):
+    def shape(self, tensor):
         """Per-image shape of a graph tensor by the graph IR's inference; _Skip if an earlier node failed."""
         if tensor == G.INPUT:
             return self.input_shape
@@ -360,10 +329,10 @@ class _Importer:
             raise _Skip
         return shape
 
-    def _check_outputs(self, node, readers, n_used=1):
+    def _check_outputs(self, node, n_used=1):
         for t in node.output[n_used:]:
-            if t and readers.get(t):
-                raise _Unsupported(f"output '{t}' is read; only the first output is supported")
+            if t and self.readers.get(t):
+                raise OnnxUnsupported(f"output '{t}' is read; only the first output is supported")
 
     # -- constant folding ----------------------------------------------------------------------
     def _fold(self, node) -> bool:
@@ -380,7 +349,7 @@ class _Importer:
                 v = np.array(self.values[ins[0]].shape, dtype=np.int64)
             elif ins[0] in self.alias:
                 try:
-                    v = np.array([BATCH, *self._shape(self.alias[ins[0]])], dtype=object)
+                    v = np.array([BATCH, *self.shape(self.alias[ins[0]])], dtype=object)
                 except _Skip:
                     return False
             else:
@@ -447,42 +416,42 @@ class _Importer:
         return None
 
     # -- conversion ----------------------------------------------------------------------------
-    def _convert(self, node, index, readers):
+    def _convert(self, node, index):
         if node.domain not in ("", "ai.onnx"):
-            raise _Unsupported(f"domain '{node.domain}'")
+            raise OnnxUnsupported(f"domain '{node.domain}'")
         op = node.op_type
         a = _attrs(node)
         if op in ("Identity", "Dropout"):
-            self._check_outputs(node, readers)
+            self._check_outputs(node)
             if op == "Dropout" and len(node.input) > 2 and node.input[2]:
-                mode = self._const(node, 2, "training_mode")
+                mode = self.const(node, 2, "training_mode")
                 if bool(np.asarray(mode).reshape(-1)[0]):
-                    raise _Unsupported("training_mode is true")
-            self.alias[node.output[0]] = self._data(node)
+                    raise OnnxUnsupported("training_mode is true")
+            self.alias[node.output[0]] = self.data(node)
             return
-        handler = getattr(self, f"_op_{op}", None)
+        handler = ops.ONNX_IMPORTS.get(op)
         if handler is None:
-            raise _Unsupported("")
-        self._check_outputs(node, readers)
-        handler(node, index, a, readers)
+            raise OnnxUnsupported("")
+        self._check_outputs(node)
+        handler.from_onnx(node, index, a, self)
 
-    def _spatial(self, node, a, x, kernel, dilation=(1, 1)):
+    def spatial(self, node, a, x, kernel, dilation=(1, 1)):
         """Strides and (top, left, bottom, right) pads from ONNX attributes, auto_pad resolved."""
         stride = [int(s) for s in a.get("strides", [1, 1])]
         if len(stride) != 2:
-            raise _Unsupported(f"strides {stride}; expects 2-D")
+            raise OnnxUnsupported(f"strides {stride}; expects 2-D")
         auto = a.get("auto_pad", b"NOTSET")
         auto = auto.decode() if isinstance(auto, bytes) else auto
         if auto == "NOTSET":
             pads = [int(p) for p in a.get("pads", [0, 0, 0, 0])]
             if len(pads) != 4:
-                raise _Unsupported(f"pads {pads}; expects 4 values")
+                raise OnnxUnsupported(f"pads {pads}; expects 4 values")
             return stride, pads
         if auto == "VALID":
             return stride, [0, 0, 0, 0]
         if auto not in ("SAME_UPPER", "SAME_LOWER"):
-            raise _Unsupported(f"auto_pad '{auto}'")
-        hw = self._shape(x)[1:]
+            raise OnnxUnsupported(f"auto_pad '{auto}'")
+        hw = self.shape(x)[1:]
         begin, end = [], []
         for size, k, s, d in zip(hw, kernel, stride, dilation, strict=True):
             total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
@@ -490,210 +459,6 @@ class _Importer:
             begin.append(lo)
             end.append(total - lo)
         return stride, begin + end
-
-    def _op_Conv(self, node, index, a, readers):
-        x = self._data(node)
-        w = self._weight(node, 1, "weight")
-        b = self._weight(node, 2, "bias", required=False)
-        if w.ndim != 4:
-            raise _Unsupported(f"weight of rank {w.ndim}; only 2-D convolution (rank-4 weight) is supported")
-        kernel = [int(k) for k in w.shape[2:]]
-        if "kernel_shape" in a and list(a["kernel_shape"]) != kernel:
-            raise ModelError(f"node '{node.name}': kernel_shape {list(a['kernel_shape'])} != weight {w.shape}")
-        dilation = [int(d) for d in a.get("dilations", [1, 1])]
-        if len(dilation) != 2:
-            raise _Unsupported(f"dilations {dilation}; expects 2-D")
-        stride, pads = self._spatial(node, a, x, kernel, dilation)
-        attrs = {
-            "out_channels": int(w.shape[0]),
-            "kernel": kernel,
-            "stride": stride,
-            "dilation": dilation,
-            "pads": pads,
-            "groups": int(a.get("group", 1)),
-        }
-        params = {"weight": w}
-        if b is not None:
-            params["bias"] = b.reshape(-1)
-        self._add(node, index, "conv2d", [x], attrs, params)
-
-    def _op_BatchNormalization(self, node, index, a, readers):
-        x = self._data(node)
-        if a.get("training_mode", 0):
-            raise _Unsupported("training_mode=1")
-        if a.get("spatial", 1) != 1:
-            raise _Unsupported("spatial=0")
-        roles = ("gamma", "beta", "mean", "var")
-        params = {r: self._weight(node, k + 1, r).reshape(-1) for k, r in enumerate(roles)}
-        self._add(node, index, "batch_norm", [x], {"eps": float(str(np.float32(a.get("epsilon", 1e-5))))}, params)
-
-    def _op_Relu(self, node, index, a, readers):
-        self._add(node, index, "relu", [self._data(node)])
-
-    def _op_Clip(self, node, index, a, readers):
-        x = self._data(node)
-        if self.opset < 11:
-            lo, hi = a.get("min", -_FLOAT_MAX), a.get("max", _FLOAT_MAX)
-        else:
-            lo_v = self._const(node, 1, "min", required=False)
-            hi_v = self._const(node, 2, "max", required=False)
-            lo = -np.inf if lo_v is None else float(np.asarray(lo_v).reshape(-1)[0])
-            hi = np.inf if hi_v is None else float(np.asarray(hi_v).reshape(-1)[0])
-        if lo == 0 and hi == 6:
-            self._add(node, index, "relu6", [x])
-        elif lo == 0 and hi >= _FLOAT_MAX:
-            self._add(node, index, "relu", [x])
-        else:
-            raise _Unsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
-
-    def _pool(self, node, index, a, op):
-        x = self._data(node)
-        kernel = [int(k) for k in a.get("kernel_shape", [])]
-        if len(kernel) != 2:
-            raise _Unsupported(f"kernel_shape {kernel}; only 2-D pooling is supported")
-        if any(d != 1 for d in a.get("dilations", [1, 1])):
-            raise _Unsupported(f"dilations {list(a['dilations'])}")
-        stride, pads = self._spatial(node, a, x, kernel)
-        attrs = {"kernel": kernel, "stride": stride, "pads": pads, "ceil_mode": bool(a.get("ceil_mode", 0))}
-        if op == "avg_pool":
-            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
-        self._add(node, index, op, [x], attrs)
-
-    def _op_MaxPool(self, node, index, a, readers):
-        if a.get("storage_order", 0):
-            raise _Unsupported("storage_order=1")
-        self._pool(node, index, a, "max_pool")
-
-    def _op_AveragePool(self, node, index, a, readers):
-        self._pool(node, index, a, "avg_pool")
-
-    def _op_GlobalAveragePool(self, node, index, a, readers):
-        self._add(node, index, "global_avg_pool", [self._data(node)])
-
-    def _op_ReduceMean(self, node, index, a, readers):
-        x = self._data(node)
-        if "axes" in a:
-            axes = a["axes"]
-        else:
-            axes = self._const(node, 1, "axes", required=False)
-        rank = len(self._shape(x)) + 1
-        if axes is None or rank != 4 or sorted(int(i) % rank for i in np.asarray(axes).reshape(-1)) != [2, 3]:
-            raise _Unsupported("only the mean over H and W of an NCHW tensor is supported")
-        if a.get("keepdims", 1):
-            self._add(node, index, "global_avg_pool", [x])
-        else:
-            pooled = self._add(node, index, "global_avg_pool", [x], output=f"{node.output[0]}#pooled")
-            self._add(node, index, "flatten", [pooled], suffix="_flatten")
-
-    def _op_Add(self, node, index, a, readers):
-        consts = [k for k in (0, 1) if node.input[k] in self.values]
-        if not consts:
-            self._add(node, index, "add", [self._data(node, 0), self._data(node, 1)])
-            return
-        if len(consts) == 2:
-            raise _Unsupported("both inputs are constants")
-        x = self._data(node, 1 - consts[0])
-        bias = self._weight(node, consts[0], "bias")
-        if self.bias_free.get(node.input[1 - consts[0]]) != x:
-            raise _Unsupported("a constant operand is supported only as the bias of a MatMul or Gemm read by it alone")
-        k = self.index[x]
-        lin = self.nodes[k]
-        out_features = self.params[lin.params["weight"]].shape[0]
-        try:
-            b = np.broadcast_to(bias, (1, out_features)).reshape(-1)
-        except ValueError:
-            raise _Unsupported(f"bias of shape {bias.shape} does not fit {out_features} outputs") from None
-        key = f"{lin.name}.bias"
-        self.params[key] = np.ascontiguousarray(b, dtype=np.float32)
-        self.nodes[k] = replace(lin, params={**lin.params, "bias": key})
-        del self.bias_free[node.input[1 - consts[0]]]
-        self.alias[node.output[0]] = lin.name
-
-    def _op_Concat(self, node, index, a, readers):
-        xs = [self._data(node, k) for k in range(len(node.input))]
-        axis = int(a.get("axis", 1))
-        if axis < 0:
-            axis += len(self._shape(xs[0])) + 1
-        if axis != 1:
-            raise _Unsupported(f"axis {a.get('axis')}; only the channel axis 1 is supported")
-        self._add(node, index, "concat", xs)
-
-    def _linear(self, node, index, x, w, b, readers):
-        params = {"weight": w}
-        if b is not None:
-            params["bias"] = b
-        name = self._add(node, index, "linear", [x], {}, params)
-        if b is None and readers.get(node.output[0]) == 1 and node.output[0] != self.g.output[0].name:
-            self.bias_free[node.output[0]] = name
-
-    def _need_flat(self, x, what):
-        shape = self._shape(x)
-        if len(shape) != 1:
-            raise _Unsupported(f"{what} on a tensor of per-image shape {shape}; expects (N, features)")
-
-    def _op_Gemm(self, node, index, a, readers):
-        x = self._data(node)
-        if a.get("transA", 0):
-            raise _Unsupported("transA=1")
-        w = self._weight(node, 1, "weight")
-        c = self._weight(node, 2, "bias", required=False)
-        if w.ndim != 2:
-            raise _Unsupported(f"weight of rank {w.ndim}")
-        self._need_flat(x, "Gemm")
-        w = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
-        b = None
-        if c is not None:
-            try:
-                b = np.broadcast_to(c, (1, w.shape[0])).reshape(-1) * np.float32(a.get("beta", 1.0))
-            except ValueError:
-                raise _Unsupported(f"bias of shape {c.shape} does not fit {w.shape[0]} outputs") from None
-        self._linear(node, index, x, w, b, readers)
-
-    def _op_MatMul(self, node, index, a, readers):
-        x = self._data(node)
-        w = self._weight(node, 1, "weight")
-        if w.ndim != 2:
-            raise _Unsupported(f"weight of rank {w.ndim}")
-        self._need_flat(x, "MatMul")
-        self._linear(node, index, x, w.T, None, readers)
-
-    def _op_Flatten(self, node, index, a, readers):
-        x = self._data(node)
-        axis = int(a.get("axis", 1))
-        if axis < 0:
-            axis += len(self._shape(x)) + 1
-        if axis != 1:
-            raise _Unsupported(f"axis {a.get('axis')}; only axis 1 (keep the batch axis) is supported")
-        self._add(node, index, "flatten", [x])
-
-    def _op_Reshape(self, node, index, a, readers):
-        x = self._data(node)
-        features = int(np.prod(self._shape(x)))  # first: an unknown input shape also hides the target shape
-        shape = np.asarray(a["shape"]) if "shape" in a else self.values.get(node.input[1])
-        if shape is None:
-            raise _Unsupported("target shape is computed at run time by ops this importer does not fold")
-        s = list(shape.reshape(-1))
-        if len(s) == 2 and s[1] is not BATCH and (s[1] == -1 or s[1] == features):
-            first = s[0]
-            batch = first is BATCH or (first == 0 and not a.get("allowzero", 0))
-            batch = batch or (s[1] == features and first == -1)
-            batch = batch or (self.static_batch is not None and first == self.static_batch)
-        else:
-            batch = False
-        if not batch:
-            shown = [d if d is BATCH else int(d) for d in s]
-            raise _Unsupported(f"target shape {shown}; only (N, -1), i.e. flatten, is supported")
-        self._add(node, index, "flatten", [x])
-
-    def _op_Softmax(self, node, index, a, readers):
-        x = self._data(node)
-        rank = len(self._shape(x)) + 1
-        default = 1 if self.opset < 13 else -1
-        axis = int(a.get("axis", default)) % rank
-        # Before opset 13 Softmax flattens from `axis` on; the graph's softmax is over axis 1 only.
-        if axis != 1 or (self.opset < 13 and rank != 2):
-            raise _Unsupported(f"axis {a.get('axis', default)} on a rank-{rank} input; supported: the class axis 1")
-        self._add(node, index, "softmax", [x])
 
 
 def _slice(x, vals, a, opset):

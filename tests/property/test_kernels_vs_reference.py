@@ -5,11 +5,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from velcro_ref.graph import pool_out_size
 from velcro_ref.kernels import conv2d as kconv
 from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
+from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
 from velcro_ref.reference import overwrite as rover

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from velcro_ref import graph as G
+from velcro_ref import ops
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, ModelError
 from velcro_ref.graph import INPUT
@@ -20,7 +20,12 @@ from velcro_ref.reference import linear as rlin
 from velcro_ref.reference import pool as rpool
 from velcro_ref.zoo import _Builder
 
-ORACLE_ACTIVATIONS = {"relu": lambda v: np.maximum(v, 0), "relu6": lambda v: np.clip(v, 0, 6)}
+ORACLE_ACTIVATIONS = {
+    "relu": lambda v: np.maximum(v, 0),
+    "relu6": lambda v: np.clip(v, 0, 6),
+    "silu": lambda v: (v / (1.0 + np.exp(-v.astype(np.float64)))).astype(np.float32),
+    "hardswish": lambda v: (v * np.clip(v.astype(np.float64) / 6.0 + 0.5, 0.0, 1.0)).astype(np.float32),
+}
 
 
 @st.composite
@@ -44,7 +49,7 @@ def graphs(draw):
         i += 1
         kind = draw(st.sampled_from(["conv", "res", "concat", "pool"]))
         cin = b.channels[x]
-        act = draw(st.sampled_from(G.ACTIVATIONS))  # every activation the engine knows
+        act = draw(st.sampled_from(ops.ACTIVATIONS))  # every activation the engine knows
         if kind == "conv":
             groups = draw(st.sampled_from([g for g in (1, 2, 3, cin) if cin % g == 0]))
             cout = groups * draw(st.sampled_from([1, 2, 3] if groups > 3 else [1, 2, 3, 16]))
@@ -125,7 +130,7 @@ def reference_walk(g, x, masks):
             out = ((ins[0] - p["mean"][:, None, None]) * scale[:, None, None] + p["beta"][:, None, None]).astype(
                 np.float32
             )
-        elif n.op in G.ACTIVATIONS:
+        elif n.op in ops.ACTIVATIONS:
             out = ORACLE_ACTIVATIONS[n.op](ins[0])  # a new activation needs an entry here too
             if n.name in masks.sites:
                 mask, const = masks.sites[n.name]
@@ -136,7 +141,7 @@ def reference_walk(g, x, masks):
             out = np.concatenate(ins, axis=1)
         elif n.op in ("max_pool", "avg_pool"):
             (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["stride"], a["pads"]
-            from velcro_ref.graph import pool_out_size
+            from velcro_ref.ops.base import window_out_size as pool_out_size
 
             oh = pool_out_size(ins[0].shape[2], kh, sh, pt, pb, a["ceil_mode"])
             ow = pool_out_size(ins[0].shape[3], kw, sw, pl, pr, a["ceil_mode"])

@@ -26,7 +26,7 @@ MAX_RUN_ELEMENTS = 5_000_000
 def check(kind, path, reference, x):
     if kind == "model":
         model = load_model(path)
-        if sum(int(np.prod(s)) for s in model.exec_shapes.values()) <= MAX_RUN_ELEMENTS:
+        if sum(int(np.prod(s)) for s in model.plan.shapes.values()) <= MAX_RUN_ELEMENTS:
             xs = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
             model.run(xs)
     elif kind == "stats":

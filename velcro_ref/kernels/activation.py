@@ -1,0 +1,56 @@
+"""Element-wise activation kernels beyond a clamp: SiLU and hard swish, over a whole batch or
+only at a masked site's unmasked elements. Both compute each element on its own (no sums), so
+every path gives the same bits.
+
+Layout: x, out (N, E) a batch of flattened tensors; mask (E,) bool. Loop order (image, run of
+PART elements) items in parallel, then elements.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .overwrite import PART
+
+SIXTH = np.float32(1.0 / 6.0)  # ONNX HardSwish: alpha = 1/6, beta = 0.5
+
+
+@njit(cache=True)
+def silu_value(v):
+    """x * sigmoid(x) = x / (1 + exp(-x)), in float64, rounded once to float32."""
+    d = np.float64(v)
+    return np.float32(d / (1.0 + math.exp(-d)))
+
+
+@njit(cache=True)
+def hardswish_value(v):
+    """x * clamp(x / 6 + 1/2, 0, 1) in float32: the multiply by 1/6 and the add rounded as written."""
+    t = v * SIXTH + np.float32(0.5)
+    t = np.float32(0.0) if t <= np.float32(0.0) else t
+    t = np.float32(1.0) if t > np.float32(1.0) else t
+    return v * t
+
+
+@njit(cache=True, parallel=True)
+def silu(x, mask, out):
+    """out = silu(x) where not mask (every element if mask is empty); masked elements keep out."""
+    n_parts = (x.shape[1] + PART - 1) // PART
+    for item in prange(x.shape[0] * n_parts):
+        n, e0 = item // n_parts, item % n_parts * PART
+        for e in range(e0, min(e0 + PART, x.shape[1])):
+            if mask.size == 0 or not mask[e]:
+                out[n, e] = silu_value(x[n, e])
+
+
+@njit(cache=True, parallel=True)
+def hardswish(x, mask, out):
+    """out = hardswish(x) where not mask (every element if mask is empty); masked elements keep out."""
+    n_parts = (x.shape[1] + PART - 1) // PART
+    for item in prange(x.shape[0] * n_parts):
+        n, e0 = item // n_parts, item % n_parts * PART
+        for e in range(e0, min(e0 + PART, x.shape[1])):
+            if mask.size == 0 or not mask[e]:
+                out[n, e] = hardswish_value(x[n, e])

@@ -1,0 +1,128 @@
+"""Activation functions, each output an activation site: relu, relu6, silu, hardswish."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import activation as kact
+from ..kernels.overwrite import clamp_unmasked
+from .base import ActivationOp, OnnxUnsupported
+
+_FLOAT_MAX = float(np.finfo(np.float32).max)
+_NO_MASK = np.zeros(0, np.bool_)
+
+
+class Relu(ActivationOp):
+    name = "relu"
+    onnx_types = ("Relu",)
+    high = np.float32(np.inf)  # the clamp's upper bound
+
+    def run(self, xs, args, skip, out, scratch):
+        np.maximum(xs[0], 0, out=out)
+        return 0
+
+    def unmasked(self, x, mask, out):
+        clamp_unmasked(x, self.high, mask, out)
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("Relu", list(node.inputs), [node.name], name=node.name)]
+
+    def from_onnx(self, node, index, a, ctx):
+        ctx.add(node, index, "relu", [ctx.data(node)])
+
+
+class Relu6(Relu):
+    name = "relu6"
+    onnx_types = ("Clip",)
+    high = np.float32(6.0)
+
+    def run(self, xs, args, skip, out, scratch):
+        np.maximum(xs[0], 0, out=out)  # two ufuncs: much faster than np.clip
+        np.minimum(out, 6, out=out)
+        return 0
+
+    def to_onnx(self, node, a, ctx):
+        bounds = [ctx.const("velcro.relu6_min", 0.0), ctx.const("velcro.relu6_max", 6.0)]
+        return [ctx.helper.make_node("Clip", [*node.inputs, *bounds], [node.name], name=node.name)]
+
+    def from_onnx(self, node, index, a, ctx):
+        """Clip to [0, 6] is relu6, to [0, inf) relu; other ranges are not activation sites."""
+        x = ctx.data(node)
+        if ctx.opset < 11:
+            lo, hi = a.get("min", -_FLOAT_MAX), a.get("max", _FLOAT_MAX)
+        else:
+            lo_v = ctx.const(node, 1, "min", required=False)
+            hi_v = ctx.const(node, 2, "max", required=False)
+            lo = -np.inf if lo_v is None else float(np.asarray(lo_v).reshape(-1)[0])
+            hi = np.inf if hi_v is None else float(np.asarray(hi_v).reshape(-1)[0])
+        if lo == 0 and hi == 6:
+            ctx.add(node, index, "relu6", [x])
+        elif lo == 0 and hi >= _FLOAT_MAX:
+            ctx.add(node, index, "relu", [x])
+        else:
+            raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
+
+
+class Silu(ActivationOp):
+    """x * sigmoid(x). ONNX (opset 17) has no SiLU: it is exported, as torch exports it, as
+    Sigmoid(x) followed by Mul(x, that), and that pair is imported as one silu."""
+
+    name = "silu"
+    ops_per_element = 4  # exp, add, divide, multiply
+    onnx_types = ("Sigmoid", "Mul")
+    onnx_data_inputs = None
+
+    def run(self, xs, args, skip, out, scratch):
+        n = out.shape[0]
+        kact.silu(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
+        return 0
+
+    def unmasked(self, x, mask, out):
+        kact.silu(x, mask, out)
+
+    def to_onnx(self, node, a, ctx):
+        s = ctx.fresh(f"{node.name}.sigmoid")
+        return [
+            ctx.helper.make_node("Sigmoid", list(node.inputs), [s], name=s),
+            ctx.helper.make_node("Mul", [node.inputs[0], s], [node.name], name=node.name),
+        ]
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "Sigmoid":
+            readers = ctx.reader_nodes(node.output[0])
+            mul = readers[0] if len(readers) == 1 and readers[0].op_type == "Mul" else None
+            if mul is None or sorted(mul.input) != sorted([node.input[0], node.output[0]]):
+                raise OnnxUnsupported("a Sigmoid is supported only as x * Sigmoid(x) (SiLU)")
+            ctx.data(node)  # its input must be activations
+            ctx.pending[node.output[0]] = node.input[0]
+            return
+        pending = [t for t in node.input if t in ctx.pending]
+        if len(pending) != 1 or sorted(node.input) != sorted([pending[0], ctx.pending[pending[0]]]):
+            raise OnnxUnsupported("a Mul is supported only as x * Sigmoid(x) (SiLU)")
+        x = ctx.pending.pop(pending[0])
+        ctx.add(node, index, "silu", [ctx.alias[x]])
+
+
+class Hardswish(ActivationOp):
+    """x * clamp(x / 6 + 1/2, 0, 1), ONNX HardSwish (alpha 1/6, beta 1/2)."""
+
+    name = "hardswish"
+    ops_per_element = 4  # multiply-add, two clamps, multiply
+    onnx_types = ("HardSwish",)
+
+    def run(self, xs, args, skip, out, scratch):
+        n = out.shape[0]
+        kact.hardswish(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
+        return 0
+
+    def unmasked(self, x, mask, out):
+        kact.hardswish(x, mask, out)
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("HardSwish", list(node.inputs), [node.name], name=node.name)]
+
+    def from_onnx(self, node, index, a, ctx):
+        ctx.add(node, index, "hardswish", [ctx.data(node)])
+
+
+OPS = (Relu(), Relu6(), Silu(), Hardswish())

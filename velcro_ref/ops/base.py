@@ -1,0 +1,183 @@
+"""The shape of an op definition, and the attribute checks op definitions share.
+
+An op is a subclass of `Op` in one module of this package; velcro_ref/ops/__init__.py lists them.
+docs/adding-an-op.md walks through adding one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ModelError
+
+# Limits that refuse absurd files before anything is allocated. ImageNet VGG-16 needs 1.0e8 elements
+# for its largest parameter, 1.4e8 parameters and 1.5e10 MACs per image, well inside all of them.
+MAX_ELEMENTS = 1 << 28  # one tensor of one image, one parameter, one conv work buffer (1 GiB of float32)
+
+
+class Op:
+    """Everything the rest of the code asks about one op of the graph format.
+
+    Data (class attributes):
+      name             the op's name in the graph format
+      n_inputs         inputs it reads; None: one or more
+      attrs            attributes it understands, in the order messages list them
+      ranges           attribute -> (low, high) for plain numbers, checked before shapes
+      params           (required roles, optional roles) of its parameters
+      site             its output is an activation site (docs/design.md)
+      chain            "skip": a masked element of a site on its producer chain skips this op's
+                       output element and its MACs; "through": the chain walk continues through
+                       its inputs; None: the chain stops here
+      unit             simulator: "array" (PE array), "vector" (vector unit) or "free" (readers
+                       address its inputs' buffers)
+      ops_per_element  simulator: vector-unit operations per output element (per window tap for pools)
+      onnx_types       ONNX op types whose import `from_onnx` handles
+      onnx_data_inputs positions of those ONNX ops' inputs that carry activations (None: all);
+                       the others are constants (weights, shapes, limits)
+
+    Methods take the node's checked attributes (`check`), never a raw attribute dict.
+    """
+
+    name = ""
+    n_inputs: int | None = 1
+    attrs: tuple = ()
+    ranges: dict = {}
+    params: tuple = ((), ())
+    site = False
+    chain: str | None = None
+    unit = "vector"
+    ops_per_element = 0
+    onnx_types: tuple = ()
+    onnx_data_inputs: tuple | None = (0,)
+
+    def check(self, node) -> dict:
+        """The node's attributes, normalised (pairs, pads as 4-tuples, defaults filled in).
+        Raises ModelError naming the node."""
+        return {}
+
+    def infer(self, node, attrs, ins, param_shape) -> tuple:
+        """Output shape per image from the input shapes; `param_shape(role)` gives a parameter's
+        shape (None if absent). Raises ModelError naming the node."""
+        return ins[0]
+
+    def macs_per_element(self, attrs, ins, out) -> int:
+        """Dense MACs of one output element (docs/design.md); 0 for ops that do no MACs."""
+        return 0
+
+    def prepare(self, attrs, arrays, ins, out):
+        """The run arguments, worked out once when the model loads (arrays: role -> float32)."""
+        return None
+
+    def run(self, xs, args, skip, out, scratch) -> int:
+        """Compute `out` (N, *out_shape) from the inputs xs; return the executed MACs. `skip` is
+        None (dense) or the op's masked output elements, for ops with chain == "skip"."""
+        raise NotImplementedError(self.name)
+
+    def loop_nest(self, attrs, ins, out) -> dict:
+        """The simulator's loop bounds of one image: k, c, oy, ox, fy, fx and groups."""
+        k, oy, ox = (*out, 1, 1)[:3] if len(out) == 1 else out
+        return {"k": k, "c": 1, "oy": oy, "ox": ox, "fy": 1, "fx": 1, "groups": 1}
+
+    def to_onnx(self, node, attrs, ctx) -> list:
+        """ONNX NodeProtos computing this node, output tensor named after it (see onnx_export.py)."""
+        raise NotImplementedError(self.name)
+
+    def from_onnx(self, node, index, a, ctx) -> None:
+        """Convert one ONNX node of a type in `onnx_types` with the importer `ctx` (onnx_import.py)."""
+        raise NotImplementedError(self.name)
+
+
+class ActivationOp(Op):
+    """An activation function: its output is an activation site, computed element-wise.
+
+    `unmasked(x, mask, out)` computes it at the unmasked elements of a masked site only: x and out
+    (N, E) flattened, mask (E,) bool; masked elements keep what out holds (their constants).
+    """
+
+    site = True
+    ops_per_element = 1
+
+    def unmasked(self, x, mask, out) -> None:
+        raise NotImplementedError(self.name)
+
+
+class OnnxUnsupported(Exception):
+    """An ONNX node cannot be converted; the message says why (empty: the op itself is unknown)."""
+
+
+def is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def finite_number(v) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def pair(v, what, node, minimum=1):
+    """An int or two ints as a pair, each in [minimum, MAX_ELEMENTS]."""
+    if is_int(v):
+        out = (int(v), int(v))
+    elif isinstance(v, (list, tuple)) and len(v) == 2 and all(is_int(i) for i in v):
+        out = (int(v[0]), int(v[1]))
+    else:
+        raise ModelError(f"node '{node}': {what} expects an int or two ints, got {v!r}")
+    if not minimum <= min(out) <= max(out) <= MAX_ELEMENTS:
+        raise ModelError(f"node '{node}': {what} must be in [{minimum}, {MAX_ELEMENTS}], got {v!r}")
+    return out
+
+
+def pads(v, node):
+    """Padding as (top, left, bottom, right); an int or (h, w) pair is symmetric."""
+    out = None
+    if is_int(v):
+        out = (int(v),) * 4
+    elif isinstance(v, (list, tuple)) and all(is_int(i) for i in v):
+        if len(v) == 2:
+            out = (int(v[0]), int(v[1]), int(v[0]), int(v[1]))
+        elif len(v) == 4:
+            out = tuple(int(i) for i in v)
+    if out is None:
+        raise ModelError(f"node '{node}': pads expects an int, (h, w) or (top, left, bottom, right), got {v!r}")
+    if not 0 <= min(out) <= max(out) <= MAX_ELEMENTS:
+        raise ModelError(f"node '{node}': pads must be in [0, {MAX_ELEMENTS}], got {v!r}")
+    return out
+
+
+def flag(node, key, default=False) -> bool:
+    v = node.attrs.get(key, default)
+    if not isinstance(v, (bool, np.bool_)):
+        raise ModelError(f"node '{node.name}': {key} expects true or false, got {v!r}")
+    return bool(v)
+
+
+def window_out_size(size, k, s, pad_lo, pad_hi, ceil_mode, dilation=1):
+    """Output length of a window op, with PyTorch's rule that the last window starts inside the input."""
+    span = dilation * (k - 1) + 1
+    num = size + pad_lo + pad_hi - span
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pad_lo:
+        out -= 1
+    return out
+
+
+def need_rank(node, ins, rank):
+    if len(ins[0]) != rank:
+        raise ModelError(f"node '{node.name}': {node.op} expects a rank-{rank} input per image, found shape {ins[0]}")
+
+
+def expect_param(node, param_shape, role, expected):
+    found = param_shape(role)
+    if found is not None and found != tuple(expected):
+        raise ModelError(f"node '{node.name}': {role} expects shape {tuple(expected)}, found {found}")
+
+
+def n_elements(shape) -> float:
+    return float(np.prod([float(d) for d in shape]))

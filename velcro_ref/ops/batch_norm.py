@@ -1,0 +1,66 @@
+"""batch_norm: inference-time batch normalisation per channel; folded into the conv2d before it
+where the plan allows (velcro_ref/plan.py), else run on its own. The producer-chain walk passes
+through it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ModelError
+from .base import OnnxUnsupported, Op, expect_param, need_rank
+
+EPS = 1e-5  # PyTorch's and ONNX's default
+ROLES = ("gamma", "beta", "mean", "var")
+
+
+def scale_of(arrays, eps) -> np.ndarray:
+    """gamma / sqrt(var + eps) per channel, float64: the one formula of the fold and the op."""
+    gamma, var = (arrays[r].astype(np.float64) for r in ("gamma", "var"))
+    return gamma / np.sqrt(var + eps)
+
+
+class BatchNorm(Op):
+    name = "batch_norm"
+    attrs = ("eps",)
+    ranges = {"eps": (0.0, float("inf"))}
+    params = (ROLES, ())
+    chain = "through"
+    ops_per_element = 2
+    onnx_types = ("BatchNormalization",)
+
+    def check(self, node):
+        return {"eps": float(node.attrs.get("eps", EPS))}
+
+    def infer(self, node, a, ins, param_shape):
+        need_rank(node, ins, 3)
+        for role in ROLES:
+            if param_shape(role) is None:
+                raise ModelError(f"node '{node.name}': batch_norm needs a {role} parameter")
+            expect_param(node, param_shape, role, (ins[0][0],))
+        return ins[0]
+
+    def prepare(self, a, arrays, ins, out):
+        scale = scale_of(arrays, a["eps"])
+        shift = arrays["beta"].astype(np.float64) - arrays["mean"].astype(np.float64) * scale
+        return (scale.astype(np.float32)[:, None, None], shift.astype(np.float32)[:, None, None])
+
+    def run(self, xs, args, skip, out, scratch):
+        np.multiply(xs[0], args[0], out=out)
+        out += args[1]
+        return 0
+
+    def to_onnx(self, node, a, ctx):
+        ins = [*node.inputs, *(ctx.param(node, r) for r in ROLES)]
+        return [ctx.helper.make_node("BatchNormalization", ins, [node.name], name=node.name, epsilon=a["eps"])]
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        if a.get("training_mode", 0):
+            raise OnnxUnsupported("training_mode=1")
+        if a.get("spatial", 1) != 1:
+            raise OnnxUnsupported("spatial=0")
+        params = {r: ctx.weight(node, k + 1, r).reshape(-1) for k, r in enumerate(ROLES)}
+        ctx.add(node, index, "batch_norm", [x], {"eps": float(str(np.float32(a.get("epsilon", EPS))))}, params)
+
+
+OPS = (BatchNorm(),)

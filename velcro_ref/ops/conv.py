@@ -1,0 +1,152 @@
+"""conv2d: 2-D convolution, NCHW, weights OIHW, groups and dilation; a producer-chain op."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import ModelError
+from ..kernels.conv2d import conv2d, padded_taps, plan_skip, taps_last
+from .base import MAX_ELEMENTS, OnnxUnsupported, Op, expect_param, is_int, n_elements, need_rank, pads, window_out_size
+from .base import pair as _pair
+
+
+class ConvArgs(NamedTuple):
+    """A conv2d ready to run: weights (K, C/groups, KH, KW), bias (K,), the filters as rows
+    (`taps_last`), strides, pads (top, left, bottom, right), dilations and groups."""
+
+    w: np.ndarray
+    b: np.ndarray
+    w_taps: np.ndarray
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+
+
+class Conv2d(Op):
+    name = "conv2d"
+    attrs = ("out_channels", "kernel", "stride", "dilation", "pads", "groups")
+    params = (("weight",), ("bias",))
+    chain = "skip"
+    unit = "array"
+    onnx_types = ("Conv",)
+
+    def check(self, node):
+        a = node.attrs
+        out = {
+            "kernel": _pair(a.get("kernel"), "kernel", node.name),
+            "stride": _pair(a.get("stride", 1), "stride", node.name),
+            "dilation": _pair(a.get("dilation", 1), "dilation", node.name),
+            "pads": pads(a.get("pads", 0), node.name),
+            "groups": a.get("groups", 1),
+            "out_channels": a.get("out_channels"),
+        }
+        for key in ("groups", "out_channels"):
+            if not is_int(out[key]) or not 1 <= out[key] <= MAX_ELEMENTS:
+                raise ModelError(
+                    f"node '{node.name}': {key} must be an integer in [1, {MAX_ELEMENTS}], got {out[key]!r}"
+                )
+        return out
+
+    def infer(self, node, a, ins, param_shape):
+        need_rank(node, ins, 3)
+        c, h, w = ins[0]
+        (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = a["kernel"], a["stride"], a["dilation"], a["pads"]
+        g, k = a["groups"], a["out_channels"]
+        if c % g or k % g:
+            raise ModelError(f"node '{node.name}': groups={g} must divide input channels {c} and out_channels {k}")
+        w_shape = param_shape("weight")
+        if w_shape is None:
+            raise ModelError(f"node '{node.name}': conv2d needs a weight parameter")
+        if w_shape[1:2] != (c // g,) and len(w_shape) == 4:
+            raise ModelError(f"node '{node.name}': weight expects {w_shape[1] * g} input channels, input has {c}")
+        expect_param(node, param_shape, "weight", (k, c // g, kh, kw))
+        expect_param(node, param_shape, "bias", (k,))
+        oh = window_out_size(h, kh, sh, pt, pb, False, dh)
+        ow = window_out_size(w, kw, sw, pl, pr, False, dw)
+        # the engine's im2col buffer holds one group of one image
+        if oh > 0 and ow > 0 and n_elements((c // g, kh, kw, oh, ow)) > MAX_ELEMENTS:
+            raise ModelError(
+                f"node '{node.name}': its work buffer (C/groups x kh x kw x OH x OW = {c // g} x {kh} x {kw} x "
+                f"{oh} x {ow}) exceeds {MAX_ELEMENTS} elements per image"
+            )
+        return (k, oh, ow)
+
+    def macs_per_element(self, a, ins, out):
+        return (ins[0][0] // a["groups"]) * a["kernel"][0] * a["kernel"][1]
+
+    def prepare(self, a, arrays, ins, out):
+        w = np.ascontiguousarray(arrays["weight"])
+        b = arrays["bias"] if "bias" in arrays else np.zeros(w.shape[0], np.float32)
+        (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], a["pads"], a["dilation"]
+        return ConvArgs(w, np.ascontiguousarray(b), taps_last(w), sh, sw, pt, pl, pb, pr, dh, dw, a["groups"])
+
+    def run(self, xs, c, skip, out, scratch):
+        return conv2d(
+            xs[0], c.w, c.b, c.sh, c.sw, c.pt, c.pl, c.pb, c.pr, c.dh, c.dw, c.groups, skip, out, scratch, c.w_taps
+        )
+
+    def plan_skip(self, c, mask):
+        """What `run` takes as `skip` for a bool (K, OH, OW) mask: its schedule, worked out once."""
+        return plan_skip(mask, c.groups, int(np.prod(c.w.shape[1:])))
+
+    def scratch_floats(self, a, ins, out) -> int:
+        """Floats of scratch one image needs (the im2col rows of one group)."""
+        taps = padded_taps(ins[0][0] // a["groups"] * a["kernel"][0] * a["kernel"][1])
+        return taps * out[1] * out[2]
+
+    def loop_nest(self, a, ins, out):
+        (fy, fx), g = a["kernel"], a["groups"]
+        return {"k": out[0], "c": ins[0][0] // g, "oy": out[1], "ox": out[2], "fy": fy, "fx": fx, "groups": g}
+
+    def to_onnx(self, node, a, ctx):
+        ins = [*node.inputs, ctx.param(node, "weight")] + ([ctx.param(node, "bias")] if "bias" in node.params else [])
+        return [
+            ctx.helper.make_node(
+                "Conv",
+                ins,
+                [node.name],
+                name=node.name,
+                kernel_shape=list(a["kernel"]),
+                strides=list(a["stride"]),
+                dilations=list(a["dilation"]),
+                pads=list(a["pads"]),
+                group=a["groups"],
+            )
+        ]
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        w = ctx.weight(node, 1, "weight")
+        b = ctx.weight(node, 2, "bias", required=False)
+        if w.ndim != 4:
+            raise OnnxUnsupported(f"weight of rank {w.ndim}; only 2-D convolution (rank-4 weight) is supported")
+        kernel = [int(k) for k in w.shape[2:]]
+        if "kernel_shape" in a and list(a["kernel_shape"]) != kernel:
+            raise ModelError(f"node '{node.name}': kernel_shape {list(a['kernel_shape'])} != weight {w.shape}")
+        dilation = [int(d) for d in a.get("dilations", [1, 1])]
+        if len(dilation) != 2:
+            raise OnnxUnsupported(f"dilations {dilation}; expects 2-D")
+        stride, pad = ctx.spatial(node, a, x, kernel, dilation)
+        attrs = {
+            "out_channels": int(w.shape[0]),
+            "kernel": kernel,
+            "stride": stride,
+            "dilation": dilation,
+            "pads": pad,
+            "groups": int(a.get("group", 1)),
+        }
+        params = {"weight": w}
+        if b is not None:
+            params["bias"] = b.reshape(-1)
+        ctx.add(node, index, "conv2d", [x], attrs, params)
+
+
+OPS = (Conv2d(),)

@@ -1,0 +1,157 @@
+"""Pooling: max_pool, avg_pool (windows, PyTorch's padding and ceil_mode rules) and
+global_avg_pool. No MACs (docs/design.md); the simulator runs them on the vector unit."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import ModelError
+from ..kernels.pool import avg_pool, global_avg_pool, max_pool
+from .base import OnnxUnsupported, Op, flag, need_rank, pads, window_out_size
+from .base import pair as _pair
+
+
+class PoolArgs(NamedTuple):
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    count_include_pad: bool
+
+
+class _Window(Op):
+    """A pooling window op: kernel, stride (default the kernel), pads, ceil_mode."""
+
+    attrs = ("kernel", "stride", "pads", "ceil_mode")
+
+    def check(self, node):
+        a = node.attrs
+        kernel = _pair(a.get("kernel"), "kernel", node.name)
+        return {
+            "kernel": kernel,
+            "stride": _pair(a.get("stride", list(kernel)), "stride", node.name),
+            "pads": pads(a.get("pads", 0), node.name),
+            "ceil_mode": flag(node, "ceil_mode"),
+            "count_include_pad": flag(node, "count_include_pad"),
+        }
+
+    def infer(self, node, a, ins, param_shape):
+        need_rank(node, ins, 3)
+        c, h, w = ins[0]
+        (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["stride"], a["pads"]
+        if max(pt, pb) * 2 > kh or max(pl, pr) * 2 > kw:
+            raise ModelError(f"node '{node.name}': pads {a['pads']} exceed half the kernel {a['kernel']}")
+        oh = window_out_size(h, kh, sh, pt, pb, a["ceil_mode"])
+        return (c, oh, window_out_size(w, kw, sw, pl, pr, a["ceil_mode"]))
+
+    def prepare(self, a, arrays, ins, out):
+        return PoolArgs(*a["kernel"], *a["stride"], *a["pads"], a["count_include_pad"])
+
+    def loop_nest(self, a, ins, out):
+        return {**super().loop_nest(a, ins, out), "fy": a["kernel"][0], "fx": a["kernel"][1]}
+
+    def _onnx_attrs(self, a):
+        return {
+            "kernel_shape": list(a["kernel"]),
+            "strides": list(a["stride"]),
+            "pads": list(a["pads"]),
+            "ceil_mode": int(a["ceil_mode"]),
+        }
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        kernel = [int(k) for k in a.get("kernel_shape", [])]
+        if len(kernel) != 2:
+            raise OnnxUnsupported(f"kernel_shape {kernel}; only 2-D pooling is supported")
+        if any(d != 1 for d in a.get("dilations", [1, 1])):
+            raise OnnxUnsupported(f"dilations {list(a['dilations'])}")
+        stride, pad = ctx.spatial(node, a, x, kernel)
+        attrs = {"kernel": kernel, "stride": stride, "pads": pad, "ceil_mode": bool(a.get("ceil_mode", 0))}
+        if self.name == "avg_pool":
+            attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        ctx.add(node, index, self.name, [x], attrs)
+
+
+class MaxPool(_Window):
+    name = "max_pool"
+    ops_per_element = 1
+    onnx_types = ("MaxPool",)
+
+    def run(self, xs, p, skip, out, scratch):
+        max_pool(xs[0], p.kh, p.kw, p.sh, p.sw, p.pt, p.pl, out)
+        return 0
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("MaxPool", list(node.inputs), [node.name], name=node.name, **self._onnx_attrs(a))]
+
+    def from_onnx(self, node, index, a, ctx):
+        if a.get("storage_order", 0):
+            raise OnnxUnsupported("storage_order=1")
+        super().from_onnx(node, index, a, ctx)
+
+
+class AvgPool(_Window):
+    name = "avg_pool"
+    attrs = ("kernel", "stride", "pads", "ceil_mode", "count_include_pad")
+    ops_per_element = 1
+    onnx_types = ("AveragePool",)
+
+    def run(self, xs, p, skip, out, scratch):
+        avg_pool(xs[0], *p, out)
+        return 0
+
+    def to_onnx(self, node, a, ctx):
+        return [
+            ctx.helper.make_node(
+                "AveragePool",
+                list(node.inputs),
+                [node.name],
+                name=node.name,
+                count_include_pad=int(a["count_include_pad"]),
+                **self._onnx_attrs(a),
+            )
+        ]
+
+
+class GlobalAvgPool(Op):
+    name = "global_avg_pool"
+    ops_per_element = 1
+    onnx_types = ("GlobalAveragePool", "ReduceMean")
+
+    def infer(self, node, a, ins, param_shape):
+        need_rank(node, ins, 3)
+        return (ins[0][0], 1, 1)
+
+    def run(self, xs, args, skip, out, scratch):
+        global_avg_pool(xs[0], out)
+        return 0
+
+    def loop_nest(self, a, ins, out):
+        return {**super().loop_nest(a, ins, out), "fy": ins[0][1], "fx": ins[0][2]}
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("GlobalAveragePool", list(node.inputs), [node.name], name=node.name)]
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        if node.op_type == "GlobalAveragePool":
+            ctx.add(node, index, "global_avg_pool", [x])
+            return
+        axes = a["axes"] if "axes" in a else ctx.const(node, 1, "axes", required=False)
+        rank = len(ctx.shape(x)) + 1
+        if axes is None or rank != 4 or sorted(int(i) % rank for i in np.asarray(axes).reshape(-1)) != [2, 3]:
+            raise OnnxUnsupported("only the mean over H and W of an NCHW tensor is supported")
+        if a.get("keepdims", 1):
+            ctx.add(node, index, "global_avg_pool", [x])
+        else:
+            pooled = ctx.add(node, index, "global_avg_pool", [x], output=f"{node.output[0]}#pooled")
+            ctx.add(node, index, "flatten", [pooled], suffix="_flatten")
+
+
+OPS = (MaxPool(), AvgPool(), GlobalAvgPool())

@@ -1,0 +1,98 @@
+"""Ops that keep the values and change the view (flatten), drop nothing at inference (dropout),
+or normalise the class scores (softmax)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import OnnxUnsupported, Op
+
+
+def _copy(xs, out):
+    out[...] = xs[0].reshape(out.shape)
+    return 0
+
+
+class Flatten(Op):
+    name = "flatten"
+    unit = "free"
+    onnx_types = ("Flatten", "Reshape")
+
+    def infer(self, node, a, ins, param_shape):
+        return (int(np.prod(ins[0])),)
+
+    def run(self, xs, args, skip, out, scratch):
+        return _copy(xs, out)
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("Flatten", list(node.inputs), [node.name], name=node.name, axis=1)]
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        if node.op_type == "Flatten":
+            axis = int(a.get("axis", 1))
+            if axis < 0:
+                axis += len(ctx.shape(x)) + 1
+            if axis != 1:
+                raise OnnxUnsupported(f"axis {a.get('axis')}; only axis 1 (keep the batch axis) is supported")
+            ctx.add(node, index, "flatten", [x])
+            return
+        features = int(np.prod(ctx.shape(x)))  # first: an unknown input shape also hides the target shape
+        shape = np.asarray(a["shape"]) if "shape" in a else ctx.values.get(node.input[1])
+        if shape is None:
+            raise OnnxUnsupported("target shape is computed at run time by ops this importer does not fold")
+        s = list(shape.reshape(-1))
+        if len(s) == 2 and s[1] is not ctx.BATCH and (s[1] == -1 or s[1] == features):
+            first = s[0]
+            batch = first is ctx.BATCH or (first == 0 and not a.get("allowzero", 0))
+            batch = batch or (s[1] == features and first == -1)
+            batch = batch or (ctx.static_batch is not None and first == ctx.static_batch)
+        else:
+            batch = False
+        if not batch:
+            shown = [d if d is ctx.BATCH else int(d) for d in s]
+            raise OnnxUnsupported(f"target shape {shown}; only (N, -1), i.e. flatten, is supported")
+        ctx.add(node, index, "flatten", [x])
+
+
+class Dropout(Op):
+    """Identity at inference; exported as Identity. ONNX Dropout is bypassed by the importer."""
+
+    name = "dropout"
+    attrs = ("p",)
+    ranges = {"p": (0.0, 1.0)}
+    unit = "free"
+
+    def run(self, xs, args, skip, out, scratch):
+        return _copy(xs, out)
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("Identity", list(node.inputs), [node.name], name=node.name)]
+
+
+class Softmax(Op):
+    name = "softmax"
+    ops_per_element = 3
+    onnx_types = ("Softmax",)
+
+    def run(self, xs, args, skip, out, scratch):
+        z = xs[0] - xs[0].max(axis=1, keepdims=True)
+        np.exp(z, out=out)
+        out /= out.sum(axis=1, keepdims=True)
+        return 0
+
+    def to_onnx(self, node, a, ctx):
+        return [ctx.helper.make_node("Softmax", list(node.inputs), [node.name], name=node.name, axis=1)]
+
+    def from_onnx(self, node, index, a, ctx):
+        x = ctx.data(node)
+        rank = len(ctx.shape(x)) + 1
+        default = 1 if ctx.opset < 13 else -1
+        axis = int(a.get("axis", default)) % rank
+        # Before opset 13 Softmax flattens from `axis` on; the graph's softmax is over axis 1 only.
+        if axis != 1 or (ctx.opset < 13 and rank != 2):
+            raise OnnxUnsupported(f"axis {a.get('axis', default)} on a rank-{rank} input; supported: the class axis 1")
+        ctx.add(node, index, "softmax", [x])
+
+
+OPS = (Flatten(), Dropout(), Softmax())

@@ -1,0 +1,161 @@
+"""The load path's second half: a validated graph in, an executable plan out.
+
+What a run needs is worked out here once, from the graph as stored, and kept on the plan: the nodes
+on the path to the output in order, batch norms folded into the conv2d before them, each node's
+arrays as executed and its prepared arguments, the readers of every tensor and the producer chain
+of every activation site (docs/design.md). Rules that keep a rewrite from changing a live value:
+
+- A rewrite that drops or changes a tensor counts every reader, the graph output included
+  (`Graph.readers`): a batch norm folds into its conv only when it is the conv's only reader,
+  and a producer chain passes a tensor only when its site's path is that tensor's only reader.
+- Nodes not on the path to the output (a dead branch) are not run and change nothing; the plan
+  lists them in `dead`.
+- Derived arrays (folded weights and biases) live on the plan node, never under a parameter key,
+  so no key a file can hold is ever shadowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import ops
+from .graph import INPUT, OUTPUT, Graph, Node
+from .ops.batch_norm import scale_of
+
+
+@dataclass(frozen=True, eq=False)
+class PlanNode:
+    """One node as it runs: its op definition, checked attributes, arrays by role (float32, as
+    executed: a folded conv holds the folded weights), input and output shapes per image, the
+    arguments its op prepared, and the stored node it runs (`source`). A conv2d with a batch norm
+    folded in keeps the conv's name."""
+
+    name: str
+    op: str
+    opdef: ops.Op
+    inputs: tuple
+    attrs: dict
+    arrays: dict
+    in_shapes: tuple
+    out_shape: tuple
+    args: object
+    source: Node
+
+    @property
+    def macs(self) -> int:
+        """Dense MACs per image (docs/design.md)."""
+        return self.opdef.macs_per_element(self.attrs, self.in_shapes, self.out_shape) * int(np.prod(self.out_shape))
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """nodes in execution order; output the tensor the run returns; shapes per image of every
+    tensor it computes; readers of each tensor (node names and graph.OUTPUT); chains: activation
+    site -> conv2d/linear nodes its masked elements skip; sites: site -> element shape; folded:
+    batch norm -> the conv it was folded into; dead: stored nodes not on the path to the output."""
+
+    nodes: tuple
+    output: str
+    shapes: dict
+    readers: dict
+    chains: dict
+    sites: dict
+    folded: dict
+    dead: tuple
+
+    def node(self, name: str) -> PlanNode:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise KeyError(name)
+
+
+def live_nodes(graph: Graph) -> set[str]:
+    """Names of the nodes the graph output depends on."""
+    by_name = {n.name: n for n in graph.nodes}
+    live, todo = set(), [graph.output]
+    while todo:
+        n = by_name.get(todo.pop())
+        if n is not None and n.name not in live:
+            live.add(n.name)
+            todo.extend(n.inputs)
+    return live
+
+
+def _fold(bn: Node, conv: Node, graph: Graph) -> dict:
+    """The folded conv's weight and bias: float64 arithmetic, stored float32."""
+    arrays = {r: graph.params[k] for r, k in bn.params.items()}
+    scale = scale_of(arrays, ops.get("batch_norm").check(bn)["eps"])
+    beta, mean = (arrays[r].astype(np.float64) for r in ("beta", "mean"))
+    w = graph.params[conv.params["weight"]].astype(np.float64)
+    b = graph.params[conv.params["bias"]].astype(np.float64) if "bias" in conv.params else np.zeros(len(scale))
+    return {
+        "weight": (w * scale[:, None, None, None]).astype(np.float32),
+        "bias": ((b - mean) * scale + beta).astype(np.float32),
+    }
+
+
+def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
+    """Activation site -> the nodes on its one-to-one producer chain whose MACs a masked element
+    skips (op.chain == "skip"), walking back through ops with chain == "through" and stopping at
+    any tensor that has another reader (the graph output counts as one) and at any other op."""
+    by_name = {n.name: n for n in nodes}
+
+    def walk(t, chain):
+        n = by_name.get(t)
+        if n is None or len(readers.get(t, ())) != 1:
+            return
+        if n.opdef.chain == "skip":
+            chain.append(n.name)
+        elif n.opdef.chain == "through":
+            for i in n.inputs:
+                walk(i, chain)
+
+    chains = {}
+    for n in nodes:
+        if n.opdef.site:
+            chain: list[str] = []
+            walk(n.inputs[0], chain)
+            chains[n.name] = tuple(chain)
+    return chains
+
+
+def build_plan(graph: Graph, shapes: dict) -> Plan:
+    """The plan of a validated graph (`shapes` from graph.validate)."""
+    live = live_nodes(graph)
+    dead = tuple(n.name for n in graph.nodes if n.name not in live)
+    stored = [n for n in graph.nodes if n.name in live]
+    readers = Graph(tuple(stored), graph.input_shape, graph.output).readers()
+    by_name = {n.name: n for n in stored}
+    folded: dict[str, str] = {}  # batch norm -> conv
+    arrays: dict[str, dict] = {n.name: {r: graph.params[k] for r, k in n.params.items()} for n in stored}
+    for n in stored:
+        src = by_name.get(n.inputs[0])
+        if n.op == "batch_norm" and src is not None and src.op == "conv2d" and readers[src.name] == [n.name]:
+            folded[n.name] = src.name
+            arrays[src.name] = _fold(n, src, graph)
+    rename = dict(folded)
+    nodes = []
+    for n in stored:
+        if n.name in folded:
+            continue
+        op = ops.get(n.op, n.name)
+        attrs = op.check(n)
+        inputs = tuple(rename.get(t, t) for t in n.inputs)
+        ins = tuple(shapes[t] for t in inputs)
+        out = shapes[n.name]
+        args = op.prepare(attrs, arrays[n.name], ins, out)
+        nodes.append(PlanNode(n.name, n.op, op, inputs, attrs, arrays[n.name], ins, out, args, n))
+    output = rename.get(graph.output, graph.output)
+    plan_readers: dict[str, list[str]] = {INPUT: []}
+    for n in nodes:
+        plan_readers.setdefault(n.name, [])
+        for t in n.inputs:
+            plan_readers.setdefault(t, []).append(n.name)
+    plan_readers.setdefault(output, []).append(OUTPUT)
+    plan_shapes = {INPUT: shapes[INPUT], **{n.name: n.out_shape for n in nodes}}
+    chains = producer_chains(nodes, plan_readers)
+    sites = {n.name: n.out_shape for n in nodes if n.opdef.site}
+    return Plan(tuple(nodes), output, plan_shapes, plan_readers, chains, sites, folded, dead)
