@@ -7,7 +7,8 @@ import numpy as np
 
 def silu(x, mask, out):
     d = x.astype(np.float64)
-    y = (d / (1.0 + np.exp(-d))).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # exp overflows to inf; -inf / inf is NaN, as x * 0
+        y = (d / (1.0 + np.exp(-d))).astype(np.float32)
     np.copyto(out, y, where=np.ones(x.shape[1], bool)[None, :] if mask.size == 0 else ~mask[None, :])
 
 
