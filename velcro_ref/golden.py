@@ -18,6 +18,7 @@ import json
 import h5py
 import numpy as np
 
+from . import h5io
 from .fileio import atomic_path
 
 FORMAT = "velcro-golden"
@@ -33,7 +34,7 @@ class _Recorder:
         pass
 
     def on_node(self, step, inputs, out, skip):
-        g = self.f.create_group(f"nodes/{self.k:03d}_{step.name.replace('/', '%2F')}")
+        g = self.f.create_group(f"nodes/{self.k:03d}_{h5io.escape_key(step.name)}")
         self.k += 1
         self.order.append(step.name)
         g.attrs["name"] = step.name
@@ -61,11 +62,11 @@ def write_golden(model, x, path, masks=None) -> dict:
         model.run(x, masks=masks, observer=rec)
         for k, name in enumerate(rec.order):
             if name in model.last_macs:
-                f[f"nodes/{k:03d}_{name.replace('/', '%2F')}"].attrs["executed_macs"] = model.last_macs[name]
+                f[f"nodes/{k:03d}_{h5io.escape_key(name)}"].attrs["executed_macs"] = model.last_macs[name]
         f.attrs["node_order"] = json.dumps(rec.order)
         if masks is not None:
             for site, (mask, const) in masks.sites.items():
-                sg = f.create_group(f"sites/{site.replace('/', '%2F')}")
+                sg = f.create_group(f"sites/{h5io.escape_key(site)}")
                 sg.create_dataset("mask", data=mask)
                 sg.create_dataset("constants", data=const)
     return dict(model.last_macs)

@@ -6,16 +6,16 @@ lowest-variance elements, equal variances broken by flat index, constants = mean
 
 from __future__ import annotations
 
-import json
 import numbers
-import time
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
+from . import h5io
 from .errors import MaskError, UsageError
 from .fileio import atomic_path
+from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 
 FORMAT = "velcro-masks"
 FORMAT_VERSION = 1
@@ -84,29 +84,20 @@ def uniform_ratios(stats, ratio, exclude=()) -> dict:
     return {s: (0.0 if s in exclude else ratio) for s in stats.sites}
 
 
-def _key(name):
-    return name.replace("%", "%25").replace("/", "%2F")
-
-
 def save_masks(masks: MaskSet, path) -> None:
     """Write a mask file atomically: attrs fingerprint/policy/provenance, `sites/<site>/{mask,constants}`.
 
-    Written like a model file (model_io.LIBVER, fixed-length text attributes), with a Fletcher-32
-    checksum on every dataset so that a flipped bit in a mask or constant is found when the file is read.
+    Written like a model file (h5io: checksummed metadata, fixed-length text attributes), with a
+    Fletcher-32 checksum on every dataset so that a flipped bit in a mask or constant is found when read.
     """
-    from .model_io import LIBVER, write_text_attr
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
-        write_text_attr(f, "format", FORMAT)
-        f.attrs["format_version"] = FORMAT_VERSION
-        write_text_attr(f, "fingerprint", masks.fingerprint)
-        write_text_attr(f, "policy", json.dumps(masks.policy))
-        provenance = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **masks.provenance}
-        write_text_attr(f, "provenance", json.dumps(provenance))
+    with atomic_path(path) as tmp, h5io.create(tmp) as f:
+        h5io.write_header(
+            f, FORMAT, FORMAT_VERSION, masks.fingerprint, policy=masks.policy, provenance=masks.provenance
+        )
         g = f.create_group("sites")
         for name, (mask, const) in masks.sites.items():
-            sg = g.create_group(_key(name))
-            write_text_attr(sg, "name", name)
+            sg = g.create_group(h5io.escape_key(name))
+            h5io.write_text_attr(sg, "name", name)
             sg.create_dataset("mask", data=np.asarray(mask, dtype=bool), fletcher32=True)
             sg.create_dataset("constants", data=np.asarray(const, dtype=np.float32), fletcher32=True)
 
@@ -118,27 +109,13 @@ def load_masks(path, model=None) -> MaskSet:
     most MAX_ELEMENTS elements); constants at masked elements must be finite and a policy ratio
     must lie in [0, 1]. Raises MaskError naming the file and the site or attribute at fault.
     """
-    from .model_io import H5_ERRORS, open_h5, read_isolated
-
-    def read():
-        f = open_h5(path, MaskError, FORMAT)
-        try:
-            with f:
-                return _read_masks(f, path)
-        except MaskError as e:
-            raise MaskError(f"{path}: {e}") from e
-        except H5_ERRORS as e:
-            raise MaskError(f"{path}: corrupt or unreadable mask file ({type(e).__name__}: {e})") from e
-
-    masks = read_isolated(read, path, MaskError)
+    masks = h5io.load_checked(path, MaskError, FORMAT, "mask", lambda f: _read_masks(f, path))
     if model is not None:
         model.check_masks(masks)
     return masks
 
 
 def _read_masks(f, path):
-    from .model_io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
-
     check_format(f, FORMAT, FORMAT_VERSION, MaskError)
     fingerprint = attr_str(f, "fingerprint", MaskError)
     policy = attr_json(f, "policy", MaskError, dict, default={})

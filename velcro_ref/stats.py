@@ -12,15 +12,15 @@ exact (Sterbenz) and the shifted means are small.
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 
 import h5py
 import numpy as np
 
+from . import h5io
 from .errors import StatsError
 from .fileio import atomic_path
+from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, welford, welford_add
 
 FORMAT = "velcro-stats"
@@ -167,31 +167,27 @@ def collect_stats(model, x, batch=256, classes=(), source="", progress=None) -> 
     return col.stats
 
 
-def _site_key(name):
-    return name.replace("%", "%25").replace("/", "%2F")
-
-
 def save_stats(stats: Stats, path) -> None:
     """Write a stats file atomically (HDF5, one group per site under `sites/`).
 
-    Written like a model file (model_io.LIBVER, fixed-length text attributes), with a Fletcher-32
-    checksum on every dataset so that a flipped bit in the numbers is found when the file is read.
+    Written like a model file (h5io: checksummed metadata, fixed-length text attributes), with a
+    Fletcher-32 checksum on every dataset so that a flipped bit in the numbers is found when read.
     """
-    from .model_io import LIBVER, write_text_attr
-
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=LIBVER) as f:
-        write_text_attr(f, "format", FORMAT)
-        f.attrs["format_version"] = FORMAT_VERSION
-        write_text_attr(f, "fingerprint", stats.fingerprint)
-        write_text_attr(f, "classes", json.dumps(list(stats.classes)))
+    with atomic_path(path) as tmp, h5io.create(tmp) as f:
+        h5io.write_header(
+            f,
+            FORMAT,
+            FORMAT_VERSION,
+            stats.fingerprint,
+            classes=list(stats.classes),
+            source=stats.source,
+            provenance=stats.provenance,
+        )
         f.attrs["n_images"] = int(stats.n_images)
-        write_text_attr(f, "source", stats.source)
-        provenance = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **stats.provenance}
-        write_text_attr(f, "provenance", json.dumps(provenance))
         g = f.create_group("sites")
         for name, s in stats.sites.items():
-            sg = g.create_group(_site_key(name))
-            write_text_attr(sg, "name", name)
+            sg = g.create_group(h5io.escape_key(name))
+            h5io.write_text_attr(sg, "name", name)
             for fld in FIELDS:
                 sg.create_dataset(fld, data=getattr(s, fld), fletcher32=True)
             sg.create_dataset("mean", data=s.mean, fletcher32=True)  # for readers; the shifted form is exact
@@ -205,27 +201,13 @@ def load_stats(path, model=None) -> Stats:
     Reads format versions 1 (`mean` only, taken as shift 0) and 2; refuses newer ones.
     Raises StatsError naming the file and the site or attribute at fault.
     """
-    from .model_io import H5_ERRORS, open_h5, read_isolated
-
-    def read():
-        f = open_h5(path, StatsError, FORMAT)
-        try:
-            with f:
-                return _read_stats(f)
-        except StatsError as e:
-            raise StatsError(f"{path}: {e}") from e
-        except H5_ERRORS as e:
-            raise StatsError(f"{path}: corrupt or unreadable stats file ({type(e).__name__}: {e})") from e
-
-    stats = read_isolated(read, path, StatsError)
+    stats = h5io.load_checked(path, StatsError, FORMAT, "stats", _read_stats)
     if model is not None:
         check_stats(stats, model, path)
     return stats
 
 
 def _read_stats(f) -> Stats:
-    from .model_io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
-
     version = check_format(f, FORMAT, FORMAT_VERSION, StatsError)
     names = FIELDS if version >= 2 else FIELDS_V1
     fingerprint = attr_str(f, "fingerprint", StatsError)

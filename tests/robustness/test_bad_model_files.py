@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from robust_util import edited_copy
 
-from velcro_ref import model_io
+from velcro_ref import h5io
 from velcro_ref.errors import ModelError
 from velcro_ref.graph import MAX_ELEMENTS, Graph, Node
 from velcro_ref.model_io import load_graph, save_model
@@ -283,7 +283,7 @@ def _absurd_models():
 
 @pytest.mark.parametrize("name, doc, declared, needles", list(_absurd_models()), ids=[m[0] for m in _absurd_models()])
 def test_absurd_dimensions_are_refused_before_any_allocation(tmp_path, monkeypatch, name, doc, declared, needles):
-    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+    monkeypatch.setattr(h5io, "ISOLATE", False)  # measure the loader here, not in a child process
     path = write_raw_model(tmp_path / f"{name}.h5", doc, declared)
     assert path.stat().st_size < 1 << 20  # declared datasets take no room
     tracemalloc.start()

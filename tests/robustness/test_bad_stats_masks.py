@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from robust_util import edited_copy
 
-from velcro_ref import model_io
+from velcro_ref import h5io
 from velcro_ref.engine import load_model
 from velcro_ref.errors import MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
@@ -209,7 +209,7 @@ def test_stats_that_do_not_fit_the_model_are_refused(tmp_path, model, stats_file
 
 
 def test_huge_declared_stats_field_is_refused_before_allocation(tmp_path, monkeypatch, stats_file):
-    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+    monkeypatch.setattr(h5io, "ISOLATE", False)  # measure the loader here, not in a child process
 
     def edit(f):
         for k in ("count", "mean", "m2", "min", "max"):
@@ -321,7 +321,7 @@ def test_eval_refuses_a_bad_mask_file_before_the_dense_pass(
 
 
 def test_huge_declared_mask_is_refused_before_allocation(tmp_path, monkeypatch, mask_file):
-    monkeypatch.setattr(model_io, "ISOLATE", False)  # measure the loader here, not in a child process
+    monkeypatch.setattr(h5io, "ISOLATE", False)  # measure the loader here, not in a child process
 
     def edit(f):
         for k, dtype in (("mask", bool), ("constants", np.float32)):

@@ -188,7 +188,8 @@ def edit_graph_json(f, node_index, key, value):
             node[key] = value
     f.attrs["graph"] = json.dumps(doc)
     try:
-        from velcro_ref.model_io import _key, graph_from_json
+        from velcro_ref.h5io import unescape_key as _key
+        from velcro_ref.model_io import graph_from_json
 
         params = {_key(k): v[()] for k, v in f["params"].items()}
         graph = graph_from_json(doc, json.loads(f.attrs["meta"]), params)

@@ -10,18 +10,18 @@ import h5py
 import numpy as np
 import pytest
 
-from velcro_ref import model_io
+from velcro_ref import h5io, model_io
 from velcro_ref.errors import MaskError, ModelError, StatsError
+from velcro_ref.h5io import read_isolated
 from velcro_ref.masks import load_masks
-from velcro_ref.model_io import read_isolated
 from velcro_ref.stats import load_stats
 
-pytestmark = pytest.mark.skipif(not model_io.ISOLATE, reason="needs os.fork")
+pytestmark = pytest.mark.skipif(not h5io.ISOLATE, reason="needs os.fork")
 
 
 @pytest.fixture
 def short_timeout(monkeypatch):
-    monkeypatch.setattr(model_io, "LOAD_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(h5io, "LOAD_TIMEOUT_S", 1.5)
 
 
 def test_result_and_exceptions_come_back_from_the_child():
