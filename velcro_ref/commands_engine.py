@@ -2,35 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
-from .fileio import atomic_path
-
-
-def load_array(path, what="input") -> np.ndarray:
-    """np.load a .npy file; InputError naming the file if it is missing or not an array."""
-    try:
-        a = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
-    if not isinstance(a, np.ndarray):
-        raise InputError(f"{path}: expects a .npy array, found {type(a).__name__}")
-    return a
-
-
-def save_array(path, a) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, a)
-
-
-def print_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+from .cli_util import add_model_arg, load_array, print_json, save_array
 
 
 def cmd_zoo(args):
@@ -125,11 +101,6 @@ def cmd_infer(args):
         if args.output:
             print(f"wrote {args.output}")
     return 0
-
-
-def add_model_arg(p):
-    p.add_argument("model", help="model file (HDF5, velcro-model format)")
-    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
 
 
 def register(sub):

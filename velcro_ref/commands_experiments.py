@@ -6,28 +6,10 @@ import json
 import re
 from pathlib import Path
 
-from .commands_engine import add_model_arg, print_json
+from .cli_util import add_data_dir_arg, add_model_arg, add_policy_arg, print_json, progress, task_classes
 from .errors import UsageError
 from .fileio import write_text
-
-
-def _task_classes(args):
-    from . import data
-
-    if bool(args.task) == bool(args.classes):
-        raise UsageError("give exactly one of --task NAME or --classes LIST")
-    if args.classes:
-        return data.parse_classes(args.classes), f"classes {args.classes}"
-    tasks = data.load_tasks()
-    if args.task not in tasks:
-        raise UsageError(f"unknown task '{args.task}'; tasks: {', '.join(tasks)}")
-    return tasks[args.task]["classes"], args.task
-
-
-def _progress(total, desc, unit):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True, disable=None)
+from .policies import POLICIES
 
 
 def cmd_locality(args):
@@ -35,8 +17,8 @@ def cmd_locality(args):
     from .experiments import locality, profile_task
 
     model = load_model(args.model)
-    classes, label = _task_classes(args)
-    with _progress(2 * args.samples, "profile", "img") as bar:
+    classes, label = task_classes(args)
+    with progress(2 * args.samples, "profile", "img") as bar:
         task = profile_task(model, classes, args.samples, args.data_dir, progress=bar)
         general = profile_task(model, tuple(range(10)), task.n_images, args.data_dir, progress=bar)
     res = locality(task, general, args.threshold)
@@ -61,18 +43,19 @@ def cmd_locality(args):
 
 
 def cmd_sweep(args):
+    from .data import task_images
     from .engine import load_model
-    from .experiments import parse_ratios, profile_task, sweep, task_images
+    from .experiments import parse_ratios, profile_task, sweep
 
     if not 0 <= args.tolerance < 100:
         raise UsageError(f"--tolerance is in percentage points in [0, 100), got {args.tolerance}")
     ratios = parse_ratios(args.ratios)
     model = load_model(args.model)
-    classes, label = _task_classes(args)
-    with _progress(args.profile_samples, "profile", "img") as bar:
+    classes, label = task_classes(args)
+    with progress(args.profile_samples, "profile", "img") as bar:
         stats = profile_task(model, classes, args.profile_samples, args.data_dir, progress=bar)
     x, y = task_images(model, classes, "test", args.samples, args.data_dir)
-    with _progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
+    with progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
         res = sweep(model, stats, x, y, classes, ratios, args.policy, args.tolerance / 100, progress=bar)
     res.update(model=args.model, task=label)
     if args.output:
@@ -130,10 +113,6 @@ def cmd_demo(args):
     return 0
 
 
-def _data_args(p):
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: $VELCRO_DATA or the Debian path)")
-
-
 def register(sub):
     p = sub.add_parser(
         "locality",
@@ -153,7 +132,7 @@ def register(sub):
     )
     p.add_argument("--plot", help="write the CDF plot here (PNG)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    _data_args(p)
+    add_data_dir_arg(p)
     p.set_defaults(func=cmd_locality)
 
     p = sub.add_parser(
@@ -165,9 +144,7 @@ def register(sub):
     p.add_argument("--task", help="task name from tasks.toml")
     p.add_argument("--classes", help="task classes instead of --task, e.g. 1,3")
     p.add_argument("--ratios", default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)")
-    p.add_argument(
-        "--policy", default="uniform", choices=["uniform", "budget", "channel"], help="mask policy (default uniform)"
-    )
+    add_policy_arg(p)
     p.add_argument("--tolerance", type=float, default=0.5, help="accuracy tolerance in percentage points (default 0.5)")
     p.add_argument(
         "--profile-samples", type=int, default=2000, help="train images of the task for the statistics (default 2000)"
@@ -176,7 +153,7 @@ def register(sub):
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--plot", help="write accuracy vs CSR here (PNG)")
     p.add_argument("-o", "--output", help="write the JSON here too")
-    _data_args(p)
+    add_data_dir_arg(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
@@ -191,9 +168,9 @@ def register(sub):
     p.add_argument("--models", help="comma list of model names (default: all in the manifest)")
     p.add_argument("--tasks", help="comma list of task names (default: all)")
     p.add_argument("--ratios", help="ratio grid, start:stop:step or list (default 0:0.6:0.1, --quick 0:0.6:0.3)")
-    p.add_argument("--policies", help="comma list of policies (default uniform,budget,channel)")
+    p.add_argument("--policies", help=f"comma list of policies (default {','.join(POLICIES)})")
     p.add_argument("--profile-samples", type=int, help="train images per profile (default 1000, --quick 300)")
     p.add_argument("--samples", type=int, help="test images per task (default 500, --quick 200; 0 = all)")
     p.add_argument("--readme", help="replace the demo-results block of this README with the summary")
-    _data_args(p)
+    add_data_dir_arg(p)
     p.set_defaults(func=cmd_demo)

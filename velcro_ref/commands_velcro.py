@@ -5,99 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-import numpy as np
-
-from .commands_engine import add_model_arg, load_array, print_json
-from .errors import DataError, InputError, StatsError, UsageError
-
-
-def add_image_args(p, split):
-    p.add_argument("--data", choices=["fashion-mnist"], help="image set (Fashion-MNIST from the Debian package)")
-    p.add_argument(
-        "--data-dir", help="directory of the Fashion-MNIST IDX .gz files (default: $VELCRO_DATA or the Debian path)"
-    )
-    p.add_argument("--classes", help="task classes, numbers or names, e.g. 5,7,9 or sandal,sneaker")
-    p.add_argument("--split", choices=["train", "test"], default=split, help=f"data split (default {split})")
-    p.add_argument("--samples", type=int, help="use at most this many images (the first ones of the split)")
-    p.add_argument("--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
-    p.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
-
-
-def load_image_set(args, model):
-    """(x float32 NCHW, labels int64, classes tuple, source) from --data or --images.
-
-    Every image is checked against the model (shape, dtype, finite values) before any is run; a
-    failure names the file and the first bad image. Requested classes without images are an error.
-    """
-    if args.batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples must be a positive integer, got {args.samples}")
-    from . import data
-
-    index = None  # position in the file of each kept image, for messages
-    missing = ""
-    if args.images:
-        try:
-            with np.load(args.images, allow_pickle=False) as z:
-                x, y = z["x"], z["y"]
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise InputError(f"{args.images}: expects an .npz with arrays 'x' and 'y' ({e})") from None
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise InputError(f"{args.images}: 'y' expects a 1-D array of integer labels, found {y.dtype} {y.shape}")
-        n_x = len(x) if x.ndim else 0
-        if n_x != len(y):
-            raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")
-        found = tuple(int(c) for c in np.unique(y))
-        classes = data.parse_classes(args.classes) if args.classes else found
-        absent = ", ".join(str(c) for c in classes if c not in found)
-        if absent:
-            missing = f"no images of class(es) {absent}; labels found: {', '.join(map(str, found))}"
-        index = np.flatnonzero(np.isin(y, classes))[: args.samples]
-        x, y = x[index], y[index].astype(np.int64)
-        source = f"{args.images} classes {list(classes)}"
-        where = args.images
-    elif args.data == "fashion-mnist":
-        if not args.classes:
-            raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
-        classes = data.parse_classes(args.classes)
-        images, labels = data.load_fashion_mnist(args.split, args.data_dir)
-        images, y = data.select_classes(images, labels, classes, args.samples)
-        pre = model.meta.get("preprocessing")
-        if pre is None:
-            raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
-        x = data.preprocess(images, pre)
-        source = f"fashion-mnist {args.split} classes {list(classes)}"
-        where = source
-    else:
-        raise UsageError("give --data fashion-mnist or --images FILE.npz")
-    if len(x) == 0:
-        raise DataError(f"the image set is empty ({source})")
-    if missing:
-        raise DataError(f"{where}: {missing}")
-    try:
-        model.check_input(x)
-    except InputError as e:
-        raise InputError(f"{where}: {e}{_first_nonfinite(x, model, index)}") from None
-    return np.ascontiguousarray(x), y, tuple(classes), source
-
-
-def _first_nonfinite(x, model, index):
-    """'; first NaN/Inf in image i' (i = position in the file, or in x without `index`) when that is
-    what check_input refused, else ''."""
-    if x.dtype != np.float32 or tuple(x.shape[1:]) != model.input_shape:
-        return ""
-    bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
-    if not bad.size:
-        return ""
-    first = bad[0] if index is None else index[bad[0]]
-    return f"; first NaN/Inf in image {first} ({bad.size} image(s) affected)"
-
-
-def progress_bar(total, desc):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False, disable=None)
+from .cli_util import add_image_args, add_model_arg, add_policy_arg, load_array, load_image_set, print_json, progress
+from .errors import StatsError, UsageError
 
 
 def cmd_profile(args):
@@ -125,7 +34,7 @@ def cmd_profile(args):
             )
         start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
-    with progress_bar(len(x), "profile") as bar:
+    with progress(len(x), "profile") as bar:
         bar.update(start)
         for i, j in enumerate(range(start, len(x), args.batch)):
             col.add_batch(x[j : j + args.batch])
@@ -212,12 +121,12 @@ def cmd_eval(args):
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     masks = load_masks(args.masks, model) if args.masks else None  # a bad mask file fails before the dense pass
     x, y, classes, source = load_image_set(args, model)
-    with progress_bar(len(x), "dense") as bar:
+    with progress(len(x), "dense") as bar:
         dense = evaluate(model, x, y, classes, batch=args.batch, progress=bar)
     doc = {"model": args.model, "data": source, "n_images": len(x), "classes": list(classes)}
     doc["dense"] = {k: dense[k] for k in ("accuracy", "accuracy_task", "macs")}
     if masks is not None:
-        with progress_bar(len(x), "masked") as bar:
+        with progress(len(x), "masked") as bar:
             masked = evaluate(model, x, y, classes, masks=masks, batch=args.batch, progress=bar)
         doc["masked"] = {k: masked[k] for k in ("accuracy", "accuracy_task", "macs")}
         doc["csr"] = csr(dense["macs"], masked["macs"])
@@ -282,11 +191,9 @@ def register(sub):
     )
     p.add_argument("stats", help="stats file (from velcro profile)")
     p.add_argument("--ratio", type=float, help="compression ratio R in [0, 1]")
-    p.add_argument(
-        "--policy",
-        default="uniform",
-        choices=["uniform", "budget", "channel"],
-        help="uniform: the paper's, R of every site; budget: one global MAC budget (needs --model); "
+    add_policy_arg(
+        p,
+        "uniform: the paper's, R of every site; budget: one global MAC budget (needs --model); "
         "channel: whole channels (S-VELCRO style)",
     )
     p.add_argument("--model", help="the model the stats belong to (needed by --policy budget)")

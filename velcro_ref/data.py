@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from velcro_ref.errors import DataError
+from velcro_ref.errors import DataError, InputError
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -197,6 +197,17 @@ def preprocess(images_uint8, preprocessing):
         raise DataError(f"preprocessing std must be > 0 and scale finite, got std {std.tolist()}, scale {scale}")
     x = images[:, None, :, :].astype(np.float32)
     return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
+
+
+def task_images(model, classes, split="train", n=None, data_dir=None):
+    """The first n (all if None) Fashion-MNIST images of `classes` from `split`, preprocessed as
+    the model's meta says: (x float32 NCHW, labels int64). Raises InputError when the model records
+    no preprocessing, DataError for missing files or bad classes."""
+    pre = model.meta.get("preprocessing")
+    if pre is None:
+        raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
+    images, labels = select_classes(*load_fashion_mnist(split, data_dir), classes, n)
+    return np.ascontiguousarray(preprocess(images, pre)), labels.astype(np.int64)
 
 
 def load_tasks(path=None):

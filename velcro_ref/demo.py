@@ -14,8 +14,9 @@ from pathlib import Path
 from . import data
 from .engine import load_model
 from .errors import DataError
-from .experiments import locality, parse_ratios, profile_task, sweep, task_images
+from .experiments import locality, parse_ratios, profile_task, sweep
 from .fileio import write_text
+from .policies import POLICIES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PAPER = (
@@ -64,7 +65,7 @@ def run_demo(
     # The full setting is sized to finish in about ten minutes on two cores; `velcro sweep`
     # evaluates on every test image of a task when one needs a finer accuracy resolution.
     ratios = parse_ratios(ratios or ("0:0.6:0.3" if quick else "0:0.6:0.1"))
-    policies = policies or (["uniform", "channel"] if quick else ["uniform", "budget", "channel"])
+    policies = policies or (["uniform", "channel"] if quick else list(POLICIES))
     profile_n = profile_n or (300 if quick else 1000)
     eval_n = eval_n if eval_n is not None else (200 if quick else 500)
     eval_n = eval_n or None  # 0: every test image of the task
@@ -95,7 +96,7 @@ def run_demo(
             loc = locality(stats, general)
             plot_locality(loc, out / f"locality_{name}_{task}.png", f"{name}, task {task}")
             bar.update(1)
-            x, y = task_images(model, classes, "test", eval_n, data_dir)
+            x, y = data.task_images(model, classes, "test", eval_n, data_dir)
             sweeps = []
             for policy in policies:
                 bar.set_postfix_str(f"{name}/{task}: {policy}")

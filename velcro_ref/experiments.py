@@ -29,19 +29,9 @@ def parse_ratios(text) -> list[float]:
     return sorted(set(ratios))
 
 
-def task_images(model, classes, split, n=None, data_dir=None):
-    """Preprocessed images (float32 NCHW) and labels of the task's classes from a split."""
-    images, labels = data.load_fashion_mnist(split, data_dir)
-    images, labels = data.select_classes(images, labels, classes, n)
-    pre = model.meta.get("preprocessing")
-    if pre is None:
-        raise UsageError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
-    return np.ascontiguousarray(data.preprocess(images, pre)), labels
-
-
 def profile_task(model, classes, n, data_dir=None, batch=256, progress=None):
     """Stats over the first n train images of `classes` (the paper's preprocessing set)."""
-    x, _ = task_images(model, classes, "train", n, data_dir)
+    x, _ = data.task_images(model, classes, "train", n, data_dir)
     src = f"fashion-mnist train classes {list(classes)}"
     return collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
 

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from velcro_ref.data import task_images
 from velcro_ref.engine import Model
 from velcro_ref.errors import UsageError
-from velcro_ref.experiments import locality, parse_ratios, profile_task, sweep, task_images
+from velcro_ref.experiments import locality, parse_ratios, profile_task, sweep
 from velcro_ref.zoo import build_zoo
 
 

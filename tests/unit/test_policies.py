@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from velcro_ref.data import task_images
 from velcro_ref.engine import Model
 from velcro_ref.evaluate import evaluate
-from velcro_ref.experiments import profile_task, sweep, task_images
+from velcro_ref.experiments import profile_task, sweep
 from velcro_ref.policies import make_masks
 from velcro_ref.stats import SiteStats, Stats
 from velcro_ref.zoo import build_zoo
