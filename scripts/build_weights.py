@@ -21,7 +21,7 @@ import numpy as np
 
 from velcro_ref.data import CLASS_NAMES, load_fashion_mnist, preprocess
 from velcro_ref.engine import load_model
-from velcro_ref.evaluate import evaluate
+from velcro_ref.evaluation import evaluate
 from velcro_ref.fileio import write_text
 from velcro_ref.model_io import save_model
 from velcro_ref.onnx_import import import_onnx

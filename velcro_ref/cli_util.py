@@ -123,16 +123,13 @@ def _first_nonfinite(x, model, index):
 
 def task_classes(args):
     """(classes, label) from --task NAME (tasks.toml) or --classes LIST, exactly one of them."""
-    from . import data
+    from .api import task_classes as classes_of
 
     if bool(args.task) == bool(args.classes):
         raise UsageError("give exactly one of --task NAME or --classes LIST")
     if args.classes:
-        return data.parse_classes(args.classes), f"classes {args.classes}"
-    tasks = data.load_tasks()
-    if args.task not in tasks:
-        raise UsageError(f"unknown task '{args.task}'; tasks: {', '.join(tasks)}")
-    return tasks[args.task]["classes"], args.task
+        return classes_of(classes=args.classes), f"classes {args.classes}"
+    return classes_of(task=args.task), args.task
 
 
 def progress(total, desc, unit="img"):

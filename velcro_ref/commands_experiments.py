@@ -13,15 +13,15 @@ from .policies import POLICIES
 
 
 def cmd_locality(args):
+    from .api import locality
     from .engine import load_model
-    from .experiments import locality, profile_task
 
     model = load_model(args.model)
     classes, label = task_classes(args)
     with progress(2 * args.samples, "profile", "img") as bar:
-        task = profile_task(model, classes, args.samples, args.data_dir, progress=bar)
-        general = profile_task(model, tuple(range(10)), task.n_images, args.data_dir, progress=bar)
-    res = locality(task, general, args.threshold)
+        res = locality(
+            model, classes=classes, samples=args.samples, threshold=args.threshold, data_dir=args.data_dir, progress=bar
+        )
     if args.plot:
         from .plots import plot_locality
 
@@ -43,20 +43,27 @@ def cmd_locality(args):
 
 
 def cmd_sweep(args):
-    from .data import task_images
+    from .api import sweep
     from .engine import load_model
-    from .experiments import parse_ratios, profile_task, sweep
+    from .experiments import parse_ratios
 
     if not 0 <= args.tolerance < 100:
         raise UsageError(f"--tolerance is in percentage points in [0, 100), got {args.tolerance}")
     ratios = parse_ratios(args.ratios)
     model = load_model(args.model)
     classes, label = task_classes(args)
-    with progress(args.profile_samples, "profile", "img") as bar:
-        stats = profile_task(model, classes, args.profile_samples, args.data_dir, progress=bar)
-    x, y = task_images(model, classes, "test", args.samples, args.data_dir)
     with progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
-        res = sweep(model, stats, x, y, classes, ratios, args.policy, args.tolerance / 100, progress=bar)
+        res = sweep(
+            model,
+            classes=classes,
+            ratios=ratios,
+            policy=args.policy,
+            tolerance=args.tolerance,
+            profile_samples=args.profile_samples,
+            samples=args.samples,
+            data_dir=args.data_dir,
+            progress=bar,
+        )
     res.update(model=args.model, task=label)
     if args.output:
         write_text(args.output, json.dumps(res, indent=1))

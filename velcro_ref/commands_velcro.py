@@ -80,29 +80,28 @@ def read_ratios_toml(path, sites) -> dict:
 
 
 def cmd_compress(args):
-    from .masks import build_masks, check_ratio, save_masks
-    from .policies import make_masks
+    from .api import compress
+    from .masks import check_ratio, save_masks
     from .stats import load_stats
 
     stats = load_stats(args.stats)
-    site_costs = None
+    model = None
     if args.model:
         from .engine import load_model
-        from .stats import check_stats
 
         model = load_model(args.model)
+        from .stats import check_stats
+
         check_stats(stats, model, args.stats)
-        site_costs = model.site_costs()
     if args.ratios:
         ratios = read_ratios_toml(args.ratios, stats.sites)
-        for s in args.exclude or ():
-            ratios[s] = 0.0
-        masks = build_masks(stats, ratios, {"name": "per_site", "ratios_file": str(args.ratios)})
+        masks = compress(stats, model=model, exclude=args.exclude or (), ratios=ratios)
+        masks.policy["ratios_file"] = str(args.ratios)
     elif args.ratio is None:
         raise UsageError("give --ratio R (with --policy) or --ratios FILE.toml")
     else:
         ratio = check_ratio(args.ratio, "--ratio")
-        masks = make_masks(args.policy, stats, ratio, site_costs, args.exclude or ())
+        masks = compress(stats, ratio, args.policy, model, args.exclude or ())
     masks.policy["stats_file"] = str(args.stats)
     save_masks(masks, args.output)
     n = sum(m.size for m, _ in masks.sites.values())
@@ -114,22 +113,15 @@ def cmd_compress(args):
 
 
 def cmd_eval(args):
+    from .api import evaluate
     from .engine import load_model
-    from .evaluate import csr, evaluate
     from .masks import load_masks
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     masks = load_masks(args.masks, model) if args.masks else None  # a bad mask file fails before the dense pass
     x, y, classes, source = load_image_set(args, model)
-    with progress(len(x), "dense") as bar:
-        dense = evaluate(model, x, y, classes, batch=args.batch, progress=bar)
-    doc = {"model": args.model, "data": source, "n_images": len(x), "classes": list(classes)}
-    doc["dense"] = {k: dense[k] for k in ("accuracy", "accuracy_task", "macs")}
-    if masks is not None:
-        with progress(len(x), "masked") as bar:
-            masked = evaluate(model, x, y, classes, masks=masks, batch=args.batch, progress=bar)
-        doc["masked"] = {k: masked[k] for k in ("accuracy", "accuracy_task", "macs")}
-        doc["csr"] = csr(dense["macs"], masked["macs"])
+    with progress(len(x) * (1 if masks is None else 2), "eval") as bar:
+        doc = {"model": args.model, "data": source, **evaluate(model, x, y, classes, masks, args.batch, bar)}
     if args.json:
         print_json(doc)
         return 0
@@ -147,14 +139,14 @@ def cmd_eval(args):
 
 
 def cmd_golden(args):
+    from .api import golden
     from .engine import load_model
-    from .golden import write_golden
     from .masks import load_masks
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     x = load_array(args.input)
     masks = load_masks(args.masks) if args.masks else None
-    macs = write_golden(model, model.check_input(x), args.output, masks)
+    macs = golden(model, x, args.output, masks)
     print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
     return 0
 

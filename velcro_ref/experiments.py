@@ -6,7 +6,7 @@ import numpy as np
 
 from . import data
 from .errors import UsageError
-from .evaluate import csr, evaluate
+from .evaluation import csr, evaluate
 from .policies import make_masks
 from .stats import collect_stats
 

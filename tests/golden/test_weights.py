@@ -8,7 +8,7 @@ import pytest
 
 from velcro_ref.data import load_fashion_mnist, preprocess
 from velcro_ref.engine import load_model
-from velcro_ref.evaluate import evaluate
+from velcro_ref.evaluation import evaluate
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 MANIFEST = json.loads((WEIGHTS / "manifest.json").read_text())

@@ -309,12 +309,12 @@ def test_flipped_bit_in_mask_data_is_found_by_the_checksum(velcro, tmp_path, mod
 def test_eval_refuses_a_bad_mask_file_before_the_dense_pass(
     velcro, tmp_path, monkeypatch, model_file, images_file, mask_file
 ):
-    from velcro_ref import evaluate
+    from velcro_ref import evaluation
 
     def no_pass(*args, **kwargs):
         raise AssertionError("an image was evaluated before the mask file was checked")
 
-    monkeypatch.setattr(evaluate, "evaluate", no_pass)
+    monkeypatch.setattr(evaluation, "evaluate", no_pass)
     bad = edited_copy(mask_file, tmp_path / "bad_masks.h5", lambda f: f.attrs.__setitem__("fingerprint", "0" * 64))
     res = velcro("eval", model_file, "--images", images_file, "--masks", bad)
     res.error_line(f"error: {bad}: masks were made for model 0000")

@@ -5,7 +5,7 @@ import pytest
 
 from velcro_ref.data import task_images
 from velcro_ref.engine import Model
-from velcro_ref.evaluate import evaluate
+from velcro_ref.evaluation import evaluate
 from velcro_ref.experiments import profile_task, sweep
 from velcro_ref.policies import make_masks
 from velcro_ref.stats import SiteStats, Stats

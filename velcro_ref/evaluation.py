@@ -1,4 +1,4 @@
-"""Evaluation: specialized-task accuracy and executed MACs, dense or masked (DESIGN.md definitions)."""
+"""Evaluation: specialized-task accuracy and executed MACs, dense or masked (docs/design.md)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,118 @@
+"""The Python API gives what the commands give: the same masks, the same JSON documents."""
+
+import json
+
+import numpy as np
+import pytest
+
+import velcro_ref
+from velcro_ref import cli
+from velcro_ref.engine import Model
+from velcro_ref.model_io import save_model
+from velcro_ref.zoo import build_zoo
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("api")
+    save_model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=6), d / "m.h5")
+    return d
+
+
+def run(capsys, *args):
+    assert cli.main([str(a) for a in args]) == 0
+    return capsys.readouterr().out
+
+
+def test_profile_and_compress_equal_the_commands(files, capsys):
+    model = velcro_ref.load_model(files / "m.h5")
+    x, _ = velcro_ref.task_images(model, velcro_ref.task_classes(task="footwear"), "train", 64)
+    stats = velcro_ref.profile(model, x, batch=16)
+    run(
+        capsys,
+        "profile",
+        files / "m.h5",
+        "--data",
+        "fashion-mnist",
+        "--classes",
+        "5,7,9",
+        "--samples",
+        64,
+        "--batch",
+        16,
+        "-o",
+        files / "s.h5",
+    )
+    from_file = velcro_ref.load_stats(files / "s.h5")
+    for s in stats.sites:
+        assert np.array_equal(stats.sites[s].m2, from_file.sites[s].m2)
+    for policy in ("uniform", "budget", "channel"):
+        masks = velcro_ref.compress(from_file, 0.4, policy, model=model)
+        run(
+            capsys,
+            "compress",
+            files / "s.h5",
+            "--ratio",
+            0.4,
+            "--policy",
+            policy,
+            "--model",
+            files / "m.h5",
+            "-o",
+            files / f"{policy}.h5",
+        )
+        stored = velcro_ref.load_masks(files / f"{policy}.h5")
+        for s, (m, c) in masks.sites.items():
+            assert np.array_equal(m, stored.sites[s][0]) and np.array_equal(c, stored.sites[s][1])
+
+
+def test_evaluate_and_sweep_return_the_commands_json(files, capsys):
+    model = velcro_ref.load_model(files / "m.h5")
+    masks = velcro_ref.load_masks(files / "uniform.h5")
+    x, y = velcro_ref.task_images(model, (5, 7, 9), "test", 50)
+    doc = velcro_ref.evaluate(model, x, y, (5, 7, 9), masks=masks)
+    cli_doc = json.loads(
+        run(
+            capsys,
+            "eval",
+            files / "m.h5",
+            "--masks",
+            files / "uniform.h5",
+            "--data",
+            "fashion-mnist",
+            "--classes",
+            "5,7,9",
+            "--samples",
+            50,
+            "--json",
+        )
+    )
+    assert {k: cli_doc[k] for k in doc} == doc
+    assert 0 < doc["csr"] < 1
+    res = velcro_ref.sweep(model, task="footwear", ratios="0:0.4:0.2", profile_samples=64, samples=40)
+    cli_res = json.loads(
+        run(
+            capsys,
+            "sweep",
+            files / "m.h5",
+            "--task",
+            "footwear",
+            "--ratios",
+            "0:0.4:0.2",
+            "--profile-samples",
+            64,
+            "--samples",
+            40,
+            "--json",
+        )
+    )
+    assert {k: cli_res[k] for k in res} == json.loads(json.dumps(res))
+
+
+def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files):
+    stats = velcro_ref.load_stats(files / "s.h5")
+    with pytest.raises(velcro_ref.VelcroError, match="unknown site"):
+        velcro_ref.compress(stats, ratios={"nope": 0.5})
+    with pytest.raises(velcro_ref.VelcroError, match="not both"):
+        velcro_ref.compress(stats, 0.3, ratios={})
+    assert isinstance(velcro_ref.load_model(files / "m.h5"), Model)

@@ -1,0 +1,129 @@
+"""The Python API: one function per `velcro` command, with the command's names and defaults.
+
+The commands are thin wrappers around these functions: what a notebook gets is what the CLI prints
+as JSON. Files are optional: every function takes loaded objects (Model, Stats, MaskSet, arrays) and
+returns them; `save_*` and `load_*` read and write the files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import evaluation
+from .errors import UsageError
+
+
+def profile(model, images, batch=256, classes=(), source="", progress=None):
+    """The preprocessing stage (`velcro profile`): statistics of every activation site over images
+    (N, C, H, W) float32, in batches of `batch`. Returns a Stats (save with save_stats)."""
+    from .stats import collect_stats
+
+    x = model.check_input(images)
+    return collect_stats(model, x, batch=batch, classes=classes, source=source, progress=progress)
+
+
+def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios=None):
+    """The compression stage (`velcro compress`): a MaskSet from statistics.
+
+    ratio and policy ("uniform", "budget", "channel"; budget needs `model`), or `ratios`, a dict
+    site -> ratio (sites left out are not masked). `exclude` names sites never masked.
+    Raises UsageError for a bad ratio, policy or site, StatsError for stats of another model.
+    """
+    from .masks import build_masks
+    from .policies import make_masks
+
+    site_costs = None
+    if model is not None:
+        from .stats import check_stats
+
+        check_stats(stats, model, stats.source or "stats")
+        site_costs = model.site_costs()
+    if ratios is not None:
+        if ratio is not None:
+            raise UsageError("give a ratio (with a policy) or per-site ratios, not both")
+        unknown = sorted((set(ratios) | set(exclude)) - set(stats.sites))
+        if unknown:
+            raise UsageError(f"unknown site(s) {', '.join(unknown)}; sites: {', '.join(stats.sites)}")
+        per_site = {s: (0.0 if s in exclude else ratios.get(s, 0.0)) for s in stats.sites}
+        return build_masks(stats, per_site, {"name": "per_site"})
+    if ratio is None:
+        raise UsageError("give a ratio (with a policy) or per-site ratios")
+    return make_masks(policy, stats, ratio, site_costs, tuple(exclude))
+
+
+def evaluate(model, images, labels, classes, masks=None, batch=256, progress=None) -> dict:
+    """`velcro eval`: specialized-task accuracy (over all outputs and restricted to `classes`) and
+    executed MACs per image, dense and, with masks, masked, and the CSR. Returns the command's JSON
+    document: {"n_images", "classes", "dense": {...}, "masked": {...}, "csr"}."""
+    x = model.check_input(images)
+    labels = np.asarray(labels)
+    keys = ("accuracy", "accuracy_task", "macs")
+    dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
+    doc = {"n_images": len(x), "classes": [int(c) for c in classes], "dense": {k: dense[k] for k in keys}}
+    if masks is not None:
+        masked = evaluation.evaluate(model, x, labels, classes, masks=masks, batch=batch, progress=progress)
+        doc["masked"] = {k: masked[k] for k in keys}
+        doc["csr"] = evaluation.csr(dense["macs"], masked["macs"])
+    return doc
+
+
+def task_classes(task=None, classes=None) -> tuple:
+    """The classes of a task of tasks.toml or of a class list ("5,7,9", names or a sequence)."""
+    from . import data
+
+    if (task is None) == (classes is None):
+        raise UsageError("give exactly one of task or classes")
+    if classes is not None:
+        return data.parse_classes(classes) if isinstance(classes, str) else tuple(int(c) for c in classes)
+    tasks = data.load_tasks()
+    if task not in tasks:
+        raise UsageError(f"unknown task '{task}'; tasks: {', '.join(tasks)}")
+    return tasks[task]["classes"]
+
+
+def sweep(
+    model,
+    task=None,
+    classes=None,
+    ratios="0:0.9:0.05",
+    policy="uniform",
+    tolerance=0.5,
+    profile_samples=2000,
+    samples=None,
+    data_dir=None,
+    progress=None,
+) -> dict:
+    """`velcro sweep`: profile `profile_samples` train images of the task, then accuracy and CSR at
+    every ratio on its test images (`samples` of them, all if None). tolerance in percentage points.
+    Returns the command's JSON document."""
+    from .data import task_images
+    from .experiments import parse_ratios, profile_task
+    from .experiments import sweep as sweep_points
+
+    if not 0 <= tolerance < 100:
+        raise UsageError(f"tolerance is in percentage points in [0, 100), got {tolerance}")
+    grid = parse_ratios(ratios) if isinstance(ratios, str) else sorted(set(float(r) for r in ratios))
+    classes = task_classes(task, classes)
+    stats = profile_task(model, classes, profile_samples, data_dir)
+    x, y = task_images(model, classes, "test", samples, data_dir)
+    return sweep_points(model, stats, x, y, classes, grid, policy, tolerance / 100, progress=progress)
+
+
+def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_dir=None, progress=None) -> dict:
+    """`velcro locality`: per-element variances of the task's images against all ten classes, each
+    profiled on `samples` train images. Returns the summary figures and the pooled variances."""
+    from .experiments import locality as compare
+    from .experiments import profile_task
+
+    classes = task_classes(task, classes)
+    task_stats = profile_task(model, classes, samples, data_dir, progress=progress)
+    general = profile_task(model, tuple(range(10)), task_stats.n_images, data_dir, progress=progress)
+    return compare(task_stats, general, threshold)
+
+
+def golden(model, images, path, masks=None) -> dict:
+    """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
+    docs/formats.md); returns the MACs each conv2d/linear executed."""
+    from .golden import write_golden
+
+    return write_golden(model, model.check_input(images), path, masks)
