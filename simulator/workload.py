@@ -60,7 +60,7 @@ class Layer:
 
     @property
     def active_macs(self) -> int:
-        """MACs executed: unmasked elements x (C_in/groups)*kh*kw or in_features (DESIGN.md)."""
+        """MACs executed: unmasked elements x (C_in/groups)*kh*kw or in_features (docs/design.md)."""
         if self.skip is None:
             return self.macs
         return self.active_elems * self.c * self.fy * self.fx

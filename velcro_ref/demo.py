@@ -62,8 +62,7 @@ def run_demo(
     if models:
         manifest = [m for m in manifest if m["name"] in models]
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
-    # The full setting is sized to finish in about ten minutes on two cores; `velcro sweep`
-    # evaluates on every test image of a task when one needs a finer accuracy resolution.
+    # `velcro sweep` evaluates on every test image of a task when one needs a finer accuracy resolution.
     ratios = parse_ratios(ratios or ("0:0.6:0.3" if quick else "0:0.6:0.1"))
     policies = policies or (["uniform", "channel"] if quick else list(POLICIES))
     profile_n = profile_n or (300 if quick else 1000)

@@ -77,7 +77,7 @@ class OnnxBuilder:
 
 
 def cnn_onnx(softmax=True):
-    """Every op of the brief: asymmetric pads, BN, Relu, Clip(0, 6) from constants, depthwise and grouped
+    """Every op of the float format: asymmetric pads, BN, Relu, Clip(0, 6) from constants, depthwise and grouped
     conv, MaxPool ceil_mode, AveragePool (both count_include_pad), Add, Concat, GAP, Flatten, Gemm, Softmax."""
     b = OnnxBuilder()
     w1, b1 = b.rand("w1", (8, 3, 3, 3)), b.rand("b1", (8,), 0.1)
