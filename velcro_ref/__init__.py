@@ -1,35 +1,46 @@
 """velcro-ref: the reference implementation of VELCRO and its NumPy/Numba inference engine.
 
 The functions below mirror the `velcro` commands (velcro_ref/api.py); the simulator's is
-`simulator.simulate(model, accel, masks=None)`.
+`simulator.simulate(model, accel, masks=None)`. They are imported when first used, so that
+`import velcro_ref` (and the `velcro` command's start-up) stays light.
 """
 
-from . import threads  # noqa: F401  (first: thread-pool defaults must precede NumPy's BLAS)
-from .api import compress, evaluate, golden, locality, profile, sweep, task_classes
-from .data import task_images
-from .engine import Model, load_model
-from .errors import VelcroError
-from .masks import MaskSet, build_masks, load_masks, save_masks
-from .stats import collect_stats, load_stats, save_stats
+import importlib
 
-__all__ = [
-    "MaskSet",
-    "Model",
-    "VelcroError",
-    "build_masks",
-    "collect_stats",
-    "compress",
-    "evaluate",
-    "golden",
-    "load_masks",
-    "load_model",
-    "load_stats",
-    "locality",
-    "profile",
-    "save_masks",
-    "save_stats",
-    "sweep",
-    "task_classes",
-    "task_images",
-]
+from . import threads  # noqa: F401  (first: thread-pool defaults must precede NumPy's BLAS)
+
+# name -> module that defines it
+_EXPORTS = {
+    "MaskSet": "masks",
+    "Model": "engine",
+    "VelcroError": "errors",
+    "build_masks": "masks",
+    "collect_stats": "stats",
+    "compress": "api",
+    "evaluate": "api",
+    "golden": "api",
+    "load_masks": "masks",
+    "load_model": "engine",
+    "load_stats": "stats",
+    "locality": "api",
+    "profile": "api",
+    "save_masks": "masks",
+    "save_stats": "stats",
+    "sweep": "api",
+    "task_classes": "api",
+    "task_images": "data",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import evaluation
-from .errors import UsageError
+from .errors import StatsError, UsageError
 
 
 def profile(model, images, batch=256, classes=(), source="", progress=None):
@@ -32,6 +32,11 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     from .masks import build_masks
     from .policies import make_masks
 
+    if not stats.sites:
+        raise StatsError(f"{stats.source or 'stats'}: the model has no activation site; there is nothing to mask")
+    unknown = sorted((set(ratios or ()) | set(exclude)) - set(stats.sites))
+    if unknown:
+        raise UsageError(f"unknown site(s) {', '.join(unknown)}; sites: {', '.join(stats.sites)}")
     site_costs = None
     if model is not None:
         from .stats import check_stats
@@ -41,14 +46,21 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     if ratios is not None:
         if ratio is not None:
             raise UsageError("give a ratio (with a policy) or per-site ratios, not both")
-        unknown = sorted((set(ratios) | set(exclude)) - set(stats.sites))
-        if unknown:
-            raise UsageError(f"unknown site(s) {', '.join(unknown)}; sites: {', '.join(stats.sites)}")
         per_site = {s: (0.0 if s in exclude else ratios.get(s, 0.0)) for s in stats.sites}
-        return build_masks(stats, per_site, {"name": "per_site"})
-    if ratio is None:
+        masks = build_masks(stats, per_site, {"name": "per_site"})
+    elif ratio is None:
         raise UsageError("give a ratio (with a policy) or per-site ratios")
-    return make_masks(policy, stats, ratio, site_costs, tuple(exclude))
+    else:
+        masks = make_masks(policy, stats, ratio, site_costs, tuple(exclude))
+    for site, (mask, const) in masks.sites.items():
+        bad = int(np.count_nonzero(~np.isfinite(const[mask])))
+        if bad:
+            top = float(np.max(np.abs(stats.sites[site].mean[mask])))
+            raise StatsError(
+                f"site '{site}': {bad} masked element(s) have a mean beyond the float32 range "
+                f"(largest |mean| {top:.3g}); they cannot become constants"
+            )
+    return masks
 
 
 def evaluate(model, images, labels, classes, masks=None, batch=256, progress=None) -> dict:

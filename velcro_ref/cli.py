@@ -10,7 +10,7 @@ import sys
 import threading
 import traceback
 
-from .errors import VelcroError
+from .errors import UsageError, VelcroError
 
 # Modules that add subcommands: each has register(subparsers) setting func=handler(args) -> int.
 COMMAND_MODULES = [
@@ -49,18 +49,46 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+class _Interrupt:
+    """SIGINT as KeyboardInterrupt, remembered: an interrupt that lands in code that swallows
+    exceptions (a weak-reference callback prints "Exception ignored" and goes on) still ends the
+    run with exit 130."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+def _check_environment() -> None:
+    from .h5io import MAX_TIMEOUT_S, TIMEOUT_ENV, timeout_from_env
+
+    if timeout_from_env() is None:
+        raise UsageError(f"${TIMEOUT_ENV} expects seconds in (0, {MAX_TIMEOUT_S:g}], got {os.environ[TIMEOUT_ENV]!r}")
+
+
 def main(argv=None) -> int:
     """Run one subcommand. Exit codes: 0 success, 1 bad data (VelcroError, an unreadable or unwritable
     file, out of memory), 2 usage (argparse or UsageError), 130 interrupted (Ctrl-C), 143 terminated
     (SIGTERM). User errors print one line `error: ...` and no traceback; --debug or VELCRO_DEBUG=1
     adds the traceback. Anything else is a bug and keeps its traceback.
+
+    Options are checked before any work: values (argparse types), the environment, and the files
+    (outputs never name an input: cli_util.check_files).
     """
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = args.debug or os.environ.get("VELCRO_DEBUG") == "1"
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    interrupt = _Interrupt()
+    previous = {}
+    if in_main_thread:
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
+    debug = "--debug" in argv[:1] or os.environ.get("VELCRO_DEBUG") == "1"
 
     def fail(message, code):
         if debug:
@@ -70,7 +98,13 @@ def main(argv=None) -> int:
         return code
 
     try:
-        return int(args.func(args) or 0)
+        args = build_parser().parse_args(argv)
+        from .cli_util import check_files
+
+        _check_environment()
+        check_files(args)
+        code = int(args.func(args) or 0)
+        return fail("interrupted", 130) if interrupt.seen else code
     except VelcroError as e:
         return fail(e, e.exit_code)
     except KeyboardInterrupt:
@@ -88,8 +122,8 @@ def main(argv=None) -> int:
         # a file the user named cannot be read or written: permissions, a full disk, a directory
         return fail(e, 1)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

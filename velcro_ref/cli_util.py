@@ -3,8 +3,13 @@ task classes, progress bars and policy choices. Each condition raises one error 
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
+import os
+import stat
 import sys
+import zipfile
 
 import numpy as np
 
@@ -12,20 +17,173 @@ from .errors import DataError, InputError, UsageError
 from .fileio import atomic_path
 from .policies import POLICIES
 
+MAX_BATCH = 65536  # images per batch
+MAX_IMAGES = 100_000_000  # images in one run
 
-def add_policy_arg(p, help_text="mask policy (default uniform)"):
-    p.add_argument("--policy", default="uniform", choices=POLICIES, help=help_text)
+# -- option values: checked by argparse, so a bad value is a usage error (exit 2) before any work --
+
+
+def count(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi]."""
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"expects an integer in [{lo}, {hi}], got {v}")
+        return v
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(lo: float, hi: float, open_lo=False, open_hi=False):
+    """An argparse type: a finite number in the interval [lo, hi] (open where asked)."""
+    shown = f"{'(' if open_lo else '['}{lo:g}, {hi:g}{')' if open_hi else ']'}"
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a number in {shown}, got {text!r}") from None
+        inside = (lo < v if open_lo else lo <= v) and (v < hi if open_hi else v <= hi)
+        if not math.isfinite(v) or not inside:
+            raise argparse.ArgumentTypeError(f"expects a number in {shown}, got {text}")
+        return v
+
+    parse.__name__ = "number"
+    return parse
+
+
+def text(value):
+    """An argparse type: a non-empty string (an empty path or list is a mistake, not the option left out)."""
+    if not value:
+        raise argparse.ArgumentTypeError("expects a non-empty value")
+    return value
+
+
+def _path(value):
+    value = text(value)
+    if value.strip("/") in ("", "."):
+        raise argparse.ArgumentTypeError(f"expects a file name, got {value!r}")
+    return value
+
+
+def add_file(p, *flags, role="in", **kw):
+    """Add a file option and record its role for `check_files`: "in" (read), "out" (written),
+    "dir_in", "dir_out" (folders) or "inout" (read, then rewritten in place)."""
+    action = p.add_argument(*flags, type=_path if role in ("in", "out", "inout") else text, **kw)
+    p.set_defaults(_files=(*(p.get_default("_files") or ()), (action.dest, role)))
+    return action
+
+
+def _kind(path) -> str | None:
+    """ "file", "dir", "special" (FIFO, device, socket) or None if nothing is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return "file" if stat.S_ISREG(mode) else "dir" if stat.S_ISDIR(mode) else "special"
+
+
+def _same(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_files(args) -> None:
+    """Before any work: outputs are regular files or new names and never name an input or each
+    other (by any path: symlinks, hard links, ./ prefixes); inputs are not special files. Usage
+    errors (exit 2) for clashes and outputs onto something else, InputError for special inputs."""
+    roles = getattr(args, "_files", ())
+    files = [(dest, role, v) for dest, role in roles for v in _values(getattr(args, dest, None))]
+    for dest, role, v in files:
+        kind = _kind(v)
+        flag = "--" + dest.replace("_", "-")
+        if role in ("out", "inout") and kind not in (None, "file"):
+            raise UsageError(f"{flag} {v}: is a {'directory' if kind == 'dir' else 'special file'}, expects a file")
+        if role == "dir_out" and kind not in (None, "dir"):
+            raise UsageError(f"{flag} {v}: expects a folder, found a {'file' if kind == 'file' else 'special file'}")
+        if role in ("in", "inout") and kind == "special":
+            raise InputError(f"{v}: not a regular file (a FIFO or device cannot be read as {dest.replace('_', ' ')})")
+    outs = [f for f in files if f[1] in ("out", "dir_out")]
+    for i, (dest, _, v) in enumerate(outs):
+        for _, role2, v2 in [f for f in files if f[1] in ("in", "dir_in", "inout")] + outs[:i]:
+            if _same(v, v2):
+                what = "the input" if role2 in ("in", "dir_in", "inout") else "another output"
+                raise UsageError(f"--{dest.replace('_', '-')} {v} names {what} {v2}; choose another name")
+
+
+def _values(v):
+    if v is None:
+        return []
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else [str(v)]
+
+
+def add_policy_arg(p, help_text="mask policy (default uniform)", default="uniform"):
+    p.add_argument("--policy", default=default, choices=POLICIES, help=help_text)
 
 
 def load_array(path, what="input") -> np.ndarray:
-    """np.load a .npy file; InputError naming the file if it is missing or not an array."""
+    """np.load a .npy file; InputError naming the file if it is missing, not an array, or too large
+    to allocate (with the size it needs)."""
+    try:
+        with open(path, "rb") as f:
+            shape, dtype = _npy_header(f)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
     try:
         a = np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise InputError(f"{path}: {_size(shape, dtype)} does not fit in memory") from None
     except (OSError, ValueError, EOFError) as e:
         raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
     if not isinstance(a, np.ndarray):
         raise InputError(f"{path}: expects a .npy array, found {type(a).__name__}")
     return a
+
+
+def load_npz(path, keys) -> tuple:
+    """The arrays `keys` of an .npz file; InputError naming the file for anything else (not a zip,
+    a missing key, pickled objects, an array too large for memory)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in keys if k not in z.files]
+            if missing:
+                raise InputError(
+                    f"{path}: expects an .npz with arrays {' and '.join(map(repr, keys))}, "
+                    f"missing {', '.join(map(repr, missing))}"
+                )
+            out = []
+            for k in keys:
+                with z.zip.open(f"{k}.npy") as f:
+                    shape, dtype = _npy_header(f)
+                try:
+                    out.append(z[k])
+                except MemoryError:
+                    raise InputError(f"{path}: array '{k}', {_size(shape, dtype)}, does not fit in memory") from None
+            return tuple(out)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: expects an .npz with arrays {' and '.join(map(repr, keys))} ({e})") from None
+
+
+def _npy_header(f):
+    """(shape, dtype) from an .npy header, read before the data so that its size is known."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    return shape, dtype
+
+
+def _size(shape, dtype) -> str:
+    n = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return f"{tuple(shape)} {dtype} ({n:,} bytes)"
 
 
 def save_array(path, a) -> None:
@@ -39,20 +197,22 @@ def print_json(doc) -> None:
 
 
 def add_model_arg(p):
-    p.add_argument("model", help="model file (HDF5, velcro-model format)")
+    add_file(p, "model", help="model file (HDF5, velcro-model format)")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
 
 
 def add_image_args(p, split):
     p.add_argument("--data", choices=["fashion-mnist"], help="image set (Fashion-MNIST from the Debian package)")
-    p.add_argument(
-        "--data-dir", help="directory of the Fashion-MNIST IDX .gz files (default: $VELCRO_DATA or the Debian path)"
-    )
-    p.add_argument("--classes", help="task classes, numbers or names, e.g. 5,7,9 or sandal,sneaker")
+    add_data_dir_arg(p)
+    p.add_argument("--classes", type=text, help="task classes, numbers or names, e.g. 5,7,9 or sandal,sneaker")
     p.add_argument("--split", choices=["train", "test"], default=split, help=f"data split (default {split})")
-    p.add_argument("--samples", type=int, help="use at most this many images (the first ones of the split)")
-    p.add_argument("--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
-    p.add_argument("--batch", type=int, default=256, help="images per batch (default 256)")
+    p.add_argument(
+        "--samples", type=count(1, MAX_IMAGES), help="use at most this many images (the first ones of the split)"
+    )
+    add_file(p, "--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
+    p.add_argument(
+        "--batch", type=count(1, MAX_BATCH), default=256, help=f"images per batch (1-{MAX_BATCH}, default 256)"
+    )
 
 
 def load_image_set(args, model):
@@ -61,20 +221,14 @@ def load_image_set(args, model):
     Every image is checked against the model (shape, dtype, finite values) before any is run; a
     failure names the file and the first bad image. Requested classes without images are an error.
     """
-    if args.batch < 1:
-        raise UsageError(f"--batch must be a positive integer, got {args.batch}")
-    if args.samples is not None and args.samples < 1:
-        raise UsageError(f"--samples must be a positive integer, got {args.samples}")
     from . import data
 
+    if args.images and args.data:
+        raise UsageError("give --data or --images, not both")
     index = None  # position in the file of each kept image, for messages
     missing = ""
     if args.images:
-        try:
-            with np.load(args.images, allow_pickle=False) as z:
-                x, y = z["x"], z["y"]
-        except (OSError, ValueError, KeyError, EOFError) as e:
-            raise InputError(f"{args.images}: expects an .npz with arrays 'x' and 'y' ({e})") from None
+        x, y = load_npz(args.images, ("x", "y"))
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise InputError(f"{args.images}: 'y' expects a 1-D array of integer labels, found {y.dtype} {y.shape}")
         n_x = len(x) if x.ndim else 0
@@ -102,6 +256,10 @@ def load_image_set(args, model):
         raise DataError(f"the image set is empty ({source})")
     if missing:
         raise DataError(f"{where}: {missing}")
+    out = model.plan.shapes[model.output]
+    if len(out) == 1 and (y.min() < 0 or y.max() >= out[0]):
+        bad = int(y.min()) if y.min() < 0 else int(y.max())
+        raise DataError(f"{where}: label {bad} is not a class of the model (its output has {out[0]} classes)")
     try:
         model.check_input(x)
     except InputError as e:
@@ -140,4 +298,4 @@ def progress(total, desc, unit="img"):
 
 
 def add_data_dir_arg(p):
-    p.add_argument("--data-dir", help="Fashion-MNIST directory (default: $VELCRO_DATA or the Debian path)")
+    add_file(p, "--data-dir", role="dir_in", help="Fashion-MNIST directory (default: $VELCRO_DATA or the Debian path)")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from .cli_util import add_model_arg, load_array, print_json, save_array
+from .cli_util import add_file, add_model_arg, count, load_array, number, print_json, save_array
 
 
 def cmd_zoo(args):
@@ -112,12 +110,21 @@ def register(sub):
         description="Write a randomly initialised model with torchvision's topology.",
     )
     p.add_argument("name", choices=ZOO)
-    p.add_argument("-o", "--output", required=True, type=Path, help="output model file (.h5)")
-    p.add_argument("--input-size", type=int, default=224, help="input height and width (default 224)")
-    p.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
-    p.add_argument("--num-classes", type=int, default=1000, help="output classes (default 1000)")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    add_file(p, "-o", "--output", role="out", required=True, help="output model file (.h5)")
+    p.add_argument(
+        "--input-size", type=count(1, 4096), default=224, help="input height and width (1-4096, default 224)"
+    )
+    p.add_argument("--in-channels", type=count(1, 1024), default=3, help="input channels (1-1024, default 3)")
+    p.add_argument(
+        "--num-classes", type=count(1, 100_000), default=1000, help="output classes (1-100000, default 1000)"
+    )
+    p.add_argument(
+        "--width",
+        type=number(0, 16, open_lo=True),
+        default=1.0,
+        help="channel width multiplier in (0, 16] (default 1.0)",
+    )
+    p.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="random seed in [0, 2^32) (default 0)")
     p.set_defaults(func=cmd_zoo)
 
     p = sub.add_parser(
@@ -131,8 +138,8 @@ def register(sub):
         "infer", help="run a model on a .npy batch", description="Run a model on an NCHW float32 .npy batch."
     )
     add_model_arg(p)
-    p.add_argument("--input", required=True, help="input .npy, NCHW float32")
-    p.add_argument("-o", "--output", help="write the output array here (.npy)")
-    p.add_argument("--masks", help="VELCRO mask file (HDF5) for masked inference")
+    add_file(p, "--input", required=True, help="input .npy, NCHW float32")
+    add_file(p, "-o", "--output", role="out", help="write the output array here (.npy)")
+    add_file(p, "--masks", help="VELCRO mask file (HDF5) for masked inference")
     p.add_argument("--json", action="store_true", help="print executed MACs per layer and in total as JSON")
     p.set_defaults(func=cmd_infer)

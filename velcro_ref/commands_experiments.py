@@ -6,7 +6,18 @@ import json
 import re
 from pathlib import Path
 
-from .cli_util import add_data_dir_arg, add_model_arg, add_policy_arg, print_json, progress, task_classes
+from .cli_util import (
+    add_data_dir_arg,
+    add_file,
+    add_model_arg,
+    add_policy_arg,
+    count,
+    number,
+    print_json,
+    progress,
+    task_classes,
+    text,
+)
 from .errors import UsageError
 from .fileio import write_text
 from .policies import POLICIES
@@ -128,16 +139,18 @@ def register(sub):
         "(same number of images).",
     )
     add_model_arg(p)
-    p.add_argument("--task", help="task name from tasks.toml")
-    p.add_argument("--classes", help="task classes instead of --task, e.g. 1,3")
-    p.add_argument("--samples", type=int, default=2000, help="train images for each of the two profiles (default 2000)")
+    p.add_argument("--task", type=text, help="task name from tasks.toml")
+    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+    p.add_argument(
+        "--samples", type=count(1, 60000), default=2000, help="train images for each of the two profiles (default 2000)"
+    )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=number(0, 1000, open_lo=True),
         default=0.01,
-        help="near-constant: variance below this x the site's mean general variance (default 0.01)",
+        help="near-constant: variance below this x the site's mean general variance, in (0, 1000] (default 0.01)",
     )
-    p.add_argument("--plot", help="write the CDF plot here (PNG)")
+    add_file(p, "--plot", role="out", help="write the CDF plot here (PNG)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_locality)
@@ -148,18 +161,30 @@ def register(sub):
         description="Sweep compression ratios on a task: both accuracies and the CSR at each ratio.",
     )
     add_model_arg(p)
-    p.add_argument("--task", help="task name from tasks.toml")
-    p.add_argument("--classes", help="task classes instead of --task, e.g. 1,3")
-    p.add_argument("--ratios", default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)")
-    add_policy_arg(p)
-    p.add_argument("--tolerance", type=float, default=0.5, help="accuracy tolerance in percentage points (default 0.5)")
+    p.add_argument("--task", type=text, help="task name from tasks.toml")
+    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
     p.add_argument(
-        "--profile-samples", type=int, default=2000, help="train images of the task for the statistics (default 2000)"
+        "--ratios", type=text, default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)"
     )
-    p.add_argument("--samples", type=int, help="evaluate on at most this many test images (default: all of the task)")
+    add_policy_arg(p)
+    p.add_argument(
+        "--tolerance",
+        type=number(0, 100, open_hi=True),
+        default=0.5,
+        help="accuracy tolerance in percentage points, in [0, 100) (default 0.5)",
+    )
+    p.add_argument(
+        "--profile-samples",
+        type=count(1, 60000),
+        default=2000,
+        help="train images of the task for the statistics (default 2000)",
+    )
+    p.add_argument(
+        "--samples", type=count(1, 10000), help="evaluate on at most this many test images (default: all of the task)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--plot", help="write accuracy vs CSR here (PNG)")
-    p.add_argument("-o", "--output", help="write the JSON here too")
+    add_file(p, "--plot", role="out", help="write accuracy vs CSR here (PNG)")
+    add_file(p, "-o", "--output", role="out", help="write the JSON here too")
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_sweep)
 
@@ -169,15 +194,19 @@ def register(sub):
         description="Run the value-locality analysis and the sweeps for every model in weights/ and every task, "
         "into a report folder.",
     )
-    p.add_argument("-o", "--output", default="reports/demo", help="report folder (default reports/demo)")
+    add_file(p, "-o", "--output", role="dir_out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 3 ratios, fewer images")
-    p.add_argument("--weights", help="weights folder with manifest.json (default: the shipped weights/)")
-    p.add_argument("--models", help="comma list of model names (default: all in the manifest)")
-    p.add_argument("--tasks", help="comma list of task names (default: all)")
-    p.add_argument("--ratios", help="ratio grid, start:stop:step or list (default 0:0.6:0.1, --quick 0:0.6:0.3)")
-    p.add_argument("--policies", help=f"comma list of policies (default {','.join(POLICIES)})")
-    p.add_argument("--profile-samples", type=int, help="train images per profile (default 1000, --quick 300)")
-    p.add_argument("--samples", type=int, help="test images per task (default 500, --quick 200; 0 = all)")
-    p.add_argument("--readme", help="replace the demo-results block of this README with the summary")
+    add_file(p, "--weights", role="dir_in", help="weights folder with manifest.json (default: the shipped weights/)")
+    p.add_argument("--models", type=text, help="comma list of model names (default: all in the manifest)")
+    p.add_argument("--tasks", type=text, help="comma list of task names (default: all)")
+    p.add_argument(
+        "--ratios", type=text, help="ratio grid, start:stop:step or list (default 0:0.6:0.1, --quick 0:0.6:0.3)"
+    )
+    p.add_argument("--policies", type=text, help=f"comma list of policies (default {','.join(POLICIES)})")
+    p.add_argument(
+        "--profile-samples", type=count(1, 60000), help="train images per profile (default 1000, --quick 300)"
+    )
+    p.add_argument("--samples", type=count(0, 10000), help="test images per task (default 500, --quick 200; 0 = all)")
+    add_file(p, "--readme", role="inout", help="replace the demo-results block of this README with the summary")
     add_data_dir_arg(p)
     p.set_defaults(func=cmd_demo)

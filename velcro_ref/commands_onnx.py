@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
+
+from .cli_util import add_file, text
 
 
 def cmd_import_onnx(args):
@@ -48,9 +49,9 @@ def register(sub):
             "'velcro.meta' or 'velcro.preprocessing' (JSON) becomes the model's meta."
         ),
     )
-    p.add_argument("model", type=Path, help="ONNX file to read")
-    p.add_argument("-o", "--output", required=True, type=Path, help="velcro model file to write (.h5)")
-    p.add_argument("--name", help="store this name in the model's meta")
+    add_file(p, "model", help="ONNX file to read")
+    add_file(p, "-o", "--output", role="out", required=True, help="velcro model file to write (.h5)")
+    p.add_argument("--name", type=text, help="store this name in the model's meta")
     p.set_defaults(func=cmd_import_onnx)
 
     p = sub.add_parser(
@@ -62,7 +63,7 @@ def register(sub):
             "meta is stored as metadata property 'velcro.meta'."
         ),
     )
-    p.add_argument("model", type=Path, help="velcro model file to read (.h5)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="ONNX file to write")
+    add_file(p, "model", help="velcro model file to read (.h5)")
+    add_file(p, "-o", "--output", role="out", required=True, help="ONNX file to write")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
     p.set_defaults(func=cmd_export_onnx)

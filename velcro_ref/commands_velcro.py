@@ -5,7 +5,18 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from .cli_util import add_image_args, add_model_arg, add_policy_arg, load_array, load_image_set, print_json, progress
+from .cli_util import (
+    add_file,
+    add_image_args,
+    add_model_arg,
+    add_policy_arg,
+    count,
+    load_array,
+    load_image_set,
+    print_json,
+    progress,
+    text,
+)
 from .errors import StatsError, UsageError
 
 
@@ -49,12 +60,22 @@ def cmd_profile(args):
     return 0
 
 
+# Counts are float64 per element: exact up to 2^53 images.
+MAX_COUNT = 2**53
+
+
 def cmd_stats_merge(args):
     from .stats import load_stats, save_stats
 
     parts = [load_stats(p) for p in args.inputs]
     total = parts[0]
-    for p in parts[1:]:
+    for path, p in zip(args.inputs[1:], parts[1:], strict=True):
+        if p.fingerprint != total.fingerprint:
+            raise StatsError(
+                f"{path}: stats of model {p.fingerprint}, but {args.inputs[0]} holds stats of model {total.fingerprint}"
+            )
+        if total.n_images + p.n_images > MAX_COUNT:
+            raise StatsError(f"{path}: merging it makes {total.n_images + p.n_images} images, more than {MAX_COUNT}")
         total = total.merge(p)
     save_stats(total, args.output)
     print(f"wrote {args.output}: {total.n_images} images from {len(parts)} shards")
@@ -69,6 +90,8 @@ def read_ratios_toml(path, sites) -> dict:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise UsageError(f"{path}: cannot read ratios TOML ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: cannot read ratios TOML (nested too deeply)") from None
     table = doc.get("ratios", doc)
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
@@ -84,6 +107,7 @@ def cmd_compress(args):
     from .masks import check_ratio, save_masks
     from .stats import load_stats
 
+    ratio = None if args.ratio is None else check_ratio(args.ratio, "--ratio")
     stats = load_stats(args.stats)
     model = None
     if args.model:
@@ -93,6 +117,8 @@ def cmd_compress(args):
         from .stats import check_stats
 
         check_stats(stats, model, args.stats)
+    if args.ratios and (args.ratio is not None or args.policy is not None):
+        raise UsageError("--ratios gives every site its ratio: drop --ratio and --policy")
     if args.ratios:
         ratios = read_ratios_toml(args.ratios, stats.sites)
         masks = compress(stats, model=model, exclude=args.exclude or (), ratios=ratios)
@@ -100,8 +126,7 @@ def cmd_compress(args):
     elif args.ratio is None:
         raise UsageError("give --ratio R (with --policy) or --ratios FILE.toml")
     else:
-        ratio = check_ratio(args.ratio, "--ratio")
-        masks = compress(stats, ratio, args.policy, model, args.exclude or ())
+        masks = compress(stats, ratio, args.policy or "uniform", model, args.exclude or ())
     masks.policy["stats_file"] = str(args.stats)
     save_masks(masks, args.output)
     n = sum(m.size for m, _ in masks.sites.values())
@@ -159,9 +184,12 @@ def register(sub):
     )
     add_model_arg(p)
     add_image_args(p, "train")
-    p.add_argument("-o", "--output", required=True, help="stats file to write (HDF5)")
+    add_file(p, "-o", "--output", role="out", required=True, help="stats file to write (HDF5)")
     p.add_argument(
-        "--checkpoint-every", type=int, default=20, help="write partial stats every N batches (default 20, 0 = never)"
+        "--checkpoint-every",
+        type=count(0, 1_000_000),
+        default=20,
+        help="write partial stats every N batches (default 20, 0 = never)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
     p.set_defaults(func=cmd_profile)
@@ -172,8 +200,8 @@ def register(sub):
     m = ssub.add_parser(
         "merge", help="merge shards (Chan's formula)", description="Merge statistics shards of one model into one file."
     )
-    m.add_argument("inputs", nargs="+", help="stats files of the same model")
-    m.add_argument("-o", "--output", required=True, help="merged stats file")
+    add_file(m, "inputs", nargs="+", help="stats files of the same model")
+    add_file(m, "-o", "--output", role="out", required=True, help="merged stats file")
     m.set_defaults(func=cmd_stats_merge)
 
     p = sub.add_parser(
@@ -181,17 +209,18 @@ def register(sub):
         help="compression stage: masks from statistics",
         description="Choose masked elements per site from statistics; constants are the means.",
     )
-    p.add_argument("stats", help="stats file (from velcro profile)")
+    add_file(p, "stats", help="stats file (from velcro profile)")
     p.add_argument("--ratio", type=float, help="compression ratio R in [0, 1]")
     add_policy_arg(
         p,
         "uniform: the paper's, R of every site; budget: one global MAC budget (needs --model); "
-        "channel: whole channels (S-VELCRO style)",
+        "channel: whole channels (S-VELCRO style); default uniform",
+        default=None,
     )
-    p.add_argument("--model", help="the model the stats belong to (needed by --policy budget)")
-    p.add_argument("--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
-    p.add_argument("--exclude", nargs="*", metavar="SITE", help="sites never masked")
-    p.add_argument("-o", "--output", required=True, help="mask file to write (HDF5)")
+    add_file(p, "--model", help="the model the stats belong to (needed by --policy budget)")
+    add_file(p, "--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
+    p.add_argument("--exclude", nargs="+", type=text, metavar="SITE", help="sites never masked")
+    add_file(p, "-o", "--output", role="out", required=True, help="mask file to write (HDF5)")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser(
@@ -201,7 +230,7 @@ def register(sub):
     )
     add_model_arg(p)
     add_image_args(p, "test")
-    p.add_argument("--masks", help="mask file")
+    add_file(p, "--masks", help="mask file")
     p.add_argument("--json", action="store_true", help="print JSON {dense, masked, csr}")
     p.set_defaults(func=cmd_eval)
 
@@ -212,7 +241,7 @@ def register(sub):
         "docs/formats.md gives the layout.",
     )
     add_model_arg(p)
-    p.add_argument("--input", required=True, help="input .npy (NCHW float32)")
-    p.add_argument("--masks", help="mask file")
-    p.add_argument("-o", "--output", required=True, help="vectors file to write (HDF5)")
+    add_file(p, "--input", required=True, help="input .npy (NCHW float32)")
+    add_file(p, "--masks", help="mask file")
+    add_file(p, "-o", "--output", role="out", required=True, help="vectors file to write (HDF5)")
     p.set_defaults(func=cmd_golden)

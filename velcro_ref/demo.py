@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import data
 from .engine import load_model
-from .errors import DataError
+from .errors import DataError, UsageError
 from .experiments import locality, parse_ratios, profile_task, sweep
 from .fileio import write_text
 from .policies import POLICIES
@@ -30,7 +30,12 @@ def read_manifest(weights_dir) -> list[dict]:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the weights manifest ({e})") from None
-    return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in doc["models"]]
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, list) or not all(
+        isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("file"), str) for m in models
+    ):
+        raise DataError(f'{path}: expects {{"models": [{{"name": ..., "file": ...}}, ...]}}')
+    return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in models]
 
 
 def _strip(res):
@@ -55,10 +60,15 @@ def run_demo(
 
     from .plots import plot_locality, plot_sweep
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(weights_dir)
     all_tasks = data.load_tasks()
+    for what, asked, known in (("model", models, [m["name"] for m in manifest]), ("task", tasks, list(all_tasks))):
+        unknown = [a for a in asked or () if a not in known]
+        if unknown:
+            raise UsageError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    unknown = [p for p in policies or () if p not in POLICIES]
+    if unknown:
+        raise UsageError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
     if models:
         manifest = [m for m in manifest if m["name"] in models]
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
@@ -68,6 +78,8 @@ def run_demo(
     profile_n = profile_n or (300 if quick else 1000)
     eval_n = eval_n if eval_n is not None else (200 if quick else 500)
     eval_n = eval_n or None  # 0: every test image of the task
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {
             "ratios": ratios,

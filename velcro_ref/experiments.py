@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import data
@@ -10,20 +12,29 @@ from .evaluation import csr, evaluate
 from .policies import make_masks
 from .stats import collect_stats
 
+MAX_RATIOS = 1000  # points of one grid
+
 
 def parse_ratios(text) -> list[float]:
-    """'0:0.9:0.05' (start:stop:step, stop included) or '0.1,0.3,0.5' -> sorted ratios in [0, 1]."""
+    """'0:0.9:0.05' (start:stop:step, stop included) or '0.1,0.3,0.5' -> sorted ratios in [0, 1].
+
+    A range needs finite bounds, a positive step and at most MAX_RATIOS points. Raises UsageError.
+    """
     try:
         if ":" in text:
             start, stop, step = (float(t) for t in text.split(":"))
-            if step <= 0 or stop < start:
+            if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0 or stop < start:
                 raise ValueError
-            n = int(np.floor((stop - start) / step + 1e-9)) + 1
+            n = math.floor((stop - start) / step + 1e-9) + 1
+            if n > MAX_RATIOS:
+                raise UsageError(f"--ratios {text!r} has {n} points; at most {MAX_RATIOS}")
             ratios = [round(start + i * step, 10) for i in range(n)]
         else:
             ratios = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UsageError(f"--ratios expects start:stop:step or a comma list, got {text!r}") from None
+            if len(ratios) > MAX_RATIOS:
+                raise UsageError(f"--ratios lists {len(ratios)} points; at most {MAX_RATIOS}")
+    except (ValueError, OverflowError):
+        raise UsageError(f"--ratios expects start:stop:step (finite, step > 0) or a comma list, got {text!r}") from None
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
         raise UsageError(f"--ratios must lie in [0, 1], got {text!r}")
     return sorted(set(ratios))

@@ -37,8 +37,15 @@ def atomic_path(path):
 
 def _create_temp(path: Path) -> Path:
     # not tempfile.mkstemp: its mode 0o600 would reach the final file; os.open applies the umask itself
+    try:
+        name_max = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
     while True:
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        name = f".{path.name}.{secrets.token_hex(6)}.part"
+        if len(os.fsencode(name)) > name_max:  # a name the file system takes must work: use a short one
+            name = f".velcro-{secrets.token_hex(6)}.part"
+        tmp = path.with_name(name)
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp

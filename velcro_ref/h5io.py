@@ -24,12 +24,14 @@ from .ops.base import MAX_ELEMENTS
 
 
 def escape_key(key: str) -> str:
-    """A name as an HDF5 link name: '/' would open a group, so it is stored as %2F, and % as %25."""
-    return key.replace("%", "%25").replace("/", "%2F")
+    """A name as an HDF5 link name: '/' would open a group, so it is stored as %2F, and % as %25; a
+    name of only dots ('.', '..'), which HDF5 takes as a path, has its dots stored as %2E."""
+    out = key.replace("%", "%25").replace("/", "%2F")
+    return out.replace(".", "%2E") if out.strip(".") == "" else out
 
 
 def unescape_key(h5_name: str) -> str:
-    return h5_name.replace("%2F", "/").replace("%25", "%")
+    return h5_name.replace("%2F", "/").replace("%2E", ".").replace("%25", "%")
 
 
 # Files are written in the HDF5 1.8 format, whose metadata (superblock, object headers, attribute heaps)
@@ -41,7 +43,7 @@ LIBVER = ("v108", "v108")
 
 def write_text_attr(obj, name: str, text: str) -> None:
     """Store `text` as a fixed-length UTF-8 string attribute (see LIBVER)."""
-    data = text.encode()
+    data = text.encode("utf-8", "backslashreplace")  # a file name that is not UTF-8 keeps its bytes as escapes
     obj.attrs.create(name, data=np.bytes_(data), dtype=h5py.string_dtype("utf-8", max(1, len(data))))
 
 
@@ -50,16 +52,25 @@ H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeEr
 _MISSING = object()
 
 
-def _timeout_from_env(default=300.0) -> float:
-    try:
-        value = float(os.environ.get("VELCRO_LOAD_TIMEOUT_S", default))
-    except ValueError:
+TIMEOUT_ENV = "VELCRO_LOAD_TIMEOUT_S"
+MAX_TIMEOUT_S = 86400.0
+
+
+def timeout_from_env(default=300.0) -> float | None:
+    """Seconds from $VELCRO_LOAD_TIMEOUT_S: the default when unset, None when it is not a number
+    in (0, MAX_TIMEOUT_S] (the CLI refuses that before any work; a library caller gets the default)."""
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None:
         return default
-    return value if value > 0 else default
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_TIMEOUT_S else None
 
 
 # A read that takes longer than this is taken to be the HDF5 library stuck on a corrupt file.
-LOAD_TIMEOUT_S = _timeout_from_env()
+LOAD_TIMEOUT_S = timeout_from_env() or 300.0
 # Loaders read files in a forked child process (see read_isolated); tests that measure the loader's own
 # allocations turn this off.
 ISOLATE = hasattr(os, "fork")

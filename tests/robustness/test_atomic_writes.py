@@ -61,9 +61,15 @@ def test_file_is_synced_before_the_rename_and_the_directory_after(tmp_path, monk
     assert events == [("fsync", file_ino), ("replace", file_ino), ("fsync", dir_ino)]
 
 
-def test_failed_rename_names_the_final_path_and_leaves_no_temporary_file(velcro, tmp_path, stats_file):
+def test_failed_rename_names_the_final_path_and_leaves_no_temporary_file(velcro, tmp_path, stats_file, monkeypatch):
     out = tmp_path / "m.h5"
-    out.mkdir()  # a directory where the file should go: the rename fails
+
+    def replace(src, dst):  # a directory appears where the file should go, after the options were checked
+        os.mkdir(dst)
+        return real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(fileio.os, "replace", replace)
     line = velcro("compress", stats_file, "--ratio", "0.3", "-o", out).error_line(f"error: {out}: cannot write")
     assert ".part" not in line
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]
