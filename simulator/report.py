@@ -67,7 +67,7 @@ def format_result(result) -> str:
                 _uj(total_d.energy_pj),
             ]
         )
-        latency = total_d.cycles / (a.clock_mhz * 1e3)
+        latency = total_d.latency_ms(a)
         return f"{head}\n{_table(header, rows)}\nlatency {latency:.3f} ms, energy {_uj(total_d.energy_pj)} uJ per image"
     header = [
         "layer",
@@ -85,29 +85,28 @@ def format_result(result) -> str:
     ]
     total_c = result.total_compressed
 
-    def row(name, op, d, c):
-        speed = d.cycles / c.cycles if c.cycles else 1.0
-        saving = 1 - c.energy_pj / d.energy_pj if d.energy_pj else 0.0
+    def row(name, op, d, c, cmp):
+        figures = cmp.to_json()
         return [
             name,
             op,
             d.macs,
-            d.macs - c.macs,
+            cmp.macs_saved,
             d.cycles,
             c.cycles,
-            f"{speed:.3f}",
+            f"{figures['speedup']:.3f}",
             _kib(d.dram_bytes),
             _kib(c.dram_bytes),
             _uj(d.energy_pj),
             _uj(c.energy_pj),
-            f"{saving:.1%}",
+            f"{figures['energy_saving']:.1%}",
         ]
 
     rows = [
-        row(layer.name, layer.op, d, c)
-        for layer, d, c in zip(result.layers, result.dense, result.compressed, strict=True)
+        row(layer.name, layer.op, d, c, cmp)
+        for layer, d, c, cmp in zip(result.layers, result.dense, result.compressed, result.comparisons, strict=True)
     ]
-    rows.append(row("total", "", total_d, total_c))
+    rows.append(row("total", "", total_d, total_c, result.total_comparison))
     parts = ", ".join(f"{k} {_uj(total_d.energy[k])}->{_uj(total_c.energy[k])}" for k in COMPONENTS)
     return (
         f"{head}; _vc = VELCRO-compressed\n{_table(header, rows)}\n"
@@ -176,11 +175,12 @@ def sweep_rows(points) -> list[dict]:
         }
         c = result.total_compressed
         if c is not None:
+            figures = result.total_comparison.to_json()
             r.update(
                 compressed_cycles=c.cycles,
                 compressed_energy_pj=c.energy_pj,
-                speedup=d.cycles / c.cycles if c.cycles else 1.0,
-                energy_saving=1 - c.energy_pj / d.energy_pj if d.energy_pj else 0.0,
+                speedup=figures["speedup"],
+                energy_saving=figures["energy_saving"],
             )
         rows.append(r)
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 
 from velcro_ref.errors import UsageError
 
@@ -48,7 +49,11 @@ class Stats:
         return sum(self.energy.values())
 
     def utilization(self, arch: Arch) -> float:
+        """MACs over the array's MAC slots in the cycles taken; 0.0 for no cycles."""
         return self.macs / (self.cycles * arch.rows * arch.cols) if self.cycles else 0.0
+
+    def latency_ms(self, arch: Arch) -> float:
+        return self.cycles / (arch.clock_mhz * 1e3)
 
     def to_json(self, arch: Arch) -> dict:
         out = {f: getattr(self, f) for f in COUNT_FIELDS}
@@ -86,17 +91,43 @@ def simulate_layer(layer: Layer, arch: Arch) -> Stats:
     )
 
 
-def _compare(dense: Stats, comp: Stats) -> dict:
-    return {
-        "macs_saved": dense.macs - comp.macs,
-        "speedup": dense.cycles / comp.cycles if comp.cycles else 1.0,
-        "energy_saving": 1.0 - comp.energy_pj / dense.energy_pj if dense.energy_pj else 0.0,
-    }
+def speedup(dense_cycles, compressed_cycles) -> float | None:
+    """Dense over compressed cycles; None when the compressed side takes no cycles (nothing to divide)."""
+    return dense_cycles / compressed_cycles if compressed_cycles else None
+
+
+def saving(dense_pj, compressed_pj) -> float | None:
+    """The fraction of the dense energy saved (negative when compression costs more); None for no dense energy."""
+    return 1.0 - compressed_pj / dense_pj if dense_pj else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Dense against compressed, one layer or the total. In JSON an undefined speedup reads 1.0 and an
+    undefined saving 0.0 (a side that takes no cycles, a layer with no dense energy)."""
+
+    macs_saved: int
+    speedup: float | None
+    energy_saving: float | None
+
+    @staticmethod
+    def of(dense: Stats, comp: Stats) -> Comparison:
+        return Comparison(
+            dense.macs - comp.macs, speedup(dense.cycles, comp.cycles), saving(dense.energy_pj, comp.energy_pj)
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "macs_saved": self.macs_saved,
+            "speedup": 1.0 if self.speedup is None else self.speedup,
+            "energy_saving": 0.0 if self.energy_saving is None else self.energy_saving,
+        }
 
 
 @dataclass
 class SimResult:
-    """Per-layer and total Stats, dense and (with masks) compressed. `compressed` is None without masks."""
+    """Per-layer and total Stats, dense and (with masks) compressed, and the figures derived from them.
+    `compressed` is None without masks. The report formats these figures; it derives none of its own."""
 
     arch: Arch
     model_name: str
@@ -105,13 +136,24 @@ class SimResult:
     compressed: list | None
     mask_storage_bytes: int = 0
 
-    @property
+    @cached_property
     def total_dense(self) -> Stats:
         return Stats.sum(self.dense)
 
-    @property
+    @cached_property
     def total_compressed(self) -> Stats | None:
         return None if self.compressed is None else Stats.sum(self.compressed)
+
+    @cached_property
+    def comparisons(self) -> list[Comparison] | None:
+        """Per layer, dense against compressed; None without masks."""
+        if self.compressed is None:
+            return None
+        return [Comparison.of(d, c) for d, c in zip(self.dense, self.compressed, strict=True)]
+
+    @cached_property
+    def total_comparison(self) -> Comparison | None:
+        return None if self.compressed is None else Comparison.of(self.total_dense, self.total_compressed)
 
     def to_json(self) -> dict:
         """{"layers": [...], "total": {...}}; with masks each entry has `dense` and `compressed`."""
@@ -123,17 +165,17 @@ class SimResult:
                 entry.update(self.dense[i].to_json(a))
             else:
                 d, c = self.dense[i], self.compressed[i]
-                entry.update(dense=d.to_json(a), compressed=c.to_json(a), **_compare(d, c))
+                entry.update(dense=d.to_json(a), compressed=c.to_json(a), **self.comparisons[i].to_json())
             layers.append(entry)
         d = self.total_dense
         if self.compressed is None:
             total = d.to_json(a)
-            total["latency_ms"] = d.cycles / (a.clock_mhz * 1e3)
+            total["latency_ms"] = d.latency_ms(a)
         else:
             c = self.total_compressed
-            total = {"dense": d.to_json(a), "compressed": c.to_json(a), **_compare(d, c)}
-            total["dense"]["latency_ms"] = d.cycles / (a.clock_mhz * 1e3)
-            total["compressed"]["latency_ms"] = c.cycles / (a.clock_mhz * 1e3)
+            total = {"dense": d.to_json(a), "compressed": c.to_json(a), **self.total_comparison.to_json()}
+            total["dense"]["latency_ms"] = d.latency_ms(a)
+            total["compressed"]["latency_ms"] = c.latency_ms(a)
             total["mask_storage_bytes"] = self.mask_storage_bytes
         return {"model": self.model_name, "arch": a.to_json(), "layers": layers, "total": total}
 
