@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 
 from velcro_ref.errors import UsageError
 
@@ -44,28 +45,22 @@ def cmd_simulate(args) -> int:
         from velcro_ref.masks import load_masks
 
         masks = load_masks(args.masks)
-    if grid is not None:
-        points = sweep(model, arch, grid, masks, args.batch)
-        if args.json:
-            doc = {"batch": args.batch} if args.batch != 1 else {}
-            doc["points"] = [{"point": p, **r.to_json(co)["total"]} for p, r in points]
-            _print_json(doc)
-        else:
-            print(report.format_sweep(points, co))
-        if args.csv:
-            report.write_sweep_csv(points, args.csv, co)
-        if args.plot:
-            report.plot_sweep(points, args.plot)
-        return 0
-    result = simulate(model, arch, masks, args.batch)
-    if args.json:
-        _print_json(result.to_json(co))
+    if grid is None:
+        subject = simulate(model, arch, masks, args.batch)
+        to_json, to_text = subject.to_json, report.format_result
+        write_csv, plot = report.write_csv, report.plot_result
     else:
-        print(report.format_result(result, co))
+        subject = sweep(model, arch, grid, masks, args.batch)
+        to_json, to_text = partial(report.sweep_json, subject), report.format_sweep
+        write_csv, plot = report.write_sweep_csv, report.plot_sweep
+    if args.json:
+        _print_json(to_json(co))
+    else:
+        print(to_text(subject, co))
     if args.csv:
-        report.write_csv(result, args.csv, co)
+        write_csv(subject, args.csv, co)
     if args.plot:
-        report.plot_result(result, args.plot)
+        plot(subject, args.plot)
     return 0
 
 

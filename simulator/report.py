@@ -291,6 +291,14 @@ def sweep_rows(points, compute_only: bool = False) -> list[dict]:
     return rows
 
 
+def sweep_json(points, compute_only: bool = False) -> dict:
+    """{"points": [{"point": {...}, <the total of SimResult.to_json>}, ...]}, with "batch" first above 1."""
+    batch = points[0][1].batch if points else 1
+    doc = {"batch": batch} if batch != 1 else {}
+    doc["points"] = [{"point": p, **r.to_json(compute_only)["total"]} for p, r in points]
+    return doc
+
+
 def format_sweep(points, compute_only: bool = False) -> str:
     """One line per design point (its totals per image); energies and bytes in the unit that shows each."""
     rows = sweep_rows(points, compute_only)
