@@ -67,6 +67,47 @@ SCHEMA = {
     "dram": {"bytes_per_cycle": ("dram_bytes_per_cycle", _positive_number, "a positive number")},
     "vector": {"lanes": ("vector_lanes", _positive_int, "a positive integer")},
 }
+# Plausible range of every numeric field, inclusive (docs/simulator.md gives the reasons). Beyond
+# them a figure is a typo or a test of the tool, and the arithmetic would leave float range.
+RANGES = {
+    "rows": (1, 1024),
+    "cols": (1, 1024),
+    "clock_mhz": (1, 10_000),
+    "pe_weights": (1, 65_536),
+    "operand_bits": (8, 64),
+    "accumulator_bits": (8, 128),
+    "ifmap_kib": (0.0625, 1_048_576),
+    "filter_kib": (0.0625, 1_048_576),
+    "ofmap_kib": (0.0625, 1_048_576),
+    "dram_bytes_per_cycle": (0.01, 65_536),
+    "vector_lanes": (1, 4096),
+}
+ENERGY_RANGE_PJ = (0, 1_000_000)
+# An accelerator description is a few KiB of text; a larger file is not one.
+MAX_FILE_BYTES = 1 << 20
+
+
+def _shown(v) -> str:
+    """A value as a message shows it: its repr, cut to 60 characters (a file can hold any value)."""
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _num(v) -> str:
+    return f"{int(v):,}" if float(v).is_integer() else repr(v)
+
+
+def field_problem(where: str, field: str, value, check, expect) -> str | None:
+    """The problem of one field's value (wrong type or sign, or outside RANGES), or None."""
+    if not check(value):
+        return f"{where} must be {expect}, got {_shown(value)}"
+    if field in RANGES:
+        lo, hi = RANGES[field]
+        if not lo <= value <= hi:
+            return f"{where} must be from {_num(lo)} to {_num(hi)} (its plausible range), got {_shown(value)}"
+    return None
+
+
 TOP_KEYS = ("format", "name", "description", *SCHEMA, "energy")
 
 
@@ -125,10 +166,11 @@ def _check_table(doc, section, problems):
     for key in sorted(set(table) - set(schema)):
         problems.append(f"unknown key {_qualify(section, key)}; valid keys: {', '.join(schema)}")
     for key, (field, check, expect) in schema.items():
+        where = _qualify(section, key)
         if key not in table:
-            problems.append(f"{_qualify(section, key)} is missing ({expect})")
-        elif not check(table[key]):
-            problems.append(f"{_qualify(section, key)} must be {expect}, got {table[key]!r}")
+            problems.append(f"{where} is missing ({expect})")
+        elif problem := field_problem(where, field, table[key], check, expect):
+            problems.append(problem)
         else:
             values[field] = table[key]
     return values
@@ -149,17 +191,22 @@ def _check_energy(doc, problems):
             problems.append(f'{where} is missing ({{ pj = <number>, source = "<publication>" }})')
             continue
         if not isinstance(entry, dict):
-            problems.append(f'{where} must be {{ pj = <number>, source = "<publication>" }}, got {entry!r}')
+            problems.append(f'{where} must be {{ pj = <number>, source = "<publication>" }}, got {_shown(entry)}')
             continue
         for extra in sorted(set(entry) - {"pj", "source"}):
             problems.append(f"unknown key {where}.{extra}; valid keys: pj, source")
         v, s = entry.get("pj"), entry.get("source")
+        lo, hi = ENERGY_RANGE_PJ
         if not (_number(v) and v >= 0):
-            problems.append(f"{where}.pj must be a non-negative number, got {v!r}")
+            problems.append(f"{where}.pj must be a non-negative number, got {_shown(v)}")
+        elif not lo <= v <= hi:
+            problems.append(
+                f"{where}.pj must be from {_num(lo)} to {_num(hi)} pJ (its plausible range), got {_shown(v)}"
+            )
         else:
             pj[key] = float(v)
         if not (isinstance(s, str) and s.strip()):
-            problems.append(f"{where}.source must name the publication of the figure, got {s!r}")
+            problems.append(f"{where}.source must name the publication of the figure, got {_shown(s)}")
         else:
             source[key] = s
     return pj, source
@@ -171,14 +218,16 @@ def parse_arch(text: str, source: str = "<string>") -> Arch:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ArchError(f"{source}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ArchError(f"{source}: not an accelerator description (arrays or tables nested too deeply)") from None
     problems = []
     for key in sorted(set(doc) - set(TOP_KEYS)):
         problems.append(f"unknown key {key}; valid keys: {', '.join(TOP_KEYS)}")
     if doc.get("format") != FORMAT:
-        problems.append(f"format must be {FORMAT!r}, got {doc.get('format')!r}")
+        problems.append(f"format must be {FORMAT!r}, got {_shown(doc.get('format'))}")
     for key in ("name", "description"):
         if key in doc and not isinstance(doc[key], str):
-            problems.append(f"{key} must be a string, got {doc[key]!r}")
+            problems.append(f"{key} must be a string, got {_shown(doc[key])}")
     values = {}
     for section in SCHEMA:
         values.update(_check_table(doc, section, problems))
@@ -209,6 +258,11 @@ def load_arch(spec) -> Arch:
             raise ArchError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
         path = ARCH_DIR / f"{spec}.toml"
     try:
+        if not path.is_file():
+            kind = "missing" if not path.exists() else "not a regular file"
+            raise ArchError(f"{spec}: cannot be read ({kind}); expects a TOML file")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ArchError(f"{spec}: {path.stat().st_size:,} bytes; an accelerator description is at most 1 MiB")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ArchError(f"{spec}: cannot be read ({e.strerror})") from None
@@ -234,15 +288,16 @@ _SECTION_OF = {field: (section, key) for section, keys in SCHEMA.items() for key
 
 def with_changes(arch: Arch, **changes) -> Arch:
     """A copy of `arch` with some array/buffer/DRAM fields changed, validated like a file."""
-    problems = []
-    for field, value in changes.items():
-        if field not in SWEEP_KEYS:
-            problems.append(f"cannot change '{field}'; choose from {', '.join(SWEEP_KEYS)}")
-            continue
-        section, key = _SECTION_OF[field]
-        _, check, expect = SCHEMA[section][key]
-        if not check(value):
-            problems.append(f"{field} must be {expect}, got {value!r}")
+    problems = [p for field, value in changes.items() if (p := sweep_problem(field, value))]
     if problems:
         raise ArchError(f"{arch.source}: " + "; ".join(problems))
     return replace(arch, **changes)
+
+
+def sweep_problem(field: str, value) -> str | None:
+    """The problem of changing `field` to `value` (an unknown field, a bad or implausible value), or None."""
+    if field not in SWEEP_KEYS:
+        return f"cannot change '{field}'; choose from {', '.join(SWEEP_KEYS)}"
+    section, key = _SECTION_OF[field]
+    _, check, expect = SCHEMA[section][key]
+    return field_problem(field, field, value, check, expect)

@@ -2,65 +2,98 @@
 
 from __future__ import annotations
 
-import json
 import sys
+from functools import partial
+
+from velcro_ref.errors import UsageError
+
+
+def _check_args(args) -> None:
+    """Usage errors found in the arguments alone, before any file is read."""
+    from .simulate import MAX_BATCH
+
+    for flag, value in (("--accel", args.accel), ("--masks", args.masks), ("--csv", args.csv), ("--plot", args.plot)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} expects a {'preset or ' if flag == '--accel' else ''}file name, got {value!r}")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise UsageError(f"--batch must be an integer from 1 to {MAX_BATCH}, got {args.batch}")
+
+
+def _print_json(doc) -> None:
+    from .report import json_text
+
+    text, bad = json_text(doc)
+    sys.stdout.write(text)
+    if bad:
+        print(f"warning: {len(bad)} figure(s) not finite, written as null: {', '.join(bad[:5])}", file=sys.stderr)
 
 
 def cmd_simulate(args) -> int:
+    _check_args(args)
     from velcro_ref.engine import load_model
 
     from . import report
     from .arch import load_arch
     from .simulate import parse_sweep, simulate, sweep
 
-    arch = load_arch(args.accel)
+    co = args.compute_only
     grid = parse_sweep(args.sweep) if args.sweep else None
+    arch = load_arch(args.accel)
     model = load_model(args.model)
     masks = None
-    if args.masks:
+    if args.masks is not None:
         from velcro_ref.masks import load_masks
 
         masks = load_masks(args.masks)
-    if grid is not None:
-        points = sweep(model, arch, grid, masks)
-        if args.json:
-            doc = {"points": [{"point": p, **r.to_json()["total"]} for p, r in points]}
-            json.dump(doc, sys.stdout, indent=2)
-            sys.stdout.write("\n")
-        else:
-            print(report.format_sweep(points))
-        if args.csv:
-            report.write_sweep_csv(points, args.csv)
-        if args.plot:
-            report.plot_sweep(points, args.plot)
-        return 0
-    result = simulate(model, arch, masks)
-    if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+    if grid is None:
+        subject = simulate(model, arch, masks, args.batch)
+        to_json, to_text = subject.to_json, report.format_result
+        write_csv, plot = report.write_csv, report.plot_result
     else:
-        print(report.format_result(result))
+        subject = sweep(model, arch, grid, masks, args.batch)
+        to_json, to_text = partial(report.sweep_json, subject), report.format_sweep
+        write_csv, plot = report.write_sweep_csv, report.plot_sweep
+    if args.json:
+        _print_json(to_json(co))
+    else:
+        print(to_text(subject, co))
     if args.csv:
-        report.write_csv(result, args.csv)
+        write_csv(subject, args.csv, co)
     if args.plot:
-        report.plot_result(result, args.plot)
+        plot(subject, args.plot)
     return 0
 
 
 def register(sub) -> None:
     from .arch import presets
+    from .simulate import MAX_BATCH
 
     p = sub.add_parser(
         "simulate",
         help="price a model dense and VELCRO-compressed on an edge accelerator",
         description=(
             "Per-layer cycles, MACs, traffic and energy of a model on a systolic-array accelerator, "
-            "dense and (with --masks) VELCRO-compressed side by side. Counts are per image."
+            "dense and (with --masks) VELCRO-compressed side by side. Counts are per image. "
+            "Accelerator fields and their ranges: docs/simulator.md."
         ),
     )
     p.add_argument("model", help="model file (.h5)")
     p.add_argument("--masks", help="VELCRO mask file (.h5) of this model")
     p.add_argument("--accel", required=True, help=f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="B",
+        help=f"images run together, 1 to {MAX_BATCH} (default 1): weights and mask bitmaps are fetched once "
+        "per batch; figures stay per image",
+    )
+    p.add_argument(
+        "--compute-only",
+        action="store_true",
+        help="table energies without DRAM and leakage (array, register files, on-chip buffers, vector unit, "
+        "mask table); JSON and CSV add compute_energy_pj and compute_energy_saving",
+    )
     p.add_argument("--json", action="store_true", help='print JSON {"layers": [...], "total": {...}}')
     p.add_argument("--csv", metavar="FILE", help="also write a per-layer (or per-point) CSV")
     p.add_argument("--plot", metavar="FILE.png", help="also write a PNG plot")

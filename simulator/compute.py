@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def _ceil_div(a, b):
+def ceil_div(a, b):
+    """ceil(a / b) for non-negative integers (and integer arrays), exact at any size."""
     return -(-a // b)
 
 
@@ -49,7 +50,7 @@ def column_chunks(layer, cols):
     """
     g, p = layer.groups, layer.oy * layer.ox
     kg = layer.k // g
-    n_chunks = _ceil_div(kg, cols)
+    n_chunks = ceil_div(kg, cols)
     if layer.skip is None:
         width = np.minimum(cols, kg - cols * np.arange(n_chunks))
         live = np.broadcast_to(width, (g, n_chunks)).astype(np.int64)
@@ -72,7 +73,7 @@ def array_compute(layer, arch) -> Compute:
     psum = psum_tile = acc = 0
     if arch.dataflow == "output_stationary":
         # Pixels on rows, filters on columns, the window streams through in T cycles.
-        folds = _ceil_div(needed, r)
+        folds = ceil_div(needed, r)
         cycles = folds * (r + c + t - 2)
         filter_reads = folds * t * live
     else:
@@ -82,8 +83,8 @@ def array_compute(layer, arch) -> Compute:
         # accumulates in the output register at the foot of its column (read and written once
         # per fold after the first). Only between groups do partial sums leave the array for the
         # ofmap buffer and come back. With one weight per PE every fold is a group (SCALE-Sim).
-        row_folds = _ceil_div(t, r)
-        fold_groups = _ceil_div(row_folds, arch.pe_weights)
+        row_folds = ceil_div(t, r)
+        fold_groups = ceil_div(row_folds, arch.pe_weights)
         cycles = np.where(needed > 0, row_folds * (r + needed) + fold_groups * (r + c - 2), 0)
         filter_reads = t * live
         psum = int(2 * (fold_groups - 1) * used.sum()) * ab
@@ -113,7 +114,7 @@ def vector_compute(layer, arch) -> Compute:
         return Compute(compute_cycles=0, macs=0, ops=ops, ifmap_reads=0, filter_reads=0, ofmap_writes=0)
     ob, active = arch.operand_bytes, layer.active_elems
     return Compute(
-        compute_cycles=_ceil_div(ops, arch.vector_lanes),
+        compute_cycles=ceil_div(ops, arch.vector_lanes),
         macs=0,
         ops=ops,
         ifmap_reads=layer.in_elems * active // layer.out_elems * ob,

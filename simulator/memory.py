@@ -9,9 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
-def _ceil_div(a, b):
-    return -(-a // b)
+from .compute import ceil_div
 
 
 @dataclass(frozen=True)
@@ -34,8 +32,8 @@ class Traffic:
 
 def _tilings(ifmap_bytes, filter_bytes, ifmap_cap, filter_cap):
     """(filters outer, ifmap outer), each (ifmap, filter) DRAM bytes."""
-    a = (ifmap_bytes * _ceil_div(filter_bytes, filter_cap), filter_bytes)
-    b = (ifmap_bytes, filter_bytes * _ceil_div(ifmap_bytes, ifmap_cap))
+    a = (ifmap_bytes * ceil_div(filter_bytes, filter_cap), filter_bytes)
+    b = (ifmap_bytes, filter_bytes * ceil_div(ifmap_bytes, ifmap_cap))
     return a, b
 
 
@@ -63,7 +61,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
     mask = {}
     if layer.skip is not None:
         # The bitmap comes from DRAM once per site into the mask table; each user reads it.
-        table_read = _ceil_div(layer.out_elems, 8)
+        table_read = ceil_div(layer.out_elems, 8)
         mask = {"mask_dram_bytes": layer.bitmap_bytes, "mask_table_bytes": layer.bitmap_bytes + table_read}
     if layer.unit == "vector":
         return Traffic(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 from velcro_ref.fileio import atomic_path
 
@@ -25,50 +26,113 @@ def _table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def _uj(pj):
-    return f"{pj / 1e6:.2f}"
+def _sig4(value, units, step) -> str:
+    """`value` in the unit of `units` (each `step` times the one before) that shows it with 4 significant
+    digits and at most 3 before the point (1000 KiB reads 0.977 MiB); below 1 of the first unit, 3
+    significant digits. Only zero prints as 0."""
+    if value == 0:
+        return "0"
+    rounded = float(f"{value:.4g}")
+    i = 0
+    while i + 1 < len(units) and abs(rounded) >= 1000 * step**i:
+        i += 1
+    v = value / step**i
+    r = float(f"{v:.4g}")
+    if abs(r) < 1:
+        return f"{v:.3g} {units[i]}"
+    decimals = max(0, 4 - len(str(int(abs(r)))))
+    return f"{v:.{decimals}f} {units[i]}"
 
 
-def _kib(n):
-    return f"{n / 1024:.1f}"
+def _energy(pj) -> str:
+    """Energy in pJ, nJ, uJ, mJ or J, whichever shows it: 376.0 pJ, 4.183 nJ, 418.3 uJ; 0 only for 0."""
+    return _sig4(pj, ("pJ", "nJ", "uJ", "mJ", "J"), 1000)
 
 
-def format_result(result) -> str:
-    """Per-layer table and totals as text (energy in uJ, traffic in KiB, per image)."""
+def _time(ms) -> str:
+    """A time given in ms, in ns, us, ms or s, whichever shows it: 726.0 us, 1.760 us."""
+    return _sig4(ms * 1e6, ("ns", "us", "ms", "s"), 1000)
+
+
+def _bytes(n) -> str:
+    """Bytes in B, KiB, MiB or GiB: 6 B, 13.20 KiB; fractions of a byte appear at a batch (per image)."""
+    if n == 0:
+        return "0"
+    if abs(n) < 1000:
+        return f"{n:g} B" if float(n).is_integer() else f"{n:.2f} B"
+    return _sig4(n, ("B", "KiB", "MiB", "GiB"), 1024)
+
+
+def _count(v) -> str:
+    """An int, or a per-image count at a batch (one decimal when the batch does not divide it)."""
+    if isinstance(v, int) or v.is_integer():
+        return str(int(v))
+    return f"{v:.1f}"
+
+
+def _speedup(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def _saving(s) -> str:
+    """A saving as a percentage; nothing where it is undefined (no dense energy); a cost above twice
+    the dense one as a multiple ("11.1x dense"), which a percentage like -1011.7% hides."""
+    if s is None:
+        return ""
+    if s < -1:
+        return f"{1 - s:.1f}x dense"
+    return f"{s:.1%}"
+
+
+def _latency(result) -> str:
+    """ "latency D -> C" per image; at a batch the time per image and the batch's."""
+    pair = [t for t in result.latency_ms() if t is not None]
+    text = " -> ".join(_time(t) for t in pair)
+    if result.batch == 1:
+        return f"latency {text}"
+    whole = " -> ".join(_time(t) for t in result.batch_latency_ms() if t is not None)
+    return f"time {text} per image (the batch of {result.batch}: {whole})"
+
+
+def _view_note(view) -> str:
+    return "; energy: compute only (no DRAM, no leakage)" if view == "compute" else ""
+
+
+COMPUTE_ONLY = "compute only (array, register files, on-chip buffers, vector unit, mask table; no DRAM, no leakage)"
+
+
+def format_result(result, compute_only: bool = False) -> str:
+    """Per-layer table and totals as text, per image (at the result's batch); energies and bytes in
+    the unit that shows each. With masks, each masked site's bitmap load and mask-table reads are a
+    line of their own ("<site> mask") after the site's last layer, so that a layer's saving is what
+    skipping its work saves; the total holds everything."""
     a = result.arch
-    head = f"{result.model_name or 'model'} on {a.name} ({a.rows}x{a.cols} {a.dataflow}, {a.clock_mhz:g} MHz)"
-    total_d = result.total_dense
-    if result.compressed is None:
-        header = ["layer", "op", "macs", "compute", "stall", "cycles", "util", "dram_kib", "energy_uj"]
+    view = "compute" if compute_only else "full"
+    per = "per image" if result.batch == 1 else f"per image at batch {result.batch}"
+    head = f"{result.model_name or 'model'} on {a.name} ({a.rows}x{a.cols} {a.dataflow}, {a.clock_mhz:g} MHz), {per}"
+    lines = result.lines(view)
+    total_d, total_c = result.total_dense, result.total_compressed
+    if total_c is None:
+        header = ["layer", "op", "macs", "compute", "stall", "cycles", "util", "dram", "energy"]
         rows = [
             [
-                layer.name,
-                layer.op,
-                d.macs,
-                d.compute_cycles,
-                d.stall_cycles,
-                d.cycles,
-                f"{d.utilization(a):.2f}",
-                _kib(d.dram_bytes),
-                _uj(d.energy_pj),
+                ln.name,
+                ln.op,
+                _count(ln.dense.macs),
+                _count(ln.dense.compute_cycles),
+                _count(ln.dense.stall_cycles),
+                _count(ln.dense.cycles),
+                f"{ln.dense.utilization(a):.2f}",
+                _bytes(ln.dram_bytes),
+                _energy(ln.energy_pj),
             ]
-            for layer, d in zip(result.layers, result.dense, strict=True)
+            for ln in lines
         ]
-        rows.append(
-            [
-                "total",
-                "",
-                total_d.macs,
-                total_d.compute_cycles,
-                total_d.stall_cycles,
-                total_d.cycles,
-                f"{total_d.utilization(a):.2f}",
-                _kib(total_d.dram_bytes),
-                _uj(total_d.energy_pj),
-            ]
+        return (
+            f"{head}{_view_note(view)}\n{_table(header, rows)}\n"
+            f"{_latency(result)}, energy {_energy(total_d.energy_pj)} per image; "
+            f"{COMPUTE_ONLY}: {_energy(total_d.compute_energy_pj)}"
         )
-        latency = total_d.cycles / (a.clock_mhz * 1e3)
-        return f"{head}\n{_table(header, rows)}\nlatency {latency:.3f} ms, energy {_uj(total_d.energy_pj)} uJ per image"
     header = [
         "layer",
         "op",
@@ -77,67 +141,77 @@ def format_result(result) -> str:
         "cycles",
         "cycles_vc",
         "speedup",
-        "dram_kib",
-        "dram_kib_vc",
-        "energy_uj",
-        "energy_uj_vc",
+        "dram",
+        "dram_vc",
+        "energy",
+        "energy_vc",
         "saving",
     ]
-    total_c = result.total_compressed
-
-    def row(name, op, d, c):
-        speed = d.cycles / c.cycles if c.cycles else 1.0
-        saving = 1 - c.energy_pj / d.energy_pj if d.energy_pj else 0.0
-        return [
-            name,
-            op,
-            d.macs,
-            d.macs - c.macs,
-            d.cycles,
-            c.cycles,
-            f"{speed:.3f}",
-            _kib(d.dram_bytes),
-            _kib(c.dram_bytes),
-            _uj(d.energy_pj),
-            _uj(c.energy_pj),
-            f"{saving:.1%}",
-        ]
-
-    rows = [
-        row(layer.name, layer.op, d, c)
-        for layer, d, c in zip(result.layers, result.dense, result.compressed, strict=True)
-    ]
-    rows.append(row("total", "", total_d, total_c))
-    parts = ", ".join(f"{k} {_uj(total_d.energy[k])}->{_uj(total_c.energy[k])}" for k in COMPONENTS)
+    rows = []
+    for ln in lines:
+        if ln.kind == "mask":
+            rows.append(
+                [ln.name, ln.op, "", "", "", "", "", "", _bytes(ln.dram_bytes_vc), "", _energy(ln.energy_pj_vc), ""]
+            )
+            continue
+        d, c = ln.dense, ln.compressed
+        rows.append(
+            [
+                ln.name,
+                ln.op,
+                _count(d.macs),
+                _count(ln.macs_saved),
+                _count(d.cycles),
+                _count(c.cycles),
+                _speedup(ln.speedup),
+                _bytes(ln.dram_bytes),
+                _bytes(ln.dram_bytes_vc),
+                _energy(ln.energy_pj),
+                _energy(ln.energy_pj_vc),
+                _saving(ln.saving),
+            ]
+        )
+    parts = ", ".join(f"{k} {_energy(total_d.energy[k])} -> {_energy(total_c.energy[k])}" for k in COMPONENTS)
+    cmp = result.total_comparison
     return (
-        f"{head}; _vc = VELCRO-compressed\n{_table(header, rows)}\n"
-        f"energy by component (uJ, dense->compressed): {parts}\n"
-        f"mask overhead: {_kib(total_c.mask_bytes)} KiB bitmap traffic per image, "
-        f"{_kib(result.mask_storage_bytes)} KiB stored (bitmaps + constants)"
+        f"{head}; _vc = VELCRO-compressed{_view_note(view)}\n{_table(header, rows)}\n"
+        f"energy by component (dense -> compressed): {parts}\n"
+        f"mask overhead (the '<site> mask' lines): {_bytes(total_c.mask_bytes)} of bitmaps from DRAM and "
+        f"mask-table reads, {_energy(total_c.mask_energy_pj('full'))} "
+        f"({_energy(total_c.mask_table_pj)} on chip); {_bytes(result.mask_storage_bytes)} stored "
+        f"(bitmaps + constants)\n"
+        f"{COMPUTE_ONLY}: {_energy(total_d.compute_energy_pj)} -> {_energy(total_c.compute_energy_pj)}, "
+        f"saving {_saving(cmp.compute_energy_saving)}\n"
+        f"{_latency(result)}, energy {_energy(total_d.energy_pj)} -> "
+        f"{_energy(total_c.energy_pj)} (saving {_saving(cmp.energy_saving)}) {per}"
     )
 
 
-def _flat(prefix, stats, arch) -> dict:
+def _flat(prefix, stats, arch, compute_only=False) -> dict:
     out = {f"{prefix}{f}": getattr(stats, f) for f in COUNT_FIELDS}
     out[f"{prefix}utilization"] = stats.utilization(arch)
     out[f"{prefix}energy_pj"] = stats.energy_pj
     out.update({f"{prefix}energy_{k}_pj": v for k, v in stats.energy.items()})
+    if compute_only:
+        out[f"{prefix}compute_energy_pj"] = stats.compute_energy_pj
     return out
 
 
-def result_rows(result) -> list[dict]:
-    """One flat dict per layer plus a `total` row; compressed columns are prefixed `compressed_`."""
-    a = result.arch
+def result_rows(result, compute_only: bool = False) -> list[dict]:
+    """One flat dict per layer plus a `total` row; compressed columns are prefixed `compressed_`.
+    At a batch above 1 every row names it (`batch`); figures are per image."""
+    a, co = result.arch, compute_only
+    batch = {"batch": result.batch} if result.batch != 1 else {}
     rows = []
     comp = result.compressed or [None] * len(result.layers)
     for layer, d, c in zip(result.layers, result.dense, comp, strict=True):
-        r = {"name": layer.name, "op": layer.op, "unit": layer.unit, **layer.loops, **_flat("", d, a)}
+        r = {"name": layer.name, "op": layer.op, "unit": layer.unit, **batch, **layer.loops, **_flat("", d, a, co)}
         if c is not None:
-            r.update(_flat("compressed_", c, a))
+            r.update(_flat("compressed_", c, a, co))
         rows.append(r)
-    total = {"name": "total", "op": "", "unit": "", **_flat("", result.total_dense, a)}
+    total = {"name": "total", "op": "", "unit": "", **batch, **_flat("", result.total_dense, a, co)}
     if result.compressed is not None:
-        total.update(_flat("compressed_", result.total_compressed, a))
+        total.update(_flat("compressed_", result.total_compressed, a, co))
     rows.append(total)
     return rows
 
@@ -152,58 +226,101 @@ def _write_csv(path, rows) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def write_csv(result, path) -> None:
-    _write_csv(path, result_rows(result))
+def write_csv(result, path, compute_only: bool = False) -> None:
+    _write_csv(path, result_rows(result, compute_only))
 
 
-def write_json(doc, path) -> None:
+def _finite(value, where, bad):
+    """`value` with every float that is not finite replaced by None; their places go to `bad`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        bad.append(f"{where} ({value})")
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
+    return value
+
+
+def json_text(doc: dict) -> tuple[str, list[str]]:
+    """Strict JSON text of `doc` (indent 2, newline-terminated) and the places of figures that were not
+    finite. Such a figure is written as null and the document gains "not_finite": {"fields", "reason"},
+    so that every strict parser reads the output (no bare NaN or Infinity)."""
+    bad = []
+    clean = _finite(doc, "", bad)
+    if bad:
+        clean["not_finite"] = {
+            "fields": bad,
+            "reason": "the figure overflowed or is undefined; written as null",
+        }
+    return json.dumps(clean, indent=2, allow_nan=False) + "\n", bad
+
+
+def write_json(doc, path) -> list[str]:
+    text, bad = json_text(doc)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.write_text(text)
+    return bad
 
 
-def sweep_rows(points) -> list[dict]:
+def sweep_rows(points, compute_only: bool = False) -> list[dict]:
     """One flat dict per sweep point: the changed fields, then dense (and compressed) totals."""
     rows = []
     for point, result in points:
         a = result.arch
         d = result.total_dense
-        r = {
-            **point,
-            "cycles": d.cycles,
-            "utilization": d.utilization(a),
-            "dram_bytes": d.dram_bytes,
-            "energy_pj": d.energy_pj,
-        }
+        r = {**point, **({"batch": result.batch} if result.batch != 1 else {})}
+        r.update(cycles=d.cycles, utilization=d.utilization(a), dram_bytes=d.dram_bytes, energy_pj=d.energy_pj)
+        if compute_only:
+            r["compute_energy_pj"] = d.compute_energy_pj
         c = result.total_compressed
         if c is not None:
+            figures = result.total_comparison.to_json(compute_only)
             r.update(
                 compressed_cycles=c.cycles,
                 compressed_energy_pj=c.energy_pj,
-                speedup=d.cycles / c.cycles if c.cycles else 1.0,
-                energy_saving=1 - c.energy_pj / d.energy_pj if d.energy_pj else 0.0,
+                speedup=figures["speedup"],
+                energy_saving=figures["energy_saving"],
             )
+            if compute_only:
+                r.update(
+                    compressed_compute_energy_pj=c.compute_energy_pj,
+                    compute_energy_saving=figures["compute_energy_saving"],
+                )
         rows.append(r)
     return rows
 
 
-def format_sweep(points) -> str:
-    rows = sweep_rows(points)
+def sweep_json(points, compute_only: bool = False) -> dict:
+    """{"points": [{"point": {...}, <the total of SimResult.to_json>}, ...]}, with "batch" first above 1."""
+    batch = points[0][1].batch if points else 1
+    doc = {"batch": batch} if batch != 1 else {}
+    doc["points"] = [{"point": p, **r.to_json(compute_only)["total"]} for p, r in points]
+    return doc
+
+
+def format_sweep(points, compute_only: bool = False) -> str:
+    """One line per design point (its totals per image); energies and bytes in the unit that shows each."""
+    rows = sweep_rows(points, compute_only)
     header = list(rows[0])
-    fmt = {"utilization": "{:.3f}", "speedup": "{:.3f}", "energy_saving": "{:.1%}"}
 
     def cell(k, v):
-        if k in fmt:
-            return fmt[k].format(v)
+        if k in ("utilization", "speedup"):
+            return f"{v:.3f}"
+        if k.endswith("saving"):
+            return _saving(v)
         if k.endswith("energy_pj"):
-            return f"{v / 1e6:.2f}"
-        return str(v)
+            return _energy(v)
+        if k == "dram_bytes":
+            return _bytes(v)
+        return _count(v) if k.endswith("cycles") else str(v)
 
-    header_names = [h.replace("energy_pj", "energy_uj") for h in header]
-    return _table(header_names, [[cell(k, r[k]) for k in header] for r in rows])
+    names = [h.removesuffix("_pj").removesuffix("_bytes") for h in header]
+    return _table(names, [[cell(k, r[k]) for k in header] for r in rows])
 
 
-def write_sweep_csv(points, path) -> None:
-    _write_csv(path, sweep_rows(points))
+def write_sweep_csv(points, path, compute_only: bool = False) -> None:
+    _write_csv(path, sweep_rows(points, compute_only))
 
 
 def _save(fig, path) -> None:

@@ -74,6 +74,17 @@ class Layer:
         """The same layer without masks."""
         return Layer(**{**self.__dict__, "skip": None, "site": None, "bitmap_bytes": 0, "n_consts": 0})
 
+    def batched(self, b: int) -> Layer:
+        """A batch of `b` images as one record: the images stack along oy, so the array sees one GEMM of
+        b*oy*ox output pixels (the vector unit b times the elements) and the filters, the site's bitmap
+        and its constants stay once. The mask repeats for every image. Counts are then per batch."""
+        if b == 1:
+            return self
+        skip = None if self.skip is None else np.tile(self.skip, (1, b))
+        return Layer(
+            **{**self.__dict__, "oy": self.oy * b, "in_elems": self.in_elems * b, "macs": self.macs * b, "skip": skip}
+        )
+
 
 def _layer(st, readers):
     """The record of one plan node (velcro_ref.plan.PlanNode)."""

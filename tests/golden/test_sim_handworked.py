@@ -9,6 +9,9 @@ Energy table (pJ): mac 1, rf 0.5 (3 accesses per MAC), ifmap_sram 2, filter_sram
 ofmap_sram 4, dram 100, mask_table 10, vector_op 0.25, leakage 0.125 per cycle.
 """
 
+import json
+import re
+
 import numpy as np
 import pytest
 from sim_util import arch_toml
@@ -189,3 +192,152 @@ def test_weight_stationary_all_folds_in_the_pe_registers_compressed(model):
     assert c.energy["rf"] == pytest.approx(868.0)
     # 504 + 868 + 2 x 536 + 3 x 72 + 4 x 56 + 100 x 96 + 720 + 0.125 x 188 = 13227.5.
     assert c.energy_pj == pytest.approx(13227.5)
+
+
+# ---------------------------------------------------------------- batch
+# A batch of B images runs as one GEMM of B x 16 output pixels per chunk; the filters (54 bytes) and
+# the site's bitmap come from DRAM once per batch. Figures are per image: the batch's / B.
+
+
+def test_batch_of_8_fetches_the_weights_once_output_stationary(model):
+    one = by_name(simulate(model, tiny_arch("output_stationary")))["c"]
+    c = by_name(simulate(model, tiny_arch("output_stationary"), batch=8))["c"]
+    # Per batch: ifmap 8 x 32 = 256 bytes, filters 54 (both fit their 512-byte halves, so each is
+    # fetched once), outputs 8 x 48 = 384: 694 bytes, 86.75 per image = 32 + 54 / 8 + 48.
+    assert one.dram_bytes == 32 + 54 + 48
+    assert c.dram_bytes == 32 + 54 / 8 + 48 == 86.75
+    assert one.dram_bytes - c.dram_bytes == 54 - 54 / 8  # only the weight traffic shrinks, by 8
+    # 128 pixels per chunk: 32 folds of 22 cycles, 2 chunks = 1408 per batch, 176 per image.
+    assert (c.compute_cycles, c.stall_cycles, c.cycles) == (176, 0, 176)
+    # Filter buffer: 32 folds x 18 x (2 + 1) filters = 1728 reads plus the 54-byte fill, per batch.
+    assert c.filter_sram_bytes == (1728 + 54) / 8
+    assert c.ifmap_sram_bytes == 608 and c.ofmap_sram_bytes == 96 and c.macs == 864
+    assert c.energy["dram"] == pytest.approx(100 * 86.75)
+    # 864 + 1296 + 2 x 608 + 3 x 222.75 + 4 x 96 + 100 x 86.75 + 0.125 x 176 = 13125.25.
+    assert c.energy_pj == pytest.approx(13125.25)
+
+
+def test_batch_of_8_loads_each_weight_fold_once_weight_stationary(model):
+    c = by_name(simulate(model, tiny_arch("weight_stationary"), batch=8))["c"]
+    # 5 row folds per chunk, each loads its weights (R = 4 cycles) once and streams 128 pixels:
+    # 5 x (4 + 128) + 5 x (R + C - 2 = 4) = 680 per chunk, 1360 per batch, 170 per image (240 at 1).
+    assert c.compute_cycles == 170
+    # The partial-sum tile grows with the batch: 128 pixels x 2 filters x 4 B = 1024 bytes no longer
+    # fits the 512-byte ofmap half, so the 2 x 4 x 384 x 4 = 12288 bytes of partial sums go to DRAM:
+    # 256 + 54 + 384 + 12288 = 12982 bytes per batch = 3246 cycles at 4 B/cycle.
+    assert c.dram_bytes == 12982 / 8
+    assert c.cycles == 3246 / 8 and c.stall_cycles == (3246 - 1360) / 8
+
+
+def test_batch_of_8_loads_the_bitmap_once(model):
+    result = simulate(model, tiny_arch("output_stationary"), masks_of(model), batch=8)
+    c, r = by_name(result, "compressed")["c"], by_name(result, "compressed")["r"]
+    # Chunk {0, 1}: 8 x 12 = 96 needed pixels, 24 folds; chunk {2}: 32 folds; 56 x 22 / 8 = 154.
+    assert c.compute_cycles == 154
+    # Per batch: ifmap 256 + live filters 36 + 8 x 28 outputs + the 6-byte bitmap once = 522.
+    assert c.dram_bytes == 522 / 8 and c.mask_bytes == 6 / 8
+    # Mask table: the bitmap written (6) and read for each of the 8 images by the conv (48) and the relu (48).
+    assert c.energy["mask"] == pytest.approx((100 * 6 + 10 * (6 + 48)) / 8)
+    assert r.energy["mask"] == pytest.approx(10 * 48 / 8)
+    assert result.mask_storage_bytes == 6 + 20 and result.batch == 8
+
+
+# ---------------------------------------------------------------- compute-only view
+# mac, register files, the three buffers, vector ops and mask-table bytes; no DRAM, no leakage.
+
+
+def test_compute_only_energy_leaves_out_dram_and_leakage(model):
+    result = simulate(model, tiny_arch("output_stationary"), masks_of(model))
+    d, c = by_name(result)["c"], by_name(result, "compressed")["c"]
+    # Dense conv: 864 + 1296 + 2 x 608 + 3 x 270 + 4 x 96 = 4570; the relu's 48 ops x 0.25 = 12.
+    assert d.compute_energy_pj == pytest.approx(4570.0)
+    assert result.total_dense.compute_energy_pj == pytest.approx(4582.0)
+    # Compressed conv: 504 + 756 + 2 x 536 + 3 x 162 + 4 x 56 + mask table 10 x 12 = 3162;
+    # relu: 28 x 0.25 + 10 x 6 = 67.
+    assert c.compute_energy_pj == pytest.approx(3162.0)
+    assert result.total_compressed.compute_energy_pj == pytest.approx(3229.0)
+    assert result.total_comparison.compute_energy_saving == pytest.approx(1 - 3229 / 4582)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, model):
+    from velcro_ref.masks import save_masks
+    from velcro_ref.model_io import save_model
+
+    d = tmp_path_factory.mktemp("handworked")
+    save_model(model.graph, d / "m.h5")
+    save_masks(masks_of(model), d / "masks.h5")
+    (d / "tiny.toml").write_text(arch_toml(4, 2, "output_stationary", lanes=4, energy=ENERGY, name="tiny"))
+    zero_vector = {**ENERGY, "vector_op": 0}
+    (d / "novec.toml").write_text(arch_toml(4, 2, "output_stationary", lanes=4, energy=zero_vector, name="novec"))
+    return d
+
+
+def cli(capsys, *argv):
+    import velcro_ref.cli as vcli
+
+    code = vcli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_cli_compute_only_in_json_and_text(files, capsys):
+    argv = ("simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", files / "tiny.toml")
+    total = strict_json(cli(capsys, *argv, "--compute-only", "--json"))["total"]
+    assert total["dense"]["compute_energy_pj"] == pytest.approx(4582.0)
+    assert total["compressed"]["compute_energy_pj"] == pytest.approx(3229.0)
+    assert total["compute_energy_saving"] == pytest.approx(1 - 3229 / 4582)
+    text = cli(capsys, *argv)
+    assert "4.582 nJ -> 3.229 nJ, saving 29.5%" in text  # 1 - 3229 / 4582 = 0.2953
+    # --compute-only puts the view in the table: the total line's energies are the on-chip ones.
+    total_line = next(ln for ln in cli(capsys, *argv, "--compute-only").splitlines() if ln.startswith("total"))
+    assert "4.582 nJ" in total_line and "3.229 nJ" in total_line and "29.5%" in total_line
+
+
+def test_cli_batch_in_json(files, capsys):
+    argv = ("simulate", files / "m.h5", "--accel", files / "tiny.toml", "--json")
+    one = strict_json(cli(capsys, *argv))
+    eight = strict_json(cli(capsys, *argv, "--batch", "8"))
+    assert "batch" not in one and eight["batch"] == 8
+    assert one["total"]["dram_bytes"] == 134 and eight["total"]["dram_bytes"] == 32 + 54 / 8 + 48
+    # 176 cycles per image at 100 MHz = 1.76 us; the batch of 8 takes 14.08 us.
+    assert eight["total"]["latency_ms"] == pytest.approx(176 / 100e3)
+    assert eight["total"]["batch_latency_ms"] == pytest.approx(8 * 176 / 100e3)
+
+
+# ---------------------------------------------------------------- the table a person reads
+
+
+def table_line(text, name):
+    return next(ln for ln in text.splitlines() if ln.split("  ")[0].strip() == name)
+
+
+def test_zero_to_zero_row_prints_no_percentage(files, capsys):
+    # With vector ops free, the fused relu costs nothing dense or compressed: no cycles, no energy.
+    text = cli(capsys, "simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", files / "novec.toml")
+    relu = table_line(text, "r")
+    assert relu.split()[1:] == ["relu", "0", "0", "0", "0", "0", "0", "0", "0"]  # no speedup, no saving
+    assert "%" not in relu
+
+
+def test_mask_overhead_is_a_line_of_its_own(files, capsys):
+    text = cli(capsys, "simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", files / "tiny.toml")
+    # The relu skips 20 of 48 outputs: 12 pJ of vector work -> 7 pJ, 41.7% saved. The mask table's
+    # reads belong to the site's mask line, not to the relu (that would print (12 - 67) / 12 = -458.3%).
+    assert table_line(text, "r").split()[-5:] == ["12.00", "pJ", "7.000", "pJ", "41.7%"]
+    # Mask line: the 6-byte bitmap from DRAM (600 pJ), the table written once and read by the conv and
+    # the relu (6 + 6 + 6 bytes x 10 pJ = 180 pJ): 780 pJ.
+    assert table_line(text, "r mask").split()[2:] == ["mask", "6", "B", "780.0", "pJ"]
+    # The conv's own line: 17992 pJ dense; compressed 13381.25 pJ less its 720 pJ of mask overhead
+    # (test_output_stationary_compressed) = 12661.25 pJ, 1 - 12661.25 / 17992 = 29.6% saved.
+    conv = table_line(text, "c").split()
+    assert conv[-5:] == ["17.99", "nJ", "12.66", "nJ", "29.6%"]
+    assert not re.search(r"-\d{3,}\.\d%", text)
