@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 
+from velcro_ref.cli_util import add_file
 from velcro_ref.errors import UsageError
 
 
@@ -12,9 +13,8 @@ def _check_args(args) -> None:
     """Usage errors found in the arguments alone, before any file is read."""
     from .simulate import MAX_BATCH
 
-    for flag, value in (("--accel", args.accel), ("--masks", args.masks), ("--csv", args.csv), ("--plot", args.plot)):
-        if value is not None and not value.strip():
-            raise UsageError(f"{flag} expects a {'preset or ' if flag == '--accel' else ''}file name, got {value!r}")
+    if not args.accel.strip():
+        raise UsageError(f"--accel expects a preset or file name, got {args.accel!r}")
     if not 1 <= args.batch <= MAX_BATCH:
         raise UsageError(f"--batch must be an integer from 1 to {MAX_BATCH}, got {args.batch}")
 
@@ -77,8 +77,8 @@ def register(sub) -> None:
             "Accelerator fields and their ranges: docs/simulator.md."
         ),
     )
-    p.add_argument("model", help="model file (.h5)")
-    p.add_argument("--masks", help="VELCRO mask file (.h5) of this model")
+    add_file(p, "model", help="model file (.h5)")
+    add_file(p, "--masks", help="VELCRO mask file (.h5) of this model")
     p.add_argument("--accel", required=True, help=f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file")
     p.add_argument(
         "--batch",
@@ -95,8 +95,8 @@ def register(sub) -> None:
         "mask table); JSON and CSV add compute_energy_pj and compute_energy_saving",
     )
     p.add_argument("--json", action="store_true", help='print JSON {"layers": [...], "total": {...}}')
-    p.add_argument("--csv", metavar="FILE", help="also write a per-layer (or per-point) CSV")
-    p.add_argument("--plot", metavar="FILE.png", help="also write a PNG plot")
+    add_file(p, "--csv", role="out", metavar="FILE", help="also write a per-layer (or per-point) CSV")
+    add_file(p, "--plot", role="out", metavar="FILE.png", help="also write a PNG plot")
     p.add_argument(
         "--sweep",
         nargs="+",

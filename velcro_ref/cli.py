@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -26,6 +27,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
         one_line = " ".join(line.strip() for line in str(message).splitlines())
+        one_line = re.sub(
+            r"^argument ([^:]+): ", r"\1 ", one_line
+        )  # "--batch expects ...", not "argument --batch: ..."
         print(f"error: {one_line}", file=sys.stderr)
         sys.exit(2)
 

@@ -60,12 +60,11 @@ def number(lo: float, hi: float, open_lo=False, open_hi=False):
 def text(value):
     """An argparse type: a non-empty string (an empty path or list is a mistake, not the option left out)."""
     if not value:
-        raise argparse.ArgumentTypeError("expects a non-empty value")
+        raise argparse.ArgumentTypeError("expects a non-empty value, got ''")
     return value
 
 
 def _path(value):
-    value = text(value)
     if value.strip("/") in ("", "."):
         raise argparse.ArgumentTypeError(f"expects a file name, got {value!r}")
     return value
