@@ -305,7 +305,11 @@ def run(model: ModelFile, x, masks=None) -> Run:
         elif op == "relu6":
             y, m = np.clip(xs[0], 0.0, 6.0), ms[0]
         elif op in ("max_pool", "avg_pool"):
-            kernel, stride, pads = _pair(_attr(node, "kernel")), _pair(_attr(node, "stride")), _pads(_attr(node, "pads"))
+            kernel, stride, pads = (
+                _pair(_attr(node, "kernel")),
+                _pair(_attr(node, "stride")),
+                _pads(_attr(node, "pads")),
+            )
             ceil_mode = bool(_attr(node, "ceil_mode"))
             if op == "max_pool":
                 y = max_pool(xs[0], kernel, stride, pads, ceil_mode)
