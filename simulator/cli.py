@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import sys
+from velcro_ref.jsonout import print_json
 
 
 def cmd_simulate(args) -> int:
@@ -25,8 +24,7 @@ def cmd_simulate(args) -> int:
         points = sweep(model, arch, grid, masks)
         if args.json:
             doc = {"points": [{"point": p, **r.to_json()["total"]} for p, r in points]}
-            json.dump(doc, sys.stdout, indent=2)
-            sys.stdout.write("\n")
+            print_json(doc)
         else:
             print(report.format_sweep(points))
         if args.csv:
@@ -36,8 +34,7 @@ def cmd_simulate(args) -> int:
         return 0
     result = simulate(model, arch, masks)
     if args.json:
-        json.dump(result.to_json(), sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print_json(result.to_json())
     else:
         print(report.format_result(result))
     if args.csv:

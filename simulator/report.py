@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 from velcro_ref.fileio import atomic_path
+from velcro_ref.jsonout import dumps
 
 from .energy import COMPONENTS
 from .simulate import COUNT_FIELDS
@@ -158,7 +158,7 @@ def write_csv(result, path) -> None:
 
 def write_json(doc, path) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.write_text(dumps(doc) + "\n")
 
 
 def sweep_rows(points) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,8 +28,10 @@ def save_array(path, a) -> None:
 
 
 def print_json(doc) -> None:
-    json.dump(doc, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    """Print `doc` as strict JSON: NaN and infinite numbers become null (velcro_ref.jsonout)."""
+    from .jsonout import print_json as print_strict
+
+    print_strict(doc)
 
 
 def cmd_zoo(args):
@@ -106,11 +107,20 @@ def cmd_infer(args):
     y = model.run(x, masks=masks)
     if args.output:
         save_array(args.output, y)
+    # the input is checked finite, so NaN or Inf in the output means float32 overflowed on the way
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    if nonfinite:
+        print(
+            f"warning: {nonfinite} of {y.size} output values are NaN or Inf: computing the finite input "
+            f"overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) in some node",
+            file=sys.stderr,
+        )
     doc = {
         "model": args.model,
         "masks": args.masks,
         "batch": int(x.shape[0]),
         "output_shape": list(y.shape),
+        "nonfinite_outputs": nonfinite,
         "macs": model.last_macs,
         "total_macs": sum(model.last_macs.values()),
     }
@@ -159,5 +169,9 @@ def register(sub):
     p.add_argument("--input", required=True, help="input .npy, NCHW float32")
     p.add_argument("-o", "--output", help="write the output array here (.npy)")
     p.add_argument("--masks", help="VELCRO mask file (HDF5) for masked inference")
-    p.add_argument("--json", action="store_true", help="print executed MACs per layer and in total as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: executed MACs per layer and in total, nonfinite_outputs (NaN/Inf output values)",
+    )
     p.set_defaults(func=cmd_infer)

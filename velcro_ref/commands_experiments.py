@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from .commands_engine import add_model_arg, print_json
 from .errors import UsageError
 from .fileio import write_text
+from .jsonout import dumps
 
 
 def _task_classes(args):
@@ -76,7 +76,7 @@ def cmd_sweep(args):
         res = sweep(model, stats, x, y, classes, ratios, args.policy, args.tolerance / 100, progress=bar)
     res.update(model=args.model, task=label)
     if args.output:
-        write_text(args.output, json.dumps(res, indent=1))
+        write_text(args.output, dumps(res, indent=1))
     if args.plot:
         from .plots import plot_sweep
 
