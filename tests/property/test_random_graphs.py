@@ -424,7 +424,7 @@ def test_engine_equals_float64_oracle_dense_and_masked(case):
         check_in_process(case, folder)
 
 
-@settings(max_examples=20)
+@settings(max_examples=12)  # a process each: about 1 s on an idle core
 @given(cases(), st.booleans())
 def test_velcro_infer_equals_float64_oracle(case, with_masks):
     with tempfile.TemporaryDirectory() as folder:

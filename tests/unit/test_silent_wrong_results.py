@@ -5,13 +5,11 @@
 - Parameters stored under `<bn>.folded_bias` / `<bn>.folded_weight` are the file's own, whatever a
   loader derives from the batch norm `<bn>`.
 
-Every case is checked in this process (load_model(path).run) and through `velcro infer` in a real process.
+Every case is checked with load_model(path).run and with `velcro infer` (tests/property/test_random_graphs.py
+runs `velcro infer` in real processes).
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -19,9 +17,9 @@ import pytest
 from oracle64 import write_model
 
 import velcro_ref
+from velcro_ref import cli
 from velcro_ref.masks import MaskSet, save_masks
 
-ROOT = Path(__file__).resolve().parents[2]
 CONV1X1 = {"kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0, 0, 0, 0], "groups": 1}
 
 
@@ -40,17 +38,17 @@ def bn_params(name, c, beta, mean):
     return {f"{name}.g": [4.0] * c, f"{name}.b": beta, f"{name}.m": mean, f"{name}.v": [3.0] * c}
 
 
-def infer_cli(tmp_path, model, x, masks=None):
+def infer_cli(capsys, tmp_path, model, x, masks=None):
+    """`velcro infer ... -o y.npy --json` (in this process); the output array it wrote."""
     np.save(tmp_path / "x.npy", x)
     args = ["infer", model, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--json"]
     if masks is not None:
         save_masks(masks, tmp_path / "masks.h5")
         args += ["--masks", tmp_path / "masks.h5"]
-    res = subprocess.run(
-        [sys.executable, "-m", "velcro_ref.cli", *map(str, args)], capture_output=True, text=True, cwd=ROOT
-    )
-    assert res.returncode == 0, res.stderr
-    json.loads(res.stdout)
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["output_shape"] == list(np.load(tmp_path / "y.npy").shape)
     return np.load(tmp_path / "y.npy")
 
 
@@ -73,13 +71,13 @@ X12 = np.array([1.0, 2.0], np.float32).reshape(1, 1, 1, 2)
 CONV_OUT = np.array([3.0, 5.0]).reshape(1, 1, 1, 2)  # 2 x + 1; the batch norm would give 2 (c - 1) + 0.5
 
 
-def test_batch_norm_reading_the_output_conv_leaves_the_output_alone(tmp_path):
+def test_batch_norm_reading_the_output_conv_leaves_the_output_alone(capsys, tmp_path):
     output_conv_read_by_bn(tmp_path / "m.h5")
     assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(X12), CONV_OUT)
-    assert np.array_equal(infer_cli(tmp_path, tmp_path / "m.h5", X12), CONV_OUT)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", X12), CONV_OUT)
 
 
-def test_masks_after_a_batch_norm_reading_the_output_conv_leave_the_output_alone(tmp_path):
+def test_masks_after_a_batch_norm_reading_the_output_conv_leave_the_output_alone(capsys, tmp_path):
     fp = output_conv_read_by_bn(tmp_path / "m.h5", relu_after_bn=True)
     masks = MaskSet(fp, {"act": (np.ones((1, 1, 2), bool), np.full((1, 1, 2), 7.0, np.float32))}, complete=True)
 
@@ -91,7 +89,7 @@ def test_masks_after_a_batch_norm_reading_the_output_conv_leave_the_output_alone
     model = velcro_ref.load_model(tmp_path / "m.h5")
     assert np.array_equal(model.run(X12, masks=masks, observer=site), CONV_OUT)
     assert np.array_equal(site.y, np.full((1, 1, 1, 2), 7.0))
-    assert np.array_equal(infer_cli(tmp_path, tmp_path / "m.h5", X12, masks), CONV_OUT)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", X12, masks), CONV_OUT)
 
 
 # --- masks on a relu reading the output linear -------------------------------------------------------------
@@ -113,13 +111,13 @@ FC_OUT = np.array([[1 - 3 + 0.5, 2 + 2 - 1]])  # [-1.5, 3]
 
 
 @pytest.mark.parametrize("mask", [[True, True], [False, True]])
-def test_masks_on_a_relu_reading_the_output_linear_leave_the_output_alone(tmp_path, mask):
+def test_masks_on_a_relu_reading_the_output_linear_leave_the_output_alone(capsys, tmp_path, mask):
     fp = output_linear_read_by_relu(tmp_path / "m.h5")
     masks = MaskSet(fp, {"act": (np.array(mask), np.array([7.0, 7.0], np.float32))}, complete=True)
     model = velcro_ref.load_model(tmp_path / "m.h5")
     assert np.array_equal(model.run(X123), FC_OUT)
     assert np.array_equal(model.run(X123, masks=masks), FC_OUT)
-    assert np.array_equal(infer_cli(tmp_path, tmp_path / "m.h5", X123, masks), FC_OUT)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", X123, masks), FC_OUT)
     assert model.last_macs["fc"] == 2 * 3  # the output is computed in full
 
 
@@ -155,30 +153,26 @@ XPM = np.array([1.0, -1.0], np.float32).reshape(2, 1, 1, 1)
         (3, [[13, 25, 3 + 5 + 30], [9, 17, -1 - 3 + 30]]),  # another shape than the derived bias
     ],
 )
-def test_a_bias_stored_under_the_folded_bias_key_is_the_files_own(tmp_path, n_out, want):
+def test_a_bias_stored_under_the_folded_bias_key_is_the_files_own(capsys, tmp_path, n_out, want):
     folded_key_model(tmp_path / "m.h5", n_out)
     assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(XPM), want)
-    assert np.array_equal(infer_cli(tmp_path, tmp_path / "m.h5", XPM), want)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", XPM), want)
 
 
-def test_golden_vectors_keep_a_bias_stored_under_the_folded_bias_key(tmp_path):
+def test_golden_vectors_keep_a_bias_stored_under_the_folded_bias_key(capsys, tmp_path):
     folded_key_model(tmp_path / "m.h5", 2)
     np.save(tmp_path / "x.npy", XPM)
-    res = subprocess.run(
-        [sys.executable, "-m", "velcro_ref.cli", "golden", str(tmp_path / "m.h5"), "--input", str(tmp_path / "x.npy")]
-        + ["-o", str(tmp_path / "g.h5")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
+    code = cli.main(
+        ["golden", str(tmp_path / "m.h5"), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "g.h5")]
     )
-    assert res.returncode == 0, res.stderr
+    assert code == 0, capsys.readouterr().err
     with h5py.File(tmp_path / "g.h5", "r") as f:
         (fc,) = [g for g in f["nodes"].values() if g.attrs["name"] == "fc"]
         assert np.array_equal(fc["bias"][()], [10.0, 20.0])
         assert np.array_equal(fc["output"][()], [[13, 25], [9, 17]])
 
 
-def test_a_weight_stored_under_the_folded_weight_key_is_the_files_own(tmp_path):
+def test_a_weight_stored_under_the_folded_weight_key_is_the_files_own(capsys, tmp_path):
     """'side' = conv(input) with its weight stored as `norm.folded_weight`, added to norm(conv(input))."""
     nodes = [
         node("conv", "conv2d", ["input"], {"out_channels": 2, **CONV1X1}, weight="conv.w"),
@@ -194,4 +188,4 @@ def test_a_weight_stored_under_the_folded_weight_key_is_the_files_own(tmp_path):
     write_model(tmp_path / "m.h5", (1, 1, 1), "sum", nodes, params)
     want = np.array([[3 + 3, 5 + 4], [-1 - 3, -3 - 4]]).reshape(2, 2, 1, 1)  # norm (2x + 1, 4x + 1) + (3x, 4x)
     assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(XPM), want)
-    assert np.array_equal(infer_cli(tmp_path, tmp_path / "m.h5", XPM), want)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", XPM), want)
