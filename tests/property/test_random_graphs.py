@@ -121,7 +121,7 @@ class _Builder:
         return key
 
     def pick(self, rank):
-        """An existing tensor of the given per-image rank, most often a recent one."""
+        """An existing tensor of the given per-image rank (shrinks towards the most recent)."""
         cands = [t for t in self.order if len(self.shape[t]) == rank]
         if not cands:
             return None
