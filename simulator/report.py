@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 
+from velcro_ref import jsonout
 from velcro_ref.fileio import atomic_path
 
 from .energy import COMPONENTS
@@ -230,24 +230,12 @@ def write_csv(result, path, compute_only: bool = False) -> None:
     _write_csv(path, result_rows(result, compute_only))
 
 
-def _finite(value, where, bad):
-    """`value` with every float that is not finite replaced by None; their places go to `bad`."""
-    if isinstance(value, float) and not math.isfinite(value):
-        bad.append(f"{where} ({value})")
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(value)]
-    return value
-
-
 def json_text(doc: dict) -> tuple[str, list[str]]:
     """Strict JSON text of `doc` (indent 2, newline-terminated) and the places of figures that were not
     finite. Such a figure is written as null and the document gains "not_finite": {"fields", "reason"},
     so that every strict parser reads the output (no bare NaN or Infinity)."""
     bad = []
-    clean = _finite(doc, "", bad)
+    clean = jsonout.clean(doc, bad)
     if bad:
         clean["not_finite"] = {
             "fields": bad,

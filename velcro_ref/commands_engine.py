@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .cli_util import add_file, add_model_arg, count, load_array, number, print_json, save_array
@@ -84,11 +86,20 @@ def cmd_infer(args):
     y = model.run(x, masks=masks)
     if args.output:
         save_array(args.output, y)
+    # the input is checked finite, so NaN or Inf in the output means float32 overflowed on the way
+    nonfinite = int(np.count_nonzero(~np.isfinite(y)))
+    if nonfinite:
+        print(
+            f"warning: {nonfinite} of {y.size} output values are NaN or Inf: computing the finite input "
+            f"overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) in some node",
+            file=sys.stderr,
+        )
     doc = {
         "model": args.model,
         "masks": args.masks,
         "batch": int(x.shape[0]),
         "output_shape": list(y.shape),
+        "nonfinite_outputs": nonfinite,
         "macs": model.last_macs,
         "total_macs": sum(model.last_macs.values()),
     }
@@ -141,5 +152,9 @@ def register(sub):
     add_file(p, "--input", required=True, help="input .npy, NCHW float32")
     add_file(p, "-o", "--output", role="out", help="write the output array here (.npy)")
     add_file(p, "--masks", help="VELCRO mask file (HDF5) for masked inference")
-    p.add_argument("--json", action="store_true", help="print executed MACs per layer and in total as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON: executed MACs per layer and in total, nonfinite_outputs (NaN/Inf output values)",
+    )
     p.set_defaults(func=cmd_infer)

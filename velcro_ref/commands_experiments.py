@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from .cli_util import (
 )
 from .errors import UsageError
 from .fileio import write_text
+from .jsonout import dumps
 from .policies import POLICIES
 
 
@@ -77,7 +77,7 @@ def cmd_sweep(args):
         )
     res.update(model=args.model, task=label)
     if args.output:
-        write_text(args.output, json.dumps(res, indent=1))
+        write_text(args.output, dumps(res, indent=1))
     if args.plot:
         from .plots import plot_sweep
 

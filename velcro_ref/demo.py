@@ -16,6 +16,7 @@ from .engine import load_model
 from .errors import DataError, UsageError
 from .experiments import locality, parse_ratios, profile_task, sweep
 from .fileio import write_text
+from .jsonout import dumps
 from .policies import POLICIES
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -115,10 +116,10 @@ def run_demo(
             plot_sweep(sweeps, out / f"sweep_{name}_{task}.png", f"{name}, task {task}")
             result = {"classes": list(classes), "locality": _strip(loc), "sweeps": {s["policy"]: s for s in sweeps}}
             entry["tasks"][task] = result
-            write_text(out / f"{name}_{task}.json", json.dumps(result, indent=1))
+            write_text(out / f"{name}_{task}.json", dumps(result, indent=1))
     bar.close()
     report["elapsed_s"] = time.perf_counter() - t0
-    write_text(out / "report.json", json.dumps(report, indent=1))
+    write_text(out / "report.json", dumps(report, indent=1))
     write_text(out / "summary.md", summary_markdown(report))
     return report
 

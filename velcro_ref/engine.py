@@ -193,6 +193,11 @@ class Model:
         if masks.complete and missing:
             raise MaskError(f"{masks.source}: no masks for site(s) {', '.join(missing)}")
         for site, (mask, const) in masks.sites.items():
+            if site in self.plan.dead:
+                raise MaskError(
+                    f"{masks.source}: site '{site}' is on a dead branch of this model (not on the path to the "
+                    "output, never run); leave it out"
+                )
             if site not in self.sites:
                 raise MaskError(f"{masks.source}: site '{site}' is not an activation site of this model")
             if mask.shape != self.sites[site] or const.shape != self.sites[site]:

@@ -4,6 +4,33 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError, ModelError
+
+
+def check_scores(model, labels, classes) -> int:
+    """The number of classes `model` scores; raise unless its output is one score per class, (N, classes),
+    with a class for every label and task class.
+
+    ModelError for an output of another rank; InputError for a label or task class outside 0..classes-1.
+    """
+    name = model.graph.output
+    shape = tuple(model.shapes[name])
+    if len(shape) != 1:
+        found = ", ".join(map(str, shape))
+        raise ModelError(
+            f"{model.path}: eval expects an output of one score per class, shape (N, classes); "
+            f"output '{name}' has shape (N, {found})"
+        )
+    n = shape[0]
+    wanted = np.concatenate([np.asarray(labels, np.int64).ravel(), np.asarray(classes, np.int64).ravel()])
+    if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+        bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
+        raise InputError(
+            f"labels name class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
+            "output of shape (N, classes) with a score for every label"
+        )
+    return n
+
 
 def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None) -> dict:
     """Accuracy of `model` on images x (N, C, H, W) float32 with integer labels (N,).
@@ -11,7 +38,9 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None) ->
     accuracy: top-1 over the full output (all classes of the general model).
     accuracy_task: top-1 among the task's classes only.
     macs: executed MACs per image, summed over layers, counted by the kernels.
+    Raises as check_scores does, before any image is run.
     """
+    check_scores(model, labels, classes)
     classes = np.asarray(classes, dtype=np.int64)
     correct = correct_task = 0
     macs = 0

@@ -1,0 +1,203 @@
+"""Graphs that once computed wrong numbers with exit code 0, each with its numbers worked out by hand.
+
+- A batch_norm that reads the graph output conv2d (a dead branch) must not be folded into it.
+- Masks on a relu that reads the graph output linear must not skip the output's MACs. Such a relu
+  can only be on a dead branch (nothing the output depends on reads the output): dead branches are
+  not run, and masks naming a site on one are refused in one line.
+- Parameters stored under `<bn>.folded_bias` / `<bn>.folded_weight` are the file's own, whatever a
+  loader derives from the batch norm `<bn>`.
+
+Every case is checked with load_model(path).run and with `velcro infer` (tests/property/test_random_graphs.py
+runs `velcro infer` in real processes).
+"""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from oracle64 import write_model
+
+import velcro_ref
+from velcro_ref import cli
+from velcro_ref.errors import MaskError
+from velcro_ref.masks import MaskSet, save_masks
+
+CONV1X1 = {"kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0, 0, 0, 0], "groups": 1}
+
+
+def node(name, op, inputs, attrs=None, **params):
+    return {"name": name, "op": op, "inputs": list(inputs), "attrs": attrs or {}, "params": params}
+
+
+def bn_node(name, x):
+    # gamma 4, var 3, eps 1: scale 4 / sqrt(3 + 1) = 2; shift beta - mean * scale
+    return node(
+        name, "batch_norm", [x], {"eps": 1.0}, gamma=f"{name}.g", beta=f"{name}.b", mean=f"{name}.m", var=f"{name}.v"
+    )
+
+
+def bn_params(name, c, beta, mean):
+    return {f"{name}.g": [4.0] * c, f"{name}.b": beta, f"{name}.m": mean, f"{name}.v": [3.0] * c}
+
+
+def infer_cli(capsys, tmp_path, model, x, masks=None):
+    """`velcro infer ... -o y.npy --json` (in this process); the output array it wrote."""
+    np.save(tmp_path / "x.npy", x)
+    args = ["infer", model, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--json"]
+    if masks is not None:
+        save_masks(masks, tmp_path / "masks.h5")
+        args += ["--masks", tmp_path / "masks.h5"]
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["output_shape"] == list(np.load(tmp_path / "y.npy").shape)
+    return np.load(tmp_path / "y.npy")
+
+
+# --- a batch_norm reading the output conv2d ----------------------------------------------------------------
+
+
+def output_conv_read_by_bn(path, relu_after_bn=False):
+    """input (1, 1, 2) -> conv 'conv' (weight 2, bias 1) = the output; 'norm' = batch_norm(conv) is dead."""
+    nodes = [
+        node("conv", "conv2d", ["input"], {"out_channels": 1, **CONV1X1}, weight="conv.w", bias="conv.b"),
+        bn_node("norm", "conv"),
+    ]
+    params = {"conv.w": [[[[2.0]]]], "conv.b": [1.0], **bn_params("norm", 1, [0.5], [1.0])}
+    if relu_after_bn:
+        nodes.append(node("act", "relu", ["norm"]))
+    return write_model(path, (1, 1, 2), "conv", nodes, params)
+
+
+X12 = np.array([1.0, 2.0], np.float32).reshape(1, 1, 1, 2)
+CONV_OUT = np.array([3.0, 5.0]).reshape(1, 1, 1, 2)  # 2 x + 1; the batch norm would give 2 (c - 1) + 0.5
+
+
+def test_batch_norm_reading_the_output_conv_leaves_the_output_alone(capsys, tmp_path):
+    output_conv_read_by_bn(tmp_path / "m.h5")
+    assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(X12), CONV_OUT)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", X12), CONV_OUT)
+
+
+def test_masks_after_a_batch_norm_reading_the_output_conv_are_refused_and_the_output_is_whole(capsys, tmp_path):
+    fp = output_conv_read_by_bn(tmp_path / "m.h5", relu_after_bn=True)
+    masks = MaskSet(fp, {"act": (np.ones((1, 1, 2), bool), np.full((1, 1, 2), 7.0, np.float32))}, complete=True)
+    model = velcro_ref.load_model(tmp_path / "m.h5")
+    assert model.plan.dead == ("norm", "act") and model.sites == {}
+    assert np.array_equal(model.run(X12), CONV_OUT)
+    with pytest.raises(MaskError, match="site 'act' is on a dead branch"):
+        model.run(X12, masks=masks)
+    refused_cli(capsys, tmp_path, tmp_path / "m.h5", X12, masks)
+
+
+def refused_cli(capsys, tmp_path, model, x, masks):
+    """`velcro infer --masks` refuses masks of a dead site: one error line, exit 1, no output written."""
+    np.save(tmp_path / "x.npy", x)
+    save_masks(masks, tmp_path / "masks.h5")
+    args = ["infer", model, "--input", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--masks", tmp_path / "masks.h5"]
+    code = cli.main([str(a) for a in args])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.startswith("error: ") and "is on a dead branch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "y.npy").exists()
+
+
+# --- masks on a relu reading the output linear -------------------------------------------------------------
+
+
+def output_linear_read_by_relu(path):
+    """input (1, 1, 3) -> flatten -> linear 'fc' = the output; 'act' = relu(fc) is dead."""
+    nodes = [
+        node("flat", "flatten", ["input"]),
+        node("fc", "linear", ["flat"], weight="fc.w", bias="fc.b"),
+        node("act", "relu", ["fc"]),
+    ]
+    params = {"fc.w": [[1.0, 0.0, -1.0], [2.0, 1.0, 0.0]], "fc.b": [0.5, -1.0]}
+    return write_model(path, (1, 1, 3), "fc", nodes, params)
+
+
+X123 = np.array([1.0, 2.0, 3.0], np.float32).reshape(1, 1, 1, 3)
+FC_OUT = np.array([[1 - 3 + 0.5, 2 + 2 - 1]])  # [-1.5, 3]
+
+
+@pytest.mark.parametrize("mask", [[True, True], [False, True]])
+def test_masks_on_a_relu_reading_the_output_linear_are_refused_and_the_output_is_whole(capsys, tmp_path, mask):
+    fp = output_linear_read_by_relu(tmp_path / "m.h5")
+    masks = MaskSet(fp, {"act": (np.array(mask), np.array([7.0, 7.0], np.float32))}, complete=True)
+    model = velcro_ref.load_model(tmp_path / "m.h5")
+    assert np.array_equal(model.run(X123), FC_OUT)
+    assert model.last_macs["fc"] == 2 * 3  # the output is computed in full
+    with pytest.raises(MaskError, match="site 'act' is on a dead branch"):
+        model.run(X123, masks=masks)
+    refused_cli(capsys, tmp_path, tmp_path / "m.h5", X123, masks)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", X123), FC_OUT)
+
+
+# --- parameters stored under the keys a folded batch norm would get ----------------------------------------
+
+
+def folded_key_model(path, n_out):
+    """input (1, 1, 1) -> conv 'conv' (weights 1, 2) -> 'norm' (scale 2, shift 1) -> flatten -> linear 'fc'
+    whose bias is stored as `norm.folded_bias`: the foldable pair's derived key."""
+    w = {2: [[1.0, 0.0], [0.0, 1.0]], 3: [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]}[n_out]
+    nodes = [
+        node("conv", "conv2d", ["input"], {"out_channels": 2, **CONV1X1}, weight="conv.w"),
+        bn_node("norm", "conv"),
+        node("flat", "flatten", ["norm"]),
+        node("fc", "linear", ["flat"], weight="fc.w", bias="norm.folded_bias"),
+    ]
+    params = {
+        "conv.w": np.array([1.0, 2.0]).reshape(2, 1, 1, 1),
+        **bn_params("norm", 2, [1.0, 1.0], [0.0, 0.0]),
+        "fc.w": w,
+        "norm.folded_bias": [10.0, 20.0, 30.0][:n_out],
+    }
+    return write_model(path, (1, 1, 1), "fc", nodes, params)
+
+
+XPM = np.array([1.0, -1.0], np.float32).reshape(2, 1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "n_out, want",
+    [
+        (2, [[3 + 10, 5 + 20], [-1 + 10, -3 + 20]]),  # norm = 2 * (x, 2x) + 1; the same shape as the derived bias
+        (3, [[13, 25, 3 + 5 + 30], [9, 17, -1 - 3 + 30]]),  # another shape than the derived bias
+    ],
+)
+def test_a_bias_stored_under_the_folded_bias_key_is_the_files_own(capsys, tmp_path, n_out, want):
+    folded_key_model(tmp_path / "m.h5", n_out)
+    assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(XPM), want)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", XPM), want)
+
+
+def test_golden_vectors_keep_a_bias_stored_under_the_folded_bias_key(capsys, tmp_path):
+    folded_key_model(tmp_path / "m.h5", 2)
+    np.save(tmp_path / "x.npy", XPM)
+    code = cli.main(
+        ["golden", str(tmp_path / "m.h5"), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "g.h5")]
+    )
+    assert code == 0, capsys.readouterr().err
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        (fc,) = [g for g in f["nodes"].values() if g.attrs["name"] == "fc"]
+        assert np.array_equal(fc["bias"][()], [10.0, 20.0])
+        assert np.array_equal(fc["output"][()], [[13, 25], [9, 17]])
+
+
+def test_a_weight_stored_under_the_folded_weight_key_is_the_files_own(capsys, tmp_path):
+    """'side' = conv(input) with its weight stored as `norm.folded_weight`, added to norm(conv(input))."""
+    nodes = [
+        node("conv", "conv2d", ["input"], {"out_channels": 2, **CONV1X1}, weight="conv.w"),
+        bn_node("norm", "conv"),
+        node("side", "conv2d", ["input"], {"out_channels": 2, **CONV1X1}, weight="norm.folded_weight"),
+        node("sum", "add", ["norm", "side"]),
+    ]
+    params = {
+        "conv.w": np.array([1.0, 2.0]).reshape(2, 1, 1, 1),
+        **bn_params("norm", 2, [1.0, 1.0], [0.0, 0.0]),
+        "norm.folded_weight": np.array([3.0, 4.0]).reshape(2, 1, 1, 1),
+    }
+    write_model(tmp_path / "m.h5", (1, 1, 1), "sum", nodes, params)
+    want = np.array([[3 + 3, 5 + 4], [-1 - 3, -3 - 4]]).reshape(2, 2, 1, 1)  # norm (2x + 1, 4x + 1) + (3x, 4x)
+    assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(XPM), want)
+    assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", XPM), want)
