@@ -109,71 +109,6 @@ module velcro_os_array #(
         end
     end
 
-    // ---- Skew, PE grid ---------------------------------------------------------------------
-    // Operands and tokens between PEs; the last column's and last row's outputs go nowhere.
-    /* verilator lint_off UNUSEDSIGNAL */
-    wire [ROWS*(COLS+1)*9-1:0] a_bus;
-    wire [ROWS*(COLS+1)-1:0]   v_bus, f_bus;
-    wire [(ROWS+1)*COLS*8-1:0] w_bus;
-    /* verilator lint_on UNUSEDSIGNAL */
-    wire [N-1:0]               mac_bits;
-    wire [N*32-1:0]            acc_flat;
-    /* verilator lint_off UNUSEDSIGNAL */
-    wire [COLS-1:0]            w_skew_v, w_skew_f;  // the weight skew's tokens: only its data is used
-    wire [COLS-1:0]            col_valid;           // equal in every column: column 0's is used
-    /* verilator lint_on UNUSEDSIGNAL */
-
-    genvar i, j;
-    generate
-        for (i = 0; i < ROWS; i = i + 1) begin : g_row_skew
-            velcro_delay #(.WIDTH(9), .DEPTH(i)) skew (
-                .clk(clk), .rst_n(rst_n),
-                .v_in(v_stage), .f_in(f_stage), .d_in(a_stage[i*9 +: 9]),
-                .v_out(v_bus[i*(COLS+1)]), .f_out(f_bus[i*(COLS+1)]),
-                .d_out(a_bus[i*(COLS+1)*9 +: 9])
-            );
-        end
-        for (j = 0; j < COLS; j = j + 1) begin : g_col_skew
-            velcro_delay #(.WIDTH(8), .DEPTH(j)) skew (
-                .clk(clk), .rst_n(rst_n),
-                .v_in(v_stage), .f_in(1'b0), .d_in(w_stage[j*8 +: 8]),
-                .v_out(w_skew_v[j]), .f_out(w_skew_f[j]), .d_out(w_bus[j*8 +: 8])
-            );
-        end
-        for (i = 0; i < ROWS; i = i + 1) begin : g_pe_row
-            for (j = 0; j < COLS; j = j + 1) begin : g_pe
-                velcro_pe pe (
-                    .clk(clk), .rst_n(rst_n),
-                    .a_in(a_bus[(i*(COLS+1)+j)*9 +: 9]),
-                    .w_in(w_bus[(i*COLS+j)*8 +: 8]),
-                    .v_in(v_bus[i*(COLS+1)+j]),
-                    .f_in(f_bus[i*(COLS+1)+j]),
-                    .skip(cfg_skip[i*COLS+j]),
-                    .a_out(a_bus[(i*(COLS+1)+j+1)*9 +: 9]),
-                    .w_out(w_bus[((i+1)*COLS+j)*8 +: 8]),
-                    .v_out(v_bus[i*(COLS+1)+j+1]),
-                    .f_out(f_bus[i*(COLS+1)+j+1]),
-                    .mac(mac_bits[i*COLS+j]),
-                    .acc(acc_flat[(i*COLS+j)*32 +: 32])
-                );
-            end
-        end
-    endgenerate
-
-    // ---- Executed-MAC counter ----------------------------------------------------------------
-    function [31:0] popcount;
-        input [N-1:0] bits;
-        integer n;
-        begin
-            popcount = 32'd0;
-            for (n = 0; n < N; n = n + 1) popcount = popcount + {31'd0, bits[n]};
-        end
-    endfunction
-    always @(posedge clk) begin
-        if (!rst_n) mac_count <= 32'd0;
-        else mac_count <= mac_count + popcount(mac_bits);
-    end
-
     // ---- Fold events: timed from the acceptance of a tile's last row -----------------------
     reg [EVENTS-1:0] events;
     always @(posedge clk) begin
@@ -198,19 +133,71 @@ module velcro_os_array #(
         end
     end
 
+    // ---- Skew, PE grid ---------------------------------------------------------------------
+    // Nets between PEs as arrays of small nets (not slices of one wide vector, which an
+    // event-driven simulator re-evaluates as a whole on every change).
+    /* verilator lint_off UNUSEDSIGNAL */
+    wire signed [8:0]  a_h [0:ROWS-1][0:COLS];  // a_h[i][j]: into PE (i, j) from the left
+    wire               v_h [0:ROWS-1][0:COLS];
+    wire               f_h [0:ROWS-1][0:COLS];
+    wire signed [7:0]  w_v [0:ROWS][0:COLS-1];  // w_v[i][j]: into PE (i, j) from above
+    wire [COLS-1:0]    w_skew_v, w_skew_f;      // the weight skew's tokens: only its data is used
+    wire [COLS-1:0]    col_valid;               // equal in every column: column 0's is used
+    /* verilator lint_on UNUSEDSIGNAL */
+    wire               mac_bits [0:N-1];
+    wire signed [31:0] result [0:N-1];
+
+    genvar i, j;
+    generate
+        for (i = 0; i < ROWS; i = i + 1) begin : g_row_skew
+            velcro_delay #(.WIDTH(9), .DEPTH(i)) skew (
+                .clk(clk), .rst_n(rst_n),
+                .v_in(v_stage), .f_in(f_stage), .d_in(a_stage[i*9 +: 9]),
+                .v_out(v_h[i][0]), .f_out(f_h[i][0]), .d_out(a_h[i][0])
+            );
+        end
+        for (j = 0; j < COLS; j = j + 1) begin : g_col_skew
+            velcro_delay #(.WIDTH(8), .DEPTH(j)) skew (
+                .clk(clk), .rst_n(rst_n),
+                .v_in(v_stage), .f_in(1'b0), .d_in(w_stage[j*8 +: 8]),
+                .v_out(w_skew_v[j]), .f_out(w_skew_f[j]), .d_out(w_v[0][j])
+            );
+        end
+        for (i = 0; i < ROWS; i = i + 1) begin : g_pe_row
+            for (j = 0; j < COLS; j = j + 1) begin : g_pe
+                velcro_pe pe (
+                    .clk(clk), .rst_n(rst_n),
+                    .a_in(a_h[i][j]), .w_in(w_v[i][j]), .v_in(v_h[i][j]), .f_in(f_h[i][j]),
+                    .skip(cfg_skip[i*COLS+j]),
+                    .a_out(a_h[i][j+1]), .w_out(w_v[i+1][j]), .v_out(v_h[i][j+1]), .f_out(f_h[i][j+1]),
+                    .capture(ev_capture), .hold(tail_skip[i*COLS+j]),
+                    .mac(mac_bits[i*COLS+j]), .result(result[i*COLS+j])
+                );
+            end
+        end
+    endgenerate
+
+    // ---- Executed-MAC counter ----------------------------------------------------------------
+    reg [31:0] macs_now;
+    integer n;
+    always @* begin
+        macs_now = 32'd0;
+        for (n = 0; n < N; n = n + 1) macs_now = macs_now + {31'd0, mac_bits[n]};
+    end
+    always @(posedge clk) begin
+        if (!rst_n) mac_count <= 32'd0;
+        else mac_count <= mac_count + macs_now;
+    end
+
     // ---- Capture and drain -----------------------------------------------------------------
-    reg [N*32-1:0]    o_acc;
     reg [N-1:0]       o_skip;
     reg [N*8-1:0]     o_const;
     reg [COLS*32-1:0] o_bias, o_mult;
     reg [COLS*8-1:0]  o_shift;
     reg               draining;
     reg [15:0]        drain_row;
-    integer e;
     always @(posedge clk) begin
         if (ev_capture) begin
-            for (e = 0; e < N; e = e + 1)
-                if (!tail_skip[e]) o_acc[e*32 +: 32] <= acc_flat[e*32 +: 32];  // masked: holds
             o_skip <= tail_skip;
             o_const <= tail_const;
             o_bias <= tail_bias;
@@ -241,7 +228,7 @@ module velcro_os_array #(
 
     generate
         for (j = 0; j < COLS; j = j + 1) begin : g_requant
-            wire [31:0] sel_acc = o_acc[(drain_row*COLS + j)*32 +: 32];
+            wire [31:0] sel_acc = result[drain_row*COLS + j];
             wire        sel_skip = o_skip[drain_row*COLS + j];
             wire [7:0]  sel_const = o_const[(drain_row*COLS + j)*8 +: 8];
             velcro_requant rq (

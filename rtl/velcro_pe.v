@@ -4,7 +4,9 @@
 // A masked element (skip = 1) issues no MAC: its operand registers do not load, so the
 // multiplier's inputs do not toggle, and its accumulator holds.
 // Timing: operands arrive in cycle c, load the operand registers at the end of c, and the
-// product is accumulated at the end of c + 1.
+// product is accumulated at the end of c + 1. On `capture` the accumulator is copied to `result`
+// (the array drains results from there while the next fold computes); a masked element's
+// result register holds as well.
 module velcro_pe (
     input  wire               clk,
     input  wire               rst_n,
@@ -17,9 +19,12 @@ module velcro_pe (
     output reg  signed [7:0]  w_out,
     output reg                v_out,
     output reg                f_out,
+    input  wire               capture, // every PE holds its fold's result: copy it out
+    input  wire               hold,    // ... except where that fold masked this element
     output reg                mac,     // a MAC is issued this cycle
-    output reg  signed [31:0] acc
+    output reg  signed [31:0] result   // the last fold's accumulator, for the drain
 );
+    reg signed [31:0] acc;
     reg signed [8:0] op_a;
     reg signed [7:0] op_w;
     reg              mac_first;
@@ -52,5 +57,6 @@ module velcro_pe (
             op_w <= w_in;
         end
         if (mac) acc <= mac_first ? prod32 : acc + prod32;
+        if (capture && !hold) result <= acc;
     end
 endmodule

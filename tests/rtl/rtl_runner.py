@@ -1,0 +1,73 @@
+"""Build rtl/ with a simulator and run a cocotb test module on it (cocotb's Python runner).
+
+A missing simulator or cocotb is a test failure with a one-line message, never a skip: the suite
+needs Icarus Verilog, Verilator and cocotb (scripts/setup.sh installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RTL = ROOT / "rtl"
+SOURCES = [RTL / "velcro_delay.v", RTL / "velcro_pe.v", RTL / "velcro_requant.v", RTL / "velcro_os_array.v"]
+SIMULATORS = ("icarus", "verilator")
+TOOLS = {"icarus": ("iverilog", "vvp"), "verilator": ("verilator",)}
+PACKAGES = {"icarus": "iverilog", "verilator": "verilator"}
+HERE = Path(__file__).resolve().parent
+
+
+def require(sim: str) -> None:
+    """Fail the calling test in one line when `sim` or cocotb is not installed."""
+    missing = [t for t in TOOLS[sim] if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"{sim}: {', '.join(missing)} not on PATH; install the Debian package "
+                    f"{PACKAGES[sim]} (scripts/setup.sh does)", pytrace=False)
+    try:
+        import cocotb  # noqa: F401
+    except ImportError:
+        pytest.fail("cocotb is not installed in this Python; scripts/setup.sh installs the pinned version",
+                    pytrace=False)
+
+
+def build(sim: str, toplevel: str, build_dir: Path, parameters: dict):
+    """Compile the RTL for `sim`; returns the runner."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # cocotb 1.8 calls its runner experimental
+        from cocotb.runner import get_runner
+    runner = get_runner(sim)
+    args = ["-g2005"] if sim == "icarus" else []
+    runner.build(
+        verilog_sources=SOURCES,
+        hdl_toplevel=toplevel,
+        parameters=parameters,
+        build_args=args,
+        build_dir=build_dir,
+        always=True,
+    )
+    return runner
+
+
+def run(runner, toplevel: str, test_module: str, build_dir: Path, run_env: dict) -> list:
+    """Run `test_module` (in tests/rtl) on a built simulator; returns its results file's JSON."""
+    results = build_dir / "velcro_results.json"
+    if results.exists():
+        results.unlink()
+    env = {"VELCRO_RTL_RUN": json.dumps({**run_env, "results": str(results)})}
+    # The simulator's Python gets this process's sys.path as its PYTHONPATH: add tests/rtl and the
+    # repository for the length of the run.
+    saved = list(sys.path)
+    sys.path[:0] = [str(HERE), str(ROOT)]
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=toplevel, build_dir=build_dir, extra_env=env)
+    finally:
+        sys.path[:] = saved
+    if not results.exists():
+        pytest.fail(f"{test_module}: the simulation wrote no results ({results})", pytrace=False)
+    return json.loads(results.read_text())
