@@ -99,33 +99,72 @@ def _check_layer(layer: QConvLayer) -> dict:
     """Validate every array of `layer`; returns the conv geometry."""
     n = f"layer '{layer.name}'"
     x, w = np.asarray(layer.x), np.asarray(layer.weight)
-    _check(x.ndim == 3 and x.dtype in (np.int8, np.uint8), f"{n}: x", "an int8 or uint8 (C, H, W) array", f"{x.dtype} {x.shape}")
-    _check(w.ndim == 4 and w.dtype == np.int8, f"{n}: weight", "an int8 (K, C/groups, kh, kw) array", f"{w.dtype} {w.shape}")
+    _check(
+        x.ndim == 3 and x.dtype in (np.int8, np.uint8),
+        f"{n}: x",
+        "an int8 or uint8 (C, H, W) array",
+        f"{x.dtype} {x.shape}",
+    )
+    _check(
+        w.ndim == 4 and w.dtype == np.int8,
+        f"{n}: weight",
+        "an int8 (K, C/groups, kh, kw) array",
+        f"{w.dtype} {w.shape}",
+    )
     c_in, h, wd = x.shape
     k, cg, kh, kw = w.shape
     g = layer.groups
-    _check(isinstance(g, int) and g >= 1 and c_in % g == 0 and k % g == 0 and cg == c_in // g,
-           f"{n}: groups", f"a divisor of C={c_in} and K={k} with C/groups = {cg}", g)
+    _check(
+        isinstance(g, int) and g >= 1 and c_in % g == 0 and k % g == 0 and cg == c_in // g,
+        f"{n}: groups",
+        f"a divisor of C={c_in} and K={k} with C/groups = {cg}",
+        g,
+    )
     sh, sw = (int(v) for v in layer.stride)
     dh, dw = (int(v) for v in layer.dilation)
     pt, pl, pb, pr = (int(v) for v in layer.pads)
-    _check(min(sh, sw, dh, dw) >= 1 and min(pt, pl, pb, pr) >= 0, f"{n}: stride/dilation/pads",
-           "positive strides and dilations, pads >= 0", f"{layer.stride} {layer.dilation} {layer.pads}")
+    _check(
+        min(sh, sw, dh, dw) >= 1 and min(pt, pl, pb, pr) >= 0,
+        f"{n}: stride/dilation/pads",
+        "positive strides and dilations, pads >= 0",
+        f"{layer.stride} {layer.dilation} {layer.pads}",
+    )
     oh, ow = _out_size(h, kh, sh, pt, pb, dh), _out_size(wd, kw, sw, pl, pr, dw)
     _check(oh >= 1 and ow >= 1, f"{n}: output size", "at least 1x1", f"{oh}x{ow}")
     lo, hi = _int_range(x.dtype)
-    _check(lo <= int(layer.x_zero_point) <= hi, f"{n}: x_zero_point", f"in [{lo}, {hi}] for {x.dtype}", layer.x_zero_point)
+    _check(
+        lo <= int(layer.x_zero_point) <= hi, f"{n}: x_zero_point", f"in [{lo}, {hi}] for {x.dtype}", layer.x_zero_point
+    )
     for key, dtype in (("bias", np.int32), ("multiplier", np.int32)):
         a = np.asarray(getattr(layer, key))
         _check(a.shape == (k,) and a.dtype == dtype, f"{n}: {key}", f"{np.dtype(dtype)} ({k},)", f"{a.dtype} {a.shape}")
     s = np.asarray(layer.shift)
-    _check(s.shape == (k,) and np.issubdtype(s.dtype, np.integer) and (s.size == 0 or -31 <= s.min() <= s.max() <= 31),
-           f"{n}: shift", f"({k},) integers in [-31, 31]", f"{s.dtype} {s.shape}")
+    _check(
+        s.shape == (k,) and np.issubdtype(s.dtype, np.integer) and (s.size == 0 or -31 <= s.min() <= s.max() <= 31),
+        f"{n}: shift",
+        f"({k},) integers in [-31, 31]",
+        f"{s.dtype} {s.shape}",
+    )
     y, acc = np.asarray(layer.y), np.asarray(layer.acc)
-    _check(y.shape == (k, oh, ow) and y.dtype in (np.int8, np.uint8), f"{n}: y", f"int8 or uint8 ({k}, {oh}, {ow})", f"{y.dtype} {y.shape}")
-    _check(acc.shape == (k, oh, ow) and acc.dtype == np.int32, f"{n}: acc", f"int32 ({k}, {oh}, {ow})", f"{acc.dtype} {acc.shape}")
+    _check(
+        y.shape == (k, oh, ow) and y.dtype in (np.int8, np.uint8),
+        f"{n}: y",
+        f"int8 or uint8 ({k}, {oh}, {ow})",
+        f"{y.dtype} {y.shape}",
+    )
+    _check(
+        acc.shape == (k, oh, ow) and acc.dtype == np.int32,
+        f"{n}: acc",
+        f"int32 ({k}, {oh}, {ow})",
+        f"{acc.dtype} {acc.shape}",
+    )
     ylo, yhi = _int_range(y.dtype)
-    _check(ylo <= int(layer.y_zero_point) <= yhi, f"{n}: y_zero_point", f"in [{ylo}, {yhi}] for {y.dtype}", layer.y_zero_point)
+    _check(
+        ylo <= int(layer.y_zero_point) <= yhi,
+        f"{n}: y_zero_point",
+        f"in [{ylo}, {yhi}] for {y.dtype}",
+        layer.y_zero_point,
+    )
     y_min = ylo if layer.y_min is None else int(layer.y_min)
     y_max = yhi if layer.y_max is None else int(layer.y_max)
     _check(ylo <= y_min <= y_max <= yhi, f"{n}: y_min/y_max", f"{ylo} <= y_min <= y_max <= {yhi}", f"{y_min}, {y_max}")
@@ -133,19 +172,45 @@ def _check_layer(layer: QConvLayer) -> dict:
         raise RtlVectorError(f"{n}: skip and constants: expected both or neither, found only one")
     if layer.skip is not None:
         skip, const = np.asarray(layer.skip), np.asarray(layer.constants)
-        _check(skip.shape == (k, oh, ow) and skip.dtype == bool, f"{n}: skip", f"bool ({k}, {oh}, {ow})", f"{skip.dtype} {skip.shape}")
-        _check(const.shape == (k, oh, ow) and const.dtype == y.dtype, f"{n}: constants", f"{y.dtype} ({k}, {oh}, {ow})",
-               f"{const.dtype} {const.shape}")
+        _check(
+            skip.shape == (k, oh, ow) and skip.dtype == bool,
+            f"{n}: skip",
+            f"bool ({k}, {oh}, {ow})",
+            f"{skip.dtype} {skip.shape}",
+        )
+        _check(
+            const.shape == (k, oh, ow) and const.dtype == y.dtype,
+            f"{n}: constants",
+            f"{y.dtype} ({k}, {oh}, {ow})",
+            f"{const.dtype} {const.shape}",
+        )
         bad = np.argwhere(skip & (y != const))
         if len(bad):
             kk, yy, xx = (int(v) for v in bad[0])
-            raise RtlVectorError(f"{n}: y at masked element (k={kk}, oy={yy}, ox={xx}): expected the constant "
-                                 f"{int(const[kk, yy, xx])}, found {int(y[kk, yy, xx])}")
+            raise RtlVectorError(
+                f"{n}: y at masked element (k={kk}, oy={yy}, ox={xx}): expected the constant "
+                f"{int(const[kk, yy, xx])}, found {int(y[kk, yy, xx])}"
+            )
     if layer.w_scales is not None:
         ws = np.asarray(layer.w_scales)
         _check(ws.shape in ((k,), ()), f"{n}: w_scales", f"a scalar or ({k},)", ws.shape)
-    return {"c": c_in, "h": h, "w": wd, "k": k, "cg": cg, "kh": kh, "kw": kw, "oh": oh, "ow": ow, "g": g,
-            "stride": (sh, sw), "dilation": (dh, dw), "pads": (pt, pl, pb, pr), "y_min": y_min, "y_max": y_max}
+    return {
+        "c": c_in,
+        "h": h,
+        "w": wd,
+        "k": k,
+        "cg": cg,
+        "kh": kh,
+        "kw": kw,
+        "oh": oh,
+        "ow": ow,
+        "g": g,
+        "stride": (sh, sw),
+        "dilation": (dh, dw),
+        "pads": (pt, pl, pb, pr),
+        "y_min": y_min,
+        "y_max": y_max,
+    }
 
 
 def plan_tiles(skip, k: int, groups: int, n_pixels: int, rows: int, cols: int) -> list[Tile]:
@@ -226,8 +291,15 @@ class _Files:
         n_lanes = lanes.shape[1]
         words = pack_words(lanes, lane_bits)
         write_text(self.root / fname, _hex_lines(words, n_lanes * lane_bits))
-        entry = {"file": fname, "words": len(words), "word_bits": n_lanes * lane_bits, "lanes": n_lanes,
-                 "lane_bits": lane_bits, "signed": signed, "order": order}
+        entry = {
+            "file": fname,
+            "words": len(words),
+            "word_bits": n_lanes * lane_bits,
+            "lanes": n_lanes,
+            "lane_bits": lane_bits,
+            "signed": signed,
+            "order": order,
+        }
         if shape is not None:
             entry["shape"] = list(shape)
         self.entries[key] = entry
@@ -260,7 +332,9 @@ def write_rtl_vectors(layer: QConvLayer, out_dir, rows: int = 8, cols: int = 8) 
     patches = np.empty((geo["c"], kh, kw, oh, ow), np.int64)
     for fy in range(kh):
         for fx in range(kw):
-            patches[:, fy, fx] = xp[:, fy * dh : fy * dh + sh * (oh - 1) + 1 : sh, fx * dw : fx * dw + sw * (ow - 1) + 1 : sw]
+            patches[:, fy, fx] = xp[
+                :, fy * dh : fy * dh + sh * (oh - 1) + 1 : sh, fx * dw : fx * dw + sw * (ow - 1) + 1 : sw
+            ]
     patches = patches.reshape(g, window, oh * ow)
     w_rows = w.astype(np.int64).reshape(k, window)
 
@@ -283,7 +357,7 @@ def write_rtl_vectors(layer: QConvLayer, out_dir, rows: int = 8, cols: int = 8) 
         act[t.index, :, :nr] = patches[t.group][:, px]
         wgt[t.index, :, :nc] = w_rows[ks].T
         t_skip[t.index, :nr, :nc] = flat["m"][ks][:, px].T
-        t_const[t.index, :nr, :nc] = flat["c"][ks][:, px].T
+        t_const[t.index, :nr, :nc] = np.where(flat["m"][ks][:, px].T, flat["c"][ks][:, px].T, 0)
         t_acc[t.index, :nr, :nc] = flat["a"][ks][:, px].T
         t_out[t.index, :nr, :nc] = np.where(flat["m"][ks][:, px].T, flat["c"][ks][:, px].T, flat["y"][ks][:, px].T)
         t_bias[t.index, :nc] = np.asarray(layer.bias)[ks]
@@ -320,15 +394,30 @@ def write_rtl_vectors(layer: QConvLayer, out_dir, rows: int = 8, cols: int = 8) 
         "op": "conv2d",
         "array": {"rows": rows, "cols": cols, "dataflow": "output_stationary"},
         "conv": {
-            "in_channels": geo["c"], "in_height": geo["h"], "in_width": geo["w"],
-            "out_channels": k, "out_height": oh, "out_width": ow,
-            "kernel": [kh, kw], "stride": [sh, sw], "dilation": [dh, dw], "pads": [pt, pl, pb, pr], "groups": g,
+            "in_channels": geo["c"],
+            "in_height": geo["h"],
+            "in_width": geo["w"],
+            "out_channels": k,
+            "out_height": oh,
+            "out_width": ow,
+            "kernel": [kh, kw],
+            "stride": [sh, sw],
+            "dilation": [dh, dw],
+            "pads": [pt, pl, pb, pr],
+            "groups": g,
         },
         "quant": {
-            "input_dtype": str(x.dtype), "input_zero_point": zx, "input_scale": float(layer.x_scale),
-            "weight_dtype": "int8", "weight_zero_point": 0, "weight_scales": ws,
-            "output_dtype": str(np.asarray(layer.y).dtype), "output_zero_point": int(layer.y_zero_point),
-            "output_scale": float(layer.y_scale), "output_min": geo["y_min"], "output_max": geo["y_max"],
+            "input_dtype": str(x.dtype),
+            "input_zero_point": zx,
+            "input_scale": float(layer.x_scale),
+            "weight_dtype": "int8",
+            "weight_zero_point": 0,
+            "weight_scales": ws,
+            "output_dtype": str(np.asarray(layer.y).dtype),
+            "output_zero_point": int(layer.y_zero_point),
+            "output_scale": float(layer.y_scale),
+            "output_min": geo["y_min"],
+            "output_max": geo["y_max"],
             "requant": "fixed_point",
             "requant_formula": "clamp(RoundingDivideByPOT(SaturatingRoundingDoublingHighMul((acc << max(shift, 0)), "
             "multiplier), max(-shift, 0)) + output_zero_point, output_min, output_max)",
@@ -411,12 +500,22 @@ def read_rtl_vectors(path) -> RtlVectors:
         raise RtlVectorError(f"{mpath}: expected an RTL vector manifest, found no file") from None
     except (OSError, ValueError) as e:
         raise RtlVectorError(f"{mpath}: expected JSON, found an unreadable file ({e})") from None
-    _check(isinstance(manifest, dict) and manifest.get("format") == FORMAT, f"{mpath}: format", FORMAT,
-           manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__)
+    _check(
+        isinstance(manifest, dict) and manifest.get("format") == FORMAT,
+        f"{mpath}: format",
+        FORMAT,
+        manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__,
+    )
     version = manifest.get("format_version")
-    _check(isinstance(version, int) and 1 <= version <= FORMAT_VERSION, f"{mpath}: format_version",
-           f"1..{FORMAT_VERSION}", version)
+    _check(
+        isinstance(version, int) and 1 <= version <= FORMAT_VERSION,
+        f"{mpath}: format_version",
+        f"1..{FORMAT_VERSION}",
+        version,
+    )
     for key, entry in manifest["files"].items():
-        _check((root / entry["file"]).is_file(), f"{mpath}: file '{key}'", f"{root / entry['file']} to exist", "no file")
+        _check(
+            (root / entry["file"]).is_file(), f"{mpath}: file '{key}'", f"{root / entry['file']} to exist", "no file"
+        )
     tiles = tuple(Tile(i, t["group"], t["k0"], t["cols"], tuple(t["pixels"])) for i, t in enumerate(manifest["tiles"]))
     return RtlVectors(root, manifest, tiles)

@@ -57,8 +57,10 @@ async def _reset(dut, quant):
 def _describe(vec, tile, r, c, what, want, got):
     ow = vec.manifest["conv"]["out_width"]
     k, oy, ox = tile.element(r, c, ow)
-    return (f"layer {vec.layer}: tile {tile.index}, PE (r={r}, c={c}), output element (k={k}, oy={oy}, ox={ox}): "
-            f"{what} expected {want}, RTL {got}")
+    return (
+        f"layer {vec.layer}: tile {tile.index}, PE (r={r}, c={c}), output element (k={k}, oy={oy}, ox={ox}): "
+        f"{what} expected {want}, RTL {got}"
+    )
 
 
 async def run_layer(dut, vec) -> dict:
@@ -134,8 +136,10 @@ def _compare(vec, got) -> list[str]:
         tile = vec.tiles[n // rows]
         r = n % rows
         if row != r or None in (acc_w, q_w, skip_w):
-            problems.append(f"layer {vec.layer}: tile {tile.index}: result row {r} came out as row {row} "
-                            f"(acc {acc_w}, out {q_w}, skip {skip_w})")
+            problems.append(
+                f"layer {vec.layer}: tile {tile.index}: result row {r} came out as row {row} "
+                f"(acc {acc_w}, out {q_w}, skip {skip_w})"
+            )
             continue
         a = unpack_words([acc_w], cols, 32, acc_signed)[0]
         o = unpack_words([q_w], cols, 8, out_signed)[0]
@@ -144,13 +148,19 @@ def _compare(vec, got) -> list[str]:
         for c in range(cols):
             active = r < len(tile.pixels) and c < tile.n_cols
             if a[c] != wa[c]:
-                problems.append(_describe(vec, tile, r, c, "acc", int(wa[c]), int(a[c])) if active else
-                                f"layer {vec.layer}: tile {tile.index}, unused PE (r={r}, c={c}): acc expected "
-                                f"{int(wa[c])}, RTL {int(a[c])}")
+                problems.append(
+                    _describe(vec, tile, r, c, "acc", int(wa[c]), int(a[c]))
+                    if active
+                    else f"layer {vec.layer}: tile {tile.index}, unused PE (r={r}, c={c}): acc expected "
+                    f"{int(wa[c])}, RTL {int(a[c])}"
+                )
             if o[c] != wo[c]:
-                problems.append(_describe(vec, tile, r, c, "output", int(wo[c]), int(o[c])) if active else
-                                f"layer {vec.layer}: tile {tile.index}, unused PE (r={r}, c={c}): output expected "
-                                f"{int(wo[c])}, RTL {int(o[c])}")
+                problems.append(
+                    _describe(vec, tile, r, c, "output", int(wo[c]), int(o[c]))
+                    if active
+                    else f"layer {vec.layer}: tile {tile.index}, unused PE (r={r}, c={c}): output expected "
+                    f"{int(wo[c])}, RTL {int(o[c])}"
+                )
             if active and not (skip_w >> c) & 1:
                 kk, oy, ox = tile.element(r, c, ow)
                 rtl_acc[kk, oy, ox], rtl_out[kk, oy, ox] = a[c], o[c]
@@ -159,11 +169,15 @@ def _compare(vec, got) -> list[str]:
     exp_acc, exp_out, const = vec.tensor("acc"), vec.tensor("output"), vec.tensor("constants")
     rtl_out = np.where(skip, const, rtl_out)  # masked elements: the constant table, never computed
     for kk, oy, ox in np.argwhere(~skip & (seen != 1))[:MAX_REPORTED]:
-        problems.append(f"layer {vec.layer}: output element (k={kk}, oy={oy}, ox={ox}) computed "
-                        f"{seen[kk, oy, ox]} times, expected once")
+        problems.append(
+            f"layer {vec.layer}: output element (k={kk}, oy={oy}, ox={ox}) computed "
+            f"{seen[kk, oy, ox]} times, expected once"
+        )
     for kk, oy, ox in np.argwhere(~skip & (seen == 1) & ((rtl_acc != exp_acc) | (rtl_out != exp_out)))[:MAX_REPORTED]:
-        problems.append(f"layer {vec.layer}: output element (k={kk}, oy={oy}, ox={ox}): acc/output expected "
-                        f"{exp_acc[kk, oy, ox]}/{exp_out[kk, oy, ox]}, RTL {rtl_acc[kk, oy, ox]}/{rtl_out[kk, oy, ox]}")
+        problems.append(
+            f"layer {vec.layer}: output element (k={kk}, oy={oy}, ox={ox}): acc/output expected "
+            f"{exp_acc[kk, oy, ox]}/{exp_out[kk, oy, ox]}, RTL {rtl_acc[kk, oy, ox]}/{rtl_out[kk, oy, ox]}"
+        )
     return problems
 
 

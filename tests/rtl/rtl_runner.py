@@ -27,13 +27,17 @@ def require(sim: str) -> None:
     """Fail the calling test in one line when `sim` or cocotb is not installed."""
     missing = [t for t in TOOLS[sim] if shutil.which(t) is None]
     if missing:
-        pytest.fail(f"{sim}: {', '.join(missing)} not on PATH; install the Debian package "
-                    f"{PACKAGES[sim]} (scripts/setup.sh does)", pytrace=False)
+        pytest.fail(
+            f"{sim}: {', '.join(missing)} not on PATH; install the Debian package "
+            f"{PACKAGES[sim]} (scripts/setup.sh does)",
+            pytrace=False,
+        )
     try:
         import cocotb  # noqa: F401
     except ImportError:
-        pytest.fail("cocotb is not installed in this Python; scripts/setup.sh installs the pinned version",
-                    pytrace=False)
+        pytest.fail(
+            "cocotb is not installed in this Python; scripts/setup.sh installs the pinned version", pytrace=False
+        )
 
 
 def build(sim: str, toplevel: str, build_dir: Path, parameters: dict):
