@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import cocotb
@@ -72,6 +73,7 @@ async def run_layer(dut, vec) -> dict:
     act, wgt = vec.words("tile_act"), vec.words("tile_wgt")
     cfg = {name: vec.words(f"tile_{name}") for name in ("skip", "const", "bias", "mult", "shift")}
     mac0 = _read(dut.mac_count)
+    start = time.perf_counter()
 
     got = []  # (out_row, acc word, q word, skip word) per result row
     tile = t = cycle = 0
@@ -115,6 +117,7 @@ async def run_layer(dut, vec) -> dict:
         "cycles_total": None if last_out is None else last_out - first + 1,
         "macs": macs,
         "rows_compared": len(got),
+        "seconds": round(time.perf_counter() - start, 2),
         "mismatches": problems,
     }
 

@@ -110,7 +110,7 @@ def test_rtl_cycles_match_the_simulator(rtl_results, layers):
         lines.append(
             f"{sim} {name}: simulator {model}; RTL folds {r['cycles_issue']} "
             f"({(r['cycles_issue'] - model) / model:+.2%}), to the last result {r['cycles_total']} "
-            f"({(r['cycles_total'] - model) / model:+.2%})"
+            f"({(r['cycles_total'] - model) / model:+.2%}); {r['seconds']} s"
         )
         assert r["cycles_issue"] == model, lines[-1]
         assert r["cycles_total"] == model + ROWS + TAIL, lines[-1]
