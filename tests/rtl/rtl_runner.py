@@ -41,8 +41,8 @@ def require(sim: str) -> None:
         )
 
 
-def build(sim: str, toplevel: str, build_dir: Path, parameters: dict):
-    """Compile the RTL for `sim`; returns the runner."""
+def build(sim: str, toplevel: str, build_dir: Path, parameters: dict, extra_sources=()):
+    """Compile the RTL (and `extra_sources`, e.g. another root module) for `sim`; returns the runner."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # cocotb 1.8 calls its runner experimental
         from cocotb.runner import get_runner
@@ -55,7 +55,7 @@ def build(sim: str, toplevel: str, build_dir: Path, parameters: dict):
         os.environ["MAKEFLAGS"] = "-j2 OPT_FAST=-O0 OPT_SLOW=-O0 OPT_GLOBAL=-O0"
     try:
         runner.build(
-            verilog_sources=SOURCES,
+            verilog_sources=[*SOURCES, *extra_sources],
             hdl_toplevel=toplevel,
             parameters=parameters,
             build_args=args,
