@@ -13,8 +13,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 RTL = ROOT / "rtl"
 SOURCES = [RTL / "velcro_delay.v", RTL / "velcro_pe.v", RTL / "velcro_requant.v", RTL / "velcro_os_array.v"]
@@ -24,21 +22,27 @@ PACKAGES = {"icarus": "iverilog", "verilator": "verilator"}
 HERE = Path(__file__).resolve().parent
 
 
-def require(sim: str) -> None:
-    """Fail the calling test in one line when `sim` or cocotb is not installed."""
-    missing = [t for t in TOOLS[sim] if shutil.which(t) is None]
-    if missing:
-        pytest.fail(
-            f"{sim}: {', '.join(missing)} not on PATH; install the Debian package "
-            f"{PACKAGES[sim]} (scripts/setup.sh does)",
-            pytrace=False,
+def missing(sim: str) -> str | None:
+    """A one-line message if `sim` or cocotb is not installed, else None."""
+    tools = [t for t in TOOLS[sim] if shutil.which(t) is None]
+    if tools:
+        return (
+            f"{sim}: {', '.join(tools)} not on PATH; install the Debian package {PACKAGES[sim]} (scripts/setup.sh does)"
         )
     try:
         import cocotb  # noqa: F401
     except ImportError:
-        pytest.fail(
-            "cocotb is not installed in this Python; scripts/setup.sh installs the pinned version", pytrace=False
-        )
+        return "cocotb is not installed in this Python; scripts/setup.sh installs the pinned version (extra rtl)"
+    return None
+
+
+def require(sim: str) -> None:
+    """Fail the calling test in one line when `sim` or cocotb is not installed."""
+    message = missing(sim)
+    if message:
+        import pytest
+
+        pytest.fail(message, pytrace=False)
 
 
 def build(sim: str, toplevel: str, build_dir: Path, parameters: dict, extra_sources=()):
@@ -85,5 +89,5 @@ def run(runner, toplevel: str, test_module: str, build_dir: Path, run_env: dict)
     finally:
         sys.path[:] = saved
     if not results.exists():
-        pytest.fail(f"{test_module}: the simulation wrote no results ({results})", pytrace=False)
+        raise RuntimeError(f"{test_module}: the simulation wrote no results ({results})")
     return json.loads(results.read_text())
