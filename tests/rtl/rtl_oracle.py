@@ -103,6 +103,7 @@ def make_layer(
     pad=0,
     groups=1,
     in_dtype=np.int8,
+    out_dtype=np.int8,
     mask_ratio=0.0,
     structured=False,
     relu=False,
@@ -125,7 +126,8 @@ def make_layer(
     bias = rng.integers(-(2**12), 2**12, k).astype(np.int32)
     pads, strides = (pad, pad, pad, pad), (stride, stride)
     acc = conv_acc(x, w, bias, zx, strides, pads, (1, 1), groups)
-    zy = int(rng.integers(-20, 21))
+    y_lo, y_hi = int(np.iinfo(out_dtype).min), int(np.iinfo(out_dtype).max)
+    zy = int(rng.integers(-20, 21)) if out_dtype == np.int8 else int(rng.integers(0, 41))
     y_scale = float(x_scale * w_scales.mean() * acc.astype(np.float64).std() / 40.0)
     mults, shifts = zip(*(quantize_multiplier(x_scale * ws / y_scale) for ws in w_scales), strict=True)
     mult, shift = np.array(mults, np.int64), np.array(shifts, np.int64)
@@ -137,9 +139,8 @@ def make_layer(
         big = rng.integers(-(2**30), 2**30, k)
         bias = np.where(shift <= 0, big, bias).astype(np.int32)
         acc = conv_acc(x, w, bias, zx, strides, pads, (1, 1), groups)
-    y_min = zy if relu else -128
-    y = requantize(acc, mult[:, None, None], shift[:, None, None], zy, y_min, 127)
-    y = y.astype(np.int8)
+    y_min = zy if relu else y_lo
+    y = requantize(acc, mult[:, None, None], shift[:, None, None], zy, y_min, y_hi).astype(out_dtype)
     skip = constants = None
     if mask_ratio > 0:
         oh, ow = acc.shape[1:]
@@ -150,7 +151,7 @@ def make_layer(
             skip = per_k
         else:
             skip = rng.random((k, oh, ow)) < mask_ratio
-        constants = rng.integers(y_min, 128, (k, oh, ow)).astype(np.int8)
+        constants = rng.integers(y_min, y_hi + 1, (k, oh, ow)).astype(out_dtype)
         y = np.where(skip, constants, y)
     return QConvLayer(
         name=name,
@@ -172,5 +173,5 @@ def make_layer(
         skip=skip,
         constants=constants,
         y_min=y_min,
-        y_max=127,
+        y_max=y_hi,
     )

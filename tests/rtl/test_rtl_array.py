@@ -26,14 +26,18 @@ ROWS, COLS = 8, 8
 # cycle (ROWS) through the 3-stage requantizer: docs/rtl.md, "Cycles".
 TAIL = 6
 # ResNet-18-like layers at a width and size that run in seconds: layer1's 3x3 conv and layer2's
-# 1x1 stride-2 downsample at width 16 on 14x14, a MobileNet-V2-like depthwise 3x3, and a layer
-# whose requantization parameters sit at the edges of the fixed-point arithmetic.
+# 1x1 stride-2 downsample at width 16 on 14x14 (uint8 input, ReLU folded into the clamp; once with
+# uint8 output too), a MobileNet-V2-like depthwise 3x3, and a layer whose requantization
+# parameters sit at the edges of the fixed-point arithmetic.
 LAYERS = {
     "layer1.conv3x3": dict(seed=1, c=16, hw=14, k=16, kernel=3, pad=1),
     "layer1.conv3x3.masked": dict(seed=2, c=16, hw=14, k=16, kernel=3, pad=1, mask_ratio=0.3),
     "layer2.downsample1x1": dict(seed=3, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, relu=True),
     "layer2.downsample1x1.masked": dict(
         seed=4, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, relu=True, mask_ratio=0.3, structured=True
+    ),
+    "layer2.downsample1x1.uint8": dict(
+        seed=10, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, out_dtype=np.uint8, relu=True
     ),
     "dw3x3": dict(seed=5, c=32, hw=7, k=32, kernel=3, pad=1, groups=32),
     "dw3x3.masked": dict(seed=6, c=32, hw=7, k=32, kernel=3, pad=1, groups=32, mask_ratio=0.3),
