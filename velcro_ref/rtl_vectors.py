@@ -365,6 +365,9 @@ def write_rtl_vectors(layer: QConvLayer, out_dir, rows: int = 8, cols: int = 8) 
         t_shift[t.index, :nc] = shift[ks]
 
     root = Path(out_dir)
+    # manifest.json goes last and an old one goes first: an interrupted run leaves no manifest,
+    # never one that describes other hex files.
+    (root / "manifest.json").unlink(missing_ok=True)
     f = _Files(root)
     x_signed, y_signed = x.dtype == np.int8, np.asarray(layer.y).dtype == np.int8
     f.write("input", "input.hex", x.reshape(-1), 8, x_signed, "c, h, w", x.shape)

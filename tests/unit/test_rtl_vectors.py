@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import velcro_ref.rtl_vectors as rv
 from simulator.compute import column_chunks
 from simulator.workload import Layer
 from velcro_ref.rtl_vectors import (
@@ -193,3 +194,16 @@ def test_reading_a_directory_without_vectors_says_so(tmp_path):
     (tmp_path / "v" / "tile_acc.hex").unlink()
     with pytest.raises(RtlVectorError, match="file 'tile_acc'"):
         read_rtl_vectors(tmp_path / "v")
+
+
+def test_rewriting_a_directory_replaces_its_manifest_last(tmp_path, monkeypatch):
+    write_rtl_vectors(_layer(), tmp_path, rows=2, cols=2)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rv, "pack_words", fail)  # the rewrite dies before its first hex file
+    with pytest.raises(OSError):
+        write_rtl_vectors(_layer(zx=2), tmp_path, rows=2, cols=2)
+    with pytest.raises(RtlVectorError, match="found no file"):
+        read_rtl_vectors(tmp_path)
