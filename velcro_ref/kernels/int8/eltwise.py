@@ -1,0 +1,86 @@
+"""int8 element-wise kernels: add (QLinearAdd) and concat (QLinearConcat). They perform no MACs."""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Elements per parallel work item.
+PART = 1 << 14
+_INDEFINITE = -(2**31)  # what x86's float -> int32 conversion gives out of range (and for NaN)
+
+
+@njit(cache=True, inline="always")
+def add_value(a, b, prm):
+    """QLinearAdd of two quantized values as onnxruntime's AVX2 kernel computes it: each input
+    dequantized (float32(q - zp) * scale), the two summed, divided by the output scale (all
+    float32), rounded half to even (out of the int32 range: INT32_MIN, as cvtps2dq), clamped to
+    [qmin - zp_y, qmax - zp_y], + zp_y."""
+    va = np.float32(np.float32(np.int64(a) - prm.a_zero_point) * prm.a_scale)
+    vb = np.float32(np.float32(np.int64(b) - prm.b_zero_point) * prm.b_scale)
+    v = np.float32(np.float32(va + vb) / prm.y_scale)
+    r = np.int64(np.rint(v)) if -2147483648.0 <= v < 2147483648.0 else _INDEFINITE
+    zy = prm.y_zero_point
+    return min(max(r, prm.qmin - zy), prm.qmax - zy) + zy
+
+
+@njit(cache=True, parallel=True)
+def add_dense(a, b, prm, out):
+    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop runs of PART elements in
+    parallel."""
+    n_n, e_n = out.shape
+    n_parts = (e_n + PART - 1) // PART
+    for item in prange(n_n * n_parts):
+        n, e0 = item // n_parts, item % n_parts * PART
+        for e in range(e0, min(e0 + PART, e_n)):
+            out[n, e] = add_value(a[n, e], b[n, e], prm)
+
+
+@njit(cache=True, parallel=True)
+def add_masked(a, b, prm, skip, out):
+    """`add_dense` at the elements where skip (E,) is False; the others keep what out holds."""
+    n_n, e_n = out.shape
+    n_parts = (e_n + PART - 1) // PART
+    for item in prange(n_n * n_parts):
+        n, e0 = item // n_parts, item % n_parts * PART
+        for e in range(e0, min(e0 + PART, e_n)):
+            if not skip[e]:
+                out[n, e] = add_value(a[n, e], b[n, e], prm)
+
+
+def add(a, b, prm, skip, out):
+    """int8 add: a, b, out (N, C, H, W) uint8/int8 of one type, prm a qprepare.AddParams, skip
+    None or bool (C, H, W) (masked elements keep what out holds)."""
+    n_n = out.shape[0]
+    a2, b2, o2 = a.reshape(n_n, -1), b.reshape(n_n, -1), out.reshape(n_n, -1)
+    if skip is None:
+        add_dense(a2, b2, prm, o2)
+    else:
+        add_masked(a2, b2, prm, skip.reshape(-1), o2)
+
+
+@njit(cache=True, parallel=True)
+def concat_part(x, table, c0, out):
+    """Layout: x (N, Ci, H, W), out (N, C, H, W) uint8/int8; out[:, c0:c0 + Ci] = table[x's
+    byte] (table (256,) of out's type, the input's requantization), or a copy of x when table
+    is empty. Loop (n, c) in parallel."""
+    n_n, ci = x.shape[0], x.shape[1]
+    for item in prange(n_n * ci):
+        n, c = item // ci, item % ci
+        src, dst = x[n, c], out[n, c0 + c]
+        if table.size == 0:
+            dst[:, :] = src
+            continue
+        for iy in range(src.shape[0]):
+            for ix in range(src.shape[1]):
+                dst[iy, ix] = table[np.uint8(src[iy, ix])]
+
+
+def concat(xs, tables, out):
+    """int8 concat along channels: xs the inputs (N, Ci, H, W), tables per input a (256,) table
+    (qprepare.concat_table) or None for a plain copy; out (N, sum Ci, H, W)."""
+    empty = np.zeros(0, out.dtype)
+    c0 = 0
+    for x, t in zip(xs, tables, strict=True):
+        concat_part(x, empty if t is None else t, c0, out)
+        c0 += x.shape[1]

@@ -1,0 +1,204 @@
+"""What an int8 layer computes once, when its model loads: weights with their zero point
+subtracted and packed for the kernels, int32 biases, requantization multipliers, lookup
+tables, and the refusal of an int32 accumulator that could overflow.
+
+The records here are NamedTuples of arrays and ints: the kernels in kernels/int8 take them
+as they are (Numba accepts them), and their NumPy twins in reference/int8.py read the same
+fields. docs/int8.md describes the arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import quant
+from .errors import AccumulatorOverflowError
+from .kernels.int8.simd import TILE_K
+
+
+class Requant(NamedTuple):
+    """How an int32 accumulator (bias included) becomes an output value of output channel k:
+    mode quant.REQUANT_ORT uses scale[k] (float32), quant.REQUANT_FIXED_POINT uses
+    multiplier[k] (int32) and shift[k]; then + zero_point, saturated to [qmin, qmax]."""
+
+    mode: int
+    scale: np.ndarray
+    multiplier: np.ndarray
+    shift: np.ndarray
+    zero_point: int
+    qmin: int
+    qmax: int
+
+
+class ConvGeom(NamedTuple):
+    """Conv geometry: kernel, stride, pads (top, left, bottom, right), dilation, groups."""
+
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+
+
+class PackedConv(NamedTuple):
+    """An int8 conv's constants. weight (K, Cg, kh, kw) int16 is w - w_zero_point (the layout
+    the NumPy twin reads); tiles the same values for kernels.int8.simd.conv_tile: per group and
+    block of TILE_K output channels, per tap (fy, fx) and pair of input channels, the block's
+    channels with the pair's two taps interleaved (channels past K and the odd channel padding
+    a group to cgp are zero); rows (K, kh * kw * cgp) each filter in (fy, fx, c) order with c
+    padded to cgp; bias (K,) int32. cgp: input channels per group padded to an even count, or 1
+    for a depthwise conv (one input channel per group), whose `tiles` are its filters tap-major
+    instead, (kh * kw, K) flattened: the kernel runs along the channels; depthwise 1 or 0."""
+
+    weight: np.ndarray
+    tiles: np.ndarray
+    rows: np.ndarray
+    bias: np.ndarray
+    cgp: int
+    depthwise: int
+
+
+class PackedLinear(NamedTuple):
+    """An int8 linear layer's constants: weight (O, F) int16 = w - w_zero_point, bias (O,) int32."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+
+class AddParams(NamedTuple):
+    """QLinearAdd's scales and zero points (float32 scales)."""
+
+    a_scale: np.float32
+    a_zero_point: int
+    b_scale: np.float32
+    b_zero_point: int
+    y_scale: np.float32
+    y_zero_point: int
+    qmin: int
+    qmax: int
+
+
+def requant_params(mode, x_scale, w_scale, y_scale, y_zero_point, y_dtype, n_channels) -> Requant:
+    """The Requant record of a conv or linear layer with n_channels outputs; w_scale a scalar or
+    one per channel. mode "ort" or "fixed_point" (both sets of numbers are filled, the mode picks).
+    Raises ValueError for an unknown mode or a multiplier the fixed-point mode cannot hold."""
+    if mode not in quant.REQUANT_MODES:
+        raise ValueError(f"requantization mode must be one of {', '.join(quant.REQUANT_MODES)}, got {mode!r}")
+    ws = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (n_channels,))
+    scale = quant.ort_multiplier(x_scale, ws, y_scale)
+    mult, shift = quant.fixed_point_multiplier(quant.real_multiplier(x_scale, ws, y_scale))
+    qmin, qmax = quant.qrange(y_dtype)
+    return Requant(
+        quant.REQUANT_MODES.index(mode),
+        np.ascontiguousarray(scale, np.float32),
+        np.ascontiguousarray(mult, np.int32),
+        np.ascontiguousarray(shift, np.int32),
+        int(y_zero_point),
+        qmin,
+        qmax,
+    )
+
+
+def check_accumulator(name, bound) -> None:
+    """Refuse a layer whose worst-case |accumulator| (quant.accumulator_bound) exceeds int32.
+
+    Raises AccumulatorOverflowError naming the layer."""
+    worst = int(np.max(bound)) if np.size(bound) else 0
+    if worst > quant.INT32_MAX:
+        k = int(np.argmax(bound))
+        raise AccumulatorOverflowError(
+            f"node '{name}': int32 accumulator can overflow: worst case |acc| = {worst} > {quant.INT32_MAX} "
+            f"(output channel {k})"
+        )
+
+
+def _zero_point_along(w_zero_point, n):
+    return np.broadcast_to(np.asarray(w_zero_point, np.int32).reshape(-1), (n,))
+
+
+def prepare_conv(name, w, w_zero_point, bias, x_zero_point, x_dtype, groups) -> PackedConv:
+    """Pack an int8 (or uint8) conv weight (K, Cg, kh, kw) with its zero point (scalar or per
+    output channel) and int32 bias (or None). The worst-case accumulator for inputs of x_dtype
+    with x_zero_point is checked: raises AccumulatorOverflowError naming the layer."""
+    w = np.asarray(w)
+    k_n, cg, kh, kw = w.shape
+    wz = _zero_point_along(w_zero_point, k_n)
+    b = np.zeros(k_n, np.int32) if bias is None else np.asarray(bias, np.int32).reshape(k_n)
+    check_accumulator(name, quant.accumulator_bound(w, wz, x_zero_point, x_dtype, b))
+    weight = (w.astype(np.int32) - wz[:, None, None, None]).astype(np.int16)
+    depthwise = int(cg == 1)
+    cgp = 1 if depthwise else cg + cg % 2
+    kg = k_n // groups
+    rows = np.zeros((k_n, kh, kw, cgp), np.int16)
+    rows[..., :cg] = weight.transpose(0, 2, 3, 1)
+    n_blocks = (kg + TILE_K - 1) // TILE_K
+    tiles = np.zeros((groups, n_blocks * TILE_K, kh, kw, cgp), np.int16)
+    tiles[:, :kg] = rows.reshape(groups, kg, kh, kw, cgp)
+    if depthwise:
+        tiles = np.ascontiguousarray(rows.reshape(k_n, kh * kw).T).reshape(-1)
+    else:
+        # (g, block, k, fy, fx, pair, 2) -> (g, block, fy, fx, pair, k, 2)
+        t = tiles.reshape(groups, n_blocks, TILE_K, kh, kw, cgp // 2, 2).transpose(0, 1, 3, 4, 5, 2, 6)
+        tiles = np.ascontiguousarray(t).reshape(-1)
+    return PackedConv(
+        weight, tiles, np.ascontiguousarray(rows.reshape(k_n, -1)), np.ascontiguousarray(b), cgp, depthwise
+    )
+
+
+def prepare_linear(name, w, w_zero_point, bias, x_zero_point, x_dtype) -> PackedLinear:
+    """An int8 linear layer (weight (O, F), zero point scalar or per output, bias int32 or
+    None), its accumulator checked as in prepare_conv (raises AccumulatorOverflowError)."""
+    w = np.asarray(w)
+    o_n = w.shape[0]
+    wz = _zero_point_along(w_zero_point, o_n)
+    b = np.zeros(o_n, np.int32) if bias is None else np.asarray(bias, np.int32).reshape(o_n)
+    check_accumulator(name, quant.accumulator_bound(w, wz, x_zero_point, x_dtype, b))
+    weight = (w.astype(np.int32) - wz[:, None]).astype(np.int16)
+    return PackedLinear(np.ascontiguousarray(weight), np.ascontiguousarray(b))
+
+
+def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_point, y_dtype) -> AddParams:
+    """The AddParams record of a QLinearAdd."""
+    qmin, qmax = quant.qrange(y_dtype)
+    return AddParams(
+        np.float32(a_scale),
+        int(a_zero_point),
+        np.float32(b_scale),
+        int(b_zero_point),
+        np.float32(y_scale),
+        int(y_zero_point),
+        qmin,
+        qmax,
+    )
+
+
+def concat_table(x_scale, x_zero_point, y_scale, y_zero_point, dtype):
+    """The requantization table of one QLinearConcat input, indexed by the input's byte (its
+    uint8 view): table[b] = QuantizeLinear(x_scale * float32(x - x_zp), y_scale, y_zp). None
+    when the input has the output's scale and zero point (onnxruntime then copies)."""
+    if np.float32(x_scale) == np.float32(y_scale) and int(x_zero_point) == int(y_zero_point):
+        return None
+    codes = np.arange(256, dtype=np.uint8).view(np.dtype(dtype))
+    real = quant.dequantize_linear(codes, x_scale, x_zero_point)
+    return quant.quantize_linear(real, y_scale, y_zero_point, dtype)
+
+
+# QLinearGlobalAveragePool's accepted range of x_scale / (y_scale * H*W) and of H*W (MLAS).
+GAP_SCALE_MIN, GAP_SCALE_MAX, GAP_MAX_IMAGE = 2.0**-32, 256.0, 1 << 24
+
+
+def global_avg_pool_scale(x_scale, y_scale, image_size) -> np.float32:
+    """QLinearGlobalAveragePool's scale: x_scale / (y_scale * float32(H*W)), in float32.
+    Raises ValueError outside the range onnxruntime computes (scale in [2^-32, 256), H*W < 2^24)."""
+    s = np.float32(np.float32(x_scale) / np.float32(np.float32(y_scale) * np.float32(image_size)))
+    if image_size >= GAP_MAX_IMAGE or not GAP_SCALE_MIN <= s < GAP_SCALE_MAX:
+        raise ValueError(f"global average pool scale {float(s):g} or image size {image_size} out of range")
+    return s
