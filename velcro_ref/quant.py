@@ -51,14 +51,13 @@ def scale_zero_point(rmin, rmax, dtype="uint8", symmetric=False):
         m = np.maximum(np.abs(lo), np.abs(hi))
         lo, hi = -m, m
     scale = (hi.astype(np.float64) - lo.astype(np.float64)) / np.float64(qmax - qmin)
+    tiny = scale < np.finfo(np.float32).tiny
+    scale = np.where(tiny, 1.0, scale)
     if symmetric:
         zp = np.full(scale.shape, np.round((qmin + qmax) / 2.0))
     else:
         zp = np.round(np.float64(qmin) - lo.astype(np.float64) / scale)
-    tiny = scale < np.finfo(np.float32).tiny
-    scale = np.where(tiny, 1.0, scale).astype(np.float32)
-    zp = np.where(tiny, 0, zp).astype(np.int32)
-    return scale, zp
+    return scale.astype(np.float32), np.where(tiny, 0, zp).astype(np.int32)
 
 
 def weight_scale(w, per_channel=False, axis=0):
