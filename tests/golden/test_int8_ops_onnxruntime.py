@@ -151,8 +151,8 @@ def test_qlinearconv_rounds_ties_half_to_even():
     x = rand_q(rng, (1, 4, 6, 6), np.uint8, lo=0, hi=20)
     wq = rng.integers(-3, 4, (8, 4, 1, 1)).astype(np.int8)
     bias = rng.integers(-50, 50, 8).astype(np.int32)
-    args = (x, wq, bias, np.float32(0.5), np.ones(1, np.float32), 0, np.float32(1.0), 100, (1, 1, 1, (0, 0, 0, 0), 1, 1))
-    got, want = run_conv_both(*args)
+    geom = (1, 1, 1, (0, 0, 0, 0), 1, 1)
+    got, want = run_conv_both(x, wq, bias, np.float32(0.5), np.ones(1, np.float32), 0, np.float32(1.0), 100, geom)
     acc = np.einsum("nchw,kc->nkhw", x.astype(np.int64), wq[:, :, 0, 0].astype(np.int64)) + bias[None, :, None, None]
     assert (acc % 2 == 1).sum() > 50  # many ties
     assert np.array_equal(want, (np.rint(acc / 2) + 100).astype(np.uint8))  # half to even, not half up
@@ -199,7 +199,8 @@ def test_qlinearadd_matches_onnxruntime(dtype, shape):
     a, b = rand_q(rng, shape, dtype), rand_q(rng, shape, dtype)
     sa, sb, sy = (np.float32(v) for v in rng.uniform(0.01, 0.1, 3))
     za, zb, zy = (int(v) for v in rand_q(rng, 3, dtype))
-    inits = {"as": sa, "az": np.array(za, dtype), "bs": sb, "bz": np.array(zb, dtype), "ys": sy, "yz": np.array(zy, dtype)}
+    inits = {"as": sa, "bs": sb, "ys": sy}
+    inits.update(az=np.array(za, dtype), bz=np.array(zb, dtype), yz=np.array(zy, dtype))
     node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], domain="com.microsoft")
     want = session([node], [tensor_in("a", a), tensor_in("b", b)], inits).run(None, {"a": a, "b": b})[0]
     got = np.zeros(shape, dtype)
@@ -266,7 +267,8 @@ def test_qlinearconcat_matches_onnxruntime(dtype):
 def test_maxpool_on_8bit_matches_onnxruntime(dtype, k, s, pad, ceil):
     rng = np.random.default_rng(k * 10 + s)
     x = rand_q(rng, (2, 5, 13, 10), dtype)
-    node = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[pad] * 4, ceil_mode=int(ceil))
+    attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": [pad] * 4, "ceil_mode": int(ceil)}
+    node = helper.make_node("MaxPool", ["x"], ["y"], **attrs)
     want = session([node], [tensor_in("x", x)], {}, opset=12).run(None, {"x": x})[0]
     oh = pool_out_size(13, k, s, pad, pad, ceil)
     ow = pool_out_size(10, k, s, pad, pad, ceil)
