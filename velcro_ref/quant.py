@@ -200,7 +200,8 @@ def requantize_ort(acc, scale, zero_point, dtype):
 def saturating_rounding_doubling_high_mul(a, b):
     """gemmlowp's SaturatingRoundingDoublingHighMul on int32 values (int64 arrays in, int64 out):
     (a * b + nudge) / 2^31 truncated toward zero, nudge 2^30 (or 1 - 2^30 for a negative
-    product); INT32_MIN * INT32_MIN saturates to INT32_MAX."""
+    product): round(a * b / 2^31) with ties up (+0.5 -> 1, -0.5 -> 0); INT32_MIN * INT32_MIN
+    saturates to INT32_MAX."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     ab = a * b
     t = ab + np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
