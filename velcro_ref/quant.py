@@ -129,6 +129,26 @@ def adjust_weight_scale_for_bias(x_scale, w_scale, b, per_channel):
     return ws
 
 
+def fma_f32(x, y, z):
+    """float32 x * y + z with one rounding (a fused multiply-add), elementwise.
+
+    The product of two float32 values is exact in float64; the float64 sum may round, and then
+    rounding to float32 is wrong only when that sum lands exactly halfway between two float32
+    values while the exact sum does not: the TwoSum error term decides that case."""
+    x, y, z = (np.asarray(v, np.float32) for v in (x, y, z))
+    p = x.astype(np.float64) * y.astype(np.float64)
+    zz = z.astype(np.float64)
+    s = p + zz
+    bp = s - zz
+    err = (p - bp) + (zz - (s - bp))  # p + zz == s + err exactly
+    r = s.astype(np.float32)
+    toward = np.nextafter(r, np.where(s > r.astype(np.float64), np.float32(np.inf), np.float32(-np.inf)))
+    halfway = (s != r.astype(np.float64)) & (s == (r.astype(np.float64) + toward.astype(np.float64)) / 2)
+    up = np.maximum(r, toward)
+    down = np.minimum(r, toward)
+    return np.where(halfway & (err > 0), up, np.where(halfway & (err < 0), down, r)).astype(np.float32)
+
+
 def quantize_linear(x, scale, zero_point, dtype):
     """QuantizeLinear (onnxruntime's MLAS kernel): saturate(round_half_even(x / scale) +
     zero_point), the division in float32; NaN goes to qmin, as MLAS's clamp (MAXPS) takes it.

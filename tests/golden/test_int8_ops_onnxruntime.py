@@ -208,6 +208,28 @@ def test_qlinearadd_matches_onnxruntime(dtype, shape):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_qlinearadd_matches_onnxruntime_on_every_pair_of_values(dtype):
+    # all 256 x 256 input pairs; with these scales and zero points a float32 sum rounded step by
+    # step (no fused multiply-add) lands on ties onnxruntime does not see and differs from it
+    codes = np.arange(256, dtype=np.uint8).view(np.dtype(dtype))
+    a, b = (v.reshape(1, 256, 16, 16) for v in np.meshgrid(codes, codes))
+    sa, sb, sy = np.float32(0.051), np.float32(0.037), np.float32(0.062)
+    za, zb, zy = (17, 140, 90) if dtype is np.uint8 else (17, -40, 90)
+    inits = {"as": sa, "bs": sb, "ys": sy}
+    inits.update(az=np.array(za, dtype), bz=np.array(zb, dtype), yz=np.array(zy, dtype))
+    node = helper.make_node("QLinearAdd", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], domain="com.microsoft")
+    want = session([node], [tensor_in("a", a), tensor_in("b", b)], inits).run(None, {"a": a, "b": b})[0]
+    got = np.zeros(a.shape, dtype)
+    kelt.add(a, b, P.add_params(sa, za, sb, zb, sy, zy, dtype), None, got)
+    assert np.array_equal(got, want)
+    f32 = np.float32
+    ra, rb = f32(sa / sy), f32(sb / sy)
+    plain = (f32(zy) - (ra * f32(za) + rb * f32(zb)) + a.astype(f32) * ra) + b.astype(f32) * rb
+    lo, hi = P.quant.qrange(dtype)
+    assert not np.array_equal(np.clip(np.rint(plain), lo, hi).astype(dtype), want)
+
+
 def test_qlinearadd_rounds_its_float32_sum_half_to_even():
     # scales 1, 1, 2: (a + b) / 2 lands on ties that round half to even
     a = np.arange(0, 64, dtype=np.uint8).reshape(1, 4, 4, 4)

@@ -222,3 +222,31 @@ def test_fixed_point_multiplier_by_hand():
     # q * 2^31 rounds up to 2^31: halved, shift + 1
     m, s = quant.fixed_point_multiplier(np.nextafter(1.0, 0.0))
     assert (int(m), int(s)) == (2**30, 1)
+
+
+def test_fma_f32_rounds_once():
+    # against exact rational arithmetic rounded to float32 by hand (nearest, ties to even)
+    from fractions import Fraction
+
+    def round_f32(q):
+        f = np.float32(float(q))  # nearest double, then float32: may double-round; fix below
+        lo, hi = sorted((f, np.nextafter(f, np.float32(np.inf if Fraction(float(f)) < q else -np.inf))))
+        d_lo, d_hi = q - Fraction(float(lo)), Fraction(float(hi)) - q
+        if d_lo != d_hi:
+            return lo if d_lo < d_hi else hi
+        return lo if int(np.array(lo).view(np.uint32)) % 2 == 0 else hi
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(0, 100, 3000).astype(np.float32)
+    y = rng.normal(0, 1, 3000).astype(np.float32)
+    z = rng.normal(0, 100, 3000).astype(np.float32)
+    # halfway cases of the float64 sum: z tiny against x * y
+    x[:500], y[:500] = np.float32(1 + 2.0**-23), np.float32(1 + 2.0**-23)
+    z[:500] = (rng.choice([-1, 1], 500) * 2.0 ** rng.integers(-80, -40, 500)).astype(np.float32)
+    got = quant.fma_f32(x, y, z)
+    want = [
+        round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))) for a, b, c in zip(x, y, z, strict=True)
+    ]
+    assert np.array_equal(got, np.array(want, np.float32))
+    plain = (x * y + z).astype(np.float32)
+    assert not np.array_equal(got, plain)  # one rounding differs from two

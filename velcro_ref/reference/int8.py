@@ -67,12 +67,11 @@ def linear(x, x_zero_point, pl, rq, skip, out):
 
 def add(a, b, prm, skip, out):
     f32 = np.float32
-    va = (a.astype(np.int64) - prm.a_zero_point).astype(f32) * f32(prm.a_scale)
-    vb = (b.astype(np.int64) - prm.b_zero_point).astype(f32) * f32(prm.b_scale)
-    v = (va + vb) / f32(prm.y_scale)
+    inner = quant.fma_f32(b.astype(f32), prm.b_ratio, np.full(b.shape, prm.offset, f32))
+    v = quant.fma_f32(a.astype(f32), prm.a_ratio, inner)
     inside = (v >= -(2.0**31)) & (v < 2.0**31)
     r = np.where(inside, np.rint(np.where(inside, v, 0)).astype(np.int64), -(2**31))
-    y = np.clip(r, prm.qmin - prm.y_zero_point, prm.qmax - prm.y_zero_point) + prm.y_zero_point
+    y = np.clip(r, prm.qmin, prm.qmax)
     keep = np.ones(out.shape[1:], bool) if skip is None else ~skip
     out[:, keep] = y.astype(out.dtype)[:, keep]
 

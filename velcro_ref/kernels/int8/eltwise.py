@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .simd import fma32
+
 # Elements per parallel work item.
 PART = 1 << 14
 _INDEFINITE = -(2**31)  # what x86's float -> int32 conversion gives out of range (and for NaN)
@@ -12,16 +14,12 @@ _INDEFINITE = -(2**31)  # what x86's float -> int32 conversion gives out of rang
 
 @njit(cache=True, inline="always")
 def add_value(a, b, prm):
-    """QLinearAdd of two quantized values as onnxruntime's AVX2 kernel computes it: each input
-    dequantized (float32(q - zp) * scale), the two summed, divided by the output scale (all
-    float32), rounded half to even (out of the int32 range: INT32_MIN, as cvtps2dq), clamped to
-    [qmin - zp_y, qmax - zp_y], + zp_y."""
-    va = np.float32(np.float32(np.int64(a) - prm.a_zero_point) * prm.a_scale)
-    vb = np.float32(np.float32(np.int64(b) - prm.b_zero_point) * prm.b_scale)
-    v = np.float32(np.float32(va + vb) / prm.y_scale)
+    """QLinearAdd of two quantized values as onnxruntime's AVX2 kernel computes it:
+    fma(a, a_ratio, fma(b, b_ratio, offset)) in float32, rounded half to even (out of the int32
+    range: INT32_MIN, as cvtps2dq gives), saturated to [qmin, qmax] (the packs that follow)."""
+    v = fma32(np.float32(a), prm.a_ratio, fma32(np.float32(b), prm.b_ratio, prm.offset))
     r = np.int64(np.rint(v)) if -2147483648.0 <= v < 2147483648.0 else _INDEFINITE
-    zy = prm.y_zero_point
-    return min(max(r, prm.qmin - zy), prm.qmax - zy) + zy
+    return min(max(r, prm.qmin), prm.qmax)
 
 
 @njit(cache=True, parallel=True)

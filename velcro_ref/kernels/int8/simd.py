@@ -19,6 +19,21 @@ TILE_K = 16
 TILE_P = 4
 
 
+@intrinsic
+def fma32(typingctx, x, y, z):
+    """float32 x * y + z rounded once (LLVM's llvm.fma: a fused multiply-add, never split)."""
+    if not all(t == types.float32 for t in (x, y, z)):
+        return None
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, sig, args):
+        f32 = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
 def _i16_c(t):
     return isinstance(t, types.Array) and t.dtype == types.int16 and t.layout == "C" and t.ndim == 1
 
