@@ -49,20 +49,25 @@ class ConvGeom(NamedTuple):
 
 
 class PackedConv(NamedTuple):
-    """An int8 conv's constants. weight (K, Cg, kh, kw) int16 is w - w_zero_point (the layout
-    the NumPy twin reads); tiles the same values for kernels.int8.simd.conv_tile: per group and
-    block of TILE_K output channels, per tap (fy, fx) and pair of input channels, the block's
-    channels with the pair's two taps interleaved (channels past K and the odd channel padding
-    a group to cgp are zero); rows (K, kh * kw * cgp) each filter in (fy, fx, c) order with c
-    padded to cgp; bias (K,) int32. cgp: input channels per group padded to an even count, or 1
-    for a depthwise conv (one input channel per group), whose `tiles` are its filters tap-major
-    instead, (kh * kw, K) flattened: the kernel runs along the channels; depthwise 1 or 0."""
+    """An int8 conv's constants, for kernels.int8.conv and its NumPy twin.
+
+    weight (K, Cg, kh, kw) int16 is w - w_zero_point (the layout the twin reads). The kernels
+    read the input channels-last, `cpp` channels per pixel, and sum each filter over runs of
+    `run` consecutive values: per tap (fy, fx) the Cg channels padded to an even cpp (tap mode),
+    or, with one group and no horizontal dilation (row mode), a whole filter row, kw * Cg values
+    of the input row padded to an even length. rows (K, n_runs * run): each filter's runs, zeros
+    in the padding. tiles: the same values for kernels.int8.simd.conv_tile, per group and block
+    of TILE_K output channels, per run and pair of values, the block's channels with the pair
+    interleaved (channels past K are zero). A depthwise conv (one input channel per group) keeps
+    its filters tap-major in tiles instead, (kh * kw, K) flattened. bias (K,) int32."""
 
     weight: np.ndarray
     tiles: np.ndarray
     rows: np.ndarray
     bias: np.ndarray
-    cgp: int
+    cpp: int
+    run: int
+    row_mode: int
     depthwise: int
 
 
@@ -124,33 +129,43 @@ def _zero_point_along(w_zero_point, n):
     return np.broadcast_to(np.asarray(w_zero_point, np.int32).reshape(-1), (n,))
 
 
-def prepare_conv(name, w, w_zero_point, bias, x_zero_point, x_dtype, groups) -> PackedConv:
+def prepare_conv(name, w, w_zero_point, bias, x_zero_point, x_dtype, geom) -> PackedConv:
     """Pack an int8 (or uint8) conv weight (K, Cg, kh, kw) with its zero point (scalar or per
-    output channel) and int32 bias (or None). The worst-case accumulator for inputs of x_dtype
-    with x_zero_point is checked: raises AccumulatorOverflowError naming the layer."""
+    output channel) and int32 bias (or None) for the conv of ConvGeom `geom`. The worst-case
+    accumulator for inputs of x_dtype with x_zero_point is checked: raises
+    AccumulatorOverflowError naming the layer."""
     w = np.asarray(w)
     k_n, cg, kh, kw = w.shape
+    groups = geom.groups
     wz = _zero_point_along(w_zero_point, k_n)
     b = np.zeros(k_n, np.int32) if bias is None else np.asarray(bias, np.int32).reshape(k_n)
     check_accumulator(name, quant.accumulator_bound(w, wz, x_zero_point, x_dtype, b))
     weight = (w.astype(np.int32) - wz[:, None, None, None]).astype(np.int16)
-    depthwise = int(cg == 1)
-    cgp = 1 if depthwise else cg + cg % 2
-    kg = k_n // groups
-    rows = np.zeros((k_n, kh, kw, cgp), np.int16)
-    rows[..., :cg] = weight.transpose(0, 2, 3, 1)
-    n_blocks = (kg + TILE_K - 1) // TILE_K
-    tiles = np.zeros((groups, n_blocks * TILE_K, kh, kw, cgp), np.int16)
-    tiles[:, :kg] = rows.reshape(groups, kg, kh, kw, cgp)
-    if depthwise:
-        tiles = np.ascontiguousarray(rows.reshape(k_n, kh * kw).T).reshape(-1)
+    taps_last = weight.transpose(0, 2, 3, 1)  # (K, kh, kw, Cg)
+    if cg == 1:
+        tiles = np.ascontiguousarray(taps_last.reshape(k_n, kh * kw).T).reshape(-1)
+        rows = np.ascontiguousarray(taps_last.reshape(k_n, -1))
+        return PackedConv(weight, tiles, rows, np.ascontiguousarray(b), 1, 1, 0, 1)
+    row_mode = int(groups == 1 and geom.dw == 1)
+    if row_mode:
+        cpp, length = cg, kw * cg
+        run = length + length % 2
+        runs = np.zeros((k_n, kh, run), np.int16)
+        runs[..., :length] = taps_last.reshape(k_n, kh, length)
     else:
-        # (g, block, k, fy, fx, pair, 2) -> (g, block, fy, fx, pair, k, 2)
-        t = tiles.reshape(groups, n_blocks, TILE_K, kh, kw, cgp // 2, 2).transpose(0, 1, 3, 4, 5, 2, 6)
-        tiles = np.ascontiguousarray(t).reshape(-1)
-    return PackedConv(
-        weight, tiles, np.ascontiguousarray(rows.reshape(k_n, -1)), np.ascontiguousarray(b), cgp, depthwise
-    )
+        cpp = run = cg + cg % 2
+        runs = np.zeros((k_n, kh * kw, run), np.int16)
+        runs[..., :cg] = taps_last.reshape(k_n, kh * kw, cg)
+    n_runs = runs.shape[1]
+    kg = k_n // groups
+    n_blocks = (kg + TILE_K - 1) // TILE_K
+    blocks = np.zeros((groups, n_blocks * TILE_K, n_runs, run), np.int16)
+    blocks[:, :kg] = runs.reshape(groups, kg, n_runs, run)
+    # (g, block, k, run, pair, 2) -> (g, block, run, pair, k, 2)
+    t = blocks.reshape(groups, n_blocks, TILE_K, n_runs, run // 2, 2).transpose(0, 1, 3, 4, 2, 5)
+    tiles = np.ascontiguousarray(t).reshape(-1)
+    rows = np.ascontiguousarray(runs.reshape(k_n, -1))
+    return PackedConv(weight, tiles, rows, np.ascontiguousarray(b), cpp, run, row_mode, 0)
 
 
 def prepare_linear(name, w, w_zero_point, bias, x_zero_point, x_dtype) -> PackedLinear:

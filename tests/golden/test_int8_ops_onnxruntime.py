@@ -99,7 +99,7 @@ def run_conv_both(x, wq, bias, x_scale, w_scale, x_zp, y_scale, y_zp, g, precise
     )
     want = session([node], [tensor_in("x", x)], inits, precise).run(None, {"x": x})[0]
     geom = P.ConvGeom(kh, kw, stride, stride, pads[0], pads[1], pads[2], pads[3], dilation, dilation, groups)
-    pc = P.prepare_conv("conv", wq, 0, bias, x_zp, dtype, groups)
+    pc = P.prepare_conv("conv", wq, 0, bias, x_zp, dtype, geom)
     rq = P.requant_params("ort", x_scale, w_scale, y_scale, y_zp, dtype, k)
     oh = pool_out_size(x.shape[2], kh, stride, pads[0], pads[2], False, dilation)
     ow = pool_out_size(x.shape[3], kw, stride, pads[1], pads[3], False, dilation)

@@ -75,7 +75,7 @@ def build_conv(case):
     wz = {"zero": 0, "tensor": int(rng.integers(-20, 20)), "channel": rng.integers(-20, 20, k)}[case["w_zero_point"]]
     bias = rng.integers(-(2**16), 2**16, k).astype(np.int32)
     x_zp = int(rand_q(rng, (), dtype))
-    pc = P.prepare_conv("conv", wq, wz, bias, x_zp, dtype, g.groups)
+    pc = P.prepare_conv("conv", wq, wz, bias, x_zp, dtype, g)
     acc_std = 80.0 * 80.0 * np.sqrt(case["cg"] * g.kh * g.kw)
     rq = requant_record(rng, case["mode"], np.float32(0.02), k, case["per_channel"], dtype, acc_std)
     oh = pool_out_size(case["h"], g.kh, g.sh, g.pt, g.pb, False, g.dh)
@@ -117,14 +117,15 @@ def test_conv2d_takes_the_tile_path_with_partial_and_full_tiles():
     rng = np.random.default_rng(2)
     x = rand_q(rng, (1, 4, 1, 2 * TILE_P + 1), np.uint8)
     wq = rng.integers(-127, 128, (TILE_K, 4, 1, 1)).astype(np.int8)
-    pc = P.prepare_conv("c", wq, 0, None, 10, np.uint8, 1)
+    geom = P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1)
+    pc = P.prepare_conv("c", wq, 0, None, 10, np.uint8, geom)
     rq = P.requant_params("ort", 1.0, np.float32(1.0), 1.0, 0, np.uint8, TILE_K)
     rq = rq._replace(scale=np.full(TILE_K, 1 / 2048, np.float32), zero_point=128)
     skip = np.zeros((TILE_K, 1, 2 * TILE_P + 1), bool)
     skip[3, 0, 1] = True  # first tile mixed
     skip[:, 0, TILE_P : 2 * TILE_P] = True  # second tile masked
     out = np.full((1, TILE_K, 1, 2 * TILE_P + 1), SENTINEL, np.uint8)
-    macs = kconv.conv2d(x, 10, pc, P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1), rq, skip, out)
+    macs = kconv.conv2d(x, 10, pc, geom, rq, skip, out)
     acc = np.einsum("cw,kc->kw", x[0, :, 0].astype(np.int64) - 10, wq[:, :, 0, 0].astype(np.int64))
     want = np.clip(np.rint((acc / 2048).astype(np.float32)) + 128, 0, 255)
     assert np.array_equal(out[0, :, 0][~skip[:, 0]], want[~skip[:, 0]])
@@ -284,7 +285,7 @@ def test_requantize_kernel_in_ort_mode_equals_numpy_twin(n, k, p, seed):
 def test_conv_whose_accumulator_could_overflow_is_refused_naming_the_layer():
     w = np.full((2, 8000, 3, 3), 127, np.int8)  # 72000 taps * 255 * 127 > 2^31
     with pytest.raises(AccumulatorOverflowError, match="node 'layer4.1.conv2'.*2147483647"):
-        P.prepare_conv("layer4.1.conv2", w, 0, None, 0, np.uint8, 1)
+        P.prepare_conv("layer4.1.conv2", w, 0, None, 0, np.uint8, P.ConvGeom(3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1))
     with pytest.raises(AccumulatorOverflowError, match="node 'fc'"):
         P.prepare_linear("fc", w.reshape(2, -1), 0, None, 0, np.uint8)
 
@@ -294,12 +295,13 @@ def test_accumulator_bound_is_exact_at_the_int32_limit():
     w = np.full((1, 2, 1, 1), 127, np.int8)
     x = np.full((1, 2, 1, 1), 255, np.uint8)
     edge = quant.INT32_MAX - 2 * 255 * 127
-    pc = P.prepare_conv("c", w, 0, np.array([edge]), 0, np.uint8, 1)
+    geom = P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1)
+    pc = P.prepare_conv("c", w, 0, np.array([edge]), 0, np.uint8, geom)
     rq = P.requant_params("fixed_point", 1.0, np.float32(1.0), 2.0**23, 0, np.uint8, 1)
     out = np.zeros((1, 1, 1, 1), np.uint8)
-    kconv.conv2d(x, 0, pc, P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1), rq, None, out)
+    kconv.conv2d(x, 0, pc, geom, rq, None, out)
     assert int(out[0, 0, 0, 0]) == 255  # (2^31 - 1) / 2^23 = 256 - 2^-23 saturates
     with pytest.raises(AccumulatorOverflowError, match="node 'c'"):
-        P.prepare_conv("c", w, 0, np.array([edge + 1]), 0, np.uint8, 1)
+        P.prepare_conv("c", w, 0, np.array([edge + 1]), 0, np.uint8, geom)
     with pytest.raises(AccumulatorOverflowError):
-        P.prepare_conv("c", -w, 0, np.array([-edge - 1]), 0, np.uint8, 1)
+        P.prepare_conv("c", -w, 0, np.array([-edge - 1]), 0, np.uint8, geom)

@@ -1,247 +1,268 @@
 """int8 conv2d kernels: exact int32 accumulation, requantization fused, masked variants.
 
-The input is first copied channels-last as int16 with its zero point subtracted (`pack_input`,
-zero padding is then exactly the zero point, as onnxruntime pads), so every product is an exact
-int16 x int16 one and the weights need no zero-point correction. Paths:
+Work items are output rows (image, group, oy) and a chunk of blocks of TILE_K output channels.
+An item first copies the input rows it reads channels-last as int16 with the zero point
+subtracted (`pack_rows`; padding is then exactly the zero point, as onnxruntime pads), so every
+product is an exact int16 x int16 one and the weights need no zero-point correction; one
+parallel region per conv. Then:
 
-- tiles (`conv_tiles`, `conv_tiles_masked`): groups with more than one input channel; blocks of
-  TILE_P positions of an output row x TILE_K output channels by simd.conv_tile.
-- depthwise (`conv_depthwise`, `conv_depthwise_masked`): one input channel per group; each
-  position's taps along the channels, which LLVM vectorises (integer sums need no fastmath).
+- groups with more than one input channel: blocks of TILE_P positions x TILE_K output channels
+  summed by simd.conv_tile (taps (fy, fx, pair of channels));
+- depthwise (one input channel per group): each position's taps along the channels, which LLVM
+  vectorises (integer sums need no fastmath).
 
 A masked output element (skip[k, oy, ox]) is never computed and out keeps what it holds; a tile
-that mixes masked and unmasked elements computes its unmasked ones one at a time. Every kernel
-returns the MACs of the elements it computed: (C / groups) * kh * kw each, the zero taps that
-pad channels to an even count or a tile to TILE_P positions and TILE_K channels not counted.
+that mixes masked and unmasked elements computes its unmasked ones one at a time, a fully masked
+tile is skipped. The kernels return the number of output elements they computed (the wrapper
+turns it into MACs: (C / groups) * kh * kw each; the zero taps that pad channels to an even
+count, or a tile to TILE_P positions and TILE_K channels, are not counted).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, parallel_chunksize, prange
 
-from .requant import requant_value
+from .requant import requant_span, requant_value
 from .simd import TILE_K, TILE_P, conv_tile
 
+# Below this many MACs a conv runs in the calling thread: a parallel region costs more than it
+# saves on a small layer, and far more on a loaded machine, where waking the second thread waits
+# for the scheduler.
+PARALLEL_MIN_MACS = 1 << 21
+# Work items per thread to aim at when splitting an output row's channel blocks.
+ITEMS_PER_THREAD = 4
 
+
+@njit(cache=True)
 def padded_size(n, pad, out_n, stride, taps, dil):
     """Length of one zero-padded input axis holding every tap of every one of out_n outputs."""
     return max(n + pad, (out_n - 1) * stride + (taps - 1) * dil + 1)
 
 
-@njit(cache=True, parallel=True)
-def pack_input(x, x_zero_point, pt, pl, groups, cgp, xp):
-    """Layout: x (N, C, H, W) uint8/int8; xp (N, HP, WP, groups * cgp) int16, written whole:
-    xp[n, pt + iy, pl + ix, g * cgp + c] = x[n, g * Cg + c, iy, ix] - x_zero_point, zeros
-    elsewhere (padding, and channels past Cg in a group). Loop (n, padded row) in parallel."""
-    n_n, c_n, h, w = x.shape
-    hp = xp.shape[1]
-    cg = c_n // groups
-    for item in prange(n_n * hp):
-        n, r = item // hp, item % hp
-        row = xp[n, r]
-        row[:, :] = 0
-        iy = r - pt
+@njit(cache=True)
+def pack_rows(x, x_zero_point, n, c0, cg, iy0, pt, pl, buf):
+    """buf (R, WP, CP) int16: buf[r, pl + ix, c] = x[n, c0 + c, iy0 + r - pt, ix] - x_zero_point
+    for c < cg; zeros elsewhere (padding rows and columns, channels cg..CP)."""
+    h, w = x.shape[2], x.shape[3]
+    cp = buf.shape[2]
+    for r in range(buf.shape[0]):
+        row = buf[r]
+        iy = iy0 + r - pt
         if iy < 0 or iy >= h:
+            row[:, :] = 0
             continue
-        for g in range(groups):
-            for c in range(cg):
-                src = x[n, g * cg + c, iy]
-                for ix in range(w):
-                    row[pl + ix, g * cgp + c] = np.int16(np.int32(src[ix]) - x_zero_point)
+        row[:pl, :] = 0
+        row[pl + w :, :] = 0
+        for c in range(cg):
+            src = x[n, c0 + c, iy]
+            for ix in range(w):
+                row[pl + ix, c] = np.int16(np.int32(src[ix]) - x_zero_point)
+        if cp > cg:
+            row[pl : pl + w, cg:] = 0
 
 
 @njit(cache=True)
-def _tile_offsets(row0, ox0, ow, step_x):
-    """Offsets of the TILE_P positions ox0.. of an output row (past the row end: the last one)."""
-    return (
-        row0 + ox0 * step_x,
-        row0 + min(ox0 + 1, ow - 1) * step_x,
-        row0 + min(ox0 + 2, ow - 1) * step_x,
-        row0 + min(ox0 + 3, ow - 1) * step_x,
-    )
-
-
-@njit(cache=True)
-def _dot(xf, base, row, kh, step_y, kw, step_x, cgp):
-    """Exact sum over taps (fy, fx) and channels c of xf[base + fy*step_y + fx*step_x + c] *
-    row[(fy*kw + fx)*cgp + c]; the channel loop vectorises."""
+def _dot(xf, base, row, kh, step_y, kw, step_x, run):
+    """Exact sum over runs (fy, fx) and their values c of xf[base + fy*step_y + fx*step_x + c] *
+    row[(fy*kw + fx)*run + c]; the inner loop vectorises."""
     s = 0
     for fy in range(kh):
         for fx in range(kw):
             b = base + fy * step_y + fx * step_x
-            r = (fy * kw + fx) * cgp
-            for c in range(cgp):
+            r = (fy * kw + fx) * run
+            for c in range(run):
                 s += np.int32(xf[b + c]) * np.int32(row[r + c])
     return np.int32(s)  # exact: the accumulator bound was checked when the layer was prepared
 
 
-@njit(cache=True, parallel=True)
-def conv_tiles(xp, pc, geom, rq, out):
-    """Layout: xp (N, HP, WP, G*cgp) from pack_input, out (N, K, OH, OW); loop (n, g, block of
-    TILE_K channels, oy) in parallel, then tiles of TILE_P positions along ox, each tile summed
-    by simd.conv_tile (taps (fy, fx, channel pair)) and requantized with its bias. Returns the
-    number of output elements."""
-    n_n, hp, wp, ct = xp.shape
+@njit(cache=True)
+def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    """Items i0 .. i1 - 1 of the tile path: item = ((n * groups + g) * n_bands + b) * n_chunks +
+    chunk, band b the output rows b * band .. (b + 1) * band - 1, whose input rows the item
+    packs once. Returns the number of output elements computed."""
+    c_n, w = x.shape[1], x.shape[3]
     k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    groups, cgp = geom.groups, pc.cgp
-    kg = k_n // groups
+    groups, cpp, run = geom.groups, pc.cpp, pc.run
+    cg, kg = c_n // groups, k_n // groups
     n_blocks = (kg + TILE_K - 1) // TILE_K
-    tgeom = (geom.kh, geom.dh * wp * ct, geom.kw, geom.dw * ct, cgp // 2)
-    block_len = geom.kh * geom.kw * cgp * TILE_K
-    xf = xp.reshape(-1)
-    for item in prange(n_n * groups * n_blocks * oh):
-        oy = item % oh
-        blk = item // oh
-        kb, g, n = blk % n_blocks, (blk // n_blocks) % groups, blk // (n_blocks * groups)
-        acc = np.empty(TILE_P * TILE_K, np.int32)
-        row0 = n * hp * wp * ct + oy * geom.sh * wp * ct + g * cgp
-        k0 = g * kg + kb * TILE_K
-        k_count = min(TILE_K, kg - kb * TILE_K)
-        w0 = (g * n_blocks + kb) * block_len
-        for ox0 in range(0, ow, TILE_P):
-            conv_tile(pc.tiles, w0, xf, _tile_offsets(row0, ox0, ow, geom.sw * ct), tgeom, acc)
-            for p in range(min(TILE_P, ow - ox0)):
-                for c in range(k_count):
-                    k = k0 + c
-                    out[n, k, oy, ox0 + p] = requant_value(np.int64(acc[p * TILE_K + c]) + pc.bias[k], k, rq)
-    return n_n * k_n * oh * ow
-
-
-@njit(cache=True, parallel=True)
-def conv_tiles_masked(xp, pc, geom, rq, skip, out):
-    """`conv_tiles` that skips masked elements (skip (K, OH, OW) bool): a tile with every
-    element unmasked goes through simd.conv_tile, a tile with some masked computes its
-    unmasked elements one by one (filter rows, taps in (fy, fx, c) order), a fully masked one
-    is skipped. Returns the number of elements computed."""
-    n_n, hp, wp, ct = xp.shape
-    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    groups, cgp = geom.groups, pc.cgp
-    kg = k_n // groups
-    n_blocks = (kg + TILE_K - 1) // TILE_K
-    step_y, step_x = geom.dh * wp * ct, geom.dw * ct
-    tgeom = (geom.kh, step_y, geom.kw, step_x, cgp // 2)
-    block_len = geom.kh * geom.kw * cgp * TILE_K
-    xf = xp.reshape(-1)
-    n_items = n_n * groups * n_blocks * oh
-    done = np.zeros(n_items, np.int64)
-    for item in prange(n_items):
-        oy = item % oh
-        blk = item // oh
-        kb, g, n = blk % n_blocks, (blk // n_blocks) % groups, blk // (n_blocks * groups)
-        acc = np.empty(TILE_P * TILE_K, np.int32)
-        row0 = n * hp * wp * ct + oy * geom.sh * wp * ct + g * cgp
-        k0 = g * kg + kb * TILE_K
-        k_count = min(TILE_K, kg - kb * TILE_K)
-        w0 = (g * n_blocks + kb) * block_len
-        count = 0
-        for ox0 in range(0, ow, TILE_P):
-            p_count = min(TILE_P, ow - ox0)
-            live = 0
-            for p in range(p_count):
-                for c in range(k_count):
-                    live += not skip[k0 + c, oy, ox0 + p]
-            if live == 0:
-                continue
-            count += live
-            if live == p_count * k_count:
-                conv_tile(pc.tiles, w0, xf, _tile_offsets(row0, ox0, ow, geom.sw * ct), tgeom, acc)
-                for p in range(p_count):
-                    for c in range(k_count):
-                        k = k0 + c
-                        out[n, k, oy, ox0 + p] = requant_value(np.int64(acc[p * TILE_K + c]) + pc.bias[k], k, rq)
-                continue
-            for p in range(p_count):
-                base = row0 + (ox0 + p) * geom.sw * ct
-                for c in range(k_count):
-                    k = k0 + c
-                    if skip[k, oy, ox0 + p]:
+    n_bands = (oh + band - 1) // band
+    per_chunk = (n_blocks + n_chunks - 1) // n_chunks
+    span = (band - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1
+    wp = padded_size(w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
+    # the last pair of a filter row may read one value past it (times a zero weight)
+    xf = np.zeros(span * wp * cpp + 2, np.int16)
+    buf = xf[: span * wp * cpp].reshape(span, wp, cpp)
+    acc = np.empty(TILE_P * TILE_K, np.int32)
+    q = np.empty(TILE_K, np.int32)
+    step_y, step_x, pos_x = geom.dh * wp * cpp, geom.dw * cpp, geom.sw * cpp
+    kw_runs = 1 if pc.row_mode else geom.kw
+    tgeom = (geom.kh, step_y, kw_runs, step_x, run // 2)
+    block_len = geom.kh * kw_runs * run * TILE_K
+    count = 0
+    last = -1
+    for item in range(i0, i1):
+        chunk = item % n_chunks
+        band_id = item // n_chunks
+        b, g, n = band_id % n_bands, (band_id // n_bands) % groups, band_id // (n_bands * groups)
+        if band_id != last:
+            pack_rows(x, x_zero_point, n, g * cg, cg, b * band * geom.sh, geom.pt, geom.pl, buf)
+            last = band_id
+        for oy in range(b * band, min((b + 1) * band, oh)):
+            row0 = (oy - b * band) * geom.sh * wp * cpp
+            for kb in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_blocks)):
+                k0 = g * kg + kb * TILE_K
+                k_count = min(TILE_K, kg - kb * TILE_K)
+                w0 = (g * n_blocks + kb) * block_len
+                for ox0 in range(0, ow, TILE_P):
+                    p_count = min(TILE_P, ow - ox0)
+                    live = p_count * k_count
+                    if masked:
+                        live = 0
+                        for p in range(p_count):
+                            for c in range(k_count):
+                                live += not skip[k0 + c, oy, ox0 + p]
+                        if live == 0:
+                            continue
+                    count += live
+                    if live == p_count * k_count:
+                        offs = (
+                            row0 + ox0 * pos_x,
+                            row0 + min(ox0 + 1, ow - 1) * pos_x,
+                            row0 + min(ox0 + 2, ow - 1) * pos_x,
+                            row0 + min(ox0 + 3, ow - 1) * pos_x,
+                        )
+                        conv_tile(pc.tiles, w0, xf, offs, tgeom, acc)
+                        for p in range(p_count):
+                            requant_span(acc, p * TILE_K, pc.bias, k0, k_count, rq, q)
+                            for c in range(k_count):
+                                out[n, k0 + c, oy, ox0 + p] = q[c]
                         continue
-                    s = _dot(xf, base, pc.rows[k], geom.kh, step_y, geom.kw, step_x, cgp)
-                    out[n, k, oy, ox0 + p] = requant_value(s + pc.bias[k], k, rq)
-        done[item] = count
-    return done.sum()
+                    for p in range(p_count):
+                        for c in range(k_count):
+                            k = k0 + c
+                            if skip[k, oy, ox0 + p]:
+                                continue
+                            s = _dot(xf, row0 + (ox0 + p) * pos_x, pc.rows[k], geom.kh, step_y, kw_runs, step_x, run)
+                            out[n, k, oy, ox0 + p] = requant_value(np.int64(s) + pc.bias[k], k, rq)
+    return count
+
+
+@njit(cache=True)
+def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    """Items i0 .. i1 - 1 of the depthwise path: item = n * K + k, one output plane, computed
+    from a zero-padded int16 copy of its input plane (channel k // m, K = C * m) split into sw
+    phases of columns (column j of phase f is padded column j * sw + f), so that every tap
+    reads consecutive values; loop oy, taps, ox (vectorised). Filters tap-major in pc.tiles
+    (kh * kw, K). Returns the number of output elements computed."""
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    mult = k_n // c_n
+    sw = geom.sw
+    hp = padded_size(h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
+    wp = padded_size(w, geom.pl, ow, sw, geom.kw, geom.dw)
+    phases = np.zeros((sw, hp, (wp + sw - 1) // sw), np.int16)
+    acc = np.empty(ow, np.int32)
+    lo, hi = np.float32(rq.qmin - rq.zero_point), np.float32(rq.qmax - rq.zero_point)
+    count = 0
+    for item in range(i0, i1):
+        n, k = item // k_n, item % k_n
+        src = x[n, k // mult]
+        for iy in range(h):
+            srow = src[iy]
+            for f in range(sw):
+                dst = phases[f, geom.pt + iy]
+                ix0 = (f - geom.pl) % sw  # the first input column of phase f
+                j0 = (geom.pl + ix0) // sw
+                for t in range((w - ix0 + sw - 1) // sw):
+                    dst[j0 + t] = np.int16(np.int32(srow[ix0 + t * sw]) - x_zero_point)
+        bias = pc.bias[k]
+        for oy in range(oh):
+            orow = out[n, k, oy]
+            if masked:
+                for ox in range(ow):
+                    if skip[k, oy, ox]:
+                        continue
+                    s = 0
+                    for fy in range(geom.kh):
+                        for fx in range(geom.kw):
+                            j = ox * sw + fx * geom.dw
+                            v = phases[j % sw, oy * geom.sh + fy * geom.dh, j // sw]
+                            s += np.int32(v) * np.int32(pc.tiles[(fy * geom.kw + fx) * k_n + k])
+                    orow[ox] = requant_value(np.int64(s) + bias, k, rq)
+                    count += 1
+                continue
+            acc[:] = bias
+            for fy in range(geom.kh):
+                iy = oy * geom.sh + fy * geom.dh
+                for fx in range(geom.kw):
+                    wt = np.int32(pc.tiles[(fy * geom.kw + fx) * k_n + k])
+                    f = fx * geom.dw
+                    prow = phases[f % sw, iy]
+                    j0 = f // sw
+                    for ox in range(ow):
+                        acc[ox] += np.int32(prow[j0 + ox]) * wt
+            if rq.mode == 0:
+                scale = rq.scale[k]
+                for ox in range(ow):
+                    v = np.float32(np.float32(acc[ox]) * scale)
+                    orow[ox] = np.int32(np.rint(min(max(v, lo), hi))) + rq.zero_point
+            else:
+                for ox in range(ow):
+                    orow[ox] = requant_value(np.int64(acc[ox]), k, rq)
+            count += ow
+    return count
+
+
+@njit(cache=True)
+def _items(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    if pc.depthwise:
+        return _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
+    return _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
 
 
 @njit(cache=True, parallel=True)
-def conv_depthwise(xp, pc, geom, rq, out):
-    """Layout: xp (N, HP, WP, C) from pack_input (cgp = 1), out (N, K, OH, OW) with K = C * m;
-    loop (n, oy) in parallel, then ox, taps (fy, fx), channels (vectorised); filters tap-major
-    in pc.tiles (kh * kw, K). Output channel k reads input channel k // m. Returns the number of
-    output elements."""
-    n_n, hp, wp, c_n = xp.shape
-    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    mult = k_n // c_n
-    taps = geom.kh * geom.kw
-    xf = xp.reshape(-1)
-    for item in prange(n_n * oh):
-        n, oy = item // oh, item % oh
-        acc = np.empty(k_n, np.int32)
-        for ox in range(ow):
-            acc[:] = 0
-            for t in range(taps):
-                fy, fx = t // geom.kw, t % geom.kw
-                base = ((n * hp + oy * geom.sh + fy * geom.dh) * wp + ox * geom.sw + fx * geom.dw) * c_n
-                wt = pc.tiles[t * k_n : (t + 1) * k_n]
-                if mult == 1:
-                    for k in range(k_n):
-                        acc[k] += np.int32(xf[base + k]) * np.int32(wt[k])
-                else:
-                    for k in range(k_n):
-                        acc[k] += np.int32(xf[base + k // mult]) * np.int32(wt[k])
-            for k in range(k_n):
-                out[n, k, oy, ox] = requant_value(np.int64(acc[k]) + pc.bias[k], k, rq)
-    return n_n * k_n * oh * ow
+def _items_threads(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, n_items, per):
+    """Items in runs of `per`, the runs in parallel. Returns the elements computed."""
+    n_runs = (n_items + per - 1) // per
+    counts = np.zeros(n_runs, np.int64)
+    for r in prange(n_runs):
+        counts[r] = _items(
+            x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, r * per, min((r + 1) * per, n_items)
+        )
+    return counts.sum()
 
 
-@njit(cache=True, parallel=True)
-def conv_depthwise_masked(xp, pc, geom, rq, skip, out):
-    """`conv_depthwise` that computes unmasked elements only (skip (K, OH, OW)), each by itself.
-    Returns the number of elements computed."""
-    n_n, hp, wp, c_n = xp.shape
-    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
-    mult = k_n // c_n
-    taps = geom.kh * geom.kw
-    xf = xp.reshape(-1)
-    done = np.zeros(n_n * oh, np.int64)
-    for item in prange(n_n * oh):
-        n, oy = item // oh, item % oh
-        count = 0
-        for ox in range(ow):
-            for k in range(k_n):
-                if skip[k, oy, ox]:
-                    continue
-                s = 0
-                for t in range(taps):
-                    fy, fx = t // geom.kw, t % geom.kw
-                    base = ((n * hp + oy * geom.sh + fy * geom.dh) * wp + ox * geom.sw + fx * geom.dw) * c_n
-                    s += np.int32(xf[base + k // mult]) * np.int32(pc.tiles[t * k_n + k])
-                out[n, k, oy, ox] = requant_value(s + pc.bias[k], k, rq)
-                count += 1
-        done[item] = count
-    return done.sum()
+_NO_SKIP = np.zeros((1, 1, 1), np.bool_)
 
 
 def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
     """int8 conv2d. x (N, C, H, W) uint8/int8 with x_zero_point; pc a qprepare.PackedConv;
     geom a qprepare.ConvGeom; rq a qprepare.Requant; skip None (dense) or bool (K, OH, OW);
     out (N, K, OH, OW) uint8/int8, masked elements left as they are. Returns executed MACs."""
-    n_n, c_n, h, w = x.shape
+    n_n, c_n = x.shape[0], x.shape[1]
     k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     if n_n == 0 or k_n == 0 or oh == 0 or ow == 0:
         return 0
-    hp = padded_size(h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
-    wp = padded_size(w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
-    cg = c_n // geom.groups
-    xp = np.empty((n_n, hp, wp, geom.groups * pc.cgp), np.int16)
-    pack_input(x, x_zero_point, geom.pt, geom.pl, geom.groups, pc.cgp, xp)
-    macs_each = cg * geom.kh * geom.kw
+    macs_each = (c_n // geom.groups) * geom.kh * geom.kw
+    masked = skip is not None
+    skip_arr = skip if masked else _NO_SKIP
+    threads = get_num_threads()
     if pc.depthwise:
-        if skip is None:
-            conv_depthwise(xp, pc, geom, rq, out)
-            return n_n * k_n * oh * ow * macs_each
-        return int(conv_depthwise_masked(xp, pc, geom, rq, skip, out)) * macs_each
-    if skip is None:
-        conv_tiles(xp, pc, geom, rq, out)
-        return n_n * k_n * oh * ow * macs_each
-    return int(conv_tiles_masked(xp, pc, geom, rq, skip, out)) * macs_each
+        band, n_chunks, n_items = 1, 1, n_n * k_n
+    else:
+        n_blocks = (k_n // geom.groups + TILE_K - 1) // TILE_K
+        # bands of output rows as tall as leaves ITEMS_PER_THREAD items per thread (at most 8)
+        rows = n_n * geom.groups * oh
+        band = max(1, min(8, rows // (ITEMS_PER_THREAD * threads)))
+        n_bands = n_n * geom.groups * -(-oh // band)
+        n_chunks = min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_bands)))
+        n_items = n_bands * n_chunks
+    if n_n * k_n * oh * ow * macs_each < PARALLEL_MIN_MACS or threads == 1:
+        done = _items(x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks, 0, n_items)
+    else:
+        # runs of whole bands' chunks, so that an item packs its input rows once
+        per = max(n_chunks, (n_items // (ITEMS_PER_THREAD * threads)) // n_chunks * n_chunks)
+        with parallel_chunksize(1):  # runs handed out one at a time: a thread that is late takes fewer
+            done = _items_threads(x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks, n_items, per)
+    return int(done) * macs_each

@@ -51,6 +51,22 @@ def requant_value(acc, k, rq):
     return min(max(y, rq.qmin), rq.qmax)
 
 
+@njit(cache=True)
+def requant_span(acc, a0, bias, k0, count, rq, q):
+    """q[i] = the output value of acc[a0 + i] + bias[k0 + i] in output channel k0 + i, for
+    i < count (int32 values, the same as requant_value's). The mode is tested once, so the
+    `ort` loop vectorises; the sum stays int32 (exact: the accumulator bound was checked)."""
+    zp = rq.zero_point
+    if rq.mode == REQUANT_ORT:
+        lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
+        for i in range(count):
+            v = np.float32(np.float32(np.int32(acc[a0 + i] + bias[k0 + i])) * rq.scale[k0 + i])
+            q[i] = np.int32(np.rint(min(max(v, lo), hi))) + zp
+        return
+    for i in range(count):
+        q[i] = requant_value(np.int64(acc[a0 + i]) + bias[k0 + i], k0 + i, rq)
+
+
 @njit(cache=True, parallel=True)
 def requantize(acc, rq, out):
     """Layout: acc (N, K, P) int32 accumulators (bias included), out (N, K, P) uint8/int8;
