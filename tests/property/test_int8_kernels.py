@@ -2,6 +2,9 @@
 unmasked elements and leave the masked ones as they were; executed MACs are counted right; an
 int32 accumulator that could overflow is refused, naming the layer."""
 
+import contextlib
+
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -20,6 +23,16 @@ from velcro_ref.kernels.int8.simd import TILE_K, TILE_P
 from velcro_ref.reference import int8 as ref
 
 SENTINEL = 77
+
+
+@contextlib.contextmanager
+def threads(n):
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
 
 
 def rand_q(rng, shape, dtype):
@@ -95,6 +108,23 @@ def test_conv2d_kernel_equals_numpy_twin(case):
     assert np.array_equal(got, want)
     n_live = shape[1] * shape[2] * shape[3] if skip is None else int((~skip).sum())
     assert macs_got == macs_want == n_live * shape[0] * case["cg"] * g.kh * g.kw
+
+
+@given(conv_cases())
+def test_conv2d_items_shared_with_helper_threads_equal_numpy_twin(case):
+    # every conv, however small, handed out to the calling thread and a helper (kernels/int8/workers.py)
+    x, x_zp, pc, rq, skip, shape, dtype = build_conv(case)
+    got = np.full(shape, SENTINEL, dtype)
+    want = np.full(shape, SENTINEL, dtype)
+    saved = kconv.PARALLEL_MIN_MACS
+    kconv.PARALLEL_MIN_MACS = 0
+    try:
+        with threads(2):
+            macs = kconv.conv2d(x, x_zp, pc, case["geom"], rq, skip, got)
+    finally:
+        kconv.PARALLEL_MIN_MACS = saved
+    assert macs == ref.conv2d(x, x_zp, pc, case["geom"], rq, skip, want)
+    assert np.array_equal(got, want)
 
 
 @given(conv_cases())

@@ -3,8 +3,7 @@
 Work items are output rows (image, group, oy) and a chunk of blocks of TILE_K output channels.
 An item first copies the input rows it reads channels-last as int16 with the zero point
 subtracted (`pack_rows`; padding is then exactly the zero point, as onnxruntime pads), so every
-product is an exact int16 x int16 one and the weights need no zero-point correction; one
-parallel region per conv. Then:
+product is an exact int16 x int16 one and the weights need no zero-point correction. Then:
 
 - groups with more than one input channel: blocks of TILE_P positions x TILE_K output channels
   summed by simd.conv_tile (taps (fy, fx, pair of channels));
@@ -13,7 +12,8 @@ parallel region per conv. Then:
 
 A masked output element (skip[k, oy, ox]) is never computed and out keeps what it holds; a tile
 that mixes masked and unmasked elements computes its unmasked ones one at a time, a fully masked
-tile is skipped. The kernels return the number of output elements they computed (the wrapper
+tile is skipped. Items are shared by the calling thread and helper threads
+(kernels/int8/workers.py). The kernels return the number of output elements they computed (the wrapper
 turns it into MACs: (C / groups) * kh * kw each; the zero taps that pad channels to an even
 count, or a tile to TILE_P positions and TILE_K channels, are not counted).
 """
@@ -21,14 +21,14 @@ count, or a tile to TILE_P positions and TILE_K channels, are not counted).
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit, parallel_chunksize, prange
+from numba import get_num_threads, njit
 
+from . import workers
 from .requant import requant_span, requant_value
 from .simd import TILE_K, TILE_P, conv_tile
 
-# Below this many MACs a conv runs in the calling thread: a parallel region costs more than it
-# saves on a small layer, and far more on a loaded machine, where waking the second thread waits
-# for the scheduler.
+# Below this many MACs a conv runs in the calling thread alone: handing out items costs more
+# than it saves on a small layer.
 PARALLEL_MIN_MACS = 1 << 21
 # Work items per thread to aim at when splitting an output row's channel blocks.
 ITEMS_PER_THREAD = 4
@@ -221,16 +221,20 @@ def _items(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0,
     return _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
 
 
-@njit(cache=True, parallel=True)
-def _items_threads(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, n_items, per):
-    """Items in runs of `per`, the runs in parallel. Returns the elements computed."""
-    n_runs = (n_items + per - 1) // per
-    counts = np.zeros(n_runs, np.int64)
-    for r in prange(n_runs):
-        counts[r] = _items(
-            x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, r * per, min((r + 1) * per, n_items)
-        )
-    return counts.sum()
+@njit(cache=True, nogil=True)
+def _grab(counters, n_items, per, x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks):
+    """Runs of `per` items taken from counters until none is left (kernels/int8/workers.py)."""
+    total = 0
+    while True:
+        i0 = workers.atomic_add(counters, workers.NEXT, per)
+        if i0 >= n_items:
+            break
+        i1 = min(i0 + per, n_items)
+        done = _items(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
+        total += done
+        workers.atomic_add(counters, workers.DONE, done)
+        workers.atomic_add(counters, workers.FINISHED, i1 - i0)
+    return total
 
 
 _NO_SKIP = np.zeros((1, 1, 1), np.bool_)
@@ -263,6 +267,6 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
     else:
         # runs of whole bands' chunks, so that an item packs its input rows once
         per = max(n_chunks, (n_items // (ITEMS_PER_THREAD * threads)) // n_chunks * n_chunks)
-        with parallel_chunksize(1):  # runs handed out one at a time: a thread that is late takes fewer
-            done = _items_threads(x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks, n_items, per)
+        args = (x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks)
+        done = workers.run(_grab, args, n_items, per)
     return int(done) * macs_each

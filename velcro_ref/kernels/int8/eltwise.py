@@ -1,13 +1,16 @@
-"""int8 element-wise kernels: add (QLinearAdd) and concat (QLinearConcat). They perform no MACs."""
+"""int8 element-wise kernels: add (QLinearAdd) and concat (QLinearConcat). They perform no MACs.
+
+Memory-bound passes, in the calling thread (a thread pool's start costs more than it saves on a
+batch-1 tensor; see kernels/int8/workers.py for the conv's)."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .simd import fma32
 
-# Elements per parallel work item.
+# Elements per run of the loops (the batch's images split into runs).
 PART = 1 << 14
 _INDEFINITE = -(2**31)  # what x86's float -> int32 conversion gives out of range (and for NaN)
 
@@ -22,24 +25,23 @@ def add_value(a, b, prm):
     return min(max(r, prm.qmin), prm.qmax)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def add_dense(a, b, prm, out):
-    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop runs of PART elements in
-    parallel."""
+    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop runs of PART elements."""
     n_n, e_n = out.shape
     n_parts = (e_n + PART - 1) // PART
-    for item in prange(n_n * n_parts):
+    for item in range(n_n * n_parts):
         n, e0 = item // n_parts, item % n_parts * PART
         for e in range(e0, min(e0 + PART, e_n)):
             out[n, e] = add_value(a[n, e], b[n, e], prm)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def add_masked(a, b, prm, skip, out):
     """`add_dense` at the elements where skip (E,) is False; the others keep what out holds."""
     n_n, e_n = out.shape
     n_parts = (e_n + PART - 1) // PART
-    for item in prange(n_n * n_parts):
+    for item in range(n_n * n_parts):
         n, e0 = item // n_parts, item % n_parts * PART
         for e in range(e0, min(e0 + PART, e_n)):
             if not skip[e]:
@@ -57,13 +59,13 @@ def add(a, b, prm, skip, out):
         add_masked(a2, b2, prm, skip.reshape(-1), o2)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def concat_part(x, table, c0, out):
     """Layout: x (N, Ci, H, W), out (N, C, H, W) uint8/int8; out[:, c0:c0 + Ci] = table[x's
     byte] (table (256,) of out's type, the input's requantization), or a copy of x when table
-    is empty. Loop (n, c) in parallel."""
+    is empty. Loop (n, c)."""
     n_n, ci = x.shape[0], x.shape[1]
-    for item in prange(n_n * ci):
+    for item in range(n_n * ci):
         n, c = item // ci, item % ci
         src, dst = x[n, c], out[n, c0 + c]
         if table.size == 0:

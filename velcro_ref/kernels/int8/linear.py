@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .requant import requant_value
 
@@ -23,13 +23,13 @@ def _dot(xd, w):
     return np.int32(s)  # exact: the accumulator bound was checked when the layer was prepared
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def linear_dense(x, x_zero_point, pl, rq, out):
-    """Layout: x (N, F) uint8/int8, pl.weight (O, F) int16, out (N, O); loop images in
-    parallel, then outputs, then features (a vectorised exact dot product). Returns outputs."""
+    """Layout: x (N, F) uint8/int8, pl.weight (O, F) int16, out (N, O); loop images, then
+    outputs, then features (a vectorised exact dot product). Returns outputs."""
     n_n, f_n = x.shape
     o_n = out.shape[1]
-    for n in prange(n_n):
+    for n in range(n_n):
         xd = np.empty(f_n, np.int16)
         _row(x[n], x_zero_point, xd)
         for o in range(o_n):
@@ -37,14 +37,14 @@ def linear_dense(x, x_zero_point, pl, rq, out):
     return n_n * o_n
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def linear_masked(x, x_zero_point, pl, rq, skip, out):
     """`linear_dense` that skips the masked outputs (skip (O,) bool): no MACs, out left as is.
     Returns the number of outputs computed."""
     n_n, f_n = x.shape
     o_n = out.shape[1]
     done = np.zeros(n_n, np.int64)
-    for n in prange(n_n):
+    for n in range(n_n):
         xd = np.empty(f_n, np.int16)
         _row(x[n], x_zero_point, xd)
         for o in range(o_n):

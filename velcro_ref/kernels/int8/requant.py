@@ -8,7 +8,7 @@ float32 operands computed in float64 and rounded once is the correctly rounded f
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 REQUANT_ORT = 0  # quant.REQUANT_ORT
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -67,35 +67,35 @@ def requant_span(acc, a0, bias, k0, count, rq, q):
         q[i] = requant_value(np.int64(acc[a0 + i]) + bias[k0 + i], k0 + i, rq)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def requantize(acc, rq, out):
     """Layout: acc (N, K, P) int32 accumulators (bias included), out (N, K, P) uint8/int8;
-    loop (n, k) in parallel, then p."""
+    loop (n, k), then p."""
     n_n, k_n, p_n = acc.shape
-    for item in prange(n_n * k_n):
+    for item in range(n_n * k_n):
         n, k = item // k_n, item % k_n
         for p in range(p_n):
             out[n, k, p] = requant_value(np.int64(acc[n, k, p]), k, rq)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def quantize_linear(x, scale, zero_point, qmin, qmax, out):
     """Layout: x (E,) float32, out (E,) uint8/int8 (flat views); out = saturate(rint(x / scale)
     + zero_point), the division in float32, NaN to qmin (MLAS clamps with MAXPS, which returns
-    the bound for a NaN). Loop over blocks of 4096 elements in parallel."""
+    the bound for a NaN). Loop over blocks of 4096 elements."""
     lo, hi = np.float32(qmin - zero_point), np.float32(qmax - zero_point)
     s = np.float32(scale)
-    for blk in prange((x.size + 4095) // 4096):
+    for blk in range((x.size + 4095) // 4096):
         for i in range(blk * 4096, min(x.size, (blk + 1) * 4096)):
             v = np.float32(x[i] / s)
             v = lo if v != v else min(max(v, lo), hi)
             out[i] = np.int64(np.rint(v)) + zero_point
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def dequantize_linear(q, scale, zero_point, out):
     """Layout: q (E,) uint8/int8, out (E,) float32 (flat views); out = float32(q - zp) * scale."""
     s = np.float32(scale)
-    for blk in prange((q.size + 4095) // 4096):
+    for blk in range((q.size + 4095) // 4096):
         for i in range(blk * 4096, min(q.size, (blk + 1) * 4096)):
             out[i] = np.float32(np.float32(np.int64(q[i]) - zero_point) * s)
