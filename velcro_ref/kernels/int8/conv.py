@@ -24,7 +24,7 @@ import numpy as np
 from numba import get_num_threads, njit
 
 from . import workers
-from .requant import requant_span, requant_value
+from .requant import requant_span, requant_value, round_small
 from .simd import TILE_K, TILE_P, conv_tile
 
 # Below this many MACs a conv runs in the calling thread alone: handing out items costs more
@@ -43,36 +43,40 @@ def padded_size(n, pad, out_n, stride, taps, dil):
 @njit(cache=True)
 def pack_rows(x, x_zero_point, n, c0, cg, iy0, pt, pl, buf):
     """buf (R, WP, CP) int16: buf[r, pl + ix, c] = x[n, c0 + c, iy0 + r - pt, ix] - x_zero_point
-    for c < cg; zeros elsewhere (padding rows and columns, channels cg..CP)."""
+    for c < cg; zeros elsewhere (padding rows and columns, channels cg..CP). Plain indexing, no
+    row views: a view costs reference counting, which showed on small layers."""
     h, w = x.shape[2], x.shape[3]
-    cp = buf.shape[2]
-    for r in range(buf.shape[0]):
-        row = buf[r]
+    rows, wp, cp = buf.shape
+    for r in range(rows):
         iy = iy0 + r - pt
         if iy < 0 or iy >= h:
-            row[:, :] = 0
+            for j in range(wp):
+                for c in range(cp):
+                    buf[r, j, c] = 0
             continue
-        row[:pl, :] = 0
-        row[pl + w :, :] = 0
+        for j in range(wp):
+            if j < pl or j >= pl + w:
+                for c in range(cp):
+                    buf[r, j, c] = 0
+            else:
+                for c in range(cg, cp):
+                    buf[r, j, c] = 0
         for c in range(cg):
-            src = x[n, c0 + c, iy]
             for ix in range(w):
-                row[pl + ix, c] = np.int16(np.int32(src[ix]) - x_zero_point)
-        if cp > cg:
-            row[pl : pl + w, cg:] = 0
+                buf[r, pl + ix, c] = np.int16(np.int32(x[n, c0 + c, iy, ix]) - x_zero_point)
 
 
 @njit(cache=True)
-def _dot(xf, base, row, kh, step_y, kw, step_x, run):
+def _dot(xf, base, rows, k, kh, step_y, kw, step_x, run):
     """Exact sum over runs (fy, fx) and their values c of xf[base + fy*step_y + fx*step_x + c] *
-    row[(fy*kw + fx)*run + c]; the inner loop vectorises."""
+    rows[k, (fy*kw + fx)*run + c]; the inner loop vectorises."""
     s = 0
     for fy in range(kh):
         for fx in range(kw):
             b = base + fy * step_y + fx * step_x
             r = (fy * kw + fx) * run
             for c in range(run):
-                s += np.int32(xf[b + c]) * np.int32(row[r + c])
+                s += np.int32(xf[b + c]) * np.int32(rows[k, r + c])
     return np.int32(s)  # exact: the accumulator bound was checked when the layer was prepared
 
 
@@ -143,7 +147,7 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
                             k = k0 + c
                             if skip[k, oy, ox0 + p]:
                                 continue
-                            s = _dot(xf, row0 + (ox0 + p) * pos_x, pc.rows[k], geom.kh, step_y, kw_runs, step_x, run)
+                            s = _dot(xf, row0 + (ox0 + p) * pos_x, pc.rows, k, geom.kh, step_y, kw_runs, step_x, run)
                             out[n, k, oy, ox0 + p] = requant_value(np.int64(s) + pc.bias[k], k, rq)
     return count
 
@@ -154,62 +158,63 @@ def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_
     from a zero-padded int16 copy of its input plane (channel k // m, K = C * m) split into sw
     phases of columns (column j of phase f is padded column j * sw + f), so that every tap
     reads consecutive values; loop oy, taps, ox (vectorised). Filters tap-major in pc.tiles
-    (kh * kw, K). Returns the number of output elements computed."""
+    (kh * kw, K). Flat indexing throughout (no views). Returns the elements computed."""
     c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
     k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
     mult = k_n // c_n
-    sw = geom.sw
-    hp = padded_size(h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
-    wp = padded_size(w, geom.pl, ow, sw, geom.kw, geom.dw)
-    phases = np.zeros((sw, hp, (wp + sw - 1) // sw), np.int16)
+    sw, kh, kw = geom.sw, geom.kh, geom.kw
+    hp = padded_size(h, geom.pt, oh, geom.sh, kh, geom.dh)
+    wp = padded_size(w, geom.pl, ow, sw, kw, geom.dw)
+    wf = (wp + sw - 1) // sw  # columns per phase
+    pf = np.zeros(sw * hp * wf, np.int16)
     acc = np.empty(ow, np.int32)
     lo, hi = np.float32(rq.qmin - rq.zero_point), np.float32(rq.qmax - rq.zero_point)
+    zp = rq.zero_point
+    tiles, biases, scales = pc.tiles, pc.bias, rq.scale  # hoisted: each access of a field counts a reference
     count = 0
     for item in range(i0, i1):
         n, k = item // k_n, item % k_n
-        src = x[n, k // mult]
-        for iy in range(h):
-            srow = src[iy]
-            for f in range(sw):
-                dst = phases[f, geom.pt + iy]
-                ix0 = (f - geom.pl) % sw  # the first input column of phase f
-                j0 = (geom.pl + ix0) // sw
+        c = k // mult
+        for f in range(sw):
+            ix0 = (f - geom.pl) % sw  # the first input column of phase f
+            j0 = (geom.pl + ix0) // sw
+            for iy in range(h):
+                base = (f * hp + geom.pt + iy) * wf + j0
                 for t in range((w - ix0 + sw - 1) // sw):
-                    dst[j0 + t] = np.int16(np.int32(srow[ix0 + t * sw]) - x_zero_point)
-        bias = pc.bias[k]
+                    pf[base + t] = np.int16(np.int32(x[n, c, iy, ix0 + t * sw]) - x_zero_point)
+        bias = biases[k]
         for oy in range(oh):
-            orow = out[n, k, oy]
             if masked:
                 for ox in range(ow):
                     if skip[k, oy, ox]:
                         continue
                     s = 0
-                    for fy in range(geom.kh):
-                        for fx in range(geom.kw):
+                    for fy in range(kh):
+                        for fx in range(kw):
                             j = ox * sw + fx * geom.dw
-                            v = phases[j % sw, oy * geom.sh + fy * geom.dh, j // sw]
-                            s += np.int32(v) * np.int32(pc.tiles[(fy * geom.kw + fx) * k_n + k])
-                    orow[ox] = requant_value(np.int64(s) + bias, k, rq)
+                            v = pf[((j % sw) * hp + oy * geom.sh + fy * geom.dh) * wf + j // sw]
+                            s += np.int32(v) * np.int32(tiles[(fy * kw + fx) * k_n + k])
+                    out[n, k, oy, ox] = requant_value(np.int64(s) + bias, k, rq)
                     count += 1
                 continue
-            acc[:] = bias
-            for fy in range(geom.kh):
+            for ox in range(ow):
+                acc[ox] = bias
+            for fy in range(kh):
                 iy = oy * geom.sh + fy * geom.dh
-                for fx in range(geom.kw):
-                    wt = np.int32(pc.tiles[(fy * geom.kw + fx) * k_n + k])
+                for fx in range(kw):
+                    wt = np.int32(tiles[(fy * kw + fx) * k_n + k])
                     f = fx * geom.dw
-                    prow = phases[f % sw, iy]
-                    j0 = f // sw
+                    base = ((f % sw) * hp + iy) * wf + f // sw
                     for ox in range(ow):
-                        acc[ox] += np.int32(prow[j0 + ox]) * wt
+                        acc[ox] += np.int32(pf[base + ox]) * wt
             if rq.mode == 0:
-                scale = rq.scale[k]
+                scale = scales[k]
                 for ox in range(ow):
                     v = np.float32(np.float32(acc[ox]) * scale)
-                    orow[ox] = np.int32(np.rint(min(max(v, lo), hi))) + rq.zero_point
+                    out[n, k, oy, ox] = np.int32(round_small(min(max(v, lo), hi))) + zp
             else:
                 for ox in range(ow):
-                    orow[ox] = requant_value(np.int64(acc[ox]), k, rq)
+                    out[n, k, oy, ox] = requant_value(np.int64(acc[ox]), k, rq)
             count += ow
     return count
 

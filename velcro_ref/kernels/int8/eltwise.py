@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .requant import round_small
 from .simd import fma32
 
 # Elements per run of the loops (the batch's images split into runs).
@@ -21,8 +22,10 @@ def add_value(a, b, prm):
     fma(a, a_ratio, fma(b, b_ratio, offset)) in float32, rounded half to even (out of the int32
     range: INT32_MIN, as cvtps2dq gives), saturated to [qmin, qmax] (the packs that follow)."""
     v = fma32(np.float32(a), prm.a_ratio, fma32(np.float32(b), prm.b_ratio, prm.offset))
-    r = np.int64(np.rint(v)) if -2147483648.0 <= v < 2147483648.0 else _INDEFINITE
-    return min(max(r, prm.qmin), prm.qmax)
+    if not -2147483648.0 <= v < 2147483648.0:
+        return max(_INDEFINITE, prm.qmin)
+    # saturating before rounding gives the same as after: the bounds are integers
+    return np.int64(round_small(min(max(v, np.float32(prm.qmin)), np.float32(prm.qmax))))
 
 
 @njit(cache=True)

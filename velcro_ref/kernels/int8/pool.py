@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .requant import round_small
+
 
 @njit(cache=True)
 def max_pool(x, kh, kw, sh, sw, pt, pl, out):
@@ -43,4 +45,4 @@ def global_avg_pool(x, x_zero_point, scale, y_zero_point, qmin, qmax, out):
                 acc += np.int64(plane[iy, ix])
         acc -= np.int64(x_zero_point) * h * w
         v = min(max(np.float32(np.float32(acc) * s), lo), hi)
-        out[q // c_n, q % c_n, 0, 0] = np.int64(np.rint(v)) + y_zero_point
+        out[q // c_n, q % c_n, 0, 0] = np.int64(round_small(v)) + y_zero_point

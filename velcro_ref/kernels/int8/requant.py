@@ -12,6 +12,16 @@ from numba import njit
 
 REQUANT_ORT = 0  # quant.REQUANT_ORT
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# 1.5 * 2^23: adding it to a float32 of magnitude below 2^22 leaves no fraction bits, so the sum
+# is rounded to an integer in the current mode (nearest, ties to even); subtracting it back is
+# exact. Unlike np.rint (a call to the C library here) the two adds vectorise.
+_ROUNDER = np.float32(12582912.0)
+
+
+@njit(cache=True, inline="always")
+def round_small(v):
+    """round_half_even(v) of a float32 with |v| < 2^22, as a float32."""
+    return np.float32(np.float32(v + _ROUNDER) - _ROUNDER)
 
 
 @njit(cache=True, inline="always")
@@ -42,7 +52,7 @@ def requant_value(acc, k, rq):
     if rq.mode == REQUANT_ORT:
         v = np.float32(np.float32(acc) * rq.scale[k])
         v = min(max(v, np.float32(rq.qmin - zp)), np.float32(rq.qmax - zp))
-        return np.int64(np.rint(v)) + zp
+        return np.int64(round_small(v)) + zp
     s = np.int64(rq.shift[k])
     x = np.int64(acc)
     if s > 0:
@@ -61,7 +71,7 @@ def requant_span(acc, a0, bias, k0, count, rq, q):
         lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
         for i in range(count):
             v = np.float32(np.float32(np.int32(acc[a0 + i] + bias[k0 + i])) * rq.scale[k0 + i])
-            q[i] = np.int32(np.rint(min(max(v, lo), hi))) + zp
+            q[i] = np.int32(round_small(min(max(v, lo), hi))) + zp
         return
     for i in range(count):
         q[i] = requant_value(np.int64(acc[a0 + i]) + bias[k0 + i], k0 + i, rq)
@@ -89,7 +99,7 @@ def quantize_linear(x, scale, zero_point, qmin, qmax, out):
         for i in range(blk * 4096, min(x.size, (blk + 1) * 4096)):
             v = np.float32(x[i] / s)
             v = lo if v != v else min(max(v, lo), hi)
-            out[i] = np.int64(np.rint(v)) + zero_point
+            out[i] = np.int64(round_small(v)) + zero_point
 
 
 @njit(cache=True)
