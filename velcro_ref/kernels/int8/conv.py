@@ -1,21 +1,21 @@
 """int8 conv2d kernels: exact int32 accumulation, requantization fused, masked variants.
 
-Work items are output rows (image, group, oy) and a chunk of blocks of TILE_K output channels.
-An item first copies the input rows it reads channels-last as int16 with the zero point
-subtracted (`pack_rows`; padding is then exactly the zero point, as onnxruntime pads), so every
-product is an exact int16 x int16 one and the weights need no zero-point correction. Then:
-
-- groups with more than one input channel: blocks of TILE_P positions x TILE_K output channels
-  summed by simd.conv_tile (taps (fy, fx, pair of channels));
-- depthwise (one input channel per group): each position's taps along the channels, which LLVM
-  vectorises (integer sums need no fastmath).
+Work items are bands of output rows (image, group, rows oy0..) and a chunk of the blocks of
+TILE_K output channels. An item first copies the input rows its band reads channels-last as
+int16 with the zero point subtracted (`pack_rows`; padding is then exactly the zero point, as
+onnxruntime pads), so every product is an exact int16 x int16 one and the weights need no
+zero-point correction. Then blocks of TILE_P positions x TILE_K output channels are summed by
+simd.conv_tile over runs of values: per tap (fy, fx) a pair-padded run of channels, or with one
+group and no horizontal dilation a whole filter row (kw taps x channels) as one run. A depthwise
+conv (one input channel per group) goes plane by plane instead, along the output row (which
+LLVM vectorises: integer sums need no fastmath).
 
 A masked output element (skip[k, oy, ox]) is never computed and out keeps what it holds; a tile
 that mixes masked and unmasked elements computes its unmasked ones one at a time, a fully masked
-tile is skipped. Items are shared by the calling thread and helper threads
-(kernels/int8/workers.py). The kernels return the number of output elements they computed (the wrapper
-turns it into MACs: (C / groups) * kh * kw each; the zero taps that pad channels to an even
-count, or a tile to TILE_P positions and TILE_K channels, are not counted).
+tile is skipped. Items are shared by the calling thread and helper threads (kernels/int8/
+workers.py). The kernels return the number of output elements they computed; the wrapper turns
+it into MACs, (C / groups) * kh * kw each (the zero taps padding a run to an even length, or a
+tile to TILE_P positions and TILE_K channels, are not counted).
 """
 
 from __future__ import annotations
@@ -73,10 +73,10 @@ def _dot(xf, base, rows, k, kh, step_y, kw, step_x, run):
     s = 0
     for fy in range(kh):
         for fx in range(kw):
-            b = base + fy * step_y + fx * step_x
-            r = (fy * kw + fx) * run
-            for c in range(run):
-                s += np.int32(xf[b + c]) * np.int32(rows[k, r + c])
+            b = np.uint64(base + fy * step_y + fx * step_x)
+            r = np.uint64((fy * kw + fx) * run)
+            for c in range(run):  # unsigned indices: no negative-index test, so it vectorises
+                s += np.int32(xf[b + np.uint64(c)]) * np.int32(rows[k, r + np.uint64(c)])
     return np.int32(s)  # exact: the accumulator bound was checked when the layer was prepared
 
 
@@ -175,13 +175,24 @@ def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_
     for item in range(i0, i1):
         n, k = item // k_n, item % k_n
         c = k // mult
-        for f in range(sw):
-            ix0 = (f - geom.pl) % sw  # the first input column of phase f
-            j0 = (geom.pl + ix0) // sw
+        if sw == 2:  # both phases in one loop: LLVM vectorises the pair of strided loads
+            f0, pl = geom.pl % 2, geom.pl
             for iy in range(h):
-                base = (f * hp + geom.pt + iy) * wf + j0
-                for t in range((w - ix0 + sw - 1) // sw):
-                    pf[base + t] = np.int16(np.int32(x[n, c, iy, ix0 + t * sw]) - x_zero_point)
+                b0 = (f0 * hp + geom.pt + iy) * wf + pl // 2
+                b1 = ((1 - f0) * hp + geom.pt + iy) * wf + (pl + 1) // 2
+                for t in range(w // 2):
+                    pf[b0 + t] = np.int16(np.int32(x[n, c, iy, 2 * t]) - x_zero_point)
+                    pf[b1 + t] = np.int16(np.int32(x[n, c, iy, 2 * t + 1]) - x_zero_point)
+                if w % 2:
+                    pf[b0 + w // 2] = np.int16(np.int32(x[n, c, iy, w - 1]) - x_zero_point)
+        else:
+            for f in range(sw):
+                ix0 = (f - geom.pl) % sw  # the first input column of phase f
+                j0 = (geom.pl + ix0) // sw
+                for iy in range(h):
+                    base = (f * hp + geom.pt + iy) * wf + j0
+                    for t in range((w - ix0 + sw - 1) // sw):
+                        pf[base + t] = np.int16(np.int32(x[n, c, iy, ix0 + t * sw]) - x_zero_point)
         bias = biases[k]
         for oy in range(oh):
             if masked:
@@ -204,9 +215,9 @@ def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_
                 for fx in range(kw):
                     wt = np.int32(tiles[(fy * kw + fx) * k_n + k])
                     f = fx * geom.dw
-                    base = ((f % sw) * hp + iy) * wf + f // sw
-                    for ox in range(ow):
-                        acc[ox] += np.int32(pf[base + ox]) * wt
+                    base = np.uint64(((f % sw) * hp + iy) * wf + f // sw)
+                    for ox in range(ow):  # unsigned indices: no negative-index test, so it vectorises
+                        acc[ox] += np.int32(pf[base + np.uint64(ox)]) * wt
             if rq.mode == 0:
                 scale = scales[k]
                 for ox in range(ow):

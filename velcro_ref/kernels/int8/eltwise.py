@@ -11,8 +11,6 @@ from numba import njit
 from .requant import round_small
 from .simd import fma32
 
-# Elements per run of the loops (the batch's images split into runs).
-PART = 1 << 14
 _INDEFINITE = -(2**31)  # what x86's float -> int32 conversion gives out of range (and for NaN)
 
 
@@ -30,23 +28,17 @@ def add_value(a, b, prm):
 
 @njit(cache=True)
 def add_dense(a, b, prm, out):
-    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop runs of PART elements."""
-    n_n, e_n = out.shape
-    n_parts = (e_n + PART - 1) // PART
-    for item in range(n_n * n_parts):
-        n, e0 = item // n_parts, item % n_parts * PART
-        for e in range(e0, min(e0 + PART, e_n)):
+    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop n, e."""
+    for n in range(out.shape[0]):
+        for e in range(out.shape[1]):
             out[n, e] = add_value(a[n, e], b[n, e], prm)
 
 
 @njit(cache=True)
 def add_masked(a, b, prm, skip, out):
     """`add_dense` at the elements where skip (E,) is False; the others keep what out holds."""
-    n_n, e_n = out.shape
-    n_parts = (e_n + PART - 1) // PART
-    for item in range(n_n * n_parts):
-        n, e0 = item // n_parts, item % n_parts * PART
-        for e in range(e0, min(e0 + PART, e_n)):
+    for n in range(out.shape[0]):
+        for e in range(out.shape[1]):
             if not skip[e]:
                 out[n, e] = add_value(a[n, e], b[n, e], prm)
 

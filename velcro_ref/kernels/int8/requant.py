@@ -69,8 +69,11 @@ def requant_span(acc, a0, bias, k0, count, rq, q):
     zp = rq.zero_point
     if rq.mode == REQUANT_ORT:
         lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
+        scale = rq.scale
+        ua, uk = np.uint64(a0), np.uint64(k0)  # unsigned indices: no negative-index test, so it vectorises
         for i in range(count):
-            v = np.float32(np.float32(np.int32(acc[a0 + i] + bias[k0 + i])) * rq.scale[k0 + i])
+            ui = np.uint64(i)
+            v = np.float32(np.float32(np.int32(acc[ua + ui] + bias[uk + ui])) * scale[uk + ui])
             q[i] = np.int32(round_small(min(max(v, lo), hi))) + zp
         return
     for i in range(count):
@@ -92,20 +95,18 @@ def requantize(acc, rq, out):
 def quantize_linear(x, scale, zero_point, qmin, qmax, out):
     """Layout: x (E,) float32, out (E,) uint8/int8 (flat views); out = saturate(rint(x / scale)
     + zero_point), the division in float32, NaN to qmin (MLAS clamps with MAXPS, which returns
-    the bound for a NaN). Loop over blocks of 4096 elements."""
+    the bound for a NaN)."""
     lo, hi = np.float32(qmin - zero_point), np.float32(qmax - zero_point)
     s = np.float32(scale)
-    for blk in range((x.size + 4095) // 4096):
-        for i in range(blk * 4096, min(x.size, (blk + 1) * 4096)):
-            v = np.float32(x[i] / s)
-            v = lo if v != v else min(max(v, lo), hi)
-            out[i] = np.int64(round_small(v)) + zero_point
+    for i in range(x.size):
+        v = np.float32(x[i] / s)
+        v = lo if v != v else min(max(v, lo), hi)
+        out[i] = np.int64(round_small(v)) + zero_point
 
 
 @njit(cache=True)
 def dequantize_linear(q, scale, zero_point, out):
     """Layout: q (E,) uint8/int8, out (E,) float32 (flat views); out = float32(q - zp) * scale."""
     s = np.float32(scale)
-    for blk in range((q.size + 4095) // 4096):
-        for i in range(blk * 4096, min(q.size, (blk + 1) * 4096)):
-            out[i] = np.float32(np.float32(np.int64(q[i]) - zero_point) * s)
+    for i in range(q.size):
+        out[i] = np.float32(np.float32(np.int64(q[i]) - zero_point) * s)
