@@ -93,13 +93,17 @@ class AddParams(NamedTuple):
 
 def requant_params(mode, x_scale, w_scale, y_scale, y_zero_point, y_dtype, n_channels) -> Requant:
     """The Requant record of a conv or linear layer with n_channels outputs; w_scale a scalar or
-    one per channel. mode "ort" or "fixed_point" (both sets of numbers are filled, the mode picks).
-    Raises ValueError for an unknown mode or a multiplier the fixed-point mode cannot hold."""
+    one per channel. mode "ort" or "fixed_point" (the ort scales are always filled; multipliers
+    and shifts in fixed-point mode only). Raises ValueError for an unknown mode or a multiplier
+    the fixed-point mode cannot hold."""
     if mode not in quant.REQUANT_MODES:
         raise ValueError(f"requantization mode must be one of {', '.join(quant.REQUANT_MODES)}, got {mode!r}")
     ws = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (n_channels,))
     scale = quant.ort_multiplier(x_scale, ws, y_scale)
-    mult, shift = quant.fixed_point_multiplier(quant.real_multiplier(x_scale, ws, y_scale))
+    if mode == "fixed_point":
+        mult, shift = quant.fixed_point_multiplier(quant.real_multiplier(x_scale, ws, y_scale))
+    else:
+        mult, shift = np.zeros(n_channels, np.int32), np.zeros(n_channels, np.int32)
     qmin, qmax = quant.qrange(y_dtype)
     return Requant(
         quant.REQUANT_MODES.index(mode),
