@@ -39,3 +39,7 @@ class UsageError(VelcroError):
     """A command-line argument is invalid (exit 2, like argparse)."""
 
     exit_code = 2
+
+
+class AccumulatorOverflowError(ModelError):
+    """An int8 layer whose int32 accumulator could overflow for some input."""
