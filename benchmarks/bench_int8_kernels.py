@@ -47,6 +47,14 @@ SHAPES = {
 }
 
 
+def _folded(graph):
+    """The graph as the engine runs it: batch norms folded into their convs."""
+    from velcro_ref.engine import Model
+    from velcro_ref.plan import executed_graph
+
+    return executed_graph(Model(graph).plan, graph)
+
+
 def _median_ms(fn, repeat):
     for _ in range(3):
         fn()
@@ -69,8 +77,8 @@ def _layer_data(shape):
 
 def child_layer_velcro(shape, repeat):
     from velcro_ref import qprepare
-    from velcro_ref.graph import pool_out_size
     from velcro_ref.kernels.int8 import conv
+    from velcro_ref.ops.base import window_out_size as pool_out_size
 
     c, k, h, ks, s, p, groups = shape
     x, w, bias = _layer_data(shape)
@@ -133,10 +141,10 @@ def child_layer_ort(shape, repeat, exact):
 def _resnet18_ranges(size):
     """The float ResNet-18 (BN folded), and per-tensor ranges measured with the float engine."""
     from velcro_ref.engine import Model
-    from velcro_ref.graph import INPUT, fold_batch_norm
+    from velcro_ref.graph import INPUT
     from velcro_ref.zoo import build_zoo
 
-    graph = fold_batch_norm(build_zoo("resnet18", input_size=size, seed=0))
+    graph = _folded(build_zoo("resnet18", input_size=size, seed=0))
 
     class Ranges:
         def __init__(self):

@@ -15,9 +15,9 @@ from . import graph as G
 from .errors import InputError, MaskError
 from .kernels.conv2d import aligned_floats
 from .kernels.overwrite import put_at
-from .quant import dequantize, quantize
 from .model_io import load_graph
 from .plan import build_plan
+from .quant import dequantize_linear, quantize_linear
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class Model:
                 values = np.ascontiguousarray(c, np.float32).reshape(-1)[idx]
                 q = steps[s].q
                 if q is not None:  # a quantized site holds its constants quantized with its own parameters
-                    values = quantize(values, q.scale, q.zero_point, q.dtype)
+                    values = quantize_linear(values, q.scale, q.zero_point, q.dtype)
                 fixed[s] = (idx, values)
                 for node in self.chains[s]:  # skipped chain outputs read as zero
                     zq = steps[node].q
@@ -176,14 +176,16 @@ class Model:
                 self._fixed[st.name] = mp
             mask = None if mp is None else mp.site_masks.get(st.name)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
-                st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1))
+                st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
             else:
                 n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, self._col)
                 if st.opdef.chain == "skip":
                     macs[st.name] = int(n_macs)
             if observer is not None:
                 if st.opdef.site:  # a quantized site is seen as its real values
-                    observer.on_site(st.name, out if st.q is None else dequantize(out, st.q.scale, st.q.zero_point))
+                    observer.on_site(
+                        st.name, out if st.q is None else dequantize_linear(out, st.q.scale, st.q.zero_point)
+                    )
                 if hasattr(observer, "on_node"):
                     observer.on_node(st, [env[t] for t in st.inputs], out, getattr(skip, "skip", skip))
             env[st.name] = out

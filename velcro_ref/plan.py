@@ -170,3 +170,17 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
     chains = producer_chains(nodes, plan_readers)
     sites = {n.name: n.out_shape for n in nodes if n.opdef.site}
     return Plan(tuple(nodes), output, plan_shapes, plan_readers, chains, sites, folded, dead)
+
+
+def executed_graph(plan: Plan, graph: Graph) -> Graph:
+    """The plan as a Graph of its own: what runs, batch norms folded into their convs and dead
+    branches left out (for exporting the model as it computes, e.g. to quantize it elsewhere).
+    Each array is stored under "<node>.<role>"."""
+    nodes, params = [], {}
+    for n in plan.nodes:
+        roles = {}
+        for role, a in n.arrays.items():
+            roles[role] = f"{n.name}.{role}"
+            params[roles[role]] = a
+        nodes.append(Node(n.name, n.op, n.inputs, dict(n.source.attrs), roles))
+    return Graph(tuple(nodes), graph.input_shape, plan.output, params, dict(graph.meta))

@@ -16,11 +16,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from velcro_ref import qprepare as P
-from velcro_ref.graph import pool_out_size
 from velcro_ref.kernels.int8 import conv as kconv
 from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
 from velcro_ref.kernels.int8 import pool as kpool
+from velcro_ref.ops.base import window_out_size as pool_out_size
 
 ONNX_TYPE = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
 

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from velcro_ref import qprepare as P
 from velcro_ref import quant
 from velcro_ref.errors import AccumulatorOverflowError
-from velcro_ref.graph import pool_out_size
 from velcro_ref.kernels.int8 import conv as kconv
 from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
 from velcro_ref.kernels.int8 import pool as kpool
 from velcro_ref.kernels.int8 import requant as kreq
 from velcro_ref.kernels.int8.simd import TILE_K, TILE_P
+from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import int8 as ref
 
 SENTINEL = 77

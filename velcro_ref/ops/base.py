@@ -156,14 +156,15 @@ def quantized_output(node) -> QParams:
 class ActivationOp(Op):
     """An activation function: its output is an activation site, computed element-wise.
 
-    `unmasked(x, mask, out)` computes it at the unmasked elements of a masked site only: x and out
-    (N, E) flattened, mask (E,) bool; masked elements keep what out holds (their constants).
+    `unmasked(x, mask, out, args)` computes it at the unmasked elements of a masked site only: x
+    and out (N, E) flattened, mask (E,) bool, args what `prepare` made; masked elements keep what
+    out holds (their constants).
     """
 
     site = True
     ops_per_element = 1
 
-    def unmasked(self, x, mask, out) -> None:
+    def unmasked(self, x, mask, out, args) -> None:
         raise NotImplementedError(self.name)
 
 

@@ -106,3 +106,9 @@ def quantize_linear(x, scale, zero_point, qmin, qmax, out):
 
 def dequantize_linear(q, scale, zero_point, out):
     out[...] = quant.dequantize_linear(q, scale, zero_point)
+
+
+def clamp(x, lo, hi, mask, out):
+    """Twin of kernels.int8.sites.clamp."""
+    keep = np.ones(x.shape[1], bool) if mask.size == 0 else ~mask
+    np.copyto(out, np.clip(x, lo, hi).astype(out.dtype), where=keep[None, :])
