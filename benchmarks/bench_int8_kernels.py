@@ -175,9 +175,10 @@ class Int8ResNet:
 
     def __init__(self, graph, ranges):
         from velcro_ref import qprepare, quant
-        from velcro_ref.graph import INPUT, conv_attrs, infer_shapes, pool_attrs
+        from velcro_ref import ops
+        from velcro_ref.graph import INPUT, infer_shapes
 
-        readers = graph.consumers()
+        readers = graph.readers()
         r = {k: (np.float32(a), np.float32(b)) for k, (a, b) in ranges.items()}
         for n in graph.nodes:
             if n.op == "relu" and len(readers[n.inputs[0]]) == 1:
@@ -198,7 +199,7 @@ class Int8ResNet:
                 wq, bq = quant.quantize_weight(w, ws), quant.quantize_bias(b, xs, ws)
                 rq = qprepare.requant_params("ort", xs, ws, own[0], own[1], np.uint8, w.shape[0])
                 if n.op == "conv2d":
-                    a = conv_attrs(n)
+                    a = ops.get(n.op).check(n)
                     geom = qprepare.ConvGeom(*a["kernel"], *a["stride"], *a["pads"], *a["dilation"], a["groups"])
                     pc = qprepare.prepare_conv(n.name, wq, 0, bq, int(xz), np.uint8, geom)
                     self.steps.append(("conv", n.name, src, (int(xz), pc, geom, rq)))
@@ -211,7 +212,7 @@ class Int8ResNet:
                 self.steps.append(("add", n.name, src, qprepare.add_params(xs, xz, bs, bz, *own, np.uint8)))
                 self.q[n.name] = own
             elif n.op == "max_pool":
-                a = pool_attrs(n)
+                a = ops.get(n.op).check(n)
                 self.steps.append(("max_pool", n.name, src, (*a["kernel"], *a["stride"], *a["pads"][:2])))
                 self.q[n.name] = (xs, xz)
             elif n.op == "global_avg_pool":

@@ -92,7 +92,7 @@ def resnet_and_ranges(tmp_path_factory):
 def test_parameters_equal_what_quantize_static_writes(resnet_and_ranges, tmp_path, fmt, per_channel, act):
     graph, path, ranges = resnet_and_ranges
     init = quantize_with_ranges(path, ranges, tmp_path, fmt, per_channel, act)
-    readers = graph.consumers()
+    readers = graph.readers()
     # The quantizer gives a ReLU's input (read by the ReLU alone) the ReLU output's range.
     adjusted = dict(ranges)
     for n in graph.nodes:
