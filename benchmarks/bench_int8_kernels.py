@@ -174,8 +174,7 @@ class Int8ResNet:
     quantize_static computes from the same ranges)."""
 
     def __init__(self, graph, ranges):
-        from velcro_ref import qprepare, quant
-        from velcro_ref import ops
+        from velcro_ref import ops, qprepare, quant
         from velcro_ref.graph import INPUT, infer_shapes
 
         readers = graph.readers()
