@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from robust_util import zoo_graph
 
 from velcro_ref import ops
 from velcro_ref.engine import Model
@@ -231,10 +232,9 @@ def test_fully_masked_site_outputs_exactly_its_constants(case):
 
 
 def test_masks_of_another_model_are_refused_naming_both_fingerprints():
-    from velcro_ref.zoo import build_zoo
 
-    a = Model(build_zoo("resnet18", input_size=16, width=0.125, seed=1))
-    b = Model(build_zoo("resnet18", input_size=16, width=0.125, seed=2))
+    a = Model(zoo_graph("resnet18", input_size=16, width=0.125, seed=1))
+    b = Model(zoo_graph("resnet18", input_size=16, width=0.125, seed=2))
     with pytest.raises(MaskError) as e:
         a.run(np.zeros((1, 3, 16, 16), np.float32), masks=empty_masks(b))
     assert a.fingerprint in str(e.value) and b.fingerprint in str(e.value)

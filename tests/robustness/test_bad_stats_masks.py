@@ -5,7 +5,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from robust_util import edited_copy
+from robust_util import edited_copy, zoo_graph
 
 from velcro_ref import h5io
 from velcro_ref.engine import load_model
@@ -13,7 +13,6 @@ from velcro_ref.errors import MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
 from velcro_ref.stats import load_stats
-from velcro_ref.zoo import build_zoo
 
 SITE = "layer2.0.relu1"
 
@@ -21,7 +20,7 @@ SITE = "layer2.0.relu1"
 @pytest.fixture(scope="module")
 def other_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("other") / "other.h5"
-    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=1), path)
+    save_model(zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=1), path)
     return path
 
 

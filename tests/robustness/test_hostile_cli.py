@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from robust_util import ROOT, velcro_process
+from robust_util import ROOT, velcro_process, zoo_graph
 
 from velcro_ref.masks import build_masks, save_masks, uniform_ratios
 from velcro_ref.model_io import save_model
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.stats import SiteStats, Stats, collect_stats, save_stats
-from velcro_ref.zoo import build_zoo
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +138,7 @@ def prepare(d: Path, case: str) -> None:
         stats = _one_site_stats(mean=1e300)
         save_stats(stats, d / "big.h5")
     if case == "merge-other-model":
-        other = build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=9)
+        other = zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=9)
         from velcro_ref.engine import Model
 
         x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)

@@ -13,13 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+from robust_util import zoo_graph
 
 from velcro_ref import quant
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.plan import executed_graph
-from velcro_ref.zoo import build_zoo
 
 
 class RangeObserver:
@@ -78,7 +78,7 @@ def same_bits(a, b):
 
 @pytest.fixture(scope="module")
 def resnet_and_ranges(tmp_path_factory):
-    graph = _folded(build_zoo("resnet18", input_size=32, num_classes=10, width=0.25, seed=0))
+    graph = _folded(zoo_graph("resnet18", input_size=32, num_classes=10, width=0.25, seed=0))
     path = tmp_path_factory.mktemp("onnx") / "r.onnx"
     export_onnx(graph, path)
     rng = np.random.default_rng(0)
