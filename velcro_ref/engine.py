@@ -13,7 +13,8 @@ import numpy as np
 
 from . import graph as G
 from .errors import InputError, MaskError
-from .kernels.conv2d import aligned_floats, conv2d, padded_taps, plan_skip, taps_last
+from .kernels.conv import conv2d, conv_geom, plan_skip, prepare_conv, scratch_floats
+from .kernels.conv.layouts import aligned_floats
 from .kernels.linear import linear
 from .kernels.overwrite import clamp_unmasked, put_at
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
@@ -51,11 +52,12 @@ class Step:
 
 
 def _conv_step(graph, n, in_shape, out_shape):
+    """(ConvWeights, ConvGeom) of a conv node: its filters packed once for the kernels."""
     a = G.conv_attrs(n)
-    w = np.ascontiguousarray(graph.params[n.params["weight"]])
-    b = graph.params[n.params["bias"]] if "bias" in n.params else np.zeros(w.shape[0], np.float32)
-    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], a["pads"], a["dilation"]
-    return (w, np.ascontiguousarray(b), sh, sw, pt, pl, pb, pr, dh, dw, a["groups"], taps_last(w))
+    w = graph.params[n.params["weight"]]
+    b = graph.params[n.params["bias"]] if "bias" in n.params else None
+    geom = conv_geom(*in_shape, w.shape[0], a["kernel"], a["stride"], a["pads"], a["dilation"], a["groups"])
+    return (prepare_conv(w, b, geom), geom)
 
 
 def _pool_step(graph, n, in_shape, out_shape):
@@ -87,7 +89,8 @@ PREPARE = {
 
 
 def _run_conv(xs, args, skip, out, col):
-    return conv2d(xs[0], *args[:11], skip, out, col, args[11])
+    weights, geom = args
+    return conv2d(xs[0], weights, geom, skip, out, col)
 
 
 def _run_linear(xs, args, skip, out, col):
@@ -222,14 +225,8 @@ class Model:
         self._buffers: dict = {}
         self._plan: _MaskPlan | None = None
         self._fixed: dict = {}  # node -> the plan whose `fixed` values its buffer holds
-        col_size = 0
-        for n in self.exec_graph.nodes:
-            if n.op == "conv2d":
-                a = G.conv_attrs(n)
-                cg = shapes[n.inputs[0]][0] // a["groups"]
-                taps = padded_taps(cg * a["kernel"][0] * a["kernel"][1])
-                col_size = max(col_size, taps * shapes[n.name][1] * shapes[n.name][2])
-        self._col = aligned_floats(col_size)
+        self._col = aligned_floats(0)  # conv scratch, sized for the batch by `_scratch`
+        self._col_images = 0
 
     @property
     def input_shape(self) -> tuple:
@@ -275,6 +272,16 @@ class Model:
             raise InputError(f"input: {bad} NaN/Inf value(s) of {x.size}")
         return np.ascontiguousarray(x)
 
+    def _scratch(self, n_n):
+        """The conv kernels' scratch, large enough for a batch of n_n images."""
+        if n_n != self._col_images:
+            convs = [st.args for st in self.steps if st.op == "conv2d"]
+            need = max((scratch_floats(geom, n_n, weights) for weights, geom in convs), default=0)
+            if need > self._col.size:
+                self._col = aligned_floats(need)
+            self._col_images = n_n
+        return self._col
+
     def _buffer(self, name, shape):
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape:
@@ -309,11 +316,11 @@ class Model:
             return plan
         for a in arrays:
             a.flags.writeable = False
-        convs = {st.name: st.args for st in self.steps if st.op == "conv2d"}  # (w, b, ..., groups, ...)
+        convs = {st.name: st.args for st in self.steps if st.op == "conv2d"}  # (ConvWeights, ConvGeom)
         skips = {}
         for node, mask in self.site_skips(masks).items():
             a = convs.get(node)
-            skips[node] = mask if a is None else plan_skip(mask, a[10], int(np.prod(a[0].shape[1:])))
+            skips[node] = mask if a is None else plan_skip(mask, *a)
         site_masks, fixed = {}, {}
         for s, (m, c) in masks.sites.items():
             idx = np.flatnonzero(m)
@@ -340,6 +347,7 @@ class Model:
         x = self.check_input(x)
         plan = None if masks is None else self._mask_plan(masks)
         n_n = x.shape[0]
+        col = self._scratch(n_n)
         env = {G.INPUT: x}
         macs = {}
         for st in self.steps:
@@ -358,7 +366,7 @@ class Model:
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 clamp_unmasked(env[st.inputs[0]].reshape(n_n, -1), ACT_MAX[st.op], mask, out.reshape(n_n, -1))
             else:
-                n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, self._col)
+                n_macs = OPS[st.op]([env[t] for t in st.inputs], st.args, skip, out, col)
                 if st.op in CHAIN_OPS:
                     macs[st.name] = int(n_macs)
             if observer is not None:

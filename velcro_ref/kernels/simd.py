@@ -1,18 +1,28 @@
-"""SIMD building blocks of the masked conv kernels, as Numba intrinsics written in LLVM IR.
+"""SIMD blocks of the conv and linear kernels, as Numba intrinsics written in LLVM IR.
 
-Numba vectorises a dot product only when fastmath lets LLVM reorder the sum, which STYLE rules
-out. These intrinsics write the order down instead, with plain IEEE multiply and add:
+Numba vectorises a sum only when fastmath lets LLVM reorder it, which the style rules out. These
+intrinsics write the order of docs/kernels.md down instead: `<8 x float>` vectors and the
+`llvm.fma` intrinsic, a fused multiply-add rounded once, as IEEE 754 defines it (a plain fmul
+and fadd without fast-math flags are never contracted, so nothing else fuses).
 
-- `dot_taps`: a few filter rows against the taps of a few output positions, read where they lie
-  (a padded channels-last input, or im2col rows). LANES partial sums per pair (lane l adds the
-  elements j = l mod LANES in increasing j), summed as a tree of halves (lane l plus lane
-  l + LANES/2, and so on). Each loaded vector feeds every row of the other side, the register
-  blocking that makes a GEMM fast; a pair's sum does not depend on the block, call or thread
-  that computes it.
-- `lanes_conv`: one output position of a few filters for BATCH_LANES images at once, one image
-  per lane, the taps summed in (fy, fx, c) order and the bias added last.
+An output element is the sum of its taps in a fixed order. With CHAINS chains, tap j (taps
+numbered in the filter's (fy, fx, c) order) belongs to chain j mod CHAINS; each chain is a
+sequence of fused multiply-adds from +0 in increasing j, and the chains are combined as
+((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)); the bias is added to that. With one chain
+(filters of few taps) the taps are one sequence. The blocks below compute that order whatever
+vectors carry it:
 
-Both read raw data: their typing accepts only C-contiguous float32 arrays and intp indices.
+- `chain_sums`: output positions in lanes (8 consecutive output pixels of one row, or of a
+  flat plane), a tile of a few filters by a few such segments; chain after chain, each a loop
+  over that chain's taps (a vector of input pixels times a broadcast weight).
+- `store_tile`: the epilogue of a `chain_sums` tile: bias, then an optional residual tensor
+  added, then an optional ReLU / ReLU6, stored to the NCHW output (fewer lanes at a row's end).
+- `dot_taps`: taps in lanes, for outputs chosen one by one (the masked kernels): lane l of a
+  vector accumulator is chain l, so a tap run must start at a multiple of 8 in j; the lanes are
+  combined by the same tree (halves: lane l + lane l + 4, then + 2, then + 1).
+
+The intrinsics read raw data: their typing accepts only C-contiguous float32 arrays and intp
+indices, and they trust the indices they are given.
 """
 
 from __future__ import annotations
@@ -22,161 +32,275 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# 16 float32 lanes: one AVX-512 register, two AVX2 registers; LLVM splits it on narrower targets.
-LANES = 16
+VEC = 8  # floats per vector: one AVX2 register (LLVM splits or joins it on other targets)
+CHAINS = 8  # chains of an output's taps; equal to VEC so that `dot_taps` lanes are chains
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V8 = ir.VectorType(_F32, VEC)
 
 
-def _lane_indices(indices):
-    """A constant lane-index vector for shufflevector."""
-    i32 = ir.IntType(32)
-    return ir.Constant(ir.VectorType(i32, len(indices)), [i32(i) for i in indices])
+def _int_tuple(t, n=None):
+    return isinstance(t, types.UniTuple) and t.dtype == types.intp and (n is None or t.count == n)
 
 
-def _int_tuple(t):
-    return isinstance(t, types.UniTuple) and t.dtype == types.intp
-
-
-def _f32_c(t, ndim):
+def _f32_c(t, ndim=1):
     """A C-contiguous float32 array type of ndim dimensions: the IR below indexes raw data."""
     return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C" and t.ndim == ndim
 
 
-def _zero_accs(builder, vec, n):
-    return [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in range(n)]
+def _i64_c(t):
+    return isinstance(t, types.Array) and t.dtype == types.int64 and t.layout == "C" and t.ndim == 1
 
 
-def _load_vec(builder, vec, base, j):
-    return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
+def _zero():
+    return ir.Constant(_V8, [0.0] * VEC)
 
 
-def _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j):
-    """One vector step: every acc of pair (ia, ib) += a[ia][j:] * b[ib][j:], each loaded vector
-    feeding every pair it belongs to."""
-    va = [_load_vec(builder, vec, base, j) for base in bases_a]
-    vb = [_load_vec(builder, vec, base, j) for base in bases_b]
-    for acc, (ia, ib) in zip(accs, pairs, strict=True):
-        builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
+def _splat(builder, value):
+    one = builder.insert_element(ir.Constant(_V8, ir.Undefined), value, _I32(0))
+    return builder.shuffle_vector(one, ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
 
 
-def _halves(builder, acc):
-    """The lanes of a vector accumulator summed as a tree of halves: lane l adds lane l + w/2."""
-    v = builder.load(acc)
-    width = LANES
+def _vec_ptr(builder, base, index):
+    return builder.bitcast(builder.gep(base, [index]), _V8.as_pointer())
+
+
+def _load_vec(builder, base, index):
+    return builder.load(_vec_ptr(builder, base, index), align=4)
+
+
+def _tree(builder, s):
+    """The combination of the 8 chain sums s[0..7] (scalars or vectors), as docs/kernels.md
+    defines it: ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))."""
+    a = [builder.fadd(s[i], s[i + 4]) for i in range(4)]
+    return builder.fadd(builder.fadd(a[0], a[2]), builder.fadd(a[1], a[3]))
+
+
+def _halves(builder, v):
+    """The lanes of v (lane l = chain l) combined by `_tree`: lane l + lane l + 4, then l + 2,
+    then l + 1."""
+    width = VEC
     while width > 1:
         width //= 2
-        lo = builder.shuffle_vector(v, v, _lane_indices(range(width)))
-        v = builder.fadd(lo, builder.shuffle_vector(v, v, _lane_indices(range(width, 2 * width))))
-    return builder.extract_element(v, ir.IntType(32)(0))
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, _I32(0))
+
+
+def _fma(builder, a, b, c):
+    """a * b + c rounded once: the llvm.fma intrinsic on float or <8 x float>."""
+    name = "llvm.fma.v8f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
+
+
+def _array(context, builder, ty, value):
+    return context.make_array(ty)(context, builder, value)
 
 
 @intrinsic
-def dot_taps(typingctx, a, rows_a, x, offs, geom):
-    """(a[i] . taps of x at o for i in rows_a for o in offs), read from the input as it lies.
+def chain_sums(typingctx, wp, w0s, x, xb, offs, starts, sums):
+    """A tile of M filters by V segments of VEC output positions, its taps summed in chains.
 
-    a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
-    of ints; geom = (kh, step_y, kw, step_x, seg) with J = kh * kw * seg and seg a multiple of
-    LANES. Element j = (fy * kw + fx) * seg + t of the taps at o is x[o + fy * step_y + fx *
-    step_x + t]: a padded channels-last image, so no im2col copy; with geom = (1, 0, 1, 0, J),
-    rows of a matrix (im2col rows) at offsets o. LANES partial sums per pair (lane l adds the
-    elements j = l mod LANES in increasing j), summed as a tree of halves: the same bits for the
-    same taps wherever they lie. Kernels trust the indices and geom (no checks).
+    wp float32 (flat): the tile's weights, tap t (in summation order) of filter m at
+    wp[w0s[m] + t * M]; x float32 (flat) the input, segment v's tap t at x[xb[v] + offs[t] + i]
+    for lane i; offs int64 (taps in summation order); starts int64 (CHAINS + 1 or 2,): where
+    each chain begins in offs, and the end; sums float32 (>= M * V * VEC): on return
+    sums[(m * V + v) * VEC + i] is the combined sum of filter m at lane i of segment v (no
+    bias). M = len(w0s), V = len(xb).
     """
-    if not (_f32_c(a, 2) and _f32_c(x, 1) and _int_tuple(rows_a) and _int_tuple(offs)):
+    if not (_f32_c(wp) and _f32_c(x) and _f32_c(sums) and _i64_c(offs) and _i64_c(starts)):
         return None
-    if not (_int_tuple(geom) and geom.count == 5):
+    if not (_int_tuple(w0s) and _int_tuple(xb)):
         return None
-    sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, geom)
+    sig = types.none(wp, w0s, x, xb, offs, starts, sums)
+    n_m, n_v = w0s.count, xb.count
 
     def codegen(context, builder, sig, args):
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
-        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
+        arr_w = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
+        arr_o = _array(context, builder, sig.args[4], args[4])
+        arr_c = _array(context, builder, sig.args[5], args[5])
+        arr_s = _array(context, builder, sig.args[6], args[6])
+        w0 = cgutils.unpack_tuple(builder, args[1])
+        xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
+        n_chains = builder.sub(builder.extract_value(arr_c.shape, 0), _I64(1))
+        n_acc = n_m * n_v
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(n_acc)]
+        parts = cgutils.alloca_once(builder, _V8, size=_I64(CHAINS * n_acc))
+        step = _I64(n_m)
+        with cgutils.for_range(builder, n_chains) as chain:
+            for acc in accs:
+                builder.store(_zero(), acc)
+            t0 = builder.load(builder.gep(arr_c.data, [chain.index]))
+            t1 = builder.load(builder.gep(arr_c.data, [builder.add(chain.index, _I64(1))]))
+            with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
+                o = builder.load(builder.gep(arr_o.data, [t]))
+                xs = [_load_vec(builder, base, o) for base in xbase]
+                wt = builder.mul(t, step)
+                for m in range(n_m):
+                    wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])))
+                    for v in range(n_v):
+                        acc = accs[m * n_v + v]
+                        builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
+            at = builder.mul(chain.index, _I64(n_acc))
+            for i, acc in enumerate(accs):
+                builder.store(builder.load(acc), builder.gep(parts, [builder.add(at, _I64(i))]))
+        many = builder.icmp_signed("==", n_chains, _I64(CHAINS))
+        for i in range(n_acc):
+            dest = _vec_ptr(builder, arr_s.data, _I64(i * VEC))
+            with builder.if_else(many) as (chains, one):
+                with chains:
+                    s = [builder.load(builder.gep(parts, [_I64(c * n_acc + i)])) for c in range(CHAINS)]
+                    builder.store(_tree(builder, s), dest, align=4)
+                with one:
+                    builder.store(builder.load(builder.gep(parts, [_I64(i)])), dest, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _epilogue(builder, y, res_v, has_res, act):
+    """bias-added y, then + res_v where has_res, then ReLU (act 1) or ReLU6 (act 2) as NumPy's
+    maximum(y, 0) and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
+    zero, six = (ir.Constant(y.type, 0.0), ir.Constant(y.type, 6.0))
+    if isinstance(y.type, ir.VectorType):
+        zero, six = ir.Constant(y.type, [0.0] * VEC), ir.Constant(y.type, [6.0] * VEC)
+    y = builder.select(has_res, builder.fadd(y, res_v), y)
+    relu = builder.select(builder.fcmp_unordered(">", y, zero), y, zero)
+    relu6 = builder.select(builder.fcmp_unordered("<", relu, six), relu, six)
+    is_relu = builder.icmp_signed("==", act, act.type(1))
+    is_relu6 = builder.icmp_signed("==", act, act.type(2))
+    return builder.select(is_relu6, relu6, builder.select(is_relu, relu, y))
+
+
+@intrinsic
+def store_tile(typingctx, sums, bias, res, out, where, obases, nvalid):
+    """The epilogue of a `chain_sums` tile, stored into out.
+
+    sums as `chain_sums` left it for V = len(obases) segments; bias float32 (K,); res and out
+    float32 (flat): the residual tensor (out itself when there is none: it is read, its values
+    unused) and the output, in the same NCHW layout; where = (b0,
+    m_n, kstride, has_res, act): filter m < m_n of the tile is output channel b0 + m (filters
+    from m_n on pad the tile and are not stored), kstride is the distance between two channels'
+    planes in out; obases[v] is the flat index in out of segment v's first lane for filter 0,
+    and its first nvalid[v] lanes are outputs. Each output is (sum + bias), + the residual if
+    has_res, then ReLU (act 1) or ReLU6 (act 2) as `_epilogue` says.
+    """
+    if not (_f32_c(sums) and _f32_c(bias) and _f32_c(res) and _f32_c(out)):
+        return None
+    if not (_int_tuple(where, 5) and _int_tuple(obases) and _int_tuple(nvalid, obases.count)):
+        return None
+    sig = types.none(sums, bias, res, out, where, obases, nvalid)
+    n_v = obases.count
+
+    def codegen(context, builder, sig, args):
+        arr_s = _array(context, builder, sig.args[0], args[0])
+        arr_b = _array(context, builder, sig.args[1], args[1])
+        arr_r = _array(context, builder, sig.args[2], args[2])
+        arr_o = _array(context, builder, sig.args[3], args[3])
+        b0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[4])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        ob = cgutils.unpack_tuple(builder, args[5])
+        nv = cgutils.unpack_tuple(builder, args[6])
+        with cgutils.for_range(builder, m_n) as loop:
+            m = loop.index
+            bv = _splat(builder, builder.load(builder.gep(arr_b.data, [builder.add(b0, m)])))
+            for v in range(n_v):
+                at = builder.add(ob[v], builder.mul(kstride, m))
+                si = builder.mul(builder.add(builder.mul(m, _I64(n_v)), _I64(v)), _I64(VEC))
+                y = builder.fadd(_load_vec(builder, arr_s.data, si), bv)
+                with builder.if_else(builder.icmp_signed("==", nv[v], _I64(VEC))) as (full, part):
+                    with full:
+                        r = builder.select(has_res, _load_vec(builder, arr_r.data, at), _zero())
+                        builder.store(
+                            _epilogue(builder, y, r, has_res, act), _vec_ptr(builder, arr_o.data, at), align=4
+                        )
+                    with part:
+                        for lane in range(VEC):
+                            with builder.if_then(builder.icmp_signed("<", _I64(lane), nv[v])):
+                                idx = builder.add(at, _I64(lane))
+                                ys = builder.extract_element(y, _I32(lane))
+                                rs = builder.select(has_res, builder.load(builder.gep(arr_r.data, [idx])), _F32(0.0))
+                                builder.store(_epilogue(builder, ys, rs, has_res, act), builder.gep(arr_o.data, [idx]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _masked_load(builder, base, index, lanes):
+    """The first `lanes` floats from base[index], zeros in the other lanes (llvm.masked.load:
+    the masked-off lanes are not read)."""
+    i64v = ir.VectorType(_I64, VEC)
+    n = builder.insert_element(ir.Constant(i64v, ir.Undefined), lanes, _I32(0))
+    n = builder.shuffle_vector(n, ir.Constant(i64v, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
+    mask = builder.icmp_signed("<", ir.Constant(i64v, list(range(VEC))), n)
+    ptr = _vec_ptr(builder, base, index)
+    fnty = ir.FunctionType(_V8, [ptr.type, _I32, mask.type, _V8])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
+    return builder.call(fn, [ptr, _I32(4), mask, _zero()])
+
+
+@intrinsic
+def dot_taps(typingctx, a, rows_a, x, offs, runs):
+    """(a[i] . taps of x at o for i in rows_a for o in offs), taps in lanes, in the chain order.
+
+    a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
+    of ints; runs = (kh, step_y, kw, step_x, seg) with J >= kh * kw * seg. Tap j = (fy * kw +
+    fx) * seg + t at o is x[o + fy * step_y + fx * step_x + t]: a padded channels-last image read
+    where it lies, or with runs = (1, 0, 1, 0, J) rows of a matrix (im2col rows, a linear
+    layer's inputs). Lane l of a pair's accumulator is chain l, so a run must start at a
+    multiple of VEC in j: seg is a multiple of VEC when kh * kw > 1; a single run may end in a
+    partial vector (read with a masked load, the missing lanes +0). The lanes are combined by
+    `_halves`. Returns the sums (no bias) pair by pair, filters outer.
+    """
+    if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
+        return None
+    sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, runs)
+
+    def codegen(context, builder, sig, args):
+        arr_a = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
         n = builder.extract_value(arr_a.shape, 1)
         kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
         bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
         offs_x = cgutils.unpack_tuple(builder, args[3])
         pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
-        accs = _zero_accs(builder, vec, len(pairs))
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
+
+        def step(bases_j, bases_x, load):
+            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+            for acc, (ia, ib) in zip(accs, pairs, strict=True):
+                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+
         with cgutils.for_range(builder, kh) as fy:
             with cgutils.for_range(builder, kw) as fx:
                 tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
                 bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
                 j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
                 bases_j = [builder.gep(base, [j0]) for base in bases_a]
-                with cgutils.for_range_slice(builder, n.type(0), seg, n.type(LANES)) as (t, _):
-                    _accumulate(builder, vec, accs, pairs, bases_j, bases_x, t)
-        return context.make_tuple(builder, sig.return_type, [_halves(builder, acc) for acc in accs])
+                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
+                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+                tail = builder.sub(seg, whole)
+                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
+                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        return context.make_tuple(builder, sig.return_type, [_halves(builder, builder.load(acc)) for acc in accs])
 
     return sig, codegen
 
 
-# Images per lane block of `lanes_conv`: four AVX-512 registers per output element.
-BATCH_LANES = 64
-
-
 @intrinsic
-def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
-    """One output position p of the channels ks for BATCH_LANES images at once.
-
-    w (K, J) filters in (fy, fx, c) order; xb (rows, BATCH_LANES) the padded input with row
-    (iy*WP + ix)*C + c and the images side by side; r0 the row of tap (0, 0) and the first
-    input channel of p; geom = (kh, kw, rows per fy step, rows per fx step, cg); outb (K, P,
-    BATCH_LANES). Writes outb[k, p] = sum over (fy, fx, c) in that order of w[k, j] * x, plus
-    bias[k]: every image in its own lane, so the sum of an image is the same in any batch.
-    """
-    arrays_ok = _f32_c(w, 2) and _f32_c(xb, 2) and _f32_c(bias, 1) and _f32_c(outb, 3)
-    if not (arrays_ok and _int_tuple(ks) and _int_tuple(geom) and geom.count == 5):
+def fma32(typingctx, a, b, c):
+    """float32 a * b + c rounded once (llvm.fma)."""
+    if not all(t == types.float32 for t in (a, b, c)):
         return None
-    if not (isinstance(r0, types.Integer) and isinstance(p, types.Integer)):
-        return None
-    sig = types.none(w, ks, xb, r0, geom, bias, outb, p)
+    sig = types.float32(a, b, c)
 
     def codegen(context, builder, sig, args):
-        n_vec = BATCH_LANES // LANES
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, LANES)
-        i64 = ir.IntType(64)
-        arr_w = context.make_array(sig.args[0])(context, builder, args[0])
-        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
-        arr_b = context.make_array(sig.args[5])(context, builder, args[5])
-        arr_o = context.make_array(sig.args[6])(context, builder, args[6])
-        j_n = builder.extract_value(arr_w.shape, 1)
-        p_n = builder.extract_value(arr_o.shape, 1)
-        kh, kw, dy, dx, cg = cgutils.unpack_tuple(builder, args[4])
-        r0 = context.cast(builder, args[3], sig.args[3], types.intp)
-        p_out = context.cast(builder, args[7], sig.args[7], types.intp)
-        k_list = cgutils.unpack_tuple(builder, args[1])
-        w_rows = [builder.gep(arr_w.data, [builder.mul(k, j_n)]) for k in k_list]
-        accs = [_zero_accs(builder, vec, n_vec) for _ in k_list]
-
-        def splat(value):
-            return builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.IntType(32)(0)),
-                ir.Constant(vec, ir.Undefined),
-                ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES),
-            )
-
-        def vec_at(base, index):
-            return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
-
-        with cgutils.for_range(builder, kh) as fy:
-            with cgutils.for_range(builder, kw) as fx:
-                row = builder.add(r0, builder.add(builder.mul(fy.index, dy), builder.mul(fx.index, dx)))
-                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), cg)
-                with cgutils.for_range(builder, cg) as c:
-                    x_row = builder.mul(builder.add(row, c.index), i64(BATCH_LANES))
-                    xs = [_load_vec(builder, vec, arr_x.data, builder.add(x_row, i64(v * LANES))) for v in range(n_vec)]
-                    j = builder.add(j0, c.index)
-                    for acc_k, w_row in zip(accs, w_rows, strict=True):
-                        wv = splat(builder.load(builder.gep(w_row, [j])))
-                        for acc, xv in zip(acc_k, xs, strict=True):
-                            builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, xv)), acc)
-        for acc_k, k in zip(accs, k_list, strict=True):
-            bv = splat(builder.load(builder.gep(arr_b.data, [k])))
-            out_row = builder.mul(builder.add(builder.mul(k, p_n), p_out), i64(BATCH_LANES))
-            for v, acc in enumerate(acc_k):
-                dest = vec_at(arr_o.data, builder.add(out_row, i64(v * LANES)))
-                builder.store(builder.fadd(builder.load(acc), bv), dest, align=4)
-        return context.get_dummy_value()
+        return _fma(builder, *args)
 
     return sig, codegen

@@ -1,0 +1,339 @@
+"""Masked convolution: only the unmasked outputs are computed, each in the dense kernels' order.
+
+- `conv_runs` (filters summed in one chain): runs of unmasked outputs of a row, up to 8 in the
+  SIMD lanes of `chain_sums`, read from the dense kernels' input copy.
+- `conv_sampled` / `conv_images8` (filters summed in chains): `dot_taps` blocks of a pair of
+  filters by a few positions, following the mask's pair schedule, the taps read from a
+  zero-padded channels-last copy of the input where they lie, or from im2col rows.
+
+A masked output is never visited: no MAC, and out keeps what it held.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ..simd import VEC, chain_sums, dot_taps, store_tile
+from .geom import ConvGeom, group_taps, one_chain
+from .layouts import channels_last, im2col_rows, padded_size, padded_taps, to_planes
+from .prepare import planes
+
+# Filter pairs per work item of the sampled kernels, so that small layers still split over threads.
+PAIR_BLOCK = 8
+# Segments per work item of `conv_runs`, and per `chain_sums` tile.
+RUN_BLOCK = 48
+SEG_TILE_RUNS = 3
+# Images per call of a kernel: at most this many floats of input copy.
+CHUNK_FLOATS = 1 << 23
+
+
+def in_place(geom: ConvGeom, c_n=None) -> bool:
+    """Whether the sampled kernels read a conv's taps from the padded channels-last input: every
+    tap's C/groups channels, or every whole filter row (KW adjacent pixels, all C channels), must
+    be a whole number of VEC-float vectors starting at a multiple of VEC taps."""
+    c_n = geom.c_in if c_n is None else c_n
+    cg = c_n // geom.groups
+    return cg % VEC == 0 or (geom.groups == 1 and geom.dw == 1 and geom.kw * cg % VEC == 0)
+
+
+def _strided_pointwise(geom):
+    """A strided 1x1 conv without padding reads only every sh-th row and sw-th column."""
+    return geom.kh == geom.kw == 1 and geom.pt == geom.pl == 0 and (geom.sh > 1 or geom.sw > 1)
+
+
+def _sampled_geom(geom):
+    """The geometry the sampled kernels run: a strided 1x1 conv without padding as the stride-1
+    conv on the pixels it reads."""
+    if _strided_pointwise(geom):
+        return geom._replace(h=geom.oh, w=geom.ow, sh=1, sw=1, pb=0, pr=0)
+    return geom
+
+
+def _sampled_floats(geom, n_n):
+    """(per image floats of the channels-last copy, of the im2col rows, images per chunk)."""
+    g = _sampled_geom(geom)
+    hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    wp = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
+    copy = hp * wp * g.c_in
+    rows = 0 if in_place(g) else g.oh * g.ow * padded_taps(group_taps(g))
+    return copy, rows, max(1, min(n_n, CHUNK_FLOATS // (copy + rows)))
+
+
+def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
+    """Floats of scratch a masked call with n_n images needs."""
+    if one_chain(geom):  # the dense kernels' input copy
+        return max(1, min(n_n, CHUNK_FLOATS // (geom.c_in * weights.plane))) * geom.c_in * weights.plane
+    copy, rows, chunk = _sampled_floats(geom, n_n)
+    return chunk * (copy + rows)
+
+
+def conv_masked(x, weights, geom, plan, out, scratch, ep):
+    """The masked conv of x into out (N, K, OH, OW) following `plan` (a SkipPlan); ep = (res,
+    has_res, act). Returns the MACs executed."""
+    if plan.runs is not None:
+        return _runs(x, weights, geom, plan, out, scratch, ep)
+    res, has_res, act = ep
+    if _strided_pointwise(geom):
+        x = x[:, :, : geom.oh * geom.sh : geom.sh, : geom.ow * geom.sw : geom.sw]
+    g = _sampled_geom(geom)
+    n_n = x.shape[0]
+    copy, rows, chunk = _sampled_floats(geom, n_n)
+    kg, cg, p_n, j8 = g.k_out // g.groups, g.c_in // g.groups, g.oh * g.ow, weights.rows.shape[1]
+    hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    wpc = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw) * g.c_in
+    whole = cg == g.c_in and g.dw == 1  # a filter row's taps are one contiguous run
+    runs = (g.kh, g.dh * wpc, 1, 0, g.kw * cg) if whole else (g.kh, g.dh * wpc, g.kw, g.dw * g.c_in, cg)
+    n_done = 0
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        xh = scratch[: m * copy].reshape(m, hp, wpc)
+        channels_last(x[n0 : n0 + m], g.pt, g.pl, xh)
+        o = out[n0 : n0 + m].reshape(m, g.k_out, p_n)
+        r = res[n0 : n0 + m].reshape(m, g.k_out, p_n) if has_res else o
+        for grp in range(g.groups):
+            sg, need, sched = plan.groups[grp]
+            if in_place(g):
+                src = (xh.reshape(-1), _tap_offsets(wpc, g.c_in, grp * cg, g.sh, g.sw, g.oh, g.ow), hp * wpc)
+                runs_g = runs
+            else:
+                col = scratch[m * copy : m * copy + m * p_n * j8].reshape(m * p_n, j8)
+                for i in range(m):
+                    im2col_rows(xh[i], grp * cg, g, need, col, i * p_n)
+                src = (col.reshape(-1), np.arange(p_n, dtype=np.int64) * j8, p_n * j8)
+                runs_g = (1, 0, 1, 0, j8)
+            done = 0
+            n8 = m - m % 8
+            for i0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
+                done += conv_images8(
+                    weights.rows, src, runs_g, sched, (grp * kg, i0, 8), (weights.b, r, has_res, act), o
+                )
+            if n8 < m:
+                done += conv_sampled(
+                    weights.rows, src, runs_g, sched, (grp * kg, n8, m - n8), (weights.b, r, has_res, act), o
+                )
+            n_done += done * group_taps(g)
+    return n_done
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
+    """Offset of tap (0, 0), channel c0, of every output position in one padded channels-last
+    image (HP, WP*C), position p = (oy, ox). Kept per geometry; callers must not write into it."""
+    oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
+    return oy * (sh * wpc) + ox * (sw * c_n) + c0
+
+
+@njit(cache=True)
+def _finish(s, k, idx, ep, out):
+    """out.flat[idx] = s + bias[k], + the residual if has_res, then the activation: the
+    arithmetic of `store_tile` on one element; ep = (bias, res, has_res, act)."""
+    y = s + ep[0][k]
+    if ep[2]:
+        y = y + ep[1].flat[idx]
+    zero, six = np.float32(0.0), np.float32(6.0)
+    if ep[3] >= 1:
+        y = y if (y > zero) | (y != y) else zero
+    if ep[3] == 2:
+        y = y if (y < six) | (y != y) else six
+    out.flat[idx] = y
+
+
+@njit(cache=True)
+def _singles(w, k, src, runs, g, img, at, ep, out):
+    """Filter k at the positions g of image img (taps from src), in groups of 8, then 4, then
+    1; at as `conv_sampled` takes it."""
+    x, pos, stride = src
+    k_n, p_n = out.shape[1], out.shape[2]
+    kk = at[0] + k
+    base = (at[1] + img) * stride
+    i, m = 0, g.size
+    while m - i >= 8:
+        o = (
+            base + pos[g[i]],
+            base + pos[g[i + 1]],
+            base + pos[g[i + 2]],
+            base + pos[g[i + 3]],
+            base + pos[g[i + 4]],
+            base + pos[g[i + 5]],
+            base + pos[g[i + 6]],
+            base + pos[g[i + 7]],
+        )
+        s = dot_taps(w, (kk,), x, o, runs)
+        for t in range(8):
+            _finish(s[t], kk, ((at[1] + img) * k_n + kk) * p_n + g[i + t], ep, out)
+        i += 8
+    if m - i >= 4:
+        o4 = (base + pos[g[i]], base + pos[g[i + 1]], base + pos[g[i + 2]], base + pos[g[i + 3]])
+        s4 = dot_taps(w, (kk,), x, o4, runs)
+        for t in range(4):
+            _finish(s4[t], kk, ((at[1] + img) * k_n + kk) * p_n + g[i + t], ep, out)
+        i += 4
+    for t in range(i, m):
+        s1 = dot_taps(w, (kk,), x, (base + pos[g[t]],), runs)
+        _finish(s1[0], kk, ((at[1] + img) * k_n + kk) * p_n + g[t], ep, out)
+
+
+@njit(cache=True, parallel=True)
+def conv_sampled(w, src, runs, sched, at, ep, out):
+    """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
+    images (the taps of position p of image n start at n * stride + pos[p], laid out as `runs`
+    says, see `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule` (filters
+    of one group, numbered from at[0]), at = (first filter of the group, first image in out, images),
+    ep = (bias, res, has_res, act), out (N, K, P). Returns the outputs computed.
+
+    Loop order: (image, tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
+    positions. Positions both filters of a pair need go in blocks of 2 x 4 (`dot_taps` loads
+    each filter and input vector once for 8 outputs), the others in groups of 8 positions of
+    one filter. A masked (k, p) is never visited. Every element is one dot_taps sum, then
+    `_finish`, whatever its block, item or thread.
+    """
+    pairs, bounds, plist, n_tiles = sched
+    n_n = at[2]
+    n_pairs, k_n, p_n = pairs.shape[0], out.shape[1], out.shape[2]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
+    n_done = 0
+    for item in prange(n_n * n_tiles * n_blocks):
+        x, pos, stride = src
+        n = item // (n_tiles * n_blocks)
+        t = (item // n_blocks) % n_tiles
+        base = (at[1] + n) * stride
+        done = 0
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = at[0] + pairs[r, 0], at[0] + pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            gb, g1, g2 = (
+                plist[bounds[i] : bounds[i + 1]],
+                plist[bounds[i + 1] : bounds[i + 2]],
+                plist[bounds[i + 2] : bounds[i + 3]],
+            )
+            done += 2 * gb.size + g1.size + g2.size
+            row1, row2 = ((at[1] + n) * k_n + k1) * p_n, ((at[1] + n) * k_n + k2) * p_n
+            j = 0
+            while gb.size - j >= 4:
+                o = (base + pos[gb[j]], base + pos[gb[j + 1]], base + pos[gb[j + 2]], base + pos[gb[j + 3]])
+                s = dot_taps(w, (k1, k2), x, o, runs)
+                for u in range(4):
+                    _finish(s[u], k1, row1 + gb[j + u], ep, out)
+                    _finish(s[4 + u], k2, row2 + gb[j + u], ep, out)
+                j += 4
+            for u in range(j, gb.size):
+                s2 = dot_taps(w, (k1, k2), x, (base + pos[gb[u]],), runs)
+                _finish(s2[0], k1, row1 + gb[u], ep, out)
+                _finish(s2[1], k2, row2 + gb[u], ep, out)
+            _singles(w, pairs[r, 0], src, runs, g1, n, at, ep, out)
+            _singles(w, pairs[r, 1], src, runs, g2, n, at, ep, out)
+        n_done += done
+    return n_done
+
+
+@njit(cache=True, parallel=True)
+def conv_images8(w, src, runs, sched, at, ep, out):
+    """Layout as `conv_sampled`; only the 8 images from at[1]. Returns the outputs computed.
+
+    Loop order: (tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
+    positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
+    images at p; a position both filters of a pair need is one 2 x 8 block. A masked (k, p) is
+    never visited. Each element is the same dot_taps sum as in `conv_sampled`.
+    """
+    pairs, bounds, plist, n_tiles = sched
+    n_pairs, k_n, p_n = pairs.shape[0], out.shape[1], out.shape[2]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
+    n0 = at[1]
+    n_done = 0
+    for item in prange(n_tiles * n_blocks):
+        x, pos, d = src
+        t = item // n_blocks
+        done = 0
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = at[0] + pairs[r, 0], at[0] + pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            for c in range(3):
+                for p in plist[bounds[i + c] : bounds[i + c + 1]]:
+                    q = n0 * d + pos[p]
+                    g = (q, q + d, q + 2 * d, q + 3 * d, q + 4 * d, q + 5 * d, q + 6 * d, q + 7 * d)
+                    if c == 0:
+                        s = dot_taps(w, (k1, k2), x, g, runs)
+                        for u in range(8):
+                            _finish(s[u], k1, ((n0 + u) * k_n + k1) * p_n + p, ep, out)
+                            _finish(s[8 + u], k2, ((n0 + u) * k_n + k2) * p_n + p, ep, out)
+                    else:
+                        k = k1 if c == 1 else k2
+                        s1 = dot_taps(w, (k,), x, g, runs)
+                        for u in range(8):
+                            _finish(s1[u], k, ((n0 + u) * k_n + k) * p_n + p, ep, out)
+            done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
+        n_done += done
+    return n_done * 8
+
+
+def _runs(x, weights, geom, plan, out, scratch, ep):
+    """One-chain filters: the unmasked runs of `plan.runs` through `conv_runs`, chunk by chunk
+    of images, from the dense kernels' input copy."""
+    res, has_res, act = ep
+    n_n = x.shape[0]
+    chunk = max(1, min(n_n, CHUNK_FLOATS // (geom.c_in * weights.plane)))
+    n_done = 0
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        xp = scratch[: m * geom.c_in * weights.plane].reshape(m, -1)
+        to_planes(x[n0 : n0 + m], geom, planes(weights), weights.plane_of, xp)
+        o = out[n0 : n0 + m].reshape(-1)
+        r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        n_done += conv_runs(xp.reshape(-1), weights, geom, plan.runs, (r, has_res, act), o)
+    return n_done * group_taps(geom)
+
+
+@njit(cache=True, parallel=True)
+def conv_runs(xp, cw, geom, runs, ep, out):
+    """Layout: xp the `to_planes` copy of the images (flat), out and res (in ep = (res, has_res,
+    act)) flat NCHW, runs = (segs, bounds) from `run_segments`. Returns the outputs computed.
+
+    Loop order: (image, filter, block of RUN_BLOCK segments) items in parallel, then tiles of 3
+    segments: `chain_sums` of the filter alone (its taps in one chain) with `store_tile`, which
+    writes a segment's outputs only.
+    """
+    segs, bounds = runs
+    k_n, p_n = geom.k_out, geom.oh * geom.ow
+    n_n = out.size // (k_n * p_n)
+    kg, cg = k_n // geom.groups, geom.c_in // geom.groups
+    j8 = cw.rows.shape[1]
+    img = geom.c_in * cw.plane
+    max_blocks = 1
+    for k in range(k_n):
+        max_blocks = max(max_blocks, (bounds[k + 1] - bounds[k] + RUN_BLOCK - 1) // RUN_BLOCK)
+    wt = cw.rows.reshape(-1)
+    n_done = 0
+    for item in prange(n_n * k_n * max_blocks):
+        blk = item % max_blocks
+        k = (item // max_blocks) % k_n
+        n = item // (max_blocks * k_n)
+        s_lo = bounds[k] + blk * RUN_BLOCK
+        s_hi = min(bounds[k + 1], s_lo + RUN_BLOCK)
+        if s_lo >= s_hi:
+            continue
+        sums = np.empty(SEG_TILE_RUNS * VEC, np.float32)
+        xb = n * img + (k // kg) * cg * cw.plane
+        ob = (n * k_n + k) * p_n
+        where = (k, 1, p_n, ep[1], ep[2])
+        done = 0
+        for s0 in range(s_lo, s_hi, SEG_TILE_RUNS):
+            v_n = min(SEG_TILE_RUNS, s_hi - s0)
+            if v_n == 3:
+                xs = (xb + segs[s0, 0], xb + segs[s0 + 1, 0], xb + segs[s0 + 2, 0])
+                chain_sums(wt, (k * j8,), xp, xs, cw.offs, cw.starts, sums)
+                obs = (ob + segs[s0, 1], ob + segs[s0 + 1, 1], ob + segs[s0 + 2, 1])
+                store_tile(sums, cw.b, ep[0], out, where, obs, (segs[s0, 2], segs[s0 + 1, 2], segs[s0 + 2, 2]))
+            elif v_n == 2:
+                chain_sums(wt, (k * j8,), xp, (xb + segs[s0, 0], xb + segs[s0 + 1, 0]), cw.offs, cw.starts, sums)
+                obs2 = (ob + segs[s0, 1], ob + segs[s0 + 1, 1])
+                store_tile(sums, cw.b, ep[0], out, where, obs2, (segs[s0, 2], segs[s0 + 1, 2]))
+            else:
+                chain_sums(wt, (k * j8,), xp, (xb + segs[s0, 0],), cw.offs, cw.starts, sums)
+                store_tile(sums, cw.b, ep[0], out, where, (ob + segs[s0, 1],), (segs[s0, 2],))
+            for v in range(s0, s0 + v_n):
+                done += segs[v, 2]
+        n_done += done
+    return n_done
