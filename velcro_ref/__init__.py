@@ -1,6 +1,5 @@
 """velcro-ref: the reference implementation of VELCRO and its NumPy/Numba inference engine."""
 
-from . import threads  # noqa: F401  (first: thread-pool defaults must precede NumPy's BLAS)
 from .engine import Model, load_model
 from .errors import VelcroError
 from .masks import MaskSet, build_masks, load_masks, save_masks

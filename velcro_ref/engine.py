@@ -19,6 +19,7 @@ from .kernels.linear import linear
 from .kernels.overwrite import clamp_unmasked, put_at
 from .kernels.pool import avg_pool, global_avg_pool, max_pool
 from .model_io import load_graph
+from .threads import run_threads
 
 CHAIN_OPS = ("conv2d", "linear")  # ops whose masked output elements are skipped
 # Upper clamp of each activation op (G.ACTIVATIONS), for a masked site's unmasked elements
@@ -342,10 +343,15 @@ class Model:
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
+        The thread pools are set for the run by `threads.run_threads` (observers run under it).
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
         plan = None if masks is None else self._mask_plan(masks)
+        with run_threads():
+            return self._run(x, plan, observer)
+
+    def _run(self, x, plan, observer):
         n_n = x.shape[0]
         col = self._scratch(n_n)
         env = {G.INPUT: x}
