@@ -13,7 +13,7 @@ from velcro_ref.kernels import conv as kc
 from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
-from velcro_ref.kernels.conv import dispatch, layouts, masked
+from velcro_ref.kernels.conv import dense, dispatch, layouts, masked
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
 from velcro_ref.reference import overwrite as rover
@@ -261,15 +261,15 @@ def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, 
 
 
 @given(conv_cases())
-def test_plane_copy_holds_each_pixel_where_the_tap_offsets_say(case):
-    """`to_planes` writes every float of the dense kernels' input (garbage before), and the tap
-    offsets of `prepare_conv` find in it the pixel each tap of each segment's first output
-    reads (0 in the padding), as NumPy's padded input has it."""
+def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
+    """The dense kernels' input (`to_planes` writes every float of its copy, garbage before; a
+    DIRECT conv reads x itself), and the tap offsets and segments of `prepare_conv`: lane i of
+    each segment finds there the pixel each tap of its output reads (0 in the padding), as
+    NumPy's padded input has it."""
     geom, n = case[0], case[1]
     x, weights, _, _ = _conv_case(case)
-    planes = kc.prepare.planes(weights)
-    xp = np.full((n, geom.c_in * planes.plane), np.nan, np.float32)
-    layouts.to_planes(x, geom, planes, weights.plane_of, xp)
+    scratch = np.full(n * dense.planes_floats(weights, geom) + 1, np.nan, np.float32)
+    xp = dense.planes_input(x, weights, geom, scratch).reshape(n, -1)
     assert not np.isnan(xp).any()
     hp = max(geom.h + geom.pt, (geom.oh - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1)
     wp = max(geom.w + geom.pl, (geom.ow - 1) * geom.sw + (geom.kw - 1) * geom.dw + 1)
@@ -277,15 +277,19 @@ def test_plane_copy_holds_each_pixel_where_the_tap_offsets_say(case):
     padded[:, :, geom.pt : geom.pt + geom.h, geom.pl : geom.pl + geom.w] = x
     cg = geom.c_in // geom.groups
     order, _ = layouts.chain_order(cg * geom.kh * geom.kw, layouts.n_chains(geom))
-    for seg_x, seg_out, _ in weights.segs:
-        oy, ox = divmod(int(seg_out), geom.ow)
-        for t, j in enumerate(order):
-            fy, rem = divmod(int(j), geom.kw * cg)
-            fx, c = divmod(rem, cg)
-            for g in range(geom.groups):
-                got = xp[:, g * cg * planes.plane + seg_x + weights.offs[t]]
-                want = padded[:, g * cg + c, oy * geom.sh + fy * geom.dh, ox * geom.sw + fx * geom.dw]
-                assert got.tobytes() == want.tobytes()
+    seen = np.zeros(geom.oh * geom.ow, int)
+    for seg_x, seg_out, lo, hi in weights.segs:
+        seen[seg_out + lo : seg_out + hi] += 1
+        for lane in range(lo, hi):
+            oy, ox = divmod(int(seg_out) + lane, geom.ow)
+            for t, j in enumerate(order):
+                fy, rem = divmod(int(j), geom.kw * cg)
+                fx, c = divmod(rem, cg)
+                for g in range(geom.groups):
+                    got = xp[:, g * cg * weights.plane + seg_x + weights.offs[t] + lane]
+                    want = padded[:, g * cg + c, oy * geom.sh + fy * geom.dh, ox * geom.sw + fx * geom.dw]
+                    assert got.tobytes() == want.tobytes()
+    assert np.all(seen == 1)  # every output in exactly one segment
 
 
 PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the path it takes

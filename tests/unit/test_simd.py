@@ -6,7 +6,7 @@ import pytest
 from numba import njit
 
 from velcro_ref.kernels.conv.layouts import chain_order
-from velcro_ref.kernels.simd import VEC, chain_sums, dot_taps, store_tile
+from velcro_ref.kernels.simd import VEC, dot_taps, lane_pass, store_lanes, store_tile, tile_pass
 from velcro_ref.reference.fma import fma32
 
 
@@ -101,62 +101,95 @@ def test_dot_taps_sum_does_not_depend_on_the_block():
 
 
 @njit
-def _tile(wp, x, xb, offs, starts, sums):
-    chain_sums(wp, (0, 1, 2, 3), x, (xb[0], xb[1], xb[2]), offs, starts, sums)
+def _tile_runs(wp, x, xb, offs, starts, run, parts, out):
+    """Every chain of a 4 x 3 tile in runs of `run` taps, then combined with a zero bias into out
+    (4 filters' planes of 24 floats, the 3 segments side by side)."""
+    n_chains = starts.size - 1
+    for c in range(n_chains):
+        for r0 in range(starts[c], max(starts[c + 1], starts[c] + 1), run):
+            span = (r0, min(starts[c + 1], r0 + run), 1 if r0 > starts[c] else 0)
+            tile_pass(wp, (0, 1, 2, 3), x, (xb[0], xb[1], xb[2]), offs, span, parts, c * 12 * VEC)
+    bias = np.zeros(4, np.float32)
+    lanes = (0, 0, 0, VEC, VEC, VEC)
+    if n_chains == 8:
+        slots = (0, 96, 192, 288, 384, 480, 576, 672)
+        store_tile(parts, slots, bias, out, out, (0, 4, 24, 0, 0), (0, VEC, 2 * VEC), lanes)
+    else:
+        store_tile(parts, (0,), bias, out, out, (0, 4, 24, 0, 0), (0, VEC, 2 * VEC), lanes)
 
 
+@njit
+def _lane_runs(wp, x, pb, offs, starts, run, parts, out):
+    """`_tile_runs` for a 16 x 6 `lane_pass` tile into out (16 filters' planes of 6 floats)."""
+    n_chains = starts.size - 1
+    for c in range(n_chains):
+        for r0 in range(starts[c], max(starts[c + 1], starts[c] + 1), run):
+            span = (r0, min(starts[c + 1], r0 + run), 1 if r0 > starts[c] else 0)
+            lane_pass(wp, 0, x, (pb[0], pb[1], pb[2], pb[3], pb[4], pb[5]), offs, span, parts, c * 12 * VEC)
+    bias = np.zeros(16, np.float32)
+    if n_chains == 8:
+        slots = (0, 96, 192, 288, 384, 480, 576, 672)
+        store_lanes(parts, slots, bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5))
+    else:
+        store_lanes(parts, (0,), bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("run", [1, 5, 1000])
 @pytest.mark.parametrize("n_chains", [8, 1])
 @pytest.mark.parametrize("taps", [5, 9, 70])
-def test_chain_sums_lanes_follow_the_documented_order(n_chains, taps):
-    """A tile of 4 filters by 3 segments: lane i of segment v of filter m is the replayed sum of
-    that filter's weights against the input floats its tap offsets point at."""
-    rng = np.random.default_rng(taps + n_chains)
-    x = rng.standard_normal(4000, dtype=np.float32)
-    w = rng.standard_normal((4, taps), dtype=np.float32)
+def test_tile_and_lane_passes_follow_the_documented_order(n_chains, taps, run):
+    """Tiles of 4 filters by 3 segments of 8 outputs (`tile_pass`) and of 16 filters by 6
+    positions (`lane_pass`), their chains in runs of `run` taps carried over in memory: each
+    output is the replayed sum of its filter's weights against the input floats its tap
+    offsets point at."""
+    rng = np.random.default_rng(taps + n_chains + run)
+    x = rng.standard_normal(6000, dtype=np.float32)
     natural = rng.integers(0, 3000, taps)  # tap j's offset
     order, starts = chain_order(taps, n_chains)
+    replay = _replay if n_chains == 8 else _replay_one_chain
+    parts = np.full(8 * 12 * VEC, np.nan, np.float32)
+    w = rng.standard_normal((4, taps), dtype=np.float32)
     wp = np.ascontiguousarray(w[:, order].T).reshape(-1)  # tap t (summation order) of filter m at t * 4 + m
     xb = np.array([0, 17, 903])
-    sums = np.empty(4 * 3 * VEC, np.float32)
-    _tile(wp, x, xb, np.ascontiguousarray(natural[order]), starts, sums)
-    replay = _replay if n_chains == 8 else _replay_one_chain
+    out = np.empty(4 * 24, np.float32)
+    _tile_runs(wp, x, xb, np.ascontiguousarray(natural[order]), starts, run, parts, out)
     for m in range(4):
         for v in range(3):
             for i in range(VEC):
-                want = replay(w[m], x[xb[v] + natural + i])
-                assert sums[(m * 3 + v) * VEC + i] == want
+                assert out[m * 24 + v * VEC + i] == replay(w[m], x[xb[v] + natural + i])
+    w16 = rng.standard_normal((16, taps), dtype=np.float32)
+    wp16 = np.ascontiguousarray(w16[:, order].T).reshape(-1)
+    pb = np.array([3, 40, 41, 700, 2, 1999])
+    out16 = np.empty(16 * 6, np.float32)
+    _lane_runs(wp16, x, pb, np.ascontiguousarray(natural[order]), starts, run, parts, out16)
+    for j in range(16):
+        for p in range(6):
+            assert out16[j * 6 + p] == replay(w16[j], x[pb[p] + natural])
 
 
 @njit
 def _store(sums, bias, res, out, where, ob, nv):
-    store_tile(sums, bias, res, out, where, (ob[0], ob[1]), (nv[0], nv[1]))
+    store_tile(sums, (0,), bias, res, out, where, (ob[0], ob[1]), (nv[0], nv[1], nv[2], nv[3]))
 
 
 @pytest.mark.parametrize("has_res", [0, 1])
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_store_tile_applies_bias_residual_and_activation_as_numpy_does(act, has_res):
     """(sum + bias), + residual, then np.maximum(y, 0) / np.minimum(y, 6): NaN stays NaN, -0.0
-    becomes +0.0; a partial segment writes its first lanes only."""
+    becomes +0.0; a partial segment writes its lanes lo .. hi - 1 only."""
     rng = np.random.default_rng(act + 3 * has_res)
     sums = (4 * rng.standard_normal(3 * 2 * VEC)).astype(np.float32)
     sums[[1, 5, 9]] = [np.nan, -0.0, 7.5]
     bias = np.array([0.0, -0.0, 1.5, 2.0], np.float32)  # filter m is channel 1 + m
     res = rng.standard_normal(4 * 20, dtype=np.float32)
     out = np.full(4 * 20, 99.0, np.float32)
-    _store(
-        sums,
-        bias,
-        res if has_res else out,
-        out,
-        (1, 3, 20, has_res, act),
-        np.array([20 + 2, 20 + 11]),
-        np.array([8, 5]),
-    )
+    lanes = np.array([0, 3, 8, 7])  # segment 0: lanes 0 .. 7, segment 1: lanes 3 .. 6
+    _store(sums, bias, res if has_res else out, out, (1, 3, 20, has_res, act), np.array([22, 28]), lanes)
     want = np.full(4 * 20, 99.0, np.float32)
     for m in range(3):
-        for v, (ob, nv) in enumerate(((20 + 2, 8), (20 + 11, 5))):
-            y = sums[(m * 2 + v) * VEC : (m * 2 + v) * VEC + nv] + bias[1 + m]
-            at = slice(ob + m * 20, ob + m * 20 + nv)
+        for v, (ob, lo, hi) in enumerate(((22, 0, 8), (28, 3, 7))):
+            y = sums[(m * 2 + v) * VEC + lo : (m * 2 + v) * VEC + hi] + bias[1 + m]
+            at = slice(ob + m * 20 + lo, ob + m * 20 + hi)
             if has_res:
                 y = y + res[at]
             if act >= 1:

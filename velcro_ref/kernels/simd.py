@@ -12,11 +12,13 @@ sequence of fused multiply-adds from +0 in increasing j, and the chains are comb
 (filters of few taps) the taps are one sequence. The blocks below compute that order whatever
 vectors carry it:
 
-- `chain_sums`: output positions in lanes (8 consecutive output pixels of one row, or of a
-  flat plane), a tile of a few filters by a few such segments; chain after chain, each a loop
-  over that chain's taps (a vector of input pixels times a broadcast weight).
-- `store_tile`: the epilogue of a `chain_sums` tile: bias, then an optional residual tensor
-  added, then an optional ReLU / ReLU6, stored to the NCHW output (fewer lanes at a row's end).
+- `tile_pass`: output positions in lanes (8 consecutive output pixels of one row, or of a
+  flat plane), a tile of a few filters by a few such segments: a run of taps of one chain (a
+  vector of input pixels times a broadcast weight), the sums kept in memory between runs;
+  `store_tile` combines a tile's chains, adds the bias, an optional residual tensor and an
+  optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
+- `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
+  (a broadcast input pixel times a vector of weights).
 - `dot_taps`: taps in lanes, for outputs chosen one by one (the masked kernels): lane l of a
   vector accumulator is chain l, so a tap run must start at a multiple of 8 in j; the lanes are
   combined by the same tree (halves: lane l + lane l + 4, then + 2, then + 1).
@@ -101,75 +103,126 @@ def _array(context, builder, ty, value):
     return context.make_array(ty)(context, builder, value)
 
 
-@intrinsic
-def chain_sums(typingctx, wp, w0s, x, xb, offs, starts, sums):
-    """A tile of M filters by V segments of VEC output positions, its taps summed in chains.
+def _pass_codegen(builder, accs, span, parts, at, body):
+    """A run of taps (one chain's, or part of it): the accumulators from parts[at + i * VEC]
+    (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back to parts."""
+    t0, t1, resume = span
+    first = builder.gep(parts, [at])
+    with builder.if_else(builder.icmp_signed("!=", resume, _I64(0))) as (cont, fresh):
+        with cont:
+            for i, acc in enumerate(accs):
+                builder.store(_load_vec(builder, first, _I64(i * VEC)), acc)
+        with fresh:
+            for acc in accs:
+                builder.store(_zero(), acc)
+    with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
+        body(t)
+    for i, acc in enumerate(accs):
+        builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * VEC)), align=4)
 
-    wp float32 (flat): the tile's weights, tap t (in summation order) of filter m at
-    wp[w0s[m] + t * M]; x float32 (flat) the input, segment v's tap t at x[xb[v] + offs[t] + i]
-    for lane i; offs int64 (taps in summation order); starts int64 (CHAINS + 1 or 2,): where
-    each chain begins in offs, and the end; sums float32 (>= M * V * VEC): on return
-    sums[(m * V + v) * VEC + i] is the combined sum of filter m at lane i of segment v (no
-    bias). M = len(w0s), V = len(xb).
+
+@intrinsic
+def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
+    """A run of taps of a tile of M filters by V segments of VEC output positions (outputs in
+    lanes): acc[m, v] (+)= w[m, t] * x[xb[v] + offs[t] + lane] for t in span, fused multiply-adds
+    in increasing t.
+
+    wp float32 (flat): tap t (summation order) of filter m at wp[w0s[m] + t * M]; x float32
+    (flat) the input; offs int64 (taps,); span = (t0, t1, resume): the taps, which must lie in one
+    chain, and whether the accumulators go on from parts (else start at +0); parts float32
+    (flat): the M * V accumulators at parts[at + (m * V + v) * VEC], read (resume) and written.
+    M = len(w0s), V = len(xb).
     """
-    if not (_f32_c(wp) and _f32_c(x) and _f32_c(sums) and _i64_c(offs) and _i64_c(starts)):
+    if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs)):
         return None
-    if not (_int_tuple(w0s) and _int_tuple(xb)):
+    if not (_int_tuple(w0s) and _int_tuple(xb) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
         return None
-    sig = types.none(wp, w0s, x, xb, offs, starts, sums)
+    sig = types.none(wp, w0s, x, xb, offs, span, parts, at)
     n_m, n_v = w0s.count, xb.count
 
     def codegen(context, builder, sig, args):
         arr_w = _array(context, builder, sig.args[0], args[0])
         arr_x = _array(context, builder, sig.args[2], args[2])
         arr_o = _array(context, builder, sig.args[4], args[4])
-        arr_c = _array(context, builder, sig.args[5], args[5])
-        arr_s = _array(context, builder, sig.args[6], args[6])
+        arr_p = _array(context, builder, sig.args[6], args[6])
         w0 = cgutils.unpack_tuple(builder, args[1])
         xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
-        n_chains = builder.sub(builder.extract_value(arr_c.shape, 0), _I64(1))
-        n_acc = n_m * n_v
-        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(n_acc)]
-        parts = cgutils.alloca_once(builder, _V8, size=_I64(CHAINS * n_acc))
-        step = _I64(n_m)
-        with cgutils.for_range(builder, n_chains) as chain:
-            for acc in accs:
-                builder.store(_zero(), acc)
-            t0 = builder.load(builder.gep(arr_c.data, [chain.index]))
-            t1 = builder.load(builder.gep(arr_c.data, [builder.add(chain.index, _I64(1))]))
-            with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
-                o = builder.load(builder.gep(arr_o.data, [t]))
-                xs = [_load_vec(builder, base, o) for base in xbase]
-                wt = builder.mul(t, step)
-                for m in range(n_m):
-                    wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])))
-                    for v in range(n_v):
-                        acc = accs[m * n_v + v]
-                        builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
-            at = builder.mul(chain.index, _I64(n_acc))
-            for i, acc in enumerate(accs):
-                builder.store(builder.load(acc), builder.gep(parts, [builder.add(at, _I64(i))]))
-        many = builder.icmp_signed("==", n_chains, _I64(CHAINS))
-        for i in range(n_acc):
-            dest = _vec_ptr(builder, arr_s.data, _I64(i * VEC))
-            with builder.if_else(many) as (chains, one):
-                with chains:
-                    s = [builder.load(builder.gep(parts, [_I64(c * n_acc + i)])) for c in range(CHAINS)]
-                    builder.store(_tree(builder, s), dest, align=4)
-                with one:
-                    builder.store(builder.load(builder.gep(parts, [_I64(i)])), dest, align=4)
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(n_m * n_v)]
+
+        def body(t):
+            o = builder.load(builder.gep(arr_o.data, [t]))
+            xs = [_load_vec(builder, base, o) for base in xbase]
+            wt = builder.mul(t, _I64(n_m))
+            for m in range(n_m):
+                wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])))
+                for v in range(n_v):
+                    acc = accs[m * n_v + v]
+                    builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
+
+        at = context.cast(builder, args[7], sig.args[7], types.intp)
+        _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def _epilogue(builder, y, res_v, has_res, act):
-    """bias-added y, then + res_v where has_res, then ReLU (act 1) or ReLU6 (act 2) as NumPy's
-    maximum(y, 0) and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
+@intrinsic
+def lane_pass(typingctx, wp, w0, x, pb, offs, span, parts, at):
+    """A run of taps of a tile of 16 filters (in the lanes of two vectors) by P positions:
+    acc[p, j] (+)= w[j, t] * x[pb[p] + offs[t]] for t in span, fused multiply-adds in
+    increasing t; the order of `tile_pass`, the other way round in the registers.
+
+    wp float32 (flat): tap t of filter j at wp[w0 + t * 16 + j]; pb the P positions' bases;
+    offs, span, parts as `tile_pass` takes them, the 2 * P accumulators at parts[at + (p * 2 +
+    h) * VEC] (filters 8 h .. 8 h + 7 of position p). P = len(pb).
+    """
+    if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
+        return None
+    if not (isinstance(w0, types.Integer) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
+        return None
+    sig = types.none(wp, w0, x, pb, offs, span, parts, at)
+    n_p = pb.count
+
+    def codegen(context, builder, sig, args):
+        arr_w = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
+        arr_o = _array(context, builder, sig.args[4], args[4])
+        arr_p = _array(context, builder, sig.args[6], args[6])
+        wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+        xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(2 * n_p)]
+
+        def body(t):
+            o = builder.load(builder.gep(arr_o.data, [t]))
+            wt = builder.mul(t, _I64(16))
+            ws = [_load_vec(builder, wbase, builder.add(wt, _I64(h * VEC))) for h in range(2)]
+            for i, base in enumerate(xbase):
+                xv = _splat(builder, builder.load(builder.gep(base, [o])))
+                for h in range(2):
+                    acc = accs[i * 2 + h]
+                    builder.store(_fma(builder, ws[h], xv, builder.load(acc)), acc)
+
+        at = context.cast(builder, args[7], sig.args[7], types.intp)
+        _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _combined(builder, parts, slots, index):
+    """Vector `index` (an i64 value) of a tile combined over its chains: the partial sums at
+    parts[slot + index * VEC] for each chain's slot, by `_tree` (one slot: that sum)."""
+    off = builder.mul(index, _I64(VEC))
+    s = [_load_vec(builder, parts, builder.add(slot, off)) for slot in slots]
+    return _tree(builder, s) if len(s) == CHAINS else s[0]
+
+
+def _epilogue(builder, y, act):
+    """y (bias and residual added) then ReLU (act 1) or ReLU6 (act 2) as NumPy's maximum(y, 0)
+    and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
     zero, six = (ir.Constant(y.type, 0.0), ir.Constant(y.type, 6.0))
     if isinstance(y.type, ir.VectorType):
         zero, six = ir.Constant(y.type, [0.0] * VEC), ir.Constant(y.type, [6.0] * VEC)
-    y = builder.select(has_res, builder.fadd(y, res_v), y)
     relu = builder.select(builder.fcmp_unordered(">", y, zero), y, zero)
     relu6 = builder.select(builder.fcmp_unordered("<", relu, six), relu, six)
     is_relu = builder.icmp_signed("==", act, act.type(1))
@@ -177,55 +230,110 @@ def _epilogue(builder, y, res_v, has_res, act):
     return builder.select(is_relu6, relu6, builder.select(is_relu, relu, y))
 
 
-@intrinsic
-def store_tile(typingctx, sums, bias, res, out, where, obases, nvalid):
-    """The epilogue of a `chain_sums` tile, stored into out.
+def _store_one(builder, arrays, idx, y, has_res, act):
+    """out[idx] = epilogue(y (+ res[idx])), one float."""
+    arr_r, arr_o = arrays
+    with builder.if_else(has_res) as (with_res, without):
+        with with_res:
+            r = builder.load(builder.gep(arr_r.data, [idx]))
+            builder.store(_epilogue(builder, builder.fadd(y, r), act), builder.gep(arr_o.data, [idx]))
+        with without:
+            builder.store(_epilogue(builder, y, act), builder.gep(arr_o.data, [idx]))
 
-    sums as `chain_sums` left it for V = len(obases) segments; bias float32 (K,); res and out
-    float32 (flat): the residual tensor (out itself when there is none: it is read, its values
-    unused) and the output, in the same NCHW layout; where = (b0,
-    m_n, kstride, has_res, act): filter m < m_n of the tile is output channel b0 + m (filters
-    from m_n on pad the tile and are not stored), kstride is the distance between two channels'
-    planes in out; obases[v] is the flat index in out of segment v's first lane for filter 0,
-    and its first nvalid[v] lanes are outputs. Each output is (sum + bias), + the residual if
-    has_res, then ReLU (act 1) or ReLU6 (act 2) as `_epilogue` says.
+
+@intrinsic
+def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
+    """The epilogue of a `tile_pass` tile, stored into out: its sums combined over the chains
+    (parts at each chain's slot, `_combined`), + bias, + the residual if has_res, then the
+    activation (`_epilogue`).
+
+    bias float32 (K,); res and out float32 (flat): the residual tensor (out itself when there
+    is none) and the output, NCHW; where = (b0, m_n, kstride, has_res, act): filter m < m_n of
+    the tile is output channel b0 + m (filters from m_n on pad the tile and are not stored),
+    kstride the distance between two channels' planes; obases[v] the flat index in out of
+    segment v's lane 0 for filter 0; lanes = (lo[0..V-1], hi[0..V-1]): its lanes lo .. hi - 1
+    are outputs.
     """
-    if not (_f32_c(sums) and _f32_c(bias) and _f32_c(res) and _f32_c(out)):
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
         return None
-    if not (_int_tuple(where, 5) and _int_tuple(obases) and _int_tuple(nvalid, obases.count)):
+    if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
         return None
-    sig = types.none(sums, bias, res, out, where, obases, nvalid)
+    if not _int_tuple(lanes, 2 * obases.count):
+        return None
+    sig = types.none(parts, slots, bias, res, out, where, obases, lanes)
     n_v = obases.count
 
     def codegen(context, builder, sig, args):
-        arr_s = _array(context, builder, sig.args[0], args[0])
-        arr_b = _array(context, builder, sig.args[1], args[1])
-        arr_r = _array(context, builder, sig.args[2], args[2])
-        arr_o = _array(context, builder, sig.args[3], args[3])
-        b0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[4])
+        arr_p = _array(context, builder, sig.args[0], args[0])
+        arr_b = _array(context, builder, sig.args[2], args[2])
+        arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+        arr_o = arrays[1]
+        slots = cgutils.unpack_tuple(builder, args[1])
+        b0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[5])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
-        ob = cgutils.unpack_tuple(builder, args[5])
-        nv = cgutils.unpack_tuple(builder, args[6])
+        ob = cgutils.unpack_tuple(builder, args[6])
+        lane_bounds = cgutils.unpack_tuple(builder, args[7])
+        los, his = lane_bounds[:n_v], lane_bounds[n_v:]
         with cgutils.for_range(builder, m_n) as loop:
             m = loop.index
             bv = _splat(builder, builder.load(builder.gep(arr_b.data, [builder.add(b0, m)])))
             for v in range(n_v):
                 at = builder.add(ob[v], builder.mul(kstride, m))
-                si = builder.mul(builder.add(builder.mul(m, _I64(n_v)), _I64(v)), _I64(VEC))
-                y = builder.fadd(_load_vec(builder, arr_s.data, si), bv)
-                with builder.if_else(builder.icmp_signed("==", nv[v], _I64(VEC))) as (full, part):
+                index = builder.add(builder.mul(m, _I64(n_v)), _I64(v))
+                y = builder.fadd(_combined(builder, arr_p.data, slots, index), bv)
+                whole = builder.and_(
+                    builder.icmp_signed("==", los[v], _I64(0)), builder.icmp_signed("==", his[v], _I64(VEC))
+                )
+                with builder.if_else(whole) as (full, part):
                     with full:
-                        r = builder.select(has_res, _load_vec(builder, arr_r.data, at), _zero())
-                        builder.store(
-                            _epilogue(builder, y, r, has_res, act), _vec_ptr(builder, arr_o.data, at), align=4
-                        )
+                        with builder.if_else(has_res) as (with_res, without):
+                            with with_res:
+                                r = _load_vec(builder, arrays[0].data, at)
+                                y2 = _epilogue(builder, builder.fadd(y, r), act)
+                                builder.store(y2, _vec_ptr(builder, arr_o.data, at), align=4)
+                            with without:
+                                builder.store(_epilogue(builder, y, act), _vec_ptr(builder, arr_o.data, at), align=4)
                     with part:
                         for lane in range(VEC):
-                            with builder.if_then(builder.icmp_signed("<", _I64(lane), nv[v])):
+                            after_lo = builder.icmp_signed("<=", los[v], _I64(lane))
+                            inside = builder.and_(after_lo, builder.icmp_signed(">", his[v], _I64(lane)))
+                            with builder.if_then(inside):
                                 idx = builder.add(at, _I64(lane))
-                                ys = builder.extract_element(y, _I32(lane))
-                                rs = builder.select(has_res, builder.load(builder.gep(arr_r.data, [idx])), _F32(0.0))
-                                builder.store(_epilogue(builder, ys, rs, has_res, act), builder.gep(arr_o.data, [idx]))
+                                _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
+    """The epilogue of a `lane_pass` tile, stored into out: where = (k0, p_n, has_res, act), the
+    tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out (flat
+    NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each output
+    is its sum combined over the chains, + bias, + the residual if has_res, then the activation.
+    """
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
+        return None
+    if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+        return None
+    sig = types.none(parts, slots, bias, res, out, where, obases)
+    n_p = obases.count
+
+    def codegen(context, builder, sig, args):
+        arr_p = _array(context, builder, sig.args[0], args[0])
+        arr_b = _array(context, builder, sig.args[2], args[2])
+        arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+        slots = cgutils.unpack_tuple(builder, args[1])
+        k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        ob = cgutils.unpack_tuple(builder, args[6])
+        bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(2)]
+        for i in range(n_p):
+            for h in range(2):
+                y = builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * 2 + h)), bv[h])
+                for lane in range(VEC):
+                    idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
+                    _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
         return context.get_dummy_value()
 
     return sig, codegen

@@ -13,7 +13,7 @@ from .fma import fma32
 from .order import apply_epilogue, combine_chains
 
 CHAINS = 8
-FEW_TAPS = 16
+FEW_TAPS = 64
 
 
 def conv2d(x, weights, geom, skip, out, scratch=None, epilogue=None):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import masked
-from .dense import conv_tiles
+from .dense import LANE_K, conv_lanes, conv_tiles, planes_floats, planes_input, work_split
 from .geom import ConvGeom
-from .layouts import aligned_floats, to_planes
-from .prepare import ConvWeights, planes
+from .layouts import aligned_floats
+from .prepare import ConvWeights
 from .schedule import SkipPlan, plan_skip
 
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
@@ -55,27 +56,28 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     return masked.conv_masked(x, weights, geom, plan, out, scratch, (res, int(ep.residual is not None), int(ep.act)))
 
 
-def _chunk(geom, weights, n_n):
-    return max(1, min(n_n, CHUNK_FLOATS // (geom.c_in * weights.plane)))
+def chunk_images(per_image, n_n):
+    """Images per kernel call when each needs per_image floats of scratch (CHUNK_FLOATS at most)."""
+    return n_n if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image))
 
 
 def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
     """Floats of scratch a call with n_n images needs, dense or masked."""
-    dense = _chunk(geom, weights, n_n) * geom.c_in * weights.plane
+    per_image = planes_floats(weights, geom)
+    dense = chunk_images(per_image, n_n) * per_image
     return max(dense, masked.scratch_floats(geom, n_n, weights))
 
 
 def _dense(x, weights, geom, out, scratch, ep):
     n_n = x.shape[0]
-    chunk = _chunk(geom, weights, n_n)
-    pl = planes(weights)
+    chunk = chunk_images(planes_floats(weights, geom), n_n)
     res, has_res, act = ep
     n_macs = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = scratch[: m * geom.c_in * weights.plane].reshape(m, -1)
-        to_planes(x[n0 : n0 + m], geom, pl, weights.plane_of, xp)
+        xp = planes_input(x[n0 : n0 + m], weights, geom, scratch)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
-        n_macs += conv_tiles(xp.reshape(-1), weights, geom, r, has_res, act, o)
+        kernel = conv_lanes if weights.tile_m == LANE_K else conv_tiles
+        n_macs += kernel(xp, weights, geom, r, has_res, act, o, work_split(weights, geom, m, numba.get_num_threads()))
     return n_macs

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-# Filters with fewer taps than this (depthwise 3x3: 9) sum them in one chain; every other conv
-# in CHAINS chains (docs/kernels.md, "Order of summation").
-FEW_TAPS = 16
+# Filters with fewer taps than this (depthwise 3x3: 9; a 1x1 conv on 16 to 48 channels) sum them
+# in one chain; every other conv in CHAINS chains (docs/kernels.md, "Order of summation"). With
+# few taps, combining CHAINS chain sums would cost about as much as the taps themselves.
+FEW_TAPS = 64
 
 
 class ConvGeom(NamedTuple):

@@ -4,10 +4,11 @@ Input copies (written at every call, borders zeroed, so a scratch buffer can be 
 - `to_planes`: the dense kernels' input, one zero-padded plane per channel (docs/kernels.md,
   "Layouts"): in rows, each row split into sw phases of q floats (column ix of the padded row
   is float ix // sw of phase ix % sw), so that 8 outputs of a row at stride sw read 8
-  consecutive floats; flat (a 1x1 conv without padding), the plane holds the pixels the
-  outputs read, in output order. Planes are `plane` floats apart, an odd number of 64-byte
-  lines, and in `plane_of` order, so that the taps a chain reads one after another do not map
-  to the same L1 cache sets.
+  consecutive floats; flat (a strided 1x1 conv without padding, or a plane of fewer than 8
+  outputs), the plane holds the pixels the outputs read, in output order. Planes are `plane`
+  floats apart, an odd number of 64-byte lines, and in `plane_of` order, so that the taps a
+  chain reads one after another do not map to the same L1 cache sets. A 1x1 conv of stride 1
+  without padding reads its input as it lies (DIRECT): no copy.
 - `channels_last`: the masked kernels' input, zero-padded and channels last, so that the taps
   of an output are runs of consecutive floats.
 - `im2col_rows`: those runs copied into one row per output position, when they are not
@@ -30,20 +31,26 @@ from .geom import ConvGeom, one_chain
 LINE_FLOATS = 16  # floats per 64-byte cache line
 
 
-class Planes(NamedTuple):
-    """Shape of the dense kernels' input copy of one image: channel c's plane starts at
-    plane_of[c] * plane (within its group's planes). flat = 1: a plane holds oh * ow pixels in
-    output order; flat = 0: hp rows of sw phases of q floats."""
+ROWS, FLAT, DIRECT = 0, 1, 2  # kinds of the dense kernels' input (`Planes.kind`)
 
-    flat: int
+
+class Planes(NamedTuple):
+    """Shape of the dense kernels' input of one image: channel c's plane starts at plane_of[c]
+    * plane (within its group's planes). kind ROWS: hp rows of sw phases of q floats; FLAT: the
+    oh * ow pixels the outputs read, in output order; DIRECT: the input as it lies (h * w)."""
+
+    kind: int
     hp: int
     q: int
     plane: int
 
 
-def is_flat(g: ConvGeom) -> bool:
-    """A 1x1 conv without padding reads one pixel per output: its copy is flat."""
-    return g.kh == g.kw == 1 and g.pt == g.pl == g.pb == g.pr == 0
+def input_kind(g: ConvGeom) -> int:
+    """A 1x1 conv without padding reads one pixel per output: DIRECT at stride 1 (with a plane
+    of at least one segment), else FLAT; every other conv ROWS."""
+    if g.kh != 1 or g.kw != 1 or g.pt or g.pl or g.pb or g.pr:
+        return ROWS
+    return DIRECT if g.sh == g.sw == 1 and g.h * g.w >= VEC else FLAT
 
 
 def padded_size(n, pad, out_n, stride, taps, dil):
@@ -61,20 +68,23 @@ def _odd_lines(floats):
 def planes_of(g: ConvGeom) -> Planes:
     """The Planes of a conv. A row phase has room for a vector read from any output column:
     q >= ow + VEC - 1 + the largest tap shift (fx * dw) // sw."""
-    if is_flat(g):
-        return Planes(1, 1, 0, _odd_lines(g.oh * g.ow + VEC - 1))
+    kind = input_kind(g)
+    if kind == DIRECT:
+        return Planes(DIRECT, 1, 0, g.h * g.w)
+    if kind == FLAT:
+        return Planes(FLAT, 1, 0, _odd_lines(g.oh * g.ow + VEC - 1))
     hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
     q = max(g.ow + VEC - 1 + (g.kw - 1) * g.dw // g.sw, -(-(g.pl + g.w) // g.sw))
     q = -(-q // LINE_FLOATS) * LINE_FLOATS
     return Planes(0, hp, q, _odd_lines(hp * g.sw * q))
 
 
-def plane_order(cg):
+def plane_order(cg, kind):
     """plane_of (cg,): the plane of each channel of a group. With a multiple of CHAINS channels
-    the channels of one chain (c mod CHAINS) are neighbours: plane (c % CHAINS) * cg / CHAINS +
-    c // CHAINS."""
+    copied, the channels of one chain (c mod CHAINS) are neighbours: plane (c % CHAINS) * cg /
+    CHAINS + c // CHAINS."""
     c = np.arange(cg, dtype=np.int64)
-    if cg % CHAINS:
+    if cg % CHAINS or kind == DIRECT:
         return c
     return (c % CHAINS) * (cg // CHAINS) + c // CHAINS
 
@@ -101,53 +111,79 @@ def tap_offsets(g: ConvGeom, planes: Planes, plane_of):
     fy, rem = np.divmod(order, g.kw * cg)
     fx, c = np.divmod(rem, cg)
     offs = plane_of[c] * planes.plane
-    if not planes.flat:
+    if planes.kind == ROWS:
         shift = fx * g.dw
         offs = offs + fy * g.dh * g.sw * planes.q + (shift % g.sw) * planes.q + shift // g.sw
     return np.ascontiguousarray(offs, np.int64), starts
 
 
+def position_bases(g: ConvGeom, planes: Planes):
+    """(P,) int64: the offset of tap (0, 0) of every output position p = (oy, ox) in a channel's
+    input plane (the base `tap_offsets` are relative to)."""
+    p = np.arange(g.oh * g.ow, dtype=np.int64)
+    if planes.kind != ROWS:
+        return p
+    return (p // g.ow) * g.sh * g.sw * planes.q + p % g.ow
+
+
 def segments(g: ConvGeom, planes: Planes):
-    """(S, 3) int64: the output segments of one output plane, VEC consecutive outputs of one row
-    (or of the flat plane): the offset of tap (0, 0) of the first one in a channel's input plane,
-    the offset of the first one in an output plane, and how many outputs the segment holds."""
-    if planes.flat:
-        p = np.arange(0, g.oh * g.ow, VEC, dtype=np.int64)
-        return np.stack([p, p, np.minimum(VEC, g.oh * g.ow - p)], axis=1)
+    """(S, 4) int64: the output segments of one output plane, VEC consecutive outputs of one row
+    (or of the flat plane): the offset of tap (0, 0) of lane 0 in a channel's input plane, the
+    offset of lane 0 in an output plane, and the lanes lo .. hi - 1 that are outputs of this
+    segment. DIRECT reads stop at the plane's end: the last segment starts VEC outputs before
+    it, its lanes from lo on new."""
+    p_n = g.oh * g.ow
+    if planes.kind != ROWS:
+        p = np.arange(0, p_n, VEC, dtype=np.int64)
+        start = np.minimum(p, p_n - VEC) if planes.kind == DIRECT else p
+        return np.stack([start, start, p - start, np.minimum(VEC, p_n - start)], axis=1)
     oy, ox = np.divmod(np.arange(g.oh * -(-g.ow // VEC), dtype=np.int64), -(-g.ow // VEC))
     ox = ox * VEC
-    return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, np.minimum(VEC, g.ow - ox)], axis=1)
+    zero = np.zeros_like(ox)
+    return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, zero, np.minimum(VEC, g.ow - ox)], axis=1)
 
 
 @njit(cache=True, parallel=True)
 def to_planes(x, geom, planes, plane_of, xp):
     """Layout: x (N, C, H, W); xp (N, C * plane) as `Planes` says, every float written (padding
-    0). Loop order (image, channel) in parallel, then rows, phases, columns."""
+    0). Loop order (image, channel) in parallel, then rows, phases, runs of columns."""
     n_n, c_n, h, w = x.shape
     cg = c_n // geom.groups
-    pl_n = planes.plane
+    pl_n, sw, q = planes.plane, geom.sw, planes.q
     for item in prange(n_n * c_n):
         n, c = item // c_n, item % c_n
-        dst = xp[n, ((c // cg) * cg + plane_of[c % cg]) * pl_n : ((c // cg) * cg + plane_of[c % cg] + 1) * pl_n]
+        at = ((c // cg) * cg + plane_of[c % cg]) * pl_n
+        dst = xp[n, at : at + pl_n]
         src = x[n, c]
-        if planes.flat:
+        if planes.kind == FLAT:
             ow = geom.ow
-            for p in range(geom.oh * ow):
-                dst[p] = src[(p // ow) * geom.sh, (p % ow) * geom.sw]
+            for oy in range(geom.oh):
+                row = src[oy * geom.sh]
+                d = dst[oy * ow : (oy + 1) * ow]
+                for ox in range(ow):
+                    d[ox] = row[ox * sw]
             dst[geom.oh * ow :] = 0.0
             continue
-        sw, q = geom.sw, planes.q
         for r in range(planes.hp):
             iy = r - geom.pt
             row = dst[r * sw * q : (r + 1) * sw * q]
             if iy < 0 or iy >= h:
                 row[:] = 0.0
                 continue
+            s_row = src[iy]
             for ph in range(sw):
                 seg = row[ph * q : (ph + 1) * q]
-                for j in range(q):
-                    ix = j * sw + ph - geom.pl
-                    seg[j] = src[iy, ix] if 0 <= ix < w else np.float32(0.0)
+                # column j of phase ph holds input column j * sw + ph - pl: inside x for j0 <= j < j1
+                j0 = min(q, max(0, (geom.pl - ph + sw - 1) // sw))
+                j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // sw + 1))
+                seg[:j0] = 0.0
+                seg[j1:] = 0.0
+                i0 = j0 * sw + ph - geom.pl
+                if sw == 1:
+                    seg[j0:j1] = s_row[i0 : i0 + j1 - j0]
+                else:
+                    for j in range(j0, j1):
+                        seg[j] = s_row[i0 + (j - j0) * sw]
         dst[planes.hp * sw * q :] = 0.0
 
 

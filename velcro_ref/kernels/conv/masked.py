@@ -16,16 +16,15 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..simd import VEC, chain_sums, dot_taps, store_tile
+from ..simd import VEC, dot_taps, store_tile, tile_pass
+from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, one_chain
-from .layouts import channels_last, im2col_rows, padded_size, padded_taps, to_planes
-from .prepare import planes
+from .layouts import channels_last, im2col_rows, padded_size, padded_taps
 
 # Filter pairs per work item of the sampled kernels, so that small layers still split over threads.
 PAIR_BLOCK = 8
-# Segments per work item of `conv_runs`, and per `chain_sums` tile.
+# Segments per work item of `conv_runs`.
 RUN_BLOCK = 48
-SEG_TILE_RUNS = 3
 # Images per call of a kernel: at most this many floats of input copy.
 CHUNK_FLOATS = 1 << 23
 
@@ -64,8 +63,9 @@ def _sampled_floats(geom, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
     """Floats of scratch a masked call with n_n images needs."""
-    if one_chain(geom):  # the dense kernels' input copy
-        return max(1, min(n_n, CHUNK_FLOATS // (geom.c_in * weights.plane))) * geom.c_in * weights.plane
+    if one_chain(geom):  # the dense kernels' input
+        per_image = planes_floats(weights, geom)
+        return 0 if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image)) * per_image
     copy, rows, chunk = _sampled_floats(geom, n_n)
     return chunk * (copy + rows)
 
@@ -126,7 +126,7 @@ def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
     return oy * (sh * wpc) + ox * (sw * c_n) + c0
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _finish(s, k, idx, ep, out):
     """out.flat[idx] = s + bias[k], + the residual if has_res, then the activation: the
     arithmetic of `store_tile` on one element; ep = (bias, res, has_res, act)."""
@@ -141,7 +141,7 @@ def _finish(s, k, idx, ep, out):
     out.flat[idx] = y
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _singles(w, k, src, runs, g, img, at, ep, out):
     """Filter k at the positions g of image img (taps from src), in groups of 8, then 4, then
     1; at as `conv_sampled` takes it."""
@@ -274,26 +274,28 @@ def _runs(x, weights, geom, plan, out, scratch, ep):
     of images, from the dense kernels' input copy."""
     res, has_res, act = ep
     n_n = x.shape[0]
-    chunk = max(1, min(n_n, CHUNK_FLOATS // (geom.c_in * weights.plane)))
+    per_image = planes_floats(weights, geom)
+    chunk = n_n if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image))
     n_done = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = scratch[: m * geom.c_in * weights.plane].reshape(m, -1)
-        to_planes(x[n0 : n0 + m], geom, planes(weights), weights.plane_of, xp)
+        xp = planes_input(x[n0 : n0 + m], weights, geom, scratch)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
-        n_done += conv_runs(xp.reshape(-1), weights, geom, plan.runs, (r, has_res, act), o)
+        n_done += conv_runs(xp, weights, geom, plan.runs, (r, has_res, act), o)
     return n_done * group_taps(geom)
 
 
 @njit(cache=True, parallel=True)
 def conv_runs(xp, cw, geom, runs, ep, out):
-    """Layout: xp the `to_planes` copy of the images (flat), out and res (in ep = (res, has_res,
-    act)) flat NCHW, runs = (segs, bounds) from `run_segments`. Returns the outputs computed.
+    """Layout: xp the dense kernels' input of the images (flat, `to_planes`), out and res (in ep
+    = (res, has_res, act)) flat NCHW, runs = (segs, bounds) from `run_segments`. Returns the
+    outputs computed.
 
     Loop order: (image, filter, block of RUN_BLOCK segments) items in parallel, then tiles of 3
-    segments: `chain_sums` of the filter alone (its taps in one chain) with `store_tile`, which
-    writes a segment's outputs only.
+    segments as in `dense.conv_tiles`, of the filter alone (its taps in one chain, its weights a
+    row of cw.rows); `store_tile` writes a segment's outputs only; a short last tile repeats its
+    last segment.
     """
     segs, bounds = runs
     k_n, p_n = geom.k_out, geom.oh * geom.ow
@@ -314,26 +316,18 @@ def conv_runs(xp, cw, geom, runs, ep, out):
         s_hi = min(bounds[k + 1], s_lo + RUN_BLOCK)
         if s_lo >= s_hi:
             continue
-        sums = np.empty(SEG_TILE_RUNS * VEC, np.float32)
-        xb = n * img + (k // kg) * cg * cw.plane
-        ob = (n * k_n + k) * p_n
+        sums = np.empty(3 * VEC, np.float32)
+        xb, ob = n * img + (k // kg) * cg * cw.plane, (n * k_n + k) * p_n
         where = (k, 1, p_n, ep[1], ep[2])
+        span = (0, cw.offs.size, 0)  # one chain: every tap in one run
         done = 0
-        for s0 in range(s_lo, s_hi, SEG_TILE_RUNS):
-            v_n = min(SEG_TILE_RUNS, s_hi - s0)
-            if v_n == 3:
-                xs = (xb + segs[s0, 0], xb + segs[s0 + 1, 0], xb + segs[s0 + 2, 0])
-                chain_sums(wt, (k * j8,), xp, xs, cw.offs, cw.starts, sums)
-                obs = (ob + segs[s0, 1], ob + segs[s0 + 1, 1], ob + segs[s0 + 2, 1])
-                store_tile(sums, cw.b, ep[0], out, where, obs, (segs[s0, 2], segs[s0 + 1, 2], segs[s0 + 2, 2]))
-            elif v_n == 2:
-                chain_sums(wt, (k * j8,), xp, (xb + segs[s0, 0], xb + segs[s0 + 1, 0]), cw.offs, cw.starts, sums)
-                obs2 = (ob + segs[s0, 1], ob + segs[s0 + 1, 1])
-                store_tile(sums, cw.b, ep[0], out, where, obs2, (segs[s0, 2], segs[s0 + 1, 2]))
-            else:
-                chain_sums(wt, (k * j8,), xp, (xb + segs[s0, 0],), cw.offs, cw.starts, sums)
-                store_tile(sums, cw.b, ep[0], out, where, (ob + segs[s0, 1],), (segs[s0, 2],))
-            for v in range(s0, s0 + v_n):
-                done += segs[v, 2]
+        for s0 in range(s_lo, s_hi, 3):
+            a, b, c = s0, min(s0 + 1, s_hi - 1), min(s0 + 2, s_hi - 1)
+            tile_pass(wt, (k * j8,), xp, (xb + segs[a, 0], xb + segs[b, 0], xb + segs[c, 0]), cw.offs, span, sums, 0)
+            obs = (ob + segs[a, 1], ob + segs[b, 1], ob + segs[c, 1])
+            lanes = (segs[a, 2], segs[b, 2], segs[c, 2], segs[a, 3], segs[b, 3], segs[c, 3])
+            store_tile(sums, (0,), cw.b, ep[0], out, where, obs, lanes)
+        for s in range(s_lo, s_hi):
+            done += segs[s, 3] - segs[s, 2]
         n_done += done
     return n_done

@@ -6,12 +6,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .geom import ConvGeom
-from .layouts import Planes, pack_tiles, plane_order, planes_of, segments, tap_offsets, taps_last
-
-# Filters per register tile of the dense kernels: a tile is TILE_K filters by 3 segments of 8
-# outputs, 12 vector accumulators. Groups of fewer filters (depthwise) take tiles of one.
-TILE_K = 4
+from ..simd import VEC
+from .dense import LANE_K, TILE_K
+from .geom import ConvGeom, one_chain
+from .layouts import Planes, pack_tiles, plane_order, planes_of, position_bases, segments, tap_offsets, taps_last
 
 
 class ConvWeights(NamedTuple):
@@ -19,8 +17,9 @@ class ConvWeights(NamedTuple):
     as the model holds them; rows (K, J) `taps_last(w)`; tiles, w packed for the dense kernels
     (`pack_tiles`, blocks of tile_m filters); offs (taps,) int64 and starts, each tap's offset in
     the dense input copy in summation order and where each chain begins (`tap_offsets`); segs
-    (S, 3) int64 the output segments (`segments`); plane_of (C/groups,) int64 and the Planes
-    fields flat, hp, q, plane of the dense input copy (`to_planes`)."""
+    (S, 4) int64 the output segments (`segments`); pbase (P,) int64 each output position's base
+    (`position_bases`); plane_of (C/groups,) int64 and the Planes
+    fields kind, hp, q, plane of the dense kernels' input (`to_planes`)."""
 
     w: np.ndarray
     b: np.ndarray
@@ -30,8 +29,9 @@ class ConvWeights(NamedTuple):
     offs: np.ndarray
     starts: np.ndarray
     segs: np.ndarray
+    pbase: np.ndarray
     plane_of: np.ndarray
-    flat: int
+    kind: int
     hp: int
     q: int
     plane: int
@@ -42,14 +42,27 @@ def prepare_conv(w, b, geom: ConvGeom) -> ConvWeights:
     conv with this geometry."""
     w = np.ascontiguousarray(w, np.float32)
     b = np.zeros(w.shape[0], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
-    tile_m = TILE_K if geom.k_out // geom.groups >= TILE_K else 1
+    tile_m = tile_filters(geom)
     planes = planes_of(geom)
-    plane_of = plane_order(geom.c_in // geom.groups)
+    plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
     offs, starts = tap_offsets(geom, planes, plane_of)
-    return ConvWeights(
-        w, b, taps_last(w), pack_tiles(w, geom, tile_m), tile_m, offs, starts, segments(geom, planes), plane_of, *planes
-    )
+    segs, pbase = segments(geom, planes), position_bases(geom, planes)
+    tiles = pack_tiles(w, geom, tile_m)
+    return ConvWeights(w, b, taps_last(w), tiles, tile_m, offs, starts, segs, pbase, plane_of, *planes)
+
+
+def tile_filters(geom: ConvGeom) -> int:
+    """Filters per register tile of the conv's dense kernel: LANE_K for `conv_lanes` (filters in
+    SIMD lanes), else TILE_K or 1 for `conv_tiles` (output positions in SIMD lanes). Filters go
+    in lanes where rows of outputs would leave lanes empty (a width not a multiple of 8) or where
+    a strided spatial filter reads many channels: measured 10-17% faster there on ResNet-18's
+    layers, slower on the stem and the strided 1x1 convs (docs/kernels.md, "Paths")."""
+    kg, cg = geom.k_out // geom.groups, geom.c_in // geom.groups
+    if kg % LANE_K == 0 and not one_chain(geom):
+        if geom.ow % VEC or (max(geom.sh, geom.sw) > 1 and geom.kh * geom.kw > 1 and cg >= LANE_K):
+            return LANE_K
+    return TILE_K if kg >= TILE_K else 1
 
 
 def planes(cw: ConvWeights) -> Planes:
-    return Planes(cw.flat, cw.hp, cw.q, cw.plane)
+    return Planes(cw.kind, cw.hp, cw.q, cw.plane)

@@ -10,6 +10,7 @@ from numba import njit
 
 from ..simd import VEC
 from .geom import ConvGeom, group_taps, one_chain
+from .layouts import DIRECT, ROWS
 
 # Floats of taps per tile of positions of the sampled kernels: a tile stays in L2 (512 KiB)
 # while every filter of a block visits it.
@@ -34,7 +35,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
     k_n, p_n = geom.k_out, geom.oh * geom.ow
     if one_chain(geom):
         row = geom.sh * geom.sw * weights.q
-        return SkipPlan(skip, (), run_segments(skip.reshape(k_n, p_n), geom.ow, row, weights.flat))
+        return SkipPlan(skip, (), run_segments(skip.reshape(k_n, p_n), geom.ow, row, weights.kind))
     kg = k_n // geom.groups
     tile_p = max(8, min(512, TILE_FLOATS // group_taps(geom)))
     per_group = []
@@ -49,14 +50,15 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
 
 
 @njit(cache=True)
-def run_segments(sk, ow, row, flat):
+def run_segments(sk, ow, row, kind):
     """Runs of unmasked outputs of every filter of sk (K, P), cut into segments of at most VEC
-    consecutive outputs of one row (of the whole plane when flat): (segs (S, 3), bounds (K + 1,))
-    with filter k's segments at segs[bounds[k] : bounds[k + 1]], each (offset of tap (0, 0) of
-    its first output in the filter's input planes, offset of that output in its output plane,
-    outputs). The input offset is `segments`' for an output (oy, ox): oy * row + ox."""
+    consecutive outputs of one row (of the whole plane unless the input is in ROWS): (segs (S,
+    4), bounds (K + 1,)) with filter k's segments at segs[bounds[k] : bounds[k + 1]], in the
+    form of `segments`: (input offset of lane 0, output offset of lane 0, lo, hi), the outputs
+    in lanes lo .. hi - 1. Input offsets are `segments`' for an output (oy, ox): oy * row + ox
+    in ROWS; a DIRECT read starts at most VEC outputs before the plane's end."""
     k_n, p_n = sk.shape
-    segs = np.empty((k_n * p_n, 3), np.int64)
+    segs = np.empty((k_n * p_n, 4), np.int64)
     bounds = np.empty(k_n + 1, np.int64)
     i = 0
     for k in range(k_n):
@@ -66,12 +68,13 @@ def run_segments(sk, ow, row, flat):
             if sk[k, p]:
                 p += 1
                 continue
-            end = p_n if flat else (p // ow + 1) * ow  # a segment stays in its row
+            end = (p // ow + 1) * ow if kind == ROWS else p_n  # a segment stays in its row
             q = p
             while q < end and q - p < VEC and not sk[k, q]:
                 q += 1
-            segs[i, 0] = p if flat else (p // ow) * row + p % ow
-            segs[i, 1], segs[i, 2] = p, q - p
+            start = min(p, p_n - VEC) if kind == DIRECT else p
+            segs[i, 0] = (p // ow) * row + p % ow if kind == ROWS else start
+            segs[i, 1], segs[i, 2], segs[i, 3] = start, p - start, q - start
             i += 1
             p = q
     bounds[k_n] = i
