@@ -103,9 +103,9 @@ def conv_cases(draw):
     group, or whole filter rows) or from im2col rows, blocks of 8 images, strided 1x1 convs."""
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     cg = draw(st.one_of(st.integers(1, 6), st.sampled_from([8, 16, 24])))
-    kg = draw(st.integers(1, 9))
-    if draw(st.booleans()):  # depthwise-like
-        cg, kg, groups = 1, draw(st.integers(1, 2)), draw(st.integers(1, 6))
+    kg = draw(st.one_of(st.integers(1, 9), st.just(16)))  # 16: filters in SIMD lanes
+    if draw(st.booleans()):  # depthwise-like; 8 or 16 groups of one: channels in SIMD lanes
+        cg, kg, groups = 1, draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 5, 8, 16]))
     kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
@@ -262,14 +262,15 @@ def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, 
 
 @given(conv_cases())
 def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
-    """The dense kernels' input (`to_planes` writes every float of its copy, garbage before; a
-    DIRECT conv reads x itself), and the tap offsets and segments of `prepare_conv`: lane i of
-    each segment finds there the pixel each tap of its output reads (0 in the padding), as
-    NumPy's padded input has it."""
+    """The dense kernels' input (`to_planes` and `to_blocks` write every float of their copy,
+    garbage before; a DIRECT conv reads x itself), the tap offsets and the output positions'
+    bases (and segments) of `prepare_conv`: every output finds there the pixel each of its taps
+    reads (0 in the padding), as NumPy's padded input has it."""
     geom, n = case[0], case[1]
     x, weights, _, _ = _conv_case(case)
-    scratch = np.full(n * dense.planes_floats(weights, geom) + 1, np.nan, np.float32)
-    xp = dense.planes_input(x, weights, geom, scratch).reshape(n, -1)
+    planes = kc.prepare.planes(weights)
+    scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
+    xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch).reshape(n, -1)
     assert not np.isnan(xp).any()
     hp = max(geom.h + geom.pt, (geom.oh - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1)
     wp = max(geom.w + geom.pl, (geom.ow - 1) * geom.sw + (geom.kw - 1) * geom.dw + 1)
@@ -277,19 +278,30 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
     padded[:, :, geom.pt : geom.pt + geom.h, geom.pl : geom.pl + geom.w] = x
     cg = geom.c_in // geom.groups
     order, _ = layouts.chain_order(cg * geom.kh * geom.kw, layouts.n_chains(geom))
-    seen = np.zeros(geom.oh * geom.ow, int)
-    for seg_x, seg_out, lo, hi in weights.segs:
-        seen[seg_out + lo : seg_out + hi] += 1
-        for lane in range(lo, hi):
-            oy, ox = divmod(int(seg_out) + lane, geom.ow)
-            for t, j in enumerate(order):
-                fy, rem = divmod(int(j), geom.kw * cg)
-                fx, c = divmod(rem, cg)
-                for g in range(geom.groups):
-                    got = xp[:, g * cg * weights.plane + seg_x + weights.offs[t] + lane]
-                    want = padded[:, g * cg + c, oy * geom.sh + fy * geom.dh, ox * geom.sw + fx * geom.dw]
-                    assert got.tobytes() == want.tobytes()
-    assert np.all(seen == 1)  # every output in exactly one segment
+
+    def check(base, p):
+        """The taps of output p, whose tap (0, 0) lies at base in its channel's plane (group 0)."""
+        oy, ox = divmod(p, geom.ow)
+        for t, j in enumerate(order):
+            fy, rem = divmod(int(j), geom.kw * cg)
+            fx, c = divmod(rem, cg)
+            for g in range(geom.groups):
+                if planes.kind == layouts.BLOCKS:  # channel g: block g // 8, lane g % 8
+                    at = (g // 8) * 8 * planes.plane + base + weights.offs[t] + g % 8
+                else:
+                    at = g * cg * planes.plane + base + weights.offs[t]
+                want = padded[:, g * cg + c, oy * geom.sh + fy * geom.dh, ox * geom.sw + fx * geom.dw]
+                assert xp[:, at].tobytes() == want.tobytes()
+
+    for p in range(geom.oh * geom.ow):
+        check(weights.pbase[p], p)
+    if planes.kind != layouts.BLOCKS:
+        seen = np.zeros(geom.oh * geom.ow, int)
+        for seg_x, seg_out, lo, hi in weights.segs:
+            seen[seg_out + lo : seg_out + hi] += 1
+            for lane in range(lo, hi):
+                check(seg_x + lane, seg_out + lane)
+        assert np.all(seen == 1)  # every output in exactly one segment
 
 
 PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the path it takes
@@ -303,6 +315,10 @@ PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the pa
     "whole-filter-rows-in-place": (4, 9, 9, 5, (3, 2), (1, 1), (1, 0, 1, 1), (1, 1), 1),
     "one-chain-tiles4": (1, 10, 10, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "chains-tiles1-depthwise-5x5": (3, 9, 9, 3, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 3),
+    "depthwise-blocks-of-8": (16, 9, 10, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    "depthwise-blocks-stride2": (24, 11, 9, 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 24),
+    "filters-in-lanes-14-wide": (16, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "filters-in-lanes-strided": (16, 14, 13, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
 }
 
 

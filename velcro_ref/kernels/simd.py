@@ -166,47 +166,66 @@ def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
     return sig, codegen
 
 
-@intrinsic
-def lane_pass(typingctx, wp, w0, x, pb, offs, span, parts, at):
-    """A run of taps of a tile of 16 filters (in the lanes of two vectors) by P positions:
-    acc[p, j] (+)= w[j, t] * x[pb[p] + offs[t]] for t in span, fused multiply-adds in
-    increasing t; the order of `tile_pass`, the other way round in the registers.
+def _lane_pass(name, h_n, x_vectors):
+    """The typing and codegen of `lane_pass` (h_n = 2, x broadcast) and `depth_pass` (h_n = 1, x
+    a vector of 8 channels)."""
 
-    wp float32 (flat): tap t of filter j at wp[w0 + t * 16 + j]; pb the P positions' bases;
-    offs, span, parts as `tile_pass` takes them, the 2 * P accumulators at parts[at + (p * 2 +
-    h) * VEC] (filters 8 h .. 8 h + 7 of position p). P = len(pb).
-    """
-    if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
-        return None
-    if not (isinstance(w0, types.Integer) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
-        return None
-    sig = types.none(wp, w0, x, pb, offs, span, parts, at)
-    n_p = pb.count
+    def typer(typingctx, wp, w0, x, pb, offs, span, parts, at):
+        if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
+            return None
+        if not (isinstance(w0, types.Integer) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
+            return None
+        sig = types.none(wp, w0, x, pb, offs, span, parts, at)
+        n_p = pb.count
 
-    def codegen(context, builder, sig, args):
-        arr_w = _array(context, builder, sig.args[0], args[0])
-        arr_x = _array(context, builder, sig.args[2], args[2])
-        arr_o = _array(context, builder, sig.args[4], args[4])
-        arr_p = _array(context, builder, sig.args[6], args[6])
-        wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
-        xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
-        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(2 * n_p)]
+        def codegen(context, builder, sig, args):
+            arr_w = _array(context, builder, sig.args[0], args[0])
+            arr_x = _array(context, builder, sig.args[2], args[2])
+            arr_o = _array(context, builder, sig.args[4], args[4])
+            arr_p = _array(context, builder, sig.args[6], args[6])
+            wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+            xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
+            accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(h_n * n_p)]
 
-        def body(t):
-            o = builder.load(builder.gep(arr_o.data, [t]))
-            wt = builder.mul(t, _I64(16))
-            ws = [_load_vec(builder, wbase, builder.add(wt, _I64(h * VEC))) for h in range(2)]
-            for i, base in enumerate(xbase):
-                xv = _splat(builder, builder.load(builder.gep(base, [o])))
-                for h in range(2):
-                    acc = accs[i * 2 + h]
-                    builder.store(_fma(builder, ws[h], xv, builder.load(acc)), acc)
+            def body(t):
+                o = builder.load(builder.gep(arr_o.data, [t]))
+                wt = builder.mul(t, _I64(h_n * VEC))
+                ws = [_load_vec(builder, wbase, builder.add(wt, _I64(h * VEC))) for h in range(h_n)]
+                for i, base in enumerate(xbase):
+                    if x_vectors:
+                        xv = _load_vec(builder, base, o)
+                    else:
+                        xv = _splat(builder, builder.load(builder.gep(base, [o])))
+                    for h in range(h_n):
+                        acc = accs[i * h_n + h]
+                        builder.store(_fma(builder, ws[h], xv, builder.load(acc)), acc)
 
-        at = context.cast(builder, args[7], sig.args[7], types.intp)
-        _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
-        return context.get_dummy_value()
+            at = context.cast(builder, args[7], sig.args[7], types.intp)
+            _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return sig, codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+lane_pass = intrinsic(_lane_pass("lane_pass", 2, False))
+lane_pass.__doc__ = """A run of taps of a tile of 16 filters (in the lanes of two vectors) by P positions:
+acc[p, j] (+)= w[j, t] * x[pb[p] + offs[t]] for t in span, fused multiply-adds in increasing t;
+the order of `tile_pass`, the other way round in the registers.
+
+lane_pass(wp, w0, x, pb, offs, span, parts, at): wp float32 (flat), tap t of filter j at
+wp[w0 + t * 16 + j]; pb the P positions' bases; offs, span, parts as `tile_pass` takes them,
+the 2 * P accumulators at parts[at + (p * 2 + h) * VEC] (filters 8 h .. 8 h + 7 of position p).
+"""
+
+depth_pass = intrinsic(_lane_pass("depth_pass", 1, True))
+depth_pass.__doc__ = """`lane_pass` for a depthwise conv: 8 channels (each its own filter) in
+the lanes of one vector, by P positions: acc[p, c] (+)= w[c, t] * x[pb[p] + offs[t] + c], the
+input a vector of the 8 channels (channels-last blocks of 8); weights at wp[w0 + t * 8 + c],
+accumulator p at parts[at + p * VEC].
+"""
 
 
 def _combined(builder, parts, slots, index):
@@ -305,35 +324,106 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
     return sig, codegen
 
 
+def _store_lanes(name, h_n):
+    """The typing and codegen of `store_lanes` (h_n = 2 vectors of filters per position) and
+    `store_depth` (h_n = 1)."""
+
+    def typer(typingctx, parts, slots, bias, res, out, where, obases):
+        if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
+            return None
+        if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+            return None
+        sig = types.none(parts, slots, bias, res, out, where, obases)
+        n_p = obases.count
+
+        def codegen(context, builder, sig, args):
+            arr_p = _array(context, builder, sig.args[0], args[0])
+            arr_b = _array(context, builder, sig.args[2], args[2])
+            arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+            slots = cgutils.unpack_tuple(builder, args[1])
+            k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
+            has_res = builder.icmp_signed("!=", has_res, _I64(0))
+            ob = cgutils.unpack_tuple(builder, args[6])
+            bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(h_n)]
+            for i in range(n_p):
+                for h in range(h_n):
+                    y = builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * h_n + h)), bv[h])
+                    for lane in range(VEC):
+                        idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
+                        _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+store_lanes = intrinsic(_store_lanes("store_lanes", 2))
+store_lanes.__doc__ = """The epilogue of a `lane_pass` tile, stored into out.
+
+store_lanes(parts, slots, bias, res, out, where, obases): where = (k0, p_n, has_res, act), the
+tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out (flat
+NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each output is
+its sum combined over the chains (`_combined`), + bias, + the residual if has_res, then the
+activation (`_epilogue`).
+"""
+
+
+def _transpose8(builder, rows):
+    """8 vectors r[i] (lane c) as 8 vectors c (lane i): unpacks within 128-bit halves, pairs of
+    floats, then halves (the shuffles of an AVX 8 x 8 transpose)."""
+
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, VEC), idx))
+
+    lo = [sh(rows[2 * k], rows[2 * k + 1], [0, 8, 1, 9, 4, 12, 5, 13]) for k in range(4)]
+    hi = [sh(rows[2 * k], rows[2 * k + 1], [2, 10, 3, 11, 6, 14, 7, 15]) for k in range(4)]
+    a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s = [sh(lo[0], lo[1], a), sh(lo[0], lo[1], b), sh(hi[0], hi[1], a), sh(hi[0], hi[1], b)]
+    s += [sh(lo[2], lo[3], a), sh(lo[2], lo[3], b), sh(hi[2], hi[3], a), sh(hi[2], hi[3], b)]
+    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [sh(s[k], s[k + 4], low) for k in range(4)] + [sh(s[k], s[k + 4], high) for k in range(4)]
+
+
 @intrinsic
-def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
-    """The epilogue of a `lane_pass` tile, stored into out: where = (k0, p_n, has_res, act), the
-    tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out (flat
-    NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each output
-    is its sum combined over the chains, + bias, + the residual if has_res, then the activation.
+def store_depth(typingctx, parts, bias, res, out, where, ob):
+    """The epilogue of a `depth_pass` tile of 8 channels by 8 consecutive positions (accumulator
+    p at parts[p * VEC]), stored into out: where = (k0, p_n, has_res, act, n_valid): channels k0
+    .. k0 + 7, planes of p_n outputs in res and out (flat NCHW, res as `store_tile` takes it),
+    positions ob .. ob + n_valid - 1 of channel k0's plane (the rest are not stored). Each output
+    is sum + bias, + the residual if has_res, then the activation (`_epilogue`); a whole tile
+    without residual is transposed in registers and stored a channel's 8 outputs at a time.
     """
-    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
         return None
-    if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+    if not isinstance(ob, types.Integer):
         return None
-    sig = types.none(parts, slots, bias, res, out, where, obases)
-    n_p = obases.count
+    sig = types.none(parts, bias, res, out, where, ob)
 
     def codegen(context, builder, sig, args):
         arr_p = _array(context, builder, sig.args[0], args[0])
-        arr_b = _array(context, builder, sig.args[2], args[2])
-        arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
-        slots = cgutils.unpack_tuple(builder, args[1])
-        k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
+        arr_b = _array(context, builder, sig.args[1], args[1])
+        arrays = (_array(context, builder, sig.args[2], args[2]), _array(context, builder, sig.args[3], args[3]))
+        k0, p_n, has_res, act, n_valid = cgutils.unpack_tuple(builder, args[4])
+        ob = context.cast(builder, args[5], sig.args[5], types.intp)
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
-        ob = cgutils.unpack_tuple(builder, args[6])
-        bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(2)]
-        for i in range(n_p):
-            for h in range(2):
-                y = builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * 2 + h)), bv[h])
-                for lane in range(VEC):
-                    idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
-                    _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
+        bv = _load_vec(builder, arr_b.data, k0)
+        ys = [builder.fadd(_load_vec(builder, arr_p.data, _I64(i * VEC)), bv) for i in range(VEC)]
+        first = builder.add(ob, builder.mul(p_n, k0))
+        fast = builder.and_(builder.icmp_signed("==", n_valid, _I64(VEC)), builder.not_(has_res))
+        with builder.if_else(fast) as (whole, part):
+            with whole:
+                cols = _transpose8(builder, [_epilogue(builder, y, act) for y in ys])
+                for c, col in enumerate(cols):
+                    at = builder.add(first, builder.mul(p_n, _I64(c)))
+                    builder.store(col, _vec_ptr(builder, arrays[1].data, at), align=4)
+            with part:
+                for i, y in enumerate(ys):
+                    with builder.if_then(builder.icmp_signed("<", _I64(i), n_valid)):
+                        for c in range(VEC):
+                            idx = builder.add(first, builder.add(builder.mul(p_n, _I64(c)), _I64(i)))
+                            _store_one(builder, arrays, idx, builder.extract_element(y, _I32(c)), has_res, act)
         return context.get_dummy_value()
 
     return sig, codegen

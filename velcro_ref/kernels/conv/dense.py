@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass
-from .layouts import DIRECT, Planes, to_planes
+from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
 SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
 POS_TILE = 6  # output positions per register tile of `conv_lanes`
@@ -27,19 +27,22 @@ ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
 
 
-def planes_input(x, weights, geom, scratch):
-    """The dense kernels' input of the images x (N, C, H, W), flat: x itself when DIRECT, else
-    its `to_planes` copy in scratch (N * C * plane floats)."""
-    if weights.kind == DIRECT:
+def planes_input(x, geom, planes, plane_of, scratch):
+    """The images x (N, C, H, W) in the layout `planes` describes, flat: x itself when DIRECT,
+    else its copy (`to_planes`, `to_blocks`) in scratch (N * C * plane floats)."""
+    if planes.kind == DIRECT:
         return np.ascontiguousarray(x).reshape(-1)
-    xp = scratch[: x.shape[0] * geom.c_in * weights.plane].reshape(x.shape[0], -1)
-    to_planes(x, geom, Planes(weights.kind, weights.hp, weights.q, weights.plane), weights.plane_of, xp)
+    xp = scratch[: x.shape[0] * geom.c_in * planes.plane].reshape(x.shape[0], -1)
+    if planes.kind == BLOCKS:
+        to_blocks(x, geom, planes, xp)
+    else:
+        to_planes(x, geom, planes, plane_of, xp)
     return xp.reshape(-1)
 
 
-def planes_floats(weights, geom):
+def planes_floats(planes, geom):
     """Floats of scratch `planes_input` needs per image."""
-    return 0 if weights.kind == DIRECT else geom.c_in * weights.plane
+    return 0 if planes.kind == DIRECT else geom.c_in * planes.plane
 
 
 def work_split(weights, geom, n_n, threads):

@@ -15,9 +15,10 @@ import numpy as np
 
 from . import masked
 from .dense import LANE_K, conv_lanes, conv_tiles, planes_floats, planes_input, work_split
+from .depthwise import conv_depth_blocks, conv_depthwise, is_depthwise
 from .geom import ConvGeom
-from .layouts import aligned_floats
-from .prepare import ConvWeights
+from .layouts import BLOCKS, ROWS, aligned_floats
+from .prepare import ConvWeights, planes
 from .schedule import SkipPlan, plan_skip
 
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
@@ -63,21 +64,28 @@ def chunk_images(per_image, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
     """Floats of scratch a call with n_n images needs, dense or masked."""
-    per_image = planes_floats(weights, geom)
+    per_image = planes_floats(planes(weights), geom)
     dense = chunk_images(per_image, n_n) * per_image
     return max(dense, masked.scratch_floats(geom, n_n, weights))
 
 
 def _dense(x, weights, geom, out, scratch, ep):
     n_n = x.shape[0]
-    chunk = chunk_images(planes_floats(weights, geom), n_n)
+    pl = planes(weights)
+    chunk = chunk_images(planes_floats(pl, geom), n_n)
     res, has_res, act = ep
     n_macs = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = planes_input(x[n0 : n0 + m], weights, geom, scratch)
+        xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        if pl.kind == BLOCKS:
+            n_macs += conv_depth_blocks(xp, weights, geom, r, has_res, act, o)
+            continue
+        if is_depthwise(geom) and pl.kind == ROWS:
+            n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
+            continue
         kernel = conv_lanes if weights.tile_m == LANE_K else conv_tiles
         n_macs += kernel(xp, weights, geom, r, has_res, act, o, work_split(weights, geom, m, numba.get_num_threads()))
     return n_macs

@@ -26,18 +26,20 @@ import numpy as np
 from numba import njit, prange
 
 from ..simd import CHAINS, VEC
-from .geom import ConvGeom, one_chain
+from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
 
 
-ROWS, FLAT, DIRECT = 0, 1, 2  # kinds of the dense kernels' input (`Planes.kind`)
+ROWS, FLAT, DIRECT, BLOCKS = 0, 1, 2, 3  # kinds of the dense kernels' input (`Planes.kind`)
 
 
 class Planes(NamedTuple):
     """Shape of the dense kernels' input of one image: channel c's plane starts at plane_of[c]
     * plane (within its group's planes). kind ROWS: hp rows of sw phases of q floats; FLAT: the
-    oh * ow pixels the outputs read, in output order; DIRECT: the input as it lies (h * w)."""
+    oh * ow pixels the outputs read, in output order; DIRECT: the input as it lies (h * w);
+    BLOCKS (a depthwise conv on a multiple of 8 channels): blocks of 8 channels, each hp rows of
+    q pixels of 8 floats (the block's channels side by side), `plane` floats per channel."""
 
     kind: int
     hp: int
@@ -47,7 +49,10 @@ class Planes(NamedTuple):
 
 def input_kind(g: ConvGeom) -> int:
     """A 1x1 conv without padding reads one pixel per output: DIRECT at stride 1 (with a plane
-    of at least one segment), else FLAT; every other conv ROWS."""
+    of at least one segment), else FLAT; a depthwise conv on a multiple of 8 channels BLOCKS;
+    every other conv ROWS."""
+    if g.c_in == g.groups == g.k_out and g.c_in % VEC == 0 and g.kh * g.kw < FEW_TAPS:
+        return BLOCKS
     if g.kh != 1 or g.kw != 1 or g.pt or g.pl or g.pb or g.pr:
         return ROWS
     return DIRECT if g.sh == g.sw == 1 and g.h * g.w >= VEC else FLAT
@@ -65,10 +70,15 @@ def _odd_lines(floats):
     return (lines + 1 - lines % 2) * LINE_FLOATS
 
 
-def planes_of(g: ConvGeom) -> Planes:
-    """The Planes of a conv. A row phase has room for a vector read from any output column:
-    q >= ow + VEC - 1 + the largest tap shift (fx * dw) // sw."""
-    kind = input_kind(g)
+def planes_of(g: ConvGeom, kind=None) -> Planes:
+    """The Planes of a conv, of `input_kind` unless kind is given. A row phase has room for a
+    vector read from any output column: q >= ow + VEC - 1 + the largest tap shift (fx * dw) //
+    sw."""
+    kind = input_kind(g) if kind is None else kind
+    if kind == BLOCKS:
+        hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+        q = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
+        return Planes(BLOCKS, hp, q, hp * q)
     if kind == DIRECT:
         return Planes(DIRECT, 1, 0, g.h * g.w)
     if kind == FLAT:
@@ -110,6 +120,8 @@ def tap_offsets(g: ConvGeom, planes: Planes, plane_of):
     order, starts = chain_order(cg * g.kh * g.kw, n_chains(g))
     fy, rem = np.divmod(order, g.kw * cg)
     fx, c = np.divmod(rem, cg)
+    if planes.kind == BLOCKS:
+        return np.ascontiguousarray((fy * g.dh * planes.q + fx * g.dw) * VEC, np.int64), starts
     offs = plane_of[c] * planes.plane
     if planes.kind == ROWS:
         shift = fx * g.dw
@@ -121,6 +133,8 @@ def position_bases(g: ConvGeom, planes: Planes):
     """(P,) int64: the offset of tap (0, 0) of every output position p = (oy, ox) in a channel's
     input plane (the base `tap_offsets` are relative to)."""
     p = np.arange(g.oh * g.ow, dtype=np.int64)
+    if planes.kind == BLOCKS:
+        return ((p // g.ow) * g.sh * planes.q + p % g.ow * g.sw) * VEC
     if planes.kind != ROWS:
         return p
     return (p // g.ow) * g.sh * g.sw * planes.q + p % g.ow
@@ -282,3 +296,28 @@ def im2col_rows(xh, c0, geom, need, col, q0):
                     col[q0 + p, j : j + cg] = src[a : a + cg]
                     j += cg
             col[q0 + p, j:] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def to_blocks(x, geom, planes, xp):
+    """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
+    (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
+    zero padded (pt rows above, pl columns left). Loop order (image, block, row) in parallel,
+    then columns, channels."""
+    n_n, c_n, h, w = x.shape
+    hp, q = planes.hp, planes.q
+    n_b = c_n // VEC
+    for item in prange(n_n * n_b * hp):
+        n, cb, r = item // (n_b * hp), (item // hp) % n_b, item % hp
+        row = xp[n, (cb * hp + r) * q * VEC : (cb * hp + r + 1) * q * VEC]
+        iy = r - geom.pt
+        if iy < 0 or iy >= h:
+            row[:] = 0.0
+            continue
+        row[: geom.pl * VEC] = 0.0
+        row[(geom.pl + w) * VEC :] = 0.0
+        src = x[n, cb * VEC : (cb + 1) * VEC, iy]
+        for ix in range(w):
+            d = (geom.pl + ix) * VEC
+            for c in range(VEC):
+                row[d + c] = src[c, ix]

@@ -20,6 +20,7 @@ from ..simd import VEC, dot_taps, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, one_chain
 from .layouts import channels_last, im2col_rows, padded_size, padded_taps
+from .schedule import runs_planes
 
 # Filter pairs per work item of the sampled kernels, so that small layers still split over threads.
 PAIR_BLOCK = 8
@@ -63,8 +64,8 @@ def _sampled_floats(geom, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
     """Floats of scratch a masked call with n_n images needs."""
-    if one_chain(geom):  # the dense kernels' input
-        per_image = planes_floats(weights, geom)
+    if one_chain(geom):  # the input planes of `conv_runs`
+        per_image = planes_floats(runs_planes(geom), geom)
         return 0 if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image)) * per_image
     copy, rows, chunk = _sampled_floats(geom, n_n)
     return chunk * (copy + rows)
@@ -274,35 +275,37 @@ def _runs(x, weights, geom, plan, out, scratch, ep):
     of images, from the dense kernels' input copy."""
     res, has_res, act = ep
     n_n = x.shape[0]
-    per_image = planes_floats(weights, geom)
+    planes, plane_of = plan.runs[3], plan.runs[4]
+    per_image = planes_floats(planes, geom)
     chunk = n_n if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image))
     n_done = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = planes_input(x[n0 : n0 + m], weights, geom, scratch)
+        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
-        n_done += conv_runs(xp, weights, geom, plan.runs, (r, has_res, act), o)
+        runs = (plan.runs[0], plan.runs[1], plan.runs[2], planes.plane)
+        n_done += conv_runs(xp, weights, geom, runs, (r, has_res, act), o)
     return n_done * group_taps(geom)
 
 
 @njit(cache=True, parallel=True)
 def conv_runs(xp, cw, geom, runs, ep, out):
     """Layout: xp the dense kernels' input of the images (flat, `to_planes`), out and res (in ep
-    = (res, has_res, act)) flat NCHW, runs = (segs, bounds) from `run_segments`. Returns the
-    outputs computed.
+    = (res, has_res, act)) flat NCHW, runs = (segs, bounds, offs, plane): the `run_segments`,
+    the tap offsets in the input planes and their size. Returns the outputs computed.
 
     Loop order: (image, filter, block of RUN_BLOCK segments) items in parallel, then tiles of 3
     segments as in `dense.conv_tiles`, of the filter alone (its taps in one chain, its weights a
     row of cw.rows); `store_tile` writes a segment's outputs only; a short last tile repeats its
     last segment.
     """
-    segs, bounds = runs
+    segs, bounds, offs, plane = runs
     k_n, p_n = geom.k_out, geom.oh * geom.ow
     n_n = out.size // (k_n * p_n)
     kg, cg = k_n // geom.groups, geom.c_in // geom.groups
     j8 = cw.rows.shape[1]
-    img = geom.c_in * cw.plane
+    img = geom.c_in * plane
     max_blocks = 1
     for k in range(k_n):
         max_blocks = max(max_blocks, (bounds[k + 1] - bounds[k] + RUN_BLOCK - 1) // RUN_BLOCK)
@@ -317,13 +320,13 @@ def conv_runs(xp, cw, geom, runs, ep, out):
         if s_lo >= s_hi:
             continue
         sums = np.empty(3 * VEC, np.float32)
-        xb, ob = n * img + (k // kg) * cg * cw.plane, (n * k_n + k) * p_n
+        xb, ob = n * img + (k // kg) * cg * plane, (n * k_n + k) * p_n
         where = (k, 1, p_n, ep[1], ep[2])
-        span = (0, cw.offs.size, 0)  # one chain: every tap in one run
+        span = (0, offs.size, 0)  # one chain: every tap in one run
         done = 0
         for s0 in range(s_lo, s_hi, 3):
             a, b, c = s0, min(s0 + 1, s_hi - 1), min(s0 + 2, s_hi - 1)
-            tile_pass(wt, (k * j8,), xp, (xb + segs[a, 0], xb + segs[b, 0], xb + segs[c, 0]), cw.offs, span, sums, 0)
+            tile_pass(wt, (k * j8,), xp, (xb + segs[a, 0], xb + segs[b, 0], xb + segs[c, 0]), offs, span, sums, 0)
             obs = (ob + segs[a, 1], ob + segs[b, 1], ob + segs[c, 1])
             lanes = (segs[a, 2], segs[b, 2], segs[c, 2], segs[a, 3], segs[b, 3], segs[c, 3])
             store_tile(sums, (0,), cw.b, ep[0], out, where, obs, lanes)

@@ -9,7 +9,18 @@ import numpy as np
 from ..simd import VEC
 from .dense import LANE_K, TILE_K
 from .geom import ConvGeom, one_chain
-from .layouts import Planes, pack_tiles, plane_order, planes_of, position_bases, segments, tap_offsets, taps_last
+from .layouts import (
+    BLOCKS,
+    Planes,
+    aligned_floats,
+    pack_tiles,
+    plane_order,
+    planes_of,
+    position_bases,
+    segments,
+    tap_offsets,
+    taps_last,
+)
 
 
 class ConvWeights(NamedTuple):
@@ -42,12 +53,16 @@ def prepare_conv(w, b, geom: ConvGeom) -> ConvWeights:
     conv with this geometry."""
     w = np.ascontiguousarray(w, np.float32)
     b = np.zeros(w.shape[0], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
-    tile_m = tile_filters(geom)
     planes = planes_of(geom)
+    tile_m = VEC if planes.kind == BLOCKS else tile_filters(geom)
     plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
     offs, starts = tap_offsets(geom, planes, plane_of)
     segs, pbase = segments(geom, planes), position_bases(geom, planes)
-    tiles = pack_tiles(w, geom, tile_m)
+    if planes.kind == BLOCKS:  # 8 channels' filters side by side, tap after tap
+        tiles = aligned_floats(w.size)
+        tiles[:] = w.reshape(-1, VEC, geom.kh * geom.kw).transpose(0, 2, 1).reshape(-1)
+    else:
+        tiles = pack_tiles(w, geom, tile_m)
     return ConvWeights(w, b, taps_last(w), tiles, tile_m, offs, starts, segs, pbase, plane_of, *planes)
 
 

@@ -10,7 +10,7 @@ from numba import njit
 
 from ..simd import VEC
 from .geom import ConvGeom, group_taps, one_chain
-from .layouts import DIRECT, ROWS
+from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
 
 # Floats of taps per tile of positions of the sampled kernels: a tile stays in L2 (512 KiB)
 # while every filter of a block visits it.
@@ -21,11 +21,19 @@ class SkipPlan(NamedTuple):
     """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
     the filters not fully masked with its number of tiles), runs None; for a conv summed in one
-    chain, groups () and runs = (segs, bounds): the `run_segments` of every filter."""
+    chain, groups () and runs = (segs, bounds, offs, planes, plane_of): the `run_segments` of
+    every filter and the input layout they read (`Planes`, tap offsets)."""
 
     skip: np.ndarray
     groups: tuple
     runs: tuple | None
+
+
+def runs_planes(geom: ConvGeom):
+    """The input layout the one-chain masked kernel reads: the dense kernels' (`planes_of`),
+    in rows where that is BLOCKS."""
+    planes = planes_of(geom)
+    return planes_of(geom, ROWS) if planes.kind == BLOCKS else planes
 
 
 def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
@@ -33,9 +41,13 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
     layout of the input copy the one-chain kernels read)."""
     skip = np.ascontiguousarray(skip, np.bool_)
     k_n, p_n = geom.k_out, geom.oh * geom.ow
-    if one_chain(geom):
-        row = geom.sh * geom.sw * weights.q
-        return SkipPlan(skip, (), run_segments(skip.reshape(k_n, p_n), geom.ow, row, weights.kind))
+    if one_chain(geom):  # the runs read the planes of the ROWS kind (or FLAT, DIRECT), not BLOCKS
+        planes = runs_planes(geom)
+        plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
+        offs, _ = tap_offsets(geom, planes, plane_of)
+        row = geom.sh * geom.sw * planes.q
+        segs, bounds = run_segments(skip.reshape(k_n, p_n), geom.ow, row, planes.kind)
+        return SkipPlan(skip, (), (segs, bounds, offs, planes, plane_of))
     kg = k_n // geom.groups
     tile_p = max(8, min(512, TILE_FLOATS // group_taps(geom)))
     per_group = []
