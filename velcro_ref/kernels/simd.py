@@ -491,6 +491,83 @@ def dot_taps(typingctx, a, rows_a, x, offs, runs):
     return sig, codegen
 
 
+def _reduce8(builder, accs):
+    """Up to 8 accumulators (lane l = chain l) reduced at once by `_tree`: the lanes of the
+    result are the accumulators' sums. Halves of pairs of accumulators (lane l + lane l + 4),
+    then lanes 0 + 2 and 1 + 3 of each, then 0 + 1: the order of `_halves`, 8 sums per shuffle."""
+
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, VEC), idx))
+
+    v = list(accs) + [_zero()] * (8 - len(accs))
+    u = [builder.fadd(sh(v[2 * k], v[2 * k + 1], [0, 1, 2, 3, 8, 9, 10, 11]),
+                      sh(v[2 * k], v[2 * k + 1], [4, 5, 6, 7, 12, 13, 14, 15])) for k in range(4)]  # fmt: skip
+    w = [builder.fadd(sh(u[2 * k], u[2 * k + 1], [0, 1, 4, 5, 8, 9, 12, 13]),
+                      sh(u[2 * k], u[2 * k + 1], [2, 3, 6, 7, 10, 11, 14, 15])) for k in range(2)]  # fmt: skip
+    return builder.fadd(sh(w[0], w[1], [0, 2, 4, 6, 8, 10, 12, 14]), sh(w[0], w[1], [1, 3, 5, 7, 9, 11, 13, 15]))
+
+
+@intrinsic
+def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
+    """`dot_taps` of the filter rows rows_a by the positions offs, each sum then stored with its
+    epilogue: out[oidx[i]] = epilogue(sum_i + bias[k_i] (+ res[oidx[i]])), pair i = (filter k_i =
+    rows_a[i // len(offs)], position i % len(offs)). io = (bias, res, out) float32 1-D (res: out
+    itself when there is no residual); where = (has_res, act). The sums are reduced 8 at a time
+    (`_reduce8`), each in the order of `_tree`.
+    """
+    if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
+        return None
+    if not (isinstance(io, types.UniTuple) and io.count == 3 and _f32_c(io.dtype) and _int_tuple(where, 2)):
+        return None
+    if not _int_tuple(oidx, rows_a.count * offs.count):
+        return None
+    sig = types.none(a, rows_a, x, offs, runs, io, where, oidx)
+
+    def codegen(context, builder, sig, args):
+        arr_a = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
+        arrays = [_array(context, builder, sig.args[5].dtype, v) for v in cgutils.unpack_tuple(builder, args[5])]
+        n = builder.extract_value(arr_a.shape, 1)
+        kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
+        ks = cgutils.unpack_tuple(builder, args[1])
+        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in ks]
+        offs_x = cgutils.unpack_tuple(builder, args[3])
+        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
+
+        def step(bases_j, bases_x, load):
+            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+            for acc, (ia, ib) in zip(accs, pairs, strict=True):
+                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+
+        with cgutils.for_range(builder, kh) as fy:
+            with cgutils.for_range(builder, kw) as fx:
+                tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
+                bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
+                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
+                bases_j = [builder.gep(base, [j0]) for base in bases_a]
+                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
+                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+                tail = builder.sub(seg, whole)
+                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
+                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        has_res, act = cgutils.unpack_tuple(builder, args[6])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        oi = cgutils.unpack_tuple(builder, args[7])
+        for c0 in range(0, len(pairs), 8):
+            total = _reduce8(builder, [builder.load(acc) for acc in accs[c0 : c0 + 8]])
+            for i in range(c0, min(c0 + 8, len(pairs))):
+                k = ks[pairs[i][0]]
+                y = builder.fadd(
+                    builder.extract_element(total, _I32(i - c0)), builder.load(builder.gep(arrays[0].data, [k]))
+                )
+                _store_one(builder, (arrays[1], arrays[2]), oi[i], y, has_res, act)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @intrinsic
 def fma32(typingctx, a, b, c):
     """float32 a * b + c rounded once (llvm.fma)."""

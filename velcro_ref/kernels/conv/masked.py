@@ -16,7 +16,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ..simd import VEC, dot_taps, store_tile, tile_pass
+from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, one_chain
 from .layouts import channels_last, im2col_rows, padded_size, padded_taps
@@ -92,8 +92,8 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
         m = min(chunk, n_n - n0)
         xh = scratch[: m * copy].reshape(m, hp, wpc)
         channels_last(x[n0 : n0 + m], g.pt, g.pl, xh)
-        o = out[n0 : n0 + m].reshape(m, g.k_out, p_n)
-        r = res[n0 : n0 + m].reshape(m, g.k_out, p_n) if has_res else o
+        o = out[n0 : n0 + m].reshape(-1)
+        r = res[n0 : n0 + m].reshape(-1) if has_res else o
         for grp in range(g.groups):
             sg, need, sched = plan.groups[grp]
             if in_place(g):
@@ -107,14 +107,11 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
                 runs_g = (1, 0, 1, 0, j8)
             done = 0
             n8 = m - m % 8
+            ep_k = (weights.b, r, has_res, act)
             for i0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
-                done += conv_images8(
-                    weights.rows, src, runs_g, sched, (grp * kg, i0, 8), (weights.b, r, has_res, act), o
-                )
+                done += conv_images8(weights.rows, src, runs_g, sched, (grp * kg, i0, 8, g.k_out, p_n), ep_k, o)
             if n8 < m:
-                done += conv_sampled(
-                    weights.rows, src, runs_g, sched, (grp * kg, n8, m - n8), (weights.b, r, has_res, act), o
-                )
+                done += conv_sampled(weights.rows, src, runs_g, sched, (grp * kg, n8, m - n8, g.k_out, p_n), ep_k, o)
             n_done += done * group_taps(g)
     return n_done
 
@@ -127,105 +124,82 @@ def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
     return oy * (sh * wpc) + ox * (sw * c_n) + c0
 
 
-@njit(cache=True, inline="always")
-def _finish(s, k, idx, ep, out):
-    """out.flat[idx] = s + bias[k], + the residual if has_res, then the activation: the
-    arithmetic of `store_tile` on one element; ep = (bias, res, has_res, act)."""
-    y = s + ep[0][k]
-    if ep[2]:
-        y = y + ep[1].flat[idx]
-    zero, six = np.float32(0.0), np.float32(6.0)
-    if ep[3] >= 1:
-        y = y if (y > zero) | (y != y) else zero
-    if ep[3] == 2:
-        y = y if (y < six) | (y != y) else six
-    out.flat[idx] = y
-
-
-@njit(cache=True, inline="always")
-def _singles(w, k, src, runs, g, img, at, ep, out):
-    """Filter k at the positions g of image img (taps from src), in groups of 8, then 4, then
-    1; at as `conv_sampled` takes it."""
-    x, pos, stride = src
-    k_n, p_n = out.shape[1], out.shape[2]
-    kk = at[0] + k
-    base = (at[1] + img) * stride
-    i, m = 0, g.size
-    while m - i >= 8:
-        o = (
-            base + pos[g[i]],
-            base + pos[g[i + 1]],
-            base + pos[g[i + 2]],
-            base + pos[g[i + 3]],
-            base + pos[g[i + 4]],
-            base + pos[g[i + 5]],
-            base + pos[g[i + 6]],
-            base + pos[g[i + 7]],
-        )
-        s = dot_taps(w, (kk,), x, o, runs)
-        for t in range(8):
-            _finish(s[t], kk, ((at[1] + img) * k_n + kk) * p_n + g[i + t], ep, out)
-        i += 8
-    if m - i >= 4:
-        o4 = (base + pos[g[i]], base + pos[g[i + 1]], base + pos[g[i + 2]], base + pos[g[i + 3]])
-        s4 = dot_taps(w, (kk,), x, o4, runs)
-        for t in range(4):
-            _finish(s4[t], kk, ((at[1] + img) * k_n + kk) * p_n + g[i + t], ep, out)
-        i += 4
-    for t in range(i, m):
-        s1 = dot_taps(w, (kk,), x, (base + pos[g[t]],), runs)
-        _finish(s1[0], kk, ((at[1] + img) * k_n + kk) * p_n + g[t], ep, out)
-
-
 @njit(cache=True, parallel=True)
 def conv_sampled(w, src, runs, sched, at, ep, out):
     """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
     images (the taps of position p of image n start at n * stride + pos[p], laid out as `runs`
     says, see `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule` (filters
-    of one group, numbered from at[0]), at = (first filter of the group, first image in out, images),
-    ep = (bias, res, has_res, act), out (N, K, P). Returns the outputs computed.
+    of one group, numbered from at[0]), at = (first filter of the group, first image, images, K,
+    P), ep = (bias, res, has_res, act), out (N * K * P,) flat (res likewise). Returns the
+    outputs computed.
 
     Loop order: (image, tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
-    positions. Positions both filters of a pair need go in blocks of 2 x 4 (`dot_taps` loads
-    each filter and input vector once for 8 outputs), the others in groups of 8 positions of
-    one filter. A masked (k, p) is never visited. Every element is one dot_taps sum, then
-    `_finish`, whatever its block, item or thread.
+    positions. Positions both filters of a pair need go in blocks of 2 x 4 (`dot_store` loads
+    each filter and input vector once for 8 outputs), the others in groups of 8, 4, 1 positions
+    of one filter. A masked (k, p) is never visited. Every element is one `dot_taps` sum, then
+    bias, residual, activation, whatever its block, item or thread.
     """
     pairs, bounds, plist, n_tiles = sched
-    n_n = at[2]
-    n_pairs, k_n, p_n = pairs.shape[0], out.shape[1], out.shape[2]
+    k_g, n0, n_n, k_n, p_n = at
+    n_pairs = pairs.shape[0]
     n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     n_done = 0
     for item in prange(n_n * n_tiles * n_blocks):
         x, pos, stride = src
-        n = item // (n_tiles * n_blocks)
+        io, where = (ep[0], ep[1], out), (ep[2], ep[3])
+        n = n0 + item // (n_tiles * n_blocks)
         t = (item // n_blocks) % n_tiles
-        base = (at[1] + n) * stride
+        base = n * stride
         done = 0
         for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
-            k1, k2 = at[0] + pairs[r, 0], at[0] + pairs[r, 1]
+            k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
-            gb, g1, g2 = (
-                plist[bounds[i] : bounds[i + 1]],
-                plist[bounds[i + 1] : bounds[i + 2]],
-                plist[bounds[i + 2] : bounds[i + 3]],
-            )
-            done += 2 * gb.size + g1.size + g2.size
-            row1, row2 = ((at[1] + n) * k_n + k1) * p_n, ((at[1] + n) * k_n + k2) * p_n
-            j = 0
-            while gb.size - j >= 4:
-                o = (base + pos[gb[j]], base + pos[gb[j + 1]], base + pos[gb[j + 2]], base + pos[gb[j + 3]])
-                s = dot_taps(w, (k1, k2), x, o, runs)
-                for u in range(4):
-                    _finish(s[u], k1, row1 + gb[j + u], ep, out)
-                    _finish(s[4 + u], k2, row2 + gb[j + u], ep, out)
+            row1, row2 = (n * k_n + k1) * p_n, (n * k_n + k2) * p_n
+            j, j1 = bounds[i], bounds[i + 1]
+            done += 2 * (j1 - j) + bounds[i + 3] - j1
+            while j1 - j >= 4:
+                p0, p1, p2, p3 = plist[j], plist[j + 1], plist[j + 2], plist[j + 3]
+                o = (base + pos[p0], base + pos[p1], base + pos[p2], base + pos[p3])
+                oi = (row1 + p0, row1 + p1, row1 + p2, row1 + p3, row2 + p0, row2 + p1, row2 + p2, row2 + p3)
+                dot_store(w, (k1, k2), x, o, runs, io, where, oi)
                 j += 4
-            for u in range(j, gb.size):
-                s2 = dot_taps(w, (k1, k2), x, (base + pos[gb[u]],), runs)
-                _finish(s2[0], k1, row1 + gb[u], ep, out)
-                _finish(s2[1], k2, row2 + gb[u], ep, out)
-            _singles(w, pairs[r, 0], src, runs, g1, n, at, ep, out)
-            _singles(w, pairs[r, 1], src, runs, g2, n, at, ep, out)
+            for u in range(j, j1):
+                pu = plist[u]
+                dot_store(w, (k1, k2), x, (base + pos[pu],), runs, io, where, (row1 + pu, row2 + pu))
+            for c in range(2):  # the positions only the first, then only the second filter needs
+                k, row = (k1, row1) if c == 0 else (k2, row2)
+                j, j1 = bounds[i + 1 + c], bounds[i + 2 + c]
+                while j1 - j >= 8:
+                    g = plist[j : j + 8]
+                    o8 = (
+                        base + pos[g[0]],
+                        base + pos[g[1]],
+                        base + pos[g[2]],
+                        base + pos[g[3]],
+                        base + pos[g[4]],
+                        base + pos[g[5]],
+                        base + pos[g[6]],
+                        base + pos[g[7]],
+                    )
+                    oi8 = (
+                        row + g[0],
+                        row + g[1],
+                        row + g[2],
+                        row + g[3],
+                        row + g[4],
+                        row + g[5],
+                        row + g[6],
+                        row + g[7],
+                    )
+                    dot_store(w, (k,), x, o8, runs, io, where, oi8)
+                    j += 8
+                while j1 - j >= 4:
+                    g = plist[j : j + 4]
+                    o4 = (base + pos[g[0]], base + pos[g[1]], base + pos[g[2]], base + pos[g[3]])
+                    dot_store(w, (k,), x, o4, runs, io, where, (row + g[0], row + g[1], row + g[2], row + g[3]))
+                    j += 4
+                for u in range(j, j1):
+                    dot_store(w, (k,), x, (base + pos[plist[u]],), runs, io, where, (row + plist[u],))
         n_done += done
     return n_done
 
@@ -236,35 +210,36 @@ def conv_images8(w, src, runs, sched, at, ep, out):
 
     Loop order: (tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
     positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
-    images at p; a position both filters of a pair need is one 2 x 8 block. A masked (k, p) is
-    never visited. Each element is the same dot_taps sum as in `conv_sampled`.
+    images at p; a position both filters of a pair need is two 2 x 4 blocks. A masked (k, p) is
+    never visited. Each element is the same sum as in `conv_sampled`.
     """
     pairs, bounds, plist, n_tiles = sched
-    n_pairs, k_n, p_n = pairs.shape[0], out.shape[1], out.shape[2]
+    k_g, n0, _, k_n, p_n = at
+    n_pairs = pairs.shape[0]
     n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
-    n0 = at[1]
+    s = k_n * p_n  # from one image to the next in out
     n_done = 0
     for item in prange(n_tiles * n_blocks):
         x, pos, d = src
+        io, where = (ep[0], ep[1], out), (ep[2], ep[3])
         t = item // n_blocks
         done = 0
         for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
-            k1, k2 = at[0] + pairs[r, 0], at[0] + pairs[r, 1]
+            k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
             for c in range(3):
                 for p in plist[bounds[i + c] : bounds[i + c + 1]]:
-                    q = n0 * d + pos[p]
-                    g = (q, q + d, q + 2 * d, q + 3 * d, q + 4 * d, q + 5 * d, q + 6 * d, q + 7 * d)
-                    if c == 0:
-                        s = dot_taps(w, (k1, k2), x, g, runs)
-                        for u in range(8):
-                            _finish(s[u], k1, ((n0 + u) * k_n + k1) * p_n + p, ep, out)
-                            _finish(s[8 + u], k2, ((n0 + u) * k_n + k2) * p_n + p, ep, out)
-                    else:
-                        k = k1 if c == 1 else k2
-                        s1 = dot_taps(w, (k,), x, g, runs)
-                        for u in range(8):
-                            _finish(s1[u], k, ((n0 + u) * k_n + k) * p_n + p, ep, out)
+                    for h in range(2):  # images n0 + 4 h .. n0 + 4 h + 3
+                        n = n0 + 4 * h
+                        q = n * d + pos[p]
+                        g = (q, q + d, q + 2 * d, q + 3 * d)
+                        r1, r2 = (n * k_n + k1) * p_n + p, (n * k_n + k2) * p_n + p
+                        if c == 0:
+                            oi = (r1, r1 + s, r1 + 2 * s, r1 + 3 * s, r2, r2 + s, r2 + 2 * s, r2 + 3 * s)
+                            dot_store(w, (k1, k2), x, g, runs, io, where, oi)
+                        else:
+                            k, rk = (k1, r1) if c == 1 else (k2, r2)
+                            dot_store(w, (k,), x, g, runs, io, where, (rk, rk + s, rk + 2 * s, rk + 3 * s))
             done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
         n_done += done
     return n_done * 8

@@ -15,6 +15,7 @@ from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
 # Floats of taps per tile of positions of the sampled kernels: a tile stays in L2 (512 KiB)
 # while every filter of a block visits it.
 TILE_FLOATS = 1 << 18
+TILE_POSITIONS = 512  # positions per tile, at most
 
 
 class SkipPlan(NamedTuple):
@@ -49,7 +50,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         segs, bounds = run_segments(skip.reshape(k_n, p_n), geom.ow, row, planes.kind)
         return SkipPlan(skip, (), (segs, bounds, offs, planes, plane_of))
     kg = k_n // geom.groups
-    tile_p = max(8, min(512, TILE_FLOATS // group_taps(geom)))
+    tile_p = max(8, min(TILE_POSITIONS, TILE_FLOATS // group_taps(geom)))
     per_group = []
     for g in range(geom.groups):
         sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
