@@ -103,8 +103,11 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     tpi, bpi = split
     n_all = n_n * groups * n_t
     n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
-    img = geom.c_in * cw.plane
-    n_chains, run = cw.starts.size - 1, max(1, RUN_BYTES // (4 * tile_m))
+    img, plane = geom.c_in * cw.plane, cw.plane
+    # the record's arrays taken out once: read inside the parallel loop, each would cost a
+    # reference count per use, an atomic operation the threads contend for
+    wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b
+    n_chains, run = starts.size - 1, max(1, RUN_BYTES // (4 * tile_m))
     step = n_chains * N_ACC * VEC  # floats of sums per tile
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
@@ -113,20 +116,20 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
             w0 = (blk * taps) * tile_m  # the block within its group; groups below
             for chain in range(n_chains):
-                c0, c1 = cw.starts[chain], cw.starts[chain + 1]
+                c0, c1 = starts[chain], starts[chain + 1]
                 for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
                     span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
                     for ti in range(t_lo, t_hi):
                         g, t = (ti // n_t) % groups, ti % n_t
-                        xb = (ti // (groups * n_t)) * img + g * cg * cw.plane
+                        xb = (ti // (groups * n_t)) * img + g * cg * plane
                         a = t * SEG_TILE
                         xs = (xb + segs[a, 0], xb + segs[min(a + 1, n_s - 1), 0], xb + segs[min(a + 2, n_s - 1), 0])
                         wg = w0 + g * n_blocks * taps * tile_m
                         at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
                         if tile_m == TILE_K:
-                            tile_pass(cw.tiles, (wg, wg + 1, wg + 2, wg + 3), xp, xs, cw.offs, span, parts, at)
+                            tile_pass(wts, (wg, wg + 1, wg + 2, wg + 3), xp, xs, offs, span, parts, at)
                         else:
-                            tile_pass(cw.tiles, (wg,), xp, xs, cw.offs, span, parts, at)
+                            tile_pass(wts, (wg,), xp, xs, offs, span, parts, at)
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 a = t * SEG_TILE
@@ -138,9 +141,9 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
                 where = (k0, min(tile_m, kg - blk * tile_m), p_n, has_res, act)
                 u = (ti - t_lo) * step
                 if n_chains == CHAINS:
-                    store_tile(parts, _slots(u), cw.b, res, out, where, obs, lanes)
+                    store_tile(parts, _slots(u), bias, res, out, where, obs, lanes)
                 else:
-                    store_tile(parts, (u,), cw.b, res, out, where, obs, lanes)
+                    store_tile(parts, (u,), bias, res, out, where, obs, lanes)
     return n_n * k_n * p_n * taps
 
 
@@ -163,9 +166,9 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
     tpi, bpi = split
     n_all = n_n * groups * n_t
     n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
-    img = geom.c_in * cw.plane
-    pbase = cw.pbase
-    n_chains, run = cw.starts.size - 1, RUN_BYTES // (4 * LANE_K)
+    img, plane = geom.c_in * cw.plane, cw.plane
+    wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
+    n_chains, run = starts.size - 1, RUN_BYTES // (4 * LANE_K)
     step = n_chains * N_ACC * VEC
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
@@ -173,12 +176,12 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
         parts = np.empty((t_hi - t_lo) * step, np.float32)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
             for chain in range(n_chains):
-                c0, c1 = cw.starts[chain], cw.starts[chain + 1]
+                c0, c1 = starts[chain], starts[chain + 1]
                 for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
                     span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
                     for ti in range(t_lo, t_hi):
                         g, t = (ti // n_t) % groups, ti % n_t
-                        xb = (ti // (groups * n_t)) * img + g * cg * cw.plane
+                        xb = (ti // (groups * n_t)) * img + g * cg * plane
                         q = _positions(t * POS_TILE, p_n)
                         pb = (
                             xb + pbase[q[0]],
@@ -190,7 +193,7 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
                         )
                         w0 = (g * n_blocks + blk) * taps * LANE_K
                         at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
-                        lane_pass(cw.tiles, w0, xp, pb, cw.offs, span, parts, at)
+                        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 ob = n * k_n * p_n
@@ -199,7 +202,7 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
                 where = (g * kg + blk * LANE_K, p_n, has_res, act)
                 u = (ti - t_lo) * step
                 if n_chains == CHAINS:
-                    store_lanes(parts, _slots(u), cw.b, res, out, where, obs)
+                    store_lanes(parts, _slots(u), bias, res, out, where, obs)
                 else:
-                    store_lanes(parts, (u,), cw.b, res, out, where, obs)
+                    store_lanes(parts, (u,), bias, res, out, where, obs)
     return n_n * k_n * p_n * taps

@@ -169,8 +169,17 @@ def conv_sampled(w, src, runs, sched, at, ep, out):
             for c in range(2):  # the positions only the first, then only the second filter needs
                 k, row = (k1, row1) if c == 0 else (k2, row2)
                 j, j1 = bounds[i + 1 + c], bounds[i + 2 + c]
-                while j1 - j >= 8:
-                    g = plist[j : j + 8]
+                while j1 - j >= 8:  # no slices of plist here: a view costs reference counting
+                    g = (
+                        plist[j],
+                        plist[j + 1],
+                        plist[j + 2],
+                        plist[j + 3],
+                        plist[j + 4],
+                        plist[j + 5],
+                        plist[j + 6],
+                        plist[j + 7],
+                    )
                     o8 = (
                         base + pos[g[0]],
                         base + pos[g[1]],
@@ -194,7 +203,7 @@ def conv_sampled(w, src, runs, sched, at, ep, out):
                     dot_store(w, (k,), x, o8, runs, io, where, oi8)
                     j += 8
                 while j1 - j >= 4:
-                    g = plist[j : j + 4]
+                    g = (plist[j], plist[j + 1], plist[j + 2], plist[j + 3])
                     o4 = (base + pos[g[0]], base + pos[g[1]], base + pos[g[2]], base + pos[g[3]])
                     dot_store(w, (k,), x, o4, runs, io, where, (row + g[0], row + g[1], row + g[2], row + g[3]))
                     j += 4
@@ -228,7 +237,8 @@ def conv_images8(w, src, runs, sched, at, ep, out):
             k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
             for c in range(3):
-                for p in plist[bounds[i + c] : bounds[i + c + 1]]:
+                for u in range(bounds[i + c], bounds[i + c + 1]):
+                    p = plist[u]
                     for h in range(2):  # images n0 + 4 h .. n0 + 4 h + 3
                         n = n0 + 4 * h
                         q = n * d + pos[p]
@@ -284,7 +294,7 @@ def conv_runs(xp, cw, geom, runs, ep, out):
     max_blocks = 1
     for k in range(k_n):
         max_blocks = max(max_blocks, (bounds[k + 1] - bounds[k] + RUN_BLOCK - 1) // RUN_BLOCK)
-    wt = cw.rows.reshape(-1)
+    wt, bias = cw.rows.reshape(-1), cw.b  # taken out of the record once (see dense.conv_tiles)
     n_done = 0
     for item in prange(n_n * k_n * max_blocks):
         blk = item % max_blocks
@@ -304,7 +314,7 @@ def conv_runs(xp, cw, geom, runs, ep, out):
             tile_pass(wt, (k * j8,), xp, (xb + segs[a, 0], xb + segs[b, 0], xb + segs[c, 0]), offs, span, sums, 0)
             obs = (ob + segs[a, 1], ob + segs[b, 1], ob + segs[c, 1])
             lanes = (segs[a, 2], segs[b, 2], segs[c, 2], segs[a, 3], segs[b, 3], segs[c, 3])
-            store_tile(sums, (0,), cw.b, ep[0], out, where, obs, lanes)
+            store_tile(sums, (0,), bias, ep[0], out, where, obs, lanes)
         for s in range(s_lo, s_hi):
             done += segs[s, 3] - segs[s, 2]
         n_done += done
