@@ -141,13 +141,14 @@ def test_conv2d_kernel_equals_numpy_twin_bit_for_bit(case):
     got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
     want = got.copy()
     plan = None if skip is None else kc.plan_skip(skip, weights, geom)
-    saved = dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS
+    saved = dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN
     try:
-        if small_scratch:  # one image per chunk
+        if small_scratch:  # one image per chunk, the input copies by every thread
             dispatch.CHUNK_FLOATS = masked.CHUNK_FLOATS = 1
+            layouts.PARALLEL_MIN = 0
         m_got = kc.conv2d(x, weights, geom, plan, got, None, ep)
     finally:
-        dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS = saved
+        dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN = saved
     m_want = rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert m_got == m_want
     assert got.tobytes() == want.tobytes()
@@ -255,9 +256,10 @@ def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, 
     hp, wp = pt + h + extra_h, pl + w + extra_w
     want = np.zeros((n, hp, wp, c), np.float32)
     want[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
-    got = np.full((n, hp, wp * c), np.nan, np.float32)
-    layouts.channels_last(x, pt, pl, got)
-    assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
+    for copy in (layouts.channels_last, layouts._cl_threads):  # in the calling thread, by every thread
+        got = np.full((n, hp, wp * c), np.nan, np.float32)
+        copy(x, pt, pl, got) if copy is layouts.channels_last else copy(x, pt, pl, got, n * hp)
+        assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
 
 
 @given(conv_cases())

@@ -29,6 +29,12 @@ from ..simd import CHAINS, VEC
 from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
+# Floats of a copy from which it uses every thread, and items (planes or rows) per work item.
+# Below, a copy (every input of ResNet-18's convs at batch 1) runs in the calling thread: a
+# parallel region per copy is a wake-up of the other threads, and on a shared machine a wait
+# for the scheduler to give them a core.
+PARALLEL_MIN = 1 << 20
+PART_ITEMS = 8
 
 
 ROWS, FLAT, DIRECT, BLOCKS = 0, 1, 2, 3  # kinds of the dense kernels' input (`Planes.kind`)
@@ -157,14 +163,31 @@ def segments(g: ConvGeom, planes: Planes):
     return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, zero, np.minimum(VEC, g.ow - ox)], axis=1)
 
 
-@njit(cache=True, parallel=True)
 def to_planes(x, geom, planes, plane_of, xp):
     """Layout: x (N, C, H, W); xp (N, C * plane) as `Planes` says, every float written (padding
-    0). Loop order (image, channel) in parallel, then rows, phases, runs of columns."""
+    0). Loop order (image, channel), in parallel from PARALLEL_MIN floats on, then rows,
+    phases, runs of columns."""
+    n_items = x.shape[0] * x.shape[1]
+    if xp.size < PARALLEL_MIN:
+        _planes_items(x, geom, planes, plane_of, xp, 0, n_items)
+    else:
+        _planes_threads(x, geom, planes, plane_of, xp, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _planes_threads(x, geom, planes, plane_of, xp, n_items):
+    """`_planes_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _planes_items(x, geom, planes, plane_of, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _planes_items(x, geom, planes, plane_of, xp, i0, i1):
+    """`to_planes` of the (image, channel) items i0 .. i1 - 1."""
     n_n, c_n, h, w = x.shape
     cg = c_n // geom.groups
     pl_n, sw, q = planes.plane, geom.sw, planes.q
-    for item in prange(n_n * c_n):
+    for item in range(i0, i1):
         n, c = item // c_n, item % c_n
         at = ((c // cg) * cg + plane_of[c % cg]) * pl_n
         dst = xp[n, at : at + pl_n]
@@ -242,14 +265,30 @@ def aligned_floats(n):
     return buf[start : start + n]
 
 
-@njit(cache=True, parallel=True)
 def channels_last(x, pt, pl, xh):
     """Layout: x (N, C, H, W); xh (N, HP, WP*C) with element (n, iy, ix*C + c) = x[n, c, iy -
-    pt, ix - pl], 0 outside x. Loop order (n, iy) in parallel, ix, c: a row's C x W source
-    floats stay in L1 while its destination row is written in order."""
+    pt, ix - pl], 0 outside x. Loop order (n, iy), in parallel from PARALLEL_MIN floats on, ix,
+    c: a row's C x W source floats stay in L1 while its destination row is written in order."""
+    n_items = xh.shape[0] * xh.shape[1]
+    if xh.size < PARALLEL_MIN:
+        _cl_items(x, pt, pl, xh, 0, n_items)
+    else:
+        _cl_threads(x, pt, pl, xh, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _cl_threads(x, pt, pl, xh, n_items):
+    """`_cl_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _cl_items(x, pt, pl, xh, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _cl_items(x, pt, pl, xh, i0, i1):
+    """`channels_last` of the (image, row) items i0 .. i1 - 1."""
     n_n, c_n, h, w = x.shape
     hp = xh.shape[1]
-    for item in prange(n_n * hp):
+    for item in range(i0, i1):
         n, iy = item // hp, item % hp
         row = xh[n, iy]
         if iy < pt or iy >= pt + h:
@@ -298,16 +337,32 @@ def im2col_rows(xh, c0, geom, need, col, q0):
             col[q0 + p, j:] = 0.0
 
 
-@njit(cache=True, parallel=True)
 def to_blocks(x, geom, planes, xp):
     """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
     (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
-    zero padded (pt rows above, pl columns left). Loop order (image, block, row) in parallel,
-    then columns, channels."""
+    zero padded (pt rows above, pl columns left). Loop order (image, block, row), in parallel
+    from PARALLEL_MIN floats on, then columns, channels."""
+    n_items = x.shape[0] * (x.shape[1] // VEC) * planes.hp
+    if xp.size < PARALLEL_MIN:
+        _blocks_items(x, geom, planes, xp, 0, n_items)
+    else:
+        _blocks_threads(x, geom, planes, xp, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _blocks_threads(x, geom, planes, xp, n_items):
+    """`_blocks_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _blocks_items(x, geom, planes, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _blocks_items(x, geom, planes, xp, i0, i1):
+    """`to_blocks` of the (image, block, row) items i0 .. i1 - 1."""
     n_n, c_n, h, w = x.shape
     hp, q = planes.hp, planes.q
     n_b = c_n // VEC
-    for item in prange(n_n * n_b * hp):
+    for item in range(i0, i1):
         n, cb, r = item // (n_b * hp), (item // hp) % n_b, item % hp
         row = xp[n, (cb * hp + r) * q * VEC : (cb * hp + r + 1) * q * VEC]
         iy = r - geom.pt
