@@ -228,6 +228,10 @@ def test_linear_kernel_equals_numpy_twin_bit_for_bit(n, f, o, masked_, seed):
     got, want = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
     assert klin.linear(x, w, b, skip, got) == rlin.linear(x, w, b, skip, want)
     assert got.tobytes() == want.tobytes()
+    keep = np.arange(o) if skip is None else np.flatnonzero(~skip)
+    threads = np.full((n, o), 3.0, np.float32)  # the parallel version, used from PARALLEL_MIN MACs on
+    klin.linear_threads(x.reshape(-1), w, b, keep, threads, n * -(-keep.size // klin.ITEM_OUTPUTS))
+    assert threads.tobytes() == want.tobytes()
     if skip is not None:
         dense = np.empty((n, o), np.float32)
         klin.linear(x, w, b, None, dense)
