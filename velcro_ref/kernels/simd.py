@@ -18,10 +18,14 @@ vectors carry it:
   `store_tile` combines a tile's chains, adds the bias, an optional residual tensor and an
   optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
 - `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
-  (a broadcast input pixel times a vector of weights).
-- `dot_taps`: taps in lanes, for outputs chosen one by one (the masked kernels): lane l of a
-  vector accumulator is chain l, so a tap run must start at a multiple of 8 in j; the lanes are
-  combined by the same tree (halves: lane l + lane l + 4, then + 2, then + 1).
+  (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
+  depthwise channels in the lanes (a vector of 8 channels' pixels times their weights).
+- `dot_taps` / `dot_store`: taps in lanes, for outputs chosen one by one (the masked kernels,
+  the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
+  multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
+  then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
+  with their epilogue).
+- `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
 
 The intrinsics read raw data: their typing accepts only C-contiguous float32 arrays and intp
 indices, and they trust the indices they are given.

@@ -1,9 +1,11 @@
-"""Dense convolution: blocked direct kernels, output positions in SIMD lanes.
+"""Dense convolution: blocked direct kernels on a copy of the input (`planes_input`).
 
-Each output element is summed in the order of docs/kernels.md ("Order of summation") by
-`chain_sums` tiles of a few filters by 3 segments of 8 outputs, read from the `to_planes` copy
-of the input; `store_tile` adds the bias, the optional residual and activation, and writes the
-NCHW output. The tile, item or thread that computes an element never changes its value.
+`conv_tiles` puts output positions in the SIMD lanes (`tile_pass` tiles of 4 filters by 3
+segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions).
+Both sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
+in runs of taps whose weights stay in L1, and finish it with bias, optional residual and
+activation (`store_tile`, `store_lanes`). The tile, item or thread that computes an output
+never changes its value.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
 
-Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles`); masked with one
-chain per output (`masked.conv_runs`, runs of unmasked outputs in SIMD lanes); masked with
-CHAINS chains (`masked.conv_sampled`, taps in SIMD lanes). Every path sums an element in the
-same order, so a masked call writes the same bits as a dense one at its unmasked outputs.
+Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
+lanes, `dense.conv_lanes` with filters in the lanes, `depthwise.conv_depth_blocks` /
+`conv_depthwise`); masked with one chain per output (`masked.conv_runs`, runs of unmasked
+outputs in SIMD lanes); masked with CHAINS chains (`masked.conv_sampled` / `conv_images8`, taps
+in SIMD lanes). Every path sums an output in the same order, so a masked call writes the same
+bits as a dense one at its unmasked outputs.
 """
 
 from __future__ import annotations

@@ -1,12 +1,14 @@
 """Masked convolution: only the unmasked outputs are computed, each in the dense kernels' order.
 
 - `conv_runs` (filters summed in one chain): runs of unmasked outputs of a row, up to 8 in the
-  SIMD lanes of `chain_sums`, read from the dense kernels' input copy.
-- `conv_sampled` / `conv_images8` (filters summed in chains): `dot_taps` blocks of a pair of
-  filters by a few positions, following the mask's pair schedule, the taps read from a
-  zero-padded channels-last copy of the input where they lie, or from im2col rows.
+  SIMD lanes of `tile_pass`, read from the dense kernels' row planes. A lane past the end of a
+  run computes a value that is dropped and not counted.
+- `conv_sampled` / `conv_images8` (filters summed in chains): `dot_store` blocks of a pair of
+  filters by a few positions (taps in the lanes), following the mask's pair schedule, the taps
+  read from a zero-padded channels-last copy of the input where they lie, or from im2col rows.
+  A masked output is never visited.
 
-A masked output is never visited: no MAC, and out keeps what it held.
+A masked output is never stored or counted: out keeps what it held.
 """
 
 from __future__ import annotations
