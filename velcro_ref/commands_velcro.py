@@ -60,6 +60,29 @@ def cmd_profile(args):
     return 0
 
 
+def cmd_quantize(args):
+    from .api import quantize
+    from .engine import load_model
+    from .model_io import save_model
+    from .stats import load_stats
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    stats = load_stats(args.calib, model)  # checks that the stats are of this model, naming the file
+    try:
+        qmodel = quantize(model, stats, args.per_channel, args.activations, args.requant)
+    except StatsError as e:
+        raise StatsError(f"{args.calib}: {e}") from None
+    qmodel.graph.meta["quantization"]["calibration"]["stats_file"] = str(args.calib)
+    fp = save_model(qmodel.graph, args.output)
+    n_layers = sum(1 for n in qmodel.graph.nodes if n.op in ("qconv2d", "qlinear"))
+    print(
+        f"wrote {args.output}: {n_layers} int8 conv/linear layers, {args.activations} activations, "
+        f"{'per-channel' if args.per_channel else 'per-tensor'} weights, {args.requant} requantization, "
+        f"calibrated on {stats.n_images} images; fingerprint {fp[:16]}"
+    )
+    return 0
+
+
 # Counts are float64 per element: exact up to 2^53 images.
 MAX_COUNT = 2**53
 
@@ -193,6 +216,30 @@ def register(sub):
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "quantize",
+        help="post-training int8 quantization from statistics",
+        description=(
+            "Quantize a float model to int8 with onnxruntime's static quantization formulas (MinMax "
+            "calibration): the ranges come from a stats file of `velcro profile` on calibration images "
+            "(format version 3 or later). Weights are symmetric int8 (per tensor or per output channel), "
+            "biases int32, activations int8 or uint8. docs/int8.md gives every rule."
+        ),
+    )
+    add_model_arg(p)
+    add_file(p, "--calib", required=True, help="stats file of this model (velcro profile) giving the ranges")
+    add_file(p, "-o", "--output", role="out", required=True, help="quantized model file to write (.h5)")
+    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    p.add_argument("--activations", choices=("int8", "uint8"), default="int8", help="activation type (default int8)")
+    p.add_argument(
+        "--requant",
+        choices=("ort", "fixed_point"),
+        default="ort",
+        help="requantization of conv/linear accumulators: ort (float32, as onnxruntime) or fixed_point "
+        "(int32 multiplier and shift, as an RTL datapath; needed by rtl-vectors); default ort",
+    )
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("stats", help="statistics files", description="Operations on statistics files.")
     ssub = p.add_subparsers(dest="stats_command", metavar="ACTION")
