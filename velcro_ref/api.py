@@ -163,9 +163,11 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
     return Model(graph)
 
 
-def golden(model, images, path, masks=None) -> dict:
+def golden(model, images, path, masks=None, accumulators=False) -> dict:
     """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
-    docs/formats.md); returns the MACs each conv2d/linear executed."""
+    docs/formats.md); for an int8 model also the scales, zero points, multipliers and shifts used
+    and, with `accumulators`, every conv and linear layer's int32 accumulators. Returns the MACs
+    each conv2d/linear executed."""
     from .golden import write_golden
 
-    return write_golden(model, model.check_input(images), path, masks)
+    return write_golden(model, model.check_input(images), path, masks, accumulators)

@@ -194,8 +194,22 @@ def cmd_golden(args):
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     x = load_array(args.input)
     masks = load_masks(args.masks) if args.masks else None
-    macs = golden(model, x, args.output, masks)
+    macs = golden(model, x, args.output, masks, args.accumulators)
     print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
+    return 0
+
+
+def cmd_rtl_vectors(args):
+    from .rtl_vectors import layer_from_golden, parse_array, write_rtl_vectors
+
+    rows, cols = parse_array(args.array)
+    layer = layer_from_golden(args.golden, args.layer, args.image)
+    manifest = write_rtl_vectors(layer, args.output, rows, cols)
+    c = manifest["counts"]
+    print(
+        f"wrote {args.output}: layer {args.layer}, {c['tiles']} tiles on a {rows}x{cols} array, "
+        f"{c['output_elements']:,} outputs ({c['masked_elements']:,} masked), {c['macs_executed']:,} MACs"
+    )
     return 0
 
 
@@ -284,11 +298,34 @@ def register(sub):
     p = sub.add_parser(
         "golden",
         help="golden vectors for hardware verification",
-        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; "
-        "docs/formats.md gives the layout.",
+        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 "
+        "model also the scales, zero points, multipliers and shifts each layer used. docs/formats.md gives the "
+        "layout.",
     )
     add_model_arg(p)
     add_file(p, "--input", required=True, help="input .npy (NCHW float32)")
     add_file(p, "--masks", help="mask file")
+    p.add_argument(
+        "--accumulators",
+        action="store_true",
+        help="int8 models: also write every conv and linear layer's int32 accumulators (needed by rtl-vectors)",
+    )
     add_file(p, "-o", "--output", role="out", required=True, help="vectors file to write (HDF5)")
     p.set_defaults(func=cmd_golden)
+
+    p = sub.add_parser(
+        "rtl-vectors",
+        help="RTL test vectors of one int8 conv layer from golden vectors",
+        description=(
+            "Write $readmemh hex files and a manifest.json for one int8 conv layer of a `velcro golden` file "
+            "(an int8 model quantized with --requant fixed_point, written with --accumulators): the layer's "
+            "tensors in natural order and its tiles on a ROWSxCOLS output-stationary array. docs/rtl.md explains "
+            "how a testbench uses them, docs/formats.md the files."
+        ),
+    )
+    add_file(p, "golden", help="golden vectors file (velcro golden --accumulators)")
+    p.add_argument("--layer", required=True, type=text, help="the conv layer's node name")
+    p.add_argument("--array", default="8x8", type=text, help="array size ROWSxCOLS, each in [2, 256] (default 8x8)")
+    p.add_argument("--image", type=count(0, 2**31 - 1), default=0, help="image of the batch (default 0)")
+    add_file(p, "-o", "--output", role="dir_out", required=True, help="folder to write the vectors into")
+    p.set_defaults(func=cmd_rtl_vectors)

@@ -276,3 +276,52 @@ def test_exported_qdq_runs_bit_exact_in_onnxruntime_and_imports_back(family, tmp
         for role, key in n.params.items():
             assert np.array_equal(back.params[other.params[role]], qmodel.graph.params[key]), (n.name, role)
     assert set(back.activation_sites()) == set(qmodel.graph.activation_sites())
+
+
+class _Images:
+    """quantize_static's calibration reader over a list of batches."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def get_next(self):
+        return {"input": self.batches.pop()} if self.batches else None
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("pc", [False, True], ids=["pt", "pc"])
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
+    """MatMul (no Gemm in the zoo families): QDQ MatMul and QOperator QLinearMatMul, weight (F, O)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (48, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], name="flatten", axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
+    calib = [rng.uniform(-1, 1, (2, 3, 4, 4)).astype(np.float32) for _ in range(4)]
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(out),
+        _Images(calib),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        per_channel=pc,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    types = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ("QLinearMatMul" if fmt == "QOperator" else "MatMul") in types
+    model = Model(import_onnx(out))
+    assert [st.op for st in model.plan.nodes] == ["flatten", "quantize", "qlinear", "dequantize"]
+    x = rng.uniform(-1.5, 1.5, (7, 3, 4, 4)).astype(np.float32)
+    want = session(out, act, fmt).run(None, {"input": x})[0]
+    assert np.array_equal(model.run(x), want)
