@@ -54,7 +54,9 @@ def conv_acc(x, x_zp, w, w_zp, bias, stride, pads, dilation, groups):
         for fy in range(kh):
             for fx in range(kw):
                 patch = xg[:, :, fy * dh : fy * dh + sh * (oh - 1) + 1 : sh, fx * dw : fx * dw + sw * (ow - 1) + 1 : sw]
-                acc[:, g * kg : (g + 1) * kg] += np.einsum("nchw,kc->nkhw", patch, wd64[g * kg : (g + 1) * kg, :, fy, fx])
+                acc[:, g * kg : (g + 1) * kg] += np.einsum(
+                    "nchw,kc->nkhw", patch, wd64[g * kg : (g + 1) * kg, :, fy, fx]
+                )
     if bias is not None:
         acc += np.asarray(bias, np.int64)[None, :, None, None]
     return acc

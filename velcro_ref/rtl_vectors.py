@@ -527,7 +527,7 @@ def read_rtl_vectors(path) -> RtlVectors:
 
 
 def parse_array(text: str) -> tuple[int, int]:
-    """"ROWSxCOLS" (e.g. "8x8") as two ints in [2, MAX_ARRAY]; UsageError otherwise."""
+    """ "ROWSxCOLS" (e.g. "8x8") as two ints in [2, MAX_ARRAY]; UsageError otherwise."""
     parts = str(text).lower().split("x")
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise UsageError(f"--array expects ROWSxCOLS, e.g. 8x8, got {text!r}")
@@ -578,7 +578,9 @@ def layer_from_golden(path, layer: str, image: int = 0) -> QConvLayer:
                 "datapath computes fixed_point: quantize the model with `velcro quantize --requant fixed_point`"
             )
         if "accumulators" not in g:
-            raise RtlVectorError(f"{where}: the golden file has no accumulators; write it with `velcro golden --accumulators`")
+            raise RtlVectorError(
+                f"{where}: the golden file has no accumulators; write it with `velcro golden --accumulators`"
+            )
         if "w_zero_point" in g and np.any(g["w_zero_point"][()] != 0):
             raise RtlVectorError(f"{where}: weights with a nonzero zero point; the array expects zero point 0")
         n_images = g["output"].shape[0]
@@ -593,7 +595,11 @@ def layer_from_golden(path, layer: str, image: int = 0) -> QConvLayer:
             constants = y.copy()
             readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
             site = readers[0] if len(readers) == 1 else None
-            if site is not None and groups[site].attrs.get("op") in ("qrelu", "qrelu6") and f"sites/{escape_key(site)}" in f:
+            if (
+                site is not None
+                and groups[site].attrs.get("op") in ("qrelu", "qrelu6")
+                and f"sites/{escape_key(site)}" in f
+            ):
                 constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
             y = np.where(skip, constants, y)
         w_scale = g["w_scale"][()].astype(np.float64).reshape(-1)

@@ -96,7 +96,9 @@ class Outputs:
 
 
 @settings(max_examples=40)
-@given(st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS]), st.integers(0, 2**32 - 1), st.sampled_from([1, 3]))
+@given(
+    st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS]), st.integers(0, 2**32 - 1), st.sampled_from([1, 3])
+)
 def test_masked_int8_equals_dense_int8_with_the_sites_overwritten(models, key, seed, batch):
     model = models[key]
     rng = np.random.default_rng(seed)
@@ -155,7 +157,7 @@ def test_compressed_int8_sites_hold_their_quantized_means(models):
     x = rng.uniform(-1, 1, (2, 3, SIZE, SIZE)).astype(np.float32)
     seen = Outputs()
     model.run(x, masks=masks, observer=seen)
-    for site, (mask, const) in masks.sites.items():
+    for site, (mask, _) in masks.sites.items():
         q = model.plan.node(site).q
         assert mask.sum() == int(0.4 * mask.size), site
         expected = quant.quantize_linear(stats.sites[site].mean.astype(np.float32), q.scale, q.zero_point, q.dtype)

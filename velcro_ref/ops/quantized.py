@@ -214,6 +214,7 @@ class QConv2d(Conv2d):
     tensors = "quantized"
     onnx_types = ("Conv", "QLinearConv")
     onnx_data_inputs = (0,)
+    requant_ops = REQUANT_OPS  # simulator: vector-unit work per computed output element
 
     def check(self, node):
         return {**super().check(node), REQUANT: _requant_mode(node)}
@@ -298,6 +299,7 @@ class QLinear(Linear):
     tensors = "quantized"
     onnx_types = ("Gemm", "MatMul", "com.microsoft:QGemm", "QLinearMatMul")
     onnx_data_inputs = (0,)
+    requant_ops = REQUANT_OPS
 
     def check(self, node):
         return {REQUANT: _requant_mode(node)}
@@ -479,6 +481,8 @@ class QConcat(Concat):
     name = "qconcat"
     attrs = Q_ATTRS
     tensors = "quantized"
+    unit = "vector"  # simulator: an input of another scale goes through a table, counted for every element
+    ops_per_element = 1
     onnx_types = ("Concat", "com.microsoft:QLinearConcat")
 
     def to_onnx(self, node, a, ctx):
@@ -532,7 +536,8 @@ class QGlobalAvgPool(GlobalAvgPool):
     name = "qglobal_avg_pool"
     attrs = Q_ATTRS
     tensors = "quantized"
-    ops_per_element = 1  # per tap; and REQUANT_OPS per output (simulator)
+    ops_per_element = 1  # per tap (the int32 sum)
+    requant_ops = REQUANT_OPS  # per output
     onnx_types = ("GlobalAveragePool", "com.microsoft:QLinearGlobalAveragePool")
 
     def to_onnx(self, node, a, ctx):
