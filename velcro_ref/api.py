@@ -168,6 +168,6 @@ def golden(model, images, path, masks=None, accumulators=False) -> dict:
     docs/formats.md); for an int8 model also the scales, zero points, multipliers and shifts used
     and, with `accumulators`, every conv and linear layer's int32 accumulators. Returns the MACs
     each conv2d/linear executed."""
-    from .golden import write_golden
+    from .golden_vectors import write_golden
 
     return write_golden(model, model.check_input(images), path, masks, accumulators)

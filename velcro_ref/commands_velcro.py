@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from .cli_util import (
+    add_data_dir_arg,
     add_file,
     add_image_args,
     add_model_arg,
@@ -192,7 +193,18 @@ def cmd_golden(args):
     from .masks import load_masks
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
-    x = load_array(args.input)
+    if (args.input is None) == (args.data is None):
+        raise UsageError("give --input X.npy or --data fashion-mnist (with --classes), one of them")
+    if args.data is None and (args.classes or args.samples is not None):
+        raise UsageError("--classes and --samples choose images of --data; with --input they would be ignored")
+    if args.input is not None:
+        x = load_array(args.input)
+    else:
+        from .data import parse_classes, task_images
+
+        if not args.classes:
+            raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
+        x, _ = task_images(model, parse_classes(args.classes), args.split, args.samples or 1, args.data_dir)
     masks = load_masks(args.masks) if args.masks else None
     macs = golden(model, x, args.output, masks, args.accumulators)
     print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
@@ -303,7 +315,12 @@ def register(sub):
         "layout.",
     )
     add_model_arg(p)
-    add_file(p, "--input", required=True, help="input .npy (NCHW float32)")
+    add_file(p, "--input", help="input .npy (NCHW float32, as the model takes it)")
+    p.add_argument("--data", choices=["fashion-mnist"], help="or images of this data set, preprocessed for the model")
+    p.add_argument("--classes", type=text, help="with --data: the images' classes, e.g. 5,7,9")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="with --data: split (default test)")
+    p.add_argument("--samples", type=count(1, 65536), help="with --data: the first N images of the classes (default 1)")
+    add_data_dir_arg(p)
     add_file(p, "--masks", help="mask file")
     p.add_argument(
         "--accumulators",
