@@ -70,7 +70,9 @@ class _Skip(Exception):
 
 
 def import_onnx(path) -> G.Graph:
-    """Read an ONNX model (float32 NCHW CNN, one input, one output) as a validated Graph.
+    """Read an ONNX model (float32 NCHW CNN, one input, one output) as a validated Graph; a model
+    quantized by onnxruntime's quantizer (QDQ or QOperator format) becomes an int8 Graph
+    (docs/int8.md).
 
     The batch axis may be symbolic or fixed; the Graph runs any batch size. Metadata property
     "velcro.meta" (JSON object) becomes Graph.meta; "velcro.preprocessing" (JSON) becomes

@@ -555,77 +555,87 @@ def layer_from_golden(path, layer: str, image: int = 0) -> QConvLayer:
     except OSError as e:
         raise RtlVectorError(f"{path}: cannot be read as HDF5 ({e})") from None
     with f:
-        fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
-        if fmt != "velcro-golden":
-            raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
         try:
-            order = json.loads(f.attrs["node_order"])
-            groups = {name: f[f"nodes/{k:03d}_{escape_key(name)}"] for k, name in enumerate(order)}
-        except (KeyError, ValueError, TypeError) as e:
-            raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
-        convs = [n for n, g in groups.items() if g.attrs.get("op") == "qconv2d"]
-        if layer not in groups:
-            shown = ", ".join(convs[:12]) + (" ..." if len(convs) > 12 else "")
-            raise RtlVectorError(f"{where}: no such node; int8 conv layers: {shown or 'none'}")
-        g = groups[layer]
-        op = g.attrs.get("op")
-        if version != 2 or op != "qconv2d":
-            what = "a float model's" if version == 1 else f"a {op} node's"
-            raise RtlVectorError(f"{where}: expected an int8 conv layer (qconv2d), found {what} vectors")
-        if g.attrs.get("requant") != "fixed_point":
-            raise RtlVectorError(
-                f"{where}: requantizes in 'ort' mode (float32 multiply, onnxruntime's arithmetic); the RTL "
-                "datapath computes fixed_point: quantize the model with `velcro quantize --requant fixed_point`"
-            )
-        if "accumulators" not in g:
-            raise RtlVectorError(
-                f"{where}: the golden file has no accumulators; write it with `velcro golden --accumulators`"
-            )
-        if "w_zero_point" in g and np.any(g["w_zero_point"][()] != 0):
-            raise RtlVectorError(f"{where}: weights with a nonzero zero point; the array expects zero point 0")
-        n_images = g["output"].shape[0]
-        if not 0 <= image < n_images:
-            raise RtlVectorError(f"{where}: image {image} out of range; the golden file holds {n_images}")
-        a = json.loads(g.attrs["attrs"])
-        k = int(g["weight"].shape[0])
-        y = g["output"][image]
-        skip = g["skipped"][()].astype(bool) if "skipped" in g else None
-        constants = None
-        if skip is not None:
-            constants = y.copy()
-            readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
-            site = readers[0] if len(readers) == 1 else None
-            if (
-                site is not None
-                and groups[site].attrs.get("op") in ("qrelu", "qrelu6")
-                and f"sites/{escape_key(site)}" in f
-            ):
-                constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
-            y = np.where(skip, constants, y)
-        w_scale = g["w_scale"][()].astype(np.float64).reshape(-1)
-        return QConvLayer(
-            name=layer,
-            x=g["input_0"][image],
-            weight=g["weight"][()],
-            bias=g["bias"][()] if "bias" in g else np.zeros(k, np.int32),
-            x_zero_point=int(g.attrs["input_0_zero_point"]),
-            x_scale=float(g.attrs["input_0_scale"]),
-            y_zero_point=int(g.attrs["output_zero_point"]),
-            y_scale=float(g.attrs["output_scale"]),
-            multiplier=g["multiplier"][()].astype(np.int32),
-            shift=g["shift"][()].astype(np.int64),
-            acc=g["accumulators"][image].astype(np.int32),
-            y=y,
-            stride=_pair(a.get("stride", 1)),
-            pads=_pads(a.get("pads", 0)),
-            dilation=_pair(a.get("dilation", 1)),
-            groups=int(a.get("groups", 1)),
-            w_scales=w_scale if w_scale.size == k else None,
-            skip=skip,
-            constants=constants,
-            y_min=int(g.attrs["output_min"]),
-            y_max=int(g.attrs["output_max"]),
+            return _golden_layer(f, path, layer, image, where)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            problem = f"{type(e).__name__}: {e}"
+            raise RtlVectorError(f"{where}: the golden file is incomplete or damaged ({problem})") from None
+
+
+def _golden_layer(f, path, layer, image, where) -> QConvLayer:
+    """layer_from_golden on an open file (errors of a damaged file are the caller's)."""
+    fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
+    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    if fmt != "velcro-golden":
+        raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
+    try:
+        order = json.loads(f.attrs["node_order"])
+        groups = {name: f[f"nodes/{k:03d}_{escape_key(name)}"] for k, name in enumerate(order)}
+    except (KeyError, ValueError, TypeError) as e:
+        raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
+    convs = [n for n, g in groups.items() if g.attrs.get("op") == "qconv2d"]
+    if layer not in groups:
+        shown = ", ".join(convs[:12]) + (" ..." if len(convs) > 12 else "")
+        raise RtlVectorError(f"{where}: no such node; int8 conv layers: {shown or 'none'}")
+    g = groups[layer]
+    op = g.attrs.get("op")
+    if version != 2 or op != "qconv2d":
+        what = "a float model's" if version == 1 else f"a {op} node's"
+        raise RtlVectorError(f"{where}: expected an int8 conv layer (qconv2d), found {what} vectors")
+    if g.attrs.get("requant") != "fixed_point":
+        raise RtlVectorError(
+            f"{where}: requantizes in 'ort' mode (float32 multiply, onnxruntime's arithmetic); the RTL "
+            "datapath computes fixed_point: quantize the model with `velcro quantize --requant fixed_point`"
         )
+    if "accumulators" not in g:
+        raise RtlVectorError(
+            f"{where}: the golden file has no accumulators; write it with `velcro golden --accumulators`"
+        )
+    if "w_zero_point" in g and np.any(g["w_zero_point"][()] != 0):
+        raise RtlVectorError(f"{where}: weights with a nonzero zero point; the array expects zero point 0")
+    n_images = g["output"].shape[0]
+    if not 0 <= image < n_images:
+        raise RtlVectorError(f"{where}: image {image} out of range; the golden file holds {n_images}")
+    a = json.loads(g.attrs["attrs"])
+    k = int(g["weight"].shape[0])
+    y = g["output"][image]
+    skip = g["skipped"][()].astype(bool) if "skipped" in g else None
+    constants = None
+    if skip is not None:
+        constants = y.copy()
+        readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
+        site = readers[0] if len(readers) == 1 else None
+        if (
+            site is not None
+            and groups[site].attrs.get("op") in ("qrelu", "qrelu6")
+            and f"sites/{escape_key(site)}" in f
+        ):
+            constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
+        y = np.where(skip, constants, y)
+    w_scale = g["w_scale"][()].astype(np.float64).reshape(-1)
+    return QConvLayer(
+        name=layer,
+        x=g["input_0"][image],
+        weight=g["weight"][()],
+        bias=g["bias"][()] if "bias" in g else np.zeros(k, np.int32),
+        x_zero_point=int(g.attrs["input_0_zero_point"]),
+        x_scale=float(g.attrs["input_0_scale"]),
+        y_zero_point=int(g.attrs["output_zero_point"]),
+        y_scale=float(g.attrs["output_scale"]),
+        multiplier=g["multiplier"][()].astype(np.int32),
+        shift=g["shift"][()].astype(np.int64),
+        acc=g["accumulators"][image].astype(np.int32),
+        y=y,
+        stride=_pair(a.get("stride", 1)),
+        pads=_pads(a.get("pads", 0)),
+        dilation=_pair(a.get("dilation", 1)),
+        groups=int(a.get("groups", 1)),
+        w_scales=w_scale if w_scale.size == k else None,
+        skip=skip,
+        constants=constants,
+        y_min=int(g.attrs["output_min"]),
+        y_max=int(g.attrs["output_max"]),
+    )
 
 
 def _pair(v) -> tuple[int, int]:
