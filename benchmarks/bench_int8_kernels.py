@@ -1,8 +1,8 @@
 """int8 conv kernels against onnxruntime's QLinearConv, per ResNet-18 layer shape, and an int8
-ResNet-18 (224x224, batch 1) run by chaining the int8 kernels against onnxruntime running the
-same QDQ model. Every measurement runs in its own process (2 threads each, the two sides taking
-turns), so neither side's thread pool spins while the other works. Prints medians and ratios;
-nothing is asserted.
+ResNet-18 (224x224, batch 1) quantized by `velcro quantize` and run by the engine against
+onnxruntime running the QDQ model quantize_static makes from the same calibration ranges. Every
+measurement runs in its own process (2 threads each, the two sides taking turns), so neither side's
+thread pool spins while the other works. Prints medians and ratios; nothing is asserted.
 
 onnxruntime runs with its default session options ("ort") and with exact int32 sums
 ("ort exact": session.x64quantprecision = 1, the mode the golden tests compare against).
@@ -138,131 +138,17 @@ def child_layer_ort(shape, repeat, exact):
     return _median_ms(lambda: sess.run(None, {"x": x}), repeat)
 
 
-def _resnet18_ranges(size):
-    """The float ResNet-18 (BN folded), and per-tensor ranges measured with the float engine."""
-    from velcro_ref.engine import Model
-    from velcro_ref.graph import INPUT
-    from velcro_ref.zoo import build_zoo
-
-    graph = _folded(build_zoo("resnet18", input_size=size, seed=0))
-
-    class Ranges:
-        def __init__(self):
-            self.r = {}
-
-        def on_site(self, name, y):
-            pass
-
-        def on_node(self, step, inputs, out, skip):
-            lo, hi = float(out.min()), float(out.max())
-            old = self.r.get(step.name, (lo, hi))
-            self.r[step.name] = (min(old[0], lo), max(old[1], hi))
-
-    obs = Ranges()
-    rng = np.random.default_rng(0)
-    images = [rng.uniform(-1, 1, (1, 3, size, size)).astype(np.float32) for _ in range(2)]
-    model = Model(graph)
-    for x in images:
-        model.run(x, observer=obs)
-    obs.r[INPUT] = (min(float(x.min()) for x in images), max(float(x.max()) for x in images))
-    return graph, obs.r
-
-
-class Int8ResNet:
-    """An int8 ResNet-18 as chained int8 kernels: uint8 activations, per-tensor weights, the
-    ReLUs in the output clamps, parameters by velcro_ref.quant from the measured ranges (what
-    quantize_static computes from the same ranges)."""
-
-    def __init__(self, graph, ranges):
-        from velcro_ref import ops, qprepare, quant
-        from velcro_ref.graph import INPUT, infer_shapes
-
-        readers = graph.readers()
-        r = {k: (np.float32(a), np.float32(b)) for k, (a, b) in ranges.items()}
-        for n in graph.nodes:
-            if n.op == "relu" and len(readers[n.inputs[0]]) == 1:
-                r[n.inputs[0]] = r[n.name]
-        self.q = {INPUT: quant.scale_zero_point(*r[INPUT], "uint8")}
-        self.shapes = infer_shapes(graph)
-        self.steps, alias = [], {}
-        for n in graph.nodes:
-            src = [alias.get(t, t) for t in n.inputs]
-            if n.op == "relu":
-                alias[n.name] = src[0]
-                continue
-            xs, xz = self.q[src[0]]
-            own = quant.scale_zero_point(*r[n.name], "uint8")
-            if n.op in ("conv2d", "linear"):
-                w, b = graph.params[n.params["weight"]], graph.params[n.params["bias"]]
-                ws = quant.adjust_weight_scale_for_bias(xs, quant.weight_scale(w), b, False)
-                wq, bq = quant.quantize_weight(w, ws), quant.quantize_bias(b, xs, ws)
-                rq = qprepare.requant_params("ort", xs, ws, own[0], own[1], np.uint8, w.shape[0])
-                if n.op == "conv2d":
-                    a = ops.get(n.op).check(n)
-                    geom = qprepare.ConvGeom(*a["kernel"], *a["stride"], *a["pads"], *a["dilation"], a["groups"])
-                    pc = qprepare.prepare_conv(n.name, wq, 0, bq, int(xz), np.uint8, geom)
-                    self.steps.append(("conv", n.name, src, (int(xz), pc, geom, rq)))
-                else:
-                    pl = qprepare.prepare_linear(n.name, wq, 0, bq, int(xz), np.uint8)
-                    self.steps.append(("linear", n.name, src, (int(xz), pl, rq)))
-                self.q[n.name] = own
-            elif n.op == "add":
-                bs, bz = self.q[src[1]]
-                self.steps.append(("add", n.name, src, qprepare.add_params(xs, xz, bs, bz, *own, np.uint8)))
-                self.q[n.name] = own
-            elif n.op == "max_pool":
-                a = ops.get(n.op).check(n)
-                self.steps.append(("max_pool", n.name, src, (*a["kernel"], *a["stride"], *a["pads"][:2])))
-                self.q[n.name] = (xs, xz)
-            elif n.op == "global_avg_pool":
-                hw = self.shapes[src[0]][1] * self.shapes[src[0]][2]
-                scale = qprepare.global_avg_pool_scale(xs, own[0], hw)
-                self.steps.append(("gap", n.name, src, (int(xz), scale, int(own[1]))))
-                self.q[n.name] = own
-            elif n.op == "flatten":
-                self.steps.append(("flatten", n.name, src, None))
-                self.q[n.name] = (xs, xz)
-        self.output = alias.get(graph.output, graph.output)
-
-    def run(self, x):
-        from velcro_ref.graph import INPUT
-        from velcro_ref.kernels.int8 import conv, eltwise, linear, pool, requant
-
-        s, z = self.q[INPUT]
-        env = {INPUT: np.empty(x.shape, np.uint8)}
-        requant.quantize_linear(x.reshape(-1), s, int(z), 0, 255, env[INPUT].reshape(-1))
-        for kind, name, src, prm in self.steps:
-            xin = env[src[0]]
-            out = np.empty((x.shape[0], *self.shapes[name]), np.uint8) if kind != "flatten" else None
-            if kind == "conv":
-                conv.conv2d(xin, *prm[:3], prm[3], None, out)
-            elif kind == "linear":
-                linear.linear(xin, *prm, None, out)
-            elif kind == "add":
-                eltwise.add(xin, env[src[1]], prm, None, out)
-            elif kind == "max_pool":
-                pool.max_pool(xin, *prm, out)
-            elif kind == "gap":
-                pool.global_avg_pool(xin, prm[0], prm[1], prm[2], 0, 255, out)
-            else:
-                out = xin.reshape(x.shape[0], -1)
-            env[name] = out
-        s, z = self.q[self.output]
-        y = np.empty(env[self.output].shape, np.float32)
-        requant.dequantize_linear(env[self.output].reshape(-1), s, int(z), y.reshape(-1))
-        return y
-
-
 def _e2e_input(size):
     return np.random.default_rng(5).uniform(-1, 1, (1, 3, size, size)).astype(np.float32)
 
 
-def child_e2e_velcro(size, repeat, out_path):
-    graph, ranges = _resnet18_ranges(size)
-    net = Int8ResNet(graph, ranges)
+def child_e2e_velcro(model_path, size, repeat, out_path):
+    from velcro_ref.engine import load_model
+
+    model = load_model(model_path)
     x = _e2e_input(size)
-    np.save(out_path, net.run(x))
-    return _median_ms(lambda: net.run(x), repeat)
+    np.save(out_path, model.run(x))
+    return _median_ms(lambda: model.run(x), repeat)
 
 
 def child_e2e_ort(model_path, size, repeat, exact, out_path):
@@ -274,28 +160,42 @@ def child_e2e_ort(model_path, size, repeat, exact, out_path):
     return _median_ms(lambda: sess.run(None, {"input": x}), repeat)
 
 
-def quantize_resnet(size, path):
-    """ResNet-18 quantized by quantize_static (QDQ, uint8 activations, per-tensor int8 weights)
-    from the ranges the velcro chain uses, given through its calibration cache."""
+def prepare_e2e(size, folder):
+    """ResNet-18 (BN folded) quantized twice from the same calibration ranges: by `velcro quantize`
+    (velcro_ref.quantize; uint8 activations, per-tensor int8 weights, ort requantization) into a
+    velcro model file, and by onnxruntime's quantize_static (QDQ) into an ONNX file, the ranges
+    handed over through its calibration cache. Returns (velcro model path, ONNX path)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
 
+    import velcro_ref
+    from velcro_ref.engine import Model
+    from velcro_ref.graph import INPUT
+    from velcro_ref.model_io import save_model
     from velcro_ref.onnx_export import export_onnx
+    from velcro_ref.zoo import build_zoo
 
-    graph, ranges = _resnet18_ranges(size)
-    export_onnx(graph, path.with_suffix(".float.onnx"))
+    graph = _folded(build_zoo("resnet18", input_size=size, seed=0))
+    fmodel = Model(graph)
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+    stats = velcro_ref.profile(fmodel, calib, batch=1)
+    qmodel = velcro_ref.quantize(fmodel, stats, per_channel=False, activations="uint8", requant="ort")
+    save_model(qmodel.graph, folder / "resnet18_u8.h5")
+    export_onnx(graph, folder / "resnet18.float.onnx")
+    ranges = {t: stats.range_of(t) for t in [INPUT, *fmodel.plan.shapes]}
     data = {k: TensorData(lowest=np.float32(a), highest=np.float32(b)) for k, (a, b) in ranges.items()}
-    cache = path.with_suffix(".ranges.json")
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), folder / "ranges.json")
     quantize_static(
-        str(path.with_suffix(".float.onnx")),
-        str(path),
+        str(folder / "resnet18.float.onnx"),
+        str(folder / "resnet18_qdq_u8.onnx"),
         None,
-        calibration_cache_path=str(cache),
+        calibration_cache_path=str(folder / "ranges.json"),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
     )
+    return folder / "resnet18_u8.h5", folder / "resnet18_qdq_u8.onnx"
 
 
 def run_child(args):
@@ -315,7 +215,7 @@ def child_main(spec):
     elif kind == "layer_ort":
         ms = child_layer_ort(tuple(args["shape"]), args["repeat"], args["exact"])
     elif kind == "e2e_velcro":
-        ms = child_e2e_velcro(args["size"], args["repeat"], args["out"])
+        ms = child_e2e_velcro(args["model"], args["size"], args["repeat"], args["out"])
     else:
         ms = child_e2e_ort(args["model"], args["size"], args["repeat"], args["exact"], args["out"])
     print(json.dumps(ms))
@@ -349,21 +249,20 @@ def main():
     if args.skip_e2e:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "resnet18_qdq_u8.onnx"
-        quantize_resnet(224, model)
+        velcro_model, model = prepare_e2e(224, Path(tmp))
         figures = {"velcro": [], "ort": [], "ort exact": []}
         for r in range(args.rounds):
-            figures["velcro"].append(
-                run_child({"kind": "e2e_velcro", "size": 224, "repeat": args.repeat, "out": f"{tmp}/v{r}.npy"})
-            )
+            spec = {"kind": "e2e_velcro", "model": str(velcro_model), "size": 224, "repeat": args.repeat}
+            figures["velcro"].append(run_child({**spec, "out": f"{tmp}/v{r}.npy"}))
             for label, exact in (("ort", False), ("ort exact", True)):
                 spec = {"kind": "e2e_ort", "model": str(model), "size": 224, "repeat": args.repeat, "exact": exact}
                 figures[label].append(run_child({**spec, "out": f"{tmp}/{label[-5:].strip()}{r}.npy"}))
         med = {k: float(np.median(v)) for k, v in figures.items()}
         same = np.array_equal(np.load(f"{tmp}/v0.npy"), np.load(f"{tmp}/exact0.npy"))
-        print("\nint8 ResNet-18 224x224 batch 1 (QDQ, uint8 activations, per-tensor weights):")
+        print("\nint8 ResNet-18 224x224 batch 1, uint8 activations, per-tensor weights, the same calibration ranges:")
+        print("  velcro quantize through the engine against quantize_static's QDQ model in onnxruntime")
         print(
-            f"  velcro int8 kernels {med['velcro']:.1f} ms; onnxruntime {med['ort']:.1f} ms (ratio "
+            f"  velcro engine {med['velcro']:.1f} ms; onnxruntime {med['ort']:.1f} ms (ratio "
             f"{med['velcro'] / med['ort']:.2f}), exact sums {med['ort exact']:.1f} ms (ratio "
             f"{med['velcro'] / med['ort exact']:.2f}); outputs identical to the exact session: {same}"
         )

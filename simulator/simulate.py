@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 from velcro_ref.errors import UsageError
@@ -347,6 +347,20 @@ def _arch(arch) -> Arch:
     return arch if isinstance(arch, Arch) else load_arch(arch)
 
 
+# A quantized model's accumulators: int32 (docs/int8.md).
+ACCUMULATOR_BITS = 32
+
+
+def model_precision(arch: Arch, model) -> Arch:
+    """`arch` priced with a quantized model's own operand sizes: its activations' and weights' bits
+    (8 for int8/uint8) and int32 accumulators. A float model keeps the arch's [precision]."""
+    q = [st.q for st in model.plan.nodes if st.q is not None]
+    if not q:
+        return arch
+    bits = 8 * max(x.np_dtype.itemsize for x in q)
+    return replace(arch, operand_bits=bits, accumulator_bits=ACCUMULATOR_BITS)
+
+
 def check_batch(batch) -> int:
     """`batch` if it is an int from 1 to MAX_BATCH; raises UsageError otherwise."""
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
@@ -371,11 +385,14 @@ def simulate(model, arch, masks=None, batch: int = 1) -> SimResult:
 
     With `masks` (a MaskSet of the model) every layer is priced dense and compressed. `batch`
     images (1 to MAX_BATCH) run together: weights and mask bitmaps are fetched once per batch.
-    Counts are per image. Raises ArchError, MaskError or UsageError for bad input.
+    Counts are per image. A quantized model is priced with its own operand sizes
+    (`model_precision`: 8-bit operands, 32-bit accumulators), whatever the arch's [precision].
+    Raises ArchError, MaskError or UsageError for bad input.
     """
     check_batch(batch)
     model = _as_model(model)
     layers = build_workload(model, masks)
+    arch = model_precision(_arch(arch), model)
     return simulate_workload(layers, arch, masks is not None, model.meta.get("name", model.path or ""), batch)
 
 
@@ -414,7 +431,7 @@ def sweep(model, arch, grid: dict, masks=None, batch: int = 1) -> list[tuple[dic
     """Simulate every point of the Cartesian product of `grid` (field -> values) around `arch`."""
     check_batch(batch)
     model = _as_model(model)
-    base = _arch(arch)
+    base = model_precision(_arch(arch), model)
     layers = build_workload(model, masks)
     keys = list(grid)
     out = []

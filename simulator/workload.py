@@ -2,7 +2,9 @@
 
 Each op's definition (velcro_ref/ops) says where it runs: the PE array (conv2d, linear), the
 vector unit (pooling, element-wise ops, with their operations per element) or nowhere (flatten,
-dropout, concat: their readers address the producers' buffers).
+dropout, concat: their readers address the producers' buffers). An int8 op that requantizes an
+int32 accumulator (`requant_ops` of its definition) gets a second record after its own: that work
+on the vector unit, on the layer's output path.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def _site_records(model, masks):
             continue
         nodes = [*model.chains[site], site]
         src = steps.get(steps[site].inputs[0])
-        if src is not None and src.op == "add" and len(plan.readers[src.name]) == 1:
+        if src is not None and src.op in ("add", "qadd") and len(plan.readers[src.name]) == 1:
             nodes.append(src.name)
         for node in nodes:
             out[node] = (site, skips.get(node, mask))
@@ -148,4 +150,28 @@ def build_workload(model, masks=None) -> list[Layer]:
                 mask = masks.sites[site][0]
                 fields.update(bitmap_bytes=-(-mask.size // 8), n_consts=int(np.count_nonzero(mask)))
         layers.append(Layer(**{**layer.__dict__, **fields}) if fields else layer)
+        requant = getattr(n.opdef, "requant_ops", 0)
+        if requant:
+            layers.append(_requant_record(layers[-1], requant))
     return layers
+
+
+def _requant_record(layer: Layer, ops_per_element: int) -> Layer:
+    """The requantization of an int8 layer's int32 accumulators (multiply, round, zero point, clamp)
+    on the vector unit, on the layer's output path (fused: operations, no cycles or traffic of their
+    own), for every output element the layer computes."""
+    return Layer(
+        f"{layer.name}.requant",
+        "requant",
+        "vector",
+        layer.k,
+        1,
+        layer.oy,
+        layer.ox,
+        1,
+        1,
+        in_elems=layer.out_elems,
+        ops_per_element=ops_per_element,
+        fused=True,
+        skip=layer.skip,
+    )

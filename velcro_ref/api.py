@@ -133,9 +133,41 @@ def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_
     return compare(task_stats, general, threshold)
 
 
-def golden(model, images, path, masks=None) -> dict:
-    """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
-    docs/formats.md); returns the MACs each conv2d/linear executed."""
-    from .golden import write_golden
+def quantize(model, stats, per_channel=False, activations="int8", requant="ort"):
+    """`velcro quantize`: post-training static quantization of a float Model with onnxruntime's
+    formulas (docs/int8.md), MinMax calibration from `stats` (a Stats of this model: the sites'
+    per-element minima and maxima, and the ranges of the other tensors it records). per_channel:
+    one weight scale per output channel; activations "int8" or "uint8"; requant "ort" (onnxruntime's
+    float32 requantization) or "fixed_point" (integer multiplier and shift, what an RTL datapath
+    computes). Returns the quantized Model (save its graph with save_model).
+    Raises StatsError for stats of another model or without the ranges quantization needs,
+    UsageError for a bad option, ModelError for a model it cannot quantize."""
+    from .engine import Model
+    from .quantization import needed_ranges, quantize_model
+    from .stats import check_stats
 
-    return write_golden(model, model.check_input(images), path, masks)
+    check_stats(stats, model, "stats")
+    need = needed_ranges(model)
+    missing = [t for t in need if t not in stats.sites and t not in stats.ranges]
+    if missing:
+        raise StatsError(
+            f"no calibration range for tensor(s) {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''}; statistics files before format version 3 hold only the "
+            "activation sites: profile the model again"
+        )
+    ranges = {t: stats.range_of(t) for t in need}
+    calibration = {"images": stats.source, "n_images": int(stats.n_images), "classes": [int(c) for c in stats.classes]}
+    graph = quantize_model(
+        model, ranges, per_channel, activations, requant, {"quantization": {"calibration": calibration}}
+    )
+    return Model(graph)
+
+
+def golden(model, images, path, masks=None, accumulators=False) -> dict:
+    """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
+    docs/formats.md); for an int8 model also the scales, zero points, multipliers and shifts used
+    and, with `accumulators`, every conv and linear layer's int32 accumulators. Returns the MACs
+    each conv2d/linear executed."""
+    from .golden_vectors import write_golden
+
+    return write_golden(model, model.check_input(images), path, masks, accumulators)

@@ -45,7 +45,10 @@ def register(sub):
             "Supported ONNX ops: Conv, BatchNormalization, Relu, Clip(0, 6), MaxPool, AveragePool, "
             "GlobalAveragePool, ReduceMean over H and W, Add, Concat (axis 1), Gemm, MatMul (+ Add bias), "
             "Flatten and Reshape to (N, -1), Softmax, Dropout and Identity (bypassed); shape arithmetic on "
-            "constants is folded. Every unsupported node is listed in one error. Metadata property "
+            "constants is folded. Quantized models as onnxruntime's quantizer writes them, QDQ "
+            "(QuantizeLinear/DequantizeLinear around those ops) or QOperator (QLinearConv, QLinearMatMul and "
+            "com.microsoft QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool, 8-bit MaxPool), become "
+            "int8 models (docs/int8.md). Every unsupported node is listed in one error. Metadata property "
             "'velcro.meta' or 'velcro.preprocessing' (JSON) becomes the model's meta."
         ),
     )
@@ -59,8 +62,8 @@ def register(sub):
         help="convert a velcro model to ONNX",
         description=(
             "Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after "
-            "the graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; the model's "
-            "meta is stored as metadata property 'velcro.meta'."
+            "the graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; an int8 model "
+            "is written in the QDQ format; the model's meta is stored as metadata property 'velcro.meta'."
         ),
     )
     add_file(p, "model", help="velcro model file to read (.h5)")

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from .cli_util import (
+    add_data_dir_arg,
     add_file,
     add_image_args,
     add_model_arg,
@@ -57,6 +58,29 @@ def cmd_profile(args):
     if partial.exists():
         partial.unlink()
     print(f"wrote {out}: {len(model.sites)} sites, {col.stats.n_images} images of classes {list(classes)}")
+    return 0
+
+
+def cmd_quantize(args):
+    from .api import quantize
+    from .engine import load_model
+    from .model_io import save_model
+    from .stats import load_stats
+
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
+    stats = load_stats(args.calib, model)  # checks that the stats are of this model, naming the file
+    try:
+        qmodel = quantize(model, stats, args.per_channel, args.activations, args.requant)
+    except StatsError as e:
+        raise StatsError(f"{args.calib}: {e}") from None
+    qmodel.graph.meta["quantization"]["calibration"]["stats_file"] = str(args.calib)
+    fp = save_model(qmodel.graph, args.output)
+    n_layers = sum(1 for n in qmodel.graph.nodes if n.op in ("qconv2d", "qlinear"))
+    print(
+        f"wrote {args.output}: {n_layers} int8 conv/linear layers, {args.activations} activations, "
+        f"{'per-channel' if args.per_channel else 'per-tensor'} weights, {args.requant} requantization, "
+        f"calibrated on {stats.n_images} images; fingerprint {fp[:16]}"
+    )
     return 0
 
 
@@ -169,10 +193,35 @@ def cmd_golden(args):
     from .masks import load_masks
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
-    x = load_array(args.input)
+    if (args.input is None) == (args.data is None):
+        raise UsageError("give --input X.npy or --data fashion-mnist (with --classes), one of them")
+    if args.data is None and (args.classes or args.samples is not None):
+        raise UsageError("--classes and --samples choose images of --data; with --input they would be ignored")
+    if args.input is not None:
+        x = load_array(args.input)
+    else:
+        from .data import parse_classes, task_images
+
+        if not args.classes:
+            raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
+        x, _ = task_images(model, parse_classes(args.classes), args.split, args.samples or 1, args.data_dir)
     masks = load_masks(args.masks) if args.masks else None
-    macs = golden(model, x, args.output, masks)
+    macs = golden(model, x, args.output, masks, args.accumulators)
     print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
+    return 0
+
+
+def cmd_rtl_vectors(args):
+    from .rtl_vectors import layer_from_golden, parse_array, write_rtl_vectors
+
+    rows, cols = parse_array(args.array)
+    layer = layer_from_golden(args.golden, args.layer, args.image)
+    manifest = write_rtl_vectors(layer, args.output, rows, cols)
+    c = manifest["counts"]
+    print(
+        f"wrote {args.output}: layer {args.layer}, {c['tiles']} tiles on a {rows}x{cols} array, "
+        f"{c['output_elements']:,} outputs ({c['masked_elements']:,} masked), {c['macs_executed']:,} MACs"
+    )
     return 0
 
 
@@ -193,6 +242,30 @@ def register(sub):
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "quantize",
+        help="post-training int8 quantization from statistics",
+        description=(
+            "Quantize a float model to int8 with onnxruntime's static quantization formulas (MinMax "
+            "calibration): the ranges come from a stats file of `velcro profile` on calibration images "
+            "(format version 3 or later). Weights are symmetric int8 (per tensor or per output channel), "
+            "biases int32, activations int8 or uint8. docs/int8.md gives every rule."
+        ),
+    )
+    add_model_arg(p)
+    add_file(p, "--calib", required=True, help="stats file of this model (velcro profile) giving the ranges")
+    add_file(p, "-o", "--output", role="out", required=True, help="quantized model file to write (.h5)")
+    p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
+    p.add_argument("--activations", choices=("int8", "uint8"), default="int8", help="activation type (default int8)")
+    p.add_argument(
+        "--requant",
+        choices=("ort", "fixed_point"),
+        default="ort",
+        help="requantization of conv/linear accumulators: ort (float32, as onnxruntime) or fixed_point "
+        "(int32 multiplier and shift, as an RTL datapath; needed by rtl-vectors); default ort",
+    )
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("stats", help="statistics files", description="Operations on statistics files.")
     ssub = p.add_subparsers(dest="stats_command", metavar="ACTION")
@@ -237,11 +310,39 @@ def register(sub):
     p = sub.add_parser(
         "golden",
         help="golden vectors for hardware verification",
-        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; "
-        "docs/formats.md gives the layout.",
+        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 "
+        "model also the scales, zero points, multipliers and shifts each layer used. docs/formats.md gives the "
+        "layout.",
     )
     add_model_arg(p)
-    add_file(p, "--input", required=True, help="input .npy (NCHW float32)")
+    add_file(p, "--input", help="input .npy (NCHW float32, as the model takes it)")
+    p.add_argument("--data", choices=["fashion-mnist"], help="or images of this data set, preprocessed for the model")
+    p.add_argument("--classes", type=text, help="with --data: the images' classes, e.g. 5,7,9")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="with --data: split (default test)")
+    p.add_argument("--samples", type=count(1, 65536), help="with --data: the first N images of the classes (default 1)")
+    add_data_dir_arg(p)
     add_file(p, "--masks", help="mask file")
+    p.add_argument(
+        "--accumulators",
+        action="store_true",
+        help="int8 models: also write every conv and linear layer's int32 accumulators (needed by rtl-vectors)",
+    )
     add_file(p, "-o", "--output", role="out", required=True, help="vectors file to write (HDF5)")
     p.set_defaults(func=cmd_golden)
+
+    p = sub.add_parser(
+        "rtl-vectors",
+        help="RTL test vectors of one int8 conv layer from golden vectors",
+        description=(
+            "Write $readmemh hex files and a manifest.json for one int8 conv layer of a `velcro golden` file "
+            "(an int8 model quantized with --requant fixed_point, written with --accumulators): the layer's "
+            "tensors in natural order and its tiles on a ROWSxCOLS output-stationary array. docs/rtl.md explains "
+            "how a testbench uses them, docs/formats.md the files."
+        ),
+    )
+    add_file(p, "golden", help="golden vectors file (velcro golden --accumulators)")
+    p.add_argument("--layer", required=True, type=text, help="the conv layer's node name")
+    p.add_argument("--array", default="8x8", type=text, help="array size ROWSxCOLS, each in [2, 256] (default 8x8)")
+    p.add_argument("--image", type=count(0, 2**31 - 1), default=0, help="image of the batch (default 0)")
+    add_file(p, "-o", "--output", role="dir_out", required=True, help="folder to write the vectors into")
+    p.set_defaults(func=cmd_rtl_vectors)

@@ -1,6 +1,9 @@
 """Graph -> ONNX (opset 17, dynamic batch axis) that onnxruntime runs like the engine.
 
-The stored graph is exported, batch_norm included: folding stays the engine's business.
+The stored graph is exported, batch_norm included: folding stays the engine's business. A
+quantized model is written in the QDQ format: each quantized op as DequantizeLinear of its inputs
+(and of its int8 weights and int32 bias), the float op, and QuantizeLinear to its output's scale
+and zero point (docs/int8.md).
 """
 
 from __future__ import annotations
@@ -58,13 +61,16 @@ def build_onnx(graph: G.Graph):
     if clash:
         raise ModelError(f"names used both as a node and a parameter: {', '.join(clash)}")
     ctx = _Context(graph, tensor_names, helper, numpy_helper)
+    ctx.q = G.quantization(graph)
     nodes = []
     for n in graph.nodes:
         op = ops.get(n.op, n.name)
         nodes.extend(op.to_onnx(n, op.check(n), ctx))
     batch = [BATCH_DIM]
     inp = helper.make_tensor_value_info(G.INPUT, TensorProto.FLOAT, batch + list(graph.input_shape))
-    out = helper.make_tensor_value_info(graph.output, TensorProto.FLOAT, batch + list(shapes[graph.output]))
+    out_q = ctx.q[graph.output]
+    out_type = TensorProto.FLOAT if out_q is None else helper.np_dtype_to_tensor_dtype(out_q.np_dtype)
+    out = helper.make_tensor_value_info(graph.output, out_type, batch + list(shapes[graph.output]))
     g = helper.make_graph(nodes, "velcro", [inp], [out], initializer=list(ctx.initializers.values()))
     from . import __version__
 
@@ -87,13 +93,46 @@ class _Context:
         self.graph, self.helper, self.numpy_helper = graph, helper, numpy_helper
         self.initializers: dict[str, object] = {}
         self.taken = set(taken) | set(_CONSTANTS) | {k for n in graph.nodes for k in n.params.values()}
+        self.q: dict = {}  # tensor -> QParams or None (float32)
+        self._qparams: dict[str, tuple] = {}  # quantized tensor -> its scale and zero-point initializers
+        self._dequantized: dict[str, str] = {}  # quantized tensor -> the output of its DequantizeLinear
 
     def param(self, node, role) -> str:
+        """The initializer of a parameter: float32, or its integer dtype (quantized models)."""
         key = node.params[role]
         if key not in self.initializers:
-            a = np.asarray(self.graph.params[key], dtype=np.float32)
+            a = np.asarray(self.graph.params[key])
+            a = a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
             self.initializers[key] = self.numpy_helper.from_array(a, key)
         return key
+
+    def array(self, base, value) -> str:
+        """A new initializer holding `value` as it is, under a fresh name."""
+        name = self.fresh(base)
+        self.initializers[name] = self.numpy_helper.from_array(np.asarray(value), name)
+        return name
+
+    def qparams(self, tensor) -> tuple[str, str]:
+        """The scale (float32 scalar) and zero point (scalar of the tensor's dtype) initializers of a
+        quantized tensor, made once."""
+        if tensor not in self._qparams:
+            q = self.q[tensor]
+            scale = self.array(f"{tensor}_scale", np.float32(q.scale))
+            self._qparams[tensor] = (scale, self.array(f"{tensor}_zero_point", np.array(q.zero_point, q.np_dtype)))
+        return self._qparams[tensor]
+
+    def dequantized(self, tensor, nodes) -> str:
+        """The float tensor DequantizeLinear(tensor); its node is appended to `nodes` the first time."""
+        if tensor not in self._dequantized:
+            out = self.fresh(f"{tensor}_dequantized")
+            nodes.append(self.helper.make_node("DequantizeLinear", [tensor, *self.qparams(tensor)], [out], name=out))
+            self._dequantized[tensor] = out
+        return self._dequantized[tensor]
+
+    def quantize(self, node, x, nodes) -> None:
+        """QuantizeLinear of float tensor x into node's output, with node's output quantization."""
+        name = self.fresh(f"{node.name}_QuantizeLinear")
+        nodes.append(self.helper.make_node("QuantizeLinear", [x, *self.qparams(node.name)], [node.name], name=name))
 
     def const(self, name, value) -> str:
         """A float32 scalar initializer (one of _CONSTANTS), shared by every node that uses it."""

@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
-from .ops.base import OnnxUnsupported
+from .ops.base import OnnxUnsupported, QParams
 
-# ONNX op types the importer converts: those of the op registry, and Identity and Dropout, which it
-# bypasses; Constant and shape arithmetic are folded.
-SUPPORTED_ONNX_OPS = tuple(sorted({*ops.ONNX_IMPORTS, "Constant", "Dropout", "Identity"}))
+# ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
+# and Dropout, which it bypasses; Constant and shape arithmetic are folded.
+SUPPORTED_ONNX_OPS = tuple(sorted({*ops.ONNX_IMPORTS, *ops.ONNX_QUANTIZED_IMPORTS, "Constant", "Dropout", "Identity"}))
+_DOMAINS = ("", "ai.onnx")  # the default ONNX domain; others are written "domain:Type"
+# The activations onnxruntime's quantizer may fold into their producer's output range.
+_FOLDABLE_ACTIVATIONS = ("Relu", "Clip")
 # Ops evaluated at import time when every input is known (constants and the symbolic batch size).
 _FOLD_OPS = (
     "Cast",
@@ -46,12 +50,29 @@ class _Batch:
 BATCH = _Batch()
 
 
+def onnx_key(node) -> str:
+    """The registry's key of an ONNX node: its op type, prefixed by "domain:" outside the default domain."""
+    return node.op_type if node.domain in _DOMAINS else f"{node.domain}:{node.op_type}"
+
+
+class QConst(NamedTuple):
+    """A constant a DequantizeLinear reads (QDQ weights and biases): the integer array, its scale and
+    zero point (1-D, one value per tensor or per slice along `axis`)."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero_point: np.ndarray
+    axis: int
+
+
 class _Skip(Exception):
     """An input shape is unknown because an earlier node failed; that node is already reported."""
 
 
 def import_onnx(path) -> G.Graph:
-    """Read an ONNX model (float32 NCHW CNN, one input, one output) as a validated Graph.
+    """Read an ONNX model (float32 NCHW CNN, one input, one output) as a validated Graph; a model
+    quantized by onnxruntime's quantizer (QDQ or QOperator format) becomes an int8 Graph
+    (docs/int8.md).
 
     The batch axis may be symbolic or fixed; the Graph runs any batch size. Metadata property
     "velcro.meta" (JSON object) becomes Graph.meta; "velcro.preprocessing" (JSON) becomes
@@ -134,6 +155,12 @@ class _Importer:
         self.pending: dict[str, str] = {}  # ONNX output of a node fused into its reader -> its input
         self._shape_cache: dict[str, tuple | None] = {}
         self.BATCH = BATCH
+        # quantized models (QDQ and QOperator formats)
+        self.producer = {t: n for n in self.g.node for t in n.output if t}
+        self.q: dict[str, QParams | None] = {G.INPUT: None}  # graph tensor -> its quantization
+        self.dq_views: dict[str, str] = {}  # ONNX tensor = DequantizeLinear(q) -> the quantized graph tensor q
+        self._dequantized: dict[str, str] = {}  # quantized graph tensor -> its dequantize node, if one was needed
+        self._materialize = False  # a float op is converting: its dequantized inputs need real float tensors
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> G.Graph:
@@ -227,8 +254,9 @@ class _Importer:
                 continue
             live.add(i)
             node = self.g.node[i]
-            op = ops.ONNX_IMPORTS.get(node.op_type)
-            data = (0,) if op is None else op.onnx_data_inputs
+            key = onnx_key(node)
+            found = [t[key].onnx_data_inputs for t in (ops.ONNX_IMPORTS, ops.ONNX_QUANTIZED_IMPORTS) if key in t]
+            data = None if None in found else sorted({k for d in found or [(0,)] for k in d})
             for k in range(len(node.input)) if data is None else data:
                 if k < len(node.input) and node.input[k]:
                     todo.append(node.input[k])
@@ -250,24 +278,41 @@ class _Importer:
         except Exception as e:  # external data missing, unknown element type
             raise ModelError(f"{what}: cannot be read ({type(e).__name__}: {e})") from None
 
-    def _new_name(self, node, index, suffix=""):
-        base = (graph_node_name(node.name, node.op_type) or f"{node.op_type}_{index}") + suffix
+    def _new_name(self, node, index, suffix="", base=None):
+        if base is None:
+            base = graph_node_name(node.name, node.op_type) or f"{node.op_type}_{index}"
+        return self._unique(base + suffix)
+
+    def _unique(self, base):
         name, k = base, 2
         while name in self.used_names:
             name, k = f"{base}_{k}", k + 1
         self.used_names.add(name)
         return name
 
-    def add(self, node, index, op, inputs, attrs=None, params=None, output=None, suffix=""):
-        name = self._new_name(node, index, suffix)
+    def add(self, node, index, op, inputs, attrs=None, params=None, output=None, suffix="", base=None):
+        """Add a graph node converted from ONNX `node`, named after it (or after `base`), its output
+        standing for `output` (default: the node's first output). Float parameters are stored as
+        float32, integer ones (quantized weights, biases) in their own dtype."""
+        name = self._emit(self._new_name(node, index, suffix, base), op, inputs, attrs, params)
+        self.alias[output if output is not None else node.output[0]] = name
+        return name
+
+    def _emit(self, name, op, inputs, attrs=None, params=None):
         prm = {}
         for role, array in (params or {}).items():
             key = f"{name}.{role}"
-            self.params[key] = np.ascontiguousarray(array, dtype=np.float32)
+            a = np.asarray(array)
+            self.params[key] = np.ascontiguousarray(a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32))
             prm[role] = key
         self.index[name] = len(self.nodes)
-        self.nodes.append(G.Node(name, op, tuple(inputs), attrs or {}, prm))
-        self.alias[output if output is not None else node.output[0]] = name
+        n = G.Node(name, op, tuple(inputs), attrs or {}, prm)
+        self.nodes.append(n)
+        opdef = ops.get(op, name)
+        try:
+            self.q[name] = opdef.out_q(n, opdef.check(n), tuple(self.q.get(t) for t in n.inputs))
+        except VelcroError:
+            self.q[name] = None  # the graph's validation reports it
         return name
 
     def _placeholder(self, node, index):
@@ -276,7 +321,12 @@ class _Importer:
                 self.alias[t] = f"<{node.op_type} #{index}>"
 
     def data(self, node, k=0):
+        """The graph tensor holding input k. A DequantizeLinear's output stands for the quantized
+        tensor it reads; while a float op converts, for a dequantize node of it (made once)."""
         t = node.input[k] if k < len(node.input) else ""
+        if t in self.dq_views:
+            base = self.dq_views[t]
+            return self._dequantize(base) if self._materialize else base
         if t in self.values:
             raise OnnxUnsupported(f"input {k} is a constant; expects activations")
         if t not in self.alias:
@@ -417,23 +467,137 @@ class _Importer:
 
     # -- conversion ----------------------------------------------------------------------------
     def _convert(self, node, index):
-        if node.domain not in ("", "ai.onnx"):
+        key = onnx_key(node)
+        float_op, q_op = ops.ONNX_IMPORTS.get(key), ops.ONNX_QUANTIZED_IMPORTS.get(key)
+        if node.domain not in _DOMAINS and float_op is None and q_op is None:
             raise OnnxUnsupported(f"domain '{node.domain}'")
         op = node.op_type
         a = _attrs(node)
-        if op in ("Identity", "Dropout"):
+        if key in ("Identity", "Dropout"):
             self._check_outputs(node)
             if op == "Dropout" and len(node.input) > 2 and node.input[2]:
                 mode = self.const(node, 2, "training_mode")
                 if bool(np.asarray(mode).reshape(-1)[0]):
                     raise OnnxUnsupported("training_mode is true")
-            self.alias[node.output[0]] = self.data(node)
+            if node.input and node.input[0] in self.dq_views:
+                self.dq_views[node.output[0]] = self.dq_views[node.input[0]]
+            else:
+                self.alias[node.output[0]] = self.data(node)
             return
-        handler = ops.ONNX_IMPORTS.get(op)
+        reads_quantized = any(self.is_quantized(t) for t in node.input if t)
+        handler = q_op if q_op is not None and (reads_quantized or float_op is None) else float_op
         if handler is None:
             raise OnnxUnsupported("")
         self._check_outputs(node)
-        handler.from_onnx(node, index, a, self)
+        self._materialize = handler.tensors == "float"
+        try:
+            handler.from_onnx(node, index, a, self)
+        finally:
+            self._materialize = False
+
+    # -- quantized models ------------------------------------------------------------------------
+    def is_quantized(self, tensor) -> bool:
+        """Whether ONNX `tensor` is quantized, or a DequantizeLinear of a quantized tensor."""
+        return tensor in self.dq_views or self.q.get(self.alias.get(tensor, "")) is not None
+
+    def quantization(self, tensor) -> QParams | None:
+        """The QParams of a graph tensor (None: float32)."""
+        return self.q.get(tensor)
+
+    def _dequantize(self, base) -> str:
+        if base not in self._dequantized:
+            self._dequantized[base] = self._emit(self._unique(f"{base}_dequantized"), "dequantize", (base,))
+        return self._dequantized[base]
+
+    def scale_zero_point(self, node, k_scale, k_zero, what) -> QParams:
+        """The per-tensor quantization a node's scale (input k_scale) and zero point (k_zero;
+        absent: uint8 0) give, checked: a positive finite float32 scalar, an int8/uint8 scalar."""
+        s = self.const(node, k_scale, f"{what} scale")
+        z = self.const(node, k_zero, f"{what} zero point", required=False)
+        z = np.zeros((), np.uint8) if z is None else np.asarray(z)
+        if s.size != 1 or z.size != 1:
+            raise OnnxUnsupported(f"{what}: per-axis quantization of activations; expects one scale and zero point")
+        if z.dtype not in (np.int8, np.uint8):
+            raise OnnxUnsupported(f"{what}: zero point of type {z.dtype}; supported: int8, uint8")
+        scale = np.float32(np.asarray(s).reshape(-1)[0])
+        if s.dtype != np.float32 or not (np.isfinite(scale) and scale > 0):
+            raise ModelError(f"node '{node.name}': {what} scale expects a positive finite float32, found {s.dtype} {s}")
+        return QParams(float(scale), int(z.reshape(-1)[0]), z.dtype.name)
+
+    def input_q(self, node, k, k_scale, k_zero) -> str:
+        """QOperator: the graph tensor at input k, checked to be quantized with the scale and zero
+        point the node gives at inputs k_scale and k_zero."""
+        x = self.data(node, k)
+        want = self.scale_zero_point(node, k_scale, k_zero, f"input {k}")
+        have = self.q.get(x)
+        if have != want:
+            raise OnnxUnsupported(f"input {k} ('{node.input[k]}') is quantized as {have}, the node reads it as {want}")
+        return x
+
+    def output_q(self, node) -> QParams:
+        """QDQ: the quantization of node's output, from the one QuantizeLinear that reads it."""
+        readers = self.reader_nodes(node.output[0])
+        if node.output[0] == self.output_name or len(readers) != 1 or onnx_key(readers[0]) != "QuantizeLinear":
+            raise OnnxUnsupported("on dequantized inputs, its output must be read by one QuantizeLinear (QDQ format)")
+        return self.scale_zero_point(readers[0], 1, 2, "output")
+
+    def qconst(self, node, k, what, required=True) -> QConst | None:
+        """QDQ: the integer initializer, scale and zero point of the DequantizeLinear feeding input k."""
+        t = node.input[k] if k < len(node.input) else ""
+        if not t:
+            if required:
+                raise OnnxUnsupported(f"{what} is missing")
+            return None
+        dq = self.producer.get(t)
+        if dq is None or onnx_key(dq) != "DequantizeLinear" or dq.input[0] not in self.values:
+            raise OnnxUnsupported(f"{what} ('{t}') expects a DequantizeLinear of an initializer (QDQ format)")
+        q = self.values[dq.input[0]]
+        scale = np.asarray(self.const(dq, 1, f"{what} scale"))
+        zp = self.const(dq, 2, f"{what} zero point", required=False)
+        zp = np.zeros(1, q.dtype) if zp is None else np.asarray(zp)
+        if scale.dtype != np.float32 or not np.all(np.isfinite(scale) & (scale > 0)):
+            raise ModelError(f"node '{dq.name}': {what} scale expects positive finite float32 values")
+        axis = int(_attrs(dq).get("axis", 1))
+        return QConst(q, scale.reshape(-1), zp.reshape(-1), axis + q.ndim if axis < 0 else axis)
+
+    def add_quantized(self, node, index, op, inputs, attrs, params=None, base=None, site=None):
+        """Add a quantized producer (conv, linear, add). onnxruntime's quantizer drops a ReLU or
+        Clip(0, 6) after such a producer when the producer's output range starts at 0 (its zero
+        point is the type's minimum) and writes the activation's output tensor instead; then a
+        qrelu site follows the producer, named after that tensor (`site`, QDQ format) or after the
+        producer with ".relu" (QOperator format, where the tensor's name is gone), unless the
+        output is read by an explicit Relu or Clip. The qrelu changes no value (docs/int8.md)."""
+        name = self.add(node, index, op, inputs, attrs, params, base=base)
+        q = self.q.get(name)
+        if q is None or q.zero_point != (0 if q.dtype == "uint8" else -128) or self._explicit_activation(node):
+            return name
+        base_name = f"{name}.relu" if site is None else (_tensor_node_name(site) or f"{name}.relu")
+        self.alias[node.output[0]] = self._emit(self._unique(base_name), "qrelu", (name,))
+        return name
+
+    def _explicit_activation(self, node) -> bool:
+        """Whether node's output reaches a Relu or Clip directly, or through QuantizeLinear ->
+        DequantizeLinear (QDQ with the activations kept)."""
+        todo, seen = [node.output[0]], set()
+        while todo:
+            t = todo.pop()
+            for r in self.reader_nodes(t):
+                key = onnx_key(r)
+                if key in _FOLDABLE_ACTIVATIONS:
+                    return True
+                if key in ("QuantizeLinear", "DequantizeLinear", "Identity") and r.output[0] not in seen:
+                    seen.add(r.output[0])
+                    todo.append(r.output[0])
+        return False
+
+    def tensor_name(self, tensor) -> str:
+        """A graph name after an ONNX tensor's name (torch's '/a/relu/Relu_output_0' gives 'a.relu')."""
+        return _tensor_node_name(tensor) or "tensor"
+
+    def qoperator_name(self, node, float_type) -> str:
+        """A graph name for a QOperator node: onnxruntime's quantizer names it after the float node
+        with "_quant" appended, which goes."""
+        return graph_node_name(node.name.removesuffix("_quant"), float_type)
 
     def spatial(self, node, a, x, kernel, dilation=(1, 1)):
         """Strides and (top, left, bottom, right) pads from ONNX attributes, auto_pad resolved."""
@@ -459,6 +623,14 @@ class _Importer:
             begin.append(lo)
             end.append(total - lo)
         return stride, begin + end
+
+
+def _tensor_node_name(tensor: str) -> str:
+    """A graph name from an ONNX tensor name: torch's '/layer1/relu/Relu_output_0' gives 'layer1.relu'."""
+    t = re.sub(r"_output_\d+$", "", tensor)
+    last = t.rsplit("/", 1)[-1]
+    typ = re.fullmatch(r"(Relu|Clip)(_\d+)?", last)
+    return graph_node_name(t, typ.group(1) if typ else "")
 
 
 def _slice(x, vals, a, opset):

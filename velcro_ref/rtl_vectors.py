@@ -4,7 +4,8 @@ Two views of the same layer (docs/formats.md, docs/rtl.md): its tensors in natur
 RTL, and its tiles on a ROWS x COLS output-stationary array in streaming order: which output
 element each PE computes in which tile, the operand rows each tile streams, its skip bits and
 constants, and the expected int32 accumulators and int8 outputs of each array row. The expected
-values are inputs here, never computed: they come from the golden reference.
+values are inputs here, never computed: they come from the golden reference (`layer_from_golden`
+reads one layer of a `velcro golden` file of an int8 model; `velcro rtl-vectors`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import VelcroError
+from .errors import UsageError, VelcroError
 from .fileio import write_text
+from .h5io import escape_key
 
 FORMAT = "velcro-rtl-vectors"
 FORMAT_VERSION = 1
@@ -522,3 +524,125 @@ def read_rtl_vectors(path) -> RtlVectors:
         )
     tiles = tuple(Tile(i, t["group"], t["k0"], t["cols"], tuple(t["pixels"])) for i, t in enumerate(manifest["tiles"]))
     return RtlVectors(root, manifest, tiles)
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """ "ROWSxCOLS" (e.g. "8x8") as two ints in [2, MAX_ARRAY]; UsageError otherwise."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--array expects ROWSxCOLS, e.g. 8x8, got {text!r}")
+    rows, cols = (int(p) for p in parts)
+    if not (2 <= rows <= MAX_ARRAY and 2 <= cols <= MAX_ARRAY):
+        raise UsageError(f"--array expects rows and columns in [2, {MAX_ARRAY}], got {text}")
+    return rows, cols
+
+
+def layer_from_golden(path, layer: str, image: int = 0) -> QConvLayer:
+    """One int8 conv layer of one image of a `velcro golden` file (format version 2, an int8 model,
+    written with --accumulators) as a QConvLayer: the values the golden reference computed.
+
+    The layer must requantize in fixed_point mode (what the RTL datapath computes; an `ort` layer
+    multiplies in float32) and have int8 weights with zero point 0. With masks, a skipped output
+    element's expected value is the constant of the activation site it feeds directly (its int8
+    constant), or else the value the golden file holds for it (the zero point: docs/design.md).
+    Raises RtlVectorError naming the file and the layer.
+    """
+    import h5py
+
+    where = f"{path}: layer '{layer}'"
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise RtlVectorError(f"{path}: cannot be read as HDF5 ({e})") from None
+    with f:
+        try:
+            return _golden_layer(f, path, layer, image, where)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            problem = f"{type(e).__name__}: {e}"
+            raise RtlVectorError(f"{where}: the golden file is incomplete or damaged ({problem})") from None
+
+
+def _golden_layer(f, path, layer, image, where) -> QConvLayer:
+    """layer_from_golden on an open file (errors of a damaged file are the caller's)."""
+    fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
+    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    if fmt != "velcro-golden":
+        raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
+    try:
+        order = json.loads(f.attrs["node_order"])
+        groups = {name: f[f"nodes/{k:03d}_{escape_key(name)}"] for k, name in enumerate(order)}
+    except (KeyError, ValueError, TypeError) as e:
+        raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
+    convs = [n for n, g in groups.items() if g.attrs.get("op") == "qconv2d"]
+    if layer not in groups:
+        shown = ", ".join(convs[:12]) + (" ..." if len(convs) > 12 else "")
+        raise RtlVectorError(f"{where}: no such node; int8 conv layers: {shown or 'none'}")
+    g = groups[layer]
+    op = g.attrs.get("op")
+    if version != 2 or op != "qconv2d":
+        what = "a float model's" if version == 1 else f"a {op} node's"
+        raise RtlVectorError(f"{where}: expected an int8 conv layer (qconv2d), found {what} vectors")
+    if g.attrs.get("requant") != "fixed_point":
+        raise RtlVectorError(
+            f"{where}: requantizes in 'ort' mode (float32 multiply, onnxruntime's arithmetic); the RTL "
+            "datapath computes fixed_point: quantize the model with `velcro quantize --requant fixed_point`"
+        )
+    if "accumulators" not in g:
+        raise RtlVectorError(
+            f"{where}: the golden file has no accumulators; write it with `velcro golden --accumulators`"
+        )
+    if "w_zero_point" in g and np.any(g["w_zero_point"][()] != 0):
+        raise RtlVectorError(f"{where}: weights with a nonzero zero point; the array expects zero point 0")
+    n_images = g["output"].shape[0]
+    if not 0 <= image < n_images:
+        raise RtlVectorError(f"{where}: image {image} out of range; the golden file holds {n_images}")
+    a = json.loads(g.attrs["attrs"])
+    k = int(g["weight"].shape[0])
+    y = g["output"][image]
+    skip = g["skipped"][()].astype(bool) if "skipped" in g else None
+    constants = None
+    if skip is not None:
+        constants = y.copy()
+        readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
+        site = readers[0] if len(readers) == 1 else None
+        if (
+            site is not None
+            and groups[site].attrs.get("op") in ("qrelu", "qrelu6")
+            and f"sites/{escape_key(site)}" in f
+        ):
+            constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
+        y = np.where(skip, constants, y)
+    w_scale = g["w_scale"][()].astype(np.float64).reshape(-1)
+    return QConvLayer(
+        name=layer,
+        x=g["input_0"][image],
+        weight=g["weight"][()],
+        bias=g["bias"][()] if "bias" in g else np.zeros(k, np.int32),
+        x_zero_point=int(g.attrs["input_0_zero_point"]),
+        x_scale=float(g.attrs["input_0_scale"]),
+        y_zero_point=int(g.attrs["output_zero_point"]),
+        y_scale=float(g.attrs["output_scale"]),
+        multiplier=g["multiplier"][()].astype(np.int32),
+        shift=g["shift"][()].astype(np.int64),
+        acc=g["accumulators"][image].astype(np.int32),
+        y=y,
+        stride=_pair(a.get("stride", 1)),
+        pads=_pads(a.get("pads", 0)),
+        dilation=_pair(a.get("dilation", 1)),
+        groups=int(a.get("groups", 1)),
+        w_scales=w_scale if w_scale.size == k else None,
+        skip=skip,
+        constants=constants,
+        y_min=int(g.attrs["output_min"]),
+        y_max=int(g.attrs["output_max"]),
+    )
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _pads(v) -> tuple[int, int, int, int]:
+    if isinstance(v, int):
+        return (v,) * 4
+    return (int(v[0]), int(v[1]), int(v[0]), int(v[1])) if len(v) == 2 else tuple(int(p) for p in v)

@@ -1,53 +1,85 @@
 """The reference RTL array (rtl/) driven by RTL vectors, on Icarus Verilog and on Verilator.
 
 Every tile of each layer streams through the array (tests/rtl/cocotb_array.py); every result is
-compared bit for bit with the oracle's int32 accumulators and int8 outputs (tests/rtl/rtl_oracle.py),
-the MACs the array issued with the executed MACs, and the cycles counted in RTL with the simulator's
-cycle model on simulator/archs/rtl_ref.toml, dense and masked.
+compared bit for bit with the golden reference's int32 accumulators and int8 outputs, the MACs the
+array issued with the executed MACs, and the cycles counted in RTL with the simulator's cycle model
+on simulator/archs/rtl_ref.toml, dense and masked.
+
+Layers: two conv layers of the shipped int8 ResNet-18 (weights/resnet18_int8.h5), the 3x3 stem and
+the 1x1 stride-2 downsample of the second stage, on one test image of the footwear task, dense and
+with the VELCRO masks of `velcro compress --ratio 0.3` (30% of every site's elements: 30% of each
+layer's outputs), through `velcro golden --accumulators` and `velcro rtl-vectors`' loader. Beside
+them, three layers of the test's own NumPy oracle (tests/rtl/rtl_oracle.py), which the golden
+reference does not produce: a depthwise conv dense and with masks that empty whole folds, and
+requantization parameters at the edges of the fixed-point arithmetic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rtl_oracle
 import rtl_runner
 
+import velcro_ref
 from simulator.arch import load_arch, with_changes
 from simulator.simulate import simulate_layer
 from simulator.workload import Layer
-from velcro_ref.rtl_vectors import read_rtl_vectors, unpack_words, write_rtl_vectors
+from velcro_ref.rtl_vectors import layer_from_golden, read_rtl_vectors, unpack_words, write_rtl_vectors
 
 ROWS, COLS = 8, 8
 # After its last fold the array copies the accumulators out (3 cycles), sends one array row per
 # cycle (ROWS) through the 3-stage requantizer: docs/rtl.md, "Cycles".
 TAIL = 6
-# ResNet-18-like layers at a width and size that run in seconds: layer1's 3x3 conv and layer2's
-# 1x1 stride-2 downsample at width 16 on 14x14 (uint8 input, ReLU folded into the clamp; once with
-# uint8 output too), a MobileNet-V2-like depthwise 3x3, and a layer whose requantization
-# parameters sit at the edges of the fixed-point arithmetic.
-LAYERS = {
-    "layer1.conv3x3": dict(seed=1, c=16, hw=14, k=16, kernel=3, pad=1),
-    "layer1.conv3x3.masked": dict(seed=2, c=16, hw=14, k=16, kernel=3, pad=1, mask_ratio=0.3),
-    "layer2.downsample1x1": dict(seed=3, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, relu=True),
-    "layer2.downsample1x1.masked": dict(
-        seed=4, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, relu=True, mask_ratio=0.3, structured=True
-    ),
-    "layer2.downsample1x1.uint8": dict(
-        seed=10, c=16, hw=14, k=32, kernel=1, stride=2, in_dtype=np.uint8, out_dtype=np.uint8, relu=True
-    ),
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+MODEL = "resnet18_int8.h5"
+MODEL_LAYERS = ("stem.0", "layers.1.0.downsample.0")
+ORACLE_LAYERS = {
     "dw3x3": dict(seed=5, c=32, hw=7, k=32, kernel=3, pad=1, groups=32),
     "dw3x3.masked": dict(seed=6, c=32, hw=7, k=32, kernel=3, pad=1, groups=32, mask_ratio=0.3),
     "requant_edges": dict(seed=7, c=4, hw=4, k=16, kernel=1, requant_edges=True),
 }
+LAYER_NAMES = [*MODEL_LAYERS, *(f"{n}.masked" for n in MODEL_LAYERS), *ORACLE_LAYERS]
 
 
 @pytest.fixture(scope="module")
-def layers():
-    return {name: rtl_oracle.make_layer(name, **kw) for name, kw in LAYERS.items()}
+def layers(tmp_path_factory):
+    d = tmp_path_factory.mktemp("golden")
+    model = velcro_ref.load_model(WEIGHTS / MODEL)
+    classes = velcro_ref.task_classes(task="footwear")
+    x_train, _ = velcro_ref.task_images(model, classes, "train", 300)
+    masks = velcro_ref.compress(velcro_ref.profile(model, x_train), 0.3)
+    x, _ = velcro_ref.task_images(model, classes, "test", 1)
+    velcro_ref.golden(model, x, d / "dense.h5", accumulators=True)
+    velcro_ref.golden(model, x, d / "masked.h5", masks, accumulators=True)
+    out = {}
+    for name in MODEL_LAYERS:
+        out[name] = layer_from_golden(d / "dense.h5", name)
+        out[f"{name}.masked"] = dataclasses.replace(layer_from_golden(d / "masked.h5", name), name=f"{name}.masked")
+    out.update({name: rtl_oracle.make_layer(name, **kw) for name, kw in ORACLE_LAYERS.items()})
+    return out
+
+
+def test_the_golden_layers_agree_with_the_oracle_and_mask_30_percent(layers):
+    """The golden reference's accumulators and outputs of the model layers equal the RTL tests' own
+    NumPy oracle (an int8 conv over zero-padded x - zp, gemmlowp's and TFLite's requantization)."""
+    for name in MODEL_LAYERS:
+        for layer in (layers[name], layers[f"{name}.masked"]):
+            acc = rtl_oracle.conv_acc(
+                layer.x, layer.weight, layer.bias, layer.x_zero_point, layer.stride, layer.pads, layer.dilation,
+                layer.groups,
+            )  # fmt: skip
+            m, s = layer.multiplier[:, None, None], layer.shift[:, None, None]
+            y = rtl_oracle.requantize(acc, m, s, layer.y_zero_point, layer.y_min, layer.y_max)
+            keep = np.ones(acc.shape, bool) if layer.skip is None else ~layer.skip
+            assert np.array_equal(layer.acc[keep], acc[keep]) and np.array_equal(layer.y[keep], y[keep]), name
+        skip = layers[f"{name}.masked"].skip
+        assert abs(skip.mean() - 0.3) < 0.01, (name, skip.mean())
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +107,7 @@ def rtl_results(request, vector_dirs, tmp_path_factory):
 
 def test_every_output_is_bit_exact(rtl_results):
     sim, results = rtl_results
-    assert set(results) == set(LAYERS)
+    assert set(results) == set(LAYER_NAMES)
     problems = [p for r in results.values() for p in r["mismatches"]]
     assert not problems, f"{sim}: " + "\n".join(problems[:20])
     for r in results.values():
@@ -122,9 +154,11 @@ def test_rtl_cycles_match_the_simulator(rtl_results, layers):
 
 
 def test_masks_that_empty_folds_save_cycles_in_rtl(rtl_results):
-    """Depthwise chunks hold one filter, so a masked pixel drops out of its fold: fewer cycles."""
+    """Depthwise chunks hold one filter, so a masked pixel drops out of its fold: fewer cycles. The
+    stem's VELCRO masks (lowest-variance elements: the same image regions in many channels) leave
+    pixels that all 8 filters of a chunk mask, and those folds shrink too."""
     _, results = rtl_results
-    for dense, masked in (("dw3x3", "dw3x3.masked"), ("layer2.downsample1x1", "layer2.downsample1x1.masked")):
+    for dense, masked in (("dw3x3", "dw3x3.masked"), ("stem.0", "stem.0.masked")):
         assert results[masked]["cycles_total"] < results[dense]["cycles_total"]
 
 

@@ -18,8 +18,12 @@ REGISTRY: dict[str, Op] = {
 SUPPORTED_OPS = tuple(sorted(REGISTRY))
 ACTIVATIONS = tuple(name for name in SUPPORTED_OPS if REGISTRY[name].site)
 QUANTIZED = tuple(op.name for op in quantized.OPS)  # the ops of quantized models (format version 2)
-# ONNX op type -> the op whose `from_onnx` converts it
-ONNX_IMPORTS: dict[str, Op] = {t: op for op in REGISTRY.values() for t in op.onnx_types}
+# ONNX op type ("Type", or "domain:Type" outside the default domain) -> the op whose `from_onnx`
+# converts it. A type both tables hold (Conv, Add, MaxPool, ...) is converted by the quantized op
+# when the node reads a quantized tensor or a DequantizeLinear of one (QDQ format), by the float op
+# otherwise.
+ONNX_IMPORTS: dict[str, Op] = {t: op for op in REGISTRY.values() if op.name not in QUANTIZED for t in op.onnx_types}
+ONNX_QUANTIZED_IMPORTS: dict[str, Op] = {t: op for op in quantized.OPS for t in op.onnx_types}
 
 
 def get(name: str, node: str | None = None) -> Op:
@@ -31,4 +35,13 @@ def get(name: str, node: str | None = None) -> Op:
     return op
 
 
-__all__ = ["ACTIVATIONS", "ONNX_IMPORTS", "QUANTIZED", "REGISTRY", "SUPPORTED_OPS", "Op", "get"]
+__all__ = [
+    "ACTIVATIONS",
+    "ONNX_IMPORTS",
+    "ONNX_QUANTIZED_IMPORTS",
+    "QUANTIZED",
+    "REGISTRY",
+    "SUPPORTED_OPS",
+    "Op",
+    "get",
+]

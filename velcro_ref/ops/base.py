@@ -63,6 +63,8 @@ class Op:
                        quantized as its attributes y_scale, y_zero_point, dtype say; "any": the
                        output is quantized exactly as its first input (values kept, view changed)
       param_dtypes     role -> the dtype its parameter is stored in (others: float32)
+      requant_ops      simulator: vector-unit operations to requantize one output element of an
+                       int8 op's int32 accumulator (0: none)
 
     Methods take the node's checked attributes (`check`), never a raw attribute dict.
     """
@@ -80,6 +82,7 @@ class Op:
     onnx_data_inputs: tuple | None = (0,)
     tensors = "float"
     param_dtypes: dict = {}
+    requant_ops = 0
 
     def check(self, node) -> dict:
         """The node's attributes, normalised (pairs, pads as 4-tuples, defaults filled in).

@@ -102,27 +102,30 @@ class Conv2d(Op):
         x = ctx.data(node)
         w = ctx.weight(node, 1, "weight")
         b = ctx.weight(node, 2, "bias", required=False)
-        if w.ndim != 4:
-            raise OnnxUnsupported(f"weight of rank {w.ndim}; only 2-D convolution (rank-4 weight) is supported")
-        kernel = [int(k) for k in w.shape[2:]]
+        params = {"weight": w}
+        if b is not None:
+            params["bias"] = b.reshape(-1)
+        ctx.add(node, index, "conv2d", [x], self.onnx_attrs(node, a, ctx, x, w.shape), params)
+
+    def onnx_attrs(self, node, a, ctx, x, w_shape) -> dict:
+        """The attributes of a conv whose ONNX attributes are `a` and weight shape `w_shape`."""
+        if len(w_shape) != 4:
+            raise OnnxUnsupported(f"weight of rank {len(w_shape)}; only 2-D convolution (rank-4 weight) is supported")
+        kernel = [int(k) for k in w_shape[2:]]
         if "kernel_shape" in a and list(a["kernel_shape"]) != kernel:
-            raise ModelError(f"node '{node.name}': kernel_shape {list(a['kernel_shape'])} != weight {w.shape}")
+            raise ModelError(f"node '{node.name}': kernel_shape {list(a['kernel_shape'])} != weight {tuple(w_shape)}")
         dilation = [int(d) for d in a.get("dilations", [1, 1])]
         if len(dilation) != 2:
             raise OnnxUnsupported(f"dilations {dilation}; expects 2-D")
         stride, pad = ctx.spatial(node, a, x, kernel, dilation)
-        attrs = {
-            "out_channels": int(w.shape[0]),
+        return {
+            "out_channels": int(w_shape[0]),
             "kernel": kernel,
             "stride": stride,
             "dilation": dilation,
             "pads": pad,
             "groups": int(a.get("group", 1)),
         }
-        params = {"weight": w}
-        if b is not None:
-            params["bias"] = b.reshape(-1)
-        ctx.add(node, index, "conv2d", [x], attrs, params)
 
 
 OPS = (Conv2d(),)

@@ -2,7 +2,12 @@
 qlinear on the producer chain, qrelu/qrelu6 activation sites, qadd, qconcat, qmax_pool and
 qglobal_avg_pool. Each output's scale, zero point and dtype are the node's attributes (ops/base.py,
 `quantized_output`); the arithmetic is onnxruntime's, requantization of conv and linear in the mode
-the node names ("ort" or "fixed_point")."""
+the node names ("ort" or "fixed_point").
+
+ONNX: each op imports both formats onnxruntime's quantizer writes (QOperator: QLinearConv and the
+com.microsoft QLinear* ops; QDQ: the float op between DequantizeLinear and QuantizeLinear, which
+the importer hands to the quantized op when the float op reads a quantized tensor) and exports QDQ.
+"""
 
 from __future__ import annotations
 
@@ -16,13 +21,90 @@ from ..kernels.int8 import linear as klin
 from ..kernels.int8 import pool as kpool
 from ..kernels.int8 import requant as kreq
 from ..kernels.int8 import sites as ksite
-from .base import Q_ATTRS, ActivationOp, Op, quantized_output
+from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, quantized_output
 from .conv import Conv2d
 from .elementwise import Add, Concat
 from .linear import Linear
 from .pool import GlobalAvgPool, MaxPool
 
 REQUANT = "requant"
+# The simulator's vector-unit operations to requantize one output element (docs/simulator.md):
+# multiply by the scale or multiplier, round (or rounding shift), add the zero point, clamp.
+REQUANT_OPS = 4
+
+
+def q_attrs(q) -> dict:
+    """The output attributes of a quantized op with QParams q."""
+    return {"y_scale": q.scale, "y_zero_point": q.zero_point, "dtype": q.dtype}
+
+
+def _qdq(node, ctx, op_type, xs, nodes=None, **attrs) -> list:
+    """QDQ export of a quantized op: DequantizeLinear of each quantized input in xs, the float op
+    `op_type` (named after the node), QuantizeLinear to the node's output."""
+    nodes = [] if nodes is None else nodes
+    ins = [ctx.dequantized(x, nodes) if ctx.q.get(x) is not None else x for x in xs]
+    y = ctx.fresh(f"{node.name}_float")
+    nodes.append(ctx.helper.make_node(op_type, ins, [y], name=node.name, **attrs))
+    ctx.quantize(node, y, nodes)
+    return nodes
+
+
+def _dq_weights(node, ctx, x, nodes) -> list:
+    """DequantizeLinear of a conv or linear node's int8 weight and int32 bias (per tensor, or per
+    output channel along axis 0); returns the float weight and bias tensors."""
+    g = ctx.graph
+    ws = np.asarray(g.params[node.params["w_scale"]], np.float32)
+    per_channel = ws.size > 1
+    w = ctx.param(node, "weight")
+    k = g.params[node.params["weight"]].shape[0]
+    wz = g.params[node.params["w_zero_point"]] if "w_zero_point" in node.params else np.zeros(1, np.int8)
+    wz = np.broadcast_to(np.asarray(wz, np.int8).reshape(-1), (k,)) if per_channel else np.int8(wz.reshape(-1)[0])
+    axis = {"axis": 0} if per_channel else {}
+    scale = ctx.array(f"{w}_scale", ws if per_channel else ws.reshape(-1)[0])
+    zp = ctx.array(f"{w}_zero_point", np.asarray(wz, np.int8))
+    out = [ctx.fresh(f"{w}_dequantized")]
+    nodes.append(ctx.helper.make_node("DequantizeLinear", [w, scale, zp], out, name=out[0], **axis))
+    if "bias" in node.params:
+        b = ctx.param(node, "bias")
+        bs = quant.bias_scale(ctx.q[x].scale, ws if per_channel else ws.reshape(-1)[0])
+        b_scale = ctx.array(f"{b}_scale", bs)
+        b_zp = ctx.array(f"{b}_zero_point", np.zeros(bs.shape, np.int32))
+        out.append(ctx.fresh(f"{b}_dequantized"))
+        nodes.append(ctx.helper.make_node("DequantizeLinear", [b, b_scale, b_zp], out[1:], name=out[1], **axis))
+    return out
+
+
+def _check_weights(node, w, w_scale, w_zero, bias, n_out, x_q):
+    """Checks shared by the imports of quantized convs and linears: int8 weights, a scale and zero
+    point per tensor or per output, an int32 bias of scale x_scale * w_scale and zero point 0."""
+    if w.dtype != np.int8:
+        raise OnnxUnsupported(f"weight of type {w.dtype}; supported: int8")
+    if w_scale.size not in (1, n_out) or np.asarray(w_zero).size not in (1, n_out):
+        raise OnnxUnsupported(f"weight scale/zero point of {w_scale.size} values for {n_out} outputs")
+    if np.asarray(w_zero).dtype != np.int8:
+        raise OnnxUnsupported(f"weight zero point of type {np.asarray(w_zero).dtype}; supported: int8")
+    if bias is None:
+        return
+    q, b_scale, b_zero = bias
+    if q.dtype != np.int32 or q.size != n_out:
+        raise OnnxUnsupported(f"bias of type {q.dtype} and {q.size} values; expects int32, one per output")
+    if b_scale is not None:
+        want = np.broadcast_to(quant.bias_scale(x_q.scale, w_scale), (n_out,))
+        got = np.broadcast_to(np.asarray(b_scale, np.float32).reshape(-1), (n_out,))
+        if not np.array_equal(got, want) or np.any(np.asarray(b_zero) != 0):
+            raise OnnxUnsupported(
+                "bias scale differs from input scale x weight scale (or its zero point is not 0); "
+                "the int32 bias would not add to the accumulator"
+            )
+
+
+def _weight_params(w, w_scale, w_zero, bias) -> dict:
+    params = {"weight": w, "w_scale": np.asarray(w_scale, np.float32).reshape(-1)}
+    if np.any(np.asarray(w_zero) != 0):
+        params["w_zero_point"] = np.asarray(w_zero, np.int8).reshape(-1)
+    if bias is not None:
+        params["bias"] = np.asarray(bias, np.int32).reshape(-1)
+    return params
 
 
 def _requant_mode(node) -> str:
@@ -52,6 +134,31 @@ class Quantize(Op):
         kreq.quantize_linear(xs[0].reshape(-1), *args[:2], *args[2:], out.reshape(-1))
         return 0
 
+    ops_per_element = 4  # divide, round, add the zero point, clamp
+    onnx_types = ("QuantizeLinear",)
+
+    def to_onnx(self, node, a, ctx):
+        nodes = []
+        ctx.quantize(node, node.inputs[0], nodes)
+        return nodes
+
+    def from_onnx(self, node, index, a, ctx):
+        """QuantizeLinear of a float tensor is a quantize node. Of a quantized tensor (the QDQ
+        format's output of an op that keeps its input's quantization, or DequantizeLinear ->
+        QuantizeLinear): nothing when the parameters agree, else a requantization (a qconcat of
+        one input, the table QLinearConcat uses)."""
+        t = node.input[0]
+        y = ctx.scale_zero_point(node, 1, 2, "output")
+        name = ctx.tensor_name(t)
+        if ctx.is_quantized(t):
+            x = ctx.data(node)
+            if ctx.quantization(x) == y:
+                ctx.alias[node.output[0]] = x
+            else:
+                ctx.add(node, index, "qconcat", [x], q_attrs(y), base=name)
+            return
+        ctx.add(node, index, "quantize", [ctx.data(node)], q_attrs(y), base=f"{name}_quantized")
+
 
 class Dequantize(Op):
     """A quantized tensor as float32 (DequantizeLinear)."""
@@ -71,6 +178,30 @@ class Dequantize(Op):
         kreq.dequantize_linear(xs[0].reshape(-1), *args, out.reshape(-1))
         return 0
 
+    ops_per_element = 2  # subtract the zero point, multiply
+    onnx_types = ("DequantizeLinear",)
+
+    def to_onnx(self, node, a, ctx):
+        x = node.inputs[0]
+        return [ctx.helper.make_node("DequantizeLinear", [x, *ctx.qparams(x)], [node.name], name=node.name)]
+
+    def from_onnx(self, node, index, a, ctx):
+        """DequantizeLinear of an initializer (a QDQ weight or bias) is read by the op it feeds; of a
+        quantized tensor it stands for that tensor (the importer's `dq_views`), made a dequantize
+        node where a float op or the graph output needs real values."""
+        if node.input[0] in ctx.values:
+            return
+        x = ctx.data(node)
+        have = ctx.quantization(x)
+        if have is None:
+            raise OnnxUnsupported(f"input '{node.input[0]}' is float32; expects a quantized tensor")
+        want = ctx.scale_zero_point(node, 1, 2, "input")
+        if have != want:
+            raise OnnxUnsupported(f"input '{node.input[0]}' is quantized as {have}, the node reads it as {want}")
+        ctx.dq_views[node.output[0]] = x
+        if node.output[0] == ctx.output_name:
+            ctx.add(node, index, "dequantize", [x])
+
 
 class QConv2d(Conv2d):
     """conv2d on quantized tensors: int8 weight (K, C/groups, kh, kw) with w_scale (K,) or (1,) and an
@@ -81,10 +212,51 @@ class QConv2d(Conv2d):
     params = (("weight", "w_scale"), ("bias", "w_zero_point"))
     param_dtypes = {"weight": np.int8, "bias": np.int32, "w_zero_point": np.int8}
     tensors = "quantized"
-    onnx_types = ()
+    onnx_types = ("Conv", "QLinearConv")
+    onnx_data_inputs = (0,)
+    requant_ops = REQUANT_OPS  # simulator: vector-unit work per computed output element
 
     def check(self, node):
         return {**super().check(node), REQUANT: _requant_mode(node)}
+
+    def to_onnx(self, node, a, ctx):
+        nodes = []
+        x = ctx.dequantized(node.inputs[0], nodes)
+        wb = _dq_weights(node, ctx, node.inputs[0], nodes)
+        return _qdq(node, ctx, "Conv", [x, *wb], nodes, **self._conv_onnx_attrs(a))
+
+    def _conv_onnx_attrs(self, a):
+        return {
+            "kernel_shape": list(a["kernel"]),
+            "strides": list(a["stride"]),
+            "dilations": list(a["dilation"]),
+            "pads": list(a["pads"]),
+            "group": a["groups"],
+        }
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "QLinearConv":  # x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, [bias]
+            x = ctx.input_q(node, 0, 1, 2)
+            w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            y = ctx.scale_zero_point(node, 6, 7, "output")
+            b = ctx.const(node, 8, "bias", required=False)
+            bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
+            base, site = ctx.qoperator_name(node, "Conv"), None
+        else:  # QDQ: Conv(DequantizeLinear(x), DequantizeLinear(w), DequantizeLinear(b)) -> QuantizeLinear
+            x = ctx.data(node)
+            wc, bc = ctx.qconst(node, 1, "weight"), ctx.qconst(node, 2, "bias", required=False)
+            if wc.scale.size > 1 and wc.axis != 0:
+                raise OnnxUnsupported(f"weight quantized per slice of axis {wc.axis}; expects axis 0 (output channels)")
+            w, ws, wz = wc.q, wc.scale, wc.zero_point
+            y = ctx.output_q(node)
+            bias = None if bc is None else (bc.q.reshape(-1), bc.scale, bc.zero_point)
+            base, site = None, node.output[0]
+        w, ws = np.asarray(w), np.asarray(ws, np.float32).reshape(-1)
+        attrs = self.onnx_attrs(node, a, ctx, x, w.shape)
+        _check_weights(node, w, ws, wz, bias, attrs["out_channels"], ctx.quantization(x))
+        attrs.update(q_attrs(y), requant="ort")
+        params = _weight_params(w, ws, wz, None if bias is None else bias[0])
+        ctx.add_quantized(node, index, "qconv2d", [x], attrs, params, base=base, site=site)
 
     def infer(self, node, a, ins, param_shape):
         out = super().infer(node, a, ins, param_shape)
@@ -125,10 +297,61 @@ class QLinear(Linear):
     params = (("weight", "w_scale"), ("bias", "w_zero_point"))
     param_dtypes = {"weight": np.int8, "bias": np.int32, "w_zero_point": np.int8}
     tensors = "quantized"
-    onnx_types = ()
+    onnx_types = ("Gemm", "MatMul", "com.microsoft:QGemm", "QLinearMatMul")
+    onnx_data_inputs = (0,)
+    requant_ops = REQUANT_OPS
 
     def check(self, node):
         return {REQUANT: _requant_mode(node)}
+
+    def to_onnx(self, node, a, ctx):
+        nodes = []
+        x = ctx.dequantized(node.inputs[0], nodes)
+        wb = _dq_weights(node, ctx, node.inputs[0], nodes)
+        return _qdq(node, ctx, "Gemm", [x, *wb], nodes, transB=1)
+
+    def from_onnx(self, node, index, a, ctx):
+        key = node.op_type
+        bias = None
+        if key == "QGemm":  # A, a_scale, a_zp, B, b_scale, b_zp, [C], y_scale, y_zp
+            if len(node.input) < 9 or not node.input[7]:
+                raise OnnxUnsupported("QGemm without an output scale (float output)")
+            x = ctx.input_q(node, 0, 1, 2)
+            w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            b = ctx.const(node, 6, "bias", required=False)
+            bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
+            y = ctx.scale_zero_point(node, 7, 8, "output")
+            trans_b, base, site = a.get("transB", 0), ctx.qoperator_name(node, "Gemm"), None
+        elif key == "QLinearMatMul":  # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
+            x = ctx.input_q(node, 0, 1, 2)
+            w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            y = ctx.scale_zero_point(node, 6, 7, "output")
+            trans_b, base, site = 0, ctx.qoperator_name(node, "MatMul"), None
+        else:  # QDQ Gemm or MatMul on DequantizeLinear inputs, read by a QuantizeLinear
+            x = ctx.data(node)
+            wc = ctx.qconst(node, 1, "weight")
+            trans_b = a.get("transB", 0) if key == "Gemm" else 0
+            if wc.scale.size > 1 and wc.axis != (0 if trans_b else 1):
+                raise OnnxUnsupported(f"weight quantized per slice of axis {wc.axis}; expects the output axis")
+            w, ws, wz = wc.q, wc.scale, wc.zero_point
+            if key == "Gemm":
+                bc = ctx.qconst(node, 2, "bias", required=False)
+                bias = None if bc is None else (bc.q.reshape(-1), bc.scale, bc.zero_point)
+            y = ctx.output_q(node)
+            base, site = None, node.output[0]
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise OnnxUnsupported("transA, alpha or beta other than 0, 1, 1")
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise OnnxUnsupported(f"weight of rank {w.ndim}")
+        w = w if trans_b else np.ascontiguousarray(w.T)
+        if len(ctx.shape(x)) != 1:
+            raise OnnxUnsupported(f"{key} on a tensor of per-image shape {ctx.shape(x)}; expects (N, features)")
+        ws = np.asarray(ws, np.float32).reshape(-1)
+        _check_weights(node, w, ws, wz, bias, w.shape[0], ctx.quantization(x))
+        params = _weight_params(w, ws, wz, None if bias is None else bias[0])
+        attrs = {**q_attrs(y), REQUANT: "ort"}
+        ctx.add_quantized(node, index, "qlinear", [x], attrs, params, base=base, site=site)
 
     def prepare(self, a, arrays, ins, out, ctx):
         x_q, y_q = ctx.in_q[0], ctx.out_q
@@ -177,6 +400,15 @@ class QRelu(ActivationOp):
     def unmasked(self, x, mask, out, args):
         ksite.clamp(x, args[0], args[1], mask, out)
 
+    onnx_types = ("Relu",)
+
+    def to_onnx(self, node, a, ctx):
+        return _qdq(node, ctx, "Relu", list(node.inputs))
+
+    def from_onnx(self, node, index, a, ctx):
+        """An explicit Relu on a quantized tensor (QDQ with the activations kept): the site."""
+        ctx.add(node, index, self.name, [ctx.data(node)])
+
 
 class QRelu6(QRelu):
     """relu6 on a quantized tensor: clamp(q, zero_point, quantize(6))."""
@@ -185,6 +417,25 @@ class QRelu6(QRelu):
 
     def _high(self, q):
         return int(quant.quantize_linear(np.float32(6.0), q.scale, q.zero_point, q.dtype))
+
+    onnx_types = ("Clip",)
+
+    def to_onnx(self, node, a, ctx):
+        bounds = [ctx.const("velcro.relu6_min", 0.0), ctx.const("velcro.relu6_max", 6.0)]
+        return _qdq(node, ctx, "Clip", [*node.inputs, *bounds])
+
+    def from_onnx(self, node, index, a, ctx):
+        """Clip(0, 6) on a quantized tensor is qrelu6, Clip(0, inf) qrelu."""
+        lo = ctx.const(node, 1, "min", required=False)
+        hi = ctx.const(node, 2, "max", required=False)
+        lo = -np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0])
+        hi = np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0])
+        if lo == 0 and hi == 6:
+            ctx.add(node, index, "qrelu6", [ctx.data(node)])
+        elif lo == 0 and hi >= float(np.finfo(np.float32).max):
+            ctx.add(node, index, "qrelu", [ctx.data(node)])
+        else:
+            raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
 
 
 _NO_MASK = np.zeros(0, np.bool_)
@@ -196,7 +447,23 @@ class QAdd(Add):
     name = "qadd"
     attrs = Q_ATTRS
     tensors = "quantized"
-    onnx_types = ()
+    ops_per_element = 4  # two fused multiply-adds, round, clamp (onnxruntime's QLinearAdd)
+    onnx_types = ("Add", "com.microsoft:QLinearAdd")
+
+    def to_onnx(self, node, a, ctx):
+        return _qdq(node, ctx, "Add", list(node.inputs))
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "QLinearAdd":  # A, A_scale, A_zp, B, B_scale, B_zp, C_scale, C_zp
+            xs = [ctx.input_q(node, 0, 1, 2), ctx.input_q(node, 3, 4, 5)]
+            y = ctx.scale_zero_point(node, 6, 7, "output")
+            base, site = ctx.qoperator_name(node, "Add"), None
+        else:
+            if any(not ctx.is_quantized(t) for t in node.input[:2]):
+                raise OnnxUnsupported("an Add of a quantized and a float or constant tensor")
+            xs, y = [ctx.data(node, 0), ctx.data(node, 1)], ctx.output_q(node)
+            base, site = None, node.output[0]
+        ctx.add_quantized(node, index, "qadd", xs, q_attrs(y), base=base, site=site)
 
     def prepare(self, a, arrays, ins, out, ctx):
         (qa, qb), y = ctx.in_q, ctx.out_q
@@ -214,7 +481,28 @@ class QConcat(Concat):
     name = "qconcat"
     attrs = Q_ATTRS
     tensors = "quantized"
-    onnx_types = ()
+    unit = "vector"  # simulator: an input of another scale goes through a table, counted for every element
+    ops_per_element = 1
+    onnx_types = ("Concat", "com.microsoft:QLinearConcat")
+
+    def to_onnx(self, node, a, ctx):
+        return _qdq(node, ctx, "Concat", list(node.inputs), axis=1)
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "QLinearConcat":  # Y_scale, Y_zp, then X, X_scale, X_zp per input
+            y = ctx.scale_zero_point(node, 0, 1, "output")
+            xs = [ctx.input_q(node, k, k + 1, k + 2) for k in range(2, len(node.input), 3)]
+            base = ctx.qoperator_name(node, "Concat")
+        else:
+            if any(not ctx.is_quantized(t) for t in node.input):
+                raise OnnxUnsupported("a Concat of quantized and float or constant tensors")
+            xs, y, base = [ctx.data(node, k) for k in range(len(node.input))], ctx.output_q(node), None
+        axis = int(a.get("axis", 1))
+        if axis < 0:
+            axis += len(ctx.shape(xs[0])) + 1
+        if axis != 1:
+            raise OnnxUnsupported(f"axis {a.get('axis')}; only the channel axis 1 is supported")
+        ctx.add(node, index, "qconcat", xs, q_attrs(y), base=base)
 
     def prepare(self, a, arrays, ins, out, ctx):
         y = ctx.out_q
@@ -230,7 +518,10 @@ class QMaxPool(MaxPool):
 
     name = "qmax_pool"
     tensors = "any"
-    onnx_types = ()
+    onnx_types = ("MaxPool",)  # on a quantized tensor, or (QDQ) a DequantizeLinear of one
+
+    def to_onnx(self, node, a, ctx):
+        return _qdq(node, ctx, "MaxPool", list(node.inputs), **self._onnx_attrs(a))
 
     out_q = QRelu.out_q
 
@@ -245,7 +536,23 @@ class QGlobalAvgPool(GlobalAvgPool):
     name = "qglobal_avg_pool"
     attrs = Q_ATTRS
     tensors = "quantized"
-    onnx_types = ()
+    ops_per_element = 1  # per tap (the int32 sum)
+    requant_ops = REQUANT_OPS  # per output
+    onnx_types = ("GlobalAveragePool", "com.microsoft:QLinearGlobalAveragePool")
+
+    def to_onnx(self, node, a, ctx):
+        return _qdq(node, ctx, "GlobalAveragePool", list(node.inputs))
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "QLinearGlobalAveragePool":  # X, x_scale, x_zp, y_scale, y_zp
+            if a.get("channels_last", 0):
+                raise OnnxUnsupported("channels_last=1")
+            x = ctx.input_q(node, 0, 1, 2)
+            y = ctx.scale_zero_point(node, 3, 4, "output")
+            base = ctx.qoperator_name(node, "GlobalAveragePool")
+        else:
+            x, y, base = ctx.data(node), ctx.output_q(node), None
+        ctx.add(node, index, "qglobal_avg_pool", [x], q_attrs(y), base=base)
 
     def prepare(self, a, arrays, ins, out, ctx):
         x, y = ctx.in_q[0], ctx.out_q

@@ -32,9 +32,20 @@ def requantize(acc, rq, out):
 
 
 def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
-    n_n, c_n, h, w = x.shape
     k_n, cg, kh, kw = pc.weight.shape
     oh, ow = out.shape[2], out.shape[3]
+    acc = conv2d_accumulators(x, x_zero_point, pc, geom, oh, ow)
+    y = _requant(acc, rq, 1)
+    keep = np.ones((k_n, oh, ow), bool) if skip is None else ~skip
+    out[:, keep] = y[:, keep]
+    return int(keep.sum()) * x.shape[0] * cg * kh * kw
+
+
+def conv2d_accumulators(x, x_zero_point, pc, geom, oh, ow):
+    """The int32 accumulators of an int8 conv (int64 array (N, K, OH, OW)): bias + the sum over
+    the window of (x - x_zero_point)(w - w_zero_point), padding contributing 0."""
+    n_n, c_n, h, w = x.shape
+    k_n, cg, kh, kw = pc.weight.shape
     xd = x.astype(np.int64) - int(x_zero_point)
     hp = geom.pt + geom.sh * oh + kh * geom.dh + h
     wp = geom.pl + geom.sw * ow + kw * geom.dw + w
@@ -51,18 +62,21 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
                 patch = xg[:, :, y0 : y0 + geom.sh * oh : geom.sh, x0 : x0 + geom.sw * ow : geom.sw]
                 acc[:, g * kg : (g + 1) * kg] += np.einsum("nchw,kc->nkhw", patch, wt[g * kg : (g + 1) * kg, :, fy, fx])
     acc += pc.bias.astype(np.int64)[None, :, None, None]
-    y = _requant(acc, rq, 1)
-    keep = np.ones((k_n, oh, ow), bool) if skip is None else ~skip
-    out[:, keep] = y[:, keep]
-    return int(keep.sum()) * n_n * cg * kh * kw
+    return acc
 
 
 def linear(x, x_zero_point, pl, rq, skip, out):
-    acc = (x.astype(np.int64) - int(x_zero_point)) @ pl.weight.astype(np.int64).T + pl.bias.astype(np.int64)
+    acc = linear_accumulators(x, x_zero_point, pl)
     y = _requant(acc, rq, 1)
     keep = np.ones(out.shape[1], bool) if skip is None else ~skip
     out[:, keep] = y[:, keep]
     return int(keep.sum()) * x.shape[0] * x.shape[1]
+
+
+def linear_accumulators(x, x_zero_point, pl):
+    """The int32 accumulators of an int8 linear layer (int64 array (N, O)): bias + sum over the
+    features of (x - x_zero_point)(w - w_zero_point)."""
+    return (x.astype(np.int64) - int(x_zero_point)) @ pl.weight.astype(np.int64).T + pl.bias.astype(np.int64)
 
 
 def add(a, b, prm, skip, out):

@@ -12,11 +12,14 @@ from numba import njit
 
 @njit(cache=True)
 def clamp(x, lo, hi, mask, out):
-    """out = min(max(x, lo), hi) where not mask."""
-    every = mask.size == 0
+    """out = min(max(x, lo), hi) where not mask. Without a mask the loop has no branch on the
+    mask, so LLVM vectorises it."""
+    if mask.size == 0:
+        for n in range(x.shape[0]):
+            for e in range(x.shape[1]):
+                out[n, e] = min(max(x[n, e], lo), hi)
+        return
     for n in range(x.shape[0]):
         for e in range(x.shape[1]):
-            if every or not mask[e]:
-                v = x[n, e]
-                v = lo if v < lo else v
-                out[n, e] = hi if v > hi else v
+            if not mask[e]:
+                out[n, e] = min(max(x[n, e], lo), hi)

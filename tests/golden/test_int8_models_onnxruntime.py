@@ -1,0 +1,327 @@
+"""Whole int8 models against onnxruntime, bit for bit: the three zoo families (32x32, width 0.25)
+quantized in the test by onnxruntime's quantize_static (QDQ and QOperator formats, per-tensor and
+per-channel weights, uint8 and int8 activations, QDQ with the activations kept), imported by
+`velcro import-onnx` and run by the engine; every output element and every int8 tensor that
+onnxruntime computes on the way (exposed as extra graph outputs) must be identical.
+
+The calibration ranges are measured by the velcro engine (`velcro profile`) and handed to
+quantize_static through its calibration cache: two float engines give ranges a few ulps apart, and
+one ulp moves a scale (docs/int8.md). With the same ranges `velcro quantize` must give every scale,
+zero point, int8 weight and int32 bias that quantize_static writes.
+
+onnxruntime sessions (docs/int8.md, "Where onnxruntime is not exact"): uint8 activations with
+`session.x64quantprecision = 1` (by default AVX2 without VNNI sums u8 x s8 pairs in int16 with
+saturation); int8 QDQ with `session.qdqisint8allowed = 1` (by default onnxruntime runs some of its
+convs, adds and pools in float32 on dequantized values); int8 QOperator with the default session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+
+import velcro_ref
+from velcro_ref.engine import Model
+from velcro_ref.graph import INPUT
+from velcro_ref.onnx_export import export_onnx
+from velcro_ref.onnx_import import import_onnx
+from velcro_ref.plan import executed_graph
+from velcro_ref.zoo import build_zoo
+
+FAMILIES = ("resnet18", "mobilenet_v2", "googlenet")
+SIZE = 32
+# (format, per_channel, activations, keep ReLU/Clip as nodes)
+CASES = [
+    *(
+        (fmt, pc, act, False)
+        for fmt, pc, act in itertools.product(("QDQ", "QOperator"), (False, True), ("uint8", "int8"))
+    ),
+    ("QDQ", False, "uint8", True),
+    ("QDQ", True, "int8", True),
+]
+CASE_IDS = [f"{f}-{'pc' if pc else 'pt'}-{a}{'-keep' if k else ''}" for f, pc, a, k in CASES]
+# int8 tensors onnxruntime computes: the outputs of these ops (QDQ: QuantizeLinear) and of the ops
+# that pass an int8 tensor through; the input holding the output's zero point, which gives its type
+ZERO_POINT_INPUT = {
+    "QuantizeLinear": 2,
+    "QLinearConv": 7,
+    "QLinearAdd": 7,
+    "QLinearConcat": 1,
+    "QLinearGlobalAveragePool": 4,
+    "QGemm": 8,
+    "QLinearMatMul": 7,
+}
+PASS_THROUGH = ("MaxPool", "Flatten", "Reshape", "Identity")
+ONNX_TYPE = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
+
+
+@dataclass
+class Family:
+    name: str
+    model: Model  # the float model as it runs (batch norms folded)
+    stats: object  # velcro profile over the calibration images
+    float_onnx: Path
+    cache: Path
+    folder: Path
+    quantized: dict  # case -> quantized ONNX path
+
+
+def session(path, act, fmt, extra_outputs=()):
+    """An onnxruntime session in the exact mode of the case (module docstring)."""
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if act == "uint8":
+        so.add_session_config_entry("session.x64quantprecision", "1")
+    elif fmt == "QDQ":
+        so.add_session_config_entry("session.qdqisint8allowed", "1")
+    model = onnx.load(str(path))
+    for name, dtype in extra_outputs:
+        model.graph.output.append(helper.make_tensor_value_info(name, ONNX_TYPE[dtype], None))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    graph = build_zoo(request.param, input_size=SIZE, num_classes=10, width=0.25, seed=0)
+    folded = executed_graph(Model(graph).plan, graph)
+    model = Model(folded)
+    export_onnx(folded, folder / "float.onnx")
+    calib = np.random.default_rng(0).uniform(-1, 1, (8, 3, SIZE, SIZE)).astype(np.float32)
+    stats = velcro_ref.profile(model, calib, batch=4)
+    tensors = [INPUT, *model.plan.shapes]
+    data = {
+        t: TensorData(lowest=np.float32(stats.range_of(t)[0]), highest=np.float32(stats.range_of(t)[1]))
+        for t in tensors
+    }
+    cache = folder / "ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+    return Family(request.param, model, stats, folder / "float.onnx", cache, folder, {})
+
+
+def quantized_onnx(fam: Family, case) -> Path:
+    """quantize_static of the family's float export for one case, from the velcro ranges (cached)."""
+    if case not in fam.quantized:
+        fmt, pc, act, keep = case
+        out = fam.folder / f"q_{fmt}_{pc}_{act}_{keep}.onnx"
+        quantize_static(
+            str(fam.float_onnx),
+            str(out),
+            None,
+            calibration_cache_path=str(fam.cache),
+            quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+            per_channel=pc,
+            activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"QDQKeepRemovableActivations": keep},
+        )
+        fam.quantized[case] = out
+    return fam.quantized[case]
+
+
+def int8_tensors(model_proto) -> list[tuple[str, np.dtype]]:
+    """Every int8/uint8 tensor the ONNX graph computes, with its dtype."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model_proto.graph.initializer}
+    found: dict[str, np.dtype] = {}
+    for node in model_proto.graph.node:
+        if node.op_type in ZERO_POINT_INPUT:
+            zp = node.input[ZERO_POINT_INPUT[node.op_type]]
+            found[node.output[0]] = inits[zp].dtype
+        elif node.op_type in PASS_THROUGH and node.input[0] in found:
+            found[node.output[0]] = found[node.input[0]]
+    return list(found.items())
+
+
+def velcro_name(tensor, model_proto, names) -> str | None:
+    """The imported model's node holding the values of ONNX int8 tensor `tensor`: QDQ names an
+    op's quantized output after the float tensor it quantizes, QOperator appends "_quantized" to
+    the float node's name; the graph input's quantize node is "input_quantized"."""
+    producer = {o: n for n in model_proto.graph.node for o in n.output}
+    node = producer.get(tensor)
+    if node is not None and node.op_type == "QuantizeLinear":
+        x = node.input[0]
+        if x not in names:  # the graph output's producer writes "<output>_QuantizeLinear_Input"
+            x = x.removesuffix("_QuantizeLinear_Input")
+        if x == model_proto.graph.input[0].name:
+            return "input_quantized"
+        while x not in names and x in producer and producer[x].op_type in ("Identity", "DequantizeLinear"):
+            src = producer[x]
+            if src.op_type == "DequantizeLinear":
+                return velcro_name(src.input[0], model_proto, names)
+            x = src.input[0]
+        return x if x in names else None
+    for name in (tensor, tensor.removesuffix("_quantized")):
+        if name in names:
+            return name
+    return None
+
+
+class Outputs:
+    """Engine observer: a copy of every node's output."""
+
+    def __init__(self):
+        self.values = {}
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.values[step.name] = out.copy()
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
+    fmt, pc, act, keep = case
+    path = quantized_onnx(family, case)
+    imported = Model(import_onnx(path))
+    x = np.random.default_rng(1).uniform(-1.2, 1.2, (4, 3, SIZE, SIZE)).astype(np.float32)
+
+    want = session(path, act, fmt).run(None, {"input": x})[0]
+    seen = Outputs()
+    got = imported.run(x, observer=seen)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.array_equal(got, want), f"{int(np.sum(got != want))} of {got.size} outputs differ"
+
+    proto = onnx.load(str(path))
+    tensors = int8_tensors(proto)
+    ort_values = session(path, act, fmt, tensors).run([t for t, _ in tensors], {"input": x})
+    compared = 0
+    for (t, dtype), value in zip(tensors, ort_values, strict=True):
+        name = velcro_name(t, proto, seen.values)
+        assert name is not None, f"ONNX tensor '{t}' has no counterpart in the imported model"
+        mine = seen.values[name]
+        assert mine.dtype == dtype, (t, name)
+        assert np.array_equal(mine.reshape(value.shape), value), (
+            f"'{t}' (velcro '{name}'): {int(np.sum(mine.reshape(value.shape) != value))} of {value.size} differ"
+        )
+        compared += 1
+    n_layers = sum(1 for st in imported.plan.nodes if st.op in ("qconv2d", "qlinear", "qadd", "qconcat"))
+    assert compared >= n_layers  # every layer's output at least
+
+
+PARAM_CASES = [c for c in CASES if not c[3]]  # the kept activations change no parameter
+
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=[i for i, c in zip(CASE_IDS, CASES, strict=True) if not c[3]])
+def test_velcro_quantize_gives_the_parameters_of_quantize_static(family, case):
+    """Same ranges in, same numbers out: every scale, zero point, int8 weight (with its scales) and
+    int32 bias of `velcro quantize` equals what quantize_static wrote (read back by the importer)."""
+    _, pc, act, _ = case
+    mine = velcro_ref.quantize(family.model, family.stats, per_channel=pc, activations=act)
+    theirs = Model(import_onnx(quantized_onnx(family, case))).graph
+    by_name = {n.name: n for n in theirs.nodes}
+    compared = 0
+    for n in mine.graph.nodes:
+        if "y_scale" not in n.attrs:
+            continue
+        other = by_name[n.name]
+        assert other.op == n.op, n.name
+        for key in ("y_scale", "y_zero_point", "dtype"):
+            assert other.attrs[key] == n.attrs[key], (n.name, key, other.attrs[key], n.attrs[key])
+        for role, key in n.params.items():
+            a, b = mine.graph.params[key], theirs.params[other.params[role]]
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), (n.name, role)
+        assert set(other.params) - {"w_zero_point"} == set(n.params), n.name
+        compared += 1
+    assert compared == sum(1 for n in mine.graph.nodes if "y_scale" in n.attrs)
+
+
+def test_sites_keep_the_float_models_names_in_qdq_files(family):
+    """quantize_static removes ReLU/Clip(0, 6) and lets the producer write the activation's tensor:
+    the import puts a site of that name back. With the activations kept, they are the sites."""
+    float_sites = set(family.model.sites)
+    for case in (("QDQ", False, "uint8", False), ("QDQ", False, "uint8", True), ("QDQ", True, "int8", False)):
+        imported = Model(import_onnx(quantized_onnx(family, case)))
+        assert set(imported.sites) == float_sites, case
+        for site in imported.sites:  # each site reads its producer alone: a producer chain to skip
+            assert imported.chains[site], site
+    qop = Model(import_onnx(quantized_onnx(family, ("QOperator", False, "uint8", False))))
+    assert len(qop.sites) == len(float_sites)  # QOperator files drop the names: "<producer>.relu"
+    assert all(s.endswith(".relu") for s in qop.sites)
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+def test_exported_qdq_runs_bit_exact_in_onnxruntime_and_imports_back(family, tmp_path, act):
+    """`velcro quantize`, `export-onnx` (QDQ), onnxruntime: the same output bits as the engine; and
+    `import-onnx` of that file gives back every node's quantization and parameters."""
+    qmodel = velcro_ref.quantize(family.model, family.stats, per_channel=act == "int8", activations=act)
+    path = tmp_path / "q.onnx"
+    export_onnx(qmodel.graph, path)
+    x = np.random.default_rng(2).uniform(-1, 1, (3, 3, SIZE, SIZE)).astype(np.float32)
+    want = session(path, act, "QDQ").run(None, {"input": x})[0]
+    got = qmodel.run(x)
+    assert np.array_equal(got, want), f"{int(np.sum(got != want))} of {got.size} outputs differ"
+    back = import_onnx(path)
+    by_name = {n.name: n for n in back.nodes}
+    bypassed = {}  # the importer bypasses Identity (a dropout's export)
+    for n in qmodel.graph.nodes:
+        if n.op == "dropout":
+            bypassed[n.name] = bypassed.get(n.inputs[0], n.inputs[0])
+        if n.op in ("dequantize", "dropout"):
+            continue
+        other = by_name[n.name]
+        assert other.op == n.op, n.name
+        assert other.inputs == tuple(bypassed.get(t, t) for t in n.inputs), n.name
+        for key in ("y_scale", "y_zero_point", "dtype"):
+            assert other.attrs.get(key) == n.attrs.get(key), (n.name, key)
+        for role, key in n.params.items():
+            assert np.array_equal(back.params[other.params[role]], qmodel.graph.params[key]), (n.name, role)
+    assert set(back.activation_sites()) == set(qmodel.graph.activation_sites())
+
+
+class _Images:
+    """quantize_static's calibration reader over a list of batches."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def get_next(self):
+        return {"input": self.batches.pop()} if self.batches else None
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("pc", [False, True], ids=["pt", "pc"])
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
+    """MatMul (no Gemm in the zoo families): QDQ MatMul and QOperator QLinearMatMul, weight (F, O)."""
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.3, (48, 10)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], name="flatten", axis=1),
+        helper.make_node("MatMul", ["flat", "w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
+    calib = [rng.uniform(-1, 1, (2, 3, 4, 4)).astype(np.float32) for _ in range(4)]
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(out),
+        _Images(calib),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        per_channel=pc,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    types = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert ("QLinearMatMul" if fmt == "QOperator" else "MatMul") in types
+    model = Model(import_onnx(out))
+    assert [st.op for st in model.plan.nodes] == ["flatten", "quantize", "qlinear", "dequantize"]
+    x = rng.uniform(-1.5, 1.5, (7, 3, 4, 4)).astype(np.float32)
+    want = session(out, act, fmt).run(None, {"input": x})[0]
+    assert np.array_equal(model.run(x), want)

@@ -1,0 +1,164 @@
+"""VELCRO on int8 models: masked int8 inference equals dense int8 inference with the masked site
+elements overwritten by their constants (quantized with the site's scale and zero point), bit for
+bit, and the kernels count exactly the MACs of the elements they compute; statistics of an int8
+model are those of its dequantized site values.
+
+The oracle (tests/int8_oracle.py) is a NumPy walk over the quantized graph that computes every
+element of every node and overwrites the masked site elements right after each site. Models: the
+three zoo families (16x16, width 0.25) quantized by `velcro quantize` from random-image statistics,
+int8 activations with per-channel weights and `ort` requantization, and uint8 activations with
+per-tensor weights and `fixed_point` requantization.
+"""
+
+from __future__ import annotations
+
+import int8_oracle
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import velcro_ref
+from velcro_ref import quant
+from velcro_ref.engine import Model
+from velcro_ref.masks import MaskSet
+from velcro_ref.zoo import build_zoo
+
+FAMILIES = ("resnet18", "mobilenet_v2", "googlenet")
+CONFIGS = {"int8-pc-ort": ("int8", True, "ort"), "uint8-pt-fixed": ("uint8", False, "fixed_point")}
+SIZE = 16
+
+
+@pytest.fixture(scope="module")
+def models():
+    out = {}
+    for name in FAMILIES:
+        fmodel = Model(build_zoo(name, input_size=SIZE, num_classes=10, width=0.25, seed=1))
+        calib = np.random.default_rng(0).uniform(-1, 1, (8, 3, SIZE, SIZE)).astype(np.float32)
+        stats = velcro_ref.profile(fmodel, calib)
+        for key, (act, pc, rq) in CONFIGS.items():
+            out[f"{name}/{key}"] = velcro_ref.quantize(fmodel, stats, per_channel=pc, activations=act, requant=rq)
+    return out
+
+
+def chains_of(graph) -> tuple[dict, dict]:
+    """site -> the conv/linear nodes a masked element skips (docs/design.md, producer chain): the
+    site's producer if it is a conv or linear, or the convs feeding an add that feeds the site,
+    each only where the site's path is its one reader; and site -> the adds passed on the way
+    (their masked elements are computed from skipped inputs and never read)."""
+    readers: dict[str, list] = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, []).append(n.name)
+    readers.setdefault(graph.output, []).append("<output>")
+    by_name = {n.name: n for n in graph.nodes}
+    out, through = {}, {}
+    for n in graph.nodes:
+        if n.op not in ("qrelu", "qrelu6"):
+            continue
+        chain, adds, todo = [], [], [n.inputs[0]]
+        while todo:
+            t = todo.pop()
+            src = by_name.get(t)
+            if src is None or len(readers[t]) != 1:
+                continue
+            if src.op in ("qconv2d", "qlinear"):
+                chain.append(t)
+            elif src.op == "qadd":
+                adds.append(t)
+                todo.extend(src.inputs)
+        out[n.name], through[n.name] = chain, adds
+    return out, through
+
+
+def random_masks(model, rng):
+    sites = {}
+    for s, shape in model.sites.items():
+        q = model.plan.node(s).q
+        lo, hi = quant.dequantize_linear(np.array(quant.qrange(q.dtype)), q.scale, q.zero_point)
+        density = rng.choice([0.0, 0.3, 0.7, 1.0])
+        mask = rng.random(shape) < density
+        span = float(hi - lo)  # constants inside the site's range and beyond it (they saturate)
+        const = rng.uniform(lo - 0.2 * span, hi + 0.2 * span, shape).astype(np.float32)
+        sites[s] = (mask, const)
+    return MaskSet(model.fingerprint, sites)
+
+
+class Outputs:
+    def __init__(self):
+        self.values = {}
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.values[step.name] = out.copy()
+
+
+@settings(max_examples=40)
+@given(
+    st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS]), st.integers(0, 2**32 - 1), st.sampled_from([1, 3])
+)
+def test_masked_int8_equals_dense_int8_with_the_sites_overwritten(models, key, seed, batch):
+    model = models[key]
+    rng = np.random.default_rng(seed)
+    masks = random_masks(model, rng)
+    x = rng.uniform(-1.5, 1.5, (batch, 3, SIZE, SIZE)).astype(np.float32)
+    seen = Outputs()
+    got = model.run(x, masks=masks, observer=seen)
+    want = int8_oracle.run(model.graph, x, masks={s: m for s, m in masks.sites.items()})
+    assert np.array_equal(got, want[model.graph.output])
+
+    chains, through = chains_of(model.graph)
+    skipped = {node: masks.sites[site][0] for site, chain in chains.items() for node in chain}
+    passed = {node: masks.sites[site][0] for site, adds in through.items() for node in adds}
+    for name, value in seen.values.items():
+        if name in passed:
+            keep = ~passed[name]
+            assert np.array_equal(value[:, keep], want[name][:, keep]), name
+            continue
+        if name in skipped:  # a skipped chain element is never computed: it holds the zero point
+            keep = ~skipped[name]
+            assert np.array_equal(value[:, keep], want[name][:, keep]), name
+            zp = model.plan.node(name).q.zero_point
+            assert np.all(value[:, skipped[name]] == zp), name
+        else:
+            assert np.array_equal(value, want[name]), name
+
+    for n in model.graph.nodes:
+        if n.op not in ("qconv2d", "qlinear"):
+            continue
+        per_element = int(np.prod(model.graph.params[n.params["weight"]].shape[1:]))
+        computed = want[n.name][0].size - (int(skipped[n.name].sum()) if n.name in skipped else 0)
+        assert model.last_macs[n.name] == batch * computed * per_element, n.name
+
+
+def test_profile_of_an_int8_model_holds_the_dequantized_site_values(models):
+    model = models["resnet18/int8-pc-ort"]
+    x = np.random.default_rng(5).uniform(-1, 1, (6, 3, SIZE, SIZE)).astype(np.float32)
+    stats = velcro_ref.profile(model, x, batch=4)
+    ref = int8_oracle.run(model.graph, x)
+    for site in model.sites:
+        q = model.plan.node(site).q
+        real = quant.dequantize_linear(ref[site], q.scale, q.zero_point).astype(np.float64)
+        s = stats.sites[site]
+        np.testing.assert_allclose(s.mean, real.mean(axis=0), rtol=0, atol=1e-12 * max(1.0, np.abs(real).max()))
+        np.testing.assert_allclose(s.variance, real.var(axis=0), rtol=1e-9, atol=1e-12)
+        assert np.array_equal(s.min, real.min(axis=0)) and np.array_equal(s.max, real.max(axis=0))
+
+
+def test_compressed_int8_sites_hold_their_quantized_means(models):
+    """`compress` on int8 statistics: the masked elements of a site read the element's mean over
+    the profile images quantized with the site's parameters; the rest as dense."""
+    model = models["mobilenet_v2/uint8-pt-fixed"]
+    rng = np.random.default_rng(6)
+    stats = velcro_ref.profile(model, rng.uniform(-1, 1, (10, 3, SIZE, SIZE)).astype(np.float32))
+    masks = velcro_ref.compress(stats, 0.4)
+    x = rng.uniform(-1, 1, (2, 3, SIZE, SIZE)).astype(np.float32)
+    seen = Outputs()
+    model.run(x, masks=masks, observer=seen)
+    for site, (mask, _) in masks.sites.items():
+        q = model.plan.node(site).q
+        assert mask.sum() == int(0.4 * mask.size), site
+        expected = quant.quantize_linear(stats.sites[site].mean.astype(np.float32), q.scale, q.zero_point, q.dtype)
+        assert np.array_equal(seen.values[site][:, mask], np.broadcast_to(expected[mask], (2, int(mask.sum()))))

@@ -1,0 +1,110 @@
+"""`velcro quantize`: the command and velcro_ref.quantize give the same model; its options reach the
+model; bad calibration files give one line naming the file; `eval` and `sweep` take int8 models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+import velcro_ref
+from velcro_ref import cli
+from velcro_ref.model_io import load_graph, save_model
+from velcro_ref.zoo import build_zoo
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("quantize")
+    save_model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=4), d / "m.h5")
+    args = ["profile", d / "m.h5", "--data", "fashion-mnist", "--classes", "0,1,2,3,4,5,6,7,8,9"]
+    assert cli.main([str(a) for a in [*args, "--samples", 64, "--batch", 32, "-o", d / "s.h5"]]) == 0
+    return d
+
+
+def run(*args) -> int:
+    """The exit code of `velcro ARGS` (argparse's usage errors exit from inside main)."""
+    try:
+        return cli.main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("act", ["int8", "uint8"])
+@pytest.mark.parametrize("requant", ["ort", "fixed_point"])
+def test_the_command_writes_what_the_api_gives(files, tmp_path, capsys, act, requant):
+    out = tmp_path / "q.h5"
+    assert run("quantize", files / "m.h5", "--calib", files / "s.h5", "--activations", act, "--requant", requant,
+               "--per-channel", "-o", out) == 0  # fmt: skip
+    assert "wrote" in capsys.readouterr().out
+    model = velcro_ref.load_model(files / "m.h5")
+    api = velcro_ref.quantize(model, velcro_ref.load_stats(files / "s.h5"), True, act, requant)
+    graph = load_graph(out)
+    assert [(n.name, n.op, n.attrs) for n in graph.nodes] == [(n.name, n.op, n.attrs) for n in api.graph.nodes]
+    for key, a in api.graph.params.items():
+        assert np.array_equal(graph.params[key], a) and graph.params[key].dtype == a.dtype
+    q = graph.meta["quantization"]
+    assert (q["activations"], q["per_channel"], q["requant"]) == (act, True, requant)
+    assert q["calibration"]["n_images"] == 64 and q["calibration"]["stats_file"] == str(files / "s.h5")
+    with h5py.File(out, "r") as f:
+        assert f.attrs["format_version"] == 2
+    convs = [n for n in graph.nodes if n.op == "qconv2d"]
+    assert all(n.attrs["dtype"] == act and n.attrs["requant"] == requant for n in convs)
+    assert all(graph.params[n.params["w_scale"]].shape == (n.attrs["out_channels"],) for n in convs)
+
+
+def test_stats_without_ranges_are_refused_in_one_line(files, tmp_path, capsys):
+    old = tmp_path / "v2.h5"
+    shutil.copy(files / "s.h5", old)
+    with h5py.File(old, "a") as f:  # a version 2 file: the sites only
+        f.attrs["format_version"] = 2
+        del f["ranges"]
+    assert run("quantize", files / "m.h5", "--calib", old, "-o", tmp_path / "q.h5") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(old) in err and "format version 3" in err and "profile" in err
+    assert not (tmp_path / "q.h5").exists()
+
+
+def test_stats_of_another_model_and_bad_options_are_refused(files, tmp_path, capsys):
+    other = tmp_path / "other.h5"
+    save_model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=5), other)
+    assert run("quantize", other, "--calib", files / "s.h5", "-o", tmp_path / "q.h5") == 1
+    assert "stats were made for model" in capsys.readouterr().err
+    assert (
+        run("quantize", files / "m.h5", "--calib", files / "s.h5", "--activations", "int4", "-o", tmp_path / "q.h5")
+        == 2
+    )
+    assert run("quantize", files / "m.h5", "--calib", files / "s.h5", "--requant", "x", "-o", tmp_path / "q.h5") == 2
+    assert run("quantize", files / "m.h5", "--calib", files / "s.h5", "-o", files / "s.h5") == 2  # onto an input
+    capsys.readouterr()
+
+
+def test_a_quantized_model_is_not_quantized_again(files, tmp_path, capsys):
+    q = tmp_path / "q.h5"
+    assert run("quantize", files / "m.h5", "--calib", files / "s.h5", "-o", q) == 0
+    assert (
+        run("profile", q, "--data", "fashion-mnist", "--classes", "0,1", "--samples", 8, "-o", tmp_path / "qs.h5") == 0
+    )
+    assert run("quantize", q, "--calib", tmp_path / "qs.h5", "-o", tmp_path / "qq.h5") == 1
+    assert "quantized already" in capsys.readouterr().err
+
+
+def test_eval_and_sweep_take_int8_models(files, tmp_path, capsys):
+    q = tmp_path / "q.h5"
+    assert run("quantize", files / "m.h5", "--calib", files / "s.h5", "--requant", "fixed_point", "-o", q) == 0
+    capsys.readouterr()
+    data = ["--data", "fashion-mnist", "--classes", "5,7,9", "--samples", 40]
+    assert run("profile", q, *data, "--split", "train", "-o", tmp_path / "qs.h5") == 0
+    assert run("compress", tmp_path / "qs.h5", "--ratio", 0.3, "-o", tmp_path / "qm.h5") == 0
+    capsys.readouterr()
+    assert run("eval", q, "--masks", tmp_path / "qm.h5", *data, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_images"] == 40 and 0 <= doc["dense"]["accuracy"] <= 1
+    assert doc["masked"]["macs"] < doc["dense"]["macs"] and doc["csr"] > 0
+    assert run("sweep", q, "--classes", "5,7,9", "--ratios", "0,0.3", "--samples", 30, "--json") == 0
+    sweep = json.loads(capsys.readouterr().out)
+    csr = [p["csr"] for p in sweep["points"]]
+    assert csr[0] == 0 and csr[1] > 0

@@ -1,0 +1,135 @@
+"""Golden vectors for hardware verification: every node's inputs and outputs in plain HDF5.
+
+Layout (format `velcro-golden`, docs/formats.md; readable without this package). Version 1 (float
+models):
+  attrs: format, format_version, model_fingerprint, masks_source, node_order (JSON list)
+  /input                      the network input, float32 (N, C, H, W)
+  /nodes/<k>_<name>/          one group per executed node, k = position in execution order
+      attrs: name, op, inputs (JSON tensor names), attrs (JSON), executed_macs (conv2d/linear)
+      input_<i>, output       tensors as the engine computed them, batch first
+      weight, bias, ...       parameters as executed (batch norm folded into convs)
+      skipped                 bool, shaped like one image's output: elements whose MACs were skipped
+  /sites/<name>/              with masks: mask (bool), constants (float32)
+Version 2 (quantized models) adds, per node, the quantization of each tensor (attrs
+input_<i>_scale / _zero_point / _dtype, output_scale / _zero_point / _dtype), the arithmetic of
+each op (conv and linear: requant, output_min, output_max, datasets requant_scale and, in
+fixed_point mode, multiplier and shift; with accumulators, the int32 `accumulators`; add: a_ratio,
+b_ratio, offset; global average pool: requant_scale; concat: table_<i>; sites: output_min,
+output_max) and per masked site the constants as the site holds them (constants_q).
+"""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+
+from . import h5io, quant
+from .errors import UsageError
+from .fileio import atomic_path
+from .reference import int8 as rint8
+
+FORMAT = "velcro-golden"
+FORMAT_VERSION = 2  # 1: float models (unchanged); 2: quantized models
+
+
+class _Recorder:
+    def __init__(self, f, model, accumulators):
+        self.f, self.model, self.k = f, model, 0
+        self.accumulators = accumulators
+        self.order = []
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        g = self.f.create_group(f"nodes/{self.k:03d}_{h5io.escape_key(step.name)}")
+        self.k += 1
+        self.order.append(step.name)
+        g.attrs["name"] = step.name
+        g.attrs["op"] = step.op
+        g.attrs["inputs"] = json.dumps(list(step.inputs))
+        g.attrs["attrs"] = json.dumps(step.source.attrs)
+        for i, x in enumerate(inputs):
+            g.create_dataset(f"input_{i}", data=x)
+        g.create_dataset("output", data=out)
+        for role, array in step.arrays.items():
+            g.create_dataset(role, data=array)
+        if skip is not None:
+            g.create_dataset("skipped", data=np.asarray(skip, bool))
+        if step.q is not None or any(q is not None for q in step.in_q):
+            _quantized_node(g, step, inputs, skip, self.accumulators)
+
+
+def _put_q(g, prefix, q):
+    if q is not None:
+        g.attrs[f"{prefix}_scale"] = np.float32(q.scale)
+        g.attrs[f"{prefix}_zero_point"] = int(q.zero_point)
+        g.attrs[f"{prefix}_dtype"] = q.dtype
+
+
+def _quantized_node(g, step, inputs, skip, accumulators):
+    """The quantization of a node's tensors and the numbers its arithmetic used (docs/formats.md)."""
+    for i, q in enumerate(step.in_q):
+        _put_q(g, f"input_{i}", q)
+    _put_q(g, "output", step.q)
+    op, args = step.op, step.args
+    if op in ("qconv2d", "qlinear"):
+        rq = args[-1]
+        g.attrs["requant"] = quant.REQUANT_MODES[rq.mode]
+        g.attrs["output_min"], g.attrs["output_max"] = int(rq.qmin), int(rq.qmax)
+        g.create_dataset("requant_scale", data=rq.scale)
+        if rq.mode == quant.REQUANT_FIXED_POINT:
+            g.create_dataset("multiplier", data=rq.multiplier)
+            g.create_dataset("shift", data=rq.shift)
+        if accumulators:
+            if op == "qconv2d":
+                acc = rint8.conv2d_accumulators(inputs[0], args[0], args[1], args[2], *step.out_shape[1:])
+            else:
+                acc = rint8.linear_accumulators(inputs[0], args[0], args[1])
+            acc = acc.astype(np.int32)  # exact: the accumulator bound was checked at load
+            if skip is not None:  # a skipped element is never accumulated
+                acc[:, np.asarray(skip, bool)] = 0
+            g.create_dataset("accumulators", data=acc)
+    elif op == "qadd":
+        g.attrs["a_ratio"], g.attrs["b_ratio"], g.attrs["offset"] = args.a_ratio, args.b_ratio, args.offset
+    elif op == "qglobal_avg_pool":
+        g.attrs["requant_scale"] = np.float32(args[1])
+    elif op == "qconcat":
+        for i, table in enumerate(args):
+            if table is not None:
+                g.create_dataset(f"table_{i}", data=table)
+    elif op in ("qrelu", "qrelu6"):
+        g.attrs["output_min"], g.attrs["output_max"] = int(args[0]), int(args[1])
+
+
+def write_golden(model, x, path, masks=None, accumulators=False) -> dict:
+    """Run x through the model recording every node; returns executed MACs per layer.
+    accumulators: also write the int32 accumulators of every int8 conv and linear layer
+    (UsageError for a float model, which has none)."""
+    quantized = any(st.q is not None for st in model.plan.nodes)
+    if accumulators and not quantized:
+        raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION if quantized else 1
+        f.attrs["model_fingerprint"] = model.fingerprint
+        f.attrs["masks_source"] = masks.source if masks is not None else ""
+        f.create_dataset("input", data=x)
+        rec = _Recorder(f, model, accumulators)
+        model.run(x, masks=masks, observer=rec)
+        for k, name in enumerate(rec.order):
+            if name in model.last_macs:
+                f[f"nodes/{k:03d}_{h5io.escape_key(name)}"].attrs["executed_macs"] = model.last_macs[name]
+        f.attrs["node_order"] = json.dumps(rec.order)
+        if masks is not None:
+            for site, (mask, const) in masks.sites.items():
+                sg = f.create_group(f"sites/{h5io.escape_key(site)}")
+                sg.create_dataset("mask", data=mask)
+                sg.create_dataset("constants", data=const)
+                q = model.plan.node(site).q
+                if q is not None:
+                    sg.create_dataset("constants_q", data=quant.quantize_linear(const, q.scale, q.zero_point, q.dtype))
+                    _put_q(sg, "site", q)
+    return dict(model.last_macs)
