@@ -39,3 +39,7 @@ class UsageError(VelcroError):
     """A command-line argument is invalid (exit 2, like argparse)."""
 
     exit_code = 2
+
+
+class ClusterError(VelcroError):
+    """A Dask cluster cannot be reached or lost the work (docs/distributed.md)."""
