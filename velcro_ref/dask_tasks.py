@@ -2,7 +2,8 @@
 
 A model reaches each worker once, in a worker plugin that holds its graph; the worker builds the
 Model there and keeps it in a cache keyed by fingerprint, and a task names the model by its
-fingerprint, so no task carries weights. Tasks run single-threaded: a worker is one process with
+fingerprint, so no task carries weights. A Model runs in one thread at a time (it owns its
+buffers), so each thread of a worker builds its own from the graph. Tasks run single-threaded: a worker is one process with
 one thread, and the engine's BLAS and Numba pools are held to one thread at run time (the nanny
 sets OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS: dask/distributed issue 9075).
 
@@ -12,6 +13,7 @@ The client side (cutting shards, folding results, the CLI flags) is velcro_ref/d
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -21,7 +23,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from .errors import DataError, ModelError
 
 MAX_MODELS = 8  # models a worker keeps loaded (a demo uses three)
-_MODELS: OrderedDict = OrderedDict()  # fingerprint -> Model, in this worker process
+_GRAPHS: OrderedDict = OrderedDict()  # fingerprint -> (Graph, path), in this worker process
+_THREAD = threading.local()  # .models: fingerprint -> Model of this thread
 
 
 def digest(x) -> str:
@@ -59,7 +62,6 @@ class ModelPlugin(WorkerPlugin):
 
     def __init__(self, graph, path, fingerprint):
         self.graph, self.path, self.fingerprint = graph, path, fingerprint
-        self._limits = None
 
     @property
     def name(self) -> str:
@@ -70,27 +72,32 @@ class ModelPlugin(WorkerPlugin):
 
         from .engine import Model
 
-        self._limits = threadpool_limits(limits=1)  # BLAS and OpenMP pools of this process
+        # The BLAS and OpenMP pools of the whole process, left so: a worker process runs tasks only.
+        # (A worker in the client's process, processes=False, limits the client too.)
+        threadpool_limits(limits=1)
         model = Model(self.graph, path=self.path)
         if model.fingerprint != self.fingerprint:
             raise ModelError(f"{self.path}: the model arrived as {model.fingerprint}, expected {self.fingerprint}")
-        _MODELS[self.fingerprint] = model
-        while len(_MODELS) > MAX_MODELS:
-            _MODELS.popitem(last=False)
-
-    def teardown(self, worker=None):
-        if self._limits is not None:  # a worker in the client's process gives the pools back
-            self._limits.restore_original_limits()
+        _GRAPHS[self.fingerprint] = (self.graph, self.path)
+        while len(_GRAPHS) > MAX_MODELS:
+            _GRAPHS.popitem(last=False)
 
 
 def model_of(fingerprint):
-    """The Model this worker loaded for `fingerprint` (ModelPlugin); single-threaded from here."""
+    """This thread's Model of the graph the plugin brought for `fingerprint`; single-threaded from here."""
+    from .engine import Model
+
     single_threaded()
-    model = _MODELS.get(fingerprint)
-    if model is None:
-        raise ModelError(f"{_where()}: model {fingerprint} is not loaded on this worker (its plugin was removed)")
-    _MODELS.move_to_end(fingerprint)
-    return model
+    models = _THREAD.__dict__.setdefault("models", OrderedDict())
+    if fingerprint not in models:
+        if fingerprint not in _GRAPHS:
+            raise ModelError(f"{_where()}: model {fingerprint} is not loaded on this worker (its plugin was removed)")
+        graph, path = _GRAPHS[fingerprint]
+        models[fingerprint] = Model(graph, path=path)
+        while len(models) > MAX_MODELS:
+            models.popitem(last=False)
+    models.move_to_end(fingerprint)
+    return models[fingerprint]
 
 
 def _where() -> str:

@@ -147,6 +147,7 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,
+        worker_dashboard_address=None,
         env=WORKER_ENV,
         # a worker outliving the scheduler at close logs an error; a task's errors reach the client anyway
         silence_logs=logging.CRITICAL,
