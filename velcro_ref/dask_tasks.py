@@ -1,11 +1,11 @@
 """What runs on a Dask worker: the model plugin and the task functions (docs/distributed.md).
 
-A model reaches each worker once, in a worker plugin that holds its graph; the worker builds the
-Model there and keeps it in a cache keyed by fingerprint, and a task names the model by its
-fingerprint, so no task carries weights. A Model runs in one thread at a time (it owns its
-buffers), so each thread of a worker builds its own from the graph. Tasks run single-threaded: a worker is one process with
-one thread, and the engine's BLAS and Numba pools are held to one thread at run time (the nanny
-sets OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS: dask/distributed issue 9075).
+A model reaches each worker once, in a worker plugin that holds its graph; the worker keeps the
+graph keyed by its fingerprint, and a task names the model by that fingerprint, so no task
+carries weights. A Model runs in one thread at a time (it owns its buffers), so each thread of a
+worker builds its own from the graph. Tasks run single-threaded: a worker is one process with one
+thread, and the engine's BLAS and Numba pools are held to one thread at run time (the nanny sets
+OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS: dask/distributed issue 9075).
 
 The client side (cutting shards, folding results, the CLI flags) is velcro_ref/distributed.py.
 """
