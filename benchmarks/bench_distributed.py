@@ -3,7 +3,8 @@
 1. Profile N Fashion-MNIST train images (all classes) on weights/resnet18.h5 on a LocalCluster of
    one worker process and on one of two (one thread each), in turns (1, 2, 1, 2, ...); the
    one-process profile at one BLAS thread is timed in the same turns as the yardstick. Medians, the
-   ratio per turn, and the load average of the machine before and after.
+   ratio per turn, the CPU time each run got (cores = CPU s / wall s: what the shared machine gave
+   it) and the load average.
 2. Task overhead per shard: shards of one small batch on the one-worker cluster against the same
    batches in this process; and a dask no-op task's round trip.
 3. Projection to an ImageNet-sized preprocessing set (1.28 M images at 224x224): the per-image cost
@@ -28,6 +29,7 @@ import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.p
 
 # isort: on
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from threadpoolctl import threadpool_limits  # noqa: E402
@@ -55,6 +57,22 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def worker_cpu(client) -> float:
+    """CPU seconds (user + system) the client's worker processes have used so far."""
+    total = 0.0
+    for pid in client.run(os.getpid).values():
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def timed_on(client, fn):
+    """(wall s, CPU s of the workers, result) of fn()."""
+    cpu = worker_cpu(client)
+    wall, out = timed(fn)
+    return wall, worker_cpu(client) - cpu, out
+
+
 def noop():
     return None
 
@@ -80,19 +98,22 @@ def main():
         for client in (one, two):
             velcro_ref.profile(model, x[: 2 * args.batch], args.batch, client=client, shard_batches=1)
         times = {"1 worker": [], "2 workers": [], "one process": []}
+        k = args.shard_batches
         for turn in range(args.turns):
-            t1, s1 = timed(
-                lambda: velcro_ref.profile(model, x, args.batch, client=one, shard_batches=args.shard_batches)
-            )
-            t2, s2 = timed(
-                lambda: velcro_ref.profile(model, x, args.batch, client=two, shard_batches=args.shard_batches)
-            )
+            t1, c1, s1 = timed_on(one, lambda: velcro_ref.profile(model, x, args.batch, client=one, shard_batches=k))
+            t2, c2, s2 = timed_on(two, lambda: velcro_ref.profile(model, x, args.batch, client=two, shard_batches=k))
+            cpu = time.process_time()
             t0, _ = timed(lambda: collect_stats(model, x, batch=args.batch))
+            c0 = time.process_time() - cpu
             assert s1.n_images == s2.n_images == len(x)
             times["1 worker"].append(t1)
             times["2 workers"].append(t2)
             times["one process"].append(t0)
-            print(f"  turn {turn + 1}: 1 worker {t1:.1f} s, 2 workers {t2:.1f} s, one process {t0:.1f} s; {load()}")
+            print(
+                f"  turn {turn + 1}: 1 worker {t1:.1f} s (CPU {c1:.1f} s, {c1 / t1:.2f} cores), "
+                f"2 workers {t2:.1f} s (CPU {c2:.1f} s, {c2 / t2:.2f} cores), "
+                f"one process {t0:.1f} s (CPU {c0:.1f} s, {c0 / t0:.2f} cores); {load()}"
+            )
         med = {k: float(np.median(v)) for k, v in times.items()}
         ratios = [a / b for a, b in zip(times["1 worker"], times["2 workers"], strict=True)]
         print("profile of", len(x), "images, median of", args.turns, "turns:")

@@ -2,16 +2,19 @@
 
 A model reaches each worker once, in a worker plugin that holds its graph; the worker keeps the
 graph keyed by its fingerprint, and a task names the model by that fingerprint, so no task
-carries weights. A Model runs in one thread at a time (it owns its buffers), so each thread of a
-worker builds its own from the graph. Tasks run single-threaded: a worker is one process with one
-thread, and the engine's BLAS and Numba pools are held to one thread at run time (the nanny sets
-OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS: dask/distributed issue 9075).
+carries weights. A Model runs in one thread at a time (it owns its buffers), so a task borrows
+one from the worker's pool and gives it back: the pool grows to the number of tasks running at
+once, and a Model's buffers serve every task after its first. Tasks run single-threaded: a
+worker is one process with one thread, and the engine's BLAS and Numba pools are held to one
+thread at run time (the nanny sets OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS:
+dask/distributed issue 9075).
 
 The client side (cutting shards, folding results, the CLI flags) is velcro_ref/distributed.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections import OrderedDict
@@ -24,7 +27,8 @@ from .errors import DataError, ModelError
 
 MAX_MODELS = 8  # models a worker keeps loaded (a demo uses three)
 _GRAPHS: OrderedDict = OrderedDict()  # fingerprint -> (Graph, path), in this worker process
-_THREAD = threading.local()  # .models: fingerprint -> Model of this thread
+_IDLE: dict = {}  # fingerprint -> Models of it no task is running
+_LOCK = threading.Lock()
 
 
 def digest(x) -> str:
@@ -83,21 +87,29 @@ class ModelPlugin(WorkerPlugin):
             _GRAPHS.popitem(last=False)
 
 
+@contextlib.contextmanager
 def model_of(fingerprint):
-    """This thread's Model of the graph the plugin brought for `fingerprint`; single-threaded from here."""
+    """A Model of the graph the plugin brought for `fingerprint`, this task's alone until the
+    block ends; the calling thread runs single-threaded from here."""
     from .engine import Model
 
     single_threaded()
-    models = _THREAD.__dict__.setdefault("models", OrderedDict())
-    if fingerprint not in models:
+    with _LOCK:
         if fingerprint not in _GRAPHS:
             raise ModelError(f"{_where()}: model {fingerprint} is not loaded on this worker (its plugin was removed)")
+        for fp in [fp for fp in _IDLE if fp not in _GRAPHS]:  # models of graphs the plugins' cache let go
+            del _IDLE[fp]
+        idle = _IDLE.setdefault(fingerprint, [])
+        model = idle.pop() if idle else None
         graph, path = _GRAPHS[fingerprint]
-        models[fingerprint] = Model(graph, path=path)
-        while len(models) > MAX_MODELS:
-            models.popitem(last=False)
-    models.move_to_end(fingerprint)
-    return models[fingerprint]
+    if model is None:
+        model = Model(graph, path=path)
+    try:
+        yield model
+    finally:
+        with _LOCK:
+            if fingerprint in _GRAPHS:
+                _IDLE.setdefault(fingerprint, []).append(model)
 
 
 def _where() -> str:
@@ -137,15 +149,15 @@ def profile_images(fingerprint, images, batch, classes):
     `batch` as a one-process run makes them."""
     from .stats import collect_stats
 
-    model = model_of(fingerprint)
-    x, _ = images_of(model, images)
-    return collect_stats(model, x, batch=batch, classes=classes)
+    with model_of(fingerprint) as model:
+        x, _ = images_of(model, images)
+        return collect_stats(model, x, batch=batch, classes=classes)
 
 
 def sweep_point(fingerprint, stats, images, classes, ratio, policy, batch):
     """One point of a sweep: experiments.sweep_point on this worker."""
     from .experiments import sweep_point as point
 
-    model = model_of(fingerprint)
-    x, y = images_of(model, images)
-    return point(model, stats, x, y, classes, ratio, policy, batch)
+    with model_of(fingerprint) as model:
+        x, y = images_of(model, images)
+        return point(model, stats, x, y, classes, ratio, policy, batch)

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 
 from .cli_util import count, number, text
@@ -121,8 +122,8 @@ def _distributed():
 def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
     """A dask.distributed Client of the scheduler at `scheduler` ("tcp://host:8786"), or of a new
     local cluster of `workers` single-threaded worker processes; closed (with the local cluster)
-    on exit. Raises ClusterError naming the address when the scheduler cannot be reached within
-    timeout_s seconds."""
+    on exit. Raises ClusterError naming the address when the scheduler cannot be reached, or has
+    no worker, within timeout_s seconds."""
     if (scheduler is None) == (workers is None):
         raise UsageError("give a scheduler address or a number of workers")
     distributed = _distributed()
@@ -140,13 +141,21 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
             msg = f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({why})"
             raise ClusterError(msg) from None
         with contextlib.closing(client):
+            try:  # tasks given to a scheduler without workers would wait forever
+                client.wait_for_workers(1, timeout=timeout_s)
+            except TimeoutError:
+                raise ClusterError(
+                    f"the Dask scheduler at {scheduler} has no workers (waited {timeout_s:g} s)"
+                ) from None
             yield client
         return
     import dask
 
     # A worker samples its threads' stacks every 10 ms for the dashboard: 15-20% more CPU time
     # for a profile measured on 2 cores (docs/distributed.md); the workers inherit this setting.
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
+    with dask.config.set({"distributed.worker.profile.enabled": False}), warnings.catch_warnings():
+        # without a dashboard the scheduler still serves /health, on 8787 or, if that is taken, any port
+        warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
         cluster = _local_cluster(distributed, workers)
     with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as client:
         yield client
@@ -180,14 +189,18 @@ def send_model(client, model) -> str:
 def result(future):
     """The future's result; ClusterError when the cluster lost the task (a worker crashing on it
     again and again, the scheduler gone). A VelcroError raised by the task comes back as it is."""
-    distributed = _distributed()
+    import asyncio
+    import concurrent.futures
+
+    from distributed.scheduler import KilledWorker
+
     try:
         return future.result()
     except VelcroError:
         raise
-    except distributed.scheduler.KilledWorker as e:
+    except KilledWorker as e:
         raise ClusterError(f"task {future.key}: the workers running it died ({e})") from None
-    except (distributed.client.FutureCancelledError, OSError, TimeoutError) as e:
+    except (asyncio.CancelledError, concurrent.futures.CancelledError, OSError, TimeoutError) as e:
         why = " ".join(str(e).split()) or type(e).__name__
         raise ClusterError(f"task {future.key}: lost by the cluster ({why}); rerun (profile: with --resume)") from None
 

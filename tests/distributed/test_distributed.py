@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from dist_util import ROOT, WEIGHTS, WORKER_ENV, assert_identical_stats, assert_same_stats, one_process
+from dist_util import ROOT, WEIGHTS, WORKER_ENV, RealCluster, assert_identical_stats, assert_same_stats, one_process
 from threadpoolctl import threadpool_limits
 
 import velcro_ref
@@ -213,11 +213,41 @@ def _free_port():
 
 
 @pytest.mark.parametrize("address", ["tcp://127.0.0.1:{port}", "nonsense"])
-def test_an_unreachable_scheduler_is_one_error_line_naming_it(velcro, small_model_file, images_file, address):
+def test_an_unreachable_scheduler_is_one_error_line_naming_it(velcro, tmp_path, small_model_file, images_file, address):
     address = address.format(port=_free_port())
     t0 = time.monotonic()
-    res = velcro("profile", small_model_file, "--images", images_file, "-o", "never.h5", "--scheduler", address,
-                 "--connect-timeout", "1")  # fmt: skip
+    args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5"]
+    res = velcro(*args, "--scheduler", address, "--connect-timeout", "1")
     res.error_line(address, code=1)
     assert time.monotonic() - t0 < 30
-    assert not os.path.exists("never.h5")
+    assert not (tmp_path / "never.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shared-data"], "--shared-data needs --scheduler ADDRESS or --workers N"),
+        (["--workers", "2", "--shared-data"], "--shared-data reads Fashion-MNIST on the workers"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler not allowed with argument --workers"),
+        (["--workers", "0"], "--workers expects an integer in [1, 1024], got 0"),
+        (
+            ["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "0"],
+            "--connect-timeout expects a number in (0, 3600]",
+        ),
+    ],
+)
+def test_cluster_flags_are_checked_before_any_work(velcro, small_model_file, images_file, tmp_path, extra, message):
+    res = velcro("profile", small_model_file, "--images", images_file, "-o", tmp_path / "s.h5", *extra)
+    res.error_line(message, code=2)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_scheduler_without_workers_is_one_error_line(velcro, tmp_path, small_model_file, images_file):
+    cluster = RealCluster(tmp_path, n_workers=0)
+    try:
+        args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5"]
+        res = velcro(*args, "--scheduler", cluster.address, "--connect-timeout", "2")
+        res.error_line(f"the Dask scheduler at {cluster.address} has no workers", code=1)
+    finally:
+        cluster.close()
+    assert not (tmp_path / "never.h5").exists()
