@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Install velcro-ref into ./.venv with every extra, and the Fashion-MNIST data set from Debian.
+# Install velcro-ref into ./.venv with every extra, the Fashion-MNIST data set from Debian, and the
+# simulators of the RTL tests (Icarus Verilog; Verilator, which compiles with g++ and make).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
+need=()
+[ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
+command -v iverilog >/dev/null || need+=(iverilog)
+command -v verilator >/dev/null || need+=(verilator)
+command -v g++ >/dev/null || need+=(g++)
+command -v make >/dev/null || need+=(make)
+if [ ${#need[@]} -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq dataset-fashion-mnist
+    $SUDO apt-get install -y -qq "${need[@]}"
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

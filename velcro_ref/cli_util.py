@@ -148,6 +148,9 @@ def load_npz(path, keys) -> tuple:
     """The arrays `keys` of an .npz file; InputError naming the file for anything else (not a zip,
     a missing key, pickled objects, an array too large for memory)."""
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise InputError(f"{path}: not an .npz file (a zip archive of the .npy arrays {' and '.join(keys)})")
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in keys if k not in z.files]
             if missing:

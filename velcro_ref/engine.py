@@ -17,6 +17,7 @@ from .kernels.conv2d import aligned_floats
 from .kernels.overwrite import put_at
 from .model_io import load_graph
 from .plan import build_plan
+from .quant import dequantize_linear, quantize_linear
 
 
 @dataclass(frozen=True)
@@ -88,10 +89,10 @@ class Model:
             raise InputError(f"input: {bad} NaN/Inf value(s) of {x.size}")
         return np.ascontiguousarray(x)
 
-    def _buffer(self, name, shape):
+    def _buffer(self, name, shape, dtype):
         buf = self._buffers.get(name)
-        if buf is None or buf.shape != shape:
-            buf = np.empty(shape, np.float32)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype)
             self._buffers[name] = buf
             self._fixed.pop(name, None)
         return buf
@@ -131,8 +132,15 @@ class Model:
             idx = np.flatnonzero(m)
             if idx.size:
                 site_masks[s] = np.ascontiguousarray(m).reshape(-1)
-                fixed[s] = (idx, np.ascontiguousarray(c, np.float32).reshape(-1)[idx])
-                fixed.update(dict.fromkeys(self.chains[s], (idx, np.zeros(idx.size, np.float32))))
+                values = np.ascontiguousarray(c, np.float32).reshape(-1)[idx]
+                q = steps[s].q
+                if q is not None:  # a quantized site holds its constants quantized with its own parameters
+                    values = quantize_linear(values, q.scale, q.zero_point, q.dtype)
+                fixed[s] = (idx, values)
+                for node in self.chains[s]:  # skipped chain outputs read as zero
+                    zq = steps[node].q
+                    zero = np.zeros(idx.size, steps[node].dtype) + (0 if zq is None else zq.zero_point)
+                    fixed[node] = (idx, zero.astype(steps[node].dtype))
         self._masks = _MaskPlan(masks, names, arrays, skips, site_masks, fixed)
         return self._masks
 
@@ -155,7 +163,7 @@ class Model:
         env = {G.INPUT: x}
         macs = {}
         for st in self.steps:
-            out = self._buffer(st.name, (n_n, *st.out_shape))
+            out = self._buffer(st.name, (n_n, *st.out_shape), st.dtype)
             skip = None if mp is None else mp.skips.get(st.name)
             fixed = None if mp is None else mp.fixed.get(st.name)
             if fixed is None:
@@ -168,14 +176,16 @@ class Model:
                 self._fixed[st.name] = mp
             mask = None if mp is None else mp.site_masks.get(st.name)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
-                st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1))
+                st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
             else:
                 n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, self._col)
                 if st.opdef.chain == "skip":
                     macs[st.name] = int(n_macs)
             if observer is not None:
-                if st.opdef.site:
-                    observer.on_site(st.name, out)
+                if st.opdef.site:  # a quantized site is seen as its real values
+                    observer.on_site(
+                        st.name, out if st.q is None else dequantize_linear(out, st.q.scale, st.q.zero_point)
+                    )
                 if hasattr(observer, "on_node"):
                     observer.on_node(st, [env[t] for t in st.inputs], out, getattr(skip, "skip", skip))
             env[st.name] = out

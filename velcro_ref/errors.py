@@ -41,5 +41,9 @@ class UsageError(VelcroError):
     exit_code = 2
 
 
+class AccumulatorOverflowError(ModelError):
+    """An int8 layer whose int32 accumulator could overflow for some input."""
+
+
 class ClusterError(VelcroError):
     """A Dask cluster cannot be reached or lost the work (docs/distributed.md)."""

@@ -82,13 +82,18 @@ class Graph:
         }
 
     def fingerprint(self) -> str:
-        """sha256 over the graph JSON and every parameter's name, shape and float32 bytes."""
+        """sha256 over the graph JSON and every parameter's name, shape and bytes (float32 ones as
+        float32, the integer ones of quantized models with their dtype's name before the bytes)."""
         h = hashlib.sha256()
         h.update(json.dumps(self.structure_json(), sort_keys=True).encode())
         for key in sorted(self.params):
-            a = np.ascontiguousarray(self.params[key], dtype=np.float32)
+            a = np.asarray(self.params[key])
+            integer = np.issubdtype(a.dtype, np.integer)
+            a = np.ascontiguousarray(a) if integer else np.ascontiguousarray(a, dtype=np.float32)
             h.update(key.encode())
             h.update(str(a.shape).encode())
+            if integer:
+                h.update(a.dtype.str.encode())
             h.update(a.tobytes())
         return h.hexdigest()
 
@@ -268,10 +273,13 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
             raise ModelError(f"parameter '{key}': expects an array, found {type(a).__name__}")
     shapes = infer_shapes(graph)
     _check_totals(graph, shapes)
+    quantization(graph)
+    dtypes = param_dtypes(graph)
     for key, a in graph.params.items():
-        if a.dtype != np.float32:
-            raise ModelError(f"parameter '{key}': expects float32, found {a.dtype}")
-        if check_values and not allow_nonfinite and not np.all(np.isfinite(a)):
+        want = dtypes.get(key, np.dtype(np.float32))
+        if a.dtype != want:
+            raise ModelError(f"parameter '{key}': expects {want}, found {a.dtype}")
+        if want == np.float32 and check_values and not allow_nonfinite and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a)))
             raise ModelError(
                 f"parameter '{key}': {bad} NaN or Inf value(s) of {a.size} (use --allow-nonfinite to accept)"
@@ -287,6 +295,29 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
                         "(use --allow-nonfinite to accept)"
                     )
     return shapes
+
+
+def param_dtypes(graph: Graph) -> dict:
+    """Parameter key -> the dtype its roles declare (ops' param_dtypes; float32 otherwise). A key
+    that two roles declare with different dtypes is a ModelError."""
+    out: dict = {}
+    for n in graph.nodes:
+        declared = ops.get(n.op, n.name).param_dtypes
+        for role, key in n.params.items():
+            want = np.dtype(declared.get(role, np.float32))
+            if out.setdefault(key, want) != want:
+                raise ModelError(f"parameter '{key}': used as {out[key]} and as {want} ({n.name} {role})")
+    return out
+
+
+def quantization(graph: Graph) -> dict:
+    """Tensor -> its QParams (quantized) or None (float32), from the ops' rules (Op.out_q); the
+    graph input is float32. Raises ModelError for an op given tensors of the wrong kind."""
+    q: dict = {INPUT: None}
+    for n in graph.nodes:
+        op = ops.get(n.op, n.name)
+        q[n.name] = op.out_q(n, op.check(n), tuple(q[t] for t in n.inputs))
+    return q
 
 
 def node_macs(node: Node, ins, out_shape) -> int:

@@ -7,26 +7,38 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import h5io
+from . import h5io, ops
 from .errors import ModelError
 from .fileio import atomic_path
 from .graph import Graph, Node, validate
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset
 
 FORMAT = "velcro-model"
-FORMAT_VERSION = 1
+# Version 2 adds quantized models: integer parameters (int8 weights, int32 biases) and the quantized
+# ops. A float model is still written as version 1, which every earlier reader reads.
+FORMAT_VERSION = 2
 
 
 def save_model(graph: Graph, path) -> str:
     """Write `graph` to `path` (atomically); return its fingerprint."""
     validate(graph, allow_nonfinite=True)
     fp = graph.fingerprint()
+    version = 2 if is_quantized(graph) else 1
     with atomic_path(path) as tmp, h5io.create(tmp) as f:
-        h5io.write_header(f, FORMAT, FORMAT_VERSION, fp, graph=graph.structure_json(), meta=graph.meta)
+        h5io.write_header(f, FORMAT, version, fp, graph=graph.structure_json(), meta=graph.meta)
         g = f.create_group("params")
         for key in sorted(graph.params):
-            g.create_dataset(h5io.escape_key(key), data=np.asarray(graph.params[key], dtype=np.float32))
+            a = np.asarray(graph.params[key])
+            g.create_dataset(
+                h5io.escape_key(key), data=a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+            )
     return fp
+
+
+def is_quantized(graph: Graph) -> bool:
+    """Whether the graph needs format version 2: an integer parameter or a quantized op."""
+    integer = any(np.issubdtype(np.asarray(a).dtype, np.integer) for a in graph.params.values())
+    return integer or any(n.op in ops.QUANTIZED for n in graph.nodes)
 
 
 GRAPH_KEYS = ("input_shape", "output", "nodes")

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import ops
-from .graph import INPUT, OUTPUT, Graph, Node
+from .graph import INPUT, OUTPUT, Graph, Node, quantization
+from .ops.base import Prepared
 from .ops.batch_norm import scale_of
 
 
@@ -29,8 +30,9 @@ from .ops.batch_norm import scale_of
 class PlanNode:
     """One node as it runs: its op definition, checked attributes, arrays by role (float32, as
     executed: a folded conv holds the folded weights), input and output shapes per image, the
-    arguments its op prepared, and the stored node it runs (`source`). A conv2d with a batch norm
-    folded in keeps the conv's name."""
+    arguments its op prepared, the stored node it runs (`source`), and the quantization of its
+    inputs and output (None for float32). A conv2d with a batch norm folded in keeps the conv's
+    name."""
 
     name: str
     op: str
@@ -42,6 +44,13 @@ class PlanNode:
     out_shape: tuple
     args: object
     source: Node
+    in_q: tuple = ()
+    q: object = None  # QParams of the output, None for float32
+
+    @property
+    def dtype(self):
+        """The output's dtype: float32, or int8/uint8 for a quantized tensor."""
+        return np.dtype(np.float32) if self.q is None else self.q.np_dtype
 
     @property
     def macs(self) -> int:
@@ -137,6 +146,7 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
             folded[n.name] = src.name
             arrays[src.name] = _fold(n, src, graph)
     rename = dict(folded)
+    q = quantization(graph)
     nodes = []
     for n in stored:
         if n.name in folded:
@@ -145,9 +155,10 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
         attrs = op.check(n)
         inputs = tuple(rename.get(t, t) for t in n.inputs)
         ins = tuple(shapes[t] for t in inputs)
+        in_q = tuple(q[t] for t in inputs)
         out = shapes[n.name]
-        args = op.prepare(attrs, arrays[n.name], ins, out)
-        nodes.append(PlanNode(n.name, n.op, op, inputs, attrs, arrays[n.name], ins, out, args, n))
+        args = op.prepare(attrs, arrays[n.name], ins, out, Prepared(n.name, in_q, q[n.name]))
+        nodes.append(PlanNode(n.name, n.op, op, inputs, attrs, arrays[n.name], ins, out, args, n, in_q, q[n.name]))
     output = rename.get(graph.output, graph.output)
     plan_readers: dict[str, list[str]] = {INPUT: []}
     for n in nodes:
@@ -159,3 +170,17 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
     chains = producer_chains(nodes, plan_readers)
     sites = {n.name: n.out_shape for n in nodes if n.opdef.site}
     return Plan(tuple(nodes), output, plan_shapes, plan_readers, chains, sites, folded, dead)
+
+
+def executed_graph(plan: Plan, graph: Graph) -> Graph:
+    """The plan as a Graph of its own: what runs, batch norms folded into their convs and dead
+    branches left out (for exporting the model as it computes, e.g. to quantize it elsewhere).
+    Each array is stored under "<node>.<role>"."""
+    nodes, params = [], {}
+    for n in plan.nodes:
+        roles = {}
+        for role, a in n.arrays.items():
+            roles[role] = f"{n.name}.{role}"
+            params[roles[role]] = a
+        nodes.append(Node(n.name, n.op, n.inputs, dict(n.source.attrs), roles))
+    return Graph(tuple(nodes), graph.input_shape, plan.output, params, dict(graph.meta))

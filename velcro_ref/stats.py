@@ -20,13 +20,15 @@ import numpy as np
 from . import h5io
 from .errors import StatsError
 from .fileio import atomic_path
+from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, welford, welford_add
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
-# version 1 stored only `mean`, read as shift = 0.
-FORMAT_VERSION = 2
+# version 1 stored only `mean`, read as shift = 0. Version 3 adds `ranges`: the min and max of every
+# other tensor of the model (the input and the outputs of non-site nodes), for quantization.
+FORMAT_VERSION = 3
 FIELDS = ("count", "shift", "shifted_mean", "m2", "min", "max")
 FIELDS_V1 = ("count", "mean", "m2", "min", "max")
 
@@ -118,6 +120,7 @@ class Stats:
     n_images: int = 0
     source: str = ""
     provenance: dict = field(default_factory=dict)
+    ranges: dict = field(default_factory=dict)  # tensor -> (min, max), float64, over every image
 
     def merge(self, other: Stats) -> Stats:
         if other.fingerprint != self.fingerprint:
@@ -132,7 +135,22 @@ class Stats:
         sites = {s: self.sites[s].merge(other.sites[s]) for s in self.sites}
         classes = tuple(sorted(set(self.classes) | set(other.classes)))
         source = " + ".join(s for s in (self.source, other.source) if s)
-        return Stats(self.fingerprint, sites, classes, self.n_images + other.n_images, source, self.provenance)
+        ranges = merge_ranges(self.ranges, other.ranges)
+        return Stats(self.fingerprint, sites, classes, self.n_images + other.n_images, source, self.provenance, ranges)
+
+    def range_of(self, tensor) -> tuple[float, float]:
+        """(min, max) of a tensor over every image: a site's from its per-element minima and maxima,
+        any other's from `ranges`. KeyError when the stats hold neither."""
+        if tensor in self.sites:
+            s = self.sites[tensor]
+            return float(s.min.min()), float(s.max.max())
+        return self.ranges[tensor]
+
+
+def merge_ranges(a: dict, b: dict) -> dict:
+    """Ranges of two image sets together: the tensors both hold, min of minima and max of maxima (a
+    tensor only one side holds is left out: its range over all images is not known)."""
+    return {t: (min(a[t][0], b[t][0]), max(a[t][1], b[t][1])) for t in a if t in b}
 
 
 class StatsCollector:
@@ -151,8 +169,18 @@ class StatsCollector:
     def on_site(self, name, y):
         self.stats.sites[name].add_batch(y)
 
+    def on_node(self, step, inputs, out, skip):
+        if not step.opdef.site and step.q is None:
+            self._extend(step.name, out)
+
+    def _extend(self, tensor, y):
+        lo, hi = float(y.min()), float(y.max())
+        old = self.stats.ranges.get(tensor)
+        self.stats.ranges[tensor] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+
     def add_batch(self, x):
-        """Run one batch through the model, observing every site."""
+        """Run one batch through the model, observing every site and the range of every other tensor."""
+        self._extend(INPUT, x)
         self.model.run(x, observer=self)
         self.stats.n_images += x.shape[0]
 
@@ -191,6 +219,10 @@ def save_stats(stats: Stats, path) -> None:
             for fld in FIELDS:
                 sg.create_dataset(fld, data=getattr(s, fld), fletcher32=True)
             sg.create_dataset("mean", data=s.mean, fletcher32=True)  # for readers; the shifted form is exact
+        g = f.create_group("ranges")
+        for name, (lo, hi) in stats.ranges.items():
+            ds = g.create_dataset(h5io.escape_key(name), data=np.array([lo, hi], np.float64), fletcher32=True)
+            h5io.write_text_attr(ds, "name", name)
 
 
 def load_stats(path, model=None) -> Stats:
@@ -251,7 +283,24 @@ def _read_stats(f) -> Stats:
             if differ:
                 raise StatsError(f"{where}mean differs from shift + shifted_mean at {differ} element(s)")
         sites[name] = s
-    return Stats(fingerprint, sites, tuple(classes), n_images, source, provenance)
+    return Stats(fingerprint, sites, tuple(classes), n_images, source, provenance, _read_ranges(f))
+
+
+def _read_ranges(f) -> dict:
+    """The `ranges` group (version 3; absent: no ranges): tensor -> (min, max), finite, min <= max."""
+    if "ranges" not in f:
+        return {}
+    ranges = {}
+    for key in member(f, "ranges", h5py.Group, StatsError, "group "):
+        ds = member(f["ranges"], key, h5py.Dataset, StatsError, "range ")
+        name = attr_str(ds, "name", StatsError, f"range '{key}': ", default=key)
+        where = f"range of tensor '{name}': "
+        check_dataset(ds, StatsError, where, dtype=np.float64)
+        v = np.asarray(read_dataset(ds, StatsError, where))
+        if v.shape != (2,) or not np.all(np.isfinite(v)) or v[0] > v[1]:
+            raise StatsError(f"{where}expects finite [min, max] with min <= max, found {v.tolist()}")
+        ranges[name] = (float(v[0]), float(v[1]))
+    return ranges
 
 
 def check_stats(stats: Stats, model, path="stats") -> None:

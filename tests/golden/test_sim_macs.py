@@ -5,12 +5,12 @@ Engine: Model.run, then sum(model.last_macs.values()) / batch, dense and with ma
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from simulator import build_workload, simulate
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, empty_masks
-from velcro_ref.zoo import build_zoo
 
 BATCH = 2
 
@@ -103,5 +103,5 @@ def test_empty_masks_price_exactly_dense():
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "googlenet"])
 def test_zoo_macs_equal_engine(name):
-    model = Model(build_zoo(name, input_size=32, width=0.25, num_classes=10, seed=2))
+    model = Model(zoo_graph(name, input_size=32, width=0.25, num_classes=10, seed=2))
     check_equal(model, random_masks(model, 5))

@@ -5,6 +5,7 @@ importer's; here they go through the CLI (exit code, one line, no traceback, no 
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from simulator.arch import ARCH_DIR
 
@@ -92,10 +93,9 @@ def test_nan_and_inf_arch_figures_are_all_listed(velcro, tmp_path, model_file):
 
 def test_simulate_refuses_masks_of_another_model(velcro, tmp_path, model_file, mask_file):
     from velcro_ref.model_io import save_model
-    from velcro_ref.zoo import build_zoo
 
     other = tmp_path / "other.h5"
-    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=3), other)
+    save_model(zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=3), other)
     velcro("simulate", other, "--masks", mask_file, "--accel", "edge16").error_line(
         str(mask_file), "masks were made for model"
     )

@@ -67,7 +67,7 @@ def flatten_node(name, src):
 @pytest.mark.parametrize(
     "edit, needles",
     [
-        (lambda f: f.attrs.__setitem__("format_version", 2), ["format_version 2 is newer than supported"]),
+        (lambda f: f.attrs.__setitem__("format_version", 3), ["format_version 3 is newer than supported"]),
         (lambda f: f.attrs.__setitem__("format", "velcro-stats"), ["format attribute expects 'velcro-model'"]),
         (lambda f: f.attrs.__delitem__("format"), ["format attribute expects 'velcro-model'", "none"]),
         (lambda f: f.attrs.__setitem__("format_version", "1"), ["'format_version' expects an integer", "str"]),

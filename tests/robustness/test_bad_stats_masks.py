@@ -5,7 +5,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from robust_util import edited_copy
+from robust_util import edited_copy, zoo_graph
 
 from velcro_ref import h5io
 from velcro_ref.engine import load_model
@@ -13,7 +13,6 @@ from velcro_ref.errors import MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
 from velcro_ref.stats import load_stats
-from velcro_ref.zoo import build_zoo
 
 SITE = "layer2.0.relu1"
 
@@ -21,7 +20,7 @@ SITE = "layer2.0.relu1"
 @pytest.fixture(scope="module")
 def other_model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("other") / "other.h5"
-    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=1), path)
+    save_model(zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=1), path)
     return path
 
 
@@ -136,10 +135,30 @@ def test_flipped_bit_in_stats_data_is_found_by_the_checksum(velcro, tmp_path, st
     assert not (tmp_path / "m.h5").exists()
 
 
-def test_stats_files_are_version_2(stats_file):
+def test_stats_files_are_version_3(stats_file):
     with h5py.File(stats_file, "r") as f:
-        assert f.attrs["format_version"] == 2
+        assert f.attrs["format_version"] == 3
         assert {"shift", "shifted_mean", "mean"} <= set(f[f"sites/{SITE}"])
+        assert "input" in f["ranges"]  # version 3: ranges of the tensors that are not sites
+
+
+def test_version_2_stats_without_ranges_are_read(tmp_path, model, stats_file):
+    def to_version_2(f):
+        f.attrs["format_version"] = 2
+        del f["ranges"]
+
+    old = edited_copy(stats_file, tmp_path / "v2.h5", to_version_2)
+    stats = load_stats(old, model)
+    assert stats.ranges == {} and set(stats.sites) == set(model.sites)
+
+
+def test_a_range_with_min_above_max_is_refused(tmp_path, stats_file):
+    def swap(f):
+        f["ranges/input"][...] = [1.0, -1.0]
+
+    bad = edited_copy(stats_file, tmp_path / "swapped.h5", swap)
+    with pytest.raises(StatsError, match="range of tensor 'input'"):
+        load_stats(bad)
 
 
 def test_version_1_stats_are_read_as_mean_with_shift_0(tmp_path, model, stats_file):

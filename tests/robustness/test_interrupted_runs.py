@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from robust_util import ROOT
+from robust_util import ROOT, zoo_graph
 
 from velcro_ref.engine import load_model
 from velcro_ref.stats import load_stats
@@ -201,10 +201,9 @@ def test_kill_during_an_atomic_write_never_leaves_part_of_a_file(tmp_path):
 @pytest.fixture(scope="module")
 def fashion_model(tmp_path_factory):
     from velcro_ref.model_io import save_model
-    from velcro_ref.zoo import build_zoo
 
     path = tmp_path_factory.mktemp("fashion") / "tiny.h5"
-    save_model(build_zoo("resnet18", input_size=28, in_channels=1, width=0.125, num_classes=10), path)
+    save_model(zoo_graph("resnet18", input_size=28, in_channels=1, width=0.125, num_classes=10), path)
     return path
 
 

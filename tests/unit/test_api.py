@@ -4,18 +4,18 @@ import json
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 import velcro_ref
 from velcro_ref import cli
 from velcro_ref.engine import Model
 from velcro_ref.model_io import save_model
-from velcro_ref.zoo import build_zoo
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("api")
-    save_model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=6), d / "m.h5")
+    save_model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=6), d / "m.h5")
     return d
 
 

@@ -1,41 +1,12 @@
 """Bad input gives one line `error: ...` naming the file or node, a non-zero exit, no traceback."""
 
-import subprocess
-import sys
-
-import h5py
 import numpy as np
-import pytest
-
-from velcro_ref.model_io import save_model
-from velcro_ref.zoo import build_zoo
-
-
-def velcro(*args):
-    return subprocess.run([sys.executable, "-m", "velcro_ref.cli", *map(str, args)], capture_output=True, text=True)
+from robust_util import edited_copy as _copy
+from robust_util import velcro_process as velcro
 
 
 def assert_one_line_error(res, *needles, code=1):
-    assert res.returncode == code, res.stderr
-    assert "Traceback" not in res.stderr
-    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, res.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m") / "small.h5"
-    save_model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4), path)
-    return path
-
-
-def _copy(src, dst, edit):
-    dst.write_bytes(src.read_bytes())
-    with h5py.File(dst, "a") as f:
-        edit(f)
-    return dst
+    res.error_line(*needles, code=code)
 
 
 def test_not_hdf5(tmp_path):
@@ -80,16 +51,16 @@ def test_wrong_input_shape(tmp_path, model_file):
 
 def test_usage_error_exits_2(model_file):
     res = velcro("zoo", "vgg", "-o", "x.h5")
-    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.code == 2 and "Traceback" not in res.err
 
 
 def test_infer_writes_output_and_macs(tmp_path, model_file):
     x = tmp_path / "x.npy"
     np.save(x, np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
     res = velcro("infer", model_file, "--input", x, "-o", tmp_path / "y.npy", "--json")
-    assert res.returncode == 0, res.stderr
+    assert res.code == 0, res.err
     import json
 
-    doc = json.loads(res.stdout)
+    doc = json.loads(res.out)
     assert np.load(tmp_path / "y.npy").shape == (2, 4)
     assert doc["total_macs"] == sum(doc["macs"].values()) > 0

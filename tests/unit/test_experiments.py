@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from velcro_ref.data import task_images
 from velcro_ref.engine import Model
 from velcro_ref.errors import UsageError
 from velcro_ref.experiments import locality, parse_ratios, profile_task, sweep
-from velcro_ref.zoo import build_zoo
 
 
 def test_parse_ratios():
@@ -20,7 +20,7 @@ def test_parse_ratios():
 
 @pytest.fixture(scope="module")
 def small_model():
-    return Model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
+    return Model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
 
 
 def test_sweep_csr_is_zero_at_ratio_zero_and_rises_with_ratio(small_model):

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, StatsError, UsageError
 from velcro_ref.masks import build_masks, load_masks, lowest_variance, save_masks, uniform_ratios
 from velcro_ref.stats import SiteStats, Stats, collect_stats, load_stats, save_stats
-from velcro_ref.zoo import build_zoo
 
 
 def test_lowest_variance_breaks_ties_by_flat_index():
@@ -43,8 +43,8 @@ def test_ratio_outside_unit_interval_is_refused():
 
 
 def test_stats_and_mask_files_round_trip_and_refuse_another_model(tmp_path):
-    model = Model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=1))
-    other = Model(build_zoo("resnet18", input_size=16, width=0.125, num_classes=4, seed=2))
+    model = Model(zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=1))
+    other = Model(zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=2))
     x = np.random.default_rng(0).standard_normal((20, 3, 16, 16)).astype(np.float32)
     stats = collect_stats(model, x, batch=7, classes=(0, 1))
     save_stats(stats, tmp_path / "s.h5")

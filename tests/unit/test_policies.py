@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from velcro_ref.data import task_images
 from velcro_ref.engine import Model
@@ -9,7 +10,6 @@ from velcro_ref.evaluation import evaluate
 from velcro_ref.experiments import profile_task, sweep
 from velcro_ref.policies import make_masks
 from velcro_ref.stats import SiteStats, Stats
-from velcro_ref.zoo import build_zoo
 
 
 def _site(variance):
@@ -34,7 +34,7 @@ def test_budget_masks_lowest_variance_share_per_mac_first():
 
 @pytest.fixture(scope="module")
 def small():
-    model = Model(build_zoo("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
+    model = Model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
     return model, profile_task(model, (5, 7, 9), 200)
 
 

@@ -5,26 +5,20 @@ import json
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 import velcro_ref.cli as vcli
 from velcro_ref.engine import Model
 from velcro_ref.masks import MaskSet, save_masks
 from velcro_ref.model_io import save_model
-from velcro_ref.zoo import build_zoo
 
 LAYER_FIELDS = {"name", "op", "macs", "compute_cycles", "stall_cycles", "cycles", "energy_pj"}
-
-
-@pytest.fixture(autouse=True)
-def with_simulate(monkeypatch):
-    if "simulator.cli" not in vcli.COMMAND_MODULES:
-        monkeypatch.setattr(vcli, "COMMAND_MODULES", [*vcli.COMMAND_MODULES, "simulator.cli"])
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("sim")
-    graph = build_zoo("resnet18", input_size=32, width=0.25, num_classes=10)
+    graph = zoo_graph("resnet18", input_size=32, width=0.25, num_classes=10)
     save_model(graph, d / "m.h5")
     model = Model(graph)
     rng = np.random.default_rng(0)
@@ -119,7 +113,7 @@ def test_errors_are_one_line(files, capsys, argv, message):
 
 
 def test_masks_of_another_model_are_refused(files, capsys, tmp_path):
-    other = build_zoo("resnet18", input_size=32, width=0.25, num_classes=10, seed=9)
+    other = zoo_graph("resnet18", input_size=32, width=0.25, num_classes=10, seed=9)
     save_model(other, tmp_path / "other.h5")
     code, _, err = run(capsys, "simulate", tmp_path / "other.h5", "--masks", files / "masks.h5", "--accel", "edge16")
     assert code == 1 and "masks were made for model" in err

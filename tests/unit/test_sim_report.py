@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from robust_util import zoo_graph
 
 from simulator import simulate
 from simulator.report import _bytes, _energy, _saving, _time, json_text
 from velcro_ref.engine import Model
 from velcro_ref.masks import MaskSet
-from velcro_ref.zoo import build_zoo
 
 
 @pytest.mark.parametrize(
@@ -74,7 +74,7 @@ def test_json_text_of_finite_figures_is_json_dumps():
 
 @pytest.fixture(scope="module")
 def masked_result():
-    model = Model(build_zoo("resnet18", input_size=32, width=0.25, num_classes=10))
+    model = Model(zoo_graph("resnet18", input_size=32, width=0.25, num_classes=10))
     rng = np.random.default_rng(1)
     sites = {s: (rng.random(sh) < 0.4, np.zeros(sh, np.float32)) for s, sh in model.sites.items()}
     return simulate(model, "edge16", MaskSet(model.fingerprint, sites))

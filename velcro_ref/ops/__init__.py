@@ -7,14 +7,17 @@ workload all ask `get(name)`; nothing else lists ops. docs/adding-an-op.md adds 
 from __future__ import annotations
 
 from ..errors import UnsupportedOpError
-from . import activation, batch_norm, conv, elementwise, linear, pool, shape
+from . import activation, batch_norm, conv, elementwise, linear, pool, quantized, shape
 from .base import Op
 
 REGISTRY: dict[str, Op] = {
-    op.name: op for module in (conv, linear, batch_norm, pool, activation, elementwise, shape) for op in module.OPS
+    op.name: op
+    for module in (conv, linear, batch_norm, pool, activation, elementwise, shape, quantized)
+    for op in module.OPS
 }
 SUPPORTED_OPS = tuple(sorted(REGISTRY))
 ACTIVATIONS = tuple(name for name in SUPPORTED_OPS if REGISTRY[name].site)
+QUANTIZED = tuple(op.name for op in quantized.OPS)  # the ops of quantized models (format version 2)
 # ONNX op type -> the op whose `from_onnx` converts it
 ONNX_IMPORTS: dict[str, Op] = {t: op for op in REGISTRY.values() for t in op.onnx_types}
 
@@ -28,4 +31,4 @@ def get(name: str, node: str | None = None) -> Op:
     return op
 
 
-__all__ = ["ACTIVATIONS", "ONNX_IMPORTS", "REGISTRY", "SUPPORTED_OPS", "Op", "get"]
+__all__ = ["ACTIVATIONS", "ONNX_IMPORTS", "QUANTIZED", "REGISTRY", "SUPPORTED_OPS", "Op", "get"]

@@ -21,7 +21,7 @@ class Relu(ActivationOp):
         np.maximum(xs[0], 0, out=out)
         return 0
 
-    def unmasked(self, x, mask, out):
+    def unmasked(self, x, mask, out, args):
         clamp_unmasked(x, self.high, mask, out)
 
     def to_onnx(self, node, a, ctx):
@@ -77,7 +77,7 @@ class Silu(ActivationOp):
         kact.silu(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
         return 0
 
-    def unmasked(self, x, mask, out):
+    def unmasked(self, x, mask, out, args):
         kact.silu(x, mask, out)
 
     def to_onnx(self, node, a, ctx):
@@ -115,7 +115,7 @@ class Hardswish(ActivationOp):
         kact.hardswish(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
         return 0
 
-    def unmasked(self, x, mask, out):
+    def unmasked(self, x, mask, out, args):
         kact.hardswish(x, mask, out)
 
     def to_onnx(self, node, a, ctx):

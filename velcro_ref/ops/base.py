@@ -7,6 +7,7 @@ docs/adding-an-op.md walks through adding one.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,6 +16,28 @@ from ..errors import ModelError
 # Limits that refuse absurd files before anything is allocated. ImageNet VGG-16 needs 1.0e8 elements
 # for its largest parameter, 1.4e8 parameters and 1.5e10 MACs per image, well inside all of them.
 MAX_ELEMENTS = 1 << 28  # one tensor of one image, one parameter, one conv work buffer (1 GiB of float32)
+
+
+class QParams(NamedTuple):
+    """How a quantized tensor's values map to real numbers: real = (q - zero_point) * scale, with
+    q an `dtype` ("int8" or "uint8") value and scale a float32 (docs/int8.md)."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    @property
+    def np_dtype(self):
+        return np.dtype(self.dtype)
+
+
+class Prepared(NamedTuple):
+    """What `Op.prepare` may need besides attributes and arrays: the node's name (for messages)
+    and the quantization of its inputs and output (None for float tensors)."""
+
+    name: str
+    in_q: tuple
+    out_q: QParams | None
 
 
 class Op:
@@ -36,6 +59,10 @@ class Op:
       onnx_types       ONNX op types whose import `from_onnx` handles
       onnx_data_inputs positions of those ONNX ops' inputs that carry activations (None: all);
                        the others are constants (weights, shapes, limits)
+      tensors          "float": float32 inputs and output; "quantized": quantized inputs, output
+                       quantized as its attributes y_scale, y_zero_point, dtype say; "any": the
+                       output is quantized exactly as its first input (values kept, view changed)
+      param_dtypes     role -> the dtype its parameter is stored in (others: float32)
 
     Methods take the node's checked attributes (`check`), never a raw attribute dict.
     """
@@ -51,6 +78,8 @@ class Op:
     ops_per_element = 0
     onnx_types: tuple = ()
     onnx_data_inputs: tuple | None = (0,)
+    tensors = "float"
+    param_dtypes: dict = {}
 
     def check(self, node) -> dict:
         """The node's attributes, normalised (pairs, pads as 4-tuples, defaults filled in).
@@ -66,9 +95,23 @@ class Op:
         """Dense MACs of one output element (docs/design.md); 0 for ops that do no MACs."""
         return 0
 
-    def prepare(self, attrs, arrays, ins, out):
-        """The run arguments, worked out once when the model loads (arrays: role -> float32)."""
+    def prepare(self, attrs, arrays, ins, out, ctx):
+        """The run arguments, worked out once when the model loads (arrays: role -> as stored or
+        derived; ctx: a Prepared)."""
         return None
+
+    def out_q(self, node, attrs, in_q) -> QParams | None:
+        """The quantization of the output (None: float32) from the inputs' (see `tensors`).
+        Raises ModelError naming the node for inputs of the wrong kind."""
+        if self.tensors == "any":
+            return in_q[0]
+        want_quantized = self.tensors == "quantized"
+        for t, q in zip(node.inputs, in_q, strict=True):
+            if (q is not None) != want_quantized:
+                found = "float32" if q is None else q.dtype
+                want = "a quantized (int8/uint8)" if want_quantized else "a float32"
+                raise ModelError(f"node '{node.name}': {node.op} expects {want} input, '{t}' is {found}")
+        return quantized_output(node) if want_quantized else None
 
     def run(self, xs, args, skip, out, scratch) -> int:
         """Compute `out` (N, *out_shape) from the inputs xs; return the executed MACs. `skip` is
@@ -89,17 +132,39 @@ class Op:
         raise NotImplementedError(self.name)
 
 
+Q_ATTRS = ("y_scale", "y_zero_point", "dtype")
+Q_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def quantized_output(node) -> QParams:
+    """The output quantization a quantized op's attributes give: y_scale (a positive finite float32),
+    y_zero_point (in the dtype's range) and dtype ("int8" or "uint8")."""
+    a = node.attrs
+    dtype = a.get("dtype")
+    if dtype not in Q_RANGES:
+        raise ModelError(f"node '{node.name}': dtype expects 'int8' or 'uint8', got {dtype!r}")
+    scale = finite_number(a.get("y_scale"))
+    if scale is None or not scale > 0 or np.float32(scale) != scale:
+        raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
+    zp = a.get("y_zero_point")
+    lo, hi = Q_RANGES[dtype]
+    if not is_int(zp) or not lo <= zp <= hi:
+        raise ModelError(f"node '{node.name}': y_zero_point expects an integer in [{lo}, {hi}], got {zp!r}")
+    return QParams(float(scale), int(zp), dtype)
+
+
 class ActivationOp(Op):
     """An activation function: its output is an activation site, computed element-wise.
 
-    `unmasked(x, mask, out)` computes it at the unmasked elements of a masked site only: x and out
-    (N, E) flattened, mask (E,) bool; masked elements keep what out holds (their constants).
+    `unmasked(x, mask, out, args)` computes it at the unmasked elements of a masked site only: x
+    and out (N, E) flattened, mask (E,) bool, args what `prepare` made; masked elements keep what
+    out holds (their constants).
     """
 
     site = True
     ops_per_element = 1
 
-    def unmasked(self, x, mask, out) -> None:
+    def unmasked(self, x, mask, out, args) -> None:
         raise NotImplementedError(self.name)
 
 

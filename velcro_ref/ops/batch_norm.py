@@ -39,7 +39,7 @@ class BatchNorm(Op):
             expect_param(node, param_shape, role, (ins[0][0],))
         return ins[0]
 
-    def prepare(self, a, arrays, ins, out):
+    def prepare(self, a, arrays, ins, out, ctx):
         scale = scale_of(arrays, a["eps"])
         shift = arrays["beta"].astype(np.float64) - arrays["mean"].astype(np.float64) * scale
         return (scale.astype(np.float32)[:, None, None], shift.astype(np.float32)[:, None, None])

@@ -82,7 +82,7 @@ class Conv2d(Op):
     def macs_per_element(self, a, ins, out):
         return (ins[0][0] // a["groups"]) * a["kernel"][0] * a["kernel"][1]
 
-    def prepare(self, a, arrays, ins, out):
+    def prepare(self, a, arrays, ins, out, ctx):
         w = np.ascontiguousarray(arrays["weight"])
         b = arrays["bias"] if "bias" in arrays else np.zeros(w.shape[0], np.float32)
         (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], a["pads"], a["dilation"]

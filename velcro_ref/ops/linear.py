@@ -41,7 +41,7 @@ class Linear(Op):
     def macs_per_element(self, a, ins, out):
         return ins[0][0]
 
-    def prepare(self, a, arrays, ins, out):
+    def prepare(self, a, arrays, ins, out, ctx):
         w = np.ascontiguousarray(arrays["weight"])
         b = arrays["bias"] if "bias" in arrays else np.zeros(w.shape[0], np.float32)
         return LinearArgs(w, np.ascontiguousarray(b))

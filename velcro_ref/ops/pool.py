@@ -50,7 +50,7 @@ class _Window(Op):
         oh = window_out_size(h, kh, sh, pt, pb, a["ceil_mode"])
         return (c, oh, window_out_size(w, kw, sw, pl, pr, a["ceil_mode"]))
 
-    def prepare(self, a, arrays, ins, out):
+    def prepare(self, a, arrays, ins, out, ctx):
         return PoolArgs(*a["kernel"], *a["stride"], *a["pads"], a["count_include_pad"])
 
     def loop_nest(self, a, ins, out):

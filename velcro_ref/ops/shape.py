@@ -16,6 +16,7 @@ def _copy(xs, out):
 class Flatten(Op):
     name = "flatten"
     unit = "free"
+    tensors = "any"
     onnx_types = ("Flatten", "Reshape")
 
     def infer(self, node, a, ins, param_shape):
@@ -60,6 +61,7 @@ class Dropout(Op):
 
     name = "dropout"
     attrs = ("p",)
+    tensors = "any"
     ranges = {"p": (0.0, 1.0)}
     unit = "free"
 

@@ -1,5 +1,7 @@
-"""Helpers of the robustness tests: CLI runners, the one-line error check, edited copies of HDF5 files."""
+"""Helpers every test may import: the real-process CLI runner, the one-line error check, edited copies of HDF5
+files, zoo graphs built once."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import h5py
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = 4
 
 
@@ -51,3 +53,12 @@ def edited_copy(src, dst, edit):
     with h5py.File(dst, "a") as f:
         edit(f)
     return dst
+
+
+@functools.cache
+def zoo_graph(name="resnet18", **kwargs):
+    """A zoo graph (velcro_ref.zoo.build_zoo), built once per process for each set of arguments;
+    graphs are frozen, so tests may share them."""
+    from velcro_ref.zoo import build_zoo
+
+    return build_zoo(name, **kwargs)

@@ -1,0 +1,273 @@
+"""Hostile use of the real `velcro` command, one row per case: its set-up, the exit code, a fragment of the
+one error line, and the input files that must be byte-for-byte what they were (compared by digest).
+
+Outputs never destroy inputs; every argument is checked before any work; special files, empty names and
+values out of range are one-line errors (exit 2 for usage, 1 for bad data), never a traceback.
+"""
+
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from robust_util import ROOT, velcro_process, zoo_graph
+
+from velcro_ref.masks import build_masks, save_masks, uniform_ratios
+from velcro_ref.model_io import save_model
+from velcro_ref.onnx_export import export_onnx
+from velcro_ref.stats import SiteStats, Stats, collect_stats, save_stats
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, small_graph, model, images):
+    """A folder of inputs: model, ONNX, images, one batch, stats, masks, a ratios file, an accelerator file."""
+    d = tmp_path_factory.mktemp("hostile")
+    save_model(small_graph, d / "m.h5")
+    export_onnx(small_graph, d / "m.onnx")
+    np.savez(d / "x.npz", x=images[0], y=images[1])
+    np.save(d / "x.npy", images[0][:2])
+    stats = collect_stats(model, images[0], batch=16)
+    save_stats(stats, d / "s.h5")
+    save_stats(stats, d / "s2.h5")
+    save_masks(build_masks(stats, uniform_ratios(stats, 0.3), {"name": "uniform"}), d / "k.h5")
+    (d / "r.toml").write_text("[ratios]\ndefault = 0.2\n")
+    (d / "a.toml").write_text((ROOT / "simulator" / "archs" / "edge16.toml").read_text())
+    return d
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+INPUTS = ("m.h5", "m.onnx", "x.npz", "x.npy", "s.h5", "s2.h5", "k.h5", "r.toml", "a.toml")
+
+# (id, argv with {d} for the work folder, exit code, fragment of the error line; None: exit 0 expected)
+CASES = [
+    # -- outputs never destroy inputs ---------------------------------------------------------------------
+    ("infer-o-model", "infer {d}/m.h5 --input {d}/x.npy -o {d}/m.h5", 2, "names the input"),
+    ("infer-o-dot-slash-model", "infer {d}/m.h5 --input {d}/x.npy -o {d}/./m.h5", 2, "names the input"),
+    ("infer-o-input", "infer {d}/m.h5 --input {d}/x.npy -o {d}/x.npy", 2, "names the input"),
+    ("infer-o-masks", "infer {d}/m.h5 --input {d}/x.npy --masks {d}/k.h5 -o {d}/k.h5", 2, "names the input"),
+    ("import-onnx-o-onnx", "import-onnx {d}/m.onnx -o {d}/m.onnx", 2, "names the input"),
+    ("export-onnx-o-model", "export-onnx {d}/m.h5 -o {d}/m.h5", 2, "names the input"),
+    ("profile-o-model", "profile {d}/m.h5 --images {d}/x.npz -o {d}/m.h5", 2, "names the input"),
+    ("profile-o-images", "profile {d}/m.h5 --images {d}/x.npz -o {d}/x.npz", 2, "names the input"),
+    ("merge-o-first", "stats merge {d}/s.h5 {d}/s2.h5 -o {d}/s.h5", 2, "names the input"),
+    ("compress-o-stats", "compress {d}/s.h5 --ratio 0.3 -o {d}/s.h5", 2, "names the input"),
+    ("compress-o-ratios", "compress {d}/s.h5 --ratios {d}/r.toml -o {d}/r.toml", 2, "names the input"),
+    ("golden-o-input", "golden {d}/m.h5 --input {d}/x.npy -o {d}/x.npy", 2, "names the input"),
+    ("simulate-csv-model", "simulate {d}/m.h5 --accel edge16 --csv {d}/m.h5", 2, "names the input"),
+    ("simulate-plot-masks", "simulate {d}/m.h5 --masks {d}/k.h5 --accel edge16 --plot {d}/k.h5", 2, "names the input"),
+    ("simulate-csv-equals-plot", "simulate {d}/m.h5 --accel edge16 --csv {d}/o.csv --plot {d}/o.csv", 2, "another"),
+    ("sweep-o-model", "sweep {d}/m.h5 --classes 1,3 -o {d}/m.h5", 2, "names the input"),
+    ("sweep-plot-model", "sweep {d}/m.h5 --classes 1,3 --plot {d}/m.h5", 2, "names the input"),
+    ("locality-plot-model", "locality {d}/m.h5 --classes 1,3 --plot {d}/m.h5", 2, "names the input"),
+    ("o-directory", "infer {d}/m.h5 --input {d}/x.npy -o {d}", 2, "is a directory"),
+    ("o-dev-null", "infer {d}/m.h5 --input {d}/x.npy -o /dev/null", 2, "is a special file"),
+    ("o-empty", "infer {d}/m.h5 --input {d}/x.npy -o ''", 2, "expects a file name"),
+    ("o-dot", "infer {d}/m.h5 --input {d}/x.npy -o .", 2, "expects a file name"),
+    ("o-root", "infer {d}/m.h5 --input {d}/x.npy -o /", 2, "expects a file name"),
+    # -- every argument checked before work starts ---------------------------------------------------------
+    ("ratios-infinite", "sweep {d}/m.h5 --classes 1,3 --ratios 0:inf:0.1", 2, "--ratios"),
+    ("ratios-too-many", "sweep {d}/m.h5 --classes 1,3 --ratios 0:1:1e-9", 2, "at most 1000"),
+    ("ratios-zero-step", "sweep {d}/m.h5 --classes 1,3 --ratios 0:1:0", 2, "--ratios"),
+    ("threshold-nan", "locality {d}/m.h5 --classes 1,3 --threshold nan", 2, "--threshold"),
+    ("threshold-negative", "locality {d}/m.h5 --classes 1,3 --threshold -1", 2, "--threshold"),
+    ("tolerance-inf", "sweep {d}/m.h5 --classes 1,3 --tolerance inf", 2, "--tolerance"),
+    ("ratio-nan", "compress {d}/s.h5 --ratio nan -o {d}/o.h5", 2, "--ratio"),
+    ("samples-zero", "profile {d}/m.h5 --images {d}/x.npz --samples 0 -o {d}/o.h5", 2, "--samples"),
+    ("batch-huge", "profile {d}/m.h5 --images {d}/x.npz --batch 99999999 -o {d}/o.h5", 2, "--batch"),
+    ("checkpoint-negative", "profile {d}/m.h5 --images {d}/x.npz --checkpoint-every -1 -o {d}/o.h5", 2, "--checkpoint"),
+    ("width-zero", "zoo resnet18 --width 0 -o {d}/z.h5", 2, "--width"),
+    ("width-inf", "zoo resnet18 --width inf -o {d}/z.h5", 2, "--width"),
+    ("seed-negative", "zoo resnet18 --seed -1 -o {d}/z.h5", 2, "--seed"),
+    ("seed-2-64", "zoo resnet18 --seed 18446744073709551616 -o {d}/z.h5", 2, "--seed"),
+    ("exclude-unknown", "compress {d}/s.h5 --ratio 0.3 --exclude nosuch -o {d}/o.h5", 2, "nosuch"),
+    ("exclude-nothing", "compress {d}/s.h5 --ratio 0.3 --exclude -o {d}/o.h5", 2, "--exclude"),
+    ("ratios-and-ratio", "compress {d}/s.h5 --ratios {d}/r.toml --ratio 0.3 -o {d}/o.h5", 2, "--ratios"),
+    ("ratios-and-policy", "compress {d}/s.h5 --ratios {d}/r.toml --policy budget -o {d}/o.h5", 2, "--ratios"),
+    ("demo-unknown-model", "demo -o {d}/rep --models nosuch", 2, "nosuch"),
+    ("demo-unknown-task", "demo -o {d}/rep --tasks nosuch", 2, "nosuch"),
+    ("demo-weights-empty", "demo -o {d}/rep --weights ''", 2, "--weights"),
+    (
+        "images-and-data",
+        "profile {d}/m.h5 --images {d}/x.npz --data fashion-mnist --classes 1 -o {d}/o.h5",
+        2,
+        "not both",
+    ),
+    ("masks-empty", "infer {d}/m.h5 --input {d}/x.npy --masks ''", 2, "--masks"),
+    ("plot-empty", "locality {d}/m.h5 --classes 1,3 --plot ''", 2, "--plot"),
+    ("csv-empty", "simulate {d}/m.h5 --accel edge16 --csv ''", 2, "--csv"),
+    ("classes-empty", "sweep {d}/m.h5 --classes ''", 2, "--classes"),
+    ("not-a-zip-npz", "profile {d}/m.h5 --images {d}/m.onnx -o {d}/o.h5", 1, "not an .npz"),
+    ("fifo-input", "infer {d}/m.h5 --input {d}/fifo", 1, "not a regular file"),
+    ("dev-zero-input", "infer {d}/m.h5 --input {d}/zero.npy", 1, "not a regular file"),
+    ("huge-npy", "infer {d}/m.h5 --input {d}/huge.npy", 1, "bytes"),
+    ("nested-ratios", "compress {d}/s.h5 --ratios {d}/deep.toml -o {d}/o.h5", 2, "nested too deeply"),
+    ("nested-arch", "simulate {d}/m.h5 --accel {d}/deep.toml", 1, "deep.toml"),
+    ("stats-mean-1e300", "compress {d}/big.h5 --ratio 0.5 -o {d}/o.h5", 1, "beyond the float32 range"),
+    ("merge-other-model", "stats merge {d}/s.h5 {d}/other.h5 -o {d}/o.h5", 1, "other.h5"),
+    ("merge-count-overflow", "stats merge {d}/many.h5 {d}/many.h5 -o {d}/o.h5", 1, "more than"),
+    ("no-activation-site", "compress {d}/nosite_stats.h5 --ratio 0.3 -o {d}/o.h5", 1, "no activation site"),
+    # -- names the file system takes --------------------------------------------------------------------
+    ("long-name", "infer {d}/m.h5 --input {d}/x.npy -o {d}/" + "n" * 250, 0, None),
+    ("dot-node-golden", "golden {d}/dots.h5 --input {d}/x.npy -o {d}/g.h5", 0, None),
+]
+
+
+def prepare(d: Path, case: str) -> None:
+    """Files a case needs beyond the common inputs."""
+    if case == "fifo-input" and not (d / "fifo").exists():
+        os.mkfifo(d / "fifo")
+    if case == "dev-zero-input" and not (d / "zero.npy").exists():
+        os.symlink("/dev/zero", d / "zero.npy")
+    if case == "huge-npy":
+        with open(d / "huge.npy", "wb") as f:
+            header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 3, 224, 224)}
+            np.lib.format.write_array_header_1_0(f, header)
+            f.write(b"\0" * 64)
+    if case in ("nested-ratios", "nested-arch"):
+        (d / "deep.toml").write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    if case == "stats-mean-1e300":
+        stats = _one_site_stats(mean=1e300)
+        save_stats(stats, d / "big.h5")
+    if case == "merge-other-model":
+        other = zoo_graph("resnet18", input_size=16, width=0.125, num_classes=4, seed=9)
+        from velcro_ref.engine import Model
+
+        x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+        save_stats(collect_stats(Model(other), x), d / "other.h5")
+    if case == "merge-count-overflow":
+        save_stats(_one_site_stats(count=2.0**52 + 2), d / "many.h5")
+    if case == "no-activation-site":
+        save_stats(Stats("f" * 64, {}, (), 1, "none"), d / "nosite_stats.h5")
+    if case == "dot-node-golden":
+        from velcro_ref.graph import Graph, Node
+
+        g = Graph(
+            (Node(".", "flatten", ("input",)), Node("a/b", "relu", (".",)), Node("a%2Fb", "relu", ("a/b",))),
+            (3, 16, 16),
+            "a%2Fb",
+        )
+        save_model(g, d / "dots.h5")
+
+
+def _one_site_stats(mean=0.0, count=4.0):
+    shape = (2, 2, 2)
+    site = SiteStats(
+        np.full(shape, count),
+        np.full(shape, mean),
+        np.zeros(shape),
+        np.arange(8.0).reshape(shape),
+        np.full(shape, mean - 1),
+        np.full(shape, mean + 1),
+    )
+    return Stats("e" * 64, {"site": site}, (0,), int(count), "test")
+
+
+@pytest.mark.parametrize("case, argv, code, fragment", CASES, ids=[c[0] for c in CASES])
+def test_hostile_invocation(work, case, argv, code, fragment):
+    prepare(work, case)
+    before = {name: digest(work / name) for name in INPUTS}
+    args = [a.replace("{d}", str(work)) for a in _split(argv)]
+    res = velcro_process(*args, timeout=120)
+    assert "Traceback" not in res.err, res.err
+    if fragment is None:
+        assert res.code == code, res.err
+    else:
+        res.error_line(fragment, code=code)
+    assert {name: digest(work / name) for name in INPUTS} == before  # inputs untouched
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)  # never replaced, even as root
+
+
+def _split(argv):
+    import shlex
+
+    return shlex.split(argv)
+
+
+def test_a_node_name_of_dots_and_names_that_differ_only_by_slash_do_not_collide_in_golden(work):
+    prepare(work, "dot-node-golden")
+    out = work / "g2.h5"
+    res = velcro_process("golden", work / "dots.h5", "--input", work / "x.npy", "-o", out)
+    assert res.code == 0, res.err
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        names = sorted(f["nodes"][k].attrs["name"] for k in f["nodes"])
+    assert names == sorted([".", "a/b", "a%2Fb"])
+
+
+def test_a_file_name_that_is_not_utf8_is_written_and_printed(work):
+    name = os.fsencode(str(work)) + b"/n\xffx.npy"
+    res = subprocess.run(
+        [sys.executable, "-m", "velcro_ref.cli", "infer", str(work / "m.h5"), "--input", str(work / "x.npy"), "-o"]
+        + [os.fsdecode(name)],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert b"n\xffx.npy" in res.stdout and b"Traceback" not in res.stderr
+    assert np.load(os.fsdecode(name)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("value", ["nan", "-5", "0", "inf", "1e9", "soon"])
+def test_a_load_timeout_out_of_range_is_a_usage_error(work, value):
+    res = velcro_process("info", work / "m.h5", env={"VELCRO_LOAD_TIMEOUT_S": value})
+    res.error_line("VELCRO_LOAD_TIMEOUT_S", code=2)
+
+
+def test_an_interrupt_while_the_command_starts_is_one_line_and_exit_130(work):
+    """SIGINT at moments from interpreter start-up to the run itself. Once the `velcro` entry point runs
+    (velcro_ref.launch, before the package's heavy imports), an interrupt is `error: interrupted` and exit
+    130, never a traceback. Before that only the interpreter's own start-up runs (site, .pth files), and an
+    interrupt there ends as the interpreter ends it (killed by SIGINT, or its "Fatal Python error" report),
+    with no velcro frame in it."""
+    seen = set()
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5):
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("velcro")), "info", str(work / "m.h5")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        err = err.decode()
+        if proc.returncode == 130:
+            assert err.strip().splitlines() == ["error: interrupted"], err
+        elif proc.returncode != 0:
+            interpreter = proc.returncode == -signal.SIGINT or "init_import_site" in err
+            assert interpreter and str(ROOT / "velcro_ref") not in err, (delay, proc.returncode, err)
+        seen.add(proc.returncode)
+    assert 130 in seen  # interrupts landed while the command ran
+
+
+def test_an_interrupt_swallowed_by_a_weakref_callback_still_ends_in_130(monkeypatch, capsys):
+    """A KeyboardInterrupt raised inside a weak-reference callback is printed as "Exception ignored" and
+    lost by Python; the command must still end as interrupted."""
+    import weakref
+
+    from velcro_ref import cli, commands_engine
+
+    def info(args):
+        class Obj:
+            pass
+
+        obj = Obj()
+        weakref.finalize(obj, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
+        del obj  # the callback runs now; the interrupt lands inside it
+        return 0
+
+    monkeypatch.setattr(commands_engine, "cmd_info", info)
+    code = cli.main(["info", "anything.h5"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines()[-1] == "error: interrupted", err

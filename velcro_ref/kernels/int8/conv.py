@@ -1,0 +1,288 @@
+"""int8 conv2d kernels: exact int32 accumulation, requantization fused, masked variants.
+
+Work items are bands of output rows (image, group, rows oy0..) and a chunk of the blocks of
+TILE_K output channels. An item first copies the input rows its band reads channels-last as
+int16 with the zero point subtracted (`pack_rows`; padding is then exactly the zero point, as
+onnxruntime pads), so every product is an exact int16 x int16 one and the weights need no
+zero-point correction. Then blocks of TILE_P positions x TILE_K output channels are summed by
+simd.conv_tile over runs of values: per tap (fy, fx) a pair-padded run of channels, or with one
+group and no horizontal dilation a whole filter row (kw taps x channels) as one run. A depthwise
+conv (one input channel per group) goes plane by plane instead, along the output row (which
+LLVM vectorises: integer sums need no fastmath).
+
+A masked output element (skip[k, oy, ox]) is never computed and out keeps what it holds; a tile
+that mixes masked and unmasked elements computes its unmasked ones one at a time, a fully masked
+tile is skipped. Items are shared by the calling thread and helper threads (kernels/int8/
+workers.py). The kernels return the number of output elements they computed; the wrapper turns
+it into MACs, (C / groups) * kh * kw each (the zero taps padding a run to an even length, or a
+tile to TILE_P positions and TILE_K channels, are not counted).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import get_num_threads, njit
+
+from . import workers
+from .requant import requant_span, requant_value, round_small
+from .simd import TILE_K, TILE_P, conv_tile
+
+# Below this many MACs a conv runs in the calling thread alone: handing out items costs more
+# than it saves on a small layer.
+PARALLEL_MIN_MACS = 1 << 21
+# Work items per thread to aim at when splitting an output row's channel blocks.
+ITEMS_PER_THREAD = 4
+
+
+@njit(cache=True)
+def padded_size(n, pad, out_n, stride, taps, dil):
+    """Length of one zero-padded input axis holding every tap of every one of out_n outputs."""
+    return max(n + pad, (out_n - 1) * stride + (taps - 1) * dil + 1)
+
+
+@njit(cache=True)
+def pack_rows(x, x_zero_point, n, c0, cg, iy0, pt, pl, buf):
+    """buf (R, WP, CP) int16: buf[r, pl + ix, c] = x[n, c0 + c, iy0 + r - pt, ix] - x_zero_point
+    for c < cg; zeros elsewhere (padding rows and columns, channels cg..CP). Plain indexing, no
+    row views: a view costs reference counting, which showed on small layers."""
+    h, w = x.shape[2], x.shape[3]
+    rows, wp, cp = buf.shape
+    for r in range(rows):
+        iy = iy0 + r - pt
+        if iy < 0 or iy >= h:
+            for j in range(wp):
+                for c in range(cp):
+                    buf[r, j, c] = 0
+            continue
+        for j in range(wp):
+            if j < pl or j >= pl + w:
+                for c in range(cp):
+                    buf[r, j, c] = 0
+            else:
+                for c in range(cg, cp):
+                    buf[r, j, c] = 0
+        for c in range(cg):
+            for ix in range(w):
+                buf[r, pl + ix, c] = np.int16(np.int32(x[n, c0 + c, iy, ix]) - x_zero_point)
+
+
+@njit(cache=True)
+def _dot(xf, base, rows, k, kh, step_y, kw, step_x, run):
+    """Exact sum over runs (fy, fx) and their values c of xf[base + fy*step_y + fx*step_x + c] *
+    rows[k, (fy*kw + fx)*run + c]; the inner loop vectorises."""
+    s = 0
+    for fy in range(kh):
+        for fx in range(kw):
+            b = np.uint64(base + fy * step_y + fx * step_x)
+            r = np.uint64((fy * kw + fx) * run)
+            for c in range(run):  # unsigned indices: no negative-index test, so it vectorises
+                s += np.int32(xf[b + np.uint64(c)]) * np.int32(rows[k, r + np.uint64(c)])
+    return np.int32(s)  # exact: the accumulator bound was checked when the layer was prepared
+
+
+@njit(cache=True)
+def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    """Items i0 .. i1 - 1 of the tile path: item = ((n * groups + g) * n_bands + b) * n_chunks +
+    chunk, band b the output rows b * band .. (b + 1) * band - 1, whose input rows the item
+    packs once. Returns the number of output elements computed."""
+    c_n, w = x.shape[1], x.shape[3]
+    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    groups, cpp, run = geom.groups, pc.cpp, pc.run
+    cg, kg = c_n // groups, k_n // groups
+    n_blocks = (kg + TILE_K - 1) // TILE_K
+    n_bands = (oh + band - 1) // band
+    per_chunk = (n_blocks + n_chunks - 1) // n_chunks
+    span = (band - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1
+    wp = padded_size(w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
+    # the last pair of a filter row may read one value past it (times a zero weight)
+    xf = np.zeros(span * wp * cpp + 2, np.int16)
+    buf = xf[: span * wp * cpp].reshape(span, wp, cpp)
+    acc = np.empty(TILE_P * TILE_K, np.int32)
+    q = np.empty(TILE_K, np.int32)
+    step_y, step_x, pos_x = geom.dh * wp * cpp, geom.dw * cpp, geom.sw * cpp
+    kw_runs = 1 if pc.row_mode else geom.kw
+    tgeom = (geom.kh, step_y, kw_runs, step_x, run // 2)
+    block_len = geom.kh * kw_runs * run * TILE_K
+    count = 0
+    last = -1
+    for item in range(i0, i1):
+        chunk = item % n_chunks
+        band_id = item // n_chunks
+        b, g, n = band_id % n_bands, (band_id // n_bands) % groups, band_id // (n_bands * groups)
+        if band_id != last:
+            pack_rows(x, x_zero_point, n, g * cg, cg, b * band * geom.sh, geom.pt, geom.pl, buf)
+            last = band_id
+        for oy in range(b * band, min((b + 1) * band, oh)):
+            row0 = (oy - b * band) * geom.sh * wp * cpp
+            for kb in range(chunk * per_chunk, min((chunk + 1) * per_chunk, n_blocks)):
+                k0 = g * kg + kb * TILE_K
+                k_count = min(TILE_K, kg - kb * TILE_K)
+                w0 = (g * n_blocks + kb) * block_len
+                for ox0 in range(0, ow, TILE_P):
+                    p_count = min(TILE_P, ow - ox0)
+                    live = p_count * k_count
+                    if masked:
+                        live = 0
+                        for p in range(p_count):
+                            for c in range(k_count):
+                                live += not skip[k0 + c, oy, ox0 + p]
+                        if live == 0:
+                            continue
+                    count += live
+                    if live == p_count * k_count:
+                        offs = (
+                            row0 + ox0 * pos_x,
+                            row0 + min(ox0 + 1, ow - 1) * pos_x,
+                            row0 + min(ox0 + 2, ow - 1) * pos_x,
+                            row0 + min(ox0 + 3, ow - 1) * pos_x,
+                        )
+                        conv_tile(pc.tiles, w0, xf, offs, tgeom, acc)
+                        for p in range(p_count):
+                            requant_span(acc, p * TILE_K, pc.bias, k0, k_count, rq, q)
+                            for c in range(k_count):
+                                out[n, k0 + c, oy, ox0 + p] = q[c]
+                        continue
+                    for p in range(p_count):
+                        for c in range(k_count):
+                            k = k0 + c
+                            if skip[k, oy, ox0 + p]:
+                                continue
+                            s = _dot(xf, row0 + (ox0 + p) * pos_x, pc.rows, k, geom.kh, step_y, kw_runs, step_x, run)
+                            out[n, k, oy, ox0 + p] = requant_value(np.int64(s) + pc.bias[k], k, rq)
+    return count
+
+
+@njit(cache=True)
+def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    """Items i0 .. i1 - 1 of the depthwise path: item = n * K + k, one output plane, computed
+    from a zero-padded int16 copy of its input plane (channel k // m, K = C * m) split into sw
+    phases of columns (column j of phase f is padded column j * sw + f), so that every tap
+    reads consecutive values; loop oy, taps, ox (vectorised). Filters tap-major in pc.tiles
+    (kh * kw, K). Flat indexing throughout (no views). Returns the elements computed."""
+    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
+    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    mult = k_n // c_n
+    sw, kh, kw = geom.sw, geom.kh, geom.kw
+    hp = padded_size(h, geom.pt, oh, geom.sh, kh, geom.dh)
+    wp = padded_size(w, geom.pl, ow, sw, kw, geom.dw)
+    wf = (wp + sw - 1) // sw  # columns per phase
+    pf = np.zeros(sw * hp * wf, np.int16)
+    acc = np.empty(ow, np.int32)
+    lo, hi = np.float32(rq.qmin - rq.zero_point), np.float32(rq.qmax - rq.zero_point)
+    zp = rq.zero_point
+    tiles, biases, scales = pc.tiles, pc.bias, rq.scale  # hoisted: each access of a field counts a reference
+    count = 0
+    for item in range(i0, i1):
+        n, k = item // k_n, item % k_n
+        c = k // mult
+        if sw == 2:  # both phases in one loop: LLVM vectorises the pair of strided loads
+            f0, pl = geom.pl % 2, geom.pl
+            for iy in range(h):
+                b0 = (f0 * hp + geom.pt + iy) * wf + pl // 2
+                b1 = ((1 - f0) * hp + geom.pt + iy) * wf + (pl + 1) // 2
+                for t in range(w // 2):
+                    pf[b0 + t] = np.int16(np.int32(x[n, c, iy, 2 * t]) - x_zero_point)
+                    pf[b1 + t] = np.int16(np.int32(x[n, c, iy, 2 * t + 1]) - x_zero_point)
+                if w % 2:
+                    pf[b0 + w // 2] = np.int16(np.int32(x[n, c, iy, w - 1]) - x_zero_point)
+        else:
+            for f in range(sw):
+                ix0 = (f - geom.pl) % sw  # the first input column of phase f
+                j0 = (geom.pl + ix0) // sw
+                for iy in range(h):
+                    base = (f * hp + geom.pt + iy) * wf + j0
+                    for t in range((w - ix0 + sw - 1) // sw):
+                        pf[base + t] = np.int16(np.int32(x[n, c, iy, ix0 + t * sw]) - x_zero_point)
+        bias = biases[k]
+        for oy in range(oh):
+            if masked:
+                for ox in range(ow):
+                    if skip[k, oy, ox]:
+                        continue
+                    s = 0
+                    for fy in range(kh):
+                        for fx in range(kw):
+                            j = ox * sw + fx * geom.dw
+                            v = pf[((j % sw) * hp + oy * geom.sh + fy * geom.dh) * wf + j // sw]
+                            s += np.int32(v) * np.int32(tiles[(fy * kw + fx) * k_n + k])
+                    out[n, k, oy, ox] = requant_value(np.int64(s) + bias, k, rq)
+                    count += 1
+                continue
+            for ox in range(ow):
+                acc[ox] = bias
+            for fy in range(kh):
+                iy = oy * geom.sh + fy * geom.dh
+                for fx in range(kw):
+                    wt = np.int32(tiles[(fy * kw + fx) * k_n + k])
+                    f = fx * geom.dw
+                    base = np.uint64(((f % sw) * hp + iy) * wf + f // sw)
+                    for ox in range(ow):  # unsigned indices: no negative-index test, so it vectorises
+                        acc[ox] += np.int32(pf[base + np.uint64(ox)]) * wt
+            if rq.mode == 0:
+                scale = scales[k]
+                for ox in range(ow):
+                    v = np.float32(np.float32(acc[ox]) * scale)
+                    out[n, k, oy, ox] = np.int32(round_small(min(max(v, lo), hi))) + zp
+            else:
+                for ox in range(ow):
+                    out[n, k, oy, ox] = requant_value(np.int64(acc[ox]), k, rq)
+            count += ow
+    return count
+
+
+@njit(cache=True)
+def _items(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1):
+    if pc.depthwise:
+        return _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
+    return _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
+
+
+@njit(cache=True, nogil=True)
+def _grab(counters, n_items, per, x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks):
+    """Runs of `per` items taken from counters until none is left (kernels/int8/workers.py)."""
+    total = 0
+    while True:
+        i0 = workers.atomic_add(counters, workers.NEXT, per)
+        if i0 >= n_items:
+            break
+        i1 = min(i0 + per, n_items)
+        done = _items(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, i1)
+        total += done
+        workers.atomic_add(counters, workers.DONE, done)
+        workers.atomic_add(counters, workers.FINISHED, i1 - i0)
+    return total
+
+
+_NO_SKIP = np.zeros((1, 1, 1), np.bool_)
+
+
+def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
+    """int8 conv2d. x (N, C, H, W) uint8/int8 with x_zero_point; pc a qprepare.PackedConv;
+    geom a qprepare.ConvGeom; rq a qprepare.Requant; skip None (dense) or bool (K, OH, OW);
+    out (N, K, OH, OW) uint8/int8, masked elements left as they are. Returns executed MACs."""
+    n_n, c_n = x.shape[0], x.shape[1]
+    k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
+    if n_n == 0 or k_n == 0 or oh == 0 or ow == 0:
+        return 0
+    macs_each = (c_n // geom.groups) * geom.kh * geom.kw
+    masked = skip is not None
+    skip_arr = skip if masked else _NO_SKIP
+    threads = get_num_threads()
+    if pc.depthwise:
+        band, n_chunks, n_items = 1, 1, n_n * k_n
+    else:
+        n_blocks = (k_n // geom.groups + TILE_K - 1) // TILE_K
+        # bands of output rows as tall as leaves ITEMS_PER_THREAD items per thread (at most 8)
+        rows = n_n * geom.groups * oh
+        band = max(1, min(8, rows // (ITEMS_PER_THREAD * threads)))
+        n_bands = n_n * geom.groups * -(-oh // band)
+        n_chunks = min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_bands)))
+        n_items = n_bands * n_chunks
+    if n_n * k_n * oh * ow * macs_each < PARALLEL_MIN_MACS or threads == 1:
+        done = _items(x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks, 0, n_items)
+    else:
+        # runs of whole bands' chunks, so that an item packs its input rows once
+        per = max(n_chunks, (n_items // (ITEMS_PER_THREAD * threads)) // n_chunks * n_chunks)
+        args = (x, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks)
+        done = workers.run(_grab, args, n_items, per)
+    return int(done) * macs_each
