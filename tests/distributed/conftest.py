@@ -8,6 +8,7 @@ depend on its thread count, so a two-thread run differs in float32 rounding; doc
 
 import threading
 import time
+import warnings
 
 import numpy as np
 import psutil
@@ -84,7 +85,9 @@ def inprocess_client(small_model):
     before = _non_daemon_threads()
     with threadpool_limits(limits=1):
         kw = dict(dashboard_address=None, worker_dashboard_address=None)
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, **kw)
+        with warnings.catch_warnings():  # the scheduler's /health server moves off a busy port 8787
+            warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, **kw)
         client = Client(cluster, set_as_default=False)
         try:
             yield client
