@@ -12,6 +12,7 @@ a cluster is used.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -61,7 +62,7 @@ def add_cluster_args(p, shards=False):
         type=number(0, 3600, open_lo=True),
         default=CONNECT_TIMEOUT_S,
         metavar="S",
-        help=f"seconds to reach the scheduler, in (0, 3600] (default {CONNECT_TIMEOUT_S:g})",
+        help=f"seconds to reach the scheduler and find a worker there, in (0, 3600] (default {CONNECT_TIMEOUT_S:g})",
     )
     g.add_argument(
         "--shared-data",
@@ -135,6 +136,8 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         except ValueError as e:
             raise ClusterError(f"scheduler address {scheduler!r}: {e}; expects e.g. tcp://host:8786") from None
         try:
+            # a bare connection first: a Client that fails to connect complains again when collected
+            asyncio.run(_probe(distributed, scheduler, timeout_s))
             client = distributed.Client(scheduler, timeout=timeout_s, set_as_default=False)
         except Exception as e:  # whatever the connection attempt raised: the address is what the user can fix
             why = " ".join(str(e).split()) or type(e).__name__
@@ -159,6 +162,11 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         cluster = _local_cluster(distributed, workers)
     with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as client:
         yield client
+
+
+async def _probe(distributed, address, timeout_s):
+    comm = await distributed.comm.connect(address, timeout=timeout_s)
+    await comm.close()
 
 
 def _local_cluster(distributed, workers):
