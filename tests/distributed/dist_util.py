@@ -80,20 +80,23 @@ class RealCluster:
                 **common,
             )
         ]
-        self._wait(lambda: self.file.exists() and self.file.stat().st_size > 0, "the scheduler file")
-        self.address = json.loads(self.file.read_text())["address"]
-        worker = [DASK, "worker", "--scheduler-file", self.file, "--nthreads", "1", "--nworkers", "1"]
-        worker += ["--host", "127.0.0.1", "--no-dashboard"]
-        self.procs += [subprocess.Popen(worker, **common) for _ in range(n_workers)]
-        if n_workers:
-            with Client(self.address, timeout=30, set_as_default=False) as c:
-                c.wait_for_workers(n_workers, timeout=60)
+        try:
+            self._wait(lambda: self.file.exists() and self.file.stat().st_size > 0, "the scheduler file")
+            self.address = json.loads(self.file.read_text())["address"]
+            worker = [DASK, "worker", "--scheduler-file", self.file, "--nthreads", "1", "--nworkers", "1"]
+            worker += ["--host", "127.0.0.1", "--no-dashboard"]
+            self.procs += [subprocess.Popen(worker, **common) for _ in range(n_workers)]
+            if n_workers:
+                with Client(self.address, timeout=30, set_as_default=False) as c:
+                    c.wait_for_workers(n_workers, timeout=60)
+        except BaseException:
+            self.close()
+            raise
 
     def _wait(self, ready, what, timeout=60):
         deadline = time.monotonic() + timeout
         while not ready():
             if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
-                self.close()
                 raise RuntimeError(f"the test cluster did not start ({what})")
             time.sleep(0.1)
 
