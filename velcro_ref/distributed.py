@@ -154,14 +154,23 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         return
     import dask
 
-    # A worker samples its threads' stacks every 10 ms for the dashboard: 15-20% more CPU time
-    # for a profile measured on 2 cores (docs/distributed.md); the workers inherit this setting.
-    with dask.config.set({"distributed.worker.profile.enabled": False}), warnings.catch_warnings():
-        # without a dashboard the scheduler still serves /health, on 8787 or, if that is taken, any port
-        warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
-        cluster = _local_cluster(distributed, workers)
-    with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as client:
-        yield client
+    # A nanny sets its worker's variables (OMP/MKL/OPENBLAS_NUM_THREADS=1, ...) in this process's
+    # environment before it starts the worker; they are put back once the cluster is closed, so
+    # that what this process starts later gets the environment it had.
+    environ = dict(os.environ)
+    try:
+        # A worker samples its threads' stacks every 10 ms for the dashboard: 15-20% more CPU time
+        # for a profile measured on 2 cores (docs/distributed.md); the workers inherit this setting.
+        with dask.config.set({"distributed.worker.profile.enabled": False}), warnings.catch_warnings():
+            # without a dashboard the scheduler still serves /health, on 8787 or, if taken, any port
+            warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+            cluster = _local_cluster(distributed, workers)
+        with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as c:
+            yield c
+    finally:
+        for name in set(os.environ) - set(environ):
+            del os.environ[name]
+        os.environ.update(environ)
 
 
 async def _probe(distributed, address, timeout_s):

@@ -6,6 +6,7 @@ one-process path of the same code, run with one BLAS thread as the workers are (
 depend on its thread count, so a two-thread run differs in float32 rounding; docs/distributed.md).
 """
 
+import os
 import threading
 import time
 import warnings
@@ -15,12 +16,35 @@ import psutil
 import pytest
 from dist_util import WEIGHTS, RealCluster, Result
 from distributed import Client, LocalCluster
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from velcro_ref import cli
 from velcro_ref.engine import load_model
 from velcro_ref.model_io import save_model
 from velcro_ref.zoo import build_zoo
+
+
+def _pool_sizes():
+    """{library file: its thread count} of the BLAS and OpenMP pools loaded, and Numba's thread count."""
+    import numba
+
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info()}, numba.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def process_state_given_back():
+    """Every test leaves this process's BLAS, OpenMP and Numba thread counts and its environment as
+    it found them (the tests after these ones compare runs in this process with runs in others). A
+    pool first loaded during the test is not compared."""
+    (pools, numba_threads), environ = _pool_sizes(), _environ()
+    yield
+    after, numba_after = _pool_sizes()
+    assert {lib: after.get(lib) for lib in pools} == pools and numba_after == numba_threads
+    assert _environ() == environ  # what later tests start inherits it (a nanny writes into it)
+
+
+def _environ():
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
 @pytest.fixture
