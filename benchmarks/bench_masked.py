@@ -1,95 +1,184 @@
-"""Masked vs dense ResNet-18 (224x224) in the same run, and profiling overhead.
+"""Masked vs dense ResNet-18 (224x224), and profiling vs dense inference, each side in its own
+process, alternating.
 
-For R = 0.3, 0.5, 0.7 (uniform masks from statistics over random inputs, which is fine for
-timing), batch 1 and 8: end-to-end and per-layer masked time next to dense time, the achieved
-speedup (dense / masked) and the ideal one (dense MACs / executed MACs, both counted by the
-kernels). End to end, dense and the masked runs are timed in turns, each in its steady state
-(the engine derives what it needs from a MaskSet at its first run). Then images/s of dense
-inference vs profiling (inference + statistics).
+Every measurement is a fresh worker process (this script with --worker) that imports NumPy
+first, as a user's script does. Masks: uniform at R = 0.3, 0.5, 0.7 from statistics over 16
+random images (fixed seed, so every worker builds the same masks; fine for timing). Dense and
+masked workers alternate for `rounds` rounds; printed per R and batch: the medians of the
+per-round median times, the achieved speedup (dense / masked, paired per round), the ideal one
+(dense MACs / executed MACs, both counted by the kernels) and achieved / ideal with its spread.
+Then a per-layer table at R = 0.5, batch 1, the cost of a MaskSet's first run, and profiling
+(inference plus statistics, `velcro profile`'s loop) against dense inference of the same images
+for the shipped 28x28 models and ResNet-18 224x224. Nothing is asserted.
 
-    python benchmarks/bench_masked.py [--repeat 7] [--batches 1,8]
+    python benchmarks/bench_masked.py [--batches 1,8] [--ratios 0.3,0.5,0.7] [--rounds 5] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-# isort: off
-import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.py)
-
-# isort: on
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from velcro_ref.engine import Model  # noqa: E402
-from velcro_ref.masks import build_masks, uniform_ratios  # noqa: E402
-from velcro_ref.stats import StatsCollector, collect_stats  # noqa: E402
-from velcro_ref.zoo import build_zoo  # noqa: E402
+from common import StepTimer, machine  # noqa: E402
 
-from common import StepTimer, interleaved_medians, machine, median_ms  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+REPEAT = {1: 11, 8: 5}
+PROFILE_IMAGES = {"shipped": (1024, 256), "resnet18": (16, 8)}  # images, batch
 
 
-def layer_times(model, x, masks, repeat):
-    times = StepTimer().run(model, x, masks, repeat)
-    return times, dict(model.last_macs)
+def _model(name):
+    from velcro_ref.engine import Model, load_model
+    from velcro_ref.zoo import build_zoo
+
+    if name.startswith("shipped/"):
+        return load_model(ROOT / "weights" / f"{name.split('/')[1]}.h5")
+    return Model(build_zoo(name, seed=0))
+
+
+def _masks(model, ratio):
+    from velcro_ref.masks import build_masks, uniform_ratios
+    from velcro_ref.stats import collect_stats
+
+    rng = np.random.default_rng(0)
+    stats = collect_stats(model, rng.standard_normal((16, *model.input_shape), dtype=np.float32), batch=8)
+    return build_masks(stats, uniform_ratios(stats, ratio), {"name": "uniform", "ratio": ratio})
+
+
+def _time(fn, repeat):
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1e3)
+
+
+def worker(args):
+    """One side of one measurement; prints one JSON line."""
+    import numba
+
+    from velcro_ref.stats import StatsCollector
+
+    numba.set_num_threads(args.threads)
+    model = _model(args.model)
+    if args.worker in ("dense", "masked", "layers"):
+        masks = None if args.worker == "dense" else _masks(model, args.ratio)
+        x = np.random.default_rng(1).standard_normal((args.batch, *model.input_shape), dtype=np.float32)
+        out = {"ms": _time(lambda: model.run(x, masks=masks), args.repeat)}
+        out["macs"] = sum(model.last_macs.values())
+        if args.worker == "layers":
+            dense, masked = StepTimer().run(model, x, None, 7), StepTimer().run(model, x, masks, 7)
+            model.run(x)
+            dense_macs = dict(model.last_macs)
+            model.run(x, masks=masks)
+            rows = [
+                (k, dense[k] * 1e3, masked[k] * 1e3, dense_macs[k] / max(1, v))
+                for k, v in model.last_macs.items()
+                if dense_macs[k]
+            ]
+            firsts = []
+            for _ in range(3):
+                fresh = _masks(model, args.ratio)
+                start = time.perf_counter()
+                model.run(x, masks=fresh)
+                firsts.append((time.perf_counter() - start) * 1e3)
+            out.update(rows=rows, first_ms=float(np.median(firsts)))
+    else:  # dense inference of n images in batches, or profiling them
+        n, batch = args.images, args.batch
+        x = np.random.default_rng(1).standard_normal((n, *model.input_shape), dtype=np.float32)
+
+        def dense():
+            for i in range(0, n, batch):
+                model.run(x[i : i + batch])
+
+        def profile():
+            col = StatsCollector(model)
+            for i in range(0, n, batch):
+                col.add_batch(x[i : i + batch])
+
+        out = {"ms": _time(dense if args.worker == "infer" else profile, args.repeat)}
+    print(json.dumps(out))
+
+
+def spawn(side, model, threads, **kw):
+    cmd = [sys.executable, __file__, "--worker", side, "--model", model, "--threads", str(threads)]
+    for key, value in kw.items():
+        cmd += [f"--{key}", str(value)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
-    ap.add_argument("--per-layer", action="store_true", help="print the per-layer table for every ratio")
+    ap.add_argument("--rounds", type=int, default=5, help="dense / masked pairs of worker processes per point")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiling comparison")
+    ap.add_argument("--worker", choices=["dense", "masked", "layers", "infer", "profile"], help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="resnet18", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--ratio", type=float, default=0.5, help=argparse.SUPPRESS)
+    ap.add_argument("--repeat", type=int, default=5, help=argparse.SUPPRESS)
+    ap.add_argument("--images", type=int, default=16, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    print(f"machine: {machine()}")
-    rng = np.random.default_rng(0)
-    model = Model(build_zoo("resnet18", seed=0))
-    stats = collect_stats(model, rng.standard_normal((16, 3, 224, 224), dtype=np.float32), batch=8)
-    ratios = [float(r) for r in args.ratios.split(",")]
+    if args.worker:
+        return worker(args)
+    print(f"machine: {machine()}; {args.threads} threads; each side in its own process, NumPy imported first")
+    head = f"{'batch':>5} {'R':>4} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}"
+    print(f"\n{head} {'ach/ideal':>10} {'spread':>11} {'load':>9}")
     for b in map(int, args.batches.split(",")):
-        x = rng.standard_normal((b, 3, 224, 224), dtype=np.float32)
-        mask_sets = [build_masks(stats, uniform_ratios(stats, r), {"name": "uniform", "ratio": r}) for r in ratios]
-        # dense and every R in turns, each in its steady state (see interleaved_medians)
-        runs = [lambda x=x, m=m: model.run(x, masks=m) for m in [None, *mask_sets]]
-        dense_ms, *masked_ms = interleaved_medians(runs, repeat=args.repeat)
-        dense_layers, dense_macs = layer_times(model, x, None, args.repeat)
-        print(f"\nbatch {b}: dense {dense_ms:.1f} ms")
-        print(f"{'R':>5} {'masked ms':>10} {'achieved':>9} {'ideal':>7} {'achieved/ideal':>15}")
-        for r, masks, m_ms in zip(ratios, mask_sets, masked_ms, strict=True):
-            layers, macs = layer_times(model, x, masks, args.repeat)
-            ideal = sum(dense_macs.values()) / sum(macs.values())
-            achieved = dense_ms / m_ms
-            print(f"{r:>5.1f} {m_ms:>10.1f} {achieved:>8.2f}x {ideal:>6.2f}x {achieved / ideal:>15.2f}")
-            if args.per_layer or r == 0.5:
-                head = f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>7}"
-                print(f"   per layer at R={r}: {head}")
-                for name, m in macs.items():
-                    if dense_macs[name] == 0 or m == 0:
-                        continue
-                    d, k = dense_layers[name], layers[name]
-                    row = f"{name:<24} {d * 1e3:>9.2f} {k * 1e3:>10.2f} {d / k:>8.2f}x {dense_macs[name] / m:>6.2f}x"
-                    print(f"   {'':<15} {row}")
-    # the one-off cost of a new MaskSet: its first run derives indices and schedules
-    x = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
-    firsts = []
-    for _ in range(3):
-        masks = build_masks(stats, uniform_ratios(stats, 0.5), {"name": "uniform", "ratio": 0.5})
-        start = time.perf_counter()
-        model.run(x, masks=masks)
-        firsts.append((time.perf_counter() - start) * 1e3)
-    later = median_ms(lambda: model.run(x, masks=masks), repeat=args.repeat)
-    print(f"\nbatch 1, R=0.5: first run with a new MaskSet {np.median(firsts):.1f} ms, later runs {later:.1f} ms")
-    # profiling throughput: inference plus per-element statistics, vs inference alone
-    x = rng.standard_normal((8, 3, 224, 224), dtype=np.float32)
-    col = StatsCollector(model)
-    dense_ms, prof_ms = interleaved_medians([lambda: model.run(x), lambda: col.add_batch(x)], repeat=args.repeat)
-    print(
-        f"\nprofiling, batch 8: dense {8e3 / dense_ms:.1f} images/s, profiling {8e3 / prof_ms:.1f} images/s, "
-        f"overhead {prof_ms / dense_ms - 1:+.1%} (target <= 25%)"
-    )
+        for r in map(float, args.ratios.split(",")):
+            load0 = os.getloadavg()[0]
+            dense, masked, ratios = [], [], []
+            for _ in range(args.rounds):
+                d = spawn("dense", "resnet18", args.threads, batch=b, repeat=REPEAT.get(b, 5))
+                m = spawn("masked", "resnet18", args.threads, batch=b, ratio=r, repeat=REPEAT.get(b, 5))
+                dense.append(d["ms"])
+                masked.append(m["ms"])
+                ideal = d["macs"] / m["macs"]
+                ratios.append(d["ms"] / m["ms"] / ideal)
+            achieved = np.median(dense) / np.median(masked)
+            load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
+            print(
+                f"{b:>5} {r:>4.1f} {np.median(dense):>9.1f} {np.median(masked):>10.1f} {achieved:>8.2f}x "
+                f"{ideal:>5.2f}x {np.median(ratios):>10.2f} {min(ratios):.2f}-{max(ratios):.2f} {load:>9}",
+                flush=True,
+            )
+    lay = spawn("layers", "resnet18", args.threads, batch=1, ratio=0.5, repeat=3)
+    print("\nper layer, batch 1, R = 0.5 (one process, StepTimer medians):")
+    print(f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}")
+    for name, d, m, ideal in lay["rows"]:
+        print(f"{name:<24} {d:>9.2f} {m:>10.2f} {d / m:>8.2f}x {ideal:>5.2f}x")
+    print(f"first run with a new MaskSet (batch 1, R = 0.5): {lay['first_ms']:.1f} ms, later runs {lay['ms']:.1f} ms")
+    if args.no_profile:
+        return
+    print("\nprofiling (inference + statistics) vs dense inference of the same images:")
+    print(f"{'model':<22} {'images':>6} {'batch':>5} {'dense ms':>9} {'profile ms':>11} {'ratio':>6} {'spread':>11}")
+    for name in ("shipped/resnet18", "shipped/mobilenet_v2", "shipped/googlenet", "resnet18"):
+        n, batch = PROFILE_IMAGES["shipped" if name.startswith("shipped/") else name]
+        dense, prof, ratios = [], [], []
+        for _ in range(3):
+            d = spawn("infer", name, args.threads, images=n, batch=batch, repeat=3)["ms"]
+            p = spawn("profile", name, args.threads, images=n, batch=batch, repeat=3)["ms"]
+            dense.append(d)
+            prof.append(p)
+            ratios.append(p / d)
+        print(
+            f"{name:<22} {n:>6} {batch:>5} {np.median(dense):>9.0f} {np.median(prof):>11.0f} {np.median(ratios):>6.2f} "
+            f"{min(ratios):.2f}-{max(ratios):.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -11,10 +11,6 @@ import argparse
 import statistics
 import time
 
-# isort: off
-import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.py)
-
-# isort: on
 import numpy as np
 
 from simulator import presets, simulate

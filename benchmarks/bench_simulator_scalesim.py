@@ -27,9 +27,6 @@ from velcro_ref.zoo import build_zoo
 
 DRIVER = r"""
 import json, sys
-# isort: off
-import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.py)
-# isort: on
 import numpy as np
 from scalesim.scale_config import scale_config
 from scalesim.compute.systolic_compute_os import systolic_compute_os

@@ -7,8 +7,6 @@ The functions below mirror the `velcro` commands (velcro_ref/api.py); the simula
 
 import importlib
 
-from . import threads  # noqa: F401  (first: thread-pool defaults must precede NumPy's BLAS)
-
 # name -> module that defines it
 _EXPORTS = {
     "MaskSet": "masks",

@@ -65,6 +65,14 @@ class _Interrupt:
         self.seen = True
         raise KeyboardInterrupt
 
+    def unraisable(self, info):
+        """sys.unraisablehook: an interrupt that Python could not raise (inside a weak-reference
+        callback, a fork handler, a finalizer) is not printed; the run ends as interrupted."""
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            self.seen = True
+            return
+        sys.__unraisablehook__(info)
+
 
 def _check_environment() -> None:
     from .h5io import MAX_TIMEOUT_S, TIMEOUT_ENV, timeout_from_env
@@ -86,9 +94,11 @@ def main(argv=None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     interrupt = _Interrupt()
     previous = {}
+    previous_hook = sys.unraisablehook
     if in_main_thread:
         previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
         previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+        sys.unraisablehook = interrupt.unraisable
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
@@ -128,6 +138,7 @@ def main(argv=None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ import numpy as np
 
 from . import graph as G
 from .errors import InputError, MaskError
-from .kernels.conv2d import aligned_floats
+from .kernels.conv.layouts import aligned_floats
 from .kernels.overwrite import put_at
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
+from .threads import run_threads
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,8 @@ class Model:
         self._buffers: dict = {}
         self._masks: _MaskPlan | None = None
         self._fixed: dict = {}  # node -> the mask plan whose `fixed` values its buffer holds
-        scratch = (getattr(st.opdef, "scratch_floats", None) for st in self.steps)
-        need = [f(st.attrs, st.in_shapes, st.out_shape) for f, st in zip(scratch, self.steps, strict=True) if f]
-        self._col = aligned_floats(max(need, default=0))
+        self._col = aligned_floats(0)  # kernels' scratch, sized for the batch by `_scratch`
+        self._col_images = 0
 
     @property
     def input_shape(self) -> tuple:
@@ -88,6 +88,16 @@ class Model:
         if bad:
             raise InputError(f"input: {bad} NaN/Inf value(s) of {x.size}")
         return np.ascontiguousarray(x)
+
+    def _scratch(self, n_n):
+        """The kernels' scratch (ops with `scratch_floats`), large enough for a batch of n_n images."""
+        if n_n != self._col_images:
+            sizes = (st.opdef.scratch_floats(st.args, n_n) for st in self.steps if hasattr(st.opdef, "scratch_floats"))
+            need = max(sizes, default=0)
+            if need > self._col.size:
+                self._col = aligned_floats(need)
+            self._col_images = n_n
+        return self._col
 
     def _buffer(self, name, shape, dtype):
         buf = self._buffers.get(name)
@@ -155,11 +165,17 @@ class Model:
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
+        The thread pools are set for the run by `threads.run_threads` (observers run under it).
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
         mp = None if masks is None else self._mask_plan(masks)
+        with run_threads():
+            return self._run(x, mp, observer)
+
+    def _run(self, x, mp, observer):
         n_n = x.shape[0]
+        col = self._scratch(n_n)
         env = {G.INPUT: x}
         macs = {}
         for st in self.steps:
@@ -178,7 +194,7 @@ class Model:
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
             else:
-                n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, self._col)
+                n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, col)
                 if st.opdef.chain == "skip":
                     macs[st.name] = int(n_macs)
             if observer is not None:

@@ -1,38 +1,74 @@
-"""Spin-wait defaults for the two thread pools the engine uses, set before NumPy loads its BLAS.
+"""The thread pools during an engine run: Numba's kernels get the threads, BLAS stays in its caller.
 
-The engine alternates NumPy's BLAS (an OpenBLAS thread pool) and Numba's parallel kernels (an
-OpenMP thread pool). By default an OpenBLAS thread busy-waits for 2^28 cycles after each call
-and an OpenMP thread for a while after each parallel region, so with one thread per core the
-other pool's threads wait for the scheduler to preempt a spinning one. Measured on 2 cores:
-masked ResNet-18 (224x224, batch 1, R = 0.5) took 236 ms with the defaults and 58 ms with
-both pools sleeping at once. OMP_WAIT_POLICY matters under Numba's OpenMP threading layer (the
-one pip's Numba picks on Linux); its TBB layer does not read it. Only unset variables are set,
-and only a process that imports velcro_ref before NumPy gets them (the `velcro` command and the
-benchmarks do).
+The engine's kernels are Numba functions; the ones with parallel loops run on Numba's thread
+pool (an OpenMP pool under the OpenMP threading layer). The engine calls no BLAS routine, but a
+BLAS pool (NumPy's OpenBLAS) woken during a run, by an observer say, would busy-wait after the
+call on the cores Numba's threads need, and those would wait for the scheduler in turn
+(docs/kernels.md, "Threads"). `run_threads` sets, for the length of one run and whatever was
+imported first:
 
-A sleeping OpenMP thread, though, takes 45-55 us to wake (an empty 2-thread `prange` region),
-and a masked run at batch 1 opens a region per conv, 0.5-1 ms apart. GOMP_SPINCOUNT (which
-overrides the passive policy's 0) keeps the threads spinning for 30000 turns, about 0.6 ms on
-the 2-core machine of docs/kernels.md, before they sleep: an empty region then takes 2 us.
-Measured on ResNet-18 (224x224, batch 1, R = 0.7), six alternating pairs of processes:
-achieved/ideal 0.707-0.808 without it and 0.726-0.815 with it, higher in all six pairs.
+- every BLAS pool that threadpoolctl finds to 1 thread (a BLAS call runs in the calling thread);
+- Numba's threads to the smaller of `numba.get_num_threads()` (NUMBA_NUM_THREADS, or the
+  caller's `numba.set_num_threads`) and the OpenMP runtimes' limit (the caller's
+  `threadpoolctl.threadpool_limits(n, user_api="openmp")`),
 
-The spin is paid where a BLAS call follows a region within 0.6 ms. A dense run below 48 images
-opens no region unless a max pool reaches 1M input elements (kernels/pool.py): a parallel max
-pool at batch 1 had made GoogLeNet's dense run 40-43 ms instead of 32-35. With it serial there,
-alternating processes with and without the spin gave the same dense times within the noise for
-ResNet-18 at batch 1, 8 and 64 and GoogLeNet at batch 1 and 64. The spin count is set only
-with the passive policy set here: a user's own OMP_WAIT_POLICY keeps its libgomp default.
+and puts back what it found when the run ends, also when it raises. Nothing is read from or
+written to the environment. Numba sets its OpenMP runtime to NUMBA_NUM_THREADS threads when its
+pool starts (at the first parallel kernel), so OMP_NUM_THREADS, and an OpenMP limit set before
+that, do not reach the kernels: NUMBA_NUM_THREADS does.
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
+import functools
 
-SPIN_DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
-PASSIVE_SPINCOUNT = "30000"
+import numba
+from numba import njit, prange
+from threadpoolctl import ThreadpoolController
 
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", PASSIVE_SPINCOUNT)
-for _name, _value in SPIN_DEFAULTS.items():
-    os.environ.setdefault(_name, _value)
+
+@njit(cache=True, parallel=True)
+def _start_pool(n):
+    """A parallel loop: its first call loads Numba's threading layer (and its OpenMP runtime)."""
+    total = 0
+    for i in prange(n):
+        total += i
+    return total
+
+
+@functools.lru_cache(maxsize=1)
+def _pools():
+    """(BLAS, OpenMP) threadpoolctl controllers of the libraries loaded once Numba's threading
+    layer is: found at the first run, then kept (a library loaded later is not seen)."""
+    _start_pool(2)
+    ctl = ThreadpoolController()
+    return tuple(ctl.select(user_api="blas").lib_controllers), tuple(ctl.select(user_api="openmp").lib_controllers)
+
+
+def chosen_threads() -> int:
+    """The threads the engine's kernels get in a run started now (see the module docstring)."""
+    _, openmp = _pools()
+    return min([numba.get_num_threads(), *(c.get_num_threads() for c in openmp)])
+
+
+@contextlib.contextmanager
+def run_threads():
+    """The thread settings of one engine run (module docstring), restored on exit; yields the
+    number of threads the kernels get."""
+    blas, _ = _pools()
+    numba_before = numba.get_num_threads()
+    chosen = chosen_threads()
+    blas_before = [c.get_num_threads() for c in blas]
+    try:
+        for c, n in zip(blas, blas_before, strict=True):
+            if n != 1:
+                c.set_num_threads(1)
+        if chosen != numba_before:
+            numba.set_num_threads(chosen)
+        yield chosen
+    finally:
+        numba.set_num_threads(numba_before)
+        for c, n in zip(blas, blas_before, strict=True):
+            if n != 1:
+                c.set_num_threads(n)

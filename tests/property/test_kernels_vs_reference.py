@@ -1,84 +1,23 @@
-"""Every Numba kernel equals its NumPy twin over shapes, strides, padding, dilation and groups."""
+"""Every Numba kernel equals its NumPy twin over shapes, strides, padding, dilation, groups,
+masks and batch sizes; the conv and linear kernels bit for bit (the twins follow the same order
+of summation, docs/kernels.md)."""
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from velcro_ref.kernels import conv2d as kconv
+from velcro_ref.kernels import conv as kc
 from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
+from velcro_ref.kernels.conv import dense, dispatch, layouts, masked
 from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
 from velcro_ref.reference import overwrite as rover
 from velcro_ref.reference import pool as rpool
-
-
-@st.composite
-def conv_cases(draw):
-    groups = draw(st.sampled_from([1, 1, 2, 3]))
-    cg = draw(st.one_of(st.integers(1, 6), st.sampled_from([16, 32])))  # 16, 32: in-place masked paths
-    kg = draw(st.integers(1, 5))
-    depthwise = draw(st.booleans())
-    if depthwise:
-        cg, kg, groups = 1, draw(st.integers(1, 2)), draw(st.integers(1, 6))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    pads = [draw(st.integers(0, 2)) for _ in range(4)]
-    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 12))
-    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 12))
-    n = draw(st.sampled_from([1, 2, 11, 70]))  # 11: eight images per block and 3 alone; 70: SIMD lanes
-    seed = draw(st.integers(0, 2**31))
-    masked = draw(st.sampled_from([None, 0.0, 0.3, 0.8, 1.0]))
-    return n, groups, cg, kg, kh, kw, sh, sw, dh, dw, pads, h, w, seed, masked
-
-
-@given(conv_cases(), st.sampled_from([None, 64]))
-def test_conv2d_kernel_equals_numpy_twin(case, chunk_floats):
-    n, groups, cg, kg, kh, kw, sh, sw, dh, dw, (pt, pl, pb, pr), h, w, seed, masked = case
-    rng = np.random.default_rng(seed)
-    c, k = cg * groups, kg * groups
-    x = rng.standard_normal((n, c, h, w), dtype=np.float32)
-    wt = rng.standard_normal((k, cg, kh, kw), dtype=np.float32)
-    b = rng.standard_normal(k, dtype=np.float32)
-    oh = pool_out_size(h, kh, sh, pt, pb, False, dh)
-    ow = pool_out_size(w, kw, sw, pl, pr, False, dw)
-    skip = None if masked is None else rng.random((k, oh, ow)) < masked
-    got = np.full((n, k, oh, ow), 7.0, np.float32)
-    want = np.full((n, k, oh, ow), 7.0, np.float32)
-    saved = kconv.CHUNK_FLOATS
-    try:
-        if chunk_floats:  # tiny scratch: one image per chunk
-            kconv.CHUNK_FLOATS = chunk_floats
-        m_got = kconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, got)
-    finally:
-        kconv.CHUNK_FLOATS = saved
-    m_want = rconv.conv2d(x, wt, b, sh, sw, pt, pl, pb, pr, dh, dw, groups, skip, want)
-    assert m_got == m_want
-    scale = max(1.0, float(np.abs(want).max()))
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale * max(1, cg * kh * kw) ** 0.5)
-    if skip is not None:
-        assert np.all(got[:, skip] == 7.0)  # masked elements are never written
-
-
-def test_conv2d_direct_path_equals_im2col_path():
-    # a 3x3 depthwise conv (9 taps) takes the direct loop; give it a grouped twin that takes im2col
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 4, 9, 9), dtype=np.float32)
-    wt = rng.standard_normal((4, 1, 3, 3), dtype=np.float32)
-    b = np.zeros(4, np.float32)
-    direct = np.empty((2, 4, 9, 9), np.float32)
-    kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 4, None, direct)
-    # the same conv as a dense conv with block-diagonal weights (36 taps -> im2col path)
-    full = np.zeros((4, 4, 3, 3), np.float32)
-    for i in range(4):
-        full[i, i] = wt[i, 0]
-    via_gemm = np.empty_like(direct)
-    kconv.conv2d(x, full, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, None, via_gemm)
-    np.testing.assert_allclose(direct, via_gemm, atol=1e-5)
 
 
 @st.composite
@@ -112,42 +51,6 @@ def test_pool_kernels_equal_numpy_twins(case):
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
-@given(
-    st.integers(1, 4),
-    st.integers(1, 40),
-    st.integers(1, 30),
-    st.sampled_from([None, 0.0, 0.5, 1.0]),
-    st.integers(0, 2**31),
-)
-def test_linear_kernel_equals_numpy_twin(n, f, o, masked, seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, f), dtype=np.float32)
-    w = rng.standard_normal((o, f), dtype=np.float32)
-    b = rng.standard_normal(o, dtype=np.float32)
-    skip = None if masked is None else rng.random(o) < masked
-    got, want = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
-    assert klin.linear(x, w, b, skip, got) == rlin.linear(x, w, b, skip, want)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(f))
-
-
-@pytest.mark.parametrize("n", [1, 5])
-@pytest.mark.parametrize("groups", [1, 2])
-def test_masked_conv_paths_equal_numpy_twin(n, groups):
-    # taps = 4 * 9 = 36 take the im2col paths: one image (runs) and a batch (one GEMM per position)
-    rng = np.random.default_rng(n + groups)
-    x = rng.standard_normal((n, 4 * groups, 7, 6), dtype=np.float32)
-    wt = rng.standard_normal((3 * groups, 4, 3, 3), dtype=np.float32)
-    b = rng.standard_normal(3 * groups, dtype=np.float32)
-    skip = rng.random((3 * groups, 7, 6)) < 0.4
-    skip[0] = True  # a fully masked channel
-    skip[1] = False  # a channel with nothing masked
-    got, want = np.full((n, 3 * groups, 7, 6), 7.0, np.float32), np.full((n, 3 * groups, 7, 6), 7.0, np.float32)
-    assert kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, groups, skip, got) == rconv.conv2d(
-        x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, groups, skip, want
-    )
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-
-
 @given(st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_put_at_kernel_equals_numpy_twin(n, size, fraction, seed):
     rng = np.random.default_rng(seed)
@@ -160,41 +63,179 @@ def test_put_at_kernel_equals_numpy_twin(n, size, fraction, seed):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("n", [1, 9])
-@pytest.mark.parametrize(
-    "groups, cg, kh, stride, pad, dil",
-    [
-        (1, 16, 3, 1, 1, 1),
-        (2, 16, 3, 1, 1, 1),
-        (1, 32, 3, 2, 1, 2),
-        (1, 16, 1, 2, 0, 1),
-        (1, 16, 5, 1, 2, 1),
-        (1, 3, 7, 2, 3, 1),
-        (1, 4, 3, 2, 1, 1),
-    ],
-    ids=["row-runs", "grouped", "strided-dilated", "1x1-stride2", "5x5", "stem-7x7-stride2", "3x3-stride2-4ch"],
+@given(
+    st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.sampled_from([np.inf, 6.0]), st.integers(0, 2**31)
 )
-def test_masked_in_place_paths_equal_numpy_twin(n, groups, cg, kh, stride, pad, dil):
-    """The sampled kernels read taps from the padded channels-last input, a filter row (one
-    channel group, unit dilation) or a tap at a time, with a multiple of 16 channels per group;
-    a strided conv with few channels does so after `_space_to_depth` (the last two cases)."""
-    rng = np.random.default_rng(n + groups + cg + kh)
-    k = 5 * groups
-    x = rng.standard_normal((n, cg * groups, 9, 8), dtype=np.float32)
-    wt = rng.standard_normal((k, cg, kh, kh), dtype=np.float32)
-    b = rng.standard_normal(k, dtype=np.float32)
-    oh = pool_out_size(9, kh, stride, pad, pad, False, dil)
-    ow = pool_out_size(8, kh, stride, pad, pad, False, dil)
-    skip = rng.random((k, oh, ow)) < 0.5
-    skip[0] = True  # a fully masked channel
-    skip[1] = False  # a channel with nothing masked
-    got, want = np.full((n, k, oh, ow), 7.0, np.float32), np.full((n, k, oh, ow), 7.0, np.float32)
-    args = (stride, stride, pad, pad, pad, pad, dil, dil, groups, skip)
-    if cg % 16:  # the case must reach the space-to-depth path, not im2col rows
-        assert kconv._space_to_depth(x, wt, (cg, kh, kh, stride, stride, pad, pad, dil, dil, oh, ow)) is not None
-    assert kconv.conv2d(x, wt, b, *args, got) == rconv.conv2d(x, wt, b, *args, want)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(cg * kh * kh))
-    assert np.all(got[:, skip] == 7.0)
+def test_clamp_unmasked_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
+    """Unmasked elements get the clamped input, masked ones keep what the output held."""
+    rng = np.random.default_rng(seed)
+    x = (8 * rng.standard_normal((n, size))).astype(np.float32)
+    x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
+    mask = rng.random(size) < fraction
+    before = rng.standard_normal((n, size), dtype=np.float32)
+    want = before.copy()
+    rover.clamp_unmasked(x, np.float32(hi), mask, want)
+    for kernel in (kover.clamp_unmasked, kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
+        got = before.copy()
+        kernel(x, np.float32(hi), mask, got)
+        assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
+
+
+def test_clamp_unmasked_over_several_work_items_equals_numpy_twin():
+    """Sites longer than one work item (PART elements), in one thread and in both."""
+    rng = np.random.default_rng(5)
+    size = 2 * kover.PART + 7
+    x = (8 * rng.standard_normal((3, size))).astype(np.float32)
+    mask, before = rng.random(size) < 0.6, rng.standard_normal((3, size), dtype=np.float32)
+    want = before.copy()
+    rover.clamp_unmasked(x, np.float32(6.0), mask, want)
+    for kernel in (kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
+        got = before.copy()
+        kernel(x, np.float32(6.0), mask, got)
+        assert got.tobytes() == want.tobytes()
+
+
+@st.composite
+def conv_cases(draw):
+    """A conv, its input batch, mask and epilogue. The draws reach every path: dense tiles of 4
+    filters and of 1, one chain (fewer than 16 taps) and 8 chains, the flat and row input
+    copies, masked runs, masked sampled blocks read in place (a multiple of 8 channels per
+    group, or whole filter rows) or from im2col rows, blocks of 8 images, strided 1x1 convs."""
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    cg = draw(st.one_of(st.integers(1, 6), st.sampled_from([8, 16, 24])))
+    kg = draw(st.one_of(st.integers(1, 9), st.just(16)))  # 16: filters in SIMD lanes
+    if draw(st.booleans()):  # depthwise-like; 8 or 16 groups of one: channels in SIMD lanes
+        cg, kg, groups = 1, draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 5, 8, 16]))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    if draw(st.integers(0, 3)) == 0:  # pointwise: the flat input copy, strided or not
+        kh = kw = 1
+        pads = (0, 0, 0, 0)
+    h = draw(st.integers(max(1, dh * (kh - 1) + 1 - pads[0] - pads[2]), 13))
+    w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 21))  # rows of several segments
+    geom = kc.conv_geom(cg * groups, h, w, kg * groups, (kh, kw), (sh, sw), pads, (dh, dw), groups)
+    n = draw(st.sampled_from([1, 2, 9, 11]))  # 9, 11: blocks of eight images and the rest alone
+    masked_ = draw(st.sampled_from([None, 0.0, 0.3, 0.8, 1.0]))
+    act, residual = draw(st.sampled_from([0, 1, 2])), draw(st.booleans())
+    return geom, n, masked_, act, residual, draw(st.integers(0, 2**31)), draw(st.booleans())
+
+
+def _conv_case(case):
+    geom, n, masked_, act, residual, seed, _ = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, geom.c_in, geom.h, geom.w), dtype=np.float32)
+    w = rng.standard_normal((geom.k_out, geom.c_in // geom.groups, geom.kh, geom.kw), dtype=np.float32)
+    b = rng.standard_normal(geom.k_out, dtype=np.float32)
+    skip = None if masked_ is None else rng.random((geom.k_out, geom.oh, geom.ow)) < masked_
+    out_shape = (n, geom.k_out, geom.oh, geom.ow)
+    ep = kc.Epilogue(rng.standard_normal(out_shape, dtype=np.float32) if residual else None, act)
+    return x, kc.prepare_conv(w, b, geom), skip, ep
+
+
+@given(conv_cases())
+def test_conv2d_kernel_equals_numpy_twin_bit_for_bit(case):
+    geom, n, masked_, _, _, _, small_scratch = case
+    x, weights, skip, ep = _conv_case(case)
+    got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    plan = None if skip is None else kc.plan_skip(skip, weights, geom)
+    saved = dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN
+    try:
+        if small_scratch:  # one image per chunk, the input copies by every thread
+            dispatch.CHUNK_FLOATS = masked.CHUNK_FLOATS = 1
+            layouts.PARALLEL_MIN = 0
+        m_got = kc.conv2d(x, weights, geom, plan, got, None, ep)
+    finally:
+        dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN = saved
+    m_want = rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert m_got == m_want
+    assert got.tobytes() == want.tobytes()
+    if skip is not None:
+        assert np.all(got[:, skip] == 7.0)  # masked elements are never written
+
+
+@given(conv_cases())
+def test_masked_conv_writes_the_dense_bits_at_unmasked_outputs(case):
+    """Every path sums an output in the same order: a masked call equals the dense call at the
+    outputs it computes, bit for bit."""
+    geom, n, _, _, _, _, _ = case
+    x, weights, skip, ep = _conv_case(case[:2] + (0.5,) + case[3:])
+    dense = np.empty((n, geom.k_out, geom.oh, geom.ow), np.float32)
+    kc.conv2d(x, weights, geom, None, dense, None, ep)
+    got = np.full_like(dense, np.nan)
+    kc.conv2d(x, weights, geom, skip, got, None, ep)
+    assert got[:, ~skip].tobytes() == dense[:, ~skip].tobytes()
+
+
+@pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
+def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_):
+    """An image's outputs are the same bits in one thread and in two, alone and in batches of 9
+    (eight-image blocks) and 11."""
+    rng = np.random.default_rng(11)
+    geom = kc.conv_geom(16, 13, 19, 12, (3, 3), (1, 1), (1, 1, 1, 1))
+    x = rng.standard_normal((11, 16, 13, 19), dtype=np.float32)
+    weights = kc.prepare_conv(rng.standard_normal((12, 16, 3, 3), dtype=np.float32), None, geom)
+    skip = None if masked_ is None else rng.random((12, geom.oh, geom.ow)) < masked_
+    runs = []
+    threads = numba.get_num_threads()
+    try:
+        for t, batch in ((1, 1), (threads, 1), (1, 9), (threads, 11)):
+            numba.set_num_threads(t)
+            out = np.zeros((11, 12, geom.oh, geom.ow), np.float32)
+            for i in range(0, 11, batch):
+                kc.conv2d(x[i : i + batch], weights, geom, skip, out[i : i + batch])
+            runs.append(out.tobytes())
+    finally:
+        numba.set_num_threads(threads)
+    assert all(r == runs[0] for r in runs)
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("masked_", [None, 0.3], ids=["dense", "masked"])
+def test_nan_and_inf_in_the_input_meet_the_kernels_as_they_meet_the_twin(bad, masked_):
+    """Padding taps, padded filters and lanes past a row's end must not multiply a NaN or Inf
+    into an output the twin leaves finite."""
+    rng = np.random.default_rng(3)
+    for geom in (kc.conv_geom(3, 12, 12, 5, (7, 7), (2, 2), (3, 3, 3, 3)), kc.conv_geom(16, 9, 9, 6, (3, 3))):
+        x = rng.standard_normal((2, geom.c_in, geom.h, geom.w), dtype=np.float32)
+        x[0, 1, 8, 8] = bad
+        w = rng.standard_normal((geom.k_out, geom.c_in, geom.kh, geom.kw), dtype=np.float32)
+        weights = kc.prepare_conv(w, None, geom)
+        skip = None if masked_ is None else rng.random((geom.k_out, geom.oh, geom.ow)) < masked_
+        got = np.full((2, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+        want = got.copy()
+        kc.conv2d(x, weights, geom, skip, got)
+        rconv.conv2d(x, weights, geom, skip, want)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.array_equal(np.nan_to_num(got, nan=0.0), np.nan_to_num(want, nan=0.0))
+
+
+@given(
+    st.integers(1, 4),
+    st.integers(1, 40),
+    st.integers(1, 30),
+    st.sampled_from([None, 0.0, 0.5, 1.0]),
+    st.integers(0, 2**31),
+)
+def test_linear_kernel_equals_numpy_twin_bit_for_bit(n, f, o, masked_, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, f), dtype=np.float32)
+    w = rng.standard_normal((o, f), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    skip = None if masked_ is None else rng.random(o) < masked_
+    got, want = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
+    assert klin.linear(x, w, b, skip, got) == rlin.linear(x, w, b, skip, want)
+    assert got.tobytes() == want.tobytes()
+    keep = np.arange(o) if skip is None else np.flatnonzero(~skip)
+    threads = np.full((n, o), 3.0, np.float32)  # the parallel version, used from PARALLEL_MIN MACs on
+    klin.linear_threads(x.reshape(-1), w, b, keep, threads, n * -(-keep.size // klin.ITEM_OUTPUTS))
+    assert threads.tobytes() == want.tobytes()
+    if skip is not None:
+        dense = np.empty((n, o), np.float32)
+        klin.linear(x, w, b, None, dense)
+        assert got[:, ~skip].tobytes() == dense[:, ~skip].tobytes()
 
 
 @given(
@@ -219,69 +260,86 @@ def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, 
     hp, wp = pt + h + extra_h, pl + w + extra_w
     want = np.zeros((n, hp, wp, c), np.float32)
     want[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
-    got = np.full((n, hp, wp * c), np.nan, np.float32)
-    kconv.channels_last(x, pt, pl, got)
-    assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
+    for copy in (layouts.channels_last, layouts._cl_threads):  # in the calling thread, by every thread
+        got = np.full((n, hp, wp * c), np.nan, np.float32)
+        copy(x, pt, pl, got) if copy is layouts.channels_last else copy(x, pt, pl, got, n * hp)
+        assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
 
 
-@pytest.mark.parametrize("bad", [np.inf, np.nan])
-def test_space_to_depth_meets_nan_and_inf_as_the_twin_does(bad):
-    """The stem's 7x7 filter padded to 8x8 blocks multiplies zero weights by pixels no output
-    of the conv reads; with a NaN/Inf in the input the kernel must not turn 0 * Inf into NaN
-    where the twin has a finite output."""
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 12, 12), dtype=np.float32)
-    x[0, 1, 8, 8] = bad  # padded (11, 11): under the zero taps of output (2, 2) and real taps of others
-    wt = rng.standard_normal((5, 3, 7, 7), dtype=np.float32)
-    b = rng.standard_normal(5, dtype=np.float32)
-    skip = rng.random((5, 6, 6)) < 0.3
-    got, want = np.full((2, 5, 6, 6), 7.0, np.float32), np.full((2, 5, 6, 6), 7.0, np.float32)
-    args = (2, 2, 3, 3, 3, 3, 1, 1, 1, skip)
-    assert kconv.conv2d(x, wt, b, *args, got) == rconv.conv2d(x, wt, b, *args, want)
-    assert np.array_equal(np.isfinite(got), np.isfinite(want))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+@given(conv_cases())
+def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
+    """The dense kernels' input (`to_planes` and `to_blocks` write every float of their copy,
+    garbage before; a DIRECT conv reads x itself), the tap offsets and the output positions'
+    bases (and segments) of `prepare_conv`: every output finds there the pixel each of its taps
+    reads (0 in the padding), as NumPy's padded input has it."""
+    geom, n = case[0], case[1]
+    x, weights, _, _ = _conv_case(case)
+    planes = kc.prepare.planes(weights)
+    scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
+    xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch).reshape(n, -1)
+    assert not np.isnan(xp).any()
+    hp = max(geom.h + geom.pt, (geom.oh - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1)
+    wp = max(geom.w + geom.pl, (geom.ow - 1) * geom.sw + (geom.kw - 1) * geom.dw + 1)
+    padded = np.zeros((n, geom.c_in, hp, wp), np.float32)
+    padded[:, :, geom.pt : geom.pt + geom.h, geom.pl : geom.pl + geom.w] = x
+    cg = geom.c_in // geom.groups
+    order, _ = layouts.chain_order(cg * geom.kh * geom.kw, layouts.n_chains(geom))
+
+    def check(base, p):
+        """The taps of output p, whose tap (0, 0) lies at base in its channel's plane (group 0)."""
+        oy, ox = divmod(p, geom.ow)
+        for t, j in enumerate(order):
+            fy, rem = divmod(int(j), geom.kw * cg)
+            fx, c = divmod(rem, cg)
+            for g in range(geom.groups):
+                if planes.kind == layouts.BLOCKS:  # channel g: block g // 8, lane g % 8
+                    at = (g // 8) * 8 * planes.plane + base + weights.offs[t] + g % 8
+                else:
+                    at = g * cg * planes.plane + base + weights.offs[t]
+                want = padded[:, g * cg + c, oy * geom.sh + fy * geom.dh, ox * geom.sw + fx * geom.dw]
+                assert xp[:, at].tobytes() == want.tobytes()
+
+    for p in range(geom.oh * geom.ow):
+        check(weights.pbase[p], p)
+    if planes.kind != layouts.BLOCKS:
+        seen = np.zeros(geom.oh * geom.ow, int)
+        for seg_x, seg_out, lo, hi in weights.segs:
+            seen[seg_out + lo : seg_out + hi] += 1
+            for lane in range(lo, hi):
+                check(seg_x + lane, seg_out + lane)
+        assert np.all(seen == 1)  # every output in exactly one segment
 
 
-@given(
-    st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.sampled_from([np.inf, 6.0]), st.integers(0, 2**31)
-)
-def test_clamp_unmasked_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
-    """Unmasked elements get the clamped input, masked ones keep what the output held."""
-    rng = np.random.default_rng(seed)
-    x = (8 * rng.standard_normal((n, size))).astype(np.float32)
-    x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
-    mask = rng.random(size) < fraction
-    before = rng.standard_normal((n, size), dtype=np.float32)
-    want = before.copy()
-    rover.clamp_unmasked(x, np.float32(hi), mask, want)
-    for kernel in (kover.clamp_unmasked, kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
-        got = before.copy()
-        kernel(x, np.float32(hi), mask, got)
-        assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
+PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the path it takes
+    "3x3-chains-tiles4-rows": (16, 9, 11, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "1x1-chains-tiles4-flat": (24, 7, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    "1x1-stride2-flat-strided-sampled": (32, 9, 8, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "stem-7x7-stride2-im2col": (3, 17, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "depthwise-3x3-one-chain-runs": (12, 9, 10, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12),
+    "depthwise-3x3-stride2-phases": (6, 11, 12, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6),
+    "grouped-8-per-group-in-place-taps": (16, 8, 9, 6, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 2),
+    "whole-filter-rows-in-place": (4, 9, 9, 5, (3, 2), (1, 1), (1, 0, 1, 1), (1, 1), 1),
+    "one-chain-tiles4": (1, 10, 10, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "chains-tiles1-depthwise-5x5": (3, 9, 9, 3, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 3),
+    "depthwise-blocks-of-8": (16, 9, 10, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    "depthwise-blocks-stride2": (24, 11, 9, 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 24),
+    "filters-in-lanes-14-wide": (16, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    "filters-in-lanes-strided": (16, 14, 13, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+}
 
 
-def test_filter_rows_of_the_wrong_width_are_refused():
-    """The SIMD kernels step through `w_taps` rows by its width: rows that are not
-    `taps_last(w)`'s (padded to a multiple of 16) would read past the array."""
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 3, 6, 6), dtype=np.float32)
-    wt = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
-    b = np.zeros(4, np.float32)
-    skip = rng.random((4, 6, 6)) < 0.5
-    unpadded = np.ascontiguousarray(wt.transpose(0, 2, 3, 1).reshape(4, 27))
-    with pytest.raises(ValueError, match="taps_last"):
-        kconv.conv2d(x, wt, b, 1, 1, 1, 1, 1, 1, 1, 1, 1, skip, np.empty((2, 4, 6, 6), np.float32), None, unpadded)
-
-
-def test_clamp_unmasked_over_several_work_items_equals_numpy_twin():
-    """Sites longer than one work item (PART elements), in one thread and in both."""
-    rng = np.random.default_rng(5)
-    size = 2 * kover.PART + 7
-    x = (8 * rng.standard_normal((3, size))).astype(np.float32)
-    mask, before = rng.random(size) < 0.6, rng.standard_normal((3, size), dtype=np.float32)
-    want = before.copy()
-    rover.clamp_unmasked(x, np.float32(6.0), mask, want)
-    for kernel in (kover._clamp_unmasked_threads, kover._clamp_unmasked_serial):
-        got = before.copy()
-        kernel(x, np.float32(6.0), mask, got)
-        assert got.tobytes() == want.tobytes()
+@pytest.mark.parametrize("n", [1, 9])
+@pytest.mark.parametrize("masked_", [None, 0.4], ids=["dense", "masked"])
+@pytest.mark.parametrize("name", sorted(PATHS))
+def test_every_path_equals_numpy_twin_bit_for_bit(name, masked_, n):
+    c, h, w, k, kernel, stride, pads, dil, groups = PATHS[name]
+    geom = kc.conv_geom(c, h, w, k, kernel, stride, pads, dil, groups)
+    case = (geom, n, masked_, 1, True, sum(map(ord, name)), False)
+    x, weights, skip, ep = _conv_case(case)
+    if skip is not None:
+        skip[0] = True  # a fully masked filter
+        skip[-1] = False  # a filter with nothing masked
+    got = np.full((n, k, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, skip, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()

@@ -15,6 +15,7 @@ from velcro_ref import ops
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, ModelError
 from velcro_ref.graph import INPUT
+from velcro_ref.kernels.conv import conv_geom, prepare_conv
 from velcro_ref.masks import MaskSet, empty_masks
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
@@ -122,11 +123,12 @@ def reference_walk(g, x, masks):
         a = n.attrs
         if n.op == "conv2d":
             (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["stride"], a["pads"]
-            oh = (ins[0].shape[2] + pt + pb - kh) // sh + 1
-            ow = (ins[0].shape[3] + pl + pr - kw) // sw + 1
-            out = np.empty((x.shape[0], a["out_channels"], oh, ow), np.float32)
+            geom = conv_geom(
+                *ins[0].shape[1:], a["out_channels"], (kh, kw), (sh, sw), (pt, pl, pb, pr), (1, 1), a["groups"]
+            )
+            out = np.empty((x.shape[0], a["out_channels"], geom.oh, geom.ow), np.float32)
             bias = p.get("bias", np.zeros(a["out_channels"], np.float32))
-            rconv.conv2d(ins[0], p["weight"], bias, sh, sw, pt, pl, pb, pr, 1, 1, a["groups"], None, out)
+            rconv.conv2d(ins[0], prepare_conv(p["weight"], bias, geom), geom, None, out)
         elif n.op == "batch_norm":
             scale = p["gamma"].astype(np.float64) / np.sqrt(p["var"].astype(np.float64) + a["eps"])
             out = ((ins[0] - p["mean"][:, None, None]) * scale[:, None, None] + p["beta"][:, None, None]).astype(

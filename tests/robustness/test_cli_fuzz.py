@@ -25,6 +25,9 @@ FLOATS = st.sampled_from(["nan", "inf", "-inf", "1e308", "1e-320", "-0.0", "-1",
 INTS = st.sampled_from(["0", "-1", "1", "2", str(2**63), str(2**63 - 1), str(-(2**63)), "99999999999", "7"])
 STRINGS = st.sampled_from(["", " ", "x" * 300, "\udcff\udcfe", "a,b", "1,,3", "--", "-1", "%2F", "."])
 PATHS = st.sampled_from(["/dev/null", "/dev/zero", "{d}/fifo", "{d}", "{d}/nope.h5", "", "{d}/m.h5", "{d}/x.npy"])
+# Outputs never name the fixture files here: writing one that the command does not read is allowed; an
+# output naming an input is a row of test_hostile_cli.py.
+OUT_PATHS = st.sampled_from(["/dev/null", "/dev/zero", "{d}/fifo", "{d}", "{d}/new.out", "", ".", "/"])
 
 # command template, the options to fuzz and the strategy of each
 TARGETS = [
@@ -33,16 +36,19 @@ TARGETS = [
         {"--batch": INTS, "--samples": INTS, "--checkpoint-every": INTS},
     ),
     ("compress {d}/s.h5 -o {d}/out.h5", {"--ratio": FLOATS, "--policy": STRINGS, "--exclude": STRINGS}),
-    ("infer {d}/m.h5 --input {d}/x.npy", {"-o": PATHS, "--masks": PATHS, "--input": PATHS}),
+    ("infer {d}/m.h5 --input {d}/x.npy", {"-o": OUT_PATHS, "--masks": PATHS, "--input": PATHS}),
     (
         "zoo resnet18 --input-size 16 --width 0.125 -o {d}/z.h5",
         {"--seed": INTS, "--width": FLOATS, "--num-classes": INTS},
     ),
-    ("locality {d}/m.h5 --classes 1,3 --samples 20", {"--threshold": FLOATS, "--plot": PATHS, "--classes": STRINGS}),
+    (
+        "locality {d}/m.h5 --classes 1,3 --samples 20",
+        {"--threshold": FLOATS, "--plot": OUT_PATHS, "--classes": STRINGS},
+    ),
     ("sweep {d}/m.h5 --classes 1,3 --profile-samples 20 --samples 20", {"--ratios": STRINGS, "--tolerance": FLOATS}),
-    ("simulate {d}/m.h5 --accel edge16", {"--batch": INTS, "--csv": PATHS, "--masks": PATHS, "--accel": STRINGS}),
-    ("stats merge {d}/s.h5 {d}/s.h5", {"-o": PATHS}),
-    ("golden {d}/m.h5 --input {d}/x.npy", {"-o": PATHS, "--masks": PATHS}),
+    ("simulate {d}/m.h5 --accel edge16", {"--batch": INTS, "--csv": OUT_PATHS, "--masks": PATHS, "--accel": STRINGS}),
+    ("stats merge {d}/s.h5 {d}/s.h5", {"-o": OUT_PATHS}),
+    ("golden {d}/m.h5 --input {d}/x.npy", {"-o": OUT_PATHS, "--masks": PATHS}),
 ]
 INPUTS = ("m.h5", "x.npz", "x.npy", "s.h5", "k.h5")
 

@@ -1,18 +1,34 @@
-"""SIMD building blocks of the masked conv kernels, as Numba intrinsics written in LLVM IR.
+"""SIMD blocks of the conv and linear kernels, as Numba intrinsics written in LLVM IR.
 
-Numba vectorises a dot product only when fastmath lets LLVM reorder the sum, which STYLE rules
-out. These intrinsics write the order down instead, with plain IEEE multiply and add:
+Numba vectorises a sum only when fastmath lets LLVM reorder it, which the style rules out. These
+intrinsics write the order of docs/kernels.md down instead: `<8 x float>` vectors and the
+`llvm.fma` intrinsic, a fused multiply-add rounded once, as IEEE 754 defines it (a plain fmul
+and fadd without fast-math flags are never contracted, so nothing else fuses).
 
-- `dot_taps`: a few filter rows against the taps of a few output positions, read where they lie
-  (a padded channels-last input, or im2col rows). LANES partial sums per pair (lane l adds the
-  elements j = l mod LANES in increasing j), summed as a tree of halves (lane l plus lane
-  l + LANES/2, and so on). Each loaded vector feeds every row of the other side, the register
-  blocking that makes a GEMM fast; a pair's sum does not depend on the block, call or thread
-  that computes it.
-- `lanes_conv`: one output position of a few filters for BATCH_LANES images at once, one image
-  per lane, the taps summed in (fy, fx, c) order and the bias added last.
+An output element is the sum of its taps in a fixed order. With CHAINS chains, tap j (taps
+numbered in the filter's (fy, fx, c) order) belongs to chain j mod CHAINS; each chain is a
+sequence of fused multiply-adds from +0 in increasing j, and the chains are combined as
+((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)); the bias is added to that. With one chain
+(filters of few taps) the taps are one sequence. The blocks below compute that order whatever
+vectors carry it:
 
-Both read raw data: their typing accepts only C-contiguous float32 arrays and intp indices.
+- `tile_pass`: output positions in lanes (8 consecutive output pixels of one row, or of a
+  flat plane), a tile of a few filters by a few such segments: a run of taps of one chain (a
+  vector of input pixels times a broadcast weight), the sums kept in memory between runs;
+  `store_tile` combines a tile's chains, adds the bias, an optional residual tensor and an
+  optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
+- `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
+  (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
+  depthwise channels in the lanes (a vector of 8 channels' pixels times their weights).
+- `dot_taps` / `dot_store`: taps in lanes, for outputs chosen one by one (the masked kernels,
+  the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
+  multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
+  then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
+  with their epilogue).
+- `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
+
+The intrinsics read raw data: their typing accepts only C-contiguous float32 arrays and intp
+indices, and they trust the indices they are given.
 """
 
 from __future__ import annotations
@@ -22,161 +38,548 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-# 16 float32 lanes: one AVX-512 register, two AVX2 registers; LLVM splits it on narrower targets.
-LANES = 16
+VEC = 8  # floats per vector: one AVX2 register (LLVM splits or joins it on other targets)
+CHAINS = 8  # chains of an output's taps; equal to VEC so that `dot_taps` lanes are chains
+
+_F32 = ir.FloatType()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V8 = ir.VectorType(_F32, VEC)
 
 
-def _lane_indices(indices):
-    """A constant lane-index vector for shufflevector."""
-    i32 = ir.IntType(32)
-    return ir.Constant(ir.VectorType(i32, len(indices)), [i32(i) for i in indices])
+def _int_tuple(t, n=None):
+    return isinstance(t, types.UniTuple) and t.dtype == types.intp and (n is None or t.count == n)
 
 
-def _int_tuple(t):
-    return isinstance(t, types.UniTuple) and t.dtype == types.intp
-
-
-def _f32_c(t, ndim):
+def _f32_c(t, ndim=1):
     """A C-contiguous float32 array type of ndim dimensions: the IR below indexes raw data."""
     return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C" and t.ndim == ndim
 
 
-def _zero_accs(builder, vec, n):
-    return [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES)) for _ in range(n)]
+def _i64_c(t):
+    return isinstance(t, types.Array) and t.dtype == types.int64 and t.layout == "C" and t.ndim == 1
 
 
-def _load_vec(builder, vec, base, j):
-    return builder.load(builder.bitcast(builder.gep(base, [j]), vec.as_pointer()), align=4)
+def _zero():
+    return ir.Constant(_V8, [0.0] * VEC)
 
 
-def _accumulate(builder, vec, accs, pairs, bases_a, bases_b, j):
-    """One vector step: every acc of pair (ia, ib) += a[ia][j:] * b[ib][j:], each loaded vector
-    feeding every pair it belongs to."""
-    va = [_load_vec(builder, vec, base, j) for base in bases_a]
-    vb = [_load_vec(builder, vec, base, j) for base in bases_b]
-    for acc, (ia, ib) in zip(accs, pairs, strict=True):
-        builder.store(builder.fadd(builder.load(acc), builder.fmul(va[ia], vb[ib])), acc)
+def _splat(builder, value):
+    one = builder.insert_element(ir.Constant(_V8, ir.Undefined), value, _I32(0))
+    return builder.shuffle_vector(one, ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
 
 
-def _halves(builder, acc):
-    """The lanes of a vector accumulator summed as a tree of halves: lane l adds lane l + w/2."""
-    v = builder.load(acc)
-    width = LANES
+def _vec_ptr(builder, base, index):
+    return builder.bitcast(builder.gep(base, [index]), _V8.as_pointer())
+
+
+def _load_vec(builder, base, index):
+    return builder.load(_vec_ptr(builder, base, index), align=4)
+
+
+def _tree(builder, s):
+    """The combination of the 8 chain sums s[0..7] (scalars or vectors), as docs/kernels.md
+    defines it: ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7))."""
+    a = [builder.fadd(s[i], s[i + 4]) for i in range(4)]
+    return builder.fadd(builder.fadd(a[0], a[2]), builder.fadd(a[1], a[3]))
+
+
+def _halves(builder, v):
+    """The lanes of v (lane l = chain l) combined by `_tree`: lane l + lane l + 4, then l + 2,
+    then l + 1."""
+    width = VEC
     while width > 1:
         width //= 2
-        lo = builder.shuffle_vector(v, v, _lane_indices(range(width)))
-        v = builder.fadd(lo, builder.shuffle_vector(v, v, _lane_indices(range(width, 2 * width))))
-    return builder.extract_element(v, ir.IntType(32)(0))
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, width), list(range(width, 2 * width))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, _I32(0))
+
+
+def _fma(builder, a, b, c):
+    """a * b + c rounded once: the llvm.fma intrinsic on float or <8 x float>."""
+    name = "llvm.fma.v8f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
+    return builder.call(fn, [a, b, c])
+
+
+def _array(context, builder, ty, value):
+    return context.make_array(ty)(context, builder, value)
+
+
+def _pass_codegen(builder, accs, span, parts, at, body):
+    """A run of taps (one chain's, or part of it): the accumulators from parts[at + i * VEC]
+    (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back to parts."""
+    t0, t1, resume = span
+    first = builder.gep(parts, [at])
+    with builder.if_else(builder.icmp_signed("!=", resume, _I64(0))) as (cont, fresh):
+        with cont:
+            for i, acc in enumerate(accs):
+                builder.store(_load_vec(builder, first, _I64(i * VEC)), acc)
+        with fresh:
+            for acc in accs:
+                builder.store(_zero(), acc)
+    with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
+        body(t)
+    for i, acc in enumerate(accs):
+        builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * VEC)), align=4)
 
 
 @intrinsic
-def dot_taps(typingctx, a, rows_a, x, offs, geom):
-    """(a[i] . taps of x at o for i in rows_a for o in offs), read from the input as it lies.
+def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
+    """A run of taps of a tile of M filters by V segments of VEC output positions (outputs in
+    lanes): acc[m, v] (+)= w[m, t] * x[xb[v] + offs[t] + lane] for t in span, fused multiply-adds
+    in increasing t.
 
-    a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
-    of ints; geom = (kh, step_y, kw, step_x, seg) with J = kh * kw * seg and seg a multiple of
-    LANES. Element j = (fy * kw + fx) * seg + t of the taps at o is x[o + fy * step_y + fx *
-    step_x + t]: a padded channels-last image, so no im2col copy; with geom = (1, 0, 1, 0, J),
-    rows of a matrix (im2col rows) at offsets o. LANES partial sums per pair (lane l adds the
-    elements j = l mod LANES in increasing j), summed as a tree of halves: the same bits for the
-    same taps wherever they lie. Kernels trust the indices and geom (no checks).
+    wp float32 (flat): tap t (summation order) of filter m at wp[w0s[m] + t * M]; x float32
+    (flat) the input; offs int64 (taps,); span = (t0, t1, resume): the taps, which must lie in one
+    chain, and whether the accumulators go on from parts (else start at +0); parts float32
+    (flat): the M * V accumulators at parts[at + (m * V + v) * VEC], read (resume) and written.
+    M = len(w0s), V = len(xb).
     """
-    if not (_f32_c(a, 2) and _f32_c(x, 1) and _int_tuple(rows_a) and _int_tuple(offs)):
+    if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs)):
         return None
-    if not (_int_tuple(geom) and geom.count == 5):
+    if not (_int_tuple(w0s) and _int_tuple(xb) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
         return None
-    sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, geom)
+    sig = types.none(wp, w0s, x, xb, offs, span, parts, at)
+    n_m, n_v = w0s.count, xb.count
 
     def codegen(context, builder, sig, args):
-        vec = ir.VectorType(ir.FloatType(), LANES)
-        arr_a = context.make_array(sig.args[0])(context, builder, args[0])
-        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
+        arr_w = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
+        arr_o = _array(context, builder, sig.args[4], args[4])
+        arr_p = _array(context, builder, sig.args[6], args[6])
+        w0 = cgutils.unpack_tuple(builder, args[1])
+        xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(n_m * n_v)]
+
+        def body(t):
+            o = builder.load(builder.gep(arr_o.data, [t]))
+            xs = [_load_vec(builder, base, o) for base in xbase]
+            wt = builder.mul(t, _I64(n_m))
+            for m in range(n_m):
+                wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])))
+                for v in range(n_v):
+                    acc = accs[m * n_v + v]
+                    builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
+
+        at = context.cast(builder, args[7], sig.args[7], types.intp)
+        _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _lane_pass(name, h_n, x_vectors):
+    """The typing and codegen of `lane_pass` (h_n = 2, x broadcast) and `depth_pass` (h_n = 1, x
+    a vector of 8 channels)."""
+
+    def typer(typingctx, wp, w0, x, pb, offs, span, parts, at):
+        if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
+            return None
+        if not (isinstance(w0, types.Integer) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
+            return None
+        sig = types.none(wp, w0, x, pb, offs, span, parts, at)
+        n_p = pb.count
+
+        def codegen(context, builder, sig, args):
+            arr_w = _array(context, builder, sig.args[0], args[0])
+            arr_x = _array(context, builder, sig.args[2], args[2])
+            arr_o = _array(context, builder, sig.args[4], args[4])
+            arr_p = _array(context, builder, sig.args[6], args[6])
+            wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+            xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
+            accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(h_n * n_p)]
+
+            def body(t):
+                o = builder.load(builder.gep(arr_o.data, [t]))
+                wt = builder.mul(t, _I64(h_n * VEC))
+                ws = [_load_vec(builder, wbase, builder.add(wt, _I64(h * VEC))) for h in range(h_n)]
+                for i, base in enumerate(xbase):
+                    if x_vectors:
+                        xv = _load_vec(builder, base, o)
+                    else:
+                        xv = _splat(builder, builder.load(builder.gep(base, [o])))
+                    for h in range(h_n):
+                        acc = accs[i * h_n + h]
+                        builder.store(_fma(builder, ws[h], xv, builder.load(acc)), acc)
+
+            at = context.cast(builder, args[7], sig.args[7], types.intp)
+            _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+lane_pass = intrinsic(_lane_pass("lane_pass", 2, False))
+lane_pass.__doc__ = """A run of taps of a tile of 16 filters (in the lanes of two vectors) by P positions:
+acc[p, j] (+)= w[j, t] * x[pb[p] + offs[t]] for t in span, fused multiply-adds in increasing t;
+the order of `tile_pass`, the other way round in the registers.
+
+lane_pass(wp, w0, x, pb, offs, span, parts, at): wp float32 (flat), tap t of filter j at
+wp[w0 + t * 16 + j]; pb the P positions' bases; offs, span, parts as `tile_pass` takes them,
+the 2 * P accumulators at parts[at + (p * 2 + h) * VEC] (filters 8 h .. 8 h + 7 of position p).
+"""
+
+depth_pass = intrinsic(_lane_pass("depth_pass", 1, True))
+depth_pass.__doc__ = """`lane_pass` for a depthwise conv: 8 channels (each its own filter) in
+the lanes of one vector, by P positions: acc[p, c] (+)= w[c, t] * x[pb[p] + offs[t] + c], the
+input a vector of the 8 channels (channels-last blocks of 8); weights at wp[w0 + t * 8 + c],
+accumulator p at parts[at + p * VEC].
+"""
+
+
+def _combined(builder, parts, slots, index):
+    """Vector `index` (an i64 value) of a tile combined over its chains: the partial sums at
+    parts[slot + index * VEC] for each chain's slot, by `_tree` (one slot: that sum)."""
+    off = builder.mul(index, _I64(VEC))
+    s = [_load_vec(builder, parts, builder.add(slot, off)) for slot in slots]
+    return _tree(builder, s) if len(s) == CHAINS else s[0]
+
+
+def _epilogue(builder, y, act):
+    """y (bias and residual added) then ReLU (act 1) or ReLU6 (act 2) as NumPy's maximum(y, 0)
+    and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
+    zero, six = (ir.Constant(y.type, 0.0), ir.Constant(y.type, 6.0))
+    if isinstance(y.type, ir.VectorType):
+        zero, six = ir.Constant(y.type, [0.0] * VEC), ir.Constant(y.type, [6.0] * VEC)
+    relu = builder.select(builder.fcmp_unordered(">", y, zero), y, zero)
+    relu6 = builder.select(builder.fcmp_unordered("<", relu, six), relu, six)
+    is_relu = builder.icmp_signed("==", act, act.type(1))
+    is_relu6 = builder.icmp_signed("==", act, act.type(2))
+    return builder.select(is_relu6, relu6, builder.select(is_relu, relu, y))
+
+
+def _store_one(builder, arrays, idx, y, has_res, act):
+    """out[idx] = epilogue(y (+ res[idx])), one float."""
+    arr_r, arr_o = arrays
+    with builder.if_else(has_res) as (with_res, without):
+        with with_res:
+            r = builder.load(builder.gep(arr_r.data, [idx]))
+            builder.store(_epilogue(builder, builder.fadd(y, r), act), builder.gep(arr_o.data, [idx]))
+        with without:
+            builder.store(_epilogue(builder, y, act), builder.gep(arr_o.data, [idx]))
+
+
+@intrinsic
+def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
+    """The epilogue of a `tile_pass` tile, stored into out: its sums combined over the chains
+    (parts at each chain's slot, `_combined`), + bias, + the residual if has_res, then the
+    activation (`_epilogue`).
+
+    bias float32 (K,); res and out float32 (flat): the residual tensor (out itself when there
+    is none) and the output, NCHW; where = (b0, m_n, kstride, has_res, act): filter m < m_n of
+    the tile is output channel b0 + m (filters from m_n on pad the tile and are not stored),
+    kstride the distance between two channels' planes; obases[v] the flat index in out of
+    segment v's lane 0 for filter 0; lanes = (lo[0..V-1], hi[0..V-1]): its lanes lo .. hi - 1
+    are outputs.
+    """
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
+        return None
+    if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+        return None
+    if not _int_tuple(lanes, 2 * obases.count):
+        return None
+    sig = types.none(parts, slots, bias, res, out, where, obases, lanes)
+    n_v = obases.count
+
+    def codegen(context, builder, sig, args):
+        arr_p = _array(context, builder, sig.args[0], args[0])
+        arr_b = _array(context, builder, sig.args[2], args[2])
+        arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+        arr_o = arrays[1]
+        slots = cgutils.unpack_tuple(builder, args[1])
+        b0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[5])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        ob = cgutils.unpack_tuple(builder, args[6])
+        lane_bounds = cgutils.unpack_tuple(builder, args[7])
+        los, his = lane_bounds[:n_v], lane_bounds[n_v:]
+        with cgutils.for_range(builder, m_n) as loop:
+            m = loop.index
+            bv = _splat(builder, builder.load(builder.gep(arr_b.data, [builder.add(b0, m)])))
+            for v in range(n_v):
+                at = builder.add(ob[v], builder.mul(kstride, m))
+                index = builder.add(builder.mul(m, _I64(n_v)), _I64(v))
+                y = builder.fadd(_combined(builder, arr_p.data, slots, index), bv)
+                whole = builder.and_(
+                    builder.icmp_signed("==", los[v], _I64(0)), builder.icmp_signed("==", his[v], _I64(VEC))
+                )
+                with builder.if_else(whole) as (full, part):
+                    with full:
+                        with builder.if_else(has_res) as (with_res, without):
+                            with with_res:
+                                r = _load_vec(builder, arrays[0].data, at)
+                                y2 = _epilogue(builder, builder.fadd(y, r), act)
+                                builder.store(y2, _vec_ptr(builder, arr_o.data, at), align=4)
+                            with without:
+                                builder.store(_epilogue(builder, y, act), _vec_ptr(builder, arr_o.data, at), align=4)
+                    with part:
+                        for lane in range(VEC):
+                            after_lo = builder.icmp_signed("<=", los[v], _I64(lane))
+                            inside = builder.and_(after_lo, builder.icmp_signed(">", his[v], _I64(lane)))
+                            with builder.if_then(inside):
+                                idx = builder.add(at, _I64(lane))
+                                _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _store_lanes(name, h_n):
+    """The typing and codegen of `store_lanes` (h_n = 2 vectors of filters per position) and
+    `store_depth` (h_n = 1)."""
+
+    def typer(typingctx, parts, slots, bias, res, out, where, obases):
+        if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
+            return None
+        if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+            return None
+        sig = types.none(parts, slots, bias, res, out, where, obases)
+        n_p = obases.count
+
+        def codegen(context, builder, sig, args):
+            arr_p = _array(context, builder, sig.args[0], args[0])
+            arr_b = _array(context, builder, sig.args[2], args[2])
+            arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+            slots = cgutils.unpack_tuple(builder, args[1])
+            k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
+            has_res = builder.icmp_signed("!=", has_res, _I64(0))
+            ob = cgutils.unpack_tuple(builder, args[6])
+            bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(h_n)]
+            for i in range(n_p):
+                for h in range(h_n):
+                    y = builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * h_n + h)), bv[h])
+                    for lane in range(VEC):
+                        idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
+                        _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    typer.__name__ = typer.__qualname__ = name
+    return typer
+
+
+store_lanes = intrinsic(_store_lanes("store_lanes", 2))
+store_lanes.__doc__ = """The epilogue of a `lane_pass` tile, stored into out.
+
+store_lanes(parts, slots, bias, res, out, where, obases): where = (k0, p_n, has_res, act), the
+tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out (flat
+NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each output is
+its sum combined over the chains (`_combined`), + bias, + the residual if has_res, then the
+activation (`_epilogue`).
+"""
+
+
+def _transpose8(builder, rows):
+    """8 vectors r[i] (lane c) as 8 vectors c (lane i): unpacks within 128-bit halves, pairs of
+    floats, then halves (the shuffles of an AVX 8 x 8 transpose)."""
+
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, VEC), idx))
+
+    lo = [sh(rows[2 * k], rows[2 * k + 1], [0, 8, 1, 9, 4, 12, 5, 13]) for k in range(4)]
+    hi = [sh(rows[2 * k], rows[2 * k + 1], [2, 10, 3, 11, 6, 14, 7, 15]) for k in range(4)]
+    a, b = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s = [sh(lo[0], lo[1], a), sh(lo[0], lo[1], b), sh(hi[0], hi[1], a), sh(hi[0], hi[1], b)]
+    s += [sh(lo[2], lo[3], a), sh(lo[2], lo[3], b), sh(hi[2], hi[3], a), sh(hi[2], hi[3], b)]
+    low, high = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return [sh(s[k], s[k + 4], low) for k in range(4)] + [sh(s[k], s[k + 4], high) for k in range(4)]
+
+
+@intrinsic
+def store_depth(typingctx, parts, bias, res, out, where, ob):
+    """The epilogue of a `depth_pass` tile of 8 channels by 8 consecutive positions (accumulator
+    p at parts[p * VEC]), stored into out: where = (k0, p_n, has_res, act, n_valid): channels k0
+    .. k0 + 7, planes of p_n outputs in res and out (flat NCHW, res as `store_tile` takes it),
+    positions ob .. ob + n_valid - 1 of channel k0's plane (the rest are not stored). Each output
+    is sum + bias, + the residual if has_res, then the activation (`_epilogue`); a whole tile
+    without residual is transposed in registers and stored a channel's 8 outputs at a time.
+    """
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
+        return None
+    if not isinstance(ob, types.Integer):
+        return None
+    sig = types.none(parts, bias, res, out, where, ob)
+
+    def codegen(context, builder, sig, args):
+        arr_p = _array(context, builder, sig.args[0], args[0])
+        arr_b = _array(context, builder, sig.args[1], args[1])
+        arrays = (_array(context, builder, sig.args[2], args[2]), _array(context, builder, sig.args[3], args[3]))
+        k0, p_n, has_res, act, n_valid = cgutils.unpack_tuple(builder, args[4])
+        ob = context.cast(builder, args[5], sig.args[5], types.intp)
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        bv = _load_vec(builder, arr_b.data, k0)
+        ys = [builder.fadd(_load_vec(builder, arr_p.data, _I64(i * VEC)), bv) for i in range(VEC)]
+        first = builder.add(ob, builder.mul(p_n, k0))
+        fast = builder.and_(builder.icmp_signed("==", n_valid, _I64(VEC)), builder.not_(has_res))
+        with builder.if_else(fast) as (whole, part):
+            with whole:
+                cols = _transpose8(builder, [_epilogue(builder, y, act) for y in ys])
+                for c, col in enumerate(cols):
+                    at = builder.add(first, builder.mul(p_n, _I64(c)))
+                    builder.store(col, _vec_ptr(builder, arrays[1].data, at), align=4)
+            with part:
+                for i, y in enumerate(ys):
+                    with builder.if_then(builder.icmp_signed("<", _I64(i), n_valid)):
+                        for c in range(VEC):
+                            idx = builder.add(first, builder.add(builder.mul(p_n, _I64(c)), _I64(i)))
+                            _store_one(builder, arrays, idx, builder.extract_element(y, _I32(c)), has_res, act)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _masked_load(builder, base, index, lanes):
+    """The first `lanes` floats from base[index], zeros in the other lanes (llvm.masked.load:
+    the masked-off lanes are not read)."""
+    i64v = ir.VectorType(_I64, VEC)
+    n = builder.insert_element(ir.Constant(i64v, ir.Undefined), lanes, _I32(0))
+    n = builder.shuffle_vector(n, ir.Constant(i64v, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
+    mask = builder.icmp_signed("<", ir.Constant(i64v, list(range(VEC))), n)
+    ptr = _vec_ptr(builder, base, index)
+    fnty = ir.FunctionType(_V8, [ptr.type, _I32, mask.type, _V8])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
+    return builder.call(fn, [ptr, _I32(4), mask, _zero()])
+
+
+@intrinsic
+def dot_taps(typingctx, a, rows_a, x, offs, runs):
+    """(a[i] . taps of x at o for i in rows_a for o in offs), taps in lanes, in the chain order.
+
+    a (M, J) C-contiguous float32 filter rows; x a C-contiguous float32 1-D array; offs a tuple
+    of ints; runs = (kh, step_y, kw, step_x, seg) with J >= kh * kw * seg. Tap j = (fy * kw +
+    fx) * seg + t at o is x[o + fy * step_y + fx * step_x + t]: a padded channels-last image read
+    where it lies, or with runs = (1, 0, 1, 0, J) rows of a matrix (im2col rows, a linear
+    layer's inputs). Lane l of a pair's accumulator is chain l, so a run must start at a
+    multiple of VEC in j: seg is a multiple of VEC when kh * kw > 1; a single run may end in a
+    partial vector (read with a masked load, the missing lanes +0). The lanes are combined by
+    `_halves`. Returns the sums (no bias) pair by pair, filters outer.
+    """
+    if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
+        return None
+    sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, runs)
+
+    def codegen(context, builder, sig, args):
+        arr_a = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
         n = builder.extract_value(arr_a.shape, 1)
         kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
         bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
         offs_x = cgutils.unpack_tuple(builder, args[3])
         pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
-        accs = _zero_accs(builder, vec, len(pairs))
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
+
+        def step(bases_j, bases_x, load):
+            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+            for acc, (ia, ib) in zip(accs, pairs, strict=True):
+                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+
         with cgutils.for_range(builder, kh) as fy:
             with cgutils.for_range(builder, kw) as fx:
                 tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
                 bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
                 j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
                 bases_j = [builder.gep(base, [j0]) for base in bases_a]
-                with cgutils.for_range_slice(builder, n.type(0), seg, n.type(LANES)) as (t, _):
-                    _accumulate(builder, vec, accs, pairs, bases_j, bases_x, t)
-        return context.make_tuple(builder, sig.return_type, [_halves(builder, acc) for acc in accs])
+                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
+                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+                tail = builder.sub(seg, whole)
+                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
+                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        return context.make_tuple(builder, sig.return_type, [_halves(builder, builder.load(acc)) for acc in accs])
 
     return sig, codegen
 
 
-# Images per lane block of `lanes_conv`: four AVX-512 registers per output element.
-BATCH_LANES = 64
+def _reduce8(builder, accs):
+    """Up to 8 accumulators (lane l = chain l) reduced at once by `_tree`: the lanes of the
+    result are the accumulators' sums. Halves of pairs of accumulators (lane l + lane l + 4),
+    then lanes 0 + 2 and 1 + 3 of each, then 0 + 1: the order of `_halves`, 8 sums per shuffle."""
+
+    def sh(a, b, idx):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, VEC), idx))
+
+    v = list(accs) + [_zero()] * (8 - len(accs))
+    u = [builder.fadd(sh(v[2 * k], v[2 * k + 1], [0, 1, 2, 3, 8, 9, 10, 11]),
+                      sh(v[2 * k], v[2 * k + 1], [4, 5, 6, 7, 12, 13, 14, 15])) for k in range(4)]  # fmt: skip
+    w = [builder.fadd(sh(u[2 * k], u[2 * k + 1], [0, 1, 4, 5, 8, 9, 12, 13]),
+                      sh(u[2 * k], u[2 * k + 1], [2, 3, 6, 7, 10, 11, 14, 15])) for k in range(2)]  # fmt: skip
+    return builder.fadd(sh(w[0], w[1], [0, 2, 4, 6, 8, 10, 12, 14]), sh(w[0], w[1], [1, 3, 5, 7, 9, 11, 13, 15]))
 
 
 @intrinsic
-def lanes_conv(typingctx, w, ks, xb, r0, geom, bias, outb, p):
-    """One output position p of the channels ks for BATCH_LANES images at once.
-
-    w (K, J) filters in (fy, fx, c) order; xb (rows, BATCH_LANES) the padded input with row
-    (iy*WP + ix)*C + c and the images side by side; r0 the row of tap (0, 0) and the first
-    input channel of p; geom = (kh, kw, rows per fy step, rows per fx step, cg); outb (K, P,
-    BATCH_LANES). Writes outb[k, p] = sum over (fy, fx, c) in that order of w[k, j] * x, plus
-    bias[k]: every image in its own lane, so the sum of an image is the same in any batch.
+def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
+    """`dot_taps` of the filter rows rows_a by the positions offs, each sum then stored with its
+    epilogue: out[oidx[i]] = epilogue(sum_i + bias[k_i] (+ res[oidx[i]])), pair i = (filter k_i =
+    rows_a[i // len(offs)], position i % len(offs)). io = (bias, res, out) float32 1-D (res: out
+    itself when there is no residual); where = (has_res, act). The sums are reduced 8 at a time
+    (`_reduce8`), each in the order of `_tree`.
     """
-    arrays_ok = _f32_c(w, 2) and _f32_c(xb, 2) and _f32_c(bias, 1) and _f32_c(outb, 3)
-    if not (arrays_ok and _int_tuple(ks) and _int_tuple(geom) and geom.count == 5):
+    if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
         return None
-    if not (isinstance(r0, types.Integer) and isinstance(p, types.Integer)):
+    if not (isinstance(io, types.UniTuple) and io.count == 3 and _f32_c(io.dtype) and _int_tuple(where, 2)):
         return None
-    sig = types.none(w, ks, xb, r0, geom, bias, outb, p)
+    if not _int_tuple(oidx, rows_a.count * offs.count):
+        return None
+    sig = types.none(a, rows_a, x, offs, runs, io, where, oidx)
 
     def codegen(context, builder, sig, args):
-        n_vec = BATCH_LANES // LANES
-        f32 = ir.FloatType()
-        vec = ir.VectorType(f32, LANES)
-        i64 = ir.IntType(64)
-        arr_w = context.make_array(sig.args[0])(context, builder, args[0])
-        arr_x = context.make_array(sig.args[2])(context, builder, args[2])
-        arr_b = context.make_array(sig.args[5])(context, builder, args[5])
-        arr_o = context.make_array(sig.args[6])(context, builder, args[6])
-        j_n = builder.extract_value(arr_w.shape, 1)
-        p_n = builder.extract_value(arr_o.shape, 1)
-        kh, kw, dy, dx, cg = cgutils.unpack_tuple(builder, args[4])
-        r0 = context.cast(builder, args[3], sig.args[3], types.intp)
-        p_out = context.cast(builder, args[7], sig.args[7], types.intp)
-        k_list = cgutils.unpack_tuple(builder, args[1])
-        w_rows = [builder.gep(arr_w.data, [builder.mul(k, j_n)]) for k in k_list]
-        accs = [_zero_accs(builder, vec, n_vec) for _ in k_list]
+        arr_a = _array(context, builder, sig.args[0], args[0])
+        arr_x = _array(context, builder, sig.args[2], args[2])
+        arrays = [_array(context, builder, sig.args[5].dtype, v) for v in cgutils.unpack_tuple(builder, args[5])]
+        n = builder.extract_value(arr_a.shape, 1)
+        kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
+        ks = cgutils.unpack_tuple(builder, args[1])
+        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in ks]
+        offs_x = cgutils.unpack_tuple(builder, args[3])
+        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
+        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
 
-        def splat(value):
-            return builder.shuffle_vector(
-                builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.IntType(32)(0)),
-                ir.Constant(vec, ir.Undefined),
-                ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES),
-            )
-
-        def vec_at(base, index):
-            return builder.bitcast(builder.gep(base, [index]), vec.as_pointer())
+        def step(bases_j, bases_x, load):
+            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+            for acc, (ia, ib) in zip(accs, pairs, strict=True):
+                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
 
         with cgutils.for_range(builder, kh) as fy:
             with cgutils.for_range(builder, kw) as fx:
-                row = builder.add(r0, builder.add(builder.mul(fy.index, dy), builder.mul(fx.index, dx)))
-                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), cg)
-                with cgutils.for_range(builder, cg) as c:
-                    x_row = builder.mul(builder.add(row, c.index), i64(BATCH_LANES))
-                    xs = [_load_vec(builder, vec, arr_x.data, builder.add(x_row, i64(v * LANES))) for v in range(n_vec)]
-                    j = builder.add(j0, c.index)
-                    for acc_k, w_row in zip(accs, w_rows, strict=True):
-                        wv = splat(builder.load(builder.gep(w_row, [j])))
-                        for acc, xv in zip(acc_k, xs, strict=True):
-                            builder.store(builder.fadd(builder.load(acc), builder.fmul(wv, xv)), acc)
-        for acc_k, k in zip(accs, k_list, strict=True):
-            bv = splat(builder.load(builder.gep(arr_b.data, [k])))
-            out_row = builder.mul(builder.add(builder.mul(k, p_n), p_out), i64(BATCH_LANES))
-            for v, acc in enumerate(acc_k):
-                dest = vec_at(arr_o.data, builder.add(out_row, i64(v * LANES)))
-                builder.store(builder.fadd(builder.load(acc), bv), dest, align=4)
+                tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
+                bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
+                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
+                bases_j = [builder.gep(base, [j0]) for base in bases_a]
+                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
+                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+                tail = builder.sub(seg, whole)
+                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
+                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        has_res, act = cgutils.unpack_tuple(builder, args[6])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        oi = cgutils.unpack_tuple(builder, args[7])
+        for c0 in range(0, len(pairs), 8):
+            total = _reduce8(builder, [builder.load(acc) for acc in accs[c0 : c0 + 8]])
+            for i in range(c0, min(c0 + 8, len(pairs))):
+                k = ks[pairs[i][0]]
+                y = builder.fadd(
+                    builder.extract_element(total, _I32(i - c0)), builder.load(builder.gep(arrays[0].data, [k]))
+                )
+                _store_one(builder, (arrays[1], arrays[2]), oi[i], y, has_res, act)
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """float32 a * b + c rounded once (llvm.fma)."""
+    if not all(t == types.float32 for t in (a, b, c)):
+        return None
+    sig = types.float32(a, b, c)
+
+    def codegen(context, builder, sig, args):
+        return _fma(builder, *args)
 
     return sig, codegen

@@ -2,32 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import numpy as np
-
 from ..errors import ModelError
-from ..kernels.conv2d import conv2d, padded_taps, plan_skip, taps_last
+from ..kernels.conv import conv2d, conv_geom, plan_skip, prepare_conv, scratch_floats
 from .base import MAX_ELEMENTS, OnnxUnsupported, Op, expect_param, is_int, n_elements, need_rank, pads, window_out_size
 from .base import pair as _pair
-
-
-class ConvArgs(NamedTuple):
-    """A conv2d ready to run: weights (K, C/groups, KH, KW), bias (K,), the filters as rows
-    (`taps_last`), strides, pads (top, left, bottom, right), dilations and groups."""
-
-    w: np.ndarray
-    b: np.ndarray
-    w_taps: np.ndarray
-    sh: int
-    sw: int
-    pt: int
-    pl: int
-    pb: int
-    pr: int
-    dh: int
-    dw: int
-    groups: int
 
 
 class Conv2d(Op):
@@ -83,24 +61,22 @@ class Conv2d(Op):
         return (ins[0][0] // a["groups"]) * a["kernel"][0] * a["kernel"][1]
 
     def prepare(self, a, arrays, ins, out, ctx):
-        w = np.ascontiguousarray(arrays["weight"])
-        b = arrays["bias"] if "bias" in arrays else np.zeros(w.shape[0], np.float32)
-        (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["stride"], a["pads"], a["dilation"]
-        return ConvArgs(w, np.ascontiguousarray(b), taps_last(w), sh, sw, pt, pl, pb, pr, dh, dw, a["groups"])
+        """(ConvWeights, ConvGeom): the filters packed once for the kernels, the geometry as one record."""
+        geom = conv_geom(*ins[0], out[0], a["kernel"], a["stride"], a["pads"], a["dilation"], a["groups"])
+        return (prepare_conv(arrays["weight"], arrays.get("bias"), geom), geom)
 
-    def run(self, xs, c, skip, out, scratch):
-        return conv2d(
-            xs[0], c.w, c.b, c.sh, c.sw, c.pt, c.pl, c.pb, c.pr, c.dh, c.dw, c.groups, skip, out, scratch, c.w_taps
-        )
+    def run(self, xs, args, skip, out, scratch):
+        weights, geom = args
+        return conv2d(xs[0], weights, geom, skip, out, scratch)
 
-    def plan_skip(self, c, mask):
+    def plan_skip(self, args, mask):
         """What `run` takes as `skip` for a bool (K, OH, OW) mask: its schedule, worked out once."""
-        return plan_skip(mask, c.groups, int(np.prod(c.w.shape[1:])))
+        return plan_skip(mask, *args)
 
-    def scratch_floats(self, a, ins, out) -> int:
-        """Floats of scratch one image needs (the im2col rows of one group)."""
-        taps = padded_taps(ins[0][0] // a["groups"] * a["kernel"][0] * a["kernel"][1])
-        return taps * out[1] * out[2]
+    def scratch_floats(self, args, n_n) -> int:
+        """Floats of scratch the kernels need for a batch of n_n images."""
+        weights, geom = args
+        return scratch_floats(geom, n_n, weights)
 
     def loop_nest(self, a, ins, out):
         (fy, fx), g = a["kernel"], a["groups"]

@@ -112,7 +112,7 @@ class QConv2d(Conv2d):
     def plan_skip(self, args, mask):
         return np.ascontiguousarray(mask, np.bool_)
 
-    def scratch_floats(self, a, ins, out) -> int:
+    def scratch_floats(self, args, n_n) -> int:
         return 0
 
 

@@ -1,0 +1,210 @@
+"""Dense convolution: blocked direct kernels on a copy of the input (`planes_input`).
+
+`conv_tiles` puts output positions in the SIMD lanes (`tile_pass` tiles of 4 filters by 3
+segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions).
+Both sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
+in runs of taps whose weights stay in L1, and finish it with bias, optional residual and
+activation (`store_tile`, `store_lanes`). The tile, item or thread that computes an output
+never changes its value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass
+from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
+
+SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
+POS_TILE = 6  # output positions per register tile of `conv_lanes`
+LANE_K = 16  # filters per register tile of `conv_lanes` (two vectors)
+TILE_K = 4  # filters per register tile of `conv_tiles` (groups of fewer: one)
+N_ACC = 12  # vector accumulators of either tile
+# Bytes of one block's weights per run of taps: a run stays in L1 (32 KiB) while the tiles of a
+# work item go through it, their sums kept in memory between runs.
+RUN_BYTES = 16 << 10
+# Tiles per work item, at most: their sums (3 KiB per tile) stay in L2.
+ITEM_TILES = 32
+ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
+
+
+def planes_input(x, geom, planes, plane_of, scratch):
+    """The images x (N, C, H, W) in the layout `planes` describes, flat: x itself when DIRECT,
+    else its copy (`to_planes`, `to_blocks`) in scratch (N * C * plane floats)."""
+    if planes.kind == DIRECT:
+        return np.ascontiguousarray(x).reshape(-1)
+    xp = scratch[: x.shape[0] * geom.c_in * planes.plane].reshape(x.shape[0], -1)
+    if planes.kind == BLOCKS:
+        to_blocks(x, geom, planes, xp)
+    else:
+        to_planes(x, geom, planes, plane_of, xp)
+    return xp.reshape(-1)
+
+
+def planes_floats(planes, geom):
+    """Floats of scratch `planes_input` needs per image."""
+    return 0 if planes.kind == DIRECT else geom.c_in * planes.plane
+
+
+def work_split(weights, geom, n_n, threads):
+    """(tiles per item, blocks per item) of the dense kernels for n_n images: an item takes a run
+    of at most ITEM_TILES tiles (over the images' output planes, image after image) and a run of
+    filter blocks, enough items for every thread. Only speed depends on it, never a value."""
+    m = weights.tile_m
+    per_plane = -(-geom.oh * geom.ow // POS_TILE) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
+    n_tiles = n_n * geom.groups * per_plane
+    n_blocks = -(-(geom.k_out // geom.groups) // m)
+    tiles = min(n_tiles, ITEM_TILES)
+    n_tc = -(-n_tiles // tiles)
+    n_bc = min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_tc)))
+    return tiles, -(-n_blocks // n_bc)
+
+
+@njit(cache=True)
+def _positions(p0, p_n):
+    """The POS_TILE positions of a tile from p0, the last repeated past the plane's end."""
+    return (
+        p0,
+        min(p0 + 1, p_n - 1),
+        min(p0 + 2, p_n - 1),
+        min(p0 + 3, p_n - 1),
+        min(p0 + 4, p_n - 1),
+        min(p0 + 5, p_n - 1),
+    )
+
+
+@njit(cache=True)
+def _slots(u):
+    """Where the CHAINS chains' sums of a tile lie in `parts`, from u."""
+    d = N_ACC * VEC
+    return (u, u + d, u + 2 * d, u + 3 * d, u + 4 * d, u + 5 * d, u + 6 * d, u + 7 * d)
+
+
+@njit(cache=True, parallel=True)
+def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
+    """Layout: xp the dense kernels' input of the images (flat, `planes_input`); out and res (N *
+    K * OH * OW,) flat NCHW (res: the residual, or out itself when has_res is 0); cw a
+    ConvWeights whose tiles hold blocks of cw.tile_m (TILE_K or 1) filters. Returns the MACs.
+
+    Loop order: (run of split[0] tiles, run of split[1] filter blocks) items in parallel (tile i:
+    image i // (groups * T), group, segments of tile i % T); then blocks; chains; runs of
+    RUN_BYTES of the chain's weights; tiles (`tile_pass`, each tile's sums in `parts` between
+    runs); then each tile's chains combined, bias, residual, activation (`store_tile`). A short
+    last tile repeats its last segment (same outputs, same bits).
+    """
+    k_n, groups = geom.k_out, geom.groups
+    n_n = out.size // (k_n * geom.oh * geom.ow)
+    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
+    taps = cg * geom.kh * geom.kw
+    tile_m = cw.tile_m
+    n_blocks = (kg + tile_m - 1) // tile_m
+    segs = cw.segs
+    n_s = segs.shape[0]
+    n_t = (n_s + SEG_TILE - 1) // SEG_TILE
+    tpi, bpi = split
+    n_all = n_n * groups * n_t
+    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
+    img, plane = geom.c_in * cw.plane, cw.plane
+    # the record's arrays taken out once: read inside the parallel loop, each would cost a
+    # reference count per use, an atomic operation the threads contend for
+    wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b
+    n_chains, run = starts.size - 1, max(1, RUN_BYTES // (4 * tile_m))
+    step = n_chains * N_ACC * VEC  # floats of sums per tile
+    for item in prange(n_tc * n_bc):
+        bc, tc = item % n_bc, item // n_bc
+        t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
+        parts = np.empty((t_hi - t_lo) * step, np.float32)
+        for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
+            w0 = (blk * taps) * tile_m  # the block within its group; groups below
+            for chain in range(n_chains):
+                c0, c1 = starts[chain], starts[chain + 1]
+                for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
+                    span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
+                    for ti in range(t_lo, t_hi):
+                        g, t = (ti // n_t) % groups, ti % n_t
+                        xb = (ti // (groups * n_t)) * img + g * cg * plane
+                        a = t * SEG_TILE
+                        xs = (xb + segs[a, 0], xb + segs[min(a + 1, n_s - 1), 0], xb + segs[min(a + 2, n_s - 1), 0])
+                        wg = w0 + g * n_blocks * taps * tile_m
+                        at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
+                        if tile_m == TILE_K:
+                            tile_pass(wts, (wg, wg + 1, wg + 2, wg + 3), xp, xs, offs, span, parts, at)
+                        else:
+                            tile_pass(wts, (wg,), xp, xs, offs, span, parts, at)
+            for ti in range(t_lo, t_hi):
+                n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
+                a = t * SEG_TILE
+                b, c = min(a + 1, n_s - 1), min(a + 2, n_s - 1)
+                k0 = g * kg + blk * tile_m
+                ob = (n * k_n + k0) * p_n
+                obs = (ob + segs[a, 1], ob + segs[b, 1], ob + segs[c, 1])
+                lanes = (segs[a, 2], segs[b, 2], segs[c, 2], segs[a, 3], segs[b, 3], segs[c, 3])
+                where = (k0, min(tile_m, kg - blk * tile_m), p_n, has_res, act)
+                u = (ti - t_lo) * step
+                if n_chains == CHAINS:
+                    store_tile(parts, _slots(u), bias, res, out, where, obs, lanes)
+                else:
+                    store_tile(parts, (u,), bias, res, out, where, obs, lanes)
+    return n_n * k_n * p_n * taps
+
+
+@njit(cache=True, parallel=True)
+def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
+    """Layout as `conv_tiles`; cw.tiles holds blocks of LANE_K filters (a multiple of LANE_K per
+    group), cw.pbase (P,) the offset of tap (0, 0) of each output position in a channel's input
+    plane. Returns the MACs of the outputs.
+
+    Loop order as `conv_tiles`, a tile being POS_TILE consecutive output positions of a plane
+    (`lane_pass`: the filters in SIMD lanes; `store_lanes`). A short last tile repeats its last
+    position.
+    """
+    k_n, groups = geom.k_out, geom.groups
+    n_n = out.size // (k_n * geom.oh * geom.ow)
+    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
+    taps = cg * geom.kh * geom.kw
+    n_blocks = kg // LANE_K
+    n_t = (p_n + POS_TILE - 1) // POS_TILE
+    tpi, bpi = split
+    n_all = n_n * groups * n_t
+    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
+    img, plane = geom.c_in * cw.plane, cw.plane
+    wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
+    n_chains, run = starts.size - 1, RUN_BYTES // (4 * LANE_K)
+    step = n_chains * N_ACC * VEC
+    for item in prange(n_tc * n_bc):
+        bc, tc = item % n_bc, item // n_bc
+        t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
+        parts = np.empty((t_hi - t_lo) * step, np.float32)
+        for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
+            for chain in range(n_chains):
+                c0, c1 = starts[chain], starts[chain + 1]
+                for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
+                    span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
+                    for ti in range(t_lo, t_hi):
+                        g, t = (ti // n_t) % groups, ti % n_t
+                        xb = (ti // (groups * n_t)) * img + g * cg * plane
+                        q = _positions(t * POS_TILE, p_n)
+                        pb = (
+                            xb + pbase[q[0]],
+                            xb + pbase[q[1]],
+                            xb + pbase[q[2]],
+                            xb + pbase[q[3]],
+                            xb + pbase[q[4]],
+                            xb + pbase[q[5]],
+                        )
+                        w0 = (g * n_blocks + blk) * taps * LANE_K
+                        at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
+                        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
+            for ti in range(t_lo, t_hi):
+                n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
+                ob = n * k_n * p_n
+                q = _positions(t * POS_TILE, p_n)
+                obs = (ob + q[0], ob + q[1], ob + q[2], ob + q[3], ob + q[4], ob + q[5])
+                where = (g * kg + blk * LANE_K, p_n, has_res, act)
+                u = (ti - t_lo) * step
+                if n_chains == CHAINS:
+                    store_lanes(parts, _slots(u), bias, res, out, where, obs)
+                else:
+                    store_lanes(parts, (u,), bias, res, out, where, obs)
+    return n_n * k_n * p_n * taps

@@ -1,0 +1,93 @@
+"""conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
+
+Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
+lanes, `dense.conv_lanes` with filters in the lanes, `depthwise.conv_depth_blocks` /
+`conv_depthwise`); masked with one chain per output (`masked.conv_runs`, runs of unmasked
+outputs in SIMD lanes); masked with CHAINS chains (`masked.conv_sampled` / `conv_images8`, taps
+in SIMD lanes). Every path sums an output in the same order, so a masked call writes the same
+bits as a dense one at its unmasked outputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+
+from . import masked
+from .dense import LANE_K, conv_lanes, conv_tiles, planes_floats, planes_input, work_split
+from .depthwise import conv_depth_blocks, conv_depthwise, is_depthwise
+from .geom import ConvGeom
+from .layouts import BLOCKS, ROWS, aligned_floats
+from .prepare import ConvWeights, planes
+from .schedule import SkipPlan, plan_skip
+
+# Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
+CHUNK_FLOATS = 1 << 23
+
+ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
+
+
+class Epilogue(NamedTuple):
+    """What a conv applies to its outputs after the bias: residual (N, K, OH, OW) float32 added
+    (None: nothing), then act: ACT_NONE, ACT_RELU (NumPy's maximum(y, 0)) or ACT_RELU6 (then
+    minimum(y, 6)). The same float32 operations, in the same order, as the separate add and
+    activation ops."""
+
+    residual: np.ndarray | None = None
+    act: int = ACT_NONE
+
+
+def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epilogue=None) -> int:
+    """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW) float32 (C-contiguous);
+    returns the MACs executed (those of the outputs computed).
+
+    skip: None (dense), a bool (K, OH, OW) array or its `plan_skip`; masked outputs are not
+    computed and keep what out holds. scratch: a float32 1-D array of at least
+    `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
+    """
+    n_n = x.shape[0]
+    need = scratch_floats(geom, n_n, weights)
+    if scratch is None or scratch.size < need:
+        scratch = aligned_floats(need)
+    ep = Epilogue() if epilogue is None else epilogue
+    res = out if ep.residual is None else ep.residual
+    if skip is None:
+        return _dense(x, weights, geom, out, scratch, (res, int(ep.residual is not None), int(ep.act)))
+    plan = skip if isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
+    return masked.conv_masked(x, weights, geom, plan, out, scratch, (res, int(ep.residual is not None), int(ep.act)))
+
+
+def chunk_images(per_image, n_n):
+    """Images per kernel call when each needs per_image floats of scratch (CHUNK_FLOATS at most)."""
+    return n_n if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image))
+
+
+def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
+    """Floats of scratch a call with n_n images needs, dense or masked."""
+    per_image = planes_floats(planes(weights), geom)
+    dense = chunk_images(per_image, n_n) * per_image
+    return max(dense, masked.scratch_floats(geom, n_n, weights))
+
+
+def _dense(x, weights, geom, out, scratch, ep):
+    n_n = x.shape[0]
+    pl = planes(weights)
+    chunk = chunk_images(planes_floats(pl, geom), n_n)
+    res, has_res, act = ep
+    n_macs = 0
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
+        o = out[n0 : n0 + m].reshape(-1)
+        r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        if pl.kind == BLOCKS:
+            n_macs += conv_depth_blocks(xp, weights, geom, r, has_res, act, o)
+            continue
+        if is_depthwise(geom) and pl.kind == ROWS:
+            n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
+            continue
+        kernel = conv_lanes if weights.tile_m == LANE_K else conv_tiles
+        n_macs += kernel(xp, weights, geom, r, has_res, act, o, work_split(weights, geom, m, numba.get_num_threads()))
+    return n_macs

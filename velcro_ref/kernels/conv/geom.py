@@ -1,0 +1,53 @@
+"""A convolution's geometry as one record, built once when a model loads."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Filters with fewer taps than this (depthwise 3x3: 9; a 1x1 conv on 16 to 48 channels) sum them
+# in one chain; every other conv in CHAINS chains (docs/kernels.md, "Order of summation"). With
+# few taps, combining CHAINS chain sums would cost about as much as the taps themselves.
+FEW_TAPS = 64
+
+
+class ConvGeom(NamedTuple):
+    """Geometry of a conv on one image: input (c_in, h, w), k_out filters of (c_in / groups, kh,
+    kw), strides (sh, sw), pads (top pt, left pl, bottom pb, right pr), dilations (dh, dw) and the
+    output (k_out, oh, ow). Numba takes it as a tuple of ints; kernels read it by field name."""
+
+    c_in: int
+    h: int
+    w: int
+    k_out: int
+    kh: int
+    kw: int
+    sh: int
+    sw: int
+    pt: int
+    pl: int
+    pb: int
+    pr: int
+    dh: int
+    dw: int
+    groups: int
+    oh: int
+    ow: int
+
+
+def conv_geom(c_in, h, w, k_out, kernel, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1) -> ConvGeom:
+    """The ConvGeom of a conv; oh and ow follow PyTorch's floor rule."""
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, pb, pr) = kernel, stride, dilation, pads
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    fields = (c_in, h, w, k_out, kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, groups, oh, ow)
+    return ConvGeom(*(int(v) for v in fields))
+
+
+def group_taps(g: ConvGeom) -> int:
+    """Taps of one filter: (c_in / groups) * kh * kw, the MACs of one output element."""
+    return g.c_in // g.groups * g.kh * g.kw
+
+
+def one_chain(g: ConvGeom) -> bool:
+    """Whether the conv's filters sum their taps in one chain (fewer than FEW_TAPS taps)."""
+    return group_taps(g) < FEW_TAPS

@@ -1,0 +1,378 @@
+"""Layouts of a conv's data: the copies of its input the kernels read, and its filters packed.
+
+Input copies (written at every call, borders zeroed, so a scratch buffer can be shared):
+- `to_planes`: the dense kernels' input, one zero-padded plane per channel (docs/kernels.md,
+  "Layouts"): in rows, each row split into sw phases of q floats (column ix of the padded row
+  is float ix // sw of phase ix % sw), so that 8 outputs of a row at stride sw read 8
+  consecutive floats; flat (a strided 1x1 conv without padding, or a plane of fewer than 8
+  outputs), the plane holds the pixels the outputs read, in output order. Planes are `plane`
+  floats apart, an odd number of 64-byte lines, and in `plane_of` order, so that the taps a
+  chain reads one after another do not map to the same L1 cache sets. A 1x1 conv of stride 1
+  without padding reads its input as it lies (DIRECT): no copy.
+- `channels_last`: the masked kernels' input, zero-padded and channels last, so that the taps
+  of an output are runs of consecutive floats.
+- `im2col_rows`: those runs copied into one row per output position, when they are not
+  whole vectors in place.
+
+Filters: `chain_order` numbers a filter's taps in the order they are summed; `pack_tiles` packs
+blocks of filters in that order, `taps_last` one row per filter in (fy, fx, c) order.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit, prange
+
+from ..simd import CHAINS, VEC
+from .geom import FEW_TAPS, ConvGeom, one_chain
+
+LINE_FLOATS = 16  # floats per 64-byte cache line
+# Floats of a copy from which it uses every thread, and items (planes or rows) per work item.
+# Below, a copy (every input of ResNet-18's convs at batch 1) runs in the calling thread: a
+# parallel region per copy is a wake-up of the other threads, and on a shared machine a wait
+# for the scheduler to give them a core.
+PARALLEL_MIN = 1 << 20
+PART_ITEMS = 8
+
+
+ROWS, FLAT, DIRECT, BLOCKS = 0, 1, 2, 3  # kinds of the dense kernels' input (`Planes.kind`)
+
+
+class Planes(NamedTuple):
+    """Shape of the dense kernels' input of one image: channel c's plane starts at plane_of[c]
+    * plane (within its group's planes). kind ROWS: hp rows of sw phases of q floats; FLAT: the
+    oh * ow pixels the outputs read, in output order; DIRECT: the input as it lies (h * w);
+    BLOCKS (a depthwise conv on a multiple of 8 channels): blocks of 8 channels, each hp rows of
+    q pixels of 8 floats (the block's channels side by side), `plane` floats per channel."""
+
+    kind: int
+    hp: int
+    q: int
+    plane: int
+
+
+def input_kind(g: ConvGeom) -> int:
+    """A 1x1 conv without padding reads one pixel per output: DIRECT at stride 1 (with a plane
+    of at least one segment), else FLAT; a depthwise conv on a multiple of 8 channels BLOCKS;
+    every other conv ROWS."""
+    if g.c_in == g.groups == g.k_out and g.c_in % VEC == 0 and g.kh * g.kw < FEW_TAPS:
+        return BLOCKS
+    if g.kh != 1 or g.kw != 1 or g.pt or g.pl or g.pb or g.pr:
+        return ROWS
+    return DIRECT if g.sh == g.sw == 1 and g.h * g.w >= VEC else FLAT
+
+
+def padded_size(n, pad, out_n, stride, taps, dil):
+    """Length of one zero-padded input axis that holds the input after `pad` zeros and every tap
+    of every one of out_n outputs (the far side gets what the output size implies)."""
+    return max(n + pad, (out_n - 1) * stride + (taps - 1) * dil + 1)
+
+
+def _odd_lines(floats):
+    """floats rounded up to a whole, odd number of cache lines."""
+    lines = -(-floats // LINE_FLOATS)
+    return (lines + 1 - lines % 2) * LINE_FLOATS
+
+
+def planes_of(g: ConvGeom, kind=None) -> Planes:
+    """The Planes of a conv, of `input_kind` unless kind is given. A row phase has room for a
+    vector read from any output column: q >= ow + VEC - 1 + the largest tap shift (fx * dw) //
+    sw."""
+    kind = input_kind(g) if kind is None else kind
+    if kind == BLOCKS:
+        hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+        q = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
+        return Planes(BLOCKS, hp, q, hp * q)
+    if kind == DIRECT:
+        return Planes(DIRECT, 1, 0, g.h * g.w)
+    if kind == FLAT:
+        return Planes(FLAT, 1, 0, _odd_lines(g.oh * g.ow + VEC - 1))
+    hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    q = max(g.ow + VEC - 1 + (g.kw - 1) * g.dw // g.sw, -(-(g.pl + g.w) // g.sw))
+    q = -(-q // LINE_FLOATS) * LINE_FLOATS
+    return Planes(0, hp, q, _odd_lines(hp * g.sw * q))
+
+
+def plane_order(cg, kind):
+    """plane_of (cg,): the plane of each channel of a group. With a multiple of CHAINS channels
+    copied, the channels of one chain (c mod CHAINS) are neighbours: plane (c % CHAINS) * cg /
+    CHAINS + c // CHAINS."""
+    c = np.arange(cg, dtype=np.int64)
+    if cg % CHAINS or kind == DIRECT:
+        return c
+    return (c % CHAINS) * (cg // CHAINS) + c // CHAINS
+
+
+def chain_order(taps, n_chains):
+    """(order, starts): the taps 0 .. taps - 1 of a filter in the order the kernels sum them,
+    chain after chain (tap j in chain j mod n_chains, increasing j within a chain), and the
+    n_chains + 1 indices of `order` where each chain begins and the last ends."""
+    order = np.concatenate([np.arange(c, taps, n_chains) for c in range(n_chains)]).astype(np.int64)
+    starts = np.zeros(n_chains + 1, np.int64)
+    starts[1:] = np.cumsum([len(range(c, taps, n_chains)) for c in range(n_chains)])
+    return order, starts
+
+
+def n_chains(g: ConvGeom) -> int:
+    return 1 if one_chain(g) else CHAINS
+
+
+def tap_offsets(g: ConvGeom, planes: Planes, plane_of):
+    """(offs, starts): the offset of every tap of a filter, in summation order, in one group's
+    planes relative to an output's segment base (see `segments`)."""
+    cg = g.c_in // g.groups
+    order, starts = chain_order(cg * g.kh * g.kw, n_chains(g))
+    fy, rem = np.divmod(order, g.kw * cg)
+    fx, c = np.divmod(rem, cg)
+    if planes.kind == BLOCKS:
+        return np.ascontiguousarray((fy * g.dh * planes.q + fx * g.dw) * VEC, np.int64), starts
+    offs = plane_of[c] * planes.plane
+    if planes.kind == ROWS:
+        shift = fx * g.dw
+        offs = offs + fy * g.dh * g.sw * planes.q + (shift % g.sw) * planes.q + shift // g.sw
+    return np.ascontiguousarray(offs, np.int64), starts
+
+
+def position_bases(g: ConvGeom, planes: Planes):
+    """(P,) int64: the offset of tap (0, 0) of every output position p = (oy, ox) in a channel's
+    input plane (the base `tap_offsets` are relative to)."""
+    p = np.arange(g.oh * g.ow, dtype=np.int64)
+    if planes.kind == BLOCKS:
+        return ((p // g.ow) * g.sh * planes.q + p % g.ow * g.sw) * VEC
+    if planes.kind != ROWS:
+        return p
+    return (p // g.ow) * g.sh * g.sw * planes.q + p % g.ow
+
+
+def segments(g: ConvGeom, planes: Planes):
+    """(S, 4) int64: the output segments of one output plane, VEC consecutive outputs of one row
+    (or of the flat plane): the offset of tap (0, 0) of lane 0 in a channel's input plane, the
+    offset of lane 0 in an output plane, and the lanes lo .. hi - 1 that are outputs of this
+    segment. DIRECT reads stop at the plane's end: the last segment starts VEC outputs before
+    it, its lanes from lo on new."""
+    p_n = g.oh * g.ow
+    if planes.kind != ROWS:
+        p = np.arange(0, p_n, VEC, dtype=np.int64)
+        start = np.minimum(p, p_n - VEC) if planes.kind == DIRECT else p
+        return np.stack([start, start, p - start, np.minimum(VEC, p_n - start)], axis=1)
+    oy, ox = np.divmod(np.arange(g.oh * -(-g.ow // VEC), dtype=np.int64), -(-g.ow // VEC))
+    ox = ox * VEC
+    zero = np.zeros_like(ox)
+    return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, zero, np.minimum(VEC, g.ow - ox)], axis=1)
+
+
+def to_planes(x, geom, planes, plane_of, xp):
+    """Layout: x (N, C, H, W); xp (N, C * plane) as `Planes` says, every float written (padding
+    0). Loop order (image, channel), in parallel from PARALLEL_MIN floats on, then rows,
+    phases, runs of columns."""
+    n_items = x.shape[0] * x.shape[1]
+    if xp.size < PARALLEL_MIN:
+        _planes_items(x, geom, planes, plane_of, xp, 0, n_items)
+    else:
+        _planes_threads(x, geom, planes, plane_of, xp, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _planes_threads(x, geom, planes, plane_of, xp, n_items):
+    """`_planes_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _planes_items(x, geom, planes, plane_of, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _planes_items(x, geom, planes, plane_of, xp, i0, i1):
+    """`to_planes` of the (image, channel) items i0 .. i1 - 1."""
+    n_n, c_n, h, w = x.shape
+    cg = c_n // geom.groups
+    pl_n, sw, q = planes.plane, geom.sw, planes.q
+    for item in range(i0, i1):
+        n, c = item // c_n, item % c_n
+        at = ((c // cg) * cg + plane_of[c % cg]) * pl_n
+        dst = xp[n, at : at + pl_n]
+        src = x[n, c]
+        if planes.kind == FLAT:
+            ow = geom.ow
+            for oy in range(geom.oh):
+                row = src[oy * geom.sh]
+                d = dst[oy * ow : (oy + 1) * ow]
+                for ox in range(ow):
+                    d[ox] = row[ox * sw]
+            dst[geom.oh * ow :] = 0.0
+            continue
+        for r in range(planes.hp):
+            iy = r - geom.pt
+            row = dst[r * sw * q : (r + 1) * sw * q]
+            if iy < 0 or iy >= h:
+                row[:] = 0.0
+                continue
+            s_row = src[iy]
+            for ph in range(sw):
+                seg = row[ph * q : (ph + 1) * q]
+                # column j of phase ph holds input column j * sw + ph - pl: inside x for j0 <= j < j1
+                j0 = min(q, max(0, (geom.pl - ph + sw - 1) // sw))
+                j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // sw + 1))
+                seg[:j0] = 0.0
+                seg[j1:] = 0.0
+                i0 = j0 * sw + ph - geom.pl
+                if sw == 1:
+                    seg[j0:j1] = s_row[i0 : i0 + j1 - j0]
+                else:
+                    for j in range(j0, j1):
+                        seg[j] = s_row[i0 + (j - j0) * sw]
+        dst[planes.hp * sw * q :] = 0.0
+
+
+def pack_tiles(w, geom: ConvGeom, tile_m):
+    """Filters (K, C/groups, KH, KW) as blocks of tile_m filters of one group (a group's last
+    block padded with zero filters): block b's tap t (summation order, `chain_order`) of filter
+    m at [(b * taps + t) * tile_m + m], blocks of group 0 first."""
+    k_n, cg, kh, kw = w.shape
+    kg, taps = k_n // geom.groups, cg * kh * kw
+    order, _ = chain_order(taps, n_chains(geom))
+    blocks = -(-kg // tile_m)
+    rows = np.zeros((geom.groups, blocks * tile_m, taps), np.float32)
+    rows[:, :kg] = w.transpose(0, 2, 3, 1).reshape(geom.groups, kg, taps)[:, :, order]
+    packed = rows.reshape(geom.groups * blocks, tile_m, taps).transpose(0, 2, 1)
+    out = aligned_floats(packed.size)
+    out[:] = packed.reshape(-1)
+    return out
+
+
+def padded_taps(taps):
+    """Row length of `taps_last` filters and im2col rows: taps rounded up to a multiple of VEC."""
+    return -(-taps // VEC) * VEC
+
+
+def taps_last(w):
+    """Filters (K, C/groups, KH, KW) as (K, J) rows in (fy, fx, c) order, the column order of
+    `im2col_rows`, with zero columns up to J = the taps rounded up to a multiple of VEC, so that
+    every `dot_taps` run is whole vectors (a zero tap adds +0 to a chain: no change)."""
+    k_n, cg, kh, kw = w.shape
+    taps = cg * kh * kw
+    out = aligned_floats(k_n * padded_taps(taps)).reshape(k_n, -1)
+    out[:, taps:] = 0.0
+    out[:, :taps] = w.transpose(0, 2, 3, 1).reshape(k_n, taps)
+    return out
+
+
+def aligned_floats(n):
+    """An empty float32 array of n elements that starts on a 64-byte boundary, so that rows of
+    a multiple of 16 floats start on a cache line."""
+    buf = np.empty(n + LINE_FLOATS, np.float32)
+    start = (-buf.ctypes.data % 64) // 4
+    return buf[start : start + n]
+
+
+def channels_last(x, pt, pl, xh):
+    """Layout: x (N, C, H, W); xh (N, HP, WP*C) with element (n, iy, ix*C + c) = x[n, c, iy -
+    pt, ix - pl], 0 outside x. Loop order (n, iy), in parallel from PARALLEL_MIN floats on, ix,
+    c: a row's C x W source floats stay in L1 while its destination row is written in order."""
+    n_items = xh.shape[0] * xh.shape[1]
+    if xh.size < PARALLEL_MIN:
+        _cl_items(x, pt, pl, xh, 0, n_items)
+    else:
+        _cl_threads(x, pt, pl, xh, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _cl_threads(x, pt, pl, xh, n_items):
+    """`_cl_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _cl_items(x, pt, pl, xh, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _cl_items(x, pt, pl, xh, i0, i1):
+    """`channels_last` of the (image, row) items i0 .. i1 - 1."""
+    n_n, c_n, h, w = x.shape
+    hp = xh.shape[1]
+    for item in range(i0, i1):
+        n, iy = item // hp, item % hp
+        row = xh[n, iy]
+        if iy < pt or iy >= pt + h:
+            row[:] = 0.0
+            continue
+        row[: pl * c_n] = 0.0
+        row[(pl + w) * c_n :] = 0.0
+        src = x[n, :, iy - pt]
+        for ix in range(w):
+            d = (ix + pl) * c_n
+            for c in range(c_n):
+                row[d + c] = src[c, ix]
+
+
+@njit(cache=True, parallel=True)
+def im2col_rows(xh, c0, geom, need, col, q0):
+    """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
+    [iy, ix*C + c]); col (>= q0 + OH*OW, J) with row q0 + p for p = (oy, ox) and column
+    (fy, fx, c) of the channels c0 .. c0 + C/groups - 1, then zeros up to J.
+
+    Loop order: oy (in parallel), ox, fy, fx. Rows whose `need[p]` is False are left untouched
+    (every filter masked there). Each tap copies C/groups contiguous channels; with one group
+    and dw = 1 a whole filter row is one contiguous copy.
+    """
+    c_n = geom.c_in
+    cg = c_n // geom.groups
+    kh, kw, sh, sw, dh, dw = geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw
+    whole_row = cg == c_n and dw == 1
+    for oy in prange(geom.oh):
+        for ox in range(geom.ow):
+            p = oy * geom.ow + ox
+            if not need[p]:
+                continue
+            j = 0
+            for fy in range(kh):
+                src = xh[oy * sh + fy * dh]
+                if whole_row:
+                    a = ox * sw * c_n
+                    col[q0 + p, j : j + kw * c_n] = src[a : a + kw * c_n]
+                    j += kw * c_n
+                    continue
+                for fx in range(kw):
+                    a = (ox * sw + fx * dw) * c_n + c0
+                    col[q0 + p, j : j + cg] = src[a : a + cg]
+                    j += cg
+            col[q0 + p, j:] = 0.0
+
+
+def to_blocks(x, geom, planes, xp):
+    """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
+    (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
+    zero padded (pt rows above, pl columns left). Loop order (image, block, row), in parallel
+    from PARALLEL_MIN floats on, then columns, channels."""
+    n_items = x.shape[0] * (x.shape[1] // VEC) * planes.hp
+    if xp.size < PARALLEL_MIN:
+        _blocks_items(x, geom, planes, xp, 0, n_items)
+    else:
+        _blocks_threads(x, geom, planes, xp, n_items)
+
+
+@njit(cache=True, parallel=True)
+def _blocks_threads(x, geom, planes, xp, n_items):
+    """`_blocks_items` in parallel, PART_ITEMS items at a time."""
+    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
+        _blocks_items(x, geom, planes, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+
+
+@njit(cache=True)
+def _blocks_items(x, geom, planes, xp, i0, i1):
+    """`to_blocks` of the (image, block, row) items i0 .. i1 - 1."""
+    n_n, c_n, h, w = x.shape
+    hp, q = planes.hp, planes.q
+    n_b = c_n // VEC
+    for item in range(i0, i1):
+        n, cb, r = item // (n_b * hp), (item // hp) % n_b, item % hp
+        row = xp[n, (cb * hp + r) * q * VEC : (cb * hp + r + 1) * q * VEC]
+        iy = r - geom.pt
+        if iy < 0 or iy >= h:
+            row[:] = 0.0
+            continue
+        row[: geom.pl * VEC] = 0.0
+        row[(geom.pl + w) * VEC :] = 0.0
+        src = x[n, cb * VEC : (cb + 1) * VEC, iy]
+        for ix in range(w):
+            d = (geom.pl + ix) * VEC
+            for c in range(VEC):
+                row[d + c] = src[c, ix]

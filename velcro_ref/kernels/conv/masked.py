@@ -1,0 +1,323 @@
+"""Masked convolution: only the unmasked outputs are computed, each in the dense kernels' order.
+
+- `conv_runs` (filters summed in one chain): runs of unmasked outputs of a row, up to 8 in the
+  SIMD lanes of `tile_pass`, read from the dense kernels' row planes. A lane past the end of a
+  run computes a value that is dropped and not counted.
+- `conv_sampled` / `conv_images8` (filters summed in chains): `dot_store` blocks of a pair of
+  filters by a few positions (taps in the lanes), following the mask's pair schedule, the taps
+  read from a zero-padded channels-last copy of the input where they lie, or from im2col rows.
+  A masked output is never visited.
+
+A masked output is never stored or counted: out keeps what it held.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ..simd import VEC, dot_store, store_tile, tile_pass
+from .dense import planes_floats, planes_input
+from .geom import ConvGeom, group_taps, one_chain
+from .layouts import channels_last, im2col_rows, padded_size, padded_taps
+from .schedule import runs_planes
+
+# Filter pairs per work item of the sampled kernels, so that small layers still split over threads.
+PAIR_BLOCK = 8
+# Segments per work item of `conv_runs`.
+RUN_BLOCK = 48
+# Images per call of a kernel: at most this many floats of input copy.
+CHUNK_FLOATS = 1 << 23
+
+
+def in_place(geom: ConvGeom, c_n=None) -> bool:
+    """Whether the sampled kernels read a conv's taps from the padded channels-last input: every
+    tap's C/groups channels, or every whole filter row (KW adjacent pixels, all C channels), must
+    be a whole number of VEC-float vectors starting at a multiple of VEC taps."""
+    c_n = geom.c_in if c_n is None else c_n
+    cg = c_n // geom.groups
+    return cg % VEC == 0 or (geom.groups == 1 and geom.dw == 1 and geom.kw * cg % VEC == 0)
+
+
+def _strided_pointwise(geom):
+    """A strided 1x1 conv without padding reads only every sh-th row and sw-th column."""
+    return geom.kh == geom.kw == 1 and geom.pt == geom.pl == 0 and (geom.sh > 1 or geom.sw > 1)
+
+
+def _sampled_geom(geom):
+    """The geometry the sampled kernels run: a strided 1x1 conv without padding as the stride-1
+    conv on the pixels it reads."""
+    if _strided_pointwise(geom):
+        return geom._replace(h=geom.oh, w=geom.ow, sh=1, sw=1, pb=0, pr=0)
+    return geom
+
+
+def _sampled_floats(geom, n_n):
+    """(per image floats of the channels-last copy, of the im2col rows, images per chunk)."""
+    g = _sampled_geom(geom)
+    hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    wp = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
+    copy = hp * wp * g.c_in
+    rows = 0 if in_place(g) else g.oh * g.ow * padded_taps(group_taps(g))
+    return copy, rows, max(1, min(n_n, CHUNK_FLOATS // (copy + rows)))
+
+
+def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
+    """Floats of scratch a masked call with n_n images needs."""
+    if one_chain(geom):  # the input planes of `conv_runs`
+        per_image = planes_floats(runs_planes(geom), geom)
+        return 0 if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image)) * per_image
+    copy, rows, chunk = _sampled_floats(geom, n_n)
+    return chunk * (copy + rows)
+
+
+def conv_masked(x, weights, geom, plan, out, scratch, ep):
+    """The masked conv of x into out (N, K, OH, OW) following `plan` (a SkipPlan); ep = (res,
+    has_res, act). Returns the MACs executed."""
+    if plan.runs is not None:
+        return _runs(x, weights, geom, plan, out, scratch, ep)
+    res, has_res, act = ep
+    if _strided_pointwise(geom):
+        x = x[:, :, : geom.oh * geom.sh : geom.sh, : geom.ow * geom.sw : geom.sw]
+    g = _sampled_geom(geom)
+    n_n = x.shape[0]
+    copy, rows, chunk = _sampled_floats(geom, n_n)
+    kg, cg, p_n, j8 = g.k_out // g.groups, g.c_in // g.groups, g.oh * g.ow, weights.rows.shape[1]
+    hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    wpc = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw) * g.c_in
+    whole = cg == g.c_in and g.dw == 1  # a filter row's taps are one contiguous run
+    runs = (g.kh, g.dh * wpc, 1, 0, g.kw * cg) if whole else (g.kh, g.dh * wpc, g.kw, g.dw * g.c_in, cg)
+    n_done = 0
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        xh = scratch[: m * copy].reshape(m, hp, wpc)
+        channels_last(x[n0 : n0 + m], g.pt, g.pl, xh)
+        o = out[n0 : n0 + m].reshape(-1)
+        r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        for grp in range(g.groups):
+            sg, need, sched = plan.groups[grp]
+            if in_place(g):
+                src = (xh.reshape(-1), _tap_offsets(wpc, g.c_in, grp * cg, g.sh, g.sw, g.oh, g.ow), hp * wpc)
+                runs_g = runs
+            else:
+                col = scratch[m * copy : m * copy + m * p_n * j8].reshape(m * p_n, j8)
+                for i in range(m):
+                    im2col_rows(xh[i], grp * cg, g, need, col, i * p_n)
+                src = (col.reshape(-1), np.arange(p_n, dtype=np.int64) * j8, p_n * j8)
+                runs_g = (1, 0, 1, 0, j8)
+            done = 0
+            n8 = m - m % 8
+            ep_k = (weights.b, r, has_res, act)
+            for i0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
+                done += conv_images8(weights.rows, src, runs_g, sched, (grp * kg, i0, 8, g.k_out, p_n), ep_k, o)
+            if n8 < m:
+                done += conv_sampled(weights.rows, src, runs_g, sched, (grp * kg, n8, m - n8, g.k_out, p_n), ep_k, o)
+            n_done += done * group_taps(g)
+    return n_done
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
+    """Offset of tap (0, 0), channel c0, of every output position in one padded channels-last
+    image (HP, WP*C), position p = (oy, ox). Kept per geometry; callers must not write into it."""
+    oy, ox = np.divmod(np.arange(oh * ow, dtype=np.int64), ow)
+    return oy * (sh * wpc) + ox * (sw * c_n) + c0
+
+
+@njit(cache=True, parallel=True)
+def conv_sampled(w, src, runs, sched, at, ep, out):
+    """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
+    images (the taps of position p of image n start at n * stride + pos[p], laid out as `runs`
+    says, see `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule` (filters
+    of one group, numbered from at[0]), at = (first filter of the group, first image, images, K,
+    P), ep = (bias, res, has_res, act), out (N * K * P,) flat (res likewise). Returns the
+    outputs computed.
+
+    Loop order: (image, tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
+    positions. Positions both filters of a pair need go in blocks of 2 x 4 (`dot_store` loads
+    each filter and input vector once for 8 outputs), the others in groups of 8, 4, 1 positions
+    of one filter. A masked (k, p) is never visited. Every element is one `dot_taps` sum, then
+    bias, residual, activation, whatever its block, item or thread.
+    """
+    pairs, bounds, plist, n_tiles = sched
+    k_g, n0, n_n, k_n, p_n = at
+    n_pairs = pairs.shape[0]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
+    n_done = 0
+    for item in prange(n_n * n_tiles * n_blocks):
+        x, pos, stride = src
+        io, where = (ep[0], ep[1], out), (ep[2], ep[3])
+        n = n0 + item // (n_tiles * n_blocks)
+        t = (item // n_blocks) % n_tiles
+        base = n * stride
+        done = 0
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            row1, row2 = (n * k_n + k1) * p_n, (n * k_n + k2) * p_n
+            j, j1 = bounds[i], bounds[i + 1]
+            done += 2 * (j1 - j) + bounds[i + 3] - j1
+            while j1 - j >= 4:
+                p0, p1, p2, p3 = plist[j], plist[j + 1], plist[j + 2], plist[j + 3]
+                o = (base + pos[p0], base + pos[p1], base + pos[p2], base + pos[p3])
+                oi = (row1 + p0, row1 + p1, row1 + p2, row1 + p3, row2 + p0, row2 + p1, row2 + p2, row2 + p3)
+                dot_store(w, (k1, k2), x, o, runs, io, where, oi)
+                j += 4
+            for u in range(j, j1):
+                pu = plist[u]
+                dot_store(w, (k1, k2), x, (base + pos[pu],), runs, io, where, (row1 + pu, row2 + pu))
+            for c in range(2):  # the positions only the first, then only the second filter needs
+                k, row = (k1, row1) if c == 0 else (k2, row2)
+                j, j1 = bounds[i + 1 + c], bounds[i + 2 + c]
+                while j1 - j >= 8:  # no slices of plist here: a view costs reference counting
+                    g = (
+                        plist[j],
+                        plist[j + 1],
+                        plist[j + 2],
+                        plist[j + 3],
+                        plist[j + 4],
+                        plist[j + 5],
+                        plist[j + 6],
+                        plist[j + 7],
+                    )
+                    o8 = (
+                        base + pos[g[0]],
+                        base + pos[g[1]],
+                        base + pos[g[2]],
+                        base + pos[g[3]],
+                        base + pos[g[4]],
+                        base + pos[g[5]],
+                        base + pos[g[6]],
+                        base + pos[g[7]],
+                    )
+                    oi8 = (
+                        row + g[0],
+                        row + g[1],
+                        row + g[2],
+                        row + g[3],
+                        row + g[4],
+                        row + g[5],
+                        row + g[6],
+                        row + g[7],
+                    )
+                    dot_store(w, (k,), x, o8, runs, io, where, oi8)
+                    j += 8
+                while j1 - j >= 4:
+                    g = (plist[j], plist[j + 1], plist[j + 2], plist[j + 3])
+                    o4 = (base + pos[g[0]], base + pos[g[1]], base + pos[g[2]], base + pos[g[3]])
+                    dot_store(w, (k,), x, o4, runs, io, where, (row + g[0], row + g[1], row + g[2], row + g[3]))
+                    j += 4
+                for u in range(j, j1):
+                    dot_store(w, (k,), x, (base + pos[plist[u]],), runs, io, where, (row + plist[u],))
+        n_done += done
+    return n_done
+
+
+@njit(cache=True, parallel=True)
+def conv_images8(w, src, runs, sched, at, ep, out):
+    """Layout as `conv_sampled`; only the 8 images from at[1]. Returns the outputs computed.
+
+    Loop order: (tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
+    positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
+    images at p; a position both filters of a pair need is two 2 x 4 blocks. A masked (k, p) is
+    never visited. Each element is the same sum as in `conv_sampled`.
+    """
+    pairs, bounds, plist, n_tiles = sched
+    k_g, n0, _, k_n, p_n = at
+    n_pairs = pairs.shape[0]
+    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
+    s = k_n * p_n  # from one image to the next in out
+    n_done = 0
+    for item in prange(n_tiles * n_blocks):
+        x, pos, d = src
+        io, where = (ep[0], ep[1], out), (ep[2], ep[3])
+        t = item // n_blocks
+        done = 0
+        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+            k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
+            i = (r * n_tiles + t) * 3
+            for c in range(3):
+                for u in range(bounds[i + c], bounds[i + c + 1]):
+                    p = plist[u]
+                    for h in range(2):  # images n0 + 4 h .. n0 + 4 h + 3
+                        n = n0 + 4 * h
+                        q = n * d + pos[p]
+                        g = (q, q + d, q + 2 * d, q + 3 * d)
+                        r1, r2 = (n * k_n + k1) * p_n + p, (n * k_n + k2) * p_n + p
+                        if c == 0:
+                            oi = (r1, r1 + s, r1 + 2 * s, r1 + 3 * s, r2, r2 + s, r2 + 2 * s, r2 + 3 * s)
+                            dot_store(w, (k1, k2), x, g, runs, io, where, oi)
+                        else:
+                            k, rk = (k1, r1) if c == 1 else (k2, r2)
+                            dot_store(w, (k,), x, g, runs, io, where, (rk, rk + s, rk + 2 * s, rk + 3 * s))
+            done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
+        n_done += done
+    return n_done * 8
+
+
+def _runs(x, weights, geom, plan, out, scratch, ep):
+    """One-chain filters: the unmasked runs of `plan.runs` through `conv_runs`, chunk by chunk
+    of images, from the dense kernels' input copy."""
+    res, has_res, act = ep
+    n_n = x.shape[0]
+    planes, plane_of = plan.runs[3], plan.runs[4]
+    per_image = planes_floats(planes, geom)
+    chunk = n_n if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image))
+    n_done = 0
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch)
+        o = out[n0 : n0 + m].reshape(-1)
+        r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        runs = (plan.runs[0], plan.runs[1], plan.runs[2], planes.plane)
+        n_done += conv_runs(xp, weights, geom, runs, (r, has_res, act), o)
+    return n_done * group_taps(geom)
+
+
+@njit(cache=True, parallel=True)
+def conv_runs(xp, cw, geom, runs, ep, out):
+    """Layout: xp the dense kernels' input of the images (flat, `to_planes`), out and res (in ep
+    = (res, has_res, act)) flat NCHW, runs = (segs, bounds, offs, plane): the `run_segments`,
+    the tap offsets in the input planes and their size. Returns the outputs computed.
+
+    Loop order: (image, filter, block of RUN_BLOCK segments) items in parallel, then tiles of 3
+    segments as in `dense.conv_tiles`, of the filter alone (its taps in one chain, its weights a
+    row of cw.rows); `store_tile` writes a segment's outputs only; a short last tile repeats its
+    last segment.
+    """
+    segs, bounds, offs, plane = runs
+    k_n, p_n = geom.k_out, geom.oh * geom.ow
+    n_n = out.size // (k_n * p_n)
+    kg, cg = k_n // geom.groups, geom.c_in // geom.groups
+    j8 = cw.rows.shape[1]
+    img = geom.c_in * plane
+    max_blocks = 1
+    for k in range(k_n):
+        max_blocks = max(max_blocks, (bounds[k + 1] - bounds[k] + RUN_BLOCK - 1) // RUN_BLOCK)
+    wt, bias = cw.rows.reshape(-1), cw.b  # taken out of the record once (see dense.conv_tiles)
+    n_done = 0
+    for item in prange(n_n * k_n * max_blocks):
+        blk = item % max_blocks
+        k = (item // max_blocks) % k_n
+        n = item // (max_blocks * k_n)
+        s_lo = bounds[k] + blk * RUN_BLOCK
+        s_hi = min(bounds[k + 1], s_lo + RUN_BLOCK)
+        if s_lo >= s_hi:
+            continue
+        sums = np.empty(3 * VEC, np.float32)
+        xb, ob = n * img + (k // kg) * cg * plane, (n * k_n + k) * p_n
+        where = (k, 1, p_n, ep[1], ep[2])
+        span = (0, offs.size, 0)  # one chain: every tap in one run
+        done = 0
+        for s0 in range(s_lo, s_hi, 3):
+            a, b, c = s0, min(s0 + 1, s_hi - 1), min(s0 + 2, s_hi - 1)
+            tile_pass(wt, (k * j8,), xp, (xb + segs[a, 0], xb + segs[b, 0], xb + segs[c, 0]), offs, span, sums, 0)
+            obs = (ob + segs[a, 1], ob + segs[b, 1], ob + segs[c, 1])
+            lanes = (segs[a, 2], segs[b, 2], segs[c, 2], segs[a, 3], segs[b, 3], segs[c, 3])
+            store_tile(sums, (0,), bias, ep[0], out, where, obs, lanes)
+        for s in range(s_lo, s_hi):
+            done += segs[s, 3] - segs[s, 2]
+        n_done += done
+    return n_done

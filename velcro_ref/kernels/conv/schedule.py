@@ -1,0 +1,144 @@
+"""What the masked kernels derive from a conv's mask, once per mask (the engine keeps one per
+MaskSet): which outputs to compute, in which blocks, in which order."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import njit
+
+from ..simd import VEC
+from .geom import ConvGeom, group_taps, one_chain
+from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
+
+# Floats of taps per tile of positions of the sampled kernels: a tile stays in L2 (512 KiB)
+# while every filter of a block visits it.
+TILE_FLOATS = 1 << 18
+TILE_POSITIONS = 512  # positions per tile, at most
+
+
+class SkipPlan(NamedTuple):
+    """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
+    group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
+    the filters not fully masked with its number of tiles), runs None; for a conv summed in one
+    chain, groups () and runs = (segs, bounds, offs, planes, plane_of): the `run_segments` of
+    every filter and the input layout they read (`Planes`, tap offsets)."""
+
+    skip: np.ndarray
+    groups: tuple
+    runs: tuple | None
+
+
+def runs_planes(geom: ConvGeom):
+    """The input layout the one-chain masked kernel reads: the dense kernels' (`planes_of`),
+    in rows where that is BLOCKS."""
+    planes = planes_of(geom)
+    return planes_of(geom, ROWS) if planes.kind == BLOCKS else planes
+
+
+def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
+    """The SkipPlan of a bool (K, OH, OW) mask of a conv (weights: its ConvWeights, for the
+    layout of the input copy the one-chain kernels read)."""
+    skip = np.ascontiguousarray(skip, np.bool_)
+    k_n, p_n = geom.k_out, geom.oh * geom.ow
+    if one_chain(geom):  # the runs read the planes of the ROWS kind (or FLAT, DIRECT), not BLOCKS
+        planes = runs_planes(geom)
+        plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
+        offs, _ = tap_offsets(geom, planes, plane_of)
+        row = geom.sh * geom.sw * planes.q
+        segs, bounds = run_segments(skip.reshape(k_n, p_n), geom.ow, row, planes.kind)
+        return SkipPlan(skip, (), (segs, bounds, offs, planes, plane_of))
+    kg = k_n // geom.groups
+    tile_p = max(8, min(TILE_POSITIONS, TILE_FLOATS // group_taps(geom)))
+    per_group = []
+    for g in range(geom.groups):
+        sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
+        masked = sg.sum(axis=1)
+        some = np.flatnonzero(masked < p_n)
+        some = _pair_order(some[np.argsort(masked[some], kind="stable")])
+        sched = (*pair_schedule(sg, some, tile_p), (p_n + tile_p - 1) // tile_p)
+        per_group.append((sg, ~sg.all(axis=0), sched))
+    return SkipPlan(skip, tuple(per_group), None)
+
+
+@njit(cache=True)
+def run_segments(sk, ow, row, kind):
+    """Runs of unmasked outputs of every filter of sk (K, P), cut into segments of at most VEC
+    consecutive outputs of one row (of the whole plane unless the input is in ROWS): (segs (S,
+    4), bounds (K + 1,)) with filter k's segments at segs[bounds[k] : bounds[k + 1]], in the
+    form of `segments`: (input offset of lane 0, output offset of lane 0, lo, hi), the outputs
+    in lanes lo .. hi - 1. Input offsets are `segments`' for an output (oy, ox): oy * row + ox
+    in ROWS; a DIRECT read starts at most VEC outputs before the plane's end."""
+    k_n, p_n = sk.shape
+    segs = np.empty((k_n * p_n, 4), np.int64)
+    bounds = np.empty(k_n + 1, np.int64)
+    i = 0
+    for k in range(k_n):
+        bounds[k] = i
+        p = 0
+        while p < p_n:
+            if sk[k, p]:
+                p += 1
+                continue
+            end = (p // ow + 1) * ow if kind == ROWS else p_n  # a segment stays in its row
+            q = p
+            while q < end and q - p < VEC and not sk[k, q]:
+                q += 1
+            start = min(p, p_n - VEC) if kind == DIRECT else p
+            segs[i, 0] = (p // ow) * row + p % ow if kind == ROWS else start
+            segs[i, 1], segs[i, 2], segs[i, 3] = start, p - start, q - start
+            i += 1
+            p = q
+    bounds[k_n] = i
+    return segs[:i].copy(), bounds
+
+
+@njit(cache=True)
+def pair_schedule(sg, part, tile_p):
+    """The unmasked positions of the filters `part` of sg (K, P), two filters at a time.
+
+    Returns pairs (R, 2) (a lone last filter pairs with itself), bounds and plist: for pair r,
+    tile t of tile_p positions and kind c (0: both filters need the position, 1: only the
+    first, 2: only the second), the positions are plist[bounds[i] : bounds[i + 1]] with
+    i = (r * n_tiles + t) * 3 + c, in increasing order. Worked out once per mask, so that the
+    kernels neither scan masked positions nor branch on them.
+    """
+    p_n = sg.shape[1]
+    n_pairs = (part.size + 1) // 2
+    n_tiles = (p_n + tile_p - 1) // tile_p
+    pairs = np.empty((n_pairs, 2), np.int64)
+    bounds = np.empty(n_pairs * n_tiles * 3 + 1, np.int64)
+    plist = np.empty(n_pairs * p_n, np.int32)
+    kinds = np.empty(tile_p, np.int8)  # of the positions of one tile, 3: neither filter
+    i = b = 0
+    for r in range(n_pairs):
+        k1 = part[2 * r]
+        k2 = part[2 * r + 1] if 2 * r + 1 < part.size else k1
+        pairs[r, 0], pairs[r, 1] = k1, k2
+        for t in range(n_tiles):
+            p0, p1 = t * tile_p, min((t + 1) * tile_p, p_n)
+            for p in range(p0, p1):
+                on1 = not sg[k1, p]
+                on2 = k2 != k1 and not sg[k2, p]
+                kinds[p - p0] = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
+            for c in range(3):
+                bounds[b] = i
+                b += 1
+                for p in range(p0, p1):
+                    if kinds[p - p0] == c:
+                        plist[i] = p
+                        i += 1
+    bounds[b] = i
+    return pairs, bounds, plist[:i].copy()
+
+
+def _pair_order(ks):
+    """Filters ks sorted by density, reordered so that `pair_schedule` pairs neighbours in that
+    order (filters that need about as many positions mostly need the same ones, so more
+    positions go in blocks of both filters) and the pairs alternate sparse, dense, sparse, ...
+    (the kernels' work items take consecutive pairs, and threads consecutive work items)."""
+    m = ks.size // 2
+    zigzag = np.empty(m, np.int64)
+    zigzag[0::2], zigzag[1::2] = np.arange((m + 1) // 2), np.arange(m - 1, (m - 1) // 2, -1)
+    return np.concatenate([ks[: 2 * m].reshape(m, 2)[zigzag].reshape(-1), ks[2 * m :]])
