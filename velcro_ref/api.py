@@ -13,12 +13,21 @@ from . import evaluation
 from .errors import StatsError, UsageError
 
 
-def profile(model, images, batch=256, classes=(), source="", progress=None):
+def profile(model, images, batch=256, classes=(), source="", progress=None, client=None, shard_batches=4, shared=None):
     """The preprocessing stage (`velcro profile`): statistics of every activation site over images
-    (N, C, H, W) float32, in batches of `batch`. Returns a Stats (save with save_stats)."""
+    (N, C, H, W) float32, in batches of `batch`. Returns a Stats (save with save_stats).
+
+    With a dask.distributed `client` (`velcro profile --scheduler/--workers`), shards of
+    `shard_batches` batches run as tasks on its cluster and merge in shard order; `shared`, a
+    velcro_ref.distributed.SharedData, has the workers read the images themselves (docs/distributed.md).
+    """
+    x = model.check_input(images)
+    if client is not None:
+        from .distributed import collect_stats as collect_on_cluster
+
+        return collect_on_cluster(client, model, x, batch, classes, source, progress, shard_batches, shared)
     from .stats import collect_stats
 
-    x = model.check_input(images)
     return collect_stats(model, x, batch=batch, classes=classes, source=source, progress=progress)
 
 
@@ -104,10 +113,13 @@ def sweep(
     samples=None,
     data_dir=None,
     progress=None,
+    client=None,
+    shared=False,
 ) -> dict:
     """`velcro sweep`: profile `profile_samples` train images of the task, then accuracy and CSR at
     every ratio on its test images (`samples` of them, all if None). tolerance in percentage points.
-    Returns the command's JSON document."""
+    Returns the command's JSON document. With a dask.distributed `client`, the profile and every
+    ratio are tasks on its cluster (with `shared`, the workers read Fashion-MNIST from data_dir)."""
     from .data import task_images
     from .experiments import parse_ratios, profile_task
     from .experiments import sweep as sweep_points
@@ -116,6 +128,11 @@ def sweep(
         raise UsageError(f"tolerance is in percentage points in [0, 100), got {tolerance}")
     grid = parse_ratios(ratios) if isinstance(ratios, str) else sorted(set(float(r) for r in ratios))
     classes = task_classes(task, classes)
+    if client is not None:
+        from .distributed import sweep as sweep_on_cluster
+
+        args = (profile_samples, samples, data_dir, shared, progress)
+        return sweep_on_cluster(client, model, classes, grid, policy, tolerance / 100, *args)
     stats = profile_task(model, classes, profile_samples, data_dir)
     x, y = task_images(model, classes, "test", samples, data_dir)
     return sweep_points(model, stats, x, y, classes, grid, policy, tolerance / 100, progress=progress)

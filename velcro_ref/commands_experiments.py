@@ -17,6 +17,7 @@ from .cli_util import (
     task_classes,
     text,
 )
+from .distributed import add_cluster_args, client_of, on_cluster
 from .errors import UsageError
 from .fileio import write_text
 from .jsonout import dumps
@@ -61,9 +62,10 @@ def cmd_sweep(args):
     if not 0 <= args.tolerance < 100:
         raise UsageError(f"--tolerance is in percentage points in [0, 100), got {args.tolerance}")
     ratios = parse_ratios(args.ratios)
+    cluster = on_cluster(args)
     model = load_model(args.model)
     classes, label = task_classes(args)
-    with progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
+    with client_of(args, cluster) as client, progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
         res = sweep(
             model,
             classes=classes,
@@ -74,6 +76,8 @@ def cmd_sweep(args):
             samples=args.samples,
             data_dir=args.data_dir,
             progress=bar,
+            client=client,
+            shared=args.shared_data,
         )
     res.update(model=args.model, task=label)
     if args.output:
@@ -110,18 +114,21 @@ def update_readme(readme, summary):
 def cmd_demo(args):
     from .demo import WEIGHTS_DIR, run_demo, summary_markdown
 
-    report = run_demo(
-        args.output,
-        weights_dir=args.weights or WEIGHTS_DIR,
-        quick=args.quick,
-        ratios=args.ratios,
-        policies=args.policies.split(",") if args.policies else None,
-        profile_n=args.profile_samples,
-        eval_n=args.samples,
-        data_dir=args.data_dir,
-        models=args.models.split(",") if args.models else None,
-        tasks=args.tasks.split(",") if args.tasks else None,
-    )
+    with client_of(args, on_cluster(args)) as client:
+        report = run_demo(
+            args.output,
+            weights_dir=args.weights or WEIGHTS_DIR,
+            quick=args.quick,
+            ratios=args.ratios,
+            policies=args.policies.split(",") if args.policies else None,
+            profile_n=args.profile_samples,
+            eval_n=args.samples,
+            data_dir=args.data_dir,
+            models=args.models.split(",") if args.models else None,
+            tasks=args.tasks.split(",") if args.tasks else None,
+            client=client,
+            shared_data=args.shared_data,
+        )
     summary = summary_markdown(report)
     print(summary)
     print(f"report in {args.output}/ (summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
@@ -186,6 +193,7 @@ def register(sub):
     add_file(p, "--plot", role="out", help="write accuracy vs CSR here (PNG)")
     add_file(p, "-o", "--output", role="out", help="write the JSON here too")
     add_data_dir_arg(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
@@ -209,4 +217,5 @@ def register(sub):
     p.add_argument("--samples", type=count(0, 10000), help="test images per task (default 500, --quick 200; 0 = all)")
     add_file(p, "--readme", role="inout", help="replace the demo-results block of this README with the summary")
     add_data_dir_arg(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_demo)

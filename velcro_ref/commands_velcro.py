@@ -18,6 +18,7 @@ from .cli_util import (
     progress,
     text,
 )
+from .distributed import add_cluster_args, on_cluster
 from .errors import StatsError, UsageError
 
 
@@ -25,6 +26,7 @@ def cmd_profile(args):
     from .engine import load_model
     from .stats import StatsCollector, load_stats, save_stats
 
+    cluster = on_cluster(args)
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     x, _, classes, source = load_image_set(args, model)
     out = Path(args.output)
@@ -46,6 +48,27 @@ def cmd_profile(args):
             )
         start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
+    if cluster:
+        from .distributed import client_for, collect_stats, shared_data_of
+
+        kw = {"shared": shared_data_of(args, classes, args.split), "start": start, "done": col.stats if start else None}
+        kw.update(checkpoint=lambda stats: save_stats(stats, partial), checkpoint_every=args.checkpoint_every)
+        with client_for(args) as client, progress(len(x), "profile") as bar:
+            bar.update(start)
+            col.stats = collect_stats(client, model, x, args.batch, classes, source, bar, args.shard_batches, **kw)
+    else:
+        _profile_here(args, x, col, start, partial)
+    col.stats.source = source
+    save_stats(col.stats, out)
+    if partial.exists():
+        partial.unlink()
+    print(f"wrote {out}: {len(model.sites)} sites, {col.stats.n_images} images of classes {list(classes)}")
+    return 0
+
+
+def _profile_here(args, x, col, start, partial):
+    from .stats import save_stats
+
     with progress(len(x), "profile") as bar:
         bar.update(start)
         for i, j in enumerate(range(start, len(x), args.batch)):
@@ -53,12 +76,6 @@ def cmd_profile(args):
             bar.update(min(args.batch, len(x) - j))
             if args.checkpoint_every and (i + 1) % args.checkpoint_every == 0:
                 save_stats(col.stats, partial)
-    col.stats.source = source
-    save_stats(col.stats, out)
-    if partial.exists():
-        partial.unlink()
-    print(f"wrote {out}: {len(model.sites)} sites, {col.stats.n_images} images of classes {list(classes)}")
-    return 0
 
 
 def cmd_quantize(args):
@@ -241,6 +258,7 @@ def register(sub):
         help="write partial stats every N batches (default 20, 0 = never)",
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
+    add_cluster_args(p, shards=True)
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser(

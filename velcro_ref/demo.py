@@ -55,8 +55,12 @@ def run_demo(
     models=None,
     tasks=None,
     progress=True,
+    client=None,
+    shared_data=False,
 ):
-    """Run the demo into out_dir; returns the report dict (also written as report.json)."""
+    """Run the demo into out_dir; returns the report dict (also written as report.json). With a
+    dask.distributed `client`, its profiles and sweep points run as tasks on the client's cluster
+    (velcro_ref/distributed.py); `shared_data`: the workers read Fashion-MNIST from data_dir."""
     from tqdm import tqdm
 
     from .plots import plot_locality, plot_sweep
@@ -94,17 +98,25 @@ def run_demo(
     total = len(manifest) * len(task_names) * (1 + len(policies) * len(ratios))
     bar = tqdm(total=total, desc="demo", unit="step", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
+    profile, run_sweep = profile_task, sweep
+    if client is not None:
+        from .distributed import Jobs
+
+        jobs = Jobs(client, data_dir, shared_data)
+        classes_of = [all_tasks[t]["classes"] for t in task_names]
+        jobs.submit_demo([m["path"] for m in manifest], classes_of, policies, ratios, profile_n, eval_n)
+        profile, run_sweep = jobs.profile, jobs.sweep
     for m in manifest:
         model = load_model(m["path"])
         name = m["name"]
         bar.set_postfix_str(f"{name}: general stats")
-        general = profile_task(model, tuple(range(10)), profile_n, data_dir)
+        general = profile(model, tuple(range(10)), profile_n, data_dir)
         entry = {"file": m["file"], "test_accuracy_10class": m.get("test_accuracy"), "tasks": {}}
         report["models"][name] = entry
         for task in task_names:
             classes = all_tasks[task]["classes"]
             bar.set_postfix_str(f"{name}/{task}: profile")
-            stats = profile_task(model, classes, profile_n, data_dir)
+            stats = profile(model, classes, profile_n, data_dir)
             loc = locality(stats, general)
             plot_locality(loc, out / f"locality_{name}_{task}.png", f"{name}, task {task}")
             bar.update(1)
@@ -112,7 +124,7 @@ def run_demo(
             sweeps = []
             for policy in policies:
                 bar.set_postfix_str(f"{name}/{task}: {policy}")
-                sweeps.append(sweep(model, stats, x, y, classes, ratios, policy, progress=bar))
+                sweeps.append(run_sweep(model, stats, x, y, classes, ratios, policy, progress=bar))
             plot_sweep(sweeps, out / f"sweep_{name}_{task}.png", f"{name}, task {task}")
             result = {"classes": list(classes), "locality": _strip(loc), "sweeps": {s["policy"]: s for s in sweeps}}
             entry["tasks"][task] = result

@@ -43,3 +43,7 @@ class UsageError(VelcroError):
 
 class AccumulatorOverflowError(ModelError):
     """An int8 layer whose int32 accumulator could overflow for some input."""
+
+
+class ClusterError(VelcroError):
+    """A Dask cluster cannot be reached or lost the work (docs/distributed.md)."""

@@ -76,32 +76,39 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     }
 
 
+def sweep_point(model, stats, x, labels, classes, ratio, policy="uniform", batch=128) -> dict:
+    """`evaluate` at one ratio, with the masks `policy` makes from stats; ratio 0 is the dense model."""
+    masks = None if ratio == 0 else make_masks(policy, stats, ratio, model.site_costs())
+    return evaluate(model, x, labels, classes, masks=masks, batch=batch)
+
+
 def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=0.005, batch=128, progress=None):
     """Accuracy and CSR at every ratio; picks the best points as the sweep's JSON contract names them.
 
     stats: task statistics (train split); x, labels: evaluation images (test split).
     """
     dense = evaluate(model, x, labels, classes, batch=batch)
-    base = dense["accuracy"]
-    costs = model.site_costs()
-    points = []
+    results = []
     for r in ratios:
-        if r == 0:
-            res = dense
-        else:
-            res = evaluate(model, x, labels, classes, masks=make_masks(policy, stats, r, costs), batch=batch)
-        points.append(
-            {
-                "ratio": r,
-                "csr": csr(dense["macs"], res["macs"]),
-                "accuracy": res["accuracy"],
-                "accuracy_task": res["accuracy_task"],
-                "macs": res["macs"],
-            }
-        )
+        results.append(dense if r == 0 else sweep_point(model, stats, x, labels, classes, r, policy, batch))
         if progress is not None:
             progress.update(1)
-    n = len(x)
+    return sweep_summary(dense, ratios, results, policy, classes, tolerance, len(x), stats.n_images)
+
+
+def sweep_summary(dense, ratios, results, policy, classes, tolerance, n, n_profile) -> dict:
+    """The sweep's JSON document from the dense evaluation and the evaluation at every ratio."""
+    base = dense["accuracy"]
+    points = [
+        {
+            "ratio": r,
+            "csr": csr(dense["macs"], res["macs"]),
+            "accuracy": res["accuracy"],
+            "accuracy_task": res["accuracy_task"],
+            "macs": res["macs"],
+        }
+        for r, res in zip(ratios, results, strict=True)
+    ]
 
     def best(ok):
         cands = [p for p in points if ok(p)]
@@ -126,5 +133,5 @@ def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=
             "accuracy": gain["accuracy"],
         },
         "n_eval_images": n,
-        "n_profile_images": int(stats.n_images),
+        "n_profile_images": int(n_profile),
     }

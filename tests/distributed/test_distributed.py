@@ -1,0 +1,253 @@
+"""Distributed runs equal one-process runs: profiles (counts exact, moments within 1e-9 relative, for
+any number of workers and order of finishing, a worker killed mid-run, a client lost and resumed),
+sweeps and the demo (the same JSON); an unreachable scheduler is one error line."""
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from dist_util import ROOT, WEIGHTS, WORKER_ENV, RealCluster, assert_identical_stats, assert_same_stats, one_process
+from threadpoolctl import threadpool_limits
+
+import velcro_ref
+from velcro_ref import dask_tasks
+from velcro_ref.distributed import collect_stats as collect_on_cluster
+from velcro_ref.stats import collect_stats, load_stats
+
+FOOTWEAR = "5,7,9"
+
+
+def test_shards_merged_in_any_order_equal_the_one_process_profile(small_model, images):
+    """What makes the fold order free: shard statistics merged in shuffled orders equal the
+    statistics of one pass over all images (counts exact, moments within 1e-9)."""
+    model, x = one_process(small_model), images[0]
+    with threadpool_limits(limits=1):
+        whole = collect_stats(model, x, batch=16, classes=(0, 1, 2, 3))
+        shards = [collect_stats(model, x[a : a + 32], batch=16, classes=(0, 1, 2, 3)) for a in range(0, 200, 32)]
+    rnd = random.Random(3)
+    for _ in range(4):
+        order = list(range(len(shards)))
+        rnd.shuffle(order)
+        merged = shards[order[0]]
+        for i in order[1:]:
+            merged = merged.merge(shards[i])
+        assert_same_stats(merged, whole)
+
+
+def test_inprocess_cluster_profile_equals_one_process_for_any_worker_count(inprocess_client, small_model, images):
+    x = images[0]
+    with threadpool_limits(limits=1):
+        want = collect_stats(one_process(small_model), x, batch=16, classes=(0, 1, 2, 3), source="s")
+    got = velcro_ref.profile(small_model, x, batch=16, classes=(0, 1, 2, 3), source="s", client=inprocess_client)
+    assert_same_stats(got, want)
+    assert got.source == "s" and got.provenance == {}
+    # the same shards folded in the same order: with one worker, bit for bit the same numbers
+    inprocess_client.cluster.scale(1)
+    inprocess_client.wait_for_workers(1)
+    deadline = time.monotonic() + 20
+    while len(inprocess_client.scheduler_info()["workers"]) > 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(inprocess_client.scheduler_info()["workers"]) == 1
+    again = velcro_ref.profile(small_model, x, batch=16, classes=(0, 1, 2, 3), source="s", client=inprocess_client)
+    assert_identical_stats(again, got)
+
+
+_STARTED, _FINISHED = [], []
+
+
+def _slow_early_shards(fingerprint, images, batch, classes):
+    """dask_tasks.profile_images, the earlier a shard starts the longer it takes."""
+    i = len(_STARTED)
+    _STARTED.append(i)
+    time.sleep(0.4 / (1 + i))
+    stats = _REAL_PROFILE(fingerprint, images, batch, classes)
+    _FINISHED.append(i)
+    return stats
+
+
+_REAL_PROFILE = dask_tasks.profile_images
+
+
+def test_shards_finishing_in_another_order_give_the_same_bits(inprocess_client, small_model, images, monkeypatch):
+    """Shards made to finish out of order (the in-process workers run the slowed task) fold to
+    the numbers of an undisturbed run, bit for bit."""
+    x = images[0]
+    plain = collect_on_cluster(inprocess_client, small_model, x, 16, (0, 1, 2, 3), shard_batches=2)
+    monkeypatch.setattr(dask_tasks, "profile_images", _slow_early_shards)
+    _STARTED.clear(), _FINISHED.clear()
+    late = collect_on_cluster(inprocess_client, small_model, x, 16, (0, 1, 2, 3), shard_batches=2)
+    assert sorted(_FINISHED) == list(range(7))  # 200 images in shards of 32
+    assert _FINISHED != sorted(_FINISHED)
+    assert_identical_stats(late, plain)
+
+
+def test_cli_profile_on_a_real_cluster_equals_one_process(
+    velcro, tmp_path, real_cluster, small_model_file, images_file
+):
+    one, dist = tmp_path / "one.h5", tmp_path / "dist.h5"
+    common = ["profile", small_model_file, "--images", images_file, "--batch", "16"]
+    assert velcro(*common, "-o", one).code == 0
+    res = velcro(*common, "-o", dist, "--scheduler", real_cluster.address, "--shard-batches", "3")
+    assert res.code == 0, res.err
+    assert f"wrote {dist}: " in res.out and "200 images" in res.out
+    a, b = load_stats(dist), load_stats(one)
+    assert_same_stats(a, b)
+    assert a.source == b.source
+
+
+def test_sweep_on_a_real_cluster_equals_the_serial_sweep(velcro, tmp_path, real_cluster, shipped_model):
+    args = ["sweep", WEIGHTS, "--task", "footwear", "--ratios", "0,0.3,0.6", "--policy", "budget"]
+    args += ["--profile-samples", "120", "--samples", "60", "--json"]
+    serial = velcro(*args)
+    assert serial.code == 0, serial.err
+    dist = velcro(*args, "--scheduler", real_cluster.address)
+    assert dist.code == 0, dist.err
+    assert json.loads(dist.out) == json.loads(serial.out)
+    shared = velcro(*args, "--scheduler", real_cluster.address, "--shared-data")
+    assert shared.code == 0, shared.err
+    assert json.loads(shared.out) == json.loads(serial.out)
+
+
+def test_killing_a_worker_mid_profile_loses_nothing_and_counts_nothing_twice(real_client, shipped_model):
+    x, _ = velcro_ref.task_images(shipped_model, (5, 7, 9), "train", 1200)
+    with threadpool_limits(limits=1):
+        want = collect_stats(one_process(shipped_model), x, batch=40, classes=(5, 7, 9))
+    pids = real_client.run(os.getpid)
+    killed = {}
+
+    class KillOnFirstShard:
+        """A progress bar that kills the worker busy with a shard when the first shard is folded."""
+
+        def update(self, n):
+            if killed:
+                return
+            busy = [w for w, keys in real_client.processing().items() if keys]
+            assert busy, "no worker was running a shard"
+            killed[busy[0]] = pids[busy[0]]
+            os.kill(pids[busy[0]], signal.SIGKILL)
+
+    got = velcro_ref.profile(
+        shipped_model, x, batch=40, classes=(5, 7, 9), client=real_client, shard_batches=2, progress=KillOnFirstShard()
+    )
+    assert killed
+    assert_same_stats(got, want)
+    ((address, pid),) = killed.items()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    real_client.wait_for_workers(2, timeout=30)  # the nanny started a new worker process
+    assert pid not in real_client.run(os.getpid).values()
+
+
+def _start_client_process(*args):
+    env = {**os.environ, **WORKER_ENV}
+    cmd = [sys.executable, "-m", "velcro_ref.cli", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_resume_after_the_client_is_killed_equals_the_uninterrupted_run(velcro, tmp_path, real_cluster):
+    out, partial, whole = tmp_path / "s.h5", tmp_path / "s.h5.partial", tmp_path / "whole.h5"
+    args = ["profile", WEIGHTS, "--data", "fashion-mnist", "--classes", FOOTWEAR, "--samples", "960"]
+    args += ["--batch", "40", "--scheduler", real_cluster.address, "--shard-batches", "2", "--checkpoint-every", "4"]
+    proc = _start_client_process(*args, "-o", out)
+    deadline = time.monotonic() + 60
+    while not partial.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint within 60 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    proc.stdout.close()
+    proc.stderr.close()
+    done = load_stats(partial)
+    record = done.provenance["checkpoint"]
+    assert record["images"] == done.n_images and record["shard_images"] == 80 and record["batch"] == 40
+    assert done.n_images == 80 * record["shards"] and 0 < done.n_images < 960
+
+    res = velcro(*args, "-o", out, "--resume")
+    assert res.code == 0, res.err
+    assert f"resuming from {partial}: {done.n_images} of 960 images done" in res.out
+    assert not partial.exists()
+    assert velcro(*args, "-o", whole).code == 0
+    # the same shards folded in the same order as one uninterrupted run: the same bits
+    resumed = load_stats(out)
+    assert_identical_stats(resumed, load_stats(whole))
+    assert resumed.provenance.keys() == load_stats(whole).provenance.keys() == {"written"}
+    one = tmp_path / "one.h5"
+    assert velcro(*args[:-6], "--checkpoint-every", "0", "-o", one).code == 0
+    assert_same_stats(resumed, load_stats(one))
+
+
+def test_cli_profile_on_local_worker_processes_equals_one_process(velcro, tmp_path, no_leaked_processes):
+    one, dist = tmp_path / "one.h5", tmp_path / "dist.h5"
+    args = ["profile", WEIGHTS, "--data", "fashion-mnist", "--classes", FOOTWEAR, "--samples", "400", "--batch", "50"]
+    assert velcro(*args, "-o", one).code == 0
+    res = velcro(*args, "-o", dist, "--workers", "2", "--shared-data")
+    assert res.code == 0, res.err
+    assert_same_stats(load_stats(dist), load_stats(one))
+
+
+def test_demo_on_a_cluster_writes_the_serial_report(velcro, tmp_path, real_cluster):
+    args = ["demo", "--models", "resnet18", "--tasks", "footwear", "--ratios", "0,0.4", "--policies", "uniform,channel"]
+    args += ["--profile-samples", "100", "--samples", "50"]
+    assert velcro(*args, "-o", tmp_path / "serial").code == 0
+    res = velcro(*args, "-o", tmp_path / "dist", "--scheduler", real_cluster.address)
+    assert res.code == 0, res.err
+    for name in ("resnet18_footwear.json", "report.json"):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("serial", "dist"))
+        a.pop("elapsed_s", None), b.pop("elapsed_s", None)
+        assert a == b, name
+    a, b = ((tmp_path / d / "summary.md").read_text().splitlines() for d in ("serial", "dist"))
+    assert a[1:] == b[1:]  # the first line holds the demo's time
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:{port}", "nonsense"])
+def test_an_unreachable_scheduler_is_one_error_line_naming_it(velcro, tmp_path, small_model_file, images_file, address):
+    address = address.format(port=_free_port())
+    t0 = time.monotonic()
+    args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5"]
+    res = velcro(*args, "--scheduler", address, "--connect-timeout", "1")
+    res.error_line(address, code=1)
+    assert time.monotonic() - t0 < 30
+    assert not (tmp_path / "never.h5").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shared-data"], "--shared-data needs --scheduler ADDRESS or --workers N"),
+        (["--workers", "2", "--shared-data"], "--shared-data reads Fashion-MNIST on the workers"),
+        (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler not allowed with argument --workers"),
+        (["--workers", "0"], "--workers expects an integer in [1, 1024], got 0"),
+        (
+            ["--scheduler", "tcp://127.0.0.1:1", "--connect-timeout", "0"],
+            "--connect-timeout expects a number in (0, 3600]",
+        ),
+    ],
+)
+def test_cluster_flags_are_checked_before_any_work(velcro, small_model_file, images_file, tmp_path, extra, message):
+    res = velcro("profile", small_model_file, "--images", images_file, "-o", tmp_path / "s.h5", *extra)
+    res.error_line(message, code=2)
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_a_scheduler_without_workers_is_one_error_line(velcro, tmp_path, small_model_file, images_file):
+    cluster = RealCluster(tmp_path, n_workers=0)
+    try:
+        args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5"]
+        res = velcro(*args, "--scheduler", cluster.address, "--connect-timeout", "2")
+        res.error_line(f"the Dask scheduler at {cluster.address} has no workers", code=1)
+    finally:
+        cluster.close()
+    assert not (tmp_path / "never.h5").exists()
