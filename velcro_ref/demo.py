@@ -21,6 +21,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from . import data
 from .engine import load_model
 from .errors import DataError, UsageError
@@ -201,6 +203,13 @@ def run_demo(
         "validation": ("train", profile_n, val_n),
         "test": ("test", 0, eval_n or None),  # 0: every test image of the task
     }
+    train_labels = data.load_fashion_mnist("train", data_dir)[1]
+    for task in task_names:
+        have = int(np.count_nonzero(np.isin(train_labels, all_tasks[task]["classes"])))
+        if have <= profile_n:
+            raise UsageError(
+                f"--profile-samples {profile_n} leaves no validation image: task '{task}' has {have} train images"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -231,8 +240,8 @@ def run_demo(
         t_model = time.perf_counter()
         name, path = m["name"], m["path"]
         bar.set_postfix_str(f"{name}: general stats")
-        general = profile_unit(path, tuple(range(10)), profile_n, data_dir)
-        bar.update(1)
+        call = dict(model_path=path, classes=tuple(range(10)), n=profile_n, data_dir=data_dir)
+        [general] = run_calls(profile_unit, [call], bar)
         entry = {
             "file": m["file"],
             "variant": m.get("variant", "float32"),
@@ -242,7 +251,7 @@ def run_demo(
         report["models"][name] = entry
         for task in task_names:
             classes = all_tasks[task]["classes"]
-            result = _run_task(name, path, task, classes, general, grid, policies, accels, sets, data_dir, out, bar)
+            result = _run_task(name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar)
             result["plots"] = {
                 "locality": f"locality_{name}_{task}.png",
                 "sweep": f"sweep_{name}_{task}.png",
@@ -263,51 +272,56 @@ def run_demo(
     return report
 
 
-def _run_task(name, path, task, classes, general, grid, policies, accels, sets, data_dir, out, bar) -> dict:
+def run_calls(fn, calls, bar=None) -> list:
+    """fn(**kwargs) for each kwargs of `calls`, in order: every unit of work of the demo goes through
+    here, so a scheduler that runs units elsewhere replaces this one function."""
+    out = []
+    for kwargs in calls:
+        out.append(fn(**kwargs))
+        if bar is not None:
+            bar.update(1)
+    return out
+
+
+def _run_task(name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar) -> dict:
     """Profile, sweep on validation, choose, test the choices and price them: one model and task."""
     bar.set_postfix_str(f"{name}/{task}: profile")
-    split, first, n = sets["preprocessing"]
-    stats = profile_unit(path, classes, n, data_dir)
-    if stats.n_images < n:
-        raise DataError(f"task '{task}': {stats.n_images} train images, fewer than the {n} preprocessing images")
+    call = dict(model_path=path, classes=classes, n=sets["preprocessing"][2], data_dir=data_dir)
+    [stats] = run_calls(profile_unit, [call], bar)
     loc = locality(stats, general)
-    bar.update(1)
-
-    def run(policy, ratio, image_set):
-        point = evaluate_point(path, classes, stats, policy, ratio, sets[image_set], data_dir)
-        bar.update(1)
-        return point
+    common = dict(model_path=path, classes=classes, stats=stats, data_dir=data_dir)
 
     bar.set_postfix_str(f"{name}/{task}: validation")
-    dense_val = run(None, 0.0, "validation")
-    if len(dense_val["correct"]) == 0:
-        raise DataError(f"task '{task}': no train images left for validation after the {n} preprocessing images")
+    grid_points = [(None, 0.0)] + [(p, r) for p in policies for r in grid if r > 0]
+    calls = [dict(common, policy=p, ratio=r, images=sets["validation"]) for p, r in grid_points]
+    dense_val, *points = run_calls(evaluate_point, calls, bar)
     val = {p: [summarize(dense_val, dense_val)] for p in policies}
-    for policy in policies:
-        bar.set_postfix_str(f"{name}/{task}: validation, {policy}")
-        for r in grid:
-            if r > 0:
-                val[policy].append(summarize(run(policy, r, "validation"), dense_val))
-
+    for point in points:
+        val[point["policy"]].append(summarize(point, dense_val))
     chosen = {p: choose_ratios(val[p]) for p in policies}
-    bar.set_postfix_str(f"{name}/{task}: test")
-    dense_test = run(None, 0.0, "test")
-    tested = {(p, r): None for p in policies for r in sorted(set(chosen[p].values()))}
-    for policy, r in tested:
-        tested[policy, r] = dense_test if r == 0 else run(policy, r, "test")
-    bar.update(2 * len(policies) - sum(r > 0 for _, r in tested))  # the steps of choices tested once
 
+    bar.set_postfix_str(f"{name}/{task}: test")
+    picked = sorted({(p, r) for p in policies for r in chosen[p].values() if r > 0})
+    calls = [dict(common, policy=p, ratio=r, images=sets["test"]) for p, r in [(None, 0.0), *picked]]
+    dense_test, *points = run_calls(evaluate_point, calls, bar)
+    bar.update(2 * len(policies) - len(picked))  # the steps of choices at ratio 0 or tested once for two
+    tested = {(p["policy"], p["ratio"]): p for p in points}
+
+    bar.set_postfix_str(f"{name}/{task}: accelerators")
+    calls = [
+        dict(model_path=path, stats=stats, policy=p, ratio=chosen[p]["no_loss"], accel=a)
+        for p in policies
+        for a in accels
+    ]
+    sims = iter(run_calls(simulate_point, calls, bar))
     policies_out = {}
     for policy in policies:
         at = {p["ratio"]: p for p in val[policy]}
         entry = {"validation": val[policy]}
         for key, r in chosen[policy].items():
-            entry[key] = {"ratio": r, "validation": at[r], "test": summarize(tested[policy, r], dense_test)}
-        bar.set_postfix_str(f"{name}/{task}: accelerators, {policy}")
-        entry["no_loss"]["accelerator"] = {}
-        for a in accels:
-            entry["no_loss"]["accelerator"][a] = simulate_point(path, stats, policy, chosen[policy]["no_loss"], a)
-            bar.update(1)
+            test = dense_test if r == 0 else tested[policy, r]
+            entry[key] = {"ratio": r, "validation": at[r], "test": summarize(test, dense_test)}
+        entry["no_loss"]["accelerator"] = {a: next(sims) for a in accels}
         policies_out[policy] = entry
     images = {key: {"split": s, "first": f, "n": n} for key, (s, f, n) in sets.items()}
     images["preprocessing"]["n"] = stats.n_images

@@ -216,11 +216,13 @@ def notes(report) -> list[tuple[str, str]]:
             "'won' are right only when compressed; with no real change, won is Binomial(d, 1/2) (the exact "
             "McNemar test). The interval is Clopper and Pearson's exact interval for P(won | changed), mapped "
             "to the accuracy change (d / n)(2P - 1). It is used rather than a Wilson or normal interval "
-            "because d is small here (often 0-10 images), where normal approximations misstate the "
-            "coverage, and rather than an interval on two separate accuracies because that would ignore the "
-            "pairing and be several times wider; it holds at any count, and it leaves out 0 exactly when the "
-            "exact McNemar test rejects 'no change' at 5%. It is conditional on d: with no changed "
-            "prediction it is the single point 0, printed 'none changed'.",
+            "because d is small here (often 0-10 images), where the coverage of approximate intervals "
+            "swings with the count and falls below 95% at some counts, while the exact interval covers at "
+            "least 95% at every count; and rather than an interval on two separate accuracies, which would "
+            "ignore the pairing and be as wide whether 2 or 40 predictions changed. It leaves out 0 exactly "
+            "when the exact McNemar test rejects 'no change' at 5%. It is conditional on d: with no changed "
+            "prediction it is the single point 0, printed 'none changed'. A * on the best of several ratios "
+            "is one test among several: read a single * near 0 with that in mind.",
         ),
         (
             "Accelerators",

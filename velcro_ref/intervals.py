@@ -13,11 +13,18 @@ changed prediction it is the single point 0.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 LEVEL = 0.95
+
+
+@functools.lru_cache(maxsize=8)
+def _log_factorials(n: int) -> np.ndarray:
+    """log(i!) for i = 0..n."""
+    return np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))))
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -30,11 +37,11 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
         return 1.0
     if p >= 1.0:
         return 0.0
-    lp, lq = math.log(p), math.log1p(-p)
-    head = math.lgamma(n + 1)
-    logs = [head - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k + 1)]
-    top = max(logs)
-    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+    lf = _log_factorials(n)
+    i = np.arange(k + 1)
+    logs = lf[n] - lf[i] - lf[n - i] + i * math.log(p) + (n - i) * math.log1p(-p)
+    top = logs.max()
+    return min(1.0, math.exp(top) * float(np.exp(logs - top).sum()))
 
 
 def _solve(f, target: float) -> float:
