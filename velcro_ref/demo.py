@@ -155,7 +155,8 @@ def _check_choices(manifest, all_tasks, models, tasks, policies, accels):
         raise UsageError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
     from simulator import load_arch
 
-    return [load_arch(a).name for a in accels]
+    archs = [load_arch(a) for a in accels]
+    return [a.description or f"{a.rows}x{a.cols} {a.dataflow.replace('_', ' ')}" for a in archs]
 
 
 def run_demo(
@@ -188,7 +189,7 @@ def run_demo(
     manifest = read_manifest(weights_dir)
     all_tasks = data.load_tasks()
     accels = list(accels or ACCELS)
-    arch_names = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
+    arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
     if models:
         manifest = [m for m in manifest if m["name"] in models]
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
@@ -220,7 +221,7 @@ def run_demo(
             "validation_images": val_n,
             "eval_images_per_task": eval_n or "all test images of the task",
             "accelerators": accels,
-            "accelerator_names": arch_names,
+            "accelerator_descriptions": arch_descriptions,
             "accelerator_batch": 1,
             "quick": quick,
         },

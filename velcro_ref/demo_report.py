@@ -42,7 +42,9 @@ def point_text(point) -> str:
 
 
 def _energy(pj) -> str:
-    """pJ in the unit that shows it with 4 significant digits (pJ, nJ, uJ, mJ)."""
+    """pJ in the unit that shows it with 4 significant digits (pJ, nJ, uJ, mJ); 0 for none."""
+    if pj == 0:
+        return "0"
     for unit, scale in (("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):
         if abs(pj) >= scale:
             return f"{pj / scale:.4g} {unit}"
@@ -186,7 +188,7 @@ def _images_line(report) -> str:
 def notes(report) -> list[tuple[str, str]]:
     """(title, paragraph) pairs: how the figures were made."""
     s = report["settings"]
-    accels = ", ".join(f"{a} ({n})" for a, n in zip(s["accelerators"], s["accelerator_names"], strict=True))
+    accels = ", ".join(f"{a} ({d})" for a, d in zip(s["accelerators"], s["accelerator_descriptions"], strict=True))
     return [
         (
             "Image sets",
