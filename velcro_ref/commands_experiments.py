@@ -112,7 +112,8 @@ def update_readme(readme, summary):
 
 
 def cmd_demo(args):
-    from .demo import WEIGHTS_DIR, run_demo, summary_markdown
+    from .demo import WEIGHTS_DIR, run_demo
+    from .demo_report import readme_block
 
     with client_of(args, on_cluster(args)) as client:
         report = run_demo(
@@ -122,18 +123,20 @@ def cmd_demo(args):
             ratios=args.ratios,
             policies=args.policies.split(",") if args.policies else None,
             profile_n=args.profile_samples,
+            val_n=args.val_samples,
             eval_n=args.samples,
             data_dir=args.data_dir,
             models=args.models.split(",") if args.models else None,
             tasks=args.tasks.split(",") if args.tasks else None,
+            accels=args.accels.split(",") if args.accels else None,
             client=client,
             shared_data=args.shared_data,
         )
-    summary = summary_markdown(report)
-    print(summary)
-    print(f"report in {args.output}/ (summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
+    block = readme_block(report)
+    print(block)
+    print(f"report in {args.output}/ (index.html, summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
     if args.readme:
-        update_readme(args.readme, summary)
+        update_readme(args.readme, block)
         print(f"updated {args.readme}")
     return 0
 
@@ -198,24 +201,37 @@ def register(sub):
 
     p = sub.add_parser(
         "demo",
-        help="the main job: locality and sweeps for every shipped model and task",
-        description="Run the value-locality analysis and the sweeps for every model in weights/ and every task, "
-        "into a report folder.",
+        help="the main job: locality, sweeps, chosen ratios and accelerator figures for every model and task",
+        description="For every model in weights/ and every task: the value-locality analysis, sweeps on validation "
+        "images, the ratios chosen there with their test accuracy, and their cycles and energy on accelerators, "
+        "into a report folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method.",
     )
     add_file(p, "-o", "--output", role="dir_out", default="reports/demo", help="report folder (default reports/demo)")
-    p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 3 ratios, fewer images")
+    p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 4 ratios, 2 policies, fewer images")
     add_file(p, "--weights", role="dir_in", help="weights folder with manifest.json (default: the shipped weights/)")
     p.add_argument("--models", type=text, help="comma list of model names (default: all in the manifest)")
     p.add_argument("--tasks", type=text, help="comma list of task names (default: all)")
     p.add_argument(
-        "--ratios", type=text, help="ratio grid, start:stop:step or list (default 0:0.6:0.1, --quick 0:0.6:0.3)"
+        "--ratios", type=text, help="ratio grid, start:stop:step or list (default 0:0.9:0.1, --quick 0:0.9:0.3)"
     )
     p.add_argument("--policies", type=text, help=f"comma list of policies (default {','.join(POLICIES)})")
     p.add_argument(
-        "--profile-samples", type=count(1, 60000), help="train images per profile (default 1000, --quick 300)"
+        "--profile-samples",
+        type=count(1, 60000),
+        help="preprocessing images per task: its first train images (default 1000, --quick 300)",
+    )
+    p.add_argument(
+        "--val-samples",
+        type=count(1, 60000),
+        help="validation images per task: its train images after the preprocessing ones (default 500, --quick 200)",
     )
     p.add_argument("--samples", type=count(0, 10000), help="test images per task (default 500, --quick 200; 0 = all)")
-    add_file(p, "--readme", role="inout", help="replace the demo-results block of this README with the summary")
+    p.add_argument(
+        "--accels",
+        type=text,
+        help="comma list of accelerator presets or .toml files (default edge16,ws32; the first goes into the README)",
+    )
+    add_file(p, "--readme", role="inout", help="replace the demo-results block of this README with the results")
     add_data_dir_arg(p)
     add_cluster_args(p)
     p.set_defaults(func=cmd_demo)

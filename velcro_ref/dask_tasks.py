@@ -161,3 +161,9 @@ def sweep_point(fingerprint, stats, images, classes, ratio, policy, batch):
     with model_of(fingerprint) as model:
         x, y = images_of(model, images)
         return point(model, stats, x, y, classes, ratio, policy, batch)
+
+
+def run_unit(fn, fingerprint, **kwargs):
+    """A unit of work of the demo (velcro_ref/demo.py): fn(model, **kwargs) on this worker."""
+    with model_of(fingerprint) as model:
+        return fn(model, **kwargs)

@@ -161,18 +161,21 @@ def parse_classes(text):
     return _class_tuple(tokens, "")
 
 
-def select_classes(images, labels, classes, n=None):
+def select_classes(images, labels, classes, n=None, start=0):
     """Return (images, labels) of the samples whose label is in `classes`, dataset order kept.
 
-    `n` keeps at most the first n of them (all when None). Shapes follow the inputs, N first.
-    Raises DataError for bad classes, n or mismatched lengths.
+    `start` skips the first `start` of them; `n` keeps at most the next n (all when None). Shapes
+    follow the inputs, N first. Raises DataError for bad classes, n, start or mismatched lengths.
     """
     classes = _class_tuple(classes, "")
     if len(images) != len(labels):
         raise DataError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
         raise DataError(f"n must be a positive integer or None, got {n!r}")
-    indices = np.flatnonzero(np.isin(labels, classes))[:n]
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
+        raise DataError(f"start must be a non-negative integer, got {start!r}")
+    indices = np.flatnonzero(np.isin(labels, classes))[start:]
+    indices = indices[:n]
     return images[indices], labels[indices]
 
 
@@ -199,14 +202,14 @@ def preprocess(images_uint8, preprocessing):
     return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
 
 
-def task_images(model, classes, split="train", n=None, data_dir=None):
-    """The first n (all if None) Fashion-MNIST images of `classes` from `split`, preprocessed as
-    the model's meta says: (x float32 NCHW, labels int64). Raises InputError when the model records
-    no preprocessing, DataError for missing files or bad classes."""
+def task_images(model, classes, split="train", n=None, data_dir=None, start=0):
+    """The first n (all if None) Fashion-MNIST images of `classes` from `split` after the first
+    `start` of them, preprocessed as the model's meta says: (x float32 NCHW, labels int64). Raises
+    InputError when the model records no preprocessing, DataError for missing files or bad classes."""
     pre = model.meta.get("preprocessing")
     if pre is None:
         raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
-    images, labels = select_classes(*load_fashion_mnist(split, data_dir), classes, n)
+    images, labels = select_classes(*load_fashion_mnist(split, data_dir), classes, n, start)
     return np.ascontiguousarray(preprocess(images, pre)), labels.astype(np.int64)
 
 

@@ -1,28 +1,45 @@
 """`velcro demo`: the paper's questions on the shipped weights and Fashion-MNIST, as a report folder.
 
-For every model of weights/manifest.json and every task of tasks.toml: the value-locality
-analysis and ratio sweeps for each policy. Every file is written atomically as soon as it is
-ready, so an interrupted demo keeps what it finished.
+For every model of weights/manifest.json and every task of tasks.toml: the value-locality analysis,
+ratio sweeps for each policy on validation images, the ratios chosen there (largest CSR with no loss,
+largest gain), their test accuracy with a 95% interval, and their cycles and energy on accelerators.
+docs/demo.md describes the image sets, the choice and the interval.
+
+Every unit of work (a profile, an evaluation point, a simulation) is one call of a function of a
+Model and plain arguments (class tuples, numbers, image ranges, a Stats), made through a runner, so
+that units can run anywhere: in this process (LocalUnits) or as tasks on a Dask cluster
+(velcro_ref.distributed.Units); the work of one model and task is finished and
+its files are written (atomically) before the next begins, so an interrupted demo keeps what it
+finished. report.json, summary.md and index.html are written last.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import platform
 import time
+from importlib import metadata
 from pathlib import Path
+
+import numpy as np
 
 from . import data
 from .engine import load_model
 from .errors import DataError, UsageError
-from .experiments import locality, parse_ratios, profile_task, sweep
+from .evaluation import csr, evaluate
+from .experiments import locality, parse_ratios, profile_task
 from .fileio import write_text
+from .intervals import paired_change
 from .jsonout import dumps
-from .policies import POLICIES
+from .policies import POLICIES, make_masks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-PAPER = (
-    "13.5-30% CSR with no accuracy loss; +2-20% accuracy at low compression targets (ImageNet, Gabbay & Shomron 2021)"
-)
+ACCELS = ("edge16", "ws32")  # an output-stationary and a weight-stationary preset (docs/simulator.md)
+FULL = {"ratios": "0:0.9:0.1", "profile_n": 1000, "val_n": 500, "test_n": 500}
+QUICK = {"ratios": "0:0.9:0.3", "profile_n": 300, "val_n": 200, "test_n": 200}
+VERSIONED = ("numpy", "numba", "h5py", "onnxruntime", "matplotlib", "tqdm")
 
 
 def read_manifest(weights_dir) -> list[dict]:
@@ -39,8 +56,116 @@ def read_manifest(weights_dir) -> list[dict]:
     return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in models]
 
 
-def _strip(res):
-    return {k: v for k, v in res.items() if k not in ("task_variances", "general_variances")}
+# -- units of work: plain arguments in, plain results out ------------------------------------------
+
+
+@functools.lru_cache(maxsize=2)
+def _model(path):
+    """A model loaded once per process (a worker running many points of it reuses it)."""
+    return load_model(path)
+
+
+def _images(model, classes, images, data_dir, given):
+    """The task's images `images` = (split, first, n): `given` as (x, labels) when the caller read
+    them, else read here."""
+    if given is not None:
+        return given
+    split, first, n = images
+    return data.task_images(model, tuple(classes), split, n, data_dir, first)
+
+
+def profile_unit(model, classes, images, data_dir=None, given=None):
+    """Statistics of the preprocessing set `images` (split, first, n) of `classes`."""
+    x, _ = _images(model, classes, images, data_dir, given)
+    return profile_task(model, tuple(classes), len(x), x=x)
+
+
+def point_masks(model, stats, policy, ratio):
+    """The MaskSet of one point: `policy` at `ratio` from the task's statistics."""
+    return make_masks(policy, stats, ratio, model.site_costs())
+
+
+def evaluate_point(model, classes, stats, policy, ratio, images, data_dir=None, batch=128, given=None) -> dict:
+    """One evaluation point: the task's images `images` = (split, first, n), the n images of `classes`
+    in `split` after its first `first`, run dense (ratio 0) or with `policy`'s masks at `ratio`.
+
+    Returns {"policy", "ratio", "images", "macs" (executed, per image), "correct", "correct_task"
+    (bool per image)}.
+    """
+    x, y = _images(model, classes, images, data_dir, given)
+    masks = None if ratio == 0 else point_masks(model, stats, policy, ratio)
+    res = evaluate(model, x, y, tuple(classes), masks=masks, batch=batch, per_image=True)
+    return {
+        "policy": policy,
+        "ratio": ratio,
+        "images": list(images),
+        "macs": res["macs"],
+        "correct": res["correct"],
+        "correct_task": res["correct_task"],
+    }
+
+
+def simulate_point(model, stats, policy, ratio, accel, batch=1) -> dict:
+    """The accelerator's figures for one point: what `velcro simulate MODEL --masks M --accel ACCEL
+    --batch B --json --compute-only` prints under "total", for the masks of `policy` at `ratio`."""
+    import simulator
+
+    return simulator.simulate(model, accel, point_masks(model, stats, policy, ratio), batch).to_json(True)["total"]
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def summarize(point, dense) -> dict:
+    """A point's figures on one image set, with its change against dense on the same images."""
+    n = len(point["correct"])
+    return {
+        "ratio": point["ratio"],
+        "n_images": n,
+        "correct": int(point["correct"].sum()),
+        "accuracy": int(point["correct"].sum()) / n,
+        "accuracy_task": int(point["correct_task"].sum()) / n,
+        "macs": point["macs"],
+        "csr": csr(dense["macs"], point["macs"]),
+        "change": paired_change(dense["correct"], point["correct"]),
+    }
+
+
+def choose_ratios(points) -> dict:
+    """The ratios chosen on one image set from a policy's summaries (ratio 0, the dense run, included):
+    "no_loss", the largest CSR with at least as many correct images as dense (then more correct, then
+    the lower ratio), and "best_gain", the most correct images (then the lower ratio)."""
+    dense = next(p for p in points if p["ratio"] == 0)
+    ok = [p for p in points if p["correct"] >= dense["correct"]]
+    no_loss = max(ok, key=lambda p: (p["csr"], p["correct"], -p["ratio"]))
+    best_gain = max(points, key=lambda p: (p["correct"], -p["ratio"]))
+    return {"no_loss": no_loss["ratio"], "best_gain": best_gain["ratio"]}
+
+
+def software_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("velcro-ref", *VERSIONED):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["platform"] = platform.platform()
+    out["cpus"] = os.cpu_count()
+    return out
+
+
+def _check_choices(manifest, all_tasks, models, tasks, policies, accels):
+    for what, asked, known in (("model", models, [m["name"] for m in manifest]), ("task", tasks, list(all_tasks))):
+        unknown = [a for a in asked or () if a not in known]
+        if unknown:
+            raise UsageError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    unknown = [p for p in policies or () if p not in POLICIES]
+    if unknown:
+        raise UsageError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    from simulator import load_arch
+
+    archs = [load_arch(a) for a in accels]
+    return [a.description or f"{a.rows}x{a.cols} {a.dataflow.replace('_', ' ')}" for a in archs]
 
 
 def run_demo(
@@ -50,128 +175,190 @@ def run_demo(
     ratios=None,
     policies=None,
     profile_n=None,
+    val_n=None,
     eval_n=None,
     data_dir=None,
     models=None,
     tasks=None,
+    accels=None,
     progress=True,
     client=None,
     shared_data=False,
 ):
-    """Run the demo into out_dir; returns the report dict (also written as report.json). With a
-    dask.distributed `client`, its profiles and sweep points run as tasks on the client's cluster
-    (velcro_ref/distributed.py); `shared_data`: the workers read Fashion-MNIST from data_dir."""
+    """Run the demo into out_dir; returns the report dict (also written as report.json).
+
+    eval_n is the number of test images per task (0: all of the task's); val_n the validation
+    images, the task's train images that follow its profile_n preprocessing images. With a
+    dask.distributed `client`, the units of work run as tasks on its cluster; `shared_data`: the
+    workers read Fashion-MNIST from data_dir themselves instead of receiving the images.
+    """
     from tqdm import tqdm
 
-    from .plots import plot_locality, plot_sweep
+    from .demo_report import summary_markdown, write_html
+    from .plots import plot_accelerator, plot_choices, plot_locality
 
+    t0 = time.perf_counter()
+    defaults = QUICK if quick else FULL
     manifest = read_manifest(weights_dir)
     all_tasks = data.load_tasks()
-    for what, asked, known in (("model", models, [m["name"] for m in manifest]), ("task", tasks, list(all_tasks))):
-        unknown = [a for a in asked or () if a not in known]
-        if unknown:
-            raise UsageError(f"unknown {what}(s) {', '.join(unknown)}; choose from {', '.join(known)}")
-    unknown = [p for p in policies or () if p not in POLICIES]
-    if unknown:
-        raise UsageError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    accels = list(accels or ACCELS)
+    arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
     if models:
         manifest = [m for m in manifest if m["name"] in models]
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
-    # `velcro sweep` evaluates on every test image of a task when one needs a finer accuracy resolution.
-    ratios = parse_ratios(ratios or ("0:0.6:0.3" if quick else "0:0.6:0.1"))
-    policies = policies or (["uniform", "channel"] if quick else list(POLICIES))
-    profile_n = profile_n or (300 if quick else 1000)
-    eval_n = eval_n if eval_n is not None else (200 if quick else 500)
-    eval_n = eval_n or None  # 0: every test image of the task
+    grid = parse_ratios(ratios or defaults["ratios"])
+    grid = sorted({0.0, *grid})  # ratio 0 is the dense run every choice can fall back to
+    policies = list(policies or (["uniform", "channel"] if quick else POLICIES))
+    profile_n = profile_n or defaults["profile_n"]
+    val_n = val_n or defaults["val_n"]
+    eval_n = eval_n if eval_n is not None else defaults["test_n"]
+    sets = {
+        "preprocessing": ("train", 0, profile_n),
+        "validation": ("train", profile_n, val_n),
+        "test": ("test", 0, eval_n or None),  # 0: every test image of the task
+    }
+    train_labels = data.load_fashion_mnist("train", data_dir)[1]
+    for task in task_names:
+        have = int(np.count_nonzero(np.isin(train_labels, all_tasks[task]["classes"])))
+        if have <= profile_n:
+            raise UsageError(
+                f"--profile-samples {profile_n} leaves no validation image: task '{task}' has {have} train images"
+            )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "settings": {
-            "ratios": ratios,
+            "ratios": grid,
             "policies": policies,
             "profile_images": profile_n,
+            "validation_images": val_n,
             "eval_images_per_task": eval_n or "all test images of the task",
+            "accelerators": accels,
+            "accelerator_descriptions": arch_descriptions,
+            "accelerator_batch": 1,
             "quick": quick,
         },
+        "software": software_versions(),
         "models": {},
     }
-    total = len(manifest) * len(task_names) * (1 + len(policies) * len(ratios))
-    bar = tqdm(total=total, desc="demo", unit="step", disable=not progress, dynamic_ncols=True)
-    t0 = time.perf_counter()
-    profile, run_sweep = profile_task, sweep
-    if client is not None:
-        from .distributed import Jobs
+    n_masked = len(policies) * sum(r > 0 for r in grid)
+    per_task = 1 + (1 + n_masked) + (1 + 2 * len(policies)) + len(policies) * len(accels)
+    bar = tqdm(
+        total=len(manifest) * (1 + len(task_names) * per_task),
+        desc="demo",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    if client is None:
+        runner = LocalUnits()
+    else:
+        from .distributed import Units
 
-        jobs = Jobs(client, data_dir, shared_data)
-        classes_of = [all_tasks[t]["classes"] for t in task_names]
-        jobs.submit_demo([m["path"] for m in manifest], classes_of, policies, ratios, profile_n, eval_n)
-        profile, run_sweep = jobs.profile, jobs.sweep
+        runner = Units(client, data_dir, shared_data)
     for m in manifest:
-        model = load_model(m["path"])
-        name = m["name"]
+        t_model = time.perf_counter()
+        name, path = m["name"], m["path"]
         bar.set_postfix_str(f"{name}: general stats")
-        general = profile(model, tuple(range(10)), profile_n, data_dir)
-        entry = {"file": m["file"], "test_accuracy_10class": m.get("test_accuracy"), "tasks": {}}
+        call = dict(model_path=path, classes=tuple(range(10)), images=sets["preprocessing"], data_dir=data_dir)
+        [general] = runner.run(profile_unit, [call], bar)
+        entry = {
+            "file": m["file"],
+            "variant": m.get("variant", "float32"),
+            "test_accuracy_10class": m.get("test_accuracy"),
+            "tasks": {},
+        }
         report["models"][name] = entry
         for task in task_names:
             classes = all_tasks[task]["classes"]
-            bar.set_postfix_str(f"{name}/{task}: profile")
-            stats = profile(model, classes, profile_n, data_dir)
-            loc = locality(stats, general)
-            plot_locality(loc, out / f"locality_{name}_{task}.png", f"{name}, task {task}")
-            bar.update(1)
-            x, y = data.task_images(model, classes, "test", eval_n, data_dir)
-            sweeps = []
-            for policy in policies:
-                bar.set_postfix_str(f"{name}/{task}: {policy}")
-                sweeps.append(run_sweep(model, stats, x, y, classes, ratios, policy, progress=bar))
-            plot_sweep(sweeps, out / f"sweep_{name}_{task}.png", f"{name}, task {task}")
-            result = {"classes": list(classes), "locality": _strip(loc), "sweeps": {s["policy"]: s for s in sweeps}}
+            result = _run_task(runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar)
+            result["plots"] = {
+                "locality": f"locality_{name}_{task}.png",
+                "sweep": f"sweep_{name}_{task}.png",
+                "accelerator": f"accelerator_{name}_{task}.png",
+            }
+            plot_locality(result.pop("_locality"), out / result["plots"]["locality"], f"{name}, task {task}")
+            plot_choices(result, out / result["plots"]["sweep"], f"{name}, task {task}")
+            plot_accelerator(result, out / result["plots"]["accelerator"], f"{name}, task {task}")
             entry["tasks"][task] = result
             write_text(out / f"{name}_{task}.json", dumps(result, indent=1))
+        entry["elapsed_s"] = time.perf_counter() - t_model
+        runner.done_with(path)
     bar.close()
     report["elapsed_s"] = time.perf_counter() - t0
     write_text(out / "report.json", dumps(report, indent=1))
     write_text(out / "summary.md", summary_markdown(report))
+    write_html(report, out)
     return report
 
 
-def _pct(x):
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+class LocalUnits:
+    """Runs the demo's units of work in this process. A call is the unit's keyword arguments with
+    `model_path` in place of its Model; velcro_ref.distributed.Units runs the same calls as tasks."""
+
+    def run(self, fn, calls, bar=None) -> list:
+        """fn(model, **kwargs) for each call of `calls`, in order."""
+        out = []
+        for kwargs in calls:
+            kwargs = dict(kwargs)
+            out.append(fn(_model(kwargs.pop("model_path")), **kwargs))
+            if bar is not None:
+                bar.update(1)
+        return out
+
+    def done_with(self, path) -> None:
+        _model.cache_clear()
 
 
-def summary_markdown(report) -> str:
-    """The Markdown summary (also what `velcro demo --readme` puts into the README)."""
-    s = report["settings"]
-    lines = [
-        f"Ratios {s['ratios'][0]}..{s['ratios'][-1]} ({len(s['ratios'])} points), "
-        f"{s['profile_images']} preprocessing images per task (train split), evaluation on "
-        f"{s['eval_images_per_task']} (test split); demo time {report.get('elapsed_s', 0):.0f} s.",
-        f"Paper (ImageNet): {PAPER}.",
-        "",
-        "Dense 10-class test accuracy (10000 images, velcro engine): "
-        + ", ".join(f"{n} {_pct(e['test_accuracy_10class'])}" for n, e in report["models"].items())
-        + ".",
-        "",
+def _run_task(runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar):
+    """Profile, sweep on validation, choose, test the choices and price them: one model and task."""
+    bar.set_postfix_str(f"{name}/{task}: profile")
+    call = dict(model_path=path, classes=classes, images=sets["preprocessing"], data_dir=data_dir)
+    [stats] = runner.run(profile_unit, [call], bar)
+    loc = locality(stats, general)
+    common = dict(model_path=path, classes=classes, stats=stats, data_dir=data_dir)
+
+    bar.set_postfix_str(f"{name}/{task}: validation")
+    grid_points = [(None, 0.0)] + [(p, r) for p in policies for r in grid if r > 0]
+    calls = [dict(common, policy=p, ratio=r, images=sets["validation"]) for p, r in grid_points]
+    dense_val, *points = runner.run(evaluate_point, calls, bar)
+    val = {p: [summarize(dense_val, dense_val)] for p in policies}
+    for point in points:
+        val[point["policy"]].append(summarize(point, dense_val))
+    chosen = {p: choose_ratios(val[p]) for p in policies}
+
+    bar.set_postfix_str(f"{name}/{task}: test")
+    picked = sorted({(p, r) for p in policies for r in chosen[p].values() if r > 0})
+    calls = [dict(common, policy=p, ratio=r, images=sets["test"]) for p, r in [(None, 0.0), *picked]]
+    dense_test, *points = runner.run(evaluate_point, calls, bar)
+    bar.update(2 * len(policies) - len(picked))  # the steps of choices at ratio 0 or tested once for two
+    tested = {(p["policy"], p["ratio"]): p for p in points}
+
+    bar.set_postfix_str(f"{name}/{task}: accelerators")
+    calls = [
+        dict(model_path=path, stats=stats, policy=p, ratio=chosen[p]["no_loss"], accel=a)
+        for p in policies
+        for a in accels
     ]
-    policies = s["policies"]
-    head = "| model | task | dense task acc. | " + " | ".join(f"CSR no loss ({p})" for p in policies)
-    head += " | best gain (uniform) | median var. ratio task/general |"
-    lines += [head, "|" + "---|" * (4 + len(policies) + 1)]
-    for name, entry in report["models"].items():
-        for task, r in entry["tasks"].items():
-            uni = r["sweeps"][policies[0]]
-            cells = []
-            for p in policies:
-                b = r["sweeps"][p]["best_csr_no_loss"]
-                cells.append("none" if b is None else f"{_pct(b['csr'])} (r={b['ratio']:g})")
-            g = uni["best_accuracy_gain"]
-            gain = (
-                f"{100 * g['gain']:+.2f} pts ({g['gain_images']:+d} of {uni['n_eval_images']} images, r={g['ratio']:g})"
-            )
-            lines.append(
-                f"| {name} | {task} | {_pct(uni['baseline_accuracy'])} | "
-                + " | ".join(cells)
-                + f" | {gain} | {r['locality']['median_variance_ratio']:.3f} |"
-            )
-    return "\n".join(lines) + "\n"
+    sims = iter(runner.run(simulate_point, calls, bar))
+    policies_out = {}
+    for policy in policies:
+        at = {p["ratio"]: p for p in val[policy]}
+        entry = {"validation": val[policy]}
+        for key, r in chosen[policy].items():
+            test = dense_test if r == 0 else tested[policy, r]
+            entry[key] = {"ratio": r, "validation": at[r], "test": summarize(test, dense_test)}
+        entry["no_loss"]["accelerator"] = {a: next(sims) for a in accels}
+        policies_out[policy] = entry
+    images = {key: {"split": s, "first": f, "n": n} for key, (s, f, n) in sets.items()}
+    images["preprocessing"]["n"] = stats.n_images
+    images["validation"]["n"] = len(dense_val["correct"])
+    images["test"]["n"] = len(dense_test["correct"])
+    return {
+        "classes": list(classes),
+        "images": images,
+        "locality": {k: v for k, v in loc.items() if not k.endswith("_variances")},
+        "_locality": loc,
+        "dense": {"validation": summarize(dense_val, dense_val), "test": summarize(dense_test, dense_test)},
+        "policies": policies_out,
+    }

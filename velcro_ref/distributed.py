@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import uuid
@@ -422,17 +423,72 @@ class Jobs:
             progress.update(len(ratios))
         return sweep_summary(dense, ratios, results, policy, classes, tolerance, len(x), stats.n_images)
 
-    def submit_demo(self, paths, task_classes, policies, ratios, profile_n, eval_n):
-        """Submit all of a demo (velcro_ref/demo.py) in the order it reads the results: per model its
-        general profile (all ten classes), then per task its profile and its sweeps."""
+
+class Units:
+    """The demo's units of work (velcro_ref/demo.py, LocalUnits) as tasks on the cluster of `client`:
+    the calls of one `run` are submitted together and their results come back in order. The model
+    reaches the workers once (send_model); the images are read here and sent once per set, or, with
+    `shared`, read by the workers from data_dir; a result that a later call takes as an argument (a
+    task's Stats) stays on the cluster and is passed by reference."""
+
+    def __init__(self, client, data_dir=None, shared=False):
         from .engine import load_model
 
-        for path in paths:
-            model = load_model(path)
-            self.submit_profile(model, tuple(range(10)), profile_n)
-            for classes in task_classes:
-                for policy in policies:
-                    self.submit_sweep(model, classes, profile_n, eval_n, policy, ratios)
+        self.client, self.shared = client, shared
+        self.data_dir = os.path.abspath(data_dir) if shared and data_dir else data_dir
+        self.token = _token()
+        self._load = functools.lru_cache(maxsize=1)(load_model)
+        self._fingerprints = {}  # model path -> fingerprint sent to the workers
+        self._images = {}  # (path, classes, images) -> future of (x, labels)
+        self._futures = {}  # id of a result -> (the result, its future)
+        self._n = 0
+
+    def _submit(self, fn, kwargs):
+        from .dask_tasks import hold, run_unit
+
+        kwargs = dict(kwargs)
+        path = kwargs.pop("model_path")
+        if path not in self._fingerprints:
+            self._fingerprints[path] = send_model(self.client, self._load(path))
+        for k, v in kwargs.items():
+            known = self._futures.get(id(v))
+            if known is not None and known[0] is v:
+                kwargs[k] = known[1]
+        if "images" in kwargs:
+            if self.shared:
+                kwargs["data_dir"] = self.data_dir
+            else:
+                key = (path, tuple(kwargs["classes"]), tuple(kwargs["images"]))
+                if key not in self._images:
+                    from . import data
+
+                    split, first, n = kwargs["images"]
+                    xy = data.task_images(self._load(path), key[1], split, n, kwargs.get("data_dir"), first)
+                    name = f"velcro-images-{self.token}-{len(self._images)}"
+                    self._images[key] = self.client.submit(hold, xy, key=name, pure=False)
+                kwargs["given"] = self._images[key]
+        self._n += 1
+        name = f"velcro-{fn.__name__}-{self.token}-{self._n}"
+        return self.client.submit(run_unit, fn, self._fingerprints[path], key=name, pure=False, **kwargs)
+
+    def run(self, fn, calls, bar=None) -> list:
+        """fn(model, **call) for each call, as tasks; the results in the order of the calls."""
+        futures = [self._submit(fn, kwargs) for kwargs in calls]
+        out = []
+        for f in futures:
+            out.append(result(f))
+            self._futures[id(out[-1])] = (out[-1], f)
+            if bar is not None:
+                bar.update(1)
+        return out
+
+    def done_with(self, path) -> None:
+        """Let go of what the cluster holds for the model at `path` (its images, its results)."""
+        for key in [k for k in self._images if k[0] == path]:
+            self._images.pop(key).release()
+        for _, f in self._futures.values():
+            f.release()
+        self._futures.clear()
 
 
 def sweep(client, model, classes, ratios, policy, tolerance, profile_samples, samples, data_dir, shared, progress):

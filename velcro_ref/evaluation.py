@@ -32,28 +32,37 @@ def check_scores(model, labels, classes) -> int:
     return n
 
 
-def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None) -> dict:
+def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, per_image=False) -> dict:
     """Accuracy of `model` on images x (N, C, H, W) float32 with integer labels (N,).
 
     accuracy: top-1 over the full output (all classes of the general model).
     accuracy_task: top-1 among the task's classes only.
     macs: executed MACs per image, summed over layers, counted by the kernels.
+    per_image adds `correct` and `correct_task`, bool (N,): which images each accuracy counts.
     Raises as check_scores does, before any image is run.
     """
     check_scores(model, labels, classes)
     classes = np.asarray(classes, dtype=np.int64)
-    correct = correct_task = 0
+    n = len(x)
+    correct, correct_task = np.zeros(n, bool), np.zeros(n, bool)
     macs = 0
-    for i in range(0, len(x), batch):
+    for i in range(0, n, batch):
         xb, yb = x[i : i + batch], labels[i : i + batch]
         out = model.run(xb, masks=masks)
         macs += sum(model.last_macs.values())
-        correct += int(np.count_nonzero(out.argmax(axis=1) == yb))
-        correct_task += int(np.count_nonzero(classes[out[:, classes].argmax(axis=1)] == yb))
+        correct[i : i + len(xb)] = out.argmax(axis=1) == yb
+        correct_task[i : i + len(xb)] = classes[out[:, classes].argmax(axis=1)] == yb
         if progress is not None:
             progress.update(len(xb))
-    n = len(x)
-    return {"accuracy": correct / n, "accuracy_task": correct_task / n, "macs": macs / n, "n_images": n}
+    res = {
+        "accuracy": int(correct.sum()) / n,
+        "accuracy_task": int(correct_task.sum()) / n,
+        "macs": macs / n,
+        "n_images": n,
+    }
+    if per_image:
+        res.update(correct=correct, correct_task=correct_task)
+    return res
 
 
 def csr(dense_macs: float, masked_macs: float) -> float:

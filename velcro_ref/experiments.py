@@ -40,9 +40,11 @@ def parse_ratios(text) -> list[float]:
     return sorted(set(ratios))
 
 
-def profile_task(model, classes, n, data_dir=None, batch=256, progress=None):
-    """Stats over the first n train images of `classes` (the paper's preprocessing set)."""
-    x, _ = data.task_images(model, classes, "train", n, data_dir)
+def profile_task(model, classes, n, data_dir=None, batch=256, progress=None, x=None):
+    """Stats over the first n train images of `classes` (the paper's preprocessing set); `x`: those
+    images when the caller has read them already."""
+    if x is None:
+        x, _ = data.task_images(model, classes, "train", n, data_dir)
     src = f"fashion-mnist train classes {list(classes)}"
     return collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
 

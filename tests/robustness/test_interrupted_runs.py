@@ -243,8 +243,9 @@ def test_killed_demo_keeps_finished_files_whole_and_the_rest_previous(tmp_path, 
     report = tmp_path / "report"
     report.mkdir()
     names = [
-        "report.json", "summary.md", "tiny_footwear.json", "tiny_easy_pair.json", "locality_tiny_footwear.png",
-        "sweep_tiny_footwear.png", "locality_tiny_easy_pair.png", "sweep_tiny_easy_pair.png",
+        "report.json", "summary.md", "index.html", "tiny_footwear.json", "tiny_easy_pair.json",
+        "locality_tiny_footwear.png", "sweep_tiny_footwear.png", "accelerator_tiny_footwear.png",
+        "locality_tiny_easy_pair.png", "sweep_tiny_easy_pair.png", "accelerator_tiny_easy_pair.png",
     ]  # fmt: skip
     for name in names:
         (report / name).write_text("previous\n")
@@ -257,6 +258,7 @@ def test_killed_demo_keeps_finished_files_whole_and_the_rest_previous(tmp_path, 
     stop(proc, signal.SIGKILL)
     assert json.loads(first.read_text())["classes"] == [5, 7, 9]
     assert (report / "report.json").read_text() == "previous\n"  # written last
+    assert (report / "index.html").read_text() == "previous\n"
     for name in names:
         path = report / name
         assert path.read_text(errors="replace") == "previous\n" or is_whole(path), name

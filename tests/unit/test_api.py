@@ -121,7 +121,7 @@ def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files):
 def test_api_functions_stay_functions_after_their_modules_load(tmp_path):
     """velcro_ref.golden and velcro_ref.quantize name functions; loading the modules that do the work
     must not shadow them (a submodule of the same name would)."""
-    model = Model(build_zoo("resnet18", input_size=16, num_classes=10, width=0.125, seed=1))
+    model = Model(zoo_graph("resnet18", input_size=16, num_classes=10, width=0.125, seed=1))
     x = np.zeros((1, 3, 16, 16), np.float32)
     for k in range(2):
         velcro_ref.golden(model, x, tmp_path / f"g{k}.h5")

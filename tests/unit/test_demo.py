@@ -1,8 +1,24 @@
-"""`velcro demo --quick` runs end to end on the shipped weights and real data."""
+"""`velcro demo`: end to end on the shipped weights and real data; on a tiny model, the ratios chosen without
+test images, the accelerator figures against `velcro simulate` and the self-contained index.html."""
 
+import base64
+import gzip
 import json
+import struct
 import subprocess
 import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from velcro_ref import cli, data
+from velcro_ref.demo import choose_ratios, run_demo
+from velcro_ref.engine import load_model
+from velcro_ref.policies import POLICIES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_quick_writes_a_complete_report(tmp_path):
@@ -15,13 +31,196 @@ def test_demo_quick_writes_a_complete_report(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert (out / "summary.md").read_text().startswith("Ratios")
+    assert (out / "index.html").stat().st_size > 0
     assert report["models"]
     for name, entry in report["models"].items():
         assert entry["tasks"]
         for task, r in entry["tasks"].items():
             assert (out / f"sweep_{name}_{task}.png").stat().st_size > 0
             assert (out / f"locality_{name}_{task}.png").stat().st_size > 0
-            for sweep in r["sweeps"].values():
-                csrs = [p["csr"] for p in sweep["points"]]
+            assert (out / f"accelerator_{name}_{task}.png").stat().st_size > 0
+            assert r["images"]["validation"]["n"] > 0 and r["images"]["test"]["n"] > 0
+            for res in r["policies"].values():
+                csrs = [p["csr"] for p in res["validation"]]
                 assert csrs[0] == 0.0 and csrs == sorted(csrs) and csrs[-1] > 0
-                assert sweep["n_eval_images"] > 0
+
+
+# -- the choice --------------------------------------------------------------------------------------
+
+
+def summary(ratio, csr, correct):
+    return {"ratio": ratio, "csr": csr, "correct": correct}
+
+
+def test_choose_ratios_takes_the_largest_csr_at_no_loss_and_the_most_correct_images():
+    points = [
+        summary(0.0, 0.0, 90),
+        summary(0.1, 0.1, 92),
+        summary(0.2, 0.2, 92),
+        summary(0.3, 0.3, 90),  # no loss: equal to dense
+        summary(0.4, 0.4, 89),  # a loss, whatever comes after
+        summary(0.5, 0.5, 91),
+        summary(0.6, 0.55, 85),
+    ]
+    # 0.5 is at no loss too and has the largest CSR; 0.1 and 0.2 tie on the gain: the lower ratio
+    assert choose_ratios(points) == {"no_loss": 0.5, "best_gain": 0.1}
+    assert choose_ratios([summary(0.0, 0.0, 50), summary(0.5, 0.4, 49)]) == {"no_loss": 0.0, "best_gain": 0.0}
+
+
+def test_validation_images_are_the_task_train_images_after_the_preprocessing_set():
+    model = load_model(ROOT / "weights" / "resnet18.h5")
+    images, labels = data.load_fashion_mnist("train")
+    rows = np.flatnonzero((labels == 1) | (labels == 8))  # the task's train images, in order
+    x_pre, _ = data.task_images(model, (1, 8), "train", 100)
+    x_val, y_val = data.task_images(model, (1, 8), "train", 50, start=100)
+    pre = model.meta["preprocessing"]
+    want = (images[rows[100:150]].astype(np.float32) * pre["scale"] - pre["mean"][0]) / pre["std"][0]
+    np.testing.assert_allclose(x_val[:, 0], want, rtol=1e-6)
+    np.testing.assert_array_equal(y_val, labels[rows[100:150]])
+    assert not np.isin(rows[100:150], rows[:100]).any() and len(x_pre) == 100
+
+
+def write_idx_labels(path, labels):
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">II", 0x00000801, len(labels)) + np.asarray(labels, np.uint8).tobytes())
+
+
+def test_ratio_choice_never_reads_test_images(tmp_path):
+    """Test labels that make the dense model 0% accurate would make every ratio 'no loss' on test, so a choice
+    made there would take the top of the grid; the choice made on validation images does not move."""
+    src = Path(data.DEBIAN_DIR)
+    weights = ROOT / "weights"
+    task, classes = "footwear", (5, 7, 9)
+    settings = dict(
+        weights_dir=weights, models=["resnet18"], tasks=[task], policies=["uniform", "channel"],
+        ratios="0,0.5,0.9", profile_n=200, val_n=200, eval_n=200, accels=["edge16"], progress=False,
+    )  # fmt: skip
+    real = run_demo(tmp_path / "real", data_dir=src, **settings)
+
+    # the same test images, each labelled with a task class the dense model does not predict
+    model = load_model(weights / "resnet18.h5")
+    _, labels = data.load_fashion_mnist("test", src)
+    rows = np.flatnonzero(np.isin(labels, classes))[: settings["eval_n"]]  # the demo's test images
+    x, _ = data.task_images(model, classes, "test", settings["eval_n"], src)
+    predicted = model.run(x).argmax(axis=1)
+    wrong = labels.copy()
+    wrong[rows] = np.where(predicted == classes[0], classes[1], classes[0])
+    other = tmp_path / "data"
+    other.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (other / name).symlink_to(src / name)
+    write_idx_labels(other / "t10k-labels-idx1-ubyte.gz", wrong)
+    moved = run_demo(tmp_path / "moved", data_dir=other, **settings)
+
+    a = real["models"]["resnet18"]["tasks"][task]
+    b = moved["models"]["resnet18"]["tasks"][task]
+    assert b["dense"]["test"]["accuracy"] == 0.0 < a["dense"]["test"]["accuracy"]  # the labels were read
+    for policy in settings["policies"]:
+        pa, pb = a["policies"][policy], b["policies"][policy]
+        assert pa["validation"] == pb["validation"]
+        assert pa["no_loss"]["ratio"] == pb["no_loss"]["ratio"] and pa["best_gain"]["ratio"] == pb["best_gain"]["ratio"]
+        assert pa["no_loss"]["accelerator"] == pb["no_loss"]["accelerator"]
+    # on the relabelled test images every ratio is at no loss: a choice there would take 0.9 for every policy
+    assert any(a["policies"][p]["no_loss"]["ratio"] < 0.9 for p in settings["policies"])
+
+
+# -- a tiny model: accelerator figures and index.html ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory):
+    from velcro_ref.model_io import save_model
+    from velcro_ref.zoo import build_zoo
+
+    weights = tmp_path_factory.mktemp("weights")
+    save_model(build_zoo("resnet18", input_size=28, in_channels=1, width=0.125, num_classes=10), weights / "tiny.h5")
+    (weights / "manifest.json").write_text(json.dumps({"models": [{"name": "tiny", "file": "tiny.h5"}]}))
+    out = tmp_path_factory.mktemp("report")
+    report = run_demo(
+        out, weights_dir=weights, quick=True, tasks=["footwear"], policies=list(POLICIES), ratios="0,0.5,0.9",
+        profile_n=300, val_n=100, eval_n=100, progress=False,
+    )  # fmt: skip
+    return weights / "tiny.h5", out, report
+
+
+def run_cli(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return out
+
+
+def test_accelerator_figures_equal_velcro_simulate_on_the_same_masks(tiny_demo, tmp_path, capsys):
+    model, _, report = tiny_demo
+    result = report["models"]["tiny"]["tasks"]["footwear"]
+    assert report["settings"]["accelerators"] == ["edge16", "ws32"]
+    stats = tmp_path / "s.h5"
+    n = report["settings"]["profile_images"]
+    run_cli(capsys, "profile", model, "--data", "fashion-mnist", "--classes", "5,7,9", "--samples", n, "-o", stats)
+    compressed = 0
+    for policy, res in result["policies"].items():
+        r = res["no_loss"]["ratio"]
+        masks = tmp_path / f"{policy}.h5"
+        run_cli(capsys, "compress", stats, "--ratio", r, "--policy", policy, "--model", model, "-o", masks)
+        for accel, figures in res["no_loss"]["accelerator"].items():
+            doc = json.loads(
+                run_cli(capsys, "simulate", model, "--masks", masks, "--accel", accel, "--json", "--compute-only")
+            )
+            assert figures == doc["total"], (policy, accel)
+            compressed += figures["macs_saved"] > 0
+    assert compressed > 0  # some of the chosen masks skip work
+
+
+class PageChecker(HTMLParser):
+    """Tags closed in order, and every reference a tag makes."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.problems, self.refs, self.ids, self.images = [], [], [], set(), []
+
+    def handle_starttag(self, tag, attrs):
+        self._attrs(tag, attrs)
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self._attrs(tag, attrs)
+
+    def _attrs(self, tag, attrs):
+        for key, value in attrs:
+            if key == "id":
+                self.ids.add(value)
+            if key in ("src", "href", "srcset", "data", "action", "poster", "background", "cite", "formaction"):
+                self.refs.append((tag, key, value))
+        if tag == "img":
+            self.images.append(dict(attrs).get("src", ""))
+        if tag in ("script", "link", "iframe", "object", "embed", "base"):
+            self.problems.append(f"<{tag}> tag")
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack[-1] != tag:
+            self.problems.append(f"</{tag}> closes {self.stack[-1:] or 'nothing'}")
+        else:
+            self.stack.pop()
+
+
+def test_index_html_is_well_formed_self_contained_and_embeds_every_plot(tiny_demo):
+    _, out, _ = tiny_demo
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    page = PageChecker()
+    page.feed(text)
+    page.close()
+    assert page.problems == [] and page.stack == []
+    prefix = "data:image/png;base64,"
+    for tag, key, value in page.refs:
+        if key == "href":
+            assert value.startswith("#") and value[1:] in page.ids, (tag, value)
+        else:
+            assert (tag, key) == ("img", "src") and value.startswith(prefix), (tag, key, value[:40])
+    assert "url(" not in text and "@import" not in text
+    embedded = sorted(base64.b64decode(src[len(prefix) :]) for src in page.images)
+    plots = sorted(p.read_bytes() for p in out.glob("*.png"))
+    assert len(plots) == 3 and embedded == plots  # locality, sweep and accelerator of the one task
