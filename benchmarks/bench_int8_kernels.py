@@ -77,12 +77,13 @@ def _layer_data(shape):
 
 def child_layer_velcro(shape, repeat):
     from velcro_ref import qprepare
+    from velcro_ref.kernels.conv import conv_geom
     from velcro_ref.kernels.int8 import conv
     from velcro_ref.ops.base import window_out_size as pool_out_size
 
     c, k, h, ks, s, p, groups = shape
     x, w, bias = _layer_data(shape)
-    geom = qprepare.ConvGeom(ks, ks, s, s, p, p, p, p, 1, 1, groups)
+    geom = conv_geom(c, h, h, k, (ks, ks), (s, s), (p, p, p, p), (1, 1), groups)
     pc = qprepare.prepare_conv("conv", w, 0, bias, 3, np.uint8, geom)
     rq = qprepare.requant_params("ort", 0.02, np.float32(0.01), 0.5, 5, np.uint8, k)
     oh = pool_out_size(h, ks, s, p, p, False)

@@ -32,22 +32,6 @@ class Requant(NamedTuple):
     qmax: int
 
 
-class ConvGeom(NamedTuple):
-    """Conv geometry: kernel, stride, pads (top, left, bottom, right), dilation, groups."""
-
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    pt: int
-    pl: int
-    pb: int
-    pr: int
-    dh: int
-    dw: int
-    groups: int
-
-
 class PackedConv(NamedTuple):
     """An int8 conv's constants, for kernels.int8.conv and its NumPy twin.
 
@@ -135,7 +119,7 @@ def _zero_point_along(w_zero_point, n):
 
 def prepare_conv(name, w, w_zero_point, bias, x_zero_point, x_dtype, geom) -> PackedConv:
     """Pack an int8 (or uint8) conv weight (K, Cg, kh, kw) with its zero point (scalar or per
-    output channel) and int32 bias (or None) for the conv of ConvGeom `geom`. The worst-case
+    output channel) and int32 bias (or None) for the conv of `geom` (kernels.conv.geom.ConvGeom). The worst-case
     accumulator for inputs of x_dtype with x_zero_point is checked: raises
     AccumulatorOverflowError naming the layer."""
     w = np.asarray(w)

@@ -16,6 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from velcro_ref import qprepare as P
+from velcro_ref.kernels.conv import conv_geom
 from velcro_ref.kernels.int8 import conv as kconv
 from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
@@ -98,7 +99,7 @@ def run_conv_both(x, wq, bias, x_scale, w_scale, x_zp, y_scale, y_zp, g, precise
         group=groups,
     )
     want = session([node], [tensor_in("x", x)], inits, precise).run(None, {"x": x})[0]
-    geom = P.ConvGeom(kh, kw, stride, stride, pads[0], pads[1], pads[2], pads[3], dilation, dilation, groups)
+    geom = conv_geom(*x.shape[1:], k, (kh, kw), (stride, stride), pads, (dilation, dilation), groups)
     pc = P.prepare_conv("conv", wq, 0, bias, x_zp, dtype, geom)
     rq = P.requant_params("ort", x_scale, w_scale, y_scale, y_zp, dtype, k)
     oh = pool_out_size(x.shape[2], kh, stride, pads[0], pads[2], False, dilation)

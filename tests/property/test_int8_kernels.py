@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from velcro_ref import qprepare as P
 from velcro_ref import quant
 from velcro_ref.errors import AccumulatorOverflowError
+from velcro_ref.kernels.conv import conv_geom
 from velcro_ref.kernels.int8 import conv as kconv
 from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
@@ -63,7 +64,7 @@ def conv_cases(draw):
     w = draw(st.integers(max(1, dw * (kw - 1) + 1 - pads[1] - pads[3]), 2 * TILE_P + 5))
     n = draw(st.sampled_from([1, 2, 3]))
     return {
-        "geom": P.ConvGeom(kh, kw, sh, sw, *pads, dh, dw, groups),
+        "geom": conv_geom(groups * cg, h, w, groups * kg, (kh, kw), (sh, sw), pads, (dh, dw), groups),
         "cg": cg,
         "kg": kg,
         "h": h,
@@ -147,7 +148,7 @@ def test_conv2d_takes_the_tile_path_with_partial_and_full_tiles():
     rng = np.random.default_rng(2)
     x = rand_q(rng, (1, 4, 1, 2 * TILE_P + 1), np.uint8)
     wq = rng.integers(-127, 128, (TILE_K, 4, 1, 1)).astype(np.int8)
-    geom = P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1)
+    geom = conv_geom(4, 1, 2 * TILE_P + 1, TILE_K, (1, 1))
     pc = P.prepare_conv("c", wq, 0, None, 10, np.uint8, geom)
     rq = P.requant_params("ort", 1.0, np.float32(1.0), 1.0, 0, np.uint8, TILE_K)
     rq = rq._replace(scale=np.full(TILE_K, 1 / 2048, np.float32), zero_point=128)
@@ -315,7 +316,7 @@ def test_requantize_kernel_in_ort_mode_equals_numpy_twin(n, k, p, seed):
 def test_conv_whose_accumulator_could_overflow_is_refused_naming_the_layer():
     w = np.full((2, 8000, 3, 3), 127, np.int8)  # 72000 taps * 255 * 127 > 2^31
     with pytest.raises(AccumulatorOverflowError, match="node 'layer4.1.conv2'.*2147483647"):
-        P.prepare_conv("layer4.1.conv2", w, 0, None, 0, np.uint8, P.ConvGeom(3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1))
+        P.prepare_conv("layer4.1.conv2", w, 0, None, 0, np.uint8, conv_geom(8000, 3, 3, 2, (3, 3), pads=(1, 1, 1, 1)))
     with pytest.raises(AccumulatorOverflowError, match="node 'fc'"):
         P.prepare_linear("fc", w.reshape(2, -1), 0, None, 0, np.uint8)
 
@@ -325,7 +326,7 @@ def test_accumulator_bound_is_exact_at_the_int32_limit():
     w = np.full((1, 2, 1, 1), 127, np.int8)
     x = np.full((1, 2, 1, 1), 255, np.uint8)
     edge = quant.INT32_MAX - 2 * 255 * 127
-    geom = P.ConvGeom(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1)
+    geom = conv_geom(2, 1, 1, 1, (1, 1))
     pc = P.prepare_conv("c", w, 0, np.array([edge]), 0, np.uint8, geom)
     rq = P.requant_params("fixed_point", 1.0, np.float32(1.0), 2.0**23, 0, np.uint8, 1)
     out = np.zeros((1, 1, 1, 1), np.uint8)

@@ -446,6 +446,38 @@ def _masked_load(builder, base, index, lanes):
     return builder.call(fn, [ptr, _I32(4), mask, _zero()])
 
 
+def _tap_sums(context, builder, sig, args):
+    """The accumulators of `dot_taps` (args a, rows_a, x, offs, runs first): one vector per pair
+    (filter row, position), filters outer, lane l holding chain l."""
+    arr_a = _array(context, builder, sig.args[0], args[0])
+    arr_x = _array(context, builder, sig.args[2], args[2])
+    n = builder.extract_value(arr_a.shape, 1)
+    kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
+    bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
+    offs_x = cgutils.unpack_tuple(builder, args[3])
+    pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
+    accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+    whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
+
+    def step(bases_j, bases_x, load):
+        va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+        for acc, (ia, ib) in zip(accs, pairs, strict=True):
+            builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+
+    with cgutils.for_range(builder, kh) as fy:
+        with cgutils.for_range(builder, kw) as fx:
+            tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
+            bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
+            j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
+            bases_j = [builder.gep(base, [j0]) for base in bases_a]
+            with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
+                step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+            tail = builder.sub(seg, whole)
+            with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
+                step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+    return accs
+
+
 @intrinsic
 def dot_taps(typingctx, a, rows_a, x, offs, runs):
     """(a[i] . taps of x at o for i in rows_a for o in offs), taps in lanes, in the chain order.
@@ -464,32 +496,7 @@ def dot_taps(typingctx, a, rows_a, x, offs, runs):
     sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, runs)
 
     def codegen(context, builder, sig, args):
-        arr_a = _array(context, builder, sig.args[0], args[0])
-        arr_x = _array(context, builder, sig.args[2], args[2])
-        n = builder.extract_value(arr_a.shape, 1)
-        kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
-        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
-        offs_x = cgutils.unpack_tuple(builder, args[3])
-        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
-        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
-        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
-
-        def step(bases_j, bases_x, load):
-            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
-            for acc, (ia, ib) in zip(accs, pairs, strict=True):
-                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
-
-        with cgutils.for_range(builder, kh) as fy:
-            with cgutils.for_range(builder, kw) as fx:
-                tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
-                bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
-                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
-                bases_j = [builder.gep(base, [j0]) for base in bases_a]
-                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
-                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
-                tail = builder.sub(seg, whole)
-                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
-                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        accs = _tap_sums(context, builder, sig, args)
         return context.make_tuple(builder, sig.return_type, [_halves(builder, builder.load(acc)) for acc in accs])
 
     return sig, codegen
@@ -528,41 +535,17 @@ def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
     sig = types.none(a, rows_a, x, offs, runs, io, where, oidx)
 
     def codegen(context, builder, sig, args):
-        arr_a = _array(context, builder, sig.args[0], args[0])
-        arr_x = _array(context, builder, sig.args[2], args[2])
         arrays = [_array(context, builder, sig.args[5].dtype, v) for v in cgutils.unpack_tuple(builder, args[5])]
-        n = builder.extract_value(arr_a.shape, 1)
-        kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
+        accs = _tap_sums(context, builder, sig, args)
         ks = cgutils.unpack_tuple(builder, args[1])
-        bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in ks]
-        offs_x = cgutils.unpack_tuple(builder, args[3])
-        pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
-        accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
-        whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
-
-        def step(bases_j, bases_x, load):
-            va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
-            for acc, (ia, ib) in zip(accs, pairs, strict=True):
-                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
-
-        with cgutils.for_range(builder, kh) as fy:
-            with cgutils.for_range(builder, kw) as fx:
-                tap = builder.add(builder.mul(fy.index, step_y), builder.mul(fx.index, step_x))
-                bases_x = [builder.gep(arr_x.data, [builder.add(o, tap)]) for o in offs_x]
-                j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
-                bases_j = [builder.gep(base, [j0]) for base in bases_a]
-                with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
-                    step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
-                tail = builder.sub(seg, whole)
-                with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
-                    step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+        n_offs = len(cgutils.unpack_tuple(builder, args[3]))
         has_res, act = cgutils.unpack_tuple(builder, args[6])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
         oi = cgutils.unpack_tuple(builder, args[7])
-        for c0 in range(0, len(pairs), 8):
+        for c0 in range(0, len(accs), 8):
             total = _reduce8(builder, [builder.load(acc) for acc in accs[c0 : c0 + 8]])
-            for i in range(c0, min(c0 + 8, len(pairs))):
-                k = ks[pairs[i][0]]
+            for i in range(c0, min(c0 + 8, len(accs))):
+                k = ks[i // n_offs]
                 y = builder.fadd(
                     builder.extract_element(total, _I32(i - c0)), builder.load(builder.gep(arrays[0].data, [k]))
                 )

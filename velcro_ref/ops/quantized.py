@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import qprepare, quant
 from ..errors import ModelError
+from ..kernels.conv import conv_geom
 from ..kernels.int8 import conv as kconv
 from ..kernels.int8 import eltwise as kelt
 from ..kernels.int8 import linear as klin
@@ -269,8 +270,7 @@ class QConv2d(Conv2d):
 
     def prepare(self, a, arrays, ins, out, ctx):
         x_q, y_q = ctx.in_q[0], ctx.out_q
-        (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["kernel"], a["stride"], a["pads"], a["dilation"]
-        geom = qprepare.ConvGeom(kh, kw, sh, sw, pt, pl, pb, pr, dh, dw, a["groups"])
+        geom = conv_geom(*ins[0], out[0], a["kernel"], a["stride"], a["pads"], a["dilation"], a["groups"])
         wz = arrays.get("w_zero_point", np.zeros(1, np.int8))
         packed = qprepare.prepare_conv(
             ctx.name, arrays["weight"], wz, arrays.get("bias"), x_q.zero_point, x_q.dtype, geom

@@ -258,7 +258,7 @@ _NO_SKIP = np.zeros((1, 1, 1), np.bool_)
 
 def conv2d(x, x_zero_point, pc, geom, rq, skip, out):
     """int8 conv2d. x (N, C, H, W) uint8/int8 with x_zero_point; pc a qprepare.PackedConv;
-    geom a qprepare.ConvGeom; rq a qprepare.Requant; skip None (dense) or bool (K, OH, OW);
+    geom a kernels.conv.geom.ConvGeom; rq a qprepare.Requant; skip None (dense) or bool (K, OH, OW);
     out (N, K, OH, OW) uint8/int8, masked elements left as they are. Returns executed MACs."""
     n_n, c_n = x.shape[0], x.shape[1]
     k_n, oh, ow = out.shape[1], out.shape[2], out.shape[3]
