@@ -102,9 +102,9 @@ def cmd_sweep(args):
     return 0
 
 
-def update_readme(readme, summary):
+def update_readme(readme, summary, block="demo-results"):
     text = Path(readme).read_text()
-    start, end = "<!-- demo-results:start -->", "<!-- demo-results:end -->"
+    start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     if start not in text or end not in text:
         raise UsageError(f"{readme}: no {start} ... {end} block to replace")
     new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{summary}{end}", text, flags=re.S)
@@ -115,9 +115,10 @@ def cmd_demo(args):
     from .demo import WEIGHTS_DIR, run_demo
     from .demo_report import readme_block
 
+    output = args.output or ("reports/demo-int8" if args.int8 else "reports/demo")
     with client_of(args, on_cluster(args)) as client:
         report = run_demo(
-            args.output,
+            output,
             weights_dir=args.weights or WEIGHTS_DIR,
             quick=args.quick,
             ratios=args.ratios,
@@ -131,12 +132,13 @@ def cmd_demo(args):
             accels=args.accels.split(",") if args.accels else None,
             client=client,
             shared_data=args.shared_data,
+            int8=args.int8,
         )
     block = readme_block(report)
     print(block)
-    print(f"report in {args.output}/ (index.html, summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
+    print(f"report in {output}/ (index.html, summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
     if args.readme:
-        update_readme(args.readme, block)
+        update_readme(args.readme, block, "demo-int8-results" if args.int8 else "demo-results")
         print(f"updated {args.readme}")
     return 0
 
@@ -206,8 +208,14 @@ def register(sub):
         "images, the ratios chosen there with their test accuracy, and their cycles and energy on accelerators, "
         "into a report folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method.",
     )
-    add_file(p, "-o", "--output", role="dir_out", default="reports/demo", help="report folder (default reports/demo)")
+    add_file(p, "-o", "--output", role="dir_out", help="report folder (default reports/demo, --int8 reports/demo-int8)")
     p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 4 ratios, 2 policies, fewer images")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="the shipped int8 models (the manifest's int8_models) instead of the float ones; "
+        "--readme fills the int8 results block",
+    )
     add_file(p, "--weights", role="dir_in", help="weights folder with manifest.json (default: the shipped weights/)")
     p.add_argument("--models", type=text, help="comma list of model names (default: all in the manifest)")
     p.add_argument("--tasks", type=text, help="comma list of task names (default: all)")

@@ -42,17 +42,19 @@ QUICK = {"ratios": "0:0.9:0.3", "profile_n": 300, "val_n": 200, "test_n": 200}
 VERSIONED = ("numpy", "numba", "h5py", "onnxruntime", "matplotlib", "tqdm")
 
 
-def read_manifest(weights_dir) -> list[dict]:
+def read_manifest(weights_dir, key="models") -> list[dict]:
+    """The models listed under `key` of the weights folder's manifest.json ("models": the float
+    models, "int8_models": their int8 versions), each with its `path`."""
     path = Path(weights_dir) / "manifest.json"
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the weights manifest ({e})") from None
-    models = doc.get("models") if isinstance(doc, dict) else None
+    models = doc.get(key) if isinstance(doc, dict) else None
     if not isinstance(models, list) or not all(
         isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("file"), str) for m in models
     ):
-        raise DataError(f'{path}: expects {{"models": [{{"name": ..., "file": ...}}, ...]}}')
+        raise DataError(f'{path}: expects {{"{key}": [{{"name": ..., "file": ...}}, ...]}}')
     return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in models]
 
 
@@ -184,13 +186,15 @@ def run_demo(
     progress=True,
     client=None,
     shared_data=False,
+    int8=False,
 ):
     """Run the demo into out_dir; returns the report dict (also written as report.json).
 
     eval_n is the number of test images per task (0: all of the task's); val_n the validation
     images, the task's train images that follow its profile_n preprocessing images. With a
     dask.distributed `client`, the units of work run as tasks on its cluster; `shared_data`: the
-    workers read Fashion-MNIST from data_dir themselves instead of receiving the images.
+    workers read Fashion-MNIST from data_dir themselves instead of receiving the images. `int8`:
+    the manifest's int8 models instead of the float ones.
     """
     from tqdm import tqdm
 
@@ -199,7 +203,7 @@ def run_demo(
 
     t0 = time.perf_counter()
     defaults = QUICK if quick else FULL
-    manifest = read_manifest(weights_dir)
+    manifest = read_manifest(weights_dir, "int8_models" if int8 else "models")
     all_tasks = data.load_tasks()
     accels = list(accels or ACCELS)
     arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
@@ -237,6 +241,7 @@ def run_demo(
             "accelerator_descriptions": arch_descriptions,
             "accelerator_batch": 1,
             "quick": quick,
+            "int8": int8,
         },
         "software": software_versions(),
         "models": {},

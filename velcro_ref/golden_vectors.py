@@ -28,7 +28,6 @@ import numpy as np
 from . import h5io, quant
 from .errors import UsageError
 from .fileio import atomic_path
-from .reference import int8 as rint8
 
 FORMAT = "velcro-golden"
 FORMAT_VERSION = 2  # 1: float models (unchanged); 2: quantized models
@@ -74,34 +73,17 @@ def _quantized_node(g, step, inputs, skip, accumulators):
     for i, q in enumerate(step.in_q):
         _put_q(g, f"input_{i}", q)
     _put_q(g, "output", step.q)
-    op, args = step.op, step.args
-    if op in ("qconv2d", "qlinear"):
-        rq = args[-1]
-        g.attrs["requant"] = quant.REQUANT_MODES[rq.mode]
-        g.attrs["output_min"], g.attrs["output_max"] = int(rq.qmin), int(rq.qmax)
-        g.create_dataset("requant_scale", data=rq.scale)
-        if rq.mode == quant.REQUANT_FIXED_POINT:
-            g.create_dataset("multiplier", data=rq.multiplier)
-            g.create_dataset("shift", data=rq.shift)
-        if accumulators:
-            if op == "qconv2d":
-                acc = rint8.conv2d_accumulators(inputs[0], args[0], args[1], args[2], *step.out_shape[1:])
-            else:
-                acc = rint8.linear_accumulators(inputs[0], args[0], args[1])
-            acc = acc.astype(np.int32)  # exact: the accumulator bound was checked at load
-            if skip is not None:  # a skipped element is never accumulated
-                acc[:, np.asarray(skip, bool)] = 0
-            g.create_dataset("accumulators", data=acc)
-    elif op == "qadd":
-        g.attrs["a_ratio"], g.attrs["b_ratio"], g.attrs["offset"] = args.a_ratio, args.b_ratio, args.offset
-    elif op == "qglobal_avg_pool":
-        g.attrs["requant_scale"] = np.float32(args[1])
-    elif op == "qconcat":
-        for i, table in enumerate(args):
-            if table is not None:
-                g.create_dataset(f"table_{i}", data=table)
-    elif op in ("qrelu", "qrelu6"):
-        g.attrs["output_min"], g.attrs["output_max"] = int(args[0]), int(args[1])
+    for key, value in step.opdef.golden(step.args).items():
+        if isinstance(value, np.ndarray):
+            g.create_dataset(key, data=value)
+        else:
+            g.attrs[key] = value
+    acc = step.opdef.accumulators(inputs[0], step.args, step.out_shape) if accumulators else None
+    if acc is not None:
+        acc = acc.astype(np.int32)  # exact: the accumulator bound was checked at load
+        if skip is not None:  # a skipped element is never accumulated
+            acc[:, np.asarray(skip, bool)] = 0
+        g.create_dataset("accumulators", data=acc)
 
 
 def write_golden(model, x, path, masks=None, accumulators=False) -> dict:

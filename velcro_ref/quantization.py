@@ -1,13 +1,13 @@
 """Post-training static quantization of a float model (`velcro quantize`), with onnxruntime's formulas
 (docs/int8.md): MinMax calibration ranges in, a quantized graph out.
 
-The float model's plan (batch norms folded, dead branches left out) is quantized node by node:
-conv2d -> qconv2d and linear -> qlinear (int8 weights, symmetric, per tensor or per output channel;
-int32 biases), add -> qadd, concat -> qconcat, global_avg_pool -> qglobal_avg_pool, max_pool ->
-qmax_pool, relu/relu6 -> qrelu/qrelu6 (the activation sites keep their names), flatten and dropout as
-they are; a quantize node first and a dequantize node last. As onnxruntime's quantizer does, the
-producer of an activation site takes the site's range, so the site's clamp is the producer's
-saturation and the qrelu changes no value.
+The float model's plan (batch norms folded, dead branches left out) is quantized node by node, each
+op to its `quantized_as` in the op registry: conv2d -> qconv2d and linear -> qlinear (int8 weights,
+symmetric, per tensor or per output channel; int32 biases), add -> qadd, concat -> qconcat,
+global_avg_pool -> qglobal_avg_pool, max_pool -> qmax_pool, relu/relu6 -> qrelu/qrelu6 (the
+activation sites keep their names), flatten and dropout as they are; a quantize node first and a
+dequantize node last. As onnxruntime's quantizer does, the producer of an activation site takes the
+site's range, so the site's clamp is the producer's saturation and the qrelu changes no value.
 """
 
 from __future__ import annotations
@@ -17,33 +17,20 @@ import numpy as np
 from . import quant
 from .errors import ModelError, UsageError
 from .graph import INPUT, Graph, Node
+from .ops import QUANTIZED, REGISTRY
 
 ACTIVATION_TYPES = ("int8", "uint8")
-# float op -> quantized op of the same layer
-QUANTIZED_OP = {
-    "conv2d": "qconv2d",
-    "linear": "qlinear",
-    "add": "qadd",
-    "concat": "qconcat",
-    "global_avg_pool": "qglobal_avg_pool",
-    "max_pool": "qmax_pool",
-    "relu": "qrelu",
-    "relu6": "qrelu6",
-    "flatten": "flatten",
-    "dropout": "dropout",
-}
-# ops whose output gets its own scale and zero point from a calibration range
-OWN_RANGE = ("conv2d", "linear", "add", "concat", "global_avg_pool")
 
 
 def needed_ranges(model) -> list[str]:
     """The tensors of `model`'s plan whose calibration ranges quantization reads: the input, every
-    activation site and every output of an op in OWN_RANGE that is not a site's only input."""
+    activation site and every output of an op with a range of its own (Op.own_range) that is not a
+    site's only input."""
     plan = model.plan
     site_inputs = {st.inputs[0] for st in plan.nodes if st.opdef.site and len(plan.readers[st.inputs[0]]) == 1}
     out = [INPUT]
     for st in plan.nodes:
-        if st.opdef.site or (st.op in OWN_RANGE and st.name not in site_inputs):
+        if st.opdef.site or (st.opdef.own_range and st.name not in site_inputs):
             out.append(st.name)
     return out
 
@@ -70,9 +57,11 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
     for st in plan.nodes:
         if st.opdef.site:
             src = steps.get(st.inputs[0])
-            if st.op not in QUANTIZED_OP:
-                raise ModelError(f"node '{st.name}': {st.op} has no quantized form; quantizable sites: relu, relu6")
-            if src is None or src.op not in OWN_RANGE or len(plan.readers[src.name]) != 1:
+            if st.opdef.quantized_as is None:
+                sites = [op.name for op in REGISTRY.values() if op.site and op.quantized_as]
+                why = f"{st.op} has no quantized form; quantizable sites: {', '.join(sites)}"
+                raise ModelError(f"node '{st.name}': {why}")
+            if src is None or not src.opdef.own_range or len(plan.readers[src.name]) != 1:
                 raise ModelError(
                     f"node '{st.name}': a quantized activation site must be the only reader of a conv2d, linear, "
                     f"add, concat or global_avg_pool output; '{st.inputs[0]}' is not"
@@ -90,19 +79,20 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
     rename = {INPUT: first}
     q_of = {first: nodes[0].attrs}
     for st in plan.nodes:
-        if st.op not in QUANTIZED_OP:
-            raise ModelError(f"node '{st.name}': {st.op} has no quantized form; quantizable: {', '.join(QUANTIZED_OP)}")
+        if st.opdef.quantized_as is None:
+            known = [op.name for op in REGISTRY.values() if op.quantized_as and op.name not in QUANTIZED]
+            raise ModelError(f"node '{st.name}': {st.op} has no quantized form; quantizable: {', '.join(known)}")
         inputs = tuple(rename.get(t, t) for t in st.inputs)
         attrs = {k: v for k, v in st.source.attrs.items()}
         prm = {}
-        if st.op in OWN_RANGE:
+        if st.opdef.own_range:
             attrs.update(qparams(st.name))
         if st.op in ("conv2d", "linear"):
             attrs["requant"] = requant
             x_q = q_of[inputs[0]]
             prm = _weights(st, x_q["y_scale"], per_channel, params)
-        q_of[st.name] = attrs if st.op in OWN_RANGE else q_of[inputs[0]]
-        nodes.append(Node(st.name, QUANTIZED_OP[st.op], inputs, attrs, prm))
+        q_of[st.name] = attrs if st.opdef.own_range else q_of[inputs[0]]
+        nodes.append(Node(st.name, st.opdef.quantized_as, inputs, attrs, prm))
     last = _unique("output", steps)
     nodes.append(Node(last, "dequantize", (plan.output,)))
     info = {"activations": activations, "per_channel": bool(per_channel), "requant": requant}

@@ -19,6 +19,7 @@ import numpy as np
 from .errors import UsageError, VelcroError
 from .fileio import write_text
 from .h5io import escape_key
+from .ops import REGISTRY
 
 FORMAT = "velcro-rtl-vectors"
 FORMAT_VERSION = 1
@@ -605,11 +606,8 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         constants = y.copy()
         readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
         site = readers[0] if len(readers) == 1 else None
-        if (
-            site is not None
-            and groups[site].attrs.get("op") in ("qrelu", "qrelu6")
-            and f"sites/{escape_key(site)}" in f
-        ):
+        op = REGISTRY.get(groups[site].attrs.get("op")) if site is not None else None
+        if op is not None and op.site and f"sites/{escape_key(site)}" in f:
             constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
         y = np.where(skip, constants, y)
     w_scale = g["w_scale"][()].astype(np.float64).reshape(-1)

@@ -224,3 +224,24 @@ def test_index_html_is_well_formed_self_contained_and_embeds_every_plot(tiny_dem
     embedded = sorted(base64.b64decode(src[len(prefix) :]) for src in page.images)
     plots = sorted(p.read_bytes() for p in out.glob("*.png"))
     assert len(plots) == 3 and embedded == plots  # locality, sweep and accelerator of the one task
+
+
+def test_int8_demo_runs_the_int8_models_and_fills_only_the_int8_readme_block(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "x\n<!-- demo-results:start -->\nfloat\n<!-- demo-results:end -->\n"
+        "<!-- demo-int8-results:start -->\nold\n<!-- demo-int8-results:end -->\n"
+    )
+    args = ["demo", "--int8", "--models", "resnet18_int8", "--tasks", "footwear", "--policies", "uniform"]
+    args += ["--ratios", "0,0.5", "--accels", "edge16", "--profile-samples", "100", "--val-samples", "50"]
+    run_cli(capsys, *args, "--samples", "50", "-o", tmp_path / "r", "--readme", readme)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    manifest = json.loads((ROOT / "weights" / "manifest.json").read_text())
+    [entry] = [m for m in manifest["int8_models"] if m["name"] == "resnet18_int8"]
+    assert report["settings"]["int8"] is True
+    assert list(report["models"]) == ["resnet18_int8"]
+    assert report["models"]["resnet18_int8"]["file"] == entry["file"]
+    text = readme.read_text()
+    assert "\nfloat\n" in text and "\nold\n" not in text
+    block = text.split("<!-- demo-int8-results:start -->")[1].split("<!-- demo-int8-results:end -->")[0]
+    assert "| resnet18_int8 | footwear |" in block

@@ -14,6 +14,7 @@ _NO_MASK = np.zeros(0, np.bool_)
 
 class Relu(ActivationOp):
     name = "relu"
+    quantized_as = "qrelu"
     onnx_types = ("Relu",)
     high = np.float32(np.inf)  # the clamp's upper bound
 
@@ -33,6 +34,7 @@ class Relu(ActivationOp):
 
 class Relu6(Relu):
     name = "relu6"
+    quantized_as = "qrelu6"
     onnx_types = ("Clip",)
     high = np.float32(6.0)
 

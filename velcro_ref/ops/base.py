@@ -83,6 +83,8 @@ class Op:
     tensors = "float"
     param_dtypes: dict = {}
     requant_ops = 0
+    quantized_as: str | None = None  # the op of this layer in a quantized model (velcro_ref/quantization.py)
+    own_range = False  # quantized, its output takes a scale and zero point from its own calibration range
 
     def check(self, node) -> dict:
         """The node's attributes, normalised (pairs, pads as 4-tuples, defaults filled in).
@@ -120,6 +122,16 @@ class Op:
         """Compute `out` (N, *out_shape) from the inputs xs; return the executed MACs. `skip` is
         None (dense) or the op's masked output elements, for ops with chain == "skip"."""
         raise NotImplementedError(self.name)
+
+    def golden(self, args) -> dict:
+        """The numbers a quantized node's arithmetic uses, for its golden-vector group
+        (docs/formats.md): name -> a scalar (written as an attribute) or an array (a dataset)."""
+        return {}
+
+    def accumulators(self, x, args, out_shape):
+        """The int32 accumulators of a quantized layer that has them (conv, linear) for input x,
+        before requantization; None for other ops."""
+        return None
 
     def loop_nest(self, attrs, ins, out) -> dict:
         """The simulator's loop bounds of one image: k, c, oy, ox, fy, fx and groups."""

@@ -10,6 +10,7 @@ from .base import pair as _pair
 
 class Conv2d(Op):
     name = "conv2d"
+    quantized_as, own_range = "qconv2d", True
     attrs = ("out_channels", "kernel", "stride", "dilation", "pads", "groups")
     params = (("weight",), ("bias",))
     chain = "skip"

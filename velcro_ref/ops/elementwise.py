@@ -11,6 +11,7 @@ from .linear import LINEAR
 
 class Add(Op):
     name = "add"
+    quantized_as, own_range = "qadd", True
     n_inputs = 2
     chain = "through"
     ops_per_element = 1
@@ -40,6 +41,7 @@ class Concat(Op):
     """Concatenation along channels; costs nothing on the accelerator (readers address the inputs)."""
 
     name = "concat"
+    quantized_as, own_range = "qconcat", True
     n_inputs = None
     unit = "free"
     onnx_types = ("Concat",)

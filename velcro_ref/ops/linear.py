@@ -22,6 +22,7 @@ class LinearArgs(NamedTuple):
 
 class Linear(Op):
     name = "linear"
+    quantized_as, own_range = "qlinear", True
     params = (("weight",), ("bias",))
     chain = "skip"
     unit = "array"

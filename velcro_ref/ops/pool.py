@@ -80,6 +80,7 @@ class _Window(Op):
 
 class MaxPool(_Window):
     name = "max_pool"
+    quantized_as = "qmax_pool"
     ops_per_element = 1
     onnx_types = ("MaxPool",)
 
@@ -121,6 +122,7 @@ class AvgPool(_Window):
 
 class GlobalAvgPool(Op):
     name = "global_avg_pool"
+    quantized_as, own_range = "qglobal_avg_pool", True
     ops_per_element = 1
     onnx_types = ("GlobalAveragePool", "ReduceMean")
 

@@ -22,6 +22,7 @@ from ..kernels.int8 import linear as klin
 from ..kernels.int8 import pool as kpool
 from ..kernels.int8 import requant as kreq
 from ..kernels.int8 import sites as ksite
+from ..reference import int8 as rint8
 from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, quantized_output
 from .conv import Conv2d
 from .elementwise import Add, Concat
@@ -106,6 +107,19 @@ def _weight_params(w, w_scale, w_zero, bias) -> dict:
     if bias is not None:
         params["bias"] = np.asarray(bias, np.int32).reshape(-1)
     return params
+
+
+def _requant_golden(rq) -> dict:
+    """The requantization numbers of a conv or linear layer in its golden-vector group."""
+    out = {
+        "requant": quant.REQUANT_MODES[rq.mode],
+        "output_min": int(rq.qmin),
+        "output_max": int(rq.qmax),
+        "requant_scale": rq.scale,
+    }
+    if rq.mode == quant.REQUANT_FIXED_POINT:
+        out.update(multiplier=rq.multiplier, shift=rq.shift)
+    return out
 
 
 def _requant_mode(node) -> str:
@@ -281,6 +295,12 @@ class QConv2d(Conv2d):
     def run(self, xs, args, skip, out, scratch):
         return kconv.conv2d(xs[0], args[0], args[1], args[2], args[3], skip, out)
 
+    def golden(self, args) -> dict:
+        return _requant_golden(args[-1])
+
+    def accumulators(self, x, args, out_shape):
+        return rint8.conv2d_accumulators(x, args[0], args[1], args[2], *out_shape[1:])
+
     def plan_skip(self, args, mask):
         return np.ascontiguousarray(mask, np.bool_)
 
@@ -362,6 +382,12 @@ class QLinear(Linear):
     def run(self, xs, args, skip, out, scratch):
         return klin.linear(xs[0], args[0], args[1], args[2], skip, out)
 
+    def golden(self, args) -> dict:
+        return _requant_golden(args[-1])
+
+    def accumulators(self, x, args, out_shape):
+        return rint8.linear_accumulators(x, args[0], args[1])
+
 
 def _requant(name, mode, x_q, w_scale, y_q, n_channels):
     try:
@@ -396,6 +422,9 @@ class QRelu(ActivationOp):
         n = out.shape[0]
         ksite.clamp(xs[0].reshape(n, -1), args[0], args[1], _NO_MASK, out.reshape(n, -1))
         return 0
+
+    def golden(self, args) -> dict:
+        return {"output_min": int(args[0]), "output_max": int(args[1])}
 
     def unmasked(self, x, mask, out, args):
         ksite.clamp(x, args[0], args[1], mask, out)
@@ -473,6 +502,9 @@ class QAdd(Add):
         kelt.add(xs[0], xs[1], args, None, out)
         return 0
 
+    def golden(self, args) -> dict:
+        return {"a_ratio": args.a_ratio, "b_ratio": args.b_ratio, "offset": args.offset}
+
 
 class QConcat(Concat):
     """concat of quantized tensors: inputs of other scales are requantized through a 256-entry table
@@ -511,6 +543,9 @@ class QConcat(Concat):
     def run(self, xs, tables, skip, out, scratch):
         kelt.concat(tuple(xs), tables, out)
         return 0
+
+    def golden(self, tables) -> dict:
+        return {f"table_{i}": table for i, table in enumerate(tables) if table is not None}
 
 
 class QMaxPool(MaxPool):
@@ -566,6 +601,9 @@ class QGlobalAvgPool(GlobalAvgPool):
         kpool.global_avg_pool(xs[0], *args, out)
         return 0
 
+    def golden(self, args) -> dict:
+        return {"requant_scale": np.float32(args[1])}
+
 
 OPS = (
     Quantize(),
@@ -579,3 +617,5 @@ OPS = (
     QMaxPool(),
     QGlobalAvgPool(),
 )
+for _op in OPS:  # quantized already: nothing to quantize, whatever the float op they extend says
+    _op.quantized_as, _op.own_range = None, False

@@ -15,6 +15,7 @@ def _copy(xs, out):
 
 class Flatten(Op):
     name = "flatten"
+    quantized_as = "flatten"
     unit = "free"
     tensors = "any"
     onnx_types = ("Flatten", "Reshape")
@@ -60,6 +61,7 @@ class Dropout(Op):
     """Identity at inference; exported as Identity. ONNX Dropout is bypassed by the importer."""
 
     name = "dropout"
+    quantized_as = "dropout"
     attrs = ("p",)
     tensors = "any"
     ranges = {"p": (0.0, 1.0)}
