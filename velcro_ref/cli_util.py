@@ -1,5 +1,6 @@
-"""What the `velcro` commands share: arrays and JSON in and out, the model and image-set options,
-task classes, progress bars and policy choices. Each condition raises one error class."""
+"""What the `velcro` commands share: their registration, arrays and JSON in and out, the model and
+image-set options, task classes, progress bars and policy choices. Each condition raises one error
+class."""
 
 from __future__ import annotations
 
@@ -196,6 +197,16 @@ def print_json(doc) -> None:
     from .jsonout import print_json as print_strict
 
     print_strict(doc)
+
+
+def command(sub, name, func, help, description, model=False):
+    """Add subcommand `name`, run as func(args), and return its parser for the options; model=True
+    adds the model file and --allow-nonfinite (`add_model_arg`) first."""
+    p = sub.add_parser(name, help=help, description=description)
+    if model:
+        add_model_arg(p)
+    p.set_defaults(func=func)
+    return p
 
 
 def add_model_arg(p):
