@@ -194,12 +194,18 @@ def read_attr(obj, name, error, where=""):
         raise error(f"{where}attribute '{name}' cannot be read ({e})") from e
 
 
+def _present_attr(obj, name, error, where, default):
+    """read_attr, `error` when the attribute is absent and there is no default."""
+    v = read_attr(obj, name, error, where)
+    if v is _MISSING and default is None:
+        raise error(f"{where}attribute '{name}' is missing")
+    return v
+
+
 def attr_str(obj, name, error, where="", default=None) -> str:
     """A string attribute (UTF-8 bytes accepted); `default` if absent, else `error` when absent."""
-    v = read_attr(obj, name, error, where)
+    v = _present_attr(obj, name, error, where, default)
     if v is _MISSING:
-        if default is None:
-            raise error(f"{where}attribute '{name}' is missing")
         return default
     if isinstance(v, bytes):
         try:
@@ -213,10 +219,8 @@ def attr_str(obj, name, error, where="", default=None) -> str:
 
 def attr_int(obj, name, error, where="", default=None) -> int:
     """An integer attribute; `default` if absent, else `error` when absent."""
-    v = read_attr(obj, name, error, where)
+    v = _present_attr(obj, name, error, where, default)
     if v is _MISSING:
-        if default is None:
-            raise error(f"{where}attribute '{name}' is missing")
         return default
     if isinstance(v, np.ndarray) and v.shape == ():
         v = v[()]
