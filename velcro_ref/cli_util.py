@@ -288,6 +288,12 @@ def _first_nonfinite(x, model, index):
     return f"; first NaN/Inf in image {first} ({bad.size} image(s) affected)"
 
 
+def add_task_args(p):
+    """--task and --classes, of which `task_classes` takes exactly one."""
+    p.add_argument("--task", type=text, help="task name from tasks.toml")
+    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+
+
 def task_classes(args):
     """(classes, label) from --task NAME (tasks.toml) or --classes LIST, exactly one of them."""
     from .api import task_classes as classes_of

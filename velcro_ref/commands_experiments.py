@@ -9,6 +9,7 @@ from .cli_util import (
     add_data_dir_arg,
     add_file,
     add_policy_arg,
+    add_task_args,
     command,
     count,
     number,
@@ -153,8 +154,7 @@ def register(sub):
         ),
         model=True,
     )
-    p.add_argument("--task", type=text, help="task name from tasks.toml")
-    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+    add_task_args(p)
     p.add_argument(
         "--samples", type=count(1, 60000), default=2000, help="train images for each of the two profiles (default 2000)"
     )
@@ -176,8 +176,7 @@ def register(sub):
         description="Sweep compression ratios on a task: both accuracies and the CSR at each ratio.",
         model=True,
     )
-    p.add_argument("--task", type=text, help="task name from tasks.toml")
-    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+    add_task_args(p)
     p.add_argument(
         "--ratios", type=text, default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)"
     )
