@@ -1,5 +1,6 @@
-"""What the `velcro` commands share: arrays and JSON in and out, the model and image-set options,
-task classes, progress bars and policy choices. Each condition raises one error class."""
+"""What the `velcro` commands share: their registration, arrays and JSON in and out, the model and
+image-set options, task classes, progress bars and policy choices. Each condition raises one error
+class."""
 
 from __future__ import annotations
 
@@ -198,6 +199,16 @@ def print_json(doc) -> None:
     print_strict(doc)
 
 
+def command(sub, name, func, help, description, model=False):
+    """Add subcommand `name`, run as func(args), and return its parser for the options; model=True
+    adds the model file and --allow-nonfinite (`add_model_arg`) first."""
+    p = sub.add_parser(name, help=help, description=description)
+    if model:
+        add_model_arg(p)
+    p.set_defaults(func=func)
+    return p
+
+
 def add_model_arg(p):
     add_file(p, "model", help="model file (HDF5, velcro-model format)")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
@@ -275,6 +286,12 @@ def _first_nonfinite(x, model, index):
         return ""
     first = bad[0] if index is None else index[bad[0]]
     return f"; first NaN/Inf in image {first} ({bad.size} image(s) affected)"
+
+
+def add_task_args(p):
+    """--task and --classes, of which `task_classes` takes exactly one."""
+    p.add_argument("--task", type=text, help="task name from tasks.toml")
+    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
 
 
 def task_classes(args):

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from .cli_util import add_file, add_model_arg, count, load_array, number, print_json, save_array
+from .cli_util import add_file, command, count, load_array, number, print_json, save_array
 
 
 def cmd_zoo(args):
@@ -115,8 +115,10 @@ def cmd_infer(args):
 def register(sub):
     from .zoo import ZOO
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "zoo",
+        cmd_zoo,
         help="write a randomly initialised zoo model",
         description="Write a randomly initialised model with torchvision's topology.",
     )
@@ -136,19 +138,25 @@ def register(sub):
         help="channel width multiplier in (0, 16] (default 1.0)",
     )
     p.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="random seed in [0, 2^32) (default 0)")
-    p.set_defaults(func=cmd_zoo)
 
-    p = sub.add_parser(
-        "info", help="layer shapes, parameters and MACs", description="Print every layer's shapes, parameters and MACs."
+    p = command(
+        sub,
+        "info",
+        cmd_info,
+        help="layer shapes, parameters and MACs",
+        description="Print every layer's shapes, parameters and MACs.",
+        model=True,
     )
-    add_model_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON (top-level total_macs)")
-    p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser(
-        "infer", help="run a model on a .npy batch", description="Run a model on an NCHW float32 .npy batch."
+    p = command(
+        sub,
+        "infer",
+        cmd_infer,
+        help="run a model on a .npy batch",
+        description="Run a model on an NCHW float32 .npy batch.",
+        model=True,
     )
-    add_model_arg(p)
     add_file(p, "--input", required=True, help="input .npy, NCHW float32")
     add_file(p, "-o", "--output", role="out", help="write the output array here (.npy)")
     add_file(p, "--masks", help="VELCRO mask file (HDF5) for masked inference")
@@ -157,4 +165,3 @@ def register(sub):
         action="store_true",
         help="print JSON: executed MACs per layer and in total, nonfinite_outputs (NaN/Inf output values)",
     )
-    p.set_defaults(func=cmd_infer)

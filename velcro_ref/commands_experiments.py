@@ -8,8 +8,9 @@ from pathlib import Path
 from .cli_util import (
     add_data_dir_arg,
     add_file,
-    add_model_arg,
     add_policy_arg,
+    add_task_args,
+    command,
     count,
     number,
     print_json,
@@ -144,15 +145,18 @@ def cmd_demo(args):
 
 
 def register(sub):
-    p = sub.add_parser(
+    p = command(
+        sub,
         "locality",
+        cmd_locality,
         help="value locality of a task vs the general case",
-        description="Compare per-element activation variances of a specialized task with all ten classes "
-        "(same number of images).",
+        description=(
+            "Compare per-element activation variances of a specialized task with all ten classes "
+            "(same number of images)."
+        ),
+        model=True,
     )
-    add_model_arg(p)
-    p.add_argument("--task", type=text, help="task name from tasks.toml")
-    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+    add_task_args(p)
     p.add_argument(
         "--samples", type=count(1, 60000), default=2000, help="train images for each of the two profiles (default 2000)"
     )
@@ -165,16 +169,16 @@ def register(sub):
     add_file(p, "--plot", role="out", help="write the CDF plot here (PNG)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_data_dir_arg(p)
-    p.set_defaults(func=cmd_locality)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "sweep",
+        cmd_sweep,
         help="accuracy and CSR over compression ratios",
         description="Sweep compression ratios on a task: both accuracies and the CSR at each ratio.",
+        model=True,
     )
-    add_model_arg(p)
-    p.add_argument("--task", type=text, help="task name from tasks.toml")
-    p.add_argument("--classes", type=text, help="task classes instead of --task, e.g. 1,3")
+    add_task_args(p)
     p.add_argument(
         "--ratios", type=text, default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)"
     )
@@ -199,14 +203,17 @@ def register(sub):
     add_file(p, "-o", "--output", role="out", help="write the JSON here too")
     add_data_dir_arg(p)
     add_cluster_args(p)
-    p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "demo",
+        cmd_demo,
         help="the main job: locality, sweeps, chosen ratios and accelerator figures for every model and task",
-        description="For every model in weights/ and every task: the value-locality analysis, sweeps on validation "
-        "images, the ratios chosen there with their test accuracy, and their cycles and energy on accelerators, "
-        "into a report folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method.",
+        description=(
+            "For every model in weights/ and every task: the value-locality analysis, sweeps on validation "
+            "images, the ratios chosen there with their test accuracy, and their cycles and energy on accelerators, "
+            "into a report folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method."
+        ),
     )
     add_file(p, "-o", "--output", role="dir_out", help="report folder (default reports/demo, --int8 reports/demo-int8)")
     p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 4 ratios, 2 policies, fewer images")
@@ -242,4 +249,3 @@ def register(sub):
     add_file(p, "--readme", role="inout", help="replace the demo-results block of this README with the results")
     add_data_dir_arg(p)
     add_cluster_args(p)
-    p.set_defaults(func=cmd_demo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .cli_util import add_file, text
+from .cli_util import add_file, command, text
 
 
 def cmd_import_onnx(args):
@@ -37,8 +37,10 @@ def cmd_export_onnx(args):
 
 
 def register(sub):
-    p = sub.add_parser(
+    p = command(
+        sub,
         "import-onnx",
+        cmd_import_onnx,
         help="convert an ONNX CNN to a velcro model",
         description=(
             "Convert an ONNX CNN (float32 NCHW, one input, one output) to a velcro model file. "
@@ -55,10 +57,11 @@ def register(sub):
     add_file(p, "model", help="ONNX file to read")
     add_file(p, "-o", "--output", role="out", required=True, help="velcro model file to write (.h5)")
     p.add_argument("--name", type=text, help="store this name in the model's meta")
-    p.set_defaults(func=cmd_import_onnx)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "export-onnx",
+        cmd_export_onnx,
         help="convert a velcro model to ONNX",
         description=(
             "Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after "
@@ -69,4 +72,3 @@ def register(sub):
     add_file(p, "model", help="velcro model file to read (.h5)")
     add_file(p, "-o", "--output", role="out", required=True, help="ONNX file to write")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")
-    p.set_defaults(func=cmd_export_onnx)

@@ -9,8 +9,8 @@ from .cli_util import (
     add_data_dir_arg,
     add_file,
     add_image_args,
-    add_model_arg,
     add_policy_arg,
+    command,
     count,
     load_array,
     load_image_set,
@@ -243,12 +243,14 @@ def cmd_rtl_vectors(args):
 
 
 def register(sub):
-    p = sub.add_parser(
+    p = command(
+        sub,
         "profile",
+        cmd_profile,
         help="preprocessing stage: per-element activation statistics",
         description="Stream per-element activation statistics (count, mean, M2, min, max) of every site.",
+        model=True,
     )
-    add_model_arg(p)
     add_image_args(p, "train")
     add_file(p, "-o", "--output", role="out", required=True, help="stats file to write (HDF5)")
     p.add_argument(
@@ -259,10 +261,11 @@ def register(sub):
     )
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
     add_cluster_args(p, shards=True)
-    p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "quantize",
+        cmd_quantize,
         help="post-training int8 quantization from statistics",
         description=(
             "Quantize a float model to int8 with onnxruntime's static quantization formulas (MinMax "
@@ -270,8 +273,8 @@ def register(sub):
             "(format version 3 or later). Weights are symmetric int8 (per tensor or per output channel), "
             "biases int32, activations int8 or uint8. docs/int8.md gives every rule."
         ),
+        model=True,
     )
-    add_model_arg(p)
     add_file(p, "--calib", required=True, help="stats file of this model (velcro profile) giving the ranges")
     add_file(p, "-o", "--output", role="out", required=True, help="quantized model file to write (.h5)")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
@@ -283,20 +286,24 @@ def register(sub):
         help="requantization of conv/linear accumulators: ort (float32, as onnxruntime) or fixed_point "
         "(int32 multiplier and shift, as an RTL datapath; needed by rtl-vectors); default ort",
     )
-    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("stats", help="statistics files", description="Operations on statistics files.")
     ssub = p.add_subparsers(dest="stats_command", metavar="ACTION")
     ssub.required = True
-    m = ssub.add_parser(
-        "merge", help="merge shards (Chan's formula)", description="Merge statistics shards of one model into one file."
+    m = command(
+        ssub,
+        "merge",
+        cmd_stats_merge,
+        help="merge shards (Chan's formula)",
+        description="Merge statistics shards of one model into one file.",
     )
     add_file(m, "inputs", nargs="+", help="stats files of the same model")
     add_file(m, "-o", "--output", role="out", required=True, help="merged stats file")
-    m.set_defaults(func=cmd_stats_merge)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "compress",
+        cmd_compress,
         help="compression stage: masks from statistics",
         description="Choose masked elements per site from statistics; constants are the means.",
     )
@@ -312,27 +319,31 @@ def register(sub):
     add_file(p, "--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
     p.add_argument("--exclude", nargs="+", type=text, metavar="SITE", help="sites never masked")
     add_file(p, "-o", "--output", role="out", required=True, help="mask file to write (HDF5)")
-    p.set_defaults(func=cmd_compress)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "eval",
+        cmd_eval,
         help="specialized-task accuracy, executed MACs and CSR",
         description="Evaluate a model dense and (with --masks) masked on a task's images.",
+        model=True,
     )
-    add_model_arg(p)
     add_image_args(p, "test")
     add_file(p, "--masks", help="mask file")
     p.add_argument("--json", action="store_true", help="print JSON {dense, masked, csr}")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "golden",
+        cmd_golden,
         help="golden vectors for hardware verification",
-        description="Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 "
-        "model also the scales, zero points, multipliers and shifts each layer used. docs/formats.md gives the "
-        "layout.",
+        description=(
+            "Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 "
+            "model also the scales, zero points, multipliers and shifts each layer used. docs/formats.md gives the "
+            "layout."
+        ),
+        model=True,
     )
-    add_model_arg(p)
     add_file(p, "--input", help="input .npy (NCHW float32, as the model takes it)")
     p.add_argument("--data", choices=["fashion-mnist"], help="or images of this data set, preprocessed for the model")
     p.add_argument("--classes", type=text, help="with --data: the images' classes, e.g. 5,7,9")
@@ -346,10 +357,11 @@ def register(sub):
         help="int8 models: also write every conv and linear layer's int32 accumulators (needed by rtl-vectors)",
     )
     add_file(p, "-o", "--output", role="out", required=True, help="vectors file to write (HDF5)")
-    p.set_defaults(func=cmd_golden)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "rtl-vectors",
+        cmd_rtl_vectors,
         help="RTL test vectors of one int8 conv layer from golden vectors",
         description=(
             "Write $readmemh hex files and a manifest.json for one int8 conv layer of a `velcro golden` file "
@@ -363,4 +375,3 @@ def register(sub):
     p.add_argument("--array", default="8x8", type=text, help="array size ROWSxCOLS, each in [2, 256] (default 8x8)")
     p.add_argument("--image", type=count(0, 2**31 - 1), default=0, help="image of the batch (default 0)")
     add_file(p, "-o", "--output", role="dir_out", required=True, help="folder to write the vectors into")
-    p.set_defaults(func=cmd_rtl_vectors)

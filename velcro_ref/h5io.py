@@ -194,35 +194,47 @@ def read_attr(obj, name, error, where=""):
         raise error(f"{where}attribute '{name}' cannot be read ({e})") from e
 
 
-def attr_str(obj, name, error, where="", default=None) -> str:
-    """A string attribute (UTF-8 bytes accepted); `default` if absent, else `error` when absent."""
+def _attr(obj, name, error, where, default, convert):
+    """convert(value) of attribute `name`; `default` if absent, else `error` when absent; `error`
+    when convert refuses the value (a ValueError saying what it expects)."""
     v = read_attr(obj, name, error, where)
     if v is _MISSING:
         if default is None:
             raise error(f"{where}attribute '{name}' is missing")
         return default
+    try:
+        return convert(v)
+    except ValueError as e:
+        raise error(f"{where}attribute '{name}' expects {e}") from None
+
+
+def _text(v) -> str:
     if isinstance(v, bytes):
         try:
             v = v.decode()
         except UnicodeDecodeError:
-            raise error(f"{where}attribute '{name}' expects UTF-8 text, found undecodable bytes") from None
+            raise ValueError("UTF-8 text, found undecodable bytes") from None
     if not isinstance(v, str):
-        raise error(f"{where}attribute '{name}' expects a string, found {_describe(v)}")
+        raise ValueError(f"a string, found {_describe(v)}")
     return v
+
+
+def _integer(v) -> int:
+    if isinstance(v, np.ndarray) and v.shape == ():
+        v = v[()]
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"an integer, found {_describe(v)}")
+    return int(v)
+
+
+def attr_str(obj, name, error, where="", default=None) -> str:
+    """A string attribute (UTF-8 bytes accepted); `default` if absent, else `error` when absent."""
+    return _attr(obj, name, error, where, default, _text)
 
 
 def attr_int(obj, name, error, where="", default=None) -> int:
     """An integer attribute; `default` if absent, else `error` when absent."""
-    v = read_attr(obj, name, error, where)
-    if v is _MISSING:
-        if default is None:
-            raise error(f"{where}attribute '{name}' is missing")
-        return default
-    if isinstance(v, np.ndarray) and v.shape == ():
-        v = v[()]
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise error(f"{where}attribute '{name}' expects an integer, found {_describe(v)}")
-    return int(v)
+    return _attr(obj, name, error, where, default, _integer)
 
 
 def attr_json(obj, name, error, kind, where="", default=None):

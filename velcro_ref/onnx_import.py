@@ -111,6 +111,14 @@ def _node_label(node, index):
     return f"'{node.op_type}' (node '{node.name}')" if node.name else f"'{node.op_type}' (unnamed node #{index})"
 
 
+def _input_name(node, k, what, required):
+    """The tensor name of input k, '' where the node leaves it out (OnnxUnsupported if required)."""
+    t = node.input[k] if k < len(node.input) else ""
+    if not t and required:
+        raise OnnxUnsupported(f"{what} is missing")
+    return t
+
+
 def _attrs(node) -> dict:
     from onnx import helper
 
@@ -334,10 +342,8 @@ class _Importer:
         return self.alias[t]
 
     def const(self, node, k, what, required=True):
-        t = node.input[k] if k < len(node.input) else ""
+        t = _input_name(node, k, what, required)
         if not t:
-            if required:
-                raise OnnxUnsupported(f"{what} is missing")
             return None
         v = self.values.get(t)
         if v is None:
@@ -543,10 +549,8 @@ class _Importer:
 
     def qconst(self, node, k, what, required=True) -> QConst | None:
         """QDQ: the integer initializer, scale and zero point of the DequantizeLinear feeding input k."""
-        t = node.input[k] if k < len(node.input) else ""
+        t = _input_name(node, k, what, required)
         if not t:
-            if required:
-                raise OnnxUnsupported(f"{what} is missing")
             return None
         dq = self.producer.get(t)
         if dq is None or onnx_key(dq) != "DequantizeLinear" or dq.input[0] not in self.values:

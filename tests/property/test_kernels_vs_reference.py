@@ -260,9 +260,12 @@ def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, 
     hp, wp = pt + h + extra_h, pl + w + extra_w
     want = np.zeros((n, hp, wp, c), np.float32)
     want[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
-    for copy in (layouts.channels_last, layouts._cl_threads):  # in the calling thread, by every thread
+    for threads in (False, True):  # in the calling thread, by every thread
         got = np.full((n, hp, wp * c), np.nan, np.float32)
-        copy(x, pt, pl, got) if copy is layouts.channels_last else copy(x, pt, pl, got, n * hp)
+        if threads:
+            layouts._interleave_threads(x, c, pt, pl, hp, wp, got.reshape(n, -1), n * hp)
+        else:
+            layouts.channels_last(x, pt, pl, got)
         assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
 
 

@@ -16,6 +16,7 @@ from numba import njit, prange
 from .overwrite import PART
 
 SIXTH = np.float32(1.0 / 6.0)  # ONNX HardSwish: alpha = 1/6, beta = 0.5
+SILU, HARDSWISH = 0, 1  # the function `_unmasked` computes
 
 
 @njit(cache=True)
@@ -34,23 +35,29 @@ def hardswish_value(v):
     return v * t
 
 
+@njit(cache=True)
+def _value(v, fn):
+    return silu_value(v) if fn == SILU else hardswish_value(v)
+
+
 @njit(cache=True, parallel=True)
+def _unmasked(x, mask, out, fn):
+    """out = function fn (SILU, HARDSWISH) of x where not mask (every element if mask is empty)."""
+    n_parts = (x.shape[1] + PART - 1) // PART
+    for item in prange(x.shape[0] * n_parts):
+        n, e0 = item // n_parts, item % n_parts * PART
+        for e in range(e0, min(e0 + PART, x.shape[1])):
+            if mask.size == 0 or not mask[e]:
+                out[n, e] = _value(x[n, e], fn)
+
+
+@njit(cache=True)
 def silu(x, mask, out):
     """out = silu(x) where not mask (every element if mask is empty); masked elements keep out."""
-    n_parts = (x.shape[1] + PART - 1) // PART
-    for item in prange(x.shape[0] * n_parts):
-        n, e0 = item // n_parts, item % n_parts * PART
-        for e in range(e0, min(e0 + PART, x.shape[1])):
-            if mask.size == 0 or not mask[e]:
-                out[n, e] = silu_value(x[n, e])
+    _unmasked(x, mask, out, SILU)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def hardswish(x, mask, out):
     """out = hardswish(x) where not mask (every element if mask is empty); masked elements keep out."""
-    n_parts = (x.shape[1] + PART - 1) // PART
-    for item in prange(x.shape[0] * n_parts):
-        n, e0 = item // n_parts, item % n_parts * PART
-        for e in range(e0, min(e0 + PART, x.shape[1])):
-            if mask.size == 0 or not mask[e]:
-                out[n, e] = hardswish_value(x[n, e])
+    _unmasked(x, mask, out, HARDSWISH)

@@ -107,6 +107,11 @@ def _array(context, builder, ty, value):
     return context.make_array(ty)(context, builder, value)
 
 
+def _arrays(context, builder, sig, args, *which):
+    """The array structures of the intrinsic's arguments number `which`."""
+    return [_array(context, builder, sig.args[i], args[i]) for i in which]
+
+
 def _pass_codegen(builder, accs, span, parts, at, body):
     """A run of taps (one chain's, or part of it): the accumulators from parts[at + i * VEC]
     (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back to parts."""
@@ -145,10 +150,7 @@ def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
     n_m, n_v = w0s.count, xb.count
 
     def codegen(context, builder, sig, args):
-        arr_w = _array(context, builder, sig.args[0], args[0])
-        arr_x = _array(context, builder, sig.args[2], args[2])
-        arr_o = _array(context, builder, sig.args[4], args[4])
-        arr_p = _array(context, builder, sig.args[6], args[6])
+        arr_w, arr_x, arr_o, arr_p = _arrays(context, builder, sig, args, 0, 2, 4, 6)
         w0 = cgutils.unpack_tuple(builder, args[1])
         xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
         accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(n_m * n_v)]
@@ -183,10 +185,7 @@ def _lane_pass(name, h_n, x_vectors):
         n_p = pb.count
 
         def codegen(context, builder, sig, args):
-            arr_w = _array(context, builder, sig.args[0], args[0])
-            arr_x = _array(context, builder, sig.args[2], args[2])
-            arr_o = _array(context, builder, sig.args[4], args[4])
-            arr_p = _array(context, builder, sig.args[6], args[6])
+            arr_w, arr_x, arr_o, arr_p = _arrays(context, builder, sig, args, 0, 2, 4, 6)
             wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
             xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
             accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(h_n * n_p)]
@@ -287,9 +286,7 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
     n_v = obases.count
 
     def codegen(context, builder, sig, args):
-        arr_p = _array(context, builder, sig.args[0], args[0])
-        arr_b = _array(context, builder, sig.args[2], args[2])
-        arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+        arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 2, 3, 4)
         arr_o = arrays[1]
         slots = cgutils.unpack_tuple(builder, args[1])
         b0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[5])
@@ -341,9 +338,7 @@ def _store_lanes(name, h_n):
         n_p = obases.count
 
         def codegen(context, builder, sig, args):
-            arr_p = _array(context, builder, sig.args[0], args[0])
-            arr_b = _array(context, builder, sig.args[2], args[2])
-            arrays = (_array(context, builder, sig.args[3], args[3]), _array(context, builder, sig.args[4], args[4]))
+            arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 2, 3, 4)
             slots = cgutils.unpack_tuple(builder, args[1])
             k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
             has_res = builder.icmp_signed("!=", has_res, _I64(0))
@@ -406,9 +401,7 @@ def store_depth(typingctx, parts, bias, res, out, where, ob):
     sig = types.none(parts, bias, res, out, where, ob)
 
     def codegen(context, builder, sig, args):
-        arr_p = _array(context, builder, sig.args[0], args[0])
-        arr_b = _array(context, builder, sig.args[1], args[1])
-        arrays = (_array(context, builder, sig.args[2], args[2]), _array(context, builder, sig.args[3], args[3]))
+        arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 1, 2, 3)
         k0, p_n, has_res, act, n_valid = cgutils.unpack_tuple(builder, args[4])
         ob = context.cast(builder, args[5], sig.args[5], types.intp)
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
@@ -449,8 +442,7 @@ def _masked_load(builder, base, index, lanes):
 def _tap_sums(context, builder, sig, args):
     """The accumulators of `dot_taps` (args a, rows_a, x, offs, runs first): one vector per pair
     (filter row, position), filters outer, lane l holding chain l."""
-    arr_a = _array(context, builder, sig.args[0], args[0])
-    arr_x = _array(context, builder, sig.args[2], args[2])
+    arr_a, arr_x = _arrays(context, builder, sig, args, 0, 2)
     n = builder.extract_value(arr_a.shape, 1)
     kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
     bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]

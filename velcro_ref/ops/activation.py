@@ -65,7 +65,21 @@ class Relu6(Relu):
             raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
 
 
-class Silu(ActivationOp):
+class _Pointwise(ActivationOp):
+    """An activation computed by a kernel of kernels.activation, `kernel(x, mask, out)`."""
+
+    kernel = None
+
+    def run(self, xs, args, skip, out, scratch):
+        n = out.shape[0]
+        self.kernel(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
+        return 0
+
+    def unmasked(self, x, mask, out, args):
+        self.kernel(x, mask, out)
+
+
+class Silu(_Pointwise):
     """x * sigmoid(x). ONNX (opset 17) has no SiLU: it is exported, as torch exports it, as
     Sigmoid(x) followed by Mul(x, that), and that pair is imported as one silu."""
 
@@ -73,14 +87,7 @@ class Silu(ActivationOp):
     ops_per_element = 4  # exp, add, divide, multiply
     onnx_types = ("Sigmoid", "Mul")
     onnx_data_inputs = None
-
-    def run(self, xs, args, skip, out, scratch):
-        n = out.shape[0]
-        kact.silu(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
-        return 0
-
-    def unmasked(self, x, mask, out, args):
-        kact.silu(x, mask, out)
+    kernel = staticmethod(kact.silu)
 
     def to_onnx(self, node, a, ctx):
         s = ctx.fresh(f"{node.name}.sigmoid")
@@ -105,20 +112,13 @@ class Silu(ActivationOp):
         ctx.add(node, index, "silu", [ctx.alias[x]])
 
 
-class Hardswish(ActivationOp):
+class Hardswish(_Pointwise):
     """x * clamp(x / 6 + 1/2, 0, 1), ONNX HardSwish (alpha 1/6, beta 1/2)."""
 
     name = "hardswish"
     ops_per_element = 4  # multiply-add, two clamps, multiply
     onnx_types = ("HardSwish",)
-
-    def run(self, xs, args, skip, out, scratch):
-        n = out.shape[0]
-        kact.hardswish(xs[0].reshape(n, -1), _NO_MASK, out.reshape(n, -1))
-        return 0
-
-    def unmasked(self, x, mask, out, args):
-        kact.hardswish(x, mask, out)
+    kernel = staticmethod(kact.hardswish)
 
     def to_onnx(self, node, a, ctx):
         return [ctx.helper.make_node("HardSwish", list(node.inputs), [node.name], name=node.name)]

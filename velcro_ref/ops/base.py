@@ -248,6 +248,11 @@ def window_out_size(size, k, s, pad_lo, pad_hi, ceil_mode, dilation=1):
     return out
 
 
+def window_onnx_attrs(a) -> dict:
+    """The ONNX kernel_shape, strides and pads of a conv's or a pooling window's attributes."""
+    return {"kernel_shape": list(a["kernel"]), "strides": list(a["stride"]), "pads": list(a["pads"])}
+
+
 def need_rank(node, ins, rank):
     if len(ins[0]) != rank:
         raise ModelError(f"node '{node.name}': {node.op} expects a rank-{rank} input per image, found shape {ins[0]}")

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from ..errors import ModelError
 from ..kernels.conv import conv2d, conv_geom, plan_skip, prepare_conv, scratch_floats
-from .base import MAX_ELEMENTS, OnnxUnsupported, Op, expect_param, is_int, n_elements, need_rank, pads, window_out_size
+from .base import (
+    MAX_ELEMENTS,
+    OnnxUnsupported,
+    Op,
+    expect_param,
+    is_int,
+    n_elements,
+    need_rank,
+    pads,
+    window_onnx_attrs,
+    window_out_size,
+)
 from .base import pair as _pair
 
 
@@ -85,19 +96,10 @@ class Conv2d(Op):
 
     def to_onnx(self, node, a, ctx):
         ins = [*node.inputs, ctx.param(node, "weight")] + ([ctx.param(node, "bias")] if "bias" in node.params else [])
-        return [
-            ctx.helper.make_node(
-                "Conv",
-                ins,
-                [node.name],
-                name=node.name,
-                kernel_shape=list(a["kernel"]),
-                strides=list(a["stride"]),
-                dilations=list(a["dilation"]),
-                pads=list(a["pads"]),
-                group=a["groups"],
-            )
-        ]
+        return [ctx.helper.make_node("Conv", ins, [node.name], name=node.name, **self._conv_onnx_attrs(a))]
+
+    def _conv_onnx_attrs(self, a):
+        return {**window_onnx_attrs(a), "dilations": list(a["dilation"]), "group": a["groups"]}
 
     def from_onnx(self, node, index, a, ctx):
         x = ctx.data(node)

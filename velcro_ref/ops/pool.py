@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..kernels.pool import avg_pool, global_avg_pool, max_pool
-from .base import OnnxUnsupported, Op, flag, need_rank, pads, window_out_size
+from .base import OnnxUnsupported, Op, flag, need_rank, pads, window_onnx_attrs, window_out_size
 from .base import pair as _pair
 
 
@@ -57,12 +57,7 @@ class _Window(Op):
         return {**super().loop_nest(a, ins, out), "fy": a["kernel"][0], "fx": a["kernel"][1]}
 
     def _onnx_attrs(self, a):
-        return {
-            "kernel_shape": list(a["kernel"]),
-            "strides": list(a["stride"]),
-            "pads": list(a["pads"]),
-            "ceil_mode": int(a["ceil_mode"]),
-        }
+        return {**window_onnx_attrs(a), "ceil_mode": int(a["ceil_mode"])}
 
     def from_onnx(self, node, index, a, ctx):
         x = ctx.data(node)

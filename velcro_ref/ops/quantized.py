@@ -240,15 +240,6 @@ class QConv2d(Conv2d):
         wb = _dq_weights(node, ctx, node.inputs[0], nodes)
         return _qdq(node, ctx, "Conv", [x, *wb], nodes, **self._conv_onnx_attrs(a))
 
-    def _conv_onnx_attrs(self, a):
-        return {
-            "kernel_shape": list(a["kernel"]),
-            "strides": list(a["stride"]),
-            "dilations": list(a["dilation"]),
-            "pads": list(a["pads"]),
-            "group": a["groups"],
-        }
-
     def from_onnx(self, node, index, a, ctx):
         if node.op_type == "QLinearConv":  # x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, [bias]
             x = ctx.input_q(node, 0, 1, 2)

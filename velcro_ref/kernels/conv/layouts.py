@@ -267,40 +267,9 @@ def aligned_floats(n):
 
 def channels_last(x, pt, pl, xh):
     """Layout: x (N, C, H, W); xh (N, HP, WP*C) with element (n, iy, ix*C + c) = x[n, c, iy -
-    pt, ix - pl], 0 outside x. Loop order (n, iy), in parallel from PARALLEL_MIN floats on, ix,
-    c: a row's C x W source floats stay in L1 while its destination row is written in order."""
-    n_items = xh.shape[0] * xh.shape[1]
-    if xh.size < PARALLEL_MIN:
-        _cl_items(x, pt, pl, xh, 0, n_items)
-    else:
-        _cl_threads(x, pt, pl, xh, n_items)
-
-
-@njit(cache=True, parallel=True)
-def _cl_threads(x, pt, pl, xh, n_items):
-    """`_cl_items` in parallel, PART_ITEMS items at a time."""
-    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
-        _cl_items(x, pt, pl, xh, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
-
-
-@njit(cache=True)
-def _cl_items(x, pt, pl, xh, i0, i1):
-    """`channels_last` of the (image, row) items i0 .. i1 - 1."""
-    n_n, c_n, h, w = x.shape
-    hp = xh.shape[1]
-    for item in range(i0, i1):
-        n, iy = item // hp, item % hp
-        row = xh[n, iy]
-        if iy < pt or iy >= pt + h:
-            row[:] = 0.0
-            continue
-        row[: pl * c_n] = 0.0
-        row[(pl + w) * c_n :] = 0.0
-        src = x[n, :, iy - pt]
-        for ix in range(w):
-            d = (ix + pl) * c_n
-            for c in range(c_n):
-                row[d + c] = src[c, ix]
+    pt, ix - pl], 0 outside x: `_interleave` with one block of all C channels."""
+    c_n = x.shape[1]
+    _interleave(x, c_n, pt, pl, xh.shape[1], xh.shape[2] // c_n, xh.reshape(xh.shape[0], -1))
 
 
 @njit(cache=True, parallel=True)
@@ -340,39 +309,51 @@ def im2col_rows(xh, c0, geom, need, col, q0):
 def to_blocks(x, geom, planes, xp):
     """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
     (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
-    zero padded (pt rows above, pl columns left). Loop order (image, block, row), in parallel
-    from PARALLEL_MIN floats on, then columns, channels."""
-    n_items = x.shape[0] * (x.shape[1] // VEC) * planes.hp
+    zero padded (pt rows above, pl columns left): `_interleave` with blocks of VEC channels."""
+    _interleave(x, VEC, geom.pt, geom.pl, planes.hp, planes.q, xp)
+
+
+def _interleave(x, b, pt, pl, hp, q, xp):
+    """Layout: x (N, C, H, W), C a multiple of b; xp (N, C * hp * q) in blocks of b channels,
+    each hp rows of q pixels of b floats (the block's channels side by side): channel c's pixel
+    (iy, ix) at [n, ((c // b) * hp + iy + pt) * q * b + (ix + pl) * b + c % b], 0 around x.
+    Loop order (image, block, row), in parallel from PARALLEL_MIN floats on, then columns,
+    channels: a row's b x W source floats stay in L1 while its destination row is written in
+    order."""
+    n_items = x.shape[0] * (x.shape[1] // b) * hp
     if xp.size < PARALLEL_MIN:
-        _blocks_items(x, geom, planes, xp, 0, n_items)
+        _interleave_items(x, b, pt, pl, hp, q, xp, 0, n_items)
     else:
-        _blocks_threads(x, geom, planes, xp, n_items)
+        _interleave_threads(x, b, pt, pl, hp, q, xp, n_items)
 
 
 @njit(cache=True, parallel=True)
-def _blocks_threads(x, geom, planes, xp, n_items):
-    """`_blocks_items` in parallel, PART_ITEMS items at a time."""
+def _interleave_threads(x, b, pt, pl, hp, q, xp, n_items):
+    """`_interleave_items` in parallel, PART_ITEMS items at a time."""
     for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
-        _blocks_items(x, geom, planes, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+        _interleave_items(x, b, pt, pl, hp, q, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
 
 
 @njit(cache=True)
-def _blocks_items(x, geom, planes, xp, i0, i1):
-    """`to_blocks` of the (image, block, row) items i0 .. i1 - 1."""
+def _interleave_items(x, b, pt, pl, hp, q, xp, i0, i1):
+    """`_interleave` of the (image, block, row) items i0 .. i1 - 1."""
     n_n, c_n, h, w = x.shape
-    hp, q = planes.hp, planes.q
-    n_b = c_n // VEC
+    n_b = c_n // b
     for item in range(i0, i1):
         n, cb, r = item // (n_b * hp), (item // hp) % n_b, item % hp
-        row = xp[n, (cb * hp + r) * q * VEC : (cb * hp + r + 1) * q * VEC]
-        iy = r - geom.pt
+        row = xp[n, (cb * hp + r) * q * b : (cb * hp + r + 1) * q * b]
+        iy = r - pt
         if iy < 0 or iy >= h:
             row[:] = 0.0
             continue
-        row[: geom.pl * VEC] = 0.0
-        row[(geom.pl + w) * VEC :] = 0.0
-        src = x[n, cb * VEC : (cb + 1) * VEC, iy]
+        row[: pl * b] = 0.0
+        row[(pl + w) * b :] = 0.0
+        src = x[n, cb * b : (cb + 1) * b, iy]
         for ix in range(w):
-            d = (geom.pl + ix) * VEC
-            for c in range(VEC):
-                row[d + c] = src[c, ix]
+            d = (pl + ix) * b
+            if b == VEC:  # a constant count: the copy unrolled, about 1.5x as fast
+                for c in range(VEC):
+                    row[d + c] = src[c, ix]
+            else:
+                for c in range(b):
+                    row[d + c] = src[c, ix]
