@@ -8,20 +8,17 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import ModelError
+from ..kernels.conv import ConvGeom, conv_geom
 from ..kernels.pool import avg_pool, global_avg_pool, max_pool
 from .base import OnnxUnsupported, Op, flag, need_rank, pads, window_onnx_attrs, window_out_size
 from .base import pair as _pair
 
 
 class PoolArgs(NamedTuple):
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    pt: int
-    pl: int
-    pb: int
-    pr: int
+    """A window op's run arguments: its window as a depthwise conv's geometry (kernel, strides, pads,
+    the output size the pooling rules give) and whether padding counts in an average."""
+
+    window: ConvGeom
     count_include_pad: bool
 
 
@@ -51,7 +48,9 @@ class _Window(Op):
         return (c, oh, window_out_size(w, kw, sw, pl, pr, a["ceil_mode"]))
 
     def prepare(self, a, arrays, ins, out, ctx):
-        return PoolArgs(*a["kernel"], *a["stride"], *a["pads"], a["count_include_pad"])
+        c = ins[0][0]
+        window = conv_geom(*ins[0], c, a["kernel"], a["stride"], a["pads"], groups=c)._replace(oh=out[1], ow=out[2])
+        return PoolArgs(window, a["count_include_pad"])
 
     def loop_nest(self, a, ins, out):
         return {**super().loop_nest(a, ins, out), "fy": a["kernel"][0], "fx": a["kernel"][1]}
@@ -80,7 +79,8 @@ class MaxPool(_Window):
     onnx_types = ("MaxPool",)
 
     def run(self, xs, p, skip, out, scratch):
-        max_pool(xs[0], p.kh, p.kw, p.sh, p.sw, p.pt, p.pl, out)
+        g = p.window
+        max_pool(xs[0], g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, out)
         return 0
 
     def to_onnx(self, node, a, ctx):
@@ -99,7 +99,8 @@ class AvgPool(_Window):
     onnx_types = ("AveragePool",)
 
     def run(self, xs, p, skip, out, scratch):
-        avg_pool(xs[0], *p, out)
+        g = p.window
+        avg_pool(xs[0], g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, g.pb, g.pr, p.count_include_pad, out)
         return 0
 
     def to_onnx(self, node, a, ctx):

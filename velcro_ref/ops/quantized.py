@@ -552,7 +552,8 @@ class QMaxPool(MaxPool):
     out_q = QRelu.out_q
 
     def run(self, xs, p, skip, out, scratch):
-        kpool.max_pool(xs[0], p.kh, p.kw, p.sh, p.sw, p.pt, p.pl, out)
+        g = p.window
+        kpool.max_pool(xs[0], g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, out)
         return 0
 
 
