@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
-from robust_util import N_CLASSES, Result, zoo_graph
+from robust_util import N_CLASSES, Result, images_npz, zoo_graph
 
 from velcro_ref import cli
 from velcro_ref.engine import Model
@@ -68,9 +68,7 @@ def images():
 
 @pytest.fixture(scope="session")
 def images_file(tmp_path_factory, images):
-    path = tmp_path_factory.mktemp("images") / "x.npz"
-    np.savez(path, x=images[0], y=images[1])
-    return path
+    return images_npz(tmp_path_factory.mktemp("images") / "x.npz", images)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CLASSES = 4
@@ -62,3 +63,28 @@ def zoo_graph(name="resnet18", **kwargs):
     from velcro_ref.zoo import build_zoo
 
     return build_zoo(name, **kwargs)
+
+
+class NodeOutputs:
+    """Engine observer: a copy of every node's output, by node name (`values`)."""
+
+    def __init__(self):
+        self.values = {}
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.values[step.name] = out.copy()
+
+    def digests(self) -> dict:
+        """sha256 of each output's bytes: large outputs compared without printing them."""
+        import hashlib
+
+        return {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in self.values.items()}
+
+
+def images_npz(path, images):
+    """Write images = (x, labels) as an --images file (x, y) at path; returns path."""
+    np.savez(path, x=images[0], y=images[1])
+    return path

@@ -14,8 +14,9 @@ import warnings
 import numpy as np
 import psutil
 import pytest
-from dist_util import WEIGHTS, RealCluster, Result
+from dist_util import WEIGHTS, RealCluster
 from distributed import Client, LocalCluster
+from robust_util import Result, images_npz
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from velcro_ref import cli
@@ -86,9 +87,8 @@ def images():
 
 @pytest.fixture(scope="session")
 def images_file(tmp_path_factory, images):
-    path = tmp_path_factory.mktemp("images") / "x.npz"
-    np.savez(path, x=images[0], y=images[1])
-    return path
+    """This folder's images (its own `images`), not the session's other image file."""
+    return images_npz(tmp_path_factory.mktemp("images") / "x.npz", images)
 
 
 @pytest.fixture(scope="session")

@@ -21,21 +21,6 @@ DASK = Path(sys.executable).with_name("dask")
 WORKER_ENV = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
-class Result:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def error_line(self, *needles, code=1) -> str:
-        """Assert a user error: exit `code`, exactly one `error: ` line holding every needle, no traceback."""
-        assert self.code == code, f"exit {self.code}, expected {code}\n{self.err}"
-        assert "Traceback" not in self.err, self.err
-        lines = [ln for ln in self.err.splitlines() if ln.startswith("error: ")]
-        assert len(lines) == 1, self.err
-        for needle in needles:
-            assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
-        return lines[0]
-
-
 def assert_same_stats(got, want, rtol=1e-9):
     """Counts exact; mean, M2, min and max within rtol relative, element by element; the ranges of
     the other tensors (min and max of float32 values) exact."""

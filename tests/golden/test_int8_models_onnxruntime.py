@@ -28,6 +28,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+from robust_util import NodeOutputs
 
 import velcro_ref
 from velcro_ref.engine import Model
@@ -165,19 +166,6 @@ def velcro_name(tensor, model_proto, names) -> str | None:
     return None
 
 
-class Outputs:
-    """Engine observer: a copy of every node's output."""
-
-    def __init__(self):
-        self.values = {}
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        self.values[step.name] = out.copy()
-
-
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
     fmt, pc, act, keep = case
@@ -186,7 +174,7 @@ def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
     x = np.random.default_rng(1).uniform(-1.2, 1.2, (4, 3, SIZE, SIZE)).astype(np.float32)
 
     want = session(path, act, fmt).run(None, {"input": x})[0]
-    seen = Outputs()
+    seen = NodeOutputs()
     got = imported.run(x, observer=seen)
     assert got.dtype == want.dtype and got.shape == want.shape
     assert np.array_equal(got, want), f"{int(np.sum(got != want))} of {got.size} outputs differ"

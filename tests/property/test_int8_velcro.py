@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from robust_util import NodeOutputs
 
 import velcro_ref
 from velcro_ref import quant
@@ -84,17 +85,6 @@ def random_masks(model, rng):
     return MaskSet(model.fingerprint, sites)
 
 
-class Outputs:
-    def __init__(self):
-        self.values = {}
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        self.values[step.name] = out.copy()
-
-
 @settings(max_examples=40)
 @given(
     st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS]), st.integers(0, 2**32 - 1), st.sampled_from([1, 3])
@@ -104,7 +94,7 @@ def test_masked_int8_equals_dense_int8_with_the_sites_overwritten(models, key, s
     rng = np.random.default_rng(seed)
     masks = random_masks(model, rng)
     x = rng.uniform(-1.5, 1.5, (batch, 3, SIZE, SIZE)).astype(np.float32)
-    seen = Outputs()
+    seen = NodeOutputs()
     got = model.run(x, masks=masks, observer=seen)
     want = int8_oracle.run(model.graph, x, masks={s: m for s, m in masks.sites.items()})
     assert np.array_equal(got, want[model.graph.output])
@@ -155,7 +145,7 @@ def test_compressed_int8_sites_hold_their_quantized_means(models):
     stats = velcro_ref.profile(model, rng.uniform(-1, 1, (10, 3, SIZE, SIZE)).astype(np.float32))
     masks = velcro_ref.compress(stats, 0.4)
     x = rng.uniform(-1, 1, (2, 3, SIZE, SIZE)).astype(np.float32)
-    seen = Outputs()
+    seen = NodeOutputs()
     model.run(x, masks=masks, observer=seen)
     for site, (mask, _) in masks.sites.items():
         q = model.plan.node(site).q

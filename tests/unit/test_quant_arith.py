@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-from robust_util import zoo_graph
+from robust_util import NodeOutputs, zoo_graph
 
 from velcro_ref import quant
 from velcro_ref.engine import Model
@@ -22,14 +22,11 @@ from velcro_ref.onnx_export import export_onnx
 from velcro_ref.plan import executed_graph
 
 
-class RangeObserver:
+class RangeObserver(NodeOutputs):
     """Per-tensor min and max of every node output over the images run."""
 
     def __init__(self):
         self.ranges = {}
-
-    def on_site(self, name, y):
-        pass
 
     def on_node(self, step, inputs, out, skip):
         lo, hi = np.float32(out.min()), np.float32(out.max())
