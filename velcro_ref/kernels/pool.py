@@ -1,4 +1,4 @@
-"""Pooling kernels. Pooling performs no MACs under DESIGN.md's definition, so these return None."""
+"""Pooling kernels. Pooling performs no MACs (docs/design.md, "Executed MACs"), so these return None."""
 
 from __future__ import annotations
 
