@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 # isort: off
@@ -28,7 +27,7 @@ import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.p
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine, median_ms  # noqa: E402
 
 # (in channels, out channels, input size, kernel, stride, pad, groups): ResNet-18's conv shapes at
 # 224x224, then two depthwise convs of MobileNet-V2.
@@ -55,17 +54,6 @@ def _folded(graph):
     return executed_graph(Model(graph).plan, graph)
 
 
-def _median_ms(fn, repeat):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)
-
-
 def _layer_data(shape):
     c, k, h, ks, _, _, groups = shape
     rng = np.random.default_rng(0)
@@ -88,7 +76,7 @@ def child_layer_velcro(shape, repeat):
     rq = qprepare.requant_params("ort", 0.02, np.float32(0.01), 0.5, 5, np.uint8, k)
     oh = pool_out_size(h, ks, s, p, p, False)
     out = np.empty((1, k, oh, oh), np.uint8)
-    return _median_ms(lambda: conv.conv2d(x, 3, pc, geom, rq, None, out), repeat)
+    return median_ms(lambda: conv.conv2d(x, 3, pc, geom, rq, None, out), repeat)
 
 
 def _ort_options(exact):
@@ -136,7 +124,7 @@ def child_layer_ort(shape, repeat, exact):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     sess = ort.InferenceSession(model.SerializeToString(), _ort_options(exact), providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: sess.run(None, {"x": x}), repeat)
+    return median_ms(lambda: sess.run(None, {"x": x}), repeat)
 
 
 def _e2e_input(size):
@@ -149,7 +137,7 @@ def child_e2e_velcro(model_path, size, repeat, out_path):
     model = load_model(model_path)
     x = _e2e_input(size)
     np.save(out_path, model.run(x))
-    return _median_ms(lambda: model.run(x), repeat)
+    return median_ms(lambda: model.run(x), repeat)
 
 
 def child_e2e_ort(model_path, size, repeat, exact, out_path):
@@ -158,7 +146,7 @@ def child_e2e_ort(model_path, size, repeat, exact, out_path):
     sess = ort.InferenceSession(str(model_path), _ort_options(exact), providers=["CPUExecutionProvider"])
     x = _e2e_input(size)
     np.save(out_path, sess.run(None, {"input": x})[0])
-    return _median_ms(lambda: sess.run(None, {"input": x}), repeat)
+    return median_ms(lambda: sess.run(None, {"input": x}), repeat)
 
 
 def prepare_e2e(size, folder):
