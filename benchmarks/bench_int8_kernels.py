@@ -20,11 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-# isort: off
-import velcro_ref.threads  # noqa: F401  (before NumPy: see velcro_ref/threads.py)
-
-# isort: on
-import numpy as np
+import numpy as np  # first, as users import it
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median_ms  # noqa: E402
