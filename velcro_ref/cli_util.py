@@ -35,6 +35,7 @@ def count(lo: int, hi: int):
         return v
 
     parse.__name__ = "integer"
+    parse.shown = f"[{lo}, {hi}]"
     return parse
 
 
@@ -53,7 +54,15 @@ def number(lo: float, hi: float, open_lo=False, open_hi=False):
         return v
 
     parse.__name__ = "number"
+    parse.shown = shown
     return parse
+
+
+def add_ranged(p, flag, kind, default, what, **kw):
+    """Add option `flag` of type `kind` (a `count` or `number`) whose help states its range and default:
+    "what, in [lo, hi] (default D)"."""
+    shown = f"{default:g}" if isinstance(default, float) else default
+    p.add_argument(flag, type=kind, default=default, help=f"{what}, in {kind.shown} (default {shown})", **kw)
 
 
 def text(value):
@@ -199,10 +208,12 @@ def print_json(doc) -> None:
     print_strict(doc)
 
 
-def command(sub, name, func, help, description, model=False):
-    """Add subcommand `name`, run as func(args), and return its parser for the options; model=True
-    adds the model file and --allow-nonfinite (`add_model_arg`) first."""
-    p = sub.add_parser(name, help=help, description=description)
+def command(sub, name, func, model=False):
+    """Add subcommand `name`, run as func(args), and return its parser for the options. The command's
+    one-line help is the first line of func's docstring, its description the paragraphs after it;
+    model=True adds the model file and --allow-nonfinite (`add_model_arg`) first."""
+    summary, _, rest = (func.__doc__ or "").strip().partition("\n")
+    p = sub.add_parser(name, help=summary, description=" ".join(rest.split()) or None)
     if model:
         add_model_arg(p)
     p.set_defaults(func=func)
@@ -223,9 +234,7 @@ def add_image_args(p, split):
         "--samples", type=count(1, MAX_IMAGES), help="use at most this many images (the first ones of the split)"
     )
     add_file(p, "--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
-    p.add_argument(
-        "--batch", type=count(1, MAX_BATCH), default=256, help=f"images per batch (1-{MAX_BATCH}, default 256)"
-    )
+    add_ranged(p, "--batch", count(1, MAX_BATCH), 256, "images per batch")
 
 
 def load_image_set(args, model):

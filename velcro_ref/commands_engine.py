@@ -6,10 +6,14 @@ import sys
 
 import numpy as np
 
-from .cli_util import add_file, command, count, load_array, number, print_json, save_array
+from .cli_util import add_file, add_ranged, command, count, load_array, number, print_json, save_array
 
 
 def cmd_zoo(args):
+    """write a randomly initialised zoo model
+
+    Write a randomly initialised model with torchvision's topology.
+    """
     from .model_io import save_model
     from .zoo import build_zoo
 
@@ -53,6 +57,10 @@ def model_info(model) -> dict:
 
 
 def cmd_info(args):
+    """layer shapes, parameters and MACs
+
+    Print every layer's shapes, parameters and MACs.
+    """
     from .engine import load_model
 
     info = model_info(load_model(args.model, allow_nonfinite=args.allow_nonfinite))
@@ -74,6 +82,10 @@ def cmd_info(args):
 
 
 def cmd_infer(args):
+    """run a model on a .npy batch
+
+    Run a model on an NCHW float32 .npy batch.
+    """
     from .engine import load_model
 
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
@@ -115,48 +127,19 @@ def cmd_infer(args):
 def register(sub):
     from .zoo import ZOO
 
-    p = command(
-        sub,
-        "zoo",
-        cmd_zoo,
-        help="write a randomly initialised zoo model",
-        description="Write a randomly initialised model with torchvision's topology.",
-    )
+    p = command(sub, "zoo", cmd_zoo)
     p.add_argument("name", choices=ZOO)
     add_file(p, "-o", "--output", role="out", required=True, help="output model file (.h5)")
-    p.add_argument(
-        "--input-size", type=count(1, 4096), default=224, help="input height and width (1-4096, default 224)"
-    )
-    p.add_argument("--in-channels", type=count(1, 1024), default=3, help="input channels (1-1024, default 3)")
-    p.add_argument(
-        "--num-classes", type=count(1, 100_000), default=1000, help="output classes (1-100000, default 1000)"
-    )
-    p.add_argument(
-        "--width",
-        type=number(0, 16, open_lo=True),
-        default=1.0,
-        help="channel width multiplier in (0, 16] (default 1.0)",
-    )
-    p.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="random seed in [0, 2^32) (default 0)")
+    add_ranged(p, "--input-size", count(1, 4096), 224, "input height and width")
+    add_ranged(p, "--in-channels", count(1, 1024), 3, "input channels")
+    add_ranged(p, "--num-classes", count(1, 100_000), 1000, "output classes")
+    add_ranged(p, "--width", number(0, 16, open_lo=True), 1.0, "channel width multiplier")
+    add_ranged(p, "--seed", count(0, 2**32 - 1), 0, "random seed")
 
-    p = command(
-        sub,
-        "info",
-        cmd_info,
-        help="layer shapes, parameters and MACs",
-        description="Print every layer's shapes, parameters and MACs.",
-        model=True,
-    )
+    p = command(sub, "info", cmd_info, model=True)
     p.add_argument("--json", action="store_true", help="print JSON (top-level total_macs)")
 
-    p = command(
-        sub,
-        "infer",
-        cmd_infer,
-        help="run a model on a .npy batch",
-        description="Run a model on an NCHW float32 .npy batch.",
-        model=True,
-    )
+    p = command(sub, "infer", cmd_infer, model=True)
     add_file(p, "--input", required=True, help="input .npy, NCHW float32")
     add_file(p, "-o", "--output", role="out", help="write the output array here (.npy)")
     add_file(p, "--masks", help="VELCRO mask file (HDF5) for masked inference")

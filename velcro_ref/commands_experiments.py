@@ -9,6 +9,7 @@ from .cli_util import (
     add_data_dir_arg,
     add_file,
     add_policy_arg,
+    add_ranged,
     add_task_args,
     command,
     count,
@@ -26,6 +27,10 @@ from .policies import POLICIES
 
 
 def cmd_locality(args):
+    """value locality of a task vs the general case
+
+    Compare per-element activation variances of a specialized task with all ten classes (same number of images).
+    """
     from .api import locality
     from .engine import load_model
 
@@ -56,6 +61,10 @@ def cmd_locality(args):
 
 
 def cmd_sweep(args):
+    """accuracy and CSR over compression ratios
+
+    Sweep compression ratios on a task: both accuracies and the CSR at each ratio.
+    """
     from .api import sweep
     from .engine import load_model
     from .experiments import parse_ratios
@@ -113,6 +122,12 @@ def update_readme(readme, summary, block="demo-results"):
 
 
 def cmd_demo(args):
+    """the main job: locality, sweeps, chosen ratios and accelerator figures for every model and task
+
+    For every model in weights/ and every task: the value-locality analysis, sweeps on validation images, the
+    ratios chosen there with their test accuracy, and their cycles and energy on accelerators, into a report
+    folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method.
+    """
     from .demo import WEIGHTS_DIR, run_demo
     from .demo_report import readme_block
 
@@ -145,56 +160,23 @@ def cmd_demo(args):
 
 
 def register(sub):
-    p = command(
-        sub,
-        "locality",
-        cmd_locality,
-        help="value locality of a task vs the general case",
-        description=(
-            "Compare per-element activation variances of a specialized task with all ten classes "
-            "(same number of images)."
-        ),
-        model=True,
-    )
+    p = command(sub, "locality", cmd_locality, model=True)
     add_task_args(p)
-    p.add_argument(
-        "--samples", type=count(1, 60000), default=2000, help="train images for each of the two profiles (default 2000)"
-    )
-    p.add_argument(
-        "--threshold",
-        type=number(0, 1000, open_lo=True),
-        default=0.01,
-        help="near-constant: variance below this x the site's mean general variance, in (0, 1000] (default 0.01)",
-    )
+    add_ranged(p, "--samples", count(1, 60000), 2000, "train images for each of the two profiles")
+    what = "near-constant: variance below this x the site's mean general variance"
+    add_ranged(p, "--threshold", number(0, 1000, open_lo=True), 0.01, what)
     add_file(p, "--plot", role="out", help="write the CDF plot here (PNG)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_data_dir_arg(p)
 
-    p = command(
-        sub,
-        "sweep",
-        cmd_sweep,
-        help="accuracy and CSR over compression ratios",
-        description="Sweep compression ratios on a task: both accuracies and the CSR at each ratio.",
-        model=True,
-    )
+    p = command(sub, "sweep", cmd_sweep, model=True)
     add_task_args(p)
     p.add_argument(
         "--ratios", type=text, default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)"
     )
     add_policy_arg(p)
-    p.add_argument(
-        "--tolerance",
-        type=number(0, 100, open_hi=True),
-        default=0.5,
-        help="accuracy tolerance in percentage points, in [0, 100) (default 0.5)",
-    )
-    p.add_argument(
-        "--profile-samples",
-        type=count(1, 60000),
-        default=2000,
-        help="train images of the task for the statistics (default 2000)",
-    )
+    add_ranged(p, "--tolerance", number(0, 100, open_hi=True), 0.5, "accuracy tolerance in percentage points")
+    add_ranged(p, "--profile-samples", count(1, 60000), 2000, "train images of the task for the statistics")
     p.add_argument(
         "--samples", type=count(1, 10000), help="evaluate on at most this many test images (default: all of the task)"
     )
@@ -204,17 +186,7 @@ def register(sub):
     add_data_dir_arg(p)
     add_cluster_args(p)
 
-    p = command(
-        sub,
-        "demo",
-        cmd_demo,
-        help="the main job: locality, sweeps, chosen ratios and accelerator figures for every model and task",
-        description=(
-            "For every model in weights/ and every task: the value-locality analysis, sweeps on validation "
-            "images, the ratios chosen there with their test accuracy, and their cycles and energy on accelerators, "
-            "into a report folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method."
-        ),
-    )
+    p = command(sub, "demo", cmd_demo)
     add_file(p, "-o", "--output", role="dir_out", help="report folder (default reports/demo, --int8 reports/demo-int8)")
     p.add_argument("--quick", action="store_true", help="reduced setting: 2 tasks, 4 ratios, 2 policies, fewer images")
     p.add_argument(

@@ -8,6 +8,17 @@ from .cli_util import add_file, command, text
 
 
 def cmd_import_onnx(args):
+    """convert an ONNX CNN to a velcro model
+
+    Convert an ONNX CNN (float32 NCHW, one input, one output) to a velcro model file. Supported ONNX ops: Conv,
+    BatchNormalization, Relu, Clip(0, 6), MaxPool, AveragePool, GlobalAveragePool, ReduceMean over H and W, Add,
+    Concat (axis 1), Gemm, MatMul (+ Add bias), Flatten and Reshape to (N, -1), Softmax, Dropout and Identity
+    (bypassed); shape arithmetic on constants is folded. Quantized models as onnxruntime's quantizer writes
+    them, QDQ (QuantizeLinear/DequantizeLinear around those ops) or QOperator (QLinearConv, QLinearMatMul and
+    com.microsoft QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool, 8-bit MaxPool), become int8 models
+    (docs/int8.md). Every unsupported node is listed in one error. Metadata property 'velcro.meta' or
+    'velcro.preprocessing' (JSON) becomes the model's meta.
+    """
     from .model_io import save_model
     from .onnx_import import import_onnx
 
@@ -24,6 +35,12 @@ def cmd_import_onnx(args):
 
 
 def cmd_export_onnx(args):
+    """convert a velcro model to ONNX
+
+    Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after the
+    graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; an int8 model is written in
+    the QDQ format; the model's meta is stored as metadata property 'velcro.meta'.
+    """
     from .model_io import load_graph
     from .onnx_export import OPSET, export_onnx
 
@@ -37,38 +54,12 @@ def cmd_export_onnx(args):
 
 
 def register(sub):
-    p = command(
-        sub,
-        "import-onnx",
-        cmd_import_onnx,
-        help="convert an ONNX CNN to a velcro model",
-        description=(
-            "Convert an ONNX CNN (float32 NCHW, one input, one output) to a velcro model file. "
-            "Supported ONNX ops: Conv, BatchNormalization, Relu, Clip(0, 6), MaxPool, AveragePool, "
-            "GlobalAveragePool, ReduceMean over H and W, Add, Concat (axis 1), Gemm, MatMul (+ Add bias), "
-            "Flatten and Reshape to (N, -1), Softmax, Dropout and Identity (bypassed); shape arithmetic on "
-            "constants is folded. Quantized models as onnxruntime's quantizer writes them, QDQ "
-            "(QuantizeLinear/DequantizeLinear around those ops) or QOperator (QLinearConv, QLinearMatMul and "
-            "com.microsoft QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool, 8-bit MaxPool), become "
-            "int8 models (docs/int8.md). Every unsupported node is listed in one error. Metadata property "
-            "'velcro.meta' or 'velcro.preprocessing' (JSON) becomes the model's meta."
-        ),
-    )
+    p = command(sub, "import-onnx", cmd_import_onnx)
     add_file(p, "model", help="ONNX file to read")
     add_file(p, "-o", "--output", role="out", required=True, help="velcro model file to write (.h5)")
     p.add_argument("--name", type=text, help="store this name in the model's meta")
 
-    p = command(
-        sub,
-        "export-onnx",
-        cmd_export_onnx,
-        help="convert a velcro model to ONNX",
-        description=(
-            "Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after "
-            "the graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; an int8 model "
-            "is written in the QDQ format; the model's meta is stored as metadata property 'velcro.meta'."
-        ),
-    )
+    p = command(sub, "export-onnx", cmd_export_onnx)
     add_file(p, "model", help="velcro model file to read (.h5)")
     add_file(p, "-o", "--output", role="out", required=True, help="ONNX file to write")
     p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters")

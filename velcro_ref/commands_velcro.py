@@ -10,6 +10,7 @@ from .cli_util import (
     add_file,
     add_image_args,
     add_policy_arg,
+    add_ranged,
     command,
     count,
     load_array,
@@ -23,6 +24,10 @@ from .errors import StatsError, UsageError
 
 
 def cmd_profile(args):
+    """preprocessing stage: per-element activation statistics
+
+    Stream per-element activation statistics (count, mean, M2, min, max) of every site.
+    """
     from .engine import load_model
     from .stats import StatsCollector, load_stats, save_stats
 
@@ -79,6 +84,13 @@ def _profile_here(args, x, col, start, partial):
 
 
 def cmd_quantize(args):
+    """post-training int8 quantization from statistics
+
+    Quantize a float model to int8 with onnxruntime's static quantization formulas (MinMax calibration): the
+    ranges come from a stats file of `velcro profile` on calibration images (format version 3 or later). Weights
+    are symmetric int8 (per tensor or per output channel), biases int32, activations int8 or uint8. docs/int8.md
+    gives every rule.
+    """
     from .api import quantize
     from .engine import load_model
     from .model_io import save_model
@@ -106,6 +118,10 @@ MAX_COUNT = 2**53
 
 
 def cmd_stats_merge(args):
+    """merge shards (Chan's formula)
+
+    Merge statistics shards of one model into one file.
+    """
     from .stats import load_stats, save_stats
 
     parts = [load_stats(p) for p in args.inputs]
@@ -144,6 +160,10 @@ def read_ratios_toml(path, sites) -> dict:
 
 
 def cmd_compress(args):
+    """compression stage: masks from statistics
+
+    Choose masked elements per site from statistics; constants are the means.
+    """
     from .api import compress
     from .masks import check_ratio, save_masks
     from .stats import load_stats
@@ -179,6 +199,10 @@ def cmd_compress(args):
 
 
 def cmd_eval(args):
+    """specialized-task accuracy, executed MACs and CSR
+
+    Evaluate a model dense and (with --masks) masked on a task's images.
+    """
     from .api import evaluate
     from .engine import load_model
     from .masks import load_masks
@@ -205,6 +229,11 @@ def cmd_eval(args):
 
 
 def cmd_golden(args):
+    """golden vectors for hardware verification
+
+    Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 model also the scales,
+    zero points, multipliers and shifts each layer used. docs/formats.md gives the layout.
+    """
     from .api import golden
     from .engine import load_model
     from .masks import load_masks
@@ -229,6 +258,13 @@ def cmd_golden(args):
 
 
 def cmd_rtl_vectors(args):
+    """RTL test vectors of one int8 conv layer from golden vectors
+
+    Write $readmemh hex files and a manifest.json for one int8 conv layer of a `velcro golden` file (an int8
+    model quantized with --requant fixed_point, written with --accumulators): the layer's tensors in natural
+    order and its tiles on a ROWSxCOLS output-stationary array. docs/rtl.md explains how a testbench uses them,
+    docs/formats.md the files.
+    """
     from .rtl_vectors import layer_from_golden, parse_array, write_rtl_vectors
 
     rows, cols = parse_array(args.array)
@@ -243,38 +279,14 @@ def cmd_rtl_vectors(args):
 
 
 def register(sub):
-    p = command(
-        sub,
-        "profile",
-        cmd_profile,
-        help="preprocessing stage: per-element activation statistics",
-        description="Stream per-element activation statistics (count, mean, M2, min, max) of every site.",
-        model=True,
-    )
+    p = command(sub, "profile", cmd_profile, model=True)
     add_image_args(p, "train")
     add_file(p, "-o", "--output", role="out", required=True, help="stats file to write (HDF5)")
-    p.add_argument(
-        "--checkpoint-every",
-        type=count(0, 1_000_000),
-        default=20,
-        help="write partial stats every N batches (default 20, 0 = never)",
-    )
+    add_ranged(p, "--checkpoint-every", count(0, 1_000_000), 20, "write partial stats every N batches (0 = never)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.partial if present")
     add_cluster_args(p, shards=True)
 
-    p = command(
-        sub,
-        "quantize",
-        cmd_quantize,
-        help="post-training int8 quantization from statistics",
-        description=(
-            "Quantize a float model to int8 with onnxruntime's static quantization formulas (MinMax "
-            "calibration): the ranges come from a stats file of `velcro profile` on calibration images "
-            "(format version 3 or later). Weights are symmetric int8 (per tensor or per output channel), "
-            "biases int32, activations int8 or uint8. docs/int8.md gives every rule."
-        ),
-        model=True,
-    )
+    p = command(sub, "quantize", cmd_quantize, model=True)
     add_file(p, "--calib", required=True, help="stats file of this model (velcro profile) giving the ranges")
     add_file(p, "-o", "--output", role="out", required=True, help="quantized model file to write (.h5)")
     p.add_argument("--per-channel", action="store_true", help="one weight scale per output channel")
@@ -290,23 +302,11 @@ def register(sub):
     p = sub.add_parser("stats", help="statistics files", description="Operations on statistics files.")
     ssub = p.add_subparsers(dest="stats_command", metavar="ACTION")
     ssub.required = True
-    m = command(
-        ssub,
-        "merge",
-        cmd_stats_merge,
-        help="merge shards (Chan's formula)",
-        description="Merge statistics shards of one model into one file.",
-    )
+    m = command(ssub, "merge", cmd_stats_merge)
     add_file(m, "inputs", nargs="+", help="stats files of the same model")
     add_file(m, "-o", "--output", role="out", required=True, help="merged stats file")
 
-    p = command(
-        sub,
-        "compress",
-        cmd_compress,
-        help="compression stage: masks from statistics",
-        description="Choose masked elements per site from statistics; constants are the means.",
-    )
+    p = command(sub, "compress", cmd_compress)
     add_file(p, "stats", help="stats file (from velcro profile)")
     p.add_argument("--ratio", type=float, help="compression ratio R in [0, 1]")
     add_policy_arg(
@@ -320,30 +320,12 @@ def register(sub):
     p.add_argument("--exclude", nargs="+", type=text, metavar="SITE", help="sites never masked")
     add_file(p, "-o", "--output", role="out", required=True, help="mask file to write (HDF5)")
 
-    p = command(
-        sub,
-        "eval",
-        cmd_eval,
-        help="specialized-task accuracy, executed MACs and CSR",
-        description="Evaluate a model dense and (with --masks) masked on a task's images.",
-        model=True,
-    )
+    p = command(sub, "eval", cmd_eval, model=True)
     add_image_args(p, "test")
     add_file(p, "--masks", help="mask file")
     p.add_argument("--json", action="store_true", help="print JSON {dense, masked, csr}")
 
-    p = command(
-        sub,
-        "golden",
-        cmd_golden,
-        help="golden vectors for hardware verification",
-        description=(
-            "Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 "
-            "model also the scales, zero points, multipliers and shifts each layer used. docs/formats.md gives the "
-            "layout."
-        ),
-        model=True,
-    )
+    p = command(sub, "golden", cmd_golden, model=True)
     add_file(p, "--input", help="input .npy (NCHW float32, as the model takes it)")
     p.add_argument("--data", choices=["fashion-mnist"], help="or images of this data set, preprocessed for the model")
     p.add_argument("--classes", type=text, help="with --data: the images' classes, e.g. 5,7,9")
@@ -358,18 +340,7 @@ def register(sub):
     )
     add_file(p, "-o", "--output", role="out", required=True, help="vectors file to write (HDF5)")
 
-    p = command(
-        sub,
-        "rtl-vectors",
-        cmd_rtl_vectors,
-        help="RTL test vectors of one int8 conv layer from golden vectors",
-        description=(
-            "Write $readmemh hex files and a manifest.json for one int8 conv layer of a `velcro golden` file "
-            "(an int8 model quantized with --requant fixed_point, written with --accumulators): the layer's "
-            "tensors in natural order and its tiles on a ROWSxCOLS output-stationary array. docs/rtl.md explains "
-            "how a testbench uses them, docs/formats.md the files."
-        ),
-    )
+    p = command(sub, "rtl-vectors", cmd_rtl_vectors)
     add_file(p, "golden", help="golden vectors file (velcro golden --accumulators)")
     p.add_argument("--layer", required=True, type=text, help="the conv layer's node name")
     p.add_argument("--array", default="8x8", type=text, help="array size ROWSxCOLS, each in [2, 256] (default 8x8)")

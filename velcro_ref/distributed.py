@@ -21,7 +21,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 
-from .cli_util import count, number, text
+from .cli_util import add_ranged, count, number, text
 from .errors import ClusterError, UsageError, VelcroError
 
 CONNECT_TIMEOUT_S = 10.0
@@ -58,13 +58,8 @@ def add_cluster_args(p, shards=False):
         metavar="N",
         help="run the tasks on a local Dask cluster of N single-threaded worker processes",
     )
-    g.add_argument(
-        "--connect-timeout",
-        type=number(0, 3600, open_lo=True),
-        default=CONNECT_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds to reach the scheduler and find a worker there, in (0, 3600] (default {CONNECT_TIMEOUT_S:g})",
-    )
+    what = "seconds to reach the scheduler and find a worker there"
+    add_ranged(g, "--connect-timeout", number(0, 3600, open_lo=True), CONNECT_TIMEOUT_S, what, metavar="S")
     g.add_argument(
         "--shared-data",
         action="store_true",
@@ -72,13 +67,7 @@ def add_cluster_args(p, shards=False):
         "instead of receiving the images from this process",
     )
     if shards:
-        g.add_argument(
-            "--shard-batches",
-            type=count(1, 1_000_000),
-            default=SHARD_BATCHES,
-            metavar="K",
-            help=f"batches per task (default {SHARD_BATCHES})",
-        )
+        add_ranged(g, "--shard-batches", count(1, 1_000_000), SHARD_BATCHES, "batches per task", metavar="K")
 
 
 def on_cluster(args) -> bool:

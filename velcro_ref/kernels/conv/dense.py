@@ -75,6 +75,38 @@ def _positions(p0, p_n):
 
 
 @njit(cache=True)
+def _shifted(b, t, q):
+    """b + t[q[i]] for the POS_TILE positions q of a tile."""
+    return (b + t[q[0]], b + t[q[1]], b + t[q[2]], b + t[q[3]], b + t[q[4]], b + t[q[5]])
+
+
+@njit(cache=True)
+def chain_runs(starts, run):
+    """The runs of taps the dense kernels go through, in order: rows (chain, first, end, more),
+    each chain's taps starts[c]:starts[c + 1] cut into runs of at most `run`; more is 1 after the
+    chain's first run (the run adds to the chain's sums). An empty chain is one empty run: it
+    still writes its +0."""
+    n_runs = 0
+    for c in range(starts.size - 1):
+        n_runs += max(1, (starts[c + 1] - starts[c] + run - 1) // run)
+    rows = np.empty((n_runs, 4), np.int64)
+    i = 0
+    for c in range(starts.size - 1):
+        c0, c1 = starts[c], starts[c + 1]
+        for r0 in range(c0, max(c1, c0 + 1), run):
+            rows[i, 0], rows[i, 1], rows[i, 2], rows[i, 3] = c, r0, min(c1, r0 + run), 1 if r0 > c0 else 0
+            i += 1
+    return rows
+
+
+@njit(cache=True)
+def _tile_origin(ti, n_t, groups, img, group_floats):
+    """(group, tile within its plane, offset of the image's group in the input) of work tile ti."""
+    g = (ti // n_t) % groups
+    return g, ti % n_t, (ti // (groups * n_t)) * img + g * group_floats
+
+
+@njit(cache=True)
 def _slots(u):
     """Where the CHAINS chains' sums of a tile lie in `parts`, from u."""
     d = N_ACC * VEC
@@ -88,9 +120,9 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     ConvWeights whose tiles hold blocks of cw.tile_m (TILE_K or 1) filters. Returns the MACs.
 
     Loop order: (run of split[0] tiles, run of split[1] filter blocks) items in parallel (tile i:
-    image i // (groups * T), group, segments of tile i % T); then blocks; chains; runs of
-    RUN_BYTES of the chain's weights; tiles (`tile_pass`, each tile's sums in `parts` between
-    runs); then each tile's chains combined, bias, residual, activation (`store_tile`). A short
+    image i // (groups * T), group, segments of tile i % T); then blocks; runs of RUN_BYTES of
+    the chains' weights, chain after chain (`chain_runs`); tiles (`tile_pass`, each tile's sums
+    in `parts` between runs); then each tile's chains combined, bias, residual, activation (`store_tile`). A short
     last tile repeats its last segment (same outputs, same bits).
     """
     k_n, groups = geom.k_out, geom.groups
@@ -109,7 +141,7 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     # the record's arrays taken out once: read inside the parallel loop, each would cost a
     # reference count per use, an atomic operation the threads contend for
     wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b
-    n_chains, run = starts.size - 1, max(1, RUN_BYTES // (4 * tile_m))
+    n_chains, runs = starts.size - 1, chain_runs(starts, max(1, RUN_BYTES // (4 * tile_m)))
     step = n_chains * N_ACC * VEC  # floats of sums per tile
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
@@ -117,21 +149,18 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
         parts = np.empty((t_hi - t_lo) * step, np.float32)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
             w0 = (blk * taps) * tile_m  # the block within its group; groups below
-            for chain in range(n_chains):
-                c0, c1 = starts[chain], starts[chain + 1]
-                for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
-                    span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
-                    for ti in range(t_lo, t_hi):
-                        g, t = (ti // n_t) % groups, ti % n_t
-                        xb = (ti // (groups * n_t)) * img + g * cg * plane
-                        a = t * SEG_TILE
-                        xs = (xb + segs[a, 0], xb + segs[min(a + 1, n_s - 1), 0], xb + segs[min(a + 2, n_s - 1), 0])
-                        wg = w0 + g * n_blocks * taps * tile_m
-                        at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
-                        if tile_m == TILE_K:
-                            tile_pass(wts, (wg, wg + 1, wg + 2, wg + 3), xp, xs, offs, span, parts, at)
-                        else:
-                            tile_pass(wts, (wg,), xp, xs, offs, span, parts, at)
+            for r in range(runs.shape[0]):
+                chain, span = runs[r, 0], (runs[r, 1], runs[r, 2], runs[r, 3])
+                for ti in range(t_lo, t_hi):
+                    g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
+                    a = t * SEG_TILE
+                    xs = (xb + segs[a, 0], xb + segs[min(a + 1, n_s - 1), 0], xb + segs[min(a + 2, n_s - 1), 0])
+                    wg = w0 + g * n_blocks * taps * tile_m
+                    at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
+                    if tile_m == TILE_K:
+                        tile_pass(wts, (wg, wg + 1, wg + 2, wg + 3), xp, xs, offs, span, parts, at)
+                    else:
+                        tile_pass(wts, (wg,), xp, xs, offs, span, parts, at)
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 a = t * SEG_TILE
@@ -170,32 +199,21 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
     n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
     img, plane = geom.c_in * cw.plane, cw.plane
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
-    n_chains, run = starts.size - 1, RUN_BYTES // (4 * LANE_K)
+    n_chains, runs = starts.size - 1, chain_runs(starts, RUN_BYTES // (4 * LANE_K))
     step = n_chains * N_ACC * VEC
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty((t_hi - t_lo) * step, np.float32)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
-            for chain in range(n_chains):
-                c0, c1 = starts[chain], starts[chain + 1]
-                for r0 in range(c0, max(c1, c0 + 1), run):  # an empty chain still writes its +0
-                    span = (r0, min(c1, r0 + run), 1 if r0 > c0 else 0)
-                    for ti in range(t_lo, t_hi):
-                        g, t = (ti // n_t) % groups, ti % n_t
-                        xb = (ti // (groups * n_t)) * img + g * cg * plane
-                        q = _positions(t * POS_TILE, p_n)
-                        pb = (
-                            xb + pbase[q[0]],
-                            xb + pbase[q[1]],
-                            xb + pbase[q[2]],
-                            xb + pbase[q[3]],
-                            xb + pbase[q[4]],
-                            xb + pbase[q[5]],
-                        )
-                        w0 = (g * n_blocks + blk) * taps * LANE_K
-                        at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
-                        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
+            for r in range(runs.shape[0]):
+                chain, span = runs[r, 0], (runs[r, 1], runs[r, 2], runs[r, 3])
+                for ti in range(t_lo, t_hi):
+                    g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
+                    pb = _shifted(xb, pbase, _positions(t * POS_TILE, p_n))
+                    w0 = (g * n_blocks + blk) * taps * LANE_K
+                    at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
+                    lane_pass(wts, w0, xp, pb, offs, span, parts, at)
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 ob = n * k_n * p_n
