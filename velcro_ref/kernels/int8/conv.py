@@ -24,7 +24,7 @@ import numpy as np
 from numba import get_num_threads, njit
 
 from . import workers
-from .requant import requant_span, requant_value, round_small
+from .requant import REQUANT_ORT, requant_span, requant_value, round_small
 from .simd import TILE_K, TILE_P, conv_tile
 
 # Below this many MACs a conv runs in the calling thread alone: handing out items costs more
@@ -103,6 +103,10 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
     kw_runs = 1 if pc.row_mode else geom.kw
     tgeom = (geom.kh, step_y, kw_runs, step_x, run // 2)
     block_len = geom.kh * kw_runs * run * TILE_K
+    tiles, bias, scales = pc.tiles, pc.bias, rq.scale  # hoisted: each access of a field counts a reference
+    ort = rq.mode == REQUANT_ORT
+    zp = rq.zero_point
+    lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
     count = 0
     last = -1
     for item in range(i0, i1):
@@ -136,9 +140,17 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
                             row0 + min(ox0 + 2, ow - 1) * pos_x,
                             row0 + min(ox0 + 3, ow - 1) * pos_x,
                         )
-                        conv_tile(pc.tiles, w0, xf, offs, tgeom, acc)
+                        conv_tile(tiles, w0, xf, offs, tgeom, acc)
+                        if ort:  # inline, on hoisted arrays: a call passing rq costs reference counting
+                            for c in range(k_count):
+                                k = k0 + c
+                                bk, sk = bias[k], scales[k]
+                                for p in range(p_count):
+                                    v = np.float32(np.float32(np.int32(acc[p * TILE_K + c] + bk)) * sk)
+                                    out[n, k, oy, ox0 + p] = np.int32(round_small(min(max(v, lo), hi))) + zp
+                            continue
                         for p in range(p_count):
-                            requant_span(acc, p * TILE_K, pc.bias, k0, k_count, rq, q)
+                            requant_span(acc, p * TILE_K, bias, k0, k_count, rq, q)
                             for c in range(k_count):
                                 out[n, k0 + c, oy, ox0 + p] = q[c]
                         continue
@@ -148,7 +160,7 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
                             if skip[k, oy, ox0 + p]:
                                 continue
                             s = _dot(xf, row0 + (ox0 + p) * pos_x, pc.rows, k, geom.kh, step_y, kw_runs, step_x, run)
-                            out[n, k, oy, ox0 + p] = requant_value(np.int64(s) + pc.bias[k], k, rq)
+                            out[n, k, oy, ox0 + p] = requant_value(np.int64(s) + bias[k], k, rq)
     return count
 
 
