@@ -105,6 +105,12 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
     block_len = geom.kh * kw_runs * run * TILE_K
     tiles, bias, scales = pc.tiles, pc.bias, rq.scale  # hoisted: each access of a field counts a reference
     ort = rq.mode == REQUANT_ORT
+    # bias and scale padded to whole blocks, so a block's requantization runs over TILE_K lanes
+    bias_t = np.zeros(groups * n_blocks * TILE_K + k_n, np.int32)
+    scale_t = np.zeros(groups * n_blocks * TILE_K + k_n, np.float32)
+    bias_t[:k_n] = bias
+    if ort:
+        scale_t[:k_n] = scales
     zp = rq.zero_point
     lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
     count = 0
@@ -142,12 +148,16 @@ def _tile_rows(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks,
                         )
                         conv_tile(tiles, w0, xf, offs, tgeom, acc)
                         if ort:  # inline, on hoisted arrays: a call passing rq costs reference counting
-                            for c in range(k_count):
-                                k = k0 + c
-                                bk, sk = bias[k], scales[k]
-                                for p in range(p_count):
-                                    v = np.float32(np.float32(np.int32(acc[p * TILE_K + c] + bk)) * sk)
-                                    out[n, k, oy, ox0 + p] = np.int32(round_small(min(max(v, lo), hi))) + zp
+                            uk = np.uint64(k0)
+                            for p in range(p_count):
+                                up = np.uint64(p * TILE_K)
+                                for c in range(TILE_K):  # unsigned indices: no negative-index test, so it vectorises
+                                    uc = np.uint64(c)
+                                    a = np.int32(acc[up + uc] + bias_t[uk + uc])
+                                    v = np.float32(np.float32(a) * scale_t[uk + uc])
+                                    q[c] = np.int32(round_small(min(max(v, lo), hi))) + zp
+                                for c in range(k_count):
+                                    out[n, k0 + c, oy, ox0 + p] = q[c]
                             continue
                         for p in range(p_count):
                             requant_span(acc, p * TILE_K, bias, k0, k_count, rq, q)
