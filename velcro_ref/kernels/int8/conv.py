@@ -314,14 +314,24 @@ ITEMS_PER_THREAD = 8
 PACK_PARALLEL = True
 
 
-def packed_size(x_shape, pc, geom, oh, ow):
-    """int16 values of the packed input of a conv (0 for a depthwise conv, which packs plane by plane)."""
+def packed_size(n_n, pc, geom):
+    """int16 values of the packed input of a conv on n_n images (0 for a depthwise conv, which
+    packs plane by plane)."""
     if pc.depthwise:
         return 0
-    hp = padded_size(geom.h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
-    wp = padded_size(geom.w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
+    geom = _subsampled(geom)
+    hp = padded_size(geom.h, geom.pt, geom.oh, geom.sh, geom.kh, geom.dh)
+    wp = padded_size(geom.w, geom.pl, geom.ow, geom.sw, geom.kw, geom.dw)
     # the last pair of a filter row may read one value past it (times a zero weight)
-    return x_shape[0] * geom.groups * hp * wp * pc.cpp + 2
+    return n_n * geom.groups * hp * wp * pc.cpp + 2
+
+
+def _subsampled(geom):
+    """A 1x1 conv with strides and no padding is the conv of stride 1 on every sh-th row and
+    sw-th column: the geometry of that conv (geom itself for any other conv)."""
+    if geom.kh == geom.kw == 1 and (geom.sh > 1 or geom.sw > 1) and geom.pt == geom.pl == 0:
+        return geom._replace(h=geom.oh, w=geom.ow, sh=1, sw=1, pb=0, pr=0)
+    return geom
 
 
 def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
@@ -339,6 +349,9 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
         out[...] = tmp
         return macs
     macs_each = (c_n // geom.groups) * geom.kh * geom.kw
+    sub = _subsampled(geom)
+    if sub is not geom:
+        x, geom = x[:, :, : (oh - 1) * geom.sh + 1 : geom.sh, : (ow - 1) * geom.sw + 1 : geom.sw], sub
     masked = skip is not None
     skip_arr = skip if masked else _NO_SKIP
     threads = get_num_threads()
@@ -347,7 +360,7 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
     if pc.depthwise:
         xf, band, n_chunks, n_items = _NO_PACK, 1, 1, n_n * k_n
     else:
-        need = packed_size(x.shape, pc, geom, oh, ow)
+        need = packed_size(n_n, pc, geom)
         xf = np.empty(need, np.int16) if scratch is None or scratch.size < need else scratch
         hp = padded_size(geom.h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
         wp = padded_size(geom.w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
