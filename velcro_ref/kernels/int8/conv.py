@@ -295,23 +295,60 @@ def _grab(counters, n_items, per, x, xf, x_zero_point, pc, geom, rq, skip, maske
 
 
 @njit(cache=True, nogil=True)
-def _grab_pack(counters, n_items, per, x, x_zero_point, xf, geom, groups, hp, wp, cp):
-    """`_grab` for the packing of the input's rows (`_pack_rows`)."""
+def _grab_packing(
+    counters,
+    n_runs,
+    one,
+    x,
+    xf,
+    x_zero_point,
+    pc,
+    geom,
+    rq,
+    skip,
+    masked,
+    out,
+    band,
+    n_chunks,
+    n_pack,
+    rows,
+    hp,
+    wp,
+    per,
+    n_items,
+):
+    """`_grab` over runs that first pack the input, then compute: run r < n_pack packs the
+    rows r * rows // n_pack .. (r + 1) * rows // n_pack - 1 (`_pack_rows`) and counts itself
+    in counters[READY]; run r >= n_pack waits until all are packed, then computes the items
+    (r - n_pack) * per .. (one hand-over to the threads for both phases). Runs are taken in
+    order, so every packing run has been taken by a thread that does not wait when a thread
+    waits."""
+    total = 0
     while True:
-        i0 = workers.atomic_add(counters, workers.NEXT, per)
-        if i0 >= n_items:
+        r = workers.atomic_add(counters, workers.NEXT, one)
+        if r >= n_runs:
             break
-        i1 = min(i0 + per, n_items)
-        _pack_rows(x, x_zero_point, xf, geom, groups, hp, wp, cp, i0, i1)
-        workers.atomic_add(counters, workers.FINISHED, i1 - i0)
-    return 0
+        if r < n_pack:
+            _pack_rows(
+                x, x_zero_point, xf, geom, geom.groups, hp, wp, pc.cpp, r * rows // n_pack, (r + 1) * rows // n_pack
+            )
+            workers.atomic_add(counters, workers.READY, 1)
+        else:
+            workers.wait_count(counters, workers.READY, n_pack)
+            i0 = (r - n_pack) * per
+            done = _items(
+                x, xf, x_zero_point, pc, geom, rq, skip, masked, out, band, n_chunks, i0, min(i0 + per, n_items)
+            )
+            total += done
+            workers.atomic_add(counters, workers.DONE, done)
+        workers.atomic_add(counters, workers.FINISHED, 1)
+    return total
 
 
 _NO_SKIP = np.zeros((1, 1, 1), np.bool_)
 _NO_PACK = np.zeros(2, np.int16)
 # Items per thread to aim at: enough for the threads to end together.
 ITEMS_PER_THREAD = 8
-PACK_PARALLEL = True
 
 
 def packed_size(n_n, pc, geom):
@@ -365,11 +402,6 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
         hp = padded_size(geom.h, geom.pt, oh, geom.sh, geom.kh, geom.dh)
         wp = padded_size(geom.w, geom.pl, ow, geom.sw, geom.kw, geom.dw)
         rows = n_n * geom.groups * hp
-        pack_args = (x, x_zero_point, xf, geom, geom.groups, hp, wp, pc.cpp)
-        if parallel and PACK_PARALLEL:
-            workers.run(_grab_pack, pack_args, rows, max(1, rows // target))
-        else:
-            _pack_rows(*pack_args, 0, rows)
         # one block per item where the blocks alone give enough items, else bands of rows too
         n_blocks = (k_n // geom.groups + TILE_K - 1) // TILE_K
         n_chunks = n_blocks
@@ -377,6 +409,14 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
         bands_each = max(1, min(oh, -(-target // (images * n_blocks))))
         band = -(-oh // bands_each)
         n_items = images * -(-oh // band) * n_chunks
+        if parallel:
+            per = max(1, n_items // target)
+            n_pack = min(rows, target)
+            n_runs = n_pack + -(-n_items // per)
+            args = (x, xf, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks)
+            done = workers.run(_grab_packing, (*args, n_pack, rows, hp, wp, per, n_items), n_runs, 1)
+            return int(done) * macs_each
+        _pack_rows(x, x_zero_point, xf, geom, geom.groups, hp, wp, pc.cpp, 0, rows)
     if not parallel:
         done = _items(x, xf, x_zero_point, pc, geom, rq, skip_arr, masked, out, band, n_chunks, 0, n_items)
     else:
