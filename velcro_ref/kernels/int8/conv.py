@@ -1,14 +1,14 @@
 """int8 conv2d kernels: exact int32 accumulation, requantization fused, masked variants.
 
-Work items are bands of output rows (image, group, rows oy0..) and a chunk of the blocks of
-TILE_K output channels. An item first copies the input rows its band reads channels-last as
-int16 with the zero point subtracted (`pack_rows`; padding is then exactly the zero point, as
+The input is first copied channels-last as int16 with the zero point subtracted (`_pack_rows`,
+once per call, the rows shared by the threads; padding is then exactly the zero point, as
 onnxruntime pads), so every product is an exact int16 x int16 one and the weights need no
-zero-point correction. Then blocks of TILE_P positions x TILE_K output channels are summed by
-simd.conv_tile over runs of values: per tap (fy, fx) a pair-padded run of channels, or with one
-group and no horizontal dilation a whole filter row (kw taps x channels) as one run. A depthwise
-conv (one input channel per group) goes plane by plane instead, along the output row (which
-LLVM vectorises: integer sums need no fastmath).
+zero-point correction. Work items are then one block of TILE_K output channels of a band of
+output rows (image, group, rows oy0..); an item takes the band's positions in tiles of TILE_P
+(which may span output rows), each summed by simd.conv_tile over runs of values: per tap (fy, fx)
+a pair-padded run of channels, or with one group and no horizontal dilation a whole filter row
+(kw taps x channels) as one run. A depthwise conv (one input channel per group) goes plane by
+plane instead, along the output row (which LLVM vectorises: integer sums need no fastmath).
 
 A masked output element (skip[k, oy, ox]) is never computed and out keeps what it holds; a tile
 that mixes masked and unmasked elements computes its unmasked ones one at a time, a fully masked
