@@ -7,7 +7,11 @@ thread pool spins while the other works. Prints medians and ratios; nothing is a
 onnxruntime runs with its default session options ("ort") and with exact int32 sums
 ("ort exact": session.x64quantprecision = 1, the mode the golden tests compare against).
 
-    python benchmarks/bench_int8_kernels.py [--rounds 3] [--repeat 15] [--skip-e2e]
+With --profile, the ResNet-18's time per node instead: the engine's (each kernel call timed)
+against onnxruntime's own profile of the same run (its per-node kernel times, the nodes its
+optimizer fused named after the node they replace), medians over the calls and processes.
+
+    python benchmarks/bench_int8_kernels.py [--rounds 3] [--repeat 15] [--skip-e2e] [--profile]
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np  # first, as users import it
@@ -145,6 +151,59 @@ def child_e2e_ort(model_path, size, repeat, exact, out_path):
     return median_ms(lambda: sess.run(None, {"input": x}), repeat)
 
 
+def child_profile_velcro(model_path, size, repeat):
+    """Per node of the engine's run: the median of its kernel call's time (ms) over `repeat` runs."""
+    from velcro_ref.engine import load_model
+
+    model = load_model(model_path)
+    x = _e2e_input(size)
+    times, name_of = {}, {id(st.args): st.name for st in model.steps}
+
+    def timed(run):
+        def call(xs, args, skip, out, scratch):
+            t = time.perf_counter()
+            result = run(xs, args, skip, out, scratch)
+            times.setdefault(name_of[id(args)], []).append(time.perf_counter() - t)
+            return result
+
+        return call
+
+    for op in {id(st.opdef): st.opdef for st in model.steps}.values():
+        op.run = timed(op.run)
+    for _ in range(3):
+        model.run(x)
+    times.clear()
+    for _ in range(repeat):
+        model.run(x)
+    return {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+
+
+def child_profile_ort(model_path, size, repeat, exact, folder):
+    """Per node of onnxruntime's run: the median of its kernel time (ms) in onnxruntime's profile,
+    under the name of the model's node it replaces (fused nodes are named `<node>_token_<n>`)."""
+    import onnxruntime as ort
+
+    so = _ort_options(exact)
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(folder) / f"ort_profile_{int(exact)}")
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    x = _e2e_input(size)
+    for _ in range(3):
+        sess.run(None, {"input": x})
+    sess.end_profiling()
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    for _ in range(repeat):
+        sess.run(None, {"input": x})
+    with open(sess.end_profiling()) as f:
+        events = json.load(f)
+    times = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            name = re.sub(r"_token_\d+$", "", e["name"][: -len("_kernel_time")])
+            times.setdefault(name, []).append(e["dur"] / 1e3)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def prepare_e2e(size, folder):
     """ResNet-18 (BN folded) quantized twice from the same calibration ranges: by `velcro quantize`
     (velcro_ref.quantize; uint8 activations, per-tensor int8 weights, ort requantization) into a
@@ -199,6 +258,10 @@ def child_main(spec):
         ms = child_layer_velcro(tuple(args["shape"]), args["repeat"])
     elif kind == "layer_ort":
         ms = child_layer_ort(tuple(args["shape"]), args["repeat"], args["exact"])
+    elif kind == "profile_velcro":
+        ms = child_profile_velcro(args["model"], args["size"], args["repeat"])
+    elif kind == "profile_ort":
+        ms = child_profile_ort(args["model"], args["size"], args["repeat"], args["exact"], args["folder"])
     elif kind == "e2e_velcro":
         ms = child_e2e_velcro(args["model"], args["size"], args["repeat"], args["out"])
     else:
@@ -212,12 +275,16 @@ def main():
     ap.add_argument("--repeat", type=int, default=15, help="timed calls per process")
     ap.add_argument("--layers", default=",".join(SHAPES), help="comma-separated layer names")
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="ResNet-18's time per node (engine and onnxruntime)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child_main(args.child)
         return
     print(f"machine: {machine()}; 2 threads per process; {args.rounds} processes per side, {args.repeat} calls each")
+    if args.profile:
+        profile(args)
+        return
     print(f"\n{'layer':<26} {'MMACs':>7} {'velcro ms':>10} {'ort ms':>8} {'exact ms':>9} {'/ort':>6} {'/exact':>7}")
     sides = [("layer_velcro", {}), ("layer_ort", {"exact": False}), ("layer_ort", {"exact": True})]
     for name in args.layers.split(","):
@@ -251,6 +318,36 @@ def main():
             f"{med['velcro'] / med['ort']:.2f}), exact sums {med['ort exact']:.1f} ms (ratio "
             f"{med['velcro'] / med['ort exact']:.2f}); outputs identical to the exact session: {same}"
         )
+
+
+def profile(args):
+    """Per-node medians of the engine and of onnxruntime (default and exact sessions) on the
+    int8 ResNet-18, and their ratios; nodes onnxruntime folds into another (the engine's qrelu
+    sites) have no onnxruntime figure, onnxruntime's own nodes (its input's QuantizeLinear, layout
+    Transposes) no engine figure; the sums are over every node of each side."""
+    with tempfile.TemporaryDirectory() as tmp:
+        velcro_model, model = prepare_e2e(224, Path(tmp))
+        sides = {"velcro": [], "ort": [], "ort exact": []}
+        for _ in range(args.rounds):
+            spec = {"model": str(velcro_model), "size": 224, "repeat": args.repeat}
+            sides["velcro"].append(run_child({"kind": "profile_velcro", **spec}))
+            for label, exact in (("ort", False), ("ort exact", True)):
+                spec = {"model": str(model), "size": 224, "repeat": args.repeat, "exact": exact, "folder": tmp}
+                sides[label].append(run_child({"kind": "profile_ort", **spec}))
+    med = {k: {n: float(np.median([r[n] for r in v if n in r])) for n in v[0]} for k, v in sides.items()}
+    print(f"\n{'node':<24} {'velcro ms':>10} {'ort ms':>8} {'exact ms':>9} {'/ort':>6} {'/exact':>7}")
+    for name, v in med["velcro"].items():
+        o, e = med["ort"].get(name), med["ort exact"].get(name)
+        if o is None or e is None:
+            print(f"{name:<24} {v:>10.3f} {'-':>8} {'-':>9} {'-':>6} {'-':>7}")
+        else:
+            print(f"{name:<24} {v:>10.3f} {o:>8.3f} {e:>9.3f} {v / o:>6.2f} {v / e:>7.2f}")
+    for name in med["ort"]:
+        if name not in med["velcro"] and name in med["ort exact"]:  # onnxruntime's own (its layout changes)
+            o, e = med["ort"][name], med["ort exact"][name]
+            print(f"{name:<24} {'-':>10} {o:>8.3f} {e:>9.3f} {'-':>6} {'-':>7}")
+    tv, to, te = (sum(m.values()) for m in (med["velcro"], med["ort"], med["ort exact"]))
+    print(f"{'sum of nodes':<24} {tv:>10.2f} {to:>8.2f} {te:>9.2f} {tv / to:>6.2f} {tv / te:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -284,7 +284,8 @@ class QConv2d(Conv2d):
         return (x_q.zero_point, packed, geom, rq)
 
     def run(self, xs, args, skip, out, scratch):
-        return kconv.conv2d(xs[0], args[0], args[1], args[2], args[3], skip, out)
+        packed = None if scratch is None else scratch.view(np.int16)  # the engine's scratch holds the packed input
+        return kconv.conv2d(xs[0], args[0], args[1], args[2], args[3], skip, out, packed)
 
     def golden(self, args) -> dict:
         return _requant_golden(args[-1])
@@ -296,7 +297,8 @@ class QConv2d(Conv2d):
         return np.ascontiguousarray(mask, np.bool_)
 
     def scratch_floats(self, args, n_n) -> int:
-        return 0
+        g = args[2]
+        return (kconv.packed_size(n_n, args[1], g) + 1) // 2  # int16 values, two to a float32
 
 
 class QLinear(Linear):

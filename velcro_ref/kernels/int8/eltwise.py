@@ -28,10 +28,20 @@ def add_value(a, b, prm):
 
 @njit(cache=True)
 def add_dense(a, b, prm, out):
-    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop n, e."""
+    """Layout: a, b, out (N, E) flattened batches (uint8/int8); loop n, e. `add_value` with the
+    out-of-range case as a select instead of a branch and unsigned indices (no negative-index
+    test), so that the loop vectorises."""
+    a_ratio, b_ratio, offset = prm.a_ratio, prm.b_ratio, prm.offset
+    low = np.int32(max(_INDEFINITE, prm.qmin))
+    lo, hi = np.float32(prm.qmin), np.float32(prm.qmax)
     for n in range(out.shape[0]):
+        ra, rb, ro = a[n], b[n], out[n]
         for e in range(out.shape[1]):
-            out[n, e] = add_value(a[n, e], b[n, e], prm)
+            ue = np.uint64(e)
+            v = fma32(np.float32(ra[ue]), a_ratio, fma32(np.float32(rb[ue]), b_ratio, offset))
+            r = np.int32(round_small(min(max(v, lo), hi)))  # int32: AVX2 converts floats to int32 only
+            # out of the int32 range (or NaN): INT32_MIN from cvtps2dq, saturated to qmin
+            ro[ue] = r if -2147483648.0 <= v < 2147483648.0 else low
 
 
 @njit(cache=True)

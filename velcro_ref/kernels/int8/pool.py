@@ -10,22 +10,50 @@ from .requant import round_small
 
 @njit(cache=True)
 def max_pool(x, kh, kw, sh, sw, pt, pl, out):
-    """Layout: x (N, C, H, W), out (N, C, OH, OW) uint8/int8; loop planes (n, c),
-    then oy, ox, the window clipped to the input (padding and ceil_mode overhang ignored)."""
+    """Layout: x (N, C, H, W), out (N, C, OH, OW) uint8/int8;
+    the window clipped to the input (padding and ceil_mode overhang ignored: a window holds at
+    least one input value, so padding with the dtype's smallest value gives the same maxima). Per plane (n, c) two
+    passes: the maxima of every input row over each output column's window (rows (H, OW), from
+    a padded copy of the row), then per output row the maxima of its window's rows; unsigned
+    indices throughout (no negative-index test), so the loops along a row vectorise."""
     n_n, c_n, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
+    wp = max(pl + w, (ow - 1) * sw + kw)
+    pad = np.full(wp, np.iinfo(x.dtype).min, x.dtype)
+    rows = np.empty(h * ow, x.dtype)
+    line = np.empty(ow, x.dtype)
+    upl = np.uint64(pl)
     for q in range(n_n * c_n):
-        plane, o = x[q // c_n, q % c_n], out[q // c_n, q % c_n]
+        n, c = q // c_n, q % c_n
+        for iy in range(h):
+            for ix in range(w):
+                pad[upl + np.uint64(ix)] = x[n, c, iy, ix]
+            b = np.uint64(iy * ow)
+            if sw == 2:  # a constant stride: LLVM vectorises the strided loads
+                for ox in range(ow):
+                    line[ox] = pad[np.uint64(2 * ox)]
+                for fx in range(1, kw):
+                    for ox in range(ow):
+                        line[ox] = max(line[ox], pad[np.uint64(2 * ox + fx)])
+            else:
+                for ox in range(ow):
+                    line[ox] = pad[np.uint64(ox * sw)]
+                for fx in range(1, kw):
+                    for ox in range(ow):
+                        line[ox] = max(line[ox], pad[np.uint64(ox * sw + fx)])
+            for ox in range(ow):
+                rows[b + np.uint64(ox)] = line[ox]
         for oy in range(oh):
             y0, y1 = max(oy * sh - pt, 0), min(oy * sh - pt + kh, h)
+            b = np.uint64(y0 * ow)
             for ox in range(ow):
-                x0, x1 = max(ox * sw - pl, 0), min(ox * sw - pl + kw, w)
-                m = plane[y0, x0]
-                for iy in range(y0, y1):
-                    for ix in range(x0, x1):
-                        if plane[iy, ix] > m:
-                            m = plane[iy, ix]
-                o[oy, ox] = m
+                line[ox] = rows[b + np.uint64(ox)]
+            for iy in range(y0 + 1, y1):
+                b = np.uint64(iy * ow)
+                for ox in range(ow):
+                    line[ox] = max(line[ox], rows[b + np.uint64(ox)])
+            for ox in range(ow):
+                out[n, c, oy, ox] = line[ox]
 
 
 @njit(cache=True)

@@ -8,7 +8,7 @@ thread to wake. On a busy machine this matters: with Numba's OpenMP regions, whe
 owns a fixed share and a region ends at a barrier, a 2-thread conv took 10-20 ms where one
 thread took 2-3 ms (ResNet-18's layer1 at a load average of 6 on 2 cores).
 
-Kernels using this take `counters` (int64 (3,): next item, items finished, elements computed)
+Kernels using this take `counters` (int64 (4,): next item, items finished, elements computed, READY)
 and run `grab` loops themselves (see kernels/int8/conv.py).
 """
 
@@ -24,6 +24,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 NEXT, FINISHED, DONE = 0, 1, 2
+# A fourth counter a kernel may use for its own hand-over between items (conv: input rows packed).
+READY = 3
 
 
 @intrinsic
@@ -78,13 +80,19 @@ def _sched_yield(typingctx):
 
 
 @njit(cache=True, nogil=True)
-def wait_finished(counters, n_items):
-    """Wait (without the GIL) until n_items items are finished: spin, then yield the core."""
+def wait_count(counters, slot, n):
+    """Wait (without the GIL) until counters[slot] reaches n: spin, then yield the core."""
     turns = 0
-    while atomic_load(counters, FINISHED) < n_items:
+    while atomic_load(counters, slot) < n:
         turns += 1
         if turns > SPIN:
             _sched_yield()
+
+
+@njit(cache=True, nogil=True)
+def wait_finished(counters, n_items):
+    """Wait (without the GIL) until n_items items are finished."""
+    wait_count(counters, FINISHED, n_items)
 
 
 _pool = {"executor": None, "size": 0}
@@ -104,7 +112,7 @@ def run(grab, args, n_items, per):
     """Run the items 0 .. n_items - 1 in runs of `per` through grab(counters, n_items, per,
     *args), on the calling thread and get_num_threads() - 1 helpers. Returns counters[DONE],
     what the grab loops added there."""
-    counters = np.zeros(3, np.int64)
+    counters = np.zeros(4, np.int64)
     n_helpers = min(get_num_threads() - 1, (n_items + per - 1) // per - 1)
     if n_helpers > 0:
         pool = _helpers(n_helpers)
