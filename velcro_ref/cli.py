@@ -105,6 +105,8 @@ def main(argv=None) -> int:
     debug = "--debug" in argv[:1] or os.environ.get("VELCRO_DEBUG") == "1"
 
     def fail(message, code):
+        if interrupt.seen:  # whatever the error, it followed an interrupt
+            message, code = "interrupted", 130
         if debug:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
@@ -135,6 +137,12 @@ def main(argv=None) -> int:
     except OSError as e:
         # a file the user named cannot be read or written: permissions, a full disk, a directory
         return fail(e, 1)
+    except Exception:
+        # an interrupt that a library turned into another error (NumPy's import of its C extension
+        # reports a KeyboardInterrupt as an ImportError) is still an interrupt
+        if interrupt.seen:
+            return fail("interrupted", 130)
+        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

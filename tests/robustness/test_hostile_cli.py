@@ -271,3 +271,23 @@ def test_an_interrupt_swallowed_by_a_weakref_callback_still_ends_in_130(monkeypa
     code = cli.main(["info", "anything.h5"])
     err = capsys.readouterr().err
     assert code == 130 and err.strip().splitlines() == ["error: interrupted"], err  # nothing "ignored" printed
+
+
+def test_an_interrupt_turned_into_another_error_by_a_library_still_ends_in_130(monkeypatch, capsys):
+    """NumPy's import of its C extension reports a KeyboardInterrupt that lands inside it as an ImportError
+    (seen when SIGINT came while the command was importing its modules); the command must still end as
+    interrupted, one line and 130, not with the ImportError's traceback."""
+    from velcro_ref import cli, commands_engine
+
+    def info(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except KeyboardInterrupt as e:
+            raise ImportError("Importing the numpy C-extensions failed.") from e
+        return 0
+
+    monkeypatch.setattr(commands_engine, "cmd_info", info)
+    code = cli.main(["info", "anything.h5"])
+    err = capsys.readouterr().err
+    assert code == 130 and err.strip().splitlines() == ["error: interrupted"], err
