@@ -12,6 +12,7 @@ Then a per-layer table at R = 0.5, batch 1, the cost of a MaskSet's first run, a
 for the shipped 28x28 models and ResNet-18 224x224. Nothing is asserted.
 
     python benchmarks/bench_masked.py [--batches 1,8] [--ratios 0.3,0.5,0.7] [--rounds 5] [--threads 2]
+        [--no-profile | --profile-only]
 """
 
 from __future__ import annotations
@@ -125,6 +126,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5, help="dense / masked pairs of worker processes per point")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true", help="skip the profiling comparison")
+    ap.add_argument("--profile-only", action="store_true", help="only the profiling comparison")
     ap.add_argument("--worker", choices=["dense", "masked", "layers", "infer", "profile"], help=argparse.SUPPRESS)
     ap.add_argument("--model", default="resnet18", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
@@ -135,6 +137,13 @@ def main():
     if args.worker:
         return worker(args)
     print(f"machine: {machine()}; {args.threads} threads; each side in its own process, NumPy imported first")
+    if not args.profile_only:
+        masked_tables(args)
+    if not args.no_profile:
+        profile_table(args)
+
+
+def masked_tables(args):
     head = f"{'batch':>5} {'R':>4} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}"
     print(f"\n{head} {'ach/ideal':>10} {'spread':>11} {'load':>9}")
     for b in map(int, args.batches.split(",")):
@@ -161,8 +170,9 @@ def main():
     for name, d, m, ideal in lay["rows"]:
         print(f"{name:<24} {d:>9.2f} {m:>10.2f} {d / m:>8.2f}x {ideal:>5.2f}x")
     print(f"first run with a new MaskSet (batch 1, R = 0.5): {lay['first_ms']:.1f} ms, later runs {lay['ms']:.1f} ms")
-    if args.no_profile:
-        return
+
+
+def profile_table(args):
     print("\nprofiling (inference + statistics) vs dense inference of the same images:")
     print(f"{'model':<22} {'images':>6} {'batch':>5} {'dense ms':>9} {'profile ms':>11} {'ratio':>6} {'spread':>11}")
     for name in ("shipped/resnet18", "shipped/mobilenet_v2", "shipped/googlenet", "resnet18"):

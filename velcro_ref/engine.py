@@ -55,6 +55,12 @@ class Model:
         self._fixed: dict = {}  # node -> the mask plan whose `fixed` values its buffer holds
         self._col = aligned_floats(0)  # kernels' scratch, sized for the batch by `_scratch`
         self._col_images = 0
+        self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
+        self._fused: tuple = (
+            self,
+            {},
+            frozenset(),
+        )  # (mask plan or None: self before the first run, fusions made, nodes they compute)
 
     @property
     def input_shape(self) -> tuple:
@@ -154,6 +160,20 @@ class Model:
         self._masks = _MaskPlan(masks, names, arrays, skips, site_masks, fixed)
         return self._masks
 
+    def _fusions(self, mp) -> tuple[dict, frozenset]:
+        """The plan's fusions a run without observer makes (conv -> plan.Fusion) and the nodes
+        they compute. With a mask plan, a conv on a masked site's chain runs fused only when it
+        writes that site itself: the site's buffer holds the constants at the outputs it skips
+        (a fused add's output would be left unwritten there)."""
+        if self._fused[0] is not mp:
+            made = {
+                conv: f
+                for conv, f in self.plan.fusions.items()
+                if mp is None or conv not in mp.skips or f.output in mp.site_masks
+            }
+            self._fused = (mp, made, frozenset(a for f in made.values() for a in f.absorbed))
+        return self._fused[1], self._fused[2]
+
     def run(self, x, masks=None, observer=None) -> np.ndarray:
         """Run a batch x (N, C, H, W) float32; return the output (N, ...) float32 (a new array).
 
@@ -165,6 +185,9 @@ class Model:
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
+        Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
+        it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and
+        the add's outputs not written.
         The thread pools are set for the run by `threads.run_threads` (observers run under it).
         Raises InputError for a bad input and MaskError for masks of another model.
         """
@@ -178,18 +201,30 @@ class Model:
         col = self._scratch(n_n)
         env = {G.INPUT: x}
         macs = {}
+        fused, absorbed = self._fusions(mp) if observer is None and self.fuse else ({}, frozenset())
         for st in self.steps:
-            out = self._buffer(st.name, (n_n, *st.out_shape), st.dtype)
+            if st.name in absorbed:
+                continue
+            f = fused.get(st.name)
+            name = st.name if f is None else f.output  # the buffer written: a fused conv's last node's
             skip = None if mp is None else mp.skips.get(st.name)
-            fixed = None if mp is None else mp.fixed.get(st.name)
+            out = self._buffer(name, (n_n, *self.plan.shapes[name]), st.dtype)
+            fixed = None if mp is None else mp.fixed.get(name)
             if fixed is None:
-                self._fixed.pop(st.name, None)
-            elif self._fixed.get(st.name) is not mp:
+                self._fixed.pop(name, None)
+            elif self._fixed.get(name) is not mp:
                 # skipped conv outputs read 0, masked site elements their constants; no kernel
                 # changes them (an activation's `unmasked` leaves them as they are), so they stay
                 # for later runs with the same mask plan
                 put_at(out.reshape(n_n, -1), *fixed)
-                self._fixed[st.name] = mp
+                self._fixed[name] = mp
+            if f is not None:  # act(conv + bias (+ residual)) into the last node's buffer
+                res = None if f.residual is None else env[f.residual]
+                macs[st.name] = int(
+                    st.opdef.run_fused([env[t] for t in st.inputs], st.args, skip, out, col, res, f.act_op)
+                )
+                env[name] = out
+                continue
             mask = None if mp is None else mp.site_masks.get(st.name)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)

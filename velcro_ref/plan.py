@@ -16,7 +16,7 @@ of every activation site (docs/design.md). Rules that keep a rewrite from changi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,7 +63,8 @@ class Plan:
     """nodes in execution order; output the tensor the run returns; shapes per image of every
     tensor it computes; readers of each tensor (node names and graph.OUTPUT); chains: activation
     site -> conv2d/linear nodes its masked elements skip; sites: site -> element shape; folded:
-    batch norm -> the conv it was folded into; dead: stored nodes not on the path to the output."""
+    batch norm -> the conv it was folded into; dead: stored nodes not on the path to the output;
+    fusions: conv2d -> the Fusion a run without observer may make of it and the nodes after it."""
 
     nodes: tuple
     output: str
@@ -73,6 +74,7 @@ class Plan:
     sites: dict
     folded: dict
     dead: tuple
+    fusions: dict = field(default_factory=dict)
 
     def node(self, name: str) -> PlanNode:
         for n in self.nodes:
@@ -131,6 +133,67 @@ def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
     return chains
 
 
+@dataclass(frozen=True)
+class Fusion:
+    """A float conv2d run with the nodes after it in its epilogue (kernels.conv.dispatch.Epilogue):
+    `add` (the add reading the conv, or None) with `residual` its other input, then `act` (a relu
+    or relu6 reading the add or the conv, or None; `act_op` its op name). The
+    conv writes `output` (the last of them) directly; `absorbed` are the nodes it computes, the
+    conv's own output and the add's never written. Made only where nothing else reads the
+    tensors it leaves out (docs/design.md, *The load path*)."""
+
+    conv: str
+    add: str | None
+    residual: str | None
+    act: str | None
+    act_op: str | None
+    output: str
+    absorbed: tuple
+
+
+def fusions(nodes, readers) -> dict[str, Fusion]:
+    """conv2d -> Fusion for every float conv2d followed by an add and/or a relu or relu6 that
+    can run in its epilogue: each tensor left out (the conv's output, the add's when a relu
+    follows) has that one reader and is not the graph output; the residual is computed before
+    the conv in the plan's order (of an add of two such convs, the later one takes the add);
+    every tensor is float32. The result is the same bits: bias, then residual, then activation,
+    as the separate ops compute them (docs/kernels.md, *Order of summation*)."""
+    by_name = {n.name: n for n in nodes}
+    order = {n.name: i for i, n in enumerate(nodes)}
+    order[INPUT] = -1
+    acts = ("relu", "relu6")
+
+    def only_reader(t):
+        """The node that alone reads tensor t (not the graph output), or None."""
+        r = readers.get(t, ())
+        return by_name.get(r[0]) if len(r) == 1 and r[0] != OUTPUT else None
+
+    out = {}
+    for n in nodes:
+        if n.op != "conv2d" or n.q is not None or any(q is not None for q in n.in_q):
+            continue
+        nxt, add, residual = only_reader(n.name), None, None
+        if nxt is not None and nxt.op == "add" and nxt.q is None and list(nxt.inputs).count(n.name) == 1:
+            other = nxt.inputs[1] if nxt.inputs[0] == n.name else nxt.inputs[0]
+            if order.get(other, len(nodes)) < order[n.name]:
+                add, residual = nxt, other
+                nxt = only_reader(nxt.name)
+        act = nxt if nxt is not None and nxt.op in acts and nxt.q is None else None
+        if add is None and act is None:
+            continue
+        absorbed = tuple(m.name for m in (add, act) if m is not None)
+        out[n.name] = Fusion(
+            n.name,
+            None if add is None else add.name,
+            residual,
+            None if act is None else act.name,
+            None if act is None else act.op,
+            absorbed[-1],
+            absorbed,
+        )
+    return out
+
+
 def build_plan(graph: Graph, shapes: dict) -> Plan:
     """The plan of a validated graph (`shapes` from graph.validate)."""
     live = live_nodes(graph)
@@ -169,7 +232,8 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
     plan_shapes = {INPUT: shapes[INPUT], **{n.name: n.out_shape for n in nodes}}
     chains = producer_chains(nodes, plan_readers)
     sites = {n.name: n.out_shape for n in nodes if n.opdef.site}
-    return Plan(tuple(nodes), output, plan_shapes, plan_readers, chains, sites, folded, dead)
+    fused = fusions(nodes, plan_readers)
+    return Plan(tuple(nodes), output, plan_shapes, plan_readers, chains, sites, folded, dead, fused)
 
 
 def executed_graph(plan: Plan, graph: Graph) -> Graph:

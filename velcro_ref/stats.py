@@ -22,7 +22,7 @@ from .errors import StatsError
 from .fileio import atomic_path
 from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
-from .kernels.moments import chan_arrays, welford, welford_add
+from .kernels.moments import chan_arrays, value_range, welford, welford_add
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -174,7 +174,7 @@ class StatsCollector:
             self._extend(step.name, out)
 
     def _extend(self, tensor, y):
-        lo, hi = float(y.min()), float(y.max())
+        lo, hi = value_range(y) if y.dtype == np.float32 else (float(y.min()), float(y.max()))
         old = self.stats.ranges.get(tensor)
         self.stats.ranges[tensor] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
 

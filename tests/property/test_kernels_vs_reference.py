@@ -81,6 +81,22 @@ def test_clamp_unmasked_kernel_equals_numpy_twin(n, size, fraction, hi, seed):
         assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
 
 
+@given(
+    st.integers(1, 5), st.sampled_from([1, 40, kover.PART + 3]), st.sampled_from([np.inf, 6.0]), st.integers(0, 2**31)
+)
+def test_clamp_kernel_equals_numpy_twin(n, size, hi, seed):
+    """Every element clamped to [0, hi], in one thread and in both, as NumPy's maximum and minimum."""
+    rng = np.random.default_rng(seed)
+    x = (8 * rng.standard_normal((n, size))).astype(np.float32)
+    x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
+    want = np.empty_like(x)
+    rover.clamp(x, np.float32(hi), want)
+    for kernel in (kover.clamp, kover._clamp_threads, kover._clamp_serial):
+        got = rng.standard_normal(x.shape, dtype=np.float32)
+        kernel(x, np.float32(hi), got)
+        assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included
+
+
 def test_clamp_unmasked_over_several_work_items_equals_numpy_twin():
     """Sites longer than one work item (PART elements), in one thread and in both."""
     rng = np.random.default_rng(5)

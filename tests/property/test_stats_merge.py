@@ -86,3 +86,44 @@ def test_add_batch_changes_only_its_own_arrays():
     fortran = SiteStats(*(np.asfortranarray(np.zeros((3, 4))) for _ in range(6)))
     with pytest.raises(ValueError, match="C-contiguous"):
         fortran.add_batch(np.ones((1, 3, 4)))
+
+
+@given(st.integers(0, 2**31), st.sampled_from([1, 3, 4, 5, 9]), st.sampled_from([8 * 512 + 1, 2 * 8 * 512 + 77]))
+def test_add_batch_over_several_work_items_equals_merging_batch_stats(seed, n, elements):
+    """More elements than one work item of welford_add (8 blocks of 512), so both threads take part,
+    and image counts around its 4-image steps: the same numbers as merging each batch's stats."""
+    rng = np.random.default_rng(seed)
+    fused, merged = SiteStats.empty((elements,)), SiteStats.empty((elements,))
+    for _ in range(2):
+        y = (3 + rng.standard_normal((n, elements))).astype(np.float32)
+        fused.add_batch(y)
+        merged = merged.merge(SiteStats.of_batch(y))
+    for name in ("count", "shift", "shifted_mean", "m2", "min", "max"):
+        np.testing.assert_array_equal(getattr(fused, name), getattr(merged, name), err_msg=name)
+
+
+@given(
+    st.integers(0, 2**31),
+    st.sampled_from([1, 7, 8, 9, 100, 65536 + 13, 3 * 32768 + 5]),
+    st.sampled_from(["none", "nan", "inf", "zeros"]),
+)
+def test_value_range_equals_numpy_min_and_max(seed, size, special):
+    """One pass of 8 lanes (and a tail), work items in parallel from 64K elements: NumPy's min and
+    max, NaN for both when a value is NaN."""
+    from velcro_ref.kernels.moments import value_range
+
+    rng = np.random.default_rng(seed)
+    y = (100 * rng.standard_normal(size)).astype(np.float32)
+    at = rng.integers(size)
+    if special == "nan":
+        y[at] = np.nan
+    elif special == "inf":
+        y[at] = rng.choice([np.inf, -np.inf])
+    elif special == "zeros":
+        y = np.abs(y)
+        y[at] = -0.0
+    lo, hi = value_range(y.reshape(1, -1))
+    if special == "nan":
+        assert np.isnan(lo) and np.isnan(hi)
+    else:
+        assert (lo, hi) == (float(y.min()), float(y.max()))

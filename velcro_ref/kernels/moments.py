@@ -1,10 +1,18 @@
 """Per-element moments in float64: Welford's update over the images of a batch, Chan's
-combination of two partial results, and both fused for a profiling run."""
+combination of two partial results, and both fused for a profiling run; and the range (min,
+max) of a whole tensor in one pass."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from .simd import VEC, range_lanes
+
+# Images per pass of `_welford_range` over a block's moments: one element's moments stay in
+# registers for ROWS images, so the block's arrays are loaded and stored once per ROWS images.
+# The update of an element is the same sequence of operations as one image at a time.
+ROWS = 4
 
 
 @njit(cache=True)
@@ -19,25 +27,46 @@ def welford(y, shift, mean, m2, lo, hi):
 
 
 @njit(cache=True)
+def _step(v, s, mean, m2, lo, hi, inv):
+    """Welford's update of one element's (mean, m2, lo, hi) by the value v of image n, with
+    inv = 1 / (n + 1) and v taken relative to the shift s. min and max as selects (a NaN value
+    changes neither), so the loop vectorises without masked stores."""
+    d = v - s
+    delta = d - mean
+    mean = mean + delta * inv
+    m2 = m2 + delta * (d - mean)
+    lo = v if v < lo else lo
+    hi = v if v > hi else hi
+    return mean, m2, lo, hi
+
+
+@njit(cache=True)
 def _welford_range(y, e0, e1, shift, mean, m2, lo, hi):
-    """`welford` over the elements e0 .. e1 - 1 of y, their moments at 0 .. e1 - e0 - 1."""
+    """`welford` over the elements e0 .. e1 - 1 of y, their moments at 0 .. e1 - e0 - 1.
+    Images ROWS at a time (each element's moments in registers meanwhile), then one at a time;
+    each element sees its images in order 0 .. N - 1."""
     n_n, k = y.shape[0], e1 - e0
     for i in range(k):
         mean[i] = 0.0
         m2[i] = 0.0
-    for n in range(n_n):
+    n = 0
+    while n + ROWS <= n_n:
+        i0, i1, i2, i3 = 1.0 / (n + 1), 1.0 / (n + 2), 1.0 / (n + 3), 1.0 / (n + 4)
+        r0, r1, r2, r3 = y[n, e0:e1], y[n + 1, e0:e1], y[n + 2, e0:e1], y[n + 3, e0:e1]
+        for i in range(k):
+            s, mu, q, a, b = shift[i], mean[i], m2[i], lo[i], hi[i]
+            mu, q, a, b = _step(np.float64(r0[i]), s, mu, q, a, b, i0)
+            mu, q, a, b = _step(np.float64(r1[i]), s, mu, q, a, b, i1)
+            mu, q, a, b = _step(np.float64(r2[i]), s, mu, q, a, b, i2)
+            mu, q, a, b = _step(np.float64(r3[i]), s, mu, q, a, b, i3)
+            mean[i], m2[i], lo[i], hi[i] = mu, q, a, b
+        n += ROWS
+    while n < n_n:
         inv = 1.0 / (n + 1)
         row = y[n, e0:e1]
         for i in range(k):
-            v = np.float64(row[i])
-            d = v - shift[i]
-            delta = d - mean[i]
-            mean[i] += delta * inv
-            m2[i] += delta * (d - mean[i])
-            if v < lo[i]:
-                lo[i] = v
-            if v > hi[i]:
-                hi[i] = v
+            mean[i], m2[i], lo[i], hi[i] = _step(np.float64(row[i]), shift[i], mean[i], m2[i], lo[i], hi[i], inv)
+        n += 1
 
 
 @njit(cache=True)
@@ -59,31 +88,110 @@ def chan_arrays(ca, sa, ma, m2a, cb, sb, mb, m2b, n, mean, m2):
 
 # Elements per block of `welford_add`: its batch moments stay in L1 until combined.
 BLOCK = 512
+# Blocks per work item of `welford_add` (each item has its own block arrays).
+ITEM_BLOCKS = 8
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def welford_add(y, count, shift, mean, m2, lo, hi):
     """Layout: y (N, E) float32 or float64, one row per image; count, shift, mean, m2, lo, hi (E,)
     float64, running moments updated in place.
 
-    Loop order: blocks of BLOCK elements, then `welford` over the block (shifted by its first
-    image), then each element's batch moments combined with its running ones by `chan`; an
-    element with count 0 takes the batch's as they are. The same arithmetic as `welford` on the
-    whole batch followed by `chan_arrays`, without a pass over E-element temporaries.
+    Loop order: work items of ITEM_BLOCKS blocks in parallel; per block of BLOCK elements,
+    `welford` over the block (shifted by its first image), then each element's batch moments
+    combined with its running ones by `chan`; an element with count 0 takes the batch's as they
+    are. The same arithmetic as `welford` on the whole batch followed by `chan_arrays`, without
+    a pass over E-element temporaries; each element is computed by one thread, so the thread
+    count changes no bit.
     """
-    n_n, e_n = y.shape
-    bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
-    blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
-    for e0 in range(0, e_n, BLOCK):
-        k = min(BLOCK, e_n - e0)
-        for i in range(k):
-            bs[i], blo[i], bhi[i] = y[0, e0 + i], np.inf, -np.inf
-        _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
-        for i in range(k):
-            e = e0 + i
-            if count[e] == 0.0:
-                count[e], shift[e], mean[e], m2[e], lo[e], hi[e] = n_n, bs[i], bm[i], bm2[i], blo[i], bhi[i]
-                continue
-            count[e], mean[e], m2[e] = chan(count[e], shift[e], mean[e], m2[e], n_n, bs[i], bm[i], bm2[i])
-            lo[e] = min(lo[e], blo[i])
-            hi[e] = max(hi[e], bhi[i])
+    e_n = y.shape[1]
+    n_items = (e_n + BLOCK * ITEM_BLOCKS - 1) // (BLOCK * ITEM_BLOCKS)
+    for item in prange(n_items):
+        e_end = min(e_n, (item + 1) * BLOCK * ITEM_BLOCKS)
+        bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
+        blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
+        for e0 in range(item * BLOCK * ITEM_BLOCKS, e_end, BLOCK):
+            _add_block(y, e0, min(BLOCK, e_end - e0), bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi)
+
+
+@njit(cache=True)
+def _add_block(y, e0, k, bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi):
+    """`welford_add` for the k elements from e0, with the block arrays bs .. bhi."""
+    n_n = y.shape[0]
+    for i in range(k):
+        bs[i], blo[i], bhi[i] = y[0, e0 + i], np.inf, -np.inf
+    _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
+    for i in range(k):
+        e = e0 + i
+        if count[e] == 0.0:
+            count[e], shift[e], mean[e], m2[e], lo[e], hi[e] = n_n, bs[i], bm[i], bm2[i], blo[i], bhi[i]
+            continue
+        count[e], mean[e], m2[e] = chan(count[e], shift[e], mean[e], m2[e], n_n, bs[i], bm[i], bm2[i])
+        lo[e] = min(lo[e], blo[i])
+        hi[e] = max(hi[e], bhi[i])
+
+
+# Elements per work item of `value_range`, and the size from which its items run in parallel.
+RANGE_PART = 1 << 15
+RANGE_PARALLEL_MIN = 1 << 16
+
+
+def value_range(y) -> tuple[float, float]:
+    """(min, max) of a non-empty float32 array, in one pass (NumPy's min and max take one each),
+    as Python floats; NaN for both if y holds a NaN, as NumPy's. Work items of RANGE_PART
+    elements, in parallel from RANGE_PARALLEL_MIN elements on, then their results in order.
+    Of equal extremes (0.0 and -0.0) which is returned depends on their positions only."""
+    flat = np.ascontiguousarray(y, np.float32).reshape(-1)
+    n_parts = (flat.size + RANGE_PART - 1) // RANGE_PART
+    los, his = np.empty(n_parts, np.float32), np.empty(n_parts, np.float32)
+    (_range_threads if flat.size >= RANGE_PARALLEL_MIN else _range_serial)(flat, los, his)
+    lo, hi = _range_part(los, 0, n_parts), _range_part(his, 0, n_parts)
+    return float(lo[0]), float(hi[1])
+
+
+@njit(cache=True, parallel=True)
+def _range_threads(flat, los, his):
+    """Per work item of RANGE_PART elements, in parallel: its min into los, its max into his."""
+    for item in prange(los.size):
+        los[item], his[item] = _range_part(flat, item * RANGE_PART, min(flat.size, (item + 1) * RANGE_PART))
+
+
+@njit(cache=True)
+def _range_serial(flat, los, his):
+    """`_range_threads` in the calling thread."""
+    for item in range(los.size):
+        los[item], his[item] = _range_part(flat, item * RANGE_PART, min(flat.size, (item + 1) * RANGE_PART))
+
+
+@njit(cache=True)
+def _range_part(flat, e0, e1):
+    """(min, max) of flat[e0:e1] (e1 > e0) as float64, NaN if any value is NaN: per lane of
+    `simd.range_lanes` over whole vectors, the lanes combined in order, then the tail of fewer
+    than 8 values, all by selects from flat[e0] (of equal extremes, 0.0 and -0.0, the first in
+    that order stays: it depends on positions only, never on the thread count). flat float32."""
+    m = e0 + (e1 - e0) // VEC * VEC
+    lo = hi = flat[e0]
+    bad = False
+    if m > e0:
+        lanes = np.empty(3 * VEC, np.float32)
+        range_lanes(flat, e0, m, lanes)
+        for j in range(VEC):
+            lo = _lower(lanes[j], lo)
+            hi = _higher(lanes[VEC + j], hi)
+            bad |= lanes[2 * VEC + j] != 0
+    for e in range(m, e1):
+        lo, hi = _lower(flat[e], lo), _higher(flat[e], hi)
+        bad |= flat[e] != flat[e]
+    if bad:
+        return np.nan, np.nan
+    return np.float64(lo), np.float64(hi)
+
+
+@njit(cache=True)
+def _lower(v, lo):
+    return v if v < lo else lo
+
+
+@njit(cache=True)
+def _higher(v, hi):
+    return v if v > hi else hi

@@ -558,3 +558,33 @@ def fma32(typingctx, a, b, c):
         return _fma(builder, *args)
 
     return sig, codegen
+
+
+@intrinsic
+def range_lanes(typingctx, x, start, stop, out):
+    """Per lane l, the min and max of x[start + l + 8 i] (start <= stop, stop - start a multiple
+    of 8) by selects from the lanes of x[start:start + 8] (of equal values the first seen stays;
+    a NaN never enters), into out[0:8] and out[8:16]; out[16:24] is 1 in lane l if one of its
+    values is NaN, else 0. One pass of <8 x float> compares and selects."""
+    if not (_f32_c(x) and _f32_c(out) and start == types.intp and stop == types.intp):
+        return None
+    sig = types.void(x, start, stop, out)
+
+    def codegen(context, builder, sig, args):
+        xa, oa = _arrays(context, builder, sig, args, 0, 3)
+        _, t0, t1, _ = args
+        first = _load_vec(builder, xa.data, t0)
+        lo, hi = cgutils.alloca_once_value(builder, first), cgutils.alloca_once_value(builder, first)
+        bad = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(ir.IntType(1), VEC), [0] * VEC))
+        with cgutils.for_range_slice(builder, t0, t1, _I64(VEC)) as (t, _):
+            v = _load_vec(builder, xa.data, t)
+            lv, hv = builder.load(lo), builder.load(hi)
+            builder.store(builder.select(builder.fcmp_ordered("<", v, lv), v, lv), lo)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, hv), v, hv), hi)
+            builder.store(builder.or_(builder.load(bad), builder.fcmp_unordered("uno", v, v)), bad)
+        flags = builder.uitofp(builder.load(bad), _V8)
+        for i, v in enumerate((builder.load(lo), builder.load(hi), flags)):
+            builder.store(v, _vec_ptr(builder, oa.data, _I64(i * VEC)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

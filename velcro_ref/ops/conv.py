@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 from ..errors import ModelError
-from ..kernels.conv import conv2d, conv_geom, plan_skip, prepare_conv, scratch_floats
+from ..kernels.conv import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_RELU6,
+    Epilogue,
+    conv2d,
+    conv_geom,
+    plan_skip,
+    prepare_conv,
+    scratch_floats,
+)
 from .base import (
     MAX_ELEMENTS,
     OnnxUnsupported,
@@ -17,6 +27,8 @@ from .base import (
     window_out_size,
 )
 from .base import pair as _pair
+
+_ACTS = {None: ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6}
 
 
 class Conv2d(Op):
@@ -80,6 +92,12 @@ class Conv2d(Op):
     def run(self, xs, args, skip, out, scratch):
         weights, geom = args
         return conv2d(xs[0], weights, geom, skip, out, scratch)
+
+    def run_fused(self, xs, args, skip, out, scratch, residual, act):
+        """`run` with an epilogue: out = act(conv + bias (+ residual)), act None, "relu" or
+        "relu6"; the bits the separate add and activation ops would write (docs/kernels.md)."""
+        weights, geom = args
+        return conv2d(xs[0], weights, geom, skip, out, scratch, epilogue=Epilogue(residual, _ACTS[act]))
 
     def plan_skip(self, args, mask):
         """What `run` takes as `skip` for a bool (K, OH, OW) mask: its schedule, worked out once."""

@@ -1,0 +1,149 @@
+"""A run with the plan's fusions (a conv with the add and relu/relu6 after it in its epilogue) writes
+the same bits as the same run with every node apart (`Model.fuse = False`), dense and masked, and
+counts the same MACs; tensors another node or the graph output reads are never fused away.
+
+The expected fusions come from how the graphs are built (each block says whether its conv can take
+the nodes after it), not from the plan.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from robust_util import zoo_graph
+
+from velcro_ref.engine import Model, load_model
+from velcro_ref.graph import INPUT, Graph
+from velcro_ref.masks import MaskSet, build_masks, uniform_ratios
+from velcro_ref.stats import collect_stats
+from velcro_ref.zoo import _Builder
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+FUSABLE = ("relu", "relu6")
+
+
+@st.composite
+def graphs(draw):
+    """(graph, {conv: (add or None, act or None)} expected fused, seed)."""
+    seed = draw(st.integers(0, 2**31))
+    b = _Builder(draw(st.sampled_from([1, 3, 8, 16])), np.random.default_rng(seed))
+    size = draw(st.integers(5, 10))
+    x, want = INPUT, {}
+    for i in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["conv_act", "res", "conv_add", "shared", "depthwise"]))
+        act = draw(st.sampled_from(["relu", "relu6", "silu", None]))
+        cin = b.channels[x]
+        if kind in ("conv_act", "depthwise"):
+            groups, cout = (cin, cin) if kind == "depthwise" else (1, draw(st.sampled_from([2, 8, 16])))
+            y = b.conv(x, f"b{i}.conv", cout, 3, draw(st.integers(1, 2)), 1, groups, bias=draw(st.booleans()))
+            if draw(st.booleans()):
+                y = b.bn(y, f"b{i}.bn")  # folded: the conv keeps its name
+            if act is not None:
+                y = b.act(y, f"b{i}.act", act)
+                if act in FUSABLE:
+                    want[f"b{i}.conv"] = (None, y)
+            x = y
+        elif kind == "res":
+            y = b.bn(b.conv(x, f"b{i}.conv1", draw(st.sampled_from([cin, 8])), 3, 1, 1), f"b{i}.bn1")
+            if b.channels[y] == cin and draw(st.booleans()):
+                short, later = x, f"b{i}.conv1"  # identity: computed before the conv
+            else:
+                short = b.bn(b.conv(x, f"b{i}.down", b.channels[y], 1), f"b{i}.down_bn")
+                later = f"b{i}.down"  # built after conv1, so conv1 is the residual
+            x = b.add(y, short, f"b{i}.add")
+            if act is not None:
+                x = b.act(x, f"b{i}.act", act)
+            want[later] = (f"b{i}.add", x if act in FUSABLE else None)
+        elif kind == "conv_add":  # the add reads the conv twice: nothing fused
+            y = b.conv(x, f"b{i}.conv", cin, 1)
+            x = b.act(b.add(y, y, f"b{i}.add"), f"b{i}.act", act or "relu")
+        else:  # the conv's output read by the activation and by an add: kept, nothing fused
+            y = b.conv(x, f"b{i}.conv", 8, 1)
+            a = b.act(y, f"b{i}.act", act or "relu")
+            x = b.add(a, y, f"b{i}.add")
+    if draw(st.booleans()):  # the graph output is a fusable activation after a conv
+        x = b.act(b.conv(x, "last.conv", 4, 1), "last.act", "relu")
+        want["last.conv"] = (None, x)
+    else:
+        x = b._add("flat", "flatten", [x], b.channels[x])
+    return Graph(tuple(b.nodes), (b.channels[INPUT], size, size), x, b.params), want, seed
+
+
+def random_masks(model, rng, fraction):
+    sites = {}
+    for s, shape in model.sites.items():
+        sites[s] = (rng.random(shape) < fraction, rng.normal(0, 1, shape).astype(np.float32))
+    return MaskSet(model.fingerprint, sites)
+
+
+def same_runs(model, x, masks):
+    """Fused and unfused outputs and MACs of one run, asserted equal bit for bit."""
+    got = {}
+    for fuse in (True, False):
+        model.fuse = fuse
+        got[fuse] = (model.run(x, masks=masks).tobytes(), dict(model.last_macs))
+    model.fuse = True
+    assert got[True][0] == got[False][0]
+    assert got[True][1] == got[False][1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(graphs(), st.integers(1, 9), st.sampled_from([0.0, 0.3, 1.0]))
+def test_fused_runs_equal_unfused_bit_for_bit(case, n, fraction):
+    g, want, seed = case
+    model = Model(g)
+    made = {c: (f.add, f.output if f.act else None) for c, f in model.plan.fusions.items()}
+    assert made == want
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, *model.input_shape)).astype(np.float32)
+    same_runs(model, x, None)
+    masks = random_masks(model, rng, fraction)
+    same_runs(model, x, masks)
+    same_runs(model, x, masks)  # the mask plan's constants kept from the run before
+
+
+def _models():
+    for name in ("resnet18", "mobilenet_v2", "googlenet"):
+        yield f"shipped/{name}", load_model(ROOT / "weights" / f"{name}.h5")
+        yield f"zoo/{name}", Model(zoo_graph(name, input_size=32, width=0.25, num_classes=10, seed=5))
+
+
+@pytest.mark.parametrize("key,model", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
+def test_zoo_and_shipped_models_fused_equal_unfused(key, model):
+    """Every relu/relu6 site and every add of these networks follows a conv (or an add of conv
+    branches) that nothing else reads, so each is computed in a conv's epilogue."""
+    absorbed = {a for f in model.plan.fusions.values() for a in f.absorbed}
+    fused_nodes = {st.name for st in model.steps if st.op in ("relu", "relu6", "add")}
+    assert fused_nodes and absorbed == fused_nodes
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, *model.input_shape)).astype(np.float32)
+    stats = collect_stats(model, x[:16], batch=16)
+    for b in (3, 50):  # 50: the masked kernels' images-in-lanes path
+        same_runs(model, x[:b], None)
+        for ratio in (0.3, 0.7):
+            masks = build_masks(stats, uniform_ratios(stats, ratio), {"name": "uniform", "ratio": ratio})
+            same_runs(model, x[:b], masks)
+
+
+def test_an_observer_sees_every_node_of_a_fusable_model():
+    """An instrumented run is never fused: every node's output is there for the observer, equal to
+    what the fused run's nodes would hold."""
+
+    class Seen:
+        def __init__(self):
+            self.nodes, self.sites = [], []
+
+        def on_site(self, name, y):
+            self.sites.append(name)
+
+        def on_node(self, step, inputs, out, skip):
+            self.nodes.append(step.name)
+
+    model = load_model(ROOT / "weights" / "resnet18.h5")
+    assert model.plan.fusions
+    x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
+    seen = Seen()
+    y = model.run(x, observer=seen)
+    assert seen.nodes == [st.name for st in model.steps]
+    assert seen.sites == list(model.sites)
+    assert y.tobytes() == model.run(x).tobytes()
