@@ -47,6 +47,14 @@ class Node:
         }
 
 
+def find_node(nodes, name: str):
+    """The node of `nodes` called `name` (anything with a .name); KeyError if there is none."""
+    for n in nodes:
+        if n.name == name:
+            return n
+    raise KeyError(name)
+
+
 @dataclass(frozen=True)
 class Graph:
     """A CNN: nodes in topological order, the input shape (C, H, W), float32 parameters."""
@@ -58,10 +66,7 @@ class Graph:
     meta: dict = field(default_factory=dict)
 
     def node(self, name: str) -> Node:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        return find_node(self.nodes, name)
 
     def readers(self) -> dict[str, list[str]]:
         """Tensor name -> names of the nodes that read it, and OUTPUT for the graph output: a

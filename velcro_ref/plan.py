@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import ops
-from .graph import INPUT, OUTPUT, Graph, Node, quantization
+from .graph import INPUT, OUTPUT, Graph, Node, find_node, quantization
 from .ops.base import Prepared
 from .ops.batch_norm import scale_of
 
@@ -77,10 +77,7 @@ class Plan:
     fusions: dict = field(default_factory=dict)
 
     def node(self, name: str) -> PlanNode:
-        for n in self.nodes:
-            if n.name == name:
-                return n
-        raise KeyError(name)
+        return find_node(self.nodes, name)
 
 
 def live_nodes(graph: Graph) -> set[str]:

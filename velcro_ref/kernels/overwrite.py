@@ -7,9 +7,7 @@
   in one thread), for the runs that keep the activation apart from its conv.
 - clamp_unmasked: a masked site's activation at its unmasked elements only, the constants
   already in place in the output (a select that stores masked elements back as they are, so
-  the loop vectorises). On ResNet-18's 17 sites at batch 1 (70% masked, the arrays evicted
-  between runs as in a network) 0.90-0.99 ms against 1.33-1.44 ms for writing the activation
-  and the constants in one pass: a separate constants array is no longer read on every run.
+  the loop vectorises; docs/kernels.md, "Measured", gives why this layout).
 """
 
 from __future__ import annotations
@@ -19,10 +17,7 @@ from numba import njit, prange
 
 # Positions per work item: small batches still split over threads.
 PART = 1 << 15
-# Elements from which clamp_unmasked uses both threads. Measured at batch 1 (70% masked, arrays
-# evicted, the threads still spinning after the conv before, see threads.py): one thread against
-# two took 21/24 us on 25K elements, 25/24 on 50K, 35/28 on 100K, 68/54 on 200K and 229/163 us on
-# ResNet-18's 800K-element stem site. (With the threads asleep, waking them cost 45-55 us more.)
+# Elements from which clamp_unmasked uses both threads (docs/kernels.md, "Measured").
 PARALLEL_MIN = 1 << 16
 
 

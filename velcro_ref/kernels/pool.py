@@ -6,9 +6,8 @@ import numpy as np
 from numba import njit, prange
 
 # Input elements from which max_pool uses both threads, and planes per parallel work item. Below
-# it (every pool of the zoo at batch 1) a dense run opens no parallel region: after one, the
-# OpenMP threads spin (threads.py) and slowed the BLAS calls that followed, GoogLeNet at batch 1
-# from 32-35 to 40-43 ms dense.
+# it (every pool of the zoo at batch 1) a dense run opens no parallel region (docs/kernels.md,
+# "Measured").
 PARALLEL_MIN = 1 << 20
 PLANES = 8
 
@@ -20,11 +19,7 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, out):
     inner): both inner loops are selects, so they vectorise.
 
     Taps outside the input (padding, ceil_mode overhang) are -inf in the row buffer, so ignored,
-    and a NaN wins as in np.maximum and PyTorch. Against a NumPy version (whole-batch np.maximum
-    on strided views of a -inf padded copy), on ResNet-18's and GoogLeNet's pool shapes: 1.6x
-    faster on planes of 28x28 and more at batch 1 (0.49 against 0.77 ms for ResNet-18's), 1.6-5.9x
-    at batch 8 and 128, and 0.71-0.98x on batch-1 planes of 14x14, where a row is less than a
-    vector.
+    and a NaN wins as in np.maximum and PyTorch.
     """
     n_items = (x.shape[0] * x.shape[1] + PLANES - 1) // PLANES
     if x.size >= PARALLEL_MIN:
