@@ -56,11 +56,7 @@ class Model:
         self._col = aligned_floats(0)  # kernels' scratch, sized for the batch by `_scratch`
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
-        self._fused: tuple = (
-            self,
-            {},
-            frozenset(),
-        )  # (mask plan or None: self before the first run, fusions made, nodes they compute)
+        self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
 
     @property
     def input_shape(self) -> tuple:
@@ -165,7 +161,7 @@ class Model:
         they compute. With a mask plan, a conv on a masked site's chain runs fused only when it
         writes that site itself: the site's buffer holds the constants at the outputs it skips
         (a fused add's output would be left unwritten there)."""
-        if self._fused[0] is not mp:
+        if self._fused is None or self._fused[0] is not mp:
             made = {
                 conv: f
                 for conv, f in self.plan.fusions.items()

@@ -90,9 +90,9 @@ class SiteStats:
 
     def add_batch(self, y) -> None:
         """Merge a batch y (N, *shape) into these stats in place: the same numbers as
-        `self.merge(SiteStats.of_batch(y))`, in one pass (`welford_add`, docs/kernels.md "Statistics kernels"). Raises
-        ValueError unless the arrays are writeable and C-contiguous (as `empty`, `of_batch` and
-        `merge` make them; an update of a copy would be lost)."""
+        `self.merge(SiteStats.of_batch(y))`, in one pass (`welford_add`, docs/kernels.md,
+        "Statistics kernels"). Raises ValueError unless the arrays are writeable and C-contiguous
+        (as `empty`, `of_batch` and `merge` make them; an update of a copy would be lost)."""
         arrays = [getattr(self, f) for f in FIELDS]
         if not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
             raise ValueError("SiteStats.add_batch needs writeable C-contiguous arrays")

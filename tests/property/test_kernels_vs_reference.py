@@ -91,7 +91,11 @@ def test_clamp_kernel_equals_numpy_twin(n, size, hi, seed):
     x.flat[rng.integers(x.size, size=3)] = rng.choice(np.array([np.nan, -0.0, np.inf, -np.inf], np.float32), 3)
     want = np.empty_like(x)
     rover.clamp(x, np.float32(hi), want)
-    for kernel in (kover.clamp, kover._clamp_threads, kover._clamp_serial):
+    for kernel in (
+        kover.clamp,
+        lambda x, hi, out: kover._clamp_unmasked_threads(x, hi, kover.NO_MASK, out),
+        lambda x, hi, out: kover._clamp_unmasked_serial(x, hi, kover.NO_MASK, out),
+    ):
         got = rng.standard_normal(x.shape, dtype=np.float32)
         kernel(x, np.float32(hi), got)
         assert got.tobytes() == want.tobytes()  # NaN and the sign of zero included

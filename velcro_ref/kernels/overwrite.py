@@ -17,6 +17,7 @@ from numba import njit, prange
 
 # Positions per work item: small batches still split over threads.
 PART = 1 << 15
+NO_MASK = np.zeros(0, np.bool_)  # a mask of no element: every element computed
 # Elements from which clamp_unmasked uses both threads (docs/kernels.md, "Measured").
 PARALLEL_MIN = 1 << 16
 
@@ -36,53 +37,23 @@ def put_at(out, idx, values):
 
 def clamp(x, hi, out):
     """Layout: x, out (N, E) a batch of flattened tensors: out = x clamped to [0, hi] (relu: hi =
-    inf, relu6: hi = 6), as np.minimum(np.maximum(x, 0), hi): NaN stays NaN, -0.0 becomes 0.0.
-    (image, run of PART elements) items, in parallel from PARALLEL_MIN elements on."""
-    (_clamp_threads if x.size >= PARALLEL_MIN else _clamp_serial)(x, hi, out)
-
-
-@njit(cache=True, parallel=True)
-def _clamp_threads(x, hi, out):
-    """`clamp` with (image, run of PART elements) items in parallel."""
-    n_parts = (x.shape[1] + PART - 1) // PART
-    for item in prange(x.shape[0] * n_parts):
-        _clamp_part(x, hi, out, item, n_parts)
-
-
-@njit(cache=True)
-def _clamp_serial(x, hi, out):
-    """`clamp` in the calling thread, the same items in order."""
-    n_parts = (x.shape[1] + PART - 1) // PART
-    for item in range(x.shape[0] * n_parts):
-        _clamp_part(x, hi, out, item, n_parts)
-
-
-@njit(cache=True)
-def _clamp_part(x, hi, out, item, n_parts):
-    """Item `item` of `clamp`: image item // n_parts, elements of run item % n_parts."""
-    zero = np.float32(0.0)
-    e0 = item % n_parts * PART
-    e1 = min(e0 + PART, x.shape[1])
-    xs, os = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1]
-    for e in range(xs.size):
-        v = xs[e]
-        v = zero if v <= zero else v
-        os[e] = hi if v > hi else v
+    inf, relu6: hi = 6), as np.minimum(np.maximum(x, 0), hi): `clamp_unmasked` with no mask."""
+    clamp_unmasked(x, hi, NO_MASK, out)
 
 
 def clamp_unmasked(x, hi, mask, out):
-    """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool: out[n, e] = x[n, e]
-    clamped to [0, hi] where not mask[e] (relu: hi = inf, relu6: hi = 6); masked elements keep
-    what out holds. As np.maximum and np.minimum: NaN stays NaN and -0.0 becomes 0.0. Below
-    PARALLEL_MIN elements in one thread: the pass is memory-bound, and a second thread saves
-    less than it costs to start."""
+    """Layout: x, out (N, E) a batch of flattened tensors, mask (E,) bool or empty (`NO_MASK`:
+    every element): out[n, e] = x[n, e] clamped to [0, hi] where not mask[e] (relu: hi = inf,
+    relu6: hi = 6); masked elements keep what out holds. As np.maximum and np.minimum: NaN
+    stays NaN and -0.0 becomes 0.0. Below PARALLEL_MIN elements in one thread: the pass is
+    memory-bound, and a second thread saves less than it costs to start."""
     (_clamp_unmasked_threads if x.size >= PARALLEL_MIN else _clamp_unmasked_serial)(x, hi, mask, out)
 
 
 @njit(cache=True, parallel=True)
 def _clamp_unmasked_threads(x, hi, mask, out):
     """`clamp_unmasked` with (image, run of PART elements) items in parallel."""
-    n_parts = (mask.size + PART - 1) // PART
+    n_parts = (x.shape[1] + PART - 1) // PART
     for item in prange(out.shape[0] * n_parts):
         _clamp_unmasked_part(x, hi, mask, out, item, n_parts)
 
@@ -90,7 +61,7 @@ def _clamp_unmasked_threads(x, hi, mask, out):
 @njit(cache=True)
 def _clamp_unmasked_serial(x, hi, mask, out):
     """`clamp_unmasked` in the calling thread, the same items in order."""
-    n_parts = (mask.size + PART - 1) // PART
+    n_parts = (x.shape[1] + PART - 1) // PART
     for item in range(out.shape[0] * n_parts):
         _clamp_unmasked_part(x, hi, mask, out, item, n_parts)
 
@@ -100,9 +71,16 @@ def _clamp_unmasked_part(x, hi, mask, out, item, n_parts):
     """Item `item` of `clamp_unmasked`: image item // n_parts, elements of run item % n_parts."""
     zero = np.float32(0.0)
     e0 = item % n_parts * PART
-    e1 = min(e0 + PART, mask.size)
-    xs, os, ms = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1], mask[e0:e1]
-    for e in range(ms.size):  # from 0, on slices: selects, not branches, and the loop vectorises
+    e1 = min(e0 + PART, x.shape[1])
+    xs, os = x[item // n_parts, e0:e1], out[item // n_parts, e0:e1]
+    if mask.size == 0:
+        for e in range(xs.size):  # from 0, on slices: selects, not branches, and the loop vectorises
+            v = xs[e]
+            v = zero if v <= zero else v
+            os[e] = hi if v > hi else v
+        return
+    ms = mask[e0:e1]
+    for e in range(ms.size):
         v = xs[e]
         v = zero if v <= zero else v
         v = hi if v > hi else v

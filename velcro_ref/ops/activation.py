@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..kernels import activation as kact
+from ..kernels.overwrite import NO_MASK as _NO_MASK
 from ..kernels.overwrite import clamp, clamp_unmasked
 from .base import ActivationOp, OnnxUnsupported
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
-_NO_MASK = np.zeros(0, np.bool_)
 
 
 class Relu(ActivationOp):
