@@ -48,6 +48,15 @@ def group_taps(g: ConvGeom) -> int:
     return g.c_in // g.groups * g.kh * g.kw
 
 
+def subsampled(g: ConvGeom) -> ConvGeom:
+    """A 1x1 conv with strides and no padding is the conv of stride 1 on every sh-th row and
+    sw-th column of its input (rows and columns 0, sh, 2 sh, ...): the geometry of that conv, g
+    itself for any other conv."""
+    if g.kh == g.kw == 1 and (g.sh > 1 or g.sw > 1) and g.pt == g.pl == 0:
+        return g._replace(h=g.oh, w=g.ow, sh=1, sw=1, pb=0, pr=0)
+    return g
+
+
 def one_chain(g: ConvGeom) -> bool:
     """Whether the conv's filters sum their taps in one chain (fewer than FEW_TAPS taps)."""
     return group_taps(g) < FEW_TAPS

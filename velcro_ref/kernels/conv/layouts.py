@@ -64,6 +64,7 @@ def input_kind(g: ConvGeom) -> int:
     return DIRECT if g.sh == g.sw == 1 and g.h * g.w >= VEC else FLAT
 
 
+@njit(cache=True)
 def padded_size(n, pad, out_n, stride, taps, dil):
     """Length of one zero-padded input axis that holds the input after `pad` zeros and every tap
     of every one of out_n outputs (the far side gets what the output size implies)."""

@@ -20,7 +20,7 @@ from numba import njit, prange
 
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
-from .geom import ConvGeom, group_taps, one_chain
+from .geom import ConvGeom, group_taps, one_chain, subsampled
 from .layouts import channels_last, im2col_rows, padded_size, padded_taps
 from .schedule import runs_planes
 
@@ -41,22 +41,9 @@ def in_place(geom: ConvGeom, c_n=None) -> bool:
     return cg % VEC == 0 or (geom.groups == 1 and geom.dw == 1 and geom.kw * cg % VEC == 0)
 
 
-def _strided_pointwise(geom):
-    """A strided 1x1 conv without padding reads only every sh-th row and sw-th column."""
-    return geom.kh == geom.kw == 1 and geom.pt == geom.pl == 0 and (geom.sh > 1 or geom.sw > 1)
-
-
-def _sampled_geom(geom):
-    """The geometry the sampled kernels run: a strided 1x1 conv without padding as the stride-1
-    conv on the pixels it reads."""
-    if _strided_pointwise(geom):
-        return geom._replace(h=geom.oh, w=geom.ow, sh=1, sw=1, pb=0, pr=0)
-    return geom
-
-
 def _sampled_floats(geom, n_n):
     """(per image floats of the channels-last copy, of the im2col rows, images per chunk)."""
-    g = _sampled_geom(geom)
+    g = subsampled(geom)
     hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
     wp = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
     copy = hp * wp * g.c_in
@@ -79,9 +66,9 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
     if plan.runs is not None:
         return _runs(x, weights, geom, plan, out, scratch, ep)
     res, has_res, act = ep
-    if _strided_pointwise(geom):
+    g = subsampled(geom)  # a strided 1x1 conv without padding: the stride-1 conv on the pixels it reads
+    if g is not geom:
         x = x[:, :, : geom.oh * geom.sh : geom.sh, : geom.ow * geom.sw : geom.sw]
-    g = _sampled_geom(geom)
     n_n = x.shape[0]
     copy, rows, chunk = _sampled_floats(geom, n_n)
     kg, cg, p_n, j8 = g.k_out // g.groups, g.c_in // g.groups, g.oh * g.ow, weights.rows.shape[1]

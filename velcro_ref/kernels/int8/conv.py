@@ -23,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import get_num_threads, njit
 
+from ..conv.geom import subsampled
+from ..conv.layouts import padded_size
 from . import workers
 from .requant import REQUANT_ORT, requant_span, requant_value, round_small
 from .simd import TILE_K, TILE_P, conv_tile
@@ -30,12 +32,6 @@ from .simd import TILE_K, TILE_P, conv_tile
 # Below this many MACs a conv runs in the calling thread alone: handing out items costs more
 # than it saves on a small layer.
 PARALLEL_MIN_MACS = 1 << 21
-
-
-@njit(cache=True)
-def padded_size(n, pad, out_n, stride, taps, dil):
-    """Length of one zero-padded input axis holding every tap of every one of out_n outputs."""
-    return max(n + pad, (out_n - 1) * stride + (taps - 1) * dil + 1)
 
 
 @njit(cache=True)
@@ -356,19 +352,11 @@ def packed_size(n_n, pc, geom):
     packs plane by plane)."""
     if pc.depthwise:
         return 0
-    geom = _subsampled(geom)
+    geom = subsampled(geom)
     hp = padded_size(geom.h, geom.pt, geom.oh, geom.sh, geom.kh, geom.dh)
     wp = padded_size(geom.w, geom.pl, geom.ow, geom.sw, geom.kw, geom.dw)
     # the last pair of a filter row may read one value past it (times a zero weight)
     return n_n * geom.groups * hp * wp * pc.cpp + 2
-
-
-def _subsampled(geom):
-    """A 1x1 conv with strides and no padding is the conv of stride 1 on every sh-th row and
-    sw-th column: the geometry of that conv (geom itself for any other conv)."""
-    if geom.kh == geom.kw == 1 and (geom.sh > 1 or geom.sw > 1) and geom.pt == geom.pl == 0:
-        return geom._replace(h=geom.oh, w=geom.ow, sh=1, sw=1, pb=0, pr=0)
-    return geom
 
 
 def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
@@ -386,7 +374,7 @@ def conv2d(x, x_zero_point, pc, geom, rq, skip, out, scratch=None):
         out[...] = tmp
         return macs
     macs_each = (c_n // geom.groups) * geom.kh * geom.kw
-    sub = _subsampled(geom)
+    sub = subsampled(geom)
     if sub is not geom:
         x, geom = x[:, :, : (oh - 1) * geom.sh + 1 : geom.sh, : (ow - 1) * geom.sw + 1 : geom.sw], sub
     masked = skip is not None
