@@ -50,15 +50,21 @@ def planes_floats(planes, geom):
 def work_split(weights, geom, n_n, threads):
     """(tiles per item, blocks per item) of the dense kernels for n_n images: an item takes a run
     of at most ITEM_TILES tiles (over the images' output planes, image after image) and a run of
-    filter blocks, enough items for every thread. Only speed depends on it, never a value."""
+    filter blocks. Numba's prange hands each thread one contiguous range of items, of equal count,
+    up front (no work stealing), so the runs are of equal length and the items, where the blocks
+    allow, a multiple of `threads` in number: else one thread finishes while the other still has
+    a whole item to go. Only speed depends on the split, never a value."""
     m = weights.tile_m
     per_plane = -(-geom.oh * geom.ow // POS_TILE) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
     n_tiles = n_n * geom.groups * per_plane
     n_blocks = -(-(geom.k_out // geom.groups) // m)
-    tiles = min(n_tiles, ITEM_TILES)
+    tiles = -(-n_tiles // -(-n_tiles // ITEM_TILES))  # runs of equal length
     n_tc = -(-n_tiles // tiles)
-    n_bc = min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_tc)))
-    return tiles, -(-n_blocks // n_bc)
+    top = -(-n_blocks // min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_tc))))
+    for per in range(top, 0, -1):  # the longest runs of equal length that give whole rounds
+        if n_blocks % per == 0 and n_tc * (n_blocks // per) % threads == 0:
+            return tiles, per
+    return tiles, top
 
 
 @njit(cache=True)
