@@ -326,48 +326,64 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
     return sig, codegen
 
 
-def _store_lanes(name, h_n):
-    """The typing and codegen of `store_lanes` (h_n = 2 vectors of filters per position) and
-    `store_depth` (h_n = 1)."""
+@intrinsic
+def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
+    """The epilogue of a `lane_pass` tile, stored into out.
 
-    def typer(typingctx, parts, slots, bias, res, out, where, obases):
-        if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
-            return None
-        if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
-            return None
-        sig = types.none(parts, slots, bias, res, out, where, obases)
-        n_p = obases.count
+    store_lanes(parts, slots, bias, res, out, where, obases): where = (k0, p_n, has_res, act),
+    the tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out
+    (flat NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each
+    output is its sum combined over the chains (`_combined`), + bias, + the residual if has_res,
+    then the activation (`_epilogue`). Where the positions are consecutive (all but a plane's
+    short last tile) the sums are transposed in registers, 8 filters at a time, and each
+    filter's outputs stored in pieces of 4 and 2 (its residual read likewise); else one by one.
+    The same float32 operations either way.
+    """
+    if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
+        return None
+    if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
+        return None
+    sig = types.none(parts, slots, bias, res, out, where, obases)
+    n_p, h_n = obases.count, 2
 
-        def codegen(context, builder, sig, args):
-            arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 2, 3, 4)
-            slots = cgutils.unpack_tuple(builder, args[1])
-            k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
-            has_res = builder.icmp_signed("!=", has_res, _I64(0))
-            ob = cgutils.unpack_tuple(builder, args[6])
-            bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(h_n)]
-            for i in range(n_p):
-                for h in range(h_n):
-                    y = builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * h_n + h)), bv[h])
-                    for lane in range(VEC):
-                        idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
-                        _store_one(builder, arrays, idx, builder.extract_element(y, _I32(lane)), has_res, act)
-            return context.get_dummy_value()
+    def codegen(context, builder, sig, args):
+        arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 2, 3, 4)
+        slots = cgutils.unpack_tuple(builder, args[1])
+        k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        ob = cgutils.unpack_tuple(builder, args[6])
+        bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(h_n)]
+        ys = [
+            [builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * h_n + h)), bv[h]) for h in range(h_n)]
+            for i in range(n_p)
+        ]
+        run = ir.Constant(ir.IntType(1), int(n_p <= VEC))
+        for i in range(1, n_p):
+            run = builder.and_(run, builder.icmp_signed("==", ob[i], builder.add(ob[0], _I64(i))))
+        with builder.if_else(run) as (together, apart):
+            with together:
+                for h in range(h_n if n_p <= VEC else 0):
+                    cols = _transpose8(builder, [ys[i][h] for i in range(n_p)] + [_zero()] * (VEC - n_p))
+                    for c, y in enumerate(cols):
+                        at = builder.add(ob[0], builder.mul(p_n, builder.add(k0, _I64(h * VEC + c))))
+                        with builder.if_else(has_res) as (with_res, without):
+                            with with_res:
+                                r = _load_first(builder, arrays[0].data, at, n_p)
+                                _store_first(
+                                    builder, _epilogue(builder, builder.fadd(y, r), act), arrays[1].data, at, n_p
+                                )
+                            with without:
+                                _store_first(builder, _epilogue(builder, y, act), arrays[1].data, at, n_p)
+            with apart:
+                for i in range(n_p):
+                    for h in range(h_n):
+                        for lane in range(VEC):
+                            idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
+                            y = builder.extract_element(ys[i][h], _I32(lane))
+                            _store_one(builder, arrays, idx, y, has_res, act)
+        return context.get_dummy_value()
 
-        return sig, codegen
-
-    typer.__name__ = typer.__qualname__ = name
-    return typer
-
-
-store_lanes = intrinsic(_store_lanes("store_lanes", 2))
-store_lanes.__doc__ = """The epilogue of a `lane_pass` tile, stored into out.
-
-store_lanes(parts, slots, bias, res, out, where, obases): where = (k0, p_n, has_res, act), the
-tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out (flat
-NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each output is
-its sum combined over the chains (`_combined`), + bias, + the residual if has_res, then the
-activation (`_epilogue`).
-"""
+    return sig, codegen
 
 
 def _transpose8(builder, rows):
@@ -458,6 +474,38 @@ def _masked_load(builder, base, index, lanes):
     fnty = ir.FunctionType(_V8, [ptr.type, _I32, mask.type, _V8])
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
     return builder.call(fn, [ptr, _I32(4), mask, _zero()])
+
+
+def _pieces(lanes):
+    """The first `lanes` lanes of a vector as pieces of 4, 2 and 1 lanes: (first lane, count)."""
+    out, at = [], 0
+    for size in (4, 2, 1):
+        while lanes - at >= size:
+            out.append((at, size))
+            at += size
+    return out
+
+
+def _store_first(builder, y, base, index, lanes):
+    """base[index + l] = y[l] for the first `lanes` (a constant) lanes, in plain stores of 4, 2
+    and 1 floats (no other float of base is touched)."""
+    for at, size in _pieces(lanes):
+        sel = ir.Constant(ir.VectorType(_I32, size), list(range(at, at + size)))
+        part = builder.shuffle_vector(y, ir.Constant(_V8, ir.Undefined), sel)
+        ptr = builder.bitcast(builder.gep(base, [builder.add(index, _I64(at))]), part.type.as_pointer())
+        builder.store(part, ptr, align=4)
+
+
+def _load_first(builder, base, index, lanes):
+    """The first `lanes` (a constant) floats from base[index] in the first lanes of a vector
+    (the others undefined), read in pieces of 4, 2 and 1 floats (no other float is read)."""
+    y = ir.Constant(_V8, ir.Undefined)
+    for at, size in _pieces(lanes):
+        ptr = builder.bitcast(builder.gep(base, [builder.add(index, _I64(at))]), ir.VectorType(_F32, size).as_pointer())
+        part = builder.load(ptr, align=4)
+        for k in range(size):
+            y = builder.insert_element(y, builder.extract_element(part, _I32(k)), _I32(at + k))
+    return y
 
 
 def _tap_sums(context, builder, sig, args):
