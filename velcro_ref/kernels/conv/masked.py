@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -24,8 +25,8 @@ from .geom import ConvGeom, group_taps, one_chain, subsampled
 from .layouts import channels_last, im2col_rows, padded_size, padded_taps
 from .schedule import runs_planes
 
-# Filter pairs per work item of the sampled kernels, so that small layers still split over threads.
-PAIR_BLOCK = 8
+# Cost of a unit of the sampled kernels besides its outputs, in outputs (`unit_cuts`).
+UNIT_COST = 4
 # Segments per work item of `conv_runs`.
 RUN_BLOCK = 48
 # Images per call of a kernel: at most this many floats of input copy.
@@ -84,7 +85,7 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         for grp in range(g.groups):
-            sg, need, sched = plan.groups[grp]
+            sg, need, sched, sched8 = plan.groups[grp]
             if in_place(g):
                 src = (xh.reshape(-1), _tap_offsets(wpc, g.c_in, grp * cg, g.sh, g.sw, g.oh, g.ow), hp * wpc)
                 runs_g = runs
@@ -97,12 +98,39 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
             done = 0
             n8 = m - m % 8
             ep_k = (weights.b, r, has_res, act)
+            threads = numba.get_num_threads()
+            if n8:
+                cuts = unit_cuts(sched8[1], sched8[3], 1, threads)
             for i0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
-                done += conv_images8(weights.rows, src, runs_g, sched, (grp * kg, i0, 8, g.k_out, p_n), ep_k, o)
+                done += conv_images8(weights.rows, src, runs_g, sched8, (grp * kg, i0, 8, g.k_out, p_n), ep_k, o, cuts)
             if n8 < m:
-                done += conv_sampled(weights.rows, src, runs_g, sched, (grp * kg, n8, m - n8, g.k_out, p_n), ep_k, o)
+                cuts = unit_cuts(sched[1], sched[3], m - n8, threads)
+                at = (grp * kg, n8, m - n8, g.k_out, p_n)
+                done += conv_sampled(weights.rows, src, runs_g, sched, at, ep_k, o, cuts)
             n_done += done * group_taps(g)
     return n_done
+
+
+@njit(cache=True)
+def unit_cuts(bounds, n_tiles, n_n, parts):
+    """The units of the sampled kernels, (image, tile, pair) for n_n images of a `pair_schedule`
+    (bounds, n_tiles), numbered in that order, cut into `parts` runs of about equal work (a
+    unit's outputs, both filters' counted, plus UNIT_COST): cuts (parts + 1,), run i being units
+    cuts[i] .. cuts[i + 1] - 1. Numba's prange gives each thread one contiguous range of items,
+    all of one count, up front (no thread takes work from another): with one run per thread,
+    the threads get equal work whatever the densities of the pairs and the sizes of the tiles.
+    Only speed depends on the cuts, never a value."""
+    n_pairs = (bounds.size - 1) // (3 * n_tiles)
+    n_units = n_tiles * n_pairs
+    cum = np.zeros(n_n * n_units + 1, np.int64)
+    for u in range(n_n * n_units):
+        t, r = (u // n_pairs) % n_tiles, u % n_pairs
+        i = (r * n_tiles + t) * 3
+        cum[u + 1] = cum[u] + bounds[i + 1] - bounds[i] + bounds[i + 3] - bounds[i] + UNIT_COST
+    cuts = np.empty(parts + 1, np.int64)
+    for th in range(parts + 1):
+        cuts[th] = np.searchsorted(cum, cum[-1] * th // parts)
+    return cuts
 
 
 @functools.lru_cache(maxsize=256)
@@ -114,33 +142,33 @@ def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
 
 
 @njit(cache=True, parallel=True)
-def conv_sampled(w, src, runs, sched, at, ep, out):
+def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
     """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
     images (the taps of position p of image n start at n * stride + pos[p], laid out as `runs`
     says, see `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule` (filters
     of one group, numbered from at[0]), at = (first filter of the group, first image, images, K,
-    P), ep = (bias, res, has_res, act), out (N * K * P,) flat (res likewise). Returns the
-    outputs computed.
+    P), ep = (bias, res, has_res, act), out (N * K * P,) flat (res likewise), cuts the threads'
+    runs of units (`unit_cuts`). Returns the outputs computed.
 
-    Loop order: (image, tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
-    positions. Positions both filters of a pair need go in blocks of 2 x 4 (`dot_store` loads
-    each filter and input vector once for 8 outputs), the others in groups of 8, 4, 1 positions
-    of one filter. A masked (k, p) is never visited. Every element is one `dot_taps` sum, then
-    bias, residual, activation, whatever its block, item or thread.
+    Loop order: one run of units per thread in parallel, a unit being (image, tile of positions,
+    pair), in that order; positions. Positions both filters of a pair need go in blocks of 2 x
+    4 (`dot_store` loads each filter and input vector once for 8 outputs), the others in groups
+    of 8, 4, 1 positions of one filter. A masked (k, p) is never visited. Every element is one
+    `dot_taps` sum, then bias, residual, activation, whatever its block, unit or thread.
     """
     pairs, bounds, plist, n_tiles = sched
     k_g, n0, n_n, k_n, p_n = at
     n_pairs = pairs.shape[0]
-    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     n_done = 0
-    for item in prange(n_n * n_tiles * n_blocks):
+    for th in prange(cuts.size - 1):
         x, pos, stride = src
         io, where = (ep[0], ep[1], out), (ep[2], ep[3])
-        n = n0 + item // (n_tiles * n_blocks)
-        t = (item // n_blocks) % n_tiles
-        base = n * stride
         done = 0
-        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+        for u in range(cuts[th], cuts[th + 1]):
+            n = n0 + u // (n_tiles * n_pairs)
+            t = (u // n_pairs) % n_tiles
+            r = u % n_pairs
+            base = n * stride
             k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
             row1, row2 = (n * k_n + k1) * p_n, (n * k_n + k2) * p_n
@@ -152,8 +180,8 @@ def conv_sampled(w, src, runs, sched, at, ep, out):
                 oi = (row1 + p0, row1 + p1, row1 + p2, row1 + p3, row2 + p0, row2 + p1, row2 + p2, row2 + p3)
                 dot_store(w, (k1, k2), x, o, runs, io, where, oi)
                 j += 4
-            for u in range(j, j1):
-                pu = plist[u]
+            for v in range(j, j1):
+                pu = plist[v]
                 dot_store(w, (k1, k2), x, (base + pos[pu],), runs, io, where, (row1 + pu, row2 + pu))
             for c in range(2):  # the positions only the first, then only the second filter needs
                 k, row = (k1, row1) if c == 0 else (k2, row2)
@@ -196,38 +224,38 @@ def conv_sampled(w, src, runs, sched, at, ep, out):
                     o4 = (base + pos[g[0]], base + pos[g[1]], base + pos[g[2]], base + pos[g[3]])
                     dot_store(w, (k,), x, o4, runs, io, where, (row + g[0], row + g[1], row + g[2], row + g[3]))
                     j += 4
-                for u in range(j, j1):
-                    dot_store(w, (k,), x, (base + pos[plist[u]],), runs, io, where, (row + plist[u],))
+                for v in range(j, j1):
+                    dot_store(w, (k,), x, (base + pos[plist[v]],), runs, io, where, (row + plist[v],))
         n_done += done
     return n_done
 
 
 @njit(cache=True, parallel=True)
-def conv_images8(w, src, runs, sched, at, ep, out):
-    """Layout as `conv_sampled`; only the 8 images from at[1]. Returns the outputs computed.
+def conv_images8(w, src, runs, sched, at, ep, out, cuts):
+    """Layout as `conv_sampled`; only the 8 images from at[1], units (tile, pair). Returns the
+    outputs computed.
 
-    Loop order: (tile of positions, block of PAIR_BLOCK pairs) items in parallel, pairs,
-    positions. Masks are shared by the images, so an unmasked (k, p) is always one group of 8
-    images at p; a position both filters of a pair need is two 2 x 4 blocks. A masked (k, p) is
-    never visited. Each element is the same sum as in `conv_sampled`.
+    Loop order: one run of units per thread in parallel, positions. Masks are shared by the
+    images, so an unmasked (k, p) is always one group of 8 images at p; a position both filters
+    of a pair need is two 2 x 4 blocks. A masked (k, p) is never visited. Each element is the
+    same sum as in `conv_sampled`.
     """
     pairs, bounds, plist, n_tiles = sched
     k_g, n0, _, k_n, p_n = at
     n_pairs = pairs.shape[0]
-    n_blocks = (n_pairs + PAIR_BLOCK - 1) // PAIR_BLOCK
     s = k_n * p_n  # from one image to the next in out
     n_done = 0
-    for item in prange(n_tiles * n_blocks):
+    for th in prange(cuts.size - 1):
         x, pos, d = src
         io, where = (ep[0], ep[1], out), (ep[2], ep[3])
-        t = item // n_blocks
         done = 0
-        for r in range(item % n_blocks * PAIR_BLOCK, min((item % n_blocks + 1) * PAIR_BLOCK, n_pairs)):
+        for u in range(cuts[th], cuts[th + 1]):
+            t, r = u // n_pairs, u % n_pairs
             k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
             for c in range(3):
-                for u in range(bounds[i + c], bounds[i + c + 1]):
-                    p = plist[u]
+                for v in range(bounds[i + c], bounds[i + c + 1]):
+                    p = plist[v]
                     for h in range(2):  # images n0 + 4 h .. n0 + 4 h + 3
                         n = n0 + 4 * h
                         q = n * d + pos[p]

@@ -12,8 +12,9 @@ from ..simd import VEC
 from .geom import ConvGeom, group_taps, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
 
-# Floats of taps per tile of positions of the sampled kernels: a tile stays in L2 (512 KiB)
-# while every filter of a block visits it.
+# Floats of taps per tile of positions of the sampled kernels (of all the images a kernel call
+# reads at a position: 1 or 8): a tile stays in L2 (512 KiB) while the pairs of filters of a
+# thread's run visit it.
 TILE_FLOATS = 1 << 18
 TILE_POSITIONS = 512  # positions per tile, at most
 
@@ -21,7 +22,8 @@ TILE_POSITIONS = 512  # positions per tile, at most
 class SkipPlan(NamedTuple):
     """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
-    the filters not fully masked with its number of tiles), runs None; for a conv summed in one
+    the filters not fully masked with its number of tiles, in tiles for one image, then the
+    same in tiles for 8 images), runs None; for a conv summed in one
     chain, groups () and runs = (segs, bounds, offs, planes, plane_of): the `run_segments` of
     every filter and the input layout they read (`Planes`, tap offsets)."""
 
@@ -50,15 +52,18 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         segs, bounds = run_segments(skip.reshape(k_n, p_n), geom.ow, row, planes.kind)
         return SkipPlan(skip, (), (segs, bounds, offs, planes, plane_of))
     kg = k_n // geom.groups
-    tile_p = max(8, min(TILE_POSITIONS, TILE_FLOATS // group_taps(geom)))
     per_group = []
     for g in range(geom.groups):
         sg = np.ascontiguousarray(skip[g * kg : (g + 1) * kg].reshape(kg, p_n))
         masked = sg.sum(axis=1)
         some = np.flatnonzero(masked < p_n)
         some = _pair_order(some[np.argsort(masked[some], kind="stable")])
-        sched = (*pair_schedule(sg, some, tile_p), (p_n + tile_p - 1) // tile_p)
-        per_group.append((sg, ~sg.all(axis=0), sched))
+        scheds = []
+        for images in (1, 8):  # a tile's taps of one image, or of 8 (`conv_images8`), in L2
+            tile_p = max(8, min(TILE_POSITIONS, TILE_FLOATS // (images * group_taps(geom))))
+            n_tiles = -(-p_n // tile_p)
+            scheds.append((*pair_schedule(sg, some, -(-p_n // n_tiles)), n_tiles))  # tiles of about one size
+        per_group.append((sg, ~sg.all(axis=0), *scheds))
     return SkipPlan(skip, tuple(per_group), None)
 
 
@@ -137,7 +142,7 @@ def _pair_order(ks):
     """Filters ks sorted by density, reordered so that `pair_schedule` pairs neighbours in that
     order (filters that need about as many positions mostly need the same ones, so more
     positions go in blocks of both filters) and the pairs alternate sparse, dense, sparse, ...
-    (the kernels' work items take consecutive pairs, and threads consecutive work items)."""
+    (the threads' runs of units, `masked.unit_cuts`, are of equal work whatever the order)."""
     m = ks.size // 2
     zigzag = np.empty(m, np.int64)
     zigzag[0::2], zigzag[1::2] = np.arange((m + 1) // 2), np.arange(m - 1, (m - 1) // 2, -1)
