@@ -27,25 +27,26 @@ def pool_cases(draw):
     pads = [draw(st.integers(0, k // 2)) for k in (kh, kw, kh, kw)]
     h = draw(st.integers(max(1, kh - pads[0] - pads[2]), 11))
     w = draw(st.integers(max(1, kw - pads[1] - pads[3]), 11))
-    return kh, kw, sh, sw, pads, h, w, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31))
+    c = draw(st.sampled_from([3, 3, kpool.PARALLEL_MIN // (2 * h * w) + 1]))  # the last: max_pool in parallel
+    return kh, kw, sh, sw, pads, h, w, c, draw(st.booleans()), draw(st.booleans()), draw(st.integers(0, 2**31))
 
 
 @given(pool_cases())
 def test_pool_kernels_equal_numpy_twins(case):
-    kh, kw, sh, sw, (pt, pl, pb, pr), h, w, ceil_mode, include_pad, seed = case
-    x = np.random.default_rng(seed).standard_normal((2, 3, h, w), dtype=np.float32)
+    kh, kw, sh, sw, (pt, pl, pb, pr), h, w, c, ceil_mode, include_pad, seed = case
+    x = np.random.default_rng(seed).standard_normal((2, c, h, w), dtype=np.float32)
     if seed % 3 == 0:  # a NaN wins every window it is in
         x.flat[seed % x.size] = np.nan
     oh = pool_out_size(h, kh, sh, pt, pb, ceil_mode)
     ow = pool_out_size(w, kw, sw, pl, pr, ceil_mode)
-    got, want = np.empty((2, 3, oh, ow), np.float32), np.empty((2, 3, oh, ow), np.float32)
+    got, want = np.empty((2, c, oh, ow), np.float32), np.empty((2, c, oh, ow), np.float32)
     kpool.max_pool(x, kh, kw, sh, sw, pt, pl, got)
     rpool.max_pool(x, kh, kw, sh, sw, pt, pl, want)
     np.testing.assert_array_equal(got, want)
     kpool.avg_pool(x, kh, kw, sh, sw, pt, pl, pb, pr, include_pad, got)
     rpool.avg_pool(x, kh, kw, sh, sw, pt, pl, pb, pr, include_pad, want)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    g1, g2 = np.empty((2, 3, 1, 1), np.float32), np.empty((2, 3, 1, 1), np.float32)
+    g1, g2 = np.empty((2, c, 1, 1), np.float32), np.empty((2, c, 1, 1), np.float32)
     kpool.global_avg_pool(x, g1)
     rpool.global_avg_pool(x, g2)
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)

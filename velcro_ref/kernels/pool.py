@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-# Input elements from which max_pool uses both threads, and planes per parallel work item. Below
-# it (every pool of the zoo at batch 1) a dense run opens no parallel region (docs/kernels.md,
-# "Measured").
-PARALLEL_MIN = 1 << 20
+# Input elements from which max_pool uses every thread, and planes per parallel work item
+# (docs/kernels.md, "Measured").
+PARALLEL_MIN = 1 << 16
 PLANES = 8
 
 

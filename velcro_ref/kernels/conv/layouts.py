@@ -30,10 +30,10 @@ from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
 # Floats of a copy from which it uses every thread, and items (planes or rows) per work item.
-# Below, a copy (every input of ResNet-18's convs at batch 1) runs in the calling thread: a
-# parallel region per copy is a wake-up of the other threads, and on a shared machine a wait
-# for the scheduler to give them a core.
-PARALLEL_MIN = 1 << 20
+# Below, a copy runs in the calling thread. The conv that follows a copy wakes the threads
+# anyway, and they still spin after the conv before, so above 64K floats (every input of
+# ResNet-18's 3x3 convs at batch 1) two threads copy faster (docs/kernels.md, "Measured").
+PARALLEL_MIN = 1 << 16
 PART_ITEMS = 8
 
 
