@@ -180,6 +180,11 @@ class Model:
         An observer may also define on_node(step, inputs, output, skip) to see every node. It
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
+        An observer may also define run_site(step, x, out) -> bool, called in place of running an
+        unmasked site's op (x its input, out its output buffer): it may write the site's output
+        into out itself, observing it in the same pass, and return True (then on_site is not
+        called for that site; on_node is), or return False, leaving it to the engine. What it
+        writes must be the op's bits (`stats.StatsCollector` computes relu / relu6 sites so).
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
         it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and
@@ -198,6 +203,7 @@ class Model:
         env = {G.INPUT: x}
         macs = {}
         fused, absorbed = self._fusions(mp) if observer is None and self.fuse else ({}, frozenset())
+        run_site = getattr(observer, "run_site", None)
         for st in self.steps:
             if st.name in absorbed:
                 continue
@@ -222,14 +228,17 @@ class Model:
                 env[name] = out
                 continue
             mask = None if mp is None else mp.site_masks.get(st.name)
+            taken = False  # the observer computed this site itself (`run_site`)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
+            elif st.opdef.site and run_site is not None and run_site(st, env[st.inputs[0]], out):
+                taken = True
             else:
                 n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, col)
                 if st.opdef.chain == "skip":
                     macs[st.name] = int(n_macs)
             if observer is not None:
-                if st.opdef.site:  # a quantized site is seen as its real values
+                if st.opdef.site and not taken:  # a quantized site is seen as its real values
                     observer.on_site(
                         st.name, out if st.q is None else dequantize_linear(out, st.q.scale, st.q.zero_point)
                     )

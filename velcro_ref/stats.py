@@ -22,7 +22,8 @@ from .errors import StatsError
 from .fileio import atomic_path
 from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
-from .kernels.moments import chan_arrays, value_range, welford, welford_add
+from .kernels.moments import chan_arrays, clamp_welford_add, value_range, welford, welford_add
+from .ops.activation import Relu
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -100,6 +101,16 @@ class SiteStats:
             return
         welford_add(_image_rows(y), *(a.reshape(-1) for a in arrays))
 
+    def add_clamped(self, x, top, out) -> tuple[float, float]:
+        """A relu / relu6 site's batch in one pass (`clamp_welford_add`, docs/kernels.md,
+        "Statistics kernels"): out = x (N, E) float32 clamped to [0, top], out merged into these
+        stats as `add_batch(out)` merges it; returns x's (min, max) as `value_range(x)` gives
+        them. x and out C-contiguous; the arrays as `add_batch` needs them."""
+        arrays = [getattr(self, f) for f in FIELDS]
+        if not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
+            raise ValueError("SiteStats.add_clamped needs writeable C-contiguous arrays")
+        return clamp_welford_add(x, top, out, *(a.reshape(-1) for a in arrays))
+
     @property
     def mean(self) -> np.ndarray:
         return self.shift + self.shifted_mean
@@ -153,7 +164,13 @@ def merge_ranges(a: dict, b: dict) -> dict:
 
 
 class StatsCollector:
-    """Engine observer accumulating per-element statistics of every activation site."""
+    """Engine observer accumulating per-element statistics of every activation site and the range
+    of every other float tensor.
+
+    A float relu / relu6 site it computes itself (`run_site`): the activation, the site's moments
+    and the range of its input in one pass over the input (`SiteStats.add_clamped`). The range of
+    a tensor that such a site alone reads is taken in that pass, or at the site's `on_node` when
+    the engine ran the site itself (a masked run); the statistics are the same bits either way."""
 
     def __init__(self, model, classes=(), source=""):
         self.stats = Stats(
@@ -164,16 +181,50 @@ class StatsCollector:
             source,
         )
         self.model = model
+        steps = {st.name: st for st in model.steps}
+        self._ranged_at = {}  # tensor -> the site whose node takes its range
+        for st in model.steps:
+            src = steps.get(st.inputs[0]) if st.inputs else None
+            if (
+                _clamp_top(st) is not None
+                and src is not None
+                and not src.opdef.site
+                and src.q is None
+                and model.plan.readers[src.name] == [st.name]
+            ):
+                self._ranged_at[src.name] = st.name
+        self._order = [INPUT, *steps]  # `ranges` in the order the tensors are computed
+        self._passed = None  # the site `run_site` computed last
+
+    def run_site(self, step, x, out) -> bool:
+        """Compute a float relu / relu6 site's output `out` from its input x with its statistics
+        (and x's range) in one pass; False (and nothing done) for any other site."""
+        top = _clamp_top(step)
+        if top is None:
+            return False
+        n = len(x)
+        lo, hi = self.stats.sites[step.name].add_clamped(x.reshape(n, -1), top, out.reshape(n, -1))
+        if self._ranged_at.get(step.inputs[0]) == step.name:
+            self._widen(step.inputs[0], lo, hi)
+        self._passed = step.name
+        return True
 
     def on_site(self, name, y):
         self.stats.sites[name].add_batch(y)
 
     def on_node(self, step, inputs, out, skip):
-        if not step.opdef.site and step.q is None:
+        if step.opdef.site:
+            if self._ranged_at.get(step.inputs[0]) == step.name and self._passed != step.name:
+                self._extend(step.inputs[0], inputs[0])  # the engine ran the site: its input's range here
+            self._passed = None
+        elif step.q is None and step.name not in self._ranged_at:
             self._extend(step.name, out)
 
     def _extend(self, tensor, y):
         lo, hi = value_range(y) if y.dtype == np.float32 else (float(y.min()), float(y.max()))
+        self._widen(tensor, lo, hi)
+
+    def _widen(self, tensor, lo, hi):
         old = self.stats.ranges.get(tensor)
         self.stats.ranges[tensor] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
 
@@ -182,6 +233,18 @@ class StatsCollector:
         self._extend(INPUT, x)
         self.model.run(x, observer=self)
         self.stats.n_images += x.shape[0]
+        ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
+        at = {t: i for i, t in enumerate(self._order)}
+        ordered = sorted(ranges, key=lambda t: at.get(t, len(at)))
+        if list(ranges) != ordered:
+            self.stats.ranges = {t: ranges[t] for t in ordered}
+
+
+def _clamp_top(step):
+    """The upper bound of a float relu / relu6 node (float32), None for any other node."""
+    if isinstance(step.opdef, Relu) and step.q is None and not any(q is not None for q in step.in_q):
+        return step.opdef.high
+    return None
 
 
 def collect_stats(model, x, batch=256, classes=(), source="", progress=None) -> Stats:

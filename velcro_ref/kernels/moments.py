@@ -1,6 +1,7 @@
 """Per-element moments in float64: Welford's update over the images of a batch, Chan's
-combination of two partial results, and both fused for a profiling run; and the range (min,
-max) of a whole tensor in one pass."""
+combination of two partial results, and both fused for a profiling run (with a relu / relu6
+computed in the same pass where a site is one); and the range (min, max) of a whole tensor in
+one pass."""
 
 from __future__ import annotations
 
@@ -86,10 +87,9 @@ def chan_arrays(ca, sa, ma, m2a, cb, sb, mb, m2b, n, mean, m2):
         n[e], mean[e], m2[e] = chan(ca[e], sa[e], ma[e], m2a[e], cb[e], sb[e], mb[e], m2b[e])
 
 
-# Elements per block of `welford_add`: its batch moments stay in L1 until combined.
+# Elements per block of `welford_add` and `clamp_welford_add`: a block's batch moments stay in
+# L1 until combined. Blocks are the parallel work items (an even split over the threads).
 BLOCK = 512
-# Blocks per work item of `welford_add` (each item has its own block arrays).
-ITEM_BLOCKS = 8
 
 
 @njit(cache=True, parallel=True)
@@ -97,30 +97,28 @@ def welford_add(y, count, shift, mean, m2, lo, hi):
     """Layout: y (N, E) float32 or float64, one row per image; count, shift, mean, m2, lo, hi (E,)
     float64, running moments updated in place.
 
-    Loop order: work items of ITEM_BLOCKS blocks in parallel; per block of BLOCK elements,
-    `welford` over the block (shifted by its first image), then each element's batch moments
-    combined with its running ones by `chan`; an element with count 0 takes the batch's as they
-    are. The same arithmetic as `welford` on the whole batch followed by `chan_arrays`, without
-    a pass over E-element temporaries; each element is computed by one thread, so the thread
-    count changes no bit.
+    Loop order: blocks of BLOCK elements in parallel; per block, `welford` over the block
+    (shifted by its first image), then each element's batch moments combined with its running
+    ones by `chan`; an element with count 0 takes the batch's as they are. The same arithmetic as
+    `welford` on the whole batch followed by `chan_arrays`, without a pass over E-element
+    temporaries; each element is computed by one thread, so the thread count changes no bit.
     """
     e_n = y.shape[1]
-    n_items = (e_n + BLOCK * ITEM_BLOCKS - 1) // (BLOCK * ITEM_BLOCKS)
-    for item in prange(n_items):
-        e_end = min(e_n, (item + 1) * BLOCK * ITEM_BLOCKS)
+    for b in prange((e_n + BLOCK - 1) // BLOCK):
+        e0 = b * BLOCK
+        k = min(BLOCK, e_n - e0)
         bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
         blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
-        for e0 in range(item * BLOCK * ITEM_BLOCKS, e_end, BLOCK):
-            _add_block(y, e0, min(BLOCK, e_end - e0), bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi)
+        for i in range(k):
+            bs[i], blo[i], bhi[i] = y[0, e0 + i], np.inf, -np.inf
+        _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
+        _combine(e0, k, y.shape[0], bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi)
 
 
 @njit(cache=True)
-def _add_block(y, e0, k, bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi):
-    """`welford_add` for the k elements from e0, with the block arrays bs .. bhi."""
-    n_n = y.shape[0]
-    for i in range(k):
-        bs[i], blo[i], bhi[i] = y[0, e0 + i], np.inf, -np.inf
-    _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
+def _combine(e0, k, n_n, bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi):
+    """The batch moments of n_n images of the k elements from e0 (bs .. bhi) merged into the
+    running ones by `chan`; an element with count 0 takes the batch's as they are."""
     for i in range(k):
         e = e0 + i
         if count[e] == 0.0:
@@ -129,6 +127,126 @@ def _add_block(y, e0, k, bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi):
         count[e], mean[e], m2[e] = chan(count[e], shift[e], mean[e], m2[e], n_n, bs[i], bm[i], bm2[i])
         lo[e] = min(lo[e], blo[i])
         hi[e] = max(hi[e], bhi[i])
+
+
+def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[float, float]:
+    """Layout: x, out (N, E) float32 C-contiguous; top float32; count .. hi (E,) float64 running
+    moments of out, updated in place. A profiled relu / relu6 site in one pass: out = x clamped
+    to [0, top] (`overwrite.clamp`'s bits), `welford_add(out, ...)`'s moments, and returns x's
+    (min, max) as `value_range(x)` gives them.
+
+    Loop order as `welford_add`: blocks of BLOCK elements in parallel; per block, images
+    CLAMP_ROWS at a time with each element's mean, M2 and the min and max of its x in registers.
+    Each element's mean and M2 take the same operations in the same order as in `welford_add`;
+    its min and max of out are those of x clamped (the clamp is monotonic), and a block's range
+    of x is the min and max of its elements'. Where that could differ from the separate passes
+    the block or the range is taken again by them: a block whose batch mean came out NaN (x
+    holds a NaN or an infinity) by `_welford_range` over out, and the range by `value_range(x)`
+    when a block was so or an extreme is zero (which of 0.0 and -0.0 it returns depends on
+    positions).
+    """
+    n_blocks = (x.shape[1] + BLOCK - 1) // BLOCK
+    x_lo, x_hi = np.empty(n_blocks, np.float32), np.empty(n_blocks, np.float32)
+    ok = _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi)
+    if ok:
+        r_lo, r_hi = float(x_lo.min()), float(x_hi.max())
+        if r_lo != 0.0 and r_hi != 0.0:
+            return r_lo, r_hi
+    return value_range(x)
+
+
+# Images per step of `_clamp_welford_range` (each element's state in registers meanwhile).
+CLAMP_ROWS = 4
+
+
+@njit(cache=True, parallel=True)
+def _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi):
+    """`clamp_welford_add` but for the range: x_lo[b], x_hi[b] the min and max of block b's
+    elements of x. Returns False if a block's batch mean came out NaN."""
+    e_n = x.shape[1]
+    n_blocks = x_lo.size
+    bad = np.zeros(n_blocks, np.bool_)
+    for b in prange(n_blocks):
+        e0 = b * BLOCK
+        k = min(BLOCK, e_n - e0)
+        bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
+        blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
+        xl, xh = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+        for i in range(k):
+            bs[i] = _clamp(x[0, e0 + i], top)
+        _clamp_welford_range(x, top, out, e0, e0 + k, bs, bm, bm2, xl, xh)
+        r_lo, r_hi = xl[0], xh[0]
+        for i in range(k):
+            r_lo = _lower(xl[i], r_lo)
+            r_hi = _higher(xh[i], r_hi)
+            bad[b] |= bm[i] != bm[i]
+        if bad[b]:  # a NaN or infinity: the block's moments as `welford_add` takes them from out
+            for i in range(k):
+                blo[i], bhi[i] = np.inf, -np.inf
+            _welford_range(out, e0, e0 + k, bs, bm, bm2, blo, bhi)
+        else:
+            for i in range(k):
+                blo[i], bhi[i] = _clamp(xl[i], top), _clamp(xh[i], top)
+        x_lo[b], x_hi[b] = r_lo, r_hi
+        _combine(e0, k, x.shape[0], bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi)
+    return not bad.any()
+
+
+@njit(cache=True)
+def _clamp(v, top):
+    """relu / relu6 of a float32 v, as `overwrite.clamp` computes it (NaN stays, -0.0 gives 0.0)."""
+    zero = np.float32(0.0)
+    v = zero if v <= zero else v
+    return top if v > top else v
+
+
+@njit(cache=True)
+def _moments(v, s, mean, m2, inv):
+    """`_step` without min and max: the same operations on mean and m2."""
+    d = v - s
+    delta = d - mean
+    mean = mean + delta * inv
+    m2 = m2 + delta * (d - mean)
+    return mean, m2
+
+
+@njit(cache=True)
+def _clamp_welford_range(x, top, out, e0, e1, shift, mean, m2, xl, xh):
+    """Over the elements e0 .. e1 - 1 of x: out = clamp(x); mean and m2 of out as `_welford_range`
+    computes them; xl, xh (float32) the min and max of each element's x (NaN skipped, +inf and
+    -inf if every value is NaN). Images CLAMP_ROWS at a time, then one at a time."""
+    n_n, k = x.shape[0], e1 - e0
+    for i in range(k):
+        mean[i], m2[i] = 0.0, 0.0
+        xl[i], xh[i] = np.float32(np.inf), np.float32(-np.inf)
+    n = 0
+    while n + CLAMP_ROWS <= n_n:
+        i0, i1, i2, i3 = 1.0 / (n + 1), 1.0 / (n + 2), 1.0 / (n + 3), 1.0 / (n + 4)
+        r0, r1, r2, r3 = x[n, e0:e1], x[n + 1, e0:e1], x[n + 2, e0:e1], x[n + 3, e0:e1]
+        o0, o1, o2, o3 = out[n, e0:e1], out[n + 1, e0:e1], out[n + 2, e0:e1], out[n + 3, e0:e1]
+        for i in range(k):
+            a0, a1, a2, a3 = r0[i], r1[i], r2[i], r3[i]
+            xl[i] = _lower(a3, _lower(a2, _lower(a1, _lower(a0, xl[i]))))
+            xh[i] = _higher(a3, _higher(a2, _higher(a1, _higher(a0, xh[i]))))
+            v0, v1, v2, v3 = _clamp(a0, top), _clamp(a1, top), _clamp(a2, top), _clamp(a3, top)
+            o0[i], o1[i], o2[i], o3[i] = v0, v1, v2, v3
+            s, mu, q = shift[i], mean[i], m2[i]
+            mu, q = _moments(np.float64(v0), s, mu, q, i0)
+            mu, q = _moments(np.float64(v1), s, mu, q, i1)
+            mu, q = _moments(np.float64(v2), s, mu, q, i2)
+            mu, q = _moments(np.float64(v3), s, mu, q, i3)
+            mean[i], m2[i] = mu, q
+        n += CLAMP_ROWS
+    while n < n_n:
+        inv = 1.0 / (n + 1)
+        row, orow = x[n, e0:e1], out[n, e0:e1]
+        for i in range(k):
+            a0 = row[i]
+            xl[i], xh[i] = _lower(a0, xl[i]), _higher(a0, xh[i])
+            v = _clamp(a0, top)
+            orow[i] = v
+            mean[i], m2[i] = _moments(np.float64(v), shift[i], mean[i], m2[i], inv)
+        n += 1
 
 
 # Elements per work item of `value_range`, and the size from which its items run in parallel.

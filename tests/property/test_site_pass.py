@@ -1,0 +1,183 @@
+"""A profiling run computes its relu / relu6 sites in one pass with their statistics and the range of
+their input (`StatsCollector.run_site`, `moments.clamp_welford_add`): the kernels equal their NumPy
+twins bit for bit, the range equals `value_range` to the sign of a zero, and a whole profile equals
+statistics and ranges worked out with NumPy from every node's output of a plain instrumented run.
+"""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from robust_util import NodeOutputs, zoo_graph
+
+from velcro_ref.engine import Model, load_model
+from velcro_ref.graph import INPUT
+from velcro_ref.kernels import moments
+from velcro_ref.masks import build_masks, uniform_ratios
+from velcro_ref.quant import dequantize_linear
+from velcro_ref.reference import moments as ref
+from velcro_ref.stats import FIELDS, SiteStats, StatsCollector, collect_stats
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+SPECIALS = ["none", "nan", "inf", "-inf", "zeros", "negative"]
+
+
+def _batch(rng, n, elements, offset, special):
+    """(n, elements) float32 around offset; special puts a NaN or an infinity at one value, makes
+    every value >= 0 with a -0.0 among them (a zero minimum), or every value < 0 (a zero site)."""
+    x = (offset + 3 * rng.standard_normal((n, elements))).astype(np.float32)
+    at = (rng.integers(n), rng.integers(elements))
+    if special == "nan":
+        x[at] = np.nan
+    elif special in ("inf", "-inf"):
+        x[at] = np.float32(special)
+    elif special == "zeros":
+        x = np.abs(x)
+        x[at] = -0.0
+    elif special == "negative":
+        x = -np.abs(x) - 1
+    return x
+
+
+def _same(a, b) -> bool:
+    """Equal floats, a NaN equal to a NaN, and a zero's sign compared."""
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
+
+
+@given(
+    st.integers(0, 2**31),
+    st.lists(st.sampled_from([1, 3, 4, 5, 8, 9, 17]), min_size=1, max_size=3),
+    st.sampled_from([1, 7, 511, 513, 1300, 2 * 512 + 77]),
+    st.sampled_from([np.float32(6.0), np.float32(np.inf)]),
+    st.sampled_from([0.0, 2.0, 1e5]),
+    st.sampled_from(SPECIALS),
+)
+def test_clamp_welford_add_equals_its_numpy_twin(seed, sizes, elements, top, offset, special):
+    """Batches merged one after the other (the first into empty stats): the activation, every moment
+    and the input's range as the twin computes them; the range's zeros as `value_range` gives them."""
+    rng = np.random.default_rng(seed)
+    got, want = SiteStats.empty((elements,)), SiteStats.empty((elements,))
+    for n in sizes:
+        x = _batch(rng, n, elements, offset, special)
+        out, out_ref = np.full_like(x, 7.0), np.full_like(x, -7.0)
+        lo, hi = got.add_clamped(x, top, out)
+        lo_ref, hi_ref = ref.clamp_welford_add(x, top, out_ref, *(getattr(want, f) for f in FIELDS))
+        assert out.tobytes() == out_ref.tobytes()
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert (lo == lo_ref or math.isnan(lo_ref)) and (hi == hi_ref or math.isnan(hi_ref))
+        vr = moments.value_range(x)
+        assert _same(lo, vr[0]) and _same(hi, vr[1])
+
+
+@given(
+    st.integers(0, 2**31),
+    st.lists(st.sampled_from([1, 4, 5, 9]), min_size=1, max_size=3),
+    st.sampled_from([1, 513, 2 * 512 + 77]),
+    st.sampled_from([np.float32, np.float64]),
+    st.sampled_from(["none", "nan", "inf"]),
+)
+def test_welford_add_equals_its_numpy_twin(seed, sizes, elements, dtype, special):
+    rng = np.random.default_rng(seed)
+    got, want = SiteStats.empty((elements,)), SiteStats.empty((elements,))
+    for n in sizes:
+        y = _batch(rng, n, elements, 1e3, special).astype(dtype)
+        got.add_batch(y)
+        ref.welford_add(y, *(getattr(want, f) for f in FIELDS))
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+
+
+def _numpy_profile(model, x, batch, masks=None):
+    """Site statistics (the NumPy twin over each batch of the site's output) and the range of the
+    input and of every other float tensor (NumPy's min and max), from a plain instrumented run."""
+    sites = {s: SiteStats.empty(shape) for s, shape in model.sites.items()}
+    ranges = {}
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        seen = NodeOutputs()
+        model.run(xb, masks=masks, observer=seen)
+        tensors = {INPUT: xb, **seen.values}
+        for st_ in model.steps:
+            if st_.opdef.site:
+                y, q = tensors[st_.name], st_.q  # a quantized site's statistics are of its real values
+                y = y if q is None else dequantize_linear(y, q.scale, q.zero_point)
+                ref.welford_add(y.reshape(len(xb), -1), *(getattr(sites[st_.name], f).reshape(-1) for f in FIELDS))
+        for t in [INPUT, *(s.name for s in model.steps if not s.opdef.site and s.q is None)]:
+            lo, hi = float(np.min(tensors[t])), float(np.max(tensors[t]))
+            old = ranges.get(t, (lo, hi))
+            ranges[t] = (min(old[0], lo), max(old[1], hi))
+    return sites, ranges
+
+
+def _models():
+    yield "shipped/mobilenet_v2", load_model(ROOT / "weights" / "mobilenet_v2.h5")  # relu6 after convs
+    yield "shipped/resnet18", load_model(ROOT / "weights" / "resnet18.h5")  # relu after convs and adds
+    yield "shipped/resnet18_int8", load_model(ROOT / "weights" / "resnet18_int8.h5")  # quantized sites
+    g = zoo_graph("googlenet", input_size=32, width=0.25, num_classes=10, seed=5)
+    yield "zoo/googlenet", Model(g)
+
+
+@pytest.mark.parametrize("key,model", list(_models()), ids=lambda v: v if isinstance(v, str) else "")
+def test_profile_equals_numpy_over_every_node(key, model):
+    """Batches of 16 and a last one of 5 (the pass's 4-image steps and its tail): every site's
+    statistics bit for bit and every range, in the order the tensors are computed."""
+    x = np.random.default_rng(4).standard_normal((37, *model.input_shape)).astype(np.float32)
+    stats = collect_stats(model, x, batch=16)
+    sites, ranges = _numpy_profile(model, x, 16)
+    for s in model.sites:
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(stats.sites[s], name), getattr(sites[s], name), err_msg=f"{s} {name}")
+    assert list(stats.ranges) == list(ranges)
+    assert stats.ranges == ranges
+    apart = _Apart(model)  # every site run by the engine, every range by value_range: zeros' signs too
+    for i in range(0, len(x), 16):
+        apart.add_batch(x[i : i + 16])
+    assert all(_same(a, b) for t in ranges for a, b in zip(stats.ranges[t], apart.stats.ranges[t], strict=True))
+
+
+class _Apart(StatsCollector):
+    def run_site(self, step, x, out):
+        return False
+
+
+def test_a_masked_run_with_the_collector_takes_the_ranges_apart():
+    """With masks the engine computes the masked sites itself (no `run_site`): the ranges of their
+    inputs are taken at the site's node, equal to NumPy's over that run's tensors."""
+    model = load_model(ROOT / "weights" / "mobilenet_v2.h5")
+    x = np.random.default_rng(5).standard_normal((12, *model.input_shape)).astype(np.float32)
+    stats = collect_stats(model, x, batch=12)
+    masks = build_masks(stats, uniform_ratios(stats, 0.5), {"name": "uniform", "ratio": 0.5})
+    col = StatsCollector(model)
+    col._extend(INPUT, x)
+    model.run(x, masks=masks, observer=col)
+    sites, ranges = _numpy_profile(model, x, 12, masks)
+    assert col.stats.ranges == ranges
+    for s in model.sites:
+        np.testing.assert_array_equal(col.stats.sites[s].m2, sites[s].m2, err_msg=s)
+
+
+def test_an_observer_computing_sites_still_shows_every_node():
+    """on_node sees every node in order with the outputs of a plain instrumented run, bit for bit,
+    and the run returns the dense output."""
+
+    class Both(StatsCollector):
+        def __init__(self, model):
+            super().__init__(model)
+            self.seen = NodeOutputs()
+
+        def on_node(self, step, inputs, out, skip):
+            super().on_node(step, inputs, out, skip)
+            self.seen.on_node(step, inputs, out, skip)
+
+    model = load_model(ROOT / "weights" / "mobilenet_v2.h5")
+    x = np.random.default_rng(6).standard_normal((9, *model.input_shape)).astype(np.float32)
+    both, plain = Both(model), NodeOutputs()
+    y = model.run(x, observer=both)
+    assert model.run(x, observer=plain).tobytes() == y.tobytes() == model.run(x).tobytes()
+    assert list(both.seen.values) == [s.name for s in model.steps]
+    assert both.seen.digests() == plain.digests()
