@@ -12,7 +12,7 @@ from velcro_ref.kernels import conv as kc
 from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
-from velcro_ref.kernels.conv import dense, dispatch, layouts, masked
+from velcro_ref.kernels.conv import dense, depthwise, dispatch, layouts, masked
 from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
@@ -216,14 +216,14 @@ def test_conv2d_kernel_equals_numpy_twin_bit_for_bit(case):
     got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
     want = got.copy()
     plan = None if skip is None else kc.plan_skip(skip, weights, geom)
-    saved = dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN
+    saved = dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN, depthwise.BAND_POSITIONS
     try:
-        if small_scratch:  # one image per chunk, the input copies by every thread
+        if small_scratch:  # one image per chunk, the input copies by every thread, depthwise bands of one row
             dispatch.CHUNK_FLOATS = masked.CHUNK_FLOATS = 1
-            layouts.PARALLEL_MIN = 0
+            layouts.PARALLEL_MIN, depthwise.BAND_POSITIONS = 0, 1
         m_got = kc.conv2d(x, weights, geom, plan, got, None, ep)
     finally:
-        dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN = saved
+        dispatch.CHUNK_FLOATS, masked.CHUNK_FLOATS, layouts.PARALLEL_MIN, depthwise.BAND_POSITIONS = saved
     m_want = rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert m_got == m_want
     assert got.tobytes() == want.tobytes()
@@ -401,6 +401,8 @@ PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the pa
     "chains-tiles1-depthwise-5x5": (3, 9, 9, 3, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 3),
     "depthwise-blocks-of-8": (16, 9, 10, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
     "depthwise-blocks-stride2": (24, 11, 9, 24, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 24),
+    "depthwise-blocks-two-bands": (16, 40, 37, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    "depthwise-blocks-stride2-bands": (8, 77, 70, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
     "filters-in-lanes-14-wide": (16, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "filters-in-lanes-strided": (16, 14, 13, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
 }

@@ -52,6 +52,7 @@ BODY = (
     "pool",
     "gap",
     "add",
+    "residual",
     "concat",
     "flatten",
     "dropout",
@@ -170,6 +171,17 @@ class _Builder:
         }
         return self.add_node("conv2d", [x], (cout, *out), attrs, params)
 
+    def same_conv(self, x):
+        """A conv whose output has x's shape: stride 1, a 1x1 or padded 3x3 filter, c filters."""
+        c, h, w = self.shape[x]
+        k = self.draw(st.sampled_from([1, 3])) if max(h, w) + 2 <= MAX_SIDE else 1
+        groups = self.draw(st.sampled_from([g for g in range(1, c + 1) if c % g == 0]))
+        params = {"weight": self.rng.normal(0, 1 / np.sqrt(c // groups * k * k), (c, c // groups, k, k))}
+        if self.draw(st.booleans()):
+            params["bias"] = self.rng.normal(0, 0.5, c)
+        attrs = {"out_channels": c, "kernel": [k, k], "stride": [1, 1], "dilation": [1, 1], "pads": [k // 2] * 4}
+        return self.add_node("conv2d", [x], (c, h, w), {**attrs, "groups": groups}, params)
+
     def bn(self, x):
         r, c = self.rng, self.shape[x][0]
         params = {  # far from the identity, so that applying it twice or not at all shows
@@ -256,6 +268,12 @@ class _Builder:
             y = self.add_node("add", [a, b], self.shape[a])
             if len(self.shape[y]) == 3 and d(st.booleans()):
                 self.bn(y)
+        elif kind == "residual":  # conv (-> bn) -> add of a tensor computed before -> relu/relu6
+            r = self.pick(3)
+            y = self.same_conv(r)
+            if d(st.booleans()):
+                y = self.bn(y)
+            self.act(self.add_node("add", [y, r] if d(st.booleans()) else [r, y], self.shape[r]))
         elif kind == "concat":
             a = self.pick(3)
             same = [t for t in self.order if len(self.shape[t]) == 3 and self.shape[t][1:] == self.shape[a][1:]]

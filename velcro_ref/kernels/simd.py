@@ -19,7 +19,8 @@ vectors carry it:
   optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
 - `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
   (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
-  depthwise channels in the lanes (a vector of 8 channels' pixels times their weights).
+  depthwise channels in the lanes (a vector of 8 channels' pixels times their weights);
+  `interleave8` copies 8 channels' pixels into that layout, 8 pixels at a time.
 - `dot_taps` / `dot_store`: taps in lanes, for outputs chosen one by one (the masked kernels,
   the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
   multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
@@ -421,6 +422,26 @@ def store_depth(typingctx, parts, bias, res, out, where, ob):
                         for c in range(VEC):
                             idx = builder.add(first, builder.add(builder.mul(p_n, _I64(c)), _I64(i)))
                             _store_one(builder, arrays, idx, builder.extract_element(y, _I32(c)), has_res, act)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def interleave8(typingctx, src, s0, stride, dst, d0):
+    """8 pixels of 8 channels side by side: dst[d0 + 8 i + c] = src[s0 + c * stride + i] for i, c
+    in 0 .. 7 (8 vector loads, the shuffles of `_transpose8`, 8 vector stores). src and dst
+    float32 (flat); a copy, no arithmetic."""
+    if not (_f32_c(src) and _f32_c(dst) and all(isinstance(t, types.Integer) for t in (s0, stride, d0))):
+        return None
+    sig = types.none(src, s0, stride, dst, d0)
+
+    def codegen(context, builder, sig, args):
+        arr_s, arr_d = _arrays(context, builder, sig, args, 0, 3)
+        s0, stride, d0 = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4))
+        rows = [_load_vec(builder, arr_s.data, builder.add(s0, builder.mul(stride, _I64(c)))) for c in range(VEC)]
+        for i, col in enumerate(_transpose8(builder, rows)):
+            builder.store(col, _vec_ptr(builder, arr_d.data, builder.add(d0, _I64(i * VEC))), align=4)
         return context.get_dummy_value()
 
     return sig, codegen

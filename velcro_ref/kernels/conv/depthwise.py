@@ -1,5 +1,5 @@
 """Dense depthwise convolution (one input channel and one filter per group), its taps summed in
-one chain in (fy, fx) order (docs/kernels.md): `conv_depth_blocks` with 8 channels in SIMD
+one chain in (fy, fx) order (docs/kernels.md): `conv_depth_bands` with 8 channels in SIMD
 lanes (a multiple of 8 channels), `conv_depthwise` with rows of outputs in the lanes."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ from numba import njit, prange
 
 from ..simd import VEC, depth_pass, fma32, store_depth
 from .geom import ConvGeom, one_chain
+from .layouts import blocks_rows
 
 
 def is_depthwise(geom: ConvGeom) -> bool:
     """One input channel and one filter per group, the taps in one chain: `conv_depthwise` (on
-    the ROWS planes) or `conv_depth_blocks` (BLOCKS)."""
+    the ROWS planes) or `conv_depth_bands` (BLOCKS)."""
     return geom.c_in == geom.groups == geom.k_out and one_chain(geom)
 
 
@@ -71,45 +72,70 @@ def conv_depthwise(xp, cw, geom, res, has_res, act, out):
     return n_n * k_n * oh * ow * kh * kw
 
 
-DEPTH_TILES = 16  # tiles of VEC positions per work item of `conv_depth_blocks`
+# Output positions per band of `conv_depth_bands`, about: the band's input rows (its BLOCKS copy,
+# 40 KiB for 8 channels of a 112-wide row band) stay in L2 between the copy and the taps.
+BAND_POSITIONS = 1024
+
+
+def band_rows(geom: ConvGeom) -> int:
+    """Output rows per band of `conv_depth_bands`: the rows cut into bands of equal height (the
+    last shorter) of about BAND_POSITIONS positions each."""
+    bands = max(1, -(-geom.oh * geom.ow // BAND_POSITIONS))
+    return -(-geom.oh // bands)
 
 
 @njit(cache=True, parallel=True)
-def conv_depth_blocks(xp, cw, geom, res, has_res, act, out):
-    """Layout: xp the BLOCKS input of the images (flat, `to_blocks`); out and res as
-    `conv_depthwise`; cw.tiles block b's tap t of channel 8 b + c at [(b * taps + t) * 8 + c],
-    cw.offs each tap's offset and cw.pbase each output position's in a block. Returns the MACs.
+def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out):
+    """Layout: xf (N * C * H * W,) the images, flat NCHW; out and res as `conv_depthwise`;
+    cw.tiles block b's tap t of channel 8 b + c at [(b * taps + t) * 8 + c], cw.offs each tap's
+    offset and cw.pbase each output position's in a BLOCKS plane (`to_blocks`). Returns the MACs.
 
-    Loop order: (image, block of 8 channels, run of DEPTH_TILES tiles) items in parallel, then
-    tiles of 8 consecutive output positions: `depth_pass` (the 8 channels in SIMD lanes, the
-    taps in (fy, fx) order from +0), then bias, residual, activation (`store_depth`). A short
-    last tile repeats its last position and stores the others only.
+    Loop order: (image, block of 8 channels, band of `band` output rows) items in parallel; per
+    item its input rows copied into the BLOCKS layout (`blocks_rows`, the item's own buffer),
+    then tiles of 8 consecutive output positions of the band: `depth_pass` (the 8 channels in
+    SIMD lanes, the taps in (fy, fx) order from +0), then bias, residual, activation
+    (`store_depth`). A short last tile repeats its last position and stores the others only.
     """
-    c_n, p_n = geom.c_in, geom.oh * geom.ow
+    c_n, oh, ow = geom.c_in, geom.oh, geom.ow
+    p_n = oh * ow
     n_n = out.size // (c_n * p_n)
     taps = geom.kh * geom.kw
     n_b = c_n // VEC
-    n_t = (p_n + VEC - 1) // VEC
-    n_tc = (n_t + DEPTH_TILES - 1) // DEPTH_TILES
-    wts, offs, bias, pbase, plane = cw.tiles, cw.offs, cw.b, cw.pbase, cw.plane  # see dense.conv_tiles
-    for item in prange(n_n * n_b * n_tc):
-        n, cb, tc = item // (n_b * n_tc), (item // n_tc) % n_b, item % n_tc
+    n_bands = (oh + band - 1) // band
+    rows_in = (band - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1
+    line = cw.q * VEC  # floats per row of a block
+    chw = (c_n, geom.h, geom.w)
+    wts, offs, bias, pbase = cw.tiles, cw.offs, cw.b, cw.pbase  # see dense.conv_tiles
+    for item in prange(n_n * n_b * n_bands):
+        n, cb, bd = item // (n_b * n_bands), (item // n_bands) % n_b, item % n_bands
+        oy0, oy1 = bd * band, min(oh, (bd + 1) * band)
+        r0 = oy0 * geom.sh
+        buf = np.empty(rows_in * line, np.float32)
+        blocks_rows(
+            xf,
+            chw,
+            (n, cb, geom.pt, geom.pl, cw.q),
+            r0,
+            r0 + (oy1 - 1 - oy0) * geom.sh + (geom.kh - 1) * geom.dh + 1,
+            buf,
+            0,
+        )
         parts = np.empty(VEC * VEC, np.float32)
-        xb = (n * n_b + cb) * VEC * plane
+        xb = -r0 * line
         w0 = cb * taps * VEC
+        p_lo, p_hi = oy0 * ow, oy1 * ow
         where_k = (cb * VEC, p_n, has_res, act)
-        for t in range(tc * DEPTH_TILES, min(n_t, (tc + 1) * DEPTH_TILES)):
-            p0 = t * VEC
+        for p0 in range(p_lo, p_hi, VEC):
             pb = (
                 xb + pbase[p0],
-                xb + pbase[min(p0 + 1, p_n - 1)],
-                xb + pbase[min(p0 + 2, p_n - 1)],
-                xb + pbase[min(p0 + 3, p_n - 1)],
-                xb + pbase[min(p0 + 4, p_n - 1)],
-                xb + pbase[min(p0 + 5, p_n - 1)],
-                xb + pbase[min(p0 + 6, p_n - 1)],
-                xb + pbase[min(p0 + 7, p_n - 1)],
+                xb + pbase[min(p0 + 1, p_hi - 1)],
+                xb + pbase[min(p0 + 2, p_hi - 1)],
+                xb + pbase[min(p0 + 3, p_hi - 1)],
+                xb + pbase[min(p0 + 4, p_hi - 1)],
+                xb + pbase[min(p0 + 5, p_hi - 1)],
+                xb + pbase[min(p0 + 6, p_hi - 1)],
+                xb + pbase[min(p0 + 7, p_hi - 1)],
             )
-            depth_pass(wts, w0, xp, pb, offs, (0, taps, 0), parts, 0)
-            store_depth(parts, bias, res, out, (*where_k, min(VEC, p_n - p0)), n * c_n * p_n + p0)
+            depth_pass(wts, w0, buf, pb, offs, (0, taps, 0), parts, 0)
+            store_depth(parts, bias, res, out, (*where_k, min(VEC, p_hi - p0)), n * c_n * p_n + p0)
     return n_n * c_n * p_n * taps

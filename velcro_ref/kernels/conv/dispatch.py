@@ -1,7 +1,7 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
 
 Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
-lanes, `dense.conv_lanes` with filters in the lanes, `depthwise.conv_depth_blocks` /
+lanes, `dense.conv_lanes` with filters in the lanes, `depthwise.conv_depth_bands` /
 `conv_depthwise`); masked with one chain per output (`masked.conv_runs`, runs of unmasked
 outputs in SIMD lanes); masked with CHAINS chains (`masked.conv_sampled` / `conv_images8`, taps
 in SIMD lanes). Every path sums an output in the same order, so a masked call writes the same
@@ -17,7 +17,7 @@ import numpy as np
 
 from . import masked
 from .dense import LANE_K, conv_lanes, conv_tiles, planes_floats, planes_input, work_split
-from .depthwise import conv_depth_blocks, conv_depthwise, is_depthwise
+from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
 from .layouts import BLOCKS, ROWS, aligned_floats
 from .prepare import ConvWeights, planes
@@ -66,25 +66,32 @@ def chunk_images(per_image, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
     """Floats of scratch a call with n_n images needs, dense or masked."""
-    per_image = planes_floats(planes(weights), geom)
+    per_image = _dense_floats(planes(weights), geom)
     dense = chunk_images(per_image, n_n) * per_image
     return max(dense, masked.scratch_floats(geom, n_n, weights))
+
+
+def _dense_floats(pl, geom):
+    """Floats of scratch per image of a dense call: none on BLOCKS (the depthwise kernel copies
+    bands of rows into buffers of its own)."""
+    return 0 if pl.kind == BLOCKS else planes_floats(pl, geom)
 
 
 def _dense(x, weights, geom, out, scratch, ep):
     n_n = x.shape[0]
     pl = planes(weights)
-    chunk = chunk_images(planes_floats(pl, geom), n_n)
+    chunk = chunk_images(_dense_floats(pl, geom), n_n)
     res, has_res, act = ep
     n_macs = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         if pl.kind == BLOCKS:
-            n_macs += conv_depth_blocks(xp, weights, geom, r, has_res, act, o)
+            xf = np.ascontiguousarray(x[n0 : n0 + m]).reshape(-1)
+            n_macs += conv_depth_bands(xf, weights, geom, band_rows(geom), r, has_res, act, o)
             continue
+        xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
         if is_depthwise(geom) and pl.kind == ROWS:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
             continue

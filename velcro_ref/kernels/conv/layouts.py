@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from ..simd import CHAINS, VEC
+from ..simd import CHAINS, VEC, interleave8
 from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
@@ -310,8 +310,60 @@ def im2col_rows(xh, c0, geom, need, col, q0):
 def to_blocks(x, geom, planes, xp):
     """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
     (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
-    zero padded (pt rows above, pl columns left): `_interleave` with blocks of VEC channels."""
-    _interleave(x, VEC, geom.pt, geom.pl, planes.hp, planes.q, xp)
+    zero padded (pt rows above, pl columns left): `blocks_rows` of every block's hp rows,
+    (image, block) items in parallel from PARALLEL_MIN floats on. The depthwise kernel copies
+    the rows of a band of outputs at a time instead (`depthwise.conv_depth_bands`)."""
+    xf = np.ascontiguousarray(x).reshape(-1)
+    n_items = x.shape[0] * (x.shape[1] // VEC)
+    if xp.size < PARALLEL_MIN:
+        _blocks_items(xf, x.shape, geom.pt, geom.pl, planes, xp.reshape(-1), 0, n_items)
+    else:
+        _blocks_threads(xf, x.shape, geom.pt, geom.pl, planes, xp.reshape(-1), n_items)
+
+
+@njit(cache=True, parallel=True)
+def _blocks_threads(xf, shape, pt, pl, planes, xp, n_items):
+    """`_blocks_items` in parallel, one (image, block) item at a time."""
+    for item in prange(n_items):
+        _blocks_items(xf, shape, pt, pl, planes, xp, item, item + 1)
+
+
+@njit(cache=True)
+def _blocks_items(xf, shape, pt, pl, planes, xp, i0, i1):
+    """`to_blocks` of the (image, block) items i0 .. i1 - 1."""
+    c_n, h, w = shape[1], shape[2], shape[3]
+    n_b = c_n // VEC
+    for item in range(i0, i1):
+        blocks_rows(
+            xf, (c_n, h, w), (item // n_b, item % n_b, pt, pl, planes.q), 0, planes.hp, xp, item * VEC * planes.plane
+        )
+
+
+@njit(cache=True)
+def blocks_rows(xf, chw, where, r0, r1, dst, d0):
+    """Layout: xf (N * C * H * W,) the input, chw = (C, H, W); where = (n, cb, pt, pl, q): rows r0
+    .. r1 - 1 of block cb of image n in the BLOCKS layout (padded row r, q pixels of the block's
+    VEC channels side by side, pl zero pixels left, rows above pt zero) into dst from d0, row r
+    at d0 + (r - r0) * q * VEC. 8 pixels at a time by `interleave8`, the rest one by one."""
+    c_n, h, w = chw
+    n, cb, pt, pl, q = where
+    hw = h * w
+    for r in range(r0, r1):
+        row = d0 + (r - r0) * q * VEC
+        iy = r - pt
+        if iy < 0 or iy >= h:
+            dst[row : row + q * VEC] = 0.0
+            continue
+        dst[row : row + pl * VEC] = 0.0
+        dst[row + (pl + w) * VEC : row + q * VEC] = 0.0
+        s0 = ((n * c_n + cb * VEC) * h + iy) * w
+        ix = 0
+        while ix + VEC <= w:
+            interleave8(xf, s0 + ix, hw, dst, row + (pl + ix) * VEC)
+            ix += VEC
+        for j in range(ix, w):
+            for c in range(VEC):
+                dst[row + (pl + j) * VEC + c] = xf[s0 + c * hw + j]
 
 
 def _interleave(x, b, pt, pl, hp, q, xp):
