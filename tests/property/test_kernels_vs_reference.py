@@ -52,6 +52,60 @@ def test_pool_kernels_equal_numpy_twins(case):
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+# Values with ties (-0.0 and +0.0, equal infinities) and NaNs of distinct payloads, so that an
+# output's bits depend on the order its taps are folded in.
+_TIE_VALUES = np.array([-0.0, 0.0, -np.inf, np.inf, 1.0, -1.0], np.float32)
+
+
+@st.composite
+def max_pool_tie_cases(draw):
+    """Windows and planes for every path of kernels.pool.max_pool: whole planes (stride 1, rows as
+    wide as the input's), rows at strides 1 and 2 (unrolled 3x3 and 2x2, loops up to the widest),
+    one tap at a time (stride 3, wider windows), rows of several vectors."""
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kh = draw(st.integers(1, 5))
+    kw = draw(st.sampled_from([1, 2, 3, 3, 4, 5, 9, 10, 17, 18]))
+    pads = [draw(st.integers(0, k // 2)) for k in (kh, kw, kh, kw)]
+    h = draw(st.integers(max(1, kh - pads[0] - pads[2]), 12))
+    w = draw(st.integers(max(1, kw - pads[1] - pads[3]), 40))
+    return kh, kw, sh, sw, pads, h, w, draw(st.integers(1, 3)), draw(st.booleans()), draw(st.integers(0, 2**31))
+
+
+@given(max_pool_tie_cases())
+def test_max_pool_kernel_folds_ties_and_nans_as_numpy_twin(case):
+    """Bit for bit, with ties of -0.0 and +0.0, infinities and NaNs whose payloads say which won."""
+    kh, kw, sh, sw, (pt, pl, pb, pr), h, w, c, ceil_mode, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.choice(_TIE_VALUES, (2, c, h, w))
+    nans = rng.random(x.shape) < 0.05
+    x.view(np.uint32)[nans] = 0x7FC00000 | rng.integers(1, 1 << 22, int(nans.sum()), dtype=np.uint32)
+    oh = pool_out_size(h, kh, sh, pt, pb, ceil_mode)
+    ow = pool_out_size(w, kw, sw, pl, pr, ceil_mode)
+    got, want = np.empty((2, c, oh, ow), np.float32), np.empty((2, c, oh, ow), np.float32)
+    kpool.max_pool(x, kh, kw, sh, sw, pt, pl, got)
+    rpool.max_pool(x, kh, kw, sh, sw, pt, pl, want)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_max_pool_folds_columns_of_rows():
+    """Hand-worked 2x2 windows: the column x[:, 0] is folded before x[:, 1], so of the tie
+    +0.0 at (0, 1) and -0.0 at (1, 0) the -0.0 stays, and of NaNs at those places the one at
+    (0, 1) is the last folded and wins (row-major order would give +0.0 and the other NaN)."""
+    x = np.array([[-np.inf, 0.0], [-0.0, -np.inf]], np.float32)
+    nans = x.copy()
+    nans.view(np.uint32)[0, 1], nans.view(np.uint32)[1, 0] = 0x7FC00001, 0x7FC00002
+    for data, want in ((x, 0x80000000), (nans, 0x7FC00001)):
+        for planes in (1, 9000):  # one plane, and enough for the threads
+            xs = np.broadcast_to(data, (1, planes, 2, 2)).copy()
+            for kh, kw, sh, sw, pt, pl in ((2, 2, 1, 1, 0, 0), (2, 2, 2, 2, 0, 0), (2, 2, 3, 3, 0, 0)):
+                out = np.empty((1, planes, 1, 1), np.float32)
+                kpool.max_pool(xs, kh, kw, sh, sw, pt, pl, out)
+                assert (out.view(np.uint32) == want).all(), (kh, kw, sh, sw)
+            out = np.empty((1, planes, 2, 2), np.float32)  # 2x2 stride 1 pad 1 (left/top): 2x2 outputs
+            kpool.max_pool(xs, 2, 2, 1, 1, 1, 1, out)
+            assert (out.view(np.uint32)[0, :, 1, 1] == want).all()
+
+
 @given(st.integers(1, 5), st.integers(1, 40), st.floats(0.0, 1.0), st.integers(0, 2**31))
 def test_put_at_kernel_equals_numpy_twin(n, size, fraction, seed):
     rng = np.random.default_rng(seed)

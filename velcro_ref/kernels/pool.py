@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .pool_simd import PLANE_KW, ROW_KW, max_plane, max_row
+
 # Input elements from which max_pool uses every thread, and planes per parallel work item
 # (docs/kernels.md, "Measured").
 PARALLEL_MIN = 1 << 16
@@ -12,64 +14,76 @@ PLANES = 8
 
 
 def max_pool(x, kh, kw, sh, sw, pt, pl, out):
-    """Layout: x (N, C, H, W), out (N, C, OH, OW). Loop order: planes (n, c), in parallel from
-    PARALLEL_MIN input elements on, then oy, the max over the window's input rows into a row
-    buffer (ix inner), then the max over each output's columns of that buffer (fx, then ox
-    inner): both inner loops are selects, so they vectorise.
+    """Layout: x (N, C, H, W), out (N, C, OH, OW), float32. Loop order: planes (n, c), in parallel
+    from PARALLEL_MIN input elements on, then the plane's outputs 8 at a time in SIMD lanes
+    (`kernels/pool_simd.py`): a plane as one flat run where a stride-1 pool keeps the row width
+    (`max_plane`), else row by row (`max_row`, strides 1 and 2), else one output at a time.
 
-    Taps outside the input (padding, ceil_mode overhang) are -inf in the row buffer, so ignored,
-    and a NaN wins as in np.maximum and PyTorch.
+    Every path folds an output's taps in one order: each window column's taps over the window
+    rows in increasing order, then those column maxima in increasing column order, a tap
+    replacing the running value where it is greater or NaN. So a NaN wins as in np.maximum and
+    PyTorch, and of equal values (-0.0, +0.0) the first folded stays. Taps outside the input
+    (padding, ceil_mode overhang) are ignored.
     """
-    n_items = (x.shape[0] * x.shape[1] + PLANES - 1) // PLANES
+    n_planes = x.shape[0] * x.shape[1]
+    h, w, oh, ow = x.shape[2], x.shape[3], out.shape[2], out.shape[3]
+    geom = (h, w, oh, ow, kh, kw, sh, sw, pt, pl)
+    xf = np.ascontiguousarray(x).reshape(-1)
+    of = out.reshape(-1) if out.flags.c_contiguous else np.empty(out.size, np.float32)
     if x.size >= PARALLEL_MIN:
-        _max_pool_threads(x, kh, kw, sh, sw, pt, pl, out, n_items)
+        _max_pool_threads(xf, of, geom, (n_planes + PLANES - 1) // PLANES)
     else:
-        _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, 0, x.shape[0] * x.shape[1])
+        _max_pool_planes(xf, of, geom, 0, n_planes)
+    if not out.flags.c_contiguous:
+        out[...] = of.reshape(out.shape)
 
 
 @njit(cache=True, parallel=True)
-def _max_pool_threads(x, kh, kw, sh, sw, pt, pl, out, n_items):
+def _max_pool_threads(xf, of, geom, n_items):
     """`max_pool` with items of PLANES planes in parallel."""
-    n_planes = x.shape[0] * x.shape[1]
+    n_planes = xf.size // (geom[0] * geom[1])
     for item in prange(n_items):
-        _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, item * PLANES, min((item + 1) * PLANES, n_planes))
+        _max_pool_planes(xf, of, geom, item * PLANES, min((item + 1) * PLANES, n_planes))
 
 
 @njit(cache=True)
-def _max_pool_planes(x, kh, kw, sh, sw, pt, pl, out, q0, q1):
-    """`max_pool` of the planes q0 .. q1 - 1 (plane q = (q // C, q % C)), one row buffer for all."""
-    c_n, h, w = x.shape[1], x.shape[2], x.shape[3]
-    oh, ow = out.shape[2], out.shape[3]
-    rows = np.full(max(pl + w, (ow - 1) * sw + kw), -np.inf, np.float32)  # padded columns stay -inf
-    r = rows[pl : pl + w]
+def _max_pool_planes(xf, of, geom, q0, q1):
+    """`max_pool` of the planes q0 .. q1 - 1 of the flat input xf and output of."""
+    h, w, oh, ow, kh, kw, sh, sw, pt, pl = geom
+    flat = sh == 1 and sw == 1 and ow == w and kw <= PLANE_KW
+    rows = (sw == 1 and kw <= ROW_KW[0]) or (sw == 2 and kw <= ROW_KW[1])
+    end = q1 * oh * ow  # the SIMD blocks may store whole vectors up to here: the rest is written after
     for q in range(q0, q1):
-        plane, o = x[q // c_n, q % c_n], out[q // c_n, q % c_n]
+        xb, ob = q * h * w, q * oh * ow
+        if flat:
+            max_plane(xf, of, (xb, ob, end - ob), (h, w, oh, kh, kw, pt, pl))
+            continue
         for oy in range(oh):
             y0, y1 = max(oy * sh - pt, 0), min(oy * sh - pt + kh, h)
+            o = ob + oy * ow
             if y0 >= y1:
-                r[:] = -np.inf
+                of[o : o + ow] = -np.inf
+            elif rows:
+                max_row(xf, of, (xb + y0 * w, o, end - o), (w, y1 - y0, -pl, sw, kw, ow))
             else:
-                r[:] = plane[y0]
-            for iy in range(y0 + 1, y1):
-                src = plane[iy]
-                for ix in range(w):
-                    v, m = src[ix], r[ix]
-                    r[ix] = v if (v > m) | (v != v) else m
-            orow = o[oy]
-            if sw == 1:  # contiguous columns: the loops vectorise
-                orow[:] = rows[:ow]
-                for fx in range(1, kw):
-                    cols = rows[fx : fx + ow]
-                    for ox in range(ow):
-                        v, m = cols[ox], orow[ox]
-                        orow[ox] = v if (v > m) | (v != v) else m
+                _max_row_taps(xf, of, xb + y0 * w, o, w, y1 - y0, -pl, sw, kw, ow)
+
+
+@njit(cache=True)
+def _max_row_taps(xf, of, xa, oa, w, n_rows, col0, sw, kw, ow):
+    """`max_row` one output and one tap at a time, for the strides and windows it does not take."""
+    for ox in range(ow):
+        m = np.float32(-np.inf)
+        for fx in range(kw):
+            ix = col0 + ox * sw + fx
+            if ix < 0 or ix >= w:
                 continue
-            for ox in range(ow):
-                orow[ox] = rows[ox * sw]
-            for fx in range(1, kw):
-                for ox in range(ow):
-                    v, m = rows[ox * sw + fx], orow[ox]
-                    orow[ox] = v if (v > m) | (v != v) else m
+            v = xf[xa + ix]
+            for r in range(1, n_rows):
+                t = xf[xa + r * w + ix]
+                v = t if (t > v) | (t != t) else v
+            m = v if (v > m) | (v != v) else m
+        of[oa + ox] = m
 
 
 @njit(cache=True)
