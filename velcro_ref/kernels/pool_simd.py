@@ -198,6 +198,21 @@ def _steps(builder, blocks, first, count, sw, kw, kw_max, tap_ok, store):
             b.store(blk[j + sw], slot)
 
 
+def _pool_sig(x, out, at, geom, n_geom):
+    """The signature of `max_row` / `max_plane` (x, out float32 flat; at 3 ints; geom n_geom
+    ints), or None for other types."""
+    if not (_f32_c(x) and _f32_c(out) and _int_tuple(at, 3) and _int_tuple(geom, n_geom)):
+        return None
+    return types.void(x, out, at, geom)
+
+
+def _pool_args(context, b, sig, args):
+    """(pointer to x[xa], pointer to out[oa], room, geom's values) of a `_pool_sig` call."""
+    arr_x, arr_o = _arrays(context, b, sig, args, 0, 1)
+    xa, oa, room = cgutils.unpack_tuple(b, args[2])
+    return b.gep(arr_x.data, [xa]), b.gep(arr_o.data, [oa]), room, cgutils.unpack_tuple(b, args[3])
+
+
 @intrinsic
 def max_row(typingctx, x, out, at, geom):
     """One output row: out[oa + ox] for ox < ow is the fold over fx < kw (increasing) of the
@@ -205,16 +220,13 @@ def max_row(typingctx, x, out, at, geom):
     outside 0 .. w - 1 -inf. at = (xa, oa, room): the floats out[oa + ow .. oa + room - 1] may
     be overwritten (a later row's, stored after); geom = (w, n_rows, col0, sw, kw, ow): n_rows >=
     1, sw 1 with kw <= 9 or sw 2 with kw <= 17 (`ROW_KW`)."""
-    if not (_f32_c(x) and _f32_c(out) and _int_tuple(at, 3) and _int_tuple(geom, 6)):
+    sig = _pool_sig(x, out, at, geom, 6)
+    if sig is None:
         return None
-    sig = types.void(x, out, at, geom)
 
     def codegen(context, builder, sig, args):
         b = builder
-        arr_x, arr_o = _arrays(context, b, sig, args, 0, 1)
-        xa, oa, room = cgutils.unpack_tuple(b, args[2])
-        w, n_rows, col0, sw, kw, ow = cgutils.unpack_tuple(b, args[3])
-        xbase, obase = b.gep(arr_x.data, [xa]), b.gep(arr_o.data, [oa])
+        xbase, obase, room, (w, n_rows, col0, sw, kw, ow) = _pool_args(context, b, sig, args)
         w32 = _splat_i32(b, w)
 
         def inside(c):
@@ -249,16 +261,13 @@ def max_plane(typingctx, x, out, at, geom):
     kh (increasing) of x[xa + (oy - pt + ky) * w + ox - pl + fx], a tap outside the h x w input
     -inf. at = (xa, oa, room): the floats out[oa + oh * w .. oa + room - 1] may be overwritten (a
     later plane's); geom = (h, w, oh, kh, kw, pt, pl): kw <= 9 (`PLANE_KW`)."""
-    if not (_f32_c(x) and _f32_c(out) and _int_tuple(at, 3) and _int_tuple(geom, 7)):
+    sig = _pool_sig(x, out, at, geom, 7)
+    if sig is None:
         return None
-    sig = types.void(x, out, at, geom)
 
     def codegen(context, builder, sig, args):
         b = builder
-        arr_x, arr_o = _arrays(context, b, sig, args, 0, 1)
-        xa, oa, room = cgutils.unpack_tuple(b, args[2])
-        h, w, oh, kh, kw, pt, pl = cgutils.unpack_tuple(b, args[3])
-        xbase, obase = b.gep(arr_x.data, [xa]), b.gep(arr_o.data, [oa])
+        xbase, obase, room, (h, w, oh, kh, kw, pt, pl) = _pool_args(context, b, sig, args)
         n_in, n_out = b.mul(h, w), b.mul(oh, w)
         n32, w32 = _splat_i32(b, n_in), _splat_i32(b, w)
         # the lanes' output columns, (o + l) mod w at step o, advanced by 8 mod w a step
