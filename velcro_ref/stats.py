@@ -193,7 +193,7 @@ class StatsCollector:
                 and model.plan.readers[src.name] == [st.name]
             ):
                 self._ranged_at[src.name] = st.name
-        self._order = [INPUT, *steps]  # `ranges` in the order the tensors are computed
+        self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
 
     def run_site(self, step, x, out) -> bool:
@@ -234,8 +234,7 @@ class StatsCollector:
         self.model.run(x, observer=self)
         self.stats.n_images += x.shape[0]
         ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
-        at = {t: i for i, t in enumerate(self._order)}
-        ordered = sorted(ranges, key=lambda t: at.get(t, len(at)))
+        ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
         if list(ranges) != ordered:
             self.stats.ranges = {t: ranges[t] for t in ordered}
 

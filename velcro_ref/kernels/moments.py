@@ -28,14 +28,21 @@ def welford(y, shift, mean, m2, lo, hi):
 
 
 @njit(cache=True)
-def _step(v, s, mean, m2, lo, hi, inv):
-    """Welford's update of one element's (mean, m2, lo, hi) by the value v of image n, with
-    inv = 1 / (n + 1) and v taken relative to the shift s. min and max as selects (a NaN value
-    changes neither), so the loop vectorises without masked stores."""
+def _moments(v, s, mean, m2, inv):
+    """Welford's update of one element's mean and m2 by v (relative to the shift s), inv = 1 / (n + 1)."""
     d = v - s
     delta = d - mean
     mean = mean + delta * inv
     m2 = m2 + delta * (d - mean)
+    return mean, m2
+
+
+@njit(cache=True)
+def _step(v, s, mean, m2, lo, hi, inv):
+    """Welford's update of one element's (mean, m2, lo, hi) by the value v of image n, with
+    inv = 1 / (n + 1) and v taken relative to the shift s. min and max as selects (a NaN value
+    changes neither), so the loop vectorises without masked stores."""
+    mean, m2 = _moments(v, s, mean, m2, inv)
     lo = v if v < lo else lo
     hi = v if v > hi else hi
     return mean, m2, lo, hi
@@ -198,16 +205,6 @@ def _clamp(v, top):
     zero = np.float32(0.0)
     v = zero if v <= zero else v
     return top if v > top else v
-
-
-@njit(cache=True)
-def _moments(v, s, mean, m2, inv):
-    """`_step` without min and max: the same operations on mean and m2."""
-    d = v - s
-    delta = d - mean
-    mean = mean + delta * inv
-    m2 = m2 + delta * (d - mean)
-    return mean, m2
 
 
 @njit(cache=True)
