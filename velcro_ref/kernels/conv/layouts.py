@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -170,21 +171,37 @@ def to_planes(x, geom, planes, plane_of, xp):
     phases, runs of columns."""
     n_items = x.shape[0] * x.shape[1]
     if xp.size < PARALLEL_MIN:
-        _planes_items(x, geom, planes, plane_of, xp, 0, n_items)
+        _planes_items(x, geom, planes, plane_of, xp, 0, n_items, 0, _rows(geom, planes))
     else:
-        _planes_threads(x, geom, planes, plane_of, xp, n_items)
-
-
-@njit(cache=True, parallel=True)
-def _planes_threads(x, geom, planes, plane_of, xp, n_items):
-    """`_planes_items` in parallel, PART_ITEMS items at a time."""
-    for part in prange((n_items + PART_ITEMS - 1) // PART_ITEMS):
-        _planes_items(x, geom, planes, plane_of, xp, part * PART_ITEMS, min(n_items, (part + 1) * PART_ITEMS))
+        _planes_threads(x, geom, planes, plane_of, xp, n_items, numba.get_num_threads())
 
 
 @njit(cache=True)
-def _planes_items(x, geom, planes, plane_of, xp, i0, i1):
-    """`to_planes` of the (image, channel) items i0 .. i1 - 1."""
+def _rows(geom, planes):
+    """Rows of one plane `_planes_items` writes: the output rows (FLAT) or the padded rows."""
+    return geom.oh if planes.kind == FLAT else planes.hp
+
+
+@njit(cache=True, parallel=True)
+def _planes_threads(x, geom, planes, plane_of, xp, n_items, threads):
+    """`_planes_items` in parallel: a multiple of `threads` parts of about equal size, each about
+    PART_ITEMS planes, or bands of rows of the planes where there are fewer planes than 2 *
+    threads (an image's 3 channels). prange gives each thread an equal number of parts."""
+    n_rows = _rows(geom, planes)
+    bands = min(n_rows, max(1, -(-2 * threads // n_items)))
+    units = n_items * bands
+    n_parts = threads * max(1, -(-units // (PART_ITEMS * threads)))
+    for part in prange(n_parts):
+        for u in range(part * units // n_parts, (part + 1) * units // n_parts):
+            i, band = u // bands, u % bands
+            r0, r1 = band * n_rows // bands, (band + 1) * n_rows // bands
+            _planes_items(x, geom, planes, plane_of, xp, i, i + 1, r0, r1)
+
+
+@njit(cache=True)
+def _planes_items(x, geom, planes, plane_of, xp, i0, i1, r0, r1):
+    """`to_planes` of the (image, channel) items i0 .. i1 - 1, their rows r0 .. r1 - 1 (of
+    `_rows`); the one that writes the last row also zeroes the plane's tail."""
     n_n, c_n, h, w = x.shape
     cg = c_n // geom.groups
     pl_n, sw, q = planes.plane, geom.sw, planes.q
@@ -195,14 +212,15 @@ def _planes_items(x, geom, planes, plane_of, xp, i0, i1):
         src = x[n, c]
         if planes.kind == FLAT:
             ow = geom.ow
-            for oy in range(geom.oh):
+            for oy in range(r0, r1):
                 row = src[oy * geom.sh]
                 d = dst[oy * ow : (oy + 1) * ow]
                 for ox in range(ow):
                     d[ox] = row[ox * sw]
-            dst[geom.oh * ow :] = 0.0
+            if r1 == geom.oh:
+                dst[geom.oh * ow :] = 0.0
             continue
-        for r in range(planes.hp):
+        for r in range(r0, r1):
             iy = r - geom.pt
             row = dst[r * sw * q : (r + 1) * sw * q]
             if iy < 0 or iy >= h:
@@ -216,13 +234,14 @@ def _planes_items(x, geom, planes, plane_of, xp, i0, i1):
                 j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // sw + 1))
                 seg[:j0] = 0.0
                 seg[j1:] = 0.0
-                i0 = j0 * sw + ph - geom.pl
+                ix = j0 * sw + ph - geom.pl
                 if sw == 1:
-                    seg[j0:j1] = s_row[i0 : i0 + j1 - j0]
+                    seg[j0:j1] = s_row[ix : ix + j1 - j0]
                 else:
                     for j in range(j0, j1):
-                        seg[j] = s_row[i0 + (j - j0) * sw]
-        dst[planes.hp * sw * q :] = 0.0
+                        seg[j] = s_row[ix + (j - j0) * sw]
+        if r1 == planes.hp:
+            dst[planes.hp * sw * q :] = 0.0
 
 
 def pack_tiles(w, geom: ConvGeom, tile_m):
