@@ -244,6 +244,46 @@ def test_masked_conv_writes_the_dense_bits_at_unmasked_outputs(case):
     assert got[:, ~skip].tobytes() == dense[:, ~skip].tobytes()
 
 
+# One conv per dense kernel (the draws of `conv_cases` reach them only by chance): positions in
+# lanes with tiles of 4 filters and of 1; filters in lanes with one chain, with 8 short chains (a
+# block's weights within RUN_BYTES: the 7x7 stem on 3 channels, a 1x1 on 64), with 8 chains in
+# several runs each (RUN_BYTES // 64 taps a run).
+PATH_GEOMS = [
+    kc.conv_geom(8, 9, 13, 12, (3, 3), (1, 1), (1, 1, 1, 1)),
+    kc.conv_geom(8, 9, 13, 3, (3, 3), (2, 1), (1, 0, 1, 2)),
+    kc.conv_geom(24, 9, 11, 32, (1, 1)),
+    kc.conv_geom(3, 17, 15, 16, (7, 7), (2, 2), (3, 3, 3, 3)),
+    kc.conv_geom(64, 7, 10, 32, (1, 1), (2, 2)),
+    kc.conv_geom(64, 6, 9, 16, (3, 3), (1, 2), (1, 1, 1, 1)),
+    kc.conv_geom(320, 5, 5, 16, (3, 3), (1, 1), (1, 1, 1, 1)),
+]
+
+
+def test_path_geoms_reach_every_dense_kernel():
+    rng = np.random.default_rng(0)
+    kernels = set()
+    for g in PATH_GEOMS:
+        w = rng.standard_normal((g.k_out, g.c_in // g.groups, g.kh, g.kw), dtype=np.float32)
+        kernels.add(dispatch.dense_kernel(kc.prepare_conv(w, None, g), g))
+    assert kernels == {dense.conv_tiles, dense.conv_short_lanes, dense.conv_lanes}
+
+
+@given(
+    st.sampled_from(PATH_GEOMS),
+    st.sampled_from([1, 3]),
+    st.sampled_from([0, 1, 2]),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+def test_every_dense_kernel_equals_numpy_twin_bit_for_bit(geom, n, act, residual, seed):
+    case = (geom, n, None, act, residual, seed, False)
+    x, weights, _, ep = _conv_case(case)
+    got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, None, got, None, ep) == rconv.conv2d(x, weights, geom, None, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
 def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_):
     """An image's outputs are the same bits in one thread and in two, alone and in batches of 9

@@ -1,8 +1,9 @@
 """Dense convolution: blocked direct kernels on a copy of the input (`planes_input`).
 
 `conv_tiles` puts output positions in the SIMD lanes (`tile_pass` tiles of 4 filters by 3
-segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions).
-Both sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
+segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions),
+`conv_short_lanes` too, for filters whose chains are short (a tile's chains one after another).
+All sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
 in runs of taps whose weights stay in L1, and finish it with bias, optional residual and
 activation (`store_tile`, `store_lanes`). The tile, item or thread that computes an output
 never changes its value.
@@ -232,3 +233,44 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
                 else:
                     store_lanes(parts, (u,), bias, res, out, where, obs)
     return n_n * k_n * p_n * taps
+
+
+@njit(cache=True, parallel=True)
+def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
+    """`conv_lanes` for filters of CHAINS chains whose block of weights fits in RUN_BYTES
+    (`short_chains`): the same tiles and sums, each tile's chains one after another, then its
+    store, so that a tile's positions are worked out once and its sums stay in L1.
+    """
+    k_n, groups = geom.k_out, geom.groups
+    n_n = out.size // (k_n * geom.oh * geom.ow)
+    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
+    taps = cg * geom.kh * geom.kw
+    n_blocks = kg // LANE_K
+    n_t = (p_n + POS_TILE - 1) // POS_TILE
+    tpi, bpi = split
+    n_all = n_n * groups * n_t
+    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
+    img, plane = geom.c_in * cw.plane, cw.plane
+    wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
+    for item in prange(n_tc * n_bc):
+        bc, tc = item % n_bc, item // n_bc
+        parts = np.empty(CHAINS * N_ACC * VEC, np.float32)
+        for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
+            for ti in range(tc * tpi, min(n_all, (tc + 1) * tpi)):
+                g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
+                q = _positions(t * POS_TILE, p_n)
+                pb = _shifted(xb, pbase, q)
+                w0 = (g * n_blocks + blk) * taps * LANE_K
+                for c in range(CHAINS):
+                    lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
+                ob = (ti // (groups * n_t)) * k_n * p_n
+                obs = (ob + q[0], ob + q[1], ob + q[2], ob + q[3], ob + q[4], ob + q[5])
+                store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs)
+    return n_n * k_n * p_n * taps
+
+
+def short_chains(cw, geom) -> bool:
+    """Whether `conv_short_lanes` takes the conv: filters in lanes, CHAINS chains, a block's
+    weights within RUN_BYTES (each chain then one run)."""
+    taps = geom.c_in // geom.groups * geom.kh * geom.kw
+    return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and taps * LANE_K * 4 <= RUN_BYTES

@@ -1,8 +1,8 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
 
 Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
-lanes, `dense.conv_lanes` with filters in the lanes, `depthwise.conv_depth_bands` /
-`conv_depthwise`); masked with one chain per output (`masked.conv_runs`, runs of unmasked
+lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
+`depthwise.conv_depth_bands` / `conv_depthwise`); masked with one chain per output (`masked.conv_runs`, runs of unmasked
 outputs in SIMD lanes); masked with CHAINS chains (`masked.conv_sampled` / `conv_images8`, taps
 in SIMD lanes). Every path sums an output in the same order, so a masked call writes the same
 bits as a dense one at its unmasked outputs.
@@ -16,7 +16,16 @@ import numba
 import numpy as np
 
 from . import masked
-from .dense import LANE_K, conv_lanes, conv_tiles, planes_floats, planes_input, work_split
+from .dense import (
+    LANE_K,
+    conv_lanes,
+    conv_short_lanes,
+    conv_tiles,
+    planes_floats,
+    planes_input,
+    short_chains,
+    work_split,
+)
 from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
 from .layouts import BLOCKS, ROWS, aligned_floats
@@ -77,6 +86,15 @@ def _dense_floats(pl, geom):
     return 0 if pl.kind == BLOCKS else planes_floats(pl, geom)
 
 
+def dense_kernel(weights: ConvWeights, geom: ConvGeom):
+    """The kernel of a dense conv on the ROWS, FLAT or DIRECT input: `conv_tiles` (output
+    positions in lanes), `conv_short_lanes` (filters in lanes, chains short enough that a
+    block's weights stay in L1) or `conv_lanes`."""
+    if weights.tile_m != LANE_K:
+        return conv_tiles
+    return conv_short_lanes if short_chains(weights, geom) else conv_lanes
+
+
 def _dense(x, weights, geom, out, scratch, ep):
     n_n = x.shape[0]
     pl = planes(weights)
@@ -95,6 +113,6 @@ def _dense(x, weights, geom, out, scratch, ep):
         if is_depthwise(geom) and pl.kind == ROWS:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
             continue
-        kernel = conv_lanes if weights.tile_m == LANE_K else conv_tiles
-        n_macs += kernel(xp, weights, geom, r, has_res, act, o, work_split(weights, geom, m, numba.get_num_threads()))
+        split = work_split(weights, geom, m, numba.get_num_threads())
+        n_macs += dense_kernel(weights, geom)(xp, weights, geom, r, has_res, act, o, split)
     return n_macs
