@@ -120,6 +120,21 @@ def _slots(u):
     return (u, u + d, u + 2 * d, u + 3 * d, u + 4 * d, u + 5 * d, u + 6 * d, u + 7 * d)
 
 
+@njit(cache=True)
+def _grid(cw, geom, out_size, split, n_t):
+    """What a dense kernel call derives from its conv, n_t tiles per plane and split (`work_split`):
+    (images, filters and channels per group, positions per plane, taps, filter blocks per group,
+    tiles in all, runs of tiles, runs of blocks, floats per image and per plane of the input)."""
+    n_n = out_size // (geom.k_out * geom.oh * geom.ow)
+    kg, cg = geom.k_out // geom.groups, geom.c_in // geom.groups
+    n_blocks = (kg + cw.tile_m - 1) // cw.tile_m
+    n_all = n_n * geom.groups * n_t
+    tpi, bpi = split
+    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
+    taps = cg * geom.kh * geom.kw
+    return n_n, kg, cg, geom.oh * geom.ow, taps, n_blocks, n_all, n_tc, n_bc, geom.c_in * cw.plane, cw.plane
+
+
 @njit(cache=True, parallel=True)
 def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     """Layout: xp the dense kernels' input of the images (flat, `planes_input`); out and res (N *
@@ -132,19 +147,11 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     in `parts` between runs); then each tile's chains combined, bias, residual, activation (`store_tile`). A short
     last tile repeats its last segment (same outputs, same bits).
     """
-    k_n, groups = geom.k_out, geom.groups
-    n_n = out.size // (k_n * geom.oh * geom.ow)
-    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
-    taps = cg * geom.kh * geom.kw
-    tile_m = cw.tile_m
-    n_blocks = (kg + tile_m - 1) // tile_m
-    segs = cw.segs
+    k_n, groups, tile_m, segs = geom.k_out, geom.groups, cw.tile_m, cw.segs
     n_s = segs.shape[0]
     n_t = (n_s + SEG_TILE - 1) // SEG_TILE
+    n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
-    n_all = n_n * groups * n_t
-    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
-    img, plane = geom.c_in * cw.plane, cw.plane
     # the record's arrays taken out once: read inside the parallel loop, each would cost a
     # reference count per use, an atomic operation the threads contend for
     wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b
@@ -196,15 +203,9 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
     position.
     """
     k_n, groups = geom.k_out, geom.groups
-    n_n = out.size // (k_n * geom.oh * geom.ow)
-    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
-    taps = cg * geom.kh * geom.kw
-    n_blocks = kg // LANE_K
-    n_t = (p_n + POS_TILE - 1) // POS_TILE
+    n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
+    n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
-    n_all = n_n * groups * n_t
-    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
-    img, plane = geom.c_in * cw.plane, cw.plane
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     n_chains, runs = starts.size - 1, chain_runs(starts, RUN_BYTES // (4 * LANE_K))
     step = n_chains * N_ACC * VEC
@@ -242,15 +243,9 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
     store, so that a tile's positions are worked out once and its sums stay in L1.
     """
     k_n, groups = geom.k_out, geom.groups
-    n_n = out.size // (k_n * geom.oh * geom.ow)
-    kg, cg, p_n = k_n // groups, geom.c_in // groups, geom.oh * geom.ow
-    taps = cg * geom.kh * geom.kw
-    n_blocks = kg // LANE_K
-    n_t = (p_n + POS_TILE - 1) // POS_TILE
+    n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
+    n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
-    n_all = n_n * groups * n_t
-    n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
-    img, plane = geom.c_in * cw.plane, cw.plane
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
