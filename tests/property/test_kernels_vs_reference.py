@@ -13,6 +13,7 @@ from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
 from velcro_ref.kernels.conv import dense, depthwise, dispatch, layouts, masked
+from velcro_ref.kernels.conv.geom import one_chain
 from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import conv2d as rconv
 from velcro_ref.reference import linear as rlin
@@ -281,6 +282,50 @@ def test_every_dense_kernel_equals_numpy_twin_bit_for_bit(geom, n, act, residual
     got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
     want = got.copy()
     assert kc.conv2d(x, weights, geom, None, got, None, ep) == rconv.conv2d(x, weights, geom, None, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
+# One conv per way the sampled masked kernels read their taps (rare in `conv_cases`' draws):
+# in place per tap (8 channels), in place by whole filter rows of whole vectors (4 channels by
+# 2), from im2col rows (the 7x7 stem on 3 channels: rows of 21 taps; 5 channels by 4; a dilated
+# filter), and one chain (`conv_runs`).
+MASKED_GEOMS = [
+    kc.conv_geom(8, 9, 10, 6, (3, 3), (1, 1), (1, 1, 1, 1)),
+    kc.conv_geom(4, 12, 7, 5, (8, 2), (1, 2), (1, 0, 1, 1)),
+    kc.conv_geom(3, 17, 15, 7, (7, 7), (2, 2), (3, 3, 3, 3)),
+    kc.conv_geom(5, 9, 11, 3, (4, 4), (1, 1), (2, 1, 1, 2)),
+    kc.conv_geom(3, 13, 13, 4, (5, 5), (1, 1), (2, 2, 2, 2), (1, 2)),
+    kc.conv_geom(3, 9, 9, 5, (3, 3), (1, 1), (1, 1, 1, 1)),
+]
+
+
+def test_masked_geoms_reach_every_read():
+    kinds = set()
+    for g in MASKED_GEOMS:
+        if one_chain(g):
+            kinds.add("runs")
+        elif not masked.in_place(g):
+            kinds.add("im2col")
+        elif g.c_in % 8 == 0:
+            kinds.add("per tap")
+        else:
+            kinds.add("whole rows")
+    assert kinds == {"runs", "im2col", "per tap", "whole rows"}
+
+
+@given(
+    st.sampled_from(MASKED_GEOMS),
+    st.sampled_from([1, 9]),
+    st.sampled_from([0.0, 0.4, 0.9]),
+    st.sampled_from([0, 1, 2]),
+    st.booleans(),
+    st.integers(0, 2**31),
+)
+def test_every_masked_read_equals_numpy_twin_bit_for_bit(geom, n, ratio, act, residual, seed):
+    x, weights, skip, ep = _conv_case((geom, n, ratio, act, residual, seed, False))
+    got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, skip, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert got.tobytes() == want.tobytes()
 
 
