@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass
+from .geom import group_taps
 from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
 SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
@@ -79,6 +80,12 @@ def _positions(p0, p_n):
         min(p0 + 4, p_n - 1),
         min(p0 + 5, p_n - 1),
     )
+
+
+@njit(cache=True)
+def _offset(b, q):
+    """b + q[i] for the POS_TILE positions q of a tile."""
+    return (b + q[0], b + q[1], b + q[2], b + q[3], b + q[4], b + q[5])
 
 
 @njit(cache=True)
@@ -226,7 +233,7 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 ob = n * k_n * p_n
                 q = _positions(t * POS_TILE, p_n)
-                obs = (ob + q[0], ob + q[1], ob + q[2], ob + q[3], ob + q[4], ob + q[5])
+                obs = _offset(ob, q)
                 where = (g * kg + blk * LANE_K, p_n, has_res, act)
                 u = (ti - t_lo) * step
                 if n_chains == CHAINS:
@@ -259,7 +266,7 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
                 for c in range(CHAINS):
                     lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
                 ob = (ti // (groups * n_t)) * k_n * p_n
-                obs = (ob + q[0], ob + q[1], ob + q[2], ob + q[3], ob + q[4], ob + q[5])
+                obs = _offset(ob, q)
                 store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs)
     return n_n * k_n * p_n * taps
 
@@ -267,5 +274,4 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
 def short_chains(cw, geom) -> bool:
     """Whether `conv_short_lanes` takes the conv: filters in lanes, CHAINS chains, a block's
     weights within RUN_BYTES (each chain then one run)."""
-    taps = geom.c_in // geom.groups * geom.kh * geom.kw
-    return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and taps * LANE_K * 4 <= RUN_BYTES
+    return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and group_taps(geom) * LANE_K * 4 <= RUN_BYTES
