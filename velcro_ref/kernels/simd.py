@@ -25,7 +25,7 @@ vectors carry it:
   the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
   multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
   then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
-  with their epilogue).
+  with their epilogue, worked on the 8 in one vector).
 - `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
 
 The intrinsics read raw data: their typing accepts only C-contiguous float32 arrays and intp
@@ -563,6 +563,32 @@ def dot_taps(typingctx, a, rows_a, x, offs, runs):
     return sig, codegen
 
 
+def _gathered(builder, values):
+    """A vector of the scalars `values` in its first lanes, +0 in the others."""
+    v = _zero()
+    for i, value in enumerate(values):
+        v = builder.insert_element(v, value, _I32(i))
+    return v
+
+
+def _store_scattered(builder, arrays, idx, y, has_res, act):
+    """out[idx[l]] = epilogue(y[l] (+ res[idx[l]])) for the lanes l < len(idx): the residual
+    gathered into a vector and the epilogue worked on the whole vector, lane by lane the float32
+    operations of `_store_one`."""
+    arr_r, arr_o = arrays
+    with builder.if_else(has_res) as (with_res, without):
+        with with_res:
+            r = _gathered(builder, [builder.load(builder.gep(arr_r.data, [i])) for i in idx])
+            y_res, res_block = _epilogue(builder, builder.fadd(y, r), act), builder.block
+        with without:
+            y_own, own_block = _epilogue(builder, y, act), builder.block
+    y = builder.phi(y.type)
+    y.add_incoming(y_res, res_block)
+    y.add_incoming(y_own, own_block)
+    for lane, i in enumerate(idx):
+        builder.store(builder.extract_element(y, _I32(lane)), builder.gep(arr_o.data, [i]))
+
+
 def _reduce8(builder, accs):
     """Up to 8 accumulators (lane l = chain l) reduced at once by `_tree`: the lanes of the
     result are the accumulators' sums. Halves of pairs of accumulators (lane l + lane l + 4),
@@ -585,7 +611,8 @@ def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
     epilogue: out[oidx[i]] = epilogue(sum_i + bias[k_i] (+ res[oidx[i]])), pair i = (filter k_i =
     rows_a[i // len(offs)], position i % len(offs)). io = (bias, res, out) float32 1-D (res: out
     itself when there is no residual); where = (has_res, act). The sums are reduced 8 at a time
-    (`_reduce8`), each in the order of `_tree`.
+    (`_reduce8`), each in the order of `_tree`, and the 8 take their bias, residual and
+    activation in one vector (`_store_scattered`) before they are stored one by one.
     """
     if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
         return None
@@ -603,14 +630,12 @@ def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
         has_res, act = cgutils.unpack_tuple(builder, args[6])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
         oi = cgutils.unpack_tuple(builder, args[7])
+        biases = [builder.load(builder.gep(arrays[0].data, [k])) for k in ks]
         for c0 in range(0, len(accs), 8):
             total = _reduce8(builder, [builder.load(acc) for acc in accs[c0 : c0 + 8]])
-            for i in range(c0, min(c0 + 8, len(accs))):
-                k = ks[i // n_offs]
-                y = builder.fadd(
-                    builder.extract_element(total, _I32(i - c0)), builder.load(builder.gep(arrays[0].data, [k]))
-                )
-                _store_one(builder, (arrays[1], arrays[2]), oi[i], y, has_res, act)
+            lanes = range(min(8, len(accs) - c0))
+            b = _gathered(builder, [biases[(c0 + i) // n_offs] for i in lanes])
+            _store_scattered(builder, (arrays[1], arrays[2]), oi[c0 : c0 + 8], builder.fadd(total, b), has_res, act)
         return context.get_dummy_value()
 
     return sig, codegen
