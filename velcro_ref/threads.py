@@ -24,8 +24,10 @@ import contextlib
 import functools
 
 import numba
-from numba import njit, prange
+from numba import prange
 from threadpoolctl import ThreadpoolController
+
+from .kernels.jit import njit
 
 
 @njit(cache=True, parallel=True)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .overwrite import PART
 
 SIXTH = np.float32(1.0 / 6.0)  # ONNX HardSwish: alpha = 1/6, beta = 0.5

@@ -8,8 +8,9 @@ bias): the same bits whatever the batch, the threads or the other outputs masked
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .simd import dot_taps
 
 OUT_BLOCK = 4  # outputs per `dot_taps` block (each input vector feeds all of them)

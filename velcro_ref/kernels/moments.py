@@ -6,8 +6,9 @@ one pass."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .simd import VEC, range_lanes
 
 # Images per pass of `_welford_range` over a block's moments: one element's moments stay in

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
+
+from .jit import njit
 
 # Positions per work item: small batches still split over threads.
 PART = 1 << 15

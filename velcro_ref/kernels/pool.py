@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from .jit import njit
 from .pool_simd import PLANE_KW, ROW_KW, max_plane, max_row
 
 # Input elements from which max_pool uses every thread, and planes per parallel work item

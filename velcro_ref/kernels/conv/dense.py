@@ -12,8 +12,9 @@ never changes its value.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..jit import njit
 from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass
 from .geom import group_taps
 from .layouts import BLOCKS, DIRECT, to_blocks, to_planes

@@ -5,8 +5,9 @@ lanes (a multiple of 8 channels), `conv_depthwise` with rows of outputs in the l
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..jit import njit
 from ..simd import VEC, depth_pass, fma32, store_depth
 from .geom import ConvGeom, one_chain
 from .layouts import blocks_rows

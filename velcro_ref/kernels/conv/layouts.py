@@ -24,8 +24,9 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..jit import njit
 from ..simd import CHAINS, VEC, interleave8
 from .geom import FEW_TAPS, ConvGeom, one_chain
 

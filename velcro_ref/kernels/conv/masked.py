@@ -17,8 +17,9 @@ import functools
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from ..jit import njit
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, one_chain, subsampled

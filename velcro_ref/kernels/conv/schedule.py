@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from numba import njit
 
+from ..jit import njit
 from ..simd import VEC
 from .geom import ConvGeom, group_taps, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets

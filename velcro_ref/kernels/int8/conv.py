@@ -21,10 +21,11 @@ tile to TILE_P positions and TILE_K channels, are not counted).
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, njit
+from numba import get_num_threads
 
 from ..conv.geom import subsampled
 from ..conv.layouts import padded_size
+from ..jit import njit
 from . import workers
 from .requant import REQUANT_ORT, requant_span, requant_value, round_small
 from .simd import TILE_K, TILE_P, conv_tile

@@ -6,8 +6,8 @@ batch-1 tensor; see kernels/int8/workers.py for the conv's)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
+from ..jit import njit
 from .requant import round_small
 from .simd import fma32
 

@@ -8,7 +8,8 @@ float32 operands computed in float64 and rounded once is the correctly rounded f
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from ..jit import njit
 
 REQUANT_ORT = 0  # quant.REQUANT_ORT
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

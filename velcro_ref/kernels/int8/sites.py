@@ -7,7 +7,7 @@ order n, e; masked elements keep what out holds (their constants).
 
 from __future__ import annotations
 
-from numba import njit
+from ..jit import njit
 
 
 @njit(cache=True)

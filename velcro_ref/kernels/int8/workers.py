@@ -19,9 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from llvmlite import ir
-from numba import get_num_threads, njit, types
+from numba import get_num_threads, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..jit import njit
 
 NEXT, FINISHED, DONE = 0, 1, 2
 # A fourth counter a kernel may use for its own hand-over between items (conv: input rows packed).

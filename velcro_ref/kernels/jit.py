@@ -1,0 +1,52 @@
+"""`njit` for every kernel of the package: Numba's, with an on-disk cache keyed by all the kernels'
+sources.
+
+Numba checks a cached function only against the file that defines it (a limitation its
+documentation states): a kernel that inlines an intrinsic of kernels/simd.py, calls a jitted
+helper of another module or reads another module's constant would load its old machine code
+after only that other file changed, an editable install's `git pull` for one, and compute with
+the old arithmetic without a word. Here each cached function's index key also holds `SOURCES`,
+a digest of every source that jitted code is built from (velcro_ref/kernels/ and
+velcro_ref/threads.py), so a change in any of them compiles afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numba
+from numba.core.caching import FunctionCache
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def sources_digest(package: Path = _PACKAGE) -> str:
+    """SHA-256 over the paths and bytes of the package's kernel sources, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted([*(package / "kernels").rglob("*.py"), package / "threads.py"]):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+SOURCES = sources_digest()
+
+
+class _SourcesCache(FunctionCache):
+    """Numba's cache of one function, its index key extended by `SOURCES`."""
+
+    def _index_key(self, sig, codegen):
+        return (*super()._index_key(sig, codegen), SOURCES)
+
+
+def njit(**options):
+    """`numba.njit(**options)`; with cache=True the cache is keyed by `SOURCES` as well."""
+
+    def wrap(fn):
+        dispatcher = numba.njit(**options)(fn)
+        if options.get("cache"):
+            dispatcher._cache = _SourcesCache(dispatcher.py_func)
+        return dispatcher
+
+    return wrap
