@@ -21,10 +21,15 @@ from numba.core.caching import FunctionCache
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
+def kernel_sources(package: Path = _PACKAGE) -> list[Path]:
+    """The sources jitted code may be built from, sorted: velcro_ref/kernels/ and threads.py."""
+    return sorted([*(package / "kernels").rglob("*.py"), package / "threads.py"])
+
+
 def sources_digest(package: Path = _PACKAGE) -> str:
-    """SHA-256 over the paths and bytes of the package's kernel sources, in sorted order."""
+    """SHA-256 over the paths and bytes of the package's `kernel_sources`, in order."""
     h = hashlib.sha256()
-    for path in sorted([*(package / "kernels").rglob("*.py"), package / "threads.py"]):
+    for path in kernel_sources(package):
         h.update(path.relative_to(package).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
