@@ -142,6 +142,30 @@ def _tap_offsets(wpc, c_n, c0, sh, sw, oh, ow):
     return oy * (sh * wpc) + ox * (sw * c_n) + c0
 
 
+@njit(cache=True, inline="always")
+def _four(plist, j):
+    """plist[j : j + 4] as a tuple (no slice: a view costs reference counting)."""
+    return (plist[j], plist[j + 1], plist[j + 2], plist[j + 3])
+
+
+@njit(cache=True, inline="always")
+def _taps_at(base, pos, ps):
+    """Where the taps of the 4 positions ps of the image at base start."""
+    return (base + pos[ps[0]], base + pos[ps[1]], base + pos[ps[2]], base + pos[ps[3]])
+
+
+@njit(cache=True, inline="always")
+def _outs(row, ps):
+    """The outputs of the 4 positions ps in the output row at row."""
+    return (row + ps[0], row + ps[1], row + ps[2], row + ps[3])
+
+
+@njit(cache=True, inline="always")
+def _strided(a, step):
+    """(a, a + step, a + 2 step, a + 3 step)."""
+    return (a, a + step, a + 2 * step, a + 3 * step)
+
+
 @njit(cache=True, parallel=True)
 def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
     """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
@@ -153,8 +177,8 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
 
     Loop order: one run of units per thread in parallel, a unit being (image, tile of positions,
     pair), in that order; positions. Positions both filters of a pair need go in blocks of 2 x
-    4 (`dot_store` loads each filter and input vector once for 8 outputs), the others in groups
-    of 8, 4, 1 positions of one filter. A masked (k, p) is never visited. Every element is one
+    8, then 2 x 4 and 2 x 1 (`dot_store` loads each filter and input vector once per block),
+    the others in blocks of 12, 8, 4, 1 positions of one filter. A masked (k, p) is never visited. Every element is one
     `dot_taps` sum, then bias, residual, activation, whatever its block, unit or thread.
     """
     pairs, bounds, plist, n_tiles = sched
@@ -175,11 +199,15 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
             row1, row2 = (n * k_n + k1) * p_n, (n * k_n + k2) * p_n
             j, j1 = bounds[i], bounds[i + 1]
             done += 2 * (j1 - j) + bounds[i + 3] - j1
-            while j1 - j >= 4:
-                p0, p1, p2, p3 = plist[j], plist[j + 1], plist[j + 2], plist[j + 3]
-                o = (base + pos[p0], base + pos[p1], base + pos[p2], base + pos[p3])
-                oi = (row1 + p0, row1 + p1, row1 + p2, row1 + p3, row2 + p0, row2 + p1, row2 + p2, row2 + p3)
+            while j1 - j >= 8:
+                a, b = _four(plist, j), _four(plist, j + 4)
+                o = _taps_at(base, pos, a) + _taps_at(base, pos, b)
+                oi = _outs(row1, a) + _outs(row1, b) + _outs(row2, a) + _outs(row2, b)
                 dot_store(w, (k1, k2), x, o, runs, io, where, oi)
+                j += 8
+            if j1 - j >= 4:
+                a = _four(plist, j)
+                dot_store(w, (k1, k2), x, _taps_at(base, pos, a), runs, io, where, _outs(row1, a) + _outs(row2, a))
                 j += 4
             for v in range(j, j1):
                 pu = plist[v]
@@ -187,43 +215,19 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
             for c in range(2):  # the positions only the first, then only the second filter needs
                 k, row = (k1, row1) if c == 0 else (k2, row2)
                 j, j1 = bounds[i + 1 + c], bounds[i + 2 + c]
-                while j1 - j >= 8:  # no slices of plist here: a view costs reference counting
-                    g = (
-                        plist[j],
-                        plist[j + 1],
-                        plist[j + 2],
-                        plist[j + 3],
-                        plist[j + 4],
-                        plist[j + 5],
-                        plist[j + 6],
-                        plist[j + 7],
-                    )
-                    o8 = (
-                        base + pos[g[0]],
-                        base + pos[g[1]],
-                        base + pos[g[2]],
-                        base + pos[g[3]],
-                        base + pos[g[4]],
-                        base + pos[g[5]],
-                        base + pos[g[6]],
-                        base + pos[g[7]],
-                    )
-                    oi8 = (
-                        row + g[0],
-                        row + g[1],
-                        row + g[2],
-                        row + g[3],
-                        row + g[4],
-                        row + g[5],
-                        row + g[6],
-                        row + g[7],
-                    )
-                    dot_store(w, (k,), x, o8, runs, io, where, oi8)
+                while j1 - j >= 12:
+                    a, b, e = _four(plist, j), _four(plist, j + 4), _four(plist, j + 8)
+                    o = _taps_at(base, pos, a) + _taps_at(base, pos, b) + _taps_at(base, pos, e)
+                    dot_store(w, (k,), x, o, runs, io, where, _outs(row, a) + _outs(row, b) + _outs(row, e))
+                    j += 12
+                if j1 - j >= 8:
+                    a, b = _four(plist, j), _four(plist, j + 4)
+                    o = _taps_at(base, pos, a) + _taps_at(base, pos, b)
+                    dot_store(w, (k,), x, o, runs, io, where, _outs(row, a) + _outs(row, b))
                     j += 8
-                while j1 - j >= 4:
-                    g = (plist[j], plist[j + 1], plist[j + 2], plist[j + 3])
-                    o4 = (base + pos[g[0]], base + pos[g[1]], base + pos[g[2]], base + pos[g[3]])
-                    dot_store(w, (k,), x, o4, runs, io, where, (row + g[0], row + g[1], row + g[2], row + g[3]))
+                if j1 - j >= 4:
+                    a = _four(plist, j)
+                    dot_store(w, (k,), x, _taps_at(base, pos, a), runs, io, where, _outs(row, a))
                     j += 4
                 for v in range(j, j1):
                     dot_store(w, (k,), x, (base + pos[plist[v]],), runs, io, where, (row + plist[v],))
@@ -237,8 +241,8 @@ def conv_images8(w, src, runs, sched, at, ep, out, cuts):
     outputs computed.
 
     Loop order: one run of units per thread in parallel, positions. Masks are shared by the
-    images, so an unmasked (k, p) is always one group of 8 images at p; a position both filters
-    of a pair need is two 2 x 4 blocks. A masked (k, p) is never visited. Each element is the
+    images, so an unmasked (k, p) is always one block of 8 images at p; a position both filters
+    of a pair need is one block of 2 x 8. A masked (k, p) is never visited. Each element is the
     same sum as in `conv_sampled`.
     """
     pairs, bounds, plist, n_tiles = sched
@@ -257,17 +261,15 @@ def conv_images8(w, src, runs, sched, at, ep, out, cuts):
             for c in range(3):
                 for v in range(bounds[i + c], bounds[i + c + 1]):
                     p = plist[v]
-                    for h in range(2):  # images n0 + 4 h .. n0 + 4 h + 3
-                        n = n0 + 4 * h
-                        q = n * d + pos[p]
-                        g = (q, q + d, q + 2 * d, q + 3 * d)
-                        r1, r2 = (n * k_n + k1) * p_n + p, (n * k_n + k2) * p_n + p
-                        if c == 0:
-                            oi = (r1, r1 + s, r1 + 2 * s, r1 + 3 * s, r2, r2 + s, r2 + 2 * s, r2 + 3 * s)
-                            dot_store(w, (k1, k2), x, g, runs, io, where, oi)
-                        else:
-                            k, rk = (k1, r1) if c == 1 else (k2, r2)
-                            dot_store(w, (k,), x, g, runs, io, where, (rk, rk + s, rk + 2 * s, rk + 3 * s))
+                    q = n0 * d + pos[p]
+                    g = _strided(q, d) + _strided(q + 4 * d, d)
+                    r1, r2 = (n0 * k_n + k1) * p_n + p, (n0 * k_n + k2) * p_n + p
+                    if c == 0:
+                        oi = _strided(r1, s) + _strided(r1 + 4 * s, s) + _strided(r2, s) + _strided(r2 + 4 * s, s)
+                        dot_store(w, (k1, k2), x, g, runs, io, where, oi)
+                    else:
+                        k, rk = (k1, r1) if c == 1 else (k2, r2)
+                        dot_store(w, (k,), x, g, runs, io, where, _strided(rk, s) + _strided(rk + 4 * s, s))
             done += 2 * (bounds[i + 1] - bounds[i]) + bounds[i + 3] - bounds[i + 1]
         n_done += done
     return n_done * 8
