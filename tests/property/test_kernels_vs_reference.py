@@ -12,7 +12,7 @@ from velcro_ref.kernels import conv as kc
 from velcro_ref.kernels import linear as klin
 from velcro_ref.kernels import overwrite as kover
 from velcro_ref.kernels import pool as kpool
-from velcro_ref.kernels.conv import dense, depthwise, dispatch, layouts, masked
+from velcro_ref.kernels.conv import dense, depthwise, dispatch, layouts, masked, schedule
 from velcro_ref.kernels.conv.geom import one_chain
 from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import conv2d as rconv
@@ -326,6 +326,21 @@ def test_every_masked_read_equals_numpy_twin_bit_for_bit(geom, n, ratio, act, re
     got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
     want = got.copy()
     assert kc.conv2d(x, weights, geom, skip, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("geom", [g for g in MASKED_GEOMS if not one_chain(g) and not masked.in_place(g)], ids=str)
+@pytest.mark.parametrize("n", [1, 9])
+def test_im2col_rows_copied_tile_by_tile_equal_numpy_twin(geom, n, monkeypatch):
+    """With tiles of 8 positions each thread copies the im2col rows of many tiles, one after
+    another, image after image: the outputs stay the twin's bits."""
+    monkeypatch.setattr(schedule, "TILE_FLOATS", 8)
+    x, weights, skip, ep = _conv_case((geom, n, 0.4, 1, True, 5, False))
+    plan = kc.plan_skip(skip, weights, geom)
+    assert all(grp[2][3] == -(-geom.oh * geom.ow // 8) for grp in plan.groups)  # tiles of the 1-image schedule
+    got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert got.tobytes() == want.tobytes()
 
 

@@ -11,7 +11,7 @@ Input copies (written at every call, borders zeroed, so a scratch buffer can be 
   without padding reads its input as it lies (DIRECT): no copy.
 - `channels_last`: the masked kernels' input, zero-padded and channels last, so that the taps
   of an output are runs of consecutive floats.
-- `im2col_rows`: those runs copied into one row per output position, when they are not
+- `im2col_range`: those runs copied into one row per output position, when they are not
   whole vectors in place.
 
 Filters: `chain_order` numbers a filter's taps in the order they are summed; `pack_tiles` packs
@@ -293,38 +293,39 @@ def channels_last(x, pt, pl, xh):
     _interleave(x, c_n, pt, pl, xh.shape[1], xh.shape[2] // c_n, xh.reshape(xh.shape[0], -1))
 
 
-@njit(cache=True, parallel=True)
-def im2col_rows(xh, c0, geom, need, col, q0):
+@njit(cache=True)
+def im2col_range(xh, c0, geom, need, col, p0, p1, q0):
     """Layout: xh (HP, WP*C) one zero-padded image, channels last (element (iy, ix, c) at
-    [iy, ix*C + c]); col (>= q0 + OH*OW, J) with row q0 + p for p = (oy, ox) and column
-    (fy, fx, c) of the channels c0 .. c0 + C/groups - 1, then zeros up to J.
+    [iy, ix*C + c]); col (>= q0 + p1 - p0, J) with row q0 + p - p0 for position p = (oy, ox),
+    p0 <= p < p1, and column (fy, fx, c) of the channels c0 .. c0 + C/groups - 1, then zeros up
+    to J.
 
-    Loop order: oy (in parallel), ox, fy, fx. Rows whose `need[p]` is False are left untouched
-    (every filter masked there). Each tap copies C/groups contiguous channels; with one group
-    and dw = 1 a whole filter row is one contiguous copy.
+    Loop order: positions, fy, fx. Rows whose `need[p]` is False are left untouched (every
+    filter masked there). Each tap copies C/groups contiguous channels; with one group and dw =
+    1 a whole filter row is one contiguous copy.
     """
     c_n = geom.c_in
     cg = c_n // geom.groups
     kh, kw, sh, sw, dh, dw = geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw
     whole_row = cg == c_n and dw == 1
-    for oy in prange(geom.oh):
-        for ox in range(geom.ow):
-            p = oy * geom.ow + ox
-            if not need[p]:
+    for p in range(p0, p1):
+        if not need[p]:
+            continue
+        oy, ox = p // geom.ow, p % geom.ow
+        q = q0 + p - p0
+        j = 0
+        for fy in range(kh):
+            src = xh[oy * sh + fy * dh]
+            if whole_row:
+                a = ox * sw * c_n
+                col[q, j : j + kw * c_n] = src[a : a + kw * c_n]
+                j += kw * c_n
                 continue
-            j = 0
-            for fy in range(kh):
-                src = xh[oy * sh + fy * dh]
-                if whole_row:
-                    a = ox * sw * c_n
-                    col[q0 + p, j : j + kw * c_n] = src[a : a + kw * c_n]
-                    j += kw * c_n
-                    continue
-                for fx in range(kw):
-                    a = (ox * sw + fx * dw) * c_n + c0
-                    col[q0 + p, j : j + cg] = src[a : a + cg]
-                    j += cg
-            col[q0 + p, j:] = 0.0
+            for fx in range(kw):
+                a = (ox * sw + fx * dw) * c_n + c0
+                col[q, j : j + cg] = src[a : a + cg]
+                j += cg
+        col[q, j:] = 0.0
 
 
 def to_blocks(x, geom, planes, xp):

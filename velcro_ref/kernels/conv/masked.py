@@ -23,8 +23,8 @@ from ..jit import njit
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, one_chain, subsampled
-from .layouts import channels_last, im2col_rows, padded_size, padded_taps
-from .schedule import runs_planes
+from .layouts import channels_last, im2col_range, padded_size, padded_taps
+from .schedule import runs_planes, tile_positions
 
 # Cost of a unit of the sampled kernels besides its outputs, in outputs (`unit_cuts`).
 UNIT_COST = 4
@@ -44,13 +44,19 @@ def in_place(geom: ConvGeom, c_n=None) -> bool:
 
 
 def _sampled_floats(geom, n_n):
-    """(per image floats of the channels-last copy, of the im2col rows, images per chunk)."""
+    """(per image floats of the channels-last copy, floats of the threads' tiles of im2col rows,
+    images per chunk)."""
     g = subsampled(geom)
     hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
     wp = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
     copy = hp * wp * g.c_in
-    rows = 0 if in_place(g) else g.oh * g.ow * padded_taps(group_taps(g))
-    return copy, rows, max(1, min(n_n, CHUNK_FLOATS // (copy + rows)))
+    rows = 0 if in_place(g) else numba.get_num_threads() * _tile_floats(g)
+    return copy, rows, max(1, min(n_n, CHUNK_FLOATS // copy))
+
+
+def _tile_floats(g):
+    """Floats of one thread's tile of im2col rows (`conv_sampled`, one image)."""
+    return padded_taps(group_taps(g)) * tile_positions(g, 1)
 
 
 def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
@@ -59,7 +65,7 @@ def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
         per_image = planes_floats(runs_planes(geom), geom)
         return 0 if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image)) * per_image
     copy, rows, chunk = _sampled_floats(geom, n_n)
-    return chunk * (copy + rows)
+    return chunk * copy + rows
 
 
 def conv_masked(x, weights, geom, plan, out, scratch, ep):
@@ -78,6 +84,7 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
     wpc = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw) * g.c_in
     whole = cg == g.c_in and g.dw == 1  # a filter row's taps are one contiguous run
     runs = (g.kh, g.dh * wpc, 1, 0, g.kw * cg) if whole else (g.kh, g.dh * wpc, g.kw, g.dw * g.c_in, cg)
+    threads = numba.get_num_threads()
     n_done = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
@@ -89,27 +96,32 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
             sg, need, sched, sched8 = plan.groups[grp]
             if in_place(g):
                 src = (xh.reshape(-1), _tap_offsets(wpc, g.c_in, grp * cg, g.sh, g.sw, g.oh, g.ow), hp * wpc)
-                runs_g = runs
-            else:
-                col = scratch[m * copy : m * copy + m * p_n * j8].reshape(m * p_n, j8)
-                for i in range(m):
-                    im2col_rows(xh[i], grp * cg, g, need, col, i * p_n)
-                src = (col.reshape(-1), np.arange(p_n, dtype=np.int64) * j8, p_n * j8)
-                runs_g = (1, 0, 1, 0, j8)
+                runs_g, tiles = runs, None
+            else:  # each thread copies the im2col rows of a tile into its part of `rows`
+                part = _tile_floats(g)
+                src = (scratch[m * copy : m * copy + threads * part], _row_offsets(p_n, j8), 0)
+                runs_g, tiles = (1, 0, 1, 0, j8), (xh, grp * cg, need, part)
             done = 0
-            n8 = m - m % 8
+            n8 = m - m % 8 if tiles is None else 0  # im2col tiles: image by image (docs/kernels.md)
             ep_k = (weights.b, r, has_res, act)
-            threads = numba.get_num_threads()
             if n8:
                 cuts = unit_cuts(sched8[1], sched8[3], 1, threads)
             for i0 in range(0, n8, 8):  # images in eights: every unmasked element is a full block
-                done += conv_images8(weights.rows, src, runs_g, sched8, (grp * kg, i0, 8, g.k_out, p_n), ep_k, o, cuts)
+                at = (grp * kg, i0, 8, g.k_out, p_n)
+                done += conv_images8(weights.rows, src, runs_g, sched8, at, ep_k, o, cuts)
             if n8 < m:
                 cuts = unit_cuts(sched[1], sched[3], m - n8, threads)
                 at = (grp * kg, n8, m - n8, g.k_out, p_n)
-                done += conv_sampled(weights.rows, src, runs_g, sched, at, ep_k, o, cuts)
+                done += conv_sampled(weights.rows, src, runs_g, sched, at, ep_k, o, cuts, tiles, g)
             n_done += done * group_taps(g)
     return n_done
+
+
+@functools.lru_cache(maxsize=256)
+def _row_offsets(p_n, j8):
+    """Offset of the im2col row of every position p in a tile starting at position 0 (rows of j8
+    floats). Kept per size; callers must not write into it."""
+    return np.arange(p_n, dtype=np.int64) * j8
 
 
 @njit(cache=True)
@@ -166,14 +178,26 @@ def _strided(a, step):
     return (a, a + step, a + 2 * step, a + 3 * step)
 
 
+@njit(cache=True, inline="always")
+def _copy_tile(tiles, geom, x, j8, th, n, p0, p1):
+    """The im2col rows (j8 floats) of positions p0 .. p1 - 1 of image n (tiles = (xh, c0, need,
+    part), `im2col_range`) into thread th's part of x, from its row th * part / j8 on."""
+    xh, c0, need, part = tiles
+    im2col_range(xh[n], c0, geom, need, x.reshape((x.size // j8, j8)), p0, p1, th * part // j8)
+
+
 @njit(cache=True, parallel=True)
-def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
+def conv_sampled(w, src, runs, sched, at, ep, out, cuts, tiles, geom):
     """Layout: w (K, J) `taps_last` filters, src = (x, pos, stride): the flat input of the
     images (the taps of position p of image n start at n * stride + pos[p], laid out as `runs`
     says, see `dot_taps`), sched = (pairs, bounds, plist, n_tiles) from `pair_schedule` (filters
     of one group, numbered from at[0]), at = (first filter of the group, first image, images, K,
     P), ep = (bias, res, has_res, act), out (N * K * P,) flat (res likewise), cuts the threads'
-    runs of units (`unit_cuts`). Returns the outputs computed.
+    runs of units (`unit_cuts`). Returns the outputs computed. With tiles = (xh, c0, need,
+    part) instead of None (xh the images channels last, geom their conv's ConvGeom), x holds
+    `part` floats per thread, and a thread copies the im2col rows of its unit's tile there
+    (`_copy_tile`) when the tile changes; the taps of position p of that tile (first position
+    p0) then start at th * part + pos[p - p0].
 
     Loop order: one run of units per thread in parallel, a unit being (image, tile of positions,
     pair), in that order; positions. Positions both filters of a pair need go in blocks of 2 x
@@ -184,16 +208,23 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
     pairs, bounds, plist, n_tiles = sched
     k_g, n0, n_n, k_n, p_n = at
     n_pairs = pairs.shape[0]
+    tile_p = -(-p_n // n_tiles)
     n_done = 0
     for th in prange(cuts.size - 1):
         x, pos, stride = src
         io, where = (ep[0], ep[1], out), (ep[2], ep[3])
         done = 0
+        copied = -1
         for u in range(cuts[th], cuts[th + 1]):
             n = n0 + u // (n_tiles * n_pairs)
             t = (u // n_pairs) % n_tiles
             r = u % n_pairs
             base = n * stride
+            if tiles is not None:
+                base = th * tiles[3] - t * tile_p * w.shape[1]
+                if n * n_tiles + t != copied:
+                    _copy_tile(tiles, geom, x, w.shape[1], th, n, t * tile_p, min(p_n, (t + 1) * tile_p))
+                    copied = n * n_tiles + t
             k1, k2 = k_g + pairs[r, 0], k_g + pairs[r, 1]
             i = (r * n_tiles + t) * 3
             row1, row2 = (n * k_n + k1) * p_n, (n * k_n + k2) * p_n
@@ -237,8 +268,8 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts):
 
 @njit(cache=True, parallel=True)
 def conv_images8(w, src, runs, sched, at, ep, out, cuts):
-    """Layout as `conv_sampled`; only the 8 images from at[1], units (tile, pair). Returns the
-    outputs computed.
+    """Layout as `conv_sampled` (taps read in place); only the 8 images from at[1], units
+    (tile, pair). Returns the outputs computed.
 
     Loop order: one run of units per thread in parallel, positions. Masks are shared by the
     images, so an unmasked (k, p) is always one block of 8 images at p; a position both filters

@@ -32,6 +32,13 @@ class SkipPlan(NamedTuple):
     runs: tuple | None
 
 
+def tile_positions(geom: ConvGeom, images) -> int:
+    """Positions per tile of the pair schedule for kernels reading `images` images at a
+    position, at most: the tiles of a schedule are of about one size, ceil(P / n_tiles) with
+    n_tiles = ceil(P / tile_positions)."""
+    return max(8, min(TILE_POSITIONS, TILE_FLOATS // (images * group_taps(geom))))
+
+
 def runs_planes(geom: ConvGeom):
     """The input layout the one-chain masked kernel reads: the dense kernels' (`planes_of`),
     in rows where that is BLOCKS."""
@@ -60,8 +67,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         some = _pair_order(some[np.argsort(masked[some], kind="stable")])
         scheds = []
         for images in (1, 8):  # a tile's taps of one image, or of 8 (`conv_images8`), in L2
-            tile_p = max(8, min(TILE_POSITIONS, TILE_FLOATS // (images * group_taps(geom))))
-            n_tiles = -(-p_n // tile_p)
+            n_tiles = -(-p_n // tile_positions(geom, images))
             scheds.append((*pair_schedule(sg, some, -(-p_n // n_tiles)), n_tiles))  # tiles of about one size
         per_group.append((sg, ~sg.all(axis=0), *scheds))
     return SkipPlan(skip, tuple(per_group), None)
