@@ -268,7 +268,7 @@ def padded_taps(taps):
 
 def taps_last(w):
     """Filters (K, C/groups, KH, KW) as (K, J) rows in (fy, fx, c) order, the column order of
-    `im2col_rows`, with zero columns up to J = the taps rounded up to a multiple of VEC, so that
+    `im2col_range`, with zero columns up to J = the taps rounded up to a multiple of VEC, so that
     every `dot_taps` run is whole vectors (a zero tap adds +0 to a chain: no change)."""
     k_n, cg, kh, kw = w.shape
     taps = cg * kh * kw
