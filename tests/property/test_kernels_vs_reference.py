@@ -415,32 +415,36 @@ def test_linear_kernel_equals_numpy_twin_bit_for_bit(n, f, o, masked_, seed):
 
 @given(
     st.integers(1, 3),
-    st.integers(1, 20),
+    st.one_of(st.integers(1, 20), st.sampled_from([8, 16, 24])),
     st.integers(1, 9),
-    st.integers(1, 9),
+    st.integers(1, 19),
     st.integers(0, 3),
     st.integers(0, 3),
     st.integers(0, 2),
     st.integers(0, 2),
-    st.booleans(),
+    st.sampled_from(["contiguous", "cropped", "strided"]),
     st.integers(0, 2**31),
 )
-def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, extra_w, strided, seed):
+def test_channels_last_copy_equals_numpy_transpose(n, c, h, w, pt, pl, extra_h, extra_w, view, seed):
     """The padded channels-last input of the masked kernels: the interior transposed, every
-    other element 0 (the buffer starts as garbage), also from a strided view (a strided 1x1
-    conv reads every other row and column)."""
+    other element 0 (the buffer starts as garbage), from a C-contiguous input (8 pixels of 8
+    channels at a time where C is a multiple of 8), a cropped view, or a strided one (a strided
+    1x1 conv reads every other row and column)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, 2 * h, 2 * w), dtype=np.float32)
-    x = x[:, :, ::2, ::2] if strided else x[:, :, :h, :w]
+    x = x[:, :, ::2, ::2] if view == "strided" else x[:, :, :h, :w]
+    if view == "contiguous":
+        x = np.ascontiguousarray(x)
     hp, wp = pt + h + extra_h, pl + w + extra_w
     want = np.zeros((n, hp, wp, c), np.float32)
     want[:, pt : pt + h, pl : pl + w] = x.transpose(0, 2, 3, 1)
-    for threads in (False, True):  # in the calling thread, by every thread
+    for min_floats in (1 << 30, 0):  # in the calling thread, by every thread
         got = np.full((n, hp, wp * c), np.nan, np.float32)
-        if threads:
-            layouts._interleave_threads(x, c, pt, pl, hp, wp, got.reshape(n, -1), n * hp)
-        else:
+        saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, min_floats
+        try:
             layouts.channels_last(x, pt, pl, got)
+        finally:
+            layouts.PARALLEL_MIN = saved
         assert got.tobytes() == want.reshape(n, hp, wp * c).tobytes()
 
 

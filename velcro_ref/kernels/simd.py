@@ -444,20 +444,21 @@ def store_depth(typingctx, parts, bias, res, out, where, ob):
 
 
 @intrinsic
-def interleave8(typingctx, src, s0, stride, dst, d0):
-    """8 pixels of 8 channels side by side: dst[d0 + 8 i + c] = src[s0 + c * stride + i] for i, c
-    in 0 .. 7 (8 vector loads, the shuffles of `_transpose8`, 8 vector stores). src and dst
-    float32 (flat); a copy, no arithmetic."""
-    if not (_f32_c(src) and _f32_c(dst) and all(isinstance(t, types.Integer) for t in (s0, stride, d0))):
+def interleave8(typingctx, src, s0, stride, dst, d0, dstride):
+    """8 pixels of 8 channels side by side: dst[d0 + dstride * i + c] = src[s0 + c * stride + i]
+    for i, c in 0 .. 7 (8 vector loads, the shuffles of `_transpose8`, 8 vector stores). src and
+    dst float32 (flat); a copy, no arithmetic."""
+    ints = (s0, stride, d0, dstride)
+    if not (_f32_c(src) and _f32_c(dst) and all(isinstance(t, types.Integer) for t in ints)):
         return None
-    sig = types.none(src, s0, stride, dst, d0)
+    sig = types.none(src, s0, stride, dst, d0, dstride)
 
     def codegen(context, builder, sig, args):
         arr_s, arr_d = _arrays(context, builder, sig, args, 0, 3)
-        s0, stride, d0 = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4))
+        s0, stride, d0, dstride = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 4, 5))
         rows = [_load_vec(builder, arr_s.data, builder.add(s0, builder.mul(stride, _I64(c)))) for c in range(VEC)]
         for i, col in enumerate(_transpose8(builder, rows)):
-            builder.store(col, _vec_ptr(builder, arr_d.data, builder.add(d0, _I64(i * VEC))), align=4)
+            builder.store(col, _vec_ptr(builder, arr_d.data, builder.add(d0, builder.mul(dstride, _I64(i)))), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
