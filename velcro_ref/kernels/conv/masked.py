@@ -202,8 +202,9 @@ def conv_sampled(w, src, runs, sched, at, ep, out, cuts, tiles, geom):
     Loop order: one run of units per thread in parallel, a unit being (image, tile of positions,
     pair), in that order; positions. Positions both filters of a pair need go in blocks of 2 x
     8, then 2 x 4 and 2 x 1 (`dot_store` loads each filter and input vector once per block),
-    the others in blocks of 12, 8, 4, 1 positions of one filter. A masked (k, p) is never visited. Every element is one
-    `dot_taps` sum, then bias, residual, activation, whatever its block, unit or thread.
+    the others in blocks of 12, 8, 4, 1 positions of one filter. A masked (k, p) is never
+    visited. Every element is one `dot_taps` sum, then bias, residual, activation, whatever its
+    block, unit or thread.
     """
     pairs, bounds, plist, n_tiles = sched
     k_g, n0, n_n, k_n, p_n = at
