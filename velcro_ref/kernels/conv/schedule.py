@@ -122,6 +122,7 @@ def pair_schedule(sg, part, tile_p):
     bounds = np.empty(n_pairs * n_tiles * 3 + 1, np.int64)
     plist = np.empty(n_pairs * p_n, np.int32)
     kinds = np.empty(tile_p, np.int8)  # of the positions of one tile, 3: neither filter
+    counts, at = np.empty(4, np.int64), np.empty(3, np.int64)  # per kind: positions, where the next goes
     i = b = 0
     for r in range(n_pairs):
         k1 = part[2 * r]
@@ -129,17 +130,22 @@ def pair_schedule(sg, part, tile_p):
         pairs[r, 0], pairs[r, 1] = k1, k2
         for t in range(n_tiles):
             p0, p1 = t * tile_p, min((t + 1) * tile_p, p_n)
+            counts[:] = 0
             for p in range(p0, p1):
                 on1 = not sg[k1, p]
                 on2 = k2 != k1 and not sg[k2, p]
-                kinds[p - p0] = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
-            for c in range(3):
-                bounds[b] = i
-                b += 1
-                for p in range(p0, p1):
-                    if kinds[p - p0] == c:
-                        plist[i] = p
-                        i += 1
+                c = 0 if on1 and on2 else 1 if on1 else 2 if on2 else 3
+                kinds[p - p0] = c
+                counts[c] += 1
+            at[0], at[1], at[2] = i, i + counts[0], i + counts[0] + counts[1]
+            bounds[b], bounds[b + 1], bounds[b + 2] = at[0], at[1], at[2]
+            b += 3
+            i = at[2] + counts[2]
+            for p in range(p0, p1):
+                c = kinds[p - p0]
+                if c < 3:
+                    plist[at[c]] = p
+                    at[c] += 1
     bounds[b] = i
     return pairs, bounds, plist[:i].copy()
 
