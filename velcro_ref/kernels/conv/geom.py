@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..simd import VEC
+
 # Filters with fewer taps than this (depthwise 3x3: 9; a 1x1 conv on 16 to 48 channels) sum them
 # in one chain; every other conv in CHAINS chains (docs/kernels.md, "Order of summation"). With
 # few taps, combining CHAINS chain sums would cost about as much as the taps themselves.
@@ -60,3 +62,12 @@ def subsampled(g: ConvGeom) -> ConvGeom:
 def one_chain(g: ConvGeom) -> bool:
     """Whether the conv's filters sum their taps in one chain (fewer than FEW_TAPS taps)."""
     return group_taps(g) < FEW_TAPS
+
+
+def in_place(g: ConvGeom) -> bool:
+    """Whether the masked sampled kernels read a conv's taps from the padded channels-last input:
+    every tap's C/groups channels, or every whole filter row (KW adjacent pixels, all C
+    channels), must be a whole number of VEC-float vectors starting at a multiple of VEC taps.
+    Other convs read im2col rows, image by image."""
+    cg = g.c_in // g.groups
+    return cg % VEC == 0 or (g.groups == 1 and g.dw == 1 and g.kw * cg % VEC == 0)

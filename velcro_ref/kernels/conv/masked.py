@@ -22,7 +22,7 @@ from numba import prange
 from ..jit import njit
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
-from .geom import ConvGeom, group_taps, one_chain, subsampled
+from .geom import ConvGeom, group_taps, in_place, one_chain, subsampled
 from .layouts import channels_last, im2col_range, padded_size, padded_taps
 from .schedule import runs_planes, tile_positions
 
@@ -32,15 +32,6 @@ UNIT_COST = 4
 RUN_BLOCK = 48
 # Images per call of a kernel: at most this many floats of input copy.
 CHUNK_FLOATS = 1 << 23
-
-
-def in_place(geom: ConvGeom, c_n=None) -> bool:
-    """Whether the sampled kernels read a conv's taps from the padded channels-last input: every
-    tap's C/groups channels, or every whole filter row (KW adjacent pixels, all C channels), must
-    be a whole number of VEC-float vectors starting at a multiple of VEC taps."""
-    c_n = geom.c_in if c_n is None else c_n
-    cg = c_n // geom.groups
-    return cg % VEC == 0 or (geom.groups == 1 and geom.dw == 1 and geom.kw * cg % VEC == 0)
 
 
 def _sampled_floats(geom, n_n):
@@ -102,7 +93,7 @@ def conv_masked(x, weights, geom, plan, out, scratch, ep):
                 src = (scratch[m * copy : m * copy + threads * part], _row_offsets(p_n, j8), 0)
                 runs_g, tiles = (1, 0, 1, 0, j8), (xh, grp * cg, need, part)
             done = 0
-            n8 = m - m % 8 if tiles is None else 0  # im2col tiles: image by image (docs/kernels.md)
+            n8 = 0 if sched8 is None else m - m % 8  # im2col tiles: image by image (docs/kernels.md)
             ep_k = (weights.b, r, has_res, act)
             if n8:
                 cuts = unit_cuts(sched8[1], sched8[3], 1, threads)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..jit import njit
 from ..simd import VEC
-from .geom import ConvGeom, group_taps, one_chain
+from .geom import ConvGeom, group_taps, in_place, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
 
 # Floats of taps per tile of positions of the sampled kernels (of all the images a kernel call
@@ -23,7 +23,7 @@ class SkipPlan(NamedTuple):
     """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
     the filters not fully masked with its number of tiles, in tiles for one image, then the
-    same in tiles for 8 images), runs None; for a conv summed in one
+    same in tiles for 8 images, None for a conv that reads im2col rows), runs None; for a conv summed in one
     chain, groups () and runs = (segs, bounds, offs, planes, plane_of): the `run_segments` of
     every filter and the input layout they read (`Planes`, tap offsets)."""
 
@@ -65,12 +65,17 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         masked = sg.sum(axis=1)
         some = np.flatnonzero(masked < p_n)
         some = _pair_order(some[np.argsort(masked[some], kind="stable")])
-        scheds = []
-        for images in (1, 8):  # a tile's taps of one image, or of 8 (`conv_images8`), in L2
-            n_tiles = -(-p_n // tile_positions(geom, images))
-            scheds.append((*pair_schedule(sg, some, -(-p_n // n_tiles)), n_tiles))  # tiles of about one size
-        per_group.append((sg, ~sg.all(axis=0), *scheds))
+        eights = _tiled_schedule(sg, some, geom, 8) if in_place(geom) else None  # `conv_images8`
+        per_group.append((sg, ~sg.all(axis=0), _tiled_schedule(sg, some, geom, 1), eights))
     return SkipPlan(skip, tuple(per_group), None)
+
+
+def _tiled_schedule(sg, some, geom, images):
+    """The `pair_schedule` of the filters `some` with its number of tiles, tiles of about one
+    size whose taps of `images` images stay in L2."""
+    p_n = sg.shape[1]
+    n_tiles = -(-p_n // tile_positions(geom, images))
+    return (*pair_schedule(sg, some, -(-p_n // n_tiles)), n_tiles)
 
 
 @njit(cache=True)
