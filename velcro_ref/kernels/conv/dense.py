@@ -115,6 +115,45 @@ def chain_runs(starts, run):
 
 
 @njit(cache=True)
+def _segment_bases(t_lo, t_hi, n_t, groups, img, group_floats, segs, group_weights):
+    """(tiles, SEG_TILE + 1) int64: for the tiles t_lo .. t_hi - 1 of a work item of
+    `conv_tiles`, the input offsets of their SEG_TILE segments' tap (0, 0) (a short last tile
+    repeating its last segment) and where their group's filter blocks begin in the packed
+    weights; worked out once per item, not at every run of taps."""
+    n_s = segs.shape[0]
+    bases = np.empty((t_hi - t_lo, SEG_TILE + 1), np.int64)
+    for ti in range(t_lo, t_hi):
+        g, t, xb = _tile_origin(ti, n_t, groups, img, group_floats)
+        i, a = ti - t_lo, t * SEG_TILE
+        for v in range(SEG_TILE):
+            bases[i, v] = xb + segs[min(a + v, n_s - 1), 0]
+        bases[i, SEG_TILE] = g * group_weights
+    return bases
+
+
+@njit(cache=True)
+def _lane_bases(t_lo, t_hi, n_t, groups, img, group_floats, pbase, p_n, group_weights):
+    """(tiles, POS_TILE + 1) int64: for the tiles t_lo .. t_hi - 1 of a work item of `conv_lanes`,
+    the input offsets of their POS_TILE positions' tap (0, 0) and where their group's filter
+    blocks begin in the packed weights; worked out once per item, not at every run of taps."""
+    bases = np.empty((t_hi - t_lo, POS_TILE + 1), np.int64)
+    for ti in range(t_lo, t_hi):
+        g, t, xb = _tile_origin(ti, n_t, groups, img, group_floats)
+        i = ti - t_lo
+        bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5] = _shifted(
+            xb, pbase, _positions(t * POS_TILE, p_n)
+        )
+        bases[i, POS_TILE] = g * group_weights
+    return bases
+
+
+@njit(cache=True)
+def _bases_of(bases, i):
+    """The POS_TILE position bases of tile i of `_lane_bases`, as the tuple `lane_pass` takes."""
+    return (bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5])
+
+
+@njit(cache=True)
 def _tile_origin(ti, n_t, groups, img, group_floats):
     """(group, tile within its plane, offset of the image's group in the input) of work tile ti."""
     g = (ti // n_t) % groups
@@ -169,20 +208,19 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty((t_hi - t_lo) * step, np.float32)
+        bases = _segment_bases(t_lo, t_hi, n_t, groups, img, cg * plane, segs, n_blocks * taps * tile_m)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
-            w0 = (blk * taps) * tile_m  # the block within its group; groups below
+            w0 = (blk * taps) * tile_m  # the block within its group
             for r in range(runs.shape[0]):
-                chain, span = runs[r, 0], (runs[r, 1], runs[r, 2], runs[r, 3])
-                for ti in range(t_lo, t_hi):
-                    g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
-                    a = t * SEG_TILE
-                    xs = (xb + segs[a, 0], xb + segs[min(a + 1, n_s - 1), 0], xb + segs[min(a + 2, n_s - 1), 0])
-                    wg = w0 + g * n_blocks * taps * tile_m
-                    at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
+                span = (runs[r, 1], runs[r, 2], runs[r, 3])
+                at = runs[r, 0] * N_ACC * VEC  # the run's chain in the first tile's sums
+                for i in range(t_hi - t_lo):
+                    xs, wg = (bases[i, 0], bases[i, 1], bases[i, 2]), w0 + bases[i, SEG_TILE]
                     if tile_m == TILE_K:
                         tile_pass(wts, (wg, wg + 1, wg + 2, wg + 3), xp, xs, offs, span, parts, at)
                     else:
                         tile_pass(wts, (wg,), xp, xs, offs, span, parts, at)
+                    at += step
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 a = t * SEG_TILE
@@ -221,15 +259,15 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty((t_hi - t_lo) * step, np.float32)
+        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
+            wb = blk * taps * LANE_K
             for r in range(runs.shape[0]):
-                chain, span = runs[r, 0], (runs[r, 1], runs[r, 2], runs[r, 3])
-                for ti in range(t_lo, t_hi):
-                    g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
-                    pb = _shifted(xb, pbase, _positions(t * POS_TILE, p_n))
-                    w0 = (g * n_blocks + blk) * taps * LANE_K
-                    at = ((ti - t_lo) * n_chains + chain) * N_ACC * VEC
-                    lane_pass(wts, w0, xp, pb, offs, span, parts, at)
+                span = (runs[r, 1], runs[r, 2], runs[r, 3])
+                at = runs[r, 0] * N_ACC * VEC  # the run's chain in the first tile's sums
+                for i in range(t_hi - t_lo):
+                    lane_pass(wts, bases[i, POS_TILE] + wb, xp, _bases_of(bases, i), offs, span, parts, at)
+                    at += step
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 ob = n * k_n * p_n
@@ -257,17 +295,17 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
+        t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty(CHAINS * N_ACC * VEC, np.float32)
+        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
-            for ti in range(tc * tpi, min(n_all, (tc + 1) * tpi)):
-                g, t, xb = _tile_origin(ti, n_t, groups, img, cg * plane)
-                q = _positions(t * POS_TILE, p_n)
-                pb = _shifted(xb, pbase, q)
-                w0 = (g * n_blocks + blk) * taps * LANE_K
+            for ti in range(t_lo, t_hi):
+                i = ti - t_lo
+                w0, pb = bases[i, POS_TILE] + blk * taps * LANE_K, _bases_of(bases, i)
                 for c in range(CHAINS):
                     lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
-                ob = (ti // (groups * n_t)) * k_n * p_n
-                obs = _offset(ob, q)
+                g, t = (ti // n_t) % groups, ti % n_t
+                obs = _offset((ti // (groups * n_t)) * k_n * p_n, _positions(t * POS_TILE, p_n))
                 store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs)
     return n_n * k_n * p_n * taps
 
