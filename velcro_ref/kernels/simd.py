@@ -464,6 +464,40 @@ def interleave8(typingctx, src, s0, stride, dst, d0, dstride):
     return sig, codegen
 
 
+@intrinsic
+def copy_floats(typingctx, src, s0, dst, d0, n):
+    """dst[d0 : d0 + n] = src[s0 : s0 + n] (float32, flat; the ranges must not overlap): one
+    llvm.memcpy, a copy, no arithmetic."""
+    if not (_f32_c(src) and _f32_c(dst) and all(isinstance(t, types.Integer) for t in (s0, d0, n))):
+        return None
+    sig = types.none(src, s0, dst, d0, n)
+
+    def codegen(context, builder, sig, args):
+        arr_s, arr_d = _arrays(context, builder, sig, args, 0, 2)
+        s0, d0, n = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 3, 4))
+        cgutils.raw_memcpy(builder, builder.gep(arr_d.data, [d0]), builder.gep(arr_s.data, [s0]), n, 4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def zero_floats(typingctx, dst, d0, n):
+    """dst[d0 : d0 + n] = +0.0 (float32, flat): one llvm.memset."""
+    if not (_f32_c(dst) and isinstance(d0, types.Integer) and isinstance(n, types.Integer)):
+        return None
+    sig = types.none(dst, d0, n)
+
+    def codegen(context, builder, sig, args):
+        (arr_d,) = _arrays(context, builder, sig, args, 0)
+        d0, n = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2))
+        start = builder.bitcast(builder.gep(arr_d.data, [d0]), ir.IntType(8).as_pointer())
+        cgutils.memset(builder, start, builder.mul(n, _I64(4)), 0)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _masked_load(builder, base, index, lanes):
     """The first `lanes` floats from base[index], zeros in the other lanes (llvm.masked.load:
     the masked-off lanes are not read)."""

@@ -27,7 +27,7 @@ import numpy as np
 from numba import prange
 
 from ..jit import njit
-from ..simd import CHAINS, VEC, interleave8
+from ..simd import CHAINS, VEC, copy_floats, interleave8, zero_floats
 from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
@@ -171,10 +171,11 @@ def to_planes(x, geom, planes, plane_of, xp):
     0). Loop order (image, channel), in parallel from PARALLEL_MIN floats on, then rows,
     phases, runs of columns."""
     n_items = x.shape[0] * x.shape[1]
+    xf, xq = np.ascontiguousarray(x).reshape(-1), xp.reshape(-1)
     if xp.size < PARALLEL_MIN:
-        _planes_items(x, geom, planes, plane_of, xp, 0, n_items, 0, _rows(geom, planes))
+        _planes_items(xf, x.shape, geom, planes, plane_of, xq, 0, n_items, 0, _rows(geom, planes))
     else:
-        _planes_threads(x, geom, planes, plane_of, xp, n_items, numba.get_num_threads())
+        _planes_threads(xf, x.shape, geom, planes, plane_of, xq, n_items, numba.get_num_threads())
 
 
 @njit(cache=True)
@@ -184,7 +185,7 @@ def _rows(geom, planes):
 
 
 @njit(cache=True, parallel=True)
-def _planes_threads(x, geom, planes, plane_of, xp, n_items, threads):
+def _planes_threads(xf, shape, geom, planes, plane_of, xq, n_items, threads):
     """`_planes_items` in parallel: a multiple of `threads` parts of about equal size, each about
     PART_ITEMS planes, or bands of rows of the planes where there are fewer planes than 2 *
     threads (an image's 3 channels). prange gives each thread an equal number of parts."""
@@ -196,53 +197,50 @@ def _planes_threads(x, geom, planes, plane_of, xp, n_items, threads):
         for u in range(part * units // n_parts, (part + 1) * units // n_parts):
             i, band = u // bands, u % bands
             r0, r1 = band * n_rows // bands, (band + 1) * n_rows // bands
-            _planes_items(x, geom, planes, plane_of, xp, i, i + 1, r0, r1)
+            _planes_items(xf, shape, geom, planes, plane_of, xq, i, i + 1, r0, r1)
 
 
 @njit(cache=True)
-def _planes_items(x, geom, planes, plane_of, xp, i0, i1, r0, r1):
+def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
     """`to_planes` of the (image, channel) items i0 .. i1 - 1, their rows r0 .. r1 - 1 (of
-    `_rows`); the one that writes the last row also zeroes the plane's tail."""
-    n_n, c_n, h, w = x.shape
+    `_rows`); the one that writes the last row also zeroes the plane's tail. xf the images
+    (flat, of `shape`), xq the copy (flat). Unit-stride runs are copied and zeroed whole
+    (`copy_floats`, `zero_floats`)."""
+    n_n, c_n, h, w = shape
     cg = c_n // geom.groups
     pl_n, sw, q = planes.plane, geom.sw, planes.q
     for item in range(i0, i1):
         n, c = item // c_n, item % c_n
-        at = ((c // cg) * cg + plane_of[c % cg]) * pl_n
-        dst = xp[n, at : at + pl_n]
-        src = x[n, c]
+        at = (n * c_n + (c // cg) * cg + plane_of[c % cg]) * pl_n  # the plane in xq
+        src = item * h * w  # the channel in xf
         if planes.kind == FLAT:
             ow = geom.ow
             for oy in range(r0, r1):
-                row = src[oy * geom.sh]
-                d = dst[oy * ow : (oy + 1) * ow]
+                row, d = src + oy * geom.sh * w, at + oy * ow
                 for ox in range(ow):
-                    d[ox] = row[ox * sw]
+                    xq[d + ox] = xf[row + ox * sw]
             if r1 == geom.oh:
-                dst[geom.oh * ow :] = 0.0
+                zero_floats(xq, at + geom.oh * ow, pl_n - geom.oh * ow)
             continue
         for r in range(r0, r1):
-            iy = r - geom.pt
-            row = dst[r * sw * q : (r + 1) * sw * q]
+            iy, d = r - geom.pt, at + r * sw * q
             if iy < 0 or iy >= h:
-                row[:] = 0.0
+                zero_floats(xq, d, sw * q)
                 continue
-            s_row = src[iy]
             for ph in range(sw):
-                seg = row[ph * q : (ph + 1) * q]
                 # column j of phase ph holds input column j * sw + ph - pl: inside x for j0 <= j < j1
                 j0 = min(q, max(0, (geom.pl - ph + sw - 1) // sw))
                 j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // sw + 1))
-                seg[:j0] = 0.0
-                seg[j1:] = 0.0
-                ix = j0 * sw + ph - geom.pl
+                seg, ix = d + ph * q, src + iy * w + j0 * sw + ph - geom.pl
+                zero_floats(xq, seg, j0)
                 if sw == 1:
-                    seg[j0:j1] = s_row[ix : ix + j1 - j0]
+                    copy_floats(xf, ix, xq, seg + j0, j1 - j0)
                 else:
-                    for j in range(j0, j1):
-                        seg[j] = s_row[ix + (j - j0) * sw]
+                    for j in range(j1 - j0):
+                        xq[seg + j0 + j] = xf[ix + j * sw]
+                zero_floats(xq, seg + j1, q - j1)
         if r1 == planes.hp:
-            dst[planes.hp * sw * q :] = 0.0
+            zero_floats(xq, at + planes.hp * sw * q, pl_n - planes.hp * sw * q)
 
 
 def pack_tiles(w, geom: ConvGeom, tile_m):
