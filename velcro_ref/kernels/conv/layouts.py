@@ -44,7 +44,8 @@ ROWS, FLAT, DIRECT, BLOCKS = 0, 1, 2, 3  # kinds of the dense kernels' input (`P
 
 class Planes(NamedTuple):
     """Shape of the dense kernels' input of one image: channel c's plane starts at plane_of[c]
-    * plane (within its group's planes). kind ROWS: hp rows of sw phases of q floats; FLAT: the
+    * plane (within its group's planes). kind ROWS: hp rows of `phases` phases of q floats
+    (column ix of a padded row is float ix // phases of phase ix % phases); FLAT: the
     oh * ow pixels the outputs read, in output order; DIRECT: the input as it lies (h * w);
     BLOCKS (a depthwise conv on a multiple of 8 channels): blocks of 8 channels, each hp rows of
     q pixels of 8 floats (the block's channels side by side), `plane` floats per channel."""
@@ -53,6 +54,7 @@ class Planes(NamedTuple):
     hp: int
     q: int
     plane: int
+    phases: int = 1
 
 
 def input_kind(g: ConvGeom) -> int:
@@ -79,10 +81,12 @@ def _odd_lines(floats):
     return (lines + 1 - lines % 2) * LINE_FLOATS
 
 
-def planes_of(g: ConvGeom, kind=None) -> Planes:
-    """The Planes of a conv, of `input_kind` unless kind is given. A row phase has room for a
-    vector read from any output column: q >= ow + VEC - 1 + the largest tap shift (fx * dw) //
-    sw."""
+def planes_of(g: ConvGeom, kind=None, lanes=False) -> Planes:
+    """The Planes of a conv, of `input_kind` unless kind is given. ROWS: for kernels that read
+    vectors of 8 consecutive outputs, rows of sw phases, each with room for a vector read from
+    any output column (q >= ow + VEC - 1 + the largest tap shift (fx * dw) // sw); for kernels
+    that read one input value at a time (lanes: filters in SIMD lanes), plain zero-padded rows
+    of one phase, copied a row at a time."""
     kind = input_kind(g) if kind is None else kind
     if kind == BLOCKS:
         hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
@@ -93,9 +97,12 @@ def planes_of(g: ConvGeom, kind=None) -> Planes:
     if kind == FLAT:
         return Planes(FLAT, 1, 0, _odd_lines(g.oh * g.ow + VEC - 1))
     hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
+    if lanes:
+        q = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
+        return Planes(ROWS, hp, q, _odd_lines(hp * q), 1)
     q = max(g.ow + VEC - 1 + (g.kw - 1) * g.dw // g.sw, -(-(g.pl + g.w) // g.sw))
     q = -(-q // LINE_FLOATS) * LINE_FLOATS
-    return Planes(0, hp, q, _odd_lines(hp * g.sw * q))
+    return Planes(ROWS, hp, q, _odd_lines(hp * g.sw * q), g.sw)
 
 
 def plane_order(cg, kind):
@@ -133,8 +140,8 @@ def tap_offsets(g: ConvGeom, planes: Planes, plane_of):
         return np.ascontiguousarray((fy * g.dh * planes.q + fx * g.dw) * VEC, np.int64), starts
     offs = plane_of[c] * planes.plane
     if planes.kind == ROWS:
-        shift = fx * g.dw
-        offs = offs + fy * g.dh * g.sw * planes.q + (shift % g.sw) * planes.q + shift // g.sw
+        shift, ph = fx * g.dw, planes.phases
+        offs = offs + fy * g.dh * ph * planes.q + (shift % ph) * planes.q + shift // ph
     return np.ascontiguousarray(offs, np.int64), starts
 
 
@@ -146,7 +153,8 @@ def position_bases(g: ConvGeom, planes: Planes):
         return ((p // g.ow) * g.sh * planes.q + p % g.ow * g.sw) * VEC
     if planes.kind != ROWS:
         return p
-    return (p // g.ow) * g.sh * g.sw * planes.q + p % g.ow
+    col, ph = p % g.ow * g.sw, planes.phases
+    return (p // g.ow) * g.sh * ph * planes.q + (col % ph) * planes.q + col // ph
 
 
 def segments(g: ConvGeom, planes: Planes):
@@ -154,8 +162,11 @@ def segments(g: ConvGeom, planes: Planes):
     (or of the flat plane): the offset of tap (0, 0) of lane 0 in a channel's input plane, the
     offset of lane 0 in an output plane, and the lanes lo .. hi - 1 that are outputs of this
     segment. DIRECT reads stop at the plane's end: the last segment starts VEC outputs before
-    it, its lanes from lo on new."""
+    it, its lanes from lo on new. None (0 rows) on rows of one phase at a stride above 1 (read
+    by the kernels with filters in lanes only): 8 outputs do not lie in 8 consecutive floats."""
     p_n = g.oh * g.ow
+    if planes.kind == ROWS and planes.phases != g.sw:
+        return np.zeros((0, 4), np.int64)
     if planes.kind != ROWS:
         p = np.arange(0, p_n, VEC, dtype=np.int64)
         start = np.minimum(p, p_n - VEC) if planes.kind == DIRECT else p
@@ -208,7 +219,7 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
     (`copy_floats`, `zero_floats`)."""
     n_n, c_n, h, w = shape
     cg = c_n // geom.groups
-    pl_n, sw, q = planes.plane, geom.sw, planes.q
+    pl_n, sw, q = planes.plane, planes.phases, planes.q
     for item in range(i0, i1):
         n, c = item // c_n, item % c_n
         at = (n * c_n + (c // cg) * cg + plane_of[c % cg]) * pl_n  # the plane in xq
@@ -218,7 +229,7 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
             for oy in range(r0, r1):
                 row, d = src + oy * geom.sh * w, at + oy * ow
                 for ox in range(ow):
-                    xq[d + ox] = xf[row + ox * sw]
+                    xq[d + ox] = xf[row + ox * geom.sw]
             if r1 == geom.oh:
                 zero_floats(xq, at + geom.oh * ow, pl_n - geom.oh * ow)
             continue

@@ -30,7 +30,8 @@ class ConvWeights(NamedTuple):
     the dense input copy in summation order and where each chain begins (`tap_offsets`); segs
     (S, 4) int64 the output segments (`segments`); pbase (P,) int64 each output position's base
     (`position_bases`); plane_of (C/groups,) int64 and the Planes
-    fields kind, hp, q, plane of the dense kernels' input (`to_planes`)."""
+    fields kind, hp, q, plane, phases of the dense kernels' input (`to_planes`; rows of one
+    phase where the filters go in SIMD lanes)."""
 
     w: np.ndarray
     b: np.ndarray
@@ -46,6 +47,7 @@ class ConvWeights(NamedTuple):
     hp: int
     q: int
     plane: int
+    phases: int
 
 
 def prepare_conv(w, b, geom: ConvGeom) -> ConvWeights:
@@ -53,8 +55,8 @@ def prepare_conv(w, b, geom: ConvGeom) -> ConvWeights:
     conv with this geometry."""
     w = np.ascontiguousarray(w, np.float32)
     b = np.zeros(w.shape[0], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
-    planes = planes_of(geom)
-    tile_m = VEC if planes.kind == BLOCKS else tile_filters(geom)
+    tile_m = VEC if planes_of(geom).kind == BLOCKS else tile_filters(geom)
+    planes = planes_of(geom, lanes=tile_m == LANE_K)
     plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
     offs, starts = tap_offsets(geom, planes, plane_of)
     segs, pbase = segments(geom, planes), position_bases(geom, planes)
@@ -79,4 +81,4 @@ def tile_filters(geom: ConvGeom) -> int:
 
 
 def planes(cw: ConvWeights) -> Planes:
-    return Planes(cw.kind, cw.hp, cw.q, cw.plane)
+    return Planes(cw.kind, cw.hp, cw.q, cw.plane, cw.phases)

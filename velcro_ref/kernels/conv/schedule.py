@@ -55,7 +55,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         planes = runs_planes(geom)
         plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
         offs, _ = tap_offsets(geom, planes, plane_of)
-        row = geom.sh * geom.sw * planes.q
+        row = geom.sh * planes.phases * planes.q
         segs, bounds = run_segments(skip.reshape(k_n, p_n), geom.ow, row, planes.kind)
         return SkipPlan(skip, (), (segs, bounds, offs, planes, plane_of))
     kg = k_n // geom.groups
