@@ -509,6 +509,8 @@ PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the pa
     "depthwise-blocks-stride2-bands": (8, 77, 70, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
     "filters-in-lanes-14-wide": (16, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "filters-in-lanes-strided": (16, 14, 13, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    "filters-in-lanes-1x1-stride2-in-place": (16, 9, 8, 16, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
+    "filters-in-lanes-1x1-small-plane-in-place": (24, 2, 3, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
 }
 
 

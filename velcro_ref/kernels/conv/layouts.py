@@ -86,8 +86,11 @@ def planes_of(g: ConvGeom, kind=None, lanes=False) -> Planes:
     vectors of 8 consecutive outputs, rows of sw phases, each with room for a vector read from
     any output column (q >= ow + VEC - 1 + the largest tap shift (fx * dw) // sw); for kernels
     that read one input value at a time (lanes: filters in SIMD lanes), plain zero-padded rows
-    of one phase, copied a row at a time."""
+    of one phase, copied a row at a time. Those kernels read a 1x1 conv without padding in
+    place (DIRECT) at any stride and plane size."""
     kind = input_kind(g) if kind is None else kind
+    if lanes and kind == FLAT:
+        kind = DIRECT
     if kind == BLOCKS:
         hp = padded_size(g.h, g.pt, g.oh, g.sh, g.kh, g.dh)
         q = padded_size(g.w, g.pl, g.ow, g.sw, g.kw, g.dw)
@@ -151,6 +154,8 @@ def position_bases(g: ConvGeom, planes: Planes):
     p = np.arange(g.oh * g.ow, dtype=np.int64)
     if planes.kind == BLOCKS:
         return ((p // g.ow) * g.sh * planes.q + p % g.ow * g.sw) * VEC
+    if planes.kind == DIRECT:
+        return (p // g.ow) * g.sh * g.w + p % g.ow * g.sw
     if planes.kind != ROWS:
         return p
     col, ph = p % g.ow * g.sw, planes.phases
@@ -162,10 +167,11 @@ def segments(g: ConvGeom, planes: Planes):
     (or of the flat plane): the offset of tap (0, 0) of lane 0 in a channel's input plane, the
     offset of lane 0 in an output plane, and the lanes lo .. hi - 1 that are outputs of this
     segment. DIRECT reads stop at the plane's end: the last segment starts VEC outputs before
-    it, its lanes from lo on new. None (0 rows) on rows of one phase at a stride above 1 (read
-    by the kernels with filters in lanes only): 8 outputs do not lie in 8 consecutive floats."""
+    it, its lanes from lo on new. None (0 rows) on rows of one phase at a stride above 1 and on
+    a DIRECT input that is not `input_kind`'s (both read by the kernels with filters in lanes
+    only): 8 outputs do not lie in 8 consecutive floats."""
     p_n = g.oh * g.ow
-    if planes.kind == ROWS and planes.phases != g.sw:
+    if (planes.kind == ROWS and planes.phases != g.sw) or (planes.kind == DIRECT and input_kind(g) != DIRECT):
         return np.zeros((0, 4), np.int64)
     if planes.kind != ROWS:
         p = np.arange(0, p_n, VEC, dtype=np.int64)
