@@ -17,9 +17,11 @@ OUT_BLOCK = 4  # outputs per `dot_taps` block (each input vector feeds all of th
 ITEM_OUTPUTS = 64  # outputs per parallel work item
 
 
-# MACs from which linear uses every thread: below (every classifier of the zoo at batch 1) it
-# runs in the calling thread, without a parallel region to wake the other threads for.
-PARALLEL_MIN = 1 << 22
+# MACs from which linear uses every thread: below it runs in the calling thread, without a
+# parallel region to wake the other threads for. A classifier's weights come from memory (the
+# layers before evict them), so the zoo's 1000-class layers at batch 1 (512K-1.3M MACs) read
+# them on both threads: 0.115 against 0.18 ms for ResNet-18's (docs/kernels.md, "Measured").
+PARALLEL_MIN = 1 << 18
 
 
 def linear(x, w, b, skip, out):
