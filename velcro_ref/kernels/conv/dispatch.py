@@ -57,7 +57,8 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
     """
     n_n = x.shape[0]
-    need = scratch_floats(geom, n_n, weights)
+    # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
+    need = _dense_need(weights, geom, n_n) if skip is None else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
     ep = Epilogue() if epilogue is None else epilogue
@@ -75,9 +76,13 @@ def chunk_images(per_image, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
     """Floats of scratch a call with n_n images needs, dense or masked."""
+    return max(_dense_need(weights, geom, n_n), masked.scratch_floats(geom, n_n, weights))
+
+
+def _dense_need(weights, geom, n_n):
+    """Floats of scratch a dense call with n_n images needs."""
     per_image = _dense_floats(planes(weights), geom)
-    dense = chunk_images(per_image, n_n) * per_image
-    return max(dense, masked.scratch_floats(geom, n_n, weights))
+    return chunk_images(per_image, n_n) * per_image
 
 
 def _dense_floats(pl, geom):
