@@ -10,6 +10,7 @@ bits as a dense one at its unmasked outputs.
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple
 
 import numba
@@ -28,7 +29,7 @@ from .dense import (
 )
 from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
-from .layouts import BLOCKS, ROWS, aligned_floats
+from .layouts import BLOCKS, ROWS, Planes, aligned_floats
 from .prepare import ConvWeights, planes
 from .schedule import SkipPlan, plan_skip
 
@@ -58,7 +59,7 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     """
     n_n = x.shape[0]
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
-    need = _dense_need(weights, geom, n_n) if skip is None else masked.scratch_floats(geom, n_n, weights)
+    need = _dense_call(weights, geom, n_n).need if skip is None else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
     ep = Epilogue() if epilogue is None else epilogue
@@ -100,14 +101,53 @@ def dense_kernel(weights: ConvWeights, geom: ConvGeom):
     return conv_short_lanes if short_chains(weights, geom) else conv_lanes
 
 
-def _dense(x, weights, geom, out, scratch, ep):
-    n_n = x.shape[0]
+class _DenseCall(NamedTuple):
+    """What a dense call of a conv on n images with t threads works out before its kernels:
+    the scratch it needs, the input layout, the kernel (None: depthwise) and the chunks of
+    images it runs them on, (first, count, work split)."""
+
+    tiles: weakref.ref  # the conv's packed filters: tells the conv from a later one at its id
+    need: int
+    pl: Planes
+    kernel: object
+    chunks: tuple
+
+
+# _DenseCall by (id of the packed filters, geom, images, threads), made at a conv's first call
+# with those: a few microseconds of Python a call, which the 52 convs of MobileNet-V2 at batch
+# 1 (7 ms) would spend at every run. Dropped whole when CALLS_MAX are kept.
+_CALLS: dict = {}
+CALLS_MAX = 1024
+
+
+def _dense_call(weights, geom, n_n) -> _DenseCall:
+    threads = numba.get_num_threads()
+    key = (id(weights.tiles), geom, n_n, threads)
+    call = _CALLS.get(key)
+    if call is not None and call.tiles() is weights.tiles:
+        return call
     pl = planes(weights)
-    chunk = chunk_images(_dense_floats(pl, geom), n_n)
+    per_image = _dense_floats(pl, geom)
+    chunk = chunk_images(per_image, n_n)
+    depthwise = pl.kind == BLOCKS or (is_depthwise(geom) and pl.kind == ROWS)
+    kernel = None if depthwise else dense_kernel(weights, geom)
+    chunks = tuple(
+        (n0, min(chunk, n_n - n0), None if depthwise else work_split(weights, geom, min(chunk, n_n - n0), threads))
+        for n0 in range(0, n_n, chunk)
+    )
+    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks)
+    if len(_CALLS) >= CALLS_MAX:
+        _CALLS.clear()
+    _CALLS[key] = call
+    return call
+
+
+def _dense(x, weights, geom, out, scratch, ep):
+    call = _dense_call(weights, geom, x.shape[0])
+    pl = call.pl
     res, has_res, act = ep
     n_macs = 0
-    for n0 in range(0, n_n, chunk):
-        m = min(chunk, n_n - n0)
+    for n0, m, split in call.chunks:
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         if pl.kind == BLOCKS:
@@ -115,9 +155,8 @@ def _dense(x, weights, geom, out, scratch, ep):
             n_macs += conv_depth_bands(xf, weights, geom, band_rows(geom), r, has_res, act, o)
             continue
         xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
-        if is_depthwise(geom) and pl.kind == ROWS:
+        if call.kernel is None:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
             continue
-        split = work_split(weights, geom, m, numba.get_num_threads())
-        n_macs += dense_kernel(weights, geom)(xp, weights, geom, r, has_res, act, o, split)
+        n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split)
     return n_macs
