@@ -2,13 +2,15 @@
 
 Input copies (written at every call, borders zeroed, so a scratch buffer can be shared):
 - `to_planes`: the dense kernels' input, one zero-padded plane per channel (docs/kernels.md,
-  "Layouts"): in rows, each row split into sw phases of q floats (column ix of the padded row
-  is float ix // sw of phase ix % sw), so that 8 outputs of a row at stride sw read 8
-  consecutive floats; flat (a strided 1x1 conv without padding, or a plane of fewer than 8
-  outputs), the plane holds the pixels the outputs read, in output order. Planes are `plane`
-  floats apart, an odd number of 64-byte lines, and in `plane_of` order, so that the taps a
-  chain reads one after another do not map to the same L1 cache sets. A 1x1 conv of stride 1
-  without padding reads its input as it lies (DIRECT): no copy.
+  "Layouts"): in rows, for the kernels that read vectors of outputs each row split into sw
+  phases of q floats (column ix of the padded row is float ix // sw of phase ix % sw), so that
+  8 outputs of a row at stride sw read 8 consecutive floats, for those with filters in lanes
+  the padded rows as they are; flat (a strided 1x1 conv without padding, or a plane of fewer
+  than 8 outputs, read by `conv_tiles`), the plane holds the pixels the outputs read, in output
+  order. Planes are `plane` floats apart, an odd number of 64-byte lines, and in `plane_of`
+  order, so that the taps a chain reads one after another do not map to the same L1 cache
+  sets. A 1x1 conv without padding at stride 1, or at any stride with filters in lanes, reads
+  its input as it lies (DIRECT): no copy.
 - `channels_last`: the masked kernels' input, zero-padded and channels last, so that the taps
   of an output are runs of consecutive floats.
 - `im2col_range`: those runs copied into one row per output position, when they are not
