@@ -77,13 +77,7 @@ def chunk_images(per_image, n_n):
 
 def scratch_floats(geom: ConvGeom, n_n, weights: ConvWeights) -> int:
     """Floats of scratch a call with n_n images needs, dense or masked."""
-    return max(_dense_need(weights, geom, n_n), masked.scratch_floats(geom, n_n, weights))
-
-
-def _dense_need(weights, geom, n_n):
-    """Floats of scratch a dense call with n_n images needs."""
-    per_image = _dense_floats(planes(weights), geom)
-    return chunk_images(per_image, n_n) * per_image
+    return max(_dense_call(weights, geom, n_n).need, masked.scratch_floats(geom, n_n, weights))
 
 
 def _dense_floats(pl, geom):
