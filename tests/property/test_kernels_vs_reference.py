@@ -497,6 +497,7 @@ PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the pa
     "1x1-chains-tiles4-flat": (24, 7, 9, 10, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1),
     "1x1-stride2-flat-strided-sampled": (32, 9, 8, 6, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1),
     "stem-7x7-stride2-im2col": (3, 17, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    "grouped-dilated-im2col-per-tap": (10, 9, 12, 6, (4, 4), (1, 1), (1, 1, 1, 1), (1, 2), 2),
     "depthwise-3x3-one-chain-runs": (12, 9, 10, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12),
     "depthwise-3x3-stride2-phases": (6, 11, 12, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6),
     "grouped-8-per-group-in-place-taps": (16, 8, 9, 6, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 2),

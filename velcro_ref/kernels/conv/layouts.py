@@ -318,31 +318,30 @@ def im2col_range(xh, c0, geom, need, col, p0, p1, q0):
     to J.
 
     Loop order: positions, fy, fx. Rows whose `need[p]` is False are left untouched (every
-    filter masked there). Each tap copies C/groups contiguous channels; with one group and dw =
-    1 a whole filter row is one contiguous copy.
+    filter masked there). Each tap's C/groups contiguous channels are one `copy_floats`; with one
+    group and dw = 1 a whole filter row is one.
     """
     c_n = geom.c_in
     cg = c_n // geom.groups
     kh, kw, sh, sw, dh, dw = geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw
     whole_row = cg == c_n and dw == 1
+    xf, cf, row, j_n = xh.reshape(-1), col.reshape(-1), xh.shape[1], col.shape[1]
     for p in range(p0, p1):
         if not need[p]:
             continue
         oy, ox = p // geom.ow, p % geom.ow
-        q = q0 + p - p0
+        d = (q0 + p - p0) * j_n
         j = 0
         for fy in range(kh):
-            src = xh[oy * sh + fy * dh]
+            src = (oy * sh + fy * dh) * row
             if whole_row:
-                a = ox * sw * c_n
-                col[q, j : j + kw * c_n] = src[a : a + kw * c_n]
+                copy_floats(xf, src + ox * sw * c_n, cf, d + j, kw * c_n)
                 j += kw * c_n
                 continue
             for fx in range(kw):
-                a = (ox * sw + fx * dw) * c_n + c0
-                col[q, j : j + cg] = src[a : a + cg]
+                copy_floats(xf, src + (ox * sw + fx * dw) * c_n + c0, cf, d + j, cg)
                 j += cg
-        col[q, j:] = 0.0
+        zero_floats(cf, d + j, j_n - j)
 
 
 def to_blocks(x, geom, planes, xp):
