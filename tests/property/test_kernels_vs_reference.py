@@ -344,12 +344,14 @@ def test_im2col_rows_copied_tile_by_tile_equal_numpy_twin(geom, n, monkeypatch):
     assert got.tobytes() == want.tobytes()
 
 
+@pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
-def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_):
+def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_, stride):
     """An image's outputs are the same bits in one thread and in two, alone and in batches of 9
-    (eight-image blocks) and 11."""
+    and 11 (masked at stride 2: eight-image blocks)."""
     rng = np.random.default_rng(11)
-    geom = kc.conv_geom(16, 13, 19, 12, (3, 3), (1, 1), (1, 1, 1, 1))
+    geom = kc.conv_geom(16, 13, 19, 12, (3, 3), (stride, stride), (1, 1, 1, 1))
+    assert schedule.eight_images(geom) == (stride == 2)
     x = rng.standard_normal((11, 16, 13, 19), dtype=np.float32)
     weights = kc.prepare_conv(rng.standard_normal((12, 16, 3, 3), dtype=np.float32), None, geom)
     skip = None if masked_ is None else rng.random((12, geom.oh, geom.ow)) < masked_
@@ -501,6 +503,7 @@ PATHS = {  # (c_in, h, w, k_out, kernel, stride, pads, dilation, groups): the pa
     "depthwise-3x3-one-chain-runs": (12, 9, 10, 12, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 12),
     "depthwise-3x3-stride2-phases": (6, 11, 12, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 6),
     "grouped-8-per-group-in-place-taps": (16, 8, 9, 6, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2), 2),
+    "eight-images-3x3-stride2-in-place": (16, 9, 9, 6, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1),
     "whole-filter-rows-in-place": (4, 9, 9, 5, (3, 2), (1, 1), (1, 0, 1, 1), (1, 1), 1),
     "one-chain-tiles4": (1, 10, 10, 9, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1),
     "chains-tiles1-depthwise-5x5": (3, 9, 9, 3, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 3),
@@ -530,3 +533,29 @@ def test_every_path_equals_numpy_twin_bit_for_bit(name, masked_, n):
     want = got.copy()
     assert kc.conv2d(x, weights, geom, skip, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert got.tobytes() == want.tobytes()
+
+
+def test_batches_run_eight_images_at_a_time_where_filters_are_not_reread_from_l1(monkeypatch):
+    """`conv_images8` takes the convs read in place whose neighbouring positions share few taps
+    (1x1, stride 2) or whose filters exceed ONE_IMAGE_BYTES; a 3x3 stride-1 conv with small
+    filters runs image by image, and a conv read from im2col rows always does."""
+    cases = {
+        kc.conv_geom(64, 14, 14, 64, (1, 1)): True,
+        kc.conv_geom(64, 14, 14, 64, (3, 3), (2, 2), (1, 1, 1, 1)): True,
+        kc.conv_geom(512, 7, 7, 512, (3, 3), (1, 1), (1, 1, 1, 1)): True,  # 9.4 MB of filters
+        kc.conv_geom(64, 14, 14, 64, (3, 3), (1, 1), (1, 1, 1, 1)): False,
+        kc.conv_geom(3, 32, 32, 8, (7, 7), (2, 2), (3, 3, 3, 3)): False,  # im2col rows
+    }
+    for geom, eights in cases.items():
+        assert schedule.eight_images(geom) == eights, geom
+    calls = []
+    monkeypatch.setattr(masked, "conv_images8", lambda *a: calls.append(a) or 0)
+    rng = np.random.default_rng(4)
+    for geom, eights in list(cases.items())[:2] + list(cases.items())[3:4]:
+        w = rng.standard_normal((geom.k_out, geom.c_in, geom.kh, geom.kw), dtype=np.float32)
+        weights = kc.prepare_conv(w, None, geom)
+        skip = rng.random((geom.k_out, geom.oh, geom.ow)) < 0.5
+        x = rng.standard_normal((9, geom.c_in, geom.h, geom.w), dtype=np.float32)
+        calls.clear()
+        kc.conv2d(x, weights, geom, skip, np.zeros((9, geom.k_out, geom.oh, geom.ow), np.float32))
+        assert bool(calls) == eights, geom

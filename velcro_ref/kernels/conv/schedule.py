@@ -10,13 +10,16 @@ import numpy as np
 from ..jit import njit
 from ..simd import VEC
 from .geom import ConvGeom, group_taps, in_place, one_chain
-from .layouts import BLOCKS, DIRECT, ROWS, plane_order, planes_of, tap_offsets
+from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, tap_offsets
 
 # Floats of taps per tile of positions of the sampled kernels (of all the images a kernel call
 # reads at a position: 1 or 8): a tile stays in L2 (512 KiB) while the pairs of filters of a
 # thread's run visit it.
 TILE_FLOATS = 1 << 18
 TILE_POSITIONS = 512  # positions per tile, at most
+# Filters (`taps_last` rows) of at most this many bytes are read again for every image where
+# one image at a time is faster (`eight_images`): they come from L2 or L3, not from memory.
+ONE_IMAGE_BYTES = 4 << 20
 
 
 class SkipPlan(NamedTuple):
@@ -37,6 +40,19 @@ def tile_positions(geom: ConvGeom, images) -> int:
     position, at most: the tiles of a schedule are of about one size, ceil(P / n_tiles) with
     n_tiles = ceil(P / tile_positions)."""
     return max(8, min(TILE_POSITIONS, TILE_FLOATS // (images * group_taps(geom))))
+
+
+def eight_images(geom: ConvGeom) -> bool:
+    """Whether batches of a masked conv summed in chains run 8 images at a time (`conv_images8`,
+    a filter's taps loaded once for 8 outputs) rather than one image at a time (`conv_sampled`):
+    only convs read in place, and of those not the ones whose neighbouring positions of a row
+    share most of their taps (kw >= 2 sw; one image's block of 8 positions then finds them in
+    L1, where 8 images at one position share none) with filters of at most ONE_IMAGE_BYTES.
+    Only speed depends on it, never a value."""
+    if not in_place(geom):
+        return False
+    rows = geom.k_out * padded_taps(group_taps(geom)) * 4
+    return not (geom.kw >= 2 * geom.sw and rows <= ONE_IMAGE_BYTES)
 
 
 def runs_planes(geom: ConvGeom):
@@ -65,7 +81,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
         masked = sg.sum(axis=1)
         some = np.flatnonzero(masked < p_n)
         some = _pair_order(some[np.argsort(masked[some], kind="stable")])
-        eights = _tiled_schedule(sg, some, geom, 8) if in_place(geom) else None  # `conv_images8`
+        eights = _tiled_schedule(sg, some, geom, 8) if eight_images(geom) else None  # `conv_images8`
         per_group.append((sg, ~sg.all(axis=0), _tiled_schedule(sg, some, geom, 1), eights))
     return SkipPlan(skip, tuple(per_group), None)
 
