@@ -17,9 +17,12 @@ from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, 
 # thread's run visit it.
 TILE_FLOATS = 1 << 18
 TILE_POSITIONS = 512  # positions per tile, at most
-# Filters (`taps_last` rows) of at most this many bytes are read again for every image where
-# one image at a time is faster (`eight_images`): they come from L2 or L3, not from memory.
+# `eight_images`: filters (`taps_last` rows) of at most ONE_IMAGE_BYTES are read again for every
+# image (from L2 or L3, not from memory); a plane of fewer than ONE_IMAGE_POSITIONS positions
+# leaves one image too few positions per pair for whole blocks; L1_BYTES is the L1 data cache.
 ONE_IMAGE_BYTES = 4 << 20
+ONE_IMAGE_POSITIONS = 128
+L1_BYTES = 32 << 10
 
 
 class SkipPlan(NamedTuple):
@@ -43,16 +46,23 @@ def tile_positions(geom: ConvGeom, images) -> int:
 
 
 def eight_images(geom: ConvGeom) -> bool:
-    """Whether batches of a masked conv summed in chains run 8 images at a time (`conv_images8`,
-    a filter's taps loaded once for 8 outputs) rather than one image at a time (`conv_sampled`):
-    only convs read in place, and of those not the ones whose neighbouring positions of a row
-    share most of their taps (kw >= 2 sw; one image's block of 8 positions then finds them in
-    L1, where 8 images at one position share none) with filters of at most ONE_IMAGE_BYTES.
-    Only speed depends on it, never a value."""
+    """Whether batches of a masked conv summed in chains run 8 images at a time (`conv_images8`:
+    every unmasked output in a block of 8 images, a filter's taps loaded once for them) rather
+    than one image at a time (`conv_sampled`): all convs read in place but those where one
+    image's blocks of 8 positions of a row find most of their taps in L1 and 8 images' would
+    not (neighbouring positions share taps, kw >= 2 sw, and 8 images' taps of 8 positions
+    exceed L1_BYTES), on planes of at least ONE_IMAGE_POSITIONS, with filters of at most
+    ONE_IMAGE_BYTES. Only speed depends on it, never a value."""
     if not in_place(geom):
         return False
-    rows = geom.k_out * padded_taps(group_taps(geom)) * 4
-    return not (geom.kw >= 2 * geom.sw and rows <= ONE_IMAGE_BYTES)
+    block = geom.kh * (7 * geom.sw + geom.kw) * (geom.c_in // geom.groups) * 4  # one image's taps, bytes
+    one_image = (
+        geom.kw >= 2 * geom.sw
+        and 8 * block > L1_BYTES
+        and geom.oh * geom.ow >= ONE_IMAGE_POSITIONS
+        and geom.k_out * padded_taps(group_taps(geom)) * 4 <= ONE_IMAGE_BYTES
+    )
+    return not one_image
 
 
 def runs_planes(geom: ConvGeom):
