@@ -29,9 +29,10 @@ class SkipPlan(NamedTuple):
     """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
     the filters not fully masked with its number of tiles, in tiles for one image, then the
-    same in tiles for 8 images, None for a conv that reads im2col rows), runs None; for a conv summed in one
-    chain, groups () and runs = (segs, bounds, offs, planes, plane_of): the `run_segments` of
-    every filter and the input layout they read (`Planes`, tap offsets)."""
+    same in tiles for 8 images, None for a conv that runs image by image, `eight_images`),
+    runs None; for a conv summed in one chain, groups () and runs = (segs, bounds, offs,
+    planes, plane_of): the `run_segments` of every filter and the input layout they read
+    (`Planes`, tap offsets)."""
 
     skip: np.ndarray
     groups: tuple
@@ -55,7 +56,8 @@ def eight_images(geom: ConvGeom) -> bool:
     ONE_IMAGE_BYTES. Only speed depends on it, never a value."""
     if not in_place(geom):
         return False
-    block = geom.kh * (7 * geom.sw + geom.kw) * (geom.c_in // geom.groups) * 4  # one image's taps, bytes
+    span = 7 * geom.sw + (geom.kw - 1) * geom.dw + 1  # pixels of a row 8 neighbouring positions read
+    block = geom.kh * span * (geom.c_in // geom.groups) * 4  # one image's taps of them, bytes
     one_image = (
         geom.kw >= 2 * geom.sw
         and 8 * block > L1_BYTES
