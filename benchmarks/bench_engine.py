@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepTimer, fp32_peak_gflops, machine  # noqa: E402
+from common import OpTimer, fp32_peak_gflops, machine  # noqa: E402
 
 # runs timed per worker, by batch: enough for a median, one at batch 256 (seconds a run; the
 # rounds of alternated workers give the spread)
@@ -79,7 +79,7 @@ def worker(args):
 
 def layer_table(model, x):
     """(name, description, MMACs, median ms, GFLOPS) of every conv/linear node at batch 1."""
-    med = StepTimer().run(model, x, repeat=7)
+    med = OpTimer().run(model, x, repeat=7)
     rows = []
     for st in model.steps:
         macs = model.layer_macs().get(st.name)

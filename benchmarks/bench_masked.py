@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import StepTimer, machine  # noqa: E402
+from common import OpTimer, machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEAT = {1: 11, 8: 5}
@@ -78,7 +78,7 @@ def worker(args):
         out = {"ms": _time(lambda: model.run(x, masks=masks), args.repeat)}
         out["macs"] = sum(model.last_macs.values())
         if args.worker == "layers":
-            dense, masked = StepTimer().run(model, x, None, 7), StepTimer().run(model, x, masks, 7)
+            dense, masked = OpTimer().run(model, x, None, 7), OpTimer().run(model, x, masks, 7)
             model.run(x)
             dense_macs = dict(model.last_macs)
             model.run(x, masks=masks)
@@ -165,7 +165,7 @@ def masked_tables(args):
                 flush=True,
             )
     lay = spawn("layers", "resnet18", args.threads, batch=1, ratio=0.5, repeat=3)
-    print("\nper layer, batch 1, R = 0.5 (one process, StepTimer medians):")
+    print("\nper layer, batch 1, R = 0.5 (one process, medians of each node's calls in ordinary fused runs):")
     print(f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}")
     for name, d, m, ideal in lay["rows"]:
         print(f"{name:<24} {d:>9.2f} {m:>10.2f} {d / m:>8.2f}x {ideal:>5.2f}x")

@@ -36,23 +36,40 @@ def fp32_peak_gflops(threads, n=2048, repeat=5) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
-class StepTimer:
-    """Engine observer: the time between consecutive on_node calls is the op of the later node."""
+class OpTimer:
+    """Median seconds per node of ordinary runs (no observer, so with the fusions a user's run
+    makes: a fused conv's time, its add and activation included, under the conv's name). Each
+    op's run methods are wrapped for the runs and restored after; a call is named by its node's
+    args object (ops whose args are shared, such as an empty tuple, go under the op's class)."""
 
-    def __init__(self):
-        self.times, self.last = {}, 0.0
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        self.times.setdefault(step.name, []).append(time.perf_counter() - self.last)
-        self.last = time.perf_counter()
+    METHODS = ("run", "run_fused", "unmasked")
 
     def run(self, model, x, masks=None, repeat=7) -> dict:
-        """Median seconds per node over `repeat` runs."""
-        self.times = {}
-        for _ in range(repeat):
-            self.last = time.perf_counter()
-            model.run(x, masks=masks, observer=self)
-        return {k: float(np.median(v)) for k, v in self.times.items()}
+        names = {}
+        for st in model.steps:
+            names[id(st.args)] = type(st.opdef).__name__ if id(st.args) in names else st.name
+        times, wrapped = {}, []
+        for op in {id(st.opdef): st.opdef for st in model.steps}.values():
+            for meth in self.METHODS:
+                if hasattr(op, meth):
+                    setattr(op, meth, self._timed(getattr(op, meth), names, times))
+                    wrapped.append((op, meth))
+        try:
+            for _ in range(repeat):
+                model.run(x, masks=masks)
+        finally:
+            for op, meth in wrapped:
+                delattr(op, meth)
+        return {k: float(np.median(v)) for k, v in times.items()}
+
+    @staticmethod
+    def _timed(fn, names, times):
+        def timed(*args):
+            start = time.perf_counter()
+            result = fn(*args)
+            elapsed = time.perf_counter() - start
+            name = next((names[id(a)] for a in args if id(a) in names), type(fn.__self__).__name__)
+            times.setdefault(name, []).append(elapsed)
+            return result
+
+        return timed
