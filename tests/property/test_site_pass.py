@@ -51,7 +51,7 @@ def _same(a, b) -> bool:
 @given(
     st.integers(0, 2**31),
     st.lists(st.sampled_from([1, 3, 4, 5, 8, 9, 17]), min_size=1, max_size=3),
-    st.sampled_from([1, 7, 511, 513, 1300, 2 * 512 + 77]),
+    st.sampled_from([1, 7, 511, 513, 1300, 2 * 512 + 77, 4097, 20000]),  # blocks of 8 .. 2000 elements
     st.sampled_from([np.float32(6.0), np.float32(np.inf)]),
     st.sampled_from([0.0, 2.0, 1e5]),
     st.sampled_from(SPECIALS),

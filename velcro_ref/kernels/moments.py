@@ -5,6 +5,7 @@ one pass."""
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -95,28 +96,45 @@ def chan_arrays(ca, sa, ma, m2a, cb, sb, mb, m2b, n, mean, m2):
         n[e], mean[e], m2[e] = chan(ca[e], sa[e], ma[e], m2a[e], cb[e], sb[e], mb[e], m2b[e])
 
 
-# Elements per block of `welford_add` and `clamp_welford_add`: a block's batch moments stay in
-# L1 until combined. Blocks are the parallel work items (an even split over the threads).
-BLOCK = 512
+# Elements per block of `welford_add` and `clamp_welford_add`, at most (`block_elements`). Blocks
+# are the parallel work items; an image's part of a block is a run of floats read (and written)
+# in order, long enough for the hardware prefetcher: with runs of 512 the loads of a profiling
+# pass waited on memory (docs/kernels.md, "Measured").
+BLOCK_MAX = 2048
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
+def block_elements(e_n, threads):
+    """Elements per block for e_n elements per image: BLOCK_MAX at most, blocks of about one size
+    whose count is a multiple of `threads` (an even split), a multiple of VEC. Only speed depends
+    on it: each element's moments take the same operations in any block."""
+    n_blocks = threads * max(1, -(-e_n // (threads * BLOCK_MAX)))
+    per_block = -(-e_n // n_blocks)
+    return max(VEC, -(-per_block // VEC) * VEC)
+
+
 def welford_add(y, count, shift, mean, m2, lo, hi):
     """Layout: y (N, E) float32 or float64, one row per image; count, shift, mean, m2, lo, hi (E,)
     float64, running moments updated in place.
 
-    Loop order: blocks of BLOCK elements in parallel; per block, `welford` over the block
+    Loop order: blocks of `block_elements` in parallel; per block, `welford` over the block
     (shifted by its first image), then each element's batch moments combined with its running
     ones by `chan`; an element with count 0 takes the batch's as they are. The same arithmetic as
     `welford` on the whole batch followed by `chan_arrays`, without a pass over E-element
     temporaries; each element is computed by one thread, so the thread count changes no bit.
     """
+    _welford_blocks(y, count, shift, mean, m2, lo, hi, block_elements(y.shape[1], numba.get_num_threads()))
+
+
+@njit(cache=True, parallel=True)
+def _welford_blocks(y, count, shift, mean, m2, lo, hi, blk):
+    """`welford_add` in blocks of blk elements."""
     e_n = y.shape[1]
-    for b in prange((e_n + BLOCK - 1) // BLOCK):
-        e0 = b * BLOCK
-        k = min(BLOCK, e_n - e0)
-        bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
-        blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
+    for b in prange((e_n + blk - 1) // blk):
+        e0 = b * blk
+        k = min(blk, e_n - e0)
+        bs, bm, bm2 = np.empty(blk), np.empty(blk), np.empty(blk)
+        blo, bhi = np.empty(blk), np.empty(blk)
         for i in range(k):
             bs[i], blo[i], bhi[i] = y[0, e0 + i], np.inf, -np.inf
         _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
@@ -143,7 +161,7 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     to [0, top] (`overwrite.clamp`'s bits), `welford_add(out, ...)`'s moments, and returns x's
     (min, max) as `value_range(x)` gives them.
 
-    Loop order as `welford_add`: blocks of BLOCK elements in parallel; per block, images
+    Loop order as `welford_add`: blocks of `block_elements` in parallel; per block, images
     CLAMP_ROWS at a time with each element's mean, M2 and the min and max of its x in registers.
     Each element's mean and M2 take the same operations in the same order as in `welford_add`;
     its min and max of out are those of x clamped (the clamp is monotonic), and a block's range
@@ -153,9 +171,10 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     when a block was so or an extreme is zero (which of 0.0 and -0.0 it returns depends on
     positions).
     """
-    n_blocks = (x.shape[1] + BLOCK - 1) // BLOCK
+    blk = block_elements(x.shape[1], numba.get_num_threads())
+    n_blocks = (x.shape[1] + blk - 1) // blk
     x_lo, x_hi = np.empty(n_blocks, np.float32), np.empty(n_blocks, np.float32)
-    ok = _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi)
+    ok = _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi, blk)
     if ok:
         r_lo, r_hi = float(x_lo.min()), float(x_hi.max())
         if r_lo != 0.0 and r_hi != 0.0:
@@ -168,18 +187,18 @@ CLAMP_ROWS = 4
 
 
 @njit(cache=True, parallel=True)
-def _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi):
-    """`clamp_welford_add` but for the range: x_lo[b], x_hi[b] the min and max of block b's
-    elements of x. Returns False if a block's batch mean came out NaN."""
+def _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi, blk):
+    """`clamp_welford_add` but for the range, in blocks of blk elements: x_lo[b], x_hi[b] the min
+    and max of block b's elements of x. Returns False if a block's batch mean came out NaN."""
     e_n = x.shape[1]
     n_blocks = x_lo.size
     bad = np.zeros(n_blocks, np.bool_)
     for b in prange(n_blocks):
-        e0 = b * BLOCK
-        k = min(BLOCK, e_n - e0)
-        bs, bm, bm2 = np.empty(BLOCK), np.empty(BLOCK), np.empty(BLOCK)
-        blo, bhi = np.empty(BLOCK), np.empty(BLOCK)
-        xl, xh = np.empty(BLOCK, np.float32), np.empty(BLOCK, np.float32)
+        e0 = b * blk
+        k = min(blk, e_n - e0)
+        bs, bm, bm2 = np.empty(blk), np.empty(blk), np.empty(blk)
+        blo, bhi = np.empty(blk), np.empty(blk)
+        xl, xh = np.empty(blk, np.float32), np.empty(blk, np.float32)
         for i in range(k):
             bs[i] = _clamp(x[0, e0 + i], top)
         _clamp_welford_range(x, top, out, e0, e0 + k, bs, bm, bm2, xl, xh)
