@@ -90,7 +90,7 @@ def test_add_batch_changes_only_its_own_arrays():
 
 @given(st.integers(0, 2**31), st.sampled_from([1, 3, 4, 5, 9]), st.sampled_from([8 * 512 + 1, 2 * 8 * 512 + 77]))
 def test_add_batch_over_several_work_items_equals_merging_batch_stats(seed, n, elements):
-    """Several work items of welford_add (4 and 6 blocks, the last one shorter), so both threads
+    """Several work items of welford_add (4 and 6 blocks on 2 threads, the last one shorter), so both threads
     take part, and image counts around its 4-image steps: the same numbers as merging each batch's
     stats."""
     rng = np.random.default_rng(seed)

@@ -227,7 +227,7 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
     (`copy_floats`, `zero_floats`)."""
     n_n, c_n, h, w = shape
     cg = c_n // geom.groups
-    pl_n, sw, q = planes.plane, planes.phases, planes.q
+    pl_n, ph_n, q = planes.plane, planes.phases, planes.q
     for item in range(i0, i1):
         n, c = item // c_n, item % c_n
         at = (n * c_n + (c // cg) * cg + plane_of[c % cg]) * pl_n  # the plane in xq
@@ -242,24 +242,24 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
                 zero_floats(xq, at + geom.oh * ow, pl_n - geom.oh * ow)
             continue
         for r in range(r0, r1):
-            iy, d = r - geom.pt, at + r * sw * q
+            iy, d = r - geom.pt, at + r * ph_n * q
             if iy < 0 or iy >= h:
-                zero_floats(xq, d, sw * q)
+                zero_floats(xq, d, ph_n * q)
                 continue
-            for ph in range(sw):
-                # column j of phase ph holds input column j * sw + ph - pl: inside x for j0 <= j < j1
-                j0 = min(q, max(0, (geom.pl - ph + sw - 1) // sw))
-                j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // sw + 1))
-                seg, ix = d + ph * q, src + iy * w + j0 * sw + ph - geom.pl
+            for ph in range(ph_n):
+                # column j of phase ph holds input column j * ph_n + ph - pl: inside x for j0 <= j < j1
+                j0 = min(q, max(0, (geom.pl - ph + ph_n - 1) // ph_n))
+                j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // ph_n + 1))
+                seg, ix = d + ph * q, src + iy * w + j0 * ph_n + ph - geom.pl
                 zero_floats(xq, seg, j0)
-                if sw == 1:
+                if ph_n == 1:
                     copy_floats(xf, ix, xq, seg + j0, j1 - j0)
                 else:
                     for j in range(j1 - j0):
-                        xq[seg + j0 + j] = xf[ix + j * sw]
+                        xq[seg + j0 + j] = xf[ix + j * ph_n]
                 zero_floats(xq, seg + j1, q - j1)
         if r1 == planes.hp:
-            zero_floats(xq, at + planes.hp * sw * q, pl_n - planes.hp * sw * q)
+            zero_floats(xq, at + planes.hp * ph_n * q, pl_n - planes.hp * ph_n * q)
 
 
 def pack_tiles(w, geom: ConvGeom, tile_m):
