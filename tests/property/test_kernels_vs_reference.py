@@ -344,6 +344,49 @@ def test_im2col_rows_copied_tile_by_tile_equal_numpy_twin(geom, n, monkeypatch):
     assert got.tobytes() == want.tobytes()
 
 
+# Masked convs of one chain with channels or filters in SIMD lanes run their dense kernel and
+# store the outputs `schedule.lane_bits` names: depthwise on blocks of 8 channels (two bands of
+# rows at 40 x 37, a stride-2 one), 1x1 and 3x3 one-chain convs with 16 filters per group.
+LANE_BITS_GEOMS = [
+    kc.conv_geom(16, 40, 37, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
+    kc.conv_geom(8, 19, 17, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
+    kc.conv_geom(8, 9, 13, 48, (1, 1)),
+    kc.conv_geom(2, 7, 11, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+]
+
+
+def _lane_bits_mask(geom, kind, rng):
+    """A mask of one kind: random, whole tiles of lanes masked (every channel of the first
+    block over the top rows, every filter at the first positions), or all / none masked."""
+    skip = rng.random((geom.k_out, geom.oh, geom.ow)) < 0.5
+    if kind == "tiles":
+        skip[:8, : geom.oh // 2] = True
+        skip[:, :1] = True
+        skip[-1] = False
+    return {"random": skip, "tiles": skip, "all": np.ones_like(skip), "none": np.zeros_like(skip)}[kind]
+
+
+@pytest.mark.parametrize("kind", ["random", "tiles", "all", "none"])
+@pytest.mark.parametrize("residual", [False, True], ids=["own", "residual"])
+@pytest.mark.parametrize("geom", LANE_BITS_GEOMS, ids=str)
+def test_masked_lanes_store_only_the_unmasked_outputs(geom, residual, kind, monkeypatch):
+    """The lane-bits path (dense kernel, some outputs stored) equals the twin bit for bit and in
+    MACs, and leaves every masked element's bits as they were (a NaN payload included): whole
+    tiles and the tiles at a band's or plane's end, with and without a residual."""
+    monkeypatch.setattr(depthwise, "BAND_POSITIONS", 256)  # several bands on the 40 x 37 plane
+    rng = np.random.default_rng(sum(map(ord, kind)) + geom.k_out)
+    x, weights, _, ep = _conv_case((geom, 9, None, 2, residual, 4, False))
+    skip = _lane_bits_mask(geom, kind, rng)
+    plan = kc.plan_skip(skip, weights, geom)
+    assert plan.bits is not None and plan.runs is None  # the lane-bits path
+    payload = np.array([0x7FC0BEEF], np.uint32).view(np.float32)[0]
+    got = np.full((9, geom.k_out, geom.oh, geom.ow), payload, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+    assert np.all(got[:, skip].view(np.uint32) == 0x7FC0BEEF)
+
+
 @pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
 def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_, stride):

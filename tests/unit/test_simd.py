@@ -129,9 +129,9 @@ def _lane_runs(wp, x, pb, offs, starts, run, parts, out):
     bias = np.zeros(16, np.float32)
     if n_chains == 8:
         slots = (0, 96, 192, 288, 384, 480, 576, 672)
-        store_lanes(parts, slots, bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5))
+        store_lanes(parts, slots, bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5), None)
     else:
-        store_lanes(parts, (0,), bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5))
+        store_lanes(parts, (0,), bias, out, out, (0, 6, 0, 0), (0, 1, 2, 3, 4, 5), None)
 
 
 @pytest.mark.parametrize("run", [1, 5, 1000])

@@ -43,6 +43,7 @@ VEC = 8  # floats per vector: one AVX2 register (LLVM splits or joins it on othe
 CHAINS = 8  # chains of an output's taps; equal to VEC so that `dot_taps` lanes are chains
 
 _F32 = ir.FloatType()
+_I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _V8 = ir.VectorType(_F32, VEC)
@@ -326,24 +327,72 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
     return sig, codegen
 
 
+def _phi(builder, *incoming):
+    """The value of the branch taken: incoming (value, block) pairs."""
+    y = builder.phi(incoming[0][0].type)
+    for value, block in incoming:
+        y.add_incoming(value, block)
+    return y
+
+
+def _keep_type(keep, dtype, n=None):
+    """Whether keep is (bits, index): bits a C-contiguous array of dtype, index an integer (n
+    None) or a tuple of n intp."""
+    if not (isinstance(keep, types.BaseTuple) and len(keep) == 2):
+        return False
+    bits, index = keep
+    if not (isinstance(bits, types.Array) and bits.dtype == dtype and bits.layout == "C"):
+        return False
+    return isinstance(index, types.Integer) if n is None else _int_tuple(index, n)
+
+
+def _keep_bits(context, builder, ty, value):
+    """The data pointer of a keep's bits and its index (an intp or a list of them)."""
+    bits, index = cgutils.unpack_tuple(builder, value)
+    data = _array(context, builder, ty[0], bits).data
+    if isinstance(ty[1], types.Integer):
+        return data, context.cast(builder, index, ty[1], types.intp)
+    return data, cgutils.unpack_tuple(builder, index)
+
+
+def _lane_on(builder, word, lane):
+    """Whether bit `lane` of the integer (or vector of integers) word is set."""
+    ty = word.type.element if isinstance(word.type, ir.VectorType) else word.type
+    bit = 1 << lane
+    bit -= (bit >> (ty.width - 1)) << ty.width  # the sign bit as a negative constant
+    one, zero = ir.Constant(ty, bit), ir.Constant(ty, 0)
+    if isinstance(word.type, ir.VectorType):
+        one, zero = (ir.Constant(word.type, [v.constant] * word.type.count) for v in (one, zero))
+    return builder.icmp_unsigned("!=", builder.and_(word, one), zero)
+
+
 @intrinsic
-def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
+def store_lanes(typingctx, parts, slots, bias, res, out, where, obases, keep):
     """The epilogue of a `lane_pass` tile, stored into out.
 
-    store_lanes(parts, slots, bias, res, out, where, obases): where = (k0, p_n, has_res, act),
-    the tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res and out
-    (flat NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j * p_n. Each
-    output is its sum combined over the chains (`_combined`), + bias, + the residual if has_res,
-    then the activation (`_epilogue`). Where the positions are consecutive (all but a plane's
-    short last tile) the sums are transposed in registers, 8 filters at a time, and each
-    filter's outputs stored in pieces of 4 and 2 (its residual read likewise); else one by one.
-    The same float32 operations either way.
+    store_lanes(parts, slots, bias, res, out, where, obases, keep): where = (k0, p_n, has_res,
+    act), the tile's filters are output channels k0 .. k0 + 15, planes of p_n outputs in res
+    and out (flat NCHW, res as `store_tile` takes it); position p's outputs at obases[p] + j *
+    p_n. Each output is its sum combined over the chains (`_combined`), + bias, + the residual
+    if has_res, then the activation (`_epilogue`). Where the positions are consecutive (all but
+    a plane's short last tile) the sums are transposed in registers, 8 filters at a time, and
+    each filter's outputs stored in pieces of 4 and 2 (its residual read likewise); else one by
+    one. The same float32 operations either way.
+
+    keep: None (every output stored) or (bits, index), bits a uint16 array whose element
+    index[p] says which filters of position p are stored (bit j: filter k0 + j); the others
+    keep what out holds (consecutive positions: a filter's outputs are read, the kept lanes
+    taken from the tile and all written back, so the caller's thread alone may write them).
+    Returns the outputs stored (a position repeated at a short last tile counted once).
     """
     if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
         return None
     if not (_int_tuple(slots) and slots.count in (1, CHAINS) and _int_tuple(obases)):
         return None
-    sig = types.none(parts, slots, bias, res, out, where, obases)
+    kept = keep != types.none
+    if kept and not _keep_type(keep, types.uint16, obases.count):
+        return None
+    sig = types.int64(parts, slots, bias, res, out, where, obases, keep)
     n_p, h_n = obases.count, 2
 
     def codegen(context, builder, sig, args):
@@ -352,6 +401,15 @@ def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
         k0, p_n, has_res, act = cgutils.unpack_tuple(builder, args[5])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
         ob = cgutils.unpack_tuple(builder, args[6])
+        words = [None] * n_p
+        if kept:
+            bits, index = _keep_bits(context, builder, sig.args[7], args[7])
+            words = [builder.load(builder.gep(bits, [index[i]])) for i in range(n_p)]
+        stored = _I64(0)
+        for i in range(n_p):  # a position repeated at a short last tile counts once
+            n_i = _ctpop(builder, words[i]) if kept else _I64(h_n * VEC)
+            new = builder.icmp_signed("!=", ob[i], ob[i - 1]) if i else ir.Constant(ir.IntType(1), 1)
+            stored = builder.add(stored, builder.select(new, n_i, _I64(0)))
         bv = [_load_vec(builder, arr_b.data, builder.add(k0, _I64(h * VEC))) for h in range(h_n)]
         ys = [
             [builder.fadd(_combined(builder, arr_p.data, slots, _I64(i * h_n + h)), bv[h]) for h in range(h_n)]
@@ -362,6 +420,11 @@ def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
             run = builder.and_(run, builder.icmp_signed("==", ob[i], builder.add(ob[0], _I64(i))))
         with builder.if_else(run) as (together, apart):
             with together:
+                if kept and n_p <= VEC:
+                    w16 = ir.VectorType(words[0].type, VEC)
+                    tile_words = ir.Constant(w16, [0] * VEC)
+                    for i, word in enumerate(words):
+                        tile_words = builder.insert_element(tile_words, word, _I32(i))
                 for h in range(h_n if n_p <= VEC else 0):
                     cols = _transpose8(builder, [ys[i][h] for i in range(n_p)] + [_zero()] * (VEC - n_p))
                     for c, y in enumerate(cols):
@@ -369,19 +432,26 @@ def store_lanes(typingctx, parts, slots, bias, res, out, where, obases):
                         with builder.if_else(has_res) as (with_res, without):
                             with with_res:
                                 r = _load_first(builder, arrays[0].data, at, n_p)
-                                _store_first(
-                                    builder, _epilogue(builder, builder.fadd(y, r), act), arrays[1].data, at, n_p
-                                )
+                                y_res = (_epilogue(builder, builder.fadd(y, r), act), builder.block)
                             with without:
-                                _store_first(builder, _epilogue(builder, y, act), arrays[1].data, at, n_p)
+                                y_own = (_epilogue(builder, y, act), builder.block)
+                        y = _phi(builder, y_res, y_own)
+                        if kept:
+                            old = _load_first(builder, arrays[1].data, at, n_p)
+                            y = builder.select(_lane_on(builder, tile_words, h * VEC + c), y, old)
+                        _store_first(builder, y, arrays[1].data, at, n_p)
             with apart:
                 for i in range(n_p):
                     for h in range(h_n):
                         for lane in range(VEC):
                             idx = builder.add(ob[i], builder.mul(p_n, builder.add(k0, _I64(h * VEC + lane))))
                             y = builder.extract_element(ys[i][h], _I32(lane))
-                            _store_one(builder, arrays, idx, y, has_res, act)
-        return context.get_dummy_value()
+                            if kept:
+                                with builder.if_then(_lane_on(builder, words[i], h * VEC + lane)):
+                                    _store_one(builder, arrays, idx, y, has_res, act)
+                            else:
+                                _store_one(builder, arrays, idx, y, has_res, act)
+        return stored
 
     return sig, codegen
 
@@ -402,43 +472,79 @@ def _transpose8(builder, rows):
     return [sh(s[k], s[k + 4], low) for k in range(4)] + [sh(s[k], s[k + 4], high) for k in range(4)]
 
 
+def _ctpop(builder, v):
+    """The number of bits set in the integer v, as an i64."""
+    name = f"llvm.ctpop.i{v.type.width}"
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v.type, [v.type]), name)
+    return builder.zext(builder.call(fn, [v]), _I64) if v.type.width < 64 else builder.call(fn, [v])
+
+
 @intrinsic
-def store_depth(typingctx, parts, bias, res, out, where, ob):
+def store_depth(typingctx, parts, bias, res, out, where, ob, keep):
     """The epilogue of a `depth_pass` tile of 8 channels by 8 consecutive positions (accumulator
     p at parts[p * VEC]), stored into out: where = (k0, p_n, has_res, act, n_valid): channels k0
     .. k0 + 7, planes of p_n outputs in res and out (flat NCHW, res as `store_tile` takes it),
     positions ob .. ob + n_valid - 1 of channel k0's plane (the rest are not stored). Each output
     is sum + bias, + the residual if has_res, then the activation (`_epilogue`); a whole tile
     without residual is transposed in registers and stored a channel's 8 outputs at a time.
+
+    keep: None (every output stored) or (bits, b0), bits a uint8 array whose byte b0 + i says
+    which channels of position i are stored (bit c: channel k0 + c); the others keep what out
+    holds (a whole tile loads a channel's 8 outputs, takes the kept lanes from the tile and
+    stores the 8 back: the caller's thread alone may write them). Returns the outputs stored.
     """
     if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
         return None
     if not isinstance(ob, types.Integer):
         return None
-    sig = types.none(parts, bias, res, out, where, ob)
+    kept = keep != types.none
+    if kept and not _keep_type(keep, types.uint8):
+        return None
+    sig = types.int64(parts, bias, res, out, where, ob, keep)
 
     def codegen(context, builder, sig, args):
         arr_p, arr_b, *arrays = _arrays(context, builder, sig, args, 0, 1, 2, 3)
         k0, p_n, has_res, act, n_valid = cgutils.unpack_tuple(builder, args[4])
         ob = context.cast(builder, args[5], sig.args[5], types.intp)
+        if kept:
+            bits, b0 = _keep_bits(context, builder, sig.args[6], args[6])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
         bv = _load_vec(builder, arr_b.data, k0)
         ys = [builder.fadd(_load_vec(builder, arr_p.data, _I64(i * VEC)), bv) for i in range(VEC)]
         first = builder.add(ob, builder.mul(p_n, k0))
         fast = builder.and_(builder.icmp_signed("==", n_valid, _I64(VEC)), builder.not_(has_res))
+        stored = cgutils.alloca_once_value(builder, _I64(0))
         with builder.if_else(fast) as (whole, part):
             with whole:
                 cols = _transpose8(builder, [_epilogue(builder, y, act) for y in ys])
+                if kept:
+                    v8 = ir.VectorType(_I8, VEC)
+                    tile_bits = builder.load(builder.bitcast(builder.gep(bits, [b0]), v8.as_pointer()), align=1)
+                    builder.store(_ctpop(builder, builder.bitcast(tile_bits, _I64)), stored)
+                else:
+                    builder.store(_I64(VEC * VEC), stored)
                 for c, col in enumerate(cols):
-                    at = builder.add(first, builder.mul(p_n, _I64(c)))
-                    builder.store(col, _vec_ptr(builder, arrays[1].data, at), align=4)
+                    ptr = _vec_ptr(builder, arrays[1].data, builder.add(first, builder.mul(p_n, _I64(c))))
+                    if kept:
+                        col = builder.select(_lane_on(builder, tile_bits, c), col, builder.load(ptr, align=4))
+                    builder.store(col, ptr, align=4)
             with part:
                 for i, y in enumerate(ys):
                     with builder.if_then(builder.icmp_signed("<", _I64(i), n_valid)):
+                        if kept:
+                            byte = builder.load(builder.gep(bits, [builder.add(b0, _I64(i))]))
+                            builder.store(builder.add(builder.load(stored), _ctpop(builder, byte)), stored)
+                        else:
+                            builder.store(builder.add(builder.load(stored), _I64(VEC)), stored)
                         for c in range(VEC):
                             idx = builder.add(first, builder.add(builder.mul(p_n, _I64(c)), _I64(i)))
-                            _store_one(builder, arrays, idx, builder.extract_element(y, _I32(c)), has_res, act)
-        return context.get_dummy_value()
+                            value = builder.extract_element(y, _I32(c))
+                            if kept:
+                                with builder.if_then(_lane_on(builder, byte, c)):
+                                    _store_one(builder, arrays, idx, value, has_res, act)
+                            else:
+                                _store_one(builder, arrays, idx, value, has_res, act)
+        return builder.load(stored)
 
     return sig, codegen
 
@@ -614,12 +720,10 @@ def _store_scattered(builder, arrays, idx, y, has_res, act):
     with builder.if_else(has_res) as (with_res, without):
         with with_res:
             r = _gathered(builder, [builder.load(builder.gep(arr_r.data, [i])) for i in idx])
-            y_res, res_block = _epilogue(builder, builder.fadd(y, r), act), builder.block
+            y_res = (_epilogue(builder, builder.fadd(y, r), act), builder.block)
         with without:
-            y_own, own_block = _epilogue(builder, y, act), builder.block
-    y = builder.phi(y.type)
-    y.add_incoming(y_res, res_block)
-    y.add_incoming(y_own, own_block)
+            y_own = (_epilogue(builder, y, act), builder.block)
+    y = _phi(builder, y_res, y_own)
     for lane, i in enumerate(idx):
         builder.store(builder.extract_element(y, _I32(lane)), builder.gep(arr_o.data, [i]))
 

@@ -239,14 +239,17 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
 
 
 @njit(cache=True, parallel=True)
-def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
+def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     """Layout as `conv_tiles`; cw.tiles holds blocks of LANE_K filters (a multiple of LANE_K per
     group), cw.pbase (P,) the offset of tap (0, 0) of each output position in a channel's input
-    plane. Returns the MACs of the outputs.
+    plane; bits None (dense) or, masked, a uint16 (K / LANE_K * P,) array: bit j of element
+    b * P + p set where filter LANE_K b + j needs position p (`schedule.lane_bits`). Returns the
+    MACs of the outputs stored.
 
     Loop order as `conv_tiles`, a tile being POS_TILE consecutive output positions of a plane
     (`lane_pass`: the filters in SIMD lanes; `store_lanes`). A short last tile repeats its last
-    position.
+    position. Masked, a tile whose bits name no output is skipped, and a tile stores only the
+    outputs its bits name, the other lanes' values dropped and not counted.
     """
     k_n, groups = geom.k_out, geom.groups
     n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
@@ -255,31 +258,55 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split):
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     n_chains, runs = starts.size - 1, chain_runs(starts, RUN_BYTES // (4 * LANE_K))
     step = n_chains * N_ACC * VEC
+    n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty((t_hi - t_lo) * step, np.float32)
         bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
+        done = 0
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
             wb = blk * taps * LANE_K
             for r in range(runs.shape[0]):
                 span = (runs[r, 1], runs[r, 2], runs[r, 3])
                 at = runs[r, 0] * N_ACC * VEC  # the run's chain in the first tile's sums
                 for i in range(t_hi - t_lo):
-                    lane_pass(wts, bases[i, POS_TILE] + wb, xp, _bases_of(bases, i), offs, span, parts, at)
+                    if bits is None or _tile_kept(bits, t_lo + i, n_t, groups, kg, blk, p_n):
+                        lane_pass(wts, bases[i, POS_TILE] + wb, xp, _bases_of(bases, i), offs, span, parts, at)
                     at += step
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
-                ob = n * k_n * p_n
                 q = _positions(t * POS_TILE, p_n)
-                obs = _offset(ob, q)
-                where = (g * kg + blk * LANE_K, p_n, has_res, act)
+                obs = _offset(n * k_n * p_n, q)
+                k0 = g * kg + blk * LANE_K
+                where = (k0, p_n, has_res, act)
                 u = (ti - t_lo) * step
-                if n_chains == CHAINS:
-                    store_lanes(parts, _slots(u), bias, res, out, where, obs)
-                else:
-                    store_lanes(parts, (u,), bias, res, out, where, obs)
-    return n_n * k_n * p_n * taps
+                if bits is None:
+                    done += _store_chains(parts, u, n_chains, (bias, res, out), where, obs, None)
+                elif _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
+                    keep = (bits, _offset(k0 // LANE_K * p_n, q))
+                    done += _store_chains(parts, u, n_chains, (bias, res, out), where, obs, keep)
+        n_done += done
+    return n_done * taps
+
+
+@njit(cache=True, inline="always")
+def _store_chains(parts, u, n_chains, io, where, obs, keep):
+    """`store_lanes` of the tile whose sums start at parts[u], of one chain or CHAINS."""
+    if n_chains == CHAINS:
+        return store_lanes(parts, _slots(u), io[0], io[1], io[2], where, obs, keep)
+    return store_lanes(parts, (u,), io[0], io[1], io[2], where, obs, keep)
+
+
+@njit(cache=True, inline="always")
+def _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
+    """Whether the bits (`conv_lanes`) name an output of work tile ti of filter block blk."""
+    t, g = ti % n_t, (ti // n_t) % groups
+    at = (g * kg + blk * LANE_K) // LANE_K * p_n
+    for p in range(t * POS_TILE, min((t + 1) * POS_TILE, p_n)):
+        if bits[at + p]:
+            return True
+    return False
 
 
 @njit(cache=True, parallel=True)
@@ -306,7 +333,7 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
                     lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
                 g, t = (ti // n_t) % groups, ti % n_t
                 obs = _offset((ti // (groups * n_t)) * k_n * p_n, _positions(t * POS_TILE, p_n))
-                store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs)
+                store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs, None)
     return n_n * k_n * p_n * taps
 
 

@@ -86,16 +86,21 @@ def band_rows(geom: ConvGeom) -> int:
 
 
 @njit(cache=True, parallel=True)
-def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out):
+def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out, bits):
     """Layout: xf (N * C * H * W,) the images, flat NCHW; out and res as `conv_depthwise`;
     cw.tiles block b's tap t of channel 8 b + c at [(b * taps + t) * 8 + c], cw.offs each tap's
-    offset and cw.pbase each output position's in a BLOCKS plane (`to_blocks`). Returns the MACs.
+    offset and cw.pbase each output position's in a BLOCKS plane (`to_blocks`); bits None
+    (dense) or, masked, a uint8 (C / 8 * P,) array: bit c of byte b * P + p set where channel
+    8 b + c needs position p (`schedule.lane_bits`). Returns the MACs of the outputs stored.
 
     Loop order: (image, block of 8 channels, band of `band` output rows) items in parallel; per
     item its input rows copied into the BLOCKS layout (`blocks_rows`, the item's own buffer),
     then tiles of 8 consecutive output positions of the band: `depth_pass` (the 8 channels in
     SIMD lanes, the taps in (fy, fx) order from +0), then bias, residual, activation
     (`store_depth`). A short last tile repeats its last position and stores the others only.
+    Masked, an item whose band needs no output of its block and a tile that needs none are
+    skipped; a tile stores only the outputs its bits name, the other lanes' values dropped and
+    not counted.
     """
     c_n, oh, ow = geom.c_in, geom.oh, geom.ow
     p_n = oh * ow
@@ -107,9 +112,14 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out):
     line = cw.q * VEC  # floats per row of a block
     chw = (c_n, geom.h, geom.w)
     wts, offs, bias, pbase = cw.tiles, cw.offs, cw.b, cw.pbase  # see dense.conv_tiles
+    n_done = 0
     for item in prange(n_n * n_b * n_bands):
         n, cb, bd = item // (n_b * n_bands), (item // n_bands) % n_b, item % n_bands
         oy0, oy1 = bd * band, min(oh, (bd + 1) * band)
+        p_lo, p_hi = oy0 * ow, oy1 * ow
+        kb = cb * p_n  # the block's bytes in bits
+        if bits is not None and not _any_bits(bits, kb + p_lo, kb + p_hi):
+            continue
         r0 = oy0 * geom.sh
         buf = np.empty(rows_in * line, np.float32)
         blocks_rows(
@@ -124,9 +134,12 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out):
         parts = np.empty(VEC * VEC, np.float32)
         xb = -r0 * line
         w0 = cb * taps * VEC
-        p_lo, p_hi = oy0 * ow, oy1 * ow
         where_k = (cb * VEC, p_n, has_res, act)
+        done = 0
         for p0 in range(p_lo, p_hi, VEC):
+            p1 = min(p0 + VEC, p_hi)
+            if bits is not None and not _any_bits(bits, kb + p0, kb + p1):
+                continue
             pb = (
                 xb + pbase[p0],
                 xb + pbase[min(p0 + 1, p_hi - 1)],
@@ -138,5 +151,19 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out):
                 xb + pbase[min(p0 + 7, p_hi - 1)],
             )
             depth_pass(wts, w0, buf, pb, offs, (0, taps, 0), parts, 0)
-            store_depth(parts, bias, res, out, (*where_k, min(VEC, p_hi - p0)), n * c_n * p_n + p0)
-    return n_n * c_n * p_n * taps
+            ob = n * c_n * p_n + p0
+            if bits is None:
+                done += store_depth(parts, bias, res, out, (*where_k, p1 - p0), ob, None)
+            else:
+                done += store_depth(parts, bias, res, out, (*where_k, p1 - p0), ob, (bits, kb + p0))
+        n_done += done
+    return n_done * taps
+
+
+@njit(cache=True, inline="always")
+def _any_bits(bits, lo, hi):
+    """Whether a byte of bits[lo:hi] is not zero."""
+    for i in range(lo, hi):
+        if bits[i]:
+            return True
+    return False

@@ -31,7 +31,7 @@ from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
 from .layouts import BLOCKS, ROWS, Planes, aligned_floats
 from .prepare import ConvWeights, planes
-from .schedule import SkipPlan, plan_skip
+from .schedule import SkipPlan, lane_bits_kernel, plan_skip
 
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
 CHUNK_FLOATS = 1 << 23
@@ -58,16 +58,19 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
     """
     n_n = x.shape[0]
+    lanes = skip is not None and lane_bits_kernel(weights, geom)  # the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
-    need = _dense_call(weights, geom, n_n).need if skip is None else masked.scratch_floats(geom, n_n, weights)
+    dense_path = skip is None or lanes
+    need = _dense_call(weights, geom, n_n).need if dense_path else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
     ep = Epilogue() if epilogue is None else epilogue
     res = out if ep.residual is None else ep.residual
-    if skip is None:
-        return _dense(x, weights, geom, out, scratch, (res, int(ep.residual is not None), int(ep.act)))
-    plan = skip if isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
-    return masked.conv_masked(x, weights, geom, plan, out, scratch, (res, int(ep.residual is not None), int(ep.act)))
+    ep_k = (res, int(ep.residual is not None), int(ep.act))
+    plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
+    if dense_path:
+        return _dense(x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
+    return masked.conv_masked(x, weights, geom, plan, out, scratch, ep_k)
 
 
 def chunk_images(per_image, n_n):
@@ -136,7 +139,8 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     return call
 
 
-def _dense(x, weights, geom, out, scratch, ep):
+def _dense(x, weights, geom, out, scratch, ep, bits):
+    """The dense kernels; with bits (a `lane_bits`), storing only the outputs they name."""
     call = _dense_call(weights, geom, x.shape[0])
     pl = call.pl
     res, has_res, act = ep
@@ -146,11 +150,13 @@ def _dense(x, weights, geom, out, scratch, ep):
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         if pl.kind == BLOCKS:
             xf = np.ascontiguousarray(x[n0 : n0 + m]).reshape(-1)
-            n_macs += conv_depth_bands(xf, weights, geom, band_rows(geom), r, has_res, act, o)
+            n_macs += conv_depth_bands(xf, weights, geom, band_rows(geom), r, has_res, act, o, bits)
             continue
         xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
         if call.kernel is None:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
-            continue
-        n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split)
+        elif call.kernel is conv_lanes:
+            n_macs += conv_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
+        else:
+            n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split)
     return n_macs

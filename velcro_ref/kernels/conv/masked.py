@@ -23,8 +23,8 @@ from ..jit import njit
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, in_place, one_chain, subsampled
-from .layouts import channels_last, im2col_range, padded_size, padded_taps
-from .schedule import runs_planes, tile_positions
+from .layouts import channels_last, im2col_range, padded_size, padded_taps, planes_of
+from .schedule import lane_bits_kernel, tile_positions
 
 # Cost of a unit of the sampled kernels besides its outputs, in outputs (`unit_cuts`).
 UNIT_COST = 4
@@ -52,8 +52,10 @@ def _tile_floats(g):
 
 def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
     """Floats of scratch a masked call with n_n images needs."""
+    if lane_bits_kernel(weights, geom):  # the dense kernel's (`dispatch.scratch_floats`)
+        return 0
     if one_chain(geom):  # the input planes of `conv_runs`
-        per_image = planes_floats(runs_planes(geom), geom)
+        per_image = planes_floats(planes_of(geom), geom)
         return 0 if per_image == 0 else max(1, min(n_n, CHUNK_FLOATS // per_image)) * per_image
     copy, rows, chunk = _sampled_floats(geom, n_n)
     return chunk * copy + rows

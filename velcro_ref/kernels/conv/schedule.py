@@ -9,6 +9,7 @@ import numpy as np
 
 from ..jit import njit
 from ..simd import VEC
+from .dense import LANE_K
 from .geom import ConvGeom, group_taps, in_place, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, tap_offsets
 
@@ -30,13 +31,15 @@ class SkipPlan(NamedTuple):
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
     the filters not fully masked with its number of tiles, in tiles for one image, then the
     same in tiles for 8 images, None for a conv that runs image by image, `eight_images`),
-    runs None; for a conv summed in one chain, groups () and runs = (segs, bounds, offs,
-    planes, plane_of): the `run_segments` of every filter and the input layout they read
-    (`Planes`, tap offsets)."""
+    runs None; for a conv summed in one chain, groups () and either runs = (segs, bounds,
+    offs, planes, plane_of): the `run_segments` of every filter and the input layout they read
+    (`Planes`, tap offsets), or, for a conv with channels or filters in lanes, bits (its
+    `lane_bits`, `lane_bits_kernel`)."""
 
     skip: np.ndarray
     groups: tuple
     runs: tuple | None
+    bits: np.ndarray | None = None
 
 
 def tile_positions(geom: ConvGeom, images) -> int:
@@ -67,11 +70,23 @@ def eight_images(geom: ConvGeom) -> bool:
     return not one_image
 
 
-def runs_planes(geom: ConvGeom):
-    """The input layout the one-chain masked kernel reads: the dense kernels' (`planes_of`),
-    in rows where that is BLOCKS."""
-    planes = planes_of(geom)
-    return planes_of(geom, ROWS) if planes.kind == BLOCKS else planes
+def lane_bits_kernel(weights, geom: ConvGeom) -> bool:
+    """Whether a masked conv runs its dense kernel storing only the outputs of its `lane_bits`:
+    one chain with channels or filters in SIMD lanes (`depthwise.conv_depth_bands`,
+    `dense.conv_lanes`), where the masked outputs are spread so that nearly every tile of lanes
+    holds unmasked ones (docs/kernels.md, "Masked lanes")."""
+    return one_chain(geom) and (weights.kind == BLOCKS or weights.tile_m == LANE_K)
+
+
+def lane_bits(sk, lanes):
+    """The outputs a `lane_bits_kernel` conv stores: sk (K, P) bool (true: masked) as one
+    unsigned integer of `lanes` (8 or 16) bits per block of filters and position, (K / lanes *
+    P,): bit j of element b * P + p set where filter lanes * b + j needs position p."""
+    k_n, p_n = sk.shape
+    dtype = np.uint8 if lanes == 8 else np.uint16
+    need = ~sk.reshape(k_n // lanes, lanes, p_n)
+    weights = (1 << np.arange(lanes, dtype=dtype)).reshape(1, lanes, 1)
+    return np.ascontiguousarray((need * weights).sum(axis=1, dtype=dtype).reshape(-1))
 
 
 def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
@@ -79,8 +94,10 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
     layout of the input copy the one-chain kernels read)."""
     skip = np.ascontiguousarray(skip, np.bool_)
     k_n, p_n = geom.k_out, geom.oh * geom.ow
-    if one_chain(geom):  # the runs read the planes of the ROWS kind (or FLAT, DIRECT), not BLOCKS
-        planes = runs_planes(geom)
+    if lane_bits_kernel(weights, geom):
+        return SkipPlan(skip, (), None, lane_bits(skip.reshape(k_n, p_n), VEC if weights.kind == BLOCKS else LANE_K))
+    if one_chain(geom):  # the runs read the planes of the ROWS kind (or FLAT, DIRECT)
+        planes = planes_of(geom)
         plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
         offs, _ = tap_offsets(geom, planes, plane_of)
         row = geom.sh * planes.phases * planes.q
