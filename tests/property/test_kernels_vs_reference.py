@@ -344,15 +344,28 @@ def test_im2col_rows_copied_tile_by_tile_equal_numpy_twin(geom, n, monkeypatch):
     assert got.tobytes() == want.tobytes()
 
 
-# Masked convs of one chain with channels or filters in SIMD lanes run their dense kernel and
-# store the outputs `schedule.lane_bits` names: depthwise on blocks of 8 channels (two bands of
-# rows at 40 x 37, a stride-2 one), 1x1 and 3x3 one-chain convs with 16 filters per group.
+# Masked convs that run their dense kernel and store the outputs `schedule.lane_bits` names
+# (`lane_bits_kernel`): depthwise on blocks of 8 channels (two bands of rows at 40 x 37, a
+# stride-2 one), 1x1 and 3x3 one-chain convs with 16 filters per group (`conv_lanes`), a 1x1
+# conv and a 7x7 stem on 3 channels with short chains (`conv_short_lanes`).
 LANE_BITS_GEOMS = [
     kc.conv_geom(16, 40, 37, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
     kc.conv_geom(8, 19, 17, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
     kc.conv_geom(8, 9, 13, 48, (1, 1)),
     kc.conv_geom(2, 7, 11, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    kc.conv_geom(64, 7, 10, 32, (1, 1), (2, 2)),
+    kc.conv_geom(3, 17, 15, 16, (7, 7), (2, 2), (3, 3, 3, 3)),
 ]
+
+
+def test_lane_bits_geoms_reach_every_lanes_kernel():
+    rng = np.random.default_rng(0)
+    kernels = set()
+    for g in LANE_BITS_GEOMS:
+        w = kc.prepare_conv(rng.standard_normal((g.k_out, g.c_in // g.groups, g.kh, g.kw), dtype=np.float32), None, g)
+        assert schedule.lane_bits_kernel(w, g)
+        kernels.add("depthwise" if depthwise.is_depthwise(g) else dispatch.dense_kernel(w, g))
+    assert kernels == {"depthwise", dense.conv_lanes, dense.conv_short_lanes}
 
 
 def _lane_bits_mask(geom, kind, rng):
@@ -586,7 +599,7 @@ def test_batches_run_eight_images_at_a_time_unless_one_image_finds_its_taps_in_l
     per_image = kc.conv_geom(64, 14, 14, 64, (3, 3), (1, 1), (1, 1, 1, 1))
     cases = {
         per_image: False,
-        kc.conv_geom(64, 14, 14, 64, (1, 1)): True,  # no taps shared by neighbours
+        kc.conv_geom(64, 14, 14, 60, (1, 1)): True,  # no taps shared by neighbours (60: not in lanes)
         kc.conv_geom(64, 14, 14, 64, (3, 3), (2, 2), (1, 1, 1, 1)): True,  # few shared
         kc.conv_geom(16, 28, 28, 16, (3, 3), (1, 1), (1, 1, 1, 1)): True,  # 8 images' taps in L1
         kc.conv_geom(64, 7, 7, 64, (3, 3), (1, 1), (1, 1, 1, 1)): True,  # 49 positions

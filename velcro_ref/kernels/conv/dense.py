@@ -310,31 +310,44 @@ def _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
 
 
 @njit(cache=True, parallel=True)
-def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split):
+def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     """`conv_lanes` for filters of CHAINS chains whose block of weights fits in RUN_BYTES
     (`short_chains`): the same tiles and sums, each tile's chains one after another, then its
-    store, so that a tile's positions are worked out once and its sums stay in L1.
+    store, so that a tile's positions are worked out once and its sums stay in L1. bits as
+    `conv_lanes` takes them (a tile whose bits name no output is skipped).
     """
     k_n, groups = geom.k_out, geom.groups
     n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
+    n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty(CHAINS * N_ACC * VEC, np.float32)
         bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
+        done = 0
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
             for ti in range(t_lo, t_hi):
+                if bits is not None and not _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
+                    continue
                 i = ti - t_lo
                 w0, pb = bases[i, POS_TILE] + blk * taps * LANE_K, _bases_of(bases, i)
                 for c in range(CHAINS):
                     lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
                 g, t = (ti // n_t) % groups, ti % n_t
-                obs = _offset((ti // (groups * n_t)) * k_n * p_n, _positions(t * POS_TILE, p_n))
-                store_lanes(parts, _slots(0), bias, res, out, (g * kg + blk * LANE_K, p_n, has_res, act), obs, None)
-    return n_n * k_n * p_n * taps
+                q = _positions(t * POS_TILE, p_n)
+                obs = _offset((ti // (groups * n_t)) * k_n * p_n, q)
+                k0 = g * kg + blk * LANE_K
+                where = (k0, p_n, has_res, act)
+                if bits is None:
+                    done += store_lanes(parts, _slots(0), bias, res, out, where, obs, None)
+                else:
+                    keep = (bits, _offset(k0 // LANE_K * p_n, q))
+                    done += store_lanes(parts, _slots(0), bias, res, out, where, obs, keep)
+        n_done += done
+    return n_done * taps
 
 
 def short_chains(cw, geom) -> bool:

@@ -31,7 +31,7 @@ from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
 from .layouts import BLOCKS, ROWS, Planes, aligned_floats
 from .prepare import ConvWeights, planes
-from .schedule import SkipPlan, lane_bits_kernel, plan_skip
+from .schedule import SkipPlan, plan_skip
 
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
 CHUNK_FLOATS = 1 << 23
@@ -58,16 +58,15 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
     """
     n_n = x.shape[0]
-    lanes = skip is not None and lane_bits_kernel(weights, geom)  # the dense kernel, some outputs stored
+    plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
+    dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
-    dense_path = skip is None or lanes
     need = _dense_call(weights, geom, n_n).need if dense_path else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
     ep = Epilogue() if epilogue is None else epilogue
     res = out if ep.residual is None else ep.residual
     ep_k = (res, int(ep.residual is not None), int(ep.act))
-    plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
     if dense_path:
         return _dense(x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
     return masked.conv_masked(x, weights, geom, plan, out, scratch, ep_k)
@@ -155,8 +154,8 @@ def _dense(x, weights, geom, out, scratch, ep, bits):
         xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
         if call.kernel is None:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
-        elif call.kernel is conv_lanes:
-            n_macs += conv_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
-        else:
-            n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split)
+        elif call.kernel is conv_tiles:
+            n_macs += conv_tiles(xp, weights, geom, r, has_res, act, o, split)
+        else:  # filters in lanes
+            n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split, bits)
     return n_macs

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..jit import njit
 from ..simd import VEC
-from .dense import LANE_K
+from .dense import LANE_K, short_chains
 from .geom import ConvGeom, group_taps, in_place, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, tap_offsets
 
@@ -71,11 +71,16 @@ def eight_images(geom: ConvGeom) -> bool:
 
 
 def lane_bits_kernel(weights, geom: ConvGeom) -> bool:
-    """Whether a masked conv runs its dense kernel storing only the outputs of its `lane_bits`:
-    one chain with channels or filters in SIMD lanes (`depthwise.conv_depth_bands`,
-    `dense.conv_lanes`), where the masked outputs are spread so that nearly every tile of lanes
-    holds unmasked ones (docs/kernels.md, "Masked lanes")."""
-    return one_chain(geom) and (weights.kind == BLOCKS or weights.tile_m == LANE_K)
+    """Whether a masked conv runs its dense kernel storing only the outputs of its `lane_bits`
+    (docs/kernels.md, "Masked lanes"): channels or filters in SIMD lanes and one chain
+    (`depthwise.conv_depth_bands`, `dense.conv_lanes`), or filters in lanes and short chains
+    (`dense.conv_short_lanes`) where the sampled kernels would read their taps without reuse
+    between neighbouring positions (a 1x1 conv, or im2col rows). Only speed depends on it."""
+    if weights.kind == BLOCKS:
+        return one_chain(geom)
+    if weights.tile_m != LANE_K:
+        return False
+    return one_chain(geom) or (short_chains(weights, geom) and (geom.kh * geom.kw == 1 or not in_place(geom)))
 
 
 def lane_bits(sk, lanes):
