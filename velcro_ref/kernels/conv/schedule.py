@@ -27,14 +27,14 @@ L1_BYTES = 32 << 10
 
 
 class SkipPlan(NamedTuple):
-    """A conv's mask with its schedule: skip (K, OH, OW) bool; for a conv summed in chains, per
+    """A conv's mask with its schedule: skip (K, OH, OW) bool; for a `lane_bits_kernel` conv,
+    groups (), runs None and bits its `lane_bits`; for another conv summed in chains, per
     group of filters (skip (K/groups, P), positions some filter needs, the `pair_schedule` of
     the filters not fully masked with its number of tiles, in tiles for one image, then the
     same in tiles for 8 images, None for a conv that runs image by image, `eight_images`),
-    runs None; for a conv summed in one chain, groups () and either runs = (segs, bounds,
-    offs, planes, plane_of): the `run_segments` of every filter and the input layout they read
-    (`Planes`, tap offsets), or, for a conv with channels or filters in lanes, bits (its
-    `lane_bits`, `lane_bits_kernel`)."""
+    runs None; for another conv summed in one chain, groups () and runs = (segs, bounds, offs,
+    planes, plane_of): the `run_segments` of every filter and the input layout they read
+    (`Planes`, tap offsets). bits is None but for a `lane_bits_kernel` conv."""
 
     skip: np.ndarray
     groups: tuple
@@ -76,8 +76,8 @@ def lane_bits_kernel(weights, geom: ConvGeom) -> bool:
     (`depthwise.conv_depth_bands`, `dense.conv_lanes`), or filters in lanes and short chains
     (`dense.conv_short_lanes`) where the sampled kernels would read their taps without reuse
     between neighbouring positions (a 1x1 conv, or im2col rows). Only speed depends on it."""
-    if weights.kind == BLOCKS:
-        return one_chain(geom)
+    if weights.kind == BLOCKS:  # depthwise, fewer than FEW_TAPS taps: one chain
+        return True
     if weights.tile_m != LANE_K:
         return False
     return one_chain(geom) or (short_chains(weights, geom) and (geom.kh * geom.kw == 1 or not in_place(geom)))
