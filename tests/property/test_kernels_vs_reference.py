@@ -400,6 +400,34 @@ def test_masked_lanes_store_only_the_unmasked_outputs(geom, residual, kind, monk
     assert np.all(got[:, skip].view(np.uint32) == 0x7FC0BEEF)
 
 
+@pytest.mark.parametrize("geom", [LANE_BITS_GEOMS[0], LANE_BITS_GEOMS[2], LANE_BITS_GEOMS[4]], ids=str)
+def test_masked_lanes_do_not_depend_on_threads_or_batch(geom, monkeypatch):
+    """The lane-bits path stores the same bits and counts the same MACs in one thread and in two,
+    image by image and in batches of 9 and 11 (work items split otherwise, depthwise bands of
+    256 positions)."""
+    monkeypatch.setattr(depthwise, "BAND_POSITIONS", 256)
+    rng = np.random.default_rng(12)
+    x, weights, _, ep = _conv_case((geom, 11, None, 1, False, 6, False))
+    plan = kc.plan_skip(rng.random((geom.k_out, geom.oh, geom.ow)) < 0.5, weights, geom)
+    runs, macs = [], []
+    threads = numba.get_num_threads()
+    try:
+        for t, batch in ((1, 1), (threads, 1), (1, 9), (threads, 11)):
+            numba.set_num_threads(t)
+            out = np.full((11, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+            macs.append(
+                sum(
+                    kc.conv2d(x[i : i + batch], weights, geom, plan, out[i : i + batch], None, ep)
+                    for i in range(0, 11, batch)
+                )
+            )
+            runs.append(out.tobytes())
+    finally:
+        numba.set_num_threads(threads)
+    assert all(r == runs[0] for r in runs)
+    assert len(set(macs)) == 1
+
+
 @pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
 def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_, stride):

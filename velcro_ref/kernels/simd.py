@@ -20,7 +20,9 @@ vectors carry it:
 - `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
   (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
   depthwise channels in the lanes (a vector of 8 channels' pixels times their weights);
-  `interleave8` copies 8 channels' pixels into that layout, 8 pixels at a time.
+  `interleave8` copies 8 channels' pixels into that layout, 8 pixels at a time. Given a word
+  of bits per position (`keep`), `store_lanes` and `store_depth` store only the lanes it names
+  (a masked conv's unmasked outputs) and return how many they stored.
 - `dot_taps` / `dot_store`: taps in lanes, for outputs chosen one by one (the masked kernels,
   the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
   multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
