@@ -1,5 +1,6 @@
-"""Masked vs dense ResNet-18 (224x224), and profiling vs dense inference, each side in its own
-process, alternating.
+"""Masked vs dense inference, and profiling vs dense inference, each side in its own process.
+
+The masked table runs ResNet-18 224x224 unless --models says otherwise; the sides alternate.
 
 Every measurement is a fresh worker process (this script with --worker) that imports NumPy
 first, as a user's script does. Masks: uniform at R = 0.3, 0.5, 0.7 from statistics over 16
@@ -7,12 +8,14 @@ random images (fixed seed, so every worker builds the same masks; fine for timin
 masked workers alternate for `rounds` rounds; printed per R and batch: the medians of the
 per-round median times, the achieved speedup (dense / masked, paired per round), the ideal one
 (dense MACs / executed MACs, both counted by the kernels) and achieved / ideal with its spread.
-Then a per-layer table at R = 0.5, batch 1, the cost of a MaskSet's first run, and profiling
+--models takes zoo names (224x224: resnet18, mobilenet_v2, googlenet) and shipped/<name> (the
+28x28 models in weights/). Then a per-layer table of the first model at R = 0.5, batch 1, the
+cost of a MaskSet's first run, and profiling
 (inference plus statistics, `velcro profile`'s loop) against dense inference of the same images
 for the shipped 28x28 models and ResNet-18 224x224. Nothing is asserted.
 
-    python benchmarks/bench_masked.py [--batches 1,8] [--ratios 0.3,0.5,0.7] [--rounds 5] [--threads 2]
-        [--no-profile | --profile-only]
+    python benchmarks/bench_masked.py [--models resnet18] [--batches 1,8] [--ratios 0.3,0.5,0.7]
+        [--rounds 5] [--threads 2] [--no-profile | --profile-only]
 """
 
 from __future__ import annotations
@@ -121,6 +124,9 @@ def spawn(side, model, threads, **kw):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--models", default="resnet18", help="comma list: resnet18, mobilenet_v2, googlenet, shipped/<name>"
+    )
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
     ap.add_argument("--rounds", type=int, default=5, help="dense / masked pairs of worker processes per point")
@@ -144,28 +150,31 @@ def main():
 
 
 def masked_tables(args):
-    head = f"{'batch':>5} {'R':>4} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}"
+    models = args.models.split(",")
+    head = f"{'model':<22} {'batch':>5} {'R':>4} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}"
     print(f"\n{head} {'ach/ideal':>10} {'spread':>11} {'load':>9}")
-    for b in map(int, args.batches.split(",")):
-        for r in map(float, args.ratios.split(",")):
-            load0 = os.getloadavg()[0]
-            dense, masked, ratios = [], [], []
-            for _ in range(args.rounds):
-                d = spawn("dense", "resnet18", args.threads, batch=b, repeat=REPEAT.get(b, 5))
-                m = spawn("masked", "resnet18", args.threads, batch=b, ratio=r, repeat=REPEAT.get(b, 5))
-                dense.append(d["ms"])
-                masked.append(m["ms"])
-                ideal = d["macs"] / m["macs"]
-                ratios.append(d["ms"] / m["ms"] / ideal)
-            achieved = np.median(dense) / np.median(masked)
-            load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
-            print(
-                f"{b:>5} {r:>4.1f} {np.median(dense):>9.1f} {np.median(masked):>10.1f} {achieved:>8.2f}x "
-                f"{ideal:>5.2f}x {np.median(ratios):>10.2f} {min(ratios):.2f}-{max(ratios):.2f} {load:>9}",
-                flush=True,
-            )
-    lay = spawn("layers", "resnet18", args.threads, batch=1, ratio=0.5, repeat=3)
-    print("\nper layer, batch 1, R = 0.5 (one process, medians of each node's calls in ordinary fused runs):")
+    for name in models:
+        for b in map(int, args.batches.split(",")):
+            for r in map(float, args.ratios.split(",")):
+                load0 = os.getloadavg()[0]
+                dense, masked, ratios = [], [], []
+                for _ in range(args.rounds):
+                    d = spawn("dense", name, args.threads, batch=b, repeat=REPEAT.get(b, 5))
+                    m = spawn("masked", name, args.threads, batch=b, ratio=r, repeat=REPEAT.get(b, 5))
+                    dense.append(d["ms"])
+                    masked.append(m["ms"])
+                    ideal = d["macs"] / m["macs"]
+                    ratios.append(d["ms"] / m["ms"] / ideal)
+                achieved = np.median(dense) / np.median(masked)
+                load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
+                print(
+                    f"{name:<22} {b:>5} {r:>4.1f} {np.median(dense):>9.1f} {np.median(masked):>10.1f} "
+                    f"{achieved:>8.2f}x {ideal:>5.2f}x {np.median(ratios):>10.2f} {min(ratios):.2f}-{max(ratios):.2f} "
+                    f"{load:>9}",
+                    flush=True,
+                )
+    lay = spawn("layers", models[0], args.threads, batch=1, ratio=0.5, repeat=3)
+    print(f"\nper layer, {models[0]}, batch 1, R = 0.5 (one process, each node's median call in ordinary fused runs):")
     print(f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}")
     for name, d, m, ideal in lay["rows"]:
         print(f"{name:<24} {d:>9.2f} {m:>10.2f} {d / m:>8.2f}x {ideal:>5.2f}x")
