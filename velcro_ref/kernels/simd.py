@@ -383,9 +383,9 @@ def store_lanes(typingctx, parts, slots, bias, res, out, where, obases, keep):
 
     keep: None (every output stored) or (bits, index), bits a uint16 array whose element
     index[p] says which filters of position p are stored (bit j: filter k0 + j); the others
-    keep what out holds (consecutive positions: a filter's outputs are read, the kept lanes
-    taken from the tile and all written back, so the caller's thread alone may write them).
-    Returns the outputs stored (a position repeated at a short last tile counted once).
+    are not written (consecutive positions: a filter's outputs in one masked store,
+    `_masked_store`; else one by one). Returns the outputs stored (a position repeated at a
+    short last tile counted once).
     """
     if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 4)):
         return None
@@ -439,9 +439,10 @@ def store_lanes(typingctx, parts, slots, bias, res, out, where, obases, keep):
                                 y_own = (_epilogue(builder, y, act), builder.block)
                         y = _phi(builder, y_res, y_own)
                         if kept:
-                            old = _load_first(builder, arrays[1].data, at, n_p)
-                            y = builder.select(_lane_on(builder, tile_words, h * VEC + c), y, old)
-                        _store_first(builder, y, arrays[1].data, at, n_p)
+                            on = _lane_on(builder, tile_words, h * VEC + c)
+                            _masked_store(builder, y, _vec_ptr(builder, arrays[1].data, at), on)
+                        else:
+                            _store_first(builder, y, arrays[1].data, at, n_p)
             with apart:
                 for i in range(n_p):
                     for h in range(h_n):
@@ -491,9 +492,9 @@ def store_depth(typingctx, parts, bias, res, out, where, ob, keep):
     without residual is transposed in registers and stored a channel's 8 outputs at a time.
 
     keep: None (every output stored) or (bits, b0), bits a uint8 array whose byte b0 + i says
-    which channels of position i are stored (bit c: channel k0 + c); the others keep what out
-    holds (a whole tile loads a channel's 8 outputs, takes the kept lanes from the tile and
-    stores the 8 back: the caller's thread alone may write them). Returns the outputs stored.
+    which channels of position i are stored (bit c: channel k0 + c); the others are not
+    written (a whole tile stores a channel's kept outputs in one masked store, `_masked_store`).
+    Returns the outputs stored.
     """
     if not (_f32_c(parts) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _int_tuple(where, 5)):
         return None
@@ -528,8 +529,9 @@ def store_depth(typingctx, parts, bias, res, out, where, ob, keep):
                 for c, col in enumerate(cols):
                     ptr = _vec_ptr(builder, arrays[1].data, builder.add(first, builder.mul(p_n, _I64(c))))
                     if kept:
-                        col = builder.select(_lane_on(builder, tile_bits, c), col, builder.load(ptr, align=4))
-                    builder.store(col, ptr, align=4)
+                        _masked_store(builder, col, ptr, _lane_on(builder, tile_bits, c))
+                    else:
+                        builder.store(col, ptr, align=4)
             with part:
                 for i, y in enumerate(ys):
                     with builder.if_then(builder.icmp_signed("<", _I64(i), n_valid)):
@@ -617,6 +619,16 @@ def _masked_load(builder, base, index, lanes):
     fnty = ir.FunctionType(_V8, [ptr.type, _I32, mask.type, _V8])
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
     return builder.call(fn, [ptr, _I32(4), mask, _zero()])
+
+
+def _masked_store(builder, y, ptr, mask):
+    """ptr[l] = y[l] where mask[l] (<8 x i1>): llvm.masked.store; the other floats are neither
+    read nor written (nor need they lie inside the array). One masked move with AVX-512
+    (Zen 4, Intel), vmaskmovps with AVX2 (microcoded on AMD CPUs before Zen 4: slower there,
+    the same values)."""
+    fnty = ir.FunctionType(ir.VoidType(), [_V8, ptr.type, _I32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v8f32.p0")
+    builder.call(fn, [y, ptr, _I32(4), mask])
 
 
 def _pieces(lanes):
