@@ -303,8 +303,14 @@ def _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
     """Whether the bits (`conv_lanes`) name an output of work tile ti of filter block blk."""
     t, g = ti % n_t, (ti // n_t) % groups
     at = (g * kg + blk * LANE_K) // LANE_K * p_n
-    for p in range(t * POS_TILE, min((t + 1) * POS_TILE, p_n)):
-        if bits[at + p]:
+    return any_bits(bits, at + t * POS_TILE, at + min((t + 1) * POS_TILE, p_n))
+
+
+@njit(cache=True, inline="always")
+def any_bits(bits, lo, hi):
+    """Whether an element of bits[lo:hi] is not zero (a `lane_bits` word naming an output)."""
+    for i in range(lo, hi):
+        if bits[i]:
             return True
     return False
 

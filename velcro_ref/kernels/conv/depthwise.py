@@ -9,6 +9,7 @@ from numba import prange
 
 from ..jit import njit
 from ..simd import VEC, depth_pass, fma32, store_depth
+from .dense import any_bits
 from .geom import ConvGeom, one_chain
 from .layouts import blocks_rows
 
@@ -118,7 +119,7 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out, bits):
         oy0, oy1 = bd * band, min(oh, (bd + 1) * band)
         p_lo, p_hi = oy0 * ow, oy1 * ow
         kb = cb * p_n  # the block's bytes in bits
-        if bits is not None and not _any_bits(bits, kb + p_lo, kb + p_hi):
+        if bits is not None and not any_bits(bits, kb + p_lo, kb + p_hi):
             continue
         r0 = oy0 * geom.sh
         buf = np.empty(rows_in * line, np.float32)
@@ -138,7 +139,7 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out, bits):
         done = 0
         for p0 in range(p_lo, p_hi, VEC):
             p1 = min(p0 + VEC, p_hi)
-            if bits is not None and not _any_bits(bits, kb + p0, kb + p1):
+            if bits is not None and not any_bits(bits, kb + p0, kb + p1):
                 continue
             pb = (
                 xb + pbase[p0],
@@ -158,12 +159,3 @@ def conv_depth_bands(xf, cw, geom, band, res, has_res, act, out, bits):
                 done += store_depth(parts, bias, res, out, (*where_k, p1 - p0), ob, (bits, kb + p0))
         n_done += done
     return n_done * taps
-
-
-@njit(cache=True, inline="always")
-def _any_bits(bits, lo, hi):
-    """Whether a byte of bits[lo:hi] is not zero."""
-    for i in range(lo, hi):
-        if bits[i]:
-            return True
-    return False
