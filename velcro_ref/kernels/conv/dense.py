@@ -278,16 +278,22 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
                 q = _positions(t * POS_TILE, p_n)
                 obs = _offset(n * k_n * p_n, q)
-                k0 = g * kg + blk * LANE_K
-                where = (k0, p_n, has_res, act)
-                u = (ti - t_lo) * step
-                if bits is None:
-                    done += _store_chains(parts, u, n_chains, (bias, res, out), where, obs, None)
-                elif _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
-                    keep = (bits, _offset(k0 // LANE_K * p_n, q))
-                    done += _store_chains(parts, u, n_chains, (bias, res, out), where, obs, keep)
+                where = (g * kg + blk * LANE_K, p_n, has_res, act)
+                if bits is None or _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
+                    u = (ti - t_lo) * step
+                    done += _store_kept(parts, u, n_chains, (bias, res, out), where, obs, bits, q)
         n_done += done
     return n_done * taps
+
+
+@njit(cache=True, inline="always")
+def _store_kept(parts, u, n_chains, io, where, obs, bits, q):
+    """`store_lanes` of the tile whose sums (one chain or CHAINS) start at parts[u], its
+    positions q: every output, or with bits (`conv_lanes`) those they name."""
+    if bits is None:
+        return _store_chains(parts, u, n_chains, io, where, obs, None)
+    keep = (bits, _offset(where[0] // LANE_K * where[1], q))
+    return _store_chains(parts, u, n_chains, io, where, obs, keep)
 
 
 @njit(cache=True, inline="always")
@@ -345,13 +351,8 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
                 g, t = (ti // n_t) % groups, ti % n_t
                 q = _positions(t * POS_TILE, p_n)
                 obs = _offset((ti // (groups * n_t)) * k_n * p_n, q)
-                k0 = g * kg + blk * LANE_K
-                where = (k0, p_n, has_res, act)
-                if bits is None:
-                    done += store_lanes(parts, _slots(0), bias, res, out, where, obs, None)
-                else:
-                    keep = (bits, _offset(k0 // LANE_K * p_n, q))
-                    done += store_lanes(parts, _slots(0), bias, res, out, where, obs, keep)
+                where = (g * kg + blk * LANE_K, p_n, has_res, act)
+                done += _store_kept(parts, 0, CHAINS, (bias, res, out), where, obs, bits, q)
         n_done += done
     return n_done * taps
 
