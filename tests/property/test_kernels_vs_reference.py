@@ -247,8 +247,9 @@ def test_masked_conv_writes_the_dense_bits_at_unmasked_outputs(case):
 
 # One conv per dense kernel (the draws of `conv_cases` reach them only by chance): positions in
 # lanes with tiles of 4 filters and of 1; filters in lanes with one chain, with 8 short chains (a
-# block's weights within RUN_BYTES: the 7x7 stem on 3 channels, a 1x1 on 64), with 8 chains in
-# several runs each (RUN_BYTES // 64 taps a run).
+# block's weights within RUN_BYTES: the 7x7 stem on 3 channels, a 1x1 on 64, one with a 7 x 7
+# output whose last tile is wide), with 8 chains in several runs each (RUN_BYTES // 64 taps a
+# run; a 5 x 5 output, a wide last tile again).
 PATH_GEOMS = [
     kc.conv_geom(8, 9, 13, 12, (3, 3), (1, 1), (1, 1, 1, 1)),
     kc.conv_geom(8, 9, 13, 3, (3, 3), (2, 1), (1, 0, 1, 2)),
@@ -257,16 +258,33 @@ PATH_GEOMS = [
     kc.conv_geom(64, 7, 10, 32, (1, 1), (2, 2)),
     kc.conv_geom(64, 6, 9, 16, (3, 3), (1, 2), (1, 1, 1, 1)),
     kc.conv_geom(320, 5, 5, 16, (3, 3), (1, 1), (1, 1, 1, 1)),
+    kc.conv_geom(64, 13, 13, 32, (1, 1), (2, 2)),
 ]
 
 
 def test_path_geoms_reach_every_dense_kernel():
     rng = np.random.default_rng(0)
-    kernels = set()
+    kernels, wide = set(), set()
     for g in PATH_GEOMS:
         w = rng.standard_normal((g.k_out, g.c_in // g.groups, g.kh, g.kw), dtype=np.float32)
-        kernels.add(dispatch.dense_kernel(kc.prepare_conv(w, None, g), g))
+        kernel = dispatch.dense_kernel(kc.prepare_conv(w, None, g), g)
+        kernels.add(kernel)
+        if (g.oh * g.ow) % dense.POS_TILE == 1:
+            wide.add(kernel)
     assert kernels == {dense.conv_tiles, dense.conv_short_lanes, dense.conv_lanes}
+    assert wide == {dense.conv_short_lanes, dense.conv_lanes}  # a wide last tile in each
+
+
+@given(st.integers(1, 400))
+def test_lane_tiles_cover_a_plane_once(p_n):
+    """The tiles of `conv_lanes` cover a plane's positions once each, in order: POS_TILE
+    positions a tile, the last one short (fewer) or, on a plane of POS_TILE k + 1, wide."""
+    n_t = dense.lane_tiles(p_n)
+    sizes = [(p_n if t == n_t - 1 else (t + 1) * dense.POS_TILE) - t * dense.POS_TILE for t in range(n_t)]
+    assert sum(sizes) == p_n
+    assert all(size == dense.POS_TILE for size in sizes[:-1])
+    assert sizes[-1] == dense.WIDE if dense._wide(n_t - 1, n_t, p_n) else 0 < sizes[-1] <= dense.POS_TILE
+    assert dense._wide(n_t - 1, n_t, p_n) == (p_n > dense.POS_TILE and p_n % dense.POS_TILE == 1)
 
 
 @given(
@@ -347,7 +365,8 @@ def test_im2col_rows_copied_tile_by_tile_equal_numpy_twin(geom, n, monkeypatch):
 # Masked convs that run their dense kernel and store the outputs `schedule.lane_bits` names
 # (`lane_bits_kernel`): depthwise on blocks of 8 channels (two bands of rows at 40 x 37, a
 # stride-2 one), 1x1 and 3x3 one-chain convs with 16 filters per group (`conv_lanes`), a 1x1
-# conv and a 7x7 stem on 3 channels with short chains (`conv_short_lanes`).
+# conv and a 7x7 stem on 3 channels with short chains (`conv_short_lanes`); a 3x3 one-chain conv
+# and a strided 1x1 conv on 7 x 7 outputs, whose last tile is wide (`dense.lane_tiles`).
 LANE_BITS_GEOMS = [
     kc.conv_geom(16, 40, 37, 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 16),
     kc.conv_geom(8, 19, 17, 8, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 8),
@@ -355,6 +374,8 @@ LANE_BITS_GEOMS = [
     kc.conv_geom(2, 7, 11, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
     kc.conv_geom(64, 7, 10, 32, (1, 1), (2, 2)),
     kc.conv_geom(3, 17, 15, 16, (7, 7), (2, 2), (3, 3, 3, 3)),
+    kc.conv_geom(2, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2),
+    kc.conv_geom(64, 13, 13, 32, (1, 1), (2, 2)),
 ]
 
 

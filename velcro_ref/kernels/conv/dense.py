@@ -21,13 +21,15 @@ from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
 SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
 POS_TILE = 6  # output positions per register tile of `conv_lanes`
+WIDE = POS_TILE + 1  # positions of the last tile of a plane of POS_TILE k + 1 (`lane_tiles`)
 LANE_K = 16  # filters per register tile of `conv_lanes` (two vectors)
 TILE_K = 4  # filters per register tile of `conv_tiles` (groups of fewer: one)
 N_ACC = 12  # vector accumulators of either tile
+LANE_ACC = 2 * WIDE  # room for the accumulators of a `conv_lanes` tile, wide or not
 # Bytes of one block's weights per run of taps: a run stays in L1 (32 KiB) while the tiles of a
 # work item go through it, their sums kept in memory between runs.
 RUN_BYTES = 16 << 10
-# Tiles per work item, at most: their sums (3 KiB per tile) stay in L2.
+# Tiles per work item, at most: their sums (3 - 3.5 KiB per tile) stay in L2.
 ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
 
@@ -58,7 +60,7 @@ def work_split(weights, geom, n_n, threads):
     allow, a multiple of `threads` in number: else one thread finishes while the other still has
     a whole item to go. Only speed depends on the split, never a value."""
     m = weights.tile_m
-    per_plane = -(-geom.oh * geom.ow // POS_TILE) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
+    per_plane = lane_tiles(geom.oh * geom.ow) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
     n_tiles = n_n * geom.groups * per_plane
     n_blocks = -(-(geom.k_out // geom.groups) // m)
     tiles = -(-n_tiles // -(-n_tiles // ITEM_TILES))  # runs of equal length
@@ -71,8 +73,27 @@ def work_split(weights, geom, n_n, threads):
 
 
 @njit(cache=True)
+def lane_tiles(p_n):
+    """Tiles of `conv_lanes` per plane of p_n output positions: POS_TILE positions each, the
+    last one short (its last position repeated); on a plane of POS_TILE k + 1 positions (7 x 7:
+    49) the last tile takes WIDE, for a short tile of one position would cost a whole one (9
+    tiles for 49 positions, 8 with the wide one; a tile of WIDE runs at about 0.9 of the speed
+    per output, measured on this machine, so it is kept for that case)."""
+    if p_n > POS_TILE and p_n % POS_TILE == 1:
+        return p_n // POS_TILE
+    return -(-p_n // POS_TILE)
+
+
+@njit(cache=True)
+def _wide(t, n_t, p_n):
+    """Whether tile t of a plane's n_t holds WIDE positions."""
+    return t == n_t - 1 and p_n - t * POS_TILE == WIDE
+
+
+@njit(cache=True)
 def _positions(p0, p_n):
-    """The POS_TILE positions of a tile from p0, the last repeated past the plane's end."""
+    """The WIDE positions from p0, the last repeated past the plane's end (a tile of POS_TILE
+    takes the first POS_TILE)."""
     return (
         p0,
         min(p0 + 1, p_n - 1),
@@ -80,19 +101,20 @@ def _positions(p0, p_n):
         min(p0 + 3, p_n - 1),
         min(p0 + 4, p_n - 1),
         min(p0 + 5, p_n - 1),
+        min(p0 + 6, p_n - 1),
     )
 
 
 @njit(cache=True)
 def _offset(b, q):
-    """b + q[i] for the POS_TILE positions q of a tile."""
-    return (b + q[0], b + q[1], b + q[2], b + q[3], b + q[4], b + q[5])
+    """b + q[i] for the WIDE positions q of `_positions`."""
+    return (b + q[0], b + q[1], b + q[2], b + q[3], b + q[4], b + q[5], b + q[6])
 
 
 @njit(cache=True)
 def _shifted(b, t, q):
-    """b + t[q[i]] for the POS_TILE positions q of a tile."""
-    return (b + t[q[0]], b + t[q[1]], b + t[q[2]], b + t[q[3]], b + t[q[4]], b + t[q[5]])
+    """b + t[q[i]] for the WIDE positions q of `_positions`."""
+    return (b + t[q[0]], b + t[q[1]], b + t[q[2]], b + t[q[3]], b + t[q[4]], b + t[q[5]], b + t[q[6]])
 
 
 @njit(cache=True)
@@ -133,24 +155,35 @@ def _segment_bases(t_lo, t_hi, n_t, groups, img, group_floats, segs, group_weigh
 
 @njit(cache=True)
 def _lane_bases(t_lo, t_hi, n_t, groups, img, group_floats, pbase, p_n, group_weights):
-    """(tiles, POS_TILE + 1) int64: for the tiles t_lo .. t_hi - 1 of a work item of `conv_lanes`,
-    the input offsets of their POS_TILE positions' tap (0, 0) and where their group's filter
-    blocks begin in the packed weights; worked out once per item, not at every run of taps."""
-    bases = np.empty((t_hi - t_lo, POS_TILE + 1), np.int64)
+    """(tiles, WIDE + 2) int64: for the tiles t_lo .. t_hi - 1 of a work item of `conv_lanes`,
+    the input offsets of their WIDE positions' tap (0, 0), where their group's filter blocks
+    begin in the packed weights (column WIDE) and whether the tile is wide (column WIDE + 1);
+    worked out once per item, not at every run of taps."""
+    bases = np.empty((t_hi - t_lo, WIDE + 2), np.int64)
     for ti in range(t_lo, t_hi):
         g, t, xb = _tile_origin(ti, n_t, groups, img, group_floats)
         i = ti - t_lo
-        bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5] = _shifted(
-            xb, pbase, _positions(t * POS_TILE, p_n)
-        )
-        bases[i, POS_TILE] = g * group_weights
+        b = _shifted(xb, pbase, _positions(t * POS_TILE, p_n))
+        bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5], bases[i, 6] = b
+        bases[i, WIDE] = g * group_weights
+        bases[i, WIDE + 1] = _wide(t, n_t, p_n)
     return bases
 
 
 @njit(cache=True)
 def _bases_of(bases, i):
-    """The POS_TILE position bases of tile i of `_lane_bases`, as the tuple `lane_pass` takes."""
-    return (bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5])
+    """The WIDE position bases of tile i of `_lane_bases`."""
+    return (bases[i, 0], bases[i, 1], bases[i, 2], bases[i, 3], bases[i, 4], bases[i, 5], bases[i, 6])
+
+
+@njit(cache=True, inline="always")
+def _lane_tile_pass(wts, w0, xp, bases, i, offs, span, parts, at):
+    """`lane_pass` of tile i of `_lane_bases`, of POS_TILE positions or WIDE."""
+    pb = _bases_of(bases, i)
+    if bases[i, WIDE + 1]:
+        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
+    else:
+        lane_pass(wts, w0, xp, pb[:POS_TILE], offs, span, parts, at)
 
 
 @njit(cache=True)
@@ -161,9 +194,8 @@ def _tile_origin(ti, n_t, groups, img, group_floats):
 
 
 @njit(cache=True)
-def _slots(u):
-    """Where the CHAINS chains' sums of a tile lie in `parts`, from u."""
-    d = N_ACC * VEC
+def _slots(u, d):
+    """Where the CHAINS chains' sums of a tile lie in `parts`, from u, d floats apart."""
     return (u, u + d, u + 2 * d, u + 3 * d, u + 4 * d, u + 5 * d, u + 6 * d, u + 7 * d)
 
 
@@ -232,7 +264,7 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
                 where = (k0, min(tile_m, kg - blk * tile_m), p_n, has_res, act)
                 u = (ti - t_lo) * step
                 if n_chains == CHAINS:
-                    store_tile(parts, _slots(u), bias, res, out, where, obs, lanes)
+                    store_tile(parts, _slots(u, N_ACC * VEC), bias, res, out, where, obs, lanes)
                 else:
                     store_tile(parts, (u,), bias, res, out, where, obs, lanes)
     return n_n * k_n * p_n * taps
@@ -247,17 +279,18 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     MACs of the outputs stored.
 
     Loop order as `conv_tiles`, a tile being POS_TILE consecutive output positions of a plane
-    (`lane_pass`: the filters in SIMD lanes; `store_lanes`). A short last tile repeats its last
-    position. Masked, a tile whose bits name no output is skipped, and a tile stores only the
-    outputs its bits name, the other lanes' values dropped and not counted.
+    (`lane_pass`: the filters in SIMD lanes; `store_lanes`), WIDE for the last one of a plane of
+    POS_TILE k + 1 (`lane_tiles`). A short last tile repeats its last position. Masked, a tile
+    whose bits name no output is skipped, and a tile stores only the outputs its bits name, the
+    other lanes' values dropped and not counted.
     """
     k_n, groups = geom.k_out, geom.groups
-    n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
+    n_t = lane_tiles(geom.oh * geom.ow)
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     n_chains, runs = starts.size - 1, chain_runs(starts, RUN_BYTES // (4 * LANE_K))
-    step = n_chains * N_ACC * VEC
+    step = n_chains * LANE_ACC * VEC
     n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
@@ -269,38 +302,45 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
             wb = blk * taps * LANE_K
             for r in range(runs.shape[0]):
                 span = (runs[r, 1], runs[r, 2], runs[r, 3])
-                at = runs[r, 0] * N_ACC * VEC  # the run's chain in the first tile's sums
+                at = runs[r, 0] * LANE_ACC * VEC  # the run's chain in the first tile's sums
                 for i in range(t_hi - t_lo):
+                    w_g = bases[i, WIDE]  # the tile's group's blocks
                     if bits is None or _tile_kept(bits, t_lo + i, n_t, groups, kg, blk, p_n):
-                        lane_pass(wts, bases[i, POS_TILE] + wb, xp, _bases_of(bases, i), offs, span, parts, at)
+                        _lane_tile_pass(wts, w_g + wb, xp, bases, i, offs, span, parts, at)
                     at += step
             for ti in range(t_lo, t_hi):
                 n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
-                q = _positions(t * POS_TILE, p_n)
-                obs = _offset(n * k_n * p_n, q)
                 where = (g * kg + blk * LANE_K, p_n, has_res, act)
                 if bits is None or _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
                     u = (ti - t_lo) * step
-                    done += _store_kept(parts, u, n_chains, (bias, res, out), where, obs, bits, q)
+                    done += _store_kept(parts, u, n_chains, (bias, res, out), where, n * k_n * p_n, t, n_t, bits)
         n_done += done
     return n_done * taps
 
 
 @njit(cache=True, inline="always")
-def _store_kept(parts, u, n_chains, io, where, obs, bits, q):
-    """`store_lanes` of the tile whose sums (one chain or CHAINS) start at parts[u], its
-    positions q: every output, or with bits (`conv_lanes`) those they name."""
+def _store_kept(parts, u, n_chains, io, where, ob, t, n_t, bits):
+    """`store_lanes` of tile t of a plane's n_t (where[1] positions), its sums (one chain or
+    CHAINS) from parts[u], its image's outputs from ob: every output, or with bits
+    (`conv_lanes`) those they name; POS_TILE positions, or WIDE (`lane_tiles`)."""
+    p_n = where[1]
+    q = _positions(t * POS_TILE, p_n)
+    obs, kix = _offset(ob, q), _offset(where[0] // LANE_K * p_n, q)
+    wide = _wide(t, n_t, p_n)
     if bits is None:
-        return _store_chains(parts, u, n_chains, io, where, obs, None)
-    keep = (bits, _offset(where[0] // LANE_K * where[1], q))
-    return _store_chains(parts, u, n_chains, io, where, obs, keep)
+        if wide:
+            return _store_chains(parts, u, n_chains, io, where, obs, None)
+        return _store_chains(parts, u, n_chains, io, where, obs[:POS_TILE], None)
+    if wide:
+        return _store_chains(parts, u, n_chains, io, where, obs, (bits, kix))
+    return _store_chains(parts, u, n_chains, io, where, obs[:POS_TILE], (bits, kix[:POS_TILE]))
 
 
 @njit(cache=True, inline="always")
 def _store_chains(parts, u, n_chains, io, where, obs, keep):
     """`store_lanes` of the tile whose sums start at parts[u], of one chain or CHAINS."""
     if n_chains == CHAINS:
-        return store_lanes(parts, _slots(u), io[0], io[1], io[2], where, obs, keep)
+        return store_lanes(parts, _slots(u, LANE_ACC * VEC), io[0], io[1], io[2], where, obs, keep)
     return store_lanes(parts, (u,), io[0], io[1], io[2], where, obs, keep)
 
 
@@ -309,7 +349,7 @@ def _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
     """Whether the bits (`conv_lanes`) name an output of work tile ti of filter block blk."""
     t, g = ti % n_t, (ti // n_t) % groups
     at = (g * kg + blk * LANE_K) // LANE_K * p_n
-    return any_bits(bits, at + t * POS_TILE, at + min((t + 1) * POS_TILE, p_n))
+    return any_bits(bits, at + t * POS_TILE, at + (p_n if t == n_t - 1 else (t + 1) * POS_TILE))
 
 
 @njit(cache=True, inline="always")
@@ -329,7 +369,7 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     `conv_lanes` takes them (a tile whose bits name no output is skipped).
     """
     k_n, groups = geom.k_out, geom.groups
-    n_t = (geom.oh * geom.ow + POS_TILE - 1) // POS_TILE
+    n_t = lane_tiles(geom.oh * geom.ow)
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
     tpi, bpi = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
@@ -337,7 +377,7 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
-        parts = np.empty(CHAINS * N_ACC * VEC, np.float32)
+        parts = np.empty(CHAINS * LANE_ACC * VEC, np.float32)
         bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
         done = 0
         for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
@@ -345,16 +385,28 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
                 if bits is not None and not _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
                     continue
                 i = ti - t_lo
-                w0, pb = bases[i, POS_TILE] + blk * taps * LANE_K, _bases_of(bases, i)
-                for c in range(CHAINS):
-                    lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * N_ACC * VEC)
+                w0 = bases[i, WIDE] + blk * taps * LANE_K
+                _tile_chains(wts, w0, xp, bases, i, offs, starts, parts)
                 g, t = (ti // n_t) % groups, ti % n_t
-                q = _positions(t * POS_TILE, p_n)
-                obs = _offset((ti // (groups * n_t)) * k_n * p_n, q)
                 where = (g * kg + blk * LANE_K, p_n, has_res, act)
-                done += _store_kept(parts, 0, CHAINS, (bias, res, out), where, obs, bits, q)
+                done += _store_kept(
+                    parts, 0, CHAINS, (bias, res, out), where, (ti // (groups * n_t)) * k_n * p_n, t, n_t, bits
+                )
         n_done += done
     return n_done * taps
+
+
+@njit(cache=True, inline="always")
+def _tile_chains(wts, w0, xp, bases, i, offs, starts, parts):
+    """Every chain of tile i of `_lane_bases` (POS_TILE positions or WIDE), chain c's sums at
+    parts[c * LANE_ACC * VEC]: the tile's width is tested once, not at each chain."""
+    pb = _bases_of(bases, i)
+    if bases[i, WIDE + 1]:
+        for c in range(CHAINS):
+            lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * LANE_ACC * VEC)
+    else:
+        for c in range(CHAINS):
+            lane_pass(wts, w0, xp, pb[:POS_TILE], offs, (starts[c], starts[c + 1], 0), parts, c * LANE_ACC * VEC)
 
 
 def short_chains(cw, geom) -> bool:
