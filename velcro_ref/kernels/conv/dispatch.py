@@ -63,14 +63,16 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
-    need = _dense_call(weights, geom, n_n).need if dense_path else masked.scratch_floats(geom, n_n, weights)
+    call = _dense_call(weights, geom, n_n) if dense_path else None
+    need = call.need if dense_path else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
-    ep = Epilogue() if epilogue is None else epilogue
-    res = out if ep.residual is None else ep.residual
-    ep_k = (res, int(ep.residual is not None), int(ep.act))
+    if epilogue is None or epilogue.residual is None:
+        ep_k = (out, 0, 0 if epilogue is None else int(epilogue.act))
+    else:
+        ep_k = (epilogue.residual, 1, int(epilogue.act))
     if dense_path:
-        return _dense(x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
+        return _dense(call, x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
     return masked.conv_masked(x, weights, geom, plan, out, scratch, ep_k)
 
 
@@ -109,6 +111,7 @@ class _DenseCall(NamedTuple):
     pl: Planes
     kernel: object
     chunks: tuple
+    band: int  # output rows per band of `conv_depth_bands` (`band_rows`)
 
 
 # _DenseCall by (id of the packed filters, geom, images, threads), made at a conv's first call
@@ -133,27 +136,29 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
         (n0, min(chunk, n_n - n0), None if depthwise else work_split(weights, geom, min(chunk, n_n - n0), threads))
         for n0 in range(0, n_n, chunk)
     )
-    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks)
+    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks, band_rows(geom))
     if len(_CALLS) >= CALLS_MAX:
         _CALLS.clear()
     _CALLS[key] = call
     return call
 
 
-def _dense(x, weights, geom, out, scratch, ep, bits):
-    """The dense kernels; with bits (a `lane_bits`), storing only the outputs they name."""
-    call = _dense_call(weights, geom, x.shape[0])
+def _dense(call, x, weights, geom, out, scratch, ep, bits):
+    """The dense kernels (`call`, the conv's `_dense_call`); with bits (a `lane_bits`), storing
+    only the outputs they name."""
     pl = call.pl
     res, has_res, act = ep
     n_macs = 0
     for n0, m, split in call.chunks:
-        o = out[n0 : n0 + m].reshape(-1)
-        r = res[n0 : n0 + m].reshape(-1) if has_res else o
+        whole = m == x.shape[0]  # one chunk: the arrays as they are, no slices
+        xs = x if whole else x[n0 : n0 + m]
+        o = out.reshape(-1) if whole else out[n0 : n0 + m].reshape(-1)
+        r = o if not has_res else res.reshape(-1) if whole else res[n0 : n0 + m].reshape(-1)
         if pl.kind == BLOCKS:
-            xf = np.ascontiguousarray(x[n0 : n0 + m]).reshape(-1)
-            n_macs += conv_depth_bands(xf, weights, geom, band_rows(geom), r, has_res, act, o, bits)
+            xf = np.ascontiguousarray(xs).reshape(-1)
+            n_macs += conv_depth_bands(xf, weights, geom, call.band, r, has_res, act, o, bits)
             continue
-        xp = planes_input(x[n0 : n0 + m], geom, pl, weights.plane_of, scratch)
+        xp = planes_input(xs, geom, pl, weights.plane_of, scratch)
         if call.kernel is None:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
         elif call.kernel is conv_tiles:

@@ -191,8 +191,9 @@ def to_planes(x, geom, planes, plane_of, xp):
     phases, runs of columns."""
     n_items = x.shape[0] * x.shape[1]
     xf, xq = np.ascontiguousarray(x).reshape(-1), xp.reshape(-1)
-    if xp.size < PARALLEL_MIN:
-        _planes_items(xf, x.shape, geom, planes, plane_of, xq, 0, n_items, 0, _rows(geom, planes))
+    if xp.size < PARALLEL_MIN:  # `_rows` worked out here: a jitted call from Python costs microseconds
+        rows = geom.oh if planes.kind == FLAT else planes.hp
+        _planes_items(xf, x.shape, geom, planes, plane_of, xq, 0, n_items, 0, rows)
     else:
         _planes_threads(xf, x.shape, geom, planes, plane_of, xq, n_items, numba.get_num_threads())
 
