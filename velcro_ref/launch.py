@@ -3,7 +3,9 @@ imports take a moment) ends in one line and exit 130, like an interrupt later on
 
 The handler is installed when this module is imported, through `_signal` (the C module, already
 loaded): `import signal` imports `enum` first, and an interrupt during that import used to end in a
-traceback."""
+traceback. An interrupt that came earlier, while Python was importing the package and this module,
+is still pending then: `signal.signal` raises it under the old handler before it installs the new
+one (CPython checks pending signals first), and that KeyboardInterrupt is taken as the interrupt."""
 
 import _signal
 import os
@@ -15,7 +17,10 @@ def _starting(signum, frame):
     os._exit(130)
 
 
-_signal.signal(_signal.SIGINT, _starting)  # cli.main installs its own handler once it runs
+try:  # cli.main installs its own handler once it runs
+    _signal.signal(_signal.SIGINT, _starting)
+except KeyboardInterrupt:  # a SIGINT that came while Python was importing this module
+    _starting(_signal.SIGINT, None)
 
 
 def run():

@@ -251,6 +251,22 @@ def test_an_interrupt_while_the_command_starts_is_one_line_and_exit_130(work):
     assert 130 in seen  # interrupts landed while the command ran
 
 
+def test_an_interrupt_pending_when_the_entry_point_installs_its_handler_is_one_line_and_exit_130():
+    """A SIGINT that came while Python imported velcro_ref.launch is still pending when the module
+    installs its handler: `signal.signal` raises it (CPython handles pending signals under the old
+    handler first), here made to by a stand-in that raises KeyboardInterrupt as that call would."""
+    code = (
+        "import _signal\n"
+        "def pending(*args):\n"
+        "    raise KeyboardInterrupt\n"
+        "_signal.signal = pending\n"
+        "import velcro_ref.launch\n"
+        "print('not interrupted')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (130, "error: interrupted", "")
+
+
 def test_an_interrupt_swallowed_by_a_weakref_callback_still_ends_in_130(monkeypatch, capsys):
     """A KeyboardInterrupt raised inside a weak-reference callback is printed as "Exception ignored" and
     lost by Python; the command must still end as interrupted."""
