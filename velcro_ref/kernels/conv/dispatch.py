@@ -64,7 +64,7 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
     call = _dense_call(weights, geom, n_n) if dense_path else None
-    need = call.need if dense_path else masked.scratch_floats(geom, n_n, weights)
+    need = call.need if call else masked.scratch_floats(geom, n_n, weights)
     if scratch is None or scratch.size < need:
         scratch = aligned_floats(need)
     if epilogue is None or epilogue.residual is None:
@@ -143,6 +143,12 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     return call
 
 
+def _images(a, n0, m):
+    """Images n0 .. n0 + m - 1 of a: a itself when they are all of it (a call of one chunk, no
+    slice made)."""
+    return a if m == a.shape[0] else a[n0 : n0 + m]
+
+
 def _dense(call, x, weights, geom, out, scratch, ep, bits):
     """The dense kernels (`call`, the conv's `_dense_call`); with bits (a `lane_bits`), storing
     only the outputs they name."""
@@ -150,10 +156,8 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
     res, has_res, act = ep
     n_macs = 0
     for n0, m, split in call.chunks:
-        whole = m == x.shape[0]  # one chunk: the arrays as they are, no slices
-        xs = x if whole else x[n0 : n0 + m]
-        o = out.reshape(-1) if whole else out[n0 : n0 + m].reshape(-1)
-        r = o if not has_res else res.reshape(-1) if whole else res[n0 : n0 + m].reshape(-1)
+        xs, o = _images(x, n0, m), _images(out, n0, m).reshape(-1)
+        r = _images(res, n0, m).reshape(-1) if has_res else o
         if pl.kind == BLOCKS:
             xf = np.ascontiguousarray(xs).reshape(-1)
             n_macs += conv_depth_bands(xf, weights, geom, call.band, r, has_res, act, o, bits)
