@@ -180,11 +180,13 @@ class Model:
         An observer may also define on_node(step, inputs, output, skip) to see every node. It
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
-        An observer may also define run_site(step, x, out) -> bool, called in place of running an
-        unmasked site's op (x its input, out its output buffer): it may write the site's output
-        into out itself, observing it in the same pass, and return True (then on_site is not
-        called for that site; on_node is), or return False, leaving it to the engine. What it
-        writes must be the op's bits (`stats.StatsCollector` computes relu / relu6 sites so).
+        An observer may also define run_site(step, x, out), called in place of running an
+        unmasked site's op (x its input, out its output buffer): it may compute the site's output
+        itself, observing it in the same pass, into out, or over x where
+        `plan.overwritable(step.inputs[0], step.name)` (x is then the site's output, and on_node
+        sees it as input and output), and return the array it wrote (then on_site is not called
+        for that site; on_node is), or return None, leaving it to the engine. What it writes must
+        be the op's bits (`stats.StatsCollector` computes relu / relu6 sites so).
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
         it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and
@@ -231,8 +233,10 @@ class Model:
             taken = False  # the observer computed this site itself (`run_site`)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
-            elif st.opdef.site and run_site is not None and run_site(st, env[st.inputs[0]], out):
-                taken = True
+            elif st.opdef.site and run_site is not None and (y := run_site(st, env[st.inputs[0]], out)) is not None:
+                if y is not out and not (y is env[st.inputs[0]] and self.plan.overwritable(st.inputs[0], st.name)):
+                    raise RuntimeError(f"observer's run_site wrote site '{st.name}' into an array it may not use")
+                out, taken = y, True
             else:
                 n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, col)
                 if st.opdef.chain == "skip":

@@ -79,6 +79,11 @@ class Plan:
     def node(self, name: str) -> PlanNode:
         return find_node(self.nodes, name)
 
+    def overwritable(self, tensor: str, node: str) -> bool:
+        """node may write its output over tensor: a tensor the run computes (not its input), read
+        by node alone (not the graph output either)."""
+        return tensor != INPUT and self.readers.get(tensor) == [node]
+
 
 def live_nodes(graph: Graph) -> set[str]:
     """Names of the nodes the graph output depends on."""

@@ -105,7 +105,8 @@ class SiteStats:
         """A relu / relu6 site's batch in one pass (`clamp_welford_add`, docs/kernels.md,
         "Statistics kernels"): out = x (N, E) float32 clamped to [0, top], out merged into these
         stats as `add_batch(out)` merges it; returns x's (min, max) as `value_range(x)` gives
-        them. x and out C-contiguous; the arrays as `add_batch` needs them."""
+        them. x and out C-contiguous (out may be x: the clamp written over it); the arrays as
+        `add_batch` needs them."""
         arrays = [getattr(self, f) for f in FIELDS]
         if not all(a.flags.c_contiguous and a.flags.writeable for a in arrays):
             raise ValueError("SiteStats.add_clamped needs writeable C-contiguous arrays")
@@ -168,7 +169,8 @@ class StatsCollector:
     of every other float tensor.
 
     A float relu / relu6 site it computes itself (`run_site`): the activation, the site's moments
-    and the range of its input in one pass over the input (`SiteStats.add_clamped`). The range of
+    and the range of its input in one pass over the input (`SiteStats.add_clamped`), written over
+    the input where the site alone reads it (`Plan.overwritable`: no second buffer to fill). The range of
     a tensor that such a site alone reads is taken in that pass, or at the site's `on_node` when
     the engine ran the site itself (a masked run); the statistics are the same bits either way."""
 
@@ -193,21 +195,25 @@ class StatsCollector:
                 and model.plan.readers[src.name] == [st.name]
             ):
                 self._ranged_at[src.name] = st.name
+        self._over = {st.name for st in model.steps if st.inputs and model.plan.overwritable(st.inputs[0], st.name)}
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
 
-    def run_site(self, step, x, out) -> bool:
-        """Compute a float relu / relu6 site's output `out` from its input x with its statistics
-        (and x's range) in one pass; False (and nothing done) for any other site."""
+    def run_site(self, step, x, out):
+        """Compute a float relu / relu6 site's output from its input x with its statistics (and
+        x's range) in one pass, over x where the plan allows it, else into out; returns the array
+        written, None (and nothing done) for any other site."""
         top = _clamp_top(step)
         if top is None:
-            return False
+            return None
         n = len(x)
-        lo, hi = self.stats.sites[step.name].add_clamped(x.reshape(n, -1), top, out.reshape(n, -1))
+        y = x if step.name in self._over else out
+        x2 = x.reshape(n, -1)
+        lo, hi = self.stats.sites[step.name].add_clamped(x2, top, x2 if y is x else y.reshape(n, -1))
         if self._ranged_at.get(step.inputs[0]) == step.name:
             self._widen(step.inputs[0], lo, hi)
         self._passed = step.name
-        return True
+        return y
 
     def on_site(self, name, y):
         self.stats.sites[name].add_batch(y)

@@ -21,12 +21,13 @@ from velcro_ref.reference import moments as ref
 from velcro_ref.stats import FIELDS, SiteStats, StatsCollector, collect_stats
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
-SPECIALS = ["none", "nan", "inf", "-inf", "zeros", "negative"]
+SPECIALS = ["none", "nan", "inf", "-inf", "zeros", "negative", "nonpositive"]
 
 
 def _batch(rng, n, elements, offset, special):
     """(n, elements) float32 around offset; special puts a NaN or an infinity at one value, makes
-    every value >= 0 with a -0.0 among them (a zero minimum), or every value < 0 (a zero site)."""
+    every value >= 0 with a -0.0 among them (a zero minimum), every value < 0 (a zero site), or
+    every value <= 0 with a 0.0 among them (a zero maximum)."""
     x = (offset + 3 * rng.standard_normal((n, elements))).astype(np.float32)
     at = (rng.integers(n), rng.integers(elements))
     if special == "nan":
@@ -38,6 +39,9 @@ def _batch(rng, n, elements, offset, special):
         x[at] = -0.0
     elif special == "negative":
         x = -np.abs(x) - 1
+    elif special == "nonpositive":
+        x = -np.abs(x)
+        x[at] = 0.0
     return x
 
 
@@ -55,23 +59,34 @@ def _same(a, b) -> bool:
     st.sampled_from([np.float32(6.0), np.float32(np.inf)]),
     st.sampled_from([0.0, 2.0, 1e5]),
     st.sampled_from(SPECIALS),
+    st.booleans(),
 )
-def test_clamp_welford_add_equals_its_numpy_twin(seed, sizes, elements, top, offset, special):
-    """Batches merged one after the other (the first into empty stats): the activation, every moment
-    and the input's range as the twin computes them; the range's zeros as `value_range` gives them."""
+def test_clamp_welford_add_equals_its_numpy_twin(seed, sizes, elements, top, offset, special, over):
+    """Batches merged one after the other (the first into empty stats), the activation into a
+    buffer of its own or written over the input (over): the activation, every moment and the
+    input's range as the twin computes them; the range's zeros as `value_range` gives them."""
     rng = np.random.default_rng(seed)
     got, want = SiteStats.empty((elements,)), SiteStats.empty((elements,))
     for n in sizes:
         x = _batch(rng, n, elements, offset, special)
-        out, out_ref = np.full_like(x, 7.0), np.full_like(x, -7.0)
-        lo, hi = got.add_clamped(x, top, out)
+        vr = moments.value_range(x)
+        x_in = x.copy()
+        out, out_ref = (x_in if over else np.full_like(x, 7.0)), np.full_like(x, -7.0)
+        lo, hi = got.add_clamped(x_in, top, out)
         lo_ref, hi_ref = ref.clamp_welford_add(x, top, out_ref, *(getattr(want, f) for f in FIELDS))
         assert out.tobytes() == out_ref.tobytes()
         for name in FIELDS:
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
         assert (lo == lo_ref or math.isnan(lo_ref)) and (hi == hi_ref or math.isnan(hi_ref))
-        vr = moments.value_range(x)
         assert _same(lo, vr[0]) and _same(hi, vr[1])
+
+
+def test_clamp_welford_add_refuses_an_output_overlapping_its_input_elsewhere():
+    """out may be x itself; a view of x shifted by a row would read values already clamped."""
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    stats = SiteStats.empty((64,))
+    with pytest.raises(ValueError, match="overlaps"):
+        stats.add_clamped(x[:4], np.float32(6.0), x[1:])
 
 
 @given(
@@ -142,7 +157,7 @@ def test_profile_equals_numpy_over_every_node(key, model):
 
 class _Apart(StatsCollector):
     def run_site(self, step, x, out):
-        return False
+        return None
 
 
 def test_a_masked_run_with_the_collector_takes_the_ranges_apart():
@@ -181,3 +196,66 @@ def test_an_observer_computing_sites_still_shows_every_node():
     assert model.run(x, observer=plain).tobytes() == y.tobytes() == model.run(x).tobytes()
     assert list(both.seen.values) == [s.name for s in model.steps]
     assert both.seen.digests() == plain.digests()
+
+
+def _shared_input_graph():
+    """A site on the run's input (r0), one whose input another node reads too (r1), and one that
+    alone reads its input (r2)."""
+    from velcro_ref.graph import Graph, Node
+
+    rng = np.random.default_rng(8)
+    params = {"w": rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32), "b": rng.normal(0, 0.1, 4).astype(np.float32)}
+    nodes = [
+        Node("r0", "relu", ("input",)),
+        Node("conv", "conv2d", ("r0",), {"out_channels": 4, "kernel": [3, 3], "pads": 1}, {"weight": "w", "bias": "b"}),
+        Node("r1", "relu6", ("conv",)),
+        Node("add", "add", ("conv", "r1")),
+        Node("r2", "relu", ("add",)),
+    ]
+    return Graph(tuple(nodes), (2, 6, 6), "r2", params)
+
+
+def test_the_collector_writes_a_site_over_the_input_only_that_site_reads(monkeypatch):
+    """Only r2 is written over its input (`Plan.overwritable`); the profile still equals NumPy's over
+    every node's output, and the run's output is the dense one."""
+    import velcro_ref.stats as stats_mod
+
+    model = Model(_shared_input_graph())
+    over = {s: model.plan.overwritable(model.plan.node(s).inputs[0], s) for s in model.sites}
+    assert over == {"r0": False, "r1": False, "r2": True}
+    written_over, real = [], stats_mod.clamp_welford_add
+
+    def spy(x, top, out, *arrays):
+        written_over.append(out is x)
+        return real(x, top, out, *arrays)
+
+    monkeypatch.setattr(stats_mod, "clamp_welford_add", spy)
+    x = np.random.default_rng(9).standard_normal((11, 2, 6, 6)).astype(np.float32)
+    col = StatsCollector(model)
+    col._extend(INPUT, x)
+    y = model.run(x, observer=col)
+    assert written_over == [False, False, True]
+    assert y.tobytes() == model.run(x).tobytes()
+    sites, ranges = _numpy_profile(model, x, 11)
+    assert col.stats.ranges == ranges
+    for s in model.sites:
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(col.stats.sites[s], name), getattr(sites[s], name), err_msg=s)
+
+
+@pytest.mark.parametrize("where", ["shared input", "new array"])
+def test_a_site_written_where_the_plan_does_not_allow_it_is_refused(where):
+    """An observer's run_site may return out, or x where the plan lets the site overwrite it;
+    x another node still reads, or an array of its own, ends the run with an error."""
+
+    class Writer(StatsCollector):
+        def run_site(self, step, x, out):
+            if step.name != "r1":
+                return super().run_site(step, x, out)
+            np.clip(x, 0, 6, out=out)
+            return x if where == "shared input" else out.copy()
+
+    model = Model(_shared_input_graph())
+    x = np.random.default_rng(10).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    with pytest.raises(RuntimeError, match="site 'r1'"):
+        model.run(x, observer=Writer(model))

@@ -1,5 +1,7 @@
 """Stats of shards merged in any order equal the stats of the whole set and numpy's float64 mean/var."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -106,11 +108,11 @@ def test_add_batch_over_several_work_items_equals_merging_batch_stats(seed, n, e
 @given(
     st.integers(0, 2**31),
     st.sampled_from([1, 7, 8, 9, 100, 65536 + 13, 3 * 32768 + 5]),
-    st.sampled_from(["none", "nan", "inf", "zeros"]),
+    st.sampled_from(["none", "nan", "inf", "zeros", "nonpositive"]),
 )
 def test_value_range_equals_numpy_min_and_max(seed, size, special):
     """One pass of 8 lanes (and a tail), work items in parallel from 64K elements: NumPy's min and
-    max, NaN for both when a value is NaN."""
+    max, NaN for both when a value is NaN, a zero extreme as +0.0 wherever the array holds -0.0."""
     from velcro_ref.kernels.moments import value_range
 
     rng = np.random.default_rng(seed)
@@ -123,8 +125,12 @@ def test_value_range_equals_numpy_min_and_max(seed, size, special):
     elif special == "zeros":
         y = np.abs(y)
         y[at] = -0.0
+    elif special == "nonpositive":
+        y = -np.abs(y)
+        y[rng.integers(size, size=3)] = rng.choice([0.0, -0.0], size=3)
     lo, hi = value_range(y.reshape(1, -1))
     if special == "nan":
         assert np.isnan(lo) and np.isnan(hi)
     else:
         assert (lo, hi) == (float(y.min()), float(y.max()))
+        assert all(math.copysign(1.0, v) == 1.0 for v in (lo, hi) if v == 0.0)

@@ -159,27 +159,27 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     """Layout: x, out (N, E) float32 C-contiguous; top float32; count .. hi (E,) float64 running
     moments of out, updated in place. A profiled relu / relu6 site in one pass: out = x clamped
     to [0, top] (`overwrite.clamp`'s bits), `welford_add(out, ...)`'s moments, and returns x's
-    (min, max) as `value_range(x)` gives them.
+    (min, max) as `value_range(x)` gives them. out may be x itself (the site written over its
+    input); any other overlap of the two raises ValueError.
 
     Loop order as `welford_add`: blocks of `block_elements` in parallel; per block, images
     CLAMP_ROWS at a time with each element's mean, M2 and the min and max of its x in registers.
     Each element's mean and M2 take the same operations in the same order as in `welford_add`;
-    its min and max of out are those of x clamped (the clamp is monotonic), and a block's range
-    of x is the min and max of its elements'. Where that could differ from the separate passes
-    the block or the range is taken again by them: a block whose batch mean came out NaN (x
-    holds a NaN or an infinity) by `_welford_range` over out, and the range by `value_range(x)`
-    when a block was so or an extreme is zero (which of 0.0 and -0.0 it returns depends on
-    positions).
+    its min and max of out are those of x clamped (the clamp is monotonic), and x's range is the
+    min and max of its elements' (a zero extreme as +0.0, as `value_range` gives it). A block
+    whose batch mean came out NaN (x holds a NaN or an infinity) takes its moments again from
+    out by `_welford_range`, and is searched for a NaN in out (where x has one: the clamp keeps
+    it), which makes x's range NaN.
     """
+    if out is not x and np.may_share_memory(x, out):
+        raise ValueError("clamp_welford_add: out overlaps x without being x")
     blk = block_elements(x.shape[1], numba.get_num_threads())
     n_blocks = (x.shape[1] + blk - 1) // blk
     x_lo, x_hi = np.empty(n_blocks, np.float32), np.empty(n_blocks, np.float32)
-    ok = _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi, blk)
-    if ok:
-        r_lo, r_hi = float(x_lo.min()), float(x_hi.max())
-        if r_lo != 0.0 and r_hi != 0.0:
-            return r_lo, r_hi
-    return value_range(x)
+    has_nan = _clamp_welford_blocks(x, top, None if out is x else out, count, shift, mean, m2, lo, hi, x_lo, x_hi, blk)
+    if has_nan:
+        return np.nan, np.nan
+    return float(x_lo.min()) + 0.0, float(x_hi.max()) + 0.0
 
 
 # Images per step of `_clamp_welford_range` (each element's state in registers meanwhile).
@@ -188,11 +188,11 @@ CLAMP_ROWS = 4
 
 @njit(cache=True, parallel=True)
 def _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_hi, blk):
-    """`clamp_welford_add` but for the range, in blocks of blk elements: x_lo[b], x_hi[b] the min
-    and max of block b's elements of x. Returns False if a block's batch mean came out NaN."""
+    """`clamp_welford_add` but for the range, in blocks of blk elements, out None for x itself:
+    x_lo[b], x_hi[b] the min and max of block b's elements of x. Returns True if x holds a NaN."""
     e_n = x.shape[1]
     n_blocks = x_lo.size
-    bad = np.zeros(n_blocks, np.bool_)
+    nan = np.zeros(n_blocks, np.bool_)
     for b in prange(n_blocks):
         e0 = b * blk
         k = min(blk, e_n - e0)
@@ -203,20 +203,25 @@ def _clamp_welford_blocks(x, top, out, count, shift, mean, m2, lo, hi, x_lo, x_h
             bs[i] = _clamp(x[0, e0 + i], top)
         _clamp_welford_range(x, top, out, e0, e0 + k, bs, bm, bm2, xl, xh)
         r_lo, r_hi = xl[0], xh[0]
+        bad = False
         for i in range(k):
             r_lo = _lower(xl[i], r_lo)
             r_hi = _higher(xh[i], r_hi)
-            bad[b] |= bm[i] != bm[i]
-        if bad[b]:  # a NaN or infinity: the block's moments as `welford_add` takes them from out
+            bad |= bm[i] != bm[i]
+        if bad:  # a NaN or infinity: the block's moments as `welford_add` takes them from out
+            y = x if out is None else out
             for i in range(k):
                 blo[i], bhi[i] = np.inf, -np.inf
-            _welford_range(out, e0, e0 + k, bs, bm, bm2, blo, bhi)
+            _welford_range(y, e0, e0 + k, bs, bm, bm2, blo, bhi)
+            for n in range(y.shape[0]):
+                for i in range(e0, e0 + k):
+                    nan[b] |= y[n, i] != y[n, i]
         else:
             for i in range(k):
                 blo[i], bhi[i] = _clamp(xl[i], top), _clamp(xh[i], top)
         x_lo[b], x_hi[b] = r_lo, r_hi
         _combine(e0, k, x.shape[0], bs, bm, bm2, blo, bhi, count, shift, mean, m2, lo, hi)
-    return not bad.any()
+    return nan.any()
 
 
 @njit(cache=True)
@@ -229,9 +234,12 @@ def _clamp(v, top):
 
 @njit(cache=True)
 def _clamp_welford_range(x, top, out, e0, e1, shift, mean, m2, xl, xh):
-    """Over the elements e0 .. e1 - 1 of x: out = clamp(x); mean and m2 of out as `_welford_range`
-    computes them; xl, xh (float32) the min and max of each element's x (NaN skipped, +inf and
-    -inf if every value is NaN). Images CLAMP_ROWS at a time, then one at a time."""
+    """Over the elements e0 .. e1 - 1 of x: out = clamp(x) (out None: into x itself); mean and m2
+    of out as `_welford_range` computes them; xl, xh (float32) the min and max of each element's
+    x (NaN skipped, +inf and -inf if every value is NaN). Images CLAMP_ROWS at a time, then one
+    at a time. Written over x, each value is read before its clamp is stored, and the loop over
+    one array vectorises as over two (the compiler's checks for two overlapping arrays fail when
+    they are one, and leave the loop scalar)."""
     n_n, k = x.shape[0], e1 - e0
     for i in range(k):
         mean[i], m2[i] = 0.0, 0.0
@@ -240,7 +248,10 @@ def _clamp_welford_range(x, top, out, e0, e1, shift, mean, m2, xl, xh):
     while n + CLAMP_ROWS <= n_n:
         i0, i1, i2, i3 = 1.0 / (n + 1), 1.0 / (n + 2), 1.0 / (n + 3), 1.0 / (n + 4)
         r0, r1, r2, r3 = x[n, e0:e1], x[n + 1, e0:e1], x[n + 2, e0:e1], x[n + 3, e0:e1]
-        o0, o1, o2, o3 = out[n, e0:e1], out[n + 1, e0:e1], out[n + 2, e0:e1], out[n + 3, e0:e1]
+        if out is None:
+            o0, o1, o2, o3 = r0, r1, r2, r3
+        else:
+            o0, o1, o2, o3 = out[n, e0:e1], out[n + 1, e0:e1], out[n + 2, e0:e1], out[n + 3, e0:e1]
         for i in range(k):
             a0, a1, a2, a3 = r0[i], r1[i], r2[i], r3[i]
             xl[i] = _lower(a3, _lower(a2, _lower(a1, _lower(a0, xl[i]))))
@@ -256,7 +267,8 @@ def _clamp_welford_range(x, top, out, e0, e1, shift, mean, m2, xl, xh):
         n += CLAMP_ROWS
     while n < n_n:
         inv = 1.0 / (n + 1)
-        row, orow = x[n, e0:e1], out[n, e0:e1]
+        row = x[n, e0:e1]
+        orow = row if out is None else out[n, e0:e1]
         for i in range(k):
             a0 = row[i]
             xl[i], xh[i] = _lower(a0, xl[i]), _higher(a0, xh[i])
@@ -275,13 +287,14 @@ def value_range(y) -> tuple[float, float]:
     """(min, max) of a non-empty float32 array, in one pass (NumPy's min and max take one each),
     as Python floats; NaN for both if y holds a NaN, as NumPy's. Work items of RANGE_PART
     elements, in parallel from RANGE_PARALLEL_MIN elements on, then their results in order.
-    Of equal extremes (0.0 and -0.0) which is returned depends on their positions only."""
+    A zero extreme is returned as +0.0, whether the array holds 0.0 or -0.0 there (which of the
+    two the selects keep depends on positions; the sum with +0.0 leaves only +0.0)."""
     flat = np.ascontiguousarray(y, np.float32).reshape(-1)
     n_parts = (flat.size + RANGE_PART - 1) // RANGE_PART
     los, his = np.empty(n_parts, np.float32), np.empty(n_parts, np.float32)
     (_range_threads if flat.size >= RANGE_PARALLEL_MIN else _range_serial)(flat, los, his)
     lo, hi = _range_part(los, 0, n_parts), _range_part(his, 0, n_parts)
-    return float(lo[0]), float(hi[1])
+    return float(lo[0]) + 0.0, float(hi[1]) + 0.0
 
 
 @njit(cache=True, parallel=True)
