@@ -185,17 +185,14 @@ class StatsCollector:
         self.model = model
         steps = {st.name: st for st in model.steps}
         self._ranged_at = {}  # tensor -> the site whose node takes its range
+        self._over = set()  # the sites computed over their input
         for st in model.steps:
-            src = steps.get(st.inputs[0]) if st.inputs else None
-            if (
-                _clamp_top(st) is not None
-                and src is not None
-                and not src.opdef.site
-                and src.q is None
-                and model.plan.readers[src.name] == [st.name]
-            ):
+            if _clamp_top(st) is None or not model.plan.overwritable(st.inputs[0], st.name):
+                continue
+            self._over.add(st.name)
+            src = steps[st.inputs[0]]
+            if not src.opdef.site and src.q is None:
                 self._ranged_at[src.name] = st.name
-        self._over = {st.name for st in model.steps if st.inputs and model.plan.overwritable(st.inputs[0], st.name)}
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
 
