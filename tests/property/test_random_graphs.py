@@ -10,7 +10,10 @@ parameter keys and node names that collide with what a loader derives (`<bn>.fol
 '/' vs '%2F'). With masks, every activation site (dead ones too) gets a random mask and random
 constants; the oracle overwrites the masked elements after computing the site and goes on. Sites
 on a dead branch are never run: the engine takes masks of the live sites (masks of a dead site
-would change nothing, and a mask file naming one is refused).
+would change nothing, and a mask file naming one is refused). A profiling run of each graph (the
+collector computes relu / relu6 sites, over their input where `Plan.overwritable` allows it) returns
+the dense output bit for bit, and its statistics and ranges equal the NumPy twin and NumPy's min and
+max over a plain instrumented run.
 
 Tolerance: per element, tests/oracle64.py's bound for a float32 evaluation of the same graph
 (2 x the sum of (terms + 4) x 2**-24 along the longest chain of ops, times the magnitude of the
@@ -33,7 +36,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import velcro_ref
+from velcro_ref.graph import INPUT
 from velcro_ref.masks import MaskSet, save_masks
+from velcro_ref.reference import moments as ref_moments
+from velcro_ref.stats import FIELDS, SiteStats, StatsCollector
 
 ROOT = Path(__file__).resolve().parents[2]
 STEMS = ("n", "norm", "a.b", "blk")
@@ -53,6 +59,7 @@ BODY = (
     "gap",
     "add",
     "residual",
+    "act_shared",
     "concat",
     "flatten",
     "dropout",
@@ -274,6 +281,10 @@ class _Builder:
             if d(st.booleans()):
                 y = self.bn(y)
             self.act(self.add_node("add", [y, r] if d(st.booleans()) else [r, y], self.shape[r]))
+        elif kind == "act_shared":  # relu/relu6 of a tensor a later add reads too: it must stay as it was
+            x = self.any_rank()
+            a = self.act(x)
+            self.add_node("add", [x, a] if d(st.booleans()) else [a, x], self.shape[x])
         elif kind == "concat":
             a = self.pick(3)
             same = [t for t in self.order if len(self.shape[t]) == 3 and self.shape[t][1:] == self.shape[a][1:]]
@@ -393,6 +404,42 @@ class _Sites:
         self.seen[name] = y.copy()
 
 
+class _Nodes:
+    """A copy of every node's output, as the node is seen."""
+
+    def __init__(self):
+        self.values = {}
+
+    def on_site(self, name, y):
+        pass
+
+    def on_node(self, step, inputs, out, skip):
+        self.values[step.name] = out.copy()
+
+
+def check_profile(model, x):
+    """A profiling run (relu / relu6 sites computed by the collector, written over their input where
+    `Plan.overwritable` allows it) returns the dense output, and its statistics and ranges equal the
+    NumPy twin and NumPy's min and max over a plain instrumented run's node outputs."""
+    plain = _Nodes()
+    want = model.run(x, observer=plain)
+    col = StatsCollector(model)
+    col._extend(INPUT, x)
+    assert model.run(x, observer=col).tobytes() == want.tobytes(), "profiling run: output"
+    n = len(x)
+    for s, got_s in col.stats.sites.items():
+        if s not in plain.values:  # a site on a dead branch: never run
+            continue
+        twin = SiteStats.empty(got_s.count.shape)
+        ref_moments.welford_add(plain.values[s].reshape(n, -1), *(getattr(twin, f).reshape(-1) for f in FIELDS))
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(got_s, f), getattr(twin, f), err_msg=f"profiling run: site {s!r} {f}")
+    tensors = {INPUT: x, **plain.values}
+    for t, (lo, hi) in col.stats.ranges.items():
+        got, expect = np.array([lo, hi]), np.array([np.min(tensors[t]), np.max(tensors[t])], np.float64)
+        assert np.array_equal(got, expect, equal_nan=True), f"profiling run: range of {t!r} {got} against {expect}"
+
+
 def check_in_process(case, folder):
     path, fp = write_case(case, folder)
     mf = oracle64.read_model(path)  # the oracle reads the file as written
@@ -407,6 +454,7 @@ def check_in_process(case, folder):
     assert not missing, f"live activation sites not observed: {missing}"
     for s, y in sites.seen.items():
         assert_matches(y, masked, s, f"masked site {s!r}")
+    check_profile(model, case.x)
 
 
 def live_masks(case, live):
