@@ -425,7 +425,9 @@ def check_profile(model, x):
     want = model.run(x, observer=plain)
     col = StatsCollector(model)
     col._extend(INPUT, x)
+    x_before = x.tobytes()
     assert model.run(x, observer=col).tobytes() == want.tobytes(), "profiling run: output"
+    assert x.tobytes() == x_before, "profiling run: the input array changed"
     n = len(x)
     for s, got_s in col.stats.sites.items():
         if s not in plain.values:  # a site on a dead branch: never run

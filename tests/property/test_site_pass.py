@@ -233,8 +233,10 @@ def test_the_collector_writes_a_site_over_the_input_only_that_site_reads(monkeyp
     x = np.random.default_rng(9).standard_normal((11, 2, 6, 6)).astype(np.float32)
     col = StatsCollector(model)
     col._extend(INPUT, x)
+    x_before = x.copy()
     y = model.run(x, observer=col)
     assert written_over == [False, False, True]
+    assert x.tobytes() == x_before.tobytes()  # r0 reads the run's input: never written over
     assert y.tobytes() == model.run(x).tobytes()
     sites, ranges = _numpy_profile(model, x, 11)
     assert col.stats.ranges == ranges
