@@ -34,6 +34,7 @@ import numpy as np
 import oracle64
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from robust_util import NodeOutputs
 
 import velcro_ref
 from velcro_ref.graph import INPUT
@@ -404,24 +405,11 @@ class _Sites:
         self.seen[name] = y.copy()
 
 
-class _Nodes:
-    """A copy of every node's output, as the node is seen."""
-
-    def __init__(self):
-        self.values = {}
-
-    def on_site(self, name, y):
-        pass
-
-    def on_node(self, step, inputs, out, skip):
-        self.values[step.name] = out.copy()
-
-
 def check_profile(model, x):
     """A profiling run (relu / relu6 sites computed by the collector, written over their input where
     `Plan.overwritable` allows it) returns the dense output, and its statistics and ranges equal the
     NumPy twin and NumPy's min and max over a plain instrumented run's node outputs."""
-    plain = _Nodes()
+    plain = NodeOutputs()
     want = model.run(x, observer=plain)
     col = StatsCollector(model)
     col._extend(INPUT, x)
