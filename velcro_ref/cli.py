@@ -49,29 +49,51 @@ class Terminated(BaseException):
     and `except Exception` blocks cannot swallow it; atomic writes then delete their temporary file."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+class _Signals:
+    """SIGINT and SIGTERM as exceptions (KeyboardInterrupt, Terminated) while a command runs.
 
+    Python cannot raise an exception inside a weak-reference callback, a finalizer or a fork handler: it
+    hands it to sys.unraisablehook and goes on, and the command would finish and write its outputs as if
+    no signal had come. The hook here takes such an interrupt, remembers it and sends the signal to the
+    main thread again RESEND_S later from a short-lived thread, so the command stops at the next point
+    where an exception can be raised. After close() the handler raises nothing: a signal still on its way
+    then only decides the exit code (`outcome`)."""
 
-class _Interrupt:
-    """SIGINT as KeyboardInterrupt, remembered: an interrupt that lands in code that swallows
-    exceptions (a weak-reference callback prints "Exception ignored" and goes on) still ends the
-    run with exit 130."""
+    RESEND_S = 0.001
 
     def __init__(self):
-        self.seen = False
+        self.seen = None  # the first of the two signals that came, or None
+        self.closed = False
+        self._resend = None
 
     def __call__(self, signum, frame):
-        self.seen = True
-        raise KeyboardInterrupt
+        self.seen = self.seen or signal.Signals(signum)
+        if self.closed:
+            return
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 
     def unraisable(self, info):
-        """sys.unraisablehook: an interrupt that Python could not raise (inside a weak-reference
-        callback, a fork handler, a finalizer) is not printed; the run ends as interrupted."""
-        if isinstance(info.exc_value, KeyboardInterrupt):
-            self.seen = True
+        """sys.unraisablehook: an interrupt Python could not raise is not printed but sent again."""
+        if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
+            sys.__unraisablehook__(info)
             return
-        sys.__unraisablehook__(info)
+        sig = signal.SIGINT if isinstance(info.exc_value, KeyboardInterrupt) else signal.SIGTERM
+        self.seen = self.seen or sig
+        if not self.closed and (self._resend is None or self._resend.finished.is_set()):
+            main = threading.main_thread().ident
+            self._resend = threading.Timer(self.RESEND_S, signal.pthread_kill, (main, sig))
+            self._resend.daemon = True
+            self._resend.start()
+
+    def close(self):
+        self.closed = True
+        if self._resend is not None:
+            self._resend.cancel()
+            self._resend.join()
+
+    def outcome(self):
+        """(message, exit code) of the signal that came, or None."""
+        return {None: None, signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}[self.seen]
 
 
 def _check_environment() -> None:
@@ -92,21 +114,20 @@ def main(argv=None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     in_main_thread = threading.current_thread() is threading.main_thread()
-    interrupt = _Interrupt()
+    signals = _Signals()
     previous = {}
     previous_hook = sys.unraisablehook
     if in_main_thread:
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _on_sigterm)}
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
-        sys.unraisablehook = interrupt.unraisable
+        previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGTERM, signal.SIGINT)}
+        sys.unraisablehook = signals.unraisable
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     debug = "--debug" in argv[:1] or os.environ.get("VELCRO_DEBUG") == "1"
 
     def fail(message, code):
-        if interrupt.seen:  # whatever the error, it followed an interrupt
-            message, code = "interrupted", 130
+        if signals.seen:  # whatever the error, it followed an interrupt
+            message, code = signals.outcome()
         if debug:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
@@ -114,13 +135,16 @@ def main(argv=None) -> int:
         return code
 
     try:
-        args = build_parser().parse_args(argv)
-        from .cli_util import check_files
+        try:
+            args = build_parser().parse_args(argv)
+            from .cli_util import check_files
 
-        _check_environment()
-        check_files(args)
-        code = int(args.func(args) or 0)
-        return fail("interrupted", 130) if interrupt.seen else code
+            _check_environment()
+            check_files(args)
+            code = int(args.func(args) or 0)
+        finally:
+            signals.close()
+        return fail(*signals.outcome()) if signals.seen else code
     except VelcroError as e:
         return fail(e, e.exit_code)
     except KeyboardInterrupt:
@@ -140,8 +164,8 @@ def main(argv=None) -> int:
     except Exception:
         # an interrupt that a library turned into another error (NumPy's import of its C extension
         # reports a KeyboardInterrupt as an ImportError) is still an interrupt
-        if interrupt.seen:
-            return fail("interrupted", 130)
+        if signals.seen:
+            return fail(*signals.outcome())
         raise
     finally:
         for sig, handler in previous.items():
