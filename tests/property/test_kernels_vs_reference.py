@@ -560,13 +560,23 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
     """The dense kernels' input (`to_planes` and `to_blocks` write every float of their copy,
     garbage before; a DIRECT conv reads x itself), the tap offsets and the output positions'
     bases (and segments, where `conv_tiles` reads them) of `prepare_conv`: every output finds
-    there the pixel each of its taps reads (0 in the padding), as NumPy's padded input has it."""
+    there the pixel each of its taps reads (0 in the padding), as NumPy's padded input has it.
+    The copy is the same in the calling thread (whole planes) and by every thread (whole planes,
+    or bands of rows where there are few)."""
     geom, n = case[0], case[1]
     x, weights, _, _ = _conv_case(case)
     planes = kc.prepare.planes(weights)
-    scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
-    xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch).reshape(n, -1)
+    copies = []
+    for min_floats in (1 << 30, 0):
+        scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
+        saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, min_floats
+        try:
+            copies.append(dense.planes_input(x, geom, planes, weights.plane_of, scratch).reshape(n, -1))
+        finally:
+            layouts.PARALLEL_MIN = saved
+    xp = copies[0]
     assert not np.isnan(xp).any()
+    assert xp.tobytes() == copies[1].tobytes()
     hp = max(geom.h + geom.pt, (geom.oh - 1) * geom.sh + (geom.kh - 1) * geom.dh + 1)
     wp = max(geom.w + geom.pl, (geom.ow - 1) * geom.sw + (geom.kw - 1) * geom.dw + 1)
     padded = np.zeros((n, geom.c_in, hp, wp), np.float32)

@@ -36,9 +36,10 @@ from .geom import FEW_TAPS, ConvGeom, one_chain
 LINE_FLOATS = 16  # floats per 64-byte cache line
 # Floats of a copy from which it uses every thread, and items (planes or rows) per work item.
 # Below, a copy runs in the calling thread. The conv that follows a copy wakes the threads
-# anyway, and they still spin after the conv before, so above 64K floats (every input of
-# ResNet-18's 3x3 convs at batch 1) two threads copy faster (docs/kernels.md, "Measured").
-PARALLEL_MIN = 1 << 16
+# anyway, and they still spin after the conv before, so from 8K floats (every input copy of
+# ResNet-18 at batch 1, its 1x1 downsamples' too) two threads copy faster (docs/kernels.md,
+# "Measured").
+PARALLEL_MIN = 1 << 13
 PART_ITEMS = 8
 
 
@@ -244,24 +245,32 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
             if r1 == geom.oh:
                 zero_floats(xq, at + geom.oh * ow, pl_n - geom.oh * ow)
             continue
+        # a whole plane of one phase is zeroed at once and its rows copied over the zeros (one
+        # call a row, not three: on 7x7 and 14x14 planes the calls took longer than the copies)
+        whole = ph_n == 1 and r0 == 0 and r1 == planes.hp
+        if whole:
+            zero_floats(xq, at, pl_n)
         for r in range(r0, r1):
             iy, d = r - geom.pt, at + r * ph_n * q
             if iy < 0 or iy >= h:
-                zero_floats(xq, d, ph_n * q)
+                if not whole:
+                    zero_floats(xq, d, ph_n * q)
                 continue
             for ph in range(ph_n):
                 # column j of phase ph holds input column j * ph_n + ph - pl: inside x for j0 <= j < j1
                 j0 = min(q, max(0, (geom.pl - ph + ph_n - 1) // ph_n))
                 j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // ph_n + 1))
                 seg, ix = d + ph * q, src + iy * w + j0 * ph_n + ph - geom.pl
-                zero_floats(xq, seg, j0)
+                if not whole:
+                    zero_floats(xq, seg, j0)
                 if ph_n == 1:
                     copy_floats(xf, ix, xq, seg + j0, j1 - j0)
                 else:
                     for j in range(j1 - j0):
                         xq[seg + j0 + j] = xf[ix + j * ph_n]
-                zero_floats(xq, seg + j1, q - j1)
-        if r1 == planes.hp:
+                if not whole:
+                    zero_floats(xq, seg + j1, q - j1)
+        if r1 == planes.hp and not whole:
             zero_floats(xq, at + planes.hp * ph_n * q, pl_n - planes.hp * ph_n * q)
 
 
