@@ -37,8 +37,7 @@ LINE_FLOATS = 16  # floats per 64-byte cache line
 # Floats of a copy from which it uses every thread, and items (planes or rows) per work item.
 # Below, a copy runs in the calling thread. The conv that follows a copy wakes the threads
 # anyway, and they still spin after the conv before, so from 8K floats (every input copy of
-# ResNet-18 at batch 1, its 1x1 downsamples' too) two threads copy faster (docs/kernels.md,
-# "Measured").
+# ResNet-18's convs at batch 1) two threads copy faster (docs/kernels.md, "Measured").
 PARALLEL_MIN = 1 << 13
 PART_ITEMS = 8
 
