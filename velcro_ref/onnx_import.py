@@ -287,8 +287,9 @@ class _Importer:
             raise ModelError(f"{what}: cannot be read ({type(e).__name__}: {e})") from None
 
     def _new_name(self, node, index, suffix="", base=None):
-        if base is None:
-            base = graph_node_name(node.name, node.op_type) or f"{node.op_type}_{index}"
+        """A unique graph name: `base` (a QOperator node's float name, empty for an unnamed node),
+        else from the ONNX node's name, else op type and index (ONNX node names are optional)."""
+        base = base or graph_node_name(node.name, node.op_type) or f"{node.op_type}_{index}"
         return self._unique(base + suffix)
 
     def _unique(self, base):
