@@ -3,22 +3,27 @@
 Each case whose nodes are all ops `import_onnx` maps (`SUPPORTED_ONNX_OPS`) is imported and run:
 it must give the case's expected output (within the case's own tolerances, as onnx's backend
 runner checks) or be refused with a one-line VelcroError; a different answer, or any other
-exception, fails. The engine runs models of one graph input, so the case's other inputs (a
-conv's weights, a Gemm's matrix) become initializers holding the case's data. A QOperator case
-(QLinearConv, QLinearMatMul: an integer input) runs between a QuantizeLinear of a float input
-that quantizes to the case's integers exactly and a DequantizeLinear, as onnxruntime's quantizer
-writes whole models; its integers must then equal the expected ones.
+exception, fails. A case that runs is exported back to ONNX (`export_onnx`), and onnxruntime
+running the export must give the expected output too.
+
+The engine runs models of one graph input, so the case's other inputs (a conv's weights, a
+Gemm's matrix) become initializers holding the case's data. A QOperator case (QLinearConv,
+QLinearMatMul: an integer input) runs between a QuantizeLinear of a float input that quantizes
+to the case's integers exactly and a DequantizeLinear, as onnxruntime's quantizer writes whole
+models; its integers must then equal the expected ones.
 """
 
 import warnings
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from velcro_ref.engine import Model
 from velcro_ref.errors import VelcroError
+from velcro_ref.onnx_export import export_onnx
 from velcro_ref.onnx_import import SUPPORTED_ONNX_OPS, import_onnx, onnx_key
 
 
@@ -143,17 +148,23 @@ def run_case(case, tmp_path):
         else:
             path = _one_input_model(case, inputs, path)
         try:
-            got = Model(import_onnx(path)).run(x)
+            graph = import_onnx(path)
+            got = Model(graph).run(x)
         except VelcroError as e:
             results.append(("refused", str(e)))
             continue
-        if quantized:  # the dequantized output back to the integers it holds
-            got = np.rint(got / y_scale.astype(np.float32)).astype(np.int64) + y_zero.astype(np.int64)
-        assert got.shape == want.shape, f"{case.name}[{k}]: shape {got.shape}, expected {want.shape}"
-        if quantized:
-            np.testing.assert_array_equal(got, want.astype(np.int64), err_msg=f"{case.name}[{k}]")
-        else:
-            np.testing.assert_allclose(got, want, rtol=case.rtol, atol=case.atol, err_msg=f"{case.name}[{k}]")
+        exported = tmp_path / f"{case.name}_{k}.exported.onnx"
+        export_onnx(graph, exported)
+        session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+        for who, y in (("engine", got), ("exported model in onnxruntime", session.run(None, {"input": x})[0])):
+            if quantized:  # the dequantized output back to the integers it holds
+                y = np.rint(y / y_scale.astype(np.float32)).astype(np.int64) + y_zero.astype(np.int64)
+            where = f"{case.name}[{k}], {who}"
+            assert y.shape == want.shape, f"{where}: shape {y.shape}, expected {want.shape}"
+            if quantized:
+                np.testing.assert_array_equal(y, want.astype(np.int64), err_msg=where)
+            else:
+                np.testing.assert_allclose(y, want, rtol=case.rtol, atol=case.atol, err_msg=where)
         results.append(("match", None))
     return results
 
