@@ -605,7 +605,13 @@ class _Importer:
         return graph_node_name(node.name.removesuffix("_quant"), float_type)
 
     def spatial(self, node, a, x, kernel, dilation=(1, 1)):
-        """Strides and (top, left, bottom, right) pads from ONNX attributes, auto_pad resolved."""
+        """Strides and (top, left, bottom, right) pads from ONNX attributes, auto_pad resolved.
+
+        auto_pad SAME_* is refused where ONNX implementations disagree on what it means: with
+        ceil_mode (onnx's shape inference rounds the output size up, onnxruntime does not, onnx's
+        reference refuses), and where the output size ceil(size / stride) asks for a negative
+        total padding (the windows end before the input does; onnxruntime and onnx's reference
+        then shift the windows, each rounding the shift its own way, TensorFlow does not)."""
         stride = [int(s) for s in a.get("strides", [1, 1])]
         if len(stride) != 2:
             raise OnnxUnsupported(f"strides {stride}; expects 2-D")
@@ -620,10 +626,17 @@ class _Importer:
             return stride, [0, 0, 0, 0]
         if auto not in ("SAME_UPPER", "SAME_LOWER"):
             raise OnnxUnsupported(f"auto_pad '{auto}'")
+        if a.get("ceil_mode", 0):
+            raise OnnxUnsupported(f"auto_pad {auto} with ceil_mode 1 (ONNX implementations differ on it; write pads)")
         hw = self.shape(x)[1:]
         begin, end = [], []
-        for size, k, s, d in zip(hw, kernel, stride, dilation, strict=True):
-            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        for axis, size, k, s, d in zip("HW", hw, kernel, stride, dilation, strict=True):
+            total = (-(-size // s) - 1) * s + (k - 1) * d + 1 - size
+            if total < 0:
+                raise OnnxUnsupported(
+                    f"auto_pad {auto} asks for padding {total} along {axis} (size {size}, kernel {k}, stride {s}): "
+                    "ONNX implementations differ on which pixels such windows read; write pads"
+                )
             lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
             begin.append(lo)
             end.append(total - lo)
