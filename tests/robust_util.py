@@ -88,3 +88,25 @@ def images_npz(path, images):
     """Write images = (x, labels) as an --images file (x, y) at path; returns path."""
     np.savez(path, x=images[0], y=images[1])
     return path
+
+
+def int8_session(path, act, fmt, extra_outputs=()):
+    """An onnxruntime session of a quantized ONNX model in its exact mode (docs/int8.md, "Where
+    onnxruntime is not exact"): uint8 activations with `session.x64quantprecision = 1`, int8 QDQ
+    with `session.qdqisint8allowed = 1`, int8 QOperator as it is. extra_outputs: (tensor, dtype)
+    pairs exposed as graph outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if act == "uint8":
+        so.add_session_config_entry("session.x64quantprecision", "1")
+    elif fmt == "QDQ":
+        so.add_session_config_entry("session.qdqisint8allowed", "1")
+    model = onnx.load(str(path))
+    onnx_type = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
+    for name, dtype in extra_outputs:
+        model.graph.output.append(helper.make_tensor_value_info(name, onnx_type[dtype], None))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-from robust_util import NodeOutputs
+from robust_util import NodeOutputs, int8_session
 
 import velcro_ref
 from velcro_ref.engine import Model
@@ -62,7 +61,6 @@ ZERO_POINT_INPUT = {
     "QLinearMatMul": 7,
 }
 PASS_THROUGH = ("MaxPool", "Flatten", "Reshape", "Identity")
-ONNX_TYPE = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
 
 
 @dataclass
@@ -74,20 +72,6 @@ class Family:
     cache: Path
     folder: Path
     quantized: dict  # case -> quantized ONNX path
-
-
-def session(path, act, fmt, extra_outputs=()):
-    """An onnxruntime session in the exact mode of the case (module docstring)."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if act == "uint8":
-        so.add_session_config_entry("session.x64quantprecision", "1")
-    elif fmt == "QDQ":
-        so.add_session_config_entry("session.qdqisint8allowed", "1")
-    model = onnx.load(str(path))
-    for name, dtype in extra_outputs:
-        model.graph.output.append(helper.make_tensor_value_info(name, ONNX_TYPE[dtype], None))
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -173,7 +157,7 @@ def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
     imported = Model(import_onnx(path))
     x = np.random.default_rng(1).uniform(-1.2, 1.2, (4, 3, SIZE, SIZE)).astype(np.float32)
 
-    want = session(path, act, fmt).run(None, {"input": x})[0]
+    want = int8_session(path, act, fmt).run(None, {"input": x})[0]
     seen = NodeOutputs()
     got = imported.run(x, observer=seen)
     assert got.dtype == want.dtype and got.shape == want.shape
@@ -181,7 +165,7 @@ def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
 
     proto = onnx.load(str(path))
     tensors = int8_tensors(proto)
-    ort_values = session(path, act, fmt, tensors).run([t for t, _ in tensors], {"input": x})
+    ort_values = int8_session(path, act, fmt, tensors).run([t for t, _ in tensors], {"input": x})
     compared = 0
     for (t, dtype), value in zip(tensors, ort_values, strict=True):
         name = velcro_name(t, proto, seen.values)
@@ -245,7 +229,7 @@ def test_exported_qdq_runs_bit_exact_in_onnxruntime_and_imports_back(family, tmp
     path = tmp_path / "q.onnx"
     export_onnx(qmodel.graph, path)
     x = np.random.default_rng(2).uniform(-1, 1, (3, 3, SIZE, SIZE)).astype(np.float32)
-    want = session(path, act, "QDQ").run(None, {"input": x})[0]
+    want = int8_session(path, act, "QDQ").run(None, {"input": x})[0]
     got = qmodel.run(x)
     assert np.array_equal(got, want), f"{int(np.sum(got != want))} of {got.size} outputs differ"
     back = import_onnx(path)
@@ -311,5 +295,5 @@ def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
     model = Model(import_onnx(out))
     assert [st.op for st in model.plan.nodes] == ["flatten", "quantize", "qlinear", "dequantize"]
     x = rng.uniform(-1.5, 1.5, (7, 3, 4, 4)).astype(np.float32)
-    want = session(out, act, fmt).run(None, {"input": x})[0]
+    want = int8_session(out, act, fmt).run(None, {"input": x})[0]
     assert np.array_equal(model.run(x), want)

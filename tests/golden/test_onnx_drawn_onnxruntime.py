@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
@@ -103,10 +103,13 @@ def assert_matches_or_refused(model, x, tmp_path_factory):
         got = Model(import_onnx(path)).run(x)
     except VelcroError as e:
         assert "\n" not in str(e).strip(), f"refusal not one line: {e}"
+        event("refused")
         return
     want = oracle(model, x)
     if want is None:
+        event("not judged: no oracle runs it")
         return
+    event("compared")
     what = [(n.op_type, {a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in model.graph.node]
     assert got.shape == want.shape, f"{what} on {x.shape}: shape {got.shape}, expected {want.shape}"
     bound = 1e-4 * max(1.0, float(np.max(np.abs(want), initial=0.0)))
