@@ -495,6 +495,11 @@ class _Importer:
         handler = q_op if q_op is not None and (reads_quantized or float_op is None) else float_op
         if handler is None:
             raise OnnxUnsupported("")
+        if reads_quantized and handler is float_op and float_op.fused_by_onnxruntime:
+            raise OnnxUnsupported(
+                f"{op} reading a quantized tensor: onnxruntime runs it as {float_op.fused_by_onnxruntime}, whose "
+                "arithmetic this reference does not model (a float op here would differ by a step)"
+            )
         self._check_outputs(node)
         self._materialize = handler.tensors == "float"
         try:

@@ -1,12 +1,14 @@
 """Drawn float convs quantized by onnxruntime's quantize_static, against onnxruntime bit for bit.
 
 A conv with drawn channels, groups, kernel, strides, dilations and pads, alone or followed by a
-relu, a max pool, a global average pool, or added to or concatenated with a second conv, on a
-drawn batch; quantized by quantize_static (QDQ or QOperator, per-tensor or per-channel weights,
-uint8 or int8 activations, MinMax over three drawn batches), imported by `import_onnx` and run by
-the engine: every output element must equal onnxruntime's in its exact mode (robust_util's
-`int8_session`), or the import is refused in one line. Models onnxruntime cannot quantize or
-run (an empty output) are not judged.
+relu, a max pool, a global average pool, an average pool, a softmax head, or added to or
+concatenated with a second conv, on a drawn batch; quantized by quantize_static (QDQ or
+QOperator, per-tensor or per-channel weights, uint8 or int8 activations, MinMax over three drawn
+batches), imported by `import_onnx` and run by the engine: every output element must equal
+onnxruntime's in its exact mode (robust_util's `int8_session`), or the import is refused in one
+line (an average pool or softmax of a quantized tensor: onnxruntime runs its own
+QLinearAveragePool / QLinearSoftmax there). Models onnxruntime cannot quantize or run (an empty
+output) are not judged.
 """
 
 import logging
@@ -23,7 +25,7 @@ from velcro_ref.engine import Model
 from velcro_ref.errors import VelcroError
 from velcro_ref.onnx_import import import_onnx
 
-TAILS = ["none", "relu", "maxpool", "gap", "add", "concat"]
+TAILS = ["none", "relu", "maxpool", "gap", "add", "concat", "avgpool", "softmax"]
 
 
 class Batches(CalibrationDataReader):
@@ -65,6 +67,18 @@ def quantizable_convs(draw):
         nodes.append(helper.make_node("MaxPool", ["conv"], ["y"], name="pool", kernel_shape=[2, 2], pads=pads))
     elif tail == "gap":
         nodes.append(helper.make_node("GlobalAveragePool", ["conv"], ["y"], name="gap"))
+    elif tail == "avgpool":  # refused: onnxruntime runs QLinearAveragePool there
+        pads = [1, 1, 1, 1] if draw(st.booleans()) else [0, 0, 0, 0]
+        include = draw(st.sampled_from([0, 1]))
+        nodes.append(
+            helper.make_node(
+                "AveragePool", ["conv"], ["y"], name="pool", kernel_shape=[2, 2], pads=pads, count_include_pad=include
+            )
+        )
+    elif tail == "softmax":  # refused: onnxruntime runs QLinearSoftmax there
+        nodes.append(helper.make_node("GlobalAveragePool", ["conv"], ["gap"], name="gap"))
+        nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flat"))
+        nodes.append(helper.make_node("Softmax", ["flat"], ["y"], name="softmax", axis=1))
     elif tail in ("add", "concat"):
         inits.append(weight("w2"))
         nodes.append(helper.make_node("Conv", ["x", "w2"], ["conv2"], name="conv2", **attrs))

@@ -65,6 +65,10 @@ class Op:
       param_dtypes     role -> the dtype its parameter is stored in (others: float32)
       requant_ops      simulator: vector-unit operations to requantize one output element of an
                        int8 op's int32 accumulator (0: none)
+      fused_by_onnxruntime  the com.microsoft op onnxruntime runs in place of this float op between
+                       DequantizeLinear and QuantizeLinear (its own arithmetic, which differs from
+                       the float op's by a step on some outputs); such a node reading a quantized
+                       tensor is refused at import rather than run in float. None: none
 
     Methods take the node's checked attributes (`check`), never a raw attribute dict.
     """
@@ -84,6 +88,7 @@ class Op:
     param_dtypes: dict = {}
     requant_ops = 0
     quantized_as: str | None = None  # the op of this layer in a quantized model (velcro_ref/quantization.py)
+    fused_by_onnxruntime: str | None = None
     own_range = False  # quantized, its output takes a scale and zero point from its own calibration range
 
     def check(self, node) -> dict:

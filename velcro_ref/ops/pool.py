@@ -97,6 +97,7 @@ class AvgPool(_Window):
     attrs = ("kernel", "stride", "pads", "ceil_mode", "count_include_pad")
     ops_per_element = 1
     onnx_types = ("AveragePool",)
+    fused_by_onnxruntime = "com.microsoft QLinearAveragePool"
 
     def run(self, xs, p, skip, out, scratch):
         g = p.window

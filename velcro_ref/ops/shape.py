@@ -78,6 +78,7 @@ class Softmax(Op):
     name = "softmax"
     ops_per_element = 3
     onnx_types = ("Softmax",)
+    fused_by_onnxruntime = "com.microsoft QLinearSoftmax"
 
     def run(self, xs, args, skip, out, scratch):
         z = xs[0] - xs[0].max(axis=1, keepdims=True)
