@@ -167,3 +167,30 @@ def test_onnx_weight_that_does_not_fit_is_named(velcro, tmp_path, onnx_lib):
     nodes = [node("Conv", ["x", "w"], "c", "conv"), node("Relu", ["c"], "y", "relu")]
     path = onnx_file(onnx_lib, tmp_path, nodes, ["N", 3, 8, 8], ["N", 4, 8, 8], weight_shape=(4, 5, 1, 1))
     velcro("import-onnx", path, "-o", tmp_path / "m.h5").error_line(str(path), "node 'conv'", "5 input channels")
+
+
+def test_requantizing_a_flattened_tensor_is_refused_naming_the_quantize_node(velcro, tmp_path, onnx_lib):
+    """A DequantizeLinear -> Flatten -> QuantizeLinear with other parameters: refused at the
+    QuantizeLinear with what it is, not with a message about a concat the model does not have."""
+    from onnx import helper, numpy_helper
+
+    consts = {"s": np.float32(0.02), "zp": np.uint8(128), "s2": np.float32(0.01), "zp2": np.uint8(100)}
+    nodes = [
+        node("QuantizeLinear", ["x", "s", "zp"], "xq", "quantize_x"),
+        node("DequantizeLinear", ["xq", "s", "zp"], "xd", "dequantize_x"),
+        node("Flatten", ["xd"], "f", "flatten"),
+        node("QuantizeLinear", ["f", "s2", "zp2"], "fq", "requantize"),
+        node("DequantizeLinear", ["fq", "s2", "zp2"], "y", "dequantize_y"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "requantize",
+        [helper.make_tensor_value_info("x", onnx_lib.TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("y", onnx_lib.TensorProto.FLOAT, ["N", 48])],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    path = tmp_path / "model.onnx"
+    onnx_lib.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    res = velcro("import-onnx", path, "-o", tmp_path / "m.h5")
+    res.error_line(str(path), "'QuantizeLinear' (node 'requantize')", "requantization", "shape (48,)")
+    assert "concat" not in res.err

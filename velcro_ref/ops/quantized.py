@@ -169,8 +169,14 @@ class Quantize(Op):
             x = ctx.data(node)
             if ctx.quantization(x) == y:
                 ctx.alias[node.output[0]] = x
-            else:
-                ctx.add(node, index, "qconcat", [x], q_attrs(y), base=name)
+                return
+            shape = ctx.shape(x)
+            if len(shape) != 3:
+                raise OnnxUnsupported(
+                    f"a requantization (DequantizeLinear -> QuantizeLinear with other parameters) of a tensor of "
+                    f"shape {tuple(shape)} per image; supported on (C, H, W) tensors"
+                )
+            ctx.add(node, index, "qconcat", [x], q_attrs(y), base=name)
             return
         ctx.add(node, index, "quantize", [ctx.data(node)], q_attrs(y), base=f"{name}_quantized")
 
