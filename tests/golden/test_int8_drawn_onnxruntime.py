@@ -5,10 +5,10 @@ relu, a max pool, a global average pool, an average pool, a softmax head, or add
 concatenated with a second conv, on a drawn batch; quantized by quantize_static (QDQ or
 QOperator, per-tensor or per-channel weights, uint8 or int8 activations, MinMax over three drawn
 batches), imported by `import_onnx` and run by the engine: every output element must equal
-onnxruntime's in its exact mode (robust_util's `int8_session`), or the import is refused in one
-line (an average pool or softmax of a quantized tensor: onnxruntime runs its own
-QLinearAveragePool / QLinearSoftmax there). Models onnxruntime cannot quantize or run (an empty
-output) are not judged.
+onnxruntime's in its exact mode (robust_util's `int8_session`), and so must onnxruntime's run of
+the engine's QDQ export; or the import is refused in one line (a softmax of a quantized tensor:
+onnxruntime runs its own QLinearSoftmax there). Models onnxruntime cannot quantize or run (an
+empty output) are not judged.
 """
 
 import logging
@@ -23,6 +23,7 @@ from robust_util import int8_session
 
 from velcro_ref.engine import Model
 from velcro_ref.errors import VelcroError
+from velcro_ref.onnx_export import export_onnx
 from velcro_ref.onnx_import import import_onnx
 
 TAILS = ["none", "relu", "maxpool", "gap", "add", "concat", "avgpool", "softmax"]
@@ -67,7 +68,7 @@ def quantizable_convs(draw):
         nodes.append(helper.make_node("MaxPool", ["conv"], ["y"], name="pool", kernel_shape=[2, 2], pads=pads))
     elif tail == "gap":
         nodes.append(helper.make_node("GlobalAveragePool", ["conv"], ["y"], name="gap"))
-    elif tail == "avgpool":  # refused: onnxruntime runs QLinearAveragePool there
+    elif tail == "avgpool":  # onnxruntime runs QLinearAveragePool: qavg_pool
         pads = [1, 1, 1, 1] if draw(st.booleans()) else [0, 0, 0, 0]
         include = draw(st.sampled_from([0, 1]))
         nodes.append(
@@ -123,7 +124,8 @@ def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_f
     finally:
         logging.disable(logging.NOTSET)
     try:
-        got = Model(import_onnx(folder / "q.onnx")).run(x)
+        graph = import_onnx(folder / "q.onnx")
+        got = Model(graph).run(x)
     except VelcroError as e:
         assert "\n" not in str(e).strip(), f"refusal not one line: {e}"
         event("refused")
@@ -131,3 +133,6 @@ def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_f
     event(f"compared: {fmt} {act}")
     assert got.shape == want.shape
     np.testing.assert_array_equal(got, want, err_msg=f"{fmt} {act} per_channel={per_channel}")
+    export_onnx(graph, folder / "exported.onnx")  # QDQ, run by onnxruntime as it runs its own
+    exported = int8_session(folder / "exported.onnx", act, "QDQ").run(None, {"input": x})[0]
+    np.testing.assert_array_equal(exported, got, err_msg=f"QDQ export of {fmt} {act} per_channel={per_channel}")

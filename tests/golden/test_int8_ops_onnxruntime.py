@@ -11,16 +11,21 @@ data whose pair sums fit in int16, where both agree.
 """
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from velcro_ref import qprepare as P
+from velcro_ref.engine import Model
 from velcro_ref.kernels.conv import conv_geom
 from velcro_ref.kernels.int8 import conv as kconv
 from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
 from velcro_ref.kernels.int8 import pool as kpool
+from velcro_ref.onnx_import import import_onnx
 from velcro_ref.ops.base import window_out_size as pool_out_size
 
 ONNX_TYPE = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
@@ -298,3 +303,87 @@ def test_maxpool_on_8bit_matches_onnxruntime(dtype, k, s, pad, ceil):
     got = np.zeros((2, 5, oh, ow), dtype)
     kpool.max_pool(x, k, k, s, s, pad, pad, got)
     assert np.array_equal(got, want)
+
+
+@settings(max_examples=150)
+@given(
+    st.sampled_from([np.uint8, np.int8]),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 3),
+    st.integers(0, 2),
+    st.integers(0, 2),
+    st.booleans(),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_qlinear_average_pool_matches_onnxruntime(dtype, kh, kw, sh, sw, pt, pl, include, ceil, seed):
+    """QLinearAveragePool with drawn window, padding, count_include_pad and ceil_mode, against the
+    int8 kernel; a window as large as the input without padding is onnxruntime's global pool (the
+    importer makes it a qglobal_avg_pool), not drawn here."""
+    pt, pl = min(pt, kh // 2), min(pl, kw // 2)
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(kh, kh + 9)), int(rng.integers(kw, kw + 9))
+    x = rand_q(rng, (2, 3, h, w), dtype)
+    xs, ys = np.float32(rng.uniform(0.005, 0.05)), np.float32(rng.uniform(0.002, 0.05))
+    xz, yz = int(rand_q(rng, (), dtype)), int(rand_q(rng, (), dtype))
+    attrs = {"kernel_shape": [kh, kw], "strides": [sh, sw], "pads": [pt, pl, pt, pl]}
+    attrs.update(count_include_pad=int(include), ceil_mode=int(ceil))
+    inits = {"xs": xs, "xz": np.array(xz, dtype), "ys": ys, "yz": np.array(yz, dtype)}
+    node = helper.make_node("QLinearAveragePool", ["x", "xs", "xz", "ys", "yz"], ["y"], domain="com.microsoft", **attrs)
+    want = session([node], [tensor_in("x", x)], inits).run(None, {"x": x})[0]
+    oh, ow = pool_out_size(h, kh, sh, pt, pt, ceil), pool_out_size(w, kw, sw, pl, pl, ceil)
+    assert want.shape == (2, 3, oh, ow)
+    qmin, qmax = P.quant.qrange(dtype)
+    deq = xs * np.arange(qmin - xz, qmax - xz + 1).astype(np.float32)
+    got = np.zeros((2, 3, oh, ow), dtype)
+    kpool.avg_pool(x, deq, -qmin, kh, kw, sh, sw, pt, pl, include, ys, yz, qmin, qmax, got)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+@pytest.mark.parametrize("kernel, pads", [((5, 6), (0, 0, 0, 0)), ((5, 6), (1, 1, 1, 1)), ((3, 3), (0, 0, 0, 0))])
+def test_imported_qlinear_average_pool_runs_as_onnxruntime_does(tmp_path, dtype, kernel, pads):
+    """Imported between QuantizeLinear and DequantizeLinear: a window the size of the input without
+    padding becomes a qglobal_avg_pool (onnxruntime's global-pool arithmetic), any other a
+    qavg_pool; the engine's output equals onnxruntime's."""
+    zp, zp_y = (128, 100) if dtype == np.uint8 else (0, -7)
+    inits = [
+        numpy_helper.from_array(np.float32(0.021), "xs"),
+        numpy_helper.from_array(np.array(zp, dtype), "xz"),
+        numpy_helper.from_array(np.float32(0.013), "ys"),
+        numpy_helper.from_array(np.array(zp_y, dtype), "yz"),
+    ]
+    attrs = {"kernel_shape": list(kernel), "pads": list(pads), "count_include_pad": 1}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="quantize_x"),
+        helper.make_node(
+            "QLinearAveragePool",
+            ["xq", "xs", "xz", "ys", "yz"],
+            ["yq"],
+            name="pool_quant",
+            domain="com.microsoft",
+            **attrs,
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dequantize_y"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)], ir_version=8
+    )
+    path = tmp_path / "pool.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(3).uniform(-2, 2, (3, 4, 5, 6)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph = import_onnx(path)
+    ops = {n.op for n in graph.nodes}
+    assert ("qglobal_avg_pool" in ops) == (kernel == (5, 6) and not any(pads))
+    assert ("qavg_pool" in ops) != ("qglobal_avg_pool" in ops)
+    assert np.array_equal(Model(graph).run(x), want)

@@ -279,6 +279,13 @@ def test_pool_kernels_equal_numpy_twins(k, s, pad, ceil, h, w, dtype, seed):
     kpool.global_avg_pool(x, xz, scale, yz, qmin, qmax, got)
     ref.global_avg_pool(x, xz, scale, yz, qmin, qmax, want)
     assert np.array_equal(got, want)
+    deq = np.float32(rng.uniform(0.005, 0.05)) * np.arange(qmin - xz, qmax - xz + 1).astype(np.float32)
+    y_scale = np.float32(rng.uniform(0.002, 0.05))
+    for include in (False, True):
+        got, want = np.zeros((2, 3, oh, ow), dtype), np.ones((2, 3, oh, ow), dtype)
+        kpool.avg_pool(x, deq, -qmin, k, k, s, s, pad, pad, include, y_scale, yz, qmin, qmax, got)
+        ref.avg_pool(x, deq, -qmin, k, k, s, s, pad, pad, include, y_scale, yz, qmin, qmax, want)
+        assert np.array_equal(got, want)
 
 
 @given(

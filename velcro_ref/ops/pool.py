@@ -60,6 +60,10 @@ class _Window(Op):
 
     def from_onnx(self, node, index, a, ctx):
         x = ctx.data(node)
+        ctx.add(node, index, self.name, [x], self.window_attrs(node, a, ctx, x))
+
+    def window_attrs(self, node, a, ctx, x) -> dict:
+        """The window attributes of an ONNX pooling node `node` (ONNX attributes a) reading x."""
         kernel = [int(k) for k in a.get("kernel_shape", [])]
         if len(kernel) != 2:
             raise OnnxUnsupported(f"kernel_shape {kernel}; only 2-D pooling is supported")
@@ -67,9 +71,9 @@ class _Window(Op):
             raise OnnxUnsupported(f"dilations {list(a['dilations'])}")
         stride, pad = ctx.spatial(node, a, x, kernel)
         attrs = {"kernel": kernel, "stride": stride, "pads": pad, "ceil_mode": bool(a.get("ceil_mode", 0))}
-        if self.name == "avg_pool":
+        if "count_include_pad" in self.attrs:
             attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
-        ctx.add(node, index, self.name, [x], attrs)
+        return attrs
 
 
 class MaxPool(_Window):
@@ -97,7 +101,6 @@ class AvgPool(_Window):
     attrs = ("kernel", "stride", "pads", "ceil_mode", "count_include_pad")
     ops_per_element = 1
     onnx_types = ("AveragePool",)
-    fused_by_onnxruntime = "com.microsoft QLinearAveragePool"
 
     def run(self, xs, p, skip, out, scratch):
         g = p.window

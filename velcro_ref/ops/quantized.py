@@ -27,7 +27,7 @@ from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, quantized_output
 from .conv import Conv2d
 from .elementwise import Add, Concat
 from .linear import Linear
-from .pool import GlobalAvgPool, MaxPool
+from .pool import AvgPool, GlobalAvgPool, MaxPool
 
 REQUANT = "requant"
 # The simulator's vector-unit operations to requantize one output element (docs/simulator.md):
@@ -565,6 +565,55 @@ class QMaxPool(MaxPool):
         return 0
 
 
+class QAvgPool(AvgPool):
+    """avg_pool of a quantized tensor as onnxruntime computes it (com.microsoft QLinearAveragePool,
+    which it also runs for an AveragePool between DequantizeLinear and QuantizeLinear): float32
+    sums of the dequantized values, divided by the count, requantized with the zero point added
+    before rounding (`kernels/int8/pool.avg_pool`). A window as large as the input without padding
+    is a qglobal_avg_pool, as onnxruntime runs it."""
+
+    name = "qavg_pool"
+    attrs = (*AvgPool.attrs, *Q_ATTRS)
+    tensors = "quantized"
+    requant_ops = REQUANT_OPS  # per output
+    onnx_types = ("AveragePool", "com.microsoft:QLinearAveragePool")
+
+    def to_onnx(self, node, a, ctx):
+        attrs = {**self._onnx_attrs(a), "count_include_pad": int(a["count_include_pad"])}
+        return _qdq(node, ctx, "AveragePool", list(node.inputs), **attrs)
+
+    def from_onnx(self, node, index, a, ctx):
+        if node.op_type == "QLinearAveragePool":  # X, x_scale, x_zp, y_scale, y_zp
+            if a.get("channels_last", 0):
+                raise OnnxUnsupported("channels_last=1")
+            x = ctx.input_q(node, 0, 1, 2)
+            y = ctx.scale_zero_point(node, 3, 4, "output")
+            base = ctx.qoperator_name(node, "AveragePool")
+        else:
+            x, y, base = ctx.data(node), ctx.output_q(node), None
+        attrs = self.window_attrs(node, a, ctx, x)
+        if list(attrs["kernel"]) == list(ctx.shape(x)[1:]) and not any(attrs["pads"]):
+            ctx.add(node, index, "qglobal_avg_pool", [x], q_attrs(y), base=base)
+            return
+        ctx.add(node, index, "qavg_pool", [x], {**attrs, **q_attrs(y)}, base=base)
+
+    def prepare(self, a, arrays, ins, out, ctx):
+        x, y = ctx.in_q[0], ctx.out_q
+        x_lo, x_hi = quant.qrange(x.dtype)
+        deq = np.float32(x.scale) * np.arange(x_lo - x.zero_point, x_hi - x.zero_point + 1).astype(np.float32)
+        window = super().prepare(a, arrays, ins, out, ctx)
+        return (window, deq, -x_lo, np.float32(y.scale), y.zero_point, *quant.qrange(y.dtype))
+
+    def run(self, xs, args, skip, out, scratch):
+        p, deq, offset, *requant = args
+        g = p.window
+        kpool.avg_pool(xs[0], deq, offset, g.kh, g.kw, g.sh, g.sw, g.pt, g.pl, p.count_include_pad, *requant, out)
+        return 0
+
+    def golden(self, args) -> dict:
+        return {"dequantized": args[1]}
+
+
 class QGlobalAvgPool(GlobalAvgPool):
     """global_avg_pool of a quantized tensor (QLinearGlobalAveragePool)."""
 
@@ -615,6 +664,7 @@ OPS = (
     QAdd(),
     QConcat(),
     QMaxPool(),
+    QAvgPool(),
     QGlobalAvgPool(),
 )
 for _op in OPS:  # quantized already: nothing to quantize, whatever the float op they extend says

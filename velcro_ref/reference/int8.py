@@ -106,6 +106,24 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, out):
             out[:, :, oy, ox] = x[:, :, max(ys, 0) : min(ys + kh, h), max(xs, 0) : min(xs + kw, w)].max(axis=(2, 3))
 
 
+def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale, y_zero_point, qmin, qmax, out):
+    """Twin of kernels.int8.pool.avg_pool: the same float32 steps, per output position over all planes."""
+    h, w = x.shape[2:]
+    values = deq[x.astype(np.int64) + offset]
+    for oy in range(out.shape[2]):
+        y0, y1 = max(oy * sh - pt, 0), min(oy * sh - pt + kh, h)
+        for ox in range(out.shape[3]):
+            x0, x1 = max(ox * sw - pl, 0), min(ox * sw - pl + kw, w)
+            acc = np.zeros(x.shape[:2], np.float32)
+            for iy in range(y0, y1):
+                for ix in range(x0, x1):
+                    acc = (acc + values[:, :, iy, ix]).astype(np.float32)
+            count = np.float32(kh * kw if count_include_pad else (y1 - y0) * (x1 - x0))
+            v = ((acc / count).astype(np.float32) / np.float32(y_scale)).astype(np.float32) + np.float32(y_zero_point)
+            v = np.clip(v.astype(np.float32), np.float32(qmin), np.float32(qmax))
+            out[:, :, oy, ox] = np.rint(v).astype(out.dtype)
+
+
 def global_avg_pool(x, x_zero_point, scale, y_zero_point, qmin, qmax, out):
     h, w = x.shape[2:]
     acc = x.astype(np.int64).sum(axis=(2, 3)) - int(x_zero_point) * h * w

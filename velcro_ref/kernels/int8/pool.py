@@ -1,8 +1,10 @@
-"""int8 pooling kernels: max pool (exact) and global average pool (QLinearGlobalAveragePool). No MACs."""
+"""int8 pooling kernels: max pool (exact), average pool (QLinearAveragePool) and global average pool
+(QLinearGlobalAveragePool). No MACs."""
 
 from __future__ import annotations
 
 import numpy as np
+from numba import prange
 
 from ..jit import njit
 from .requant import round_small
@@ -74,3 +76,33 @@ def global_avg_pool(x, x_zero_point, scale, y_zero_point, qmin, qmax, out):
         acc -= np.int64(x_zero_point) * h * w
         v = min(max(np.float32(np.float32(acc) * s), lo), hi)
         out[q // c_n, q % c_n, 0, 0] = np.int64(round_small(v)) + y_zero_point
+
+
+@njit(cache=True, parallel=True)
+def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale, y_zero_point, qmin, qmax, out):
+    """Layout: x (N, C, H, W), out (N, C, OH, OW) uint8/int8; planes (n, c) in parallel. onnxruntime's
+    QLinearAveragePool: each input value dequantized (deq[value + offset], float32 x_scale * (q -
+    x_zero_point)), the window's values inside the input summed in float32 row by row, the sum
+    divided (float32) by kh * kw with count_include_pad, else by the values summed; then divided
+    by y_scale, y_zero_point added (float32), rounded half to even and clamped to [qmin, qmax]."""
+    n_n, c_n, h, w = x.shape
+    oh, ow = out.shape[2], out.shape[3]
+    ys, yz = np.float32(y_scale), np.float32(y_zero_point)
+    lo, hi = np.float32(qmin), np.float32(qmax)
+    for q in prange(n_n * c_n):
+        n, c = q // c_n, q % c_n
+        for oy in range(oh):
+            y0 = oy * sh - pt
+            y1 = min(y0 + kh, h)
+            y0 = max(y0, 0)
+            for ox in range(ow):
+                x0 = ox * sw - pl
+                x1 = min(x0 + kw, w)
+                x0 = max(x0, 0)
+                acc = np.float32(0.0)
+                for iy in range(y0, y1):
+                    for ix in range(x0, x1):
+                        acc = np.float32(acc + deq[np.int64(x[n, c, iy, ix]) + offset])
+                count = kh * kw if count_include_pad else (y1 - y0) * (x1 - x0)
+                v = np.float32(np.float32(np.float32(acc / np.float32(count)) / ys) + yz)
+                out[n, c, oy, ox] = np.int64(round_small(min(max(v, lo), hi)))
