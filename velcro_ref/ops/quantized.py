@@ -565,6 +565,18 @@ class QMaxPool(MaxPool):
         return 0
 
 
+def _pool_io(node, a, ctx, float_type):
+    """(input tensor, output QParams, name base) of an average pool: com.microsoft
+    QLinear<float_type> (X, x_scale, x_zp, y_scale, y_zp; NCHW only), or the float op between
+    DequantizeLinear and QuantizeLinear."""
+    if node.op_type == f"QLinear{float_type}":
+        if a.get("channels_last", 0):
+            raise OnnxUnsupported("channels_last=1")
+        x, y = ctx.input_q(node, 0, 1, 2), ctx.scale_zero_point(node, 3, 4, "output")
+        return x, y, ctx.qoperator_name(node, float_type)
+    return ctx.data(node), ctx.output_q(node), None
+
+
 class QAvgPool(AvgPool):
     """avg_pool of a quantized tensor as onnxruntime computes it (com.microsoft QLinearAveragePool,
     which it also runs for an AveragePool between DequantizeLinear and QuantizeLinear): float32
@@ -583,14 +595,7 @@ class QAvgPool(AvgPool):
         return _qdq(node, ctx, "AveragePool", list(node.inputs), **attrs)
 
     def from_onnx(self, node, index, a, ctx):
-        if node.op_type == "QLinearAveragePool":  # X, x_scale, x_zp, y_scale, y_zp
-            if a.get("channels_last", 0):
-                raise OnnxUnsupported("channels_last=1")
-            x = ctx.input_q(node, 0, 1, 2)
-            y = ctx.scale_zero_point(node, 3, 4, "output")
-            base = ctx.qoperator_name(node, "AveragePool")
-        else:
-            x, y, base = ctx.data(node), ctx.output_q(node), None
+        x, y, base = _pool_io(node, a, ctx, "AveragePool")
         attrs = self.window_attrs(node, a, ctx, x)
         if list(attrs["kernel"]) == list(ctx.shape(x)[1:]) and not any(attrs["pads"]):
             ctx.add(node, index, "qglobal_avg_pool", [x], q_attrs(y), base=base)
@@ -628,14 +633,7 @@ class QGlobalAvgPool(GlobalAvgPool):
         return _qdq(node, ctx, "GlobalAveragePool", list(node.inputs))
 
     def from_onnx(self, node, index, a, ctx):
-        if node.op_type == "QLinearGlobalAveragePool":  # X, x_scale, x_zp, y_scale, y_zp
-            if a.get("channels_last", 0):
-                raise OnnxUnsupported("channels_last=1")
-            x = ctx.input_q(node, 0, 1, 2)
-            y = ctx.scale_zero_point(node, 3, 4, "output")
-            base = ctx.qoperator_name(node, "GlobalAveragePool")
-        else:
-            x, y, base = ctx.data(node), ctx.output_q(node), None
+        x, y, base = _pool_io(node, a, ctx, "GlobalAveragePool")
         ctx.add(node, index, "qglobal_avg_pool", [x], q_attrs(y), base=base)
 
     def prepare(self, a, arrays, ins, out, ctx):
