@@ -5,8 +5,8 @@ of docs/int8.md, no plan, no packed weights, no kernels.
 The arithmetic is written here from the docs' rules: convs and linears as sums of (x - x_zp) *
 (w - w_zp) over a zero-padded input plus the bias, requantized by velcro_ref.quant's transcriptions
 of onnxruntime's float32 requantization and of gemmlowp's fixed-point one (each checked against
-onnxruntime or gemmlowp's formulas by its own tests); QLinearAdd, QLinearConcat and
-QLinearGlobalAveragePool as onnxruntime's CPU kernels compute them.
+onnxruntime or gemmlowp's formulas by its own tests); QLinearAdd, QLinearConcat,
+QLinearAveragePool and QLinearGlobalAveragePool as onnxruntime's CPU kernels compute them.
 
 Masked mode (VELCRO): right after a site is computed, its masked elements are overwritten with
 their constants quantized with the site's scale and zero point, and the walk goes on: what masked
@@ -157,6 +157,26 @@ def run(graph, x, masks=None):
                     ys, xs = i * sh - pt, j * sw - pl
                     win = ins[0][:, :, max(ys, 0) : ys + kh, max(xs, 0) : xs + kw]
                     out[:, :, i, j] = win.max(axis=(2, 3))
+        elif n.op == "qavg_pool":  # QLinearAveragePool (docs/int8.md): float32 steps in window order
+            (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["stride"], a["pads"]
+            h, w = ins[0].shape[2:]
+            oh, ow = (pool_size(sz, kk, ss, lo, hi, a["ceil_mode"]) for sz, kk, ss, lo, hi in
+                      ((h, kh, sh, pt, pb), (w, kw, sw, pl, pr)))  # fmt: skip
+            f32 = np.float32
+            real = (f32(qi[0][0]) * (ins[0].astype(np.int64) - qi[0][1]).astype(f32)).astype(f32)
+            lo, hi = quant.qrange(y[2])
+            out = np.empty((*ins[0].shape[:2], oh, ow), y[2])
+            for i in range(oh):
+                for j in range(ow):
+                    rows = range(max(i * sh - pt, 0), min(i * sh - pt + kh, h))
+                    cols = range(max(j * sw - pl, 0), min(j * sw - pl + kw, w))
+                    total = np.zeros(ins[0].shape[:2], f32)
+                    for r in rows:
+                        for c in cols:
+                            total = (total + real[:, :, r, c]).astype(f32)
+                    count = f32(kh * kw if a["count_include_pad"] else len(rows) * len(cols))
+                    v = ((total / count).astype(f32) / y[0]).astype(f32) + f32(y[1])
+                    out[:, :, i, j] = np.clip(np.rint(v.astype(f32)), lo, hi).astype(y[2])
         elif n.op == "qglobal_avg_pool":
             h, w = ins[0].shape[2:]
             acc = ins[0].astype(np.int64).sum(axis=(2, 3)) - qi[0][1] * h * w

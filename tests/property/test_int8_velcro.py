@@ -7,13 +7,15 @@ The oracle (tests/int8_oracle.py) is a NumPy walk over the quantized graph that 
 element of every node and overwrites the masked site elements right after each site. Models: the
 three zoo families (16x16, width 0.25) quantized by `velcro quantize` from random-image statistics,
 int8 activations with per-channel weights and `ort` requantization, and uint8 activations with
-per-tensor weights and `fixed_point` requantization.
+per-tensor weights and `fixed_point` requantization; and a small model with two average pools
+(qavg_pool) between relu sites, quantized by onnxruntime's quantize_static and imported.
 """
 
 from __future__ import annotations
 
 import int8_oracle
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +33,7 @@ SIZE = 16
 
 
 @pytest.fixture(scope="module")
-def models():
+def models(tmp_path_factory):
     out = {}
     for name in FAMILIES:
         fmodel = Model(build_zoo(name, input_size=SIZE, num_classes=10, width=0.25, seed=1))
@@ -39,7 +41,83 @@ def models():
         stats = velcro_ref.profile(fmodel, calib)
         for key, (act, pc, rq) in CONFIGS.items():
             out[f"{name}/{key}"] = velcro_ref.quantize(fmodel, stats, per_channel=pc, activations=act, requant=rq)
+    for act in ("uint8", "int8"):
+        out[f"{POOLS}/{act}"] = _pooling_model(tmp_path_factory.mktemp(f"pools-{act}"), act)
     return out
+
+
+POOLS = "onnx-avg-pools"  # average pools (qavg_pool) between kept relu sites, from quantize_static
+
+
+def _pooling_model(folder, act):
+    """conv -> relu -> AveragePool 3x3/2 (padding left out of the count) -> conv -> relu ->
+    AveragePool 2x2/2 (ceil_mode, padding counted) -> GlobalAveragePool -> Gemm, quantized by
+    onnxruntime's quantize_static (QDQ, relus kept as sites) and imported."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from velcro_ref.onnx_import import import_onnx
+
+    rng = np.random.default_rng(2)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "AveragePool", ["r1"], ["p1"], name="pool1", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4
+        ),
+        helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node(
+            "AveragePool",
+            ["r2"],
+            ["p2"],
+            name="pool2",
+            kernel_shape=[2, 2],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            ceil_mode=1,
+            count_include_pad=1,
+        ),
+        helper.make_node("GlobalAveragePool", ["p2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], name="fc", transB=1),
+    ]
+    inits = [weight("w1", 8, 3, 3, 3), weight("b1", 8), weight("w2", 8, 8, 1, 1), weight("b2", 8)]
+    inits += [weight("w3", 10, 8), weight("b3", 10)]
+    graph = helper.make_graph(
+        nodes,
+        "pools",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.left = [{"x": rng.uniform(-1, 1, (4, 3, SIZE, SIZE)).astype(np.float32)} for _ in range(2)]
+
+        def get_next(self):
+            return self.left.pop() if self.left else None
+
+    onnx.save(model, str(folder / "float.onnx"))
+    quantize_static(
+        str(folder / "float.onnx"),
+        str(folder / "q.onnx"),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"QDQKeepRemovableActivations": True},
+    )
+    imported = Model(import_onnx(folder / "q.onnx"))
+    ops = {n.op for n in imported.graph.nodes}
+    assert {"qavg_pool", "qrelu"} <= ops, ops  # the model holds what it is here for
+    return imported
 
 
 def chains_of(graph) -> tuple[dict, dict]:
@@ -87,7 +165,9 @@ def random_masks(model, rng):
 
 @settings(max_examples=40)
 @given(
-    st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS]), st.integers(0, 2**32 - 1), st.sampled_from([1, 3])
+    st.sampled_from([f"{f}/{c}" for f in FAMILIES for c in CONFIGS] + [f"{POOLS}/uint8", f"{POOLS}/int8"]),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([1, 3]),
 )
 def test_masked_int8_equals_dense_int8_with_the_sites_overwritten(models, key, seed, batch):
     model = models[key]
