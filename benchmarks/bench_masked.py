@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OpTimer, machine  # noqa: E402
+from common import OpTimer, machine, median_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEAT = {1: 11, 8: 5}
@@ -56,17 +56,6 @@ def _masks(model, ratio):
     return build_masks(stats, uniform_ratios(stats, ratio), {"name": "uniform", "ratio": ratio})
 
 
-def _time(fn, repeat):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
-
-
 def worker(args):
     """One side of one measurement; prints one JSON line."""
     import numba
@@ -78,7 +67,7 @@ def worker(args):
     if args.worker in ("dense", "masked", "layers"):
         masks = None if args.worker == "dense" else _masks(model, args.ratio)
         x = np.random.default_rng(1).standard_normal((args.batch, *model.input_shape), dtype=np.float32)
-        out = {"ms": _time(lambda: model.run(x, masks=masks), args.repeat)}
+        out = {"ms": median_ms(lambda: model.run(x, masks=masks), args.repeat, warmup=2)}
         out["macs"] = sum(model.last_macs.values())
         if args.worker == "layers":
             dense, masked = OpTimer().run(model, x, None, 7), OpTimer().run(model, x, masks, 7)
@@ -110,7 +99,7 @@ def worker(args):
             for i in range(0, n, batch):
                 col.add_batch(x[i : i + batch])
 
-        out = {"ms": _time(dense if args.worker == "infer" else profile, args.repeat)}
+        out = {"ms": median_ms(dense if args.worker == "infer" else profile, args.repeat, warmup=2)}
     print(json.dumps(out))
 
 
