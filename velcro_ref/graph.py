@@ -17,6 +17,7 @@ import numpy as np
 from . import ops
 from .errors import ModelError, UnsupportedOpError
 from .ops.base import MAX_ELEMENTS, finite_number, is_int, n_elements
+from .ops.batch_norm import var_eps
 
 INPUT = "input"
 
@@ -292,12 +293,12 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
     if check_values and not allow_nonfinite:
         for n in graph.nodes:
             if n.op == "batch_norm":
-                var = np.asarray(graph.params[n.params["var"]], dtype=np.float64)
+                var = graph.params[n.params["var"]]
                 eps = ops.get(n.op).check(n)["eps"]
-                if not np.all(var + eps > 0):
+                if not np.all(var_eps(var, eps) > 0):
                     raise ModelError(
-                        f"node '{n.name}': batch_norm needs var + eps > 0, found var {var.min():g} with eps {eps:g} "
-                        "(use --allow-nonfinite to accept)"
+                        f"node '{n.name}': batch_norm needs var + eps > 0 (eps as float32), found var "
+                        f"{np.min(var):.9g} with eps {float(np.float32(eps)):.9g} (use --allow-nonfinite to accept)"
                     )
     return shapes
 

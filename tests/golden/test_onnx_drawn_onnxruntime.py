@@ -23,6 +23,7 @@ from onnx.reference import ReferenceEvaluator
 
 from velcro_ref.engine import Model
 from velcro_ref.errors import UnsupportedOpError, VelcroError
+from velcro_ref.graph import validate
 from velcro_ref.onnx_import import import_onnx
 
 
@@ -256,3 +257,32 @@ def test_auto_pad_where_onnx_implementations_differ_is_refused(tmp_path, attrs, 
     onnx.save(one_node_model("AveragePool", NEGATIVE_SAME[1], attrs, []), str(path))
     with pytest.raises(UnsupportedOpError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         import_onnx(path)
+
+
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
+@pytest.mark.parametrize("above", [0.0, 2.0**-40, 2.0**-30, 1e-9])
+def test_batch_norm_with_variance_near_minus_epsilon_matches_onnxruntime(tmp_path, eps, above):
+    """var + eps nearly cancels: the sum is exact in float32 (onnxruntime's arithmetic) only with
+    eps taken as the float32 number ONNX stores, so the engine must use that number, not its
+    decimal. var + eps = 0 exactly (onnxruntime: NaN and inf) must be refused."""
+    var = np.float32(-np.float32(eps) + np.float32(above))
+    consts = {"g": [1.0, 2.0], "b": [0.0, 0.5], "m": [0.0, 0.25], "v": [var, var]}
+    node = helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn", epsilon=eps)
+    graph = helper.make_graph(
+        [node],
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    onnx.save(model, str(tmp_path / "bn.onnx"))
+    x = np.array([[[[1.0, -2.0, 0.5]], [[1.0, -2.0, 0.5]]]], np.float32)
+    sum32 = var + np.float32(eps)
+    if sum32 <= 0:  # refused where a model is loaded (the API's Model(graph) lets it run, as onnxruntime)
+        with pytest.raises(VelcroError, match="batch_norm needs var \\+ eps > 0"):
+            validate(import_onnx(tmp_path / "bn.onnx"))
+        return
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = Model(import_onnx(tmp_path / "bn.onnx")).run(x)
+    np.testing.assert_allclose(got, want, rtol=4e-7)

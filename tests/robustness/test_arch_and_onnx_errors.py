@@ -194,3 +194,67 @@ def test_requantizing_a_flattened_tensor_is_refused_naming_the_quantize_node(vel
     res = velcro("import-onnx", path, "-o", tmp_path / "m.h5")
     res.error_line(str(path), "'QuantizeLinear' (node 'requantize')", "requantization", "shape (48,)")
     assert "concat" not in res.err
+
+
+def onnx_model(onnx_lib, tmp_path, nodes, in_shape, consts, opset=17):
+    """An ONNX file of `nodes` on input x (float, in_shape) with output y and initializers `consts`."""
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "edges",
+        [helper.make_tensor_value_info("x", onnx_lib.TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("y", onnx_lib.TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in consts.items()],
+    )
+    path = tmp_path / "model.onnx"
+    onnx_lib.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8), path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "nodes, in_shape, consts, needles",
+    [
+        ([node("Softmax", ["x"], "y", "head", axis=3)], ["N", 10], {}, ["axis 3 outside [-2, 1]"]),
+        (
+            [node("ReduceMean", ["x"], "y", "gap", axes=[6, 7])],
+            ["N", 4, 3, 3],
+            {},
+            ["axis 6 outside [-4, 3]"],
+        ),
+        (
+            [node("Conv", ["x", "w", "b"], "y", "conv")],
+            ["N", 3, 4, 4],
+            {"w": np.ones((4, 3, 1, 1)), "b": np.ones((1, 4))},
+            ["node 'conv'", "bias of shape (1, 4)", "1-D bias"],
+        ),
+        (
+            [node("Gemm", ["x", "w"], "y", "fc", alpha=1e-20, transB=1)],
+            ["N", 2],
+            {"w": np.full((1, 2), 1e-30)},
+            ["node 'fc'", "alpha 1e-20 times B leaves float32's normal range"],
+        ),
+        (
+            [node("Gemm", ["x", "w"], "y", "fc", alpha=1e20, transB=1)],
+            ["N", 2],
+            {"w": np.full((1, 2), 1e30)},
+            ["node 'fc'", "alpha 1e+20 times B leaves float32's normal range"],
+        ),
+        (
+            [node("Gemm", ["x", "w", "c"], "y", "fc", beta=1e-30, transB=1)],
+            ["N", 2],
+            {"w": np.ones((3, 2)), "c": np.full(3, 1e-10)},
+            ["node 'fc'", "beta 1e-30 times C leaves float32's normal range"],
+        ),
+    ],
+    ids=["softmax-axis", "reducemean-axes", "conv-bias-2d", "gemm-alpha-underflow", "gemm-alpha-overflow", "gemm-beta"],
+)
+def test_onnx_models_onnxruntime_refuses_or_that_would_lose_values_are_refused(
+    velcro, tmp_path, onnx_lib, nodes, in_shape, consts, needles
+):
+    """Invalid models (an axis outside the tensor's rank, a 2-D conv bias) and Gemm factors whose
+    fold into the weights would flush or overflow them: one line, no file (they ran, exit 0)."""
+    path = onnx_model(onnx_lib, tmp_path, nodes, in_shape, consts)
+    out = tmp_path / "m.h5"
+    velcro("import-onnx", path, "-o", out).error_line(str(path), *needles)
+    assert not out.exists()

@@ -192,6 +192,15 @@ class OnnxUnsupported(Exception):
     """An ONNX node cannot be converted; the message says why (empty: the op itself is unknown)."""
 
 
+def onnx_axis(axis, rank) -> int:
+    """An ONNX axis of a rank-`rank` tensor as 0 .. rank - 1; outside -rank .. rank - 1 (which
+    onnxruntime refuses) OnnxUnsupported."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise OnnxUnsupported(f"axis {axis} outside [{-rank}, {rank - 1}] of a rank-{rank} tensor")
+    return axis % rank
+
+
 def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 

@@ -13,10 +13,16 @@ EPS = 1e-5  # PyTorch's and ONNX's default
 ROLES = ("gamma", "beta", "mean", "var")
 
 
+def var_eps(var, eps) -> np.ndarray:
+    """var + eps per channel in float64, eps taken as the float32 number it is in ONNX and
+    PyTorch (1e-5 is 9.99999974737875e-06): the sum of two float32 numbers, exact where they
+    nearly cancel, so a variance near -eps gives the sum onnxruntime's float32 arithmetic gives."""
+    return np.asarray(var, np.float64) + float(np.float32(eps))
+
+
 def scale_of(arrays, eps) -> np.ndarray:
     """gamma / sqrt(var + eps) per channel, float64: the one formula of the fold and the op."""
-    gamma, var = (arrays[r].astype(np.float64) for r in ("gamma", "var"))
-    return gamma / np.sqrt(var + eps)
+    return arrays["gamma"].astype(np.float64) / np.sqrt(var_eps(arrays["var"], eps))
 
 
 class BatchNorm(Op):

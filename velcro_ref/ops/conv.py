@@ -125,7 +125,9 @@ class Conv2d(Op):
         b = ctx.weight(node, 2, "bias", required=False)
         params = {"weight": w}
         if b is not None:
-            params["bias"] = b.reshape(-1)
+            if b.ndim != 1:
+                raise OnnxUnsupported(f"bias of shape {b.shape}; ONNX's Conv takes a 1-D bias")
+            params["bias"] = b
         ctx.add(node, index, "conv2d", [x], self.onnx_attrs(node, a, ctx, x, w.shape), params)
 
     def onnx_attrs(self, node, a, ctx, x, w_shape) -> dict:

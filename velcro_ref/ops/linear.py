@@ -72,13 +72,14 @@ class Linear(Op):
         if w.ndim != 2:
             raise OnnxUnsupported(f"weight of rank {w.ndim}")
         _need_flat(ctx, x, "Gemm")
-        w = (w if a.get("transB", 0) else w.T) * np.float32(a.get("alpha", 1.0))
+        w = _scaled(w if a.get("transB", 0) else w.T, a.get("alpha", 1.0), "alpha", "B")
         b = None
         if c is not None:
             try:
-                b = np.broadcast_to(c, (1, w.shape[0])).reshape(-1) * np.float32(a.get("beta", 1.0))
+                b = np.broadcast_to(c, (1, w.shape[0])).reshape(-1)
             except ValueError:
                 raise OnnxUnsupported(f"bias of shape {c.shape} does not fit {w.shape[0]} outputs") from None
+            b = _scaled(b, a.get("beta", 1.0), "beta", "C")
         _add_linear(ctx, node, index, x, w, b)
 
     def _from_MatMul(self, node, index, a, ctx):
@@ -112,6 +113,23 @@ class Linear(Op):
         ctx.nodes[k] = replace(lin, params={**lin.params, "bias": key})
         del ctx.bias_free[node.input[1 - consts[0]]]
         ctx.alias[node.output[0]] = lin.name
+
+
+def _scaled(t, factor, what, operand):
+    """Gemm's alpha (beta) folded into its B (C) operand, float32, as the linear op holds no
+    factor: refused where a nonzero product leaves float32's normal range (it would be rounded
+    to 0, lose bits as a subnormal or become infinite, where onnxruntime scales the sum)."""
+    f = np.float32(factor)
+    if f == 1:
+        return t
+    wide = np.asarray(t, np.float64) * np.float64(f)
+    nz = np.abs(wide[wide != 0])
+    if nz.size and (nz.min() < np.finfo(np.float32).tiny or nz.max() > np.finfo(np.float32).max):
+        raise OnnxUnsupported(
+            f"{what} {float(f):g} times {operand} leaves float32's normal range ({nz.min():g} .. {nz.max():g}); "
+            f"scale {operand} instead"
+        )
+    return (wide).astype(np.float32)
 
 
 def _need_flat(ctx, x, what):

@@ -10,7 +10,7 @@ import numpy as np
 from ..errors import ModelError
 from ..kernels.conv import ConvGeom, conv_geom
 from ..kernels.pool import avg_pool, global_avg_pool, max_pool
-from .base import OnnxUnsupported, Op, flag, need_rank, pads, window_onnx_attrs, window_out_size
+from .base import OnnxUnsupported, Op, flag, need_rank, onnx_axis, pads, window_onnx_attrs, window_out_size
 from .base import pair as _pair
 
 
@@ -147,7 +147,7 @@ class GlobalAvgPool(Op):
             return
         axes = a["axes"] if "axes" in a else ctx.const(node, 1, "axes", required=False)
         rank = len(ctx.shape(x)) + 1
-        if axes is None or rank != 4 or sorted(int(i) % rank for i in np.asarray(axes).reshape(-1)) != [2, 3]:
+        if axes is None or rank != 4 or sorted(onnx_axis(i, rank) for i in np.asarray(axes).reshape(-1)) != [2, 3]:
             raise OnnxUnsupported("only the mean over H and W of an NCHW tensor is supported")
         if a.get("keepdims", 1):
             ctx.add(node, index, "global_avg_pool", [x])

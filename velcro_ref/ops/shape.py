@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import OnnxUnsupported, Op
+from .base import OnnxUnsupported, Op, onnx_axis
 
 
 def _copy(xs, out):
@@ -93,7 +93,7 @@ class Softmax(Op):
         x = ctx.data(node)
         rank = len(ctx.shape(x)) + 1
         default = 1 if ctx.opset < 13 else -1
-        axis = int(a.get("axis", default)) % rank
+        axis = onnx_axis(a.get("axis", default), rank)
         # Before opset 13 Softmax flattens from `axis` on; the graph's softmax is over axis 1 only.
         if axis != 1 or (ctx.opset < 13 and rank != 2):
             raise OnnxUnsupported(f"axis {a.get('axis', default)} on a rank-{rank} input; supported: the class axis 1")
