@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from .compute import ceil_div
 
@@ -59,7 +60,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
     ob = arch.operand_bytes
     half = 1024 // 2
     mask = {}
-    if layer.skip is not None:
+    if layer.skip is not None and layer.reads_mask:
         # The bitmap comes from DRAM once per site into the mask table; each user reads it.
         table_read = ceil_div(layer.out_elems, 8)
         mask = {"mask_dram_bytes": layer.bitmap_bytes, "mask_table_bytes": layer.bitmap_bytes + table_read}
@@ -95,6 +96,9 @@ def layer_traffic(layer, arch, comp) -> Traffic:
 
 def stall_cycles(dram_bytes, compute_cycles, arch) -> int:
     """Cycles the layer waits for DRAM: transfers overlap compute (double buffering), so the
-    layer takes max(compute, transfer) cycles and the excess over compute is stall."""
-    transfer = math.ceil(dram_bytes / arch.dram_bytes_per_cycle)
+    layer takes max(compute, transfer) cycles and the excess over compute is stall. The bandwidth
+    is the decimal written in the arch file (the shortest one that reads back as the float), so
+    the ceiling is exact: 10584 bytes at 0.7 bytes a cycle are 15120 cycles, where the float
+    quotient is 15120.000000000002."""
+    transfer = math.ceil(Fraction(dram_bytes) / Fraction(repr(arch.dram_bytes_per_cycle)))
     return max(0, transfer - compute_cycles)

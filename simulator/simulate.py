@@ -242,14 +242,20 @@ class SimResult:
     compressed: list | None
     mask_storage_bytes: int = 0
     batch: int = 1
+    batch_totals: tuple = (None, None)  # (dense, compressed) summed over the layers' batch counts
 
     @cached_property
     def total_dense(self) -> Stats:
-        return Stats.sum(self.dense)
+        return self._total(self.dense, self.batch_totals[0])
 
     @cached_property
     def total_compressed(self) -> Stats | None:
-        return None if self.compressed is None else Stats.sum(self.compressed)
+        return None if self.compressed is None else self._total(self.compressed, self.batch_totals[1])
+
+    def _total(self, per_image, batch_total) -> Stats:
+        """The total per image: the batch's total divided by B (so ints where B divides the
+        batch's counts, not a sum of the layers' quotients), or the layers' sum at batch 1."""
+        return Stats.sum(per_image) if batch_total is None else batch_total.per_image(self.batch)
 
     @cached_property
     def comparisons(self) -> list[Comparison] | None:
@@ -374,10 +380,13 @@ def simulate_workload(layers, arch, masked: bool, model_name: str = "", batch: i
     A batch of `batch` images runs as one record per layer (Layer.batched); figures are per image.
     """
     arch, b = _arch(arch), check_batch(batch)
-    dense = [simulate_layer(layer.dense().batched(b), arch).per_image(b) for layer in layers]
-    compressed = [simulate_layer(layer.batched(b), arch).per_image(b) for layer in layers] if masked else None
+    dense = [simulate_layer(layer.dense().batched(b), arch) for layer in layers]
+    compressed = [simulate_layer(layer.batched(b), arch) for layer in layers] if masked else None
+    totals = (Stats.sum(dense), None if compressed is None else Stats.sum(compressed)) if b > 1 else (None, None)
+    dense = [s.per_image(b) for s in dense]
+    compressed = None if compressed is None else [s.per_image(b) for s in compressed]
     storage = sum(layer.bitmap_bytes + layer.n_consts * arch.operand_bytes for layer in layers)
-    return SimResult(arch, model_name, list(layers), dense, compressed, storage if masked else 0, b)
+    return SimResult(arch, model_name, list(layers), dense, compressed, storage if masked else 0, b, totals)
 
 
 def simulate(model, arch, masks=None, batch: int = 1) -> SimResult:

@@ -46,6 +46,7 @@ class Layer:
     site: str | None = None
     bitmap_bytes: int = 0
     n_consts: int = 0
+    reads_mask: bool = True  # False: on its producer's output path, which read the mask table
 
     @property
     def out_elems(self) -> int:
@@ -159,7 +160,8 @@ def build_workload(model, masks=None) -> list[Layer]:
 def _requant_record(layer: Layer, ops_per_element: int) -> Layer:
     """The requantization of an int8 layer's int32 accumulators (multiply, round, zero point, clamp)
     on the vector unit, on the layer's output path (fused: operations, no cycles or traffic of their
-    own), for every output element the layer computes."""
+    own, the mask table's read included: the layer's own read serves its output path), for every
+    output element the layer computes."""
     return Layer(
         f"{layer.name}.requant",
         "requant",
@@ -174,4 +176,5 @@ def _requant_record(layer: Layer, ops_per_element: int) -> Layer:
         ops_per_element=ops_per_element,
         fused=True,
         skip=layer.skip,
+        reads_mask=False,
     )

@@ -97,6 +97,15 @@ def test_output_stationary_stalls_when_dram_bound(model):
     assert (c.compute_cycles, c.stall_cycles, c.cycles) == (176, 92, 268)
 
 
+def test_a_decimal_bandwidth_is_taken_as_written(model):
+    # A batch of 8 moves 256 + 54 + 384 = 694 bytes (see the batch tests below); at 0.347 B/cycle
+    # that is 694000 / 347 = 2000 cycles exactly, against 1408 of compute. The float quotient of
+    # 694 by the binary 0.347 is 2000.0000000000002, whose ceiling would be 2001.
+    assert 694 / 0.347 > 2000
+    c = by_name(simulate(model, tiny_arch("output_stationary", bw=0.347), batch=8))["c"]
+    assert (c.compute_cycles, c.stall_cycles, c.cycles) == (176, 74, 250)  # per image: / 8
+
+
 def test_weight_stationary_dense(model):
     c = by_name(simulate(model, tiny_arch("weight_stationary")))["c"]
     # T = 18 on 4 rows: 5 row folds per chunk, each 2R + C + Sr - 2 = 8 + 2 + 16 - 2 = 24 cycles.
@@ -227,6 +236,22 @@ def test_batch_of_8_loads_each_weight_fold_once_weight_stationary(model):
     # 256 + 54 + 384 + 12288 = 12982 bytes per batch = 3246 cycles at 4 B/cycle.
     assert c.dram_bytes == 12982 / 8
     assert c.cycles == 3246 / 8 and c.stall_cycles == (3246 - 1360) / 8
+
+
+def test_batch_totals_are_the_batch_counts_divided_once():
+    # At a batch of 3 a layer's per-image count is its batch count / 3, often a fraction; the total
+    # is the batch's total divided by 3 once (an int where 3 divides it), not the sum of the
+    # layers' quotients, which float rounding leaves a hair off (7192.999999999996 for 7193 here).
+    from simulator.simulate import COUNT_FIELDS
+    from velcro_ref.zoo import build_zoo
+
+    net = Model(build_zoo("googlenet", input_size=28, in_channels=1, num_classes=10, width=0.125))
+    result = simulate(net, "ws32", batch=3)
+    for field in COUNT_FIELDS:
+        batch_count = sum(round(getattr(s, field) * 3) for s in result.dense)  # each an int / 3
+        total = getattr(result.total_dense, field)
+        assert total == batch_count / 3, field
+        assert isinstance(total, int) == (batch_count % 3 == 0), field
 
 
 def test_batch_of_8_loads_the_bitmap_once(model):

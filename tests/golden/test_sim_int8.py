@@ -8,6 +8,7 @@ accumulators, the int8 model is priced with 8 and 32.
 """
 
 import numpy as np
+import pytest
 from sim_util import arch_toml
 
 from simulator import parse_arch, simulate
@@ -87,6 +88,11 @@ def test_masked_int8_elements_skip_their_macs_and_their_requantization():
     assert s["r"].ops == 64 - 20
     # every pixel is still needed by filters 0 and 3: the same folds
     assert s["c"].compute_cycles == 96
+    # the mask table: the conv reads the 8-byte bitmap (64 bits) for its outputs and the site for its
+    # elements; the requantization on the conv's output path reads nothing of its own
+    table = tiny_arch().energy_pj["mask_table"]
+    assert s["c.requant"].energy["mask"] == 0 and s["c.requant"].mask_bytes == 0
+    assert s["r"].energy["mask"] == pytest.approx(8 * table)
 
 
 def test_a_float_model_keeps_the_arch_precision():
