@@ -194,6 +194,18 @@ def _check_layer(layer: QConvLayer) -> dict:
                 f"{n}: y at masked element (k={kk}, oy={yy}, ox={xx}): expected the constant "
                 f"{int(const[kk, yy, xx])}, found {int(y[kk, yy, xx])}"
             )
+    left = np.maximum(s.astype(np.int64), 0)[:, None, None]
+    shifted = acc.astype(np.int64) << left  # |acc| < 2^31, left <= 31: within int64
+    wide = (shifted < -(2**31)) | (shifted > 2**31 - 1)
+    if layer.skip is not None:
+        wide &= ~np.asarray(layer.skip)
+    if wide.any():
+        kk, yy, xx = (int(v) for v in np.argwhere(wide)[0])
+        raise RtlVectorError(
+            f"{n}: acc << shift leaves int32 at {int(wide.sum())} output(s), first (k={kk}, oy={yy}, ox={xx}): "
+            f"{int(acc[kk, yy, xx])} << {int(s[kk])}; the golden output saturates there (docs/int8.md), "
+            "the array's int32 shift wraps (docs/rtl.md)"
+        )
     if layer.w_scales is not None:
         ws = np.asarray(layer.w_scales)
         _check(ws.shape in ((k,), ()), f"{n}: w_scales", f"a scalar or ({k},)", ws.shape)

@@ -179,6 +179,20 @@ def test_bad_layer_arrays_are_refused_with_where_expected_found(tmp_path, change
         write_rtl_vectors(bad, tmp_path)
 
 
+def test_a_left_shift_beyond_int32_is_refused_where_an_output_needs_it(tmp_path):
+    """The golden saturates acc << shift (docs/int8.md), the array's int32 shift wraps (docs/rtl.md):
+    vectors would disagree with the RTL, so a layer where an unmasked output overflows is refused."""
+    wide = QConvLayer(**{**_layer().__dict__, "shift": np.array([-1, 24])})  # acc 100..111 << 24 < 2^31
+    write_rtl_vectors(wide, tmp_path / "fits")
+    over = QConvLayer(**{**_layer().__dict__, "shift": np.array([-1, 25])})  # 100 << 25 > 2^31 - 1
+    with pytest.raises(RtlVectorError, match=r"acc << shift leaves int32 at 4 output\(s\), first \(k=1, oy=0, ox=0\)"):
+        write_rtl_vectors(over, tmp_path / "over")
+    skip = np.zeros((2, 2, 2), bool)
+    skip[1] = True  # the overflowing outputs masked: nothing shifts
+    masked = QConvLayer(**{**_layer(skip=skip).__dict__, "shift": np.array([-1, 25])})
+    assert write_rtl_vectors(masked, tmp_path / "masked")["counts"]["tiles"] >= 1
+
+
 def test_arrays_below_2x2_are_refused(tmp_path):
     with pytest.raises(RtlVectorError, match=r"array rows: expected an integer in \[2, 256\], found 1"):
         write_rtl_vectors(_layer(), tmp_path, rows=1, cols=4)
