@@ -37,12 +37,14 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
 
     accuracy: top-1 over the full output (all classes of the general model).
     accuracy_task: top-1 among the task's classes only.
+    Equal top scores go to the lowest class index in both (the task's classes are taken sorted,
+    so the order they are given in changes nothing).
     macs: executed MACs per image, summed over layers, counted by the kernels.
     per_image adds `correct` and `correct_task`, bool (N,): which images each accuracy counts.
     Raises as check_scores does, before any image is run.
     """
     check_scores(model, labels, classes)
-    classes = np.asarray(classes, dtype=np.int64)
+    classes = np.unique(np.asarray(classes, dtype=np.int64))
     n = len(x)
     correct, correct_task = np.zeros(n, bool), np.zeros(n, bool)
     macs = 0

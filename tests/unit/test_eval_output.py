@@ -117,3 +117,18 @@ def test_import_onnx_of_several_outputs_is_one_error_line(tmp_path):
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "exactly one graph output, found 2" in lines[0], res.stderr
     assert not (tmp_path / "two.h5").exists()
+
+
+@pytest.mark.parametrize("order", ["0,2,3", "3,2,0", "2,3,0"])
+def test_tied_top_scores_go_to_the_lowest_class_whatever_the_order_of_the_classes(tmp_path, capsys, order):
+    # identity weight: the scores are the 4 pixels. Image 0 ties classes 0 and 2 (label 2), image 1
+    # ties 2 and 3 (label 2), image 2 ties 0 and 3 (label 3), image 3 is class 0 alone: the lowest
+    # index wins each tie, so images 1 and 3 count among the task classes 0, 2, 3 (and in the full
+    # output), in any order of the classes.
+    model = linear_model(tmp_path / "m.h5", 4, weight=np.eye(4))
+    x = np.array([[5, 1, 5, 0], [1, 0, 7, 7], [4, 1, 2, 4], [9, 0, 0, 0]], np.float32).reshape(4, 1, 2, 2)
+    np.savez(tmp_path / "x.npz", x=x, y=np.array([2, 2, 3, 0]))
+    code, out, err = run_cli(capsys, "eval", model, "--images", tmp_path / "x.npz", "--classes", order, "--json")
+    assert code == 0, err
+    dense = json.loads(out)["dense"]
+    assert dense["accuracy"] == pytest.approx(2 / 4) and dense["accuracy_task"] == pytest.approx(2 / 4)
