@@ -19,6 +19,7 @@ from .cli_util import (
     progress,
     text,
 )
+from .data import digest
 from .distributed import add_cluster_args, on_cluster
 from .errors import StatsError, UsageError
 
@@ -51,19 +52,25 @@ def cmd_profile(args):
                 f"{partial}: checkpoint holds {done.n_images} images, the image set has only {len(x)}; "
                 "delete it or run without --resume"
             )
+        if done.provenance.get("images_digest") != digest(x[: done.n_images]):
+            raise StatsError(
+                f"{partial}: checkpoint of other images than the first {done.n_images} of {source!r} as they are "
+                "now (the file changed); delete it or run without --resume"
+            )
         start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
     if cluster:
         from .distributed import client_for, collect_stats, shared_data_of
 
         kw = {"shared": shared_data_of(args, classes, args.split), "start": start, "done": col.stats if start else None}
-        kw.update(checkpoint=lambda stats: save_stats(stats, partial), checkpoint_every=args.checkpoint_every)
+        kw.update(checkpoint=lambda stats: _checkpoint(stats, x, partial), checkpoint_every=args.checkpoint_every)
         with client_for(args) as client, progress(len(x), "profile") as bar:
             bar.update(start)
             col.stats = collect_stats(client, model, x, args.batch, classes, source, bar, args.shard_batches, **kw)
     else:
         _profile_here(args, x, col, start, partial)
     col.stats.source = source
+    col.stats.provenance = {k: v for k, v in col.stats.provenance.items() if k != "images_digest"}
     save_stats(col.stats, out)
     if partial.exists():
         partial.unlink()
@@ -71,16 +78,23 @@ def cmd_profile(args):
     return 0
 
 
-def _profile_here(args, x, col, start, partial):
+def _checkpoint(stats, x, partial):
+    """Write the statistics so far to `partial`, with the digest of the images they hold (the first
+    n_images of x), which --resume checks against the image set it is given."""
     from .stats import save_stats
 
+    stats.provenance = {**stats.provenance, "images_digest": digest(x[: stats.n_images])}
+    save_stats(stats, partial)
+
+
+def _profile_here(args, x, col, start, partial):
     with progress(len(x), "profile") as bar:
         bar.update(start)
         for i, j in enumerate(range(start, len(x), args.batch)):
             col.add_batch(x[j : j + args.batch])
             bar.update(min(args.batch, len(x) - j))
             if args.checkpoint_every and (i + 1) % args.checkpoint_every == 0:
-                save_stats(col.stats, partial)
+                _checkpoint(col.stats, x, partial)
 
 
 def cmd_quantize(args):

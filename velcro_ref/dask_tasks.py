@@ -15,7 +15,6 @@ The client side (cutting shards, folding results, the CLI flags) is velcro_ref/d
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,17 +22,13 @@ from dataclasses import dataclass
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .data import digest
 from .errors import DataError, ModelError
 
 MAX_MODELS = 8  # models a worker keeps loaded (a demo uses three)
 _GRAPHS: OrderedDict = OrderedDict()  # fingerprint -> (Graph, path), in this worker process
 _IDLE: dict = {}  # fingerprint -> Models of it no task is running
 _LOCK = threading.Lock()
-
-
-def digest(x) -> str:
-    """A short sha256 of an array's bytes: the client and a worker reading shared data compare it."""
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

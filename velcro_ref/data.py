@@ -1,6 +1,7 @@
 """Fashion-MNIST loading (IDX .gz files), class selection, preprocessing and the specialized tasks."""
 
 import gzip
+import hashlib
 import os
 import pathlib
 import tomllib
@@ -250,3 +251,9 @@ def load_tasks(path=None):
             raise DataError(f"{where}needs 2-4 classes, found {len(classes)}")
         tasks[name] = {"classes": classes, "description": task["description"].strip()}
     return tasks
+
+
+def digest(x) -> str:
+    """A short sha256 of an array's bytes: which images a checkpoint holds, or a worker reading
+    shared data read (compared with the client's)."""
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]

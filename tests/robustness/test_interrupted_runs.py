@@ -163,6 +163,23 @@ def test_resume_refuses_a_checkpoint_of_another_image_set(velcro, tmp_path, mode
     velcro("profile", model_file, "--images", other, "-o", out, "--resume").error_line("s.h5.partial")
 
 
+def test_resume_refuses_a_checkpoint_whose_images_the_file_no_longer_holds(velcro, tmp_path, model_file, long_images):
+    """The same file name and classes, other images in it now: the checkpoint's digest of the images it
+    holds tells them apart (the name alone would resume and mix two image sets, exit 0)."""
+    images = tmp_path / "x.npz"
+    images.write_bytes(long_images.read_bytes())
+    out = tmp_path / "s.h5"
+    proc = start("profile", model_file, "--images", images, "-o", out, "--batch", "8", "--checkpoint-every", "3")
+    wait_for((tmp_path / "s.h5.partial").exists, proc, what="the first checkpoint")
+    stop(proc, signal.SIGKILL)
+    x = np.load(long_images)["x"]
+    x[5, 0, 0, 0] += 1.0  # one pixel of an image the checkpoint holds
+    np.savez(images, x=x, y=np.arange(6400) % 4)
+    res = velcro("profile", model_file, "--images", images, "-o", out, "--batch", "8", "--resume")
+    res.error_line("s.h5.partial: checkpoint of other images than the first", "the file changed")
+    assert not out.exists() and (tmp_path / "s.h5.partial").exists()
+
+
 def test_resume_refuses_a_checkpoint_of_more_images_than_the_set(velcro, tmp_path, model_file, images_file):
     out = tmp_path / "s.h5"
     assert velcro("profile", model_file, "--images", images_file, "-o", out).code == 0
