@@ -264,7 +264,10 @@ def save_stats(stats: Stats, path) -> None:
 
     Written like a model file (h5io: checksummed metadata, fixed-length text attributes), with a
     Fletcher-32 checksum on every dataset so that a flipped bit in the numbers is found when read.
+    Raises StatsError, writing nothing, where a value is NaN or infinite (a tensor of the network
+    overflowed float32 on the images): `load_stats` would refuse such a file.
     """
+    _check_finite(stats)
     with atomic_path(path) as tmp, h5io.create(tmp) as f:
         h5io.write_header(
             f,
@@ -287,6 +290,24 @@ def save_stats(stats: Stats, path) -> None:
         for name, (lo, hi) in stats.ranges.items():
             ds = g.create_dataset(h5io.escape_key(name), data=np.array([lo, hi], np.float64), fletcher32=True)
             h5io.write_text_attr(ds, "name", name)
+
+
+def _check_finite(stats: Stats) -> None:
+    """StatsError naming the first site or tensor whose statistics or range are not finite."""
+    for name, (lo, hi) in stats.ranges.items():
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise StatsError(
+                f"tensor '{name}' took values [{lo:g}, {hi:g}] on these images: float32 overflowed in the "
+                "network; no statistics written"
+            )
+    for name, site in stats.sites.items():
+        for fld in FIELDS:
+            bad = int(np.count_nonzero(~np.isfinite(getattr(site, fld))))
+            if bad:
+                raise StatsError(
+                    f"site '{name}': {fld} is NaN or infinite at {bad} element(s): float32 overflowed in the "
+                    "network on these images; no statistics written"
+                )
 
 
 def load_stats(path, model=None) -> Stats:

@@ -119,3 +119,23 @@ def test_nan_image_index_is_its_position_in_the_file_when_classes_are_selected(v
     np.savez(path, x=x, y=np.arange(24) % 2)  # image 21 is the 11th of class 1
     res = velcro("profile", model_file, "--images", path, "--classes", "1", "-o", tmp_path / "s.h5")
     res.error_line(str(path), "first NaN/Inf in image 21 ")
+
+
+def test_a_float32_overflow_inside_the_network_stops_profile_without_output(velcro, tmp_path):
+    """A 1x1 conv whose sum overflows float32 (+inf in the engine's order) feeding a relu6, which
+    bounds it to 6: the output looks finite, but the conv's range is infinite. profile names the
+    tensor and writes nothing (a stats file with an infinite range is one no reader accepts)."""
+    from oracle64 import write_model
+
+    attrs = {"out_channels": 1, "kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0] * 4, "groups": 1}
+    nodes = [
+        {"name": "conv", "op": "conv2d", "inputs": ["input"], "attrs": attrs, "params": {"weight": "w"}},
+        {"name": "act", "op": "relu6", "inputs": ["conv"], "attrs": {}, "params": {}},
+    ]
+    model = tmp_path / "m.h5"
+    write_model(model, (2, 1, 1), "act", nodes, {"w": np.array([1e38, -1e38]).reshape(1, 2, 1, 1)})
+    path = tmp_path / "set.npz"
+    np.savez(path, x=np.full((4, 2, 1, 1), 10.0, np.float32), y=np.zeros(4, np.int64))
+    out = tmp_path / "s.h5"
+    velcro("profile", model, "--images", path, "-o", out).error_line("tensor 'conv' took values", "overflowed")
+    assert not out.exists()
