@@ -129,7 +129,7 @@ def _scaled(t, factor, what, operand):
             f"{what} {float(f):g} times {operand} leaves float32's normal range ({nz.min():g} .. {nz.max():g}); "
             f"scale {operand} instead"
         )
-    return (wide).astype(np.float32)
+    return wide.astype(np.float32)
 
 
 def _need_flat(ctx, x, what):
