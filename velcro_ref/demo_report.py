@@ -11,7 +11,10 @@ import base64
 import html
 from pathlib import Path
 
+import numpy as np
+
 from .fileio import write_text
+from .intervals import paired_change
 
 PAPER = (
     "13.5-30% CSR with no accuracy loss; +2-20% accuracy at low compression targets (ImageNet, Gabbay & Shomron 2021)"
@@ -27,8 +30,8 @@ def _pct(x, digits=1):
 
 
 def change_text(ch) -> str:
-    """`+4 (+0.80 [+0.05, +1.60])*`: images gained (lost) against dense, then the change in points with
-    its 95% interval; * where the interval leaves out 0."""
+    """`+12 (+2.40 [+1.13, +2.40])*` (12 of 500 images gained, none lost): images gained (lost) against
+    dense, then the change in points with its 95% interval; * where the interval leaves out 0."""
     if ch["won"] + ch["lost"] == 0:
         return "+0 (none changed)"
     lo, hi = (100 * v for v in ch["ci"])
@@ -36,8 +39,20 @@ def change_text(ch) -> str:
     return f"{ch['change_images']:+d} ({100 * ch['change']:+.2f} [{lo:+.2f}, {hi:+.2f}]){real}"
 
 
+def _example() -> str:
+    """The change text of 12 images gained and none lost of 500, computed (a hand-written example
+    may be one the method never prints)."""
+    base = np.zeros(500, bool)
+    new = base.copy()
+    new[:12] = True
+    return change_text(paired_change(base, new))
+
+
+EXAMPLE = _example()
+
+
 def point_text(point) -> str:
-    """A chosen point on the test images: `30.0% (r=0.3): -1 (-0.20 [-0.93, +0.45])`."""
+    """A chosen point on the test images: `30.0% (r=0.3): -1 (-0.20 [-0.20, +0.19])` (one of 500 lost)."""
     return f"{_pct(point['csr'])} (r={point['ratio']:g}): {change_text(point['change'])}"
 
 
@@ -211,7 +226,7 @@ def notes(report) -> list[tuple[str, str]]:
         ),
         (
             "Accuracy changes and their intervals",
-            "A change reads '+4 (+0.80 [+0.05, +1.60])*': test images gained (or lost) against the dense "
+            f"A change reads '{EXAMPLE}': test images gained (or lost) against the dense "
             "model on the same images, then the change in accuracy points with its 95% interval; * marks an "
             "interval that leaves out 0. Dense and compressed runs see the same images, so the comparison is "
             "paired and only the images whose prediction changed carry information. Of the d changed images, "
@@ -245,7 +260,7 @@ def readme_block(report) -> str:
     lines = [
         _images_line(report),
         "Ratios are chosen on the validation images; every figure in the table is measured on the test "
-        "images at the chosen ratio. A change reads `+4 (+0.80 [+0.05, +1.60])*`: test images gained or "
+        f"images at the chosen ratio. A change reads `{EXAMPLE}`: test images gained or "
         "lost against dense, the change in points and its exact 95% interval (McNemar/Clopper-Pearson on "
         f"the changed predictions), * where it leaves out 0. {accel}: speedup and energy saving per image "
         f"at the {policy} no-loss ratio, all energy and (in brackets) compute only.",

@@ -245,3 +245,18 @@ def test_int8_demo_runs_the_int8_models_and_fills_only_the_int8_readme_block(tmp
     assert "\nfloat\n" in text and "\nold\n" not in text
     block = text.split("<!-- demo-int8-results:start -->")[1].split("<!-- demo-int8-results:end -->")[0]
     assert "| resnet18_int8 | footwear |" in block
+
+
+def test_the_change_example_of_the_docs_and_reports_is_one_the_method_prints():
+    """12 of 500 images gained, none lost, through paired_change and change_text: the example that
+    docs/demo.md and every report header show (a hand-written `+4 ... *` could never be starred:
+    4 gained has an exact McNemar p of at least 0.125)."""
+    from velcro_ref.demo_report import EXAMPLE, change_text
+    from velcro_ref.intervals import paired_change
+
+    base = np.zeros(500, bool)
+    new = base.copy()
+    new[:12] = True
+    assert change_text(paired_change(base, new)) == EXAMPLE == "+12 (+2.40 [+1.13, +2.40])*"
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
+    assert f"A change reads `{EXAMPLE}`" in docs
