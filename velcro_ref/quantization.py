@@ -92,6 +92,8 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
             x_q = q_of[inputs[0]]
             prm = _weights(st, x_q["y_scale"], per_channel, params)
         q_of[st.name] = attrs if st.opdef.own_range else q_of[inputs[0]]
+        if st.opdef.quantized_as in ("qrelu", "qrelu6"):
+            _check_clamp_is_saturation(st, q_of[st.name], ranges[st.name])
         nodes.append(Node(st.name, st.opdef.quantized_as, inputs, attrs, prm))
     last = _unique("output", steps)
     nodes.append(Node(last, "dequantize", (plan.output,)))
@@ -99,6 +101,22 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
     new_meta = {**model.meta, **(meta or {}), "quantization": {**info, **(meta or {}).get("quantization", {})}}
     new_meta["quantization"]["float_fingerprint"] = model.fingerprint
     return Graph(tuple(nodes), model.graph.input_shape, last, params, new_meta)
+
+
+def _check_clamp_is_saturation(st, q, rng) -> None:
+    """A relu / relu6 site whose zero point is its type's minimum clamps nothing the producer's
+    saturation leaves (onnxruntime's quantizer then drops the activation). Only a degenerate
+    range (the activation never above about 3e-36 on the calibration images: scale 1, zero point
+    0) breaks that with int8: onnxruntime, having dropped it, lets negative values through, which
+    this quantizer's clamp would not. Such a site is refused (ModelError)."""
+    qmin = quant.qrange(q["dtype"])[0]
+    if q["y_zero_point"] != qmin:
+        raise ModelError(
+            f"node '{st.name}': calibrated range [{rng[0]:g}, {rng[1]:g}] gives scale {q['y_scale']:g} and zero point "
+            f"{q['y_zero_point']}, not {qmin}: the activation never fired on the calibration images, and onnxruntime's "
+            "quantizer, which drops it, would let negative values through; calibrate on images where it fires, or "
+            "use --activations uint8"
+        )
 
 
 def _weights(st, x_scale, per_channel, params) -> dict:

@@ -108,3 +108,25 @@ def test_eval_and_sweep_take_int8_models(files, tmp_path, capsys):
     sweep = json.loads(capsys.readouterr().out)
     csr = [p["csr"] for p in sweep["points"]]
     assert csr[0] == 0 and csr[1] > 0
+
+
+def test_a_relu_that_never_fired_on_the_calibration_images_is_refused_for_int8(tmp_path):
+    """conv (zero weights, bias -0.5) -> relu: calibrated range [0, 0], so scale 1 and zero point 0
+    (onnxruntime's rule). With int8 that zero point is not -128: onnxruntime's quantizer drops the
+    relu and lets -1 through where this one's clamp gives 0. Refused; uint8 (zero point 0 = qmin)
+    is fine."""
+    from velcro_ref.engine import Model
+    from velcro_ref.errors import ModelError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    conv = Node("conv", "conv2d", (INPUT,), {"out_channels": 2, "kernel": 1}, {"weight": "w", "bias": "b"})
+    nodes = (conv, Node("relu1", "relu", ("conv",)), Node("gap", "global_avg_pool", ("relu1",)))
+    params = {"w": np.zeros((2, 1, 1, 1), np.float32), "b": np.full(2, -0.5, np.float32)}
+    model = Model(Graph(nodes, (1, 3, 3), "gap", params))
+    stats = velcro_ref.profile(model, np.random.default_rng(0).standard_normal((7, 1, 3, 3), dtype=np.float32))
+    with pytest.raises(
+        ModelError, match=r"node 'relu1': calibrated range \[0, 0\] gives scale 1 and zero point 0, not -128"
+    ):
+        velcro_ref.quantize(model, stats, activations="int8")
+    q = velcro_ref.quantize(model, stats, activations="uint8")
+    assert np.all(q.run(np.ones((1, 1, 3, 3), np.float32)) == 0)
