@@ -130,3 +130,24 @@ def test_a_relu_that_never_fired_on_the_calibration_images_is_refused_for_int8(t
         velcro_ref.quantize(model, stats, activations="int8")
     q = velcro_ref.quantize(model, stats, activations="uint8")
     assert np.all(q.run(np.ones((1, 1, 3, 3), np.float32)) == 0)
+
+
+def test_a_bias_scale_that_underflows_float32_is_refused_in_its_own_words():
+    """x_scale ~ 1e-17 and w_scale ~ 1e-32: their float32 product is 0 (a zero bias leaves the
+    weight scale as it is), so b / (x_scale * w_scale) is no int32 (onnxruntime's tool divides 0 by
+    0 there). Refused naming the cause, not an accumulator bound, and without NumPy's warnings."""
+    import warnings
+
+    from velcro_ref.engine import Model
+    from velcro_ref.errors import ModelError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    conv = Node("conv", "conv2d", (INPUT,), {"out_channels": 2, "kernel": 1}, {"weight": "w", "bias": "b"})
+    params = {"w": np.full((2, 1, 1, 1), 4e-30, np.float32), "b": np.zeros(2, np.float32)}
+    model = Model(Graph((conv, Node("act", "relu", ("conv",))), (1, 3, 3), "act", params))
+    x = np.random.default_rng(0).standard_normal((7, 1, 3, 3)).astype(np.float32) * np.float32(1e-15)
+    stats = velcro_ref.profile(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ModelError, match=r"node 'conv': the bias scale x_scale \* w_scale is 0 in float32"):
+            velcro_ref.quantize(model, stats, activations="int8")
