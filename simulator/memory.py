@@ -100,5 +100,5 @@ def stall_cycles(dram_bytes, compute_cycles, arch) -> int:
     is the decimal written in the arch file (the shortest one that reads back as the float), so
     the ceiling is exact: 10584 bytes at 0.7 bytes a cycle are 15120 cycles, where the float
     quotient is 15120.000000000002."""
-    transfer = math.ceil(Fraction(dram_bytes) / Fraction(repr(arch.dram_bytes_per_cycle)))
+    transfer = math.ceil(Fraction(dram_bytes) / Fraction(repr(float(arch.dram_bytes_per_cycle))))
     return max(0, transfer - compute_cycles)

@@ -52,7 +52,12 @@ def cmd_profile(args):
                 f"{partial}: checkpoint holds {done.n_images} images, the image set has only {len(x)}; "
                 "delete it or run without --resume"
             )
-        if done.provenance.get("images_digest") != digest(x[: done.n_images]):
+        if "images_digest" not in done.provenance:
+            raise StatsError(
+                f"{partial}: checkpoint without the digest of its images (written by an older version), so it "
+                "cannot be matched to the image set; delete it or run without --resume"
+            )
+        if done.provenance["images_digest"] != digest(x[: done.n_images]):
             raise StatsError(
                 f"{partial}: checkpoint of other images than the first {done.n_images} of {source!r} as they are "
                 "now (the file changed); delete it or run without --resume"

@@ -248,7 +248,8 @@ def collect_stats(
     against x. checkpoint(stats), if given, is called with the folded stats (with a record of its
     shards in provenance["checkpoint"]) each time `checkpoint_every` more batches are folded.
     """
-    from .dask_tasks import SharedImages, digest, profile_images
+    from .dask_tasks import SharedImages, profile_images
+    from .data import digest
 
     if batch < 1 or shard_batches < 1:
         raise UsageError(f"batch and shard_batches expect positive integers, got {batch} and {shard_batches}")
@@ -330,7 +331,8 @@ class Jobs:
     def _images(self, model, classes, split, n):
         """What a task gets for the first n images of classes in split: the arrays, or SharedImages."""
         from . import data
-        from .dask_tasks import SharedImages, digest
+        from .dask_tasks import SharedImages
+        from .data import digest
 
         x, y = data.task_images(model, classes, split, n, self.data_dir)
         if not self.shared:

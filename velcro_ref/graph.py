@@ -298,7 +298,8 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
                 if not np.all(var_eps(var, eps) > 0):
                     raise ModelError(
                         f"node '{n.name}': batch_norm needs var + eps > 0 (eps as float32), found var "
-                        f"{np.min(var):.9g} with eps {float(np.float32(eps)):.9g} (use --allow-nonfinite to accept)"
+                        f"{np.min(var):.9g} with eps {eps:g} ({float(np.float32(eps)):.9g} as float32) "
+                        "(use --allow-nonfinite to accept)"
                     )
     return shapes
 

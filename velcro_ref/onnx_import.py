@@ -16,7 +16,7 @@ import numpy as np
 from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
-from .ops.base import OnnxUnsupported, QParams
+from .ops.base import OnnxUnsupported, QParams, onnx_axis
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
 # and Dropout, which it bypasses; Constant and shape arithmetic are folded.
@@ -184,6 +184,7 @@ class _Importer:
         self.alias[inputs[0].name] = G.INPUT
         out_name = self.output_name = self.g.output[0].name
         live, self.readers, self._reader_nodes = self._live(out_name)
+        unknown_op = False
         for i, node in enumerate(self.g.node):
             if self._fold(node):
                 continue
@@ -194,15 +195,14 @@ class _Importer:
             except OnnxUnsupported as e:
                 why = f": {e}" if str(e) else ""
                 self.unsupported.append(_node_label(node, i) + why)
+                unknown_op = unknown_op or not str(e)
                 self._placeholder(node, i)
             except _Skip:
                 self.skipped = True
                 self._placeholder(node, i)
-        if self.unsupported:
-            raise UnsupportedOpError(
-                f"unsupported ONNX node(s): {'; '.join(self.unsupported)}. "
-                f"Supported ops: {', '.join(SUPPORTED_ONNX_OPS)}"
-            )
+        if self.unsupported:  # the list of ops where an op type is not known, not for a refused attribute
+            listed = f". Supported ops: {', '.join(SUPPORTED_ONNX_OPS)}" if unknown_op else ""
+            raise UnsupportedOpError(f"unsupported ONNX node(s): {'; '.join(self.unsupported)}{listed}")
         if out_name not in self.alias:
             raise ModelError(f"graph output '{out_name}' is a constant or is not produced by any node")
         output = self.alias[out_name]
@@ -454,7 +454,7 @@ class _Importer:
             if op == "Squeeze":
                 return np.squeeze(x, axis=None if axes is None else tuple(int(i) for i in axes))
             rank = x.ndim + len(axes)
-            for ax in sorted(int(i) % rank for i in axes):
+            for ax in sorted(onnx_axis(i, rank) for i in axes):
                 x = np.expand_dims(x, ax)
             return x
         if op == "Concat":

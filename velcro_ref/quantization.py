@@ -135,7 +135,8 @@ def _weights(st, x_scale, per_channel, params) -> dict:
         if np.any(bs == 0):
             raise ModelError(
                 f"node '{st.name}': the bias scale x_scale * w_scale is 0 in float32 (x_scale {float(x_scale):g}, "
-                f"smallest w_scale {float(np.min(ws)):g}): no int32 bias has that scale"
+                f"smallest w_scale {float(np.min(ws)):g}): onnxruntime's bias formula b / (x_scale * w_scale) "
+                "divides by zero there"
             )
         params[keys["bias"]] = quant.quantize_bias(b, x_scale, ws).reshape(-1)
     return keys

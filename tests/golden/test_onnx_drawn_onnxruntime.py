@@ -286,3 +286,30 @@ def test_batch_norm_with_variance_near_minus_epsilon_matches_onnxruntime(tmp_pat
     want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     got = Model(import_onnx(tmp_path / "bn.onnx")).run(x)
     np.testing.assert_allclose(got, want, rtol=4e-7)
+
+
+@pytest.mark.parametrize(("alpha", "w"), [(2.0, 1e-40), (0.5, 2e-38), (0.25, 3e-38)])
+def test_a_gemm_alpha_fold_that_stays_exact_below_the_normal_range_is_taken(tmp_path, alpha, w):
+    """alpha times a weight below float32's normal range is folded where the product is exact
+    (a power of two on a subnormal with bits to spare) and refused only where bits are lost."""
+    weight = np.array([[w, -w]], np.float32)
+    node = helper.make_node("Gemm", ["x", "w"], ["y"], name="fc", alpha=alpha, transB=1)
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.save(model, str(tmp_path / "g.onnx"))
+    x = np.array([[1e30, 3e29]], np.float32)
+    exact = (np.float64(np.float32(w)) * np.float64(np.float32(alpha))).astype(np.float32) == np.float64(
+        np.float32(w)
+    ) * np.float64(np.float32(alpha))
+    if not exact:
+        with pytest.raises(VelcroError, match="alpha .* times B leaves float32's range"):
+            import_onnx(tmp_path / "g.onnx")
+        return
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(Model(import_onnx(tmp_path / "g.onnx")).run(x), want, rtol=1e-6)

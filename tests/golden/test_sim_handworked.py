@@ -17,6 +17,7 @@ import pytest
 from sim_util import arch_toml
 
 from simulator import parse_arch, simulate
+from simulator.arch import with_changes
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet
@@ -104,6 +105,9 @@ def test_a_decimal_bandwidth_is_taken_as_written(model):
     assert 694 / 0.347 > 2000
     c = by_name(simulate(model, tiny_arch("output_stationary", bw=0.347), batch=8))["c"]
     assert (c.compute_cycles, c.stall_cycles, c.cycles) == (176, 74, 250)  # per image: / 8
+    # a NumPy float (a sweep over np.linspace, say) is the same decimal
+    arch = with_changes(tiny_arch("output_stationary"), dram_bytes_per_cycle=np.float64(0.347))
+    assert by_name(simulate(model, arch, batch=8))["c"].cycles == 250
 
 
 def test_weight_stationary_dense(model):

@@ -180,6 +180,15 @@ def test_resume_refuses_a_checkpoint_whose_images_the_file_no_longer_holds(velcr
     assert not out.exists() and (tmp_path / "s.h5.partial").exists()
 
 
+def test_resume_refuses_a_checkpoint_without_the_digest_of_its_images(velcro, tmp_path, model_file, images_file):
+    out = tmp_path / "s.h5"
+    assert velcro("profile", model_file, "--images", images_file, "-o", out).code == 0
+    partial = tmp_path / "s.h5.partial"
+    partial.write_bytes(out.read_bytes())  # a finished file: no images_digest, as an older version's checkpoint
+    res = velcro("profile", model_file, "--images", images_file, "-o", out, "--resume")
+    res.error_line(f"error: {partial}: checkpoint without the digest of its images")
+
+
 def test_resume_refuses_a_checkpoint_of_more_images_than_the_set(velcro, tmp_path, model_file, images_file):
     out = tmp_path / "s.h5"
     assert velcro("profile", model_file, "--images", images_file, "-o", out).code == 0

@@ -28,7 +28,7 @@ def scale_of(arrays, eps) -> np.ndarray:
 class BatchNorm(Op):
     name = "batch_norm"
     attrs = ("eps",)
-    ranges = {"eps": (0.0, float("inf"))}
+    ranges = {"eps": (0.0, float(np.finfo(np.float32).max))}  # a float32 number (`var_eps`)
     params = (ROLES, ())
     chain = "through"
     ops_per_element = 2

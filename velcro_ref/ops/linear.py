@@ -117,19 +117,22 @@ class Linear(Op):
 
 def _scaled(t, factor, what, operand):
     """Gemm's alpha (beta) folded into its B (C) operand, float32, as the linear op holds no
-    factor: refused where a nonzero product leaves float32's normal range (it would be rounded
-    to 0, lose bits as a subnormal or become infinite, where onnxruntime scales the sum)."""
+    factor: refused where a product overflows float32, or falls below its normal range and is
+    not exact there (flushed to 0 or rounded as a subnormal), where onnxruntime scales the sum."""
     f = np.float32(factor)
     if f == 1:
         return t
-    wide = np.asarray(t, np.float64) * np.float64(f)
-    nz = np.abs(wide[wide != 0])
-    if nz.size and (nz.min() < np.finfo(np.float32).tiny or nz.max() > np.finfo(np.float32).max):
+    wide = np.asarray(t, np.float64) * np.float64(f)  # exact: two float32 factors
+    with np.errstate(over="ignore"):
+        q = wide.astype(np.float32)
+    lost = ~np.isfinite(q) | ((q != wide) & (np.abs(wide) < np.finfo(np.float32).tiny))
+    if lost.any():
+        bad = np.abs(wide[lost])
         raise OnnxUnsupported(
-            f"{what} {float(f):g} times {operand} leaves float32's normal range ({nz.min():g} .. {nz.max():g}); "
-            f"scale {operand} instead"
+            f"{what} {float(f):g} times {operand} leaves float32's range ({bad.min():g} .. {bad.max():g}: "
+            f"infinite, or flushed or rounded below the normal range); scale {operand} instead"
         )
-    return wide.astype(np.float32)
+    return q
 
 
 def _need_flat(ctx, x, what):
