@@ -14,5 +14,6 @@ def silu(x, mask, out):
 
 def hardswish(x, mask, out):
     t = x * np.float32(1.0 / 6.0) + np.float32(0.5)
-    y = x * np.minimum(np.maximum(t, np.float32(0.0)), np.float32(1.0))
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, as the kernel gives it
+        y = x * np.minimum(np.maximum(t, np.float32(0.0)), np.float32(1.0))
     np.copyto(out, y, where=np.ones(x.shape[1], bool)[None, :] if mask.size == 0 else ~mask[None, :])
