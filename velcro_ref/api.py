@@ -180,11 +180,12 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
     return Model(graph)
 
 
-def golden(model, images, path, masks=None, accumulators=False) -> dict:
+def golden(model, images, path, masks=None, accumulators=False, source=None, labels=None) -> dict:
     """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
     docs/formats.md); for an int8 model also the scales, zero points, multipliers and shifts used
-    and, with `accumulators`, every conv and linear layer's int32 accumulators. Returns the MACs
+    and, with `accumulators`, every conv and linear layer's int32 accumulators. `source` (a JSON
+    dict: where the images come from) and `labels` (N,) are stored when given. Returns the MACs
     each conv2d/linear executed."""
     from .golden_vectors import write_golden
 
-    return write_golden(model, model.check_input(images), path, masks, accumulators)
+    return write_golden(model, model.check_input(images), path, masks, accumulators, source, labels)

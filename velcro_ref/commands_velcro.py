@@ -262,16 +262,21 @@ def cmd_golden(args):
         raise UsageError("give --input X.npy or --data fashion-mnist (with --classes), one of them")
     if args.data is None and (args.classes or args.samples is not None):
         raise UsageError("--classes and --samples choose images of --data; with --input they would be ignored")
+    labels = None
     if args.input is not None:
         x = load_array(args.input)
+        source = {"file": str(args.input)}
     else:
         from .data import parse_classes, task_images
 
         if not args.classes:
             raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
-        x, _ = task_images(model, parse_classes(args.classes), args.split, args.samples or 1, args.data_dir)
+        classes = parse_classes(args.classes)
+        n = args.samples or 1
+        x, labels, indices = task_images(model, classes, args.split, n, args.data_dir, with_indices=True)
+        source = {"data": args.data, "split": args.split, "classes": list(classes), "indices": indices.tolist()}
     masks = load_masks(args.masks) if args.masks else None
-    macs = golden(model, x, args.output, masks, args.accumulators)
+    macs = golden(model, x, args.output, masks, args.accumulators, source, labels)
     print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
     return 0
 

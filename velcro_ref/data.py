@@ -168,6 +168,12 @@ def select_classes(images, labels, classes, n=None, start=0):
     `start` skips the first `start` of them; `n` keeps at most the next n (all when None). Shapes
     follow the inputs, N first. Raises DataError for bad classes, n, start or mismatched lengths.
     """
+    indices = class_indices(images, labels, classes, n, start)
+    return images[indices], labels[indices]
+
+
+def class_indices(images, labels, classes, n=None, start=0) -> np.ndarray:
+    """The positions in the data set of the samples `select_classes` returns, in its order."""
     classes = _class_tuple(classes, "")
     if len(images) != len(labels):
         raise DataError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
@@ -175,9 +181,7 @@ def select_classes(images, labels, classes, n=None, start=0):
         raise DataError(f"n must be a positive integer or None, got {n!r}")
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < 0:
         raise DataError(f"start must be a non-negative integer, got {start!r}")
-    indices = np.flatnonzero(np.isin(labels, classes))[start:]
-    indices = indices[:n]
-    return images[indices], labels[indices]
+    return np.flatnonzero(np.isin(labels, classes))[start:][:n]
 
 
 def preprocess(images_uint8, preprocessing):
@@ -203,15 +207,18 @@ def preprocess(images_uint8, preprocessing):
     return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
 
 
-def task_images(model, classes, split="train", n=None, data_dir=None, start=0):
+def task_images(model, classes, split="train", n=None, data_dir=None, start=0, with_indices=False):
     """The first n (all if None) Fashion-MNIST images of `classes` from `split` after the first
-    `start` of them, preprocessed as the model's meta says: (x float32 NCHW, labels int64). Raises
-    InputError when the model records no preprocessing, DataError for missing files or bad classes."""
+    `start` of them, preprocessed as the model's meta says: (x float32 NCHW, labels int64), and
+    with_indices their positions in the split's files (int64). Raises InputError when the model
+    records no preprocessing, DataError for missing files or bad classes."""
     pre = model.meta.get("preprocessing")
     if pre is None:
         raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
-    images, labels = select_classes(*load_fashion_mnist(split, data_dir), classes, n, start)
-    return np.ascontiguousarray(preprocess(images, pre)), labels.astype(np.int64)
+    images, labels = load_fashion_mnist(split, data_dir)
+    indices = class_indices(images, labels, classes, n, start)
+    x, y = np.ascontiguousarray(preprocess(images[indices], pre)), labels[indices].astype(np.int64)
+    return (x, y, indices.astype(np.int64)) if with_indices else (x, y)
 
 
 def load_tasks(path=None):

@@ -2,8 +2,10 @@
 
 Layout (format `velcro-golden`, docs/formats.md; readable without this package). Version 1 (float
 models):
-  attrs: format, format_version, model_fingerprint, masks_source, node_order (JSON list)
+  attrs: format, format_version, model_fingerprint, masks_source, node_order (JSON list),
+         input_source (JSON: {"file"} or {"data", "split", "classes", "indices"}), when known
   /input                      the network input, float32 (N, C, H, W)
+  /labels                     int64 (N,), when the images come from a labelled data set
   /nodes/<k>_<name>/          one group per executed node, k = position in execution order
       attrs: name, op, inputs (JSON tensor names), attrs (JSON), executed_macs (conv2d/linear)
       input_<i>, output       tensors as the engine computed them, batch first
@@ -86,19 +88,26 @@ def _quantized_node(g, step, inputs, skip, accumulators):
         g.create_dataset("accumulators", data=acc)
 
 
-def write_golden(model, x, path, masks=None, accumulators=False) -> dict:
+def write_golden(model, x, path, masks=None, accumulators=False, source=None, labels=None) -> dict:
     """Run x through the model recording every node; returns executed MACs per layer.
     accumulators: also write the int32 accumulators of every int8 conv and linear layer
-    (UsageError for a float model, which has none)."""
+    (UsageError for a float model, which has none). source: a JSON-able dict stored as the attr
+    `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image)."""
     quantized = any(st.q is not None for st in model.plan.nodes)
     if accumulators and not quantized:
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
+    if labels is not None and np.shape(labels) != (len(x),):
+        raise UsageError(f"labels expect one per image, shape ({len(x)},), found {np.shape(labels)}")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION if quantized else 1
         f.attrs["model_fingerprint"] = model.fingerprint
         f.attrs["masks_source"] = masks.source if masks is not None else ""
+        if source is not None:
+            f.attrs["input_source"] = json.dumps(source)
         f.create_dataset("input", data=x)
+        if labels is not None:
+            f.create_dataset("labels", data=np.asarray(labels, np.int64))
         rec = _Recorder(f, model, accumulators)
         model.run(x, masks=masks, observer=rec)
         for k, name in enumerate(rec.order):

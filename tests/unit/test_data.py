@@ -165,3 +165,30 @@ def test_bad_task_names_file_and_task(tmp_path):
     path.write_text('format = "velcro-tasks/1"\n[tasks.odd]\nclasses = ["Bag", "Sock"]\ndescription = "x"\n')
     with pytest.raises(DataError, match=r"task 'odd': unknown class 'Sock'"):
         data.load_tasks(path)
+
+
+def test_golden_vectors_record_which_images_of_the_data_set_they_hold(tmp_path):
+    """`velcro golden --data` stores the split, classes, each image's position in the split's files
+    and its label: read here from the raw IDX bytes (8-byte label header, 16-byte image header)."""
+    import json
+
+    import h5py
+
+    from velcro_ref import cli
+    from velcro_ref.engine import load_model
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = tmp_path / "g.h5"
+    args = ["golden", root / "weights" / "resnet18.h5", "--data", "fashion-mnist", "--classes", "9,5,7"]
+    assert cli.main([str(a) for a in [*args, "--split", "test", "--samples", "4", "-o", out]]) == 0
+    raw_labels = np.frombuffer(gzip.open(SRC / data.SPLIT_FILES["test"][1]).read()[8:], np.uint8)
+    want = np.flatnonzero(np.isin(raw_labels, (5, 7, 9)))[:4]
+    raw_images = np.frombuffer(gzip.open(SRC / data.SPLIT_FILES["test"][0]).read()[16:], np.uint8)
+    pre = load_model(root / "weights" / "resnet18.h5").meta["preprocessing"]
+    with h5py.File(out, "r") as f:
+        source = json.loads(f.attrs["input_source"])
+        assert source == {"data": "fashion-mnist", "split": "test", "classes": [9, 5, 7], "indices": want.tolist()}
+        assert f["labels"][()].tolist() == raw_labels[want].tolist()
+        pixels = raw_images.reshape(-1, 28, 28)[want].astype(np.float32) * np.float32(pre["scale"])
+        x = (pixels - np.float32(pre["mean"][0])) / np.float32(pre["std"][0])
+        np.testing.assert_allclose(f["input"][:, 0], x, rtol=0, atol=1e-6)
