@@ -56,8 +56,10 @@ class _Signals:
     hands it to sys.unraisablehook and goes on, and the command would finish and write its outputs as if
     no signal had come. The hook here takes such an interrupt, remembers it and sends the signal to the
     main thread again RESEND_S later from a short-lived thread, so the command stops at the next point
-    where an exception can be raised. After close() the handler raises nothing: a signal still on its way
-    then only decides the exit code (`outcome`)."""
+    where an exception can be raised. A signal sent again that lands while the hook itself still runs
+    (starting that thread waits for it, longer on a busy machine) would be lost the same way: the handler
+    sees the hook's frame on the stack and sends it again instead of raising. After close() the handler
+    raises nothing: a signal still on its way then only decides the exit code (`outcome`)."""
 
     RESEND_S = 0.001
 
@@ -70,6 +72,9 @@ class _Signals:
         self.seen = self.seen or signal.Signals(signum)
         if self.closed:
             return
+        if _inside(frame, _Signals.unraisable.__code__):  # raised here, it would be lost: send it again
+            self._send_again(signal.Signals(signum))
+            return
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 
     def unraisable(self, info):
@@ -80,10 +85,14 @@ class _Signals:
         sig = signal.SIGINT if isinstance(info.exc_value, KeyboardInterrupt) else signal.SIGTERM
         self.seen = self.seen or sig
         if not self.closed and (self._resend is None or self._resend.finished.is_set()):
-            main = threading.main_thread().ident
-            self._resend = threading.Timer(self.RESEND_S, signal.pthread_kill, (main, sig))
-            self._resend.daemon = True
-            self._resend.start()
+            self._send_again(sig)
+
+    def _send_again(self, sig):
+        """Send `sig` to the main thread RESEND_S from now, from a short-lived thread."""
+        main = threading.main_thread().ident
+        self._resend = threading.Timer(self.RESEND_S, signal.pthread_kill, (main, sig))
+        self._resend.daemon = True
+        self._resend.start()
 
     def close(self):
         self.closed = True
@@ -94,6 +103,15 @@ class _Signals:
     def outcome(self):
         """(message, exit code) of the signal that came, or None."""
         return {None: None, signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}[self.seen]
+
+
+def _inside(frame, code) -> bool:
+    """Whether `frame` or a frame that called it runs `code`."""
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _check_environment() -> None:

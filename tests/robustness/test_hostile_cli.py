@@ -321,3 +321,45 @@ def test_an_interrupt_turned_into_another_error_by_a_library_still_ends_in_130(m
     code = cli.main(["info", "anything.h5"])
     err = capsys.readouterr().err
     assert code == 130 and err.strip().splitlines() == ["error: interrupted"], err
+
+
+def test_a_signal_sent_again_that_lands_inside_the_hook_still_stops_the_command(monkeypatch, capsys):
+    """The hook starts a thread to send the signal again; on a busy machine starting it takes longer
+    than the 1 ms after which the thread sends, so the signal lands while the hook still runs (made
+    certain here by a first start that waits 50 ms). Raised there it would be printed as "Exception ignored
+    in sys.unraisablehook" and lost; it must still stop the command, with one error line."""
+    import threading
+    import weakref
+
+    from velcro_ref import cli, commands_engine
+
+    slow = [True]
+
+    class SlowStart(threading.Timer):
+        def start(self):
+            super().start()
+            if slow:  # the first start only
+                slow.pop()
+                time.sleep(0.05)
+
+    monkeypatch.setattr(cli.threading, "Timer", SlowStart)
+    steps = []
+
+    def info(args):
+        class Obj:
+            pass
+
+        obj = Obj()
+        weakref.finalize(obj, lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.5)))
+        del obj
+        for _ in range(200):
+            time.sleep(0.01)
+            steps.append(1)
+        return 0
+
+    monkeypatch.setattr(commands_engine, "cmd_info", info)
+    got = cli.main(["info", "anything.h5"])
+    err = capsys.readouterr().err
+    assert got == 143 and err.strip().splitlines() == ["error: terminated"], err
+    assert len(steps) < 50, len(steps)
+    time.sleep(0.1)
