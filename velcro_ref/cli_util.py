@@ -229,11 +229,16 @@ def add_image_args(p, split):
     p.add_argument("--data", choices=["fashion-mnist"], help="image set (Fashion-MNIST from the Debian package)")
     add_data_dir_arg(p)
     p.add_argument("--classes", type=text, help="task classes, numbers or names, e.g. 5,7,9 or sandal,sneaker")
-    p.add_argument("--split", choices=["train", "test"], default=split, help=f"data split (default {split})")
+    p.add_argument("--split", choices=["train", "test"], help=f"with --data: data split (default {split})")
+    p.set_defaults(default_split=split)
     p.add_argument(
         "--samples", type=count(1, MAX_IMAGES), help="use at most this many images (the first ones of the split)"
     )
-    add_file(p, "--images", help="an .npz with arrays x (NCHW float32, already preprocessed) and y (labels)")
+    add_file(
+        p,
+        "--images",
+        help="an .npz with arrays x (NCHW float32, already preprocessed: raw 0..255 pixels are refused) and y (labels)",
+    )
     add_ranged(p, "--batch", count(1, MAX_BATCH), 256, "images per batch")
 
 
@@ -247,6 +252,10 @@ def load_image_set(args, model):
 
     if args.images and args.data:
         raise UsageError("give --data or --images, not both")
+    ignored = [flag for flag, v in (("--split", args.split), ("--data-dir", args.data_dir)) if v is not None]
+    if args.images and ignored:
+        raise UsageError(f"{' and '.join(ignored)} choose(s) images of --data; with --images they would be ignored")
+    args.split = args.split or args.default_split
     index = None  # position in the file of each kept image, for messages
     missing = ""
     if args.images:
@@ -282,6 +291,8 @@ def load_image_set(args, model):
         model.check_input(x)
     except InputError as e:
         raise InputError(f"{where}: {e}{_first_nonfinite(x, model, index)}") from None
+    if args.images:
+        data.check_not_raw_pixels(x, model, where)
     return np.ascontiguousarray(x), y, tuple(classes), source
 
 

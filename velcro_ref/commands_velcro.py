@@ -75,7 +75,8 @@ def cmd_profile(args):
     else:
         _profile_here(args, x, col, start, partial)
     col.stats.source = source
-    col.stats.provenance = {k: v for k, v in col.stats.provenance.items() if k != "images_digest"}
+    drop = ("images_digest", "checkpoint")  # a checkpoint's, whichever path wrote it
+    col.stats.provenance = {k: v for k, v in col.stats.provenance.items() if k not in drop}
     save_stats(col.stats, out)
     if partial.exists():
         partial.unlink()
@@ -260,8 +261,11 @@ def cmd_golden(args):
     model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     if (args.input is None) == (args.data is None):
         raise UsageError("give --input X.npy or --data fashion-mnist (with --classes), one of them")
-    if args.data is None and (args.classes or args.samples is not None):
-        raise UsageError("--classes and --samples choose images of --data; with --input they would be ignored")
+    if args.data is None and (args.classes or args.samples is not None or args.split or args.data_dir):
+        raise UsageError(
+            "--classes, --samples, --split and --data-dir choose images of --data; with --input they would be ignored"
+        )
+    args.split = args.split or "test"
     labels = None
     if args.input is not None:
         x = load_array(args.input)
@@ -353,7 +357,7 @@ def register(sub):
     add_file(p, "--input", help="input .npy (NCHW float32, as the model takes it)")
     p.add_argument("--data", choices=["fashion-mnist"], help="or images of this data set, preprocessed for the model")
     p.add_argument("--classes", type=text, help="with --data: the images' classes, e.g. 5,7,9")
-    p.add_argument("--split", choices=["train", "test"], default="test", help="with --data: split (default test)")
+    p.add_argument("--split", choices=["train", "test"], help="with --data: split (default test)")
     p.add_argument("--samples", type=count(1, 65536), help="with --data: the first N images of the classes (default 1)")
     add_data_dir_arg(p)
     add_file(p, "--masks", help="mask file")

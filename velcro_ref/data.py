@@ -122,7 +122,7 @@ def _class_index(token):
     valid = ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
     if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
         index = int(token)
-    elif isinstance(token, str) and token.strip().lstrip("-").isdigit():
+    elif isinstance(token, str) and token.strip().lstrip("-").isascii() and token.strip().lstrip("-").isdigit():
         index = int(token.strip())
     elif isinstance(token, str):
         wanted = token.strip().replace("_", " ").lower()
@@ -264,3 +264,20 @@ def digest(x) -> str:
     """A short sha256 of an array's bytes: which images a checkpoint holds, or a worker reading
     shared data read (compared with the client's)."""
     return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+
+
+def check_not_raw_pixels(x, model, where) -> None:
+    """Refuse (InputError) float images that are raw pixels where the model records a
+    preprocessing: every value a whole number from 0 to 255 and some above the largest value
+    the preprocessing gives (255 * scale - mean) / std. Such images ran and scored near chance
+    with exit 0. Pixels only scaled to 0..1 fall inside that range and cannot be told apart."""
+    pre = model.meta.get("preprocessing")
+    if pre is None or x.size == 0:
+        return
+    top = max((255 * float(pre["scale"]) - m) / s for m, s in zip(pre["mean"], pre["std"], strict=True))
+    if float(x.max()) > top and float(x.min()) >= 0 and bool(np.all(x == np.round(x))):
+        raise InputError(
+            f"{where}: x holds raw pixels (whole numbers 0..{float(x.max()):g}); the model expects them preprocessed "
+            f"as (x * {pre['scale']:g} - mean) / std, mean {list(pre['mean'])}, std {list(pre['std'])}, "
+            f"at most {top:.4g}"
+        )

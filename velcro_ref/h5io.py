@@ -315,13 +315,14 @@ def read_dataset(ds, error, where):
 def write_header(f, fmt: str, version: int, fingerprint: str, **texts) -> None:
     """The attributes every velcro file starts with: format, format_version, fingerprint (of the
     model), and each keyword as a text attribute (dicts and lists as JSON; `provenance` gets the
-    time of writing)."""
+    time of this writing, in place of any `written` it holds from a file it was read from)."""
     write_text_attr(f, "format", fmt)
     f.attrs["format_version"] = version
     write_text_attr(f, "fingerprint", fingerprint)
     for name, value in texts.items():
         if name == "provenance":
-            value = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **value}
+            kept = {k: v for k, v in value.items() if k != "written"}
+            value = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **kept}
         write_text_attr(f, name, value if isinstance(value, str) else json.dumps(value))
 
 

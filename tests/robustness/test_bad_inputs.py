@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from robust_util import ROOT
 
 
 def npy(tmp_path, array, name="x.npy"):
@@ -139,3 +140,46 @@ def test_a_float32_overflow_inside_the_network_stops_profile_without_output(velc
     out = tmp_path / "s.h5"
     velcro("profile", model, "--images", path, "-o", out).error_line("tensor 'conv' took values", "overflowed")
     assert not out.exists()
+
+
+def test_raw_pixels_as_an_image_set_of_a_model_with_preprocessing_are_refused(velcro, tmp_path):
+    """Whole numbers 0..255 in --images of a shipped model (which records its preprocessing) ran and
+    scored near chance with exit 0; they are refused, naming the preprocessing. The same images
+    preprocessed are taken."""
+    from velcro_ref import data
+    from velcro_ref.engine import load_model
+
+    model = ROOT / "weights" / "resnet18.h5"
+    images, labels = data.load_fashion_mnist("test")
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, x=images[:20, None].astype(np.float32), y=labels[:20])
+    velcro("eval", model, "--images", raw).error_line(str(raw), "raw pixels", "preprocessed")
+    good = tmp_path / "good.npz"
+    np.savez(good, x=data.preprocess(images[:20], load_model(model).meta["preprocessing"]), y=labels[:20])
+    assert velcro("eval", model, "--images", good).code == 0
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["eval", "{m}", "--images", "{x}", "--split", "train"], "--split choose(s) images of --data"),
+        (["profile", "{m}", "--images", "{x}", "--data-dir", "{d}", "-o", "{d}/s.h5"], "--data-dir choose(s)"),
+        (["golden", "{m}", "--input", "{n}", "--split", "train", "-o", "{d}/g.h5"], "with --input they would be"),
+        (["golden", "{m}", "--input", "{n}", "--data-dir", "{d}", "-o", "{d}/g.h5"], "with --input they would be"),
+    ],
+    ids=["eval-split", "profile-data-dir", "golden-split", "golden-data-dir"],
+)
+def test_options_that_would_be_ignored_with_an_image_file_are_refused(velcro, tmp_path, model_file, args, needle):
+    x = np.zeros((4, 3, 16, 16), np.float32)
+    np.savez(tmp_path / "x.npz", x=x, y=np.zeros(4, np.int64))
+    np.save(tmp_path / "x.npy", x)
+    fill = {"m": model_file, "x": tmp_path / "x.npz", "n": tmp_path / "x.npy", "d": tmp_path}
+    velcro(*[a.format(**fill) for a in args]).error_line(needle, code=2)
+
+
+@pytest.mark.parametrize("token", ["²", "①"])
+def test_a_class_written_with_a_unicode_digit_python_cannot_read_is_one_error_line(velcro, tmp_path, token):
+    model = ROOT / "weights" / "resnet18.h5"
+    velcro("eval", model, "--data", "fashion-mnist", "--classes", token, "--samples", "5").error_line(
+        f"unknown class '{token}'"
+    )

@@ -16,7 +16,7 @@ import pytest
 from robust_util import ROOT, zoo_graph
 
 from velcro_ref.engine import load_model
-from velcro_ref.stats import load_stats
+from velcro_ref.stats import load_stats, save_stats
 
 FASHION = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
 needs_fashion = pytest.mark.skipif(not os.path.exists(FASHION), reason="Fashion-MNIST is not installed")
@@ -149,8 +149,14 @@ def test_resume_with_another_batch_size_equals_uninterrupted_run(
     wait_for((tmp_path / "s.h5.partial").exists, proc, what="the first checkpoint")
     stop(proc, signal.SIGKILL)
     assert not out.exists()
+    # as a checkpoint written on workers holds it (docs/distributed.md): the finished file must not
+    partial = tmp_path / "s.h5.partial"
+    done = load_stats(partial)
+    done.provenance = {**done.provenance, "checkpoint": {"images": done.n_images, "shards": 1}}
+    save_stats(done, partial)
     res = velcro("profile", model_file, "--images", long_images, "-o", out, "--batch", "40", "--resume")
     assert res.code == 0, res.err
+    assert not {"checkpoint", "images_digest"} & set(load_stats(out).provenance)
     # other batches: activations may differ by float32 rounding (within 1e-6 relative, see test_determinism)
     assert_same_stats(load_stats(out), uninterrupted, rtol=1e-5)
 

@@ -129,3 +129,17 @@ def test_api_functions_stay_functions_after_their_modules_load(tmp_path):
     for _ in range(2):
         assert velcro_ref.quantize(model, stats).graph.nodes[0].op == "quantize"
     assert callable(velcro_ref.golden) and callable(velcro_ref.quantize)
+
+
+def test_a_file_written_again_carries_the_time_of_this_writing(tmp_path):
+    """provenance["written"] of a file read back (a resumed checkpoint, a merge) is replaced by the
+    time of the new writing, the rest kept."""
+    import numpy as np
+
+    from velcro_ref.stats import SiteStats, Stats, load_stats, save_stats
+
+    s = Stats("fp", {"a": SiteStats.of_batch(np.ones((2, 3), np.float32))}, (1,), 2, "x")
+    s.provenance = {"written": "2000-01-01T00:00:00+0000", "note": 1}
+    save_stats(s, tmp_path / "s.h5")
+    got = load_stats(tmp_path / "s.h5").provenance
+    assert got["note"] == 1 and got["written"] != "2000-01-01T00:00:00+0000" and got["written"].startswith("20")
