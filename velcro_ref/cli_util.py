@@ -254,7 +254,7 @@ def load_image_set(args, model):
         raise UsageError("give --data or --images, not both")
     ignored = [flag for flag, v in (("--split", args.split), ("--data-dir", args.data_dir)) if v is not None]
     if args.images and ignored:
-        raise UsageError(f"{' and '.join(ignored)} choose(s) images of --data; with --images they would be ignored")
+        raise UsageError(f"{' and '.join(ignored)}: options that choose images of --data, ignored with --images")
     args.split = args.split or args.default_split
     index = None  # position in the file of each kept image, for messages
     missing = ""

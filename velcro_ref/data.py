@@ -122,7 +122,7 @@ def _class_index(token):
     valid = ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
     if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
         index = int(token)
-    elif isinstance(token, str) and token.strip().lstrip("-").isascii() and token.strip().lstrip("-").isdigit():
+    elif isinstance(token, str) and token.strip().lstrip("-").isdecimal():  # what int() reads ("²" is not)
         index = int(token.strip())
     elif isinstance(token, str):
         wanted = token.strip().replace("_", " ").lower()

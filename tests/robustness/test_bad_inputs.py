@@ -162,8 +162,8 @@ def test_raw_pixels_as_an_image_set_of_a_model_with_preprocessing_are_refused(ve
 @pytest.mark.parametrize(
     "args, needle",
     [
-        (["eval", "{m}", "--images", "{x}", "--split", "train"], "--split choose(s) images of --data"),
-        (["profile", "{m}", "--images", "{x}", "--data-dir", "{d}", "-o", "{d}/s.h5"], "--data-dir choose(s)"),
+        (["eval", "{m}", "--images", "{x}", "--split", "train"], "--split: options that choose images"),
+        (["profile", "{m}", "--images", "{x}", "--data-dir", "{d}", "-o", "{d}/s.h5"], "--data-dir: options that"),
         (["golden", "{m}", "--input", "{n}", "--split", "train", "-o", "{d}/g.h5"], "with --input they would be"),
         (["golden", "{m}", "--input", "{n}", "--data-dir", "{d}", "-o", "{d}/g.h5"], "with --input they would be"),
     ],
