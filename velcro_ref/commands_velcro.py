@@ -19,7 +19,7 @@ from .cli_util import (
     progress,
     text,
 )
-from .data import digest
+from .data import PrefixDigest, digest
 from .distributed import add_cluster_args, on_cluster
 from .errors import StatsError, UsageError
 
@@ -68,7 +68,8 @@ def cmd_profile(args):
         from .distributed import client_for, collect_stats, shared_data_of
 
         kw = {"shared": shared_data_of(args, classes, args.split), "start": start, "done": col.stats if start else None}
-        kw.update(checkpoint=lambda stats: _checkpoint(stats, x, partial), checkpoint_every=args.checkpoint_every)
+        images = PrefixDigest(x)
+        kw.update(checkpoint=lambda stats: _checkpoint(stats, images, partial), checkpoint_every=args.checkpoint_every)
         with client_for(args) as client, progress(len(x), "profile") as bar:
             bar.update(start)
             col.stats = collect_stats(client, model, x, args.batch, classes, source, bar, args.shard_batches, **kw)
@@ -84,23 +85,24 @@ def cmd_profile(args):
     return 0
 
 
-def _checkpoint(stats, x, partial):
+def _checkpoint(stats, images, partial):
     """Write the statistics so far to `partial`, with the digest of the images they hold (the first
-    n_images of x), which --resume checks against the image set it is given."""
+    n_images of the image set, `images` its PrefixDigest), which --resume checks."""
     from .stats import save_stats
 
-    stats.provenance = {**stats.provenance, "images_digest": digest(x[: stats.n_images])}
+    stats.provenance = {**stats.provenance, "images_digest": images.of(stats.n_images)}
     save_stats(stats, partial)
 
 
 def _profile_here(args, x, col, start, partial):
+    images = PrefixDigest(x)
     with progress(len(x), "profile") as bar:
         bar.update(start)
         for i, j in enumerate(range(start, len(x), args.batch)):
             col.add_batch(x[j : j + args.batch])
             bar.update(min(args.batch, len(x) - j))
             if args.checkpoint_every and (i + 1) % args.checkpoint_every == 0:
-                _checkpoint(col.stats, x, partial)
+                _checkpoint(col.stats, images, partial)
 
 
 def cmd_quantize(args):

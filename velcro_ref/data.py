@@ -263,7 +263,19 @@ def load_tasks(path=None):
 def digest(x) -> str:
     """A short sha256 of an array's bytes: which images a checkpoint holds, or a worker reading
     shared data read (compared with the client's)."""
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+    return PrefixDigest(x).of(len(x))
+
+
+class PrefixDigest:
+    """digest(x[:n]) for n that only grows (a profile's checkpoints), each image hashed once."""
+
+    def __init__(self, x):
+        self.x, self.done, self.h = x, 0, hashlib.sha256()
+
+    def of(self, n) -> str:
+        self.h.update(np.ascontiguousarray(self.x[self.done : n]).tobytes())
+        self.done = n
+        return self.h.copy().hexdigest()[:16]
 
 
 def check_not_raw_pixels(x, model, where) -> None:

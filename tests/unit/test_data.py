@@ -192,3 +192,14 @@ def test_golden_vectors_record_which_images_of_the_data_set_they_hold(tmp_path):
         pixels = raw_images.reshape(-1, 28, 28)[want].astype(np.float32) * np.float32(pre["scale"])
         x = (pixels - np.float32(pre["mean"][0])) / np.float32(pre["std"][0])
         np.testing.assert_allclose(f["input"][:, 0], x, rtol=0, atol=1e-6)
+
+
+def test_a_prefix_digest_equals_the_digest_of_the_whole_prefix():
+    """A profile's checkpoints hash each image once; what --resume compares is the sha256 of the
+    first n images' bytes, whatever steps led to n."""
+    import hashlib
+
+    x = np.random.default_rng(0).standard_normal((50, 3, 4, 4)).astype(np.float32)
+    prefix = data.PrefixDigest(x)
+    for n in (0, 3, 3, 17, 50):
+        assert prefix.of(n) == hashlib.sha256(x[:n].tobytes()).hexdigest()[:16] == data.digest(x[:n])

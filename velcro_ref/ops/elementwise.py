@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from .base import OnnxUnsupported, Op
+from .base import OnnxUnsupported, Op, onnx_axis
 from .linear import LINEAR
 
 
@@ -64,12 +64,14 @@ class Concat(Op):
 
     def from_onnx(self, node, index, a, ctx):
         xs = [ctx.data(node, k) for k in range(len(node.input))]
-        axis = int(a.get("axis", 1))
-        if axis < 0:
-            axis += len(ctx.shape(xs[0])) + 1
-        if axis != 1:
-            raise OnnxUnsupported(f"axis {a.get('axis')}; only the channel axis 1 is supported")
+        channel_axis_only(a, ctx, xs[0])
         ctx.add(node, index, "concat", xs)
+
+
+def channel_axis_only(a, ctx, x) -> None:
+    """OnnxUnsupported unless a Concat's `axis` (of a tensor like x, batch first) is the channels'."""
+    if onnx_axis(a.get("axis", 1), len(ctx.shape(x)) + 1) != 1:
+        raise OnnxUnsupported(f"axis {a.get('axis')}; only the channel axis 1 is supported")
 
 
 OPS = (Add(), Concat())

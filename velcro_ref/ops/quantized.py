@@ -25,7 +25,7 @@ from ..kernels.int8 import sites as ksite
 from ..reference import int8 as rint8
 from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, quantized_output
 from .conv import Conv2d
-from .elementwise import Add, Concat
+from .elementwise import Add, Concat, channel_axis_only
 from .linear import Linear
 from .pool import AvgPool, GlobalAvgPool, MaxPool
 
@@ -528,11 +528,7 @@ class QConcat(Concat):
             if any(not ctx.is_quantized(t) for t in node.input):
                 raise OnnxUnsupported("a Concat of quantized and float or constant tensors")
             xs, y, base = [ctx.data(node, k) for k in range(len(node.input))], ctx.output_q(node), None
-        axis = int(a.get("axis", 1))
-        if axis < 0:
-            axis += len(ctx.shape(xs[0])) + 1
-        if axis != 1:
-            raise OnnxUnsupported(f"axis {a.get('axis')}; only the channel axis 1 is supported")
+        channel_axis_only(a, ctx, xs[0])
         ctx.add(node, index, "qconcat", xs, q_attrs(y), base=base)
 
     def prepare(self, a, arrays, ins, out, ctx):
