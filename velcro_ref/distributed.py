@@ -154,13 +154,28 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         with dask.config.set({"distributed.worker.profile.enabled": False}), warnings.catch_warnings():
             # without a dashboard the scheduler still serves /health, on 8787 or, if taken, any port
             warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
-            cluster = _local_cluster(distributed, workers)
+            try:  # a worker process that dies while starting fails the whole cluster's start
+                cluster = _local_cluster(distributed, workers)
+            except Exception as e:
+                why = f"the local Dask cluster of {workers} worker(s) did not start ({_causes(e)}); rerun"
+                raise ClusterError(why) from None
         with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as c:
             yield c
     finally:
         for name in set(os.environ) - set(environ):
             del os.environ[name]
         os.environ.update(environ)
+
+
+def _causes(e) -> str:
+    """An exception and its causes as one line: "Nanny failed to start: Nanny failed to start worker process"."""
+    parts = []
+    while e is not None and len(parts) < 4:
+        text = " ".join(str(e).split()).rstrip(".") or type(e).__name__
+        if not any(text in p for p in parts):  # a cause its effect already quotes adds nothing
+            parts.append(text)
+        e = e.__cause__
+    return ": ".join(parts)
 
 
 async def _probe(distributed, address, timeout_s):
@@ -190,6 +205,9 @@ def send_model(client, model) -> str:
         client.register_plugin(ModelPlugin(model.graph, model.path, model.fingerprint))
     except ImportError as e:
         raise ClusterError(f"the workers cannot import velcro_ref ({e}); install velcro-ref on every worker") from None
+    except OSError as e:  # a worker or the scheduler gone while the plugin was being sent
+        why = _causes(e)
+        raise ClusterError(f"the cluster was lost while the model was sent to its workers ({why}); rerun") from None
     return model.fingerprint
 
 

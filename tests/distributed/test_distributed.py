@@ -1,6 +1,7 @@
 """Distributed runs equal one-process runs: profiles (counts exact, moments within 1e-9 relative, for
 any number of workers and order of finishing, a worker killed mid-run, a client lost and resumed),
-sweeps and the demo (the same JSON); an unreachable scheduler is one error line."""
+sweeps and the demo (the same JSON); an unreachable scheduler, or a worker that dies before any task,
+is one error line."""
 
 import json
 import os
@@ -249,6 +250,42 @@ def test_cluster_flags_are_checked_before_any_work(velcro, small_model_file, ima
     res = velcro("profile", small_model_file, "--images", images_file, "-o", tmp_path / "s.h5", *extra)
     res.error_line(message, code=2)
     assert not (tmp_path / "s.h5").exists()
+
+
+# Worker preload scripts (dask's distributed.worker.preload, which the nanny hands to its worker):
+# the worker process dies while it starts, or when the model's plugin reaches it.
+DIE_AT_START = "import os\nos._exit(3)\n"
+DIE_AT_PLUGIN = """import os
+
+
+def dask_setup(worker):
+    def die(*args, **kwargs):
+        os._exit(3)
+
+    worker.handlers["plugin-add"] = die
+"""
+
+
+@pytest.mark.parametrize(
+    "preload, message",
+    [
+        (DIE_AT_START, "the local Dask cluster of 2 worker(s) did not start (Nanny failed to start"),
+        (DIE_AT_PLUGIN, "the cluster was lost while the model was sent to its workers"),
+    ],
+    ids=["at-start", "at-model"],
+)
+def test_a_worker_dying_before_any_task_is_one_error_line(
+    velcro, tmp_path, small_model_file, images_file, no_leaked_processes, preload, message
+):
+    import dask
+
+    script = tmp_path / "die.py"
+    script.write_text(preload)
+    args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5", "--workers", "2"]
+    with dask.config.set({"distributed.worker.preload": [str(script)]}):
+        res = velcro(*args)
+    res.error_line(message, "rerun", code=1)
+    assert not (tmp_path / "never.h5").exists()
 
 
 def test_a_scheduler_without_workers_is_one_error_line(velcro, tmp_path, small_model_file, images_file):
