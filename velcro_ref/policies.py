@@ -23,7 +23,8 @@ POLICIES = ("uniform", "budget", "channel")
 
 
 def make_masks(policy, stats, ratio, site_costs=None, exclude=()):
-    """A MaskSet of `policy` at ratio R. `budget` needs site_costs (Model.site_costs())."""
+    """A MaskSet of `policy` at ratio R. `budget` needs site_costs (Model.site_costs(), in the
+    model's site order, which breaks ties between sites)."""
     ratio = check_ratio(ratio)
     params = {"name": policy, "ratio": ratio, "exclude": list(exclude)}
     if policy == "uniform":
@@ -38,7 +39,9 @@ def make_masks(policy, stats, ratio, site_costs=None, exclude=()):
 
 
 def _budget_masks(stats, ratio, site_costs, exclude, params):
-    names = [s for s in stats.sites if s not in exclude and site_costs.get(s, 0) > 0]
+    # the sites in the model's order (site_costs'), not the statistics': a stats file lists its
+    # sites by name, and equal scores across sites (every zero variance) are taken in site order
+    names = [s for s in site_costs if s in stats.sites and s not in exclude and site_costs[s] > 0]
     scores, benefit = [], []
     for s in names:
         st = stats.sites[s]
@@ -49,7 +52,7 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
         return build_masks(stats, {}, params)
     score, gain = np.concatenate(scores), np.concatenate(benefit)
     budget = ratio * gain.sum()
-    # stable order: equal scores keep site order and flat index, as the uniform policy does
+    # stable order: equal scores keep the model's site order and flat index
     order = np.argsort(score / gain, kind="stable")
     n_take = int(np.searchsorted(np.cumsum(gain[order]), budget, side="right"))
     chosen = np.zeros(score.size, bool)

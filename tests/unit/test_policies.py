@@ -9,7 +9,7 @@ from velcro_ref.engine import Model
 from velcro_ref.evaluation import evaluate
 from velcro_ref.experiments import profile_task, sweep
 from velcro_ref.policies import make_masks
-from velcro_ref.stats import SiteStats, Stats
+from velcro_ref.stats import SiteStats, Stats, load_stats, save_stats
 
 
 def _site(variance):
@@ -30,6 +30,17 @@ def test_budget_masks_lowest_variance_share_per_mac_first():
     assert masks.sites["deep"][0].tolist() == [True, True, True, False]
     assert masks.sites["cheap"][0].tolist() == [True, True, False, False]
     assert masks.policy["site_ratios"] == {"deep": 0.75, "cheap": 0.5}
+
+
+def test_budget_ties_between_sites_follow_the_model_order_not_the_statistics_order():
+    # every variance 0: all four elements score 0; the budget (0.5 x 4 MACs) takes two of them,
+    # those of the model's first site, whichever order the statistics list the sites in
+    costs = {"a": 1, "b": 1}
+    for order in (("a", "b"), ("b", "a")):
+        stats = Stats("fp", {s: _site([0.0, 0.0]) for s in order})
+        masks = make_masks("budget", stats, 0.5, costs)
+        assert masks.sites["a"][0].tolist() == [True, True], order
+        assert masks.sites["b"][0].tolist() == [False, False], order
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +85,18 @@ def test_budget_masks_come_from_the_statistics_alone(small):
     first = sweep(model, stats, x[:20], y[:20], (5, 7, 9), ratios, "budget")
     second = sweep(model, stats, x[20:], y[20:], (5, 7, 9), ratios, "budget")
     assert [p["macs"] for p in first["points"]] == [p["macs"] for p in second["points"]]
+
+
+@pytest.mark.parametrize("ratio", [0.001, 0.01, 0.05])
+def test_budget_masks_from_a_stats_file_equal_those_from_the_same_statistics_in_memory(small, tmp_path, ratio):
+    # a stats file lists its sites by name; the masks must not depend on it (zero variances tie)
+    model, stats = small
+    path = tmp_path / "s.h5"
+    save_stats(stats, path)
+    loaded = load_stats(path)
+    assert list(loaded.sites) != list(stats.sites)  # the case that matters: another order
+    a = make_masks("budget", stats, ratio, model.site_costs())
+    b = make_masks("budget", loaded, ratio, model.site_costs())
+    assert a.sites.keys() == b.sites.keys()
+    for s in a.sites:
+        np.testing.assert_array_equal(a.sites[s][0], b.sites[s][0], err_msg=s)
