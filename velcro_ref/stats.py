@@ -314,7 +314,8 @@ def load_stats(path, model=None) -> Stats:
     """Read a stats file; with a model, check fingerprint, sites and shapes.
 
     Every field is checked before it is read (float64, at most MAX_ELEMENTS elements, one shape
-    per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max).
+    per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max, and
+    moments that values in [min, max] can have: `_check_moments`).
     Reads format versions 1 (`mean` only, taken as shift 0) and 2; refuses newer ones.
     Raises StatsError naming the file and the site or attribute at fault.
     """
@@ -332,8 +333,8 @@ def _read_stats(f) -> Stats:
     if n_images < 1:
         raise StatsError(f"n_images expects a positive integer, found {n_images}")
     classes = attr_json(f, "classes", StatsError, list, default=[])
-    if not all(isinstance(c, int) and not isinstance(c, bool) for c in classes):
-        raise StatsError(f"attribute 'classes' expects a list of class numbers, found {classes!r}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+        raise StatsError(f"attribute 'classes' expects a list of class numbers (>= 0), found {classes!r}")
     source = attr_str(f, "source", StatsError, default="")
     provenance = attr_json(f, "provenance", StatsError, dict, default={})
     sites = {}
@@ -360,6 +361,7 @@ def _read_stats(f) -> Stats:
             raise StatsError(f"{where}m2 expects values >= 0, found {s.m2.min():g}")
         if np.any(s.min > s.max):
             raise StatsError(f"{where}min exceeds max at {int(np.count_nonzero(s.min > s.max))} element(s)")
+        _check_moments(s, where)
         if version >= 2 and "mean" in sg:  # written for other readers: it must agree with the exact shifted form
             ds = check_dataset(member(sg, "mean", h5py.Dataset, StatsError, where), StatsError, f"{where}mean ")
             if ds.dtype != np.float64 or ds.shape != s.shift.shape:
@@ -369,6 +371,28 @@ def _read_stats(f) -> Stats:
                 raise StatsError(f"{where}mean differs from shift + shifted_mean at {differ} element(s)")
         sites[name] = s
     return Stats(fingerprint, sites, tuple(classes), n_images, source, provenance, _read_ranges(f))
+
+
+# Rounding of Welford's and Chan's float64 arithmetic, relative to an element's range, that the
+# moments may show beyond what values in [min, max] allow (about n * 2^-53 for n values; ample here).
+MOMENT_SLACK = 1e-9
+
+
+def _check_moments(s: SiteStats, where: str) -> None:
+    """StatsError where the moments cannot come from values in [min, max]: a mean outside the range,
+    or a variance above (max - min)^2 / 4 (Popoviciu's bound). An element whose values were all
+    equal has exactly its value as mean and M2 = 0, so the slack is 0 there."""
+    span = s.max - s.min
+    slack = MOMENT_SLACK * span
+    mean = s.mean
+    outside = (mean < s.min - slack) | (mean > s.max + slack)
+    if np.any(outside):
+        raise StatsError(f"{where}mean lies outside [min, max] at {int(np.count_nonzero(outside))} element(s)")
+    too_wide = s.variance > span * span / 4 * (1 + MOMENT_SLACK)
+    if np.any(too_wide):
+        n = int(np.count_nonzero(too_wide))
+        bound = "(max - min)^2 / 4, which values in [min, max] allow"
+        raise StatsError(f"{where}variance exceeds {bound}, at {n} element(s)")
 
 
 def _read_ranges(f) -> dict:

@@ -74,6 +74,19 @@ def set_element(path_in_file, value):
     return edit
 
 
+def move_mean(by):
+    """Element 5's mean moved by `by`, shifted_mean and the mean written for other readers alike
+    (a file consistent in itself whose mean no values in [min, max] can have)."""
+
+    def edit(f):
+        for fld in ("shifted_mean", "mean"):
+            a = f[f"sites/{SITE}/{fld}"][()]
+            a.flat[5] += by
+            f[f"sites/{SITE}/{fld}"][...] = a
+
+    return edit
+
+
 # ---------------------------------------------------------------- stats files
 
 
@@ -86,6 +99,8 @@ def set_element(path_in_file, value):
         (set_element(f"sites/{SITE}/m2", -1.0), [f"site '{SITE}': m2 expects values >= 0"]),
         (set_element(f"sites/{SITE}/count", 3.0), [f"site '{SITE}': count expects 40 (n_images)", "3.0"]),
         (set_element(f"sites/{SITE}/min", 1e30), [f"site '{SITE}': min exceeds max at 1 element(s)"]),
+        (move_mean(100.0), [f"site '{SITE}': mean lies outside [min, max] at 1 element(s)"]),
+        (set_element(f"sites/{SITE}/m2", 1e9), [f"site '{SITE}': variance exceeds (max - min)^2 / 4", "at 1 element"]),
         (
             replace_dataset(f"sites/{SITE}/shift", lambda a: a.astype(np.float32)),
             [f"site '{SITE}': shift expects dtype float64, found float32"],
@@ -101,6 +116,7 @@ def set_element(path_in_file, value):
         (lambda f: f.attrs.__setitem__("n_images", 0), ["n_images expects a positive integer, found 0"]),
         (lambda f: f.attrs.__setitem__("classes", '["sandal"]'), ["'classes' expects a list of class numbers"]),
         (lambda f: f.attrs.__setitem__("provenance", "not json"), ["attribute 'provenance' is not valid JSON"]),
+        (lambda f: f.attrs.__setitem__("classes", "[5, -1]"), ["'classes' expects a list of class numbers (>= 0)"]),
     ],
     ids=[
         "nan-shifted-mean",
@@ -109,6 +125,8 @@ def set_element(path_in_file, value):
         "negative-m2",
         "count-not-n-images",
         "min-above-max",
+        "mean-outside-range",
+        "variance-above-range",
         "float32-field",
         "fields-of-different-shapes",
         "missing-field",
@@ -118,6 +136,7 @@ def set_element(path_in_file, value):
         "no-images",
         "class-names-not-numbers",
         "provenance-not-json",
+        "negative-class",
     ],
 )
 def test_bad_stats_file_is_one_line_naming_the_site(velcro, tmp_path, stats_file, edit, needles):
