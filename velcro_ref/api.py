@@ -56,7 +56,7 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
         if ratio is not None:
             raise UsageError("give a ratio (with a policy) or per-site ratios, not both")
         per_site = {s: (0.0 if s in exclude else ratios.get(s, 0.0)) for s in stats.sites}
-        masks = build_masks(stats, per_site, {"name": "per_site"})
+        masks = build_masks(stats, per_site, {"name": "per_site", "exclude": list(exclude)})
     elif ratio is None:
         raise UsageError("give a ratio (with a policy) or per-site ratios")
     else:

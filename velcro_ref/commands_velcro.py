@@ -162,7 +162,8 @@ def cmd_stats_merge(args):
 
 
 def read_ratios_toml(path, sites) -> dict:
-    """Per-site ratios from TOML: `[ratios]` table (or top-level) of site = ratio; `default` applies to the rest."""
+    """Per-site ratios from TOML: `[ratios]` table (or top-level) of site = ratio; `default` applies to the rest.
+    With a `[ratios]` table, any other top-level key is refused (it would be ignored)."""
     from .masks import check_ratio
 
     try:
@@ -172,12 +173,16 @@ def read_ratios_toml(path, sites) -> dict:
     except RecursionError:
         raise UsageError(f"{path}: cannot read ratios TOML (nested too deeply)") from None
     table = doc.get("ratios", doc)
+    outside = sorted(k for k in doc if k != "ratios") if "ratios" in doc else []
+    if outside:  # with a [ratios] table, the top level would be ignored
+        names = ", ".join(repr(k) for k in outside)
+        raise UsageError(f"{path}: key(s) {names} outside the [ratios] table; put every ratio, default too, in it")
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
     default = check_ratio(table.get("default", 0.0), f"{path}: default ratio")
     unknown = sorted(k for k in table if k != "default" and k not in sites)
     if unknown:
-        raise UsageError(f"{path}: unknown site(s) {', '.join(unknown)}")
+        raise UsageError(f"{path}: unknown site(s) {', '.join(repr(k) for k in unknown)}")
     return {s: check_ratio(table.get(s, default), f"{path}: ratio of site '{s}'") for s in sites}
 
 

@@ -407,8 +407,19 @@ def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
         ('default = 0.2\n"{site}" = [0.5]', ["ratio of site '{site}' must be a number in [0, 1], got [0.5]"]),
         ('default = 0.2\n"{site}" = nan', ["ratio of site '{site}' must be in [0, 1], got nan"]),
         ("ratios = 0.5", ["[ratios] must be a table"]),
+        ('default = 0.5\n[ratios]\n"{site}" = 0.1', ["key(s) 'default' outside the [ratios] table"]),
+        ('"{site}" = 0.9\n[ratios]\ndefault = 0.1', ["key(s) '{site}' outside the [ratios] table"]),
+        ('[ratios]\n"{site} " = 0.1', ["unknown site(s) '{site} '"]),
     ],
-    ids=["string-default", "list-for-a-site", "nan-for-a-site", "ratios-not-a-table"],
+    ids=[
+        "string-default",
+        "list-for-a-site",
+        "nan-for-a-site",
+        "ratios-not-a-table",
+        "default-outside-the-table",
+        "site-outside-the-table",
+        "site-name-with-a-space",
+    ],
 )
 def test_ratios_file_that_is_not_numbers_in_the_unit_interval(velcro, tmp_path, stats_file, toml, needles):
     path = tmp_path / "r.toml"

@@ -118,6 +118,14 @@ def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files):
     assert isinstance(velcro_ref.load_model(files / "m.h5"), Model)
 
 
+def test_per_site_masks_record_the_sites_left_out(files):
+    stats = velcro_ref.load_stats(files / "s.h5")
+    first, second = list(stats.sites)[:2]
+    masks = velcro_ref.compress(stats, ratios={first: 0.5, second: 0.5}, exclude=(second,))
+    assert masks.policy["exclude"] == [second]
+    assert masks.sites[first][0].any() and not masks.sites[second][0].any()
+
+
 def test_api_functions_stay_functions_after_their_modules_load(tmp_path):
     """velcro_ref.golden and velcro_ref.quantize name functions; loading the modules that do the work
     must not shadow them (a submodule of the same name would)."""
