@@ -53,7 +53,9 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     """Compare per-element variances of a task with the general-purpose case.
 
     An element is near-constant when its variance is below `threshold` x the mean general
-    variance of its site. Returns summary numbers and the pooled normalised variances.
+    variance of its site. The median variance ratio is over the elements whose general variance
+    is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
+    normalised variances.
     """
     task_v, gen_v = [], []
     for s in task_stats.sites:
