@@ -39,8 +39,8 @@ def export_onnx(graph: G.Graph, path) -> None:
         raise ModelError("writing ONNX needs the 'onnx' package (pip install 'velcro-ref[onnx]')") from None
     model = build_onnx(graph)
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
+        onnx.checker.check_model(model, full_check=True)  # shape inference included: the sizes the engine gives
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ModelError(f"{path}: the exported model does not pass onnx.checker: {e}") from None
     with atomic_path(path) as tmp:
         onnx.save_model(model, str(tmp))
@@ -61,7 +61,7 @@ def build_onnx(graph: G.Graph):
     if clash:
         raise ModelError(f"names used both as a node and a parameter: {', '.join(clash)}")
     ctx = _Context(graph, tensor_names, helper, numpy_helper)
-    ctx.q = G.quantization(graph)
+    ctx.q, ctx.shapes = G.quantization(graph), shapes
     nodes = []
     for n in graph.nodes:
         op = ops.get(n.op, n.name)
@@ -94,6 +94,7 @@ class _Context:
         self.initializers: dict[str, object] = {}
         self.taken = set(taken) | set(_CONSTANTS) | {k for n in graph.nodes for k in n.params.values()}
         self.q: dict = {}  # tensor -> QParams or None (float32)
+        self.shapes: dict = {}  # tensor -> its shape per image
         self._qparams: dict[str, tuple] = {}  # quantized tensor -> its scale and zero-point initializers
         self._dequantized: dict[str, str] = {}  # quantized tensor -> the output of its DequantizeLinear
 

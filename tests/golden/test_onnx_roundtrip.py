@@ -1,5 +1,6 @@
 """ONNX import and export against onnxruntime: hand-built ONNX graphs, velcro graphs, a torch export."""
 
+import itertools
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from velcro_ref import cli
 from velcro_ref.engine import Model
 from velcro_ref.errors import ModelError, UnsupportedOpError
-from velcro_ref.graph import Graph, Node
+from velcro_ref.graph import Graph, Node, validate
 from velcro_ref.model_io import load_graph, save_model
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.onnx_import import import_onnx
@@ -342,3 +343,64 @@ def test_torch_export_imports_and_matches(tmp_path, fold):
     with torch.no_grad():
         assert_close(got, net(torch.from_numpy(x)).numpy())
     print(f"torch export ({'folded' if fold else 'bn kept'}): max|engine - ort| = {err:.3g}")
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool", "avg_pool_count_pad"])
+@pytest.mark.parametrize(
+    "hw, kernel, stride",
+    [((5, 4), 2, 2), ((4, 4), 2, 3), ((5, 5), 3, 3), ((7, 6), 3, 2)],
+    ids=["k2s2-last-row-dropped", "k2s3-both-dropped", "k3s3-both-dropped", "k3s2-none-dropped"],
+)
+def test_exported_ceil_mode_pool_keeps_the_engine_size_where_the_last_window_would_start_in_the_padding(
+    tmp_path, op, hw, kernel, stride
+):
+    # PyTorch's ceil_mode drops a last window that would start in the end padding; ONNX's size
+    # formula has no such rule, so the exported pads must make it give the same size: the file
+    # passes onnx's full check (shape inference), onnxruntime loads it with a Gemm after the pool
+    # and computes what the engine does
+    attrs = {"kernel": [kernel, kernel], "stride": [stride, stride], "pads": 1, "ceil_mode": True}
+    if op != "max_pool":
+        attrs["count_include_pad"] = op == "avg_pool_count_pad"
+    rng = np.random.default_rng(3)
+    pool = Node("pool", op.removesuffix("_count_pad"), ("input",), attrs)
+    g0 = Graph((pool,), (3, *hw), "pool", {}, {})
+    shape = validate(g0)["pool"]
+    n_out = int(np.prod(shape))
+    params = {"fc.weight": rng.normal(0, 0.3, (4, n_out)).astype(np.float32)}
+    nodes = (pool, Node("flat", "flatten", ("pool",)), Node("fc", "linear", ("flat",), {}, {"weight": "fc.weight"}))
+    x = rng.normal(0, 1, (2, 3, *hw)).astype(np.float32)
+    for g in (g0, Graph(nodes, (3, *hw), "fc", params, {})):
+        path = tmp_path / f"{g.output}.onnx"
+        export_onnx(g, path)
+        m = onnx.load(path)
+        onnx.checker.check_model(m, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+        dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]] for v in inferred.graph.value_info}
+        dims.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim[1:]] for v in inferred.graph.output})
+        assert dims["pool"] == list(shape)
+        assert_close(Model(g).run(x), run_ort(str(path), x))
+        np.testing.assert_array_equal(Model(import_onnx(path)).run(x), Model(g).run(x))
+
+
+def test_every_small_ceil_mode_window_exports_to_a_file_onnx_checks_and_onnxruntime_runs_like_the_engine(tmp_path):
+    # sizes 1 - 7, kernels 1 - 4, strides 1 - 4, pads up to half the kernel, on one axis; max, and
+    # average with and without the padding counted: the export passes onnx's full check (its
+    # shape inference must give the engine's size) and onnxruntime gives the engine's values
+    rng = np.random.default_rng(5)
+    path, n_cases = tmp_path / "p.onnx", 0
+    for n, k, s, lo, hi in itertools.product(range(1, 8), range(1, 5), range(1, 5), range(3), range(3)):
+        if 2 * max(lo, hi) > k or n + lo + hi < k:
+            continue
+        for op, count_pad in (("max_pool", None), ("avg_pool", False), ("avg_pool", True)):
+            attrs = {"kernel": [k, 1], "stride": [s, 1], "pads": [lo, 0, hi, 0], "ceil_mode": True}
+            if count_pad is not None:
+                attrs["count_include_pad"] = count_pad
+            g = Graph((Node("pool", op, ("input",), attrs),), (1, n, 2), "pool", {}, {})
+            export_onnx(g, path)
+            onnx.checker.check_model(onnx.load(path), full_check=True)
+            x = rng.normal(0, 1, (2, 1, n, 2)).astype(np.float32)
+            want, got = Model(g).run(x), run_ort(str(path), x)
+            assert got.shape == want.shape, (n, k, s, lo, hi, op, count_pad)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str((n, k, s, lo, hi, op, count_pad)))
+            n_cases += 1
+    assert n_cases > 1000

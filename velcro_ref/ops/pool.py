@@ -55,8 +55,25 @@ class _Window(Op):
     def loop_nest(self, a, ins, out):
         return {**super().loop_nest(a, ins, out), "fy": a["kernel"][0], "fx": a["kernel"][1]}
 
-    def _onnx_attrs(self, a):
-        return {**window_onnx_attrs(a), "ceil_mode": int(a["ceil_mode"])}
+    def _onnx_attrs(self, node, a, ctx):
+        """The ONNX attributes of the window. ONNX's ceil_mode size has no rule that the last window
+        starts inside the input (onnx's shape inference gives one more there), so under ceil_mode the
+        ceil_mode and end pads written are the first of (ceil_mode 1, then 0) for which each axis has
+        an end pad giving the engine's size with the same windows and, for an average with
+        count_include_pad, the same counts (`_onnx_end_pad`); the pads given where they do."""
+        pads = a["pads"]
+        if not a["ceil_mode"]:
+            return {**window_onnx_attrs(a), "ceil_mode": 0}
+        _, h, w = ctx.shapes[node.inputs[0]]
+        count_pad = a.get("count_include_pad", False)
+        dims = enumerate(zip((h, w), a["kernel"], a["stride"], strict=True))
+        axes = [(n, k, st, pads[i], pads[i + 2]) for i, (n, k, st) in dims]
+        for ceil in (True, False):
+            ends = [_onnx_end_pad(*axis, ceil, count_pad) for axis in axes]
+            if None not in ends:
+                attrs = window_onnx_attrs({**a, "pads": (pads[0], pads[1], *ends)})
+                return {**attrs, "ceil_mode": int(ceil)}
+        raise ModelError(f"node '{node.name}': no ONNX pooling window gives this ceil_mode window's sizes and counts")
 
     def from_onnx(self, node, index, a, ctx):
         x = ctx.data(node)
@@ -76,6 +93,25 @@ class _Window(Op):
         return attrs
 
 
+def _onnx_end_pad(n, k, s, lo, hi, ceil, count_pad):
+    """An ONNX end pad for one axis of a ceil_mode window (size n, kernel k, stride s, pads lo, hi)
+    written with ONNX ceil_mode `ceil`: hi itself if it serves, else the smallest that does, None if
+    none does. It serves when ONNX's size formula (and onnxruntime's, which drops a last window that
+    starts in the end padding) gives the engine's size, and, with count_pad, every window counts the
+    padded taps it counts here, min(start + k, n + hi) - start; onnxruntime wants pads below k."""
+    out = window_out_size(n, k, s, lo, hi, True)
+
+    def serves(pe):
+        num = n + lo + pe - k
+        size = (-(-num // s) if ceil else num // s) + 1
+        if size != out or (ceil and (size - 1) * s >= n + lo):
+            return False
+        starts = range(-lo, (out - 1) * s - lo + 1, s)
+        return not count_pad or all(min(t + k, n + hi) == min(t + k, n + pe) for t in starts)
+
+    return next((pe for pe in (hi, *range(k)) if serves(pe)), None)
+
+
 class MaxPool(_Window):
     name = "max_pool"
     quantized_as = "qmax_pool"
@@ -88,7 +124,8 @@ class MaxPool(_Window):
         return 0
 
     def to_onnx(self, node, a, ctx):
-        return [ctx.helper.make_node("MaxPool", list(node.inputs), [node.name], name=node.name, **self._onnx_attrs(a))]
+        attrs = self._onnx_attrs(node, a, ctx)
+        return [ctx.helper.make_node("MaxPool", list(node.inputs), [node.name], name=node.name, **attrs)]
 
     def from_onnx(self, node, index, a, ctx):
         if a.get("storage_order", 0):
@@ -115,7 +152,7 @@ class AvgPool(_Window):
                 [node.name],
                 name=node.name,
                 count_include_pad=int(a["count_include_pad"]),
-                **self._onnx_attrs(a),
+                **self._onnx_attrs(node, a, ctx),
             )
         ]
 

@@ -551,7 +551,7 @@ class QMaxPool(MaxPool):
     onnx_types = ("MaxPool",)  # on a quantized tensor, or (QDQ) a DequantizeLinear of one
 
     def to_onnx(self, node, a, ctx):
-        return _qdq(node, ctx, "MaxPool", list(node.inputs), **self._onnx_attrs(a))
+        return _qdq(node, ctx, "MaxPool", list(node.inputs), **self._onnx_attrs(node, a, ctx))
 
     out_q = QRelu.out_q
 
@@ -587,7 +587,7 @@ class QAvgPool(AvgPool):
     onnx_types = ("AveragePool", "com.microsoft:QLinearAveragePool")
 
     def to_onnx(self, node, a, ctx):
-        attrs = {**self._onnx_attrs(a), "count_include_pad": int(a["count_include_pad"])}
+        attrs = {**self._onnx_attrs(node, a, ctx), "count_include_pad": int(a["count_include_pad"])}
         return _qdq(node, ctx, "AveragePool", list(node.inputs), **attrs)
 
     def from_onnx(self, node, index, a, ctx):
