@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 from .cli_util import add_file, command, text
@@ -50,6 +51,14 @@ def cmd_export_onnx(args):
         f"wrote {args.output} (ONNX opset {OPSET}, input 'input' (N, {', '.join(map(str, graph.input_shape))}), "
         f"output '{graph.output}')"
     )
+    fixed = sum(n.attrs.get("requant") == "fixed_point" for n in graph.nodes)
+    if fixed:
+        print(
+            f"note: {fixed} layer(s) requantize in fixed point, which ONNX cannot express: the file requantizes "
+            "them with onnxruntime's float32 multiply, so its outputs differ from this model's by a few steps "
+            "(docs/int8.md, Export)",
+            file=sys.stderr,
+        )
     return 0
 
 

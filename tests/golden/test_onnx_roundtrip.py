@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -282,6 +283,18 @@ def test_cli_import_and_export(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit) as e:
             cli.main([command, "--help"])
         assert e.value.code == 0
+
+
+def test_cli_export_of_fixed_point_layers_says_onnxruntime_requantizes_them_otherwise(tmp_path, capsys):
+    # the shipped int8 models requantize in fixed point, which ONNX has no form for
+    weights = Path(__file__).resolve().parents[2] / "weights"
+    n_fixed = sum(n.attrs.get("requant") == "fixed_point" for n in load_graph(weights / "resnet18_int8.h5").nodes)
+    assert n_fixed > 0
+    assert cli.main(["export-onnx", str(weights / "resnet18_int8.h5"), "-o", str(tmp_path / "q.onnx")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {n_fixed} layer(s) requantize in fixed point" in err and "docs/int8.md" in err
+    assert cli.main(["export-onnx", str(weights / "resnet18.h5"), "-o", str(tmp_path / "f.onnx")]) == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
