@@ -173,12 +173,12 @@ def read_ratios_toml(path, sites) -> dict:
     except RecursionError:
         raise UsageError(f"{path}: cannot read ratios TOML (nested too deeply)") from None
     table = doc.get("ratios", doc)
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
     outside = sorted(k for k in doc if k != "ratios") if "ratios" in doc else []
     if outside:  # with a [ratios] table, the top level would be ignored
         names = ", ".join(repr(k) for k in outside)
         raise UsageError(f"{path}: key(s) {names} outside the [ratios] table; put every ratio, default too, in it")
-    if not isinstance(table, dict):
-        raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
     default = check_ratio(table.get("default", 0.0), f"{path}: default ratio")
     unknown = sorted(k for k in table if k != "default" and k not in sites)
     if unknown:

@@ -169,8 +169,9 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
 
 def _causes(e) -> str:
     """An exception and its causes as one line: "Nanny failed to start: Nanny failed to start worker process"."""
-    parts = []
-    while e is not None and len(parts) < 4:
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen and len(seen) < 8:  # a chain may loop back on itself
+        seen.add(id(e))
         text = " ".join(str(e).split()).rstrip(".") or type(e).__name__
         if not any(text in p for p in parts):  # a cause its effect already quotes adds nothing
             parts.append(text)
@@ -199,13 +200,15 @@ def _local_cluster(distributed, workers):
 def send_model(client, model) -> str:
     """Load `model` on every worker of the cluster, present and future, once (a worker plugin with
     its graph); returns the fingerprint tasks name it by."""
+    from distributed.comm.core import CommClosedError
+
     from .dask_tasks import ModelPlugin
 
     try:
         client.register_plugin(ModelPlugin(model.graph, model.path, model.fingerprint))
     except ImportError as e:
         raise ClusterError(f"the workers cannot import velcro_ref ({e}); install velcro-ref on every worker") from None
-    except OSError as e:  # a worker or the scheduler gone while the plugin was being sent
+    except (CommClosedError, ConnectionError) as e:  # a worker or the scheduler gone while the plugin was sent
         why = _causes(e)
         raise ClusterError(f"the cluster was lost while the model was sent to its workers ({why}); rerun") from None
     return model.fingerprint

@@ -373,22 +373,29 @@ def _read_stats(f) -> Stats:
     return Stats(fingerprint, sites, tuple(classes), n_images, source, provenance, _read_ranges(f))
 
 
-# Rounding of Welford's and Chan's float64 arithmetic, relative to an element's range, that the
-# moments may show beyond what values in [min, max] allow (about n * 2^-53 for n values; ample here).
+# Rounding of Welford's and Chan's float64 arithmetic that the moments may show beyond what values
+# in [min, max] allow: MOMENT_SLACK of the range (errors of about n * 2^-53 relative to it, n values),
+# plus MAGNITUDE_SLACK of the values' magnitude, for means rounded at that magnitude (a version 1
+# file has no shift: values two float32 steps apart near 5.65e10 gave a variance 2e-9 above the
+# bound there).
 MOMENT_SLACK = 1e-9
+MAGNITUDE_SLACK = 1e-12
 
 
 def _check_moments(s: SiteStats, where: str) -> None:
     """StatsError where the moments cannot come from values in [min, max]: a mean outside the range,
-    or a variance above (max - min)^2 / 4 (Popoviciu's bound). An element whose values were all
-    equal has exactly its value as mean and M2 = 0, so the slack is 0 there."""
+    or a variance above (max - min)^2 / 4 (Popoviciu's bound), each with the slack of the rounding
+    above. An element whose values were all equal has exactly its value as mean and M2 = 0 (a
+    version 1 file's mean: the value rounded once), so a constant element gets only the magnitude's
+    slack."""
     span = s.max - s.min
-    slack = MOMENT_SLACK * span
+    slack = MOMENT_SLACK * span + MAGNITUDE_SLACK * np.maximum(np.abs(s.min), np.abs(s.max))
     mean = s.mean
     outside = (mean < s.min - slack) | (mean > s.max + slack)
     if np.any(outside):
         raise StatsError(f"{where}mean lies outside [min, max] at {int(np.count_nonzero(outside))} element(s)")
-    too_wide = s.variance > span * span / 4 * (1 + MOMENT_SLACK)
+    wide = span + 2 * slack
+    too_wide = s.variance > wide * wide / 4 * (1 + MOMENT_SLACK)
     if np.any(too_wide):
         n = int(np.count_nonzero(too_wide))
         bound = "(max - min)^2 / 4, which values in [min, max] allow"

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 import velcro_ref
 from velcro_ref import dask_tasks
+from velcro_ref.distributed import _causes
 from velcro_ref.distributed import collect_stats as collect_on_cluster
 from velcro_ref.stats import collect_stats, load_stats
 
@@ -286,6 +287,15 @@ def test_a_worker_dying_before_any_task_is_one_error_line(
         res = velcro(*args)
     res.error_line(message, "rerun", code=1)
     assert not (tmp_path / "never.h5").exists()
+
+
+def test_the_causes_of_an_error_are_one_line_even_when_they_loop():
+    a, b = RuntimeError("Nanny failed to start."), OSError("the worker process died")
+    a.__cause__, b.__cause__ = b, a
+    assert _causes(a) == "Nanny failed to start: the worker process died"
+    c = OSError("in <TCP ConnectionPool.register_worker_plugin>: Stream is closed")
+    c.__cause__ = OSError("Stream is closed")
+    assert _causes(c) == "in <TCP ConnectionPool.register_worker_plugin>: Stream is closed"
 
 
 def test_a_scheduler_without_workers_is_one_error_line(velcro, tmp_path, small_model_file, images_file):

@@ -12,7 +12,7 @@ from velcro_ref.engine import load_model
 from velcro_ref.errors import MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
-from velcro_ref.stats import load_stats
+from velcro_ref.stats import SiteStats, _check_moments, load_stats
 
 SITE = "layer2.0.relu1"
 
@@ -196,6 +196,30 @@ def test_version_1_stats_are_read_as_mean_with_shift_0(tmp_path, model, stats_fi
             np.testing.assert_array_equal(s.m2, stored["m2"][()])
             np.testing.assert_array_equal(s.variance, now.sites[name].variance)
     assert (back.n_images, back.classes) == (now.n_images, now.classes)
+
+
+@pytest.mark.parametrize("x0", [1.738, 5.651548e10, 3e38, -2.5e-30])
+def test_moments_of_two_neighbouring_floats_merged_from_raw_means_are_accepted(x0):
+    # a version 1 file has no shift: its writer merged batches' raw means by Chan's formula, and
+    # means rounded at the values' magnitude put the variance of values one float32 step apart a
+    # little above (max - min)^2 / 4; the reader must take it as the profile it is
+    rng = np.random.default_rng(1)
+    lo = np.float32(x0)
+    hi = np.nextafter(lo, np.float32(np.inf))
+    n_el, batch, n_n = 512, 6, 24
+    y = np.where(rng.permuted(np.tile(np.arange(n_n) % 2, (n_el, 1)), axis=1).T == 1, hi, lo).astype(np.float64)
+    count, mean, m2 = np.zeros(n_el), np.zeros(n_el), np.zeros(n_el)
+    for i in range(0, n_n, batch):
+        part = y[i : i + batch]
+        nb, mb = len(part), part.mean(axis=0)
+        m2b = ((part - mb) ** 2).sum(axis=0)
+        n = count + nb
+        delta = mb - mean
+        mean, m2 = mean + delta * (nb / n), m2 + m2b + delta * delta * (count * nb / n)
+        count = n
+    assert np.any(m2 / count > (float(hi) - float(lo)) ** 2 / 4)  # the rounding this is about
+    site = SiteStats(count, np.zeros(n_el), mean, m2, y.min(axis=0), y.max(axis=0))
+    _check_moments(site, "")
 
 
 def test_version_1_stats_without_mean_are_refused(velcro, tmp_path, stats_file):
@@ -410,6 +434,7 @@ def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
         ('default = 0.5\n[ratios]\n"{site}" = 0.1', ["key(s) 'default' outside the [ratios] table"]),
         ('"{site}" = 0.9\n[ratios]\ndefault = 0.1', ["key(s) '{site}' outside the [ratios] table"]),
         ('[ratios]\n"{site} " = 0.1', ["unknown site(s) '{site} '"]),
+        ("ratios = 0.5\ndefault = 0.2", ["[ratios] must be a table"]),
     ],
     ids=[
         "string-default",
@@ -419,6 +444,7 @@ def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
         "default-outside-the-table",
         "site-outside-the-table",
         "site-name-with-a-space",
+        "ratios-not-a-table-beside-a-default",
     ],
 )
 def test_ratios_file_that_is_not_numbers_in_the_unit_interval(velcro, tmp_path, stats_file, toml, needles):
