@@ -417,3 +417,14 @@ def test_every_small_ceil_mode_window_exports_to_a_file_onnx_checks_and_onnxrunt
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str((n, k, s, lo, hi, op, count_pad)))
             n_cases += 1
     assert n_cases > 1000
+
+
+def test_a_ceil_mode_average_with_no_onnx_form_is_refused_in_one_line(tmp_path):
+    # counting its padding, the average's first axis keeps its windows only with ONNX's ceil_mode 1
+    # (a window runs past the end pad), its second only with 0 (stride 3 over a kernel of 2, whose
+    # ceil rounds up where the engine's rule drops): one ceil_mode serves both axes in ONNX
+    attrs = {"kernel": [2, 2], "stride": [2, 3], "pads": [0, 1, 0, 0], "ceil_mode": True, "count_include_pad": True}
+    g = Graph((Node("pool", "avg_pool", ("input",), attrs),), (1, 5, 2), "pool", {}, {})
+    with pytest.raises(ModelError, match="node 'pool': no ONNX pooling window gives this ceil_mode window"):
+        export_onnx(g, tmp_path / "p.onnx")
+    assert not (tmp_path / "p.onnx").exists()
