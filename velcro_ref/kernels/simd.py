@@ -64,21 +64,22 @@ def _i64_c(t):
     return isinstance(t, types.Array) and t.dtype == types.int64 and t.layout == "C" and t.ndim == 1
 
 
-def _zero():
-    return ir.Constant(_V8, [0.0] * VEC)
+def _zero(vt=_V8):
+    return ir.Constant(vt, [0.0] * vt.count)
 
 
-def _splat(builder, value):
-    one = builder.insert_element(ir.Constant(_V8, ir.Undefined), value, _I32(0))
-    return builder.shuffle_vector(one, ir.Constant(_V8, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
+def _splat(builder, value, vt=_V8):
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), value, _I32(0))
+    lanes = ir.Constant(ir.VectorType(_I32, vt.count), [0] * vt.count)
+    return builder.shuffle_vector(one, ir.Constant(vt, ir.Undefined), lanes)
 
 
-def _vec_ptr(builder, base, index):
-    return builder.bitcast(builder.gep(base, [index]), _V8.as_pointer())
+def _vec_ptr(builder, base, index, vt=_V8):
+    return builder.bitcast(builder.gep(base, [index]), vt.as_pointer())
 
 
-def _load_vec(builder, base, index):
-    return builder.load(_vec_ptr(builder, base, index), align=4)
+def _load_vec(builder, base, index, vt=_V8):
+    return builder.load(_vec_ptr(builder, base, index, vt), align=4)
 
 
 def _tree(builder, s):
@@ -101,8 +102,8 @@ def _halves(builder, v):
 
 
 def _fma(builder, a, b, c):
-    """a * b + c rounded once: the llvm.fma intrinsic on float or <8 x float>."""
-    name = "llvm.fma.v8f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
+    """a * b + c rounded once: the llvm.fma intrinsic on float or a vector of floats."""
+    name = f"llvm.fma.v{a.type.count}f32" if isinstance(a.type, ir.VectorType) else "llvm.fma.f32"
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(a.type, [a.type] * 3), name)
     return builder.call(fn, [a, b, c])
 
@@ -116,22 +117,23 @@ def _arrays(context, builder, sig, args, *which):
     return [_array(context, builder, sig.args[i], args[i]) for i in which]
 
 
-def _pass_codegen(builder, accs, span, parts, at, body):
-    """A run of taps (one chain's, or part of it): the accumulators from parts[at + i * VEC]
-    (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back to parts."""
+def _pass_codegen(builder, accs, span, parts, at, body, vt=_V8):
+    """A run of taps (one chain's, or part of it): the accumulators (vectors of type vt) from
+    parts[at + i * width] (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back
+    to parts."""
     t0, t1, resume = span
-    first = builder.gep(parts, [at])
+    first, width = builder.gep(parts, [at]), vt.count
     with builder.if_else(builder.icmp_signed("!=", resume, _I64(0))) as (cont, fresh):
         with cont:
             for i, acc in enumerate(accs):
-                builder.store(_load_vec(builder, first, _I64(i * VEC)), acc)
+                builder.store(_load_vec(builder, first, _I64(i * width), vt), acc)
         with fresh:
             for acc in accs:
-                builder.store(_zero(), acc)
+                builder.store(_zero(vt), acc)
     with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
         body(t)
     for i, acc in enumerate(accs):
-        builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * VEC)), align=4)
+        builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * width), vt), align=4)
 
 
 @intrinsic
@@ -178,7 +180,10 @@ def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
 
 def _lane_pass(name, h_n, x_vectors):
     """The typing and codegen of `lane_pass` (h_n = 2, x broadcast) and `depth_pass` (h_n = 1, x
-    a vector of 8 channels)."""
+    a vector of 8 channels). lane_pass's 16 filters are one vector of 16 lanes: two `<8 x float>`
+    halves where the CPU's vectors are 8 floats wide, one register with AVX-512; each lane's fused
+    multiply-adds are the same either way."""
+    vt = ir.VectorType(_F32, VEC * h_n)
 
     def typer(typingctx, wp, w0, x, pb, offs, span, parts, at):
         if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
@@ -192,23 +197,20 @@ def _lane_pass(name, h_n, x_vectors):
             arr_w, arr_x, arr_o, arr_p = _arrays(context, builder, sig, args, 0, 2, 4, 6)
             wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
             xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
-            accs = [cgutils.alloca_once_value(builder, _zero()) for _ in range(h_n * n_p)]
+            accs = [cgutils.alloca_once_value(builder, _zero(vt)) for _ in range(n_p)]
 
             def body(t):
                 o = builder.load(builder.gep(arr_o.data, [t]))
-                wt = builder.mul(t, _I64(h_n * VEC))
-                ws = [_load_vec(builder, wbase, builder.add(wt, _I64(h * VEC))) for h in range(h_n)]
+                ws = _load_vec(builder, wbase, builder.mul(t, _I64(vt.count)), vt)
                 for i, base in enumerate(xbase):
                     if x_vectors:
-                        xv = _load_vec(builder, base, o)
+                        xv = _load_vec(builder, base, o, vt)
                     else:
-                        xv = _splat(builder, builder.load(builder.gep(base, [o])))
-                    for h in range(h_n):
-                        acc = accs[i * h_n + h]
-                        builder.store(_fma(builder, ws[h], xv, builder.load(acc)), acc)
+                        xv = _splat(builder, builder.load(builder.gep(base, [o])), vt)
+                    builder.store(_fma(builder, ws, xv, builder.load(accs[i])), accs[i])
 
             at = context.cast(builder, args[7], sig.args[7], types.intp)
-            _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+            _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body, vt)
             return context.get_dummy_value()
 
         return sig, codegen
