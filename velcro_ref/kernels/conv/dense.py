@@ -22,7 +22,7 @@ from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
 POS_TILE = 6  # output positions per register tile of `conv_lanes`
 WIDE = POS_TILE + 1  # positions of the last tile of a plane of POS_TILE k + 1 (`lane_tiles`)
-LANE_K = 16  # filters per register tile of `conv_lanes` (two vectors)
+LANE_K = 16  # filters per register tile of `conv_lanes` (one 16-lane vector)
 TILE_K = 4  # filters per register tile of `conv_tiles` (groups of fewer: one)
 N_ACC = 12  # vector accumulators of either tile
 LANE_ACC = 2 * WIDE  # room for the accumulators of a `conv_lanes` tile, wide or not
