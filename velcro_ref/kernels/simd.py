@@ -220,13 +220,14 @@ def _lane_pass(name, h_n, x_vectors):
 
 
 lane_pass = intrinsic(_lane_pass("lane_pass", 2, False))
-lane_pass.__doc__ = """A run of taps of a tile of 16 filters (in the lanes of two vectors) by P positions:
+lane_pass.__doc__ = """A run of taps of a tile of 16 filters (in the lanes of one 16-lane vector) by P positions:
 acc[p, j] (+)= w[j, t] * x[pb[p] + offs[t]] for t in span, fused multiply-adds in increasing t;
 the order of `tile_pass`, the other way round in the registers.
 
 lane_pass(wp, w0, x, pb, offs, span, parts, at): wp float32 (flat), tap t of filter j at
 wp[w0 + t * 16 + j]; pb the P positions' bases; offs, span, parts as `tile_pass` takes them,
-the 2 * P accumulators at parts[at + (p * 2 + h) * VEC] (filters 8 h .. 8 h + 7 of position p).
+the P accumulators at parts[at + p * 16] (filters 0 .. 15 of position p; as 8-lane halves, filters
+8 h .. 8 h + 7 at parts[at + (p * 2 + h) * VEC]).
 """
 
 depth_pass = intrinsic(_lane_pass("depth_pass", 1, True))
