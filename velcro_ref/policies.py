@@ -81,4 +81,5 @@ def _channel_masks(stats, ratio, exclude, params):
         mask = np.zeros(st.mean.shape, bool)
         mask[chosen] = True
         masks.sites[s] = (mask, masks.sites[s][1])
+    masks.policy["site_ratios"] = {s: float(m.mean()) for s, (m, _) in masks.sites.items()}  # k / C a site
     return masks

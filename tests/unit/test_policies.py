@@ -43,6 +43,21 @@ def test_budget_ties_between_sites_follow_the_model_order_not_the_statistics_ord
         assert masks.sites["b"][0].tolist() == [False, False], order
 
 
+def test_channel_masks_record_the_share_of_channels_each_site_masks():
+    # floor(R x C) channels of every 3-D site: 2 of 4 and 1 of 3 at R = 0.5; a 1-D site none
+    stats = Stats(
+        "fp",
+        {
+            "four": _site(np.arange(16.0).reshape(4, 2, 2)),
+            "three": _site(np.arange(12.0).reshape(3, 2, 2)),
+            "flat": _site([1.0, 2.0]),
+        },
+    )
+    masks = make_masks("channel", stats, 0.5)
+    assert masks.sites["four"][0][:, 0, 0].tolist() == [True, True, False, False]
+    assert masks.policy["site_ratios"] == {"four": 0.5, "three": 1 / 3, "flat": 0.0}
+
+
 @pytest.fixture(scope="module")
 def small():
     model = Model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
