@@ -130,8 +130,7 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
             asyncio.run(_probe(distributed, scheduler, timeout_s))
             client = distributed.Client(scheduler, timeout=timeout_s, set_as_default=False)
         except Exception as e:  # whatever the connection attempt raised: the address is what the user can fix
-            why = " ".join(str(e).split()) or type(e).__name__
-            msg = f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({why})"
+            msg = f"cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({_causes(e)})"
             raise ClusterError(msg) from None
         with contextlib.closing(client):
             try:  # tasks given to a scheduler without workers would wait forever
@@ -168,7 +167,8 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
 
 
 def _causes(e) -> str:
-    """An exception and its causes as one line: "Nanny failed to start: Nanny failed to start worker process"."""
+    """An exception and its causes as one line, each without a closing period, its type's name where
+    it has no text: "Nanny failed to start: Nanny failed to start worker process"."""
     parts, seen = [], set()
     while e is not None and id(e) not in seen and len(seen) < 8:  # a chain may loop back on itself
         seen.add(id(e))
@@ -229,8 +229,8 @@ def result(future):
     except KilledWorker as e:
         raise ClusterError(f"task {future.key}: the workers running it died ({e})") from None
     except (asyncio.CancelledError, concurrent.futures.CancelledError, OSError, TimeoutError) as e:
-        why = " ".join(str(e).split()) or type(e).__name__
-        raise ClusterError(f"task {future.key}: lost by the cluster ({why}); rerun (profile: with --resume)") from None
+        why = f"task {future.key}: lost by the cluster ({_causes(e)}); rerun (profile: with --resume)"
+        raise ClusterError(why) from None
 
 
 def _n_workers(client) -> int:
