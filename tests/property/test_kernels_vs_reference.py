@@ -449,6 +449,50 @@ def test_masked_lanes_do_not_depend_on_threads_or_batch(geom, monkeypatch):
     assert len(set(macs)) == 1
 
 
+# Filters-in-lanes convs of 7 or 5 blocks of 16 filters, whose tiles take their blocks 1 to
+# dense.MAX_BLOCKS at a time (`dense.lane_blocks`: 4 on AVX-512, else 1; forced here, so that every
+# count runs on any CPU): 8 chains in runs on a 7 x 7 output (wide last tiles, 4 blocks as two
+# passes of 2), 8 short chains (1x1 on 64 channels, and on a 7 x 7 output), one chain; masked,
+# those that store by lane bits (all but the first).
+LANE_BLOCK_GEOMS = [
+    kc.conv_geom(64, 7, 7, 112, (3, 3), (1, 1), (1, 1, 1, 1)),
+    kc.conv_geom(64, 9, 10, 112, (1, 1)),
+    kc.conv_geom(64, 7, 7, 80, (1, 1)),
+    kc.conv_geom(24, 9, 7, 80, (1, 1)),
+    kc.conv_geom(16, 7, 7, 160, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),
+]
+
+
+@pytest.mark.parametrize(
+    "geom, mask",
+    [(g, None) for g in LANE_BLOCK_GEOMS] + [(g, m) for g in LANE_BLOCK_GEOMS[1:] for m in ("random", "blocks")],
+    ids=str,
+)
+@pytest.mark.parametrize("blocks", range(1, dense.MAX_BLOCKS + 1))
+def test_lane_blocks_equal_numpy_twin_bit_for_bit(geom, mask, blocks, monkeypatch):
+    """Tiles that take 1 - 4 blocks of filters at once store the twin's bits and count its MACs,
+    dense and masked (lane bits: random, and with whole blocks masked over whole tiles, so that a
+    tile computes only some of its blocks), with a wide last tile where the output is 7 x 7."""
+    monkeypatch.setattr(dense, "lane_blocks", lambda n_chains: blocks)
+    x, weights, _, ep = _conv_case((geom, 3, None, 2, True, blocks, False))
+    kernel = dispatch.dense_kernel(weights, geom)
+    assert kernel in (dense.conv_lanes, dense.conv_short_lanes)
+    assert dense.work_split(weights, geom, 3, 2)[2] == blocks
+    skip, plan = None, None
+    if mask is not None:
+        rng = np.random.default_rng(blocks)
+        skip = rng.random((geom.k_out, geom.oh, geom.ow)) < 0.5
+        if mask == "blocks":
+            skip[16:32] = True  # a whole block everywhere
+            skip[48:64, : geom.oh // 2] = True  # and one over the top rows
+        plan = kc.plan_skip(skip, weights, geom)
+        assert plan.bits is not None
+    got = np.full((3, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
 def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_, stride):

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 VEC = 8  # floats per vector: one AVX2 register (LLVM splits or joins it on other targets)
@@ -49,6 +50,13 @@ _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _V8 = ir.VectorType(_F32, VEC)
+
+
+def wide_vectors() -> bool:
+    """Whether the CPU Numba compiles for has 16-float vectors (AVX-512F): its features as Numba
+    takes them (NUMBA_CPU_FEATURES, else the host's). Only speed depends on it, never a value."""
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512f" in features.split(",")
 
 
 def _int_tuple(t, n=None):
@@ -117,23 +125,44 @@ def _arrays(context, builder, sig, args, *which):
     return [_array(context, builder, sig.args[i], args[i]) for i in which]
 
 
-def _pass_codegen(builder, accs, span, parts, at, body, vt=_V8):
-    """A run of taps (one chain's, or part of it): the accumulators (vectors of type vt) from
-    parts[at + i * width] (span[2] set) or +0, body(t) for t in span[0] .. span[1] - 1, then back
-    to parts."""
+def _pass_codegen(builder, blocks, span, parts, body, vt=_V8):
+    """A run of taps (one chain's, or part of it): blocks is a list of (accumulators, at), each
+    block's accumulators (vectors of type vt) from parts[at + i * width] (span[2] set) or +0;
+    body(t) for t in span[0] .. span[1] - 1; then back to parts."""
     t0, t1, resume = span
-    first, width = builder.gep(parts, [at]), vt.count
+    width = vt.count
     with builder.if_else(builder.icmp_signed("!=", resume, _I64(0))) as (cont, fresh):
         with cont:
-            for i, acc in enumerate(accs):
-                builder.store(_load_vec(builder, first, _I64(i * width), vt), acc)
+            for accs, at in blocks:
+                first = builder.gep(parts, [at])
+                for i, acc in enumerate(accs):
+                    builder.store(_load_vec(builder, first, _I64(i * width), vt), acc)
         with fresh:
-            for acc in accs:
-                builder.store(_zero(vt), acc)
+            for accs, _ in blocks:
+                for acc in accs:
+                    builder.store(_zero(vt), acc)
     with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
         body(t)
-    for i, acc in enumerate(accs):
-        builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * width), vt), align=4)
+    for accs, at in blocks:
+        first = builder.gep(parts, [at])
+        for i, acc in enumerate(accs):
+            builder.store(builder.load(acc), _vec_ptr(builder, first, _I64(i * width), vt), align=4)
+
+
+def _blocks(t):
+    """An integer, or a tuple of integers (one per block of filters)."""
+    return isinstance(t, types.Integer) or _int_tuple(t)
+
+
+def _n_blocks(t):
+    return t.count if isinstance(t, types.UniTuple) else 1
+
+
+def _block_values(context, builder, ty, value):
+    """The entries of an integer or a tuple of integers (`_blocks`), as intp."""
+    if isinstance(ty, types.UniTuple):
+        return cgutils.unpack_tuple(builder, value)
+    return [context.cast(builder, value, ty, types.intp)]
 
 
 @intrinsic
@@ -172,7 +201,7 @@ def tile_pass(typingctx, wp, w0s, x, xb, offs, span, parts, at):
                     builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
 
         at = context.cast(builder, args[7], sig.args[7], types.intp)
-        _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body)
+        _pass_codegen(builder, [(accs, at)], cgutils.unpack_tuple(builder, args[5]), arr_p.data, body)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -182,35 +211,41 @@ def _lane_pass(name, h_n, x_vectors):
     """The typing and codegen of `lane_pass` (h_n = 2, x broadcast) and `depth_pass` (h_n = 1, x
     a vector of 8 channels). lane_pass's 16 filters are one vector of 16 lanes: two `<8 x float>`
     halves where the CPU's vectors are 8 floats wide, one register with AVX-512; each lane's fused
-    multiply-adds are the same either way."""
+    multiply-adds are the same either way. w0 and at may be tuples of one entry per block of
+    filters: the blocks share each input value (one load, or one broadcast) and keep their own
+    accumulators, the same operations per lane as one block at a time."""
     vt = ir.VectorType(_F32, VEC * h_n)
 
     def typer(typingctx, wp, w0, x, pb, offs, span, parts, at):
         if not (_f32_c(wp) and _f32_c(x) and _f32_c(parts) and _i64_c(offs) and _int_tuple(pb)):
             return None
-        if not (isinstance(w0, types.Integer) and _int_tuple(span, 3) and isinstance(at, types.Integer)):
+        if not (_int_tuple(span, 3) and _blocks(w0) and _blocks(at) and _n_blocks(w0) == _n_blocks(at)):
             return None
         sig = types.none(wp, w0, x, pb, offs, span, parts, at)
-        n_p = pb.count
+        n_p, n_b = pb.count, _n_blocks(w0)
 
         def codegen(context, builder, sig, args):
             arr_w, arr_x, arr_o, arr_p = _arrays(context, builder, sig, args, 0, 2, 4, 6)
-            wbase = builder.gep(arr_w.data, [context.cast(builder, args[1], sig.args[1], types.intp)])
+            w0s = _block_values(context, builder, sig.args[1], args[1])
+            wbases = [builder.gep(arr_w.data, [w]) for w in w0s]
             xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[3])]
-            accs = [cgutils.alloca_once_value(builder, _zero(vt)) for _ in range(n_p)]
+            accs = [cgutils.alloca_once_value(builder, _zero(vt)) for _ in range(n_b * n_p)]
 
             def body(t):
                 o = builder.load(builder.gep(arr_o.data, [t]))
-                ws = _load_vec(builder, wbase, builder.mul(t, _I64(vt.count)), vt)
+                ws = [_load_vec(builder, wb, builder.mul(t, _I64(vt.count)), vt) for wb in wbases]
                 for i, base in enumerate(xbase):
                     if x_vectors:
                         xv = _load_vec(builder, base, o, vt)
                     else:
                         xv = _splat(builder, builder.load(builder.gep(base, [o])), vt)
-                    builder.store(_fma(builder, ws, xv, builder.load(accs[i])), accs[i])
+                    for h, wv in enumerate(ws):
+                        acc = accs[h * n_p + i]
+                        builder.store(_fma(builder, wv, xv, builder.load(acc)), acc)
 
-            at = context.cast(builder, args[7], sig.args[7], types.intp)
-            _pass_codegen(builder, accs, cgutils.unpack_tuple(builder, args[5]), arr_p.data, at, body, vt)
+            ats = _block_values(context, builder, sig.args[7], args[7])
+            blocks = [(accs[h * n_p:(h + 1) * n_p], at) for h, at in enumerate(ats)]
+            _pass_codegen(builder, blocks, cgutils.unpack_tuple(builder, args[5]), arr_p.data, body, vt)
             return context.get_dummy_value()
 
         return sig, codegen

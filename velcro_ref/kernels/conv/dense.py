@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from ..jit import njit
-from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass
+from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass, wide_vectors
 from .geom import group_taps
 from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
@@ -26,6 +26,12 @@ LANE_K = 16  # filters per register tile of `conv_lanes` (one 16-lane vector)
 TILE_K = 4  # filters per register tile of `conv_tiles` (groups of fewer: one)
 N_ACC = 12  # vector accumulators of either tile
 LANE_ACC = 2 * WIDE  # room for the accumulators of a `conv_lanes` tile, wide or not
+# Blocks of LANE_K filters a `conv_lanes` tile of CHAINS chains takes at once (`lane_blocks`),
+# sharing each broadcast input value: 4 where vectors are 16 floats wide (AVX-512: 24 of 32
+# registers hold the accumulators), else 1 (with 8-float vectors a block's 6 accumulators take 12
+# of 16 registers). The kernels take any count from 1 to MAX_BLOCKS (`work_split` passes it).
+LANE_BLOCKS = 4 if wide_vectors() else 1
+MAX_BLOCKS = 4
 # Bytes of one block's weights per run of taps: a run stays in L1 (32 KiB) while the tiles of a
 # work item go through it, their sums kept in memory between runs.
 RUN_BYTES = 16 << 10
@@ -53,23 +59,37 @@ def planes_floats(planes, geom):
 
 
 def work_split(weights, geom, n_n, threads):
-    """(tiles per item, blocks per item) of the dense kernels for n_n images: an item takes a run
-    of at most ITEM_TILES tiles (over the images' output planes, image after image) and a run of
-    filter blocks. Numba's prange hands each thread one contiguous range of items, of equal count,
-    up front (no work stealing), so the runs are of equal length and the items, where the blocks
-    allow, a multiple of `threads` in number: else one thread finishes while the other still has
-    a whole item to go. Only speed depends on the split, never a value."""
+    """(tiles per item, blocks per item, blocks per tile) of the dense kernels for n_n images: an
+    item takes a run of at most ITEM_TILES tiles (over the images' output planes, image after
+    image) and a run of filter blocks, which its tiles take `lane_blocks` at a time. Numba's
+    prange hands each thread one contiguous range of items, of equal count, up front (no work
+    stealing), so the runs are of equal length and the items, where the blocks allow, a multiple
+    of `threads` in number (else of tiles: more runs of them): else one thread finishes while the
+    other still has a whole item to go. Only speed depends on the split, never a value."""
     m = weights.tile_m
     per_plane = lane_tiles(geom.oh * geom.ow) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
+    unit = lane_blocks(weights.starts.size - 1) if m == LANE_K else 1  # blocks a tile takes at once
     n_tiles = n_n * geom.groups * per_plane
-    n_blocks = -(-(geom.k_out // geom.groups) // m)
+    n_units = -(-(geom.k_out // geom.groups) // (m * unit))
     tiles = -(-n_tiles // -(-n_tiles // ITEM_TILES))  # runs of equal length
     n_tc = -(-n_tiles // tiles)
-    top = -(-n_blocks // min(n_blocks, max(1, -(-ITEMS_PER_THREAD * threads // n_tc))))
+    top = -(-n_units // min(n_units, max(1, -(-ITEMS_PER_THREAD * threads // n_tc))))
     for per in range(top, 0, -1):  # the longest runs of equal length that give whole rounds
-        if n_blocks % per == 0 and n_tc * (n_blocks // per) % threads == 0:
-            return tiles, per
-    return tiles, top
+        if n_units % per == 0 and n_tc * (n_units // per) % threads == 0:
+            return tiles, per * unit, unit
+    n_bc = -(-n_units // top)
+    for n_more in range(n_tc + 1, min(n_tiles, n_tc + threads) + 1):  # else more runs of tiles
+        more = -(-n_tiles // n_more)
+        if -(-n_tiles // more) * n_bc % threads == 0:
+            return more, top * unit, unit
+    return tiles, top * unit, unit
+
+
+def lane_blocks(n_chains):
+    """Blocks of filters a `conv_lanes` tile takes at once: LANE_BLOCKS for CHAINS chains; one
+    for one chain, whose few taps make the tile's sums a round trip to memory (more blocks' sums
+    leave L1: MobileNet-V2's 1x1 convs on 16 - 32 channels took 1.1 - 1.3x the time with 4)."""
+    return LANE_BLOCKS if n_chains == CHAINS else 1
 
 
 @njit(cache=True)
@@ -177,13 +197,40 @@ def _bases_of(bases, i):
 
 
 @njit(cache=True, inline="always")
-def _lane_tile_pass(wts, w0, xp, bases, i, offs, span, parts, at):
-    """`lane_pass` of tile i of `_lane_bases`, of POS_TILE positions or WIDE."""
+def _lane_tile_pass(wts, w0, nb, wstep, xp, bases, i, offs, span, parts, at):
+    """`lane_pass` of tile i of `_lane_bases`, of POS_TILE positions or WIDE, for nb blocks of
+    filters from w0, wstep floats apart, their sums from parts[at], LANE_ACC * VEC floats apart."""
     pb = _bases_of(bases, i)
     if bases[i, WIDE + 1]:
-        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
+        _wide_pass(wts, w0, nb, wstep, xp, pb, offs, span, parts, at)
     else:
-        lane_pass(wts, w0, xp, pb[:POS_TILE], offs, span, parts, at)
+        _blocks_pass(wts, w0, nb, wstep, xp, pb[:POS_TILE], offs, span, parts, at)
+
+
+@njit(cache=True, inline="always")
+def _wide_pass(wts, w0, nb, wstep, xp, pb, offs, span, parts, at):
+    """`_blocks_pass` of a WIDE tile: 4 blocks as two passes of 2 (their 28 accumulators and 4
+    weight vectors would take every one of AVX-512's 32 registers)."""
+    if nb == 4:
+        _blocks_pass(wts, w0, 2, wstep, xp, pb, offs, span, parts, at)
+        _blocks_pass(wts, w0 + 2 * wstep, 2, wstep, xp, pb, offs, span, parts, at + 2 * LANE_ACC * VEC)
+    else:
+        _blocks_pass(wts, w0, nb, wstep, xp, pb, offs, span, parts, at)
+
+
+@njit(cache=True, inline="always")
+def _blocks_pass(wts, w0, nb, wstep, xp, pb, offs, span, parts, at):
+    """`lane_pass` of nb (at most MAX_BLOCKS) blocks of filters at once (see `_lane_tile_pass`)."""
+    a = LANE_ACC * VEC
+    if nb == 4:
+        ws, ats = (w0, w0 + wstep, w0 + 2 * wstep, w0 + 3 * wstep), (at, at + a, at + 2 * a, at + 3 * a)
+        lane_pass(wts, ws, xp, pb, offs, span, parts, ats)
+    elif nb == 3:
+        lane_pass(wts, (w0, w0 + wstep, w0 + 2 * wstep), xp, pb, offs, span, parts, (at, at + a, at + 2 * a))
+    elif nb == 2:
+        lane_pass(wts, (w0, w0 + wstep), xp, pb, offs, span, parts, (at, at + a))
+    else:
+        lane_pass(wts, w0, xp, pb, offs, span, parts, at)
 
 
 @njit(cache=True)
@@ -208,7 +255,7 @@ def _grid(cw, geom, out_size, split, n_t):
     kg, cg = geom.k_out // geom.groups, geom.c_in // geom.groups
     n_blocks = (kg + cw.tile_m - 1) // cw.tile_m
     n_all = n_n * geom.groups * n_t
-    tpi, bpi = split
+    tpi, bpi = split[0], split[1]
     n_tc, n_bc = (n_all + tpi - 1) // tpi, (n_blocks + bpi - 1) // bpi
     taps = cg * geom.kh * geom.kw
     return n_n, kg, cg, geom.oh * geom.ow, taps, n_blocks, n_all, n_tc, n_bc, geom.c_in * cw.plane, cw.plane
@@ -230,7 +277,7 @@ def conv_tiles(xp, cw, geom, res, has_res, act, out, split):
     n_s = segs.shape[0]
     n_t = (n_s + SEG_TILE - 1) // SEG_TILE
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
-    tpi, bpi = split
+    tpi, bpi = split[0], split[1]
     # the record's arrays taken out once: read inside the parallel loop, each would cost a
     # reference count per use, an atomic operation the threads contend for
     wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b
@@ -287,33 +334,40 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     k_n, groups = geom.k_out, geom.groups
     n_t = lane_tiles(geom.oh * geom.ow)
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
-    tpi, bpi = split
+    tpi, bpi, lb = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
-    n_chains, runs = starts.size - 1, chain_runs(starts, RUN_BYTES // (4 * LANE_K))
-    step = n_chains * LANE_ACC * VEC
+    n_chains, wstep, sums = starts.size - 1, taps * LANE_K, lb * LANE_ACC * VEC  # sums: a chain's
+    runs, step = chain_runs(starts, RUN_BYTES // (4 * LANE_K * lb)), n_chains * sums  # step: a tile's
     n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
         parts = np.empty((t_hi - t_lo) * step, np.float32)
-        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
+        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * wstep)
         done = 0
-        for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
-            wb = blk * taps * LANE_K
+        b_hi = min(n_blocks, (bc + 1) * bpi)
+        for b0 in range(bc * bpi, b_hi, lb):
+            nb = min(lb, b_hi - b0)
             for r in range(runs.shape[0]):
                 span = (runs[r, 1], runs[r, 2], runs[r, 3])
-                at = runs[r, 0] * LANE_ACC * VEC  # the run's chain in the first tile's sums
+                at = runs[r, 0] * sums  # the run's chain in the first tile's sums
                 for i in range(t_hi - t_lo):
-                    w_g = bases[i, WIDE]  # the tile's group's blocks
-                    if bits is None or _tile_kept(bits, t_lo + i, n_t, groups, kg, blk, p_n):
-                        _lane_tile_pass(wts, w_g + wb, xp, bases, i, offs, span, parts, at)
+                    w0 = bases[i, WIDE] + b0 * wstep  # the tile's group's blocks
+                    if bits is None or _blocks_kept(bits, t_lo + i, n_t, groups, kg, b0, nb, p_n) == nb:
+                        _lane_tile_pass(wts, w0, nb, wstep, xp, bases, i, offs, span, parts, at)
+                    elif bits is not None:  # masked: only the blocks whose bits name an output
+                        for h in range(nb):
+                            if _tile_kept(bits, t_lo + i, n_t, groups, kg, b0 + h, p_n):
+                                _lane_tile_pass(wts, w0 + h * wstep, 1, 0, xp, bases, i, offs, span, parts, at + h * LANE_ACC * VEC)
                     at += step
-            for ti in range(t_lo, t_hi):
-                n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
-                where = (g * kg + blk * LANE_K, p_n, has_res, act)
-                if bits is None or _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
-                    u = (ti - t_lo) * step
-                    done += _store_kept(parts, u, n_chains, (bias, res, out), where, n * k_n * p_n, t, n_t, bits)
+            for h in range(nb):  # block after block: the stores go to LANE_K output planes at a time
+                for ti in range(t_lo, t_hi):
+                    n, g, t = ti // (groups * n_t), (ti // n_t) % groups, ti % n_t
+                    where = (g * kg + (b0 + h) * LANE_K, p_n, has_res, act)
+                    if bits is None or _tile_kept(bits, ti, n_t, groups, kg, b0 + h, p_n):
+                        u = (ti - t_lo) * step + h * LANE_ACC * VEC
+                        io, ob = (bias, res, out), n * k_n * p_n
+                        done += _store_kept(parts, (u, sums), n_chains, io, where, ob, t, n_t, bits)
         n_done += done
     return n_done * taps
 
@@ -321,7 +375,7 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
 @njit(cache=True, inline="always")
 def _store_kept(parts, u, n_chains, io, where, ob, t, n_t, bits):
     """`store_lanes` of tile t of a plane's n_t (where[1] positions), its sums (one chain or
-    CHAINS) from parts[u], its image's outputs from ob: every output, or with bits
+    CHAINS) from parts[u[0]], u[1] floats apart, its image's outputs from ob: every output, or with bits
     (`conv_lanes`) those they name; POS_TILE positions, or WIDE (`lane_tiles`)."""
     p_n = where[1]
     q = _positions(t * POS_TILE, p_n)
@@ -338,10 +392,11 @@ def _store_kept(parts, u, n_chains, io, where, ob, t, n_t, bits):
 
 @njit(cache=True, inline="always")
 def _store_chains(parts, u, n_chains, io, where, obs, keep):
-    """`store_lanes` of the tile whose sums start at parts[u], of one chain or CHAINS."""
+    """`store_lanes` of the tile whose sums start at parts[u[0]], u[1] floats apart, of one chain
+    or CHAINS."""
     if n_chains == CHAINS:
-        return store_lanes(parts, _slots(u, LANE_ACC * VEC), io[0], io[1], io[2], where, obs, keep)
-    return store_lanes(parts, (u,), io[0], io[1], io[2], where, obs, keep)
+        return store_lanes(parts, _slots(u[0], u[1]), io[0], io[1], io[2], where, obs, keep)
+    return store_lanes(parts, (u[0],), io[0], io[1], io[2], where, obs, keep)
 
 
 @njit(cache=True, inline="always")
@@ -350,6 +405,15 @@ def _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
     t, g = ti % n_t, (ti // n_t) % groups
     at = (g * kg + blk * LANE_K) // LANE_K * p_n
     return any_bits(bits, at + t * POS_TILE, at + (p_n if t == n_t - 1 else (t + 1) * POS_TILE))
+
+
+@njit(cache=True, inline="always")
+def _blocks_kept(bits, ti, n_t, groups, kg, b0, nb, p_n):
+    """How many of the nb filter blocks from b0 have an output of work tile ti the bits name."""
+    kept = 0
+    for h in range(nb):
+        kept += _tile_kept(bits, ti, n_t, groups, kg, b0 + h, p_n)
+    return kept
 
 
 @njit(cache=True, inline="always")
@@ -371,42 +435,53 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     k_n, groups = geom.k_out, geom.groups
     n_t = lane_tiles(geom.oh * geom.ow)
     n_n, kg, cg, p_n, taps, n_blocks, n_all, n_tc, n_bc, img, plane = _grid(cw, geom, out.size, split, n_t)
-    tpi, bpi = split
+    tpi, bpi, lb = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
+    wstep, sums = taps * LANE_K, lb * LANE_ACC * VEC  # sums: floats of a chain's sums of a tile
     n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
         t_lo, t_hi = tc * tpi, min(n_all, (tc + 1) * tpi)
-        parts = np.empty(CHAINS * LANE_ACC * VEC, np.float32)
-        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * taps * LANE_K)
+        parts = np.empty(CHAINS * sums, np.float32)
+        bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * wstep)
         done = 0
-        for blk in range(bc * bpi, min(n_blocks, (bc + 1) * bpi)):
+        b_hi = min(n_blocks, (bc + 1) * bpi)
+        for b0 in range(bc * bpi, b_hi, lb):
+            nb = min(lb, b_hi - b0)
             for ti in range(t_lo, t_hi):
-                if bits is not None and not _tile_kept(bits, ti, n_t, groups, kg, blk, p_n):
-                    continue
                 i = ti - t_lo
-                w0 = bases[i, WIDE] + blk * taps * LANE_K
-                _tile_chains(wts, w0, xp, bases, i, offs, starts, parts)
+                w0 = bases[i, WIDE] + b0 * wstep
+                if bits is None or _blocks_kept(bits, ti, n_t, groups, kg, b0, nb, p_n) == nb:
+                    _tile_chains(wts, w0, nb, wstep, xp, bases, i, offs, starts, parts, (0, sums))
+                elif bits is not None:  # masked: only the blocks whose bits name an output
+                    for h in range(nb):
+                        if _tile_kept(bits, ti, n_t, groups, kg, b0 + h, p_n):
+                            u = (h * LANE_ACC * VEC, sums)
+                            _tile_chains(wts, w0 + h * wstep, 1, 0, xp, bases, i, offs, starts, parts, u)
                 g, t = (ti // n_t) % groups, ti % n_t
-                where = (g * kg + blk * LANE_K, p_n, has_res, act)
-                done += _store_kept(
-                    parts, 0, CHAINS, (bias, res, out), where, (ti // (groups * n_t)) * k_n * p_n, t, n_t, bits
-                )
+                for h in range(nb):
+                    if bits is None or _tile_kept(bits, ti, n_t, groups, kg, b0 + h, p_n):
+                        where = (g * kg + (b0 + h) * LANE_K, p_n, has_res, act)
+                        ob = (ti // (groups * n_t)) * k_n * p_n
+                        u = (h * LANE_ACC * VEC, sums)
+                        done += _store_kept(parts, u, CHAINS, (bias, res, out), where, ob, t, n_t, bits)
         n_done += done
     return n_done * taps
 
 
 @njit(cache=True, inline="always")
-def _tile_chains(wts, w0, xp, bases, i, offs, starts, parts):
-    """Every chain of tile i of `_lane_bases` (POS_TILE positions or WIDE), chain c's sums at
-    parts[c * LANE_ACC * VEC]: the tile's width is tested once, not at each chain."""
+def _tile_chains(wts, w0, nb, wstep, xp, bases, i, offs, starts, parts, u):
+    """Every chain of tile i of `_lane_bases` (POS_TILE positions or WIDE) for nb blocks of
+    filters (`_lane_tile_pass`), chain c's sums at parts[u[0] + c * u[1]]: the tile's width is
+    tested once, not at each chain."""
     pb = _bases_of(bases, i)
     if bases[i, WIDE + 1]:
         for c in range(CHAINS):
-            lane_pass(wts, w0, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, c * LANE_ACC * VEC)
+            _wide_pass(wts, w0, nb, wstep, xp, pb, offs, (starts[c], starts[c + 1], 0), parts, u[0] + c * u[1])
     else:
         for c in range(CHAINS):
-            lane_pass(wts, w0, xp, pb[:POS_TILE], offs, (starts[c], starts[c + 1], 0), parts, c * LANE_ACC * VEC)
+            span = (starts[c], starts[c + 1], 0)
+            _blocks_pass(wts, w0, nb, wstep, xp, pb[:POS_TILE], offs, span, parts, u[0] + c * u[1])
 
 
 def short_chains(cw, geom) -> bool:
