@@ -453,7 +453,7 @@ def test_masked_lanes_do_not_depend_on_threads_or_batch(geom, monkeypatch):
 # dense.MAX_BLOCKS at a time (`dense.lane_blocks`: 4 on AVX-512, else 1; forced here, so that every
 # count runs on any CPU): 8 chains in runs on a 7 x 7 output (wide last tiles, 4 blocks as two
 # passes of 2), 8 short chains (1x1 on 64 channels, and on a 7 x 7 output), one chain; masked,
-# those that store by lane bits (all but the first).
+# each storing by lane bits (the first only where `schedule.dense_cheaper` says so, forced here).
 LANE_BLOCK_GEOMS = [
     kc.conv_geom(64, 7, 7, 112, (3, 3), (1, 1), (1, 1, 1, 1)),
     kc.conv_geom(64, 9, 10, 112, (1, 1)),
@@ -465,7 +465,7 @@ LANE_BLOCK_GEOMS = [
 
 @pytest.mark.parametrize(
     "geom, mask",
-    [(g, None) for g in LANE_BLOCK_GEOMS] + [(g, m) for g in LANE_BLOCK_GEOMS[1:] for m in ("random", "blocks")],
+    [(g, m) for g in LANE_BLOCK_GEOMS for m in (None, "random", "blocks")],
     ids=str,
 )
 @pytest.mark.parametrize("blocks", range(1, dense.MAX_BLOCKS + 1))
@@ -474,6 +474,7 @@ def test_lane_blocks_equal_numpy_twin_bit_for_bit(geom, mask, blocks, monkeypatc
     dense and masked (lane bits: random, and with whole blocks masked over whole tiles, so that a
     tile computes only some of its blocks), with a wide last tile where the output is 7 x 7."""
     monkeypatch.setattr(dense, "lane_blocks", lambda n_chains: blocks)
+    monkeypatch.setattr(schedule, "SAMPLED_COST", float("inf"))  # lane bits wherever the kernel allows
     x, weights, _, ep = _conv_case((geom, 3, None, 2, True, blocks, False))
     kernel = dispatch.dense_kernel(weights, geom)
     assert kernel in (dense.conv_lanes, dense.conv_short_lanes)
@@ -491,6 +492,23 @@ def test_lane_blocks_equal_numpy_twin_bit_for_bit(geom, mask, blocks, monkeypatc
     want = got.copy()
     assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
     assert got.tobytes() == want.tobytes()
+
+
+def test_dense_cheaper_chooses_the_dense_kernel_for_dense_masks_only():
+    """A conv summed in 8 chains with filters in lanes runs its dense kernel with lane bits when
+    nearly every output is needed, and the sampled kernels when few are (on every CPU: 1% and
+    95% masked lie either side of 1 - 1 / SAMPLED_COST); a conv of other filter counts never."""
+    rng = np.random.default_rng(3)
+    geom = LANE_BLOCK_GEOMS[0]
+    _, weights, _, _ = _conv_case((geom, 1, None, 0, False, 3, False))
+    shape = (geom.k_out, geom.oh, geom.ow)
+    few = kc.plan_skip(rng.random(shape) < 0.01, weights, geom)
+    many = kc.plan_skip(rng.random(shape) < 0.95, weights, geom)
+    assert few.bits is not None and not few.groups
+    assert many.bits is None and many.groups
+    odd = kc.conv_geom(64, 7, 7, 24, (3, 3), (1, 1), (1, 1, 1, 1))  # 24 filters: tiles of 4
+    _, w_odd, _, _ = _conv_case((odd, 1, None, 0, False, 3, False))
+    assert kc.plan_skip(np.zeros((24, 7, 7), bool), w_odd, odd).bits is None
 
 
 @pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..jit import njit
 from ..simd import VEC
-from .dense import LANE_K, short_chains
+from .dense import LANE_BLOCKS, LANE_K, POS_TILE, short_chains
 from .geom import ConvGeom, group_taps, in_place, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, tap_offsets
 
@@ -24,6 +24,11 @@ TILE_POSITIONS = 512  # positions per tile, at most
 ONE_IMAGE_BYTES = 4 << 20
 ONE_IMAGE_POSITIONS = 128
 L1_BYTES = 32 << 10
+# Time of the sampled kernels per output they compute, in units of the dense filters-in-lanes
+# kernel's per output (`dense_cheaper`): measured on ResNet-18 224x224 at batch 1 with masks of
+# uniform ratio R (docs/kernels.md, "Masked lanes"), 1.7 - 2.5 where the dense tiles take 4 blocks
+# of filters (AVX-512), about 1.2 where they take one.
+SAMPLED_COST = 1.8 if LANE_BLOCKS > 1 else 1.2
 
 
 class SkipPlan(NamedTuple):
@@ -83,6 +88,24 @@ def lane_bits_kernel(weights, geom: ConvGeom) -> bool:
     return one_chain(geom) or (short_chains(weights, geom) and (geom.kh * geom.kw == 1 or not in_place(geom)))
 
 
+def dense_cheaper(sk, weights, geom: ConvGeom) -> bool:
+    """Whether a masked conv summed in CHAINS chains with filters in lanes is cheaper as its dense
+    kernel storing the unmasked outputs (`lane_bits`) than in the sampled kernels: whether its
+    tiles of POS_TILE positions by LANE_K filters that hold an unmasked output, which the dense
+    kernel computes whole, are at most SAMPLED_COST times the unmasked outputs, each of which
+    the sampled kernels compute alone (sk (K, P) bool, true: masked). Activation masks leave a
+    filter's unmasked outputs spread, so at ratios below about 1 - 1 / SAMPLED_COST nearly every
+    tile holds one and the dense kernel is the faster. Only speed depends on it."""
+    if weights.tile_m != LANE_K or one_chain(geom):
+        return False
+    k_n, p_n = sk.shape
+    n_t = -(-p_n // POS_TILE)
+    need = np.zeros((k_n // LANE_K, n_t * POS_TILE), np.bool_)
+    need[:, :p_n] = ~sk.reshape(k_n // LANE_K, LANE_K, p_n).all(axis=1)
+    kept = need.reshape(k_n // LANE_K, n_t, POS_TILE).any(axis=2).sum() * (LANE_K * POS_TILE)
+    return kept <= SAMPLED_COST * (sk.size - np.count_nonzero(sk))
+
+
 def lane_bits(sk, lanes):
     """The outputs a `lane_bits_kernel` conv stores: sk (K, P) bool (true: masked) as one
     unsigned integer of `lanes` (8 or 16) bits per block of filters and position, (K / lanes *
@@ -99,7 +122,7 @@ def plan_skip(skip, weights, geom: ConvGeom) -> SkipPlan:
     layout of the input copy the one-chain kernels read)."""
     skip = np.ascontiguousarray(skip, np.bool_)
     k_n, p_n = geom.k_out, geom.oh * geom.ow
-    if lane_bits_kernel(weights, geom):
+    if lane_bits_kernel(weights, geom) or dense_cheaper(skip.reshape(k_n, p_n), weights, geom):
         return SkipPlan(skip, (), None, lane_bits(skip.reshape(k_n, p_n), VEC if weights.kind == BLOCKS else LANE_K))
     if one_chain(geom):  # the runs read the planes of the ROWS kind (or FLAT, DIRECT)
         planes = planes_of(geom)
