@@ -244,7 +244,7 @@ def _lane_pass(name, h_n, x_vectors):
                         builder.store(_fma(builder, wv, xv, builder.load(acc)), acc)
 
             ats = _block_values(context, builder, sig.args[7], args[7])
-            blocks = [(accs[h * n_p:(h + 1) * n_p], at) for h, at in enumerate(ats)]
+            blocks = [(accs[h * n_p : (h + 1) * n_p], at) for h, at in enumerate(ats)]
             _pass_codegen(builder, blocks, cgutils.unpack_tuple(builder, args[5]), arr_p.data, body, vt)
             return context.get_dummy_value()
 

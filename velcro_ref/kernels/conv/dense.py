@@ -32,10 +32,13 @@ LANE_ACC = 2 * WIDE  # room for the accumulators of a `conv_lanes` tile, wide or
 # of 16 registers). The kernels take any count from 1 to MAX_BLOCKS (`work_split` passes it).
 LANE_BLOCKS = 4 if wide_vectors() else 1
 MAX_BLOCKS = 4
-# Bytes of one block's weights per run of taps: a run stays in L1 (32 KiB) while the tiles of a
-# work item go through it, their sums kept in memory between runs.
-RUN_BYTES = 16 << 10
-# Tiles per work item, at most: their sums (3 - 3.5 KiB per tile) stay in L2.
+# Bytes of weights per run of taps (of all the blocks a tile takes): a run stays in L1 (32 KiB)
+# while the tiles of a work item go through it, their sums kept in memory between runs. 18 KiB is
+# 72 taps of 4 blocks, a whole chain of a 3x3 conv on 64 channels (9 * 64 / 8 taps), or 288 of
+# one block (16 KiB cut those chains into runs of 64 and 8 taps: 3 - 5% slower, docs/kernels.md).
+RUN_BYTES = 18 << 10
+SHORT_TAPS = 256  # taps of a group's filters, at most, for `conv_short_lanes` (a block's 16 KiB)
+# Tiles per work item, at most: their sums (3.5 KiB per tile and block a tile takes) stay in L2.
 ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
 
@@ -63,14 +66,19 @@ def work_split(weights, geom, n_n, threads):
     item takes a run of at most ITEM_TILES tiles (over the images' output planes, image after
     image) and a run of filter blocks, which its tiles take `lane_blocks` at a time. Numba's
     prange hands each thread one contiguous range of items, of equal count, up front (no work
-    stealing), so the runs are of equal length and the items, where the blocks allow, a multiple
-    of `threads` in number (else of tiles: more runs of them): else one thread finishes while the
-    other still has a whole item to go. Only speed depends on the split, never a value."""
+    stealing), so the runs are of about one length and the items, where the blocks allow, a
+    multiple of `threads` in number (else, where the tiles allow, by more runs of tiles): else one
+    thread finishes while the other still has a whole item to go. A tile's blocks are as even as
+    the group's blocks allow (6 as 3 + 3, not 4 + 2). Only speed depends on the split, never a
+    value."""
     m = weights.tile_m
     per_plane = lane_tiles(geom.oh * geom.ow) if m == LANE_K else -(-weights.segs.shape[0] // SEG_TILE)
+    n_blocks = -(-(geom.k_out // geom.groups) // m)
     unit = lane_blocks(weights.starts.size - 1) if m == LANE_K else 1  # blocks a tile takes at once
+    assert 1 <= unit <= MAX_BLOCKS
+    unit = -(-n_blocks // -(-n_blocks // unit))
     n_tiles = n_n * geom.groups * per_plane
-    n_units = -(-(geom.k_out // geom.groups) // (m * unit))
+    n_units = -(-n_blocks // unit)
     tiles = -(-n_tiles // -(-n_tiles // ITEM_TILES))  # runs of equal length
     n_tc = -(-n_tiles // tiles)
     top = -(-n_units // min(n_units, max(1, -(-ITEMS_PER_THREAD * threads // n_tc))))
@@ -337,7 +345,7 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
     tpi, bpi, lb = split
     wts, offs, starts, bias, pbase = cw.tiles, cw.offs, cw.starts, cw.b, cw.pbase  # see conv_tiles
     n_chains, wstep, sums = starts.size - 1, taps * LANE_K, lb * LANE_ACC * VEC  # sums: a chain's
-    runs, step = chain_runs(starts, RUN_BYTES // (4 * LANE_K * lb)), n_chains * sums  # step: a tile's
+    runs, step = chain_runs(starts, max(1, RUN_BYTES // (4 * LANE_K * lb))), n_chains * sums  # step: a tile's
     n_done = 0
     for item in prange(n_tc * n_bc):
         bc, tc = item % n_bc, item // n_bc
@@ -346,19 +354,23 @@ def conv_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
         bases = _lane_bases(t_lo, t_hi, n_t, groups, img, cg * plane, pbase, p_n, n_blocks * wstep)
         done = 0
         b_hi = min(n_blocks, (bc + 1) * bpi)
+        kept = np.empty(t_hi - t_lo, np.int64)  # per tile, how many of the nb blocks store an output
         for b0 in range(bc * bpi, b_hi, lb):
             nb = min(lb, b_hi - b0)
+            for i in range(t_hi - t_lo):
+                kept[i] = nb if bits is None else _blocks_kept(bits, t_lo + i, n_t, groups, kg, b0, nb, p_n)
             for r in range(runs.shape[0]):
                 span = (runs[r, 1], runs[r, 2], runs[r, 3])
                 at = runs[r, 0] * sums  # the run's chain in the first tile's sums
                 for i in range(t_hi - t_lo):
                     w0 = bases[i, WIDE] + b0 * wstep  # the tile's group's blocks
-                    if bits is None or _blocks_kept(bits, t_lo + i, n_t, groups, kg, b0, nb, p_n) == nb:
+                    if kept[i] == nb:
                         _lane_tile_pass(wts, w0, nb, wstep, xp, bases, i, offs, span, parts, at)
-                    elif bits is not None:  # masked: only the blocks whose bits name an output
-                        for h in range(nb):
+                    elif bits is not None and kept[i]:  # masked: the blocks whose bits name an output
+                        for h in range(nb):  # (testing bits lets Numba prune this in a dense call)
                             if _tile_kept(bits, t_lo + i, n_t, groups, kg, b0 + h, p_n):
-                                _lane_tile_pass(wts, w0 + h * wstep, 1, 0, xp, bases, i, offs, span, parts, at + h * LANE_ACC * VEC)
+                                a_h = at + h * LANE_ACC * VEC
+                                _lane_tile_pass(wts, w0 + h * wstep, 1, 0, xp, bases, i, offs, span, parts, a_h)
                     at += step
             for h in range(nb):  # block after block: the stores go to LANE_K output planes at a time
                 for ti in range(t_lo, t_hi):
@@ -427,7 +439,7 @@ def any_bits(bits, lo, hi):
 
 @njit(cache=True, parallel=True)
 def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
-    """`conv_lanes` for filters of CHAINS chains whose block of weights fits in RUN_BYTES
+    """`conv_lanes` for filters of CHAINS chains and at most SHORT_TAPS taps
     (`short_chains`): the same tiles and sums, each tile's chains one after another, then its
     store, so that a tile's positions are worked out once and its sums stay in L1. bits as
     `conv_lanes` takes them (a tile whose bits name no output is skipped).
@@ -453,7 +465,7 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
                 w0 = bases[i, WIDE] + b0 * wstep
                 if bits is None or _blocks_kept(bits, ti, n_t, groups, kg, b0, nb, p_n) == nb:
                     _tile_chains(wts, w0, nb, wstep, xp, bases, i, offs, starts, parts, (0, sums))
-                elif bits is not None:  # masked: only the blocks whose bits name an output
+                elif bits is not None:  # masked: the blocks whose bits name an output (see conv_lanes)
                     for h in range(nb):
                         if _tile_kept(bits, ti, n_t, groups, kg, b0 + h, p_n):
                             u = (h * LANE_ACC * VEC, sums)
@@ -485,6 +497,6 @@ def _tile_chains(wts, w0, nb, wstep, xp, bases, i, offs, starts, parts, u):
 
 
 def short_chains(cw, geom) -> bool:
-    """Whether `conv_short_lanes` takes the conv: filters in lanes, CHAINS chains, a block's
-    weights within RUN_BYTES (each chain then one run)."""
-    return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and group_taps(geom) * LANE_K * 4 <= RUN_BYTES
+    """Whether `conv_short_lanes` takes the conv: filters in lanes, CHAINS chains, at most
+    SHORT_TAPS taps (a block's weights within 16 KiB)."""
+    return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and group_taps(geom) <= SHORT_TAPS

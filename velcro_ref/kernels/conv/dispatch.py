@@ -3,7 +3,8 @@
 Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
 lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
 `depthwise.conv_depth_bands` / `conv_depthwise`); masked where the SkipPlan carries bits
-(`schedule.lane_bits_kernel`: channels or filters in SIMD lanes), the dense kernel storing only
+(`schedule.lane_bits_kernel`, or per mask `schedule.dense_cheaper`: channels or filters in SIMD
+lanes), the dense kernel storing only
 the unmasked outputs; other masked convs with one chain per output (`masked.conv_runs`, runs of
 unmasked outputs in SIMD lanes) or CHAINS chains (`masked.conv_sampled` / `conv_images8`, taps
 in SIMD lanes). Every path sums an output in the same order, so a masked call writes the same

@@ -51,7 +51,9 @@ def _tile_floats(g):
 
 
 def scratch_floats(geom: ConvGeom, n_n, weights) -> int:
-    """Floats of scratch a masked call with n_n images needs."""
+    """Floats of scratch a masked call with n_n images needs in the masked kernels (a mask that
+    `schedule.dense_cheaper` sends to the dense kernel needs that kernel's, which
+    `dispatch.scratch_floats` takes as well)."""
     if lane_bits_kernel(weights, geom):  # the dense kernel's (`dispatch.scratch_floats`)
         return 0
     if one_chain(geom):  # the input planes of `conv_runs`

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..jit import njit
 from ..simd import VEC
-from .dense import LANE_BLOCKS, LANE_K, POS_TILE, short_chains
+from .dense import LANE_BLOCKS, LANE_K, POS_TILE, lane_tiles, short_chains
 from .geom import ConvGeom, group_taps, in_place, one_chain
 from .layouts import BLOCKS, DIRECT, ROWS, padded_taps, plane_order, planes_of, tap_offsets
 
@@ -26,8 +26,8 @@ ONE_IMAGE_POSITIONS = 128
 L1_BYTES = 32 << 10
 # Time of the sampled kernels per output they compute, in units of the dense filters-in-lanes
 # kernel's per output (`dense_cheaper`): measured on ResNet-18 224x224 at batch 1 with masks of
-# uniform ratio R (docs/kernels.md, "Masked lanes"), 1.7 - 2.5 where the dense tiles take 4 blocks
-# of filters (AVX-512), about 1.2 where they take one.
+# uniform ratio R (docs/kernels.md, "Measured"), 1.7 - 2.5 where the dense tiles take 4 blocks
+# of filters (AVX-512), about 1.2 where they take one (the same machine before those tiles).
 SAMPLED_COST = 1.8 if LANE_BLOCKS > 1 else 1.2
 
 
@@ -39,7 +39,8 @@ class SkipPlan(NamedTuple):
     same in tiles for 8 images, None for a conv that runs image by image, `eight_images`),
     runs None; for another conv summed in one chain, groups () and runs = (segs, bounds, offs,
     planes, plane_of): the `run_segments` of every filter and the input layout they read
-    (`Planes`, tap offsets). bits is None but for a `lane_bits_kernel` conv."""
+    (`Planes`, tap offsets). bits is None but for a `lane_bits_kernel` conv and one whose mask
+    `dense_cheaper` sends to the dense kernel (groups () and runs None)."""
 
     skip: np.ndarray
     groups: tuple
@@ -76,8 +77,9 @@ def eight_images(geom: ConvGeom) -> bool:
 
 
 def lane_bits_kernel(weights, geom: ConvGeom) -> bool:
-    """Whether a masked conv runs its dense kernel storing only the outputs of its `lane_bits`
-    (docs/kernels.md, "Masked lanes"): channels or filters in SIMD lanes and one chain
+    """Whether every masked call of a conv runs its dense kernel storing only the outputs of its
+    `lane_bits` (docs/kernels.md, "Masked lanes"; `dense_cheaper` sends others there per mask):
+    channels or filters in SIMD lanes and one chain
     (`depthwise.conv_depth_bands`, `dense.conv_lanes`), or filters in lanes and short chains
     (`dense.conv_short_lanes`) where the sampled kernels would read their taps without reuse
     between neighbouring positions (a 1x1 conv, or im2col rows). Only speed depends on it."""
@@ -99,11 +101,12 @@ def dense_cheaper(sk, weights, geom: ConvGeom) -> bool:
     if weights.tile_m != LANE_K or one_chain(geom):
         return False
     k_n, p_n = sk.shape
-    n_t = -(-p_n // POS_TILE)
-    need = np.zeros((k_n // LANE_K, n_t * POS_TILE), np.bool_)
-    need[:, :p_n] = ~sk.reshape(k_n // LANE_K, LANE_K, p_n).all(axis=1)
-    kept = need.reshape(k_n // LANE_K, n_t, POS_TILE).any(axis=2).sum() * (LANE_K * POS_TILE)
-    return kept <= SAMPLED_COST * (sk.size - np.count_nonzero(sk))
+    unmasked = sk.size - np.count_nonzero(sk)
+    starts = np.arange(lane_tiles(p_n)) * POS_TILE  # the kernel's tiles (the last may be wide)
+    sizes = np.diff(np.append(starts, p_n)) * LANE_K
+    need = ~sk.reshape(k_n // LANE_K, LANE_K, p_n).all(axis=1)
+    kept = np.logical_or.reduceat(need, starts, axis=1) @ sizes  # outputs of the tiles computed
+    return unmasked > 0 and int(kept.sum()) <= SAMPLED_COST * unmasked
 
 
 def lane_bits(sk, lanes):
