@@ -262,7 +262,9 @@ the order of `tile_pass`, the other way round in the registers.
 lane_pass(wp, w0, x, pb, offs, span, parts, at): wp float32 (flat), tap t of filter j at
 wp[w0 + t * 16 + j]; pb the P positions' bases; offs, span, parts as `tile_pass` takes them,
 the P accumulators at parts[at + p * 16] (filters 0 .. 15 of position p; as 8-lane halves, filters
-8 h .. 8 h + 7 at parts[at + (p * 2 + h) * VEC]).
+8 h .. 8 h + 7 at parts[at + (p * 2 + h) * VEC]). w0 and at may be tuples of one length, one entry
+per block of 16 filters: each block's taps from its w0, its accumulators at its at, every input
+value read once for all the blocks.
 """
 
 depth_pass = intrinsic(_lane_pass("depth_pass", 1, True))
