@@ -513,6 +513,67 @@ def test_dense_cheaper_chooses_the_dense_kernel_for_dense_masks_only():
     assert kc.plan_skip(np.zeros((24, 7, 7), bool), w_odd, odd).bits is None
 
 
+# 1x1 convs of one chain on planes of one segment (16 positions), of two that overlap (17), of
+# a tile less one position, a whole tile and a tile and one (47 - 49), of several tiles whose
+# last segment overlaps (9 x 11, 14 x 14); 1 - 63 channels, 16 - 48 filters.
+DIRECT_GEOMS = [
+    kc.conv_geom(1, 4, 4, 16, (1, 1)),
+    kc.conv_geom(3, 1, 17, 32, (1, 1)),
+    kc.conv_geom(24, 1, 47, 16, (1, 1)),
+    kc.conv_geom(16, 6, 8, 48, (1, 1)),
+    kc.conv_geom(63, 7, 7, 32, (1, 1)),
+    kc.conv_geom(24, 9, 11, 32, (1, 1)),
+    kc.conv_geom(32, 14, 14, 16, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["own", "residual"])
+@pytest.mark.parametrize("geom", DIRECT_GEOMS, ids=str)
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "lanes"])
+def test_direct_tiles_equal_numpy_twin_bit_for_bit(geom, direct, residual, monkeypatch):
+    """`conv_direct` (forced on or off, on any CPU) stores every output once with the twin's
+    bits and counts its MACs, over tails of every length, batches of 1 and 3, ReLU6; masked, the
+    conv runs the lanes kernel with lane bits either way."""
+    monkeypatch.setattr(dense, "DIRECT_TILES", direct)
+    monkeypatch.setattr(dispatch, "_CALLS", {})
+    _, weights, _, _ = _conv_case((geom, 1, None, 2, residual, 5, False))
+    assert dense.direct_tiles(weights, geom) == direct
+    for n in (1, 3):
+        x, weights, _, ep = _conv_case((geom, n, None, 2, residual, n, False))
+        got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+        want = got.copy()
+        assert kc.conv2d(x, weights, geom, None, got, None, ep) == rconv.conv2d(x, weights, geom, None, want, None, ep)
+        assert got.tobytes() == want.tobytes()
+    skip = np.random.default_rng(2).random((geom.k_out, geom.oh, geom.ow)) < 0.5
+    plan = kc.plan_skip(skip, weights, geom)
+    assert plan.bits is not None
+    got = np.full((3, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
+def test_direct_tiles_take_only_dense_one_chain_1x1_convs_of_stride_1(monkeypatch):
+    """Strided, padded, grouped, 8-chain or sub-segment convs, and filter counts off the lanes'
+    blocks, keep the kernels they had."""
+    monkeypatch.setattr(dense, "DIRECT_TILES", True)
+    others = [
+        kc.conv_geom(24, 9, 11, 32, (1, 1), (2, 2)),
+        kc.conv_geom(24, 9, 11, 32, (1, 1), (1, 1), (1, 1, 1, 1)),
+        kc.conv_geom(32, 9, 11, 32, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2),
+        kc.conv_geom(64, 9, 11, 32, (1, 1)),
+        kc.conv_geom(24, 3, 5, 32, (1, 1)),
+        kc.conv_geom(24, 9, 11, 24, (1, 1)),
+        kc.conv_geom(3, 9, 11, 16, (3, 3), (1, 1), (1, 1, 1, 1)),
+    ]
+    for geom in others:
+        _, weights, _, _ = _conv_case((geom, 1, None, 0, False, 0, False))
+        assert not dense.direct_tiles(weights, geom), geom
+    for geom in DIRECT_GEOMS:
+        _, weights, _, _ = _conv_case((geom, 1, None, 0, False, 0, False))
+        assert dense.direct_tiles(weights, geom), geom
+
+
 @pytest.mark.parametrize("stride", [1, 2], ids=["one-image", "eight-images"])
 @pytest.mark.parametrize("masked_", [None, 0.5], ids=["dense", "masked"])
 def test_conv_outputs_do_not_depend_on_threads_or_batch(masked_, stride):

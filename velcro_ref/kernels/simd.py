@@ -17,6 +17,7 @@ vectors carry it:
   vector of input pixels times a broadcast weight), the sums kept in memory between runs;
   `store_tile` combines a tile's chains, adds the bias, an optional residual tensor and an
   optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
+  `direct_tile` does both for one chain in one call, with `<16 x float>` segments of 16.
 - `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
   (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
   depthwise channels in the lanes (a vector of 8 channels' pixels times their weights);
@@ -50,6 +51,8 @@ _I8 = ir.IntType(8)
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
 _V8 = ir.VectorType(_F32, VEC)
+DVEC = 2 * VEC  # lanes of `direct_tile`'s vectors: one AVX-512 register (two halves with AVX2)
+_V16 = ir.VectorType(_F32, DVEC)
 
 
 def wide_vectors() -> bool:
@@ -288,7 +291,7 @@ def _epilogue(builder, y, act):
     and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
     zero, six = (ir.Constant(y.type, 0.0), ir.Constant(y.type, 6.0))
     if isinstance(y.type, ir.VectorType):
-        zero, six = ir.Constant(y.type, [0.0] * VEC), ir.Constant(y.type, [6.0] * VEC)
+        zero, six = ir.Constant(y.type, [0.0] * y.type.count), ir.Constant(y.type, [6.0] * y.type.count)
     relu = builder.select(builder.fcmp_unordered(">", y, zero), y, zero)
     relu6 = builder.select(builder.fcmp_unordered("<", relu, six), relu, six)
     is_relu = builder.icmp_signed("==", act, act.type(1))
@@ -367,6 +370,81 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def direct_tile(typingctx, wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los):
+    """A tile of M filters by V segments of DVEC consecutive output positions (outputs in the
+    lanes, `<16 x float>`) of a conv of one chain read in place, summed and stored in one call.
+
+    direct_tile(wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los): tap t (t = 0
+    .. offs.size - 1, summation order) of filter m at wp[w0s[m] + t * wstep]; x float32 (flat),
+    segment v's input for tap t at x[xb[v] + offs[t] + lane]. Each lane's sum is one chain of
+    fused multiply-adds from +0 in increasing t, then + bias, + the residual if has_res, and the
+    activation (`_epilogue`), as `store_tile` finishes an output. where = (k0, m_n, kstride,
+    has_res, act): filter m is output channel k0 + m, stored for m < m_n; out and res (flat
+    NCHW, res as `store_tile` takes it) hold segment v's lane 0 of filter 0 at obases[v], a
+    channel kstride floats from the next; los[v] the first lane of segment v stored (0: all,
+    DVEC: none, else a masked store of the lanes from los[v] on). M = len(w0s), V = len(xb).
+    """
+    if not (_f32_c(wp) and _f32_c(x) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _i64_c(offs)):
+        return None
+    if not (_int_tuple(w0s) and _int_tuple(xb) and isinstance(wstep, types.Integer) and _int_tuple(where, 5)):
+        return None
+    if not (_int_tuple(obases, xb.count) and _int_tuple(los, xb.count)):
+        return None
+    sig = types.none(wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los)
+    n_m, n_v = w0s.count, xb.count
+
+    def codegen(context, builder, sig, args):
+        arr_w, arr_x, arr_o, arr_b, arr_r, arr_out = _arrays(context, builder, sig, args, 0, 3, 5, 6, 7, 8)
+        w0 = cgutils.unpack_tuple(builder, args[1])
+        wstep = context.cast(builder, args[2], sig.args[2], types.intp)
+        xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[4])]
+        accs = [cgutils.alloca_once_value(builder, _zero(_V16)) for _ in range(n_m * n_v)]
+        with cgutils.for_range(builder, arr_o.nitems) as loop:
+            t = loop.index
+            o = builder.load(builder.gep(arr_o.data, [t]))
+            xs = [_load_vec(builder, base, o, _V16) for base in xbase]
+            wt = builder.mul(t, wstep)
+            for m in range(n_m):
+                wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])), _V16)
+                for v in range(n_v):
+                    acc = accs[m * n_v + v]
+                    builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
+        k0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[9])
+        has_res = builder.icmp_signed("!=", has_res, _I64(0))
+        ob, los = cgutils.unpack_tuple(builder, args[10]), cgutils.unpack_tuple(builder, args[11])
+        lanes = ir.Constant(ir.VectorType(_I64, DVEC), list(range(DVEC)))
+        for m in range(n_m):
+            with builder.if_then(builder.icmp_signed("<", _I64(m), m_n)):
+                bv = _splat(builder, builder.load(builder.gep(arr_b.data, [builder.add(k0, _I64(m))])), _V16)
+                for v in range(n_v):
+                    at = builder.add(ob[v], builder.mul(kstride, _I64(m)))
+                    y = builder.fadd(builder.load(accs[m * n_v + v]), bv)
+                    with builder.if_then(builder.icmp_signed("<", los[v], _I64(DVEC))):
+                        with builder.if_else(has_res) as (with_res, without):
+                            with with_res:
+                                r = _load_vec(builder, arr_r.data, at, _V16)
+                                y_res = (_epilogue(builder, builder.fadd(y, r), act), builder.block)
+                            with without:
+                                y_own = (_epilogue(builder, y, act), builder.block)
+                        y2 = _phi(builder, y_res, y_own)
+                        ptr = _vec_ptr(builder, arr_out.data, at, _V16)
+                        with builder.if_else(builder.icmp_signed("==", los[v], _I64(0))) as (whole, part):
+                            with whole:
+                                builder.store(y2, ptr, align=4)
+                            with part:
+                                lo = _splat_i64(builder, los[v], DVEC)
+                                _masked_store(builder, y2, ptr, builder.icmp_signed(">=", lanes, lo))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _splat_i64(builder, value, n):
+    one = builder.insert_element(ir.Constant(ir.VectorType(_I64, n), ir.Undefined), value, _I32(0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 def _phi(builder, *incoming):
@@ -662,12 +740,12 @@ def _masked_load(builder, base, index, lanes):
 
 
 def _masked_store(builder, y, ptr, mask):
-    """ptr[l] = y[l] where mask[l] (<8 x i1>): llvm.masked.store; the other floats are neither
+    """ptr[l] = y[l] where mask[l] (<8 x i1>, or as wide as y): llvm.masked.store; the other floats are neither
     read nor written (nor need they lie inside the array). One masked move with AVX-512
     (Zen 4, Intel), vmaskmovps with AVX2 (microcoded on AMD CPUs before Zen 4: slower there,
     the same values)."""
-    fnty = ir.FunctionType(ir.VoidType(), [_V8, ptr.type, _I32, mask.type])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v8f32.p0")
+    fnty = ir.FunctionType(ir.VoidType(), [y.type, ptr.type, _I32, mask.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.store.v{y.type.count}f32.p0")
     builder.call(fn, [y, ptr, _I32(4), mask])
 
 

@@ -2,7 +2,8 @@
 
 `conv_tiles` puts output positions in the SIMD lanes (`tile_pass` tiles of 4 filters by 3
 segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions),
-`conv_short_lanes` too, for filters whose chains are short (a tile's chains one after another).
+`conv_short_lanes` too, for filters whose chains are short (a tile's chains one after another),
+`conv_direct` output positions again, 16 a vector, for 1x1 convs of one chain read in place.
 All sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
 in runs of taps whose weights stay in L1, and finish it with bias, optional residual and
 activation (`store_tile`, `store_lanes`). The tile, item or thread that computes an output
@@ -15,8 +16,8 @@ import numpy as np
 from numba import prange
 
 from ..jit import njit
-from ..simd import CHAINS, VEC, lane_pass, store_lanes, store_tile, tile_pass, wide_vectors
-from .geom import group_taps
+from ..simd import CHAINS, DVEC, VEC, direct_tile, lane_pass, store_lanes, store_tile, tile_pass, wide_vectors
+from .geom import group_taps, one_chain
 from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
 SEG_TILE = 3  # segments of VEC outputs per register tile of `conv_tiles`
@@ -38,6 +39,12 @@ MAX_BLOCKS = 4
 # one block (16 KiB cut those chains into runs of 64 and 8 taps: 3 - 5% slower, docs/kernels.md).
 RUN_BYTES = 18 << 10
 SHORT_TAPS = 256  # taps of a group's filters, at most, for `conv_short_lanes` (a block's 16 KiB)
+# `conv_direct`'s tile: DIRECT_M filters by DIRECT_V segments of DVEC positions, 24 accumulators
+# of 32 AVX-512 registers. It takes the dense 1x1 convs of one chain where vectors are 16 floats
+# wide (DIRECT_TILES): with 8-float vectors its accumulators would not fit in the registers.
+DIRECT_M = 8
+DIRECT_V = 3
+DIRECT_TILES = wide_vectors()
 # Tiles per work item, at most: their sums (3.5 KiB per tile and block a tile takes) stay in L2.
 ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
@@ -500,3 +507,63 @@ def short_chains(cw, geom) -> bool:
     """Whether `conv_short_lanes` takes the conv: filters in lanes, CHAINS chains, at most
     SHORT_TAPS taps (a block's weights within 16 KiB)."""
     return cw.tile_m == LANE_K and cw.starts.size - 1 == CHAINS and group_taps(geom) <= SHORT_TAPS
+
+
+def direct_tiles(cw, geom) -> bool:
+    """Whether a dense call without bits takes `conv_direct`: DIRECT_TILES, a 1x1 conv of stride
+    1 read in place (DIRECT) of one group, one chain, filters packed in blocks of LANE_K, and a
+    plane of at least one segment."""
+    direct = cw.kind == DIRECT and geom.sh == geom.sw == 1 and geom.groups == 1
+    fits = cw.tile_m == LANE_K and one_chain(geom) and geom.oh * geom.ow >= DVEC
+    return DIRECT_TILES and direct and fits
+
+
+def direct_split(geom, n_n, threads) -> int:
+    """Tiles per work item of `conv_direct` on n_n images: ITEMS_PER_THREAD items per thread or
+    more. Only speed depends on it."""
+    n_t = -(-(-(-geom.oh * geom.ow // DVEC)) // DIRECT_V)
+    return max(1, -(-n_n * n_t // (ITEMS_PER_THREAD * threads)))
+
+
+@njit(cache=True)
+def _segment(s, n_s, p_n):
+    """(start, first lane stored) of segment s of a plane of p_n positions in n_s segments of
+    DVEC: the last one starts DVEC before the plane's end (its lanes before the first stored
+    were the segment before's); a segment past the last repeats it and stores nothing."""
+    if s >= n_s:
+        return p_n - DVEC, DVEC
+    start = min(s * DVEC, p_n - DVEC)
+    return start, s * DVEC - start
+
+
+@njit(cache=True, parallel=True)
+def conv_direct(x, cw, geom, res, has_res, act, out, tpi):
+    """Layout: x (N * C * H * W,) the images as they are (DIRECT); res and out as `conv_tiles`
+    takes them; cw packed in blocks of LANE_K filters (`direct_tiles` says which convs). Returns
+    the MACs.
+
+    Output positions in SIMD lanes: a tile is DIRECT_V segments of DVEC consecutive positions of
+    a plane (`_segment`); for each tile, every DIRECT_M filters in turn (`direct_tile`: the
+    filters' one chain from +0 over the taps, c = 0 .. C - 1, then bias, residual and
+    activation, stored). Items of tpi tiles (image after image) in parallel; a tile's input
+    stays in L1 while its filters go through it. Each output is computed and stored once."""
+    k_n, p_n, taps = geom.k_out, geom.oh * geom.ow, geom.c_in
+    n_s = (p_n + DVEC - 1) // DVEC
+    n_t = (n_s + DIRECT_V - 1) // DIRECT_V
+    n_all = out.size // (k_n * p_n) * n_t
+    wts, offs, bias = cw.tiles, cw.offs, cw.b  # see conv_tiles
+    for item in prange((n_all + tpi - 1) // tpi):
+        for ti in range(item * tpi, min(n_all, (item + 1) * tpi)):
+            n, t = ti // n_t, ti % n_t
+            a0, l0 = _segment(t * DIRECT_V, n_s, p_n)
+            a1, l1 = _segment(t * DIRECT_V + 1, n_s, p_n)
+            a2, l2 = _segment(t * DIRECT_V + 2, n_s, p_n)
+            xi, oi = n * taps * p_n, n * k_n * p_n
+            xb, los = (xi + a0, xi + a1, xi + a2), (l0, l1, l2)
+            for k0 in range(0, k_n, DIRECT_M):
+                w = (k0 // LANE_K) * taps * LANE_K + k0 % LANE_K  # filter k0's tap 0 in its block
+                ws = (w, w + 1, w + 2, w + 3, w + 4, w + 5, w + 6, w + 7)
+                ob = oi + k0 * p_n
+                where = (k0, DIRECT_M, p_n, has_res, act)
+                direct_tile(wts, ws, LANE_K, x, xb, offs, bias, res, out, where, (ob + a0, ob + a1, ob + a2), los)
+    return n_all // n_t * k_n * p_n * taps

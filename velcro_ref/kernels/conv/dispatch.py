@@ -1,7 +1,7 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
 
-Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` with outputs in SIMD
-lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
+Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` and `conv_direct` with
+outputs in SIMD lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
 `depthwise.conv_depth_bands` / `conv_depthwise`); masked where the SkipPlan carries bits
 (`schedule.lane_bits_kernel`, or per mask `schedule.dense_cheaper`: channels or filters in SIMD
 lanes), the dense kernel storing only
@@ -22,9 +22,12 @@ import numpy as np
 from . import masked
 from .dense import (
     LANE_K,
+    conv_direct,
     conv_lanes,
     conv_short_lanes,
     conv_tiles,
+    direct_split,
+    direct_tiles,
     planes_floats,
     planes_input,
     short_chains,
@@ -105,7 +108,8 @@ def dense_kernel(weights: ConvWeights, geom: ConvGeom):
 class _DenseCall(NamedTuple):
     """What a dense call of a conv on n images with t threads works out before its kernels:
     the scratch it needs, the input layout, the kernel (None: depthwise) and the chunks of
-    images it runs them on, (first, count, work split)."""
+    images it runs them on, (first, count, work split, `conv_direct`'s tiles per item or 0 where
+    it does not take the conv)."""
 
     tiles: weakref.ref  # the conv's packed filters: tells the conv from a later one at its id
     need: int
@@ -133,9 +137,16 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     chunk = chunk_images(per_image, n_n)
     depthwise = pl.kind == BLOCKS or (is_depthwise(geom) and pl.kind == ROWS)
     kernel = None if depthwise else dense_kernel(weights, geom)
+    direct = not depthwise and direct_tiles(weights, geom)
     chunks = tuple(
-        (n0, min(chunk, n_n - n0), None if depthwise else work_split(weights, geom, min(chunk, n_n - n0), threads))
+        (
+            n0,
+            m,
+            None if depthwise else work_split(weights, geom, m, threads),
+            direct_split(geom, m, threads) if direct else 0,
+        )
         for n0 in range(0, n_n, chunk)
+        for m in (min(chunk, n_n - n0),)
     )
     call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks, band_rows(geom))
     if len(_CALLS) >= CALLS_MAX:
@@ -156,7 +167,7 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
     pl = call.pl
     res, has_res, act = ep
     n_macs = 0
-    for n0, m, split in call.chunks:
+    for n0, m, split, tpi in call.chunks:
         xs, o = _images(x, n0, m), _images(out, n0, m).reshape(-1)
         r = _images(res, n0, m).reshape(-1) if has_res else o
         if pl.kind == BLOCKS:
@@ -164,7 +175,9 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
             n_macs += conv_depth_bands(xf, weights, geom, call.band, r, has_res, act, o, bits)
             continue
         xp = planes_input(xs, geom, pl, weights.plane_of, scratch)
-        if call.kernel is None:
+        if tpi and bits is None:
+            n_macs += conv_direct(xp, weights, geom, r, has_res, act, o, tpi)
+        elif call.kernel is None:
             n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
         elif call.kernel is conv_tiles:
             n_macs += conv_tiles(xp, weights, geom, r, has_res, act, o, split)
