@@ -147,3 +147,58 @@ def test_an_observer_sees_every_node_of_a_fusable_model():
     assert seen.nodes == [st.name for st in model.steps]
     assert seen.sites == list(model.sites)
     assert y.tobytes() == model.run(x).tobytes()
+
+
+class _Sites:
+    def on_site(self, name, y):
+        pass
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs(), st.integers(1, 5), st.sampled_from([0.3, 1.0]))
+def test_dense_runs_on_shared_buffers_equal_runs_on_the_tensors_own(case, n, fraction):
+    """Dense runs without observer write their tensors into buffers they share (`_shared_buffers`);
+    interleaved with masked runs (which keep the masks' constants in the tensors' own buffers),
+    with observed runs and with other batch sizes, every run gives the bits it gives alone."""
+    g, _, seed = case
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n + 1, *Model(g).input_shape)).astype(np.float32)
+    masks = random_masks(Model(g), rng, fraction)
+    alone = {}
+    for key, xs, m in (("dense", x[:n], None), ("masked", x[:n], masks), ("dense+1", x, None)):
+        alone[key] = Model(g).run(xs, masks=m).tobytes()
+    observed = Model(g).run(x[:n], observer=_Sites()).tobytes()
+    assert observed == alone["dense"]
+    model = Model(g)
+    for key in ("dense", "masked", "dense", "dense+1", "masked", "dense", "masked"):
+        xs = x if key == "dense+1" else x[:n]
+        assert model.run(xs, masks=masks if key == "masked" else None).tobytes() == alone[key], key
+        assert model.run(x[:n], observer=_Sites()).tobytes() == observed
+
+
+def test_a_dense_run_shares_buffers_between_its_tensors():
+    """MobileNet-V2's dense run writes its 50-odd tensors into a few buffers, and a second run
+    into the same ones; every output shares its memory with a tensor of another step."""
+    model = load_model(ROOT / "weights" / "mobilenet_v2.h5")
+    x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
+    seen = {}
+
+    def record(op, meth):
+        run = getattr(op, meth)
+
+        def wrapped(xs, args, skip, out, *rest):
+            seen.setdefault(id(args), out.__array_interface__["data"][0])
+            return run(xs, args, skip, out, *rest)
+
+        setattr(op, meth, wrapped)
+
+    for op in {id(st.opdef): st.opdef for st in model.steps}.values():
+        for meth in ("run", "run_fused"):
+            if hasattr(op, meth):
+                record(op, meth)
+    model.run(x)
+    first = dict(seen)
+    seen.clear()
+    model.run(x)
+    assert seen == first
+    assert len(first) > 50 and len(set(first.values())) <= 8
