@@ -111,8 +111,8 @@ class Model:
         return buf
 
     def _shared_buffers(self, fused, absorbed, n_n) -> dict:
-        """Step index -> the flat uint8 buffer a dense run without observer on n_n images writes
-        that step's output into. The tensors share a few buffers: a tensor's goes to the next
+        """Step index -> the array (a view of a shared buffer) a dense run without observer on
+        n_n images writes that step's output into. The tensors share a few buffers: a tensor's goes to the next
         one written after the last step that reads it (the one freed last first), so that the
         caches still hold it. One buffer per tensor, as masked and observed runs keep them,
         wrote MobileNet-V2's 27 MB a run at batch 1 to memory the caches had let go. Worked out
@@ -132,7 +132,12 @@ class Model:
                 slot_of[name] = step_slot[i] = slot
                 free.extend(slot_of[t] for t in reads[i] if last[t] == i and t in slot_of and t != self.output)
             buffers = [np.empty(n, np.uint8) for n in sizes]
-            self._shared = (fused, n_n, {i: buffers[slot] for i, slot in step_slot.items()})
+            views = {}
+            for i, st in steps:
+                name = st.name if st.name not in fused else fused[st.name].output
+                shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
+                views[i] = buffers[step_slot[i]][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+            self._shared = (fused, n_n, views)
         return self._shared[2]
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:
@@ -239,7 +244,7 @@ class Model:
             f = fused.get(st.name)
             name = st.name if f is None else f.output  # the buffer written: a fused conv's last node's
             skip = None if mp is None else mp.skips.get(st.name)
-            out = self._out(name, (n_n, *self.plan.shapes[name]), st.dtype, mp, None if shared is None else shared[i])
+            out = shared[i] if shared is not None else self._out(name, (n_n, *self.plan.shapes[name]), st.dtype, mp)
             if f is not None:  # act(conv + bias (+ residual)) into the last node's buffer
                 res = None if f.residual is None else env[f.residual]
                 macs[st.name] = int(
@@ -270,13 +275,10 @@ class Model:
         self.last_macs = macs
         return env[self.output].copy()
 
-    def _out(self, name, shape, dtype, mp, shared):
-        """The buffer tensor `name` is written into: in a dense run without observer a view of
-        its shared buffer (shared: the buffer itself), else the tensor's own (`_buffer`), which
-        holds the constants of a mask plan's `fixed` values while runs with that plan follow one
-        another."""
-        if shared is not None:
-            return shared[: int(np.prod(shape)) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+    def _out(self, name, shape, dtype, mp):
+        """The buffer tensor `name` is written into where the run shares none (`_shared_buffers`):
+        the tensor's own (`_buffer`), which holds the constants of a mask plan's `fixed` values
+        while runs with that plan follow one another."""
         out = self._buffer(name, shape, dtype)
         fixed = None if mp is None else mp.fixed.get(name)
         if fixed is None:
