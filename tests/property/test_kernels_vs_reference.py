@@ -210,6 +210,15 @@ def _conv_case(case):
     return x, kc.prepare_conv(w, b, geom), skip, ep
 
 
+def _assert_equals_twin(x, weights, geom, plan, skip, ep):
+    """conv2d (plan: the SkipPlan of skip, or None) writes the NumPy twin's bits over an output
+    filled with 7.0, masked outputs left so, and counts its MACs."""
+    got = np.full((x.shape[0], geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    want = got.copy()
+    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
+    assert got.tobytes() == want.tobytes()
+
+
 @given(conv_cases())
 def test_conv2d_kernel_equals_numpy_twin_bit_for_bit(case):
     geom, n, masked_, _, _, _, small_scratch = case
@@ -490,10 +499,7 @@ def test_lane_blocks_equal_numpy_twin_bit_for_bit(geom, mask, blocks, monkeypatc
             skip[48:64, : geom.oh // 2] = True  # and one over the top rows
         plan = kc.plan_skip(skip, weights, geom)
         assert plan.bits is not None
-    got = np.full((3, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
-    want = got.copy()
-    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
-    assert got.tobytes() == want.tobytes()
+    _assert_equals_twin(x, weights, geom, plan, skip, ep)
 
 
 def test_dense_cheaper_chooses_the_dense_kernel_for_dense_masks_only():
@@ -540,17 +546,11 @@ def test_direct_tiles_equal_numpy_twin_bit_for_bit(geom, direct, residual, monke
     assert dense.direct_tiles(weights, geom) == direct
     for n in (1, 3):
         x, weights, _, ep = _conv_case((geom, n, None, 2, residual, n, False))
-        got = np.full((n, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
-        want = got.copy()
-        assert kc.conv2d(x, weights, geom, None, got, None, ep) == rconv.conv2d(x, weights, geom, None, want, None, ep)
-        assert got.tobytes() == want.tobytes()
+        _assert_equals_twin(x, weights, geom, None, None, ep)
     skip = np.random.default_rng(2).random((geom.k_out, geom.oh, geom.ow)) < 0.5
     plan = kc.plan_skip(skip, weights, geom)
     assert plan.bits is not None
-    got = np.full((3, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
-    want = got.copy()
-    assert kc.conv2d(x, weights, geom, plan, got, None, ep) == rconv.conv2d(x, weights, geom, skip, want, None, ep)
-    assert got.tobytes() == want.tobytes()
+    _assert_equals_twin(x, weights, geom, plan, skip, ep)
 
 
 def test_direct_tiles_take_only_dense_one_chain_1x1_convs_of_stride_1(monkeypatch):
