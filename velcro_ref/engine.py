@@ -57,7 +57,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = None  # (fusions, images, `SharedBuffers`) of the last dense run without observer
+        self._shared = None  # (fused convs, images, views) of the last dense run without observer
 
     @property
     def input_shape(self) -> tuple:
@@ -116,8 +116,9 @@ class Model:
         one written after the last step that reads it (the one freed last first), so that the
         caches still hold it. One buffer per tensor, as masked and observed runs keep them,
         wrote MobileNet-V2's 27 MB a run at batch 1 to memory the caches had let go. Worked out
-        once for the fusions and the batch size."""
-        if self._shared is None or self._shared[0] is not fused or self._shared[1] != n_n:
+        once for the convs fused and the batch size, the buffers on cache lines."""
+        key = tuple(fused)  # the fusions follow from the convs fused (`_fusions`)
+        if self._shared is None or self._shared[0] != key or self._shared[1] != n_n:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
             reads = {i: _reads(st, fused.get(st.name)) for i, st in steps}
             last = {t: i for i, _ in steps for t in reads[i]}  # tensor -> the step that reads it last
@@ -131,13 +132,13 @@ class Model:
                 sizes[slot] = max(sizes[slot], nbytes)
                 slot_of[name] = step_slot[i] = slot
                 free.extend(slot_of[t] for t in reads[i] if last[t] == i and t in slot_of and t != self.output)
-            buffers = [np.empty(n, np.uint8) for n in sizes]
+            buffers = [aligned_floats(-(-n // 4)).view(np.uint8) for n in sizes]  # on cache lines
             views = {}
             for i, st in steps:
                 name = st.name if st.name not in fused else fused[st.name].output
                 shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
                 views[i] = buffers[step_slot[i]][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-            self._shared = (fused, n_n, views)
+            self._shared = (key, n_n, views)
         return self._shared[2]
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:

@@ -538,14 +538,14 @@ DIRECT_GEOMS = [
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "lanes"])
 def test_direct_tiles_equal_numpy_twin_bit_for_bit(geom, direct, residual, monkeypatch):
     """`conv_direct` (forced on or off, on any CPU) stores every output once with the twin's
-    bits and counts its MACs, over tails of every length, batches of 1 and 3, ReLU6; masked, the
-    conv runs the lanes kernel with lane bits either way."""
+    bits and counts its MACs, over tails of every length, batches of 1 - 3, no activation, ReLU
+    and ReLU6; masked, the conv runs the lanes kernel with lane bits either way."""
     monkeypatch.setattr(dense, "DIRECT_TILES", direct)
     monkeypatch.setattr(dispatch, "_CALLS", {})
     _, weights, _, _ = _conv_case((geom, 1, None, 2, residual, 5, False))
     assert dense.direct_tiles(weights, geom) == direct
-    for n in (1, 3):
-        x, weights, _, ep = _conv_case((geom, n, None, 2, residual, n, False))
+    for n, act in ((1, 2), (3, 0), (2, 1)):
+        x, weights, _, ep = _conv_case((geom, n, None, act, residual, n, False))
         _assert_equals_twin(x, weights, geom, None, None, ep)
     skip = np.random.default_rng(2).random((geom.k_out, geom.oh, geom.ow)) < 0.5
     plan = kc.plan_skip(skip, weights, geom)
