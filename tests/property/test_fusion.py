@@ -193,7 +193,7 @@ def test_a_dense_run_shares_buffers_between_its_tensors():
 
         setattr(op, meth, wrapped)
 
-    for op in {id(st.opdef): st.opdef for st in model.steps}.values():
+    for op in {id(step.opdef): step.opdef for step in model.steps}.values():
         for meth in ("run", "run_fused"):
             if hasattr(op, meth):
                 record(op, meth)

@@ -521,8 +521,9 @@ def direct_tiles(cw, geom) -> bool:
 def direct_split(geom, n_n, threads) -> int:
     """Tiles per work item of `conv_direct` on n_n images: ITEMS_PER_THREAD items per thread or
     more. Only speed depends on it."""
-    n_t = -(-(-(-geom.oh * geom.ow // DVEC)) // DIRECT_V)
-    return max(1, -(-n_n * n_t // (ITEMS_PER_THREAD * threads)))
+    n_s = -(-(geom.oh * geom.ow) // DVEC)  # segments per plane
+    n_t = -(-n_s // DIRECT_V)
+    return max(1, -(-(n_n * n_t) // (ITEMS_PER_THREAD * threads)))
 
 
 @njit(cache=True)
