@@ -62,10 +62,11 @@ _TIE_VALUES = np.array([-0.0, 0.0, -np.inf, np.inf, 1.0, -1.0], np.float32)
 def max_pool_tie_cases(draw):
     """Windows and planes for every path of kernels.pool.max_pool: whole planes (stride 1, rows as
     wide as the input's), rows at strides 1 and 2 (unrolled 3x3 and 2x2, loops up to the widest),
-    one tap at a time (stride 3, wider windows), rows of several vectors."""
+    one tap at a time (stride 3, wider windows), rows of several vectors; the widest windows of
+    each path with vectors of 8 and of 16 floats (`pool_simd.PW`) and one more."""
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     kh = draw(st.integers(1, 5))
-    kw = draw(st.sampled_from([1, 2, 3, 3, 4, 5, 9, 10, 17, 18]))
+    kw = draw(st.sampled_from([1, 2, 3, 3, 4, 5, 9, 10, 17, 18, 33, 34]))
     pads = [draw(st.integers(0, k // 2)) for k in (kh, kw, kh, kw)]
     h = draw(st.integers(max(1, kh - pads[0] - pads[2]), 12))
     w = draw(st.integers(max(1, kw - pads[1] - pads[3]), 40))

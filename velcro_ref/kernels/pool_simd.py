@@ -7,12 +7,14 @@ the window rows in increasing order (a column's maximum), then those column maxi
 increasing column order. A tap outside the input is -inf, which the rule never takes where
 m was set, so padding leaves every result as the taps inside give it.
 
-Outputs lie in the lanes of `<8 x float>` vectors. A block is the column maxima of 8 consecutive
-input columns; the 8 outputs of a step read a few consecutive blocks, and tap fx of them is
+Outputs lie in the lanes of vectors of PW floats: 16 where the CPU's vectors are that wide
+(AVX-512), else 8 (`<8 x float>`); each output's fold is the same either way. A block is the
+column maxima of PW consecutive input columns; the PW outputs of a step read a few consecutive
+blocks, and tap fx of them is
 those blocks shifted by fx lanes (stride 1) or their even or odd lanes shifted by fx // 2
 (stride 2). The blocks a step shares with the next are kept, not computed again.
 
-- `max_row`: one output row, stride 1 (kw <= 9) or 2 (kw <= 17), blocks along the input row.
+- `max_row`: one output row, stride 1 (kw <= PW + 1) or 2 (kw <= 2 PW + 1), blocks along the input row.
 - `max_plane`: a whole plane at stride 1 when output rows are as wide as the input's (a same
   padding, GoogLeNet's 3x3 pad 1 pools): its positions are one flat run, a block's lanes may
   cross a row's end, and a tap whose column leaves its output's row is -inf.
@@ -29,10 +31,12 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .simd import VEC, _arrays, _f32_c, _int_tuple, _vec_ptr
+from .simd import VEC, _arrays, _f32_c, _int_tuple, _vec_ptr, wide_vectors
 
-ROW_KW = (VEC + 1, 2 * VEC + 1)  # widest window `max_row` takes at stride 1, 2
-PLANE_KW = VEC + 1  # widest window `max_plane` takes
+# Outputs per step, the lanes of a vector: 16 where vectors are 16 floats wide (AVX-512), else 8.
+PW = 2 * VEC if wide_vectors() else VEC
+ROW_KW = (PW + 1, 2 * PW + 1)  # widest window `max_row` takes at stride 1, 2
+PLANE_KW = PW + 1  # widest window `max_plane` takes
 
 # Unrolled forms: (kh, kw, pl) of `max_plane`, (window rows, kw, sw) of `max_row`.
 _PLANE_FORMS = ((3, 3, 1), (3, 3, 0), (2, 2, 0), (2, 2, 1))
@@ -40,20 +44,20 @@ _ROW_FORMS = ((3, 3, 2), (2, 2, 2), (3, 3, 1), (2, 3, 2))
 
 _I32 = ir.IntType(32)
 _I64 = ir.IntType(64)
-_V8 = ir.VectorType(ir.FloatType(), VEC)
-_V8I = ir.VectorType(_I32, VEC)
-_MASK = ir.VectorType(ir.IntType(1), VEC)
-_NEG = ir.Constant(_V8, [float("-inf")] * VEC)
-_LANES = ir.Constant(_V8I, list(range(VEC)))
+_VP = ir.VectorType(ir.FloatType(), PW)
+_VPI = ir.VectorType(_I32, PW)
+_MASK = ir.VectorType(ir.IntType(1), PW)
+_NEG = ir.Constant(_VP, [float("-inf")] * PW)
+_LANES = ir.Constant(_VPI, list(range(PW)))
 
 
 def _splat_i32(builder, value):
-    one = builder.insert_element(ir.Constant(_V8I, ir.Undefined), builder.trunc(value, _I32), _I32(0))
-    return builder.shuffle_vector(one, ir.Constant(_V8I, ir.Undefined), ir.Constant(_V8I, [0] * VEC))
+    one = builder.insert_element(ir.Constant(_VPI, ir.Undefined), builder.trunc(value, _I32), _I32(0))
+    return builder.shuffle_vector(one, ir.Constant(_VPI, ir.Undefined), ir.Constant(_VPI, [0] * PW))
 
 
 def _i32s(k):
-    return ir.Constant(_V8I, [k] * VEC)
+    return ir.Constant(_VPI, [k] * PW)
 
 
 def _int(value):
@@ -74,29 +78,29 @@ def _between(builder, idx, lo, hi):
 
 def _masked_load(builder, base, index, mask):
     """base[index + l] in lanes l of mask, -inf in the others (which are not read)."""
-    ptr = _vec_ptr(builder, base, index)
-    fnty = ir.FunctionType(_V8, [ptr.type, _I32, _MASK, _V8])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
+    ptr = _vec_ptr(builder, base, index, _VP)
+    fnty = ir.FunctionType(_VP, [ptr.type, _I32, _MASK, _VP])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v{PW}f32.p0")
     # the -inf goes in with a select: AVX2's masked load fills zeros, LLVM would add one per load anyway
-    return builder.select(mask, builder.call(fn, [ptr, _I32(4), mask, ir.Constant(_V8, [0.0] * VEC)]), _NEG)
+    return builder.select(mask, builder.call(fn, [ptr, _I32(4), mask, ir.Constant(_VP, [0.0] * PW)]), _NEG)
 
 
 def _store_first(builder, v, base, index, count, room):
-    """base[index + l] = v[l] for the lanes l < count, as one vector store when index + 8 <= room
+    """base[index + l] = v[l] for the lanes l < count, as one vector store when index + PW <= room
     (floats from count on are overwritten), else float by float (masked stores are slow on the
     AMD CPUs before Zen 4)."""
-    with builder.if_else(builder.icmp_signed("<=", builder.add(index, _I64(VEC)), room)) as (whole, part):
+    with builder.if_else(builder.icmp_signed("<=", builder.add(index, _I64(PW)), room)) as (whole, part):
         with whole:
-            builder.store(v, _vec_ptr(builder, base, index), align=4)
+            builder.store(v, _vec_ptr(builder, base, index, _VP), align=4)
         with part:
-            for lane in range(VEC):
+            for lane in range(PW):
                 with builder.if_then(builder.icmp_signed(">", count, _I64(lane))):
                     ptr = builder.gep(base, [builder.add(index, _I64(lane))])
                     builder.store(builder.extract_element(v, _I32(lane)), ptr)
 
 
 def _shuffle(builder, a, b, lanes):
-    return builder.shuffle_vector(a, b, ir.Constant(_V8I, list(lanes)))
+    return builder.shuffle_vector(a, b, ir.Constant(_VPI, list(lanes)))
 
 
 def _each(builder, start, stop, body):
@@ -123,7 +127,7 @@ def _first_of(builder, cases, default):
 
 
 class _Blocks:
-    """Column maxima of 8 consecutive input columns: block at index c (of xbase) is, per lane l,
+    """Column maxima of PW consecutive input columns: block at index c (of xbase) is, per lane l,
     the fold of xbase[c + r * w + l] over the rows r < n_rows. `inside(c)` says whether every lane
     of every row lies in the input (plain loads), `valid(c, at)` which lanes of the row at index
     at do (the others are -inf)."""
@@ -137,10 +141,10 @@ class _Blocks:
         b, acc = self.builder, self.acc
         with b.if_else(self.inside(c)) as (whole, part):
             with whole:
-                b.store(b.load(_vec_ptr(b, self.xbase, c), align=4), acc)
+                b.store(b.load(_vec_ptr(b, self.xbase, c, _VP), align=4), acc)
 
                 def row(r):
-                    v = b.load(_vec_ptr(b, self.xbase, b.add(c, b.mul(r, self.w))), align=4)
+                    v = b.load(_vec_ptr(b, self.xbase, b.add(c, b.mul(r, self.w)), _VP), align=4)
                     b.store(_keep_max(b, v, b.load(acc)), acc)
 
                 _each(b, 1, self.n_rows, row)
@@ -156,32 +160,32 @@ class _Blocks:
 
 
 def _steps(builder, blocks, first, count, sw, kw, kw_max, tap_ok, store):
-    """The outputs 0 .. count - 1, 8 a step: step o's blocks start at index first + o * sw, tap fx
+    """The outputs 0 .. count - 1, PW a step: step o's blocks start at index first + o * sw, tap fx
     of its lane l reads column fx + sw * l of them; the taps folded in increasing fx; tap_ok(fx)
     (or None) the lanes where tap fx is inside the input; store(o, v) stores the step's outputs.
     sw is 1 or 2; kw an int (unrolled) or an IR value below kw_max."""
     b = builder
-    span = sw * (VEC - 1) + (kw if isinstance(kw, int) else kw_max)  # columns a step reads
-    n_blocks = -(-span // VEC)
+    span = sw * (PW - 1) + (kw if isinstance(kw, int) else kw_max)  # columns a step reads
+    n_blocks = -(-span // PW)
     kept = [cgutils.alloca_once_value(b, _NEG) for _ in range(max(n_blocks - sw, 0))]
     for j, slot in enumerate(kept):
-        b.store(blocks.at(b.add(first, _I64(j * VEC))), slot)
+        b.store(blocks.at(b.add(first, _I64(j * PW))), slot)
     res = cgutils.alloca_once_value(b, _NEG)
-    with cgutils.for_range_slice(b, _I64(0), count, _I64(VEC)) as (o, _):
+    with cgutils.for_range_slice(b, _I64(0), count, _I64(PW)) as (o, _):
         c0 = b.add(first, b.mul(o, _I64(sw)))
         blk = [b.load(slot) for slot in kept]
-        blk += [blocks.at(b.add(c0, _I64(j * VEC))) for j in range(len(kept), n_blocks)]
+        blk += [blocks.at(b.add(c0, _I64(j * PW))) for j in range(len(kept), n_blocks)]
         blk += [_NEG] * (2 * sw - n_blocks)
         # per phase p (column parity at stride 2), two vectors of the columns p, p + sw, ...
         if sw == 1:
             phases = [(blk[0], blk[1])]
         else:
-            even, odd = range(0, 2 * VEC, 2), range(1, 2 * VEC, 2)
+            even, odd = range(0, 2 * PW, 2), range(1, 2 * PW, 2)
             phases = [(_shuffle(b, blk[0], blk[1], lanes), _shuffle(b, blk[2], blk[3], lanes)) for lanes in (even, odd)]
         for fx in range(kw if isinstance(kw, int) else kw_max):
             lo, hi = phases[fx % sw]
             shift = fx // sw
-            v = lo if shift == 0 else _shuffle(b, lo, hi, range(shift, shift + VEC))
+            v = lo if shift == 0 else _shuffle(b, lo, hi, range(shift, shift + PW))
             if tap_ok is not None:
                 ok = tap_ok(fx)
                 if ok is not None:
@@ -219,7 +223,7 @@ def max_row(typingctx, x, out, at, geom):
     fold over rows r < n_rows (increasing) of x[xa + r * w + col0 + ox * sw + fx], a column
     outside 0 .. w - 1 -inf. at = (xa, oa, room): the floats out[oa + ow .. oa + room - 1] may
     be overwritten (a later row's, stored after); geom = (w, n_rows, col0, sw, kw, ow): n_rows >=
-    1, sw 1 with kw <= 9 or sw 2 with kw <= 17 (`ROW_KW`)."""
+    1, sw 1 with kw <= PW + 1 or sw 2 with kw <= 2 PW + 1 (`ROW_KW`)."""
     sig = _pool_sig(x, out, at, geom, 6)
     if sig is None:
         return None
@@ -230,7 +234,7 @@ def max_row(typingctx, x, out, at, geom):
         w32 = _splat_i32(b, w)
 
         def inside(c):
-            return b.and_(b.icmp_signed(">=", c, _I64(0)), b.icmp_signed("<=", b.add(c, _I64(VEC)), w))
+            return b.and_(b.icmp_signed(">=", c, _I64(0)), b.icmp_signed("<=", b.add(c, _I64(PW)), w))
 
         def valid(c, _at):
             return _between(b, b.add(_splat_i32(b, c), _LANES), _i32s(0), w32)
@@ -260,7 +264,7 @@ def max_plane(typingctx, x, out, at, geom):
     oy * w + ox] for oy < oh, ox < w is the fold over fx < kw (increasing) of the fold over ky <
     kh (increasing) of x[xa + (oy - pt + ky) * w + ox - pl + fx], a tap outside the h x w input
     -inf. at = (xa, oa, room): the floats out[oa + oh * w .. oa + room - 1] may be overwritten (a
-    later plane's); geom = (h, w, oh, kh, kw, pt, pl): kw <= 9 (`PLANE_KW`)."""
+    later plane's); geom = (h, w, oh, kh, kw, pt, pl): kw <= PW + 1 (`PLANE_KW`)."""
     sig = _pool_sig(x, out, at, geom, 7)
     if sig is None:
         return None
@@ -270,9 +274,9 @@ def max_plane(typingctx, x, out, at, geom):
         xbase, obase, room, (h, w, oh, kh, kw, pt, pl) = _pool_args(context, b, sig, args)
         n_in, n_out = b.mul(h, w), b.mul(oh, w)
         n32, w32 = _splat_i32(b, n_in), _splat_i32(b, w)
-        # the lanes' output columns, (o + l) mod w at step o, advanced by 8 mod w a step
+        # the lanes' output columns, (o + l) mod w at step o, advanced by PW mod w a step
         cols = cgutils.alloca_once_value(b, b.srem(_LANES, w32))
-        advance = _splat_i32(b, b.srem(_I64(VEC), w))
+        advance = _splat_i32(b, b.srem(_I64(PW), w))
 
         def valid(_c, at):
             return _between(b, b.add(_splat_i32(b, at), _LANES), _i32s(0), n32)
@@ -288,7 +292,7 @@ def max_plane(typingctx, x, out, at, geom):
 
             def inside(c):
                 return b.and_(
-                    b.icmp_signed(">=", c, _I64(0)), b.icmp_signed("<=", b.add(b.add(c, span), _I64(VEC)), n_in)
+                    b.icmp_signed(">=", c, _I64(0)), b.icmp_signed("<=", b.add(b.add(c, span), _I64(PW)), n_in)
                 )
 
             def tap_ok(fx):
