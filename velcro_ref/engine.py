@@ -112,32 +112,31 @@ class Model:
 
     def _shared_buffers(self, fused, absorbed, n_n) -> dict:
         """Step index -> the array (a view of a shared buffer) a dense run without observer on
-        n_n images writes that step's output into. The tensors share a few buffers: a tensor's goes to the next
-        one written after the last step that reads it (the one freed last first), so that the
-        caches still hold it. One buffer per tensor, as masked and observed runs keep them,
-        wrote MobileNet-V2's 27 MB a run at batch 1 to memory the caches had let go. Worked out
-        once for the convs fused and the batch size, the buffers on cache lines."""
+        n_n images writes that step's output into. The tensors share a few buffers: a tensor's
+        goes to the next one written after the last step that reads it (the one freed last
+        first), so that the caches still hold it. One buffer per tensor, as masked and observed
+        runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory the caches had let
+        go. Worked out once for the convs fused and the batch size, the buffers on cache lines."""
         key = tuple(fused)  # the fusions follow from the convs fused (`_fusions`)
         if self._shared is None or self._shared[0] != key or self._shared[1] != n_n:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
             reads = {i: _reads(st, fused.get(st.name)) for i, st in steps}
             last = {t: i for i, _ in steps for t in reads[i]}  # tensor -> the step that reads it last
-            slot_of, step_slot, sizes, free = {}, {}, [], []  # free: slots, the last freed last
-            for i, st in steps:
-                name = st.name if st.name not in fused else fused[st.name].output
-                nbytes = n_n * int(np.prod(self.plan.shapes[name])) * np.dtype(st.dtype).itemsize
-                slot = free.pop() if free else len(sizes)
-                if slot == len(sizes):
-                    sizes.append(0)
-                sizes[slot] = max(sizes[slot], nbytes)
-                slot_of[name] = step_slot[i] = slot
-                free.extend(slot_of[t] for t in reads[i] if last[t] == i and t in slot_of and t != self.output)
-            buffers = [aligned_floats(-(-n // 4)).view(np.uint8) for n in sizes]  # on cache lines
-            views = {}
+            slot_of, outs, sizes, free = {}, {}, [], []  # free: slots, the last freed last
             for i, st in steps:
                 name = st.name if st.name not in fused else fused[st.name].output
                 shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
-                views[i] = buffers[step_slot[i]][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                slot = free.pop() if free else len(sizes)
+                if slot == len(sizes):
+                    sizes.append(0)
+                sizes[slot] = max(sizes[slot], int(np.prod(shape)) * dtype.itemsize)
+                slot_of[name], outs[i] = slot, (slot, shape, dtype)
+                free.extend(slot_of[t] for t in reads[i] if last[t] == i and t in slot_of and t != self.output)
+            buffers = [aligned_floats(-(-n // 4)).view(np.uint8) for n in sizes]  # on cache lines
+            views = {
+                i: buffers[slot][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for i, (slot, shape, dtype) in outs.items()
+            }
             self._shared = (key, n_n, views)
         return self._shared[2]
 

@@ -138,16 +138,12 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     depthwise = pl.kind == BLOCKS or (is_depthwise(geom) and pl.kind == ROWS)
     kernel = None if depthwise else dense_kernel(weights, geom)
     direct = not depthwise and direct_tiles(weights, geom)
-    chunks = tuple(
-        (
-            n0,
-            m,
-            None if depthwise else work_split(weights, geom, m, threads),
-            direct_split(geom, m, threads) if direct else 0,
-        )
-        for n0 in range(0, n_n, chunk)
-        for m in (min(chunk, n_n - n0),)
-    )
+    chunks = []
+    for n0 in range(0, n_n, chunk):
+        m = min(chunk, n_n - n0)
+        split = None if depthwise else work_split(weights, geom, m, threads)
+        chunks.append((n0, m, split, direct_split(geom, m, threads) if direct else 0))
+    chunks = tuple(chunks)
     call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks, band_rows(geom))
     if len(_CALLS) >= CALLS_MAX:
         _CALLS.clear()
