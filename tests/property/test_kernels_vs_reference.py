@@ -522,8 +522,11 @@ def test_dense_cheaper_chooses_the_dense_kernel_for_dense_masks_only():
 
 # 1x1 convs of one chain on planes of one segment (16 positions), of two that overlap (17), of
 # a tile less one position, a whole tile and a tile and one (47 - 49), of several tiles whose
-# last segment overlaps (9 x 11, 14 x 14); 1 - 63 channels, 16 - 48 filters.
+# last segment overlaps (9 x 11, 14 x 14); 1 - 63 channels, 16 - 48 filters; and of 8 chains on
+# planes from `DIRECT_CHAINS_FROM` positions on (28 x 28; 29 x 30, its last segment overlapping).
 DIRECT_GEOMS = [
+    kc.conv_geom(64, 28, 28, 32, (1, 1)),
+    kc.conv_geom(72, 29, 30, 16, (1, 1)),
     kc.conv_geom(1, 4, 4, 16, (1, 1)),
     kc.conv_geom(3, 1, 17, 32, (1, 1)),
     kc.conv_geom(24, 1, 47, 16, (1, 1)),

@@ -373,48 +373,65 @@ def store_tile(typingctx, parts, slots, bias, res, out, where, obases, lanes):
 
 
 @intrinsic
-def direct_tile(typingctx, wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los):
+def direct_tile(typingctx, wp, w0s, wstep, x, xb, offs, starts, bias, res, out, where, obases, los):
     """A tile of M filters by V segments of DVEC consecutive output positions (outputs in the
-    lanes, `<16 x float>`) of a conv of one chain read in place, summed and stored in one call.
+    lanes, `<16 x float>`) of a conv read in place, summed and stored in one call.
 
-    direct_tile(wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los): tap t (t = 0
-    .. offs.size - 1, summation order) of filter m at wp[w0s[m] + t * wstep]; x float32 (flat),
-    segment v's input for tap t at x[xb[v] + offs[t] + lane]. Each lane's sum is one chain of
-    fused multiply-adds from +0 in increasing t, then + bias, + the residual if has_res, and the
-    activation (`_epilogue`), as `store_tile` finishes an output. where = (k0, m_n, kstride,
-    has_res, act): filter m is output channel k0 + m, stored for m < m_n; out and res (flat
-    NCHW, res as `store_tile` takes it) hold segment v's lane 0 of filter 0 at obases[v], a
-    channel kstride floats from the next; los[v] the first lane of segment v stored (0: all,
-    DVEC: none, else a masked store of the lanes from los[v] on). M = len(w0s), V = len(xb).
+    direct_tile(wp, w0s, wstep, x, xb, offs, starts, bias, res, out, where, obases, los): tap t
+    (summation order) of filter m at wp[w0s[m] + t * wstep]; x float32 (flat), segment v's
+    input for tap t at x[xb[v] + offs[t] + lane]; starts int64 (2,) or (CHAINS + 1,): where each
+    chain's taps begin, and the end. Each chain is a sequence of fused multiply-adds from +0 in
+    increasing t; CHAINS chains (their sums kept in the stack meanwhile) are combined by `_tree`.
+    Then + bias, + the residual if has_res, and the activation (`_epilogue`), as `store_tile`
+    finishes an output. where = (k0, m_n, kstride, has_res, act): filter m is output channel k0
+    + m, stored for m < m_n; out and res (flat NCHW, res as `store_tile` takes it) hold segment
+    v's lane 0 of filter 0 at obases[v], a channel kstride floats from the next; los[v] the first
+    lane of segment v stored (0: all, DVEC: none, else a masked store of the lanes from los[v]
+    on). M = len(w0s), V = len(xb).
     """
     if not (_f32_c(wp) and _f32_c(x) and _f32_c(bias) and _f32_c(res) and _f32_c(out) and _i64_c(offs)):
         return None
     if not (_int_tuple(w0s) and _int_tuple(xb) and isinstance(wstep, types.Integer) and _int_tuple(where, 5)):
         return None
-    if not (_int_tuple(obases, xb.count) and _int_tuple(los, xb.count)):
+    if not (_i64_c(starts) and _int_tuple(obases, xb.count) and _int_tuple(los, xb.count)):
         return None
-    sig = types.none(wp, w0s, wstep, x, xb, offs, bias, res, out, where, obases, los)
+    sig = types.none(wp, w0s, wstep, x, xb, offs, starts, bias, res, out, where, obases, los)
     n_m, n_v = w0s.count, xb.count
+    n_a = n_m * n_v
 
     def codegen(context, builder, sig, args):
-        arr_w, arr_x, arr_o, arr_b, arr_r, arr_out = _arrays(context, builder, sig, args, 0, 3, 5, 6, 7, 8)
+        arr_w, arr_x, arr_o, arr_s, arr_b, arr_r, arr_out = _arrays(context, builder, sig, args, 0, 3, 5, 6, 7, 8, 9)
         w0 = cgutils.unpack_tuple(builder, args[1])
         wstep = context.cast(builder, args[2], sig.args[2], types.intp)
         xbase = [builder.gep(arr_x.data, [b]) for b in cgutils.unpack_tuple(builder, args[4])]
-        accs = [cgutils.alloca_once_value(builder, _zero(_V16)) for _ in range(n_m * n_v)]
-        with cgutils.for_range(builder, arr_o.nitems) as loop:
-            t = loop.index
-            o = builder.load(builder.gep(arr_o.data, [t]))
-            xs = [_load_vec(builder, base, o, _V16) for base in xbase]
-            wt = builder.mul(t, wstep)
-            for m in range(n_m):
-                wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])), _V16)
-                for v in range(n_v):
-                    acc = accs[m * n_v + v]
-                    builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
-        k0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[9])
+        accs = [cgutils.alloca_once_value(builder, _zero(_V16)) for _ in range(n_a)]
+        chains = builder.sub(arr_s.nitems, _I64(1))
+        sums = cgutils.alloca_once(builder, _V16, size=CHAINS * n_a)  # the chains' sums (8 chains)
+        with cgutils.for_range(builder, chains) as chain:
+            for acc in accs:
+                builder.store(_zero(_V16), acc)
+            t0 = builder.load(builder.gep(arr_s.data, [chain.index]))
+            t1 = builder.load(builder.gep(arr_s.data, [builder.add(chain.index, _I64(1))]))
+            with cgutils.for_range_slice(builder, t0, t1, _I64(1)) as (t, _):
+                o = builder.load(builder.gep(arr_o.data, [t]))
+                xs = [_load_vec(builder, base, o, _V16) for base in xbase]
+                wt = builder.mul(t, wstep)
+                for m in range(n_m):
+                    wv = _splat(builder, builder.load(builder.gep(arr_w.data, [builder.add(w0[m], wt)])), _V16)
+                    for v in range(n_v):
+                        acc = accs[m * n_v + v]
+                        builder.store(_fma(builder, wv, xs[v], builder.load(acc)), acc)
+            with builder.if_then(builder.icmp_signed("!=", chains, _I64(1))):
+                for i, acc in enumerate(accs):
+                    slot = builder.add(builder.mul(chain.index, _I64(n_a)), _I64(i))
+                    builder.store(builder.load(acc), builder.gep(sums, [slot]))
+        with builder.if_then(builder.icmp_signed("!=", chains, _I64(1))):
+            for i, acc in enumerate(accs):
+                chain_sums = [builder.load(builder.gep(sums, [_I64(c * n_a + i)])) for c in range(CHAINS)]
+                builder.store(_tree(builder, chain_sums), acc)
+        k0, m_n, kstride, has_res, act = cgutils.unpack_tuple(builder, args[10])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
-        ob, los = cgutils.unpack_tuple(builder, args[10]), cgutils.unpack_tuple(builder, args[11])
+        ob, los = cgutils.unpack_tuple(builder, args[11]), cgutils.unpack_tuple(builder, args[12])
         lanes = ir.Constant(ir.VectorType(_I64, DVEC), list(range(DVEC)))
         for m in range(n_m):
             with builder.if_then(builder.icmp_signed("<", _I64(m), m_n)):

@@ -3,7 +3,7 @@
 `conv_tiles` puts output positions in the SIMD lanes (`tile_pass` tiles of 4 filters by 3
 segments of 8 outputs), `conv_lanes` filters (`lane_pass` tiles of 16 filters by 6 positions),
 `conv_short_lanes` too, for filters whose chains are short (a tile's chains one after another),
-`conv_direct` output positions again, 16 a vector, for 1x1 convs of one chain read in place.
+`conv_direct` output positions again, 16 a vector, for 1x1 convs read in place.
 All sum each output in the order of docs/kernels.md ("Order of summation"), chain after chain
 in runs of taps whose weights stay in L1, and finish it with bias, optional residual and
 activation (`store_tile`, `store_lanes`). The tile, item or thread that computes an output
@@ -40,11 +40,15 @@ MAX_BLOCKS = 4
 RUN_BYTES = 18 << 10
 SHORT_TAPS = 256  # taps of a group's filters, at most, for `conv_short_lanes` (a block's 16 KiB)
 # `conv_direct`'s tile: DIRECT_M filters by DIRECT_V segments of DVEC positions, 24 accumulators
-# of 32 AVX-512 registers. It takes the dense 1x1 convs of one chain where vectors are 16 floats
-# wide (DIRECT_TILES): with 8-float vectors its accumulators would not fit in the registers.
+# of 32 AVX-512 registers. It takes dense 1x1 convs of stride 1 where vectors are 16 floats wide
+# (DIRECT_TILES): with 8-float vectors its accumulators would not fit in the registers.
 DIRECT_M = 8
 DIRECT_V = 3
 DIRECT_TILES = wide_vectors()
+# Positions per plane from which `conv_direct` also takes 1x1 convs of CHAINS chains (each chain's
+# sums in the stack, then the tree): faster than the filters-in-lanes kernels on 28x28 and 56x56
+# planes, slower on 14x14 and 7x7 (docs/kernels.md, "Measured").
+DIRECT_CHAINS_FROM = 28 * 28
 # Tiles per work item, at most: their sums (3.5 KiB per tile and block a tile takes) stay in L2.
 ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
@@ -511,10 +515,11 @@ def short_chains(cw, geom) -> bool:
 
 def direct_tiles(cw, geom) -> bool:
     """Whether a dense call without bits takes `conv_direct`: DIRECT_TILES, a 1x1 conv of stride
-    1 read in place (DIRECT) of one group, one chain, filters packed in blocks of LANE_K, and a
-    plane of at least one segment."""
+    1 read in place (DIRECT) of one group, filters packed in blocks of LANE_K, a plane of at least
+    one segment, and one chain or a plane of DIRECT_CHAINS_FROM positions or more."""
     direct = cw.kind == DIRECT and geom.sh == geom.sw == 1 and geom.groups == 1
-    fits = cw.tile_m == LANE_K and one_chain(geom) and geom.oh * geom.ow >= DVEC
+    p_n = geom.oh * geom.ow
+    fits = cw.tile_m == LANE_K and (one_chain(geom) or p_n >= DIRECT_CHAINS_FROM) and p_n >= DVEC
     return DIRECT_TILES and direct and fits
 
 
@@ -544,15 +549,15 @@ def conv_direct(x, cw, geom, res, has_res, act, out, tpi):
     the MACs.
 
     Output positions in SIMD lanes: a tile is DIRECT_V segments of DVEC consecutive positions of
-    a plane (`_segment`); for each tile, every DIRECT_M filters in turn (`direct_tile`: the
-    filters' one chain from +0 over the taps, c = 0 .. C - 1, then bias, residual and
+    a plane (`_segment`); for each tile, every DIRECT_M filters in turn (`direct_tile`: each
+    chain of the filters from +0 over its taps, the chains combined, then bias, residual and
     activation, stored). Items of tpi tiles (image after image) in parallel; a tile's input
     stays in L1 while its filters go through it. Each output is computed and stored once."""
     k_n, p_n, taps = geom.k_out, geom.oh * geom.ow, geom.c_in
     n_s = (p_n + DVEC - 1) // DVEC
     n_t = (n_s + DIRECT_V - 1) // DIRECT_V
     n_all = out.size // (k_n * p_n) * n_t
-    wts, offs, bias = cw.tiles, cw.offs, cw.b  # see conv_tiles
+    wts, offs, starts, bias = cw.tiles, cw.offs, cw.starts, cw.b  # see conv_tiles
     for item in prange((n_all + tpi - 1) // tpi):
         for ti in range(item * tpi, min(n_all, (item + 1) * tpi)):
             n, t = ti // n_t, ti % n_t
@@ -565,6 +570,6 @@ def conv_direct(x, cw, geom, res, has_res, act, out, tpi):
                 w = (k0 // LANE_K) * taps * LANE_K + k0 % LANE_K  # filter k0's tap 0 in its block
                 ws = (w, w + 1, w + 2, w + 3, w + 4, w + 5, w + 6, w + 7)
                 ob = oi + k0 * p_n
-                where = (k0, DIRECT_M, p_n, has_res, act)
-                direct_tile(wts, ws, LANE_K, x, xb, offs, bias, res, out, where, (ob + a0, ob + a1, ob + a2), los)
+                obs, where = (ob + a0, ob + a1, ob + a2), (k0, DIRECT_M, p_n, has_res, act)
+                direct_tile(wts, ws, LANE_K, x, xb, offs, starts, bias, res, out, where, obs, los)
     return n_all // n_t * k_n * p_n * taps
