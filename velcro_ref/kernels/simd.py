@@ -17,7 +17,8 @@ vectors carry it:
   vector of input pixels times a broadcast weight), the sums kept in memory between runs;
   `store_tile` combines a tile's chains, adds the bias, an optional residual tensor and an
   optional ReLU / ReLU6, and stores to the NCHW output (fewer lanes at a row's end).
-  `direct_tile` does both for one chain in one call, with `<16 x float>` segments of 16.
+  `direct_tile` does both in one call, with `<16 x float>` segments of 16, its chains one
+  after another (their sums in the stack).
 - `lane_pass` / `store_lanes`: the same with 16 filters in the lanes and a few positions
   (a broadcast input pixel times a vector of weights); `depth_pass` / `store_depth` with 8
   depthwise channels in the lanes (a vector of 8 channels' pixels times their weights);
@@ -452,16 +453,11 @@ def direct_tile(typingctx, wp, w0s, wstep, x, xb, offs, starts, bias, res, out, 
                             with whole:
                                 builder.store(y2, ptr, align=4)
                             with part:
-                                lo = _splat_i64(builder, los[v], DVEC)
+                                lo = _splat(builder, los[v], lanes.type)
                                 _masked_store(builder, y2, ptr, builder.icmp_signed(">=", lanes, lo))
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _splat_i64(builder, value, n):
-    one = builder.insert_element(ir.Constant(ir.VectorType(_I64, n), ir.Undefined), value, _I32(0))
-    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(_I32, n), [0] * n))
 
 
 def _phi(builder, *incoming):
@@ -757,8 +753,8 @@ def _masked_load(builder, base, index, lanes):
 
 
 def _masked_store(builder, y, ptr, mask):
-    """ptr[l] = y[l] where mask[l] (<8 x i1>, or as wide as y): llvm.masked.store; the other floats are neither
-    read nor written (nor need they lie inside the array). One masked move with AVX-512
+    """ptr[l] = y[l] where mask[l] (<8 x i1>, or as many lanes as y has): llvm.masked.store; the
+    other floats are neither read nor written (nor need they lie inside the array). One masked move with AVX-512
     (Zen 4, Intel), vmaskmovps with AVX2 (microcoded on AMD CPUs before Zen 4: slower there,
     the same values)."""
     fnty = ir.FunctionType(ir.VoidType(), [y.type, ptr.type, _I32, mask.type])
