@@ -57,7 +57,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = None  # (fused convs, images, views) of the last dense run without observer
+        self._shared = None  # (fused convs, images, views, concats left out) of the last dense run without observer
 
     @property
     def input_shape(self) -> tuple:
@@ -110,35 +110,64 @@ class Model:
             self._fixed.pop(name, None)
         return buf
 
-    def _shared_buffers(self, fused, absorbed, n_n) -> dict:
-        """Step index -> the array (a view of a shared buffer) a dense run without observer on
-        n_n images writes that step's output into. The tensors share a few buffers: a tensor's
-        goes to the next one written after the last step that reads it (the one freed last
-        first), so that the caches still hold it. One buffer per tensor, as masked and observed
-        runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory the caches had let
-        go. Worked out once for the convs fused and the batch size, the buffers on cache lines."""
+    def _shared_buffers(self, fused, absorbed, n_n) -> tuple[dict, frozenset]:
+        """(step index -> the array, a view of a shared buffer, a dense run without observer on n_n
+        images writes that step's output into; the concat steps it leaves out). The tensors share
+        a few buffers: a tensor's goes to the next one written after the last step that reads it
+        (the one freed last first), so that the caches still hold it. One buffer per tensor, as
+        masked and observed runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory
+        the caches had let go. On one image, the steps a concat alone reads write straight into
+        its channels (`_placed`), and the concat is not run. Worked out once for the convs fused
+        and the batch size, the buffers on cache lines."""
         key = tuple(fused)  # the fusions follow from the convs fused (`_fusions`)
         if self._shared is None or self._shared[0] != key or self._shared[1] != n_n:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
+            written = {i: st.name if st.name not in fused else fused[st.name].output for i, st in steps}
+            placed = self._placed(steps, written) if n_n == 1 else {}
+            joins = frozenset(i for i, st in steps if st.name in placed.values())
             reads = {i: _reads(st, fused.get(st.name)) for i, st in steps}
             last = {t: i for i, _ in steps for t in reads[i]}  # tensor -> the step that reads it last
             slot_of, outs, sizes, free = {}, {}, [], []  # free: slots, the last freed last
             for i, st in steps:
-                name = st.name if st.name not in fused else fused[st.name].output
-                shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
-                slot = free.pop() if free else len(sizes)
-                if slot == len(sizes):
-                    sizes.append(0)
-                sizes[slot] = max(sizes[slot], int(np.prod(shape)) * dtype.itemsize)
-                slot_of[name], outs[i] = slot, (slot, shape, dtype)
+                name = placed.get(written[i], written[i])  # a placed step: its concat's buffer
+                if name not in slot_of:
+                    shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
+                    slot = free.pop() if free else len(sizes)
+                    if slot == len(sizes):
+                        sizes.append(0)
+                    sizes[slot] = max(sizes[slot], int(np.prod(shape)) * dtype.itemsize)
+                    slot_of[name], outs[name] = slot, (slot, shape, dtype)
                 free.extend(slot_of[t] for t in reads[i] if last[t] == i and t in slot_of and t != self.output)
             buffers = [aligned_floats(-(-n // 4)).view(np.uint8) for n in sizes]  # on cache lines
-            views = {
-                i: buffers[slot][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
-                for i, (slot, shape, dtype) in outs.items()
+            whole = {
+                name: buffers[slot][: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+                for name, (slot, shape, dtype) in outs.items()
             }
-            self._shared = (key, n_n, views)
-        return self._shared[2]
+            views = {}
+            for i, t in written.items():
+                if t in placed:  # its channels of the concat's buffer (contiguous: one image)
+                    concat = self.plan.node(placed[t])
+                    c0 = sum(self.plan.shapes[u][0] for u in concat.inputs[: concat.inputs.index(t)])
+                    views[i] = whole[placed[t]][:, c0 : c0 + self.plan.shapes[t][0]]
+                else:
+                    views[i] = whole[t]
+            self._shared = (key, n_n, views, joins)
+        return self._shared[2], self._shared[3]
+
+    def _placed(self, steps, written) -> dict:
+        """Tensor -> the concat whose channels it is written into: every input of a float concat
+        when each is written by a step of the run (not by a concat so left out itself) and read
+        by that concat alone, once (`plan.readers` lists a reader at each of its inputs), which
+        leaves out the graph output too."""
+        by_tensor = {t: self.steps[i].name for i, t in written.items()}
+        placed = {}
+        for _, st in steps:
+            if st.op == "concat" and all(
+                by_tensor.get(t) not in (None, *placed.values()) and self.plan.readers[t] == [st.name]
+                for t in st.inputs
+            ):
+                placed.update((t, st.name) for t in st.inputs)
+        return placed
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:
         """Node name -> bool skip array for every node on a masked site's producer chain."""
@@ -221,7 +250,8 @@ class Model:
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
         it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and
-        the add's outputs not written, and its tensors share a few buffers (`_shared_buffers`).
+        the add's outputs not written, and its tensors share a few buffers (`_shared_buffers`;
+        on one image a concat's inputs are written into its channels and the concat not run).
         The thread pools are set for the run by `threads.run_threads` (observers run under it).
         Raises InputError for a bad input and MaskError for masks of another model.
         """
@@ -237,9 +267,12 @@ class Model:
         macs = {}
         fused, absorbed = self._fusions(mp) if observer is None and self.fuse else ({}, frozenset())
         run_site = getattr(observer, "run_site", None)
-        shared = self._shared_buffers(fused, absorbed, n_n) if mp is None and observer is None else None
+        shared, joins = self._shared_buffers(fused, absorbed, n_n) if mp is None and observer is None else (None, ())
         for i, st in enumerate(self.steps):
             if st.name in absorbed:
+                continue
+            if i in joins:  # its inputs were written into its channels
+                env[st.name] = shared[i]
                 continue
             f = fused.get(st.name)
             name = st.name if f is None else f.output  # the buffer written: a fused conv's last node's

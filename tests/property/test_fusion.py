@@ -30,7 +30,7 @@ def graphs(draw):
     size = draw(st.integers(5, 10))
     x, want = INPUT, {}
     for i in range(draw(st.integers(1, 4))):
-        kind = draw(st.sampled_from(["conv_act", "res", "conv_add", "shared", "depthwise"]))
+        kind = draw(st.sampled_from(["conv_act", "res", "conv_add", "shared", "depthwise", "inception"]))
         act = draw(st.sampled_from(["relu", "relu6", "silu", None]))
         cin = b.channels[x]
         if kind in ("conv_act", "depthwise"):
@@ -57,6 +57,26 @@ def graphs(draw):
         elif kind == "conv_add":  # the add reads the conv twice: nothing fused
             y = b.conv(x, f"b{i}.conv", cin, 1)
             x = b.act(b.add(y, y, f"b{i}.add"), f"b{i}.act", act or "relu")
+        elif kind == "inception":  # branches joined by a concat (on one image, written into its channels)
+            branches = []
+            for j in range(draw(st.integers(1, 3))):
+                how = draw(st.sampled_from(["conv", "conv_act", "pool", "same", "read_twice"]))
+                if how == "same" and branches:  # a tensor twice in the concat
+                    branches.append(branches[-1])
+                    continue
+                src = b.pool(x, f"b{i}.{j}.pool", "max_pool", 3, 1, 1) if how == "pool" else x
+                y = b.conv(src, f"b{i}.{j}.conv", draw(st.sampled_from([1, 8, 16])), 1)
+                if how in ("conv_act", "pool"):
+                    y = b.act(y, f"b{i}.{j}.act", "relu")
+                    want[f"b{i}.{j}.conv"] = (None, y)
+                branches.append(y)
+            if draw(st.booleans()):  # the input itself as a branch
+                branches.insert(draw(st.integers(0, len(branches))), x)
+            y = b.concat(branches, f"b{i}.cat")
+            if any(h != x for h in branches) and draw(st.booleans()):  # a branch read after the concat too
+                h = next(h for h in reversed(branches) if h != x)
+                y = b.concat([y, h], f"b{i}.cat2")
+            x = y
         else:  # the conv's output read by the activation and by an add: kept, nothing fused
             y = b.conv(x, f"b{i}.conv", 8, 1)
             a = b.act(y, f"b{i}.act", act or "relu")
@@ -175,6 +195,61 @@ def test_dense_runs_on_shared_buffers_equal_runs_on_the_tensors_own(case, n, fra
         xs = x if key == "dense+1" else x[:n]
         assert model.run(xs, masks=masks if key == "masked" else None).tobytes() == alone[key], key
         assert model.run(x[:n], observer=_Sites()).tobytes() == observed
+
+
+def test_googlenet_branches_write_into_their_concat_on_one_image(monkeypatch):
+    """On one image each inception's branches write straight into their concat's channels and the
+    concat is not run; on two images the concats copy. Both equal the run on the tensors' own."""
+    model = load_model(ROOT / "weights" / "googlenet.h5")
+    concat = next(st.opdef for st in model.steps if st.op == "concat")
+    ran, run = [], type(concat).run
+    monkeypatch.setattr(type(concat), "run", lambda self, *a: ran.append(1) or run(self, *a))
+    n_concats = sum(st.op == "concat" for st in model.steps)
+    assert n_concats == 9
+    for n in (1, 2):
+        x = np.random.default_rng(n).standard_normal((n, *model.input_shape)).astype(np.float32)
+        ran.clear()
+        y = model.run(x)
+        assert len(ran) == (0 if n == 1 else n_concats)
+        ran.clear()
+        assert y.tobytes() == model.run(x, observer=_Sites()).tobytes()
+        assert len(ran) == n_concats
+
+
+def _concat_graph(kind):
+    """(graph, concats a dense run on one image runs): branches of 1x1 convs joined by concats."""
+    b = _Builder(8, np.random.default_rng(3))
+    a, c = b.conv(INPUT, "a", 8, 1), b.conv(INPUT, "c", 8, 1)
+    if kind == "branches":  # a and c written into the concat's channels
+        y, runs = b.concat([a, c], "cat"), 0
+    elif kind == "twice":  # a twice: copied
+        y, runs = b.concat([a, c, a], "cat"), 1
+    elif kind == "read_later":  # a read again after the concat's buffer is free: copied
+        z = b.conv(b.conv(b.concat([a, c], "cat"), "z", 8, 1), "w", 8, 1)
+        y, runs = b.add(z, a, "add"), 1
+    elif kind == "input":  # the input, which no step writes, is read by the concat alone: copied
+        y, runs = b.concat([INPUT], "cat"), 1  # (a and c are left dead)
+    else:  # nested: the inner concat left out, so the outer one copies it
+        y, runs = b.concat([b.concat([a, c], "cat"), b.conv(INPUT, "d", 8, 1)], "cat2"), 1
+    y = b._add("flat", "flatten", [b.conv(y, "last", 4, 1)], 4)
+    return Graph(tuple(b.nodes), (8, 5, 5), y, b.params), runs
+
+
+@pytest.mark.parametrize("kind", ["branches", "twice", "read_later", "input", "nested"])
+def test_concats_left_out_on_one_image_give_the_bits_of_concats_run(kind, monkeypatch):
+    """A concat is left out on one image only where its inputs' steps can write into its channels;
+    a model's dense runs give the bits of runs on the tensors' own buffers, at 1 and 3 images."""
+    g, runs = _concat_graph(kind)
+    concat = next(st.opdef for st in Model(g).steps if st.op == "concat")
+    ran, run = [], type(concat).run
+    monkeypatch.setattr(type(concat), "run", lambda self, *a: ran.append(1) or run(self, *a))
+    x = np.random.default_rng(0).standard_normal((3, 8, 5, 5)).astype(np.float32)
+    model = Model(g)
+    for n in (1, 1, 3, 1):
+        want = Model(g).run(x[:n], observer=_Sites()).tobytes()
+        ran.clear()
+        assert model.run(x[:n]).tobytes() == want
+        assert len(ran) == (runs if n == 1 else sum(st.op == "concat" for st in model.steps))
 
 
 def test_a_dense_run_shares_buffers_between_its_tensors():
