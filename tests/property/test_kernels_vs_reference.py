@@ -700,7 +700,8 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
         scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
         saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, min_floats
         try:
-            copies.append(dense.planes_input(x, geom, planes, weights.plane_of, scratch).reshape(n, -1))
+            xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, numba.get_num_threads())
+            copies.append(xp.reshape(n, -1))
         finally:
             layouts.PARALLEL_MIN = saved
     xp = copies[0]

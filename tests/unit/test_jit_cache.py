@@ -88,3 +88,25 @@ def test_every_jitted_function_of_the_package_goes_through_its_njit():
         if "@njit" in text and path not in digested:
             offenders.append(f"{path.name}: jitted outside the digested sources")
     assert offenders == []
+
+
+# A dense conv through `dispatch.planes_run`, which calls the parallel kernels: it can be cached
+# only while nothing it compiles in asks Numba for its thread count (a dynamic global).
+CONV_PROBE = """
+import json, numpy as np
+from velcro_ref.kernels.conv import conv_geom, dispatch, prepare_conv
+g = conv_geom(8, 6, 6, 16, (3, 3), (1, 1), (1, 1, 1, 1))
+cw = prepare_conv(np.ones((16, 8, 3, 3), np.float32), None, g)
+dispatch.conv2d(np.ones((1, 8, 6, 6), np.float32), cw, g, None, np.empty((1, 16, 6, 6), np.float32))
+stats = dispatch.planes_run.stats
+print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+"""
+
+
+def test_the_dense_conv_entry_is_loaded_from_the_cache():
+    """Else every process would compile it, and the kernels it calls, afresh (4 s and more)."""
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    for _ in range(2):  # the first may compile it (the cache of this test run)
+        res = subprocess.run([sys.executable, "-c", CONV_PROBE], env=env, capture_output=True, text=True, check=True)
+    counts = json.loads(res.stdout.strip().splitlines()[-1])
+    assert counts == {"hits": 1, "misses": 0}, res.stderr[-2000:]

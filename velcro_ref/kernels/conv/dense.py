@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import prange
+from numba.extending import register_jitable
 
 from ..jit import njit
 from ..simd import CHAINS, DVEC, VEC, direct_tile, lane_pass, store_lanes, store_tile, tile_pass, wide_vectors
@@ -54,16 +55,18 @@ ITEM_TILES = 32
 ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even out
 
 
-def planes_input(x, geom, planes, plane_of, scratch):
+@register_jitable
+def planes_input(x, geom, planes, plane_of, scratch, threads):
     """The images x (N, C, H, W) in the layout `planes` describes, flat: x itself when DIRECT,
-    else its copy (`to_planes`, `to_blocks`) in scratch (N * C * plane floats)."""
+    else its copy (`to_planes` on `threads` threads, `to_blocks`) in scratch (N * C * plane
+    floats). Plain Python from Python, compiled into jitted callers (`dispatch.planes_run`)."""
     if planes.kind == DIRECT:
         return np.ascontiguousarray(x).reshape(-1)
     xp = scratch[: x.shape[0] * geom.c_in * planes.plane].reshape(x.shape[0], -1)
     if planes.kind == BLOCKS:
         to_blocks(x, geom, planes, xp)
     else:
-        to_planes(x, geom, planes, plane_of, xp)
+        to_planes(x, geom, planes, plane_of, xp, threads)
     return xp.reshape(-1)
 
 

@@ -1,4 +1,5 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
+A dense call copies its input and runs its kernel in one jitted call (`planes_run`).
 
 Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` and `conv_direct` with
 outputs in SIMD lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
@@ -19,6 +20,7 @@ from typing import NamedTuple
 import numba
 import numpy as np
 
+from ..jit import njit
 from . import masked
 from .dense import (
     LANE_K,
@@ -105,16 +107,21 @@ def dense_kernel(weights: ConvWeights, geom: ConvGeom):
     return conv_short_lanes if short_chains(weights, geom) else conv_lanes
 
 
+# The kernels `planes_run` calls on a dense conv's input copy (`_DenseCall.path`).
+RUN_LANES, RUN_SHORT, RUN_TILES, RUN_DEPTHWISE, RUN_DIRECT = range(5)
+
+
 class _DenseCall(NamedTuple):
     """What a dense call of a conv on n images with t threads works out before its kernels:
-    the scratch it needs, the input layout, the kernel (None: depthwise) and the chunks of
-    images it runs them on, (first, count, work split, `conv_direct`'s tiles per item or 0 where
-    it does not take the conv)."""
+    the scratch it needs, the input layout, the kernel `planes_run` calls (RUN_*; RUN_DEPTHWISE
+    on BLOCKS: `conv_depth_bands`) and the chunks of images it runs it on, (first, count, work
+    split, `conv_direct`'s tiles per item or 0 where it does not take the conv)."""
 
     tiles: weakref.ref  # the conv's packed filters: tells the conv from a later one at its id
     need: int
     pl: Planes
-    kernel: object
+    path: int
+    threads: int
     chunks: tuple
     band: int  # output rows per band of `conv_depth_bands` (`band_rows`)
 
@@ -136,15 +143,15 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     per_image = _dense_floats(pl, geom)
     chunk = chunk_images(per_image, n_n)
     depthwise = pl.kind == BLOCKS or (is_depthwise(geom) and pl.kind == ROWS)
-    kernel = None if depthwise else dense_kernel(weights, geom)
+    path = RUN_DEPTHWISE if depthwise else _RUNS[dense_kernel(weights, geom)]
     direct = not depthwise and direct_tiles(weights, geom)
     chunks = []
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        split = None if depthwise else work_split(weights, geom, m, threads)
+        split = (0, 0, 0) if depthwise else work_split(weights, geom, m, threads)
         chunks.append((n0, m, split, direct_split(geom, m, threads) if direct else 0))
     chunks = tuple(chunks)
-    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, kernel, chunks, band_rows(geom))
+    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, path, threads, chunks, band_rows(geom))
     if len(_CALLS) >= CALLS_MAX:
         _CALLS.clear()
     _CALLS[key] = call
@@ -160,23 +167,39 @@ def _images(a, n0, m):
 def _dense(call, x, weights, geom, out, scratch, ep, bits):
     """The dense kernels (`call`, the conv's `_dense_call`); with bits (a `lane_bits`), storing
     only the outputs they name."""
-    pl = call.pl
     res, has_res, act = ep
     n_macs = 0
     for n0, m, split, tpi in call.chunks:
-        xs, o = _images(x, n0, m), _images(out, n0, m).reshape(-1)
-        r = _images(res, n0, m).reshape(-1) if has_res else o
-        if pl.kind == BLOCKS:
+        xs, o = _images(x, n0, m), _images(out, n0, m)
+        r = _images(res, n0, m) if has_res else o
+        if call.pl.kind == BLOCKS:
             xf = np.ascontiguousarray(xs).reshape(-1)
-            n_macs += conv_depth_bands(xf, weights, geom, call.band, r, has_res, act, o, bits)
+            n_macs += conv_depth_bands(xf, weights, geom, call.band, r.reshape(-1), has_res, act, o.reshape(-1), bits)
             continue
-        xp = planes_input(xs, geom, pl, weights.plane_of, scratch)
-        if tpi and bits is None:
-            n_macs += conv_direct(xp, weights, geom, r, has_res, act, o, tpi)
-        elif call.kernel is None:
-            n_macs += conv_depthwise(xp, weights, geom, r, has_res, act, o)
-        elif call.kernel is conv_tiles:
-            n_macs += conv_tiles(xp, weights, geom, r, has_res, act, o, split)
-        else:  # filters in lanes
-            n_macs += call.kernel(xp, weights, geom, r, has_res, act, o, split, bits)
+        path = RUN_DIRECT if tpi and bits is None else call.path
+        n_macs += planes_run(
+            path, xs, weights, geom, call.pl, scratch, call.threads, r, has_res, act, o, split, tpi, bits
+        )
     return n_macs
+
+
+@njit(cache=True)
+def planes_run(path, x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    """The input copy (`planes_input`) and the kernel `path` names on it, in one call from
+    Python: the layers between them cost 4 - 5 us a conv (52 convs in a MobileNet-V2 run). x,
+    res and out (N, ...) C-contiguous; split the kernel's `work_split`, tpi `conv_direct`'s tiles
+    per item, bits None or `lane_bits` (the filters-in-lanes kernels). Returns the MACs."""
+    xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+    r, o = res.reshape(-1), out.reshape(-1)
+    if path == RUN_DIRECT:
+        return conv_direct(xp, weights, geom, r, has_res, act, o, tpi)
+    if path == RUN_DEPTHWISE:
+        return conv_depthwise(xp, weights, geom, r, has_res, act, o)
+    if path == RUN_TILES:
+        return conv_tiles(xp, weights, geom, r, has_res, act, o, split)
+    if path == RUN_SHORT:
+        return conv_short_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
+    return conv_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
+
+
+_RUNS = {conv_lanes: RUN_LANES, conv_short_lanes: RUN_SHORT, conv_tiles: RUN_TILES}

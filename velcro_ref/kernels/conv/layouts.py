@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numba
 import numpy as np
 from numba import prange
 from numba.extending import register_jitable
@@ -186,16 +185,18 @@ def segments(g: ConvGeom, planes: Planes):
     return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, zero, np.minimum(VEC, g.ow - ox)], axis=1)
 
 
-def to_planes(x, geom, planes, plane_of, xp):
+@register_jitable
+def to_planes(x, geom, planes, plane_of, xp, threads):
     """Layout: x (N, C, H, W); xp (N, C * plane) as `Planes` says, every float written (padding
-    0). Loop order (image, channel), in parallel from PARALLEL_MIN floats on, then rows,
-    phases, runs of columns."""
+    0). Loop order (image, channel), in parallel on `threads` threads from PARALLEL_MIN floats
+    on, then rows, phases, runs of columns. Plain Python from Python, compiled into jitted
+    callers (which cannot be cached where they ask Numba for its thread count themselves)."""
     n_items = x.shape[0] * x.shape[1]
     xf, xq = np.ascontiguousarray(x).reshape(-1), xp.reshape(-1)
     if xp.size < PARALLEL_MIN:
         _planes_items(xf, x.shape, geom, planes, plane_of, xq, 0, n_items, 0, _rows(geom, planes))
     else:
-        _planes_threads(xf, x.shape, geom, planes, plane_of, xq, n_items, numba.get_num_threads())
+        _planes_threads(xf, x.shape, geom, planes, plane_of, xq, n_items, threads)
 
 
 @register_jitable
@@ -355,6 +356,7 @@ def im2col_range(xh, c0, geom, need, col, p0, p1, q0):
         zero_floats(cf, d + j, j_n - j)
 
 
+@register_jitable
 def to_blocks(x, geom, planes, xp):
     """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
     (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],

@@ -313,7 +313,7 @@ def _runs(x, weights, geom, plan, out, scratch, ep):
     n_done = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch)
+        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch, numba.get_num_threads())
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         runs = (plan.runs[0], plan.runs[1], plan.runs[2], planes.plane)
