@@ -214,6 +214,9 @@ def test_googlenet_branches_write_into_their_concat_on_one_image(monkeypatch):
         ran.clear()
         assert y.tobytes() == model.run(x, observer=_Sites()).tobytes()
         assert len(ran) == n_concats
+        model.fuse = False  # unfused, the same placement of the concats' inputs
+        assert model.run(x).tobytes() == y.tobytes()
+        model.fuse = True
 
 
 def _concat_graph(kind):

@@ -285,6 +285,39 @@ def test_path_geoms_reach_every_dense_kernel():
     assert wide == {dense.conv_short_lanes, dense.conv_lanes}  # a wide last tile in each
 
 
+def _channel_view(a, rng):
+    """a's values in a view that is not C-contiguous: its channels between others of a larger
+    array (garbage there)."""
+    n, c = a.shape[:2]
+    big = rng.standard_normal((n, c + 3, *a.shape[2:]), dtype=np.float32)
+    view = big[:, 2 : 2 + c]
+    view[...] = a
+    return view
+
+
+DEPTHWISE_GEOMS = [kc.conv_geom(16, 12, 11, 16, (3, 3), (1, 1), (1, 1, 1, 1), groups=16)]  # BLOCKS
+DEPTHWISE_GEOMS.append(kc.conv_geom(6, 12, 11, 6, (3, 3), (2, 2), (1, 1, 1, 1), groups=6))  # ROWS
+
+
+@pytest.mark.parametrize("geom", PATH_GEOMS + DEPTHWISE_GEOMS, ids=str)
+@pytest.mark.parametrize("masked_", [None, 0.4])
+def test_conv2d_of_views_equals_conv2d_of_contiguous_arrays(geom, masked_):
+    """x, the residual and out as channel slices at batch 2 (not C-contiguous): the kernels
+    read and write C-contiguous arrays, so conv2d goes through copies; the outputs outside out's
+    slice are left as they were, the masked ones inside it too."""
+    rng = np.random.default_rng(7)
+    x, weights, skip, ep = _conv_case((geom, 2, masked_, 1, True, 7, False))
+    want = np.full((2, geom.k_out, geom.oh, geom.ow), 7.0, np.float32)
+    m_want = kc.conv2d(x, weights, geom, skip, want, None, ep)
+    out = _channel_view(np.full_like(want, 7.0), rng)
+    around = out.base.copy()
+    ep_view = kc.Epilogue(_channel_view(ep.residual, rng), ep.act)
+    assert kc.conv2d(_channel_view(x, rng), weights, geom, skip, out, None, ep_view) == m_want
+    assert out.tobytes() == want.tobytes()
+    around[:, 2 : 2 + geom.k_out] = want
+    assert out.base.tobytes() == around.tobytes()
+
+
 @given(st.integers(1, 400))
 def test_lane_tiles_cover_a_plane_once(p_n):
     """The tiles of `conv_lanes` cover a plane's positions once each, in order: POS_TILE
@@ -696,11 +729,11 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
     x, weights, _, _ = _conv_case(case)
     planes = kc.prepare.planes(weights)
     copies = []
-    for min_floats in (1 << 30, 0):
+    for threads in (1, max(2, numba.get_num_threads())):
         scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
-        saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, min_floats
+        saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, 0 if threads > 1 else 1 << 30  # (to_blocks)
         try:
-            xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, numba.get_num_threads())
+            xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, threads)
             copies.append(xp.reshape(n, -1))
         finally:
             layouts.PARALLEL_MIN = saved

@@ -97,7 +97,11 @@ import json, numpy as np
 from velcro_ref.kernels.conv import conv_geom, dispatch, prepare_conv
 g = conv_geom(8, 6, 6, 16, (3, 3), (1, 1), (1, 1, 1, 1))
 cw = prepare_conv(np.ones((16, 8, 3, 3), np.float32), None, g)
-dispatch.conv2d(np.ones((1, 8, 6, 6), np.float32), cw, g, None, np.empty((1, 16, 6, 6), np.float32))
+x, out = np.ones((1, 8, 6, 6), np.float32), np.empty((1, 16, 6, 6), np.float32)
+dispatch.conv2d(x, cw, g, None, out)
+g1 = conv_geom(8, 6, 6, 16, (1, 1))  # one chain, filters in lanes: masked with lane bits
+skip = np.arange(16 * 36).reshape(16, 6, 6) % 3 == 0
+dispatch.conv2d(x, prepare_conv(np.ones((16, 8, 1, 1), np.float32), None, g1), g1, skip, out)
 stats = dispatch.planes_run.stats
 print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
 """
@@ -109,4 +113,4 @@ def test_the_dense_conv_entry_is_loaded_from_the_cache():
     for _ in range(2):  # the first may compile it (the cache of this test run)
         res = subprocess.run([sys.executable, "-c", CONV_PROBE], env=env, capture_output=True, text=True, check=True)
     counts = json.loads(res.stdout.strip().splitlines()[-1])
-    assert counts == {"hits": 1, "misses": 0}, res.stderr[-2000:]
+    assert counts == {"hits": 2, "misses": 0}, res.stderr[-2000:]  # dense, and masked with lane bits

@@ -37,7 +37,7 @@ from .dense import (
 )
 from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
-from .layouts import BLOCKS, ROWS, Planes, aligned_floats
+from .layouts import BLOCKS, ROWS, Planes, aligned_floats, copy_threads
 from .prepare import ConvWeights, planes
 from .schedule import SkipPlan, plan_skip
 
@@ -58,14 +58,21 @@ class Epilogue(NamedTuple):
 
 
 def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epilogue=None) -> int:
-    """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW) float32 (C-contiguous);
-    returns the MACs executed (those of the outputs computed).
+    """Convolution of x (N, C, H, W) float32 into out (N, K, OH, OW) float32; returns the MACs
+    executed (those of the outputs computed).
 
     skip: None (dense), a bool (K, OH, OW) array or its `plan_skip`; masked outputs are not
     computed and keep what out holds. scratch: a float32 1-D array of at least
     `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
+    The kernels read and write C-contiguous arrays: x and the residual are copied where they are
+    not, and an out that is not is written through a C-contiguous copy of it.
     """
-    n_n = x.shape[0]
+    if not out.flags.c_contiguous:
+        whole = np.ascontiguousarray(out)  # masked outputs keep what out holds
+        n_macs = conv2d(x, weights, geom, skip, whole, scratch, epilogue)
+        out[...] = whole
+        return n_macs
+    x, n_n = np.ascontiguousarray(x), x.shape[0]
     plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
@@ -76,7 +83,7 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     if epilogue is None or epilogue.residual is None:
         ep_k = (out, 0, 0 if epilogue is None else int(epilogue.act))
     else:
-        ep_k = (epilogue.residual, 1, int(epilogue.act))
+        ep_k = (np.ascontiguousarray(epilogue.residual), 1, int(epilogue.act))
     if dense_path:
         return _dense(call, x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
     return masked.conv_masked(x, weights, geom, plan, out, scratch, ep_k)
@@ -115,13 +122,13 @@ class _DenseCall(NamedTuple):
     """What a dense call of a conv on n images with t threads works out before its kernels:
     the scratch it needs, the input layout, the kernel `planes_run` calls (RUN_*; RUN_DEPTHWISE
     on BLOCKS: `conv_depth_bands`) and the chunks of images it runs it on, (first, count, work
-    split, `conv_direct`'s tiles per item or 0 where it does not take the conv)."""
+    split, `conv_direct`'s tiles per item or 0 where it does not take the conv, threads of the
+    input copy)."""
 
     tiles: weakref.ref  # the conv's packed filters: tells the conv from a later one at its id
     need: int
     pl: Planes
     path: int
-    threads: int
     chunks: tuple
     band: int  # output rows per band of `conv_depth_bands` (`band_rows`)
 
@@ -149,9 +156,10 @@ def _dense_call(weights, geom, n_n) -> _DenseCall:
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
         split = (0, 0, 0) if depthwise else work_split(weights, geom, m, threads)
-        chunks.append((n0, m, split, direct_split(geom, m, threads) if direct else 0))
+        copy = copy_threads(m * per_image, threads)
+        chunks.append((n0, m, split, direct_split(geom, m, threads) if direct else 0, copy))
     chunks = tuple(chunks)
-    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, path, threads, chunks, band_rows(geom))
+    call = _DenseCall(weakref.ref(weights.tiles), chunk * per_image, pl, path, chunks, band_rows(geom))
     if len(_CALLS) >= CALLS_MAX:
         _CALLS.clear()
     _CALLS[key] = call
@@ -169,7 +177,7 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
     only the outputs they name."""
     res, has_res, act = ep
     n_macs = 0
-    for n0, m, split, tpi in call.chunks:
+    for n0, m, split, tpi, copy in call.chunks:
         xs, o = _images(x, n0, m), _images(out, n0, m)
         r = _images(res, n0, m) if has_res else o
         if call.pl.kind == BLOCKS:
@@ -177,9 +185,7 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
             n_macs += conv_depth_bands(xf, weights, geom, call.band, r.reshape(-1), has_res, act, o.reshape(-1), bits)
             continue
         path = RUN_DIRECT if tpi and bits is None else call.path
-        n_macs += planes_run(
-            path, xs, weights, geom, call.pl, scratch, call.threads, r, has_res, act, o, split, tpi, bits
-        )
+        n_macs += planes_run(path, xs, weights, geom, call.pl, scratch, copy, r, has_res, act, o, split, tpi, bits)
     return n_macs
 
 

@@ -185,15 +185,21 @@ def segments(g: ConvGeom, planes: Planes):
     return np.stack([oy * g.sh * g.sw * planes.q + ox, oy * g.ow + ox, zero, np.minimum(VEC, g.ow - ox)], axis=1)
 
 
+def copy_threads(floats, threads):
+    """Threads an input copy of `floats` floats takes: `threads` from PARALLEL_MIN floats on,
+    else 1 (the calling thread)."""
+    return threads if floats >= PARALLEL_MIN else 1
+
+
 @register_jitable
 def to_planes(x, geom, planes, plane_of, xp, threads):
     """Layout: x (N, C, H, W); xp (N, C * plane) as `Planes` says, every float written (padding
-    0). Loop order (image, channel), in parallel on `threads` threads from PARALLEL_MIN floats
-    on, then rows, phases, runs of columns. Plain Python from Python, compiled into jitted
+    0). Loop order (image, channel), on `threads` threads (`copy_threads`; 1: in the calling
+    thread), then rows, phases, runs of columns. Plain Python from Python, compiled into jitted
     callers (which cannot be cached where they ask Numba for its thread count themselves)."""
     n_items = x.shape[0] * x.shape[1]
     xf, xq = np.ascontiguousarray(x).reshape(-1), xp.reshape(-1)
-    if xp.size < PARALLEL_MIN:
+    if threads <= 1:
         _planes_items(xf, x.shape, geom, planes, plane_of, xq, 0, n_items, 0, _rows(geom, planes))
     else:
         _planes_threads(xf, x.shape, geom, planes, plane_of, xq, n_items, threads)

@@ -23,7 +23,7 @@ from ..jit import njit
 from ..simd import VEC, dot_store, store_tile, tile_pass
 from .dense import planes_floats, planes_input
 from .geom import ConvGeom, group_taps, in_place, one_chain, subsampled
-from .layouts import channels_last, im2col_range, padded_size, padded_taps, planes_of
+from .layouts import channels_last, copy_threads, im2col_range, padded_size, padded_taps, planes_of
 from .schedule import lane_bits_kernel, tile_positions
 
 # Cost of a unit of the sampled kernels besides its outputs, in outputs (`unit_cuts`).
@@ -313,7 +313,8 @@ def _runs(x, weights, geom, plan, out, scratch, ep):
     n_done = 0
     for n0 in range(0, n_n, chunk):
         m = min(chunk, n_n - n0)
-        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch, numba.get_num_threads())
+        threads = copy_threads(m * per_image, numba.get_num_threads())
+        xp = planes_input(x[n0 : n0 + m], geom, planes, plane_of, scratch, threads)
         o = out[n0 : n0 + m].reshape(-1)
         r = res[n0 : n0 + m].reshape(-1) if has_res else o
         runs = (plan.runs[0], plan.runs[1], plan.runs[2], planes.plane)
