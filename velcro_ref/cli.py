@@ -66,6 +66,7 @@ class _Signals:
     def __init__(self):
         self.seen = None  # the first of the two signals that came, or None
         self.closed = False
+        self.previous_excepthook = sys.excepthook
         self._resend = None
 
     def __call__(self, signum, frame):
@@ -86,6 +87,16 @@ class _Signals:
         self.seen = self.seen or sig
         if not self.closed and (self._resend is None or self._resend.finished.is_set()):
             self._send_again(sig)
+
+    def excepthook(self, kind, value, tb):
+        """sys.excepthook while a command runs. C code that prints an exception itself and raises
+        another (NumPy's `import_array` in an extension's import: PyErr_Print, then ImportError)
+        would print an interrupt that lands there as a traceback: it is taken as the interrupt,
+        not printed. Anything else goes to the hook that was there."""
+        if issubclass(kind, (KeyboardInterrupt, Terminated)):
+            self.seen = self.seen or (signal.SIGINT if issubclass(kind, KeyboardInterrupt) else signal.SIGTERM)
+            return
+        self.previous_excepthook(kind, value, tb)
 
     def _send_again(self, sig):
         """Send `sig` to the main thread RESEND_S from now, from a short-lived thread."""
@@ -137,7 +148,7 @@ def main(argv=None) -> int:
     previous_hook = sys.unraisablehook
     if in_main_thread:
         previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGTERM, signal.SIGINT)}
-        sys.unraisablehook = signals.unraisable
+        sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
@@ -189,6 +200,8 @@ def main(argv=None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
+        if in_main_thread:
+            sys.excepthook = signals.previous_excepthook
 
 
 if __name__ == "__main__":

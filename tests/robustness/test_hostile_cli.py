@@ -332,6 +332,31 @@ def test_an_interrupt_turned_into_another_error_by_a_library_still_ends_in_130(m
     assert code == 130 and err.strip().splitlines() == ["error: interrupted"], err
 
 
+def test_an_interrupt_that_c_code_prints_itself_is_one_line_and_130(monkeypatch, capfd):
+    """NumPy's `import_array`, in the import of an extension built against NumPy (h5py's, Numba's),
+    prints the error of NumPy's import itself (PyErr_Print) and raises ImportError: an interrupt
+    landing in that import came out as a KeyboardInterrupt traceback before `error: interrupted`
+    (seen once, in a clean-clone CI run on a loaded machine). Here the signal lands in code
+    that C runs and whose error it prints itself (PyRun_SimpleString, through ctypes)."""
+    import ctypes
+    import threading
+
+    from velcro_ref import cli, commands_engine
+
+    def info(args):
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        if ctypes.pythonapi.PyRun_SimpleString(b"import time\ntime.sleep(3)") != 0:  # printed, cleared
+            raise ImportError("numpy._core.multiarray failed to import")
+        return 0
+
+    monkeypatch.setattr(commands_engine, "cmd_info", info)
+    hook = sys.excepthook
+    code = cli.main(["info", "anything.h5"])
+    err = capfd.readouterr().err
+    assert code == 130 and err.strip().splitlines() == ["error: interrupted"], err
+    assert sys.excepthook is hook
+
+
 def test_a_signal_sent_again_that_lands_inside_the_hook_still_stops_the_command(monkeypatch, capsys):
     """The hook starts a thread to send the signal again; on a busy machine starting it takes longer
     than the 1 ms after which the thread sends, so the signal lands while the hook still runs (made
