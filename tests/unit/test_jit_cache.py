@@ -90,7 +90,7 @@ def test_every_jitted_function_of_the_package_goes_through_its_njit():
     assert offenders == []
 
 
-# A dense conv through `dispatch.planes_run`, which calls the parallel kernels: it can be cached
+# Dense convs through `dispatch.PLANES_RUNS`, which call the parallel kernels: they can be cached
 # only while nothing it compiles in asks Numba for its thread count (a dynamic global).
 CONV_PROBE = """
 import json, numpy as np
@@ -102,8 +102,9 @@ dispatch.conv2d(x, cw, g, None, out)
 g1 = conv_geom(8, 6, 6, 16, (1, 1))  # one chain, filters in lanes: masked with lane bits
 skip = np.arange(16 * 36).reshape(16, 6, 6) % 3 == 0
 dispatch.conv2d(x, prepare_conv(np.ones((16, 8, 1, 1), np.float32), None, g1), g1, skip, out)
-stats = dispatch.planes_run.stats
-print(json.dumps({"hits": sum(stats.cache_hits.values()), "misses": sum(stats.cache_misses.values())}))
+stats = [run.stats for run in dispatch.PLANES_RUNS]
+hits, misses = (sum(sum(getattr(s, k).values()) for s in stats) for k in ("cache_hits", "cache_misses"))
+print(json.dumps({"hits": hits, "misses": misses}))
 """
 
 

@@ -1,5 +1,5 @@
 """conv2d: the one entry of the conv kernels; picks the path for a call and sizes its scratch.
-A dense call copies its input and runs its kernel in one jitted call (`planes_run`).
+A dense call copies its input and runs its kernel in one jitted call (`PLANES_RUNS`).
 
 Paths (docs/kernels.md, "Paths"): dense, every output (`dense.conv_tiles` and `conv_direct` with
 outputs in SIMD lanes, `dense.conv_lanes` / `conv_short_lanes` with filters in the lanes,
@@ -114,13 +114,13 @@ def dense_kernel(weights: ConvWeights, geom: ConvGeom):
     return conv_short_lanes if short_chains(weights, geom) else conv_lanes
 
 
-# The kernels `planes_run` calls on a dense conv's input copy (`_DenseCall.path`).
+# The kernels run on a dense conv's input copy (`_DenseCall.path`: index into PLANES_RUNS).
 RUN_LANES, RUN_SHORT, RUN_TILES, RUN_DEPTHWISE, RUN_DIRECT = range(5)
 
 
 class _DenseCall(NamedTuple):
     """What a dense call of a conv on n images with t threads works out before its kernels:
-    the scratch it needs, the input layout, the kernel `planes_run` calls (RUN_*; RUN_DEPTHWISE
+    the scratch it needs, the input layout, the kernel it runs on its input copy (RUN_*; RUN_DEPTHWISE
     on BLOCKS: `conv_depth_bands`) and the chunks of images it runs it on, (first, count, work
     split, `conv_direct`'s tiles per item or 0 where it does not take the conv, threads of the
     input copy)."""
@@ -185,27 +185,47 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
             n_macs += conv_depth_bands(xf, weights, geom, call.band, r.reshape(-1), has_res, act, o.reshape(-1), bits)
             continue
         path = RUN_DIRECT if tpi and bits is None else call.path
-        n_macs += planes_run(path, xs, weights, geom, call.pl, scratch, copy, r, has_res, act, o, split, tpi, bits)
+        n_macs += PLANES_RUNS[path](xs, weights, geom, call.pl, scratch, copy, r, has_res, act, o, split, tpi, bits)
     return n_macs
 
 
+# A dense conv's input copy (`planes_input`) and its kernel in one call from Python, one function
+# a kernel: the Python layers and the second dispatch between them cost 2 - 4 us a conv (57 convs
+# in a GoogLeNet run). One function for all kernels took 14 s more to compile on a fresh cache
+# (every kernel compiled and linked into it), these 8 s. Arguments: x, res and out (N, ...)
+# C-contiguous; threads of the input copy (`copy_threads`); split the kernel's `work_split`, tpi
+# `conv_direct`'s tiles per item; bits None or `lane_bits` (the filters-in-lanes kernels).
 @njit(cache=True)
-def planes_run(path, x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
-    """The input copy (`planes_input`) and the kernel `path` names on it, in one call from
-    Python: the layers between them cost 4 - 5 us a conv (52 convs in a MobileNet-V2 run). x,
-    res and out (N, ...) C-contiguous; split the kernel's `work_split`, tpi `conv_direct`'s tiles
-    per item, bits None or `lane_bits` (the filters-in-lanes kernels). Returns the MACs."""
+def _run_direct(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
-    r, o = res.reshape(-1), out.reshape(-1)
-    if path == RUN_DIRECT:
-        return conv_direct(xp, weights, geom, r, has_res, act, o, tpi)
-    if path == RUN_DEPTHWISE:
-        return conv_depthwise(xp, weights, geom, r, has_res, act, o)
-    if path == RUN_TILES:
-        return conv_tiles(xp, weights, geom, r, has_res, act, o, split)
-    if path == RUN_SHORT:
-        return conv_short_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
-    return conv_lanes(xp, weights, geom, r, has_res, act, o, split, bits)
+    return conv_direct(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), tpi)
+
+
+@njit(cache=True)
+def _run_depthwise(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+    return conv_depthwise(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1))
+
+
+@njit(cache=True)
+def _run_tiles(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+    return conv_tiles(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split)
+
+
+@njit(cache=True)
+def _run_short(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+    return conv_short_lanes(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split, bits)
+
+
+@njit(cache=True)
+def _run_lanes(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+    return conv_lanes(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split, bits)
+
+
+PLANES_RUNS = (_run_lanes, _run_short, _run_tiles, _run_depthwise, _run_direct)  # by RUN_*
 
 
 _RUNS = {conv_lanes: RUN_LANES, conv_short_lanes: RUN_SHORT, conv_tiles: RUN_TILES}
