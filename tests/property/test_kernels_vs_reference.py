@@ -318,6 +318,29 @@ def test_conv2d_of_views_equals_conv2d_of_contiguous_arrays(geom, masked_):
     assert out.base.tobytes() == around.tobytes()
 
 
+SAME_SHAPE_GEOMS = [  # out of x's shape: 1x1 read in place (one chain, 8 chains), direct tiles, 3x3, depthwise
+    kc.conv_geom(24, 9, 11, 24, (1, 1)),
+    kc.conv_geom(64, 5, 7, 64, (1, 1)),
+    kc.conv_geom(32, 14, 14, 32, (1, 1)),
+    kc.conv_geom(8, 9, 13, 8, (3, 3), (1, 1), (1, 1, 1, 1)),
+    kc.conv_geom(16, 12, 11, 16, (3, 3), (1, 1), (1, 1, 1, 1), groups=16),
+]
+
+
+@pytest.mark.parametrize("geom", SAME_SHAPE_GEOMS, ids=str)
+@pytest.mark.parametrize("masked_", [None, 0.4])
+@pytest.mark.parametrize("over", ["x", "residual"])
+def test_conv2d_writing_over_its_input_or_residual_equals_a_separate_output(geom, masked_, over):
+    """out may be the array the conv reads (the kernels read x in place, or the residual in the
+    epilogue, while they store): the bits of the call with an out of its own."""
+    x, weights, skip, ep = _conv_case((geom, 3, masked_, 1, True, 11, False))
+    start = x if over == "x" else ep.residual
+    want = start.copy()
+    m_want = kc.conv2d(x.copy(), weights, geom, skip, want, None, kc.Epilogue(ep.residual.copy(), ep.act))
+    assert kc.conv2d(x, weights, geom, skip, start, None, ep) == m_want  # start is out
+    assert start.tobytes() == want.tobytes()
+
+
 @given(st.integers(1, 400))
 def test_lane_tiles_cover_a_plane_once(p_n):
     """The tiles of `conv_lanes` cover a plane's positions once each, in order: POS_TILE

@@ -65,14 +65,15 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     computed and keep what out holds. scratch: a float32 1-D array of at least
     `scratch_floats(geom, N)` floats, or None (allocated here). epilogue: an Epilogue or None.
     The kernels read and write C-contiguous arrays: x and the residual are copied where they are
-    not, and an out that is not is written through a C-contiguous copy of it.
+    not, and an out that is not is written through a C-contiguous copy of it. out may be x or
+    the residual (or overlap them): they are then copied before the kernels read them.
     """
     if not out.flags.c_contiguous:
         whole = np.ascontiguousarray(out)  # masked outputs keep what out holds
         n_macs = conv2d(x, weights, geom, skip, whole, scratch, epilogue)
         out[...] = whole
         return n_macs
-    x, n_n = np.ascontiguousarray(x), x.shape[0]
+    x, n_n = (x.copy() if np.may_share_memory(x, out) else np.ascontiguousarray(x)), x.shape[0]
     plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
@@ -83,7 +84,8 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
     if epilogue is None or epilogue.residual is None:
         ep_k = (out, 0, 0 if epilogue is None else int(epilogue.act))
     else:
-        ep_k = (np.ascontiguousarray(epilogue.residual), 1, int(epilogue.act))
+        res = epilogue.residual
+        ep_k = (res.copy() if np.may_share_memory(res, out) else np.ascontiguousarray(res), 1, int(epilogue.act))
     if dense_path:
         return _dense(call, x, weights, geom, out, scratch, ep_k, None if plan is None else plan.bits)
     return masked.conv_masked(x, weights, geom, plan, out, scratch, ep_k)
