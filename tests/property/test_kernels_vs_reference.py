@@ -754,12 +754,8 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
     copies = []
     for threads in (1, max(2, numba.get_num_threads())):
         scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
-        saved, layouts.PARALLEL_MIN = layouts.PARALLEL_MIN, 0 if threads > 1 else 1 << 30  # (to_blocks)
-        try:
-            xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, threads)
-            copies.append(xp.reshape(n, -1))
-        finally:
-            layouts.PARALLEL_MIN = saved
+        xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, threads)
+        copies.append(xp.reshape(n, -1))
     xp = copies[0]
     assert not np.isnan(xp).any()
     assert xp.tobytes() == copies[1].tobytes()

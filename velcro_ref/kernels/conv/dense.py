@@ -58,14 +58,14 @@ ITEMS_PER_THREAD = 4  # work items per thread, at least, for the load to even ou
 @register_jitable
 def planes_input(x, geom, planes, plane_of, scratch, threads):
     """The images x (N, C, H, W) in the layout `planes` describes, flat: x itself when DIRECT,
-    else its copy (`to_planes` on `threads` threads, `copy_threads`; `to_blocks`) in scratch
+    else its copy (`to_planes` or `to_blocks` on `threads` threads, `copy_threads`) in scratch
     (N * C * plane floats). Plain Python from Python, compiled into jitted callers
     (`dispatch.PLANES_RUNS`)."""
     if planes.kind == DIRECT:
         return np.ascontiguousarray(x).reshape(-1)
     xp = scratch[: x.shape[0] * geom.c_in * planes.plane].reshape(x.shape[0], -1)
     if planes.kind == BLOCKS:
-        to_blocks(x, geom, planes, xp)
+        to_blocks(x, geom, planes, xp, threads)
     else:
         to_planes(x, geom, planes, plane_of, xp, threads)
     return xp.reshape(-1)

@@ -363,15 +363,16 @@ def im2col_range(xh, c0, geom, need, col, p0, p1, q0):
 
 
 @register_jitable
-def to_blocks(x, geom, planes, xp):
+def to_blocks(x, geom, planes, xp, threads):
     """Layout: x (N, C, H, W), C a multiple of VEC; xp (N, C * plane) as BLOCKS `Planes`: pixel
     (iy, ix) of channel c at [n, (c // VEC) * VEC * plane + (iy * q + ix) * VEC + c % VEC],
     zero padded (pt rows above, pl columns left): `blocks_rows` of every block's hp rows,
-    (image, block) items in parallel from PARALLEL_MIN floats on. The depthwise kernel copies
-    the rows of a band of outputs at a time instead (`depthwise.conv_depth_bands`)."""
+    (image, block) items in parallel where `threads` (`copy_threads`) is more than 1. The
+    depthwise kernel copies the rows of a band of outputs at a time instead
+    (`depthwise.conv_depth_bands`)."""
     xf = np.ascontiguousarray(x).reshape(-1)
     n_items = x.shape[0] * (x.shape[1] // VEC)
-    if xp.size < PARALLEL_MIN:
+    if threads <= 1:
         _blocks_items(xf, x.shape, geom.pt, geom.pl, planes, xp.reshape(-1), 0, n_items)
     else:
         _blocks_threads(xf, x.shape, geom.pt, geom.pl, planes, xp.reshape(-1), n_items)
