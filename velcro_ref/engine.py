@@ -57,7 +57,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = None  # (fused convs, images, views, concats left out) of the last dense run without observer
+        self._shared = None  # (key, images, views, concats left out) of the last run on shared buffers
 
     @property
     def input_shape(self) -> tuple:
@@ -110,26 +110,30 @@ class Model:
             self._fixed.pop(name, None)
         return buf
 
-    def _shared_buffers(self, fused, absorbed, n_n) -> tuple[dict, frozenset]:
-        """(step index -> the array, a view of a shared buffer, a dense run without observer on n_n
-        images writes that step's output into; the concat steps it leaves out). The tensors share
+    def _shared_buffers(self, fused, absorbed, n_n, observed=False, over=frozenset()) -> tuple[dict, frozenset]:
+        """(step index -> the array, a view of a shared buffer, an unmasked run on n_n images
+        writes that step's output into; the concat steps it leaves out). The tensors share
         a few buffers: a tensor's goes to the next one written after the last step that reads it
         (the one freed last first), so that the caches still hold it. One buffer per tensor, as
         masked and observed runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory
         the caches had let go. On one image, the steps a concat alone reads write straight into
-        its channels (`_placed`), and the concat is not run. Worked out once for the convs fused
+        its channels (`_placed`), and the concat is not run, unless the run is observed (the
+        observer sees every node). A site in `over` (an observer's run_site computes it over its
+        input) is written into its input's buffer: that input's step writes into the site's
+        (`_written_over`). Worked out once for the convs fused, the observer's kind and sites,
         and the batch size, the buffers on cache lines."""
-        key = tuple(fused)  # the fusions follow from the convs fused (`_fusions`)
+        key = (tuple(fused), observed, over)  # the fusions follow from the convs fused (`_fusions`)
         if self._shared is None or self._shared[0] != key or self._shared[1] != n_n:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
             written = {i: st.name if st.name not in fused else fused[st.name].output for i, st in steps}
-            placed = self._placed(steps, written) if n_n == 1 else {}
+            placed = self._placed(steps, written) if n_n == 1 and not observed else {}
             joins = frozenset(i for i, st in steps if st.name in placed.values())
+            home = {**placed, **self._written_over(steps, written, over)}  # tensor -> the buffer it is written into
             reads = {i: _reads(st, fused.get(st.name)) for i, st in steps}
             last = {t: i for i, _ in steps for t in reads[i]}  # tensor -> the step that reads it last
             slot_of, outs, sizes, free = {}, {}, [], []  # free: slots, the last freed last
             for i, st in steps:
-                name = placed.get(written[i], written[i])  # a placed step: its concat's buffer
+                name = home.get(written[i], written[i])
                 if name not in slot_of:
                     shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
                     slot = free.pop() if free else len(sizes)
@@ -150,7 +154,7 @@ class Model:
                     c0 = sum(self.plan.shapes[u][0] for u in concat.inputs[: concat.inputs.index(t)])
                     views[i] = whole[placed[t]][:, c0 : c0 + self.plan.shapes[t][0]]
                 else:
-                    views[i] = whole[t]
+                    views[i] = whole[home.get(t, t)]
             self._shared = (key, n_n, views, joins)
         return self._shared[2], self._shared[3]
 
@@ -168,6 +172,28 @@ class Model:
             ):
                 placed.update((t, st.name) for t in st.inputs)
         return placed
+
+    def _written_over(self, steps, written, over) -> dict:
+        """Tensor -> the site in `over` whose buffer it is written into: the input of each such
+        site that a step of the run writes and that the site alone reads (`plan.overwritable`),
+        followed along sites written over sites to the last."""
+        dtypes = {written[i]: st.dtype for i, st in steps}
+        into = {}
+        for _, st in steps:
+            t = st.inputs[0] if st.name in over else None
+            if (
+                t in dtypes
+                and self.plan.overwritable(t, st.name)
+                and (self.plan.shapes[t], dtypes[t]) == (self.plan.shapes[st.name], st.dtype)
+            ):
+                into[t] = st.name
+        home = {}
+        for t in into:
+            s = into[t]
+            while s in into:
+                s = into[s]
+            home[t] = s
+        return home
 
     def site_skips(self, masks) -> dict[str, np.ndarray]:
         """Node name -> bool skip array for every node on a masked site's producer chain."""
@@ -237,6 +263,10 @@ class Model:
         mask and constant arrays become read-only at the first run (see `_mask_plan`).
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
+        An observer whose `keeps_arrays` is false keeps no array it is handed past the call:
+        an unmasked run then writes its tensors into shared buffers, as a run without observer
+        does, and writes a site listed in the observer's `over_input` (computed by its run_site
+        over its input) into the buffer of that input.
         An observer may also define on_node(step, inputs, output, skip) to see every node. It
         must not write into the arrays it is given: skipped conv outputs are zeroed, and masked
         site elements set to their constants, once per MaskSet and trusted to stay so.
@@ -267,7 +297,10 @@ class Model:
         macs = {}
         fused, absorbed = self._fusions(mp) if observer is None and self.fuse else ({}, frozenset())
         run_site = getattr(observer, "run_site", None)
-        shared, joins = self._shared_buffers(fused, absorbed, n_n) if mp is None and observer is None else (None, ())
+        observed = observer is not None
+        sharing = mp is None and not (observed and getattr(observer, "keeps_arrays", True))
+        over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
+        shared, joins = self._shared_buffers(fused, absorbed, n_n, observed, over) if sharing else (None, ())
         for i, st in enumerate(self.steps):
             if st.name in absorbed:
                 continue
@@ -294,6 +327,9 @@ class Model:
                     raise RuntimeError(f"observer's run_site wrote site '{st.name}' into an array it may not use")
                 out, taken = y, True
             else:
+                for t in st.inputs:
+                    if env[t] is out:  # a site planned over its input that run_site left to the engine
+                        env[t] = out.copy()
                 n_macs = st.opdef.run([env[t] for t in st.inputs], st.args, skip, out, col)
                 if st.opdef.chain == "skip":
                     macs[st.name] = int(n_macs)

@@ -172,7 +172,11 @@ class StatsCollector:
     and the range of its input in one pass over the input (`SiteStats.add_clamped`), written over
     the input where the site alone reads it (`Plan.overwritable`: no second buffer to fill). The range of
     a tensor that such a site alone reads is taken in that pass, or at the site's `on_node` when
-    the engine ran the site itself (a masked run); the statistics are the same bits either way."""
+    the engine ran the site itself (a masked run); the statistics are the same bits either way.
+    It keeps no array past the call it is handed it in, so an unmasked run writes its tensors
+    into shared buffers (`Model.run`, `keeps_arrays`)."""
+
+    keeps_arrays = False
 
     def __init__(self, model, classes=(), source=""):
         self.stats = Stats(
@@ -185,11 +189,11 @@ class StatsCollector:
         self.model = model
         steps = {st.name: st for st in model.steps}
         self._ranged_at = {}  # tensor -> the site whose node takes its range
-        self._over = set()  # the sites computed over their input
+        self.over_input = set()  # the sites computed over their input (the engine's `run` reads it)
         for st in model.steps:
             if _clamp_top(st) is None or not model.plan.overwritable(st.inputs[0], st.name):
                 continue
-            self._over.add(st.name)
+            self.over_input.add(st.name)
             src = steps[st.inputs[0]]
             if not src.opdef.site and src.q is None:
                 self._ranged_at[src.name] = st.name
@@ -204,7 +208,7 @@ class StatsCollector:
         if top is None:
             return None
         n = len(x)
-        y = x if step.name in self._over else out
+        y = x if step.name in self.over_input else out
         x2 = x.reshape(n, -1)
         lo, hi = self.stats.sites[step.name].add_clamped(x2, top, x2 if y is x else y.reshape(n, -1))
         if self._ranged_at.get(step.inputs[0]) == step.name:

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from robust_util import NodeOutputs, zoo_graph
 
@@ -245,14 +245,21 @@ def test_the_collector_writes_a_site_over_the_input_only_that_site_reads(monkeyp
             np.testing.assert_array_equal(getattr(col.stats.sites[s], name), getattr(sites[s], name), err_msg=s)
 
 
-@pytest.mark.parametrize("where", ["shared input", "new array"])
+@pytest.mark.parametrize("where", ["shared input", "new array", "listed over its input"])
 def test_a_site_written_where_the_plan_does_not_allow_it_is_refused(where):
     """An observer's run_site may return out, or x where the plan lets the site overwrite it;
-    x another node still reads, or an array of its own, ends the run with an error."""
+    x another node still reads, or an array of its own, ends the run with an error. A site the
+    observer lists in `over_input` against the plan does not get its input's buffer: written over
+    that input, it is refused as well."""
 
     class Writer(StatsCollector):
+        def __init__(self, model):
+            super().__init__(model)
+            if where == "listed over its input":
+                self.over_input = {"r1", "r2"}
+
         def run_site(self, step, x, out):
-            if step.name != "r1":
+            if step.name != "r1" or where == "listed over its input":
                 return super().run_site(step, x, out)
             np.clip(x, 0, 6, out=out)
             return x if where == "shared input" else out.copy()
@@ -261,3 +268,124 @@ def test_a_site_written_where_the_plan_does_not_allow_it_is_refused(where):
     x = np.random.default_rng(10).standard_normal((3, 2, 6, 6)).astype(np.float32)
     with pytest.raises(RuntimeError, match="site 'r1'"):
         model.run(x, observer=Writer(model))
+
+
+class _Own(StatsCollector):
+    keeps_arrays = True  # every tensor in its own buffer
+
+
+class _Left(StatsCollector):
+    """Lists every site as one it writes over its input (`over_input`), also where the plan does not
+    allow it, then leaves every site to the engine."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.over_input = set(model.sites)
+
+    def run_site(self, step, x, out):
+        return None
+
+
+@st.composite
+def _site_graphs(draw):
+    """Random graphs of convs and runs of activations (a site written over a site, relu6 over relu,
+    silu between), adds, a tensor read by two nodes, concats, pools, and a site as graph output."""
+    from velcro_ref.graph import Graph
+    from velcro_ref.zoo import _Builder
+
+    b = _Builder(draw(st.sampled_from([1, 3, 8])), np.random.default_rng(draw(st.integers(0, 2**31))))
+    x, size = INPUT, draw(st.integers(4, 9))
+    for i in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["acts", "res", "two_readers", "concat", "pool"]))
+        k = draw(st.sampled_from([1, 3]))
+        y = b.conv(x, f"c{i}", draw(st.sampled_from([2, 8, 16])), k, 1, k // 2)
+        if kind == "acts":
+            for j in range(draw(st.integers(1, 3))):
+                y = b.act(y, f"a{i}.{j}", draw(st.sampled_from(["relu", "relu6", "relu", "relu6", "silu"])))
+            if draw(st.booleans()):
+                y = b.pool(y, f"p{i}", "max_pool", 3, 1, 1)
+        elif kind == "res":
+            y = b.act(b.add(y, b.conv(x, f"d{i}", b.channels[y], 1), f"add{i}"), f"a{i}", "relu")
+        elif kind == "two_readers":  # the conv read by its site and by the add
+            y = b.add(b.act(y, f"a{i}", "relu6"), y, f"add{i}")
+        elif kind == "concat":
+            y = b.concat([b.act(y, f"a{i}", "relu"), b.act(b.conv(x, f"e{i}", 2, 1), f"b{i}", "relu6")], f"cat{i}")
+        else:
+            y = b.act(b.pool(b.act(y, f"a{i}", "relu"), f"p{i}", "max_pool", 3, 1, 1), f"b{i}", "relu")
+        x = y
+    if draw(st.booleans()):
+        x = b.act(b.conv(x, "last", 4, 1), "last.act", "relu")  # a site as graph output
+    return Graph(tuple(b.nodes), (b.channels[INPUT], size, size), x, b.params)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_site_graphs(), st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(0, 2**31))
+def test_a_profile_on_shared_buffers_equals_one_on_the_tensors_own(graph, batches, seed):
+    """The collector keeps no array (`keeps_arrays` false): its runs write the tensors into shared
+    buffers, each site it writes over its input into that input's buffer. On one Model, batch after
+    batch of changing sizes between dense runs, the statistics, every range and every output are
+    the bits of a profile on one buffer per tensor; and an observer that lists the same sites but
+    leaves them to the engine, or lists sites whose input another node reads, sees each site's
+    input as it was (ranges and outputs equal too)."""
+    rng = np.random.default_rng(seed)
+    model = Model(graph)
+    xs = [rng.standard_normal((n, *model.input_shape)).astype(np.float32) for n in batches]
+    cols = {kind: cls(model) for kind, cls in (("shared", StatsCollector), ("own", _Own), ("left", _Left))}
+    outs = {kind: [] for kind in cols}
+    for x in xs:
+        dense = model.run(x).tobytes()
+        for kind, col in cols.items():
+            col._extend(INPUT, x)
+            y = model.run(x, observer=col)
+            col.stats.n_images += len(x)
+            outs[kind].append(y.tobytes())
+            assert outs[kind][-1] == dense, kind
+    got, want = cols["shared"].stats, cols["own"].stats
+    for s in model.sites:
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(got.sites[s], name), getattr(want.sites[s], name), err_msg=f"{s} {name}")
+    for other in ("own", "left"):
+        ranges = cols[other].stats.ranges
+        assert list(got.ranges) == list(ranges)
+        assert all(_same(a, b) for t in ranges for a, b in zip(got.ranges[t], ranges[t], strict=True)), other
+
+
+def test_sites_written_over_sites_keep_their_buffer_to_the_last():
+    """conv -> relu -> relu6 -> max pool: both sites are written over their input, into one buffer
+    (the last site's), which the pool after them does not write into."""
+    from velcro_ref.graph import Graph
+    from velcro_ref.zoo import _Builder
+
+    b = _Builder(3, np.random.default_rng(0))
+    y = b.act(b.act(b.conv(INPUT, "c0", 8, 3, 1, 1), "a0", "relu"), "a1", "relu6")
+    y = b.act(b.conv(b.pool(y, "p", "max_pool", 3, 1, 1), "c1", 4, 1), "a2", "relu")
+    model = Model(Graph(tuple(b.nodes), (3, 6, 6), y, b.params))
+    x = np.random.default_rng(1).standard_normal((2, 3, 6, 6)).astype(np.float32)
+    col, own = StatsCollector(model), _Own(model)
+    assert col.over_input == {"a0", "a1", "a2"}
+    assert model.run(x, observer=col).tobytes() == model.run(x, observer=own).tobytes() == model.run(x).tobytes()
+    assert col.stats.ranges == own.stats.ranges
+
+
+def test_a_profiling_run_shares_buffers_and_writes_sites_over_their_input():
+    """MobileNet-V2's profiling run writes its tensors into a few buffers, as a dense run does, and
+    each relu6 site the collector writes over its input lies in the buffer its input's conv wrote."""
+    model = load_model(ROOT / "weights" / "mobilenet_v2.h5")
+    x = np.random.default_rng(11).standard_normal((3, *model.input_shape)).astype(np.float32)
+    col = StatsCollector(model)
+    assert col.over_input
+    seen = {}
+
+    def run_site(step, xin, out):
+        seen[step.name] = (xin.__array_interface__["data"][0], out.__array_interface__["data"][0])
+        return StatsCollector.run_site(col, step, xin, out)
+
+    col.run_site = run_site
+    outputs = NodeOutputs()
+    col.on_node = lambda step, inputs, out, skip: (
+        StatsCollector.on_node(col, step, inputs, out, skip),
+        outputs.values.setdefault(step.name, out.__array_interface__["data"][0]),
+    )
+    col.add_batch(x)
+    assert {s for s, (a, b) in seen.items() if a == b} == col.over_input
+    assert len(outputs.values) > 50 and len(set(outputs.values.values())) <= 8
