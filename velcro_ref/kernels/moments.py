@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from .jit import njit
-from .simd import VEC, range_lanes
+from .simd import CLAMP_IMAGES, DVEC, VEC, clamp_moment_rows, range_lanes
 
 # Images per pass of `_welford_range` over a block's moments: one element's moments stay in
 # registers for ROWS images, so the block's arrays are loaded and stored once per ROWS images.
@@ -183,7 +183,7 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
 
 
 # Images per step of `_clamp_welford_range` (each element's state in registers meanwhile).
-CLAMP_ROWS = 4
+CLAMP_ROWS = CLAMP_IMAGES
 
 
 @njit(cache=True, parallel=True)
@@ -236,23 +236,27 @@ def _clamp(v, top):
 def _clamp_welford_range(x, top, out, e0, e1, shift, mean, m2, xl, xh):
     """Over the elements e0 .. e1 - 1 of x: out = clamp(x) (out None: into x itself); mean and m2
     of out as `_welford_range` computes them; xl, xh (float32) the min and max of each element's
-    x (NaN skipped, +inf and -inf if every value is NaN). Images CLAMP_ROWS at a time, then one
-    at a time. Written over x, each value is read before its clamp is stored, and the loop over
-    one array vectorises as over two (the compiler's checks for two overlapping arrays fail when
-    they are one, and leave the loop scalar)."""
+    x (NaN skipped, +inf and -inf if every value is NaN). Images CLAMP_ROWS at a time, the
+    elements in vectors of 16 (`simd.clamp_moment_rows`, each lane this loop's operations) and
+    the last fewer than 16 here; then one image at a time. Written over x, each value is read
+    before its clamp is stored, and the loop over one array vectorises as over two (the
+    compiler's checks for two overlapping arrays fail when they are one, and leave the loop
+    scalar)."""
     n_n, k = x.shape[0], e1 - e0
     for i in range(k):
         mean[i], m2[i] = 0.0, 0.0
         xl[i], xh[i] = np.float32(np.inf), np.float32(-np.inf)
+    k16 = k // DVEC * DVEC
     n = 0
     while n + CLAMP_ROWS <= n_n:
+        clamp_moment_rows(x, x if out is None else out, n, e0, k16, top, shift, mean, m2, xl, xh)
         i0, i1, i2, i3 = 1.0 / (n + 1), 1.0 / (n + 2), 1.0 / (n + 3), 1.0 / (n + 4)
         r0, r1, r2, r3 = x[n, e0:e1], x[n + 1, e0:e1], x[n + 2, e0:e1], x[n + 3, e0:e1]
         if out is None:
             o0, o1, o2, o3 = r0, r1, r2, r3
         else:
             o0, o1, o2, o3 = out[n, e0:e1], out[n + 1, e0:e1], out[n + 2, e0:e1], out[n + 3, e0:e1]
-        for i in range(k):
+        for i in range(k16, k):
             a0, a1, a2, a3 = r0[i], r1[i], r2[i], r3[i]
             xl[i] = _lower(a3, _lower(a2, _lower(a1, _lower(a0, xl[i]))))
             xh[i] = _higher(a3, _higher(a2, _higher(a1, _higher(a0, xh[i]))))

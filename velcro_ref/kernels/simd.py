@@ -31,6 +31,10 @@ vectors carry it:
   then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
   with their epilogue, worked on the 8 in one vector).
 - `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
+- `clamp_moment_rows`: a profiled relu / relu6 site's pass over 4 images (`moments.py`), 16
+  elements in the lanes: the clamp, the min and max of the input and Welford's update in float64
+  (`<16 x double>`, where LLVM's own vectorisation of that loop took 4 doubles at a time), each
+  lane the operations of the scalar code in its order.
 
 The intrinsics read raw data: their typing accepts only C-contiguous float32 arrays and intp
 indices, and they trust the indices they are given.
@@ -54,6 +58,8 @@ _I64 = ir.IntType(64)
 _V8 = ir.VectorType(_F32, VEC)
 DVEC = 2 * VEC  # lanes of `direct_tile`'s vectors: one AVX-512 register (two halves with AVX2)
 _V16 = ir.VectorType(_F32, DVEC)
+_F64 = ir.DoubleType()
+_D16 = ir.VectorType(_F64, DVEC)
 
 
 def wide_vectors() -> bool:
@@ -70,6 +76,10 @@ def _int_tuple(t, n=None):
 def _f32_c(t, ndim=1):
     """A C-contiguous float32 array type of ndim dimensions: the IR below indexes raw data."""
     return isinstance(t, types.Array) and t.dtype == types.float32 and t.layout == "C" and t.ndim == ndim
+
+
+def _f64_c(t):
+    return isinstance(t, types.Array) and t.dtype == types.float64 and t.layout == "C" and t.ndim == 1
 
 
 def _i64_c(t):
@@ -963,6 +973,56 @@ def range_lanes(typingctx, x, start, stop, out):
         flags = builder.uitofp(builder.load(bad), _V8)
         for i, v in enumerate((builder.load(lo), builder.load(hi), flags)):
             builder.store(v, _vec_ptr(builder, oa.data, _I64(i * VEC)), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+CLAMP_IMAGES = 4  # images per call of `clamp_moment_rows`
+
+
+@intrinsic
+def clamp_moment_rows(typingctx, x, out, n, e0, k, top, shift, mean, m2, xl, xh):
+    """For i = 0 .. k - 1 (k a multiple of 16), 16 at a time, over images n .. n + 3 of x (N, E):
+    out[n + r, e0 + i] = x[n + r, e0 + i] clamped to [0, top] (v <= 0: +0.0, then v > top: top;
+    a NaN stays); xl[i] and xh[i] replaced by x's value where it is below (above) them, image
+    after image; mean[i] and m2[i] by Welford's update with each clamped value in float64, in
+    image order: d = v - shift[i], delta = d - mean, mean += delta * (1 / (n + r + 1)), m2 +=
+    delta * (d - mean). Each lane the scalar operations (`moments._clamp_welford_range`) in
+    their order. out may be x itself (every value is read before its clamp is stored)."""
+    arrays = _f32_c(x, 2) and _f32_c(out, 2) and _f32_c(xl) and _f32_c(xh) and all(map(_f64_c, (shift, mean, m2)))
+    if not (arrays and n == types.intp and e0 == types.intp and k == types.intp and top == types.float32):
+        return None
+    sig = types.void(x, out, n, e0, k, top, shift, mean, m2, xl, xh)
+
+    def codegen(context, builder, sig, args):
+        xa, oa, sa, ma, qa, la, ha = _arrays(context, builder, sig, args, 0, 1, 6, 7, 8, 9, 10)
+        n, e0, k, top = args[2:6]
+        width = cgutils.unpack_tuple(builder, xa.shape, 2)[1]
+        zero, tops = _splat(builder, _F32(0.0), _V16), _splat(builder, top, _V16)
+        rows = [builder.add(builder.mul(builder.add(n, _I64(r)), width), e0) for r in range(CLAMP_IMAGES)]
+        invs = [
+            _splat(builder, builder.fdiv(_F64(1.0), builder.sitofp(builder.add(n, _I64(r + 1)), _F64)), _D16)
+            for r in range(CLAMP_IMAGES)
+        ]
+        with cgutils.for_range_slice(builder, _I64(0), k, _I64(DVEC)) as (i, _):
+            lo, hi = (_load_vec(builder, a.data, i, _V16) for a in (la, ha))
+            s, mu, q = (builder.load(_vec_ptr(builder, a.data, i, _D16), align=8) for a in (sa, ma, qa))
+            values = [_load_vec(builder, xa.data, builder.add(row, i), _V16) for row in rows]
+            for row, v, inv in zip(rows, values, invs):
+                lo = builder.select(builder.fcmp_ordered("<", v, lo), v, lo)
+                hi = builder.select(builder.fcmp_ordered(">", v, hi), v, hi)
+                c = builder.select(builder.fcmp_ordered("<=", v, zero), zero, v)
+                c = builder.select(builder.fcmp_ordered(">", c, tops), tops, c)
+                builder.store(c, _vec_ptr(builder, oa.data, builder.add(row, i), _V16), align=4)
+                d = builder.fsub(builder.fpext(c, _D16), s)
+                delta = builder.fsub(d, mu)
+                mu = builder.fadd(mu, builder.fmul(delta, inv))
+                q = builder.fadd(q, builder.fmul(delta, builder.fsub(d, mu)))
+            for a, v in ((la, lo), (ha, hi)):
+                builder.store(v, _vec_ptr(builder, a.data, i, _V16), align=4)
+            for a, v in ((ma, mu), (qa, q)):
+                builder.store(v, _vec_ptr(builder, a.data, i, _D16), align=8)
         return context.get_dummy_value()
 
     return sig, codegen
