@@ -20,6 +20,10 @@ from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
 from .threads import run_threads
 
+# Shared-buffer plans a Model keeps (`_shared_buffers`): a dense and a profiling run taking turns.
+# Each holds its buffers (ResNet-18 224x224 at batch 256: 1.15 GB), so only a few.
+SHARED_PLANS = 2
+
 
 @dataclass(frozen=True)
 class _MaskPlan:
@@ -57,7 +61,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = None  # (key, images, views, concats left out) of the last run on shared buffers
+        self._shared = {}  # (key, images) -> (views, concats left out) of the last SHARED_PLANS kinds of run
 
     @property
     def input_shape(self) -> tuple:
@@ -115,15 +119,20 @@ class Model:
         writes that step's output into; the concat steps it leaves out). The tensors share
         a few buffers: a tensor's goes to the next one written after the last step that reads it
         (the one freed last first), so that the caches still hold it. One buffer per tensor, as
-        masked and observed runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory
+        masked runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory
         the caches had let go. On one image, the steps a concat alone reads write straight into
         its channels (`_placed`), and the concat is not run, unless the run is observed (the
         observer sees every node). A site in `over` (an observer's run_site computes it over its
         input) is written into its input's buffer: that input's step writes into the site's
         (`_written_over`). Worked out once for the convs fused, the observer's kind and sites,
-        and the batch size, the buffers on cache lines."""
-        key = (tuple(fused), observed, over)  # the fusions follow from the convs fused (`_fusions`)
-        if self._shared is None or self._shared[0] != key or self._shared[1] != n_n:
+        and the batch size, the buffers on cache lines; the last SHARED_PLANS such plans are kept
+        (dense and profiling runs taking turns in one process find their buffers again: with one
+        plan, ResNet-18 224x224's fresh pages cost 40 - 50 ms a dense and a profiling run of 16
+        images at batch 8)."""
+        key = (tuple(fused), observed, over, n_n)  # the fusions follow from the convs fused (`_fusions`)
+        if key in self._shared:
+            self._shared[key] = self._shared.pop(key)  # the last used last
+        else:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
             written = {i: st.name if st.name not in fused else fused[st.name].output for i, st in steps}
             placed = self._placed(steps, written) if n_n == 1 and not observed else {}
@@ -155,8 +164,10 @@ class Model:
                     views[i] = whole[placed[t]][:, c0 : c0 + self.plan.shapes[t][0]]
                 else:
                     views[i] = whole[home.get(t, t)]
-            self._shared = (key, n_n, views, joins)
-        return self._shared[2], self._shared[3]
+            while len(self._shared) >= SHARED_PLANS:
+                del self._shared[next(iter(self._shared))]
+            self._shared[key] = (views, joins)
+        return self._shared[key]
 
     def _placed(self, steps, written) -> dict:
         """Tensor -> the concat whose channels it is written into: every input of a float concat

@@ -257,7 +257,7 @@ def test_concats_left_out_on_one_image_give_the_bits_of_concats_run(kind, monkey
 
 def test_a_dense_run_shares_buffers_between_its_tensors():
     """MobileNet-V2's dense run writes its 50-odd tensors into a few buffers, and later runs,
-    also after a masked run, into the same ones."""
+    also after a masked run or a profiling run, into the same ones."""
     model = load_model(ROOT / "weights" / "mobilenet_v2.h5")
     x = np.random.default_rng(0).standard_normal((2, *model.input_shape)).astype(np.float32)
     seen = {}
@@ -285,3 +285,7 @@ def test_a_dense_run_shares_buffers_between_its_tensors():
     seen.clear()
     model.run(x)
     assert seen == first  # the same shared buffers again, not a new set
+    collect_stats(model, x)  # a profiling run: shared buffers of its own plan
+    seen.clear()
+    model.run(x)
+    assert seen == first  # the dense plan was kept beside the profiling one
