@@ -61,7 +61,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = {}  # (key, images) -> (views, concats left out) of the last SHARED_PLANS kinds of run
+        self._shared = {}  # (convs fused, observed, over_input, images) -> (views, concats left out), the last SHARED_PLANS
 
     @property
     def input_shape(self) -> tuple:
@@ -123,9 +123,10 @@ class Model:
         the caches had let go. On one image, the steps a concat alone reads write straight into
         its channels (`_placed`), and the concat is not run, unless the run is observed (the
         observer sees every node). A site in `over` (an observer's run_site computes it over its
-        input) is written into its input's buffer: that input's step writes into the site's
-        (`_written_over`). Worked out once for the convs fused, the observer's kind and sites,
-        and the batch size, the buffers on cache lines; the last SHARED_PLANS such plans are kept
+        input) and that input share one buffer, sized and named after the site: the input's step
+        writes into it, and the site over it (`_written_over`). Worked out once for the convs fused, the observer's kind and sites,
+        and the batch size, the buffers on cache lines; the last SHARED_PLANS such plans are kept,
+        each with its buffers
         (dense and profiling runs taking turns in one process find their buffers again: with one
         plan, ResNet-18 224x224's fresh pages cost 40 - 50 ms a dense and a profiling run of 16
         images at batch 8)."""
@@ -286,7 +287,9 @@ class Model:
         itself, observing it in the same pass, into out, or over x where
         `plan.overwritable(step.inputs[0], step.name)` (x is then the site's output, and on_node
         sees it as input and output), and return the array it wrote (then on_site is not called
-        for that site; on_node is), or return None, leaving it to the engine. What it writes must
+        for that site; on_node is), or return None, leaving it to the engine. On shared buffers
+        it may write over x only at the sites in its `over_input`, where x is out (one buffer:
+        out written is x written); any other array returned ends the run with RuntimeError. What it writes must
         be the op's bits (`stats.StatsCollector` computes relu / relu6 sites so).
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
@@ -334,7 +337,8 @@ class Model:
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
             elif st.opdef.site and run_site is not None and (y := run_site(st, env[st.inputs[0]], out)) is not None:
-                if y is not out and not (y is env[st.inputs[0]] and self.plan.overwritable(st.inputs[0], st.name)):
+                over_x = shared is None and y is env[st.inputs[0]] and self.plan.overwritable(st.inputs[0], st.name)
+                if y is not out and not over_x:  # on shared buffers: over x only where planned (x is out)
                     raise RuntimeError(f"observer's run_site wrote site '{st.name}' into an array it may not use")
                 out, taken = y, True
             else:

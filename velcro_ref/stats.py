@@ -173,7 +173,7 @@ class StatsCollector:
     the input where the site alone reads it (`Plan.overwritable`: no second buffer to fill). The range of
     a tensor that such a site alone reads is taken in that pass, or at the site's `on_node` when
     the engine ran the site itself (a masked run); the statistics are the same bits either way.
-    It keeps no array past the call it is handed it in, so an unmasked run writes its tensors
+    It keeps no array past the call that hands it over, so an unmasked run writes its tensors
     into shared buffers (`Model.run`, `keeps_arrays`)."""
 
     keeps_arrays = False

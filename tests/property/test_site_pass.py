@@ -89,6 +89,13 @@ def test_clamp_welford_add_refuses_an_output_overlapping_its_input_elsewhere():
         stats.add_clamped(x[:4], np.float32(6.0), x[1:])
 
 
+def test_clamp_welford_add_refuses_an_output_of_another_shape():
+    """The pass finds out's rows by x's width: an out of wider rows is refused, not written askew."""
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        SiteStats.empty((64,)).add_clamped(x, np.float32(6.0), np.empty((5, 80), np.float32))
+
+
 @given(
     st.integers(0, 2**31),
     st.lists(st.sampled_from([1, 4, 5, 9]), min_size=1, max_size=3),
@@ -245,28 +252,32 @@ def test_the_collector_writes_a_site_over_the_input_only_that_site_reads(monkeyp
             np.testing.assert_array_equal(getattr(col.stats.sites[s], name), getattr(sites[s], name), err_msg=s)
 
 
-@pytest.mark.parametrize("where", ["shared input", "new array", "listed over its input"])
+@pytest.mark.parametrize("where", ["shared input", "new array", "listed over its input", "unlisted, shared buffers"])
 def test_a_site_written_where_the_plan_does_not_allow_it_is_refused(where):
     """An observer's run_site may return out, or x where the plan lets the site overwrite it;
     x another node still reads, or an array of its own, ends the run with an error. A site the
     observer lists in `over_input` against the plan does not get its input's buffer: written over
-    that input, it is refused as well."""
+    that input, it is refused as well. On shared buffers a site the observer did not list may not
+    be written over its input either (the plan freed that buffer at the site)."""
+    site = "r2" if where.startswith("unlisted") else "r1"
 
     class Writer(StatsCollector):
         def __init__(self, model):
             super().__init__(model)
             if where == "listed over its input":
                 self.over_input = {"r1", "r2"}
+            elif where.startswith("unlisted"):
+                self.over_input = set()
 
         def run_site(self, step, x, out):
-            if step.name != "r1" or where == "listed over its input":
+            if step.name != site or where == "listed over its input":
                 return super().run_site(step, x, out)
-            np.clip(x, 0, 6, out=out)
-            return x if where == "shared input" else out.copy()
+            np.clip(x, 0, 6, out=x if site == "r2" else out)
+            return x if where in ("shared input", "unlisted, shared buffers") else out.copy()
 
     model = Model(_shared_input_graph())
     x = np.random.default_rng(10).standard_normal((3, 2, 6, 6)).astype(np.float32)
-    with pytest.raises(RuntimeError, match="site 'r1'"):
+    with pytest.raises(RuntimeError, match=f"site '{site}'"):
         model.run(x, observer=Writer(model))
 
 

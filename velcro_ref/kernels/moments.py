@@ -160,7 +160,7 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     moments of out, updated in place. A profiled relu / relu6 site in one pass: out = x clamped
     to [0, top] (`overwrite.clamp`'s bits), `welford_add(out, ...)`'s moments, and returns x's
     (min, max) as `value_range(x)` gives them. out may be x itself (the site written over its
-    input); any other overlap of the two raises ValueError.
+    input); any other overlap of the two, or an out of another shape, raises ValueError.
 
     Loop order as `welford_add`: blocks of `block_elements` in parallel; per block, images
     CLAMP_ROWS at a time with each element's mean, M2 and the min and max of its x in registers.
@@ -171,6 +171,8 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     out by `_welford_range`, and is searched for a NaN in out (where x has one: the clamp keeps
     it), which makes x's range NaN.
     """
+    if out.shape != x.shape:
+        raise ValueError(f"clamp_welford_add: out of shape {out.shape} for x of shape {x.shape}")
     if out is not x and np.may_share_memory(x, out):
         raise ValueError("clamp_welford_add: out overlaps x without being x")
     blk = block_elements(x.shape[1], numba.get_num_threads())
