@@ -576,6 +576,23 @@ def test_dense_cheaper_chooses_the_dense_kernel_for_dense_masks_only():
     assert kc.plan_skip(np.zeros((24, 7, 7), bool), w_odd, odd).bits is None
 
 
+def test_dense_cheaper_weighs_the_sampled_kernels_by_plane_size(monkeypatch):
+    """With the costs of 4-block tiles (1.8, 2.1 up to 196 positions, 2.6 up to 49), half the
+    outputs masked: a 3x3 conv on 7 x 7 and one on 14 x 14 run their dense kernel with lane bits,
+    the same conv on 28 x 28 the sampled kernels."""
+    monkeypatch.setattr(schedule, "SAMPLED_COST", 1.8)
+    monkeypatch.setattr(schedule, "SAMPLED_COST_SMALL", ((196, 2.1), (49, 2.6)))
+    assert [schedule.sampled_cost(p) for p in (784, 197, 196, 50, 49)] == [1.8, 1.8, 2.1, 2.1, 2.6]
+    rng = np.random.default_rng(5)
+    for side, dense_bits in ((7, True), (14, True), (28, False)):
+        geom = kc.conv_geom(64, side, side, 64, (3, 3), (1, 1), (1, 1, 1, 1))
+        w = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+        weights = kc.prepare_conv(w, None, geom)
+        assert weights.tile_m == dense.LANE_K  # filters in lanes
+        plan = kc.plan_skip(rng.random((64, side, side)) < 0.5, weights, geom)
+        assert (plan.bits is not None) == dense_bits, side
+
+
 # 1x1 convs of one chain on planes of one segment (16 positions), of two that overlap (17), of
 # a tile less one position, a whole tile and a tile and one (47 - 49), of several tiles whose
 # last segment overlaps (9 x 11, 14 x 14); 1 - 63 channels, 16 - 48 filters; and of 8 chains on
@@ -855,7 +872,8 @@ def test_batches_run_eight_images_at_a_time_unless_one_image_finds_its_taps_in_l
     for geom in list(cases)[:3]:
         w = rng.standard_normal((geom.k_out, geom.c_in, geom.kh, geom.kw), dtype=np.float32)
         weights = kc.prepare_conv(w, None, geom)
-        skip = rng.random((geom.k_out, geom.oh, geom.ow)) < 0.5
+        skip = rng.random((geom.k_out, geom.oh, geom.ow)) < 0.9  # few outputs: the sampled kernels
+        assert kc.plan_skip(skip, weights, geom).groups, geom
         x = rng.standard_normal((9, geom.c_in, geom.h, geom.w), dtype=np.float32)
         calls.clear()
         kc.conv2d(x, weights, geom, skip, np.zeros((9, geom.k_out, geom.oh, geom.ow), np.float32))

@@ -25,10 +25,24 @@ ONE_IMAGE_BYTES = 4 << 20
 ONE_IMAGE_POSITIONS = 128
 L1_BYTES = 32 << 10
 # Time of the sampled kernels per output they compute, in units of the dense filters-in-lanes
-# kernel's per output (`dense_cheaper`): measured on ResNet-18 224x224 at batch 1 with masks of
-# uniform ratio R (docs/kernels.md, "Measured"), 1.7 - 2.5 where the dense tiles take 4 blocks
-# of filters (AVX-512), about 1.2 where they take one (the same machine before those tiles).
+# kernel's per output (`dense_cheaper`), by output positions per plane: measured on ResNet-18
+# 224x224 with masks of uniform ratio R (docs/kernels.md, "Measured"). Where the dense tiles take
+# 4 blocks of filters (AVX-512): 1.7 - 1.9 on planes of 28 x 28 and more, 2.1 on 14 x 14, 2.4 -
+# 2.7 on 7 x 7 (the dense tiles reuse a filter's taps over fewer positions there, the sampled
+# kernels none the less read them for each); about 1.2 where they take one (the same machine
+# before those tiles).
 SAMPLED_COST = 1.8 if LANE_BLOCKS > 1 else 1.2
+SAMPLED_COST_SMALL = ((196, 2.1), (49, 2.6)) if LANE_BLOCKS > 1 else ()  # (positions at most, cost)
+
+
+def sampled_cost(p_n) -> float:
+    """SAMPLED_COST, or where the plane has at most as many positions as an entry of
+    SAMPLED_COST_SMALL, the cost of the smallest such entry."""
+    cost = SAMPLED_COST
+    for positions, small in SAMPLED_COST_SMALL:
+        if p_n <= positions:
+            cost = max(cost, small)
+    return cost
 
 
 class SkipPlan(NamedTuple):
@@ -94,9 +108,9 @@ def dense_cheaper(sk, weights, geom: ConvGeom) -> bool:
     """Whether a masked conv summed in CHAINS chains with filters in lanes is cheaper as its dense
     kernel storing the unmasked outputs (`lane_bits`) than in the sampled kernels: whether its
     tiles of POS_TILE positions by LANE_K filters that hold an unmasked output, which the dense
-    kernel computes whole, are at most SAMPLED_COST times the unmasked outputs, each of which
+    kernel computes whole, are at most `sampled_cost` times the unmasked outputs, each of which
     the sampled kernels compute alone (sk (K, P) bool, true: masked). Activation masks leave a
-    filter's unmasked outputs spread, so at ratios below about 1 - 1 / SAMPLED_COST nearly every
+    filter's unmasked outputs spread, so at ratios below about 1 - 1 / that cost nearly every
     tile holds one and the dense kernel is the faster. Only speed depends on it."""
     if weights.tile_m != LANE_K or one_chain(geom):
         return False
@@ -106,7 +120,7 @@ def dense_cheaper(sk, weights, geom: ConvGeom) -> bool:
     sizes = np.diff(np.append(starts, p_n)) * LANE_K
     need = ~sk.reshape(k_n // LANE_K, LANE_K, p_n).all(axis=1)
     kept = np.logical_or.reduceat(need, starts, axis=1) @ sizes  # outputs of the tiles computed
-    return unmasked > 0 and int(kept.sum()) <= SAMPLED_COST * unmasked
+    return unmasked > 0 and int(kept.sum()) <= sampled_cost(p_n) * unmasked
 
 
 def lane_bits(sk, lanes):
