@@ -61,7 +61,7 @@ class Model:
         self._col_images = 0
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
-        self._shared = {}  # (convs fused, observed, over_input, images) -> (views, concats left out), the last SHARED_PLANS
+        self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
 
     @property
     def input_shape(self) -> tuple:
@@ -124,12 +124,11 @@ class Model:
         its channels (`_placed`), and the concat is not run, unless the run is observed (the
         observer sees every node). A site in `over` (an observer's run_site computes it over its
         input) and that input share one buffer, sized and named after the site: the input's step
-        writes into it, and the site over it (`_written_over`). Worked out once for the convs fused, the observer's kind and sites,
-        and the batch size, the buffers on cache lines; the last SHARED_PLANS such plans are kept,
-        each with its buffers
-        (dense and profiling runs taking turns in one process find their buffers again: with one
-        plan, ResNet-18 224x224's fresh pages cost 40 - 50 ms a dense and a profiling run of 16
-        images at batch 8)."""
+        writes into it, and the site over it (`_written_over`). Worked out once for the convs
+        fused, the observer's kind and sites, and the batch size, the buffers on cache lines; the
+        last SHARED_PLANS such plans are kept, each with its buffers (dense and profiling runs
+        taking turns in one process find their buffers again: with one plan, ResNet-18 224x224's
+        fresh pages cost 40 - 50 ms a dense and a profiling run of 16 images at batch 8)."""
         key = (tuple(fused), observed, over, n_n)  # the fusions follow from the convs fused (`_fusions`)
         if key in self._shared:
             self._shared[key] = self._shared.pop(key)  # the last used last
@@ -289,8 +288,9 @@ class Model:
         sees it as input and output), and return the array it wrote (then on_site is not called
         for that site; on_node is), or return None, leaving it to the engine. On shared buffers
         it may write over x only at the sites in its `over_input`, where x is out (one buffer:
-        out written is x written); any other array returned ends the run with RuntimeError. What it writes must
-        be the op's bits (`stats.StatsCollector` computes relu / relu6 sites so).
+        out written is x written); any other array returned ends the run with RuntimeError.
+        What it writes must be the op's bits (`stats.StatsCollector` computes relu / relu6
+        sites so).
         After the run, `last_macs` maps every conv2d/linear node to the MACs its kernel executed.
         Without an observer (and with `fuse` true), a conv runs with the add and relu/relu6 after
         it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and

@@ -354,7 +354,9 @@ def test_a_profile_on_shared_buffers_equals_one_on_the_tensors_own(graph, batche
     got, want = cols["shared"].stats, cols["own"].stats
     for s in model.sites:
         for name in FIELDS:
-            np.testing.assert_array_equal(getattr(got.sites[s], name), getattr(want.sites[s], name), err_msg=f"{s} {name}")
+            np.testing.assert_array_equal(
+                getattr(got.sites[s], name), getattr(want.sites[s], name), err_msg=f"{s} {name}"
+            )
     for other in ("own", "left"):
         ranges = cols[other].stats.ranges
         assert list(got.ranges) == list(ranges)

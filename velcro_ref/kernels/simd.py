@@ -1009,7 +1009,7 @@ def clamp_moment_rows(typingctx, x, out, n, e0, k, top, shift, mean, m2, xl, xh)
             lo, hi = (_load_vec(builder, a.data, i, _V16) for a in (la, ha))
             s, mu, q = (builder.load(_vec_ptr(builder, a.data, i, _D16), align=8) for a in (sa, ma, qa))
             values = [_load_vec(builder, xa.data, builder.add(row, i), _V16) for row in rows]
-            for row, v, inv in zip(rows, values, invs):
+            for row, v, inv in zip(rows, values, invs, strict=True):
                 lo = builder.select(builder.fcmp_ordered("<", v, lo), v, lo)
                 hi = builder.select(builder.fcmp_ordered(">", v, hi), v, hi)
                 c = builder.select(builder.fcmp_ordered("<=", v, zero), zero, v)
