@@ -878,3 +878,20 @@ def test_batches_run_eight_images_at_a_time_unless_one_image_finds_its_taps_in_l
         calls.clear()
         kc.conv2d(x, weights, geom, skip, np.zeros((9, geom.k_out, geom.oh, geom.ow), np.float32))
         assert bool(calls) == cases[geom], geom
+
+
+@pytest.mark.parametrize("c", [3, 700], ids=["one thread", "threads"])
+@pytest.mark.parametrize("contiguous", [True, False], ids=["out", "out view"])
+def test_global_avg_pool_sums_each_plane_in_row_order(c, contiguous):
+    """Each output is its plane's float32 sum in row order (NumPy's add.accumulate, one value after
+    another), divided once, bit for bit, on one thread and on several, into a C-contiguous out or
+    a strided view of a larger one."""
+    assert (2 * c * 3 * 5 >= kpool.PARALLEL_MIN) == (c == 700)
+    x = (np.random.default_rng(c).standard_normal((2, c, 3, 5)) * 1e3).astype(np.float32)
+    want = np.add.accumulate(x.reshape(2, c, 15), axis=2, dtype=np.float32)[:, :, -1] / np.float32(15)
+    whole = np.full((2, c, 1, 2), 7.0, np.float32)
+    out = np.empty((2, c, 1, 1), np.float32) if contiguous else whole[:, :, :, :1]
+    kpool.global_avg_pool(x, out)
+    assert out.reshape(2, c).tobytes() == want.tobytes()
+    if not contiguous:
+        assert np.all(whole[:, :, :, 1] == 7.0)

@@ -120,14 +120,37 @@ def avg_pool(x, kh, kw, sh, sw, pt, pl, pb, pr, count_include_pad, out):
                     out[n, c, oy, ox] = s / np.float32(div)
 
 
-@njit(cache=True)
 def global_avg_pool(x, out):
-    """Layout: x (N, C, H, W), out (N, C, 1, 1); float32 sum in row order, then one divide."""
+    """Layout: x (N, C, H, W), out (N, C, 1, 1); per plane a float32 sum in row order, then one
+    divide. Planes in parallel from PARALLEL_MIN input elements on, each plane's sum by one
+    thread (the thread count changes no bit)."""
     n_n, c_n, h, w = x.shape
-    for n in range(n_n):
-        for c in range(c_n):
-            s = np.float32(0.0)
-            for iy in range(h):
-                for ix in range(w):
-                    s += x[n, c, iy, ix]
-            out[n, c, 0, 0] = s / np.float32(h * w)
+    xf = np.ascontiguousarray(x).reshape(n_n * c_n, h * w)
+    of = out.reshape(-1) if out.flags.c_contiguous else np.empty(n_n * c_n, np.float32)
+    (_plane_means_threads if x.size >= PARALLEL_MIN else _plane_means)(xf, of)
+    if not out.flags.c_contiguous:
+        out[...] = of.reshape(out.shape)
+
+
+@njit(cache=True)
+def _plane_means(xf, of):
+    """of[i] = the float32 sum of xf[i] in order, divided by its length."""
+    div = np.float32(xf.shape[1])
+    for i in range(xf.shape[0]):
+        of[i] = _plane_sum(xf, i) / div
+
+
+@njit(cache=True, parallel=True)
+def _plane_means_threads(xf, of):
+    """`_plane_means` with the planes in parallel."""
+    div = np.float32(xf.shape[1])
+    for i in prange(xf.shape[0]):
+        of[i] = _plane_sum(xf, i) / div
+
+
+@njit(cache=True)
+def _plane_sum(xf, i):
+    s = np.float32(0.0)
+    for j in range(xf.shape[1]):
+        s += xf[i, j]
+    return s
