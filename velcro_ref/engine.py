@@ -6,6 +6,7 @@ each op's `run` from the registry (velcro_ref/ops). Kernels never see a node.
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 
@@ -184,10 +185,10 @@ class Model:
                 placed.update((t, st.name) for t in st.inputs)
         return placed
 
-    def _written_over(self, steps, written, over) -> dict:
-        """Tensor -> the site in `over` whose buffer it is written into: the input of each such
-        site that a step of the run writes and that the site alone reads (`plan.overwritable`),
-        followed along sites written over sites to the last."""
+    def _over_into(self, steps, written, over) -> dict:
+        """Tensor -> the site in `over` written over it: the input of each such site that a step
+        of the run writes, of the site's shape and dtype, and that the site alone reads
+        (`plan.overwritable`)."""
         dtypes = {written[i]: st.dtype for i, st in steps}
         into = {}
         for _, st in steps:
@@ -198,6 +199,20 @@ class Model:
                 and (self.plan.shapes[t], dtypes[t]) == (self.plan.shapes[st.name], st.dtype)
             ):
                 into[t] = st.name
+        return into
+
+    @functools.cached_property
+    def _overwritable(self) -> frozenset:
+        """The sites an observer may compute over their input on shared buffers (`_over_into` of
+        an observed run, which fuses nothing): the observer's `over_input` is cut to these, so
+        that observers listing the same usable sites share one plan (`_shared_buffers`)."""
+        steps = list(enumerate(self.steps))
+        return frozenset(self._over_into(steps, {i: st.name for i, st in steps}, set(self.sites)).values())
+
+    def _written_over(self, steps, written, over) -> dict:
+        """Tensor -> the site in `over` whose buffer it is written into (`_over_into`), followed
+        along sites written over sites to the last."""
+        into = self._over_into(steps, written, over)
         home = {}
         for t in into:
             s = into[t]
@@ -314,6 +329,7 @@ class Model:
         observed = observer is not None
         sharing = mp is None and not (observed and getattr(observer, "keeps_arrays", True))
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
+        over &= self._overwritable
         shared, joins = self._shared_buffers(fused, absorbed, n_n, observed, over) if sharing else (None, ())
         for i, st in enumerate(self.steps):
             if st.name in absorbed:

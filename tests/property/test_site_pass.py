@@ -281,6 +281,37 @@ def test_a_site_written_where_the_plan_does_not_allow_it_is_refused(where):
         model.run(x, observer=Writer(model))
 
 
+def test_observers_listing_the_same_usable_sites_share_one_plan():
+    """A collector that lists sites the plan does not let it write over their input (r0, r1)
+    and a name of no site runs on the plan of one that lists only the usable site (r2), with the
+    same statistics: a dense run's plan, made first, is still kept after both (SHARED_PLANS)."""
+
+    class Wider(StatsCollector):
+        def __init__(self, model):
+            super().__init__(model)
+            self.usable, self.over_input = self.over_input, self.over_input | {"r0", "r1", "no such site"}
+
+        def run_site(self, step, x, out):  # writes over x where the plan allows it, as the collector
+            listed, self.over_input = self.over_input, self.usable
+            try:
+                return super().run_site(step, x, out)
+            finally:
+                self.over_input = listed
+
+    model = Model(_shared_input_graph())
+    x = np.random.default_rng(11).standard_normal((3, 2, 6, 6)).astype(np.float32)
+    model.run(x)
+    plain, wider = StatsCollector(model), Wider(model)
+    assert plain.over_input == {"r2"}
+    model.run(x, observer=plain)
+    model.run(x, observer=wider)
+    assert len(model._shared) == 2 and any(not observed for _, observed, *_ in model._shared)
+    for name, a in plain.stats.sites.items():
+        b = wider.stats.sites[name]
+        for f in FIELDS:
+            np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
+
+
 class _Own(StatsCollector):
     keeps_arrays = True  # every tensor in its own buffer
 
