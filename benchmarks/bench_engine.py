@@ -5,8 +5,8 @@ first, as a user's script does, builds the model, warms it up and times `repeat`
 engine's and onnxruntime's workers alternate A B A B for `rounds` rounds; printed are the
 median of each side's per-round medians, the median and the spread of the per-round ratios,
 and the load average around each model (the machine may be shared). Then a per-layer table
-of ResNet-18 at batch 1 (ms and GFLOPS against the fp32 peak measured in the same worker) and
-the peak resident memory at batch 8. Nothing is asserted.
+of ResNet-18 at batch 1 (ms, and GFLOPS against the fp32 FMA peak and a large sgemm, both
+measured on the same machine) and the peak resident memory at batch 8. Nothing is asserted.
 
     python benchmarks/bench_engine.py [--models resnet18,mobilenet_v2,googlenet] [--batches 1,8,256]
         [--rounds 3] [--threads 2]
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OpTimer, fp32_peak_gflops, machine  # noqa: E402
+from common import OpTimer, fma_peak_gflops, fp32_peak_gflops, machine  # noqa: E402
 
 # runs timed per worker, by batch: enough for a median, one at batch 256 (seconds a run; the
 # rounds of alternated workers give the spread)
@@ -150,14 +150,18 @@ def main():
                 flush=True,
             )
     if not args.no_layers:
-        peak = fp32_peak_gflops(args.threads)
+        sgemm, peak = fp32_peak_gflops(args.threads), fma_peak_gflops(args.threads)
         table = spawn("layers", "resnet18", 1, 3, args.threads)["layers"]
         print(
-            f"\nResNet-18 per layer, batch 1, {args.threads} threads (fp32 FMA peak {peak:.0f} GFLOPS, same machine):"
+            f"\nResNet-18 per layer, batch 1, {args.threads} threads (same machine: fp32 FMA peak {peak:.0f} GFLOPS, "
+            f"the engine's register tile on data in L1; a 2048^3 sgemm {sgemm:.0f}):"
         )
-        print(f"{'layer':<24} {'conv':<24} {'MMACs':>7} {'ms':>7} {'GFLOPS':>7} {'% peak':>7}")
+        print(f"{'layer':<24} {'conv':<24} {'MMACs':>7} {'ms':>7} {'GFLOPS':>7} {'% peak':>7} {'% sgemm':>8}")
         for name, desc, mmacs, ms, gflops in table["rows"]:
-            print(f"{name:<24} {desc:<24} {mmacs:>7.1f} {ms:>7.2f} {gflops:>7.1f} {100 * gflops / peak:>6.0f}%")
+            print(
+                f"{name:<24} {desc:<24} {mmacs:>7.1f} {ms:>7.2f} {gflops:>7.1f} {100 * gflops / peak:>6.0f}% "
+                f"{100 * gflops / sgemm:>7.0f}%"
+            )
         print(f"total {table['total_ms']:.1f} ms, of which other ops {table['other_ms']:.1f} ms")
     print(f"\npeak resident memory, ResNet-18 batch 8: {peak_rss_mb(8, args.threads):.0f} MB")
 

@@ -36,6 +36,41 @@ def fp32_peak_gflops(threads, n=2048, repeat=5) -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e9
 
 
+def fma_peak_gflops(threads, taps=72, reps=20000) -> float:
+    """fp32 multiply-add peak with `threads` threads, measured on the engine's own register tile:
+    each thread runs `simd.lane_pass` of 4 blocks of 16 filters by 6 positions (24 independent
+    16-lane fused multiply-adds a tap) over `taps` taps whose weights and inputs stay in L1, 2
+    flops a lane. A large sgemm (`fp32_peak_gflops`) stays below it: BLAS also moves data."""
+    import numba
+
+    from velcro_ref.kernels.simd import lane_pass
+
+    w1, w2, w3 = taps * 16, 2 * taps * 16, 3 * taps * 16
+
+    @numba.njit(parallel=True)
+    def run(wts, xp, offs, parts, reps):
+        for i in numba.prange(parts.shape[0]):
+            for _ in range(reps):
+                lane_pass(wts, (0, w1, w2, w3), xp, (0, 1, 2, 3, 4, 5), offs, (0, taps, 1), parts[i], (0, 96, 192, 288))
+
+    rng = np.random.default_rng(0)
+    wts, xp = rng.random(4 * 16 * taps, np.float32), rng.random(1024, np.float32)
+    offs = (np.arange(taps, dtype=np.int64) * 7) % 900
+    parts = np.zeros((threads, 512), np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        run(wts, xp, offs, parts, 10)
+        secs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            run(wts, xp, offs, parts, reps)
+            secs.append(time.perf_counter() - t)
+    finally:
+        numba.set_num_threads(before)
+    return threads * reps * taps * 24 * 16 * 2 / float(np.median(secs)) / 1e9
+
+
 class OpTimer:
     """Median seconds per node of ordinary runs (no observer, so with the fusions a user's run
     makes: a fused conv's time, its add and activation included, under the conv's name). Each
