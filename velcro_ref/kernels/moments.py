@@ -184,8 +184,11 @@ def clamp_welford_add(x, top, out, count, shift, mean, m2, lo, hi) -> tuple[floa
     return float(x_lo.min()) + 0.0, float(x_hi.max()) + 0.0
 
 
-# Images per step of `_clamp_welford_range` (each element's state in registers meanwhile).
-CLAMP_ROWS = CLAMP_IMAGES
+# Images per step of `_clamp_welford_range` (each element's state in registers meanwhile): the
+# intrinsic's (`simd.clamp_moment_rows`) and the 4 rows its loop over the last elements takes.
+CLAMP_ROWS = 4
+if CLAMP_IMAGES != CLAMP_ROWS:  # else the last elements would miss images, with no error
+    raise ImportError(f"simd.CLAMP_IMAGES is {CLAMP_IMAGES}, _clamp_welford_range takes {CLAMP_ROWS} rows")
 
 
 @njit(cache=True, parallel=True)

@@ -8,11 +8,10 @@ from numba import prange
 from .jit import njit
 from .pool_simd import PLANE_KW, ROW_KW, max_plane, max_row
 
-# Input elements from which max_pool uses every thread, and planes per parallel work item
-# (docs/kernels.md, "Measured").
-# Input elements from which `max_pool` runs its planes in parallel: two threads were the faster from
-# 12K elements on (one image, 3x3 windows: 256 x 7 x 7 12.6 -> 9.5 us, 512 x 7 x 7 25.1 -> 15.9),
-# one thread below 6.3K (128 x 7 x 7 7.0 against 8.2 us; docs/kernels.md, "Measured").
+# Input elements from which `max_pool` (and `global_avg_pool`) runs its planes in parallel: two
+# threads were the faster from 12K elements on (one image, 3x3 windows: 256 x 7 x 7 12.6 -> 9.5
+# us, 512 x 7 x 7 25.1 -> 15.9), one thread below 6.3K (128 x 7 x 7 7.0 against 8.2 us;
+# docs/kernels.md, "Measured"). PLANES: planes per parallel work item of `max_pool`.
 PARALLEL_MIN = 1 << 13
 PLANES = 8
 
