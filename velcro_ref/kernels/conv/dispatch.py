@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from numba.extending import register_jitable
 
 from ..jit import njit
 from . import masked
@@ -176,18 +177,19 @@ def _images(a, n0, m):
 
 def _dense(call, x, weights, geom, out, scratch, ep, bits):
     """The dense kernels (`call`, the conv's `_dense_call`); with bits (a `lane_bits`), storing
-    only the outputs they name."""
+    only the outputs they name. The records go to the jitted entries as plain tuples (`_records`)."""
     res, has_res, act = ep
+    wt, gt = tuple(weights), tuple(geom)
     n_macs = 0
     for n0, m, split, tpi, copy in call.chunks:
         xs, o = _images(x, n0, m), _images(out, n0, m)
         r = _images(res, n0, m) if has_res else o
         if call.pl.kind == BLOCKS:
             xf = np.ascontiguousarray(xs).reshape(-1)
-            n_macs += conv_depth_bands(xf, weights, geom, call.band, r.reshape(-1), has_res, act, o.reshape(-1), bits)
+            n_macs += _run_bands(xf, wt, gt, call.band, r.reshape(-1), has_res, act, o.reshape(-1), bits)
             continue
         path = RUN_DIRECT if tpi and bits is None else call.path
-        n_macs += PLANES_RUNS[path](xs, weights, geom, call.pl, scratch, copy, r, has_res, act, o, split, tpi, bits)
+        n_macs += PLANES_RUNS[path](xs, wt, gt, tuple(call.pl), scratch, copy, r, has_res, act, o, split, tpi, bits)
     return n_macs
 
 
@@ -196,35 +198,55 @@ def _dense(call, x, weights, geom, out, scratch, ep, bits):
 # in a GoogLeNet run). One function for all kernels took 14 s more to compile on a fresh cache
 # (every kernel compiled and linked into it), these 8 s. Arguments: x, res and out (N, ...)
 # C-contiguous; threads of the input copy (`copy_threads`); split the kernel's `work_split`, tpi
-# `conv_direct`'s tiles per item; bits None or `lane_bits` (the filters-in-lanes kernels).
+# `conv_direct`'s tiles per item; bits None or `lane_bits` (the filters-in-lanes kernels). The
+# ConvWeights, ConvGeom and Planes come as plain tuples (`_records`).
+@register_jitable
+def _records(wt, gt, pt):
+    """The ConvWeights, ConvGeom and Planes of a call from their fields. Passed as plain tuples,
+    they cost Numba's dispatcher about 1.2 us a call to type, as NamedTuples 3.7 us (57 conv calls
+    in a GoogLeNet run)."""
+    return ConvWeights(*wt), ConvGeom(*gt), Planes(*pt)
+
+
 @njit(cache=True)
-def _run_direct(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+def _run_direct(x, wt, gt, pt, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    weights, geom, planes = _records(wt, gt, pt)
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
     return conv_direct(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), tpi)
 
 
 @njit(cache=True)
-def _run_depthwise(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+def _run_depthwise(x, wt, gt, pt, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    weights, geom, planes = _records(wt, gt, pt)
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
     return conv_depthwise(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1))
 
 
 @njit(cache=True)
-def _run_tiles(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+def _run_tiles(x, wt, gt, pt, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    weights, geom, planes = _records(wt, gt, pt)
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
     return conv_tiles(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split)
 
 
 @njit(cache=True)
-def _run_short(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+def _run_short(x, wt, gt, pt, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    weights, geom, planes = _records(wt, gt, pt)
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
     return conv_short_lanes(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split, bits)
 
 
 @njit(cache=True)
-def _run_lanes(x, weights, geom, planes, scratch, threads, res, has_res, act, out, split, tpi, bits):
+def _run_lanes(x, wt, gt, pt, scratch, threads, res, has_res, act, out, split, tpi, bits):
+    weights, geom, planes = _records(wt, gt, pt)
     xp = planes_input(x, geom, planes, weights.plane_of, scratch, threads)
     return conv_lanes(xp, weights, geom, res.reshape(-1), has_res, act, out.reshape(-1), split, bits)
+
+
+@njit(cache=True)
+def _run_bands(xf, wt, gt, band, res, has_res, act, out, bits):
+    """`conv_depth_bands` on the BLOCKS input xf, its records as plain tuples (`_records`)."""
+    return conv_depth_bands(xf, ConvWeights(*wt), ConvGeom(*gt), band, res, has_res, act, out, bits)
 
 
 PLANES_RUNS = (_run_lanes, _run_short, _run_tiles, _run_depthwise, _run_direct)  # by RUN_*
