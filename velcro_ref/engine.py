@@ -25,6 +25,15 @@ from .threads import run_threads
 # Each holds its buffers (ResNet-18 224x224 at batch 256: 1.15 GB), so only a few.
 SHARED_PLANS = 2
 
+# A run without observer on more images than `Model.sub_batch` runs them in sub-batches of about
+# that many, one after another (`Model._run_split`): an image's outputs do not depend on the other
+# images of its batch, so the bits are those of one run, and each tensor of a sub-batch stays in
+# the caches between the node that writes it and the ones that read it. sub_batch is what keeps
+# the model's largest tensor within SUB_BATCH_BYTES, at most SUB_BATCH_MAX (docs/design.md,
+# "Sub-batches"; measured in docs/kernels.md).
+SUB_BATCH_BYTES = 16 << 20
+SUB_BATCH_MAX = 64
+
 
 @dataclass(frozen=True)
 class _MaskPlan:
@@ -63,6 +72,9 @@ class Model:
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
+        per_image = max(int(np.prod(self.plan.shapes[st.name])) * np.dtype(st.dtype).itemsize for st in self.steps)
+        # images per sub-batch of a run without observer (SUB_BATCH_BYTES); a user may set it
+        self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
 
     @property
     def input_shape(self) -> tuple:
@@ -108,6 +120,7 @@ class Model:
         return self._col
 
     def _buffer(self, name, shape, dtype):
+        """Tensor `name`'s own buffer of that shape and dtype, made again when either changes."""
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = np.empty(shape, dtype)
@@ -317,9 +330,34 @@ class Model:
         x = self.check_input(x)
         mp = None if masks is None else self._mask_plan(masks)
         with run_threads():
-            return self._run(x, mp, observer)
+            if observer is None and x.shape[0] > self.sub_batch:
+                return self._run_split(x, mp)
+            return self._run(x, mp, observer, x.shape[0])
 
-    def _run(self, x, mp, observer):
+    def _run_split(self, x, mp):
+        """`_run` of x in sub-batches of at most `sub_batch` images, of sizes that differ by one at
+        most, the larger ones first; the buffers are made for the first and the others use their
+        first images. Returns the output of every image; `last_macs` sums the sub-batches'."""
+        n_n = x.shape[0]
+        k = -(-n_n // self.sub_batch)
+        size, extra = divmod(n_n, k)  # the first `extra` sub-batches take size + 1 images
+        room = size + (extra > 0)
+        y, macs, i0 = None, {}, 0
+        for j in range(k):
+            m = size + (j < extra)
+            part = self._run(x[i0 : i0 + m], mp, None, room)
+            if y is None:
+                y = np.empty((n_n, *part.shape[1:]), part.dtype)
+            y[i0 : i0 + m] = part
+            for name, v in self.last_macs.items():
+                macs[name] = macs.get(name, 0) + v
+            i0 += m
+        self.last_macs = macs
+        return y
+
+    def _run(self, x, mp, observer, room):
+        """One run of the images x (at most room of them: the buffers are made for room images and
+        the run uses their first ones)."""
         n_n = x.shape[0]
         col = self._scratch(n_n)
         env = {G.INPUT: x}
@@ -330,7 +368,10 @@ class Model:
         sharing = mp is None and not (observed and getattr(observer, "keeps_arrays", True))
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
         over &= self._overwritable
-        shared, joins = self._shared_buffers(fused, absorbed, n_n, observed, over) if sharing else (None, ())
+        shared, joins = self._shared_buffers(fused, absorbed, room, observed, over) if sharing else (None, ())
+        if shared is not None and n_n < room:  # their first images; one view for one array (identity is tested)
+            cut = {}
+            shared = {i: cut.setdefault(id(v), v[:n_n]) for i, v in shared.items()}
         for i, st in enumerate(self.steps):
             if st.name in absorbed:
                 continue
@@ -340,7 +381,7 @@ class Model:
             f = fused.get(st.name)
             name = st.name if f is None else f.output  # the buffer written: a fused conv's last node's
             skip = None if mp is None else mp.skips.get(st.name)
-            out = shared[i] if shared is not None else self._out(name, (n_n, *self.plan.shapes[name]), st.dtype, mp)
+            out = shared[i] if shared is not None else self._out(name, room, st.dtype, mp)[:n_n]
             if f is not None:  # act(conv + bias (+ residual)) into the last node's buffer
                 res = None if f.residual is None else env[f.residual]
                 macs[st.name] = int(
@@ -375,10 +416,11 @@ class Model:
         self.last_macs = macs
         return env[self.output].copy()
 
-    def _out(self, name, shape, dtype, mp):
+    def _out(self, name, room, dtype, mp):
         """The buffer tensor `name` is written into where the run shares none (`_shared_buffers`):
-        the tensor's own (`_buffer`), which holds the constants of a mask plan's `fixed` values
-        while runs with that plan follow one another."""
+        the tensor's own (`_buffer`) for room images, which holds the constants of a mask plan's
+        `fixed` values, in all of them, while runs with that plan follow one another."""
+        shape = (room, *self.plan.shapes[name])
         out = self._buffer(name, shape, dtype)
         fixed = None if mp is None else mp.fixed.get(name)
         if fixed is None:

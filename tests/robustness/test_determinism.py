@@ -3,7 +3,7 @@ per-sample outputs do not depend on the batch size (within 1e-6 relative)."""
 
 import numpy as np
 import pytest
-from robust_util import NodeOutputs, velcro_process
+from robust_util import NodeOutputs, velcro_process, zoo_graph
 
 from velcro_ref.engine import Model, load_model
 from velcro_ref.masks import MaskSet, build_masks, load_masks, uniform_ratios
@@ -52,6 +52,34 @@ def test_per_sample_outputs_do_not_depend_on_batch_size(model_file, mask_file, i
         parts = np.concatenate([model.run(x[i : i + batch], masks=masks) for i in range(0, len(x), batch)])
         scale = np.max(np.abs(whole), axis=1, keepdims=True)
         assert np.all(np.abs(parts - whole) <= 1e-6 * scale), f"batch {batch}: {np.max(np.abs(parts - whole)):.3g}"
+
+
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+def test_a_run_in_sub_batches_gives_the_bits_and_macs_of_one_run(name, small_graph, monkeypatch):
+    """A run on more images than `Model.sub_batch` runs them in sub-batches (of sizes one apart,
+    the buffers made for the first): every output bit and the MACs executed are those of one run,
+    dense and masked, and runs of other sizes in between (other buffer shapes, masks and constants
+    written again) change nothing. GoogLeNet: on sub-batches of one image its concats' inputs
+    are written into the concat's channels."""
+    graph = small_graph if name == "resnet18" else zoo_graph("googlenet", input_size=32, width=0.25, num_classes=10)
+    model = Model(graph)
+    x = np.random.default_rng(3).standard_normal((23, *model.input_shape)).astype(np.float32)
+    stats = collect_stats(model, x, batch=8)
+    masks = build_masks(stats, uniform_ratios(stats, 0.5), {"name": "uniform", "ratio": 0.5})
+    sizes, run = [], model._run
+    monkeypatch.setattr(model, "_run", lambda xs, *a: (sizes.append(len(xs)), run(xs, *a))[1])
+    for m in (None, masks, None):
+        model.sub_batch = len(x)
+        whole, macs = model.run(x, masks=m), dict(model.last_macs)
+        assert whole.shape[0] == len(x) and set(macs) == set(model.layer_macs())
+        for sub, want in ((1, [1] * 23), (4, [4] * 5 + [3]), (6, [6] * 3 + [5]), (22, [12, 11])):
+            model.sub_batch = sub
+            sizes.clear()
+            assert model.run(x, masks=m).tobytes() == whole.tobytes(), sub
+            assert sizes == want
+            assert model.last_macs == macs, sub
+            assert model.run(x[:5], masks=None if m is not None else masks).shape[0] == 5  # other buffers
+            assert model.run(x[2:7], masks=m).tobytes() == whole[2:7].tobytes(), sub
 
 
 def test_profile_and_compress_are_reproducible(velcro, tmp_path, model_file, images_file):
