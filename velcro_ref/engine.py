@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import graph as G
-from .errors import InputError, MaskError
+from .errors import InputError, MaskError, UsageError
 from .kernels.conv.layouts import aligned_floats
 from .kernels.moments import value_range
 from .kernels.overwrite import put_at
@@ -74,8 +74,19 @@ class Model:
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
         per_image = max(int(np.prod(self.plan.shapes[st.name])) * np.dtype(st.dtype).itemsize for st in self.steps)
-        # images per sub-batch of a run without observer (SUB_BATCH_BYTES); a user may set it
         self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
+
+    @property
+    def sub_batch(self) -> int:
+        """Images per sub-batch of a run without observer (SUB_BATCH_BYTES); a user may set it (a
+        positive int)."""
+        return self._sub_batch
+
+    @sub_batch.setter
+    def sub_batch(self, n) -> None:
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise UsageError(f"sub_batch: expects a positive number of images, found {n!r}")
+        self._sub_batch = int(n)
 
     @property
     def input_shape(self) -> tuple:

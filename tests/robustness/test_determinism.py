@@ -6,6 +6,7 @@ import pytest
 from robust_util import NodeOutputs, velcro_process, zoo_graph
 
 from velcro_ref.engine import Model, load_model
+from velcro_ref.errors import UsageError
 from velcro_ref.masks import MaskSet, build_masks, load_masks, uniform_ratios
 from velcro_ref.stats import FIELDS, collect_stats, load_stats
 
@@ -80,6 +81,14 @@ def test_a_run_in_sub_batches_gives_the_bits_and_macs_of_one_run(name, small_gra
             assert model.last_macs == macs, sub
             assert model.run(x[:5], masks=None if m is not None else masks).shape[0] == 5  # other buffers
             assert model.run(x[2:7], masks=m).tobytes() == whole[2:7].tobytes(), sub
+
+
+@pytest.mark.parametrize("bad", [0, -2, 2.5, True, None, "4"])
+def test_a_sub_batch_other_than_a_positive_int_is_refused(small_graph, bad):
+    model = Model(small_graph)
+    with pytest.raises(UsageError, match="sub_batch: expects a positive number of images"):
+        model.sub_batch = bad
+    assert model.sub_batch >= 1
 
 
 def test_profile_and_compress_are_reproducible(velcro, tmp_path, model_file, images_file):
