@@ -73,7 +73,8 @@ class Model:
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
-        per_image = max(int(np.prod(self.plan.shapes[st.name])) * np.dtype(st.dtype).itemsize for st in self.steps)
+        tensors = [(self.plan.shapes[st.name], st.dtype) for st in self.steps] + [(self.input_shape, np.float32)]
+        per_image = max(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in tensors)
         self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
 
     @property
@@ -141,9 +142,9 @@ class Model:
             self._fixed.pop(name, None)
         return buf
 
-    def _shared_buffers(self, fused, absorbed, n_n, observed=False, over=frozenset()) -> tuple[dict, frozenset]:
-        """(step index -> the array, a view of a shared buffer, an unmasked run on n_n images
-        writes that step's output into; the concat steps it leaves out). The tensors share
+    def _shared_buffers(self, fused, absorbed, room, observed=False, over=frozenset()) -> tuple[dict, frozenset]:
+        """(step index -> the array, a view of a shared buffer, an unmasked run on room images
+        (or on their first ones) writes that step's output into; the concat steps it leaves out). The tensors share
         a few buffers: a tensor's goes to the next one written after the last step that reads it
         (the one freed last first), so that the caches still hold it. One buffer per tensor, as
         masked runs keep them, wrote MobileNet-V2's 27 MB a run at batch 1 to memory
@@ -152,17 +153,17 @@ class Model:
         observer sees every node). A site in `over` (an observer's run_site computes it over its
         input) and that input share one buffer, sized and named after the site: the input's step
         writes into it, and the site over it (`_written_over`). Worked out once for the convs
-        fused, the observer's kind and sites, and the batch size, the buffers on cache lines; the
+        fused, the observer's kind and sites, and the room, the buffers on cache lines; the
         last SHARED_PLANS such plans are kept, each with its buffers (dense and profiling runs
         taking turns in one process find their buffers again: with one plan, ResNet-18 224x224's
         fresh pages cost 40 - 50 ms a dense and a profiling run of 16 images at batch 8)."""
-        key = (tuple(fused), observed, over, n_n)  # the fusions follow from the convs fused (`_fusions`)
+        key = (tuple(fused), observed, over, room)  # the fusions follow from the convs fused (`_fusions`)
         if key in self._shared:
             self._shared[key] = self._shared.pop(key)  # the last used last
         else:
             steps = [(i, st) for i, st in enumerate(self.steps) if st.name not in absorbed]
             written = {i: st.name if st.name not in fused else fused[st.name].output for i, st in steps}
-            placed = self._placed(steps, written) if n_n == 1 and not observed else {}
+            placed = self._placed(steps, written) if room == 1 and not observed else {}
             joins = frozenset(i for i, st in steps if st.name in placed.values())
             home = {**placed, **self._written_over(steps, written, over)}  # tensor -> the buffer it is written into
             reads = {i: _reads(st, fused.get(st.name)) for i, st in steps}
@@ -171,7 +172,7 @@ class Model:
             for i, st in steps:
                 name = home.get(written[i], written[i])
                 if name not in slot_of:
-                    shape, dtype = (n_n, *self.plan.shapes[name]), np.dtype(st.dtype)
+                    shape, dtype = (room, *self.plan.shapes[name]), np.dtype(st.dtype)
                     slot = free.pop() if free else len(sizes)
                     if slot == len(sizes):
                         sizes.append(0)
@@ -338,6 +339,8 @@ class Model:
         the add's outputs not written, and its tensors share a few buffers (`_shared_buffers`;
         on one image a concat's inputs are written into its channels and the concat not run).
         The thread pools are set for the run by `threads.run_threads` (observers run under it).
+        Without an observer, a batch of more than `sub_batch` images runs in sub-batches, one after
+        another (`_run_split`): the same bits and MACs, its tensors kept in the caches.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
@@ -382,7 +385,7 @@ class Model:
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
         over &= self._overwritable
         shared, joins = self._shared_buffers(fused, absorbed, room, observed, over) if sharing else (None, ())
-        if shared is not None and n_n < room:  # their first images; one view for one array (identity is tested)
+        if shared is not None and n_n < room:  # their first images, one view per array (as the plan has)
             cut = {}
             shared = {i: cut.setdefault(id(v), v[:n_n]) for i, v in shared.items()}
         for i, st in enumerate(self.steps):

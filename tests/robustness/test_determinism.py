@@ -91,6 +91,16 @@ def test_a_sub_batch_other_than_a_positive_int_is_refused(small_graph, bad):
     assert model.sub_batch >= 1
 
 
+def test_a_model_without_nodes_returns_its_input_in_sub_batches_or_not():
+    from velcro_ref import graph as G
+
+    model = Model(G.Graph(nodes=(), input_shape=(1, 4, 4), output=G.INPUT))
+    x = np.arange(7 * 16, dtype=np.float32).reshape(7, 1, 4, 4)
+    for sub in (64, 2):
+        model.sub_batch = sub
+        assert model.run(x).tobytes() == x.tobytes()
+
+
 def test_profile_and_compress_are_reproducible(velcro, tmp_path, model_file, images_file):
     for run in ("a", "b"):
         res = velcro("profile", model_file, "--images", images_file, "-o", tmp_path / f"s_{run}.h5", "--batch", "7")
