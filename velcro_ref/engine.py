@@ -385,9 +385,8 @@ class Model:
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
         over &= self._overwritable
         shared, joins = self._shared_buffers(fused, absorbed, room, observed, over) if sharing else (None, ())
-        if shared is not None and n_n < room:  # their first images, one view per array (as the plan has)
-            cut = {}
-            shared = {i: cut.setdefault(id(v), v[:n_n]) for i, v in shared.items()}
+        if shared is not None and n_n < room:  # a later, smaller sub-batch: no observer, no buffer shared by two names
+            shared = {i: v[:n_n] for i, v in shared.items()}
         for i, st in enumerate(self.steps):
             if st.name in absorbed:
                 continue
