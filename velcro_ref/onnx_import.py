@@ -125,6 +125,78 @@ def _attrs(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
+class _Attrs(dict):
+    """A node's ONNX attributes (`_attrs`) that remember which ones were looked at (`read`), so that
+    an attribute no converter read, with a value other than ONNX's default, refuses the node instead
+    of being ignored (`_unread`)."""
+
+    def __init__(self, node):
+        super().__init__(_attrs(node))
+        self.read: set = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def __iter__(self):  # iterated over (also by `{**a}`): every attribute seen
+        self.read.update(super().keys())
+        return super().__iter__()
+
+    def items(self):
+        self.read.update(super().keys())
+        return super().items()
+
+
+def _schema(node, opset):
+    """ONNX's schema of a node of the default domain at the model's opset; None for other domains
+    (com.microsoft's ops have no schema in the onnx package) or an op type ONNX does not define."""
+    from onnx import defs
+
+    if node.domain not in _DOMAINS:
+        return None
+    try:
+        return defs.get_schema(node.op_type, opset, "")
+    except defs.SchemaError:
+        return None
+
+
+def _unread(node, a: _Attrs, opset) -> list[str]:
+    """The attributes of a node no converter read, as "name=value", leaving out those at ONNX's
+    default value (the same as absent)."""
+    from onnx import helper
+
+    schema = _schema(node, opset)
+    left = []
+    for name in sorted(set(dict.keys(a)) - a.read):
+        value = dict.__getitem__(a, name)
+        spec = None if schema is None else schema.attributes.get(name)
+        if spec is not None and spec.default_value.type and helper.get_attribute_value(spec.default_value) == value:
+            continue
+        shown = value.decode() if isinstance(value, bytes) else value
+        left.append(f"{name}={shown!r}" if isinstance(shown, str) else f"{name}={shown}")
+    return left
+
+
+def _check_arity(node, opset) -> None:
+    """ModelError for a node of the default domain with fewer or more inputs than ONNX allows."""
+    schema = _schema(node, opset)
+    if schema is not None and not schema.min_input <= len(node.input) <= schema.max_input:
+        most = "" if schema.max_input == schema.min_input else f" to {schema.max_input}"
+        most = " or more" if schema.max_input >= 2**31 - 1 else most  # variadic
+        raise ModelError(
+            f"node '{node.name or node.op_type}': {node.op_type} takes {schema.min_input}{most} inputs, "
+            f"found {len(node.input)}"
+        )
+
+
 def graph_node_name(onnx_name: str, op_type: str) -> str:
     """A graph node name from an ONNX node name: letters, digits, '_' and '.', or "" if nothing is left.
 
@@ -186,13 +258,15 @@ class _Importer:
         live, self.readers, self._reader_nodes = self._live(out_name)
         unknown_op = False
         for i, node in enumerate(self.g.node):
-            if self._fold(node):
-                continue
-            if i not in live:
-                continue
             try:
+                if self._fold(node):
+                    continue
+                if i not in live:
+                    continue
                 self._convert(node, i)
             except OnnxUnsupported as e:
+                if i not in live:  # a node off the data path: what it holds changes nothing
+                    continue
                 why = f": {e}" if str(e) else ""
                 self.unsupported.append(_node_label(node, i) + why)
                 unknown_op = unknown_op or not str(e)
@@ -206,6 +280,12 @@ class _Importer:
         if out_name not in self.alias:
             raise ModelError(f"graph output '{out_name}' is a constant or is not produced by any node")
         output = self.alias[out_name]
+        declared = self.g.output[0].type.tensor_type.elem_type
+        if self.q.get(output) is not None and declared == 1:  # 1: FLOAT
+            raise ModelError(
+                f"graph output '{out_name}' is declared float32, and the graph leaves {self.q[output].dtype} codes "
+                "there (no DequantizeLinear)"
+            )
         if output == G.INPUT:
             raise ModelError(f"graph output '{out_name}' is the input itself; there is nothing to run")
         graph = G.Graph(tuple(self.nodes), self.input_shape, output, self.params, self._meta())
@@ -398,7 +478,7 @@ class _Importer:
         if op not in _FOLD_OPS or node.domain not in ("", "ai.onnx"):
             return False
         ins = list(node.input)
-        a = _attrs(node)
+        a = _Attrs(node)
         if op == "Shape":
             if not ins or not ins[0]:
                 return False
@@ -412,6 +492,7 @@ class _Importer:
             else:
                 return False
             v = v[a.get("start", 0) : a.get("end", len(v))]
+            self._check_read(node, a)
             self.values[node.output[0]] = v
             return True
         if any(t and t not in self.values for t in ins):
@@ -423,6 +504,7 @@ class _Importer:
             return False
         if v is None:
             return False
+        self._check_read(node, a)
         self.values[node.output[0]] = np.asarray(v, dtype=v.dtype) if isinstance(v, np.ndarray) else np.asarray(v)
         return True
 
@@ -479,7 +561,8 @@ class _Importer:
         if node.domain not in _DOMAINS and float_op is None and q_op is None:
             raise OnnxUnsupported(f"domain '{node.domain}'")
         op = node.op_type
-        a = _attrs(node)
+        _check_arity(node, self.opset)
+        a = _Attrs(node)
         if key in ("Identity", "Dropout"):
             self._check_outputs(node)
             if op == "Dropout" and len(node.input) > 2 and node.input[2]:
@@ -492,6 +575,9 @@ class _Importer:
                 self.alias[node.output[0]] = self.data(node)
             return
         reads_quantized = any(self.is_quantized(t) for t in node.input if t)
+        on_values = reads_quantized and float_op is not None and self._float_on_dequantized(node)
+        if on_values:
+            reads_quantized = False  # the float op on real values, as onnxruntime runs it
         handler = q_op if q_op is not None and (reads_quantized or float_op is None) else float_op
         if handler is None:
             raise OnnxUnsupported("")
@@ -501,13 +587,36 @@ class _Importer:
                 "arithmetic this reference does not model (a float op here would differ by a step)"
             )
         self._check_outputs(node)
-        self._materialize = handler.tensors == "float"
+        self._materialize = handler.tensors == "float" or on_values
         try:
             handler.from_onnx(node, index, a, self)
         finally:
             self._materialize = False
+        self._check_read(node, a)
+
+    def _check_read(self, node, a: _Attrs) -> None:
+        """OnnxUnsupported where the converter (or the folding) left an attribute unread that is not
+        at ONNX's default: ignored, it would change what the node computes without a word."""
+        left = _unread(node, a, self.opset)
+        if left:
+            raise OnnxUnsupported(f"attribute {', '.join(left)} (not supported)")
 
     # -- quantized models ------------------------------------------------------------------------
+    def _float_on_dequantized(self, node) -> bool:
+        """Whether a node that reads quantized tensors only through DequantizeLinear (QDQ format) is a
+        float op: its output is not read by one QuantizeLinear alone (or is the graph output), so no
+        quantized op stands in for it (onnxruntime runs the float op on the dequantized values)."""
+        quantized = [t for t in node.input if t and self.is_quantized(t)]
+        if any(t not in self.dq_views for t in quantized):
+            return False
+        return self._quantize_reader(node) is None
+
+    def _quantize_reader(self, node):
+        """The QuantizeLinear that alone reads node's output (not the graph output), else None."""
+        readers = self.reader_nodes(node.output[0])
+        alone = node.output[0] != self.output_name and len(readers) == 1
+        return readers[0] if alone and onnx_key(readers[0]) == "QuantizeLinear" else None
+
     def is_quantized(self, tensor) -> bool:
         """Whether ONNX `tensor` is quantized, or a DequantizeLinear of a quantized tensor."""
         return tensor in self.dq_views or self.q.get(self.alias.get(tensor, "")) is not None
@@ -521,12 +630,20 @@ class _Importer:
             self._dequantized[base] = self._emit(self._unique(f"{base}_dequantized"), "dequantize", (base,))
         return self._dequantized[base]
 
-    def scale_zero_point(self, node, k_scale, k_zero, what) -> QParams:
+    def scale_zero_point(self, node, k_scale, k_zero, what, dtype="uint8") -> QParams:
         """The per-tensor quantization a node's scale (input k_scale) and zero point (k_zero;
-        absent: uint8 0) give, checked: a positive finite float32 scalar, an int8/uint8 scalar."""
+        absent: 0 of a QuantizeLinear's `output_dtype`, else of `dtype`, the type of the codes the
+        node reads) give, checked: a positive finite float32 scalar, an int8/uint8 scalar."""
         s = self.const(node, k_scale, f"{what} scale")
         z = self.const(node, k_zero, f"{what} zero point", required=False)
-        z = np.zeros((), np.uint8) if z is None else np.asarray(z)
+        code = _attrs(node).get("output_dtype", 0) if onnx_key(node) == "QuantizeLinear" else 0
+        typed = {0: None, 2: np.dtype(np.uint8), 3: np.dtype(np.int8)}  # TensorProto UINT8, INT8
+        if code not in typed:
+            raise OnnxUnsupported(f"{what}: output_dtype {code}; supported: int8 (3), uint8 (2)")
+        if z is not None and typed[code] not in (None, np.asarray(z).dtype):
+            found = np.asarray(z).dtype
+            raise ModelError(f"node '{node.name}': output_dtype {typed[code]} and a zero point of {found}")
+        z = np.zeros((), typed[code] or np.dtype(dtype)) if z is None else np.asarray(z)
         if s.size != 1 or z.size != 1:
             raise OnnxUnsupported(f"{what}: per-axis quantization of activations; expects one scale and zero point")
         if z.dtype not in (np.int8, np.uint8):
@@ -540,18 +657,18 @@ class _Importer:
         """QOperator: the graph tensor at input k, checked to be quantized with the scale and zero
         point the node gives at inputs k_scale and k_zero."""
         x = self.data(node, k)
-        want = self.scale_zero_point(node, k_scale, k_zero, f"input {k}")
         have = self.q.get(x)
+        want = self.scale_zero_point(node, k_scale, k_zero, f"input {k}", "uint8" if have is None else have.dtype)
         if have != want:
             raise OnnxUnsupported(f"input {k} ('{node.input[k]}') is quantized as {have}, the node reads it as {want}")
         return x
 
     def output_q(self, node) -> QParams:
         """QDQ: the quantization of node's output, from the one QuantizeLinear that reads it."""
-        readers = self.reader_nodes(node.output[0])
-        if node.output[0] == self.output_name or len(readers) != 1 or onnx_key(readers[0]) != "QuantizeLinear":
+        q = self._quantize_reader(node)
+        if q is None:
             raise OnnxUnsupported("on dequantized inputs, its output must be read by one QuantizeLinear (QDQ format)")
-        return self.scale_zero_point(readers[0], 1, 2, "output")
+        return self.scale_zero_point(q, 1, 2, "output")
 
     def qconst(self, node, k, what, required=True) -> QConst | None:
         """QDQ: the integer initializer, scale and zero point of the DequantizeLinear feeding input k."""

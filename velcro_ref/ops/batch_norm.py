@@ -65,6 +65,7 @@ class BatchNorm(Op):
             raise OnnxUnsupported("training_mode=1")
         if a.get("spatial", 1) != 1:
             raise OnnxUnsupported("spatial=0")
+        a.get("momentum")  # the running statistics' update: training only
         params = {r: ctx.weight(node, k + 1, r).reshape(-1) for k, r in enumerate(ROLES)}
         ctx.add(node, index, "batch_norm", [x], {"eps": float(str(np.float32(a.get("epsilon", EPS))))}, params)
 

@@ -161,7 +161,11 @@ class Quantize(Op):
         """QuantizeLinear of a float tensor is a quantize node. Of a quantized tensor (the QDQ
         format's output of an op that keeps its input's quantization, or DequantizeLinear ->
         QuantizeLinear): nothing when the parameters agree, else a requantization (a qconcat of
-        one input, the table QLinearConcat uses)."""
+        one input, the table QLinearConcat uses). Its output type is that of the zero point, or
+        `output_dtype` (opset 21) where there is none (`scale_zero_point`); axis and saturate do not
+        apply to one scale and an 8-bit integer output."""
+        _per_tensor_only(a)
+        a.get("saturate"), a.get("output_dtype")  # the latter read by `scale_zero_point`
         t = node.input[0]
         y = ctx.scale_zero_point(node, 1, 2, "output")
         name = ctx.tensor_name(t)
@@ -179,6 +183,14 @@ class Quantize(Op):
             ctx.add(node, index, "qconcat", [x], q_attrs(y), base=name)
             return
         ctx.add(node, index, "quantize", [ctx.data(node)], q_attrs(y), base=f"{name}_quantized")
+
+
+def _per_tensor_only(a) -> None:
+    """OnnxUnsupported for a QuantizeLinear or DequantizeLinear with a block size (blocked
+    quantization); its axis is taken where the scale has one value per slice (`qconst`)."""
+    a.get("axis")
+    if a.get("block_size", 0):
+        raise OnnxUnsupported(f"block_size {a['block_size']} (blocked quantization)")
 
 
 class Dequantize(Op):
@@ -210,13 +222,16 @@ class Dequantize(Op):
         """DequantizeLinear of an initializer (a QDQ weight or bias) is read by the op it feeds; of a
         quantized tensor it stands for that tensor (the importer's `dq_views`), made a dequantize
         node where a float op or the graph output needs real values."""
+        _per_tensor_only(a)
+        if a.get("output_dtype", 0) not in (0, 1):  # 1: FLOAT
+            raise OnnxUnsupported(f"output_dtype {a['output_dtype']}; supported: float32")
         if node.input[0] in ctx.values:
             return
         x = ctx.data(node)
         have = ctx.quantization(x)
         if have is None:
             raise OnnxUnsupported(f"input '{node.input[0]}' is float32; expects a quantized tensor")
-        want = ctx.scale_zero_point(node, 1, 2, "input")
+        want = ctx.scale_zero_point(node, 1, 2, "input", have.dtype)
         if have != want:
             raise OnnxUnsupported(f"input '{node.input[0]}' is quantized as {have}, the node reads it as {want}")
         ctx.dq_views[node.output[0]] = x
@@ -435,6 +450,7 @@ class QRelu(ActivationOp):
 
     def from_onnx(self, node, index, a, ctx):
         """An explicit Relu on a quantized tensor (QDQ with the activations kept): the site."""
+        _on_values(node, ctx)
         ctx.add(node, index, self.name, [ctx.data(node)])
 
 
@@ -454,6 +470,7 @@ class QRelu6(QRelu):
 
     def from_onnx(self, node, index, a, ctx):
         """Clip(0, 6) on a quantized tensor is qrelu6, Clip(0, inf) qrelu."""
+        _on_values(node, ctx)
         lo = ctx.const(node, 1, "min", required=False)
         hi = ctx.const(node, 2, "max", required=False)
         lo = -np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0])
@@ -464,6 +481,17 @@ class QRelu6(QRelu):
             ctx.add(node, index, "qrelu", [ctx.data(node)])
         else:
             raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
+
+
+def _on_values(node, ctx) -> None:
+    """OnnxUnsupported for a Relu or Clip on 8-bit codes themselves (no DequantizeLinear between):
+    ONNX applies it to the codes, max(q, 0), where qrelu and qrelu6 act on the values they stand
+    for, max(q, zero_point)."""
+    if node.input[0] not in ctx.dq_views:
+        raise OnnxUnsupported(
+            f"{node.op_type} on the 8-bit codes of '{node.input[0]}' (ONNX applies it to the codes, not to the "
+            "values they stand for); supported: DequantizeLinear -> Relu / Clip -> QuantizeLinear"
+        )
 
 
 _NO_MASK = np.zeros(0, np.bool_)

@@ -1,0 +1,143 @@
+"""Golden: ONNX forms the importer once took in and then ran to wrong numbers, with no error.
+
+Each model is built with onnx.helper. Where the engine runs it, its output must be onnxruntime's
+(float32, within rounding) and of the type the file declares; where it cannot, the import must
+fail with a one-line VelcroError naming the reason. Covered: a Relu or Clip on 8-bit codes
+themselves, QuantizeLinear's `output_dtype` without a zero point, a DequantizeLinear without a
+zero point on int8 codes, a QDQ op whose output no QuantizeLinear reads (a float op on the
+dequantized values), a float graph output left holding codes, an attribute no converter reads,
+and a node with fewer inputs than ONNX allows.
+"""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from velcro_ref.engine import Model
+from velcro_ref.errors import VelcroError
+from velcro_ref.onnx_import import import_onnx
+
+X = np.array([[[[-1.0, -0.3], [0.1, 0.5]], [[1.5, 2.7], [-0.02, 0.26]]]], np.float32)  # (1, 2, 2, 2)
+
+
+def save(tmp_path, nodes, consts, opset=13, out_type=TensorProto.FLOAT, name="m"):
+    inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2, 2])],
+        [helper.make_tensor_value_info("y", out_type, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def both(path, x=X):
+    """(engine output, onnxruntime output) of the model at path."""
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return Model(import_onnx(path)).run(x), want
+
+
+def refused(path) -> str:
+    with pytest.raises(VelcroError) as e:
+        import_onnx(path)
+    message = str(e.value)
+    assert message.strip() and "\n" not in message.strip()
+    return message
+
+
+Q, DQ = "QuantizeLinear", "DequantizeLinear"
+
+
+@pytest.mark.parametrize("act, dtype", [("Relu", np.int8), ("Clip", np.int8), ("Clip", np.uint8)])  # Relu: no uint8
+def test_a_relu_or_clip_on_the_codes_themselves_is_refused(tmp_path, act, dtype):
+    """ONNX applies it to the codes, max(q, 0); the quantized site computes max(q, zero point)."""
+    zero = dtype(-20 if dtype == np.int8 else 100)
+    consts = {"s": np.float32(0.02), "z": zero}
+    if act == "Clip":
+        consts.update(lo=dtype(0), hi=dtype(6))
+    inputs = ["q", "lo", "hi"] if act == "Clip" else ["q"]
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z"], ["q"]),
+        helper.make_node(act, inputs, ["r"]),
+        helper.make_node(DQ, ["r", "s", "z"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, consts, opset=14)
+    got_ort = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0]
+    on_values = np.clip(X, 0, None) if act == "Relu" else np.clip(X, 0, 6)
+    assert np.abs(got_ort - on_values).max() > 0.1  # the codes' answer is not the values' one
+    assert "codes" in refused(path)
+
+
+def test_quantize_output_dtype_without_a_zero_point_is_followed(tmp_path):
+    nodes = [
+        helper.make_node(Q, ["x", "s"], ["q"], output_dtype=TensorProto.INT8),
+        helper.make_node(DQ, ["q", "s"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, {"s": np.float32(0.05)}, opset=21)
+    got, want = both(path)
+    assert (want < 0).any()  # int8: the negative values survive (uint8 would clamp them to 0)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_quantize_output_dtype_other_than_8_bits_is_refused(tmp_path):
+    nodes = [
+        helper.make_node(Q, ["x", "s"], ["q"], output_dtype=TensorProto.INT16),
+        helper.make_node(DQ, ["q", "s"], ["y"]),
+    ]
+    assert "output_dtype" in refused(save(tmp_path, nodes, {"s": np.float32(0.05)}, opset=21))
+
+
+def test_dequantize_without_a_zero_point_reads_int8_codes_as_int8(tmp_path):
+    nodes = [helper.make_node(Q, ["x", "s", "z"], ["q"]), helper.make_node(DQ, ["q", "s"], ["y"])]
+    got, want = both(save(tmp_path, nodes, {"s": np.float32(0.05), "z": np.int8(0)}))
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", ["Relu", "Clip", "MaxPool", "Flatten", "GlobalAveragePool"])
+def test_a_qdq_op_whose_output_no_quantize_reads_runs_on_the_values(tmp_path, op):
+    """DQ -> op -> graph output: onnxruntime runs the float op on the dequantized values; the engine
+    must too, and return float32 (it once returned the uint8 codes, or their qrelu6 clamp)."""
+    attrs = {"kernel_shape": [1, 1]} if op == "MaxPool" else {}
+    inputs = ["d", "lo", "hi"] if op == "Clip" else ["d"]
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z"], ["q"]),
+        helper.make_node(DQ, ["q", "s", "z"], ["d"]),
+        helper.make_node(op, inputs, ["y"], **attrs),
+    ]
+    # scale 0.047: the quantized 6 is 128 steps, 6.016, where Clip's float answer is 6
+    consts = {"s": np.float32(0.047), "z": np.uint8(0), "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    x = X * 3  # up to 8.1: above 6
+    got, want = both(save(tmp_path, nodes, consts), x)
+    assert op != "Clip" or want.max() == 6.0
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_a_float_output_left_holding_codes_is_refused(tmp_path):
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z"], ["q"]),
+        helper.make_node("MaxPool", ["q"], ["y"], kernel_shape=[1, 1]),
+    ]
+    message = refused(save(tmp_path, nodes, {"s": np.float32(0.02), "z": np.uint8(128)}))
+    assert "declared float32" in message
+
+
+def test_an_attribute_no_converter_reads_is_refused_unless_at_its_default(tmp_path):
+    def softmax_model(name, **attrs):
+        nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Softmax", ["f"], ["y"], **attrs)]
+        return save(tmp_path, nodes, {}, name=name)
+
+    message = refused(softmax_model("odd", made_up=3))
+    assert "made_up=3" in message
+    got, want = both(softmax_model("default", axis=-1))  # written out at ONNX's default
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_concat_without_inputs_is_refused_in_one_line(tmp_path):
+    nodes = [helper.make_node("Concat", [], ["c"], axis=1), helper.make_node("Add", ["x", "c"], ["y"])]
+    assert "Concat takes 1 or more inputs, found 0" in refused(save(tmp_path, nodes, {}))
