@@ -528,7 +528,8 @@ class _Importer:
         if op == "Identity":
             return x
         if op == "Cast":
-            return x if symbolic else x.astype(helper.tensor_dtype_to_np_dtype(a["to"]))
+            dtype = helper.tensor_dtype_to_np_dtype(a["to"])
+            return x if symbolic else x.astype(dtype)
         if op == "Gather":
             return np.asarray(np.take(x, vals[1].astype(np.int64), axis=a.get("axis", 0)), dtype=x.dtype)
         if op in ("Unsqueeze", "Squeeze"):

@@ -141,3 +141,52 @@ def test_an_attribute_no_converter_reads_is_refused_unless_at_its_default(tmp_pa
 def test_a_concat_without_inputs_is_refused_in_one_line(tmp_path):
     nodes = [helper.make_node("Concat", [], ["c"], axis=1), helper.make_node("Add", ["x", "c"], ["y"])]
     assert "Concat takes 1 or more inputs, found 0" in refused(save(tmp_path, nodes, {}))
+
+
+def _flatten_tail(tmp_path, nodes, consts, opset, name, features=8):
+    """`nodes` (ending in "flat", `features` per image) followed by a Gemm against ones, into y."""
+    nodes = [*nodes, helper.make_node("Gemm", ["flat", "ones"], ["y"], transB=1)]
+    return save(tmp_path, nodes, {**consts, "ones": np.ones((3, features), np.float32)}, opset=opset, name=name)
+
+
+def _shape_cast_reshape():
+    """Shape -> Cast(int32) -> Slice -> Concat(-1) -> Cast(int64) -> Reshape (as tf2onnx writes)."""
+    return [
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Cast", ["s"], ["s32"], to=TensorProto.INT32),
+        helper.make_node("Slice", ["s32", "zero", "one"], ["n"]),
+        helper.make_node("Concat", ["n", "minus1"], ["t32"], axis=0),
+        helper.make_node("Cast", ["t32"], ["t"], to=TensorProto.INT64),
+        helper.make_node("Reshape", ["x", "t"], ["flat"]),
+    ], {"zero": np.array([0], np.int32), "one": np.array([1], np.int32), "minus1": np.array([-1], np.int32)}
+
+
+def _reshape_allowzero():
+    return [helper.make_node("Reshape", ["x", "t"], ["flat"], allowzero=1)], {"t": np.array([-1, 8], np.int64)}
+
+
+def _reduce_mean_noop():
+    nodes = [
+        helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=1, noop_with_empty_axes=1),
+        helper.make_node("Flatten", ["m"], ["flat"]),
+    ]
+    return nodes, {"axes": np.array([2, 3], np.int64)}, 2
+
+
+def _gemm_beta_without_c():
+    return [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["flat"], beta=0.5)], {
+        "w": np.eye(8, dtype=np.float32)
+    }
+
+
+@pytest.mark.parametrize(
+    "build, opset",
+    [(_shape_cast_reshape, 13), (_reshape_allowzero, 14), (_reduce_mean_noop, 18), (_gemm_beta_without_c, 13)],
+)
+def test_attributes_that_change_nothing_here_are_not_refused(tmp_path, build, opset):
+    """A Cast's `to` on a shape holding the batch size, Reshape's allowzero with no 0 in the target,
+    ReduceMean's noop_with_empty_axes with axes given, Gemm's beta without C: each read, none refused."""
+    nodes, consts, *features = build()
+    path = _flatten_tail(tmp_path, nodes, consts, opset, build.__name__, *features)
+    got, want = both(path, np.concatenate([X, X * 2]))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)

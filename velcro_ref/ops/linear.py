@@ -74,12 +74,13 @@ class Linear(Op):
         _need_flat(ctx, x, "Gemm")
         w = _scaled(w if a.get("transB", 0) else w.T, a.get("alpha", 1.0), "alpha", "B")
         b = None
+        beta = a.get("beta", 1.0)  # it scales C alone: without C it changes nothing
         if c is not None:
             try:
                 b = np.broadcast_to(c, (1, w.shape[0])).reshape(-1)
             except ValueError:
                 raise OnnxUnsupported(f"bias of shape {c.shape} does not fit {w.shape[0]} outputs") from None
-            b = _scaled(b, a.get("beta", 1.0), "beta", "C")
+            b = _scaled(b, beta, "beta", "C")
         _add_linear(ctx, node, index, x, w, b)
 
     def _from_MatMul(self, node, index, a, ctx):

@@ -183,6 +183,7 @@ class GlobalAvgPool(Op):
             ctx.add(node, index, "global_avg_pool", [x])
             return
         axes = a["axes"] if "axes" in a else ctx.const(node, 1, "axes", required=False)
+        a.get("noop_with_empty_axes")  # it matters only without axes, which are required here
         rank = len(ctx.shape(x)) + 1
         if axes is None or rank != 4 or sorted(onnx_axis(i, rank) for i in np.asarray(axes).reshape(-1)) != [2, 3]:
             raise OnnxUnsupported("only the mean over H and W of an NCHW tensor is supported")

@@ -44,9 +44,10 @@ class Flatten(Op):
         if shape is None:
             raise OnnxUnsupported("target shape is computed at run time by ops this importer does not fold")
         s = list(shape.reshape(-1))
+        zero_kept = a.get("allowzero", 0)  # a 0 in the target is 0, not the input's size
         if len(s) == 2 and s[1] is not ctx.BATCH and (s[1] == -1 or s[1] == features):
             first = s[0]
-            batch = first is ctx.BATCH or (first == 0 and not a.get("allowzero", 0))
+            batch = first is ctx.BATCH or (first == 0 and not zero_kept)
             batch = batch or (s[1] == features and first == -1)
             batch = batch or (ctx.static_batch is not None and first == ctx.static_batch)
         else:
