@@ -39,7 +39,7 @@ def _sig4(value, units, step) -> str:
     v = value / step**i
     r = float(f"{v:.4g}")
     if abs(r) < 1:
-        return f"{v:.3g} {units[i]}"
+        return f"{v:#.3g} {units[i]}"  # '#': 0.690, not 0.69
     decimals = max(0, 4 - len(str(int(abs(r)))))
     return f"{v:.{decimals}f} {units[i]}"
 

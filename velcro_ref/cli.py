@@ -23,7 +23,32 @@ COMMAND_MODULES = [
 ]
 
 
+class _StoreOnce(argparse._StoreAction):
+    """argparse's store, for an option that must not be given twice (the second value would silently
+    replace the first); an option of several values (nargs "+" or "*") takes those of every
+    occurrence: `--exclude a --exclude b` is `--exclude a b`."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = parser.given_options
+        if self.dest in given and option_string is not None:
+            if self.nargs not in ("+", "*"):
+                parser.error(f"{option_string} is given more than once ({given[self.dest]}, then {values})")
+            values = [*getattr(namespace, self.dest), *values]
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+        self.given_options = {}  # dest -> value, of the options this parse has met
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.given_options = {}
+        return super().parse_known_args(args, namespace)
+
     def error(self, message):
         self.print_usage(sys.stderr)
         one_line = " ".join(line.strip() for line in str(message).splitlines())

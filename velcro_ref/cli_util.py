@@ -262,6 +262,8 @@ def load_image_set(args, model):
         x, y = load_npz(args.images, ("x", "y"))
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise InputError(f"{args.images}: 'y' expects a 1-D array of integer labels, found {y.dtype} {y.shape}")
+        if y.size and int(y.max()) >= 2**31:  # (a negative one is named against the model's classes later)
+            raise InputError(f"{args.images}: 'y' holds label {int(y.max())}; expects class indices below 2^31")
         n_x = len(x) if x.ndim else 0
         if n_x != len(y):
             raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")

@@ -146,6 +146,11 @@ def cmd_stats_merge(args):
     """
     from .stats import load_stats, save_stats
 
+    seen = {}
+    for p in args.inputs:  # one shard twice would count its images twice
+        if Path(p).resolve() in seen:
+            raise UsageError(f"{p}: the same file as {seen[Path(p).resolve()]}; each shard is merged once")
+        seen[Path(p).resolve()] = p
     parts = [load_stats(p) for p in args.inputs]
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):

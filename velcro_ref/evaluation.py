@@ -41,7 +41,9 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     so the order they are given in changes nothing).
     macs: executed MACs per image, summed over layers, counted by the kernels.
     per_image adds `correct` and `correct_task`, bool (N,): which images each accuracy counts.
-    Raises as check_scores does, before any image is run.
+    Raises as check_scores does, before any image is run; ModelError where an image's scores hold a
+    NaN (a model loaded with non-finite values allowed, or an overflow), whose top-1 class is not
+    defined (argmax would take the NaN as the largest score).
     """
     check_scores(model, labels, classes)
     classes = np.unique(np.asarray(classes, dtype=np.int64))
@@ -51,6 +53,12 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     for i in range(0, n, batch):
         xb, yb = x[i : i + batch], labels[i : i + batch]
         out = model.run(xb, masks=masks)
+        nan = np.isnan(out).any(axis=1)
+        if nan.any():
+            raise ModelError(
+                f"{model.path}: the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
+                f"(first: image {i + int(np.argmax(nan))}); their top-1 class, and the accuracy, are not defined"
+            )
         macs += sum(model.last_macs.values())
         correct[i : i + len(xb)] = out.argmax(axis=1) == yb
         correct_task[i : i + len(xb)] = classes[out[:, classes].argmax(axis=1)] == yb

@@ -1,13 +1,16 @@
 """Compression stage: per-site boolean masks and float32 constants, and their HDF5 file.
 
 The `uniform` policy is the paper's: every site masks floor(r x elements) of its
-lowest-variance elements, equal variances broken by flat index, constants = means.
+lowest-variance elements (r as written: 0.29 of 100 is 29, `ratio_count`), equal variances broken
+by flat index, constants = means.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import h5py
 import numpy as np
@@ -55,6 +58,12 @@ def check_ratio(r, what="ratio") -> float:
     return r
 
 
+def ratio_count(ratio, n) -> int:
+    """floor(ratio x n) for the ratio as it is written, its shortest decimal (0.29 is 29/100): the
+    float product 0.29 * 100 is 28.999999999999996, which would mask one element too few."""
+    return math.floor(Fraction(repr(float(ratio))) * int(n))
+
+
 def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
     """Bool mask of the k lowest-variance elements; ties broken by flat index (stable order)."""
     flat = variance.ravel()
@@ -69,7 +78,7 @@ def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     sites = {}
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")
-        k = int(np.floor(r * s.mean.size))
+        k = ratio_count(r, s.mean.size)
         sites[name] = (lowest_variance(s.variance, k), s.mean.astype(np.float32))
     prov = {"stats_classes": list(stats.classes), "stats_n_images": stats.n_images, "stats_source": stats.source}
     return MaskSet(stats.fingerprint, sites, policy, provenance=prov, complete=True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UsageError
-from .masks import build_masks, check_ratio, uniform_ratios
+from .masks import build_masks, check_ratio, ratio_count, uniform_ratios
 
 POLICIES = ("uniform", "budget", "channel")
 
@@ -51,7 +51,8 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
     if not names:
         return build_masks(stats, {}, params)
     score, gain = np.concatenate(scores), np.concatenate(benefit)
-    budget = ratio * gain.sum()
+    total = sum(int(site_costs[s]) * stats.sites[s].mean.size for s in names)  # whole MACs: exact
+    budget = ratio_count(ratio, total)
     # stable order: equal scores keep the model's site order and flat index
     order = np.argsort(score / gain, kind="stable")
     n_take = int(np.searchsorted(np.cumsum(gain[order]), budget, side="right"))
@@ -76,7 +77,7 @@ def _channel_masks(stats, ratio, exclude, params):
             continue
         c = st.mean.shape[0]
         per_channel = st.variance.reshape(c, -1).mean(axis=1)
-        k = int(np.floor(ratio * c))
+        k = ratio_count(ratio, c)
         chosen = np.argsort(per_channel, kind="stable")[:k]
         mask = np.zeros(st.mean.shape, bool)
         mask[chosen] = True

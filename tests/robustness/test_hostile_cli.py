@@ -113,7 +113,14 @@ CASES = [
     ("nested-arch", "simulate {d}/m.h5 --accel {d}/deep.toml", 1, "deep.toml"),
     ("stats-mean-1e300", "compress {d}/big.h5 --ratio 0.5 -o {d}/o.h5", 1, "beyond the float32 range"),
     ("merge-other-model", "stats merge {d}/s.h5 {d}/other.h5 -o {d}/o.h5", 1, "other.h5"),
-    ("merge-count-overflow", "stats merge {d}/many.h5 {d}/many.h5 -o {d}/o.h5", 1, "more than"),
+    ("merge-count-overflow", "stats merge {d}/many.h5 {d}/many2.h5 -o {d}/o.h5", 1, "more than"),
+    ("merge-same-file", "stats merge {d}/s.h5 {d}/./s.h5 -o {d}/o.h5", 2, "the same file as"),
+    # -- an option given twice: its first value would be dropped without a word --------------------------
+    ("ratio-twice", "compress {d}/s.h5 --ratio 0.3 --ratio 0.5 -o {d}/o.h5", 2, "--ratio is given more than once"),
+    ("accel-twice", "simulate {d}/m.h5 --accel edge16 --accel {d}/a.toml", 2, "--accel is given more than once"),
+    # -- numbers that would be wrong -----------------------------------------------------------------------
+    ("labels-beyond-int32", "eval {d}/m.h5 --images {d}/big_labels.npz", 1, "holds label 92233720368547758"),
+    ("eval-nan-scores", "eval {d}/nan.h5 --allow-nonfinite --images {d}/x.npz", 1, "NaN scores"),
     ("no-activation-site", "compress {d}/nosite_stats.h5 --ratio 0.3 -o {d}/o.h5", 1, "no activation site"),
     # -- names the file system takes --------------------------------------------------------------------
     ("long-name", "infer {d}/m.h5 --input {d}/x.npy -o {d}/" + "n" * 250, 0, None),
@@ -145,6 +152,18 @@ def prepare(d: Path, case: str) -> None:
         save_stats(collect_stats(Model(other), x), d / "other.h5")
     if case == "merge-count-overflow":
         save_stats(_one_site_stats(count=2.0**52 + 2), d / "many.h5")
+        save_stats(_one_site_stats(count=2.0**52 + 2), d / "many2.h5")
+    if case == "labels-beyond-int32":
+        with np.load(d / "x.npz") as f:
+            np.savez(d / "big_labels.npz", x=f["x"], y=f["y"].astype(np.uint64) + np.uint64(2**63))
+    if case == "eval-nan-scores":
+        from velcro_ref.graph import Graph
+        from velcro_ref.model_io import load_graph
+
+        g = load_graph(d / "m.h5")
+        bias = g.params["fc.bias"].copy()
+        bias[1] = np.nan
+        save_model(Graph(g.nodes, g.input_shape, g.output, {**g.params, "fc.bias": bias}, g.meta), d / "nan.h5")
     if case == "no-activation-site":
         save_stats(Stats("f" * 64, {}, (), 1, "none"), d / "nosite_stats.h5")
     if case == "dot-node-golden":
@@ -380,3 +399,27 @@ def test_a_signal_sent_again_that_lands_inside_the_hook_still_stops_the_command(
 
     monkeypatch.setattr(cli.threading, "Timer", SlowStart)
     _signal_in_a_finalizer(monkeypatch, capsys, signal.SIGTERM, 143, "terminated")
+
+
+def test_a_list_option_given_twice_takes_the_values_of_both(work, model):
+    """`--exclude a --exclude b` is `--exclude a b`, and two `--sweep` options sweep both keys (the
+    first values were once dropped without a word)."""
+    a, b = list(model.sites)[:2]
+    for name, argv in (("two.h5", ["--exclude", a, "--exclude", b]), ("one.h5", ["--exclude", a, b])):
+        res = velcro_process("compress", work / "s.h5", "--ratio", "0.5", *argv, "-o", work / name)
+        assert res.code == 0, res.err
+    from velcro_ref.masks import load_masks
+
+    two, one = load_masks(work / "two.h5"), load_masks(work / "one.h5")
+    assert two.policy["exclude"] == one.policy["exclude"] == [a, b]
+    for s in model.sites:
+        np.testing.assert_array_equal(two.sites[s][0], one.sites[s][0])
+    assert not two.sites[a][0].any() and not two.sites[b][0].any()
+    res = velcro_process(
+        "simulate", work / "m.h5", "--accel", "edge16", "--sweep", "rows=8,16", "--sweep", "cols=4,8", "--json"
+    )
+    assert res.code == 0, res.err
+    import json
+
+    points = json.loads(res.out)["points"]
+    assert sorted((p["point"]["rows"], p["point"]["cols"]) for p in points) == [(8, 4), (8, 8), (16, 4), (16, 8)]

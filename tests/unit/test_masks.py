@@ -6,7 +6,7 @@ from robust_util import zoo_graph
 
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, StatsError, UsageError
-from velcro_ref.masks import build_masks, load_masks, lowest_variance, save_masks, uniform_ratios
+from velcro_ref.masks import build_masks, load_masks, lowest_variance, ratio_count, save_masks, uniform_ratios
 from velcro_ref.stats import SiteStats, Stats, collect_stats, load_stats, save_stats
 
 
@@ -65,3 +65,19 @@ def test_stats_and_mask_files_round_trip_and_refuse_another_model(tmp_path):
     with pytest.raises(MaskError) as e:
         other.run(x, masks=loaded)
     assert model.fingerprint in str(e.value) and other.fingerprint in str(e.value)
+
+
+@pytest.mark.parametrize("n", [1, 7, 50, 100, 300, 1600, 4999])
+def test_a_ratio_counts_as_written_not_as_its_float_product(n):
+    """floor(r x n) for r = k / 100 as the user writes it (0.29, 0.57): the float product
+    0.29 * 100 = 28.999999999999996 floored one element short."""
+    for k in range(101):
+        r = float(f"0.{k:02d}") if k < 100 else 1.0
+        assert ratio_count(r, n) == k * n // 100, (r, n)
+
+
+def test_uniform_policy_masks_29_of_100_elements_at_ratio_029():
+    rng = np.random.default_rng(1)
+    stats = Stats("fp", {"a": SiteStats.of_batch(rng.standard_normal((5, 100)))}, (), 5, "test")
+    assert 0.29 * 100 < 29  # the float product this guards against
+    assert build_masks(stats, uniform_ratios(stats, 0.29), {}).sites["a"][0].sum() == 29

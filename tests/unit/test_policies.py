@@ -43,6 +43,15 @@ def test_budget_ties_between_sites_follow_the_model_order_not_the_statistics_ord
         assert masks.sites["b"][0].tolist() == [False, False], order
 
 
+def test_channel_and_budget_policies_count_a_ratio_as_written():
+    """0.29 of 100 channels is 29, and 0.29 of a budget of 100 MACs takes 29 one-MAC elements (the
+    float product 0.29 * 100 is 28.999999999999996)."""
+    stats = Stats("fp", {"c": _site(np.arange(100.0).reshape(100, 1, 1)), "e": _site(np.arange(100.0))})
+    assert make_masks("channel", stats, 0.29).sites["c"][0].sum() == 29
+    budget = make_masks("budget", Stats("fp", {"e": _site(np.arange(100.0))}), 0.29, {"e": 1})
+    assert budget.sites["e"][0].sum() == 29
+
+
 def test_channel_masks_record_the_share_of_channels_each_site_masks():
     # floor(R x C) channels of every 3-D site: 2 of 4 and 1 of 3 at R = 0.5; a 1-D site none
     stats = Stats(

@@ -19,6 +19,7 @@ from velcro_ref.masks import MaskSet
     [
         (0, "0"),
         (0.263, "0.263 pJ"),
+        (0.69, "0.690 pJ"),  # three significant digits below 1, trailing zero kept
         (12, "12.00 pJ"),
         (376.3, "376.3 pJ"),
         (999.96, "1.000 nJ"),  # rounds up into the next unit, never "1000.0 pJ"
