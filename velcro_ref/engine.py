@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,7 @@ class Model:
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
+        self._running = threading.RLock()  # one run at a time: runs share the buffers above
         tensors = [(self.plan.shapes[st.name], st.dtype) for st in self.steps] + [(self.input_shape, np.float32)]
         per_image = max(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in tensors)
         self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
@@ -339,11 +341,17 @@ class Model:
         the add's outputs not written, and its tensors share a few buffers (`_shared_buffers`;
         on one image a concat's inputs are written into its channels and the concat not run).
         The thread pools are set for the run by `threads.run_threads` (observers run under it).
+        Runs on one Model from several Python threads take turns (they share its buffers); Models
+        of their own run side by side. `last_macs` is then the last run's, whichever thread ran it.
         Without an observer, a batch of more than `sub_batch` images runs in sub-batches, one after
         another (`_run_split`): the same bits and MACs, its tensors kept in the caches.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
         x = self.check_input(x)
+        with self._running:
+            return self._run_checked(x, masks, observer)
+
+    def _run_checked(self, x, masks, observer):
         mp = None if masks is None else self._mask_plan(masks)
         with run_threads():
             if observer is None and x.shape[0] > self.sub_batch:

@@ -46,6 +46,8 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     defined (argmax would take the NaN as the largest score).
     """
     check_scores(model, labels, classes)
+    if len(labels) != len(x):  # a shorter array would broadcast against a batch of scores
+        raise InputError(f"{len(x)} images but {len(labels)} labels")
     classes = np.unique(np.asarray(classes, dtype=np.int64))
     n = len(x)
     correct, correct_task = np.zeros(n, bool), np.zeros(n, bool)

@@ -159,3 +159,19 @@ def test_a_site_added_or_removed_after_a_run_is_seen(small_graph, images):
     assert model.run(x, masks=masks).tobytes() == Model(small_graph).run(x, masks=masks).tobytes()
     del masks.sites[last]
     assert model.run(x, masks=masks).tobytes() == Model(small_graph).run(x, masks=masks).tobytes()
+
+
+def test_runs_on_one_model_from_two_python_threads_give_the_bits_of_lone_runs():
+    """Runs on one Model share its buffers; from two threads (Jupyter, a thread pool) they take
+    turns, so each output is the lone run's (two threads once wrote into each other's buffers)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from robust_util import ROOT
+
+    model = load_model(ROOT / "weights" / "resnet18.h5")
+    xs = [np.random.default_rng(i).standard_normal((4, *model.input_shape), dtype=np.float32) for i in range(16)]
+    alone = [model.run(x) for x in xs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(model.run, xs))
+    for a, b in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, b)

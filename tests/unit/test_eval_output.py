@@ -132,3 +132,14 @@ def test_tied_top_scores_go_to_the_lowest_class_whatever_the_order_of_the_classe
     assert code == 0, err
     dense = json.loads(out)["dense"]
     assert dense["accuracy"] == pytest.approx(2 / 4) and dense["accuracy_task"] == pytest.approx(2 / 4)
+
+
+def test_evaluate_refuses_labels_of_another_count(model, images):
+    """One label for many images broadcast against every batch (a wrong accuracy, no error)."""
+    from velcro_ref.errors import InputError
+    from velcro_ref.evaluation import evaluate
+
+    x, y = images
+    for labels in (y[:1], y[: len(x) - 1]):
+        with pytest.raises(InputError, match=f"{len(x)} images but {len(labels)} labels"):
+            evaluate(model, x, labels, (0, 1))
