@@ -112,11 +112,17 @@ def cmd_sweep(args):
     return 0
 
 
-def update_readme(readme, summary, block="demo-results"):
+def _readme_block(readme, block) -> tuple[str, str, str]:
+    """The README's text and the start and end markers of its `block`; UsageError if it has none."""
     text = Path(readme).read_text()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
     if start not in text or end not in text:
         raise UsageError(f"{readme}: no {start} ... {end} block to replace")
+    return text, start, end
+
+
+def update_readme(readme, summary, block="demo-results"):
+    text, start, end = _readme_block(readme, block)
     new = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{summary}{end}", text, flags=re.S)
     write_text(readme, new)
 
@@ -132,6 +138,9 @@ def cmd_demo(args):
     from .demo_report import readme_block
 
     output = args.output or ("reports/demo-int8" if args.int8 else "reports/demo")
+    block_name = "demo-int8-results" if args.int8 else "demo-results"
+    if args.readme:  # before the work: a README without the block would be found out only at the end
+        _readme_block(args.readme, block_name)
     with client_of(args, on_cluster(args)) as client:
         report = run_demo(
             output,
@@ -154,7 +163,7 @@ def cmd_demo(args):
     print(block)
     print(f"report in {output}/ (index.html, summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
     if args.readme:
-        update_readme(args.readme, block, "demo-int8-results" if args.int8 else "demo-results")
+        update_readme(args.readme, block, block_name)
         print(f"updated {args.readme}")
     return 0
 

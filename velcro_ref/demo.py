@@ -69,9 +69,14 @@ def _model(path):
 
 def _images(model, classes, images, data_dir, given):
     """The task's images `images` = (split, first, n): `given` as (x, labels) when the caller read
-    them, else read here."""
-    if given is not None:
+    them; on a cluster with shared data, `given` a SharedImages, read here and held to the client's
+    digest of them (`dask_tasks.images_of`); else read here."""
+    if isinstance(given, tuple):
         return given
+    if given is not None:
+        from .dask_tasks import images_of
+
+        return images_of(model, given)
     split, first, n = images
     return data.task_images(model, tuple(classes), split, n, data_dir, first)
 
@@ -164,6 +169,10 @@ def _check_choices(manifest, all_tasks, models, tasks, policies, accels):
     unknown = [p for p in policies or () if p not in POLICIES]
     if unknown:
         raise UsageError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    for what, asked in (("model", models), ("task", tasks), ("policy", policies), ("accelerator", accels)):
+        twice = sorted({a for a in asked or () if list(asked).count(a) > 1})
+        if twice:  # each would be run and reported twice
+            raise UsageError(f"{what} {', '.join(twice)} given twice")
     from simulator import load_arch
 
     archs = [load_arch(a) for a in accels]
@@ -252,7 +261,8 @@ def run_demo(
         total=len(manifest) * (1 + len(task_names) * per_task),
         desc="demo",
         unit="step",
-        disable=not progress,
+        disable=None if progress else True,  # None: hidden when stderr is not a terminal
+        leave=False,
         dynamic_ncols=True,
     )
     if client is None:
@@ -261,35 +271,39 @@ def run_demo(
         from .distributed import Units
 
         runner = Units(client, data_dir, shared_data)
-    for m in manifest:
-        t_model = time.perf_counter()
-        name, path = m["name"], m["path"]
-        bar.set_postfix_str(f"{name}: general stats")
-        call = dict(model_path=path, classes=tuple(range(10)), images=sets["preprocessing"], data_dir=data_dir)
-        [general] = runner.run(profile_unit, [call], bar)
-        entry = {
-            "file": m["file"],
-            "variant": m.get("variant", "float32"),
-            "test_accuracy_10class": m.get("test_accuracy"),
-            "tasks": {},
-        }
-        report["models"][name] = entry
-        for task in task_names:
-            classes = all_tasks[task]["classes"]
-            result = _run_task(runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar)
-            result["plots"] = {
-                "locality": f"locality_{name}_{task}.png",
-                "sweep": f"sweep_{name}_{task}.png",
-                "accelerator": f"accelerator_{name}_{task}.png",
+    try:
+        for m in manifest:
+            t_model = time.perf_counter()
+            name, path = m["name"], m["path"]
+            bar.set_postfix_str(f"{name}: general stats")
+            call = dict(model_path=path, classes=tuple(range(10)), images=sets["preprocessing"], data_dir=data_dir)
+            [general] = runner.run(profile_unit, [call], bar)
+            entry = {
+                "file": m["file"],
+                "variant": m.get("variant", "float32"),
+                "test_accuracy_10class": m.get("test_accuracy"),
+                "tasks": {},
             }
-            plot_locality(result.pop("_locality"), out / result["plots"]["locality"], f"{name}, task {task}")
-            plot_choices(result, out / result["plots"]["sweep"], f"{name}, task {task}")
-            plot_accelerator(result, out / result["plots"]["accelerator"], f"{name}, task {task}")
-            entry["tasks"][task] = result
-            write_text(out / f"{name}_{task}.json", dumps(result, indent=1))
-        entry["elapsed_s"] = time.perf_counter() - t_model
-        runner.done_with(path)
-    bar.close()
+            report["models"][name] = entry
+            for task in task_names:
+                classes = all_tasks[task]["classes"]
+                result = _run_task(
+                    runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar
+                )
+                result["plots"] = {
+                    "locality": f"locality_{name}_{task}.png",
+                    "sweep": f"sweep_{name}_{task}.png",
+                    "accelerator": f"accelerator_{name}_{task}.png",
+                }
+                plot_locality(result.pop("_locality"), out / result["plots"]["locality"], f"{name}, task {task}")
+                plot_choices(result, out / result["plots"]["sweep"], f"{name}, task {task}")
+                plot_accelerator(result, out / result["plots"]["accelerator"], f"{name}, task {task}")
+                entry["tasks"][task] = result
+                write_text(out / f"{name}_{task}.json", dumps(result, indent=1))
+            entry["elapsed_s"] = time.perf_counter() - t_model
+            runner.done_with(path)
+    finally:  # an error ends the bar before its line is printed
+        bar.close()
     report["elapsed_s"] = time.perf_counter() - t0
     write_text(out / "report.json", dumps(report, indent=1))
     write_text(out / "summary.md", summary_markdown(report))

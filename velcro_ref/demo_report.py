@@ -189,14 +189,24 @@ def _markdown(head, rows) -> list[str]:
 # -- words -----------------------------------------------------------------------------------------
 
 
+def _used(report, key, asked) -> str:
+    """How many images of set `key` the tasks used: one number, or the range where tasks differ (a
+    task holds fewer images than were asked for); what was asked where no task ran."""
+    ns = sorted({t["images"][key]["n"] for m in report["models"].values() for t in m["tasks"].values()})
+    if not ns:
+        return str(asked)
+    return str(ns[0]) if len(ns) == 1 else f"{ns[0]} - {ns[-1]}"
+
+
 def _images_line(report) -> str:
     s = report["settings"]
     ratios = s["ratios"]
     return (
         f"Ratios {ratios[0]:g}..{ratios[-1]:g} ({len(ratios)} points), policies {', '.join(s['policies'])}; "
-        f"per task {s['profile_images']} preprocessing images (its first train images), "
-        f"{s['validation_images']} validation images (its next train images) and {s['eval_images_per_task']} "
-        f"test images (its first); demo time {report.get('elapsed_s', 0):.0f} s."
+        f"per task {_used(report, 'preprocessing', s['profile_images'])} preprocessing images (its first train "
+        f"images), {_used(report, 'validation', s['validation_images'])} validation images (its next train "
+        f"images) and {_used(report, 'test', s['eval_images_per_task'])} test images (its first); demo time "
+        f"{report.get('elapsed_s', 0):.0f} s."
     )
 
 
@@ -208,10 +218,12 @@ def notes(report) -> list[tuple[str, str]]:
         (
             "Image sets",
             "For each task, three disjoint sets of Fashion-MNIST images of the task's classes, in the data "
-            f"set's order: the preprocessing set, the task's first {s['profile_images']} train images (the "
-            f"statistics the masks come from); the validation set, the task's next {s['validation_images']} "
-            "train images (where the ratios are chosen); the test set, the task's first "
-            f"{s['eval_images_per_task']} test images (what the tables report). No test image is read before "
+            "set's order: the preprocessing set, the task's first "
+            f"{_used(report, 'preprocessing', s['profile_images'])} train images (the statistics the masks come "
+            "from); the validation set, the task's next "
+            f"{_used(report, 'validation', s['validation_images'])} train images (where the ratios are chosen); the "
+            f"test set, the task's first {_used(report, 'test', s['eval_images_per_task'])} test images (what the "
+            "tables report). No test image is read before "
             "the ratios are chosen. The shipped models were trained on all 60,000 train images, so the "
             "validation images were seen in training: the dense model is more accurate on them than on test "
             "images, and a choice there asks which ratios keep the model's answers on images it knows.",

@@ -85,7 +85,9 @@ def shared_data_of(args, classes, split):
     """The SharedData of --shared-data (the data folder as an absolute path), or None."""
     if not args.shared_data:
         return None
-    return SharedData(split, tuple(classes), os.path.abspath(args.data_dir) if args.data_dir else None)
+    return SharedData(
+        split, tuple(classes), os.path.abspath(os.path.expanduser(args.data_dir)) if args.data_dir else None
+    )
 
 
 def client_for(args):
@@ -447,11 +449,12 @@ class Units:
         from .engine import load_model
 
         self.client, self.shared = client, shared
-        self.data_dir = os.path.abspath(data_dir) if shared and data_dir else data_dir
+        self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if shared and data_dir else data_dir
         self.token = _token()
         self._load = functools.lru_cache(maxsize=1)(load_model)
         self._fingerprints = {}  # model path -> fingerprint sent to the workers
         self._images = {}  # (path, classes, images) -> future of (x, labels)
+        self._digests = {}  # (path, classes, images) -> SharedImages (with `shared`)
         self._futures = {}  # id of a result -> (the result, its future)
         self._n = 0
 
@@ -467,8 +470,9 @@ class Units:
             if known is not None and known[0] is v:
                 kwargs[k] = known[1]
         if "images" in kwargs:
-            if self.shared:
+            if self.shared:  # the workers read them, and check them against the client's digest
                 kwargs["data_dir"] = self.data_dir
+                kwargs["given"] = self._shared_images(path, tuple(kwargs["classes"]), tuple(kwargs["images"]))
             else:
                 key = (path, tuple(kwargs["classes"]), tuple(kwargs["images"]))
                 if key not in self._images:
@@ -482,6 +486,19 @@ class Units:
         self._n += 1
         name = f"velcro-{fn.__name__}-{self.token}-{self._n}"
         return self.client.submit(run_unit, fn, self._fingerprints[path], key=name, pure=False, **kwargs)
+
+    def _shared_images(self, path, classes, images):
+        """The SharedImages of images = (split, first, n) of classes: the digest of the client's copy,
+        which the worker that reads them compares with its own (made once per set)."""
+        from . import data
+        from .dask_tasks import SharedImages
+
+        key = (path, classes, images)
+        if key not in self._digests:
+            split, first, n = images
+            x, _ = data.task_images(self._load(path), classes, split, n, self.data_dir, first)
+            self._digests[key] = SharedImages(split, classes, first, first + len(x), data.digest(x), self.data_dir)
+        return self._digests[key]
 
     def run(self, fn, calls, bar=None) -> list:
         """fn(model, **call) for each call, as tasks; the results in the order of the calls."""
@@ -498,6 +515,8 @@ class Units:
         """Let go of what the cluster holds for the model at `path` (its images, its results)."""
         for key in [k for k in self._images if k[0] == path]:
             self._images.pop(key).release()
+        for key in [k for k in self._digests if k[0] == path]:
+            del self._digests[key]
         for _, f in self._futures.values():
             f.release()
         self._futures.clear()

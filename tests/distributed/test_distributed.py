@@ -208,6 +208,27 @@ def test_demo_on_a_cluster_writes_the_serial_report(velcro, tmp_path, real_clust
     assert len(a) == len(b)
 
 
+def test_demo_with_shared_data_refuses_workers_that_read_other_images(velcro, tmp_path, real_cluster, monkeypatch):
+    """With --shared-data each worker reads Fashion-MNIST itself; the demo once took whatever it read
+    (here: the client's test images inverted, the workers' the Debian ones) and reported its numbers."""
+    import gzip
+
+    from velcro_ref import data
+
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (alt / name).symlink_to(os.path.join(data.DEBIAN_DIR, name))
+    raw = gzip.open(os.path.join(data.DEBIAN_DIR, "t10k-images-idx3-ubyte.gz")).read()
+    inverted = bytes(255 - b for b in raw[16:])
+    (alt / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:16] + inverted))
+    monkeypatch.setenv(data.ENV_VAR, str(alt))  # the client's folder; the workers read the Debian one
+    args = ["demo", "--models", "resnet18", "--tasks", "footwear", "--ratios", "0,0.4", "--policies", "uniform"]
+    args += ["--profile-samples", "100", "--val-samples", "60", "--samples", "50"]
+    res = velcro(*args, "-o", tmp_path / "dist", "--scheduler", real_cluster.address, "--shared-data")
+    res.error_line("holds other images than the client's")
+
+
 def _untimed(doc):
     """The report without the times it took (elapsed_s at any depth)."""
     if isinstance(doc, dict):

@@ -95,6 +95,8 @@ CASES = [
     ("demo-unknown-model", "demo -o {d}/rep --models nosuch", 2, "nosuch"),
     ("demo-unknown-task", "demo -o {d}/rep --tasks nosuch", 2, "nosuch"),
     ("demo-weights-empty", "demo -o {d}/rep --weights ''", 2, "--weights"),
+    ("demo-policy-twice", "demo -o {d}/rep --policies uniform,channel,uniform", 2, "policy uniform given twice"),
+    ("demo-readme-without-block", "demo -o {d}/rep --readme {d}/r.toml", 2, "no <!-- demo-results:start -->"),
     (
         "images-and-data",
         "profile {d}/m.h5 --images {d}/x.npz --data fashion-mnist --classes 1 -o {d}/o.h5",

@@ -260,3 +260,19 @@ def test_the_change_example_of_the_docs_and_reports_is_one_the_method_prints():
     assert change_text(paired_change(base, new)) == EXAMPLE == "+12 (+2.40 [+1.13, +2.40])*"
     docs = (Path(__file__).resolve().parents[2] / "docs" / "demo.md").read_text()
     assert f"A change reads `{EXAMPLE}`" in docs
+
+
+def test_the_report_states_the_images_the_tasks_used_not_the_number_asked_for():
+    """--samples 5000 on a task of 3000 test images: the text said 5000 while 3000 were run."""
+    from velcro_ref.demo_report import _images_line, notes
+
+    def task(test_n):
+        return {"images": {"preprocessing": {"n": 300}, "validation": {"n": 100}, "test": {"n": test_n}}}
+
+    settings = {"ratios": [0.0, 0.5], "policies": ["uniform"], "profile_images": 300, "validation_images": 100}
+    settings.update(eval_images_per_task=5000, accelerators=[], accelerator_descriptions=[], accelerator_batch=1)
+    one = {"settings": settings, "models": {"m": {"tasks": {"footwear": task(3000)}}}}
+    assert "3000 test images" in _images_line(one) and "5000" not in _images_line(one)
+    assert "first 3000 test images" in dict(notes(one))["Image sets"]
+    two = {"settings": settings, "models": {"m": {"tasks": {"a": task(3000), "b": task(2000)}}}}
+    assert "2000 - 3000 test images" in _images_line(two)
