@@ -190,3 +190,38 @@ def test_attributes_that_change_nothing_here_are_not_refused(tmp_path, build, op
     path = _flatten_tail(tmp_path, nodes, consts, opset, build.__name__, *features)
     got, want = both(path, np.concatenate([X, X * 2]))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", ["qconv2d", "qlinear"])
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_export_keeps_per_channel_weight_zero_points_under_one_weight_scale(tmp_path, op, dtype):
+    """A w_scale of one value with a w_zero_point per channel: the export once wrote the first
+    channel's zero point for all, and onnxruntime (and the re-imported model) computed other numbers."""
+    from robust_util import int8_session
+
+    from velcro_ref.graph import Graph, Node
+    from velcro_ref.onnx_export import export_onnx
+
+    rng = np.random.default_rng(0)
+    k, c = 3, 2
+    conv = op == "qconv2d"
+    w = rng.integers(-60, 60, (k, c, 3, 3) if conv else (k, c * 25)).astype(np.int8)
+    zero = 0 if dtype == "int8" else 128
+    q = {"y_scale": 0.5, "y_zero_point": zero, "dtype": dtype, "requant": "ort"}
+    layer = {"out_channels": k, "kernel": [3, 3], "pads": [1, 1, 1, 1]} if conv else {}
+    nodes = [
+        Node("xq", "quantize", ("input",), {"y_scale": 0.02, "y_zero_point": zero, "dtype": dtype}),
+        *(() if conv else (Node("f", "flatten", ("xq",)),)),
+        Node(
+            "l", op, ("xq",) if conv else ("f",), {**layer, **q}, {"weight": "w", "w_scale": "ws", "w_zero_point": "wz"}
+        ),
+        Node("out", "dequantize", ("l",)),
+    ]
+    params = {"w": w, "ws": np.array([0.01], np.float32), "wz": np.array([0, 10, -20], np.int8)}
+    model = Model(Graph(tuple(nodes), (c, 5, 5), "out", params))
+    x = np.random.default_rng(1).standard_normal((2, c, 5, 5)).astype(np.float32)
+    got = model.run(x)
+    export_onnx(model.graph, tmp_path / "q.onnx")
+    want = int8_session(tmp_path / "q.onnx", dtype, "QDQ").run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(Model(import_onnx(tmp_path / "q.onnx")).run(x), got)

@@ -56,10 +56,12 @@ def _dq_weights(node, ctx, x, nodes) -> list:
     output channel along axis 0); returns the float weight and bias tensors."""
     g = ctx.graph
     ws = np.asarray(g.params[node.params["w_scale"]], np.float32)
-    per_channel = ws.size > 1
     w = ctx.param(node, "weight")
     k = g.params[node.params["weight"]].shape[0]
     wz = g.params[node.params["w_zero_point"]] if "w_zero_point" in node.params else np.zeros(1, np.int8)
+    per_channel = ws.size > 1 or np.size(wz) > 1  # either one per channel: both along axis 0
+    if per_channel:
+        ws = np.ascontiguousarray(np.broadcast_to(ws.reshape(-1), (k,)))
     wz = np.broadcast_to(np.asarray(wz, np.int8).reshape(-1), (k,)) if per_channel else np.int8(wz.reshape(-1)[0])
     axis = {"axis": 0} if per_channel else {}
     scale = ctx.array(f"{w}_scale", ws if per_channel else ws.reshape(-1)[0])
