@@ -50,7 +50,8 @@ def model_info(model) -> dict:
         "meta": model.meta,
         "layers": layers,
         "activation_sites": list(model.sites),
-        "total_params": sum(layer["params"] for layer in layers),
+        # the values the file stores: a parameter array shared by several nodes counts once
+        "total_params": sum(int(np.prod(g.params[k].shape)) for k in {k for n in g.nodes for k in n.params.values()}),
         "total_macs": sum(layer["macs"] for layer in layers if layer["name"] not in model.plan.dead),
         "dead": list(model.plan.dead),
     }

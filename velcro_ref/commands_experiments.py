@@ -103,7 +103,7 @@ def cmd_sweep(args):
     print(f"{label} ({n} test images; one image = {100 / n:.3f} points), policy {args.policy}")
     print(f"{'ratio':>6} {'CSR':>7} {'accuracy':>9} {'task acc.':>9}")
     for p in res["points"]:
-        print(f"{p['ratio']:>6.2f} {p['csr']:>7.2%} {p['accuracy']:>9.2%} {p['accuracy_task']:>9.2%}")
+        print(f"{p['ratio']:>6g} {p['csr']:>7.2%} {p['accuracy']:>9.2%} {p['accuracy_task']:>9.2%}")
     for key, what in (("best_csr_no_loss", "no accuracy loss"), ("best_csr_tolerance", f"within {args.tolerance} pts")):
         b = res[key]
         print(f"largest CSR with {what}: " + ("none" if b is None else f"{b['csr']:.2%} at ratio {b['ratio']:g}"))

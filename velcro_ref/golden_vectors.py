@@ -35,6 +35,12 @@ FORMAT = "velcro-golden"
 FORMAT_VERSION = 2  # 1: float models (unchanged); 2: quantized models
 
 
+def node_group(k, n, name) -> str:
+    """The group of the k-th of n executed nodes: k zero-padded to 3 digits, or to as many as n - 1
+    has, so that the groups list in execution order (`/nodes/<k>_<name>`, docs/formats.md)."""
+    return f"nodes/{k:0{max(3, len(str(n - 1)))}d}_{h5io.escape_key(name)}"
+
+
 class _Recorder:
     def __init__(self, f, model, accumulators):
         self.f, self.model, self.k = f, model, 0
@@ -45,7 +51,7 @@ class _Recorder:
         pass
 
     def on_node(self, step, inputs, out, skip):
-        g = self.f.create_group(f"nodes/{self.k:03d}_{h5io.escape_key(step.name)}")
+        g = self.f.create_group(node_group(self.k, len(self.model.steps), step.name))
         self.k += 1
         self.order.append(step.name)
         g.attrs["name"] = step.name
@@ -112,7 +118,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         model.run(x, masks=masks, observer=rec)
         for k, name in enumerate(rec.order):
             if name in model.last_macs:
-                f[f"nodes/{k:03d}_{h5io.escape_key(name)}"].attrs["executed_macs"] = model.last_macs[name]
+                f[node_group(k, len(model.steps), name)].attrs["executed_macs"] = model.last_macs[name]
         f.attrs["node_order"] = json.dumps(rec.order)
         if masks is not None:
             for site, (mask, const) in masks.sites.items():

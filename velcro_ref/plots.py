@@ -53,8 +53,8 @@ def plot_sweep(results, path, title):
     ax.set_xlabel("compression-saving ratio (% of MACs skipped)")
     ax.set_ylabel("specialized-task accuracy (%)")
     ax.set_title(f"{title} ({results[0]['n_eval_images']} test images)")
-    lo = min(min(p["accuracy"] for p in r["points"]) for r in results) * 100
-    ax.set_ylim(max(lo - 1, base - 15), min(100.5, base + 5))
+    accs = [p["accuracy"] * 100 for r in results for p in r["points"]]
+    ax.set_ylim(min(min(accs), base) - 1, min(100.5, max(max(accs), base) + 1))  # every measured point shown
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     _save(fig, path)

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import UsageError, VelcroError
 from .fileio import write_text
+from .golden_vectors import node_group
 from .h5io import escape_key
 from .ops import REGISTRY
 
@@ -583,7 +584,7 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
     try:
         order = json.loads(f.attrs["node_order"])
-        groups = {name: f[f"nodes/{k:03d}_{escape_key(name)}"] for k, name in enumerate(order)}
+        groups = {name: f[node_group(k, len(order), name)] for k, name in enumerate(order)}
     except (KeyError, ValueError, TypeError) as e:
         raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
     convs = [n for n, g in groups.items() if g.attrs.get("op") == "qconv2d"]
