@@ -328,3 +328,16 @@ def test_a_scheduler_without_workers_is_one_error_line(velcro, tmp_path, small_m
     finally:
         cluster.close()
     assert not (tmp_path / "never.h5").exists()
+
+
+def test_a_shared_data_dir_given_with_a_tilde_is_the_home_folder(monkeypatch, tmp_path):
+    """An unexpanded `~/fm` (quoted on the command line) was read as a folder named "~" in the working
+    directory by the workers, while a one-process run expanded it."""
+    import argparse
+
+    from velcro_ref.distributed import Units, shared_data_of
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = argparse.Namespace(shared_data=True, data_dir="~/fm")
+    assert shared_data_of(args, (5, 7, 9), "train").data_dir == str(tmp_path / "fm")
+    assert Units(None, "~/fm", shared=True).data_dir == str(tmp_path / "fm")
