@@ -188,6 +188,7 @@ def main(argv=None) -> int:
         print(f"error: {one_line}", file=sys.stderr)
         return code
 
+    args = None
     try:
         try:
             args = build_parser().parse_args(argv)
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except MemoryError:
-        return fail("out of memory (try a smaller --batch)", 1)
+        return fail("out of memory" + (" (try a smaller --batch)" if hasattr(args, "batch") else ""), 1)
     except OSError as e:
         # a file the user named cannot be read or written: permissions, a full disk, a directory
         return fail(e, 1)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UsageError
-from .graph import INPUT, Graph, Node
+from .graph import INPUT, MAX_TOTAL_ELEMENTS, Graph, Node
 
 ZOO = ("resnet18", "mobilenet_v2", "googlenet")
 
@@ -20,7 +20,7 @@ class _Builder:
     """Appends nodes and parameters; tracks the channel count of every tensor."""
 
     def __init__(self, in_channels, rng):
-        self.nodes, self.params, self.rng = [], {}, rng
+        self.nodes, self.draws, self.rng = [], [], rng
         self.channels = {INPUT: in_channels}
 
     def _add(self, name, op, inputs, channels, attrs=None, params=None):
@@ -28,16 +28,25 @@ class _Builder:
         self.channels[name] = channels
         return name
 
-    def _param(self, key, array):
-        self.params[key] = np.asarray(array, dtype=np.float32)
+    def _param(self, key, draw, *args):
+        """Parameter `key`, drawn as draw(*args) (args[-1] its shape) by `params`, in this order."""
+        self.draws.append((key, draw, args))
         return key
+
+    def params(self):
+        """The parameters, float32, drawn in the order declared once their count is known to fit."""
+        n = sum(int(np.prod(args[-1])) for _, _, args in self.draws)
+        if n > MAX_TOTAL_ELEMENTS:
+            limit = f"more than {MAX_TOTAL_ELEMENTS} (choose a smaller width)"
+            raise UsageError(f"the parameters would hold {n} elements, {limit}")
+        return {key: np.asarray(draw(*args), dtype=np.float32) for key, draw, args in self.draws}
 
     def conv(self, x, name, cout, k, stride=1, pad=0, groups=1, bias=False):
         cin = self.channels[x]
         std = np.sqrt(2.0 / (cout * k * k // groups))
-        prm = {"weight": self._param(f"{name}.weight", self.rng.normal(0, std, (cout, cin // groups, k, k)))}
+        prm = {"weight": self._param(f"{name}.weight", self.rng.normal, 0, std, (cout, cin // groups, k, k))}
         if bias:
-            prm["bias"] = self._param(f"{name}.bias", self.rng.normal(0, 0.01, cout))
+            prm["bias"] = self._param(f"{name}.bias", self.rng.normal, 0, 0.01, cout)
         attrs = {
             "out_channels": cout,
             "kernel": [k, k],
@@ -51,10 +60,10 @@ class _Builder:
         c = self.channels[x]
         r = self.rng
         prm = {
-            "gamma": self._param(f"{name}.gamma", r.uniform(0.5, 1.5, c)),
-            "beta": self._param(f"{name}.beta", r.normal(0, 0.1, c)),
-            "mean": self._param(f"{name}.mean", r.normal(0, 0.1, c)),
-            "var": self._param(f"{name}.var", r.uniform(0.5, 1.5, c)),
+            "gamma": self._param(f"{name}.gamma", r.uniform, 0.5, 1.5, c),
+            "beta": self._param(f"{name}.beta", r.normal, 0, 0.1, c),
+            "mean": self._param(f"{name}.mean", r.normal, 0, 0.1, c),
+            "var": self._param(f"{name}.var", r.uniform, 0.5, 1.5, c),
         }
         return self._add(name, "batch_norm", [x], c, {"eps": eps}, prm)
 
@@ -79,8 +88,8 @@ class _Builder:
         fan_in = self.channels[x]
         bound = 1.0 / np.sqrt(fan_in)
         prm = {
-            "weight": self._param("fc.weight", self.rng.uniform(-bound, bound, (num_classes, fan_in))),
-            "bias": self._param("fc.bias", self.rng.uniform(-bound, bound, num_classes)),
+            "weight": self._param("fc.weight", self.rng.uniform, -bound, bound, (num_classes, fan_in)),
+            "bias": self._param("fc.bias", self.rng.uniform, -bound, bound, num_classes),
         }
         return self._add("fc", "linear", [x], num_classes, {}, prm)
 
@@ -216,4 +225,4 @@ def build_zoo(name, input_size=224, in_channels=3, num_classes=1000, width=1.0, 
     # Random models have no training statistics; they take images scaled to [-1, 1].
     pre = {"scale": 1.0 / 255.0, "mean": [0.5] * in_channels, "std": [0.5] * in_channels}
     meta = {"name": name, "source": "zoo", "seed": seed, "width": width, "preprocessing": pre}
-    return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params, meta)
+    return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params(), meta)

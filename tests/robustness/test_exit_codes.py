@@ -81,3 +81,20 @@ def test_success_exits_0(velcro, tmp_path, model_file):
     np.save(x, np.zeros((1, 3, 16, 16), np.float32))
     res = velcro("infer", model_file, "--input", x)
     assert res.code == 0 and res.err == ""
+
+
+def test_out_of_memory_is_one_line_exit_1_naming_batch_only_where_the_command_takes_it(
+    velcro, tmp_path, model_file, images_file, monkeypatch
+):
+    from velcro_ref import engine, zoo
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(zoo, "build_zoo", exhausted)
+    res = velcro("zoo", "resnet18", "-o", tmp_path / "z.h5")
+    res.error_line("out of memory", code=1)
+    assert "--batch" not in res.err  # zoo has no --batch
+    monkeypatch.setattr(engine.Model, "run", exhausted)
+    res = velcro("profile", model_file, "--images", images_file, "-o", tmp_path / "s.h5")
+    res.error_line("out of memory", "--batch", code=1)

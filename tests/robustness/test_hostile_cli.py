@@ -87,6 +87,7 @@ CASES = [
     ("width-zero", "zoo resnet18 --width 0 -o {d}/z.h5", 2, "--width"),
     ("width-inf", "zoo resnet18 --width inf -o {d}/z.h5", 2, "--width"),
     ("seed-negative", "zoo resnet18 --seed -1 -o {d}/z.h5", 2, "--seed"),
+    ("width-too-many-parameters", "zoo resnet18 --width 16 -o {d}/z.h5", 2, "choose a smaller width"),
     ("seed-2-64", "zoo resnet18 --seed 18446744073709551616 -o {d}/z.h5", 2, "--seed"),
     ("exclude-unknown", "compress {d}/s.h5 --ratio 0.3 --exclude nosuch -o {d}/o.h5", 2, "nosuch"),
     ("exclude-nothing", "compress {d}/s.h5 --ratio 0.3 --exclude -o {d}/o.h5", 2, "--exclude"),
