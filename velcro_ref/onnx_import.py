@@ -40,6 +40,43 @@ _FOLD_OPS = (
 )
 
 
+# ONNX's float8 types (TensorProto codes) and whether a saturating Cast makes +-inf their largest
+# value (E4M3FN, E5M2) or NaN (the FNUZ types, which have no infinity).
+_FLOAT8_INF_SATURATES = {17: True, 18: False, 19: True, 20: False}
+_FOUR_BITS = (21, 22, 23)  # UINT4, INT4, FLOAT4E2M1
+_STRING = 8
+
+
+def _cast(x, to, dtype, saturate):
+    """A folded Cast of constant x to ONNX type `to` (numpy dtype `dtype`), as ONNX defines it:
+    with `saturate` (the default) a float8 type takes values beyond its range as its largest (see
+    _FLOAT8_INF_SATURATES for infinities). Strings and the 4-bit types are refused: onnxruntime
+    rounds a float to INT4 where ONNX's reference truncates."""
+    if to == _STRING or x.dtype.kind in "OSU":
+        raise OnnxUnsupported("Cast of strings")
+    if to in _FOUR_BITS:
+        raise OnnxUnsupported(f"Cast to {np.dtype(dtype).name} (ONNX's runtimes round it differently)")
+    if to in _FLOAT8_INF_SATURATES and saturate:
+        import ml_dtypes
+
+        wide = x.astype(np.float64)
+        big = float(ml_dtypes.finfo(dtype).max)
+        bounded = np.clip(wide, -big, big)
+        if not _FLOAT8_INF_SATURATES[to]:
+            bounded = np.where(np.isinf(wide), wide, bounded)  # NaN in the FNUZ types
+        return bounded.astype(dtype)
+    return x.astype(dtype)
+
+
+def _dense(sparse, to_array):
+    """The dense array of an ONNX SparseTensorProto (indices linear, or one row per value)."""
+    dims = tuple(int(d) for d in sparse.dims)
+    values, index = to_array(sparse.values), to_array(sparse.indices).astype(np.int64)
+    out = np.zeros(int(np.prod(dims)), values.dtype)
+    out[index if index.ndim == 1 else np.ravel_multi_index(tuple(index.T), dims)] = values
+    return out.reshape(dims)
+
+
 class _Batch:
     """The symbolic batch size inside folded shape arithmetic (Shape -> Gather -> Concat -> Reshape)."""
 
@@ -241,6 +278,7 @@ class _Importer:
         self.dq_views: dict[str, str] = {}  # ONNX tensor = DequantizeLinear(q) -> the quantized graph tensor q
         self._dequantized: dict[str, str] = {}  # quantized graph tensor -> its dequantize node, if one was needed
         self._materialize = False  # a float op is converting: its dequantized inputs need real float tensors
+        self.refused: dict[str, str] = {}  # a constant's tensor -> why the node making it was refused
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> G.Graph:
@@ -259,13 +297,17 @@ class _Importer:
         unknown_op = False
         for i, node in enumerate(self.g.node):
             try:
+                if i not in live and any(t in self.refused for t in node.input):
+                    self.refused.update(dict.fromkeys(node.output, next(self.refused[t] for t in node.input)))
+                    continue
                 if self._fold(node):
                     continue
                 if i not in live:
                     continue
                 self._convert(node, i)
             except OnnxUnsupported as e:
-                if i not in live:  # a node off the data path: what it holds changes nothing
+                if i not in live:  # off the data path: a constant no live node may read (`const` says why)
+                    self.refused.update(dict.fromkeys(node.output, _node_label(node, i) + (f": {e}" if str(e) else "")))
                     continue
                 why = f": {e}" if str(e) else ""
                 self.unsupported.append(_node_label(node, i) + why)
@@ -427,6 +469,8 @@ class _Importer:
         if not t:
             return None
         v = self.values.get(t)
+        if v is None and t in self.refused:
+            raise OnnxUnsupported(f"{what} ('{t}') comes from {self.refused[t]}")
         if v is None:
             raise OnnxUnsupported(f"{what} ('{t}') is computed at run time; expects an initializer or constant")
         if v.dtype == object:
@@ -516,6 +560,10 @@ class _Importer:
         if op == "Constant":
             if "value" in a:
                 return self.to_array(a["value"])
+            if "sparse_value" in a:
+                return _dense(a["sparse_value"], self.to_array)
+            if "value_string" in a or "value_strings" in a:
+                raise OnnxUnsupported("a Constant of strings")
             for key, dtype in (
                 ("value_float", np.float32),
                 ("value_floats", np.float32),
@@ -528,8 +576,8 @@ class _Importer:
         if op == "Identity":
             return x
         if op == "Cast":
-            dtype = helper.tensor_dtype_to_np_dtype(a["to"])
-            return x if symbolic else x.astype(dtype)
+            to = a["to"]
+            return x if symbolic else _cast(x, to, helper.tensor_dtype_to_np_dtype(to), a.get("saturate", 1))
         if op == "Gather":
             return np.asarray(np.take(x, vals[1].astype(np.int64), axis=a.get("axis", 0)), dtype=x.dtype)
         if op in ("Unsqueeze", "Squeeze"):

@@ -6,7 +6,8 @@ fail with a one-line VelcroError naming the reason. Covered: a Relu or Clip on 8
 themselves, QuantizeLinear's `output_dtype` without a zero point, a DequantizeLinear without a
 zero point on int8 codes, a QDQ op whose output no QuantizeLinear reads (a float op on the
 dequantized values), a float graph output left holding codes, an attribute no converter reads,
-and a node with fewer inputs than ONNX allows.
+a node with fewer inputs than ONNX allows, and weights folded from a saturating float8 Cast or a
+sparse Constant.
 """
 
 import numpy as np
@@ -225,3 +226,69 @@ def test_export_keeps_per_channel_weight_zero_points_under_one_weight_scale(tmp_
     want = int8_session(tmp_path / "q.onnx", dtype, "QDQ").run(None, {"input": x})[0]
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(Model(import_onnx(tmp_path / "q.onnx")).run(x), got)
+
+
+W_WIDE = np.array([1000.0, -70000.0, 300.0, 3.14159, -0.1, 2.0e6], np.float32)  # beyond every float8 range
+
+
+def _cast_weight(tmp_path, to, w=W_WIDE, opset=21, **cast):
+    """A 1x1 conv on one channel whose 6 filters are Cast(Cast(w, to), FLOAT), folded at import."""
+    nodes = [
+        helper.make_node("Cast", ["w"], ["w8"], to=to, **cast),
+        helper.make_node("Cast", ["w8"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "wf"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(w.reshape(-1, 1, 1, 1), "w")]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    path = tmp_path / "cast.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize(
+    "to", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ]
+)
+def test_a_folded_float8_cast_saturates_as_onnx_defines_it(tmp_path, to):
+    """saturate defaults to 1: values beyond the type's range become its largest, not NaN or inf."""
+    x = np.ones((1, 1, 1, 1), np.float32)
+    got, want = both(_cast_weight(tmp_path, to), x)
+    assert np.isfinite(want).all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_folded_float8_cast_without_saturation_overflows_as_onnxruntime_does(tmp_path):
+    x = np.ones((1, 1, 1, 1), np.float32)
+    got, want = both(_cast_weight(tmp_path, TensorProto.FLOAT8E5M2, saturate=0), x)
+    assert np.isinf(want).sum() == 2  # -70000 and 2e6
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4])
+def test_a_folded_cast_to_4_bits_is_refused_naming_the_cast(tmp_path, to):
+    """onnxruntime rounds 2.7 to 3 where ONNX's reference truncates to 2: no one right answer."""
+    w = np.array([2.7, -2.7, 1.5, 0.5, -0.5, 6.6], np.float32)
+    message = refused(_cast_weight(tmp_path, to, w))
+    assert "Cast to" in message and "4" in message
+
+
+def test_a_weight_from_a_sparse_constant_is_its_dense_array(tmp_path):
+    dense = np.zeros((3, 2, 1, 1), np.float32)
+    dense[0, 1], dense[2, 0] = 1.5, -0.25
+    index = np.array([1, 4], np.int64)  # linear positions of the two values
+    sparse = helper.make_sparse_tensor(
+        numpy_helper.from_array(dense.reshape(-1)[index], "v"), numpy_helper.from_array(index, "i"), dense.shape
+    )
+    nodes = [
+        helper.make_node("Constant", [], ["w"], sparse_value=sparse),
+        helper.make_node("Conv", ["x", "w"], ["y"]),
+    ]
+    got, want = both(save(tmp_path, nodes, {}))
+    assert np.abs(want).max() > 0
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
