@@ -19,8 +19,8 @@ ZOO = ("resnet18", "mobilenet_v2", "googlenet")
 class _Builder:
     """Appends nodes and parameters; tracks the channel count of every tensor."""
 
-    def __init__(self, in_channels, rng):
-        self.nodes, self.draws, self.rng = [], [], rng
+    def __init__(self, in_channels, rng, draw=True):
+        self.nodes, self.params, self.rng, self.drawing, self.n_params = [], {}, rng, draw, 0
         self.channels = {INPUT: in_channels}
 
     def _add(self, name, op, inputs, channels, attrs=None, params=None):
@@ -29,17 +29,11 @@ class _Builder:
         return name
 
     def _param(self, key, draw, *args):
-        """Parameter `key`, drawn as draw(*args) (args[-1] its shape) by `params`, in this order."""
-        self.draws.append((key, draw, args))
+        """Parameter `key`, float32 of draw(*args) (args[-1] its shape); without `draw` only counted."""
+        self.n_params += int(np.prod(args[-1]))
+        if self.drawing:
+            self.params[key] = np.asarray(draw(*args), dtype=np.float32)
         return key
-
-    def params(self):
-        """The parameters, float32, drawn in the order declared once their count is known to fit."""
-        n = sum(int(np.prod(args[-1])) for _, _, args in self.draws)
-        if n > MAX_TOTAL_ELEMENTS:
-            limit = f"more than {MAX_TOTAL_ELEMENTS} (choose a smaller width)"
-            raise UsageError(f"the parameters would hold {n} elements, {limit}")
-        return {key: np.asarray(draw(*args), dtype=np.float32) for key, draw, args in self.draws}
 
     def conv(self, x, name, cout, k, stride=1, pad=0, groups=1, bias=False):
         cin = self.channels[x]
@@ -220,9 +214,14 @@ def build_zoo(name, input_size=224, in_channels=3, num_classes=1000, width=1.0, 
             raise UsageError(f"{what} must be a positive integer, got {v!r}")
     if not width > 0:
         raise UsageError(f"width must be positive, got {width!r}")
+    counted = _Builder(in_channels, np.random.default_rng(seed), draw=False)
+    _BUILDERS[name](counted, width, num_classes)  # the parameters' count, before any is drawn
+    if counted.n_params > MAX_TOTAL_ELEMENTS:
+        limit = f"more than {MAX_TOTAL_ELEMENTS} (choose a smaller width)"
+        raise UsageError(f"the parameters would hold {counted.n_params} elements, {limit}")
     b = _Builder(in_channels, np.random.default_rng(seed))
     out = _BUILDERS[name](b, width, num_classes)
     # Random models have no training statistics; they take images scaled to [-1, 1].
     pre = {"scale": 1.0 / 255.0, "mean": [0.5] * in_channels, "std": [0.5] * in_channels}
     meta = {"name": name, "source": "zoo", "seed": seed, "width": width, "preprocessing": pre}
-    return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params(), meta)
+    return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params, meta)
