@@ -86,7 +86,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
     return Traffic(
         ifmap_sram_bytes=comp.ifmap_reads + ifmap_dram,
         filter_sram_bytes=comp.filter_reads + filter_dram,
-        ofmap_sram_bytes=comp.ofmap_writes + comp.psum_bytes + ofmap_dram,
+        ofmap_sram_bytes=comp.ofmap_writes + comp.psum_bytes + ofmap_dram + psum_dram,  # spilled: out and back in
         ifmap_dram_bytes=ifmap_dram,
         filter_dram_bytes=filter_dram,
         ofmap_dram_bytes=ofmap_dram + psum_dram,

@@ -240,6 +240,9 @@ def test_batch_of_8_loads_each_weight_fold_once_weight_stationary(model):
     # 256 + 54 + 384 + 12288 = 12982 bytes per batch = 3246 cycles at 4 B/cycle.
     assert c.dram_bytes == 12982 / 8
     assert c.cycles == 3246 / 8 and c.stall_cycles == (3246 - 1360) / 8
+    # The ofmap buffer sees the partial sums go in and out twice: from the array and back to it
+    # (12288), and out to DRAM and back in (12288), besides the 384 outputs written and drained.
+    assert c.ofmap_sram_bytes == (384 + 12288 + 384 + 12288) / 8
 
 
 def test_batch_totals_are_the_batch_counts_divided_once():
