@@ -17,8 +17,9 @@ def mask_table_energy(arch, traffic) -> float:
     return traffic.mask_table_bytes * arch.energy_pj["mask_table"]
 
 
-def layer_energy(arch, comp, traffic, cycles) -> dict[str, float]:
-    """pJ per component for one layer (per image); the mask bitmap's DRAM and table bytes count under mask."""
+def layer_energy(arch, comp, traffic, cycles, mask_stall=0) -> dict[str, float]:
+    """pJ per component for one layer (per image); the mask bitmap's DRAM and table bytes, and the
+    leakage of the `mask_stall` cycles its load adds to the stall, count under mask."""
     e = arch.energy_pj
     return {
         "mac": comp.macs * e["mac"],
@@ -27,7 +28,7 @@ def layer_energy(arch, comp, traffic, cycles) -> dict[str, float]:
         "filter_sram": traffic.filter_sram_bytes * e["filter_sram"],
         "ofmap_sram": traffic.ofmap_sram_bytes * e["ofmap_sram"],
         "dram": (traffic.dram_bytes - traffic.mask_dram_bytes) * e["dram"],
-        "mask": traffic.mask_dram_bytes * e["dram"] + mask_table_energy(arch, traffic),
+        "mask": traffic.mask_dram_bytes * e["dram"] + mask_table_energy(arch, traffic) + mask_stall * e["leakage"],
         "vector": comp.ops * e["vector_op"],
-        "leakage": cycles * e["leakage"],
+        "leakage": (cycles - mask_stall) * e["leakage"],
     }

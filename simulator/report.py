@@ -28,7 +28,7 @@ def _table(header, rows) -> str:
 
 def _sig4(value, units, step) -> str:
     """`value` in the unit of `units` (each `step` times the one before) that shows it with 4 significant
-    digits and at most 3 before the point (1000 KiB reads 0.977 MiB); below 1 of the first unit, 3
+    digits and at most 3 before the point (1000 KiB reads 0.9766 MiB); below 1 of the first unit, 3
     significant digits. Only zero prints as 0."""
     if value == 0:
         return "0"
@@ -38,8 +38,8 @@ def _sig4(value, units, step) -> str:
         i += 1
     v = value / step**i
     r = float(f"{v:.4g}")
-    if abs(r) < 1:
-        return f"{v:#.3g} {units[i]}"  # '#': 0.690, not 0.69
+    if abs(r) < 1:  # '#': 0.690, not 0.69; 0.9995 KiB (1023.5 B), not 1.00
+        return f"{v:#.{3 if i == 0 else 4}g} {units[i]}"
     decimals = max(0, 4 - len(str(int(abs(r)))))
     return f"{v:.{decimals}f} {units[i]}"
 
@@ -58,8 +58,8 @@ def _bytes(n) -> str:
     """Bytes in B, KiB, MiB or GiB: 6 B, 13.20 KiB; fractions of a byte appear at a batch (per image)."""
     if n == 0:
         return "0"
-    if abs(n) < 1000:
-        return f"{n:g} B" if float(n).is_integer() else f"{n:.2f} B"
+    if abs(n) < 1000 and float(n).is_integer():
+        return f"{n:g} B"
     return _sig4(n, ("B", "KiB", "MiB", "GiB"), 1024)
 
 
@@ -154,7 +154,7 @@ def format_result(result, compute_only: bool = False) -> str:
                 [ln.name, ln.op, "", "", "", "", "", "", _bytes(ln.dram_bytes_vc), "", _energy(ln.energy_pj_vc), ""]
             )
             continue
-        d, c = ln.dense, ln.compressed
+        d = ln.dense
         rows.append(
             [
                 ln.name,
@@ -162,7 +162,7 @@ def format_result(result, compute_only: bool = False) -> str:
                 _count(d.macs),
                 _count(ln.macs_saved),
                 _count(d.cycles),
-                _count(c.cycles),
+                _count(ln.cycles_vc),
                 _speedup(ln.speedup),
                 _bytes(ln.dram_bytes),
                 _bytes(ln.dram_bytes_vc),
@@ -204,14 +204,15 @@ def result_rows(result, compute_only: bool = False) -> list[dict]:
     batch = {"batch": result.batch} if result.batch != 1 else {}
     rows = []
     comp = result.compressed or [None] * len(result.layers)
-    for layer, d, c in zip(result.layers, result.dense, comp, strict=True):
+    cmps = result.comparisons or [None] * len(result.layers)
+    for layer, d, c, cmp in zip(result.layers, result.dense, comp, cmps, strict=True):
         r = {"name": layer.name, "op": layer.op, "unit": layer.unit, **batch, **layer.loops, **_flat("", d, a, co)}
         if c is not None:
-            r.update(_flat("compressed_", c, a, co))
+            r.update(_flat("compressed_", c, a, co), **cmp.to_json(co))  # the comparisons of the JSON
         rows.append(r)
     total = {"name": "total", "op": "", "unit": "", **batch, **_flat("", result.total_dense, a, co)}
     if result.compressed is not None:
-        total.update(_flat("compressed_", result.total_compressed, a, co))
+        total.update(_flat("compressed_", result.total_compressed, a, co), **result.total_comparison.to_json(co))
     rows.append(total)
     return rows
 

@@ -24,6 +24,7 @@ COUNT_FIELDS = (
     "ops",
     "compute_cycles",
     "stall_cycles",
+    "mask_stall_cycles",
     "cycles",
     "ifmap_sram_bytes",
     "filter_sram_bytes",
@@ -59,6 +60,7 @@ class Stats:
     ops: int
     compute_cycles: int
     stall_cycles: int
+    mask_stall_cycles: int
     cycles: int
     ifmap_sram_bytes: int
     filter_sram_bytes: int
@@ -127,26 +129,28 @@ def simulate_layer(layer: Layer, arch: Arch) -> Stats:
     comp = (array_compute if layer.unit == "array" else vector_compute)(layer, arch)
     traffic = layer_traffic(layer, arch, comp)
     stall = stall_cycles(traffic.dram_bytes, comp.compute_cycles, arch)
+    own = stall_cycles(traffic.dram_bytes - traffic.mask_dram_bytes, comp.compute_cycles, arch)
     cycles = comp.compute_cycles + stall
     return Stats(
         macs=comp.macs,
         ops=comp.ops,
         compute_cycles=comp.compute_cycles,
         stall_cycles=stall,
+        mask_stall_cycles=stall - own,
         cycles=cycles,
         ifmap_sram_bytes=traffic.ifmap_sram_bytes,
         filter_sram_bytes=traffic.filter_sram_bytes,
         ofmap_sram_bytes=traffic.ofmap_sram_bytes,
         dram_bytes=traffic.dram_bytes,
         mask_bytes=traffic.mask_dram_bytes,
-        energy=layer_energy(arch, comp, traffic, cycles),
+        energy=layer_energy(arch, comp, traffic, cycles, stall - own),
         mask_table_pj=mask_table_energy(arch, traffic),
     )
 
 
 def speedup(dense_cycles, compressed_cycles) -> float | None:
-    """Dense over compressed cycles; None when the compressed side takes no cycles (nothing to divide)."""
-    return dense_cycles / compressed_cycles if compressed_cycles else None
+    """Dense over compressed cycles; None unless both sides take cycles."""
+    return dense_cycles / compressed_cycles if compressed_cycles and dense_cycles else None
 
 
 def saving(dense_pj, compressed_pj) -> float | None:
@@ -203,6 +207,7 @@ class Line:
     energy_pj_vc: float | None
     speedup: float | None = None
     saving: float | None = None
+    cycles_vc: float | None = None  # the compressed side's cycles, a layer's without the bitmap's stall
 
 
 def _side_by_side(kind, name, op, d: Stats, c: Stats | None, view: str, with_mask: bool) -> Line:
@@ -210,9 +215,10 @@ def _side_by_side(kind, name, op, d: Stats, c: Stats | None, view: str, with_mas
     if c is None:
         return Line(kind, name, op, None, d, None, d.dram_bytes, None, d.view_energy_pj(view), None)
     if with_mask:
-        e, e_vc, dram_vc = d.view_energy_pj(view), c.view_energy_pj(view), c.dram_bytes
-    else:
+        e, e_vc, dram_vc, cycles_vc = d.view_energy_pj(view), c.view_energy_pj(view), c.dram_bytes, c.cycles
+    else:  # the bitmap's bytes, and the stall they add, are the mask line's
         e, e_vc, dram_vc = d.work_energy_pj(view), c.work_energy_pj(view), c.dram_bytes - c.mask_bytes
+        cycles_vc = c.cycles - c.mask_stall_cycles
     return Line(
         kind,
         name,
@@ -224,8 +230,9 @@ def _side_by_side(kind, name, op, d: Stats, c: Stats | None, view: str, with_mas
         dram_vc,
         e,
         e_vc,
-        speedup(d.cycles, c.cycles),
+        speedup(d.cycles, cycles_vc),
         saving(e, e_vc),
+        cycles_vc,
     )
 
 

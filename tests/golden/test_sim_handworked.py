@@ -373,3 +373,42 @@ def test_mask_overhead_is_a_line_of_its_own(files, capsys):
     conv = table_line(text, "c").split()
     assert conv[-5:] == ["17.99", "nJ", "12.66", "nJ", "29.6%"]
     assert not re.search(r"-\d{3,}\.\d%", text)
+
+
+def test_the_stall_a_bitmap_adds_is_the_mask_lines(model):
+    """At 0.5 bytes a cycle the compressed conv (weight stationary, 8 weights per PE) waits for DRAM:
+    102 bytes (32 + 36 + 28 and the 6-byte bitmap) take 204 cycles against 188 of compute; without the
+    bitmap 96 bytes take 192. The 12 cycles the bitmap adds, and their leakage, are mask overhead."""
+    result = simulate(model, tiny_arch("weight_stationary", bw=0.5, pe=8), masks_of(model))
+    d, c = by_name(result)["c"], by_name(result, "compressed")["c"]
+    assert (c.compute_cycles, c.stall_cycles, c.mask_stall_cycles, c.cycles) == (188, 16, 12, 204)
+    assert c.energy["leakage"] == pytest.approx(0.125 * 192)
+    assert c.energy["mask"] == pytest.approx(100 * 6 + 10 * 12 + 0.125 * 12)
+    # Dense: 134 bytes at 0.5 a cycle, 268 cycles (208 of compute). The table's conv line compares
+    # them with the compressed conv's own 192 cycles; the total keeps every cycle.
+    assert d.cycles == 268 and d.mask_stall_cycles == 0
+    lines = {ln.name: ln for ln in result.lines()}
+    assert lines["c"].cycles_vc == 192 and lines["c"].speedup == pytest.approx(268 / 192)
+    assert lines["r mask"].energy_pj_vc == pytest.approx(100 * 6 + 10 * 18 + 0.125 * 12)
+    assert result.total_compressed.cycles == sum(s.cycles for s in result.compressed)
+
+
+def test_a_layer_without_dense_cycles_has_no_speedup():
+    """conv -> max_pool -> relu: the relu's site has no producer chain, so the relu is its own record,
+    free dense (a fused vector op on a free unit takes no cycles) and loading the bitmap compressed."""
+    rng = np.random.default_rng(0)
+    nodes = (
+        Node("c", "conv2d", (INPUT,), {"out_channels": 4, "kernel": 3, "pads": 1}, {"weight": "c.w"}),
+        Node("p", "max_pool", ("c",), {"kernel": 2, "stride": 2}),
+        Node("r", "relu", ("p",)),
+    )
+    net = Model(Graph(nodes, (1, 8, 8), "r", {"c.w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32)}))
+    mask = rng.random(net.sites["r"]) < 0.3
+    masks = MaskSet(net.fingerprint, {"r": (mask, np.zeros(mask.shape, np.float32))}, {}, complete=True)
+    result = simulate(net, tiny_arch("output_stationary"), masks)
+    relu = {ln.name: ln for ln in result.lines()}["r"]
+    # Compressed, the relu's cycles are the stall of loading its 4 x 4 x 4 / 8 = 8-byte bitmap alone.
+    assert relu.dense.cycles == 0 and relu.compressed.cycles == relu.compressed.mask_stall_cycles == 2
+    assert relu.cycles_vc == 0 and relu.speedup is None  # the table prints none (it printed 0.000)
+    entry = next(e for e in result.to_json()["layers"] if e["name"] == "r")
+    assert entry["speedup"] == 1.0  # the JSON's undefined speedup

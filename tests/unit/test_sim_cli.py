@@ -75,6 +75,18 @@ def test_table_csv_and_plot(files, capsys, tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.parametrize("compute_only", [False, True])
+def test_csv_rows_carry_the_comparisons_of_the_json(files, capsys, tmp_path, compute_only):
+    extra = ["--compute-only"] if compute_only else []
+    argv = ["simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", "edge16", *extra]
+    code, out, _ = run(capsys, *argv, "--json", "--csv", tmp_path / "r.csv")
+    assert code == 0
+    doc, rows = json.loads(out), list(csv.DictReader(open(tmp_path / "r.csv")))
+    keys = ["macs_saved", "speedup", "energy_saving"] + (["compute_energy_saving"] if compute_only else [])
+    for entry, row in zip([*doc["layers"], doc["total"]], rows, strict=True):
+        assert [float(row[k]) for k in keys] == [float(entry[k]) for k in keys], row["name"]
+
+
 def test_sweep_prints_every_point(files, capsys, tmp_path):
     code, out, _ = run(
         capsys,

@@ -36,7 +36,17 @@ def test_energy_is_shown_in_the_unit_that_shows_it(pj, shown):
 
 @pytest.mark.parametrize(
     "n, shown",
-    [(0, "0"), (6, "6 B"), (0.75, "0.75 B"), (999, "999 B"), (1000, "0.977 KiB"), (13516.8, "13.20 KiB")],
+    [
+        (0, "0"),
+        (6, "6 B"),
+        (0.75, "0.750 B"),  # below 1 of the smallest unit: 3 significant digits, as 0.690 pJ
+        (0.0048828125, "0.00488 B"),  # a fraction of a byte per image at a batch is not 0
+        (123.456, "123.5 B"),
+        (999, "999 B"),
+        (1000, "0.9766 KiB"),  # 4 significant digits in the larger units
+        (1023.5, "0.9995 KiB"),
+        (13516.8, "13.20 KiB"),
+    ],
 )
 def test_bytes_are_shown_in_the_unit_that_shows_them(n, shown):
     assert _bytes(n) == shown
