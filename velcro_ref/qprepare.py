@@ -9,13 +9,16 @@ fields. docs/int8.md describes the arithmetic.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from . import quant
 from .errors import AccumulatorOverflowError
 from .kernels.int8.simd import TILE_K
+
+if TYPE_CHECKING:
+    from .ops.base import QParams
 
 
 class Requant(NamedTuple):
@@ -178,15 +181,17 @@ def add_params(a_scale, a_zero_point, b_scale, b_zero_point, y_scale, y_zero_poi
     return AddParams(a_ratio, b_ratio, f32(f32(y_zero_point) - zero_part), qmin, qmax)
 
 
-def concat_table(x_scale, x_zero_point, y_scale, y_zero_point, dtype):
+def concat_table(x: QParams, y: QParams):
     """The requantization table of one QLinearConcat input, indexed by the input's byte (its
-    uint8 view): table[b] = QuantizeLinear(x_scale * float32(x - x_zp), y_scale, y_zp). None
-    when the input has the output's scale and zero point (onnxruntime then copies)."""
-    if np.float32(x_scale) == np.float32(y_scale) and int(x_zero_point) == int(y_zero_point):
+    uint8 view): table[b] = QuantizeLinear(x_scale * float32(x - x_zp), y_scale, y_zp), x the
+    byte read as the input's type, the code of the output's. None when the input has the
+    output's type, scale and zero point (onnxruntime then copies)."""
+    same_type = np.dtype(x.dtype) == np.dtype(y.dtype)
+    if same_type and np.float32(x.scale) == np.float32(y.scale) and int(x.zero_point) == int(y.zero_point):
         return None
-    codes = np.arange(256, dtype=np.uint8).view(np.dtype(dtype))
-    real = quant.dequantize_linear(codes, x_scale, x_zero_point)
-    return quant.quantize_linear(real, y_scale, y_zero_point, dtype)
+    codes = np.arange(256, dtype=np.uint8).view(np.dtype(x.dtype))
+    real = quant.dequantize_linear(codes, x.scale, x.zero_point)
+    return quant.quantize_linear(real, y.scale, y.zero_point, y.dtype)
 
 
 # QLinearGlobalAveragePool's accepted range of x_scale / (y_scale * H*W) and of H*W (MLAS).

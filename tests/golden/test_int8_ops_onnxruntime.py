@@ -26,6 +26,7 @@ from velcro_ref.kernels.int8 import eltwise as kelt
 from velcro_ref.kernels.int8 import linear as klin
 from velcro_ref.kernels.int8 import pool as kpool
 from velcro_ref.onnx_import import import_onnx
+from velcro_ref.ops.base import QParams
 from velcro_ref.ops.base import window_out_size as pool_out_size
 
 ONNX_TYPE = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
@@ -283,7 +284,8 @@ def test_qlinearconcat_matches_onnxruntime(dtype):
     node = helper.make_node("QLinearConcat", ins, ["y"], domain="com.microsoft", axis=1)
     feeds = {f"x{i}": x for i, x in enumerate(xs)}
     want = session([node], [tensor_in(k, v) for k, v in feeds.items()], inits).run(None, feeds)[0]
-    tables = [P.concat_table(scales[i], zps[i], ys, yz, dtype) for i in range(3)]
+    name = np.dtype(dtype).name
+    tables = [P.concat_table(QParams(scales[i], zps[i], name), QParams(ys, yz, name)) for i in range(3)]
     assert tables[2] is None and tables[0] is not None
     got = np.zeros((2, 9, 5, 6), dtype)
     kelt.concat(xs, tables, got)

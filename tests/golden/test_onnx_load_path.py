@@ -292,3 +292,32 @@ def test_a_weight_from_a_sparse_constant_is_its_dense_array(tmp_path):
     got, want = both(save(tmp_path, nodes, {}))
     assert np.abs(want).max() > 0
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("u8_zero", [128, 0])  # 0: the output's scale and zero point are the input's
+def test_a_requantization_from_int8_to_uint8_reads_the_codes_as_int8(tmp_path, u8_zero):
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z8"], ["q8"]),
+        helper.make_node(DQ, ["q8", "s", "z8"], ["d8"]),
+        helper.make_node(Q, ["d8", "s", "zu"], ["qu"]),
+        helper.make_node(DQ, ["qu", "s", "zu"], ["y"]),
+    ]
+    consts = {"s": np.float32(0.05), "z8": np.int8(0), "zu": np.uint8(u8_zero)}
+    got, want = both(save(tmp_path, nodes, consts, opset=17))
+    assert (X < 0).any()  # negative int8 codes, whose bytes read as uint8 would be above 127
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_concat_of_int8_and_uint8_tensors_matches_onnxruntime(tmp_path):
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z8"], ["q8"]),
+        helper.make_node(Q, ["x", "s2", "zu"], ["qu"]),
+        helper.make_node(DQ, ["q8", "s", "z8"], ["d8"]),
+        helper.make_node(DQ, ["qu", "s2", "zu"], ["du"]),
+        helper.make_node("Concat", ["d8", "du"], ["c"], axis=1),
+        helper.make_node(Q, ["c", "s2", "zu"], ["qc"]),
+        helper.make_node(DQ, ["qc", "s2", "zu"], ["y"]),
+    ]
+    consts = {"s": np.float32(0.05), "z8": np.int8(0), "s2": np.float32(0.1), "zu": np.uint8(128)}
+    got, want = both(save(tmp_path, nodes, consts, opset=17))
+    np.testing.assert_array_equal(got, want)

@@ -20,6 +20,7 @@ from velcro_ref.kernels.int8 import linear as klin
 from velcro_ref.kernels.int8 import pool as kpool
 from velcro_ref.kernels.int8 import requant as kreq
 from velcro_ref.kernels.int8.simd import TILE_K, TILE_P
+from velcro_ref.ops.base import QParams
 from velcro_ref.ops.base import window_out_size as pool_out_size
 from velcro_ref.reference import int8 as ref
 
@@ -243,7 +244,8 @@ def test_concat_kernel_equals_numpy_twin(channels, dtype, seed):
         same = i == 0
         s = ys if same else np.float32(rng.uniform(0.01, 0.1))
         z = yz if same else int(rand_q(rng, (), dtype))
-        tables.append(P.concat_table(s, z, ys, yz, dtype))
+        name = np.dtype(dtype).name
+        tables.append(P.concat_table(QParams(s, z, name), QParams(ys, yz, name)))
     assert tables[0] is None
     got = np.zeros((2, sum(channels), 3, 4), dtype)
     want = np.zeros_like(got)

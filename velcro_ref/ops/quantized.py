@@ -563,7 +563,7 @@ class QConcat(Concat):
 
     def prepare(self, a, arrays, ins, out, ctx):
         y = ctx.out_q
-        return tuple(qprepare.concat_table(q.scale, q.zero_point, y.scale, y.zero_point, y.dtype) for q in ctx.in_q)
+        return tuple(qprepare.concat_table(q, y) for q in ctx.in_q)
 
     def run(self, xs, tables, skip, out, scratch):
         kelt.concat(tuple(xs), tables, out)
