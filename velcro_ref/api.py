@@ -22,6 +22,7 @@ def profile(model, images, batch=256, classes=(), source="", progress=None, clie
     velcro_ref.distributed.SharedData, has the workers read the images themselves (docs/distributed.md).
     """
     x = model.check_input(images)
+    batch, classes = evaluation.check_batch(batch), _class_list(classes)
     if client is not None:
         from .distributed import collect_stats as collect_on_cluster
 
@@ -29,6 +30,14 @@ def profile(model, images, batch=256, classes=(), source="", progress=None, clie
     from .stats import collect_stats
 
     return collect_stats(model, x, batch=batch, classes=classes, source=source, progress=progress)
+
+
+def _class_list(classes) -> tuple:
+    """The classes a Stats records, as Python ints (a NumPy array's int64 would not save as JSON)."""
+    chosen = tuple(int(c) for c in evaluation.class_indices(classes, "classes"))
+    if chosen and min(chosen) < 0:
+        raise UsageError(f"classes expect class indices of 0 or more, found {min(chosen)}")
+    return chosen
 
 
 def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios=None):
@@ -95,7 +104,12 @@ def task_classes(task=None, classes=None) -> tuple:
     if (task is None) == (classes is None):
         raise UsageError("give exactly one of task or classes")
     if classes is not None:
-        return data.parse_classes(classes) if isinstance(classes, str) else tuple(int(c) for c in classes)
+        if isinstance(classes, str):
+            return data.parse_classes(classes)
+        chosen = _class_list(classes)
+        if not chosen:
+            raise UsageError("classes expect one or more class indices")
+        return chosen
     tasks = data.load_tasks()
     if task not in tasks:
         raise UsageError(f"unknown task '{task}'; tasks: {', '.join(tasks)}")

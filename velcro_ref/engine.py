@@ -286,6 +286,9 @@ class Model:
             if idx.size:
                 site_masks[s] = np.ascontiguousarray(m).reshape(-1)
                 values = np.ascontiguousarray(c, np.float32).reshape(-1)[idx]
+                if not np.isfinite(values).all():  # as a mask file's are checked (masks.load_masks)
+                    bad = int(np.count_nonzero(~np.isfinite(values)))
+                    raise MaskError(f"{masks.source}: site '{s}': {bad} constant(s) at masked elements are NaN or Inf")
                 q = steps[s].q
                 if q is not None:  # a quantized site holds its constants quantized with its own parameters
                     values = quantize_linear(values, q.scale, q.zero_point, q.dtype)
@@ -342,14 +345,20 @@ class Model:
         on one image a concat's inputs are written into its channels and the concat not run).
         The thread pools are set for the run by `threads.run_threads` (observers run under it).
         Runs on one Model from several Python threads take turns (they share its buffers); Models
-        of their own run side by side. `last_macs` is then the last run's, whichever thread ran it.
+        of their own run side by side. `last_macs` is then the last run's, whichever thread ran it:
+        `run_counted` returns a run's own.
         Without an observer, a batch of more than `sub_batch` images runs in sub-batches, one after
         another (`_run_split`): the same bits and MACs, its tensors kept in the caches.
         Raises InputError for a bad input and MaskError for masks of another model.
         """
+        return self.run_counted(x, masks, observer)[0]
+
+    def run_counted(self, x, masks=None, observer=None) -> tuple[np.ndarray, dict[str, int]]:
+        """`run`, and the MACs each conv2d/linear node executed in this run (`last_macs` as this
+        run left it, taken before another thread's run can replace it)."""
         x = self.check_input(x)
         with self._running:
-            return self._run_checked(x, masks, observer)
+            return self._run_checked(x, masks, observer), dict(self.last_macs)
 
     def _run_checked(self, x, masks, observer):
         mp = None if masks is None else self._mask_plan(masks)
@@ -474,6 +483,12 @@ class Model:
                 )
             if site not in self.sites:
                 raise MaskError(f"{masks.source}: site '{site}' is not an activation site of this model")
+            if not isinstance(mask, np.ndarray) or mask.dtype != np.bool_:  # 0/1 integers: ~1 is not False
+                found = mask.dtype if isinstance(mask, np.ndarray) else type(mask).__name__
+                raise MaskError(f"{masks.source}: site '{site}': mask expects a bool array, found {found}")
+            if not isinstance(const, np.ndarray) or const.dtype.kind != "f":
+                found = const.dtype if isinstance(const, np.ndarray) else type(const).__name__
+                raise MaskError(f"{masks.source}: site '{site}': constants expect a float array, found {found}")
             if mask.shape != self.sites[site] or const.shape != self.sites[site]:
                 raise MaskError(
                     f"{masks.source}: site '{site}' expects shape {self.sites[site]}, "

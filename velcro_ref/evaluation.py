@@ -4,7 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, UsageError
+
+
+def class_indices(values, what) -> np.ndarray:
+    """`values` (labels or task classes) as a 1-D int64 array; InputError unless they are a 1-D
+    sequence of integers (a float 2.7 or 0.5, a string, a bool, an (N, 1) column would otherwise
+    be truncated, compared as it is or broadcast)."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")
+    if a.size and (a.dtype == np.bool_ or a.dtype.kind not in "iu"):
+        raise InputError(f"{what} expect integer class indices, found {a.dtype}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"{what} name class {int(a.max())}, beyond any model's classes")
+    return a.astype(np.int64)
 
 
 def check_scores(model, labels, classes) -> int:
@@ -22,7 +36,7 @@ def check_scores(model, labels, classes) -> int:
             f"output '{name}' has shape (N, {found})"
         )
     n = shape[0]
-    wanted = np.concatenate([np.asarray(labels, np.int64).ravel(), np.asarray(classes, np.int64).ravel()])
+    wanted = np.concatenate([class_indices(labels, "labels"), class_indices(classes, "task classes")])
     if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
         bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
         raise InputError(
@@ -45,23 +59,27 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     NaN (a model loaded with non-finite values allowed, or an overflow), whose top-1 class is not
     defined (argmax would take the NaN as the largest score).
     """
+    check_batch(batch)
     check_scores(model, labels, classes)
+    labels = class_indices(labels, "labels")
     if len(labels) != len(x):  # a shorter array would broadcast against a batch of scores
         raise InputError(f"{len(x)} images but {len(labels)} labels")
-    classes = np.unique(np.asarray(classes, dtype=np.int64))
+    classes = np.unique(class_indices(classes, "task classes"))
+    if not classes.size:
+        raise InputError("no task classes: the task accuracy needs at least one")
     n = len(x)
     correct, correct_task = np.zeros(n, bool), np.zeros(n, bool)
     macs = 0
     for i in range(0, n, batch):
         xb, yb = x[i : i + batch], labels[i : i + batch]
-        out = model.run(xb, masks=masks)
+        out, counted = model.run_counted(xb, masks=masks)
         nan = np.isnan(out).any(axis=1)
         if nan.any():
             raise ModelError(
                 f"{model.path}: the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
                 f"(first: image {i + int(np.argmax(nan))}); their top-1 class, and the accuracy, are not defined"
             )
-        macs += sum(model.last_macs.values())
+        macs += sum(counted.values())
         correct[i : i + len(xb)] = out.argmax(axis=1) == yb
         correct_task[i : i + len(xb)] = classes[out[:, classes].argmax(axis=1)] == yb
         if progress is not None:
@@ -75,6 +93,14 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     if per_image:
         res.update(correct=correct, correct_task=correct_task)
     return res
+
+
+def check_batch(batch) -> int:
+    """`batch` if it is a positive integer (not a bool); else UsageError (a negative batch ran no
+    image at all, 0 or 2.0 failed inside a range())."""
+    if isinstance(batch, (bool, np.bool_)) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise UsageError(f"batch must be a positive integer, got {batch!r}")
+    return int(batch)
 
 
 def csr(dense_macs: float, masked_macs: float) -> float:

@@ -29,6 +29,7 @@ import numpy as np
 
 from . import h5io, quant
 from .errors import UsageError
+from .evaluation import class_indices
 from .fileio import atomic_path
 
 FORMAT = "velcro-golden"
@@ -104,6 +105,10 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
     if labels is not None and np.shape(labels) != (len(x),):
         raise UsageError(f"labels expect one per image, shape ({len(x)},), found {np.shape(labels)}")
+    if labels is not None:
+        labels = class_indices(labels, "labels")
+        if labels.size and labels.min() < 0:
+            raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION if quantized else 1
@@ -115,10 +120,10 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         if labels is not None:
             f.create_dataset("labels", data=np.asarray(labels, np.int64))
         rec = _Recorder(f, model, accumulators)
-        model.run(x, masks=masks, observer=rec)
+        macs = model.run_counted(x, masks=masks, observer=rec)[1]
         for k, name in enumerate(rec.order):
-            if name in model.last_macs:
-                f[node_group(k, len(model.steps), name)].attrs["executed_macs"] = model.last_macs[name]
+            if name in macs:
+                f[node_group(k, len(model.steps), name)].attrs["executed_macs"] = macs[name]
         f.attrs["node_order"] = json.dumps(rec.order)
         if masks is not None:
             for site, (mask, const) in masks.sites.items():
@@ -129,4 +134,4 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
                 if q is not None:
                     sg.create_dataset("constants_q", data=quant.quantize_linear(const, q.scale, q.zero_point, q.dtype))
                     _put_q(sg, "site", q)
-    return dict(model.last_macs)
+    return macs

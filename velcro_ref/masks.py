@@ -52,16 +52,22 @@ def check_ratio(r, what="ratio") -> float:
     """`r` as a float if it is a number in [0, 1] (not a bool); else UsageError naming `what` (e.g. "--ratio")."""
     if isinstance(r, (bool, np.bool_)) or not isinstance(r, numbers.Real):
         raise UsageError(f"{what} must be a number in [0, 1], got {r!r}")
-    r = float(r)
+    r = _written(r)
     if not 0.0 <= r <= 1.0:
         raise UsageError(f"{what} must be in [0, 1], got {r}")
     return r
 
 
+def _written(r) -> float:
+    """A ratio as it is written: the float of its shortest decimal in its own type (a NumPy
+    float32 0.7 prints as 0.7, and is 0.699999988 as a float)."""
+    return float(str(r)) if isinstance(r, np.floating) else float(r)
+
+
 def ratio_count(ratio, n) -> int:
     """floor(ratio x n) for the ratio as it is written, its shortest decimal (0.29 is 29/100): the
     float product 0.29 * 100 is 28.999999999999996, which would mask one element too few."""
-    return math.floor(Fraction(repr(float(ratio))) * int(n))
+    return math.floor(Fraction(repr(_written(ratio))) * int(n))
 
 
 def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:

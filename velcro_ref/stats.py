@@ -19,6 +19,7 @@ import numpy as np
 
 from . import h5io
 from .errors import StatsError
+from .evaluation import check_batch, class_indices
 from .fileio import atomic_path
 from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
@@ -182,7 +183,7 @@ class StatsCollector:
         self.stats = Stats(
             model.fingerprint,
             {s: SiteStats.empty(shape) for s, shape in model.sites.items()},
-            tuple(classes),
+            tuple(int(c) for c in class_indices(classes, "classes")),  # ints, as the file's JSON keeps them
             0,
             source,
         )
@@ -237,8 +238,8 @@ class StatsCollector:
 
     def add_batch(self, x):
         """Run one batch through the model, observing every site and the range of every other tensor."""
-        self._extend(INPUT, x)
         self.model.run(x, observer=self)
+        self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
         self.stats.n_images += x.shape[0]
         ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
         ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
@@ -256,7 +257,7 @@ def _clamp_top(step):
 def collect_stats(model, x, batch=256, classes=(), source="", progress=None) -> Stats:
     """Statistics of every site over images x (N, C, H, W) float32, in batches of `batch`."""
     col = StatsCollector(model, classes, source)
-    for i in range(0, len(x), batch):
+    for i in range(0, len(x), check_batch(batch)):
         col.add_batch(x[i : i + batch])
         if progress is not None:
             progress.update(min(batch, len(x) - i))

@@ -1,0 +1,169 @@
+"""The Python API with legal-looking arguments a notebook passes: each gives the right numbers or a
+one-line VelcroError, never a quiet wrong figure (masks of 0/1 integers, a NumPy float32 ratio,
+float or column labels, a negative batch, NaN constants, classes as an array, a refused batch
+inside a profile, two threads on one Model)."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import velcro_ref
+from velcro_ref import evaluation
+from velcro_ref.engine import Model
+from velcro_ref.errors import VelcroError
+from velcro_ref.graph import INPUT, Graph, Node
+from velcro_ref.masks import MaskSet, ratio_count
+from velcro_ref.stats import StatsCollector
+
+
+@pytest.fixture(scope="module")
+def model():
+    """conv -> relu -> flatten -> linear -> relu (a site on a linear layer's chain) -> linear."""
+    r = np.random.default_rng(0)
+    params = {
+        "c.w": r.normal(0, 0.5, (4, 1, 3, 3)).astype(np.float32),
+        "l1.w": r.normal(0, 0.2, (16, 4 * 6 * 6)).astype(np.float32),
+        "l1.b": r.normal(0, 0.1, 16).astype(np.float32),
+        "l2.w": r.normal(0, 0.3, (10, 16)).astype(np.float32),
+    }
+    nodes = (
+        Node("c", "conv2d", (INPUT,), {"out_channels": 4, "kernel": [3, 3]}, {"weight": "c.w"}),
+        Node("r1", "relu", ("c",)),
+        Node("f", "flatten", ("r1",)),
+        Node("l1", "linear", ("f",), {}, {"weight": "l1.w", "bias": "l1.b"}),
+        Node("r2", "relu", ("l1",)),
+        Node("l2", "linear", ("r2",), {}, {"weight": "l2.w"}),
+    )
+    return Model(Graph(nodes, (1, 8, 8), "l2", params, {}))
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(1).random((12, 1, 8, 8), dtype=np.float32)
+
+
+def _masks(model, dtype=bool, const=0.0):
+    rng = np.random.default_rng(2)
+    sites = {}
+    for s, shape in model.sites.items():
+        m = rng.random(shape) < 0.4
+        sites[s] = (m.astype(dtype), np.full(shape, const, np.float32))
+    return MaskSet(model.fingerprint, sites, {}, complete=True)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32])
+def test_masks_of_another_dtype_than_bool_are_refused(model, x, dtype):
+    """~1 on an integer is -2, not False: a linear layer computed every output of a 0/1 mask."""
+    with pytest.raises(VelcroError, match="bool"):
+        model.run(x, masks=_masks(model, dtype))
+
+
+def test_nan_constants_at_masked_elements_are_refused_as_a_mask_file_s_are(model, x):
+    with pytest.raises(VelcroError, match="NaN or Inf"):
+        model.run(x, masks=_masks(model, const=np.nan))
+
+
+def test_a_numpy_float32_ratio_is_the_decimal_it_prints():
+    assert str(np.float32(0.29)) == "0.29" and float(np.float32(0.29)) * 100 < 29
+    assert ratio_count(np.float32(0.29), 100) == ratio_count(0.29, 100) == 29
+    assert ratio_count(np.float32(0.7), 20480) == 14336
+
+
+def test_a_float32_ratio_masks_what_the_same_python_float_masks(model, x):
+    stats = velcro_ref.profile(model, x)
+    for policy in ("uniform", "channel"):
+        a = velcro_ref.compress(stats, np.float32(0.7), policy)
+        b = velcro_ref.compress(stats, 0.7, policy)
+        assert a.n_masked() == b.n_masked(), policy
+
+
+@pytest.mark.parametrize(
+    "labels, why",
+    [
+        (lambda y: y + 0.5, "integer"),  # compared as floats, nothing matched: accuracy 0
+        (lambda y: y.astype(str), "integer"),
+        (lambda y: y.astype(bool), "integer"),
+        (lambda y: y[:, None], "1-D"),  # broadcast (N, 1) against (N,)
+    ],
+    ids=["float", "str", "bool", "column"],
+)
+def test_labels_that_are_not_integers_or_not_one_per_image_are_refused(model, x, labels, why):
+    y = model.run(x).argmax(axis=1)
+    assert evaluation.evaluate(model, x, y, range(10))["accuracy"] == 1.0
+    with pytest.raises(VelcroError, match=why):
+        evaluation.evaluate(model, x, labels(y), range(10))
+
+
+@pytest.mark.parametrize("classes", [(2.7, 8.9), (), np.array([[1], [2]])])
+def test_task_classes_that_are_not_a_list_of_indices_are_refused(model, x, classes):
+    y = model.run(x).argmax(axis=1)
+    with pytest.raises(VelcroError):
+        evaluation.evaluate(model, x, y, classes)
+    with pytest.raises(VelcroError):
+        velcro_ref.task_classes(classes=classes)
+
+
+@pytest.mark.parametrize("batch", [-1, 0, 2.0, True])
+def test_a_batch_that_is_not_a_positive_integer_is_refused(model, x, batch):
+    """batch=-1 ran no image: accuracy 0, 0 MACs, and a profile of 0 images, without an error."""
+    y = model.run(x).argmax(axis=1)
+    with pytest.raises(VelcroError, match="batch"):
+        velcro_ref.evaluate(model, x, y, range(10), batch=batch)
+    with pytest.raises(VelcroError, match="batch"):
+        velcro_ref.profile(model, x, batch=batch)
+
+
+def test_classes_given_as_an_array_are_saved_as_ints(model, x, tmp_path):
+    stats = velcro_ref.profile(model, x, classes=np.array([5, 7]))
+    assert stats.classes == (5, 7) and all(type(c) is int for c in stats.classes)
+    velcro_ref.save_stats(stats, tmp_path / "s.h5")
+    velcro_ref.save_masks(velcro_ref.compress(stats, 0.3), tmp_path / "m.h5")
+    assert velcro_ref.load_stats(tmp_path / "s.h5").classes == (5, 7)
+
+
+def test_golden_refuses_labels_that_are_not_class_indices(model, x, tmp_path):
+    for labels in (np.full(len(x), 2.7), np.full(len(x), -1)):
+        with pytest.raises(VelcroError):
+            velcro_ref.golden(model, x, tmp_path / "g.h5", labels=labels)
+
+
+def test_a_batch_the_run_refuses_adds_nothing_to_the_statistics(model, x):
+    clean = StatsCollector(model)
+    clean.add_batch(x)
+    polluted = StatsCollector(model)
+    with pytest.raises(VelcroError):
+        polluted.add_batch((x * 255).astype(np.uint8))  # refused: not float32
+    polluted.add_batch(x)
+    assert polluted.stats.ranges == clean.stats.ranges
+    assert polluted.stats.n_images == clean.stats.n_images == len(x)
+
+
+def test_run_counted_gives_each_thread_its_own_run_s_macs(model, x):
+    """evaluate read `last_macs` after the run let go of the Model: another thread's run could be
+    in between (with a short switch interval, 186 of 600 evaluations counted the other's MACs)."""
+    masks = _masks(model)
+    dense_macs = model.run_counted(x)[1]
+    masked_macs = model.run_counted(x, masks)[1]
+    assert sum(masked_macs.values()) < sum(dense_macs.values())
+    wrong = []
+
+    def work(m, want):
+        for _ in range(200):
+            if model.run_counted(x[:2], m)[1] != want:
+                wrong.append(m is not None)
+
+    want2 = (model.run_counted(x[:2])[1], model.run_counted(x[:2], masks)[1])
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work, args=(m, w)) for m, w in zip((None, masks), want2, strict=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong
