@@ -58,11 +58,13 @@ def number(lo: float, hi: float, open_lo=False, open_hi=False):
     return parse
 
 
-def add_ranged(p, flag, kind, default, what, **kw):
+def add_ranged(p, flag, kind, default, what, given_only=False, **kw):
     """Add option `flag` of type `kind` (a `count` or `number`) whose help states its range and default:
-    "what, in [lo, hi] (default D)"."""
+    "what, in [lo, hi] (default D)". With `given_only` the parsed arguments hold it only where it was
+    given (the command fills in the default once it knows the option applies)."""
     shown = f"{default:g}" if isinstance(default, float) else default
-    p.add_argument(flag, type=kind, default=default, help=f"{what}, in {kind.shown} (default {shown})", **kw)
+    stored = argparse.SUPPRESS if given_only else default
+    p.add_argument(flag, type=kind, default=stored, help=f"{what}, in {kind.shown} (default {shown})", **kw)
 
 
 def text(value):

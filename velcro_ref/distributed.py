@@ -59,7 +59,7 @@ def add_cluster_args(p, shards=False):
         help="run the tasks on a local Dask cluster of N single-threaded worker processes",
     )
     what = "seconds to reach the scheduler and find a worker there"
-    add_ranged(g, "--connect-timeout", number(0, 3600, open_lo=True), CONNECT_TIMEOUT_S, what, metavar="S")
+    add_ranged(g, "--connect-timeout", number(0, 3600, open_lo=True), CONNECT_TIMEOUT_S, what, True, metavar="S")
     g.add_argument(
         "--shared-data",
         action="store_true",
@@ -67,12 +67,25 @@ def add_cluster_args(p, shards=False):
         "instead of receiving the images from this process",
     )
     if shards:
-        add_ranged(g, "--shard-batches", count(1, 1_000_000), SHARD_BATCHES, "batches per task", metavar="K")
+        add_ranged(g, "--shard-batches", count(1, 1_000_000), SHARD_BATCHES, "batches per task", True, metavar="K")
+
+
+# The cluster options that only a cluster run reads: (flag, argument, default).
+_CLUSTER_ONLY = (
+    ("--connect-timeout", "connect_timeout", CONNECT_TIMEOUT_S),
+    ("--shard-batches", "shard_batches", SHARD_BATCHES),
+)
 
 
 def on_cluster(args) -> bool:
-    """True when the command runs on a cluster; UsageError for --shared-data without one, or with --images."""
+    """True when the command runs on a cluster; UsageError for --shared-data, --connect-timeout or
+    --shard-batches without one (they would be ignored), or --shared-data with --images. Fills in
+    the defaults of the options left out."""
     cluster = bool(getattr(args, "scheduler", None) or getattr(args, "workers", None))
+    for flag, name, default in _CLUSTER_ONLY:
+        if hasattr(args, name) and not cluster:
+            raise UsageError(f"{flag} needs --scheduler ADDRESS or --workers N")
+        setattr(args, name, getattr(args, name, default))
     if getattr(args, "shared_data", False):
         if not cluster:
             raise UsageError("--shared-data needs --scheduler ADDRESS or --workers N")

@@ -259,6 +259,8 @@ def test_an_unreachable_scheduler_is_one_error_line_naming_it(velcro, tmp_path, 
     "extra, message",
     [
         (["--shared-data"], "--shared-data needs --scheduler ADDRESS or --workers N"),
+        (["--shard-batches", "2"], "--shard-batches needs --scheduler ADDRESS or --workers N"),  # else ignored
+        (["--connect-timeout", "5"], "--connect-timeout needs --scheduler ADDRESS or --workers N"),
         (["--workers", "2", "--shared-data"], "--shared-data reads Fashion-MNIST on the workers"),
         (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler not allowed with argument --workers"),
         (["--workers", "0"], "--workers expects an integer in [1, 1024], got 0"),
