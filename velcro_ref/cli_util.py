@@ -153,6 +153,8 @@ def load_array(path, what="input") -> np.ndarray:
         raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
     if not isinstance(a, np.ndarray):
         raise InputError(f"{path}: expects a .npy array, found {type(a).__name__}")
+    if not a.dtype.isnative:  # a file written on a big-endian machine: the same values, in this byte order
+        a = a.astype(a.dtype.newbyteorder("="))
     return a
 
 

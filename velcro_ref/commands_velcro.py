@@ -290,10 +290,12 @@ def cmd_golden(args):
         classes = parse_classes(args.classes)
         n = args.samples or 1
         x, labels, indices = task_images(model, classes, args.split, n, args.data_dir, with_indices=True)
+        if len(x) < n:
+            raise UsageError(f"--samples {n}: classes {args.classes} of the {args.split} split hold {len(x)} images")
         source = {"data": args.data, "split": args.split, "classes": list(classes), "indices": indices.tolist()}
     masks = load_masks(args.masks) if args.masks else None
     macs = golden(model, x, args.output, masks, args.accumulators, source, labels)
-    print(f"wrote {args.output}: {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
+    print(f"wrote {args.output}: {len(x)} image(s), {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
     return 0
 
 

@@ -203,3 +203,35 @@ def test_a_prefix_digest_equals_the_digest_of_the_whole_prefix():
     prefix = data.PrefixDigest(x)
     for n in (0, 3, 3, 17, 50):
         assert prefix.of(n) == hashlib.sha256(x[:n].tobytes()).hexdigest()[:16] == data.digest(x[:n])
+
+
+def test_golden_refuses_more_samples_than_the_classes_hold(tmp_path, capsys):
+    """`--samples N` is "the first N images of the classes": class 9 of the test split has 1000, and
+    1005 asked wrote a file of 1000 with exit 0."""
+    from velcro_ref import cli
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    args = ["golden", root / "weights" / "resnet18.h5", "--data", "fashion-mnist", "--classes", "9", "--split", "test"]
+    assert cli.main([str(a) for a in [*args, "--samples", "1005", "-o", tmp_path / "g.h5"]]) == 2
+    assert "hold 1000 images" in capsys.readouterr().err
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_a_big_endian_npy_input_gives_the_bits_of_the_same_values_in_native_order(tmp_path, capsys):
+    from velcro_ref import cli
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "le.npy", x)
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    for name in ("le", "be"):
+        argv = [
+            "infer",
+            root / "weights" / "resnet18.h5",
+            "--input",
+            tmp_path / f"{name}.npy",
+            "-o",
+            tmp_path / f"y{name}.npy",
+        ]
+        assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    assert np.load(tmp_path / "ybe.npy").tobytes() == np.load(tmp_path / "yle.npy").tobytes()
