@@ -90,7 +90,38 @@ class _Window(Op):
         attrs = {"kernel": kernel, "stride": stride, "pads": pad, "ceil_mode": bool(a.get("ceil_mode", 0))}
         if "count_include_pad" in self.attrs:
             attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        if 2 * pad[2] > kernel[0] or 2 * pad[3] > kernel[1]:
+            return _half_end_pads(attrs, ctx.shape(x)[1:])
         return attrs
+
+
+def _half_end_pads(attrs, hw) -> dict:
+    """An ONNX pooling window may pad up to k - 1 at the end, the engine's up to k // 2 (PyTorch's
+    rule); `export-onnx` writes such an end pad where ONNX's ceil_mode 1 gives another size. The
+    same window with end pads within k // 2 and either ceil_mode, giving the same output size, the
+    same windows and (an average counting its padding) the same counts; else `attrs` as they are,
+    which the engine then refuses in one line."""
+    (pt, pl, pb, pr), ceil = attrs["pads"], attrs["ceil_mode"]
+    axes = list(zip(hw, attrs["kernel"], attrs["stride"], (pt, pl), (pb, pr), strict=True))
+    count_pad = attrs.get("count_include_pad", False)
+    for mode in (ceil, not ceil):
+        ends = [_same_windows(*axis, ceil, mode, count_pad) for axis in axes]
+        if None not in ends:
+            return {**attrs, "pads": [pt, pl, *ends], "ceil_mode": mode}
+    return attrs
+
+
+def _same_windows(n, k, s, lo, hi, ceil, mode, count_pad):
+    """The end pad within k // 2 (hi itself first) that gives, under ceil_mode `mode`, the windows
+    of (hi, ceil) on an axis of n, or None."""
+    out = window_out_size(n, k, s, lo, hi, ceil)
+    starts = range(-lo, (out - 1) * s - lo + 1, s)
+    for pe in (hi, *range(k // 2 + 1)):
+        if 2 * pe > k or window_out_size(n, k, s, lo, pe, mode) != out:
+            continue
+        if not count_pad or all(min(t + k, n + hi) == min(t + k, n + pe) for t in starts):
+            return pe
+    return None
 
 
 def _onnx_end_pad(n, k, s, lo, hi, ceil, count_pad):
