@@ -22,12 +22,12 @@ from velcro_ref.onnx_import import import_onnx
 X = np.array([[[[-1.0, -0.3], [0.1, 0.5]], [[1.5, 2.7], [-0.02, 0.26]]]], np.float32)  # (1, 2, 2, 2)
 
 
-def save(tmp_path, nodes, consts, opset=13, out_type=TensorProto.FLOAT, name="m"):
+def save(tmp_path, nodes, consts, opset=13, out_type=TensorProto.FLOAT, name="m", x_shape=("N", 2, 2, 2)):
     inits = [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()]
     graph = helper.make_graph(
         nodes,
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 2, 2])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
         [helper.make_tensor_value_info("y", out_type, None)],
         inits,
     )
@@ -238,18 +238,7 @@ def _cast_weight(tmp_path, to, w=W_WIDE, opset=21, **cast):
         helper.make_node("Cast", ["w8"], ["wf"], to=TensorProto.FLOAT),
         helper.make_node("Conv", ["x", "wf"], ["y"]),
     ]
-    inits = [numpy_helper.from_array(w.reshape(-1, 1, 1, 1), "w")]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 1, 1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    path = tmp_path / "cast.onnx"
-    path.write_bytes(model.SerializeToString())
-    return path
+    return save(tmp_path, nodes, {"w": w.reshape(-1, 1, 1, 1)}, opset, name="cast", x_shape=("N", 1, 1, 1))
 
 
 @pytest.mark.parametrize(

@@ -395,27 +395,34 @@ def test_exported_ceil_mode_pool_keeps_the_engine_size_where_the_last_window_wou
         np.testing.assert_array_equal(Model(import_onnx(path)).run(x), Model(g).run(x))
 
 
+def small_windows():
+    """(size, kernel, stride, start pad, end pad, op, count_include_pad) of one axis: sizes 1 - 7,
+    kernels 1 - 4, strides 1 - 4, pads within half the kernel; max, and average with and without
+    the padding counted."""
+    for n, k, s, lo, hi in itertools.product(range(1, 8), range(1, 5), range(1, 5), range(3), range(3)):
+        if 2 * max(lo, hi) <= k and n + lo + hi >= k:
+            for op, count_pad in (("max_pool", None), ("avg_pool", False), ("avg_pool", True)):
+                yield n, k, s, lo, hi, op, count_pad
+
+
 def test_every_small_ceil_mode_window_exports_to_a_file_onnx_checks_and_onnxruntime_runs_like_the_engine(tmp_path):
     # sizes 1 - 7, kernels 1 - 4, strides 1 - 4, pads up to half the kernel, on one axis; max, and
     # average with and without the padding counted: the export passes onnx's full check (its
     # shape inference must give the engine's size) and onnxruntime gives the engine's values
     rng = np.random.default_rng(5)
     path, n_cases = tmp_path / "p.onnx", 0
-    for n, k, s, lo, hi in itertools.product(range(1, 8), range(1, 5), range(1, 5), range(3), range(3)):
-        if 2 * max(lo, hi) > k or n + lo + hi < k:
-            continue
-        for op, count_pad in (("max_pool", None), ("avg_pool", False), ("avg_pool", True)):
-            attrs = {"kernel": [k, 1], "stride": [s, 1], "pads": [lo, 0, hi, 0], "ceil_mode": True}
-            if count_pad is not None:
-                attrs["count_include_pad"] = count_pad
-            g = Graph((Node("pool", op, ("input",), attrs),), (1, n, 2), "pool", {}, {})
-            export_onnx(g, path)
-            onnx.checker.check_model(onnx.load(path), full_check=True)
-            x = rng.normal(0, 1, (2, 1, n, 2)).astype(np.float32)
-            want, got = Model(g).run(x), run_ort(str(path), x)
-            assert got.shape == want.shape, (n, k, s, lo, hi, op, count_pad)
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str((n, k, s, lo, hi, op, count_pad)))
-            n_cases += 1
+    for n, k, s, lo, hi, op, count_pad in small_windows():
+        attrs = {"kernel": [k, 1], "stride": [s, 1], "pads": [lo, 0, hi, 0], "ceil_mode": True}
+        if count_pad is not None:
+            attrs["count_include_pad"] = count_pad
+        g = Graph((Node("pool", op, ("input",), attrs),), (1, n, 2), "pool", {}, {})
+        export_onnx(g, path)
+        onnx.checker.check_model(onnx.load(path), full_check=True)
+        x = rng.normal(0, 1, (2, 1, n, 2)).astype(np.float32)
+        want, got = Model(g).run(x), run_ort(str(path), x)
+        assert got.shape == want.shape, (n, k, s, lo, hi, op, count_pad)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str((n, k, s, lo, hi, op, count_pad)))
+        n_cases += 1
     assert n_cases > 1000
 
 
@@ -438,20 +445,17 @@ def test_a_ceil_mode_window_exported_with_ceil_mode_0_imports_back_to_the_same_w
     # Back in, the window is written with end pads within k // 2: the same size, windows and counts.
     rng = np.random.default_rng(6)
     path, n_cases = tmp_path / "p.onnx", 0
-    for n, k, s, lo, hi in itertools.product(range(1, 8), range(1, 5), range(1, 5), range(3), range(3)):
-        if 2 * max(lo, hi) > k or n + lo + hi < k:
+    for n, k, s, lo, hi, op, count_pad in small_windows():
+        attrs = {"kernel": [1, k], "stride": [3, s], "pads": [0, lo, 0, hi], "ceil_mode": True}
+        if count_pad is not None:
+            attrs["count_include_pad"] = count_pad
+        g = Graph((Node("pool", op, ("input",), attrs),), (1, 3, n), "pool", {}, {})
+        try:
+            export_onnx(g, path)
+        except ModelError:  # a window ONNX cannot write (docs/formats.md): refused in one line
             continue
-        for op, count_pad in (("max_pool", None), ("avg_pool", False), ("avg_pool", True)):
-            attrs = {"kernel": [1, k], "stride": [3, s], "pads": [0, lo, 0, hi], "ceil_mode": True}
-            if count_pad is not None:
-                attrs["count_include_pad"] = count_pad
-            g = Graph((Node("pool", op, ("input",), attrs),), (1, 3, n), "pool", {}, {})
-            try:
-                export_onnx(g, path)
-            except ModelError:  # a window ONNX cannot write (docs/formats.md): refused in one line
-                continue
-            x = rng.normal(0, 1, (2, 1, 3, n)).astype(np.float32)
-            back = import_onnx(path)
-            np.testing.assert_array_equal(Model(back).run(x), Model(g).run(x), err_msg=str((n, k, s, lo, hi, op)))
-            n_cases += 1
+        x = rng.normal(0, 1, (2, 1, 3, n)).astype(np.float32)
+        back = import_onnx(path)
+        np.testing.assert_array_equal(Model(back).run(x), Model(g).run(x), err_msg=str((n, k, s, lo, hi, op)))
+        n_cases += 1
     assert n_cases > 500
