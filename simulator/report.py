@@ -151,7 +151,20 @@ def format_result(result, compute_only: bool = False) -> str:
     for ln in lines:
         if ln.kind == "mask":
             rows.append(
-                [ln.name, ln.op, "", "", "", "", "", "", _bytes(ln.dram_bytes_vc), "", _energy(ln.energy_pj_vc), ""]
+                [
+                    ln.name,
+                    ln.op,
+                    "",
+                    "",
+                    "",
+                    _count(ln.cycles_vc),
+                    "",
+                    "",
+                    _bytes(ln.dram_bytes_vc),
+                    "",
+                    _energy(ln.energy_pj_vc),
+                    "",
+                ]
             )
             continue
         d = ln.dense

@@ -302,7 +302,9 @@ class SimResult:
                 users = [self.compressed[k] for k, other in enumerate(self.layers) if other.site == site]
                 bitmap = sum(u.mask_bytes for u in users)
                 energy = sum(u.mask_energy_pj(view) for u in users)
-                out.append(Line("mask", f"{site} mask", "mask", None, None, None, None, bitmap, None, energy))
+                stall = sum(u.mask_stall_cycles for u in users)  # the cycles the bitmap's load adds
+                line = Line("mask", f"{site} mask", "mask", None, None, None, None, bitmap, None, energy)
+                out.append(replace(line, cycles_vc=stall))
         out.append(_side_by_side("total", "total", "", self.total_dense, self.total_compressed, view, with_mask=True))
         return out
 

@@ -11,6 +11,8 @@ def class_indices(values, what) -> np.ndarray:
     """`values` (labels or task classes) as a 1-D int64 array; InputError unless they are a 1-D
     sequence of integers (a float 2.7 or 0.5, a string, a bool, an (N, 1) column would otherwise
     be truncated, compared as it is or broadcast)."""
+    if isinstance(values, (set, frozenset)):  # an iterable of indices, in no order
+        values = sorted(values)
     a = np.asarray(values)
     if a.ndim != 1:
         raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")

@@ -298,7 +298,8 @@ class _Importer:
         for i, node in enumerate(self.g.node):
             try:
                 if i not in live and any(t in self.refused for t in node.input):
-                    self.refused.update(dict.fromkeys(node.output, next(self.refused[t] for t in node.input)))
+                    why = next(self.refused[t] for t in node.input if t in self.refused)
+                    self.refused.update(dict.fromkeys(node.output, why))
                     continue
                 if self._fold(node):
                     continue

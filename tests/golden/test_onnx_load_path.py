@@ -310,3 +310,24 @@ def test_a_concat_of_int8_and_uint8_tensors_matches_onnxruntime(tmp_path):
     consts = {"s": np.float32(0.05), "z8": np.int8(0), "s2": np.float32(0.1), "zu": np.uint8(128)}
     got, want = both(save(tmp_path, nodes, consts, opset=17))
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("use", ["dead", "weight"])
+def test_a_refused_constant_read_second_by_another_node_is_named_or_ignored(tmp_path, use):
+    """Mul(w, Cast(Cast(one, INT4), FLOAT)): the refused Cast feeds the Mul's second input. Dead, the
+    branch changes nothing and the model imports; as a conv's weight it is refused naming the Cast
+    (the propagation looked up the Mul's first input and stopped with a KeyError)."""
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("Cast", ["one"], ["q"], to=TensorProto.INT4),
+        helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["w", "qf"], ["w2"]),
+        helper.make_node("Conv", ["x", "w2" if use == "weight" else "w"], ["y"], kernel_shape=[1, 1]),
+    ]
+    consts = {"w": rng.standard_normal((3, 2, 1, 1)).astype(np.float32), "one": np.ones((3, 2, 1, 1), np.float32)}
+    path = save(tmp_path, nodes, consts, opset=21)
+    if use == "dead":
+        got, want = both(path)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    else:
+        assert "Cast to int4" in refused(path)

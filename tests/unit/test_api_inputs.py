@@ -167,3 +167,8 @@ def test_run_counted_gives_each_thread_its_own_run_s_macs(model, x):
     finally:
         sys.setswitchinterval(interval)
     assert not wrong
+
+
+@pytest.mark.parametrize("classes", [{9, 5, 7}, frozenset({5, 7, 9}), ["5", "7", "9"], range(5, 10, 2)])
+def test_task_classes_take_any_collection_of_indices(classes):
+    assert sorted(velcro_ref.task_classes(classes=classes)) == [5, 7, 9]
