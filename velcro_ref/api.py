@@ -106,11 +106,9 @@ def task_classes(task=None, classes=None) -> tuple:
     if classes is not None:
         if isinstance(classes, str):
             return data.parse_classes(classes)
-        if not isinstance(classes, np.ndarray):  # a set, a range, a list of indices or of names
-            classes = sorted(classes) if isinstance(classes, (set, frozenset)) else list(classes)
-            if classes and all(isinstance(c, str) for c in classes):  # ["5", "7"] or class names
-                return data.parse_classes(",".join(classes))
-        chosen = _class_list(classes)
+        if not isinstance(classes, np.ndarray) and classes and all(isinstance(c, str) for c in classes):
+            return data.parse_classes(",".join(sorted(classes) if isinstance(classes, (set, frozenset)) else classes))
+        chosen = _class_list(classes)  # indices: a list, a range, a set (`class_indices`)
         if not chosen:
             raise UsageError("classes expect one or more class indices")
         return chosen
