@@ -3,6 +3,8 @@ files, zoo graphs built once."""
 
 import functools
 import os
+import resource
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -34,8 +36,19 @@ class Result:
         return lines[0]
 
 
-def velcro_process(*args, env=None, timeout=120) -> Result:
-    """Run `python -m velcro_ref.cli ARGS` as a real process."""
+def _file_limit(size):
+    """In the child: no file may grow past `size` bytes; a write beyond fails with EFBIG (SIGXFSZ ignored),
+    as a write fails on a full disk."""
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+def velcro_process(*args, env=None, timeout=120, file_limit=None) -> Result:
+    """Run `python -m velcro_ref.cli ARGS` as a real process (its files limited to `file_limit` bytes if given)."""
     res = subprocess.run(
         [sys.executable, "-m", "velcro_ref.cli", *map(str, args)],
         capture_output=True,
@@ -43,6 +56,7 @@ def velcro_process(*args, env=None, timeout=120) -> Result:
         timeout=timeout,
         env={**os.environ, **(env or {})},
         cwd=ROOT,
+        preexec_fn=None if file_limit is None else _file_limit(file_limit),
     )
     return Result(res.returncode, res.stdout, res.stderr)
 

@@ -63,7 +63,9 @@ def _fsync(path) -> None:
 
 def _naming(path: Path, e: OSError) -> OSError:
     """The same kind of OSError, its message naming the final path rather than the temporary one."""
-    err = type(e)(f"{path}: cannot write ({e.strerror or e})")
+    # the system's words for an errno: the HDF5 library's message for it spans lines and names the temporary file
+    reason = os.strerror(e.errno) if e.errno else (e.strerror or e)
+    err = type(e)(f"{path}: cannot write ({reason})")
     err.errno = e.errno
     return err
 

@@ -15,6 +15,7 @@ import signal
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
@@ -326,9 +327,24 @@ def write_header(f, fmt: str, version: int, fingerprint: str, **texts) -> None:
         write_text_attr(f, name, value if isinstance(value, str) else json.dumps(value))
 
 
+@contextmanager
 def create(path):
-    """An h5py.File for writing at `path` (a temporary name from fileio.atomic_path), in LIBVER."""
-    return h5py.File(path, "w", libver=LIBVER)
+    """An h5py.File for writing at `path` (a temporary name from fileio.atomic_path), in LIBVER.
+
+    The file is built in memory and written to `path` by Python when the block ends: the HDF5 library
+    never writes to the disk itself. Where its own writes fail (a full disk), closing the file makes the
+    library crash the process (a segfault after hundreds of lines of messages); Python's write raises
+    an OSError, which atomic_path names and the CLI reports in one line.
+    """
+    f = h5py.File(path, "w", libver=LIBVER, driver="core", backing_store=False)
+    try:
+        yield f
+        f.flush()
+        image = f.id.get_file_image()
+    finally:
+        f.close()
+    with open(path, "wb") as out:
+        out.write(image)
 
 
 def load_checked(path, error, fmt: str, what: str, read):

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from robust_util import velcro_process
 
 from velcro_ref import fileio
 from velcro_ref.fileio import write_text
@@ -83,3 +84,33 @@ def test_failed_write_names_the_final_path_and_leaves_no_temporary_file(tmp_path
     assert str(e.value) == f"{out}: cannot write ({os.strerror(errno.ENOSPC)})"
     assert e.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+HDF5_WRITES = {
+    "compress": lambda stats, out: ("compress", stats, "--ratio", "0.3", "-o", out),
+    "zoo": lambda stats, out: ("zoo", "resnet18", "--input-size", "16", "--width", "0.125", "-o", out),
+}
+
+
+@pytest.mark.parametrize("command", HDF5_WRITES)
+def test_an_hdf5_file_that_cannot_be_written_is_one_line_and_the_old_file_stays(tmp_path, stats_file, command):
+    """A write that fails half-way (here a file-size limit, as on a full disk) ends in one line, exit 1; the
+    HDF5 library's own failed writes used to crash the process on close (exit 139, hundreds of lines)."""
+    out = tmp_path / "out.h5"
+    args = HDF5_WRITES[command](stats_file, out)
+    assert velcro_process(*args).code == 0
+    old = out.read_bytes()
+    res = velcro_process(*args, file_limit=len(old) // 2)
+    line = res.error_line(f"error: {out}: cannot write (")
+    assert res.err.strip() == line
+    assert out.read_bytes() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5"]
+
+
+def test_a_write_error_is_named_in_the_systems_words_not_the_librarys(tmp_path):
+    """h5py's OSError for a full disk carries the HDF5 library's message: several lines, the temporary name."""
+    hdf5_message = "Can't synchronously write data (file write failed: time = ...\n, filename = '.out.h5.1a2b.part')"
+    out = tmp_path / "out.h5"
+    with pytest.raises(OSError) as e, fileio.atomic_path(out) as tmp:
+        raise OSError(errno.ENOSPC, hdf5_message, str(tmp))
+    assert str(e.value) == f"{out}: cannot write ({os.strerror(errno.ENOSPC)})"
