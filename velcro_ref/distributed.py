@@ -173,12 +173,27 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
             except Exception as e:
                 why = f"the local Dask cluster of {workers} worker(s) did not start ({_causes(e)}); rerun"
                 raise ClusterError(why) from None
+            except BaseException:  # Ctrl-C or SIGTERM while it starts
+                _close_half_started(distributed)
+                raise
         with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as c:
             yield c
     finally:
         for name in set(os.environ) - set(environ):
             del os.environ[name]
         os.environ.update(environ)
+
+
+def _close_half_started(distributed) -> None:
+    """Close the clusters an interrupt left half started. Dask closes every cluster at exit, and one
+    whose workers had not finished starting fails an assertion there: a traceback after the
+    interrupt's one line. The workers' start, cut short, leaves asyncio tasks whose failure asyncio logs
+    when they are collected: the process is ending on the interrupt, so those logs are silenced."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    for cluster in list(distributed.SpecCluster._instances):
+        with contextlib.suppress(Exception):
+            cluster.close(timeout=10)
+        distributed.SpecCluster._instances.discard(cluster)
 
 
 def _causes(e) -> str:

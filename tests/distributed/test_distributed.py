@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from dist_util import ROOT, WEIGHTS, WORKER_ENV, RealCluster, assert_identical_stats, assert_same_stats, one_process
 from threadpoolctl import threadpool_limits
@@ -309,6 +310,34 @@ def test_a_worker_dying_before_any_task_is_one_error_line(
     with dask.config.set({"distributed.worker.preload": [str(script)]}):
         res = velcro(*args)
     res.error_line(message, "rerun", code=1)
+    assert not (tmp_path / "never.h5").exists()
+
+
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_while_the_local_cluster_starts_is_one_line(tmp_path, small_model_file, images_file, sig, code, line):
+    """The signal comes while the workers start (a preload that waits): one line, and no worker left. Dask
+    closing the half-started cluster at exit used to print a traceback after the line."""
+    started = tmp_path / "started"
+    script = tmp_path / "slow.py"
+    script.write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(120)\n")
+    args = ["profile", small_model_file, "--images", images_file, "-o", tmp_path / "never.h5", "--workers", "2"]
+    env = {**os.environ, "DASK_DISTRIBUTED__WORKER__PRELOAD": json.dumps([str(script)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velcro_ref.cli", *map(str, args)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert started.exists(), "the workers did not reach their preload"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(sig)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (code, f"error: {line}\n")
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"processes left: {alive}"
     assert not (tmp_path / "never.h5").exists()
 
 
