@@ -22,7 +22,7 @@ import numpy as np
 
 from . import ops
 from .graph import INPUT, OUTPUT, Graph, Node, find_node, quantization
-from .ops.base import Prepared
+from .ops.base import Prepared, to_float32
 from .ops.batch_norm import scale_of
 
 
@@ -97,17 +97,23 @@ def live_nodes(graph: Graph) -> set[str]:
     return live
 
 
-def _fold(bn: Node, conv: Node, graph: Graph) -> dict:
-    """The folded conv's weight and bias: float64 arithmetic, stored float32."""
+def _fold(bn: Node, conv: Node, graph: Graph) -> dict | None:
+    """The folded conv's weight and bias: float64 arithmetic, stored float32; None where float32 cannot
+    hold them (an overflow, or a value below its normal range that is not exact there), so the batch
+    norm runs on its own, as the network computes it, rather than on weights that became inf or lost bits."""
     arrays = {r: graph.params[k] for r, k in bn.params.items()}
     scale = scale_of(arrays, ops.get("batch_norm").check(bn)["eps"])
     beta, mean = (arrays[r].astype(np.float64) for r in ("beta", "mean"))
     w = graph.params[conv.params["weight"]].astype(np.float64)
     b = graph.params[conv.params["bias"]].astype(np.float64) if "bias" in conv.params else np.zeros(len(scale))
-    return {
-        "weight": (w * scale[:, None, None, None]).astype(np.float32),
-        "bias": ((b - mean) * scale + beta).astype(np.float32),
-    }
+    with np.errstate(over="ignore", invalid="ignore"):
+        folded = {"weight": w * scale[:, None, None, None], "bias": (b - mean) * scale + beta}
+    out = {}
+    for role, wide in folded.items():
+        out[role], lost = to_float32(wide)
+        if lost.any():
+            return None
+    return out
 
 
 def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
@@ -208,8 +214,10 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
     for n in stored:
         src = by_name.get(n.inputs[0])
         if n.op == "batch_norm" and src is not None and src.op == "conv2d" and readers[src.name] == [n.name]:
-            folded[n.name] = src.name
-            arrays[src.name] = _fold(n, src, graph)
+            conv_arrays = _fold(n, src, graph)
+            if conv_arrays is not None:
+                folded[n.name] = src.name
+                arrays[src.name] = conv_arrays
     rename = dict(folded)
     q = quantization(graph)
     nodes = []

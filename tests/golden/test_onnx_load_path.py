@@ -331,3 +331,65 @@ def test_a_refused_constant_read_second_by_another_node_is_named_or_ignored(tmp_
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     else:
         assert "Cast to int4" in refused(path)
+
+
+BN_CONSTS = {"g": np.array([1.5, 0.5], np.float32), "b": np.array([0.1, -0.2], np.float32)}
+BN_CONSTS |= {"m": np.array([0.3, -0.1], np.float32), "v": np.array([2.0, 0.5], np.float32)}
+
+
+@pytest.mark.parametrize("opset", [7, 9, 13])
+def test_a_batch_norm_that_outputs_batch_statistics_is_refused(tmp_path, opset):
+    """Before opset 14 a BatchNormalization listing more outputs than Y runs in training mode: ONNX and
+    onnxruntime normalise by the batch's mean and variance, not the stored ones (the outputs need not be read)."""
+    outputs = ["y", "mean", "var", "saved_mean", "saved_var"]
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], outputs, name="bn")]
+    path = save(tmp_path, nodes, BN_CONSTS, opset=opset)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["y"], {"x": X})[0]
+    stored = (X - BN_CONSTS["m"][:, None, None]) / np.sqrt(BN_CONSTS["v"][:, None, None] + 1e-5)
+    assert not np.allclose(want, stored * BN_CONSTS["g"][:, None, None] + BN_CONSTS["b"][:, None, None], atol=1e-3)
+    assert "training mode" in refused(path)
+
+
+@pytest.mark.parametrize("is_test", [0, 1])
+def test_a_batch_norm_before_opset_7_runs_only_in_test_mode(tmp_path, is_test):
+    """Opset 6's is_test=0, its default, is training mode (batch statistics); is_test=1 the stored ones."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn", is_test=is_test)]
+    path = save(tmp_path, nodes, BN_CONSTS, opset=6)
+    if not is_test:
+        assert "is_test=0" in refused(path)
+        return
+    c = {k: v.astype(np.float64)[:, None, None] for k, v in BN_CONSTS.items()}
+    want = (X - c["m"]) / np.sqrt(c["v"] + np.float32(1e-5)) * c["g"] + c["b"]
+    np.testing.assert_allclose(Model(import_onnx(path)).run(X), want, rtol=1e-6)
+
+
+def test_a_batch_norm_fold_that_float32_cannot_hold_runs_unfolded(tmp_path):
+    """Conv weights times the batch norm's scale: 1e30 * 1e10 overflows float32 and 1e-30 * 1e-12 falls below
+    its normal range, where every tensor of the network stays finite: the fold would give inf (NaN on the
+    zero padding) or lose bits, so the batch norm runs on its own, as onnxruntime without fusions computes."""
+    w = np.ones((3, 2, 3, 3), np.float32)
+    w[0], w[2] = 1e30, 1e-30
+    consts = {"w": w, "g": np.array([1e10, 1.0, 1e-12], np.float32), "b": np.zeros(3, np.float32)}
+    consts |= {"m": np.zeros(3, np.float32), "v": np.ones(3, np.float32)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, consts, x_shape=("N", 2, 4, 4))
+    x = np.full((1, 2, 4, 4), 1e-20, np.float32)
+    x[0, :, 1, 2] = 1e20
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    want = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = Model(import_onnx(path))
+    assert model.plan.folded == {}
+    np.testing.assert_allclose(model.run(x), want, rtol=1e-6)
+
+
+def test_gemm_beta_0_with_a_c_that_is_not_finite_is_refused_in_one_line(tmp_path, recwarn):
+    """0 * inf: NaN in ONNX's reference, C left out by onnxruntime; refused as a C that is not finite."""
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"], beta=0.0)]
+    c = np.array([np.inf, 1.0], np.float32)
+    message = refused(save(tmp_path, nodes, {"w": np.ones((8, 2), np.float32), "c": c}))
+    assert "C holds 1 value(s) that are not finite" in message
+    assert not recwarn.list

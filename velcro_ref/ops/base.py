@@ -201,6 +201,15 @@ def onnx_axis(axis, rank) -> int:
     return axis % rank
 
 
+def to_float32(wide) -> tuple[np.ndarray, np.ndarray]:
+    """Float64 values as float32, and where that loses them: a value that overflows, or one below
+    float32's normal range that is not exact there (flushed to 0 or rounded as a subnormal)."""
+    wide = np.asarray(wide, np.float64)
+    with np.errstate(over="ignore"):
+        q = wide.astype(np.float32)
+    return q, ~np.isfinite(q) | ((q != wide) & (np.abs(wide) < np.finfo(np.float32).tiny))
+
+
 def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 

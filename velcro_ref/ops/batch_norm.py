@@ -63,6 +63,13 @@ class BatchNorm(Op):
         x = ctx.data(node)
         if a.get("training_mode", 0):
             raise OnnxUnsupported("training_mode=1")
+        # Training mode, which normalises by the batch's own mean and variance, has no attribute before
+        # opset 14: a node that outputs more than Y computes in it (opsets 7 - 13), and before opset 7
+        # is_test=0, the default, does.
+        if any(node.output[1:]):
+            raise OnnxUnsupported("outputs the batch's mean and variance: training mode, batch statistics")
+        if ctx.opset < 7 and not a.get("is_test", 0):
+            raise OnnxUnsupported("is_test=0 before opset 7: training mode, batch statistics")
         if a.get("spatial", 1) != 1:
             raise OnnxUnsupported("spatial=0")
         a.get("momentum")  # the running statistics' update: training only

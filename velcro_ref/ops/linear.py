@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..kernels.linear import linear
-from .base import OnnxUnsupported, Op, expect_param
+from .base import OnnxUnsupported, Op, expect_param, to_float32
 
 
 class LinearArgs(NamedTuple):
@@ -121,12 +121,12 @@ def _scaled(t, factor, what, operand):
     factor: refused where a product overflows float32, or falls below its normal range and is
     not exact there (flushed to 0 or rounded as a subnormal), where onnxruntime scales the sum."""
     f = np.float32(factor)
+    if not np.all(np.isfinite(t)):  # beta 0 times inf: NaN in ONNX's reference, C ignored by onnxruntime
+        raise OnnxUnsupported(f"{operand} holds {np.count_nonzero(~np.isfinite(t))} value(s) that are not finite")
     if f == 1:
         return t
     wide = np.asarray(t, np.float64) * np.float64(f)  # exact: two float32 factors
-    with np.errstate(over="ignore"):
-        q = wide.astype(np.float32)
-    lost = ~np.isfinite(q) | ((q != wide) & (np.abs(wide) < np.finfo(np.float32).tiny))
+    q, lost = to_float32(wide)
     if lost.any():
         bad = np.abs(wide[lost])
         raise OnnxUnsupported(
