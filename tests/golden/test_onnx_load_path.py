@@ -393,3 +393,25 @@ def test_gemm_beta_0_with_a_c_that_is_not_finite_is_refused_in_one_line(tmp_path
     message = refused(save(tmp_path, nodes, {"w": np.ones((8, 2), np.float32), "c": c}))
     assert "C holds 1 value(s) that are not finite" in message
     assert not recwarn.list
+
+
+@pytest.mark.parametrize("dtype, zero", [(np.uint8, 128), (np.int8, 0)])
+def test_a_quantized_clip_0_6_read_with_other_parameters_clips_the_values(tmp_path, dtype, zero):
+    """DequantizeLinear -> Clip(0, 6) -> QuantizeLinear of another scale, as onnxruntime's quantizer writes it
+    where the Clip's input is also read elsewhere: 6 / 0.28 = 21.4 codes, so the input's code nearest 6 stands
+    for 5.88, and clamping there before the requantization gave 250 where ONNX gives 255 (6 in steps of 6/255)."""
+    out_zero = dtype(0 if dtype == np.uint8 else -128)
+    consts = {"s": np.float32(0.28), "z": dtype(zero), "s6": np.float32(6 / 255), "z6": out_zero}
+    consts |= {"lo": np.float32(0), "hi": np.float32(6)}
+    nodes = [
+        helper.make_node(Q, ["x", "s", "z"], ["q"]),
+        helper.make_node(DQ, ["q", "s", "z"], ["d"]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["c"]),
+        helper.make_node(Q, ["c", "s6", "z6"], ["q6"]),
+        helper.make_node(DQ, ["q6", "s6", "z6"], ["y"]),
+    ]
+    x = np.linspace(-2, 9, 2 * 2 * 4 * 5, dtype=np.float32).reshape(2, 2, 4, 5)
+    path = save(tmp_path, nodes, consts, x_shape=("N", 2, 4, 5))
+    got, want = both(path, x)
+    np.testing.assert_array_equal(got, want)
+    assert want.max() == np.float32(255 * np.float32(6 / 255))  # the clip's top is reached

@@ -176,15 +176,20 @@ class Quantize(Op):
             if ctx.quantization(x) == y:
                 ctx.alias[node.output[0]] = x
                 return
-            shape = ctx.shape(x)
-            if len(shape) != 3:
-                raise OnnxUnsupported(
-                    f"a requantization (DequantizeLinear -> QuantizeLinear with other parameters) of a tensor of "
-                    f"shape {tuple(shape)} per image; supported on (C, H, W) tensors"
-                )
-            ctx.add(node, index, "qconcat", [x], q_attrs(y), base=name)
+            _requantize(ctx, node, index, x, y, base=name)
             return
         ctx.add(node, index, "quantize", [ctx.data(node)], q_attrs(y), base=f"{name}_quantized")
+
+
+def _requantize(ctx, node, index, x, y, **names) -> str:
+    """Graph tensor `x` requantized to QParams `y`: a qconcat of one input (the table QLinearConcat uses)."""
+    shape = ctx.shape(x)
+    if len(shape) != 3:
+        raise OnnxUnsupported(
+            f"a requantization (DequantizeLinear -> QuantizeLinear with other parameters) of a tensor of "
+            f"shape {tuple(shape)} per image; supported on (C, H, W) tensors"
+        )
+    return ctx.add(node, index, "qconcat", [x], q_attrs(y), **names)
 
 
 def _per_tensor_only(a) -> None:
@@ -478,11 +483,29 @@ class QRelu6(QRelu):
         lo = -np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0])
         hi = np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0])
         if lo == 0 and hi == 6:
-            ctx.add(node, index, "qrelu6", [ctx.data(node)])
+            ctx.add(node, index, "qrelu6", [_clip_requantized(node, index, ctx)])
         elif lo == 0 and hi >= float(np.finfo(np.float32).max):
             ctx.add(node, index, "qrelu", [ctx.data(node)])
         else:
             raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
+
+
+def _clip_requantized(node, index, ctx) -> str:
+    """The tensor a Clip(0, 6) on quantized values clamps. Where the QuantizeLinear reading its output
+    has other parameters than its input, the input requantized to them first: ONNX gives Q_out(clip(v, 0, 6)),
+    which is clamp(Q_out(v), Q_out(0), Q_out(6)) as Q_out is monotonic, where clamping at Q_in(6) first
+    would keep the value Q_in(6) stands for, which is not 6, and requantize that."""
+    x = ctx.data(node)
+    readers = ctx.reader_nodes(node.output[0])
+    wanted = {ctx.scale_zero_point(r, 1, 2, "output") for r in readers if r.op_type == "QuantizeLinear"}
+    if not wanted or wanted == {ctx.quantization(x)}:
+        return x
+    if len(wanted) > 1 or any(r.op_type != "QuantizeLinear" for r in readers):
+        raise OnnxUnsupported(
+            "a Clip whose output is read with other quantization parameters than its input's by more than one "
+            "QuantizeLinear, or also as float values; supported: one set of output parameters"
+        )
+    return _requantize(ctx, node, index, x, wanted.pop(), suffix="_requantized")
 
 
 def _on_values(node, ctx) -> None:
