@@ -35,7 +35,9 @@ def _positive_int(v):
 
 def _number(v):
     """An int or a finite float (TOML also has inf and nan); not a bool."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)  # an int too large for a float is refused by its range
 
 
 def _positive_number(v):
@@ -232,7 +234,8 @@ def parse_arch(text: str, source: str = "<string>") -> Arch:
     for section in SCHEMA:
         values.update(_check_table(doc, section, problems))
     pj, src = _check_energy(doc, problems)
-    if not problems and values["accumulator_bits"] < values["operand_bits"]:
+    bits = [values.get(k) for k in ("accumulator_bits", "operand_bits")]
+    if None not in bits and bits[0] < bits[1]:
         problems.append(
             f"[precision].accumulator_bits ({values['accumulator_bits']}) must be at least "
             f"operand_bits ({values['operand_bits']})"

@@ -79,7 +79,8 @@ def register(sub) -> None:
     )
     add_file(p, "model", help="model file (.h5)")
     add_file(p, "--masks", help="VELCRO mask file (.h5) of this model")
-    p.add_argument("--accel", required=True, help=f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file")
+    accel_help = f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file"
+    add_file(p, "--accel", type=str, required=True, help=accel_help)
     p.add_argument(
         "--batch",
         type=int,

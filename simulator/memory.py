@@ -74,7 +74,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
         )
     t = layer.c * layer.fy * layer.fx
     ifmap_g = layer.in_elems // layer.groups * ob
-    icap, fcap = max(1, int(arch.ifmap_kib * half)), max(1, int(arch.filter_kib * half))
+    icap, fcap, ocap = (max(1, int(kib * half)) for kib in (arch.ifmap_kib, arch.filter_kib, arch.ofmap_kib))
     ifmap_dram = filter_dram = 0
     for live in comp.live:
         i, f = operand_dram(ifmap_g, live * t * ob, icap, fcap, layer.k // layer.groups * t * ob)
@@ -82,7 +82,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
         filter_dram += f
     # Masked outputs are never written: their constants already sit in the activation's DRAM buffer.
     ofmap_dram = layer.active_elems * ob
-    psum_dram = comp.psum_bytes if comp.psum_tile_bytes > arch.ofmap_kib * half else 0
+    psum_dram = comp.psum_bytes if comp.psum_tile_bytes > ocap else 0
     return Traffic(
         ifmap_sram_bytes=comp.ifmap_reads + ifmap_dram,
         filter_sram_bytes=comp.filter_reads + filter_dram,

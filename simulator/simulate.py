@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 
+import numpy as np
+
 from velcro_ref.errors import UsageError
 
 from .arch import Arch, load_arch, with_changes
@@ -377,10 +379,11 @@ def model_precision(arch: Arch, model) -> Arch:
 
 
 def check_batch(batch) -> int:
-    """`batch` if it is an int from 1 to MAX_BATCH; raises UsageError otherwise."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+    """`batch` as an int if it is an integer (a NumPy one included) from 1 to MAX_BATCH; raises
+    UsageError otherwise."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_BATCH:
         raise UsageError(f"batch must be an integer from 1 to {MAX_BATCH}, got {batch!r}")
-    return batch
+    return int(batch)
 
 
 def simulate_workload(layers, arch, masked: bool, model_name: str = "", batch: int = 1) -> SimResult:
@@ -407,7 +410,7 @@ def simulate(model, arch, masks=None, batch: int = 1) -> SimResult:
     (`model_precision`: 8-bit operands, 32-bit accumulators), whatever the arch's [precision].
     Raises ArchError, MaskError or UsageError for bad input.
     """
-    check_batch(batch)
+    batch = check_batch(batch)
     model = _as_model(model)
     layers = build_workload(model, masks)
     arch = model_precision(_arch(arch), model)
@@ -447,14 +450,15 @@ def parse_sweep(specs) -> dict:
 
 def sweep(model, arch, grid: dict, masks=None, batch: int = 1) -> list[tuple[dict, SimResult]]:
     """Simulate every point of the Cartesian product of `grid` (field -> values) around `arch`."""
-    check_batch(batch)
+    batch = check_batch(batch)
     model = _as_model(model)
     base = model_precision(_arch(arch), model)
     layers = build_workload(model, masks)
     keys = list(grid)
     out = []
     for values in itertools.product(*(grid[k] for k in keys)):
-        point = dict(zip(keys, values, strict=True))
+        # a NumPy number (np.arange, np.linspace) as the Python number it holds
+        point = {k: v.item() if isinstance(v, np.generic) else v for k, v in zip(keys, values, strict=True)}
         result = simulate_workload(
             layers, with_changes(base, **point), masks is not None, model.meta.get("name", ""), batch
         )

@@ -83,7 +83,8 @@ def _path(value):
 def add_file(p, *flags, role="in", **kw):
     """Add a file option and record its role for `check_files`: "in" (read), "out" (written),
     "dir_in", "dir_out" (folders) or "inout" (read, then rewritten in place)."""
-    action = p.add_argument(*flags, type=_path if role in ("in", "out", "inout") else text, **kw)
+    kw.setdefault("type", _path if role in ("in", "out", "inout") else text)
+    action = p.add_argument(*flags, **kw)
     p.set_defaults(_files=(*(p.get_default("_files") or ()), (action.dest, role)))
     return action
 

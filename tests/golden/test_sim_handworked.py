@@ -413,3 +413,16 @@ def test_a_layer_without_dense_cycles_has_no_speedup():
     assert relu.cycles_vc == 0 and relu.speedup is None  # the table prints none (it printed 0.000)
     entry = next(e for e in result.to_json()["layers"] if e["name"] == "r")
     assert entry["speedup"] == 1.0  # the JSON's undefined speedup
+
+
+def test_numpy_numbers_as_batch_and_sweep_values_are_the_numbers_they_hold(model):
+    """np.arange and np.linspace give NumPy scalars: np.int64(8) was refused as "not an integer"."""
+    from simulator import sweep
+
+    arch = tiny_arch("output_stationary")
+    assert simulate(model, arch, batch=np.int64(8)).to_json(False) == simulate(model, arch, batch=8).to_json(False)
+    grid = {"rows": list(np.arange(2, 4)), "clock_mhz": list(np.linspace(100, 200, 2, dtype=np.float32))}
+    plain = {"rows": [2, 3], "clock_mhz": [100.0, 200.0]}
+    got, want = sweep(model, arch, grid, batch=np.int64(2)), sweep(model, arch, plain, batch=2)
+    assert json.dumps([p for p, _ in got]) == json.dumps([p for p, _ in want])
+    assert [r.to_json(False) for _, r in got] == [r.to_json(False) for _, r in want]

@@ -30,6 +30,9 @@ OUT_OF_RANGE = {
     "huge-lanes": (("lanes = 16", "lanes = 1000000"), "[vector].lanes must be from 1 to 4,096"),
     "huge-pe-weights": (("pe_weights = 1 ", "pe_weights = 1000000000 "), "[array].pe_weights must be from 1 to 65,536"),
     "wide-operands": (("operand_bits = 8", "operand_bits = 1024"), "[precision].operand_bits must be from 8 to 64"),
+    # integers too large for a float, in float fields
+    "huge-int-buffer": (("ofmap_kib = 32", "ofmap_kib = 1" + "0" * 400), "[buffers].ofmap_kib must be from 0.0625"),
+    "huge-int-energy": (("mac = { pj = 0.3,", "mac = { pj = 1" + "0" * 400 + ","), "[energy].mac.pj must be from"),
 }
 
 
@@ -151,3 +154,18 @@ def test_every_json_output_is_strict_and_finite(velcro, tmp_path, model_file, ma
     assert res.code == 0 and res.err == "", res.err
     doc = strict_json(res.out)
     assert "not_finite" not in doc
+
+
+def test_accumulator_narrower_than_operands_is_listed_with_the_other_problems(velcro, tmp_path, model_file):
+    path = arch_file(tmp_path, edited(("rows = 16", "rows = 0"), ("operand_bits = 8", "operand_bits = 64")))
+    line = velcro("simulate", model_file, "--accel", path).error_line("2 problem(s)", "[array].rows")
+    assert "accumulator_bits (32) must be at least operand_bits (64)" in line
+
+
+@pytest.mark.parametrize("flag", ["--csv", "--plot"])
+def test_an_output_naming_the_accelerator_file_is_refused(velcro, tmp_path, model_file, flag):
+    path = arch_file(tmp_path, GOOD)
+    velcro("simulate", model_file, "--accel", path, flag, tmp_path / "." / "accel.toml").error_line(
+        "names the input", code=2
+    )
+    assert path.read_text() == GOOD
