@@ -117,7 +117,7 @@ def vector_compute(layer, arch) -> Compute:
         compute_cycles=ceil_div(ops, arch.vector_lanes),
         macs=0,
         ops=ops,
-        ifmap_reads=layer.in_elems * active // layer.out_elems * ob,
+        ifmap_reads=layer.in_elems * active // layer.out_elems * (layer.in_bytes or ob),
         filter_reads=0,
-        ofmap_writes=active * ob,
+        ofmap_writes=active * (layer.out_bytes or ob),
     )

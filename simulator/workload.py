@@ -15,6 +15,8 @@ import numpy as np
 
 from velcro_ref.graph import INPUT
 
+FLOAT_BYTES = 4  # a float32 element
+
 
 @dataclass(frozen=True, eq=False)
 class Layer:
@@ -47,6 +49,10 @@ class Layer:
     bitmap_bytes: int = 0
     n_consts: int = 0
     reads_mask: bool = True  # False: on its producer's output path, which read the mask table
+    # Bytes per input and output element where they are not the operand's: the float32 tensors of an
+    # int8 model (a quantize's input, a dequantize's output, float ops between them); 0: the operand's.
+    in_bytes: int = 0
+    out_bytes: int = 0
 
     @property
     def out_elems(self) -> int:
@@ -89,8 +95,8 @@ class Layer:
         )
 
 
-def _layer(st, readers):
-    """The record of one plan node (velcro_ref.plan.PlanNode)."""
+def _layer(st, readers, quantized: bool):
+    """The record of one plan node (velcro_ref.plan.PlanNode); `quantized`: the node is in an int8 model."""
     op = st.opdef
     nest = op.loop_nest(st.attrs, st.in_shapes, st.out_shape)
     in_elems = sum(int(np.prod(s)) for s in st.in_shapes)
@@ -98,7 +104,11 @@ def _layer(st, readers):
         return Layer(st.name, st.op, "array", **nest, in_elems=in_elems)
     # An activation right after its only producer runs on that producer's output path.
     fused = op.site and st.inputs[0] != INPUT and len(readers[st.inputs[0]]) == 1
-    return Layer(st.name, st.op, "vector", **nest, in_elems=in_elems, ops_per_element=op.ops_per_element, fused=fused)
+    floats = {"in_bytes": FLOAT_BYTES * all(q is None for q in st.in_q), "out_bytes": FLOAT_BYTES * (st.q is None)}
+    sizes = floats if quantized else {}
+    return Layer(
+        st.name, st.op, "vector", **nest, in_elems=in_elems, ops_per_element=op.ops_per_element, fused=fused, **sizes
+    )
 
 
 def _site_records(model, masks):
@@ -135,10 +145,11 @@ def build_workload(model, masks=None) -> list[Layer]:
         model.check_masks(masks)
         masked = _site_records(model, masks)
     layers, seen_sites = [], set()
+    quantized = any(n.q is not None for n in model.plan.nodes)
     for n in model.plan.nodes:
         if n.opdef.unit == "free":
             continue
-        layer = _layer(n, model.plan.readers)
+        layer = _layer(n, model.plan.readers, quantized)
         fields = {}
         if n.opdef.unit == "array":
             fields["macs"] = dense_macs[n.name]

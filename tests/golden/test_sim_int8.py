@@ -71,6 +71,10 @@ def test_int8_model_is_priced_with_8_bit_operands_and_32_bit_accumulators():
     # the site (fused): 64 ops; dequantize: 64 x 2 ops on 3 lanes
     assert (s["r"].ops, s["r"].compute_cycles) == (64, 0)
     assert (s["out"].ops, s["out"].compute_cycles) == (128, 43)
+    # the float32 tensors are 4 bytes an element: quantize reads 32 x 4 and writes 32 x 1 bytes
+    # (each through its buffer: twice), dequantize reads 64 x 1 and writes 64 x 4
+    assert (s["q"].dram_bytes, s["q"].ifmap_sram_bytes, s["q"].ofmap_sram_bytes) == (128 + 32, 256, 64)
+    assert (s["out"].dram_bytes, s["out"].ifmap_sram_bytes, s["out"].ofmap_sram_bytes) == (64 + 256, 128, 512)
     assert res.total_dense.ops == 128 + 256 + 64 + 128
     assert res.total_dense.compute_cycles == 43 + 96 + 43
 
