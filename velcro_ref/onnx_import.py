@@ -120,10 +120,12 @@ def import_onnx(path) -> G.Graph:
     path = Path(path)
     model = _load(path)
     try:
-        return _Importer(model).run()
+        graph = _Importer(model).run()
     except ModelError as e:
         msg = str(e)
         raise type(e)(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+    _check_valid(model, path)
+    return graph
 
 
 def _load(path: Path):
@@ -142,6 +144,17 @@ def _load(path: Path):
     if model.ir_version < 1 or not model.HasField("graph") or not model.graph.output:
         raise ModelError(f"{path}: not an ONNX model (no IR version or graph outputs)")
     return model
+
+
+def _check_valid(model, path: Path) -> None:
+    """ModelError for types and shapes that clash (ONNX's strict inference), where onnxruntime refuses
+    the model as invalid. Run after the conversion, whose own refusals name the node more plainly."""
+    import onnx
+
+    try:
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as e:
+        raise ModelError(f"{path}: not a valid ONNX model ({' '.join(str(e).split())})") from None
 
 
 def _node_label(node, index):
@@ -217,9 +230,13 @@ def _unread(node, a: _Attrs, opset) -> list[str]:
         spec = None if schema is None else schema.attributes.get(name)
         if spec is not None and spec.default_value.type and helper.get_attribute_value(spec.default_value) == value:
             continue
-        shown = value.decode() if isinstance(value, bytes) else value
-        left.append(f"{name}={shown!r}" if isinstance(shown, str) else f"{name}={shown}")
+        left.append(_shown_attr(name, value))
     return left
+
+
+def _shown_attr(name, value) -> str:
+    shown = value.decode() if isinstance(value, bytes) else value
+    return f"{name}={shown!r}" if isinstance(shown, str) else f"{name}={shown}"
 
 
 def _check_arity(node, opset) -> None:
@@ -647,6 +664,15 @@ class _Importer:
     def _check_read(self, node, a: _Attrs) -> None:
         """OnnxUnsupported where the converter (or the folding) left an attribute unread that is not
         at ONNX's default: ignored, it would change what the node computes without a word."""
+        schema = _schema(node, self.opset)
+        if schema is not None:  # onnxruntime refuses such a model as invalid; a converter may read the name anyway
+            undefined = sorted(set(dict.keys(a)) - set(schema.attributes))
+            if undefined:
+                shown = ", ".join(_shown_attr(k, dict.__getitem__(a, k)) for k in undefined)
+                raise OnnxUnsupported(f"attribute {shown} is not defined for {node.op_type} at opset {self.opset}")
+            missing = [k for k, spec in schema.attributes.items() if spec.required and k not in a]
+            if missing:
+                raise OnnxUnsupported(f"required attribute {', '.join(missing)} is missing")
         left = _unread(node, a, self.opset)
         if left:
             raise OnnxUnsupported(f"attribute {', '.join(left)} (not supported)")

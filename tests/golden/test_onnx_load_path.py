@@ -415,3 +415,45 @@ def test_a_quantized_clip_0_6_read_with_other_parameters_clips_the_values(tmp_pa
     got, want = both(path, x)
     np.testing.assert_array_equal(got, want)
     assert want.max() == np.float32(255 * np.float32(6 / 255))  # the clip's top is reached
+
+
+def _pool_ceil(opset):
+    return [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)], {}, opset
+
+
+def _reduce_mean_axes_attribute(opset):
+    return [helper.make_node("ReduceMean", ["x"], ["y"], axes=[2, 3])], {}, opset
+
+
+def _concat_without_axis(opset):
+    return [helper.make_node("Concat", ["x", "x"], ["y"])], {}, opset
+
+
+def _clip_of_two_bounds(opset):
+    consts = {"lo": np.array([0.0, -1.0], np.float32), "hi": np.array([6.0], np.float32)}
+    return [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], consts, opset
+
+
+def _float64_weight(opset):
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
+    return nodes, {"w": np.ones((8, 2), np.float64)}, opset
+
+
+@pytest.mark.parametrize(
+    "build, opset, message",
+    [
+        (_pool_ceil, 8, "attribute ceil_mode=1 is not defined for MaxPool at opset 8"),
+        (_reduce_mean_axes_attribute, 18, "attribute axes=[2, 3] is not defined for ReduceMean at opset 18"),
+        (_concat_without_axis, 13, "required attribute axis is missing"),
+        (_clip_of_two_bounds, 13, "min holds 2 values; a bound is one value"),
+        (_float64_weight, 13, "not a valid ONNX model ([ShapeInferenceError] (op_type:Gemm): B has inconsistent type"),
+    ],
+)
+def test_a_model_onnxruntime_refuses_as_invalid_is_refused(tmp_path, build, opset, message):
+    """An attribute its opset does not define (ceil_mode before opset 10), a required one left out, a bound of
+    two values, a float64 weight of a float32 op: the importer took the first or the default and answered."""
+    nodes, consts, opset = build(opset)
+    path = save(tmp_path, nodes, consts, opset=opset)
+    with pytest.raises(Exception, match="ONNXRuntimeError"):  # when the model loads, or when it runs
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})
+    assert message in refused(path)

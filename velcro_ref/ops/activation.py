@@ -7,7 +7,7 @@ import numpy as np
 from ..kernels import activation as kact
 from ..kernels.overwrite import NO_MASK as _NO_MASK
 from ..kernels.overwrite import clamp, clamp_unmasked
-from .base import ActivationOp, OnnxUnsupported
+from .base import ActivationOp, OnnxUnsupported, clip_bounds
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
 
@@ -46,13 +46,7 @@ class Relu6(Relu):
     def from_onnx(self, node, index, a, ctx):
         """Clip to [0, 6] is relu6, to [0, inf) relu; other ranges are not activation sites."""
         x = ctx.data(node)
-        if ctx.opset < 11:
-            lo, hi = a.get("min", -_FLOAT_MAX), a.get("max", _FLOAT_MAX)
-        else:
-            lo_v = ctx.const(node, 1, "min", required=False)
-            hi_v = ctx.const(node, 2, "max", required=False)
-            lo = -np.inf if lo_v is None else float(np.asarray(lo_v).reshape(-1)[0])
-            hi = np.inf if hi_v is None else float(np.asarray(hi_v).reshape(-1)[0])
+        lo, hi = clip_bounds(node, a, ctx)
         if lo == 0 and hi == 6:
             ctx.add(node, index, "relu6", [x])
         elif lo == 0 and hi >= _FLOAT_MAX:

@@ -210,6 +210,21 @@ def to_float32(wide) -> tuple[np.ndarray, np.ndarray]:
     return q, ~np.isfinite(q) | ((q != wide) & (np.abs(wide) < np.finfo(np.float32).tiny))
 
 
+def clip_bounds(node, a, ctx) -> tuple[float, float]:
+    """A Clip's (min, max): attributes before opset 11 (defaults: float32's range), else inputs 1 and 2
+    (absent: -inf, inf). A bound input must hold one value (onnxruntime refuses more)."""
+    if ctx.opset < 11:
+        big = float(np.finfo(np.float32).max)
+        return a.get("min", -big), a.get("max", big)
+    bounds = []
+    for k, role, absent in ((1, "min", -np.inf), (2, "max", np.inf)):
+        v = ctx.const(node, k, role, required=False)
+        if v is not None and np.size(v) != 1:
+            raise OnnxUnsupported(f"{role} holds {np.size(v)} values; a bound is one value")
+        bounds.append(absent if v is None else float(np.asarray(v).reshape(-1)[0]))
+    return bounds[0], bounds[1]
+
+
 def is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
 

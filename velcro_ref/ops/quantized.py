@@ -23,7 +23,7 @@ from ..kernels.int8 import pool as kpool
 from ..kernels.int8 import requant as kreq
 from ..kernels.int8 import sites as ksite
 from ..reference import int8 as rint8
-from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, quantized_output
+from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, clip_bounds, quantized_output
 from .conv import Conv2d
 from .elementwise import Add, Concat, channel_axis_only
 from .linear import Linear
@@ -478,10 +478,7 @@ class QRelu6(QRelu):
     def from_onnx(self, node, index, a, ctx):
         """Clip(0, 6) on a quantized tensor is qrelu6, Clip(0, inf) qrelu."""
         _on_values(node, ctx)
-        lo = ctx.const(node, 1, "min", required=False)
-        hi = ctx.const(node, 2, "max", required=False)
-        lo = -np.inf if lo is None else float(np.asarray(lo).reshape(-1)[0])
-        hi = np.inf if hi is None else float(np.asarray(hi).reshape(-1)[0])
+        lo, hi = clip_bounds(node, a, ctx)
         if lo == 0 and hi == 6:
             ctx.add(node, index, "qrelu6", [_clip_requantized(node, index, ctx)])
         elif lo == 0 and hi >= float(np.finfo(np.float32).max):
