@@ -154,9 +154,12 @@ def load_array(path, what="input") -> np.ndarray:
         raise InputError(f"{path}: cannot read {what} as .npy ({e})") from None
     if not isinstance(a, np.ndarray):
         raise InputError(f"{path}: expects a .npy array, found {type(a).__name__}")
-    if not a.dtype.isnative:  # a file written on a big-endian machine: the same values, in this byte order
-        a = a.astype(a.dtype.newbyteorder("="))
-    return a
+    return _native(a)
+
+
+def _native(a: np.ndarray) -> np.ndarray:
+    """An array written on a machine of the other byte order as the same values in this one's."""
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
 
 
 def load_npz(path, keys) -> tuple:
@@ -178,7 +181,7 @@ def load_npz(path, keys) -> tuple:
                 with z.zip.open(f"{k}.npy") as f:
                     shape, dtype = _npy_header(f)
                 try:
-                    out.append(z[k])
+                    out.append(_native(z[k]))
                 except MemoryError:
                     raise InputError(f"{path}: array '{k}', {_size(shape, dtype)}, does not fit in memory") from None
             return tuple(out)
@@ -274,6 +277,11 @@ def load_image_set(args, model):
             raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")
         found = tuple(int(c) for c in np.unique(y))
         classes = data.parse_classes(args.classes) if args.classes else found
+        if classes and min(classes) < 0:  # a label such as -1 for "unlabelled", taken as a class
+            raise InputError(
+                f"{args.images}: 'y' holds label {min(classes)}; a class index is 0 or more "
+                "(choose classes with --classes)"
+            )
         absent = ", ".join(str(c) for c in classes if c not in found)
         if absent:
             missing = f"no images of class(es) {absent}; labels found: {', '.join(map(str, found))}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -42,11 +43,13 @@ def cmd_profile(args):
     if args.resume and partial.exists():
         col.stats = load_stats(partial, model)
         done = col.stats
-        if (done.source, tuple(done.classes)) != (source, tuple(classes)):
+        # The images are matched by their digest below, whatever path or class order names them.
+        if sorted(done.classes) != sorted(classes):
             raise StatsError(
                 f"{partial}: checkpoint of another image set ({done.source!r}, classes {list(done.classes)}), "
                 f"this run uses {source!r}, classes {list(classes)}; delete it or run without --resume"
             )
+        done.classes = tuple(classes)
         if done.n_images > len(x):
             raise StatsError(
                 f"{partial}: checkpoint holds {done.n_images} images, the image set has only {len(x)}; "
@@ -60,7 +63,8 @@ def cmd_profile(args):
         if done.provenance["images_digest"] != digest(x[: done.n_images]):
             raise StatsError(
                 f"{partial}: checkpoint of other images than the first {done.n_images} of {source!r} as they are "
-                "now (the file changed); delete it or run without --resume"
+                f"now (another image set than its {done.source!r}, or the file changed); "
+                "delete it or run without --resume"
             )
         start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
@@ -147,10 +151,15 @@ def cmd_stats_merge(args):
     from .stats import load_stats, save_stats
 
     seen = {}
-    for p in args.inputs:  # one shard twice would count its images twice
-        if Path(p).resolve() in seen:
-            raise UsageError(f"{p}: the same file as {seen[Path(p).resolve()]}; each shard is merged once")
-        seen[Path(p).resolve()] = p
+    for p in args.inputs:  # one shard twice (by any path: a symlink, a hard link) would count its images twice
+        try:
+            st = os.stat(p)
+            key = (st.st_dev, st.st_ino)
+        except OSError:  # load_stats names the problem
+            key = Path(p).resolve()
+        if key in seen:
+            raise UsageError(f"{p}: the same file as {seen[key]}; each shard is merged once")
+        seen[key] = p
     parts = [load_stats(p) for p in args.inputs]
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):

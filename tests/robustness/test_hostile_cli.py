@@ -118,11 +118,17 @@ CASES = [
     ("merge-other-model", "stats merge {d}/s.h5 {d}/other.h5 -o {d}/o.h5", 1, "other.h5"),
     ("merge-count-overflow", "stats merge {d}/many.h5 {d}/many2.h5 -o {d}/o.h5", 1, "more than"),
     ("merge-same-file", "stats merge {d}/s.h5 {d}/./s.h5 -o {d}/o.h5", 2, "the same file as"),
+    ("merge-hard-link", "stats merge {d}/s.h5 {d}/s_link.h5 -o {d}/o.h5", 2, "the same file as"),
     # -- an option given twice: its first value would be dropped without a word --------------------------
     ("ratio-twice", "compress {d}/s.h5 --ratio 0.3 --ratio 0.5 -o {d}/o.h5", 2, "--ratio is given more than once"),
     ("accel-twice", "simulate {d}/m.h5 --accel edge16 --accel {d}/a.toml", 2, "--accel is given more than once"),
     # -- numbers that would be wrong -----------------------------------------------------------------------
     ("labels-beyond-int32", "eval {d}/m.h5 --images {d}/big_labels.npz", 1, "holds label 92233720368547758"),
+    # -1 as "unlabelled" taken as a class: the stats file written could not be read back
+    ("negative-label", "profile {d}/m.h5 --images {d}/neg_labels.npz -o {d}/o.h5", 1, "holds label -1"),
+    ("negative-label-chosen-out", "profile {d}/m.h5 --images {d}/neg_labels.npz --classes 1,2 -o {d}/o.h5", 0, None),
+    # a big-endian array of the images: the same values (it was refused as dtype >f4)
+    ("big-endian-images", "eval {d}/m.h5 --images {d}/big_endian.npz", 0, None),
     ("eval-nan-scores", "eval {d}/nan.h5 --allow-nonfinite --images {d}/x.npz", 1, "NaN scores"),
     ("no-activation-site", "compress {d}/nosite_stats.h5 --ratio 0.3 -o {d}/o.h5", 1, "no activation site"),
     # -- names the file system takes --------------------------------------------------------------------
@@ -137,6 +143,8 @@ def prepare(d: Path, case: str) -> None:
         os.mkfifo(d / "fifo")
     if case == "dev-zero-input" and not (d / "zero.npy").exists():
         os.symlink("/dev/zero", d / "zero.npy")
+    if case == "merge-hard-link" and not (d / "s_link.h5").exists():
+        os.link(d / "s.h5", d / "s_link.h5")
     if case == "huge-npy":
         with open(d / "huge.npy", "wb") as f:
             header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 3, 224, 224)}
@@ -156,6 +164,12 @@ def prepare(d: Path, case: str) -> None:
     if case == "merge-count-overflow":
         save_stats(_one_site_stats(count=2.0**52 + 2), d / "many.h5")
         save_stats(_one_site_stats(count=2.0**52 + 2), d / "many2.h5")
+    if case.startswith("negative-label"):
+        with np.load(d / "x.npz") as f:
+            np.savez(d / "neg_labels.npz", x=f["x"], y=np.where(f["y"] == 0, -1, f["y"]).astype(np.int8))
+    if case == "big-endian-images":
+        with np.load(d / "x.npz") as f:
+            np.savez(d / "big_endian.npz", x=f["x"].astype(">f4"), y=f["y"].astype(">i8"))
     if case == "labels-beyond-int32":
         with np.load(d / "x.npz") as f:
             np.savez(d / "big_labels.npz", x=f["x"], y=f["y"].astype(np.uint64) + np.uint64(2**63))

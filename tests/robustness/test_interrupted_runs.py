@@ -161,6 +161,27 @@ def test_resume_with_another_batch_size_equals_uninterrupted_run(
     assert_same_stats(load_stats(out), uninterrupted, rtol=1e-5)
 
 
+def test_resume_takes_the_same_images_named_by_another_path_and_class_order(
+    velcro, tmp_path, model_file, long_images, uninterrupted
+):
+    """The checkpoint's digest of its images decides: ./alias.npz (a link to the same file) and the classes
+    listed in another order are the same image set, which a comparison of their names refused."""
+    out = tmp_path / "s.h5"
+    proc = start("profile", model_file, "--images", long_images, "-o", out, "--batch", "8", "--checkpoint-every", "3")
+    wait_for((tmp_path / "s.h5.partial").exists, proc, what="the first checkpoint")
+    stop(proc, signal.SIGKILL)
+    alias = tmp_path / "alias.npz"
+    alias.symlink_to(long_images)
+    args = ("--images", alias, "--classes", "3,2,1,0", "-o", out, "--batch", "8", "--resume")
+    res = velcro("profile", model_file, *args)
+    assert res.code == 0, res.err
+    assert "resuming from" in res.out
+    got = load_stats(out)
+    assert got.classes == (3, 2, 1, 0)  # as a fresh run with these options writes them
+    got.classes = uninterrupted.classes
+    assert_same_stats(got, uninterrupted, rtol=1e-12)
+
+
 def test_resume_refuses_a_checkpoint_of_another_image_set(velcro, tmp_path, model_file, images_file, stats_file):
     out = tmp_path / "s.h5"
     (tmp_path / "s.h5.partial").write_bytes(stats_file.read_bytes())  # 40 images of images_file
