@@ -392,7 +392,8 @@ def write_rtl_vectors(layer: QConvLayer, out_dir, rows: int = 8, cols: int = 8) 
     f.write("multiplier", "multiplier.hex", np.asarray(layer.multiplier), 32, True, "k", (k,))
     f.write("shift", "shift.hex", shift, 8, True, "k", (k,))
     f.write("skip", "skip.hex", masked.reshape(-1), 1, False, "k, oy, ox", (k, oh, ow))
-    f.write("constants", "constants.hex", const.reshape(-1), 8, y_signed, "k, oy, ox", (k, oh, ow))
+    kept = np.where(masked, const, 0).reshape(-1)  # as documented: 0 where not masked, as tile_const
+    f.write("constants", "constants.hex", kept, 8, y_signed, "k, oy, ox", (k, oh, ow))
     f.write("acc", "acc.hex", acc.reshape(-1), 32, True, "k, oy, ox", (k, oh, ow))
     f.write("output", "output.hex", y.reshape(-1), 8, y_signed, "k, oy, ox", (k, oh, ow))
     f.write("tile_act", "tile_act.hex", act.reshape(nt * window, rows), 8, x_signed, "tile, t; lane = array row")
@@ -543,7 +544,7 @@ def read_rtl_vectors(path) -> RtlVectors:
 def parse_array(text: str) -> tuple[int, int]:
     """ "ROWSxCOLS" (e.g. "8x8") as two ints in [2, MAX_ARRAY]; UsageError otherwise."""
     parts = str(text).lower().split("x")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):  # "²" is a digit to isdigit
         raise UsageError(f"--array expects ROWSxCOLS, e.g. 8x8, got {text!r}")
     rows, cols = (int(p) for p in parts)
     if not (2 <= rows <= MAX_ARRAY and 2 <= cols <= MAX_ARRAY):

@@ -102,6 +102,9 @@ def test_masked_pixels_leave_their_folds_and_unused_pes_are_skipped(tmp_path):
     assert acc[2:] == [11, 0]
     assert read_hex(tmp_path / "tile_out.hex")[2:] == [0xF9 << 8 | 11, 0]
     assert read_hex(tmp_path / "tile_const.hex")[1] == 0xF9 << 8
+    # constants.hex (order k, oy, ox): the constant where masked, 0 elsewhere (a layer's constants may
+    # hold values at unmasked elements too: a site's constants everywhere)
+    assert read_hex(tmp_path / "constants.hex") == [0, 0xF9, 0, 0, 0, 0xF9, 0, 0xF9]
 
 
 def test_manifest_reads_back_the_tensors_and_tiles(tmp_path):
@@ -221,3 +224,12 @@ def test_rewriting_a_directory_replaces_its_manifest_last(tmp_path, monkeypatch)
         write_rtl_vectors(_layer(zx=2), tmp_path, rows=2, cols=2)
     with pytest.raises(RtlVectorError, match="found no file"):
         read_rtl_vectors(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["\u00b2x8", "\uff18x8", "8x"])
+def test_an_array_of_other_than_ascii_digits_is_a_usage_error(text):
+    """'²' is a digit to str.isdigit, which int() then refused in a traceback."""
+    from velcro_ref.errors import UsageError
+
+    with pytest.raises(UsageError, match="--array expects ROWSxCOLS"):
+        rv.parse_array(text)
