@@ -280,7 +280,8 @@ def run_demo(
             [general] = runner.run(profile_unit, [call], bar)
             entry = {
                 "file": m["file"],
-                "variant": m.get("variant", "float32"),
+                # a quantized model's variant is its activations' type (int8 or uint8)
+                "variant": m.get("variant", m.get("quantization", {}).get("activations", "float32")),
                 "test_accuracy_10class": m.get("test_accuracy"),
                 "tasks": {},
             }

@@ -79,7 +79,7 @@ def _saving(s) -> str:
 
 def _model_label(name, entry) -> str:
     variant = entry.get("variant", "float32")
-    return name if variant == "float32" else f"{name} ({variant})"
+    return name if variant == "float32" or name.endswith(f"_{variant}") else f"{name} ({variant})"
 
 
 # -- tables: (header, rows of strings) -------------------------------------------------------------

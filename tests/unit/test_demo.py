@@ -241,6 +241,7 @@ def test_int8_demo_runs_the_int8_models_and_fills_only_the_int8_readme_block(tmp
     assert report["settings"]["int8"] is True
     assert list(report["models"]) == ["resnet18_int8"]
     assert report["models"]["resnet18_int8"]["file"] == entry["file"]
+    assert report["models"]["resnet18_int8"]["variant"] == entry["quantization"]["activations"] == "int8"
     text = readme.read_text()
     assert "\nfloat\n" in text and "\nold\n" not in text
     block = text.split("<!-- demo-int8-results:start -->")[1].split("<!-- demo-int8-results:end -->")[0]
