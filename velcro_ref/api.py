@@ -185,8 +185,8 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
     if missing:
         raise StatsError(
             f"no calibration range for tensor(s) {', '.join(missing[:6])}"
-            f"{' ...' if len(missing) > 6 else ''}; statistics files before format version 3 hold only the "
-            "activation sites: profile the model again"
+            f"{' ...' if len(missing) > 6 else ''}; statistics files before format version 3, and merges of "
+            "them, hold only the activation sites: profile the model again"
         )
     ranges = {t: stats.range_of(t) for t in need}
     calibration = {"images": stats.source, "n_images": int(stats.n_images), "classes": [int(c) for c in stats.classes]}
