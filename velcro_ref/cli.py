@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import re
 import signal
@@ -186,6 +187,10 @@ def main(argv=None) -> int:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
         print(f"error: {one_line}", file=sys.stderr)
+        if code in (130, 143):
+            # The process ends on the signal. Work it cut short (a Dask cluster's start) leaves asyncio
+            # tasks whose failure asyncio logs when they are collected at exit: after the one line, noise.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         return code
 
     args = None

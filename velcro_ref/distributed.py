@@ -168,13 +168,14 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         with dask.config.set({"distributed.worker.profile.enabled": False}), warnings.catch_warnings():
             # without a dashboard the scheduler still serves /health, on 8787 or, if taken, any port
             warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+            before = set(distributed.SpecCluster._instances)
             try:  # a worker process that dies while starting fails the whole cluster's start
                 cluster = _local_cluster(distributed, workers)
             except Exception as e:
                 why = f"the local Dask cluster of {workers} worker(s) did not start ({_causes(e)}); rerun"
                 raise ClusterError(why) from None
             except BaseException:  # Ctrl-C or SIGTERM while it starts
-                _close_half_started(distributed)
+                _close_half_started(distributed, before)
                 raise
         with contextlib.closing(cluster), contextlib.closing(distributed.Client(cluster, set_as_default=False)) as c:
             yield c
@@ -184,13 +185,11 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
         os.environ.update(environ)
 
 
-def _close_half_started(distributed) -> None:
-    """Close the clusters an interrupt left half started. Dask closes every cluster at exit, and one
-    whose workers had not finished starting fails an assertion there: a traceback after the
-    interrupt's one line. The workers' start, cut short, leaves asyncio tasks whose failure asyncio logs
-    when they are collected: the process is ending on the interrupt, so those logs are silenced."""
-    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
-    for cluster in list(distributed.SpecCluster._instances):
+def _close_half_started(distributed, before) -> None:
+    """Close the cluster an interrupt left half started (any cluster not in `before`, the ones that
+    existed, a caller's own among them). Dask closes every cluster at exit, and one whose workers had
+    not finished starting fails an assertion there: a traceback after the interrupt's one line."""
+    for cluster in set(distributed.SpecCluster._instances) - before:
         with contextlib.suppress(Exception):
             cluster.close(timeout=10)
         distributed.SpecCluster._instances.discard(cluster)

@@ -341,6 +341,18 @@ def test_a_signal_while_the_local_cluster_starts_is_one_line(tmp_path, small_mod
     assert not (tmp_path / "never.h5").exists()
 
 
+def test_closing_a_half_started_cluster_leaves_the_callers_own_running(inprocess_client):
+    """A notebook's own cluster, there before the interrupted start, stays open; only the new one closes."""
+    import distributed
+
+    from velcro_ref.distributed import _close_half_started
+
+    own = inprocess_client.cluster
+    _close_half_started(distributed, before={own})
+    assert own.status.name == "running"
+    assert inprocess_client.submit(sum, [1, 2]).result(timeout=30) == 3
+
+
 def test_the_causes_of_an_error_are_one_line_even_when_they_loop():
     a, b = RuntimeError("Nanny failed to start."), OSError("the worker process died")
     a.__cause__, b.__cause__ = b, a
