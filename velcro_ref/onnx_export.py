@@ -57,9 +57,6 @@ def build_onnx(graph: G.Graph):
     if n_bytes > _PROTOBUF_LIMIT:
         raise ModelError(f"parameters take {n_bytes} bytes; a single ONNX file holds at most 2 GiB")
     tensor_names = {G.INPUT} | {n.name for n in graph.nodes}
-    clash = sorted(tensor_names & ({k for n in graph.nodes for k in n.params.values()} | set(_CONSTANTS)))
-    if clash:
-        raise ModelError(f"names used both as a node and a parameter: {', '.join(clash)}")
     ctx = _Context(graph, tensor_names, helper, numpy_helper)
     ctx.q, ctx.shapes = G.quantization(graph), shapes
     nodes = []
@@ -89,10 +86,12 @@ class _Context:
     """What an op's `to_onnx` uses: initializers by parameter key or constant name, unique names for
     extra tensors, and onnx.helper."""
 
-    def __init__(self, graph, taken, helper, numpy_helper):
+    def __init__(self, graph, tensors, helper, numpy_helper):
         self.graph, self.helper, self.numpy_helper = graph, helper, numpy_helper
+        self.tensors = tensors  # the node outputs and the input: an initializer of one of these names is renamed
         self.initializers: dict[str, object] = {}
-        self.taken = set(taken) | set(_CONSTANTS) | {k for n in graph.nodes for k in n.params.values()}
+        self._names: dict[str, str] = {}  # parameter key or constant name -> its initializer's name
+        self.taken = set(tensors) | set(_CONSTANTS) | {k for n in graph.nodes for k in n.params.values()}
         self.q: dict = {}  # tensor -> QParams or None (float32)
         self.shapes: dict = {}  # tensor -> its shape per image
         self._qparams: dict[str, tuple] = {}  # quantized tensor -> its scale and zero-point initializers
@@ -101,11 +100,17 @@ class _Context:
     def param(self, node, role) -> str:
         """The initializer of a parameter: float32, or its integer dtype (quantized models)."""
         key = node.params[role]
-        if key not in self.initializers:
+        if key not in self._names:
             a = np.asarray(self.graph.params[key])
-            a = a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
-            self.initializers[key] = self.numpy_helper.from_array(a, key)
-        return key
+            self._add(key, a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32))
+        return self._names[key]
+
+    def _add(self, key, value) -> None:
+        """The initializer of parameter key or constant name `key`: under that name, unless a node's output
+        has it (a node may be named as a parameter key: `fc.weight`), then under a fresh one."""
+        name = self.fresh(key) if key in self.tensors else key
+        self.initializers[name] = self.numpy_helper.from_array(value, name)
+        self._names[key] = name
 
     def array(self, base, value) -> str:
         """A new initializer holding `value` as it is, under a fresh name."""
@@ -137,9 +142,9 @@ class _Context:
 
     def const(self, name, value) -> str:
         """A float32 scalar initializer (one of _CONSTANTS), shared by every node that uses it."""
-        if name not in self.initializers:
-            self.initializers[name] = self.numpy_helper.from_array(np.array(value, dtype=np.float32), name)
-        return name
+        if name not in self._names:
+            self._add(name, np.array(value, dtype=np.float32))
+        return self._names[name]
 
     def fresh(self, base) -> str:
         """A tensor name no node, parameter or earlier extra tensor uses."""

@@ -242,8 +242,15 @@ def _shown_attr(name, value) -> str:
 
 
 def _check_arity(node, opset) -> None:
-    """ModelError for a node of the default domain with fewer or more inputs than ONNX allows."""
+    """ModelError for a node of the default domain with fewer or more inputs than ONNX allows;
+    OnnxUnsupported for an op ONNX defines only from a later opset (onnxruntime refuses the model)."""
+    from onnx import defs
+
     schema = _schema(node, opset)
+    if schema is None and node.domain in _DOMAINS and defs.has(node.op_type):
+        since = defs.get_all_schemas_with_history()
+        first = min((s.since_version for s in since if s.name == node.op_type and s.domain == ""), default=None)
+        raise OnnxUnsupported(f"{node.op_type} is defined from opset {first}; the model's opset is {opset}")
     if schema is not None and not schema.min_input <= len(node.input) <= schema.max_input:
         most = "" if schema.max_input == schema.min_input else f" to {schema.max_input}"
         most = " or more" if schema.max_input >= 2**31 - 1 else most  # variadic

@@ -457,3 +457,11 @@ def test_a_model_onnxruntime_refuses_as_invalid_is_refused(tmp_path, build, opse
     with pytest.raises(Exception, match="ONNXRuntimeError"):  # when the model loads, or when it runs
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})
     assert message in refused(path)
+
+
+def test_an_op_from_a_later_opset_is_refused(tmp_path):
+    """HardSwish exists from opset 14; an opset-13 model using it is invalid to onnxruntime."""
+    path = save(tmp_path, [helper.make_node("HardSwish", ["x"], ["y"], name="hs")], {}, opset=13)
+    with pytest.raises(Exception, match="ONNXRuntimeError"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert "HardSwish is defined from opset 14; the model's opset is 13" in refused(path)

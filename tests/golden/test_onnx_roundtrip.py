@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from velcro_ref import cli
 from velcro_ref.engine import Model
 from velcro_ref.errors import ModelError, UnsupportedOpError
-from velcro_ref.graph import Graph, Node, validate
+from velcro_ref.graph import INPUT, Graph, Node, validate
 from velcro_ref.model_io import load_graph, save_model
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.onnx_import import import_onnx
@@ -459,3 +459,21 @@ def test_a_ceil_mode_window_exported_with_ceil_mode_0_imports_back_to_the_same_w
         np.testing.assert_array_equal(Model(back).run(x), Model(g).run(x), err_msg=str((n, k, s, lo, hi, op)))
         n_cases += 1
     assert n_cases > 500
+
+
+@pytest.mark.parametrize("name", ["fc.weight", "velcro.relu6_max"])
+def test_a_node_named_as_a_parameter_or_an_export_constant_exports(tmp_path, name):
+    """The importer names parameters '<node>.<role>', so a node may be named as another node's parameter;
+    the exporter's initializer of that name is renamed (the export was refused: "names used both ...")."""
+    rng = np.random.default_rng(3)
+    params = {"fc.weight": rng.standard_normal((4, 12)).astype(np.float32)}
+    nodes = (
+        Node("flat", "flatten", (INPUT,)),
+        Node("fc", "linear", ("flat",), {}, {"weight": "fc.weight"}),
+        Node(name, "relu6", ("fc",)),
+    )
+    graph = Graph(nodes, (3, 2, 2), name, params)
+    export_onnx(graph, tmp_path / "m.onnx")
+    x = (rng.standard_normal((3, 3, 2, 2)) * 4).astype(np.float32)
+    assert_close(run_ort(str(tmp_path / "m.onnx"), x), Model(graph).run(x))
+    np.testing.assert_array_equal(Model(import_onnx(tmp_path / "m.onnx")).run(x), Model(graph).run(x))
