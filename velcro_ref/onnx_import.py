@@ -292,6 +292,10 @@ class _Importer:
         self.values: dict[str, np.ndarray] = {}  # ONNX tensor -> constant (object dtype if symbolic)
         self.alias: dict[str, str] = {}  # ONNX tensor -> graph tensor
         self.used_names = {G.INPUT}
+        # ONNX node names that are graph names as they are keep them: a name another node's comes to
+        # when cleaned ('act/1' gives 'act.1') does not take it, whichever comes first
+        named = [n.name for n in self.g.node if n.name and graph_node_name(n.name, n.op_type) == n.name]
+        self.kept_names = {t for t in named if named.count(t) == 1}
         self.unsupported: list[str] = []
         self.skipped = False
         self.bias_free: dict[str, str] = {}  # ONNX output read once -> its linear node without bias
@@ -438,12 +442,14 @@ class _Importer:
     def _new_name(self, node, index, suffix="", base=None):
         """A unique graph name: `base` (a QOperator node's float name, empty for an unnamed node),
         else from the ONNX node's name, else op type and index (ONNX node names are optional)."""
+        own = base is None and not suffix and node.name in self.kept_names
         base = base or graph_node_name(node.name, node.op_type) or f"{node.op_type}_{index}"
-        return self._unique(base + suffix)
+        return self._unique(base + suffix, own)
 
-    def _unique(self, base):
+    def _unique(self, base, own=False):
+        """`base`, or base_2, base_3, ...: a name no node has, nor keeps (`kept_names`) unless it is its own."""
         name, k = base, 2
-        while name in self.used_names:
+        while name in self.used_names or (name in self.kept_names and not (own and name == base)):
             name, k = f"{base}_{k}", k + 1
         self.used_names.add(name)
         return name

@@ -477,3 +477,21 @@ def test_a_node_named_as_a_parameter_or_an_export_constant_exports(tmp_path, nam
     x = (rng.standard_normal((3, 3, 2, 2)) * 4).astype(np.float32)
     assert_close(run_ort(str(tmp_path / "m.onnx"), x), Model(graph).run(x))
     np.testing.assert_array_equal(Model(import_onnx(tmp_path / "m.onnx")).run(x), Model(graph).run(x))
+
+
+def test_a_node_name_kept_as_it_is_is_not_taken_by_a_cleaned_one(tmp_path):
+    """'act/1' cleans to 'act.1', the name of another node: the node named 'act.1' keeps it, whichever comes
+    first, so `--layer act.1` or `--exclude act.1` still picks the same layer after a round trip."""
+    rng = np.random.default_rng(1)
+    params = {"w1": rng.standard_normal((4, 2, 3, 3)).astype(np.float32)}
+    params["w2"] = rng.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    nodes = (
+        Node("conv1", "conv2d", (INPUT,), {"out_channels": 4, "kernel": 3, "pads": 1}, {"weight": "w1"}),
+        Node("act/1", "relu", ("conv1",)),
+        Node("conv2", "conv2d", ("act/1",), {"out_channels": 4, "kernel": 3, "pads": 1}, {"weight": "w2"}),
+        Node("act.1", "relu6", ("conv2",)),
+    )
+    graph = Graph(nodes, (2, 6, 6), "act.1", params)
+    export_onnx(graph, tmp_path / "m.onnx")
+    back = import_onnx(tmp_path / "m.onnx")
+    assert {n.name: n.op for n in back.nodes if n.op in ("relu", "relu6")} == {"act.1_2": "relu", "act.1": "relu6"}
