@@ -91,7 +91,10 @@ MAX_FILE_BYTES = 1 << 20
 
 def _shown(v) -> str:
     """A value as a message shows it: its repr, cut to 60 characters (a file can hold any value)."""
-    text = repr(v)
+    try:
+        text = repr(v)
+    except ValueError:  # an integer beyond Python's digit limit for str(): 4300 digits
+        text = f"an integer of {v.bit_length():,} bits"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -220,6 +223,8 @@ def parse_arch(text: str, source: str = "<string>") -> Arch:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ArchError(f"{source}: not valid TOML ({e})") from None
+    except ValueError as e:  # a decimal integer beyond Python's digit limit for int(): 4300 digits
+        raise ArchError(f"{source}: not an accelerator description ({e})") from None
     except RecursionError:
         raise ArchError(f"{source}: not an accelerator description (arrays or tables nested too deeply)") from None
     problems = []

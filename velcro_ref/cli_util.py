@@ -121,8 +121,10 @@ def check_files(args) -> None:
         if role in ("in", "inout") and kind == "special":
             raise InputError(f"{v}: not a regular file (a FIFO or device cannot be read as {dest.replace('_', ' ')})")
     outs = [f for f in files if f[1] in ("out", "dir_out")]
+    # an input that is not there (a preset's name, `--accel edge16`) cannot be overwritten
+    ins = [f for f in files if f[1] in ("in", "dir_in", "inout") and _kind(f[2]) is not None]
     for i, (dest, _, v) in enumerate(outs):
-        for _, role2, v2 in [f for f in files if f[1] in ("in", "dir_in", "inout")] + outs[:i]:
+        for _, role2, v2 in ins + outs[:i]:
             if _same(v, v2):
                 what = "the input" if role2 in ("in", "dir_in", "inout") else "another output"
                 raise UsageError(f"--{dest.replace('_', '-')} {v} names {what} {v2}; choose another name")

@@ -147,12 +147,19 @@ def _load(path: Path):
 
 
 def _check_valid(model, path: Path) -> None:
-    """ModelError for types and shapes that clash (ONNX's strict inference), where onnxruntime refuses
-    the model as invalid. Run after the conversion, whose own refusals name the node more plainly."""
+    """ModelError where ONNX's strict inference finds types or inferred shapes that clash, which
+    onnxruntime refuses as an invalid model. The shapes the file declares for its tensors are left out:
+    onnxruntime runs a model whose declared shapes are stale or wrong (a ceil_mode pool declared as
+    PyTorch sizes it) with a warning. Run after the conversion, whose refusals name the node more plainly."""
     import onnx
 
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    for vi in [*bare.graph.value_info, *bare.graph.output]:
+        if vi.type.HasField("tensor_type"):
+            vi.type.tensor_type.ClearField("shape")
     try:
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
     except onnx.shape_inference.InferenceError as e:
         raise ModelError(f"{path}: not a valid ONNX model ({' '.join(str(e).split())})") from None
     except Exception:  # noqa: BLE001 - the inference cannot run (a model beyond protobuf's 2 GB): the conversion's checks alone

@@ -128,7 +128,7 @@ def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
             return
         if n.opdef.chain == "skip":
             chain.append(n.name)
-        elif n.opdef.chain == "through":
+        elif n.opdef.chain_of(n) == "through":
             for i in n.inputs:
                 walk(i, chain)
 

@@ -391,7 +391,7 @@ def test_gemm_beta_0_with_a_c_that_is_not_finite_is_refused_in_one_line(tmp_path
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"], beta=0.0)]
     c = np.array([np.inf, 1.0], np.float32)
     message = refused(save(tmp_path, nodes, {"w": np.ones((8, 2), np.float32), "c": c}))
-    assert "C holds 1 value(s) that are not finite" in message
+    assert "beta 0 times C holding 1 value(s) not finite" in message
     assert not recwarn.list
 
 
@@ -465,3 +465,46 @@ def test_an_op_from_a_later_opset_is_refused(tmp_path):
     with pytest.raises(Exception, match="ONNXRuntimeError"):
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert "HardSwish is defined from opset 14; the model's opset is 13" in refused(path)
+
+
+@pytest.mark.parametrize("operand", ["w", "c"])
+def test_gemm_operands_holding_inf_at_alpha_and_beta_1_run_as_onnxruntime_runs_them(tmp_path, operand):
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "c"], ["y"])]
+    consts = {"w": np.ones((8, 2), np.float32), "c": np.array([0.0, 1.0], np.float32)}
+    consts[operand][0] = np.inf
+    got, want = both(save(tmp_path, nodes, consts))
+    assert np.isinf(want[0, 0])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_a_conv_before_a_requantized_clip_skips_the_masked_outputs(tmp_path):
+    """Conv -> Q -> DQ -> Clip(0, 6) -> Q of another scale: the requantization between the conv and the site
+    (one-input qconcat) is element for element, so the conv stays on the site's producer chain and skips
+    what the mask overwrites (it computed every output after the requantization came in)."""
+    from velcro_ref.masks import MaskSet
+
+    rng = np.random.default_rng(3)
+    consts = {"xs": np.float32(0.05), "xz": np.int8(0), "cs": np.float32(0.28), "cz": np.int8(-5)}
+    consts |= {"rs": np.float32(6 / 255), "rz": np.int8(-128), "lo": np.float32(0), "hi": np.float32(6)}
+    consts |= {"w": rng.integers(-127, 128, (6, 2, 3, 3)).astype(np.int8), "ws": np.float32(0.01), "wz": np.int8(0)}
+    nodes = [
+        helper.make_node(Q, ["x", "xs", "xz"], ["xq"]),
+        helper.make_node(DQ, ["xq", "xs", "xz"], ["xd"]),
+        helper.make_node(DQ, ["w", "ws", "wz"], ["wd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node(Q, ["c", "cs", "cz"], ["cq"]),
+        helper.make_node(DQ, ["cq", "cs", "cz"], ["cd"]),
+        helper.make_node("Clip", ["cd", "lo", "hi"], ["r"], name="clip"),
+        helper.make_node(Q, ["r", "rs", "rz"], ["rq"]),
+        helper.make_node(DQ, ["rq", "rs", "rz"], ["y"]),
+    ]
+    model = Model(import_onnx(save(tmp_path, nodes, consts, x_shape=("N", 2, 4, 5))))
+    assert model.plan.chains["clip"] == ("conv",)
+    mask = rng.random((6, 4, 5)) < 0.5
+    masks = MaskSet(model.fingerprint, {"clip": (mask, np.full((6, 4, 5), 1.5, np.float32))}, {"name": "t"})
+    x = rng.uniform(-3, 3, (2, 2, 4, 5)).astype(np.float32)
+    y, macs = model.run_counted(x, masks=masks)
+    assert macs["conv"] == 2 * int(np.count_nonzero(~mask)) * 2 * 3 * 3
+    dense = model.run(x)
+    np.testing.assert_array_equal(y[:, ~mask], dense[:, ~mask])
+    np.testing.assert_array_equal(y[:, mask], np.float32(np.rint(1.5 / np.float32(6 / 255)) * np.float32(6 / 255)))

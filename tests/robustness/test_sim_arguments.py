@@ -33,6 +33,11 @@ OUT_OF_RANGE = {
     # integers too large for a float, in float fields
     "huge-int-buffer": (("ofmap_kib = 32", "ofmap_kib = 1" + "0" * 400), "[buffers].ofmap_kib must be from 0.0625"),
     "huge-int-energy": (("mac = { pj = 0.3,", "mac = { pj = 1" + "0" * 400 + ","), "[energy].mac.pj must be from"),
+    # beyond Python's 4300 digits for str(int): written in hex, which TOML reads
+    "hex-int-beyond-str": (
+        ("cols = 16", "cols = 0x1" + "0" * 4000),
+        "[array].cols must be from 1 to 1,024 (its plausible range), got an integer of 16,001 bits",
+    ),
 }
 
 
@@ -169,3 +174,15 @@ def test_an_output_naming_the_accelerator_file_is_refused(velcro, tmp_path, mode
         "names the input", code=2
     )
     assert path.read_text() == GOOD
+
+
+def test_a_decimal_integer_beyond_pythons_digit_limit_is_one_error_line(velcro, tmp_path, model_file):
+    path = arch_file(tmp_path, edited(("clock_mhz = 200", "clock_mhz = 1" + "0" * 5000)))
+    velcro("simulate", model_file, "--accel", path).error_line(str(path), "not an accelerator description")
+
+
+def test_an_output_named_as_a_preset_is_not_taken_for_the_input(velcro, tmp_path, model_file, monkeypatch):
+    """No file named edge16 is read: writing one is no clash (it was refused as "names the input")."""
+    monkeypatch.chdir(tmp_path)
+    assert velcro("simulate", model_file, "--accel", "edge16", "--csv", "edge16").code == 0
+    assert (tmp_path / "edge16").read_text().startswith("name,op,")

@@ -52,7 +52,8 @@ class Op:
       site             its output is an activation site (docs/design.md)
       chain            "skip": a masked element of a site on its producer chain skips this op's
                        output element and its MACs; "through": the chain walk continues through
-                       its inputs; None: the chain stops here
+                       its inputs; None: the chain stops here (`chain_of` gives a node's, where it
+                       depends on the node)
       unit             simulator: "array" (PE array), "vector" (vector unit) or "free" (readers
                        address its inputs' buffers)
       ops_per_element  simulator: vector-unit operations per output element (per window tap for pools)
@@ -90,6 +91,10 @@ class Op:
     quantized_as: str | None = None  # the op of this layer in a quantized model (velcro_ref/quantization.py)
     fused_by_onnxruntime: str | None = None
     own_range = False  # quantized, its output takes a scale and zero point from its own calibration range
+
+    def chain_of(self, node) -> str | None:
+        """This op's `chain` for `node`."""
+        return self.chain
 
     def check(self, node) -> dict:
         """The node's attributes, normalised (pairs, pads as 4-tuples, defaults filled in).

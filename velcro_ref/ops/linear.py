@@ -121,10 +121,12 @@ def _scaled(t, factor, what, operand):
     factor: refused where a product overflows float32, or falls below its normal range and is
     not exact there (flushed to 0 or rounded as a subnormal), where onnxruntime scales the sum."""
     f = np.float32(factor)
-    if not np.all(np.isfinite(t)):  # beta 0 times inf: NaN in ONNX's reference, C ignored by onnxruntime
-        raise OnnxUnsupported(f"{operand} holds {np.count_nonzero(~np.isfinite(t))} value(s) that are not finite")
     if f == 1:
         return t
+    if f == 0 and not np.all(np.isfinite(t)):  # 0 * inf: NaN in ONNX's reference, C left out by onnxruntime
+        raise OnnxUnsupported(
+            f"{what} 0 times {operand} holding {np.count_nonzero(~np.isfinite(t))} value(s) not finite"
+        )
     wide = np.asarray(t, np.float64) * np.float64(f)  # exact: two float32 factors
     q, lost = to_float32(wide)
     if lost.any():
