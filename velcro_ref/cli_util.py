@@ -281,8 +281,8 @@ def load_image_set(args, model):
         classes = data.parse_classes(args.classes) if args.classes else found
         if classes and min(classes) < 0:  # a label such as -1 for "unlabelled", taken as a class
             raise InputError(
-                f"{args.images}: 'y' holds label {min(classes)}; a class index is 0 or more "
-                "(choose classes with --classes)"
+                f"{args.images}: 'y' holds label {min(classes)}, and class {min(classes)} is no class index "
+                "(0 or more; choose classes with --classes)"
             )
         absent = ", ".join(str(c) for c in classes if c not in found)
         if absent:

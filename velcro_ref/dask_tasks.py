@@ -15,15 +15,19 @@ The client side (cutting shards, folding results, the CLI flags) is velcro_ref/d
 from __future__ import annotations
 
 import contextlib
+import functools
+import signal
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from .data import digest
-from .errors import DataError, ModelError
+from .errors import ClusterError, DataError, ModelError
+from .kernels.jit import sources_digest
 
 MAX_MODELS = 8  # models a worker keeps loaded (a demo uses three)
 _GRAPHS: OrderedDict = OrderedDict()  # fingerprint -> (Graph, path), in this worker process
@@ -59,17 +63,25 @@ class ModelPlugin(WorkerPlugin):
 
     idempotent = True  # the name carries the fingerprint: one registration per model and cluster
 
-    def __init__(self, graph, path, fingerprint):
-        self.graph, self.path, self.fingerprint = graph, path, fingerprint
+    def __init__(self, graph, path, fingerprint, sources):
+        self.graph, self.path, self.fingerprint, self.sources = graph, path, fingerprint, sources
 
     @property
     def name(self) -> str:
-        return f"velcro-model-{self.fingerprint[:16]}"
+        return f"velcro-model-{self.fingerprint[:16]}-{self.sources[:8]}"
 
     def setup(self, worker=None):
         from threadpoolctl import threadpool_limits
 
         from .engine import Model
+
+        # A worker of another velcro_ref (another commit under one version number) would compute with
+        # other code, and its shards would mix into the client's results without a word.
+        if package_sources() != self.sources:
+            raise ClusterError(
+                f"{_where()}: runs velcro_ref of other sources than the client's (digest {package_sources()[:12]} "
+                f"against {self.sources[:12]}); install the client's velcro-ref on every worker"
+            )
 
         # The BLAS and OpenMP pools of the whole process, left so: a worker process runs tasks only.
         # (A worker in the client's process, processes=False, limits the client too.)
@@ -80,6 +92,26 @@ class ModelPlugin(WorkerPlugin):
         _GRAPHS[self.fingerprint] = (self.graph, self.path)
         while len(_GRAPHS) > MAX_MODELS:
             _GRAPHS.popitem(last=False)
+
+
+def dask_setup(worker) -> None:
+    """Preloaded by the workers of a local cluster (`distributed._local_cluster`): SIGINT ignored. A
+    terminal's Ctrl-C reaches the whole process group; the client, which started these workers, closes them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@functools.cache
+def package_sources() -> str:
+    """SHA-256 over the paths and bytes of every source of the velcro_ref package in this process."""
+    package = Path(__file__).resolve().parent
+    return sources_digest(package, sorted(package.rglob("*.py")))
+
+
+def has_model(fingerprint) -> bool:
+    """Whether this worker holds the graph of model `fingerprint` (run on every worker by the client)."""
+    with _LOCK:
+        return fingerprint in _GRAPHS
 
 
 @contextlib.contextmanager

@@ -129,7 +129,21 @@ def connect(scheduler=None, workers=None, timeout_s=CONNECT_TIMEOUT_S):
     """A dask.distributed Client of the scheduler at `scheduler` ("tcp://host:8786"), or of a new
     local cluster of `workers` single-threaded worker processes; closed (with the local cluster)
     on exit. Raises ClusterError naming the address when the scheduler cannot be reached, or has
-    no worker, within timeout_s seconds."""
+    no worker, within timeout_s seconds. While it is open the client's own error log is silenced: a
+    scheduler lost mid-run logged tracebacks before the one ClusterError that `result` raises."""
+    _distributed()  # imported first: its import sets up its loggers
+    log = logging.getLogger("distributed.client")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        with _connect(scheduler, workers, timeout_s) as client:
+            yield client
+    finally:
+        log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _connect(scheduler, workers, timeout_s):
     if (scheduler is None) == (workers is None):
         raise UsageError("give a scheduler address or a number of workers")
     distributed = _distributed()
@@ -214,6 +228,8 @@ async def _probe(distributed, address, timeout_s):
 
 
 def _local_cluster(distributed, workers):
+    import dask
+
     return distributed.LocalCluster(
         n_workers=workers,
         threads_per_worker=1,
@@ -223,6 +239,9 @@ def _local_cluster(distributed, workers):
         env=WORKER_ENV,
         # a worker outliving the scheduler at close logs an error; a task's errors reach the client anyway
         silence_logs=logging.CRITICAL,
+        # the workers leave a terminal's Ctrl-C (sent to the whole process group) to this process, which
+        # closes them: each printed its KeyboardInterrupt traceback (`dask_tasks.dask_setup`)
+        preload=[*dask.config.get("distributed.worker.preload", []), "velcro_ref.dask_tasks"],
     )
 
 
@@ -231,10 +250,16 @@ def send_model(client, model) -> str:
     its graph); returns the fingerprint tasks name it by."""
     from distributed.comm.core import CommClosedError
 
-    from .dask_tasks import ModelPlugin
+    from .dask_tasks import ModelPlugin, has_model, package_sources
 
+    plugin = ModelPlugin(model.graph, model.path, model.fingerprint, package_sources())
     try:
-        client.register_plugin(ModelPlugin(model.graph, model.path, model.fingerprint))
+        # A worker lets go of the oldest of more than MAX_MODELS models; the plugin of such a model is
+        # still registered, and registering it again would send nothing: it is sent afresh.
+        if not all(client.run(has_model, model.fingerprint).values()):
+            with contextlib.suppress(ValueError):  # not registered: never sent to this cluster
+                client.unregister_worker_plugin(plugin.name)
+        client.register_plugin(plugin)
     except ImportError as e:
         raise ClusterError(f"the workers cannot import velcro_ref ({e}); install velcro-ref on every worker") from None
     except (CommClosedError, ConnectionError) as e:  # a worker or the scheduler gone while the plugin was sent
@@ -363,7 +388,9 @@ class Jobs:
     functions (experiments.profile_task, experiments.sweep) give them."""
 
     def __init__(self, client, data_dir=None, shared=False, batch=256, eval_batch=128):
-        self.client, self.data_dir, self.shared = client, data_dir, shared
+        self.client, self.shared = client, shared
+        # where the workers read the images themselves: `~` and a relative path are this process's
+        self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if shared and data_dir else data_dir
         self.batch, self.eval_batch = batch, eval_batch
         self.token = _token()
         self._sent = set()
@@ -387,8 +414,7 @@ class Jobs:
         x, y = data.task_images(model, classes, split, n, self.data_dir)
         if not self.shared:
             return (x, y), len(x)
-        where = os.path.abspath(self.data_dir) if self.data_dir else None
-        return SharedImages(split, tuple(classes), 0, len(x), digest(x), where), len(x)
+        return SharedImages(split, tuple(classes), 0, len(x), digest(x), self.data_dir), len(x)
 
     def submit_profile(self, model, classes, n):
         """Submit the profile of the first n train images of classes (as experiments.profile_task)."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import psutil
 import pytest
 from dist_util import ROOT, WEIGHTS, WORKER_ENV, RealCluster, assert_identical_stats, assert_same_stats, one_process
@@ -341,6 +342,36 @@ def test_a_signal_while_the_local_cluster_starts_is_one_line(tmp_path, small_mod
     assert not (tmp_path / "never.h5").exists()
 
 
+def test_a_terminals_ctrl_c_mid_run_is_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the whole process group, the workers of --workers too: each printed a
+    KeyboardInterrupt traceback (63 lines) before the client's one line. They ignore it; the client closes them."""
+    out = tmp_path / "s.h5"
+    args = ["profile", WEIGHTS, "--data", "fashion-mnist", "--classes", "5,7,9", "--batch", "16", "-o", out]
+    args += ["--workers", "2", "--checkpoint-every", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "velcro_ref.cli", *map(str, args)],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.monotonic() + 180
+        partial = tmp_path / "s.h5.partial"
+        while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert partial.exists(), "no checkpoint before the run ended"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (130, "error: interrupted\n")
+    gone, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"processes left: {alive}"
+    assert not out.exists()
+
+
 def test_closing_a_half_started_cluster_leaves_the_callers_own_running(inprocess_client):
     """A notebook's own cluster, there before the interrupted start, stays open; only the new one closes."""
     import distributed
@@ -351,6 +382,38 @@ def test_closing_a_half_started_cluster_leaves_the_callers_own_running(inprocess
     _close_half_started(distributed, before={own})
     assert own.status.name == "running"
     assert inprocess_client.submit(sum, [1, 2]).result(timeout=30) == 3
+
+
+def test_a_worker_of_other_velcro_ref_sources_refuses_the_model(inprocess_client, small_model):
+    """A worker on another commit (the same version number) computed with other code, and its shards mixed
+    into the results with exit 0: the plugin carries the client's digest of the package's sources."""
+    from velcro_ref.dask_tasks import ModelPlugin
+    from velcro_ref.errors import ClusterError
+
+    plugin = ModelPlugin(small_model.graph, small_model.path, small_model.fingerprint, "0" * 64)
+    with pytest.raises(ClusterError, match="runs velcro_ref of other sources than the client's"):
+        inprocess_client.register_plugin(plugin)
+
+
+def test_a_model_a_worker_let_go_of_is_sent_again(inprocess_client, small_model):
+    """More than MAX_MODELS models on one cluster: the first one's graph is let go of by the workers, its
+    plugin still registered; sending it again must load it (it failed as "not loaded" for good)."""
+    from velcro_ref.dask_tasks import MAX_MODELS, has_model
+    from velcro_ref.distributed import send_model
+    from velcro_ref.engine import Model
+    from velcro_ref.graph import Graph
+
+    g = small_model.graph
+    others = []
+    for k in range(MAX_MODELS + 1):
+        params = {key: a + np.float32(k + 1) if a.dtype == np.float32 else a for key, a in g.params.items()}
+        others.append(Model(Graph(g.nodes, g.input_shape, g.output, params, g.meta)))
+    send_model(inprocess_client, small_model)
+    for m in others:
+        send_model(inprocess_client, m)
+    assert not any(inprocess_client.run(has_model, small_model.fingerprint).values())
+    send_model(inprocess_client, small_model)
+    assert all(inprocess_client.run(has_model, small_model.fingerprint).values())
 
 
 def test_the_causes_of_an_error_are_one_line_even_when_they_loop():
@@ -378,9 +441,10 @@ def test_a_shared_data_dir_given_with_a_tilde_is_the_home_folder(monkeypatch, tm
     directory by the workers, while a one-process run expanded it."""
     import argparse
 
-    from velcro_ref.distributed import Units, shared_data_of
+    from velcro_ref.distributed import Jobs, Units, shared_data_of
 
     monkeypatch.setenv("HOME", str(tmp_path))
     args = argparse.Namespace(shared_data=True, data_dir="~/fm")
     assert shared_data_of(args, (5, 7, 9), "train").data_dir == str(tmp_path / "fm")
     assert Units(None, "~/fm", shared=True).data_dir == str(tmp_path / "fm")
+    assert Jobs(None, "~/fm", shared=True).data_dir == str(tmp_path / "fm")  # sweep's

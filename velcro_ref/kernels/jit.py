@@ -26,10 +26,11 @@ def kernel_sources(package: Path = _PACKAGE) -> list[Path]:
     return sorted([*(package / "kernels").rglob("*.py"), package / "threads.py"])
 
 
-def sources_digest(package: Path = _PACKAGE) -> str:
-    """SHA-256 over the paths and bytes of the package's `kernel_sources`, in order."""
+def sources_digest(package: Path = _PACKAGE, paths=None) -> str:
+    """SHA-256 over the paths (relative to `package`) and bytes of `paths`, in order; by default the
+    package's `kernel_sources`."""
     h = hashlib.sha256()
-    for path in kernel_sources(package):
+    for path in kernel_sources(package) if paths is None else paths:
         h.update(path.relative_to(package).as_posix().encode() + b"\0")
         h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
