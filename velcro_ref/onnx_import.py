@@ -330,6 +330,10 @@ class _Importer:
         self.input_shape = self._input_shape(inputs[0])
         self.alias[inputs[0].name] = G.INPUT
         out_name = self.output_name = self.g.output[0].name
+        names = [n.name for n in self.g.node if n.name]
+        twice = sorted({t for t in names if names.count(t) > 1})
+        if twice:  # onnxruntime refuses such a model as invalid
+            raise ModelError(f"two or more nodes named {', '.join(map(repr, twice[:5]))}; ONNX node names are unique")
         live, self.readers, self._reader_nodes = self._live(out_name)
         unknown_op = False
         for i, node in enumerate(self.g.node):

@@ -508,3 +508,11 @@ def test_a_conv_before_a_requantized_clip_skips_the_masked_outputs(tmp_path):
     dense = model.run(x)
     np.testing.assert_array_equal(y[:, ~mask], dense[:, ~mask])
     np.testing.assert_array_equal(y[:, mask], np.float32(np.rint(1.5 / np.float32(6 / 255)) * np.float32(6 / 255)))
+
+
+def test_two_nodes_of_one_name_are_refused(tmp_path):
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="same"), helper.make_node("Relu", ["r"], ["y"], name="same")]
+    path = save(tmp_path, nodes, {})
+    with pytest.raises(Exception, match="ONNXRuntimeError"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert "two or more nodes named 'same'" in refused(path)
