@@ -93,8 +93,8 @@ def _shown(v) -> str:
     """A value as a message shows it: its repr, cut to 60 characters (a file can hold any value)."""
     try:
         text = repr(v)
-    except ValueError:  # an integer beyond Python's digit limit for str(): 4300 digits
-        text = f"an integer of {v.bit_length():,} bits"
+    except ValueError:  # an integer beyond Python's digit limit for str(): 4300 digits, maybe in a list
+        text = f"an integer of {v.bit_length():,} bits" if isinstance(v, int) else f"a {type(v).__name__} too long"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -239,10 +239,22 @@ def _local_cluster(distributed, workers):
         env=WORKER_ENV,
         # a worker outliving the scheduler at close logs an error; a task's errors reach the client anyway
         silence_logs=logging.CRITICAL,
-        # the workers leave a terminal's Ctrl-C (sent to the whole process group) to this process, which
-        # closes them: each printed its KeyboardInterrupt traceback (`dask_tasks.dask_setup`)
-        preload=[*dask.config.get("distributed.worker.preload", []), "velcro_ref.dask_tasks"],
+        **_with_preload(dask, "velcro_ref.dask_tasks"),
     )
+
+
+def _with_preload(dask, module) -> dict:
+    """The workers' preload settings of the Dask config, `module` added (with no arguments): the workers
+    leave a terminal's Ctrl-C (sent to the whole process group) to this process, which closes them; each
+    printed its KeyboardInterrupt traceback (`dask_tasks.dask_setup`)."""
+    preload = dask.config.get("distributed.worker.preload", None) or []
+    preload = [preload] if isinstance(preload, str) else list(preload)
+    argv = dask.config.get("distributed.worker.preload-argv", None) or []
+    per_module = bool(argv) and all(isinstance(a, (list, tuple)) for a in argv)  # one list per preload
+    kw = {"preload": [*preload, module]}
+    if per_module:
+        kw["preload_argv"] = [*argv, []]
+    return kw
 
 
 def send_model(client, model) -> str:
@@ -252,6 +264,7 @@ def send_model(client, model) -> str:
 
     from .dask_tasks import ModelPlugin, has_model, package_sources
 
+    _check_sources(client, package_sources())
     plugin = ModelPlugin(model.graph, model.path, model.fingerprint, package_sources())
     try:
         # A worker lets go of the oldest of more than MAX_MODELS models; the plugin of such a model is
@@ -266,6 +279,28 @@ def send_model(client, model) -> str:
         why = _causes(e)
         raise ClusterError(f"the cluster was lost while the model was sent to its workers ({why}); rerun") from None
     return model.fingerprint
+
+
+def _check_sources(client, sources) -> None:
+    """ClusterError unless every worker runs velcro_ref of the client's `sources` (a worker of another
+    commit under one version number would compute its shards with other code, without a word). Asked
+    of the workers there now; one joining later checks itself when it takes the model (ModelPlugin)."""
+    from .dask_tasks import package_sources
+
+    try:
+        theirs = client.run(package_sources)
+    except Exception as e:  # a velcro_ref without package_sources, or none at all
+        why = _causes(e)
+        raise ClusterError(
+            f"a worker runs velcro_ref of other sources than the client's ({why}); install the client's "
+            "velcro-ref on every worker"
+        ) from None
+    other = sorted(w for w, digest in theirs.items() if digest != sources)
+    if other:
+        raise ClusterError(
+            f"worker(s) {', '.join(other[:3])} run velcro_ref of other sources than the client's (digest "
+            f"{theirs[other[0]][:12]} against {sources[:12]}); install the client's velcro-ref on every worker"
+        )
 
 
 def result(future):

@@ -301,8 +301,14 @@ class _Importer:
         self.used_names = {G.INPUT}
         # ONNX node names that are graph names as they are keep them: a name another node's comes to
         # when cleaned ('act/1' gives 'act.1') does not take it, whichever comes first
-        named = [n.name for n in self.g.node if n.name and graph_node_name(n.name, n.op_type) == n.name]
-        self.kept_names = {t for t in named if named.count(t) == 1}
+        # (not those that become no graph node: an Identity, a Dropout, a constant)
+        passed = {"Identity", "Dropout", "Constant"}
+        named = [
+            n.name
+            for n in self.g.node
+            if n.name and n.op_type not in passed and graph_node_name(n.name, n.op_type) == n.name
+        ]
+        self.kept_names = set(named)
         self.unsupported: list[str] = []
         self.skipped = False
         self.bias_free: dict[str, str] = {}  # ONNX output read once -> its linear node without bias

@@ -416,6 +416,55 @@ def test_a_model_a_worker_let_go_of_is_sent_again(inprocess_client, small_model)
     assert all(inprocess_client.run(has_model, small_model.fingerprint).values())
 
 
+@pytest.mark.parametrize(
+    "config, preload, argv",
+    [
+        ({}, ["velcro_ref.dask_tasks"], None),
+        ({"distributed.worker.preload": "mypre"}, ["mypre", "velcro_ref.dask_tasks"], None),  # as an env var gives
+        (
+            {"distributed.worker.preload": ["a", "b"], "distributed.worker.preload-argv": [["--x"], []]},
+            ["a", "b", "velcro_ref.dask_tasks"],
+            [["--x"], [], []],
+        ),
+    ],
+)
+def test_the_local_workers_preload_adds_to_the_users_own(config, preload, argv):
+    """A preload given as one string was split into letters, and per-preload arguments lost their match."""
+    import dask
+
+    from velcro_ref.distributed import _with_preload
+
+    with dask.config.set(config):
+        kw = _with_preload(dask, "velcro_ref.dask_tasks")
+    assert kw["preload"] == preload
+    assert kw.get("preload_argv") == argv
+
+
+class _Workers:
+    """A client's `run` as a cluster answers it: per worker, or failing as a worker without the function."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def run(self, function, *args):
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def test_workers_of_other_or_older_sources_are_one_cluster_error():
+    """An older worker has no package_sources at all: its AttributeError was a 43-line traceback."""
+    from velcro_ref.distributed import _check_sources
+    from velcro_ref.errors import ClusterError
+
+    _check_sources(_Workers({"tcp://w1": "a" * 64, "tcp://w2": "a" * 64}), "a" * 64)
+    with pytest.raises(ClusterError, match="tcp://w2 run velcro_ref of other sources"):
+        _check_sources(_Workers({"tcp://w1": "a" * 64, "tcp://w2": "b" * 64}), "a" * 64)
+    missing = AttributeError("Can't get attribute 'package_sources' on <module 'velcro_ref.dask_tasks'>")
+    with pytest.raises(ClusterError, match="a worker runs velcro_ref of other sources.*package_sources"):
+        _check_sources(_Workers(missing), "a" * 64)
+
+
 def test_the_causes_of_an_error_are_one_line_even_when_they_loop():
     a, b = RuntimeError("Nanny failed to start."), OSError("the worker process died")
     a.__cause__, b.__cause__ = b, a

@@ -495,3 +495,22 @@ def test_a_node_name_kept_as_it_is_is_not_taken_by_a_cleaned_one(tmp_path):
     export_onnx(graph, tmp_path / "m.onnx")
     back = import_onnx(tmp_path / "m.onnx")
     assert {n.name: n.op for n in back.nodes if n.op in ("relu", "relu6")} == {"act.1_2": "relu", "act.1": "relu6"}
+
+
+def test_a_name_of_a_node_that_becomes_no_graph_node_is_not_kept(tmp_path):
+    """An Identity named 'act.1' (folded away) held that name against the Relu 'act/1' cleaned into it."""
+    w = np.ones((2, 2, 1, 1), np.float32)
+    nodes = [
+        helper.make_node("Identity", ["w0"], ["w"], name="act.1"),
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["y"], name="act/1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w0")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "m.onnx")
+    assert [n.name for n in import_onnx(tmp_path / "m.onnx").nodes] == ["conv", "act.1"]

@@ -186,3 +186,8 @@ def test_an_output_named_as_a_preset_is_not_taken_for_the_input(velcro, tmp_path
     monkeypatch.chdir(tmp_path)
     assert velcro("simulate", model_file, "--accel", "edge16", "--csv", "edge16").code == 0
     assert (tmp_path / "edge16").read_text().startswith("name,op,")
+
+
+def test_a_huge_integer_inside_a_list_is_one_error_line(velcro, tmp_path, model_file):
+    path = arch_file(tmp_path, edited(("cols = 16", "cols = [0x1" + "0" * 4000 + "]")))
+    velcro("simulate", model_file, "--accel", path).error_line(str(path), "[array].cols must be a positive integer")
