@@ -264,9 +264,9 @@ def send_model(client, model) -> str:
 
     from .dask_tasks import ModelPlugin, has_model, package_sources
 
-    _check_sources(client, package_sources())
     plugin = ModelPlugin(model.graph, model.path, model.fingerprint, package_sources())
     try:
+        _check_sources(client, plugin.sources)
         # A worker lets go of the oldest of more than MAX_MODELS models; the plugin of such a model is
         # still registered, and registering it again would send nothing: it is sent afresh.
         if not all(client.run(has_model, model.fingerprint).values()):
@@ -285,12 +285,19 @@ def _check_sources(client, sources) -> None:
     """ClusterError unless every worker runs velcro_ref of the client's `sources` (a worker of another
     commit under one version number would compute its shards with other code, without a word). Asked
     of the workers there now; one joining later checks itself when it takes the model (ModelPlugin)."""
+    from distributed.comm.core import CommClosedError
+
     from .dask_tasks import package_sources
 
     try:
         theirs = client.run(package_sources)
-    except Exception as e:  # a velcro_ref without package_sources, or none at all
+    except (CommClosedError, ConnectionError):  # the cluster lost: send_model says so
+        raise
+    except Exception as e:  # a velcro_ref without package_sources (its pickle names it), or none at all
         why = _causes(e)
+        if "No module named 'velcro_ref" in why:
+            why = f"the workers cannot import velcro_ref ({why}); install velcro-ref on every worker"
+            raise ClusterError(why) from None
         raise ClusterError(
             f"a worker runs velcro_ref of other sources than the client's ({why}); install the client's "
             "velcro-ref on every worker"

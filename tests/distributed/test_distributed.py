@@ -463,6 +463,8 @@ def test_workers_of_other_or_older_sources_are_one_cluster_error():
     missing = AttributeError("Can't get attribute 'package_sources' on <module 'velcro_ref.dask_tasks'>")
     with pytest.raises(ClusterError, match="a worker runs velcro_ref of other sources.*package_sources"):
         _check_sources(_Workers(missing), "a" * 64)
+    with pytest.raises(ClusterError, match="the workers cannot import velcro_ref"):
+        _check_sources(_Workers(Exception("ModuleNotFoundError(\"No module named 'velcro_ref'\")")), "a" * 64)
 
 
 def test_the_causes_of_an_error_are_one_line_even_when_they_loop():
