@@ -104,8 +104,9 @@ def _layer(st, readers, quantized: bool):
         return Layer(st.name, st.op, "array", **nest, in_elems=in_elems)
     # An activation right after its only producer runs on that producer's output path.
     fused = op.site and st.inputs[0] != INPUT and len(readers[st.inputs[0]]) == 1
-    floats = {"in_bytes": FLOAT_BYTES * all(q is None for q in st.in_q), "out_bytes": FLOAT_BYTES * (st.q is None)}
-    sizes = floats if quantized else {}
+    sizes = {}
+    if quantized:  # its float32 tensors at their own size
+        sizes = {"in_bytes": FLOAT_BYTES * all(q is None for q in st.in_q), "out_bytes": FLOAT_BYTES * (st.q is None)}
     return Layer(
         st.name, st.op, "vector", **nest, in_elems=in_elems, ops_per_element=op.ops_per_element, fused=fused, **sizes
     )

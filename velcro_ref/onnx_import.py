@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -148,18 +149,17 @@ def _load(path: Path):
 
 def _check_valid(model, path: Path) -> None:
     """ModelError where ONNX's strict inference finds types or inferred shapes that clash, which
-    onnxruntime refuses as an invalid model. The shapes the file declares for its tensors are left out:
-    onnxruntime runs a model whose declared shapes are stale or wrong (a ceil_mode pool declared as
-    PyTorch sizes it) with a warning. Run after the conversion, whose refusals name the node more plainly."""
+    onnxruntime refuses as an invalid model. The shapes the file declares for its tensors are left out
+    (cleared in `model`, which the conversion no longer needs): onnxruntime runs a model whose declared
+    shapes are stale or wrong (a ceil_mode pool declared as PyTorch sizes it) with a warning. Run after
+    the conversion, whose refusals name the node more plainly."""
     import onnx
 
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
-    for vi in [*bare.graph.value_info, *bare.graph.output]:
+    for vi in [*model.graph.value_info, *model.graph.output]:
         if vi.type.HasField("tensor_type"):
             vi.type.tensor_type.ClearField("shape")
     try:
-        onnx.shape_inference.infer_shapes(bare, check_type=True, strict_mode=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except onnx.shape_inference.InferenceError as e:
         raise ModelError(f"{path}: not a valid ONNX model ({' '.join(str(e).split())})") from None
     except Exception:  # noqa: BLE001 - the inference cannot run (a model beyond protobuf's 2 GB): the conversion's checks alone
@@ -227,12 +227,11 @@ def _schema(node, opset):
         return None
 
 
-def _unread(node, a: _Attrs, opset) -> list[str]:
+def _unread(a: _Attrs, schema) -> list[str]:
     """The attributes of a node no converter read, as "name=value", leaving out those at ONNX's
-    default value (the same as absent)."""
+    default value (the same as absent) in its `schema` (None: no defaults known)."""
     from onnx import helper
 
-    schema = _schema(node, opset)
     left = []
     for name in sorted(set(dict.keys(a)) - a.read):
         value = dict.__getitem__(a, name)
@@ -303,12 +302,11 @@ class _Importer:
         # when cleaned ('act/1' gives 'act.1') does not take it, whichever comes first
         # (not those that become no graph node: an Identity, a Dropout, a constant)
         passed = {"Identity", "Dropout", "Constant"}
-        named = [
+        self.kept_names = {
             n.name
             for n in self.g.node
             if n.name and n.op_type not in passed and graph_node_name(n.name, n.op_type) == n.name
-        ]
-        self.kept_names = set(named)
+        }
         self.unsupported: list[str] = []
         self.skipped = False
         self.bias_free: dict[str, str] = {}  # ONNX output read once -> its linear node without bias
@@ -336,8 +334,7 @@ class _Importer:
         self.input_shape = self._input_shape(inputs[0])
         self.alias[inputs[0].name] = G.INPUT
         out_name = self.output_name = self.g.output[0].name
-        names = [n.name for n in self.g.node if n.name]
-        twice = sorted({t for t in names if names.count(t) > 1})
+        twice = sorted(t for t, k in Counter(n.name for n in self.g.node if n.name).items() if k > 1)
         if twice:  # onnxruntime refuses such a model as invalid
             raise ModelError(f"two or more nodes named {', '.join(map(repr, twice[:5]))}; ONNX node names are unique")
         live, self.readers, self._reader_nodes = self._live(out_name)
@@ -705,7 +702,7 @@ class _Importer:
             missing = [k for k, spec in schema.attributes.items() if spec.required and k not in a]
             if missing:
                 raise OnnxUnsupported(f"required attribute {', '.join(missing)} is missing")
-        left = _unread(node, a, self.opset)
+        left = _unread(a, schema)
         if left:
             raise OnnxUnsupported(f"attribute {', '.join(left)} (not supported)")
 

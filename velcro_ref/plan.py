@@ -126,9 +126,10 @@ def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
         n = by_name.get(t)
         if n is None or len(readers.get(t, ())) != 1:
             return
-        if n.opdef.chain == "skip":
+        kind = n.opdef.chain_of(n)
+        if kind == "skip":
             chain.append(n.name)
-        elif n.opdef.chain_of(n) == "through":
+        elif kind == "through":
             for i in n.inputs:
                 walk(i, chain)
 
