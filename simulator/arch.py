@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from velcro_ref.errors import ArchError
+from velcro_ref.fileio import parse_toml
 
 FORMAT = "velcro-arch/1"
 ARCH_DIR = Path(__file__).parent / "archs"
@@ -220,13 +221,11 @@ def _check_energy(doc, problems):
 def parse_arch(text: str, source: str = "<string>") -> Arch:
     """Parse and validate a velcro-arch/1 TOML document. Raises one ArchError listing every problem."""
     try:
-        doc = tomllib.loads(text)
+        doc = parse_toml(text)
     except tomllib.TOMLDecodeError as e:
         raise ArchError(f"{source}: not valid TOML ({e})") from None
-    except ValueError as e:  # a decimal integer beyond Python's digit limit for int(): 4300 digits
+    except ValueError as e:  # a decimal integer beyond Python's digit limit for int(), nesting too deep
         raise ArchError(f"{source}: not an accelerator description ({e})") from None
-    except RecursionError:
-        raise ArchError(f"{source}: not an accelerator description (arrays or tables nested too deeply)") from None
     problems = []
     for key in sorted(set(doc) - set(TOP_KEYS)):
         problems.append(f"unknown key {key}; valid keys: {', '.join(TOP_KEYS)}")

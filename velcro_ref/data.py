@@ -4,12 +4,12 @@ import gzip
 import hashlib
 import os
 import pathlib
-import tomllib
 import zlib
 
 import numpy as np
 
 from velcro_ref.errors import DataError, InputError
+from velcro_ref.fileio import parse_toml
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -229,11 +229,10 @@ def load_tasks(path=None):
     """
     path = pathlib.Path(path) if path is not None else TASKS_PATH
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        doc = parse_toml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise DataError(f"{path}: cannot read tasks file ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # UnicodeDecodeError among them
         raise DataError(f"{path}: invalid TOML ({exc})") from None
     if doc.get("format") != "velcro-tasks/1":
         raise DataError(f"{path}: format must be 'velcro-tasks/1', found {doc.get('format')!r}")

@@ -16,7 +16,6 @@ finished. report.json, summary.md and index.html are written last.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import platform
 import time
@@ -30,7 +29,7 @@ from .engine import load_model
 from .errors import DataError, UsageError
 from .evaluation import csr, evaluate
 from .experiments import locality, parse_ratios, profile_task
-from .fileio import write_text
+from .fileio import parse_json, write_text
 from .intervals import paired_change
 from .jsonout import dumps
 from .policies import POLICIES, make_masks
@@ -47,7 +46,7 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
     models, "int8_models": their int8 versions), each with its `path`."""
     path = Path(weights_dir) / "manifest.json"
     try:
-        doc = json.loads(path.read_text())
+        doc = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the weights manifest ({e})") from None
     models = doc.get(key) if isinstance(doc, dict) else None

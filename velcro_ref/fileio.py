@@ -1,11 +1,31 @@
-"""Atomic file writing: every output goes to a temporary name and is renamed into place."""
+"""Atomic file writing: every output goes to a temporary name and is renamed into place. And the
+decoding of JSON and TOML documents, whatever a damaged one holds, as ValueError."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import tomllib
 from pathlib import Path
+
+
+def parse_json(text):
+    """json.loads; a document nested too deeply to decode raises ValueError, as any other bad one."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to decode") from None
+
+
+def parse_toml(text: str) -> dict:
+    """tomllib.loads; ValueError for any bad document: TOMLDecodeError, an integer beyond
+    Python's digit limit, nesting too deep to decode."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ValueError("arrays or tables nested too deeply") from None
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .fileio import parse_json
 from .ops.base import MAX_ELEMENTS
 
 
@@ -244,8 +245,8 @@ def attr_json(obj, name, error, kind, where="", default=None):
         return default
     text = attr_str(obj, name, error, where)
     try:
-        v = json.loads(text)
-    except (ValueError, RecursionError) as e:
+        v = parse_json(text)
+    except ValueError as e:
         raise error(f"{where}attribute '{name}' is not valid JSON ({e})") from None
     if not isinstance(v, kind):
         raise error(f"{where}attribute '{name}' expects a JSON {kind.__name__}, found {type(v).__name__}")

@@ -6,7 +6,6 @@ ONNX shape inference, whose ceil_mode output size can exceed the one onnxruntime
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
+from .fileio import parse_json
 from .ops.base import OnnxUnsupported, QParams, onnx_axis
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
@@ -266,6 +266,31 @@ def _check_arity(node, opset) -> None:
         )
 
 
+def onnx_attr_kinds() -> dict:
+    """AttributeProto type code -> its name (FLOAT, INT, STRING, ...)."""
+    from onnx import AttributeProto
+
+    return {v: k for k, v in AttributeProto.AttributeType.items()}
+
+
+def _check_single_assignment(g, opset) -> None:
+    """ModelError where a tensor is written twice (by two nodes, or by a node and as a graph input or
+    initializer: ONNX graphs assign each tensor once) or a required output has no name, in any node,
+    on the data path or not; onnxruntime refuses such a model as invalid."""
+    defined = {t.name for t in (*g.input, *g.initializer)}
+    for i, node in enumerate(g.node):
+        schema = _schema(node, opset)
+        if schema is not None and not all(node.output[: schema.min_output]):
+            k = list(node.output[: schema.min_output]).index("")
+            raise ModelError(f"{_node_label(node, i)}: its output {k} has no name; ONNX requires one")
+        for t in node.output:
+            if t and t in defined:
+                raise ModelError(
+                    f"tensor '{t}' is written twice (by {_node_label(node, i)}); an ONNX tensor has one producer"
+                )
+            defined.add(t)
+
+
 def graph_node_name(onnx_name: str, op_type: str) -> str:
     """A graph node name from an ONNX node name: letters, digits, '_' and '.', or "" if nothing is left.
 
@@ -337,6 +362,7 @@ class _Importer:
         twice = sorted(t for t, k in Counter(n.name for n in self.g.node if n.name).items() if k > 1)
         if twice:  # onnxruntime refuses such a model as invalid
             raise ModelError(f"two or more nodes named {', '.join(map(repr, twice[:5]))}; ONNX node names are unique")
+        _check_single_assignment(self.g, self.opset)
         live, self.readers, self._reader_nodes = self._live(out_name)
         unknown_op = False
         for i, node in enumerate(self.g.node):
@@ -407,7 +433,7 @@ class _Importer:
             if key not in props:
                 continue
             try:
-                value = json.loads(props[key])
+                value = parse_json(props[key])
             except ValueError as e:
                 raise ModelError(f"metadata '{key}' is not valid JSON ({e})") from None
             if key == "velcro.meta":
@@ -665,6 +691,11 @@ class _Importer:
                 mode = self.const(node, 2, "training_mode")
                 if bool(np.asarray(mode).reshape(-1)[0]):
                     raise OnnxUnsupported("training_mode is true")
+            if op == "Dropout":  # before opset 7, is_test=0 (the default) drops elements: training mode
+                if self.opset < 7 and not a.get("is_test", 0):
+                    raise OnnxUnsupported("is_test=0 before opset 7: training mode")
+                a.read.update(("ratio", "seed", "consumed_inputs"))  # what an inference Dropout ignores
+            self._check_read(node, a)
             if node.input and node.input[0] in self.dq_views:
                 self.dq_views[node.output[0]] = self.dq_views[node.input[0]]
             else:
@@ -699,6 +730,13 @@ class _Importer:
             if undefined:
                 shown = ", ".join(_shown_attr(k, dict.__getitem__(a, k)) for k in undefined)
                 raise OnnxUnsupported(f"attribute {shown} is not defined for {node.op_type} at opset {self.opset}")
+            for attr in node.attribute:  # an INT where ONNX defines a FLOAT, say: onnxruntime refuses it
+                want = schema.attributes[attr.name].type.value
+                if attr.type != want:
+                    kinds = onnx_attr_kinds()
+                    raise OnnxUnsupported(
+                        f"attribute {attr.name} is {kinds.get(attr.type, attr.type)}; ONNX defines it as {kinds[want]}"
+                    )
             missing = [k for k, spec in schema.attributes.items() if spec.required and k not in a]
             if missing:
                 raise OnnxUnsupported(f"required attribute {', '.join(missing)} is missing")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError, VelcroError
-from .fileio import write_text
+from .fileio import parse_json, write_text
 from .golden_vectors import node_group
 from .h5io import escape_key
 from .ops import REGISTRY
@@ -515,7 +515,7 @@ def read_rtl_vectors(path) -> RtlVectors:
     root = Path(path)
     mpath = root / "manifest.json"
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = parse_json(mpath.read_text())
     except FileNotFoundError:
         raise RtlVectorError(f"{mpath}: expected an RTL vector manifest, found no file") from None
     except (OSError, ValueError) as e:
@@ -584,7 +584,7 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
     if fmt != "velcro-golden":
         raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
     try:
-        order = json.loads(f.attrs["node_order"])
+        order = parse_json(f.attrs["node_order"])
         groups = {name: f[node_group(k, len(order), name)] for k, name in enumerate(order)}
     except (KeyError, ValueError, TypeError) as e:
         raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
@@ -611,14 +611,14 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
     n_images = g["output"].shape[0]
     if not 0 <= image < n_images:
         raise RtlVectorError(f"{where}: image {image} out of range; the golden file holds {n_images}")
-    a = json.loads(g.attrs["attrs"])
+    a = parse_json(g.attrs["attrs"])
     k = int(g["weight"].shape[0])
     y = g["output"][image]
     skip = g["skipped"][()].astype(bool) if "skipped" in g else None
     constants = None
     if skip is not None:
         constants = y.copy()
-        readers = [n for n, r in groups.items() if layer in json.loads(r.attrs["inputs"])]
+        readers = [n for n, r in groups.items() if layer in parse_json(r.attrs["inputs"])]
         site = readers[0] if len(readers) == 1 else None
         op = REGISTRY.get(groups[site].attrs.get("op")) if site is not None else None
         if op is not None and op.site and f"sites/{escape_key(site)}" in f:

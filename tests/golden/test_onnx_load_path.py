@@ -11,6 +11,7 @@ sparse Constant.
 """
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -439,9 +440,36 @@ def _float64_weight(opset):
     return nodes, {"w": np.ones((8, 2), np.float64)}, opset
 
 
+def _conv_group_of_float_type(opset):
+    return [helper.make_node("Conv", ["x", "w"], ["y"], group=1.0)], {"w": np.ones((2, 2, 1, 1), np.float32)}, opset
+
+
+def _batch_norm_epsilon_of_int_type(opset):  # onnx's reference evaluator takes it as absent (1e-5), the importer took 1
+    return [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=1)], BN_CONSTS, opset
+
+
+def _two_producers(opset):  # the importer took the later one
+    nodes = [helper.make_node("Relu", ["x"], ["c"]), helper.make_node("Neg", ["x"], ["c"])]
+    return [*nodes, helper.make_node("Relu", ["c"], ["y"])], {}, opset
+
+
+def _a_node_writes_the_input(opset):
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Relu", ["r"], ["x"])]
+    return [*nodes, helper.make_node("Add", ["r", "x"], ["y"])], {}, opset
+
+
+def _a_nameless_output(opset):
+    return [helper.make_node("Relu", ["x"], [""]), helper.make_node("Relu", ["x"], ["y"])], {}, opset
+
+
 @pytest.mark.parametrize(
     "build, opset, message",
     [
+        (_conv_group_of_float_type, 13, "attribute group is FLOAT; ONNX defines it as INT"),
+        (_batch_norm_epsilon_of_int_type, 15, "attribute epsilon is INT; ONNX defines it as FLOAT"),
+        (_two_producers, 13, "tensor 'c' is written twice"),
+        (_a_node_writes_the_input, 13, "tensor 'x' is written twice"),
+        (_a_nameless_output, 13, "its output 0 has no name"),
         (_pool_ceil, 8, "attribute ceil_mode=1 is not defined for MaxPool at opset 8"),
         (_reduce_mean_axes_attribute, 18, "attribute axes=[2, 3] is not defined for ReduceMean at opset 18"),
         (_concat_without_axis, 13, "required attribute axis is missing"),
@@ -450,8 +478,9 @@ def _float64_weight(opset):
     ],
 )
 def test_a_model_onnxruntime_refuses_as_invalid_is_refused(tmp_path, build, opset, message):
-    """An attribute its opset does not define (ceil_mode before opset 10), a required one left out, a bound of
-    two values, a float64 weight of a float32 op: the importer took the first or the default and answered."""
+    """An attribute its opset does not define (ceil_mode before opset 10) or of another type than ONNX's, a
+    required one left out, a bound of two values, a float64 weight of a float32 op, a tensor written twice or
+    a nameless output: the importer took the first, the last or the default and answered."""
     nodes, consts, opset = build(opset)
     path = save(tmp_path, nodes, consts, opset=opset)
     with pytest.raises(Exception, match="ONNXRuntimeError"):  # when the model loads, or when it runs
@@ -516,3 +545,22 @@ def test_two_nodes_of_one_name_are_refused(tmp_path):
     with pytest.raises(Exception, match="ONNXRuntimeError"):
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert "two or more nodes named 'same'" in refused(path)
+
+
+@pytest.mark.parametrize("is_test", [0, 1])
+def test_a_dropout_before_opset_7_runs_only_in_test_mode(tmp_path, is_test):
+    """Dropout-6: is_test=0, its default, drops elements at random (training mode); is_test=1 is Y = X."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Dropout", ["r"], ["y"], is_test=is_test)]
+    path = save(tmp_path, nodes, {}, opset=6)
+    if not is_test:
+        assert "is_test=0 before opset 7: training mode" in refused(path)
+        return
+    np.testing.assert_array_equal(Model(import_onnx(path)).run(X), np.maximum(X, 0))
+
+
+def test_metadata_nested_too_deeply_is_refused_in_one_line(tmp_path):
+    path = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], {})
+    model = onnx.load(str(path))
+    helper.set_model_props(model, {"velcro.meta": "[" * 100_000 + "]" * 100_000})
+    path.write_bytes(model.SerializeToString())
+    assert "metadata 'velcro.meta' is not valid JSON (nested too deeply" in refused(path)

@@ -165,6 +165,12 @@ def test_bad_task_names_file_and_task(tmp_path):
     path.write_text('format = "velcro-tasks/1"\n[tasks.odd]\nclasses = ["Bag", "Sock"]\ndescription = "x"\n')
     with pytest.raises(DataError, match=r"task 'odd': unknown class 'Sock'"):
         data.load_tasks(path)
+    path.write_bytes(b'format = "velcro-tasks/1"\n# \xff\n')  # not UTF-8
+    with pytest.raises(DataError, match=r"tasks.toml: invalid TOML \('utf-8' codec can't decode"):
+        data.load_tasks(path)
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match=r"tasks.toml: invalid TOML \(arrays or tables nested too deeply"):
+        data.load_tasks(path)
 
 
 def test_golden_vectors_record_which_images_of_the_data_set_they_hold(tmp_path):

@@ -207,6 +207,9 @@ def test_reading_a_directory_without_vectors_says_so(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "velcro-golden"}))
     with pytest.raises(RtlVectorError, match="format: expected velcro-rtl-vectors, found velcro-golden"):
         read_rtl_vectors(tmp_path)
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RtlVectorError, match=r"expected JSON, found an unreadable file \(nested too deeply"):
+        read_rtl_vectors(tmp_path)
     write_rtl_vectors(_layer(), tmp_path / "v", rows=2, cols=2)
     (tmp_path / "v" / "tile_acc.hex").unlink()
     with pytest.raises(RtlVectorError, match="file 'tile_acc'"):
