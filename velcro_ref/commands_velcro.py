@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 
 from .cli_util import (
@@ -23,6 +22,7 @@ from .cli_util import (
 from .data import PrefixDigest, digest
 from .distributed import add_cluster_args, on_cluster
 from .errors import StatsError, UsageError
+from .fileio import parse_toml
 
 
 def cmd_profile(args):
@@ -181,11 +181,9 @@ def read_ratios_toml(path, sites) -> dict:
     from .masks import check_ratio
 
     try:
-        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        doc = parse_toml(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
         raise UsageError(f"{path}: cannot read ratios TOML ({e})") from None
-    except RecursionError:
-        raise UsageError(f"{path}: cannot read ratios TOML (nested too deeply)") from None
     table = doc.get("ratios", doc)
     if not isinstance(table, dict):
         raise UsageError(f"{path}: [ratios] must be a table of site = ratio, got {table!r}")
@@ -196,7 +194,10 @@ def read_ratios_toml(path, sites) -> dict:
     default = check_ratio(table.get("default", 0.0), f"{path}: default ratio")
     unknown = sorted(k for k in table if k != "default" and k not in sites)
     if unknown:
-        raise UsageError(f"{path}: unknown site(s) {', '.join(repr(k) for k in unknown)}")
+        # TOML reads an unquoted dotted key (layers.0.0.relu = 0.3) as nested tables
+        dotted = any(isinstance(table[k], dict) for k in unknown)
+        hint = '; a site name with dots is quoted: "layers.0.0.relu" = 0.3' if dotted else ""
+        raise UsageError(f"{path}: unknown site(s) {', '.join(repr(k) for k in unknown)}{hint}")
     return {s: check_ratio(table.get(s, default), f"{path}: ratio of site '{s}'") for s in sites}
 
 

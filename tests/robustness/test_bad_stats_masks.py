@@ -434,6 +434,7 @@ def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
         ('default = 0.5\n[ratios]\n"{site}" = 0.1', ["key(s) 'default' outside the [ratios] table"]),
         ('"{site}" = 0.9\n[ratios]\ndefault = 0.1', ["key(s) '{site}' outside the [ratios] table"]),
         ('[ratios]\n"{site} " = 0.1', ["unknown site(s) '{site} '"]),
+        ("[ratios]\n{site} = 0.1", ["unknown site(s) 'layer2'; a site name with dots is quoted"]),
         ("ratios = 0.5\ndefault = 0.2", ["[ratios] must be a table"]),
     ],
     ids=[
@@ -444,6 +445,7 @@ def test_boolean_ratio_in_ratios_file_is_refused(velcro, tmp_path, stats_file):
         "default-outside-the-table",
         "site-outside-the-table",
         "site-name-with-a-space",
+        "dotted-site-name-unquoted",
         "ratios-not-a-table-beside-a-default",
     ],
 )
