@@ -6,6 +6,7 @@ ONNX shape inference, whose ceil_mode output size can exceed the one onnxruntime
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -217,12 +218,15 @@ class _Attrs(dict):
 def _schema(node, opset):
     """ONNX's schema of a node of the default domain at the model's opset; None for other domains
     (com.microsoft's ops have no schema in the onnx package) or an op type ONNX does not define."""
+    return _schema_of(node.op_type, opset) if node.domain in _DOMAINS else None
+
+
+@functools.lru_cache(maxsize=512)
+def _schema_of(op_type, opset):
     from onnx import defs
 
-    if node.domain not in _DOMAINS:
-        return None
     try:
-        return defs.get_schema(node.op_type, opset, "")
+        return defs.get_schema(op_type, opset, "")
     except defs.SchemaError:
         return None
 
@@ -247,48 +251,72 @@ def _shown_attr(name, value) -> str:
     return f"{name}={shown!r}" if isinstance(shown, str) else f"{name}={shown}"
 
 
-def _check_arity(node, opset) -> None:
-    """ModelError for a node of the default domain with fewer or more inputs than ONNX allows;
-    OnnxUnsupported for an op ONNX defines only from a later opset (onnxruntime refuses the model)."""
-    from onnx import defs
-
-    schema = _schema(node, opset)
-    if schema is None and node.domain in _DOMAINS and defs.has(node.op_type):
-        since = defs.get_all_schemas_with_history()
-        first = min((s.since_version for s in since if s.name == node.op_type and s.domain == ""), default=None)
-        raise OnnxUnsupported(f"{node.op_type} is defined from opset {first}; the model's opset is {opset}")
-    if schema is not None and not schema.min_input <= len(node.input) <= schema.max_input:
-        most = "" if schema.max_input == schema.min_input else f" to {schema.max_input}"
-        most = " or more" if schema.max_input >= 2**31 - 1 else most  # variadic
+def _check_forms(g, opset) -> None:
+    """ModelError for what makes a graph invalid to ONNX, and onnxruntime refuse it, in any node, on
+    the data path or not, before any is folded or converted: a tensor written twice (by two nodes, by a
+    node and as a graph input or initializer, two initializers of one name), and a node of the default
+    domain whose form its opset's schema does not allow (`_check_form`); two nodes of one name."""
+    twice = sorted(t for t, k in Counter(n.name for n in g.node if n.name).items() if k > 1)
+    if twice:
+        raise ModelError(f"two or more nodes named {', '.join(map(repr, twice[:5]))}; ONNX node names are unique")
+    twice = sorted(t for t, k in Counter(i.name for i in g.initializer).items() if k > 1)
+    if twice:  # onnxruntime takes one of them, depending on the shape; onnx's reference the last
         raise ModelError(
-            f"node '{node.name or node.op_type}': {node.op_type} takes {schema.min_input}{most} inputs, "
-            f"found {len(node.input)}"
+            f"initializer {', '.join(map(repr, twice[:5]))} stored twice; ONNX initializer names are unique"
         )
-
-
-def onnx_attr_kinds() -> dict:
-    """AttributeProto type code -> its name (FLOAT, INT, STRING, ...)."""
-    from onnx import AttributeProto
-
-    return {v: k for k, v in AttributeProto.AttributeType.items()}
-
-
-def _check_single_assignment(g, opset) -> None:
-    """ModelError where a tensor is written twice (by two nodes, or by a node and as a graph input or
-    initializer: ONNX graphs assign each tensor once) or a required output has no name, in any node,
-    on the data path or not; onnxruntime refuses such a model as invalid."""
     defined = {t.name for t in (*g.input, *g.initializer)}
     for i, node in enumerate(g.node):
-        schema = _schema(node, opset)
-        if schema is not None and not all(node.output[: schema.min_output]):
-            k = list(node.output[: schema.min_output]).index("")
-            raise ModelError(f"{_node_label(node, i)}: its output {k} has no name; ONNX requires one")
+        _check_form(node, _node_label(node, i), opset)
         for t in node.output:
             if t and t in defined:
                 raise ModelError(
                     f"tensor '{t}' is written twice (by {_node_label(node, i)}); an ONNX tensor has one producer"
                 )
             defined.add(t)
+
+
+def _check_form(node, label, opset) -> None:
+    """ModelError where a node of the default domain is of an op its opset does not define yet, has more
+    or fewer inputs or outputs than ONNX allows, a required output without a name, an attribute its
+    schema does not define or of another type (an INT where ONNX defines INTS) or a required attribute
+    left out. Checked before a converter reads the attributes, which would take them as they come."""
+    from onnx import AttributeProto, defs, helper
+
+    if node.domain not in _DOMAINS:
+        return
+    schema = _schema(node, opset)
+    if schema is None:
+        if defs.has(node.op_type):
+            since = defs.get_all_schemas_with_history()
+            first = min((s.since_version for s in since if s.name == node.op_type and s.domain == ""), default=None)
+            raise ModelError(f"{label}: {node.op_type} is defined from opset {first}; the model's opset is {opset}")
+        return  # not an ONNX op: the conversion names it
+    for what, n, lo, hi in (
+        ("inputs", len(node.input), schema.min_input, schema.max_input),
+        ("outputs", len(node.output), schema.min_output, schema.max_output),
+    ):
+        if not lo <= n <= hi:
+            most = "" if hi == lo else " or more" if hi >= 2**31 - 1 else f" to {hi}"  # or more: variadic
+            raise ModelError(f"{label}: {node.op_type} takes {lo}{most} {what}, found {n}")
+    if not all(node.output[: schema.min_output]):
+        k = list(node.output[: schema.min_output]).index("")
+        raise ModelError(f"{label}: its output {k} has no name; ONNX requires one")
+    kind = AttributeProto.AttributeType.Name
+    for attr in node.attribute:
+        spec = schema.attributes.get(attr.name)
+        if spec is None:
+            try:
+                shown = _shown_attr(attr.name, helper.get_attribute_value(attr))
+            except Exception:  # noqa: BLE001 - a value of no type: its name says enough
+                shown = attr.name
+            raise ModelError(f"{label}: attribute {shown} is not defined for {node.op_type} at opset {opset}")
+        if attr.type != spec.type.value:
+            shown = kind(attr.type) if attr.type in AttributeProto.AttributeType.values() else str(attr.type)
+            raise ModelError(f"{label}: attribute {attr.name} is {shown}; ONNX defines it as {kind(spec.type.value)}")
+    given = {attr.name for attr in node.attribute}
+    missing = [k for k, spec in schema.attributes.items() if spec.required and k not in given]
+    if missing:
+        raise ModelError(f"{label}: required attribute {', '.join(missing)} is missing")
 
 
 def graph_node_name(onnx_name: str, op_type: str) -> str:
@@ -359,10 +387,7 @@ class _Importer:
         self.input_shape = self._input_shape(inputs[0])
         self.alias[inputs[0].name] = G.INPUT
         out_name = self.output_name = self.g.output[0].name
-        twice = sorted(t for t, k in Counter(n.name for n in self.g.node if n.name).items() if k > 1)
-        if twice:  # onnxruntime refuses such a model as invalid
-            raise ModelError(f"two or more nodes named {', '.join(map(repr, twice[:5]))}; ONNX node names are unique")
-        _check_single_assignment(self.g, self.opset)
+        _check_forms(self.g, self.opset)
         live, self.readers, self._reader_nodes = self._live(out_name)
         unknown_op = False
         for i, node in enumerate(self.g.node):
@@ -683,7 +708,6 @@ class _Importer:
         if node.domain not in _DOMAINS and float_op is None and q_op is None:
             raise OnnxUnsupported(f"domain '{node.domain}'")
         op = node.op_type
-        _check_arity(node, self.opset)
         a = _Attrs(node)
         if key in ("Identity", "Dropout"):
             self._check_outputs(node)
@@ -724,23 +748,7 @@ class _Importer:
     def _check_read(self, node, a: _Attrs) -> None:
         """OnnxUnsupported where the converter (or the folding) left an attribute unread that is not
         at ONNX's default: ignored, it would change what the node computes without a word."""
-        schema = _schema(node, self.opset)
-        if schema is not None:  # onnxruntime refuses such a model as invalid; a converter may read the name anyway
-            undefined = sorted(set(dict.keys(a)) - set(schema.attributes))
-            if undefined:
-                shown = ", ".join(_shown_attr(k, dict.__getitem__(a, k)) for k in undefined)
-                raise OnnxUnsupported(f"attribute {shown} is not defined for {node.op_type} at opset {self.opset}")
-            for attr in node.attribute:  # an INT where ONNX defines a FLOAT, say: onnxruntime refuses it
-                want = schema.attributes[attr.name].type.value
-                if attr.type != want:
-                    kinds = onnx_attr_kinds()
-                    raise OnnxUnsupported(
-                        f"attribute {attr.name} is {kinds.get(attr.type, attr.type)}; ONNX defines it as {kinds[want]}"
-                    )
-            missing = [k for k, spec in schema.attributes.items() if spec.required and k not in a]
-            if missing:
-                raise OnnxUnsupported(f"required attribute {', '.join(missing)} is missing")
-        left = _unread(a, schema)
+        left = _unread(a, _schema(node, self.opset))  # its form was checked first (`_check_forms`)
         if left:
             raise OnnxUnsupported(f"attribute {', '.join(left)} (not supported)")
 

@@ -458,6 +458,15 @@ def _a_node_writes_the_input(opset):
     return [*nodes, helper.make_node("Add", ["r", "x"], ["y"])], {}, opset
 
 
+def _strides_of_int_type(opset):  # INT where ONNX defines INTS: the converter failed on it with a traceback
+    return [helper.make_node("Conv", ["x", "w"], ["y"], strides=2)], {"w": np.ones((2, 2, 1, 1), np.float32)}, opset
+
+
+def _a_constant_without_output(opset):  # the fold failed on it with a traceback
+    nodes = [helper.make_node("Constant", [], [], value_float=2.0), helper.make_node("Relu", ["x"], ["y"])]
+    return nodes, {}, opset
+
+
 def _a_nameless_output(opset):
     return [helper.make_node("Relu", ["x"], [""]), helper.make_node("Relu", ["x"], ["y"])], {}, opset
 
@@ -470,6 +479,8 @@ def _a_nameless_output(opset):
         (_two_producers, 13, "tensor 'c' is written twice"),
         (_a_node_writes_the_input, 13, "tensor 'x' is written twice"),
         (_a_nameless_output, 13, "its output 0 has no name"),
+        (_strides_of_int_type, 13, "attribute strides is INT; ONNX defines it as INTS"),
+        (_a_constant_without_output, 13, "Constant takes 1 outputs, found 0"),
         (_pool_ceil, 8, "attribute ceil_mode=1 is not defined for MaxPool at opset 8"),
         (_reduce_mean_axes_attribute, 18, "attribute axes=[2, 3] is not defined for ReduceMean at opset 18"),
         (_concat_without_axis, 13, "required attribute axis is missing"),
@@ -564,3 +575,19 @@ def test_metadata_nested_too_deeply_is_refused_in_one_line(tmp_path):
     helper.set_model_props(model, {"velcro.meta": "[" * 100_000 + "]" * 100_000})
     path.write_bytes(model.SerializeToString())
     assert "metadata 'velcro.meta' is not valid JSON (nested too deeply" in refused(path)
+
+
+def test_an_initializer_stored_twice_is_refused(tmp_path):
+    """ONNX names initializers once; onnxruntime runs such a model with one of the two (which one depends on
+    the shape) and onnx's reference evaluator with the last: no answer is the right one."""
+    from onnx.reference import ReferenceEvaluator
+
+    nodes, x = [helper.make_node("Conv", ["x", "w"], ["y"])], np.ones((1, 2, 3, 3), np.float32)
+    path = save(tmp_path, nodes, {"w": np.ones((2, 2, 3, 3), np.float32)}, x_shape=("N", 2, 3, 3))
+    model = onnx.load(str(path))
+    model.graph.initializer.append(numpy_helper.from_array(np.full((2, 2, 3, 3), 2, np.float32), "w"))
+    path.write_bytes(model.SerializeToString())
+    got_ort = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got_ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
+    assert not np.allclose(got_ort, got_ref)
+    assert "initializer 'w' stored twice; ONNX initializer names are unique" in refused(path)

@@ -87,6 +87,8 @@ class _Window(Op):
         if any(d != 1 for d in a.get("dilations", [1, 1])):
             raise OnnxUnsupported(f"dilations {list(a['dilations'])}")
         stride, pad = ctx.spatial(node, a, x, kernel)
+        if any(p >= k for p, k in zip(pad, kernel * 2, strict=True)):  # windows of padding alone
+            raise OnnxUnsupported(f"pads {list(pad)} not below the kernel {kernel}, which onnxruntime refuses")
         attrs = {"kernel": kernel, "stride": stride, "pads": pad, "ceil_mode": bool(a.get("ceil_mode", 0))}
         if "count_include_pad" in self.attrs:
             attrs["count_include_pad"] = bool(a.get("count_include_pad", 0))
