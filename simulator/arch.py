@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from velcro_ref.errors import ArchError
+from velcro_ref.errors import ArchError, UnknownPresetError
 from velcro_ref.fileio import parse_toml
 
 FORMAT = "velcro-arch/1"
@@ -262,7 +262,7 @@ def load_arch(spec) -> Arch:
     path = Path(spec)
     if path.suffix != ".toml":
         if str(spec) not in presets():
-            raise ArchError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
+            raise UnknownPresetError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
         path = ARCH_DIR / f"{spec}.toml"
     try:
         if not path.is_file():

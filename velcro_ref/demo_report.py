@@ -57,7 +57,8 @@ def point_text(point) -> str:
 
 
 def _energy(pj) -> str:
-    """pJ in the unit that shows it with 4 significant digits (pJ, nJ, uJ, mJ); 0 for none."""
+    """pJ in the unit that shows it with at most 4 significant digits, trailing zeros left out (pJ, nJ,
+    uJ, mJ: 382 uJ, 2.48 uJ); 0 for none."""
     if pj == 0:
         return "0"
     for unit, scale in (("mJ", 1e9), ("uJ", 1e6), ("nJ", 1e3)):

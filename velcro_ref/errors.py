@@ -41,6 +41,10 @@ class UsageError(VelcroError):
     exit_code = 2
 
 
+class UnknownPresetError(ArchError, UsageError):
+    """An accelerator name that names no preset: a usage error (exit 2), caught as an ArchError too."""
+
+
 class AccumulatorOverflowError(ModelError):
     """An int8 layer whose int32 accumulator could overflow for some input."""
 

@@ -58,7 +58,8 @@ def test_bad_arch_file(velcro, tmp_path, model_file, text, needles):
 
 
 def test_unknown_preset_and_missing_file(velcro, tmp_path, model_file):
-    velcro("simulate", model_file, "--accel", "tpu9000").error_line("unknown accelerator 'tpu9000'", "presets: ")
+    unknown = velcro("simulate", model_file, "--accel", "tpu9000")
+    unknown.error_line("unknown accelerator 'tpu9000'", "presets: ", code=2)  # a name: bad usage
     missing = tmp_path / "missing.toml"
     velcro("simulate", model_file, "--accel", missing).error_line(str(missing))
 
