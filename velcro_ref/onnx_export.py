@@ -21,7 +21,7 @@ OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12
 BATCH_DIM = "N"
 # Names of the shared scalar initializers ops may add (relu6's Clip bounds)
-_CONSTANTS = ("velcro.relu6_min", "velcro.relu6_max")
+_CONSTANTS = ("velcro.relu6_min", "velcro.relu6_max", "velcro.float_max")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # one ONNX file without external data cannot exceed 2 GiB
 
 

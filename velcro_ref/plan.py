@@ -187,7 +187,7 @@ def fusions(nodes, readers) -> dict[str, Fusion]:
             if order.get(other, len(nodes)) < order[n.name]:
                 add, residual = nxt, other
                 nxt = only_reader(nxt.name)
-        act = nxt if nxt is not None and nxt.op in acts and nxt.q is None else None
+        act = nxt if nxt is not None and nxt.op in acts and nxt.q is None and "max" not in nxt.attrs else None
         if add is None and act is None:
             continue
         absorbed = tuple(m.name for m in (add, act) if m is not None)

@@ -250,7 +250,7 @@ class StatsCollector:
 def _clamp_top(step):
     """The upper bound of a float relu / relu6 node (float32), None for any other node."""
     if isinstance(step.opdef, Relu) and step.q is None and not any(q is not None for q in step.in_q):
-        return step.opdef.high
+        return step.opdef.top(step.attrs)
     return None
 
 

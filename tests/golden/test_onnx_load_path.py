@@ -591,3 +591,45 @@ def test_an_initializer_stored_twice_is_refused(tmp_path):
     got_ref = ReferenceEvaluator(model).run(None, {"x": x})[0]
     assert not np.allclose(got_ort, got_ref)
     assert "initializer 'w' stored twice; ONNX initializer names are unique" in refused(path)
+
+
+XO = 2 + np.abs(X)
+
+
+def _clip_at_the_largest_float(form):
+    """Conv whose filter 0 overflows to +inf (on XO, every product does), then a Clip from 0 whose maximum
+    is float32's largest value (opset 7's default, given at opset 13, absent at opset 13: ONNX's default)
+    or +inf (given)."""
+    big = np.finfo(np.float32).max
+    consts = {"w": np.array([3e38, 1.0], np.float32).reshape(2, 1, 1, 1) * np.ones((2, 2, 1, 1), np.float32)}
+    if form == "opset 7":
+        return [helper.make_node("Clip", ["c"], ["y"], min=0.0)], consts, 7
+    if form == "absent":
+        return [helper.make_node("Clip", ["c", "lo"], ["y"])], consts | {"lo": np.float32(0)}, 13
+    hi = big if form == "given" else np.float32(np.inf)
+    return [helper.make_node("Clip", ["c", "lo", "hi"], ["y"])], consts | {"lo": np.float32(0), "hi": hi}, 13
+
+
+@pytest.mark.parametrize("form", ["opset 7", "given", "absent", "inf"])
+def test_a_clip_to_the_largest_float_clamps_inf_as_onnxruntime_does(tmp_path, form):
+    """It ran as a plain relu, which keeps +inf where Clip gives the largest float (and 0 times it is 0, not NaN)."""
+    from velcro_ref.onnx_export import export_onnx
+
+    clip, consts, opset = _clip_at_the_largest_float(form)
+    path = save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["c"]), *clip], consts, opset=opset)
+    got, want = both(path, XO)
+    assert np.isinf(want[:, 0]).all() == (form == "inf") and np.isfinite(want[:, 1]).all()
+    np.testing.assert_array_equal(got, want)
+    export_onnx(import_onnx(path), tmp_path / "back.onnx")
+    back = ort.InferenceSession(str(tmp_path / "back.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(back.run(None, {back.get_inputs()[0].name: XO})[0], want)
+
+
+def test_a_profile_of_a_clip_to_the_largest_float_sees_that_float(tmp_path):
+    from velcro_ref.stats import collect_stats
+
+    clip, consts, opset = _clip_at_the_largest_float("absent")
+    path = save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["c"]), *clip], consts, opset=opset)
+    model = Model(import_onnx(path))
+    (site,) = collect_stats(model, XO, batch=1).sites.values()
+    assert site.max[0].max() == np.finfo(np.float32).max and np.isfinite(site.m2).all()

@@ -145,6 +145,10 @@ def test_bad_file_structure_is_one_line_naming_the_file(velcro, tmp_path, model_
         ),
         (edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("stride", 0)), ["node 'conv1': stride", "got 0"]),
         (
+            edit_graph(lambda d: node(d, "relu")["attrs"].__setitem__("max", 6.0)),
+            ["node 'relu': max expects 3.4028234663852886e+38 (float32's largest), got 6.0"],
+        ),
+        (
             edit_graph(lambda d: node(d, "conv1")["attrs"].__setitem__("kernel", True)),
             ["node 'conv1': kernel expects an int or two ints, got True"],
         ),
@@ -174,6 +178,7 @@ def test_bad_file_structure_is_one_line_naming_the_file(velcro, tmp_path, model_
         "unknown-ops-all-listed",
         "unknown-attribute",
         "zero-stride",
+        "relu-max-other-than-the-largest-float",
         "bool-kernel",
         "negative-pads",
         "non-bool-ceil-mode",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ModelError
 from ..kernels import activation as kact
 from ..kernels.overwrite import NO_MASK as _NO_MASK
 from ..kernels.overwrite import clamp, clamp_unmasked
@@ -13,20 +14,42 @@ _FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 class Relu(ActivationOp):
+    """max(x, 0); with attribute max (float32's largest value, the only one it takes) also min(., max),
+    as ONNX's Clip(x, 0) computes it: +inf becomes the largest float (docs/formats.md)."""
+
     name = "relu"
     quantized_as = "qrelu"
     onnx_types = ("Relu",)
-    high = np.float32(np.inf)  # the clamp's upper bound
+    attrs = ("max",)
+    high = np.float32(np.inf)  # the clamp's upper bound without attribute max
+
+    def check(self, node):
+        if "max" not in node.attrs:
+            return {}
+        v = node.attrs["max"]
+        if v != _FLOAT_MAX or isinstance(v, bool):
+            raise ModelError(f"node '{node.name}': max expects {_FLOAT_MAX!r} (float32's largest), got {v!r}")
+        return {"max": _FLOAT_MAX}
+
+    def prepare(self, attrs, arrays, ins, out, ctx):
+        return self.top(attrs)
+
+    def top(self, attrs):
+        """The clamp's upper bound (float32) of a node of these checked attributes."""
+        return np.float32(attrs.get("max", self.high))
 
     def run(self, xs, args, skip, out, scratch):
         n = out.shape[0]
-        clamp(xs[0].reshape(n, -1), self.high, out.reshape(n, -1))  # NumPy's maximum(x, 0) (, then minimum(., 6))
+        clamp(xs[0].reshape(n, -1), args, out.reshape(n, -1))  # NumPy's maximum(x, 0) (, then minimum(., top))
         return 0
 
     def unmasked(self, x, mask, out, args):
-        clamp_unmasked(x, self.high, mask, out)
+        clamp_unmasked(x, args, mask, out)
 
     def to_onnx(self, node, a, ctx):
+        if "max" in a:
+            bounds = [ctx.const("velcro.relu6_min", 0.0), ctx.const("velcro.float_max", _FLOAT_MAX)]
+            return [ctx.helper.make_node("Clip", [*node.inputs, *bounds], [node.name], name=node.name)]
         return [ctx.helper.make_node("Relu", list(node.inputs), [node.name], name=node.name)]
 
     def from_onnx(self, node, index, a, ctx):
@@ -37,20 +60,27 @@ class Relu6(Relu):
     name = "relu6"
     quantized_as = "qrelu6"
     onnx_types = ("Clip",)
+    attrs = ()
     high = np.float32(6.0)
+
+    def check(self, node):
+        return {}
 
     def to_onnx(self, node, a, ctx):
         bounds = [ctx.const("velcro.relu6_min", 0.0), ctx.const("velcro.relu6_max", 6.0)]
         return [ctx.helper.make_node("Clip", [*node.inputs, *bounds], [node.name], name=node.name)]
 
     def from_onnx(self, node, index, a, ctx):
-        """Clip to [0, 6] is relu6, to [0, inf) relu; other ranges are not activation sites."""
+        """Clip to [0, 6] is relu6, to [0, inf) relu, to [0, the largest float] relu with that max;
+        other ranges are not activation sites."""
         x = ctx.data(node)
         lo, hi = clip_bounds(node, a, ctx)
         if lo == 0 and hi == 6:
             ctx.add(node, index, "relu6", [x])
-        elif lo == 0 and hi >= _FLOAT_MAX:
+        elif lo == 0 and hi == np.inf:
             ctx.add(node, index, "relu", [x])
+        elif lo == 0 and hi == _FLOAT_MAX:
+            ctx.add(node, index, "relu", [x], {"max": _FLOAT_MAX})
         else:
             raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
 

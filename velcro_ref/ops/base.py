@@ -216,13 +216,14 @@ def to_float32(wide) -> tuple[np.ndarray, np.ndarray]:
 
 
 def clip_bounds(node, a, ctx) -> tuple[float, float]:
-    """A Clip's (min, max): attributes before opset 11 (defaults: float32's range), else inputs 1 and 2
-    (absent: -inf, inf). A bound input must hold one value (onnxruntime refuses more)."""
+    """A Clip's (min, max): attributes before opset 11, else inputs 1 and 2; absent, float32's lowest
+    and largest values, as ONNX defines them (numeric_limits) and onnxruntime clamps +-inf to them. A
+    bound input must hold one value (onnxruntime refuses more)."""
+    big = float(np.finfo(np.float32).max)
     if ctx.opset < 11:
-        big = float(np.finfo(np.float32).max)
         return a.get("min", -big), a.get("max", big)
     bounds = []
-    for k, role, absent in ((1, "min", -np.inf), (2, "max", np.inf)):
+    for k, role, absent in ((1, "min", -big), (2, "max", big)):
         v = ctx.const(node, k, role, required=False)
         if v is not None and np.size(v) != 1:
             raise OnnxUnsupported(f"{role} holds {np.size(v)} values; a bound is one value")
