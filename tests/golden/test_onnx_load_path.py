@@ -633,3 +633,29 @@ def test_a_profile_of_a_clip_to_the_largest_float_sees_that_float(tmp_path):
     model = Model(import_onnx(path))
     (site,) = collect_stats(model, XO, batch=1).sites.values()
     assert site.max[0].max() == np.finfo(np.float32).max and np.isfinite(site.m2).all()
+
+
+@pytest.mark.parametrize("side", [2901, 2902])  # 255 * 2901^2 fits int32, 255 * 2902^2 does not
+def test_an_int8_global_average_pool_whose_sum_can_pass_int32_is_refused(tmp_path, side):
+    """onnxruntime sums the plane in int32 and wraps: codes of 255 with zero point 0 gave it 0 for a mean of
+    170. The sum is an accumulator as a conv's is, refused where its worst case exceeds int32."""
+    from velcro_ref.errors import AccumulatorOverflowError
+
+    consts = {"xs": np.float32(0.02), "xz": np.uint8(0), "ys": np.float32(0.03), "yz": np.uint8(0)}
+    nodes = [
+        helper.make_node(Q, ["x", "xs", "xz"], ["q"]),
+        helper.make_node("QLinearGlobalAveragePool", ["q", "xs", "xz", "ys", "yz"], ["p"], domain="com.microsoft"),
+        helper.make_node(DQ, ["p", "ys", "yz"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, consts, x_shape=("N", 1, side, side))
+    model = onnx.load(str(path))
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    path.write_bytes(model.SerializeToString())
+    x = np.full((1, 1, side, side), 255 * 0.02, np.float32)
+    if side == 2902:
+        with pytest.raises(AccumulatorOverflowError, match="int32 accumulator can overflow"):
+            Model(import_onnx(path))
+        return
+    got, want = both(path, x)
+    np.testing.assert_array_equal(got, want)
+    assert abs(float(want.ravel()[0]) / 0.03 - 170) < 0.5

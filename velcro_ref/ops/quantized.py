@@ -692,6 +692,8 @@ class QGlobalAvgPool(GlobalAvgPool):
             scale = qprepare.global_avg_pool_scale(x.scale, y.scale, ins[0][1] * ins[0][2])
         except ValueError as e:
             raise ModelError(f"node '{ctx.name}': {e}") from None
+        lo, hi = quant.qrange(x.dtype)  # the sum of q - x_zp over a plane, int32 as in convs and onnxruntime
+        qprepare.check_accumulator(ctx.name, ins[0][1] * ins[0][2] * max(x.zero_point - lo, hi - x.zero_point))
         return (x.zero_point, scale, y.zero_point, *quant.qrange(y.dtype))
 
     def run(self, xs, args, skip, out, scratch):
