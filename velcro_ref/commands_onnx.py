@@ -20,10 +20,12 @@ def cmd_import_onnx(args):
     (docs/int8.md). Every unsupported node is listed in one error. Metadata property 'velcro.meta' or
     'velcro.preprocessing' (JSON) becomes the model's meta.
     """
+    from .engine import Model
     from .model_io import save_model
     from .onnx_import import import_onnx
 
     graph = import_onnx(args.model)
+    Model(graph)  # the plan as a run makes it: a model no command could load is not written
     if args.name:
         graph = replace(graph, meta={**graph.meta, "name": args.name})
     fp = save_model(graph, args.output)

@@ -8,7 +8,7 @@ from ..errors import ModelError
 from ..kernels import activation as kact
 from ..kernels.overwrite import NO_MASK as _NO_MASK
 from ..kernels.overwrite import clamp, clamp_unmasked
-from .base import ActivationOp, OnnxUnsupported, clip_bounds
+from .base import ActivationOp, OnnxUnsupported, clip_bounds, finite_number
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
 
@@ -26,9 +26,11 @@ class Relu(ActivationOp):
     def check(self, node):
         if "max" not in node.attrs:
             return {}
-        v = node.attrs["max"]
-        if v != _FLOAT_MAX or isinstance(v, bool):
-            raise ModelError(f"node '{node.name}': max expects {_FLOAT_MAX!r} (float32's largest), got {v!r}")
+        given = node.attrs["max"]
+        v = finite_number(given)
+        with np.errstate(over="ignore"):  # a number written as float32's shortest form, 3.4028235e38, is it too
+            if v is None or np.float32(v) != np.float32(_FLOAT_MAX):
+                raise ModelError(f"node '{node.name}': max expects {_FLOAT_MAX!r} (float32's largest), got {given!r}")
         return {"max": _FLOAT_MAX}
 
     def prepare(self, attrs, arrays, ins, out, ctx):
