@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass
@@ -184,7 +185,8 @@ def _connect(scheduler, workers, timeout_s):
             warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
             before = set(distributed.SpecCluster._instances)
             try:  # a worker process that dies while starting fails the whole cluster's start
-                cluster = _local_cluster(distributed, workers)
+                with _children_quiet():
+                    cluster = _local_cluster(distributed, workers)
             except Exception as e:
                 why = f"the local Dask cluster of {workers} worker(s) did not start ({_causes(e)}); rerun"
                 raise ClusterError(why) from None
@@ -197,6 +199,30 @@ def _connect(scheduler, workers, timeout_s):
         for name in set(os.environ) - set(environ):
             del os.environ[name]
         os.environ.update(environ)
+
+
+@contextlib.contextmanager
+def _children_quiet():
+    """The processes started inside (the local workers) write their stderr to /dev/null: an interrupt
+    while they start closes them (`_close_half_started`), and one still reading its start-up data from
+    this process printed a traceback into this process's stderr, after its one line. Their errors reach
+    the client as exceptions, and their logs are silenced all the same (`_local_cluster`). This
+    process's own stderr is put back on exit."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to keep quiet
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _close_half_started(distributed, before) -> None:
