@@ -569,6 +569,12 @@ class _Importer:
         v = self.values.get(t)
         if v is None and t in self.refused:
             raise OnnxUnsupported(f"{what} ('{t}') comes from {self.refused[t]}")
+        dq = self.producer.get(t)
+        if v is None and dq is not None and onnx_key(dq) == "DequantizeLinear" and dq.input[0] in self.values:
+            raise OnnxUnsupported(  # a QDQ op whose data input or output is float runs as a float op here
+                f"{what} ('{t}') is a DequantizeLinear of quantized weights read by a float op: its data "
+                "input or its output is float32, not between QuantizeLinear -> DequantizeLinear pairs (QDQ form)"
+            )
         if v is None:
             raise OnnxUnsupported(f"{what} ('{t}') is computed at run time; expects an initializer or constant")
         if v.dtype == object:

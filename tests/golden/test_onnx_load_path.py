@@ -663,3 +663,24 @@ def test_an_int8_global_average_pool_whose_sum_can_pass_int32_is_refused(tmp_pat
     got, want = both(path, x)
     np.testing.assert_array_equal(got, want)
     assert abs(float(want.ravel()[0]) / 0.03 - 170) < 0.5
+
+
+def test_quantized_weights_read_by_a_float_op_are_refused_naming_why(tmp_path):
+    """DequantizeLinear -> Flatten -> Gemm(DequantizeLinear(int8 weights)) -> QuantizeLinear: the Gemm's data
+    input is float (no QuantizeLinear -> DequantizeLinear after the Flatten), so it would run as a float op;
+    the refusal said its weight was computed at run time."""
+    rng = np.random.default_rng(0)
+    consts = {"xs": np.float32(0.02), "xz": np.int8(0), "ws": np.float32(0.002), "wz": np.int8(0)}
+    consts |= {"w": rng.integers(-127, 128, (5, 8)).astype(np.int8), "ys": np.float32(0.2), "yz": np.int8(0)}
+    nodes = [
+        helper.make_node(Q, ["x", "xs", "xz"], ["q"]),
+        helper.make_node(DQ, ["q", "xs", "xz"], ["d"]),
+        helper.make_node("Flatten", ["d"], ["f"]),
+        helper.make_node(DQ, ["w", "ws", "wz"], ["dw"]),
+        helper.make_node("Gemm", ["f", "dw"], ["g"], transB=1),
+        helper.make_node(Q, ["g", "ys", "yz"], ["gq"]),
+        helper.make_node(DQ, ["gq", "ys", "yz"], ["y"]),
+    ]
+    path = save(tmp_path, nodes, consts)
+    assert ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0].shape == (1, 5)
+    assert "weight ('dw') is a DequantizeLinear of quantized weights read by a float op" in refused(path)
