@@ -177,8 +177,9 @@ def op_chains(draw):
             t = g.node("BatchNormalization", [t, *params], epsilon=draw(st.sampled_from([1e-5, 1e-3, 0.1])))
         elif op == "relu":
             t = g.node("Relu", [t])
-        elif op == "clip":  # bounds as inputs (opset 11 on), either left out
-            lo, hi = draw(st.sampled_from([None, 0.0, -1.0, 0.5])), draw(st.sampled_from([None, 6.0, 1.0, np.inf]))
+        elif op == "clip":  # bounds as inputs (opset 11 on), either left out; [0, float32's largest]: relu with max
+            lo = draw(st.sampled_from([None, 0.0, -1.0, 0.5]))
+            hi = draw(st.sampled_from([None, 6.0, 1.0, np.inf, np.finfo(np.float32).max]))
             ins = [t, "" if lo is None else g.const(np.float32(lo)), "" if hi is None else g.const(np.float32(hi))]
             t = g.node("Clip", ins[: 3 if hi is not None else 2 if lo is not None else 1])
         elif op == "hardswish" and opset >= 14:
