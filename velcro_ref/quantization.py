@@ -84,7 +84,8 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
             raise ModelError(f"node '{st.name}': {st.op} has no quantized form; quantizable: {', '.join(known)}")
         inputs = tuple(rename.get(t, t) for t in st.inputs)
         attrs = {k: v for k, v in st.source.attrs.items()}
-        attrs.pop("max", None) if st.op == "relu" else None  # a relu's float32 bound: no code reaches it
+        if st.op == "relu":  # a relu's float32 bound: no code reaches it
+            attrs.pop("max", None)
         prm = {}
         if st.opdef.own_range:
             attrs.update(qparams(st.name))
