@@ -24,8 +24,9 @@ def cmd_zoo(args):
 
 
 def model_info(model) -> dict:
-    """Per-layer shapes, parameter counts and MACs of the stored graph, plus totals; `dead` lists
-    the nodes not on the path to the output (stored, never run)."""
+    """Per-layer shapes, attributes (as the file stores them), parameter counts and MACs of the
+    stored graph, plus totals; `dead` lists the nodes not on the path to the output (stored,
+    never run)."""
     from .graph import node_macs
 
     g, shapes = model.graph, model.shapes
@@ -36,6 +37,7 @@ def model_info(model) -> dict:
             {
                 "name": n.name,
                 "op": n.op,
+                "attrs": dict(n.attrs),
                 "inputs": list(n.inputs),
                 "input_shapes": [list(shapes[t]) for t in n.inputs],
                 "output_shape": list(shapes[n.name]),
@@ -57,10 +59,25 @@ def model_info(model) -> dict:
     }
 
 
+def _attr_text(attrs) -> str:
+    """A layer's attributes in one short line: key=value, a list's items joined by commas, a
+    float that is a float32 in float32's shortest digits (its largest value reads 3.4028235e+38),
+    any other in float64's."""
+
+    def text(v):
+        if isinstance(v, list | tuple):
+            return ",".join(text(u) for u in v)
+        if isinstance(v, float) and float(np.float32(v)) == v:
+            return str(np.float32(v))
+        return str(v)
+
+    return " ".join(f"{k}={text(v)}" for k, v in attrs.items())
+
+
 def cmd_info(args):
     """layer shapes, parameters and MACs
 
-    Print every layer's shapes, parameters and MACs.
+    Print every layer's shapes, attributes, parameters and MACs.
     """
     from .engine import load_model
 
@@ -69,10 +86,11 @@ def cmd_info(args):
         print_json(info)
         return 0
     print(f"{info['model']}  fingerprint {info['fingerprint'][:16]}  input {tuple(info['input_shape'])}")
-    print(f"{'layer':<34} {'op':<16} {'output':<18} {'params':>10} {'MACs':>14}")
+    print(f"{'layer':<34} {'op':<16} {'output':<18} {'params':>10} {'MACs':>14}  attributes")
     for layer in info["layers"]:
         shape = "x".join(map(str, layer["output_shape"]))
-        print(f"{layer['name']:<34} {layer['op']:<16} {shape:<18} {layer['params']:>10,} {layer['macs']:>14,}")
+        row = f"{layer['name']:<34} {layer['op']:<16} {shape:<18} {layer['params']:>10,} {layer['macs']:>14,}"
+        print(f"{row}  {_attr_text(layer['attrs'])}".rstrip())
     print(
         f"total: {info['total_params']:,} parameters, {info['total_macs']:,} MACs per image, "
         f"{len(info['activation_sites'])} activation sites"

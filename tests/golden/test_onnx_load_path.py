@@ -635,6 +635,25 @@ def test_a_profile_of_a_clip_to_the_largest_float_sees_that_float(tmp_path):
     assert site.max[0].max() == np.finfo(np.float32).max and np.isfinite(site.m2).all()
 
 
+@pytest.mark.parametrize("form", ["given", "inf"])
+def test_info_shows_the_largest_float_a_relu_clamps_to(tmp_path, form, capsys):
+    """`velcro info` printed no attribute, so a relu clamping +inf to float32's largest value read as a plain relu."""
+    import json
+
+    from velcro_ref import cli
+
+    clip, consts, opset = _clip_at_the_largest_float(form)
+    path = save(tmp_path, [helper.make_node("Conv", ["x", "w"], ["c"]), *clip], consts, opset=opset)
+    assert cli.main(["import-onnx", str(path), "-o", str(tmp_path / "m.h5")]) == 0
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "m.h5")]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if " relu " in line]
+    assert row.endswith("max=3.4028235e+38") == (form == "given"), row
+    assert cli.main(["info", str(tmp_path / "m.h5"), "--json"]) == 0
+    (relu,) = [layer for layer in json.loads(capsys.readouterr().out)["layers"] if layer["op"] == "relu"]
+    assert relu["attrs"] == ({"max": float(np.finfo(np.float32).max)} if form == "given" else {})
+
+
 @pytest.mark.parametrize("side", [2901, 2902])  # 255 * 2901^2 fits int32, 255 * 2902^2 does not
 def test_an_int8_global_average_pool_whose_sum_can_pass_int32_is_refused(tmp_path, side):
     """onnxruntime sums the plane in int32 and wraps: codes of 255 with zero point 0 gave it 0 for a mean of
