@@ -146,7 +146,8 @@ def producer_chains(nodes, readers) -> dict[str, tuple[str, ...]]:
 class Fusion:
     """A float conv2d run with the nodes after it in its epilogue (kernels.conv.dispatch.Epilogue):
     `add` (the add reading the conv, or None) with `residual` its other input, then `act` (a relu
-    or relu6 reading the add or the conv, or None; `act_op` its op name). The
+    or relu6 reading the add or the conv, or None; `act_op` its op name, "relu_max" for a relu
+    with attribute max). The
     conv writes `output` (the last of them) directly; `absorbed` are the nodes it computes, the
     conv's own output and the add's never written. Made only where nothing else reads the
     tensors it leaves out (docs/design.md, *The load path*)."""
@@ -187,7 +188,7 @@ def fusions(nodes, readers) -> dict[str, Fusion]:
             if order.get(other, len(nodes)) < order[n.name]:
                 add, residual = nxt, other
                 nxt = only_reader(nxt.name)
-        act = nxt if nxt is not None and nxt.op in acts and nxt.q is None and "max" not in nxt.attrs else None
+        act = nxt if nxt is not None and nxt.op in acts and nxt.q is None else None
         if add is None and act is None:
             continue
         absorbed = tuple(m.name for m in (add, act) if m is not None)
@@ -196,7 +197,7 @@ def fusions(nodes, readers) -> dict[str, Fusion]:
             None if add is None else add.name,
             residual,
             None if act is None else act.name,
-            None if act is None else act.op,
+            None if act is None else "relu_max" if "max" in act.attrs else act.op,
             absorbed[-1],
             absorbed,
         )

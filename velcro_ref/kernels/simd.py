@@ -298,16 +298,22 @@ def _combined(builder, parts, slots, index):
 
 
 def _epilogue(builder, y, act):
-    """y (bias and residual added) then ReLU (act 1) or ReLU6 (act 2) as NumPy's maximum(y, 0)
-    and minimum(y, 6): NaN stays NaN, -0.0 becomes +0.0."""
-    zero, six = (ir.Constant(y.type, 0.0), ir.Constant(y.type, 6.0))
-    if isinstance(y.type, ir.VectorType):
-        zero, six = ir.Constant(y.type, [0.0] * y.type.count), ir.Constant(y.type, [6.0] * y.type.count)
+    """y (bias and residual added) then ReLU (act 1), ReLU6 (act 2) or a ReLU to float32's
+    largest value (act 3) as NumPy's maximum(y, 0) and minimum(y, 6) or minimum(y, largest):
+    NaN stays NaN, -0.0 becomes +0.0."""
+
+    def splat(v):
+        if isinstance(y.type, ir.VectorType):
+            return ir.Constant(y.type, [v] * y.type.count)
+        return ir.Constant(y.type, v)
+
+    zero, six, largest = splat(0.0), splat(6.0), splat(FLOAT32_MAX)
+    top = builder.select(builder.icmp_signed("==", act, act.type(3)), largest, six)
     relu = builder.select(builder.fcmp_unordered(">", y, zero), y, zero)
-    relu6 = builder.select(builder.fcmp_unordered("<", relu, six), relu, six)
+    clamped = builder.select(builder.fcmp_unordered("<", relu, top), relu, top)
     is_relu = builder.icmp_signed("==", act, act.type(1))
-    is_relu6 = builder.icmp_signed("==", act, act.type(2))
-    return builder.select(is_relu6, relu6, builder.select(is_relu, relu, y))
+    is_clamped = builder.icmp_signed(">=", act, act.type(2))
+    return builder.select(is_clamped, clamped, builder.select(is_relu, relu, y))
 
 
 def _store_one(builder, arrays, idx, y, has_res, act):
@@ -979,6 +985,7 @@ def range_lanes(typingctx, x, start, stop, out):
 
 
 CLAMP_IMAGES = 4  # images per call of `clamp_moment_rows`
+FLOAT32_MAX = 3.4028234663852886e38  # float32's largest value (exact as a Python float): act 3's clamp
 
 
 @intrinsic

@@ -7,6 +7,7 @@ from ..kernels.conv import (
     ACT_NONE,
     ACT_RELU,
     ACT_RELU6,
+    ACT_RELU_MAX,
     Epilogue,
     conv2d,
     conv_geom,
@@ -28,7 +29,7 @@ from .base import (
 )
 from .base import pair as _pair
 
-_ACTS = {None: ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6}
+_ACTS = {None: ACT_NONE, "relu": ACT_RELU, "relu6": ACT_RELU6, "relu_max": ACT_RELU_MAX}
 
 
 class Conv2d(Op):
@@ -94,8 +95,9 @@ class Conv2d(Op):
         return conv2d(xs[0], weights, geom, skip, out, scratch)
 
     def run_fused(self, xs, args, skip, out, scratch, residual, act):
-        """`run` with an epilogue: out = act(conv + bias (+ residual)), act None, "relu" or
-        "relu6"; the bits the separate add and activation ops would write (docs/kernels.md)."""
+        """`run` with an epilogue: out = act(conv + bias (+ residual)), act None, "relu", "relu6"
+        or "relu_max" (a relu with attribute max, `plan.Fusion`); the bits the separate add and
+        activation ops would write (docs/kernels.md)."""
         weights, geom = args
         return conv2d(xs[0], weights, geom, skip, out, scratch, epilogue=Epilogue(residual, _ACTS[act]))
 

@@ -15,7 +15,8 @@ def combine_chains(acc):
 
 def apply_epilogue(y, ep):
     """y (N, K, ...) float32 after the bias, then ep's residual added and its activation (act
-    1: ReLU, 2: ReLU6) as the engine's unfused ops compute them; ep None: y as it is."""
+    1: ReLU, 2: ReLU6, 3: ReLU to float32's largest value) as the engine's unfused ops compute
+    them; ep None: y as it is."""
     if ep is None:
         return y
     if ep.residual is not None:
@@ -24,4 +25,6 @@ def apply_epilogue(y, ep):
         y = np.maximum(y, np.float32(0))
     if ep.act == 2:
         y = np.minimum(y, np.float32(6))
+    if ep.act == 3:
+        y = np.minimum(y, np.finfo(np.float32).max)
     return y

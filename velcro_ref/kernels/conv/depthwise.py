@@ -13,6 +13,8 @@ from .dense import any_bits
 from .geom import ConvGeom, one_chain
 from .layouts import blocks_rows
 
+LARGEST = np.float32(np.finfo(np.float32).max)  # the clamp of a relu with attribute max (act 3)
+
 
 def is_depthwise(geom: ConvGeom) -> bool:
     """One input channel and one filter per group, the taps in one chain: `conv_depthwise` (on
@@ -36,7 +38,8 @@ def conv_depthwise(xp, cw, geom, res, has_res, act, out):
     kh, kw, sh, sw, dh, dw = geom.kh, geom.kw, geom.sh, geom.sw, geom.dh, geom.dw
     q, plane = cw.q, cw.plane
     rows, bias = cw.rows, cw.b  # taken out of the record once (see dense.conv_tiles)
-    zero, six = np.float32(0.0), np.float32(6.0)
+    zero = np.float32(0.0)
+    top = np.float32(6.0) if act == 2 else LARGEST  # act 2 or 3
     for item in prange(n_n * k_n):
         n, k = item // k_n, item % k_n
         base = (n * geom.c_in + k) * plane
@@ -70,7 +73,7 @@ def conv_depthwise(xp, cw, geom, res, has_res, act, out):
                 for ox in range(ow):
                     v = acc[ox]
                     v = v if (v > zero) | (v != v) else zero
-                    dst[ox] = v if (v < six) | (v != v) else six
+                    dst[ox] = v if (v < top) | (v != v) else top
     return n_n * k_n * oh * ow * kh * kw
 
 

@@ -45,13 +45,14 @@ from .schedule import SkipPlan, plan_skip
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
 CHUNK_FLOATS = 1 << 23
 
-ACT_NONE, ACT_RELU, ACT_RELU6 = 0, 1, 2
+ACT_NONE, ACT_RELU, ACT_RELU6, ACT_RELU_MAX = 0, 1, 2, 3
 
 
 class Epilogue(NamedTuple):
     """What a conv applies to its outputs after the bias: residual (N, K, OH, OW) float32 added
-    (None: nothing), then act: ACT_NONE, ACT_RELU (NumPy's maximum(y, 0)) or ACT_RELU6 (then
-    minimum(y, 6)). The same float32 operations, in the same order, as the separate add and
+    (None: nothing), then act: ACT_NONE, ACT_RELU (NumPy's maximum(y, 0)), ACT_RELU6 (then
+    minimum(y, 6)) or ACT_RELU_MAX (then minimum(y, float32's largest value): a relu with
+    attribute max). The same float32 operations, in the same order, as the separate add and
     activation ops."""
 
     residual: np.ndarray | None = None
