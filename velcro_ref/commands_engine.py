@@ -117,14 +117,18 @@ def cmd_infer(args):
     y = model.run(x, masks=masks)
     if args.output:
         save_array(args.output, y)
-    # the input is checked finite, so NaN or Inf in the output means float32 overflowed on the way
+    # the input is checked finite, so NaN or Inf in the output comes from the parameters (where
+    # --allow-nonfinite let them in) or from float32 overflowing on the way
     nonfinite = int(np.count_nonzero(~np.isfinite(y)))
     if nonfinite:
-        print(
-            f"warning: {nonfinite} of {y.size} output values are NaN or Inf: computing the finite input "
-            f"overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) in some node",
-            file=sys.stderr,
+        params = model.graph.params.values()
+        why = (
+            "the model's parameters hold NaN or Inf (--allow-nonfinite)"
+            if any(p.dtype.kind == "f" and not np.isfinite(p).all() for p in params)
+            else f"computing the finite input overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) "
+            "in some node"
         )
+        print(f"warning: {nonfinite} of {y.size} output values are NaN or Inf: {why}", file=sys.stderr)
     doc = {
         "model": args.model,
         "masks": args.masks,

@@ -362,7 +362,9 @@ class Model:
 
     def _run_checked(self, x, masks, observer):
         mp = None if masks is None else self._mask_plan(masks)
-        with run_threads():
+        # float32 arithmetic as IEEE 754 defines it: an overflow gives inf, inf - inf NaN, with no NumPy
+        # warning from the ops that NumPy computes (a batch norm, an add); the Numba kernels warn of none
+        with run_threads(), np.errstate(all="ignore"):
             if observer is None and x.shape[0] > self.sub_batch:
                 return self._run_split(x, mp)
             return self._run(x, mp, observer, x.shape[0])

@@ -232,7 +232,8 @@ def build_plan(graph: Graph, shapes: dict) -> Plan:
         ins = tuple(shapes[t] for t in inputs)
         in_q = tuple(q[t] for t in inputs)
         out = shapes[n.name]
-        args = op.prepare(attrs, arrays[n.name], ins, out, Prepared(n.name, in_q, q[n.name]))
+        with np.errstate(all="ignore"):  # parameters a model may hold (--allow-nonfinite): inf * 0 is NaN, no warning
+            args = op.prepare(attrs, arrays[n.name], ins, out, Prepared(n.name, in_q, q[n.name]))
         nodes.append(PlanNode(n.name, n.op, op, inputs, attrs, arrays[n.name], ins, out, args, n, in_q, q[n.name]))
     output = rename.get(graph.output, graph.output)
     plan_readers: dict[str, list[str]] = {INPUT: []}

@@ -10,7 +10,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from robust_util import edited_copy
+from robust_util import edited_copy, velcro_process
 
 from velcro_ref import h5io
 from velcro_ref.errors import ModelError
@@ -232,6 +232,41 @@ def test_nonfinite_parameters_are_refused_unless_allowed(velcro, tmp_path, small
     ok = velcro("info", path, "--allow-nonfinite", "--json")
     assert ok.code == 0, ok.err
     assert json.loads(ok.out)["total_params"] > 0
+
+
+def _conv_batch_norm(path, weight_scale, gamma, var, bias=(0, 0, 0, 1)):
+    """conv (4 filters) -> batch norm (kept apart where its fold does not fit float32) -> relu, on (2, 5, 6)."""
+    rng = np.random.default_rng(0)
+    params = {"c.weight": rng.normal(0, 1, (4, 2, 3, 3)).astype(np.float32) * np.float32(weight_scale)}
+    params |= {"c.bias": np.array(bias, np.float32), "b.gamma": np.array(gamma, np.float32)}
+    params |= {"b.beta": np.zeros(4, np.float32), "b.mean": np.zeros(4, np.float32), "b.var": np.array(var, np.float32)}
+    conv = {"out_channels": 4, "kernel": [3, 3], "stride": [1, 1], "dilation": [1, 1], "pads": [1] * 4, "groups": 1}
+    nodes = (
+        Node("c", "conv2d", ("input",), conv, {"weight": "c.weight", "bias": "c.bias"}),
+        Node("b", "batch_norm", ("c",), {"eps": 1e-5}, {r: f"b.{r}" for r in ("gamma", "beta", "mean", "var")}),
+        Node("r", "relu", ("b",)),
+    )
+    save_model(Graph(nodes, (2, 5, 6), "r", params), path)
+
+
+@pytest.mark.parametrize("case", ["nonfinite parameters", "overflow"])
+def test_infer_warns_of_nan_or_inf_outputs_in_one_line_naming_the_cause(tmp_path, case):
+    """NumPy's RuntimeWarnings (a batch norm's inf * 0, its overflow) leaked to stderr beside the one-line
+    warning, and with --allow-nonfinite that warning blamed an overflow for the parameters' inf."""
+    path = tmp_path / "m.h5"
+    if case == "overflow":  # finite parameters; the batch norm (not foldable: 1e10 / 1e-15) overflows float32
+        _conv_batch_norm(path, 1e30, [1e10, 1e-30, 1, 3e8], [1e-30, 1, 1e-40, 1])
+        flags = []
+    else:
+        _conv_batch_norm(path, 1, [1, 2, np.inf, 1], [1, 1, 1, 1], bias=(0, np.inf, -np.inf, 1))
+        flags = ["--allow-nonfinite"]
+    np.save(tmp_path / "x.npy", np.random.default_rng(1).standard_normal((2, 2, 5, 6)).astype(np.float32))
+    res = velcro_process("infer", path, "--input", tmp_path / "x.npy", *flags)
+    assert res.code == 0, res.err
+    (line,) = res.err.splitlines()
+    assert line.startswith("warning: ") and "NaN or Inf" in line
+    cause = "parameters hold NaN or Inf" if case == "nonfinite parameters" else "overflowed float32"
+    assert cause in line, line
 
 
 def test_negative_batch_norm_variance_is_refused_unless_allowed(tmp_path, small_graph):
