@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from robust_util import ROOT
+from robust_util import ROOT, velcro_process
 
 
 def npy(tmp_path, array, name="x.npy"):
@@ -140,6 +140,25 @@ def test_a_float32_overflow_inside_the_network_stops_profile_without_output(velc
     out = tmp_path / "s.h5"
     velcro("profile", model, "--images", path, "-o", out).error_line("tensor 'conv' took values", "overflowed")
     assert not out.exists()
+
+
+def test_an_overflow_in_an_add_stops_profile_in_one_line_without_numpy_warnings(tmp_path):
+    """The add, computed by NumPy, printed its RuntimeWarning (two lines) before the one-line error."""
+    from oracle64 import write_model
+
+    attrs = {"out_channels": 1, "kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0] * 4, "groups": 1}
+    nodes = [
+        {"name": "conv", "op": "conv2d", "inputs": ["input"], "attrs": attrs, "params": {"weight": "w"}},
+        {"name": "sum", "op": "add", "inputs": ["conv", "conv"], "attrs": {}, "params": {}},
+        {"name": "act", "op": "relu6", "inputs": ["sum"], "attrs": {}, "params": {}},
+    ]
+    model = tmp_path / "m.h5"
+    write_model(model, (2, 1, 1), "act", nodes, {"w": np.array([1e37, 1e37]).reshape(1, 2, 1, 1)})
+    path = tmp_path / "set.npz"
+    np.savez(path, x=np.full((4, 2, 1, 1), 10.0, np.float32), y=np.zeros(4, np.int64))
+    res = velcro_process("profile", model, "--images", path, "-o", tmp_path / "s.h5")
+    assert res.code == 1 and res.err.splitlines() == [res.err.strip()], res.err
+    assert "tensor 'sum' took values" in res.err and not (tmp_path / "s.h5").exists()
 
 
 def test_raw_pixels_as_an_image_set_of_a_model_with_preprocessing_are_refused(velcro, tmp_path):
