@@ -173,6 +173,8 @@ def test_raw_pixels_as_an_image_set_of_a_model_with_preprocessing_are_refused(ve
     raw = tmp_path / "raw.npz"
     np.savez(raw, x=images[:20, None].astype(np.float32), y=labels[:20])
     velcro("eval", model, "--images", raw).error_line(str(raw), "raw pixels", "preprocessed")
+    np.savez(raw, x=images[:20, None].astype(np.float32) * np.float32(0.999), y=labels[:20])  # not whole numbers
+    velcro("eval", model, "--images", raw).error_line(str(raw), "raw pixels", "preprocessed")
     good = tmp_path / "good.npz"
     np.savez(good, x=data.preprocess(images[:20], load_model(model).meta["preprocessing"]), y=labels[:20])
     assert velcro("eval", model, "--images", good).code == 0
