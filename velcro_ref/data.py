@@ -117,49 +117,58 @@ def _read_idx(path, magic, shape):
     return np.frombuffer(raw, dtype=np.uint8, offset=header_bytes).reshape(shape).copy()
 
 
-def _class_index(token):
-    """Map one class given as an int, a digit string or a name (any case, '_' for ' ') to its index."""
-    valid = ", ".join(f"{i}={name}" for i, name in enumerate(CLASS_NAMES))
+def _valid(names) -> str:
+    """The classes `names` allows, for messages: "0=T-shirt/top, ...", or "0-19" where they have no names."""
+    if all(name == str(i) for i, name in enumerate(names)):
+        return f"0-{len(names) - 1}"
+    return ", ".join(f"{i}={name}" for i, name in enumerate(names))
+
+
+def _class_index(token, names=CLASS_NAMES):
+    """Map one class given as an int, a digit string or a name (any case, '_' for ' ') to its index
+    among `names`."""
+    valid = _valid(names)
     if isinstance(token, (int, np.integer)) and not isinstance(token, bool):
         index = int(token)
     elif isinstance(token, str) and token.strip().lstrip("-").isdecimal():  # what int() reads ("²" is not)
         index = int(token.strip())
     elif isinstance(token, str):
         wanted = token.strip().replace("_", " ").lower()
-        lowered = [name.lower() for name in CLASS_NAMES]
+        lowered = [name.lower() for name in names]
         if wanted not in lowered:
             raise DataError(f"unknown class {token!r}; valid: {valid}")
         index = lowered.index(wanted)
     else:
         raise DataError(f"class must be a number or a name, got {token!r}; valid: {valid}")
-    if not 0 <= index < len(CLASS_NAMES):
+    if not 0 <= index < len(names):
         raise DataError(f"class {index} out of range; valid: {valid}")
     return index
 
 
-def _class_tuple(tokens, where):
-    """Indices of `tokens`; DataError (prefixed by `where`) for none, unknown or duplicates."""
+def _class_tuple(tokens, where, names=CLASS_NAMES):
+    """Indices of `tokens` among `names`; DataError (prefixed by `where`) for none, unknown or duplicates."""
     try:
-        indices = tuple(_class_index(t) for t in tokens)
+        indices = tuple(_class_index(t, names) for t in tokens)
     except DataError as exc:
         raise DataError(f"{where}{exc}") from None
     if not indices:
-        raise DataError(f"{where}no classes given; valid: 0-{len(CLASS_NAMES) - 1} or class names")
-    duplicates = sorted({CLASS_NAMES[i] for i in indices if indices.count(i) > 1})
+        raise DataError(f"{where}no classes given; valid: 0-{len(names) - 1} or class names")
+    duplicates = sorted({names[i] for i in indices if indices.count(i) > 1})
     if duplicates:
         raise DataError(f"{where}duplicate classes: {', '.join(duplicates)}")
     return indices
 
 
-def parse_classes(text):
-    """Parse a comma-separated class list: "5,7,9" or "sandal, Sneaker, ankle boot" -> (5, 7, 9).
+def parse_classes(text, names=CLASS_NAMES):
+    """Parse a comma-separated class list: "5,7,9" or "sandal, Sneaker, ankle boot" -> (5, 7, 9);
+    the classes are `names` (Fashion-MNIST's ten unless given; index i is named names[i]).
 
     Raises DataError for an empty list, an unknown, out-of-range or duplicate class, listing the choices.
     """
     if not isinstance(text, str):
         raise DataError(f"classes must be a comma-separated string, got {type(text).__name__}")
     tokens = [t for t in text.split(",") if t.strip()]
-    return _class_tuple(tokens, "")
+    return _class_tuple(tokens, "", tuple(names))
 
 
 def select_classes(images, labels, classes, n=None, start=0):
