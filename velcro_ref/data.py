@@ -47,20 +47,19 @@ def resolve_data_dir(data_dir=None, split=None):
     The files of `split` ("train" or "test"; both when None) must exist there.
     Raises DataError naming the directory searched, the missing file and the set-up command.
     """
-    if data_dir is not None:
-        source = "data_dir argument"
+    install = f"install it with '{SETUP_COMMAND}'"
+    if data_dir is not None:  # the command's --data-dir, the API's data_dir
+        source, fix = "the directory given", f"give a directory holding it, or {install} and give none"
     elif os.environ.get(ENV_VAR):
         data_dir, source = os.environ[ENV_VAR], f"${ENV_VAR}"
+        fix = f"set ${ENV_VAR} to a directory holding it, or {install} and unset ${ENV_VAR}"
     else:
-        data_dir, source = DEBIAN_DIR, "default"
+        data_dir, source, fix = DEBIAN_DIR, "the default", f"{install} or set ${ENV_VAR} to a directory holding it"
     directory = pathlib.Path(data_dir).expanduser()
     splits = SPLIT_FILES if split is None else (_check_split(split),)
     for name in (f for s in splits for f in SPLIT_FILES[s]):
         if not (directory / name).is_file():
-            raise DataError(
-                f"Fashion-MNIST file {name} not found in {directory} ({source}); "
-                f"install it with '{SETUP_COMMAND}' or set ${ENV_VAR} to a directory holding it"
-            )
+            raise DataError(f"Fashion-MNIST file {name} not found in {directory} ({source}); {fix}")
     return directory
 
 

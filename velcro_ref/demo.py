@@ -236,6 +236,7 @@ def run_demo(
             raise UsageError(
                 f"--profile-samples {profile_n} leaves no validation image: task '{task}' has {have} train images"
             )
+    data.resolve_data_dir(data_dir)  # the test files too, before the report folder is made
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = {

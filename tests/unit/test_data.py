@@ -71,6 +71,13 @@ def test_missing_dir_names_dir_file_and_setup_command(tmp_path):
     message = str(err.value)
     assert str(missing) in message and "train-images-idx3-ubyte.gz" in message
     assert data.SETUP_COMMAND in message and "\n" not in message
+    assert "directory given" in message and "give a directory holding it" in message
+
+
+def test_missing_file_of_the_environment_s_directory_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path))
+    with pytest.raises(DataError, match=rf"not found in {tmp_path} \(\${data.ENV_VAR}\); set \${data.ENV_VAR} to a"):
+        data.load_fashion_mnist("train")
 
 
 def test_missing_single_file_is_named(tmp_path):

@@ -277,3 +277,17 @@ def test_the_report_states_the_images_the_tasks_used_not_the_number_asked_for():
     assert "first 3000 test images" in dict(notes(one))["Image sets"]
     two = {"settings": settings, "models": {"m": {"tasks": {"a": task(3000), "b": task(2000)}}}}
     assert "2000 - 3000 test images" in _images_line(two)
+
+
+def test_a_data_directory_without_the_test_files_is_refused_before_the_report_folder_is_made(tmp_path, capsys):
+    """The demo read the train files, made the report folder, then failed on the test files, leaving it empty."""
+    src = data.resolve_data_dir()
+    trainonly = tmp_path / "trainonly"
+    trainonly.mkdir()
+    for name in data.SPLIT_FILES["train"]:
+        (trainonly / name).symlink_to(src / name)
+    out = tmp_path / "report"
+    args = ["demo", "--quick", "--models", "resnet18", "--tasks", "footwear", "-o", str(out)]
+    assert cli.main([*args, "--data-dir", str(trainonly)]) == 1
+    assert "t10k-images-idx3-ubyte.gz not found" in capsys.readouterr().err
+    assert not out.exists()
