@@ -242,7 +242,9 @@ def add_image_args(p, split):
     p.add_argument("--split", choices=["train", "test"], help=f"with --data: data split (default {split})")
     p.set_defaults(default_split=split)
     p.add_argument(
-        "--samples", type=count(1, MAX_IMAGES), help="use at most this many images (the first ones of the split)"
+        "--samples",
+        type=count(1, MAX_IMAGES),
+        help="use at most this many images (the first ones of the chosen classes, in the split's order)",
     )
     add_file(
         p,
