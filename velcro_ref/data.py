@@ -290,13 +290,13 @@ def check_not_raw_pixels(x, model, where) -> None:
     preprocessing: no value below 0 and some above the largest value the preprocessing gives,
     (255 * scale - mean) / std (whole numbers 0..255, or such pixels resized or averaged). Such
     images ran and scored near chance with exit 0. The preprocessing gives values below 0 (any
-    pixel under the mean) and none above that one. Pixels only scaled to 0..1 fall inside that
-    range and cannot be told apart."""
+    pixel under the mean) and none above that one (but for float32's rounding: 1e-4 relative is
+    allowed). Pixels only scaled to 0..1 fall inside that range and cannot be told apart."""
     pre = model.meta.get("preprocessing")
     if pre is None or x.size == 0:
         return
     top = max((255 * float(pre["scale"]) - m) / s for m, s in zip(pre["mean"], pre["std"], strict=True))
-    if float(x.max()) > top and float(x.min()) >= 0:
+    if float(x.max()) > top + 1e-4 * abs(top) and float(x.min()) >= 0:
         raise InputError(
             f"{where}: x holds raw pixels (values 0..{float(x.max()):g}, none below 0); the model expects them "
             f"preprocessed as (x * {pre['scale']:g} - mean) / std, mean {list(pre['mean'])}, std {list(pre['std'])}, "

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from velcro_ref import data
-from velcro_ref.errors import DataError
+from velcro_ref.errors import DataError, InputError
 
 SRC = pathlib.Path(data.DEBIAN_DIR)
 ALL_FILES = [name for pair in data.SPLIT_FILES.values() for name in pair]
@@ -248,3 +248,19 @@ def test_a_big_endian_npy_input_gives_the_bits_of_the_same_values_in_native_orde
         ]
         assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
     assert np.load(tmp_path / "ybe.npy").tobytes() == np.load(tmp_path / "yle.npy").tobytes()
+
+
+def test_preprocessed_images_without_a_value_below_zero_are_not_taken_for_raw_pixels():
+    """No pixel below the mean gives no value below 0; float32's rounding puts a white pixel of MNIST's
+    preprocessing (2.8214867) above the largest value worked out in float64 (2.8214865)."""
+    from types import SimpleNamespace
+
+    pre = {"scale": 1 / 255, "mean": [0.1307], "std": [0.3081]}
+    model = SimpleNamespace(meta={"preprocessing": pre})
+    bright = np.full((2, 28, 28), 255, np.uint8)
+    bright[1] = 40  # above the mean (0.1307 * 255 = 33.3)
+    x = data.preprocess(bright, pre)
+    assert x.min() >= 0 and float(x.max()) > (255 / 255 - 0.1307) / 0.3081
+    data.check_not_raw_pixels(x, model, "set")
+    with pytest.raises(InputError, match="raw pixels"):
+        data.check_not_raw_pixels(bright[:, None].astype(np.float32) * np.float32(0.999), model, "set")
