@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 
 from .cli_util import (
@@ -306,6 +308,16 @@ def cmd_golden(args):
     masks = load_masks(args.masks) if args.masks else None
     macs = golden(model, x, args.output, masks, args.accumulators, source, labels)
     print(f"wrote {args.output}: {len(x)} image(s), {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
+    import h5py
+
+    with h5py.File(args.output, "r") as f:
+        nonfinite = json.loads(f.attrs["nonfinite_nodes"])
+    if nonfinite:  # the input is checked finite: the parameters hold NaN or Inf, or float32 overflowed
+        print(
+            f"warning: {len(nonfinite)} node output(s) hold NaN or Inf, first '{nonfinite[0]}' (the golden file's "
+            "attribute nonfinite_nodes lists them): float32 overflowed, or the parameters hold NaN or Inf",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -47,6 +47,7 @@ class _Recorder:
         self.f, self.model, self.k = f, model, 0
         self.accumulators = accumulators
         self.order = []
+        self.nonfinite = []  # the nodes whose output holds NaN or Inf, in execution order
 
     def on_site(self, name, y):
         pass
@@ -62,6 +63,8 @@ class _Recorder:
         for i, x in enumerate(inputs):
             g.create_dataset(f"input_{i}", data=x)
         g.create_dataset("output", data=out)
+        if out.dtype.kind == "f" and not np.isfinite(out).all():
+            self.nonfinite.append(step.name)
         for role, array in step.arrays.items():
             g.create_dataset(role, data=array)
         if skip is not None:
@@ -125,6 +128,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
             if name in macs:
                 f[node_group(k, len(model.steps), name)].attrs["executed_macs"] = macs[name]
         f.attrs["node_order"] = json.dumps(rec.order)
+        f.attrs["nonfinite_nodes"] = json.dumps(rec.nonfinite)
         if masks is not None:
             for site, (mask, const) in masks.sites.items():
                 sg = f.create_group(f"sites/{h5io.escape_key(site)}")

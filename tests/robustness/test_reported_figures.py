@@ -41,6 +41,31 @@ def test_golden_groups_list_in_execution_order_past_999_nodes(velcro, tmp_path):
     assert listed[0] == "0000_r0" and listed[-1] == "1003_flat"
 
 
+def test_golden_warns_of_nodes_whose_outputs_hold_nan_or_inf_and_lists_them(velcro, tmp_path):
+    """A conv overflowing float32 inside the network wrote inf into the vectors with exit 0 and no word;
+    the relu6 after it hides it from the output."""
+    nodes = (
+        Node("c1", "conv2d", (INPUT,), CONV, {"weight": "w"}),
+        Node("r1", "relu6", ("c1",)),
+        Node("flat", "flatten", ("r1",)),
+    )
+    w = np.array([3e38, 3e38, 1.0, 1.0], np.float32).reshape(2, 2, 1, 1)
+    save_model(Graph(nodes, (2, 3, 3), "flat", {"w": w}), tmp_path / "m.h5")
+    np.save(tmp_path / "x.npy", np.full((1, 2, 3, 3), 2.0, np.float32))
+    res = velcro("golden", tmp_path / "m.h5", "--input", tmp_path / "x.npy", "-o", tmp_path / "g.h5")
+    assert res.code == 0, res.err
+    (line,) = res.err.splitlines()
+    assert line.startswith("warning: 1 node output(s) hold NaN or Inf, first 'c1'"), line
+    with h5py.File(tmp_path / "g.h5") as f:
+        assert json.loads(f.attrs["nonfinite_nodes"]) == ["c1"]
+        assert np.isinf(f["nodes/000_c1/output"][0, 0]).all() and np.isfinite(f["nodes/001_r1/output"]).all()
+    np.save(tmp_path / "x.npy", np.full((1, 2, 3, 3), 1e-38, np.float32))
+    res = velcro("golden", tmp_path / "m.h5", "--input", tmp_path / "x.npy", "-o", tmp_path / "g.h5")
+    assert res.code == 0 and res.err == "", res.err
+    with h5py.File(tmp_path / "g.h5") as f:
+        assert json.loads(f.attrs["nonfinite_nodes"]) == []
+
+
 def test_the_sweep_plot_shows_every_measured_point(monkeypatch, tmp_path):
     """A gain of 8 points and a loss of 30 lay outside the y-axis, which stopped 5 above and 15 below dense."""
     from velcro_ref import plots
