@@ -7,7 +7,8 @@ symmetric, per tensor or per output channel; int32 biases), add -> qadd, concat 
 global_avg_pool -> qglobal_avg_pool, max_pool -> qmax_pool, relu/relu6 -> qrelu/qrelu6 (the
 activation sites keep their names), flatten and dropout as they are; a quantize node first and a
 dequantize node last. As onnxruntime's quantizer does, the producer of an activation site takes the
-site's range, so the site's clamp is the producer's saturation and the qrelu changes no value.
+site's range, so the site's clamp is the producer's saturation and the qrelu changes no value. A
+max pool on the float input stays float where onnxruntime's quantizer leaves it so (`float_pools`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,44 @@ from .graph import INPUT, Graph, Node
 from .ops import QUANTIZED, REGISTRY
 
 ACTIVATION_TYPES = ("int8", "uint8")
+# onnxruntime's "direct 8-bit" ops here: its quantizer quantizes one (its output sharing its input's
+# scale and zero point) only where a node before it in the file has its input quantized already.
+DIRECT_8BIT = ("max_pool", "flatten")
+
+
+def float_pools(plan) -> set:
+    """The max pools that run in float, as onnxruntime's QDQ quantizer leaves them: walking the
+    nodes in the plan's order (the exported file's), a max pool whose input no node before it
+    reads or writes as a quantized tensor (the graph input, or a float pool's output). Its output
+    is then quantized with its own range where a quantized node reads it; and where a quantized
+    node also reads its input (later), onnxruntime's pool reads that input's dequantized values.
+    A dropout (an Identity in the file, which the quantizer leaves alone) or a flatten on such a
+    float tensor, before a max pool, is refused (ModelError): not emulated."""
+    quantized, floats, bypassed = set(), set(), set()  # tensors a quantized node read or wrote so far
+    for st in plan.nodes:
+        x = st.inputs[0]
+        if x in quantized or (x != INPUT and x not in floats and x not in bypassed):
+            quantized.update((*st.inputs, st.name))  # a quantized node (a float one would have no float input)
+        elif st.op == "max_pool":
+            floats.add(st.name)
+        elif st.op in ("dropout", *DIRECT_8BIT):
+            bypassed.add(st.name)  # left float by onnxruntime; its output shares its input's range
+        else:
+            quantized.update((*st.inputs, st.name))
+    for st in plan.nodes:
+        if st.name in floats and st.inputs[0] in bypassed:
+            raise ModelError(
+                f"node '{st.name}': a max pool after a {plan.node(st.inputs[0]).op} of the float input, which "
+                "onnxruntime's quantizer leaves in float; not quantized here"
+            )
+    return floats
+
+
+def _quantized_inputs(plan, floats) -> list:
+    """The float tensors the quantized model quantizes where a quantized node (or the graph output)
+    reads them: the input and the outputs of `floats`, in the plan's order."""
+    read = {t for st in plan.nodes if st.name not in floats for t in st.inputs} | {plan.output}
+    return [t for t in (INPUT, *(st.name for st in plan.nodes if st.name in floats)) if t in read]
 
 
 def needed_ranges(model) -> list[str]:
@@ -28,7 +67,7 @@ def needed_ranges(model) -> list[str]:
     site's only input."""
     plan = model.plan
     site_inputs = {st.inputs[0] for st in plan.nodes if st.opdef.site and len(plan.readers[st.inputs[0]]) == 1}
-    out = [INPUT]
+    out = _quantized_inputs(plan, float_pools(plan))
     for st in plan.nodes:
         if st.opdef.site or (st.opdef.own_range and st.name not in site_inputs):
             out.append(st.name)
@@ -73,12 +112,36 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
         scale, zp = quant.scale_zero_point(np.float32(lo), np.float32(hi), activations)
         return {"y_scale": float(scale), "y_zero_point": int(zp), "dtype": activations}
 
-    nodes, params = [], {}
-    first = _unique("input_quantized", steps)
-    nodes.append(Node(first, "quantize", (INPUT,), qparams(INPUT)))
-    rename = {INPUT: first}
-    q_of = {first: nodes[0].attrs}
+    nodes, params, rename, q_of, dequantized = [], {}, {}, {}, {}
+    floats = float_pools(plan)
+    if plan.output in floats:
+        raise ModelError(f"node '{plan.output}': the graph's output is a max pool left in float (onnxruntime's rule)")
+    quantized_inputs = _quantized_inputs(plan, floats)
+
+    def add(base, op, inputs, attrs=None):
+        name = _unique(base, {*steps, *(n.name for n in nodes)})
+        nodes.append(Node(name, op, inputs, attrs or {}))
+        return name
+
+    def quantize(tensor):
+        rename[tensor] = add("input_quantized" if tensor == INPUT else f"{tensor}_quantized", "quantize", (tensor,))
+        nodes[-1].attrs.update(qparams(tensor))
+        q_of[rename[tensor]] = nodes[-1].attrs
+
+    if INPUT in quantized_inputs:
+        quantize(INPUT)
     for st in plan.nodes:
+        if st.name in floats:  # float; quantized after it where read, with its own range
+            x = st.inputs[0]
+            if x in quantized_inputs:  # onnxruntime's pool reads the input's dequantized values then
+                if x not in dequantized:
+                    base = "input_dequantized" if x == INPUT else f"{x}_dequantized"
+                    dequantized[x] = add(base, "dequantize", (rename[x],))
+                x = dequantized[x]
+            nodes.append(Node(st.name, st.op, (x,), dict(st.source.attrs)))
+            if st.name in quantized_inputs:
+                quantize(st.name)
+            continue
         if st.opdef.quantized_as is None:
             known = [op.name for op in REGISTRY.values() if op.quantized_as and op.name not in QUANTIZED]
             raise ModelError(f"node '{st.name}': {st.op} has no quantized form; quantizable: {', '.join(known)}")

@@ -297,3 +297,68 @@ def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
     x = rng.uniform(-1.5, 1.5, (7, 3, 4, 4)).astype(np.float32)
     want = int8_session(out, act, fmt).run(None, {"input": x})[0]
     assert np.array_equal(model.run(x), want)
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("pc", [False, True], ids=["pt", "pc"])
+@pytest.mark.parametrize("order", ["pool alone", "pool first", "conv first"])
+def test_a_max_pool_on_the_float_input_is_quantized_as_quantize_static_does(tmp_path, order, pc, act):
+    """quantize_static quantizes a MaxPool only where a node before it in the file has quantized its
+    input: else the pool runs in float (on the input's dequantized values where a later node quantizes
+    the input) and its output is quantized with its own range. `velcro quantize` always gave it the
+    input's scale and zero point (with the same ranges: another scale for the conv after it, another
+    bias, 84 of 256 outputs two steps off)."""
+    rng = np.random.default_rng(2)
+    consts = {k: rng.normal(0, 0.3 if k[0] == "w" else 0.1, (4, 3, 2, 2) if k[0] == "w" else 4) for k in ("w1", "b1")}
+    pool = [
+        helper.make_node("MaxPool", ["input"], ["mp"], name="mp", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["mp", "w1", "b1"], ["c1"], name="c1", kernel_shape=[2, 2]),
+    ]
+    nodes, out = pool, "c1"
+    if order != "pool alone":  # the input read by a conv of its own too, after the pool or before it
+        consts |= {"w0": rng.normal(0, 0.3, (4, 3, 2, 2)), "b0": rng.normal(0, 0.1, 4)}
+        conv = [helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], name="c0", kernel_shape=[2, 2], strides=[3, 3])]
+        nodes, out = (pool + conv if order == "pool first" else conv + pool), "sum"
+        nodes.append(helper.make_node("Add", ["c1", "c0"], ["sum"], name="sum"))
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
+    x_info = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])
+    graph = helper.make_graph(
+        nodes, "g", [x_info], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "src.onnx"
+    )
+    model = Model(import_onnx(tmp_path / "src.onnx"))
+    stats = velcro_ref.profile(model, rng.uniform(-1, 1, (6, 3, 6, 6)).astype(np.float32), batch=3)
+    assert stats.range_of("mp")[0] > stats.range_of(INPUT)[0]  # the pool's range is not the input's
+    export_onnx(executed_graph(model.plan, model.graph), tmp_path / "float.onnx")
+    ranges = {t: stats.range_of(t) for t in [INPUT, *model.plan.shapes]}
+    data = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), tmp_path / "ranges.json")
+    quantize_static(
+        str(tmp_path / "float.onnx"),
+        str(tmp_path / "q.onnx"),
+        None,
+        calibration_cache_path=str(tmp_path / "ranges.json"),
+        quant_format=QuantFormat.QDQ,
+        per_channel=pc,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    mine = velcro_ref.quantize(model, stats, per_channel=pc, activations=act)
+    ops = {n.name: n.op for n in mine.graph.nodes}
+    assert ops["mp"] == ("qmax_pool" if order == "conv first" else "max_pool")
+    assert ("input_dequantized" in ops) == (order == "pool first")
+    inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    if order != "conv first":
+        (q_mp,) = [n for n in mine.graph.nodes if n.op == "quantize" and n.inputs == ("mp",)]
+        assert (q_mp.attrs["y_scale"], q_mp.attrs["y_zero_point"]) == (
+            float(inits["mp_scale"]),
+            int(inits["mp_zero_point"]),
+        )
+    c1 = next(n for n in mine.graph.nodes if n.name == "c1")
+    assert np.array_equal(mine.graph.params[c1.params["bias"]], inits["c1.bias_quantized"])
+    x = rng.uniform(-1.2, 1.2, (5, 3, 6, 6)).astype(np.float32)
+    want = int8_session(tmp_path / "q.onnx", act, "QDQ").run(None, {"input": x})[0]
+    got = mine.run(x)
+    assert got.tobytes() == want.tobytes(), f"{int(np.sum(got != want))} of {got.size} outputs differ"
