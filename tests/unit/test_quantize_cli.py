@@ -151,3 +151,26 @@ def test_a_bias_scale_that_underflows_float32_is_refused_in_its_own_words():
         warnings.simplefilter("error")
         with pytest.raises(ModelError, match=r"node 'conv': the bias scale x_scale \* w_scale is 0 in float32"):
             velcro_ref.quantize(model, stats, activations="int8")
+
+
+@pytest.mark.parametrize("case", ["dropout before the pool", "pool is the output"])
+def test_a_float_max_pool_quantize_does_not_emulate_is_refused_in_one_line(case):
+    """A max pool on the float input stays float (onnxruntime's rule); after a dropout of that input, or as
+    the graph's output, it is refused rather than quantized another way."""
+    from velcro_ref.engine import Model
+    from velcro_ref.errors import ModelError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    pool = {"kernel": [2, 2], "stride": [2, 2], "pads": [0] * 4, "ceil_mode": False}
+    conv = {"out_channels": 2, "kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0] * 4, "groups": 1}
+    src = "drop" if case == "dropout before the pool" else INPUT
+    nodes = [Node("drop", "dropout", (INPUT,), {"p": 0.5})] if src == "drop" else []
+    nodes.append(Node("mp", "max_pool", (src,), pool))
+    if case == "dropout before the pool":
+        nodes.append(Node("c", "conv2d", ("mp",), conv, {"weight": "w"}))
+    params = {"w": np.ones((2, 2, 1, 1), np.float32)}
+    model = Model(Graph(tuple(nodes), (2, 4, 4), nodes[-1].name, params))
+    stats = velcro_ref.profile(model, np.random.default_rng(0).uniform(-1, 1, (4, 2, 4, 4)).astype(np.float32))
+    with pytest.raises(ModelError, match="node 'mp': ") as err:
+        velcro_ref.quantize(model, stats)
+    assert "\n" not in str(err.value)
