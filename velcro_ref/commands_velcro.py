@@ -256,6 +256,13 @@ def cmd_eval(args):
     x, y, classes, source = load_image_set(args, model)
     with progress(len(x) * (1 if masks is None else 2), "eval") as bar:
         doc = {"model": args.model, "data": source, **evaluate(model, x, y, classes, masks, args.batch, bar)}
+    for mode in ("dense", "masked"):
+        if doc.get(mode, {}).get("inf_images"):
+            print(
+                f"warning: {mode}: {doc[mode]['inf_images']} of {len(x)} images have an infinite score (float32 "
+                "overflowed, or the parameters hold Inf); their top-1 class takes +inf as the largest score",
+                file=sys.stderr,
+            )
     if args.json:
         print_json(doc)
         return 0

@@ -343,10 +343,12 @@ class Model:
         it in its epilogue where the plan allows (`plan.Fusion`): the same bits, the conv's and
         the add's outputs not written, and its tensors share a few buffers (`_shared_buffers`;
         on one image a concat's inputs are written into its channels and the concat not run).
-        The thread pools are set for the run by `threads.run_threads` (observers run under it).
-        Runs on one Model from several Python threads take turns (they share its buffers); Models
-        of their own run side by side. `last_macs` is then the last run's, whichever thread ran it:
-        `run_counted` returns a run's own.
+        The thread pools are set for the run by `threads.run_threads` (observers run under it),
+        and NumPy's floating-point errors are ignored (`np.errstate(all="ignore")`, observers too):
+        float32 arithmetic as IEEE 754 gives it, an overflow inf, with no warning or exception
+        whatever `np.seterr` says outside the run. Runs on one Model from several Python threads
+        take turns (they share its buffers); Models of their own run side by side. `last_macs` is
+        then the last run's, whichever thread ran it: `run_counted` returns a run's own.
         Without an observer, a batch of more than `sub_batch` images runs in sub-batches, one after
         another (`_run_split`): the same bits and MACs, its tensors kept in the caches.
         Raises InputError for a bad input and MaskError for masks of another model.

@@ -56,6 +56,9 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     Equal top scores go to the lowest class index in both (the task's classes are taken sorted,
     so the order they are given in changes nothing).
     macs: executed MACs per image, summed over layers, counted by the kernels.
+    inf_images: how many images have an infinite score (float32 overflowed, or the parameters hold
+    Inf): their top-1 class follows the rules above (+inf the largest score), but it comes from an
+    overflow (`velcro eval` warns of them).
     per_image adds `correct` and `correct_task`, bool (N,): which images each accuracy counts.
     Raises as check_scores does, before any image is run; ModelError where an image's scores hold a
     NaN (a model loaded with non-finite values allowed, or an overflow), whose top-1 class is not
@@ -71,7 +74,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
         raise InputError("no task classes: the task accuracy needs at least one")
     n = len(x)
     correct, correct_task = np.zeros(n, bool), np.zeros(n, bool)
-    macs = 0
+    macs = inf_images = 0
     for i in range(0, n, batch):
         xb, yb = x[i : i + batch], labels[i : i + batch]
         out, counted = model.run_counted(xb, masks=masks)
@@ -82,6 +85,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
                 f"(first: image {i + int(np.argmax(nan))}); their top-1 class, and the accuracy, are not defined"
             )
         macs += sum(counted.values())
+        inf_images += int(np.isinf(out).any(axis=1).sum())
         correct[i : i + len(xb)] = out.argmax(axis=1) == yb
         correct_task[i : i + len(xb)] = classes[out[:, classes].argmax(axis=1)] == yb
         if progress is not None:
@@ -91,6 +95,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
         "accuracy_task": int(correct_task.sum()) / n,
         "macs": macs / n,
         "n_images": n,
+        "inf_images": inf_images,
     }
     if per_image:
         res.update(correct=correct, correct_task=correct_task)

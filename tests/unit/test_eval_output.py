@@ -143,3 +143,20 @@ def test_evaluate_refuses_labels_of_another_count(model, images):
     for labels in (y[:1], y[: len(x) - 1]):
         with pytest.raises(InputError, match=f"{len(x)} images but {len(labels)} labels"):
             evaluate(model, x, labels, (0, 1))
+
+
+def test_eval_warns_of_images_whose_scores_overflowed(tmp_path, capsys):
+    """Scores of +inf (a linear layer overflowing float32) gave an accuracy with exit 0 and no word."""
+    w = np.array([[3e38, 3e38, 3e38, 3e38], [1, 1, 1, 1], [-1, -1, -1, -1]], np.float32)
+    model = linear_model(tmp_path / "m.h5", 3, w)
+    x = np.ones((4, 1, 2, 2), np.float32)
+    x[2:] = 1e-38  # images 2 and 3: finite scores
+    np.savez(tmp_path / "x.npz", x=x, y=np.array([0, 1, 1, 2], np.int64))
+    code, out, err = run_cli(capsys, "eval", model, "--images", tmp_path / "x.npz", "--json")
+    assert code == 0, err
+    assert json.loads(out)["dense"]["inf_images"] == 2
+    (line,) = err.splitlines()
+    assert line.startswith("warning: dense: 2 of 4 images have an infinite score"), line
+    np.savez(tmp_path / "x.npz", x=x[2:], y=np.array([1, 2], np.int64))
+    code, out, err = run_cli(capsys, "eval", model, "--images", tmp_path / "x.npz", "--json")
+    assert code == 0 and err == "" and json.loads(out)["dense"]["inf_images"] == 0
