@@ -269,7 +269,7 @@ def load_image_set(args, model):
         raise UsageError(f"{' and '.join(ignored)}: options that choose images of --data, ignored with --images")
     args.split = args.split or args.default_split
     index = None  # position in the file of each kept image, for messages
-    missing = beyond = ""
+    missing = ""
     if args.images:
         x, y = load_npz(args.images, ("x", "y"))
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
@@ -280,17 +280,11 @@ def load_image_set(args, model):
         if n_x != len(y):
             raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")
         found = tuple(int(c) for c in np.unique(y))
-        n_scores, names = _score_classes(model)
-        classes = data.parse_classes(args.classes, names) if args.classes else found
+        classes = data.parse_classes(args.classes, _class_names(model)) if args.classes else found
         if classes and min(classes) < 0:  # a label such as -1 for "unlabelled", taken as a class
             raise InputError(
                 f"{args.images}: 'y' holds label {min(classes)}, and class {min(classes)} is no class index "
                 "(0 or more; choose classes with --classes)"
-            )
-        if n_scores and classes and max(classes) >= n_scores:  # a task of a class the model has no score for
-            beyond = (
-                f"{args.images}: 'y' holds label {max(classes)}, and class {max(classes)} is not one of the "
-                f"{n_scores} class(es) {model.path} scores, 0..{n_scores - 1} (choose classes with --classes)"
             )
         absent = ", ".join(str(c) for c in classes if c not in found)
         if absent:
@@ -312,8 +306,6 @@ def load_image_set(args, model):
         raise DataError(f"the image set is empty ({source})")
     if missing:
         raise DataError(f"{where}: {missing}")
-    if beyond:
-        raise InputError(beyond)
     try:
         model.check_input(x)
     except InputError as e:
@@ -323,18 +315,19 @@ def load_image_set(args, model):
     return np.ascontiguousarray(x), y, tuple(classes), source
 
 
-def _score_classes(model) -> tuple[int, tuple]:
-    """(classes, names) of a model whose output is one score per class (0 for another output) and
-    the names --classes takes with --images: the model's own (its meta's `classes`, one per score),
-    else Fashion-MNIST's ten, or "0", "1", ... for a model of more classes than ten."""
+def _class_names(model) -> tuple:
+    """The classes --classes names with --images: the model's own where it records one name per
+    score (its meta's `classes`, its output one score per class), else Fashion-MNIST's ten, or
+    "0", "1", ... for a model of more scores than ten. A label past the model's scores is not
+    refused here (a model may give one score for two classes, or features): eval refuses it."""
     from . import data
 
     shape = tuple(model.shapes[model.graph.output])
     n = shape[0] if len(shape) == 1 else 0
     names = model.meta.get("classes")
     if n and isinstance(names, list) and len(names) == n and all(isinstance(name, str) for name in names):
-        return n, tuple(names)
-    return n, tuple(str(i) for i in range(n)) if n > len(data.CLASS_NAMES) else data.CLASS_NAMES
+        return tuple(names)
+    return tuple(str(i) for i in range(n)) if n > len(data.CLASS_NAMES) else data.CLASS_NAMES
 
 
 def _first_nonfinite(x, model, index):

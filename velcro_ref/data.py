@@ -133,7 +133,7 @@ def _class_index(token, names=CLASS_NAMES):
         index = int(token.strip())
     elif isinstance(token, str):
         wanted = token.strip().replace("_", " ").lower()
-        lowered = [name.lower() for name in names]
+        lowered = [name.replace("_", " ").lower() for name in names]
         if wanted not in lowered:
             raise DataError(f"unknown class {token!r}; valid: {valid}")
         index = lowered.index(wanted)
