@@ -297,13 +297,16 @@ def save_stats(stats: Stats, path) -> None:
             h5io.write_text_attr(ds, "name", name)
 
 
+_OR_PARAMETERS = " (or the model's parameters hold NaN or Inf, --allow-nonfinite)"
+
+
 def _check_finite(stats: Stats) -> None:
     """StatsError naming the first site or tensor whose statistics or range are not finite."""
     for name, (lo, hi) in stats.ranges.items():
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise StatsError(
                 f"tensor '{name}' took values [{lo:g}, {hi:g}] on these images: float32 overflowed in the "
-                "network; no statistics written"
+                f"network{_OR_PARAMETERS}; no statistics written"
             )
     for name, site in stats.sites.items():
         for fld in FIELDS:
@@ -311,7 +314,7 @@ def _check_finite(stats: Stats) -> None:
             if bad:
                 raise StatsError(
                     f"site '{name}': {fld} is NaN or infinite at {bad} element(s): float32 overflowed in the "
-                    "network on these images; no statistics written"
+                    f"network on these images{_OR_PARAMETERS}; no statistics written"
                 )
 
 
