@@ -68,7 +68,8 @@ def array_compute(layer, arch) -> Compute:
     """Cycles and buffer reads of a conv2d/linear layer on a rows x cols systolic array."""
     r, c = arch.rows, arch.cols
     t = layer.c * layer.fy * layer.fx
-    ob, ab = arch.operand_bytes, arch.accumulator_bytes
+    ob, ab = layer.in_bytes or arch.operand_bytes, arch.accumulator_bytes  # input and weights alike
+    out_b = layer.out_bytes or arch.operand_bytes
     needed, live, used = column_chunks(layer, c)
     psum = psum_tile = acc = 0
     if arch.dataflow == "output_stationary":
@@ -96,7 +97,7 @@ def array_compute(layer, arch) -> Compute:
         ops=0,
         ifmap_reads=int((needed * t).sum()) * ob,
         filter_reads=int(filter_reads.sum()) * ob,
-        ofmap_writes=int(used.sum()) * ob,
+        ofmap_writes=int(used.sum()) * out_b,
         live=tuple(int(x) for x in live.sum(axis=1)),
         psum_bytes=psum,
         psum_tile_bytes=psum_tile,

@@ -73,6 +73,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
             **mask,
         )
     t = layer.c * layer.fy * layer.fx
+    ob, out_b = layer.in_bytes or ob, layer.out_bytes or ob  # a float layer of an int8 model: float32 all through
     ifmap_g = layer.in_elems // layer.groups * ob
     icap, fcap, ocap = (max(1, int(kib * half)) for kib in (arch.ifmap_kib, arch.filter_kib, arch.ofmap_kib))
     ifmap_dram = filter_dram = 0
@@ -81,7 +82,7 @@ def layer_traffic(layer, arch, comp) -> Traffic:
         ifmap_dram += i
         filter_dram += f
     # Masked outputs are never written: their constants already sit in the activation's DRAM buffer.
-    ofmap_dram = layer.active_elems * ob
+    ofmap_dram = layer.active_elems * out_b
     psum_dram = comp.psum_bytes if comp.psum_tile_bytes > ocap else 0
     return Traffic(
         ifmap_sram_bytes=comp.ifmap_reads + ifmap_dram,

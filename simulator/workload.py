@@ -50,7 +50,8 @@ class Layer:
     n_consts: int = 0
     reads_mask: bool = True  # False: on its producer's output path, which read the mask table
     # Bytes per input and output element where they are not the operand's: the float32 tensors of an
-    # int8 model (a quantize's input, a dequantize's output, float ops between them); 0: the operand's.
+    # int8 model (a quantize's input, a dequantize's output, float ops between them; a float conv's or
+    # linear's weights too, at in_bytes); 0: the operand's.
     in_bytes: int = 0
     out_bytes: int = 0
 
@@ -100,13 +101,13 @@ def _layer(st, readers, quantized: bool):
     op = st.opdef
     nest = op.loop_nest(st.attrs, st.in_shapes, st.out_shape)
     in_elems = sum(int(np.prod(s)) for s in st.in_shapes)
-    if op.unit == "array":
-        return Layer(st.name, st.op, "array", **nest, in_elems=in_elems)
-    # An activation right after its only producer runs on that producer's output path.
-    fused = op.site and st.inputs[0] != INPUT and len(readers[st.inputs[0]]) == 1
     sizes = {}
     if quantized:  # its float32 tensors at their own size
         sizes = {"in_bytes": FLOAT_BYTES * all(q is None for q in st.in_q), "out_bytes": FLOAT_BYTES * (st.q is None)}
+    if op.unit == "array":
+        return Layer(st.name, st.op, "array", **nest, in_elems=in_elems, **sizes)
+    # An activation right after its only producer runs on that producer's output path.
+    fused = op.site and st.inputs[0] != INPUT and len(readers[st.inputs[0]]) == 1
     return Layer(
         st.name, st.op, "vector", **nest, in_elems=in_elems, ops_per_element=op.ops_per_element, fused=fused, **sizes
     )

@@ -128,3 +128,24 @@ def test_a_masked_int8_residual_add_skips_the_masked_elements():
     d, c = by_name(res), by_name(res, "compressed")
     assert d["a"].ops == 32 * 4 and c["a"].ops == (32 - 8) * 4  # 4 ops per QLinearAdd element
     assert c["c"].macs == (32 - 8) * 2 and c["c.requant"].ops == (32 - 8) * 4
+
+
+def test_a_float_linear_of_an_int8_model_moves_four_bytes_an_element():
+    """A linear left float on dequantized values (docs/int8.md) was priced at the int8 model's one byte per
+    input, weight and output; its float32 tensors are four, as the vector ops' are."""
+    rng = np.random.default_rng(0)
+    nodes = (
+        *int8_model().graph.nodes[:3],
+        Node("dq", "dequantize", ("r",)),
+        Node("f", "flatten", ("dq",)),
+        Node("l", "linear", ("f",), {}, {"weight": "l.w"}),
+    )
+    params = {**int8_model().graph.params, "l.w": rng.standard_normal((5, 64)).astype(np.float32)}
+    res = simulate(Model(Graph(nodes, (2, 4, 4), "l", params)), tiny_arch())
+    s = by_name(res)
+    # T = 64, one chunk of 4 filters and one of 1; Sr = 1 pixel: 1 fold each. ifmap reads 64 per chunk, filter
+    # reads 64 x 5, outputs 5, each 4 bytes; from DRAM the 64 inputs and 320 weights, the 5 outputs to it
+    assert s["l"].ifmap_sram_bytes == (2 * 64 + 64) * 4
+    assert s["l"].filter_sram_bytes == (64 * 5 + 64 * 5) * 4
+    assert s["l"].ofmap_sram_bytes == (5 + 5) * 4
+    assert s["l"].dram_bytes == (64 + 320 + 5) * 4
