@@ -74,6 +74,9 @@ def _speedup(x) -> str:
     return "" if x is None else f"{x:.3f}"
 
 
+NO_SAVING = "none: no dense energy"
+
+
 def _saving(s) -> str:
     """A saving as a percentage; nothing where it is undefined (no dense energy); a cost above twice
     the dense one as a multiple ("11.1x dense"), which a percentage like -1011.7% hides."""
@@ -194,9 +197,9 @@ def format_result(result, compute_only: bool = False) -> str:
         f"({_energy(total_c.mask_table_pj)} on chip); {_bytes(result.mask_storage_bytes)} stored "
         f"(bitmaps + constants)\n"
         f"{COMPUTE_ONLY}: {_energy(total_d.compute_energy_pj)} -> {_energy(total_c.compute_energy_pj)}, "
-        f"saving {_saving(cmp.compute_energy_saving)}\n"
+        f"saving {_saving(cmp.compute_energy_saving) or NO_SAVING}\n"
         f"{_latency(result)}, energy {_energy(total_d.energy_pj)} -> "
-        f"{_energy(total_c.energy_pj)} (saving {_saving(cmp.energy_saving)}) {per}"
+        f"{_energy(total_c.energy_pj)} (saving {_saving(cmp.energy_saving) or NO_SAVING}) {per}"
     )
 
 
