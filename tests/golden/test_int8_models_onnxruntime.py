@@ -83,14 +83,34 @@ def family(request, tmp_path_factory):
     export_onnx(folded, folder / "float.onnx")
     calib = np.random.default_rng(0).uniform(-1, 1, (8, 3, SIZE, SIZE)).astype(np.float32)
     stats = velcro_ref.profile(model, calib, batch=4)
-    tensors = [INPUT, *model.plan.shapes]
-    data = {
-        t: TensorData(lowest=np.float32(stats.range_of(t)[0]), highest=np.float32(stats.range_of(t)[1]))
-        for t in tensors
-    }
-    cache = folder / "ranges.json"
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+    cache = ranges_cache(model, stats, folder / "ranges.json")
     return Family(request.param, model, stats, folder / "float.onnx", cache, folder, {})
+
+
+def ranges_cache(model, stats, path) -> Path:
+    """quantize_static's calibration cache holding the velcro ranges of every tensor of `model`."""
+    ranges = {t: stats.range_of(t) for t in [INPUT, *model.plan.shapes]}
+    data = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()}
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), path)
+    return path
+
+
+def ort_quantize(float_onnx, out, cache, case) -> Path:
+    """quantize_static of a float ONNX file for one case (format, per_channel, activations, keep), from a
+    calibration cache."""
+    fmt, pc, act, keep = case
+    quantize_static(
+        str(float_onnx),
+        str(out),
+        None,
+        calibration_cache_path=str(cache),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        per_channel=pc,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        extra_options={"QDQKeepRemovableActivations": keep},
+    )
+    return out
 
 
 def quantized_onnx(fam: Family, case) -> Path:
@@ -98,18 +118,7 @@ def quantized_onnx(fam: Family, case) -> Path:
     if case not in fam.quantized:
         fmt, pc, act, keep = case
         out = fam.folder / f"q_{fmt}_{pc}_{act}_{keep}.onnx"
-        quantize_static(
-            str(fam.float_onnx),
-            str(out),
-            None,
-            calibration_cache_path=str(fam.cache),
-            quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
-            per_channel=pc,
-            activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            extra_options={"QDQKeepRemovableActivations": keep},
-        )
-        fam.quantized[case] = out
+        fam.quantized[case] = ort_quantize(fam.float_onnx, out, fam.cache, case)
     return fam.quantized[case]
 
 
@@ -332,19 +341,8 @@ def test_a_max_pool_on_the_float_input_is_quantized_as_quantize_static_does(tmp_
     stats = velcro_ref.profile(model, rng.uniform(-1, 1, (6, 3, 6, 6)).astype(np.float32), batch=3)
     assert stats.range_of("mp")[0] > stats.range_of(INPUT)[0]  # the pool's range is not the input's
     export_onnx(executed_graph(model.plan, model.graph), tmp_path / "float.onnx")
-    ranges = {t: stats.range_of(t) for t in [INPUT, *model.plan.shapes]}
-    data = {t: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for t, (lo, hi) in ranges.items()}
-    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), tmp_path / "ranges.json")
-    quantize_static(
-        str(tmp_path / "float.onnx"),
-        str(tmp_path / "q.onnx"),
-        None,
-        calibration_cache_path=str(tmp_path / "ranges.json"),
-        quant_format=QuantFormat.QDQ,
-        per_channel=pc,
-        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
+    cache = ranges_cache(model, stats, tmp_path / "ranges.json")
+    ort_quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", cache, ("QDQ", pc, act, False))
     mine = velcro_ref.quantize(model, stats, per_channel=pc, activations=act)
     ops = {n.name: n.op for n in mine.graph.nodes}
     assert ops["mp"] == ("qmax_pool" if order == "conv first" else "max_pool")
