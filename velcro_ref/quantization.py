@@ -26,32 +26,39 @@ ACTIVATION_TYPES = ("int8", "uint8")
 DIRECT_8BIT = ("max_pool", "flatten")
 
 
-def float_pools(plan) -> set:
-    """The max pools that run in float, as onnxruntime's QDQ quantizer leaves them: walking the
-    nodes in the plan's order (the exported file's), a max pool whose input no node before it
-    reads or writes as a quantized tensor (the graph input, or a float pool's output). Its output
-    is then quantized with its own range where a quantized node reads it; and where a quantized
-    node also reads its input (later), onnxruntime's pool reads that input's dequantized values.
-    A dropout (an Identity in the file, which the quantizer leaves alone) or a flatten on such a
-    float tensor, before a max pool, is refused (ModelError): not emulated."""
-    quantized, floats, bypassed = set(), set(), set()  # tensors a quantized node read or wrote so far
+def float_pools(plan) -> tuple[set, set]:
+    """(pools, quantized): the max pools that run in float, as onnxruntime's QDQ quantizer leaves
+    them, and the tensors its file quantizes. Walking the nodes in the plan's order (the exported
+    file's): a max pool whose input no node before it reads or writes as a quantized tensor (the
+    graph input, or a float pool's output) runs in float, its output quantized with its own range
+    where a quantized node reads it; where a quantized node (later) reads the pool's input too, the
+    file quantizes that input and the pool reads its dequantized values. A flatten or dropout (an
+    Identity in the file) on such a float tensor is left float by onnxruntime; here it keeps its
+    input's quantization (the same numbers: its range is its input's). Refused (ModelError): a max
+    pool after such a flatten or dropout, and a graph output that onnxruntime leaves float."""
+    quantized, pools, bypassed = set(), set(), set()  # the tensors a quantized node read or wrote so far
     for st in plan.nodes:
         x = st.inputs[0]
-        if x in quantized or (x != INPUT and x not in floats and x not in bypassed):
+        if x in quantized or (x != INPUT and x not in pools and x not in bypassed):
             quantized.update((*st.inputs, st.name))  # a quantized node (a float one would have no float input)
         elif st.op == "max_pool":
-            floats.add(st.name)
+            pools.add(st.name)
         elif st.op in ("dropout", *DIRECT_8BIT):
-            bypassed.add(st.name)  # left float by onnxruntime; its output shares its input's range
+            bypassed.add(st.name)
         else:
             quantized.update((*st.inputs, st.name))
     for st in plan.nodes:
-        if st.name in floats and st.inputs[0] in bypassed:
+        if st.name in pools and st.inputs[0] in bypassed:
             raise ModelError(
                 f"node '{st.name}': a max pool after a {plan.node(st.inputs[0]).op} of the float input, which "
                 "onnxruntime's quantizer leaves in float; not quantized here"
             )
-    return floats
+    if pools and plan.output not in quantized:
+        raise ModelError(
+            f"node '{plan.output}': the graph's output, after a max pool of the float input, is left float by "
+            "onnxruntime's quantizer (no quantized op on its path)"
+        )
+    return pools, quantized
 
 
 def _quantized_inputs(plan, floats) -> list:
@@ -67,7 +74,7 @@ def needed_ranges(model) -> list[str]:
     site's only input."""
     plan = model.plan
     site_inputs = {st.inputs[0] for st in plan.nodes if st.opdef.site and len(plan.readers[st.inputs[0]]) == 1}
-    out = _quantized_inputs(plan, float_pools(plan))
+    out = _quantized_inputs(plan, float_pools(plan)[0])
     for st in plan.nodes:
         if st.opdef.site or (st.opdef.own_range and st.name not in site_inputs):
             out.append(st.name)
@@ -113,9 +120,7 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
         return {"y_scale": float(scale), "y_zero_point": int(zp), "dtype": activations}
 
     nodes, params, rename, q_of, dequantized = [], {}, {}, {}, {}
-    floats = float_pools(plan)
-    if plan.output in floats:
-        raise ModelError(f"node '{plan.output}': the graph's output is a max pool left in float (onnxruntime's rule)")
+    floats, ort_quantized = float_pools(plan)
     quantized_inputs = _quantized_inputs(plan, floats)
 
     def add(base, op, inputs, attrs=None):
@@ -133,7 +138,7 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
     for st in plan.nodes:
         if st.name in floats:  # float; quantized after it where read, with its own range
             x = st.inputs[0]
-            if x in quantized_inputs:  # onnxruntime's pool reads the input's dequantized values then
+            if x in ort_quantized:  # onnxruntime's file quantizes the input: its pool reads the dequantized values
                 if x not in dequantized:
                     base = "input_dequantized" if x == INPUT else f"{x}_dequantized"
                     dequantized[x] = add(base, "dequantize", (rename[x],))

@@ -360,3 +360,43 @@ def test_a_max_pool_on_the_float_input_is_quantized_as_quantize_static_does(tmp_
     want = int8_session(tmp_path / "q.onnx", act, "QDQ").run(None, {"input": x})[0]
     got = mine.run(x)
     assert got.tobytes() == want.tobytes(), f"{int(np.sum(got != want))} of {got.size} outputs differ"
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("pc", [False, True], ids=["pt", "pc"])
+def test_a_float_max_pool_beside_a_flatten_of_the_input_reads_the_raw_input(tmp_path, pc, act):
+    """A flatten of the input before the pool: onnxruntime leaves it float too (its output quantized later
+    with its own, equal range), so nothing quantizes the input itself and the float pool reads the raw
+    input; velcro's pool read the input quantized and dequantized (204 of 2000 outputs off)."""
+    rng = np.random.default_rng(5)
+    consts = {"w": rng.normal(0, 0.3, (4, 108)), "b": rng.normal(0, 0.3, 4)}
+    consts |= {"w2": rng.normal(0, 0.3, (4, 27)), "b2": rng.normal(0, 0.3, 4)}
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["f"], name="f"),
+        helper.make_node("Gemm", ["f", "w", "b"], ["l"], name="l", transB=1),
+        helper.make_node("MaxPool", ["input"], ["mp"], name="mp", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["mp"], ["f2"], name="f2"),
+        helper.make_node("Gemm", ["f2", "w2", "b2"], ["l2"], name="l2", transB=1),
+        helper.make_node("Add", ["l", "l2"], ["s"], name="s"),
+    ]
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in consts.items()]
+    x_info = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 6])
+    graph = helper.make_graph(
+        nodes, "g", [x_info], [helper.make_tensor_value_info("s", TensorProto.FLOAT, None)], inits
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "src.onnx"
+    )
+    model = Model(import_onnx(tmp_path / "src.onnx"))
+    stats = velcro_ref.profile(model, rng.uniform(-1, 1, (6, 3, 6, 6)).astype(np.float32), batch=3)
+    export_onnx(executed_graph(model.plan, model.graph), tmp_path / "float.onnx")
+    cache = ranges_cache(model, stats, tmp_path / "ranges.json")
+    ort_quantize(tmp_path / "float.onnx", tmp_path / "q.onnx", cache, ("QDQ", pc, act, False))
+    pools = [list(n.input) for n in onnx.load(str(tmp_path / "q.onnx")).graph.node if n.op_type == "MaxPool"]
+    assert pools == [["input"]]  # onnxruntime's pool reads the raw input
+    mine = velcro_ref.quantize(model, stats, per_channel=pc, activations=act)
+    assert [n.inputs for n in mine.graph.nodes if n.op == "max_pool"] == [(INPUT,)]
+    x = rng.uniform(-1.2, 1.2, (100, 3, 6, 6)).astype(np.float32)
+    want = int8_session(tmp_path / "q.onnx", act, "QDQ").run(None, {"input": x})[0]
+    got = mine.run(x)
+    assert got.tobytes() == want.tobytes(), f"{int(np.sum(got != want))} of {got.size} outputs differ"

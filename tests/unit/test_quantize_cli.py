@@ -153,7 +153,7 @@ def test_a_bias_scale_that_underflows_float32_is_refused_in_its_own_words():
             velcro_ref.quantize(model, stats, activations="int8")
 
 
-@pytest.mark.parametrize("case", ["dropout before the pool", "pool is the output"])
+@pytest.mark.parametrize("case", ["dropout before the pool", "pool is the output", "pool and flatten are the output"])
 def test_a_float_max_pool_quantize_does_not_emulate_is_refused_in_one_line(case):
     """A max pool on the float input stays float (onnxruntime's rule); after a dropout of that input, or as
     the graph's output, it is refused rather than quantized another way."""
@@ -168,9 +168,11 @@ def test_a_float_max_pool_quantize_does_not_emulate_is_refused_in_one_line(case)
     nodes.append(Node("mp", "max_pool", (src,), pool))
     if case == "dropout before the pool":
         nodes.append(Node("c", "conv2d", ("mp",), conv, {"weight": "w"}))
+    if case == "pool and flatten are the output":  # no quantized op: onnxruntime leaves it all float
+        nodes.append(Node("f", "flatten", ("mp",)))
     params = {"w": np.ones((2, 2, 1, 1), np.float32)}
     model = Model(Graph(tuple(nodes), (2, 4, 4), nodes[-1].name, params))
     stats = velcro_ref.profile(model, np.random.default_rng(0).uniform(-1, 1, (4, 2, 4, 4)).astype(np.float32))
-    with pytest.raises(ModelError, match="node 'mp': ") as err:
+    with pytest.raises(ModelError, match=f"node '{nodes[-1].name if case.endswith('output') else 'mp'}': ") as err:
         velcro_ref.quantize(model, stats)
     assert "\n" not in str(err.value)
