@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 from .cli_util import (
@@ -90,6 +91,13 @@ def cmd_sweep(args):
             shared=args.shared_data,
         )
     res.update(model=args.model, task=label)
+    overflowed = [p["ratio"] for p in res["points"] if p["inf_images"]]
+    if overflowed:
+        print(
+            f"warning: at ratio(s) {', '.join(f'{r:g}' for r in overflowed)} some images have an infinite score "
+            "(float32 overflowed; `inf_images` in the JSON): their top-1 class takes +inf as the largest score",
+            file=sys.stderr,
+        )
     if args.output:
         write_text(args.output, dumps(res, indent=1))
     if args.plot:

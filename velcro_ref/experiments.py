@@ -110,6 +110,7 @@ def sweep_summary(dense, ratios, results, policy, classes, tolerance, n, n_profi
             "accuracy": res["accuracy"],
             "accuracy_task": res["accuracy_task"],
             "macs": res["macs"],
+            "inf_images": res["inf_images"],  # images whose scores overflowed float32 (`evaluate`)
         }
         for r, res in zip(ratios, results, strict=True)
     ]

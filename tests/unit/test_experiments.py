@@ -50,3 +50,33 @@ def test_task_images_are_of_the_task_classes(small_model):
     x, y = task_images(small_model, (0, 8), "test")
     assert x.shape == (2000, 1, 28, 28) and x.dtype == np.float32
     assert set(np.unique(y)) == {0, 8}
+
+
+def test_sweep_points_count_the_images_whose_scores_overflowed_and_the_command_warns(tmp_path, monkeypatch, capsys):
+    """A sweep's accuracy at a ratio could come from +inf scores (float32 overflowed on its test images,
+    though not on its profile images) with no word; each point counts them and `velcro sweep` warns."""
+    from velcro_ref import api, cli
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.stats import collect_stats
+
+    w = np.array([[3e38] * 4, [1] * 4, [-1] * 4], np.float32)
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("l", "linear", ("f",), {}, {"weight": "w"}),
+        Node("r", "relu", ("l",)),
+    )
+    model = Model(Graph(nodes, (1, 2, 2), "r", {"w": w}))
+    small = np.full((4, 1, 2, 2), 1e-38, np.float32)
+    x = np.concatenate([np.ones((3, 1, 2, 2), np.float32), small])  # 3 images overflow, 4 do not
+    res = sweep(model, collect_stats(model, small), x, np.zeros(7, np.int64), (0, 1), [0.0, 0.5])
+    # dense (at 0.5 the masks' constants may replace the +inf score): the images whose scores are inf
+    assert res["points"][0]["inf_images"] == int(np.isinf(model.run(x)).any(axis=1).sum()) == 3
+    monkeypatch.setattr(api, "sweep", lambda *a, **k: {**res, "n_eval_images": 7})
+    model_file = tmp_path / "m.h5"
+    from velcro_ref.model_io import save_model
+
+    save_model(model.graph, model_file)
+    assert cli.main(["sweep", str(model_file), "--classes", "0,1", "--ratios", "0,0.5"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    listed = ", ".join(f"{p['ratio']:g}" for p in res["points"] if p["inf_images"])
+    assert line.startswith(f"warning: at ratio(s) {listed} some images have an infinite score"), line
