@@ -262,8 +262,9 @@ class Model:
     def _mask_plan(self, masks) -> _MaskPlan:
         """What a run needs from `masks`, worked out at the first run with them and kept while the
         same MaskSet comes back with the same sites holding the same array objects. The arrays
-        are made read-only then, so writing into them raises instead of leaving a stale plan;
-        a write through another view of their memory is not seen (replace the arrays instead)."""
+        are made read-only then, so writing into them raises instead of leaving a stale plan; one
+        made writeable again (and perhaps edited) makes the next run work the plan out anew. A
+        write through another view of their memory is not seen (replace the arrays instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -272,6 +273,7 @@ class Model:
             and plan.masks is masks
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
+            and not any(a.flags.writeable for a in arrays)  # made writeable again: maybe edited, worked out anew
         ):
             return plan
         for a in arrays:
