@@ -44,7 +44,8 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     """The compression stage (`velcro compress`): a MaskSet from statistics.
 
     ratio and policy ("uniform", "budget", "channel"; budget needs `model`), or `ratios`, a dict
-    site -> ratio (sites left out are not masked). `exclude` names sites never masked.
+    site -> ratio (sites left out are not masked; no policy then, as `velcro compress --ratios`
+    takes none). `exclude` names sites never masked.
     Raises UsageError for a bad ratio, policy or site, StatsError for stats of another model.
     """
     from .masks import build_masks
@@ -64,6 +65,8 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     if ratios is not None:
         if ratio is not None:
             raise UsageError("give a ratio (with a policy) or per-site ratios, not both")
+        if policy != "uniform":  # the default: per-site ratios take no policy
+            raise UsageError(f"policy {policy!r} with per-site ratios: they are masked as given, no policy applies")
         per_site = {s: (0.0 if s in exclude else ratios.get(s, 0.0)) for s in stats.sites}
         masks = build_masks(stats, per_site, {"name": "per_site", "exclude": list(exclude)})
     elif ratio is None:
@@ -143,7 +146,14 @@ def sweep(
 
     if not 0 <= tolerance < 100:
         raise UsageError(f"tolerance is in percentage points in [0, 100), got {tolerance}")
-    grid = parse_ratios(ratios) if isinstance(ratios, str) else sorted(set(float(r) for r in ratios))
+    if isinstance(ratios, str):
+        grid = parse_ratios(ratios)
+    else:  # each as it is written (a NumPy float32 0.7 is 0.7, as `compress` takes it); a bool is no ratio
+        from .masks import check_ratio
+
+        grid = sorted({check_ratio(r, "ratios") for r in ratios})
+        if not grid:
+            raise UsageError("ratios: give at least one ratio")
     classes = task_classes(task, classes)
     if client is not None:
         from .distributed import sweep as sweep_on_cluster

@@ -145,7 +145,10 @@ def _class_index(token, names=CLASS_NAMES):
 
 
 def _class_tuple(tokens, where, names=CLASS_NAMES):
-    """Indices of `tokens` among `names`; DataError (prefixed by `where`) for none, unknown or duplicates."""
+    """Indices of `tokens` among `names` (a string: a comma-separated list, as `parse_classes`
+    reads it, not its characters); DataError (prefixed by `where`) for none, unknown or duplicates."""
+    if isinstance(tokens, str):
+        tokens = [t for t in tokens.split(",") if t.strip()]
     try:
         indices = tuple(_class_index(t, names) for t in tokens)
     except DataError as exc:

@@ -134,7 +134,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
             for site, (mask, const) in masks.sites.items():
                 sg = f.create_group(f"sites/{h5io.escape_key(site)}")
                 sg.create_dataset("mask", data=mask)
-                sg.create_dataset("constants", data=const)
+                sg.create_dataset("constants", data=np.asarray(const, np.float32))  # as the run used them
                 q = model.plan.node(site).q
                 if q is not None:
                     sg.create_dataset("constants_q", data=quant.quantize_linear(const, q.scale, q.zero_point, q.dtype))

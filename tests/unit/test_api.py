@@ -151,3 +151,73 @@ def test_a_file_written_again_carries_the_time_of_this_writing(tmp_path):
     save_stats(s, tmp_path / "s.h5")
     got = load_stats(tmp_path / "s.h5").provenance
     assert got["note"] == 1 and got["written"] != "2000-01-01T00:00:00+0000" and got["written"].startswith("20")
+
+
+def test_sweep_takes_ratios_as_written_as_compress_does(files):
+    """A NumPy float32 0.7 swept as 0.699999988 (fewer elements masked than `compress` and the command mask
+    for 0.7); True swept as ratio 1; an empty list failed in max()."""
+    model = velcro_ref.load_model(files / "m.h5")
+    kw = {"task": "footwear", "profile_samples": 64, "samples": 20}
+    want = velcro_ref.sweep(model, ratios=[0.0, 0.7], **kw)
+    got = velcro_ref.sweep(model, ratios=[np.float32(0.7), np.float64(0.0)], **kw)
+    assert got["points"] == want["points"] and got["points"][1]["ratio"] == 0.7
+    for bad, needle in (([True], "must be a number"), ([], "at least one ratio")):
+        with pytest.raises(velcro_ref.VelcroError, match=needle):
+            velcro_ref.sweep(model, ratios=bad, **kw)
+
+
+def test_a_class_string_is_a_comma_list_not_its_characters(files):
+    """task_images(model, "10") took the characters '1' and '0' as classes 1 and 0."""
+    model = velcro_ref.load_model(files / "m.h5")
+    with pytest.raises(velcro_ref.VelcroError, match="class 10 out of range"):
+        velcro_ref.task_images(model, "10", "test", 5)
+    _, y = velcro_ref.task_images(model, "5, 7,9", "test", 30)
+    assert set(y.tolist()) <= {5, 7, 9} and len(set(y.tolist())) > 1
+
+
+def _own_masks(model, ratio=0.5):
+    """Uniform masks of `model` from statistics of 32 footwear train images (made here, not by another test)."""
+    x, _ = velcro_ref.task_images(model, velcro_ref.task_classes(task="footwear"), "train", 32)
+    return velcro_ref.compress(velcro_ref.profile(model, x, batch=16), ratio)
+
+
+def test_per_site_ratios_take_no_policy(files):
+    """compress(stats, ratios=..., policy="channel") ignored the policy (the command refuses both)."""
+    model = velcro_ref.load_model(files / "m.h5")
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "train", 16)
+    stats = velcro_ref.profile(model, x)
+    site = next(iter(stats.sites))
+    with pytest.raises(velcro_ref.VelcroError, match="policy 'channel' with per-site ratios"):
+        velcro_ref.compress(stats, ratios={site: 0.5}, policy="channel")
+
+
+def test_golden_stores_the_constants_the_run_used_as_float32(files, tmp_path):
+    """A MaskSet of float64 constants wrote them as float64 (0.5891047130094299, where the run used 0.5891047)."""
+    import h5py
+
+    from velcro_ref.masks import MaskSet
+
+    model = velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(model)
+    wide = MaskSet(masks.fingerprint, {s: (m, c.astype(np.float64) + 1e-9) for s, (m, c) in masks.sites.items()})
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 2)
+    velcro_ref.golden(model, x, tmp_path / "g.h5", wide)
+    site, (mask, const) = next(iter(wide.sites.items()))
+    with h5py.File(tmp_path / "g.h5") as f:
+        stored = f[f"sites/{site}/constants"][()]
+    assert stored.dtype == np.float32 and np.array_equal(stored, const.astype(np.float32))
+
+
+def test_a_mask_made_writeable_again_and_edited_is_seen_by_the_next_run(files):
+    """After the read-only error a user sets writeable and edits the mask in place: the stale plan ran."""
+    model = velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(model)
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 3)
+    dense = model.run(x)
+    masked, macs = model.run_counted(x, masks)
+    assert not np.array_equal(masked, dense)
+    for mask, _ in masks.sites.values():
+        mask.flags.writeable = True
+        mask[...] = False
+    again, macs_again = model.run_counted(x, masks)
+    assert np.array_equal(again, dense) and sum(macs_again.values()) > sum(macs.values())
