@@ -315,6 +315,16 @@ def load_image_set(args, model):
     return np.ascontiguousarray(x), y, tuple(classes), source
 
 
+def nonfinite_cause(model) -> str:
+    """Why a run of finite (checked) images gave NaN or Inf, for a warning: the model's parameters
+    where they hold NaN or Inf (a model loaded with --allow-nonfinite), else a float32 overflow."""
+    if any(p.dtype.kind == "f" and not np.isfinite(p).all() for p in model.graph.params.values()):
+        return "the model's parameters hold NaN or Inf (--allow-nonfinite)"
+    return (
+        f"computing the finite input overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) in some node"
+    )
+
+
 def _class_names(model) -> tuple:
     """The classes --classes names with --images: the model's own where it records one name per
     score (its meta's `classes`, its output one score per class), else Fashion-MNIST's ten, or

@@ -6,7 +6,17 @@ import sys
 
 import numpy as np
 
-from .cli_util import add_file, add_ranged, command, count, load_array, number, print_json, save_array
+from .cli_util import (
+    add_file,
+    add_ranged,
+    command,
+    count,
+    load_array,
+    nonfinite_cause,
+    number,
+    print_json,
+    save_array,
+)
 
 
 def cmd_zoo(args):
@@ -121,14 +131,9 @@ def cmd_infer(args):
     # --allow-nonfinite let them in) or from float32 overflowing on the way
     nonfinite = int(np.count_nonzero(~np.isfinite(y)))
     if nonfinite:
-        params = model.graph.params.values()
-        why = (
-            "the model's parameters hold NaN or Inf (--allow-nonfinite)"
-            if any(p.dtype.kind == "f" and not np.isfinite(p).all() for p in params)
-            else f"computing the finite input overflowed float32 (|value| > {float(np.finfo(np.float32).max):.4g}) "
-            "in some node"
+        print(
+            f"warning: {nonfinite} of {y.size} output values are NaN or Inf: {nonfinite_cause(model)}", file=sys.stderr
         )
-        print(f"warning: {nonfinite} of {y.size} output values are NaN or Inf: {why}", file=sys.stderr)
     doc = {
         "model": args.model,
         "masks": args.masks,

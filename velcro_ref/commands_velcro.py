@@ -17,6 +17,7 @@ from .cli_util import (
     count,
     load_array,
     load_image_set,
+    nonfinite_cause,
     print_json,
     progress,
     text,
@@ -259,8 +260,8 @@ def cmd_eval(args):
     for mode in ("dense", "masked"):
         if doc.get(mode, {}).get("inf_images"):
             print(
-                f"warning: {mode}: {doc[mode]['inf_images']} of {len(x)} images have an infinite score (float32 "
-                "overflowed, or the parameters hold Inf); their top-1 class takes +inf as the largest score",
+                f"warning: {mode}: {doc[mode]['inf_images']} of {len(x)} images have an infinite score "
+                f"({nonfinite_cause(model)}); their top-1 class takes +inf as the largest score",
                 file=sys.stderr,
             )
     if args.json:
@@ -285,6 +286,8 @@ def cmd_golden(args):
     Write every node's inputs and outputs (and masks, skipped MACs) to HDF5; for an int8 model also the scales,
     zero points, multipliers and shifts each layer used. docs/formats.md gives the layout.
     """
+    import h5py
+
     from .api import golden
     from .engine import load_model
     from .masks import load_masks
@@ -315,14 +318,12 @@ def cmd_golden(args):
     masks = load_masks(args.masks) if args.masks else None
     macs = golden(model, x, args.output, masks, args.accumulators, source, labels)
     print(f"wrote {args.output}: {len(x)} image(s), {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")
-    import h5py
-
     with h5py.File(args.output, "r") as f:
         nonfinite = json.loads(f.attrs["nonfinite_nodes"])
-    if nonfinite:  # the input is checked finite: the parameters hold NaN or Inf, or float32 overflowed
+    if nonfinite:
         print(
             f"warning: {len(nonfinite)} node output(s) hold NaN or Inf, first '{nonfinite[0]}' (the golden file's "
-            "attribute nonfinite_nodes lists them): float32 overflowed, or the parameters hold NaN or Inf",
+            f"attribute nonfinite_nodes lists them): {nonfinite_cause(model)}",
             file=sys.stderr,
         )
     return 0

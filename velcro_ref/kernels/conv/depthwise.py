@@ -8,12 +8,12 @@ import numpy as np
 from numba import prange
 
 from ..jit import njit
-from ..simd import VEC, depth_pass, fma32, store_depth
+from ..simd import FLOAT32_MAX, VEC, depth_pass, fma32, store_depth
 from .dense import any_bits
 from .geom import ConvGeom, one_chain
 from .layouts import blocks_rows
 
-LARGEST = np.float32(np.finfo(np.float32).max)  # the clamp of a relu with attribute max (act 3)
+LARGEST = np.float32(FLOAT32_MAX)  # the clamp of a relu with attribute max (act 3)
 
 
 def is_depthwise(geom: ConvGeom) -> bool:
