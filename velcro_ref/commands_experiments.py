@@ -143,7 +143,7 @@ def cmd_demo(args):
     ratios chosen there with their test accuracy, and their cycles and energy on accelerators, into a report
     folder (index.html, summary.md, report.json, PNG plots). docs/demo.md explains the method.
     """
-    from .demo import WEIGHTS_DIR, run_demo
+    from .demo import WEIGHTS_DIR, overflowed, run_demo
     from .demo_report import readme_block
 
     output = args.output or ("reports/demo-int8" if args.int8 else "reports/demo")
@@ -170,6 +170,13 @@ def cmd_demo(args):
         )
     block = readme_block(report)
     print(block)
+    inf = overflowed(report)
+    if inf:
+        print(
+            f"warning: some images have an infinite score (float32 overflowed; `inf_images` in report.json) in "
+            f"{'; '.join(inf)}: their top-1 class takes +inf as the largest score",
+            file=sys.stderr,
+        )
     print(f"report in {output}/ (index.html, summary.md, report.json, PNG plots), {report['elapsed_s']:.0f} s")
     if args.readme:
         update_readme(args.readme, block, block_name)

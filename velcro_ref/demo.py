@@ -96,7 +96,7 @@ def evaluate_point(model, classes, stats, policy, ratio, images, data_dir=None, 
     in `split` after its first `first`, run dense (ratio 0) or with `policy`'s masks at `ratio`.
 
     Returns {"policy", "ratio", "images", "macs" (executed, per image), "correct", "correct_task"
-    (bool per image)}.
+    (bool per image), "inf_images" (images with an infinite score, `evaluation.evaluate`)}.
     """
     x, y = _images(model, classes, images, data_dir, given)
     masks = None if ratio == 0 else point_masks(model, stats, policy, ratio)
@@ -108,6 +108,7 @@ def evaluate_point(model, classes, stats, policy, ratio, images, data_dir=None, 
         "macs": res["macs"],
         "correct": res["correct"],
         "correct_task": res["correct_task"],
+        "inf_images": res["inf_images"],
     }
 
 
@@ -134,7 +135,25 @@ def summarize(point, dense) -> dict:
         "macs": point["macs"],
         "csr": csr(dense["macs"], point["macs"]),
         "change": paired_change(dense["correct"], point["correct"]),
+        "inf_images": point["inf_images"],
     }
+
+
+def overflowed(report) -> list[str]:
+    """Where a report's evaluations met images with an infinite score: "model/task set policy@ratio"
+    for each summary whose `inf_images` is not 0 (the dense runs as "dense")."""
+    out = set()
+    for name, entry in report["models"].items():
+        for task, res in entry["tasks"].items():
+            found = [("dense", s, res["dense"][s]) for s in ("validation", "test")]
+            for policy, pe in res["policies"].items():
+                found += [(policy, "validation", p) for p in pe["validation"]]
+                found += [(policy, "test", pe[key]["test"]) for key in ("no_loss", "best_gain")]
+            for policy, split, summ in found:
+                if summ["inf_images"]:
+                    where = "dense" if summ["ratio"] == 0 else f"{policy}@{summ['ratio']:g}"
+                    out.add(f"{name}/{task} {split} {where}")
+    return sorted(out)
 
 
 def choose_ratios(points) -> dict:

@@ -291,3 +291,43 @@ def test_a_data_directory_without_the_test_files_is_refused_before_the_report_fo
     assert cli.main([*args, "--data-dir", str(trainonly)]) == 1
     assert "t10k-images-idx3-ubyte.gz not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_points_count_images_whose_scores_overflowed_and_the_demo_warns_where(tiny_demo, monkeypatch, capsys):
+    """An accuracy of the report could come from +inf scores (float32 overflowed on the test images
+    though not on the profile images) with no word: each summary counts them (`inf_images`) and
+    `velcro demo` names the model, task, image set and point in a warning."""
+    import copy
+
+    from velcro_ref import demo
+    from velcro_ref.engine import Model
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    w = np.array([[3e38] * 4, [1] * 4, [-1] * 4], np.float32)
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("l", "linear", ("f",), {}, {"weight": "w"}),
+        Node("r", "relu", ("l",)),
+    )
+    model = Model(Graph(nodes, (1, 2, 2), "r", {"w": w}))
+    x = np.concatenate([np.ones((3, 1, 2, 2), np.float32), np.full((4, 1, 2, 2), 1e-38, np.float32)])
+    labels = np.zeros(7, np.int64)
+    point = demo.evaluate_point(model, (0, 1), None, None, 0.0, ("test", 0, 7), given=(x, labels))
+    assert point["inf_images"] == int(np.isinf(model.run(x)).any(axis=1).sum()) == 3
+    assert demo.summarize(point, point)["inf_images"] == 3
+
+    _, _, report = tiny_demo
+    assert demo.overflowed(report) == []  # the tiny model's scores are finite
+    hit = copy.deepcopy(report)
+    task = hit["models"]["tiny"]["tasks"]["footwear"]
+    policy = next(iter(task["policies"]))
+    masked = next(p for p in task["policies"][policy]["validation"] if p["ratio"] > 0)
+    masked["inf_images"] = 2
+    task["dense"]["test"]["inf_images"] = 1
+    where = ["tiny/footwear test dense", f"tiny/footwear validation {policy}@{masked['ratio']:g}"]
+    assert demo.overflowed(hit) == sorted(where)
+
+    monkeypatch.setattr(demo, "run_demo", lambda *a, **k: hit)
+    assert cli.main(["demo", "--quick"]) == 0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("warning: some images have an infinite score") and "; ".join(sorted(where)) in line, line
