@@ -87,13 +87,15 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
 def evaluate(model, images, labels, classes, masks=None, batch=256, progress=None) -> dict:
     """`velcro eval`: specialized-task accuracy (over all outputs and restricted to `classes`) and
     executed MACs per image, dense and, with masks, masked, and the CSR. Returns the command's JSON
-    document: {"n_images", "classes", "dense": {...}, "masked": {...}, "csr"}; "inf_images" in each
-    run's counts the images with an infinite score (float32 overflowed, `evaluation.evaluate`)."""
+    document but its "model" and "data" (which name files): {"n_images", "classes", "dense": {...},
+    "masked": {...}, "csr"}; "inf_images" in each run's counts the images with an infinite score
+    (float32 overflowed, `evaluation.evaluate`). `classes` keep their order (a set's sorted)."""
     x = model.check_input(images)
     labels = np.asarray(labels)
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")
     dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
-    doc = {"n_images": len(x), "classes": [int(c) for c in classes], "dense": {k: dense[k] for k in keys}}
+    listed = sorted(classes) if isinstance(classes, (set, frozenset)) else classes
+    doc = {"n_images": len(x), "classes": [int(c) for c in listed], "dense": {k: dense[k] for k in keys}}
     if masks is not None:
         masked = evaluation.evaluate(model, x, labels, classes, masks=masks, batch=batch, progress=progress)
         doc["masked"] = {k: masked[k] for k in keys}

@@ -2,6 +2,7 @@
 
 import gzip
 import hashlib
+import numbers
 import os
 import pathlib
 import zlib
@@ -146,9 +147,14 @@ def _class_index(token, names=CLASS_NAMES):
 
 def _class_tuple(tokens, where, names=CLASS_NAMES):
     """Indices of `tokens` among `names` (a string: a comma-separated list, as `parse_classes`
-    reads it, not its characters); DataError (prefixed by `where`) for none, unknown or duplicates."""
+    reads it, not its characters; an integer: that one class); DataError (prefixed by `where`) for
+    none, unknown or duplicates."""
     if isinstance(tokens, str):
         tokens = [t for t in tokens.split(",") if t.strip()]
+    elif isinstance(tokens, (bool, np.bool_)):
+        raise DataError(f"{where}{tokens} is no class; valid: 0-{len(names) - 1} or class names")
+    elif isinstance(tokens, numbers.Integral):
+        tokens = [tokens]
     try:
         indices = tuple(_class_index(t, names) for t in tokens)
     except DataError as exc:

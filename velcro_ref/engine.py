@@ -480,7 +480,10 @@ class Model:
             )
         missing = sorted(set(self.sites) - set(masks.sites))
         if masks.complete and missing:
-            raise MaskError(f"{masks.source}: no masks for site(s) {', '.join(missing)}")
+            raise MaskError(
+                f"{masks.source}: no masks for site(s) {', '.join(missing)} (a mask file lists every site; "
+                "save masks made by hand with save_masks(masks, path, model=model))"
+            )
         for site, (mask, const) in masks.sites.items():
             if site in self.plan.dead:
                 raise MaskError(

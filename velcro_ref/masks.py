@@ -99,12 +99,21 @@ def uniform_ratios(stats, ratio, exclude=()) -> dict:
     return {s: (0.0 if s in exclude else ratio) for s in stats.sites}
 
 
-def save_masks(masks: MaskSet, path) -> None:
+def save_masks(masks: MaskSet, path, model=None) -> None:
     """Write a mask file atomically: attrs fingerprint/policy/provenance, `sites/<site>/{mask,constants}`.
 
     Written like a model file (h5io: checksummed metadata, fixed-length text attributes), with a
     Fletcher-32 checksum on every dataset so that a flipped bit in a mask or constant is found when read.
+    A file read with its model must list every site (`load_masks`); a MaskSet made by hand may
+    leave sites out: with its `model`, it is checked against it and the sites it leaves out are
+    written unmasked.
     """
+    if model is not None:
+        model.check_masks(masks)
+        sites = dict(masks.sites)
+        for s, shape in model.sites.items():
+            sites.setdefault(s, (np.zeros(shape, bool), np.zeros(shape, np.float32)))
+        masks = MaskSet(masks.fingerprint, sites, masks.policy, masks.source, masks.provenance, complete=True)
     with atomic_path(path) as tmp, h5io.create(tmp) as f:
         h5io.write_header(
             f, FORMAT, FORMAT_VERSION, masks.fingerprint, policy=masks.policy, provenance=masks.provenance

@@ -20,7 +20,10 @@ FORMAT_VERSION = 2
 
 
 def save_model(graph: Graph, path) -> str:
-    """Write `graph` to `path` (atomically); return its fingerprint."""
+    """Write `graph` (a Graph, or a loaded Model: its graph) to `path` (atomically); return its
+    fingerprint."""
+    if not isinstance(graph, Graph) and isinstance(getattr(graph, "graph", None), Graph):
+        graph = graph.graph
     validate(graph, allow_nonfinite=True)
     fp = graph.fingerprint()
     version = 2 if is_quantized(graph) else 1

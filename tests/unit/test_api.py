@@ -221,3 +221,52 @@ def test_a_mask_made_writeable_again_and_edited_is_seen_by_the_next_run(files):
         mask[...] = False
     again, macs_again = model.run_counted(x, masks)
     assert np.array_equal(again, dense) and sum(macs_again.values()) > sum(macs.values())
+
+
+def test_one_class_may_be_given_as_an_integer(files):
+    """task_images(model, 5) raised a TypeError (an int is not iterable); it is the one class 5."""
+    model = velcro_ref.load_model(files / "m.h5")
+    _, y = velcro_ref.task_images(model, 5, "test", 7)
+    assert y.tolist() == [5] * 7
+    with pytest.raises(velcro_ref.VelcroError, match="out of range"):
+        velcro_ref.task_images(model, 10, "test", 5)
+    with pytest.raises(velcro_ref.VelcroError):
+        velcro_ref.task_images(model, True, "test", 5)  # a bool is no class
+
+
+def test_save_model_takes_a_loaded_model(files, tmp_path):
+    """save_model(model, path) with a Model (as load_model returns it) raised an AttributeError."""
+    model = velcro_ref.load_model(files / "m.h5")
+    assert velcro_ref.save_model(model, tmp_path / "again.h5") == model.fingerprint
+    assert velcro_ref.load_model(tmp_path / "again.h5").fingerprint == model.fingerprint
+
+
+def test_evaluate_lists_a_set_of_classes_in_order(files):
+    model = velcro_ref.load_model(files / "m.h5")
+    x, y = velcro_ref.task_images(model, (5, 7, 9), "test", 12)
+    assert velcro_ref.evaluate(model, x, y, {9, 5, 7})["classes"] == [5, 7, 9]
+
+
+def test_a_mask_set_made_by_hand_is_saved_whole_with_its_model(files, tmp_path):
+    """A MaskSet listing only some sites (complete=False) could only be written as it is, and the
+    file was then refused when loaded with its model ("no masks for site(s) ..."), with no word of
+    the fix; with the model, the sites it leaves out are written unmasked."""
+    from velcro_ref.errors import MaskError
+    from velcro_ref.masks import MaskSet
+
+    model = velcro_ref.load_model(files / "m.h5")
+    site, shape = next(iter(model.sites.items()))
+    mask = np.zeros(shape, bool)
+    mask.flat[::3] = True
+    const = np.full(shape, 0.25, np.float32)
+    partial = MaskSet(model.fingerprint, {site: (mask, const)})
+    velcro_ref.save_masks(partial, tmp_path / "part.masks.h5")
+    with pytest.raises(MaskError, match=r"no masks for site.*save_masks\(masks, path, model=model\)"):
+        velcro_ref.load_masks(tmp_path / "part.masks.h5", model)
+    velcro_ref.save_masks(partial, tmp_path / "m.masks.h5", model=model)
+    back = velcro_ref.load_masks(tmp_path / "m.masks.h5", model)
+    assert set(back.sites) == set(model.sites)
+    assert np.array_equal(back.sites[site][0], mask) and np.array_equal(back.sites[site][1], const)
+    assert not any(m.any() for s, (m, _) in back.sites.items() if s != site)
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 6)
+    assert np.array_equal(model.run(x, masks=back), model.run(x, masks=partial))
