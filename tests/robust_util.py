@@ -124,3 +124,19 @@ def int8_session(path, act, fmt, extra_outputs=()):
     for name, dtype in extra_outputs:
         model.graph.output.append(helper.make_tensor_value_info(name, onnx_type[dtype], None))
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def overflowing_model():
+    """(Model, x): a flatten -> linear -> relu model whose score 0 overflows to +inf on the first 3
+    of the 7 images x (ones) and stays finite on the other 4 (1e-38)."""
+    from velcro_ref.engine import Model
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    w = np.array([[3e38] * 4, [1] * 4, [-1] * 4], np.float32)
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("l", "linear", ("f",), {}, {"weight": "w"}),
+        Node("r", "relu", ("l",)),
+    )
+    x = np.concatenate([np.ones((3, 1, 2, 2), np.float32), np.full((4, 1, 2, 2), 1e-38, np.float32)])
+    return Model(Graph(nodes, (1, 2, 2), "r", {"w": w})), x

@@ -299,18 +299,11 @@ def test_points_count_images_whose_scores_overflowed_and_the_demo_warns_where(ti
     `velcro demo` names the model, task, image set and point in a warning."""
     import copy
 
-    from velcro_ref import demo
-    from velcro_ref.engine import Model
-    from velcro_ref.graph import INPUT, Graph, Node
+    from robust_util import overflowing_model
 
-    w = np.array([[3e38] * 4, [1] * 4, [-1] * 4], np.float32)
-    nodes = (
-        Node("f", "flatten", (INPUT,)),
-        Node("l", "linear", ("f",), {}, {"weight": "w"}),
-        Node("r", "relu", ("l",)),
-    )
-    model = Model(Graph(nodes, (1, 2, 2), "r", {"w": w}))
-    x = np.concatenate([np.ones((3, 1, 2, 2), np.float32), np.full((4, 1, 2, 2), 1e-38, np.float32)])
+    from velcro_ref import demo
+
+    model, x = overflowing_model()
     labels = np.zeros(7, np.int64)
     point = demo.evaluate_point(model, (0, 1), None, None, 0.0, ("test", 0, 7), given=(x, labels))
     assert point["inf_images"] == int(np.isinf(model.run(x)).any(axis=1).sum()) == 3

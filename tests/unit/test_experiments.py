@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from robust_util import zoo_graph
+from robust_util import overflowing_model, zoo_graph
 
 from velcro_ref.data import task_images
 from velcro_ref.engine import Model
@@ -56,18 +56,10 @@ def test_sweep_points_count_the_images_whose_scores_overflowed_and_the_command_w
     """A sweep's accuracy at a ratio could come from +inf scores (float32 overflowed on its test images,
     though not on its profile images) with no word; each point counts them and `velcro sweep` warns."""
     from velcro_ref import api, cli
-    from velcro_ref.graph import INPUT, Graph, Node
     from velcro_ref.stats import collect_stats
 
-    w = np.array([[3e38] * 4, [1] * 4, [-1] * 4], np.float32)
-    nodes = (
-        Node("f", "flatten", (INPUT,)),
-        Node("l", "linear", ("f",), {}, {"weight": "w"}),
-        Node("r", "relu", ("l",)),
-    )
-    model = Model(Graph(nodes, (1, 2, 2), "r", {"w": w}))
-    small = np.full((4, 1, 2, 2), 1e-38, np.float32)
-    x = np.concatenate([np.ones((3, 1, 2, 2), np.float32), small])  # 3 images overflow, 4 do not
+    model, x = overflowing_model()  # 3 images overflow, 4 do not
+    small = x[3:]
     res = sweep(model, collect_stats(model, small), x, np.zeros(7, np.int64), (0, 1), [0.0, 0.5])
     # dense (at 0.5 the masks' constants may replace the +inf score): the images whose scores are inf
     assert res["points"][0]["inf_images"] == int(np.isinf(model.run(x)).any(axis=1).sum()) == 3
