@@ -18,7 +18,8 @@ def cmd_import_onnx(args):
     them, QDQ (QuantizeLinear/DequantizeLinear around those ops) or QOperator (QLinearConv, QLinearMatMul and
     com.microsoft QGemm, QLinearAdd, QLinearConcat, QLinearGlobalAveragePool, 8-bit MaxPool), become int8 models
     (docs/int8.md). Every unsupported node is listed in one error. Metadata property 'velcro.meta' or
-    'velcro.preprocessing' (JSON) becomes the model's meta.
+    'velcro.preprocessing' (JSON) becomes the model's meta. An initializer also listed as a graph input is
+    taken as the constant it holds (it cannot be fed).
     """
     from .engine import Model
     from .model_io import save_model

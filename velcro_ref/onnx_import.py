@@ -52,12 +52,26 @@ _STRING = 8
 def _cast(x, to, dtype, saturate):
     """A folded Cast of constant x to ONNX type `to` (numpy dtype `dtype`), as ONNX defines it:
     with `saturate` (the default) a float8 type takes values beyond its range as its largest (see
-    _FLOAT8_INF_SATURATES for infinities). Strings and the 4-bit types are refused: onnxruntime
-    rounds a float to INT4 where ONNX's reference truncates."""
+    _FLOAT8_INF_SATURATES for infinities). Refused, where ONNX's runtimes give other values:
+    strings; the 4-bit types (onnxruntime rounds a float to INT4 where ONNX's reference truncates);
+    a float8 type without saturation of a finite value beyond its range (onnxruntime gives NaN
+    for FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and differs for
+    FLOAT8E4M3FN in [480, 496))."""
     if to == _STRING or x.dtype.kind in "OSU":
         raise OnnxUnsupported("Cast of strings")
     if to in _FOUR_BITS:
         raise OnnxUnsupported(f"Cast to {np.dtype(dtype).name} (ONNX's runtimes round it differently)")
+    if to in _FLOAT8_INF_SATURATES and not saturate:
+        import ml_dtypes
+
+        wide = np.abs(x.astype(np.float64))
+        big = float(ml_dtypes.finfo(dtype).max)
+        beyond = np.isfinite(wide) & (wide > big)
+        if beyond.any():
+            raise OnnxUnsupported(
+                f"Cast to {np.dtype(dtype).name} with saturate=0 of {int(beyond.sum())} value(s) beyond its range "
+                f"(largest {big:g}; ONNX's runtimes give them different values)"
+            )
     if to in _FLOAT8_INF_SATURATES and saturate:
         import ml_dtypes
 

@@ -230,6 +230,7 @@ def test_export_keeps_per_channel_weight_zero_points_under_one_weight_scale(tmp_
 
 
 W_WIDE = np.array([1000.0, -70000.0, 300.0, 3.14159, -0.1, 2.0e6], np.float32)  # beyond every float8 range
+FLOAT8 = [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ]
 
 
 def _cast_weight(tmp_path, to, w=W_WIDE, opset=21, **cast):
@@ -242,9 +243,7 @@ def _cast_weight(tmp_path, to, w=W_WIDE, opset=21, **cast):
     return save(tmp_path, nodes, {"w": w.reshape(-1, 1, 1, 1)}, opset, name="cast", x_shape=("N", 1, 1, 1))
 
 
-@pytest.mark.parametrize(
-    "to", [TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2, TensorProto.FLOAT8E5M2FNUZ]
-)
+@pytest.mark.parametrize("to", FLOAT8)
 def test_a_folded_float8_cast_saturates_as_onnx_defines_it(tmp_path, to):
     """saturate defaults to 1: values beyond the type's range become its largest, not NaN or inf."""
     x = np.ones((1, 1, 1, 1), np.float32)
@@ -253,11 +252,22 @@ def test_a_folded_float8_cast_saturates_as_onnx_defines_it(tmp_path, to):
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_folded_float8_cast_without_saturation_overflows_as_onnxruntime_does(tmp_path):
+@pytest.mark.parametrize("to", FLOAT8)
+def test_a_folded_float8_cast_without_saturation_within_range_equals_onnxruntime(tmp_path, to):
     x = np.ones((1, 1, 1, 1), np.float32)
-    got, want = both(_cast_weight(tmp_path, TensorProto.FLOAT8E5M2, saturate=0), x)
-    assert np.isinf(want).sum() == 2  # -70000 and 2e6
+    w = np.array([200.0, -230.0, 3.14159, -0.1, 1e-3, 0.0], np.float32)  # within every float8 range
+    got, want = both(_cast_weight(tmp_path, to, w, saturate=0), x)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("to, value", [(TensorProto.FLOAT8E5M2, 61440.0), (TensorProto.FLOAT8E4M3FN, 480.0)])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_folded_float8_cast_without_saturation_beyond_range_is_refused(tmp_path, to, value, sign):
+    """onnxruntime gives NaN for FLOAT8E5M2 in [61440, 65536) where ONNX's reference rounds to inf
+    (and they differ for FLOAT8E4M3FN in [480, 496)): the fold took the reference's value."""
+    w = np.array([1.0, sign * value], np.float32)
+    assert "saturate=0" in refused(_cast_weight(tmp_path, to, w, saturate=0))
+    assert "saturate=0" in refused(_cast_weight(tmp_path, to, W_WIDE, saturate=0))
 
 
 @pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4])
