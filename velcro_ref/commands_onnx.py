@@ -41,19 +41,17 @@ def cmd_import_onnx(args):
 def cmd_export_onnx(args):
     """convert a velcro model to ONNX
 
-    Write a velcro model as ONNX (opset 17, input 'input' with a dynamic batch axis, output named after the
-    graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; an int8 model is written in
-    the QDQ format; the model's meta is stored as metadata property 'velcro.meta'.
+    Write a velcro model as ONNX (opset 17, or 19 with an average pool; input 'input' with a dynamic batch axis,
+    output named after the graph output) that onnxruntime runs. Batch norm stays a BatchNormalization node; an
+    int8 model is written in the QDQ format; the model's meta is stored as metadata property 'velcro.meta'.
     """
     from .model_io import load_graph
-    from .onnx_export import OPSET, export_onnx
+    from .onnx_export import export_onnx, export_opset
 
     graph = load_graph(args.model, allow_nonfinite=args.allow_nonfinite)
     export_onnx(graph, args.output)
-    print(
-        f"wrote {args.output} (ONNX opset {OPSET}, input 'input' (N, {', '.join(map(str, graph.input_shape))}), "
-        f"output '{graph.output}')"
-    )
+    shape, opset = ", ".join(map(str, graph.input_shape)), export_opset(graph)
+    print(f"wrote {args.output} (ONNX opset {opset}, input 'input' (N, {shape}), output '{graph.output}')")
     fixed = sum(n.attrs.get("requant") == "fixed_point" for n in graph.nodes)
     if fixed:
         print(

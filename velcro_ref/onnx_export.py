@@ -1,4 +1,5 @@
-"""Graph -> ONNX (opset 17, dynamic batch axis) that onnxruntime runs like the engine.
+"""Graph -> ONNX (opset 17, or 19 with an average pool; dynamic batch axis) that onnxruntime runs
+like the engine.
 
 The stored graph is exported, batch_norm included: folding stays the engine's business. A
 quantized model is written in the QDQ format: each quantized op as DequantizeLinear of its inputs
@@ -19,6 +20,10 @@ from .fileio import atomic_path
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12
+# A graph with an average pool is written in opset 19 (IR version 9, onnxruntime 1.15 on): onnxruntime's
+# AveragePool of opsets 7 - 18 gives about half the outputs one rounding away from the engine's sum
+# divided by the count, its AveragePool of opset 19 the engine's bits (docs/formats.md, "ONNX").
+AVG_POOL_OPSET, AVG_POOL_IR_VERSION = 19, 9
 BATCH_DIM = "N"
 # Names of the shared scalar initializers ops may add (relu6's Clip bounds)
 _CONSTANTS = ("velcro.relu6_min", "velcro.relu6_max", "velcro.float_max")
@@ -71,15 +76,21 @@ def build_onnx(graph: G.Graph):
     g = helper.make_graph(nodes, "velcro", [inp], [out], initializer=list(ctx.initializers.values()))
     from . import __version__
 
+    opset = export_opset(graph)
     model = helper.make_model(
         g,
-        opset_imports=[helper.make_opsetid("", OPSET)],
-        ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", opset)],
+        ir_version=AVG_POOL_IR_VERSION if opset == AVG_POOL_OPSET else IR_VERSION,
         producer_name="velcro-ref",
         producer_version=__version__,
     )
     helper.set_model_props(model, {"velcro.meta": json.dumps(graph.meta), "velcro.fingerprint": graph.fingerprint()})
     return model
+
+
+def export_opset(graph: G.Graph) -> int:
+    """The ONNX opset `build_onnx` writes `graph` in: AVG_POOL_OPSET with a float average pool, else OPSET."""
+    return AVG_POOL_OPSET if any(n.op == "avg_pool" for n in graph.nodes) else OPSET
 
 
 class _Context:

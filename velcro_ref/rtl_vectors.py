@@ -281,17 +281,30 @@ def unpack_words(words, n_lanes: int, lane_bits: int, signed: bool) -> np.ndarra
     return out
 
 
-def read_hex(path) -> list[int]:
-    """Words of a `$readmemh` file as unsigned ints (blank lines and // comments allowed; no @address)."""
+_HEX = frozenset("0123456789abcdefABCDEF_")
+_LOWER_HEX = frozenset("0123456789abcdef")
+
+
+def read_hex(path, word_bits: int | None = None) -> list[int]:
+    """Words of a `$readmemh` file as unsigned ints (blank lines and // comments allowed; no @address).
+    With word_bits, each word must be as the vector files write it (docs/formats.md): exactly
+    ceil(word_bits / 4) lowercase hex digits, its value below 2^word_bits; else any hex digits and
+    '_'. RtlVectorError naming the line otherwise (a sign, a word cut short or too wide)."""
+    digits = None if word_bits is None else max(1, -(-word_bits // 4))
     words = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         text = line.split("//", 1)[0].strip()
         if not text:
             continue
-        try:
-            words.append(int(text.replace("_", ""), 16))
-        except ValueError:
-            raise RtlVectorError(f"{path}:{n}: expected a hex word, found {text!r}") from None
+        if digits is None:
+            ok = set(text) <= _HEX and text.strip("_") != ""
+            expected = "a hex word"
+        else:
+            ok = len(text) == digits and set(text) <= _LOWER_HEX and int(text, 16) >> word_bits == 0
+            expected = f"a word of {word_bits} bits as {digits} lowercase hex digits"
+        if not ok:
+            raise RtlVectorError(f"{path}:{n}: expected {expected}, found {text!r}")
+        words.append(int(text.replace("_", ""), 16))
     return words
 
 
@@ -486,7 +499,7 @@ class RtlVectors:
     def words(self, key: str) -> list[int]:
         """The words of hex file `key` (a key of manifest["files"]) as unsigned ints."""
         entry = self._entry(key)
-        words = read_hex(self.root / entry["file"])
+        words = read_hex(self.root / entry["file"], entry["word_bits"])
         _check(len(words) == entry["words"], f"{self.root / entry['file']}", f"{entry['words']} words", len(words))
         return words
 
@@ -510,8 +523,10 @@ class RtlVectors:
 
 
 def read_rtl_vectors(path) -> RtlVectors:
-    """Read `path`/manifest.json (written by write_rtl_vectors). Raises RtlVectorError if it is
-    missing, of another format or a newer version, or lists a file that is not there."""
+    """Read `path`/manifest.json (written by write_rtl_vectors) and check every hex file it lists
+    against it (`RtlVectors.words`: the count of words, their digits and width). Raises
+    RtlVectorError if it is missing, of another format or a newer version, damaged (a field
+    missing or of another type), or lists a file that is not there or not as it says."""
     root = Path(path)
     mpath = root / "manifest.json"
     try:
@@ -533,12 +548,59 @@ def read_rtl_vectors(path) -> RtlVectors:
         f"1..{FORMAT_VERSION}",
         version,
     )
-    for key, entry in manifest["files"].items():
-        _check(
-            (root / entry["file"]).is_file(), f"{mpath}: file '{key}'", f"{root / entry['file']} to exist", "no file"
-        )
-    tiles = tuple(Tile(i, t["group"], t["k0"], t["cols"], tuple(t["pixels"])) for i, t in enumerate(manifest["tiles"]))
-    return RtlVectors(root, manifest, tiles)
+    files = manifest.get("files")
+    _check(isinstance(files, dict) and files, f"{mpath}: files", "a table of hex files", _kind(files))
+    for key, entry in files.items():
+        where = f"{mpath}: file '{key}'"
+        _check(isinstance(entry, dict), where, "a table", _kind(entry))
+        for name, ok in _ENTRY_FIELDS.items():
+            _check(ok(entry.get(name)), f"{where}: {name}", _ENTRY_EXPECTED[name], _kind(entry.get(name)))
+        bits = entry["lanes"] * entry["lane_bits"]
+        _check(entry["word_bits"] == bits, f"{where}: word_bits", f"lanes x lane_bits = {bits}", entry["word_bits"])
+        if "shape" in entry:
+            shape = entry["shape"]
+            ok = isinstance(shape, list) and all(_is_count(d) for d in shape)
+            ok = ok and int(np.prod(shape, dtype=np.int64)) == entry["words"] * entry["lanes"]
+            _check(ok, f"{where}: shape", "whole numbers whose product is words x lanes", _kind(shape))
+        _check((root / entry["file"]).is_file(), where, f"{root / entry['file']} to exist", "no file")
+    tiles = manifest.get("tiles")
+    _check(isinstance(tiles, list), f"{mpath}: tiles", "a list", _kind(tiles))
+    for i, t in enumerate(tiles):
+        ok = isinstance(t, dict) and all(_is_count(t.get(k)) for k in ("group", "k0", "cols"))
+        ok = ok and isinstance(t.get("pixels"), list) and all(_is_count(p) for p in t["pixels"])
+        _check(ok, f"{mpath}: tile {i}", "group, k0, cols and pixels (whole numbers)", json.dumps(t)[:80])
+    vectors = RtlVectors(
+        root, manifest, tuple(Tile(i, t["group"], t["k0"], t["cols"], tuple(t["pixels"])) for i, t in enumerate(tiles))
+    )
+    for key in files:
+        vectors.words(key)
+    return vectors
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _kind(v) -> str:
+    return "nothing" if v is None else type(v).__name__ if not isinstance(v, (int, str)) else repr(v)
+
+
+_ENTRY_FIELDS = {
+    "file": lambda v: isinstance(v, str) and v != "",
+    "words": _is_count,
+    "lanes": lambda v: _is_count(v) and v > 0,
+    "lane_bits": lambda v: _is_count(v) and v > 0,
+    "word_bits": _is_count,
+    "signed": lambda v: isinstance(v, bool),
+}
+_ENTRY_EXPECTED = {
+    "file": "a file name",
+    "words": "a whole number",
+    "lanes": "a whole number above 0",
+    "lane_bits": "a whole number above 0",
+    "word_bits": "a whole number",
+    "signed": "true or false",
+}
 
 
 def parse_array(text: str) -> tuple[int, int]:
@@ -594,9 +656,17 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         raise RtlVectorError(f"{where}: no such node; int8 conv layers: {shown or 'none'}")
     g = groups[layer]
     op = g.attrs.get("op")
+    if version not in (1, 2):
+        raise RtlVectorError(f"{path}: format_version: expected 2 (an int8 model's golden file), found {version}")
     if version != 2 or op != "qconv2d":
         what = "a float model's" if version == 1 else f"a {op} node's"
         raise RtlVectorError(f"{where}: expected an int8 conv layer (qconv2d), found {what} vectors")
+    for name, kinds in _GOLDEN_DTYPES.items():
+        if name in g and g[name].dtype.name not in kinds:
+            raise RtlVectorError(
+                f"{where}: dataset '{name}': expected {' or '.join(kinds)}, found {g[name].dtype.name} "
+                "(the golden file is damaged)"
+            )
     if g.attrs.get("requant") != "fixed_point":
         raise RtlVectorError(
             f"{where}: requantizes in 'ort' mode (float32 multiply, onnxruntime's arithmetic); the RTL "
@@ -612,6 +682,8 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
     if not 0 <= image < n_images:
         raise RtlVectorError(f"{where}: image {image} out of range; the golden file holds {n_images}")
     a = parse_json(g.attrs["attrs"])
+    if not isinstance(a, dict):
+        raise RtlVectorError(f"{where}: attrs: expected a JSON object, found {type(a).__name__}")
     k = int(g["weight"].shape[0])
     y = g["output"][image]
     skip = g["skipped"][()].astype(bool) if "skipped" in g else None
@@ -642,7 +714,7 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         pads=_pads(a.get("pads", 0)),
         dilation=_pair(a.get("dilation", 1)),
         groups=int(a.get("groups", 1)),
-        w_scales=w_scale if w_scale.size == k else None,
+        w_scales=w_scale if w_scale.size == k else np.full(k, w_scale[0]) if w_scale.size == 1 else None,
         skip=skip,
         constants=constants,
         y_min=int(g.attrs["output_min"]),
@@ -650,11 +722,34 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
     )
 
 
+# The dtypes `velcro golden` writes a qconv2d's datasets in; any other is a damaged file (a cast
+# would turn a shift of -7.3 into -7 or wrap an int64 accumulator without a word).
+_GOLDEN_DTYPES = {
+    "input_0": ("int8", "uint8"),
+    "output": ("int8", "uint8"),
+    "weight": ("int8",),
+    "bias": ("int32",),
+    "multiplier": ("int32",),
+    "shift": ("int32",),
+    "accumulators": ("int32",),
+    "skipped": ("bool",),
+}
+
+
+def _ints(v, n) -> tuple:
+    """v as n whole numbers (bools and other types refused: ValueError)."""
+    if not (isinstance(v, list) and len(v) == n and all(isinstance(i, int) and not isinstance(i, bool) for i in v)):
+        raise ValueError(f"expected {n} whole numbers, found {v!r}")
+    return tuple(v)
+
+
 def _pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+    return _ints([v, v] if isinstance(v, int) and not isinstance(v, bool) else v, 2)
 
 
 def _pads(v) -> tuple[int, int, int, int]:
-    if isinstance(v, int):
+    if isinstance(v, int) and not isinstance(v, bool):
         return (v,) * 4
-    return (int(v[0]), int(v[1]), int(v[0]), int(v[1])) if len(v) == 2 else tuple(int(p) for p in v)
+    if isinstance(v, list) and len(v) == 2:
+        return _ints(v + v, 4)
+    return _ints(v, 4)

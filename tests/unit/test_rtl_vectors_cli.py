@@ -3,6 +3,8 @@ they are, and one-line refusals of what the array cannot take."""
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -93,3 +95,128 @@ def test_bad_array_and_image_are_usage_errors(files, tmp_path, capsys):
         assert run("rtl-vectors", g, "--layer", LAYER, "--array", array, "-o", tmp_path / "v") == 2
     assert run("rtl-vectors", g, "--layer", LAYER, "--image", 2, "-o", tmp_path / "v") == 1
     assert "image 2 out of range" in capsys.readouterr().err
+
+
+def _layer_group(f):
+    return next(f["nodes"][k] for k in f["nodes"] if f["nodes"][k].attrs["name"] == LAYER)
+
+
+def _retype(name, dtype, scale=1.0):
+    def edit(f):
+        g = _layer_group(f)
+        data = (g[name][()] * scale).astype(dtype)
+        del g[name]
+        g[name] = data
+
+    return edit
+
+
+def _set_attrs(text):
+    def edit(f):
+        _layer_group(f).attrs["attrs"] = text
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (_retype("shift", np.float64, 1.05), "dataset 'shift': expected int32, found float64"),
+        (_retype("accumulators", np.int64), "dataset 'accumulators': expected int32, found int64"),
+        (_set_attrs('{"kernel": [3, 3], "pads": [1, 1, 1]}'), "expected 4 whole numbers, found [1, 1, 1]"),
+        (_set_attrs('{"kernel": [3, 3], "stride": "2"}'), "expected 2 whole numbers, found '2'"),
+        (_set_attrs("null"), "attrs: expected a JSON object, found NoneType"),
+        (lambda f: f.attrs.__setitem__("format_version", 3), "format_version: expected 2"),
+    ],
+    ids=["float-shift", "int64-acc", "3-pads", "text-stride", "null-attrs", "version-3"],
+)
+def test_a_damaged_golden_layer_is_refused_in_one_line_not_cast(files, tmp_path, capsys, edit, needle):
+    """A float shift of -7.3 was written as -7 and an int64 accumulator cast to int32 (exit 0); damaged
+    geometry attributes ended in a traceback; a version-3 file was called 'a qconv2d node's vectors'."""
+    from robust_util import edited_copy
+
+    edited_copy(files / "fixed_point.g.h5", tmp_path / "g.h5", edit)
+    assert run("rtl-vectors", tmp_path / "g.h5", "--layer", LAYER, "-o", tmp_path / "v") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "v" / "manifest.json").exists()
+
+
+def _vectors(files, tmp_path):
+    assert run("rtl-vectors", files / "fixed_point.g.h5", "--layer", LAYER, "--array", "4x4", "-o", tmp_path) == 0
+    return tmp_path
+
+
+def _edit_line(name, i, change):
+    def edit(root):
+        lines = (root / name).read_text().splitlines()
+        lines[i] = change(lines[i])
+        (root / name).write_text("\n".join(lines) + "\n")
+
+    return edit
+
+
+def _drop_last_line(name):
+    def edit(root):
+        (root / name).write_text("".join((root / name).read_text().splitlines(True)[:-1]))
+
+    return edit
+
+
+def _edit_manifest(change):
+    def edit(root):
+        m = json.loads((root / "manifest.json").read_text())
+        change(m)
+        (root / "manifest.json").write_text(json.dumps(m))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (_edit_line("output.hex", 0, lambda w: "-1"), "output.hex:1: expected a word of 8 bits as 2 lowercase"),
+        (_edit_line("tile_out.hex", -1, lambda w: w[:-1]), "tile_out.hex:"),
+        (_edit_line("tile_act.hex", 0, lambda w: "1" + w), "tile_act.hex:1: expected a word of 32 bits"),
+        (_edit_line("acc.hex", 0, lambda w: w.upper().replace("0", "F")), "acc.hex:1:"),
+        (_edit_line("shift.hex", 0, lambda w: "1f_"), "shift.hex:1:"),
+        (_drop_last_line("tile_act.hex"), "tile_act.hex: expected"),
+        (_edit_manifest(lambda m: m.pop("files")), "files: expected a table of hex files, found nothing"),
+        (_edit_manifest(lambda m: m["files"].__setitem__("input", "input.hex")), "file 'input': expected a table"),
+        (_edit_manifest(lambda m: m.pop("tiles")), "tiles: expected a list, found nothing"),
+        (_edit_manifest(lambda m: m["tiles"][0].pop("pixels")), "tile 0: expected group, k0, cols and pixels"),
+        (_edit_manifest(lambda m: m["files"]["output"].__setitem__("shape", [3, 1])), "file 'output': shape"),
+        (_edit_manifest(lambda m: m["files"]["acc"].__setitem__("word_bits", 8)), "file 'acc': word_bits"),
+    ],
+    ids=["signed", "cut-short", "too-wide", "upper-case", "underscore", "one-word-short", "no-files",
+         "entry-text", "no-tiles", "tile-fields", "shape", "word-bits"],
+)  # fmt: skip
+def test_vector_files_read_back_are_refused_in_one_line_where_they_are_not_as_written(files, tmp_path, edit, needle):
+    """read_rtl_vectors read a word cut short ('818c80a'), a signed or a too-wide word as numbers (a
+    replay then blamed the RTL), and a manifest without its files or tiles ended in a traceback."""
+    from velcro_ref.rtl_vectors import RtlVectorError
+
+    root = _vectors(files, tmp_path / "v")
+    read_rtl_vectors(root)  # as written: read
+    edit(root)
+    with pytest.raises(RtlVectorError) as e:
+        read_rtl_vectors(root)
+    message = str(e.value)
+    assert "\n" not in message and needle in message, message
+
+
+def test_a_per_tensor_weight_scale_is_listed_per_filter_in_the_manifest(files, tmp_path):
+    """The command wrote weight_scales null for per-tensor weights (their one scale dropped), where
+    write_rtl_vectors given the scale lists it per filter."""
+    fmodel = velcro_ref.Model(build_zoo("resnet18", input_size=16, num_classes=10, width=0.25, seed=2))
+    rng = np.random.default_rng(0)
+    stats = velcro_ref.profile(fmodel, rng.uniform(-1, 1, (6, 3, 16, 16)).astype(np.float32))
+    q = velcro_ref.quantize(fmodel, stats, per_channel=False, requant="fixed_point")
+    save_model(q.graph, tmp_path / "pt.h5")
+    assert run("golden", tmp_path / "pt.h5", "--input", files / "x.npy", "--accumulators", "-o", tmp_path / "g.h5") == 0
+    assert run("rtl-vectors", tmp_path / "g.h5", "--layer", LAYER, "-o", tmp_path / "v") == 0
+    with h5py.File(tmp_path / "g.h5", "r") as f:
+        g = _layer_group(f)
+        scale, k = float(np.asarray(g["w_scale"][()]).reshape(-1)[0]), g["weight"].shape[0]
+        assert np.asarray(g["w_scale"][()]).size == 1
+    assert read_rtl_vectors(tmp_path / "v").manifest["quant"]["weight_scales"] == [scale] * k
