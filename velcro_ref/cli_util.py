@@ -111,6 +111,7 @@ def check_files(args) -> None:
     errors (exit 2) for clashes and outputs onto something else, InputError for special inputs."""
     roles = getattr(args, "_files", ())
     files = [(dest, role, v) for dest, role in roles for v in _values(getattr(args, dest, None))]
+    files += _implicit_inputs(args)
     for dest, role, v in files:
         kind = _kind(v)
         flag = "--" + dest.replace("_", "-")
@@ -128,6 +129,24 @@ def check_files(args) -> None:
             if _same(v, v2):
                 what = "the input" if role2 in ("in", "dir_in", "inout") else "another output"
                 raise UsageError(f"--{dest.replace('_', '-')} {v} names {what} {v2}; choose another name")
+
+
+def _implicit_inputs(args) -> list:
+    """(dest, role, path) of what a command reads where its flag is left out, for `check_files`: the
+    Fashion-MNIST folder and its files (--data-dir: $VELCRO_DATA or the Debian path), and the
+    shipped weights folder (demo's --weights)."""
+    out = []
+    if hasattr(args, "data_dir"):
+        from . import data
+
+        folder = args.data_dir or os.environ.get(data.ENV_VAR) or data.DEBIAN_DIR
+        out.append(("data_dir", "dir_in", folder))
+        out += [("data_dir", "in", os.path.join(folder, f)) for pair in data.SPLIT_FILES.values() for f in pair]
+    if hasattr(args, "weights") and getattr(args, "weights", None) is None:
+        from .demo import WEIGHTS_DIR
+
+        out.append(("weights", "dir_in", str(WEIGHTS_DIR)))
+    return out
 
 
 def _values(v):

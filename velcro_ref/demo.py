@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import time
 from importlib import metadata
 from pathlib import Path
@@ -32,6 +33,7 @@ from .experiments import locality, parse_ratios, profile_task
 from .fileio import parse_json, write_text
 from .intervals import paired_change
 from .jsonout import dumps
+from .model_io import load_graph
 from .policies import POLICIES, make_masks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -54,7 +56,31 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
         isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("file"), str) for m in models
     ):
         raise DataError(f'{path}: expects {{"{key}": [{{"name": ..., "file": ...}}, ...]}}')
+    names = [m["name"] for m in models]
+    for m in models:
+        where = f"{path}: model '{m['name']}'"
+        if not _NAME.fullmatch(m["name"]) or m["name"] in (".", ".."):  # it names the report's files
+            raise DataError(f"{where}: a name takes letters, digits, '_', '-' and '.' only")
+        if names.count(m["name"]) > 1:
+            raise DataError(f"{where}: listed twice (a report keeps one entry per name)")
+        acc = m.get("test_accuracy")
+        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):
+            raise DataError(f"{where}: test_accuracy expects a fraction in [0, 1], found {acc!r}")
     return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in models]
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_fingerprints(manifest, weights_dir) -> None:
+    """DataError unless each model file is the model its manifest entry describes (where the entry
+    records a `fingerprint`): the entry's test accuracy is printed beside the demo's figures."""
+    for m in manifest:
+        if "fingerprint" in m and load_graph(m["path"]).fingerprint() != m["fingerprint"]:
+            raise DataError(
+                f"{Path(weights_dir) / 'manifest.json'}: model '{m['name']}': {m['file']} is not the model the "
+                f"manifest describes (fingerprint {m['fingerprint'][:12]}...; its test accuracy is of that model)"
+            )
 
 
 # -- units of work: plain arguments in, plain results out ------------------------------------------
@@ -236,9 +262,12 @@ def run_demo(
     arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
     if models:
         manifest = [m for m in manifest if m["name"] in models]
+    check_fingerprints(manifest, weights_dir)
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
     grid = parse_ratios(ratios or defaults["ratios"])
     grid = sorted({0.0, *grid})  # ratio 0 is the dense run every choice can fall back to
+    if policies and len(grid) == 1:
+        raise UsageError("--policies with no ratio above 0 in the grid: no policy would run; give --ratios too")
     policies = list(policies or (["uniform", "channel"] if quick else POLICIES))
     profile_n = profile_n or defaults["profile_n"]
     val_n = val_n or defaults["val_n"]
@@ -319,7 +348,8 @@ def run_demo(
                 plot_choices(result, out / result["plots"]["sweep"], f"{name}, task {task}")
                 plot_accelerator(result, out / result["plots"]["accelerator"], f"{name}, task {task}")
                 entry["tasks"][task] = result
-                write_text(out / f"{name}_{task}.json", dumps(result, indent=1))
+                # with the run's settings: a folder reused by a run of other settings may hold both runs' files
+                write_text(out / f"{name}_{task}.json", dumps(dict(result, settings=report["settings"]), indent=1))
             entry["elapsed_s"] = time.perf_counter() - t_model
             runner.done_with(path)
     finally:  # an error ends the bar before its line is printed

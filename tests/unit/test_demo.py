@@ -324,3 +324,75 @@ def test_points_count_images_whose_scores_overflowed_and_the_demo_warns_where(ti
     assert cli.main(["demo", "--quick"]) == 0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("warning: some images have an infinite score") and "; ".join(sorted(where)) in line, line
+
+
+def _weights(tmp_path, entries):
+    """A weights folder with the shipped resnet18.h5 and googlenet.h5 and a manifest of `entries`."""
+    w = tmp_path / "w"
+    w.mkdir()
+    for name in ("resnet18.h5", "googlenet.h5"):
+        (w / name).symlink_to(ROOT / "weights" / name)
+    (w / "manifest.json").write_text(json.dumps({"models": entries}))
+    return w
+
+
+def _shipped(name):
+    return next(m for m in json.loads((ROOT / "weights" / "manifest.json").read_text())["models"] if m["name"] == name)
+
+
+@pytest.mark.parametrize(
+    "entries, needle",
+    [
+        (
+            [dict(_shipped("resnet18"), file="googlenet.h5")],
+            "googlenet.h5 is not the model the manifest",
+        ),
+        ([{"name": "a", "file": "resnet18.h5", "test_accuracy": "93%"}], "test_accuracy expects a fraction in [0, 1]"),
+        ([{"name": "a", "file": "resnet18.h5", "test_accuracy": 93.19}], "test_accuracy expects a fraction in [0, 1]"),
+        ([{"name": "../escaped", "file": "resnet18.h5"}], "a name takes letters, digits"),
+        ([{"name": "a", "file": "resnet18.h5"}, {"name": "a", "file": "googlenet.h5"}], "model 'a': listed twice"),
+    ],
+    ids=["other-file", "text-accuracy", "percent-accuracy", "path-name", "twice"],
+)
+def test_a_manifest_entry_that_is_not_what_the_report_would_print_is_refused_before_any_work(
+    tmp_path, capsys, entries, needle
+):
+    """Another model's file under a name printed that name's manifest accuracy (93.2%) beside the
+    other model's figures; a text accuracy crashed after all the work; a name with a path wrote
+    outside the report folder; a name listed twice kept one of the two runs. Exit 0 for three."""
+    w = _weights(tmp_path, entries)
+    code = cli.main(["demo", "--weights", str(w), "-o", str(tmp_path / "r"), "--quick"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_output_folder_that_is_a_default_input_is_refused(tmp_path, capsys, monkeypatch):
+    """-o weights/ (the default --weights) or -o onto the default data folder wrote the report's files
+    into it; only the same folders given by flag were refused."""
+    from velcro_ref import demo
+
+    def ran(*a, **k):  # were the check to fail, the demo would write into the folders: it must not run
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr(demo, "run_demo", ran)
+    monkeypatch.chdir(ROOT)
+    for out in ("weights", "./weights/", data.resolve_data_dir(None)):
+        code = cli.main(["demo", "-o", str(out), "--quick"])
+        err = capsys.readouterr().err
+        assert code == 2 and "names the input" in err and err.count("\n") == 1, err
+
+
+def test_policies_with_no_masked_ratio_are_refused(tmp_path, capsys):
+    code = cli.main(["demo", "-o", str(tmp_path / "r"), "--ratios", "0", "--policies", "channel"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no policy would run" in err, err
+
+
+def test_each_task_file_carries_the_settings_of_its_run(tiny_demo):
+    _, out, report = tiny_demo
+    task = json.loads((out / "tiny_footwear.json").read_text())
+    assert task["settings"] == json.loads(json.dumps(report["settings"]))
+    assert {k: v for k, v in task.items() if k != "settings"} == json.loads(
+        json.dumps(report["models"]["tiny"]["tasks"]["footwear"])
+    )
