@@ -21,29 +21,27 @@ from .graph import INPUT, Graph, Node
 from .ops import QUANTIZED, REGISTRY
 
 ACTIVATION_TYPES = ("int8", "uint8")
-# onnxruntime's "direct 8-bit" ops here: its quantizer quantizes one (its output sharing its input's
-# scale and zero point) only where a node before it in the file has its input quantized already.
-DIRECT_8BIT = ("max_pool", "flatten")
 
 
 def float_pools(plan) -> tuple[set, set]:
     """(pools, quantized): the max pools that run in float, as onnxruntime's QDQ quantizer leaves
     them, and the tensors its file quantizes. Walking the nodes in the plan's order (the exported
-    file's): a max pool whose input no node before it reads or writes as a quantized tensor (the
-    graph input, or a float pool's output) runs in float, its output quantized with its own range
-    where a quantized node reads it; where a quantized node (later) reads the pool's input too, the
-    file quantizes that input and the pool reads its dequantized values. A flatten or dropout (an
-    Identity in the file) on such a float tensor is left float by onnxruntime; here it keeps its
-    input's quantization (the same numbers: its range is its input's). Refused (ModelError): a max
-    pool after such a flatten or dropout, and a graph output that onnxruntime leaves float."""
+    file's), each op as its `on_float_input` says: a max pool whose input no node before it reads
+    or writes as a quantized tensor (the graph input, or a float pool's output) runs in float, its
+    output quantized with its own range where a quantized node reads it; where a quantized node
+    (later) reads the pool's input too, the file quantizes that input and the pool reads its
+    dequantized values. A flatten or dropout (an Identity in the file) on such a float tensor is
+    left float by onnxruntime; here it keeps its input's quantization (the same numbers: its range
+    is its input's). Refused (ModelError): a max pool after such a flatten or dropout, and a graph
+    output that onnxruntime leaves float."""
     quantized, pools, bypassed = set(), set(), set()  # the tensors a quantized node read or wrote so far
     for st in plan.nodes:
         x = st.inputs[0]
         if x in quantized or (x != INPUT and x not in pools and x not in bypassed):
             quantized.update((*st.inputs, st.name))  # a quantized node (a float one would have no float input)
-        elif st.op == "max_pool":
+        elif st.opdef.on_float_input == "float":
             pools.add(st.name)
-        elif st.op in ("dropout", *DIRECT_8BIT):
+        elif st.opdef.on_float_input == "bypass":
             bypassed.add(st.name)
         else:
             quantized.update((*st.inputs, st.name))

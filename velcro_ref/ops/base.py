@@ -91,6 +91,10 @@ class Op:
     quantized_as: str | None = None  # the op of this layer in a quantized model (velcro_ref/quantization.py)
     fused_by_onnxruntime: str | None = None
     own_range = False  # quantized, its output takes a scale and zero point from its own calibration range
+    # What onnxruntime's QDQ quantizer makes of this op where no node before it quantized its input
+    # (`quantization.float_pools`): "quantize" it; "float", it runs in float (a max pool, which the
+    # quantizer quantizes only on 8-bit input); "bypass", it passes the float tensor on (Identity).
+    on_float_input = "quantize"
 
     def chain_of(self, node) -> str | None:
         """This op's `chain` for `node`."""

@@ -147,7 +147,7 @@ def _onnx_end_pad(n, k, s, lo, hi, ceil, count_pad):
 
 class MaxPool(_Window):
     name = "max_pool"
-    quantized_as = "qmax_pool"
+    quantized_as, on_float_input = "qmax_pool", "float"
     ops_per_element = 1
     onnx_types = ("MaxPool",)
 

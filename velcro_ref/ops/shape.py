@@ -15,7 +15,7 @@ def _copy(xs, out):
 
 class Flatten(Op):
     name = "flatten"
-    quantized_as = "flatten"
+    quantized_as, on_float_input = "flatten", "bypass"
     unit = "free"
     tensors = "any"
     onnx_types = ("Flatten", "Reshape")
@@ -62,7 +62,7 @@ class Dropout(Op):
     """Identity at inference; exported as Identity. ONNX Dropout is bypassed by the importer."""
 
     name = "dropout"
-    quantized_as = "dropout"
+    quantized_as, on_float_input = "dropout", "bypass"
     attrs = ("p",)
     tensors = "any"
     ranges = {"p": (0.0, 1.0)}
