@@ -92,6 +92,8 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     (float32 overflowed, `evaluation.evaluate`). `classes` keep their order (a set's sorted)."""
     x = model.check_input(images)
     labels = np.asarray(labels)
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
+        classes = (int(classes),)  # one class, as task_images takes it
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")
     dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
     listed = sorted(classes) if isinstance(classes, (set, frozenset)) else classes

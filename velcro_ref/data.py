@@ -156,6 +156,11 @@ def _class_tuple(tokens, where, names=CLASS_NAMES):
     elif isinstance(tokens, numbers.Integral):
         tokens = [tokens]
     try:
+        tokens = list(tokens)
+    except TypeError:  # 5.0, None, a 0-D array
+        found = f"{tokens!r}" if np.ndim(tokens) == 0 else type(tokens).__name__
+        raise DataError(f"{where}classes expect a class, a comma list or a sequence of them, found {found}") from None
+    try:
         indices = tuple(_class_index(t, names) for t in tokens)
     except DataError as exc:
         raise DataError(f"{where}{exc}") from None

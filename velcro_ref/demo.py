@@ -63,6 +63,8 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
             raise DataError(f"{where}: a name takes letters, digits, '_', '-' and '.' only")
         if names.count(m["name"]) > 1:
             raise DataError(f"{where}: listed twice (a report keeps one entry per name)")
+        if "fingerprint" in m and not isinstance(m["fingerprint"], str):
+            raise DataError(f"{where}: fingerprint expects the model's fingerprint as text, found {m['fingerprint']!r}")
         acc = m.get("test_accuracy")
         if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):
             raise DataError(f"{where}: test_accuracy expects a fraction in [0, 1], found {acc!r}")

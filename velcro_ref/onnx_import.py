@@ -52,11 +52,13 @@ _STRING = 8
 def _cast(x, to, dtype, saturate):
     """A folded Cast of constant x to ONNX type `to` (numpy dtype `dtype`), as ONNX defines it:
     with `saturate` (the default) a float8 type takes values beyond its range as its largest (see
-    _FLOAT8_INF_SATURATES for infinities). Refused, where ONNX's runtimes give other values:
-    strings; the 4-bit types (onnxruntime rounds a float to INT4 where ONNX's reference truncates);
-    a float8 type without saturation of a finite value beyond its range (onnxruntime gives NaN
-    for FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and differs for
-    FLOAT8E4M3FN in [480, 496))."""
+    _FLOAT8_INF_SATURATES for infinities). Refused, where ONNX's runtimes and its text give other
+    values: strings; the 4-bit types (onnxruntime rounds a float to INT4 where ONNX's reference
+    truncates); a float8 type without saturation of a finite value beyond its range (onnxruntime
+    gives NaN for FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and they differ
+    for FLOAT8E4M3FN in [480, 496); the rest of that range is refused with them); an infinity
+    to a FNUZ type with saturation (ONNX's table says NaN, onnxruntime and the reference give the
+    type's largest value)."""
     if to == _STRING or x.dtype.kind in "OSU":
         raise OnnxUnsupported("Cast of strings")
     if to in _FOUR_BITS:
@@ -70,8 +72,13 @@ def _cast(x, to, dtype, saturate):
         if beyond.any():
             raise OnnxUnsupported(
                 f"Cast to {np.dtype(dtype).name} with saturate=0 of {int(beyond.sum())} value(s) beyond its range "
-                f"(largest {big:g}; ONNX's runtimes give them different values)"
+                f"(largest {big:g}; ONNX's runtimes give some such values different results)"
             )
+    if to in _FLOAT8_INF_SATURATES and saturate and not _FLOAT8_INF_SATURATES[to] and np.isinf(x).any():
+        raise OnnxUnsupported(
+            f"Cast of an infinity to {np.dtype(dtype).name} with saturate=1 (ONNX's table says NaN, its runtimes "
+            "give the type's largest value)"
+        )
     if to in _FLOAT8_INF_SATURATES and saturate:
         import ml_dtypes
 

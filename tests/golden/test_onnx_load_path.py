@@ -270,6 +270,16 @@ def test_a_folded_float8_cast_without_saturation_beyond_range_is_refused(tmp_pat
     assert "saturate=0" in refused(_cast_weight(tmp_path, to, W_WIDE, saturate=0))
 
 
+@pytest.mark.parametrize("to", [TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2FNUZ])
+def test_a_saturating_cast_of_an_infinity_to_a_fnuz_type_is_refused(tmp_path, to):
+    """ONNX's table says NaN; onnxruntime and ONNX's reference give the type's largest value. The
+    fold gave NaN with exit 0."""
+    w = np.array([np.inf, -np.inf, 1.0, 0.5], np.float32)
+    assert "Cast of an infinity" in refused(_cast_weight(tmp_path, to, w))
+    got, want = both(_cast_weight(tmp_path, to, w[2:]), np.ones((1, 1, 1, 1), np.float32))  # finite: folded
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4])
 def test_a_folded_cast_to_4_bits_is_refused_naming_the_cast(tmp_path, to):
     """onnxruntime rounds 2.7 to 3 where ONNX's reference truncates to 2: no one right answer."""

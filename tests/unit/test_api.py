@@ -230,8 +230,11 @@ def test_one_class_may_be_given_as_an_integer(files):
     assert y.tolist() == [5] * 7
     with pytest.raises(velcro_ref.VelcroError, match="out of range"):
         velcro_ref.task_images(model, 10, "test", 5)
-    with pytest.raises(velcro_ref.VelcroError):
-        velcro_ref.task_images(model, True, "test", 5)  # a bool is no class
+    for bad in (True, 5.0, None, np.array(5)):  # a bool is no class; the others raised a TypeError
+        with pytest.raises(velcro_ref.VelcroError):
+            velcro_ref.task_images(model, bad, "test", 5)
+    x, y = velcro_ref.task_images(model, 5, "test", 7)
+    assert velcro_ref.evaluate(model, x, y, 5)["classes"] == [5]
 
 
 def test_save_model_takes_a_loaded_model(files, tmp_path):

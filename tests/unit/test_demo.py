@@ -347,12 +347,13 @@ def _shipped(name):
             [dict(_shipped("resnet18"), file="googlenet.h5")],
             "googlenet.h5 is not the model the manifest",
         ),
+        ([{"name": "a", "file": "resnet18.h5", "fingerprint": 12345}], "fingerprint expects the model's fingerprint"),
         ([{"name": "a", "file": "resnet18.h5", "test_accuracy": "93%"}], "test_accuracy expects a fraction in [0, 1]"),
         ([{"name": "a", "file": "resnet18.h5", "test_accuracy": 93.19}], "test_accuracy expects a fraction in [0, 1]"),
         ([{"name": "../escaped", "file": "resnet18.h5"}], "a name takes letters, digits"),
         ([{"name": "a", "file": "resnet18.h5"}, {"name": "a", "file": "googlenet.h5"}], "model 'a': listed twice"),
     ],
-    ids=["other-file", "text-accuracy", "percent-accuracy", "path-name", "twice"],
+    ids=["other-file", "number-fingerprint", "text-accuracy", "percent-accuracy", "path-name", "twice"],
 )
 def test_a_manifest_entry_that_is_not_what_the_report_would_print_is_refused_before_any_work(
     tmp_path, capsys, entries, needle
@@ -381,6 +382,34 @@ def test_an_output_folder_that_is_a_default_input_is_refused(tmp_path, capsys, m
         code = cli.main(["demo", "-o", str(out), "--quick"])
         err = capsys.readouterr().err
         assert code == 2 and "names the input" in err and err.count("\n") == 1, err
+
+
+def test_an_output_onto_a_file_of_the_data_folder_named_with_a_tilde_is_refused(tmp_path, capsys, monkeypatch):
+    """With VELCRO_DATA='~/fm', `velcro sweep --plot ~/fm/<labels file>` overwrote the labels: the
+    data folder is read with ~ expanded, the guard compared the path unexpanded."""
+    from velcro_ref import api
+
+    fm = tmp_path / "fm"
+    fm.mkdir()
+    src = Path(data.resolve_data_dir(None))
+    for pair in data.SPLIT_FILES.values():
+        for name in pair:  # the labels copied (a regression writes over them), the images linked
+            (fm / name).write_bytes((src / name).read_bytes()) if "labels" in name else (fm / name).symlink_to(
+                src / name
+            )
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv(data.ENV_VAR, "~/fm")
+
+    def ran(*a, **k):
+        raise AssertionError("the sweep ran")
+
+    monkeypatch.setattr(api, "sweep", ran)
+    target = fm / data.SPLIT_FILES["test"][1]
+    before = target.read_bytes()
+    code = cli.main(["sweep", str(ROOT / "weights" / "resnet18.h5"), "--task", "footwear", "--plot", str(target)])
+    err = capsys.readouterr().err
+    assert code == 2 and "names the input" in err, err
+    assert target.read_bytes() == before
 
 
 def test_policies_with_no_masked_ratio_are_refused(tmp_path, capsys):
