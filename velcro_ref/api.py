@@ -175,6 +175,8 @@ def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_
     from .experiments import locality as compare
     from .experiments import profile_task
 
+    if not model.sites:
+        raise StatsError(f"{model.path}: the model has no activation site; there is no value locality to measure")
     classes = task_classes(task, classes)
     task_stats = profile_task(model, classes, samples, data_dir, progress=progress)
     general = profile_task(model, tuple(range(10)), task_stats.n_images, data_dir, progress=progress)

@@ -24,7 +24,7 @@ from .cli_util import (
 )
 from .data import PrefixDigest, digest
 from .distributed import add_cluster_args, on_cluster
-from .errors import StatsError, UsageError
+from .errors import InputError, StatsError, UsageError
 from .fileio import parse_toml
 
 
@@ -185,7 +185,9 @@ def read_ratios_toml(path, sites) -> dict:
 
     try:
         doc = parse_toml(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except OSError as e:  # an unreadable file: bad data, as a missing stats file
+        raise InputError(f"{path}: cannot read ratios TOML ({e})") from None
+    except ValueError as e:  # bad UTF-8 or TOML: a bad argument
         raise UsageError(f"{path}: cannot read ratios TOML ({e})") from None
     table = doc.get("ratios", doc)
     if not isinstance(table, dict):

@@ -111,5 +111,10 @@ def check_batch(batch) -> int:
 
 
 def csr(dense_macs: float, masked_macs: float) -> float:
-    """Compression-saving ratio: 1 - executed MACs (masked) / executed MACs (dense)."""
+    """Compression-saving ratio: 1 - executed MACs (masked) / executed MACs (dense). ModelError for a
+    model that executes no MAC (no conv or linear layer runs): its CSR is undefined."""
+    if dense_macs == 0:
+        raise ModelError(
+            "the model executes no MAC (no conv or linear layer runs): its compute-saving ratio is undefined"
+        )
     return 1.0 - masked_macs / dense_macs

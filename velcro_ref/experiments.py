@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import data
-from .errors import UsageError
+from .errors import StatsError, UsageError
 from .evaluation import csr, evaluate
 from .policies import make_masks
 from .stats import collect_stats
@@ -57,6 +57,8 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
     normalised variances.
     """
+    if not task_stats.sites:
+        raise StatsError("the model has no activation site; there is no value locality to measure")
     task_v, gen_v = [], []
     for s in task_stats.sites:
         gv = general_stats.sites[s].variance.ravel()

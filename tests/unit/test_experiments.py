@@ -72,3 +72,42 @@ def test_sweep_points_count_the_images_whose_scores_overflowed_and_the_command_w
     (line,) = capsys.readouterr().err.splitlines()
     listed = ", ".join(f"{p['ratio']:g}" for p in res["points"] if p["inf_images"])
     assert line.startswith(f"warning: at ratio(s) {listed} some images have an infinite score"), line
+
+
+def test_a_model_without_macs_or_sites_is_refused_in_one_line_where_a_figure_needs_them():
+    """eval --masks and sweep on a model with no conv or linear layer ended in a ZeroDivisionError
+    (the CSR divides by the dense MACs, 0); locality on a model without sites in a ValueError."""
+    from velcro_ref import api
+    from velcro_ref.errors import ModelError, StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.stats import collect_stats
+
+    model = Model(Graph((Node("f", "flatten", (INPUT,)), Node("r", "relu", ("f",))), (1, 4, 4), "r", {}))
+    x = np.random.default_rng(0).standard_normal((12, 1, 4, 4)).astype(np.float32)
+    y = np.arange(12) % 16
+    masks = api.compress(collect_stats(model, x), 0.5)
+    assert api.evaluate(model, x, y, (0, 1))["dense"]["macs"] == 0  # dense alone: no CSR, no refusal
+    with pytest.raises(ModelError, match="executes no MAC"):
+        api.evaluate(model, x, y, (0, 1), masks=masks)
+    with pytest.raises(ModelError, match="executes no MAC"):
+        sweep(model, collect_stats(model, x), x, y, (0, 1), [0.0, 0.5])
+    nodes = (Node("f", "flatten", (INPUT,)), Node("l", "linear", ("f",), {}, {"weight": "w"}))
+    no_sites = Model(Graph(nodes, (1, 28, 28), "l", {"w": np.ones((10, 784), np.float32)}))
+    with pytest.raises(StatsError, match="no activation site"):
+        api.locality(no_sites, classes=(0, 1), samples=8)
+
+
+def test_a_ratios_file_that_cannot_be_read_is_bad_data_exit_1(small_model, tmp_path, capsys):
+    """A missing --ratios TOML exited 2 (usage), where an unreadable input file is exit 1 (README)."""
+    from velcro_ref import cli
+    from velcro_ref.stats import collect_stats, save_stats
+
+    x = np.random.default_rng(0).standard_normal((6, 1, 28, 28)).astype(np.float32)
+    save_stats(collect_stats(small_model, x), tmp_path / "s.h5")
+    args = ["compress", str(tmp_path / "s.h5"), "--ratios", str(tmp_path / "none.toml"), "-o", str(tmp_path / "k.h5")]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot read ratios TOML" in err and err.count("\n") == 1, err
+    (tmp_path / "bad.toml").write_text("default = 'x'")
+    args[3] = str(tmp_path / "bad.toml")
+    assert cli.main(args) == 2  # a file read whose content is a bad argument stays a usage error
