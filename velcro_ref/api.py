@@ -99,6 +99,7 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     listed = sorted(classes) if isinstance(classes, (set, frozenset)) else classes
     doc = {"n_images": len(x), "classes": [int(c) for c in listed], "dense": {k: dense[k] for k in keys}}
     if masks is not None:
+        evaluation.check_macs(model)  # before the runs: the CSR needs them
         masked = evaluation.evaluate(model, x, labels, classes, masks=masks, batch=batch, progress=progress)
         doc["masked"] = {k: masked[k] for k in keys}
         doc["csr"] = evaluation.csr(dense["macs"], masked["macs"])
@@ -114,6 +115,13 @@ def task_classes(task=None, classes=None) -> tuple:
     if classes is not None:
         if isinstance(classes, str):
             return data.parse_classes(classes)
+        if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
+            return _class_list((classes,))  # one class, as task_images takes it
+        if not isinstance(classes, (list, tuple, set, frozenset, range, np.ndarray)):
+            try:
+                classes = list(classes)
+            except TypeError:
+                raise UsageError(f"classes expect class indices or names, found {classes!r}") from None
         if not isinstance(classes, np.ndarray) and classes and all(isinstance(c, str) for c in classes):
             return data.parse_classes(",".join(sorted(classes) if isinstance(classes, (set, frozenset)) else classes))
         chosen = _class_list(classes)  # indices: a list, a range, a set (`class_indices`)
@@ -159,6 +167,7 @@ def sweep(
         if not grid:
             raise UsageError("ratios: give at least one ratio")
     classes = task_classes(task, classes)
+    evaluation.check_macs(model)  # before the profile: every point's CSR needs them
     if client is not None:
         from .distributed import sweep as sweep_on_cluster
 
@@ -175,8 +184,7 @@ def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_
     from .experiments import locality as compare
     from .experiments import profile_task
 
-    if not model.sites:
-        raise StatsError(f"{model.path}: the model has no activation site; there is no value locality to measure")
+    evaluation.check_sites(model)
     classes = task_classes(task, classes)
     task_stats = profile_task(model, classes, samples, data_dir, progress=progress)
     general = profile_task(model, tuple(range(10)), task_stats.n_images, data_dir, progress=progress)

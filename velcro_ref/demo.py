@@ -28,12 +28,11 @@ import numpy as np
 from . import data
 from .engine import load_model
 from .errors import DataError, UsageError
-from .evaluation import csr, evaluate
+from .evaluation import check_macs, check_sites, csr, evaluate
 from .experiments import locality, parse_ratios, profile_task
 from .fileio import parse_json, write_text
 from .intervals import paired_change
 from .jsonout import dumps
-from .model_io import load_graph
 from .policies import POLICIES, make_masks
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -74,11 +73,16 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def check_fingerprints(manifest, weights_dir) -> None:
-    """DataError unless each model file is the model its manifest entry describes (where the entry
-    records a `fingerprint`): the entry's test accuracy is printed beside the demo's figures."""
+def check_models(manifest, weights_dir) -> None:
+    """Before any work: DataError unless each model file is the model its manifest entry describes
+    (where the entry records a `fingerprint`: the entry's test accuracy is printed beside the demo's
+    figures); ModelError / StatsError for a model without MACs or activation sites (`check_macs`,
+    `check_sites`), which the demo's figures need."""
     for m in manifest:
-        if "fingerprint" in m and load_graph(m["path"]).fingerprint() != m["fingerprint"]:
+        model = _model(m["path"])
+        check_macs(model)
+        check_sites(model)
+        if "fingerprint" in m and model.fingerprint != m["fingerprint"]:
             raise DataError(
                 f"{Path(weights_dir) / 'manifest.json'}: model '{m['name']}': {m['file']} is not the model the "
                 f"manifest describes (fingerprint {m['fingerprint'][:12]}...; its test accuracy is of that model)"
@@ -264,7 +268,7 @@ def run_demo(
     arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
     if models:
         manifest = [m for m in manifest if m["name"] in models]
-    check_fingerprints(manifest, weights_dir)
+    check_models(manifest, weights_dir)
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
     grid = parse_ratios(ratios or defaults["ratios"])
     grid = sorted({0.0, *grid})  # ratio 0 is the dense run every choice can fall back to

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError, ModelError, UsageError
+from .errors import InputError, ModelError, StatsError, UsageError
 
 
 def class_indices(values, what) -> np.ndarray:
@@ -38,13 +38,14 @@ def check_scores(model, labels, classes) -> int:
             f"output '{name}' has shape (N, {found})"
         )
     n = shape[0]
-    wanted = np.concatenate([class_indices(labels, "labels"), class_indices(classes, "task classes")])
-    if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
-        bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
-        raise InputError(
-            f"labels name class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
-            "output of shape (N, classes) with a score for every label"
-        )
+    for what, wanted in (("labels name", class_indices(labels, "labels")), ("task classes name", None)):
+        wanted = class_indices(classes, "task classes") if wanted is None else wanted
+        if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
+            bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
+            raise InputError(
+                f"{what} class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
+                "output of shape (N, classes) with a score for every label and task class"
+            )
     return n
 
 
@@ -111,10 +112,26 @@ def check_batch(batch) -> int:
 
 
 def csr(dense_macs: float, masked_macs: float) -> float:
-    """Compression-saving ratio: 1 - executed MACs (masked) / executed MACs (dense). ModelError for a
-    model that executes no MAC (no conv or linear layer runs): its CSR is undefined."""
+    """Compression-saving ratio: 1 - executed MACs (masked) / executed MACs (dense). ModelError for
+    0 dense MACs (callers with a model check it first, `check_macs`)."""
     if dense_macs == 0:
-        raise ModelError(
-            "the model executes no MAC (no conv or linear layer runs): its compute-saving ratio is undefined"
-        )
+        raise ModelError(_NO_MACS)
     return 1.0 - masked_macs / dense_macs
+
+
+_NO_MACS = "the model executes no MAC (no conv or linear layer runs): its compression-saving ratio is undefined"
+
+
+def check_macs(model) -> None:
+    """ModelError naming the model unless it executes MACs (a conv or linear layer on its path), which
+    its compression-saving ratio needs."""
+    if not any(model.layer_macs().values()):
+        raise ModelError(f"{model.path}: {_NO_MACS}" if model.path else _NO_MACS)
+
+
+def check_sites(model) -> None:
+    """StatsError naming the model unless it has an activation site (statistics, locality and masks
+    need one)."""
+    if not model.sites:
+        no_site = "the model has no activation site; there is nothing to mask"
+        raise StatsError(f"{model.path}: {no_site}" if model.path else no_site)

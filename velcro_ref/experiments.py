@@ -8,7 +8,7 @@ import numpy as np
 
 from . import data
 from .errors import StatsError, UsageError
-from .evaluation import csr, evaluate
+from .evaluation import check_macs, csr, evaluate
 from .policies import make_masks
 from .stats import collect_stats
 
@@ -58,7 +58,7 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     normalised variances.
     """
     if not task_stats.sites:
-        raise StatsError("the model has no activation site; there is no value locality to measure")
+        raise StatsError(f"{task_stats.source or 'stats'}: the model has no activation site; there is nothing to mask")
     task_v, gen_v = [], []
     for s in task_stats.sites:
         gv = general_stats.sites[s].variance.ravel()
@@ -93,6 +93,7 @@ def sweep(model, stats, x, labels, classes, ratios, policy="uniform", tolerance=
 
     stats: task statistics (train split); x, labels: evaluation images (test split).
     """
+    check_macs(model)  # before the runs: every point's CSR needs them
     dense = evaluate(model, x, labels, classes, batch=batch)
     results = []
     for r in ratios:

@@ -42,53 +42,47 @@ _FOLD_OPS = (
 )
 
 
-# ONNX's float8 types (TensorProto codes) and whether a saturating Cast makes +-inf their largest
-# value (E4M3FN, E5M2) or NaN (the FNUZ types, which have no infinity).
-_FLOAT8_INF_SATURATES = {17: True, 18: False, 19: True, 20: False}
+_FLOAT8 = (17, 18, 19, 20)  # ONNX's float8 types (TensorProto codes): E4M3FN, E4M3FNUZ, E5M2, E5M2FNUZ
+_FNUZ = (18, 20)  # no infinity, no negative zero
 _FOUR_BITS = (21, 22, 23)  # UINT4, INT4, FLOAT4E2M1
 _STRING = 8
 
 
 def _cast(x, to, dtype, saturate):
-    """A folded Cast of constant x to ONNX type `to` (numpy dtype `dtype`), as ONNX defines it:
-    with `saturate` (the default) a float8 type takes values beyond its range as its largest (see
-    _FLOAT8_INF_SATURATES for infinities). Refused, where ONNX's runtimes and its text give other
-    values: strings; the 4-bit types (onnxruntime rounds a float to INT4 where ONNX's reference
-    truncates); a float8 type without saturation of a finite value beyond its range (onnxruntime
-    gives NaN for FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and they differ
-    for FLOAT8E4M3FN in [480, 496); the rest of that range is refused with them); an infinity
-    to a FNUZ type with saturation (ONNX's table says NaN, onnxruntime and the reference give the
-    type's largest value)."""
+    """A folded Cast of constant x to ONNX type `to` (numpy dtype `dtype`), as ONNX defines it: with
+    `saturate` (the default) a float8 type takes values beyond its range, infinities included, as
+    its largest. Refused, where ONNX's runtimes (or its text) give other values: strings; the 4-bit
+    types (onnxruntime rounds a float to INT4 where ONNX's reference truncates); FLOAT8E4M3FN and
+    FLOAT8E5M2 without saturation, of a finite value beyond the range (onnxruntime gives NaN for
+    FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and they differ for
+    FLOAT8E4M3FN in [480, 496); the rest of that range is refused with them); an infinity to a
+    FNUZ type with saturation (ONNX's table says NaN, onnxruntime and the reference the largest
+    value)."""
     if to == _STRING or x.dtype.kind in "OSU":
         raise OnnxUnsupported("Cast of strings")
     if to in _FOUR_BITS:
         raise OnnxUnsupported(f"Cast to {np.dtype(dtype).name} (ONNX's runtimes round it differently)")
-    if to in _FLOAT8_INF_SATURATES and not saturate:
-        import ml_dtypes
+    if to not in _FLOAT8:
+        return x.astype(dtype)
+    import ml_dtypes
 
-        wide = np.abs(x.astype(np.float64))
-        big = float(ml_dtypes.finfo(dtype).max)
-        beyond = np.isfinite(wide) & (wide > big)
+    wide = x.astype(np.float64)
+    big = float(ml_dtypes.finfo(dtype).max)
+    if not saturate and to not in _FNUZ:
+        beyond = np.isfinite(wide) & (np.abs(wide) > big)
         if beyond.any():
             raise OnnxUnsupported(
                 f"Cast to {np.dtype(dtype).name} with saturate=0 of {int(beyond.sum())} value(s) beyond its range "
-                f"(largest {big:g}; ONNX's runtimes give some such values different results)"
+                f"(largest {big:g}; onnxruntime and ONNX's reference give some such values different results)"
             )
-    if to in _FLOAT8_INF_SATURATES and saturate and not _FLOAT8_INF_SATURATES[to] and np.isinf(x).any():
+    if not saturate:
+        return x.astype(dtype)
+    if to in _FNUZ and np.isinf(wide).any():
         raise OnnxUnsupported(
             f"Cast of an infinity to {np.dtype(dtype).name} with saturate=1 (ONNX's table says NaN, its runtimes "
             "give the type's largest value)"
         )
-    if to in _FLOAT8_INF_SATURATES and saturate:
-        import ml_dtypes
-
-        wide = x.astype(np.float64)
-        big = float(ml_dtypes.finfo(dtype).max)
-        bounded = np.clip(wide, -big, big)
-        if not _FLOAT8_INF_SATURATES[to]:
-            bounded = np.where(np.isinf(wide), wide, bounded)  # NaN in the FNUZ types
-        return bounded.astype(dtype)
-    return x.astype(dtype)
+    return np.clip(wide, -big, big).astype(dtype)
 
 
 def _dense(sparse, to_array):

@@ -271,6 +271,14 @@ def test_a_folded_float8_cast_without_saturation_beyond_range_is_refused(tmp_pat
 
 
 @pytest.mark.parametrize("to", [TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2FNUZ])
+def test_a_fnuz_cast_without_saturation_beyond_range_is_nan_as_in_onnxruntime(tmp_path, to):
+    """Where onnxruntime and ONNX's reference agree (NaN beyond a FNUZ type's range), the fold is kept."""
+    got, want = both(_cast_weight(tmp_path, to, W_WIDE, saturate=0), np.ones((1, 1, 1, 1), np.float32))
+    assert np.isnan(want).sum() >= 2
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("to", [TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2FNUZ])
 def test_a_saturating_cast_of_an_infinity_to_a_fnuz_type_is_refused(tmp_path, to):
     """ONNX's table says NaN; onnxruntime and ONNX's reference give the type's largest value. The
     fold gave NaN with exit 0."""

@@ -235,6 +235,12 @@ def test_one_class_may_be_given_as_an_integer(files):
             velcro_ref.task_images(model, bad, "test", 5)
     x, y = velcro_ref.task_images(model, 5, "test", 7)
     assert velcro_ref.evaluate(model, x, y, 5)["classes"] == [5]
+    assert velcro_ref.task_classes(classes=5) == (5,) == velcro_ref.task_classes(classes=np.int64(5))
+    for bad in (True, 5.0):  # a TypeError from task_classes (and so sweep and locality)
+        with pytest.raises(velcro_ref.VelcroError):
+            velcro_ref.task_classes(classes=bad)
+    with pytest.raises(velcro_ref.VelcroError, match="task classes name class 10"):  # not "labels name"
+        velcro_ref.evaluate(model, x, y, 10)
 
 
 def test_save_model_takes_a_loaded_model(files, tmp_path):

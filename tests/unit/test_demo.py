@@ -425,3 +425,22 @@ def test_each_task_file_carries_the_settings_of_its_run(tiny_demo):
     assert {k: v for k, v in task.items() if k != "settings"} == json.loads(
         json.dumps(report["models"]["tiny"]["tasks"]["footwear"])
     )
+
+
+def test_a_model_without_sites_or_macs_is_refused_before_any_work(tmp_path, capsys):
+    """The demo profiled such a model and then ended in a ValueError (locality) or a division by 0 MACs."""
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.model_io import save_model
+
+    w = tmp_path / "w"
+    w.mkdir()
+    flat = Node("f", "flatten", (INPUT,))
+    save_model(Graph((flat, Node("r", "relu", ("f",))), (1, 28, 28), "r", {}), w / "nomac.h5")
+    fc = Node("l", "linear", ("f",), {}, {"weight": "w"})
+    save_model(Graph((flat, fc), (1, 28, 28), "l", {"w": np.ones((10, 784), np.float32)}), w / "nosite.h5")
+    for name, needle in (("nomac", "executes no MAC"), ("nosite", "no activation site")):
+        (w / "manifest.json").write_text(json.dumps({"models": [{"name": name, "file": f"{name}.h5"}]}))
+        code = cli.main(["demo", "--weights", str(w), "-o", str(tmp_path / "r"), "--quick"])
+        err = capsys.readouterr().err
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
+        assert f"{name}.h5" in err and not (tmp_path / "r").exists()

@@ -95,6 +95,11 @@ def test_a_model_without_macs_or_sites_is_refused_in_one_line_where_a_figure_nee
     no_sites = Model(Graph(nodes, (1, 28, 28), "l", {"w": np.ones((10, 784), np.float32)}))
     with pytest.raises(StatsError, match="no activation site"):
         api.locality(no_sites, classes=(0, 1), samples=8)
+    from velcro_ref.experiments import locality as compare
+
+    empty = collect_stats(no_sites, np.zeros((2, 1, 28, 28), np.float32))
+    with pytest.raises(StatsError, match="no activation site"):  # the demo's path, no model at hand
+        compare(empty, empty)
 
 
 def test_a_ratios_file_that_cannot_be_read_is_bad_data_exit_1(small_model, tmp_path, capsys):
