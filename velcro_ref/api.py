@@ -95,11 +95,12 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
         classes = (int(classes),)  # one class, as task_images takes it
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")
+    if masks is not None:
+        evaluation.check_macs(model)  # before the runs: the CSR needs them
     dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
     listed = sorted(classes) if isinstance(classes, (set, frozenset)) else classes
     doc = {"n_images": len(x), "classes": [int(c) for c in listed], "dense": {k: dense[k] for k in keys}}
     if masks is not None:
-        evaluation.check_macs(model)  # before the runs: the CSR needs them
         masked = evaluation.evaluate(model, x, labels, classes, masks=masks, batch=batch, progress=progress)
         doc["masked"] = {k: masked[k] for k in keys}
         doc["csr"] = evaluation.csr(dense["macs"], masked["macs"])
@@ -122,11 +123,17 @@ def task_classes(task=None, classes=None) -> tuple:
                 classes = list(classes)
             except TypeError:
                 raise UsageError(f"classes expect class indices or names, found {classes!r}") from None
+        if isinstance(classes, np.ndarray) and classes.dtype.kind == "U":
+            classes = classes.tolist()
         if not isinstance(classes, np.ndarray) and classes and all(isinstance(c, str) for c in classes):
-            return data.parse_classes(",".join(sorted(classes) if isinstance(classes, (set, frozenset)) else classes))
+            chosen = data.parse_classes(",".join(classes))
+            return tuple(sorted(chosen)) if isinstance(classes, (set, frozenset)) else chosen  # a set's by index
         chosen = _class_list(classes)  # indices: a list, a range, a set (`class_indices`)
         if not chosen:
             raise UsageError("classes expect one or more class indices")
+        twice = sorted({c for c in chosen if chosen.count(c) > 1})
+        if twice:  # as "5,5" is refused
+            raise UsageError(f"duplicate classes: {', '.join(map(str, twice))}")
         return chosen
     tasks = data.load_tasks()
     if task not in tasks:
@@ -168,6 +175,7 @@ def sweep(
             raise UsageError("ratios: give at least one ratio")
     classes = task_classes(task, classes)
     evaluation.check_macs(model)  # before the profile: every point's CSR needs them
+    evaluation.check_sites(model)  # as compress and locality: there is nothing to mask
     if client is not None:
         from .distributed import sweep as sweep_on_cluster
 

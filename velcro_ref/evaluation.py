@@ -38,8 +38,9 @@ def check_scores(model, labels, classes) -> int:
             f"output '{name}' has shape (N, {found})"
         )
     n = shape[0]
-    for what, wanted in (("labels name", class_indices(labels, "labels")), ("task classes name", None)):
-        wanted = class_indices(classes, "task classes") if wanted is None else wanted
+    # the task classes first: labels drawn from the task hold its classes too
+    for what, wanted in (("task classes name", class_indices(classes, "task classes")), ("labels name", None)):
+        wanted = class_indices(labels, "labels") if wanted is None else wanted
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
             raise InputError(

@@ -57,11 +57,14 @@ def _cast(x, to, dtype, saturate):
     FLOAT8E5M2 in [61440, 65536), where the reference rounds to inf, and they differ for
     FLOAT8E4M3FN in [480, 496); the rest of that range is refused with them); an infinity to a
     FNUZ type with saturation (ONNX's table says NaN, onnxruntime and the reference the largest
-    value)."""
+    value); float64 values cast to float16, bfloat16 or float8 that round otherwise through float32
+    (onnxruntime's two roundings) than at once (the reference's one): `_via_float32`."""
     if to == _STRING or x.dtype.kind in "OSU":
         raise OnnxUnsupported("Cast of strings")
     if to in _FOUR_BITS:
         raise OnnxUnsupported(f"Cast to {np.dtype(dtype).name} (ONNX's runtimes round it differently)")
+    if x.dtype == np.float64 and np.dtype(dtype).kind in "fV" and np.dtype(dtype).itemsize < 4:
+        return _via_float32(x, to, dtype, saturate)  # float16, bfloat16, float8
     if to not in _FLOAT8:
         return x.astype(dtype)
     import ml_dtypes
@@ -83,6 +86,26 @@ def _cast(x, to, dtype, saturate):
             "give the type's largest value)"
         )
     return np.clip(wide, -big, big).astype(dtype)
+
+
+def _via_float32(x, to, dtype, saturate):
+    """`_cast` of float64 x to a type narrower than float32 as onnxruntime casts it, through float32
+    (two roundings); OnnxUnsupported where that gives other values than one rounding (ONNX's reference)."""
+    with np.errstate(all="ignore"):
+        twice = _cast(x.astype(np.float32), to, dtype, saturate)
+        if to in _FLOAT8 and saturate:
+            import ml_dtypes
+
+            big = float(ml_dtypes.finfo(dtype).max)
+            once = np.clip(x, -big, big).astype(dtype)
+        else:
+            once = x.astype(dtype)
+    if not np.array_equal(once.astype(np.float32), twice.astype(np.float32), equal_nan=True):
+        raise OnnxUnsupported(
+            f"Cast of float64 values to {np.dtype(dtype).name} that round otherwise through float32 (onnxruntime "
+            "rounds them twice, via float32; ONNX's reference once)"
+        )
+    return twice
 
 
 def _dense(sparse, to_array):

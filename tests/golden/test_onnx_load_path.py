@@ -288,6 +288,21 @@ def test_a_saturating_cast_of_an_infinity_to_a_fnuz_type_is_refused(tmp_path, to
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize(
+    "to, close",
+    [(TensorProto.FLOAT8E4M3FN, 431.99999999999994), (TensorProto.FLOAT16, 1.00048828125091),
+     (TensorProto.BFLOAT16, 1.0039062500001)],
+)  # fmt: skip
+def test_a_float64_cast_to_a_narrow_float_folds_as_onnxruntime_or_is_refused(tmp_path, to, close):
+    """onnxruntime casts float64 through float32 (two roundings), ONNX's reference at once: 431.99999999999994
+    to FLOAT8E4M3FN gives 448 in onnxruntime and gave 416 folded, with exit 0. Where the two agree the fold
+    is onnxruntime's; where they differ the Cast is refused."""
+    wide = np.array([3.0625, 1.0, -0.5, 2.0, 0.25, 7.0], np.float64)
+    got, want = both(_cast_weight(tmp_path, to, wide), np.ones((1, 1, 1, 1), np.float32))
+    np.testing.assert_array_equal(got, want)
+    assert "round otherwise through float32" in refused(_cast_weight(tmp_path, to, np.append(wide, close)))
+
+
 @pytest.mark.parametrize("to", [TensorProto.INT4, TensorProto.UINT4])
 def test_a_folded_cast_to_4_bits_is_refused_naming_the_cast(tmp_path, to):
     """onnxruntime rounds 2.7 to 3 where ONNX's reference truncates to 2: no one right answer."""

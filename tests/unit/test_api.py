@@ -241,6 +241,10 @@ def test_one_class_may_be_given_as_an_integer(files):
             velcro_ref.task_classes(classes=bad)
     with pytest.raises(velcro_ref.VelcroError, match="task classes name class 10"):  # not "labels name"
         velcro_ref.evaluate(model, x, y, 10)
+    assert velcro_ref.task_classes(classes={"sneaker", "ankle boot"}) == (7, 9)  # a set by index, as of ints
+    assert velcro_ref.task_classes(classes=np.array(["sandal", "bag"])) == (5, 8)
+    with pytest.raises(velcro_ref.VelcroError, match="duplicate classes: 5"):  # as "5,5" is refused
+        velcro_ref.task_classes(classes=[5, 5])
 
 
 def test_save_model_takes_a_loaded_model(files, tmp_path):

@@ -116,3 +116,45 @@ def test_a_ratios_file_that_cannot_be_read_is_bad_data_exit_1(small_model, tmp_p
     (tmp_path / "bad.toml").write_text("default = 'x'")
     args[3] = str(tmp_path / "bad.toml")
     assert cli.main(args) == 2  # a file read whose content is a bad argument stays a usage error
+
+
+def test_the_checks_for_macs_and_sites_come_before_the_runs_and_name_the_file(tmp_path, monkeypatch):
+    """eval --masks ran its dense pass, and sweep its profile, before refusing a model without MACs;
+    sweep ran a model without sites (compress and locality refuse it)."""
+    from velcro_ref import api, evaluation, experiments
+    from velcro_ref.engine import load_model
+    from velcro_ref.errors import ModelError, StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.model_io import save_model
+    from velcro_ref.stats import collect_stats
+
+    save_model(
+        Graph((Node("f", "flatten", (INPUT,)), Node("r", "relu", ("f",))), (1, 28, 28), "r", {}), tmp_path / "m.h5"
+    )
+    model = load_model(tmp_path / "m.h5")
+    x = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
+    masks = api.compress(collect_stats(model, x), 0.5)
+
+    def ran(*a, **k):
+        raise AssertionError("the work ran before the check")
+
+    monkeypatch.setattr(evaluation, "evaluate", ran)
+    monkeypatch.setattr(experiments, "profile_task", ran)
+    with pytest.raises(ModelError, match=f"{tmp_path / 'm.h5'}: the model executes no MAC"):
+        api.evaluate(model, x, np.zeros(4, np.int64), (0, 1), masks=masks)
+    with pytest.raises(ModelError, match="executes no MAC"):
+        api.sweep(model, classes=(0, 1), ratios=[0.0, 0.5])
+    nodes = (Node("f", "flatten", (INPUT,)), Node("l", "linear", ("f",), {}, {"weight": "w"}))
+    no_sites = Model(Graph(nodes, (1, 28, 28), "l", {"w": np.ones((10, 784), np.float32)}))
+    with pytest.raises(StatsError, match="no activation site"):
+        api.sweep(no_sites, classes=(0, 1), ratios=[0.0, 0.5])
+
+
+def test_a_task_class_past_the_scores_is_named_as_a_task_class(small_model):
+    """With labels drawn from the task, the refusal named the labels ("labels name class 12")."""
+    from velcro_ref import api
+    from velcro_ref.errors import InputError
+
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    with pytest.raises(InputError, match="task classes name class 12"):
+        api.evaluate(small_model, x, np.array([5, 12]), (5, 12))
