@@ -7,15 +7,13 @@ depend on its thread count, so a two-thread run differs in float32 rounding; doc
 """
 
 import os
-import threading
 import time
-import warnings
 
 import numpy as np
 import psutil
 import pytest
-from dist_util import WEIGHTS, RealCluster
-from distributed import Client, LocalCluster
+from dist_util import WEIGHTS, RealCluster, inprocess_cluster
+from distributed import Client
 from robust_util import Result, images_npz
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -98,30 +96,11 @@ def shipped_model():
     return model
 
 
-def _non_daemon_threads():
-    return {t for t in threading.enumerate() if not t.daemon and t.is_alive()}
-
-
 @pytest.fixture
 def inprocess_client(small_model):
-    """A Client of an in-process LocalCluster (worker threads in this process, one thread each).
-    The workers hold BLAS to one thread process-wide; it is given back at the end."""
-    before = _non_daemon_threads()
-    with threadpool_limits(limits=1):
-        kw = dict(dashboard_address=None, worker_dashboard_address=None)
-        with warnings.catch_warnings():  # the scheduler's /health server moves off a busy port 8787
-            warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False, **kw)
-        client = Client(cluster, set_as_default=False)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
-    deadline = time.monotonic() + 10
-    while _non_daemon_threads() - before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _non_daemon_threads() - before, f"threads left: {_non_daemon_threads() - before}"
+    """A Client of an in-process LocalCluster of two workers (`inprocess_cluster`)."""
+    with inprocess_cluster(2) as client:
+        yield client
 
 
 def _children():

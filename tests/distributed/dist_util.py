@@ -1,17 +1,21 @@
-"""Helpers of the distributed tests: stats comparisons, a real `dask scheduler` with `dask worker`
-processes on 127.0.0.1, a CLI result."""
+"""Helpers of the distributed tests: stats comparisons, an in-process LocalCluster, a real `dask
+scheduler` with `dask worker` processes on 127.0.0.1, a CLI result."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import psutil
-from distributed import Client
+from distributed import Client, LocalCluster
+from threadpoolctl import threadpool_limits
 
 from velcro_ref.engine import Model
 
@@ -128,3 +132,31 @@ def _group_alive(pgid) -> bool:
 def one_process(model):
     """The same model object is never shared with a cluster's run: a fresh Model of its graph."""
     return Model(model.graph, path=model.path)
+
+
+def _non_daemon_threads():
+    return {t for t in threading.enumerate() if not t.daemon and t.is_alive()}
+
+
+@contextlib.contextmanager
+def inprocess_cluster(n_workers=2):
+    """A Client of an in-process LocalCluster of n_workers (worker threads in this process, one thread
+    each), closed at the end with a check that it left no thread. The workers hold BLAS to one thread
+    process-wide; it is given back at the end. (A cluster of another size is a new one: scaling one
+    down raced in dask's own bookkeeping, a KeyError in LocalCluster.close.)"""
+    before = _non_daemon_threads()
+    with threadpool_limits(limits=1):
+        kw = dict(dashboard_address=None, worker_dashboard_address=None)
+        with warnings.catch_warnings():  # the scheduler's /health server moves off a busy port 8787
+            warnings.filterwarnings("ignore", "Port 8787 is already in use", UserWarning)
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=False, **kw)
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+    deadline = time.monotonic() + 10
+    while _non_daemon_threads() - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _non_daemon_threads() - before, f"threads left: {_non_daemon_threads() - before}"

@@ -15,7 +15,16 @@ import time
 import numpy as np
 import psutil
 import pytest
-from dist_util import ROOT, WEIGHTS, WORKER_ENV, RealCluster, assert_identical_stats, assert_same_stats, one_process
+from dist_util import (
+    ROOT,
+    WEIGHTS,
+    WORKER_ENV,
+    RealCluster,
+    assert_identical_stats,
+    assert_same_stats,
+    inprocess_cluster,
+    one_process,
+)
 from threadpoolctl import threadpool_limits
 
 import velcro_ref
@@ -52,13 +61,9 @@ def test_inprocess_cluster_profile_equals_one_process_for_any_worker_count(inpro
     assert_same_stats(got, want)
     assert got.source == "s" and got.provenance == {}
     # the same shards folded in the same order: with one worker, bit for bit the same numbers
-    inprocess_client.cluster.scale(1)
-    inprocess_client.wait_for_workers(1)
-    deadline = time.monotonic() + 20
-    while len(inprocess_client.scheduler_info()["workers"]) > 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert len(inprocess_client.scheduler_info()["workers"]) == 1
-    again = velcro_ref.profile(small_model, x, batch=16, classes=(0, 1, 2, 3), source="s", client=inprocess_client)
+    with inprocess_cluster(1) as one:
+        assert len(one.scheduler_info()["workers"]) == 1
+        again = velcro_ref.profile(small_model, x, batch=16, classes=(0, 1, 2, 3), source="s", client=one)
     assert_identical_stats(again, got)
 
 
