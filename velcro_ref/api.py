@@ -108,33 +108,15 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
 
 
 def task_classes(task=None, classes=None) -> tuple:
-    """The classes of a task of tasks.toml or of a class list ("5,7,9", names or a sequence)."""
+    """The classes of a task of tasks.toml or of a class list ("5,7,9", names or a sequence, one
+    index); DataError for an unknown, out-of-range or duplicate class."""
     from . import data
 
     if (task is None) == (classes is None):
         raise UsageError("give exactly one of task or classes")
-    if classes is not None:
-        if isinstance(classes, str):
-            return data.parse_classes(classes)
-        if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
-            return _class_list((classes,))  # one class, as task_images takes it
-        if not isinstance(classes, (list, tuple, set, frozenset, range, np.ndarray)):
-            try:
-                classes = list(classes)
-            except TypeError:
-                raise UsageError(f"classes expect class indices or names, found {classes!r}") from None
-        if isinstance(classes, np.ndarray) and classes.dtype.kind == "U":
-            classes = classes.tolist()
-        if not isinstance(classes, np.ndarray) and classes and all(isinstance(c, str) for c in classes):
-            chosen = data.parse_classes(",".join(classes))
-            return tuple(sorted(chosen)) if isinstance(classes, (set, frozenset)) else chosen  # a set's by index
-        chosen = _class_list(classes)  # indices: a list, a range, a set (`class_indices`)
-        if not chosen:
-            raise UsageError("classes expect one or more class indices")
-        twice = sorted({c for c in chosen if chosen.count(c) > 1})
-        if twice:  # as "5,5" is refused
-            raise UsageError(f"duplicate classes: {', '.join(map(str, twice))}")
-        return chosen
+    if classes is not None:  # a comma list, names, indices, one index (`data.class_tuple`)
+        chosen = data.class_tuple(classes)
+        return tuple(sorted(chosen)) if isinstance(classes, (set, frozenset)) else chosen  # a set's by index
     tasks = data.load_tasks()
     if task not in tasks:
         raise UsageError(f"unknown task '{task}'; tasks: {', '.join(tasks)}")

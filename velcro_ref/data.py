@@ -145,7 +145,7 @@ def _class_index(token, names=CLASS_NAMES):
     return index
 
 
-def _class_tuple(tokens, where, names=CLASS_NAMES):
+def class_tuple(tokens, where="", names=CLASS_NAMES):
     """Indices of `tokens` among `names` (a string: a comma-separated list, as `parse_classes`
     reads it, not its characters; an integer: that one class); DataError (prefixed by `where`) for
     none, unknown or duplicates."""
@@ -166,7 +166,9 @@ def _class_tuple(tokens, where, names=CLASS_NAMES):
         raise DataError(f"{where}{exc}") from None
     if not indices:
         raise DataError(f"{where}no classes given; valid: 0-{len(names) - 1} or class names")
-    duplicates = sorted({names[i] for i in indices if indices.count(i) > 1})
+    duplicates = [
+        f"{i}={names[i]}" if names[i] != str(i) else str(i) for i in sorted(set(indices)) if indices.count(i) > 1
+    ]
     if duplicates:
         raise DataError(f"{where}duplicate classes: {', '.join(duplicates)}")
     return indices
@@ -181,7 +183,7 @@ def parse_classes(text, names=CLASS_NAMES):
     if not isinstance(text, str):
         raise DataError(f"classes must be a comma-separated string, got {type(text).__name__}")
     tokens = [t for t in text.split(",") if t.strip()]
-    return _class_tuple(tokens, "", tuple(names))
+    return class_tuple(tokens, "", tuple(names))
 
 
 def select_classes(images, labels, classes, n=None, start=0):
@@ -196,7 +198,7 @@ def select_classes(images, labels, classes, n=None, start=0):
 
 def class_indices(images, labels, classes, n=None, start=0) -> np.ndarray:
     """The positions in the data set of the samples `select_classes` returns, in its order."""
-    classes = _class_tuple(classes, "")
+    classes = class_tuple(classes, "")
     if len(images) != len(labels):
         raise DataError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
     if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
@@ -274,7 +276,7 @@ def load_tasks(path=None):
             raise DataError(f"{where}description must be a non-empty string")
         if not isinstance(task["classes"], list):
             raise DataError(f"{where}classes must be a list of class names or numbers")
-        classes = _class_tuple(task["classes"], where)
+        classes = class_tuple(task["classes"], where)
         if not 2 <= len(classes) <= 4:
             raise DataError(f"{where}needs 2-4 classes, found {len(classes)}")
         tasks[name] = {"classes": classes, "description": task["description"].strip()}
