@@ -39,12 +39,12 @@ def check_scores(model, labels, classes) -> int:
         )
     n = shape[0]
     # the task classes first: labels drawn from the task hold its classes too
-    for what, wanted in (("task classes name", class_indices(classes, "task classes")), ("labels name", None)):
-        wanted = class_indices(labels, "labels") if wanted is None else wanted
+    for what, values in (("task classes", classes), ("labels", labels)):
+        wanted = class_indices(values, what)
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
             raise InputError(
-                f"{what} class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
+                f"{what} name class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
                 "output of shape (N, classes) with a score for every label and task class"
             )
     return n
