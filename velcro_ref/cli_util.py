@@ -139,7 +139,7 @@ def _implicit_inputs(args) -> list:
     if hasattr(args, "data_dir"):
         from . import data
 
-        folder = os.path.expanduser(args.data_dir or os.environ.get(data.ENV_VAR) or data.DEBIAN_DIR)  # as data does
+        folder = str(data.data_dir_of(args.data_dir))
         out.append(("data_dir", "dir_in", folder))
         out += [("data_dir", "in", os.path.join(folder, f)) for pair in data.SPLIT_FILES.values() for f in pair]
     if hasattr(args, "weights") and getattr(args, "weights", None) is None:

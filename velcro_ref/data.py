@@ -42,12 +42,14 @@ LABELS_MAGIC = 0x00000801
 _CACHE = {}
 
 
-def resolve_data_dir(data_dir=None, split=None):
-    """Return the Fashion-MNIST directory: `data_dir`, else $VELCRO_DATA, else DEBIAN_DIR.
+def data_dir_of(data_dir=None) -> pathlib.Path:
+    """The Fashion-MNIST directory `resolve_data_dir` reads, whether or not its files are there."""
+    return _chosen_dir(data_dir)[0]
 
-    The files of `split` ("train" or "test"; both when None) must exist there.
-    Raises DataError naming the directory searched, the missing file and the set-up command.
-    """
+
+def _chosen_dir(data_dir):
+    """(directory, where it comes from, how to fix a missing file there): `data_dir`, else
+    $VELCRO_DATA, else DEBIAN_DIR, with ~ expanded."""
     install = f"install it with '{SETUP_COMMAND}'"
     if data_dir is not None:  # the command's --data-dir, the API's data_dir
         source, fix = "the directory given", f"give a directory holding it, or {install} and give none"
@@ -56,7 +58,16 @@ def resolve_data_dir(data_dir=None, split=None):
         fix = f"set ${ENV_VAR} to a directory holding it, or {install} and unset ${ENV_VAR}"
     else:
         data_dir, source, fix = DEBIAN_DIR, "the default", f"{install} or set ${ENV_VAR} to a directory holding it"
-    directory = pathlib.Path(data_dir).expanduser()
+    return pathlib.Path(data_dir).expanduser(), source, fix
+
+
+def resolve_data_dir(data_dir=None, split=None):
+    """Return the Fashion-MNIST directory: `data_dir`, else $VELCRO_DATA, else DEBIAN_DIR.
+
+    The files of `split` ("train" or "test"; both when None) must exist there.
+    Raises DataError naming the directory searched, the missing file and the set-up command.
+    """
+    directory, source, fix = _chosen_dir(data_dir)
     splits = SPLIT_FILES if split is None else (_check_split(split),)
     for name in (f for s in splits for f in SPLIT_FILES[s]):
         if not (directory / name).is_file():

@@ -549,22 +549,22 @@ def read_rtl_vectors(path) -> RtlVectors:
         version,
     )
     files = manifest.get("files")
-    _check(isinstance(files, dict) and files, f"{mpath}: files", "a table of hex files", _kind(files))
+    _check(isinstance(files, dict) and files, f"{mpath}: files", "a table of hex files", _shown(files))
     for key, entry in files.items():
         where = f"{mpath}: file '{key}'"
-        _check(isinstance(entry, dict), where, "a table", _kind(entry))
+        _check(isinstance(entry, dict), where, "a table", _shown(entry))
         for name, ok in _ENTRY_FIELDS.items():
-            _check(ok(entry.get(name)), f"{where}: {name}", _ENTRY_EXPECTED[name], _kind(entry.get(name)))
+            _check(ok(entry.get(name)), f"{where}: {name}", _ENTRY_EXPECTED[name], _shown(entry.get(name)))
         bits = entry["lanes"] * entry["lane_bits"]
         _check(entry["word_bits"] == bits, f"{where}: word_bits", f"lanes x lane_bits = {bits}", entry["word_bits"])
         if "shape" in entry:
             shape = entry["shape"]
             ok = isinstance(shape, list) and all(_is_count(d) for d in shape)
             ok = ok and int(np.prod(shape, dtype=np.int64)) == entry["words"] * entry["lanes"]
-            _check(ok, f"{where}: shape", "whole numbers whose product is words x lanes", _kind(shape))
+            _check(ok, f"{where}: shape", "whole numbers whose product is words x lanes", _shown(shape))
         _check((root / entry["file"]).is_file(), where, f"{root / entry['file']} to exist", "no file")
     tiles = manifest.get("tiles")
-    _check(isinstance(tiles, list), f"{mpath}: tiles", "a list", _kind(tiles))
+    _check(isinstance(tiles, list), f"{mpath}: tiles", "a list", _shown(tiles))
     for i, t in enumerate(tiles):
         ok = isinstance(t, dict) and all(_is_count(t.get(k)) for k in ("group", "k0", "cols"))
         ok = ok and isinstance(t.get("pixels"), list) and all(_is_count(p) for p in t["pixels"])
@@ -581,7 +581,8 @@ def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _kind(v) -> str:
+def _shown(v) -> str:
+    """A manifest value as a message shows it: its repr (numbers, text), its type name, or "nothing"."""
     return "nothing" if v is None else type(v).__name__ if not isinstance(v, (int, str)) else repr(v)
 
 
