@@ -65,6 +65,11 @@ def _cast(x, to, dtype, saturate):
         raise OnnxUnsupported(f"Cast to {np.dtype(dtype).name} (ONNX's runtimes round it differently)")
     if x.dtype == np.float64 and np.dtype(dtype).kind in "fV" and np.dtype(dtype).itemsize < 4:
         return _via_float32(x, to, dtype, saturate)  # float16, bfloat16, float8
+    return _cast_once(x, to, dtype, saturate)
+
+
+def _cast_once(x, to, dtype, saturate):
+    """`_cast` in one rounding from x's own type (the float8 refusals included)."""
     if to not in _FLOAT8:
         return x.astype(dtype)
     import ml_dtypes
@@ -92,14 +97,8 @@ def _via_float32(x, to, dtype, saturate):
     """`_cast` of float64 x to a type narrower than float32 as onnxruntime casts it, through float32
     (two roundings); OnnxUnsupported where that gives other values than one rounding (ONNX's reference)."""
     with np.errstate(all="ignore"):
-        twice = _cast(x.astype(np.float32), to, dtype, saturate)
-        if to in _FLOAT8 and saturate:
-            import ml_dtypes
-
-            big = float(ml_dtypes.finfo(dtype).max)
-            once = np.clip(x, -big, big).astype(dtype)
-        else:
-            once = x.astype(dtype)
+        twice = _cast_once(x.astype(np.float32), to, dtype, saturate)
+        once = _cast_once(x, to, dtype, saturate)
     if not np.array_equal(once.astype(np.float32), twice.astype(np.float32), equal_nan=True):
         raise OnnxUnsupported(
             f"Cast of float64 values to {np.dtype(dtype).name} that round otherwise through float32 (onnxruntime "
