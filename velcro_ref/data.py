@@ -6,6 +6,7 @@ import numbers
 import os
 import pathlib
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -167,6 +168,8 @@ def class_tuple(tokens, where="", names=CLASS_NAMES):
     elif isinstance(tokens, numbers.Integral):
         tokens = [tokens]
     try:
+        if isinstance(tokens, (bytes, bytearray, memoryview, Mapping)):  # iterable, but of no classes
+            raise TypeError
         tokens = list(tokens)
     except TypeError:  # 5.0, None, a 0-D array
         found = f"{tokens!r}" if np.ndim(tokens) == 0 else type(tokens).__name__
