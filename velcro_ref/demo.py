@@ -272,8 +272,8 @@ def run_demo(
     task_names = list(tasks or (list(all_tasks)[:2] if quick else all_tasks))
     grid = parse_ratios(ratios or defaults["ratios"])
     grid = sorted({0.0, *grid})  # ratio 0 is the dense run every choice can fall back to
-    if policies and len(grid) == 1:
-        raise UsageError("--policies with no ratio above 0 in the grid: no policy would run; give --ratios too")
+    if len(grid) == 1:  # only a given grid lacks one
+        raise UsageError("--ratios with no ratio above 0: no policy would run, no mask would be made")
     policies = list(policies or (["uniform", "channel"] if quick else POLICIES))
     profile_n = profile_n or defaults["profile_n"]
     val_n = val_n or defaults["val_n"]

@@ -412,10 +412,18 @@ def test_an_output_onto_a_file_of_the_data_folder_named_with_a_tilde_is_refused(
     assert target.read_bytes() == before
 
 
-def test_policies_with_no_masked_ratio_are_refused(tmp_path, capsys):
-    code = cli.main(["demo", "-o", str(tmp_path / "r"), "--ratios", "0", "--policies", "channel"])
+@pytest.mark.parametrize("policies", [["--policies", "channel"], []])
+def test_a_grid_with_no_masked_ratio_is_refused(tmp_path, capsys, monkeypatch, policies):
+    """Without --policies the default policies ran at ratio 0 alone: a report with no mask in it."""
+
+    def work(*args, **kwargs):
+        raise AssertionError("the demo started its work")
+
+    monkeypatch.setattr(data, "load_fashion_mnist", work)
+    code = cli.main(["demo", "-o", str(tmp_path / "r"), "--ratios", "0", *policies])
     err = capsys.readouterr().err
     assert code == 2 and "no policy would run" in err, err
+    assert not (tmp_path / "r").exists()
 
 
 def test_each_task_file_carries_the_settings_of_its_run(tiny_demo):
