@@ -478,6 +478,11 @@ def _clip_of_two_bounds(opset):
     return [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], consts, opset
 
 
+def _clip_bound_of_shape_1_1(opset):  # one value, but no scalar: onnxruntime refuses it, onnx's reference takes it
+    consts = {"lo": np.zeros((1, 1), np.float32), "hi": np.array([6.0], np.float32)}
+    return [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], consts, opset
+
+
 def _float64_weight(opset):
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
     return nodes, {"w": np.ones((8, 2), np.float64)}, opset
@@ -527,7 +532,8 @@ def _a_nameless_output(opset):
         (_pool_ceil, 8, "attribute ceil_mode=1 is not defined for MaxPool at opset 8"),
         (_reduce_mean_axes_attribute, 18, "attribute axes=[2, 3] is not defined for ReduceMean at opset 18"),
         (_concat_without_axis, 13, "required attribute axis is missing"),
-        (_clip_of_two_bounds, 13, "min holds 2 values; a bound is one value"),
+        (_clip_of_two_bounds, 13, "min has shape (2,); a bound is a scalar"),
+        (_clip_bound_of_shape_1_1, 13, "min has shape (1, 1); a bound is a scalar"),
         (_float64_weight, 13, "not a valid ONNX model ([ShapeInferenceError] (op_type:Gemm): B has inconsistent type"),
     ],
 )

@@ -222,15 +222,15 @@ def to_float32(wide) -> tuple[np.ndarray, np.ndarray]:
 def clip_bounds(node, a, ctx) -> tuple[float, float]:
     """A Clip's (min, max): attributes before opset 11, else inputs 1 and 2; absent, float32's lowest
     and largest values, as ONNX defines them (numeric_limits) and onnxruntime clamps +-inf to them. A
-    bound input must hold one value (onnxruntime refuses more)."""
+    bound input must be a scalar, of shape () or (1,), as onnxruntime takes it (ONNX: shape ())."""
     big = float(np.finfo(np.float32).max)
     if ctx.opset < 11:
         return a.get("min", -big), a.get("max", big)
     bounds = []
     for k, role, absent in ((1, "min", -big), (2, "max", big)):
         v = ctx.const(node, k, role, required=False)
-        if v is not None and np.size(v) != 1:
-            raise OnnxUnsupported(f"{role} holds {np.size(v)} values; a bound is one value")
+        if v is not None and (np.size(v) != 1 or np.ndim(v) > 1):
+            raise OnnxUnsupported(f"{role} has shape {np.shape(v)}; a bound is a scalar, of shape () or (1,)")
         bounds.append(absent if v is None else float(np.asarray(v).reshape(-1)[0]))
     return bounds[0], bounds[1]
 
