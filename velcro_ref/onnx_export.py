@@ -22,7 +22,7 @@ OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12
 # A graph with an average pool is written in opset 19 (IR version 9, onnxruntime 1.15 on): onnxruntime's
 # AveragePool of opsets 7 - 18 gives about half the outputs one rounding away from the engine's sum
-# divided by the count, its AveragePool of opset 19 the engine's bits (docs/formats.md, "ONNX").
+# divided by the count, its AveragePool of opset 19 the engine's bits (docs/formats.md, "Model", the export).
 AVG_POOL_OPSET, AVG_POOL_IR_VERSION = 19, 9
 BATCH_DIM = "N"
 # Names of the shared scalar initializers ops may add (relu6's Clip bounds)
