@@ -10,7 +10,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from robust_util import edited_copy, velcro_process
+from robust_util import ROOT, edited_copy, velcro_process
 
 from velcro_ref import h5io
 from velcro_ref.errors import ModelError
@@ -356,3 +356,15 @@ def test_in_memory_graph_with_bad_fields_is_a_model_error():
     for g in bad_graphs:
         with pytest.raises(ModelError):
             Model(g)
+
+
+@pytest.mark.parametrize("y_scale", [1e39, 1e-50, 0.0, -0.5, "0.5", None])
+def test_an_output_scale_that_is_no_positive_float32_is_refused(velcro, tmp_path, y_scale):
+    """y_scale 1e39 passed the check (NumPy compares float32(1e39), inf, with 1e39 cast to float32) and
+    infer wrote NaN outputs with exit 0; 1e-50 became 0 in float32."""
+    bad = edited_copy(
+        ROOT / "weights" / "resnet18_int8.h5",
+        tmp_path / "bad.h5",
+        edit_graph(lambda d: node(d, "fc")["attrs"].__setitem__("y_scale", y_scale)),
+    )
+    velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': y_scale expects a positive float32 value")

@@ -173,8 +173,9 @@ def quantized_output(node) -> QParams:
     if dtype not in Q_RANGES:
         raise ModelError(f"node '{node.name}': dtype expects 'int8' or 'uint8', got {dtype!r}")
     scale = finite_number(a.get("y_scale"))
-    if scale is None or not scale > 0 or np.float32(scale) != scale:
-        raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
+    with np.errstate(over="ignore", under="ignore"):  # the kernels take it as float32: not inf, not 0 there
+        if scale is None or not 0 < float(np.float32(scale)) < math.inf:
+            raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
     zp = a.get("y_zero_point")
     lo, hi = Q_RANGES[dtype]
     if not is_int(zp) or not lo <= zp <= hi:
