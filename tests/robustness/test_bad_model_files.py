@@ -368,3 +368,14 @@ def test_an_output_scale_that_is_no_positive_float32_is_refused(velcro, tmp_path
         edit_graph(lambda d: node(d, "fc")["attrs"].__setitem__("y_scale", y_scale)),
     )
     velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': y_scale expects a positive float32 value")
+
+
+def test_a_quantized_conv_without_its_requantization_mode_is_refused(velcro, tmp_path):
+    """A qconv2d or qlinear without `requant` was read as "ort": a fixed_point model whose attribute was
+    lost gave other codes with exit 0 (docs/formats.md gives the attribute no default)."""
+    bad = edited_copy(
+        ROOT / "weights" / "resnet18_int8.h5",
+        tmp_path / "bad.h5",
+        edit_graph(lambda d: node(d, "fc")["attrs"].pop("requant")),
+    )
+    velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': attribute requant is missing")

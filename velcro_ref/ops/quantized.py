@@ -125,7 +125,12 @@ def _requant_golden(rq) -> dict:
 
 
 def _requant_mode(node) -> str:
-    mode = node.attrs.get(REQUANT, "ort")
+    """The node's requantization mode; it has no default, as the two give other codes."""
+    mode = node.attrs.get(REQUANT)
+    if mode is None:
+        raise ModelError(
+            f"node '{node.name}': attribute requant is missing; expects one of {', '.join(quant.REQUANT_MODES)}"
+        )
     if mode not in quant.REQUANT_MODES:
         raise ModelError(f"node '{node.name}': requant expects one of {', '.join(quant.REQUANT_MODES)}, got {mode!r}")
     return mode
