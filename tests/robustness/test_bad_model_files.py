@@ -10,11 +10,11 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
-from robust_util import ROOT, edited_copy, velcro_process
+from robust_util import ROOT, edited_copy, velcro_process, zoo_graph
 
 from velcro_ref import h5io
 from velcro_ref.errors import ModelError
-from velcro_ref.graph import MAX_ELEMENTS, Graph, Node
+from velcro_ref.graph import MAX_ELEMENTS, Graph, Node, validate
 from velcro_ref.model_io import load_graph, save_model
 
 
@@ -379,3 +379,79 @@ def test_a_quantized_conv_without_its_requantization_mode_is_refused(velcro, tmp
         edit_graph(lambda d: node(d, "fc")["attrs"].pop("requant")),
     )
     velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': attribute requant is missing")
+
+
+def edit_preprocessing(fn):
+    def edit(f):
+        meta = json.loads(f.attrs["meta"])
+        fn(meta["preprocessing"])
+        f.attrs["meta"] = json.dumps(meta)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda p: p.__setitem__("mean", [True]), "mean expects a list of 1 number(s)"),  # was read as 1.0
+        (lambda p: p.__setitem__("std", [True]), "std expects a list of 1 positive number(s)"),
+        (lambda p: p.__setitem__("scale", "0.00392156862745098"), "scale expects a positive number"),  # text, was cast
+        (lambda p: p.__setitem__("mean", ["abc"]), "mean expects"),  # these gave tracebacks
+        (lambda p: p.__setitem__("mean", 0.286), "mean expects"),
+        (lambda p: p.__setitem__("scale", [0.5, 0.5]), "scale expects"),
+        (lambda p: p.__setitem__("std", [0.0]), "std expects a list of 1 positive"),
+        (lambda p: p.__setitem__("std", [1e-50]), "std expects a list of 1 positive"),  # 0 in float32
+        (lambda p: p.__setitem__("scale", 1e39), "scale expects a positive number (finite in float32)"),
+        (lambda p: p.__setitem__("mean", [0.1, 0.2]), "mean expects a list of 1 number(s), one per input channel"),
+        (lambda p: p.pop("std"), "expects exactly the keys mean, scale, std; found ['mean', 'scale']"),
+    ],
+)
+def test_a_bad_preprocessing_is_refused_when_the_model_loads(velcro, tmp_path, change, needle):
+    """meta's preprocessing was read only when images were preprocessed: a bool or a number as text was
+    cast (eval printed other accuracies with exit 0), other values gave tracebacks there."""
+    bad = edited_copy(ROOT / "weights" / "resnet18.h5", tmp_path / "bad.h5", edit_preprocessing(change))
+    velcro("info", bad).error_line(f"error: {bad}: ", "meta 'preprocessing'", needle)
+
+
+def test_a_preprocessing_of_one_value_per_input_channel_is_taken(tmp_path):
+    graph = zoo_graph("resnet18", input_size=32, in_channels=3, num_classes=4)
+    assert len(graph.meta["preprocessing"]["mean"]) == 3
+    validate(graph)
+    bad = Graph(
+        graph.nodes,
+        graph.input_shape,
+        graph.output,
+        graph.params,
+        {"preprocessing": {"scale": 1, "mean": [0], "std": [1]}},
+    )
+    with pytest.raises(ModelError, match="mean expects a list of 3 number"):
+        validate(bad)
+
+
+def swap_param(node_name, role, value):
+    """An edit giving a node's parameter `role` the array value (the fingerprint goes stale; validation fails first)."""
+
+    def edit(f):
+        doc = json.loads(f.attrs["graph"])
+        key = node(doc, node_name)["params"][role] = f"{node_name}.{role}.edited"
+        f.attrs["graph"] = json.dumps(doc)
+        f["params"].create_dataset(h5io.escape_key(key), data=value)
+
+    return edit
+
+
+@pytest.mark.parametrize("node_name", ["fc", "stem.0"])
+@pytest.mark.parametrize(
+    "role, value",
+    [
+        ("w_zero_point", np.zeros(3, np.int8)),
+        ("w_scale", np.full(3, 0.01, np.float32)),
+        ("w_scale", np.full((2, 5), 0.01, np.float32)),
+        ("w_zero_point", np.zeros((1, 1), np.int8)),
+    ],
+)
+def test_weight_quantization_of_another_shape_is_refused(velcro, tmp_path, node_name, role, value):
+    """qlinear did not check them as qconv2d does: a traceback, a NumPy message without the file, or a
+    (2, 5) scale taken."""
+    bad = edited_copy(ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", swap_param(node_name, role, value))
+    velcro("info", bad).error_line(f"error: {bad}: ", f"node '{node_name}': {role} expects shape (1,) or (")

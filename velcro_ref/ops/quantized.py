@@ -124,6 +124,13 @@ def _requant_golden(rq) -> dict:
     return out
 
 
+def _check_weight_quantization_shapes(node, n_out, param_shape) -> None:
+    """A quantized conv's or linear's w_scale and w_zero_point: one value, or one per output."""
+    for role in ("w_scale", "w_zero_point"):
+        if param_shape(role) not in (None, (1,), (n_out,)):
+            raise ModelError(f"node '{node.name}': {role} expects shape (1,) or ({n_out},), found {param_shape(role)}")
+
+
 def _requant_mode(node) -> str:
     """The node's requantization mode; it has no default, as the two give other codes."""
     mode = node.attrs.get(REQUANT)
@@ -299,11 +306,7 @@ class QConv2d(Conv2d):
 
     def infer(self, node, a, ins, param_shape):
         out = super().infer(node, a, ins, param_shape)
-        for role in ("w_scale", "w_zero_point"):
-            if param_shape(role) not in (None, (1,), (out[0],)):
-                raise ModelError(
-                    f"node '{node.name}': {role} expects shape (1,) or ({out[0]},), found {param_shape(role)}"
-                )
+        _check_weight_quantization_shapes(node, out[0], param_shape)
         return out
 
     def prepare(self, a, arrays, ins, out, ctx):
@@ -349,6 +352,11 @@ class QLinear(Linear):
 
     def check(self, node):
         return {REQUANT: _requant_mode(node)}
+
+    def infer(self, node, a, ins, param_shape):
+        out = super().infer(node, a, ins, param_shape)
+        _check_weight_quantization_shapes(node, out[0], param_shape)
+        return out
 
     def to_onnx(self, node, a, ctx):
         nodes = []
