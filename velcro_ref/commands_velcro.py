@@ -69,6 +69,13 @@ def cmd_profile(args):
                 f"now (another image set than its {done.source!r}, or the file changed); "
                 "delete it or run without --resume"
             )
+        if set(done.ranges) != col.range_tensors():  # else the missing ranges would cover the later images only
+            lost = sorted(col.range_tensors() ^ set(done.ranges))
+            raise StatsError(
+                f"{partial}: checkpoint without the range of tensor(s) {', '.join(lost[:5])}"
+                f"{' ...' if len(lost) > 5 else ''} or with others (damaged, or of another version); "
+                "delete it or run without --resume"
+            )
         start = done.n_images
         print(f"resuming from {partial}: {start} of {len(x)} images done")
     if cluster:

@@ -201,6 +201,10 @@ class StatsCollector:
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
 
+    def range_tensors(self) -> set:
+        """The tensors whose range a run records: the input and every float tensor that is not a site."""
+        return {INPUT, *(st.name for st in self.model.steps if not st.opdef.site and st.q is None)}
+
     def run_site(self, step, x, out):
         """Compute a float relu / relu6 site's output from its input x with its statistics (and
         x's range) in one pass, over x where the plan allows it, else into out; returns the array

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from robust_util import ROOT, zoo_graph
 
+from velcro_ref import data
 from velcro_ref.engine import load_model
 from velcro_ref.stats import load_stats, save_stats
 
@@ -102,8 +103,10 @@ def uninterrupted(tmp_path_factory, model_file, long_images):
 
 
 def assert_same_stats(got, want, rtol):
-    """Equal counts; the other fields equal within rtol of each field's largest magnitude on the site."""
+    """Equal counts and tensor ranges (each sample's activations are the same bits in any batch); the other
+    fields equal within rtol of each field's largest magnitude on the site (0: the same bits)."""
     assert (got.n_images, got.classes, got.fingerprint) == (want.n_images, want.classes, want.fingerprint)
+    assert got.ranges == want.ranges
     assert set(got.sites) == set(want.sites)
     for name, g in got.sites.items():
         w = want.sites[name]
@@ -137,8 +140,8 @@ def test_killed_profile_keeps_previous_file_and_resume_equals_uninterrupted_run(
     assert res.code == 0, res.err
     assert f"resuming from {partial}: {done.n_images} of 6400 images done" in res.out
     assert not partial.exists()
-    # same batches as the uninterrupted run: equal up to float64 rounding
-    assert_same_stats(load_stats(out, model), uninterrupted, rtol=1e-12)
+    # same batches as the uninterrupted run, the checkpoint's float64 fields stored exactly: the same bits
+    assert_same_stats(load_stats(out, model), uninterrupted, rtol=0)
 
 
 def test_resume_with_another_batch_size_equals_uninterrupted_run(
@@ -157,8 +160,8 @@ def test_resume_with_another_batch_size_equals_uninterrupted_run(
     res = velcro("profile", model_file, "--images", long_images, "-o", out, "--batch", "40", "--resume")
     assert res.code == 0, res.err
     assert not {"checkpoint", "images_digest"} & set(load_stats(out).provenance)
-    # other batches: activations may differ by float32 rounding (within 1e-6 relative, see test_determinism)
-    assert_same_stats(load_stats(out), uninterrupted, rtol=1e-5)
+    # other batches: the same activations (test_determinism), their moments merged in other groups (float64)
+    assert_same_stats(load_stats(out), uninterrupted, rtol=1e-12)
 
 
 def test_resume_takes_the_same_images_named_by_another_path_and_class_order(
@@ -179,7 +182,7 @@ def test_resume_takes_the_same_images_named_by_another_path_and_class_order(
     got = load_stats(out)
     assert got.classes == (3, 2, 1, 0)  # as a fresh run with these options writes them
     got.classes = uninterrupted.classes
-    assert_same_stats(got, uninterrupted, rtol=1e-12)
+    assert_same_stats(got, uninterrupted, rtol=0)
 
 
 def test_resume_refuses_a_checkpoint_of_another_image_set(velcro, tmp_path, model_file, images_file, stats_file):
@@ -316,3 +319,25 @@ def test_killed_demo_keeps_finished_files_whole_and_the_rest_previous(tmp_path, 
         path = report / name
         assert path.read_text(errors="replace") == "previous\n" or is_whole(path), name
     assert sorted(p.name for p in report.iterdir() if not p.name.endswith(".part")) == sorted(names)
+
+
+@pytest.mark.parametrize("lose", ["all", "one", "extra"])
+def test_resume_refuses_a_checkpoint_without_every_tensor_range(velcro, tmp_path, model_file, images_file, lose):
+    """A checkpoint whose `ranges` lacked a tensor resumed with exit 0, and that tensor's range covered
+    only the images after the checkpoint (`quantize` then made another int8 model)."""
+    half = tmp_path / "half.h5"
+    assert velcro("profile", model_file, "--images", images_file, "--samples", "20", "-o", half).code == 0
+    done = load_stats(half)
+    x = np.load(images_file)["x"]
+    done.provenance = {**done.provenance, "images_digest": data.digest(np.ascontiguousarray(x[:20], np.float32))}
+    if lose == "all":
+        done.ranges = {}
+    elif lose == "one":
+        done.ranges.pop(next(iter(done.ranges)))
+    else:
+        done.ranges["no_such_tensor"] = (0.0, 1.0)
+    partial = tmp_path / "s.h5.partial"
+    save_stats(done, partial)
+    res = velcro("profile", model_file, "--images", images_file, "-o", tmp_path / "s.h5", "--resume")
+    res.error_line(f"error: {partial}: checkpoint without the range of tensor(s)")
+    assert not (tmp_path / "s.h5").exists()
