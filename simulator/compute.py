@@ -55,13 +55,13 @@ def column_chunks(layer, cols):
         width = np.minimum(cols, kg - cols * np.arange(n_chunks))
         live = np.broadcast_to(width, (g, n_chunks)).astype(np.int64)
         return np.full((g, n_chunks), p, np.int64), live, live * p
-    keep = np.zeros((g, n_chunks * cols, p), bool)
-    keep[:, :kg] = ~layer.skip.reshape(g, kg, p)
-    keep = keep.reshape(g, n_chunks, cols, p)
-    needed = keep.any(axis=2).sum(axis=-1)
-    live = keep.any(axis=3).sum(axis=-1)
-    used = keep.sum(axis=(2, 3))
-    return needed.astype(np.int64), live.astype(np.int64), used.astype(np.int64)
+    keep = ~layer.skip.reshape(g, kg, p)
+    starts = np.arange(0, kg, cols)  # each chunk's first filter (no padding to whole chunks: a depthwise
+    # layer's one filter per group would take `cols` times the mask's memory)
+    needed = np.logical_or.reduceat(keep, starts, axis=1).sum(axis=-1)
+    live = np.add.reduceat(keep.any(axis=2), starts, axis=1, dtype=np.int64)
+    used = np.add.reduceat(keep.sum(axis=2, dtype=np.int64), starts, axis=1)
+    return needed.astype(np.int64), live, used
 
 
 def array_compute(layer, arch) -> Compute:

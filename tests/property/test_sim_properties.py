@@ -8,6 +8,9 @@
 - unknown or invalid TOML keys give one ArchError listing all of them.
 """
 
+import tracemalloc
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -15,6 +18,7 @@ from hypothesis import strategies as st
 from sim_util import arch_toml
 
 from simulator.arch import parse_arch, with_changes
+from simulator.compute import column_chunks
 from simulator.simulate import simulate
 from velcro_ref.engine import Model
 from velcro_ref.errors import ArchError
@@ -167,3 +171,45 @@ def test_bad_toml_lists_every_problem_in_one_error(names):
     assert msg.startswith(f"bad.toml: {len(names)} problem(s): ")
     for name in names:
         assert MUTATIONS[name][1] in msg, name
+
+
+def _chunks_by_definition(skip, groups, cols):
+    """(needed, live, used) per (group, chunk of `cols` filters), counted filter by filter from
+    docs/simulator.md's definitions: pixels with an unmasked element in the chunk, filters with
+    one, unmasked elements."""
+    kg = skip.shape[0] // groups
+    keep = ~skip.reshape(groups, kg, -1)
+    n_chunks = -(-kg // cols)
+    out = np.zeros((3, groups, n_chunks), np.int64)
+    for gi in range(groups):
+        for ci in range(n_chunks):
+            part = keep[gi, ci * cols : (ci + 1) * cols]
+            out[:, gi, ci] = part.any(axis=0).sum(), part.any(axis=1).sum(), part.sum()
+    return out
+
+
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(1, 30), st.integers(1, 50), st.data())
+def test_column_chunks_count_by_their_definition(groups, kg, pixels, cols, data):
+    n = groups * kg * pixels
+    skip = np.asarray(data.draw(st.lists(st.booleans(), min_size=n, max_size=n))).reshape(groups * kg, 1, pixels)
+    layer = SimpleNamespace(groups=groups, k=groups * kg, oy=1, ox=pixels, skip=skip)
+    got = column_chunks(layer, cols)
+    want = _chunks_by_definition(skip, groups, cols)
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == np.int64 and np.array_equal(g, w)
+
+
+def test_column_chunks_of_a_masked_depthwise_layer_on_wide_columns_take_the_masks_memory():
+    """One filter per group on 1024 columns was padded to 1024 filters: MobileNet-V2's masked depthwise
+    layers at --batch 1024 asked for 37 GiB and were refused as out of memory."""
+    skip = np.random.default_rng(0).random((64, 1, 20000)) < 0.5
+    layer = SimpleNamespace(groups=64, k=64, oy=1, ox=20000, skip=skip)
+    tracemalloc.start()
+    try:
+        needed, live, used = column_chunks(layer, 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * skip.nbytes  # padded: 1024 times the mask
+    assert needed.tolist() == used.tolist() == [[int(n)] for n in (~skip).sum(axis=(1, 2))]
+    assert live.tolist() == [[1]] * 64
