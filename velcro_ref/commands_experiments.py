@@ -125,7 +125,7 @@ def _readme_block(readme, block) -> tuple[str, str, str]:
     """The README's text and the start and end markers of its `block`; UsageError if it has none."""
     text = Path(readme).read_text()
     start, end = f"<!-- {block}:start -->", f"<!-- {block}:end -->"
-    if start not in text or end not in text:
+    if start not in text or end not in text[text.index(start) :]:  # an end before the start replaces nothing
         raise UsageError(f"{readme}: no {start} ... {end} block to replace")
     return text, start, end
 

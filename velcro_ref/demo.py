@@ -50,7 +50,10 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
         doc = parse_json(path.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the weights manifest ({e})") from None
-    models = doc.get(key) if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise DataError(f"{path}: expects a manifest of format {MANIFEST_FORMAT}, found {found!r}")
+    models = doc.get(key)
     if not isinstance(models, list) or not all(
         isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("file"), str) for m in models
     ):
@@ -65,12 +68,23 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
         if "fingerprint" in m and not isinstance(m["fingerprint"], str):
             raise DataError(f"{where}: fingerprint expects the model's fingerprint as text, found {m['fingerprint']!r}")
         acc = m.get("test_accuracy")
-        if acc is not None and (isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1):
+        if acc is None:
+            continue
+        if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
             raise DataError(f"{where}: test_accuracy expects a fraction in [0, 1], found {acc!r}")
+        # the report prints it as the accuracy of this file on the whole test split
+        if "fingerprint" not in m:
+            raise DataError(f"{where}: a test_accuracy needs the fingerprint of the model it was measured on")
+        if m.get("test_images") != data.SPLIT_SIZES["test"] or isinstance(m.get("test_images"), bool):
+            raise DataError(
+                f"{where}: test_images expects {data.SPLIT_SIZES['test']} (a test_accuracy over the whole test "
+                f"split), found {m.get('test_images')!r}"
+            )
     return [dict(m, path=str(Path(weights_dir) / m["file"])) for m in models]
 
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
+MANIFEST_FORMAT = "velcro-weights/1"
 
 
 def check_models(manifest, weights_dir) -> None:

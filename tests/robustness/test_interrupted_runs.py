@@ -295,7 +295,9 @@ def test_killed_demo_keeps_finished_files_whole_and_the_rest_previous(tmp_path, 
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "tiny.h5").write_bytes(fashion_model.read_bytes())
-    (weights / "manifest.json").write_text(json.dumps({"models": [{"name": "tiny", "file": "tiny.h5"}]}))
+    (weights / "manifest.json").write_text(
+        json.dumps({"format": "velcro-weights/1", "models": [{"name": "tiny", "file": "tiny.h5"}]})
+    )
     report = tmp_path / "report"
     report.mkdir()
     names = [

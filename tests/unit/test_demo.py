@@ -134,7 +134,9 @@ def tiny_demo(tmp_path_factory):
 
     weights = tmp_path_factory.mktemp("weights")
     save_model(build_zoo("resnet18", input_size=28, in_channels=1, width=0.125, num_classes=10), weights / "tiny.h5")
-    (weights / "manifest.json").write_text(json.dumps({"models": [{"name": "tiny", "file": "tiny.h5"}]}))
+    (weights / "manifest.json").write_text(
+        json.dumps({"format": "velcro-weights/1", "models": [{"name": "tiny", "file": "tiny.h5"}]})
+    )
     out = tmp_path_factory.mktemp("report")
     report = run_demo(
         out, weights_dir=weights, quick=True, tasks=["footwear"], policies=list(POLICIES), ratios="0,0.5,0.9",
@@ -326,13 +328,13 @@ def test_points_count_images_whose_scores_overflowed_and_the_demo_warns_where(ti
     assert line.startswith("warning: some images have an infinite score") and "; ".join(sorted(where)) in line, line
 
 
-def _weights(tmp_path, entries):
+def _weights(tmp_path, entries, fmt="velcro-weights/1"):
     """A weights folder with the shipped resnet18.h5 and googlenet.h5 and a manifest of `entries`."""
     w = tmp_path / "w"
     w.mkdir()
     for name in ("resnet18.h5", "googlenet.h5"):
         (w / name).symlink_to(ROOT / "weights" / name)
-    (w / "manifest.json").write_text(json.dumps({"models": entries}))
+    (w / "manifest.json").write_text(json.dumps({"format": fmt, "models": entries}))
     return w
 
 
@@ -352,16 +354,37 @@ def _shipped(name):
         ([{"name": "a", "file": "resnet18.h5", "test_accuracy": 93.19}], "test_accuracy expects a fraction in [0, 1]"),
         ([{"name": "../escaped", "file": "resnet18.h5"}], "a name takes letters, digits"),
         ([{"name": "a", "file": "resnet18.h5"}, {"name": "a", "file": "googlenet.h5"}], "model 'a': listed twice"),
+        (
+            [{k: v for k, v in _shipped("resnet18").items() if k != "fingerprint"}],
+            "a test_accuracy needs the fingerprint of the model it was measured on",
+        ),
+        ([dict(_shipped("resnet18"), test_images=37)], "test_images expects 10000"),
+        ([dict(_shipped("resnet18"), test_images=True)], "test_images expects 10000"),
+        ([_shipped("resnet18")], "expects a manifest of format velcro-weights/1, found 'velcro-weights/9'"),
     ],
-    ids=["other-file", "number-fingerprint", "text-accuracy", "percent-accuracy", "path-name", "twice"],
+    ids=[
+        "other-file",
+        "number-fingerprint",
+        "text-accuracy",
+        "percent-accuracy",
+        "path-name",
+        "twice",
+        "accuracy-without-fingerprint",
+        "accuracy-of-fewer-images",
+        "bool-images",
+        "other-format",
+    ],
 )
 def test_a_manifest_entry_that_is_not_what_the_report_would_print_is_refused_before_any_work(
     tmp_path, capsys, entries, needle
 ):
     """Another model's file under a name printed that name's manifest accuracy (93.2%) beside the
     other model's figures; a text accuracy crashed after all the work; a name with a path wrote
-    outside the report folder; a name listed twice kept one of the two runs. Exit 0 for three."""
-    w = _weights(tmp_path, entries)
+    outside the report folder; a name listed twice kept one of the two runs. Exit 0 for three. An
+    accuracy without the fingerprint of its model, or of fewer test images, was printed as the
+    accuracy "(10000 images, velcro engine)" of the file."""
+    fmt = "velcro-weights/9" if "format" in needle else "velcro-weights/1"
+    w = _weights(tmp_path, entries, fmt)
     code = cli.main(["demo", "--weights", str(w), "-o", str(tmp_path / "r"), "--quick"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
@@ -447,8 +470,31 @@ def test_a_model_without_sites_or_macs_is_refused_before_any_work(tmp_path, caps
     fc = Node("l", "linear", ("f",), {}, {"weight": "w"})
     save_model(Graph((flat, fc), (1, 28, 28), "l", {"w": np.ones((10, 784), np.float32)}), w / "nosite.h5")
     for name, needle in (("nomac", "executes no MAC"), ("nosite", "no activation site")):
-        (w / "manifest.json").write_text(json.dumps({"models": [{"name": name, "file": f"{name}.h5"}]}))
+        (w / "manifest.json").write_text(
+            json.dumps({"format": "velcro-weights/1", "models": [{"name": name, "file": f"{name}.h5"}]})
+        )
         code = cli.main(["demo", "--weights", str(w), "-o", str(tmp_path / "r"), "--quick"])
         err = capsys.readouterr().err
         assert code == 1 and err.startswith("error: ") and err.count("\n") == 1 and needle in err, err
         assert f"{name}.h5" in err and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["<!-- demo-results:end -->\nold\n<!-- demo-results:start -->\n", "no block\n", "<!-- demo-results:start -->\n"],
+    ids=["end-before-start", "none", "no-end"],
+)
+def test_a_readme_without_a_whole_block_is_refused_before_any_work(tmp_path, capsys, monkeypatch, text):
+    """Markers in the wrong order passed the check: the demo printed "updated" and replaced nothing."""
+    from velcro_ref import demo
+
+    def ran(*a, **k):
+        raise AssertionError("the demo ran")
+
+    monkeypatch.setattr(demo, "run_demo", ran)
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    code = cli.main(["demo", "-o", str(tmp_path / "r"), "--readme", str(readme)])
+    err = capsys.readouterr().err
+    assert code == 2 and "block to replace" in err, err
+    assert readme.read_text() == text
