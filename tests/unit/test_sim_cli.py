@@ -9,6 +9,7 @@ from robust_util import zoo_graph
 
 import velcro_ref.cli as vcli
 from velcro_ref.engine import Model
+from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, save_masks
 from velcro_ref.model_io import save_model
 
@@ -136,3 +137,26 @@ def test_help(capsys):
         vcli.main(["simulate", "--help"])
     assert e.value.code == 0
     assert "--sweep" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (2, 3, 4, 5), (7,)])
+def test_a_model_of_tensors_of_any_rank_is_priced_per_element(tmp_path, capsys, shape):
+    """The engine runs element-wise models on tensors of rank 2 or 4; simulate gave a traceback
+    (a loop nest unpacked three axes), with masks as without."""
+    graph = Graph((Node("a", "add", (INPUT, INPUT)), Node("r", "relu", ("a",))), shape, "r", {})
+    save_model(graph, tmp_path / "m.h5")
+    model = Model(graph)
+    mask = np.zeros(shape, bool)
+    mask.reshape(-1)[::3] = True
+    save_masks(MaskSet(model.fingerprint, {"r": (mask, np.zeros(shape, np.float32))}), tmp_path / "k.h5")
+    code, out, err = run(
+        capsys, "simulate", tmp_path / "m.h5", "--accel", "edge16", "--masks", tmp_path / "k.h5", "--json"
+    )
+    assert code == 0, err
+    layers = {layer["name"]: layer for layer in json.loads(out)["layers"]}
+    n = int(np.prod(shape))
+    for name in ("a", "r"):
+        loops = layers[name]["loops"]
+        assert loops["k"] * loops["oy"] * loops["ox"] == n
+        assert layers[name]["dense"]["ops"] == n
+    assert layers["r"]["compressed"]["ops"] == n - int(mask.sum())  # the site skips its masked elements

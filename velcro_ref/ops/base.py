@@ -148,8 +148,9 @@ class Op:
         return None
 
     def loop_nest(self, attrs, ins, out) -> dict:
-        """The simulator's loop bounds of one image: k, c, oy, ox, fy, fx and groups."""
-        k, oy, ox = (*out, 1, 1)[:3] if len(out) == 1 else out
+        """The simulator's loop bounds of one image: k, c, oy, ox, fy, fx and groups. An output of
+        another rank than 3 is taken as (first axis, the axes between, last axis), ones where absent."""
+        k, oy, ox = (*out, 1, 1, 1)[:3] if len(out) < 3 else (out[0], math.prod(out[1:-1]), out[-1])
         return {"k": k, "c": 1, "oy": oy, "ox": ox, "fy": 1, "fx": 1, "groups": 1}
 
     def to_onnx(self, node, attrs, ctx) -> list:
