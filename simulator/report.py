@@ -268,8 +268,9 @@ def write_json(doc, path) -> list[str]:
     return bad
 
 
-def sweep_rows(points, compute_only: bool = False) -> list[dict]:
-    """One flat dict per sweep point: the changed fields, then dense (and compressed) totals."""
+def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> list[dict]:
+    """One flat dict per sweep point: the changed fields, then dense (and compressed) totals. A speedup
+    or saving that is undefined is the JSON's stand-in (1.0, 0.0), or None without stand_ins."""
     rows = []
     for point, result in points:
         a = result.arch
@@ -280,7 +281,8 @@ def sweep_rows(points, compute_only: bool = False) -> list[dict]:
             r["compute_energy_pj"] = d.compute_energy_pj
         c = result.total_compressed
         if c is not None:
-            figures = result.total_comparison.to_json(compute_only)
+            cmp = result.total_comparison
+            figures = cmp.to_json(compute_only) if stand_ins else vars(cmp)
             r.update(
                 compressed_cycles=c.cycles,
                 compressed_energy_pj=c.energy_pj,
@@ -306,12 +308,12 @@ def sweep_json(points, compute_only: bool = False) -> dict:
 
 def format_sweep(points, compute_only: bool = False) -> str:
     """One line per design point (its totals per image); energies and bytes in the unit that shows each."""
-    rows = sweep_rows(points, compute_only)
+    rows = sweep_rows(points, compute_only, stand_ins=False)
     header = list(rows[0])
 
     def cell(k, v):
         if k in ("utilization", "speedup"):
-            return f"{v:.3f}"
+            return "" if v is None else f"{v:.3f}"  # undefined: as the layer table leaves it
         if k.endswith("saving"):
             return _saving(v)
         if k.endswith("energy_pj"):

@@ -160,3 +160,21 @@ def test_a_model_of_tensors_of_any_rank_is_priced_per_element(tmp_path, capsys, 
         assert loops["k"] * loops["oy"] * loops["ox"] == n
         assert layers[name]["dense"]["ops"] == n
     assert layers["r"]["compressed"]["ops"] == n - int(mask.sum())  # the site skips its masked elements
+
+
+def test_the_sweep_table_leaves_an_undefined_saving_blank_as_the_layer_table_does(files, tmp_path, capsys):
+    """With every energy 0 the saving is undefined: the report said so, the sweep table printed 0.0%
+    (the JSON's stand-in, which JSON and CSV keep)."""
+    from sim_util import ENERGY_KEYS, arch_toml
+
+    arch = tmp_path / "zero.toml"
+    arch.write_text(arch_toml(energy={k: 0 for k in ENERGY_KEYS}))
+    args = ("simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", arch, "--compute-only")
+    code, out, err = run(capsys, *args, "--sweep", "rows=4,8", "--csv", tmp_path / "s.csv")
+    assert code == 0, err
+    header, _, *rows = out.splitlines()
+    at = header.index("energy_saving")
+    assert len(rows) == 2 and all(r[at : at + len("energy_saving")].strip() == "" for r in rows), out
+    assert "%" not in out, out
+    with open(tmp_path / "s.csv") as f:
+        assert {r["energy_saving"] for r in csv.DictReader(f)} == {"0.0"}  # the stand-in, as in the JSON
