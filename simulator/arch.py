@@ -258,12 +258,14 @@ def presets() -> list[str]:
 
 
 def load_arch(spec) -> Arch:
-    """A preset name (see presets()) or a path to a .toml file. Raises ArchError."""
+    """A preset name (see presets()) or a path to a TOML file (a preset's name first, where a file of
+    that name without a .toml suffix exists too). Raises ArchError."""
     path = Path(spec)
-    if path.suffix != ".toml":
-        if str(spec) not in presets():
+    if path.suffix.lower() != ".toml":
+        if str(spec) in presets():
+            path = ARCH_DIR / f"{spec}.toml"
+        elif not path.exists():
             raise UnknownPresetError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
-        path = ARCH_DIR / f"{spec}.toml"
     try:
         if not path.is_file():
             kind = "missing" if not path.exists() else "not a regular file"

@@ -78,3 +78,15 @@ def test_with_changes_validates_like_a_file():
     assert with_changes(a, pe_weights=16).pe_weights == 16
     with pytest.raises(ArchError, match="rows must be a positive integer, got 0; cannot change 'energy'"):
         with_changes(a, rows=0, energy=1)
+
+
+def test_a_file_with_another_suffix_case_or_none_is_read_as_a_file(tmp_path, monkeypatch):
+    """X.TOML and a file without suffix were taken for preset names: "unknown accelerator", exit 2."""
+    for name in ("mine.TOML", "mine"):
+        path = tmp_path / name
+        path.write_text(GOOD)
+        assert load_arch(path).name == path.stem
+    preset = load_arch("edge16")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "edge16").write_text(GOOD)  # a preset's name stays the preset's
+    assert load_arch("edge16") == preset != load_arch(tmp_path / "edge16")
