@@ -98,12 +98,14 @@ def load_graph(path, allow_nonfinite: bool = False) -> Graph:
 
 
 def _read(f, allow_nonfinite):
-    check_format(f, FORMAT, FORMAT_VERSION, ModelError)
+    version = check_format(f, FORMAT, FORMAT_VERSION, ModelError)
     doc = attr_json(f, "graph", ModelError, dict)
     meta = attr_json(f, "meta", ModelError, dict, default={})
     stored = attr_str(f, "fingerprint", ModelError)
     params_group = member(f, "params", h5py.Group, ModelError, "group ")
     graph = graph_from_json(doc, meta)
+    if version < 2 and any(n.op in ops.QUANTIZED for n in graph.nodes):  # as save_model writes it
+        raise ModelError(f"format_version {version} holds no quantized ops; a quantized model is version 2")
     needed = sorted({k for n in graph.nodes for k in n.params.values()})
     names = {h5io.unescape_key(name): name for name in params_group}
     missing = [k for k in needed if k not in names]

@@ -455,3 +455,10 @@ def test_weight_quantization_of_another_shape_is_refused(velcro, tmp_path, node_
     (2, 5) scale taken."""
     bad = edited_copy(ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", swap_param(node_name, role, value))
     velcro("info", bad).error_line(f"error: {bad}: ", f"node '{node_name}': {role} expects shape (1,) or (")
+
+
+def test_a_quantized_model_of_format_version_1_is_refused(velcro, tmp_path):
+    bad = edited_copy(
+        ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", lambda f: f.attrs.modify("format_version", 1)
+    )
+    velcro("info", bad).error_line(f"error: {bad}: ", "format_version 1 holds no quantized ops")
