@@ -72,7 +72,8 @@ def resolve_data_dir(data_dir=None, split=None):
     splits = SPLIT_FILES if split is None else (_check_split(split),)
     for name in (f for s in splits for f in SPLIT_FILES[s]):
         if not (directory / name).is_file():
-            raise DataError(f"Fashion-MNIST file {name} not found in {directory} ({source}); {fix}")
+            found = "is not a regular file" if (directory / name).exists() else "not found"
+            raise DataError(f"Fashion-MNIST file {name} {found} in {directory} ({source}); {fix}")
     return directory
 
 

@@ -86,6 +86,13 @@ def test_missing_single_file_is_named(tmp_path):
         data.load_fashion_mnist("test", data_dir=tmp_path)
 
 
+def test_a_directory_in_place_of_a_file_is_named_as_such(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").mkdir()
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is not a regular file in"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
 def test_truncated_payload_reports_expected_and_found(tmp_path):
     _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
     raw = gzip.decompress((SRC / "t10k-labels-idx1-ubyte.gz").read_bytes())
