@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from velcro_ref.data import CLASS_NAMES, load_fashion_mnist, preprocess
+from velcro_ref.demo import MANIFEST_FORMAT
 from velcro_ref.engine import load_model
 from velcro_ref.evaluation import evaluate
 from velcro_ref.fileio import write_text
@@ -84,7 +85,7 @@ def main(argv=None):
             f"{res['macs'] / 1e6:.1f} MMACs/image, trained in {rec['train_wall_s']:.0f} s"
         )
     manifest = {
-        "format": "velcro-weights/1",
+        "format": MANIFEST_FORMAT,
         "dataset": "fashion-mnist (Debian package dataset-fashion-mnist)",
         "accuracy": "top-1 on the 10000 test images, measured by the velcro engine",
         "models": entries,

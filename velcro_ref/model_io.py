@@ -105,7 +105,7 @@ def _read(f, allow_nonfinite):
     params_group = member(f, "params", h5py.Group, ModelError, "group ")
     graph = graph_from_json(doc, meta)
     if version < 2 and any(n.op in ops.QUANTIZED for n in graph.nodes):  # as save_model writes it
-        raise ModelError(f"format_version {version} holds no quantized ops; a quantized model is version 2")
+        raise ModelError(f"format_version {version} is a float model's, and the graph holds quantized ops (version 2)")
     needed = sorted({k for n in graph.nodes for k in n.params.values()})
     names = {h5io.unescape_key(name): name for name in params_group}
     missing = [k for k in needed if k not in names]

@@ -461,4 +461,6 @@ def test_a_quantized_model_of_format_version_1_is_refused(velcro, tmp_path):
     bad = edited_copy(
         ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", lambda f: f.attrs.modify("format_version", 1)
     )
-    velcro("info", bad).error_line(f"error: {bad}: ", "format_version 1 holds no quantized ops")
+    velcro("info", bad).error_line(
+        f"error: {bad}: ", "format_version 1 is a float model's, and the graph holds quantized ops"
+    )
