@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from velcro_ref.cli_util import add_file
+from velcro_ref.cli_util import add_file, add_model_arg
 from velcro_ref.errors import UsageError
 
 
@@ -39,7 +39,7 @@ def cmd_simulate(args) -> int:
     co = args.compute_only
     grid = parse_sweep(args.sweep) if args.sweep else None
     arch = load_arch(args.accel)
-    model = load_model(args.model)
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     masks = None
     if args.masks is not None:
         from velcro_ref.masks import load_masks
@@ -77,7 +77,7 @@ def register(sub) -> None:
             "Accelerator fields and their ranges: docs/simulator.md."
         ),
     )
-    add_file(p, "model", help="model file (.h5)")
+    add_model_arg(p)
     add_file(p, "--masks", help="VELCRO mask file (.h5) of this model")
     accel_help = f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file"
     add_file(p, "--accel", type=str, required=True, help=accel_help)

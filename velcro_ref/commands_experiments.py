@@ -35,7 +35,7 @@ def cmd_locality(args):
     from .api import locality
     from .engine import load_model
 
-    model = load_model(args.model)
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     classes, label = task_classes(args)
     with progress(2 * args.samples, "profile", "img") as bar:
         res = locality(
@@ -74,7 +74,7 @@ def cmd_sweep(args):
         raise UsageError(f"--tolerance is in percentage points in [0, 100), got {args.tolerance}")
     ratios = parse_ratios(args.ratios)
     cluster = on_cluster(args)
-    model = load_model(args.model)
+    model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
     classes, label = task_classes(args)
     with client_of(args, cluster) as client, progress(len(ratios), f"sweep {args.policy}", "ratio") as bar:
         res = sweep(

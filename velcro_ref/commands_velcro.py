@@ -228,7 +228,7 @@ def cmd_compress(args):
     if args.model:
         from .engine import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model, allow_nonfinite=args.allow_nonfinite)
         from .stats import check_stats
 
         check_stats(stats, model, args.stats)
@@ -397,6 +397,7 @@ def register(sub):
         default=None,
     )
     add_file(p, "--model", help="the model the stats belong to (needed by --policy budget)")
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept NaN/Inf parameters in --model")
     add_file(p, "--ratios", help="TOML file of per-site ratios ([ratios] site = r, default = r)")
     p.add_argument("--exclude", nargs="+", type=text, metavar="SITE", help="sites never masked")
     add_file(p, "-o", "--output", role="out", required=True, help="mask file to write (HDF5)")

@@ -13,9 +13,11 @@ import pytest
 from robust_util import ROOT, edited_copy, velcro_process, zoo_graph
 
 from velcro_ref import h5io
+from velcro_ref.engine import Model
 from velcro_ref.errors import ModelError
 from velcro_ref.graph import MAX_ELEMENTS, Graph, Node, validate
 from velcro_ref.model_io import load_graph, save_model
+from velcro_ref.stats import collect_stats, save_stats
 
 
 def edit_graph(fn):
@@ -464,3 +466,42 @@ def test_a_quantized_model_of_format_version_1_is_refused(velcro, tmp_path):
     velcro("info", bad).error_line(
         f"error: {bad}: ", "format_version 1 is a float model's, and the graph holds quantized ops"
     )
+
+
+@pytest.mark.parametrize(
+    "command, args, work",
+    [
+        ("locality", ["--classes", "5,7", "--samples", "4"], "locality"),
+        ("sweep", ["--classes", "5,7", "--samples", "4", "--profile-samples", "4"], "sweep"),
+        ("simulate", ["--accel", "edge16"], None),
+        ("compress", ["--policy", "budget", "--ratio", "0.5", "-o", "{tmp}/k.h5"], None),
+    ],
+)
+def test_allow_nonfinite_reaches_the_loader_of_every_command_that_names_it(
+    velcro, tmp_path, monkeypatch, command, args, work
+):
+    """locality and sweep took --allow-nonfinite and loaded the model without it (their error asked for
+    the flag just given); simulate's and compress --model's errors asked for a flag they did not have."""
+    from velcro_ref import api
+
+    graph = zoo_graph("resnet18", input_size=28, in_channels=1, width=0.25, num_classes=10)
+    var = graph.params["bn1.var"].copy()
+    var[0] = np.inf  # refused at load; the network's values stay finite (that channel's output is its beta)
+    params = {**graph.params, "bn1.var": var}
+    path = tmp_path / "nan.h5"
+    save_model(Graph(graph.nodes, graph.input_shape, graph.output, params, graph.meta), path)
+    args = [a.format(tmp=tmp_path) for a in args]
+    if command == "compress":  # the model is an option there, after the stats
+        x = np.zeros((2, 1, 28, 28), np.float32)
+        save_stats(collect_stats(Model(load_graph(path, allow_nonfinite=True)), x), tmp_path / "s.h5")
+        command, path, args = "compress", tmp_path / "s.h5", ["--model", path, *args]
+    velcro(command, path, *args).error_line("NaN or Inf", "--allow-nonfinite")
+
+    def loaded(model, *a, **k):
+        assert np.isinf(model.graph.params["bn1.var"][0])
+        raise SystemExit(7)
+
+    if work:
+        monkeypatch.setattr(api, work, loaded)
+    res = velcro(command, path, *args, "--allow-nonfinite")
+    assert res.code == (7 if work else 0), res.err
