@@ -200,7 +200,13 @@ def register(sub):
         "--ratios", type=text, default="0:0.9:0.05", help="start:stop:step or a comma list (default 0:0.9:0.05)"
     )
     add_policy_arg(p)
-    add_ranged(p, "--tolerance", number(0, 100, open_hi=True), 0.5, "accuracy tolerance in percentage points")
+    add_ranged(
+        p,
+        "--tolerance",
+        number(0, 100, open_hi=True),
+        0.5,
+        "accuracy tolerance in percentage points (the JSON gives it as a fraction, as its accuracies)",
+    )
     add_ranged(p, "--profile-samples", count(1, 60000), 2000, "train images of the task for the statistics")
     p.add_argument(
         "--samples", type=count(1, 10000), help="evaluate on at most this many test images (default: all of the task)"
