@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .errors import InputError, ModelError, StatsError, UsageError
@@ -13,6 +15,8 @@ def class_indices(values, what) -> np.ndarray:
     be truncated, compared as it is or broadcast)."""
     if isinstance(values, (set, frozenset)):  # an iterable of indices, in no order
         values = sorted(values)
+    if isinstance(values, (str, bytes, bytearray, memoryview, Mapping)):  # text or bytes, or keys: no class list
+        raise InputError(f"{what} expect a 1-D sequence of class indices, found {type(values).__name__}")
     a = np.asarray(values)
     if a.ndim != 1:
         raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")

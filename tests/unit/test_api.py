@@ -239,11 +239,15 @@ def test_one_class_may_be_given_as_an_integer(files):
     for bad in (True, 5.0):  # a TypeError from task_classes (and so sweep and locality)
         with pytest.raises(velcro_ref.VelcroError):
             velcro_ref.task_classes(classes=bad)
-    for bad in (b"\x05", bytearray(b"\x05"), {5: 1}):  # iterables of integers, but no class lists: were class 5
+    for bad in (b"\x05", bytearray(b"\x05"), memoryview(b"\x05"), {5: 1}):  # integers, but no class lists: were class 5
         with pytest.raises(velcro_ref.VelcroError, match="classes expect a class"):
             velcro_ref.task_classes(classes=bad)
         with pytest.raises(velcro_ref.VelcroError, match="classes expect a class"):
             velcro_ref.task_images(model, bad, "test", 5)
+        with pytest.raises(velcro_ref.VelcroError, match="expect a 1-D sequence of class indices, found"):
+            velcro_ref.evaluate(model, x, y, bad)
+        with pytest.raises(velcro_ref.VelcroError, match="expect a 1-D sequence of class indices, found"):
+            velcro_ref.profile(model, x[:2], classes=bad)
     with pytest.raises(velcro_ref.VelcroError, match="task classes name class 10"):  # not "labels name"
         velcro_ref.evaluate(model, x, y, 10)
     assert velcro_ref.task_classes(classes={"sneaker", "ankle boot"}) == (7, 9)  # a set by index, as of ints
