@@ -12,6 +12,7 @@ import numpy as np
 
 from velcro_ref.errors import DataError, InputError
 from velcro_ref.fileio import parse_toml
+from velcro_ref.graph import check_preprocessing
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -232,16 +233,10 @@ def preprocess(images_uint8, preprocessing):
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise DataError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    if not isinstance(preprocessing, dict) or set(preprocessing) != {"scale", "mean", "std"}:
-        found = sorted(preprocessing) if isinstance(preprocessing, dict) else type(preprocessing).__name__
-        raise DataError(f"preprocessing must have exactly the keys mean, scale, std; found {found}")
+    check_preprocessing(preprocessing, 1, DataError)  # one channel here
     scale = np.float32(preprocessing["scale"])
-    mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(-1)
-    std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(-1)
-    if mean.shape != (1,) or std.shape != (1,):
-        raise DataError(f"preprocessing mean and std need 1 value (1 channel), got {mean.size} and {std.size}")
-    if not np.all(std > 0) or not np.isfinite(scale):
-        raise DataError(f"preprocessing std must be > 0 and scale finite, got std {std.tolist()}, scale {scale}")
+    mean = np.asarray(preprocessing["mean"], dtype=np.float32)
+    std = np.asarray(preprocessing["std"], dtype=np.float32)
     x = images[:, None, :, :].astype(np.float32)
     return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import ops
 from .errors import ModelError, UnsupportedOpError
-from .ops.base import MAX_ELEMENTS, finite_number, is_int, n_elements
+from .ops.base import MAX_ELEMENTS, finite_number, float32_number, is_int, n_elements
 from .ops.batch_norm import var_eps
 
 INPUT = "input"
@@ -305,35 +305,32 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
     return shapes
 
 
-def _check_preprocessing(graph: Graph) -> None:
-    """meta's `preprocessing`, where given: exactly the keys scale, mean and std; scale and each std
-    positive, mean and std one number per input channel, each a finite float32 (the loaders feed
-    (x * scale - mean) / std in float32, docs/formats.md)."""
-    pre = graph.meta.get("preprocessing") if isinstance(graph.meta, dict) else None
-    if pre is None:
-        return
+def check_preprocessing(pre, n, error=ModelError) -> None:
+    """A `preprocessing` of n input channels: exactly the keys scale, mean and std; scale and each
+    std positive, mean and std n numbers, each a finite float32 (the loaders feed (x * scale -
+    mean) / std in float32, docs/formats.md). `error` (prefixed by "meta 'preprocessing'") else."""
     where = "meta 'preprocessing'"
     if not isinstance(pre, dict) or set(pre) != {"scale", "mean", "std"}:
         found = sorted(pre) if isinstance(pre, dict) else type(pre).__name__
-        raise ModelError(f"{where} expects exactly the keys mean, scale, std; found {found}")
-    shape = tuple(graph.input_shape)
-    n = shape[0] if len(shape) == 3 else 1
-    scale = _float32_number(pre["scale"])
+        raise error(f"{where} expects exactly the keys mean, scale, std; found {found}")
+    scale = float32_number(pre["scale"])
     if scale is None or not scale > 0:
-        raise ModelError(f"{where}: scale expects a positive number (finite in float32), found {pre['scale']!r}")
+        raise error(f"{where}: scale expects a positive number (finite in float32), found {pre['scale']!r}")
     for key, positive in (("mean", False), ("std", True)):
         v = pre[key]
-        kept = [_float32_number(x) for x in v] if isinstance(v, list) and len(v) == n else [None]
+        kept = [float32_number(x) for x in v] if isinstance(v, list) and len(v) == n else [None]
         if None in kept or positive and not all(x > 0 for x in kept):
             what = f"a list of {n} {'positive ' if positive else ''}number(s), one per input channel"
-            raise ModelError(f"{where}: {key} expects {what} (finite in float32), found {v!r}")
+            raise error(f"{where}: {key} expects {what} (finite in float32), found {v!r}")
 
 
-def _float32_number(v) -> float | None:
-    """v as float32 (a float), or None for anything but a number finite in float32."""
-    f = finite_number(v)
-    with np.errstate(over="ignore", under="ignore"):
-        return None if f is None or not np.isfinite(np.float32(f)) else float(np.float32(f))
+def _check_preprocessing(graph: Graph) -> None:
+    """meta's `preprocessing`, where given (`check_preprocessing`): one number per input channel,
+    the input's first axis (one for an input of rank 1)."""
+    pre = graph.meta.get("preprocessing") if isinstance(graph.meta, dict) else None
+    if pre is not None:
+        shape = tuple(graph.input_shape)
+        check_preprocessing(pre, shape[0] if len(shape) >= 2 else 1)
 
 
 def param_dtypes(graph: Graph) -> dict:

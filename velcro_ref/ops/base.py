@@ -149,7 +149,8 @@ class Op:
 
     def loop_nest(self, attrs, ins, out) -> dict:
         """The simulator's loop bounds of one image: k, c, oy, ox, fy, fx and groups. An output of
-        another rank than 3 is taken as (first axis, the axes between, last axis), ones where absent."""
+        rank 1 or 2 is (k,) or (k, oy), ones after; of rank 4 or more, (first axis, the axes between
+        as one, last axis)."""
         k, oy, ox = (*out, 1, 1, 1)[:3] if len(out) < 3 else (out[0], math.prod(out[1:-1]), out[-1])
         return {"k": k, "c": 1, "oy": oy, "ox": ox, "fy": 1, "fx": 1, "groups": 1}
 
@@ -174,9 +175,8 @@ def quantized_output(node) -> QParams:
     if dtype not in Q_RANGES:
         raise ModelError(f"node '{node.name}': dtype expects 'int8' or 'uint8', got {dtype!r}")
     scale = finite_number(a.get("y_scale"))
-    with np.errstate(over="ignore", under="ignore"):  # the kernels take it as float32: not inf, not 0 there
-        if scale is None or not 0 < float(np.float32(scale)) < math.inf:
-            raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
+    if scale is None or not (float32_number(scale) or 0) > 0:  # the kernels take it as float32: not inf, not 0
+        raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
     zp = a.get("y_zero_point")
     lo, hi = Q_RANGES[dtype]
     if not is_int(zp) or not lo <= zp <= hi:
@@ -249,6 +249,13 @@ def finite_number(v) -> float | None:
     except OverflowError:
         return None
     return f if math.isfinite(f) else None
+
+
+def float32_number(v) -> float | None:
+    """v as float32 (a Python float), or None for anything but a number finite in float32."""
+    f = finite_number(v)
+    with np.errstate(over="ignore", under="ignore"):
+        return None if f is None or not np.isfinite(np.float32(f)) else float(np.float32(f))
 
 
 def pair(v, what, node, minimum=1):
