@@ -840,6 +840,11 @@ class _Importer:
         z = np.zeros((), typed[code] or np.dtype(dtype)) if z is None else np.asarray(z)
         if s.size != 1 or z.size != 1:
             raise OnnxUnsupported(f"{what}: per-axis quantization of activations; expects one scale and zero point")
+        if np.ndim(s) > 1 or z.ndim > 1:  # onnxruntime refuses them: a scalar or a 1-element vector
+            shapes = f"{np.shape(s)} and {z.shape}"
+            raise OnnxUnsupported(
+                f"{what}: scale and zero point of shapes {shapes}; expects scalars, of shape () or (1,)"
+            )
         if z.dtype not in (np.int8, np.uint8):
             raise OnnxUnsupported(f"{what}: zero point of type {z.dtype}; supported: int8, uint8")
         scale = np.float32(np.asarray(s).reshape(-1)[0])

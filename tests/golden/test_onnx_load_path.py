@@ -483,6 +483,15 @@ def _clip_bound_of_shape_1_1(opset):  # one value, but no scalar: onnxruntime re
     return [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])], consts, opset
 
 
+def _quantization_of_shape_1_1(opset):  # one value each, but no scalars: onnxruntime refuses them
+    consts = {"s": np.full((1, 1), 0.1, np.float32), "z": np.zeros((1, 1), np.uint8)}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+    ]
+    return nodes, consts, opset
+
+
 def _float64_weight(opset):
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"])]
     return nodes, {"w": np.ones((8, 2), np.float64)}, opset
@@ -534,6 +543,7 @@ def _a_nameless_output(opset):
         (_concat_without_axis, 13, "required attribute axis is missing"),
         (_clip_of_two_bounds, 13, "min has shape (2,); a bound is a scalar"),
         (_clip_bound_of_shape_1_1, 13, "min has shape (1, 1); a bound is a scalar"),
+        (_quantization_of_shape_1_1, 13, "scale and zero point of shapes (1, 1) and (1, 1); expects scalars"),
         (_float64_weight, 13, "not a valid ONNX model ([ShapeInferenceError] (op_type:Gemm): B has inconsistent type"),
     ],
 )
