@@ -264,7 +264,7 @@ def load_arch(spec) -> Arch:
     if path.suffix.lower() != ".toml":
         if str(spec) in presets():
             path = ARCH_DIR / f"{spec}.toml"
-        elif not path.exists():
+        elif not str(spec) or not path.exists():  # Path("") is "."
             raise UnknownPresetError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
     try:
         if not path.is_file():

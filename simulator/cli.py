@@ -79,7 +79,7 @@ def register(sub) -> None:
     )
     add_model_arg(p)
     add_file(p, "--masks", help="VELCRO mask file (.h5) of this model")
-    accel_help = f"preset ({', '.join(presets())}) or a velcro-arch/1 .toml file"
+    accel_help = f"preset ({', '.join(presets())}) or a velcro-arch/1 TOML file (./NAME for a file named as a preset)"
     add_file(p, "--accel", type=str, required=True, help=accel_help)
     p.add_argument(
         "--batch",

@@ -55,9 +55,10 @@ def column_chunks(layer, cols):
         width = np.minimum(cols, kg - cols * np.arange(n_chunks))
         live = np.broadcast_to(width, (g, n_chunks)).astype(np.int64)
         return np.full((g, n_chunks), p, np.int64), live, live * p
+    # Each chunk from its first filter, not padded to whole chunks: padded, a depthwise layer's one
+    # filter per group would take `cols` times the mask's memory.
     keep = ~layer.skip.reshape(g, kg, p)
-    starts = np.arange(0, kg, cols)  # each chunk's first filter (no padding to whole chunks: a depthwise
-    # layer's one filter per group would take `cols` times the mask's memory)
+    starts = np.arange(0, kg, cols)
     needed = np.logical_or.reduceat(keep, starts, axis=1).sum(axis=-1)
     live = np.add.reduceat(keep.any(axis=2), starts, axis=1, dtype=np.int64)
     used = np.add.reduceat(keep.sum(axis=2, dtype=np.int64), starts, axis=1)

@@ -282,7 +282,10 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
         c = result.total_compressed
         if c is not None:
             cmp = result.total_comparison
-            figures = cmp.to_json(compute_only) if stand_ins else vars(cmp)
+            figures = cmp.to_json(compute_only)
+            if not stand_ins:
+                figures = {"speedup": cmp.speedup, "energy_saving": cmp.energy_saving}
+                figures["compute_energy_saving"] = cmp.compute_energy_saving
             r.update(
                 compressed_cycles=c.cycles,
                 compressed_energy_pj=c.energy_pj,

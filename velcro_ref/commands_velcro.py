@@ -69,11 +69,11 @@ def cmd_profile(args):
                 f"now (another image set than its {done.source!r}, or the file changed); "
                 "delete it or run without --resume"
             )
-        if set(done.ranges) != col.range_tensors():  # else the missing ranges would cover the later images only
-            lost = sorted(col.range_tensors() ^ set(done.ranges))
+        missing, extra = col.range_tensors() - set(done.ranges), set(done.ranges) - col.range_tensors()
+        if missing or extra:  # a missing range would cover the later images only
+            what = "without the range of" if missing else "with a range of no tensor of the model,"
             raise StatsError(
-                f"{partial}: checkpoint without the range of tensor(s) {', '.join(lost[:5])}"
-                f"{' ...' if len(lost) > 5 else ''} or with others (damaged, or of another version); "
+                f"{partial}: checkpoint {what} {_names(missing or extra)} (damaged, or of another version); "
                 "delete it or run without --resume"
             )
         start = done.n_images
@@ -97,6 +97,12 @@ def cmd_profile(args):
         partial.unlink()
     print(f"wrote {out}: {len(model.sites)} sites, {col.stats.n_images} images of classes {list(classes)}")
     return 0
+
+
+def _names(names, most=5) -> str:
+    """The first `most` of a set of names, sorted, quoted."""
+    names = sorted(names)
+    return ", ".join(f"'{n}'" for n in names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _checkpoint(stats, images, partial):

@@ -75,7 +75,7 @@ def read_manifest(weights_dir, key="models") -> list[dict]:
         # the report prints it as the accuracy of this file on the whole test split
         if "fingerprint" not in m:
             raise DataError(f"{where}: a test_accuracy needs the fingerprint of the model it was measured on")
-        if m.get("test_images") != data.SPLIT_SIZES["test"] or isinstance(m.get("test_images"), bool):
+        if m.get("test_images") != data.SPLIT_SIZES["test"]:
             raise DataError(
                 f"{where}: test_images expects {data.SPLIT_SIZES['test']} (a test_accuracy over the whole test "
                 f"split), found {m.get('test_images')!r}"

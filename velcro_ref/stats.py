@@ -196,14 +196,14 @@ class StatsCollector:
                 continue
             self.over_input.add(st.name)
             src = steps[st.inputs[0]]
-            if not src.opdef.site and src.q is None:
+            if _has_range(src):
                 self._ranged_at[src.name] = st.name
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
 
     def range_tensors(self) -> set:
-        """The tensors whose range a run records: the input and every float tensor that is not a site."""
-        return {INPUT, *(st.name for st in self.model.steps if not st.opdef.site and st.q is None)}
+        """The tensors whose range a run records: the input and every step's of `_has_range`."""
+        return {INPUT, *(st.name for st in self.model.steps if _has_range(st))}
 
     def run_site(self, step, x, out):
         """Compute a float relu / relu6 site's output from its input x with its statistics (and
@@ -229,7 +229,7 @@ class StatsCollector:
             if self._ranged_at.get(step.inputs[0]) == step.name and self._passed != step.name:
                 self._extend(step.inputs[0], inputs[0])  # the engine ran the site: its input's range here
             self._passed = None
-        elif step.q is None and step.name not in self._ranged_at:
+        elif _has_range(step) and step.name not in self._ranged_at:
             self._extend(step.name, out)
 
     def _extend(self, tensor, y):
@@ -249,6 +249,11 @@ class StatsCollector:
         ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
         if list(ranges) != ordered:
             self.stats.ranges = {t: ranges[t] for t in ordered}
+
+
+def _has_range(step) -> bool:
+    """Whether a run records the range of the step's tensor: a float tensor that is not a site."""
+    return not step.opdef.site and step.q is None
 
 
 def _clamp_top(step):

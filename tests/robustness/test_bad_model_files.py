@@ -16,7 +16,7 @@ from velcro_ref import h5io
 from velcro_ref.engine import Model
 from velcro_ref.errors import ModelError
 from velcro_ref.graph import MAX_ELEMENTS, Graph, Node, validate
-from velcro_ref.model_io import load_graph, save_model
+from velcro_ref.model_io import graph_from_json, load_graph, save_model
 from velcro_ref.stats import collect_stats, save_stats
 
 
@@ -29,6 +29,17 @@ def edit_graph(fn):
         f.attrs["graph"] = json.dumps(doc)
 
     return edit
+
+
+def restamped(edit):
+    """`edit`, then the fingerprint of the edited contents stored, as in a file another writer made."""
+
+    def run(f):
+        edit(f)
+        params = {h5io.unescape_key(k): f["params"][k][()] for k in f["params"]}
+        f.attrs["fingerprint"] = graph_from_json(json.loads(f.attrs["graph"]), {}, params).fingerprint()
+
+    return run
 
 
 def node(doc, name):
@@ -367,7 +378,7 @@ def test_an_output_scale_that_is_no_positive_float32_is_refused(velcro, tmp_path
     bad = edited_copy(
         ROOT / "weights" / "resnet18_int8.h5",
         tmp_path / "bad.h5",
-        edit_graph(lambda d: node(d, "fc")["attrs"].__setitem__("y_scale", y_scale)),
+        restamped(edit_graph(lambda d: node(d, "fc")["attrs"].__setitem__("y_scale", y_scale))),
     )
     velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': y_scale expects a positive float32 value")
 
@@ -378,7 +389,7 @@ def test_a_quantized_conv_without_its_requantization_mode_is_refused(velcro, tmp
     bad = edited_copy(
         ROOT / "weights" / "resnet18_int8.h5",
         tmp_path / "bad.h5",
-        edit_graph(lambda d: node(d, "fc")["attrs"].pop("requant")),
+        restamped(edit_graph(lambda d: node(d, "fc")["attrs"].pop("requant"))),
     )
     velcro("info", bad).error_line(f"error: {bad}: ", "node 'fc': attribute requant is missing")
 
@@ -428,6 +439,12 @@ def test_a_preprocessing_of_one_value_per_input_channel_is_taken(tmp_path):
     )
     with pytest.raises(ModelError, match="mean expects a list of 3 number"):
         validate(bad)
+    relu = (Node("r", "relu", ("input",)),)
+    pre = {"scale": 1, "mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}  # rank 2, channels first: taken (r1)
+    validate(Graph(relu, (3, 10), "r", {}, {"preprocessing": pre}))
+    validate(Graph(relu, (10,), "r", {}, {"preprocessing": {"scale": 1, "mean": [0.1], "std": [1]}}))
+    with pytest.raises(ModelError, match="mean expects a list of 1 number"):
+        validate(Graph(relu, (3,), "r", {}, {"preprocessing": pre}))
 
 
 def swap_param(node_name, role, value):
@@ -455,7 +472,9 @@ def swap_param(node_name, role, value):
 def test_weight_quantization_of_another_shape_is_refused(velcro, tmp_path, node_name, role, value):
     """qlinear did not check them as qconv2d does: a traceback, a NumPy message without the file, or a
     (2, 5) scale taken."""
-    bad = edited_copy(ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", swap_param(node_name, role, value))
+    bad = edited_copy(
+        ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", restamped(swap_param(node_name, role, value))
+    )
     velcro("info", bad).error_line(f"error: {bad}: ", f"node '{node_name}': {role} expects shape (1,) or (")
 
 

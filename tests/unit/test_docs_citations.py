@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-CITATION = re.compile(r'docs/([a-z0-9_-]+\.md),? \(?"([^"\n]+)"')
+CITATION = re.compile(r'docs/([a-z0-9_-]+\.md)`?,? \(?"([^"\n]+)"')
 TREES = ("velcro_ref", "simulator", "scripts", "benchmarks", "tests", "docs")
 
 

@@ -65,6 +65,8 @@ def test_missing_energy_entry_and_bad_toml():
 def test_unknown_preset_and_missing_file(tmp_path):
     with pytest.raises(ArchError, match="unknown accelerator 'nope'; presets: "):
         load_arch("nope")
+    with pytest.raises(ArchError, match="unknown accelerator ''; presets: "):  # not the folder "."
+        load_arch("")
     with pytest.raises(ArchError, match="cannot be read"):
         load_arch(tmp_path / "missing.toml")
     path = tmp_path / "mine.toml"
