@@ -7,6 +7,8 @@ returns them; `save_*` and `load_*` read and write the files.
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 import numpy as np
 
 from . import evaluation
@@ -98,7 +100,7 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     if masks is not None:
         evaluation.check_macs(model)  # before the runs: the CSR needs them
     dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
-    listed = sorted(classes) if isinstance(classes, (set, frozenset)) else classes
+    listed = evaluation.class_indices(classes, "task classes")  # a set's in order
     doc = {"n_images": len(x), "classes": [int(c) for c in listed], "dense": {k: dense[k] for k in keys}}
     if masks is not None:
         masked = evaluation.evaluate(model, x, labels, classes, masks=masks, batch=batch, progress=progress)
@@ -116,7 +118,7 @@ def task_classes(task=None, classes=None) -> tuple:
         raise UsageError("give exactly one of task or classes")
     if classes is not None:  # a comma list, names, indices, one index (`data.class_tuple`)
         chosen = data.class_tuple(classes)
-        return tuple(sorted(chosen)) if isinstance(classes, (set, frozenset)) else chosen  # a set's by index
+        return tuple(sorted(chosen)) if isinstance(classes, Set) else chosen  # a set's (a dict's keys) by index
     tasks = data.load_tasks()
     if task not in tasks:
         raise UsageError(f"unknown task '{task}'; tasks: {', '.join(tasks)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -13,11 +13,16 @@ def class_indices(values, what) -> np.ndarray:
     """`values` (labels or task classes) as a 1-D int64 array; InputError unless they are a 1-D
     sequence of integers (a float 2.7 or 0.5, a string, a bool, an (N, 1) column would otherwise
     be truncated, compared as it is or broadcast)."""
-    if isinstance(values, (set, frozenset)):  # an iterable of indices, in no order
+    if isinstance(values, Set):  # an iterable of indices in no order (a set, a dict's keys)
         values = sorted(values)
     if isinstance(values, (str, bytes, bytearray, memoryview, Mapping)):  # text or bytes, or keys: no class list
         raise InputError(f"{what} expect a 1-D sequence of class indices, found {type(values).__name__}")
-    a = np.asarray(values)
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+        raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
+    try:
+        a = np.asarray(values)
+    except ValueError:  # a ragged list
+        raise InputError(f"{what} expect a 1-D sequence of class indices") from None
     if a.ndim != 1:
         raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")
     if a.size and (a.dtype == np.bool_ or a.dtype.kind not in "iu"):
