@@ -12,7 +12,6 @@ import numpy as np
 
 from velcro_ref.errors import DataError, InputError
 from velcro_ref.fileio import parse_toml
-from velcro_ref.graph import check_preprocessing
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -233,7 +232,16 @@ def preprocess(images_uint8, preprocessing):
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise DataError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    check_preprocessing(preprocessing, 1, DataError)  # one channel here
+    from .graph import check_preprocessing  # (graph loads the ops and Numba: not at this module's import)
+
+    if isinstance(preprocessing, dict):  # mean and std as any sequence or a number, as the model's JSON lists
+        preprocessing = {
+            k: list(np.asarray(v, object).reshape(-1)) if k in ("mean", "std") else v for k, v in preprocessing.items()
+        }
+        channels = {len(preprocessing[k]) for k in ("mean", "std") if k in preprocessing}
+        if len(channels) == 1 and channels != {1}:  # a model's own, of other images than these
+            raise DataError(f"preprocessing of {channels.pop()} input channels; Fashion-MNIST images have 1")
+    check_preprocessing(preprocessing, 1, DataError, "preprocessing")
     scale = np.float32(preprocessing["scale"])
     mean = np.asarray(preprocessing["mean"], dtype=np.float32)
     std = np.asarray(preprocessing["std"], dtype=np.float32)
@@ -251,7 +259,11 @@ def task_images(model, classes, split="train", n=None, data_dir=None, start=0, w
         raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
     images, labels = load_fashion_mnist(split, data_dir)
     indices = class_indices(images, labels, classes, n, start)
-    x, y = np.ascontiguousarray(preprocess(images[indices], pre)), labels[indices].astype(np.int64)
+    try:
+        x = np.ascontiguousarray(preprocess(images[indices], pre))
+    except DataError as e:  # the model's preprocessing: name the model
+        raise DataError(f"{model.path}: {e}" if model.path else str(e)) from None
+    y = labels[indices].astype(np.int64)
     return (x, y, indices.astype(np.int64)) if with_indices else (x, y)
 
 

@@ -152,6 +152,29 @@ def test_preprocess_scales_and_adds_channel_axis():
     np.testing.assert_allclose(out[0, 0], [[-2.0, 2.0], [-1.2, -0.4]], rtol=1e-6)
 
 
+def test_preprocess_takes_mean_and_std_as_any_sequence_and_numpy_numbers():
+    images = np.array([[[0, 255], [51, 102]]], dtype=np.uint8)
+    want = data.preprocess(images, {"scale": 1 / 255, "mean": [0.5], "std": [0.25]})
+    for pre in (
+        {"scale": 1 / 255, "mean": (0.5,), "std": np.array([0.25])},
+        {"scale": np.float32(1 / 255), "mean": 0.5, "std": [np.float32(0.25)]},
+    ):
+        np.testing.assert_array_equal(data.preprocess(images, pre), want)
+    with pytest.raises(DataError, match=r"^preprocessing: mean expects"):  # a bool is no number
+        data.preprocess(images, {"scale": 1.0, "mean": [True], "std": [1.0]})
+
+
+def test_a_model_of_three_channels_on_fashion_mnist_is_named_as_such(tmp_path):
+    """The refusal read as if the model's preprocessing were invalid ("mean expects a list of 1 number")."""
+    from robust_util import zoo_graph
+
+    from velcro_ref.engine import Model
+
+    model = Model(zoo_graph("resnet18", input_size=28, in_channels=3, width=0.25, num_classes=10), path="z3.h5")
+    with pytest.raises(DataError, match=r"^z3.h5: preprocessing of 3 input channels; Fashion-MNIST images have 1$"):
+        data.task_images(model, (5, 7), "test", 4)
+
+
 def test_preprocess_rejects_bad_dict():
     images = np.zeros((1, 28, 28), np.uint8)
     with pytest.raises(DataError, match="keys"):
