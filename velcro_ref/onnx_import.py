@@ -18,7 +18,7 @@ from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
 from .fileio import parse_json
-from .ops.base import OnnxUnsupported, QParams, onnx_axis
+from .ops.base import OnnxUnsupported, QParams, at_most_1d, is_scalar, onnx_axis
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
 # and Dropout, which it bypasses; Constant and shape arithmetic are folded.
@@ -129,6 +129,11 @@ BATCH = _Batch()
 def onnx_key(node) -> str:
     """The registry's key of an ONNX node: its op type, prefixed by "domain:" outside the default domain."""
     return node.op_type if node.domain in _DOMAINS else f"{node.domain}:{node.op_type}"
+
+
+# Ops whose activation scales and zero points onnxruntime takes of shape () only (its contrib schema:
+# "must be a scalar"); the others take () or (1,).
+_SCALARS_ONLY = ("com.microsoft:QLinearAdd", "com.microsoft:QLinearAveragePool")
 
 
 class QConst(NamedTuple):
@@ -840,11 +845,10 @@ class _Importer:
         z = np.zeros((), typed[code] or np.dtype(dtype)) if z is None else np.asarray(z)
         if s.size != 1 or z.size != 1:
             raise OnnxUnsupported(f"{what}: per-axis quantization of activations; expects one scale and zero point")
-        if np.ndim(s) > 1 or z.ndim > 1:  # onnxruntime refuses them: a scalar or a 1-element vector
-            shapes = f"{np.shape(s)} and {z.shape}"
-            raise OnnxUnsupported(
-                f"{what}: scale and zero point of shapes {shapes}; expects scalars, of shape () or (1,)"
-            )
+        scalars_only = onnx_key(node) in _SCALARS_ONLY
+        if not (is_scalar(s) and is_scalar(z)) or scalars_only and (np.ndim(s) or z.ndim):  # as onnxruntime
+            shapes, want = f"{np.shape(s)} and {z.shape}", "()" if scalars_only else "() or (1,)"
+            raise OnnxUnsupported(f"{what}: scale and zero point of shapes {shapes}; expects scalars, of shape {want}")
         if z.dtype not in (np.int8, np.uint8):
             raise OnnxUnsupported(f"{what}: zero point of type {z.dtype}; supported: int8, uint8")
         scale = np.float32(np.asarray(s).reshape(-1)[0])
@@ -880,6 +884,7 @@ class _Importer:
         q = self.values[dq.input[0]]
         scale = np.asarray(self.const(dq, 1, f"{what} scale"))
         zp = self.const(dq, 2, f"{what} zero point", required=False)
+        at_most_1d(f"{what} scale and zero point", scale, zp)
         zp = np.zeros(1, q.dtype) if zp is None else np.asarray(zp)
         if scale.dtype != np.float32 or not np.all(np.isfinite(scale) & (scale > 0)):
             raise ModelError(f"node '{dq.name}': {what} scale expects positive finite float32 values")

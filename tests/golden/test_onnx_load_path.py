@@ -762,3 +762,74 @@ def test_quantized_weights_read_by_a_float_op_are_refused_naming_why(tmp_path):
     path = save(tmp_path, nodes, consts)
     assert ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})[0].shape == (1, 5)
     assert "weight ('dw') is a DequantizeLinear of quantized weights read by a float op" in refused(path)
+
+
+def _quantized_matmul(tmp_path, kind, w_scale_shape, out_scale_shape=()):
+    """x (N, 8) -> QuantizeLinear -> QLinearMatMul, QGemm or QLinearAdd (of x with itself) -> DequantizeLinear."""
+    rng = np.random.default_rng(0)
+    ws = np.full(w_scale_shape, 0.01, np.float32) if w_scale_shape != "per-output" else np.float32([0.01, 0.02, 0.03])
+    consts = {
+        "xs": np.float32(0.05), "xz": np.uint8(128), "ws": ws, "wz": np.zeros(np.shape(ws), np.int8),
+        "ys": np.full(out_scale_shape, 0.1, np.float32), "yz": np.full(out_scale_shape, 128, np.uint8),
+    }  # fmt: skip
+    if kind == "QLinearMatMul":
+        consts["w"] = rng.integers(-9, 9, (8, 3)).astype(np.int8)
+        mid = helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"])
+    elif kind == "QGemm":
+        consts["w"] = rng.integers(-9, 9, (3, 8)).astype(np.int8)
+        args = ["xq", "xs", "xz", "w", "ws", "wz", "", "ys", "yz"]
+        mid = helper.make_node("QGemm", args, ["yq"], transB=1, domain="com.microsoft")
+    else:
+        args = ["xq", "xs", "xz", "xq", "xs", "xz", "ys", "yz"]
+        mid = helper.make_node("QLinearAdd", args, ["yq"], domain="com.microsoft")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        mid,
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "m",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in consts.items()],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    path = tmp_path / f"{kind}.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, w_shape, out_shape, taken",
+    [
+        ("QLinearMatMul", (), (), True),
+        ("QLinearMatMul", "per-output", (), True),
+        ("QLinearMatMul", (1, 3), (), True),  # per column of B (K, N), as (1, N)
+        ("QLinearMatMul", (1, 1), (), False),
+        ("QLinearMatMul", (3, 1), (), False),
+        ("QGemm", (1,), (), True),
+        ("QGemm", (1, 1), (), False),
+        ("QGemm", (1, 3), (), False),
+        ("QLinearAdd", (), (), True),
+        ("QLinearAdd", (), (1,), False),  # contrib schema: "must be a scalar"
+        ("QLinearMatMul", (), (1,), True),
+    ],
+)
+def test_quantization_parameters_of_the_shapes_onnxruntime_takes_are_taken_and_no_others(
+    tmp_path, kind, w_shape, out_shape, taken
+):
+    """Weight scales and zero points of shape (1, 1) or (K, 1), and a contrib op's activation scale of
+    shape (1,), were imported (reshaped) where onnxruntime refuses the model."""
+    path = _quantized_matmul(tmp_path, kind, w_shape, out_shape)
+    x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
+    try:
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    except Exception:  # onnxruntime refuses it (when the model loads, or when it runs)
+        want = None
+    assert (want is not None) == taken
+    if taken:
+        assert np.array_equal(Model(import_onnx(path)).run(x), want)
+    else:
+        assert "scale and zero point of shapes" in refused(path)

@@ -174,14 +174,13 @@ def quantized_output(node) -> QParams:
     dtype = a.get("dtype")
     if dtype not in Q_RANGES:
         raise ModelError(f"node '{node.name}': dtype expects 'int8' or 'uint8', got {dtype!r}")
-    scale = finite_number(a.get("y_scale"))
-    if scale is None or not (float32_number(scale) or 0) > 0:  # the kernels take it as float32: not inf, not 0
+    if not (float32_number(a.get("y_scale")) or 0) > 0:  # as the kernels take it, float32: not inf, not 0
         raise ModelError(f"node '{node.name}': y_scale expects a positive float32 value, got {a.get('y_scale')!r}")
     zp = a.get("y_zero_point")
     lo, hi = Q_RANGES[dtype]
     if not is_int(zp) or not lo <= zp <= hi:
         raise ModelError(f"node '{node.name}': y_zero_point expects an integer in [{lo}, {hi}], got {zp!r}")
-    return QParams(float(scale), int(zp), dtype)
+    return QParams(float(a["y_scale"]), int(zp), dtype)
 
 
 class ActivationOp(Op):
@@ -221,6 +220,19 @@ def to_float32(wide) -> tuple[np.ndarray, np.ndarray]:
     return q, ~np.isfinite(q) | ((q != wide) & (np.abs(wide) < np.finfo(np.float32).tiny))
 
 
+def is_scalar(v) -> bool:
+    """Whether v is one value of shape () or (1,), as onnxruntime takes a scalar input."""
+    return np.size(v) == 1 and np.ndim(v) <= 1
+
+
+def at_most_1d(what, *arrays) -> None:
+    """OnnxUnsupported unless each array (None: absent) is a scalar or a vector, as onnxruntime takes
+    scales and zero points (one value, or one per channel)."""
+    shapes = [np.shape(a) for a in arrays if a is not None]
+    if any(len(s) > 1 for s in shapes):
+        raise OnnxUnsupported(f"{what} of shapes {' and '.join(map(str, shapes))}; expects scalars or vectors")
+
+
 def clip_bounds(node, a, ctx) -> tuple[float, float]:
     """A Clip's (min, max): attributes before opset 11, else inputs 1 and 2; absent, float32's lowest
     and largest values, as ONNX defines them (numeric_limits) and onnxruntime clamps +-inf to them. A
@@ -231,7 +243,7 @@ def clip_bounds(node, a, ctx) -> tuple[float, float]:
     bounds = []
     for k, role, absent in ((1, "min", -big), (2, "max", big)):
         v = ctx.const(node, k, role, required=False)
-        if v is not None and (np.size(v) != 1 or np.ndim(v) > 1):
+        if v is not None and not is_scalar(v):
             raise OnnxUnsupported(f"{role} has shape {np.shape(v)}; a bound is a scalar, of shape () or (1,)")
         bounds.append(absent if v is None else float(np.asarray(v).reshape(-1)[0]))
     return bounds[0], bounds[1]
@@ -252,8 +264,9 @@ def finite_number(v) -> float | None:
 
 
 def float32_number(v) -> float | None:
-    """v as float32 (a Python float), or None for anything but a number finite in float32."""
-    f = finite_number(v)
+    """v (a Python or NumPy number, not a bool) as float32 (a Python float), or None for anything but a
+    number finite in float32."""
+    f = finite_number(v.item() if isinstance(v, (np.floating, np.integer)) else v)
     with np.errstate(over="ignore", under="ignore"):
         return None if f is None or not np.isfinite(np.float32(f)) else float(np.float32(f))
 

@@ -23,7 +23,7 @@ from ..kernels.int8 import pool as kpool
 from ..kernels.int8 import requant as kreq
 from ..kernels.int8 import sites as ksite
 from ..reference import int8 as rint8
-from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, clip_bounds, quantized_output
+from .base import Q_ATTRS, ActivationOp, OnnxUnsupported, Op, at_most_1d, clip_bounds, quantized_output
 from .conv import Conv2d
 from .elementwise import Add, Concat, channel_axis_only
 from .linear import Linear
@@ -284,6 +284,7 @@ class QConv2d(Conv2d):
         if node.op_type == "QLinearConv":  # x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, [bias]
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            at_most_1d("weight scale and zero point", ws, wz)
             y = ctx.scale_zero_point(node, 6, 7, "output")
             b = ctx.const(node, 8, "bias", required=False)
             bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
@@ -372,6 +373,7 @@ class QLinear(Linear):
                 raise OnnxUnsupported("QGemm without an output scale (float output)")
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            at_most_1d("weight scale and zero point", ws, wz)
             b = ctx.const(node, 6, "bias", required=False)
             bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
             y = ctx.scale_zero_point(node, 7, 8, "output")
@@ -379,6 +381,9 @@ class QLinear(Linear):
         elif key == "QLinearMatMul":  # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
+            per_column = (1, np.shape(w)[-1])  # B (K, N): a scale and zero point per column may be (1, N)
+            ws, wz = (v.reshape(-1) if np.shape(v) == per_column else v for v in (ws, wz))
+            at_most_1d("weight scale and zero point", ws, wz)
             y = ctx.scale_zero_point(node, 6, 7, "output")
             trans_b, base, site = 0, ctx.qoperator_name(node, "MatMul"), None
         else:  # QDQ Gemm or MatMul on DequantizeLinear inputs, read by a QuantizeLinear
