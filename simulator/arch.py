@@ -265,7 +265,7 @@ def load_arch(spec) -> Arch:
         if str(spec) in presets():
             path = ARCH_DIR / f"{spec}.toml"
         elif not str(spec) or not path.exists():  # Path("") is "."
-            raise UnknownPresetError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a .toml file")
+            raise UnknownPresetError(f"unknown accelerator '{spec}'; presets: {', '.join(presets())}, or a TOML file")
     try:
         if not path.is_file():
             kind = "missing" if not path.exists() else "not a regular file"

@@ -282,8 +282,9 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
         c = result.total_compressed
         if c is not None:
             cmp = result.total_comparison
-            figures = cmp.to_json(compute_only)
-            if not stand_ins:
+            if stand_ins:
+                figures = cmp.to_json(compute_only)
+            else:
                 figures = {"speedup": cmp.speedup, "energy_saving": cmp.energy_saving}
                 figures["compute_energy_saving"] = cmp.compute_energy_saving
             r.update(

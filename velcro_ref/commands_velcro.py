@@ -69,11 +69,13 @@ def cmd_profile(args):
                 f"now (another image set than its {done.source!r}, or the file changed); "
                 "delete it or run without --resume"
             )
-        missing, extra = col.range_tensors() - set(done.ranges), set(done.ranges) - col.range_tensors()
+        recorded = col.range_tensors()
+        missing, extra = recorded - set(done.ranges), set(done.ranges) - recorded
         if missing or extra:  # a missing range would cover the later images only
-            what = "without the range of" if missing else "with a range of no tensor of the model,"
+            what = [f"without the range of {_names(missing)}"] if missing else []
+            what += [f"with a range of no tensor of the model, {_names(extra)}"] if extra else []
             raise StatsError(
-                f"{partial}: checkpoint {what} {_names(missing or extra)} (damaged, or of another version); "
+                f"{partial}: checkpoint {'; '.join(what)} (damaged, or of another version); "
                 "delete it or run without --resume"
             )
         start = done.n_images
@@ -228,6 +230,8 @@ def cmd_compress(args):
     from .masks import check_ratio, save_masks
     from .stats import load_stats
 
+    if args.allow_nonfinite and not args.model:
+        raise UsageError("--allow-nonfinite applies to --model: give the model too")
     ratio = None if args.ratio is None else check_ratio(args.ratio, "--ratio")
     stats = load_stats(args.stats)
     model = None

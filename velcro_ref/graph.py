@@ -305,11 +305,10 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
     return shapes
 
 
-def check_preprocessing(pre, n, error=ModelError) -> None:
+def check_preprocessing(pre, n, error=ModelError, where="meta 'preprocessing'") -> None:
     """A `preprocessing` of n input channels: exactly the keys scale, mean and std; scale and each
-    std positive, mean and std n numbers, each a finite float32 (the loaders feed (x * scale -
-    mean) / std in float32, docs/formats.md). `error` (prefixed by "meta 'preprocessing'") else."""
-    where = "meta 'preprocessing'"
+    std positive, mean and std lists of n numbers, each a finite float32 (the loaders feed (x * scale
+    - mean) / std in float32, docs/formats.md). `error` (its message prefixed by `where`) else."""
     if not isinstance(pre, dict) or set(pre) != {"scale", "mean", "std"}:
         found = sorted(pre) if isinstance(pre, dict) else type(pre).__name__
         raise error(f"{where} expects exactly the keys mean, scale, std; found {found}")
