@@ -93,7 +93,7 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     "masked": {...}, "csr"}; "inf_images" in each run's counts the images with an infinite score
     (float32 overflowed, `evaluation.evaluate`). `classes` keep their order (a set's sorted)."""
     x = model.check_input(images)
-    labels = np.asarray(labels)
+    labels = evaluation.class_indices(labels, "labels", sets=False)  # one integer per image (not bytes)
     if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
         classes = (int(classes),)  # one class, as task_images takes it
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")

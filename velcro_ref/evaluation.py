@@ -9,13 +9,13 @@ import numpy as np
 from .errors import InputError, ModelError, StatsError, UsageError
 
 
-def class_indices(values, what) -> np.ndarray:
+def class_indices(values, what, sets=True) -> np.ndarray:
     """`values` (labels or task classes) as a 1-D int64 array; InputError unless they are a 1-D
     sequence of integers (a float 2.7 or 0.5, a string, a bool, an (N, 1) column would otherwise
     be truncated, compared as it is or broadcast)."""
-    if isinstance(values, Set):  # an iterable of indices in no order (a set, a dict's keys)
+    if isinstance(values, Set) and sets:  # indices in no order (a set, a dict's keys), of classes
         values = sorted(values)
-    if isinstance(values, (str, bytes, bytearray, memoryview, Mapping)):  # text or bytes, or keys: no class list
+    if isinstance(values, (str, bytes, bytearray, memoryview, Mapping, Set)):  # text or bytes, or keys: no class list
         raise InputError(f"{what} expect a 1-D sequence of class indices, found {type(values).__name__}")
     if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
         raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
@@ -77,7 +77,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
     """
     check_batch(batch)
     check_scores(model, labels, classes)
-    labels = class_indices(labels, "labels")
+    labels = class_indices(labels, "labels", sets=False)  # one per image, in order: no set
     if len(labels) != len(x):  # a shorter array would broadcast against a batch of scores
         raise InputError(f"{len(x)} images but {len(labels)} labels")
     classes = np.unique(class_indices(classes, "task classes"))

@@ -110,7 +110,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
     if labels is not None and np.shape(labels) != (len(x),):
         raise UsageError(f"labels expect one per image, shape ({len(x)},), found {np.shape(labels)}")
     if labels is not None:
-        labels = class_indices(labels, "labels")
+        labels = class_indices(labels, "labels", sets=False)
         if labels.size and labels.min() < 0:
             raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

@@ -249,6 +249,9 @@ def test_one_class_may_be_given_as_an_integer(files):
         with pytest.raises(velcro_ref.VelcroError, match="expect a 1-D sequence of class indices, found"):
             velcro_ref.profile(model, x[:2], classes=bad)
     assert velcro_ref.evaluate(model, x, y, {9: 0, 5: 0, 7: 0}.keys())["classes"] == [5, 7, 9]  # a set, as task_classes
+    for bad in (bytearray(bytes(y.astype(np.uint8))), set(y.tolist())):  # labels: one integer per image, in order
+        with pytest.raises(velcro_ref.VelcroError, match="labels expect a 1-D sequence of class indices, found"):
+            velcro_ref.evaluate(model, x, bad, (5, 7, 9))
     for bad in ([5, True], [[5], [7, 9]]):  # a bool among integers was class 1; a ragged list a NumPy ValueError
         with pytest.raises(velcro_ref.VelcroError, match="expect"):
             velcro_ref.evaluate(model, x, y, bad)
