@@ -15,9 +15,10 @@ def class_indices(values, what, sets=True) -> np.ndarray:
     be truncated, compared as it is or broadcast)."""
     if isinstance(values, Set) and sets:  # indices in no order (a set, a dict's keys), of classes
         values = sorted(values)
-    if isinstance(values, (str, bytes, bytearray, memoryview, Mapping, Set)):  # text or bytes, or keys: no class list
+    raw_bytes = isinstance(values, memoryview) and values.format in ("B", "b", "c")  # a typed one is an array
+    if isinstance(values, (str, bytes, bytearray, Mapping, Set)) or raw_bytes:  # text, bytes or keys: no class list
         raise InputError(f"{what} expect a 1-D sequence of class indices, found {type(values).__name__}")
-    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in values):
+    if isinstance(values, (list, tuple)) and any(np.asarray(v).dtype == np.bool_ for v in values):
         raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
     try:
         a = np.asarray(values)
@@ -49,7 +50,7 @@ def check_scores(model, labels, classes) -> int:
     n = shape[0]
     # the task classes first: labels drawn from the task hold its classes too
     for what, values in (("task classes", classes), ("labels", labels)):
-        wanted = class_indices(values, what)
+        wanted = class_indices(values, what, sets=what != "labels")
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
             raise InputError(

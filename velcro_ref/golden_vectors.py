@@ -107,10 +107,10 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
     quantized = any(st.q is not None for st in model.plan.nodes)
     if accumulators and not quantized:
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
-    if labels is not None and np.shape(labels) != (len(x),):
-        raise UsageError(f"labels expect one per image, shape ({len(x)},), found {np.shape(labels)}")
     if labels is not None:
         labels = class_indices(labels, "labels", sets=False)
+        if labels.shape != (len(x),):
+            raise UsageError(f"labels expect one per image, shape ({len(x)},), found {labels.shape}")
         if labels.size and labels.min() < 0:
             raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

@@ -223,7 +223,7 @@ def test_a_mask_made_writeable_again_and_edited_is_seen_by_the_next_run(files):
     assert np.array_equal(again, dense) and sum(macs_again.values()) > sum(macs.values())
 
 
-def test_one_class_may_be_given_as_an_integer(files):
+def test_one_class_may_be_given_as_an_integer(files, tmp_path):
     """task_images(model, 5) raised a TypeError (an int is not iterable); it is the one class 5."""
     model = velcro_ref.load_model(files / "m.h5")
     _, y = velcro_ref.task_images(model, 5, "test", 7)
@@ -252,7 +252,11 @@ def test_one_class_may_be_given_as_an_integer(files):
     for bad in (bytearray(bytes(y.astype(np.uint8))), set(y.tolist())):  # labels: one integer per image, in order
         with pytest.raises(velcro_ref.VelcroError, match="labels expect a 1-D sequence of class indices, found"):
             velcro_ref.evaluate(model, x, bad, (5, 7, 9))
-    for bad in ([5, True], [[5], [7, 9]]):  # a bool among integers was class 1; a ragged list a NumPy ValueError
+    typed = memoryview(y.astype(np.int64))  # a typed memoryview is an array of labels, not bytes
+    assert velcro_ref.evaluate(model, x, typed, (5, 7, 9)) == velcro_ref.evaluate(model, x, y, (5, 7, 9))
+    with pytest.raises(velcro_ref.VelcroError, match="labels expect a 1-D sequence of class indices"):
+        velcro_ref.golden(model, x[:3], tmp_path / "g.h5", labels=[[5], [7, 9], 9])  # was a NumPy ValueError
+    for bad in ([5, True], [5, np.array(True)], [[5], [7, 9]]):  # a bool among integers was class 1
         with pytest.raises(velcro_ref.VelcroError, match="expect"):
             velcro_ref.evaluate(model, x, y, bad)
         with pytest.raises(velcro_ref.VelcroError, match="expect"):
