@@ -234,12 +234,10 @@ def preprocess(images_uint8, preprocessing):
         raise DataError(f"images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
     from .graph import check_preprocessing  # (graph loads the ops and Numba: not at this module's import)
 
-    if isinstance(preprocessing, dict):  # mean and std as any sequence or a number, as the model's JSON lists
-        preprocessing = {
-            k: list(np.asarray(v, object).reshape(-1)) if k in ("mean", "std") else v for k, v in preprocessing.items()
-        }
-        channels = {len(preprocessing[k]) for k in ("mean", "std") if k in preprocessing}
-        if len(channels) == 1 and channels != {1}:  # a model's own, of other images than these
+    if isinstance(preprocessing, dict):  # as the model's JSON holds them: mean and std lists, Python numbers
+        preprocessing = {k: _plain(v, k in ("mean", "std")) for k, v in preprocessing.items()}
+        channels = {len(preprocessing[k]) for k in ("mean", "std") if isinstance(preprocessing.get(k), list)}
+        if len(channels) == 1 and channels != {1} and 0 not in channels and {"mean", "std"} <= set(preprocessing):
             raise DataError(f"preprocessing of {channels.pop()} input channels; Fashion-MNIST images have 1")
     check_preprocessing(preprocessing, 1, DataError, "preprocessing")
     scale = np.float32(preprocessing["scale"])
@@ -247,6 +245,19 @@ def preprocess(images_uint8, preprocessing):
     std = np.asarray(preprocessing["std"], dtype=np.float32)
     x = images[:, None, :, :].astype(np.float32)
     return (x * scale - mean[None, :, None, None]) / std[None, :, None, None]
+
+
+def _plain(v, listed):
+    """A preprocessing value given through the API as the model's JSON holds it: NumPy numbers as Python
+    ones, and with `listed` a tuple, an array or one number as a list; anything else as it is."""
+    if listed and (isinstance(v, (tuple, np.ndarray)) or isinstance(v, numbers.Number) and not isinstance(v, bool)):
+        v = list(np.asarray(v, object).reshape(-1))
+    return [_python_number(x) for x in v] if isinstance(v, list) else _python_number(v)
+
+
+def _python_number(x):
+    """A NumPy float or integer as a Python one; anything else as it is."""
+    return float(x) if isinstance(x, np.floating) else int(x) if isinstance(x, np.integer) else x
 
 
 def task_images(model, classes, split="train", n=None, data_dir=None, start=0, with_indices=False):

@@ -439,6 +439,9 @@ def test_a_preprocessing_of_one_value_per_input_channel_is_taken(tmp_path):
     )
     with pytest.raises(ModelError, match="mean expects a list of 3 number"):
         validate(bad)
+    numpy_scale = {"scale": np.float32(1 / 255), "mean": [0.5], "std": [0.5]}  # no JSON number: a one-line refusal
+    with pytest.raises(ModelError, match="scale expects a positive number"):
+        validate(Graph(graph.nodes, graph.input_shape, graph.output, graph.params, {"preprocessing": numpy_scale}))
     relu = (Node("r", "relu", ("input",)),)
     pre = {"scale": 1, "mean": [0.1, 0.2, 0.3], "std": [1, 1, 1]}  # rank 2, channels first: taken (r1)
     validate(Graph(relu, (3, 10), "r", {}, {"preprocessing": pre}))

@@ -264,9 +264,9 @@ def finite_number(v) -> float | None:
 
 
 def float32_number(v) -> float | None:
-    """v (a Python or NumPy number, not a bool) as float32 (a Python float), or None for anything but a
+    """v (a Python int or float, not a bool) as float32 (a Python float), or None for anything but a
     number finite in float32."""
-    f = finite_number(v.item() if isinstance(v, (np.floating, np.integer)) else v)
+    f = finite_number(v)
     with np.errstate(over="ignore", under="ignore"):
         return None if f is None or not np.isfinite(np.float32(f)) else float(np.float32(f))
 
