@@ -764,12 +764,13 @@ def test_quantized_weights_read_by_a_float_op_are_refused_naming_why(tmp_path):
     assert "weight ('dw') is a DequantizeLinear of quantized weights read by a float op" in refused(path)
 
 
-def _quantized_matmul(tmp_path, kind, w_scale_shape, out_scale_shape=()):
+def _quantized_matmul(tmp_path, kind, w_scale_shape, out_scale_shape=(), w_zero_shape=None):
     """x (N, 8) -> QuantizeLinear -> QLinearMatMul, QGemm or QLinearAdd (of x with itself) -> DequantizeLinear."""
     rng = np.random.default_rng(0)
     ws = np.full(w_scale_shape, 0.01, np.float32) if w_scale_shape != "per-output" else np.float32([0.01, 0.02, 0.03])
+    wz = np.zeros(np.shape(ws) if w_zero_shape is None else w_zero_shape, np.int8)
     consts = {
-        "xs": np.float32(0.05), "xz": np.uint8(128), "ws": ws, "wz": np.zeros(np.shape(ws), np.int8),
+        "xs": np.float32(0.05), "xz": np.uint8(128), "ws": ws, "wz": wz,
         "ys": np.full(out_scale_shape, 0.1, np.float32), "yz": np.full(out_scale_shape, 128, np.uint8),
     }  # fmt: skip
     if kind == "QLinearMatMul":
@@ -802,27 +803,29 @@ def _quantized_matmul(tmp_path, kind, w_scale_shape, out_scale_shape=()):
 
 
 @pytest.mark.parametrize(
-    "kind, w_shape, out_shape, taken",
+    "kind, w_shape, out_shape, taken, zero_shape",
     [
-        ("QLinearMatMul", (), (), True),
-        ("QLinearMatMul", "per-output", (), True),
-        ("QLinearMatMul", (1, 3), (), True),  # per column of B (K, N), as (1, N)
-        ("QLinearMatMul", (1, 1), (), False),
-        ("QLinearMatMul", (3, 1), (), False),
-        ("QGemm", (1,), (), True),
-        ("QGemm", (1, 1), (), False),
-        ("QGemm", (1, 3), (), False),
-        ("QLinearAdd", (), (), True),
-        ("QLinearAdd", (), (1,), False),  # contrib schema: "must be a scalar"
-        ("QLinearMatMul", (), (1,), True),
+        ("QGemm", "per-output", (), False, ()),  # onnxruntime: scale and zero point of one size
+        ("QGemm", "per-output", (), True, (3,)),
+        ("QLinearMatMul", (), (), True, None),
+        ("QLinearMatMul", "per-output", (), True, None),
+        ("QLinearMatMul", (1, 3), (), True, None),  # per column of B (K, N), as (1, N)
+        ("QLinearMatMul", (1, 1), (), False, None),
+        ("QLinearMatMul", (3, 1), (), False, None),
+        ("QGemm", (1,), (), True, None),
+        ("QGemm", (1, 1), (), False, None),
+        ("QGemm", (1, 3), (), False, None),
+        ("QLinearAdd", (), (), True, None),
+        ("QLinearAdd", (), (1,), False, None),  # contrib schema: "must be a scalar"
+        ("QLinearMatMul", (), (1,), True, None),
     ],
 )
 def test_quantization_parameters_of_the_shapes_onnxruntime_takes_are_taken_and_no_others(
-    tmp_path, kind, w_shape, out_shape, taken
+    tmp_path, kind, w_shape, out_shape, taken, zero_shape
 ):
     """Weight scales and zero points of shape (1, 1) or (K, 1), and a contrib op's activation scale of
     shape (1,), were imported (reshaped) where onnxruntime refuses the model."""
-    path = _quantized_matmul(tmp_path, kind, w_shape, out_shape)
+    path = _quantized_matmul(tmp_path, kind, w_shape, out_shape, zero_shape)
     x = np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)
     try:
         want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
@@ -832,4 +835,4 @@ def test_quantization_parameters_of_the_shapes_onnxruntime_takes_are_taken_and_n
     if taken:
         assert np.array_equal(Model(import_onnx(path)).run(x), want)
     else:
-        assert "scale and zero point of shapes" in refused(path)
+        assert "scale and zero point of shapes" in refused(path) or "zero point of 1" in refused(path)

@@ -374,6 +374,8 @@ class QLinear(Linear):
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
             at_most_1d("weight scale and zero point", ws, wz)
+            if np.size(ws) != np.size(wz):  # onnxruntime's QGemm: the same size (per tensor or per column)
+                raise OnnxUnsupported(f"weight scale of {np.size(ws)} values and zero point of {np.size(wz)}")
             b = ctx.const(node, 6, "bias", required=False)
             bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
             y = ctx.scale_zero_point(node, 7, 8, "output")
@@ -381,7 +383,7 @@ class QLinear(Linear):
         elif key == "QLinearMatMul":  # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
-            per_column = (1, np.shape(w)[-1])  # B (K, N): a scale and zero point per column may be (1, N)
+            per_column = (1, *np.shape(w)[-1:])  # B (K, N): a scale and zero point per column may be (1, N)
             ws, wz = (v.reshape(-1) if np.shape(v) == per_column else v for v in (ws, wz))
             at_most_1d("weight scale and zero point", ws, wz)
             y = ctx.scale_zero_point(node, 6, 7, "output")
