@@ -34,9 +34,17 @@ def profile(model, images, batch=256, classes=(), source="", progress=None, clie
     return collect_stats(model, x, batch=batch, classes=classes, source=source, progress=progress)
 
 
+def _one_class(classes):
+    """One integer class as a tuple of it, as task_images takes it (a bool is no class); anything else
+    as it is."""
+    if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
+        return (int(classes),)
+    return classes
+
+
 def _class_list(classes) -> tuple:
     """The classes a Stats records, as Python ints (a NumPy array's int64 would not save as JSON)."""
-    chosen = tuple(int(c) for c in evaluation.class_indices(classes, "classes"))
+    chosen = tuple(int(c) for c in evaluation.class_indices(_one_class(classes), "classes"))
     if chosen and min(chosen) < 0:
         raise UsageError(f"classes expect class indices of 0 or more, found {min(chosen)}")
     return chosen
@@ -94,8 +102,7 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     (float32 overflowed, `evaluation.evaluate`). `classes` keep their order (a set's sorted)."""
     x = model.check_input(images)
     labels = evaluation.class_indices(labels, "labels", sets=False)  # one integer per image (not bytes)
-    if isinstance(classes, (int, np.integer)) and not isinstance(classes, (bool, np.bool_)):
-        classes = (int(classes),)  # one class, as task_images takes it
+    classes = _one_class(classes)
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")
     if masks is not None:
         evaluation.check_macs(model)  # before the runs: the CSR needs them

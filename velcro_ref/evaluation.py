@@ -18,12 +18,12 @@ def class_indices(values, what, sets=True) -> np.ndarray:
     raw_bytes = isinstance(values, memoryview) and values.format in ("B", "b", "c")  # a typed one is an array
     if isinstance(values, (str, bytes, bytearray, Mapping, Set)) or raw_bytes:  # text, bytes or keys: no class list
         raise InputError(f"{what} expect a 1-D sequence of class indices, found {type(values).__name__}")
-    if isinstance(values, (list, tuple)) and any(np.asarray(v).dtype == np.bool_ for v in values):
-        raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
     try:
         a = np.asarray(values)
     except ValueError:  # a ragged list
         raise InputError(f"{what} expect a 1-D sequence of class indices") from None
+    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) or _bool_array(v) for v in values):
+        raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
     if a.ndim != 1:
         raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")
     if a.size and (a.dtype == np.bool_ or a.dtype.kind not in "iu"):
@@ -31,6 +31,10 @@ def class_indices(values, what, sets=True) -> np.ndarray:
     if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
         raise InputError(f"{what} name class {int(a.max())}, beyond any model's classes")
     return a.astype(np.int64)
+
+
+def _bool_array(v) -> bool:
+    return isinstance(v, np.ndarray) and v.dtype == np.bool_
 
 
 def check_scores(model, labels, classes) -> int:
