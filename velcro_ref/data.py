@@ -250,14 +250,19 @@ def preprocess(images_uint8, preprocessing):
 def _plain(v, listed):
     """A preprocessing value given through the API as the model's JSON holds it: NumPy numbers as Python
     ones, and with `listed` a tuple, an array or one number as a list; anything else as it is."""
-    if listed and (isinstance(v, (tuple, np.ndarray)) or isinstance(v, numbers.Number) and not isinstance(v, bool)):
-        v = list(np.asarray(v, object).reshape(-1))
+    if listed and not isinstance(v, (list, str, bytes, dict, bool, np.bool_)) and v is not None:
+        try:  # a tuple, an array, a range, a deque, one number
+            v = list(np.asarray(v, object).reshape(-1))
+        except (TypeError, ValueError):
+            pass
     return [_python_number(x) for x in v] if isinstance(v, list) else _python_number(v)
 
 
 def _python_number(x):
-    """A NumPy float or integer as a Python one; anything else as it is."""
-    return float(x) if isinstance(x, np.floating) else int(x) if isinstance(x, np.integer) else x
+    """A NumPy float of at most 64 bits or integer as a Python one (exact); anything else as it is (a
+    longdouble would round twice on its way to float32 through a Python float)."""
+    exact = isinstance(x, (np.float16, np.float32, np.float64, np.integer))
+    return (float(x) if isinstance(x, np.floating) else int(x)) if exact else x
 
 
 def task_images(model, classes, split="train", n=None, data_dir=None, start=0, with_indices=False):

@@ -1,5 +1,7 @@
 """Fashion-MNIST loader tests on the installed Debian files (velcro_ref.data)."""
 
+import array
+import collections
 import gzip
 import pathlib
 
@@ -160,8 +162,15 @@ def test_preprocess_takes_mean_and_std_as_any_sequence_and_numpy_numbers():
         {"scale": np.float32(1 / 255), "mean": 0.5, "std": [np.float32(0.25)]},
     ):
         np.testing.assert_array_equal(data.preprocess(images, pre), want)
+    for mean in (array.array("d", [0.5]), collections.deque([0.5]), range(0, 1)):  # any sequence
+        got = data.preprocess(images, {"scale": 1 / 255, "mean": mean, "std": [0.25]})
+        np.testing.assert_array_equal(
+            got, data.preprocess(images, {"scale": 1 / 255, "mean": list(mean), "std": [0.25]})
+        )
     with pytest.raises(DataError, match=r"^preprocessing: mean expects"):  # a bool is no number
         data.preprocess(images, {"scale": 1.0, "mean": [True], "std": [1.0]})
+    with pytest.raises(DataError, match=r"^preprocessing: scale expects"):  # it would round twice through a float
+        data.preprocess(images, {"scale": np.longdouble(1 + 2**-24 + 2**-60), "mean": [0.0], "std": [1.0]})
 
 
 def test_a_model_of_three_channels_on_fashion_mnist_is_named_as_such(tmp_path):
