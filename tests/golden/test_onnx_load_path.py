@@ -807,6 +807,7 @@ def _quantized_matmul(tmp_path, kind, w_scale_shape, out_scale_shape=(), w_zero_
     [
         ("QGemm", "per-output", (), False, ()),  # onnxruntime: scale and zero point of one size
         ("QGemm", "per-output", (), True, (3,)),
+        ("QGemm", (1,), (), False, ()),  # one value each, but not of one shape
         ("QLinearMatMul", (), (), True, None),
         ("QLinearMatMul", "per-output", (), True, None),
         ("QLinearMatMul", (1, 3), (), True, None),  # per column of B (K, N), as (1, N)
@@ -835,4 +836,4 @@ def test_quantization_parameters_of_the_shapes_onnxruntime_takes_are_taken_and_n
     if taken:
         assert np.array_equal(Model(import_onnx(path)).run(x), want)
     else:
-        assert "scale and zero point of shapes" in refused(path) or "zero point of 1" in refused(path)
+        assert "scale and zero point of shapes" in refused(path) or "expects one shape" in refused(path)

@@ -374,8 +374,10 @@ class QLinear(Linear):
             x = ctx.input_q(node, 0, 1, 2)
             w, ws, wz = ctx.const(node, 3, "weight"), ctx.const(node, 4, "weight scale"), ctx.const(node, 5, "zp")
             at_most_1d("weight scale and zero point", ws, wz)
-            if np.size(ws) != np.size(wz):  # onnxruntime's QGemm: the same size (per tensor or per column)
-                raise OnnxUnsupported(f"weight scale of {np.size(ws)} values and zero point of {np.size(wz)}")
+            if np.shape(ws) != np.shape(wz):  # as onnxruntime's QGemm takes them
+                raise OnnxUnsupported(
+                    f"weight scale of shape {np.shape(ws)} and zero point of shape {np.shape(wz)}; expects one shape"
+                )
             b = ctx.const(node, 6, "bias", required=False)
             bias = None if b is None else (np.asarray(b).reshape(-1), None, None)
             y = ctx.scale_zero_point(node, 7, 8, "output")
