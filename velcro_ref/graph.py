@@ -16,6 +16,7 @@ import numpy as np
 
 from . import ops
 from .errors import ModelError, UnsupportedOpError
+from .jsonout import numpy_scalar
 from .ops.base import MAX_ELEMENTS, finite_number, float32_number, is_int, n_elements
 from .ops.batch_norm import var_eps
 
@@ -91,7 +92,7 @@ class Graph:
         """sha256 over the graph JSON and every parameter's name, shape and bytes (float32 ones as
         float32, the integer ones of quantized models with their dtype's name before the bytes)."""
         h = hashlib.sha256()
-        h.update(json.dumps(self.structure_json(), sort_keys=True).encode())
+        h.update(json.dumps(self.structure_json(), sort_keys=True, default=numpy_scalar).encode())
         for key in sorted(self.params):
             a = np.asarray(self.params[key])
             integer = np.issubdtype(a.dtype, np.integer)

@@ -22,6 +22,7 @@ import h5py
 import numpy as np
 
 from .fileio import parse_json
+from .jsonout import numpy_scalar
 from .ops.base import MAX_ELEMENTS
 
 
@@ -325,7 +326,7 @@ def write_header(f, fmt: str, version: int, fingerprint: str, **texts) -> None:
         if name == "provenance":
             kept = {k: v for k, v in value.items() if k != "written"}
             value = {"written": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **kept}
-        write_text_attr(f, name, value if isinstance(value, str) else json.dumps(value))
+        write_text_attr(f, name, value if isinstance(value, str) else json.dumps(value, default=numpy_scalar))
 
 
 @contextmanager

@@ -35,6 +35,14 @@ def clean(doc, bad=None, where=""):
     return doc
 
 
+def numpy_scalar(v):
+    """`json.dumps`'s `default`: a NumPy integer, float or bool as the Python one (exact), as a graph's
+    attributes may hold them where they came from NumPy; TypeError for anything else."""
+    if isinstance(v, (np.integer, np.float16, np.float32, np.float64, np.bool_)):
+        return v.item()
+    raise TypeError(f"Object of type {type(v).__name__} is not JSON serializable")
+
+
 def dumps(doc, indent=2) -> str:
     """Strict JSON text of `doc` (see clean)."""
     return json.dumps(clean(doc), indent=indent, allow_nan=False)

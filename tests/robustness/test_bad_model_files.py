@@ -481,6 +481,21 @@ def test_weight_quantization_of_another_shape_is_refused(velcro, tmp_path, node_
     velcro("info", bad).error_line(f"error: {bad}: ", f"node '{node_name}': {role} expects shape (1,) or (")
 
 
+def test_numpy_integers_in_attributes_save_as_the_python_ones(tmp_path):
+    """validate takes a NumPy integer where an attribute is an integer; save_model raised a TypeError
+    (the JSON writer had no rule for it)."""
+    graph = zoo_graph("resnet18", input_size=28, in_channels=1, width=0.25, num_classes=10)
+    nodes = tuple(
+        Node(
+            n.name, n.op, n.inputs, {k: np.int64(v) if k == "out_channels" else v for k, v in n.attrs.items()}, n.params
+        )
+        for n in graph.nodes
+    )
+    numpy_graph = Graph(nodes, graph.input_shape, graph.output, graph.params, graph.meta)
+    assert save_model(numpy_graph, tmp_path / "m.h5") == graph.fingerprint() == numpy_graph.fingerprint()
+    assert load_graph(tmp_path / "m.h5").fingerprint() == graph.fingerprint()
+
+
 def test_a_quantized_model_of_format_version_1_is_refused(velcro, tmp_path):
     bad = edited_copy(
         ROOT / "weights" / "resnet18_int8.h5", tmp_path / "bad.h5", lambda f: f.attrs.modify("format_version", 1)
