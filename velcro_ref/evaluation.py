@@ -11,8 +11,9 @@ from .errors import InputError, ModelError, StatsError, UsageError
 
 def class_indices(values, what, sets=True) -> np.ndarray:
     """`values` (labels or task classes) as a 1-D int64 array; InputError unless they are a 1-D
-    sequence of integers (a float 2.7 or 0.5, a string, a bool, an (N, 1) column would otherwise
-    be truncated, compared as it is or broadcast)."""
+    sequence of integers (a float 2.7 or 0.5, a string, bytes, a bool, an (N, 1) column would
+    otherwise be truncated, compared as it is or broadcast). With `sets`, a set (or a dict's keys) of
+    task classes is taken in order; labels, one per image in order, are never a set."""
     if isinstance(values, Set) and sets:  # indices in no order (a set, a dict's keys), of classes
         values = sorted(values)
     raw_bytes = isinstance(values, memoryview) and values.format in ("B", "b", "c")  # a typed one is an array
