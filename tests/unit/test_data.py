@@ -4,6 +4,7 @@ import array
 import collections
 import gzip
 import pathlib
+import warnings
 
 import numpy as np
 import pytest
@@ -182,6 +183,16 @@ def test_a_model_of_three_channels_on_fashion_mnist_is_named_as_such(tmp_path):
     model = Model(zoo_graph("resnet18", input_size=28, in_channels=3, width=0.25, num_classes=10), path="z3.h5")
     with pytest.raises(DataError, match=r"^z3.h5: preprocessing of 3 input channels; Fashion-MNIST images have 1$"):
         data.task_images(model, (5, 7), "test", 4)
+
+
+def test_a_tiny_std_overflows_without_a_warning_for_the_input_check_to_refuse():
+    """A subnormal std is positive and finite in float32, so it is taken; its overflow printed two
+    NumPy warning lines before the CLI's one-line refusal of the non-finite input."""
+    images = np.full((1, 2, 2), 200, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = data.preprocess(images, {"scale": 1 / 255, "mean": [0.0], "std": [1e-40]})
+    assert np.isinf(x).all()
 
 
 def test_preprocess_rejects_bad_dict():
