@@ -407,7 +407,8 @@ def edit_preprocessing(fn):
     "change, needle",
     [
         (lambda p: p.__setitem__("mean", [True]), "mean expects a list of 1 number(s)"),  # was read as 1.0
-        (lambda p: p.__setitem__("std", [True]), "std expects a list of 1 positive number(s)"),
+        (lambda p: p.__setitem__("std", [True]), "std expects a list of 1 positive normal number(s)"),
+        (lambda p: p.__setitem__("std", [1e-40]), "std expects a list of 1 positive normal number(s)"),  # subnormal
         (lambda p: p.__setitem__("scale", "0.00392156862745098"), "scale expects a positive number"),  # text, was cast
         (lambda p: p.__setitem__("mean", ["abc"]), "mean expects"),  # these gave tracebacks
         (lambda p: p.__setitem__("mean", 0.286), "mean expects"),
@@ -494,6 +495,18 @@ def test_numpy_integers_in_attributes_save_as_the_python_ones(tmp_path):
     numpy_graph = Graph(nodes, graph.input_shape, graph.output, graph.params, graph.meta)
     assert save_model(numpy_graph, tmp_path / "m.h5") == graph.fingerprint() == numpy_graph.fingerprint()
     assert load_graph(tmp_path / "m.h5").fingerprint() == graph.fingerprint()
+    narrow = tuple(  # int16 groups and out_channels: the MACs multiplied in int16 and wrapped
+        Node(
+            n.name,
+            n.op,
+            n.inputs,
+            {k: np.int16(v) if k in ("groups", "out_channels") else v for k, v in n.attrs.items()},
+            n.params,
+        )
+        for n in graph.nodes
+    )
+    narrow_model = Model(Graph(narrow, graph.input_shape, graph.output, graph.params, graph.meta))
+    assert narrow_model.layer_macs() == Model(graph).layer_macs()
 
 
 def test_a_quantized_model_of_format_version_1_is_refused(velcro, tmp_path):

@@ -56,6 +56,7 @@ class Conv2d(Op):
                 raise ModelError(
                     f"node '{node.name}': {key} must be an integer in [1, {MAX_ELEMENTS}], got {out[key]!r}"
                 )
+            out[key] = int(out[key])  # a NumPy integer would multiply in its own width (the MACs)
         return out
 
     def infer(self, node, a, ins, param_shape):
