@@ -252,7 +252,7 @@ def _plain(v, listed):
     """A preprocessing value given through the API as the model's JSON holds it: NumPy numbers as Python
     ones, and with `listed` any other sequence (a tuple, an array, a range) or one number as a list;
     anything else as it is, for the check to refuse."""
-    if listed and not isinstance(v, (list, str, bytes, dict, bool, np.bool_)) and v is not None:
+    if listed and not isinstance(v, (list, str, bytes, bytearray, memoryview, dict, bool, np.bool_)) and v is not None:
         try:  # a tuple, an array, a range, a deque, one number
             v = list(np.asarray(v, object).reshape(-1))
         except (TypeError, ValueError):

@@ -23,7 +23,8 @@ def class_indices(values, what, sets=True) -> np.ndarray:
         a = np.asarray(values)
     except ValueError:  # a ragged list
         raise InputError(f"{what} expect a 1-D sequence of class indices") from None
-    if isinstance(values, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) or _bool_array(v) for v in values):
+    listed = not isinstance(values, np.ndarray) and a.dtype.kind in "iu"  # a deque or list of ints may hold a bool
+    if listed and any(isinstance(v, (bool, np.bool_)) or _bool_array(v) for v in values):
         raise InputError(f"{what} expect integer class indices, found a bool in {values!r}")  # [5, True]: 5 and 1
     if a.ndim != 1:
         raise InputError(f"{what} expect a 1-D sequence of class indices, found shape {a.shape}")

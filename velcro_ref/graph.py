@@ -306,6 +306,9 @@ def validate(graph: Graph, allow_nonfinite: bool = False, check_values: bool = T
     return shapes
 
 
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # float32's smallest normal number
+
+
 def check_preprocessing(pre, n, error=ModelError, where="meta 'preprocessing'") -> None:
     """A `preprocessing` of n input channels: exactly the keys scale, mean and std; scale and each
     std positive, mean and std lists of n numbers, each a finite float32 (the loaders feed (x * scale
@@ -319,8 +322,8 @@ def check_preprocessing(pre, n, error=ModelError, where="meta 'preprocessing'") 
     for key, positive in (("mean", False), ("std", True)):
         v = pre[key]
         kept = [float32_number(x) for x in v] if isinstance(v, list) and len(v) == n else [None]
-        if None in kept or positive and not all(x > 0 for x in kept):
-            what = f"a list of {n} {'positive ' if positive else ''}number(s), one per input channel"
+        if None in kept or positive and not all(x >= FLOAT32_TINY for x in kept):  # a subnormal std overflows
+            what = f"a list of {n} {'positive normal ' if positive else ''}number(s), one per input channel"
             raise error(f"{where}: {key} expects {what} (finite in float32), found {v!r}")
 
 

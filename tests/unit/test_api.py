@@ -1,5 +1,6 @@
 """The Python API gives what the commands give: the same masks, the same JSON documents."""
 
+import collections
 import json
 
 import numpy as np
@@ -257,7 +258,7 @@ def test_one_class_may_be_given_as_an_integer(files, tmp_path):
     with pytest.raises(velcro_ref.VelcroError, match="labels expect a 1-D sequence of class indices"):
         velcro_ref.golden(model, x[:3], tmp_path / "g.h5", labels=[[5], [7, 9], 9])  # was a NumPy ValueError
     assert velcro_ref.profile(model, x[:2], classes=5).classes == (5,)  # one class, as evaluate takes it
-    for bad in ([5, True], [5, np.array(True)], [[5], [7, 9]], [[5], [7, [9]]]):  # a bool among integers was class 1
+    for bad in ([5, True], [5, np.array(True)], collections.deque([5, True]), [[5], [7, 9]], [[5], [7, [9]]]):
         with pytest.raises(velcro_ref.VelcroError, match="expect"):
             velcro_ref.evaluate(model, x, y, bad)
         with pytest.raises(velcro_ref.VelcroError, match="expect"):

@@ -163,6 +163,9 @@ def test_preprocess_takes_mean_and_std_as_any_sequence_and_numpy_numbers():
         {"scale": np.float32(1 / 255), "mean": 0.5, "std": [np.float32(0.25)]},
     ):
         np.testing.assert_array_equal(data.preprocess(images, pre), want)
+    for bytes_like in (bytearray(b"\x80"), memoryview(b"\x80")):  # its bytes are no numbers (128 was the mean)
+        with pytest.raises(DataError, match="mean expects"):
+            data.preprocess(images, {"scale": 1 / 255, "mean": bytes_like, "std": [0.25]})
     for mean in (array.array("d", [0.5]), collections.deque([0.5]), range(0, 1)):  # any sequence
         got = data.preprocess(images, {"scale": 1 / 255, "mean": mean, "std": [0.25]})
         np.testing.assert_array_equal(
@@ -186,13 +189,15 @@ def test_a_model_of_three_channels_on_fashion_mnist_is_named_as_such(tmp_path):
 
 
 def test_a_tiny_std_overflows_without_a_warning_for_the_input_check_to_refuse():
-    """A subnormal std is positive and finite in float32, so it is taken; its overflow printed two
-    NumPy warning lines before the CLI's one-line refusal of the non-finite input."""
+    """A std that makes the pixels overflow printed two NumPy warning lines before the CLI's one-line
+    refusal of the non-finite input; a subnormal one, which can only overflow, is refused with the model."""
     images = np.full((1, 2, 2), 200, np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        x = data.preprocess(images, {"scale": 1 / 255, "mean": [0.0], "std": [1e-40]})
+        x = data.preprocess(images, {"scale": 1.0, "mean": [0.0], "std": [float(np.finfo(np.float32).tiny)]})
     assert np.isinf(x).all()
+    with pytest.raises(DataError, match="std expects a list of 1 positive normal number"):
+        data.preprocess(images, {"scale": 1 / 255, "mean": [0.0], "std": [1e-40]})
 
 
 def test_preprocess_rejects_bad_dict():
