@@ -130,6 +130,15 @@ CASES = [
     # a big-endian array of the images: the same values (it was refused as dtype >f4)
     ("big-endian-images", "eval {d}/m.h5 --images {d}/big_endian.npz", 0, None),
     ("eval-nan-scores", "eval {d}/nan.h5 --allow-nonfinite --images {d}/x.npz", 1, "NaN scores"),
+    # --allow-nonfinite: where a command has it, and where it has nothing to apply to
+    ("simulate-nan-model", "simulate {d}/nan.h5 --accel {d}/a.toml", 1, "(use --allow-nonfinite to accept)"),
+    ("simulate-nan-model-allowed", "simulate {d}/nan.h5 --accel {d}/a.toml --allow-nonfinite", 0, None),
+    (
+        "compress-allow-without-model",
+        "compress {d}/s.h5 --ratio 0.3 --allow-nonfinite -o {d}/o.h5",
+        2,
+        "applies to --model",
+    ),
     ("no-activation-site", "compress {d}/nosite_stats.h5 --ratio 0.3 -o {d}/o.h5", 1, "no activation site"),
     # -- names the file system takes --------------------------------------------------------------------
     ("long-name", "infer {d}/m.h5 --input {d}/x.npy -o {d}/" + "n" * 250, 0, None),
@@ -173,7 +182,7 @@ def prepare(d: Path, case: str) -> None:
     if case == "labels-beyond-int32":
         with np.load(d / "x.npz") as f:
             np.savez(d / "big_labels.npz", x=f["x"], y=f["y"].astype(np.uint64) + np.uint64(2**63))
-    if case == "eval-nan-scores":
+    if case == "eval-nan-scores" or case.startswith("simulate-nan-model"):
         from velcro_ref.graph import Graph
         from velcro_ref.model_io import load_graph
 
