@@ -61,8 +61,7 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     from .masks import build_masks
     from .policies import make_masks
 
-    if not stats.sites:
-        raise StatsError(f"{stats.source or 'stats'}: the model has no activation site; there is nothing to mask")
+    evaluation.check_stats_sites(stats)
     unknown = sorted((set(ratios or ()) | set(exclude)) - set(stats.sites))
     if unknown:
         raise UsageError(f"unknown site(s) {', '.join(unknown)}; sites: {', '.join(stats.sites)}")

@@ -150,5 +150,13 @@ def check_sites(model) -> None:
     """StatsError naming the model unless it has an activation site (statistics, locality and masks
     need one)."""
     if not model.sites:
-        no_site = "the model has no activation site; there is nothing to mask"
-        raise StatsError(f"{model.path}: {no_site}" if model.path else no_site)
+        raise StatsError(f"{model.path}: {NO_SITE}" if model.path else NO_SITE)
+
+
+def check_stats_sites(stats) -> None:
+    """StatsError naming the statistics' source unless they hold an activation site (`check_sites`)."""
+    if not stats.sites:
+        raise StatsError(f"{stats.source or 'stats'}: {NO_SITE}")
+
+
+NO_SITE = "the model has no activation site; there is nothing to mask"

@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from . import data
-from .errors import StatsError, UsageError
-from .evaluation import check_macs, csr, evaluate
+from .errors import UsageError
+from .evaluation import check_macs, check_stats_sites, csr, evaluate
 from .policies import make_masks
 from .stats import collect_stats
 
@@ -57,8 +57,7 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
     normalised variances.
     """
-    if not task_stats.sites:
-        raise StatsError(f"{task_stats.source or 'stats'}: the model has no activation site; there is nothing to mask")
+    check_stats_sites(task_stats)
     task_v, gen_v = [], []
     for s in task_stats.sites:
         gv = general_stats.sites[s].variance.ravel()
