@@ -279,16 +279,20 @@ def save_stats(stats: Stats, path) -> None:
     Written like a model file (h5io: checksummed metadata, fixed-length text attributes), with a
     Fletcher-32 checksum on every dataset so that a flipped bit in the numbers is found when read.
     Raises StatsError, writing nothing, where a value is NaN or infinite (a tensor of the network
-    overflowed float32 on the images): `load_stats` would refuse such a file.
+    overflowed float32 on the images) or a class is negative, InputError where the classes are
+    not integers: `load_stats` would refuse such a file.
     """
     _check_finite(stats)
+    classes = [int(c) for c in class_indices(stats.classes, "stats classes")]
+    if any(c < 0 for c in classes):  # `load_stats` would refuse the file
+        raise StatsError(f"stats classes expect class numbers (>= 0), found {min(classes)}")
     with atomic_path(path) as tmp, h5io.create(tmp) as f:
         h5io.write_header(
             f,
             FORMAT,
             FORMAT_VERSION,
             stats.fingerprint,
-            classes=list(stats.classes),
+            classes=classes,
             source=stats.source,
             provenance=stats.provenance,
         )

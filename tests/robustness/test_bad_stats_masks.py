@@ -1,5 +1,6 @@
 """Bad stats and mask files, ratios and classes: one line naming the file, the site and what was found."""
 
+import dataclasses
 import tracemalloc
 
 import h5py
@@ -9,10 +10,10 @@ from robust_util import edited_copy, zoo_graph
 
 from velcro_ref import h5io
 from velcro_ref.engine import load_model
-from velcro_ref.errors import MaskError, StatsError, UsageError
+from velcro_ref.errors import InputError, MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
-from velcro_ref.stats import SiteStats, _check_moments, load_stats
+from velcro_ref.stats import SiteStats, _check_moments, load_stats, save_stats
 
 SITE = "layer2.0.relu1"
 
@@ -159,6 +160,23 @@ def test_stats_files_are_version_3(stats_file):
         assert f.attrs["format_version"] == 3
         assert {"shift", "shifted_mean", "mean"} <= set(f[f"sites/{SITE}"])
         assert "input" in f["ranges"]  # version 3: ranges of the tensors that are not sites
+
+
+@pytest.mark.parametrize(
+    "classes, error",
+    [((np.float64(5.0),), InputError), ((np.bool_(True),), InputError), ((5, True), InputError), ((-1,), StatsError)],
+)
+def test_stats_whose_classes_load_stats_refuses_are_not_written(tmp_path, model, stats_file, classes, error):
+    stats = dataclasses.replace(load_stats(stats_file, model), classes=classes)
+    with pytest.raises(error, match="classes"):
+        save_stats(stats, tmp_path / "s.h5")
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_stats_classes_of_numpy_integers_are_written_as_numbers(tmp_path, model, stats_file):
+    stats = dataclasses.replace(load_stats(stats_file, model), classes=(np.int16(7), np.uint8(2)))
+    save_stats(stats, tmp_path / "s.h5")
+    assert load_stats(tmp_path / "s.h5", model).classes == (7, 2)
 
 
 def test_version_2_stats_without_ranges_are_read(tmp_path, model, stats_file):
