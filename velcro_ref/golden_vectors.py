@@ -103,7 +103,8 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
     """Run x through the model recording every node; returns executed MACs per layer.
     accumulators: also write the int32 accumulators of every int8 conv and linear layer
     (UsageError for a float model, which has none). source: a JSON-able dict stored as the attr
-    `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image)."""
+    `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image, or
+    one names a class the model does not score, where its output is one score per class)."""
     quantized = any(st.q is not None for st in model.plan.nodes)
     if accumulators and not quantized:
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
@@ -113,6 +114,9 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
             raise UsageError(f"labels expect one per image, shape ({len(x)},), found {labels.shape}")
         if labels.size and labels.min() < 0:
             raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
+        scores = model.shapes[model.graph.output]  # a model of one score per class: a label names one
+        if len(scores) == 1 and labels.size and labels.max() >= scores[0]:
+            raise UsageError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION if quantized else 1

@@ -123,9 +123,12 @@ def test_classes_given_as_an_array_are_saved_as_ints(model, x, tmp_path):
 
 
 def test_golden_refuses_labels_that_are_not_class_indices(model, x, tmp_path):
-    for labels in (np.full(len(x), 2.7), np.full(len(x), -1)):
+    n_scores = model.shapes[model.graph.output][0]
+    for labels in (np.full(len(x), 2.7), np.full(len(x), -1), np.full(len(x), n_scores)):
         with pytest.raises(VelcroError):
             velcro_ref.golden(model, x, tmp_path / "g.h5", labels=labels)
+    assert not (tmp_path / "g.h5").exists()
+    velcro_ref.golden(model, x, tmp_path / "g.h5", labels=np.full(len(x), n_scores - 1))  # the last class is one
 
 
 def test_a_batch_the_run_refuses_adds_nothing_to_the_statistics(model, x):
