@@ -7,8 +7,10 @@ each op's `run` from the registry (velcro_ref/ops). Kernels never see a node.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,9 +49,30 @@ class _MaskPlan:
     masks: object
     names: tuple
     arrays: list
+    stamps: tuple  # `_stamp` of each array when the plan was made
     skips: dict
     site_masks: dict
     fixed: dict
+
+
+# The arrays Models made read-only for their mask plans, by id: (a weak reference to the array,
+# the count of freezes when it was last made read-only). A plan is kept only while each of its
+# arrays has the stamp it had then: an array made writeable, edited and frozen again by another
+# Model's run (which works its own plan out anew) is then seen by this Model too.
+_FROZEN: dict = {}
+_FREEZES = itertools.count(1)
+
+
+def _stamp_frozen(a) -> None:
+    """Record that a Model has just made `a` read-only."""
+    key = id(a)
+    _FROZEN[key] = (weakref.ref(a, lambda _, k=key: _FROZEN.pop(k, None)), next(_FREEZES))
+
+
+def _stamp(a) -> int:
+    """The freeze count when a Model last made `a` read-only, 0 if none has."""
+    entry = _FROZEN.get(id(a))
+    return entry[1] if entry is not None and entry[0]() is a else 0
 
 
 class Model:
@@ -261,10 +284,12 @@ class Model:
 
     def _mask_plan(self, masks) -> _MaskPlan:
         """What a run needs from `masks`, worked out at the first run with them and kept while the
-        same MaskSet comes back with the same sites holding the same array objects. The arrays
-        are made read-only then, so writing into them raises instead of leaving a stale plan; one
-        made writeable again (and perhaps edited) makes the next run work the plan out anew. A
-        write through another view of their memory is not seen (replace the arrays instead)."""
+        same MaskSet comes back with the same sites holding the same array objects, each still
+        read-only since a Model made it so for this plan. The arrays are made read-only then, so
+        writing into them raises instead of leaving a stale plan; one made writeable again (and
+        perhaps edited) makes the next run of this and of every other Model work the plan out
+        anew. Not seen: an array made read-only again by hand after an edit, and a write
+        through another view of its memory (replace the arrays instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -274,10 +299,23 @@ class Model:
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
             and not any(a.flags.writeable for a in arrays)  # made writeable again: maybe edited, worked out anew
+            and tuple(map(_stamp, arrays)) == plan.stamps  # frozen again since, by another Model's run
         ):
             return plan
-        for a in arrays:
+        frozen = [a for a in arrays if a.flags.writeable]
+        for a in frozen:
             a.flags.writeable = False
+            _stamp_frozen(a)
+        try:
+            self._masks = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
+        except BaseException:
+            for a in frozen:  # refused: left as they came
+                a.flags.writeable = True
+            raise
+        return self._masks
+
+    def _new_mask_plan(self, masks, names, arrays, stamps) -> _MaskPlan:
+        """`_mask_plan`'s plan of masks, worked out."""
         steps = {st.name: st for st in self.steps}
         skips = {}
         for node, mask in self.site_skips(masks).items():
@@ -287,7 +325,8 @@ class Model:
             idx = np.flatnonzero(m)
             if idx.size:
                 site_masks[s] = np.ascontiguousarray(m).reshape(-1)
-                values = np.ascontiguousarray(c, np.float32).reshape(-1)[idx]
+                with np.errstate(over="ignore"):  # float64 constants beyond float32: refused below
+                    values = np.ascontiguousarray(c, np.float32).reshape(-1)[idx]
                 if not np.isfinite(values).all():  # as a mask file's are checked (masks.load_masks)
                     bad = int(np.count_nonzero(~np.isfinite(values)))
                     raise MaskError(f"{masks.source}: site '{s}': {bad} constant(s) at masked elements are NaN or Inf")
@@ -299,8 +338,7 @@ class Model:
                     zq = steps[node].q
                     zero = np.zeros(idx.size, steps[node].dtype) + (0 if zq is None else zq.zero_point)
                     fixed[node] = (idx, zero.astype(steps[node].dtype))
-        self._masks = _MaskPlan(masks, names, arrays, skips, site_masks, fixed)
-        return self._masks
+        return _MaskPlan(masks, names, arrays, stamps, skips, site_masks, fixed)
 
     def _fusions(self, mp) -> tuple[dict, frozenset]:
         """The plan's fusions a run without observer makes (conv -> plan.Fusion) and the nodes

@@ -2,6 +2,7 @@
 
 import collections
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from robust_util import zoo_graph
 import velcro_ref
 from velcro_ref import cli
 from velcro_ref.engine import Model
+from velcro_ref.masks import MaskSet
 from velcro_ref.model_io import save_model
 
 
@@ -222,6 +224,37 @@ def test_a_mask_made_writeable_again_and_edited_is_seen_by_the_next_run(files):
         mask[...] = False
     again, macs_again = model.run_counted(x, masks)
     assert np.array_equal(again, dense) and sum(macs_again.values()) > sum(macs.values())
+
+
+def test_a_mask_edited_after_two_models_ran_it_is_seen_by_both(files):
+    """Two models ran one MaskSet; a user made a mask writeable and edited it. The first model's
+    run saw the edit and made the array read-only again, and the second then kept its stale plan:
+    other outputs and MACs than a fresh model's, with no error."""
+    a, b = velcro_ref.load_model(files / "m.h5"), velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(a)
+    x, _ = velcro_ref.task_images(a, (5, 7, 9), "test", 3)
+    a.run(x, masks), b.run(x, masks)
+    for mask, const in masks.sites.values():
+        mask.flags.writeable = const.flags.writeable = True
+        mask[...], const[...] = True, 5.0
+    fresh = MaskSet(masks.fingerprint, {s: (m.copy(), c.copy()) for s, (m, c) in masks.sites.items()})
+    want, want_macs = velcro_ref.load_model(files / "m.h5").run_counted(x, fresh)
+    for model in (a, b):
+        got, macs = model.run_counted(x, masks)
+        assert np.array_equal(got, want) and macs == want_macs
+
+
+def test_masks_a_run_refuses_are_left_writeable_without_a_warning(files):
+    model = velcro_ref.load_model(files / "m.h5")
+    site, shape = next(iter(model.sites.items()))
+    mask, const = np.ones(shape, bool), np.full(shape, 1e300)  # beyond float32
+    masks = MaskSet(model.fingerprint, {site: (mask, const)})
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(velcro_ref.VelcroError, match="NaN or Inf"):
+            model.run(x, masks)
+    assert mask.flags.writeable and const.flags.writeable
 
 
 def test_one_class_may_be_given_as_an_integer(files, tmp_path):
