@@ -418,6 +418,9 @@ class _Importer:
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> G.Graph:
+        if self.g.sparse_initializer:
+            names = ", ".join(repr(t.values.name) for t in self.g.sparse_initializer[:5])
+            raise UnsupportedOpError(f"sparse initializer(s) {names}: not read by this importer; store them dense")
         for init in self.g.initializer:
             self.values[init.name] = self._array(init, f"initializer '{init.name}'")
         inputs = [i for i in self.g.input if i.name not in self.values]
@@ -601,7 +604,8 @@ class _Importer:
         if t in self.values:
             raise OnnxUnsupported(f"input {k} is a constant; expects activations")
         if t not in self.alias:
-            raise ModelError(f"node '{node.name}': reads tensor '{t}' before it is produced")
+            who = f"node '{node.name}'" if node.name else f"an unnamed '{node.op_type}' node"
+            raise ModelError(f"{who}: reads tensor '{t}' before it is produced (ONNX lists nodes in topological order)")
         return self.alias[t]
 
     def const(self, node, k, what, required=True):
@@ -933,11 +937,13 @@ class _Importer:
     def spatial(self, node, a, x, kernel, dilation=(1, 1)):
         """Strides and (top, left, bottom, right) pads from ONNX attributes, auto_pad resolved.
 
-        auto_pad SAME_* is refused where ONNX implementations disagree on what it means: with
-        ceil_mode (onnx's shape inference rounds the output size up, onnxruntime does not, onnx's
-        reference refuses), and where the output size ceil(size / stride) asks for a negative
-        total padding (the windows end before the input does; onnxruntime and onnx's reference
-        then shift the windows, each rounding the shift its own way, TensorFlow does not)."""
+        auto_pad SAME_* and VALID are refused where ONNX implementations disagree on what they
+        mean: with ceil_mode (SAME: onnx's shape inference rounds the output size up, onnxruntime
+        does not, onnx's reference refuses; VALID: onnxruntime sizes the output as without
+        auto_pad, the spec's formula and onnx's reference one smaller), and SAME_* where the
+        output size ceil(size / stride) asks for a negative total padding (the windows end before
+        the input does; onnxruntime and onnx's reference then shift the windows, each rounding the
+        shift its own way, TensorFlow does not)."""
         stride = [int(s) for s in a.get("strides", [1, 1])]
         if len(stride) != 2:
             raise OnnxUnsupported(f"strides {stride}; expects 2-D")
@@ -948,12 +954,12 @@ class _Importer:
             if len(pads) != 4:
                 raise OnnxUnsupported(f"pads {pads}; expects 4 values")
             return stride, pads
-        if auto == "VALID":
-            return stride, [0, 0, 0, 0]
-        if auto not in ("SAME_UPPER", "SAME_LOWER"):
+        if auto not in ("VALID", "SAME_UPPER", "SAME_LOWER"):
             raise OnnxUnsupported(f"auto_pad '{auto}'")
         if a.get("ceil_mode", 0):
             raise OnnxUnsupported(f"auto_pad {auto} with ceil_mode 1 (ONNX implementations differ on it; write pads)")
+        if auto == "VALID":
+            return stride, [0, 0, 0, 0]
         hw = self.shape(x)[1:]
         begin, end = [], []
         for axis, size, k, s, d in zip("HW", hw, kernel, stride, dilation, strict=True):

@@ -256,6 +256,8 @@ def test_op_chain_matches_onnxruntime_or_is_refused_in_one_line(tmp_path_factory
     [
         (NEGATIVE_SAME[2], "asks for padding -2 along W (size 3, kernel 1, stride 3)"),
         ({**NEGATIVE_SAME[2], "strides": [1, 1], "ceil_mode": 1}, "auto_pad SAME_UPPER with ceil_mode 1"),
+        # onnxruntime: 2 output columns (as without auto_pad); the spec's ceil((3 - 1 + 1) / 3): 1
+        ({**NEGATIVE_SAME[2], "auto_pad": "VALID", "ceil_mode": 1}, "auto_pad VALID with ceil_mode 1"),
     ],
 )
 def test_auto_pad_where_onnx_implementations_differ_is_refused(tmp_path, attrs, needle):

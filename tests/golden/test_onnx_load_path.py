@@ -394,6 +394,17 @@ def test_a_batch_norm_that_outputs_batch_statistics_is_refused(tmp_path, opset):
     assert "training mode" in refused(path)
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 1), (1, 2)])
+@pytest.mark.parametrize("opset", [9, 13])
+def test_batch_norm_parameters_that_are_not_vectors_are_refused_as_onnxruntime_refuses_them(tmp_path, opset, shape):
+    """They were flattened and run as a per-channel batch norm, exit 0; the schema says (C)."""
+    nodes = [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], name="bn")]
+    path = save(tmp_path, nodes, {k: v.reshape(shape) for k, v in BN_CONSTS.items()}, opset=opset)
+    with pytest.raises(Exception, match="NumDimensions"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": X})
+    assert "expects one vector of a value per channel" in refused(path)
+
+
 @pytest.mark.parametrize("is_test", [0, 1])
 def test_a_batch_norm_before_opset_7_runs_only_in_test_mode(tmp_path, is_test):
     """Opset 6's is_test=0, its default, is training mode (batch statistics); is_test=1 the stored ones."""
@@ -837,3 +848,22 @@ def test_quantization_parameters_of_the_shapes_onnxruntime_takes_are_taken_and_n
         assert np.array_equal(Model(import_onnx(path)).run(x), want)
     else:
         assert "scale and zero point of shapes" in refused(path) or "expects one shape" in refused(path)
+
+
+def test_nodes_out_of_topological_order_are_refused_naming_the_unnamed_node(tmp_path):
+    """The refusal named the node '' (onnxruntime sorts such a graph; ONNX requires the order)."""
+    nodes = [helper.make_node("Relu", ["h"], ["y"]), helper.make_node("Relu", ["x"], ["h"], name="first")]
+    message = refused(save(tmp_path, nodes, {}))
+    assert "an unnamed 'Relu' node: reads tensor 'h' before it is produced" in message and "''" not in message
+
+
+def test_a_sparse_initializer_is_refused_by_name(tmp_path):
+    """Its weight was never read: the refusal said it "is computed at run time"."""
+    nodes = [helper.make_node("Add", ["x", "w"], ["y"], name="add")]
+    path = save(tmp_path, nodes, {})
+    model = onnx.load(str(path))
+    values = numpy_helper.from_array(np.array([1.5], np.float32), "w")
+    indices = numpy_helper.from_array(np.array([0], np.int64), "w_indices")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [1]))
+    onnx.save(model, str(path))
+    assert "sparse initializer(s) 'w': not read by this importer" in refused(path)

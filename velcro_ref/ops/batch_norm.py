@@ -73,7 +73,10 @@ class BatchNorm(Op):
         if a.get("spatial", 1) != 1:
             raise OnnxUnsupported("spatial=0")
         a.get("momentum")  # the running statistics' update: training only
-        params = {r: ctx.weight(node, k + 1, r).reshape(-1) for k, r in enumerate(ROLES)}
+        params = {r: ctx.weight(node, k + 1, r) for k, r in enumerate(ROLES)}
+        if any(np.ndim(v) != 1 for v in params.values()):  # onnxruntime refuses them, the schema says (C)
+            shapes = ", ".join(f"{r} {np.shape(v)}" for r, v in params.items())
+            raise OnnxUnsupported(f"parameters of shapes {shapes}; expects one vector of a value per channel each")
         ctx.add(node, index, "batch_norm", [x], {"eps": float(str(np.float32(a.get("epsilon", EPS))))}, params)
 
 
