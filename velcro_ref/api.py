@@ -7,7 +7,7 @@ returns them; `save_*` and `load_*` read and write the files.
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -55,13 +55,16 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
 
     ratio and policy ("uniform", "budget", "channel"; budget needs `model`), or `ratios`, a dict
     site -> ratio (sites left out are not masked; no policy then, as `velcro compress --ratios`
-    takes none). `exclude` names sites never masked.
+    takes none). `exclude` names sites never masked (one name, or a sequence of them).
     Raises UsageError for a bad ratio, policy or site, StatsError for stats of another model.
     """
     from .masks import build_masks
     from .policies import make_masks
 
     evaluation.check_stats_sites(stats)
+    if ratios is not None and not isinstance(ratios, Mapping):
+        raise UsageError(f"ratios expect a dict of site -> ratio, found {type(ratios).__name__}")
+    exclude = (exclude,) if isinstance(exclude, str) else tuple(exclude)  # one site's name, not its letters
     unknown = sorted((set(ratios or ()) | set(exclude)) - set(stats.sites))
     if unknown:
         raise UsageError(f"unknown site(s) {', '.join(unknown)}; sites: {', '.join(stats.sites)}")
@@ -81,7 +84,7 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     elif ratio is None:
         raise UsageError("give a ratio (with a policy) or per-site ratios")
     else:
-        masks = make_masks(policy, stats, ratio, site_costs, tuple(exclude))
+        masks = make_masks(policy, stats, ratio, site_costs, exclude)
     for site, (mask, const) in masks.sites.items():
         bad = int(np.count_nonzero(~np.isfinite(const[mask])))
         if bad:

@@ -11,6 +11,7 @@ import itertools
 import operator
 import threading
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -511,6 +512,13 @@ class Model:
 
     def check_masks(self, masks) -> None:
         """Raise MaskError unless `masks` was made for this model and fits its sites."""
+        if not isinstance(masks.sites, Mapping):
+            raise MaskError(
+                f"{masks.source}: sites expect a dict of site -> (mask, constants), found {type(masks.sites).__name__}"
+            )
+        for site, pair in masks.sites.items():
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise MaskError(f"{masks.source}: site '{site}' expects a (mask, constants) pair")
         if masks.fingerprint != self.fingerprint:
             raise MaskError(
                 f"{masks.source}: masks were made for model {masks.fingerprint}, "

@@ -32,6 +32,7 @@ from . import h5io, quant
 from .errors import UsageError
 from .evaluation import class_indices
 from .fileio import atomic_path
+from .jsonout import numpy_scalar
 
 FORMAT = "velcro-golden"
 FORMAT_VERSION = 2  # 1: float models (unchanged); 2: quantized models
@@ -117,13 +118,18 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         scores = model.shapes[model.graph.output]  # a model of one score per class: a label names one
         if len(scores) == 1 and labels.size and labels.max() >= scores[0]:
             raise UsageError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")
+    if source is not None:
+        try:  # NumPy numbers and arrays (a data set's indices) as JSON numbers and lists
+            source = json.dumps(source, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else numpy_scalar(v))
+        except (TypeError, ValueError) as e:
+            raise UsageError(f"source expects JSON values: {e}") from None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION if quantized else 1
         f.attrs["model_fingerprint"] = model.fingerprint
         f.attrs["masks_source"] = masks.source if masks is not None else ""
         if source is not None:
-            f.attrs["input_source"] = json.dumps(source)
+            f.attrs["input_source"] = source
         f.create_dataset("input", data=x)
         if labels is not None:
             f.create_dataset("labels", data=np.asarray(labels, np.int64))

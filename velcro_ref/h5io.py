@@ -352,6 +352,8 @@ def create(path):
 def load_checked(path, error, fmt: str, what: str, read):
     """read(f) on the HDF5 file at `path` (a `what` file of format `fmt`), in a forked child
     (read_isolated); every problem becomes `error` naming the file."""
+    if not isinstance(path, str | os.PathLike):  # bytes, an open h5py.File
+        raise error(f"a {what} file's path expects a str or os.PathLike, found {type(path).__name__}")
 
     def run():
         f = open_h5(path, error, fmt)

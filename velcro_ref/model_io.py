@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import numpy as np
 
@@ -93,7 +91,6 @@ def load_graph(path, allow_nonfinite: bool = False) -> Graph:
     Raises ModelError naming the file and the node, parameter or attribute at fault, for
     anything from a missing file to a corrupt HDF5 structure.
     """
-    path = Path(path)
     return h5io.load_checked(path, ModelError, FORMAT, "model", lambda f: _read(f, allow_nonfinite))
 
 

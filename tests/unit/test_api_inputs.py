@@ -175,3 +175,50 @@ def test_run_counted_gives_each_thread_its_own_run_s_macs(model, x):
 @pytest.mark.parametrize("classes", [{9, 5, 7}, frozenset({5, 7, 9}), ["5", "7", "9"], range(5, 10, 2)])
 def test_task_classes_take_any_collection_of_indices(classes):
     assert sorted(velcro_ref.task_classes(classes=classes)) == [5, 7, 9]
+
+
+def test_golden_stores_a_source_of_numpy_numbers_and_arrays_as_json(model, x, tmp_path):
+    """A source holding task_images' indices (an array) or a NumPy integer raised json's TypeError."""
+    import json
+
+    import h5py
+
+    source = {"data": "fashion-mnist", "indices": np.arange(3, 3 + len(x)), "n": np.int64(len(x))}
+    velcro_ref.golden(model, x, tmp_path / "g.h5", source=source)
+    with h5py.File(tmp_path / "g.h5") as f:
+        stored = json.loads(f.attrs["input_source"])
+    assert stored == {"data": "fashion-mnist", "indices": list(range(3, 3 + len(x))), "n": len(x)}
+    with pytest.raises(VelcroError, match="source expects JSON values"):
+        velcro_ref.golden(model, x, tmp_path / "g2.h5", source={"model": model})
+    assert not (tmp_path / "g2.h5").exists()
+
+
+def test_mask_sets_of_another_form_are_refused_in_one_line(model, x):
+    """A site's value of three items and sites given as a list of pairs raised ValueError / TypeError."""
+    site, shape = next(iter(model.sites.items()))
+    pair = (np.zeros(shape, bool), np.zeros(shape, np.float32))
+    for sites in ({site: (*pair, 0)}, [(site, pair)]):
+        with pytest.raises(VelcroError, match="pair|dict of site"):
+            model.run(x, masks=MaskSet(model.fingerprint, sites))
+
+
+def test_compress_takes_one_excluded_site_as_a_name_and_refuses_ratios_of_another_form(model, x):
+    """exclude="r1" was read as the sites 'r', '1' (unknown); ratios as a list of pairs raised a TypeError."""
+    stats = velcro_ref.profile(model, x)
+    one = velcro_ref.compress(stats, 0.5, exclude="r1")
+    assert not one.sites["r1"][0].any() and one.sites["r2"][0].any()
+    both = velcro_ref.compress(stats, 0.5, exclude=["r1"])
+    assert all(np.array_equal(one.sites[s][0], both.sites[s][0]) for s in one.sites)
+    with pytest.raises(VelcroError, match="ratios expect a dict"):
+        velcro_ref.compress(stats, ratios=[("r1", 0.5)])
+
+
+def test_a_path_that_is_no_path_is_refused_in_one_line(tmp_path):
+    """bytes raised pathlib's TypeError, an open h5py.File os.fspath's."""
+    import h5py
+
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        for load in (velcro_ref.load_model, velcro_ref.load_stats, velcro_ref.load_masks):
+            for path in (str(tmp_path / "f.h5").encode(), f):
+                with pytest.raises(VelcroError, match="path expects a str or os.PathLike"):
+                    load(path)
