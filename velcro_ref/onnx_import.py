@@ -69,7 +69,14 @@ def _cast(x, to, dtype, saturate):
 
 
 def _cast_once(x, to, dtype, saturate):
-    """`_cast` in one rounding from x's own type (the float8 refusals included)."""
+    """`_cast` in one rounding from x's own type (the float8 refusals included). A value beyond the
+    type's range becomes what the cast makes of it (an infinity, or the integer C gives), without
+    NumPy's warning: the model's checks refuse what cannot run."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _cast_values(x, to, dtype, saturate)
+
+
+def _cast_values(x, to, dtype, saturate):
     if to not in _FLOAT8:
         return x.astype(dtype)
     import ml_dtypes

@@ -10,6 +10,8 @@ a node with fewer inputs than ONNX allows, and weights folded from a saturating 
 sparse Constant.
 """
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -867,3 +869,18 @@ def test_a_sparse_initializer_is_refused_by_name(tmp_path):
     model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [1]))
     onnx.save(model, str(path))
     assert "sparse initializer(s) 'w': not read by this importer" in refused(path)
+
+
+def test_a_folded_cast_beyond_float32_gives_no_numpy_warning(tmp_path):
+    """Cast(float64 1e300 -> float) of a conv's weight printed NumPy's overflow warning; the weight
+    is infinite, as ONNX's Cast makes it, and a model file of it is refused (NaN or Inf parameters)."""
+    w = np.full((2, 2, 1, 1), 1e300)
+    nodes = [
+        helper.make_node("Cast", ["w64"], ["w"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+    ]
+    path = save(tmp_path, nodes, {"w64": w})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        graph = import_onnx(path)
+    assert all(np.isposinf(v).all() for v in graph.params.values())
