@@ -22,6 +22,15 @@ def files(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def stats_path(files):
+    """Statistics of the model on 32 footwear train images, written here (not by another test)."""
+    model = velcro_ref.load_model(files / "m.h5")
+    x, _ = velcro_ref.task_images(model, velcro_ref.task_classes(task="footwear"), "train", 32)
+    velcro_ref.save_stats(velcro_ref.profile(model, x, batch=16), files / "own_s.h5")
+    return files / "own_s.h5"
+
+
 def run(capsys, *args):
     assert cli.main([str(a) for a in args]) == 0
     return capsys.readouterr().out
@@ -112,8 +121,8 @@ def test_evaluate_and_sweep_return_the_commands_json(files, capsys):
     assert {k: cli_res[k] for k in res} == json.loads(json.dumps(res))
 
 
-def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files):
-    stats = velcro_ref.load_stats(files / "s.h5")
+def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files, stats_path):
+    stats = velcro_ref.load_stats(stats_path)
     with pytest.raises(velcro_ref.VelcroError, match="unknown site"):
         velcro_ref.compress(stats, ratios={"nope": 0.5})
     with pytest.raises(velcro_ref.VelcroError, match="not both"):
@@ -121,8 +130,8 @@ def test_compress_refuses_unknown_sites_and_both_ways_of_giving_ratios(files):
     assert isinstance(velcro_ref.load_model(files / "m.h5"), Model)
 
 
-def test_per_site_masks_record_the_sites_left_out(files):
-    stats = velcro_ref.load_stats(files / "s.h5")
+def test_per_site_masks_record_the_sites_left_out(files, stats_path):
+    stats = velcro_ref.load_stats(stats_path)
     first, second = list(stats.sites)[:2]
     masks = velcro_ref.compress(stats, ratios={first: 0.5, second: 0.5}, exclude=(second,))
     assert masks.policy["exclude"] == [second]
