@@ -389,3 +389,50 @@ def test_imported_qlinear_average_pool_runs_as_onnxruntime_does(tmp_path, dtype,
     assert ("qglobal_avg_pool" in ops) == (kernel == (5, 6) and not any(pads))
     assert ("qavg_pool" in ops) != ("qglobal_avg_pool" in ops)
     assert np.array_equal(Model(graph).run(x), want)
+
+
+@pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
+def test_an_add_or_average_pool_of_mixed_types_is_refused(out_dtype):
+    """onnxruntime's QLinearAdd and QLinearAveragePool take one type for every input and output, and
+    run a QDQ Add or AveragePool of mixed types in float32: the engine's integer arithmetic gave 24
+    of 756 outputs one step away from onnxruntime on such a model's own export, exit 0."""
+    from velcro_ref.errors import ModelError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    def q(dtype, zp):
+        return {"y_scale": 0.02, "y_zero_point": zp, "dtype": dtype}
+
+    pool = {"kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "count_include_pad": False}
+    mixed = {
+        "qadd": (Node("a", "qadd", ("i8", "u8"), q(out_dtype, 3)),),
+        "qavg_pool": (Node("a", "qavg_pool", ("u8" if out_dtype == "int8" else "i8",), {**pool, **q(out_dtype, 3)}),),
+    }
+    for op, middle in mixed.items():
+        nodes = (
+            Node("i8", "quantize", (INPUT,), q("int8", -5)),
+            Node("u8", "quantize", (INPUT,), q("uint8", 120)),
+            *middle,
+            Node("out", "dequantize", ("a",)),
+        )
+        with pytest.raises(ModelError, match=f"node 'a': {op} of .* one type for every input and the output"):
+            Model(Graph(nodes, (2, 4, 4), "out", {}))
+    t = {"int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
+    other = "int8" if out_dtype == "uint8" else "uint8"
+    node = helper.make_node("QLinearAdd", ["a", "s", "za", "b", "s", "zb", "s", "zy"], ["y"], domain="com.microsoft")
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("a", t[other], [4]), helper.make_tensor_value_info("b", t[out_dtype], [4])],
+        [helper.make_tensor_value_info("y", t[out_dtype], [4])],
+        [
+            numpy_helper.from_array(np.array(0.02, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, other), "za"),
+            numpy_helper.from_array(np.array(0, out_dtype), "zb"),
+            numpy_helper.from_array(np.array(0, out_dtype), "zy"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
+    with pytest.raises(Exception, match="Type"):  # no kernel of mixed types
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
