@@ -151,11 +151,13 @@ def fma_f32(x, y, z):
 
 def quantize_linear(x, scale, zero_point, dtype):
     """QuantizeLinear (onnxruntime's MLAS kernel): saturate(round_half_even(x / scale) +
-    zero_point), the division in float32; NaN goes to qmin, as MLAS's clamp (MAXPS) takes it.
-    `scale` and `zero_point` scalars or arrays broadcasting against x."""
+    zero_point), the division in float32; NaN goes to qmin, as MLAS's clamp (MAXPS) takes it, and
+    a quotient beyond float32 saturates (without NumPy's warning). `scale` and `zero_point`
+    scalars or arrays broadcasting against x."""
     qmin, qmax = qrange(dtype)
     zp = np.asarray(zero_point, np.int32)
-    v = np.asarray(x, np.float32) / np.asarray(scale, np.float32)
+    with np.errstate(over="ignore"):
+        v = np.asarray(x, np.float32) / np.asarray(scale, np.float32)
     lo, hi = (qmin - zp).astype(np.float32), (qmax - zp).astype(np.float32)
     v = np.where(np.isnan(v), lo, np.minimum(np.maximum(v, lo), hi))
     return (np.rint(v).astype(np.int32) + zp).astype(dtype)
