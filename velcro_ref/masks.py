@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from . import h5io
-from .errors import MaskError, UsageError
+from .errors import MaskError, StatsError, UsageError
 from .fileio import atomic_path
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 
@@ -80,7 +80,16 @@ def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
 
 
 def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
-    """Masks from stats with a ratio per site (sites absent from `ratios` are not masked)."""
+    """Masks from stats with a ratio per site (sites absent from `ratios` are not masked). StatsError
+    for statistics that hold NaN or Inf (in memory only: `save_stats` writes none), whose order of
+    variances names no elements."""
+    for name, s in stats.sites.items():
+        bad = int(np.count_nonzero(~(np.isfinite(s.variance) & np.isfinite(s.mean))))
+        if bad:
+            raise StatsError(
+                f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
+                "network on the profiled images); no masks are made from them"
+            )
     sites = {}
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")

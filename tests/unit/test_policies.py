@@ -124,3 +124,29 @@ def test_budget_masks_from_a_stats_file_equal_those_from_the_same_statistics_in_
     assert a.sites.keys() == b.sites.keys()
     for s in a.sites:
         np.testing.assert_array_equal(a.sites[s][0], b.sites[s][0], err_msg=s)
+
+
+@pytest.mark.parametrize("policy", ["uniform", "channel", "budget"])
+def test_statistics_that_overflowed_make_no_masks(policy):
+    """A profile in memory (the CLI writes none) whose site overflowed float32 in one image: the budget
+    policy's scale came out NaN and it masked the two highest-variance elements, with no error."""
+    import velcro_ref
+    from velcro_ref.errors import StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    n = 8
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("l", "linear", ("f",), {}, {"weight": "w"}),
+        Node("r", "relu", ("l",)),
+    )
+    model = Model(Graph(nodes, (1, 1, n), "r", {"w": (np.eye(n) * 4).astype(np.float32)}, {}))
+    x = np.zeros((6, 1, 1, n), np.float32)
+    x[:, 0, 0, :3] = np.arange(6)[:, None]  # variance 46.67; elements 3 - 6 constant
+    x[:, 0, 0, 7] = [1, 2, 3e38, 1, 2, 1]  # 4 * 3e38 overflows: inf, then a NaN variance
+    stats = velcro_ref.profile(model, x)
+    assert np.isnan(stats.sites["r"].variance[7])
+    with pytest.raises(StatsError, match="site 'r': the statistics are NaN or infinite at 1 element"):
+        velcro_ref.compress(stats, 0.25, policy=policy, model=model)
+    with pytest.raises(StatsError, match="NaN or infinite"):
+        make_masks(policy, stats, 0.25, model.site_costs())
