@@ -70,6 +70,23 @@ def _stamp_frozen(a) -> None:
     _FROZEN[key] = (weakref.ref(a, lambda _, k=key: _FROZEN.pop(k, None)), next(_FREEZES))
 
 
+def _thaw(arrays) -> None:
+    """Make the arrays writeable again. A view can be made writeable only once its base is, and
+    the arrays may be views of one another (sites sharing a buffer) in any order: passes over
+    those left until none is."""
+    left = list(arrays)
+    while left:
+        refused = []
+        for a in left:
+            try:
+                a.flags.writeable = True
+            except ValueError:  # its base is still read-only
+                refused.append(a)
+        if len(refused) == len(left):  # a base frozen by someone else: left as it is
+            return
+        left = refused
+
+
 def _stamp(a) -> int:
     """The freeze count when a Model last made `a` read-only, 0 if none has."""
     entry = _FROZEN.get(id(a))
@@ -310,8 +327,7 @@ class Model:
         try:
             self._masks = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
         except BaseException:
-            for a in frozen:  # refused: left as they came
-                a.flags.writeable = True
+            _thaw(frozen)  # refused: left as they came
             raise
         return self._masks
 

@@ -266,6 +266,24 @@ def test_masks_a_run_refuses_are_left_writeable_without_a_warning(files):
     assert mask.flags.writeable and const.flags.writeable
 
 
+def test_a_refused_mask_set_of_views_of_one_another_is_left_writeable(files):
+    """One site's mask a view of a later site's: making them writeable again in their order raised
+    NumPy's ValueError (a view's base was still read-only) in place of the one-line refusal."""
+    model = velcro_ref.load_model(files / "m.h5")
+    by_shape = collections.defaultdict(list)
+    for site, shape in model.sites.items():
+        by_shape[tuple(shape)].append(site)
+    a, b = next(v for v in by_shape.values() if len(v) >= 2)[:2]
+    mb = np.zeros(model.sites[b], bool)
+    ca, cb = np.zeros(model.sites[a], np.float32), np.zeros(model.sites[b], np.float32)
+    mb.flat[0], cb.flat[0] = True, np.nan
+    masks = MaskSet(model.fingerprint, {a: (mb[...], ca), b: (mb, cb)})
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 1)
+    with pytest.raises(velcro_ref.VelcroError, match="NaN or Inf"):
+        model.run(x, masks)
+    assert all(arr.flags.writeable for pair in masks.sites.values() for arr in pair)
+
+
 def test_one_class_may_be_given_as_an_integer(files, tmp_path):
     """task_images(model, 5) raised a TypeError (an int is not iterable); it is the one class 5."""
     model = velcro_ref.load_model(files / "m.h5")
