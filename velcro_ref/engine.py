@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import os
 import threading
 import weakref
 from collections.abc import Mapping
@@ -575,4 +576,5 @@ def _reads(step, fusion) -> tuple:
 
 def load_model(path, allow_nonfinite: bool = False) -> Model:
     """Load, validate and prepare an HDF5 model. Raises ModelError naming the file and node."""
-    return Model(load_graph(path, allow_nonfinite=allow_nonfinite), path=str(path))
+    graph = load_graph(path, allow_nonfinite=allow_nonfinite)  # refuses a path that is none
+    return Model(graph, path=os.fspath(path))

@@ -10,6 +10,8 @@ import secrets
 import tomllib
 from pathlib import Path
 
+from .errors import UsageError
+
 
 def parse_json(text):
     """json.loads; a document nested too deeply to decode raises ValueError, as any other bad one."""
@@ -28,6 +30,15 @@ def parse_toml(text: str) -> dict:
         raise ValueError("arrays or tables nested too deeply") from None
 
 
+def checked_path(path, error, what) -> Path:
+    """`path` (a str, or an os.PathLike giving one) as a Path; else `error`, one line naming the
+    type found (bytes, an open file), as the `what` (e.g. "model file") it was to name."""
+    name = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(name, str):
+        raise error(f"the {what} path expects a str or os.PathLike, found {type(path).__name__}")
+    return Path(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
@@ -35,9 +46,9 @@ def atomic_path(path):
     An interrupted run therefore leaves the old file or the new one, never half of one; the file is
     synced before the rename and the directory after, so a power cut cannot leave an empty or
     partial file under the final name either. The file gets the permissions open() would give it
-    (0o666 less the umask). Raises OSError naming `path`.
+    (0o666 less the umask). Raises OSError naming `path`, UsageError for a path that is none.
     """
-    path = Path(path)
+    path = checked_path(path, UsageError, "output file")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _create_temp(path)

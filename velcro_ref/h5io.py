@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .fileio import parse_json
+from .fileio import checked_path, parse_json
 from .jsonout import numpy_scalar
 from .ops.base import MAX_ELEMENTS
 
@@ -352,8 +352,7 @@ def create(path):
 def load_checked(path, error, fmt: str, what: str, read):
     """read(f) on the HDF5 file at `path` (a `what` file of format `fmt`), in a forked child
     (read_isolated); every problem becomes `error` naming the file."""
-    if not isinstance(path, str | os.PathLike):  # bytes, an open h5py.File
-        raise error(f"a {what} file's path expects a str or os.PathLike, found {type(path).__name__}")
+    path = checked_path(path, error, f"{what} file")  # not bytes, an open h5py.File
 
     def run():
         f = open_h5(path, error, fmt)

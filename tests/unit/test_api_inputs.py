@@ -14,6 +14,7 @@ from velcro_ref.engine import Model
 from velcro_ref.errors import VelcroError
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, ratio_count
+from velcro_ref.model_io import save_model
 from velcro_ref.stats import StatsCollector
 
 
@@ -213,12 +214,38 @@ def test_compress_takes_one_excluded_site_as_a_name_and_refuses_ratios_of_anothe
         velcro_ref.compress(stats, ratios=[("r1", 0.5)])
 
 
-def test_a_path_that_is_no_path_is_refused_in_one_line(tmp_path):
-    """bytes raised pathlib's TypeError, an open h5py.File os.fspath's."""
+class _BytesPath:
+    """An os.PathLike whose path is bytes (pathlib takes none)."""
+
+    def __init__(self, path):
+        self.path = str(path).encode()
+
+    def __fspath__(self):
+        return self.path
+
+
+class _StrPath(_BytesPath):
+    def __fspath__(self):
+        return self.path.decode()
+
+
+def test_a_path_that_is_no_path_is_refused_in_one_line(model, x, tmp_path):
+    """bytes raised pathlib's TypeError, an open h5py.File os.fspath's, in the loaders and writers."""
     import h5py
 
+    stats = velcro_ref.profile(model, x)
+    masks = velcro_ref.compress(stats, 0.5)
+    writers = (
+        lambda p: velcro_ref.save_stats(stats, p),
+        lambda p: velcro_ref.save_masks(masks, p),
+        lambda p: velcro_ref.golden(model, x, p),
+        lambda p: save_model(model.graph, p),
+    )
     with h5py.File(tmp_path / "f.h5", "w") as f:
-        for load in (velcro_ref.load_model, velcro_ref.load_stats, velcro_ref.load_masks):
-            for path in (str(tmp_path / "f.h5").encode(), f):
+        bad = (str(tmp_path / "f.h5").encode(), _BytesPath(tmp_path / "f.h5"), f)
+        for call in (velcro_ref.load_model, velcro_ref.load_stats, velcro_ref.load_masks, *writers):
+            for path in bad:
                 with pytest.raises(VelcroError, match="path expects a str or os.PathLike"):
-                    load(path)
+                    call(path)
+    save_model(model.graph, _StrPath(tmp_path / "m.h5"))  # an os.PathLike of a str is a path
+    assert velcro_ref.load_model(_StrPath(tmp_path / "m.h5")).path == str(tmp_path / "m.h5")
