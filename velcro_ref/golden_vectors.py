@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from . import h5io, quant
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .evaluation import class_indices
 from .fileio import atomic_path
 from .jsonout import numpy_scalar
@@ -104,8 +104,9 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
     """Run x through the model recording every node; returns executed MACs per layer.
     accumulators: also write the int32 accumulators of every int8 conv and linear layer
     (UsageError for a float model, which has none). source: a JSON-able dict stored as the attr
-    `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image, or
-    one names a class the model does not score, where its output is one score per class)."""
+    `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image;
+    InputError where one names a class the model does not score, its output being one score per
+    class of two or more: a single output, a logit, names none)."""
     quantized = any(st.q is not None for st in model.plan.nodes)
     if accumulators and not quantized:
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
@@ -116,8 +117,8 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         if labels.size and labels.min() < 0:
             raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
         scores = model.shapes[model.graph.output]  # a model of one score per class: a label names one
-        if len(scores) == 1 and labels.size and labels.max() >= scores[0]:
-            raise UsageError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")
+        if len(scores) == 1 and scores[0] > 1 and labels.size and labels.max() >= scores[0]:
+            raise InputError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")
     if source is not None:
         try:  # NumPy numbers and arrays (a data set's indices) as JSON numbers and lists
             source = json.dumps(source, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else numpy_scalar(v))

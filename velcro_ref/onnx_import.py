@@ -946,11 +946,11 @@ class _Importer:
 
         auto_pad SAME_* and VALID are refused where ONNX implementations disagree on what they
         mean: with ceil_mode (SAME: onnx's shape inference rounds the output size up, onnxruntime
-        does not, onnx's reference refuses; VALID: onnxruntime sizes the output as without
-        auto_pad, the spec's formula and onnx's reference one smaller), and SAME_* where the
-        output size ceil(size / stride) asks for a negative total padding (the windows end before
-        the input does; onnxruntime and onnx's reference then shift the windows, each rounding the
-        shift its own way, TensorFlow does not)."""
+        does not, onnx's reference refuses; VALID, where the sizes differ: onnxruntime sizes the
+        output as without auto_pad, the spec's formula and onnx's reference one smaller), and
+        SAME_* where the output size ceil(size / stride) asks for a negative total padding (the
+        windows end before the input does; onnxruntime and onnx's reference then shift the
+        windows, each rounding the shift its own way, TensorFlow does not)."""
         stride = [int(s) for s in a.get("strides", [1, 1])]
         if len(stride) != 2:
             raise OnnxUnsupported(f"strides {stride}; expects 2-D")
@@ -963,11 +963,19 @@ class _Importer:
             return stride, pads
         if auto not in ("VALID", "SAME_UPPER", "SAME_LOWER"):
             raise OnnxUnsupported(f"auto_pad '{auto}'")
-        if a.get("ceil_mode", 0):
-            raise OnnxUnsupported(f"auto_pad {auto} with ceil_mode 1 (ONNX implementations differ on it; write pads)")
-        if auto == "VALID":
-            return stride, [0, 0, 0, 0]
         hw = self.shape(x)[1:]
+        ceil = a.get("ceil_mode", 0)
+        if auto == "VALID":
+            extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilation, strict=True)]
+            sizes = zip(hw, extents, stride, strict=True)
+            if ceil and any(-(-(n - e) // s) + 1 != -(-(n - e + 1) // s) for n, e, s in sizes):
+                raise OnnxUnsupported(  # onnxruntime: as pads 0 with ceil_mode; the spec and its reference: one less
+                    f"auto_pad VALID with ceil_mode 1 on input {tuple(hw)} (ONNX implementations differ on its "
+                    "output size; write pads)"
+                )
+            return stride, [0, 0, 0, 0]
+        if ceil:
+            raise OnnxUnsupported(f"auto_pad {auto} with ceil_mode 1 (ONNX implementations differ on it; write pads)")
         begin, end = [], []
         for axis, size, k, s, d in zip("HW", hw, kernel, stride, dilation, strict=True):
             total = (-(-size // s) - 1) * s + (k - 1) * d + 1 - size

@@ -267,6 +267,20 @@ def test_auto_pad_where_onnx_implementations_differ_is_refused(tmp_path, attrs, 
         import_onnx(path)
 
 
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_auto_pad_valid_with_ceil_mode_where_implementations_agree_matches_onnxruntime(tmp_path, op):
+    """6 rows and 4 columns, kernel 2 and 3, stride 2 and 1: onnxruntime's ceil((n - k) / s) + 1 and the
+    spec's ceil((n - k + 1) / s) agree (3 and 2), so the pool is taken as pads 0."""
+    attrs = {"kernel_shape": [2, 3], "strides": [2, 1], "auto_pad": "VALID", "ceil_mode": 1}
+    path = tmp_path / "m.onnx"
+    onnx.save(one_node_model(op, (1, 2, 6, 4), attrs, []), str(path))
+    x = np.random.default_rng(3).standard_normal((1, 2, 6, 4), np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = Model(import_onnx(path)).run(x)
+    assert got.shape == want.shape == (1, 2, 3, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
 @pytest.mark.parametrize("above", [0.0, 2.0**-40, 2.0**-30, 1e-9])
 def test_batch_norm_with_variance_near_minus_epsilon_matches_onnxruntime(tmp_path, eps, above):

@@ -249,3 +249,12 @@ def test_a_path_that_is_no_path_is_refused_in_one_line(model, x, tmp_path):
                     call(path)
     save_model(model.graph, _StrPath(tmp_path / "m.h5"))  # an os.PathLike of a str is a path
     assert velcro_ref.load_model(_StrPath(tmp_path / "m.h5")).path == str(tmp_path / "m.h5")
+
+
+def test_golden_takes_binary_labels_of_a_model_with_one_output(tmp_path):
+    """A single logit scores no classes: labels 0 and 1 were refused as past its one class."""
+    w = np.ones((1, 4), np.float32)
+    nodes = (Node("f", "flatten", (INPUT,)), Node("l", "linear", ("f",), {}, {"weight": "w"}))
+    model = Model(Graph(nodes, (1, 2, 2), "l", {"w": w}, {}))
+    x = np.zeros((2, 1, 2, 2), np.float32)
+    velcro_ref.golden(model, x, tmp_path / "g.h5", labels=[0, 1])
