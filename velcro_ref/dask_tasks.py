@@ -1,10 +1,12 @@
 """What runs on a Dask worker: the model plugin and the task functions (docs/distributed.md).
 
 A model reaches each worker once, in a worker plugin that holds its graph; the worker keeps the
-graph keyed by its fingerprint, and a task names the model by that fingerprint, so no task
-carries weights. A Model runs in one thread at a time (it owns its buffers), so a task borrows
-one from the worker's pool and gives it back: the pool grows to the number of tasks running at
-once, and a Model's buffers serve every task after its first. Tasks run single-threaded: a
+graph keyed by its fingerprint, and a task names the model by that fingerprint and the client's
+sources (`model_key`), so no task carries weights, and a worker of other sources, even one that
+joined after the check of the workers there at the start, refuses every task. A Model runs in
+one thread at a time (it owns its buffers), so a task borrows one from the worker's pool and
+gives it back: the pool grows to the number of tasks running at once, and a Model's buffers
+serve every task after its first. Tasks run single-threaded: a
 worker is one process with one thread, and the engine's BLAS and Numba pools are held to one
 thread at run time (the nanny sets OPENBLAS/OMP/MKL_NUM_THREADS but not NUMBA_NUM_THREADS:
 dask/distributed issue 9075).
@@ -101,11 +103,23 @@ def dask_setup(worker) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def package_files() -> list[Path]:
+    """Every source and data file of the velcro_ref and simulator packages in this process (the
+    tasks file and the accelerator presets among them), in order."""
+    velcro = Path(__file__).resolve().parent
+    packages = (velcro, velcro.parent / "simulator")
+    return sorted(f for package in packages for ext in ("*.py", "*.toml") for f in package.rglob(ext))
+
+
 @functools.cache
 def package_sources() -> str:
-    """SHA-256 over the paths and bytes of every source of the velcro_ref package in this process."""
-    package = Path(__file__).resolve().parent
-    return sources_digest(package, sorted(package.rglob("*.py")))
+    """SHA-256 over the paths and bytes of `package_files`."""
+    return sources_digest(Path(__file__).resolve().parent.parent, package_files())
+
+
+def model_key(fingerprint, sources) -> str:
+    """What a task names its model by: the model's fingerprint and the client's sources."""
+    return f"{fingerprint}:{sources}"
 
 
 def has_model(fingerprint) -> bool:
@@ -115,11 +129,18 @@ def has_model(fingerprint) -> bool:
 
 
 @contextlib.contextmanager
-def model_of(fingerprint):
-    """A Model of the graph the plugin brought for `fingerprint`, this task's alone until the
-    block ends; the calling thread runs single-threaded from here."""
+def model_of(key):
+    """A Model of the graph the plugin brought for the model `key` (`model_key`), this task's alone
+    until the block ends; the calling thread runs single-threaded from here. ClusterError on a
+    worker whose sources are not the client's."""
     from .engine import Model
 
+    fingerprint, sources = key.split(":")
+    if sources != package_sources():  # a worker of other sources that joined later (docs/distributed.md)
+        raise ClusterError(
+            f"{_where()}: runs velcro_ref of other sources than the client's (digest {package_sources()[:12]} "
+            f"against {sources[:12]}); install the client's velcro-ref on every worker"
+        )
     single_threaded()
     with _LOCK:
         if fingerprint not in _GRAPHS:
@@ -171,26 +192,26 @@ def hold(value):
     return value
 
 
-def profile_images(fingerprint, images, batch, classes):
+def profile_images(key, images, batch, classes):
     """Stats (velcro_ref.stats.Stats) of a shard or of a whole preprocessing set, in batches of
     `batch` as a one-process run makes them."""
     from .stats import collect_stats
 
-    with model_of(fingerprint) as model:
+    with model_of(key) as model:
         x, _ = images_of(model, images)
         return collect_stats(model, x, batch=batch, classes=classes)
 
 
-def sweep_point(fingerprint, stats, images, classes, ratio, policy, batch):
+def sweep_point(key, stats, images, classes, ratio, policy, batch):
     """One point of a sweep: experiments.sweep_point on this worker."""
     from .experiments import sweep_point as point
 
-    with model_of(fingerprint) as model:
+    with model_of(key) as model:
         x, y = images_of(model, images)
         return point(model, stats, x, y, classes, ratio, policy, batch)
 
 
-def run_unit(fn, fingerprint, **kwargs):
+def run_unit(fn, key, **kwargs):
     """A unit of work of the demo (velcro_ref/demo.py): fn(model, **kwargs) on this worker."""
-    with model_of(fingerprint) as model:
+    with model_of(key) as model:
         return fn(model, **kwargs)

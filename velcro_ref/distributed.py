@@ -285,10 +285,11 @@ def _with_preload(dask, module) -> dict:
 
 def send_model(client, model) -> str:
     """Load `model` on every worker of the cluster, present and future, once (a worker plugin with
-    its graph); returns the fingerprint tasks name it by."""
+    its graph); returns the key tasks name it by (`dask_tasks.model_key`: its fingerprint and the
+    client's sources, which a task checks on its worker)."""
     from distributed.comm.core import CommClosedError
 
-    from .dask_tasks import ModelPlugin, has_model, package_sources
+    from .dask_tasks import ModelPlugin, has_model, model_key, package_sources
 
     plugin = ModelPlugin(model.graph, model.path, model.fingerprint, package_sources())
     try:
@@ -304,7 +305,7 @@ def send_model(client, model) -> str:
     except (CommClosedError, ConnectionError) as e:  # a worker or the scheduler gone while the plugin was sent
         why = _causes(e)
         raise ClusterError(f"the cluster was lost while the model was sent to its workers ({why}); rerun") from None
-    return model.fingerprint
+    return model_key(model.fingerprint, plugin.sources)
 
 
 def _check_sources(client, sources) -> None:
@@ -461,17 +462,17 @@ class Jobs:
         self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if shared and data_dir else data_dir
         self.batch, self.eval_batch = batch, eval_batch
         self.token = _token()
-        self._sent = set()
+        self._sent = {}  # fingerprint -> the key tasks name the model by
         self._profiles = {}  # (fingerprint, classes, n) -> future of Stats
         self._tests = {}  # (fingerprint, classes, n) -> (future of images, number of images)
         self._points = {}  # (fingerprint, classes, n, policy, ratios, n_eval) -> [future of dense, of each ratio]
         self._given = {}  # id of a Stats returned by `profile` -> (its key, the Stats)
 
     def _fingerprint(self, model):
+        """The key tasks name `model` by (`send_model`), the model sent once."""
         if model.fingerprint not in self._sent:
-            send_model(self.client, model)
-            self._sent.add(model.fingerprint)
-        return model.fingerprint
+            self._sent[model.fingerprint] = send_model(self.client, model)
+        return self._sent[model.fingerprint]
 
     def _images(self, model, classes, split, n):
         """What a task gets for the first n images of classes in split: the arrays, or SharedImages."""
@@ -573,7 +574,7 @@ class Units:
         self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if shared and data_dir else data_dir
         self.token = _token()
         self._load = functools.lru_cache(maxsize=1)(load_model)
-        self._fingerprints = {}  # model path -> fingerprint sent to the workers
+        self._fingerprints = {}  # model path -> the key tasks name it by (`send_model`)
         self._images = {}  # (path, classes, images) -> future of (x, labels)
         self._digests = {}  # (path, classes, images) -> SharedImages (with `shared`)
         self._futures = {}  # id of a result -> (the result, its future)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -398,6 +399,34 @@ def test_a_worker_of_other_velcro_ref_sources_refuses_the_model(inprocess_client
     plugin = ModelPlugin(small_model.graph, small_model.path, small_model.fingerprint, "0" * 64)
     with pytest.raises(ClusterError, match="runs velcro_ref of other sources than the client's"):
         inprocess_client.register_plugin(plugin)
+
+
+def test_a_task_of_a_client_of_other_sources_is_refused_where_the_model_is_loaded(inprocess_client, small_model):
+    """A worker of other sources that joined after the start (a stale plugin of its own sources loading
+    the model) ran the client's tasks and its shards were folded in, exit 0: each task names the
+    client's sources, and a worker of others refuses it."""
+    from velcro_ref.dask_tasks import model_key, profile_images
+    from velcro_ref.distributed import result, send_model
+    from velcro_ref.errors import ClusterError
+
+    key = send_model(inprocess_client, small_model)
+    assert key == model_key(small_model.fingerprint, dask_tasks.package_sources())
+    x = np.zeros((2, *small_model.input_shape), np.float32)
+    assert result(inprocess_client.submit(profile_images, key, (x, None), 2, (), pure=False)).n_images == 2
+    other = model_key(small_model.fingerprint, "0" * 64)
+    with pytest.raises(ClusterError, match="runs velcro_ref of other sources than the client's"):
+        result(inprocess_client.submit(profile_images, other, (x, None), 2, (), pure=False))
+
+
+def test_the_sources_checked_are_those_of_both_packages_and_their_data_files():
+    """A worker whose simulator presets (or simulator code) differ priced the demo's accelerators its
+    own way, exit 0: only velcro_ref/**/*.py was hashed."""
+    from velcro_ref.dask_tasks import package_files
+
+    root = Path(velcro_ref.__file__).resolve().parent.parent
+    names = {f.relative_to(root).as_posix() for f in package_files()}
+    assert {"simulator/archs/edge16.toml", "simulator/simulate.py", "velcro_ref/tasks.toml"} <= names
+    assert "velcro_ref/dask_tasks.py" in names
 
 
 def test_a_model_a_worker_let_go_of_is_sent_again(inprocess_client, small_model):
