@@ -41,7 +41,8 @@ _LOCK = threading.Lock()
 class SharedImages:
     """Images a worker reads itself: Fashion-MNIST images `start` .. `stop` - 1 of `classes` in
     `split`, from `data_dir` (None: $VELCRO_DATA or the Debian path, as the worker sees them),
-    preprocessed as the model says. `sha` is the digest of the same images on the client."""
+    preprocessed as the model says. `sha` is the digest of the same images on the client,
+    `labels_sha` of their labels where a task reads them (None: a profile, which does not)."""
 
     split: str
     classes: tuple
@@ -49,6 +50,7 @@ class SharedImages:
     stop: int
     sha: str
     data_dir: str | None = None
+    labels_sha: str | None = None
 
 
 def single_threaded() -> None:
@@ -176,11 +178,12 @@ def images_of(model, images):
     from . import data
 
     x, y = data.task_images(model, images.classes, images.split, images.stop, images.data_dir)
-    x, y = np.ascontiguousarray(x[images.start :]), y[images.start :]
-    if len(x) != images.stop - images.start or digest(x) != images.sha:
+    x, y = np.ascontiguousarray(x[images.start :]), np.ascontiguousarray(y[images.start :])
+    other_labels = images.labels_sha is not None and digest(y) != images.labels_sha
+    if len(x) != images.stop - images.start or digest(x) != images.sha or other_labels:
         where = images.data_dir or "the worker's Fashion-MNIST folder"
         raise DataError(
-            f"{_where()}: {where} holds other images than the client's ({images.split} images "
+            f"{_where()}: {where} holds other images or labels than the client's ({images.split} images "
             f"{images.start}..{images.stop - 1} of classes {list(images.classes)}); give every worker the same data"
         )
     return x, y

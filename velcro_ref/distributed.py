@@ -483,7 +483,7 @@ class Jobs:
         x, y = data.task_images(model, classes, split, n, self.data_dir)
         if not self.shared:
             return (x, y), len(x)
-        return SharedImages(split, tuple(classes), 0, len(x), digest(x), self.data_dir), len(x)
+        return SharedImages(split, tuple(classes), 0, len(x), digest(x), self.data_dir, digest(y)), len(x)
 
     def submit_profile(self, model, classes, n):
         """Submit the profile of the first n train images of classes (as experiments.profile_task)."""
@@ -618,8 +618,9 @@ class Units:
         key = (path, classes, images)
         if key not in self._digests:
             split, first, n = images
-            x, _ = data.task_images(self._load(path), classes, split, n, self.data_dir, first)
-            self._digests[key] = SharedImages(split, classes, first, first + len(x), data.digest(x), self.data_dir)
+            x, y = data.task_images(self._load(path), classes, split, n, self.data_dir, first)
+            sha, labels_sha = data.digest(x), data.digest(y)
+            self._digests[key] = SharedImages(split, classes, first, first + len(x), sha, self.data_dir, labels_sha)
         return self._digests[key]
 
     def run(self, fn, calls, bar=None) -> list:

@@ -234,7 +234,29 @@ def test_demo_with_shared_data_refuses_workers_that_read_other_images(velcro, tm
     args = ["demo", "--models", "resnet18", "--tasks", "footwear", "--ratios", "0,0.4", "--policies", "uniform"]
     args += ["--profile-samples", "100", "--val-samples", "60", "--samples", "50"]
     res = velcro(*args, "-o", tmp_path / "dist", "--scheduler", real_cluster.address, "--shared-data")
-    res.error_line("holds other images than the client's")
+    res.error_line("holds other images or labels than the client's")
+
+
+def test_sweep_with_shared_data_refuses_workers_that_read_other_labels(velcro, tmp_path, real_cluster, monkeypatch):
+    """The same images under other labels (20 of the task's first test labels moved between its
+    classes) gave the workers' accuracies, exit 0: only the images were compared."""
+    import gzip
+
+    from velcro_ref import data
+
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (alt / name).symlink_to(os.path.join(data.DEBIAN_DIR, name))
+    raw = bytearray(gzip.open(os.path.join(data.DEBIAN_DIR, "t10k-labels-idx1-ubyte.gz")).read())
+    labels = np.frombuffer(bytes(raw[8:]), np.uint8)
+    for i in np.flatnonzero(np.isin(labels, [5, 7, 9]))[:20]:
+        raw[8 + i] = {5: 7, 7: 9, 9: 5}[int(labels[i])]
+    (alt / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    monkeypatch.setenv(data.ENV_VAR, str(alt))  # the client's folder; the workers read the Debian one
+    args = ["sweep", WEIGHTS, "--task", "footwear", "--ratios", "0,0.3", "--samples", "50", "--profile-samples", "100"]
+    res = velcro(*args, "--json", "--scheduler", real_cluster.address, "--shared-data")
+    res.error_line("holds other images or labels than the client's")
 
 
 def _untimed(doc):
