@@ -239,8 +239,11 @@ def _check_choices(manifest, all_tasks, models, tasks, policies, accels):
             raise UsageError(f"{what} {', '.join(twice)} given twice")
     from simulator import load_arch
 
-    archs = [load_arch(a) for a in accels]
-    return [a.description or f"{a.rows}x{a.cols} {a.dataflow.replace('_', ' ')}" for a in archs]
+    return {a: load_arch(a) for a in accels}
+
+
+def _described(arch) -> str:
+    return arch.description or f"{arch.rows}x{arch.cols} {arch.dataflow.replace('_', ' ')}"
 
 
 def run_demo(
@@ -279,7 +282,8 @@ def run_demo(
     manifest = read_manifest(weights_dir, "int8_models" if int8 else "models")
     all_tasks = data.load_tasks()
     accels = list(accels or ACCELS)
-    arch_descriptions = _check_choices(manifest, all_tasks, models, tasks, policies, accels)
+    archs = _check_choices(manifest, all_tasks, models, tasks, policies, accels)  # read here: tasks take them
+    arch_descriptions = [_described(a) for a in archs.values()]
     if models:
         manifest = [m for m in manifest if m["name"] in models]
     check_models(manifest, weights_dir)
@@ -357,7 +361,7 @@ def run_demo(
             for task in task_names:
                 classes = all_tasks[task]["classes"]
                 result = _run_task(
-                    runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar
+                    runner, name, path, task, classes, general, grid, policies, archs, sets, data_dir, bar
                 )
                 result["plots"] = {
                     "locality": f"locality_{name}_{task}.png",
@@ -399,7 +403,7 @@ class LocalUnits:
         _model.cache_clear()
 
 
-def _run_task(runner, name, path, task, classes, general, grid, policies, accels, sets, data_dir, bar):
+def _run_task(runner, name, path, task, classes, general, grid, policies, archs, sets, data_dir, bar):
     """Profile, sweep on validation, choose, test the choices and price them: one model and task."""
     bar.set_postfix_str(f"{name}/{task}: profile")
     call = dict(model_path=path, classes=classes, images=sets["preprocessing"], data_dir=data_dir)
@@ -424,10 +428,10 @@ def _run_task(runner, name, path, task, classes, general, grid, policies, accels
     tested = {(p["policy"], p["ratio"]): p for p in points}
 
     bar.set_postfix_str(f"{name}/{task}: accelerators")
-    calls = [
-        dict(model_path=path, stats=stats, policy=p, ratio=chosen[p]["no_loss"], accel=a)
+    calls = [  # the Arch read by the client: a worker's own file or preset of that name may differ
+        dict(model_path=path, stats=stats, policy=p, ratio=chosen[p]["no_loss"], accel=arch)
         for p in policies
-        for a in accels
+        for arch in archs.values()
     ]
     sims = iter(runner.run(simulate_point, calls, bar))
     policies_out = {}
@@ -437,7 +441,7 @@ def _run_task(runner, name, path, task, classes, general, grid, policies, accels
         for key, r in chosen[policy].items():
             test = dense_test if r == 0 else tested[policy, r]
             entry[key] = {"ratio": r, "validation": at[r], "test": summarize(test, dense_test)}
-        entry["no_loss"]["accelerator"] = {a: next(sims) for a in accels}
+        entry["no_loss"]["accelerator"] = {a: next(sims) for a in archs}
         policies_out[policy] = entry
     images = {key: {"split": s, "first": f, "n": n} for key, (s, f, n) in sets.items()}
     images["preprocessing"]["n"] = stats.n_images

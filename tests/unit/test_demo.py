@@ -2,6 +2,7 @@
 test images, the accelerator figures against `velcro simulate` and the self-contained index.html."""
 
 import base64
+import dataclasses
 import gzip
 import json
 import struct
@@ -498,3 +499,31 @@ def test_a_readme_without_a_whole_block_is_refused_before_any_work(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and "block to replace" in err, err
     assert readme.read_text() == text
+
+
+def test_an_accelerator_file_is_read_once_by_the_client_and_sent_to_the_tasks(tiny_demo, tmp_path, monkeypatch):
+    """A task read --accels FILE.toml itself: on a cluster each worker read its own file of that path (one
+    with other rows priced the demo its way, exit 0). Here the file is spoiled once the tasks start."""
+    from simulator import load_arch
+    from simulator.arch import ARCH_DIR, Arch
+    from velcro_ref import demo
+
+    model, _, _ = tiny_demo
+    spec = tmp_path / "mine.toml"
+    spec.write_text((ARCH_DIR / "edge16.toml").read_text())
+    real, seen = demo.simulate_point, []
+
+    def spoiling(model, stats, policy, ratio, accel, batch=1):
+        spec.write_text("not toml [")
+        seen.append(accel)
+        return real(model, stats, policy, ratio, accel, batch)
+
+    monkeypatch.setattr(demo, "simulate_point", spoiling)
+    report = run_demo(
+        tmp_path / "out", weights_dir=model.parent, tasks=["footwear"], policies=["uniform"], ratios="0,0.5",
+        profile_n=100, val_n=50, eval_n=50, accels=[str(spec)], progress=False,
+    )  # fmt: skip
+    preset = dataclasses.replace(load_arch(ARCH_DIR / "edge16.toml"), source=str(spec))
+    assert seen and all(isinstance(a, Arch) and a == preset for a in seen)
+    figures = report["models"]["tiny"]["tasks"]["footwear"]["policies"]["uniform"]["no_loss"]["accelerator"]
+    assert list(figures) == [str(spec)]
