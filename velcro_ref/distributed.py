@@ -458,8 +458,7 @@ class Jobs:
 
     def __init__(self, client, data_dir=None, shared=False, batch=256, eval_batch=128):
         self.client, self.shared = client, shared
-        # where the workers read the images themselves: `~` and a relative path are this process's
-        self.data_dir = os.path.abspath(os.path.expanduser(data_dir)) if shared and data_dir else data_dir
+        self.data_dir = self._dir(data_dir)
         self.batch, self.eval_batch = batch, eval_batch
         self.token = _token()
         self._sent = {}  # fingerprint -> the key tasks name the model by
@@ -525,10 +524,14 @@ class Jobs:
             ]
         return key
 
+    def _dir(self, data_dir):
+        """Where the workers read the images themselves: `~` and a relative path are this process's."""
+        return os.path.abspath(os.path.expanduser(data_dir)) if self.shared and data_dir else data_dir
+
     def profile(self, model, classes, n, data_dir=None, batch=256, progress=None):
         """experiments.profile_task from the task's result (submitted now if it was not)."""
         key = (model.fingerprint, tuple(classes), n)
-        if data_dir != self.data_dir or batch != self.batch:
+        if self._dir(data_dir) != self.data_dir or batch != self.batch:  # not the tasks': run here
             from .experiments import profile_task
 
             return profile_task(model, classes, n, data_dir, batch, progress)

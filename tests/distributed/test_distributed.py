@@ -555,3 +555,22 @@ def test_a_shared_data_dir_given_with_a_tilde_is_the_home_folder(monkeypatch, tm
     assert shared_data_of(args, (5, 7, 9), "train").data_dir == str(tmp_path / "fm")
     assert Units(None, "~/fm", shared=True).data_dir == str(tmp_path / "fm")
     assert Jobs(None, "~/fm", shared=True).data_dir == str(tmp_path / "fm")  # sweep's
+
+
+def test_shared_data_named_by_a_relative_path_is_profiled_by_the_tasks(inprocess_client, tmp_path, monkeypatch):
+    """--shared-data --data-dir fm (relative): the profile and the sweep ran in the client, the cluster's
+    tasks computed and thrown away (the relative path was compared with the absolute one kept)."""
+    from velcro_ref import data, experiments
+    from velcro_ref.distributed import Jobs
+    from velcro_ref.engine import load_model
+
+    (tmp_path / "fm").symlink_to(data.DEBIAN_DIR)
+    monkeypatch.chdir(tmp_path)
+
+    def in_the_client(*args, **kwargs):
+        raise AssertionError("profiled in the client")
+
+    monkeypatch.setattr(experiments, "profile_task", in_the_client)
+    jobs = Jobs(inprocess_client, data_dir="fm", shared=True, batch=32)
+    stats = jobs.profile(load_model(WEIGHTS), (5, 7, 9), 40, data_dir="fm", batch=32)
+    assert stats.n_images == 40
