@@ -17,7 +17,7 @@ import numpy as np
 
 from . import h5io
 from .errors import MaskError, StatsError, UsageError
-from .fileio import atomic_path
+from .fileio import atomic_path, checked_path
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 
 FORMAT = "velcro-masks"
@@ -81,22 +81,30 @@ def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
 
 def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     """Masks from stats with a ratio per site (sites absent from `ratios` are not masked). StatsError
-    for statistics that hold NaN or Inf (in memory only: `save_stats` writes none), whose order of
-    variances names no elements."""
-    for name, s in stats.sites.items():
-        bad = int(np.count_nonzero(~(np.isfinite(s.variance) & np.isfinite(s.mean))))
-        if bad:
-            raise StatsError(
-                f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
-                "network on the profiled images); no masks are made from them"
-            )
+    for a site masked from statistics that hold NaN or Inf (`check_finite_sites`)."""
     sites = {}
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")
         k = ratio_count(r, s.mean.size)
+        if k:
+            check_finite_sites(stats, [name])
         sites[name] = (lowest_variance(s.variance, k), s.mean.astype(np.float32))
     prov = {"stats_classes": list(stats.classes), "stats_n_images": stats.n_images, "stats_source": stats.source}
     return MaskSet(stats.fingerprint, sites, policy, provenance=prov, complete=True)
+
+
+def check_finite_sites(stats, names) -> None:
+    """StatsError for the first of the sites `names` whose statistics hold NaN or Inf (in memory
+    only: `save_stats` writes none): their order of variances names no elements to mask."""
+    for name in names:
+        s = stats.sites[name]
+        bad = int(np.count_nonzero(~(np.isfinite(s.variance) & np.isfinite(s.mean))))
+        if bad:
+            raise StatsError(
+                f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
+                "network on the profiled images, or the model's parameters hold NaN or Inf); no mask is made "
+                "from them (exclude the site)"
+            )
 
 
 def uniform_ratios(stats, ratio, exclude=()) -> dict:
@@ -142,6 +150,7 @@ def load_masks(path, model=None) -> MaskSet:
     most MAX_ELEMENTS elements); constants at masked elements must be finite and a policy ratio
     must lie in [0, 1]. Raises MaskError naming the file and the site or attribute at fault.
     """
+    path = checked_path(path, MaskError, "mask file")  # its name in messages and in `source`
     masks = h5io.load_checked(path, MaskError, FORMAT, "mask", lambda f: _read_masks(f, path))
     if model is not None:
         model.check_masks(masks)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import UsageError
-from .masks import build_masks, check_ratio, ratio_count, uniform_ratios
+from .masks import build_masks, check_finite_sites, check_ratio, ratio_count, uniform_ratios
 
 POLICIES = ("uniform", "budget", "channel")
 
@@ -42,6 +42,8 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
     # the sites in the model's order (site_costs'), not the statistics': a stats file lists its
     # sites by name, and equal scores across sites (every zero variance) are taken in site order
     names = [s for s in site_costs if s in stats.sites and s not in exclude and site_costs[s] > 0]
+    if ratio > 0:  # one NaN variance makes its site's scale, and so every score of the site, NaN
+        check_finite_sites(stats, names)
     scores, benefit = [], []
     for s in names:
         st = stats.sites[s]
@@ -76,8 +78,10 @@ def _channel_masks(stats, ratio, exclude, params):
         if s in exclude or st.mean.ndim != 3:
             continue
         c = st.mean.shape[0]
-        per_channel = st.variance.reshape(c, -1).mean(axis=1)
         k = ratio_count(ratio, c)
+        if k:
+            check_finite_sites(stats, [s])
+        per_channel = st.variance.reshape(c, -1).mean(axis=1)
         chosen = np.argsort(per_channel, kind="stable")[:k]
         mask = np.zeros(st.mean.shape, bool)
         mask[chosen] = True

@@ -126,7 +126,7 @@ def test_budget_masks_from_a_stats_file_equal_those_from_the_same_statistics_in_
         np.testing.assert_array_equal(a.sites[s][0], b.sites[s][0], err_msg=s)
 
 
-@pytest.mark.parametrize("policy", ["uniform", "channel", "budget"])
+@pytest.mark.parametrize("policy", ["uniform", "budget"])  # channel masks no site after a linear layer
 def test_statistics_that_overflowed_make_no_masks(policy):
     """A profile in memory (the CLI writes none) whose site overflowed float32 in one image: the budget
     policy's scale came out NaN and it masked the two highest-variance elements, with no error."""
@@ -150,3 +150,54 @@ def test_statistics_that_overflowed_make_no_masks(policy):
         velcro_ref.compress(stats, 0.25, policy=policy, model=model)
     with pytest.raises(StatsError, match="NaN or infinite"):
         make_masks(policy, stats, 0.25, model.site_costs())
+
+
+def test_statistics_that_overflowed_at_an_excluded_or_unmasked_site_still_make_masks():
+    """Only the site that overflowed is refused: excluded, or given no ratio, it is not masked, and
+    the other sites' masks are made as before."""
+    import velcro_ref
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    n = 8
+    w = (np.eye(n) * 4).astype(np.float32)
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("l", "linear", ("f",), {}, {"weight": "w"}),
+        Node("r", "relu", ("l",)),
+        Node("l2", "linear", ("r",), {}, {"weight": "w2"}),
+        Node("r2", "relu", ("l2",)),
+    )
+    w2 = np.eye(n, dtype=np.float32) * np.float32(3e38)  # r2 overflows where r is above 1
+    model = Model(Graph(nodes, (1, 1, n), "r2", {"w": w, "w2": w2}, {}))
+    x = np.zeros((6, 1, 1, n), np.float32)
+    x[:, 0, 0, :3] = np.arange(6)[:, None]  # r: variance 46.67 at 0 - 2, constant at 3 - 7
+    stats = velcro_ref.profile(model, x)
+    assert np.isfinite(stats.sites["r"].variance).all() and not np.isfinite(stats.sites["r2"].variance).all()
+    for masks in (
+        velcro_ref.compress(stats, 0.25, exclude="r2"),
+        velcro_ref.compress(stats, ratios={"r": 0.25}),
+        velcro_ref.compress(stats, 0.25, policy="budget", model=model, exclude="r2"),
+    ):
+        assert masks.sites["r"][0].tolist() == [False] * 3 + [True] * 2 + [False] * 3
+        assert not masks.sites["r2"][0].any()
+
+
+def test_channel_masks_of_statistics_that_overflowed_are_refused():
+    """A channel's mean variance NaN sorts last: the policy masked the other channel, whatever its variance."""
+    import velcro_ref
+    from velcro_ref.errors import StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    w = (np.eye(2) * 4).astype(np.float32).reshape(2, 2, 1, 1)
+    nodes = (
+        Node("c", "conv2d", (INPUT,), {"out_channels": 2, "kernel": [1, 1]}, {"weight": "w"}),
+        Node("r", "relu", ("c",)),
+    )
+    model = Model(Graph(nodes, (2, 1, 2), "r", {"w": w}, {}))
+    x = np.zeros((6, 2, 1, 2), np.float32)
+    x[:, 0, 0, :] = np.arange(6)[:, None]  # channel 0 varies
+    x[2, 1, 0, 0] = 3e38  # channel 1 overflows in one image
+    stats = velcro_ref.profile(model, x)
+    with pytest.raises(StatsError, match="site 'r': the statistics are NaN or infinite"):
+        velcro_ref.compress(stats, 0.5, policy="channel")
+    assert not velcro_ref.compress(stats, 0.4, policy="channel").sites["r"][0].any()  # no channel masked: taken
