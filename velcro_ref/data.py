@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from velcro_ref.errors import DataError, InputError
-from velcro_ref.fileio import parse_toml
+from velcro_ref.fileio import checked_path, parse_toml
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -59,7 +59,7 @@ def _chosen_dir(data_dir):
         fix = f"set ${ENV_VAR} to a directory holding it, or {install} and unset ${ENV_VAR}"
     else:
         data_dir, source, fix = DEBIAN_DIR, "the default", f"{install} or set ${ENV_VAR} to a directory holding it"
-    return pathlib.Path(data_dir).expanduser(), source, fix
+    return checked_path(data_dir, DataError, "data folder").expanduser(), source, fix
 
 
 def resolve_data_dir(data_dir=None, split=None):

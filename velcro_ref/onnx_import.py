@@ -17,7 +17,7 @@ import numpy as np
 from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
-from .fileio import parse_json
+from .fileio import checked_path, parse_json
 from .ops.base import OnnxUnsupported, QParams, at_most_1d, is_scalar, onnx_axis
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
@@ -168,7 +168,7 @@ def import_onnx(path) -> G.Graph:
     Raises ModelError naming the file for an unreadable or inconsistent model, and one
     UnsupportedOpError listing every node that cannot be converted and the supported ops.
     """
-    path = Path(path)
+    path = checked_path(path, ModelError, "ONNX file")
     model = _load(path)
     try:
         graph = _Importer(model).run()

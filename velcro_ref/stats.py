@@ -20,7 +20,7 @@ import numpy as np
 from . import h5io
 from .errors import StatsError
 from .evaluation import check_batch, class_indices
-from .fileio import atomic_path
+from .fileio import atomic_path, checked_path
 from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, clamp_welford_add, value_range, welford, welford_add
@@ -340,6 +340,7 @@ def load_stats(path, model=None) -> Stats:
     Reads format versions 1 (`mean` only, taken as shift 0) and 2; refuses newer ones.
     Raises StatsError naming the file and the site or attribute at fault.
     """
+    path = checked_path(path, StatsError, "stats file")  # its name in messages
     stats = h5io.load_checked(path, StatsError, FORMAT, "stats", _read_stats)
     if model is not None:
         check_stats(stats, model, path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import velcro_ref
-from velcro_ref import evaluation
+from velcro_ref import data, evaluation
 from velcro_ref.engine import Model
 from velcro_ref.errors import VelcroError
 from velcro_ref.graph import INPUT, Graph, Node
@@ -249,6 +249,15 @@ def test_a_path_that_is_no_path_is_refused_in_one_line(model, x, tmp_path):
                     call(path)
     save_model(model.graph, _StrPath(tmp_path / "m.h5"))  # an os.PathLike of a str is a path
     assert velcro_ref.load_model(_StrPath(tmp_path / "m.h5")).path == str(tmp_path / "m.h5")
+    velcro_ref.save_masks(masks, tmp_path / "k.h5")
+    assert velcro_ref.load_masks(_StrPath(tmp_path / "k.h5")).source == str(tmp_path / "k.h5")  # was the object's repr
+    from velcro_ref.onnx_import import import_onnx
+
+    for path in (b"m.onnx", _BytesPath("m.onnx")):
+        with pytest.raises(VelcroError, match="path expects a str or os.PathLike"):
+            import_onnx(path)
+        with pytest.raises(VelcroError, match="path expects a str or os.PathLike"):
+            data.load_fashion_mnist("test", path)  # task_images' data_dir
 
 
 def test_golden_takes_binary_labels_of_a_model_with_one_output(tmp_path):
