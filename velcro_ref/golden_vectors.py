@@ -105,8 +105,8 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
     accumulators: also write the int32 accumulators of every int8 conv and linear layer
     (UsageError for a float model, which has none). source: a JSON-able dict stored as the attr
     `input_source`; labels: (N,) integers stored as `/labels` (UsageError if not one per image;
-    InputError where one names a class the model does not score, its output being one score per
-    class of two or more: a single output, a logit, names none)."""
+    InputError, as eval gives, for a negative one, or one past the classes of a model whose output
+    is one score per class of two or more: a single output, a logit, names none)."""
     quantized = any(st.q is not None for st in model.plan.nodes)
     if accumulators and not quantized:
         raise UsageError("accumulators are written for quantized (int8) models only; this model is float32")
@@ -115,7 +115,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
         if labels.shape != (len(x),):
             raise UsageError(f"labels expect one per image, shape ({len(x)},), found {labels.shape}")
         if labels.size and labels.min() < 0:
-            raise UsageError(f"labels name class {int(labels.min())}; a class index is 0 or more")
+            raise InputError(f"labels name class {int(labels.min())}; a class index is 0 or more")
         scores = model.shapes[model.graph.output]  # a model of one score per class: a label names one
         if len(scores) == 1 and scores[0] > 1 and labels.size and labels.max() >= scores[0]:
             raise InputError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")

@@ -190,9 +190,10 @@ def fixed_point_multiplier(real):
     """TFLite's QuantizeMultiplier: real = M * 2^(shift - 31) with M an int32 in [2^30, 2^31).
 
     frexp(real) = (q, e), q in [0.5, 1); M = round_half_away(q * 2^31), and M = 2^31 becomes 2^30
-    with e + 1; shift = e. A real below 2^-32 (shift < -31) becomes M = 0, shift = 0; real 0
-    gives (0, 0). Returns (multiplier int32, shift int32) arrays shaped like real. Raises
-    ValueError for a negative, non-finite or too large (shift > 30) multiplier.
+    with e + 1; shift = e. A real whose shift comes out below -31 (below 2^-32, but for one just
+    below it that the carry takes to shift -31) becomes M = 0, shift = 0; real 0 gives (0, 0).
+    Returns (multiplier int32, shift int32) arrays shaped like real. Raises ValueError for a
+    negative, non-finite or too large (shift > 30) multiplier.
     """
     r = np.asarray(real, np.float64)
     if not np.all(np.isfinite(r)) or np.any(r < 0):
