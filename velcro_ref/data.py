@@ -274,7 +274,8 @@ def task_images(model, classes, split="train", n=None, data_dir=None, start=0, w
     records no preprocessing, DataError for missing files or bad classes."""
     pre = model.meta.get("preprocessing")
     if pre is None:
-        raise InputError(f"{model.path}: model records no input preprocessing (meta 'preprocessing')")
+        where = f"{model.path}: " if model.path else ""
+        raise InputError(f"{where}model records no input preprocessing (meta 'preprocessing')")
     images, labels = load_fashion_mnist(split, data_dir)
     indices = class_indices(images, labels, classes, n, start)
     try:

@@ -39,6 +39,11 @@ def _bool_array(v) -> bool:
     return isinstance(v, np.ndarray) and v.dtype == np.bool_
 
 
+def _where(model) -> str:
+    """A message's prefix naming the model's file, none for a model made in memory."""
+    return f"{model.path}: " if model.path else ""
+
+
 def check_scores(model, labels, classes) -> int:
     """The number of classes `model` scores; raise unless its output is one score per class, (N, classes),
     with a class for every label and task class.
@@ -50,7 +55,7 @@ def check_scores(model, labels, classes) -> int:
     if len(shape) != 1:
         found = ", ".join(map(str, shape))
         raise ModelError(
-            f"{model.path}: eval expects an output of one score per class, shape (N, classes); "
+            f"{_where(model)}eval expects an output of one score per class, shape (N, classes); "
             f"output '{name}' has shape (N, {found})"
         )
     n = shape[0]
@@ -60,8 +65,8 @@ def check_scores(model, labels, classes) -> int:
         if wanted.size and (wanted.min() < 0 or wanted.max() >= n):
             bad = int(wanted.min()) if wanted.min() < 0 else int(wanted.max())
             raise InputError(
-                f"{what} name class {bad}, but {model.path} scores {n} class(es), 0..{n - 1}: eval expects an "
-                "output of shape (N, classes) with a score for every label and task class"
+                f"{what} name class {bad}, but {model.path or 'the model'} scores {n} class(es), 0..{n - 1}: eval "
+                "expects an output of shape (N, classes) with a score for every label and task class"
             )
     return n
 
@@ -99,7 +104,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
         nan = np.isnan(out).any(axis=1)
         if nan.any():
             raise ModelError(
-                f"{model.path}: the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
+                f"{_where(model)}the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
                 f"(first: image {i + int(np.argmax(nan))}); their top-1 class, and the accuracy, are not defined"
             )
         macs += sum(counted.values())

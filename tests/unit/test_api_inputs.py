@@ -11,7 +11,7 @@ import pytest
 import velcro_ref
 from velcro_ref import data, evaluation
 from velcro_ref.engine import Model
-from velcro_ref.errors import VelcroError
+from velcro_ref.errors import InputError, VelcroError
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.masks import MaskSet, ratio_count
 from velcro_ref.model_io import save_model
@@ -128,6 +128,11 @@ def test_golden_refuses_labels_that_are_not_class_indices(model, x, tmp_path):
     for labels in (np.full(len(x), 2.7), np.full(len(x), -1), np.full(len(x), n_scores)):
         with pytest.raises(VelcroError):
             velcro_ref.golden(model, x, tmp_path / "g.h5", labels=labels)
+    for labels in (np.full(len(x), -1), np.full(len(x), n_scores)):  # as eval refuses them: bad data, exit 1
+        with pytest.raises(InputError, match="labels name class"):
+            velcro_ref.golden(model, x, tmp_path / "g.h5", labels=labels)
+        with pytest.raises(InputError, match="labels name class .* but the model scores"):
+            velcro_ref.evaluate(model, x, labels, [0])
     assert not (tmp_path / "g.h5").exists()
     velcro_ref.golden(model, x, tmp_path / "g.h5", labels=np.full(len(x), n_scores - 1))  # the last class is one
 

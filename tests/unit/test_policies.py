@@ -183,7 +183,8 @@ def test_statistics_that_overflowed_at_an_excluded_or_unmasked_site_still_make_m
 
 
 def test_channel_masks_of_statistics_that_overflowed_are_refused():
-    """A channel's mean variance NaN sorts last: the policy masked the other channel, whatever its variance."""
+    """A channel's mean variance NaN sorts last, so the policy would mask the other channel whatever its
+    variance: refused where a channel is masked; at a ratio that masks none the masks are made."""
     import velcro_ref
     from velcro_ref.errors import StatsError
     from velcro_ref.graph import INPUT, Graph, Node
