@@ -274,14 +274,13 @@ def task_images(model, classes, split="train", n=None, data_dir=None, start=0, w
     records no preprocessing, DataError for missing files or bad classes."""
     pre = model.meta.get("preprocessing")
     if pre is None:
-        where = f"{model.path}: " if model.path else ""
-        raise InputError(f"{where}model records no input preprocessing (meta 'preprocessing')")
+        raise InputError(f"{model.where}model records no input preprocessing (meta 'preprocessing')")
     images, labels = load_fashion_mnist(split, data_dir)
     indices = class_indices(images, labels, classes, n, start)
     try:
         x = np.ascontiguousarray(preprocess(images[indices], pre))
     except DataError as e:  # the model's preprocessing: name the model
-        raise DataError(f"{model.path}: {e}" if model.path else str(e)) from None
+        raise DataError(f"{model.where}{e}") from None
     y = labels[indices].astype(np.int64)
     return (x, y, indices.astype(np.int64)) if with_indices else (x, y)
 

@@ -138,6 +138,11 @@ class Model:
         return tuple(self.graph.input_shape)
 
     @property
+    def where(self) -> str:
+        """A message's prefix naming the model's file, "" for a model made in memory."""
+        return f"{self.path}: " if self.path else ""
+
+    @property
     def meta(self) -> dict:
         return self.graph.meta
 

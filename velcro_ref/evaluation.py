@@ -39,11 +39,6 @@ def _bool_array(v) -> bool:
     return isinstance(v, np.ndarray) and v.dtype == np.bool_
 
 
-def _where(model) -> str:
-    """A message's prefix naming the model's file, none for a model made in memory."""
-    return f"{model.path}: " if model.path else ""
-
-
 def check_scores(model, labels, classes) -> int:
     """The number of classes `model` scores; raise unless its output is one score per class, (N, classes),
     with a class for every label and task class.
@@ -55,7 +50,7 @@ def check_scores(model, labels, classes) -> int:
     if len(shape) != 1:
         found = ", ".join(map(str, shape))
         raise ModelError(
-            f"{_where(model)}eval expects an output of one score per class, shape (N, classes); "
+            f"{model.where}eval expects an output of one score per class, shape (N, classes); "
             f"output '{name}' has shape (N, {found})"
         )
     n = shape[0]
@@ -104,7 +99,7 @@ def evaluate(model, x, labels, classes, masks=None, batch=128, progress=None, pe
         nan = np.isnan(out).any(axis=1)
         if nan.any():
             raise ModelError(
-                f"{_where(model)}the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
+                f"{model.where}the output holds NaN scores for {int(nan.sum())} of images {i}..{i + len(xb) - 1} "
                 f"(first: image {i + int(np.argmax(nan))}); their top-1 class, and the accuracy, are not defined"
             )
         macs += sum(counted.values())
@@ -148,14 +143,14 @@ def check_macs(model) -> None:
     """ModelError naming the model unless it executes MACs (a conv or linear layer on its path), which
     its compression-saving ratio needs."""
     if not any(model.layer_macs().values()):
-        raise ModelError(f"{model.path}: {_NO_MACS}" if model.path else _NO_MACS)
+        raise ModelError(f"{model.where}{_NO_MACS}")
 
 
 def check_sites(model) -> None:
     """StatsError naming the model unless it has an activation site (statistics, locality and masks
     need one)."""
     if not model.sites:
-        raise StatsError(f"{model.path}: {NO_SITE}" if model.path else NO_SITE)
+        raise StatsError(f"{model.where}{NO_SITE}")
 
 
 def check_stats_sites(stats) -> None:

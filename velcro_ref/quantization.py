@@ -92,7 +92,7 @@ def quantize_model(model, ranges: dict, per_channel=False, activations="int8", r
         raise UsageError(f"requant must be one of {', '.join(quant.REQUANT_MODES)}, got {requant!r}")
     plan = model.plan
     if any(st.q is not None for st in plan.nodes):
-        raise ModelError(f"{model.path}: the model is quantized already")
+        raise ModelError(f"{model.where}the model is quantized already")
     missing = [t for t in needed_ranges(model) if t not in ranges]
     if missing:
         raise ModelError(f"no calibration range for tensor(s) {', '.join(missing[:6])}")
