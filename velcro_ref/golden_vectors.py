@@ -32,7 +32,7 @@ from . import h5io, quant
 from .errors import InputError, UsageError
 from .evaluation import class_indices
 from .fileio import atomic_path
-from .jsonout import numpy_scalar
+from .jsonout import clean
 
 FORMAT = "velcro-golden"
 FORMAT_VERSION = 2  # 1: float models (unchanged); 2: quantized models
@@ -121,7 +121,7 @@ def write_golden(model, x, path, masks=None, accumulators=False, source=None, la
             raise InputError(f"labels name class {int(labels.max())}; the model scores classes 0..{scores[0] - 1}")
     if source is not None:
         try:  # NumPy numbers and arrays (a data set's indices) as JSON numbers and lists
-            source = json.dumps(source, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else numpy_scalar(v))
+            source = json.dumps(clean(source), allow_nan=False)
         except (TypeError, ValueError) as e:
             raise UsageError(f"source expects JSON values: {e}") from None
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

@@ -86,9 +86,10 @@ def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")
         k = ratio_count(r, s.mean.size)
+        variance, mean = s.variance, s.mean
         if k:
-            check_finite_sites(stats, [name])
-        sites[name] = (lowest_variance(s.variance, k), s.mean.astype(np.float32))
+            _check_finite(name, variance, mean)
+        sites[name] = (lowest_variance(variance, k), mean.astype(np.float32))
     prov = {"stats_classes": list(stats.classes), "stats_n_images": stats.n_images, "stats_source": stats.source}
     return MaskSet(stats.fingerprint, sites, policy, provenance=prov, complete=True)
 
@@ -97,14 +98,18 @@ def check_finite_sites(stats, names) -> None:
     """StatsError for the first of the sites `names` whose statistics hold NaN or Inf (in memory
     only: `save_stats` writes none): their order of variances names no elements to mask."""
     for name in names:
-        s = stats.sites[name]
-        bad = int(np.count_nonzero(~(np.isfinite(s.variance) & np.isfinite(s.mean))))
-        if bad:
-            raise StatsError(
-                f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
-                "network on the profiled images, or the model's parameters hold NaN or Inf); no mask is made "
-                "from them (exclude the site)"
-            )
+        _check_finite(name, stats.sites[name].variance, stats.sites[name].mean)
+
+
+def _check_finite(name, variance, mean) -> None:
+    """`check_finite_sites` of one site, its variance and mean given."""
+    bad = int(np.count_nonzero(~(np.isfinite(variance) & np.isfinite(mean))))
+    if bad:
+        raise StatsError(
+            f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
+            "network on the profiled images, or the model's parameters hold NaN or Inf); no mask is made "
+            "from them (exclude the site)"
+        )
 
 
 def uniform_ratios(stats, ratio, exclude=()) -> dict:
