@@ -70,6 +70,9 @@ class Op:
                        DequantizeLinear and QuantizeLinear (its own arithmetic, which differs from
                        the float op's by a step on some outputs); such a node reading a quantized
                        tensor is refused at import rather than run in float. None: none
+      one_type         a quantized op whose inputs and output must all be of one type (int8 or
+                       uint8): the onnxruntime op whose arithmetic it computes and which takes one
+                       type (it runs a QDQ node of mixed types in float32); None: any types
 
     Methods take the node's checked attributes (`check`), never a raw attribute dict.
     """
@@ -90,6 +93,7 @@ class Op:
     requant_ops = 0
     quantized_as: str | None = None  # the op of this layer in a quantized model (velcro_ref/quantization.py)
     fused_by_onnxruntime: str | None = None
+    one_type: str | None = None
     own_range = False  # quantized, its output takes a scale and zero point from its own calibration range
     # What onnxruntime's QDQ quantizer makes of this op where no node before it quantized its input
     # (`quantization.float_pools`): "quantize" it; "float", it runs in float (a max pool, which the
@@ -130,7 +134,16 @@ class Op:
                 found = "float32" if q is None else q.dtype
                 want = "a quantized (int8/uint8)" if want_quantized else "a float32"
                 raise ModelError(f"node '{node.name}': {node.op} expects {want} input, '{t}' is {found}")
-        return quantized_output(node) if want_quantized else None
+        if not want_quantized:
+            return None
+        y = quantized_output(node)
+        if self.one_type and any(q.dtype != y.dtype for q in in_q):
+            found = " and ".join(sorted({np.dtype(q.dtype).name for q in in_q}))
+            raise ModelError(
+                f"node '{node.name}': {node.op} of {found} input into {np.dtype(y.dtype).name}: one type for every "
+                f"input and the output, as onnxruntime's {self.one_type} takes them"
+            )
+        return y
 
     def run(self, xs, args, skip, out, scratch) -> int:
         """Compute `out` (N, *out_shape) from the inputs xs; return the executed MACs. `skip` is

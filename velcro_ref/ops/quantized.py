@@ -541,18 +541,6 @@ def _on_values(node, ctx) -> None:
 _NO_MASK = np.zeros(0, np.bool_)
 
 
-def _one_type(op, node, in_q, y, onnx_op):
-    """ModelError unless every input of the node is of its output's type: onnxruntime's `onnx_op`
-    takes one, and runs a QDQ node of mixed types in float32 on the dequantized values."""
-    types = [q.dtype for q in in_q]
-    if any(t != y.dtype for t in types):
-        found = " and ".join(sorted({np.dtype(t).name for t in types}))
-        raise ModelError(
-            f"node '{node.name}': {op} of {found} input into {np.dtype(y.dtype).name}: one type for every input "
-            f"and the output, as onnxruntime's {onnx_op} takes them"
-        )
-
-
 class QAdd(Add):
     """add of two quantized tensors (com.microsoft QLinearAdd arithmetic)."""
 
@@ -561,11 +549,7 @@ class QAdd(Add):
     tensors = "quantized"
     ops_per_element = 4  # two fused multiply-adds, round, clamp (onnxruntime's QLinearAdd)
     onnx_types = ("Add", "com.microsoft:QLinearAdd")
-
-    def out_q(self, node, attrs, in_q):
-        y = super().out_q(node, attrs, in_q)
-        _one_type(self.name, node, in_q, y, "QLinearAdd")
-        return y
+    one_type = "QLinearAdd"
 
     def to_onnx(self, node, a, ctx):
         return _qdq(node, ctx, "Add", list(node.inputs))
@@ -678,11 +662,7 @@ class QAvgPool(AvgPool):
     tensors = "quantized"
     requant_ops = REQUANT_OPS  # per output
     onnx_types = ("AveragePool", "com.microsoft:QLinearAveragePool")
-
-    def out_q(self, node, attrs, in_q):
-        y = super().out_q(node, attrs, in_q)
-        _one_type(self.name, node, in_q, y, "QLinearAveragePool")
-        return y
+    one_type = "QLinearAveragePool"
 
     def to_onnx(self, node, a, ctx):
         attrs = {**self._onnx_attrs(node, a, ctx), "count_include_pad": int(a["count_include_pad"])}
