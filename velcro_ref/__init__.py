@@ -2,12 +2,12 @@
 
 The functions below mirror the `velcro` commands (velcro_ref/api.py); the simulator's is
 `simulator.simulate(model, accel, masks=None)`. They are imported when first used, so that
-`import velcro_ref` (and the `velcro` command's start-up) stays light.
+`import velcro_ref` (and the `velcro` command's start-up) stays light. The `velcro` command runs this
+module before its entry point (velcro_ref.launch) can take an interrupt: it calls nothing (an interrupt
+that came meanwhile is taken at a call's return), so only its first instruction may take one.
 """
 
-import importlib
-
-# name -> module that defines it
+# name -> module that defines it, in sorted order (the order of __all__)
 _EXPORTS = {
     "MaskSet": "masks",
     "Model": "engine",
@@ -30,12 +30,14 @@ _EXPORTS = {
     "task_classes": "api",
     "task_images": "data",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [*_EXPORTS]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
     if name in _EXPORTS:
+        import importlib
+
         value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value

@@ -170,11 +170,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     in_main_thread = threading.current_thread() is threading.main_thread()
     signals = _Signals()
-    previous = {}
+    # The handlers in force until ours are (the `velcro` command's: velcro_ref.launch), restored at the end
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main_thread else {}
     previous_hook = sys.unraisablehook
-    if in_main_thread:
-        previous = {sig: signal.signal(sig, signals) for sig in (signal.SIGTERM, signal.SIGINT)}
-        sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
     for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print as their bytes
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
@@ -196,6 +194,10 @@ def main(argv=None) -> int:
     args = None
     try:
         try:
+            if in_main_thread:  # inside the try: an interrupt as soon as ours is in force is taken below
+                for sig in previous:
+                    signal.signal(sig, signals)
+                sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
             args = build_parser().parse_args(argv)
             from .cli_util import check_files
 
