@@ -85,7 +85,9 @@ class _Signals:
     where an exception can be raised. A signal sent again that lands while the hook itself still runs
     (starting that thread waits for it, longer on a busy machine) would be lost the same way: the handler
     sees the hook's frame on the stack and sends it again instead of raising. After close() the handler
-    raises nothing: a signal still on its way then only decides the exit code (`outcome`)."""
+    raises nothing: a signal still on its way then only decides the exit code (`outcome`), if it comes
+    before main reads the outcome; one that comes later, while main puts the handlers back (the work and
+    its message done), is dropped."""
 
     RESEND_S = 0.001
 
@@ -230,11 +232,20 @@ def main(argv=None) -> int:
             return fail(*signals.outcome())
         raise
     finally:
-        for sig, handler in previous.items():
+        if in_main_thread:  # the hooks first (assignments: Python takes no signal there), then the handlers
+            sys.unraisablehook, sys.excepthook = previous_hook, signals.previous_excepthook
+        _restore(previous)
+
+
+def _restore(previous: dict) -> None:
+    """Put back the signal handlers, each one even if a handler put back before it raises (a caller's
+    SIGTERM handler that exits, taken where its restore returns)."""
+    if previous:
+        (sig, handler), *rest = previous.items()
+        try:
             signal.signal(sig, handler)
-        sys.unraisablehook = previous_hook
-        if in_main_thread:
-            sys.excepthook = signals.previous_excepthook
+        finally:
+            _restore(dict(rest))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The `velcro` console entry point: an interrupt that comes while the command is still starting (its
-imports take a moment) ends in one line and exit 130, like an interrupt later on (cli.main).
+"""The `velcro` console entry point: an interrupt (SIGINT) or SIGTERM that comes while the command is
+still starting (its imports take a moment) ends in one line and exit 130 or 143, like one later on
+(cli.main).
 
 The handler is installed when this module is imported, through `_signal` (the C module, already
 loaded): `import signal` imports `enum` first, and an interrupt during that import used to end in a
@@ -9,8 +10,8 @@ one (CPython checks pending signals first), and that KeyboardInterrupt is taken 
 
 Python takes a pending interrupt where a call returns and where a module's code begins; the package's
 __init__ and this module call nothing before the handler is in force, so the interrupt a traceback may
-still show is one taken at the first instruction of either (line 0: no statement of theirs had run), as
-the interpreter's own start-up shows one."""
+still show is one taken at the first instruction of either (line 0: no statement of theirs had run), or
+in the import machinery between them, as the interpreter's own start-up shows one."""
 
 import _signal
 import os
@@ -18,12 +19,13 @@ import sys
 
 
 def _starting(signum, frame):
-    os.write(2, b"error: interrupted\n")
-    os._exit(130)
+    os.write(2, b"error: terminated\n" if signum == _signal.SIGTERM else b"error: interrupted\n")
+    os._exit(143 if signum == _signal.SIGTERM else 130)
 
 
-try:  # cli.main installs its own handler once it runs
+try:  # cli.main installs its own handlers once it runs
     _signal.signal(_signal.SIGINT, _starting)
+    _signal.signal(_signal.SIGTERM, _starting)
 except KeyboardInterrupt:  # a SIGINT that came while Python was importing this module
     _starting(_signal.SIGINT, None)
 
@@ -31,4 +33,11 @@ except KeyboardInterrupt:  # a SIGINT that came while Python was importing this 
 def run():
     from .cli import main
 
-    sys.exit(main())
+    code = main()
+    if code in (130, 143):  # work cut short: a library's objects finalized at exit may fail, noise after the line
+        sys.unraisablehook = _silent
+    sys.exit(code)
+
+
+def _silent(info):
+    pass

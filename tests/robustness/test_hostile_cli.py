@@ -12,6 +12,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import numpy as np
 import pytest
 from robust_util import ROOT, velcro_process, zoo_graph
 
+import simulator
+import velcro_ref
 from velcro_ref.masks import build_masks, save_masks, uniform_ratios
 from velcro_ref.model_io import save_model
 from velcro_ref.onnx_export import export_onnx
@@ -273,20 +276,33 @@ def test_a_load_timeout_out_of_range_is_a_usage_error(work, value):
     res.error_line("VELCRO_LOAD_TIMEOUT_S", code=2)
 
 
-def test_an_interrupt_while_the_command_starts_is_one_line_and_exit_130(work):
-    """SIGINT at moments from interpreter start-up to the run itself. Once the `velcro` entry point runs
-    (velcro_ref.launch, before the package's heavy imports), an interrupt is `error: interrupted` and exit
-    130, never a traceback. Before that only the interpreter's own start-up runs (site, .pth files), and an
-    interrupt there ends as the interpreter ends it, with no velcro frame in it: killed by SIGINT, or exit 1
+# A frame of the project's code in a traceback (a path in a message, such as the import cache's KeyError,
+# is no frame), except one at line 0 of the package's __init__ or the entry point: their first instruction,
+# where Python takes a signal that came while it read the module, before any statement of it runs.
+_PKG, _SIM = (re.escape(str(Path(m.__file__).parent)) for m in (velcro_ref, simulator))
+_PROJECT_FRAME = re.compile(
+    rf'File "(?:{_PKG}|{_SIM})[^"]*", line (?!0, in <module>)'  # past a module's first instruction
+    rf'|File "{_PKG}/(?!__init__\.py"|launch\.py")[^"]*", line 0,'  # at that of another module
+)
+
+
+@pytest.mark.parametrize(
+    "sig, code, message",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+    ids=["INT", "TERM"],
+)
+def test_a_signal_while_the_command_starts_is_one_line_and_its_exit_code(work, sig, code, message):
+    """SIGINT or SIGTERM at moments from interpreter start-up to the run itself. Once the `velcro` entry
+    point runs (velcro_ref.launch, before the package's heavy imports), the signal is `error: interrupted`
+    and exit 130 (`error: terminated`, 143), never a traceback. Before that only the interpreter's own
+    start-up runs (site, .pth files, the import of the package), and a signal there ends as the interpreter
+    ends it, with no frame of the project's code in it (`_PROJECT_FRAME`): killed by the signal, or exit 1
     after its "Fatal Python error: init_..." report (init_import_site, init_sys_streams: the last line is the
     KeyboardInterrupt or, seen once, a TypeError the interrupt left in the streams' set-up) or a report whose
     last line is the KeyboardInterrupt ("Failed checking if argv[0] is an import path entry", or the bare
-    line alone where C code took the interrupt with no Python frame running). The one velcro frame such a
-    report may show is at line 0 of a module, the first instruction of velcro_ref/__init__.py or launch.py,
-    where Python takes an interrupt that came while it read the module, before any statement of it runs."""
-    # a frame in velcro code past a module's first instruction (a path in a message, such as the import
-    # cache's KeyError, is no frame)
-    velcro_frame = re.compile(rf'File "{re.escape(str(ROOT / "velcro_ref"))}[^"]*", line (?!0, in <module>)')
+    line alone where C code took the interrupt with no Python frame running). A command that finished
+    (exit 0: the signal came after its end, or Python printed an interrupt it could not raise in its
+    start-up as "Exception ignored") shows no frame of the project's code either."""
     seen = set()
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5):
         proc = subprocess.Popen(
@@ -296,20 +312,65 @@ def test_an_interrupt_while_the_command_starts_is_one_line_and_exit_130(work):
             cwd=ROOT,
         )
         time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         err = err.decode()
-        if proc.returncode == 130:
-            assert err.strip().splitlines() == ["error: interrupted"], err
+        if proc.returncode == code:
+            assert err.strip().splitlines() == [f"error: {message}"], err
         elif proc.returncode != 0:
             last = err.strip().splitlines()[-1] if err.strip() else ""
-            interpreter = proc.returncode == -signal.SIGINT or (
+            interpreter = proc.returncode == -sig or (
                 proc.returncode == 1
                 and (err.startswith("Fatal Python error: init_") or last.startswith("KeyboardInterrupt"))
             )
-            assert interpreter and not velcro_frame.search(err), (delay, proc.returncode, err)
+            assert interpreter and not _PROJECT_FRAME.search(err), (delay, proc.returncode, err)
+        else:
+            assert not _PROJECT_FRAME.search(err), (delay, err)
         seen.add(proc.returncode)
-    assert 130 in seen  # interrupts landed while the command ran
+    assert code in seen  # signals landed while the command ran
+
+
+def test_the_start_up_classifier_takes_line_0_of_the_entry_modules_only():
+    """`_PROJECT_FRAME` itself: the frames it must find and the ones it must let pass."""
+    pkg, sim = Path(velcro_ref.__file__).parent, Path(simulator.__file__).parent
+    found = [
+        f'File "{pkg}/cli.py", line 176, in main',
+        f'File "{pkg}/__init__.py", line 33, in <module>',
+        f'File "{pkg}/engine.py", line 0, in <module>',
+        f'File "{sim}/simulate.py", line 12, in <module>',
+    ]
+    passed = [
+        f'File "{pkg}/__init__.py", line 0, in <module>',
+        f'File "{pkg}/launch.py", line 0, in <module>',
+        f"KeyError: '{pkg}'",
+        'File "/usr/lib/python3.11/signal.py", line 57, in signal',
+    ]
+    assert [bool(_PROJECT_FRAME.search(t)) for t in found + passed] == [True] * 4 + [False] * 4
+
+
+def test_a_sigterm_once_the_entry_point_is_imported_is_one_line_and_exit_143():
+    """The entry point's start-up handler takes SIGTERM as well as SIGINT (before it, SIGTERM's default
+    killed the command without its line)."""
+    code = "import os, signal\nimport velcro_ref.launch\nos.kill(os.getpid(), signal.SIGTERM)\nprint('not ended')\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (143, "error: terminated", "")
+
+
+def test_an_interrupted_command_ends_without_the_noise_of_objects_finalized_at_exit():
+    """Work cut short may leave a library's objects half made (Numba's LLVM modules), whose finalizers
+    fail as Python exits; after `error: interrupted` the command prints nothing more."""
+    code = (
+        "import sys\n"
+        "from velcro_ref import cli, launch\n"
+        "cli.main = lambda: 130\n"
+        "class HalfMade:\n"
+        "    def __del__(self):\n"
+        "        raise AttributeError('finalized at exit')\n"
+        "kept = HalfMade()\n"
+        "launch.run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stderr) == (130, "")
 
 
 def test_an_interrupt_pending_when_the_entry_point_installs_its_handler_is_one_line_and_exit_130():
@@ -348,21 +409,83 @@ def test_an_interrupt_as_the_command_installs_its_own_handler_is_one_line_and_ex
     assert (proc.returncode, proc.stderr.strip(), proc.stdout) == (130, "error: interrupted", "")
 
 
+# Instructions that run no Python code (no call, no method of an object: the maps built of str keys), of
+# CPython 3.11 to 3.13
+_INERT = {
+    "RESUME", "NOP", "CACHE", "LOAD_CONST", "RETURN_CONST", "RETURN_VALUE", "LOAD_NAME", "STORE_NAME", "POP_TOP",
+    "PUSH_NULL", "MAKE_FUNCTION", "SET_FUNCTION_ATTRIBUTE", "BUILD_MAP", "BUILD_CONST_KEY_MAP", "BUILD_LIST",
+    "BUILD_TUPLE", "LIST_EXTEND", "MAP_ADD", "DICT_UPDATE", "IMPORT_NAME",
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("module", ["__init__", "launch"])
-def test_the_package_and_the_entry_point_call_nothing_before_the_handler_is_in_force(module):
-    """Python takes a pending interrupt where a call returns: every instruction of velcro_ref/__init__.py's
-    and launch.py's module code before the handler's install must be no call (nor an import of a module not
-    yet loaded), or an interrupt there ends in a traceback from velcro code."""
+def test_the_package_and_the_entry_point_run_nothing_before_the_handler_is_in_force(module):
+    """Python takes a pending signal where a call returns: before the handler's install, velcro_ref's
+    __init__ and launch.py run only instructions that call nothing (`_INERT`), and import only modules
+    already loaded, or a signal there would end in a traceback from the project's code."""
     import dis
 
     source = (ROOT / "velcro_ref" / f"{module}.py").read_text()
     body = list(dis.get_instructions(compile(source, module, "exec")))
     install = next((i for i, ins in enumerate(body) if ins.argval == "signal" and ins.opname == "LOAD_ATTR"), len(body))
-    calls = [
-        (ins.opname, ins.argval) for ins in body[:install] if ins.opname in ("PRECALL", "CALL", "CALL_FUNCTION_EX")
-    ]
+    others = [(ins.opname, ins.argval) for ins in body[:install] if ins.opname not in _INERT]
+    if module == "launch":  # `_signal.signal` is reached through the module object: LOAD_NAME _signal
+        assert install < len(body)
     imports = [ins.argval for ins in body[:install] if ins.opname == "IMPORT_NAME"]
-    assert calls == [] and set(imports) <= {"_signal", "os", "sys"}, (calls, imports)
+    assert others == [] and set(imports) <= {"_signal", "os", "sys"}, (others, imports)
+
+
+def test_the_package_lists_its_exports_in_order():
+    assert velcro_ref.__all__ == sorted(velcro_ref.__all__) and set(velcro_ref.__all__) <= set(dir(velcro_ref))
+
+
+def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raises():
+    """cli.main in a caller's process whose SIGTERM handler exits (raises SystemExit), a SIGTERM taken as
+    that handler is put back: the SIGINT handler and the exception hooks are put back too, so the caller's
+    later Ctrl-C still raises KeyboardInterrupt."""
+    code = (
+        "import json, os, signal, sys\n"
+        "from velcro_ref import cli, commands_engine\n"
+        "commands_engine.cmd_info = lambda args: 0\n"
+        "def caller_term(signum, frame):\n"
+        "    raise SystemExit('caller')\n"
+        "signal.signal(signal.SIGTERM, caller_term)\n"
+        "install = signal.signal\n"
+        "def installing(sig, handler):\n"
+        "    old = install(sig, handler)\n"
+        "    if sig == signal.SIGTERM and handler is caller_term:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return old\n"
+        "signal.signal = installing\n"
+        "try:\n"
+        "    cli.main(['info', 'weights/resnet18.h5'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(json.dumps([signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+        "                  sys.excepthook is sys.__excepthook__, sys.unraisablehook is sys.__unraisablehook__]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.strip() == "[true, true, true]", proc.stderr
+
+
+def test_cli_main_in_another_thread_leaves_the_exception_hooks_alone(monkeypatch):
+    """Only a run in the main thread sets the hooks, so only it puts them back: a run in another thread that
+    put back the hook it found would undo what the main thread set meanwhile."""
+    from velcro_ref import cli, commands_engine
+
+    def hook(info):
+        pass
+
+    def command(args):
+        sys.unraisablehook = hook  # the main thread's run setting its own, meanwhile
+        return 0
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    monkeypatch.setattr(commands_engine, "cmd_info", command)
+    worker = threading.Thread(target=cli.main, args=(["info", str(ROOT / "weights" / "resnet18.h5")],))
+    worker.start()
+    worker.join()
+    assert sys.unraisablehook is hook
 
 
 @pytest.mark.parametrize(
