@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from velcro_ref.errors import UsageError
+from velcro_ref.fileio import checked_path
 
 from .arch import Arch, load_arch, with_changes
 from .compute import array_compute, vector_compute
@@ -361,7 +362,10 @@ def _as_model(model):
 
 
 def _arch(arch) -> Arch:
-    return arch if isinstance(arch, Arch) else load_arch(arch)
+    """An Arch as it is, else a preset name or a .toml path (UsageError for anything else)."""
+    if isinstance(arch, Arch | str):
+        return arch if isinstance(arch, Arch) else load_arch(arch)
+    return load_arch(checked_path(arch, UsageError, "accel"))
 
 
 # A quantized model's accumulators: int32 (docs/int8.md).

@@ -533,7 +533,14 @@ class Model:
         return out
 
     def check_masks(self, masks) -> None:
-        """Raise MaskError unless `masks` was made for this model and fits its sites."""
+        """Raise MaskError unless `masks` was made for this model and fits its sites (UsageError for
+        an object that is no MaskSet)."""
+        from .masks import MaskSet
+
+        if not isinstance(masks, MaskSet):
+            raise UsageError(
+                f"masks expect a MaskSet (load_masks, compress or MaskSet(...)), found {type(masks).__name__}"
+            )
         if not isinstance(masks.sites, Mapping):
             raise MaskError(
                 f"{masks.source}: sites expect a dict of site -> (mask, constants), found {type(masks.sites).__name__}"

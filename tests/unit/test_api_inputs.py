@@ -4,6 +4,7 @@ float or column labels, a negative batch, NaN constants, classes as an array, a 
 inside a profile, two threads on one Model)."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,6 +207,23 @@ def test_mask_sets_of_another_form_are_refused_in_one_line(model, x):
     for sites in ({site: (*pair, 0)}, [(site, pair)]):
         with pytest.raises(VelcroError, match="pair|dict of site"):
             model.run(x, masks=MaskSet(model.fingerprint, sites))
+
+
+def test_masks_and_accelerators_that_are_no_mask_set_or_arch_are_refused_in_one_line(model, x):
+    """A dict for masks raised AttributeError in Model.run and simulate; None or bytes for the accelerator
+    pathlib's TypeError."""
+    import simulator
+    from simulator import simulate
+
+    with pytest.raises(VelcroError, match="masks expect a MaskSet"):
+        model.run(x, masks={})
+    with pytest.raises(VelcroError, match="masks expect a MaskSet"):
+        simulate(model, "edge16", masks={})
+    for accel in (None, b"edge16", _BytesPath("edge16.toml")):
+        with pytest.raises(VelcroError, match="accel path expects a str or os.PathLike"):
+            simulate(model, accel)
+    edge16 = _StrPath(Path(simulator.__file__).parent / "archs" / "edge16.toml")
+    assert simulate(model, edge16).total_dense == simulate(model, "edge16").total_dense
 
 
 def test_compress_takes_one_excluded_site_as_a_name_and_refuses_ratios_of_another_form(model, x):
