@@ -412,7 +412,8 @@ class _Importer:
         self.unsupported: list[str] = []
         self.skipped = False
         self.bias_free: dict[str, str] = {}  # ONNX output read once -> its linear node without bias
-        self.pending: dict[str, str] = {}  # ONNX output of a node fused into its reader -> its input
+        # ONNX output of a node fused into its reader -> (its ONNX input, the graph tensor that input is)
+        self.pending: dict[str, tuple[str, str]] = {}
         self._shape_cache: dict[str, tuple | None] = {}
         self.BATCH = BATCH
         # quantized models (QDQ and QOperator formats)

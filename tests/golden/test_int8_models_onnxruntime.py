@@ -309,6 +309,53 @@ def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
 
 
 @pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_a_silu_left_float_between_quantized_convs_imports_bit_exact(tmp_path, fmt, act):
+    """quantize_static told to quantize only convs (op_types_to_quantize, the way to keep a SiLU in float)
+    leaves Sigmoid and Mul on the first conv's dequantized output: the import raised KeyError (the SiLU
+    looked its input up as a float tensor of the file); it is the float silu on the dequantized values."""
+    rng = np.random.default_rng(4)
+    inits = {"w1": (6, 3, 3, 3), "b1": (6,), "w2": (4, 6, 3, 3), "b2": (4,)}
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["s"], name="sig"),
+        helper.make_node("Mul", ["s", "c1"], ["a"], name="silu"),
+        helper.make_node("Conv", ["a", "w2", "b2"], ["y"], name="c2", strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "silu",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 10, 9])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(rng.normal(0, 0.3, v).astype(np.float32), k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(out),
+        _Images([rng.uniform(-1, 1, (8, 3, 10, 9)).astype(np.float32) for _ in range(3)]),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+    )
+    assert {"Sigmoid", "Mul"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
+    model = Model(import_onnx(out))
+    assert [st.op for st in model.plan.nodes] == [
+        "quantize",
+        "qconv2d",
+        "dequantize",
+        "silu",
+        "quantize",
+        "qconv2d",
+    ] + ["dequantize"]
+    x = rng.uniform(-1.2, 1.2, (16, 3, 10, 9)).astype(np.float32)
+    want = int8_session(out, act, fmt).run(None, {"input": x})[0]
+    assert np.array_equal(model.run(x), want)
+
+
+@pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("pc", [False, True], ids=["pt", "pc"])
 @pytest.mark.parametrize("order", ["pool alone", "pool first", "conv first"])
 def test_a_max_pool_on_the_float_input_is_quantized_as_quantize_static_does(tmp_path, order, pc, act):

@@ -124,14 +124,14 @@ class Silu(_Pointwise):
             mul = readers[0] if len(readers) == 1 and readers[0].op_type == "Mul" else None
             if mul is None or sorted(mul.input) != sorted([node.input[0], node.output[0]]):
                 raise OnnxUnsupported("a Sigmoid is supported only as x * Sigmoid(x) (SiLU)")
-            ctx.data(node)  # its input must be activations
-            ctx.pending[node.output[0]] = node.input[0]
+            # its input must be activations: x's graph tensor (a dequantized one made real) kept for the Mul
+            ctx.pending[node.output[0]] = (node.input[0], ctx.data(node))
             return
         pending = [t for t in node.input if t in ctx.pending]
-        if len(pending) != 1 or sorted(node.input) != sorted([pending[0], ctx.pending[pending[0]]]):
+        if len(pending) != 1 or sorted(node.input) != sorted([pending[0], ctx.pending[pending[0]][0]]):
             raise OnnxUnsupported("a Mul is supported only as x * Sigmoid(x) (SiLU)")
-        x = ctx.pending.pop(pending[0])
-        ctx.add(node, index, "silu", [ctx.alias[x]])
+        _, x = ctx.pending.pop(pending[0])
+        ctx.add(node, index, "silu", [x])
 
 
 class Hardswish(_Pointwise):
