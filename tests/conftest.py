@@ -3,6 +3,7 @@ kernel JIT-compiles; `dev`), the in-process CLI runner, and a small model with i
 Helpers that are not fixtures (real-process runner, edited copies, cached zoo graphs) are in robust_util.py."""
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -24,6 +25,14 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+# A test run started as a script's background job inherits SIGINT (and perhaps SIGTERM) ignored, and every
+# command it starts would too: the command then keeps it ignored, as it should, and the tests that stop a
+# command with a signal need the signals as a terminal session gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture

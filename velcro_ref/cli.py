@@ -107,9 +107,12 @@ class _Signals:
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 
     def unraisable(self, info):
-        """sys.unraisablehook: an interrupt Python could not raise is not printed but sent again."""
+        """sys.unraisablehook: an interrupt Python could not raise is not printed but sent again. After an
+        interrupt, the errors of objects the cut-short work left half made (llvmlite's, collected as the
+        command unwinds) are not printed either: the command's one line says what happened."""
         if not isinstance(info.exc_value, (KeyboardInterrupt, Terminated)):
-            sys.__unraisablehook__(info)
+            if not self.seen:
+                sys.__unraisablehook__(info)
             return
         sig = signal.SIGINT if isinstance(info.exc_value, KeyboardInterrupt) else signal.SIGTERM
         self.seen = self.seen or sig
@@ -198,7 +201,8 @@ def main(argv=None) -> int:
         try:
             if in_main_thread:  # inside the try: an interrupt as soon as ours is in force is taken below
                 for sig in previous:
-                    signal.signal(sig, signals)
+                    if previous[sig] is not signal.SIG_IGN:  # ignored (a script's background job): stays so
+                        signal.signal(sig, signals)
                 sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
             args = build_parser().parse_args(argv)
             from .cli_util import check_files
@@ -238,14 +242,23 @@ def main(argv=None) -> int:
 
 
 def _restore(previous: dict) -> None:
-    """Put back the signal handlers, each one even if a handler put back before it raises (a caller's
-    SIGTERM handler that exits, taken where its restore returns)."""
-    if previous:
-        (sig, handler), *rest = previous.items()
-        try:
-            signal.signal(sig, handler)
-        finally:
-            _restore(dict(rest))
+    """Put back the signal handlers. One put back may take a signal at any call that follows, the next
+    install's included, and raise (a caller's SIGTERM handler that exits): the install is tried again
+    (RESTORE_TRIES times at most), the others are put back too, and then the first such exception is
+    raised. A handler Python did not install (None) cannot be put back from Python."""
+    raised = None
+    for sig, handler in previous.items():
+        for _ in range(RESTORE_TRIES if handler is not None else 0):
+            try:
+                signal.signal(sig, handler)
+                break
+            except BaseException as e:  # raised again below, once every handler is back
+                raised = raised or e
+    if raised is not None:
+        raise raised
+
+
+RESTORE_TRIES = 10
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ def _starting(signum, frame):
     os._exit(143 if signum == _signal.SIGTERM else 130)
 
 
-try:  # cli.main installs its own handlers once it runs
-    _signal.signal(_signal.SIGINT, _starting)
-    _signal.signal(_signal.SIGTERM, _starting)
+try:  # cli.main installs its own handlers once it runs; a signal ignored (a script's background job) stays so
+    if _signal.getsignal(_signal.SIGINT) is not _signal.SIG_IGN:
+        _signal.signal(_signal.SIGINT, _starting)
+    if _signal.getsignal(_signal.SIGTERM) is not _signal.SIG_IGN:
+        _signal.signal(_signal.SIGTERM, _starting)
 except KeyboardInterrupt:  # a SIGINT that came while Python was importing this module
     _starting(_signal.SIGINT, None)
 
@@ -34,10 +36,15 @@ def run():
     from .cli import main
 
     code = main()
-    if code in (130, 143):  # work cut short: a library's objects finalized at exit may fail, noise after the line
-        sys.unraisablehook = _silent
+    if code in (130, 143):
+        # Work cut short leaves libraries' native state half made (Numba's threads, LLVM objects); its
+        # teardown as Python exits printed tracebacks after the line, or aborted (a double free, a thread
+        # state freed twice), and a second signal then ended the process by its default action. The
+        # outputs are settled (written whole, or their temporary files removed): end at once.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader gone, a stream closed
+                pass
+        os._exit(code)
     sys.exit(code)
-
-
-def _silent(info):
-    pass

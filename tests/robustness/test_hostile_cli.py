@@ -348,6 +348,24 @@ def test_the_start_up_classifier_takes_line_0_of_the_entry_modules_only():
     assert [bool(_PROJECT_FRAME.search(t)) for t in found + passed] == [True] * 4 + [False] * 4
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_ignored_when_the_command_starts_stays_ignored(work, sig):
+    """A script's background job starts with SIGINT ignored (so the terminal's Ctrl-C leaves it alone): the
+    entry point and the command keep it ignored while the command runs, and so for SIGTERM."""
+    code = (
+        "import json, signal\n"
+        f"signal.signal(signal.{sig}, signal.SIG_IGN)\n"
+        "import velcro_ref.launch\n"
+        f"ignored = [signal.getsignal(signal.{sig}) is signal.SIG_IGN]\n"
+        "from velcro_ref import cli, commands_engine\n"
+        f"commands_engine.cmd_info = lambda args: ignored.append(signal.getsignal(signal.{sig}) is signal.SIG_IGN)\n"
+        f"code = cli.main(['info', {str(work / 'm.h5')!r}])\n"
+        f"print(json.dumps([code, *ignored, signal.getsignal(signal.{sig}) is signal.SIG_IGN]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.stdout.strip() == "[0, true, true, true]", proc.stdout + proc.stderr
+
+
 def test_a_sigterm_once_the_entry_point_is_imported_is_one_line_and_exit_143():
     """The entry point's start-up handler takes SIGTERM as well as SIGINT (before it, SIGTERM's default
     killed the command without its line)."""
@@ -358,7 +376,8 @@ def test_a_sigterm_once_the_entry_point_is_imported_is_one_line_and_exit_143():
 
 def test_an_interrupted_command_ends_without_the_noise_of_objects_finalized_at_exit():
     """Work cut short may leave a library's objects half made (Numba's LLVM modules), whose finalizers
-    fail as Python exits; after `error: interrupted` the command prints nothing more."""
+    failed (or whose native teardown aborted) as Python exits; after `error: interrupted` the command
+    ends at once and prints nothing more."""
     code = (
         "import sys\n"
         "from velcro_ref import cli, launch\n"
@@ -427,7 +446,10 @@ def test_the_package_and_the_entry_point_run_nothing_before_the_handler_is_in_fo
 
     source = (ROOT / "velcro_ref" / f"{module}.py").read_text()
     body = list(dis.get_instructions(compile(source, module, "exec")))
-    install = next((i for i, ins in enumerate(body) if ins.argval == "signal" and ins.opname == "LOAD_ATTR"), len(body))
+    install = next(
+        (i for i, ins in enumerate(body) if ins.argval in ("signal", "getsignal") and ins.opname == "LOAD_ATTR"),
+        len(body),
+    )
     others = [(ins.opname, ins.argval) for ins in body[:install] if ins.opname not in _INERT]
     if module == "launch":  # `_signal.signal` is reached through the module object: LOAD_NAME _signal
         assert install < len(body)
@@ -439,10 +461,13 @@ def test_the_package_lists_its_exports_in_order():
     assert velcro_ref.__all__ == sorted(velcro_ref.__all__) and set(velcro_ref.__all__) <= set(dir(velcro_ref))
 
 
-def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raises():
-    """cli.main in a caller's process whose SIGTERM handler exits (raises SystemExit), a SIGTERM taken as
-    that handler is put back: the SIGINT handler and the exception hooks are put back too, so the caller's
-    later Ctrl-C still raises KeyboardInterrupt."""
+@pytest.mark.parametrize("where", ["kill", "before SIGINT"])
+def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raises(where):
+    """cli.main in a caller's process whose SIGTERM handler exits (raises SystemExit), a SIGTERM taken once
+    that handler is back: sent where its install returns ("kill": Python may take it there or at a later
+    call, in another thread's delivery), or taken as the SIGINT handler's install begins ("before SIGINT",
+    that install then not done). The SIGINT handler the process started with and the exception hooks are
+    put back too, so the caller's later Ctrl-C still does what it did."""
     code = (
         "import json, os, signal, sys\n"
         "from velcro_ref import cli, commands_engine\n"
@@ -450,10 +475,15 @@ def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raise
         "def caller_term(signum, frame):\n"
         "    raise SystemExit('caller')\n"
         "signal.signal(signal.SIGTERM, caller_term)\n"
-        "install = signal.signal\n"
+        "started = signal.getsignal(signal.SIGINT)\n"
+        "install, taken = signal.signal, []\n"
         "def installing(sig, handler):\n"
+        f"    if {where!r} == 'before SIGINT' and sig == signal.SIGINT and not taken and\\\n"
+        "            signal.getsignal(signal.SIGTERM) is caller_term:\n"
+        "        taken.append(1)\n"
+        "        caller_term(signal.SIGTERM, None)\n"
         "    old = install(sig, handler)\n"
-        "    if sig == signal.SIGTERM and handler is caller_term:\n"
+        f"    if {where!r} == 'kill' and sig == signal.SIGTERM and handler is caller_term:\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return old\n"
         "signal.signal = installing\n"
@@ -461,11 +491,30 @@ def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raise
         "    cli.main(['info', 'weights/resnet18.h5'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(json.dumps([signal.getsignal(signal.SIGINT) is signal.default_int_handler,\n"
+        "print(json.dumps([signal.getsignal(signal.SIGINT) is started,\n"
         "                  sys.excepthook is sys.__excepthook__, sys.unraisablehook is sys.__unraisablehook__]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.stdout.strip() == "[true, true, true]", proc.stderr
+
+
+def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
+    """An llvmlite object whose __init__ an interrupt cut short fails in its __del__ as the command unwinds
+    (AttributeError: no '_as_parameter_'); after the interrupt's line that is noise. Before any interrupt
+    such an error is printed as Python prints it."""
+    from velcro_ref.cli import _Signals
+
+    class HalfMade:
+        def __del__(self):
+            raise AttributeError("'ModuleRef' object has no attribute '_as_parameter_'")
+
+    signals = _Signals()
+    for seen, printed in ((None, True), (signal.SIGINT, False)):
+        signals.seen = seen
+        monkeypatch.setattr(sys, "unraisablehook", signals.unraisable)
+        HalfMade()  # collected at once: its __del__'s error goes to the hook
+        monkeypatch.undo()
+        assert ("_as_parameter_" in capsys.readouterr().err) is printed
 
 
 def test_cli_main_in_another_thread_leaves_the_exception_hooks_alone(monkeypatch):
