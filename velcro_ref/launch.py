@@ -40,7 +40,11 @@ def run():
         # Work cut short leaves libraries' native state half made (Numba's threads, LLVM objects); its
         # teardown as Python exits printed tracebacks after the line, or aborted (a double free, a thread
         # state freed twice), and a second signal then ended the process by its default action. The
-        # outputs are settled (written whole, or their temporary files removed): end at once.
+        # outputs are settled (written whole, or their temporary files removed): end at once. A signal
+        # while the output drains (a reader that does not read) ends it the same way, without a second line.
+        for sig in (_signal.SIGINT, _signal.SIGTERM):
+            if _signal.getsignal(sig) is not _signal.SIG_IGN:
+                _signal.signal(sig, lambda signum, frame: os._exit(code))
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

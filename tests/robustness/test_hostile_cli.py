@@ -498,6 +498,29 @@ def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raise
     assert proc.stdout.strip() == "[true, true, true]", proc.stderr
 
 
+def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_line():
+    """The command was interrupted (its line printed, exit 130 decided) with output left in stdout's
+    buffer and a reader that does not read: the flush waits. A SIGTERM then ended it with a second line,
+    `error: terminated`, and 143; it ends as the first signal decided, with nothing more."""
+    code = (
+        "import os, sys\n"
+        "from velcro_ref import cli, launch\n"
+        "def interrupted():\n"
+        "    os.write(1, b'x' * (1 << 16))  # the pipe full\n"
+        "    sys.stdout.write('more')  # in the buffer\n"
+        "    return 130\n"
+        "cli.main = interrupted\n"
+        "launch.run()\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # 'more' waits in the buffer
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=buffered, **pipes)
+    time.sleep(3)  # the flush waits for the reader
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err, len(out) >= 1 << 16) == (130, b"", True)
+
+
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
     """An llvmlite object whose __init__ an interrupt cut short fails in its __del__ as the command unwinds
     (AttributeError: no '_as_parameter_'); after the interrupt's line that is noise. Before any interrupt
