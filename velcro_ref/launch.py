@@ -45,6 +45,12 @@ def run():
         for sig in (_signal.SIGINT, _signal.SIGTERM):
             if _signal.getsignal(sig) is not _signal.SIG_IGN:
                 _signal.signal(sig, lambda signum, frame: os._exit(code))
+        # A context manager the interrupt cut short between its __enter__ and its block (fileio.atomic_path's
+        # temporary file made) is left to its generator's finalizer: run those, quietly, as an exit would.
+        import gc
+
+        sys.unraisablehook = _quiet
+        gc.collect()
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
@@ -52,3 +58,7 @@ def run():
                 pass
         os._exit(code)
     sys.exit(code)
+
+
+def _quiet(info):
+    pass

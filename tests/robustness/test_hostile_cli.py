@@ -521,6 +521,27 @@ def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_li
     assert (proc.returncode, err, len(out) >= 1 << 16) == (130, b"", True)
 
 
+def test_an_interrupted_command_removes_the_temporary_file_of_a_write_cut_short_at_its_start(tmp_path):
+    """An interrupt taken where atomic_path's __enter__ returns (its temporary file made, the `with` block
+    not begun) leaves the file to the generator's finalizer, which the garbage collector or an exit runs:
+    the command's quick end must run it too."""
+    code = (
+        "import sys\n"
+        "from velcro_ref import cli, fileio, launch\n"
+        "def interrupted():\n"
+        f"    cut = fileio.atomic_path({str(tmp_path / 'out.h5')!r})\n"
+        "    cut.__enter__()  # the interrupt came here\n"
+        "    cut.cycle = cut  # freed by the collector only, as frames and tracebacks keep such objects\n"
+        "    print(len(list(__import__('pathlib').Path(sys.argv[1]).iterdir())), flush=True)\n"
+        "    return 130\n"
+        "cli.main = interrupted\n"
+        "launch.run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (130, "1", "")  # made, then removed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
     """An llvmlite object whose __init__ an interrupt cut short fails in its __del__ as the command unwinds
     (AttributeError: no '_as_parameter_'); after the interrupt's line that is noise. Before any interrupt
