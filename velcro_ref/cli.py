@@ -86,8 +86,9 @@ class _Signals:
     (starting that thread waits for it, longer on a busy machine) would be lost the same way: the handler
     sees the hook's frame on the stack and sends it again instead of raising. After close() the handler
     raises nothing: a signal still on its way then only decides the exit code (`outcome`), if it comes
-    before main reads the outcome; one that comes later, while main puts the handlers back (the work and
-    its message done), is dropped."""
+    before main reads the outcome; one that comes later, once the handlers are put back (the work and its
+    message done), is taken by the handler that was there before: under the `velcro` command, the entry
+    point's, its line and 130 or 143."""
 
     RESEND_S = 0.001
 

@@ -49,24 +49,25 @@ def atomic_path(path):
     (0o666 less the umask). Raises OSError naming `path`, UsageError for a path that is none.
     """
     path = checked_path(path, UsageError, "output file")
+    made = []  # the temporary file, named before it is made: deleted on every way out but the rename
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _create_temp(path)
-    except OSError as e:
-        raise _naming(path, e) from e
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
+        _create_temp(path, made)
+        yield made[0]
+        _fsync(made[0])
+        os.replace(made[0], path)
         _fsync(path.parent)
     except OSError as e:
         raise _naming(path, e) from e
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if made and os.path.exists(made[0]):
+            os.unlink(made[0])
 
 
-def _create_temp(path: Path) -> Path:
+def _create_temp(path: Path, made: list) -> None:
+    """Make an empty temporary file beside `path`, its name put in `made` before the file is made: an
+    interrupt where os.open returns (the file made, no name returned yet) leaves it to the caller's
+    clean-up all the same."""
     # not tempfile.mkstemp: its mode 0o600 would reach the final file; os.open applies the umask itself
     try:
         name_max = os.pathconf(path.parent, "PC_NAME_MAX")
@@ -76,12 +77,12 @@ def _create_temp(path: Path) -> Path:
         name = f".{path.name}.{secrets.token_hex(6)}.part"
         if len(os.fsencode(name)) > name_max:  # a name the file system takes must work: use a short one
             name = f".velcro-{secrets.token_hex(6)}.part"
-        tmp = path.with_name(name)
+        made[:] = [path.with_name(name)]
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
-        except FileExistsError:
-            continue
+            os.close(os.open(made[0], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return
+        except FileExistsError:  # another's file: not ours to delete
+            made.clear()
 
 
 def _fsync(path) -> None:

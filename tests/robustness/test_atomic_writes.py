@@ -114,3 +114,30 @@ def test_a_write_error_is_named_in_the_systems_words_not_the_librarys(tmp_path):
     with pytest.raises(OSError) as e, fileio.atomic_path(out) as tmp:
         raise OSError(errno.ENOSPC, hdf5_message, str(tmp))
     assert str(e.value) == f"{out}: cannot write ({os.strerror(errno.ENOSPC)})"
+
+
+@pytest.mark.parametrize("where", ["os.open returns", "the file is closed"])
+def test_an_interrupt_as_the_temporary_file_is_made_leaves_none_behind(tmp_path, monkeypatch, where):
+    """Python takes a signal where a call returns: one taken as os.open returns (the file made, its name
+    not yet handed back) or at the close after it left the temporary file, outside the clean-up."""
+    real_open, real_close = os.open, os.close
+
+    def interrupted_open(*args):
+        fd = real_open(*args)
+        if where == "os.open returns":
+            real_close(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    def interrupted_close(fd):
+        real_close(fd)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fileio.os, "open", interrupted_open)
+    if where == "the file is closed":
+        monkeypatch.setattr(fileio.os, "close", interrupted_close)
+    with pytest.raises(KeyboardInterrupt):
+        with fileio.atomic_path(tmp_path / "out.txt"):
+            pass
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
