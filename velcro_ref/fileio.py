@@ -60,8 +60,11 @@ def atomic_path(path):
     except OSError as e:
         raise _naming(path, e) from e
     finally:
-        if made and os.path.exists(made[0]):
-            os.unlink(made[0])
+        if made:
+            try:  # one call: a signal Python takes where a check returned would leave the file
+                os.unlink(made[0])
+            except FileNotFoundError:  # renamed
+                pass
 
 
 def _create_temp(path: Path, made: list) -> None:

@@ -19,8 +19,17 @@ import sys
 
 
 def _starting(signum, frame):
+    _flush()  # a signal after the command finished (its handlers put back): its output kept
     os.write(2, b"error: terminated\n" if signum == _signal.SIGTERM else b"error: interrupted\n")
     os._exit(143 if signum == _signal.SIGTERM else 130)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):  # no stream (fd closed), a reader gone, a stream closed
+            pass
 
 
 try:  # cli.main installs its own handlers once it runs; a signal ignored (a script's background job) stays so
@@ -51,11 +60,7 @@ def run():
 
         sys.unraisablehook = _quiet
         gc.collect()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):  # a reader gone, a stream closed
-                pass
+        _flush()
         os._exit(code)
     sys.exit(code)
 

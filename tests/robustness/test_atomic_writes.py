@@ -141,3 +141,20 @@ def test_an_interrupt_as_the_temporary_file_is_made_leaves_none_behind(tmp_path,
             pass
     monkeypatch.undo()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_in_the_clean_up_of_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """The write failed (a full disk) and a signal came as the clean-up ran: a check whether the temporary
+    file exists, then its deletion, gave Python a call's return to take it at, the file left."""
+    real_exists = os.path.exists
+
+    def interrupted_exists(path):
+        real_exists(path)
+        raise KeyboardInterrupt
+
+    with pytest.raises((OSError, KeyboardInterrupt)):  # the write's error, or the interrupt on old code
+        with fileio.atomic_path(tmp_path / "out.txt"):
+            monkeypatch.setattr(fileio.os.path, "exists", interrupted_exists)
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []

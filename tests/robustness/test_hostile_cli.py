@@ -516,6 +516,7 @@ def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_li
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=buffered, **pipes)
     time.sleep(3)  # the flush waits for the reader
+    assert proc.poll() is None  # else the pipe took it all (a larger pipe) and the test would test nothing
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, err, len(out) >= 1 << 16) == (130, b"", True)
@@ -540,6 +541,31 @@ def test_an_interrupted_command_removes_the_temporary_file_of_a_write_cut_short_
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
     assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (130, "1", "")  # made, then removed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupted_command_with_its_stdout_closed_ends_in_one_line():
+    """`velcro ... >&-`: Python's sys.stdout is None; the quick end's flush raised AttributeError, exit 1."""
+    code = "import sys\nfrom velcro_ref import cli, launch\ncli.main = lambda: 143\nsys.stdout = None\nlaunch.run()\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stderr) == (143, "")
+
+
+def test_a_signal_after_the_command_finished_keeps_its_output_in_a_file(tmp_path):
+    """Once cli.main has put the entry point's handler back, a signal (Python exiting, say) is taken by it:
+    one line and 143, and the output the command printed, still in stdout's buffer, reaches the file."""
+    code = (
+        "import os, signal\nimport velcro_ref.launch\nprint('accuracy 0.9123')\nos.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=buffered
+        )
+    assert (proc.returncode, proc.stderr, (tmp_path / "out.txt").read_text()) == (
+        143,
+        "error: terminated\n",
+        "accuracy 0.9123\n",
+    )
 
 
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
