@@ -363,9 +363,9 @@ def _as_model(model):
 
 def _arch(arch) -> Arch:
     """An Arch as it is, else a preset name or a .toml path (UsageError for anything else)."""
-    if isinstance(arch, Arch | str):
-        return arch if isinstance(arch, Arch) else load_arch(arch)
-    return load_arch(checked_path(arch, UsageError, "accel"))
+    if isinstance(arch, Arch):
+        return arch
+    return load_arch(arch if isinstance(arch, str) else checked_path(arch, UsageError, "accel"))
 
 
 # A quantized model's accumulators: int32 (docs/int8.md).

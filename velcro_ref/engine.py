@@ -22,6 +22,7 @@ from .errors import InputError, MaskError, UsageError
 from .kernels.conv.layouts import aligned_floats
 from .kernels.moments import value_range
 from .kernels.overwrite import put_at
+from .masks import MaskSet
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
@@ -535,8 +536,6 @@ class Model:
     def check_masks(self, masks) -> None:
         """Raise MaskError unless `masks` was made for this model and fits its sites (UsageError for
         an object that is no MaskSet)."""
-        from .masks import MaskSet
-
         if not isinstance(masks, MaskSet):
             raise UsageError(
                 f"masks expect a MaskSet (load_masks, compress or MaskSet(...)), found {type(masks).__name__}"
