@@ -42,6 +42,9 @@ except KeyboardInterrupt:  # a SIGINT that came while Python was importing this 
 
 
 def run():
+    import atexit
+
+    atexit.register(_exiting)  # the first one registered: Python runs it after every other one
     from .cli import main
 
     code = main()
@@ -67,3 +70,12 @@ def run():
 
 def _quiet(info):
     pass
+
+
+def _exiting():
+    """The last exit function of a command that finished: after it Python puts the signals' default
+    actions back and frees its modules (a quarter of a second with Numba loaded), where a signal killed
+    the process without a line. The work is done (Python flushes the output after this function): a
+    signal from here on is ignored and the command's own exit code stands."""
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, _signal.SIG_IGN)

@@ -568,6 +568,26 @@ def test_a_signal_after_the_command_finished_keeps_its_output_in_a_file(tmp_path
     )
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_in_the_last_stage_of_python_exiting_leaves_the_command_code(sig):
+    """After its exit functions Python puts the default action back and frees its modules (a quarter of a
+    second with Numba loaded): a signal then killed the finished command without its line. A signal sent
+    while the modules are freed (by an object of __main__'s freed with them) now leaves code 0 and no line."""
+    code = (
+        "import os, signal\n"
+        "from velcro_ref import cli, launch\n"
+        "class Late:\n"
+        "    def __del__(self):\n"
+        f"        os.kill(os.getpid(), signal.{sig})\n"
+        "        print('after', flush=True)\n"
+        "late = Late()\n"
+        "cli.main = lambda: 0\n"
+        "launch.run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "after\n", "")
+
+
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
     """An llvmlite object whose __init__ an interrupt cut short fails in its __del__ as the command unwinds
     (AttributeError: no '_as_parameter_'); after the interrupt's line that is noise. Before any interrupt
