@@ -130,6 +130,12 @@ class _Signals:
             return
         self.previous_excepthook(kind, value, tb)
 
+    def quiet_after(self, record) -> bool:
+        """A logging filter for asyncio's logger: nothing once a signal came. Work the signal cut short
+        (a Dask cluster starting, its workers gone) leaves futures whose failure asyncio logs as they are
+        collected while the command unwinds: a traceback before the one line."""
+        return self.seen is None
+
     def _send_again(self, sig):
         """Send `sig` to the main thread RESEND_S from now, from a short-lived thread."""
         main = threading.main_thread().ident
@@ -191,10 +197,6 @@ def main(argv=None) -> int:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
         print(f"error: {one_line}", file=sys.stderr)
-        if code in (130, 143):
-            # The process ends on the signal. Work it cut short (a Dask cluster's start) leaves asyncio
-            # tasks whose failure asyncio logs when they are collected at exit: after the one line, noise.
-            logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
         return code
 
     args = None
@@ -205,6 +207,7 @@ def main(argv=None) -> int:
                     if previous[sig] is not signal.SIG_IGN:  # ignored (a script's background job): stays so
                         signal.signal(sig, signals)
                 sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
+                logging.getLogger("asyncio").addFilter(signals.quiet_after)
             args = build_parser().parse_args(argv)
             from .cli_util import check_files
 
@@ -239,6 +242,7 @@ def main(argv=None) -> int:
     finally:
         if in_main_thread:  # the hooks first (assignments: Python takes no signal there), then the handlers
             sys.unraisablehook, sys.excepthook = previous_hook, signals.previous_excepthook
+            logging.getLogger("asyncio").removeFilter(signals.quiet_after)
         _restore(previous)
 
 

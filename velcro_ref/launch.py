@@ -58,10 +58,13 @@ def run():
             if _signal.getsignal(sig) is not _signal.SIG_IGN:
                 _signal.signal(sig, lambda signum, frame: os._exit(code))
         # A context manager the interrupt cut short between its __enter__ and its block (fileio.atomic_path's
-        # temporary file made) is left to its generator's finalizer: run those, quietly, as an exit would.
+        # temporary file made) is left to its generator's finalizer: run those, quietly, as an exit would
+        # (asyncio logs the failure of the tasks a Dask cluster's cut-short start left as they are collected).
         import gc
+        import logging
 
         sys.unraisablehook = _quiet
+        logging.getLogger("asyncio").disabled = True
         gc.collect()
         _flush()
         os._exit(code)

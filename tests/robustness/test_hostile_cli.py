@@ -6,6 +6,7 @@ values out of range are one-line errors (exit 2 for usage, 1 for bad data), neve
 """
 
 import hashlib
+import logging
 import os
 import re
 import signal
@@ -605,6 +606,30 @@ def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_prin
         HalfMade()  # collected at once: its __del__'s error goes to the hook
         monkeypatch.undo()
         assert ("_as_parameter_" in capsys.readouterr().err) is printed
+
+
+def test_asyncio_errors_logged_as_an_interrupted_command_unwinds_are_not_printed(monkeypatch, caplog):
+    """A Dask cluster cut short by a signal leaves futures whose failure asyncio logs as the command unwinds
+    ("Future exception was never retrieved ... CommClosedError"): a traceback before the one line. Once a
+    signal came, asyncio's log is dropped; before it, and after the command, it is logged as usual."""
+    from velcro_ref import cli, commands_engine
+
+    log = logging.getLogger("asyncio")
+
+    def info(args):
+        log.error("before the signal")
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        finally:
+            log.error("Future exception was never retrieved")
+
+    monkeypatch.setattr(commands_engine, "cmd_info", info)
+    with caplog.at_level(logging.ERROR):
+        assert cli.main(["info", str(ROOT / "weights" / "resnet18.h5")]) == 143
+        log.error("after the command")
+    assert [r.getMessage() for r in caplog.records] == ["before the signal", "after the command"]
+    assert log.filters == []
 
 
 def test_cli_main_in_another_thread_leaves_the_exception_hooks_alone(monkeypatch):
