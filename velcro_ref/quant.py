@@ -211,12 +211,15 @@ def fixed_point_multiplier(real):
 
 def requantize_ort(acc, scale, zero_point, dtype):
     """`ort` requantization (MLAS MlasRequantizeOutput): float32(acc) * scale in float32,
-    clamped to [qmin - zp, qmax - zp], round_half_even, + zp. acc: int32 accumulators (bias
-    included); scale float32 broadcasting against acc."""
+    clamped to [qmin - zp, qmax - zp] (NaN, 0 times a scale of inf, to qmin - zp, as MLAS's
+    MAXPS takes it), round_half_even, + zp. acc: int32 accumulators (bias included); scale
+    float32 broadcasting against acc."""
     qmin, qmax = qrange(dtype)
     zp = int(zero_point)
-    v = np.asarray(acc, np.int64).astype(np.float32) * np.asarray(scale, np.float32)
-    v = np.minimum(np.maximum(v, np.float32(qmin - zp)), np.float32(qmax - zp))
+    with np.errstate(invalid="ignore"):
+        v = np.asarray(acc, np.int64).astype(np.float32) * np.asarray(scale, np.float32)
+    lo = np.float32(qmin - zp)
+    v = np.where(np.isnan(v), lo, np.minimum(np.maximum(v, lo), np.float32(qmax - zp)))
     return (np.rint(v).astype(np.int32) + zp).astype(dtype)
 
 

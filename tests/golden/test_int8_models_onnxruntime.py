@@ -447,3 +447,91 @@ def test_a_float_max_pool_beside_a_flatten_of_the_input_reads_the_raw_input(tmp_
     want = int8_session(tmp_path / "q.onnx", act, "QDQ").run(None, {"input": x})[0]
     got = mine.run(x)
     assert got.tobytes() == want.tobytes(), f"{int(np.sum(got != want))} of {got.size} outputs differ"
+
+
+def _extreme_model(path, nodes, x_shape, y_shape, inits):
+    """An int8 ONNX model of `nodes` from float input "x" (QuantizeLinear at scale "xs") to float "y"."""
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), *nodes],
+        "extreme",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        initializer=[numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()],
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets, ir_version=10), path)
+    return path
+
+
+@pytest.mark.parametrize("zp", [0, 127, -128])
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 1, 1, 1, 2, 1), (16, 4, 3, 3, 6, 1), (5, 2, 3, 3, 7, 1), (8, 8, 3, 3, 6, 8)],
+    ids=["1x1", "3x3k16", "3x3k5", "depthwise"],
+)
+def test_a_requantization_scale_of_inf_gives_what_onnxruntime_gives(tmp_path, shape, zp):
+    """x_scale * w_scale overflows float32 (1e20 * 1e20): the multiplier is inf, an accumulator of 0 times
+    it NaN, which onnxruntime's clamp takes to qmin; the engine gave the zero point (the low byte of the
+    integer a NaN converts to). Every other accumulator saturates by its sign."""
+    k, c, kh, kw, hw, groups = shape
+    rng = np.random.default_rng(5)
+    w = rng.integers(-2, 3, (k, c // groups, kh, kw)).astype(np.int8)
+    inits = {"xs": np.float32(1e20), "xz": np.int8(0), "w": w, "ws": np.float32(1e20), "wz": np.int8(0)}
+    inits |= {"ys": np.float32(1.0), "yz": np.int8(zp)}
+    nodes = [
+        helper.make_node(
+            "QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"], pads=[kh // 2] * 4, group=groups
+        ),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    path = _extreme_model(tmp_path / "conv.onnx", nodes, ["N", c, hw, hw], ["N", k, hw, hw], inits)
+    codes = rng.integers(-1, 2, (2, c, hw, hw)) * (rng.random((2, c, hw, hw)) < 0.3)
+    x = (codes * 1e20).astype(np.float32)
+    want = int8_session(path, "int8", "QOperator").run(None, {"x": x})[0]
+    assert (want == -128 - zp).any() and (want != -128 - zp).any()  # accumulators of 0 and others
+    assert np.array_equal(Model(import_onnx(path)).run(x), want)
+
+
+@pytest.mark.parametrize("zp", [0, 127])
+def test_a_matmul_requantization_scale_of_inf_gives_what_onnxruntime_gives(tmp_path, zp):
+    """QLinearMatMul at x_scale = w_scale = 1e20: rows of 0 give qmin, as in onnxruntime, not the zero point."""
+    rng = np.random.default_rng(6)
+    w = rng.integers(-2, 3, (12, 5)).astype(np.int8)
+    inits = {"xs": np.float32(1e20), "xz": np.int8(0), "w": w, "ws": np.float32(1e20), "wz": np.int8(0)}
+    inits |= {"ys": np.float32(1.0), "yz": np.int8(zp), "shape": np.array([-1, 12], np.int64)}
+    nodes = [
+        helper.make_node("Reshape", ["xq", "shape"], ["flat"]),
+        helper.make_node("QLinearMatMul", ["flat", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"]),
+        helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"]),
+    ]
+    path = _extreme_model(tmp_path / "matmul.onnx", nodes, ["N", 3, 2, 2], ["N", 5], inits)
+    codes = rng.integers(-1, 2, (6, 3, 2, 2)) * (rng.random((6, 3, 2, 2)) < 0.3)
+    x = (codes * 1e20).astype(np.float32)
+    want = int8_session(path, "int8", "QOperator").run(None, {"x": x})[0]
+    assert (want == -128 - zp).any() and (want != -128 - zp).any()
+    assert np.array_equal(Model(import_onnx(path)).run(x), want)
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_an_average_pool_window_of_inf_and_minus_inf_gives_what_onnxruntime_gives(tmp_path, fmt):
+    """Codes whose dequantized values overflow float32 to +inf and -inf in one window sum to NaN, which
+    onnxruntime's clamp takes to qmin; the engine gave 0 (the low byte of the integer a NaN converts to)."""
+    sx = np.float32(3.4e38 / 102.6)  # code 103 dequantizes to inf
+    inits = {"xs": sx, "xz": np.int8(0), "ys": np.float32(1.0), "yz": np.int8(3)}
+    pool = {"kernel_shape": [2, 2], "strides": [1, 1]}
+    if fmt == "QOperator":
+        ins = ["xq", "xs", "xz", "ys", "yz"]
+        q = [helper.make_node("QLinearAveragePool", ins, ["yq"], domain="com.microsoft", **pool)]
+    else:
+        q = [
+            helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xf"]),
+            helper.make_node("AveragePool", ["xf"], ["s"], **pool),
+            helper.make_node("QuantizeLinear", ["s", "ys", "yz"], ["yq"]),
+        ]
+    nodes = [*q, helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    path = _extreme_model(tmp_path / "pool.onnx", nodes, ["N", 1, 3, 3], ["N", 1, 2, 2], inits)
+    big = np.float32(3.4e38)
+    x = np.array([[big, -big, big], [1, -big, big], [0, 0, 0]], np.float32).reshape(1, 1, 3, 3)
+    want = int8_session(path, "int8", fmt).run(None, {"x": x})[0]
+    assert (want == -128 - 3).any()
+    assert np.array_equal(Model(import_onnx(path)).run(x), want)

@@ -290,6 +290,20 @@ def test_pool_kernels_equal_numpy_twins(k, s, pad, ceil, h, w, dtype, seed):
         assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_an_average_pool_window_summing_inf_and_minus_inf_gives_qmin_in_kernel_and_twin(dtype):
+    """Codes that dequantize to +inf and -inf in one window sum to NaN: qmin, as onnxruntime's clamp gives;
+    a window of +inf alone saturates to qmax."""
+    qmin, qmax = quant.qrange(dtype)
+    deq = np.zeros(256, np.float32)
+    deq[0], deq[255] = -np.inf, np.inf  # the lowest and highest codes
+    x = np.array([[qmin, qmax, qmax], [qmax, qmax, qmax]], dtype).reshape(1, 1, 2, 3)  # windows NaN, +inf
+    for twin in (kpool.avg_pool, ref.avg_pool):
+        out = np.full((1, 1, 1, 2), 7, dtype)
+        twin(x, deq, -qmin, 2, 2, 1, 1, 0, 0, False, np.float32(1.0), 3, qmin, qmax, out)
+        assert out.ravel().tolist() == [qmin, qmax]
+
+
 @given(
     st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=1, max_size=200),
     st.sampled_from([np.uint8, np.int8]),

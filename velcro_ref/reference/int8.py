@@ -107,7 +107,13 @@ def max_pool(x, kh, kw, sh, sw, pt, pl, out):
 
 
 def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale, y_zero_point, qmin, qmax, out):
-    """Twin of kernels.int8.pool.avg_pool: the same float32 steps, per output position over all planes."""
+    """Twin of kernels.int8.pool.avg_pool: the same float32 steps, per output position over all planes
+    (overflows to inf and NaN as IEEE arithmetic gives them, without NumPy's warning)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        _avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale, y_zero_point, qmin, qmax, out)
+
+
+def _avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale, y_zero_point, qmin, qmax, out):
     h, w = x.shape[2:]
     values = deq[x.astype(np.int64) + offset]
     for oy in range(out.shape[2]):
@@ -121,6 +127,7 @@ def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale,
             count = np.float32(kh * kw if count_include_pad else (y1 - y0) * (x1 - x0))
             v = ((acc / count).astype(np.float32) / np.float32(y_scale)).astype(np.float32) + np.float32(y_zero_point)
             v = np.clip(v.astype(np.float32), np.float32(qmin), np.float32(qmax))
+            v = np.where(np.isnan(v), np.float32(qmin), v)  # a window of inf and -inf
             out[:, :, oy, ox] = np.rint(v).astype(out.dtype)
 
 

@@ -169,7 +169,7 @@ def _tile_rows(xf, x_zero_point, pc, geom, rq, skip, masked, out, out_f, band, n
                                 uc = np.uint64(c)
                                 a = np.int32(acc[up + uc] + bias_t[uk + uc])
                                 v = np.float32(np.float32(a) * scale_t[uk + uc])
-                                q[c] = np.int32(round_small(min(max(v, lo), hi))) + zp
+                                q[c] = np.int32(round_small(lo if v != v else min(max(v, lo), hi))) + zp
                             o = np.uint64(out0 + py[p] * ow + px[p])
                             for c in range(k_count):
                                 out_f[o + np.uint64(c * plane)] = q[c]
@@ -260,7 +260,7 @@ def _depthwise_planes(x, x_zero_point, pc, geom, rq, skip, masked, out, band, n_
                 scale = scales[k]
                 for ox in range(ow):
                     v = np.float32(np.float32(acc[ox]) * scale)
-                    out[n, k, oy, ox] = np.int32(round_small(min(max(v, lo), hi))) + zp
+                    out[n, k, oy, ox] = np.int32(round_small(lo if v != v else min(max(v, lo), hi))) + zp
             else:
                 for ox in range(ow):
                     out[n, k, oy, ox] = requant_value(np.int64(acc[ox]), k, rq)

@@ -84,7 +84,8 @@ def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale,
     QLinearAveragePool: each input value dequantized (deq[value + offset], float32 x_scale * (q -
     x_zero_point)), the window's values inside the input summed in float32 row by row, the sum
     divided (float32) by kh * kw with count_include_pad, else by the values summed; then divided
-    by y_scale, y_zero_point added (float32), rounded half to even and clamped to [qmin, qmax]."""
+    by y_scale, y_zero_point added (float32), rounded half to even and clamped to [qmin, qmax]; a
+    NaN (a window summing inf and -inf) to qmin, as onnxruntime's clamp takes it."""
     n_n, c_n, h, w = x.shape
     oh, ow = out.shape[2], out.shape[3]
     ys, yz = np.float32(y_scale), np.float32(y_zero_point)
@@ -105,4 +106,4 @@ def avg_pool(x, deq, offset, kh, kw, sh, sw, pt, pl, count_include_pad, y_scale,
                         acc = np.float32(acc + deq[np.int64(x[n, c, iy, ix]) + offset])
                 count = kh * kw if count_include_pad else (y1 - y0) * (x1 - x0)
                 v = np.float32(np.float32(np.float32(acc / np.float32(count)) / ys) + yz)
-                out[n, c, oy, ox] = np.int64(round_small(min(max(v, lo), hi)))
+                out[n, c, oy, ox] = np.int64(round_small(lo if v != v else min(max(v, lo), hi)))

@@ -46,13 +46,15 @@ def rounding_divide_by_pot(x, exponent):
 @njit(cache=True, inline="always")
 def requant_value(acc, k, rq):
     """Output value of accumulator acc (bias included) of output channel k under the Requant
-    record rq: `ort` float32(acc) * scale[k], clamped, rounded half to even, + zero point;
+    record rq: `ort` float32(acc) * scale[k], clamped (NaN, an accumulator of 0 times a scale
+    of inf, to qmin, as MLAS's clamp takes it), rounded half to even, + zero point;
     `fixed_point` saturating left shift, SRDHM by multiplier[k], rounding right shift, + zero
     point, saturated."""
     zp = rq.zero_point
     if rq.mode == REQUANT_ORT:
         v = np.float32(np.float32(acc) * rq.scale[k])
-        v = min(max(v, np.float32(rq.qmin - zp)), np.float32(rq.qmax - zp))
+        lo = np.float32(rq.qmin - zp)
+        v = lo if v != v else min(max(v, lo), np.float32(rq.qmax - zp))  # NaN (0 * inf) to qmin
         return np.int64(round_small(v)) + zp
     s = np.int64(rq.shift[k])
     x = np.int64(acc)
@@ -75,7 +77,7 @@ def requant_span(acc, a0, bias, k0, count, rq, q):
         for i in range(count):
             ui = np.uint64(i)
             v = np.float32(np.float32(np.int32(acc[ua + ui] + bias[uk + ui])) * scale[uk + ui])
-            q[i] = np.int32(round_small(min(max(v, lo), hi))) + zp
+            q[i] = np.int32(round_small(lo if v != v else min(max(v, lo), hi))) + zp
         return
     for i in range(count):
         q[i] = requant_value(np.int64(acc[a0 + i]) + bias[k0 + i], k0 + i, rq)
