@@ -22,7 +22,7 @@ from .errors import InputError, MaskError, UsageError
 from .kernels.conv.layouts import aligned_floats
 from .kernels.moments import value_range
 from .kernels.overwrite import put_at
-from .masks import MaskSet
+from .masks import MaskSet, check_bool_bytes
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
@@ -101,8 +101,8 @@ class Model:
     def __init__(self, graph: G.Graph, path=None):
         self.path = path
         self.graph = graph
+        self.shapes = G.validate(graph, allow_nonfinite=True)  # first: its one-line errors name the node
         self.fingerprint = graph.fingerprint()
-        self.shapes = G.validate(graph, allow_nonfinite=True)
         self.plan = build_plan(graph, self.shapes)
         self.steps = self.plan.nodes
         self.sites = dict(self.plan.sites)
@@ -346,6 +346,7 @@ class Model:
             skips[node] = steps[node].opdef.plan_skip(steps[node].args, mask)
         site_masks, fixed = {}, {}
         for s, (m, c) in masks.sites.items():
+            check_bool_bytes(m, f"{masks.source}: site '{s}': ")  # as written to a golden file
             idx = np.flatnonzero(m)
             if idx.size:
                 site_masks[s] = np.ascontiguousarray(m).reshape(-1)

@@ -121,6 +121,14 @@ def uniform_ratios(stats, ratio, exclude=()) -> dict:
     return {s: (0.0 if s in exclude else ratio) for s in stats.sites}
 
 
+def check_bool_bytes(mask, where, why=" (a bool array viewed from other bytes: make it with astype(bool))"):
+    """MaskError unless every byte of the bool array `mask` is 0 or 1. NumPy reads another byte as True,
+    but a file stores the byte as it is, and `load_masks` refuses it."""
+    not_bool = int(np.count_nonzero(mask.view(np.uint8) > 1))
+    if not_bool:
+        raise MaskError(f"{where}mask holds {not_bool} byte(s) that are neither 0 nor 1{why}")
+
+
 def save_masks(masks: MaskSet, path, model=None) -> None:
     """Write a mask file atomically: attrs fingerprint/policy/provenance, `sites/<site>/{mask,constants}`.
 
@@ -142,6 +150,7 @@ def save_masks(masks: MaskSet, path, model=None) -> None:
         )
         g = f.create_group("sites")
         for name, (mask, const) in masks.sites.items():
+            check_bool_bytes(np.asarray(mask, dtype=bool), f"{masks.source}: site '{name}': ")
             sg = g.create_group(h5io.escape_key(name))
             h5io.write_text_attr(sg, "name", name)
             sg.create_dataset("mask", data=np.asarray(mask, dtype=bool), fletcher32=True)
@@ -182,9 +191,7 @@ def _read_masks(f, path):
             raise MaskError(f"{where}mask {mask.shape} and constants {const.shape} differ in shape")
         m = np.asarray(read_dataset(mask, MaskError, f"{where}mask "))
         c = read_dataset(const, MaskError, f"{where}constants ")
-        not_bool = int(np.count_nonzero(m.view(np.uint8) > 1))
-        if not_bool:
-            raise MaskError(f"{where}mask holds {not_bool} byte(s) that are neither 0 nor 1 (corrupt file)")
+        check_bool_bytes(m, where, " (corrupt file)")
         bad = int(np.count_nonzero(~np.isfinite(c[m])))
         if bad:
             raise MaskError(f"{where}{bad} NaN/Inf constant(s) at masked elements")

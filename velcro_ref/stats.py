@@ -264,7 +264,10 @@ def _clamp_top(step):
 
 
 def collect_stats(model, x, batch=256, classes=(), source="", progress=None) -> Stats:
-    """Statistics of every site over images x (N, C, H, W) float32, in batches of `batch`."""
+    """Statistics of every site over images x (N, C, H, W) float32, in batches of `batch`. InputError for
+    an x that is no batch of images (each batch's values are checked as it runs)."""
+    if not isinstance(x, np.ndarray) or x.ndim != len(model.input_shape) + 1 or len(x) == 0:
+        model.check_input(x)  # its one-line error for this x
     col = StatsCollector(model, classes, source)
     for i in range(0, len(x), check_batch(batch)):
         col.add_batch(x[i : i + batch])
@@ -301,9 +304,10 @@ def save_stats(stats: Stats, path) -> None:
         for name, s in stats.sites.items():
             sg = g.create_group(h5io.escape_key(name))
             h5io.write_text_attr(sg, "name", name)
-            for fld in FIELDS:
-                sg.create_dataset(fld, data=getattr(s, fld), fletcher32=True)
-            sg.create_dataset("mean", data=s.mean, fletcher32=True)  # for readers; the shifted form is exact
+            for fld in FIELDS:  # native float64, the one type `load_stats` reads (a big-endian array converted)
+                sg.create_dataset(fld, data=np.asarray(getattr(s, fld), np.float64), fletcher32=True)
+            mean = np.asarray(s.mean, np.float64)  # for readers; the shifted form is exact
+            sg.create_dataset("mean", data=mean, fletcher32=True)
         g = f.create_group("ranges")
         for name, (lo, hi) in stats.ranges.items():
             ds = g.create_dataset(h5io.escape_key(name), data=np.array([lo, hi], np.float64), fletcher32=True)
@@ -433,6 +437,8 @@ def _read_ranges(f) -> dict:
         ds = member(f["ranges"], key, h5py.Dataset, StatsError, "range ")
         name = attr_str(ds, "name", StatsError, f"range '{key}': ", default=key)
         where = f"range of tensor '{name}': "
+        if name in ranges:  # which of the two a reader took would depend on the group's link order
+            raise StatsError(f"{where}stored twice")
         check_dataset(ds, StatsError, where, dtype=np.float64)
         v = np.asarray(read_dataset(ds, StatsError, where))
         if v.shape != (2,) or not np.all(np.isfinite(v)) or v[0] > v[1]:

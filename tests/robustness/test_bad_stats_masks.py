@@ -13,7 +13,7 @@ from velcro_ref.engine import load_model
 from velcro_ref.errors import InputError, MaskError, StatsError, UsageError
 from velcro_ref.masks import check_ratio, load_masks
 from velcro_ref.model_io import save_model
-from velcro_ref.stats import SiteStats, _check_moments, load_stats, save_stats
+from velcro_ref.stats import FIELDS, SiteStats, _check_moments, load_stats, save_stats
 
 SITE = "layer2.0.relu1"
 
@@ -196,6 +196,48 @@ def test_a_range_with_min_above_max_is_refused(tmp_path, stats_file):
     bad = edited_copy(stats_file, tmp_path / "swapped.h5", swap)
     with pytest.raises(StatsError, match="range of tensor 'input'"):
         load_stats(bad)
+
+
+def test_a_range_stored_twice_is_refused(tmp_path, stats_file):
+    """Two datasets of `ranges` naming one tensor: which one a reader kept followed the group's link order
+    (`velcro quantize` took either range); refused as a site stored twice is."""
+
+    def twice(f):
+        ds = f["ranges"].create_dataset("zz_again", data=np.array([-100.0, 100.0]))
+        ds.attrs["name"] = "input"
+
+    bad = edited_copy(stats_file, tmp_path / "twice.h5", twice)
+    with pytest.raises(StatsError, match="range of tensor 'input': stored twice"):
+        load_stats(bad)
+
+
+def test_stats_arrays_of_another_byte_order_are_written_as_native_float64(tmp_path, model, stats_file):
+    """A Stats made by hand with big-endian arrays (the same values): `save_stats` wrote them as they were,
+    and `load_stats` then refused its own file ("count expects dtype float64, found >f8")."""
+    stats = load_stats(stats_file, model)
+    big = {n: SiteStats(*(getattr(s, f).astype(">f8") for f in FIELDS)) for n, s in stats.sites.items()}
+    save_stats(dataclasses.replace(stats, sites=big), tmp_path / "s.h5")
+    back = load_stats(tmp_path / "s.h5", model)
+    for name, s in stats.sites.items():
+        for f in FIELDS:
+            assert getattr(back.sites[name], f).dtype == np.float64
+            assert np.array_equal(getattr(back.sites[name], f), getattr(s, f))
+
+
+def test_masks_whose_bool_bytes_are_not_0_or_1_are_refused_before_a_run_or_a_file(tmp_path, model, stats_file):
+    """A bool mask viewed from 0/255 bytes ran as the 0/1 mask, but `save_masks` and golden files stored
+    its bytes as they were, which `load_masks` then refused: it is refused in one line where it is used."""
+    from velcro_ref.api import compress
+    from velcro_ref.masks import MaskSet, save_masks
+
+    masks = compress(load_stats(stats_file, model), 0.5)
+    mask, const = masks.sites[SITE]
+    odd = MaskSet(masks.fingerprint, {**masks.sites, SITE: ((mask.view(np.uint8) * 255).view(bool), const)}, "x")
+    with pytest.raises(MaskError, match=f"site '{SITE}': mask holds .* neither 0 nor 1"):
+        save_masks(odd, tmp_path / "m.h5", model=model)
+    assert not (tmp_path / "m.h5").exists()
+    with pytest.raises(MaskError, match=f"site '{SITE}': mask holds .* neither 0 nor 1"):
+        model.run(np.zeros((1, *model.input_shape), np.float32), masks=odd)
 
 
 def test_version_1_stats_are_read_as_mean_with_shift_0(tmp_path, model, stats_file):

@@ -290,3 +290,48 @@ def test_golden_takes_binary_labels_of_a_model_with_one_output(tmp_path):
     model = Model(Graph(nodes, (1, 2, 2), "l", {"w": w}, {}))
     x = np.zeros((2, 1, 2, 2), np.float32)
     velcro_ref.golden(model, x, tmp_path / "g.h5", labels=[0, 1])
+
+
+def test_a_model_keeps_the_parameters_it_was_made_with():
+    """Edits of the graph's parameter arrays after Model(graph) reached the linear layer's weight and bias
+    (held as the caller's arrays where they were C-contiguous float32) and a conv's bias, not the packed
+    conv weights: the output was neither model's, under the old fingerprint. Every parameter is a copy."""
+    rng = np.random.default_rng(0)
+    conv = {"out_channels": 4, "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1}
+    nodes = (
+        Node("c", "conv2d", (INPUT,), conv, {"weight": "cw", "bias": "cb"}),
+        Node("r", "relu", ("c",)),
+        Node("f", "flatten", ("r",)),
+        Node("l", "linear", ("f",), {}, {"weight": "lw", "bias": "lb"}),
+    )
+    shapes = {"cw": (4, 2, 3, 3), "cb": (4,), "lw": (3, 100), "lb": (3,)}
+    params = {k: rng.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    m = Model(Graph(nodes, (2, 5, 5), "l", params, {}))
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    before = m.run(x)
+    for name, v in params.items():
+        v *= 2
+        assert not np.array_equal(Model(Graph(nodes, (2, 5, 5), "l", params, {})).run(x), before), name
+        assert np.array_equal(m.run(x), before), name
+
+
+@pytest.mark.parametrize("kind", ["scalar", "0-d", "empty"])
+def test_collect_stats_refuses_what_is_no_batch_of_images_in_one_line(model, kind):
+    """A scalar raised TypeError from len(); an empty batch gave statistics of no image, which compress
+    turned into masks of constant 0."""
+    x = {"scalar": np.float32(1.0), "0-d": np.zeros((), np.float32)}.get(kind)
+    x = np.zeros((0, *model.input_shape), np.float32) if x is None else x
+    with pytest.raises(InputError, match="input: "):
+        velcro_ref.collect_stats(model, x)
+
+
+def test_a_node_attribute_holding_an_array_is_refused_in_one_line():
+    """ "kernel": np.array(w.shape[2:]) ended in json's TypeError from the fingerprint, before the graph's
+    check could name the node."""
+    from velcro_ref.errors import ModelError
+
+    w = np.ones((4, 1, 3, 3), np.float32)
+    attrs = {"out_channels": 4, "kernel": np.array(w.shape[2:]), "stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1}
+    nodes = (Node("c", "conv2d", (INPUT,), attrs, {"weight": "w"}), Node("r", "relu", ("c",)))
+    with pytest.raises(ModelError, match="node 'c': kernel expects"):
+        Model(Graph(nodes, (1, 8, 8), "r", {"w": w}))
