@@ -393,7 +393,14 @@ class _Importer:
         self.model = model
         self.g = model.graph
         self.to_array = numpy_helper.to_array
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+        versions: dict[str, set] = {}
+        for o in model.opset_import:
+            versions.setdefault("" if o.domain in _DOMAINS else o.domain, set()).add(o.version)
+        for domain, vs in versions.items():  # ONNX's reference evaluator takes the first, onnxruntime the last
+            if len(vs) > 1:
+                name = f"domain '{domain}'" if domain else "the default domain"
+                raise ModelError(f"opset imports give {name} {len(vs)} versions ({', '.join(map(str, sorted(vs)))})")
+        self.opset = versions.get("", {1}).copy().pop()
         self.nodes: list[G.Node] = []
         self.index: dict[str, int] = {}  # velcro node name -> position in self.nodes
         self.params: dict[str, np.ndarray] = {}
@@ -505,6 +512,10 @@ class _Importer:
         return tuple(int(d) for d in dims[1:])
 
     def _meta(self) -> dict:
+        keys = [p.key for p in self.model.metadata_props]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:  # onnx's checker refuses them; which value a reader takes is its own choice
+            raise ModelError(f"metadata key(s) {', '.join(map(repr, twice))} given twice")
         props = {p.key: p.value for p in self.model.metadata_props}
         meta = {}
         for key in ("velcro.meta", "velcro.preprocessing"):

@@ -19,7 +19,7 @@ import numpy as np
 from .errors import UsageError, VelcroError
 from .fileio import parse_json, write_text
 from .golden_vectors import node_group
-from .h5io import escape_key
+from .h5io import attr_str, escape_key
 from .ops import REGISTRY
 
 FORMAT = "velcro-rtl-vectors"
@@ -642,8 +642,7 @@ def layer_from_golden(path, layer: str, image: int = 0) -> QConvLayer:
 
 def _golden_layer(f, path, layer, image, where) -> QConvLayer:
     """layer_from_golden on an open file (errors of a damaged file are the caller's)."""
-    fmt, version = f.attrs.get("format"), f.attrs.get("format_version")
-    fmt = fmt.decode(errors="replace") if isinstance(fmt, bytes) else fmt
+    fmt, version = attr_str(f, "format", RtlVectorError, f"{path}: ", default=""), f.attrs.get("format_version")
     if fmt != "velcro-golden":
         raise RtlVectorError(f"{path}: format: expected velcro-golden, found {fmt!r}")
     try:
@@ -651,12 +650,16 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         groups = {name: f[node_group(k, len(order), name)] for k, name in enumerate(order)}
     except (KeyError, ValueError, TypeError) as e:
         raise RtlVectorError(f"{path}: not a complete golden file ({e})") from None
-    convs = [n for n, g in groups.items() if g.attrs.get("op") == "qconv2d"]
+
+    def op_of(name):  # text attributes are variable- or fixed-length strings (bytes) alike
+        return attr_str(groups[name], "op", RtlVectorError, f"{where}: node '{name}': ")
+
+    convs = [n for n in groups if op_of(n) == "qconv2d"]
     if layer not in groups:
         shown = ", ".join(convs[:12]) + (" ..." if len(convs) > 12 else "")
         raise RtlVectorError(f"{where}: no such node; int8 conv layers: {shown or 'none'}")
     g = groups[layer]
-    op = g.attrs.get("op")
+    op = op_of(layer)
     if version not in (1, 2):
         raise RtlVectorError(f"{path}: format_version: expected 2 (an int8 model's golden file), found {version}")
     if version != 2 or op != "qconv2d":
@@ -668,7 +671,7 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
                 f"{where}: dataset '{name}': expected {' or '.join(kinds)}, found {g[name].dtype.name} "
                 "(the golden file is damaged)"
             )
-    if g.attrs.get("requant") != "fixed_point":
+    if attr_str(g, "requant", RtlVectorError, f"{where}: ", default="") != "fixed_point":
         raise RtlVectorError(
             f"{where}: requantizes in 'ort' mode (float32 multiply, onnxruntime's arithmetic); the RTL "
             "datapath computes fixed_point: quantize the model with `velcro quantize --requant fixed_point`"
@@ -693,7 +696,7 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         constants = y.copy()
         readers = [n for n, r in groups.items() if layer in parse_json(r.attrs["inputs"])]
         site = readers[0] if len(readers) == 1 else None
-        op = REGISTRY.get(groups[site].attrs.get("op")) if site is not None else None
+        op = REGISTRY.get(op_of(site)) if site is not None else None
         if op is not None and op.site and f"sites/{escape_key(site)}" in f:
             constants = f[f"sites/{escape_key(site)}/constants_q"][()].astype(y.dtype)
         y = np.where(skip, constants, y)

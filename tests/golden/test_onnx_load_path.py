@@ -884,3 +884,32 @@ def test_a_folded_cast_beyond_float32_gives_no_numpy_warning(tmp_path):
         warnings.simplefilter("error")
         graph = import_onnx(path)
     assert all(np.isposinf(v).all() for v in graph.params.values())
+
+
+@pytest.mark.parametrize("versions", [(13, 11), (11, 13)])
+def test_the_default_domain_at_two_opset_versions_is_refused(tmp_path, versions):
+    """Softmax(axis=1) means another thing at opset 11 (over C*H*W) and 13 (over channels). Listed twice,
+    the importer took the first version, onnxruntime the last: one number apart by up to 0.985."""
+    path = save(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], axis=1)], {})
+    model = onnx.load(str(path))
+    del model.opset_import[:]
+    model.opset_import.extend([helper.make_opsetid("", v) for v in versions])
+    path.write_bytes(model.SerializeToString())
+    assert "the default domain 2 versions (11, 13)" in refused(path)
+    same = save(tmp_path, [helper.make_node("Softmax", ["x"], ["y"], axis=1)], {}, name="same")
+    model = onnx.load(str(same))
+    model.opset_import.extend([helper.make_opsetid("ai.onnx", 13)])  # listed twice at one version: as once
+    same.write_bytes(model.SerializeToString())
+    got, want = both(same)
+    assert np.allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_a_metadata_key_given_twice_is_refused(tmp_path):
+    """Two `velcro.meta` entries (onnx's checker refuses the file): the importer took the last one's
+    preprocessing without a word, and `golden --data` then fed raw pixels."""
+    path = save(tmp_path, [helper.make_node("Relu", ["x"], ["y"])], {})
+    model = onnx.load(str(path))
+    for meta in ('{"preprocessing": {"scale": 1}}', '{"preprocessing": {"scale": 2}}'):
+        model.metadata_props.append(onnx.StringStringEntryProto(key="velcro.meta", value=meta))
+    path.write_bytes(model.SerializeToString())
+    assert "metadata key(s) 'velcro.meta' given twice" in refused(path)

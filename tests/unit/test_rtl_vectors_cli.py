@@ -220,3 +220,35 @@ def test_a_per_tensor_weight_scale_is_listed_per_filter_in_the_manifest(files, t
         scale, k = float(np.asarray(g["w_scale"][()]).reshape(-1)[0]), g["weight"].shape[0]
         assert np.asarray(g["w_scale"][()]).size == 1
     assert read_rtl_vectors(tmp_path / "v").manifest["quant"]["weight_scales"] == [scale] * k
+
+
+@pytest.mark.parametrize("which", ["all", "site op"])
+def test_text_attributes_stored_as_fixed_length_strings_give_the_same_vectors(files, tmp_path, which):
+    """h5py reads a fixed-length string attribute as bytes: the nodes' `op` read so found no site op, and
+    the masked outputs' expected values became the layer's own golden output instead of the site's int8
+    constants (exit 0); every text attribute so stored was refused as "a b'qconv2d' node's vectors"."""
+    import filecmp
+    import shutil
+
+    fixed = tmp_path / "fixed.g.h5"
+    shutil.copy(files / "fixed_point.g.h5", fixed)
+
+    def to_fixed(obj):
+        for key, v in list(obj.attrs.items()):
+            site_op = key == "op" and obj.attrs.get("name") == "layer1.0.relu1"
+            if isinstance(v, str) and (which == "all" or site_op):
+                b = v.encode()
+                obj.attrs[key] = np.array(b, dtype=h5py.string_dtype("utf-8", len(b)))
+
+    with h5py.File(fixed, "r+") as f:
+        to_fixed(f)
+        f.visititems(lambda name, obj: to_fixed(obj))
+        assert sum(isinstance(g.attrs["op"], bytes) for g in f["nodes"].values()) == (
+            1 if which == "site op" else len(f["nodes"])
+        )
+    for src, out in ((files / "fixed_point.g.h5", "a"), (fixed, "b")):
+        assert run("rtl-vectors", src, "--layer", LAYER, "--array", "4x8", "-o", tmp_path / out) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    match, differ, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
+    assert (differ, errors) == ([], [])
