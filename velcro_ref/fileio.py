@@ -14,11 +14,20 @@ from .errors import UsageError
 
 
 def parse_json(text):
-    """json.loads; a document nested too deeply to decode raises ValueError, as any other bad one."""
+    """json.loads; a document nested too deeply to decode, or an object giving a key twice (which of
+    the values a reader takes is its own choice), raises ValueError, as any other bad one."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply to decode") from None
+
+
+def _unique_keys(pairs) -> dict:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        twice = next(k for i, (k, _) in enumerate(pairs) if any(k == j for j, _ in pairs[:i]))
+        raise ValueError(f"key {twice!r} given twice in one object")
+    return d
 
 
 def parse_toml(text: str) -> dict:

@@ -666,10 +666,11 @@ def _golden_layer(f, path, layer, image, where) -> QConvLayer:
         what = "a float model's" if version == 1 else f"a {op} node's"
         raise RtlVectorError(f"{where}: expected an int8 conv layer (qconv2d), found {what} vectors")
     for name, kinds in _GOLDEN_DTYPES.items():
-        if name in g and g[name].dtype.name not in kinds:
+        dt = g[name].dtype if name in g else None
+        if dt is not None and (dt.name not in kinds or not dt.isnative):  # '>i4' is named int32 too
             raise RtlVectorError(
-                f"{where}: dataset '{name}': expected {' or '.join(kinds)}, found {g[name].dtype.name} "
-                "(the golden file is damaged)"
+                f"{where}: dataset '{name}': expected {' or '.join(kinds)}, "
+                f"found {dt.str if dt.name in kinds else dt.name} (the golden file is damaged)"
             )
     if attr_str(g, "requant", RtlVectorError, f"{where}: ", default="") != "fixed_point":
         raise RtlVectorError(

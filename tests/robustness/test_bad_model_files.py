@@ -557,3 +557,17 @@ def test_allow_nonfinite_reaches_the_loader_of_every_command_that_names_it(
         monkeypatch.setattr(api, work, loaded)
     res = velcro(command, path, *args, "--allow-nonfinite")
     assert res.code == (7 if work else 0), res.err
+
+
+def test_a_graph_attribute_given_twice_in_the_json_is_refused(velcro, tmp_path):
+    """`"groups": 7, ..., "groups": 1` in a stored graph: the last value was taken without a word (the
+    fingerprint computed from what was read, so the file looked whole)."""
+
+    def twice(f):
+        text = f.attrs["graph"]
+        text = text.decode() if isinstance(text, bytes) else text
+        assert text.index('"kernel":') < text.index('"groups":')  # the stored value comes last
+        f.attrs["graph"] = text.replace('"kernel":', '"groups": 7, "kernel":', 1)
+
+    bad = edited_copy(ROOT / "weights" / "resnet18.h5", tmp_path / "twice.h5", twice)
+    velcro("info", bad).error_line(f"error: {bad}: ", "'groups' given twice")

@@ -123,12 +123,13 @@ def _set_attrs(text):
     [
         (_retype("shift", np.float64, 1.05), "dataset 'shift': expected int32, found float64"),
         (_retype("accumulators", np.int64), "dataset 'accumulators': expected int32, found int64"),
+        (_retype("bias", ">i4"), "dataset 'bias': expected int32, found >i4"),
         (_set_attrs('{"kernel": [3, 3], "pads": [1, 1, 1]}'), "expected 4 whole numbers, found [1, 1, 1]"),
         (_set_attrs('{"kernel": [3, 3], "stride": "2"}'), "expected 2 whole numbers, found '2'"),
         (_set_attrs("null"), "attrs: expected a JSON object, found NoneType"),
         (lambda f: f.attrs.__setitem__("format_version", 3), "format_version: expected 2"),
     ],
-    ids=["float-shift", "int64-acc", "3-pads", "text-stride", "null-attrs", "version-3"],
+    ids=["float-shift", "int64-acc", "big-endian-bias", "3-pads", "text-stride", "null-attrs", "version-3"],
 )
 def test_a_damaged_golden_layer_is_refused_in_one_line_not_cast(files, tmp_path, capsys, edit, needle):
     """A float shift of -7.3 was written as -7 and an int64 accumulator cast to int32 (exit 0); damaged
