@@ -100,10 +100,10 @@ class Model:
 
     def __init__(self, graph: G.Graph, path=None):
         self.path = path
-        self.graph = graph
         self.shapes = G.validate(graph, allow_nonfinite=True)  # first: its one-line errors name the node
-        self.fingerprint = graph.fingerprint()
-        self.plan = build_plan(graph, self.shapes)
+        self.graph = _snapshot(graph)
+        self.fingerprint = self.graph.fingerprint()
+        self.plan = build_plan(self.graph, self.shapes)
         self.steps = self.plan.nodes
         self.sites = dict(self.plan.sites)
         self.chains = self.plan.chains
@@ -590,3 +590,12 @@ def load_model(path, allow_nonfinite: bool = False) -> Model:
     """Load, validate and prepare an HDF5 model. Raises ModelError naming the file and node."""
     graph = load_graph(path, allow_nonfinite=allow_nonfinite)  # refuses a path that is none
     return Model(graph, path=os.fspath(path))
+
+
+def _snapshot(graph: G.Graph) -> G.Graph:
+    """The graph with copies of its parameters: a Model runs, fingerprints, quantizes and writes golden
+    files from the parameters it was made with, whatever becomes of the caller's arrays. (Its own,
+    `Model.graph.params`, are the ones its kernels read: not to be edited. Read-only arrays would be
+    another type to the kernels.)"""
+    params = {k: np.array(v) for k, v in graph.params.items()}
+    return G.Graph(graph.nodes, graph.input_shape, graph.output, params, graph.meta)

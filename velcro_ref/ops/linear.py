@@ -43,10 +43,9 @@ class Linear(Op):
         return ins[0][0]
 
     def prepare(self, a, arrays, ins, out, ctx):
-        # copies: the Model keeps the parameters it was made with, whatever the graph's arrays become
-        w = np.array(arrays["weight"], order="C")
-        b = np.array(arrays["bias"]) if "bias" in arrays else np.zeros(w.shape[0], np.float32)
-        return LinearArgs(w, b)
+        w = np.ascontiguousarray(arrays["weight"])
+        b = arrays["bias"] if "bias" in arrays else np.zeros(w.shape[0], np.float32)
+        return LinearArgs(w, np.ascontiguousarray(b))
 
     def run(self, xs, args, skip, out, scratch):
         return linear(xs[0], args.w, args.b, skip, out)

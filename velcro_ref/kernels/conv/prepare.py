@@ -53,8 +53,8 @@ class ConvWeights(NamedTuple):
 def prepare_conv(w, b, geom: ConvGeom) -> ConvWeights:
     """The ConvWeights of filters w (K, C/groups, KH, KW) and bias b (K,) (None: zeros) of a
     conv with this geometry."""
-    w = np.ascontiguousarray(w, np.float32)  # read by the NumPy twin only; the kernels read copies
-    b = np.zeros(w.shape[0], np.float32) if b is None else np.array(b, np.float32)  # a copy, as theirs
+    w = np.ascontiguousarray(w, np.float32)
+    b = np.zeros(w.shape[0], np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     tile_m = VEC if planes_of(geom).kind == BLOCKS else tile_filters(geom)
     planes = planes_of(geom, lanes=tile_m == LANE_K)
     plane_of = plane_order(geom.c_in // geom.groups, planes.kind)
