@@ -23,6 +23,7 @@ def save_model(graph: Graph, path) -> str:
     if not isinstance(graph, Graph) and isinstance(getattr(graph, "graph", None), Graph):
         graph = graph.graph
     validate(graph, allow_nonfinite=True)
+    _check_unused(set(graph.params) - {k for n in graph.nodes for k in n.params.values()})
     fp = graph.fingerprint()
     version = 2 if is_quantized(graph) else 1
     with atomic_path(path) as tmp, h5io.create(tmp) as f:
@@ -34,6 +35,14 @@ def save_model(graph: Graph, path) -> str:
                 h5io.escape_key(key), data=a if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
             )
     return fp
+
+
+def _check_unused(unused) -> None:
+    """ModelError naming the parameters no node uses: the fingerprint covers every parameter of a file,
+    and a reader reads the ones its nodes name."""
+    if unused:
+        shown = ", ".join(sorted(unused)[:5]) + (" ..." if len(unused) > 5 else "")
+        raise ModelError(f"parameter(s) {shown} used by no node")
 
 
 def is_quantized(graph: Graph) -> bool:
@@ -108,6 +117,7 @@ def _read(f, allow_nonfinite):
     missing = [k for k in needed if k not in names]
     if missing:
         raise ModelError(f"missing parameter(s): {', '.join(missing)} (expected as datasets under params/)")
+    _check_unused(set(names) - set(needed))
     datasets = {}
     for k in needed:
         ds = member(params_group, names[k], h5py.Dataset, ModelError, "parameter ")

@@ -456,8 +456,11 @@ def swap_param(node_name, role, value):
 
     def edit(f):
         doc = json.loads(f.attrs["graph"])
+        old = node(doc, node_name)["params"].get(role)  # a role the node may not have had
         key = node(doc, node_name)["params"][role] = f"{node_name}.{role}.edited"
         f.attrs["graph"] = json.dumps(doc)
+        if old is not None:
+            del f["params"][h5io.escape_key(old)]  # no parameter left that no node uses
         f["params"].create_dataset(h5io.escape_key(key), data=value)
 
     return edit
@@ -571,3 +574,21 @@ def test_a_graph_attribute_given_twice_in_the_json_is_refused(velcro, tmp_path):
 
     bad = edited_copy(ROOT / "weights" / "resnet18.h5", tmp_path / "twice.h5", twice)
     velcro("info", bad).error_line(f"error: {bad}: ", "'groups' given twice")
+
+
+def test_a_parameter_no_node_uses_is_refused_when_saved_and_when_read(velcro, tmp_path):
+    """save_model wrote it and its fingerprint; the reader reads the parameters its nodes name, so the file
+    it had just written was called "modified or corrupted after it was written"."""
+    import dataclasses
+
+    g = zoo_graph("resnet18")
+    extra = dataclasses.replace(g, params={**g.params, "unused.extra": np.ones(3, np.float32)})
+    with pytest.raises(ModelError, match="parameter.s. unused.extra used by no node"):
+        save_model(extra, tmp_path / "extra.h5")
+    assert not (tmp_path / "extra.h5").exists()
+
+    def add(f):
+        f["params"].create_dataset("unused.extra", data=np.ones(3, np.float32))
+
+    bad = edited_copy(ROOT / "weights" / "resnet18.h5", tmp_path / "bad.h5", add)
+    velcro("info", bad).error_line(f"error: {bad}: ", "unused.extra used by no node")
