@@ -229,8 +229,14 @@ def _input_name(node, k, what, required):
 
 
 def _attrs(node) -> dict:
+    """A node's attributes by name; ModelError for a name given twice (onnxruntime refuses the graph,
+    ONNX's reference evaluator takes the last value)."""
     from onnx import helper
 
+    names = [a.name for a in node.attribute]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ModelError(f"node '{node.name}' ({node.op_type}): attribute(s) {', '.join(map(repr, twice))} given twice")
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 

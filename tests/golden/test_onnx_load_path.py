@@ -913,3 +913,13 @@ def test_a_metadata_key_given_twice_is_refused(tmp_path):
         model.metadata_props.append(onnx.StringStringEntryProto(key="velcro.meta", value=meta))
     path.write_bytes(model.SerializeToString())
     assert "metadata key(s) 'velcro.meta' given twice" in refused(path)
+
+
+def test_a_node_attribute_given_twice_is_refused(tmp_path):
+    """Gemm with alpha=1 and alpha=3: the importer took the last (3) without a word; onnxruntime refuses
+    the graph ("Attribute 'alpha' appeared multiple times")."""
+    gemm = helper.make_node("Gemm", ["flat", "w"], ["y"], alpha=1.0)
+    gemm.attribute.extend([helper.make_attribute("alpha", 3.0)])
+    nodes = [helper.make_node("Flatten", ["x"], ["flat"]), gemm]
+    path = save(tmp_path, nodes, {"w": np.ones((8, 3), np.float32)})
+    assert "attribute(s) 'alpha' given twice" in refused(path)
