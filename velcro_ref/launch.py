@@ -28,7 +28,9 @@ def _flush():
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (AttributeError, OSError, ValueError):  # no stream (fd closed), a reader gone, a stream closed
+        # no stream (fd closed), a reader gone, a stream closed, or a signal taken inside a write to it
+        # that a reader not reading holds up (its buffer is in use: a reentrant call)
+        except (AttributeError, OSError, ValueError, RuntimeError):
             pass
 
 
@@ -44,7 +46,7 @@ except KeyboardInterrupt:  # a SIGINT that came while Python was importing this 
 def run():
     import atexit
 
-    atexit.register(_exiting)  # the first one registered: Python runs it after every other one
+    atexit.register(_exiting)  # the first registered (from the `velcro` entry point): run after the others
     from .cli import main
 
     code = main()
@@ -78,7 +80,9 @@ def _quiet(info):
 def _exiting():
     """The last exit function of a command that finished: after it Python puts the signals' default
     actions back and frees its modules (a quarter of a second with Numba loaded), where a signal killed
-    the process without a line. The work is done (Python flushes the output after this function): a
-    signal from here on is ignored and the command's own exit code stands."""
+    the process without a line. The output is flushed first, while a signal still ends the process with
+    its line (a reader that does not read would hold the flush up for ever); from then on a signal is
+    ignored and the command's own exit code stands."""
+    _flush()
     for sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(sig, _signal.SIG_IGN)

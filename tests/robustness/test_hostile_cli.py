@@ -589,6 +589,31 @@ def test_a_signal_in_the_last_stage_of_python_exiting_leaves_the_command_code(si
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "after\n", "")
 
 
+@pytest.mark.parametrize("where", ["in the command", "at exit"])
+def test_a_finished_command_held_up_by_a_reader_that_does_not_read_still_ends_on_sigterm(where):
+    """stdout a pipe nobody reads: a write inside the command blocks, or the last flush as Python exits.
+    A SIGTERM there gave a traceback ("reentrant call" from the handler's own flush) and exit 120, or,
+    once the signals were ignored for the teardown, went unheard: the process hung until killed."""
+    # at exit: the pipe filled exactly (64 KiB), 100 bytes left in stdout's buffer for the last flush
+    out = "w('x' * 70000)" if where == "in the command" else "w('x' * 65536), sys.stdout.flush(), w('y' * 100)"
+    code = "import sys\nfrom velcro_ref import cli, launch\nw = sys.stdout.write\n"
+    code += f"cli.main = lambda: ({out}, 0)[-1]\nlaunch.run()\n"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=buffered
+    )
+    try:
+        time.sleep(3)  # imported, written, blocked
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)  # stdout still not read
+        err = proc.stderr.read().decode()
+    finally:
+        proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert (proc.returncode, err) == (143, "error: terminated\n")
+
+
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
     """An llvmlite object whose __init__ an interrupt cut short fails in its __del__ as the command unwinds
     (AttributeError: no '_as_parameter_'); after the interrupt's line that is noise. Before any interrupt
