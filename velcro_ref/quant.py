@@ -171,9 +171,11 @@ def dequantize_linear(q, scale, zero_point):
 
 def ort_multiplier(x_scale, w_scale, y_scale):
     """onnxruntime's requantization scale of a conv or Gemm: float32(x_scale * w_scale) /
-    y_scale, both steps rounded to float32. One value per weight scale."""
-    prod = (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
-    return (prod / np.float32(y_scale)).astype(np.float32)
+    y_scale, both steps rounded to float32 (a product beyond float32 inf, as onnxruntime's is, without
+    NumPy's warning). One value per weight scale."""
+    with np.errstate(over="ignore"):
+        prod = (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+        return (prod / np.float32(y_scale)).astype(np.float32)
 
 
 def real_multiplier(x_scale, w_scale, y_scale):

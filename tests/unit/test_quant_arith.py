@@ -268,3 +268,11 @@ def test_fma_f32_rounds_once():
     assert np.array_equal(got, np.array(want, np.float32))
     plain = (x * y + z).astype(np.float32)
     assert not np.array_equal(got, plain)  # one rounding differs from two
+
+
+@pytest.mark.parametrize("zp", [0, 100, -128])
+def test_ort_requantization_at_a_scale_of_inf_takes_nan_to_qmin_as_onnxruntime(zp):
+    """0 * inf is NaN, which onnxruntime's clamp (MAXPS) takes to qmin; the twin gave the zero point (the
+    low byte of the integer a NaN converts to). Other accumulators saturate by their sign."""
+    got = quant.requantize_ort(np.array([0, 5, -3], np.int32), np.float32(np.inf), zp, np.int8)
+    assert got.tolist() == [-128, 127, -128]
