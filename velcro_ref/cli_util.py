@@ -19,6 +19,19 @@ from .policies import POLICIES
 MAX_BATCH = 65536  # images per batch
 MAX_IMAGES = 100_000_000  # images in one run
 
+
+def share_text(x, digits=1, percent=True) -> str:
+    """A share x in [0, 1] as text with `digits` decimals, as a percentage or as it is. A share strictly
+    between 0 and 1 never reads as 0 or 1: 0.99995 is ">99.9%" (">0.9999"), not "100.0%", and 0.00004
+    "<0.1%"; anything else prints as rounded."""
+    scale, unit = (100, "%") if percent else (1, "")
+    text = f"{scale * x:.{digits}f}"
+    if 0 < x < 1 and float(text) in (0, scale):
+        step = 10.0**-digits
+        return f"<{step:.{digits}f}{unit}" if float(text) == 0 else f">{scale - step:.{digits}f}{unit}"
+    return text + unit
+
+
 # -- option values: checked by argparse, so a bad value is a usage error (exit 2) before any work --
 
 

@@ -17,6 +17,7 @@ from .cli_util import (
     number,
     print_json,
     progress,
+    share_text,
     task_classes,
     text,
 )
@@ -111,11 +112,12 @@ def cmd_sweep(args):
     print(f"{label} ({n} test images; one image = {100 / n:.3f} points), policy {args.policy}")
     print(f"{'ratio':>6} {'CSR':>7} {'accuracy':>9} {'task acc.':>9}")
     for p in res["points"]:
-        print(f"{p['ratio']:>6g} {p['csr']:>7.2%} {p['accuracy']:>9.2%} {p['accuracy_task']:>9.2%}")
+        shares = (share_text(p[k], 2) for k in ("csr", "accuracy", "accuracy_task"))
+        print(f"{p['ratio']:>6g} " + " ".join(f"{t:>{w}}" for t, w in zip(shares, (7, 9, 9), strict=True)))
     within = f"within {args.tolerance} pts"
     for key, what in (("best_csr_no_loss", "with no accuracy loss"), ("best_csr_tolerance", within)):
         b = res[key]
-        print(f"largest CSR {what}: " + ("none" if b is None else f"{b['csr']:.2%} at ratio {b['ratio']:g}"))
+        print(f"largest CSR {what}: " + ("none" if b is None else f"{share_text(b['csr'], 2)} at ratio {b['ratio']:g}"))
     g = res["best_accuracy_gain"]
     print(f"largest accuracy gain: {100 * g['gain']:+.2f} pts ({g['gain_images']:+d} images) at ratio {g['ratio']:g}")
     return 0

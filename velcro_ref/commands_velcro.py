@@ -20,6 +20,7 @@ from .cli_util import (
     nonfinite_cause,
     print_json,
     progress,
+    share_text,
     text,
 )
 from .data import PrefixDigest, digest
@@ -257,7 +258,8 @@ def cmd_compress(args):
     n = sum(m.size for m, _ in masks.sites.values())
     k = sum(masks.n_masked().values())
     print(
-        f"wrote {args.output}: {k:,} of {n:,} activation elements masked ({k / n:.1%}), policy {masks.policy['name']}"
+        f"wrote {args.output}: {k:,} of {n:,} activation elements masked ({share_text(k / n)}), "
+        f"policy {masks.policy['name']}"
     )
     return 0
 
@@ -291,11 +293,12 @@ def cmd_eval(args):
         if mode in doc:
             d = doc[mode]
             print(
-                f"  {mode:<7} accuracy {d['accuracy']:.4f}  task-restricted {d['accuracy_task']:.4f}  "
+                f"  {mode:<7} accuracy {share_text(d['accuracy'], 4, False)}  "
+                f"task-restricted {share_text(d['accuracy_task'], 4, False)}  "
                 f"MACs/image {d['macs']:,.0f}"
             )
     if "csr" in doc:
-        print(f"  CSR {doc['csr']:.4f}")
+        print(f"  CSR {share_text(doc['csr'], 4, False)}")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli_util import share_text
 from .fileio import write_text
 from .intervals import paired_change
 
@@ -26,7 +27,7 @@ PAPER_FPGA = "24-27% less energy at a CSR near 30% (FPGA, compute only, Gabbay &
 
 
 def _pct(x, digits=1):
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+    return "n/a" if x is None else share_text(x, digits)
 
 
 def change_text(ch) -> str:
@@ -279,7 +280,7 @@ def readme_block(report) -> str:
         f"at the {policy} no-loss ratio, all energy and (in brackets) compute only.",
         f"Paper (ImageNet): {PAPER}; {PAPER_FPGA}.",
         "",
-        "Dense 10-class test accuracy (10000 images, velcro engine): "
+        "Dense 10-class test accuracy (10000 images, from the weights' manifest): "
         + ", ".join(f"{_model_label(n, e)} {_pct(e['test_accuracy_10class'])}" for n, e in report["models"].items())
         + ".",
         "",
@@ -350,7 +351,7 @@ def html_page(report, out_dir) -> str:
         "</ul>",
         "<h2>Results</h2>",
         f"<p class=small>{_e(readme_block(report).splitlines()[1])}</p>",
-        "<p class=small>Dense 10-class test accuracy (10000 images): "
+        "<p class=small>Dense 10-class test accuracy (10000 images, from the weights' manifest): "
         + _e(", ".join(f"{n} {_pct(e['test_accuracy_10class'])}" for n, e in report["models"].items()))
         + "</p>",
         _html_table(*results_table(report)),

@@ -160,3 +160,34 @@ def test_eval_warns_of_images_whose_scores_overflowed(tmp_path, capsys):
     np.savez(tmp_path / "x.npz", x=x[2:], y=np.array([1, 2], np.int64))
     code, out, err = run_cli(capsys, "eval", model, "--images", tmp_path / "x.npz", "--json")
     assert code == 0 and err == "" and json.loads(out)["dense"]["inf_images"] == 0
+
+
+@pytest.mark.parametrize(
+    "x, digits, percent, text",
+    [
+        (0.99995520, 4, False, ">0.9999"),  # a CSR whose last layer still runs: printed "1.0000"
+        (108522 / 108544, 1, True, ">99.9%"),  # 99.98% of the elements masked: printed "100.0%"
+        (5 / 108544, 1, True, "<0.1%"),  # printed "0.0%"
+        (1.0, 1, True, "100.0%"),
+        (0.0, 4, False, "0.0000"),
+        (0.93185, 2, True, "93.19%"),
+        (0.5, 4, False, "0.5000"),
+    ],
+)
+def test_a_share_short_of_all_or_none_never_reads_as_all_or_none(x, digits, percent, text):
+    from velcro_ref.cli_util import share_text
+
+    assert share_text(x, digits, percent) == text
+
+
+def test_compress_of_a_ratio_short_of_1_does_not_print_100_percent(tmp_path, capsys):
+    """`compress --ratio 0.9999`: 108,522 of 108,544 elements masked printed "(100.0%)"."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[2]
+    import velcro_ref
+
+    m = velcro_ref.load_model(root / "weights" / "resnet18.h5")
+    x = np.random.default_rng(0).standard_normal((4, *m.input_shape)).astype(np.float32)
+    velcro_ref.save_stats(velcro_ref.profile(m, x), tmp_path / "s.h5")
+    assert cli.main(["compress", str(tmp_path / "s.h5"), "--ratio", "0.9999", "-o", str(tmp_path / "m.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "(>99.9%)" in out and "100.0%" not in out, out
