@@ -51,7 +51,7 @@ def plot_sweep(results, path, title):
     base = results[0]["baseline_accuracy"] * 100
     ax.axhline(base, color="grey", ls="--", label=f"dense {base:.2f}%")
     ax.set_xlabel("compression-saving ratio (% of MACs skipped)")
-    ax.set_ylabel("specialized-task accuracy (%)")
+    ax.set_ylabel("accuracy on the task's images, 10-class prediction (%)")
     ax.set_title(f"{title} ({results[0]['n_eval_images']} test images)")
     accs = [p["accuracy"] * 100 for r in results for p in r["points"]]
     ax.set_ylim(min(min(accs), base) - 1, min(100.5, max(max(accs), base) + 1))  # every measured point shown
@@ -93,6 +93,8 @@ def plot_choices(result, path, title):
     ax.set_ylabel("accuracy change against dense (points)")
     ax.set_title(f"{title} ({n_val} validation, {n_test} test images)", fontsize=10)
     ax.set_ylim(max(min(ys) - 1, -15), max(ys) + 1)  # a collapse far below dense is cut at -15 points
+    if min(ys) - 1 < -15:
+        ax.text(0.99, 0.01, f"cut at -15 points (lowest {min(ys):.1f})", transform=ax.transAxes, ha="right", fontsize=7)
     ax.legend(loc="lower left", fontsize=7)
     ax.grid(alpha=0.3)
     _save(fig, path)
