@@ -328,13 +328,14 @@ class Model:
         ):
             return plan
         frozen = [a for a in arrays if a.flags.writeable]
-        for a in frozen:
-            a.flags.writeable = False
-            _stamp_frozen(a)
-        try:
+        try:  # an interrupt between freezing an array and stamping it must not leave it frozen unstamped
+            for a in frozen:
+                a.flags.writeable = False
+                _stamp_frozen(a)
             self._masks = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
         except BaseException:
-            _thaw(frozen)  # refused: left as they came
+            _thaw(frozen)  # refused or interrupted: left as they came, and no plan kept for them
+            self._masks = None
             raise
         return self._masks
 
@@ -398,7 +399,9 @@ class Model:
         itself, observing it in the same pass, into out, or over x where
         `plan.overwritable(step.inputs[0], step.name)` (x is then the site's output, and on_node
         sees it as input and output), and return the array it wrote (then on_site is not called
-        for that site; on_node is), or return None, leaving it to the engine. On shared buffers
+        for that site; on_node is), or return None, leaving it to the engine. In a masked run it is
+        not called for a site whose input holds what the masks fix (a masked site's constants, a
+        skipped conv's zeros): the engine runs that site and calls on_site. On shared buffers
         it may write over x only at the sites in its `over_input`, where x is out (one buffer:
         out written is x written); any other array returned ends the run with RuntimeError.
         What it writes must be the op's bits (`stats.StatsCollector` computes relu / relu6
@@ -444,16 +447,20 @@ class Model:
         k = -(-n_n // self.sub_batch)
         size, extra = divmod(n_n, k)  # the first `extra` sub-batches take size + 1 images
         room = size + (extra > 0)
-        y, macs, i0 = None, {}, 0
-        for j in range(k):
-            m = size + (j < extra)
-            part = self._run(x[i0 : i0 + m], mp, None, room)
-            if y is None:
-                y = np.empty((n_n, *part.shape[1:]), part.dtype)
-            y[i0 : i0 + m] = part
-            for name, v in self.last_macs.items():
-                macs[name] = macs.get(name, 0) + v
-            i0 += m
+        y, macs, i0, before = None, {}, 0, self.last_macs
+        try:
+            for j in range(k):
+                m = size + (j < extra)
+                part = self._run(x[i0 : i0 + m], mp, None, room)
+                if y is None:
+                    y = np.empty((n_n, *part.shape[1:]), part.dtype)
+                y[i0 : i0 + m] = part
+                for name, v in self.last_macs.items():
+                    macs[name] = macs.get(name, 0) + v
+                i0 += m
+        except BaseException:  # a sub-batch's MACs are no run's: the last whole run's stay
+            self.last_macs = before
+            raise
         self.last_macs = macs
         return y
 
@@ -466,6 +473,9 @@ class Model:
         macs = {}
         fused, absorbed = self._fusions(mp) if observer is None and self.fuse else ({}, frozenset())
         run_site = getattr(observer, "run_site", None)
+        # tensors whose buffers hold values the mask plan writes once (constants, skipped zeros): no
+        # run_site is handed one as its input, which it might write over
+        kept = frozenset(() if mp is None else mp.fixed).__contains__
         observed = observer is not None
         sharing = mp is None and not (observed and getattr(observer, "keeps_arrays", True))
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
@@ -494,7 +504,12 @@ class Model:
             taken = False  # the observer computed this site itself (`run_site`)
             if mask is not None:  # a masked site: its activation at the unmasked elements only
                 st.opdef.unmasked(env[st.inputs[0]].reshape(n_n, -1), mask, out.reshape(n_n, -1), st.args)
-            elif st.opdef.site and run_site is not None and (y := run_site(st, env[st.inputs[0]], out)) is not None:
+            elif (
+                st.opdef.site
+                and run_site is not None
+                and not kept(st.inputs[0])
+                and (y := run_site(st, env[st.inputs[0]], out)) is not None
+            ):
                 over_x = shared is None and y is env[st.inputs[0]] and self.plan.overwritable(st.inputs[0], st.name)
                 if y is not out and not over_x:  # on shared buffers: over x only where planned (x is out)
                     raise RuntimeError(f"observer's run_site wrote site '{st.name}' into an array it may not use")
