@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import re
+import select
 import signal
 import sys
 import threading
@@ -154,6 +155,15 @@ class _Signals:
         return {None: None, signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}[self.seen]
 
 
+def _takes_a_line(stream, wait_s=1.0) -> bool:
+    """Whether `stream` takes a line within wait_s: false only where it is a pipe that its reader does
+    not read (under 2>&1, the stdout the command was held up writing)."""
+    try:
+        return bool(select.select([], [stream.fileno()], [], wait_s)[1])
+    except (AttributeError, OSError, ValueError):  # no file behind it (captured), or none at all
+        return True
+
+
 def _inside(frame, code) -> bool:
     """Whether `frame` or a frame that called it runs `code`."""
     while frame is not None:
@@ -196,7 +206,8 @@ def main(argv=None) -> int:
         if debug:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
-        print(f"error: {one_line}", file=sys.stderr)
+        if code not in (130, 143) or _takes_a_line(sys.stderr):  # a signal's line never holds the end up
+            print(f"error: {one_line}", file=sys.stderr)
         return code
 
     args = None

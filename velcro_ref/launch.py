@@ -19,9 +19,33 @@ import sys
 
 
 def _starting(signum, frame):
+    code = 143 if signum == _signal.SIGTERM else 130
+    _deadline(code)
     _flush()  # a signal after the command finished (its handlers put back): its output kept
-    os.write(2, b"error: terminated\n" if signum == _signal.SIGTERM else b"error: interrupted\n")
-    os._exit(143 if signum == _signal.SIGTERM else 130)
+    say(b"error: terminated\n" if signum == _signal.SIGTERM else b"error: interrupted\n")
+    os._exit(code)
+
+
+def _deadline(code, seconds=5.0):
+    """End the process with `code` in `seconds` whatever holds it up: a flush into a pipe that its
+    reader does not read (stdout's, or stderr's too under 2>&1) waits for ever. Not armed where a
+    further signal interrupts arming it: the first one decided the outcome."""
+    try:
+        _signal.signal(_signal.SIGALRM, lambda signum, frame: os._exit(code))
+        _signal.setitimer(_signal.ITIMER_REAL, seconds)
+    except BaseException:
+        pass
+
+
+def say(line: bytes, wait_s=1.0) -> None:
+    """Write `line` to fd 2, unless a pipe there takes nothing within wait_s (a reader not reading)."""
+    import select
+
+    try:
+        if select.select([], [2], [], wait_s)[1]:
+            os.write(2, line)
+    except (OSError, ValueError):  # no fd 2
+        pass
 
 
 def _flush():
@@ -59,6 +83,7 @@ def run():
         for sig in (_signal.SIGINT, _signal.SIGTERM):
             if _signal.getsignal(sig) is not _signal.SIG_IGN:
                 _signal.signal(sig, lambda signum, frame: os._exit(code))
+        _deadline(code)
         # A context manager the interrupt cut short between its __enter__ and its block (fileio.atomic_path's
         # temporary file made) is left to its generator's finalizer: run those, quietly, as an exit would
         # (asyncio logs the failure of the tasks a Dask cluster's cut-short start left as they are collected).
@@ -82,7 +107,21 @@ def _exiting():
     actions back and frees its modules (a quarter of a second with Numba loaded), where a signal killed
     the process without a line. The output is flushed first, while a signal still ends the process with
     its line (a reader that does not read would hold the flush up for ever); from then on a signal is
-    ignored and the command's own exit code stands."""
+    ignored and the command's own exit code stands. A reader gone, or a full disk, at that flush ends the
+    command as during it (cli.main): exit 1, and the error's line but for a reader gone."""
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as e:
+        import errno
+
+        if e.errno != errno.EPIPE:
+            say(f"error: {e}\n".encode(errors="replace"))
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # what stdout still holds goes nowhere, quietly
+        _flush()
+        os._exit(1)
+    except (AttributeError, ValueError, RuntimeError):  # no stdout, or a closed one
+        pass
     _flush()
     for sig in (_signal.SIGINT, _signal.SIGTERM):
         _signal.signal(sig, _signal.SIG_IGN)

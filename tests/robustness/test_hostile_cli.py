@@ -499,10 +499,12 @@ def test_cli_main_puts_back_every_handler_and_hook_when_a_handler_put_back_raise
     assert proc.stdout.strip() == "[true, true, true]", proc.stderr
 
 
-def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_line():
+@pytest.mark.parametrize("second", [True, False], ids=["second-signal", "none"])
+def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_line(second):
     """The command was interrupted (its line printed, exit 130 decided) with output left in stdout's
     buffer and a reader that does not read: the flush waits. A SIGTERM then ended it with a second line,
-    `error: terminated`, and 143; it ends as the first signal decided, with nothing more."""
+    `error: terminated`, and 143; it ends as the first signal decided, with nothing more. Without a
+    second signal it ends so within the quick end's deadline (launch._deadline, 5 s)."""
     code = (
         "import os, sys\n"
         "from velcro_ref import cli, launch\n"
@@ -516,9 +518,12 @@ def test_a_second_signal_while_an_interrupted_command_s_output_drains_adds_no_li
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # 'more' waits in the buffer
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=buffered, **pipes)
-    time.sleep(3)  # the flush waits for the reader
+    time.sleep(2)  # the flush waits for the reader
     assert proc.poll() is None  # else the pipe took it all (a larger pipe) and the test would test nothing
-    proc.send_signal(signal.SIGTERM)
+    if second:
+        proc.send_signal(signal.SIGTERM)
+    else:
+        proc.wait(timeout=30)  # stdout not read
     out, err = proc.communicate(timeout=60)
     assert (proc.returncode, err, len(out) >= 1 << 16) == (130, b"", True)
 
@@ -589,29 +594,58 @@ def test_a_signal_in_the_last_stage_of_python_exiting_leaves_the_command_code(si
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "after\n", "")
 
 
-@pytest.mark.parametrize("where", ["in the command", "at exit"])
-def test_a_finished_command_held_up_by_a_reader_that_does_not_read_still_ends_on_sigterm(where):
+@pytest.mark.parametrize("merged", [False, True], ids=["own-pipes", "2>&1"])
+@pytest.mark.parametrize("where", ["in the command", "at exit", "velcro info --json"])
+def test_a_command_held_up_by_a_reader_that_does_not_read_still_ends_on_sigterm(where, merged):
     """stdout a pipe nobody reads: a write inside the command blocks, or the last flush as Python exits.
     A SIGTERM there gave a traceback ("reentrant call" from the handler's own flush) and exit 120, or,
-    once the signals were ignored for the teardown, went unheard: the process hung until killed."""
-    # at exit: the pipe filled exactly (64 KiB), 100 bytes left in stdout's buffer for the last flush
-    out = "w('x' * 70000)" if where == "in the command" else "w('x' * 65536), sys.stdout.flush(), w('y' * 100)"
-    code = "import sys\nfrom velcro_ref import cli, launch\nw = sys.stdout.write\n"
-    code += f"cli.main = lambda: ({out}, 0)[-1]\nlaunch.run()\n"
+    once the signals were ignored for the teardown, went unheard: the process hung until killed. Under
+    2>&1 the signal's line itself blocked on the same pipe, and every later signal went unheard."""
+    if where == "velcro info --json":  # 73 KB of JSON, held up in its write
+        code = "import sys\nfrom velcro_ref import launch\n"
+        code += f"sys.argv = ['velcro', 'info', {str(ROOT / 'weights' / 'googlenet.h5')!r}, '--json']\nlaunch.run()\n"
+    else:  # at exit: the pipe filled exactly (64 KiB), 100 bytes left in stdout's buffer for the last flush
+        out = "w('x' * 70000)" if where == "in the command" else "w('x' * 65536), sys.stdout.flush(), w('y' * 100)"
+        code = "import sys\nfrom velcro_ref import cli, launch\nw = sys.stdout.write\n"
+        code += f"cli.main = lambda: ({out}, 0)[-1]\nlaunch.run()\n"
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=buffered
-    )
+    err_to = subprocess.STDOUT if merged else subprocess.PIPE
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=err_to, cwd=ROOT, env=buffered)
     try:
-        time.sleep(3)  # imported, written, blocked
+        time.sleep(6 if where == "velcro info --json" else 3)  # imported, written, blocked
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)  # stdout still not read
-        err = proc.stderr.read().decode()
+        err = "" if merged else proc.stderr.read().decode()
     finally:
         proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
-    assert (proc.returncode, err) == (143, "error: terminated\n")
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    assert (proc.returncode, err) == (143, "" if merged else "error: terminated\n")
+
+
+@pytest.mark.parametrize("reader", ["gone", "/dev/full"])
+def test_a_finished_command_whose_last_flush_fails_ends_as_an_error_in_the_command_does(tmp_path, reader):
+    """`velcro ... | true` or `> /dev/full`, with the output still in stdout's buffer when Python exits: its
+    own flush failed there, with "Exception ignored ... BrokenPipeError" and exit 120. A reader gone is
+    exit 1 and no line, a full disk exit 1 and its error's line, as during the command."""
+    code = "from velcro_ref import cli, launch\ncli.main = lambda: (print('accuracy 0.9123'), 0)[1]\nlaunch.run()\n"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if reader == "gone":
+        r, w = os.pipe()
+        os.close(r)
+        with os.fdopen(w, "w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=buffered
+            )
+        want = ""
+    else:
+        with open("/dev/full", "w") as out:
+            proc = subprocess.run(
+                [sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=buffered
+            )
+        want = "error: [Errno 28] No space left on device\n"
+    assert (proc.returncode, proc.stderr) == (1, want)
 
 
 def test_after_an_interrupt_the_errors_of_objects_it_left_half_made_are_not_printed(capsys, monkeypatch):
