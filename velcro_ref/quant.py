@@ -90,8 +90,10 @@ def quantize_weight(w, scale, axis=0):
 
 
 def bias_scale(x_scale, w_scale):
-    """float32 x_scale * w_scale, the scale of an int32 bias (zero point 0)."""
-    return (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
+    """float32 x_scale * w_scale, the scale of an int32 bias (zero point 0); inf beyond float32, without
+    NumPy's warning."""
+    with np.errstate(over="ignore"):
+        return (np.float32(x_scale) * np.asarray(w_scale, np.float32)).astype(np.float32)
 
 
 def quantize_bias(b, x_scale, w_scale):
