@@ -54,8 +54,9 @@ def cmd_locality(args):
     print(f"{label}: {doc['n_elements']:,} activation elements, {doc['n_images']} images each (task vs all 10 classes)")
     print(f"  median variance ratio task/general: {doc['median_variance_ratio']:.3f}")
     print(
-        f"  elements under {args.threshold:g} x site mean variance: task {doc['share_under_threshold_task']:.1%}, "
-        f"general {doc['share_under_threshold_general']:.1%}"
+        f"  elements under {args.threshold:g} x site mean variance: "
+        f"task {share_text(doc['share_under_threshold_task'])}, "
+        f"general {share_text(doc['share_under_threshold_general'])}"
     )
     if args.plot:
         print(f"wrote {args.plot}")
