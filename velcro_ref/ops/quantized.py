@@ -68,14 +68,14 @@ def _dq_weights(node, ctx, x, nodes) -> list:
     zp = ctx.array(f"{w}_zero_point", np.asarray(wz, np.int8))
     out = [ctx.fresh(f"{w}_dequantized")]
     nodes.append(ctx.helper.make_node("DequantizeLinear", [w, scale, zp], out, name=out[0], **axis))
+    bs = quant.bias_scale(ctx.q[x].scale, ws if per_channel else ws.reshape(-1)[0])
+    if not np.all(np.isfinite(bs)):  # the layer's float form (and its bias's DequantizeLinear) reads otherwise
+        raise ModelError(
+            f"node '{node.name}': x_scale x w_scale overflows float32; no ONNX file states this layer as "
+            "the engine runs it"
+        )
     if "bias" in node.params:
         b = ctx.param(node, "bias")
-        bs = quant.bias_scale(ctx.q[x].scale, ws if per_channel else ws.reshape(-1)[0])
-        if not np.all(np.isfinite(bs)):  # a DequantizeLinear of scale inf is not what the layer computes
-            raise ModelError(
-                f"node '{node.name}': its bias scale, x_scale x w_scale, overflows float32; "
-                "no ONNX DequantizeLinear states this bias"
-            )
         b_scale = ctx.array(f"{b}_scale", bs)
         b_zp = ctx.array(f"{b}_zero_point", np.zeros(bs.shape, np.int32))
         out.append(ctx.fresh(f"{b}_dequantized"))
