@@ -206,7 +206,8 @@ def main(argv=None) -> int:
         if debug:
             traceback.print_exc()
         one_line = " ".join(line.strip() for line in str(message).splitlines())
-        if code not in (130, 143) or _takes_a_line(sys.stderr):  # a signal's line never holds the end up
+        # a signal's line never holds the end up; with stderr closed (2>&-) print would go to stdout
+        if sys.stderr is not None and (code not in (130, 143) or _takes_a_line(sys.stderr)):
             print(f"error: {one_line}", file=sys.stderr)
         return code
 

@@ -334,8 +334,8 @@ class Model:
                 _stamp_frozen(a)
             self._masks = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
         except BaseException:
-            _thaw(frozen)  # refused or interrupted: left as they came, and no plan kept for them
-            self._masks = None
+            self._masks = None  # first: a second interrupt inside the thaw leaves no plan to trust
+            _thaw(frozen)  # refused or interrupted: left as they came
             raise
         return self._masks
 

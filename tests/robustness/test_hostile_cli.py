@@ -845,3 +845,14 @@ def test_a_list_option_given_twice_takes_the_values_of_both(work, model):
 
     points = json.loads(res.out)["points"]
     assert sorted((p["point"]["rows"], p["point"]["cols"]) for p in points) == [(8, 4), (8, 8), (16, 4), (16, 8)]
+
+
+def test_an_error_with_stderr_closed_prints_nothing_on_stdout(tmp_path):
+    """`velcro ... 2>&-`: Python's sys.stderr is None, and print(file=None) writes to stdout, so the error
+    line went into the command's output (a file or pipe a script reads as results)."""
+    code = "import sys\nfrom velcro_ref import launch\n"
+    code += f"sys.argv = ['velcro', 'info', {str(tmp_path / 'none.h5')!r}]\nlaunch.run()\n"
+    proc = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -c "$0" 2>&-', code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert (proc.returncode, proc.stdout) == (1, "")
