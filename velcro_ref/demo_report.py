@@ -200,6 +200,17 @@ def _used(report, key, asked) -> str:
     return str(ns[0]) if len(ns) == 1 else f"{ns[0]} - {ns[-1]}"
 
 
+def settings_table(report) -> list:
+    """The report's settings as (setting, value) rows; an image count that the tasks did not all use in
+    full reads "5000 asked, 3000 used"."""
+    rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)] for k, v in report["settings"].items()]
+    for row in rows:
+        which = {"validation_images": "validation", "eval_images_per_task": "test"}.get(row[0])
+        if which is not None and _used(report, which, row[1]) != row[1]:
+            row[1] += f" asked, {_used(report, which, row[1])} used"
+    return rows
+
+
 def _images_line(report) -> str:
     s = report["settings"]
     ratios = s["ratios"]
@@ -334,7 +345,6 @@ def _anchor(*parts) -> str:
 def html_page(report, out_dir) -> str:
     """index.html's text: every plot of the report read from out_dir and embedded."""
     out_dir = Path(out_dir)
-    s = report["settings"]
     body = [
         "<h1>VELCRO demo: specialized tasks on Fashion-MNIST</h1>",
         f"<p>{_e(_images_line(report))}</p>",
@@ -375,7 +385,7 @@ def html_page(report, out_dir) -> str:
             for kind in ("sweep", "accelerator", "locality"):
                 body.append(_png(out_dir / r["plots"][kind], f"{kind}: {name}, {task}"))
             body.append("</section>")
-    settings_rows = [[k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)] for k, v in s.items()]
+    settings_rows = settings_table(report)
     time_rows = [["whole demo", f"{report.get('elapsed_s', 0):.1f} s"]]
     time_rows += [[n, f"{e['elapsed_s']:.1f} s"] for n, e in report["models"].items() if "elapsed_s" in e]
     body += [

@@ -280,6 +280,10 @@ def test_the_report_states_the_images_the_tasks_used_not_the_number_asked_for():
     assert "first 3000 test images" in dict(notes(one))["Image sets"]
     two = {"settings": settings, "models": {"m": {"tasks": {"a": task(3000), "b": task(2000)}}}}
     assert "2000 - 3000 test images" in _images_line(two)
+    from velcro_ref.demo_report import settings_table
+
+    rows = dict(map(tuple, settings_table(two)))  # the html page's Settings table
+    assert (rows["eval_images_per_task"], rows["validation_images"]) == ("5000 asked, 2000 - 3000 used", "100")
 
 
 def test_a_data_directory_without_the_test_files_is_refused_before_the_report_folder_is_made(tmp_path, capsys):
