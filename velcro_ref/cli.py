@@ -7,7 +7,6 @@ import importlib
 import logging
 import os
 import re
-import select
 import signal
 import sys
 import threading
@@ -155,12 +154,13 @@ class _Signals:
         return {None: None, signal.SIGINT: ("interrupted", 130), signal.SIGTERM: ("terminated", 143)}[self.seen]
 
 
-def _takes_a_line(stream, wait_s=1.0) -> bool:
-    """Whether `stream` takes a line within wait_s: false only where it is a pipe that its reader does
-    not read (under 2>&1, the stdout the command was held up writing)."""
+def _takes_a_line(stream) -> bool:
+    """`launch.takes_a_line` of the file behind `stream`; true where there is none (captured)."""
+    from .launch import takes_a_line
+
     try:
-        return bool(select.select([], [stream.fileno()], [], wait_s)[1])
-    except (AttributeError, OSError, ValueError):  # no file behind it (captured), or none at all
+        return takes_a_line(stream.fileno())
+    except (AttributeError, OSError, ValueError):
         return True
 
 

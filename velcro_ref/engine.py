@@ -475,7 +475,7 @@ class Model:
         run_site = getattr(observer, "run_site", None)
         # tensors whose buffers hold values the mask plan writes once (constants, skipped zeros): no
         # run_site is handed one as its input, which it might write over
-        kept = frozenset(() if mp is None else mp.fixed).__contains__
+        kept = {} if mp is None else mp.fixed
         observed = observer is not None
         sharing = mp is None and not (observed and getattr(observer, "keeps_arrays", True))
         over = frozenset(getattr(observer, "over_input", ())) if sharing and run_site is not None else frozenset()
@@ -507,7 +507,7 @@ class Model:
             elif (
                 st.opdef.site
                 and run_site is not None
-                and not kept(st.inputs[0])
+                and st.inputs[0] not in kept
                 and (y := run_site(st, env[st.inputs[0]], out)) is not None
             ):
                 over_x = shared is None and y is env[st.inputs[0]] and self.plan.overwritable(st.inputs[0], st.name)

@@ -8,6 +8,7 @@ import json
 import os
 import secrets
 import tomllib
+from collections import Counter
 from pathlib import Path
 
 from .errors import UsageError
@@ -23,11 +24,16 @@ def parse_json(text):
 
 
 def _unique_keys(pairs) -> dict:
-    d = dict(pairs)
-    if len(d) != len(pairs):
-        twice = next(k for i, (k, _) in enumerate(pairs) if any(k == j for j, _ in pairs[:i]))
-        raise ValueError(f"key {twice!r} given twice in one object")
-    return d
+    twice = repeated(k for k, _ in pairs)
+    if twice:
+        raise ValueError(f"key {twice[0]!r} given twice in one object")
+    return dict(pairs)
+
+
+def repeated(names) -> list:
+    """The names given more than once, sorted: where a reader would take one of them by its own rule."""
+    counts = Counter(names)
+    return sorted(n for n, c in counts.items() if c > 1)
 
 
 def parse_toml(text: str) -> dict:

@@ -37,15 +37,21 @@ def _deadline(code, seconds=5.0):
         pass
 
 
-def say(line: bytes, wait_s=1.0) -> None:
-    """Write `line` to fd 2, unless a pipe there takes nothing within wait_s (a reader not reading)."""
+def say(line: bytes) -> None:
+    """Write `line` to fd 2, unless it takes nothing for a second (`takes_a_line`)."""
+    if takes_a_line(2, none=False):
+        os.write(2, line)
+
+
+def takes_a_line(fd, wait_s=1.0, none=True) -> bool:
+    """Whether the file `fd` takes a line within wait_s: false where it is a pipe that its reader does
+    not read (under 2>&1, the stdout the command was held up writing); `none` where there is no fd."""
     import select
 
     try:
-        if select.select([], [2], [], wait_s)[1]:
-            os.write(2, line)
-    except (OSError, ValueError):  # no fd 2
-        pass
+        return bool(select.select([], [fd], [], wait_s)[1])
+    except (OSError, ValueError):  # no such fd
+        return none
 
 
 def _flush():

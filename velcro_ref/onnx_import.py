@@ -17,7 +17,7 @@ import numpy as np
 from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
-from .fileio import checked_path, parse_json
+from .fileio import checked_path, parse_json, repeated
 from .ops.base import OnnxUnsupported, QParams, at_most_1d, is_scalar, onnx_axis
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
@@ -233,9 +233,8 @@ def _attrs(node) -> dict:
     ONNX's reference evaluator takes the last value)."""
     from onnx import helper
 
-    names = [a.name for a in node.attribute]
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
+    twice = repeated(a.name for a in node.attribute)
+    if twice:
         raise ModelError(f"node '{node.name}' ({node.op_type}): attribute(s) {', '.join(map(repr, twice))} given twice")
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -406,7 +405,7 @@ class _Importer:
             if len(vs) > 1:
                 name = f"domain '{domain}'" if domain else "the default domain"
                 raise ModelError(f"opset imports give {name} {len(vs)} versions ({', '.join(map(str, sorted(vs)))})")
-        self.opset = versions.get("", {1}).copy().pop()
+        self.opset = next(iter(versions.get("", {1})))
         self.nodes: list[G.Node] = []
         self.index: dict[str, int] = {}  # velcro node name -> position in self.nodes
         self.params: dict[str, np.ndarray] = {}
@@ -518,8 +517,7 @@ class _Importer:
         return tuple(int(d) for d in dims[1:])
 
     def _meta(self) -> dict:
-        keys = [p.key for p in self.model.metadata_props]
-        twice = sorted({k for k in keys if keys.count(k) > 1})
+        twice = repeated(p.key for p in self.model.metadata_props)
         if twice:  # onnx's checker refuses them; which value a reader takes is its own choice
             raise ModelError(f"metadata key(s) {', '.join(map(repr, twice))} given twice")
         props = {p.key: p.value for p in self.model.metadata_props}
