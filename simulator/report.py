@@ -215,7 +215,8 @@ def _flat(prefix, stats, arch, compute_only=False) -> dict:
 
 def result_rows(result, compute_only: bool = False) -> list[dict]:
     """One flat dict per layer plus a `total` row; compressed columns are prefixed `compressed_`.
-    At a batch above 1 every row names it (`batch`); figures are per image."""
+    At a batch above 1 every row names it (`batch`); figures are per image. The total row adds the
+    JSON total's latencies (`latency_ms`, and `batch_latency_ms` above batch 1)."""
     a, co = result.arch, compute_only
     batch = {"batch": result.batch} if result.batch != 1 else {}
     rows = []
@@ -229,6 +230,12 @@ def result_rows(result, compute_only: bool = False) -> list[dict]:
     total = {"name": "total", "op": "", "unit": "", **batch, **_flat("", result.total_dense, a, co)}
     if result.compressed is not None:
         total.update(_flat("compressed_", result.total_compressed, a, co), **result.total_comparison.to_json(co))
+    times = zip(("", "compressed_"), result.latency_ms(), result.batch_latency_ms(), strict=True)
+    for prefix, per_image, whole in times:
+        if per_image is not None:  # as the JSON's total: per image, and the whole batch's above 1
+            total[f"{prefix}latency_ms"] = per_image
+            if result.batch != 1:
+                total[f"{prefix}batch_latency_ms"] = whole
     rows.append(total)
     return rows
 

@@ -88,6 +88,18 @@ def test_csv_rows_carry_the_comparisons_of_the_json(files, capsys, tmp_path, com
         assert [float(row[k]) for k in keys] == [float(entry[k]) for k in keys], row["name"]
 
 
+@pytest.mark.parametrize("batch", ["1", "4"])
+def test_csv_total_carries_the_latencies_of_the_json(files, capsys, tmp_path, batch):
+    argv = ["simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", "edge16", "--batch", batch]
+    code, out, _ = run(capsys, *argv, "--json", "--csv", tmp_path / "r.csv")
+    assert code == 0
+    total, row = json.loads(out)["total"], list(csv.DictReader(open(tmp_path / "r.csv")))[-1]
+    keys = ["latency_ms"] + (["batch_latency_ms"] if batch != "1" else [])
+    for side, prefix in (("dense", ""), ("compressed", "compressed_")):
+        assert [float(row[prefix + k]) for k in keys] == [total[side][k] for k in keys]
+    assert ("batch_latency_ms" in row) == (batch != "1")
+
+
 def test_sweep_prints_every_point(files, capsys, tmp_path):
     code, out, _ = run(
         capsys,
