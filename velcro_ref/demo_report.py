@@ -166,6 +166,12 @@ def choices_table(result):
     return head, rows
 
 
+def breakdown_subject(result) -> str:
+    """Which policy and ratio `breakdown_table` shows: "POLICY at its no-loss ratio r=R"."""
+    policy, entry = next(iter(result["policies"].items()))
+    return f"{policy} at its no-loss ratio r={entry['no_loss']['ratio']:g}"
+
+
 def breakdown_table(result):
     """One task, first policy at its no-loss ratio: energy per image by component on each accelerator."""
     first = next(iter(result["policies"].values()))["no_loss"]["accelerator"]
@@ -379,7 +385,7 @@ def html_page(report, out_dir) -> str:
                 f"(validation), {_pct(r['dense']['test']['accuracy'], 2)} (test); median variance ratio "
                 f"task/general {r['locality']['median_variance_ratio']:.3f}.</p>",
                 _html_table(*choices_table(r)),
-                "<h3>Energy per image by component</h3>",
+                f"<h3>Energy per image by component: {_e(breakdown_subject(r))}</h3>",
                 _html_table(*breakdown_table(r)),
             ]
             for kind in ("sweep", "accelerator", "locality"):

@@ -5,6 +5,7 @@ import base64
 import dataclasses
 import gzip
 import json
+import re
 import struct
 import subprocess
 import sys
@@ -227,6 +228,22 @@ def test_index_html_is_well_formed_self_contained_and_embeds_every_plot(tiny_dem
     embedded = sorted(base64.b64decode(src[len(prefix) :]) for src in page.images)
     plots = sorted(p.read_bytes() for p in out.glob("*.png"))
     assert len(plots) == 3 and embedded == plots  # locality, sweep and accelerator of the one task
+
+
+def test_energy_by_component_names_the_policy_and_ratio_it_shows(tiny_demo):
+    _, out, report = tiny_demo
+    text = (out / "index.html").read_text(encoding="utf-8")
+    result = report["models"]["tiny"]["tasks"]["footwear"]
+    policy, entry = next(iter(result["policies"].items()))
+    ratio = entry["no_loss"]["ratio"]
+    head = f"<h3>Energy per image by component: {policy} at its no-loss ratio r={ratio:g}</h3>"
+    assert text.count(head) == 1
+    table = text.split(head)[1].split("</table>")[0]
+    cells = [re.findall(r"<t[hd]>([^<]*)</t[hd]>", row) for row in table.split("<tr>")[1:]]
+    total = next(row for row in cells if row[0] == "total")
+    value, unit = total[cells[0].index("edge16 VELCRO")].split()
+    pj = float(value) * {"pJ": 1, "nJ": 1e3, "uJ": 1e6, "mJ": 1e9}[unit]
+    assert pj == pytest.approx(entry["no_loss"]["accelerator"]["edge16"]["compressed"]["energy_pj"], rel=1e-3)
 
 
 def test_int8_demo_runs_the_int8_models_and_fills_only_the_int8_readme_block(tmp_path, capsys):
