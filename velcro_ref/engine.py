@@ -6,6 +6,8 @@ each op's `run` from the registry (velcro_ref/ops). Kernels never see a node.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import itertools
 import operator
@@ -98,10 +100,10 @@ def _stamp(a) -> int:
 class Model:
     """A validated model ready to run: `graph` as stored, `plan` as it runs (velcro_ref/plan.py)."""
 
-    def __init__(self, graph: G.Graph, path=None):
+    def __init__(self, graph: G.Graph, path=None, *, _own: bool = False):
         self.path = path
         self.shapes = G.validate(graph, allow_nonfinite=True)  # first: its one-line errors name the node
-        self.graph = _snapshot(graph)
+        self.graph = graph if _own else _snapshot(graph)  # `_own`: nobody else holds the graph (load_model)
         self.fingerprint = self.graph.fingerprint()
         self.plan = build_plan(self.graph, self.shapes)
         self.steps = self.plan.nodes
@@ -604,13 +606,14 @@ def _reads(step, fusion) -> tuple:
 def load_model(path, allow_nonfinite: bool = False) -> Model:
     """Load, validate and prepare an HDF5 model. Raises ModelError naming the file and node."""
     graph = load_graph(path, allow_nonfinite=allow_nonfinite)  # refuses a path that is none
-    return Model(graph, path=os.fspath(path))
+    return Model(graph, path=os.fspath(path), _own=True)  # the arrays just read: no copy needed
 
 
 def _snapshot(graph: G.Graph) -> G.Graph:
-    """The graph with copies of its parameters: a Model runs, fingerprints, quantizes and writes golden
-    files from the parameters it was made with, whatever becomes of the caller's arrays. (Its own,
-    `Model.graph.params`, are the ones its kernels read: not to be edited. Read-only arrays would be
-    another type to the kernels.)"""
+    """The graph with copies of its parameters, its nodes' attributes and parameter names and its
+    metadata: a Model runs, fingerprints, quantizes and writes golden files from the graph it was made
+    with, whatever becomes of the caller's arrays and dicts. (Its own, `Model.graph.params`, are the
+    ones its kernels read: not to be edited. Read-only arrays would be another type to the kernels.)"""
     params = {k: np.array(v) for k, v in graph.params.items()}
-    return G.Graph(graph.nodes, graph.input_shape, graph.output, params, graph.meta)
+    nodes = tuple(dataclasses.replace(n, attrs=copy.deepcopy(n.attrs), params=dict(n.params)) for n in graph.nodes)
+    return G.Graph(nodes, graph.input_shape, graph.output, params, copy.deepcopy(graph.meta))
