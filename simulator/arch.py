@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from velcro_ref.errors import ArchError, UnknownPresetError
 from velcro_ref.fileio import parse_toml
@@ -138,10 +140,30 @@ class Arch:
     ofmap_kib: float
     dram_bytes_per_cycle: float
     vector_lanes: int
-    energy_pj: dict
-    energy_source: dict
+    energy_pj: Mapping
+    energy_source: Mapping
     description: str = ""
     source: str = "<memory>"
+
+    def __post_init__(self):
+        """The checks of a velcro-arch/1 file, for an Arch made in code too (ArchError listing every problem)."""
+        doc = {section: {key: getattr(self, f) for key, (f, _, _) in keys.items()} for section, keys in SCHEMA.items()}
+        problems = []
+        for section in SCHEMA:
+            _check_table(doc, section, problems)
+        _check_bits({f: getattr(self, f) for f in ("accumulator_bits", "operand_bits")}, problems)
+        pj, src = self.energy_pj, self.energy_source
+        if isinstance(pj, Mapping) and isinstance(src, Mapping):
+            _check_energy({"energy": {k: {"pj": pj.get(k), "source": src.get(k)} for k in {**pj, **src}}}, problems)
+        else:
+            problems.append("energy_pj and energy_source must be mappings keyed by the [energy] actions")
+        for key in ("name", "description", "source"):
+            if not isinstance(getattr(self, key), str):
+                problems.append(f"{key} must be a string, got {_shown(getattr(self, key))}")
+        if problems:
+            raise ArchError(f"{self.source}: {len(problems)} problem(s): " + "; ".join(problems))
+        for key in ("energy_pj", "energy_source"):  # read-only copies: the checked figures stay the priced ones
+            object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
 
     @property
     def operand_bytes(self) -> int:
@@ -218,6 +240,13 @@ def _check_energy(doc, problems):
     return pj, source
 
 
+def _check_bits(values, problems):
+    """Accumulators at least as wide as operands (where both are valid)."""
+    bits = [values.get(k) for k in ("accumulator_bits", "operand_bits")]
+    if None not in bits and _bits(bits[0]) and _bits(bits[1]) and bits[0] < bits[1]:
+        problems.append(f"[precision].accumulator_bits ({bits[0]}) must be at least operand_bits ({bits[1]})")
+
+
 def parse_arch(text: str, source: str = "<string>") -> Arch:
     """Parse and validate a velcro-arch/1 TOML document. Raises one ArchError listing every problem."""
     try:
@@ -238,12 +267,7 @@ def parse_arch(text: str, source: str = "<string>") -> Arch:
     for section in SCHEMA:
         values.update(_check_table(doc, section, problems))
     pj, src = _check_energy(doc, problems)
-    bits = [values.get(k) for k in ("accumulator_bits", "operand_bits")]
-    if None not in bits and bits[0] < bits[1]:
-        problems.append(
-            f"[precision].accumulator_bits ({values['accumulator_bits']}) must be at least "
-            f"operand_bits ({values['operand_bits']})"
-        )
+    _check_bits(values, problems)
     if problems:
         raise ArchError(f"{source}: {len(problems)} problem(s): " + "; ".join(problems))
     name = doc.get("name") or Path(source).stem

@@ -1,5 +1,7 @@
 """Accelerator TOML: presets load, every problem is reported at once, sweeps validate."""
 
+import re
+
 import pytest
 from sim_util import arch_toml
 
@@ -92,3 +94,44 @@ def test_a_file_with_another_suffix_case_or_none_is_read_as_a_file(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "edge16").write_text(GOOD)  # a preset's name stays the preset's
     assert load_arch("edge16") == preset != load_arch(tmp_path / "edge16")
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"dataflow": "row_stationary"}, "[array].dataflow must be one of"),
+        ({"operand_bits": 12}, "[precision].operand_bits must be a positive multiple of 8"),
+        ({"accumulator_bits": 8, "operand_bits": 16}, "accumulator_bits (8) must be at least operand_bits (16)"),
+        ({"rows": 0}, "[array].rows must be a positive integer"),
+        ({"clock_mhz": 0}, "[array].clock_mhz must be a positive number"),
+        ({"dram_bytes_per_cycle": 0}, "[dram].bytes_per_cycle must be a positive number"),
+        ({"energy": ("dram", -325.0)}, "[energy].dram.pj must be a non-negative number"),
+        ({"energy": ("sram", 1.0)}, "unknown key [energy].sram"),
+        ({"name": None}, "name must be a string"),
+    ],
+)
+def test_an_arch_made_in_code_is_checked_as_a_file_is(change, says):
+    """simulate() takes an Arch as it is: one made in code priced an unknown dataflow as weight
+    stationary, 12-bit operands as one byte and a negative energy as negative; a zero clock or bandwidth
+    raised ZeroDivisionError. It is refused as the same figures in a TOML file are."""
+    from dataclasses import fields
+
+    from simulator import Arch
+
+    base = parse_arch(GOOD, "good.toml")
+    values = {f.name: getattr(base, f.name) for f in fields(Arch)}
+    bad = {**values, **change}
+    if "energy" in change:
+        key, pj = bad.pop("energy")
+        bad["energy_pj"] = {**base.energy_pj, key: pj}
+        bad["energy_source"] = {**base.energy_source, key: "test"}
+    with pytest.raises(ArchError, match=re.escape(says)):
+        Arch(**bad)
+    assert Arch(**values) == base  # the unchanged fields pass
+
+
+def test_an_arch_keeps_the_energies_it_was_checked_with():
+    a = parse_arch(GOOD, "good.toml")
+    with pytest.raises(TypeError):
+        a.energy_pj["dram"] = -325.0
+    assert a.energy_pj["dram"] == 1.0
