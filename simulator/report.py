@@ -29,7 +29,7 @@ def _table(header, rows) -> str:
 def _sig4(value, units, step) -> str:
     """`value` in the unit of `units` (each `step` times the one before) that shows it with 4 significant
     digits and at most 3 before the point (1000 KiB reads 0.9766 MiB); below 1 of the first unit, 3
-    significant digits. Only zero prints as 0."""
+    significant digits; past the last unit's 9999, a power of ten. Only zero prints as 0."""
     if value == 0:
         return "0"
     rounded = float(f"{value:.4g}")
@@ -40,6 +40,8 @@ def _sig4(value, units, step) -> str:
     r = float(f"{v:.4g}")
     if abs(r) < 1:  # '#': 0.690, not 0.69; 0.9995 KiB (1023.5 B), not 1.00
         return f"{v:#.{3 if i == 0 else 4}g} {units[i]}"
+    if abs(r) >= 10_000:  # past the last unit: 4 significant digits as a power of ten (2.211e+05 J)
+        return f"{v:.4g} {units[i]}"
     decimals = max(0, 4 - len(str(int(abs(r)))))
     return f"{v:.{decimals}f} {units[i]}"
 

@@ -28,6 +28,8 @@ from velcro_ref.masks import MaskSet
         (418.25e6 + 1, "418.3 uJ"),
         (3.2e9, "3.200 mJ"),
         (5e12, "5.000 J"),
+        (9999e12, "9999 J"),
+        (221117.4e12, "2.211e+05 J"),  # past the last unit: still 4 significant digits
     ],
 )
 def test_energy_is_shown_in_the_unit_that_shows_it(pj, shown):
@@ -54,6 +56,7 @@ def test_bytes_are_shown_in_the_unit_that_shows_them(n, shown):
 
 def test_time_in_the_unit_that_shows_it():
     assert (_time(0.726), _time(176 / 100e3), _time(5.417)) == ("726.0 us", "1.760 us", "5.417 ms")
+    assert (_time(9999e3), _time(216531.2e3)) == ("9999 s", "2.165e+05 s")
 
 
 @pytest.mark.parametrize("saving, shown", [(None, ""), (0.0, "0.0%"), (0.3, "30.0%"), (-0.5, "-50.0%")])
