@@ -88,16 +88,27 @@ def load_fashion_mnist(split="train", data_dir=None):
     split = _check_split(split)
     directory = resolve_data_dir(data_dir, split).resolve()
     key = (str(directory), split)
-    if key not in _CACHE:
-        image_file, label_file = (directory / name for name in SPLIT_FILES[split])
+    image_file, label_file = (directory / name for name in SPLIT_FILES[split])
+    files = (_signature(image_file), _signature(label_file))  # a long-lived process (a Dask worker)
+    if key not in _CACHE or _CACHE[key][0] != files:  # reads files replaced since it last read them
         images = _read_idx(image_file, IMAGES_MAGIC, (SPLIT_SIZES[split], *IMAGE_SHAPE))
         labels = _read_idx(label_file, LABELS_MAGIC, (SPLIT_SIZES[split],)).astype(np.int64)
         if labels.max() >= len(CLASS_NAMES):
             raise DataError(f"{label_file}: labels must be 0-{len(CLASS_NAMES) - 1}, found {labels.max()}")
         images.setflags(write=False)
         labels.setflags(write=False)
-        _CACHE[key] = (images, labels)
-    return _CACHE[key]
+        _CACHE[key] = (files, (images, labels))
+    return _CACHE[key][1]
+
+
+def _signature(path) -> tuple | None:
+    """What changes when a file is written or replaced: device, inode, size, modification time (of
+    the file a symlink points to); None where it cannot be read (the read then names the problem)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _check_split(split):

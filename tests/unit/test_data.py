@@ -3,6 +3,7 @@
 import array
 import collections
 import gzip
+import os
 import pathlib
 import warnings
 
@@ -51,6 +52,29 @@ def test_repeated_load_is_cached_and_read_only():
     assert first[0] is second[0] and first[1] is second[1]
     with pytest.raises(ValueError):
         first[0][0, 0, 0] = 1
+
+
+def test_a_file_written_again_is_read_again(tmp_path):
+    """The arrays were cached by directory and split alone: a long-lived process (a Dask worker) kept
+    the images it first read after the file was changed or put back, and refused runs whose client
+    read the same files as "other images or labels"."""
+    d = _linked_copy(tmp_path, skip=data.SPLIT_FILES["test"])
+    image_file, label_file = (d / name for name in data.SPLIT_FILES["test"])
+    label_file.symlink_to(SRC / label_file.name)
+    original = gzip.decompress((SRC / image_file.name).read_bytes())
+    image_file.write_bytes(gzip.compress(original, mtime=0))
+    os.utime(image_file, ns=(1, 1))  # distinct times: writes within one clock tick may share one
+    first = data.load_fashion_mnist("test", data_dir=d)[0]
+    assert data.load_fashion_mnist("test", data_dir=d)[0] is first  # unchanged: the cached arrays
+    changed = bytearray(original)
+    changed[16] ^= 0xFF  # the first pixel of the first image
+    image_file.write_bytes(gzip.compress(bytes(changed), mtime=0))
+    os.utime(image_file, ns=(2, 2))
+    again = data.load_fashion_mnist("test", data_dir=d)[0]
+    assert again[0, 0, 0] == first[0, 0, 0] ^ 0xFF and np.array_equal(again[1:], first[1:])
+    image_file.write_bytes(gzip.compress(original, mtime=0))  # put back
+    os.utime(image_file, ns=(3, 3))
+    assert np.array_equal(data.load_fashion_mnist("test", data_dir=d)[0], first)
 
 
 def test_env_var_and_argument_override_default(tmp_path, monkeypatch):
