@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -180,6 +182,12 @@ def cmd_stats_merge(args):
             raise UsageError(f"{p}: the same file as {seen[key]}; each shard is merged once")
         seen[key] = p
     parts = [load_stats(p) for p in args.inputs]
+    contents = {}
+    for path, p in zip(args.inputs, parts, strict=True):  # a copy of a shard: the same images twice
+        key = _stats_digest(p)
+        if key in contents:
+            raise UsageError(f"{path}: holds the same statistics as {contents[key]} (a copy?); a shard is merged once")
+        contents[key] = path
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):
         if p.fingerprint != total.fingerprint:
@@ -192,6 +200,18 @@ def cmd_stats_merge(args):
     save_stats(total, args.output)
     print(f"wrote {args.output}: {total.n_images} images from {len(parts)} shards")
     return 0
+
+
+def _stats_digest(stats) -> str:
+    """A digest of a stats file's figures (model, image count and every site's arrays): two shards of
+    different images do not agree on all of them."""
+    import numpy as np
+
+    h = hashlib.sha256(f"{stats.fingerprint} {stats.n_images}".encode())
+    for name in sorted(stats.sites):
+        for a in dataclasses.astuple(stats.sites[name]):
+            h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    return h.hexdigest()
 
 
 def read_ratios_toml(path, sites) -> dict:

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -124,6 +125,7 @@ CASES = [
     ("merge-count-overflow", "stats merge {d}/many.h5 {d}/many2.h5 -o {d}/o.h5", 1, "more than"),
     ("merge-same-file", "stats merge {d}/s.h5 {d}/./s.h5 -o {d}/o.h5", 2, "the same file as"),
     ("merge-hard-link", "stats merge {d}/s.h5 {d}/s_link.h5 -o {d}/o.h5", 2, "the same file as"),
+    ("merge-copy", "stats merge {d}/s.h5 {d}/s_copy.h5 -o {d}/o.h5", 2, "holds the same statistics as"),
     # -- an option given twice: its first value would be dropped without a word --------------------------
     ("ratio-twice", "compress {d}/s.h5 --ratio 0.3 --ratio 0.5 -o {d}/o.h5", 2, "--ratio is given more than once"),
     ("accel-twice", "simulate {d}/m.h5 --accel edge16 --accel {d}/a.toml", 2, "--accel is given more than once"),
@@ -159,6 +161,8 @@ def prepare(d: Path, case: str) -> None:
         os.symlink("/dev/zero", d / "zero.npy")
     if case == "merge-hard-link" and not (d / "s_link.h5").exists():
         os.link(d / "s.h5", d / "s_link.h5")
+    if case == "merge-copy" and not (d / "s_copy.h5").exists():
+        shutil.copyfile(d / "s.h5", d / "s_copy.h5")  # a copy counted its images twice
     if case == "huge-npy":
         with open(d / "huge.npy", "wb") as f:
             header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 3, 224, 224)}
@@ -177,7 +181,7 @@ def prepare(d: Path, case: str) -> None:
         save_stats(collect_stats(Model(other), x), d / "other.h5")
     if case == "merge-count-overflow":
         save_stats(_one_site_stats(count=2.0**52 + 2), d / "many.h5")
-        save_stats(_one_site_stats(count=2.0**52 + 2), d / "many2.h5")
+        save_stats(_one_site_stats(mean=1.0, count=2.0**52 + 2), d / "many2.h5")  # other images
     if case.startswith("negative-label"):
         with np.load(d / "x.npz") as f:
             np.savez(d / "neg_labels.npz", x=f["x"], y=np.where(f["y"] == 0, -1, f["y"]).astype(np.int8))
