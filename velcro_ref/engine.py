@@ -610,10 +610,13 @@ def load_model(path, allow_nonfinite: bool = False) -> Model:
 
 
 def _snapshot(graph: G.Graph) -> G.Graph:
-    """The graph with copies of its parameters, its nodes' attributes and parameter names and its
-    metadata: a Model runs, fingerprints, quantizes and writes golden files from the graph it was made
+    """The graph with copies of its parameters, input shape, nodes' inputs, attributes and parameter
+    names and its metadata: a Model runs, fingerprints, quantizes and writes golden files from the graph it was made
     with, whatever becomes of the caller's arrays and dicts. (Its own, `Model.graph.params`, are the
     ones its kernels read: not to be edited. Read-only arrays would be another type to the kernels.)"""
     params = {k: np.array(v) for k, v in graph.params.items()}
-    nodes = tuple(dataclasses.replace(n, attrs=copy.deepcopy(n.attrs), params=dict(n.params)) for n in graph.nodes)
-    return G.Graph(nodes, graph.input_shape, graph.output, params, copy.deepcopy(graph.meta))
+    nodes = tuple(
+        dataclasses.replace(n, inputs=tuple(n.inputs), attrs=copy.deepcopy(n.attrs), params=dict(n.params))
+        for n in graph.nodes
+    )
+    return G.Graph(nodes, tuple(graph.input_shape), graph.output, params, copy.deepcopy(graph.meta))

@@ -316,23 +316,34 @@ def test_a_model_keeps_the_parameters_it_was_made_with():
 
 
 def test_a_model_keeps_the_attributes_and_metadata_it_was_made_with(tmp_path):
-    """A Model shared its graph's node attribute dicts and metadata with the caller: an edit after
-    Model(graph) changed the graph the Model fingerprints, saves and writes into golden files (its
-    pads, its metadata) while its plan ran the old one."""
+    """A Model shared its graph's node attribute dicts, metadata, input shape and node inputs (lists)
+    with the caller: an edit after Model(graph) changed the graph the Model fingerprints, saves and
+    writes into golden files (its pads, its metadata, which tensor a node reads, the image size) while
+    its plan ran the old one."""
     from velcro_ref.model_io import load_graph, save_model
 
     conv = {"out_channels": 4, "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1}
-    nodes = (Node("c", "conv2d", (INPUT,), conv, {"weight": "cw"}), Node("r", "relu", ("c",)))
+    inputs = ["c"]
+    nodes = (
+        Node("c", "conv2d", (INPUT,), conv, {"weight": "cw"}),
+        Node("s", "silu", ("c",)),
+        Node("r", "relu", inputs),
+        Node("a", "add", ("r", "s")),
+    )
     cw = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
-    graph = Graph(nodes, (2, 5, 5), "r", {"cw": cw}, {"note": {"a": [1]}})
+    shape = [2, 5, 5]
+    graph = Graph(nodes, shape, "a", {"cw": cw}, {"note": {"a": [1]}})
     m = Model(graph)
     fingerprint = m.fingerprint
     conv["pads"][0] = 0
     graph.meta["note"]["a"].append(2)
-    assert m.graph.fingerprint() == fingerprint
+    inputs[0] = "s"
+    shape[1:] = [6, 6]
+    assert m.graph.fingerprint() == fingerprint and m.input_shape == (2, 5, 5)
     save_model(m.graph, tmp_path / "m.h5")
     saved = load_graph(tmp_path / "m.h5")
     assert saved.node("c").attrs["pads"] == [1, 1, 1, 1] and saved.meta["note"] == {"a": [1]}
+    assert saved.node("r").inputs == ("c",) and saved.input_shape == (2, 5, 5)
     x = np.random.default_rng(1).standard_normal((1, 2, 5, 5)).astype(np.float32)
     assert np.array_equal(Model(saved).run(x), m.run(x))
 
