@@ -183,11 +183,15 @@ def cmd_stats_merge(args):
         seen[key] = p
     parts = [load_stats(p) for p in args.inputs]
     contents = {}
-    for path, p in zip(args.inputs, parts, strict=True):  # a copy of a shard: the same images twice
+    for path, p in zip(args.inputs, parts, strict=True):  # a copy of a shard counts its images twice
         key = _stats_digest(p)
-        if key in contents:
-            raise UsageError(f"{path}: holds the same statistics as {contents[key]} (a copy?); a shard is merged once")
-        contents[key] = path
+        if key in contents:  # or two shards of the same images: a data set may hold an image twice
+            print(
+                f"warning: {path} holds the same statistics as {contents[key]} (a copy of one shard?); "
+                "the merge counts both files' images",
+                file=sys.stderr,
+            )
+        contents.setdefault(key, path)
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):
         if p.fingerprint != total.fingerprint:
@@ -203,14 +207,15 @@ def cmd_stats_merge(args):
 
 
 def _stats_digest(stats) -> str:
-    """A digest of a stats file's figures (model, image count and every site's arrays): two shards of
-    different images do not agree on all of them."""
+    """A digest of a stats file's figures (model, image count, every site's arrays, every tensor's
+    range): shards of different images hardly ever agree on all of them."""
     import numpy as np
 
     h = hashlib.sha256(f"{stats.fingerprint} {stats.n_images}".encode())
     for name in sorted(stats.sites):
         for a in dataclasses.astuple(stats.sites[name]):
             h.update(np.ascontiguousarray(a, np.float64).tobytes())
+    h.update(json.dumps(sorted((k, [float(v) for v in r]) for k, r in stats.ranges.items())).encode())
     return h.hexdigest()
 
 
