@@ -6,11 +6,11 @@ Every problem in a file is collected and raised as one ArchError, so a user fixe
 from __future__ import annotations
 
 import math
+import numbers
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from types import MappingProxyType
 
 from velcro_ref.errors import ArchError, UnknownPresetError
 from velcro_ref.fileio import parse_toml
@@ -33,14 +33,16 @@ ENERGY_KEYS = {
 
 
 def _positive_int(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+    """An integer (Python's or NumPy's), not a bool, above 0."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
 
 
 def _number(v):
-    """An int or a finite float (TOML also has inf and nan); not a bool."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
+    """An integer or a finite real (TOML also has inf and nan; NumPy numbers in an Arch made in code);
+    not a bool."""
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
         return False
-    return isinstance(v, int) or math.isfinite(v)  # an int too large for a float is refused by its range
+    return isinstance(v, numbers.Integral) or math.isfinite(v)  # an int too large for a float: its range
 
 
 def _positive_number(v):
@@ -140,8 +142,8 @@ class Arch:
     ofmap_kib: float
     dram_bytes_per_cycle: float
     vector_lanes: int
-    energy_pj: Mapping
-    energy_source: Mapping
+    energy_pj: dict
+    energy_source: dict
     description: str = ""
     source: str = "<memory>"
 
@@ -162,8 +164,12 @@ class Arch:
                 problems.append(f"{key} must be a string, got {_shown(getattr(self, key))}")
         if problems:
             raise ArchError(f"{self.source}: {len(problems)} problem(s): " + "; ".join(problems))
-        for key in ("energy_pj", "energy_source"):  # read-only copies: the checked figures stay the priced ones
-            object.__setattr__(self, key, MappingProxyType(dict(getattr(self, key))))
+        object.__setattr__(self, "energy_pj", {k: float(v) for k, v in pj.items()})  # copies: the caller's
+        object.__setattr__(self, "energy_source", dict(src))  # dicts may change later
+        for f in (f for keys in SCHEMA.values() for f, _, _ in keys.values()):  # NumPy numbers as Python's
+            v = getattr(self, f)
+            if isinstance(v, numbers.Number):
+                object.__setattr__(self, f, int(v) if isinstance(v, numbers.Integral) else float(v))
 
     @property
     def operand_bytes(self) -> int:

@@ -130,8 +130,25 @@ def test_an_arch_made_in_code_is_checked_as_a_file_is(change, says):
     assert Arch(**values) == base  # the unchanged fields pass
 
 
-def test_an_arch_keeps_the_energies_it_was_checked_with():
+def test_an_arch_made_in_code_takes_numpy_numbers_and_copies_its_energies():
+    """NumPy numbers pass as they did before the checks (a sweep over np.arange), stored as Python's;
+    an Arch still pickles, deep-copies and dumps to JSON (a read-only mapping did not)."""
+    import copy
+    import json
+    import pickle
+    from dataclasses import replace
+
+    import numpy as np
+
     a = parse_arch(GOOD, "good.toml")
-    with pytest.raises(TypeError):
-        a.energy_pj["dram"] = -325.0
-    assert a.energy_pj["dram"] == 1.0
+    b = replace(a, rows=np.int64(8), clock_mhz=np.float32(250.0), ifmap_kib=np.int32(4))
+    assert (b.rows, b.clock_mhz, b.ifmap_kib) == (8, 250.0, 4)
+    assert type(b.rows) is int and type(b.clock_mhz) is float and type(b.ifmap_kib) is int
+    with pytest.raises(ArchError, match="rows must be a positive integer"):
+        replace(a, rows=np.float64(8.0))
+    energy = dict(a.energy_pj)
+    c = replace(a, energy_pj=energy)
+    energy["dram"] = -325.0  # the caller's dict, changed after the check
+    assert c.energy_pj["dram"] == 1.0
+    assert pickle.loads(pickle.dumps(c)) == c and copy.deepcopy(c) == c
+    assert json.loads(json.dumps(c.to_json()))["energy"]["dram"]["pj"] == 1.0
