@@ -41,7 +41,7 @@ def _sig4(value, units, step) -> str:
     if abs(r) < 1:  # '#': 0.690, not 0.69; 0.9995 KiB (1023.5 B), not 1.00
         return f"{v:#.{3 if i == 0 else 4}g} {units[i]}"
     if abs(r) >= 10_000:  # past the last unit: 4 significant digits as a power of ten (2.211e+05 J)
-        return f"{v:.4g} {units[i]}"
+        return f"{v:#.4g} {units[i]}"
     decimals = max(0, 4 - len(str(int(abs(r)))))
     return f"{v:.{decimals}f} {units[i]}"
 
@@ -234,12 +234,15 @@ def result_rows(result, compute_only: bool = False) -> list[dict]:
         total.update(_flat("compressed_", result.total_compressed, a, co), **result.total_comparison.to_json(co))
     times = zip(("", "compressed_"), result.latency_ms(), result.batch_latency_ms(), strict=True)
     for prefix, per_image, whole in times:
-        if per_image is not None:  # as the JSON's total: per image, and the whole batch's above 1
-            total[f"{prefix}latency_ms"] = per_image
-            if result.batch != 1:
-                total[f"{prefix}batch_latency_ms"] = whole
+        if per_image is not None:
+            total.update(_latencies(prefix, per_image, whole, result.batch))
     rows.append(total)
     return rows
+
+
+def _latencies(prefix, per_image, whole, batch) -> dict:
+    """The latencies of the JSON's total, for a CSV row: per image, and the whole batch's above 1."""
+    return {f"{prefix}latency_ms": per_image, **({f"{prefix}batch_latency_ms": whole} if batch != 1 else {})}
 
 
 def _write_csv(path, rows) -> None:
@@ -286,6 +289,7 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
         d = result.total_dense
         r = {**point, **({"batch": result.batch} if result.batch != 1 else {})}
         r.update(cycles=d.cycles, utilization=d.utilization(a), dram_bytes=d.dram_bytes, energy_pj=d.energy_pj)
+        r.update(_latencies("", result.latency_ms()[0], result.batch_latency_ms()[0], result.batch))
         if compute_only:
             r["compute_energy_pj"] = d.compute_energy_pj
         c = result.total_compressed
@@ -302,6 +306,7 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
                 speedup=figures["speedup"],
                 energy_saving=figures["energy_saving"],
             )
+            r.update(_latencies("compressed_", result.latency_ms()[1], result.batch_latency_ms()[1], result.batch))
             if compute_only:
                 r.update(
                     compressed_compute_energy_pj=c.compute_energy_pj,
@@ -333,9 +338,11 @@ def format_sweep(points, compute_only: bool = False) -> str:
             return _energy(v)
         if k == "dram_bytes":
             return _bytes(v)
+        if k.endswith("latency_ms"):
+            return _time(v)
         return _count(v) if k.endswith("cycles") else str(v)
 
-    names = [h.removesuffix("_pj").removesuffix("_bytes") for h in header]
+    names = [h.removesuffix("_pj").removesuffix("_bytes").removesuffix("_ms") for h in header]
     return _table(names, [[cell(k, r[k]) for k in header] for r in rows])
 
 

@@ -100,6 +100,22 @@ def test_csv_total_carries_the_latencies_of_the_json(files, capsys, tmp_path, ba
     assert ("batch_latency_ms" in row) == (batch != "1")
 
 
+@pytest.mark.parametrize("batch", ["1", "4"])
+def test_sweep_csv_and_table_carry_the_latencies_of_the_json(files, capsys, tmp_path, batch):
+    argv = ["simulate", files / "m.h5", "--masks", files / "masks.h5", "--accel", "edge16", "--batch", batch]
+    argv += ["--sweep", "clock_mhz=100,200"]
+    code, out, _ = run(capsys, *argv, "--json", "--csv", tmp_path / "s.csv")
+    assert code == 0
+    points, rows = json.loads(out)["points"], list(csv.DictReader(open(tmp_path / "s.csv")))
+    keys = ["latency_ms"] + (["batch_latency_ms"] if batch != "1" else [])
+    for point, row in zip(points, rows, strict=True):
+        for side, prefix in (("dense", ""), ("compressed", "compressed_")):
+            assert [float(row[prefix + k]) for k in keys] == [point[side][k] for k in keys]
+    code, out, _ = run(capsys, *argv)
+    header = out.splitlines()[0].split()
+    assert "latency" in header and ("batch_latency" in header) == (batch != "1")
+
+
 def test_sweep_prints_every_point(files, capsys, tmp_path):
     code, out, _ = run(
         capsys,

@@ -30,6 +30,7 @@ from velcro_ref.masks import MaskSet
         (5e12, "5.000 J"),
         (9999e12, "9999 J"),
         (221117.4e12, "2.211e+05 J"),  # past the last unit: still 4 significant digits
+        (10000e12, "1.000e+04 J"),  # trailing zeros kept, as 0.690 pJ
     ],
 )
 def test_energy_is_shown_in_the_unit_that_shows_it(pj, shown):
@@ -56,7 +57,7 @@ def test_bytes_are_shown_in_the_unit_that_shows_them(n, shown):
 
 def test_time_in_the_unit_that_shows_it():
     assert (_time(0.726), _time(176 / 100e3), _time(5.417)) == ("726.0 us", "1.760 us", "5.417 ms")
-    assert (_time(9999e3), _time(216531.2e3)) == ("9999 s", "2.165e+05 s")
+    assert (_time(9999e3), _time(216531.2e3), _time(20000e3)) == ("9999 s", "2.165e+05 s", "2.000e+04 s")
 
 
 @pytest.mark.parametrize("saving, shown", [(None, ""), (0.0, "0.0%"), (0.3, "30.0%"), (-0.5, "-50.0%")])
