@@ -96,13 +96,13 @@ class Softmax(Op):
         default = 1 if ctx.opset < 13 else -1
         axis = onnx_axis(a.get("axis", default), rank)
         # Before opset 13 Softmax flattens from `axis` on; the graph's softmax is over axis 1 only.
-        if axis != 1:
-            raise OnnxUnsupported(f"axis {a.get('axis', default)} on a rank-{rank} input; supported: the class axis 1")
         if ctx.opset < 13 and rank != 2:
             raise OnnxUnsupported(
                 f"a rank-{rank} input at opset {ctx.opset}, where Softmax flattens every axis from {axis} on; "
-                "supported: a rank-2 input there (opset 13 on: the class axis 1 of any rank)"
+                "supported: a rank-2 input there, axis 1 (opset 13 on: the class axis 1 of any rank)"
             )
+        if axis != 1:
+            raise OnnxUnsupported(f"axis {a.get('axis', default)} on a rank-{rank} input; supported: the class axis 1")
         ctx.add(node, index, "softmax", [x])
 
 
