@@ -102,13 +102,14 @@ def load_fashion_mnist(split="train", data_dir=None):
 
 
 def _signature(path) -> tuple | None:
-    """What changes when a file is written or replaced: device, inode, size, modification time (of
-    the file a symlink points to); None where it cannot be read (the read then names the problem)."""
+    """What changes when a file is written or replaced: device, inode, size, modification time and
+    status change time (which a copy keeping the time, `cp -p`, still sets; of the file a symlink
+    points to); None where it cannot be read (the read then names the problem)."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _check_split(split):

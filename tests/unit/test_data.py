@@ -5,6 +5,7 @@ import collections
 import gzip
 import os
 import pathlib
+import time
 import warnings
 
 import numpy as np
@@ -57,23 +58,27 @@ def test_repeated_load_is_cached_and_read_only():
 def test_a_file_written_again_is_read_again(tmp_path):
     """The arrays were cached by directory and split alone: a long-lived process (a Dask worker) kept
     the images it first read after the file was changed or put back, and refused runs whose client
-    read the same files as "other images or labels"."""
+    read the same files as "other images or labels". Here every version has one size and one
+    modification time, as a copy that keeps the time (`cp -p`) gives."""
     d = _linked_copy(tmp_path, skip=data.SPLIT_FILES["test"])
     image_file, label_file = (d / name for name in data.SPLIT_FILES["test"])
     label_file.symlink_to(SRC / label_file.name)
     original = gzip.decompress((SRC / image_file.name).read_bytes())
-    image_file.write_bytes(gzip.compress(original, mtime=0))
-    os.utime(image_file, ns=(1, 1))  # distinct times: writes within one clock tick may share one
+
+    def write(payload):
+        time.sleep(0.05)  # past the clock tick of the last write: its status change time differs
+        image_file.write_bytes(gzip.compress(payload, compresslevel=0, mtime=0))
+        os.utime(image_file, ns=(1, 1))
+
+    write(original)
     first = data.load_fashion_mnist("test", data_dir=d)[0]
     assert data.load_fashion_mnist("test", data_dir=d)[0] is first  # unchanged: the cached arrays
     changed = bytearray(original)
     changed[16] ^= 0xFF  # the first pixel of the first image
-    image_file.write_bytes(gzip.compress(bytes(changed), mtime=0))
-    os.utime(image_file, ns=(2, 2))
+    write(bytes(changed))
     again = data.load_fashion_mnist("test", data_dir=d)[0]
     assert again[0, 0, 0] == first[0, 0, 0] ^ 0xFF and np.array_equal(again[1:], first[1:])
-    image_file.write_bytes(gzip.compress(original, mtime=0))  # put back
-    os.utime(image_file, ns=(3, 3))
+    write(original)  # put back
     assert np.array_equal(data.load_fashion_mnist("test", data_dir=d)[0], first)
 
 
