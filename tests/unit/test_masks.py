@@ -81,3 +81,31 @@ def test_uniform_policy_masks_29_of_100_elements_at_ratio_029():
     stats = Stats("fp", {"a": SiteStats.of_batch(rng.standard_normal((5, 100)))}, (), 5, "test")
     assert 0.29 * 100 < 29  # the float product this guards against
     assert build_masks(stats, uniform_ratios(stats, 0.29), {}).sites["a"][0].sum() == 29
+
+
+def test_a_one_input_concat_passes_a_producer_chain_as_in_the_int8_model():
+    """A float concat of one input stopped a site's producer chain, while the qconcat `quantize` makes
+    of it passed it: the same masks skipped MACs in the int8 model and none in the float one. Both pass
+    it now; the masked run still equals the dense one with the masked elements overwritten."""
+    import velcro_ref
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    rng = np.random.default_rng(3)
+    conv = {"out_channels": 8, "kernel": [3, 3], "stride": [1, 1], "pads": [1, 1, 1, 1], "groups": 1}
+    nodes = (
+        Node("c", "conv2d", (INPUT,), conv, {"weight": "w", "bias": "b"}),
+        Node("k", "concat", ("c",)),
+        Node("s", "relu", ("k",)),
+    )
+    params = {"w": rng.standard_normal((8, 2, 3, 3)).astype(np.float32), "b": np.zeros(8, np.float32)}
+    model = Model(Graph(nodes, (2, 5, 5), "s", params))
+    x = rng.standard_normal((3, 2, 5, 5)).astype(np.float32)
+    qmodel = velcro_ref.quantize(model, velcro_ref.profile(model, x))
+    assert model.chains == qmodel.chains == {"s": ("c",)}
+    mask = rng.random((8, 5, 5)) < 0.5
+    const = rng.standard_normal((8, 5, 5)).astype(np.float32)
+    masks = velcro_ref.MaskSet(model.fingerprint, {"s": (mask, const)}, {"name": "hand"})
+    dense = model.run(x)
+    got = model.run(x, masks=masks)
+    assert np.array_equal(got, np.where(mask, const, dense))
+    assert model.last_macs["c"] == 3 * 18 * int((~mask).sum())  # 18 MACs an output

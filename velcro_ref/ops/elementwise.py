@@ -47,6 +47,11 @@ class Concat(Op):
     onnx_types = ("Concat",)
     onnx_data_inputs = None
 
+    def chain_of(self, node) -> str | None:
+        """One input: element for element, so a site's producer chain goes on through it (as
+        through the qconcat an int8 model makes of it)."""
+        return "through" if len(node.inputs) == 1 else None
+
     def infer(self, node, a, ins, param_shape):
         if any(len(s) != 3 or s[1:] != ins[0][1:] for s in ins):
             raise ModelError(f"node '{node.name}': concat expects (C, H, W) inputs of equal H, W, found {ins}")

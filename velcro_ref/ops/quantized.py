@@ -594,10 +594,6 @@ class QConcat(Concat):
     ops_per_element = 1
     onnx_types = ("Concat", "com.microsoft:QLinearConcat")
 
-    def chain_of(self, node) -> str | None:
-        """One input: element for element, so a site's producer chain goes on through it."""
-        return "through" if len(node.inputs) == 1 else None
-
     def to_onnx(self, node, a, ctx):
         return _qdq(node, ctx, "Concat", list(node.inputs), axis=1)
 
