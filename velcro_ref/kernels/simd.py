@@ -31,7 +31,7 @@ vectors carry it:
   then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
   with their epilogue, worked on the 8 in one vector).
 - `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
-- `clamp_moment_rows`: a profiled relu / relu6 site's pass over 4 images (`moments.py`), 16
+- `clamp_moment_rows`: a profiled relu / relu6 site's pass over 8 images (`moments.py`), 16
   elements in the lanes: the clamp, the min and max of the input and Welford's update in float64
   (`<16 x double>`, where LLVM's own vectorisation of that loop took 4 doubles at a time), each
   lane the operations of the scalar code in its order.
@@ -984,13 +984,13 @@ def range_lanes(typingctx, x, start, stop, out):
     return sig, codegen
 
 
-CLAMP_IMAGES = 4  # images per call of `clamp_moment_rows`
+CLAMP_IMAGES = 8  # images per call of `clamp_moment_rows`
 FLOAT32_MAX = 3.4028234663852886e38  # float32's largest value (exact as a Python float): act 3's clamp
 
 
 @intrinsic
 def clamp_moment_rows(typingctx, x, out, n, e0, k, top, shift, mean, m2, xl, xh):
-    """For i = 0 .. k - 1 (k a multiple of 16), 16 at a time, over images n .. n + 3 of x (N, E):
+    """For i = 0 .. k - 1 (k a multiple of 16), 16 at a time, over images n .. n + 7 of x (N, E):
     out[n + r, e0 + i] = x[n + r, e0 + i] clamped to [0, top] (v <= 0: +0.0, then v > top: top;
     a NaN stays); xl[i] and xh[i] replaced by x's value where it is below (above) them, image
     after image; mean[i] and m2[i] by Welford's update with each clamped value in float64, in
