@@ -121,6 +121,25 @@ def field_problem(where: str, field: str, value, check, expect) -> str | None:
 TOP_KEYS = ("format", "name", "description", *SCHEMA, "energy")
 
 
+class _Frozen(dict):
+    """A dict that refuses changes once made (an Arch's checked energies); it pickles, copies and
+    dumps to JSON as a dict does."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("an Arch's energies are read-only; make another Arch (dataclasses.replace)")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _refuse
+
+    def __reduce__(self):
+        return _Frozen, (dict(self),)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 @dataclass(frozen=True)
 class Arch:
     """One accelerator. Buffers are double-buffered SRAMs; energy_pj maps ENERGY_KEYS to pJ.
@@ -164,8 +183,8 @@ class Arch:
                 problems.append(f"{key} must be a string, got {_shown(getattr(self, key))}")
         if problems:
             raise ArchError(f"{self.source}: {len(problems)} problem(s): " + "; ".join(problems))
-        object.__setattr__(self, "energy_pj", {k: float(v) for k, v in pj.items()})  # copies: the caller's
-        object.__setattr__(self, "energy_source", dict(src))  # dicts may change later
+        object.__setattr__(self, "energy_pj", _Frozen({k: float(v) for k, v in pj.items()}))  # read-only
+        object.__setattr__(self, "energy_source", _Frozen(src))  # copies: the checked figures are the priced
         for f in (f for keys in SCHEMA.values() for f, _, _ in keys.values()):  # NumPy numbers as Python's
             v = getattr(self, f)
             if isinstance(v, numbers.Number):

@@ -132,8 +132,10 @@ def test_an_arch_made_in_code_is_checked_as_a_file_is(change, says):
 
 def test_an_arch_made_in_code_takes_numpy_numbers_and_copies_its_energies():
     """NumPy numbers pass as they did before the checks (a sweep over np.arange), stored as Python's;
-    an Arch still pickles, deep-copies and dumps to JSON (a read-only mapping did not)."""
+    its energies are read-only copies (an edit after the checks was priced unchecked: a negative
+    energy, a NaN) that still pickle, copy and dump to JSON (a read-only mapping did not)."""
     import copy
+    import dataclasses
     import json
     import pickle
     from dataclasses import replace
@@ -150,5 +152,13 @@ def test_an_arch_made_in_code_takes_numpy_numbers_and_copies_its_energies():
     c = replace(a, energy_pj=energy)
     energy["dram"] = -325.0  # the caller's dict, changed after the check
     assert c.energy_pj["dram"] == 1.0
-    assert pickle.loads(pickle.dumps(c)) == c and copy.deepcopy(c) == c
+    for edit in (lambda e: e.__setitem__("dram", -325.0), lambda e: e.update(dram=float("nan")), lambda e: e.clear()):
+        with pytest.raises(TypeError, match="read-only"):  # the checked figures are the priced ones
+            edit(c.energy_pj)
+    assert c.energy_pj["dram"] == 1.0
+    for twin in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert twin == c
+        with pytest.raises(TypeError, match="read-only"):
+            twin.energy_pj["dram"] = -325.0
     assert json.loads(json.dumps(c.to_json()))["energy"]["dram"]["pj"] == 1.0
+    assert json.loads(json.dumps(dataclasses.asdict(c)))["energy_pj"]["dram"] == 1.0
