@@ -232,17 +232,21 @@ def result_rows(result, compute_only: bool = False) -> list[dict]:
     total = {"name": "total", "op": "", "unit": "", **batch, **_flat("", result.total_dense, a, co)}
     if result.compressed is not None:
         total.update(_flat("compressed_", result.total_compressed, a, co), **result.total_comparison.to_json(co))
-    times = zip(("", "compressed_"), result.latency_ms(), result.batch_latency_ms(), strict=True)
-    for prefix, per_image, whole in times:
-        if per_image is not None:
-            total.update(_latencies(prefix, per_image, whole, result.batch))
+    total.update(_latencies(result, 0))
+    if result.compressed is not None:
+        total.update(_latencies(result, 1))
     rows.append(total)
     return rows
 
 
-def _latencies(prefix, per_image, whole, batch) -> dict:
-    """The latencies of the JSON's total, for a CSV row: per image, and the whole batch's above 1."""
-    return {f"{prefix}latency_ms": per_image, **({f"{prefix}batch_latency_ms": whole} if batch != 1 else {})}
+def _latencies(result, side) -> dict:
+    """The latencies of the JSON's total for a CSV row, dense (side 0) or compressed (1, columns
+    prefixed `compressed_`): per image, and the whole batch's above batch 1."""
+    prefix = ("", "compressed_")[side]
+    out = {f"{prefix}latency_ms": result.latency_ms()[side]}
+    if result.batch != 1:
+        out[f"{prefix}batch_latency_ms"] = result.batch_latency_ms()[side]
+    return out
 
 
 def _write_csv(path, rows) -> None:
@@ -289,7 +293,7 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
         d = result.total_dense
         r = {**point, **({"batch": result.batch} if result.batch != 1 else {})}
         r.update(cycles=d.cycles, utilization=d.utilization(a), dram_bytes=d.dram_bytes, energy_pj=d.energy_pj)
-        r.update(_latencies("", result.latency_ms()[0], result.batch_latency_ms()[0], result.batch))
+        r.update(_latencies(result, 0))
         if compute_only:
             r["compute_energy_pj"] = d.compute_energy_pj
         c = result.total_compressed
@@ -306,7 +310,7 @@ def sweep_rows(points, compute_only: bool = False, stand_ins: bool = True) -> li
                 speedup=figures["speedup"],
                 energy_saving=figures["energy_saving"],
             )
-            r.update(_latencies("compressed_", result.latency_ms()[1], result.batch_latency_ms()[1], result.batch))
+            r.update(_latencies(result, 1))
             if compute_only:
                 r.update(
                     compressed_compute_energy_pj=c.compute_energy_pj,
