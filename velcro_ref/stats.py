@@ -12,6 +12,7 @@ exact (Sterbenz) and the shifted means are small.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import h5py
@@ -160,9 +161,18 @@ class Stats:
 
 
 def merge_ranges(a: dict, b: dict) -> dict:
-    """Ranges of two image sets together: the tensors both hold, min of minima and max of maxima (a
+    """Ranges of two image sets together: the tensors both hold, as `joint_range` gives them (a
     tensor only one side holds is left out: its range over all images is not known)."""
-    return {t: (min(a[t][0], b[t][0]), max(a[t][1], b[t][1])) for t in a if t in b}
+    return {t: joint_range(a[t], b[t]) for t in a if t in b}
+
+
+def joint_range(a, b) -> tuple[float, float]:
+    """(min, max) over two (min, max) pairs: NaN for both if either holds a NaN (a tensor that
+    took a NaN on some image keeps it, as `value_range` gives it for one batch; Python's min and
+    max would keep or drop it by argument order)."""
+    if any(math.isnan(v) for v in (*a, *b)):
+        return math.nan, math.nan
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 class StatsCollector:
@@ -238,7 +248,7 @@ class StatsCollector:
 
     def _widen(self, tensor, lo, hi):
         old = self.stats.ranges.get(tensor)
-        self.stats.ranges[tensor] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+        self.stats.ranges[tensor] = (lo, hi) if old is None else joint_range(old, (lo, hi))
 
     def add_batch(self, x):
         """Run one batch through the model, observing every site and the range of every other tensor."""

@@ -6,6 +6,8 @@
   not run, and masks naming a site on one are refused in one line.
 - Parameters stored under `<bn>.folded_bias` / `<bn>.folded_weight` are the file's own, whatever a
   loader derives from the batch norm `<bn>`.
+- A tensor that took a NaN on a later batch of a profiling run keeps it in its range (statistics
+  of a network that overflowed are refused, whichever batch overflowed).
 
 Every case is checked with load_model(path).run and with `velcro infer` (tests/property/test_random_graphs.py
 runs `velcro infer` in real processes).
@@ -22,6 +24,7 @@ import velcro_ref
 from velcro_ref import cli
 from velcro_ref.errors import MaskError
 from velcro_ref.masks import MaskSet, save_masks
+from velcro_ref.stats import collect_stats, joint_range, merge_ranges
 
 CONV1X1 = {"kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0, 0, 0, 0], "groups": 1}
 
@@ -201,3 +204,42 @@ def test_a_weight_stored_under_the_folded_weight_key_is_the_files_own(capsys, tm
     want = np.array([[3 + 3, 5 + 4], [-1 - 3, -3 - 4]]).reshape(2, 2, 1, 1)  # norm (2x + 1, 4x + 1) + (3x, 4x)
     assert np.array_equal(velcro_ref.load_model(tmp_path / "m.h5").run(XPM), want)
     assert np.array_equal(infer_cli(capsys, tmp_path, tmp_path / "m.h5", XPM), want)
+
+
+# --- a NaN in a later batch's tensor ------------------------------------------------------------------------
+
+
+def nan_logits_model(path):
+    """input (4, 1, 1) -> relu 'act' -> flatten -> linear 'fc' (weights 3e38, 3e38, -3e38, -3e38): on an image
+    of zeros fc is 0; on an image of tens every product overflows to +inf or -inf and fc is NaN."""
+    nodes = [
+        node("act", "relu", ["input"]),
+        node("flat", "flatten", ["act"]),
+        node("fc", "linear", ["flat"], weight="fc.w", bias="fc.b"),
+    ]
+    return write_model(path, (4, 1, 1), "fc", nodes, {"fc.w": [[3e38, 3e38, -3e38, -3e38]], "fc.b": [0.0]})
+
+
+X_ZEROS_THEN_TENS = np.array([0.0, 10.0], np.float32).repeat(4).reshape(2, 4, 1, 1)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_nan_on_a_later_batch_stays_in_the_range_and_the_stats_are_refused(capsys, tmp_path, batch):
+    nan_logits_model(tmp_path / "m.h5")
+    model = velcro_ref.load_model(tmp_path / "m.h5")
+    assert np.isnan(model.run(X_ZEROS_THEN_TENS[1:])).all() and model.run(X_ZEROS_THEN_TENS[:1])[0, 0] == 0.0
+    lo, hi = collect_stats(model, X_ZEROS_THEN_TENS, batch=batch).ranges["fc"]
+    assert np.isnan(lo) and np.isnan(hi)
+    np.savez(tmp_path / "x.npz", x=X_ZEROS_THEN_TENS, y=np.zeros(2, np.int64))
+    args = ["profile", tmp_path / "m.h5", "--images", tmp_path / "x.npz", "--batch", batch, "-o", tmp_path / "s.h5"]
+    code = cli.main([str(a) for a in args])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and "tensor 'fc'" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.h5").exists()
+
+
+def test_ranges_joined_keep_a_nan_from_either_side():
+    for a, b in [((0.0, 1.0), (np.nan, np.nan)), ((np.nan, np.nan), (0.0, 1.0))]:
+        assert all(np.isnan(v) for v in joint_range(a, b))
+        assert all(np.isnan(v) for v in merge_ranges({"t": a}, {"t": b})["t"])
+    assert joint_range((-1.0, 2.0), (0.0, 3.0)) == (-1.0, 3.0)
