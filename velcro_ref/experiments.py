@@ -10,7 +10,7 @@ from . import data
 from .errors import UsageError
 from .evaluation import check_macs, check_stats_sites, csr, evaluate
 from .policies import make_masks
-from .stats import collect_stats
+from .stats import check_finite, collect_stats
 
 MAX_RATIOS = 1000  # points of one grid
 
@@ -42,11 +42,14 @@ def parse_ratios(text) -> list[float]:
 
 def profile_task(model, classes, n, data_dir=None, batch=256, progress=None, x=None):
     """Stats over the first n train images of `classes` (the paper's preprocessing set); `x`: those
-    images when the caller has read them already."""
+    images when the caller has read them already. StatsError where the network overflowed on them
+    (as `velcro profile` refuses to write such statistics): nothing is computed from them."""
     if x is None:
         x, _ = data.task_images(model, classes, "train", n, data_dir)
     src = f"fashion-mnist train classes {list(classes)}"
-    return collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
+    stats = collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
+    check_finite(stats, "nothing computed from them")
+    return stats
 
 
 def locality(task_stats, general_stats, threshold=0.01) -> dict:

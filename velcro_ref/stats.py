@@ -295,7 +295,7 @@ def save_stats(stats: Stats, path) -> None:
     overflowed float32 on the images) or a class is negative, InputError where the classes are
     not integers: `load_stats` would refuse such a file.
     """
-    _check_finite(stats)
+    check_finite(stats)
     classes = [int(c) for c in class_indices(stats.classes, "stats classes")]
     if any(c < 0 for c in classes):  # `load_stats` would refuse the file
         raise StatsError(f"stats classes expect class numbers (>= 0), found {min(classes)}")
@@ -327,13 +327,14 @@ def save_stats(stats: Stats, path) -> None:
 _OR_PARAMETERS = " (or the model's parameters hold NaN or Inf, --allow-nonfinite)"
 
 
-def _check_finite(stats: Stats) -> None:
-    """StatsError naming the first site or tensor whose statistics or range are not finite."""
+def check_finite(stats: Stats, outcome="no statistics written") -> None:
+    """StatsError naming the first site or tensor whose statistics or range are not finite, ending
+    with `outcome` (what the caller does not do)."""
     for name, (lo, hi) in stats.ranges.items():
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise StatsError(
                 f"tensor '{name}' took values [{lo:g}, {hi:g}] on these images: float32 overflowed in the "
-                f"network{_OR_PARAMETERS}; no statistics written"
+                f"network{_OR_PARAMETERS}; {outcome}"
             )
     for name, site in stats.sites.items():
         for fld in FIELDS:
@@ -341,7 +342,7 @@ def _check_finite(stats: Stats) -> None:
             if bad:
                 raise StatsError(
                     f"site '{name}': {fld} is NaN or infinite at {bad} element(s): float32 overflowed in the "
-                    f"network on these images{_OR_PARAMETERS}; no statistics written"
+                    f"network on these images{_OR_PARAMETERS}; {outcome}"
                 )
 
 

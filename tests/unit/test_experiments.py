@@ -158,3 +158,43 @@ def test_a_task_class_past_the_scores_is_named_as_a_task_class(small_model):
     x = np.zeros((2, 1, 28, 28), np.float32)
     with pytest.raises(InputError, match="task classes name class 12"):
         api.evaluate(small_model, x, np.array([5, 12]), (5, 12))
+
+
+def test_locality_refuses_statistics_of_a_network_that_overflowed_on_the_general_images(tmp_path, capsys):
+    """fc1's first output is 1e38 x pixel (1, 12), fc2 takes it 4 times: +inf on the images bright
+    there (some of the first 200 of the ten classes), on no sandal or sneaker of the first 200 (at most
+    1/255 there). `velcro locality` printed a median from the NaN variance of site a2 with exit 0
+    where `velcro profile` refuses the same images."""
+    from velcro_ref import cli
+    from velcro_ref.errors import StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.model_io import save_model
+
+    w1 = np.zeros((8, 784), np.float32)
+    w1[0, 1 * 28 + 12] = 1e38
+    w1[1:] = np.random.default_rng(0).normal(0.0, 0.05, (7, 784))
+    w2 = np.eye(8, dtype=np.float32)
+    w2[0, 0] = 4.0
+    nodes = (
+        Node("f", "flatten", (INPUT,)),
+        Node("fc1", "linear", ("f",), {}, {"weight": "w1"}),
+        Node("a1", "relu", ("fc1",)),
+        Node("fc2", "linear", ("a1",), {}, {"weight": "w2"}),
+        Node("a2", "relu", ("fc2",)),
+        Node("fc3", "linear", ("a2",), {}, {"weight": "w3"}),
+    )
+    params = {"w1": w1, "w2": w2, "w3": np.ones((10, 8), np.float32)}
+    meta = {"preprocessing": {"scale": 1 / 255, "mean": [0.0], "std": [1.0]}}  # pixels 0 .. 1
+    model = Model(Graph(nodes, (1, 28, 28), "fc3", params, meta))
+    x_task, _ = task_images(model, (5, 7), "train", 200)
+    x_all, _ = task_images(model, tuple(range(10)), "train", 200)
+    assert float(x_task[:, 0, 1, 12].max()) * 4e38 < float(np.finfo(np.float32).max)  # the task's images stay finite
+    assert np.isinf(model.run(x_all)).any()  # some of the general ones do not
+    profile_task(model, (5, 7), 200)
+    with pytest.raises(StatsError, match="tensor 'fc2' took values"):
+        profile_task(model, tuple(range(10)), 200)
+    save_model(model.graph, tmp_path / "m.h5")
+    code = cli.main(["locality", str(tmp_path / "m.h5"), "--classes", "sandal,sneaker", "--samples", "200"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "median" not in out and err.startswith("error: ") and len(err.splitlines()) == 1
+    assert "tensor 'fc2' took values" in err and "nothing computed from them" in err
