@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from robust_util import ROOT, velcro_process, zoo_graph
@@ -136,6 +137,9 @@ CASES = [
     # a big-endian array of the images: the same values (it was refused as dtype >f4)
     ("big-endian-images", "eval {d}/m.h5 --images {d}/big_endian.npz", 0, None),
     ("eval-nan-scores", "eval {d}/nan.h5 --allow-nonfinite --images {d}/x.npz", 1, "NaN scores"),
+    # onnxruntime rounds such a pool before adding the zero point (its global average pool); the
+    # qavg_pool kernel adds it before: one step apart at exact halves (its ONNX round trip differed)
+    ("qavg-pool-whole-input", "infer {d}/qavg.h5 --input {d}/x.npy", 1, "write it as qglobal_avg_pool"),
     # --allow-nonfinite: where a command has it, and where it has nothing to apply to
     ("simulate-nan-model", "simulate {d}/nan.h5 --accel {d}/a.toml", 1, "(use --allow-nonfinite to accept)"),
     ("simulate-nan-model-allowed", "simulate {d}/nan.h5 --accel {d}/a.toml --allow-nonfinite", 0, None),
@@ -196,6 +200,19 @@ def prepare(d: Path, case: str) -> None:
         bias = g.params["fc.bias"].copy()
         bias[1] = np.nan
         save_model(Graph(g.nodes, g.input_shape, g.output, {**g.params, "fc.bias": bias}, g.meta), d / "nan.h5")
+    if case == "qavg-pool-whole-input":  # written from the format's docs: save_model refuses the graph
+        from oracle64 import write_model
+
+        q = {"y_scale": 2.0**-6, "y_zero_point": 5, "dtype": "int8"}
+        pool = {"kernel": [16, 16], "stride": [1, 1], "pads": [0, 0, 0, 0], "count_include_pad": False}
+        nodes = [
+            {"name": "q", "op": "quantize", "inputs": ["input"], "attrs": {**q, "y_scale": 2.0**-7}, "params": {}},
+            {"name": "p", "op": "qavg_pool", "inputs": ["q"], "attrs": {**pool, **q}, "params": {}},
+            {"name": "out", "op": "dequantize", "inputs": ["p"], "attrs": {}, "params": {}},
+        ]
+        write_model(d / "qavg.h5", (3, 16, 16), "out", nodes, {})
+        with h5py.File(d / "qavg.h5", "r+") as f:
+            f.attrs["format_version"] = 2  # a graph of quantized ops
     if case == "no-activation-site":
         save_stats(Stats("f" * 64, {}, (), 1, "none"), d / "nosite_stats.h5")
     if case == "dot-node-golden":

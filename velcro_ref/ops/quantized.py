@@ -677,6 +677,16 @@ class QAvgPool(AvgPool):
             return
         ctx.add(node, index, "qavg_pool", [x], {**attrs, **q_attrs(y)}, base=base)
 
+    def infer(self, node, a, ins, param_shape):
+        out = super().infer(node, a, ins, param_shape)
+        if tuple(a["kernel"]) == tuple(ins[0][1:]) and not any(a["pads"]):
+            raise ModelError(
+                f"node '{node.name}': a qavg_pool whose window is its whole {ins[0][1]}x{ins[0][2]} input without pads "
+                "is onnxruntime's global average pool (rounded before the zero point is added): write it as "
+                "qglobal_avg_pool"
+            )
+        return out
+
     def prepare(self, a, arrays, ins, out, ctx):
         x, y = ctx.in_q[0], ctx.out_q
         x_lo, x_hi = quant.qrange(x.dtype)
