@@ -656,7 +656,8 @@ class QAvgPool(AvgPool):
     which it also runs for an AveragePool between DequantizeLinear and QuantizeLinear): float32
     sums of the dequantized values, divided by the count, requantized with the zero point added
     before rounding (`kernels/int8/pool.avg_pool`). A window as large as the input without padding
-    is a qglobal_avg_pool, as onnxruntime runs it."""
+    is a qglobal_avg_pool, as onnxruntime runs it: the ONNX import makes one, and a qavg_pool of
+    such a window is refused (`infer`)."""
 
     name = "qavg_pool"
     attrs = (*AvgPool.attrs, *Q_ATTRS)
