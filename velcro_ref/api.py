@@ -203,9 +203,10 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
     UsageError for a bad option, ModelError for a model it cannot quantize."""
     from .engine import Model
     from .quantization import needed_ranges, quantize_model
-    from .stats import check_stats
+    from .stats import check_finite, check_stats
 
     check_stats(stats, model, "stats")
+    check_finite(stats, "nothing quantized")  # as a stats file holds them (in-memory stats may not)
     need = needed_ranges(model)
     missing = [t for t in need if t not in stats.sites and t not in stats.ranges]
     if missing:

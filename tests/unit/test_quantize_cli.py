@@ -176,3 +176,27 @@ def test_a_float_max_pool_quantize_does_not_emulate_is_refused_in_one_line(case)
     with pytest.raises(ModelError, match=f"node '{nodes[-1].name if case.endswith('output') else 'mp'}': ") as err:
         velcro_ref.quantize(model, stats)
     assert "\n" not in str(err.value)
+
+
+def test_quantize_of_in_memory_statistics_of_an_overflowed_network_names_the_tensor():
+    """c1 = 3e38 x on its first channel: +inf on an image of 10. Statistics collected in memory (no file,
+    which would refuse them) were quantized up to a y_scale of inf, refused as a bad scale of c1; the
+    refusal now says what happened, as `velcro profile` does."""
+    from velcro_ref.engine import Model
+    from velcro_ref.errors import StatsError
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.stats import collect_stats
+
+    conv = {"kernel": [1, 1], "stride": [1, 1], "dilation": [1, 1], "pads": [0, 0, 0, 0], "groups": 1}
+    nodes = (
+        Node("c1", "conv2d", (INPUT,), {"out_channels": 2, **conv}, {"weight": "w1"}),
+        Node("a", "relu", ("c1",)),
+        Node("c2", "conv2d", ("a",), {"out_channels": 1, **conv}, {"weight": "w2"}),
+    )
+    w1 = np.array([3e38, 1.0], np.float32).reshape(2, 1, 1, 1)
+    model = Model(Graph(nodes, (1, 1, 2), "c2", {"w1": w1, "w2": np.ones((1, 2, 1, 1), np.float32)}))
+    x = np.array([0.5, 10.0, 1.0, 2.0], np.float32).reshape(2, 1, 1, 2)
+    stats = collect_stats(model, x)
+    assert stats.ranges["c1"] == (0.5, np.inf)
+    with pytest.raises(StatsError, match=r"tensor 'c1' took values \[0.5, inf\] .*; nothing quantized"):
+        velcro_ref.quantize(model, stats)
