@@ -7,10 +7,10 @@ import math
 import numpy as np
 
 from . import data
-from .errors import UsageError
+from .errors import StatsError, UsageError
 from .evaluation import check_macs, check_stats_sites, csr, evaluate
 from .policies import make_masks
-from .stats import check_finite, collect_stats
+from .stats import collect_stats
 
 MAX_RATIOS = 1000  # points of one grid
 
@@ -42,14 +42,11 @@ def parse_ratios(text) -> list[float]:
 
 def profile_task(model, classes, n, data_dir=None, batch=256, progress=None, x=None):
     """Stats over the first n train images of `classes` (the paper's preprocessing set); `x`: those
-    images when the caller has read them already. StatsError where the network overflowed on them
-    (as `velcro profile` refuses to write such statistics): nothing is computed from them."""
+    images when the caller has read them already."""
     if x is None:
         x, _ = data.task_images(model, classes, "train", n, data_dir)
     src = f"fashion-mnist train classes {list(classes)}"
-    stats = collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
-    check_finite(stats, "nothing computed from them")
-    return stats
+    return collect_stats(model, x, batch=batch, classes=classes, source=src, progress=progress)
 
 
 def locality(task_stats, general_stats, threshold=0.01) -> dict:
@@ -58,9 +55,19 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     An element is near-constant when its variance is below `threshold` x the mean general
     variance of its site. The median variance ratio is over the elements whose general variance
     is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
-    normalised variances.
+    normalised variances. StatsError where a site's variance is NaN or infinite on either set
+    (the network overflowed there; `velcro profile` refuses such statistics): a site mean or a
+    median of them would be NaN, or leave the element out, without a word.
     """
     check_stats_sites(task_stats)
+    for stats, images in ((task_stats, "the task's images"), (general_stats, "the images of every class")):
+        for s, site in stats.sites.items():
+            bad = int(np.count_nonzero(~np.isfinite(site.variance)))
+            if bad:
+                raise StatsError(
+                    f"site '{s}': the variance is NaN or infinite at {bad} element(s) on {images} (float32 "
+                    "overflowed in the network there); no locality computed"
+                )
     task_v, gen_v = [], []
     for s in task_stats.sites:
         gv = general_stats.sites[s].variance.ravel()

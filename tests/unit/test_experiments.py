@@ -160,41 +160,50 @@ def test_a_task_class_past_the_scores_is_named_as_a_task_class(small_model):
         api.evaluate(small_model, x, np.array([5, 12]), (5, 12))
 
 
-def test_locality_refuses_statistics_of_a_network_that_overflowed_on_the_general_images(tmp_path, capsys):
+def test_locality_refuses_site_variances_of_a_network_that_overflowed_and_takes_an_overflowed_output(tmp_path, capsys):
     """fc1's first output is 1e38 x pixel (1, 12), fc2 takes it 4 times: +inf on the images bright
     there (some of the first 200 of the ten classes), on no sandal or sneaker of the first 200 (at most
-    1/255 there). `velcro locality` printed a median from the NaN variance of site a2 with exit 0
-    where `velcro profile` refuses the same images."""
+    1/255 there). `velcro locality` printed a median from the NaN variance of site a2 with exit 0.
+    With fc1's weight 1 instead, only the scores overflow (fc3 = 1e38 x the sum of a2): the sites'
+    variances are finite and the locality is computed, as before."""
     from velcro_ref import cli
     from velcro_ref.errors import StatsError
     from velcro_ref.graph import INPUT, Graph, Node
     from velcro_ref.model_io import save_model
 
-    w1 = np.zeros((8, 784), np.float32)
-    w1[0, 1 * 28 + 12] = 1e38
-    w1[1:] = np.random.default_rng(0).normal(0.0, 0.05, (7, 784))
-    w2 = np.eye(8, dtype=np.float32)
-    w2[0, 0] = 4.0
-    nodes = (
-        Node("f", "flatten", (INPUT,)),
-        Node("fc1", "linear", ("f",), {}, {"weight": "w1"}),
-        Node("a1", "relu", ("fc1",)),
-        Node("fc2", "linear", ("a1",), {}, {"weight": "w2"}),
-        Node("a2", "relu", ("fc2",)),
-        Node("fc3", "linear", ("a2",), {}, {"weight": "w3"}),
-    )
-    params = {"w1": w1, "w2": w2, "w3": np.ones((10, 8), np.float32)}
-    meta = {"preprocessing": {"scale": 1 / 255, "mean": [0.0], "std": [1.0]}}  # pixels 0 .. 1
-    model = Model(Graph(nodes, (1, 28, 28), "fc3", params, meta))
-    x_task, _ = task_images(model, (5, 7), "train", 200)
-    x_all, _ = task_images(model, tuple(range(10)), "train", 200)
+    def model(big, w3):
+        w1 = np.zeros((8, 784), np.float32)
+        w1[0, 1 * 28 + 12] = big
+        w1[1:] = np.random.default_rng(0).normal(0.0, 0.05, (7, 784))
+        w2 = np.eye(8, dtype=np.float32)
+        w2[0, 0] = 4.0
+        nodes = (
+            Node("f", "flatten", (INPUT,)),
+            Node("fc1", "linear", ("f",), {}, {"weight": "w1"}),
+            Node("a1", "relu", ("fc1",)),
+            Node("fc2", "linear", ("a1",), {}, {"weight": "w2"}),
+            Node("a2", "relu", ("fc2",)),
+            Node("fc3", "linear", ("a2",), {}, {"weight": "w3"}),
+        )
+        meta = {"preprocessing": {"scale": 1 / 255, "mean": [0.0], "std": [1.0]}}  # pixels 0 .. 1
+        params = {"w1": w1, "w2": w2, "w3": np.full((10, 8), w3, np.float32)}
+        return Model(Graph(nodes, (1, 28, 28), "fc3", params, meta))
+
+    sites_overflow = model(1e38, 1.0)
+    x_task, _ = task_images(sites_overflow, (5, 7), "train", 200)
+    x_all, _ = task_images(sites_overflow, tuple(range(10)), "train", 200)
     assert float(x_task[:, 0, 1, 12].max()) * 4e38 < float(np.finfo(np.float32).max)  # the task's images stay finite
-    assert np.isinf(model.run(x_all)).any()  # some of the general ones do not
-    profile_task(model, (5, 7), 200)
-    with pytest.raises(StatsError, match="tensor 'fc2' took values"):
-        profile_task(model, tuple(range(10)), 200)
-    save_model(model.graph, tmp_path / "m.h5")
+    assert np.isinf(sites_overflow.run(x_all)).any()  # some of the general ones do not
+    task, general = profile_task(sites_overflow, (5, 7), 200), profile_task(sites_overflow, tuple(range(10)), 200)
+    with pytest.raises(StatsError, match="site 'a2': the variance is NaN or infinite .* on the images of every class"):
+        locality(task, general)
+    save_model(sites_overflow.graph, tmp_path / "m.h5")
     code = cli.main(["locality", str(tmp_path / "m.h5"), "--classes", "sandal,sneaker", "--samples", "200"])
     out, err = capsys.readouterr()
     assert code == 1 and "median" not in out and err.startswith("error: ") and len(err.splitlines()) == 1
-    assert "tensor 'fc2' took values" in err and "nothing computed from them" in err
+    assert "site 'a2'" in err and "no locality computed" in err
+
+    scores_overflow = model(1.0, 1e38)
+    assert np.isinf(scores_overflow.run(x_all)).any()
+    res = locality(profile_task(scores_overflow, (5, 7), 200), profile_task(scores_overflow, tuple(range(10)), 200))
+    assert np.isfinite(res["median_variance_ratio"]) and np.isfinite(res["general_variances"]).all()
