@@ -391,6 +391,33 @@ def test_imported_qlinear_average_pool_runs_as_onnxruntime_does(tmp_path, dtype,
     assert np.array_equal(Model(graph).run(x), want)
 
 
+def test_a_qavg_pool_of_one_whole_input_window_exports_as_a_window_onnxruntime_runs_alike(tmp_path):
+    """kernel 4 x 4, stride 4, end pads 1 under ceil_mode on a 4 x 4 input: one window, the whole input
+    (the second would start in the end pad). Its export was written with the end pads cut to 0, which
+    onnxruntime runs as its global pool, rounding before it adds the zero point: one step apart at
+    exact halves (18 of 768 outputs here, exit 0). The export keeps the pads and the one window."""
+    from velcro_ref.graph import INPUT, Graph, Node
+    from velcro_ref.onnx_export import export_onnx
+
+    q = {"y_scale": 2.0**-6, "y_zero_point": 5, "dtype": "int8"}
+    pool = {"kernel": [4, 4], "stride": [4, 4], "pads": [0, 0, 1, 1], "ceil_mode": True, "count_include_pad": False}
+    nodes = (
+        Node("q", "quantize", (INPUT,), {**q, "y_scale": 2.0**-7}),
+        Node("p", "qavg_pool", ("q",), {**pool, **q}),
+        Node("out", "dequantize", ("p",)),
+    )
+    graph = Graph(nodes, (3, 4, 4), "out", {})
+    x = (np.random.default_rng(1).integers(-60, 60, (256, 3, 4, 4)) * 2.0**-7).astype(np.float32)
+    got = Model(graph).run(x)
+    # the exact mean of each image's 16 codes in output steps, rounded half to even after the zero point
+    codes = np.rint(x / 2.0**-7).reshape(256, 3, 16).astype(np.float64)
+    assert np.array_equal(got.reshape(256, 3), (np.rint(codes.mean(axis=2) / 2 + 5) - 5) * 2.0**-6)
+    export_onnx(graph, tmp_path / "p.onnx")
+    session = ort.InferenceSession(str(tmp_path / "p.onnx"), providers=["CPUExecutionProvider"])
+    assert np.array_equal(session.run(None, {session.get_inputs()[0].name: x})[0], got)
+    assert "qavg_pool" in {n.op for n in import_onnx(tmp_path / "p.onnx").nodes}
+
+
 @pytest.mark.parametrize("out_dtype", ["uint8", "int8"])
 def test_an_add_or_average_pool_of_mixed_types_is_refused(out_dtype):
     """onnxruntime's QLinearAdd and QLinearAveragePool take one type for every input and output, and

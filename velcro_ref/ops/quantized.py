@@ -668,6 +668,12 @@ class QAvgPool(AvgPool):
 
     def to_onnx(self, node, a, ctx):
         attrs = {**self._onnx_attrs(node, a, ctx), "count_include_pad": int(a["count_include_pad"])}
+        if attrs["kernel_shape"] == list(ctx.shapes[node.inputs[0]][1:]) and not any(attrs["pads"]):
+            # one window, the whole input, with end pads no window reaches (ceil_mode): written without
+            # them, onnxruntime would run its global pool (rounded before the zero point is added).
+            # With them and ceil_mode 0 it is the same one window (an end pad is below half the kernel,
+            # so below the stride that left a second window no start inside the input)
+            attrs = {**attrs, "pads": list(a["pads"]), "ceil_mode": 0}
         return _qdq(node, ctx, "AveragePool", list(node.inputs), **attrs)
 
     def from_onnx(self, node, index, a, ctx):
