@@ -172,10 +172,11 @@ def run_case(case, tmp_path):
 
 def _session(path, quantized):
     """onnxruntime's session of an exported model; a quantized one with exact integer sums
-    (`session.x64quantprecision`): by default, on x86 without VNNI, onnxruntime sums pairs of 8-bit
-    products in int16 with saturation (docs/int8.md, *Where onnxruntime is not exact*), and
-    test_qlinearmatmul_2D_int8_float32's export gave 18 for -12 there. A session the option
-    keeps from loading is made without it (int8 QOperator nodes: exact by default)."""
+    (`session.x64quantprecision`): onnxruntime's default session is not exact on 8-bit exports on
+    x86 without VNNI (docs/int8.md, *Where onnxruntime is not exact*): the export of
+    test_qlinearmatmul_2D_int8_float32 gave 18 for -12 there (AMD Zen 3), -12 with the option. A
+    session the option keeps from loading is made without it, and its output is held to the same
+    exact comparison."""
     if quantized:
         so = ort.SessionOptions()
         so.add_session_config_entry("session.x64quantprecision", "1")
