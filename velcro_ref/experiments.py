@@ -7,8 +7,9 @@ import math
 import numpy as np
 
 from . import data
-from .errors import StatsError, UsageError
+from .errors import UsageError
 from .evaluation import check_macs, check_stats_sites, csr, evaluate
+from .masks import check_finite_sites
 from .policies import make_masks
 from .stats import collect_stats
 
@@ -55,19 +56,13 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     An element is near-constant when its variance is below `threshold` x the mean general
     variance of its site. The median variance ratio is over the elements whose general variance
     is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
-    normalised variances. StatsError where a site's variance is NaN or infinite on either set
+    normalised variances. StatsError where a site's variance or mean is NaN or infinite on either set
     (the network overflowed there; `velcro profile` refuses such statistics): a site mean or a
     median of them would be NaN, or leave the element out, without a word.
     """
     check_stats_sites(task_stats)
     for stats, images in ((task_stats, "the task's images"), (general_stats, "the images of every class")):
-        for s, site in stats.sites.items():
-            bad = int(np.count_nonzero(~np.isfinite(site.variance)))
-            if bad:
-                raise StatsError(
-                    f"site '{s}': the variance is NaN or infinite at {bad} element(s) on {images} (float32 "
-                    "overflowed in the network there); no locality computed"
-                )
+        check_finite_sites(stats, stats.sites, images, "no locality computed")
     task_v, gen_v = [], []
     for s in task_stats.sites:
         gv = general_stats.sites[s].variance.ravel()

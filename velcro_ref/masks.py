@@ -86,30 +86,27 @@ def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")
         k = ratio_count(r, s.mean.size)
-        variance, mean = s.variance, s.mean
         if k:
-            _check_finite(name, variance, mean)
-        sites[name] = (lowest_variance(variance, k), mean.astype(np.float32))
+            check_finite_sites(stats, [name])
+        sites[name] = (lowest_variance(s.variance, k), s.mean.astype(np.float32))
     prov = {"stats_classes": list(stats.classes), "stats_n_images": stats.n_images, "stats_source": stats.source}
     return MaskSet(stats.fingerprint, sites, policy, provenance=prov, complete=True)
 
 
-def check_finite_sites(stats, names) -> None:
-    """StatsError for the first of the sites `names` whose statistics hold NaN or Inf (in memory
-    only: `save_stats` writes none): their order of variances names no elements to mask."""
+def check_finite_sites(
+    stats, names, images="the profiled images", outcome="no mask is made from them (exclude the site)"
+) -> None:
+    """StatsError for the first of the sites `names` whose variance or mean hold NaN or Inf (in
+    memory only: `save_stats` writes none; their order of variances names no elements to mask),
+    saying the network overflowed on `images` and ending with `outcome` (what the caller does not do)."""
     for name in names:
-        _check_finite(name, stats.sites[name].variance, stats.sites[name].mean)
-
-
-def _check_finite(name, variance, mean) -> None:
-    """`check_finite_sites` of one site, its variance and mean given."""
-    bad = int(np.count_nonzero(~(np.isfinite(variance) & np.isfinite(mean))))
-    if bad:
-        raise StatsError(
-            f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in the "
-            "network on the profiled images, or the model's parameters hold NaN or Inf); no mask is made "
-            "from them (exclude the site)"
-        )
+        site = stats.sites[name]
+        bad = int(np.count_nonzero(~(np.isfinite(site.variance) & np.isfinite(site.mean))))
+        if bad:
+            raise StatsError(
+                f"site '{name}': the statistics are NaN or infinite at {bad} element(s) (float32 overflowed in "
+                f"the network on {images}, or the model's parameters hold NaN or Inf); {outcome}"
+            )
 
 
 def uniform_ratios(stats, ratio, exclude=()) -> dict:

@@ -324,7 +324,7 @@ def save_stats(stats: Stats, path) -> None:
             h5io.write_text_attr(ds, "name", name)
 
 
-_OR_PARAMETERS = " (or the model's parameters hold NaN or Inf, --allow-nonfinite)"
+_OR_PARAMETERS = " (or the model's parameters hold NaN or Inf, let in by --allow-nonfinite or allow_nonfinite=True)"
 
 
 def check_finite(stats: Stats, outcome="no statistics written") -> None:
