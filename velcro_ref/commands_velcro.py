@@ -97,6 +97,7 @@ def cmd_profile(args):
     col.stats.source = source
     drop = ("images_digest", "checkpoint")  # a checkpoint's, whichever path wrote it
     col.stats.provenance = {k: v for k, v in col.stats.provenance.items() if k not in drop}
+    col.stats.provenance["image_sets"] = [digest(x)]  # `stats merge` names a shard merged twice by it
     save_stats(col.stats, out)
     if partial.exists():
         partial.unlink()
@@ -169,7 +170,7 @@ def cmd_stats_merge(args):
 
     Merge statistics shards of one model into one file.
     """
-    from .stats import load_stats, save_stats
+    from .stats import image_sets, load_stats, save_stats
 
     seen = {}
     for p in args.inputs:  # one shard twice (by any path: a symlink, a hard link) would count its images twice
@@ -182,7 +183,7 @@ def cmd_stats_merge(args):
             raise UsageError(f"{p}: the same file as {seen[key]}; each shard is merged once")
         seen[key] = p
     parts = [load_stats(p) for p in args.inputs]
-    contents = {}
+    contents, runs = {}, {}
     for path, p in zip(args.inputs, parts, strict=True):  # a copy of a shard counts its images twice
         key = _stats_digest(p)
         if key in contents:  # or two shards of the same images: a data set may hold an image twice
@@ -191,7 +192,17 @@ def cmd_stats_merge(args):
                 "the merge counts both files' images",
                 file=sys.stderr,
             )
+        else:  # a shard and an earlier merge that holds it: the figures differ, the images do not
+            again = sorted({runs[d] for d in image_sets(p) if d in runs})
+            if again:
+                print(
+                    f"warning: {path} holds statistics of images that {', '.join(again)} holds too (the digest "
+                    "of a profiled image set, recorded in both files); the merge counts those images twice",
+                    file=sys.stderr,
+                )
         contents.setdefault(key, path)
+        for d in image_sets(p):
+            runs.setdefault(d, path)
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):
         if p.fingerprint != total.fingerprint:

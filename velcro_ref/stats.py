@@ -149,7 +149,10 @@ class Stats:
         classes = tuple(sorted(set(self.classes) | set(other.classes)))
         source = " + ".join(s for s in (self.source, other.source) if s)
         ranges = merge_ranges(self.ranges, other.ranges)
-        return Stats(self.fingerprint, sites, classes, self.n_images + other.n_images, source, self.provenance, ranges)
+        provenance = {k: v for k, v in self.provenance.items() if k != "image_sets"}
+        if image_sets(self) and image_sets(other):  # which images each merged part holds, where both say
+            provenance["image_sets"] = list(image_sets(self) + image_sets(other))
+        return Stats(self.fingerprint, sites, classes, self.n_images + other.n_images, source, provenance, ranges)
 
     def range_of(self, tensor) -> tuple[float, float]:
         """(min, max) of a tensor over every image: a site's from its per-element minima and maxima,
@@ -158,6 +161,14 @@ class Stats:
             s = self.sites[tensor]
             return float(s.min.min()), float(s.max.max())
         return self.ranges[tensor]
+
+
+def image_sets(stats: Stats) -> tuple:
+    """The digests of the image sets of the profile runs whose statistics `stats` holds
+    (provenance "image_sets": one a `velcro profile` file, every part's in a merge), () where not
+    recorded (statistics collected in memory, files of older versions, a merge with one of them)."""
+    found = stats.provenance.get("image_sets")
+    return tuple(found) if isinstance(found, list) and all(isinstance(d, str) for d in found) else ()
 
 
 def merge_ranges(a: dict, b: dict) -> dict:

@@ -187,7 +187,8 @@ def test_resume_after_the_client_is_killed_equals_the_uninterrupted_run(velcro, 
     # the same shards folded in the same order as one uninterrupted run: the same bits
     resumed = load_stats(out)
     assert_identical_stats(resumed, load_stats(whole))
-    assert resumed.provenance.keys() == load_stats(whole).provenance.keys() == {"written"}
+    assert resumed.provenance.keys() == load_stats(whole).provenance.keys() == {"written", "image_sets"}
+    assert resumed.provenance["image_sets"] == load_stats(whole).provenance["image_sets"]  # one image set
     one = tmp_path / "one.h5"
     assert velcro(*args[:-6], "--checkpoint-every", "0", "-o", one).code == 0
     assert_same_stats(resumed, load_stats(one))
