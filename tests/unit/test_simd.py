@@ -52,6 +52,11 @@ def _taps_two_by_three(a, x, o, runs):
     return dot_taps(a, (0, 1), x, (o[0], o[1], o[2]), runs)
 
 
+@njit
+def _three_by_three(a, x, j_n, r, runs):
+    return dot_taps(a, (0, 1, 2), x, (r[0] * j_n, r[1] * j_n, r[2] * j_n), runs)
+
+
 @pytest.mark.parametrize("j_n", [1, 5, VEC, 3 * VEC, 37, 576])
 def test_dot_taps_follows_the_documented_order(j_n):
     """Whole vectors and a partial last one (a linear layer's rows of any length)."""
@@ -64,6 +69,9 @@ def test_dot_taps_follows_the_documented_order(j_n):
     assert list(got) == [_replay(a[1], b[r]) for r in rows]
     got2 = _two_by_two(a, 1, flat, j_n, rows, runs)
     assert list(got2) == [_replay(a[i], b[r]) for i in (1, 2) for r in rows[:2]]
+    # with 16-float vectors: two filters share one, then two positions of the third, then one alone
+    got3 = _three_by_three(a, flat, j_n, rows, runs)
+    assert list(got3) == [_replay(a[i], b[r]) for i in range(3) for r in rows[:3]]
 
 
 @pytest.mark.parametrize("c_n, dil", [(8, 1), (16, 1), (8, 2)])

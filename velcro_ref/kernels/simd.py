@@ -29,7 +29,8 @@ vectors carry it:
   the linear layer): lane l of a vector accumulator is chain l, so a tap run must start at a
   multiple of 8 in j; the lanes are combined by the same tree (halves: lane l + lane l + 4,
   then + 2, then + 1; `dot_store` does that for 8 accumulators at once and stores the outputs
-  with their epilogue, worked on the 8 in one vector).
+  with their epilogue, worked on the 8 in one vector). With 16-float vectors two accumulators
+  share one `<16 x float>` (`_pairs16`), each half the chains of its own output.
 - `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
 - `clamp_moment_rows`: a profiled relu / relu6 site's pass over 8 images (`moments.py`), 16
   elements in the lanes: the clamp, the min and max of the input and Welford's update in float64
@@ -67,6 +68,9 @@ def wide_vectors() -> bool:
     takes them (NUMBA_CPU_FEATURES, else the host's). Only speed depends on it, never a value."""
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
     return "+avx512f" in features.split(",")
+
+
+WIDE = wide_vectors()  # `_tap_sums` pairs its accumulators in 16-lane vectors
 
 
 def _int_tuple(t, n=None):
@@ -810,22 +814,63 @@ def _load_first(builder, base, index, lanes):
     return y
 
 
+def _pairs16(pairs):
+    """The accumulators of `_tap_sums` (pairs (filter row, position)) grouped two to a 16-lane
+    vector where the CPU has such vectors (`wide_vectors`): two filters at one position where
+    there are two (one 8-lane load of each filter's taps, the input's 8 taps in both halves),
+    else two positions of one filter; a group of one where none is left to pair. Returns groups
+    of indices into pairs."""
+    if not WIDE:
+        return [(i,) for i in range(len(pairs))]
+    free, groups = dict.fromkeys(range(len(pairs))), []
+    for i, (ia, ib) in enumerate(pairs):
+        if i not in free:
+            continue
+        del free[i]
+        mate = next((j for j in free if pairs[j] == (ia + 1, ib)), None)
+        if mate is None:
+            mate = next((j for j in free if pairs[j][0] == ia), None)
+        if mate is None:
+            groups.append((i,))
+        else:
+            del free[mate]
+            groups.append((i, mate))
+    return groups
+
+
 def _tap_sums(context, builder, sig, args):
-    """The accumulators of `dot_taps` (args a, rows_a, x, offs, runs first): one vector per pair
-    (filter row, position), filters outer, lane l holding chain l."""
+    """The sums of `dot_taps` (args a, rows_a, x, offs, runs first): one 8-lane vector per pair
+    (filter row, position), filters outer, lane l holding chain l. Two pairs share one 16-lane
+    accumulator where `_pairs16` groups them (each half the fused multiply-adds of its pair, in
+    the same order)."""
     arr_a, arr_x = _arrays(context, builder, sig, args, 0, 2)
     n = builder.extract_value(arr_a.shape, 1)
     kh, step_y, kw, step_x, seg = cgutils.unpack_tuple(builder, args[4])
     bases_a = [builder.gep(arr_a.data, [builder.mul(r, n)]) for r in cgutils.unpack_tuple(builder, args[1])]
     offs_x = cgutils.unpack_tuple(builder, args[3])
     pairs = [(ia, ib) for ia in range(len(bases_a)) for ib in range(len(offs_x))]
-    accs = [cgutils.alloca_once_value(builder, _zero()) for _ in pairs]
+    groups = _pairs16(pairs)
+    accs = [cgutils.alloca_once_value(builder, _zero(_V16 if len(g) == 2 else _V8)) for g in groups]
     whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
+    both = ir.Constant(ir.VectorType(_I32, DVEC), list(range(DVEC)))
 
     def step(bases_j, bases_x, load):
         va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
-        for acc, (ia, ib) in zip(accs, pairs, strict=True):
-            builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+        joined = {}
+
+        def join(v, i, k):  # v[i] in the low half, v[k] in the high one, each made once
+            key = (id(v), i, k)
+            if key not in joined:
+                joined[key] = builder.shuffle_vector(v[i], v[k], both)
+            return joined[key]
+
+        for acc, g in zip(accs, groups, strict=True):
+            if len(g) == 1:
+                ia, ib = pairs[g[0]]
+                builder.store(_fma(builder, va[ia], vb[ib], builder.load(acc)), acc)
+            else:
+                (ia, ib), (ja, jb) = pairs[g[0]], pairs[g[1]]
+                builder.store(_fma(builder, join(va, ia, ja), join(vb, ib, jb), builder.load(acc)), acc)
 
     with cgutils.for_range(builder, kh) as fy:
         with cgutils.for_range(builder, kw) as fx:
@@ -838,7 +883,16 @@ def _tap_sums(context, builder, sig, args):
             tail = builder.sub(seg, whole)
             with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
                 step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
-    return accs
+    sums = [None] * len(pairs)
+    for acc, g in zip(accs, groups, strict=True):
+        v = builder.load(acc)
+        if len(g) == 1:
+            sums[g[0]] = v
+        else:
+            for half, i in enumerate(g):
+                sel = ir.Constant(ir.VectorType(_I32, VEC), list(range(half * VEC, (half + 1) * VEC)))
+                sums[i] = builder.shuffle_vector(v, v, sel)
+    return sums
 
 
 @intrinsic
@@ -859,8 +913,8 @@ def dot_taps(typingctx, a, rows_a, x, offs, runs):
     sig = types.UniTuple(types.float32, rows_a.count * offs.count)(a, rows_a, x, offs, runs)
 
     def codegen(context, builder, sig, args):
-        accs = _tap_sums(context, builder, sig, args)
-        return context.make_tuple(builder, sig.return_type, [_halves(builder, builder.load(acc)) for acc in accs])
+        sums = _tap_sums(context, builder, sig, args)
+        return context.make_tuple(builder, sig.return_type, [_halves(builder, v) for v in sums])
 
     return sig, codegen
 
@@ -924,16 +978,16 @@ def dot_store(typingctx, a, rows_a, x, offs, runs, io, where, oidx):
 
     def codegen(context, builder, sig, args):
         arrays = [_array(context, builder, sig.args[5].dtype, v) for v in cgutils.unpack_tuple(builder, args[5])]
-        accs = _tap_sums(context, builder, sig, args)
+        sums = _tap_sums(context, builder, sig, args)
         ks = cgutils.unpack_tuple(builder, args[1])
         n_offs = len(cgutils.unpack_tuple(builder, args[3]))
         has_res, act = cgutils.unpack_tuple(builder, args[6])
         has_res = builder.icmp_signed("!=", has_res, _I64(0))
         oi = cgutils.unpack_tuple(builder, args[7])
         biases = [builder.load(builder.gep(arrays[0].data, [k])) for k in ks]
-        for c0 in range(0, len(accs), 8):
-            total = _reduce8(builder, [builder.load(acc) for acc in accs[c0 : c0 + 8]])
-            lanes = range(min(8, len(accs) - c0))
+        for c0 in range(0, len(sums), 8):
+            total = _reduce8(builder, sums[c0 : c0 + 8])
+            lanes = range(min(8, len(sums) - c0))
             b = _gathered(builder, [biases[(c0 + i) // n_offs] for i in lanes])
             _store_scattered(builder, (arrays[1], arrays[2]), oi[c0 : c0 + 8], builder.fadd(total, b), has_res, act)
         return context.get_dummy_value()
