@@ -139,8 +139,8 @@ def run(graph, x, masks=None):
             out = qadd(ins[0], qi[0], ins[1], qi[1], y)
         elif n.op == "qconcat":
             parts = []
-            for v, qv in zip(ins, qi, strict=True):
-                same = qv[0] == y[0] and qv[1] == y[1]
+            for v, qv in zip(ins, qi, strict=True):  # copied only with the output's type, scale and zero point
+                same = qv[0] == y[0] and qv[1] == y[1] and qv[2] == y[2]
                 parts.append(v if same else quant.quantize_linear(quant.dequantize_linear(v, qv[0], qv[1]), *y))
             out = np.concatenate(parts, axis=1)
         elif n.op == "qmax_pool":

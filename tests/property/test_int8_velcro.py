@@ -232,3 +232,25 @@ def test_compressed_int8_sites_hold_their_quantized_means(models):
         assert mask.sum() == int(0.4 * mask.size), site
         expected = quant.quantize_linear(stats.sites[site].mean.astype(np.float32), q.scale, q.zero_point, q.dtype)
         assert np.array_equal(seen.values[site][:, mask], np.broadcast_to(expected[mask], (2, int(mask.sum()))))
+
+
+def test_an_int8_input_of_a_uint8_concat_goes_through_the_table_in_engine_and_oracle():
+    """An input of another type than the concat's output is requantized through the table even
+    where its scale and zero point are the output's (the oracle copied it, keeping negative codes
+    in a uint8 tensor; the engine saturates them at 0, as QuantizeLinear(DequantizeLinear(x)) does)."""
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    q = {"y_scale": 0.0625, "y_zero_point": 0}
+    nodes = (
+        Node("i8", "quantize", (INPUT,), {**q, "dtype": "int8"}),
+        Node("u8", "quantize", (INPUT,), {**q, "dtype": "uint8"}),
+        Node("c", "qconcat", ("i8", "u8"), {**q, "dtype": "uint8"}),
+        Node("out", "dequantize", ("c",)),
+    )
+    graph = Graph(nodes, (1, 2, 2), "out", {})
+    x = np.array([[[[-1.0, -0.0625], [0.5, 3.0]]]], np.float32)
+    want = np.array([0, 0, 8, 48, 0, 0, 8, 48], np.uint8)  # codes: negative values saturate at 0 in uint8
+    assert np.array_equal(int8_oracle.run(graph, x)["c"].reshape(-1), want)
+    seen = NodeOutputs()
+    Model(graph).run(x, observer=seen)
+    assert np.array_equal(seen.values["c"].reshape(-1), want)

@@ -720,6 +720,7 @@ class QGlobalAvgPool(GlobalAvgPool):
     ops_per_element = 1  # per tap (the int32 sum)
     requant_ops = REQUANT_OPS  # per output
     onnx_types = ("GlobalAveragePool", "com.microsoft:QLinearGlobalAveragePool")
+    one_type = "QLinearGlobalAveragePool"
 
     def to_onnx(self, node, a, ctx):
         return _qdq(node, ctx, "GlobalAveragePool", list(node.inputs))
