@@ -140,6 +140,7 @@ CASES = [
     # onnxruntime rounds such a pool before adding the zero point (its global average pool); the
     # qavg_pool kernel adds it before: one step apart at exact halves (its ONNX round trip differed)
     ("qavg-pool-whole-input", "infer {d}/qavg.h5 --input {d}/x.npy", 1, "write it as qglobal_avg_pool"),
+    ("qglobal-pool-mixed-types", "infer {d}/qgap.h5 --input {d}/x.npy", 1, "one type for every input and the output"),
     # --allow-nonfinite: where a command has it, and where it has nothing to apply to
     ("simulate-nan-model", "simulate {d}/nan.h5 --accel {d}/a.toml", 1, "(use --allow-nonfinite to accept)"),
     ("simulate-nan-model-allowed", "simulate {d}/nan.h5 --accel {d}/a.toml --allow-nonfinite", 0, None),
@@ -212,6 +213,18 @@ def prepare(d: Path, case: str) -> None:
         ]
         write_model(d / "qavg.h5", (3, 16, 16), "out", nodes, {})
         with h5py.File(d / "qavg.h5", "r+") as f:
+            f.attrs["format_version"] = 2  # a graph of quantized ops
+    if case == "qglobal-pool-mixed-types":  # int8 in, uint8 out: save_model refuses the graph
+        from oracle64 import write_model
+
+        q = {"y_scale": 2.0**-6, "y_zero_point": 5}
+        nodes = [
+            {"name": "q", "op": "quantize", "inputs": ["input"], "attrs": {**q, "dtype": "int8"}, "params": {}},
+            {"name": "p", "op": "qglobal_avg_pool", "inputs": ["q"], "attrs": {**q, "dtype": "uint8"}, "params": {}},
+            {"name": "out", "op": "dequantize", "inputs": ["p"], "attrs": {}, "params": {}},
+        ]
+        write_model(d / "qgap.h5", (3, 16, 16), "out", nodes, {})
+        with h5py.File(d / "qgap.h5", "r+") as f:
             f.attrs["format_version"] = 2  # a graph of quantized ops
     if case == "no-activation-site":
         save_stats(Stats("f" * 64, {}, (), 1, "none"), d / "nosite_stats.h5")
