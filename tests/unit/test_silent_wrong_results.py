@@ -243,3 +243,34 @@ def test_ranges_joined_keep_a_nan_from_either_side():
         assert all(np.isnan(v) for v in joint_range(a, b))
         assert all(np.isnan(v) for v in merge_ranges({"t": a}, {"t": b})["t"])
     assert joint_range((-1.0, 2.0), (0.0, 3.0)) == (-1.0, 3.0)
+
+
+@pytest.mark.parametrize("taps", [9, 15, 17, 70])
+def test_a_sum_of_negative_zeros_stays_negative_zero_in_linear_and_masked_conv(taps):
+    """Each chain of a sum whose products all underflow to -0 is -0, and so is the sum with a bias
+    of -0 (the NumPy twins' order). The kernels' lanes past a run's end (a masked load's lanes,
+    the zero columns padding filters to whole vectors) added +0 * +0 and turned the chains' -0 into
+    +0: 0.0 where the twins give -0.0, and a masked conv's output unlike the dense one's (exit 0)."""
+    from velcro_ref.kernels import conv as kc
+    from velcro_ref.kernels import linear as klin
+    from velcro_ref.reference import conv2d as rconv
+    from velcro_ref.reference import linear as rlin
+
+    x = np.full((1, taps), 1e-30, np.float32)
+    w = np.full((4, taps), -1e-30, np.float32)
+    b = np.full(4, -0.0, np.float32)
+    got, want = np.full((1, 4), 7.0, np.float32), np.full((1, 4), 7.0, np.float32)
+    klin.linear(x, w, b, None, got)
+    rlin.linear(x, w, b, None, want)
+    assert np.signbit(want).all() and got.tobytes() == want.tobytes()
+    geom = kc.conv_geom(taps, 2, 2, 4, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    prepared = kc.prepare_conv(w.reshape(4, taps, 1, 1), b, geom)
+    skip = np.zeros((4, 2, 2), bool)
+    skip[0, 0, 0] = True
+    masked, dense, twin = (np.full((1, 4, 2, 2), 7.0, np.float32) for _ in range(3))
+    xc = np.full((1, taps, 2, 2), 1e-30, np.float32)
+    kc.conv2d(xc, prepared, geom, skip, masked, None, None)
+    kc.conv2d(xc, prepared, geom, None, dense, None, None)
+    rconv.conv2d(xc, prepared, geom, skip, twin, None, None)
+    assert np.signbit(twin[0, 1:]).all() and np.signbit(dense[0, 1:]).all()
+    assert masked[0, 1:].tobytes() == twin[0, 1:].tobytes()

@@ -759,9 +759,9 @@ def zero_floats(typingctx, dst, d0, n):
     return sig, codegen
 
 
-def _masked_load(builder, base, index, lanes):
-    """The first `lanes` floats from base[index], zeros in the other lanes (llvm.masked.load:
-    the masked-off lanes are not read)."""
+def _masked_load(builder, base, index, lanes, fill=0.0):
+    """The first `lanes` floats from base[index], `fill` (+0 or -0) in the other lanes
+    (llvm.masked.load: the masked-off lanes are not read)."""
     i64v = ir.VectorType(_I64, VEC)
     n = builder.insert_element(ir.Constant(i64v, ir.Undefined), lanes, _I32(0))
     n = builder.shuffle_vector(n, ir.Constant(i64v, ir.Undefined), ir.Constant(ir.VectorType(_I32, VEC), [0] * VEC))
@@ -769,7 +769,7 @@ def _masked_load(builder, base, index, lanes):
     ptr = _vec_ptr(builder, base, index)
     fnty = ir.FunctionType(_V8, [ptr.type, _I32, mask.type, _V8])
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
-    return builder.call(fn, [ptr, _I32(4), mask, _zero()])
+    return builder.call(fn, [ptr, _I32(4), mask, ir.Constant(_V8, [fill] * VEC)])
 
 
 def _masked_store(builder, y, ptr, mask):
@@ -854,8 +854,8 @@ def _tap_sums(context, builder, sig, args):
     whole = builder.mul(builder.sdiv(seg, _I64(VEC)), _I64(VEC))
     both = ir.Constant(ir.VectorType(_I32, DVEC), list(range(DVEC)))
 
-    def step(bases_j, bases_x, load):
-        va, vb = [load(base) for base in bases_j], [load(base) for base in bases_x]
+    def step(bases_j, bases_x, load, load_x):
+        va, vb = [load(base) for base in bases_j], [load_x(base) for base in bases_x]
         joined = {}
 
         def join(v, i, k):  # v[i] in the low half, v[k] in the high one, each made once
@@ -879,10 +879,18 @@ def _tap_sums(context, builder, sig, args):
             j0 = builder.mul(builder.add(builder.mul(fy.index, kw), fx.index), seg)
             bases_j = [builder.gep(base, [j0]) for base in bases_a]
             with cgutils.for_range_slice(builder, n.type(0), whole, n.type(VEC)) as (t, _):
-                step(bases_j, bases_x, lambda base, t=t: _load_vec(builder, base, t))
+                whole_vec = lambda base, t=t: _load_vec(builder, base, t)  # noqa: E731
+                step(bases_j, bases_x, whole_vec, whole_vec)
             tail = builder.sub(seg, whole)
             with builder.if_then(builder.icmp_signed(">", tail, _I64(0))):
-                step(bases_j, bases_x, lambda base: _masked_load(builder, base, whole, tail))
+                # a lane past the run adds (-0) * (+0) = -0 to its chain, which leaves every sum as it
+                # is (+0 * +0 would turn a chain sum of -0 into +0)
+                step(
+                    bases_j,
+                    bases_x,
+                    lambda base: _masked_load(builder, base, whole, tail, -0.0),
+                    lambda base: _masked_load(builder, base, whole, tail),
+                )
     sums = [None] * len(pairs)
     for acc, g in zip(accs, groups, strict=True):
         v = builder.load(acc)
@@ -905,8 +913,9 @@ def dot_taps(typingctx, a, rows_a, x, offs, runs):
     where it lies, or with runs = (1, 0, 1, 0, J) rows of a matrix (im2col rows, a linear
     layer's inputs). Lane l of a pair's accumulator is chain l, so a run must start at a
     multiple of VEC in j: seg is a multiple of VEC when kh * kw > 1; a single run may end in a
-    partial vector (read with a masked load, the missing lanes +0). The lanes are combined by
-    `_halves`. Returns the sums (no bias) pair by pair, filters outer.
+    partial vector (read with masked loads, the missing lanes -0 in a and +0 in x: their
+    products, -0, change no chain). The lanes are combined by `_halves`. Returns the sums (no
+    bias) pair by pair, filters outer.
     """
     if not (_f32_c(a, 2) and _f32_c(x) and _int_tuple(rows_a) and _int_tuple(offs) and _int_tuple(runs, 5)):
         return None

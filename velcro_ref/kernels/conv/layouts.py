@@ -303,12 +303,13 @@ def padded_taps(taps):
 
 def taps_last(w):
     """Filters (K, C/groups, KH, KW) as (K, J) rows in (fy, fx, c) order, the column order of
-    `im2col_range`, with zero columns up to J = the taps rounded up to a multiple of VEC, so that
-    every `dot_taps` run is whole vectors (a zero tap adds +0 to a chain: no change)."""
+    `im2col_range`, with -0 columns up to J = the taps rounded up to a multiple of VEC, so that
+    every `dot_taps` run is whole vectors: such a tap times the +0 of an im2col row's padding
+    adds -0 to its chain, which changes no sum (a +0 tap would turn a chain sum of -0 into +0)."""
     k_n, cg, kh, kw = w.shape
     taps = cg * kh * kw
     out = aligned_floats(k_n * padded_taps(taps)).reshape(k_n, -1)
-    out[:, taps:] = 0.0
+    out[:, taps:] = -0.0
     out[:, :taps] = w.transpose(0, 2, 3, 1).reshape(k_n, taps)
     return out
 
