@@ -605,11 +605,8 @@ class _Importer:
         self.index[name] = len(self.nodes)
         n = G.Node(name, op, tuple(inputs), attrs or {}, prm)
         self.nodes.append(n)
-        opdef = ops.get(op, name)
-        try:
-            self.q[name] = opdef.out_q(n, opdef.check(n), tuple(self.q.get(t) for t in n.inputs))
-        except VelcroError:
-            self.q[name] = None  # the graph's validation reports it
+        opdef = ops.get(op, name)  # a node the engine refuses (a pool of mixed types) is named here, before
+        self.q[name] = opdef.out_q(n, opdef.check(n), tuple(self.q.get(t) for t in n.inputs))  # its readers
         return name
 
     def _placeholder(self, node, index):

@@ -467,3 +467,36 @@ def test_an_add_or_average_pool_of_mixed_types_is_refused(out_dtype):
     )
     with pytest.raises(Exception, match="Type"):  # no kernel of mixed types
         ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("op", ["QLinearGlobalAveragePool", "QLinearAveragePool"])
+def test_a_com_microsoft_pool_of_mixed_types_is_refused_naming_the_pool(tmp_path, op):
+    """The import named the DequantizeLinear after the pool, calling its uint8 input float32, where
+    the pool itself is refused (a QLinearAveragePool over the whole input is a global pool)."""
+    from velcro_ref.errors import ModelError
+
+    inits = [
+        numpy_helper.from_array(np.array(0.05, np.float32), "xs"),
+        numpy_helper.from_array(np.array(3, np.int8), "xz"),
+        numpy_helper.from_array(np.array(0.01, np.float32), "ys"),
+        numpy_helper.from_array(np.array(120, np.uint8), "yz"),
+    ]
+    window = {"kernel_shape": [8, 8]} if op == "QLinearAveragePool" else {}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+        helper.make_node(op, ["xq", "xs", "xz", "ys", "yz"], ["pq"], "pool", domain="com.microsoft", **window),
+        helper.make_node("DequantizeLinear", ["pq", "ys", "yz"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 1, 1])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
+    onnx.save(model, tmp_path / "p.onnx")
+    with pytest.raises(ModelError, match="node 'pool[^']*': qglobal_avg_pool of int8 input into uint8: one type"):
+        import_onnx(tmp_path / "p.onnx")
