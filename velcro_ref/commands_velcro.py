@@ -170,7 +170,7 @@ def cmd_stats_merge(args):
 
     Merge statistics shards of one model into one file.
     """
-    from .stats import image_sets, load_stats, save_stats
+    from .stats import load_stats, save_stats
 
     seen = {}
     for p in args.inputs:  # one shard twice (by any path: a symlink, a hard link) would count its images twice
@@ -183,26 +183,6 @@ def cmd_stats_merge(args):
             raise UsageError(f"{p}: the same file as {seen[key]}; each shard is merged once")
         seen[key] = p
     parts = [load_stats(p) for p in args.inputs]
-    contents, runs = {}, {}
-    for path, p in zip(args.inputs, parts, strict=True):  # a copy of a shard counts its images twice
-        key = _stats_digest(p)
-        if key in contents:  # or two shards of the same images: a data set may hold an image twice
-            print(
-                f"warning: {path} holds the same statistics as {contents[key]} (a copy of one shard?); "
-                "the merge counts both files' images",
-                file=sys.stderr,
-            )
-        else:  # a shard and an earlier merge that holds it: the figures differ, the images do not
-            again = sorted({runs[d] for d in image_sets(p) if d in runs})
-            if again:
-                print(
-                    f"warning: {path} holds statistics of images that {', '.join(again)} holds too (the digest "
-                    "of a profiled image set, recorded in both files); the merge counts those images twice",
-                    file=sys.stderr,
-                )
-        contents.setdefault(key, path)
-        for d in image_sets(p):
-            runs.setdefault(d, path)
     total = parts[0]
     for path, p in zip(args.inputs[1:], parts[1:], strict=True):
         if p.fingerprint != total.fingerprint:
@@ -212,9 +192,40 @@ def cmd_stats_merge(args):
         if total.n_images + p.n_images > MAX_COUNT:
             raise StatsError(f"{path}: merging it makes {total.n_images + p.n_images} images, more than {MAX_COUNT}")
         total = total.merge(p)
+    for warning in _counted_twice(args.inputs, parts):  # of a merge that is written
+        print(f"warning: {warning}", file=sys.stderr)
     save_stats(total, args.output)
     print(f"wrote {args.output}: {total.n_images} images from {len(parts)} shards")
     return 0
+
+
+def _counted_twice(paths, parts) -> list:
+    """What a merge of the stats `parts` (read from `paths`) counts twice: a file of the same figures
+    as an earlier one (a copy of one shard, or two shards of the same images: a data set may hold
+    an image twice), or one that records an image set an earlier file records (an earlier merge
+    that holds it: the figures differ, the images do not)."""
+    from .stats import image_sets
+
+    found, contents, runs = [], {}, {}
+    for path, p in zip(paths, parts, strict=True):
+        key = _stats_digest(p)
+        if key in contents:
+            found.append(
+                f"{path} holds the same statistics as {contents[key]} (a copy of one shard?); the merge counts both "
+                "files' images"
+            )
+        else:
+            again = sorted({runs[d] for d in image_sets(p) if d in runs})
+            if again:
+                found.append(
+                    f"{path} holds statistics of images that {' and '.join(again)} "
+                    f"{'holds' if len(again) == 1 else 'hold'} too (the digest of a profiled image set, recorded "
+                    "in both files); the merge counts those images twice"
+                )
+        contents.setdefault(key, path)
+        for d in image_sets(p):
+            runs.setdefault(d, path)
+    return found
 
 
 def _stats_digest(stats) -> str:

@@ -307,6 +307,11 @@ def test_merging_a_shard_with_an_earlier_merge_that_holds_it_warns_that_its_imag
     assert res.code == 0 and "Traceback" not in res.err, res.err
     assert f"warning: {work / 'pa.h5'} holds statistics of images that {work / 'pab.h5'} holds too" in res.err
     assert "counts those images twice" in res.err and load_stats(work / "twice.h5").n_images == 24
+    other = load_stats(work / "pa.h5")
+    other.fingerprint = "f" * 64  # the same images profiled by another model: refused, not warned of
+    save_stats(other, work / "pa_other.h5")
+    res = velcro_process("stats", "merge", work / "pa.h5", work / "pa_other.h5", "-o", work / "o4.h5")
+    assert res.code == 1 and "warning" not in res.err and "stats of model" in res.err, res.err
 
 
 def _split(argv):
