@@ -196,17 +196,60 @@ def _gemm_beta_without_c():
     }
 
 
+def _max_pool_storage_order():
+    pool = helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 1], storage_order=1)
+    return [pool, helper.make_node("Flatten", ["p"], ["flat"])], {}, 4
+
+
+def _dropout_training_ratio_zero():
+    nodes = [helper.make_node("Dropout", ["x", "ratio", "train"], ["d"]), helper.make_node("Flatten", ["d"], ["flat"])]
+    return nodes, {"ratio": np.float32(0.0), "train": np.array(True)}
+
+
 @pytest.mark.parametrize(
     "build, opset",
-    [(_shape_cast_reshape, 13), (_reshape_allowzero, 14), (_reduce_mean_noop, 18), (_gemm_beta_without_c, 13)],
+    [
+        (_shape_cast_reshape, 13),
+        (_reshape_allowzero, 14),
+        (_reduce_mean_noop, 18),
+        (_gemm_beta_without_c, 13),
+        (_max_pool_storage_order, 12),
+        (_dropout_training_ratio_zero, 13),
+    ],
 )
 def test_attributes_that_change_nothing_here_are_not_refused(tmp_path, build, opset):
     """A Cast's `to` on a shape holding the batch size, Reshape's allowzero with no 0 in the target,
-    ReduceMean's noop_with_empty_axes with axes given, Gemm's beta without C: each read, none refused."""
+    ReduceMean's noop_with_empty_axes with axes given, Gemm's beta without C, MaxPool's
+    storage_order without its Indices output, a Dropout in training mode with ratio 0 (it drops
+    nothing and scales by 1): each read, none refused."""
     nodes, consts, *features = build()
     path = _flatten_tail(tmp_path, nodes, consts, opset, build.__name__, *features)
     got, want = both(path, np.concatenate([X, X * 2]))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_what_storage_order_or_training_mode_would_change_is_refused(tmp_path):
+    """MaxPool's Indices output read (storage_order orders it), and Dropout in training mode with a
+    ratio above 0 (it drops elements at random): each refused in one line naming why."""
+    pool = helper.make_node("MaxPool", ["x"], ["p", "idx"], kernel_shape=[2, 1], storage_order=1)
+    cast = helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT)
+    path = save(tmp_path, [pool, cast, helper.make_node("Add", ["p", "f"], ["y"])], {}, opset=12, name="indices")
+    assert "output 'idx' is read" in refused(path)
+    for ratio, name in ((0.5, "half"), (None, "default")):
+        consts = {"train": np.array(True)} | ({} if ratio is None else {"ratio": np.float32(ratio)})
+        ins = ["x", "ratio" if ratio is not None else "", "train"]
+        path = save(tmp_path, [helper.make_node("Dropout", ins, ["y"])], consts, name=name)
+        assert "training_mode is true" in refused(path), name
+
+
+def test_a_clip_refused_names_its_bounds_in_float32_digits(tmp_path):
+    """A Clip to [0, 6.0000005] is not a relu6: the refusal says 6.0000005, not 6."""
+    path = save(
+        tmp_path,
+        [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
+        {"lo": np.float32(0), "hi": np.float32(6.0000005)},
+    )
+    assert "[0.0, 6.0000005]" in refused(path)
 
 
 @pytest.mark.parametrize("op", ["qconv2d", "qlinear"])

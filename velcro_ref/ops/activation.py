@@ -84,7 +84,8 @@ class Relu6(Relu):
         elif lo == 0 and hi == _FLOAT_MAX:
             ctx.add(node, index, "relu", [x], {"max": _FLOAT_MAX})
         else:
-            raise OnnxUnsupported(f"range [{lo:g}, {hi:g}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
+            bounds = ", ".join(str(np.float32(v)) for v in (lo, hi))  # float32's shortest digits: 6.0000005 is not 6
+            raise OnnxUnsupported(f"range [{bounds}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
 
 
 class _Pointwise(ActivationOp):

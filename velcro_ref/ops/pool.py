@@ -161,8 +161,7 @@ class MaxPool(_Window):
         return [ctx.helper.make_node("MaxPool", list(node.inputs), [node.name], name=node.name, **attrs)]
 
     def from_onnx(self, node, index, a, ctx):
-        if a.get("storage_order", 0):
-            raise OnnxUnsupported("storage_order=1")
+        a.get("storage_order")  # it orders only the Indices output, which the importer refuses where read
         super().from_onnx(node, index, a, ctx)
 
 
