@@ -13,12 +13,15 @@ from pathlib import Path
 
 from .errors import UsageError
 
+BOM = "\ufeff"  # a byte order mark, as UTF-8 text decodes it
+
 
 def parse_json(text):
     """json.loads; a document nested too deeply to decode, or an object giving a key twice (which of
-    the values a reader takes is its own choice), raises ValueError, as any other bad one."""
+    the values a reader takes is its own choice), raises ValueError, as any other bad one. A
+    leading byte order mark (some editors write one) is skipped, as RFC 8259 allows."""
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text.removeprefix(BOM), object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply to decode") from None
 
@@ -38,9 +41,9 @@ def repeated(names) -> list:
 
 def parse_toml(text: str) -> dict:
     """tomllib.loads; ValueError for any bad document: TOMLDecodeError, an integer beyond
-    Python's digit limit, nesting too deep to decode."""
+    Python's digit limit, nesting too deep to decode. A leading byte order mark is skipped."""
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix(BOM))
     except RecursionError:
         raise ValueError("arrays or tables nested too deeply") from None
 

@@ -1,5 +1,6 @@
 """Accelerator TOML: presets load, every problem is reported at once, sweeps validate."""
 
+import dataclasses
 import re
 
 import pytest
@@ -94,6 +95,17 @@ def test_a_file_with_another_suffix_case_or_none_is_read_as_a_file(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     (tmp_path / "edge16").write_text(GOOD)  # a preset's name stays the preset's
     assert load_arch("edge16") == preset != load_arch(tmp_path / "edge16")
+
+
+def test_a_file_starting_with_a_byte_order_mark_reads_as_without_one(tmp_path):
+    """Some editors save UTF-8 with a byte order mark; tomllib refused it ("Invalid statement (at
+    line 1, column 1)")."""
+    plain, marked = tmp_path / "plain.toml", tmp_path / "marked.toml"
+    plain.write_text(GOOD, encoding="utf-8")
+    marked.write_text(GOOD, encoding="utf-8-sig")
+    assert marked.read_bytes().startswith(b"\xef\xbb\xbf")
+    same = {"name": "", "source": ""}
+    assert dataclasses.replace(load_arch(marked), **same) == dataclasses.replace(load_arch(plain), **same)
 
 
 @pytest.mark.parametrize(
