@@ -84,7 +84,8 @@ class Relu6(Relu):
         elif lo == 0 and hi == _FLOAT_MAX:
             ctx.add(node, index, "relu", [x], {"max": _FLOAT_MAX})
         else:
-            bounds = ", ".join(str(np.float32(v)) for v in (lo, hi))  # float32's shortest digits: 6.0000005 is not 6
+            # float32's shortest digits (6.0000005 is not 6), whole numbers without ".0"
+            bounds = ", ".join(str(np.float32(v)).removesuffix(".0") for v in (lo, hi))
             raise OnnxUnsupported(f"range [{bounds}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
 
 
