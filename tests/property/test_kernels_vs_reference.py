@@ -767,15 +767,17 @@ def test_dense_input_holds_each_pixel_where_the_tap_offsets_say(case):
     bases (and segments, where `conv_tiles` reads them) of `prepare_conv`: every output finds
     there the pixel each of its taps reads (0 in the padding), as NumPy's padded input has it.
     The copy is the same in the calling thread (whole planes) and by every thread (whole planes,
-    or bands of rows where there are few)."""
+    or bands of rows where there are few), and writes no float past its end."""
     geom, n = case[0], case[1]
     x, weights, _, _ = _conv_case(case)
     planes = kc.prepare.planes(weights)
     copies = []
     for threads in (1, max(2, numba.get_num_threads())):
-        scratch = np.full(n * dense.planes_floats(planes, geom) + 1, np.nan, np.float32)
+        size = n * dense.planes_floats(planes, geom)
+        scratch = np.full(size + 32, np.nan, np.float32)
         xp = dense.planes_input(x, geom, planes, weights.plane_of, scratch, threads)
         copies.append(xp.reshape(n, -1))
+        assert planes.kind == layouts.DIRECT or np.isnan(scratch[size:]).all()  # nothing written past the copy
     xp = copies[0]
     assert not np.isnan(xp).any()
     assert xp.tobytes() == copies[1].tobytes()

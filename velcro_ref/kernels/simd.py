@@ -759,6 +759,55 @@ def zero_floats(typingctx, dst, d0, n):
     return sig, codegen
 
 
+# Floats per vector of `pad_copy`: an AVX-512 register where the CPU has one, else an AVX2 one.
+PAD_LANES = DVEC if WIDE else VEC
+
+
+@intrinsic
+def pad_copy(typingctx, src, s0, lo, hi, dst, d0, n, room):
+    """dst[d0 + j] = src[s0 + j] for lo <= j < hi, +0.0 for the other j < n (float32, flat; the
+    ranges must not overlap): a padded row of a conv's input copy in whole vectors of PAD_LANES
+    floats, each a masked load (the lanes outside lo .. hi - 1 are not read: s0 + j may lie
+    before src's start there) and a plain store. A last vector reaching past d0 + n is stored
+    whole where it ends within `room` floats after it (those floats get +0.0), else by a masked
+    store of its first lanes. A copy, no arithmetic; n + PAD_LANES below 2**31 (lanes are
+    compared in 32 bits)."""
+    ints = (s0, lo, hi, d0, n, room)
+    if not (_f32_c(src) and _f32_c(dst) and all(isinstance(t, types.Integer) for t in ints)):
+        return None
+    sig = types.none(src, s0, lo, hi, dst, d0, n, room)
+
+    def codegen(context, builder, sig, args):
+        arr_s, arr_d = _arrays(context, builder, sig, args, 0, 4)
+        s0, lo, hi, d0, n, room = (context.cast(builder, args[i], sig.args[i], types.intp) for i in (1, 2, 3, 5, 6, 7))
+        vt, iv = ir.VectorType(_F32, PAD_LANES), ir.VectorType(_I32, PAD_LANES)
+        lanes = ir.Constant(iv, list(range(PAD_LANES)))
+
+        def splat(v):  # in 32-bit lanes: a row's columns, one compare a vector
+            return _splat(builder, builder.trunc(v, _I32), iv)
+
+        load = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(vt, [vt.as_pointer(), _I32, ir.VectorType(ir.IntType(1), PAD_LANES), vt]),
+            f"llvm.masked.load.v{PAD_LANES}f32.p0",
+        )
+        with cgutils.for_range_slice(builder, _I64(0), n, _I64(PAD_LANES)) as (v, _):
+            j = builder.add(splat(v), lanes)
+            inside = builder.and_(builder.icmp_signed(">=", j, splat(lo)), builder.icmp_signed("<", j, splat(hi)))
+            src_ptr = builder.bitcast(builder.gep(arr_s.data, [builder.add(s0, v)]), vt.as_pointer())
+            y = builder.call(load, [src_ptr, _I32(4), inside, ir.Constant(vt, [0.0] * PAD_LANES)])
+            dst_ptr = builder.bitcast(builder.gep(arr_d.data, [builder.add(d0, v)]), vt.as_pointer())
+            end = builder.add(v, _I64(PAD_LANES))
+            with builder.if_else(builder.icmp_signed("<=", end, builder.add(n, room))) as (whole, part):
+                with whole:
+                    builder.store(y, dst_ptr, align=4)
+                with part:
+                    _masked_store(builder, y, dst_ptr, builder.icmp_signed("<", j, splat(n)))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _masked_load(builder, base, index, lanes, fill=0.0):
     """The first `lanes` floats from base[index], `fill` (+0 or -0) in the other lanes
     (llvm.masked.load: the masked-off lanes are not read)."""

@@ -29,7 +29,7 @@ from numba import prange
 from numba.extending import register_jitable
 
 from ..jit import njit
-from ..simd import CHAINS, VEC, copy_floats, interleave8, zero_floats
+from ..simd import CHAINS, VEC, copy_floats, interleave8, pad_copy, zero_floats
 from .geom import FEW_TAPS, ConvGeom, one_chain
 
 LINE_FLOATS = 16  # floats per 64-byte cache line
@@ -233,15 +233,17 @@ def _planes_threads(xf, shape, geom, planes, plane_of, xq, n_items, threads):
 def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
     """`to_planes` of the (image, channel) items i0 .. i1 - 1, their rows r0 .. r1 - 1 (of
     `_rows`); the one that writes the last row also zeroes the plane's tail. xf the images
-    (flat, of `shape`), xq the copy (flat). Unit-stride runs are copied and zeroed whole
-    (`copy_floats`, `zero_floats`)."""
+    (flat, of `shape`), xq the copy (flat). Rows of one phase are written whole with their pads,
+    in vectors (`pad_copy`); a vector that reaches past a row writes zeros into the next row,
+    which this call writes later, or into the plane's tail; never past the rows it writes."""
     n_n, c_n, h, w = shape
     cg = c_n // geom.groups
     pl_n, ph_n, q = planes.plane, planes.phases, planes.q
+    cc = i0 % cg  # item i0's channel in its group (c_n is a multiple of cg)
     for item in range(i0, i1):
-        n, c = item // c_n, item % c_n
-        at = (n * c_n + (c // cg) * cg + plane_of[c % cg]) * pl_n  # the plane in xq
+        at = (item - cc + plane_of[cc]) * pl_n  # the plane in xq (item - cc: its group's first plane)
         src = item * h * w  # the channel in xf
+        cc = cc + 1 if cc + 1 < cg else 0  # no division per plane
         if planes.kind == FLAT:
             ow = geom.ow
             for oy in range(r0, r1):
@@ -251,32 +253,30 @@ def _planes_items(xf, shape, geom, planes, plane_of, xq, i0, i1, r0, r1):
             if r1 == geom.oh:
                 zero_floats(xq, at + geom.oh * ow, pl_n - geom.oh * ow)
             continue
-        # a whole plane of one phase is zeroed at once and its rows copied over the zeros (one
-        # call a row, not three: on 7x7 and 14x14 planes the calls took longer than the copies)
-        whole = ph_n == 1 and r0 == 0 and r1 == planes.hp
-        if whole:
-            zero_floats(xq, at, pl_n)
-        for r in range(r0, r1):
+        if ph_n == 1:  # each padded row written whole, its pads with it, in vectors (`pad_copy`)
+            lo, hi = min(q, geom.pl), min(q, geom.pl + w)
+            for r in range(r0, r1):
+                iy = r - geom.pt
+                inside = 0 <= iy < h
+                m = pl_n - r * q if r == planes.hp - 1 else q  # the plane's last row with its tail
+                lo_r, hi_r = (lo, hi) if inside else (0, 0)
+                pad_copy(xf, src + iy * w - geom.pl, lo_r, hi_r, xq, at + r * q, m, (r1 - 1 - r) * q)
+            continue
+        for r in range(r0, r1):  # rows of several phases, their pads zeroed
             iy, d = r - geom.pt, at + r * ph_n * q
             if iy < 0 or iy >= h:
-                if not whole:
-                    zero_floats(xq, d, ph_n * q)
+                zero_floats(xq, d, ph_n * q)
                 continue
             for ph in range(ph_n):
                 # column j of phase ph holds input column j * ph_n + ph - pl: inside x for j0 <= j < j1
                 j0 = min(q, max(0, (geom.pl - ph + ph_n - 1) // ph_n))
                 j1 = max(j0, min(q, (w - 1 + geom.pl - ph) // ph_n + 1))
                 seg, ix = d + ph * q, src + iy * w + j0 * ph_n + ph - geom.pl
-                if not whole:
-                    zero_floats(xq, seg, j0)
-                if ph_n == 1:
-                    copy_floats(xf, ix, xq, seg + j0, j1 - j0)
-                else:
-                    for j in range(j1 - j0):
-                        xq[seg + j0 + j] = xf[ix + j * ph_n]
-                if not whole:
-                    zero_floats(xq, seg + j1, q - j1)
-        if r1 == planes.hp and not whole:
+                zero_floats(xq, seg, j0)
+                for j in range(j1 - j0):
+                    xq[seg + j0 + j] = xf[ix + j * ph_n]
+                zero_floats(xq, seg + j1, q - j1)
+        if r1 == planes.hp:
             zero_floats(xq, at + planes.hp * ph_n * q, pl_n - planes.hp * ph_n * q)
 
 
