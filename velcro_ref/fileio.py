@@ -21,7 +21,9 @@ def parse_json(text):
     the values a reader takes is its own choice), raises ValueError, as any other bad one. A
     leading byte order mark (some editors write one) is skipped, as RFC 8259 allows."""
     try:
-        return json.loads(text.removeprefix(BOM), object_pairs_hook=_unique_keys)
+        if isinstance(text, str):  # bytes (an HDF5 attribute of fixed length): json finds a BOM itself
+            text = text.removeprefix(BOM)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply to decode") from None
 
