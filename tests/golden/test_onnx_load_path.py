@@ -235,6 +235,8 @@ def test_what_storage_order_or_training_mode_would_change_is_refused(tmp_path):
     cast = helper.make_node("Cast", ["idx"], ["f"], to=TensorProto.FLOAT)
     path = save(tmp_path, [pool, cast, helper.make_node("Add", ["p", "f"], ["y"])], {}, opset=12, name="indices")
     assert "output 'idx' is read" in refused(path)
+    pool = helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 1], storage_order=2)
+    assert "storage_order=2" in refused(save(tmp_path, [pool], {}, opset=12, name="order2"))
     for ratio, name in ((0.5, "half"), (None, "default")):
         consts = {"train": np.array(True)} | ({} if ratio is None else {"ratio": np.float32(ratio)})
         ins = ["x", "ratio" if ratio is not None else "", "train"]
@@ -243,13 +245,16 @@ def test_what_storage_order_or_training_mode_would_change_is_refused(tmp_path):
 
 
 def test_a_clip_refused_names_its_bounds_in_float32_digits(tmp_path):
-    """A Clip to [0, 6.0000005] is not a relu6: the refusal says 6.0000005, not 6."""
+    """A Clip to [0, 6.0000005] is not a relu6: the refusal says 6.0000005, not 6 (nor 6 for a
+    float64 bound of 6 + 1e-12, which float32 would round to 6)."""
     path = save(
         tmp_path,
         [helper.make_node("Clip", ["x", "lo", "hi"], ["y"])],
         {"lo": np.float32(0), "hi": np.float32(6.0000005)},
     )
     assert "[0, 6.0000005]" in refused(path)
+    clip = helper.make_node("Clip", ["x", "lo", "hi"], ["y"])  # float64 bounds: in their own digits
+    assert "[0, 6.000000000001]" in refused(save(tmp_path, [clip], {"lo": 0.0, "hi": 6 + 1e-12}, name="wide"))
 
 
 @pytest.mark.parametrize("op", ["qconv2d", "qlinear"])

@@ -161,7 +161,9 @@ class MaxPool(_Window):
         return [ctx.helper.make_node("MaxPool", list(node.inputs), [node.name], name=node.name, **attrs)]
 
     def from_onnx(self, node, index, a, ctx):
-        a.get("storage_order")  # it orders only the Indices output, which the importer refuses where read
+        order = a.get("storage_order", 0)  # it orders only the Indices output, which is refused where read
+        if order not in (0, 1):
+            raise OnnxUnsupported(f"storage_order={order}; ONNX defines 0 (row-major) and 1 (column-major)")
         super().from_onnx(node, index, a, ctx)
 
 
