@@ -32,6 +32,8 @@ vectors carry it:
   with their epilogue, worked on the 8 in one vector). With 16-float vectors two accumulators
   share one `<16 x float>` (`_pairs16`), each half the chains of its own output.
 - `fma32`: the scalar fused multiply-add, for loops LLVM vectorises across outputs.
+- `pad_copy`: a zero-padded row of the dense kernels' input copy in whole vectors;
+  `prefetch_write`: a hint that a line is about to be written (no value changes).
 - `clamp_moment_rows`: a profiled relu / relu6 site's pass over 8 images (`moments.py`), 16
   elements in the lanes: the clamp, the min and max of the input and Welford's update in float64
   (`<16 x double>`, where LLVM's own vectorisation of that loop took 4 doubles at a time), each
@@ -1142,6 +1144,27 @@ def clamp_moment_rows(typingctx, x, out, n, e0, k, top, shift, mean, m2, xl, xh)
                 builder.store(v, _vec_ptr(builder, a.data, i, _V16), align=4)
             for a, v in ((ma, mu), (qa, q)):
                 builder.store(v, _vec_ptr(builder, a.data, i, _D16), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch_write(typingctx, arr, index):
+    """A hint: the line of arr[index] (float32, flat) is about to be written (llvm.prefetch, rw 1,
+    locality 3). Changes no value."""
+    if not (_f32_c(arr) and isinstance(index, types.Integer)):
+        return None
+    sig = types.none(arr, index)
+
+    def codegen(context, builder, sig, args):
+        (a,) = _arrays(context, builder, sig, args, 0)
+        i = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = builder.bitcast(builder.gep(a.data, [i]), _I8.as_pointer())
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [ptr, _I32(1), _I32(3), _I32(1)])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -17,7 +17,18 @@ from numba import prange
 from numba.extending import register_jitable
 
 from ..jit import njit
-from ..simd import CHAINS, DVEC, VEC, direct_tile, lane_pass, store_lanes, store_tile, tile_pass, wide_vectors
+from ..simd import (
+    CHAINS,
+    DVEC,
+    VEC,
+    direct_tile,
+    lane_pass,
+    prefetch_write,
+    store_lanes,
+    store_tile,
+    tile_pass,
+    wide_vectors,
+)
 from .geom import group_taps, one_chain
 from .layouts import BLOCKS, DIRECT, to_blocks, to_planes
 
@@ -478,6 +489,8 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
             for ti in range(t_lo, t_hi):
                 i = ti - t_lo
                 w0 = bases[i, WIDE] + b0 * wstep
+                if bits is not None:
+                    _prefetch_tile(out, ti, ti == t_lo, n_t, groups, kg, b0, nb, k_n, p_n)
                 if bits is None or _blocks_kept(bits, ti, n_t, groups, kg, b0, nb, p_n) == nb:
                     _tile_chains(wts, w0, nb, wstep, xp, bases, i, offs, starts, parts, (0, sums))
                 elif bits is not None:  # masked: the blocks whose bits name an output (see conv_lanes)
@@ -494,6 +507,22 @@ def conv_short_lanes(xp, cw, geom, res, has_res, act, out, split, bits):
                         done += _store_kept(parts, u, CHAINS, (bias, res, out), where, ob, t, n_t, bits)
         n_done += done
     return n_done * taps
+
+
+@njit(cache=True, inline="always")
+def _prefetch_tile(out, ti, first, n_t, groups, kg, b0, nb, k_n, p_n):
+    """Hints that the outputs of work tile ti's filter blocks b0 .. b0 + nb - 1 are about to be
+    written (`prefetch_write`): the line of the tile's last position in each plane, and of its
+    first where it is the first tile of its work item (later tiles find that line hinted as the
+    previous tile's last). A masked tile stores by masked stores, which on lines missing from
+    the caches waited on memory (docs/kernels.md, "Measured"). Changes no value."""
+    g, t = (ti // n_t) % groups, ti % n_t
+    last = min(p_n, (t + 1) * POS_TILE) - 1
+    o = (ti // (groups * n_t)) * k_n * p_n + (g * kg + b0 * LANE_K) * p_n
+    for f in range(nb * LANE_K):
+        prefetch_write(out, o + f * p_n + last)
+        if first:
+            prefetch_write(out, o + f * p_n + t * POS_TILE)
 
 
 @njit(cache=True, inline="always")
