@@ -255,6 +255,9 @@ def test_a_clip_refused_names_its_bounds_in_float32_digits(tmp_path):
     assert "[0, 6.0000005]" in refused(path)
     clip = helper.make_node("Clip", ["x", "lo", "hi"], ["y"])  # float64 bounds: in their own digits
     assert "[0, 6.000000000001]" in refused(save(tmp_path, [clip], {"lo": 0.0, "hi": 6 + 1e-12}, name="wide"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # beyond float32's range: no overflow warning before the refusal
+        assert "[0, 1e+39]" in refused(save(tmp_path, [clip], {"lo": 0.0, "hi": 1e39}, name="beyond"))
 
 
 @pytest.mark.parametrize("op", ["qconv2d", "qlinear"])
