@@ -517,7 +517,7 @@ def _prefetch_tile(out, ti, first, n_t, groups, kg, b0, nb, k_n, p_n):
     previous tile's last). A masked tile stores by masked stores, which on lines missing from
     the caches waited on memory (docs/kernels.md, "Measured"). Changes no value."""
     g, t = (ti // n_t) % groups, ti % n_t
-    last = min(p_n, (t + 1) * POS_TILE) - 1
+    last = p_n - 1 if t == n_t - 1 else (t + 1) * POS_TILE - 1  # a plane's last tile may be WIDE
     o = (ti // (groups * n_t)) * k_n * p_n + (g * kg + b0 * LANE_K) * p_n
     for f in range(nb * LANE_K):
         prefetch_write(out, o + f * p_n + last)
