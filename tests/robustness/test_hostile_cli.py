@@ -141,6 +141,9 @@ CASES = [
     # qavg_pool kernel adds it before: one step apart at exact halves (its ONNX round trip differed)
     ("qavg-pool-whole-input", "infer {d}/qavg.h5 --input {d}/x.npy", 1, "write it as qglobal_avg_pool"),
     ("qglobal-pool-mixed-types", "infer {d}/qgap.h5 --input {d}/x.npy", 1, "one type for every input and the output"),
+    # ONNX attributes that change the result here: refused at import, not ignored
+    ("onnx-max-pool-storage-order-2", "import-onnx {d}/order2.onnx -o {d}/o.h5", 1, "storage_order=2"),
+    ("onnx-dropout-training-ratio-half", "import-onnx {d}/dropout.onnx -o {d}/o.h5", 1, "training_mode is true"),
     # --allow-nonfinite: where a command has it, and where it has nothing to apply to
     ("simulate-nan-model", "simulate {d}/nan.h5 --accel {d}/a.toml", 1, "(use --allow-nonfinite to accept)"),
     ("simulate-nan-model-allowed", "simulate {d}/nan.h5 --accel {d}/a.toml --allow-nonfinite", 0, None),
@@ -226,6 +229,30 @@ def prepare(d: Path, case: str) -> None:
         write_model(d / "qgap.h5", (3, 16, 16), "out", nodes, {})
         with h5py.File(d / "qgap.h5", "r+") as f:
             f.attrs["format_version"] = 2  # a graph of quantized ops
+    if case.startswith("onnx-"):  # one node on the input, written with onnx's helpers
+        from onnx import TensorProto, helper, numpy_helper
+
+        name, node, inits = {
+            "onnx-max-pool-storage-order-2": (
+                "order2",
+                helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], storage_order=2),
+                [],
+            ),
+            "onnx-dropout-training-ratio-half": (
+                "dropout",
+                helper.make_node("Dropout", ["x", "ratio", "train"], ["y"]),
+                [numpy_helper.from_array(np.float32(0.5), "ratio"), numpy_helper.from_array(np.array(True), "train")],
+            ),
+        }[case]
+        graph = helper.make_graph(
+            [node],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+        (d / f"{name}.onnx").write_bytes(model.SerializeToString())
     if case == "no-activation-site":
         save_stats(Stats("f" * 64, {}, (), 1, "none"), d / "nosite_stats.h5")
     if case == "dot-node-golden":
