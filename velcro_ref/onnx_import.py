@@ -785,7 +785,10 @@ class _Importer:
             self._check_outputs(node)
             if op == "Dropout" and len(node.input) > 2 and node.input[2]:
                 mode = self.const(node, 2, "training_mode")
-                if bool(np.asarray(mode).reshape(-1)[0]) and self._dropout_ratio(node) != 0:
+                ratio = self.const(node, 1, "ratio", required=False)  # absent: ONNX's 0.5
+                # a ratio of 0 drops nothing and scales by 1 / (1 - 0): the identity
+                zero = ratio is not None and np.size(ratio) == 1 and np.asarray(ratio).reshape(-1)[0] == 0
+                if bool(np.asarray(mode).reshape(-1)[0]) and not zero:
                     raise OnnxUnsupported("training_mode is true")
             if op == "Dropout":  # before opset 7, is_test=0 (the default) drops elements: training mode
                 if self.opset < 7 and not a.get("is_test", 0):
@@ -816,14 +819,6 @@ class _Importer:
         finally:
             self._materialize = False
         self._check_read(node, a)
-
-    def _dropout_ratio(self, node) -> float | None:
-        """A Dropout's ratio (input 1; absent: ONNX's 0.5), None where it is not a constant scalar. In
-        training mode a ratio of 0 drops nothing and scales by 1 / (1 - 0): the identity."""
-        if len(node.input) < 2 or not node.input[1]:
-            return 0.5
-        r = self.values.get(node.input[1])
-        return float(np.asarray(r).reshape(-1)[0]) if r is not None and r.dtype != object and r.size == 1 else None
 
     def _check_read(self, node, a: _Attrs) -> None:
         """OnnxUnsupported where the converter (or the folding) left an attribute unread that is not
