@@ -292,13 +292,20 @@ def send_model(client, model) -> str:
     from .dask_tasks import ModelPlugin, has_model, model_key, package_sources
 
     plugin = ModelPlugin(model.graph, model.path, model.fingerprint, package_sources())
+
+    def registered(name, dask_scheduler=None) -> bool:  # on the scheduler (a local function: sent by value)
+        plugins = getattr(dask_scheduler, "worker_plugins", None)
+        return True if plugins is None else name in plugins  # a scheduler that does not say: as before
+
     try:
         _check_sources(client, plugin.sources)
         # A worker lets go of the oldest of more than MAX_MODELS models; the plugin of such a model is
-        # still registered, and registering it again would send nothing: it is sent afresh.
+        # still registered, and registering it again would send nothing: it is sent afresh. Only a
+        # registered one is unregistered: the scheduler logs a traceback for any other.
         if not all(client.run(has_model, model.fingerprint).values()):
-            with contextlib.suppress(ValueError):  # not registered: never sent to this cluster
-                client.unregister_worker_plugin(plugin.name)
+            if client.run_on_scheduler(registered, name=plugin.name):
+                with contextlib.suppress(ValueError):  # gone meanwhile
+                    client.unregister_worker_plugin(plugin.name)
         client.register_plugin(plugin)
     except ImportError as e:
         raise ClusterError(f"the workers cannot import velcro_ref ({e}); install velcro-ref on every worker") from None

@@ -575,3 +575,25 @@ def test_shared_data_named_by_a_relative_path_is_profiled_by_the_tasks(inprocess
     jobs = Jobs(inprocess_client, data_dir="fm", shared=True, batch=32)
     stats = jobs.profile(load_model(WEIGHTS), (5, 7, 9), 40, data_dir="fm", batch=32)
     assert stats.n_images == 40
+
+
+def test_sending_a_model_for_the_first_time_logs_no_error_on_the_scheduler(inprocess_client, small_model, capfd):
+    """A model never sent to the cluster has no plugin there to unregister: the scheduler logged a
+    traceback ("The worker plugin ... does not exist") for the unregistration of one."""
+    import logging
+
+    from velcro_ref.dask_tasks import has_model
+    from velcro_ref.distributed import send_model
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("distributed.core")
+    logger.addHandler(handler)
+    try:
+        send_model(inprocess_client, small_model)
+    finally:
+        logger.removeHandler(handler)
+    assert all(inprocess_client.run(has_model, small_model.fingerprint).values())
+    assert not [r for r in records if r.levelno >= logging.ERROR], [r.getMessage() for r in records]
+    assert "does not exist" not in capfd.readouterr().err
