@@ -312,7 +312,7 @@ def load_image_set(args, model):
         if n_x != len(y):
             raise InputError(f"{args.images}: {n_x} images but {len(y)} labels")
         found = tuple(int(c) for c in np.unique(y))
-        classes = data.parse_classes(args.classes, _class_names(model)) if args.classes else found
+        classes = option_classes(args.classes, _class_names(model)) if args.classes else found
         if classes and min(classes) < 0:  # a label such as -1 for "unlabelled", taken as a class
             raise InputError(
                 f"{args.images}: 'y' holds label {min(classes)}, and class {min(classes)} is no class index "
@@ -328,7 +328,7 @@ def load_image_set(args, model):
     elif args.data == "fashion-mnist":
         if not args.classes:
             raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
-        classes = data.parse_classes(args.classes)
+        classes = option_classes(args.classes)
         x, y = data.task_images(model, classes, args.split, args.samples, args.data_dir)
         source = f"fashion-mnist {args.split} classes {list(classes)}"
         where = source
@@ -397,8 +397,20 @@ def task_classes(args):
     if bool(args.task) == bool(args.classes):
         raise UsageError("give exactly one of --task NAME or --classes LIST")
     if args.classes:
-        return classes_of(classes=args.classes), f"classes {args.classes}"
+        return classes_of(classes=option_classes(args.classes)), f"classes {args.classes}"
     return classes_of(task=args.task), args.task
+
+
+def option_classes(text, names=None) -> tuple:
+    """The classes of a --classes option (`data.parse_classes`; `names` the model's, Fashion-MNIST's
+    when None): an unknown, out-of-range or duplicate class is a usage error naming the option (exit 2,
+    as an unknown --task is)."""
+    from . import data
+
+    try:
+        return data.parse_classes(text, data.CLASS_NAMES if names is None else names)
+    except DataError as e:
+        raise UsageError(f"--classes: {e}") from None
 
 
 def progress(total, desc, unit="img"):

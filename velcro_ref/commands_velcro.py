@@ -20,6 +20,7 @@ from .cli_util import (
     load_array,
     load_image_set,
     nonfinite_cause,
+    option_classes,
     print_json,
     progress,
     share_text,
@@ -374,11 +375,11 @@ def cmd_golden(args):
         x = load_array(args.input)
         source = {"file": str(args.input)}
     else:
-        from .data import parse_classes, task_images
+        from .data import task_images
 
         if not args.classes:
             raise UsageError("--classes is required with --data (e.g. --classes 5,7,9)")
-        classes = parse_classes(args.classes)
+        classes = option_classes(args.classes)
         n = args.samples or 1
         x, labels, indices = task_images(model, classes, args.split, n, args.data_dir, with_indices=True)
         if len(x) < n:

@@ -203,7 +203,7 @@ def test_classes_of_an_image_set_are_named_as_the_model_names_them(velcro, tmp_p
     assert res.code == 0, res.err
     assert json.loads(res.out)["n_images"] == int(np.isin(y, [1, 15]).sum())
     res = velcro("eval", tmp_path / "z20.h5", "--images", tmp_path / "y15.npz", "--classes", "20")
-    res.error_line("class 20 out of range; valid: 0-19")
+    res.error_line("--classes: class 20 out of range; valid: 0-19", code=2)
     velcro("eval", shipped, "--images", tmp_path / "y15.npz").error_line("class 15", "10 class(es)")
     g = load_graph(shipped)
     names = [f"kind_{i}" for i in range(10)]
@@ -237,5 +237,5 @@ def test_options_that_would_be_ignored_with_an_image_file_are_refused(velcro, tm
 def test_a_class_written_with_a_unicode_digit_python_cannot_read_is_one_error_line(velcro, tmp_path, token):
     model = ROOT / "weights" / "resnet18.h5"
     velcro("eval", model, "--data", "fashion-mnist", "--classes", token, "--samples", "5").error_line(
-        f"unknown class '{token}'"
+        f"unknown class '{token}'", code=2
     )
