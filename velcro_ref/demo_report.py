@@ -217,11 +217,18 @@ def settings_table(report) -> list:
     return rows
 
 
+def _ratios_text(ratios) -> str:
+    """The ratio grid: "Ratios a..b (n points)" where it is evenly spaced, else every ratio."""
+    steps = np.diff(ratios)
+    if len(ratios) > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9):
+        return f"Ratios {ratios[0]:g}..{ratios[-1]:g} ({len(ratios)} points)"
+    return f"Ratio{'s' * (len(ratios) > 1)} {', '.join(f'{r:g}' for r in ratios)}"
+
+
 def _images_line(report) -> str:
     s = report["settings"]
-    ratios = s["ratios"]
     return (
-        f"Ratios {ratios[0]:g}..{ratios[-1]:g} ({len(ratios)} points), policies {', '.join(s['policies'])}; "
+        f"{_ratios_text(s['ratios'])}, policies {', '.join(s['policies'])}; "
         f"per task {_used(report, 'preprocessing', s['profile_images'])} preprocessing images (its first train "
         f"images), {_used(report, 'validation', s['validation_images'])} validation images (its next train "
         f"images) and {_used(report, 'test', s['eval_images_per_task'])} test images (its first); demo time "

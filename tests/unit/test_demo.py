@@ -548,3 +548,19 @@ def test_an_accelerator_file_is_read_once_by_the_client_and_sent_to_the_tasks(ti
     assert seen and all(isinstance(a, Arch) and a == preset for a in seen)
     figures = report["models"]["tiny"]["tasks"]["footwear"]["policies"]["uniform"]["no_loss"]["accelerator"]
     assert list(figures) == [str(spec)]
+
+
+def test_the_report_names_each_ratio_of_a_grid_that_is_not_evenly_spaced():
+    """--ratios 0.1,0.4: the text read "Ratios 0..0.4 (3 points)", as if 0, 0.2, 0.4 were run."""
+    from velcro_ref.demo_report import _images_line
+
+    task = {"images": {"preprocessing": {"n": 30}, "validation": {"n": 10}, "test": {"n": 20}}}
+    settings = {"policies": ["uniform"], "profile_images": 30, "validation_images": 10, "eval_images_per_task": 20}
+    for ratios, text in [
+        ([0.0, 0.1, 0.4], "Ratios 0, 0.1, 0.4, "),
+        ([0.3], "Ratio 0.3, "),
+        ([0.0, 0.3, 0.6, 0.9], "Ratios 0..0.9 (4 points), "),
+        ([round(0.1 * i, 10) for i in range(10)], "Ratios 0..0.9 (10 points), "),
+    ]:
+        report = {"settings": {**settings, "ratios": ratios}, "models": {"m": {"tasks": {"t": task}}}}
+        assert _images_line(report).startswith(text), (ratios, _images_line(report))
