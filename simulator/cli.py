@@ -105,3 +105,10 @@ def register(sub) -> None:
         help="explore the Cartesian product of values, e.g. rows=8,16,32 cols=8,16,32 dataflow=weight_stationary",
     )
     p.set_defaults(func=cmd_simulate)
+
+
+if __name__ == "__main__":  # python -m simulator.cli ARGS: velcro simulate ARGS
+    from velcro_ref.launch import run
+
+    sys.argv[1:1] = ["simulate"]
+    run()

@@ -425,8 +425,8 @@ def parse_sweep(specs) -> dict:
     """["rows=8,16", "dataflow=weight_stationary"] -> {"rows": [8, 16], "dataflow": [...]}.
 
     Raises UsageError for a malformed spec, an unknown or repeated key, a value its field does not
-    accept (docs/simulator.md gives the ranges) or more than MAX_SWEEP_POINTS points, listing every
-    bad value at once.
+    accept (docs/simulator.md gives the ranges) or gives twice, or more than MAX_SWEEP_POINTS
+    points, listing every bad value at once.
     """
     from .arch import SWEEP_KEYS, sweep_problem
 
@@ -444,6 +444,9 @@ def parse_sweep(specs) -> dict:
         except ValueError:
             raise UsageError(f"--sweep: {key} expects {SWEEP_KEYS[key].__name__} values, got {values!r}") from None
         problems += [p for v in grid[key] if (p := sweep_problem(key, v))]
+        twice = sorted({str(v) for v in grid[key] if grid[key].count(v) > 1})
+        if twice:  # each design point once, as --exclude, --accels and --classes refuse a repeat
+            problems.append(f"{key} gives {', '.join(twice)} twice")
     if problems:
         raise UsageError("--sweep: " + "; ".join(problems))
     n_points = math.prod(len(v) for v in grid.values())

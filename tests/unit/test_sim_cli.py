@@ -145,6 +145,8 @@ def test_sweep_prints_every_point(files, capsys, tmp_path):
         (["--accel", "edge16", "--sweep", "depth=3"], "error: --sweep: unknown key 'depth'"),
         (["--accel", "edge16", "--sweep", "rows=a"], "error: --sweep: rows expects int values"),
         (["--accel", "edge16", "--sweep", "rows=0"], "rows must be a positive integer, got 0"),
+        (["--accel", "edge16", "--sweep", "rows=8,16,8"], "error: --sweep: rows gives 8 twice"),
+        (["--accel", "edge16", "--sweep", "dataflow=weight_stationary,weight_stationary"], "gives weight_stationary"),
     ],
 )
 def test_errors_are_one_line(files, capsys, argv, message):
@@ -206,3 +208,17 @@ def test_the_sweep_table_leaves_an_undefined_saving_blank_as_the_layer_table_doe
     assert "%" not in out, out
     with open(tmp_path / "s.csv") as f:
         assert {r["energy_saving"] for r in csv.DictReader(f)} == {"0.0"}  # the stand-in, as in the JSON
+
+
+def test_python_m_simulator_cli_runs_velcro_simulate(files):
+    """`python -m simulator.cli ARGS` ran nothing and exited 0 whatever ARGS said."""
+    import subprocess
+    import sys
+
+    args = [files / "m.h5", "--accel", "edge16", "--json"]
+    ran = [subprocess.run([sys.executable, "-m", m, *cmd, *map(str, args)], capture_output=True, text=True)
+           for m, cmd in (("simulator.cli", []), ("velcro_ref.cli", ["simulate"]))]  # fmt: skip
+    assert [r.returncode for r in ran] == [0, 0], ran[0].stderr
+    assert ran[0].stdout == ran[1].stdout and json.loads(ran[0].stdout)["layers"]
+    bad = subprocess.run([sys.executable, "-m", "simulator.cli", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("error: ") == 1, bad.stderr
