@@ -220,7 +220,7 @@ def settings_table(report) -> list:
 def _ratios_text(ratios) -> str:
     """The ratio grid: "Ratios a..b (n points)" where it is evenly spaced, else every ratio."""
     steps = np.diff(ratios)
-    if len(ratios) > 1 and np.allclose(steps, steps[0], rtol=0, atol=1e-9):
+    if len(ratios) > 1 and np.ptp(steps) <= 1e-9 * (ratios[-1] - ratios[0]):
         return f"Ratios {ratios[0]:g}..{ratios[-1]:g} ({len(ratios)} points)"
     return f"Ratio{'s' * (len(ratios) > 1)} {', '.join(f'{r:g}' for r in ratios)}"
 

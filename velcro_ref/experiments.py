@@ -38,7 +38,7 @@ def parse_ratios(text) -> list[float]:
         raise UsageError(f"--ratios expects start:stop:step (finite, step > 0) or a comma list, got {text!r}") from None
     if not ratios or any(not 0.0 <= r <= 1.0 for r in ratios):
         raise UsageError(f"--ratios must lie in [0, 1], got {text!r}")
-    return sorted(set(ratios))
+    return sorted({r + 0.0 for r in ratios})  # -0 as 0
 
 
 def profile_task(model, classes, n, data_dir=None, batch=256, progress=None, x=None):

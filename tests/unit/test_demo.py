@@ -561,6 +561,7 @@ def test_the_report_names_each_ratio_of_a_grid_that_is_not_evenly_spaced():
         ([0.3], "Ratio 0.3, "),
         ([0.0, 0.3, 0.6, 0.9], "Ratios 0..0.9 (4 points), "),
         ([round(0.1 * i, 10) for i in range(10)], "Ratios 0..0.9 (10 points), "),
+        ([0.0, 1e-10, 5e-10], "Ratios 0, 1e-10, 5e-10, "),
     ]:
         report = {"settings": {**settings, "ratios": ratios}, "models": {"m": {"tasks": {"t": task}}}}
         assert _images_line(report).startswith(text), (ratios, _images_line(report))

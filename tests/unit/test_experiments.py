@@ -1,5 +1,7 @@
 """Sweeps, ratio grids and the locality summary on real Fashion-MNIST images."""
 
+import math
+
 import numpy as np
 import pytest
 from robust_util import overflowing_model, zoo_graph
@@ -13,6 +15,8 @@ from velcro_ref.experiments import locality, parse_ratios, profile_task, sweep
 def test_parse_ratios():
     assert parse_ratios("0:0.2:0.05") == [0.0, 0.05, 0.1, 0.15, 0.2]
     assert parse_ratios("0.5,0.1") == [0.1, 0.5]
+    for text in ("-0,0.5", "0,-0", "-0:0.5:0.5"):  # -0 is 0 ("Ratios -0..0.5" in the demo's text)
+        assert [math.copysign(1, r) for r in parse_ratios(text)][0] == 1.0, text
     for bad in ("0:1.5:0.5", "a,b", "0.5:0.1:0.1", "0:1:0"):
         with pytest.raises(UsageError):
             parse_ratios(bad)
