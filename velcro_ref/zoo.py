@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UsageError
-from .graph import INPUT, MAX_TOTAL_ELEMENTS, Graph, Node
+from .errors import ModelError, UsageError
+from .graph import INPUT, MAX_TOTAL_ELEMENTS, Graph, Node, infer_shapes
 
 ZOO = ("resnet18", "mobilenet_v2", "googlenet")
 
@@ -203,9 +203,9 @@ _BUILDERS = {"resnet18": _resnet18, "mobilenet_v2": _mobilenet_v2, "googlenet": 
 
 
 def build_zoo(name, input_size=224, in_channels=3, num_classes=1000, width=1.0, seed=0) -> Graph:
-    """A randomly initialised zoo model as a Graph (not yet validated; save_model validates).
+    """A randomly initialised zoo model as a Graph (its shapes checked; save_model validates the rest).
 
-    Raises UsageError for an unknown name or a non-positive size.
+    Raises UsageError for an unknown name, a non-positive size or an input too small for the network.
     """
     if name not in _BUILDERS:
         raise UsageError(f"unknown zoo model '{name}'; choose from {', '.join(ZOO)}")
@@ -224,4 +224,9 @@ def build_zoo(name, input_size=224, in_channels=3, num_classes=1000, width=1.0, 
     # Random models have no training statistics; they take images scaled to [-1, 1].
     pre = {"scale": 1.0 / 255.0, "mean": [0.5] * in_channels, "std": [0.5] * in_channels}
     meta = {"name": name, "source": "zoo", "seed": seed, "width": width, "preprocessing": pre}
-    return Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params, meta)
+    g = Graph(tuple(b.nodes), (in_channels, input_size, input_size), out, b.params, meta)
+    try:
+        infer_shapes(g)
+    except ModelError as e:  # a plane the strides and pools bring to nothing
+        raise UsageError(f"input size {input_size} is too small for {name} ({e})") from None
+    return g

@@ -115,6 +115,7 @@ CASES = [
     ("plot-empty", "locality {d}/m.h5 --classes 1,3 --plot ''", 2, "--plot"),
     ("csv-empty", "simulate {d}/m.h5 --accel edge16 --csv ''", 2, "--csv"),
     ("classes-empty", "sweep {d}/m.h5 --classes ''", 2, "--classes"),
+    ("zoo-input-too-small", "zoo googlenet --input-size 1 -o {d}/z.h5", 2, "input size 1 is too small for googlenet"),
     ("classes-out-of-range", "eval {d}/m.h5 --data fashion-mnist --classes 5,7,11", 2, "--classes: class 11 out of"),
     ("classes-duplicate", "sweep {d}/m.h5 --classes 5,5", 2, "--classes: duplicate classes: 5"),
     ("classes-unknown-name", "profile {d}/m.h5 --images {d}/x.npz --classes boot -o {d}/o.h5", 2, "unknown class"),
