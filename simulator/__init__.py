@@ -1,5 +1,10 @@
 """Edge-accelerator cycle and energy model pricing dense against VELCRO-compressed inference."""
 
+import sys
+
+if sys.argv[:1] == ["-m"]:  # `python -m simulator.cli` imports this package first (its argv[0] is "-m" then):
+    import velcro_ref.launch  # noqa: F401  # the `velcro` entry point's signal handling, before the imports below
+
 from .arch import Arch, load_arch, parse_arch, presets
 from .simulate import SimResult, simulate, sweep
 from .workload import Layer, build_workload

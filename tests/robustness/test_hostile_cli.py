@@ -398,7 +398,8 @@ _PROJECT_FRAME = re.compile(
     [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
     ids=["INT", "TERM"],
 )
-def test_a_signal_while_the_command_starts_is_one_line_and_its_exit_code(work, sig, code, message):
+@pytest.mark.parametrize("entry", ["velcro", "simulator.cli"])  # `velcro info`, `python -m simulator.cli`
+def test_a_signal_while_the_command_starts_is_one_line_and_its_exit_code(work, sig, code, message, entry):
     """SIGINT or SIGTERM at moments from interpreter start-up to the run itself. Once the `velcro` entry
     point runs (velcro_ref.launch, before the package's heavy imports), the signal is `error: interrupted`
     and exit 130 (`error: terminated`, 143), never a traceback. Before that only the interpreter's own
@@ -412,8 +413,12 @@ def test_a_signal_while_the_command_starts_is_one_line_and_its_exit_code(work, s
     start-up as "Exception ignored") shows no frame of the project's code either."""
     seen = set()
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.5):
+        if entry == "velcro":
+            argv = [str(Path(sys.executable).with_name("velcro")), "info", str(work / "m.h5")]
+        else:  # it ran nothing at first, then took a signal only once the simulator's modules were loaded
+            argv = [sys.executable, "-m", "simulator.cli", str(work / "m.h5"), "--accel", "edge16"]
         proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("velcro")), "info", str(work / "m.h5")],
+            argv,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd=ROOT,
