@@ -28,3 +28,24 @@ def test_zoo_options_change_shapes():
     y = model.run(np.zeros((1, 1, 32, 32), np.float32))
     assert y.shape == (1, 7)
     assert model.graph.node("conv1").attrs["out_channels"] == 16
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_the_smallest_input_of_each_network_is_the_one_it_refuses_below(name, monkeypatch):
+    """`zoo googlenet --input-size 1` failed when the model was saved (exit 1, "non-positive dimension");
+    an input below MIN_INPUT_SIZE is a usage error when the model is built, and that size itself builds
+    a valid model at any width."""
+    import velcro_ref.zoo as zoo
+    from velcro_ref.errors import ModelError, UsageError
+    from velcro_ref.graph import infer_shapes
+
+    smallest = zoo.MIN_INPUT_SIZE.get(name, 1)
+    for width, channels in ((0.05, 1), (1.0, 3)):
+        infer_shapes(build_zoo(name, smallest, channels, 10, width))
+        if smallest > 1:
+            with pytest.raises(UsageError, match=f"input size {smallest - 1} is too small for {name}: at least"):
+                build_zoo(name, smallest - 1, channels, 10, width)
+    if smallest > 1:  # the limit is the network's own: one size less leaves a plane empty
+        monkeypatch.setattr(zoo, "MIN_INPUT_SIZE", {})
+        with pytest.raises(ModelError, match="non-positive dimension"):
+            infer_shapes(build_zoo(name, smallest - 1, 1, 10, 0.05))
