@@ -218,11 +218,13 @@ def settings_table(report) -> list:
 
 
 def _ratios_text(ratios) -> str:
-    """The ratio grid: "Ratios a..b (n points)" where it is evenly spaced, else every ratio."""
+    """The ratio grid: "Ratios a..b (n points)" where it is evenly spaced (the steps within 1e-9 of the
+    span, and of the 1e-10 a range's points are rounded to, `experiments.parse_ratios`), else every
+    ratio; each to 10 significant digits, so that two ratios never read alike."""
     steps = np.diff(ratios)
-    if len(ratios) > 1 and np.ptp(steps) <= 1e-9 * (ratios[-1] - ratios[0]):
-        return f"Ratios {ratios[0]:g}..{ratios[-1]:g} ({len(ratios)} points)"
-    return f"Ratio{'s' * (len(ratios) > 1)} {', '.join(f'{r:g}' for r in ratios)}"
+    if len(ratios) > 1 and np.ptp(steps) <= 1e-9 * (ratios[-1] - ratios[0]) + 1e-10:
+        return f"Ratios {ratios[0]:.10g}..{ratios[-1]:.10g} ({len(ratios)} points)"
+    return f"Ratio{'s' * (len(ratios) > 1)} {', '.join(f'{r:.10g}' for r in ratios)}"
 
 
 def _images_line(report) -> str:

@@ -553,6 +553,7 @@ def test_an_accelerator_file_is_read_once_by_the_client_and_sent_to_the_tasks(ti
 def test_the_report_names_each_ratio_of_a_grid_that_is_not_evenly_spaced():
     """--ratios 0.1,0.4: the text read "Ratios 0..0.4 (3 points)", as if 0, 0.2, 0.4 were run."""
     from velcro_ref.demo_report import _images_line
+    from velcro_ref.experiments import parse_ratios
 
     task = {"images": {"preprocessing": {"n": 30}, "validation": {"n": 10}, "test": {"n": 20}}}
     settings = {"policies": ["uniform"], "profile_images": 30, "validation_images": 10, "eval_images_per_task": 20}
@@ -562,6 +563,8 @@ def test_the_report_names_each_ratio_of_a_grid_that_is_not_evenly_spaced():
         ([0.0, 0.3, 0.6, 0.9], "Ratios 0..0.9 (4 points), "),
         ([round(0.1 * i, 10) for i in range(10)], "Ratios 0..0.9 (10 points), "),
         ([0.0, 1e-10, 5e-10], "Ratios 0, 1e-10, 5e-10, "),
+        ([0.1, 0.1000000001, 0.1000000003], "Ratios 0.1, 0.1000000001, 0.1000000003, "),
+        (parse_ratios("0:0.05:0.009740641234"), "Ratios 0..0.0487032062 (6 points), "),  # points rounded to 1e-10
     ]:
         report = {"settings": {**settings, "ratios": ratios}, "models": {"m": {"tasks": {"t": task}}}}
         assert _images_line(report).startswith(text), (ratios, _images_line(report))
