@@ -85,8 +85,8 @@ class Relu6(Relu):
             ctx.add(node, index, "relu", [x], {"max": _FLOAT_MAX})
         else:
             # float32's shortest digits (6.0000005 is not 6), whole numbers without ".0"; a bound no
-            # float32 holds (float64 bounds) in its own digits
-            with np.errstate(over="ignore"):  # a float64 bound beyond float32's range: its own digits
+            # float32 holds (float64 bounds, also beyond float32's range) in its own digits
+            with np.errstate(over="ignore"):
                 digits = [str(np.float32(v)) if float(np.float32(v)) == v else repr(v) for v in (lo, hi)]
             bounds = ", ".join(d.removesuffix(".0") for d in digits)
             raise OnnxUnsupported(f"range [{bounds}]; supported: [0, 6] (relu6) and [0, inf) (relu)")
