@@ -407,11 +407,14 @@ def cmd_rtl_vectors(args):
     order and its tiles on a ROWSxCOLS output-stationary array. docs/rtl.md explains how a testbench uses them,
     docs/formats.md the files.
     """
-    from .rtl_vectors import layer_from_golden, parse_array, write_rtl_vectors
+    from .rtl_vectors import RtlVectorError, layer_from_golden, parse_array, write_rtl_vectors
 
     rows, cols = parse_array(args.array)
     layer = layer_from_golden(args.golden, args.layer, args.image)
-    manifest = write_rtl_vectors(layer, args.output, rows, cols)
+    try:
+        manifest = write_rtl_vectors(layer, args.output, rows, cols)
+    except RtlVectorError as e:  # the layer's values refused (the writer names the layer, not its file)
+        raise RtlVectorError(f"{args.golden}: {e}") from None
     c = manifest["counts"]
     print(
         f"wrote {args.output}: layer {args.layer}, {c['tiles']} tiles on a {rows}x{cols} array, "

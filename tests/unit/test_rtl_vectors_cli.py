@@ -111,6 +111,13 @@ def _retype(name, dtype, scale=1.0):
     return edit
 
 
+def _fill(name, value):
+    def edit(f):
+        _layer_group(f)[name][...] = value
+
+    return edit
+
+
 def _set_attrs(text):
     def edit(f):
         _layer_group(f).attrs["attrs"] = text
@@ -128,8 +135,9 @@ def _set_attrs(text):
         (_set_attrs('{"kernel": [3, 3], "stride": "2"}'), "expected 2 whole numbers, found '2'"),
         (_set_attrs("null"), "attrs: expected a JSON object, found NoneType"),
         (lambda f: f.attrs.__setitem__("format_version", 3), "format_version: expected 2"),
+        (_fill("shift", 31), "g.h5: layer 'layer1.0.conv1': acc << shift leaves int32"),
     ],
-    ids=["float-shift", "int64-acc", "big-endian-bias", "3-pads", "text-stride", "null-attrs", "version-3"],
+    ids=["float-shift", "int64-acc", "big-endian-bias", "3-pads", "text-stride", "null-attrs", "version-3", "wide"],
 )
 def test_a_damaged_golden_layer_is_refused_in_one_line_not_cast(files, tmp_path, capsys, edit, needle):
     """A float shift of -7.3 was written as -7 and an int64 accumulator cast to int32 (exit 0); damaged
