@@ -589,10 +589,13 @@ class _Importer:
 
     def add(self, node, index, op, inputs, attrs=None, params=None, output=None, suffix="", base=None):
         """Add a graph node converted from ONNX `node`, named after it (or after `base`), its output
-        standing for `output` (default: the node's first output). Float parameters are stored as
-        float32, integer ones (quantized weights, biases) in their own dtype."""
+        standing for the ONNX tensor `output` (default: the node's first output; "" for a step no ONNX
+        tensor names, which any name made up for it might: `r#pooled` is a valid one). Float parameters
+        are stored as float32, integer ones (quantized weights, biases) in their own dtype."""
         name = self._emit(self._new_name(node, index, suffix, base), op, inputs, attrs, params)
-        self.alias[output if output is not None else node.output[0]] = name
+        output = node.output[0] if output is None else output
+        if output:
+            self.alias[output] = name
         return name
 
     def _emit(self, name, op, inputs, attrs=None, params=None):

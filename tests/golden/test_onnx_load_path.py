@@ -147,6 +147,20 @@ def test_a_concat_without_inputs_is_refused_in_one_line(tmp_path):
     assert "Concat takes 1 or more inputs, found 0" in refused(save(tmp_path, nodes, {}))
 
 
+def test_a_tensor_named_like_a_step_the_importer_adds_keeps_its_own_values(tmp_path):
+    """A ReduceMean r with keepdims=0 is a pool and a flatten; the pool's output was filed under the
+    made-up name `r#pooled`, so readers of a real tensor of that name got the pool (exit 0)."""
+    nodes = [
+        helper.make_node("HardSwish", ["x"], ["r#pooled"]),
+        helper.make_node("ReduceMean", ["x"], ["r"], axes=[2, 3], keepdims=0),
+        helper.make_node("GlobalAveragePool", ["r#pooled"], ["a"]),
+        helper.make_node("Flatten", ["a"], ["f"]),
+        helper.make_node("Add", ["r", "f"], ["y"]),
+    ]
+    got, want = both(save(tmp_path, nodes, {}, opset=14), X * 3)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_a_softmax_before_opset_13_on_more_than_two_axes_is_refused_saying_why(tmp_path):
     """The refusal read "axis 1 on a rank-4 input; supported: the class axis 1": the axis is 1, and the
     reason (before opset 13 Softmax flattens every axis from its axis on) went unsaid."""

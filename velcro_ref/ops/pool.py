@@ -224,7 +224,7 @@ class GlobalAvgPool(Op):
         if a.get("keepdims", 1):
             ctx.add(node, index, "global_avg_pool", [x])
         else:
-            pooled = ctx.add(node, index, "global_avg_pool", [x], output=f"{node.output[0]}#pooled")
+            pooled = ctx.add(node, index, "global_avg_pool", [x], output="")
             ctx.add(node, index, "flatten", [pooled], suffix="_flatten")
 
 
