@@ -91,6 +91,17 @@ def _thaw(arrays) -> None:
         left = refused
 
 
+def _sealed(a) -> bool:
+    """Whether `a`'s memory can be written only by making `a` writeable again: `a` and every array
+    it is a view of are read-only, and the last of them owns its memory (a view of a bytearray or
+    of a memory map never is)."""
+    while a is not None:
+        if not isinstance(a, np.ndarray) or a.flags.writeable:
+            return False
+        a = a.base
+    return True
+
+
 def _stamp(a) -> int:
     """The freeze count when a Model last made `a` read-only, 0 if none has."""
     entry = _FROZEN.get(id(a))
@@ -315,8 +326,9 @@ class Model:
         read-only since a Model made it so for this plan. The arrays are made read-only then, so
         writing into them raises instead of leaving a stale plan; one made writeable again (and
         perhaps edited) makes the next run of this and of every other Model work the plan out
-        anew. Not seen: an array made read-only again by hand after an edit, and a write
-        through another view of its memory (replace the arrays instead)."""
+        anew, as does every run with an array that is a view of a writeable one (which may be
+        written through; `_sealed`). Not seen: an array made read-only again by hand after an
+        edit (replace the arrays instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -325,7 +337,7 @@ class Model:
             and plan.masks is masks
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
-            and not any(a.flags.writeable for a in arrays)  # made writeable again: maybe edited, worked out anew
+            and all(map(_sealed, arrays))  # made writeable again, or a view of a writeable array: maybe edited
             and tuple(map(_stamp, arrays)) == plan.stamps  # frozen again since, by another Model's run
         ):
             return plan

@@ -72,11 +72,10 @@ def ratio_count(ratio, n) -> int:
 
 def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
     """Bool mask of the k lowest-variance elements; ties broken by flat index (stable order)."""
-    flat = variance.ravel()
-    order = np.argsort(flat, kind="stable")
-    mask = np.zeros(flat.size, bool)
-    mask[order[:k]] = True
-    return mask.reshape(variance.shape)
+    order = np.argsort(variance.ravel(), kind="stable")
+    mask = np.zeros(variance.shape, bool)  # its own memory: a run keeps its plan while it is read-only
+    mask.reshape(-1)[order[:k]] = True
+    return mask
 
 
 def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:

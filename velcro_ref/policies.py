@@ -63,7 +63,7 @@ def _budget_masks(stats, ratio, site_costs, exclude, params):
     sites, start = {}, 0
     for s in names:
         size = stats.sites[s].mean.size
-        sites[s] = chosen[start : start + size].reshape(stats.sites[s].mean.shape)
+        sites[s] = chosen[start : start + size].reshape(stats.sites[s].mean.shape).copy()  # not a view of `chosen`
         start += size
     masks = build_masks(stats, {}, params)
     for s, m in sites.items():

@@ -253,6 +253,26 @@ def test_a_mask_edited_after_two_models_ran_it_is_seen_by_both(files):
         assert np.array_equal(got, want) and macs == want_macs
 
 
+def test_masks_edited_through_the_arrays_they_are_views_of_are_seen_by_the_next_run(files):
+    """A MaskSet's mask and constants were views of a user's writeable arrays; the run made the views
+    read-only and kept its plan, so an edit through the arrays left the next run on the old values."""
+    model = velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(model)
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 3)
+    y, macs = model.run_counted(x, masks)
+    plan = model._masks
+    assert np.array_equal(model.run(x, masks), y) and model._masks is plan  # kept: arrays of their own
+    parents = {s: (np.stack([m, m]), np.stack([c, c])) for s, (m, c) in masks.sites.items()}
+    views = MaskSet(masks.fingerprint, {s: (pm[0], pc[0]) for s, (pm, pc) in parents.items()})
+    assert np.array_equal(model.run(x, views), y)
+    for pm, pc in parents.values():
+        pm[0], pc[0] = True, 5.0  # through the parents, whose views the run made read-only
+    fresh = MaskSet(masks.fingerprint, {s: (pm[0].copy(), pc[0].copy()) for s, (pm, pc) in parents.items()})
+    want, want_macs = velcro_ref.load_model(files / "m.h5").run_counted(x, fresh)
+    got, got_macs = model.run_counted(x, views)
+    assert np.array_equal(got, want) and got_macs == want_macs and not np.array_equal(got, y)
+
+
 def test_masks_a_run_refuses_are_left_writeable_without_a_warning(files):
     model = velcro_ref.load_model(files / "m.h5")
     site, shape = next(iter(model.sites.items()))
