@@ -1,8 +1,8 @@
 """Drawn float convs quantized by onnxruntime's quantize_static, against onnxruntime bit for bit.
 
 A conv with drawn channels, groups, kernel, strides, dilations and pads, alone or followed by a
-relu, a max pool, a global average pool, an average pool, a softmax head, or added to or
-concatenated with a second conv, on a drawn batch; quantized by quantize_static (QDQ or
+relu, a max pool, a global average pool (squeezed to (N, C) or not), an average pool, a softmax
+head, or added to or concatenated with a second conv, on a drawn batch; quantized by quantize_static (QDQ or
 QOperator, per-tensor or per-channel weights, uint8 or int8 activations, MinMax over three drawn
 batches), imported by `import_onnx` and run by the engine: every output element must equal
 onnxruntime's in its exact mode (robust_util's `int8_session`), and so must onnxruntime's run of
@@ -67,7 +67,11 @@ def quantizable_convs(draw):
         pads = [1, 1, 1, 1] if draw(st.booleans()) else [0, 0, 0, 0]
         nodes.append(helper.make_node("MaxPool", ["conv"], ["y"], name="pool", kernel_shape=[2, 2], pads=pads))
     elif tail == "gap":
-        nodes.append(helper.make_node("GlobalAveragePool", ["conv"], ["y"], name="gap"))
+        squeeze = draw(st.booleans())  # (N, C, 1, 1) -> (N, C): a flatten
+        nodes.append(helper.make_node("GlobalAveragePool", ["conv"], ["gap" if squeeze else "y"], name="gap"))
+        if squeeze:
+            inits.append(numpy_helper.from_array(np.array([2, 3], np.int64), "axes"))
+            nodes.append(helper.make_node("Squeeze", ["gap", "axes"], ["y"], name="squeeze"))
     elif tail == "avgpool":  # onnxruntime runs QLinearAveragePool: qavg_pool
         pads = [1, 1, 1, 1] if draw(st.booleans()) else [0, 0, 0, 0]
         include = draw(st.sampled_from([0, 1]))

@@ -4,8 +4,9 @@ Two kinds of model: one Conv, MaxPool or AveragePool node with its attributes dr
 allows (kernel, strides, dilations, explicit pads or auto_pad, groups, bias, ceil_mode,
 count_include_pad) on drawn input sizes; and short chains of the other mapped ops in drawn
 opsets (batch norm, relu, Clip in its forms, HardSwish, SiLU, a residual Add, Concat, pools,
-Dropout, Identity) with a drawn head (GlobalAveragePool, ReduceMean with axes as attribute or
-input, Flatten, Reshape, Gemm with transB, alpha, beta and bias shapes, MatMul and Add, Softmax).
+Dropout, Identity) with a drawn head (GlobalAveragePool and a Squeeze of drawn axes, ReduceMean
+with axes as attribute or input, Flatten, Reshape, Gemm with transB, alpha, beta and bias shapes,
+MatMul and Add, Softmax).
 The importer and the engine must give onnxruntime's output, or refuse the model with a one-line
 VelcroError; never another output. Where onnxruntime refuses a model itself (it runs no dilated
 conv with auto_pad SAME_*), onnx's reference implementation is the oracle; a model both refuse
@@ -204,6 +205,14 @@ def op_chains(draw):
     head = draw(st.sampled_from(HEADS))
     if head == "gap":
         t = g.node("GlobalAveragePool", [t])
+        axes = draw(st.sampled_from(["keep", [2, 3], [-1, -2], [3, 2], [2], [1, 2, 3], [0, 2, 3], [2, 2, 3], None]))
+        if axes is None or axes == "keep":
+            if axes is None:  # no axes: every axis of size 1, a batch of one too
+                t = g.node("Squeeze", [t])
+        elif opset >= 13:
+            t = g.node("Squeeze", [t, g.const(np.array(axes, np.int64))])
+        else:
+            t = g.node("Squeeze", [t], axes=axes)
     elif head == "reducemean":
         axes, keep = draw(st.sampled_from([[2, 3], [-1, -2], [3, 2], [1], [2]])), draw(st.sampled_from([0, 1]))
         if opset >= 18:

@@ -18,7 +18,7 @@ class Flatten(Op):
     quantized_as, on_float_input = "flatten", "bypass"
     unit = "free"
     tensors = "any"
-    onnx_types = ("Flatten", "Reshape")
+    onnx_types = ("Flatten", "Reshape", "Squeeze")
 
     def infer(self, node, a, ins, param_shape):
         return (int(np.prod(ins[0])),)
@@ -39,6 +39,9 @@ class Flatten(Op):
                 raise OnnxUnsupported(f"axis {a.get('axis')}; only axis 1 (keep the batch axis) is supported")
             ctx.add(node, index, "flatten", [x])
             return
+        if node.op_type == "Squeeze":
+            self._squeeze(node, index, a, ctx, x)
+            return
         features = int(np.prod(ctx.shape(x)))  # first: an unknown input shape also hides the target shape
         shape = np.asarray(a["shape"]) if "shape" in a else ctx.values.get(node.input[1])
         if shape is None:
@@ -55,6 +58,22 @@ class Flatten(Op):
         if not batch:
             shown = [d if d is ctx.BATCH else int(d) for d in s]
             raise OnnxUnsupported(f"target shape {shown}; only (N, -1), i.e. flatten, is supported")
+        ctx.add(node, index, "flatten", [x])
+
+    @staticmethod
+    def _squeeze(node, index, a, ctx, x):
+        """A Squeeze of the axes after the channels, each of size 1 ((N, C, 1, 1) -> (N, C), as a
+        global pool's output is often squeezed) is a flatten; other axes change the layout or
+        would squeeze a batch of one too (no axes given)."""
+        shape = ctx.shape(x)  # without the batch axis
+        axes = a["axes"] if "axes" in a else ctx.const(node, 1, "axes", required=False)
+        if axes is None:
+            raise OnnxUnsupported("without axes (it squeezes a batch of one too); supported: the axes after 1")
+        rank = len(shape) + 1
+        axes = sorted(onnx_axis(i, rank) for i in np.asarray(axes).reshape(-1))
+        if not axes or axes != list(range(2, rank)) or any(shape[i - 1] != 1 for i in axes):
+            found = "x".join(map(str, shape))
+            raise OnnxUnsupported(f"axes {axes} of an (N, {found}) tensor; supported: every axis after 1, of size 1")
         ctx.add(node, index, "flatten", [x])
 
 
