@@ -580,7 +580,7 @@ class Model:
         if masks.fingerprint != self.fingerprint:
             raise MaskError(
                 f"{masks.source}: masks were made for model {masks.fingerprint}, "
-                f"this model ({self.path}) is {self.fingerprint}"
+                f"this model ({self.path or 'made in memory'}) is {self.fingerprint}"
             )
         missing = sorted(set(self.sites) - set(masks.sites))
         if masks.complete and missing:

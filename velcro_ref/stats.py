@@ -473,7 +473,8 @@ def check_stats(stats: Stats, model, path="stats") -> None:
     """Raise StatsError unless `stats` was made for `model`: same fingerprint, sites and shapes."""
     if stats.fingerprint != model.fingerprint:
         raise StatsError(
-            f"{path}: stats were made for model {stats.fingerprint}, this model ({model.path}) is {model.fingerprint}"
+            f"{path}: stats were made for model {stats.fingerprint}, this model ({model.path or 'made in memory'}) is "
+            f"{model.fingerprint}"
         )
     missing = sorted(set(model.sites) - set(stats.sites))
     extra = sorted(set(stats.sites) - set(model.sites))

@@ -420,6 +420,20 @@ def test_load_masks_with_a_model_checks_fit(tmp_path, model, other_model_file, m
         load_masks(mask_file, load_model(other_model_file))
 
 
+def test_a_model_made_in_memory_is_named_so_where_masks_or_stats_are_not_its_own(model, mask_file):
+    """The messages read "this model (None) is ..." for a model with no file."""
+    from velcro_ref.engine import Model
+    from velcro_ref.stats import check_stats, collect_stats
+
+    key, value = next(iter(model.graph.params.items()))
+    other = Model(dataclasses.replace(model.graph, params={**model.graph.params, key: value + 1}))
+    with pytest.raises(MaskError, match=r"this model \(made in memory\) is [0-9a-f]{64}$"):
+        other.check_masks(load_masks(mask_file))
+    stats = collect_stats(model, np.zeros((1, *model.input_shape), np.float32))
+    with pytest.raises(StatsError, match=r"this model \(made in memory\) is [0-9a-f]{64}$"):
+        check_stats(stats, other)
+
+
 @pytest.mark.parametrize("dataset", ["mask", "constants"])
 def test_flipped_bit_in_mask_data_is_found_by_the_checksum(velcro, tmp_path, model_file, mask_file, x_file, dataset):
     # bit 0 of a mask byte turns a kept element into a masked one (or back): a valid mask, but not this one
