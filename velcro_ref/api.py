@@ -155,7 +155,9 @@ def sweep(
     from .data import task_images
     from .experiments import parse_ratios, profile_task
     from .experiments import sweep as sweep_points
+    from .policies import check_policy
 
+    check_policy(policy)  # before the profile and the dense run
     if not 0 <= tolerance < 100:
         raise UsageError(f"tolerance is in percentage points in [0, 100), got {tolerance}")
     if isinstance(ratios, str):
@@ -182,9 +184,10 @@ def sweep(
 def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_dir=None, progress=None) -> dict:
     """`velcro locality`: per-element variances of the task's images against all ten classes, each
     profiled on `samples` train images. Returns the summary figures and the pooled variances."""
+    from .experiments import check_threshold, profile_task
     from .experiments import locality as compare
-    from .experiments import profile_task
 
+    check_threshold(threshold)  # before the profiles
     evaluation.check_sites(model)
     classes = task_classes(task, classes)
     task_stats = profile_task(model, classes, samples, data_dir, progress=progress)

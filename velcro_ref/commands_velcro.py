@@ -26,7 +26,7 @@ from .cli_util import (
     share_text,
     text,
 )
-from .data import PrefixDigest, digest
+from .data import PrefixDigest, digest, resolve_data_dir
 from .distributed import add_cluster_args, on_cluster
 from .errors import InputError, StatsError, UsageError
 from .fileio import parse_toml
@@ -384,7 +384,9 @@ def cmd_golden(args):
         x, labels, indices = task_images(model, classes, args.split, n, args.data_dir, with_indices=True)
         if len(x) < n:
             raise UsageError(f"--samples {n}: classes {args.classes} of the {args.split} split hold {len(x)} images")
-        source = {"data": args.data, "split": args.split, "classes": list(classes), "indices": indices.tolist()}
+        directory = str(resolve_data_dir(args.data_dir, args.split).resolve())  # the files the indices point into
+        source = {"data": args.data, "directory": directory, "split": args.split, "classes": list(classes)}
+        source["indices"] = indices.tolist()
     masks = load_masks(args.masks) if args.masks else None
     macs = golden(model, x, args.output, masks, args.accumulators, source, labels)
     print(f"wrote {args.output}: {len(x)} image(s), {len(model.steps)} nodes, {sum(macs.values()):,} executed MACs")

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 from . import data
-from .errors import UsageError
+from .errors import StatsError, UsageError
 from .evaluation import check_macs, check_stats_sites, csr, evaluate
 from .masks import check_finite_sites
 from .policies import make_masks
 from .stats import collect_stats
 
 MAX_RATIOS = 1000  # points of one grid
+MAX_THRESHOLD = 1000  # locality's threshold, in mean general variances of a site
 
 
 def parse_ratios(text) -> list[float]:
@@ -58,9 +60,19 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     is not zero (docs/demo.md, "Value locality"). Returns summary numbers and the pooled
     normalised variances. StatsError where a site's variance or mean is NaN or infinite on either set
     (the network overflowed there; `velcro profile` refuses such statistics): a site mean or a
-    median of them would be NaN, or leave the element out, without a word.
+    median of them would be NaN, or leave the element out, without a word; StatsError too for
+    statistics of two models. UsageError for a threshold outside (0, MAX_THRESHOLD].
     """
+    check_threshold(threshold)
     check_stats_sites(task_stats)
+    t, g = task_stats, general_stats
+    if g.fingerprint != t.fingerprint or {s: v.mean.shape for s, v in g.sites.items()} != {
+        s: v.mean.shape for s, v in t.sites.items()
+    }:
+        raise StatsError(
+            f"{g.source or 'general statistics'}: statistics of model {g.fingerprint}, the task's "
+            f"({t.source or 'task statistics'}) of model {t.fingerprint}: locality compares one model's sites"
+        )
     for stats, images in ((task_stats, "the task's images"), (general_stats, "the images of every class")):
         check_finite_sites(stats, stats.sites, images, "no locality computed")
     task_v, gen_v = [], []
@@ -84,6 +96,16 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
         "task_variances": tv,
         "general_variances": gv,
     }
+
+
+def check_threshold(threshold) -> None:
+    """UsageError unless `threshold` is a number in (0, MAX_THRESHOLD] (the CLI's --threshold range)."""
+    if (
+        isinstance(threshold, bool | np.bool_)
+        or not isinstance(threshold, numbers.Real)
+        or not 0 < threshold <= MAX_THRESHOLD
+    ):
+        raise UsageError(f"threshold must be a number in (0, {MAX_THRESHOLD}], got {threshold!r}")
 
 
 def sweep_point(model, stats, x, labels, classes, ratio, policy="uniform", batch=128) -> dict:

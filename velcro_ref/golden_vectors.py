@@ -4,7 +4,7 @@ Layout (format `velcro-golden`, docs/formats.md; readable without this package).
 models):
   attrs: format, format_version, model_fingerprint, masks_source, node_order (JSON list),
          nonfinite_nodes (JSON list: the nodes whose output holds NaN or Inf),
-         input_source (JSON: {"file"} or {"data", "split", "classes", "indices"}), when known
+         input_source (JSON: {"file"} or {"data", "directory", "split", "classes", "indices"}), when known
   /input                      the network input, float32 (N, C, H, W)
   /labels                     int64 (N,), when the images come from a labelled data set
   /nodes/<k>_<name>/          one group per executed node, k = position in execution order

@@ -25,17 +25,22 @@ POLICIES = ("uniform", "budget", "channel")
 def make_masks(policy, stats, ratio, site_costs=None, exclude=()):
     """A MaskSet of `policy` at ratio R. `budget` needs site_costs (Model.site_costs(), in the
     model's site order, which breaks ties between sites)."""
+    check_policy(policy)
     ratio = check_ratio(ratio)
     params = {"name": policy, "ratio": ratio, "exclude": list(exclude)}
     if policy == "uniform":
         return build_masks(stats, uniform_ratios(stats, ratio, exclude), params)
     if policy == "channel":
         return _channel_masks(stats, ratio, exclude, params)
-    if policy == "budget":
-        if site_costs is None:
-            raise UsageError("the budget policy needs the model (velcro compress --model MODEL)")
-        return _budget_masks(stats, ratio, site_costs, exclude, params)
-    raise UsageError(f"unknown policy '{policy}'; choose from {', '.join(POLICIES)}")
+    if site_costs is None:  # budget
+        raise UsageError("the budget policy needs the model (velcro compress --model MODEL)")
+    return _budget_masks(stats, ratio, site_costs, exclude, params)
+
+
+def check_policy(policy) -> None:
+    """UsageError unless `policy` is one of POLICIES."""
+    if policy not in POLICIES:
+        raise UsageError(f"unknown policy '{policy}'; choose from {', '.join(POLICIES)}")
 
 
 def _budget_masks(stats, ratio, site_costs, exclude, params):

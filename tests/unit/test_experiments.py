@@ -50,6 +50,38 @@ def test_locality_of_a_set_with_itself_has_ratio_one(small_model):
     assert res["share_under_threshold_task"] == res["share_under_threshold_general"]
 
 
+def test_locality_refuses_statistics_of_two_models_and_a_threshold_outside_its_range(small_model, monkeypatch):
+    """Task statistics of one model and general ones of another (same sites) gave a median ratio with
+    no error, and other sites a KeyError; the API took a threshold of 0, -1 or NaN (0.0 shares)."""
+    from velcro_ref import api, experiments
+    from velcro_ref.errors import StatsError
+
+    other = Model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=5))
+    third = Model(zoo_graph("mobilenet_v2", input_size=28, in_channels=1, num_classes=10, width=0.25, seed=4))
+    x, _ = task_images(small_model, (1, 3), "train", 20)
+    stats = profile_task(small_model, (1, 3), 20, x=x)
+    same_sites, other_sites = profile_task(other, (1, 3), 20, x=x), profile_task(third, (1, 3), 20, x=x)
+    assert list(same_sites.sites) == list(stats.sites) != list(other_sites.sites)
+    for general in (same_sites, other_sites):
+        with pytest.raises(
+            StatsError, match=f"of model {general.fingerprint}, the task's .* of model {stats.fingerprint}"
+        ):
+            locality(stats, general)
+    for threshold in (0, -1, float("nan"), 1001, True, "0.1"):
+        with pytest.raises(UsageError, match=r"threshold must be a number in \(0, 1000\]"):
+            locality(stats, stats, threshold)
+    assert locality(stats, stats, 1000)["threshold"] == 1000  # the range's end is in it
+
+    def ran(*a, **k):
+        raise AssertionError("the profile ran before the check")
+
+    monkeypatch.setattr(experiments, "profile_task", ran)
+    with pytest.raises(UsageError, match="threshold must be"):
+        api.locality(small_model, classes=(1, 3), threshold=0)
+    with pytest.raises(UsageError, match="unknown policy 'nope'; choose from uniform, budget, channel"):
+        api.sweep(small_model, classes=(1, 3), policy="nope")
+
+
 def test_task_images_are_of_the_task_classes(small_model):
     x, y = task_images(small_model, (0, 8), "test")
     assert x.shape == (2000, 1, 28, 28) and x.dtype == np.float32
