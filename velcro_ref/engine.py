@@ -326,9 +326,11 @@ class Model:
         read-only since a Model made it so for this plan. The arrays are made read-only then, so
         writing into them raises instead of leaving a stale plan; one made writeable again (and
         perhaps edited) makes the next run of this and of every other Model work the plan out
-        anew, as does every run with an array that is a view of a writeable one (which may be
-        written through; `_sealed`). Not seen: an array made read-only again by hand after an
-        edit (replace the arrays instead)."""
+        anew. A plan is kept only where every array is `_sealed` when it is made: one that is a
+        view of a writeable array may be written through it, so each run works its plan out.
+        Not seen: an array made read-only again by hand after an edit, and a write through a
+        writeable view of an array taken before the run made it read-only (replace the arrays
+        instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -337,21 +339,23 @@ class Model:
             and plan.masks is masks
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
-            and all(map(_sealed, arrays))  # made writeable again, or a view of a writeable array: maybe edited
+            and all(map(_sealed, arrays))  # it, or an array it views, made writeable again: maybe edited
             and tuple(map(_stamp, arrays)) == plan.stamps  # frozen again since, by another Model's run
         ):
             return plan
+        self._masks = None  # first: an interrupt below leaves no plan to trust
         frozen = [a for a in arrays if a.flags.writeable]
         try:  # an interrupt between freezing an array and stamping it must not leave it frozen unstamped
             for a in frozen:
                 a.flags.writeable = False
                 _stamp_frozen(a)
-            self._masks = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
+            plan = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
         except BaseException:
-            self._masks = None  # first: a second interrupt inside the thaw leaves no plan to trust
             _thaw(frozen)  # refused or interrupted: left as they came
             raise
-        return self._masks
+        if all(map(_sealed, arrays)):  # else written through what it views, perhaps, before the next run
+            self._masks = plan
+        return plan
 
     def _new_mask_plan(self, masks, names, arrays, stamps) -> _MaskPlan:
         """`_mask_plan`'s plan of masks, worked out."""

@@ -162,6 +162,8 @@ def load_masks(path, model=None) -> MaskSet:
     """
     path = checked_path(path, MaskError, "mask file")  # its name in messages and in `source`
     masks = h5io.load_checked(path, MaskError, FORMAT, "mask", lambda f: _read_masks(f, path))
+    # arrays of their own (the read hands them over as views of its buffer): a run keeps its plan
+    masks.sites = {s: (m.copy(), c.copy()) for s, (m, c) in masks.sites.items()}
     if model is not None:
         model.check_masks(masks)
     return masks

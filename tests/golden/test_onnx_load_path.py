@@ -161,6 +161,24 @@ def test_a_tensor_named_like_a_step_the_importer_adds_keeps_its_own_values(tmp_p
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("opset", [11, 13])  # axes an attribute, then an input
+def test_a_global_pool_squeezed_to_n_c_is_run_as_a_flatten(tmp_path, opset):
+    """GlobalAveragePool -> Squeeze(axes 2, 3) -> Gemm, as exporters write a classifier head, was refused."""
+    w = np.arange(6, dtype=np.float32).reshape(3, 2) / 7
+    axes = {"axes": [-1, 2]} if opset < 13 else {}
+    squeeze = helper.make_node("Squeeze", ["g"] + (["axes"] if opset >= 13 else []), ["s"], **axes)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        squeeze,
+        helper.make_node("Gemm", ["s", "w"], ["y"], transB=1),
+    ]
+    consts = {"w": w, **({"axes": np.array([3, -2], np.int64)} if opset >= 13 else {})}
+    path = save(tmp_path, nodes, consts, opset=opset)
+    assert [n.op for n in import_onnx(path).nodes] == ["global_avg_pool", "flatten", "linear"]
+    got, want = both(path, np.concatenate([X, X[:, ::-1]]))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_a_softmax_before_opset_13_on_more_than_two_axes_is_refused_saying_why(tmp_path):
     """The refusal read "axis 1 on a rank-4 input; supported: the class axis 1": the axis is 1, and the
     reason (before opset 13 Softmax flattens every axis from its axis on) went unsaid."""
