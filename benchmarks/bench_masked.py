@@ -118,7 +118,9 @@ def main():
     )
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
-    ap.add_argument("--rounds", type=int, default=5, help="dense / masked pairs of worker processes per point")
+    ap.add_argument(
+        "--rounds", type=int, default=5, help="pairs of worker processes (dense / masked, dense / profile) per point"
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true", help="skip the profiling comparison")
     ap.add_argument("--profile-only", action="store_true", help="only the profiling comparison")
@@ -154,7 +156,7 @@ def masked_tables(args):
                     masked.append(m["ms"])
                     ideal = d["macs"] / m["macs"]
                     ratios.append(d["ms"] / m["ms"] / ideal)
-                achieved = np.median(dense) / np.median(masked)
+                achieved = np.median([d / m for d, m in zip(dense, masked, strict=True)])  # paired per round
                 load = f"{load0:.1f}-{os.getloadavg()[0]:.1f}"
                 print(
                     f"{name:<22} {b:>5} {r:>4.1f} {np.median(dense):>9.1f} {np.median(masked):>10.1f} "
@@ -163,7 +165,7 @@ def masked_tables(args):
                     flush=True,
                 )
     lay = spawn("layers", models[0], args.threads, batch=1, ratio=0.5, repeat=3)
-    print(f"\nper layer, {models[0]}, batch 1, R = 0.5 (one process, each node's median call in ordinary fused runs):")
+    print(f"\nper layer, {models[0]}, batch 1, R = 0.5 (one process, each node's time a run, median of fused runs):")
     print(f"{'layer':<24} {'dense ms':>9} {'masked ms':>10} {'achieved':>9} {'ideal':>6}")
     for name, d, m, ideal in lay["rows"]:
         print(f"{name:<24} {d:>9.2f} {m:>10.2f} {d / m:>8.2f}x {ideal:>5.2f}x")
@@ -176,7 +178,7 @@ def profile_table(args):
     for name in ("shipped/resnet18", "shipped/mobilenet_v2", "shipped/googlenet", "resnet18"):
         n, batch = PROFILE_IMAGES["shipped" if name.startswith("shipped/") else name]
         dense, prof, ratios = [], [], []
-        for _ in range(3):
+        for _ in range(args.rounds):
             d = spawn("infer", name, args.threads, images=n, batch=batch, repeat=3)["ms"]
             p = spawn("profile", name, args.threads, images=n, batch=batch, repeat=3)["ms"]
             dense.append(d)

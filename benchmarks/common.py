@@ -72,39 +72,45 @@ def fma_peak_gflops(threads, taps=72, reps=20000) -> float:
 
 
 class OpTimer:
-    """Median seconds per node of ordinary runs (no observer, so with the fusions a user's run
-    makes: a fused conv's time, its add and activation included, under the conv's name). Each
-    op's run methods are wrapped for the runs and restored after; a call is named by its node's
-    args object (ops whose args are shared, such as an empty tuple, go under the op's class)."""
+    """Seconds per node in ordinary runs (no observer, so with the fusions a user's run makes: a
+    fused conv's time, its add and activation included, under the conv's name), the median over
+    the runs of each node's calls in a run summed. Each op's run methods are wrapped for the runs
+    and restored after; a call is named by its op and its node's args object (nodes of one op whose
+    args are one object, such as None, go together under the op's class name)."""
 
     METHODS = ("run", "run_fused", "unmasked")
 
     def run(self, model, x, masks=None, repeat=7) -> dict:
         names = {}
         for st in model.steps:
-            names[id(st.args)] = type(st.opdef).__name__ if id(st.args) in names else st.name
-        times, wrapped = {}, []
+            key = (id(st.opdef), id(st.args))
+            names[key] = type(st.opdef).__name__ if key in names else st.name
+        in_run, runs, wrapped = {}, [], []
         for op in {id(st.opdef): st.opdef for st in model.steps}.values():
             for meth in self.METHODS:
                 if hasattr(op, meth):
-                    setattr(op, meth, self._timed(getattr(op, meth), names, times))
+                    setattr(op, meth, self._timed(getattr(op, meth), names, in_run))
                     wrapped.append((op, meth))
         try:
             for _ in range(repeat):
+                in_run.clear()
                 model.run(x, masks=masks)
+                runs.append(dict(in_run))
         finally:
             for op, meth in wrapped:
                 delattr(op, meth)
-        return {k: float(np.median(v)) for k, v in times.items()}
+        return {k: float(np.median([r.get(k, 0.0) for r in runs])) for k in {k for r in runs for k in r}}
 
     @staticmethod
-    def _timed(fn, names, times):
+    def _timed(fn, names, in_run):
+        op = fn.__self__
+
         def timed(*args):
             start = time.perf_counter()
             result = fn(*args)
             elapsed = time.perf_counter() - start
-            name = next((names[id(a)] for a in args if id(a) in names), type(fn.__self__).__name__)
-            times.setdefault(name, []).append(elapsed)
+            name = next((names[(id(op), id(a))] for a in args if (id(op), id(a)) in names), type(op).__name__)
+            in_run[name] = in_run.get(name, 0.0) + elapsed
             return result
 
         return timed
