@@ -75,31 +75,16 @@ def _stamp_frozen(a) -> None:
 
 
 def _thaw(arrays) -> None:
-    """Make the arrays writeable again. A view can be made writeable only once its base is, and
-    the arrays may be views of one another (sites sharing a buffer) in any order: passes over
-    those left until none is."""
-    left = list(arrays)
-    while left:
-        refused = []
-        for a in left:
-            try:
-                a.flags.writeable = True
-            except ValueError:  # its base is still read-only
-                refused.append(a)
-        if len(refused) == len(left):  # a base frozen by someone else: left as it is
-            return
-        left = refused
+    """Make the arrays a run froze writeable again (each owns its memory: `_own`)."""
+    for a in arrays:
+        a.flags.writeable = True
 
 
-def _sealed(a) -> bool:
-    """Whether `a`'s memory can be written only by making `a` writeable again: `a` and every array
-    it is a view of are read-only, and the last of them owns its memory (a view of a bytearray or
-    of a memory map never is)."""
-    while a is not None:
-        if not isinstance(a, np.ndarray) or a.flags.writeable:
-            return False
-        a = a.base
-    return True
+def _own(a) -> bool:
+    """Whether `a` owns its memory. A plan is kept only for arrays that do: a view may be written
+    through its base, or another view, and its base made writeable and frozen again elsewhere,
+    without a sign on the view itself."""
+    return isinstance(a, np.ndarray) and a.base is None
 
 
 def _stamp(a) -> int:
@@ -326,11 +311,10 @@ class Model:
         read-only since a Model made it so for this plan. The arrays are made read-only then, so
         writing into them raises instead of leaving a stale plan; one made writeable again (and
         perhaps edited) makes the next run of this and of every other Model work the plan out
-        anew. A plan is kept only where every array is `_sealed` when it is made: one that is a
-        view of a writeable array may be written through it, so each run works its plan out.
-        Not seen: an array made read-only again by hand after an edit, and a write through a
-        writeable view of an array taken before the run made it read-only (replace the arrays
-        instead)."""
+        anew. Only arrays that own their memory are made read-only and kept: with a view among
+        them (`_own`), each run works its plan out. Not seen: an array made read-only again by
+        hand after an edit, and a write through a view of an array taken before the run made it
+        read-only (replace the arrays instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -339,12 +323,12 @@ class Model:
             and plan.masks is masks
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
-            and all(map(_sealed, arrays))  # it, or an array it views, made writeable again: maybe edited
+            and not any(a.flags.writeable for a in arrays)  # made writeable again: maybe edited
             and tuple(map(_stamp, arrays)) == plan.stamps  # frozen again since, by another Model's run
         ):
             return plan
         self._masks = None  # first: an interrupt below leaves no plan to trust
-        frozen = [a for a in arrays if a.flags.writeable]
+        frozen = [a for a in arrays if a.flags.writeable and _own(a)]  # a view is not kept: left as it came
         try:  # an interrupt between freezing an array and stamping it must not leave it frozen unstamped
             for a in frozen:
                 a.flags.writeable = False
@@ -353,7 +337,7 @@ class Model:
         except BaseException:
             _thaw(frozen)  # refused or interrupted: left as they came
             raise
-        if all(map(_sealed, arrays)):  # else written through what it views, perhaps, before the next run
+        if all(map(_own, arrays)):
             self._masks = plan
         return plan
 

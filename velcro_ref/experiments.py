@@ -87,7 +87,7 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     return {
         "n_elements": int(tv.size),
         "n_images": int(task_stats.n_images),
-        "threshold": threshold,
+        "threshold": float(threshold),  # a NumPy scalar given is no JSON number
         "median_variance_ratio": float(np.median(ratio)) if ratio.size else float("nan"),
         "share_under_threshold_task": float(np.mean(tv < threshold)),
         "share_under_threshold_general": float(np.mean(gv < threshold)),

@@ -288,6 +288,36 @@ def test_a_plan_made_from_views_of_a_writeable_array_is_not_kept_once_it_is_read
     assert np.array_equal(model.run(x, views), want) and not np.array_equal(want, first)
 
 
+def test_a_view_whose_base_another_model_froze_again_after_an_edit_is_worked_out_anew(files):
+    """Model b froze an array, model a ran a view of it; the array was made writeable, edited and
+    frozen again by b's next run, and a kept its plan: the view itself never changed."""
+    a, b, fresh = (velcro_ref.load_model(files / "m.h5") for _ in range(3))
+    masks = _own_masks(a)
+    x, _ = velcro_ref.task_images(a, (5, 7, 9), "test", 3)
+    b.run(x, masks)
+    views = MaskSet(masks.fingerprint, {s: (m[...], c[...]) for s, (m, c) in masks.sites.items()})
+    first = a.run(x, views)
+    for mask, const in masks.sites.values():
+        mask.flags.writeable = const.flags.writeable = True
+        mask[...], const[...] = True, 5.0
+    b.run(x, masks)  # frozen again
+    want = fresh.run(x, MaskSet(masks.fingerprint, {s: (m.copy(), c.copy()) for s, (m, c) in masks.sites.items()}))
+    assert np.array_equal(a.run(x, views), want) and not np.array_equal(want, first)
+
+
+def test_a_refused_view_of_a_read_only_array_is_left_writeable(files):
+    """The run made the view read-only and could not make it writeable again (its base is read-only)."""
+    model = velcro_ref.load_model(files / "m.h5")
+    site, shape = next(iter(model.sites.items()))
+    base = np.ones(shape, bool)
+    view = base[...]
+    base.flags.writeable = False
+    const = np.full(shape, np.nan, np.float32)
+    with pytest.raises(velcro_ref.VelcroError, match="NaN or Inf"):
+        model.run(np.zeros((1, *model.input_shape), np.float32), MaskSet(model.fingerprint, {site: (view, const)}))
+    assert view.flags.writeable and const.flags.writeable
+
+
 @pytest.mark.parametrize("source", ["uniform", "channel", "budget", "file"])
 def test_a_mask_set_of_arrays_of_their_own_keeps_its_plan_from_run_to_run(files, tmp_path, source):
     """Masks read from a file were views of the read's buffer, and every run worked their plan out

@@ -71,6 +71,7 @@ def test_locality_refuses_statistics_of_two_models_and_a_threshold_outside_its_r
         with pytest.raises(UsageError, match=r"threshold must be a number in \(0, 1000\]"):
             locality(stats, stats, threshold)
     assert locality(stats, stats, 1000)["threshold"] == 1000  # the range's end is in it
+    assert type(locality(stats, stats, np.float32(0.5))["threshold"]) is float  # JSON takes it
 
     def ran(*a, **k):
         raise AssertionError("the profile ran before the check")
