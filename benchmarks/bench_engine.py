@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OpTimer, fma_peak_gflops, fp32_peak_gflops, machine  # noqa: E402
+from common import OpTimer, fma_peak_gflops, fp32_peak_gflops, machine, positive  # noqa: E402
 
 # runs timed per worker, by batch: enough for a median, one at batch 256 (seconds a run; the
 # rounds of alternated workers give the spread)
@@ -118,7 +118,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,mobilenet_v2,googlenet")
     ap.add_argument("--batches", default="1,8,256")
-    ap.add_argument("--rounds", type=int, default=3, help="A B pairs of worker processes per model and batch")
+    ap.add_argument("--rounds", type=positive, default=3, help="A B pairs of worker processes per model and batch")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-layers", action="store_true", help="skip the per-layer table")
     ap.add_argument("--worker", choices=["engine", "ort", "layers"], help=argparse.SUPPRESS)

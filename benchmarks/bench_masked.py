@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OpTimer, machine, median_ms  # noqa: E402
+from common import OpTimer, machine, median_ms, positive  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REPEAT = {1: 11, 8: 5}
@@ -119,7 +119,10 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--ratios", default="0.3,0.5,0.7")
     ap.add_argument(
-        "--rounds", type=int, default=5, help="pairs of worker processes (dense / masked, dense / profile) per point"
+        "--rounds",
+        type=positive,
+        default=5,
+        help="pairs of worker processes (dense / masked, dense / profile) per point",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true", help="skip the profiling comparison")

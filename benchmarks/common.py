@@ -9,6 +9,19 @@ import time
 import numpy as np
 
 
+def positive(text) -> int:
+    """An argparse type: a whole number of at least 1 (a median of no rounds is no figure)."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expects a whole number of at least 1, got {text!r}")
+    return n
+
+
 def median_ms(fn, repeat=15, warmup=3) -> float:
     for _ in range(warmup):
         fn()
