@@ -54,7 +54,7 @@ class _MaskPlan:
     masks: object
     names: tuple
     arrays: list
-    stamps: tuple  # `_stamp` of each array when the plan was made
+    marks: tuple  # `_mark` of each array when the plan was made
     skips: dict
     site_masks: dict
     fixed: dict
@@ -91,6 +91,12 @@ def _stamp(a) -> int:
     """The freeze count when a Model last made `a` read-only, 0 if none has."""
     entry = _FROZEN.get(id(a))
     return entry[1] if entry is not None and entry[0]() is a else 0
+
+
+def _mark(a) -> tuple:
+    """What a kept plan needs unchanged in `a`: its `_stamp` and how its memory is read (NumPy lets
+    a read-only array's dtype and strides be set in place)."""
+    return _stamp(a), a.dtype, a.shape, a.strides, a.__array_interface__["data"][0]
 
 
 class Model:
@@ -308,13 +314,13 @@ class Model:
     def _mask_plan(self, masks) -> _MaskPlan:
         """What a run needs from `masks`, worked out at the first run with them and kept while the
         same MaskSet comes back with the same sites holding the same array objects, each still
-        read-only since a Model made it so for this plan. The arrays are made read-only then, so
-        writing into them raises instead of leaving a stale plan; one made writeable again (and
-        perhaps edited) makes the next run of this and of every other Model work the plan out
-        anew. Only arrays that own their memory are made read-only and kept: with a view among
-        them (`_own`), each run works its plan out. Not seen: an array made read-only again by
-        hand after an edit, and a write through a view of an array taken before the run made it
-        read-only (replace the arrays instead)."""
+        read-only and read as it was (`_mark`). Where every array owns its memory (`_own`), the
+        run makes them read-only, so writing into them raises instead of leaving a stale plan;
+        one made writeable again (and perhaps edited) makes the next run of this and of every
+        other Model work the plan out anew. A MaskSet holding a view is left as it came, and each
+        run works its plan out. Not seen: an array made read-only again by hand after it was
+        writeable, and a write through a view of it taken while it was writeable (replace the
+        arrays instead)."""
         self.check_masks(masks)
         names, arrays = tuple(masks.sites), [a for pair in masks.sites.values() for a in pair]
         plan = self._masks
@@ -324,24 +330,25 @@ class Model:
             and plan.names == names
             and all(map(operator.is_, plan.arrays, arrays))
             and not any(a.flags.writeable for a in arrays)  # made writeable again: maybe edited
-            and tuple(map(_stamp, arrays)) == plan.stamps  # frozen again since, by another Model's run
+            and tuple(map(_mark, arrays)) == plan.marks  # frozen again since by another Model's run, or recast
         ):
             return plan
         self._masks = None  # first: an interrupt below leaves no plan to trust
-        frozen = [a for a in arrays if a.flags.writeable and _own(a)]  # a view is not kept: left as it came
+        keep = all(map(_own, arrays))
+        frozen = [a for a in arrays if a.flags.writeable] if keep else []
         try:  # an interrupt between freezing an array and stamping it must not leave it frozen unstamped
             for a in frozen:
                 a.flags.writeable = False
                 _stamp_frozen(a)
-            plan = self._new_mask_plan(masks, names, arrays, tuple(map(_stamp, arrays)))
+            plan = self._new_mask_plan(masks, names, arrays, tuple(map(_mark, arrays)))
         except BaseException:
             _thaw(frozen)  # refused or interrupted: left as they came
             raise
-        if all(map(_own, arrays)):
+        if keep:
             self._masks = plan
         return plan
 
-    def _new_mask_plan(self, masks, names, arrays, stamps) -> _MaskPlan:
+    def _new_mask_plan(self, masks, names, arrays, marks) -> _MaskPlan:
         """`_mask_plan`'s plan of masks, worked out."""
         steps = {st.name: st for st in self.steps}
         skips = {}
@@ -366,7 +373,7 @@ class Model:
                     zq = steps[node].q
                     zero = np.zeros(idx.size, steps[node].dtype) + (0 if zq is None else zq.zero_point)
                     fixed[node] = (idx, zero.astype(steps[node].dtype))
-        return _MaskPlan(masks, names, arrays, stamps, skips, site_masks, fixed)
+        return _MaskPlan(masks, names, arrays, marks, skips, site_masks, fixed)
 
     def _fusions(self, mp) -> tuple[dict, frozenset]:
         """The plan's fusions a run without observer makes (conv -> plan.Fusion) and the nodes
@@ -386,7 +393,8 @@ class Model:
         """Run a batch x (N, C, H, W) float32; return the output (N, ...) float32 (a new array).
 
         masks: a MaskSet of this model (velcro_ref.load_masks) or None for dense inference. Its
-        mask and constant arrays become read-only at the first run (see `_mask_plan`).
+        mask and constant arrays become read-only at the first run where each owns its memory
+        (see `_mask_plan`).
         observer: object with on_site(name, y) called with every activation site's output
         (N, C, H, W), after masked elements are overwritten; y is only valid during the call.
         An observer whose `keeps_arrays` is false keeps no array it is handed past the call:

@@ -305,6 +305,18 @@ def test_a_view_whose_base_another_model_froze_again_after_an_edit_is_worked_out
     assert np.array_equal(a.run(x, views), want) and not np.array_equal(want, first)
 
 
+def test_a_mask_set_holding_a_view_is_left_as_it_came(files):
+    """Its plan is not kept, yet the run froze the arrays of it that own their memory."""
+    model = velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(model)
+    sites = {s: (m.copy(), c.copy()) for s, (m, c) in masks.sites.items()}
+    first = next(iter(sites))
+    sites[first] = (sites[first][0][...], sites[first][1])  # one view among arrays of their own
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 2)
+    model.run(x, MaskSet(masks.fingerprint, sites))
+    assert all(a.flags.writeable for pair in sites.values() for a in pair) and model._masks is None
+
+
 def test_a_refused_view_of_a_read_only_array_is_left_writeable(files):
     """The run made the view read-only and could not make it writeable again (its base is read-only)."""
     model = velcro_ref.load_model(files / "m.h5")
@@ -316,6 +328,24 @@ def test_a_refused_view_of_a_read_only_array_is_left_writeable(files):
     with pytest.raises(velcro_ref.VelcroError, match="NaN or Inf"):
         model.run(np.zeros((1, *model.input_shape), np.float32), MaskSet(model.fingerprint, {site: (view, const)}))
     assert view.flags.writeable and const.flags.writeable
+
+
+def test_a_kept_plan_is_worked_out_anew_for_an_array_recast_or_restrided_in_place(files):
+    """NumPy lets a read-only array's dtype ('>f4' for float32 constants) and strides (a square
+    mask transposed) be set in place; the kept plan ran on."""
+    model, fresh = velcro_ref.load_model(files / "m.h5"), velcro_ref.load_model(files / "m.h5")
+    masks = _own_masks(model)
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 3)
+    site, (mask, const) = next((s, p) for s, p in masks.sites.items() if p[0].shape[-1] == p[0].shape[-2])
+    const[...] = 1.0  # read byte-swapped: 4.6e-41, finite
+    first = model.run(x, masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # setting strides is deprecated in NumPy 2.4
+        const.dtype = const.dtype.newbyteorder(">")
+        mask.strides = (*mask.strides[:-2], mask.strides[-1], mask.strides[-2])
+    copies = {s: (np.array(m), np.array(c, np.float32)) for s, (m, c) in masks.sites.items()}
+    want = fresh.run(x, MaskSet(masks.fingerprint, copies))
+    assert np.array_equal(model.run(x, masks), want) and not np.array_equal(want, first)
 
 
 @pytest.mark.parametrize("source", ["uniform", "channel", "budget", "file"])
