@@ -8,7 +8,7 @@ import numbers
 import numpy as np
 
 from . import data
-from .errors import StatsError, UsageError
+from .errors import UsageError
 from .evaluation import check_macs, check_stats_sites, csr, evaluate
 from .masks import check_finite_sites
 from .policies import make_masks
@@ -65,14 +65,7 @@ def locality(task_stats, general_stats, threshold=0.01) -> dict:
     """
     check_threshold(threshold)
     check_stats_sites(task_stats)
-    t, g = task_stats, general_stats
-    if g.fingerprint != t.fingerprint or {s: v.mean.shape for s, v in g.sites.items()} != {
-        s: v.mean.shape for s, v in t.sites.items()
-    }:
-        raise StatsError(
-            f"{g.source or 'general statistics'}: statistics of model {g.fingerprint}, the task's "
-            f"({t.source or 'task statistics'}) of model {t.fingerprint}: locality compares one model's sites"
-        )
+    task_stats.check_alike(general_stats, "compare")
     for stats, images in ((task_stats, "the task's images"), (general_stats, "the images of every class")):
         check_finite_sites(stats, stats.sites, images, "no locality computed")
     task_v, gen_v = [], []

@@ -135,16 +135,21 @@ class Stats:
     provenance: dict = field(default_factory=dict)
     ranges: dict = field(default_factory=dict)  # tensor -> (min, max), float64, over every image
 
-    def merge(self, other: Stats) -> Stats:
+    def check_alike(self, other: Stats, what="merge") -> None:
+        """StatsError ("cannot `what` stats ...") unless `other` holds statistics of the same model:
+        its fingerprint, sites and their element shapes."""
         if other.fingerprint != self.fingerprint:
-            raise StatsError(f"cannot merge stats of model {self.fingerprint} with stats of model {other.fingerprint}")
+            raise StatsError(f"cannot {what} stats of model {self.fingerprint} with stats of model {other.fingerprint}")
         if set(other.sites) != set(self.sites):
             diff = sorted(set(other.sites) ^ set(self.sites))
-            raise StatsError(f"cannot merge stats with different sites: {', '.join(diff)}")
+            raise StatsError(f"cannot {what} stats with different sites: {', '.join(diff)}")
         for s, st in self.sites.items():
             a, b = st.count.shape, other.sites[s].count.shape
             if a != b:
-                raise StatsError(f"cannot merge stats of site '{s}': element shape {a} against {b}")
+                raise StatsError(f"cannot {what} stats of site '{s}': element shape {a} against {b}")
+
+    def merge(self, other: Stats) -> Stats:
+        self.check_alike(other)
         sites = {s: self.sites[s].merge(other.sites[s]) for s in self.sites}
         classes = tuple(sorted(set(self.classes) | set(other.classes)))
         source = " + ".join(s for s in (self.source, other.source) if s)
