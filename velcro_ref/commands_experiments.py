@@ -23,6 +23,7 @@ from .cli_util import (
 )
 from .distributed import add_cluster_args, client_of, on_cluster
 from .errors import UsageError
+from .experiments import MAX_THRESHOLD
 from .fileio import write_text
 from .jsonout import dumps
 from .policies import POLICIES
@@ -192,7 +193,7 @@ def register(sub):
     add_task_args(p)
     add_ranged(p, "--samples", count(1, 60000), 2000, "train images for each of the two profiles")
     what = "near-constant: variance below this x the site's mean general variance"
-    add_ranged(p, "--threshold", number(0, 1000, open_lo=True), 0.01, what)
+    add_ranged(p, "--threshold", number(0, MAX_THRESHOLD, open_lo=True), 0.01, what)
     add_file(p, "--plot", role="out", help="write the CDF plot here (PNG)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_data_dir_arg(p)
