@@ -161,12 +161,14 @@ class Model:
         return {site: sum(per_element[c] for c in chain) for site, chain in self.chains.items()}
 
     def check_input(self, x) -> np.ndarray:
-        """Raise InputError unless x is a finite float32 (N, *input_shape) array."""
+        """x as a native float32 array; InputError unless x is a finite float32 (N, *input_shape) array."""
         if not isinstance(x, np.ndarray):
             raise InputError(f"input: expects a numpy array, found {type(x).__name__}")
         want = self.input_shape
         if x.ndim != len(want) + 1 or tuple(x.shape[1:]) != want:
             raise InputError(f"input: expects shape (N, {', '.join(map(str, want))}), found {tuple(x.shape)}")
+        if not x.dtype.isnative and x.dtype.newbyteorder("=") == np.float32:  # from a machine of the other byte order
+            x = x.astype(np.float32)
         if x.dtype != np.float32:
             raise InputError(f"input: expects dtype float32, found {x.dtype}")
         if x.shape[0] == 0:

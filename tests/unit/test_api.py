@@ -479,3 +479,21 @@ def test_a_mask_set_made_by_hand_is_saved_whole_with_its_model(files, tmp_path):
     assert not any(m.any() for s, (m, _) in back.sites.items() if s != site)
     x, _ = velcro_ref.task_images(model, (5, 7, 9), "test", 6)
     assert np.array_equal(model.run(x, masks=back), model.run(x, masks=partial))
+
+
+def test_images_of_the_other_byte_order_give_what_native_ones_give(files):
+    """A float32 batch written on a big-endian machine ('>f4') was refused ("expects dtype float32,
+    found >f4"); the commands read such .npy files as native values, the API takes them too."""
+    model = velcro_ref.load_model(files / "m.h5")
+    x, y = velcro_ref.task_images(model, (5, 7, 9), "test", 6)
+    swapped = x.astype(">f4")
+    assert not swapped.dtype.isnative and np.array_equal(swapped, x)
+    assert np.array_equal(model.run(swapped), model.run(x))
+    assert velcro_ref.evaluate(model, swapped, y, (5, 7, 9)) == velcro_ref.evaluate(model, x, y, (5, 7, 9))
+    a, b = velcro_ref.profile(model, swapped, batch=4), velcro_ref.profile(model, x, batch=4)
+    assert a.sites.keys() == b.sites.keys()
+    stats_fields = ("count", "shift", "shifted_mean", "m2", "min", "max")
+    for site in a.sites:
+        assert all(np.array_equal(getattr(a.sites[site], f), getattr(b.sites[site], f)) for f in stats_fields)
+    with pytest.raises(velcro_ref.VelcroError, match="expects dtype float32, found >f8"):
+        model.run(x.astype(">f8"))
