@@ -113,7 +113,15 @@ def _read(f, allow_nonfinite):
     if version < 2 and any(n.op in ops.QUANTIZED for n in graph.nodes):  # as save_model writes it
         raise ModelError(f"format_version {version} is a float model's, and the graph holds quantized ops (version 2)")
     needed = sorted({k for n in graph.nodes for k in n.params.values()})
-    names = {h5io.unescape_key(name): name for name in params_group}
+    names = {}  # parameter key -> its dataset's name, the one name `escape_key` stores it under
+    for name in params_group:
+        key = h5io.unescape_key(name)
+        if h5io.escape_key(key) != name:  # 'c%w' beside 'c%25w' would both be key 'c%w'
+            raise ModelError(
+                f"dataset 'params/{name}' is no stored parameter name: key '{key}' is stored as "
+                f"'{h5io.escape_key(key)}' (docs/formats.md)"
+            )
+        names[key] = name
     missing = [k for k in needed if k not in names]
     if missing:
         raise ModelError(f"missing parameter(s): {', '.join(missing)} (expected as datasets under params/)")

@@ -221,6 +221,26 @@ def test_parameter_of_wrong_dtype_is_named(velcro, tmp_path, model_file, dtype):
     )
 
 
+@pytest.mark.parametrize("key, other", [("c%w", "c%w"), ("c.w", "c%2Ew")])
+def test_a_dataset_under_a_name_no_key_is_stored_as_is_refused(tmp_path, key, other):
+    """Key 'c%w' is stored as params/c%25w; a second dataset params/c%w (or params/c%2Ew beside
+    c.w) unescaped to the same key, and the loader took one of the two by the order of the names,
+    with the fingerprint over that one: its values ran with exit 0 (-5 on every output)."""
+    doc = {"input_shape": [1, 2, 2], "output": "c", "nodes": [conv_node("c", "input", 1)]}
+    doc["nodes"][0]["params"]["weight"] = key
+    canonical, stray = np.full((1, 1, 1, 1), 2.0, np.float32), np.full((1, 1, 1, 1), -5.0, np.float32)
+    fingerprint = graph_from_json(doc, {}, {key: stray}).fingerprint()
+    path = write_raw_model(tmp_path / "m.h5", doc, {h5io.escape_key(key): canonical}, fingerprint)
+    with h5py.File(path, "a") as f:
+        f["params"].create_dataset(other, data=stray)
+    with pytest.raises(ModelError, match=f"dataset 'params/{other}' is no stored parameter name"):
+        load_graph(path)
+    with h5py.File(path, "a") as f:
+        del f["params"][other]
+    with pytest.raises(ModelError, match="fingerprint mismatch"):  # the values the fingerprint is of are gone
+        load_graph(path)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.7, 0.999])
 def test_truncated_file_at_any_length_is_a_model_error(velcro, tmp_path, model_file, fraction):
     data = model_file.read_bytes()
