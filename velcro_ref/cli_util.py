@@ -335,7 +335,7 @@ def load_image_set(args, model):
     else:
         raise UsageError("give --data fashion-mnist or --images FILE.npz")
     if len(x) == 0:
-        raise DataError(f"the image set is empty ({source})")
+        raise DataError(f"the image set is empty ({source}){': ' + missing if missing else ''}")
     if missing:
         raise DataError(f"{where}: {missing}")
     try:

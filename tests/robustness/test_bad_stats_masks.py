@@ -559,7 +559,7 @@ def test_check_ratio_accepts_numpy_and_integer_ratios():
 
 def test_classes_absent_from_the_image_set_are_an_error(velcro, tmp_path, model_file, images_file):
     res = velcro("profile", model_file, "--images", images_file, "--classes", "7,9", "-o", tmp_path / "s.h5")
-    res.error_line("empty", str(images_file), "[7, 9]")
+    res.error_line("empty", str(images_file), "[7, 9]", "no images of class(es) 7, 9; labels found: 0, 1, 2, 3")
     assert not (tmp_path / "s.h5").exists()
 
 
