@@ -33,6 +33,7 @@ _FOLD_OPS = (
     "Constant",
     "Gather",
     "Identity",
+    "QuantizeLinear",
     "Reshape",
     "Shape",
     "Slice",
@@ -237,6 +238,33 @@ def _attrs(node) -> dict:
     if twice:
         raise ModelError(f"node '{node.name}' ({node.op_type}): attribute(s) {', '.join(map(repr, twice))} given twice")
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _quantized_constant(x, scale, zero_point, a):
+    """QuantizeLinear of a float32 constant (a weight quantized in the graph, as quantize_static's
+    AddQDQPairToWeight writes it) as onnxruntime computes it (`quant.quantize_linear`), per tensor or
+    per axis; None (not folded: the node is then refused as a quantize of a constant) for any other
+    form: block quantization, another code type, a scale that is no positive finite float32."""
+    from .quant import quantize_linear
+
+    typed = {0: None, 2: np.dtype(np.uint8), 3: np.dtype(np.int8)}.get(a.get("output_dtype", 0), False)
+    a.get("saturate")  # for float8 codes only: int8 and uint8 codes always saturate
+    axis = a.get("axis", 1)  # read: one scale leaves it unused
+    if a.get("block_size", 0) or typed is False or x.dtype != np.float32 or scale.dtype != np.float32:
+        return None
+    if zero_point is None:
+        zero_point = np.zeros(scale.shape, typed or np.uint8)
+    if zero_point.dtype not in (np.int8, np.uint8) or typed not in (None, zero_point.dtype):
+        return None
+    if scale.shape != zero_point.shape or scale.ndim > 1 or not np.all(np.isfinite(scale) & (scale > 0)):
+        return None
+    if scale.size == 1:
+        return quantize_linear(x, scale.reshape(()), zero_point.reshape(()), zero_point.dtype)
+    if x.ndim == 0 or x.shape[onnx_axis(axis, x.ndim)] != scale.size:
+        return None
+    along = [1] * x.ndim
+    along[onnx_axis(axis, x.ndim)] = -1
+    return quantize_linear(x, scale.reshape(along), zero_point.reshape(along), zero_point.dtype)
 
 
 class _Attrs(dict):
@@ -774,6 +802,8 @@ class _Importer:
             if not a.get("allowzero", 0):
                 shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
             return np.reshape(x, shape)
+        if op == "QuantizeLinear":
+            return _quantized_constant(x, vals[1], vals[2] if len(vals) > 2 else None, a)
         return None
 
     # -- conversion ----------------------------------------------------------------------------
@@ -910,7 +940,10 @@ class _Importer:
             return None
         dq = self.producer.get(t)
         if dq is None or onnx_key(dq) != "DequantizeLinear" or dq.input[0] not in self.values:
-            raise OnnxUnsupported(f"{what} ('{t}') expects a DequantizeLinear of an initializer (QDQ format)")
+            raise OnnxUnsupported(
+                f"{what} ('{t}') expects a DequantizeLinear of an initializer, or of a QuantizeLinear of a float32 "
+                "initializer to int8/uint8 per tensor or per axis (QDQ format)"
+            )
         q = self.values[dq.input[0]]
         scale = np.asarray(self.const(dq, 1, f"{what} scale"))
         zp = self.const(dq, 2, f"{what} zero point", required=False)

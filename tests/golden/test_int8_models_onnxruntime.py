@@ -95,9 +95,9 @@ def ranges_cache(model, stats, path) -> Path:
     return path
 
 
-def ort_quantize(float_onnx, out, cache, case) -> Path:
+def ort_quantize(float_onnx, out, cache, case, **extra) -> Path:
     """quantize_static of a float ONNX file for one case (format, per_channel, activations, keep), from a
-    calibration cache."""
+    calibration cache; `extra` adds to its extra_options."""
     fmt, pc, act, keep = case
     quantize_static(
         str(float_onnx),
@@ -108,7 +108,7 @@ def ort_quantize(float_onnx, out, cache, case) -> Path:
         per_channel=pc,
         activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
-        extra_options={"QDQKeepRemovableActivations": keep},
+        extra_options={"QDQKeepRemovableActivations": keep, **extra},
     )
     return out
 
@@ -187,6 +187,24 @@ def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
         compared += 1
     n_layers = sum(1 for st in imported.plan.nodes if st.op in ("qconv2d", "qlinear", "qadd", "qconcat"))
     assert compared >= n_layers  # every layer's output at least
+
+
+@pytest.mark.parametrize("case", [("QDQ", False, "uint8", False), ("QDQ", True, "int8", False)], ids=["pt", "pc"])
+def test_weights_quantized_in_the_graph_import_as_their_codes(family, case):
+    """AddQDQPairToWeight keeps each weight float, quantized by a QuantizeLinear node before its
+    DequantizeLinear; the importer refused it ("expects a DequantizeLinear of an initializer"). The
+    codes onnxruntime computes there are those quantize_static stores otherwise."""
+    path = ort_quantize(
+        family.float_onnx, family.folder / f"pair_{case[1]}.onnx", family.cache, case, AddQDQPairToWeight=True
+    )
+    assert any(n.op_type == "QuantizeLinear" and n.input[0].endswith("weight") for n in onnx.load(str(path)).graph.node)
+    imported, stored = import_onnx(path), import_onnx(quantized_onnx(family, case))
+    assert imported.params.keys() == stored.params.keys()
+    for key, a in imported.params.items():
+        assert a.dtype == stored.params[key].dtype and np.array_equal(a, stored.params[key]), key
+    x = np.random.default_rng(2).uniform(-1.2, 1.2, (3, 3, SIZE, SIZE)).astype(np.float32)
+    want = int8_session(path, case[2], "QDQ").run(None, {"input": x})[0]
+    assert np.array_equal(Model(imported).run(x), want)
 
 
 PARAM_CASES = [c for c in CASES if not c[3]]  # the kept activations change no parameter
