@@ -99,13 +99,14 @@ def quantizable_convs(draw):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     fmt, act = draw(st.sampled_from(["QDQ", "QOperator"])), draw(st.sampled_from(["uint8", "int8"]))
-    return model, shape, seed, fmt, act, draw(st.booleans())
+    pair = fmt == "QDQ" and draw(st.booleans())  # AddQDQPairToWeight: float weights, quantized in the graph
+    return model, shape, seed, fmt, act, draw(st.booleans()), pair
 
 
 @settings(max_examples=300)
 @given(quantizable_convs())
 def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_factory, case):
-    model, shape, seed, fmt, act, per_channel = case
+    model, shape, seed, fmt, act, per_channel, pair = case
     rng = np.random.default_rng(seed)
     folder = tmp_path_factory.mktemp("int8")
     onnx.save(model, str(folder / "float.onnx"))
@@ -120,6 +121,7 @@ def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_f
             per_channel=per_channel,
             activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
+            extra_options={"AddQDQPairToWeight": pair},
         )
         want = int8_session(folder / "q.onnx", act, fmt).run(None, {"x": x})[0]
     except Exception:  # onnxruntime cannot run the float or the quantized model (an empty output)
@@ -132,9 +134,9 @@ def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_f
         got = Model(graph).run(x)
     except VelcroError as e:
         assert "\n" not in str(e).strip(), f"refusal not one line: {e}"
-        event("refused")
+        event(f"refused{' (weights quantized in the graph)' if pair else ''}")
         return
-    event(f"compared: {fmt} {act}")
+    event(f"compared: {fmt} {act}{' weights quantized in the graph' if pair else ''}")
     assert got.shape == want.shape
     np.testing.assert_array_equal(got, want, err_msg=f"{fmt} {act} per_channel={per_channel}")
     export_onnx(graph, folder / "exported.onnx")  # QDQ, run by onnxruntime as it runs its own
