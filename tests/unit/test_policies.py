@@ -32,6 +32,23 @@ def test_budget_masks_lowest_variance_share_per_mac_first():
     assert masks.policy["site_ratios"] == {"deep": 0.75, "cheap": 0.5}
 
 
+def test_budget_scores_divide_by_the_mean_variance_of_the_site():
+    # a: variances [1, 1, 4, 10], mean 4 (median 2.5, max 10) -> scores [0.25, 0.25, 1, 2.5];
+    # b: [2, 2, 2, 2], mean 2 -> [1, 1, 1, 1]. One MAC each, budget 0.5 x 8 = 4 elements: a0, a1,
+    # then the scores of 1 in site order and flat index: a2, b0
+    stats = Stats("fp", {"a": _site([1, 1, 4, 10]), "b": _site([2, 2, 2, 2])})
+    masks = make_masks("budget", stats, 0.5, {"a": 1, "b": 1})
+    assert masks.sites["a"][0].tolist() == [True, True, True, False]
+    assert masks.sites["b"][0].tolist() == [True, False, False, False]
+
+
+def test_channel_masks_take_the_channel_of_the_lowest_mean_variance():
+    # channel 0: variances [0, 10] (mean 5, max 10, min 0); channel 1: [6, 6] (mean 6)
+    stats = Stats("fp", {"c": _site(np.array([0, 10, 6, 6], float).reshape(2, 1, 2))})
+    mask = make_masks("channel", stats, 0.5).sites["c"][0]
+    assert mask.reshape(2, -1).all(axis=1).tolist() == [True, False] and mask.sum() == 2
+
+
 def test_budget_ties_between_sites_follow_the_model_order_not_the_statistics_order():
     # every variance 0: all four elements score 0; the budget (0.5 x 4 MACs) takes two of them,
     # those of the model's first site, whichever order the statistics list the sites in

@@ -15,11 +15,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
+from onnxruntime.quantization.quant_utils import compute_scale_zp
 from robust_util import NodeOutputs, zoo_graph
 
 from velcro_ref import quant
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
+from velcro_ref.kernels.int8.requant import quantize_linear as kernel_quantize
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.plan import executed_graph
 
@@ -231,6 +233,39 @@ def test_scale_zero_point_by_hand():
     assert s == np.float32(1.0 / 254) and z == 0
     # an all-zero range: scale 1, zero point 0
     assert quant.scale_zero_point(np.float32(0), np.float32(0), "uint8") == (1.0, 0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_zero_points_round_half_to_even_as_onnxruntime(dtype):
+    """qmin - rmin / scale on a tie (126.5 for [-126.5/64, 128.5/64] on uint8, whose scale is 1/64
+    exactly) rounds half to even, as onnxruntime's quantizer (numpy.round) does: 126, not 127; and
+    on drawn ranges the scale and zero point equal its `compute_scale_zp`."""
+    qmin, qmax = (dtype(v) for v in quant.qrange(dtype))
+    rng = np.random.default_rng(5)
+    ties = [(np.float32(-(k + 0.5) / 64), np.float32((255 - k - 0.5) / 64)) for k in range(0, 255, 7)]
+    drawn = [tuple(np.sort(rng.normal(0, 10.0 ** rng.integers(-3, 3), 2)).astype(np.float32)) for _ in range(300)]
+    for lo, hi in ties + drawn:
+        want_zp, want_scale = compute_scale_zp(lo, hi, qmin, qmax)
+        scale, zp = quant.scale_zero_point(lo, hi, np.dtype(dtype).name)
+        assert (scale, int(zp)) == (want_scale, int(want_zp)), (lo, hi)
+    assert quant.scale_zero_point(np.float32(-126.5 / 64), np.float32(128.5 / 64), "uint8")[1] == 126
+
+
+def test_the_engine_quantize_kernel_rounds_ties_as_onnxruntime():
+    """The kernel of the model's quantize op (not `quant.quantize_linear`) on values whose quotient
+    is a tie or where x / scale and x * (1 / scale) round apart."""
+    rng = np.random.default_rng(3)
+    for scale in (np.float32(0.0137), np.float32(0.1)):
+        ties = ((rng.integers(-120, 120, 2000) + np.float32(0.5)) * scale).astype(np.float32)
+        x = np.concatenate([ties, np.nextafter(ties, np.float32(np.inf)), division_sensitive(rng, scale)])
+        for dtype, zp in ((np.int8, -3), (np.uint8, 128)):
+            qmin, qmax = quant.qrange(dtype)
+            got = np.empty(x.size, dtype)
+            kernel_quantize(x, scale, zp, qmin, qmax, got)
+            want = run_node(
+                "QuantizeLinear", x, scale, np.array(zp, dtype), helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+            )
+            assert np.array_equal(got, want), int(np.sum(got != want))
 
 
 def test_fixed_point_multiplier_by_hand():
