@@ -274,6 +274,32 @@ def test_batch_of_8_loads_the_bitmap_once(model):
     assert result.mask_storage_bytes == 6 + 20 and result.batch == 8
 
 
+def test_a_site_of_27_elements_has_a_bitmap_of_4_bytes():
+    """Every site above holds a multiple of 8 elements; here 3 filters on a 3x3 output, 27 of
+    them: its bitmap is ceil(27 / 8) = 4 bytes, in DRAM, in the mask table and in each read of it."""
+    rng = np.random.default_rng(1)
+    conv = Node("c", "conv2d", (INPUT,), {"out_channels": 3, "kernel": 3, "pads": 1}, {"weight": "c.w"})
+    params = {"c.w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32)}
+    small = Model(Graph((conv, Node("r", "relu", ("c",))), (2, 3, 3), "r", params))
+    mask = np.zeros((3, 3, 3), bool)
+    mask[1] = True
+    result = simulate(small, tiny_arch("output_stationary"), MaskSet(small.fingerprint, {"r": (mask, mask * 0.0)}))
+    c, r = by_name(result, "compressed")["c"], by_name(result, "compressed")["r"]
+    assert c.mask_bytes == 4 and result.mask_storage_bytes == 4 + 9
+    assert c.energy["mask"] == pytest.approx(100 * 4 + 10 * (4 + 4))  # written once, read by the conv
+    assert r.energy["mask"] == pytest.approx(10 * 4)
+
+
+@pytest.mark.parametrize("kib, spilled", [(0.25, False), (0.248, True)])
+def test_a_partial_sum_tile_of_exactly_the_ofmap_half_stays_on_chip(model, kib, spilled):
+    """Weight stationary: the largest chunk's tile of partial sums, 16 pixels x 2 filters x 4 B = 128
+    bytes, against an ofmap half of int(0.25 x 512) = 128 bytes (fits) and int(0.248 x 512) = 126
+    (spills: the 2 x 4 x 48 x 4 = 1536 bytes of partial sums go out to DRAM and back)."""
+    c = by_name(simulate(model, with_changes(tiny_arch("weight_stationary"), ofmap_kib=kib)))["c"]
+    assert c.dram_bytes == 134 + 1536 * spilled
+    assert c.ofmap_sram_bytes == 1632 + 1536 * spilled
+
+
 # ---------------------------------------------------------------- compute-only view
 # mac, register files, the three buffers, vector ops and mask-table bytes; no DRAM, no leakage.
 
