@@ -27,7 +27,7 @@ from ..conv.geom import subsampled
 from ..conv.layouts import padded_size
 from ..jit import njit
 from . import workers
-from .requant import REQUANT_ORT, requant_span, requant_value, round_small
+from .requant import REQUANT_ORT, requant_value, round_small
 from .simd import TILE_K, TILE_P, conv_tile
 
 # Below this many MACs a conv runs in the calling thread alone: handing out items costs more
@@ -174,10 +174,10 @@ def _tile_rows(xf, x_zero_point, pc, geom, rq, skip, masked, out, out_f, band, n
                             for c in range(k_count):
                                 out_f[o + np.uint64(c * plane)] = q[c]
                         continue
-                    for p in range(p_count):
-                        requant_span(acc, p * TILE_K, bias, k0, k_count, rq, q)
+                    for p in range(p_count):  # fixed_point
                         for c in range(k_count):
-                            out[n, k0 + c, py[p], px[p]] = q[c]
+                            k = k0 + c
+                            out[n, k, py[p], px[p]] = requant_value(np.int64(acc[p * TILE_K + c]) + bias[k], k, rq)
                     continue
                 for p in range(p_count):
                     base = offs_a[p]

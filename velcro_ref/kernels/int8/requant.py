@@ -65,25 +65,6 @@ def requant_value(acc, k, rq):
 
 
 @njit(cache=True)
-def requant_span(acc, a0, bias, k0, count, rq, q):
-    """q[i] = the output value of acc[a0 + i] + bias[k0 + i] in output channel k0 + i, for
-    i < count (int32 values, the same as requant_value's). The mode is tested once, so the
-    `ort` loop vectorises; the sum stays int32 (exact: the accumulator bound was checked)."""
-    zp = rq.zero_point
-    if rq.mode == REQUANT_ORT:
-        lo, hi = np.float32(rq.qmin - zp), np.float32(rq.qmax - zp)
-        scale = rq.scale
-        ua, uk = np.uint64(a0), np.uint64(k0)  # unsigned indices: no negative-index test, so it vectorises
-        for i in range(count):
-            ui = np.uint64(i)
-            v = np.float32(np.float32(np.int32(acc[ua + ui] + bias[uk + ui])) * scale[uk + ui])
-            q[i] = np.int32(round_small(lo if v != v else min(max(v, lo), hi))) + zp
-        return
-    for i in range(count):
-        q[i] = requant_value(np.int64(acc[a0 + i]) + bias[k0 + i], k0 + i, rq)
-
-
-@njit(cache=True)
 def requantize(acc, rq, out):
     """Layout: acc (N, K, P) int32 accumulators (bias included), out (N, K, P) uint8/int8;
     loop (n, k), then p."""
