@@ -81,6 +81,7 @@ def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
 def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     """Masks from stats with a ratio per site (sites absent from `ratios` are not masked). StatsError
     for a site masked from statistics that hold NaN or Inf (`check_finite_sites`)."""
+    stats.check_counts("no masks made", whole=False)
     sites = {}
     for name, s in stats.sites.items():
         r = check_ratio(ratios.get(name, 0.0), f"ratio of site '{name}'")

@@ -159,6 +159,22 @@ class Stats:
             provenance["image_sets"] = list(image_sets(self) + image_sets(other))
         return Stats(self.fingerprint, sites, classes, self.n_images + other.n_images, source, provenance, ranges)
 
+    def check_counts(self, outcome="no statistics written", whole=True) -> None:
+        """StatsError, ending with `outcome`, unless every element of every site counts `n_images`
+        images (`whole`), or else one number of images, the same at every site: a
+        `StatsCollector.add_batch` stopped part way (Ctrl-C) leaves its batch in the sites before
+        the stop only."""
+        sites = [(name, site.count) for name, site in self.sites.items() if site.count.size]
+        n = self.n_images if whole or not sites else sites[0][1].flat[0]
+        for name, count in sites:
+            if not np.all(count == n):
+                found = np.unique(count)[:3].tolist()
+                whose = "the statistics" if whole else f"site '{sites[0][0]}'"
+                raise StatsError(
+                    f"site '{name}' counts {found} images, {whose} {n:g}: a batch stopped part way left them "
+                    f"half added; {outcome}"
+                )
+
     def range_of(self, tensor) -> tuple[float, float]:
         """(min, max) of a tensor over every image: a site's from its per-element minima and maxima,
         any other's from `ranges`. KeyError when the stats hold neither."""
@@ -226,6 +242,7 @@ class StatsCollector:
                 self._ranged_at[src.name] = st.name
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
+        self._torn = False  # a batch stopped after it changed a site: the statistics hold part of it
 
     def range_tensors(self) -> set:
         """The tensors whose range a run records: the input and every step's of `_has_range`."""
@@ -267,10 +284,25 @@ class StatsCollector:
         self.stats.ranges[tensor] = (lo, hi) if old is None else joint_range(old, (lo, hi))
 
     def add_batch(self, x):
-        """Run one batch through the model, observing every site and the range of every other tensor."""
-        self.model.run(x, observer=self)
-        self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
-        self.stats.n_images += x.shape[0]
+        """Run one batch through the model, observing every site and the range of every other tensor.
+        A batch that stops part way (Ctrl-C, an error of the run) before its first site adds nothing;
+        after it, the statistics hold part of it: every later call raises StatsError, as do
+        `save_stats` and the masks made from them (`Stats.check_counts`): start a new collector."""
+        if self._torn:
+            raise StatsError(
+                "an earlier batch stopped part way and left these statistics half added; start a new collector"
+            )
+        ranges, n = dict(self.stats.ranges), self.stats.n_images
+        try:
+            self.model.run(x, observer=self)
+            self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
+            self.stats.n_images += x.shape[0]
+        except BaseException:
+            if self.stats.n_images == n:  # stopped before the batch was whole
+                self._torn = any(site.count.size and site.count.flat[0] != n for site in self.stats.sites.values())
+                if not self._torn:  # before any site: it leaves nothing, not even the ranges of the nodes run
+                    self.stats.ranges = ranges
+            raise
         ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
         ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
         if list(ranges) != ordered:
@@ -312,6 +344,7 @@ def save_stats(stats: Stats, path) -> None:
     not integers: `load_stats` would refuse such a file.
     """
     check_finite(stats)
+    stats.check_counts()
     classes = [int(c) for c in class_indices(stats.classes, "stats classes")]
     if any(c < 0 for c in classes):  # `load_stats` would refuse the file
         raise StatsError(f"stats classes expect class numbers (>= 0), found {min(classes)}")
