@@ -106,8 +106,9 @@ def evaluate(model, images, labels, classes, masks=None, batch=256, progress=Non
     labels = evaluation.class_indices(labels, "labels", sets=False)  # one integer per image (not bytes)
     classes = _one_class(classes)
     keys = ("accuracy", "accuracy_task", "macs", "inf_images")
-    if masks is not None:
-        evaluation.check_macs(model)  # before the runs: the CSR needs them
+    if masks is not None:  # before the runs: masks of another model, and the MACs the CSR needs
+        model.check_masks(masks)
+        evaluation.check_macs(model)
     dense = evaluation.evaluate(model, x, labels, classes, batch=batch, progress=progress)
     listed = evaluation.class_indices(classes, "task classes")  # a set's in order
     doc = {"n_images": len(x), "classes": [int(c) for c in listed], "dense": {k: dense[k] for k in keys}}

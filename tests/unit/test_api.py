@@ -497,3 +497,22 @@ def test_images_of_the_other_byte_order_give_what_native_ones_give(files):
         assert all(np.array_equal(getattr(a.sites[site], f), getattr(b.sites[site], f)) for f in stats_fields)
     with pytest.raises(velcro_ref.VelcroError, match="expects dtype float32, found >f8"):
         model.run(x.astype(">f8"))
+
+
+def test_evaluate_refuses_masks_of_another_model_before_any_run(files, monkeypatch):
+    """The refusal came after the whole dense pass (5 batches of 1000 images)."""
+    from velcro_ref import evaluation
+
+    model = velcro_ref.load_model(files / "m.h5")
+    other = Model(zoo_graph("resnet18", input_size=28, in_channels=1, num_classes=10, width=0.125, seed=7))
+    masks = MaskSet(
+        other.fingerprint, {s: (np.zeros(sh, bool), np.zeros(sh, np.float32)) for s, sh in other.sites.items()}
+    )
+    x, y = velcro_ref.task_images(model, (5, 7, 9), "test", 4)
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a run before the masks were checked")
+
+    monkeypatch.setattr(evaluation, "evaluate", no_run)
+    with pytest.raises(velcro_ref.VelcroError, match="masks"):
+        velcro_ref.evaluate(model, x, y, (5, 7, 9), masks=masks)
