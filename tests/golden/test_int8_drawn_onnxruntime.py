@@ -4,11 +4,12 @@ A conv with drawn channels, groups, kernel, strides, dilations and pads, alone o
 relu, a max pool, a global average pool (squeezed to (N, C) or not), an average pool, a softmax
 head, or added to or concatenated with a second conv, on a drawn batch; quantized by quantize_static (QDQ or
 QOperator, per-tensor or per-channel weights, uint8 or int8 activations, MinMax over three drawn
-batches), imported by `import_onnx` and run by the engine: every output element must equal
-onnxruntime's in its exact mode (robust_util's `int8_session`), and so must onnxruntime's run of
-the engine's QDQ export; or the import is refused in one line (a softmax of a quantized tensor:
-onnxruntime runs its own QLinearSoftmax there). Models onnxruntime cannot quantize or run (an
-empty output) are not judged.
+batches; in QDQ the weights may stay float32 and quantized in the graph, `AddQDQPairToWeight`),
+imported by `import_onnx` and run by the engine: every output element must equal onnxruntime's
+in its exact mode (robust_util's `int8_session`), and so must onnxruntime's run of the engine's
+QDQ export; or the import is refused in one line (a softmax of a quantized tensor: onnxruntime
+runs its own QLinearSoftmax there). Models onnxruntime cannot quantize or run (an empty output)
+are not judged.
 """
 
 import logging
@@ -39,7 +40,8 @@ class Batches(CalibrationDataReader):
 
 @st.composite
 def quantizable_convs(draw):
-    """(float model, input shape, seed, format, activation type, per-channel)."""
+    """(float model, input shape, seed, format, activation type, per-channel, weights quantized in the
+    graph: AddQDQPairToWeight, QDQ only)."""
     seed = draw(st.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
     c = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 24, 32]))
@@ -134,6 +136,8 @@ def test_quantized_conv_matches_onnxruntime_bit_for_bit_or_is_refused(tmp_path_f
         got = Model(graph).run(x)
     except VelcroError as e:
         assert "\n" not in str(e).strip(), f"refusal not one line: {e}"
+        # the refusals of the weights' form itself would hide an importer that no longer reads it
+        assert not (pair and "DequantizeLinear of an initializer" in str(e)), str(e)
         event(f"refused{' (weights quantized in the graph)' if pair else ''}")
         return
     event(f"compared: {fmt} {act}{' weights quantized in the graph' if pair else ''}")

@@ -193,7 +193,8 @@ def test_imported_int8_models_run_bit_exact_against_onnxruntime(family, case):
 def test_weights_quantized_in_the_graph_import_as_their_codes(family, case):
     """AddQDQPairToWeight keeps each weight float, quantized by a QuantizeLinear node before its
     DequantizeLinear; the importer refused it ("expects a DequantizeLinear of an initializer"). The
-    codes onnxruntime computes there are those quantize_static stores otherwise."""
+    codes onnxruntime computes there are those quantize_static stores otherwise: the imported
+    parameters equal the plain QDQ file's, and the run equals onnxruntime's bit for bit."""
     path = ort_quantize(
         family.float_onnx, family.folder / f"pair_{case[1]}.onnx", family.cache, case, AddQDQPairToWeight=True
     )

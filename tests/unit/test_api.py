@@ -500,7 +500,8 @@ def test_images_of_the_other_byte_order_give_what_native_ones_give(files):
 
 
 def test_evaluate_refuses_masks_of_another_model_before_any_run(files, monkeypatch):
-    """The refusal came after the whole dense pass (5 batches of 1000 images)."""
+    """evaluate refuses a MaskSet of another model before any run (the refusal came after the whole
+    dense pass, 5 batches of 1000 images)."""
     from velcro_ref import evaluation
 
     model = velcro_ref.load_model(files / "m.h5")

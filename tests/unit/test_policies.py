@@ -33,6 +33,7 @@ def test_budget_masks_lowest_variance_share_per_mac_first():
 
 
 def test_budget_scores_divide_by_the_mean_variance_of_the_site():
+    """An element's score is its variance over its site's mean variance (not the median or the max)."""
     # a: variances [1, 1, 4, 10], mean 4 (median 2.5, max 10) -> scores [0.25, 0.25, 1, 2.5];
     # b: [2, 2, 2, 2], mean 2 -> [1, 1, 1, 1]. One MAC each, budget 0.5 x 8 = 4 elements: a0, a1,
     # then the scores of 1 in site order and flat index: a2, b0
@@ -43,10 +44,11 @@ def test_budget_scores_divide_by_the_mean_variance_of_the_site():
 
 
 def test_channel_masks_take_the_channel_of_the_lowest_mean_variance():
-    # channel 0: variances [0, 10] (mean 5, max 10, min 0); channel 1: [6, 6] (mean 6)
-    stats = Stats("fp", {"c": _site(np.array([0, 10, 6, 6], float).reshape(2, 1, 2))})
-    mask = make_masks("channel", stats, 0.5).sites["c"][0]
-    assert mask.reshape(2, -1).all(axis=1).tolist() == [True, False] and mask.sum() == 2
+    """Channels of variances [0, 12], [3, 7], [6, 6]: means 6, 5, 6, minima 0, 3, 6, maxima 12, 7, 6;
+    at R = 0.34 (1 of 3 channels) the channel of the lowest mean variance, channel 1, is masked."""
+    stats = Stats("fp", {"c": _site(np.array([0, 12, 3, 7, 6, 6], float).reshape(3, 1, 2))})
+    mask = make_masks("channel", stats, 0.34).sites["c"][0]
+    assert mask.reshape(3, -1).all(axis=1).tolist() == [False, True, False] and mask.sum() == 2
 
 
 def test_budget_ties_between_sites_follow_the_model_order_not_the_statistics_order():
