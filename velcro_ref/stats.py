@@ -399,8 +399,8 @@ def load_stats(path, model=None) -> Stats:
     """Read a stats file; with a model, check fingerprint, sites and shapes.
 
     Every field is checked before it is read (float64, at most MAX_ELEMENTS elements, one shape
-    per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max, min and
-    max float32 values, and moments that values in [min, max] can have: `_check_moments`).
+    per site) and after (count = n_images everywhere, finite values, M2 >= 0, min <= max, and
+    moments that values in [min, max] can have: `_check_moments`).
     Reads format versions 1 (`mean` only, taken as shift 0) and 2; refuses newer ones.
     Raises StatsError naming the file and the site or attribute at fault.
     """
@@ -447,8 +447,6 @@ def _read_stats(f) -> Stats:
             raise StatsError(f"{where}m2 expects values >= 0, found {s.m2.min():g}")
         if np.any(s.min > s.max):
             raise StatsError(f"{where}min exceeds max at {int(np.count_nonzero(s.min > s.max))} element(s)")
-        for fld in ("min", "max"):
-            _check_float32(getattr(s, fld), f"{where}{fld}")
         _check_moments(s, where)
         if version >= 2 and "mean" in sg:  # written for other readers: it must agree with the exact shifted form
             ds = check_dataset(member(sg, "mean", h5py.Dataset, StatsError, where), StatsError, f"{where}mean ")
@@ -490,17 +488,6 @@ def _check_moments(s: SiteStats, where: str) -> None:
         raise StatsError(f"{where}variance exceeds {bound}, at {n} element(s)")
 
 
-def _check_float32(a, where) -> None:
-    """StatsError unless the finite float64 values `a` (extremes of float32 activations) are float32 values."""
-    with np.errstate(over="ignore"):
-        off = a.astype(np.float32) != a
-    if np.any(off):
-        raise StatsError(
-            f"{where} expects float32 values (extremes of float32 activations), found {float(a[off].flat[0])!r} "
-            f"at {int(np.count_nonzero(off))} element(s)"
-        )
-
-
 def _read_ranges(f) -> dict:
     """The `ranges` group (version 3; absent: no ranges): tensor -> (min, max), finite, min <= max."""
     if "ranges" not in f:
@@ -516,7 +503,6 @@ def _read_ranges(f) -> dict:
         v = np.asarray(read_dataset(ds, StatsError, where))
         if v.shape != (2,) or not np.all(np.isfinite(v)) or v[0] > v[1]:
             raise StatsError(f"{where}expects finite [min, max] with min <= max, found {v.tolist()}")
-        _check_float32(v, f"{where}[min, max]")
         ranges[name] = (float(v[0]), float(v[1]))
     return ranges
 
