@@ -211,6 +211,7 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
 
     check_stats(stats, model, "stats")
     check_finite(stats, "nothing quantized")  # as a stats file holds them (in-memory stats may not)
+    stats.check_counts("nothing quantized")  # a batch stopped part way leaves sites and ranges torn
     need = needed_ranges(model)
     missing = [t for t in need if t not in stats.sites and t not in stats.ranges]
     if missing:
@@ -220,6 +221,12 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
             "them, hold only the activation sites: profile the model again"
         )
     ranges = {t: stats.range_of(t) for t in need}
+    top = float(np.finfo(np.float32).max)
+    for t, (lo, hi) in ranges.items():
+        if max(-lo, hi) > top:  # statistics of values no float32 activation takes (made by hand)
+            raise StatsError(
+                f"calibration range of tensor '{t}' [{lo:g}, {hi:g}] lies beyond float32; nothing quantized"
+            )
     calibration = {"images": stats.source, "n_images": int(stats.n_images), "classes": [int(c) for c in stats.classes]}
     graph = quantize_model(
         model, ranges, per_channel, activations, requant, {"quantization": {"calibration": calibration}}

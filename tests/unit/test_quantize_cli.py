@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import h5py
 import numpy as np
@@ -65,6 +66,27 @@ def test_stats_without_ranges_are_refused_in_one_line(files, tmp_path, capsys):
     assert run("quantize", files / "m.h5", "--calib", old, "-o", tmp_path / "q.h5") == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(old) in err and "format version 3" in err and "profile" in err
+    assert not (tmp_path / "q.h5").exists()
+
+
+@pytest.mark.parametrize("where", ["range", "site"])
+def test_a_calibration_range_beyond_float32_is_refused_in_one_line(files, tmp_path, capsys, where):
+    """A range of [-1e39, 1e39] (a file edited by hand: no float32 activation takes it) made `velcro
+    quantize` print three NumPy overflow warnings before its error about a y_scale of inf."""
+    wide = tmp_path / "wide.h5"
+    shutil.copy(files / "s.h5", wide)
+    with h5py.File(wide, "a") as f:
+        if where == "range":
+            name = next(iter(f["ranges"]))
+            f["ranges"][name][...] = [-1e39, 1e39]
+        else:
+            name = next(iter(f["sites"]))
+            f["sites"][name]["max"][...] = 1e39
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run("quantize", files / "m.h5", "--calib", wide, "-o", tmp_path / "q.h5") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lies beyond float32; nothing quantized" in err and f"'{name}'" in err
     assert not (tmp_path / "q.h5").exists()
 
 

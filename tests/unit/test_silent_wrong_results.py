@@ -338,3 +338,6 @@ def test_a_batch_stopped_part_way_leaves_no_statistics_that_count_it_in_some_sit
     assert not (tmp_path / "s.h5").exists()
     with pytest.raises(StatsError, match="images, site 'stem.2' 16: a batch stopped part way left them half added; no"):
         make_masks("uniform", torn.stats, 0.5)
+
+    with pytest.raises(StatsError, match="a batch stopped part way left them half added; nothing quantized"):
+        velcro_ref.quantize(model, torn.stats)  # its ranges are torn too
