@@ -256,10 +256,12 @@ def _quantized_constant(x, scale, zero_point, a):
         zero_point = np.zeros(scale.shape, typed or np.uint8)
     if zero_point.dtype not in (np.int8, np.uint8) or typed not in (None, zero_point.dtype):
         return None
-    if scale.shape != zero_point.shape or scale.ndim > 1 or not np.all(np.isfinite(scale) & (scale > 0)):
+    if not np.all(np.isfinite(scale) & (scale > 0)):
         return None
-    if scale.size == 1:
+    if scale.size == zero_point.size == 1:  # per tensor, of shape () or (1,) each, as onnxruntime takes them
         return quantize_linear(x, scale.reshape(()), zero_point.reshape(()), zero_point.dtype)
+    if scale.shape != zero_point.shape or scale.ndim != 1:
+        return None
     if x.ndim == 0 or x.shape[onnx_axis(axis, x.ndim)] != scale.size:
         return None
     along = [1] * x.ndim

@@ -578,3 +578,50 @@ def test_an_int8_layer_whose_scale_product_overflows_is_not_exported(tmp_path, b
     with pytest.raises(VelcroError, match="x_scale x w_scale overflows float32"):
         export_onnx(graph, tmp_path / "out.onnx")
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "scale_shape, zp_shape, axis", [((), (), 0), ((1,), (), 0), ((), (1,), 0), ((4,), (4,), 0), ((4,), (4,), -4)]
+)
+def test_a_weight_quantized_in_the_graph_in_each_form_onnxruntime_runs(tmp_path, scale_shape, zp_shape, axis):
+    """The weight's QuantizeLinear per tensor with a scale and a zero point of shape () or (1,) each
+    (onnxruntime takes either; a (1,) scale beside a () zero point was refused), and per axis with
+    the axis counted from the end; its scale another than the DequantizeLinear's, and values on ties."""
+    rng = np.random.default_rng(4)
+    s_q = np.full(scale_shape, 0.02, np.float32) if scale_shape else np.float32(0.02)
+    w = (rng.integers(-60, 60, (4, 2, 3, 3)) + 0.5).astype(np.float32) * np.float32(0.02)  # x / scale on ties
+    w[0, 0, 0, 0] = 9.0  # saturates
+    inits = [
+        numpy_helper.from_array(w, "w"),
+        numpy_helper.from_array(np.asarray(s_q, np.float32), "s_q"),
+        numpy_helper.from_array(np.zeros(zp_shape, np.int8), "z_q"),
+        numpy_helper.from_array(np.full(scale_shape, 0.021, np.float32), "s_dq"),
+        numpy_helper.from_array(np.zeros(zp_shape, np.int8), "z_dq"),
+        numpy_helper.from_array(np.array(0.03, np.float32), "s_x"),
+        numpy_helper.from_array(np.array(0, np.int8), "z_x"),
+        numpy_helper.from_array(np.array(0.2, np.float32), "s_y"),
+        numpy_helper.from_array(np.array(3, np.int8), "z_y"),
+    ]
+    per_axis = {"axis": axis} if scale_shape == (4,) else {}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["w", "s_q", "z_q"], ["wq"], **per_axis),
+        helper.make_node("DequantizeLinear", ["wq", "s_dq", "z_dq"], ["wd"], **per_axis),
+        helper.make_node("QuantizeLinear", ["x", "s_x", "z_x"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "s_x", "z_x"], ["xd"]),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("QuantizeLinear", ["c", "s_y", "z_y"], ["cq"]),
+        helper.make_node("DequantizeLinear", ["cq", "s_y", "z_y"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    x = rng.uniform(-2, 2, (2, 2, 5, 5)).astype(np.float32)
+    want = int8_session(tmp_path / "m.onnx", "int8", "QDQ").run(None, {"x": x})[0]
+    assert np.array_equal(Model(import_onnx(tmp_path / "m.onnx")).run(x), want)
