@@ -104,6 +104,24 @@ def images_npz(path, images):
     return path
 
 
+def save_onnx(path, nodes, inits, input_shape, opsets=(("", 13),), name="g"):
+    """An ONNX model of `nodes` with one float input 'x' of `input_shape` (a symbolic batch: "N") and
+    one float output 'y', IR version 8, saved at path; returns path."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(input_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
 def int8_session(path, act, fmt, extra_outputs=()):
     """An onnxruntime session of a quantized ONNX model in its exact mode (docs/int8.md, "Where
     onnxruntime is not exact"): uint8 activations with `session.x64quantprecision = 1`, int8 QDQ

@@ -27,7 +27,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData, save_tensors_data
-from robust_util import NodeOutputs, int8_session
+from robust_util import NodeOutputs, int8_session, save_onnx
 
 import velcro_ref
 from velcro_ref.engine import Model
@@ -612,16 +612,7 @@ def test_a_weight_quantized_in_the_graph_in_each_form_onnxruntime_runs(tmp_path,
         helper.make_node("QuantizeLinear", ["c", "s_y", "z_y"], ["cq"]),
         helper.make_node("DequantizeLinear", ["cq", "s_y", "z_y"], ["y"]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "m.onnx"))
+    path = save_onnx(tmp_path / "m.onnx", nodes, inits, ["N", 2, 5, 5])
     x = rng.uniform(-2, 2, (2, 2, 5, 5)).astype(np.float32)
-    want = int8_session(tmp_path / "m.onnx", "int8", "QDQ").run(None, {"x": x})[0]
-    assert np.array_equal(Model(import_onnx(tmp_path / "m.onnx")).run(x), want)
+    want = int8_session(path, "int8", "QDQ").run(None, {"x": x})[0]
+    assert np.array_equal(Model(import_onnx(path)).run(x), want)

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
+from robust_util import save_onnx
 
 from velcro_ref import qprepare as P
 from velcro_ref.engine import Model
@@ -370,18 +371,7 @@ def test_imported_qlinear_average_pool_runs_as_onnxruntime_does(tmp_path, dtype,
         ),
         helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"], name="dequantize_y"),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "pool",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)], ir_version=8
-    )
-    path = tmp_path / "pool.onnx"
-    onnx.save(model, str(path))
+    path = save_onnx(tmp_path / "pool.onnx", nodes, inits, ["N", 4, 5, 6], (("", 13), ("com.microsoft", 1)), "pool")
     x = np.random.default_rng(3).uniform(-2, 2, (3, 4, 5, 6)).astype(np.float32)
     want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     graph = import_onnx(path)
