@@ -242,7 +242,6 @@ class StatsCollector:
                 self._ranged_at[src.name] = st.name
         self._order = {t: i for i, t in enumerate([INPUT, *steps])}  # `ranges` in the order tensors are computed
         self._passed = None  # the site `run_site` computed last
-        self._torn = False  # a batch stopped after it changed a site: the statistics hold part of it
 
     def range_tensors(self) -> set:
         """The tensors whose range a run records: the input and every step's of `_has_range`."""
@@ -283,12 +282,18 @@ class StatsCollector:
         old = self.stats.ranges.get(tensor)
         self.stats.ranges[tensor] = (lo, hi) if old is None else joint_range(old, (lo, hi))
 
+    def _part_added(self) -> bool:
+        """Whether a site counts other than `n_images` images: a batch stopped part way added itself to
+        the sites before the stop (each site takes a batch whole, so its first element tells)."""
+        n = self.stats.n_images
+        return any(site.count.size and site.count.flat[0] != n for site in self.stats.sites.values())
+
     def add_batch(self, x):
         """Run one batch through the model, observing every site and the range of every other tensor.
         A batch that stops part way (Ctrl-C, an error of the run) before its first site adds nothing;
         after it, the statistics hold part of it: every later call raises StatsError, as do
         `save_stats` and the masks made from them (`Stats.check_counts`): start a new collector."""
-        if self._torn:
+        if self._part_added():
             raise StatsError(
                 "an earlier batch stopped part way and left these statistics half added; start a new collector"
             )
@@ -298,10 +303,8 @@ class StatsCollector:
             self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
             self.stats.n_images += x.shape[0]
         except BaseException:
-            if self.stats.n_images == n:  # stopped before the batch was whole
-                self._torn = any(site.count.size and site.count.flat[0] != n for site in self.stats.sites.values())
-                if not self._torn:  # before any site: it leaves nothing, not even the ranges of the nodes run
-                    self.stats.ranges = ranges
+            if self.stats.n_images == n and not self._part_added():  # stopped before any site: it leaves
+                self.stats.ranges = ranges  # nothing, not even the ranges of the nodes it ran
             raise
         ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
         ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
