@@ -245,7 +245,7 @@ def _quantized_constant(x, scale, zero_point, a):
     AddQDQPairToWeight writes it) as onnxruntime computes it (`quant.quantize_linear`), per tensor or
     per axis; None (not folded: the node is then refused as a quantize of a constant) for any other
     form: block quantization, another code type, a scale that is no positive finite float32."""
-    from .quant import quantize_linear
+    from .quant import along_axis, quantize_linear
 
     typed = {0: None, 2: np.dtype(np.uint8), 3: np.dtype(np.int8)}.get(a.get("output_dtype", 0), False)
     a.get("saturate")  # for float8 codes only: int8 and uint8 codes always saturate
@@ -264,9 +264,8 @@ def _quantized_constant(x, scale, zero_point, a):
         return None
     if x.ndim == 0 or x.shape[onnx_axis(axis, x.ndim)] != scale.size:
         return None
-    along = [1] * x.ndim
-    along[onnx_axis(axis, x.ndim)] = -1
-    return quantize_linear(x, scale.reshape(along), zero_point.reshape(along), zero_point.dtype)
+    axis = onnx_axis(axis, x.ndim)
+    return quantize_linear(x, along_axis(scale, x.ndim, axis), along_axis(zero_point, x.ndim, axis), zero_point.dtype)
 
 
 class _Attrs(dict):

@@ -71,7 +71,7 @@ def weight_scale(w, per_channel=False, axis=0):
     return scale_zero_point(w.min(), w.max(), "int8", symmetric=True)[0]
 
 
-def _along(scale, ndim, axis):
+def along_axis(scale, ndim, axis):
     """A per-channel scale shaped to broadcast along `axis` of an ndim array."""
     s = np.asarray(scale)
     if s.ndim == 0:
@@ -85,7 +85,7 @@ def quantize_weight(w, scale, axis=0):
     """int8 weights: round_half_even(w / scale) in float32 (a true division), clipped to
     [-128, 127]; `scale` a scalar or one per slice along `axis`."""
     w = np.asarray(w, np.float32)
-    q = np.round(w / _along(np.asarray(scale, np.float32), w.ndim, axis))
+    q = np.round(w / along_axis(np.asarray(scale, np.float32), w.ndim, axis))
     return np.clip(q, -128, 127).astype(np.int8)
 
 
@@ -265,7 +265,7 @@ def accumulator_bound(w, w_zero_point, x_zero_point, x_dtype, bias=None):
     plus |bias|. w (K, ...) integer weights; returns int64 (K,)."""
     qmin, qmax = qrange(x_dtype)
     w = np.asarray(w).astype(np.int64)
-    wz = _along(np.asarray(w_zero_point, np.int64), w.ndim, 0)
+    wz = along_axis(np.asarray(w_zero_point, np.int64), w.ndim, 0)
     dx = max(int(x_zero_point) - qmin, qmax - int(x_zero_point))
     bound = np.abs(w - wz).reshape(w.shape[0], -1).sum(axis=1) * dx
     if bias is not None:
