@@ -830,7 +830,7 @@ class _Importer:
                 a.read.update(("ratio", "seed", "consumed_inputs"))  # what an inference Dropout ignores
             self._check_read(node, a)
             if node.input and node.input[0] in self.dq_views:
-                self.dq_views[node.output[0]] = self.dq_views[node.input[0]]
+                self.dq_view(node, index, self.dq_views[node.input[0]])
             else:
                 self.alias[node.output[0]] = self.data(node)
             return
@@ -884,6 +884,13 @@ class _Importer:
     def quantization(self, tensor) -> QParams | None:
         """The QParams of a graph tensor (None: float32)."""
         return self.q.get(tensor)
+
+    def dq_view(self, node, index, base):
+        """Node's output stands for the quantized graph tensor `base` (a DequantizeLinear of it, or
+        an Identity of one); as the graph output, made a dequantize node named after the node."""
+        self.dq_views[node.output[0]] = base
+        if node.output[0] == self.output_name:
+            self.add(node, index, "dequantize", [base])
 
     def _dequantize(self, base) -> str:
         if base not in self._dequantized:

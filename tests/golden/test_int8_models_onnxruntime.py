@@ -327,6 +327,48 @@ def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
     assert np.array_equal(model.run(x), want)
 
 
+@pytest.mark.parametrize("end", ["Identity", "Dropout"])
+@pytest.mark.parametrize("act", ["uint8", "int8"])
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
+def test_a_trailing_identity_after_the_dequantize_imports_bit_exact(tmp_path, fmt, act, end):
+    """quantize_static keeps a float model's last Identity (or inference Dropout), so the graph output
+    is Identity(DequantizeLinear(codes)); the import refused it ("graph output ... is not produced by
+    any node"): it is the dequantized codes, as a plain DequantizeLinear output is."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node(end, ["r"], ["y"], name="last"),
+    ]
+    inits = {"w": (5, 3, 3, 3), "b": (5,)}
+    graph = helper.make_graph(
+        nodes,
+        "trailing",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(rng.normal(0, 0.3, v).astype(np.float32), k) for k, v in inits.items()],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "f.onnx")
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(out),
+        _Images([rng.uniform(-1, 1, (4, 3, 6, 7)).astype(np.float32) for _ in range(3)]),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    q = onnx.load(str(out)).graph
+    last = next(n for n in q.node if n.output[0] == q.output[0].name)
+    producer = next(n for n in q.node if n.output[0] == last.input[0])
+    assert (last.op_type, producer.op_type) == (end, "DequantizeLinear")
+    model = Model(import_onnx(out))
+    assert [st.op for st in model.plan.nodes][-1] == "dequantize"
+    x = rng.uniform(-1.2, 1.2, (9, 3, 6, 7)).astype(np.float32)
+    want = int8_session(out, act, fmt).run(None, {"input": x})[0]
+    assert np.array_equal(model.run(x), want)
+
+
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_a_silu_left_float_between_quantized_convs_imports_bit_exact(tmp_path, fmt, act):

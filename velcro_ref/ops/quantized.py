@@ -258,9 +258,7 @@ class Dequantize(Op):
         want = ctx.scale_zero_point(node, 1, 2, "input", have.dtype)
         if have != want:
             raise OnnxUnsupported(f"input '{node.input[0]}' is quantized as {have}, the node reads it as {want}")
-        ctx.dq_views[node.output[0]] = x
-        if node.output[0] == ctx.output_name:
-            ctx.add(node, index, "dequantize", [x])
+        ctx.dq_view(node, index, x)
 
 
 class QConv2d(Conv2d):
