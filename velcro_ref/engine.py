@@ -121,7 +121,7 @@ class Model:
         self.fuse = True  # run the plan's fusions where a run allows (`_fusions`); False: every node apart
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
-        self._running = threading.RLock()  # one run at a time: runs share the buffers above
+        self.run_lock = threading.RLock()  # one run at a time: runs share the buffers above
         tensors = [(self.plan.shapes[st.name], st.dtype) for st in self.steps] + [(self.input_shape, np.float32)]
         per_image = max(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in tensors)
         self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
@@ -439,7 +439,7 @@ class Model:
         """`run`, and the MACs each conv2d/linear node executed in this run (`last_macs` as this
         run left it, taken before another thread's run can replace it)."""
         x = self.check_input(x)
-        with self._running:
+        with self.run_lock:
             return self._run_checked(x, masks, observer), dict(self.last_macs)
 
     def _run_checked(self, x, masks, observer):

@@ -292,24 +292,26 @@ class StatsCollector:
         """Run one batch through the model, observing every site and the range of every other tensor.
         A batch that stops part way (Ctrl-C, an error of the run) before its first site adds nothing;
         after it, the statistics hold part of it: every later call raises StatsError, as do
-        `save_stats` and the masks made from them (`Stats.check_counts`): start a new collector."""
-        if self._part_added():
-            raise StatsError(
-                "an earlier batch stopped part way and left these statistics half added; start a new collector"
-            )
-        ranges, n = dict(self.stats.ranges), self.stats.n_images
-        try:
-            self.model.run(x, observer=self)
-            self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
-            self.stats.n_images += x.shape[0]
-        except BaseException:
-            if self.stats.n_images == n and not self._part_added():  # stopped before any site: it leaves
-                self.stats.ranges = ranges  # nothing, not even the ranges of the nodes it ran
-            raise
-        ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
-        ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
-        if list(ranges) != ordered:
-            self.stats.ranges = {t: ranges[t] for t in ordered}
+        `save_stats` and the masks made from them (`Stats.check_counts`): start a new collector.
+        Threads calling it take turns (the model's `run_lock`), a batch whole at a time."""
+        with self.model.run_lock:
+            if self._part_added():
+                raise StatsError(
+                    "an earlier batch stopped part way and left these statistics half added; start a new collector"
+                )
+            ranges, n = dict(self.stats.ranges), self.stats.n_images
+            try:
+                self.model.run(x, observer=self)
+                self._extend(INPUT, x)  # after the run: a batch it refuses adds nothing, not even its range
+                self.stats.n_images += x.shape[0]
+            except BaseException:
+                if self.stats.n_images == n and not self._part_added():  # stopped before any site: it leaves
+                    self.stats.ranges = ranges  # nothing, not even the ranges of the nodes it ran
+                raise
+            ranges = self.stats.ranges  # a range taken at a site's pass was added after the nodes before the site
+            ordered = sorted(ranges, key=lambda t: self._order.get(t, len(self._order)))
+            if list(ranges) != ordered:
+                self.stats.ranges = {t: ranges[t] for t in ordered}
 
 
 def _has_range(step) -> bool:

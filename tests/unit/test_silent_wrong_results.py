@@ -292,6 +292,54 @@ def _stop_at_site(col, k):
     return lambda: setattr(col, "run_site", run_site)
 
 
+def test_threads_feeding_one_collector_take_turns_a_batch_at_a_time():
+    """One StatsCollector fed by several threads (a thread pool, a threaded Dask scheduler) refused
+    their batches with "an earlier batch stopped part way" (43 of 50 batches in a thread pool): a
+    thread read another's batch half added into the sites. They take turns, a batch whole at a time
+    (the model's run_lock): a batch sent while another is held at its fourth site is added after it."""
+    import threading
+
+    from velcro_ref.stats import FIELDS, StatsCollector
+
+    model = velcro_ref.load_model(ROOT / "weights" / "resnet18.h5")
+    x, _ = velcro_ref.task_images(model, (5, 7, 9), "train", 16)
+    alone, shared = StatsCollector(model), StatsCollector(model)
+    alone.add_batch(x[:8])
+    alone.add_batch(x[8:])
+    held, go, taken, run_site = threading.Event(), threading.Event(), [0], shared.run_site
+
+    def holding(step, y, out):
+        if taken[0] == 3:
+            held.set()
+            go.wait(60)
+        taken[0] += 1
+        return run_site(step, y, out)
+
+    shared.run_site = holding
+    errors = []
+
+    def feed(batch):
+        try:
+            shared.add_batch(batch)
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    first = threading.Thread(target=feed, args=(x[:8],))
+    first.start()
+    assert held.wait(60)
+    second = threading.Thread(target=feed, args=(x[8:],))
+    second.start()
+    second.join(0.5)  # long enough for it to reach the collector: it was refused there at once
+    go.set()
+    first.join(60)
+    second.join(60)
+    assert not errors, errors
+    assert shared.stats.n_images == 16 and shared.stats.ranges == alone.stats.ranges
+    for name, site in alone.stats.sites.items():
+        for f in FIELDS:
+            assert np.array_equal(getattr(shared.stats.sites[name], f), getattr(site, f)), (name, f)
+
+
 def test_a_batch_stopped_part_way_leaves_no_statistics_that_count_it_in_some_sites(tmp_path):
     """A Ctrl-C inside StatsCollector.add_batch left the batch in the sites before it (count 192 of
     128 images at 8 of ResNet-18's 17 sites when the cell was run again); the masks made from them
