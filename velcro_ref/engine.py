@@ -28,7 +28,7 @@ from .masks import MaskSet, check_bool_bytes
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
-from .threads import run_threads
+from .threads import check_not_forked, run_threads
 
 # Shared-buffer plans a Model keeps (`_shared_buffers`): a dense and a profiling run taking turns.
 # Each holds its buffers (ResNet-18 224x224 at batch 256: 1.15 GB), so only a few.
@@ -438,6 +438,7 @@ class Model:
     def run_counted(self, x, masks=None, observer=None) -> tuple[np.ndarray, dict[str, int]]:
         """`run`, and the MACs each conv2d/linear node executed in this run (`last_macs` as this
         run left it, taken before another thread's run can replace it)."""
+        check_not_forked()  # before the lock, which a thread of the parent may have held at the fork
         x = self.check_input(x)
         with self.run_lock:
             return self._run_checked(x, masks, observer), dict(self.last_macs)

@@ -26,6 +26,7 @@ from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, clamp_welford_add, value_range, welford, welford_add
 from .ops.activation import Relu
+from .threads import check_not_forked
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -294,6 +295,7 @@ class StatsCollector:
         after it, the statistics hold part of it: every later call raises StatsError, as do
         `save_stats` and the masks made from them (`Stats.check_counts`): start a new collector.
         Threads calling it take turns (the model's `run_lock`), a batch whole at a time."""
+        check_not_forked()
         with self.model.run_lock:
             if self._part_added():
                 raise StatsError(

@@ -12,7 +12,9 @@ imported first:
   caller's `numba.set_num_threads`) and the OpenMP runtimes' limit (the caller's
   `threadpoolctl.threadpool_limits(n, user_api="openmp")`),
 
-and puts back what it found when the run ends, also when it raises. Nothing is read from or
+and puts back what it found when the run ends, also when it raises; in a process forked after
+the pool started under GNU OpenMP (which does not survive a fork: Numba ends such a child at its
+first parallel kernel) it refuses the run in one line instead. Nothing is read from or
 written to the environment. Numba sets its OpenMP runtime to NUMBA_NUM_THREADS threads when its
 pool starts (at the first parallel kernel), so OMP_NUM_THREADS, and an OpenMP limit set before
 that, do not reach the kernels: NUMBA_NUM_THREADS does.
@@ -22,11 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import numba
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
+from .errors import VelcroError
 from .kernels.jit import njit
 
 
@@ -46,6 +50,26 @@ def _pools():
     _start_pool(2)
     ctl = ThreadpoolController()
     return tuple(ctl.select(user_api="blas").lib_controllers), tuple(ctl.select(user_api="openmp").lib_controllers)
+
+
+_forked_pool = False  # this process was forked from one whose pool had started
+
+
+def _after_fork():
+    global _forked_pool
+    _forked_pool = _forked_pool or _pools.cache_info().currsize > 0
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def check_not_forked():
+    """VelcroError in a process forked after the engine's GNU OpenMP pool started (module docstring)."""
+    if _forked_pool and numba.threading_layer() == "omp" and any(c.prefix == "libgomp" for c in _pools()[1]):
+        raise VelcroError(
+            "this process was forked after velcro_ref ran, and its GNU OpenMP thread pool does not survive a "
+            "fork: start worker processes with the 'spawn' or 'forkserver' method (multiprocessing.get_context)"
+        )
 
 
 def chosen_threads() -> int:

@@ -91,3 +91,67 @@ def test_pools_during_a_masked_run_are_the_engines_choice(mode, env, numba_threa
     assert got["after"] == got["before"]  # everything put back
     if mode == "blas2":
         assert got["after"]["blas"] == [2] * len(got["after"]["blas"])
+
+
+FORK = """
+import multiprocessing as mp, sys, threading, time
+import numpy as np
+import velcro_ref
+import velcro_ref.threads
+from velcro_ref.stats import StatsCollector
+
+model = velcro_ref.load_model(sys.argv[1])
+x = np.random.default_rng(0).random((512, *model.input_shape), dtype=np.float32)
+
+
+def job(k):
+    try:
+        if k == 0:
+            return model.run(x[:3]).tolist()
+        if k == 1:
+            return model.run(x).sum().item()  # a batch whose input check runs threaded
+        StatsCollector(model).add_batch(x[:8])
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+
+
+ctx = mp.get_context("fork")
+with ctx.Pool(1) as pool:  # forked before any run: the child runs the model
+    before = pool.apply_async(job, (0,)).get(120)
+want = model.run(x[:3]).tolist()
+stop = threading.Event()
+busy = threading.Thread(target=lambda: [model.run(x[:64]) for _ in iter(stop.is_set, True)])
+busy.start()
+time.sleep(0.3)  # a run of the parent's other thread holds the model's lock at the fork
+try:
+    with ctx.Pool(2) as pool:
+        after = pool.map_async(job, range(3)).get(120)
+finally:
+    stop.set()
+    busy.join()
+gnu = velcro_ref.threads.numba.threading_layer() == "omp" and any(
+    c.prefix == "libgomp" for c in velcro_ref.threads._pools()[1]
+)
+print(json.dumps({"before": before == want, "after": after, "want": want, "gnu": gnu}))
+"""
+
+
+def test_a_process_forked_after_the_engine_ran_refuses_runs_in_one_line():
+    """GNU OpenMP's pool does not survive a fork: a child forked after the engine ran was ended by
+    Numba at its first parallel kernel (SIGTERM; `multiprocessing.Pool.map` then waited forever),
+    and one forked while another thread ran the model hung on the model's lock. Such a child's runs
+    are refused in one line; a child forked before any run runs the model."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    script = "import json\n" + FORK
+    model = os.path.join(os.path.dirname(__file__), "..", "..", "weights", "resnet18.h5")
+    res = subprocess.run([sys.executable, "-c", script, model], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["before"] is True
+    assert len(got["after"]) == 3
+    if not got["gnu"]:  # another threading layer or OpenMP runtime, which survive a fork: the child runs
+        assert got["after"][0] == got["want"] and got["after"][2] is None
+        return
+    for message in got["after"]:
+        assert isinstance(message, str) and message.startswith("VelcroError: this process was forked after velcro_ref")
+        assert "\n" not in message
