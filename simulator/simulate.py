@@ -15,6 +15,7 @@ import numpy as np
 
 from velcro_ref.errors import UsageError
 from velcro_ref.fileio import checked_path
+from velcro_ref.threads import default_env
 
 from .arch import Arch, load_arch, with_changes
 from .compute import array_compute, vector_compute
@@ -405,6 +406,7 @@ def simulate_workload(layers, arch, masked: bool, model_name: str = "", batch: i
     return SimResult(arch, model_name, list(layers), dense, compressed, storage if masked else 0, b, totals)
 
 
+@default_env()
 def simulate(model, arch, masks=None, batch: int = 1) -> SimResult:
     """Price `model` (velcro_ref Model or Graph) on `arch` (Arch, preset name or .toml path).
 
@@ -455,6 +457,7 @@ def parse_sweep(specs) -> dict:
     return grid
 
 
+@default_env()
 def sweep(model, arch, grid: dict, masks=None, batch: int = 1) -> list[tuple[dict, SimResult]]:
     """Simulate every point of the Cartesian product of `grid` (field -> values) around `arch`."""
     batch = check_batch(batch)

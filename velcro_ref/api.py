@@ -13,8 +13,10 @@ import numpy as np
 
 from . import evaluation
 from .errors import StatsError, UsageError
+from .threads import default_env
 
 
+@default_env()
 def profile(model, images, batch=256, classes=(), source="", progress=None, client=None, shard_batches=4, shared=None):
     """The preprocessing stage (`velcro profile`): statistics of every activation site over images
     (N, C, H, W) float32, in batches of `batch`. Returns a Stats (save with save_stats).
@@ -50,6 +52,7 @@ def _class_list(classes) -> tuple:
     return chosen
 
 
+@default_env()
 def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios=None):
     """The compression stage (`velcro compress`): a MaskSet from statistics.
 
@@ -96,6 +99,7 @@ def compress(stats, ratio=None, policy="uniform", model=None, exclude=(), ratios
     return masks
 
 
+@default_env()
 def evaluate(model, images, labels, classes, masks=None, batch=256, progress=None) -> dict:
     """`velcro eval`: specialized-task accuracy (over all outputs and restricted to `classes`) and
     executed MACs per image, dense and, with masks, masked, and the CSR. Returns the command's JSON
@@ -135,6 +139,7 @@ def task_classes(task=None, classes=None) -> tuple:
     return tasks[task]["classes"]
 
 
+@default_env()
 def sweep(
     model,
     task=None,
@@ -182,6 +187,7 @@ def sweep(
     return sweep_points(model, stats, x, y, classes, grid, policy, tolerance / 100, progress=progress)
 
 
+@default_env()
 def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_dir=None, progress=None) -> dict:
     """`velcro locality`: per-element variances of the task's images against all ten classes, each
     profiled on `samples` train images. Returns the summary figures and the pooled variances."""
@@ -196,6 +202,7 @@ def locality(model, task=None, classes=None, samples=2000, threshold=0.01, data_
     return compare(task_stats, general, threshold)
 
 
+@default_env()
 def quantize(model, stats, per_channel=False, activations="int8", requant="ort"):
     """`velcro quantize`: post-training static quantization of a float Model with onnxruntime's
     formulas (docs/int8.md), MinMax calibration from `stats` (a Stats of this model: the sites'
@@ -234,6 +241,7 @@ def quantize(model, stats, per_channel=False, activations="int8", requant="ort")
     return Model(graph)
 
 
+@default_env()
 def golden(model, images, path, masks=None, accumulators=False, source=None, labels=None) -> dict:
     """`velcro golden`: every node's inputs and outputs for a batch, written to `path` (HDF5,
     docs/formats.md); for an int8 model also the scales, zero points, multipliers and shifts used

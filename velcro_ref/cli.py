@@ -222,10 +222,12 @@ def main(argv=None) -> int:
                 logging.getLogger("asyncio").addFilter(signals.quiet_after)
             args = build_parser().parse_args(argv)
             from .cli_util import check_files
+            from .threads import default_env
 
             _check_environment()
             check_files(args)
-            code = int(args.func(args) or 0)
+            with default_env():  # C's default floating-point environment, whatever a library set
+                code = int(args.func(args) or 0)
         finally:
             signals.close()
         return fail(*signals.outcome()) if signals.seen else code

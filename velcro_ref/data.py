@@ -12,6 +12,7 @@ import numpy as np
 
 from velcro_ref.errors import DataError, InputError
 from velcro_ref.fileio import checked_path, parse_toml
+from velcro_ref.threads import default_env
 
 CLASS_NAMES = (
     "T-shirt/top",
@@ -279,6 +280,7 @@ def _python_number(x):
     return (float(x) if isinstance(x, np.floating) else int(x)) if exact else x
 
 
+@default_env()
 def task_images(model, classes, split="train", n=None, data_dir=None, start=0, with_indices=False):
     """The first n (all if None) Fashion-MNIST images of `classes` from `split` after the first
     `start` of them, preprocessed as the model's meta says: (x float32 NCHW, labels int64), and

@@ -24,6 +24,7 @@ import numpy as np
 from .fileio import checked_path, parse_json
 from .jsonout import numpy_scalar
 from .ops.base import MAX_ELEMENTS
+from .threads import default_env
 
 
 def escape_key(key: str) -> str:
@@ -349,6 +350,7 @@ def create(path):
         out.write(image)
 
 
+@default_env()  # HDF5 and Python's float parsing assume it
 def load_checked(path, error, fmt: str, what: str, read):
     """read(f) on the HDF5 file at `path` (a `what` file of format `fmt`), in a forked child
     (read_isolated); every problem becomes `error` naming the file."""

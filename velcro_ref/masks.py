@@ -19,6 +19,7 @@ from . import h5io
 from .errors import MaskError, StatsError, UsageError
 from .fileio import atomic_path, checked_path
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
+from .threads import default_env
 
 FORMAT = "velcro-masks"
 FORMAT_VERSION = 1
@@ -78,6 +79,7 @@ def lowest_variance(variance: np.ndarray, k: int) -> np.ndarray:
     return mask
 
 
+@default_env()
 def build_masks(stats, ratios: dict, policy: dict) -> MaskSet:
     """Masks from stats with a ratio per site (sites absent from `ratios` are not masked). StatsError
     for a site masked from statistics that hold NaN or Inf (`check_finite_sites`)."""

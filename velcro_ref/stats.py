@@ -26,7 +26,7 @@ from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, clamp_welford_add, value_range, welford, welford_add
 from .ops.activation import Relu
-from .threads import check_not_forked
+from .threads import check_not_forked, default_env
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -328,6 +328,7 @@ def _clamp_top(step):
     return None
 
 
+@default_env()
 def collect_stats(model, x, batch=256, classes=(), source="", progress=None) -> Stats:
     """Statistics of every site over images x (N, C, H, W) float32, in batches of `batch`. InputError for
     an x that is no batch of images (each batch's values are checked as it runs)."""

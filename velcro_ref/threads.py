@@ -1,4 +1,5 @@
-"""The thread pools during an engine run: Numba's kernels get the threads, BLAS stays in its caller.
+"""The thread pools during an engine run: Numba's kernels get the threads, BLAS stays in its caller;
+and every thread computes in C's default floating-point environment.
 
 The engine's kernels are Numba functions; the ones with parallel loops run on Numba's thread
 pool (an OpenMP pool under the OpenMP threading layer). The engine calls no BLAS routine, but a
@@ -11,6 +12,11 @@ imported first:
 - Numba's threads to the smaller of `numba.get_num_threads()` (NUMBA_NUM_THREADS, or the
   caller's `numba.set_num_threads`) and the OpenMP runtimes' limit (the caller's
   `threadpoolctl.threadpool_limits(n, user_api="openmp")`),
+
+- the calling thread to C's default floating-point environment (round to nearest even,
+  subnormals kept, exceptions masked; kernels/fpenv.py says why), and Numba's threads to it when
+  the engine first uses them (a pool started under other settings keeps them: threads inherit
+  the environment of the thread that starts them),
 
 and puts back what it found when the run ends, also when it raises; in a process forked after
 the pool started under GNU OpenMP (which does not survive a fork: Numba ends such a child at its
@@ -27,10 +33,12 @@ import functools
 import os
 
 import numba
+import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
 from .errors import VelcroError
+from .kernels import fpenv
 from .kernels.jit import njit
 
 
@@ -48,6 +56,15 @@ def _pools():
     """(BLAS, OpenMP) threadpoolctl controllers of the libraries loaded once Numba's threading
     layer is: found at the first run, then kept (a library loaded later is not seen)."""
     _start_pool(2)
+    if fpenv.DEFAULT_ENV:  # every thread of the pool, whatever the caller's thread count now
+        before = numba.get_num_threads()
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        try:
+            failed = fpenv.default_env_all(64 * numba.config.NUMBA_NUM_THREADS)
+        finally:
+            numba.set_num_threads(before)
+        if failed:
+            raise VelcroError("could not set the engine's threads to C's default floating-point environment")
     ctl = ThreadpoolController()
     return tuple(ctl.select(user_api="blas").lib_controllers), tuple(ctl.select(user_api="openmp").lib_controllers)
 
@@ -79,9 +96,31 @@ def chosen_threads() -> int:
 
 
 @contextlib.contextmanager
+def default_env():
+    """The calling thread in C's default floating-point environment for the block, its own put
+    back after (also usable as a decorator: the public functions that compute take it)."""
+    if not fpenv.DEFAULT_ENV:
+        yield
+        return
+    saved = np.empty(fpenv.ENV_BYTES, np.uint8)
+    if fpenv.save_env(saved):
+        raise VelcroError("could not set C's default floating-point environment")
+    try:
+        yield
+    finally:
+        fpenv.restore_env(saved)
+
+
+@contextlib.contextmanager
 def run_threads():
     """The thread settings of one engine run (module docstring), restored on exit; yields the
     number of threads the kernels get."""
+    with default_env(), _run_pools() as chosen:
+        yield chosen
+
+
+@contextlib.contextmanager
+def _run_pools():
     blas, _ = _pools()
     numba_before = numba.get_num_threads()
     chosen = chosen_threads()

@@ -1,6 +1,13 @@
 """Determinism: the same model, input and masks give bit-identical outputs across runs and processes, and
 per-sample outputs do not depend on the batch size (within 1e-6 relative)."""
 
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from robust_util import NodeOutputs, velcro_process, zoo_graph
@@ -174,3 +181,111 @@ def test_runs_on_one_model_from_two_python_threads_give_the_bits_of_lone_runs():
         together = list(pool.map(model.run, xs))
     for a, b in zip(alone, together, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+FP_ENV = r"""
+import ctypes, hashlib, json, platform, sys
+import numpy as np
+import velcro_ref
+from velcro_ref.engine import Model
+from velcro_ref.graph import INPUT, Graph, Node
+
+libm = ctypes.CDLL("libm.so.6")
+mode, when, weights = sys.argv[1:4]
+
+
+def environment():
+    env = ctypes.create_string_buffer(64)
+    assert libm.fegetenv(env) == 0
+    return env
+
+
+def set_mode():
+    if mode == "upward":
+        assert libm.fesetround(0x800) == 0  # FE_UPWARD on x86-64
+    elif mode == "ftz_daz":  # as a library built with -Ofast does at load: MXCSR's FTZ and DAZ bits
+        env = environment()
+        mxcsr = ctypes.c_uint32.from_buffer(env, 28)  # glibc's x86-64 fenv_t: __mxcsr at byte 28
+        mxcsr.value |= (1 << 15) | (1 << 6)
+        assert libm.fesetenv(env) == 0
+
+
+rng = np.random.default_rng(0)
+x_tiny = (rng.random((8, 2, 6, 6)) * 1e-19).astype(np.float32)  # made here: NumPy rounds in the mode too
+params = {
+    "c1.w": (rng.standard_normal((4, 2, 3, 3)) * 1e-20).astype(np.float32),
+    "c2.w": (rng.standard_normal((3, 4, 3, 3)) * 1e29).astype(np.float32),
+}
+if when in ("before", "pool"):
+    set_mode()
+if when == "pool":  # another library's parallel Numba code starts the pool: its threads inherit the mode
+    import numba
+
+    @numba.njit(parallel=True)
+    def total(n):
+        s = 0
+        for i in numba.prange(n):
+            s += i
+        return s
+
+    total(1000)
+# subnormal intermediates: 1e-19 inputs times 1e-20 weights, then scaled up by 1e29
+tiny = Model(
+    Graph(
+        (
+            Node("c1", "conv2d", (INPUT,), {"out_channels": 4, "kernel": 3, "pads": 1}, {"weight": "c1.w"}),
+            Node("r", "relu", ("c1",)),
+            Node("c2", "conv2d", ("r",), {"out_channels": 3, "kernel": 3}, {"weight": "c2.w"}),
+        ),
+        (2, 6, 6),
+        "c2",
+        params,
+    )
+)
+float_model = velcro_ref.load_model(weights + "/resnet18.h5")
+int8_model = velcro_ref.load_model(weights + "/resnet18_int8.h5")
+x, _ = velcro_ref.task_images(float_model, (5, 7, 9), "test", 16)
+if when == "after":
+    tiny.run(np.ones((1, 2, 6, 6), np.float32))  # the thread pool starts in the caller's environment
+    set_mode()
+before = environment().raw
+out = {
+    "tiny": tiny.run(x_tiny),
+    "images": velcro_ref.task_images(float_model, (5, 7, 9), "test", 16)[0],
+    "float": float_model.run(x),
+    "int8": int8_model.run(x),
+}
+print(json.dumps({
+    "digests": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in out.items()},
+    "tiny_nonzero": int(np.count_nonzero(out["tiny"])),
+    "kept": environment().raw == before,
+}))
+"""
+
+
+def _fp_env_run(mode, when):
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    weights = str(Path(__file__).resolve().parents[2] / "weights")
+    res = subprocess.run(
+        [sys.executable, "-c", FP_ENV, mode, when, weights], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"),
+    reason="sets MXCSR through glibc's x86-64 fenv_t",
+)
+@pytest.mark.parametrize("when", ["before", "after", "pool"])
+@pytest.mark.parametrize("mode", ["ftz_daz", "upward"])
+def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, when):
+    """Flush-to-zero and denormals-are-zero (set by any library built with -Ofast when it loads) made
+    a model with subnormal intermediates output zeros, and in the threads that inherited them only
+    (half a batch with the flags set after the pool started); rounding upward moved 631 of 1,568
+    quantized input codes of the int8 ResNet-18 by one. The engine and the public functions compute
+    in C's default environment, and put the caller's back: the same bits as a clean process."""
+    clean, got = _fp_env_run("none", "before"), _fp_env_run(mode, when)
+    assert clean["tiny_nonzero"] == 8 * 3 * 4 * 4  # the case has teeth: flushed, the subnormal sums give 0
+    assert got["digests"] == clean["digests"]
+    assert got["kept"] and clean["kept"]
