@@ -133,6 +133,23 @@ def test_truncated_payload_reports_expected_and_found(tmp_path):
         data.load_fashion_mnist("test", data_dir=tmp_path)
 
 
+def test_bytes_past_the_payload_are_refused(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    raw = gzip.decompress((SRC / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(raw + b"\0"))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz.*expected 10000 data bytes, found 10001"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
+def test_a_label_past_the_ten_classes_is_refused(tmp_path):
+    _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
+    raw = bytearray(gzip.decompress((SRC / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    raw[-1] = 10  # the first label no class has
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match=r"labels must be 0-9, found 10"):
+        data.load_fashion_mnist("test", data_dir=tmp_path)
+
+
 def test_cut_gzip_stream_is_a_data_error(tmp_path):
     _linked_copy(tmp_path, skip=("t10k-labels-idx1-ubyte.gz",))
     packed = (SRC / "t10k-labels-idx1-ubyte.gz").read_bytes()
@@ -252,6 +269,10 @@ def test_bad_task_names_file_and_task(tmp_path):
     path = tmp_path / "tasks.toml"
     path.write_text('format = "velcro-tasks/1"\n[tasks.solo]\nclasses = ["Bag"]\ndescription = "x"\n')
     with pytest.raises(DataError, match=r"tasks.toml: task 'solo': needs 2-4 classes"):
+        data.load_tasks(path)
+    five = '["Bag", "Coat", "Dress", "Sandal", "Shirt"]'
+    path.write_text(f'format = "velcro-tasks/1"\n[tasks.many]\nclasses = {five}\ndescription = "x"\n')
+    with pytest.raises(DataError, match=r"tasks.toml: task 'many': needs 2-4 classes"):
         data.load_tasks(path)
     path.write_text('format = "velcro-tasks/1"\n[tasks.odd]\nclasses = ["Bag", "Sock"]\ndescription = "x"\n')
     with pytest.raises(DataError, match=r"task 'odd': unknown class 'Sock'"):

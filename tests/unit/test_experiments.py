@@ -245,3 +245,57 @@ def test_locality_refuses_site_variances_of_a_network_that_overflowed_and_takes_
     assert np.isinf(scores_overflow.run(x_all)).any()
     res = locality(profile_task(scores_overflow, (5, 7), 200), profile_task(scores_overflow, tuple(range(10)), 200))
     assert np.isfinite(res["median_variance_ratio"]) and np.isfinite(res["general_variances"]).all()
+
+
+def test_a_ratio_range_keeps_its_stop_where_the_steps_do_not_divide_it_exactly():
+    # (0.3 - 0) / 0.1 is 2.9999999999999996 in binary: the stop is still a point
+    assert parse_ratios("0:0.3:0.1") == [0.0, 0.1, 0.2, 0.3]
+    assert parse_ratios("0:0.7:0.1") == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert parse_ratios("0.1:0.7:0.3") == [0.1, 0.4, 0.7]
+
+
+def test_the_largest_accuracy_gain_goes_to_the_lowest_ratio_and_counts_whole_images():
+    """docs/demo.md: equal gains go to the lower ratio; the gain in images is the accuracy difference
+    times the images, rounded (407/500 against 400/500 is 7 images, 6.99999... in binary)."""
+    from velcro_ref.experiments import sweep_summary
+
+    def point(correct, macs):
+        return {"accuracy": correct / 500, "accuracy_task": correct / 500, "macs": macs, "inf_images": 0}
+
+    dense = point(400, 1000)
+    flat = sweep_summary(dense, [0.0, 0.05, 0.1], [point(400, 1000), point(400, 900), point(400, 800)], "uniform",
+                         (5, 7, 9), 0.01, 500, 100)  # fmt: skip
+    assert flat["best_accuracy_gain"]["ratio"] == 0.0 and flat["best_accuracy_gain"]["gain_images"] == 0
+    up = sweep_summary(dense, [0.1, 0.3, 0.5], [point(399, 900), point(407, 700), point(407, 500)], "uniform",
+                       (5, 7, 9), 0.01, 500, 100)  # fmt: skip
+    assert up["best_accuracy_gain"]["ratio"] == 0.3
+    assert up["best_accuracy_gain"]["gain_images"] == 7
+
+
+def test_locality_counts_elements_constant_on_the_task_in_its_median_ratio():
+    """The median variance ratio is over the elements whose general variance is not zero, those
+    with no task variance included (docs/demo.md): ratios 0, 1, 2, 3 have the median 1.5."""
+    from velcro_ref.stats import SiteStats, Stats
+
+    def stats(variances):
+        site = SiteStats.empty((4,))
+        site.count[:] = 10
+        site.m2[:] = 10 * np.asarray(variances, np.float64)
+        return Stats("f" * 16, {"s": site}, (), 10)
+
+    res = locality(stats([0.0, 1.0, 2.0, 3.0]), stats([1.0, 1.0, 1.0, 1.0]))
+    assert res["median_variance_ratio"] == 1.5
+    assert res["share_zero_variance_task"] == 0.25
+
+
+def test_images_with_several_infinite_scores_count_once():
+    """inf_images counts images, not infinite scores: two overflowing scores of one image are one."""
+    from velcro_ref.evaluation import evaluate
+    from velcro_ref.graph import INPUT, Graph, Node
+
+    w = np.array([[3e38] * 4, [3e38] * 4, [-1] * 4], np.float32)
+    nodes = (Node("f", "flatten", (INPUT,)), Node("l", "linear", ("f",), {}, {"weight": "w"}))
+    model = Model(Graph(nodes, (1, 2, 2), "l", {"w": w}))
+    x = np.concatenate([np.ones((1, 1, 2, 2), np.float32), np.full((2, 1, 2, 2), 1e-38, np.float32)])
+    assert int(np.isinf(model.run(x)).sum()) == 2  # image 0's two scores, none of the others
+    assert evaluate(model, x, np.array([0, 2, 2]), (0, 2))["inf_images"] == 1

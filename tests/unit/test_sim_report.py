@@ -9,7 +9,7 @@ import pytest
 from robust_util import zoo_graph
 
 from simulator import simulate
-from simulator.report import _bytes, _energy, _saving, _time, json_text
+from simulator.report import _bytes, _count, _energy, _saving, _time, json_text
 from velcro_ref.engine import Model
 from velcro_ref.masks import MaskSet
 
@@ -68,6 +68,8 @@ def test_saving_as_a_percentage_where_defined(saving, shown):
 def test_a_cost_above_twice_the_dense_one_reads_as_a_multiple():
     # 376 pJ of work against 4183 pJ: 1 - 4183 / 376 = -1012.5%, shown as 11.1 times the dense cost.
     assert _saving(1 - 4183 / 376) == "11.1x dense"
+    assert _saving(1 - 250 / 100) == "2.5x dense"  # between twice and three times: -150.0% before
+    assert _saving(1 - 200 / 100) == "-100.0%"  # twice the dense cost, the last percentage
 
 
 def test_json_text_writes_nonfinite_figures_as_null_with_a_reason():
@@ -120,3 +122,8 @@ def test_the_table_has_no_saving_below_minus_100_percent(masked_result):
         cells = line.split()
         if cells[-1].endswith("%"):
             assert float(cells[-1][:-1]) > -100, line
+
+
+@pytest.mark.parametrize("value, shown", [(12, "12"), (12.0, "12"), (32 / 3, "10.7"), (0.05, "0.1"), (2 / 3, "0.7")])
+def test_a_per_image_count_shows_one_decimal_where_the_batch_does_not_divide_it(value, shown):
+    assert _count(value) == shown
