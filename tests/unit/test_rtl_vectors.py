@@ -1,6 +1,7 @@
 """RTL vectors: tiles, streams and hex words of small layers worked by hand; manifest round trip;
 the tile plan against the simulator's column chunks; bad input."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -78,6 +79,17 @@ def test_padding_streams_the_input_zero_point(tmp_path):
     # Pixel (0,0) of the padded layer sees pad pad / pad 1; pixel (0,1) pad pad / 1 2.
     assert [w & 0xFF for w in words[:4]] == [0xFD, 0xFD, 0xFD, 0x01]
     assert [w >> 8 for w in words[:4]] == [0xFD, 0xFD, 0x01, 0x02]
+
+
+def test_a_strided_layer_over_an_odd_padded_extent_streams_its_windows(tmp_path):
+    # 3x3 padded on top and left to 4x4, 2x2 filters at stride 2: 2x2 outputs, (4 - 2) // 2 + 1
+    layer = _layer(pads=(1, 1, 0, 0), zx=-3)
+    acc = layer.acc[:, ::2, ::2].copy()
+    layer = dataclasses.replace(layer, stride=(2, 2), acc=acc, y=(acc % 50).astype(np.int8))
+    m = write_rtl_vectors(layer, tmp_path, rows=2, cols=2)
+    assert [t["pixels"] for t in m["tiles"]] == [[0, 1], [2, 3]]
+    # windows: (0,0) pad pad / pad 1; (0,1) pad pad / 2 3; (1,0) pad 4 / pad 7; (1,1) 5 6 / 8 9
+    assert read_hex(tmp_path / "tile_act.hex") == [0xFDFD, 0xFDFD, 0x02FD, 0x0301, 0x05FD, 0x0604, 0x08FD, 0x0907]
 
 
 def test_masked_pixels_leave_their_folds_and_unused_pes_are_skipped(tmp_path):
