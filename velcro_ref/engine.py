@@ -28,7 +28,7 @@ from .masks import MaskSet, check_bool_bytes
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
-from .threads import check_not_forked, run_threads
+from .threads import check_not_forked, default_env, run_threads
 
 # Shared-buffer plans a Model keeps (`_shared_buffers`): a dense and a profiling run taking turns.
 # Each holds its buffers (ResNet-18 224x224 at batch 256: 1.15 GB), so only a few.
@@ -102,6 +102,7 @@ def _mark(a) -> tuple:
 class Model:
     """A validated model ready to run: `graph` as stored, `plan` as it runs (velcro_ref/plan.py)."""
 
+    @default_env()
     def __init__(self, graph: G.Graph, path=None, *, _own: bool = False):
         self.path = path
         self.shapes = G.validate(graph, allow_nonfinite=True)  # first: its one-line errors name the node

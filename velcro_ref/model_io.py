@@ -10,6 +10,7 @@ from .errors import ModelError
 from .fileio import atomic_path
 from .graph import Graph, Node, validate
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset
+from .threads import default_env
 
 FORMAT = "velcro-model"
 # Version 2 adds quantized models: integer parameters (int8 weights, int32 biases) and the quantized
@@ -17,6 +18,7 @@ FORMAT = "velcro-model"
 FORMAT_VERSION = 2
 
 
+@default_env()
 def save_model(graph: Graph, path) -> str:
     """Write `graph` (a Graph, or a loaded Model: its graph) to `path` (atomically); return its
     fingerprint."""

@@ -17,6 +17,7 @@ from . import graph as G
 from . import ops
 from .errors import ModelError
 from .fileio import atomic_path
+from .threads import default_env
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12
@@ -30,6 +31,7 @@ _CONSTANTS = ("velcro.relu6_min", "velcro.relu6_max", "velcro.float_max")
 _PROTOBUF_LIMIT = 2**31 - 2**20  # one ONNX file without external data cannot exceed 2 GiB
 
 
+@default_env()
 def export_onnx(graph: G.Graph, path) -> None:
     """Write `graph` as an ONNX model to `path` (atomically).
 

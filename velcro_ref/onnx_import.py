@@ -19,6 +19,7 @@ from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
 from .fileio import checked_path, parse_json, repeated
 from .ops.base import OnnxUnsupported, QParams, at_most_1d, is_scalar, onnx_axis
+from .threads import default_env
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
 # and Dropout, which it bypasses; Constant and shape arithmetic are folded.
@@ -158,6 +159,7 @@ class _Skip(Exception):
     """An input shape is unknown because an earlier node failed; that node is already reported."""
 
 
+@default_env()
 def import_onnx(path) -> G.Graph:
     """Read an ONNX model (float32 NCHW CNN, one input, one output) as a validated Graph; a model
     quantized by onnxruntime's quantizer (QDQ or QOperator format) becomes an int8 Graph

@@ -189,9 +189,12 @@ import numpy as np
 import velcro_ref
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
+from velcro_ref.onnx_export import export_onnx
+from velcro_ref.onnx_import import import_onnx
+from velcro_ref.zoo import build_zoo
 
 libm = ctypes.CDLL("libm.so.6")
-mode, when, weights = sys.argv[1:4]
+mode, when, weights, folder = sys.argv[1:5]
 
 
 def environment():
@@ -216,6 +219,9 @@ params = {
     "c1.w": (rng.standard_normal((4, 2, 3, 3)) * 1e-20).astype(np.float32),
     "c2.w": (rng.standard_normal((3, 4, 3, 3)) * 1e29).astype(np.float32),
 }
+zoo = build_zoo("mobilenet_v2", input_size=32, in_channels=3, num_classes=10, width=0.25, seed=1)
+x_zoo = rng.random((4, 3, 32, 32)).astype(np.float32)
+export_onnx(zoo, folder + "/zoo.onnx")
 if when in ("before", "pool"):
     set_mode()
 if when == "pool":  # another library's parallel Numba code starts the pool: its threads inherit the mode
@@ -254,6 +260,8 @@ out = {
     "images": velcro_ref.task_images(float_model, (5, 7, 9), "test", 16)[0],
     "float": float_model.run(x),
     "int8": int8_model.run(x),
+    "zoo": Model(zoo).run(x_zoo),  # batch norms folded into the convs as the model is made
+    "onnx": Model(import_onnx(folder + "/zoo.onnx")).run(x_zoo),
 }
 print(json.dumps({
     "digests": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in out.items()},
@@ -263,11 +271,16 @@ print(json.dumps({
 """
 
 
-def _fp_env_run(mode, when):
+def _fp_env_run(mode, when, folder):
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     weights = str(Path(__file__).resolve().parents[2] / "weights")
+    folder.mkdir()
     res = subprocess.run(
-        [sys.executable, "-c", FP_ENV, mode, when, weights], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", FP_ENV, mode, when, weights, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -279,13 +292,14 @@ def _fp_env_run(mode, when):
 )
 @pytest.mark.parametrize("when", ["before", "after", "pool"])
 @pytest.mark.parametrize("mode", ["ftz_daz", "upward"])
-def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, when):
+def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, when, tmp_path):
     """Flush-to-zero and denormals-are-zero (set by any library built with -Ofast when it loads) made
     a model with subnormal intermediates output zeros, and in the threads that inherited them only
     (half a batch with the flags set after the pool started); rounding upward moved 631 of 1,568
-    quantized input codes of the int8 ResNet-18 by one. The engine and the public functions compute
-    in C's default environment, and put the caller's back: the same bits as a clean process."""
-    clean, got = _fp_env_run("none", "before"), _fp_env_run(mode, when)
+    quantized input codes of the int8 ResNet-18 by one. The engine, the loaders, the importer and the
+    public functions compute in C's default environment, and put the caller's back: the same bits as
+    a clean process."""
+    clean, got = _fp_env_run("none", "before", tmp_path / "clean"), _fp_env_run(mode, when, tmp_path / mode)
     assert clean["tiny_nonzero"] == 8 * 3 * 4 * 4  # the case has teeth: flushed, the subnormal sums give 0
     assert got["digests"] == clean["digests"]
     assert got["kept"] and clean["kept"]
