@@ -327,6 +327,31 @@ def test_quantized_matmul_imports_bit_exact(tmp_path, fmt, pc, act):
     assert np.array_equal(model.run(x), want)
 
 
+def _quantized_convs(tmp_path, rng, nodes, inits, calib_shape, fmt, act, opset=17, **extra) -> Path:
+    """quantize_static's model (QDQ or QOperator, int8 weights) of a float graph of `nodes` from input
+    'input' to 'y', initializers of the shapes `inits` drawn from rng, calibrated on 3 batches."""
+    graph = helper.make_graph(
+        nodes,
+        "convs",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *calib_shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(rng.normal(0, 0.3, v).astype(np.float32), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.save(model, tmp_path / "f.onnx")
+    out = tmp_path / "q.onnx"
+    quantize_static(
+        str(tmp_path / "f.onnx"),
+        str(out),
+        _Images([rng.uniform(-1, 1, calib_shape).astype(np.float32) for _ in range(3)]),
+        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
+        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        **extra,
+    )
+    return out
+
+
 @pytest.mark.parametrize("end", ["Identity", "Dropout"])
 @pytest.mark.parametrize("act", ["uint8", "int8"])
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
@@ -340,24 +365,7 @@ def test_a_trailing_identity_after_the_dequantize_imports_bit_exact(tmp_path, fm
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
         helper.make_node(end, ["r"], ["y"], name="last"),
     ]
-    inits = {"w": (5, 3, 3, 3), "b": (5,)}
-    graph = helper.make_graph(
-        nodes,
-        "trailing",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 6, 7])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(rng.normal(0, 0.3, v).astype(np.float32), k) for k, v in inits.items()],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), tmp_path / "f.onnx")
-    out = tmp_path / "q.onnx"
-    quantize_static(
-        str(tmp_path / "f.onnx"),
-        str(out),
-        _Images([rng.uniform(-1, 1, (4, 3, 6, 7)).astype(np.float32) for _ in range(3)]),
-        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
-        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
+    out = _quantized_convs(tmp_path, rng, nodes, {"w": (5, 3, 3, 3), "b": (5,)}, (4, 3, 6, 7), fmt, act, opset=13)
     q = onnx.load(str(out)).graph
     last = next(n for n in q.node if n.output[0] == q.output[0].name)
     producer = next(n for n in q.node if n.output[0] == last.input[0])
@@ -383,24 +391,7 @@ def test_a_silu_left_float_between_quantized_convs_imports_bit_exact(tmp_path, f
         helper.make_node("Mul", ["s", "c1"], ["a"], name="silu"),
         helper.make_node("Conv", ["a", "w2", "b2"], ["y"], name="c2", strides=[2, 2]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "silu",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 10, 9])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        initializer=[numpy_helper.from_array(rng.normal(0, 0.3, v).astype(np.float32), k) for k, v in inits.items()],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "f.onnx")
-    out = tmp_path / "q.onnx"
-    quantize_static(
-        str(tmp_path / "f.onnx"),
-        str(out),
-        _Images([rng.uniform(-1, 1, (8, 3, 10, 9)).astype(np.float32) for _ in range(3)]),
-        quant_format=QuantFormat.QDQ if fmt == "QDQ" else QuantFormat.QOperator,
-        activation_type=QuantType.QUInt8 if act == "uint8" else QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["Conv"],
-    )
+    out = _quantized_convs(tmp_path, rng, nodes, inits, (8, 3, 10, 9), fmt, act, op_types_to_quantize=["Conv"])
     assert {"Sigmoid", "Mul"} <= {n.op_type for n in onnx.load(str(out)).graph.node}
     model = Model(import_onnx(out))
     assert [st.op for st in model.plan.nodes] == [
