@@ -1,6 +1,6 @@
 """Element-wise activation kernels beyond a clamp: SiLU and hard swish, over a whole batch or
 only at a masked site's unmasked elements. Both compute each element on its own (no sums), so
-every path gives the same bits.
+every path gives the same bits. And softmax over the class axis.
 
 Layout: x, out (N, E) a batch of flattened tensors; mask (E,) bool. Loop order (image, run of
 PART elements) items in parallel, then elements.
@@ -62,3 +62,28 @@ def silu(x, mask, out):
 def hardswish(x, mask, out):
     """out = hardswish(x) where not mask (every element if mask is empty); masked elements keep out."""
     _unmasked(x, mask, out, HARDSWISH)
+
+
+@njit(cache=True, parallel=True)
+def softmax(x, out):
+    """Softmax over axis 1 of x (N, C, R) float32 into out, for each (image, r): z = x - the max
+    over c (NaN if one is), e = exp(z) in float64 rounded once to float32 (as `silu_value`: the
+    C library's exp, where NumPy's float32 exp is an approximation that depends on the CPU), the
+    e summed in float64 in c order and rounded once to float32, each e divided by that sum.
+    Loop order (image, r) items in parallel, then c."""
+    n, c, r = x.shape
+    for item in prange(n * r):
+        i, k = item // r, item % r
+        top = x[i, 0, k]
+        for j in range(1, c):
+            v = x[i, j, k]
+            if v > top or v != v:
+                top = v
+        total = 0.0
+        for j in range(c):
+            e = np.float32(math.exp(np.float64(x[i, j, k] - top)))
+            out[i, j, k] = e
+            total += e
+        s = np.float32(total)
+        for j in range(c):
+            out[i, j, k] = out[i, j, k] / s

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..kernels import activation
 from .base import OnnxUnsupported, Op, onnx_axis
 
 
@@ -101,9 +102,9 @@ class Softmax(Op):
     fused_by_onnxruntime = "com.microsoft QLinearSoftmax"
 
     def run(self, xs, args, skip, out, scratch):
-        z = xs[0] - xs[0].max(axis=1, keepdims=True)
-        np.exp(z, out=out)
-        out /= out.sum(axis=1, keepdims=True)
+        x = xs[0]
+        shape = (x.shape[0], x.shape[1], -1)
+        activation.softmax(np.ascontiguousarray(x).reshape(shape), out.reshape(shape))
         return 0
 
     def to_onnx(self, node, a, ctx):
