@@ -14,6 +14,7 @@ from pathlib import Path
 
 from velcro_ref.errors import ArchError, UnknownPresetError
 from velcro_ref.fileio import parse_toml
+from velcro_ref.fpenv import default_env
 
 FORMAT = "velcro-arch/1"
 ARCH_DIR = Path(__file__).parent / "archs"
@@ -198,6 +199,7 @@ class Arch:
     def accumulator_bytes(self) -> int:
         return self.accumulator_bits // 8
 
+    @default_env()
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("energy_pj", "energy_source")}
         out["energy"] = {k: {"pj": self.energy_pj[k], "source": self.energy_source[k]} for k in ENERGY_KEYS}
@@ -272,6 +274,7 @@ def _check_bits(values, problems):
         problems.append(f"[precision].accumulator_bits ({bits[0]}) must be at least operand_bits ({bits[1]})")
 
 
+@default_env()
 def parse_arch(text: str, source: str = "<string>") -> Arch:
     """Parse and validate a velcro-arch/1 TOML document. Raises one ArchError listing every problem."""
     try:
@@ -306,6 +309,7 @@ def presets() -> list[str]:
     return sorted(p.stem for p in ARCH_DIR.glob("*.toml"))
 
 
+@default_env()
 def load_arch(spec) -> Arch:
     """A preset name (see presets()) or a path to a TOML file (a preset's name first, where a file of
     that name without a .toml suffix exists too). Raises ArchError."""

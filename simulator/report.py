@@ -8,6 +8,7 @@ import json
 
 from velcro_ref import jsonout
 from velcro_ref.fileio import atomic_path
+from velcro_ref.fpenv import default_env
 
 from .energy import COMPONENTS
 from .simulate import COUNT_FIELDS
@@ -106,6 +107,7 @@ def _view_note(view) -> str:
 COMPUTE_ONLY = "compute only (array, register files, on-chip buffers, vector unit, mask table; no DRAM, no leakage)"
 
 
+@default_env()
 def format_result(result, compute_only: bool = False) -> str:
     """Per-layer table and totals as text, per image (at the result's batch); energies and bytes in
     the unit that shows each. With masks, each masked site's bitmap load and mask-table reads are a
@@ -215,6 +217,7 @@ def _flat(prefix, stats, arch, compute_only=False) -> dict:
     return out
 
 
+@default_env()
 def result_rows(result, compute_only: bool = False) -> list[dict]:
     """One flat dict per layer plus a `total` row; compressed columns are prefixed `compressed_`.
     At a batch above 1 every row names it (`batch`); figures are per image. The total row adds the

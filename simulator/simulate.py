@@ -15,7 +15,7 @@ import numpy as np
 
 from velcro_ref.errors import UsageError
 from velcro_ref.fileio import checked_path
-from velcro_ref.threads import default_env
+from velcro_ref.fpenv import default_env
 
 from .arch import Arch, load_arch, with_changes
 from .compute import array_compute, vector_compute
@@ -103,6 +103,7 @@ class Stats:
     def latency_ms(self, arch: Arch) -> float:
         return self.cycles / (arch.clock_mhz * 1e3)
 
+    @default_env()
     def to_json(self, arch: Arch, compute_only: bool = False) -> dict:
         out = {f: getattr(self, f) for f in COUNT_FIELDS}
         out["utilization"] = self.utilization(arch)
@@ -181,6 +182,7 @@ class Comparison:
             saving(dense.compute_energy_pj, comp.compute_energy_pj),
         )
 
+    @default_env()
     def to_json(self, compute_only: bool = False) -> dict:
         out = {
             "macs_saved": self.macs_saved,
@@ -312,6 +314,7 @@ class SimResult:
         out.append(_side_by_side("total", "total", "", self.total_dense, self.total_compressed, view, with_mask=True))
         return out
 
+    @default_env()
     def to_json(self, compute_only: bool = False) -> dict:
         """{"layers": [...], "total": {...}}; with masks each entry has `dense` and `compressed`.
 

@@ -38,7 +38,10 @@ def __getattr__(name):
     if name in _EXPORTS:
         import importlib
 
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        from .fpenv import default_env
+
+        with default_env():  # HDF5's start-up crashed under a rounding mode other than the default
+            value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import evaluation
 from .errors import StatsError, UsageError
-from .threads import default_env
+from .fpenv import default_env
 
 
 @default_env()

@@ -13,6 +13,7 @@ import threading
 import traceback
 
 from .errors import UsageError, VelcroError
+from .fpenv import default_env
 
 # Modules that add subcommands: each has register(subparsers) setting func=handler(args) -> int.
 COMMAND_MODULES = [
@@ -220,13 +221,13 @@ def main(argv=None) -> int:
                         signal.signal(sig, signals)
                 sys.unraisablehook, sys.excepthook = signals.unraisable, signals.excepthook
                 logging.getLogger("asyncio").addFilter(signals.quiet_after)
-            args = build_parser().parse_args(argv)
-            from .cli_util import check_files
-            from .threads import default_env
+            # C's default floating-point environment, whatever a library set: numbers read too
+            with default_env():
+                args = build_parser().parse_args(argv)
+                from .cli_util import check_files
 
-            _check_environment()
-            check_files(args)
-            with default_env():  # C's default floating-point environment, whatever a library set
+                _check_environment()
+                check_files(args)
                 code = int(args.func(args) or 0)
         finally:
             signals.close()

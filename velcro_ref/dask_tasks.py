@@ -29,6 +29,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .data import digest
 from .errors import ClusterError, DataError, ModelError
+from .fpenv import default_env
 from .kernels.jit import sources_digest
 
 MAX_MODELS = 8  # models a worker keeps loaded (a demo uses three)
@@ -195,6 +196,7 @@ def hold(value):
     return value
 
 
+@default_env()  # a worker may have inherited other settings
 def profile_images(key, images, batch, classes):
     """Stats (velcro_ref.stats.Stats) of a shard or of a whole preprocessing set, in batches of
     `batch` as a one-process run makes them."""
@@ -205,6 +207,7 @@ def profile_images(key, images, batch, classes):
         return collect_stats(model, x, batch=batch, classes=classes)
 
 
+@default_env()
 def sweep_point(key, stats, images, classes, ratio, policy, batch):
     """One point of a sweep: experiments.sweep_point on this worker."""
     from .experiments import sweep_point as point
@@ -214,6 +217,7 @@ def sweep_point(key, stats, images, classes, ratio, policy, batch):
         return point(model, stats, x, y, classes, ratio, policy, batch)
 
 
+@default_env()
 def run_unit(fn, key, **kwargs):
     """A unit of work of the demo (velcro_ref/demo.py): fn(model, **kwargs) on this worker."""
     with model_of(key) as model:

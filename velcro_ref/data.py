@@ -12,7 +12,7 @@ import numpy as np
 
 from velcro_ref.errors import DataError, InputError
 from velcro_ref.fileio import checked_path, parse_toml
-from velcro_ref.threads import default_env
+from velcro_ref.fpenv import default_env
 
 CLASS_NAMES = (
     "T-shirt/top",

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import graph as G
 from .errors import InputError, MaskError, UsageError
+from .fpenv import default_env
 from .kernels.conv.layouts import aligned_floats
 from .kernels.moments import value_range
 from .kernels.overwrite import put_at
@@ -28,7 +29,7 @@ from .masks import MaskSet, check_bool_bytes
 from .model_io import load_graph
 from .plan import build_plan
 from .quant import dequantize_linear, quantize_linear
-from .threads import check_not_forked, default_env, run_threads
+from .threads import check_not_forked, run_threads
 
 # Shared-buffer plans a Model keeps (`_shared_buffers`): a dense and a profiling run taking turns.
 # Each holds its buffers (ResNet-18 224x224 at batch 256: 1.15 GB), so only a few.
@@ -99,6 +100,20 @@ def _mark(a) -> tuple:
     return _stamp(a), a.dtype, a.shape, a.strides, a.__array_interface__["data"][0]
 
 
+_MODELS = weakref.WeakSet()  # every Model of this process, for `_fresh_locks`
+
+
+def _fresh_locks():
+    """In a forked child, a lock for each model: a thread of the parent may have held one at the
+    fork, and the child has no such thread to release it (its runs waited for ever)."""
+    for model in list(_MODELS):
+        model.run_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks)
+
+
 class Model:
     """A validated model ready to run: `graph` as stored, `plan` as it runs (velcro_ref/plan.py)."""
 
@@ -123,6 +138,7 @@ class Model:
         self._fused = None  # (mask plan or None, fusions made, nodes they compute) of the last run
         self._shared = {}  # (fused, observed, over_input, images) -> (views, concats left out): SHARED_PLANS
         self.run_lock = threading.RLock()  # one run at a time: runs share the buffers above
+        _MODELS.add(self)
         tensors = [(self.plan.shapes[st.name], st.dtype) for st in self.steps] + [(self.input_shape, np.float32)]
         per_image = max(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in tensors)
         self.sub_batch = max(1, min(SUB_BATCH_MAX, SUB_BATCH_BYTES // max(1, per_image)))
@@ -439,10 +455,11 @@ class Model:
     def run_counted(self, x, masks=None, observer=None) -> tuple[np.ndarray, dict[str, int]]:
         """`run`, and the MACs each conv2d/linear node executed in this run (`last_macs` as this
         run left it, taken before another thread's run can replace it)."""
-        check_not_forked()  # before the lock, which a thread of the parent may have held at the fork
-        x = self.check_input(x)
-        with self.run_lock:
-            return self._run_checked(x, masks, observer), dict(self.last_macs)
+        with default_env():  # the masks' constants are quantized before the run, in it too
+            check_not_forked()  # before the lock, which a thread of the parent may have held at the fork
+            x = self.check_input(x)
+            with self.run_lock:
+                return self._run_checked(x, masks, observer), dict(self.last_macs)
 
     def _run_checked(self, x, masks, observer):
         mp = None if masks is None else self._mask_plan(masks)

@@ -22,9 +22,9 @@ import h5py
 import numpy as np
 
 from .fileio import checked_path, parse_json
+from .fpenv import default_env
 from .jsonout import numpy_scalar
 from .ops.base import MAX_ELEMENTS
-from .threads import default_env
 
 
 def escape_key(key: str) -> str:

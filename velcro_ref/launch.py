@@ -77,6 +77,9 @@ def run():
     import atexit
 
     atexit.register(_exiting)  # the first registered (from the `velcro` entry point): run after the others
+    from .fpenv import set_default
+
+    set_default()  # the command's process computes in C's default environment, its imports (HDF5's) too
     from .cli import main
 
     code = main()

@@ -18,8 +18,8 @@ import numpy as np
 from . import h5io
 from .errors import MaskError, StatsError, UsageError
 from .fileio import atomic_path, checked_path
+from .fpenv import default_env
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
-from .threads import default_env
 
 FORMAT = "velcro-masks"
 FORMAT_VERSION = 1

@@ -8,9 +8,9 @@ import numpy as np
 from . import h5io, ops
 from .errors import ModelError
 from .fileio import atomic_path
+from .fpenv import default_env
 from .graph import Graph, Node, validate
 from .h5io import attr_json, attr_str, check_dataset, check_format, member, read_dataset
-from .threads import default_env
 
 FORMAT = "velcro-model"
 # Version 2 adds quantized models: integer parameters (int8 weights, int32 biases) and the quantized

@@ -17,7 +17,7 @@ from . import graph as G
 from . import ops
 from .errors import ModelError
 from .fileio import atomic_path
-from .threads import default_env
+from .fpenv import default_env
 
 OPSET = 17
 IR_VERSION = 8  # the IR version that introduced opset 17; read by every onnxruntime since 1.12

@@ -18,8 +18,8 @@ from . import graph as G
 from . import ops
 from .errors import ModelError, UnsupportedOpError, VelcroError
 from .fileio import checked_path, parse_json, repeated
+from .fpenv import default_env
 from .ops.base import OnnxUnsupported, QParams, at_most_1d, is_scalar, onnx_axis
-from .threads import default_env
 
 # ONNX op types the importer converts: those of the op registry (float and quantized), and Identity
 # and Dropout, which it bypasses; Constant and shape arithmetic are folded.

@@ -22,11 +22,12 @@ from . import h5io
 from .errors import StatsError
 from .evaluation import check_batch, class_indices
 from .fileio import atomic_path, checked_path
+from .fpenv import default_env
 from .graph import INPUT
 from .h5io import attr_int, attr_json, attr_str, check_dataset, check_format, member, read_dataset, site_groups
 from .kernels.moments import chan_arrays, clamp_welford_add, value_range, welford, welford_add
 from .ops.activation import Relu
-from .threads import check_not_forked, default_env
+from .threads import check_not_forked
 
 FORMAT = "velcro-stats"
 # Version 2 stores the mean as shift + shifted_mean (and their sum as `mean`, for other readers);
@@ -116,10 +117,12 @@ class SiteStats:
         return clamp_welford_add(x, top, out, *(a.reshape(-1) for a in arrays))
 
     @property
+    @default_env()
     def mean(self) -> np.ndarray:
         return self.shift + self.shifted_mean
 
     @property
+    @default_env()
     def variance(self) -> np.ndarray:
         return self.m2 / np.where(self.count > 0, self.count, 1.0)
 

@@ -12,15 +12,15 @@ imported first:
 - Numba's threads to the smaller of `numba.get_num_threads()` (NUMBA_NUM_THREADS, or the
   caller's `numba.set_num_threads`) and the OpenMP runtimes' limit (the caller's
   `threadpoolctl.threadpool_limits(n, user_api="openmp")`),
-
 - the calling thread to C's default floating-point environment (round to nearest even,
-  subnormals kept, exceptions masked; kernels/fpenv.py says why), and Numba's threads to it when
-  the engine first uses them (a pool started under other settings keeps them: threads inherit
-  the environment of the thread that starts them),
+  subnormals kept, exceptions masked; velcro_ref/fpenv.py says why), and the threads of its
+  pool to it at its first run (GNU OpenMP keeps a pool per thread that starts parallel loops;
+  a pool started under other settings keeps them: threads inherit the environment of the thread
+  that starts them),
 
 and puts back what it found when the run ends, also when it raises; in a process forked after
-the pool started under GNU OpenMP (which does not survive a fork: Numba ends such a child at its
-first parallel kernel) it refuses the run in one line instead. Nothing is read from or
+Numba's threading layer started under GNU OpenMP (which does not survive a fork: Numba ends such a
+child at its first parallel kernel) it refuses the run in one line instead. Nothing is read from or
 written to the environment. Numba sets its OpenMP runtime to NUMBA_NUM_THREADS threads when its
 pool starts (at the first parallel kernel), so OMP_NUM_THREADS, and an OpenMP limit set before
 that, do not reach the kernels: NUMBA_NUM_THREADS does.
@@ -31,14 +31,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 
 import numba
-import numpy as np
 from numba import prange
 from threadpoolctl import ThreadpoolController
 
 from .errors import VelcroError
-from .kernels import fpenv
+from .fpenv import DEFAULT_ENV, default_env
+from .kernels.fpenv import default_env_all
 from .kernels.jit import njit
 
 
@@ -56,28 +57,43 @@ def _pools():
     """(BLAS, OpenMP) threadpoolctl controllers of the libraries loaded once Numba's threading
     layer is: found at the first run, then kept (a library loaded later is not seen)."""
     _start_pool(2)
-    if fpenv.DEFAULT_ENV:  # every thread of the pool, whatever the caller's thread count now
-        before = numba.get_num_threads()
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        try:
-            failed = fpenv.default_env_all(64 * numba.config.NUMBA_NUM_THREADS)
-        finally:
-            numba.set_num_threads(before)
-        if failed:
-            raise VelcroError("could not set the engine's threads to C's default floating-point environment")
     ctl = ThreadpoolController()
     return tuple(ctl.select(user_api="blas").lib_controllers), tuple(ctl.select(user_api="openmp").lib_controllers)
 
 
-_forked_pool = False  # this process was forked from one whose pool had started
+_calling = threading.local()  # `pool_env`: this thread's pool was put in the default environment
+
+
+def _pool_default_env():
+    """Every thread of the calling thread's pool (GNU OpenMP keeps one per thread that starts
+    parallel loops) in C's default floating-point environment, at the thread's first run."""
+    if not DEFAULT_ENV or getattr(_calling, "pool_env", False):
+        return
+    before = numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # the whole pool, whatever the caller's count
+    try:
+        failed = default_env_all(64 * numba.config.NUMBA_NUM_THREADS)
+    finally:
+        numba.set_num_threads(before)
+    if failed:
+        raise VelcroError("could not set the engine's threads to C's default floating-point environment")
+    _calling.pool_env = True
+
+
+_forked_pool = False  # this process was forked from one whose threading layer had started
 
 
 def _after_fork():
     global _forked_pool
-    _forked_pool = _forked_pool or _pools.cache_info().currsize > 0
+    try:
+        numba.threading_layer()  # ValueError until a parallel loop has run
+    except ValueError:
+        return
+    _forked_pool = True
 
 
-os.register_at_fork(after_in_child=_after_fork)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def check_not_forked():
@@ -96,26 +112,11 @@ def chosen_threads() -> int:
 
 
 @contextlib.contextmanager
-def default_env():
-    """The calling thread in C's default floating-point environment for the block, its own put
-    back after (also usable as a decorator: the public functions that compute take it)."""
-    if not fpenv.DEFAULT_ENV:
-        yield
-        return
-    saved = np.empty(fpenv.ENV_BYTES, np.uint8)
-    if fpenv.save_env(saved):
-        raise VelcroError("could not set C's default floating-point environment")
-    try:
-        yield
-    finally:
-        fpenv.restore_env(saved)
-
-
-@contextlib.contextmanager
 def run_threads():
     """The thread settings of one engine run (module docstring), restored on exit; yields the
     number of threads the kernels get."""
     with default_env(), _run_pools() as chosen:
+        _pool_default_env()
         yield chosen
 
 

@@ -184,9 +184,10 @@ def test_runs_on_one_model_from_two_python_threads_give_the_bits_of_lone_runs():
 
 
 FP_ENV = r"""
-import ctypes, hashlib, json, platform, sys
+import ctypes, hashlib, json, platform, sys, threading
 import numpy as np
 import velcro_ref
+from velcro_ref import cli
 from velcro_ref.engine import Model
 from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.onnx_export import export_onnx
@@ -222,6 +223,10 @@ params = {
 zoo = build_zoo("mobilenet_v2", input_size=32, in_channels=3, num_classes=10, width=0.25, seed=1)
 x_zoo = rng.random((4, 3, 32, 32)).astype(np.float32)
 export_onnx(zoo, folder + "/zoo.onnx")
+googlenet = velcro_ref.load_model(weights + "/googlenet.h5")  # sites of 1960 elements: 10% is 196
+x_g, _ = velcro_ref.task_images(googlenet, (5, 7, 9), "train", 8)
+velcro_ref.save_stats(velcro_ref.profile(googlenet, x_g), folder + "/g.stats.h5")
+int8_stats = velcro_ref.profile(velcro_ref.load_model(weights + "/resnet18_int8.h5"), x_g)
 if when in ("before", "pool"):
     set_mode()
 if when == "pool":  # another library's parallel Numba code starts the pool: its threads inherit the mode
@@ -251,22 +256,41 @@ tiny = Model(
 float_model = velcro_ref.load_model(weights + "/resnet18.h5")
 int8_model = velcro_ref.load_model(weights + "/resnet18_int8.h5")
 x, _ = velcro_ref.task_images(float_model, (5, 7, 9), "test", 16)
-if when == "after":
+int8_masks = velcro_ref.compress(int8_stats, 0.5)
+if when in ("after", "thread"):
     tiny.run(np.ones((1, 2, 6, 6), np.float32))  # the thread pool starts in the caller's environment
     set_mode()
-before = environment().raw
-out = {
+
+
+def outputs():
+    before = environment().raw
+    cli.main(["compress", folder + "/g.stats.h5", "--ratio", "0.1", "-o", folder + f"/{when}.masks.h5"])
+    masks = velcro_ref.load_masks(folder + f"/{when}.masks.h5")
+    out = {
     "tiny": tiny.run(x_tiny),
     "images": velcro_ref.task_images(float_model, (5, 7, 9), "test", 16)[0],
     "float": float_model.run(x),
     "int8": int8_model.run(x),
+    "int8_masked": int8_model.run(x, masks=int8_masks),  # the masks' constants quantized for the run
     "zoo": Model(zoo).run(x_zoo),  # batch norms folded into the convs as the model is made
     "onnx": Model(import_onnx(folder + "/zoo.onnx")).run(x_zoo),
-}
+    "ratio": np.concatenate([masks.sites[s][0].ravel() for s in sorted(masks.sites)]),  # "0.1" read as 0.1
+    }
+    return out, environment().raw == before
+
+
+if when == "thread":  # a thread of its own (its own pool), started in the caller's environment
+    done = []
+    worker = threading.Thread(target=lambda: done.append(outputs()))
+    worker.start()
+    worker.join()
+    out, kept = done[0]
+else:
+    out, kept = outputs()
 print(json.dumps({
     "digests": {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in out.items()},
     "tiny_nonzero": int(np.count_nonzero(out["tiny"])),
-    "kept": environment().raw == before,
+    "kept": kept,
 }))
 """
 
@@ -290,7 +314,7 @@ def _fp_env_run(mode, when, folder):
     platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"),
     reason="sets MXCSR through glibc's x86-64 fenv_t",
 )
-@pytest.mark.parametrize("when", ["before", "after", "pool"])
+@pytest.mark.parametrize("when", ["before", "after", "pool", "thread"])
 @pytest.mark.parametrize("mode", ["ftz_daz", "upward"])
 def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, when, tmp_path):
     """Flush-to-zero and denormals-are-zero (set by any library built with -Ofast when it loads) made

@@ -16,7 +16,9 @@ from numba import prange
 from .jit import njit
 from .overwrite import PART
 
-SIXTH = np.float32(1.0 / 6.0)  # ONNX HardSwish: alpha = 1/6, beta = 0.5
+# ONNX HardSwish: alpha = 1/6 (float32 nearest, from its bits: a conversion at import would round in
+# the process's rounding mode, and the kernels' cache keep it), beta = 0.5
+SIXTH = np.uint32(0x3E2AAAAB).view(np.float32)
 SILU, HARDSWISH = 0, 1  # the function `_unmasked` computes
 
 

@@ -45,6 +45,8 @@ indices, and they trust the indices they are given.
 
 from __future__ import annotations
 
+import struct
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils, config
@@ -1099,7 +1101,9 @@ def range_lanes(typingctx, x, start, stop, out):
 
 
 CLAMP_IMAGES = 8  # images per call of `clamp_moment_rows`
-FLOAT32_MAX = 3.4028234663852886e38  # float32's largest value (exact as a Python float): act 3's clamp
+# float32's largest value, act 3's clamp: from its bits (a decimal literal or a conversion rounds in the
+# process's rounding mode at import, and the kernels' cache would keep what it gave)
+FLOAT32_MAX = struct.unpack("<f", struct.pack("<I", 0x7F7FFFFF))[0]
 
 
 @intrinsic

@@ -1,0 +1,50 @@
+"""C's default floating-point environment for velcro_ref's arithmetic, whatever the process set.
+
+A library built with -Ofast or -ffast-math sets flush-to-zero and denormals-are-zero in the
+thread that loads it (its start-up code writes MXCSR), and `fesetround` changes how every later
+operation rounds, Python's own reading of decimal numbers included: float32 results then differ
+from IEEE 754's with no error (a subnormal intermediate read as 0, a quantized value one code off,
+a ratio of 0.1 read as 0.09999999999999999). `default_env()` puts the calling thread in C's
+default environment (round to nearest even, subnormals kept, exceptions masked: `fesetenv` of
+FE_DFL_ENV) for a block and the caller's back after; `set_default()` does it for good (the
+`velcro` command, whose process it is). Numba's threads take it once, when the engine first uses
+them (`threads`). FE_DFL_ENV is the address -1 in glibc and musl on x86-64 and aarch64 Linux;
+elsewhere (`DEFAULT_ENV` False) nothing is changed. Plain ctypes, so that the command sets it before
+its imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import platform
+import sys
+
+# where C's FE_DFL_ENV is the address -1 (glibc and musl on these machines; not glibc on PowerPC)
+DEFAULT_ENV = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
+FE_DFL_ENV = ctypes.c_void_p(-1)
+ENV_BYTES = 64  # room for a fenv_t: 32 bytes on x86-64, 8 on aarch64
+_libm = ctypes.CDLL("libm.so.6") if DEFAULT_ENV else None
+
+
+def set_default() -> None:
+    """The calling thread in C's default floating-point environment from now on."""
+    if DEFAULT_ENV and _libm.fesetenv(FE_DFL_ENV):
+        raise OSError("could not set C's default floating-point environment")
+
+
+@contextlib.contextmanager
+def default_env():
+    """The calling thread in C's default floating-point environment for the block, its own put back
+    after (also a decorator: the public functions that compute take it)."""
+    if not DEFAULT_ENV:
+        yield
+        return
+    saved = ctypes.create_string_buffer(ENV_BYTES)
+    if _libm.fegetenv(saved):
+        raise OSError("could not read the floating-point environment")
+    set_default()
+    try:
+        yield
+    finally:
+        _libm.fesetenv(saved)
