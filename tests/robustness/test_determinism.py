@@ -229,16 +229,18 @@ velcro_ref.save_stats(velcro_ref.profile(googlenet, x_g), folder + "/g.stats.h5"
 int8_stats = velcro_ref.profile(velcro_ref.load_model(weights + "/resnet18_int8.h5"), x_g)
 if when in ("before", "pool"):
     set_mode()
+import numba
+
+
+@numba.njit(parallel=True)
+def total(n):
+    s = 0
+    for i in numba.prange(n):
+        s += i
+    return s
+
+
 if when == "pool":  # another library's parallel Numba code starts the pool: its threads inherit the mode
-    import numba
-
-    @numba.njit(parallel=True)
-    def total(n):
-        s = 0
-        for i in numba.prange(n):
-            s += i
-        return s
-
     total(1000)
 # subnormal intermediates: 1e-19 inputs times 1e-20 weights, then scaled up by 1e29
 tiny = Model(
@@ -279,9 +281,9 @@ def outputs():
     return out, environment().raw == before
 
 
-if when == "thread":  # a thread of its own (its own pool), started in the caller's environment
+if when == "thread":  # a thread with a pool of its own, started by other code in the caller's environment
     done = []
-    worker = threading.Thread(target=lambda: done.append(outputs()))
+    worker = threading.Thread(target=lambda: done.append((total(1000), outputs())[1]))
     worker.start()
     worker.join()
     out, kept = done[0]
