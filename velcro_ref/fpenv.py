@@ -7,8 +7,8 @@ from IEEE 754's with no error (a subnormal intermediate read as 0, a quantized v
 a ratio of 0.1 read as 0.09999999999999999). `default_env()` puts the calling thread in C's
 default environment (round to nearest even, subnormals kept, exceptions masked: `fesetenv` of
 FE_DFL_ENV) for a block and the caller's back after; `set_default()` does it for good (the
-`velcro` command, whose process it is). Numba's threads take it once, when the engine first uses
-them (`threads`). FE_DFL_ENV is the address -1 in glibc and musl on x86-64 and aarch64 Linux;
+`velcro` command, whose process it is). The threads of a calling thread's Numba pool take it at
+that thread's first engine run (`threads`). FE_DFL_ENV is the address -1 in glibc and musl on x86-64 and aarch64 Linux;
 elsewhere (`DEFAULT_ENV` False) nothing is changed. Plain ctypes, so that the command sets it before
 its imports.
 """
