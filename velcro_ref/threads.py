@@ -12,11 +12,11 @@ imported first:
 - Numba's threads to the smaller of `numba.get_num_threads()` (NUMBA_NUM_THREADS, or the
   caller's `numba.set_num_threads`) and the OpenMP runtimes' limit (the caller's
   `threadpoolctl.threadpool_limits(n, user_api="openmp")`),
-- the calling thread to C's default floating-point environment (round to nearest even,
-  subnormals kept, exceptions masked; velcro_ref/fpenv.py says why), and the threads of its
-  pool to it at its first run (GNU OpenMP keeps a pool per thread that starts parallel loops;
-  a pool started under other settings keeps them: threads inherit the environment of the thread
-  that starts them),
+- the threads of the calling thread's pool to C's default floating-point environment (round to
+  nearest even, subnormals kept, exceptions masked; velcro_ref/fpenv.py says why; the calling
+  thread is in it already, `Model.run_counted`) at that thread's first run (GNU OpenMP keeps a
+  pool per thread that starts parallel loops; a pool started under other settings keeps them:
+  threads inherit the environment of the thread that starts them),
 
 and puts back what it found when the run ends, also when it raises; in a process forked after
 Numba's threading layer started under GNU OpenMP (which does not survive a fork: Numba ends such a
@@ -38,7 +38,7 @@ from numba import prange
 from threadpoolctl import ThreadpoolController
 
 from .errors import VelcroError
-from .fpenv import DEFAULT_ENV, default_env
+from .fpenv import DEFAULT_ENV
 from .kernels.fpenv import default_env_all
 from .kernels.jit import njit
 
@@ -114,14 +114,9 @@ def chosen_threads() -> int:
 @contextlib.contextmanager
 def run_threads():
     """The thread settings of one engine run (module docstring), restored on exit; yields the
-    number of threads the kernels get."""
-    with default_env(), _run_pools() as chosen:
-        _pool_default_env()
-        yield chosen
-
-
-@contextlib.contextmanager
-def _run_pools():
+    number of threads the kernels get. Entered in C's default floating-point environment
+    (`Model.run_counted` puts its thread there before the run's input check and mask plan), so
+    that a pool it starts inherits it."""
     blas, _ = _pools()
     numba_before = numba.get_num_threads()
     chosen = chosen_threads()
@@ -132,6 +127,7 @@ def _run_pools():
                 c.set_num_threads(1)
         if chosen != numba_before:
             numba.set_num_threads(chosen)
+        _pool_default_env()
         yield chosen
     finally:
         numba.set_num_threads(numba_before)
