@@ -90,7 +90,7 @@ def graph_from_json(doc, meta=None, params=None) -> Graph:
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
     ):
         raise ModelError(f"graph JSON: 'input_shape' must be a list of ints, found {shape!r}")
-    out = doc.get("output", nodes[-1].name if nodes else None)
+    out = doc.get("output")
     if not isinstance(out, str):
         raise ModelError(f"graph JSON: 'output' must name a tensor, found {out!r}")
     return Graph(tuple(nodes), tuple(shape), out, params or {}, meta or {})

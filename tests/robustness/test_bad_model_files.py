@@ -182,6 +182,7 @@ def test_bad_file_structure_is_one_line_naming_the_file(velcro, tmp_path, model_
         (edit_graph(lambda d: node(d, "fc").__setitem__("atrs", {})), ["node 'fc': unknown key(s) 'atrs'"]),
         (edit_graph(lambda d: d.__setitem__("input_shape", [3, 16])), ["conv2d expects a rank-3 input", "(3, 16)"]),
         (edit_graph(lambda d: d.__setitem__("output", "logits")), ["graph output 'logits' is not produced"]),
+        (edit_graph(lambda d: d.pop("output")), ["'output' must name a tensor, found None"]),
     ],
     ids=[
         "cycle",
@@ -201,6 +202,7 @@ def test_bad_file_structure_is_one_line_naming_the_file(velcro, tmp_path, model_
         "unknown-node-key",
         "wrong-input-rank",
         "unknown-output",
+        "no-output",
     ],
 )
 def test_malformed_graph_is_one_line_naming_the_node(velcro, tmp_path, model_file, edit, needles):
