@@ -18,4 +18,7 @@ fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[all]'
+# compiled now, in C's default floating-point environment: Python reads a decimal literal in the
+# rounding mode of the process that first compiles the module (velcro_ref/fpenv.py)
+.venv/bin/python -c 'import velcro_ref.fpenv as f, compileall, sys; f.set_default(); sys.exit(not all(compileall.compile_dir(d, quiet=1) for d in ("velcro_ref", "simulator")))'
 echo "installed: $(.venv/bin/velcro --help | head -1)"

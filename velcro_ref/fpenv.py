@@ -10,13 +10,19 @@ FE_DFL_ENV) for a block and the caller's back after; `set_default()` does it for
 `velcro` command, whose process it is). The threads of a calling thread's Numba pool take it at
 that thread's first engine run (`threads`). FE_DFL_ENV is the address -1 in glibc and musl on x86-64 and aarch64 Linux;
 elsewhere (`DEFAULT_ENV` False) nothing is changed. Plain ctypes, so that the command sets it before
-its imports.
+its imports. Python reads a decimal literal in the current rounding mode (0.7 and zoo's 1/255 one
+ulp up under upward rounding) and keeps the compiled module in `__pycache__` for later processes:
+from this module's import on, the package's modules and the simulator's compile and run in the
+default environment (`scripts/setup.sh` compiles them all in it; the package's __init__, which the
+`velcro` command runs before it may take an interrupt, calls nothing to install it earlier).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib.abc
+import importlib.machinery
 import platform
 import sys
 
@@ -48,3 +54,31 @@ def default_env():
         yield
     finally:
         _libm.fesetenv(saved)
+
+
+class _Loader(importlib.machinery.SourceFileLoader):
+    """The path finder's loader of a source file, compiling and running the module in the default
+    environment."""
+
+    def exec_module(self, module):
+        with default_env():
+            super().exec_module(module)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    """Finds the submodules of `packages` as the path finder does, with `_Loader` to load them."""
+
+    def __init__(self, packages):
+        self.packages = packages
+
+    def find_spec(self, name, path, target=None):
+        if "." not in name or name.partition(".")[0] not in self.packages:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+        if spec is not None and type(spec.loader) is importlib.machinery.SourceFileLoader:
+            spec.loader = _Loader(spec.loader.name, spec.loader.path)
+        return spec
+
+
+if DEFAULT_ENV:
+    sys.meta_path.insert(0, _Finder(frozenset(("velcro_ref", "simulator"))))

@@ -329,3 +329,48 @@ def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, w
     assert clean["tiny_nonzero"] == 8 * 3 * 4 * 4  # the case has teeth: flushed, the subnormal sums give 0
     assert got["digests"] == clean["digests"]
     assert got["kept"] and clean["kept"]
+
+
+UPWARD_IMPORTS = r"""
+import ctypes, importlib, pkgutil, sys
+ctypes.CDLL("libm.so.6").fesetround(0x800)  # FE_UPWARD
+import velcro_ref.fpenv  # the first module of the package a caller's import reaches after __init__
+for package in ("velcro_ref", "simulator"):
+    for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
+        if info.name not in ("velcro_ref.launch", "simulator.__main__", "velcro_ref.__main__"):
+            importlib.import_module(info.name)
+"""
+
+
+def _float_constants(code):
+    for k in code.co_consts:
+        if isinstance(k, float):
+            yield k
+        elif hasattr(k, "co_consts"):
+            yield from _float_constants(k)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="FE_UPWARD's value is x86-64's")
+def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp_path):
+    """Python reads a decimal literal in the rounding mode of the moment and keeps the compiled module
+    for later processes: imported under upward rounding, zoo's 1/255, quant's 1.0001 and five more
+    modules' constants were compiled one ulp up into __pycache__. They are compiled in the default
+    environment once velcro_ref.fpenv is loaded."""
+    import marshal
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path), "PYTHONPATH": str(root)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    subprocess.run([sys.executable, "-c", UPWARD_IMPORTS], env=env, check=True, timeout=600)
+    compiled, differ = 0, []
+    for pyc in tmp_path.rglob("*.pyc"):
+        source = Path("/", *pyc.relative_to(tmp_path).parent.parts, pyc.name.split(".")[0] + ".py")
+        if root not in source.parents or source.name == "__init__.py":
+            continue
+        got = list(_float_constants(marshal.loads(pyc.read_bytes()[16:])))
+        want = list(_float_constants(compile(source.read_text(), str(source), "exec")))
+        compiled += 1
+        if got != want:
+            differ.append(source.name)
+    assert compiled > 50
+    assert differ == []
