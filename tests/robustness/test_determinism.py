@@ -353,9 +353,9 @@ def _float_constants(code):
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="FE_UPWARD's value is x86-64's")
 def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp_path):
     """Python reads a decimal literal in the rounding mode of the moment and keeps the compiled module
-    for later processes: imported under upward rounding, zoo's 1/255, quant's 1.0001 and five more
-    modules' constants were compiled one ulp up into __pycache__. They are compiled in the default
-    environment once velcro_ref.fpenv is loaded."""
+    for later processes: imported under upward rounding, zoo's 1/255, quant's 1.0001 and the float
+    constants of 15 more modules (literals, and expressions Python folds as it compiles) went one ulp
+    up into __pycache__. They are compiled in the default environment once velcro_ref.fpenv is loaded."""
     import marshal
 
     root = Path(__file__).resolve().parents[2]
