@@ -176,9 +176,13 @@ def _inside(frame, code) -> bool:
 
 def _check_environment() -> None:
     from .h5io import MAX_TIMEOUT_S, TIMEOUT_ENV, timeout_from_env
+    from .kernels.jit import check_compiled
 
     if timeout_from_env() is None:
         raise UsageError(f"${TIMEOUT_ENV} expects seconds in (0, {MAX_TIMEOUT_S:g}], got {os.environ[TIMEOUT_ENV]!r}")
+    if sys.stdout is None:  # print() would drop the command's report without a word
+        raise UsageError("standard output is closed (>&-); to discard the report, send it to /dev/null")
+    check_compiled()
 
 
 def main(argv=None) -> int:

@@ -254,12 +254,24 @@ def command(sub, name, func, model=False):
     """Add subcommand `name`, run as func(args), and return its parser for the options. The command's
     one-line help is the first line of func's docstring, its description the paragraphs after it;
     model=True adds the model file and --allow-nonfinite (`add_model_arg`) first."""
-    summary, _, rest = (func.__doc__ or "").strip().partition("\n")
+    summary, _, rest = (func.__doc__ or _source_doc(func)).strip().partition("\n")
     p = sub.add_parser(name, help=summary, description=" ".join(rest.split()) or None)
     if model:
         add_model_arg(p)
     p.set_defaults(func=func)
     return p
+
+
+def _source_doc(func) -> str:
+    """func's docstring read from its source (`python -OO` leaves __doc__ None)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        return ast.get_docstring(ast.parse(textwrap.dedent(inspect.getsource(func))).body[0]) or ""
+    except (OSError, TypeError, SyntaxError, IndexError):
+        return ""
 
 
 def add_model_arg(p):

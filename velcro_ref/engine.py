@@ -23,6 +23,7 @@ from . import graph as G
 from .errors import InputError, MaskError, UsageError
 from .fpenv import default_env
 from .kernels.conv.layouts import aligned_floats
+from .kernels.jit import check_compiled
 from .kernels.moments import value_range
 from .kernels.overwrite import put_at
 from .masks import MaskSet, check_bool_bytes
@@ -119,6 +120,7 @@ class Model:
 
     @default_env()
     def __init__(self, graph: G.Graph, path=None, *, _own: bool = False):
+        check_compiled()
         self.path = path
         self.shapes = G.validate(graph, allow_nonfinite=True)  # first: its one-line errors name the node
         self.graph = graph if _own else _snapshot(graph)  # `_own`: nobody else holds the graph (load_model)

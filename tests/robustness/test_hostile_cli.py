@@ -383,6 +383,51 @@ def test_a_load_timeout_out_of_range_is_a_usage_error(work, value):
     res.error_line("VELCRO_LOAD_TIMEOUT_S", code=2)
 
 
+@pytest.mark.parametrize("argv", [["info", "m.h5"], ["simulate", "m.h5", "--accel", "edge16"]])
+def test_numba_disable_jit_is_a_one_line_usage_error(work, argv):
+    """NUMBA_DISABLE_JIT=1 ended every command, `--help` too, in an AttributeError traceback (the
+    kernels' cache set-up at import), and the API in one from an LLVM intrinsic run as Python."""
+    res = velcro_process(*[work / a if a.endswith(".h5") else a for a in argv], env={"NUMBA_DISABLE_JIT": "1"})
+    res.error_line("NUMBA_DISABLE_JIT", code=2)
+    assert velcro_process("--help", env={"NUMBA_DISABLE_JIT": "1"}).code == 0
+    code = f"from velcro_ref.engine import load_model\nload_model({str(work / 'm.h5')!r})"
+    api = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    )
+    assert api.returncode == 1 and api.stderr.strip().splitlines()[-1].startswith(
+        "velcro_ref.errors.UsageError: NUMBA_DISABLE_JIT"
+    )
+
+
+@pytest.mark.parametrize(
+    "argv", [["info", "m.h5"], ["info", "m.h5", "--json"], ["infer", "m.h5", "--input", "x.npy", "--json"]]
+)
+def test_a_closed_standard_output_is_a_one_line_usage_error(work, argv):
+    """With stdout closed (>&-) `velcro info` exited 0 with its report dropped (print to None writes
+    nothing) and `--json` ended in an AttributeError traceback."""
+    res = subprocess.run(
+        [sys.executable, "-m", "velcro_ref.cli", *argv],
+        cwd=work,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "error: standard output is closed (>&-); to discard the report, send it to /dev/null"
+
+
+def test_help_under_python_OO_is_the_help_of_a_plain_run():
+    """`python -OO` drops docstrings, of which the commands' help is made: every command's summary and
+    description were missing."""
+    for argv in (["--help"], ["compress", "--help"], ["golden", "--help"], ["simulate", "--help"]):
+        runs = [
+            subprocess.run([sys.executable, *opt, "-m", "velcro_ref.cli", *argv], capture_output=True, text=True)
+            for opt in ([], ["-OO"])
+        ]
+        assert runs[0].returncode == runs[1].returncode == 0
+        assert runs[0].stdout == runs[1].stdout and len(runs[0].stdout) > 500
+
+
 # A frame of the project's code in a traceback (a path in a message, such as the import cache's KeyError,
 # is no frame), except one at line 0 of the package's __init__ or the entry point: their first instruction,
 # where Python takes a signal that came while it read the module, before any statement of it runs.

@@ -51,8 +51,17 @@ def njit(**options):
 
     def wrap(fn):
         dispatcher = numba.njit(**options)(fn)
-        if options.get("cache"):
+        if options.get("cache") and not numba.config.DISABLE_JIT:  # disabled: fn itself
             dispatcher._cache = _SourcesCache(dispatcher.py_func)
         return dispatcher
 
     return wrap
+
+
+def check_compiled() -> None:
+    """Refuse, in one line, to run the engine with Numba's compiler turned off: its kernels call
+    LLVM intrinsics (`simd`), which exist only compiled."""
+    if numba.config.DISABLE_JIT:
+        from ..errors import UsageError
+
+        raise UsageError("NUMBA_DISABLE_JIT is set: the engine's kernels run only compiled by Numba; unset it")
