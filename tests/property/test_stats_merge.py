@@ -134,3 +134,16 @@ def test_value_range_equals_numpy_min_and_max(seed, size, special):
     else:
         assert (lo, hi) == (float(y.min()), float(y.max()))
         assert all(math.copysign(1.0, v) == 1.0 for v in (lo, hi) if v == 0.0)
+
+
+def test_a_merge_keeps_every_parts_classes_and_only_the_ranges_both_parts_hold():
+    """A merge kept the first part's classes only (a class-5 shard and a class-7 shard gave [5]), and
+    kept a tensor's range that one part alone held, which quantization would then take as the
+    range over every image."""
+    site = SiteStats.of_batch(np.array([[1.0], [2.0]]))
+    a = Stats("fp", {"s": site}, (5,), 2, ranges={"t": (0.0, 1.0), "u": (-1.0, 1.0)})
+    b = Stats("fp", {"s": site}, (7, 2), 2, ranges={"t": (-3.0, 0.5)})
+    merged = a.merge(b)
+    assert merged.classes == (2, 5, 7)
+    assert merged.ranges == {"t": (-3.0, 1.0)}
+    assert b.merge(a).ranges == {"t": (-3.0, 1.0)}

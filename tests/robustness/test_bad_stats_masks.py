@@ -563,3 +563,16 @@ def test_classes_not_in_fashion_mnist_are_an_error_listing_the_valid_ones(velcro
     res = velcro("profile", model_file, "--data", "fashion-mnist", "--classes", classes, "-o", tmp_path / "s.h5")
     line = res.error_line("--classes: ", code=2)  # a value of the option: usage
     assert "valid" in line or "duplicate" in line, line
+
+
+def test_a_variance_above_popovicius_bound_is_refused_and_the_bound_itself_accepted():
+    """Values in [0, 2] have a variance of at most (2 - 0)^2 / 4 = 1 (half of them 0, half 2); a
+    check without the / 4 let through variances up to 4."""
+
+    def site(variance):
+        one = np.ones(1)
+        return SiteStats(4 * one, 0 * one, one.copy(), 4 * variance * one, 0 * one, 2 * one)
+
+    _check_moments(site(1.0), "")
+    with pytest.raises(StatsError, match="variance exceeds"):
+        _check_moments(site(1.5), "")

@@ -221,3 +221,23 @@ def test_channel_masks_of_statistics_that_overflowed_are_refused():
     with pytest.raises(StatsError, match="site 'r': the statistics are NaN or infinite"):
         velcro_ref.compress(stats, 0.5, policy="channel")
     assert not velcro_ref.compress(stats, 0.4, policy="channel").sites["r"][0].any()  # no channel masked: taken
+
+
+def test_budget_masks_order_by_variance_per_mac_not_variance_times_macs():
+    """Scored by normalised variance times MACs, the cheap site's elements came first: a's two
+    elements (normalised variance 1, 10 MACs each: 0.1 per MAC) come before b's (0.5 and 1.5 per
+    MAC at 1 MAC). Budget 0.5 x 22 MACs = 11: a0 (10 MACs); a1 would pass it, and the budget takes
+    a prefix of the order, so b's elements stay."""
+    stats = Stats("fp", {"a": _site([1.0, 1.0]), "b": _site([0.5, 1.5])})
+    masks = make_masks("budget", stats, 0.5, {"a": 10, "b": 1})
+    assert masks.sites["a"][0].tolist() == [True, False]
+    assert masks.sites["b"][0].tolist() == [False, False]
+
+
+def test_channel_masks_leave_excluded_sites_alone():
+    """The channel policy masked a site named in `exclude` like any other."""
+    v = np.arange(2 * 3 * 3, dtype=np.float64).reshape(2, 3, 3)
+    stats = Stats("fp", {"c": _site(v), "d": _site(v)})
+    masks = make_masks("channel", stats, 0.5, exclude=("c",))
+    assert not masks.sites["c"][0].any()
+    assert masks.sites["d"][0].tolist() == [[[True] * 3] * 3, [[False] * 3] * 3]
