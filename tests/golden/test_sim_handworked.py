@@ -452,3 +452,58 @@ def test_numpy_numbers_as_batch_and_sweep_values_are_the_numbers_they_hold(model
     got, want = sweep(model, arch, grid, batch=np.int64(2)), sweep(model, arch, plain, batch=2)
     assert json.dumps([p for p, _ in got]) == json.dumps([p for p, _ in want])
     assert [r.to_json(False) for _, r in got] == [r.to_json(False) for _, r in want]
+
+
+def test_a_masked_add_reads_only_the_inputs_of_its_computed_outputs():
+    """input (2, 4, 4) -> conv "c" (2 filters 3x3, pad 1) -> add "a" (c + input) -> relu "r", the
+    site: filter 1 masked everywhere and filter 0 on its first row, 20 of 32 outputs. The add is a
+    vector layer (docs/simulator.md): it reads its two inputs once and writes its output once, and
+    a masked output is not computed, so it reads 2 x 12 operands, not 2 x 32. Reading every input
+    priced the compressed add's ifmap at the dense 64 bytes (SRAM 128, DRAM 76)."""
+    rng = np.random.default_rng(1)
+    conv = Node("c", "conv2d", (INPUT,), {"out_channels": 2, "kernel": 3, "pads": 1}, {"weight": "c.w"})
+    nodes = (conv, Node("a", "add", ("c", INPUT)), Node("r", "relu", ("a",)))
+    model = Model(Graph(nodes, (2, 4, 4), "r", {"c.w": rng.standard_normal((2, 2, 3, 3)).astype(np.float32)}))
+    mask = np.zeros((2, 4, 4), bool)
+    mask[1] = True
+    mask[0, 0, :] = True
+    masks = MaskSet(model.fingerprint, {"r": (mask, np.zeros((2, 4, 4), np.float32))})
+    result = simulate(model, tiny_arch("output_stationary"), masks)
+    dense, comp = by_name(result)["a"], by_name(result, "compressed")["a"]
+    # dense: 32 outputs, 2 x 32 operand bytes in (DRAM fill + read), 32 out (write + drain)
+    assert (dense.ops, dense.compute_cycles) == (32, 8)
+    assert (dense.ifmap_sram_bytes, dense.ofmap_sram_bytes, dense.dram_bytes) == (128, 64, 96)
+    # compressed: 12 outputs computed, ceil(12 / 4) = 3 cycles; 2 x 12 bytes in, 12 out
+    assert (comp.ops, comp.compute_cycles) == (12, 3)
+    assert (comp.ifmap_sram_bytes, comp.ofmap_sram_bytes, comp.dram_bytes) == (2 * 24, 2 * 12, 24 + 12)
+    # the conv of the chain computes the same 12 outputs, 18 taps each, as the engine
+    assert by_name(result, "compressed")["c"].macs == 12 * 18
+    model.run(np.zeros((1, 2, 4, 4), np.float32), masks)
+    assert model.last_macs["c"] == 12 * 18
+
+
+def test_a_mask_keeps_the_loop_order_of_the_dense_layer():
+    """A 1x1 conv "c" of 32 filters on a (4, 4, 4) input, relu site "r" with filters 8..31 masked,
+    on 64-byte ifmap and filter buffers (32-byte halves). Ifmap I = 64 bytes; filters W = 32 x 4 =
+    128 dense, 8 x 4 = 32 live. Dense: filters outer 64 x ceil(128 / 32) + 128 = 384, ifmap outer
+    64 + 128 x ceil(64 / 32) = 320: ifmap outer. docs/simulator.md: the order stays with masks, so
+    the live filters are fetched twice (32 x 2 = 64 bytes); picking the order on the masked sizes
+    (filters outer, 64 + 32 = 96 < 128) moved bytes between the operands (32 filter bytes)."""
+    rng = np.random.default_rng(2)
+    conv = Node("c", "conv2d", (INPUT,), {"out_channels": 32, "kernel": 1}, {"weight": "c.w"})
+    params = {"c.w": rng.standard_normal((32, 4, 1, 1)).astype(np.float32)}
+    model = Model(Graph((conv, Node("r", "relu", ("c",))), (4, 4, 4), "r", params))
+    mask = np.zeros((32, 4, 4), bool)
+    mask[8:] = True
+    masks = MaskSet(model.fingerprint, {"r": (mask, np.zeros((32, 4, 4), np.float32))})
+    text = arch_toml(4, 2, "output_stationary", ifmap_kib=0.0625, filter_kib=0.0625, lanes=4, energy=ENERGY)
+    result = simulate(model, parse_arch(text, "small.toml"), masks)
+    dense, comp = by_name(result)["c"], by_name(result, "compressed")["c"]
+    # dense DRAM: ifmap 64 + filters 128 x 2 + 512 outputs
+    assert dense.dram_bytes == 64 + 256 + 512
+    # 16 chunks of 2 filters, 4 folds of 16 pixels each: filter reads 4 x 4 x 2 = 32 per chunk
+    assert dense.filter_sram_bytes == 16 * 32 + 256
+    # compressed: 4 live chunks; ifmap 64 + live filters 32 x 2 + 128 outputs + the 64-byte bitmap
+    assert comp.dram_bytes == 64 + 64 + 128 + 64 and comp.mask_bytes == 64
+    assert comp.filter_sram_bytes == 4 * 32 + 64
+    assert comp.ifmap_sram_bytes == 4 * 16 * 4 + 64

@@ -359,3 +359,19 @@ def test_accumulator_bound_is_exact_at_the_int32_limit():
         P.prepare_conv("c", w, 0, np.array([edge + 1]), 0, np.uint8, geom)
     with pytest.raises(AccumulatorOverflowError):
         P.prepare_conv("c", -w, 0, np.array([-edge - 1]), 0, np.uint8, geom)
+
+
+def test_accumulator_bound_takes_the_input_farther_from_its_zero_point():
+    """int8 input of zero point 100: x - zp reaches -128 - 100 = -228, not only 127 - 100 = 27, so
+    two taps of weight 127 give |acc| up to 2 x 228 x 127 = 57912 before the bias (docs/int8.md:
+    max(x_zp - qmin, qmax - x_zp)). Taking only qmax - x_zp let a bias of 2^31 - 1 - 2 x 27 x 127
+    through, whose accumulator overflows int32 at x = -128."""
+    assert int(quant.accumulator_bound(np.array([[127]]), 0, 100, "int8")[0]) == 127 * 228
+    assert int(quant.accumulator_bound(np.array([[127]]), 0, -100, "int8")[0]) == 127 * 227
+    w = np.full((1, 2, 1, 1), 127, np.int8)
+    geom = conv_geom(2, 1, 1, 1, (1, 1))
+    edge = quant.INT32_MAX - 2 * 228 * 127
+    P.prepare_conv("c", w, 0, np.array([-edge]), 100, np.int8, geom)  # at x = -128: acc = -(2^31 - 1)
+    for bias in (edge + 1, -edge - 1, quant.INT32_MAX - 2 * 27 * 127):
+        with pytest.raises(AccumulatorOverflowError, match="node 'c'"):
+            P.prepare_conv("c", w, 0, np.array([bias]), 100, np.int8, geom)

@@ -14,7 +14,7 @@ from robust_util import zoo_graph
 from velcro_ref import ops
 from velcro_ref.engine import Model
 from velcro_ref.errors import MaskError, ModelError
-from velcro_ref.graph import INPUT
+from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.kernels.conv import conv_geom, prepare_conv
 from velcro_ref.masks import MaskSet, empty_masks
 from velcro_ref.reference import conv2d as rconv
@@ -231,6 +231,30 @@ def test_fully_masked_site_outputs_exactly_its_constants(case):
     grab = Grab()
     model.run(rng.standard_normal((2, *g.input_shape)).astype(np.float32), masks=masks, observer=grab)
     assert np.array_equal(grab.y, np.broadcast_to(masks.sites[site][1], grab.y.shape))
+
+
+def test_a_masked_pointwise_conv_computes_only_its_unmasked_outputs():
+    """A 1x1 stride-1 conv of 16 filters on 16 channels of 8x8 (the shape `conv_direct` takes
+    dense, and whose masked calls run the filters-in-lanes kernel storing only the unmasked
+    outputs), relu site masked at half its elements. Against float64 arithmetic: unmasked outputs
+    are the conv's, masked ones the constants, executed MACs the unmasked outputs x 16 taps
+    (docs/DESIGN.md). Running `conv_direct` there too computed and stored every output (masked
+    ones overwritten, 2 x 16 x 64 x 16 = 32768 MACs reported)."""
+    rng = np.random.default_rng(3)
+    c, k, h = 16, 16, 8
+    w = rng.standard_normal((k, c, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(k).astype(np.float32)
+    conv = Node("c", "conv2d", (INPUT,), {"out_channels": k, "kernel": 1}, {"weight": "c.w", "bias": "c.b"})
+    model = Model(Graph((conv, Node("r", "relu", ("c",))), (c, h, h), "r", {"c.w": w, "c.b": b}))
+    mask = rng.random((k, h, h)) < 0.5
+    const = rng.normal(0, 1, (k, h, h)).astype(np.float32)
+    x = rng.standard_normal((2, c, h, h)).astype(np.float32)
+    got = model.run(x, masks=MaskSet(model.fingerprint, {"r": (mask, const)}))
+    y = np.einsum("kc,nchw->nkhw", w[:, :, 0, 0].astype(np.float64), x.astype(np.float64)) + b[:, None, None]
+    want = np.where(mask, const, np.maximum(y, 0))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.array_equal(got[:, mask], np.broadcast_to(const[mask], (2, int(mask.sum()))))
+    assert model.last_macs == {"c": 2 * int((~mask).sum()) * c}
 
 
 def test_masks_of_another_model_are_refused_naming_both_fingerprints():

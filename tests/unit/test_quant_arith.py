@@ -24,6 +24,7 @@ from velcro_ref.graph import INPUT, Graph, Node
 from velcro_ref.kernels.int8.requant import quantize_linear as kernel_quantize
 from velcro_ref.onnx_export import export_onnx
 from velcro_ref.plan import executed_graph
+from velcro_ref.quantization import quantize_model
 
 
 class RangeObserver(NodeOutputs):
@@ -311,3 +312,62 @@ def test_ort_requantization_at_a_scale_of_inf_takes_nan_to_qmin_as_onnxruntime(z
     low byte of the integer a NaN converts to). Other accumulators saturate by their sign."""
     got = quant.requantize_ort(np.array([0, 5, -3], np.int32), np.float32(np.inf), zp, np.int8)
     assert got.tolist() == [-128, 127, -128]
+
+
+def test_a_range_whose_scale_is_below_the_smallest_normal_float32_gets_scale_1():
+    """[0, 1e-37] on uint8 gives a float64 scale of 3.9e-40, below float32's smallest normal
+    (1.18e-38): onnxruntime's compute_scale_zp, as docs/int8.md says, gives scale 1 and zero point
+    0. A test of `scale <= 0` kept the subnormal scale, which a later division turns into inf."""
+    for hi in (1e-37, 2.9e-36):  # 2.9e-36 / 255 = 1.137e-38, still below 1.175e-38
+        assert quant.scale_zero_point(np.float32(0), np.float32(hi), "uint8") == (1.0, 0)
+        want_zp, want_scale = compute_scale_zp(np.float32(0), np.float32(hi), np.uint8(0), np.uint8(255))
+        assert (float(want_scale), int(want_zp)) == (1.0, 0)
+    # 3.1e-36 / 255 = 1.216e-38 is normal: kept
+    s, z = quant.scale_zero_point(np.float32(0), np.float32(3.1e-36), "uint8")
+    assert s == np.float32(np.float64(np.float32(3.1e-36)) / 255) and z == 0
+
+
+def test_fixed_point_multiplier_keeps_a_shift_of_minus_31():
+    """TFLite's QuantizeMultiplier flushes to (0, 0) only below shift -31: 2^-31.5 = 2^-0.5 x
+    2^-31 is (round(2^-0.5 x 2^31), -31) = (1518500250, -31) and 2^-32 is (2^30, -31); 2^-33
+    (shift -32) is flushed. Flushing at shift -31 turned these multipliers into 0."""
+    m, s = quant.fixed_point_multiplier(np.array([2.0**-31.5, 2.0**-32, 2.0**-33]))
+    assert list(m) == [1518500250, 2**30, 0]
+    assert list(s) == [-31, -31, 0]
+    # M x 2^(shift - 31) is the real to within half a unit of M
+    assert abs(1518500250 * 2.0**-62 - 2.0**-31.5) <= 0.5 * 2.0**-62
+
+
+def test_ort_requantization_rounds_ties_to_even():
+    """MLAS rounds acc x scale half to even (docs/int8.md): 2.5 -> 2, 3.5 -> 4, 0.5 -> 0, -2.5 -> -2,
+    -3.5 -> -4, 1.5 -> 2; rounding half up gave 3 for 2.5 and 1 for 0.5."""
+    acc = np.array([5, 7, 1, -5, -7, 3], np.int32)
+    got = quant.requantize_ort(acc, np.float32(0.5), 0, np.int8)
+    assert got.tolist() == [2, 4, 0, -2, -4, 2]
+    # with a zero point: ties round before the zero point is added
+    assert quant.requantize_ort(acc, np.float32(0.5), 11, np.uint8).tolist() == [13, 15, 11, 9, 7, 13]
+
+
+def test_quantize_raises_the_weight_scale_of_a_bias_beyond_int32():
+    """A conv of weight 1e-6 and bias 100 with input scale 0.01: at the plain weight scale
+    (1e-6 / 127) the bias would be 1.27e12 in int32 units. The quantized model must raise the
+    weight scale to 1.0001 x 2 x 100 / (2^32 - 2) / 0.01 (docs/int8.md) and give out 100; without
+    the raise the bias clipped to 2^31 - 1, which dequantizes to 0.169, and the output was 0."""
+    w = np.full((1, 1, 1, 1), 1e-6, np.float32)
+    b = np.array([100.0], np.float32)
+    attrs = {"out_channels": 1, "kernel": [1, 1], "stride": [1, 1], "pads": [0] * 4, "groups": 1}
+    conv = Node("conv", "conv2d", (INPUT,), attrs, {"weight": "w", "bias": "b"})
+    graph = Graph((conv,), (1, 2, 2), "conv", {"w": w, "b": b})
+    # int8: [-1.28, 1.27] -> scale 2.55 / 255 = 0.01; [0, 255] -> scale 1, zero point -128
+    ranges = {INPUT: (np.float32(-1.28), np.float32(1.27)), "conv": (np.float32(0), np.float32(255))}
+    x_scale = np.float32((np.float64(np.float32(1.27)) - np.float64(np.float32(-1.28))) / 255)
+    for per_channel in (False, True):
+        q = quantize_model(Model(graph), ranges, per_channel=per_channel)
+        conv = next(n for n in q.nodes if n.op == "qconv2d")
+        ws = q.params[conv.params["w_scale"]][0]
+        assert ws == pytest.approx(1.0001 * 2 * 100.0 / (2.0**32 - 2) / float(x_scale), rel=1e-6)
+        bq = int(q.params[conv.params["bias"]][0])
+        step = float(np.float32(x_scale * ws))  # the bias scale, float32(x_scale * w_scale)
+        assert 2**30 < bq < 2**31 - 1 and abs(bq * step - 100.0) <= step / 2  # round(b / scale), not clipped
+        x = np.array([-1.28, 0.0, 0.5, 1.27], np.float32).reshape(1, 1, 2, 2)
+        assert Model(q).run(x).tolist() == [[[[100.0, 100.0], [100.0, 100.0]]]]
