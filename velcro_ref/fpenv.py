@@ -60,6 +60,10 @@ class _Loader(importlib.machinery.SourceFileLoader):
     """The path finder's loader of a source file, compiling and running the module in the default
     environment."""
 
+    def get_code(self, fullname):  # also called alone, by runpy (`python -m`)
+        with default_env():
+            return super().get_code(fullname)
+
     def exec_module(self, module):
         with default_env():
             super().exec_module(module)
