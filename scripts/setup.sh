@@ -19,6 +19,7 @@ python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[all]'
 # compiled now, in C's default floating-point environment: Python reads a decimal literal in the
-# rounding mode of the process that first compiles the module (velcro_ref/fpenv.py)
-.venv/bin/python -c 'import velcro_ref.fpenv as f, compileall, sys; f.set_default(); sys.exit(not all(compileall.compile_dir(d, quiet=1) for d in ("velcro_ref", "simulator")))'
+# rounding mode of the process that first compiles the module (velcro_ref/fpenv.py); force: a
+# module compiled earlier under another mode is compiled again
+.venv/bin/python -c 'import velcro_ref.fpenv as f, compileall, sys; f.set_default(); sys.exit(not all(compileall.compile_dir(d, quiet=1, force=True) for d in ("velcro_ref", "simulator")))'
 echo "installed: $(.venv/bin/velcro --help | head -1)"

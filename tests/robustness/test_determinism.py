@@ -334,7 +334,7 @@ def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, w
 UPWARD_IMPORTS = r"""
 import ctypes, importlib, pkgutil, sys
 ctypes.CDLL("libm.so.6").fesetround(0x800)  # FE_UPWARD
-import velcro_ref.fpenv  # the first module of the package a caller's import reaches after __init__
+import velcro_ref.fpenv  # first: the modules imported before it are compiled in the caller's mode
 for package in ("velcro_ref", "simulator"):
     for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
         if info.name not in ("velcro_ref.launch", "simulator.__main__", "velcro_ref.__main__"):
@@ -353,9 +353,11 @@ def _float_constants(code):
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="FE_UPWARD's value is x86-64's")
 def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp_path):
     """Python reads a decimal literal in the rounding mode of the moment and keeps the compiled module
-    for later processes: imported under upward rounding, zoo's 1/255, quant's 1.0001 and the float
-    constants of 15 more modules (literals, and expressions Python folds as it compiles) went one ulp
-    up into __pycache__. They are compiled in the default environment once velcro_ref.fpenv is loaded."""
+    for later processes: imported under upward rounding, the float constants of 8 modules (zoo's
+    1/255, quant's 1.0001, intervals' 0.95, ...; literals, and expressions Python folds as it
+    compiles) went one ulp up into __pycache__. Modules imported once velcro_ref.fpenv is loaded are
+    compiled in the default environment. Not covered: the modules a caller's direct import of a
+    submodule compiles before that (docs/design.md, "Data path")."""
     import marshal
 
     root = Path(__file__).resolve().parents[2]
@@ -365,12 +367,12 @@ def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp
     compiled, differ = 0, []
     for pyc in tmp_path.rglob("*.pyc"):
         source = Path("/", *pyc.relative_to(tmp_path).parent.parts, pyc.name.split(".")[0] + ".py")
-        if root not in source.parents or source.name == "__init__.py":
-            continue
+        if not any(source.is_relative_to(root / package) for package in ("velcro_ref", "simulator")):
+            continue  # the libraries' modules (the venv may lie under root)
         got = list(_float_constants(marshal.loads(pyc.read_bytes()[16:])))
         want = list(_float_constants(compile(source.read_text(), str(source), "exec")))
         compiled += 1
         if got != want:
             differ.append(source.name)
     assert compiled > 50
-    assert differ == []
+    assert differ == [], sorted(differ)
