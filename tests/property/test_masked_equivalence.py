@@ -238,8 +238,8 @@ def test_a_masked_pointwise_conv_computes_only_its_unmasked_outputs():
     dense, and whose masked calls run the filters-in-lanes kernel storing only the unmasked
     outputs), relu site masked at half its elements. Against float64 arithmetic: unmasked outputs
     are the conv's, masked ones the constants, executed MACs the unmasked outputs x 16 taps
-    (docs/DESIGN.md). Running `conv_direct` there too computed and stored every output (masked
-    ones overwritten, 2 x 16 x 64 x 16 = 32768 MACs reported)."""
+    (docs/design.md, "Definitions"). Running `conv_direct` there too computed and stored every
+    output (masked ones overwritten, 2 x 16 x 64 x 16 = 32768 MACs reported)."""
     rng = np.random.default_rng(3)
     c, k, h = 16, 16, 8
     w = rng.standard_normal((k, c, 1, 1)).astype(np.float32)
