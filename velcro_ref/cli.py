@@ -51,6 +51,24 @@ class _Parser(argparse.ArgumentParser):
         self.given_options = {}
         return super().parse_known_args(args, namespace)
 
+    def add_subparsers(self, **kwargs):
+        self.commands = super().add_subparsers(**kwargs)
+        return self.commands
+
+    def parse_args(self, args=None, namespace=None):
+        """argparse's, but an argument that no parser took is an error of the command given (its
+        usage lines above the error line, as for its other errors), not of `velcro`."""
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            parser = self
+            while (
+                getattr(parser, "commands", None)
+                and getattr(namespace, parser.commands.dest) in parser.commands.choices
+            ):
+                parser = parser.commands.choices[getattr(namespace, parser.commands.dest)]
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace
+
     def error(self, message):
         self.print_usage(sys.stderr)
         one_line = " ".join(line.strip() for line in str(message).splitlines())
@@ -227,12 +245,16 @@ def main(argv=None) -> int:
                 logging.getLogger("asyncio").addFilter(signals.quiet_after)
             # C's default floating-point environment, whatever a library set: numbers read too
             with default_env():
-                args = build_parser().parse_args(argv)
-                from .cli_util import check_files
+                try:
+                    args = build_parser().parse_args(argv)
+                except SystemExit as e:  # argparse: the help printed (0), or the usage and an error line (2)
+                    code = e.code
+                else:
+                    from .cli_util import check_files
 
-                _check_environment()
-                check_files(args)
-                code = int(args.func(args) or 0)
+                    _check_environment()
+                    check_files(args)
+                    code = int(args.func(args) or 0)
         finally:
             signals.close()
         return fail(*signals.outcome()) if signals.seen else code

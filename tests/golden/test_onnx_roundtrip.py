@@ -280,9 +280,7 @@ def test_cli_import_and_export(tmp_path, monkeypatch, capsys):
     assert f"error: {garbage}" in capsys.readouterr().err
     assert not (tmp_path / "x.h5").exists()
     for command in ("import-onnx", "export-onnx"):
-        with pytest.raises(SystemExit) as e:
-            cli.main([command, "--help"])
-        assert e.value.code == 0
+        assert cli.main([command, "--help"]) == 0
 
 
 def test_cli_export_of_fixed_point_layers_says_onnxruntime_requantizes_them_otherwise(tmp_path, capsys):

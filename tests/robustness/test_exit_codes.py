@@ -29,6 +29,34 @@ def test_argparse_usage_errors_exit_2(velcro, model_file, images_file, args):
 
 
 @pytest.mark.parametrize(
+    "args, usage",
+    [
+        (["info", "{model}", "--bogus"], "usage: velcro info "),
+        (["infer", "{model}", "--input", "{images}", "extra"], "usage: velcro infer "),
+        (["stats", "merge", "a.h5", "-o", "b.h5", "--bogus"], "usage: velcro stats merge "),
+    ],
+    ids=["command-option", "command-argument", "action-option"],
+)
+def test_an_argument_no_command_takes_is_an_error_of_the_command_given(model_file, images_file, args, usage, capsys):
+    """Its usage lines (README: a command-line error's line follows the command's usage lines), not
+    velcro's; and cli.main, called in a process of the caller's, returns the exit code as it does for
+    other errors (argparse would end that process)."""
+    from velcro_ref import cli
+
+    assert cli.main([a.format(model=model_file, images=images_file) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and err.splitlines()[-1].startswith("error: unrecognized arguments: ")
+    assert "usage: velcro [-h]" not in err
+
+
+def test_help_in_a_process_of_the_callers_returns_0(capsys):
+    from velcro_ref import cli
+
+    assert cli.main(["infer", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: velcro infer ")
+
+
+@pytest.mark.parametrize(
     "args, needles",
     [
         (["profile", "{model}", "--images", "{images}", "-o", "{tmp}/s.h5", "--batch", "0"], ["--batch"]),
