@@ -3,6 +3,9 @@ one-line VelcroError, never a quiet wrong figure (masks of 0/1 integers, a NumPy
 float or column labels, a negative batch, NaN constants, classes as an array, a refused batch
 inside a profile, two threads on one Model)."""
 
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -52,6 +55,40 @@ def _masks(model, dtype=bool, const=0.0):
         m = rng.random(shape) < 0.4
         sites[s] = (m.astype(dtype), np.full(shape, const, np.float32))
     return MaskSet(model.fingerprint, sites, {}, complete=True)
+
+
+def test_a_masked_run_after_the_schedules_module_is_reloaded_writes_the_same_bits():
+    """importlib.reload of `schedule` (what IPython's autoreload does once its source is edited)
+    makes skip plans of a new class SkipPlan; the conv's dispatch took such a plan for a mask array
+    and failed in a ValueError traceback. In a child process, as a reload lasts for the process."""
+    child = textwrap.dedent(
+        """
+        import importlib, sys
+        import numpy as np
+        from velcro_ref.graph import INPUT, Graph, Node
+        from velcro_ref.engine import Model
+        from velcro_ref.masks import MaskSet
+        import velcro_ref.kernels.conv.schedule as schedule
+
+        r = np.random.default_rng(0)
+        params = {"w": r.normal(0, 0.5, (16, 3, 3, 3)).astype(np.float32), "b": r.normal(0, 0.1, 16).astype(np.float32)}
+        conv = {"out_channels": 16, "kernel": [3, 3], "pads": [1, 1, 1, 1]}
+        nodes = (Node("c", "conv2d", (INPUT,), conv, {"weight": "w", "bias": "b"}), Node("r", "relu", ("c",)))
+        model = Model(Graph(nodes, (3, 12, 12), "r", params, {}))
+        x = r.random((4, 3, 12, 12), dtype=np.float32)
+
+        def masks():
+            mask = np.random.default_rng(2).random((16, 12, 12)) < 0.5
+            return MaskSet(model.fingerprint, {"r": (mask, np.full(mask.shape, 0.25, np.float32))})
+
+        before = model.run(x, masks=masks()).copy()
+        importlib.reload(schedule)
+        after = model.run(x, masks=masks())
+        sys.exit(0 if after.tobytes() == before.tobytes() and sum(model.last_macs.values()) < 16 * 27 * 144 * 4 else 3)
+        """
+    )
+    res = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float32])

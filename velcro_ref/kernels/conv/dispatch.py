@@ -40,7 +40,7 @@ from .depthwise import band_rows, conv_depth_bands, conv_depthwise, is_depthwise
 from .geom import ConvGeom
 from .layouts import BLOCKS, ROWS, Planes, aligned_floats, copy_threads
 from .prepare import ConvWeights, planes
-from .schedule import SkipPlan, plan_skip
+from .schedule import plan_skip
 
 # Images per call of a kernel: at most this many floats of input copy (32 MiB of scratch).
 CHUNK_FLOATS = 1 << 23
@@ -76,7 +76,8 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
         out[...] = whole
         return n_macs
     x, n_n = (x.copy() if np.may_share_memory(x, out) else np.ascontiguousarray(x)), x.shape[0]
-    plan = skip if skip is None or isinstance(skip, SkipPlan) else plan_skip(skip, weights, geom)
+    # a plan unless an array (a plan made by a reloaded `schedule` is of another class SkipPlan)
+    plan = plan_skip(skip, weights, geom) if isinstance(skip, np.ndarray) else skip
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
     call = _dense_call(weights, geom, n_n) if dense_path else None
