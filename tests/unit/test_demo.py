@@ -568,3 +568,21 @@ def test_the_report_names_each_ratio_of_a_grid_that_is_not_evenly_spaced():
     ]:
         report = {"settings": {**settings, "ratios": ratios}, "models": {"m": {"tasks": {"t": task}}}}
         assert _images_line(report).startswith(text), (ratios, _images_line(report))
+
+
+def test_the_validation_figures_are_of_the_train_images_after_the_preprocessing_set(tiny_demo):
+    """docs/demo.md: validation is the task's next train images after its profile_n preprocessing images;
+    the dense validation count recomputed here from those images (and not one image earlier) by top-1."""
+    path, _, report = tiny_demo
+    r = report["models"]["tiny"]["tasks"]["footwear"]
+    assert r["images"]["preprocessing"] == {"split": "train", "first": 0, "n": 300}
+    assert r["images"]["validation"] == {"split": "train", "first": 300, "n": 100}
+    model = load_model(path)
+    images, labels = data.load_fashion_mnist("train")
+    rows = np.flatnonzero(np.isin(labels, (5, 7, 9)))[300:400]
+    pre = model.meta["preprocessing"]
+    x = ((images[rows].astype(np.float32) * pre["scale"] - pre["mean"][0]) / pre["std"][0])[:, None]
+    correct = model.run(x.astype(np.float32)).argmax(axis=1) == labels[rows]
+    assert r["dense"]["validation"]["correct"] == int(correct.sum())
+    for policy in r["policies"].values():
+        assert policy["validation"][0]["correct"] == int(correct.sum())

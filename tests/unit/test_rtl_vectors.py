@@ -248,3 +248,28 @@ def test_an_array_of_other_than_ascii_digits_is_a_usage_error(text):
 
     with pytest.raises(UsageError, match="--array expects ROWSxCOLS"):
         rv.parse_array(text)
+
+
+def test_counts_of_a_grouped_masked_layer_are_counted_element_by_element(tmp_path):
+    """counts (docs/formats.md): masked output elements, and MACs dense and executed, counted here one
+    output element and one weight tap at a time for a conv of two groups on an array with unused PEs."""
+    x = np.arange(4 * 3 * 3, dtype=np.int8).reshape(4, 3, 3) % 7
+    w = (np.arange(4 * 2 * 2 * 2, dtype=np.int8).reshape(4, 2, 2, 2) % 5) - 2
+    k, oh, ow = 4, 2, 2
+    skip = np.zeros((k, oh, ow), bool)
+    skip[0, 0, 0] = skip[3, 1, 1] = skip[1, 0, 1] = True
+    acc = np.arange(k * oh * ow, dtype=np.int32).reshape(k, oh, ow)
+    const = np.full((k, oh, ow), 3, np.int8)
+    y = np.where(skip, const, (acc % 9).astype(np.int8))
+    layer = QConvLayer(
+        name="g", x=x, weight=w, bias=np.zeros(k, np.int32), x_zero_point=0, x_scale=1.0, y_zero_point=0,
+        y_scale=1.0, multiplier=np.full(k, 2**30, np.int32), shift=np.zeros(k, np.int64), acc=acc, y=y,
+        groups=2, skip=skip, constants=const,
+    )  # fmt: skip
+    m = write_rtl_vectors(layer, tmp_path, rows=3, cols=2)
+    taps = w.shape[1] * w.shape[2] * w.shape[3]  # C / groups x kh x kw per output element
+    dense = sum(taps for _ in np.ndindex(k, oh, ow))
+    executed = sum(taps for e in np.ndindex(k, oh, ow) if not skip[e])
+    assert m["counts"]["masked_elements"] == 3
+    assert m["counts"]["output_elements"] == 16
+    assert (m["counts"]["macs_dense"], m["counts"]["macs_executed"]) == (dense, executed) == (128, 104)

@@ -261,3 +261,64 @@ def test_text_attributes_stored_as_fixed_length_strings_give_the_same_vectors(fi
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
     match, differ, errors = filecmp.cmpfiles(tmp_path / "a", tmp_path / "b", names, shallow=False)
     assert (differ, errors) == ([], [])
+
+
+def _srdhm(a, b):
+    """gemmlowp's SaturatingRoundingDoublingHighMul on Python integers (docs/int8.md)."""
+    if a == b == -(2**31):
+        return 2**31 - 1
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    q = abs(ab + nudge) >> 31
+    return q if ab + nudge >= 0 else -q
+
+
+def _rdbpot(x, e):
+    """RoundingDivideByPOT: x / 2^e rounded half away from zero."""
+    if e == 0:
+        return x
+    mask = (1 << e) - 1
+    rem, thr = x & mask, (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> e) + (1 if rem > thr else 0)
+
+
+@pytest.mark.parametrize("layer", [LAYER, "conv1"])  # conv1 reads the input: its zero points differ
+def test_the_tile_streams_replayed_by_hand_give_the_expected_accumulators_and_outputs(files, tmp_path, layer):
+    """Replay every tile as docs/rtl.md describes the array: PE (r, c) accumulates bias + sum over the
+    window of (act - input_zero_point) * wgt, requantizes with its column's multiplier and shift and
+    clamps; a skipped PE gives its constant. The manifest's zero points, counts and streams together
+    must reproduce tile_acc and tile_out (and so the golden values) bit for bit."""
+    assert run("rtl-vectors", files / "fixed_point.g.h5", "--layer", layer, "--array", "4x8", "--image", 1,
+               "-o", tmp_path / "v") == 0  # fmt: skip
+    vec = read_rtl_vectors(tmp_path / "v")
+    m, rows, cols, win = vec.manifest, vec.rows, vec.cols, vec.window
+    q = m["quant"]
+    zx, zy, lo, hi = q["input_zero_point"], q["output_zero_point"], q["output_min"], q["output_max"]
+    nt = len(vec.tiles)
+    act = vec.lanes("tile_act").reshape(nt, win, rows)
+    wgt = vec.lanes("tile_wgt").reshape(nt, win, cols)
+    skip = vec.lanes("tile_skip").reshape(nt, rows, cols).astype(bool)
+    const = vec.lanes("tile_const").reshape(nt, rows, cols)
+    bias, mult, shift = (vec.lanes(k).reshape(nt, cols) for k in ("tile_bias", "tile_mult", "tile_shift"))
+    t_acc = vec.lanes("tile_acc").reshape(nt, rows, cols)
+    t_out = vec.lanes("tile_out").reshape(nt, rows, cols)
+    used = 0
+    for t in range(nt):
+        acc = bias[t][None, :] + (act[t] - zx).T @ wgt[t]  # (rows, cols)
+        for r in range(rows):
+            for c in range(cols):
+                if skip[t, r, c]:
+                    assert t_out[t, r, c] == const[t, r, c] and t_acc[t, r, c] == 0
+                    continue
+                used += 1
+                a = int(acc[r, c])
+                assert a == t_acc[t, r, c], (t, r, c)
+                s = int(shift[t, c])
+                y = _rdbpot(_srdhm(a << max(s, 0), int(mult[t, c])), max(-s, 0)) + zy
+                assert min(max(y, lo), hi) == t_out[t, r, c], (t, r, c)
+    c = m["counts"]
+    assert used == c["output_elements"] - c["masked_elements"]
+    assert c["masked_elements"] == int(vec.tensor("skip").sum())
+    assert c["macs_executed"] == used * win
+    if layer == "conv1":
+        assert zx != zy  # the case that tells the input's zero point from the output's

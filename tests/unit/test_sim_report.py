@@ -127,3 +127,24 @@ def test_the_table_has_no_saving_below_minus_100_percent(masked_result):
 @pytest.mark.parametrize("value, shown", [(12, "12"), (12.0, "12"), (32 / 3, "10.7"), (0.05, "0.1"), (2 / 3, "0.7")])
 def test_a_per_image_count_shows_one_decimal_where_the_batch_does_not_divide_it(value, shown):
     assert _count(value) == shown
+
+
+def test_csv_rows_carry_each_layer_s_own_figures_and_sweep_rows_the_totals(masked_result):
+    """A CSV row of layer L holds L's dense and compressed counts (a row shifted by one held its
+    neighbour's); a sweep row's energy is the total energy of all components, compute only apart."""
+    from simulator.report import result_rows, sweep_rows
+
+    r = masked_result
+    rows = result_rows(r, compute_only=True)
+    assert [row["name"] for row in rows] == [layer.name for layer in r.layers] + ["total"]
+    for row, d, c in zip(rows[:-1], r.dense, r.compressed, strict=True):  # the layer rows
+        assert (row["cycles"], row["macs"], row["dram_bytes"]) == (d.cycles, d.macs, d.dram_bytes)
+        assert (row["compressed_cycles"], row["compressed_macs"]) == (c.cycles, c.macs)
+        assert row["compressed_energy_pj"] == pytest.approx(sum(c.energy.values()), rel=1e-12)
+    assert sum(row["compressed_macs"] for row in rows[:-1]) == rows[-1]["compressed_macs"]
+    (s,) = sweep_rows([({"rows": 16}, r)], compute_only=True)
+    d, c = r.total_dense, r.total_compressed
+    assert s["energy_pj"] == pytest.approx(sum(d.energy.values()), rel=1e-12)
+    assert s["compressed_energy_pj"] == pytest.approx(sum(c.energy.values()), rel=1e-12)
+    assert s["compute_energy_pj"] == d.compute_energy_pj < s["energy_pj"]
+    assert s["cycles"] == d.cycles and s["compressed_cycles"] == c.cycles
