@@ -2,10 +2,20 @@
 
 The functions below mirror the `velcro` commands (velcro_ref/api.py); the simulator's is
 `simulator.simulate(model, accel, masks=None)`. They are imported when first used, so that
-`import velcro_ref` (and the `velcro` command's start-up) stays light. The `velcro` command runs this
-module before its entry point (velcro_ref.launch) can take an interrupt: it calls nothing (an interrupt
-that came meanwhile is taken at a call's return), so only its first instruction may take one.
+`import velcro_ref` (and the `velcro` command's start-up) stays light. Loaded first, velcro_ref.fpenv
+has the package's modules compiled in C's default floating-point environment, whatever the caller's
+(docs/design.md, "Data path"). The `velcro` command runs this module before its entry point
+(velcro_ref.launch) can take an interrupt: there it calls nothing (an interrupt that came meanwhile is
+taken at a call's return), so only its first instruction may take one, and fpenv is loaded by launch.
 """
+
+import sys as _sys
+
+# The `velcro` command (its script's path) or `python -m velcro_ref.cli` (argv[0] is "-m" while the
+# package is found): read without a call
+_started_as = (_sys.argv[:1] or [""])[0]
+if _started_as != "-m" and _started_as[-7:] != "/velcro" and _started_as != "velcro":
+    from . import fpenv  # noqa: F401
 
 # name -> module that defines it, in sorted order (the order of __all__)
 _EXPORTS = {

@@ -13,21 +13,21 @@ elsewhere (`DEFAULT_ENV` False) nothing is changed. Plain ctypes, so that the co
 its imports. Python reads a decimal literal in the current rounding mode (0.7 and zoo's 1/255 one
 ulp up under upward rounding) and keeps the compiled module in `__pycache__` for later processes:
 from this module's import on, the package's modules and the simulator's compile and run in the
-default environment (`scripts/setup.sh` compiles them all in it; the package's __init__, which the
-`velcro` command runs before it may take an interrupt, calls nothing to install it earlier).
+default environment (`scripts/setup.sh` compiles them all in it). The package's __init__ loads this
+module first, but in the `velcro` command, which loads it once its start-up takes interrupts
+(`velcro_ref.launch`); so does the simulator's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.abc
 import importlib.machinery
-import platform
+import os
 import sys
 
 # where C's FE_DFL_ENV is the address -1 (glibc and musl on these machines; not glibc on PowerPC)
-DEFAULT_ENV = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "aarch64")
+DEFAULT_ENV = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 FE_DFL_ENV = ctypes.c_void_p(-1)
 ENV_BYTES = 64  # room for a fenv_t: 32 bytes on x86-64, 8 on aarch64
 _libm = ctypes.CDLL("libm.so.6") if DEFAULT_ENV else None
@@ -69,8 +69,9 @@ class _Loader(importlib.machinery.SourceFileLoader):
             super().exec_module(module)
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    """Finds the submodules of `packages` as the path finder does, with `_Loader` to load them."""
+class _Finder:
+    """A meta path finder: finds the submodules of `packages` as the path finder does, with `_Loader`
+    to load them (no importlib.abc base: importing it takes about 15 ms)."""
 
     def __init__(self, packages):
         self.packages = packages

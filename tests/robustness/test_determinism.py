@@ -334,7 +334,7 @@ def test_results_do_not_depend_on_the_callers_floating_point_environment(mode, w
 UPWARD_IMPORTS = r"""
 import ctypes, importlib, pkgutil, sys
 ctypes.CDLL("libm.so.6").fesetround(0x800)  # FE_UPWARD
-import velcro_ref.fpenv  # first: the modules imported before it are compiled in the caller's mode
+importlib.import_module(sys.argv[1])  # the caller's first import of the project
 for package in ("velcro_ref", "simulator"):
     for info in pkgutil.walk_packages(importlib.import_module(package).__path__, package + "."):
         if info.name not in ("velcro_ref.launch", "simulator.__main__", "velcro_ref.__main__"):
@@ -351,19 +351,21 @@ def _float_constants(code):
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="FE_UPWARD's value is x86-64's")
-def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp_path):
+@pytest.mark.parametrize("first", ["velcro_ref", "velcro_ref.zoo", "velcro_ref.engine", "simulator"])
+def test_modules_imported_under_upward_rounding_keep_their_decimal_constants(tmp_path, first):
     """Python reads a decimal literal in the rounding mode of the moment and keeps the compiled module
     for later processes: imported under upward rounding, the float constants of 8 modules (zoo's
     1/255, quant's 1.0001, intervals' 0.95, ...; literals, and expressions Python folds as it
     compiles) went one ulp up into __pycache__. Modules imported once velcro_ref.fpenv is loaded are
-    compiled in the default environment. Not covered: the modules a caller's direct import of a
-    submodule compiles before that (docs/design.md, "Data path")."""
+    compiled in the default environment, and both packages load it first: a caller's direct import
+    of `velcro_ref.zoo` (or of `engine`, which imports `graph`, `quant` and the kernels) compiled
+    them in its own mode."""
     import marshal
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPYCACHEPREFIX": str(tmp_path), "PYTHONPATH": str(root)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-c", UPWARD_IMPORTS], env=env, check=True, timeout=600)
+    subprocess.run([sys.executable, "-c", UPWARD_IMPORTS, first], env=env, check=True, timeout=600)
     compiled, differ = 0, []
     for pyc in tmp_path.rglob("*.pyc"):
         source = Path("/", *pyc.relative_to(tmp_path).parent.parts, pyc.name.split(".")[0] + ".py")
