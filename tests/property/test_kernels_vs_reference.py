@@ -717,12 +717,40 @@ def test_linear_kernel_equals_numpy_twin_bit_for_bit(n, f, o, masked_, seed):
     assert got.tobytes() == want.tobytes()
     keep = np.arange(o) if skip is None else np.flatnonzero(~skip)
     threads = np.full((n, o), 3.0, np.float32)  # the parallel version, used from PARALLEL_MIN MACs on
-    klin.linear_threads(x.reshape(-1), w, b, keep, threads, n * -(-keep.size // klin.ITEM_OUTPUTS))
+    klin.linear_threads(x.reshape(-1), w, b, keep, threads, klin.work_items(n, keep.size))
     assert threads.tobytes() == want.tobytes()
     if skip is not None:
         dense = np.empty((n, o), np.float32)
         klin.linear(x, w, b, None, dense)
         assert got[:, ~skip].tobytes() == dense[:, ~skip].tobytes()
+
+
+@pytest.mark.parametrize("masked_", [None, 0.4])
+def test_linear_over_runs_of_outputs_and_of_images_equals_numpy_twin(masked_):
+    """Work items of ITEM_OUTPUTS outputs by ITEM_IMAGES images, several of each with short last
+    ones (an odd image left over in a run, a block of fewer than OUT_BLOCK outputs): each item
+    alone and all of them in parallel write the twin's bits."""
+    rng = np.random.default_rng(5)
+    n, f, o = 2 * klin.ITEM_IMAGES + 3, 37, 2 * klin.ITEM_OUTPUTS + 7  # 3 runs of images
+    x = rng.standard_normal((n, f), dtype=np.float32)
+    w = rng.standard_normal((o, f), dtype=np.float32)
+    b = rng.standard_normal(o, dtype=np.float32)
+    skip = None if masked_ is None else rng.random(o) < masked_
+    want = np.full((n, o), 3.0, np.float32)
+    macs = rlin.linear(x, w, b, skip, want)
+    keep = np.arange(o) if skip is None else np.flatnonzero(~skip)
+    n_items = klin.work_items(n, keep.size)
+    assert keep.size > klin.ITEM_OUTPUTS and keep.size % klin.OUT_BLOCK
+    assert n_items == 3 * -(-keep.size // klin.ITEM_OUTPUTS)
+    one_by_one, threads = np.full((n, o), 3.0, np.float32), np.full((n, o), 3.0, np.float32)
+    for item in range(n_items):
+        klin.linear_items(x.reshape(-1), w, b, keep, one_by_one, item, item + 1)
+    klin.linear_threads(x.reshape(-1), w, b, keep, threads, n_items)
+    assert one_by_one.tobytes() == want.tobytes()
+    assert threads.tobytes() == want.tobytes()
+    got = np.full((n, o), 3.0, np.float32)
+    assert klin.linear(x, w, b, skip, got) == macs
+    assert got.tobytes() == want.tobytes()
 
 
 @given(
