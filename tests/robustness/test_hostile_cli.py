@@ -594,24 +594,65 @@ _INERT = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("module", ["__init__", "launch"])
-def test_the_package_and_the_entry_point_run_nothing_before_the_handler_is_in_force(module):
-    """Python takes a pending signal where a call returns: before the handler's install, velcro_ref's
-    __init__ and launch.py run only instructions that call nothing (`_INERT`), and import only modules
-    already loaded, or a signal there would end in a traceback from the project's code."""
+def test_the_entry_point_runs_nothing_before_the_handler_is_in_force():
+    """Python takes a pending signal where a call returns: before the handler's install, launch.py runs
+    only instructions that call nothing (`_INERT`), and imports only modules already loaded, or a
+    signal there would end in a traceback from the project's code."""
     import dis
 
-    source = (ROOT / "velcro_ref" / f"{module}.py").read_text()
-    body = list(dis.get_instructions(compile(source, module, "exec")))
+    source = (ROOT / "velcro_ref" / "launch.py").read_text()
+    body = list(dis.get_instructions(compile(source, "launch", "exec")))
     install = next(
         (i for i, ins in enumerate(body) if ins.argval in ("signal", "getsignal") and ins.opname == "LOAD_ATTR"),
         len(body),
     )
+    assert install < len(body)  # `_signal.signal` is reached through the module object: LOAD_NAME _signal
     others = [(ins.opname, ins.argval) for ins in body[:install] if ins.opname not in _INERT]
-    if module == "launch":  # `_signal.signal` is reached through the module object: LOAD_NAME _signal
-        assert install < len(body)
     imports = [ins.argval for ins in body[:install] if ins.opname == "IMPORT_NAME"]
     assert others == [] and set(imports) <= {"_signal", "os", "sys"}, (others, imports)
+
+
+# Besides `_INERT`, what the package's __init__ runs to read argv[0]: an attribute of the sys module,
+# a list sliced and indexed, strings compared, jumps forward (Python takes no signal at any of them)
+_READS_ARGV = {
+    "LOAD_ATTR", "BUILD_SLICE", "BINARY_SLICE", "BINARY_SUBSCR", "COMPARE_OP", "JUMP_FORWARD",
+    "POP_JUMP_FORWARD_IF_FALSE", "POP_JUMP_FORWARD_IF_TRUE", "POP_JUMP_IF_FALSE", "POP_JUMP_IF_TRUE",
+    "JUMP_IF_TRUE_OR_POP", "JUMP_IF_FALSE_OR_POP", "COPY", "TO_BOOL",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("argv0", [str(Path(sys.executable).with_name("velcro")), "-m"])
+def test_the_package_runs_nothing_in_the_velcro_command_before_the_handler_is_in_force(argv0):
+    """The package's __init__, which the `velcro` command (argv[0] its script, or "-m" while `python -m
+    velcro_ref.cli` finds the package) runs before launch.py installs the handler: the instructions it
+    executes there (traced one by one) call nothing and import only modules already loaded. Elsewhere
+    it loads velcro_ref.fpenv (test_determinism's upward-rounding imports)."""
+    import dis
+
+    code = compile((ROOT / "velcro_ref" / "__init__.py").read_text(), "__init__", "exec")
+    at = {ins.offset: ins for ins in dis.get_instructions(code)}
+    ran = []
+
+    def trace(frame, event, arg):
+        if frame.f_code is not code:
+            return None
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            ran.append(at[frame.f_lasti])
+        return trace
+
+    argv = sys.argv[:]
+    sys.argv[:] = [argv0, "info", "m.h5"]
+    sys.settrace(trace)
+    try:
+        exec(code, {"__name__": "traced", "__package__": "velcro_ref"})
+    finally:
+        sys.settrace(None)
+        sys.argv[:] = argv
+    others = [(i.opname, i.argval) for i in ran if i.opname not in _INERT | _READS_ARGV]
+    attrs = {i.argval for i in ran if i.opname == "LOAD_ATTR"}
+    imports = {i.argval for i in ran if i.opname == "IMPORT_NAME"}
+    assert len(ran) > 20 and others == [] and attrs == {"argv"} and imports == {"sys"}, (others, attrs, imports)
 
 
 def test_the_package_lists_its_exports_in_order():
