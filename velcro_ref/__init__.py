@@ -11,10 +11,12 @@ taken at a call's return), so only its first instruction may take one, and fpenv
 
 import sys as _sys
 
-# The `velcro` command (its script's path) or `python -m velcro_ref.cli` (argv[0] is "-m" while the
-# package is found): read without a call
-_started_as = (_sys.argv[:1] or [""])[0]
-if _started_as != "-m" and _started_as[-7:] != "/velcro" and _started_as != "velcro":
+try:  # the `velcro` command (its script's path) or `python -m velcro_ref.cli` (argv[0] is "-m" while the
+    # package is found; a script of one's own named velcro is taken for it): read without a call
+    _launched = _sys.argv[0] == "-m" or _sys.argv[0][-7:] == "/velcro" or _sys.argv[0] == "velcro"
+except Exception:  # no argv[0], or not a str (an embedding application's)
+    _launched = False
+if not _launched:
     from . import fpenv  # noqa: F401
 
 # name -> module that defines it, in sorted order (the order of __all__)

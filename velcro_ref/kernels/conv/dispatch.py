@@ -76,8 +76,8 @@ def conv2d(x, weights: ConvWeights, geom: ConvGeom, skip, out, scratch=None, epi
         out[...] = whole
         return n_macs
     x, n_n = (x.copy() if np.may_share_memory(x, out) else np.ascontiguousarray(x)), x.shape[0]
-    # a plan unless an array (a plan made by a reloaded `schedule` is of another class SkipPlan)
-    plan = plan_skip(skip, weights, geom) if isinstance(skip, np.ndarray) else skip
+    # a plan by its bits, not its class (a plan made by a reloaded `schedule` is of another SkipPlan)
+    plan = skip if skip is None or hasattr(skip, "bits") else plan_skip(skip, weights, geom)
     dense_path = plan is None or plan.bits is not None  # with bits: the dense kernel, some outputs stored
     # the floats the path taken needs (`scratch_floats`, what callers size it by, is the larger)
     call = _dense_call(weights, geom, n_n) if dense_path else None
